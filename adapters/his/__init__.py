@@ -1,0 +1,1 @@
+"""HIS adapter: the national interface's transactions as hospital systems send them."""

@@ -1,0 +1,156 @@
+"""Inpatient transactions 2401–2405 and 2301–2305."""
+
+from __future__ import annotations
+
+import msgspec
+
+from adapters.his import settling, uploads
+from adapters.his.envelope import decode_input, text
+from adapters.his.wire import In2202, In2302, In2401, In2402, as_list, required, when_required
+from gateway.dispatch import Answer, Call, register
+from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
+from gateway.ledger import encounters, fees, persons
+
+INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
+
+
+@register("2401", "入院办理", writes=True, klass="encounter")
+async def admit(call: Call) -> Answer:
+    node = decode_input(call.req, In2401)
+    info = node.mdtrtinfo
+    if info is None:
+        raise BadRequest("缺少输入节点mdtrtinfo")
+    psn_no = required(info.psn_no, "mdtrtinfo.psn_no")
+    insutype = required(info.insutype, "mdtrtinfo.insutype")
+    begntime = when_required(info.begntime, "mdtrtinfo.begntime")
+    med_type = required(info.med_type, "mdtrtinfo.med_type")
+    ipt_no = required(info.ipt_no, "mdtrtinfo.ipt_no")
+    required(info.mdtrt_cert_type, "mdtrtinfo.mdtrt_cert_type")
+    required(info.mdtrt_cert_no, "mdtrtinfo.mdtrt_cert_no")
+    if med_type not in INPATIENT_MED_TYPES:
+        raise RuleRejected(f"医疗类别{med_type}不是住院类别")
+    person, _ = await persons.read(call.conn, psn_no)
+    persons.require_insured(person)
+    if insutype != person.insutype:
+        raise RuleRejected(f"险种类型{insutype}与参保人险种{person.insutype}不一致")
+    mdtrt_id = await encounters.new_mdtrt_id(call.conn, call.institution.admdvs, call.now)
+    await encounters.create(
+        call.conn,
+        mdtrt_id=mdtrt_id,
+        fixmedins_code=call.req.fixmedins_code,
+        psn_no=psn_no,
+        insutype=insutype,
+        kind="inpatient",
+        med_type=med_type,
+        begntime=begntime,
+        ipt_otp_no=ipt_no,
+        insuplc_admdvs=person.insuplc_admdvs,
+        msgid=call.req.msgid,
+        dise_codg=text(info.dise_codg),
+        dise_name=text(info.dise_name),
+        detail={"mdtrtinfo": msgspec.to_builtins(info), "diseinfo": msgspec.to_builtins(node.diseinfo)},
+    )
+    return Answer({"result": {"mdtrt_id": mdtrt_id}})
+
+
+@register("2402", "出院办理", writes=True, klass="encounter")
+async def discharge(call: Call) -> Answer:
+    info = decode_input(call.req, In2402).dscginfo
+    if info is None:
+        raise BadRequest("缺少输入节点dscginfo")
+    mdtrt_id = required(info.mdtrt_id, "dscginfo.mdtrt_id")
+    psn_no = required(info.psn_no, "dscginfo.psn_no")
+    endtime = when_required(info.endtime, "dscginfo.endtime")
+    enc = await _admission(call, mdtrt_id, psn_no)
+    if enc.status != "open":
+        raise Conflict(f"就诊ID{mdtrt_id}当前状态不能办理出院（{_STATUS[enc.status]}）")
+    if endtime < enc.begntime:
+        raise BadRequest("出院时间不能早于入院时间")
+    await encounters.update(call.conn, mdtrt_id, status="discharged", endtime=endtime)
+    return Answer({})
+
+
+_STATUS = {"open": "在院", "discharged": "已出院", "cancelled": "已撤销"}
+
+
+async def _admission(call: Call, mdtrt_id: str, psn_no: str) -> encounters.Encounter:
+    enc = await encounters.get(call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True)
+    if enc.kind != "inpatient":
+        raise RuleRejected(f"就诊ID{mdtrt_id}不是住院就诊")
+    return enc
+
+
+@register("2404", "入院办理撤销", writes=True, klass="encounter")
+async def cancel_admission(call: Call) -> Answer:
+    data = decode_input(call.req, In2202).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
+    enc = await _admission(call, mdtrt_id, required(data.psn_no, "data.psn_no"))
+    if enc.status != "open":
+        raise Conflict(f"就诊ID{mdtrt_id}当前状态不能撤销入院（{_STATUS[enc.status]}）")
+    if await encounters.settled_count(call.conn, mdtrt_id):
+        raise Conflict("该住院存在未撤销的结算，请先撤销结算（2305）")
+    if await call.conn.fetchval("SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id):
+        raise Conflict("该住院存在已上传的费用明细，请先撤销费用明细（2302）")
+    await encounters.update(call.conn, mdtrt_id, status="cancelled")
+    return Answer({})
+
+
+@register("2405", "出院办理撤销", writes=True, klass="encounter")
+async def cancel_discharge(call: Call) -> Answer:
+    data = decode_input(call.req, In2202).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
+    enc = await _admission(call, mdtrt_id, required(data.psn_no, "data.psn_no"))
+    if enc.status != "discharged":
+        raise Conflict(f"就诊ID{mdtrt_id}未办理出院，不能撤销出院")
+    final = await call.conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
+        " AND mid_setl_flag = '0')",
+        mdtrt_id,
+    )
+    if final:
+        raise Conflict("该住院已出院结算，请先撤销结算（2305）再撤销出院")
+    await encounters.update(call.conn, mdtrt_id, status="open", endtime=None)
+    return Answer({})
+
+
+@register("2301", "住院费用明细上传", writes=True, klass="encounter")
+async def upload_fees(call: Call) -> Answer:
+    return await uploads.upload(call, kind="inpatient")
+
+
+@register("2302", "住院费用明细撤销", writes=True, klass="encounter")
+async def cancel_fees(call: Call) -> Answer:
+    refs = as_list(decode_input(call.req, In2302).data)
+    if not refs:
+        raise BadRequest("缺少输入节点data")
+    removed = 0
+    for ref in refs:
+        mdtrt_id = required(ref.mdtrt_id, "data.mdtrt_id")
+        sn = required(ref.feedetl_sn, "data.feedetl_sn")
+        await _admission(call, mdtrt_id, required(ref.psn_no, "data.psn_no"))
+        n = await fees.delete_unsettled(call.conn, mdtrt_id, feedetl_sn=sn)
+        if not n and sn != fees.ALL:
+            raise NotFound(f"费用明细流水号{sn}不存在或已结算，不能撤销")
+        removed += n
+    if not removed:
+        raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
+    return Answer({})
+
+
+@register("2303", "住院预结算", writes=False, klass="settlement")
+async def pre_settle(call: Call) -> Answer:
+    return await settling.settle_visit(call, kind="inpatient", final=False)
+
+
+@register("2304", "住院结算", writes=True, klass="settlement")
+async def settle(call: Call) -> Answer:
+    return await settling.settle_visit(call, kind="inpatient", final=True)
+
+
+@register("2305", "住院结算撤销", writes=True, klass="settlement")
+async def cancel(call: Call) -> Answer:
+    return await settling.cancel_settlement(call, kind="inpatient")

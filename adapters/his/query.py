@@ -1,0 +1,29 @@
+"""5203 结算信息查询."""
+
+from __future__ import annotations
+
+from adapters.his.envelope import decode_input, text
+from adapters.his.output import setldetail, setlinfo
+from adapters.his.wire import In5203
+from gateway.dispatch import Answer, Call, register
+from gateway.errors import BadRequest, NotFound
+from gateway.ledger import settlements
+
+
+@register("5203", "结算信息查询", writes=False, klass="query")
+async def settlement_info(call: Call) -> Answer:
+    data = decode_input(call.req, In5203).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    setl_id, mdtrt_id, psn_no = text(data.setl_id), text(data.mdtrt_id), text(data.psn_no)
+    if not (setl_id or mdtrt_id):
+        raise BadRequest("结算ID setl_id与就诊ID mdtrt_id至少填写一项")
+    found = await settlements.find(
+        call.conn, call.req.fixmedins_code, setl_id=setl_id, mdtrt_id=mdtrt_id, psn_no=psn_no
+    )
+    if not found:
+        raise NotFound("未查询到本机构的结算信息")
+    rec = found[0]
+    info = setlinfo(rec)
+    info["refd_setl_flag"] = "1" if rec.status == "cancelled" else "0"
+    return Answer({"setlinfo": info, "setldetail": setldetail(rec.funds)})

@@ -1,0 +1,93 @@
+"""2204 门诊费用明细上传 and 2301 住院费用明细上传: store lines, answer each line's split."""
+
+from __future__ import annotations
+
+from adapters.his.envelope import decode_input, text
+from adapters.his.output import line_result
+from adapters.his.wire import FeeDetail, In2204, as_list, micro, quantity, required, when_required
+from adapters.his.wire import fen_required as amount_of
+from gateway.core.model import Visit
+from gateway.core.settle import split_lines
+from gateway.dispatch import Answer, Call
+from gateway.errors import BadRequest, LineRejected, RuleRejected
+from gateway.ledger import encounters, fees
+
+MAX_LINES = 5000  # one upload; larger bills are uploaded in several calls, as HIS do
+
+
+def _line(row: FeeDetail, *, batch_required: bool) -> fees.StoredLine:
+    sn = required(row.feedetl_sn, "feedetail.feedetl_sn")
+    at = f"feedetail[{sn}]"
+    occurred = when_required(row.fee_ocur_time, f"{at}.fee_ocur_time")
+    chrg_bchno = required(row.chrg_bchno, f"{at}.chrg_bchno") if batch_required else text(row.chrg_bchno)
+    hosp_appr = text(row.hosp_appr_flag) or None
+    if hosp_appr is not None and hosp_appr not in ("0", "1", "2"):
+        raise LineRejected(sn, "医院审批标志hosp_appr_flag只能为0、1或2")
+    return fees.StoredLine(
+        feedetl_sn=sn,
+        medins_list_codg=required(row.medins_list_codg, f"{at}.medins_list_codg"),
+        med_list_codg=text(row.med_list_codg) or None,
+        pric_micro=micro(row.pric, f"{at}.pric"),
+        cnt=quantity(row.cnt, f"{at}.cnt"),
+        det_item_fee_sumamt=amount_of(row.det_item_fee_sumamt, f"{at}.det_item_fee_sumamt"),
+        fee_date=occurred.date(),
+        hosp_appr_flag=hosp_appr,
+        mdtrt_id=required(row.mdtrt_id, f"{at}.mdtrt_id"),
+        chrg_bchno=chrg_bchno,
+        init_feedetl_sn=text(row.init_feedetl_sn),
+        psn_no=required(row.psn_no, f"{at}.psn_no"),
+        fee_ocur_time=occurred,
+    )
+
+
+async def upload(call: Call, *, kind: str) -> Answer:
+    """Validate every line, store them all or none, answer result[] in request order."""
+    rows = as_list(decode_input(call.req, In2204).feedetail)
+    if not rows:
+        raise BadRequest("费用明细feedetail不能为空")
+    if len(rows) > MAX_LINES:
+        raise BadRequest(f"单次上传费用明细不能超过{MAX_LINES}条，请分批上传")
+    lines = [_line(r, batch_required=kind == "outpatient") for r in rows]
+    mdtrt_ids = {ln.mdtrt_id for ln in lines}
+    if len(mdtrt_ids) != 1:
+        raise BadRequest("一次上传的费用明细必须属于同一就诊ID")
+    seen: set[str] = set()
+    for ln in lines:
+        if ln.feedetl_sn in seen:
+            raise LineRejected(ln.feedetl_sn, "同一报文中费用明细流水号重复")
+        seen.add(ln.feedetl_sn)
+        if ln.cnt == 0:
+            raise LineRejected(ln.feedetl_sn, "数量不能为0")
+        if ln.cnt < 0 and kind != "inpatient":
+            raise LineRejected(ln.feedetl_sn, "门诊费用明细数量不能为负数，退费请先撤销结算和明细")
+    mdtrt_id = lines[0].mdtrt_id
+    enc = await encounters.get(call.conn, mdtrt_id, call.req.fixmedins_code, lock=True)
+    if enc.kind != kind:
+        raise RuleRejected(f"就诊ID{mdtrt_id}不是{'门诊' if kind == 'outpatient' else '住院'}就诊")
+    encounters.require_open(enc)
+    for ln in lines:
+        if ln.psn_no != enc.psn_no:
+            raise LineRejected(ln.feedetl_sn, "人员编号与就诊登记的参保人不一致")
+        if ln.cnt < 0 and not ln.init_feedetl_sn:
+            raise LineRejected(ln.feedetl_sn, "退费明细（数量为负）须填写原费用流水号init_feedetl_sn")
+    refunded = [ln.init_feedetl_sn for ln in lines if ln.cnt < 0]
+    if refunded:
+        found = await call.conn.fetch(
+            "SELECT feedetl_sn FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])",
+            mdtrt_id,
+            refunded,
+        )
+        missing = set(refunded) - {r["feedetl_sn"] for r in found} - seen
+        if missing:
+            raise BadRequest(f"原费用流水号{sorted(missing)[0]}不存在，不能退费")
+    visit = Visit(
+        fixmedins_code=call.req.fixmedins_code,
+        mdtrt_id=mdtrt_id,
+        med_type=enc.med_type,
+        service_date=enc.begntime.date(),
+        acct_used_flag=False,
+        dise_codg=enc.dise_codg,
+    )
+    splits = split_lines(call.gw.snapshot, visit, lines)
+    await fees.insert(call.conn, lines, call.req.msgid)
+    return Answer({"result": [line_result(s) for s in splits]})

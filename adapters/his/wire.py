@@ -1,0 +1,345 @@
+"""Input nodes of the HIS transactions, field names verbatim from the national interface.
+
+Codes are `Code` (text or number), amounts `Amount` (number, numeric text, "" or null) and are
+turned into integers here, at the edge, with a clerk-readable message naming the field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from adapters.his.envelope import Amount, Code, text
+from gateway.errors import BadRequest
+from gateway.money import AmountError, to_cnt, to_fen, to_micro
+
+
+class Node(msgspec.Struct, kw_only=True):
+    """Base of input nodes: unknown regional fields are ignored."""
+
+
+def required(value: Code, name: str) -> str:
+    """A mandatory code/text field."""
+    s = text(value)
+    if not s:
+        raise BadRequest(f"缺少必填字段{name}")
+    return s
+
+
+def flag(value: Code, name: str, default: str = "0") -> str:
+    """A 0/1 flag."""
+    s = text(value) or default
+    if s not in ("0", "1"):
+        raise BadRequest(f"字段{name}只能为0或1")
+    return s
+
+
+def fen(value: Amount, name: str, *, optional: bool = False) -> int | None:
+    """An amount (16,2) in fen; more than two decimals is refused, never rounded."""
+    if value is None or value == "":
+        if optional:
+            return None
+        raise BadRequest(f"缺少必填金额字段{name}")
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
+        raise BadRequest(f"金额字段{name}应为数字")
+    try:
+        return to_fen(value, f"金额字段{name}")
+    except AmountError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def fen_required(value: Amount, name: str) -> int:
+    """A mandatory amount in fen."""
+    amount = fen(value, name)
+    assert amount is not None
+    return amount
+
+
+def micro(value: Amount, name: str) -> int:
+    """A price (16,6) in micro-yuan."""
+    if value is None or value == "" or isinstance(value, bool):
+        raise BadRequest(f"缺少必填字段{name}")
+    if not isinstance(value, (int, str, Decimal)):
+        raise BadRequest(f"字段{name}应为数字")
+    try:
+        return to_micro(value, f"字段{name}")
+    except AmountError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def quantity(value: Amount, name: str) -> int:
+    """A quantity (16,4) in 1/10000 units."""
+    if value is None or value == "" or isinstance(value, bool):
+        raise BadRequest(f"缺少必填字段{name}")
+    if not isinstance(value, (int, str, Decimal)):
+        raise BadRequest(f"字段{name}应为数字")
+    try:
+        return to_cnt(value, f"字段{name}")
+    except AmountError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | None:
+    """`yyyy-MM-dd HH:mm:ss` (a bare date is accepted as midnight)."""
+    s = text(value)
+    if not s:
+        if optional:
+            return None
+        raise BadRequest(f"缺少必填字段{name}")
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return dt.datetime.strptime(s, fmt)
+        except ValueError:
+            continue
+    raise BadRequest(f"字段{name}时间格式错误，应为yyyy-MM-dd HH:mm:ss")
+
+
+def when_required(value: Code, name: str) -> dt.datetime:
+    """A mandatory date-time."""
+    moment = when(value, name)
+    assert moment is not None
+    return moment
+
+
+# --------------------------------------------------------------------------- 9001 / 9002
+
+
+class SignIn(Node):
+    opter_no: Code = None
+    mac: Code = None
+    ip: Code = None
+
+
+class In9001(Node):
+    signIn: SignIn | None = None  # noqa: N815 - national node name
+
+
+class SignOut(Node):
+    sign_no: Code = None
+    opter_no: Code = None
+
+
+class In9002(Node):
+    signOut: SignOut | None = None  # noqa: N815 - national node name
+
+
+# --------------------------------------------------------------------------- 1101
+
+
+class PsnQuery(Node):
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    card_sn: Code = None
+    begntime: Code = None
+    psn_cert_type: Code = None
+    certno: Code = None
+    psn_name: Code = None
+
+
+class In1101(Node):
+    data: PsnQuery | None = None
+
+
+# --------------------------------------------------------------------------- outpatient
+
+
+class Registration(Node):
+    psn_no: Code = None
+    insutype: Code = None
+    begntime: Code = None
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    ipt_otp_no: Code = None
+    atddr_no: Code = None
+    dr_name: Code = None
+    dept_code: Code = None
+    dept_name: Code = None
+    caty: Code = None
+
+
+class In2201(Node):
+    data: Registration | None = None
+
+
+class VisitRef(Node):
+    """2202, 2404, 2405 and the cancellations' data node."""
+
+    psn_no: Code = None
+    mdtrt_id: Code = None
+    ipt_otp_no: Code = None
+    setl_id: Code = None
+
+
+class In2202(Node):
+    data: VisitRef | None = None
+
+
+class MdtrtInfo(Node):
+    mdtrt_id: Code = None
+    psn_no: Code = None
+    med_type: Code = None
+    begntime: Code = None
+    main_cond_dscr: Code = None
+    dise_codg: Code = None
+    dise_name: Code = None
+
+
+class DiseInfo(Node):
+    diag_type: Code = None
+    diag_srt_no: Code = None
+    diag_code: Code = None
+    diag_name: Code = None
+    diag_dept: Code = None
+    dise_dor_no: Code = None
+    dise_dor_name: Code = None
+    diag_time: Code = None
+    vali_flag: Code = None
+    maindiag_flag: Code = None
+
+
+class In2203(Node):
+    mdtrtinfo: MdtrtInfo | None = None
+    diseinfo: list[DiseInfo] = []
+
+
+class FeeDetail(Node):
+    """2204 / 2301 feedetail[] rows."""
+
+    feedetl_sn: Code = None
+    init_feedetl_sn: Code = None
+    mdtrt_id: Code = None
+    psn_no: Code = None
+    chrg_bchno: Code = None
+    med_type: Code = None
+    fee_ocur_time: Code = None
+    med_list_codg: Code = None
+    medins_list_codg: Code = None
+    det_item_fee_sumamt: Amount = None
+    cnt: Amount = None
+    pric: Amount = None
+    hosp_appr_flag: Code = None
+    rx_circ_flag: Code = None
+    bilg_dept_codg: Code = None
+    bilg_dr_codg: Code = None
+
+
+class In2204(Node):
+    feedetail: list[FeeDetail] | FeeDetail | None = None
+
+
+class BatchRef(Node):
+    mdtrt_id: Code = None
+    chrg_bchno: Code = None
+    psn_no: Code = None
+
+
+class In2205(Node):
+    data: BatchRef | None = None
+
+
+class SettleData(Node):
+    """2206/2207 and 2303/2304 data node."""
+
+    psn_no: Code = None
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    med_type: Code = None
+    medfee_sumamt: Amount = None
+    psn_setlway: Code = None
+    mdtrt_id: Code = None
+    chrg_bchno: Code = None
+    acct_used_flag: Code = None
+    insutype: Code = None
+    invono: Code = None
+    mid_setl_flag: Code = None
+    fulamt_ownpay_amt: Amount = None
+    overlmt_selfpay: Amount = None
+    preselfpay_amt: Amount = None
+    inscp_scp_amt: Amount = None
+
+
+class In2206(Node):
+    data: SettleData | None = None
+
+
+class In2208(Node):
+    data: VisitRef | None = None
+
+
+# --------------------------------------------------------------------------- inpatient
+
+
+class Admission(Node):
+    psn_no: Code = None
+    insutype: Code = None
+    coner_name: Code = None
+    tel: Code = None
+    begntime: Code = None
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    med_type: Code = None
+    ipt_no: Code = None
+    medrcdno: Code = None
+    atddr_no: Code = None
+    chfpdr_name: Code = None
+    adm_diag_dscr: Code = None
+    adm_dept_codg: Code = None
+    adm_dept_name: Code = None
+    adm_bed: Code = None
+    dscg_maindiag_code: Code = None
+    dscg_maindiag_name: Code = None
+    dise_codg: Code = None
+    dise_name: Code = None
+
+
+class In2401(Node):
+    mdtrtinfo: Admission | None = None
+    diseinfo: list[DiseInfo] = []
+
+
+class Discharge(Node):
+    mdtrt_id: Code = None
+    psn_no: Code = None
+    insutype: Code = None
+    endtime: Code = None
+    dise_codg: Code = None
+    dise_name: Code = None
+    dscg_dept_codg: Code = None
+    dscg_dept_name: Code = None
+    dscg_way: Code = None
+
+
+class In2402(Node):
+    dscginfo: Discharge | None = None
+    diseinfo: list[DiseInfo] = []
+
+
+class FeeLineRef(Node):
+    feedetl_sn: Code = None
+    mdtrt_id: Code = None
+    psn_no: Code = None
+
+
+class In2302(Node):
+    # Chongqing clients send the data node as an array.
+    data: list[FeeLineRef] | FeeLineRef | None = None
+
+
+class SettlementQuery(Node):
+    psn_no: Code = None
+    setl_id: Code = None
+    mdtrt_id: Code = None
+
+
+class In5203(Node):
+    data: SettlementQuery | None = None
+
+
+def as_list(value: Any) -> list[Any]:
+    """A node that some clients send as an object and others as an array."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]

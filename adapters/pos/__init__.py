@@ -1,0 +1,1 @@
+"""POS adapter: pharmacy counters' 2101/2102/2103."""

@@ -1,0 +1,265 @@
+"""Pharmacy POS: 2101 药店预结算, 2102 药店结算, 2103 药店结算撤销 (protocol.md §2.5).
+
+A pharmacy purchase has no registration or upload step: 2102 opens the visit, stores the lines
+and settles them in one transaction, through the same core and ledger as hospital settlements.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from adapters.his.envelope import Amount, Code, decode_input, text
+from adapters.his.output import line_result, setldetail, setlinfo
+from adapters.his.wire import (
+    In2208,
+    Node,
+    fen_required,
+    flag,
+    micro,
+    quantity,
+    required,
+    when,
+    when_required,
+)
+from gateway.core.model import Visit
+from gateway.dispatch import Answer, Call, register
+from gateway.errors import BadRequest, LineRejected, RuleRejected
+from gateway.ledger import encounters, fees, persons, settlements
+
+PHARMACY_MED_TYPE = "41"
+MAX_LINES = 500
+
+
+class DrugInfo(Node):
+    psn_no: Code = None
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    begntime: Code = None
+    medfee_sumamt: Amount = None
+    insutype: Code = None
+    dise_codg: Code = None
+    dise_name: Code = None
+    acct_used_flag: Code = None
+    med_type: Code = None
+    invono: Code = None
+
+
+class DrugDetail(Node):
+    feedetl_sn: Code = None
+    rxno: Code = None
+    rx_circ_flag: Code = None
+    fee_ocur_time: Code = None
+    med_list_codg: Code = None
+    medins_list_codg: Code = None
+    det_item_fee_sumamt: Amount = None
+    cnt: Amount = None
+    pric: Amount = None
+    sin_dos_dscr: Code = None
+    used_frqu_dscr: Code = None
+    prd_days: Amount = None
+    medc_way_dscr: Code = None
+    bilg_dr_codg: Code = None
+    bilg_dr_name: Code = None
+    tcmdrug_used_way: Code = None
+
+
+class In2101(Node):
+    druginfo: DrugInfo | None = None
+    drugdetail: list[DrugDetail] = []
+
+
+class Purchase(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A validated 2101/2102 request."""
+
+    info: DrugInfo
+    psn_no: str
+    begntime: Any
+    acct_used: bool
+    declared: settlements.Declared
+    lines: tuple[fees.StoredLine, ...]
+
+
+def _purchase(call: Call, mdtrt_id: str) -> Purchase:
+    node = decode_input(call.req, In2101)
+    info = node.druginfo
+    if info is None:
+        raise BadRequest("缺少输入节点druginfo")
+    psn_no = required(info.psn_no, "druginfo.psn_no")
+    required(info.mdtrt_cert_type, "druginfo.mdtrt_cert_type")
+    required(info.mdtrt_cert_no, "druginfo.mdtrt_cert_no")
+    begntime = when_required(info.begntime, "druginfo.begntime")
+    med_type = text(info.med_type) or PHARMACY_MED_TYPE
+    if med_type != PHARMACY_MED_TYPE:
+        raise RuleRejected(f"药店购药的医疗类别应为41，收到{med_type}")
+    if not node.drugdetail:
+        raise BadRequest("药品明细drugdetail不能为空")
+    if len(node.drugdetail) > MAX_LINES:
+        raise BadRequest(f"单次药品明细不能超过{MAX_LINES}条")
+    lines: list[fees.StoredLine] = []
+    seen: set[str] = set()
+    for row in node.drugdetail:
+        sn = required(row.feedetl_sn, "drugdetail.feedetl_sn")
+        if sn in seen:
+            raise LineRejected(sn, "同一报文中费用明细流水号重复")
+        seen.add(sn)
+        at = f"drugdetail[{sn}]"
+        occurred = when(row.fee_ocur_time, f"{at}.fee_ocur_time", optional=True) or begntime
+        cnt = quantity(row.cnt, f"{at}.cnt")
+        if cnt <= 0:
+            raise LineRejected(sn, "数量必须大于0，退药请撤销结算（2103）")
+        lines.append(
+            fees.StoredLine(
+                feedetl_sn=sn,
+                medins_list_codg=required(row.medins_list_codg, f"{at}.medins_list_codg"),
+                med_list_codg=text(row.med_list_codg) or None,
+                pric_micro=micro(row.pric, f"{at}.pric"),
+                cnt=cnt,
+                det_item_fee_sumamt=fen_required(row.det_item_fee_sumamt, f"{at}.det_item_fee_sumamt"),
+                fee_date=occurred.date(),
+                hosp_appr_flag=None,  # restricted items are never approved at a pharmacy
+                mdtrt_id=mdtrt_id,
+                chrg_bchno="",
+                init_feedetl_sn="",
+                psn_no=psn_no,
+                fee_ocur_time=occurred,
+            )
+        )
+    return Purchase(
+        info=info,
+        psn_no=psn_no,
+        begntime=begntime,
+        acct_used=flag(info.acct_used_flag, "druginfo.acct_used_flag") == "1",
+        declared=settlements.Declared(
+            medfee_sumamt=fen_required(info.medfee_sumamt, "druginfo.medfee_sumamt")
+        ),
+        lines=tuple(lines),
+    )
+
+
+async def _purchase_settlement(call: Call, *, final: bool) -> Answer:
+    mdtrt_id = (
+        await encounters.new_mdtrt_id(call.conn, call.institution.admdvs, call.now) if final else ""
+    )
+    p = _purchase(call, mdtrt_id)
+    person, _ = await persons.read(call.conn, p.psn_no)
+    persons.require_insured(person)
+    insutype = text(p.info.insutype)
+    if insutype and insutype != person.insutype:
+        raise RuleRejected(f"险种类型{insutype}与参保人险种{person.insutype}不一致")
+    enc = encounters.Encounter(
+        mdtrt_id=mdtrt_id,
+        fixmedins_code=call.req.fixmedins_code,
+        psn_no=p.psn_no,
+        insutype=person.insutype,
+        kind="pharmacy",
+        med_type=PHARMACY_MED_TYPE,
+        begntime=p.begntime,
+        endtime=None,
+        ipt_otp_no=call.req.msgid,
+        dise_codg=text(p.info.dise_codg),
+        dise_name=text(p.info.dise_name),
+        status="open",
+        insuplc_admdvs=person.insuplc_admdvs,
+        adm_dedc_fen=None,
+        adm_dedc_used_fen=0,
+    )
+    ctx = settlements.Context(
+        institution=call.institution,
+        encounter=enc,
+        visit=Visit(
+            fixmedins_code=call.req.fixmedins_code,
+            mdtrt_id=mdtrt_id,
+            med_type=PHARMACY_MED_TYPE,
+            service_date=p.begntime.date(),
+            acct_used_flag=p.acct_used,
+            dise_codg=enc.dise_codg,
+        ),
+        infno=call.req.infno,
+        msgid=call.req.msgid,
+        dev_no=call.req.dev_no,
+        opter=call.req.opter,
+        mdtrtarea_admvs=call.req.mdtrtarea_admvs,
+    )
+    snapshot = call.gw.snapshot
+    if final:
+        await encounters.create(
+            call.conn,
+            mdtrt_id=mdtrt_id,
+            fixmedins_code=call.req.fixmedins_code,
+            psn_no=p.psn_no,
+            insutype=person.insutype,
+            kind="pharmacy",
+            med_type=PHARMACY_MED_TYPE,
+            begntime=p.begntime,
+            ipt_otp_no=call.req.msgid,
+            insuplc_admdvs=person.insuplc_admdvs,
+            msgid=call.req.msgid,
+            dise_codg=enc.dise_codg,
+            dise_name=enc.dise_name,
+            detail={"druginfo": msgspec.to_builtins(p.info), "dev_no": call.req.dev_no},
+        )
+        await fees.insert(call.conn, p.lines, call.req.msgid)
+    s, state = await settlements.compute(
+        call.conn, snapshot, ctx, p.lines, p.declared, lock=final
+    )
+    if final:
+        rec = await settlements.commit(call.conn, snapshot, ctx, p.lines, s, state, call.now)
+    else:
+        rec = settlements.record_of(s, ctx, state.person, setl_id=None, setl_time=None)
+    info = setlinfo(rec, service_date=ctx.visit.service_date, mdtrt_cert_type=text(p.info.mdtrt_cert_type))
+    info.pop("hosp_part_amt", None)  # the pharmacy setlinfo has no hospital share
+    if not final:
+        info["mdtrt_id"] = None
+    return Answer(
+        {
+            "setlinfo": info,
+            "setldetail": setldetail(rec.funds),
+            "detlcutinfo": [line_result(ln, with_lmt_flag=False) for ln in s.lines],
+        },
+        paid=rec.funds if final else (),
+    )
+
+
+@register("2101", "药店预结算", writes=False, klass="settlement")
+async def pre_settle(call: Call) -> Answer:
+    return await _purchase_settlement(call, final=False)
+
+
+@register("2102", "药店结算", writes=True, klass="settlement")
+async def settle(call: Call) -> Answer:
+    return await _purchase_settlement(call, final=True)
+
+
+@register("2103", "药店结算撤销", writes=True, klass="settlement")
+async def cancel(call: Call) -> Answer:
+    data = decode_input(call.req, In2208).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    rec, balance_after = await settlements.cancel(
+        call.conn,
+        fixmedins_code=call.req.fixmedins_code,
+        setl_id=required(data.setl_id, "data.setl_id"),
+        mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
+        psn_no=required(data.psn_no, "data.psn_no"),
+        msgid=call.req.msgid,
+        now=call.now,
+        categories=frozenset({"pharmacy"}),
+    )
+    full = setlinfo(rec, sign=-1, balc=balance_after)
+    # The 2103 answer as pharmacy clients read it: psn_pay and cash_payamt, no person block.
+    info: dict[str, Any] = {
+        k: full[k]
+        for k in (
+            "mdtrt_id", "setl_id", "clr_optins", "medfee_sumamt", "fulamt_ownpay_amt",
+            "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc", "hifp_pay",
+            "pool_prop_selfpay", "cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay", "maf_pay",
+            "oth_pay", "fund_pay_sumamt", "acct_pay", "balc", "acct_mulaid_pay", "medins_setl_id",
+        )
+    }
+    info["setl_time"] = call.now.strftime("%Y-%m-%d %H:%M:%S")
+    info["psn_pay"] = full["psn_part_amt"]
+    info["cash_payamt"] = full["psn_cash_pay"]
+    return Answer({"setlinfo": info, "setldetail": setldetail(rec.funds, -1)})
+

@@ -1,0 +1,82 @@
+"""Envelope decode + validate, and answer encoding: the per-request cost outside the core."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+import pytest
+
+from adapters.his.envelope import decode_input, decode_request, encode_response
+from adapters.his.settling import declared_of
+from adapters.his.wire import In2206, SettleData, flag, required
+
+pytestmark = pytest.mark.benchmark
+
+ENVELOPE_2207 = msgspec.json.encode(
+    {
+        "infno": "2207",
+        "msgid": "H44180000001202603010830000001",
+        "mdtrtarea_admvs": "441800",
+        "insuplc_admdvs": "441800",
+        "recer_sys_code": "YBXT",
+        "dev_no": "DEV-01",
+        "dev_safe_info": "",
+        "cainfo": "",
+        "signtype": "",
+        "infver": "V1.0",
+        "opter_type": "1",
+        "opter": "OP001",
+        "opter_name": "收费员",
+        "inf_time": "2026-03-01 08:30:00",
+        "fixmedins_code": "H44180000001",
+        "fixmedins_name": "清远演示三级医院",
+        "sign_no": "",
+        "input": {
+            "data": {
+                "psn_no": "441800000000000001",
+                "mdtrt_cert_type": "02",
+                "mdtrt_cert_no": "441802199001011234",
+                "med_type": "11",
+                "medfee_sumamt": "140.00",
+                "psn_setlway": "01",
+                "mdtrt_id": "4418002026030100000000000001",
+                "chrg_bchno": "B1",
+                "acct_used_flag": "1",
+                "insutype": "310",
+                "invono": "",
+                "fulamt_ownpay_amt": 35.00,
+                "overlmt_selfpay": 0,
+                "preselfpay_amt": "8.00",
+                "inscp_scp_amt": 97.00,
+            }
+        },
+    }
+)
+
+
+def decode_2207(body: bytes) -> tuple[Any, ...]:
+    """What the gateway does with a 2207 before touching the ledger."""
+    req = decode_request(body)
+    data = decode_input(req, In2206).data
+    assert isinstance(data, SettleData)
+    return (
+        required(data.psn_no, "psn_no"),
+        required(data.mdtrt_id, "mdtrt_id"),
+        required(data.med_type, "med_type"),
+        flag(data.acct_used_flag, "acct_used_flag"),
+        declared_of(data),
+    )
+
+
+def test_decode_and_validate_2207(benchmark: Any) -> None:
+    result = benchmark(decode_2207, ENVELOPE_2207)
+    assert result[4].medfee_sumamt == 14000
+
+
+def test_encode_answer(benchmark: Any) -> None:
+    now = dt.datetime(2026, 3, 1, 8, 30)
+    output = {"setlinfo": {f"field_{i}": msgspec.Raw(b"12.30") for i in range(40)}, "setldetail": []}
+    body = benchmark(encode_response, region="441800", received=now, output=output, now=now)
+    assert b'"infcode":0' in body

@@ -1,0 +1,186 @@
+"""The HTTP face: the national endpoints, health, and the process's resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+import adapters.his.transactions  # noqa: F401 - registers the HIS transactions
+import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
+from adapters.his.envelope import encode_response
+from gateway import dispatch
+from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.ledger import db, reference_store
+from gateway.ops import metrics
+from gateway.reference import load_reference
+from gateway.ratelimit import Limiter
+from gateway.runtime import Gateway
+
+GATEWAY = web.AppKey("gateway", Gateway)
+MAX_BODY = 8 * 1024 * 1024  # 5,000 fee lines with long names fit comfortably
+DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "config" / "demo"
+
+
+class Settings:
+    """What a process needs to start; built by the CLI or by tests."""
+
+    __slots__ = (
+        "config_path",
+        "database_url",
+        "load_demo_if_empty",
+        "pool_max",
+        "redis_url",
+        "reference_dir",
+        "region",
+    )
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        reference_dir: Path = DEFAULT_REFERENCE,
+        region: str = "441800",
+        load_demo_if_empty: bool = True,
+        pool_max: int = 16,
+        redis_url: str | None = None,
+        config_path: Path = DEFAULT_CONFIG,
+    ) -> None:
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.config_path = config_path
+        self.reference_dir = reference_dir
+        self.region = region
+        self.load_demo_if_empty = load_demo_if_empty
+        self.pool_max = pool_max
+
+
+async def prepare_database(settings: Settings) -> None:
+    """Migrate, and load the demo data set into an empty database."""
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+            if settings.load_demo_if_empty and await reference_store.is_empty(conn):
+                await reference_store.load(conn, load_reference(settings.reference_dir))
+    finally:
+        await pool.close()
+
+
+def _envelope_error(message: str) -> web.Response:
+    now = dt.datetime.now()
+    body = encode_response(region="000000", received=now, output=None, err_msg=message)
+    return web.Response(body=body, content_type="application/json")
+
+
+async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
+    gw = request.app[GATEWAY]
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _envelope_error("请求报文过大，请分批上传费用明细")
+    started = time.perf_counter()
+    # Shielded: a client that hangs up must not cut a settlement's commit in half.
+    outcome = await asyncio.shield(dispatch.handle(gw, body, path_infno))
+    observe(outcome, time.perf_counter() - started)
+    return web.Response(body=outcome.body, content_type="application/json")
+
+
+def observe(outcome: dispatch.Outcome, seconds: float) -> None:
+    """Metrics for one answer; the infno label only takes values from the transaction table."""
+    infno = outcome.infno if outcome.infno in dispatch.TRANSACTIONS else "unknown"
+    metrics.REQUESTS.labels(infno, outcome.outcome).inc()
+    metrics.DURATION.labels(infno).observe(seconds)
+    if outcome.outcome == "replayed":
+        metrics.REPLAYS.inc()
+    if outcome.outcome == "error" and outcome.fixmedins_code:
+        kind = "timeout" if outcome.timeout else "error"
+        metrics.INSTITUTION_ERRORS.labels(outcome.fixmedins_code, kind).inc()
+    if outcome.identity_failure:
+        terminal = metrics.terminal_label(outcome.fixmedins_code, outcome.terminal)
+        metrics.IDENTITY_FAILURES.labels(outcome.fixmedins_code, terminal).inc()
+    for fund in outcome.paid:
+        metrics.FUND_PAID.labels(fund.fund_pay_type).inc(fund.fund_payamt / 100)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """GET /metrics — Prometheus text exposition."""
+    gw = request.app[GATEWAY]
+    metrics.CATALOG_VERSION.set(gw.snapshot.version)
+    metrics.DB_POOL_SIZE.labels("total").set(gw.pool.get_size())
+    metrics.DB_POOL_SIZE.labels("idle").set(gw.pool.get_idle_size())
+    return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+
+async def call_service(request: web.Request) -> web.Response:
+    """POST /fsi/api/rsfComIfsService/callService — infno in the envelope."""
+    return await _answer(request, None)
+
+
+async def call_by_path(request: web.Request) -> web.Response:
+    """POST /hsa/hgs/{infno} — Guangdong's shape, infno in the path."""
+    return await _answer(request, request.match_info["infno"])
+
+
+async def livez(request: web.Request) -> web.Response:
+    """The process is alive and its loop turns."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the ledger answers and a catalog snapshot is loaded."""
+    gw = request.app[GATEWAY]
+    checks: dict[str, object] = {"catalog_version": gw.snapshot.version}
+    ok = True
+    try:
+        async with asyncio.timeout(2):
+            async with gw.pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except (OSError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure means not ready
+        ok = False
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    checks["status"] = "ok" if ok else "unavailable"
+    return web.json_response(checks, status=200 if ok else 503)
+
+
+def build_app(settings: Settings) -> web.Application:
+    """The application with its resources tied to its lifetime."""
+    app = web.Application(client_max_size=MAX_BODY)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await db.create_pool(settings.database_url, max_size=settings.pool_max)
+        reference = await asyncio.to_thread(load_reference, settings.reference_dir)
+        config = load_config(settings.config_path)
+        redis = None
+        if settings.redis_url:
+            import redis.asyncio as aioredis
+
+            redis = aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
+            )
+        gw = await Gateway.start(pool, reference, settings.region, config, Limiter(config.limits, redis))
+        app[GATEWAY] = gw
+        watcher = asyncio.create_task(gw.watch_catalog())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            if redis is not None:
+                await redis.aclose()
+            await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
+    app.router.add_post("/hsa/hgs/{infno}", call_by_path)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app

@@ -1,0 +1,133 @@
+"""`python -m gateway …`: serve, and the operators' commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from gateway.app import DEFAULT_REFERENCE, Settings, build_app, prepare_database
+from gateway.ledger import db, reference_store
+from gateway.reference import load_reference
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    """--database-url, else GATEWAY_DATABASE_URL, else the embedded PostgreSQL under ./var/."""
+    url: str | None = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+    if url:
+        return url
+    from gateway.embedded import embedded_database_url
+
+    return embedded_database_url()
+
+
+def _add_database(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="PostgreSQL DSN (default: $GATEWAY_DATABASE_URL or embedded)")
+
+
+def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    uvloop.install()
+    web.run_app(
+        build_app(settings),
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        access_log=None,
+        shutdown_timeout=10,  # graceful stop: in-flight requests get this long to finish
+        print=None,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Migrate, load the demo set into an empty database, and serve."""
+    settings = Settings(
+        _database_url(args),
+        reference_dir=Path(args.reference_dir),
+        region=args.region,
+        pool_max=args.pool_max,
+        redis_url=args.redis_url,
+    )
+    asyncio.run(prepare_database(settings))
+    logging.getLogger("gateway").info("serving on %s:%s with %s worker(s)", args.host, args.port, args.workers)
+    print(f"gateway listening on http://{args.host}:{args.port} ({args.workers} worker(s))", flush=True)
+    if args.workers <= 1:
+        _serve_one(settings, args.host, args.port, reuse_port=False)
+        return 0
+    # Several processes share the port through SO_REUSEPORT; the kernel spreads connections.
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=_serve_one, args=(settings, args.host, args.port, True), daemon=False)
+        for _ in range(args.workers)
+    ]
+    for child in children:
+        child.start()
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.join()
+    return 0
+
+
+async def _demo_load(url: str, reference_dir: Path) -> None:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+            await reference_store.load(conn, load_reference(reference_dir))
+    finally:
+        await pool.close()
+
+
+def demo(args: argparse.Namespace) -> int:
+    """demo load: reset the database to the demo data set."""
+    asyncio.run(_demo_load(_database_url(args), Path(args.reference_dir)))
+    print("demo data loaded")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command tree."""
+    p = argparse.ArgumentParser(prog="python -m gateway", description="Medical-insurance settlement gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="apply migrations, load demo data into an empty database, serve")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--redis-url", default=os.environ.get("GATEWAY_REDIS_URL"))
+    s.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+    s.add_argument("--region", default="441800", help="receiver region in inf_refmsgid")
+    s.add_argument("--pool-max", type=int, default=16)
+    _add_database(s)
+    s.set_defaults(func=serve)
+
+    d = sub.add_parser("demo", help="demo data set")
+    dsub = d.add_subparsers(dest="demo_command", required=True)
+    dl = dsub.add_parser("load", help="(re)load the demo data set — resets the ledger")
+    dl.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+    _add_database(dl)
+    dl.set_defaults(func=demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,192 @@
+"""From a decoded envelope to the answer bytes: the transaction table, idempotency, errors.
+
+This is the one place a GatewayError becomes `infcode -1` + `err_msg`, and the one place the
+msgid journal is consulted, so every transaction behaves the same on retries and failures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from adapters.his.envelope import Request, decode_request, encode_response
+from gateway.core.model import FundRow, Institution
+from gateway.errors import BadRequest, Busy, GatewayError, IdentityRejected, Unavailable
+from gateway.ledger import idempotency
+from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway.dispatch")
+
+
+@dataclass(slots=True)
+class Call:
+    """One transaction being handled."""
+
+    gw: Gateway
+    req: Request
+    conn: asyncpg.Connection
+    now: dt.datetime
+    institution: Institution
+
+
+@dataclass(slots=True)
+class Answer:
+    output: Any
+    warn_msg: str | None = None
+    paid: tuple[FundRow, ...] = ()  # a committed settlement's fund rows, for the payment metrics
+
+
+Handler = Callable[[Call], Awaitable[Answer]]
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    infno: str
+    name: str
+    handler: Handler
+    writes: bool  # journaled by msgid and run in one transaction with its effects
+    klass: str  # settlement | encounter | catalog | reconcile | query (emergency-plan classes)
+
+
+TRANSACTIONS: dict[str, Transaction] = {}
+
+
+def register(infno: str, name: str, *, writes: bool, klass: str) -> Callable[[Handler], Handler]:
+    """Decorator adding a handler to the transaction table."""
+
+    def add(handler: Handler) -> Handler:
+        TRANSACTIONS[infno] = Transaction(infno, name, handler, writes, klass)
+        return handler
+
+    return add
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the HTTP layer needs: the bytes, and labels for metrics and logs."""
+
+    body: bytes
+    infno: str
+    outcome: str  # ok | rejected | replayed | busy | error
+    msgid: str = ""
+    fixmedins_code: str = ""
+    terminal: str = ""
+    identity_failure: bool = False  # the certificate did not identify the person
+    timeout: bool = False  # a dependency timed out (as opposed to failing outright)
+    paid: tuple[FundRow, ...] = ()
+
+
+def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
+    return encode_response(region=gw.region, received=received, output=None, err_msg=exc.err_msg)
+
+
+async def handle(gw: Gateway, body: bytes, path_infno: str | None = None) -> Outcome:
+    """Answer one request; never raises for anything a client can send."""
+    received = dt.datetime.now()
+    try:
+        req = decode_request(body, path_infno)
+    except GatewayError as exc:
+        return Outcome(_fail(gw, received, exc), path_infno or "", "rejected")
+    tx = TRANSACTIONS.get(req.infno)
+    terminal = req.dev_no or req.opter or "-"
+    labels = {"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code}
+    try:
+        if tx is None:
+            raise BadRequest(f"不支持的交易编号{req.infno}")
+        institution = gw.snapshot.institution(req.fixmedins_code)
+        if institution is None:
+            raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
+        await gw.limiter.admit(req.fixmedins_code, terminal)
+        if tx.writes:
+            body_hash = idempotency.digest(body)
+            outcome = await _journaled(gw, tx, req, institution, body_hash, received)
+            outcome.terminal = terminal
+            return outcome
+        async with gw.pool.acquire() as conn:
+            answer = await tx.handler(Call(gw, req, conn, received, institution))
+        out = encode_response(
+            region=gw.region, received=received, output=answer.output, warn_msg=answer.warn_msg
+        )
+        return Outcome(out, req.infno, "ok", req.msgid, req.fixmedins_code, terminal)
+    except Busy as exc:
+        return Outcome(_fail(gw, received, exc), req.infno, "busy", req.msgid, req.fixmedins_code, terminal)
+    except GatewayError as exc:
+        return Outcome(
+            _fail(gw, received, exc),
+            req.infno,
+            "rejected",
+            req.msgid,
+            req.fixmedins_code,
+            terminal,
+            identity_failure=isinstance(exc, IdentityRejected),
+        )
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
+        log.exception("dependency failure", extra=labels)
+        exc2 = Unavailable("医保结算服务暂时不可用，请稍后重试；如持续失败请按应急预案处理")
+        return Outcome(
+            _fail(gw, received, exc2),
+            req.infno,
+            "error",
+            req.msgid,
+            req.fixmedins_code,
+            terminal,
+            timeout=isinstance(exc, TimeoutError),
+        )
+    except Exception:
+        # A bug must still answer in the envelope: the counter sees a clear message, ops the log.
+        log.exception("unexpected failure", extra=labels)
+        exc3 = Unavailable("医保结算服务内部错误，交易未生效，请稍后重试")
+        return Outcome(_fail(gw, received, exc3), req.infno, "error", req.msgid, req.fixmedins_code, terminal)
+
+
+class _Taken(Exception):
+    """Another request with the same msgid committed first."""
+
+
+async def _journaled(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body_hash: bytes,
+    received: dt.datetime,
+) -> Outcome:
+    code, msgid = req.fixmedins_code, req.msgid
+    async with gw.pool.acquire() as conn:
+        stored = await idempotency.lookup(conn, code, msgid)
+        if stored is not None:
+            return Outcome(idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code)
+        try:
+            async with conn.transaction():
+                if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
+                    raise _Taken
+                answer = await tx.handler(Call(gw, req, conn, received, institution))
+                out = encode_response(
+                    region=gw.region,
+                    received=received,
+                    output=answer.output,
+                    warn_msg=answer.warn_msg,
+                )
+                await idempotency.settle_answer(conn, code, msgid, out, 0)
+            return Outcome(out, req.infno, "ok", msgid, code, paid=answer.paid)
+        except _Taken:
+            stored = await idempotency.lookup(conn, code, msgid)
+            if stored is None:  # the other request rolled back after all: let the client retry
+                raise Unavailable("同一报文ID的交易正在处理中，请稍后重试") from None
+            return Outcome(idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code)
+        except GatewayError as exc:
+            if exc.retryable:
+                raise
+            out = _fail(gw, received, exc)
+            # The business transaction rolled back; only the refusal is kept, for replays.
+            earlier = await idempotency.store_failure(conn, code, msgid, req.infno, body_hash, out)
+            if earlier is not None:
+                return Outcome(idempotency.replay(earlier, body_hash, msgid), req.infno, "replayed", msgid, code)
+            return Outcome(
+                out, req.infno, "rejected", msgid, code, identity_failure=isinstance(exc, IdentityRejected)
+            )

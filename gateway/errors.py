@@ -1,0 +1,74 @@
+"""Every error the gateway answers with, in one tree.
+
+All of them reach the client the same way: HTTP 200, a well-formed envelope, ``infcode -1``
+and ``err_msg`` (Chinese, written for the counter clerk). ``retryable`` says whether the
+same request may succeed later unchanged; only retryable failures are not journaled against
+their msgid, so a retry after an outage is not answered with the outage.
+
+    GatewayError                 base; never raised itself
+    ├── BadRequest               the envelope or input is malformed or mistyped
+    ├── RuleRejected             well-formed, but the settlement rules refuse it
+    │   ├── NotInsured           unknown person, or psn_insu_stas is not 1
+    │   │   └── IdentityRejected the card / e-voucher does not identify the person (terminal fault signal)
+    │   └── LineRejected         one fee line fails its checks (names feedetl_sn)
+    ├── NotFound                 the mdtrt_id / setl_id / batch does not exist for this institution
+    ├── Conflict                 the state forbids it: settled twice, cancelled twice, msgid reused
+    ├── Busy                     shed under overload or rate limit; retry shortly (retryable)
+    └── Unavailable              a dependency failed or timed out (retryable)
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of the tree; carries the clerk-facing message."""
+
+    retryable = False
+
+    def __init__(self, err_msg: str) -> None:
+        super().__init__(err_msg)
+        self.err_msg = err_msg
+
+
+class BadRequest(GatewayError):
+    """The envelope or input is malformed, mistyped or incomplete."""
+
+
+class RuleRejected(GatewayError):
+    """Well-formed, but the settlement rules refuse it."""
+
+
+class NotInsured(RuleRejected):
+    """Unknown person, or not in insured status."""
+
+
+class IdentityRejected(NotInsured):
+    """The certificate read at the counter does not identify an insured person."""
+
+
+class LineRejected(RuleRejected):
+    """A fee line fails its checks."""
+
+    def __init__(self, feedetl_sn: str, reason: str) -> None:
+        super().__init__(f"费用明细流水号{feedetl_sn}：{reason}")
+        self.feedetl_sn = feedetl_sn
+
+
+class NotFound(GatewayError):
+    """The referenced visit, batch or settlement does not exist for this institution."""
+
+
+class Conflict(GatewayError):
+    """The current state forbids the operation."""
+
+
+class Busy(GatewayError):
+    """Shed under overload or rate limit."""
+
+    retryable = True
+
+
+class Unavailable(GatewayError):
+    """A dependency failed or timed out."""
+
+    retryable = True

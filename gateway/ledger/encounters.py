@@ -1,0 +1,130 @@
+"""Visits (就诊): outpatient registrations, admissions and pharmacy purchases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.errors import Conflict, NotFound
+
+
+class Encounter(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    mdtrt_id: str
+    fixmedins_code: str
+    psn_no: str
+    insutype: str
+    kind: str  # outpatient | inpatient | pharmacy
+    med_type: str
+    begntime: dt.datetime
+    endtime: dt.datetime | None
+    ipt_otp_no: str
+    dise_codg: str
+    dise_name: str
+    status: str  # open | discharged | cancelled
+    insuplc_admdvs: str
+    adm_dedc_fen: int | None
+    adm_dedc_used_fen: int
+
+
+_COLUMNS = ", ".join(Encounter.__struct_fields__)
+
+
+def _of(row: Any) -> Encounter:
+    return Encounter(**{f: row[f] for f in Encounter.__struct_fields__})
+
+
+async def new_mdtrt_id(conn: asyncpg.Connection, region: str, on: dt.datetime) -> str:
+    """就诊ID: treatment region (6) + yyyyMMdd + 12-digit serial, unique across the ledger."""
+    serial = await conn.fetchval("SELECT nextval('mdtrt_seq')")
+    return f"{region[:6]:0<6}{on:%Y%m%d}{int(serial):012d}"
+
+
+async def create(
+    conn: asyncpg.Connection,
+    *,
+    mdtrt_id: str,
+    fixmedins_code: str,
+    psn_no: str,
+    insutype: str,
+    kind: str,
+    med_type: str,
+    begntime: dt.datetime,
+    ipt_otp_no: str,
+    insuplc_admdvs: str,
+    msgid: str,
+    dise_codg: str = "",
+    dise_name: str = "",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Open a visit; the institution's visit number must not be open already."""
+    try:
+        await conn.execute(
+            "INSERT INTO encounters (mdtrt_id, fixmedins_code, psn_no, insutype, kind, med_type,"
+            " begntime, ipt_otp_no, dise_codg, dise_name, status, insuplc_admdvs, detail,"
+            " created_msgid) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'open',$11,$12,$13)",
+            mdtrt_id,
+            fixmedins_code,
+            psn_no,
+            insutype,
+            kind,
+            med_type,
+            begntime,
+            ipt_otp_no,
+            dise_codg,
+            dise_name,
+            insuplc_admdvs,
+            detail or {},
+            msgid,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        label = "住院号" if kind == "inpatient" else "门诊号"
+        raise Conflict(f"{label}{ipt_otp_no}已登记且未撤销，请勿重复登记") from exc
+
+
+async def get(
+    conn: asyncpg.Connection,
+    mdtrt_id: str,
+    fixmedins_code: str,
+    *,
+    psn_no: str | None = None,
+    lock: bool = False,
+) -> Encounter:
+    """The institution's own visit; another institution's mdtrt_id is not found, not shown."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM encounters WHERE mdtrt_id = $1 AND fixmedins_code = $2"
+        + (" FOR UPDATE" if lock else ""),
+        mdtrt_id,
+        fixmedins_code,
+    )
+    if row is None:
+        raise NotFound(f"就诊ID{mdtrt_id}不存在或不属于本机构")
+    enc = _of(row)
+    if psn_no is not None and psn_no != enc.psn_no:
+        raise Conflict(f"人员编号{psn_no}与就诊ID{mdtrt_id}的参保人不一致")
+    return enc
+
+
+def require_open(enc: Encounter) -> None:
+    """Uploads and settlements need a visit that is not cancelled."""
+    if enc.status == "cancelled":
+        raise Conflict(f"就诊ID{enc.mdtrt_id}已撤销")
+
+
+async def update(conn: asyncpg.Connection, mdtrt_id: str, **fields: Any) -> None:
+    """Set some columns of a visit."""
+    names = list(fields)
+    sets = ", ".join(f"{n} = ${i + 2}" for i, n in enumerate(names))
+    await conn.execute(
+        f"UPDATE encounters SET {sets} WHERE mdtrt_id = $1", mdtrt_id, *(fields[n] for n in names)
+    )
+
+
+async def settled_count(conn: asyncpg.Connection, mdtrt_id: str) -> int:
+    """Settlements of the visit in force."""
+    n = await conn.fetchval(
+        "SELECT count(*) FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'", mdtrt_id
+    )
+    return int(n)

@@ -1,0 +1,118 @@
+"""Uploaded fee lines (费用明细) of a visit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import asyncpg
+
+from gateway.core.model import FeeLine
+from gateway.errors import Conflict
+
+ALL = "0000"  # chrg_bchno / feedetl_sn "0000": every unsettled line of the visit
+
+
+class StoredLine(FeeLine, frozen=True, gc=False, kw_only=True):
+    """A fee line as uploaded, with where it belongs."""
+
+    mdtrt_id: str
+    chrg_bchno: str
+    init_feedetl_sn: str
+    psn_no: str
+    fee_ocur_time: dt.datetime
+
+
+async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: str) -> None:
+    """Store uploaded lines; a feedetl_sn already in force for the visit is refused."""
+    try:
+        await conn.executemany(
+            "INSERT INTO fee_lines (mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no,"
+            " medins_list_codg, med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time,"
+            " hosp_appr_flag, uploaded_msgid) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
+            [
+                (
+                    ln.mdtrt_id,
+                    ln.feedetl_sn,
+                    ln.chrg_bchno,
+                    ln.init_feedetl_sn,
+                    ln.psn_no,
+                    ln.medins_list_codg,
+                    ln.med_list_codg,
+                    ln.pric_micro,
+                    ln.cnt,
+                    ln.det_item_fee_sumamt,
+                    ln.fee_ocur_time,
+                    ln.hosp_appr_flag,
+                    msgid,
+                )
+                for ln in lines
+            ],
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict("费用明细流水号已上传，请勿重复上传（如需修改请先撤销）") from exc
+
+
+async def unsettled(conn: asyncpg.Connection, mdtrt_id: str, chrg_bchno: str = ALL) -> list[StoredLine]:
+    """Unsettled lines of the visit, or of one charge batch, in upload order of feedetl_sn."""
+    sql = (
+        "SELECT mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no, medins_list_codg,"
+        " med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time, hosp_appr_flag"
+        " FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL"
+    )
+    args: list[object] = [mdtrt_id]
+    if chrg_bchno != ALL:
+        sql += " AND chrg_bchno = $2"
+        args.append(chrg_bchno)
+    rows = await conn.fetch(sql + " ORDER BY feedetl_sn", *args)
+    return [
+        StoredLine(
+            mdtrt_id=r["mdtrt_id"],
+            feedetl_sn=r["feedetl_sn"],
+            chrg_bchno=r["chrg_bchno"],
+            init_feedetl_sn=r["init_feedetl_sn"],
+            psn_no=r["psn_no"],
+            medins_list_codg=r["medins_list_codg"],
+            med_list_codg=r["med_list_codg"],
+            pric_micro=int(r["pric_micro"]),
+            cnt=int(r["cnt"]),
+            det_item_fee_sumamt=int(r["amount_fen"]),
+            fee_ocur_time=r["fee_ocur_time"],
+            fee_date=r["fee_ocur_time"].date(),
+            hosp_appr_flag=r["hosp_appr_flag"],
+        )
+        for r in rows
+    ]
+
+
+async def delete_unsettled(
+    conn: asyncpg.Connection, mdtrt_id: str, *, chrg_bchno: str | None = None, feedetl_sn: str | None = None
+) -> int:
+    """2205/2302: remove unsettled lines (a batch, one line, or "0000" for all); returns count."""
+    sql = "DELETE FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL"
+    args: list[object] = [mdtrt_id]
+    if chrg_bchno is not None and chrg_bchno != ALL:
+        sql += " AND chrg_bchno = $2"
+        args.append(chrg_bchno)
+    elif feedetl_sn is not None and feedetl_sn != ALL:
+        sql += " AND feedetl_sn = $2"
+        args.append(feedetl_sn)
+    status = await conn.execute(sql, *args)
+    return int(status.split()[-1])
+
+
+async def mark_settled(
+    conn: asyncpg.Connection, mdtrt_id: str, feedetl_sns: Sequence[str], setl_id: str | None
+) -> None:
+    """Attach lines to a settlement, or release them (None) when it is cancelled."""
+    await conn.execute(
+        "UPDATE fee_lines SET setl_id = $3 WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])",
+        mdtrt_id,
+        list(feedetl_sns),
+        setl_id,
+    )
+
+
+async def release(conn: asyncpg.Connection, setl_id: str) -> None:
+    """A cancelled settlement's lines become unsettled again (so 2205/2302 can remove them)."""
+    await conn.execute("UPDATE fee_lines SET setl_id = NULL WHERE setl_id = $1", setl_id)

@@ -1,0 +1,103 @@
+"""Idempotency by (institution, msgid): the same message gets the same answer, byte for byte.
+
+The key row is inserted inside the business transaction. A concurrent duplicate blocks on the
+unique key until the first commits, then finds the stored answer: one effect, two equal answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncpg
+import msgspec
+
+from gateway.errors import Conflict
+
+
+class Stored(msgspec.Struct, frozen=True, gc=False):
+    body_sha256: bytes
+    answer: bytes
+
+
+def digest(body: bytes) -> bytes:
+    """The request's fingerprint."""
+    return hashlib.sha256(body).digest()
+
+
+async def lookup(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> Stored | None:
+    """The committed answer for this msgid, if any."""
+    row = await conn.fetchrow(
+        "SELECT body_sha256, answer FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2",
+        fixmedins_code,
+        msgid,
+    )
+    if row is None or row["answer"] is None:
+        return None
+    return Stored(bytes(row["body_sha256"]), bytes(row["answer"]))
+
+
+def replay(stored: Stored, body_sha256: bytes, msgid: str) -> bytes:
+    """The stored answer for the same body; a different body under the same msgid is refused."""
+    if stored.body_sha256 != body_sha256:
+        raise Conflict(f"报文ID{msgid}已使用过且报文内容不同，请使用新的报文ID重新发起交易")
+    return stored.answer
+
+
+async def claim(
+    conn: asyncpg.Connection, fixmedins_code: str, msgid: str, infno: str, body_sha256: bytes
+) -> bool:
+    """Take the key inside the caller's transaction; False when another request holds it."""
+    got = await conn.fetchval(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256) VALUES ($1,$2,$3,$4)"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        fixmedins_code,
+        msgid,
+        infno,
+        body_sha256,
+    )
+    return bool(got)
+
+
+async def settle_answer(
+    conn: asyncpg.Connection, fixmedins_code: str, msgid: str, answer: bytes, infcode: int
+) -> None:
+    """Record the answer of a claimed key (same transaction as the claim)."""
+    await conn.execute(
+        "UPDATE idempotency SET answer = $3, infcode = $4 WHERE fixmedins_code = $1 AND msgid = $2",
+        fixmedins_code,
+        msgid,
+        answer,
+        infcode,
+    )
+
+
+async def store_failure(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    msgid: str,
+    infno: str,
+    body_sha256: bytes,
+    answer: bytes,
+) -> Stored | None:
+    """Keep a refusal's answer for replays; returns the earlier answer if one won the race."""
+    got = await conn.fetchval(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
+        " VALUES ($1,$2,$3,$4,$5,-1) ON CONFLICT DO NOTHING RETURNING true",
+        fixmedins_code,
+        msgid,
+        infno,
+        body_sha256,
+        answer,
+    )
+    if got:
+        return None
+    return await lookup(conn, fixmedins_code, msgid)
+
+
+async def purge(conn: asyncpg.Connection, keep_days: int) -> int:
+    """Drop keys older than the retention (at least 7 days by policy)."""
+    status = await conn.execute(
+        "DELETE FROM idempotency WHERE created_at < now() - make_interval(days => $1)",
+        max(keep_days, 7),
+    )
+    return int(status.split()[-1])

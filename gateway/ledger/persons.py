@@ -1,0 +1,100 @@
+"""Insured persons, their accounts and yearly accumulators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from gateway.core.model import Accumulators, Person
+from gateway.errors import NotInsured
+
+_PERSON_COLUMNS = (
+    "p.psn_no, p.psn_name, p.psn_cert_type, p.certno, p.gend, p.brdy, p.insuplc_admdvs,"
+    " p.insutype, p.psn_type, p.psn_insu_stas, p.cvlserv_flag, p.maf_class,"
+    " p.chronic_dise_codg, p.mdtrt_cert_no_card"
+)
+ACCUMULATOR_FIELDS: tuple[str, ...] = tuple(Accumulators.__struct_fields__)
+
+_SELECT = f"SELECT {_PERSON_COLUMNS}, a.balance_fen FROM persons p JOIN accounts a USING (psn_no)"
+_LOCK = f"{_SELECT} WHERE p.psn_no = $1 FOR UPDATE OF a"
+_READ = f"{_SELECT} WHERE p.psn_no = $1"
+_ACC_READ = f"SELECT {', '.join(ACCUMULATOR_FIELDS)} FROM accumulators WHERE psn_no = $1 AND year = $2"
+_ACC_UPSERT = (
+    f"INSERT INTO accumulators (psn_no, year, {', '.join(ACCUMULATOR_FIELDS)}) VALUES ($1, $2, "
+    + ", ".join(f"${i + 3}" for i in range(len(ACCUMULATOR_FIELDS)))
+    + ") ON CONFLICT (psn_no, year) DO UPDATE SET "
+    + ", ".join(f"{f} = EXCLUDED.{f}" for f in ACCUMULATOR_FIELDS)
+)
+
+
+def person_of(row: Any) -> Person:
+    """A persons row -> Person."""
+    return Person(
+        psn_no=row["psn_no"],
+        psn_name=row["psn_name"],
+        psn_cert_type=row["psn_cert_type"],
+        certno=row["certno"],
+        gend=row["gend"],
+        brdy=row["brdy"],
+        insuplc_admdvs=row["insuplc_admdvs"],
+        insutype=row["insutype"],
+        psn_type=row["psn_type"],
+        psn_insu_stas=row["psn_insu_stas"],
+        cvlserv_flag=row["cvlserv_flag"],
+        maf_class=row["maf_class"],
+        chronic_dise_codg=tuple(row["chronic_dise_codg"]),
+        mdtrt_cert_no_card=row["mdtrt_cert_no_card"],
+    )
+
+
+async def read(conn: asyncpg.Connection, psn_no: str, *, lock: bool = False) -> tuple[Person, int]:
+    """The person and account balance; with lock=True the account row stays locked until commit.
+
+    Locking the account row is what serializes one person's settlements: two transactions for
+    the same person queue here, so neither computes against state the other is changing.
+    """
+    row = await conn.fetchrow(_LOCK if lock else _READ, psn_no)
+    if row is None:
+        raise NotInsured(f"人员编号{psn_no}不存在，请重新读卡获取人员信息")
+    return person_of(row), int(row["balance_fen"])
+
+
+def require_insured(person: Person) -> None:
+    """Refuse anyone not in insured status (psn_insu_stas 1)."""
+    if person.psn_insu_stas != "1":
+        raise NotInsured(f"参保人{person.psn_no}参保状态异常（非正常参保），不能享受医保待遇，请按自费处理")
+
+
+async def find_by_certificate(
+    conn: asyncpg.Connection, cert_type: str, cert_no: str
+) -> tuple[Person, int] | None:
+    """1101: 01 e-voucher (token: psn_no or certno), 02 ID number, 03 social-security card."""
+    if cert_type == "03":
+        where = "p.mdtrt_cert_no_card = $1"
+    elif cert_type == "02":
+        where = "p.certno = $1"
+    else:
+        where = "(p.psn_no = $1 OR p.certno = $1)"
+    row = await conn.fetchrow(f"{_SELECT} WHERE {where} LIMIT 1", cert_no)
+    return None if row is None else (person_of(row), int(row["balance_fen"]))
+
+
+async def year_accumulators(conn: asyncpg.Connection, psn_no: str, year: int) -> Accumulators:
+    """The person's accumulators for a calendar year (zeros when none yet)."""
+    row = await conn.fetchrow(_ACC_READ, psn_no, year)
+    if row is None:
+        return Accumulators()
+    return Accumulators(**{f: int(row[f]) for f in ACCUMULATOR_FIELDS})
+
+
+async def write_accumulators(
+    conn: asyncpg.Connection, psn_no: str, year: int, acc: Accumulators
+) -> None:
+    """Store the year's accumulators (the caller holds the person's lock)."""
+    await conn.execute(_ACC_UPSERT, psn_no, year, *(getattr(acc, f) for f in ACCUMULATOR_FIELDS))
+
+
+async def set_balance(conn: asyncpg.Connection, psn_no: str, balance_fen: int) -> None:
+    """Store the account balance (the caller holds the person's lock)."""
+    await conn.execute("UPDATE accounts SET balance_fen = $2 WHERE psn_no = $1", psn_no, balance_fen)

@@ -1,0 +1,146 @@
+"""Reference data in PostgreSQL: loading a region's files, and reading them back as a snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from gateway.core.catalog import Snapshot
+from gateway.core.model import CatalogEntry, Institution, Mapping, PriceCap, SelfpayRatio
+from gateway.reference import Reference
+
+# Everything a demo reload resets, children first.
+_ALL_TABLES = (
+    "settlement_funds",
+    "settlements",
+    "fee_lines",
+    "encounters",
+    "accumulators",
+    "idempotency",
+    "sign_ins",
+    "accounts",
+    "persons",
+    "catalog_mappings",
+    "catalog_entries",
+    "selfpay_ratios",
+    "price_caps",
+    "institutions",
+)
+
+
+async def is_empty(conn: asyncpg.Connection) -> bool:
+    """No institutions loaded yet."""
+    return not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM institutions)")
+
+
+async def load(conn: asyncpg.Connection, ref: Reference) -> None:
+    """Replace all reference data, persons and the ledger with the given set (demo load)."""
+    async with conn.transaction():
+        await conn.execute(f"TRUNCATE {', '.join(_ALL_TABLES)}")
+        await conn.copy_records_to_table(
+            "institutions",
+            records=[
+                (i.fixmedins_code, i.fixmedins_name, i.fixmedins_type, i.hosp_lv, i.admdvs)
+                for i in ref.institutions
+            ],
+        )
+        await conn.copy_records_to_table(
+            "catalog_entries",
+            records=[
+                (c.med_list_codg, c.med_list_name, c.list_type, c.med_chrgitm_type, c.chrgitm_lv,
+                 c.lmt_used_flag, c.begndate, c.enddate)
+                for c in ref.catalog
+            ],
+        )
+        await conn.copy_records_to_table(
+            "catalog_mappings",
+            columns=["fixmedins_code", "medins_list_codg", "fixmedins_hilist_name", "list_type",
+                     "med_list_codg", "begndate", "enddate"],
+            records=[
+                (m.fixmedins_code, m.medins_list_codg, m.fixmedins_hilist_name, m.list_type,
+                 m.med_list_codg, m.begndate, m.enddate)
+                for m in ref.mappings
+            ],
+        )
+        await conn.copy_records_to_table(
+            "selfpay_ratios",
+            records=[
+                (r.med_list_codg, r.insu_admdvs, r.selfpay_bp, r.begndate, r.enddate)
+                for r in ref.ratios
+            ],
+        )
+        await conn.copy_records_to_table(
+            "price_caps",
+            records=[
+                (c.med_list_codg, c.insu_admdvs, c.cap_micro, c.begndate, c.enddate)
+                for c in ref.caps
+            ],
+        )
+        await conn.copy_records_to_table(
+            "persons",
+            records=[
+                (p.psn_no, p.psn_name, p.psn_cert_type, p.certno, p.gend, p.brdy,
+                 p.insuplc_admdvs, p.insutype, p.psn_type, p.psn_insu_stas, p.cvlserv_flag,
+                 p.maf_class, list(p.chronic_dise_codg), p.mdtrt_cert_no_card)
+                for p in ref.persons
+            ],
+        )
+        await conn.copy_records_to_table(
+            "accounts",
+            records=[(p.psn_no, ref.balances.get(p.psn_no, 0)) for p in ref.persons],
+        )
+        await bump_version(conn)
+
+
+async def bump_version(conn: asyncpg.Connection) -> int:
+    """Every reference change bumps the version so each process rebuilds its snapshot."""
+    v = await conn.fetchval("UPDATE catalog_version SET version = version + 1 RETURNING version")
+    return int(v)
+
+
+async def current_version(conn: asyncpg.Connection) -> int:
+    """The reference data's version."""
+    return int(await conn.fetchval("SELECT version FROM catalog_version"))
+
+
+async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
+    """Build a snapshot from the database (policies come from the reference files).
+
+    The rows are fetched on the loop; turning them into records and indexes runs in a thread,
+    so a reload of hundreds of thousands of mappings does not stall settlements.
+    """
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        version = await current_version(conn)
+        institutions = await conn.fetch(
+            "SELECT fixmedins_code, fixmedins_name, fixmedins_type, hosp_lv, admdvs FROM institutions"
+        )
+        catalog = await conn.fetch(
+            "SELECT med_list_codg, med_list_name, list_type, med_chrgitm_type, chrgitm_lv,"
+            " lmt_used_flag, begndate, enddate FROM catalog_entries"
+        )
+        mappings = await conn.fetch(
+            "SELECT fixmedins_code, medins_list_codg, fixmedins_hilist_name, list_type,"
+            " med_list_codg, begndate, enddate FROM catalog_mappings WHERE revoked_at IS NULL"
+            " ORDER BY mapping_id"
+        )
+        ratios = await conn.fetch(
+            "SELECT med_list_codg, insu_admdvs, selfpay_bp, begndate, enddate FROM selfpay_ratios"
+        )
+        caps = await conn.fetch(
+            "SELECT med_list_codg, insu_admdvs, cap_micro, begndate, enddate FROM price_caps"
+        )
+
+    def build() -> Snapshot:
+        return Snapshot.build(
+            version=version,
+            institutions=[Institution(**dict(r)) for r in institutions],
+            catalog=[CatalogEntry(**dict(r)) for r in catalog],
+            mappings=[Mapping(**dict(r)) for r in mappings],
+            ratios=[SelfpayRatio(**dict(r)) for r in ratios],
+            caps=[PriceCap(**dict(r)) for r in caps],
+            policies=ref.policies,
+            class_b_default_bp=ref.class_b_default_bp,
+        )
+
+    return await asyncio.to_thread(build)

@@ -1,0 +1,116 @@
+"""Money, ratios and quantities as integers, and the one rounding rule.
+
+Inside the gateway money is integer fen, ratios are basis points (10000 = 100%), prices are
+integer micro-yuan (the wire's 16,6) and quantities integer 1/10000 units (the wire's 16,4).
+Conversion happens only at the protocol edge and always from the decimal text, never a float.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+BP = 10_000
+CNT_SCALE = 10_000  # cnt carries up to four decimals
+PRICE_SCALE = 1_000_000  # pric and pric_uplmt_amt carry up to six decimals (micro-yuan)
+# micro-yuan x cnt units -> fen: 1e-6 yuan * 1e-4 = 1e-10 yuan = 1e-8 fen
+_PRICE_CNT_TO_FEN = PRICE_SCALE * CNT_SCALE // 100
+
+
+class AmountError(ValueError):
+    """A decimal on the wire that is not a valid amount of its kind."""
+
+
+def round_div(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded to an integer half away from zero (ROUND_HALF_UP)."""
+    if denominator <= 0:
+        raise ZeroDivisionError("denominator must be positive")
+    q, r = divmod(abs(numerator), denominator)
+    if 2 * r >= denominator:
+        q += 1
+    return q if numerator >= 0 else -q
+
+
+def ceil_div(numerator: int, denominator: int) -> int:
+    """Ceiling of numerator / denominator for a positive denominator."""
+    return -((-numerator) // denominator)
+
+
+def apply_bp(amount: int, bp: int) -> int:
+    """amount x bp / 10000, rounded once to whole fen."""
+    return round_div(amount * bp, BP)
+
+
+def _scaled(value: Decimal | int | str, places: int, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value * 10**places
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except (InvalidOperation, ValueError) as exc:
+        raise AmountError(f"{what}不是有效的数字") from exc
+    if not d.is_finite():
+        raise AmountError(f"{what}不是有效的数字")
+    exponent = d.as_tuple().exponent
+    assert isinstance(exponent, int)
+    # Trailing zeros beyond the allowed places ("12.500") are still exact.
+    d = d.normalize() if exponent < -places else d
+    exponent = d.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -places:
+        raise AmountError(f"{what}最多{places}位小数")
+    scaled = d.scaleb(places)
+    if abs(scaled) >= 10**18:
+        raise AmountError(f"{what}超出范围")
+    return int(scaled)
+
+
+def to_fen(value: Decimal | int | str, what: str = "金额") -> int:
+    """Yuan with at most two decimals -> fen; more decimals is a bad request, not rounded."""
+    return _scaled(value, 2, what)
+
+
+def to_micro(value: Decimal | int | str, what: str = "单价") -> int:
+    """A price with at most six decimals -> micro-yuan."""
+    return _scaled(value, 6, what)
+
+
+def to_cnt(value: Decimal | int | str, what: str = "数量") -> int:
+    """A quantity with at most four decimals -> 1/10000 units."""
+    return _scaled(value, 4, what)
+
+
+def to_bp(value: Decimal | int | str, what: str = "比例") -> int:
+    """A ratio such as 0.10 -> basis points (1000)."""
+    return _scaled(value, 4, what)
+
+
+def price_times_cnt_fen(price_micro: int, cnt: int) -> int:
+    """round(price x cnt) in fen, for the amount check and price caps."""
+    return round_div(price_micro * cnt, _PRICE_CNT_TO_FEN)
+
+
+def fen_text(fen: int) -> str:
+    """Fen -> the wire's two-decimal yuan text ("-12.30")."""
+    sign = "-" if fen < 0 else ""
+    q, r = divmod(abs(fen), 100)
+    return f"{sign}{q}.{r:02d}"
+
+
+def bp_text(bp: int) -> str:
+    """Basis points -> the wire's 5,4 ratio text ("0.9000")."""
+    sign = "-" if bp < 0 else ""
+    q, r = divmod(abs(bp), BP)
+    return f"{sign}{q}.{r:04d}"
+
+
+def micro_text(micro: int) -> str:
+    """Micro-yuan -> six-decimal text."""
+    sign = "-" if micro < 0 else ""
+    q, r = divmod(abs(micro), PRICE_SCALE)
+    return f"{sign}{q}.{r:06d}"
+
+
+def cnt_text(cnt: int) -> str:
+    """1/10000 units -> four-decimal text."""
+    sign = "-" if cnt < 0 else ""
+    q, r = divmod(abs(cnt), CNT_SCALE)
+    return f"{sign}{q}.{r:04d}"

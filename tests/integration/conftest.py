@@ -1,0 +1,101 @@
+"""A real gateway on loopback over a fresh PostgreSQL database per test module."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from gateway.app import Settings, build_app, prepare_database
+from gateway.ledger import checker
+from tests.integration.his_client import HisClient
+
+pytestmark = pytest.mark.integration
+
+LEDGER_TABLES = (
+    "encounters",
+    "fee_lines",
+    "settlements",
+    "settlement_funds",
+    "accumulators",
+    "sign_ins",
+)
+
+
+@dataclass
+class Server:
+    url: str
+    dsn: str
+    session: aiohttp.ClientSession
+
+    def client(self, fixmedins_code: str, region: str = "441800") -> HisClient:
+        return HisClient(self.session, self.url, fixmedins_code, region)
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        rows = await self.fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+    async def check_ledger(self) -> list[str]:
+        """The ledger checker's findings (empty when the ledger balances)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+            return await checker.check(conn)
+        finally:
+            await conn.close()
+
+    async def ledger_fingerprint(self) -> dict[str, Any]:
+        """Row counts and money totals of every ledger table: proof that nothing was written."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            out: dict[str, Any] = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in LEDGER_TABLES}
+            out["balances"] = await conn.fetchval("SELECT coalesce(sum(balance_fen), 0) FROM accounts")
+            out["encounter_states"] = await conn.fetchval(
+                "SELECT string_agg(mdtrt_id || status, ',' ORDER BY mdtrt_id) FROM encounters"
+            )
+            out["settlement_states"] = await conn.fetchval(
+                "SELECT string_agg(setl_id || status, ',' ORDER BY setl_id) FROM settlements"
+            )
+            return out
+        finally:
+            await conn.close()
+
+
+async def _make_database(new_database: Callable[..., Any], prefix: str) -> str:
+    made = new_database(prefix)
+    dsn = await made if inspect.isawaitable(made) else made
+    assert isinstance(dsn, str)
+    return dsn
+
+
+@pytest.fixture(scope="module")
+async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
+    """Migrated, demo-loaded database and a gateway serving it on 127.0.0.1."""
+    dsn = await _make_database(new_database, "gw")
+    settings = Settings(dsn, pool_max=24)
+    await prepare_database(settings)
+    runner = web.AppRunner(build_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+    try:
+        yield Server(f"http://127.0.0.1:{port}", dsn, session)
+    finally:
+        await session.close()
+        await runner.cleanup()
