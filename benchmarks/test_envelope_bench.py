@@ -77,6 +77,9 @@ def test_decode_and_validate_2207(benchmark: Any) -> None:
 
 def test_encode_answer(benchmark: Any) -> None:
     now = dt.datetime(2026, 3, 1, 8, 30)
-    output = {"setlinfo": {f"field_{i}": msgspec.Raw(b"12.30") for i in range(40)}, "setldetail": []}
+    output = {
+        "setlinfo": {f"field_{i}": msgspec.Raw(b"12.30") for i in range(40)},
+        "setldetail": [],
+    }
     body = benchmark(encode_response, region="441800", received=now, output=output, now=now)
     assert b'"infcode":0' in body

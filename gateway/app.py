@@ -11,15 +11,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-import adapters.his.transactions  # noqa: F401 - registers the HIS transactions
+import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
 from adapters.his.envelope import encode_response
 from gateway import dispatch
-from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
-from gateway.reference import load_reference
 from gateway.ratelimit import Limiter
+from gateway.reference import load_reference
 from gateway.runtime import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -31,6 +31,7 @@ class Settings:
     """What a process needs to start; built by the CLI or by tests."""
 
     __slots__ = (
+        "config",
         "config_path",
         "database_url",
         "load_demo_if_empty",
@@ -50,7 +51,9 @@ class Settings:
         pool_max: int = 16,
         redis_url: str | None = None,
         config_path: Path = DEFAULT_CONFIG,
+        config: GatewayConfig | None = None,
     ) -> None:
+        self.config = config
         self.database_url = database_url
         self.redis_url = redis_url
         self.config_path = config_path
@@ -142,7 +145,7 @@ async def readyz(request: web.Request) -> web.Response:
             async with gw.pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")
         checks["database"] = "ok"
-    except (OSError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure means not ready
+    except (OSError, TimeoutError, Exception) as exc:
         ok = False
         checks["database"] = f"unreachable: {type(exc).__name__}"
     checks["status"] = "ok" if ok else "unavailable"
@@ -156,7 +159,7 @@ def build_app(settings: Settings) -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await db.create_pool(settings.database_url, max_size=settings.pool_max)
         reference = await asyncio.to_thread(load_reference, settings.reference_dir)
-        config = load_config(settings.config_path)
+        config = settings.config or load_config(settings.config_path)
         redis = None
         if settings.redis_url:
             import redis.asyncio as aioredis
@@ -164,7 +167,9 @@ def build_app(settings: Settings) -> web.Application:
             redis = aioredis.Redis.from_url(
                 settings.redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
             )
-        gw = await Gateway.start(pool, reference, settings.region, config, Limiter(config.limits, redis))
+        gw = await Gateway.start(
+            pool, reference, settings.region, config, Limiter(config.limits, redis)
+        )
         app[GATEWAY] = gw
         watcher = asyncio.create_task(gw.watch_catalog())
         try:

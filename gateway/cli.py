@@ -31,7 +31,9 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _add_database(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--database-url", help="PostgreSQL DSN (default: $GATEWAY_DATABASE_URL or embedded)")
+    p.add_argument(
+        "--database-url", help="PostgreSQL DSN (default: $GATEWAY_DATABASE_URL or embedded)"
+    )
 
 
 def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
@@ -57,8 +59,13 @@ def serve(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
     )
     asyncio.run(prepare_database(settings))
-    logging.getLogger("gateway").info("serving on %s:%s with %s worker(s)", args.host, args.port, args.workers)
-    print(f"gateway listening on http://{args.host}:{args.port} ({args.workers} worker(s))", flush=True)
+    logging.getLogger("gateway").info(
+        "serving on %s:%s with %s worker(s)", args.host, args.port, args.workers
+    )
+    print(
+        f"gateway listening on http://{args.host}:{args.port} ({args.workers} worker(s))",
+        flush=True,
+    )
     if args.workers <= 1:
         _serve_one(settings, args.host, args.port, reuse_port=False)
         return 0
@@ -102,10 +109,14 @@ def demo(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The command tree."""
-    p = argparse.ArgumentParser(prog="python -m gateway", description="Medical-insurance settlement gateway")
+    p = argparse.ArgumentParser(
+        prog="python -m gateway", description="Medical-insurance settlement gateway"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="apply migrations, load demo data into an empty database, serve")
+    s = sub.add_parser(
+        "serve", help="apply migrations, load demo data into an empty database, serve"
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--workers", type=int, default=1)

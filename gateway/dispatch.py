@@ -114,7 +114,9 @@ async def handle(gw: Gateway, body: bytes, path_infno: str | None = None) -> Out
         )
         return Outcome(out, req.infno, "ok", req.msgid, req.fixmedins_code, terminal)
     except Busy as exc:
-        return Outcome(_fail(gw, received, exc), req.infno, "busy", req.msgid, req.fixmedins_code, terminal)
+        return Outcome(
+            _fail(gw, received, exc), req.infno, "busy", req.msgid, req.fixmedins_code, terminal
+        )
     except GatewayError as exc:
         return Outcome(
             _fail(gw, received, exc),
@@ -141,7 +143,9 @@ async def handle(gw: Gateway, body: bytes, path_infno: str | None = None) -> Out
         # A bug must still answer in the envelope: the counter sees a clear message, ops the log.
         log.exception("unexpected failure", extra=labels)
         exc3 = Unavailable("医保结算服务内部错误，交易未生效，请稍后重试")
-        return Outcome(_fail(gw, received, exc3), req.infno, "error", req.msgid, req.fixmedins_code, terminal)
+        return Outcome(
+            _fail(gw, received, exc3), req.infno, "error", req.msgid, req.fixmedins_code, terminal
+        )
 
 
 class _Taken(Exception):
@@ -160,7 +164,9 @@ async def _journaled(
     async with gw.pool.acquire() as conn:
         stored = await idempotency.lookup(conn, code, msgid)
         if stored is not None:
-            return Outcome(idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code)
+            return Outcome(
+                idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code
+            )
         try:
             async with conn.transaction():
                 if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
@@ -178,7 +184,9 @@ async def _journaled(
             stored = await idempotency.lookup(conn, code, msgid)
             if stored is None:  # the other request rolled back after all: let the client retry
                 raise Unavailable("同一报文ID的交易正在处理中，请稍后重试") from None
-            return Outcome(idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code)
+            return Outcome(
+                idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code
+            )
         except GatewayError as exc:
             if exc.retryable:
                 raise
@@ -186,7 +194,18 @@ async def _journaled(
             # The business transaction rolled back; only the refusal is kept, for replays.
             earlier = await idempotency.store_failure(conn, code, msgid, req.infno, body_hash, out)
             if earlier is not None:
-                return Outcome(idempotency.replay(earlier, body_hash, msgid), req.infno, "replayed", msgid, code)
+                return Outcome(
+                    idempotency.replay(earlier, body_hash, msgid),
+                    req.infno,
+                    "replayed",
+                    msgid,
+                    code,
+                )
             return Outcome(
-                out, req.infno, "rejected", msgid, code, identity_failure=isinstance(exc, IdentityRejected)
+                out,
+                req.infno,
+                "rejected",
+                msgid,
+                code,
+                identity_failure=isinstance(exc, IdentityRejected),
             )

@@ -41,8 +41,9 @@ def apply_bp(amount: int, bp: int) -> int:
 
 
 def _scaled(value: Decimal | int | str, places: int, what: str) -> int:
+    scale: int = 10**places
     if isinstance(value, int) and not isinstance(value, bool):
-        return value * 10**places
+        return value * scale
     try:
         d = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except (InvalidOperation, ValueError) as exc:

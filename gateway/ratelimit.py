@@ -84,7 +84,9 @@ class Limiter:
     def __init__(self, limits: Limits, redis: Any | None = None) -> None:
         self.limits = limits
         self._terminals = Buckets(limits.terminal_rate, limits.terminal_burst, limits.idle_seconds)
-        self._institutions = Buckets(limits.institution_rate, limits.institution_burst, limits.idle_seconds)
+        self._institutions = Buckets(
+            limits.institution_rate, limits.institution_burst, limits.idle_seconds
+        )
         self._redis = redis
         self._script = redis.register_script(_LUA) if redis is not None else None
 
@@ -97,7 +99,7 @@ class Limiter:
                 return
             except Busy:
                 raise
-            except Exception:  # noqa: BLE001 - Redis trouble falls back to local buckets
+            except Exception:
                 log.warning("rate limit store unavailable; using process-local buckets")
         if not self._terminals.take(tkey):
             raise Busy(TERMINAL_BUSY)
@@ -109,7 +111,8 @@ class Limiter:
         now = time.time()
         lim = self.limits
         if not await self._script(
-            keys=[RATE_TERMINAL + tkey], args=[lim.terminal_rate, lim.terminal_burst, now, RATE_TTL_SECONDS]
+            keys=[RATE_TERMINAL + tkey],
+            args=[lim.terminal_rate, lim.terminal_burst, now, RATE_TTL_SECONDS],
         ):
             raise Busy(TERMINAL_BUSY)
         if not await self._script(

@@ -115,7 +115,9 @@ def parse_policies(text: str) -> tuple[tuple[Policy, ...], int]:
                 employee=_side(p["employee"]),
                 resident=_side(p["resident"]),
                 assistance=AssistancePolicy(
-                    dibao_bp=int(a["dibao_bp"]), tekun_bp=int(a["tekun_bp"]), cap_fen=int(a["cap_fen"])
+                    dibao_bp=int(a["dibao_bp"]),
+                    tekun_bp=int(a["tekun_bp"]),
+                    cap_fen=int(a["cap_fen"]),
                 ),
             )
         )

@@ -8,8 +8,8 @@ import logging
 
 import asyncpg
 
-from gateway.core.catalog import Snapshot
 from gateway.config import GatewayConfig
+from gateway.core.catalog import Snapshot
 from gateway.ledger import reference_store
 from gateway.ratelimit import Limiter
 from gateway.reference import Reference

@@ -161,8 +161,12 @@ _TYPE_NAMES = {
     "float": "数字",
     "decimal": "数字",
 }
-_EXPECTED = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)` - at `\$\.?(?P<at>[^`]*)`")
-_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>[^`]*)`)?")
+_EXPECTED = re.compile(
+    r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)` - at `\$\.?(?P<at>[^`]*)`"
+)
+_MISSING = re.compile(
+    r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>[^`]*)`)?"
+)
 
 
 def _cn_type(spec: str) -> str:

@@ -48,7 +48,10 @@ async def admit(call: Call) -> Answer:
         msgid=call.req.msgid,
         dise_codg=text(info.dise_codg),
         dise_name=text(info.dise_name),
-        detail={"mdtrtinfo": msgspec.to_builtins(info), "diseinfo": msgspec.to_builtins(node.diseinfo)},
+        detail={
+            "mdtrtinfo": msgspec.to_builtins(info),
+            "diseinfo": msgspec.to_builtins(node.diseinfo),
+        },
     )
     return Answer({"result": {"mdtrt_id": mdtrt_id}})
 
@@ -74,7 +77,9 @@ _STATUS = {"open": "在院", "discharged": "已出院", "cancelled": "已撤销"
 
 
 async def _admission(call: Call, mdtrt_id: str, psn_no: str) -> encounters.Encounter:
-    enc = await encounters.get(call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True)
+    enc = await encounters.get(
+        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
+    )
     if enc.kind != "inpatient":
         raise RuleRejected(f"就诊ID{mdtrt_id}不是住院就诊")
     return enc
@@ -91,7 +96,9 @@ async def cancel_admission(call: Call) -> Answer:
         raise Conflict(f"就诊ID{mdtrt_id}当前状态不能撤销入院（{_STATUS[enc.status]}）")
     if await encounters.settled_count(call.conn, mdtrt_id):
         raise Conflict("该住院存在未撤销的结算，请先撤销结算（2305）")
-    if await call.conn.fetchval("SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id):
+    if await call.conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id
+    ):
         raise Conflict("该住院存在已上传的费用明细，请先撤销费用明细（2302）")
     await encounters.update(call.conn, mdtrt_id, status="cancelled")
     return Answer({})

@@ -56,7 +56,9 @@ async def cancel_registration(call: Call) -> Answer:
         raise BadRequest("缺少输入节点data")
     mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
     psn_no = required(data.psn_no, "data.psn_no")
-    enc = await encounters.get(call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True)
+    enc = await encounters.get(
+        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
+    )
     if enc.kind != "outpatient":
         raise RuleRejected(f"就诊ID{mdtrt_id}不是门诊就诊")
     ipt_otp_no = text(data.ipt_otp_no)
@@ -66,7 +68,9 @@ async def cancel_registration(call: Call) -> Answer:
         raise Conflict(f"就诊ID{mdtrt_id}已撤销，不能重复撤销")
     if await encounters.settled_count(call.conn, mdtrt_id):
         raise Conflict("该就诊存在未撤销的结算，请先撤销结算（2208）")
-    if await call.conn.fetchval("SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id):
+    if await call.conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id
+    ):
         raise Conflict("该就诊存在已上传的费用明细，请先撤销费用明细（2205）")
     await encounters.update(call.conn, mdtrt_id, status="cancelled")
     return Answer({})
@@ -83,7 +87,9 @@ async def _visit_info(call: Call) -> Answer:
     when(info.begntime, "mdtrtinfo.begntime")
     if med_type not in OUTPATIENT_MED_TYPES:
         raise RuleRejected(f"医疗类别{med_type}不是门诊类别")
-    enc = await encounters.get(call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True)
+    enc = await encounters.get(
+        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
+    )
     if enc.kind != "outpatient":
         raise RuleRejected(f"就诊ID{mdtrt_id}不是门诊就诊")
     encounters.require_open(enc)
@@ -126,7 +132,9 @@ async def cancel_fees(call: Call) -> Answer:
     mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
     chrg_bchno = required(data.chrg_bchno, "data.chrg_bchno")
     psn_no = required(data.psn_no, "data.psn_no")
-    enc = await encounters.get(call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True)
+    enc = await encounters.get(
+        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
+    )
     if enc.kind != "outpatient":
         raise RuleRejected(f"就诊ID{mdtrt_id}不是门诊就诊")
     removed = await fees.delete_unsettled(call.conn, mdtrt_id, chrg_bchno=chrg_bchno)

@@ -54,7 +54,9 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
     if kind == "outpatient":
         chrg_bchno = required(data.chrg_bchno, "data.chrg_bchno")
     declared = declared_of(data)
-    enc = await encounters.get(call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=final)
+    enc = await encounters.get(
+        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=final
+    )
     if enc.kind != kind:
         raise RuleRejected(f"就诊ID{mdtrt_id}不是{'门诊' if kind == 'outpatient' else '住院'}就诊")
     encounters.require_open(enc)
@@ -102,7 +104,9 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
     cert_type = text(data.mdtrt_cert_type)
     return Answer(
         {
-            "setlinfo": setlinfo(rec, service_date=ctx.visit.service_date, mdtrt_cert_type=cert_type),
+            "setlinfo": setlinfo(
+                rec, service_date=ctx.visit.service_date, mdtrt_cert_type=cert_type
+            ),
             "setldetail": setldetail(rec.funds),
         },
         paid=rec.funds if final else (),

@@ -46,6 +46,8 @@ async def sign_out(call: Call) -> Answer:
     if row["sign_out_time"] is not None:
         raise Conflict(f"签到编号{sign_no}已签退")
     await call.conn.execute(
-        "UPDATE sign_ins SET sign_out_time = $2 WHERE sign_no = $1", sign_no, call.now.replace(microsecond=0)
+        "UPDATE sign_ins SET sign_out_time = $2 WHERE sign_no = $1",
+        sign_no,
+        call.now.replace(microsecond=0),
     )
     return Answer({"signinoutb": {"sign_time": moment(call.now)}})

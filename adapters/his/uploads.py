@@ -19,7 +19,9 @@ def _line(row: FeeDetail, *, batch_required: bool) -> fees.StoredLine:
     sn = required(row.feedetl_sn, "feedetail.feedetl_sn")
     at = f"feedetail[{sn}]"
     occurred = when_required(row.fee_ocur_time, f"{at}.fee_ocur_time")
-    chrg_bchno = required(row.chrg_bchno, f"{at}.chrg_bchno") if batch_required else text(row.chrg_bchno)
+    chrg_bchno = (
+        required(row.chrg_bchno, f"{at}.chrg_bchno") if batch_required else text(row.chrg_bchno)
+    )
     hosp_appr = text(row.hosp_appr_flag) or None
     if hosp_appr is not None and hosp_appr not in ("0", "1", "2"):
         raise LineRejected(sn, "医院审批标志hosp_appr_flag只能为0、1或2")
@@ -69,7 +71,9 @@ async def upload(call: Call, *, kind: str) -> Answer:
         if ln.psn_no != enc.psn_no:
             raise LineRejected(ln.feedetl_sn, "人员编号与就诊登记的参保人不一致")
         if ln.cnt < 0 and not ln.init_feedetl_sn:
-            raise LineRejected(ln.feedetl_sn, "退费明细（数量为负）须填写原费用流水号init_feedetl_sn")
+            raise LineRejected(
+                ln.feedetl_sn, "退费明细（数量为负）须填写原费用流水号init_feedetl_sn"
+            )
     refunded = [ln.init_feedetl_sn for ln in lines if ln.cnt < 0]
     if refunded:
         found = await call.conn.fetch(

@@ -114,7 +114,7 @@ class SignIn(Node):
 
 
 class In9001(Node):
-    signIn: SignIn | None = None  # noqa: N815 - national node name
+    signIn: SignIn | None = None
 
 
 class SignOut(Node):
@@ -123,7 +123,7 @@ class SignOut(Node):
 
 
 class In9002(Node):
-    signOut: SignOut | None = None  # noqa: N815 - national node name
+    signOut: SignOut | None = None
 
 
 # --------------------------------------------------------------------------- 1101

@@ -116,7 +116,9 @@ def _purchase(call: Call, mdtrt_id: str) -> Purchase:
                 med_list_codg=text(row.med_list_codg) or None,
                 pric_micro=micro(row.pric, f"{at}.pric"),
                 cnt=cnt,
-                det_item_fee_sumamt=fen_required(row.det_item_fee_sumamt, f"{at}.det_item_fee_sumamt"),
+                det_item_fee_sumamt=fen_required(
+                    row.det_item_fee_sumamt, f"{at}.det_item_fee_sumamt"
+                ),
                 fee_date=occurred.date(),
                 hosp_appr_flag=None,  # restricted items are never approved at a pharmacy
                 mdtrt_id=mdtrt_id,
@@ -201,14 +203,14 @@ async def _purchase_settlement(call: Call, *, final: bool) -> Answer:
             detail={"druginfo": msgspec.to_builtins(p.info), "dev_no": call.req.dev_no},
         )
         await fees.insert(call.conn, p.lines, call.req.msgid)
-    s, state = await settlements.compute(
-        call.conn, snapshot, ctx, p.lines, p.declared, lock=final
-    )
+    s, state = await settlements.compute(call.conn, snapshot, ctx, p.lines, p.declared, lock=final)
     if final:
         rec = await settlements.commit(call.conn, snapshot, ctx, p.lines, s, state, call.now)
     else:
         rec = settlements.record_of(s, ctx, state.person, setl_id=None, setl_time=None)
-    info = setlinfo(rec, service_date=ctx.visit.service_date, mdtrt_cert_type=text(p.info.mdtrt_cert_type))
+    info = setlinfo(
+        rec, service_date=ctx.visit.service_date, mdtrt_cert_type=text(p.info.mdtrt_cert_type)
+    )
     info.pop("hosp_part_amt", None)  # the pharmacy setlinfo has no hospital share
     if not final:
         info["mdtrt_id"] = None
@@ -252,14 +254,31 @@ async def cancel(call: Call) -> Answer:
     info: dict[str, Any] = {
         k: full[k]
         for k in (
-            "mdtrt_id", "setl_id", "clr_optins", "medfee_sumamt", "fulamt_ownpay_amt",
-            "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc", "hifp_pay",
-            "pool_prop_selfpay", "cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay", "maf_pay",
-            "oth_pay", "fund_pay_sumamt", "acct_pay", "balc", "acct_mulaid_pay", "medins_setl_id",
+            "mdtrt_id",
+            "setl_id",
+            "clr_optins",
+            "medfee_sumamt",
+            "fulamt_ownpay_amt",
+            "overlmt_selfpay",
+            "preselfpay_amt",
+            "inscp_scp_amt",
+            "act_pay_dedc",
+            "hifp_pay",
+            "pool_prop_selfpay",
+            "cvlserv_pay",
+            "hifes_pay",
+            "hifmi_pay",
+            "hifob_pay",
+            "maf_pay",
+            "oth_pay",
+            "fund_pay_sumamt",
+            "acct_pay",
+            "balc",
+            "acct_mulaid_pay",
+            "medins_setl_id",
         )
     }
     info["setl_time"] = call.now.strftime("%Y-%m-%d %H:%M:%S")
     info["psn_pay"] = full["psn_part_amt"]
     info["cash_payamt"] = full["psn_cash_pay"]
     return Answer({"setlinfo": info, "setldetail": setldetail(rec.funds, -1)})
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from gateway.core.model import (
@@ -33,11 +33,31 @@ def _valid(rows: tuple[_Dated, ...] | None, on: dt.date) -> _Dated | None:
     return None
 
 
-def _index(rows: Iterable[_Dated], key: object) -> dict[object, tuple[_Dated, ...]]:
-    grouped: defaultdict[object, list[_Dated]] = defaultdict(list)
+_K = TypeVar("_K")
+
+
+def _index(rows: Iterable[_Dated], key: Callable[[_Dated], _K]) -> dict[_K, tuple[_Dated, ...]]:
+    """Rows grouped by key, each group newest begndate first."""
+    grouped: defaultdict[_K, list[_Dated]] = defaultdict(list)
     for row in rows:
-        grouped[key(row)].append(row)  # type: ignore[operator]
+        grouped[key(row)].append(row)
     return {k: tuple(sorted(v, key=lambda r: r.begndate, reverse=True)) for k, v in grouped.items()}
+
+
+def _by_code(row: CatalogEntry) -> str:
+    return row.med_list_codg
+
+
+def _by_item(row: Mapping) -> tuple[str, str]:
+    return (row.fixmedins_code, row.medins_list_codg)
+
+
+def _by_region(row: SelfpayRatio | PriceCap) -> tuple[str, str]:
+    return (row.med_list_codg, row.insu_admdvs)
+
+
+def _by_admdvs(row: Policy) -> str:
+    return row.admdvs
 
 
 class Snapshot:
@@ -60,8 +80,32 @@ class Snapshot:
         "version",
     )
 
-    def __init__(self) -> None:  # use Snapshot.build
-        self.version = 0
+    def __init__(
+        self,
+        *,
+        version: int,
+        institutions: tuple[Institution, ...],
+        catalog: tuple[CatalogEntry, ...],
+        mappings: tuple[Mapping, ...],
+        ratios: tuple[SelfpayRatio, ...],
+        caps: tuple[PriceCap, ...],
+        policies: tuple[Policy, ...],
+        class_b_default_bp: int,
+    ) -> None:
+        self.version = version
+        self.class_b_default_bp = class_b_default_bp
+        self.institutions = institutions
+        self.catalog = catalog
+        self.mappings = mappings
+        self.ratios = ratios
+        self.caps = caps
+        self.policies = policies
+        self._institutions = {i.fixmedins_code: i for i in institutions}
+        self._entries: dict[str, tuple[CatalogEntry, ...]] = _index(catalog, _by_code)
+        self._mappings: dict[tuple[str, str], tuple[Mapping, ...]] = _index(mappings, _by_item)
+        self._ratios: dict[tuple[str, str], tuple[SelfpayRatio, ...]] = _index(ratios, _by_region)
+        self._caps: dict[tuple[str, str], tuple[PriceCap, ...]] = _index(caps, _by_region)
+        self._policies: dict[str, tuple[Policy, ...]] = _index(policies, _by_admdvs)
 
     @classmethod
     def build(
@@ -77,22 +121,16 @@ class Snapshot:
         class_b_default_bp: int,
     ) -> Snapshot:
         """Index everything once; lookups afterwards are dictionary hits."""
-        s = cls()
-        s.version = version
-        s.class_b_default_bp = class_b_default_bp
-        s.institutions = tuple(institutions)
-        s.catalog = tuple(catalog)
-        s.mappings = tuple(mappings)
-        s.ratios = tuple(ratios)
-        s.caps = tuple(caps)
-        s.policies = tuple(policies)
-        s._institutions = {i.fixmedins_code: i for i in s.institutions}
-        s._entries = _index(s.catalog, lambda r: r.med_list_codg)
-        s._mappings = _index(s.mappings, lambda r: (r.fixmedins_code, r.medins_list_codg))
-        s._ratios = _index(s.ratios, lambda r: (r.med_list_codg, r.insu_admdvs))
-        s._caps = _index(s.caps, lambda r: (r.med_list_codg, r.insu_admdvs))
-        s._policies = _index(s.policies, lambda r: r.admdvs)
-        return s
+        return cls(
+            version=version,
+            institutions=tuple(institutions),
+            catalog=tuple(catalog),
+            mappings=tuple(mappings),
+            ratios=tuple(ratios),
+            caps=tuple(caps),
+            policies=tuple(policies),
+            class_b_default_bp=class_b_default_bp,
+        )
 
     def institution(self, code: str) -> Institution | None:
         """The registered institution."""

@@ -8,7 +8,7 @@ snapshot or per request and never mutated.
 from __future__ import annotations
 
 import datetime as dt
-from enum import Enum
+from enum import StrEnum
 
 import msgspec
 
@@ -20,7 +20,7 @@ class Record(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 # --------------------------------------------------------------------------- reference data
 
 
-class Institution(Record):
+class Institution(Record, frozen=True, gc=False, kw_only=True):
     fixmedins_code: str
     fixmedins_name: str
     fixmedins_type: str  # 1 hospital, 2 pharmacy
@@ -28,7 +28,7 @@ class Institution(Record):
     admdvs: str  # treatment region
 
 
-class CatalogEntry(Record):
+class CatalogEntry(Record, frozen=True, gc=False, kw_only=True):
     med_list_codg: str
     med_list_name: str
     list_type: str
@@ -39,7 +39,7 @@ class CatalogEntry(Record):
     enddate: dt.date
 
 
-class Mapping(Record):
+class Mapping(Record, frozen=True, gc=False, kw_only=True):
     """An institution's item code mapped to a national code for a date range (3301 / mappings)."""
 
     fixmedins_code: str
@@ -51,7 +51,7 @@ class Mapping(Record):
     enddate: dt.date
 
 
-class SelfpayRatio(Record):
+class SelfpayRatio(Record, frozen=True, gc=False, kw_only=True):
     med_list_codg: str
     insu_admdvs: str
     selfpay_bp: int
@@ -59,7 +59,7 @@ class SelfpayRatio(Record):
     enddate: dt.date
 
 
-class PriceCap(Record):
+class PriceCap(Record, frozen=True, gc=False, kw_only=True):
     med_list_codg: str
     insu_admdvs: str
     cap_micro: int  # hilist_pric_uplmt_amt in micro-yuan
@@ -67,30 +67,30 @@ class PriceCap(Record):
     enddate: dt.date
 
 
-class OutpatientPolicy(Record):
+class OutpatientPolicy(Record, frozen=True, gc=False, kw_only=True):
     dedc_fen: int
     ratio_by_level_bp: tuple[int, int, int]
     cap_fen: int | None = None  # None: no annual cap
 
 
-class InpatientPolicy(Record):
+class InpatientPolicy(Record, frozen=True, gc=False, kw_only=True):
     dedc_by_level_fen: tuple[int, int, int]
     repeat_dedc_bp: int
     ratio_by_level_bp: tuple[int, int, int]
     cap_fen: int | None = None
 
 
-class PharmacyPolicy(Record):
+class PharmacyPolicy(Record, frozen=True, gc=False, kw_only=True):
     ratio_bp: int
     cap_fen: int | None = None
 
 
-class MiSegment(Record):
+class MiSegment(Record, frozen=True, gc=False, kw_only=True):
     upto_fen: int  # bound on the amount above the threshold; 0 = no upper bound
     ratio_bp: int
 
 
-class SidePolicy(Record):
+class SidePolicy(Record, frozen=True, gc=False, kw_only=True):
     """One side (employee or resident) of a region's policy version."""
 
     outpatient: OutpatientPolicy
@@ -106,13 +106,13 @@ class SidePolicy(Record):
     mi_cap_fen: int = 0
 
 
-class AssistancePolicy(Record):
+class AssistancePolicy(Record, frozen=True, gc=False, kw_only=True):
     dibao_bp: int
     tekun_bp: int
     cap_fen: int
 
 
-class Policy(Record):
+class Policy(Record, frozen=True, gc=False, kw_only=True):
     """A region's policy version, in force for service dates in [begndate, enddate]."""
 
     admdvs: str
@@ -125,7 +125,7 @@ class Policy(Record):
     assistance: AssistancePolicy
 
 
-class Person(Record):
+class Person(Record, frozen=True, gc=False, kw_only=True):
     psn_no: str
     psn_name: str
     psn_cert_type: str
@@ -145,14 +145,14 @@ class Person(Record):
 # --------------------------------------------------------------------------- settlement input
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     OUTPATIENT = "outpatient"
     INPATIENT = "inpatient"
     CHRONIC = "chronic"
     PHARMACY = "pharmacy"
 
 
-class FeeLine(Record):
+class FeeLine(Record, frozen=True, gc=False, kw_only=True):
     """One uploaded fee line, already parsed from the wire into integers."""
 
     feedetl_sn: str
@@ -165,7 +165,7 @@ class FeeLine(Record):
     hosp_appr_flag: str | None  # None: not sent (pharmacy lines)
 
 
-class Visit(Record):
+class Visit(Record, frozen=True, gc=False, kw_only=True):
     """What a settlement needs to know about the visit and the institution."""
 
     fixmedins_code: str
@@ -176,7 +176,7 @@ class Visit(Record):
     dise_codg: str = ""
 
 
-class Accumulators(Record):
+class Accumulators(Record, frozen=True, gc=False, kw_only=True):
     """A person's running totals for one calendar year (fen). Also used for deltas."""
 
     dedc_outpatient: int = 0
@@ -191,7 +191,7 @@ class Accumulators(Record):
     cvlserv: int = 0
 
 
-class PersonState(Record):
+class PersonState(Record, frozen=True, gc=False, kw_only=True):
     """The locked state a settlement is computed against."""
 
     person: Person
@@ -205,7 +205,7 @@ class PersonState(Record):
 # --------------------------------------------------------------------------- results
 
 
-class LineSplit(Record):
+class LineSplit(Record, frozen=True, gc=False, kw_only=True):
     """Per-line result (2204/2301 result[], 2101/2102 detlcutinfo[])."""
 
     feedetl_sn: str
@@ -227,7 +227,7 @@ class LineSplit(Record):
     memo: str = ""
 
 
-class FundRow(Record):
+class FundRow(Record, frozen=True, gc=False, kw_only=True):
     """One setldetail row."""
 
     fund_pay_type: str
@@ -237,7 +237,7 @@ class FundRow(Record):
     crt_payb_lmt_amt: int
 
 
-class Settlement(Record):
+class Settlement(Record, frozen=True, gc=False, kw_only=True):
     """The fund split of one settlement, and what it changes."""
 
     category: Category

@@ -58,14 +58,18 @@ def category_of(med_type: str) -> Category:
     """Policy category of a med_type; others are unsupported (rules §3)."""
     category = CATEGORY_OF.get(med_type)
     if category is None:
-        raise RuleRejected(f"不支持的医疗类别{med_type}（支持11、12、13、14、19、21、22、23、24、41）")
+        raise RuleRejected(
+            f"不支持的医疗类别{med_type}（支持11、12、13、14、19、21、22、23、24、41）"
+        )
     return category
 
 
 # --------------------------------------------------------------------------- §1–2: lines
 
 
-def _whole_selfpay(ln: FeeLine, lv: str, ctype: str, lmt: str, lst: str, codg: str, memo: str) -> LineSplit:
+def _whole_selfpay(
+    ln: FeeLine, lv: str, ctype: str, lmt: str, lst: str, codg: str, memo: str
+) -> LineSplit:
     return LineSplit(
         feedetl_sn=ln.feedetl_sn,
         det_item_fee_sumamt=ln.det_item_fee_sumamt,
@@ -145,7 +149,9 @@ def _institution(snapshot: Snapshot, code: str) -> Institution:
     return inst
 
 
-def split_lines(snapshot: Snapshot, visit: Visit, lines: Sequence[FeeLine]) -> tuple[LineSplit, ...]:
+def split_lines(
+    snapshot: Snapshot, visit: Visit, lines: Sequence[FeeLine]
+) -> tuple[LineSplit, ...]:
     """Every line's split, with the treatment region's catalog, ratios and caps."""
     inst = _institution(snapshot, visit.fixmedins_code)
     return tuple(split_line(snapshot, inst.fixmedins_code, inst.admdvs, ln) for ln in lines)
@@ -210,7 +216,9 @@ def settle(
     side = _side(policy, person.insutype)
     employee = person.insutype == EMPLOYEE
     if category is Category.CHRONIC and visit.dise_codg not in person.chronic_dise_codg:
-        raise RuleRejected(f"参保人未办理病种{visit.dise_codg or '（未填写）'}的门诊慢特病备案，不能按门慢门特结算")
+        raise RuleRejected(
+            f"参保人未办理病种{visit.dise_codg or '（未填写）'}的门诊慢特病备案，不能按门慢门特结算"
+        )
 
     splits = tuple(split_line(snapshot, inst.fixmedins_code, inst.admdvs, ln) for ln in lines)
     medfee = fulamt = overlmt = pre = inscp = 0
@@ -234,7 +242,11 @@ def settle(
     elif category is Category.CHRONIC:
         ch = side.chronic
         dedc_left = ch.dedc_fen - acc.dedc_chronic
-        ratio, cap, pool_paid = ch.ratio_by_level_bp[idx], side.inpatient.cap_fen, acc.pool_inpatient
+        ratio, cap, pool_paid = (
+            ch.ratio_by_level_bp[idx],
+            side.inpatient.cap_fen,
+            acc.pool_inpatient,
+        )
     elif category is Category.INPATIENT:
         ip = side.inpatient
         admission_dedc = state.admission_dedc_fen
@@ -306,13 +318,15 @@ def settle(
 
     def fund_row(code: str, amount: int, limit_left: int) -> None:
         if amount:
-            funds.append(FundRow(
-                fund_pay_type=code,
-                fund_pay_type_name=FUND_NAMES[code],
-                fund_payamt=amount,
-                inscp_scp_amt=inscp,
-                crt_payb_lmt_amt=max(0, limit_left),
-            ))
+            funds.append(
+                FundRow(
+                    fund_pay_type=code,
+                    fund_pay_type_name=FUND_NAMES[code],
+                    fund_payamt=amount,
+                    inscp_scp_amt=inscp,
+                    crt_payb_lmt_amt=max(0, limit_left),
+                )
+            )
 
     fund_row("310100" if employee else "390100", hifp, cap_after)
     fund_row("320100", cvlserv, 0)

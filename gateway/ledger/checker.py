@@ -19,7 +19,9 @@ _SUMS = ", ".join(f"sum((delta->>'{f}')::bigint) AS {f}" for f in ACCUMULATOR_FI
 _MISMATCH = " OR ".join(f"coalesce(a.{f}, 0) <> coalesce(s.{f}, 0)" for f in ACCUMULATOR_FIELDS)
 
 
-async def check(conn: asyncpg.Connection, opening_balances: dict[str, int] | None = None) -> list[str]:
+async def check(
+    conn: asyncpg.Connection, opening_balances: dict[str, int] | None = None
+) -> list[str]:
     """Every violation found, in words; an empty list means the ledger balances."""
     problems: list[str] = []
     for row in await conn.fetch(
@@ -44,7 +46,9 @@ async def check(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         " FROM accumulators a FULL JOIN s ON a.psn_no = s.psn_no AND a.year = s.year"
         f" WHERE {_MISMATCH}"
     ):
-        problems.append(f"person {row['psn_no']} {row['year']}: accumulators differ from settlements in force")
+        problems.append(
+            f"person {row['psn_no']} {row['year']}: accumulators differ from settlements in force"
+        )
     for row in await conn.fetch("SELECT psn_no FROM accounts WHERE balance_fen < 0"):
         problems.append(f"person {row['psn_no']}: balance below zero")
     if opening_balances is not None:
@@ -55,14 +59,18 @@ async def check(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         for row in rows:
             opening = opening_balances.get(row["psn_no"])
             if opening is not None and row["balance_fen"] != opening - row["paid"]:
-                problems.append(f"person {row['psn_no']}: balance is not opening minus account payments")
+                problems.append(
+                    f"person {row['psn_no']}: balance is not opening minus account payments"
+                )
     for row in await conn.fetch(
         "SELECT e.mdtrt_id FROM encounters e LEFT JOIN ("
         " SELECT mdtrt_id, sum(act_pay_dedc) AS used FROM settlements WHERE status = 'settled'"
         " GROUP BY mdtrt_id) s USING (mdtrt_id)"
         " WHERE e.kind = 'inpatient' AND e.adm_dedc_used_fen <> coalesce(s.used, 0)"
     ):
-        problems.append(f"admission {row['mdtrt_id']}: used deductible differs from its settlements")
+        problems.append(
+            f"admission {row['mdtrt_id']}: used deductible differs from its settlements"
+        )
     for row in await conn.fetch(
         "SELECT i.fixmedins_code, i.msgid, count(s.setl_id) AS n FROM idempotency i"
         " LEFT JOIN settlements s ON s.fixmedins_code = i.fixmedins_code AND s.medins_setl_id = i.msgid"

@@ -53,7 +53,9 @@ async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: s
         raise Conflict("费用明细流水号已上传，请勿重复上传（如需修改请先撤销）") from exc
 
 
-async def unsettled(conn: asyncpg.Connection, mdtrt_id: str, chrg_bchno: str = ALL) -> list[StoredLine]:
+async def unsettled(
+    conn: asyncpg.Connection, mdtrt_id: str, chrg_bchno: str = ALL
+) -> list[StoredLine]:
     """Unsettled lines of the visit, or of one charge batch, in upload order of feedetl_sn."""
     sql = (
         "SELECT mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no, medins_list_codg,"
@@ -86,7 +88,11 @@ async def unsettled(conn: asyncpg.Connection, mdtrt_id: str, chrg_bchno: str = A
 
 
 async def delete_unsettled(
-    conn: asyncpg.Connection, mdtrt_id: str, *, chrg_bchno: str | None = None, feedetl_sn: str | None = None
+    conn: asyncpg.Connection,
+    mdtrt_id: str,
+    *,
+    chrg_bchno: str | None = None,
+    feedetl_sn: str | None = None,
 ) -> int:
     """2205/2302: remove unsettled lines (a batch, one line, or "0000" for all); returns count."""
     sql = "DELETE FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL"

@@ -19,7 +19,9 @@ ACCUMULATOR_FIELDS: tuple[str, ...] = tuple(Accumulators.__struct_fields__)
 _SELECT = f"SELECT {_PERSON_COLUMNS}, a.balance_fen FROM persons p JOIN accounts a USING (psn_no)"
 _LOCK = f"{_SELECT} WHERE p.psn_no = $1 FOR UPDATE OF a"
 _READ = f"{_SELECT} WHERE p.psn_no = $1"
-_ACC_READ = f"SELECT {', '.join(ACCUMULATOR_FIELDS)} FROM accumulators WHERE psn_no = $1 AND year = $2"
+_ACC_READ = (
+    f"SELECT {', '.join(ACCUMULATOR_FIELDS)} FROM accumulators WHERE psn_no = $1 AND year = $2"
+)
 _ACC_UPSERT = (
     f"INSERT INTO accumulators (psn_no, year, {', '.join(ACCUMULATOR_FIELDS)}) VALUES ($1, $2, "
     + ", ".join(f"${i + 3}" for i in range(len(ACCUMULATOR_FIELDS)))
@@ -63,7 +65,9 @@ async def read(conn: asyncpg.Connection, psn_no: str, *, lock: bool = False) -> 
 def require_insured(person: Person) -> None:
     """Refuse anyone not in insured status (psn_insu_stas 1)."""
     if person.psn_insu_stas != "1":
-        raise NotInsured(f"参保人{person.psn_no}参保状态异常（非正常参保），不能享受医保待遇，请按自费处理")
+        raise NotInsured(
+            f"参保人{person.psn_no}参保状态异常（非正常参保），不能享受医保待遇，请按自费处理"
+        )
 
 
 async def find_by_certificate(
@@ -97,4 +101,6 @@ async def write_accumulators(
 
 async def set_balance(conn: asyncpg.Connection, psn_no: str, balance_fen: int) -> None:
     """Store the account balance (the caller holds the person's lock)."""
-    await conn.execute("UPDATE accounts SET balance_fen = $2 WHERE psn_no = $1", psn_no, balance_fen)
+    await conn.execute(
+        "UPDATE accounts SET balance_fen = $2 WHERE psn_no = $1", psn_no, balance_fen
+    )

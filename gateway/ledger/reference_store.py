@@ -48,18 +48,40 @@ async def load(conn: asyncpg.Connection, ref: Reference) -> None:
         await conn.copy_records_to_table(
             "catalog_entries",
             records=[
-                (c.med_list_codg, c.med_list_name, c.list_type, c.med_chrgitm_type, c.chrgitm_lv,
-                 c.lmt_used_flag, c.begndate, c.enddate)
+                (
+                    c.med_list_codg,
+                    c.med_list_name,
+                    c.list_type,
+                    c.med_chrgitm_type,
+                    c.chrgitm_lv,
+                    c.lmt_used_flag,
+                    c.begndate,
+                    c.enddate,
+                )
                 for c in ref.catalog
             ],
         )
         await conn.copy_records_to_table(
             "catalog_mappings",
-            columns=["fixmedins_code", "medins_list_codg", "fixmedins_hilist_name", "list_type",
-                     "med_list_codg", "begndate", "enddate"],
+            columns=[
+                "fixmedins_code",
+                "medins_list_codg",
+                "fixmedins_hilist_name",
+                "list_type",
+                "med_list_codg",
+                "begndate",
+                "enddate",
+            ],
             records=[
-                (m.fixmedins_code, m.medins_list_codg, m.fixmedins_hilist_name, m.list_type,
-                 m.med_list_codg, m.begndate, m.enddate)
+                (
+                    m.fixmedins_code,
+                    m.medins_list_codg,
+                    m.fixmedins_hilist_name,
+                    m.list_type,
+                    m.med_list_codg,
+                    m.begndate,
+                    m.enddate,
+                )
                 for m in ref.mappings
             ],
         )
@@ -80,9 +102,22 @@ async def load(conn: asyncpg.Connection, ref: Reference) -> None:
         await conn.copy_records_to_table(
             "persons",
             records=[
-                (p.psn_no, p.psn_name, p.psn_cert_type, p.certno, p.gend, p.brdy,
-                 p.insuplc_admdvs, p.insutype, p.psn_type, p.psn_insu_stas, p.cvlserv_flag,
-                 p.maf_class, list(p.chronic_dise_codg), p.mdtrt_cert_no_card)
+                (
+                    p.psn_no,
+                    p.psn_name,
+                    p.psn_cert_type,
+                    p.certno,
+                    p.gend,
+                    p.brdy,
+                    p.insuplc_admdvs,
+                    p.insutype,
+                    p.psn_type,
+                    p.psn_insu_stas,
+                    p.cvlserv_flag,
+                    p.maf_class,
+                    list(p.chronic_dise_codg),
+                    p.mdtrt_cert_no_card,
+                )
                 for p in ref.persons
             ],
         )

@@ -117,7 +117,9 @@ def check_declared(s: Settlement, declared: Declared) -> None:
     ):
         sent = getattr(declared, name)
         if sent is not None and sent != getattr(s, name):
-            raise RuleRejected(f"{label}{fen_text(sent)}与中心计算结果{fen_text(getattr(s, name))}不一致")
+            raise RuleRejected(
+                f"{label}{fen_text(sent)}与中心计算结果{fen_text(getattr(s, name))}不一致"
+            )
 
 
 async def _state(
@@ -201,7 +203,9 @@ def record_of(
 def _lines_json(s: Settlement, snapshot: Snapshot, ctx: Context) -> list[dict[str, Any]]:
     out = []
     for ln in s.lines:
-        mapping = snapshot.mapping(ctx.visit.fixmedins_code, ln.medins_list_codg, ctx.visit.service_date)
+        mapping = snapshot.mapping(
+            ctx.visit.fixmedins_code, ln.medins_list_codg, ctx.visit.service_date
+        )
         row = msgspec.structs.asdict(ln)
         row["mapping"] = None if mapping is None else msgspec.to_builtins(mapping)
         out.append(row)
@@ -259,8 +263,14 @@ async def commit(
             "INSERT INTO settlement_funds (setl_id, fund_pay_type, fund_pay_type_name, fund_payamt,"
             " inscp_scp_amt, crt_payb_lmt_amt) VALUES ($1,$2,$3,$4,$5,$6)",
             [
-                (setl_id, f.fund_pay_type, f.fund_pay_type_name, f.fund_payamt, f.inscp_scp_amt,
-                 f.crt_payb_lmt_amt)
+                (
+                    setl_id,
+                    f.fund_pay_type,
+                    f.fund_pay_type_name,
+                    f.fund_payamt,
+                    f.inscp_scp_amt,
+                    f.crt_payb_lmt_amt,
+                )
                 for f in s.funds
             ],
         )
@@ -280,8 +290,7 @@ async def commit(
 
 _SETTLEMENT_COLUMNS = (
     "setl_id, fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id, med_type, category, year,"
-    " clr_type, clr_optins, setl_time, status, pool_prop_bp, delta, "
-    + ", ".join(AMOUNT_FIELDS)
+    " clr_type, clr_optins, setl_time, status, pool_prop_bp, delta, " + ", ".join(AMOUNT_FIELDS)
 )
 
 
@@ -291,7 +300,15 @@ async def _funds(conn: asyncpg.Connection, setl_id: str) -> tuple[FundRow, ...]:
         " FROM settlement_funds WHERE setl_id = $1",
         setl_id,
     )
-    order = {"310100": 0, "390100": 0, "320100": 1, "330100": 2, "390200": 3, "610100": 4, "310200": 5}
+    order = {
+        "310100": 0,
+        "390100": 0,
+        "320100": 1,
+        "330100": 2,
+        "390200": 3,
+        "610100": 4,
+        "310200": 5,
+    }
     funds = [
         FundRow(
             fund_pay_type=r["fund_pay_type"],

@@ -19,13 +19,33 @@ from prometheus_client import (
 )
 
 # Latency targets sit on bucket boundaries: 25 ms (P1 p99), 50 ms (P6), 800 ms (inpatient anchor).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.8,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 OUTCOMES = ("ok", "rejected", "replayed", "busy", "error", "deferred")
 MAX_TERMINALS = 2000  # distinct terminal label values per process before folding into "other"
 
-REQUESTS = Counter("sgw_requests", "Requests answered, by transaction and outcome", ["infno", "outcome"])
+REQUESTS = Counter(
+    "sgw_requests", "Requests answered, by transaction and outcome", ["infno", "outcome"]
+)
 DURATION = Histogram(
-    "sgw_request_duration_seconds", "Time to answer, by transaction", ["infno"], buckets=LATENCY_BUCKETS
+    "sgw_request_duration_seconds",
+    "Time to answer, by transaction",
+    ["infno"],
+    buckets=LATENCY_BUCKETS,
 )
 FUND_PAID = Counter(
     "sgw_fund_paid_yuan", "Money paid by each fund in settlements (yuan)", ["fund_pay_type"]
@@ -41,8 +61,12 @@ IDENTITY_FAILURES = Counter(
     "Certificate / card failures at a terminal (unknown certificate, card mismatch)",
     ["fixmedins_code", "terminal"],
 )
-CATALOG_VERSION = Gauge("sgw_catalog_version", "Catalog snapshot version in use", multiprocess_mode="max")
-DB_POOL_SIZE = Gauge("sgw_db_pool_connections", "Ledger pool connections", ["state"], multiprocess_mode="sum")
+CATALOG_VERSION = Gauge(
+    "sgw_catalog_version", "Catalog snapshot version in use", multiprocess_mode="max"
+)
+DB_POOL_SIZE = Gauge(
+    "sgw_db_pool_connections", "Ledger pool connections", ["state"], multiprocess_mode="sum"
+)
 
 _terminals: set[str] = set()
 

@@ -14,7 +14,9 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Settings, build_app, prepare_database
+from gateway.config import GatewayConfig
 from gateway.ledger import checker
+from gateway.ratelimit import Limits
 from tests.integration.his_client import HisClient
 
 pytestmark = pytest.mark.integration
@@ -40,6 +42,9 @@ class Server:
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         conn = await asyncpg.connect(self.dsn)
+        await conn.set_type_codec(
+            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
         try:
             return list(await conn.fetch(sql, *args))
         finally:
@@ -53,7 +58,9 @@ class Server:
         """The ledger checker's findings (empty when the ledger balances)."""
         conn = await asyncpg.connect(self.dsn)
         try:
-            await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+            await conn.set_type_codec(
+                "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            )
             return await checker.check(conn)
         finally:
             await conn.close()
@@ -62,8 +69,12 @@ class Server:
         """Row counts and money totals of every ledger table: proof that nothing was written."""
         conn = await asyncpg.connect(self.dsn)
         try:
-            out: dict[str, Any] = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in LEDGER_TABLES}
-            out["balances"] = await conn.fetchval("SELECT coalesce(sum(balance_fen), 0) FROM accounts")
+            out: dict[str, Any] = {
+                t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in LEDGER_TABLES
+            }
+            out["balances"] = await conn.fetchval(
+                "SELECT coalesce(sum(balance_fen), 0) FROM accounts"
+            )
             out["encounter_states"] = await conn.fetchval(
                 "SELECT string_agg(mdtrt_id || status, ',' ORDER BY mdtrt_id) FROM encounters"
             )
@@ -86,7 +97,13 @@ async def _make_database(new_database: Callable[..., Any], prefix: str) -> str:
 async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
     """Migrated, demo-loaded database and a gateway serving it on 127.0.0.1."""
     dsn = await _make_database(new_database, "gw")
-    settings = Settings(dsn, pool_max=24)
+    # Test clients fire hundreds of requests a second from one terminal; counters do not.
+    generous = GatewayConfig(
+        limits=Limits(
+            terminal_rate=1e6, terminal_burst=10**6, institution_rate=1e6, institution_burst=10**6
+        )
+    )
+    settings = Settings(dsn, pool_max=24, config=generous)
     await prepare_database(settings)
     runner = web.AppRunner(build_app(settings), access_log=None)
     await runner.setup()

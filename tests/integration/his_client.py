@@ -12,11 +12,12 @@ import msgspec
 
 CALL_SERVICE = "/fsi/api/rsfComIfsService/callService"
 _seq = itertools.count(1)
+_answers = msgspec.json.Decoder(float_hook=Decimal)
 
 
 def decode(body: bytes) -> dict[str, Any]:
     """Decode an answer keeping every number's exact text as a Decimal."""
-    value = msgspec.json.decode(body, float_hook=Decimal)
+    value = _answers.decode(body)
     assert isinstance(value, dict)
     return value
 
@@ -46,7 +47,9 @@ class HisClient:
         n = next(_seq)
         return f"{self.fixmedins_code}{dt.datetime.now():%Y%m%d%H%M%S}{n % 10000:04d}{n // 10000}"
 
-    def envelope(self, infno: str, input_: Any, *, msgid: str | None = None, **extra: Any) -> dict[str, Any]:
+    def envelope(
+        self, infno: str, input_: Any, *, msgid: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
         """公共输入 as a HIS fills it."""
         env: dict[str, Any] = {
             "infno": infno,
@@ -119,7 +122,9 @@ class HisClient:
         assert isinstance(mdtrt_id, str)
         return mdtrt_id
 
-    async def visit_info(self, mdtrt_id: str, psn_no: str, med_type: str, begntime: str, dise_codg: str = "") -> None:
+    async def visit_info(
+        self, mdtrt_id: str, psn_no: str, med_type: str, begntime: str, dise_codg: str = ""
+    ) -> None:
         """2203."""
         await self.ok(
             "2203",
@@ -149,7 +154,9 @@ class HisClient:
         )
 
     @staticmethod
-    def fee_rows(mdtrt_id: str, psn_no: str, lines: list[dict[str, Any]], fee_time: str, chrg_bchno: str) -> list[dict[str, Any]]:
+    def fee_rows(
+        mdtrt_id: str, psn_no: str, lines: list[dict[str, Any]], fee_time: str, chrg_bchno: str
+    ) -> list[dict[str, Any]]:
         """feedetail[] rows from example-style lines."""
         return [
             {
@@ -174,7 +181,16 @@ class HisClient:
             for ln in lines
         ]
 
-    def settle_data(self, psn_no: str, mdtrt_id: str, med_type: str, medfee: str, insutype: str, acct_used_flag: str, **extra: Any) -> dict[str, Any]:
+    def settle_data(
+        self,
+        psn_no: str,
+        mdtrt_id: str,
+        med_type: str,
+        medfee: str,
+        insutype: str,
+        acct_used_flag: str,
+        **extra: Any,
+    ) -> dict[str, Any]:
         """2206/2207/2303/2304 data node."""
         return {
             "data": {
@@ -192,7 +208,15 @@ class HisClient:
             }
         }
 
-    def drug_input(self, psn_no: str, begntime: str, medfee: str, lines: list[dict[str, Any]], acct_used_flag: str = "1", insutype: str = "310") -> dict[str, Any]:
+    def drug_input(
+        self,
+        psn_no: str,
+        begntime: str,
+        medfee: str,
+        lines: list[dict[str, Any]],
+        acct_used_flag: str = "1",
+        insutype: str = "310",
+    ) -> dict[str, Any]:
         """2101/2102 druginfo + drugdetail[]."""
         return {
             "druginfo": {

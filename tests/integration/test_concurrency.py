@@ -15,23 +15,40 @@ N = 50
 
 async def test_fifty_concurrent_settlements_of_one_person(server: Server) -> None:
     his = server.client(HOSPITAL)
-    start_balance = await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", PERSON)
+    start_balance = await server.fetchval(
+        "SELECT balance_fen FROM accounts WHERE psn_no = $1", PERSON
+    )
     visits = []
     for i in range(N):
         mdtrt_id = await his.register(PERSON, "310", "2027-01-10 09:00:00", f"MZ-CONC-{i}")
         # 60.00 a visit: class A, so past the deductible the pool pays and the account the rest.
-        lines = [{"feedetl_sn": "1", "medins_list_codg": "ZL0004", "pric": "30", "cnt": "2", "det_item_fee_sumamt": "60.00"}]
-        await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, PERSON, lines, "2027-01-10 09:10:00", "B1")})
+        lines = [
+            {
+                "feedetl_sn": "1",
+                "medins_list_codg": "ZL0004",
+                "pric": "30",
+                "cnt": "2",
+                "det_item_fee_sumamt": "60.00",
+            }
+        ]
+        await his.ok(
+            "2204",
+            {"feedetail": his.fee_rows(mdtrt_id, PERSON, lines, "2027-01-10 09:10:00", "B1")},
+        )
         visits.append(mdtrt_id)
 
     async def settle(mdtrt_id: str) -> dict[str, object]:
-        return await his.ok("2207", his.settle_data(PERSON, mdtrt_id, "11", "60.00", "310", "1", chrg_bchno="B1"))
+        return await his.ok(
+            "2207", his.settle_data(PERSON, mdtrt_id, "11", "60.00", "310", "1", chrg_bchno="B1")
+        )
 
     answers = await asyncio.gather(*(settle(m) for m in visits))
     infos = [a["setlinfo"] for a in answers]
     assert isinstance(infos[0], dict)
     acct_total = sum(Decimal(i["acct_pay"]) for i in infos)  # type: ignore[index]
-    end_balance = await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", PERSON)
+    end_balance = await server.fetchval(
+        "SELECT balance_fen FROM accounts WHERE psn_no = $1", PERSON
+    )
     assert end_balance >= 0
     assert end_balance == start_balance - int(acct_total * 100)
     # Balances answered form one chain: each settlement saw the previous one's result.
@@ -42,7 +59,8 @@ async def test_fifty_concurrent_settlements_of_one_person(server: Server) -> Non
     assert dedc == Decimal("300.00")
     # Accumulators equal the sum of the settlements in force.
     rows = await server.fetch(
-        "SELECT delta FROM settlements WHERE psn_no = $1 AND year = 2027 AND status = 'settled'", PERSON
+        "SELECT delta FROM settlements WHERE psn_no = $1 AND year = 2027 AND status = 'settled'",
+        PERSON,
     )
     assert len(rows) == N
     total = Accumulators()
@@ -50,7 +68,9 @@ async def test_fifty_concurrent_settlements_of_one_person(server: Server) -> Non
 
     for r in rows:
         total = apply(total, Accumulators(**r["delta"]))
-    acc = (await server.fetch("SELECT * FROM accumulators WHERE psn_no = $1 AND year = 2027", PERSON))[0]
+    acc = (
+        await server.fetch("SELECT * FROM accumulators WHERE psn_no = $1 AND year = 2027", PERSON)
+    )[0]
     for field in Accumulators.__struct_fields__:
         assert acc[field] == getattr(total, field), field
     pool = sum(Decimal(i["hifp_pay"]) for i in infos)  # type: ignore[index]

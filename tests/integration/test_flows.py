@@ -13,9 +13,27 @@ RETIREE = "441800000000000002"
 HOSPITAL = "H44180000001"
 
 LINES = [
-    {"feedetl_sn": "1", "medins_list_codg": "ZL0001", "pric": "25", "cnt": "1", "det_item_fee_sumamt": "25.00"},
-    {"feedetl_sn": "2", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2", "det_item_fee_sumamt": "80.00"},
-    {"feedetl_sn": "3", "medins_list_codg": "YP0010", "pric": "35", "cnt": "1", "det_item_fee_sumamt": "35.00"},
+    {
+        "feedetl_sn": "1",
+        "medins_list_codg": "ZL0001",
+        "pric": "25",
+        "cnt": "1",
+        "det_item_fee_sumamt": "25.00",
+    },
+    {
+        "feedetl_sn": "2",
+        "medins_list_codg": "YP0003",
+        "pric": "40",
+        "cnt": "2",
+        "det_item_fee_sumamt": "80.00",
+    },
+    {
+        "feedetl_sn": "3",
+        "medins_list_codg": "YP0010",
+        "pric": "35",
+        "cnt": "1",
+        "det_item_fee_sumamt": "35.00",
+    },
 ]
 
 
@@ -31,15 +49,21 @@ async def _state(server: Server, psn_no: str) -> dict[str, Any]:
 async def test_outpatient_flow_and_refund_restores_everything(server: Server) -> None:
     his = server.client(HOSPITAL)
     before = await _state(server, EMPLOYEE)
-    person = await his.ok("1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "441802198203033456"}})
+    person = await his.ok(
+        "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "441802198203033456"}}
+    )
     assert person["baseinfo"]["psn_no"] == EMPLOYEE
     assert amount_text(person["insuinfo"][0]["balc"]) == "3000.00"
-    signed = await his.ok("9001", {"signIn": {"opter_no": "OP001", "mac": "00-11", "ip": "10.0.0.1"}})
+    signed = await his.ok(
+        "9001", {"signIn": {"opter_no": "OP001", "mac": "00-11", "ip": "10.0.0.1"}}
+    )
     assert signed["signinoutb"]["sign_no"]
 
     mdtrt_id = await his.register(EMPLOYEE, "310", "2026-03-01 08:30:00", "MZ-FLOW-1")
     await his.visit_info(mdtrt_id, EMPLOYEE, "11", "2026-03-01 08:30:00")
-    await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, LINES, "2026-03-01 08:40:00", "B1")})
+    await his.ok(
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, LINES, "2026-03-01 08:40:00", "B1")}
+    )
     data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "140.00", "310", "1", chrg_bchno="B1")
     settled = (await his.ok("2207", data))["setlinfo"]
     assert amount_text(settled["medfee_sumamt"]) == "140.00"
@@ -66,9 +90,16 @@ async def test_outpatient_flow_and_refund_restores_everything(server: Server) ->
 
     # The lines are unsettled again: 2205 removes them, 2202 cancels the registration.
     await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "0000", "psn_no": EMPLOYEE}})
-    await his.ok("2202", {"data": {"mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE, "ipt_otp_no": "MZ-FLOW-1"}})
-    assert await server.fetchval("SELECT status FROM encounters WHERE mdtrt_id = $1", mdtrt_id) == "cancelled"
-    await his.ok("9002", {"signOut": {"sign_no": signed["signinoutb"]["sign_no"], "opter_no": "OP001"}})
+    await his.ok(
+        "2202", {"data": {"mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE, "ipt_otp_no": "MZ-FLOW-1"}}
+    )
+    assert (
+        await server.fetchval("SELECT status FROM encounters WHERE mdtrt_id = $1", mdtrt_id)
+        == "cancelled"
+    )
+    await his.ok(
+        "9002", {"signOut": {"sign_no": signed["signinoutb"]["sign_no"], "opter_no": "OP001"}}
+    )
 
 
 async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
@@ -77,33 +108,101 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
         "2401",
         {
             "mdtrtinfo": {
-                "psn_no": RETIREE, "insutype": "310", "begntime": "2026-04-01 10:00:00",
-                "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "med_type": "21", "ipt_no": "ZY-FLOW-1",
-                "atddr_no": "D1", "chfpdr_name": "医生", "adm_diag_dscr": "肺炎", "adm_dept_codg": "K1",
-                "adm_dept_name": "内科", "adm_bed": "3", "dscg_maindiag_code": "J18", "dscg_maindiag_name": "肺炎",
+                "psn_no": RETIREE,
+                "insutype": "310",
+                "begntime": "2026-04-01 10:00:00",
+                "mdtrt_cert_type": "02",
+                "mdtrt_cert_no": "X",
+                "med_type": "21",
+                "ipt_no": "ZY-FLOW-1",
+                "atddr_no": "D1",
+                "chfpdr_name": "医生",
+                "adm_diag_dscr": "肺炎",
+                "adm_dept_codg": "K1",
+                "adm_dept_name": "内科",
+                "adm_bed": "3",
+                "dscg_maindiag_code": "J18",
+                "dscg_maindiag_name": "肺炎",
             },
             "diseinfo": [],
         },
     )
     mdtrt_id = admitted["result"]["mdtrt_id"]
-    first = [{"feedetl_sn": "1", "medins_list_codg": "ZL0003", "pric": "60", "cnt": "10", "det_item_fee_sumamt": "600.00"},
-             {"feedetl_sn": "2", "medins_list_codg": "ZL0008", "pric": "20", "cnt": "20", "det_item_fee_sumamt": "400.00"}]
-    await his.ok("2301", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, first, "2026-04-02 10:00:00", "")})
+    first = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": "ZL0003",
+            "pric": "60",
+            "cnt": "10",
+            "det_item_fee_sumamt": "600.00",
+        },
+        {
+            "feedetl_sn": "2",
+            "medins_list_codg": "ZL0008",
+            "pric": "20",
+            "cnt": "20",
+            "det_item_fee_sumamt": "400.00",
+        },
+    ]
+    await his.ok(
+        "2301", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, first, "2026-04-02 10:00:00", "")}
+    )
     # Final settlement before discharge is refused; a mid-way settlement is allowed.
-    refused = await his.call("2304", his.settle_data(RETIREE, mdtrt_id, "21", "1000.00", "310", "0", mid_setl_flag="0"))
+    refused = await his.call(
+        "2304", his.settle_data(RETIREE, mdtrt_id, "21", "1000.00", "310", "0", mid_setl_flag="0")
+    )
     assert refused["infcode"] == -1 and "出院" in refused["err_msg"]
-    mid = (await his.ok("2304", his.settle_data(RETIREE, mdtrt_id, "21", "1000.00", "310", "0", mid_setl_flag="1")))["setlinfo"]
+    mid = (
+        await his.ok(
+            "2304",
+            his.settle_data(RETIREE, mdtrt_id, "21", "1000.00", "310", "0", mid_setl_flag="1"),
+        )
+    )["setlinfo"]
     dedc_first = Decimal(mid["act_pay_dedc"])
     assert dedc_first > 0
     # A refund line (negative cnt) and a new charge, then discharge and the final settlement.
-    second = [{"feedetl_sn": "3", "init_feedetl_sn": "2", "medins_list_codg": "ZL0008", "pric": "20", "cnt": "-5", "det_item_fee_sumamt": "-100.00"},
-              {"feedetl_sn": "4", "medins_list_codg": "ZL0004", "pric": "30", "cnt": "10", "det_item_fee_sumamt": "300.00"}]
-    result = await his.ok("2301", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, second, "2026-04-05 10:00:00", "")})
+    second = [
+        {
+            "feedetl_sn": "3",
+            "init_feedetl_sn": "2",
+            "medins_list_codg": "ZL0008",
+            "pric": "20",
+            "cnt": "-5",
+            "det_item_fee_sumamt": "-100.00",
+        },
+        {
+            "feedetl_sn": "4",
+            "medins_list_codg": "ZL0004",
+            "pric": "30",
+            "cnt": "10",
+            "det_item_fee_sumamt": "300.00",
+        },
+    ]
+    result = await his.ok(
+        "2301", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, second, "2026-04-05 10:00:00", "")}
+    )
     assert amount_text(result["result"][0]["inscp_scp_amt"]) == "-100.00"
-    await his.ok("2402", {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE, "insutype": "310",
-                                        "endtime": "2026-04-06 10:00:00", "dscg_dept_codg": "K1",
-                                        "dscg_dept_name": "内科", "dscg_way": "1"}, "diseinfo": []})
-    final = (await his.ok("2304", his.settle_data(RETIREE, mdtrt_id, "21", "200.00", "310", "0", mid_setl_flag="0")))["setlinfo"]
+    await his.ok(
+        "2402",
+        {
+            "dscginfo": {
+                "mdtrt_id": mdtrt_id,
+                "psn_no": RETIREE,
+                "insutype": "310",
+                "endtime": "2026-04-06 10:00:00",
+                "dscg_dept_codg": "K1",
+                "dscg_dept_name": "内科",
+                "dscg_way": "1",
+            },
+            "diseinfo": [],
+        },
+    )
+    final = (
+        await his.ok(
+            "2304",
+            his.settle_data(RETIREE, mdtrt_id, "21", "200.00", "310", "0", mid_setl_flag="0"),
+        )
+    )["setlinfo"]
     # Mid-way settlements share the admission's deductible: the total taken is the level's once.
     total_dedc = dedc_first + Decimal(final["act_pay_dedc"])
     assert total_dedc <= Decimal("900.00")
@@ -113,11 +212,19 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
     # 2405 is refused while the final settlement stands; after 2305 it works.
     blocked = await his.call("2405", {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
     assert blocked["infcode"] == -1
-    await his.ok("2305", {"data": {"setl_id": final["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
+    await his.ok(
+        "2305", {"data": {"setl_id": final["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+    )
     await his.ok("2405", {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
-    await his.ok("2305", {"data": {"setl_id": mid["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
+    await his.ok(
+        "2305", {"data": {"setl_id": mid["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+    )
     # All settlements cancelled: the admission's deductible is forgotten.
-    row = (await server.fetch("SELECT adm_dedc_fen, adm_dedc_used_fen FROM encounters WHERE mdtrt_id = $1", mdtrt_id))[0]
+    row = (
+        await server.fetch(
+            "SELECT adm_dedc_fen, adm_dedc_used_fen FROM encounters WHERE mdtrt_id = $1", mdtrt_id
+        )
+    )[0]
     assert row["adm_dedc_fen"] is None and row["adm_dedc_used_fen"] == 0
     await his.ok("2302", {"data": {"feedetl_sn": "0000", "mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
     await his.ok("2404", {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
@@ -126,7 +233,15 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
 async def test_pharmacy_settle_and_cancel(server: Server) -> None:
     pos = server.client("P44180000001")
     employee = "441800000000000001"
-    lines = [{"feedetl_sn": "1", "medins_list_codg": "YP0007", "pric": "9.9", "cnt": "2", "det_item_fee_sumamt": "19.80"}]
+    lines = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": "YP0007",
+            "pric": "9.9",
+            "cnt": "2",
+            "det_item_fee_sumamt": "19.80",
+        }
+    ]
     before = await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", employee)
     drug = pos.drug_input(employee, "2026-05-05 12:00:00", "19.80", lines)
     pre = await pos.ok("2101", drug)
@@ -135,11 +250,28 @@ async def test_pharmacy_settle_and_cancel(server: Server) -> None:
     assert "hosp_part_amt" not in out["setlinfo"]
     assert len(out["detlcutinfo"]) == 1 and "lmt_used_flag" not in out["detlcutinfo"][0]
     info = out["setlinfo"]
-    cancelled = (await pos.ok("2103", {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": employee}}))["setlinfo"]
+    cancelled = (
+        await pos.ok(
+            "2103",
+            {
+                "data": {
+                    "setl_id": info["setl_id"],
+                    "mdtrt_id": info["mdtrt_id"],
+                    "psn_no": employee,
+                }
+            },
+        )
+    )["setlinfo"]
     assert Decimal(cancelled["psn_pay"]) == -Decimal(info["psn_part_amt"])
     assert Decimal(cancelled["cash_payamt"]) == -Decimal(info["psn_cash_pay"])
-    assert await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", employee) == before
-    again = await pos.call("2103", {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": employee}})
+    assert (
+        await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", employee)
+        == before
+    )
+    again = await pos.call(
+        "2103",
+        {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": employee}},
+    )
     assert again["infcode"] == -1
 
 
@@ -147,7 +279,10 @@ async def test_guangdong_path_endpoint(server: Server) -> None:
     his = server.client(HOSPITAL)
     import msgspec
 
-    env = his.envelope("1101", {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": "QY0000000001", "card_sn": "S1"}})
+    env = his.envelope(
+        "1101",
+        {"data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": "QY0000000001", "card_sn": "S1"}},
+    )
     del env["infno"]
     status, body = await his.post_raw(msgspec.json.encode(env), "/hsa/hgs/1101")
     assert status == 200

@@ -18,9 +18,19 @@ from tests.integration.conftest import Server
 from tests.integration.his_client import amount_text
 
 EXAMPLES: list[dict[str, Any]] = json.loads(
-    (Path(__file__).parent.parent / "contract" / "settlement-examples.json").read_text(encoding="utf-8")
+    (Path(__file__).parent.parent / "contract" / "settlement-examples.json").read_text(
+        encoding="utf-8"
+    )
 )
-SETTLEMENT_ONLY = {"setl_id", "setl_time", "clr_optins", "clr_way", "clr_type", "mdtrt_id"}
+SETTLEMENT_ONLY = {
+    "setl_id",
+    "setl_time",
+    "clr_optins",
+    "clr_way",
+    "clr_type",
+    "mdtrt_id",
+    "medins_setl_id",
+}
 
 
 async def _run(server: Server, ex: dict[str, Any]) -> dict[str, Any]:
@@ -29,12 +39,17 @@ async def _run(server: Server, ex: dict[str, Any]) -> dict[str, Any]:
     psn_no = req["psn_no"]
     begntime = f"{req['service_date']} 09:00:00"
     med_type = req["med_type"]
-    insutype = "310" if psn_no in {
-        "441800000000000001", "441800000000000002", "441800000000000003", "520500000000000001"
-    } else "390"
+    insutype = (
+        "310"
+        if psn_no
+        in {"441800000000000001", "441800000000000002", "441800000000000003", "520500000000000001"}
+        else "390"
+    )
     medfee = str(sum(Decimal(ln["det_item_fee_sumamt"]) for ln in req["lines"]))
     if med_type == "41":
-        drug = client.drug_input(psn_no, begntime, medfee, req["lines"], req["acct_used_flag"], insutype)
+        drug = client.drug_input(
+            psn_no, begntime, medfee, req["lines"], req["acct_used_flag"], insutype
+        )
         pre = await client.ok("2101", drug)
         out = await client.ok("2102", drug)
         return {"pre": pre, "settled": out, "lines": out["detlcutinfo"]}
@@ -92,7 +107,9 @@ async def _run(server: Server, ex: dict[str, Any]) -> dict[str, Any]:
     uploaded = await client.ok(
         "2204", {"feedetail": client.fee_rows(mdtrt_id, psn_no, req["lines"], begntime, "B1")}
     )
-    data = client.settle_data(psn_no, mdtrt_id, med_type, medfee, insutype, req["acct_used_flag"], chrg_bchno="B1")
+    data = client.settle_data(
+        psn_no, mdtrt_id, med_type, medfee, insutype, req["acct_used_flag"], chrg_bchno="B1"
+    )
     pre = await client.ok("2206", data)
     out = await client.ok("2207", data)
     return {"pre": pre, "settled": out, "lines": uploaded["result"], "mdtrt_id": mdtrt_id}
@@ -108,8 +125,12 @@ async def answers(server: Server) -> list[dict[str, Any]]:
 async def test_example_setlinfo(answers: list[dict[str, Any]], index: int) -> None:
     expected = EXAMPLES[index]["setlinfo"]
     got = answers[index]["settled"]["setlinfo"]
+    pharmacy = EXAMPLES[index]["request"]["med_type"] == "41"
     for field, value in expected.items():
-        if field == "pool_prop_selfpay":
+        if field == "hosp_part_amt" and pharmacy:
+            assert field not in got  # the pharmacy setlinfo has no hospital share (protocol §2.5)
+            assert value == "0.00"
+        elif field == "pool_prop_selfpay":
             assert f"{Decimal(got[field]):.4f}" == value, field
         else:
             assert amount_text(got[field]) == value, field
@@ -148,5 +169,7 @@ async def test_fund_rows_add_up(answers: list[dict[str, Any]]) -> None:
         assert funds == Decimal(info["fund_pay_sumamt"]) + Decimal(info["acct_pay"])
 
 
-async def test_ledger_balances_after_the_examples(server: Server, answers: list[dict[str, Any]]) -> None:
+async def test_ledger_balances_after_the_examples(
+    server: Server, answers: list[dict[str, Any]]
+) -> None:
     assert await server.check_ledger() == []

@@ -16,8 +16,18 @@ HOSPITAL = "H44180000003"
 async def _visit(server: Server, ipt: str) -> str:
     his = server.client(HOSPITAL)
     mdtrt_id = await his.register(PERSON, "310", "2027-02-01 09:00:00", ipt)
-    lines = [{"feedetl_sn": "1", "medins_list_codg": "ZL0001", "pric": "25", "cnt": "1", "det_item_fee_sumamt": "25.00"}]
-    await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, PERSON, lines, "2027-02-01 09:10:00", "B1")})
+    lines = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": "ZL0001",
+            "pric": "25",
+            "cnt": "1",
+            "det_item_fee_sumamt": "25.00",
+        }
+    ]
+    await his.ok(
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, PERSON, lines, "2027-02-01 09:10:00", "B1")}
+    )
     return mdtrt_id
 
 
@@ -25,21 +35,27 @@ async def test_replayed_settlement_returns_identical_bytes(server: Server) -> No
     his = server.client(HOSPITAL)
     mdtrt_id = await _visit(server, "MZ-IDEM-1")
     body = msgspec.json.encode(
-        his.envelope("2207", his.settle_data(PERSON, mdtrt_id, "11", "25.00", "310", "1", chrg_bchno="B1"))
+        his.envelope(
+            "2207", his.settle_data(PERSON, mdtrt_id, "11", "25.00", "310", "1", chrg_bchno="B1")
+        )
     )
     status1, first = await his.post_raw(body)
     status2, second = await his.post_raw(body)
     assert status1 == status2 == 200
     assert decode(first)["infcode"] == 0
     assert first == second
-    assert await server.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id) == 1
+    assert (
+        await server.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id) == 1
+    )
     # The same msgid with a different body is refused, and changes nothing.
     env = msgspec.json.decode(body)
     env["input"]["data"]["invono"] = "CHANGED"
     status3, third = await his.post_raw(msgspec.json.encode(env))
     answer = decode(third)
     assert status3 == 200 and answer["infcode"] == -1 and "报文ID" in answer["err_msg"]
-    assert await server.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id) == 1
+    assert (
+        await server.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id) == 1
+    )
 
 
 async def test_replayed_failure_returns_identical_bytes(server: Server) -> None:
@@ -47,7 +63,9 @@ async def test_replayed_failure_returns_identical_bytes(server: Server) -> None:
     mdtrt_id = await _visit(server, "MZ-IDEM-2")
     # Wrong total: refused, and the refusal is replayed byte for byte.
     body = msgspec.json.encode(
-        his.envelope("2207", his.settle_data(PERSON, mdtrt_id, "11", "99.00", "310", "1", chrg_bchno="B1"))
+        his.envelope(
+            "2207", his.settle_data(PERSON, mdtrt_id, "11", "99.00", "310", "1", chrg_bchno="B1")
+        )
     )
     _, first = await his.post_raw(body)
     _, second = await his.post_raw(body)
@@ -59,13 +77,17 @@ async def test_concurrent_duplicates_have_one_effect(server: Server) -> None:
     his = server.client(HOSPITAL)
     mdtrt_id = await _visit(server, "MZ-IDEM-3")
     body = msgspec.json.encode(
-        his.envelope("2207", his.settle_data(PERSON, mdtrt_id, "11", "25.00", "310", "1", chrg_bchno="B1"))
+        his.envelope(
+            "2207", his.settle_data(PERSON, mdtrt_id, "11", "25.00", "310", "1", chrg_bchno="B1")
+        )
     )
     results = await asyncio.gather(*(his.post_raw(body) for _ in range(10)))
     bodies = {r[1] for r in results}
     assert len(bodies) == 1
     assert decode(results[0][1])["infcode"] == 0
-    assert await server.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id) == 1
+    assert (
+        await server.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id) == 1
+    )
 
 
 async def test_msgid_scoped_per_institution(server: Server) -> None:

@@ -17,7 +17,9 @@ PERSON = "520500000000000002"  # Bijie resident
 @pytest.mark.parametrize("infver", ["V1.0", "1.0", "1", 1])
 async def test_infver_variants(server: Server, infver: object) -> None:
     his = server.client(HOSPITAL, "520500")
-    env = his.envelope("1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "520502200102022222"}})
+    env = his.envelope(
+        "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "520502200102022222"}}
+    )
     env["infver"] = infver
     _, body = await his.post_raw(msgspec.json.encode(env))
     assert decode(body)["infcode"] == 0
@@ -29,30 +31,75 @@ async def test_numbers_strings_null_string_input_and_extra_fields(server: Server
     rows = his.fee_rows(
         mdtrt_id,
         PERSON,
-        [{"feedetl_sn": "1", "medins_list_codg": "YP0001", "pric": 12.5, "cnt": 2, "det_item_fee_sumamt": 25.0},
-         {"feedetl_sn": "2", "medins_list_codg": "ZL0004", "pric": "30.00", "cnt": "1.0000", "det_item_fee_sumamt": "30"}],
+        [
+            {
+                "feedetl_sn": "1",
+                "medins_list_codg": "YP0001",
+                "pric": 12.5,
+                "cnt": 2,
+                "det_item_fee_sumamt": 25.0,
+            },
+            {
+                "feedetl_sn": "2",
+                "medins_list_codg": "ZL0004",
+                "pric": "30.00",
+                "cnt": "1.0000",
+                "det_item_fee_sumamt": "30",
+            },
+        ],
         "2027-05-01 09:10:00",
         "B1",
     )
     rows[0]["regional_extra_field"] = {"anything": [1, 2]}
     # input as a JSON string, as some older DLLs send it; feedetail as one object per call also works
-    env = his.envelope("2204", msgspec.json.encode({"feedetail": rows}).decode(), fixmedins_soft_fcty="某厂商")
+    env = his.envelope(
+        "2204", msgspec.json.encode({"feedetail": rows}).decode(), fixmedins_soft_fcty="某厂商"
+    )
     _, body = await his.post_raw(msgspec.json.encode(env))
     answer = decode(body)
     assert answer["infcode"] == 0, answer["err_msg"]
-    data = his.settle_data(PERSON, mdtrt_id, "11", 55, "390", "0", chrg_bchno="B1",
-                           fulamt_ownpay_amt=None, overlmt_selfpay="", preselfpay_amt=None, inscp_scp_amt=None)
+    data = his.settle_data(
+        PERSON,
+        mdtrt_id,
+        "11",
+        55,
+        "390",
+        "0",
+        chrg_bchno="B1",
+        fulamt_ownpay_amt=None,
+        overlmt_selfpay="",
+        preselfpay_amt=None,
+        inscp_scp_amt=None,
+    )
     data["data"]["opter_extra"] = "x"
     settled = await his.ok("2207", data)
     assert Decimal(settled["setlinfo"]["medfee_sumamt"]) == Decimal("55.00")
     # Answers carry amounts as JSON numbers with two decimals.
-    raw = (await his.post_raw(msgspec.json.encode(his.envelope("5203", {"data": {"mdtrt_id": mdtrt_id}}))))[1]
+    raw = (
+        await his.post_raw(
+            msgspec.json.encode(his.envelope("5203", {"data": {"mdtrt_id": mdtrt_id}}))
+        )
+    )[1]
     assert b'"medfee_sumamt":55.00' in raw
 
 
 async def test_single_object_feedetail(server: Server) -> None:
     his = server.client(HOSPITAL, "520500")
     mdtrt_id = await his.register(PERSON, "390", "2027-05-02 09:00:00", "MZ-LENIENT-2")
-    row = his.fee_rows(mdtrt_id, PERSON, [{"feedetl_sn": "1", "medins_list_codg": "YP0001", "pric": "5", "cnt": "1", "det_item_fee_sumamt": "5.00"}], "2027-05-02 09:10:00", "B1")[0]
+    row = his.fee_rows(
+        mdtrt_id,
+        PERSON,
+        [
+            {
+                "feedetl_sn": "1",
+                "medins_list_codg": "YP0001",
+                "pric": "5",
+                "cnt": "1",
+                "det_item_fee_sumamt": "5.00",
+            }
+        ],
+        "2027-05-02 09:10:00",
+        "B1",
+    )[0]
     out = await his.ok("2204", {"feedetail": row})
     assert len(out["result"]) == 1

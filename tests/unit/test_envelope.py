@@ -14,7 +14,13 @@ from gateway.errors import BadRequest
 
 
 def _env(**kw: object) -> bytes:
-    base: dict[str, object] = {"infno": "2206", "msgid": "H44180000001202601010000000001", "fixmedins_code": "H44180000001", "infver": "V1.0", "input": {"data": {"psn_no": "1"}}}
+    base: dict[str, object] = {
+        "infno": "2206",
+        "msgid": "H44180000001202601010000000001",
+        "fixmedins_code": "H44180000001",
+        "infver": "V1.0",
+        "input": {"data": {"psn_no": "1"}},
+    }
     base.update(kw)
     return msgspec.json.encode(base)
 
@@ -68,13 +74,22 @@ def test_mistyped_field_names_the_field_in_chinese() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(Decimal("12.5"), 1250), ("12.50", 1250), (12, 1200), ("0", 0), ("-3.10", -310), (Decimal("1E+2"), 10000)],
+    [
+        (Decimal("12.5"), 1250),
+        ("12.50", 1250),
+        (12, 1200),
+        ("0", 0),
+        ("-3.10", -310),
+        (Decimal("1E+2"), 10000),
+    ],
 )
 def test_amounts_from_numbers_and_text(value: object, expected: int) -> None:
     assert fen(value, "x") == expected
 
 
-@pytest.mark.parametrize("value", ["1.001", Decimal("0.30000000000000004"), True, [1], "NaN", "Infinity", "1e400"])
+@pytest.mark.parametrize(
+    "value", ["1.001", Decimal("0.30000000000000004"), True, [1], "NaN", "Infinity", "1e400"]
+)
 def test_bad_amounts(value: object) -> None:
     with pytest.raises(BadRequest):
         fen(value, "x")
@@ -99,10 +114,16 @@ def test_prices_quantities_and_times() -> None:
 
 def test_response_envelope_shape() -> None:
     now = dt.datetime(2026, 1, 2, 3, 4, 5, 678000)
-    ok = msgspec.json.decode(encode_response(region="441800", received=now, output={"a": 1}, now=now))
-    assert ok["infcode"] == 0 and ok["output"] == {"a": 1} and ok["refmsg_time"] == "20260102030405678"
+    ok = msgspec.json.decode(
+        encode_response(region="441800", received=now, output={"a": 1}, now=now)
+    )
+    assert (
+        ok["infcode"] == 0 and ok["output"] == {"a": 1} and ok["refmsg_time"] == "20260102030405678"
+    )
     assert len(ok["inf_refmsgid"]) == 30 and ok["inf_refmsgid"].startswith("44180020260102030405")
-    bad = msgspec.json.decode(encode_response(region="441800", received=now, output={"a": 1}, err_msg="错"))
+    bad = msgspec.json.decode(
+        encode_response(region="441800", received=now, output={"a": 1}, err_msg="错")
+    )
     assert bad["infcode"] == -1 and bad["output"] == {} and bad["err_msg"] == "错"
 
 

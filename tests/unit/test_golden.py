@@ -69,7 +69,10 @@ class MemoryLedger:
         self.balances[psn] = s.balc
         self.years[(psn, day.year)] = apply(state.year, s.delta)
         if s.admission_dedc_fen is not None:
-            self.admissions[req["mdtrt_id"]] = (s.admission_dedc_fen, state.admission_dedc_used_fen + s.act_pay_dedc)
+            self.admissions[req["mdtrt_id"]] = (
+                s.admission_dedc_fen,
+                state.admission_dedc_used_fen + s.act_pay_dedc,
+            )
             self.inpatient.setdefault((psn, day.year), set()).add(req["mdtrt_id"])
         return s
 
@@ -84,7 +87,11 @@ def results() -> list[Settlement]:
 def test_example(results: list[Settlement], index: int) -> None:
     ex, s = EXAMPLES[index], results[index]
     for field, value in ex["setlinfo"].items():
-        got = bp_text(s.pool_prop_selfpay_bp) if field == "pool_prop_selfpay" else fen_text(getattr(s, field))
+        got = (
+            bp_text(s.pool_prop_selfpay_bp)
+            if field == "pool_prop_selfpay"
+            else fen_text(getattr(s, field))
+        )
         assert got == value, field
     by_sn = {ln.feedetl_sn: ln for ln in s.lines}
     for line in ex["lines"]:
