@@ -11,12 +11,12 @@ FROM python:3.11-slim
 ENV PATH=/opt/gateway/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GATEWAY_WORKERS=2
-RUN groupadd --system gateway && useradd --system --gid gateway --home-dir /app gateway
+RUN groupadd --system --gid 10001 gateway && useradd --system --uid 10001 --gid gateway --home-dir /app gateway
 WORKDIR /app
 COPY --from=build /opt/gateway /opt/gateway
 COPY config ./config
-RUN mkdir -p /app/var && chown gateway:gateway /app/var
-USER gateway
+RUN mkdir -p /app/var && chown 10001:10001 /app/var
+USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/livez', timeout=2).status == 200 else 1)"]

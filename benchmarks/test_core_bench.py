@@ -1,0 +1,86 @@
+"""The settlement core: the split of 10 and 100 lines, and a catalog lookup (targets P4)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.core.model import Accumulators, FeeLine, PersonState, Visit
+from gateway.core.settle import settle, split_lines
+from gateway.money import price_times_cnt_fen
+from gateway.reference import load_reference, snapshot_of
+
+pytestmark = pytest.mark.benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = load_reference(ROOT / "config" / "demo")
+SNAPSHOT = snapshot_of(REF)
+PERSON = next(p for p in REF.persons if p.psn_no == "441800000000000001")
+DAY = dt.date(2026, 3, 1)
+ITEMS = [
+    ("ZL0001", 25_000_000, 10_000),
+    ("YP0003", 40_000_000, 20_000),
+    ("YP0010", 35_000_000, 10_000),
+    ("ZL0007", 600_000_000, 10_000),
+    ("YP0005", 30_000_000, 30_000),
+    ("ZL0004", 30_000_000, 10_000),
+    ("YP0002", 12_500_000, 20_000),
+    ("HC0001", 8_000_000, 10_000),
+    ("ZL0012", 5_000_000, 10_000),
+    ("YP0009", 28_800_000, 20_000),
+]
+
+
+def basket(n: int) -> list[FeeLine]:
+    """n lines cycling through class A, B, C, capped and uncapped items."""
+    lines = []
+    for i in range(n):
+        code, price, cnt = ITEMS[i % len(ITEMS)]
+        lines.append(
+            FeeLine(
+                feedetl_sn=str(i + 1),
+                medins_list_codg=code,
+                med_list_codg=None,
+                pric_micro=price,
+                cnt=cnt,
+                det_item_fee_sumamt=price_times_cnt_fen(price, cnt),
+                fee_date=DAY,
+                hosp_appr_flag="1",
+            )
+        )
+    return lines
+
+
+VISIT = Visit(
+    fixmedins_code="H44180000001",
+    mdtrt_id="M1",
+    med_type="11",
+    service_date=DAY,
+    acct_used_flag=True,
+)
+STATE = PersonState(person=PERSON, balance_fen=200_000, year=Accumulators(dedc_outpatient=10_000))
+
+
+def test_settle_10_lines(benchmark: Any) -> None:
+    lines = basket(10)
+    s = benchmark(settle, SNAPSHOT, VISIT, STATE, lines)
+    assert s.medfee_sumamt == sum(ln.det_item_fee_sumamt for ln in lines)
+
+
+def test_settle_100_lines(benchmark: Any) -> None:
+    lines = basket(100)
+    s = benchmark(settle, SNAPSHOT, VISIT, STATE, lines)
+    assert len(s.lines) == 100
+
+
+def test_split_10_lines(benchmark: Any) -> None:
+    splits = benchmark(split_lines, SNAPSHOT, VISIT, basket(10))
+    assert len(splits) == 10
+
+
+def test_catalog_lookup(benchmark: Any) -> None:
+    mapping = benchmark(SNAPSHOT.mapping, "H44180000001", "YP0003", DAY)
+    assert mapping is not None and mapping.med_list_codg == "XC10AAA140A001010100003"
