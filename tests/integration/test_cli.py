@@ -1,0 +1,119 @@
+"""The command line: `demo load` and `serve` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+
+ROOT_ENV = {"PYTHONUNBUFFERED": "1"}
+
+
+async def _fresh(new_database: Callable[..., Any], prefix: str) -> str:
+    made = new_database(prefix)
+    dsn = await made if inspect.isawaitable(made) else made
+    assert isinstance(dsn, str)
+    return dsn
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_demo_load_resets_to_the_demo_set(new_database: Callable[..., Any]) -> None:
+    dsn = await _fresh(new_database, "cli")
+    for _ in range(2):  # a reload replaces, it does not duplicate
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "demo",
+            "load",
+            "--database-url",
+            dsn,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM persons") == 11
+        assert await conn.fetchval("SELECT count(*) FROM institutions") == 9
+        assert await conn.fetchval("SELECT count(*) FROM catalog_mappings") == 195
+        assert (
+            await conn.fetchval(
+                "SELECT balance_fen FROM accounts WHERE psn_no = '441800000000000002'"
+            )
+            == 500000
+        )
+    finally:
+        await conn.close()
+
+
+async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) -> None:
+    dsn = await _fresh(new_database, "serve")
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--database-url",
+        dsn,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            body = msgspec.json.encode(
+                {
+                    "infno": "1101",
+                    "msgid": "H44180000001202611220000000001",
+                    "fixmedins_code": "H44180000001",
+                    "infver": "V1.0",
+                    "input": {
+                        "data": {
+                            "mdtrt_cert_type": "03",
+                            "mdtrt_cert_no": "QY0000000004",
+                            "card_sn": "x",
+                        }
+                    },
+                }
+            )
+            for _ in range(10):  # several connections, spread over both workers
+                async with (
+                    aiohttp.ClientSession() as fresh,
+                    fresh.post(
+                        f"http://127.0.0.1:{port}/fsi/api/rsfComIfsService/callService", data=body
+                    ) as r,
+                ):
+                    assert r.status == 200
+                    answer = msgspec.json.decode(await r.read())
+                    assert answer["infcode"] == 0
+                    assert answer["output"]["baseinfo"]["psn_no"] == "441800000000000004"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
