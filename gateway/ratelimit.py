@@ -79,7 +79,11 @@ return ok
 class Limiter:
     """Admission by terminal, then by institution."""
 
-    __slots__ = ("_institutions", "_redis", "_script", "_terminals", "limits")
+    __slots__ = ("_institutions", "_redis", "_redis_retry_at", "_script", "_terminals", "limits")
+
+    # After a Redis failure, requests use local buckets for this long instead of each waiting
+    # for a connect timeout: a Redis outage must not add latency to settlement.
+    REDIS_BACKOFF_SECONDS = 5.0
 
     def __init__(self, limits: Limits, redis: Any | None = None) -> None:
         self.limits = limits
@@ -89,6 +93,7 @@ class Limiter:
         )
         self._redis = redis
         self._script = redis.register_script(_LUA) if redis is not None else None
+        self._redis_retry_at = 0.0
 
     async def admit(self, fixmedins_code: str, terminal: str) -> None:
         """Raise Busy when the terminal or the institution is over its rate."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,17 +94,21 @@ async def _make_database(new_database: Callable[..., Any], prefix: str) -> str:
     return dsn
 
 
-@pytest.fixture(scope="module")
-async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
+GENEROUS = GatewayConfig(
+    # Test clients fire hundreds of requests a second from one terminal; counters do not.
+    limits=Limits(
+        terminal_rate=1e6, terminal_burst=10**6, institution_rate=1e6, institution_burst=10**6
+    )
+)
+
+
+@asynccontextmanager
+async def running_gateway(
+    new_database: Callable[..., Any], config: GatewayConfig = GENEROUS, redis_url: str | None = None
+) -> AsyncIterator[Server]:
     """Migrated, demo-loaded database and a gateway serving it on 127.0.0.1."""
     dsn = await _make_database(new_database, "gw")
-    # Test clients fire hundreds of requests a second from one terminal; counters do not.
-    generous = GatewayConfig(
-        limits=Limits(
-            terminal_rate=1e6, terminal_burst=10**6, institution_rate=1e6, institution_burst=10**6
-        )
-    )
-    settings = Settings(dsn, pool_max=24, config=generous)
+    settings = Settings(dsn, pool_max=24, config=config, redis_url=redis_url)
     await prepare_database(settings)
     runner = web.AppRunner(build_app(settings), access_log=None)
     await runner.setup()
@@ -116,3 +121,10 @@ async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
     finally:
         await session.close()
         await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
+    """A gateway of the module's own, over a fresh database."""
+    async with running_gateway(new_database) as srv:
+        yield srv
