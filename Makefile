@@ -50,5 +50,8 @@ bench: install
 bench-compare: install
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-compare --benchmark-compare-fail=median:25% -q
 
+bench-http: install
+	$(BIN)/python benchmarks/http_harness.py --duration 8 --concurrency 64
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks

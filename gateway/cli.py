@@ -16,6 +16,7 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import DEFAULT_REFERENCE, Settings, build_app, prepare_database
+from gateway.config import DEFAULT_CONFIG
 from gateway.ledger import db, reference_store
 from gateway.reference import load_reference
 
@@ -57,6 +58,7 @@ def serve(args: argparse.Namespace) -> int:
         region=args.region,
         pool_max=args.pool_max,
         redis_url=args.redis_url,
+        config_path=Path(args.config),
     )
     asyncio.run(prepare_database(settings))
     logging.getLogger("gateway").info(
@@ -107,6 +109,23 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _synth(url: str, persons: int, region: str) -> int:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+            return await reference_store.synthesize(conn, persons, region)
+    finally:
+        await pool.close()
+
+
+def synth(args: argparse.Namespace) -> int:
+    """demo synth: add synthetic insured employees so load spreads over many people."""
+    added = asyncio.run(_synth(_database_url(args), args.persons, args.region))
+    print(f"added {added} synthetic persons in region {args.region}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command tree."""
     p = argparse.ArgumentParser(
@@ -124,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
     s.add_argument("--region", default="441800", help="receiver region in inf_refmsgid")
     s.add_argument("--pool-max", type=int, default=16)
+    s.add_argument("--config", default=str(DEFAULT_CONFIG), help="gateway.toml (limits, retention)")
     _add_database(s)
     s.set_defaults(func=serve)
 
@@ -133,6 +153,11 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
     _add_database(dl)
     dl.set_defaults(func=demo)
+    ds = dsub.add_parser("synth", help="add N synthetic employees (psn_no S<region><12 digits>)")
+    ds.add_argument("--persons", type=int, required=True)
+    ds.add_argument("--region", default="441800")
+    _add_database(ds)
+    ds.set_defaults(func=synth)
     return p
 
 

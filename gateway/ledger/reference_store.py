@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import asyncpg
 
@@ -179,3 +180,53 @@ async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
         )
 
     return await asyncio.to_thread(build)
+
+
+async def synthesize(
+    conn: asyncpg.Connection, persons: int, region: str, balance_fen: int = 100_000
+) -> int:
+    """Add N insured employees (psn_no = certno = "S" + region + 12 digits) for load tests.
+
+    Existing synthetic persons of the region are kept; only the missing indexes are added.
+    """
+    start = await conn.fetchval("SELECT count(*) FROM persons WHERE psn_no LIKE $1", f"S{region}%")
+    rows = [f"S{region}{i:012d}" for i in range(int(start) + 1, persons + 1)]
+    if not rows:
+        return 0
+    async with conn.transaction():
+        await conn.copy_records_to_table(
+            "persons",
+            columns=[
+                "psn_no",
+                "psn_name",
+                "psn_cert_type",
+                "certno",
+                "gend",
+                "brdy",
+                "insuplc_admdvs",
+                "insutype",
+                "psn_type",
+                "psn_insu_stas",
+                "cvlserv_flag",
+                "mdtrt_cert_no_card",
+            ],
+            records=[
+                (
+                    p,
+                    "合成参保人",
+                    "01",
+                    p,
+                    "1",
+                    dt.date(1980, 1, 1),
+                    region,
+                    "310",
+                    "1101",
+                    "1",
+                    "0",
+                    p,
+                )
+                for p in rows
+            ],
+        )
+        await conn.copy_records_to_table("accounts", records=[(p, balance_fen) for p in rows])
+    return len(rows)
