@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from gateway.reference import load_reference
 from gateway.runtime import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
+access = logging.getLogger("gateway.access")
 MAX_BODY = 8 * 1024 * 1024  # 5,000 fee lines with long names fit comfortably
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "config" / "demo"
 
@@ -88,10 +91,26 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return _envelope_error("请求报文过大，请分批上传费用明细")
     started = time.perf_counter()
+    request_id = secrets.token_hex(8)
     # Shielded: a client that hangs up must not cut a settlement's commit in half.
     outcome = await asyncio.shield(dispatch.handle(gw, body, path_infno))
-    observe(outcome, time.perf_counter() - started)
-    return web.Response(body=outcome.body, content_type="application/json")
+    elapsed = time.perf_counter() - started
+    observe(outcome, elapsed)
+    access.info(
+        "answered",
+        extra={
+            "request_id": request_id,
+            "infno": outcome.infno,
+            "msgid": outcome.msgid,
+            "fixmedins_code": outcome.fixmedins_code,
+            "terminal": outcome.terminal,
+            "outcome": outcome.outcome,
+            "ms": round(elapsed * 1000, 2),
+        },
+    )
+    return web.Response(
+        body=outcome.body, content_type="application/json", headers={"X-Request-Id": request_id}
+    )
 
 
 def observe(outcome: dispatch.Outcome, seconds: float) -> None:
@@ -148,6 +167,7 @@ async def readyz(request: web.Request) -> web.Response:
     except (OSError, TimeoutError, Exception) as exc:
         ok = False
         checks["database"] = f"unreachable: {type(exc).__name__}"
+    checks["redis"] = await gw.limiter.redis_status()
     checks["status"] = "ok" if ok else "unavailable"
     return web.json_response(checks, status=200 if ok else 503)
 

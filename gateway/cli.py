@@ -7,8 +7,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.app import DEFAULT_REFERENCE, Settings, build_app, prepare_database
 from gateway.config import DEFAULT_CONFIG
 from gateway.ledger import db, reference_store
+from gateway.ops import logs
 from gateway.reference import load_reference
 
 
@@ -38,6 +39,7 @@ def _add_database(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    logs.configure()
     uvloop.install()
     web.run_app(
         build_app(settings),
@@ -72,6 +74,12 @@ def serve(args: argparse.Namespace) -> int:
         _serve_one(settings, args.host, args.port, reuse_port=False)
         return 0
     # Several processes share the port through SO_REUSEPORT; the kernel spreads connections.
+    # Their metrics meet in prometheus-client's multiprocess files, so any worker's /metrics
+    # reports the whole gateway.
+    metrics_dir = Path("var") / f"prometheus-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(target=_serve_one, args=(settings, args.host, args.port, True), daemon=False)
@@ -89,6 +97,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     for child in children:
         child.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -163,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    logs.configure()
     args = parser().parse_args(argv)
     result: int = args.func(args)
     return result

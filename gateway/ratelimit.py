@@ -95,6 +95,16 @@ class Limiter:
         self._script = redis.register_script(_LUA) if redis is not None else None
         self._redis_retry_at = 0.0
 
+    async def redis_status(self) -> str:
+        """ "ok", "unreachable" or "not configured": reported by /readyz, never required."""
+        if self._redis is None:
+            return "not configured"
+        try:
+            await self._redis.ping()
+        except Exception:
+            return "unreachable"
+        return "ok"
+
     async def admit(self, fixmedins_code: str, terminal: str) -> None:
         """Raise Busy when the terminal or the institution is over its rate."""
         tkey = f"{fixmedins_code}|{terminal}"

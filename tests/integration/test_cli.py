@@ -114,6 +114,25 @@ async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) 
                     answer = msgspec.json.decode(await r.read())
                     assert answer["infcode"] == 0
                     assert answer["output"]["baseinfo"]["psn_no"] == "441800000000000004"
+            # Whichever worker answers the scrape, the counts are the whole gateway's.
+            families = (
+                "sgw_requests_total",
+                "sgw_request_duration_seconds_bucket",
+                "sgw_catalog_version",
+                "sgw_db_pool_connections",
+            )
+            for _ in range(4):
+                async with (
+                    aiohttp.ClientSession() as fresh,
+                    fresh.get(f"http://127.0.0.1:{port}/metrics") as r,
+                ):
+                    text = await r.text()
+                for family in families:
+                    assert family in text, family
+                assert 'sgw_requests_total{infno="1101",outcome="ok"} 10.0' in text
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
+                ready = await r.json()
+                assert ready["database"] == "ok" and ready["redis"] == "not configured"
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)

