@@ -109,7 +109,7 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
         },
     )
     return web.Response(
-        body=outcome.body, content_type="application/json", headers={"X-Request-Id": request_id}
+        body=outcome.body, content_type=outcome.content_type, headers={"X-Request-Id": request_id}
     )
 
 
@@ -126,6 +126,8 @@ def observe(outcome: dispatch.Outcome, seconds: float) -> None:
     if outcome.identity_failure:
         terminal = metrics.terminal_label(outcome.fixmedins_code, outcome.terminal)
         metrics.IDENTITY_FAILURES.labels(outcome.fixmedins_code, terminal).inc()
+    if outcome.mismatch:
+        metrics.RECONCILE_MISMATCHES.labels(outcome.fixmedins_code).inc()
     for fund in outcome.paid:
         metrics.FUND_PAID.labels(fund.fund_pay_type).inc(fund.fund_payamt / 100)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import multiprocessing
 import os
@@ -15,9 +16,11 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
+from gateway import clearing
 from gateway.app import DEFAULT_REFERENCE, Settings, build_app, prepare_database
 from gateway.config import DEFAULT_CONFIG
 from gateway.ledger import db, reference_store
+from gateway.money import fen_text
 from gateway.ops import logs
 from gateway.reference import load_reference
 
@@ -135,6 +138,36 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _clearing(url: str, month: str, institution: str | None) -> clearing.MonthlyReport:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await clearing.monthly(conn, month, institution)
+    finally:
+        await pool.close()
+
+
+def clearing_monthly(args: argparse.Namespace) -> int:
+    """clearing monthly: the month's clearing table (JSON, CSV, printable HTML)."""
+    report = asyncio.run(_clearing(_database_url(args), args.month, args.institution))
+    if args.csv:
+        Path(args.csv).write_text(clearing.to_csv(report), encoding="utf-8")
+    if args.html:
+        Path(args.html).write_text(clearing.to_html(report), encoding="utf-8")
+    if args.json:
+        print(json.dumps(clearing.to_json(report), ensure_ascii=False, indent=2))
+    else:
+        for r in report.institutions:
+            print(
+                f"{r.fixmedins_code} {r.fixmedins_name}: {r.total.visits} 人次, 申报金额 {fen_text(r.total.declared)}"
+            )
+            for ln in r.lines:
+                print(
+                    f"  {ln.name}: {ln.visits} 人次, 实际费用 {fen_text(ln.medfee_sumamt)}, 统筹 {fen_text(ln.hifp_pay)}"
+                )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command tree."""
     p = argparse.ArgumentParser(
@@ -167,6 +200,16 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--region", default="441800")
     _add_database(ds)
     ds.set_defaults(func=synth)
+    c = sub.add_parser("clearing", help="monthly clearing reports")
+    csub = c.add_subparsers(dest="clearing_command", required=True)
+    cm = csub.add_parser("monthly", help="the month's 月结算 table per institution")
+    cm.add_argument("--month", required=True, help="YYYY-MM")
+    cm.add_argument("--institution")
+    cm.add_argument("--json", action="store_true")
+    cm.add_argument("--csv")
+    cm.add_argument("--html")
+    _add_database(cm)
+    cm.set_defaults(func=clearing_monthly)
     return p
 
 

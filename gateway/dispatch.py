@@ -39,6 +39,8 @@ class Answer:
     output: Any
     warn_msg: str | None = None
     paid: tuple[FundRow, ...] = ()  # a committed settlement's fund rows, for the payment metrics
+    raw: bytes | None = None  # a file answered as itself (9102), not inside an envelope
+    mismatch: bool = False  # a reconciliation that did not balance
 
 
 Handler = Callable[[Call], Awaitable[Answer]]
@@ -79,6 +81,8 @@ class Outcome:
     identity_failure: bool = False  # the certificate did not identify the person
     timeout: bool = False  # a dependency timed out (as opposed to failing outright)
     paid: tuple[FundRow, ...] = ()
+    content_type: str = "application/json"
+    mismatch: bool = False
 
 
 def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
@@ -109,6 +113,16 @@ async def handle(gw: Gateway, body: bytes, path_infno: str | None = None) -> Out
             return outcome
         async with gw.pool.acquire() as conn:
             answer = await tx.handler(Call(gw, req, conn, received, institution))
+        if answer.raw is not None:
+            return Outcome(
+                answer.raw,
+                req.infno,
+                "ok",
+                req.msgid,
+                req.fixmedins_code,
+                terminal,
+                content_type="application/octet-stream",
+            )
         out = encode_response(
             region=gw.region, received=received, output=answer.output, warn_msg=answer.warn_msg
         )
@@ -179,7 +193,9 @@ async def _journaled(
                     warn_msg=answer.warn_msg,
                 )
                 await idempotency.settle_answer(conn, code, msgid, out, 0)
-            return Outcome(out, req.infno, "ok", msgid, code, paid=answer.paid)
+            return Outcome(
+                out, req.infno, "ok", msgid, code, paid=answer.paid, mismatch=answer.mismatch
+            )
         except _Taken:
             stored = await idempotency.lookup(conn, code, msgid)
             if stored is None:  # the other request rolled back after all: let the client retry

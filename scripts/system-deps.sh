@@ -5,6 +5,9 @@ set -uo pipefail
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The clearing report is rendered to PNG in headless Chromium; CJK fonts make its text legible.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fc-list 2>/dev/null | grep -qi "noto sans cjk" || need+=(fonts-noto-cjk)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

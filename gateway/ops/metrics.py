@@ -61,6 +61,11 @@ IDENTITY_FAILURES = Counter(
     "Certificate / card failures at a terminal (unknown certificate, card mismatch)",
     ["fixmedins_code", "terminal"],
 )
+RECONCILE_MISMATCHES = Counter(
+    "sgw_reconcile_mismatches",
+    "Reconciliations (3201/3202) that did not balance",
+    ["fixmedins_code"],
+)
 CATALOG_VERSION = Gauge(
     "sgw_catalog_version", "Catalog snapshot version in use", multiprocess_mode="max"
 )

@@ -1,0 +1,265 @@
+"""Day-end reconciliation (3201, 9101 → 3202 → 9102) and the monthly clearing report."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import datetime as dt
+import io
+import json
+import re
+import shutil
+import sys
+import zipfile
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Server
+from tests.integration.his_client import HisClient
+
+HOSPITAL = "H44180000002"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+EMPLOYEES = ["441800000000000001", "441800000000000003"]
+
+
+async def _visit(his: HisClient, psn_no: str, n: int, price: str) -> dict[str, Any]:
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    mdtrt_id = await his.register(psn_no, "310", now, f"MZ-REC-{n}")
+    lines = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": "ZL0005",
+            "pric": price,
+            "cnt": "1",
+            "det_item_fee_sumamt": price,
+        }
+    ]
+    await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, psn_no, lines, now, "B1")})
+    out = await his.ok(
+        "2207", his.settle_data(psn_no, mdtrt_id, "11", price, "310", "1", chrg_bchno="B1")
+    )
+    info = out["setlinfo"]
+    assert isinstance(info, dict)
+    return info
+
+
+@pytest.fixture(scope="module")
+async def day(server: Server) -> list[dict[str, Any]]:
+    """A day at one hospital: six settlements, one of them refunded (its record removed)."""
+    his = server.client(HOSPITAL)
+    settled = [await _visit(his, EMPLOYEES[i % 2], i, f"{60 + i * 7}.50") for i in range(6)]
+    gone = settled.pop(2)
+    await his.ok(
+        "2208",
+        {
+            "data": {
+                "setl_id": gone["setl_id"],
+                "mdtrt_id": gone["mdtrt_id"],
+                "psn_no": gone["psn_no"],
+            }
+        },
+    )
+    return settled
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, str]:
+    def total(field: str) -> str:
+        return f"{sum(Decimal(r[field]) for r in rows):.2f}"
+
+    return {
+        "medfee_sumamt": total("medfee_sumamt"),
+        "fund_pay_sumamt": total("fund_pay_sumamt"),
+        "acct_pay": total("acct_pay"),
+        "cash_payamt": total("psn_cash_pay"),
+        "fixmedins_setl_cnt": str(len(rows)),
+    }
+
+
+def _stmt(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    today = dt.date.today().isoformat()
+    t = _totals(rows)
+    return {
+        "data": {
+            "insutype": "310",
+            "clr_type": "11",
+            "setl_optins": "441800",
+            "stmt_begndate": today,
+            "stmt_enddate": today,
+            "medfee_sumamt": t["medfee_sumamt"],
+            "fund_pay_sumamt": t["fund_pay_sumamt"],
+            "acct_pay": t["acct_pay"],
+            "cash_payamt": t["cash_payamt"],
+            "fixmedins_setl_cnt": t["fixmedins_setl_cnt"],
+            **extra,
+        }
+    }
+
+
+async def test_a_day_reconciles(server: Server, day: list[dict[str, Any]]) -> None:
+    his = server.client(HOSPITAL)
+    out = await his.ok("3201", _stmt(day))
+    assert out["stmtinfo"]["stmt_rslt"] == "0", out["stmtinfo"]["stmt_rslt_dscr"]
+    assert out["stmtinfo"]["setl_optins"] == "441800"
+
+
+async def test_a_missing_settlement_is_found_and_named(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    his = server.client(HOSPITAL)
+    lost = day[1]
+    kept = [r for r in day if r is not lost]
+    before = await _mismatches(server)
+    totals = await his.ok("3201", _stmt(kept))
+    assert totals["stmtinfo"]["stmt_rslt"] == "1"  # 中心多
+    assert "中心" in totals["stmtinfo"]["stmt_rslt_dscr"]
+    # The detail file, as the HIS writes it: tab-separated, zipped, Base64 in fsUploadIn.in.
+    detail = "".join(
+        f"{r['setl_id']}\t{r['mdtrt_id']}\t{r['psn_no']}\t{r['medfee_sumamt']}\t{r['fund_pay_sumamt']}\t{r['acct_pay']}\t0\n"
+        for r in kept
+    )
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as zf:
+        zf.writestr("detail.txt", detail)
+    up = await his.ok(
+        "9101",
+        {
+            "fsUploadIn": {
+                "in": base64.b64encode(packed.getvalue()).decode(),
+                "filename": "detail.zip",
+                "fixmedins_code": HOSPITAL,
+            }
+        },
+    )
+    stmt = _stmt(kept, file_qury_no=up["file_qury_no"])
+    info = (await his.ok("3202", stmt))["fileinfo"]
+    # 9102 answers the zip itself, not an envelope.
+    import msgspec
+
+    env = his.envelope(
+        "9102",
+        {
+            "fsDownloadIn": {
+                "file_qury_no": info["file_qury_no"],
+                "filename": info["filename"],
+                "fixmedins_code": HOSPITAL,
+            }
+        },
+    )
+    status, body = await his.post_raw(msgspec.json.encode(env))
+    assert status == 200 and body[:2] == b"PK"
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        text = zf.read(zf.namelist()[0]).decode()
+    rows = list(csv.DictReader(io.StringIO(text), delimiter="\t"))
+    by_setl = {r["setl_id"]: r for r in rows}
+    assert by_setl[lost["setl_id"]]["stmt_rslt"] == "1"
+    assert by_setl[lost["setl_id"]]["msgid"] == lost["medins_setl_id"]
+    assert Decimal(by_setl[lost["setl_id"]]["medfee_sumamt"]) == Decimal(lost["medfee_sumamt"])
+    assert all(by_setl[r["setl_id"]]["stmt_rslt"] == "0" for r in kept)
+    assert len(rows) == len(day)
+    assert await _mismatches(server) >= before + 2
+    # Another institution cannot read this file.
+    other = server.client("H44180000001")
+    refused = await other.call(
+        "9102",
+        {"fsDownloadIn": {"file_qury_no": info["file_qury_no"], "filename": info["filename"]}},
+    )
+    assert refused["infcode"] == -1
+
+
+async def test_changed_amount_is_inconsistent(server: Server, day: list[dict[str, Any]]) -> None:
+    his = server.client(HOSPITAL)
+    stmt = _stmt(day)
+    stmt["data"]["medfee_sumamt"] = (
+        f"{Decimal(stmt['data']['medfee_sumamt']) + Decimal('0.01'):.2f}"
+    )
+    out = await his.ok("3201", stmt)
+    assert out["stmtinfo"]["stmt_rslt"] == "3"
+
+
+async def _mismatches(server: Server) -> float:
+    async with server.session.get(server.url + "/metrics") as r:
+        text = await r.text()
+    m = re.search(rf'sgw_reconcile_mismatches_total\{{fixmedins_code="{HOSPITAL}"\}} (\S+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+async def test_monthly_report_equals_the_ledger_and_prints(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    month = dt.date.today().strftime("%Y-%m")
+    ARTIFACTS.mkdir(exist_ok=True)
+    html_path, csv_path = ARTIFACTS / "clearing.html", ARTIFACTS / "clearing.csv"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "clearing",
+        "monthly",
+        "--month",
+        month,
+        "--json",
+        "--csv",
+        str(csv_path),
+        "--html",
+        str(html_path),
+        "--database-url",
+        server.dsn,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    ledger = await server.fetch(
+        "SELECT fixmedins_code, count(*) AS n, sum(medfee_sumamt) AS medfee, sum(hifp_pay) AS hifp,"
+        " sum(acct_pay) AS acct, sum(psn_cash_pay) AS cash, sum(fund_pay_sumamt + acct_pay) AS declared"
+        " FROM settlements WHERE status = 'settled' AND to_char(setl_time, 'YYYY-MM') = $1 GROUP BY fixmedins_code",
+        month,
+    )
+    assert ledger
+    got = {r["fixmedins_code"]: r["total"] for r in report["institutions"]}
+    assert set(got) == {r["fixmedins_code"] for r in ledger}
+    for row in ledger:
+        total = got[row["fixmedins_code"]]
+        assert total["visits"] == row["n"]
+        assert Decimal(total["medfee_sumamt"]) * 100 == row["medfee"]
+        assert Decimal(total["hifp_pay"]) * 100 == row["hifp"]
+        assert Decimal(total["acct_pay"]) * 100 == row["acct"]
+        assert Decimal(total["psn_cash_pay"]) * 100 == row["cash"]
+        assert Decimal(total["declared"]) * 100 == row["declared"]
+    hospital = next(r for r in report["institutions"] if r["fixmedins_code"] == HOSPITAL)
+    assert hospital["total"]["visits"] == len(day)  # the refunded one is not cleared
+    assert "元" in hospital["declared_in_words"]
+    assert csv_path.read_text(encoding="utf-8").count(HOSPITAL) == len(hospital["lines"]) + 1
+    page = html_path.read_text(encoding="utf-8")
+    assert "<svg" in page and "申报金额合计（大写）" in page and "@media print" in page
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (make system-deps installs it)")
+    png = ARTIFACTS / "clearing.png"
+    png.unlink(missing_ok=True)
+    shot = await asyncio.create_subprocess_exec(
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={ARTIFACTS / 'chromium-profile'}",
+        "--window-size=1400,1000",
+        f"--screenshot={png}",
+        html_path.as_uri(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await asyncio.wait_for(shot.communicate(), 90)
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000  # a rendered page, not an empty canvas
