@@ -41,6 +41,7 @@ class Answer:
     paid: tuple[FundRow, ...] = ()  # a committed settlement's fund rows, for the payment metrics
     raw: bytes | None = None  # a file answered as itself (9102), not inside an envelope
     mismatch: bool = False  # a reconciliation that did not balance
+    catalog_changed: bool = False  # reference data changed: swap this process's snapshot now
 
 
 Handler = Callable[[Call], Awaitable[Answer]]
@@ -193,6 +194,9 @@ async def _journaled(
                     warn_msg=answer.warn_msg,
                 )
                 await idempotency.settle_answer(conn, code, msgid, out, 0)
+            if answer.catalog_changed:
+                # Committed: this process sees it at once, the others within a poll (≤ 1 s).
+                await gw.refresh_catalog()
             return Outcome(
                 out, req.infno, "ok", msgid, code, paid=answer.paid, mismatch=answer.mismatch
             )

@@ -6,7 +6,8 @@
 - no balance below zero, and each balance equals the opening balance minus the account payments
   in force (when the opening balances are known);
 - each admission's used deductible equals its settlements' act_pay_dedc in force;
-- every msgid answered with success for a settlement has exactly one settlement.
+- every msgid answered with success for a settlement has exactly one settlement (bulk
+  corrections' re-settlements keep the original's medins_setl_id and are not counted again).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ async def check(
     for row in await conn.fetch(
         "SELECT i.fixmedins_code, i.msgid, count(s.setl_id) AS n FROM idempotency i"
         " LEFT JOIN settlements s ON s.fixmedins_code = i.fixmedins_code AND s.medins_setl_id = i.msgid"
+        " AND NOT EXISTS (SELECT 1 FROM correction_items c WHERE c.new_setl_id = s.setl_id)"
         " WHERE i.infcode = 0 AND i.infno IN ('2207', '2304', '2102')"
         " GROUP BY i.fixmedins_code, i.msgid HAVING count(s.setl_id) <> 1"
     ):

@@ -9,6 +9,7 @@ import asyncpg
 
 from gateway.core.catalog import Snapshot
 from gateway.core.model import CatalogEntry, Institution, Mapping, PriceCap, SelfpayRatio
+from gateway.errors import RuleRejected
 from gateway.reference import Reference
 
 # Everything a demo reload resets, children first.
@@ -158,7 +159,7 @@ async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
         mappings = await conn.fetch(
             "SELECT fixmedins_code, medins_list_codg, fixmedins_hilist_name, list_type,"
             " med_list_codg, begndate, enddate FROM catalog_mappings WHERE revoked_at IS NULL"
-            " ORDER BY mapping_id"
+            " ORDER BY mapping_id DESC"  # equal begndates: the later upload wins (stable sort)
         )
         ratios = await conn.fetch(
             "SELECT med_list_codg, insu_admdvs, selfpay_bp, begndate, enddate FROM selfpay_ratios"
@@ -230,3 +231,58 @@ async def synthesize(
         )
         await conn.copy_records_to_table("accounts", records=[(p, balance_fen) for p in rows])
     return len(rows)
+
+
+async def upload_mappings(conn: asyncpg.Connection, rows: list[Mapping]) -> int:
+    """3301: add mapping rows (a row for an item already mapped supersedes it from its begndate)."""
+    codes = sorted({m.med_list_codg for m in rows})
+    known = {
+        r["med_list_codg"]
+        for r in await conn.fetch(
+            "SELECT DISTINCT med_list_codg FROM catalog_entries WHERE med_list_codg = ANY($1::text[])",
+            codes,
+        )
+    }
+    missing = [c for c in codes if c not in known]
+    if missing:
+        raise RuleRejected(f"医保目录编码{missing[0]}不存在，请核对后重新上传对照")
+    await conn.executemany(
+        "INSERT INTO catalog_mappings (fixmedins_code, medins_list_codg, fixmedins_hilist_name, list_type,"
+        " med_list_codg, begndate, enddate) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [
+            (
+                m.fixmedins_code,
+                m.medins_list_codg,
+                m.fixmedins_hilist_name,
+                m.list_type,
+                m.med_list_codg,
+                m.begndate,
+                m.enddate,
+            )
+            for m in rows
+        ],
+    )
+    await bump_version(conn)
+    return len(rows)
+
+
+async def revoke_mapping(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    medins_list_codg: str,
+    list_type: str,
+    med_list_codg: str,
+) -> int:
+    """3302: revoke the item's active mapping rows to that national code; returns how many."""
+    status = await conn.execute(
+        "UPDATE catalog_mappings SET revoked_at = now() WHERE fixmedins_code = $1 AND medins_list_codg = $2"
+        " AND med_list_codg = $3 AND ($4 = '' OR list_type = $4) AND revoked_at IS NULL",
+        fixmedins_code,
+        medins_list_codg,
+        med_list_codg,
+        list_type,
+    )
+    n = int(status.split()[-1])
+    if n:
+        await bump_version(conn)
+    return n

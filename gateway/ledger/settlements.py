@@ -220,19 +220,27 @@ async def commit(
     s: Settlement,
     state: PersonState,
     now: dt.datetime,
+    *,
+    replaces: str | None = None,
 ) -> Record:
-    """Write the settlement and everything it changes (the caller holds the transaction)."""
+    """Write the settlement and everything it changes (the caller holds the transaction).
+
+    `replaces` names the refunded settlement this one makes again (bulk corrections); at the
+    counter the link is found: the latest refunded settlement of the same visit and batch.
+    """
     person = state.person
     setl_id = await new_setl_id(conn, ctx.institution.admdvs, now)
     await conn.execute(
         "INSERT INTO settlements (setl_id, fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id,"
         " chrg_bchno, mid_setl_flag, med_type, insutype, category, clr_type, clr_optins,"
         " mdtrtarea_admvs, service_date, year, setl_time, status, snapshot_version,"
-        f" {', '.join(AMOUNT_FIELDS)}, pool_prop_bp, delta, lines, dev_no, opter)"
+        f" {', '.join(AMOUNT_FIELDS)}, pool_prop_bp, delta, lines, dev_no, opter, acct_used_flag,"
+        " replaces_setl_id)"
         " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,'settled',$18,"
         + ", ".join(f"${i + 19}" for i in range(len(AMOUNT_FIELDS)))
         + f", ${19 + len(AMOUNT_FIELDS)}, ${20 + len(AMOUNT_FIELDS)}, ${21 + len(AMOUNT_FIELDS)},"
-        f" ${22 + len(AMOUNT_FIELDS)}, ${23 + len(AMOUNT_FIELDS)})",
+        f" ${22 + len(AMOUNT_FIELDS)}, ${23 + len(AMOUNT_FIELDS)}, ${24 + len(AMOUNT_FIELDS)},"
+        f" ${25 + len(AMOUNT_FIELDS)})",
         setl_id,
         ctx.institution.fixmedins_code,
         ctx.encounter.mdtrt_id,
@@ -257,6 +265,8 @@ async def commit(
         _lines_json(s, snapshot, ctx),
         ctx.dev_no,
         ctx.opter,
+        ctx.visit.acct_used_flag,
+        replaces or await _refunded_predecessor(conn, ctx),
     )
     if s.funds:
         await conn.executemany(
@@ -286,6 +296,19 @@ async def commit(
             adm_dedc_used_fen=ctx.encounter.adm_dedc_used_fen + s.act_pay_dedc,
         )
     return record_of(s, ctx, person, setl_id=setl_id, setl_time=now)
+
+
+async def _refunded_predecessor(conn: asyncpg.Connection, ctx: Context) -> str | None:
+    """The visit's (and batch's) latest refunded settlement that nothing replaces yet."""
+    found = await conn.fetchval(
+        "SELECT s.setl_id FROM settlements s WHERE s.mdtrt_id = $1 AND s.chrg_bchno = $2"
+        " AND s.status = 'cancelled' AND NOT EXISTS"
+        " (SELECT 1 FROM settlements r WHERE r.replaces_setl_id = s.setl_id)"
+        " ORDER BY s.cancel_setl_time DESC, s.setl_id DESC LIMIT 1",
+        ctx.encounter.mdtrt_id,
+        ctx.chrg_bchno,
+    )
+    return None if found is None else str(found)
 
 
 _SETTLEMENT_COLUMNS = (

@@ -1,0 +1,317 @@
+"""3301 目录对照上传, 3302 目录对照撤销, and the paged catalog queries 1312/1317/1318/1319.
+
+Queries answer from the snapshot this process settles with, so what an institution reads is
+exactly what its settlements use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from adapters.his.envelope import Amount, Code, decode_input, text
+from adapters.his.output import ratio
+from adapters.his.wire import Node, as_list, required
+from gateway.core.model import Mapping
+from gateway.dispatch import Answer, Call, register
+from gateway.errors import BadRequest, NotFound
+from gateway.ledger import reference_store
+from gateway.money import micro_text
+
+MAX_ROWS = 1000
+MAX_PAGE = 1000
+T = TypeVar("T")
+
+
+class MappingRow(Node):
+    fixmedins_hilist_id: Code = None
+    fixmedins_hilist_name: Code = None
+    list_type: Code = None
+    med_list_codg: Code = None
+    begndate: Code = None
+    enddate: Code = None
+    aprvno: Code = None
+    dosform: Code = None
+    exct_cont: Code = None
+    item_cont: Code = None
+    prcunt: Code = None
+    spec: Code = None
+    pacspec: Code = None
+    memo: Code = None
+    fixmedins_code: Code = None
+
+
+class In3301(Node):
+    data: list[MappingRow] | MappingRow | None = None
+    catalogcompin: list[MappingRow] | MappingRow | None = None
+
+
+class RevokeRow(Node):
+    fixmedins_code: Code = None
+    fixmedins_hilist_id: Code = None
+    list_type: Code = None
+    med_list_codg: Code = None
+
+
+class In3302(Node):
+    data: list[RevokeRow] | RevokeRow | None = None
+
+
+class Query(Node):
+    query_date: Code = None
+    hilist_code: Code = None
+    hilist_name: Code = None
+    insu_admdvs: Code = None
+    fixmedins_code: Code = None
+    medins_list_codg: Code = None
+    medins_list_name: Code = None
+    med_list_codg: Code = None
+    list_type: Code = None
+    chrgitm_lv: Code = None
+    med_chrgitm_type: Code = None
+    lmt_used_flag: Code = None
+    vali_flag: Code = None
+    updt_time: Code = None
+    page_num: Amount = None
+    page_size: Amount = None
+
+
+class In13xx(Node):
+    data: Query | None = None
+
+
+def _date(value: Code, name: str) -> dt.date:
+    s = required(value, name)
+    try:
+        return dt.date.fromisoformat(s[:10])
+    except ValueError as exc:
+        raise BadRequest(f"字段{name}日期格式错误，应为yyyy-MM-dd") from exc
+
+
+@register("3301", "目录对照上传", writes=True, klass="catalog")
+async def upload(call: Call) -> Answer:
+    node = decode_input(call.req, In3301)
+    rows = as_list(node.catalogcompin) or as_list(node.data)
+    if not rows:
+        raise BadRequest("缺少目录对照数据（data或catalogcompin）")
+    if len(rows) > MAX_ROWS:
+        raise BadRequest(f"单次上传目录对照不能超过{MAX_ROWS}条，请分批上传")
+    mappings = []
+    for i, row in enumerate(rows, start=1):
+        at = f"第{i}条"
+        owner = text(row.fixmedins_code)
+        if owner and owner != call.req.fixmedins_code:
+            raise BadRequest(f"{at}：机构编号与报文机构编号不一致")
+        begn = _date(row.begndate, f"{at}begndate")
+        end = _date(row.enddate, f"{at}enddate")
+        if end < begn:
+            raise BadRequest(f"{at}：结束日期早于开始日期")
+        mappings.append(
+            Mapping(
+                fixmedins_code=call.req.fixmedins_code,
+                medins_list_codg=required(row.fixmedins_hilist_id, f"{at}fixmedins_hilist_id"),
+                fixmedins_hilist_name=required(
+                    row.fixmedins_hilist_name, f"{at}fixmedins_hilist_name"
+                ),
+                list_type=required(row.list_type, f"{at}list_type"),
+                med_list_codg=required(row.med_list_codg, f"{at}med_list_codg"),
+                begndate=begn,
+                enddate=end,
+            )
+        )
+    count = await reference_store.upload_mappings(call.conn, mappings)
+    return Answer({"result": {"count": count}}, catalog_changed=True)
+
+
+@register("3302", "目录对照撤销", writes=True, klass="catalog")
+async def revoke(call: Call) -> Answer:
+    rows = as_list(decode_input(call.req, In3302).data)
+    if not rows:
+        raise BadRequest("缺少输入节点data")
+    for row in rows:
+        owner = text(row.fixmedins_code)
+        if owner and owner != call.req.fixmedins_code:
+            raise BadRequest("只能撤销本机构的目录对照")
+        item = required(row.fixmedins_hilist_id, "data.fixmedins_hilist_id")
+        codg = required(row.med_list_codg, "data.med_list_codg")
+        n = await reference_store.revoke_mapping(
+            call.conn, call.req.fixmedins_code, item, text(row.list_type), codg
+        )
+        if not n:
+            raise NotFound(f"本机构目录{item}与医保目录{codg}的有效对照不存在")
+    return Answer({}, catalog_changed=True)
+
+
+def _page(q: Query) -> tuple[int, int]:
+    def number(value: Amount, name: str, default: int) -> int:
+        if value is None or value == "":
+            return default
+        try:
+            n = int(str(value))
+        except ValueError as exc:
+            raise BadRequest(f"字段{name}应为正整数") from exc
+        if n < 1:
+            raise BadRequest(f"字段{name}应为正整数")
+        return n
+
+    return number(q.page_num, "page_num", 1), min(number(q.page_size, "page_size", 100), MAX_PAGE)
+
+
+def _paged(q: Query, rows: Sequence[T], row_out: Callable[[T], dict[str, Any]]) -> Answer:
+    """The paged answer shape real centres use (firstPage … data[])."""
+    page_num, page_size = _page(q)
+    total = len(rows)
+    pages = (total + page_size - 1) // page_size
+    start = (page_num - 1) * page_size
+    chunk = rows[start : start + page_size]
+    return Answer(
+        {
+            "firstPage": page_num == 1,
+            "lastPage": page_num >= pages,
+            "size": len(chunk),
+            "startRow": start + 1 if chunk else 0,
+            "endRow": start + len(chunk),
+            "pageSize": page_size,
+            "pageNum": page_num,
+            "recordCounts": total,
+            "pages": pages,
+            "data": [row_out(r) for r in chunk],
+        }
+    )
+
+
+def _valid_on(q: Query, begn: dt.date, end: dt.date) -> bool:
+    day = text(q.query_date)
+    if not day:
+        return True
+    try:
+        on = dt.date.fromisoformat(day[:10])
+    except ValueError as exc:
+        raise BadRequest("字段query_date日期格式错误") from exc
+    return begn <= on <= end
+
+
+def _match(value: str, wanted: Code) -> bool:
+    w = text(wanted)
+    return not w or value == w
+
+
+def _query(call: Call) -> Query:
+    q = decode_input(call.req, In13xx).data
+    if q is None:
+        raise BadRequest("缺少输入节点data")
+    return q
+
+
+@register("1312", "医保目录信息查询", writes=False, klass="catalog")
+async def query_catalog(call: Call) -> Answer:
+    q = _query(call)
+    name = text(q.hilist_name)
+    rows = [
+        e
+        for e in call.gw.snapshot.catalog
+        if _match(e.med_list_codg, q.hilist_code)
+        and (not name or name in e.med_list_name)
+        and _match(e.list_type, q.list_type)
+        and _match(e.chrgitm_lv, q.chrgitm_lv)
+        and _match(e.med_chrgitm_type, q.med_chrgitm_type)
+        and _match(e.lmt_used_flag, q.lmt_used_flag)
+        and _valid_on(q, e.begndate, e.enddate)
+    ]
+    return _paged(
+        q,
+        sorted(rows, key=lambda e: (e.med_list_codg, e.begndate)),
+        lambda e: {
+            "hilist_code": e.med_list_codg,
+            "hilist_name": e.med_list_name,
+            "list_type": e.list_type,
+            "med_chrgitm_type": e.med_chrgitm_type,
+            "chrgitm_lv": e.chrgitm_lv,
+            "lmt_used_flag": e.lmt_used_flag,
+            "begndate": e.begndate.isoformat(),
+            "enddate": e.enddate.isoformat(),
+            "vali_flag": "1",
+        },
+    )
+
+
+@register("1317", "医药机构目录匹配信息查询", writes=False, klass="catalog")
+async def query_mappings(call: Call) -> Answer:
+    q = _query(call)
+    owner = text(q.fixmedins_code) or call.req.fixmedins_code
+    if owner != call.req.fixmedins_code:
+        raise BadRequest("只能查询本机构的目录对照")
+    name = text(q.medins_list_name)
+    rows = [
+        m
+        for m in call.gw.snapshot.mappings
+        if m.fixmedins_code == owner
+        and _match(m.medins_list_codg, q.medins_list_codg)
+        and (not name or name in m.fixmedins_hilist_name)
+        and _match(m.list_type, q.list_type)
+        and _match(m.med_list_codg, q.med_list_codg)
+        and _valid_on(q, m.begndate, m.enddate)
+    ]
+    return _paged(
+        q,
+        sorted(rows, key=lambda m: (m.medins_list_codg, m.begndate)),
+        lambda m: {
+            "fixmedins_code": m.fixmedins_code,
+            "medins_list_codg": m.medins_list_codg,
+            "medins_list_name": m.fixmedins_hilist_name,
+            "list_type": m.list_type,
+            "med_list_codg": m.med_list_codg,
+            "begndate": m.begndate.isoformat(),
+            "enddate": m.enddate.isoformat(),
+            "vali_flag": "1",
+        },
+    )
+
+
+@register("1318", "医保目录限价信息查询", writes=False, klass="catalog")
+async def query_caps(call: Call) -> Answer:
+    q = _query(call)
+    rows = [
+        c
+        for c in call.gw.snapshot.caps
+        if _match(c.med_list_codg, q.hilist_code)
+        and _match(c.insu_admdvs, q.insu_admdvs)
+        and _valid_on(q, c.begndate, c.enddate)
+    ]
+    return _paged(
+        q,
+        sorted(rows, key=lambda c: (c.med_list_codg, c.insu_admdvs, c.begndate)),
+        lambda c: {
+            "hilist_code": c.med_list_codg,
+            "insu_admdvs": c.insu_admdvs,
+            "hilist_pric_uplmt_amt": micro_text(c.cap_micro),
+            "begndate": c.begndate.isoformat(),
+            "enddate": c.enddate.isoformat(),
+            "vali_flag": "1",
+        },
+    )
+
+
+@register("1319", "医保目录先自付比例信息查询", writes=False, klass="catalog")
+async def query_ratios(call: Call) -> Answer:
+    q = _query(call)
+    rows = [
+        r
+        for r in call.gw.snapshot.ratios
+        if _match(r.med_list_codg, q.hilist_code)
+        and _match(r.insu_admdvs, q.insu_admdvs)
+        and _valid_on(q, r.begndate, r.enddate)
+    ]
+    return _paged(
+        q,
+        sorted(rows, key=lambda r: (r.med_list_codg, r.insu_admdvs, r.begndate)),
+        lambda r: {
+            "hilist_code": r.med_list_codg,
+            "insu_admdvs": r.insu_admdvs,
+            "selfpay_prop": ratio(r.selfpay_bp),
+            "begndate": r.begndate.isoformat(),
+            "enddate": r.enddate.isoformat(),
+            "vali_flag": "1",
+        },
+    )
