@@ -1,4 +1,5 @@
-"""The settlement core: the split of 10 and 100 lines, and a catalog lookup (targets P4)."""
+"""The settlement core: the split of 10 and 100 lines, catalog look-ups and a 500,000-mapping
+snapshot build (targets P4, P7). With --benchmark-disable each runs once, as a test."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.core.model import Accumulators, FeeLine, PersonState, Visit
+from gateway.core.catalog import Snapshot
+from gateway.core.model import Accumulators, FeeLine, Mapping, PersonState, Visit
 from gateway.core.settle import settle, split_lines
 from gateway.money import price_times_cnt_fen
 from gateway.reference import load_reference, snapshot_of
@@ -65,9 +67,11 @@ STATE = PersonState(person=PERSON, balance_fen=200_000, year=Accumulators(dedc_o
 
 
 def test_settle_10_lines(benchmark: Any) -> None:
+    """P4: ≤ 15 µs median for an employee's 10-line outpatient settlement."""
     lines = basket(10)
     s = benchmark(settle, SNAPSHOT, VISIT, STATE, lines)
     assert s.medfee_sumamt == sum(ln.det_item_fee_sumamt for ln in lines)
+    assert s.hifp_pay > 0 and s.overlmt_selfpay > 0 and s.fulamt_ownpay_amt > 0
 
 
 def test_settle_100_lines(benchmark: Any) -> None:
@@ -84,3 +88,42 @@ def test_split_10_lines(benchmark: Any) -> None:
 def test_catalog_lookup(benchmark: Any) -> None:
     mapping = benchmark(SNAPSHOT.mapping, "H44180000001", "YP0003", DAY)
     assert mapping is not None and mapping.med_list_codg == "XC10AAA140A001010100003"
+
+
+def test_item_lookup(benchmark: Any) -> None:
+    """The memoized (institution, item, date) resolution a split makes per line."""
+    rule = benchmark(SNAPSHOT.item, "H44180000001", "YP0003", DAY)
+    assert rule.listed and rule.split.selfpay_bp == 1000
+
+
+def test_snapshot_build_500k_mappings(benchmark: Any) -> None:
+    """P7/P8: indexing 500,000 mappings (it runs in a thread; this is its CPU cost)."""
+    begin, end = dt.date(2020, 1, 1), dt.date(2099, 12, 31)
+    codes = [e.med_list_codg for e in REF.catalog]
+    mappings = [
+        Mapping(
+            fixmedins_code=f"H{i % 2000:011d}",
+            medins_list_codg=f"C{i:08d}",
+            fixmedins_hilist_name="",
+            list_type="101",
+            med_list_codg=codes[i % len(codes)],
+            begndate=begin,
+            enddate=end,
+        )
+        for i in range(500_000)
+    ]
+
+    def build() -> Snapshot:
+        return Snapshot.build(
+            version=2,
+            institutions=REF.institutions,
+            catalog=REF.catalog,
+            mappings=mappings,
+            ratios=REF.ratios,
+            caps=REF.caps,
+            policies=REF.policies,
+            class_b_default_bp=REF.class_b_default_bp,
+        )
+
+    snap = benchmark.pedantic(build, rounds=3, iterations=1)
+    assert snap.mapping("H00000000007", "C00000007", DAY) is not None

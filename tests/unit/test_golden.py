@@ -1,15 +1,21 @@
-"""The worked examples through the pure core, in order, with an in-memory ledger state."""
+"""The worked examples of settlement-examples.json through the pure core, in order.
+
+The examples run against the demo data as first loaded and each changes the state the next
+one sees, so one module-scoped fixture settles them all with an in-memory ledger and each
+example's test compares its own answer, field by field, as the wire text.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.core.model import Accumulators, FeeLine, PersonState, Settlement, Visit
+from gateway.core.model import Accumulators, FeeLine, LineSplit, PersonState, Settlement, Visit
 from gateway.core.settle import apply, settle
 from gateway.money import bp_text, fen_text, to_cnt, to_fen, to_micro
 from gateway.reference import load_reference, snapshot_of
@@ -30,38 +36,39 @@ class MemoryLedger:
         self.balances = dict(self.ref.balances)
         self.years: dict[tuple[str, int], Accumulators] = {}
         self.admissions: dict[str, tuple[int, int]] = {}  # mdtrt_id -> (deductible, used)
-        self.inpatient: dict[tuple[str, int], set[str]] = {}
+        self.in_force: dict[tuple[str, int], set[str]] = {}  # inpatient mdtrt_ids settled
 
     def run(self, req: dict[str, Any]) -> Settlement:
         day = dt.date.fromisoformat(req["service_date"])
-        psn = req["psn_no"]
-        adm = self.admissions.get(req["mdtrt_id"])
-        in_force = self.inpatient.get((psn, day.year), set())
+        psn, mdtrt_id = req["psn_no"], req["mdtrt_id"]
+        adm = self.admissions.get(mdtrt_id)
         state = PersonState(
             person=self.persons[psn],
             balance_fen=self.balances[psn],
             year=self.years.get((psn, day.year), Accumulators()),
             admission_dedc_fen=adm[0] if adm else None,
             admission_dedc_used_fen=adm[1] if adm else 0,
-            other_inpatient_in_force=bool(in_force - {req["mdtrt_id"]}),
+            other_inpatient_in_force=bool(self.in_force.get((psn, day.year), set()) - {mdtrt_id}),
         )
         visit = Visit(
             fixmedins_code=req["fixmedins_code"],
-            mdtrt_id=req["mdtrt_id"],
+            mdtrt_id=mdtrt_id,
             med_type=req["med_type"],
             service_date=day,
             acct_used_flag=req["acct_used_flag"] == "1",
+            dise_codg=req.get("dise_codg", ""),
         )
         lines = [
             FeeLine(
                 feedetl_sn=ln["feedetl_sn"],
                 medins_list_codg=ln["medins_list_codg"],
-                med_list_codg=None,
+                med_list_codg=ln.get("med_list_codg"),
                 pric_micro=to_micro(ln["pric"]),
                 cnt=to_cnt(ln["cnt"]),
                 det_item_fee_sumamt=to_fen(ln["det_item_fee_sumamt"]),
                 fee_date=day,
-                hosp_appr_flag=None if req["med_type"] == "41" else ln["hosp_appr_flag"],
+                # a pharmacy's drugdetail carries no approval flag, whatever the example lists
+                hosp_appr_flag=None if req["med_type"] == "41" else ln.get("hosp_appr_flag"),
             )
             for ln in req["lines"]
         ]
@@ -69,11 +76,11 @@ class MemoryLedger:
         self.balances[psn] = s.balc
         self.years[(psn, day.year)] = apply(state.year, s.delta)
         if s.admission_dedc_fen is not None:
-            self.admissions[req["mdtrt_id"]] = (
+            self.admissions[mdtrt_id] = (
                 s.admission_dedc_fen,
                 state.admission_dedc_used_fen + s.act_pay_dedc,
             )
-            self.inpatient.setdefault((psn, day.year), set()).add(req["mdtrt_id"])
+            self.in_force.setdefault((psn, day.year), set()).add(mdtrt_id)
         return s
 
 
@@ -83,22 +90,49 @@ def results() -> list[Settlement]:
     return [ledger.run(ex["request"]) for ex in EXAMPLES]
 
 
+def setlinfo_text(s: Settlement, field: str) -> str:
+    """A setlinfo field as the wire carries it."""
+    if field == "pool_prop_selfpay":
+        return bp_text(s.pool_prop_selfpay_bp)
+    value = getattr(s, field)
+    assert isinstance(value, int), field
+    return fen_text(value)
+
+
+# Line fields of the examples and how each reads off a LineSplit on the wire.
+LINE_TEXT: dict[str, Callable[[LineSplit], str]] = {
+    "feedetl_sn": lambda ln: ln.feedetl_sn,
+    "chrgitm_lv": lambda ln: ln.chrgitm_lv,
+    "selfpay_prop": lambda ln: bp_text(ln.selfpay_bp),
+    "fulamt_ownpay_amt": lambda ln: fen_text(ln.fulamt_ownpay_amt),
+    "overlmt_amt": lambda ln: fen_text(ln.overlmt_amt),
+    "preselfpay_amt": lambda ln: fen_text(ln.preselfpay_amt),
+    "inscp_scp_amt": lambda ln: fen_text(ln.inscp_scp_amt),
+    "det_item_fee_sumamt": lambda ln: fen_text(ln.det_item_fee_sumamt),
+}
+
+
+def line_text(ln: LineSplit, field: str) -> str:
+    return LINE_TEXT[field](ln)
+
+
+def test_examples_are_there() -> None:
+    assert len(EXAMPLES) >= 11
+    assert all(ex["setlinfo"] and ex["lines"] for ex in EXAMPLES)
+
+
 @pytest.mark.parametrize("index", range(len(EXAMPLES)), ids=[e["title"] for e in EXAMPLES])
 def test_example(results: list[Settlement], index: int) -> None:
     ex, s = EXAMPLES[index], results[index]
-    for field, value in ex["setlinfo"].items():
-        got = (
-            bp_text(s.pool_prop_selfpay_bp)
-            if field == "pool_prop_selfpay"
-            else fen_text(getattr(s, field))
-        )
-        assert got == value, field
+    got_info = {field: setlinfo_text(s, field) for field in ex["setlinfo"]}
+    assert got_info == ex["setlinfo"]
+
+    assert [ln.feedetl_sn for ln in s.lines] == [ln["feedetl_sn"] for ln in ex["request"]["lines"]]
     by_sn = {ln.feedetl_sn: ln for ln in s.lines}
-    for line in ex["lines"]:
-        got_line = by_sn[line["feedetl_sn"]]
-        assert got_line.chrgitm_lv == line["chrgitm_lv"]
-        assert bp_text(got_line.selfpay_bp) == line["selfpay_prop"]
-        assert fen_text(got_line.fulamt_ownpay_amt) == line["fulamt_ownpay_amt"]
-        assert fen_text(got_line.overlmt_amt) == line["overlmt_amt"]
-        assert fen_text(got_line.preselfpay_amt) == line["preselfpay_amt"]
-        assert fen_text(got_line.inscp_scp_amt) == line["inscp_scp_amt"]
+    for expected in ex["lines"]:
+        got = by_sn[expected["feedetl_sn"]]
+        assert {f: line_text(got, f) for f in expected} == expected
+
+    # The fund rows are not in the examples; they must still add up to the answer.
+    assert sum(f.fund_payamt for f in s.funds) == s.fund_pay_sumamt + s.acct_pay
+    assert all(f.fund_payamt > 0 and f.inscp_scp_amt == s.inscp_scp_amt for f in s.funds)
