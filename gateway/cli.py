@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
-from gateway import clearing
+from gateway import clearing, corrections
 from gateway.app import DEFAULT_REFERENCE, Settings, build_app, prepare_database
 from gateway.config import DEFAULT_CONFIG
 from gateway.ledger import db, reference_store
@@ -168,6 +170,69 @@ def clearing_monthly(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _corrections(
+    args: argparse.Namespace, apply_it: bool
+) -> tuple[corrections.Summary, int, list[tuple[str, str]]]:
+    url = _database_url(args)
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            reference = await asyncio.to_thread(load_reference, Path(args.reference_dir))
+            snapshot = await reference_store.read_snapshot(conn, reference)
+            begn = dt.date.fromisoformat(args.date_from) if args.date_from else None
+            end = dt.date.fromisoformat(args.date_to) if args.date_to else None
+            found = await corrections.targets(
+                conn, snapshot, args.institution, args.item, begn, end
+            )
+            failed: list[tuple[str, str]] = []
+            if apply_it:
+                run_id = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+                bar = None if args.json else corrections.progress_bar()
+                summary, failed = await corrections.apply(
+                    conn, snapshot, found, args.item, run_id, limit=args.limit, progress=bar
+                )
+            else:
+                summary = await corrections.plan(
+                    conn, snapshot, found, args.item, dt.datetime.now()
+                )
+    finally:
+        await pool.close()
+    return summary, len(found), failed
+
+
+def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
+    summary, found, failed = asyncio.run(_corrections(args, apply_it))
+    if args.csv:
+        Path(args.csv).write_text(summary.to_csv(), encoding="utf-8")
+    if args.json:
+        doc = summary.to_json()
+        if apply_it:
+            for row in doc["settlements"]:
+                print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        doc = summary.to_json()
+        verb = "re-settled" if apply_it else "would re-settle"
+        print(f"{verb} {len(summary.items)} of {found} settlements using {args.item}")
+        for code, amount in doc["funds"].items():
+            print(f"  fund {code}: {amount}")
+        print(f"  patients owe in total: {doc['totals']['patient_owes']}")
+    for setl_id, why in failed:
+        print(f"failed {setl_id}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def corrections_plan(args: argparse.Namespace) -> int:
+    """corrections plan: list what a correction would change, changing nothing."""
+    return _report_corrections(args, apply_it=False)
+
+
+def corrections_apply(args: argparse.Namespace) -> int:
+    """corrections apply: re-settle, one transaction per settlement, resumable."""
+    return _report_corrections(args, apply_it=True)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command tree."""
     p = argparse.ArgumentParser(
@@ -210,6 +275,30 @@ def parser() -> argparse.ArgumentParser:
     cm.add_argument("--html")
     _add_database(cm)
     cm.set_defaults(func=clearing_monthly)
+    k = sub.add_parser("corrections", help="catalog-mapping corrections in bulk")
+    ksub = k.add_subparsers(dest="corrections_command", required=True)
+    for name, func, helptext in (
+        (
+            "plan",
+            corrections_plan,
+            "list the settlements that used the item's old mapping, with deltas",
+        ),
+        ("apply", corrections_apply, "re-settle them in their original order (resumable)"),
+    ):
+        kp = ksub.add_parser(name, help=helptext)
+        kp.add_argument("--institution", required=True)
+        kp.add_argument(
+            "--item", required=True, help="the institution's own item code (medins_list_codg)"
+        )
+        kp.add_argument("--from", dest="date_from")
+        kp.add_argument("--to", dest="date_to")
+        kp.add_argument("--json", action="store_true")
+        kp.add_argument("--csv", help="write the agency's CSV report here")
+        kp.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+        if name == "apply":
+            kp.add_argument("--limit", type=int, help="stop after N settlements (work in batches)")
+        _add_database(kp)
+        kp.set_defaults(func=func)
     return p
 
 
