@@ -34,6 +34,7 @@ class Settings:
     """What a process needs to start; built by the CLI or by tests."""
 
     __slots__ = (
+        "catalog_poll_seconds",
         "config",
         "config_path",
         "database_url",
@@ -55,8 +56,10 @@ class Settings:
         redis_url: str | None = None,
         config_path: Path = DEFAULT_CONFIG,
         config: GatewayConfig | None = None,
+        catalog_poll_seconds: float = 1.0,
     ) -> None:
         self.config = config
+        self.catalog_poll_seconds = catalog_poll_seconds
         self.database_url = database_url
         self.redis_url = redis_url
         self.config_path = config_path
@@ -192,14 +195,20 @@ def build_app(settings: Settings) -> web.Application:
         gw = await Gateway.start(
             pool, reference, settings.region, config, Limiter(config.limits, redis)
         )
+        gw.redis = redis
+        gw.catalog_poll_seconds = settings.catalog_poll_seconds
         app[GATEWAY] = gw
-        watcher = asyncio.create_task(gw.watch_catalog())
+        tasks = [asyncio.create_task(gw.watch_catalog())]
+        if redis is not None:
+            tasks.append(asyncio.create_task(gw.listen_catalog_changes()))
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if redis is not None:
                 await redis.aclose()
             await pool.close()

@@ -195,8 +195,10 @@ async def _journaled(
                 )
                 await idempotency.settle_answer(conn, code, msgid, out, 0)
             if answer.catalog_changed:
-                # Committed: this process sees it at once, the others within a poll (≤ 1 s).
+                # Committed: this process sees it at once, the others on the announcement
+                # (Redis) or within a poll (≤ 1 s).
                 await gw.refresh_catalog()
+                await gw.announce_catalog_change()
             return Outcome(
                 out, req.infno, "ok", msgid, code, paid=answer.paid, mismatch=answer.mismatch
             )

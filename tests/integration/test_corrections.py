@@ -478,3 +478,37 @@ async def test_monthly_clearing_lists_the_corrections(server: Server) -> None:
     assert hospital["corrections"]["settlements"] == records["n"] >= 200
     assert Decimal(hospital["corrections"]["fund_delta"]) * 100 == records["fund"]
     assert Decimal(hospital["corrections"]["patient_cash_delta"]) * 100 == records["cash"]
+
+
+async def test_a_change_is_announced_through_redis(server: Server, redis_url: str) -> None:
+    # Two gateways that poll only once a minute: only the Redis announcement can tell them.
+    runners = []
+    for _ in range(2):
+        runner = web.AppRunner(
+            build_app(
+                Settings(server.dsn, config=GENEROUS, redis_url=redis_url, catalog_poll_seconds=60)
+            ),
+            access_log=None,
+        )
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+    try:
+        await asyncio.sleep(0.3)  # both subscribed
+        writer, reader = (server.client(HOSPITAL) for _ in range(2))
+        writer.base_url = f"http://127.0.0.1:{runners[0].addresses[0][1]}"
+        reader.base_url = f"http://127.0.0.1:{runners[1].addresses[0][1]}"
+        await writer.ok("3301", _mapping(CLASS_B, "ZZ0004"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            page = await reader.ok(
+                "1317", {"data": {"medins_list_codg": "ZZ0004", "page_num": 1, "page_size": 5}}
+            )
+            if page["recordCounts"] == 1:
+                break
+            assert loop.time() - started < 2.0, "the announcement did not reach the other process"
+            await asyncio.sleep(0.05)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
