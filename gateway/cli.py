@@ -19,7 +19,13 @@ import uvloop
 from aiohttp import web
 
 from gateway import clearing, corrections
-from gateway.app import DEFAULT_REFERENCE, Settings, build_app, prepare_database
+from gateway.app import (
+    DEFAULT_CREDENTIALS,
+    DEFAULT_REFERENCE,
+    Settings,
+    build_app,
+    prepare_database,
+)
 from gateway.config import DEFAULT_CONFIG
 from gateway.ledger import db, reference_store
 from gateway.money import fen_text
@@ -66,6 +72,8 @@ def serve(args: argparse.Namespace) -> int:
         pool_max=args.pool_max,
         redis_url=args.redis_url,
         config_path=Path(args.config),
+        auth=args.auth == "on",
+        credentials_path=Path(args.credentials),
     )
     asyncio.run(prepare_database(settings))
     logging.getLogger("gateway").info(
@@ -251,6 +259,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--region", default="441800", help="receiver region in inf_refmsgid")
     s.add_argument("--pool-max", type=int, default=16)
     s.add_argument("--config", default=str(DEFAULT_CONFIG), help="gateway.toml (limits, retention)")
+    s.add_argument(
+        "--auth",
+        choices=("on", "off"),
+        default="on",
+        help="x-tif signed requests (off: local benchmarks only)",
+    )
+    s.add_argument(
+        "--credentials", default=str(DEFAULT_CREDENTIALS), help="institution secrets (TOML)"
+    )
     _add_database(s)
     s.set_defaults(func=serve)
 

@@ -90,8 +90,18 @@ def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
     return encode_response(region=gw.region, received=received, output=None, err_msg=exc.err_msg)
 
 
-async def handle(gw: Gateway, body: bytes, path_infno: str | None = None) -> Outcome:
-    """Answer one request; never raises for anything a client can send."""
+def refused(gw: Gateway, exc: GatewayError, infno: str) -> Outcome:
+    """The answer to a request refused before it is read (e.g. a bad signature)."""
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, "rejected")
+
+
+async def handle(
+    gw: Gateway, body: bytes, path_infno: str | None = None, authenticated: str | None = None
+) -> Outcome:
+    """Answer one request; never raises for anything a client can send.
+
+    `authenticated` is the institution the request's signature proved, when signing is on.
+    """
     received = dt.datetime.now()
     try:
         req = decode_request(body, path_infno)
@@ -101,6 +111,10 @@ async def handle(gw: Gateway, body: bytes, path_infno: str | None = None) -> Out
     terminal = req.dev_no or req.opter or "-"
     labels = {"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code}
     try:
+        if authenticated is not None and req.fixmedins_code != authenticated:
+            raise BadRequest(
+                f"报文机构编号{req.fixmedins_code}与认证身份{authenticated}不一致，不能代其他机构办理业务"
+            )
         if tx is None:
             raise BadRequest(f"不支持的交易编号{req.infno}")
         institution = gw.snapshot.institution(req.fixmedins_code)
