@@ -153,6 +153,13 @@ def observe(outcome: dispatch.Outcome, seconds: float) -> None:
         metrics.FUND_PAID.labels(fund.fund_pay_type).inc(fund.fund_payamt / 100)
 
 
+async def openapi_endpoint(request: web.Request) -> web.Response:
+    """GET /openapi.json — generated from the transactions' input types."""
+    from adapters.his.schema import openapi
+
+    return web.json_response(openapi())
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """GET /metrics — Prometheus text exposition."""
     gw = request.app[GATEWAY]
@@ -240,4 +247,5 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi_endpoint)
     return app
