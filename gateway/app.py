@@ -226,7 +226,10 @@ def build_app(settings: Settings) -> web.Application:
         if settings.auth:
             credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
             app[VERIFIER] = Verifier(credentials, redis)
-        tasks = [asyncio.create_task(gw.watch_catalog())]
+        tasks = [
+            asyncio.create_task(gw.watch_catalog()),
+            asyncio.create_task(gw.purge_idempotency()),
+        ]
         if redis is not None:
             tasks.append(asyncio.create_task(gw.listen_catalog_changes()))
         try:

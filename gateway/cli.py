@@ -26,8 +26,8 @@ from gateway.app import (
     build_app,
     prepare_database,
 )
-from gateway.config import DEFAULT_CONFIG
-from gateway.ledger import db, reference_store
+from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.ledger import db, idempotency, reference_store
 from gateway.money import fen_text
 from gateway.ops import logs
 from gateway.reference import load_reference
@@ -241,6 +241,27 @@ def corrections_apply(args: argparse.Namespace) -> int:
     return _report_corrections(args, apply_it=True)
 
 
+async def _purge(url: str, keep_days: int) -> int:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await idempotency.purge(conn, keep_days)
+    finally:
+        await pool.close()
+
+
+def purge(args: argparse.Namespace) -> int:
+    """idempotency purge: drop msgid answers older than the retention (never under 7 days)."""
+    keep = (
+        args.keep_days
+        if args.keep_days is not None
+        else load_config(Path(args.config)).idempotency_keep_days
+    )
+    removed = asyncio.run(_purge(_database_url(args), keep))
+    print(f"removed {removed} msgid answers older than {max(keep, 7)} days")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command tree."""
     p = argparse.ArgumentParser(
@@ -282,6 +303,14 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--region", default="441800")
     _add_database(ds)
     ds.set_defaults(func=synth)
+    i = sub.add_parser("idempotency", help="the msgid journal")
+    isub = i.add_subparsers(dest="idempotency_command", required=True)
+    ip = isub.add_parser("purge", help="drop answers older than the retention (at least 7 days)")
+    ip.add_argument("--keep-days", type=int)
+    ip.add_argument("--config", default=str(DEFAULT_CONFIG))
+    _add_database(ip)
+    ip.set_defaults(func=purge)
+
     c = sub.add_parser("clearing", help="monthly clearing reports")
     csub = c.add_subparsers(dest="clearing_command", required=True)
     cm = csub.add_parser("monthly", help="the month's 月结算 table per institution")

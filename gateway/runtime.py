@@ -11,7 +11,7 @@ import asyncpg
 
 from gateway.config import GatewayConfig
 from gateway.core.catalog import Snapshot
-from gateway.ledger import reference_store
+from gateway.ledger import idempotency, reference_store
 from gateway.ops.keys import CATALOG_CHANNEL
 from gateway.ratelimit import Limiter
 from gateway.reference import Reference
@@ -87,6 +87,14 @@ class Gateway:
             await asyncio.sleep(self.catalog_poll_seconds)
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
                 await self.refresh_catalog()
+
+    async def purge_idempotency(self, every_seconds: float = 3600.0) -> None:
+        """Drop msgid answers past the retention, hourly; harmless when several workers do it."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                async with self.pool.acquire() as conn:
+                    await idempotency.purge(conn, self.config.idempotency_keep_days)
 
     async def announce_catalog_change(self) -> None:
         """Tell the other processes at once (best effort: polling still catches up)."""
