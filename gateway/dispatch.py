@@ -6,6 +6,7 @@ msgid journal is consulted, so every transaction behaves the same on retries and
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -121,12 +122,16 @@ async def handle(
         if institution is None:
             raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
         await gw.limiter.admit(req.fixmedins_code, terminal)
+        deadline = gw.config.call_deadline_seconds
         if tx.writes:
             body_hash = idempotency.digest(body)
-            outcome = await _journaled(gw, tx, req, institution, body_hash, received)
+            # Past the deadline the transaction is abandoned (rolled back, or committed with its
+            # answer journaled); either way the client's retry of the same msgid settles it.
+            async with asyncio.timeout(deadline):
+                outcome = await _journaled(gw, tx, req, institution, body_hash, received)
             outcome.terminal = terminal
             return outcome
-        async with gw.pool.acquire() as conn:
+        async with asyncio.timeout(deadline), gw.pool.acquire() as conn:
             answer = await tx.handler(Call(gw, req, conn, received, institution))
         if answer.raw is not None:
             return Outcome(

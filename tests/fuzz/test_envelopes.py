@@ -46,6 +46,8 @@ TABLES = (
     "reconciliations",
 )
 T = TypeVar("T")
+# Hypothesis warns when a generated example's repr is large; for a fuzzer that is expected.
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
 STATS: dict[str, int] = {"sent": 0, "refused": 0, "accepted": 0}
 
 
