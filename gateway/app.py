@@ -17,6 +17,7 @@ import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
 from adapters.his.envelope import encode_response
 from gateway import dispatch
+from gateway.auth import AuthError, Verifier, load_credentials
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
@@ -25,17 +26,22 @@ from gateway.reference import load_reference
 from gateway.runtime import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
+VERIFIER = web.AppKey("verifier", Verifier)
 access = logging.getLogger("gateway.access")
 MAX_BODY = 8 * 1024 * 1024  # 5,000 fee lines with long names fit comfortably
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "config" / "demo"
+DEFAULT_CREDENTIALS = DEFAULT_REFERENCE / "credentials.toml"
 
 
 class Settings:
     """What a process needs to start; built by the CLI or by tests."""
 
     __slots__ = (
+        "auth",
+        "catalog_poll_seconds",
         "config",
         "config_path",
+        "credentials_path",
         "database_url",
         "load_demo_if_empty",
         "pool_max",
@@ -55,8 +61,14 @@ class Settings:
         redis_url: str | None = None,
         config_path: Path = DEFAULT_CONFIG,
         config: GatewayConfig | None = None,
+        catalog_poll_seconds: float = 1.0,
+        auth: bool = True,
+        credentials_path: Path = DEFAULT_CREDENTIALS,
     ) -> None:
+        self.auth = auth
+        self.credentials_path = credentials_path
         self.config = config
+        self.catalog_poll_seconds = catalog_poll_seconds
         self.database_url = database_url
         self.redis_url = redis_url
         self.config_path = config_path
@@ -92,8 +104,17 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
         return _envelope_error("请求报文过大，请分批上传费用明细")
     started = time.perf_counter()
     request_id = secrets.token_hex(8)
+    verifier = request.app.get(VERIFIER)
+    authenticated: str | None = None
+    if verifier is not None:
+        try:
+            authenticated = await verifier.verify(request.headers)
+        except AuthError as exc:
+            outcome = dispatch.refused(gw, exc, path_infno or "")
+            observe(outcome, time.perf_counter() - started)
+            return web.Response(body=outcome.body, content_type="application/json")
     # Shielded: a client that hangs up must not cut a settlement's commit in half.
-    outcome = await asyncio.shield(dispatch.handle(gw, body, path_infno))
+    outcome = await asyncio.shield(dispatch.handle(gw, body, path_infno, authenticated))
     elapsed = time.perf_counter() - started
     observe(outcome, elapsed)
     access.info(
@@ -130,6 +151,13 @@ def observe(outcome: dispatch.Outcome, seconds: float) -> None:
         metrics.RECONCILE_MISMATCHES.labels(outcome.fixmedins_code).inc()
     for fund in outcome.paid:
         metrics.FUND_PAID.labels(fund.fund_pay_type).inc(fund.fund_payamt / 100)
+
+
+async def openapi_endpoint(request: web.Request) -> web.Response:
+    """GET /openapi.json — generated from the transactions' input types."""
+    from adapters.his.schema import openapi
+
+    return web.json_response(openapi())
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -192,14 +220,26 @@ def build_app(settings: Settings) -> web.Application:
         gw = await Gateway.start(
             pool, reference, settings.region, config, Limiter(config.limits, redis)
         )
+        gw.redis = redis
+        gw.catalog_poll_seconds = settings.catalog_poll_seconds
         app[GATEWAY] = gw
-        watcher = asyncio.create_task(gw.watch_catalog())
+        if settings.auth:
+            credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
+            app[VERIFIER] = Verifier(credentials, redis)
+        tasks = [
+            asyncio.create_task(gw.watch_catalog()),
+            asyncio.create_task(gw.purge_idempotency()),
+        ]
+        if redis is not None:
+            tasks.append(asyncio.create_task(gw.listen_catalog_changes()))
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if redis is not None:
                 await redis.aclose()
             await pool.close()
@@ -210,4 +250,5 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi_endpoint)
     return app

@@ -1,6 +1,7 @@
 """Monthly clearing (月结算): per institution, by 医疗类别, what the funds owe it for the month.
 
-The table follows the Guizhou guide's 定点医药机构费用月结算 form: 人次, 实际费用总额, 统筹基金,
+Catalog corrections applied in the month are listed per institution with their fund, account and
+patient deltas (the refund and recovery records). The table follows the Guizhou guide's 定点医药机构费用月结算 form: 人次, 实际费用总额, 统筹基金,
 大额保险, 大病保险, 公务员补助, 医疗救助, 个人账户, 现金, 范围内, 范围外, and the declared amount
 (申报金额 = everything the funds and accounts pay, i.e. all but cash) in figures and in words.
 A month holds the settlements settled in it and still in force when the report is made.
@@ -68,12 +69,23 @@ class Line:
 
 
 @dataclass(slots=True)
+class Corrections:
+    """Catalog corrections applied in the month (refund and recovery records)."""
+
+    settlements: int = 0
+    fund_delta: int = 0  # new minus old fund payments: negative means money back to the funds
+    acct_delta: int = 0
+    patient_cash_delta: int = 0  # positive: patients owe; negative: refunds to patients
+
+
+@dataclass(slots=True)
 class InstitutionReport:
     fixmedins_code: str
     fixmedins_name: str
     admdvs: str
     lines: list[Line] = field(default_factory=list)
     total: Line = field(default_factory=lambda: Line("", "合计"))
+    corrections: Corrections = field(default_factory=Corrections)
 
 
 @dataclass(slots=True)
@@ -138,7 +150,21 @@ async def monthly(
         )
         rep.lines.append(line)
         rep.total.add(line)
-    return MonthlyReport(month, begn, end, list(reports.values()))
+    corr_args = args[:2] + ([institution] if institution else [])
+    for r in await conn.fetch(
+        "SELECT c.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n, sum(fund_delta) AS fund,"
+        " sum(acct_delta) AS acct, sum(patient_cash_delta) AS cash FROM correction_items c"
+        " JOIN institutions i USING (fixmedins_code) WHERE applied_at >= $1 AND applied_at < $2"
+        + (" AND c.fixmedins_code = $3" if institution else "")
+        + " GROUP BY c.fixmedins_code, i.fixmedins_name, i.admdvs",
+        *corr_args,
+    ):
+        rep = reports.setdefault(
+            r["fixmedins_code"],
+            InstitutionReport(r["fixmedins_code"], r["fixmedins_name"], r["admdvs"]),
+        )
+        rep.corrections = Corrections(int(r["n"]), int(r["fund"]), int(r["acct"]), int(r["cash"]))
+    return MonthlyReport(month, begn, end, sorted(reports.values(), key=lambda r: r.fixmedins_code))
 
 
 _DIGITS = "零壹贰叁肆伍陆柒捌玖"
@@ -216,6 +242,12 @@ def to_json(report: MonthlyReport) -> dict[str, object]:
                 "lines": [line(ln) for ln in r.lines],
                 "total": line(r.total),
                 "declared_in_words": yuan_in_words(r.total.declared),
+                "corrections": {
+                    "settlements": r.corrections.settlements,
+                    "fund_delta": fen_text(r.corrections.fund_delta),
+                    "acct_delta": fen_text(r.corrections.acct_delta),
+                    "patient_cash_delta": fen_text(r.corrections.patient_cash_delta),
+                },
             }
             for r in report.institutions
         ],
@@ -328,8 +360,16 @@ def to_html(report: MonthlyReport) -> str:
         parts.append(
             "</tbody></table>"
             f'<p class="words">申报金额合计（小写）：{fen_text(r.total.declared)}　'
-            f"申报金额合计（大写）：{yuan_in_words(r.total.declared)}</p></section>"
+            f"申报金额合计（大写）：{yuan_in_words(r.total.declared)}</p>"
         )
+        c = r.corrections
+        if c.settlements:
+            parts.append(
+                f'<p class="words">本月目录对照纠错重结算{c.settlements}笔：基金差额{fen_text(c.fund_delta)}，'
+                f"个人账户差额{fen_text(c.acct_delta)}，参保人现金差额{fen_text(c.patient_cash_delta)}"
+                "（正数为参保人应补缴，负数为应退还参保人）</p>"
+            )
+        parts.append("</section>")
     if not report.institutions:
         parts.append("<p>本月没有结算。</p>")
     parts.append("</body></html>")

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
-from gateway import clearing
-from gateway.app import DEFAULT_REFERENCE, Settings, build_app, prepare_database
-from gateway.config import DEFAULT_CONFIG
-from gateway.ledger import db, reference_store
+from gateway import clearing, corrections
+from gateway.app import (
+    DEFAULT_CREDENTIALS,
+    DEFAULT_REFERENCE,
+    Settings,
+    build_app,
+    prepare_database,
+)
+from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.ledger import db, idempotency, reference_store
 from gateway.money import fen_text
 from gateway.ops import logs
 from gateway.reference import load_reference
@@ -64,6 +72,8 @@ def serve(args: argparse.Namespace) -> int:
         pool_max=args.pool_max,
         redis_url=args.redis_url,
         config_path=Path(args.config),
+        auth=args.auth == "on",
+        credentials_path=Path(args.credentials),
     )
     asyncio.run(prepare_database(settings))
     logging.getLogger("gateway").info(
@@ -168,6 +178,90 @@ def clearing_monthly(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _corrections(
+    args: argparse.Namespace, apply_it: bool
+) -> tuple[corrections.Summary, int, list[tuple[str, str]]]:
+    url = _database_url(args)
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            reference = await asyncio.to_thread(load_reference, Path(args.reference_dir))
+            snapshot = await reference_store.read_snapshot(conn, reference)
+            begn = dt.date.fromisoformat(args.date_from) if args.date_from else None
+            end = dt.date.fromisoformat(args.date_to) if args.date_to else None
+            found = await corrections.targets(
+                conn, snapshot, args.institution, args.item, begn, end
+            )
+            failed: list[tuple[str, str]] = []
+            if apply_it:
+                run_id = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+                bar = None if args.json else corrections.progress_bar()
+                summary, failed = await corrections.apply(
+                    conn, snapshot, found, args.item, run_id, limit=args.limit, progress=bar
+                )
+            else:
+                summary = await corrections.plan(
+                    conn, snapshot, found, args.item, dt.datetime.now()
+                )
+    finally:
+        await pool.close()
+    return summary, len(found), failed
+
+
+def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
+    summary, found, failed = asyncio.run(_corrections(args, apply_it))
+    if args.csv:
+        Path(args.csv).write_text(summary.to_csv(), encoding="utf-8")
+    if args.json:
+        doc = summary.to_json()
+        if apply_it:
+            for row in doc["settlements"]:
+                print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        doc = summary.to_json()
+        verb = "re-settled" if apply_it else "would re-settle"
+        print(f"{verb} {len(summary.items)} of {found} settlements using {args.item}")
+        for code, amount in doc["funds"].items():
+            print(f"  fund {code}: {amount}")
+        print(f"  patients owe in total: {doc['totals']['patient_owes']}")
+    for setl_id, why in failed:
+        print(f"failed {setl_id}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def corrections_plan(args: argparse.Namespace) -> int:
+    """corrections plan: list what a correction would change, changing nothing."""
+    return _report_corrections(args, apply_it=False)
+
+
+def corrections_apply(args: argparse.Namespace) -> int:
+    """corrections apply: re-settle, one transaction per settlement, resumable."""
+    return _report_corrections(args, apply_it=True)
+
+
+async def _purge(url: str, keep_days: int) -> int:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await idempotency.purge(conn, keep_days)
+    finally:
+        await pool.close()
+
+
+def purge(args: argparse.Namespace) -> int:
+    """idempotency purge: drop msgid answers older than the retention (never under 7 days)."""
+    keep = (
+        args.keep_days
+        if args.keep_days is not None
+        else load_config(Path(args.config)).idempotency_keep_days
+    )
+    removed = asyncio.run(_purge(_database_url(args), keep))
+    print(f"removed {removed} msgid answers older than {max(keep, 7)} days")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command tree."""
     p = argparse.ArgumentParser(
@@ -186,6 +280,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--region", default="441800", help="receiver region in inf_refmsgid")
     s.add_argument("--pool-max", type=int, default=16)
     s.add_argument("--config", default=str(DEFAULT_CONFIG), help="gateway.toml (limits, retention)")
+    s.add_argument(
+        "--auth",
+        choices=("on", "off"),
+        default="on",
+        help="x-tif signed requests (off: local benchmarks only)",
+    )
+    s.add_argument(
+        "--credentials", default=str(DEFAULT_CREDENTIALS), help="institution secrets (TOML)"
+    )
     _add_database(s)
     s.set_defaults(func=serve)
 
@@ -200,6 +303,14 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--region", default="441800")
     _add_database(ds)
     ds.set_defaults(func=synth)
+    i = sub.add_parser("idempotency", help="the msgid journal")
+    isub = i.add_subparsers(dest="idempotency_command", required=True)
+    ip = isub.add_parser("purge", help="drop answers older than the retention (at least 7 days)")
+    ip.add_argument("--keep-days", type=int)
+    ip.add_argument("--config", default=str(DEFAULT_CONFIG))
+    _add_database(ip)
+    ip.set_defaults(func=purge)
+
     c = sub.add_parser("clearing", help="monthly clearing reports")
     csub = c.add_subparsers(dest="clearing_command", required=True)
     cm = csub.add_parser("monthly", help="the month's 月结算 table per institution")
@@ -210,6 +321,30 @@ def parser() -> argparse.ArgumentParser:
     cm.add_argument("--html")
     _add_database(cm)
     cm.set_defaults(func=clearing_monthly)
+    k = sub.add_parser("corrections", help="catalog-mapping corrections in bulk")
+    ksub = k.add_subparsers(dest="corrections_command", required=True)
+    for name, func, helptext in (
+        (
+            "plan",
+            corrections_plan,
+            "list the settlements that used the item's old mapping, with deltas",
+        ),
+        ("apply", corrections_apply, "re-settle them in their original order (resumable)"),
+    ):
+        kp = ksub.add_parser(name, help=helptext)
+        kp.add_argument("--institution", required=True)
+        kp.add_argument(
+            "--item", required=True, help="the institution's own item code (medins_list_codg)"
+        )
+        kp.add_argument("--from", dest="date_from")
+        kp.add_argument("--to", dest="date_to")
+        kp.add_argument("--json", action="store_true")
+        kp.add_argument("--csv", help="write the agency's CSV report here")
+        kp.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+        if name == "apply":
+            kp.add_argument("--limit", type=int, help="stop after N settlements (work in batches)")
+        _add_database(kp)
+        kp.set_defaults(func=func)
     return p
 
 

@@ -15,6 +15,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.to
 class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     idempotency_keep_days: int = 8
+    call_deadline_seconds: float = 5.0  # a request not answered by then is answered "unavailable"
 
 
 def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
@@ -31,4 +32,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
         institution_burst=int(rl.get("institution_burst", defaults.institution_burst)),
     )
     keep = int(doc.get("idempotency", {}).get("keep_days", 8))
-    return GatewayConfig(limits=limits, idempotency_keep_days=max(keep, 7))
+    deadline = float(doc.get("deadlines", {}).get("call_seconds", 5.0))
+    return GatewayConfig(
+        limits=limits, idempotency_keep_days=max(keep, 7), call_deadline_seconds=deadline
+    )

@@ -6,6 +6,7 @@ msgid journal is consulted, so every transaction behaves the same on retries and
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -90,8 +91,18 @@ def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
     return encode_response(region=gw.region, received=received, output=None, err_msg=exc.err_msg)
 
 
-async def handle(gw: Gateway, body: bytes, path_infno: str | None = None) -> Outcome:
-    """Answer one request; never raises for anything a client can send."""
+def refused(gw: Gateway, exc: GatewayError, infno: str) -> Outcome:
+    """The answer to a request refused before it is read (e.g. a bad signature)."""
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, "rejected")
+
+
+async def handle(
+    gw: Gateway, body: bytes, path_infno: str | None = None, authenticated: str | None = None
+) -> Outcome:
+    """Answer one request; never raises for anything a client can send.
+
+    `authenticated` is the institution the request's signature proved, when signing is on.
+    """
     received = dt.datetime.now()
     try:
         req = decode_request(body, path_infno)
@@ -101,18 +112,26 @@ async def handle(gw: Gateway, body: bytes, path_infno: str | None = None) -> Out
     terminal = req.dev_no or req.opter or "-"
     labels = {"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code}
     try:
+        if authenticated is not None and req.fixmedins_code != authenticated:
+            raise BadRequest(
+                f"报文机构编号{req.fixmedins_code}与认证身份{authenticated}不一致，不能代其他机构办理业务"
+            )
         if tx is None:
             raise BadRequest(f"不支持的交易编号{req.infno}")
         institution = gw.snapshot.institution(req.fixmedins_code)
         if institution is None:
             raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
         await gw.limiter.admit(req.fixmedins_code, terminal)
+        deadline = gw.config.call_deadline_seconds
         if tx.writes:
             body_hash = idempotency.digest(body)
-            outcome = await _journaled(gw, tx, req, institution, body_hash, received)
+            # Past the deadline the transaction is abandoned (rolled back, or committed with its
+            # answer journaled); either way the client's retry of the same msgid settles it.
+            async with asyncio.timeout(deadline):
+                outcome = await _journaled(gw, tx, req, institution, body_hash, received)
             outcome.terminal = terminal
             return outcome
-        async with gw.pool.acquire() as conn:
+        async with asyncio.timeout(deadline), gw.pool.acquire() as conn:
             answer = await tx.handler(Call(gw, req, conn, received, institution))
         if answer.raw is not None:
             return Outcome(
@@ -195,8 +214,10 @@ async def _journaled(
                 )
                 await idempotency.settle_answer(conn, code, msgid, out, 0)
             if answer.catalog_changed:
-                # Committed: this process sees it at once, the others within a poll (≤ 1 s).
+                # Committed: this process sees it at once, the others on the announcement
+                # (Redis) or within a poll (≤ 1 s).
                 await gw.refresh_catalog()
+                await gw.announce_catalog_change()
             return Outcome(
                 out, req.infno, "ok", msgid, code, paid=answer.paid, mismatch=answer.mismatch
             )

@@ -12,11 +12,18 @@ import datetime as dt
 import itertools
 import json
 import random
+import uuid
+from pathlib import Path
 from typing import Any
 
 from locust import FastHttpUser, between, task
 
+from gateway.auth import load_credentials, sign_headers
+
 PATH = "/fsi/api/rsfComIfsService/callService"
+CREDENTIALS = load_credentials(
+    Path(__file__).resolve().parents[1] / "config" / "demo" / "credentials.toml"
+)
 _serial = itertools.count(1)
 
 # Demo persons who can settle (insured); residents pay cash, employees use the account.
@@ -41,6 +48,14 @@ class Counter:
     def __init__(self, fixmedins_code: str, dev_no: str) -> None:
         self.fixmedins_code = fixmedins_code
         self.dev_no = dev_no
+
+    def headers(self) -> dict[str, str]:
+        """Signed x-tif headers: a real counter signs every request."""
+        secret = CREDENTIALS[self.fixmedins_code]
+        return {
+            "Content-Type": "application/json",
+            **sign_headers(self.fixmedins_code, secret, uuid.uuid4().hex),
+        }
 
     def envelope(self, infno: str, input_: dict[str, Any]) -> bytes:
         n = next(_serial)
@@ -128,12 +143,20 @@ class PharmacyCounter(FastHttpUser):
     def sell(self) -> None:
         drug, psn_no, _ = self.basket()
         with self.client.post(
-            PATH, data=self.counter.envelope("2101", drug), name="2101", catch_response=True
+            PATH,
+            data=self.counter.envelope("2101", drug),
+            headers=self.counter.headers(),
+            name="2101",
+            catch_response=True,
         ) as r:
             if _ok(r) is None:
                 return
         with self.client.post(
-            PATH, data=self.counter.envelope("2102", drug), name="2102", catch_response=True
+            PATH,
+            data=self.counter.envelope("2102", drug),
+            headers=self.counter.headers(),
+            name="2102",
+            catch_response=True,
         ) as r:
             out = _ok(r)
         if out and random.random() < 0.05:
@@ -142,7 +165,11 @@ class PharmacyCounter(FastHttpUser):
                 "data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": psn_no}
             }
             with self.client.post(
-                PATH, data=self.counter.envelope("2103", cancel), name="2103", catch_response=True
+                PATH,
+                data=self.counter.envelope("2103", cancel),
+                headers=self.counter.headers(),
+                name="2103",
+                catch_response=True,
             ) as r:
                 _ok(r)
 
@@ -158,7 +185,11 @@ class OutpatientDesk(FastHttpUser):
 
     def call(self, infno: str, input_: dict[str, Any]) -> dict[str, Any] | None:
         with self.client.post(
-            PATH, data=self.counter.envelope(infno, input_), name=infno, catch_response=True
+            PATH,
+            data=self.counter.envelope(infno, input_),
+            headers=self.counter.headers(),
+            name=infno,
+            catch_response=True,
         ) as r:
             return _ok(r)
 

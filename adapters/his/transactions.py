@@ -1,5 +1,23 @@
 """Importing this module registers every HIS transaction in the dispatch table."""
 
-from adapters.his import catalog, inpatient, outpatient, person, query, reconciliation, signin
+from adapters.his import (
+    catalog,
+    inpatient,
+    outpatient,
+    person,
+    query,
+    reconciliation,
+    reversal,
+    signin,
+)
 
-__all__ = ["catalog", "inpatient", "outpatient", "person", "query", "reconciliation", "signin"]
+__all__ = [
+    "catalog",
+    "inpatient",
+    "outpatient",
+    "person",
+    "query",
+    "reconciliation",
+    "reversal",
+    "signin",
+]

@@ -17,6 +17,7 @@ from gateway.errors import Conflict
 class Stored(msgspec.Struct, frozen=True, gc=False):
     body_sha256: bytes
     answer: bytes
+    tombstone: bool = False
 
 
 def digest(body: bytes) -> bytes:
@@ -27,17 +28,19 @@ def digest(body: bytes) -> bytes:
 async def lookup(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> Stored | None:
     """The committed answer for this msgid, if any."""
     row = await conn.fetchrow(
-        "SELECT body_sha256, answer FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2",
+        "SELECT body_sha256, answer, tombstone FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2",
         fixmedins_code,
         msgid,
     )
     if row is None or row["answer"] is None:
         return None
-    return Stored(bytes(row["body_sha256"]), bytes(row["answer"]))
+    return Stored(bytes(row["body_sha256"]), bytes(row["answer"]), bool(row["tombstone"]))
 
 
 def replay(stored: Stored, body_sha256: bytes, msgid: str) -> bytes:
     """The stored answer for the same body; a different body under the same msgid is refused."""
+    if stored.tombstone:
+        return stored.answer  # the refusal written by the 2601, whatever the late body says
     if stored.body_sha256 != body_sha256:
         raise Conflict(f"报文ID{msgid}已使用过且报文内容不同，请使用新的报文ID重新发起交易")
     return stored.answer
@@ -101,3 +104,21 @@ async def purge(conn: asyncpg.Connection, keep_days: int) -> int:
         max(keep_days, 7),
     )
     return int(status.split()[-1])
+
+
+TOMBSTONE_DIGEST = b"\x00" * 32  # no request body hashes to this
+
+
+async def tombstone(
+    conn: asyncpg.Connection, fixmedins_code: str, msgid: str, infno: str, answer: bytes
+) -> None:
+    """Mark a msgid reversed before its original arrived, so a late original is refused."""
+    await conn.execute(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode, tombstone)"
+        " VALUES ($1, $2, $3, $4, $5, -1, true)",
+        fixmedins_code,
+        msgid,
+        infno,
+        TOMBSTONE_DIGEST,
+        answer,
+    )

@@ -14,6 +14,9 @@ from gateway.reference import Reference
 
 # Everything a demo reload resets, children first.
 _ALL_TABLES = (
+    "correction_items",
+    "reconciliations",
+    "exchange_files",
     "settlement_funds",
     "settlements",
     "fee_lines",

@@ -295,6 +295,11 @@ async def commit(
             adm_dedc_fen=s.admission_dedc_fen,
             adm_dedc_used_fen=ctx.encounter.adm_dedc_used_fen + s.act_pay_dedc,
         )
+        await conn.execute(
+            "UPDATE settlements SET adm_dedc_fen = $2 WHERE setl_id = $1",
+            setl_id,
+            s.admission_dedc_fen,
+        )
     return record_of(s, ctx, person, setl_id=setl_id, setl_time=now)
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 
+from gateway.auth import load_credentials, sign_headers
+
 CALL_SERVICE = "/fsi/api/rsfComIfsService/callService"
 _seq = itertools.count(1)
+CREDENTIALS = load_credentials(
+    Path(__file__).resolve().parents[2] / "config" / "demo" / "credentials.toml"
+)
 _answers = msgspec.json.Decoder(float_hook=Decimal)
 
 
@@ -74,10 +81,17 @@ class HisClient:
         env.update(extra)
         return env
 
+    def headers(self) -> dict[str, str]:
+        """Signed x-tif headers for this institution (a fresh nonce each time)."""
+        return {
+            "Content-Type": "application/json",
+            **sign_headers(self.fixmedins_code, CREDENTIALS[self.fixmedins_code], uuid.uuid4().hex),
+        }
+
     async def post_raw(self, body: bytes, path: str = CALL_SERVICE) -> tuple[int, bytes]:
-        """POST bytes; returns the HTTP status and the answer bytes."""
+        """POST bytes, signed; returns the HTTP status and the answer bytes."""
         async with self.session.post(
-            self.base_url + path, data=body, headers={"Content-Type": "application/json"}
+            self.base_url + path, data=body, headers=self.headers()
         ) as resp:
             return resp.status, await resp.read()
 

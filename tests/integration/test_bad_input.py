@@ -75,6 +75,21 @@ def _settle(
     return his.settle_data(EMPLOYEE, mdtrt_id, "11", medfee, "310", "1", chrg_bchno=batch, **extra)
 
 
+def _as(his: HisClient, code: str) -> HisClient:
+    return HisClient(his.session, his.base_url, code)
+
+
+def _one_line(his: HisClient, mdtrt_id: str, sn: str) -> list[dict[str, Any]]:
+    line = {
+        "feedetl_sn": sn,
+        "medins_list_codg": "ZL0001",
+        "pric": "25",
+        "cnt": "1",
+        "det_item_fee_sumamt": "25.00",
+    }
+    return his.fee_rows(mdtrt_id, EMPLOYEE, [line], "2027-03-01 10:00:00", "B3")
+
+
 Case = Callable[[HisClient, dict[str, str]], Awaitable[tuple[int, bytes]]]
 
 
@@ -165,32 +180,20 @@ CASES: dict[str, tuple[Case, str]] = {
     ),
     "another institution uploads to the visit": (
         lambda his, v: _send(
+            _as(his, OTHER),
+            _as(his, OTHER).envelope("2204", {"feedetail": _one_line(his, v["mdtrt_id"], "9")}),
+        ),
+        "不属于本机构",
+    ),
+    "envelope names another institution than its signer": (
+        lambda his, v: _send(
             his,
             {
-                **his.envelope(
-                    "2204",
-                    {
-                        "feedetail": his.fee_rows(
-                            v["mdtrt_id"],
-                            EMPLOYEE,
-                            [
-                                {
-                                    "feedetl_sn": "9",
-                                    "medins_list_codg": "ZL0001",
-                                    "pric": "25",
-                                    "cnt": "1",
-                                    "det_item_fee_sumamt": "25.00",
-                                }
-                            ],
-                            "2027-03-01 10:00:00",
-                            "B3",
-                        )
-                    },
-                ),
+                **his.envelope("2204", {"feedetail": _one_line(his, v["mdtrt_id"], "10")}),
                 "fixmedins_code": OTHER,
             },
         ),
-        "不属于本机构",
+        "认证身份",
     ),
     "unknown person": (
         lambda his, v: _send(

@@ -6,12 +6,16 @@ import asyncio
 import inspect
 import socket
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import asyncpg
 import msgspec
+
+from gateway.auth import sign_headers
+from tests.integration.his_client import CREDENTIALS
 
 ROOT_ENV = {"PYTHONUNBUFFERED": "1"}
 
@@ -104,10 +108,15 @@ async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) 
                 }
             )
             for _ in range(10):  # several connections, spread over both workers
+                headers = sign_headers(
+                    "H44180000001", CREDENTIALS["H44180000001"], uuid.uuid4().hex
+                )
                 async with (
                     aiohttp.ClientSession() as fresh,
                     fresh.post(
-                        f"http://127.0.0.1:{port}/fsi/api/rsfComIfsService/callService", data=body
+                        f"http://127.0.0.1:{port}/fsi/api/rsfComIfsService/callService",
+                        data=body,
+                        headers=headers,
                     ) as r,
                 ):
                     assert r.status == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import msgspec
 
@@ -98,3 +99,38 @@ async def test_msgid_scoped_per_institution(server: Server) -> None:
     assert (await a.call("9001", {"signIn": {"opter_no": "A"}}, msgid=shared))["infcode"] == 0
     assert (await b.call("9001", {"signIn": {"opter_no": "B"}}, msgid=shared))["infcode"] == 0
     assert (await a.call("1101", q))["infcode"] == 0
+
+
+async def test_answers_are_kept_seven_days_then_purged(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    old, recent = his.msgid(), his.msgid()
+    for msgid in (old, recent):
+        assert (await his.call("9001", {"signIn": {"opter_no": "A"}}, msgid=msgid))["infcode"] == 0
+    await server.fetch(
+        "UPDATE idempotency SET created_at = now() - interval '8 days' WHERE msgid = $1", old
+    )
+    await server.fetch(
+        "UPDATE idempotency SET created_at = now() - interval '6 days 23 hours' WHERE msgid = $1",
+        recent,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "idempotency",
+        "purge",
+        "--keep-days",
+        "1",
+        "--database-url",
+        server.dsn,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"removed 1" in out
+    kept = {
+        r["msgid"]
+        for r in await server.fetch(
+            "SELECT msgid FROM idempotency WHERE msgid = ANY($1::text[])", [old, recent]
+        )
+    }
+    assert kept == {recent}  # --keep-days 1 is raised to the 7-day floor

@@ -1,0 +1,48 @@
+"""2601 冲正交易."""
+
+from __future__ import annotations
+
+from adapters.his.envelope import Code, decode_input, encode_response
+from adapters.his.wire import Node, required
+from gateway import reversal
+from gateway.dispatch import Answer, Call, register
+from gateway.errors import BadRequest
+
+
+class ReverseData(Node):
+    psn_no: Code = None
+    omsgid: Code = None
+    oinfno: Code = None
+
+
+class In2601(Node):
+    data: ReverseData | None = None
+
+
+@register("2601", "冲正交易", writes=True, klass="settlement")
+async def reverse(call: Call) -> Answer:
+    d = decode_input(call.req, In2601).data
+    if d is None:
+        raise BadRequest("缺少输入节点data")
+    omsgid = required(d.omsgid, "data.omsgid")
+    if omsgid == call.req.msgid:
+        raise BadRequest("冲正报文不能冲正自身")
+    # What a late original will be answered with, byte for byte, once it has been barred.
+    refusal = encode_response(
+        region=call.gw.region,
+        received=call.now,
+        output=None,
+        err_msg=f"报文ID{omsgid}的交易已被冲正（2601），不再受理，请使用新的报文ID重新发起",
+    )
+    outcome = await reversal.reverse(
+        call.conn,
+        fixmedins_code=call.req.fixmedins_code,
+        psn_no=required(d.psn_no, "data.psn_no"),
+        omsgid=omsgid,
+        oinfno=required(d.oinfno, "data.oinfno"),
+        msgid=call.req.msgid,
+        now=call.now,
+        refusal=refusal,
+    )
+    warn = "原交易未到达中心，已登记冲正，原交易到达时将被拒绝" if outcome == "tombstone" else None
+    return Answer({}, warn_msg=warn)

@@ -1,0 +1,197 @@
+"""2601 冲正: undo a committed original exactly, or bar an original that never arrived.
+
+Reversible originals (protocol §2.6): 2102, 2207, 2304 (a settlement is cancelled, exactly as
+2103/2208/2305 would), 2103, 2208, 2305 (the cancelled settlement is reinstated with exactly the
+amounts it had), 2401 (the admission is cancelled). An original this gateway never saw gets a
+tombstone: when it arrives late it is refused, so the two sides cannot disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+from gateway.core.model import Accumulators, Category
+from gateway.core.settle import apply
+from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
+from gateway.ledger import encounters, fees, idempotency, persons, settlements
+
+SETTLING = {"2102": "pharmacy", "2207": "outpatient", "2304": "inpatient"}
+CANCELLING = {"2103": "pharmacy", "2208": "outpatient", "2305": "inpatient"}
+REVERSIBLE = frozenset({*SETTLING, *CANCELLING, "2401"})
+_CATEGORIES = {
+    "pharmacy": frozenset({Category.PHARMACY.value}),
+    "outpatient": frozenset({Category.OUTPATIENT.value, Category.CHRONIC.value}),
+    "inpatient": frozenset({Category.INPATIENT.value}),
+}
+
+
+async def reverse(
+    conn: asyncpg.Connection,
+    *,
+    fixmedins_code: str,
+    psn_no: str,
+    omsgid: str,
+    oinfno: str,
+    msgid: str,
+    now: dt.datetime,
+    refusal: bytes,
+) -> str:
+    """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone". Caller holds the tx."""
+    if oinfno not in REVERSIBLE:
+        raise BadRequest(
+            f"原交易编号{oinfno}不可冲正（可冲正：2102、2103、2207、2208、2304、2305、2401）"
+        )
+    row = await conn.fetchrow(
+        "SELECT infno, infcode, tombstone, reversed_by FROM idempotency"
+        " WHERE fixmedins_code = $1 AND msgid = $2 FOR UPDATE",
+        fixmedins_code,
+        omsgid,
+    )
+    if row is None:
+        got = await conn.fetchval(
+            "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode, tombstone)"
+            " VALUES ($1, $2, $3, $4, $5, -1, true) ON CONFLICT DO NOTHING RETURNING true",
+            fixmedins_code,
+            omsgid,
+            oinfno,
+            idempotency.TOMBSTONE_DIGEST,
+            refusal,
+        )
+        if got:
+            return "tombstone"
+        # The original committed while we waited on its key: reverse it after all.
+        row = await conn.fetchrow(
+            "SELECT infno, infcode, tombstone, reversed_by FROM idempotency"
+            " WHERE fixmedins_code = $1 AND msgid = $2 FOR UPDATE",
+            fixmedins_code,
+            omsgid,
+        )
+        assert row is not None
+    if row["tombstone"] or row["reversed_by"] is not None:
+        raise Conflict(f"原报文{omsgid}已冲正，不能重复冲正")
+    if row["infno"] != oinfno:
+        raise BadRequest(f"原报文{omsgid}的交易编号为{row['infno']}，与oinfno {oinfno}不符")
+    if row["infcode"] == 0:
+        if oinfno in SETTLING:
+            await _undo_settlement(conn, fixmedins_code, psn_no, omsgid, oinfno, msgid, now)
+        elif oinfno in CANCELLING:
+            await _undo_cancellation(conn, fixmedins_code, psn_no, omsgid, CANCELLING[oinfno])
+        else:
+            await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
+    # A failed original changed nothing; it is only marked, so it cannot be reversed twice.
+    await conn.execute(
+        "UPDATE idempotency SET reversed_by = $3 WHERE fixmedins_code = $1 AND msgid = $2",
+        fixmedins_code,
+        omsgid,
+        msgid,
+    )
+    return "reversed"
+
+
+async def _undo_settlement(
+    conn: asyncpg.Connection,
+    code: str,
+    psn_no: str,
+    omsgid: str,
+    oinfno: str,
+    msgid: str,
+    now: dt.datetime,
+) -> None:
+    row = await conn.fetchrow(
+        "SELECT setl_id, mdtrt_id, psn_no, status FROM settlements WHERE fixmedins_code = $1"
+        " AND medins_setl_id = $2 AND infno = $3 AND replaces_setl_id IS NULL",
+        code,
+        omsgid,
+        oinfno,
+    )
+    if row is None:
+        raise NotFound(f"未找到原报文{omsgid}的结算")
+    if row["psn_no"] != psn_no:
+        raise Conflict("人员编号与原结算的参保人不一致")
+    if row["status"] != "settled":
+        raise Conflict(f"原结算{row['setl_id']}已撤销，无需冲正")
+    kind = SETTLING[oinfno]
+    await settlements.cancel(
+        conn,
+        fixmedins_code=code,
+        setl_id=row["setl_id"],
+        mdtrt_id=row["mdtrt_id"],
+        psn_no=psn_no,
+        msgid=msgid,
+        now=now,
+        categories=_CATEGORIES[kind],
+    )
+    if kind == "pharmacy":
+        # 2102 opened the visit and stored its lines in the same stroke: undo those too.
+        await fees.delete_unsettled(conn, row["mdtrt_id"])
+        await encounters.update(conn, row["mdtrt_id"], status="cancelled")
+
+
+async def _undo_cancellation(
+    conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str, kind: str
+) -> None:
+    _, balance = await persons.read(conn, psn_no, lock=True)
+    row = await conn.fetchrow(
+        "SELECT setl_id, mdtrt_id, psn_no, status, year, acct_pay, act_pay_dedc, category, delta, lines,"
+        " adm_dedc_fen FROM settlements WHERE fixmedins_code = $1 AND cancel_msgid = $2 FOR UPDATE",
+        code,
+        omsgid,
+    )
+    if row is None or row["category"] not in _CATEGORIES[kind]:
+        raise NotFound(f"未找到原报文{omsgid}撤销的结算")
+    if row["psn_no"] != psn_no:
+        raise Conflict("人员编号与原结算的参保人不一致")
+    if row["status"] != "cancelled" or await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM settlements WHERE replaces_setl_id = $1)", row["setl_id"]
+    ):
+        raise Conflict(f"结算{row['setl_id']}已重新结算，不能冲正其撤销")
+    if balance < row["acct_pay"]:
+        raise RuleRejected("个人账户余额已不足原结算的账户支付，不能冲正撤销，请重新结算")
+    sns = [ln["feedetl_sn"] for ln in row["lines"]]
+    free = await conn.fetch(
+        "SELECT feedetl_sn FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[]) AND setl_id IS NULL",
+        row["mdtrt_id"],
+        sns,
+    )
+    if len(free) != len(sns):
+        raise Conflict("原结算的费用明细已撤销或已重新结算，不能冲正其撤销")
+    year = int(row["year"])
+    acc = await persons.year_accumulators(conn, psn_no, year)
+    await persons.write_accumulators(conn, psn_no, year, apply(acc, Accumulators(**row["delta"])))
+    if row["acct_pay"]:
+        await persons.set_balance(conn, psn_no, balance - int(row["acct_pay"]))
+    await fees.mark_settled(conn, row["mdtrt_id"], sns, row["setl_id"])
+    await conn.execute(
+        "UPDATE settlements SET status = 'settled', cancel_setl_time = NULL, cancel_msgid = NULL WHERE setl_id = $1",
+        row["setl_id"],
+    )
+    if row["category"] == Category.INPATIENT.value:
+        enc = await encounters.get(conn, row["mdtrt_id"], code, lock=True)
+        await encounters.update(
+            conn,
+            row["mdtrt_id"],
+            adm_dedc_fen=enc.adm_dedc_fen if enc.adm_dedc_fen is not None else row["adm_dedc_fen"],
+            adm_dedc_used_fen=enc.adm_dedc_used_fen + int(row["act_pay_dedc"]),
+        )
+    if kind == "pharmacy":
+        await encounters.update(conn, row["mdtrt_id"], status="open")
+
+
+async def _undo_admission(conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str) -> None:
+    mdtrt_id = await conn.fetchval(
+        "SELECT mdtrt_id FROM encounters WHERE fixmedins_code = $1 AND created_msgid = $2 AND kind = 'inpatient'",
+        code,
+        omsgid,
+    )
+    if mdtrt_id is None:
+        raise NotFound(f"未找到原报文{omsgid}的入院登记")
+    enc = await encounters.get(conn, mdtrt_id, code, psn_no=psn_no, lock=True)
+    if enc.status == "cancelled":
+        raise Conflict(f"入院登记{mdtrt_id}已撤销，无需冲正")
+    if await encounters.settled_count(conn, mdtrt_id) or await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id
+    ):
+        raise Conflict("该住院已有费用明细或结算，请先撤销后再冲正入院")
+    await encounters.update(conn, mdtrt_id, status="cancelled")

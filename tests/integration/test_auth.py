@@ -1,0 +1,94 @@
+"""Signed requests: the x-tif signature, its time window, single-use nonces, institution binding."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.auth import Verifier, sign_headers, signature
+from tests.integration.conftest import Server
+from tests.integration.his_client import CREDENTIALS, decode
+
+CODE = "H44180000001"
+QUERY = {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "441802199001011234"}}
+
+
+async def _post(server: Server, headers: dict[str, str], code: str = CODE) -> dict[str, Any]:
+    client = server.client(code)
+    body = msgspec.json.encode(client.envelope("1101", QUERY))
+    async with server.session.post(
+        server.url + "/fsi/api/rsfComIfsService/callService", data=body, headers=headers
+    ) as r:
+        assert r.status == 200
+        return decode(await r.read())
+
+
+def _signed(
+    nonce: str | None = None, now: float | None = None, secret: str | None = None
+) -> dict[str, str]:
+    return sign_headers(CODE, secret or CREDENTIALS[CODE], nonce or uuid.uuid4().hex, now)
+
+
+async def test_a_signed_request_is_answered(server: Server) -> None:
+    assert (await _post(server, _signed()))["infcode"] == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        ({}, "缺少"),
+        ({**_signed(), "x-tif-signature": "0" * 64}, "签名不一致"),
+        (_signed(secret="wrong-secret"), "签名不一致"),
+        (_signed(now=time.time() - 400), "时间戳"),
+        (_signed(now=time.time() + 400), "时间戳"),
+        ({**_signed(), "x-tif-paasid": "H99999999999"}, "未登记"),
+        ({**_signed(), "x-tif-timestamp": "yesterday"}, "Unix"),
+    ],
+)
+async def test_bad_signatures_are_refused(
+    server: Server, headers: dict[str, str], fragment: str
+) -> None:
+    before = await server.ledger_fingerprint()
+    answer = await _post(server, headers)
+    assert answer["infcode"] == -1 and fragment in answer["err_msg"], answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+
+
+async def test_a_nonce_is_accepted_once(server: Server) -> None:
+    headers = _signed(nonce="reused-nonce-1")
+    assert (await _post(server, headers))["infcode"] == 0
+    again = await _post(server, headers)
+    assert again["infcode"] == -1 and "nonce" in again["err_msg"]
+
+
+async def test_an_institution_cannot_speak_for_another(server: Server) -> None:
+    answer = await _post(server, _signed(), code="H44180000002")
+    assert answer["infcode"] == -1 and "认证身份" in answer["err_msg"]
+
+
+async def test_nonces_shared_through_redis(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    a, b = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+    try:
+        worker_a, worker_b = Verifier(CREDENTIALS, a), Verifier(CREDENTIALS, b)
+        headers = _signed(nonce=uuid.uuid4().hex)
+        assert await worker_a.verify(headers) == CODE
+        with pytest.raises(Exception, match="nonce"):
+            await worker_b.verify(headers)  # another worker remembers it too
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+def test_signature_is_sha256_of_ts_secret_nonce_ts() -> None:
+    import hashlib
+
+    assert (
+        signature("1700000000", "s3cret", "n1")
+        == hashlib.sha256(b"1700000000s3cretn11700000000").hexdigest()
+    )

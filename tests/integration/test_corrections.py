@@ -1,0 +1,514 @@
+"""Catalog corrections: 3301/3302, 13xx queries, at the counter and in bulk (plan, apply, resume)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateway.app import Settings, build_app
+from gateway.core.model import Accumulators, PersonState, Visit
+from gateway.core.settle import apply, settle
+from gateway.ledger import fees, persons, reference_store
+from gateway.ledger.db import create_pool
+from gateway.reference import load_reference
+from tests.integration.conftest import GENEROUS, Server
+
+HOSPITAL = "H44180000001"
+DRUG = "YP9003"  # the hospital's own code for 阿托伐他汀钙片, a class-B drug
+CLASS_B = "XC10AAA140A001010100003"
+WRONG_CLASS_A = "XA10BAA020A001010100004"  # 盐酸二甲双胍片, class A: the mistake
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _mapping(code: str, item: str = DRUG) -> dict[str, Any]:
+    return {
+        "data": {
+            "fixmedins_hilist_id": item,
+            "fixmedins_hilist_name": "阿托伐他汀钙片",
+            "list_type": "101",
+            "med_list_codg": code,
+            "begndate": "2026-01-01",
+            "enddate": "2099-12-31",
+        }
+    }
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def _visit(
+    server: Server, psn_no: str, ipt: str, item: str = DRUG
+) -> tuple[str, dict[str, Any]]:
+    his = server.client(HOSPITAL)
+    mdtrt_id = await his.register(psn_no, "310", "2026-05-10 09:00:00", ipt)
+    lines = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": item,
+            "pric": "40",
+            "cnt": "2",
+            "det_item_fee_sumamt": "80.00",
+        },
+        {
+            "feedetl_sn": "2",
+            "medins_list_codg": "ZL0001",
+            "pric": "25",
+            "cnt": "1",
+            "det_item_fee_sumamt": "25.00",
+        },
+    ]
+    await his.ok(
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, psn_no, lines, "2026-05-10 09:10:00", "B1")}
+    )
+    out = await his.ok(
+        "2207", his.settle_data(psn_no, mdtrt_id, "11", "105.00", "310", "1", chrg_bchno="B1")
+    )
+    return mdtrt_id, out["setlinfo"]
+
+
+async def test_catalog_queries_and_revoke(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    await his.ok("3301", {"catalogcompin": [_mapping(WRONG_CLASS_A, "ZZ0001")["data"]]})
+    page = await his.ok(
+        "1317", {"data": {"medins_list_codg": "ZZ0001", "page_num": 1, "page_size": 10}}
+    )
+    assert page["recordCounts"] == 1 and page["data"][0]["med_list_codg"] == WRONG_CLASS_A
+    all_mine = await his.ok("1317", {"data": {"page_num": 2, "page_size": 10}})
+    assert all_mine["pageNum"] == 2 and all_mine["size"] == 10 and all_mine["recordCounts"] == 28
+    assert not all_mine["firstPage"] and all_mine["pages"] == 3
+    b = await his.ok("1312", {"data": {"hilist_code": CLASS_B, "page_num": 1, "page_size": 5}})
+    assert b["data"][0]["chrgitm_lv"] == "02"
+    cap = await his.ok(
+        "1318",
+        {
+            "data": {
+                "hilist_code": "002705000010000",
+                "insu_admdvs": "441800",
+                "page_num": 1,
+                "page_size": 5,
+            }
+        },
+    )
+    assert cap["data"][0]["hilist_pric_uplmt_amt"] == "520.000000"
+    ratio = await his.ok(
+        "1319",
+        {"data": {"hilist_code": CLASS_B, "insu_admdvs": "441800", "page_num": 1, "page_size": 5}},
+    )
+    assert Decimal(ratio["data"][0]["selfpay_prop"]) == Decimal("0.1")
+    # An unknown national code is refused; another institution's mappings are not shown.
+    bad = await his.call("3301", _mapping("NO-SUCH-CODE", "ZZ0002"))
+    assert bad["infcode"] == -1 and "不存在" in bad["err_msg"]
+    other = await server.client("H44180000002").call(
+        "1317", {"data": {"fixmedins_code": HOSPITAL, "page_num": 1, "page_size": 5}}
+    )
+    assert other["infcode"] == -1
+    # 3302 revokes: the item is unmapped again at once.
+    await his.ok(
+        "3302",
+        {
+            "data": {
+                "fixmedins_code": HOSPITAL,
+                "fixmedins_hilist_id": "ZZ0001",
+                "list_type": "101",
+                "med_list_codg": WRONG_CLASS_A,
+            }
+        },
+    )
+    gone = await his.ok(
+        "1317", {"data": {"medins_list_codg": "ZZ0001", "page_num": 1, "page_size": 10}}
+    )
+    assert gone["recordCounts"] == 0
+    again = await his.call(
+        "3302",
+        {
+            "data": {
+                "fixmedins_hilist_id": "ZZ0001",
+                "list_type": "101",
+                "med_list_codg": WRONG_CLASS_A,
+            }
+        },
+    )
+    assert again["infcode"] == -1
+
+
+async def test_a_change_reaches_another_process_within_two_seconds(server: Server) -> None:
+    # A second gateway on the same database, with its own snapshot, as another worker has.
+    runner = web.AppRunner(build_app(Settings(server.dsn, config=GENEROUS)), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        second = server.client(HOSPITAL)
+        second.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        await server.client(HOSPITAL).ok("3301", _mapping(CLASS_B, "ZZ0003"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            page = await second.ok(
+                "1317", {"data": {"medins_list_codg": "ZZ0003", "page_num": 1, "page_size": 5}}
+            )
+            if page["recordCounts"] == 1:
+                break
+            assert loop.time() - started < 2.0, (
+                "the other process did not see the upload within 2 s"
+            )
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+
+
+async def test_correction_at_the_counter_links_the_new_settlement(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = "441800000000000003"
+    await his.ok("3301", _mapping(WRONG_CLASS_A, "YP8001"))
+    mdtrt_id, wrong = await _visit(server, psn, "MZ-COUNTER-1", "YP8001")
+    assert Decimal(wrong["preselfpay_amt"]) == 0  # class A by mistake: no first self-pay
+    await his.ok(
+        "2208", {"data": {"setl_id": wrong["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": psn}}
+    )
+    await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "B1", "psn_no": psn}})
+    await his.ok("3301", _mapping(CLASS_B, "YP8001"))
+    lines = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": "YP8001",
+            "pric": "40",
+            "cnt": "2",
+            "det_item_fee_sumamt": "80.00",
+        },
+        {
+            "feedetl_sn": "2",
+            "medins_list_codg": "ZL0001",
+            "pric": "25",
+            "cnt": "1",
+            "det_item_fee_sumamt": "25.00",
+        },
+    ]
+    await his.ok(
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, psn, lines, "2026-05-10 10:00:00", "B1")}
+    )
+    right = (
+        await his.ok(
+            "2207", his.settle_data(psn, mdtrt_id, "11", "105.00", "310", "1", chrg_bchno="B1")
+        )
+    )["setlinfo"]
+    assert Decimal(right["preselfpay_amt"]) == Decimal("8.00")
+    link = await server.fetchval(
+        "SELECT replaces_setl_id FROM settlements WHERE setl_id = $1", right["setl_id"]
+    )
+    assert link == wrong["setl_id"]
+    versions = await server.fetch(
+        "SELECT snapshot_version, lines->0->'mapping'->>'med_list_codg' AS used FROM settlements WHERE setl_id = ANY($1::text[]) ORDER BY setl_time",
+        [wrong["setl_id"], right["setl_id"]],
+    )
+    assert versions[0]["used"] == WRONG_CLASS_A and versions[1]["used"] == CLASS_B
+    assert versions[1]["snapshot_version"] > versions[0]["snapshot_version"]
+
+
+async def _expected_resettlements(
+    dsn: str, items: list[dict[str, Any]], before: dict[str, tuple[int, Accumulators]]
+) -> None:
+    """Recompute every re-settlement with the rules and the corrected catalog, in apply's order."""
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            snapshot = await reference_store.read_snapshot(
+                conn, load_reference(ROOT / "config" / "demo")
+            )
+            state = dict(before)
+            for it in items:
+                old = await conn.fetchrow(
+                    "SELECT * FROM settlements WHERE setl_id = $1", it["old_setl_id"]
+                )
+                new = await conn.fetchrow(
+                    "SELECT * FROM settlements WHERE setl_id = $1", it["new_setl_id"]
+                )
+                psn = old["psn_no"]
+                balance, acc = state[psn]
+                acc = apply(acc, Accumulators(**old["delta"]), -1)
+                balance += old["acct_pay"]
+                person, _ = await persons.read(conn, psn)
+                lines = [ln for ln in await fees.unsettled(conn, old["mdtrt_id"])] or [
+                    ln for ln in await _lines_of(conn, it["new_setl_id"], old["mdtrt_id"])
+                ]
+                visit = Visit(
+                    fixmedins_code=HOSPITAL,
+                    mdtrt_id=old["mdtrt_id"],
+                    med_type=old["med_type"],
+                    service_date=old["service_date"],
+                    acct_used_flag=old["acct_used_flag"],
+                )
+                s = settle(
+                    snapshot,
+                    visit,
+                    PersonState(person=person, balance_fen=balance, year=acc),
+                    lines,
+                )
+                for field in (
+                    "medfee_sumamt",
+                    "preselfpay_amt",
+                    "inscp_scp_amt",
+                    "act_pay_dedc",
+                    "hifp_pay",
+                    "fund_pay_sumamt",
+                    "acct_pay",
+                    "psn_cash_pay",
+                    "balc",
+                ):
+                    assert new[field] == getattr(s, field), (it["old_setl_id"], field)
+                state[psn] = (balance - s.acct_pay, apply(acc, s.delta))
+    finally:
+        await pool.close()
+
+
+async def _lines_of(conn: asyncpg.Connection, setl_id: str, mdtrt_id: str) -> list[fees.StoredLine]:
+    """The fee lines a settlement covers (the same rows its predecessor covered)."""
+    found = await conn.fetch(
+        "SELECT mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no, medins_list_codg, med_list_codg,"
+        " pric_micro, cnt, amount_fen, fee_ocur_time, hosp_appr_flag FROM fee_lines"
+        " WHERE mdtrt_id = $1 AND setl_id = $2 ORDER BY feedetl_sn",
+        mdtrt_id,
+        setl_id,
+    )
+    return [
+        fees.StoredLine(
+            mdtrt_id=r["mdtrt_id"],
+            feedetl_sn=r["feedetl_sn"],
+            chrg_bchno=r["chrg_bchno"],
+            init_feedetl_sn=r["init_feedetl_sn"],
+            psn_no=r["psn_no"],
+            medins_list_codg=r["medins_list_codg"],
+            med_list_codg=r["med_list_codg"],
+            pric_micro=r["pric_micro"],
+            cnt=r["cnt"],
+            det_item_fee_sumamt=r["amount_fen"],
+            fee_ocur_time=r["fee_ocur_time"],
+            fee_date=r["fee_ocur_time"].date(),
+            hosp_appr_flag=r["hosp_appr_flag"],
+        )
+        for r in found
+    ]
+
+
+async def test_bulk_correction_plan_apply_resume(server: Server, tmp_path: Path) -> None:
+    code, out, err = await _cli("demo", "synth", "--persons", "50", "--database-url", server.dsn)
+    assert code == 0, err
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(WRONG_CLASS_A))
+    people = [f"S441800{i:012d}" for i in range(1, 51)]
+    settled: list[str] = []
+    for round_ in range(4):  # 200 settlements: each person four times, interleaved
+        for i, psn in enumerate(people):
+            _, info = await _visit(server, psn, f"MZ-BULK-{round_}-{i}")
+            settled.append(info["setl_id"])
+    await his.ok("3301", _mapping(CLASS_B))  # the correction: same begndate, supersedes the mistake
+
+    before_plan = await server.ledger_fingerprint()
+    code, out, err = await _cli(
+        "corrections",
+        "plan",
+        "--institution",
+        HOSPITAL,
+        "--item",
+        DRUG,
+        "--json",
+        "--database-url",
+        server.dsn,
+    )
+    assert code == 0, err
+    planned = json.loads(out)
+    assert await server.ledger_fingerprint() == before_plan  # plan changes nothing
+    assert [
+        r["old_setl_id"] for r in planned["settlements"]
+    ] == settled  # original settlement order
+    assert len(planned["persons"]) == 50
+    assert all(
+        Decimal(r["new_setlinfo"]["preselfpay_amt"]) == Decimal("8.00")
+        for r in planned["settlements"]
+    )
+
+    opening = {
+        r["psn_no"]: (
+            r["balance_fen"],
+            Accumulators(**{k: r[k] for k in Accumulators.__struct_fields__}),
+        )
+        for r in await server.fetch(
+            "SELECT a.psn_no, a.balance_fen, acc.* FROM accounts a JOIN accumulators acc USING (psn_no)"
+            " WHERE acc.year = 2026 AND a.psn_no LIKE 'S%'"
+        )
+    }
+    # Interrupted after 70, then resumed: nothing is settled twice.
+    code, out, err = await _cli(
+        "corrections",
+        "apply",
+        "--institution",
+        HOSPITAL,
+        "--item",
+        DRUG,
+        "--limit",
+        "70",
+        "--database-url",
+        server.dsn,
+    )
+    assert code == 0, err
+    assert await server.fetchval("SELECT count(*) FROM correction_items") == 70
+    report = tmp_path / "corrections.csv"
+    code, out, err = await _cli(
+        "corrections",
+        "apply",
+        "--institution",
+        HOSPITAL,
+        "--item",
+        DRUG,
+        "--json",
+        "--csv",
+        str(report),
+        "--database-url",
+        server.dsn,
+    )
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(rows) == 130
+    assert await server.fetchval("SELECT count(*) FROM correction_items") == 200
+    code, out, _ = await _cli(
+        "corrections",
+        "apply",
+        "--institution",
+        HOSPITAL,
+        "--item",
+        DRUG,
+        "--json",
+        "--database-url",
+        server.dsn,
+    )
+    assert code == 0 and out.strip() == ""  # a third run finds nothing left to do
+    assert (
+        await server.fetchval(
+            "SELECT count(*) FROM settlements WHERE setl_id = ANY($1::text[]) AND status = 'cancelled'",
+            settled,
+        )
+        == 200
+    )
+    assert (
+        await server.fetchval(
+            "SELECT count(DISTINCT replaces_setl_id) FROM settlements WHERE replaces_setl_id = ANY($1::text[])",
+            settled,
+        )
+        == 200
+    )
+
+    items = [
+        dict(r)
+        for r in await server.fetch(
+            "SELECT c.old_setl_id, c.new_setl_id FROM correction_items c JOIN settlements n ON n.setl_id = c.new_setl_id"
+            " ORDER BY n.setl_time, n.setl_id"
+        )
+    ]
+    assert [it["old_setl_id"] for it in items] == settled
+    # The plan announced what apply did.
+    applied = {r["old_setl_id"]: r for r in rows}
+    for p in planned["settlements"][70:]:
+        assert applied[p["old_setl_id"]]["new_setlinfo"] == p["new_setlinfo"]
+    await _expected_resettlements(server.dsn, items, opening)
+    assert await server.check_ledger() == []
+
+    # The agency's report equals the ledger's deltas.
+    csv_rows = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))
+    assert len(csv_rows) == 130
+    ledger = (
+        await server.fetch(
+            "SELECT sum(n.fund_pay_sumamt - o.fund_pay_sumamt) AS fund, sum(n.psn_cash_pay - o.psn_cash_pay) AS cash,"
+            " sum(n.acct_pay - o.acct_pay) AS acct FROM correction_items c JOIN settlements o ON o.setl_id = c.old_setl_id"
+            " JOIN settlements n ON n.setl_id = c.new_setl_id"
+        )
+    )[0]
+    records = (
+        await server.fetch(
+            "SELECT sum(fund_delta) AS fund, sum(patient_cash_delta) AS cash, sum(acct_delta) AS acct FROM correction_items"
+        )
+    )[0]
+    assert (records["fund"], records["cash"], records["acct"]) == (
+        ledger["fund"],
+        ledger["cash"],
+        ledger["acct"],
+    )
+    report_fund = sum(Decimal(r["fund_delta"]) for r in csv_rows) + sum(
+        Decimal(r["fund_delta"]) for r in planned["settlements"][:70]
+    )
+    assert report_fund * 100 == ledger["fund"]
+    assert ledger["fund"] < 0  # class B costs the fund: money is recovered from the pool
+
+
+async def test_monthly_clearing_lists_the_corrections(server: Server) -> None:
+    month = await server.fetchval(
+        "SELECT to_char(max(applied_at), 'YYYY-MM') FROM correction_items"
+    )
+    code, out, err = await _cli(
+        "clearing", "monthly", "--month", month, "--json", "--database-url", server.dsn
+    )
+    assert code == 0, err
+    hospital = next(r for r in json.loads(out)["institutions"] if r["fixmedins_code"] == HOSPITAL)
+    records = (
+        await server.fetch(
+            "SELECT count(*) AS n, sum(fund_delta) AS fund, sum(patient_cash_delta) AS cash FROM correction_items"
+            " WHERE fixmedins_code = $1 AND to_char(applied_at, 'YYYY-MM') = $2",
+            HOSPITAL,
+            month,
+        )
+    )[0]
+    assert hospital["corrections"]["settlements"] == records["n"] >= 200
+    assert Decimal(hospital["corrections"]["fund_delta"]) * 100 == records["fund"]
+    assert Decimal(hospital["corrections"]["patient_cash_delta"]) * 100 == records["cash"]
+
+
+async def test_a_change_is_announced_through_redis(server: Server, redis_url: str) -> None:
+    # Two gateways that poll only once a minute: only the Redis announcement can tell them.
+    runners = []
+    for _ in range(2):
+        runner = web.AppRunner(
+            build_app(
+                Settings(server.dsn, config=GENEROUS, redis_url=redis_url, catalog_poll_seconds=60)
+            ),
+            access_log=None,
+        )
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+    try:
+        await asyncio.sleep(0.3)  # both subscribed
+        writer, reader = (server.client(HOSPITAL) for _ in range(2))
+        writer.base_url = f"http://127.0.0.1:{runners[0].addresses[0][1]}"
+        reader.base_url = f"http://127.0.0.1:{runners[1].addresses[0][1]}"
+        await writer.ok("3301", _mapping(CLASS_B, "ZZ0004"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            page = await reader.ok(
+                "1317", {"data": {"medins_list_codg": "ZZ0004", "page_num": 1, "page_size": 5}}
+            )
+            if page["recordCounts"] == 1:
+                break
+            assert loop.time() - started < 2.0, "the announcement did not reach the other process"
+            await asyncio.sleep(0.05)
+    finally:
+        for runner in runners:
+            await runner.cleanup()

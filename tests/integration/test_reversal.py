@@ -1,0 +1,194 @@
+"""2601 冲正: exact undo of settlements, cancellations and admissions; tombstones for the unseen."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from tests.integration.conftest import Server
+from tests.integration.his_client import HisClient, decode
+
+HOSPITAL = "H44180000001"
+EMPLOYEE = "441800000000000003"
+RETIREE = "441800000000000002"
+
+
+async def _state(server: Server, psn_no: str) -> tuple[Any, ...]:
+    rows = await server.fetch("SELECT * FROM accumulators WHERE psn_no = $1 ORDER BY year", psn_no)
+    balance = await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", psn_no)
+    # A year whose accumulators are all zero is the same state as no row for it.
+    return balance, tuple(tuple(r.values()) for r in rows if any(list(r.values())[2:]))
+
+
+async def _outpatient(
+    his: HisClient, ipt: str, msgid: str | None = None
+) -> tuple[str, dict[str, Any], str]:
+    mdtrt_id = await his.register(EMPLOYEE, "310", "2026-07-01 09:00:00", ipt)
+    lines = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": "ZL0006",
+            "pric": "280",
+            "cnt": "1",
+            "det_item_fee_sumamt": "280.00",
+        }
+    ]
+    await his.ok(
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, lines, "2026-07-01 09:10:00", "B1")}
+    )
+    msgid = msgid or his.msgid()
+    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "280.00", "310", "1", chrg_bchno="B1")
+    out = await his.ok("2207", data, msgid=msgid)
+    return mdtrt_id, out["setlinfo"], msgid
+
+
+def _reverse(psn_no: str, omsgid: str, oinfno: str) -> dict[str, Any]:
+    return {"data": {"psn_no": psn_no, "omsgid": omsgid, "oinfno": oinfno}}
+
+
+async def test_reversing_a_settlement_restores_everything(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    before = await _state(server, EMPLOYEE)
+    mdtrt_id, info, msgid = await _outpatient(his, "MZ-REV-1")
+    assert await _state(server, EMPLOYEE) != before
+    body = msgspec.json.encode(his.envelope("2601", _reverse(EMPLOYEE, msgid, "2207")))
+    _, first = await his.post_raw(body)
+    assert decode(first)["infcode"] == 0
+    assert await _state(server, EMPLOYEE) == before
+    assert (
+        await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", info["setl_id"])
+        == "cancelled"
+    )
+    _, replay = await his.post_raw(body)
+    assert replay == first  # the reversal itself is idempotent by its msgid
+    again = await his.call("2601", _reverse(EMPLOYEE, msgid, "2207"))
+    assert again["infcode"] == -1 and "已冲正" in again["err_msg"]
+    # The lines are free again: the visit can be settled anew.
+    out = await his.ok(
+        "2207", his.settle_data(EMPLOYEE, mdtrt_id, "11", "280.00", "310", "1", chrg_bchno="B1")
+    )
+    assert out["setlinfo"]["medfee_sumamt"] == info["medfee_sumamt"]
+
+
+async def test_reversing_a_cancellation_reinstates_the_settlement(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    mdtrt_id, info, _ = await _outpatient(his, "MZ-REV-2")
+    settled_state = await _state(server, EMPLOYEE)
+    cancel_msgid = his.msgid()
+    await his.ok(
+        "2208",
+        {"data": {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}},
+        msgid=cancel_msgid,
+    )
+    assert await _state(server, EMPLOYEE) != settled_state
+    await his.ok("2601", _reverse(EMPLOYEE, cancel_msgid, "2208"))
+    assert await _state(server, EMPLOYEE) == settled_state
+    found = await his.ok("5203", {"data": {"setl_id": info["setl_id"]}})
+    assert found["setlinfo"]["refd_setl_flag"] == "0"
+    for field in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
+        assert found["setlinfo"][field] == info[field]
+
+
+async def test_reversing_pharmacy_sale_and_admission(server: Server) -> None:
+    pos = server.client("P44180000001")
+    before = await _state(server, EMPLOYEE)
+    lines = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": "YP0007",
+            "pric": "9.9",
+            "cnt": "2",
+            "det_item_fee_sumamt": "19.80",
+        }
+    ]
+    sale_msgid = pos.msgid()
+    sold = await pos.ok(
+        "2102", pos.drug_input(EMPLOYEE, "2026-07-02 10:00:00", "19.80", lines), msgid=sale_msgid
+    )
+    await pos.ok("2601", _reverse(EMPLOYEE, sale_msgid, "2102"))
+    assert await _state(server, EMPLOYEE) == before
+    mdtrt_id = sold["setlinfo"]["mdtrt_id"]
+    assert (
+        await server.fetchval("SELECT status FROM encounters WHERE mdtrt_id = $1", mdtrt_id)
+        == "cancelled"
+    )
+    assert (
+        await server.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", mdtrt_id) == 0
+    )
+
+    his = server.client(HOSPITAL)
+    admit_msgid = his.msgid()
+    admitted = await his.ok(
+        "2401",
+        {
+            "mdtrtinfo": {
+                "psn_no": RETIREE,
+                "insutype": "310",
+                "begntime": "2026-07-03 10:00:00",
+                "mdtrt_cert_type": "02",
+                "mdtrt_cert_no": "X",
+                "med_type": "21",
+                "ipt_no": "ZY-REV-1",
+            },
+            "diseinfo": [],
+        },
+        msgid=admit_msgid,
+    )
+    await his.ok("2601", _reverse(RETIREE, admit_msgid, "2401"))
+    status = await server.fetchval(
+        "SELECT status FROM encounters WHERE mdtrt_id = $1", admitted["result"]["mdtrt_id"]
+    )
+    assert status == "cancelled"
+
+
+async def test_unknown_original_gets_a_tombstone_and_is_refused_late(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    lost = his.msgid()  # the 2207 that timed out before reaching the centre
+    answer = await his.call("2601", _reverse(EMPLOYEE, lost, "2207"))
+    assert answer["infcode"] == 0 and "冲正" in answer["warn_msg"]
+    mdtrt_id = await his.register(EMPLOYEE, "310", "2026-07-04 09:00:00", "MZ-REV-3")
+    lines = [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": "ZL0001",
+            "pric": "25",
+            "cnt": "1",
+            "det_item_fee_sumamt": "25.00",
+        }
+    ]
+    await his.ok(
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, lines, "2026-07-04 09:10:00", "B1")}
+    )
+    before = await server.ledger_fingerprint()
+    late = msgspec.json.encode(
+        his.envelope(
+            "2207",
+            his.settle_data(EMPLOYEE, mdtrt_id, "11", "25.00", "310", "1", chrg_bchno="B1"),
+            msgid=lost,
+        )
+    )
+    _, first = await his.post_raw(late)
+    refused = decode(first)
+    assert refused["infcode"] == -1 and "冲正" in refused["err_msg"]
+    assert await server.ledger_fingerprint() == before
+    _, again = await his.post_raw(late)
+    assert again == first
+
+
+async def test_another_institution_cannot_reverse(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    _, info, msgid = await _outpatient(his, "MZ-REV-4")
+    other = server.client("H44180000002")
+    answer = await other.call("2601", _reverse(EMPLOYEE, msgid, "2207"))
+    assert answer["infcode"] == 0  # it only bars that msgid in its own institution's key space
+    assert (
+        await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", info["setl_id"])
+        == "settled"
+    )
+    assert Decimal(info["medfee_sumamt"]) == Decimal("280.00")
+
+
+async def test_ledger_balances_after_reversals(server: Server) -> None:
+    assert await server.check_ledger() == []
