@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-compare bench-http clean
+.PHONY: fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-compare bench-http clean
 
 install: $(STAMP)
 
@@ -65,6 +65,9 @@ bench-http: install
 	$(BIN)/python benchmarks/http_harness.py --duration 8 --concurrency 64
 
 # Keeps var/ (the embedded database of `make run`) and .benchmarks/ (the saved baselines).
+fuzz: install
+	FUZZ_EXAMPLES=100000 $(BIN)/python -m pytest tests/fuzz -q --timeout 0
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build dist
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

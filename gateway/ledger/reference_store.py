@@ -162,7 +162,7 @@ async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
         mappings = await conn.fetch(
             "SELECT fixmedins_code, medins_list_codg, fixmedins_hilist_name, list_type,"
             " med_list_codg, begndate, enddate FROM catalog_mappings WHERE revoked_at IS NULL"
-            " ORDER BY mapping_id DESC"  # equal begndates: the later upload wins (stable sort)
+            " ORDER BY mapping_id"  # upload order: on equal begndates the snapshot keeps the later row
         )
         ratios = await conn.fetch(
             "SELECT med_list_codg, insu_admdvs, selfpay_bp, begndate, enddate FROM selfpay_ratios"
