@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from adapters.his.envelope import Amount, Code, decode_input, text
 from adapters.his.output import ratio
-from adapters.his.wire import Node, as_list, required
+from adapters.his.wire import Node, as_list, day, required
 from gateway.core.model import Mapping
 from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, NotFound
@@ -81,14 +81,6 @@ class In13xx(Node):
     data: Query | None = None
 
 
-def _date(value: Code, name: str) -> dt.date:
-    s = required(value, name)
-    try:
-        return dt.date.fromisoformat(s[:10])
-    except ValueError as exc:
-        raise BadRequest(f"字段{name}日期格式错误，应为yyyy-MM-dd") from exc
-
-
 @register("3301", "目录对照上传", writes=True, klass="catalog")
 async def upload(call: Call) -> Answer:
     node = decode_input(call.req, In3301)
@@ -103,8 +95,8 @@ async def upload(call: Call) -> Answer:
         owner = text(row.fixmedins_code)
         if owner and owner != call.req.fixmedins_code:
             raise BadRequest(f"{at}：机构编号与报文机构编号不一致")
-        begn = _date(row.begndate, f"{at}begndate")
-        end = _date(row.enddate, f"{at}enddate")
+        begn = day(row.begndate, f"{at}begndate")
+        end = day(row.enddate, f"{at}enddate")
         if end < begn:
             raise BadRequest(f"{at}：结束日期早于开始日期")
         mappings.append(

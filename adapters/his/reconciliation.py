@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 
 import msgspec
 
 from adapters.his.envelope import Amount, Code, decode_input, text
-from adapters.his.wire import Node, fen_required, required
+from adapters.his.wire import Node, day, fen_required, required
 from gateway import reconcile
 from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, NotFound
@@ -56,14 +55,6 @@ class In9102(Node):
     fsDownloadIn: DownloadIn | None = None
 
 
-def _date(value: Code, name: str) -> dt.date:
-    s = required(value, name)
-    try:
-        return dt.date.fromisoformat(s[:10])
-    except ValueError as exc:
-        raise BadRequest(f"字段{name}日期格式错误，应为yyyy-MM-dd") from exc
-
-
 def _count(value: Amount, name: str) -> int:
     if isinstance(value, bool):
         raise BadRequest(f"字段{name}应为整数")
@@ -74,8 +65,8 @@ def _count(value: Amount, name: str) -> int:
 
 
 def _period(call: Call, d: StmtTotal) -> reconcile.Period:
-    begn = _date(d.stmt_begndate, "data.stmt_begndate")
-    end = _date(d.stmt_enddate, "data.stmt_enddate")
+    begn = day(d.stmt_begndate, "data.stmt_begndate")
+    end = day(d.stmt_enddate, "data.stmt_enddate")
     if end < begn:
         raise BadRequest("对账结束日期不能早于开始日期")
     if (end - begn).days > 366:

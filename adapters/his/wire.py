@@ -97,6 +97,15 @@ def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | Non
     raise BadRequest(f"字段{name}时间格式错误，应为yyyy-MM-dd HH:mm:ss")
 
 
+def day(value: Code, name: str) -> dt.date:
+    """A mandatory `yyyy-MM-dd` (a date-time is cut to its date)."""
+    s = required(value, name)
+    try:
+        return dt.date.fromisoformat(s[:10])
+    except ValueError as exc:
+        raise BadRequest(f"字段{name}日期格式错误，应为yyyy-MM-dd") from exc
+
+
 def when_required(value: Code, name: str) -> dt.datetime:
     """A mandatory date-time."""
     moment = when(value, name)
