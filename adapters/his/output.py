@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from gateway.core.model import FundRow, LineSplit, Person
-from gateway.ledger.settlements import Record
+from gateway.ledger.settlements import AMOUNT_FIELDS, Record
 from gateway.money import bp_text, cnt_text, fen_text, micro_text
 
 NO_CAP = msgspec.Raw(b"999999.000000")  # "no cap", as Hebei's centre answers
@@ -119,31 +119,13 @@ def setlinfo(
         "mdtrt_cert_type": mdtrt_cert_type,
         "med_type": rec.med_type,
     }
-    for name in (
-        "medfee_sumamt",
-        "fulamt_ownpay_amt",
-        "overlmt_selfpay",
-        "preselfpay_amt",
-        "inscp_scp_amt",
-        "act_pay_dedc",
-        "hifp_pay",
-    ):
-        out[name] = amount(sign * a[name])
-    out["pool_prop_selfpay"] = ratio(rec.pool_prop_bp)
-    for name in (
-        "cvlserv_pay",
-        "hifes_pay",
-        "hifmi_pay",
-        "hifob_pay",
-        "maf_pay",
-        "oth_pay",
-        "fund_pay_sumamt",
-        "psn_part_amt",
-        "acct_pay",
-        "psn_cash_pay",
-        "hosp_part_amt",
-    ):
-        out[name] = amount(sign * a[name])
+    for name in AMOUNT_FIELDS:
+        if name != "balc":
+            out[name] = amount(sign * a[name])
+        if name == "hifp_pay":
+            out["pool_prop_selfpay"] = ratio(
+                rec.pool_prop_bp
+            )  # the spec's position, after hifp_pay
     out["balc"] = amount(a["balc"] if balc is None else balc)
     out["acct_mulaid_pay"] = amount(0)
     out["medins_setl_id"] = rec.medins_setl_id

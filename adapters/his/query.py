@@ -19,7 +19,12 @@ async def settlement_info(call: Call) -> Answer:
     if not (setl_id or mdtrt_id):
         raise BadRequest("结算ID setl_id与就诊ID mdtrt_id至少填写一项")
     found = await settlements.find(
-        call.conn, call.req.fixmedins_code, setl_id=setl_id, mdtrt_id=mdtrt_id, psn_no=psn_no
+        call.conn,
+        call.req.fixmedins_code,
+        setl_id=setl_id,
+        mdtrt_id=mdtrt_id,
+        psn_no=psn_no,
+        limit=1,
     )
     if not found:
         raise NotFound("未查询到本机构的结算信息")

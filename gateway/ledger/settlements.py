@@ -374,6 +374,7 @@ async def find(
     setl_id: str = "",
     mdtrt_id: str = "",
     psn_no: str = "",
+    limit: int = 100,
 ) -> list[Record]:
     """5203: the institution's settlements matching the given keys, newest first."""
     where = ["fixmedins_code = $1"]
@@ -384,7 +385,7 @@ async def find(
             where.append(f"{column} = ${len(args)}")
     rows = await conn.fetch(
         f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE {' AND '.join(where)}"
-        " ORDER BY setl_time DESC, setl_id DESC LIMIT 100",
+        f" ORDER BY setl_time DESC, setl_id DESC LIMIT {int(limit)}",
         *args,
     )
     out = []

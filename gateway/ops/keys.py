@@ -12,8 +12,7 @@ RATE_TERMINAL = PREFIX + "rl:t:"
 RATE_INSTITUTION = PREFIX + "rl:i:"
 RATE_TTL_SECONDS = 300
 
-# Plan-state and catalog change fan-out channel (pub/sub: nothing stored).
-PLAN_CHANNEL = PREFIX + "plan"
+# Catalog change fan-out channel (pub/sub: nothing stored).
 CATALOG_CHANNEL = PREFIX + "catalog"
 
 # Signed-request nonces are accepted once within the ±300 s window; keep them a little longer
