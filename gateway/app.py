@@ -19,6 +19,7 @@ from adapters.his.envelope import encode_response
 from gateway import dispatch
 from gateway.auth import AuthError, Verifier, load_credentials
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from gateway.console import install as install_console
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
 from gateway.ratelimit import Limiter
@@ -31,6 +32,7 @@ access = logging.getLogger("gateway.access")
 MAX_BODY = 8 * 1024 * 1024  # 5,000 fee lines with long names fit comfortably
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "config" / "demo"
 DEFAULT_CREDENTIALS = DEFAULT_REFERENCE / "credentials.toml"
+DEFAULT_OPERATORS = DEFAULT_REFERENCE / "operators.toml"
 
 
 class Settings:
@@ -43,7 +45,9 @@ class Settings:
         "config_path",
         "credentials_path",
         "database_url",
+        "journal_dir",
         "load_demo_if_empty",
+        "operators_path",
         "pool_max",
         "redis_url",
         "reference_dir",
@@ -64,7 +68,11 @@ class Settings:
         catalog_poll_seconds: float = 1.0,
         auth: bool = True,
         credentials_path: Path = DEFAULT_CREDENTIALS,
+        operators_path: Path = DEFAULT_OPERATORS,
+        journal_dir: Path | None = None,
     ) -> None:
+        self.operators_path = operators_path
+        self.journal_dir = journal_dir  # default: the config's [journal] dir
         self.auth = auth
         self.credentials_path = credentials_path
         self.config = config
@@ -229,6 +237,7 @@ def build_app(settings: Settings) -> web.Application:
             app[VERIFIER] = Verifier(credentials, redis)
         tasks = [
             asyncio.create_task(gw.watch_catalog()),
+            asyncio.create_task(gw.watch_plan()),
             asyncio.create_task(gw.purge_idempotency()),
         ]
         if redis is not None:
@@ -252,4 +261,5 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_endpoint)
+    install_console(app, GATEWAY, settings.operators_path)
     return app

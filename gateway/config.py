@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.breaker import BreakerConfig
 from gateway.ratelimit import Limits
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
@@ -16,6 +17,29 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     idempotency_keep_days: int = 8
     call_deadline_seconds: float = 5.0  # a request not answered by then is answered "unavailable"
+    # Per dependency (postgres, redis, legacy): when its breaker opens and what the plan does.
+    breakers: dict[str, BreakerConfig] = field(default_factory=dict)
+    # Per institution: the same thresholds over that institution's calls; tripping sets a plan
+    # rule for it (visible to every process, cleared by a person or after `healthy_seconds`).
+    institution_trigger: BreakerConfig = field(
+        default_factory=lambda: BreakerConfig(min_calls=20, recover="manual")
+    )
+    legacy_url: str = ""  # route_legacy forwards envelopes here unchanged
+    legacy_timeout_seconds: float = 10.0
+    journal_dir: str = "var/journal"  # deferred claims while the ledger is down (fsynced)
+    plan_poll_seconds: float = 1.0
+
+
+def _breaker(doc: dict[str, object], base: BreakerConfig) -> BreakerConfig:
+    """A [breakers.X] table over the defaults; unknown keys are an error, not ignored."""
+    known = set(BreakerConfig.__dataclass_fields__)
+    unknown = set(doc) - known
+    if unknown:
+        raise ValueError(f"unknown breaker settings: {sorted(unknown)}")
+    values = {k: getattr(base, k) for k in known}
+    for key, value in doc.items():
+        values[key] = type(getattr(base, key))(value)
+    return BreakerConfig(**values)
 
 
 def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
@@ -33,6 +57,22 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
     )
     keep = int(doc.get("idempotency", {}).get("keep_days", 8))
     deadline = float(doc.get("deadlines", {}).get("call_seconds", 5.0))
+    defaults_cfg = GatewayConfig()
+    breakers = {
+        name: _breaker(table, BreakerConfig()) for name, table in doc.get("breakers", {}).items()
+    }
+    trigger = _breaker(
+        doc.get("triggers", {}).get("institution", {}), defaults_cfg.institution_trigger
+    )
+    legacy = doc.get("legacy", {})
     return GatewayConfig(
-        limits=limits, idempotency_keep_days=max(keep, 7), call_deadline_seconds=deadline
+        limits=limits,
+        idempotency_keep_days=max(keep, 7),
+        call_deadline_seconds=deadline,
+        breakers=breakers,
+        institution_trigger=trigger,
+        legacy_url=str(legacy.get("url", "")),
+        legacy_timeout_seconds=float(legacy.get("timeout_seconds", 10.0)),
+        journal_dir=str(doc.get("journal", {}).get("dir", defaults_cfg.journal_dir)),
+        plan_poll_seconds=float(doc.get("plan", {}).get("poll_seconds", 1.0)),
     )

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from typing import Any
 
 import asyncpg
 
+from gateway.breaker import STATE_VALUE, Breaker, BreakerConfig
 from gateway.config import GatewayConfig
 from gateway.core.catalog import Snapshot
 from gateway.ledger import idempotency, reference_store
-from gateway.ops.keys import CATALOG_CHANNEL
+from gateway.ops import metrics
+from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
+from gateway.plan import store as plan_store
+from gateway.plan.rules import CLASSES, Plan
 from gateway.ratelimit import Limiter
 from gateway.reference import Reference
 
 log = logging.getLogger("gateway.catalog")
 
 CATALOG_POLL_SECONDS = 1.0  # a change reaches every process within ~2 s
+plan_log = logging.getLogger("gateway.plan")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now()
+
+
+def _breaker_changed(b: Breaker) -> None:
+    """Every breaker transition is a plan-state change: a gauge, a counter and a log line."""
+    metrics.BREAKER_STATE.labels(b.name).set(STATE_VALUE[b.state])
+    metrics.PLAN_CHANGES.labels(f"breaker:{b.name}", "*", b.state).inc()
+    plan_log.warning(
+        "breaker %s", b.state, extra={"dependency": b.name, "state": b.state, "reason": b.reason}
+    )
 
 
 class Gateway:
@@ -26,9 +45,12 @@ class Gateway:
 
     __slots__ = (
         "_refresh_lock",
+        "breakers",
         "catalog_poll_seconds",
         "config",
+        "journal",
         "limiter",
+        "plan",
         "pool",
         "redis",
         "reference",
@@ -54,6 +76,14 @@ class Gateway:
         self.redis: Any | None = None  # shared fan-out when configured; never required
         self.catalog_poll_seconds = CATALOG_POLL_SECONDS
         self._refresh_lock = asyncio.Lock()
+        self.plan = Plan(version=0)
+        self.journal: Any | None = None  # gateway.deferred.journal.Journal, set by the app
+        self.breakers: dict[str, Breaker] = {}
+        for name in ("postgres", "redis", "legacy"):
+            cfg = config.breakers.get(name, BreakerConfig())
+            breaker = Breaker(name, cfg, on_change=_breaker_changed)
+            metrics.BREAKER_STATE.labels(name).set(0)
+            self.breakers[name] = breaker
 
     @classmethod
     async def start(
@@ -67,7 +97,71 @@ class Gateway:
         """Build the first snapshot from the database."""
         async with pool.acquire() as conn:
             snapshot = await reference_store.read_snapshot(conn, reference)
-        return cls(pool, reference, snapshot, region, config, limiter)
+            plan = await plan_store.load(conn)
+        gw = cls(pool, reference, snapshot, region, config, limiter)
+        gw.set_plan(plan)
+        return gw
+
+    def set_plan(self, plan: Plan) -> None:
+        """Swap the plan in force (one assignment) and export its state; every change of a
+        scope/class's action (rule set or cleared, window opening or closing) is counted."""
+        before, self.plan = self.plan, plan
+        now = _now()
+        scopes = {"global", *(r.scope for r in plan.rules), *(w.scope for w in plan.windows)}
+        scopes |= {r.scope for r in before.rules} | {w.scope for w in before.windows}
+        for scope in scopes:
+            for klass in CLASSES:
+                was = before.state_of(scope, klass, now)
+                is_ = plan.state_of(scope, klass, now)
+                metrics.PLAN_DEGRADED.labels(scope, klass).set(0 if is_ is None else 1)
+                old = (was.action, was.source) if was else None
+                new = (is_.action, is_.source) if is_ else None
+                if old != new and before.version:
+                    action = is_.action if is_ else "normal"
+                    metrics.PLAN_CHANGES.labels(scope, klass, action).inc()
+
+    async def reload_plan(self, *, force: bool = False) -> bool:
+        """Re-read the plan when its version moved; True when swapped."""
+        async with self.pool.acquire() as conn:
+            if not force and await plan_store.version(conn) == self.plan.version:
+                return False
+            plan = await plan_store.load(conn)
+        if plan.version != self.plan.version:
+            log.info("emergency plan reloaded", extra={"plan_version": plan.version})
+        self.set_plan(plan)
+        return True
+
+    async def watch_plan(self) -> None:
+        """Poll the plan version (the fallback when Redis is absent); also re-exports window
+        state as windows open and close."""
+        while True:
+            await asyncio.sleep(self.config.plan_poll_seconds)
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                async with asyncio.timeout(2):
+                    await self.reload_plan()
+            self.set_plan(self.plan)
+
+    async def announce_plan_change(self) -> None:
+        """Tell the other processes at once; polling catches up within a second anyway."""
+        if self.redis is None:
+            return
+        try:
+            await self.redis.publish(PLAN_CHANNEL, str(self.plan.version))
+        except Exception:
+            log.warning("plan change not published; other processes will poll")
+
+    def breaker_states(self) -> list[dict[str, Any]]:
+        """Every breaker's state, for the console and `plan show`."""
+        return [
+            {
+                "dependency": b.name,
+                "state": b.state,
+                "reason": b.reason,
+                "action": b.config.action,
+                "recover": b.config.recover,
+            }
+            for b in self.breakers.values()
+        ]
 
     async def refresh_catalog(self, *, force: bool = False) -> bool:
         """Rebuild the snapshot if the reference data changed; True when swapped."""
@@ -110,14 +204,19 @@ class Gateway:
         while self.redis is not None:
             try:
                 pubsub = self.redis.pubsub()
-                await pubsub.subscribe(CATALOG_CHANNEL)
+                await pubsub.subscribe(CATALOG_CHANNEL, PLAN_CHANNEL)
                 try:
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
+                            channel = message.get("channel")
+                            plan = channel in (PLAN_CHANNEL, PLAN_CHANNEL.encode())
                             with contextlib.suppress(
                                 OSError, asyncpg.PostgresError, asyncio.TimeoutError
                             ):
-                                await self.refresh_catalog()
+                                if plan:
+                                    await self.reload_plan()
+                                else:
+                                    await self.refresh_catalog()
                 finally:
                     await pubsub.aclose()
             except asyncio.CancelledError:

@@ -19,3 +19,6 @@ CATALOG_CHANNEL = PREFIX + "catalog"
 # than the window so a replay at its edge is still recognised.
 NONCE = PREFIX + "nonce:"
 NONCE_TTL_SECONDS = 660
+
+# Emergency-plan change fan-out (pub/sub: nothing stored); processes also poll the version.
+PLAN_CHANNEL = PREFIX + "plan"

@@ -73,6 +73,30 @@ DB_POOL_SIZE = Gauge(
     "sgw_db_pool_connections", "Ledger pool connections", ["state"], multiprocess_mode="sum"
 )
 
+PLAN_DEGRADED = Gauge(
+    "sgw_plan_degraded",
+    "1 while a degraded action (reject/defer/selfpay/route_legacy) applies to the scope and class",
+    ["scope", "class"],
+    multiprocess_mode="max",
+)
+PLAN_CHANGES = Counter(
+    "sgw_plan_changes",
+    "Emergency-plan state changes seen by this process: rules, windows opening and closing,"
+    " breakers (scope breaker:<dependency>, action = the breaker's new state)",
+    ["scope", "class", "action"],
+)
+DEFERRED_CLAIMS = Gauge(
+    "sgw_deferred_claims",
+    "Deferred claims waiting for replay (ledger and local journal)",
+    multiprocess_mode="max",
+)
+BREAKER_STATE = Gauge(
+    "sgw_breaker_state",
+    "Breaker per dependency: 0 closed, 1 half-open, 2 open",
+    ["dependency"],
+    multiprocess_mode="max",
+)
+
 _terminals: set[str] = set()
 
 

@@ -32,12 +32,7 @@ DATASOURCE = "${DS_PROMETHEUS}"
 
 # Metrics the alert rules and the dashboard already use but the gateway does not export yet:
 # family name (as passed to prometheus-client) -> type.
-PLANNED_METRICS: dict[str, str] = {
-    "sgw_plan_degraded": "gauge",  # {scope,class}: 1 when a degraded action applies
-    "sgw_plan_changes": "counter",  # {scope,class,action}: every plan state change
-    "sgw_deferred_claims": "gauge",  # claims waiting for replay
-    "sgw_breaker_state": "gauge",  # {dependency}: 0 closed, 1 half-open, 2 open
-}
+PLANNED_METRICS: dict[str, str] = {}
 
 # Sample names each metric type puts in the exposition (what PromQL can select).
 SUFFIXES = {

@@ -1,0 +1,154 @@
+"""Circuit breakers for the dependencies the emergency plan watches (ledger, Redis, legacy).
+
+A breaker opens when, over a sliding window with a minimum number of calls, the error or timeout
+ratio or the share of calls slower than the latency target crosses its threshold, or after a run
+of consecutive failures. It then stays open at least `min_open_seconds` (no flapping), lets a few
+probes through (half-open), and closes after the probes succeed and the dependency has been
+healthy for `healthy_seconds`; with `recover = "manual"` it waits for a person instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the sgw_breaker_state gauge
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    window_seconds: float = 10.0
+    min_calls: int = 10
+    error_ratio: float = 0.5
+    timeout_ratio: float = 0.3
+    consecutive_failures: int = 5
+    latency_target_seconds: float = 1.0
+    slow_ratio: float = 0.8
+    min_open_seconds: float = 5.0
+    half_open_probes: int = 3
+    healthy_seconds: float = 5.0
+    recover: str = "auto"  # auto | manual
+    action: str = "defer"  # what the plan applies while open (settlement/encounter classes)
+
+
+@dataclass(slots=True)
+class Breaker:
+    name: str
+    config: BreakerConfig
+    clock: Callable[[], float] = time.monotonic
+    state: str = CLOSED
+    reason: str = ""
+    opened_at: float = 0.0
+    changed_at: float = 0.0
+    _events: deque[tuple[float, bool, bool, bool]] = field(default_factory=deque)
+    _consecutive: int = 0
+    _probes_ok: int = 0
+    _healthy_since: float | None = None
+    on_change: Callable[[Breaker], None] | None = None
+
+    def _set(self, state: str, reason: str) -> None:
+        self.state = state
+        self.reason = reason
+        self.changed_at = self.clock()
+        if state == OPEN:
+            self.opened_at = self.changed_at
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.config.window_seconds
+        while self._events and self._events[0][0] < horizon:
+            self._events.popleft()
+
+    def record(self, ok: bool, *, timeout: bool = False, seconds: float = 0.0) -> None:
+        """One call's outcome as seen by a request (not a probe)."""
+        now = self.clock()
+        slow = seconds > self.config.latency_target_seconds
+        if self.state != CLOSED:
+            if not ok:
+                self._healthy_since = None
+            return  # while open, only probes decide
+        self._events.append((now, ok, timeout, slow))
+        self._consecutive = 0 if ok else self._consecutive + 1
+        self._trim(now)
+        reason = self._verdict()
+        if reason:
+            self._trip(reason)
+
+    def _verdict(self) -> str:
+        c = self.config
+        if self._consecutive >= c.consecutive_failures:
+            return f"连续{self._consecutive}次失败"
+        n = len(self._events)
+        if n < c.min_calls:
+            return ""
+        errors = sum(1 for _, ok, _, _ in self._events if not ok)
+        timeouts = sum(1 for _, _, t, _ in self._events if t)
+        slow = sum(1 for _, _, _, s in self._events if s)
+        if timeouts / n >= c.timeout_ratio:
+            return f"{c.window_seconds:g}秒内超时{timeouts}/{n}"
+        if errors / n >= c.error_ratio:
+            return f"{c.window_seconds:g}秒内失败{errors}/{n}"
+        if slow / n >= c.slow_ratio:
+            return f"{c.window_seconds:g}秒内{slow}/{n}次慢于{c.latency_target_seconds:g}秒"
+        return ""
+
+    def _trip(self, reason: str) -> None:
+        self._events.clear()
+        self._consecutive = 0
+        self._probes_ok = 0
+        self._healthy_since = None
+        self._set(OPEN, reason)
+
+    def trip(self, reason: str) -> None:
+        """Open now (an operator or a test forcing the protective action)."""
+        if self.state != OPEN:
+            self._trip(reason)
+
+    @property
+    def is_open(self) -> bool:
+        """Requests take the protective path (open or half-open: probes are not requests)."""
+        return self.state != CLOSED
+
+    def probe_due(self) -> bool:
+        """Whether the prober should try the dependency now (only after the minimum open time)."""
+        if self.state == CLOSED:
+            return False
+        return self.clock() - self.opened_at >= self.config.min_open_seconds
+
+    def probe_result(self, ok: bool) -> None:
+        """A probe's outcome. Closing is the watcher's call (`ready_to_close`): it may have work
+        to finish first, such as draining the local journal into the ledger."""
+        now = self.clock()
+        if self.state == CLOSED:
+            return
+        if not ok:
+            self._probes_ok = 0
+            self._healthy_since = None
+            if self.state == HALF_OPEN:
+                self._set(OPEN, "探测失败：" + self.reason.removeprefix("探测失败："))
+            return
+        if self.state == OPEN:
+            self._set(HALF_OPEN, self.reason)
+        self._probes_ok += 1
+        if self._healthy_since is None:
+            self._healthy_since = now
+
+    def ready_to_close(self) -> bool:
+        """Healthy long enough; with manual recovery the person decides."""
+        return (
+            self.state == HALF_OPEN
+            and self._probes_ok >= self.config.half_open_probes
+            and self._healthy_since is not None
+            and self.clock() - self._healthy_since >= self.config.healthy_seconds
+        )
+
+    def close(self, reason: str) -> None:
+        self._events.clear()
+        self._consecutive = 0
+        self._probes_ok = 0
+        self._healthy_since = None
+        self._set(CLOSED, reason)
