@@ -16,10 +16,11 @@ from aiohttp import web
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
 from adapters.his.envelope import encode_response
-from gateway import dispatch
+from gateway import dispatch, emergency
 from gateway.auth import AuthError, Verifier, load_credentials
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.console import install as install_console
+from gateway.deferred.journal import Journal
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
 from gateway.ratelimit import Limiter
@@ -214,9 +215,11 @@ async def readyz(request: web.Request) -> web.Response:
 def build_app(settings: Settings) -> web.Application:
     """The application with its resources tied to its lifetime."""
     app = web.Application(client_max_size=MAX_BODY)
+    emergency.install()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await db.create_pool(settings.database_url, max_size=settings.pool_max)
+        # A short connect timeout: an unreachable ledger must fail fast enough for the breaker.
+        pool = await db.create_pool(settings.database_url, max_size=settings.pool_max, timeout=3.0)
         reference = await asyncio.to_thread(load_reference, settings.reference_dir)
         config = settings.config or load_config(settings.config_path)
         redis = None
@@ -232,12 +235,15 @@ def build_app(settings: Settings) -> web.Application:
         gw.redis = redis
         gw.catalog_poll_seconds = settings.catalog_poll_seconds
         app[GATEWAY] = gw
+        journal_dir = settings.journal_dir or Path(config.journal_dir)
+        gw.journal = Journal(journal_dir)
         if settings.auth:
             credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
             app[VERIFIER] = Verifier(credentials, redis)
         tasks = [
             asyncio.create_task(gw.watch_catalog()),
             asyncio.create_task(gw.watch_plan()),
+            asyncio.create_task(emergency.watch_ledger(gw)),
             asyncio.create_task(gw.purge_idempotency()),
         ]
         if redis is not None:
@@ -250,6 +256,7 @@ def build_app(settings: Settings) -> web.Application:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            gw.journal.close()
             if redis is not None:
                 await redis.aclose()
             await pool.close()

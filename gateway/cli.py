@@ -18,7 +18,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from gateway import clearing, corrections
+from gateway import clearing, corrections, plan_cli
 from gateway.app import (
     DEFAULT_CREDENTIALS,
     DEFAULT_REFERENCE,
@@ -345,6 +345,7 @@ def parser() -> argparse.ArgumentParser:
             kp.add_argument("--limit", type=int, help="stop after N settlements (work in batches)")
         _add_database(kp)
         kp.set_defaults(func=func)
+    plan_cli.add_commands(sub, _add_database)
     return p
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ class Call:
     conn: asyncpg.Connection
     now: dt.datetime
     institution: Institution
+    mode: str = "normal"  # "selfpay": a 2401 under the plan's selfpay action; "replay"
 
 
 @dataclass(slots=True)
@@ -87,6 +89,33 @@ class Outcome:
     mismatch: bool = False
 
 
+@dataclass(slots=True)
+class Detour:
+    """What the emergency plan does with a request instead of the normal path."""
+
+    tx: Transaction | None = None  # run this handler instead (journaled when it writes)
+    answer: bytes | None = None  # already answered (local journal, legacy system)
+    outcome: str = "deferred"
+    mode: str = "normal"  # handed to the handler's Call
+    content_type: str = "application/json"
+
+
+# The emergency plan's hook (gateway.emergency installs it): None means the normal path. It may
+# raise a GatewayError to refuse the request; nothing is written then.
+PlanHook = Callable[
+    [Gateway, Transaction, Request, Institution, bytes, dt.datetime], Awaitable[Detour | None]
+]
+PLAN_HOOK: list[PlanHook] = []
+# Outcomes of calls that reached the ledger, for the breakers: (gw, fixmedins_code, ok, timeout,
+# seconds). Installed by gateway.emergency too.
+OBSERVERS: list[Callable[[Gateway, str, bool, bool, float], None]] = []
+
+
+def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) -> None:
+    for observer in OBSERVERS:
+        observer(gw, code, ok, timeout, time.perf_counter() - started)
+
+
 def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
     return encode_response(region=gw.region, received=received, output=None, err_msg=exc.err_msg)
 
@@ -104,6 +133,7 @@ async def handle(
     `authenticated` is the institution the request's signature proved, when signing is on.
     """
     received = dt.datetime.now()
+    received_clock = time.perf_counter()
     try:
         req = decode_request(body, path_infno)
     except GatewayError as exc:
@@ -122,17 +152,39 @@ async def handle(
         if institution is None:
             raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
         await gw.limiter.admit(req.fixmedins_code, terminal)
+        mode = "normal"
+        for hook in PLAN_HOOK:
+            detour = await hook(gw, tx, req, institution, body, received)
+            if detour is None:
+                continue
+            if detour.answer is not None:
+                return Outcome(
+                    detour.answer,
+                    req.infno,
+                    detour.outcome,
+                    req.msgid,
+                    req.fixmedins_code,
+                    terminal,
+                    content_type=detour.content_type,
+                )
+            tx = detour.tx or tx
+            mode = detour.mode
         deadline = gw.config.call_deadline_seconds
+        started = time.perf_counter()
         if tx.writes:
             body_hash = idempotency.digest(body)
             # Past the deadline the transaction is abandoned (rolled back, or committed with its
             # answer journaled); either way the client's retry of the same msgid settles it.
             async with asyncio.timeout(deadline):
-                outcome = await _journaled(gw, tx, req, institution, body_hash, received)
+                outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode)
             outcome.terminal = terminal
+            _observe(gw, req.fixmedins_code, True, False, started)
+            if mode == "deferred":
+                outcome.outcome = "deferred" if outcome.outcome == "ok" else outcome.outcome
             return outcome
         async with asyncio.timeout(deadline), gw.pool.acquire() as conn:
-            answer = await tx.handler(Call(gw, req, conn, received, institution))
+            answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
+        _observe(gw, req.fixmedins_code, True, False, started)
         if answer.raw is not None:
             return Outcome(
                 answer.raw,
@@ -163,6 +215,7 @@ async def handle(
         )
     except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
         log.exception("dependency failure", extra=labels)
+        _observe(gw, req.fixmedins_code, False, isinstance(exc, TimeoutError), received_clock)
         exc2 = Unavailable("医保结算服务暂时不可用，请稍后重试；如持续失败请按应急预案处理")
         return Outcome(
             _fail(gw, received, exc2),
@@ -193,6 +246,7 @@ async def _journaled(
     institution: Institution,
     body_hash: bytes,
     received: dt.datetime,
+    mode: str = "normal",
 ) -> Outcome:
     code, msgid = req.fixmedins_code, req.msgid
     async with gw.pool.acquire() as conn:
@@ -205,7 +259,7 @@ async def _journaled(
             async with conn.transaction():
                 if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
                     raise _Taken
-                answer = await tx.handler(Call(gw, req, conn, received, institution))
+                answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
                 out = encode_response(
                     region=gw.region,
                     received=received,

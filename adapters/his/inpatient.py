@@ -30,12 +30,15 @@ async def admit(call: Call) -> Answer:
     if med_type not in INPATIENT_MED_TYPES:
         raise RuleRejected(f"医疗类别{med_type}不是住院类别")
     person, _ = await persons.read(call.conn, psn_no)
-    persons.require_insured(person)
+    selfpay = call.mode == "selfpay"
+    if not selfpay:  # a self-pay admission is checked when it is converted (自费转医保)
+        persons.require_insured(person)
     if insutype != person.insutype:
         raise RuleRejected(f"险种类型{insutype}与参保人险种{person.insutype}不一致")
     mdtrt_id = await encounters.new_mdtrt_id(call.conn, call.institution.admdvs, call.now)
     await encounters.create(
         call.conn,
+        selfpay=selfpay,
         mdtrt_id=mdtrt_id,
         fixmedins_code=call.req.fixmedins_code,
         psn_no=psn_no,
@@ -53,6 +56,11 @@ async def admit(call: Call) -> Answer:
             "diseinfo": msgspec.to_builtins(node.diseinfo),
         },
     )
+    if selfpay:
+        return Answer(
+            {"result": {"mdtrt_id": mdtrt_id}},
+            warn_msg="应急预案：按自费办理入院，系统恢复后请办理自费转医保后再结算",
+        )
     return Answer({"result": {"mdtrt_id": mdtrt_id}})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from adapters.his import deferral
 from adapters.his.envelope import decode_input, text
 from adapters.his.output import setldetail, setlinfo
 from adapters.his.wire import In2206, In2208, SettleData, fen, fen_required, flag, required
@@ -60,6 +61,8 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
     if enc.kind != kind:
         raise RuleRejected(f"就诊ID{mdtrt_id}不是{'门诊' if kind == 'outpatient' else '住院'}就诊")
     encounters.require_open(enc)
+    if enc.selfpay:
+        raise RuleRejected(f"就诊ID{mdtrt_id}为应急期间自费入院，请先办理自费转医保后再结算")
     insutype = text(data.insutype)
     if insutype and insutype != enc.insutype:
         raise RuleRejected(f"险种类型{insutype}与登记时的险种{enc.insutype}不一致")
@@ -101,6 +104,14 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
         rec = await settlements.commit(call.conn, snapshot, ctx, lines, s, state, call.now)
     else:
         rec = settlements.record_of(s, ctx, state.person, setl_id=None, setl_time=None)
+        await call.conn.execute(
+            "INSERT INTO presettlements VALUES ($1, $2, $3, $4) ON CONFLICT (mdtrt_id)"
+            " DO UPDATE SET infno = EXCLUDED.infno, at = EXCLUDED.at",
+            mdtrt_id,
+            call.req.fixmedins_code,
+            call.req.infno,
+            call.now,
+        )
     cert_type = text(data.mdtrt_cert_type)
     return Answer(
         {
@@ -119,6 +130,8 @@ async def cancel_settlement(call: Call, *, kind: str) -> Answer:
     if data is None:
         raise BadRequest("缺少输入节点data")
     setl_id = required(data.setl_id, "data.setl_id")
+    if deferral.is_claim_id(setl_id):
+        return await deferral.withdraw_claim(call)
     mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
     psn_no = required(data.psn_no, "data.psn_no")
     rec, balance_after = await settlements.cancel(

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.his import deferral
 from adapters.his.envelope import Amount, Code, decode_input, text
 from adapters.his.output import line_result, setldetail, setlinfo
 from adapters.his.wire import (
@@ -239,6 +240,8 @@ async def cancel(call: Call) -> Answer:
     data = decode_input(call.req, In2208).data
     if data is None:
         raise BadRequest("缺少输入节点data")
+    if deferral.is_claim_id(text(data.setl_id)):
+        return await deferral.withdraw_claim(call)
     rec, balance_after = await settlements.cancel(
         call.conn,
         fixmedins_code=call.req.fixmedins_code,

@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from gateway.deferred import PROVISIONAL_PREFIX
 from gateway.errors import Conflict, NotFound
 
 
@@ -27,6 +28,7 @@ class Encounter(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     insuplc_admdvs: str
     adm_dedc_fen: int | None
     adm_dedc_used_fen: int
+    selfpay: bool = False  # admitted self-pay under the emergency plan; insured after 自费转医保
 
 
 _COLUMNS = ", ".join(Encounter.__struct_fields__)
@@ -58,13 +60,14 @@ async def create(
     dise_codg: str = "",
     dise_name: str = "",
     detail: dict[str, Any] | None = None,
+    selfpay: bool = False,
 ) -> None:
     """Open a visit; the institution's visit number must not be open already."""
     try:
         await conn.execute(
             "INSERT INTO encounters (mdtrt_id, fixmedins_code, psn_no, insutype, kind, med_type,"
             " begntime, ipt_otp_no, dise_codg, dise_name, status, insuplc_admdvs, detail,"
-            " created_msgid) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'open',$11,$12,$13)",
+            " created_msgid, selfpay) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'open',$11,$12,$13,$14)",
             mdtrt_id,
             fixmedins_code,
             psn_no,
@@ -78,6 +81,7 @@ async def create(
             insuplc_admdvs,
             detail or {},
             msgid,
+            selfpay,
         )
     except asyncpg.UniqueViolationError as exc:
         label = "住院号" if kind == "inpatient" else "门诊号"
@@ -92,7 +96,16 @@ async def get(
     psn_no: str | None = None,
     lock: bool = False,
 ) -> Encounter:
-    """The institution's own visit; another institution's mdtrt_id is not found, not shown."""
+    """The institution's own visit; another institution's mdtrt_id is not found, not shown.
+
+    A provisional id handed out while the ledger was down names the visit it became."""
+    if mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        real = await conn.fetchval(
+            "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
+        )
+        if real is None:
+            raise NotFound(f"就诊ID{mdtrt_id}为应急期间的临时编号，尚未补办，请稍后重试")
+        mdtrt_id = str(real)
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM encounters WHERE mdtrt_id = $1 AND fixmedins_code = $2"
         + (" FOR UPDATE" if lock else ""),

@@ -96,3 +96,12 @@ CREATE TABLE operator_sessions (
     role         text NOT NULL,
     expires_at   timestamptz NOT NULL
 );
+
+-- The last pre-settlement of each visit: before a cut-over window, the in-flight report lists
+-- visits pre-settled and not settled since (a pre-settlement changes no money).
+CREATE TABLE presettlements (
+    mdtrt_id       text PRIMARY KEY,
+    fixmedins_code text NOT NULL,
+    infno          text NOT NULL,
+    at             timestamp NOT NULL
+);

@@ -1,0 +1,279 @@
+"""The wire side of store-and-forward: what a deferred claim is read from, and how it is answered.
+
+A deferred claim (2207/2304/2102 while the settlement class is deferred) is answered as a normal
+settlement in which the patient pays everything in cash; the fund's share is reimbursed after
+recovery. The journaled encounter calls of the same visits get provisional ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from adapters.his.envelope import Amount, Code, Request, decode_input, text
+from adapters.his.output import amount, ratio
+from adapters.his.wire import In2206, In2208, Node, fen, fen_required, required, when_required
+from gateway.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX, store
+from gateway.dispatch import Answer, Call
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.ledger.settlements import AMOUNT_FIELDS
+
+CLAIMS = frozenset({"2207", "2304", "2102"})  # settlements that become claims
+PRESETTLEMENTS = frozenset({"2206", "2303", "2101"})  # answered all-cash, nothing written
+CANCELLATIONS = frozenset({"2208", "2305", "2103"})  # withdraw a claim before its replay
+CALLS = frozenset(
+    {"2201", "2202", "2203", "2203A", "2204", "2205", "2401", "2402", "2403", "2404", "2405"}
+    | {"2301", "2302"}
+)  # encounter-class calls journaled with the visit when the ledger is down
+OPENS_VISIT = frozenset({"2201", "2401"})
+
+DEFER_WARN = (
+    "医保实时结算暂停（应急预案·主动报）：本次费用由参保人全额现金支付，结算单号{claim_id}；"
+    "系统恢复后医保基金应支付部分将主动报销给参保人，无需参保人申请"
+)
+CALL_WARN = "医保系统应急处置中，本笔业务已暂存（{ref}），系统恢复后自动补办"
+
+
+class _DrugClaim(Node):
+    """The part of a 2101/2102 a claim is filed under (the pharmacy reads the rest)."""
+
+    psn_no: Code = None
+    mdtrt_cert_type: Code = None
+    begntime: Code = None
+    medfee_sumamt: Amount = None
+    med_type: Code = None
+
+
+class _Purchase(Node):
+    druginfo: _DrugClaim | None = None
+    drugdetail: list[Any] = []
+
+
+_decimal_json = msgspec.json.Decoder(float_hook=Decimal)
+
+
+def new_claim_id(admdvs: str, now: dt.datetime) -> str:
+    """Unique without the ledger: the journal may be where it is first written."""
+    return f"{CLAIM_PREFIX}{admdvs[:6]}{now:%Y%m%d%H%M%S}{secrets.token_hex(4).upper()}"
+
+
+def new_provisional_id(admdvs: str, now: dt.datetime) -> str:
+    return f"{PROVISIONAL_PREFIX}{admdvs[:6]}{now:%Y%m%d%H%M%S}{secrets.token_hex(4).upper()}"
+
+
+def is_claim_id(setl_id: str) -> bool:
+    return setl_id.startswith(CLAIM_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFacts:
+    """What a claim is filed under; the rest stays in the stored envelope."""
+
+    psn_no: str
+    mdtrt_id: str  # "" for a pharmacy purchase (its visit is made when it is replayed)
+    medfee_sumamt: int
+    service_date: dt.date | None  # known from the request (pharmacy) or from the visit
+    med_type: str
+    declared: dict[str, int]  # the split the client sent, when it sent one
+
+
+def read_claim(req: Request) -> ClaimFacts:
+    """The claim's facts, validated as strictly as the settlement itself would read them."""
+    if req.infno == "2102":
+        node = decode_input(req, _Purchase)
+        info = node.druginfo
+        if info is None:
+            raise BadRequest("缺少输入节点druginfo")
+        if not node.drugdetail:
+            raise BadRequest("药品明细drugdetail不能为空")
+        required(info.mdtrt_cert_type, "druginfo.mdtrt_cert_type")
+        return ClaimFacts(
+            psn_no=required(info.psn_no, "druginfo.psn_no"),
+            mdtrt_id="",
+            medfee_sumamt=fen_required(info.medfee_sumamt, "druginfo.medfee_sumamt"),
+            service_date=when_required(info.begntime, "druginfo.begntime").date(),
+            med_type=text(info.med_type) or "41",
+            declared={},
+        )
+    data = decode_input(req, In2206).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    if req.infno == "2207":
+        required(data.chrg_bchno, "data.chrg_bchno")
+    declared: dict[str, int] = {}
+    for name in ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt"):
+        value = fen(getattr(data, name), f"data.{name}", optional=True)
+        if value is not None:
+            declared[name] = value
+    return ClaimFacts(
+        psn_no=required(data.psn_no, "data.psn_no"),
+        mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
+        medfee_sumamt=fen_required(data.medfee_sumamt, "data.medfee_sumamt"),
+        service_date=None,
+        med_type=required(data.med_type, "data.med_type"),
+        declared=declared,
+    )
+
+
+def cash_setlinfo(
+    facts: ClaimFacts,
+    *,
+    claim_id: str | None,
+    mdtrt_id: str,
+    msgid: str,
+    at: dt.datetime,
+    sign: int = 1,
+) -> dict[str, Any]:
+    """结算信息 in which the patient pays everything in cash (negated for a withdrawal)."""
+    values = dict.fromkeys(AMOUNT_FIELDS, 0)
+    values["medfee_sumamt"] = facts.medfee_sumamt
+    if sum(facts.declared.values()) == facts.medfee_sumamt:
+        values.update(facts.declared)  # the split the HIS sent, when it adds up
+    values["psn_part_amt"] = facts.medfee_sumamt
+    values["psn_cash_pay"] = facts.medfee_sumamt
+    out: dict[str, Any] = {
+        "mdtrt_id": mdtrt_id,
+        "setl_id": claim_id,
+        "psn_no": facts.psn_no,
+        "setl_time": at.strftime("%Y-%m-%d %H:%M:%S") if claim_id else None,
+        "med_type": facts.med_type,
+    }
+    for name in AMOUNT_FIELDS:
+        if name != "balc":
+            out[name] = amount(sign * values[name])
+        if name == "hifp_pay":
+            out["pool_prop_selfpay"] = ratio(0)
+    out["balc"] = None  # the account is not touched; its balance is not known here
+    out["acct_mulaid_pay"] = amount(0)
+    out["medins_setl_id"] = msgid
+    out["clr_optins"] = None
+    out["clr_way"] = None
+    out["clr_type"] = None
+    if sign < 0:
+        out["pdn_cash_pay"] = out["psn_cash_pay"]
+        out["setl_type"] = "2"
+    return out
+
+
+def claim_output(
+    facts: ClaimFacts, claim_id: str, mdtrt_id: str, msgid: str, at: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "setlinfo": cash_setlinfo(facts, claim_id=claim_id, mdtrt_id=mdtrt_id, msgid=msgid, at=at),
+        "setldetail": [],
+    }
+
+
+def presettle_output(req: Request) -> dict[str, Any]:
+    """A pre-settlement while settlements are deferred: what the patient will pay (all of it)."""
+    facts = read_claim_like(req)
+    return {
+        "setlinfo": cash_setlinfo(
+            facts, claim_id=None, mdtrt_id=facts.mdtrt_id, msgid=req.msgid, at=dt.datetime.now()
+        ),
+        "setldetail": [],
+    }
+
+
+def read_claim_like(req: Request) -> ClaimFacts:
+    """Pre-settlements carry the same nodes as the settlements they precede."""
+    as_final = {"2206": "2207", "2303": "2304", "2101": "2102"}.get(req.infno, req.infno)
+    return read_claim(msgspec.structs.replace(req, infno=as_final))
+
+
+def withdrawal_ref(req: Request) -> tuple[str, str, str]:
+    """(setl_id, mdtrt_id, psn_no) of a 2208/2305/2103."""
+    data = decode_input(req, In2208).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    return (
+        required(data.setl_id, "data.setl_id"),
+        text(data.mdtrt_id),
+        required(data.psn_no, "data.psn_no"),
+    )
+
+
+def call_output(req: Request, provisional_id: str | None) -> dict[str, Any]:
+    """The answer to a journaled encounter call; a visit opened gets its provisional id."""
+    if req.infno == "2201":
+        data = _decimal_json.decode(req.input or b"{}").get("data") or {}
+        return {
+            "data": {
+                "mdtrt_id": provisional_id,
+                "psn_no": text(data.get("psn_no")),
+                "ipt_otp_no": text(data.get("ipt_otp_no")),
+            }
+        }
+    if req.infno == "2401":
+        return {"result": {"mdtrt_id": provisional_id}}
+    if req.infno in ("2204", "2301"):
+        return {"result": []}
+    return {}
+
+
+def stored_request(req: Request) -> bytes:
+    """What is kept of a deferred request: every envelope field the gateway reads, and the
+    input node exactly as sent. Replay decodes it with `request_of`."""
+    return msgspec.json.encode(req)
+
+
+def request_of(stored: bytes) -> Request:
+    return msgspec.json.decode(stored, type=Request)
+
+
+def for_replay(req: Request, ids: dict[str, str]) -> Request:
+    """The request as replay runs it: provisional visit ids replaced by the real ones, and for a
+    claim the personal account not used, since the patient paid in cash (settlement-rules §7)."""
+    raw = req.input
+    for provisional, real in ids.items():
+        raw = raw.replace(provisional.encode(), real.encode())
+    if req.infno in CLAIMS:
+        node = _decimal_json.decode(raw or b"{}")  # amounts stay exact
+        part = node.get("druginfo" if req.infno == "2102" else "data")
+        if isinstance(part, dict):
+            part["acct_used_flag"] = "0"
+        raw = msgspec.json.encode(node)
+    return msgspec.structs.replace(req, input=raw)
+
+
+async def withdraw_claim(call: Call) -> Answer:
+    """2208/2305/2103 of a claim number: a pending claim is withdrawn (the patient's cash is
+    refunded at the counter); a claim already replayed must be cancelled as its settlement."""
+    setl_id, _, psn_no = withdrawal_ref(call.req)
+    code = call.req.fixmedins_code
+    row = await store.withdraw(call.conn, setl_id, code, psn_no, call.req.msgid)
+    if row is None:
+        existing = await store.claim_row(call.conn, setl_id, code)
+        if existing is None:
+            raise NotFound(f"结算单号{setl_id}不存在或不属于本机构")
+        if existing["psn_no"] != psn_no:
+            raise Conflict(f"人员编号{psn_no}与暂存结算{setl_id}不一致")
+        if existing["status"] == "withdrawn":
+            raise Conflict(f"暂存结算{setl_id}已撤销，不能重复撤销")
+        raise Conflict(
+            f"暂存结算{setl_id}已补结算为{existing['setl_id'] or '-'}，请按该结算单号撤销"
+        )
+    return Answer(
+        withdrawal_output(request_of(bytes(row["body"])), row, call.now),
+        warn_msg=f"暂存结算{setl_id}已撤销",
+    )
+
+
+def withdrawal_output(claim: Request, row: Any, at: dt.datetime) -> dict[str, Any]:
+    """The claim's all-cash answer negated: the counter refunds the patient's cash."""
+    facts = read_claim(claim)
+    info = cash_setlinfo(
+        facts,
+        claim_id=row["claim_id"],
+        mdtrt_id=row["mdtrt_id"] or row["claim_id"],
+        msgid=row["msgid"],
+        at=at,
+        sign=-1,
+    )
+    info["setl_time"] = at.strftime("%Y-%m-%d %H:%M:%S")
+    return {"setlinfo": info, "setldetail": []}

@@ -1,0 +1,187 @@
+"""The local journal: deferred items fsynced to disk while the ledger is unreachable.
+
+Each process appends to its own segment file and holds an exclusive lock on it for its life. A
+segment whose lock can be taken belongs to no running process (closed by rotation, or left by a
+process that was killed) and may be drained into the ledger; draining inserts by (institution,
+msgid), so a segment drained twice (a crash between insert and unlink) adds nothing twice.
+
+Records are JSON lines. A record is acknowledged only after its line is on disk (fsync), so a
+torn last line after kill -9 belongs to a request that was never answered: it is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import IO, Any
+
+from gateway.deferred.store import Entry
+
+log = logging.getLogger("gateway.journal")
+SUFFIX = ".journal"
+
+
+def _encode(e: Entry) -> bytes:
+    doc = {
+        "kind": e.kind,
+        "fixmedins_code": e.fixmedins_code,
+        "msgid": e.msgid,
+        "infno": e.infno,
+        "psn_no": e.psn_no,
+        "mdtrt_id": e.mdtrt_id,
+        "service_date": e.service_date.isoformat(),
+        "medfee_sumamt": e.medfee_sumamt,
+        "body": base64.b64encode(e.body).decode(),
+        "answer": base64.b64encode(e.answer).decode(),
+        "received_at": e.received_at.isoformat(),
+        "claim_id": e.claim_id,
+        "provisional_id": e.provisional_id,
+        "digest": e.digest.hex(),
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _decode(line: bytes) -> Entry:
+    d: dict[str, Any] = json.loads(line)
+    return Entry(
+        kind=d["kind"],
+        fixmedins_code=d["fixmedins_code"],
+        msgid=d["msgid"],
+        infno=d["infno"],
+        psn_no=d["psn_no"],
+        mdtrt_id=d["mdtrt_id"],
+        service_date=dt.date.fromisoformat(d["service_date"]),
+        medfee_sumamt=int(d["medfee_sumamt"]),
+        body=base64.b64decode(d["body"]),
+        answer=base64.b64decode(d["answer"]),
+        received_at=dt.datetime.fromisoformat(d["received_at"]),
+        claim_id=d.get("claim_id"),
+        provisional_id=d.get("provisional_id"),
+        digest=bytes.fromhex(d.get("digest", "")),
+    )
+
+
+def read_segment(path: Path) -> Iterator[Entry]:
+    """The complete records of a segment; a torn or corrupt line is skipped and logged."""
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                log.warning("torn journal record skipped", extra={"segment": path.name, "line": n})
+                continue
+            try:
+                yield _decode(line)
+            except (ValueError, KeyError, TypeError):
+                log.error("unreadable journal record", extra={"segment": path.name, "line": n})
+
+
+class Journal:
+    """This process's segment, and the index of what it holds (for retries of the same msgid)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = asyncio.Lock()
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self.answers: dict[tuple[str, str], bytes] = {}  # (institution, msgid) -> answer
+        self.claims: dict[str, Entry] = {}  # claim_id -> entry, for withdrawals
+        self.withdrawn: set[str] = set()
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+            self._path = self.directory / name
+            f = self._path.open("ab")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._file = f
+            # The new name must survive a crash too.
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return self._file
+
+    def _write(self, record: bytes) -> None:
+        f = self._open()
+        f.write(record)
+        f.flush()
+        os.fsync(f.fileno())
+
+    async def append(self, e: Entry) -> None:
+        """Durable on return: only then may the request be answered."""
+        record = _encode(e)
+        async with self._lock:
+            await asyncio.to_thread(self._write, record)
+        self.answers[(e.fixmedins_code, e.msgid)] = e.answer
+        if e.kind == "claim" and e.claim_id:
+            self.claims[e.claim_id] = e
+        if e.kind == "withdrawal" and e.claim_id:
+            self.withdrawn.add(e.claim_id)
+
+    @property
+    def holds_anything(self) -> bool:
+        return bool(self.answers)
+
+    async def rotate(self) -> None:
+        """Close the current segment so that it can be drained; the next append opens another."""
+        async with self._lock:
+            if self._file is not None:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+                self._file.close()
+                self._file = None
+
+    def forget(self) -> None:
+        """Drained: retries now find their answers in the ledger's msgid journal."""
+        self.answers.clear()
+        self.claims.clear()
+        self.withdrawn.clear()
+
+    def drainable(self) -> list[tuple[Path, IO[bytes]]]:
+        """Segments no running process holds, each locked for the caller; oldest first."""
+        if not self.directory.exists():
+            return []
+        out: list[tuple[Path, IO[bytes]]] = []
+        for path in sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime):
+            if path == self._path and self._file is not None:
+                continue
+            f = path.open("rb")
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            out.append((path, f))
+        return out
+
+    def drainable_exists(self) -> bool:
+        """Cheap check before a drain: segments other than this process's open one."""
+        if not self.directory.exists():
+            return False
+        own = self._path if self._file is not None else None
+        return any(p != own for p in self.directory.glob(f"*{SUFFIX}"))
+
+    def close(self) -> None:
+        if self._file is not None:
+            with suppress(OSError):
+                self._file.close()
+            self._file = None
+
+
+def pending_in(directory: Path) -> int:
+    """Claims written to journal segments not yet drained (for `deferred list` and metrics)."""
+    if not directory.exists():
+        return 0
+    return sum(
+        1 for path in directory.glob(f"*{SUFFIX}") for e in read_segment(path) if e.kind == "claim"
+    )

@@ -1,0 +1,423 @@
+"""The emergency plan applied to requests: reject, defer (主动报), selfpay, route_legacy.
+
+The plan in force (rules and windows, `gateway.plan`) and the ledger's breaker decide; this module
+turns the decision into an answer. Installing it (`install()`) hooks it into dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from adapters.his import deferral
+from adapters.his.envelope import Request, encode_response
+from gateway import dispatch
+from gateway.breaker import Breaker
+from gateway.core.model import Institution
+from gateway.deferred import PROVISIONAL_PREFIX, store
+from gateway.deferred.store import Entry
+from gateway.dispatch import Answer, Call, Detour, Transaction
+from gateway.errors import Conflict, RuleRejected, Unavailable
+from gateway.ledger import encounters, idempotency
+from gateway.ops import metrics
+from gateway.plan.rules import Decision
+from gateway.runtime import Gateway
+
+log = logging.getLogger("gateway.emergency")
+
+# The fixed answer of `reject` (documented in docs/emergency.md): the counter settles as self-pay.
+REJECT_MSG = (
+    "医保系统按应急预案暂停办理此项业务（{why}）：请按全自费结算并保留票据，"
+    "待系统恢复后按规定办理报销"
+)
+LEDGER_DOWN_MSG = (
+    "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
+)
+CANCEL_REFUSED_MSG = "应急处置期间不能撤销已完成的医保结算，请待系统恢复后再办理撤销"
+LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
+
+PLAN_CLASSES = frozenset({"settlement", "encounter", "catalog", "reconcile"})
+
+
+def decide(
+    gw: Gateway, tx: Transaction, institution: Institution, now: dt.datetime
+) -> Decision | None:
+    """The action for this request: the ledger's breaker first, then the plan."""
+    ledger = gw.breakers["postgres"]
+    if ledger.is_open:
+        action = ledger.config.action if tx.klass in ("settlement", "encounter") else "reject"
+        return Decision(action, "global", tx.klass, "breaker:postgres", ledger.reason)
+    if tx.klass not in PLAN_CLASSES:
+        return None
+    return gw.plan.decide(institution.fixmedins_code, institution.admdvs, tx.klass, now)
+
+
+async def intercept(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body: bytes,
+    received: dt.datetime,
+) -> Detour | None:
+    decision = decide(gw, tx, institution, received)
+    if decision is None:
+        return None
+    ledger_down = decision.source == "breaker:postgres"
+    if decision.action == "reject":
+        raise RuleRejected(
+            LEDGER_DOWN_MSG if ledger_down else REJECT_MSG.format(why=decision.reason)
+        )
+    if decision.action == "route_legacy":
+        return await _route_legacy(gw, req, body)
+    if decision.action == "selfpay":
+        return Detour(mode="selfpay") if req.infno == "2401" else None
+    if decision.action != "defer":
+        return None
+    infno = req.infno
+    if infno in deferral.PRESETTLEMENTS:
+        out = encode_response(
+            region=gw.region,
+            received=received,
+            output=deferral.presettle_output(req),
+            warn_msg="医保实时结算暂停（应急预案），本次费用须由参保人全额现金支付",
+        )
+        return Detour(answer=out, outcome="deferred")
+    if infno in deferral.CLAIMS:
+        if ledger_down:
+            return await _journal_claim(gw, req, institution, body, received)
+        return Detour(
+            tx=Transaction(infno, "暂存结算", _defer_claim, True, tx.klass), mode="deferred"
+        )
+    if infno in deferral.CANCELLATIONS:
+        setl_id, _, _ = deferral.withdrawal_ref(req)
+        if not deferral.is_claim_id(setl_id):
+            raise Conflict(CANCEL_REFUSED_MSG)
+        if ledger_down:
+            return await _journal_withdrawal(gw, req, body, received)
+        return None  # the cancellation handlers withdraw claims themselves (gateway.emergency)
+    if infno in deferral.CALLS:
+        if ledger_down:
+            return await _journal_call(gw, req, institution, body, received)
+        return Detour(
+            tx=Transaction(infno, "暂存业务", _defer_call, True, tx.klass), mode="deferred"
+        )
+    if ledger_down:
+        raise Unavailable(LEDGER_DOWN_MSG)
+    if tx.klass in ("catalog", "reconcile"):
+        raise RuleRejected(REJECT_MSG.format(why=decision.reason))
+    return None  # reads (1101, sign-in) go on as normal while the ledger answers
+
+
+# ------------------------------------------------------------------------ deferral in the ledger
+
+
+async def _defer_claim(call: Call) -> Answer:
+    """A claim journaled in the ledger, inside the msgid transaction (so retries replay it)."""
+    req = call.req
+    facts = deferral.read_claim(req)
+    service_date = facts.service_date
+    mdtrt_id = facts.mdtrt_id
+    if facts.mdtrt_id and not facts.mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        enc = await encounters.get(
+            call.conn, facts.mdtrt_id, req.fixmedins_code, psn_no=facts.psn_no
+        )
+        encounters.require_open(enc)
+        service_date = enc.begntime.date()
+    claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
+    if not mdtrt_id:
+        mdtrt_id = claim_id  # a pharmacy purchase's visit is made at replay
+    output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, call.now)
+    await store.insert(
+        call.conn,
+        Entry(
+            kind="claim",
+            fixmedins_code=req.fixmedins_code,
+            msgid=req.msgid,
+            infno=req.infno,
+            psn_no=facts.psn_no,
+            mdtrt_id=facts.mdtrt_id,
+            service_date=service_date or call.now.date(),
+            medfee_sumamt=facts.medfee_sumamt,
+            body=_body_of(call),
+            answer=b"",
+            received_at=call.now,
+            claim_id=claim_id,
+        ),
+        "ledger",
+    )
+    return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
+
+
+async def _defer_call(call: Call) -> Answer:
+    """An encounter call stored to be applied at recovery; a new visit gets a provisional id."""
+    req = call.req
+    provisional = None
+    if req.infno in deferral.OPENS_VISIT:
+        provisional = deferral.new_provisional_id(call.institution.admdvs, call.now)
+    await store.insert(
+        call.conn,
+        Entry(
+            kind="call",
+            fixmedins_code=req.fixmedins_code,
+            msgid=req.msgid,
+            infno=req.infno,
+            psn_no="",
+            mdtrt_id="",
+            service_date=call.now.date(),
+            medfee_sumamt=0,
+            body=_body_of(call),
+            answer=b"",
+            received_at=call.now,
+            provisional_id=provisional,
+        ),
+        "ledger",
+    )
+    ref = provisional or req.msgid
+    return Answer(
+        deferral.call_output(req, provisional), warn_msg=deferral.CALL_WARN.format(ref=ref)
+    )
+
+
+def _body_of(call: Call) -> bytes:
+    return deferral.stored_request(call.req)
+
+
+# ------------------------------------------------------------------ deferral in the local journal
+
+
+async def _journal_append(gw: Gateway, e: Entry) -> None:
+    if gw.journal is None:
+        raise Unavailable(LEDGER_DOWN_MSG)
+    await gw.journal.append(e)
+
+
+def _journal_replay(gw: Gateway, req: Request) -> Detour | None:
+    """A retry of a msgid the journal already answered gets the same answer."""
+    if gw.journal is None:
+        return None
+    answer = gw.journal.answers.get((req.fixmedins_code, req.msgid))
+    return None if answer is None else Detour(answer=answer, outcome="replayed")
+
+
+async def _journal_claim(
+    gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
+) -> Detour:
+    again = _journal_replay(gw, req)
+    if again is not None:
+        return again
+    facts = deferral.read_claim(req)
+    claim_id = deferral.new_claim_id(institution.admdvs, received)
+    mdtrt_id = facts.mdtrt_id or claim_id
+    out = encode_response(
+        region=gw.region,
+        received=received,
+        output=deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, received),
+        warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id),
+    )
+    await _journal_append(
+        gw,
+        Entry(
+            kind="claim",
+            fixmedins_code=req.fixmedins_code,
+            msgid=req.msgid,
+            infno=req.infno,
+            psn_no=facts.psn_no,
+            mdtrt_id=facts.mdtrt_id,
+            service_date=facts.service_date or received.date(),
+            medfee_sumamt=facts.medfee_sumamt,
+            body=deferral.stored_request(req),
+            answer=out,
+            digest=idempotency.digest(body),
+            received_at=received,
+            claim_id=claim_id,
+        ),
+    )
+    return Detour(answer=out, outcome="deferred")
+
+
+async def _journal_call(
+    gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
+) -> Detour:
+    again = _journal_replay(gw, req)
+    if again is not None:
+        return again
+    provisional = None
+    if req.infno in deferral.OPENS_VISIT:
+        provisional = deferral.new_provisional_id(institution.admdvs, received)
+    out = encode_response(
+        region=gw.region,
+        received=received,
+        output=deferral.call_output(req, provisional),
+        warn_msg=deferral.CALL_WARN.format(ref=provisional or req.msgid),
+    )
+    await _journal_append(
+        gw,
+        Entry(
+            kind="call",
+            fixmedins_code=req.fixmedins_code,
+            msgid=req.msgid,
+            infno=req.infno,
+            psn_no="",
+            mdtrt_id="",
+            service_date=received.date(),
+            medfee_sumamt=0,
+            body=deferral.stored_request(req),
+            answer=out,
+            digest=idempotency.digest(body),
+            received_at=received,
+            provisional_id=provisional,
+        ),
+    )
+    return Detour(answer=out, outcome="deferred")
+
+
+async def _journal_withdrawal(
+    gw: Gateway, req: Request, body: bytes, received: dt.datetime
+) -> Detour:
+    again = _journal_replay(gw, req)
+    if again is not None:
+        return again
+    setl_id, _, psn_no = deferral.withdrawal_ref(req)
+    journal = gw.journal
+    held = journal.claims.get(setl_id) if journal is not None else None
+    if held is None or held.fixmedins_code != req.fixmedins_code or held.psn_no != psn_no:
+        # Only a claim this process holds can be withdrawn while the ledger is away.
+        raise Unavailable("医保结算数据库暂不可用，暂存结算请待系统恢复后再撤销")
+    if setl_id in journal.withdrawn:  # type: ignore[union-attr]
+        raise Conflict(f"暂存结算{setl_id}已撤销，不能重复撤销")
+    row = {"claim_id": setl_id, "mdtrt_id": held.mdtrt_id, "msgid": held.msgid}
+    out = encode_response(
+        region=gw.region,
+        received=received,
+        output=deferral.withdrawal_output(deferral.request_of(held.body), row, received),
+        warn_msg=f"暂存结算{setl_id}已撤销",
+    )
+    await _journal_append(
+        gw,
+        Entry(
+            kind="withdrawal",
+            fixmedins_code=req.fixmedins_code,
+            msgid=req.msgid,
+            infno=req.infno,
+            psn_no=psn_no,
+            mdtrt_id=held.mdtrt_id,
+            service_date=received.date(),
+            medfee_sumamt=0,
+            body=b"",
+            answer=out,
+            digest=idempotency.digest(body),
+            received_at=received,
+            claim_id=setl_id,
+        ),
+    )
+    return Detour(answer=out, outcome="deferred")
+
+
+# ---------------------------------------------------------------------------------- route_legacy
+
+
+async def _route_legacy(gw: Gateway, req: Request, body: bytes) -> Detour:
+    """Forward the envelope unchanged and relay the old system's answer."""
+    breaker = gw.breakers["legacy"]
+    url = gw.config.legacy_url
+    if not url:
+        raise Unavailable("应急预案要求转原系统办理，但未配置原系统地址，请联系运维")
+    if breaker.is_open and not breaker.probe_due():
+        raise Unavailable(LEGACY_DOWN_MSG)
+    started = asyncio.get_running_loop().time()
+    try:
+        timeout = aiohttp.ClientTimeout(total=gw.config.legacy_timeout_seconds)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp,
+        ):
+            answer = await resp.read()
+            if resp.status >= 500:
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status
+                )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        _note(breaker, False, isinstance(exc, TimeoutError), started)
+        log.warning("legacy endpoint failed", extra={"infno": req.infno, "error": repr(exc)})
+        raise Unavailable(LEGACY_DOWN_MSG) from None
+    _note(breaker, True, False, started)
+    return Detour(answer=answer, outcome="legacy")
+
+
+def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
+    seconds = asyncio.get_running_loop().time() - started
+    if breaker.is_open:
+        breaker.probe_result(ok)
+        if breaker.ready_to_close():
+            breaker.close("原系统恢复")
+    else:
+        breaker.record(ok, timeout=timeout, seconds=seconds)
+
+
+# --------------------------------------------------------------------------------- observation
+
+
+def observe(gw: Gateway, fixmedins_code: str, ok: bool, timeout: bool, seconds: float) -> None:
+    """Feed the ledger's breaker (and the institution trigger) from every call that used it."""
+    gw.breakers["postgres"].record(ok, timeout=timeout, seconds=seconds)
+    triggers: Any = getattr(gw, "institution_triggers", None)
+    if triggers is not None:
+        triggers.record(fixmedins_code, ok, timeout, seconds)
+
+
+async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
+    """Probe the ledger while its breaker is open; drain the journal, then close.
+
+    Also drains segments left by processes that died (their locks are gone), and exports the
+    number of claims waiting."""
+    from gateway.deferred import replay  # replay imports the handlers, which import this module
+
+    breaker = gw.breakers["postgres"]
+    last_sweep = 0.0
+    while True:
+        await asyncio.sleep(every)
+        loop_now = asyncio.get_running_loop().time()
+        try:
+            if breaker.is_open:
+                if breaker.probe_due():
+                    breaker.probe_result(await _probe(gw))
+                    if breaker.ready_to_close() and breaker.config.recover == "auto":
+                        if gw.journal is not None:
+                            async with asyncio.timeout(30):
+                                await replay.drain(gw, gw.journal)
+                        breaker.close("数据库恢复，暂存业务已转入账本")
+            elif loop_now - last_sweep >= 5.0:
+                last_sweep = loop_now
+                async with asyncio.timeout(10):
+                    if gw.journal is not None and gw.journal.drainable_exists():
+                        await replay.drain(gw, gw.journal)
+                    async with gw.pool.acquire() as conn:
+                        waiting = await store.pending_claims(conn)
+                    metrics.DEFERRED_CLAIMS.set(waiting)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("ledger watch step failed", exc_info=True)
+
+
+async def _probe(gw: Gateway) -> bool:
+    try:
+        async with asyncio.timeout(1.0), gw.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        return True
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return False
+
+
+def install() -> None:
+    """Hook the plan into dispatch (idempotent)."""
+    if intercept not in dispatch.PLAN_HOOK:
+        dispatch.PLAN_HOOK.append(intercept)
+    if observe not in dispatch.OBSERVERS:
+        dispatch.OBSERVERS.append(observe)
