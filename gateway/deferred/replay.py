@@ -28,6 +28,8 @@ from gateway.plan.status import REPLAY_LOCK
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway.replay")
+# Amounts in the stored setlinfo keep their exact wire text ("123.40"), never a float.
+_exact = msgspec.json.Decoder(float_hook=str)
 
 
 # ------------------------------------------------------------------------------------ draining
@@ -102,7 +104,7 @@ async def _run(gw: Gateway, conn: asyncpg.Connection, row: asyncpg.Record, now: 
         raise NotFound(f"定点医药机构编号{req.fixmedins_code}未登记")
     tx = TRANSACTIONS[req.infno]
     answer = await tx.handler(Call(gw, req, conn, now, institution, "replay"))
-    return msgspec.json.decode(msgspec.json.encode(answer.output))
+    return _exact.decode(msgspec.json.encode(answer.output))
 
 
 async def apply_calls(gw: Gateway) -> tuple[int, int]:

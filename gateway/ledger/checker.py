@@ -72,12 +72,24 @@ async def check(
         problems.append(
             f"admission {row['mdtrt_id']}: used deductible differs from its settlements"
         )
+    # An acknowledged settlement exists exactly once; an acknowledged deferred claim exists once
+    # as a claim, and once as a settlement after it was replayed (none while pending/withdrawn).
     for row in await conn.fetch(
-        "SELECT i.fixmedins_code, i.msgid, count(s.setl_id) AS n FROM idempotency i"
+        "SELECT i.fixmedins_code, i.msgid, count(s.setl_id) AS n, d.status AS claim FROM idempotency i"
         " LEFT JOIN settlements s ON s.fixmedins_code = i.fixmedins_code AND s.medins_setl_id = i.msgid"
         " AND NOT EXISTS (SELECT 1 FROM correction_items c WHERE c.new_setl_id = s.setl_id)"
+        " LEFT JOIN deferred d ON d.fixmedins_code = i.fixmedins_code AND d.msgid = i.msgid"
+        " AND d.kind = 'claim'"
         " WHERE i.infcode = 0 AND i.infno IN ('2207', '2304', '2102')"
-        " GROUP BY i.fixmedins_code, i.msgid HAVING count(s.setl_id) <> 1"
+        " GROUP BY i.fixmedins_code, i.msgid, d.status"
+        " HAVING count(s.setl_id) <> CASE WHEN d.status IS NULL OR d.status = 'settled' THEN 1 ELSE 0 END"
     ):
-        problems.append(f"msgid {row['msgid']}: acknowledged settlement found {row['n']} times")
+        what = "settlement" if row["claim"] is None else f"{row['claim']} claim's settlement"
+        problems.append(f"msgid {row['msgid']}: acknowledged {what} found {row['n']} times")
+    for row in await conn.fetch(
+        "SELECT d.claim_id FROM deferred d LEFT JOIN settlements s ON s.setl_id = d.setl_id"
+        " WHERE d.kind = 'claim' AND d.status = 'settled'"
+        " AND (s.setl_id IS NULL OR s.status <> 'settled' AND s.cancel_msgid IS NULL)"
+    ):
+        problems.append(f"claim {row['claim_id']}: settled but its settlement is missing")
     return problems

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -104,12 +106,25 @@ GENEROUS = GatewayConfig(
 
 @asynccontextmanager
 async def running_gateway(
-    new_database: Callable[..., Any], config: GatewayConfig = GENEROUS, redis_url: str | None = None
+    new_database: Callable[..., Any],
+    config: GatewayConfig = GENEROUS,
+    redis_url: str | None = None,
+    *,
+    serve_through: Callable[[str], Awaitable[str]] | None = None,
+    journal_dir: Path | None = None,
 ) -> AsyncIterator[Server]:
-    """Migrated, demo-loaded database and a gateway serving it on 127.0.0.1."""
+    """Migrated, demo-loaded database and a gateway serving it on 127.0.0.1.
+
+    `serve_through(dsn)` gives the DSN the gateway itself uses (e.g. through a TCP proxy); the
+    test's own connections (Server.fetch) stay direct.
+    """
     dsn = await _make_database(new_database, "gw")
-    settings = Settings(dsn, pool_max=24, config=config, redis_url=redis_url)
-    await prepare_database(settings)
+    await prepare_database(Settings(dsn, config=config))
+    gateway_dsn = dsn if serve_through is None else await serve_through(dsn)
+    journal = journal_dir or Path(tempfile.mkdtemp(prefix="gw-journal-"))
+    settings = Settings(
+        gateway_dsn, pool_max=24, config=config, redis_url=redis_url, journal_dir=journal
+    )
     runner = web.AppRunner(build_app(settings), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,0 +1,78 @@
+"""A TCP proxy between the gateway and a dependency that tests can cut and restore.
+
+`cut()` makes the dependency unreachable the way a dead network does: bytes are dropped, new
+connections are accepted and never answered (clients wait for their timeouts), nothing is reset.
+`restore()` drops the frozen connections (their protocol state is lost) and forwards again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class Proxy:
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.cut_now = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            if self.cut_now:
+                await self._swallow(reader)
+                return
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            self._writers.add(up_writer)
+            a = asyncio.create_task(self._pipe(reader, up_writer))
+            b = asyncio.create_task(self._pipe(up_reader, writer))
+            self._tasks |= {a, b}
+            await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (a, b):
+                t.cancel()
+            self._tasks -= {a, b}
+            up_writer.close()
+            self._writers.discard(up_writer)
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+    async def _swallow(self, reader: asyncio.StreamReader) -> None:
+        while await reader.read(65536):
+            pass
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                if self.cut_now:
+                    continue  # dropped on the floor, like packets to a dead host
+                writer.write(data)
+                await writer.drain()
+
+    def cut(self) -> None:
+        self.cut_now = True
+
+    def restore(self) -> None:
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+        self.cut_now = False
+
+    async def close(self) -> None:
+        self.restore()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)

@@ -1,0 +1,84 @@
+"""Shared by the emergency-plan tests: plan changes, waiting for them, the CLI, answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from gateway.plan import store
+
+OUTPATIENT_LINES = [
+    {"feedetl_sn": "1", "medins_list_codg": "ZL0001", "pric": "25", "cnt": "1", "det_item_fee_sumamt": "25.00"},
+    {"feedetl_sn": "2", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2", "det_item_fee_sumamt": "80.00"},
+    {"feedetl_sn": "3", "medins_list_codg": "YP0010", "pric": "35", "cnt": "1", "det_item_fee_sumamt": "35.00"},
+]  # fmt: skip
+OUTPATIENT_TOTAL = "140.00"
+# Large enough to pass the outpatient deductible, so the fund has a share to reimburse.
+BIG_LINES = [
+    {"feedetl_sn": "1", "medins_list_codg": "ZL0001", "pric": "25", "cnt": "1", "det_item_fee_sumamt": "25.00"},
+    {"feedetl_sn": "2", "medins_list_codg": "YP0003", "pric": "40", "cnt": "40", "det_item_fee_sumamt": "1600.00"},
+]  # fmt: skip
+BIG_TOTAL = "1625.00"
+DRUG_LINES = [
+    {"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2", "det_item_fee_sumamt": "80.00"},
+    {"feedetl_sn": "2", "medins_list_codg": "YP0010", "pric": "35", "cnt": "1", "det_item_fee_sumamt": "35.00"},
+]  # fmt: skip
+DRUG_TOTAL = "115.00"
+
+
+@asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def set_rule(dsn: str, scope: str, klass: str, action: str, reason: str = "测试演练") -> None:
+    async with connect(dsn) as conn:
+        await store.set_rule(
+            conn, scope=scope, klass=klass, action=action, reason=reason, operator="test"
+        )
+
+
+async def clear_rule(dsn: str, scope: str, klass: str, reason: str = "演练结束") -> None:
+    async with connect(dsn) as conn:
+        await store.clear_rule(conn, scope=scope, klass=klass, reason=reason, operator="test")
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> float:
+    """Seconds until `check()` held; fails the test past `within` seconds."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < within, "condition not reached in time"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway …` as an operator runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr + done.stdout
+    return done
+
+
+def yuan(value: Any) -> Decimal:
+    return Decimal(str(value))

@@ -1,0 +1,411 @@
+"""The emergency plan's actions over HTTP: reject, defer (主动报) and replay, selfpay, route_legacy,
+a 温州-style window, propagation within 2 s, the audit log, the in-flight report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.plan import store
+from tests.integration.conftest import GENEROUS, Server, running_gateway
+from tests.integration.emergency_helpers import (
+    BIG_LINES,
+    BIG_TOTAL,
+    DRUG_LINES,
+    DRUG_TOTAL,
+    OUTPATIENT_LINES,
+    OUTPATIENT_TOTAL,
+    clear_rule,
+    cli,
+    connect,
+    set_rule,
+    until,
+    yuan,
+)
+from tests.integration.his_client import HisClient, amount_text, decode
+
+EMPLOYEE = "441800000000000003"
+WORKER = "441800000000000001"
+RETIREE = "441800000000000002"
+
+
+async def _visit(
+    his: HisClient, psn_no: str, day: str, no: str, lines: list[dict[str, str]] = OUTPATIENT_LINES
+) -> str:
+    """2201 + 2203 + 2204 (batch B1): a visit ready to settle."""
+    mdtrt_id = await his.register(psn_no, "310", f"{day} 08:30:00", no)
+    await his.visit_info(mdtrt_id, psn_no, "11", f"{day} 08:30:00")
+    await his.ok(
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, psn_no, lines, f"{day} 08:40:00", "B1")}
+    )
+    return mdtrt_id
+
+
+async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
+    server: Server,
+) -> None:
+    his = server.client("H44180000002")
+    mdtrt_id = await _visit(his, WORKER, "2026-05-02", "MZ-REJ-1")
+    data = his.settle_data(WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")
+    before = await server.ledger_fingerprint()
+    await set_rule(server.dsn, "institution:H44180000002", "settlement", "reject")
+
+    async def rejected() -> bool:
+        return (await his.call("2206", data))["infcode"] == -1
+
+    # The change reaches the serving process by the database poll (no Redis here).
+    assert await until(rejected) < 2.0
+    answer = await his.call("2207", data)
+    assert answer["infcode"] == -1
+    assert "应急预案" in answer["err_msg"] and "全自费结算" in answer["err_msg"]
+    assert not answer["output"]
+    assert await server.ledger_fingerprint() == before
+    assert await server.fetchval("SELECT count(*) FROM deferred") == 0
+    # Other institutions are not touched by an institution-scoped rule.
+    other = server.client("H44180000001")
+    assert (await other.call("2206", {"data": {}}))["err_msg"] != answer["err_msg"]
+
+    await clear_rule(server.dsn, "institution:H44180000002", "settlement")
+
+    async def normal() -> bool:
+        return (await his.call("2206", data))["infcode"] == 0
+
+    assert await until(normal) < 2.0
+    await his.ok("2207", data)
+
+
+async def test_defer_answers_all_cash_and_replay_reimburses(server: Server) -> None:
+    his = server.client("H44180000001")
+    scope = "institution:H44180000001"
+    mdtrt_id = await _visit(his, EMPLOYEE, "2026-05-03", "MZ-DEF-1", BIG_LINES)
+    withdrawn_visit = await _visit(his, EMPLOYEE, "2026-05-04", "MZ-DEF-2")
+    balance = await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE)
+    await set_rule(server.dsn, scope, "settlement", "defer")
+    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", BIG_TOTAL, "310", "1", chrg_bchno="B1")
+
+    async def deferred() -> bool:
+        return str((await his.call("2206", data))["warn_msg"] or "").find("应急预案") >= 0
+
+    assert await until(deferred) < 2.0
+    settlements_before = await server.fetchval("SELECT count(*) FROM settlements")
+    msgid = his.msgid()
+    answer = await his.call("2207", data, msgid=msgid)
+    assert answer["infcode"] == 0, answer["err_msg"]
+    info = answer["output"]["setlinfo"]
+    claim_id = info["setl_id"]
+    assert claim_id.startswith("DF")
+    assert info["mdtrt_id"] == mdtrt_id
+    assert amount_text(info["medfee_sumamt"]) == BIG_TOTAL
+    assert amount_text(info["fund_pay_sumamt"]) == "0.00"
+    assert amount_text(info["acct_pay"]) == "0.00"
+    assert amount_text(info["psn_cash_pay"]) == BIG_TOTAL
+    assert claim_id in answer["warn_msg"] and "主动报" in answer["warn_msg"]
+    # The same msgid again: the same answer, byte for byte, and still one claim.
+    body = msgspec.json.encode(his.envelope("2207", data, msgid=msgid))
+    _, first = await his.post_raw(body)
+    _, second = await his.post_raw(body)
+    assert first == second and decode(first)["output"]["setlinfo"]["setl_id"] == claim_id
+    assert await server.fetchval("SELECT count(*) FROM settlements") == settlements_before
+    assert await server.fetchval("SELECT count(*) FROM deferred WHERE kind = 'claim'") == 1
+
+    # A second claim, withdrawn at the counter before any replay.
+    data2 = his.settle_data(
+        EMPLOYEE, withdrawn_visit, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+    )
+    claim2 = (await his.ok("2207", data2))["setlinfo"]["setl_id"]
+    cancel = {"data": {"setl_id": claim2, "mdtrt_id": withdrawn_visit, "psn_no": EMPLOYEE}}
+    back = (await his.ok("2208", cancel))["setlinfo"]
+    assert amount_text(back["psn_cash_pay"]) == f"-{OUTPATIENT_TOTAL}"
+    again = await his.call("2208", cancel)
+    assert again["infcode"] == -1 and "已撤销" in again["err_msg"]
+
+    # Recovery: back to normal, replay settles the pending claim with the account not used.
+    await clear_rule(server.dsn, scope, "settlement")
+    done = cli("deferred", "replay", "--json", "--database-url", server.dsn)
+    summary = json.loads(done.stdout)
+    assert summary["settled"] == 1 and summary["failed"] == []
+    listed = [
+        json.loads(line)
+        for line in cli(
+            "deferred", "list", "--json", "--database-url", server.dsn
+        ).stdout.splitlines()
+    ]
+    by_id = {c["claim_id"]: c for c in listed}
+    assert by_id[claim2]["status"] == "withdrawn"
+    replayed = by_id[claim_id]
+    assert replayed["status"] == "settled" and replayed["mdtrt_id"] == mdtrt_id
+    setl = replayed["setlinfo"]
+    assert amount_text(setl["acct_pay"]) == "0.00"
+    assert yuan(setl["fund_pay_sumamt"]) > 0
+    owed = Decimal(replayed["reimbursement_fen"]) / 100
+    assert owed == yuan(BIG_TOTAL) - yuan(setl["psn_cash_pay"])
+    assert owed == yuan(setl["fund_pay_sumamt"])
+    # The account was not used; the settlement exists once, linked to the claim.
+    assert (
+        await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE)
+        == balance
+    )
+    assert (
+        await server.fetchval("SELECT count(*) FROM settlements WHERE medins_setl_id = $1", msgid)
+        == 1
+    )
+    # Replaying again settles nothing twice.
+    assert (
+        json.loads(cli("deferred", "replay", "--json", "--database-url", server.dsn).stdout)[
+            "settled"
+        ]
+        == 0
+    )
+    # After replay, the claim number cancels as its settlement would: the counter is told how.
+    late = await his.call(
+        "2208", {"data": {"setl_id": claim_id, "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}}
+    )
+    assert late["infcode"] == -1 and setl["setl_id"] in late["err_msg"]
+    assert await server.check_ledger() == []
+
+
+async def test_selfpay_admission_is_converted_then_settled(server: Server) -> None:
+    his = server.client("H44180000003")
+    scope = "institution:H44180000003"
+    await set_rule(server.dsn, scope, "encounter", "selfpay")
+    admission = {
+        "mdtrtinfo": {
+            "psn_no": RETIREE, "insutype": "310", "begntime": "2026-05-05 10:00:00",
+            "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "med_type": "21", "ipt_no": "ZY-SP-1",
+        },
+        "diseinfo": [],
+    }  # fmt: skip
+
+    async def selfpay() -> bool:
+        answer = await his.call("2401", admission, msgid=his.msgid())
+        if answer["infcode"] == 0 and "自费" in (answer["warn_msg"] or ""):
+            return True
+        if answer["infcode"] == 0:  # admitted insured before the rule arrived: undo and retry
+            mdtrt = answer["output"]["result"]["mdtrt_id"]
+            await his.ok("2404", {"data": {"mdtrt_id": mdtrt, "psn_no": RETIREE}})
+        return False
+
+    assert await until(selfpay) < 2.0
+    mdtrt_id = await server.fetchval(
+        "SELECT mdtrt_id FROM encounters WHERE ipt_otp_no = 'ZY-SP-1' AND status <> 'cancelled'"
+    )
+    assert await server.fetchval("SELECT selfpay FROM encounters WHERE mdtrt_id = $1", mdtrt_id)
+    await clear_rule(server.dsn, scope, "encounter")
+    lines = [{"feedetl_sn": "1", "medins_list_codg": "ZL0003", "pric": "60", "cnt": "2", "det_item_fee_sumamt": "120.00"}]  # fmt: skip
+    await his.ok(
+        "2301", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, lines, "2026-05-06 09:00:00", "")}
+    )
+    await his.ok(
+        "2402",
+        {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE, "insutype": "310",
+                      "endtime": "2026-05-07 10:00:00", "dscg_dept_codg": "K1",
+                      "dscg_dept_name": "内科", "dscg_way": "1"}, "diseinfo": []},
+    )  # fmt: skip
+    settle = his.settle_data(RETIREE, mdtrt_id, "21", "120.00", "310", "0", mid_setl_flag="0")
+    refused = await his.call("2304", settle)
+    assert refused["infcode"] == -1 and "自费转医保" in refused["err_msg"]
+    cli("encounter", "convert", "--mdtrt-id", mdtrt_id, "--reason", "新系统上线后办理自费转医保",
+        "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
+    settled = (await his.ok("2304", settle))["setlinfo"]
+    assert yuan(settled["fund_pay_sumamt"]) + yuan(settled["psn_part_amt"]) == Decimal("120.00")
+    audit = await server.fetch("SELECT * FROM audit_log WHERE action = 'encounter.convert'")
+    assert [r["operator"] for r in audit] == ["duty"]
+
+
+@pytest.fixture
+async def legacy() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """The old system's callService: records what it got, answers a fixed envelope."""
+    received: list[bytes] = []
+
+    async def call_service(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
+
+    app = web.Application()
+    app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/fsi/api/rsfComIfsService/callService", received
+    await runner.cleanup()
+
+
+async def test_route_legacy_forwards_unchanged_and_relays(
+    new_database: Callable[..., Any], legacy: tuple[str, list[bytes]]
+) -> None:
+    url, received = legacy
+    config = GatewayConfig(limits=GENEROUS.limits, legacy_url=url)
+    async with running_gateway(new_database, config) as srv:
+        pos = srv.client("P44180000001")
+        await set_rule(srv.dsn, "region:441800", "settlement", "route_legacy")
+        drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+
+        async def routed() -> bool:  # probed with pre-settlements, which change nothing
+            _, answer = await pos.post_raw(msgspec.json.encode(pos.envelope("2101", drug)))
+            return answer == b'{"infcode":0,"output":{"legacy":true},"err_msg":null}'
+
+        assert await until(routed) < 2.0
+        body = msgspec.json.encode(pos.envelope("2102", drug))
+        status, answer = await pos.post_raw(body)
+        assert status == 200
+        assert answer == b'{"infcode":0,"output":{"legacy":true},"err_msg":null}'
+        assert received[-1] == body
+        assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
+        # Encounter calls are another class: still served here.
+        assert (
+            await pos.call(
+                "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "441802198203033456"}}
+            )
+        )["infcode"] == 0
+
+
+async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Server) -> None:
+    now = dt.datetime.now()
+    async with connect(server.dsn) as conn:
+        await store.add_window(
+            conn, name="温州实时结算停机(演练)", scope="region:330300", classes=["settlement"],
+            action="defer", begins=now - dt.timedelta(hours=1), ends=now + dt.timedelta(hours=1),
+            operator="test", reason="演练温州第二时间窗",
+        )  # fmt: skip
+    his = server.client("H33030000001", region="330300")
+    pos = server.client("P33030000001", region="330300")
+    person = "330300000000000001"
+    drug = pos.drug_input(person, "2026-05-09 11:00:00", DRUG_TOTAL, DRUG_LINES)
+
+    async def deferred() -> bool:
+        return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
+
+    assert await until(deferred) < 2.0
+    # Registration, visit information and fee uploads go on as normal in the window.
+    mdtrt_id = await _visit(his, person, "2026-05-09", "WZ-1")
+    assert not mdtrt_id.startswith("PV")
+    assert (
+        await server.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", mdtrt_id) == 3
+    )
+    claim = (await his.ok("2207", his.settle_data(person, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")))["setlinfo"]  # fmt: skip
+    bought = (await pos.ok("2102", drug))["setlinfo"]
+    assert claim["setl_id"].startswith("DF") and bought["setl_id"].startswith("DF")
+    assert (
+        await server.fetchval("SELECT count(*) FROM settlements WHERE fixmedins_code LIKE '%3303%'")
+        == 0
+    )
+    windows = json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)
+    active = [w for w in windows if w["active"]]
+    assert [w["name"] for w in active] == ["温州实时结算停机(演练)"]
+    async with connect(server.dsn) as conn:
+        await store.remove_window(
+            conn, window_id=active[0]["window_id"], operator="test", reason="演练结束"
+        )
+    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", server.dsn).stdout)
+    assert summary["failed"] == []
+    states = {r["setl_id"] for r in await server.fetch("SELECT setl_id FROM deferred WHERE claim_id = ANY($1) AND status = 'settled'", [claim["setl_id"], bought["setl_id"]])}  # fmt: skip
+    assert len(states) == 2
+    assert await server.check_ledger() == []
+
+
+async def test_cli_changes_are_audited_in_a_chain_that_detects_tampering(server: Server) -> None:
+    cli("plan", "set", "--scope", "region:520500", "--class", "catalog", "--action", "reject",
+        "--reason", "目录维护", "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
+    shown = json.loads(cli("plan", "show", "--json", "--database-url", server.dsn).stdout)
+    assert {"scope": "region:520500", "class": "catalog", "action": "reject"}.items() <= shown[
+        "rules"
+    ][0].items() or any(
+        r["scope"] == "region:520500" and r["action"] == "reject" for r in shown["rules"]
+    )
+    missing = cli("plan", "clear", "--scope", "region:520500", "--class", "catalog", "--reason", "",
+                  "--database-url", server.dsn, check=False)  # fmt: skip
+    assert missing.returncode == 2 and "原因" in missing.stderr
+    cli("plan", "clear", "--scope", "region:520500", "--class", "catalog", "--reason", "维护完成",
+        "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
+    rows = await server.fetch(
+        "SELECT * FROM audit_log WHERE target = 'region:520500/catalog' ORDER BY audit_id"
+    )
+    assert [r["action"] for r in rows] == ["plan.set", "plan.clear"]
+    assert rows[0]["before"] is None and rows[0]["after"]["action"] == "reject"
+    assert rows[1]["before"]["reason"] == "目录维护" and rows[1]["after"] is None
+    assert rows[1]["reason"] == "维护完成" and rows[1]["operator"] == "duty"
+    assert "intact" in cli("audit", "verify", "--database-url", server.dsn).stdout
+    async with connect(server.dsn) as conn:
+        await conn.execute(
+            "UPDATE audit_log SET reason = '改过的原因' WHERE audit_id = $1", rows[0]["audit_id"]
+        )
+        try:
+            broken = cli("audit", "verify", "--database-url", server.dsn, check=False)
+            assert broken.returncode == 1 and f"row {rows[0]['audit_id']}" in broken.stderr
+        finally:
+            await conn.execute(
+                "UPDATE audit_log SET reason = '目录维护' WHERE audit_id = $1", rows[0]["audit_id"]
+            )
+
+
+async def test_inflight_report_lists_open_work_before_a_window(server: Server) -> None:
+    his = server.client("H52050000001", region="520500")
+    person = "520500000000000001"
+    admitted = await his.ok(
+        "2401",
+        {"mdtrtinfo": {"psn_no": person, "insutype": "310", "begntime": "2026-05-10 10:00:00",
+                       "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "med_type": "21",
+                       "ipt_no": "BJ-ZY-1"}, "diseinfo": []},
+    )  # fmt: skip
+    mdtrt_id = admitted["result"]["mdtrt_id"]
+    lines = [{"feedetl_sn": "1", "medins_list_codg": "ZL0003", "pric": "60", "cnt": "1", "det_item_fee_sumamt": "60.00"}]  # fmt: skip
+    await his.ok(
+        "2301", {"feedetail": his.fee_rows(mdtrt_id, person, lines, "2026-05-10 12:00:00", "")}
+    )
+    await his.ok(
+        "2303", his.settle_data(person, mdtrt_id, "21", "60.00", "310", "0", mid_setl_flag="1")
+    )
+    window = (dt.datetime.now() + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    found = json.loads(
+        cli("plan", "inflight", "--before", window, "--institution", "H52050000001",
+            "--json", "--database-url", server.dsn).stdout
+    )["H52050000001"]  # fmt: skip
+    assert [r["mdtrt_id"] for r in found["admitted_not_settled"]] == [mdtrt_id]
+    assert found["uploaded_not_settled"][0]["amount_fen"] == 6000
+    assert [r["mdtrt_id"] for r in found["presettled_not_settled"]] == [mdtrt_id]
+    earlier = json.loads(
+        cli("plan", "inflight", "--before", "2026-05-10T00:00", "--institution", "H52050000001",
+            "--json", "--database-url", server.dsn).stdout
+    )  # fmt: skip
+    assert earlier == {}
+
+
+async def test_plan_change_reaches_every_process_through_redis(
+    new_database: Callable[..., Any], redis_url: str
+) -> None:
+    """Two gateways on one database; a change made through one is in force in the other < 2 s.
+    The poll interval is stretched so only the Redis announcement can make it in time."""
+    config = GatewayConfig(limits=GENEROUS.limits, plan_poll_seconds=30.0)
+    async with running_gateway(new_database, config, redis_url) as first:
+        his = first.client("H44180000002")
+        await set_rule(first.dsn, "institution:H44180000002", "reconcile", "reject")
+        cli("plan", "clear", "--scope", "institution:H44180000002", "--class", "reconcile",
+            "--reason", "演练", "--redis-url", redis_url, "--database-url", first.dsn)  # fmt: skip
+        # The first reload on start saw the rule; the announcement of the clear removes it.
+        query = {"data": {"insutype": "310", "clr_type": "11", "setl_optins": "441800",
+                          "stmt_begndate": "2026-01-01", "stmt_enddate": "2026-01-31",
+                          "medfee_sumamt": "0", "fund_pay_sumamt": "0", "acct_pay": "0",
+                          "fixmedins_setl_cnt": "0"}}  # fmt: skip
+
+        async def normal() -> bool:
+            return "应急预案" not in ((await his.call("3201", query))["err_msg"] or "")
+
+        assert await until(normal, within=2.0) < 2.0
+        cli("plan", "set", "--scope", "institution:H44180000002", "--class", "reconcile",
+            "--action", "reject", "--reason", "演练", "--redis-url", redis_url,
+            "--database-url", first.dsn)  # fmt: skip
+
+        async def rejected() -> bool:
+            return "应急预案" in ((await his.call("3201", query))["err_msg"] or "")
+
+        assert await until(rejected, within=2.0) < 2.0
