@@ -30,6 +30,7 @@ from gateway.runtime import Gateway
 GATEWAY = web.AppKey("gateway", Gateway)
 VERIFIER = web.AppKey("verifier", Verifier)
 access = logging.getLogger("gateway.access")
+ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
 MAX_BODY = 8 * 1024 * 1024  # 5,000 fee lines with long names fit comfortably
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "config" / "demo"
 DEFAULT_CREDENTIALS = DEFAULT_REFERENCE / "credentials.toml"
@@ -122,8 +123,17 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
             outcome = dispatch.refused(gw, exc, path_infno or "")
             observe(outcome, time.perf_counter() - started)
             return web.Response(body=outcome.body, content_type="application/json")
-    # Shielded: a client that hangs up must not cut a settlement's commit in half.
-    outcome = await asyncio.shield(dispatch.handle(gw, body, path_infno, authenticated))
+    # Shielded: a client that hangs up must not cut a settlement's commit in half. Bounded: a
+    # request stuck on a dead dependency past its deadline is still answered (retry the same
+    # msgid); the work goes on in the background and either commits with its answer journaled
+    # or rolls back.
+    work = asyncio.ensure_future(dispatch.handle(gw, body, path_infno, authenticated))
+    try:
+        outcome = await asyncio.wait_for(
+            asyncio.shield(work), gw.config.call_deadline_seconds + ANSWER_GRACE_SECONDS
+        )
+    except TimeoutError:
+        outcome = dispatch.overdue(gw, path_infno or "")
     elapsed = time.perf_counter() - started
     observe(outcome, elapsed)
     access.info(
@@ -201,7 +211,7 @@ async def readyz(request: web.Request) -> web.Response:
     ok = True
     try:
         async with asyncio.timeout(2):
-            async with gw.pool.acquire() as conn:
+            async with gw.pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1")
         checks["database"] = "ok"
     except (OSError, TimeoutError, Exception) as exc:

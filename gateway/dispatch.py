@@ -120,6 +120,13 @@ def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
     return encode_response(region=gw.region, received=received, output=None, err_msg=exc.err_msg)
 
 
+def overdue(gw: Gateway, infno: str) -> Outcome:
+    """The answer to a request still stuck past its deadline; it counts as a dependency timeout."""
+    _observe(gw, "", False, True, time.perf_counter() - gw.config.call_deadline_seconds)
+    exc = Unavailable("医保结算服务响应超时，请使用相同报文ID重试；如持续失败请按应急预案处理")
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, "error", timeout=True)
+
+
 def refused(gw: Gateway, exc: GatewayError, infno: str) -> Outcome:
     """The answer to a request refused before it is read (e.g. a bad signature)."""
     return Outcome(_fail(gw, dt.datetime.now(), exc), infno, "rejected")
@@ -182,7 +189,7 @@ async def handle(
             if mode == "deferred":
                 outcome.outcome = "deferred" if outcome.outcome == "ok" else outcome.outcome
             return outcome
-        async with asyncio.timeout(deadline), gw.pool.acquire() as conn:
+        async with asyncio.timeout(deadline), gw.pool.acquire(timeout=deadline) as conn:
             answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
         _observe(gw, req.fixmedins_code, True, False, started)
         if answer.raw is not None:
@@ -249,7 +256,9 @@ async def _journaled(
     mode: str = "normal",
 ) -> Outcome:
     code, msgid = req.fixmedins_code, req.msgid
-    async with gw.pool.acquire() as conn:
+    # The acquire timeout also bounds the release: a connection whose query was cancelled on a
+    # dead network is dropped instead of waiting forever for the server to confirm.
+    async with gw.pool.acquire(timeout=gw.config.call_deadline_seconds) as conn:
         stored = await idempotency.lookup(conn, code, msgid)
         if stored is not None:
             return Outcome(

@@ -395,9 +395,12 @@ async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
             elif loop_now - last_sweep >= 5.0:
                 last_sweep = loop_now
                 async with asyncio.timeout(10):
-                    if gw.journal is not None and gw.journal.drainable_exists():
+                    # Claims appended while the previous drain ran, and segments of dead processes.
+                    if gw.journal is not None and (
+                        gw.journal.holds_anything or gw.journal.drainable_exists()
+                    ):
                         await replay.drain(gw, gw.journal)
-                    async with gw.pool.acquire() as conn:
+                    async with gw.pool.acquire(timeout=2.0) as conn:
                         waiting = await store.pending_claims(conn)
                     metrics.DEFERRED_CLAIMS.set(waiting)
         except asyncio.CancelledError:
@@ -408,7 +411,7 @@ async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
 
 async def _probe(gw: Gateway) -> bool:
     try:
-        async with asyncio.timeout(1.0), gw.pool.acquire() as conn:
+        async with asyncio.timeout(1.0), gw.pool.acquire(timeout=1.0) as conn:
             await conn.fetchval("SELECT 1")
         return True
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):

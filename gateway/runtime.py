@@ -122,7 +122,7 @@ class Gateway:
 
     async def reload_plan(self, *, force: bool = False) -> bool:
         """Re-read the plan when its version moved; True when swapped."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=2.0) as conn:
             if not force and await plan_store.version(conn) == self.plan.version:
                 return False
             plan = await plan_store.load(conn)
@@ -166,7 +166,7 @@ class Gateway:
     async def refresh_catalog(self, *, force: bool = False) -> bool:
         """Rebuild the snapshot if the reference data changed; True when swapped."""
         async with self._refresh_lock:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=5.0) as conn:
                 version = await reference_store.current_version(conn)
                 if version == self.snapshot.version and not force:
                     return False
@@ -187,7 +187,7 @@ class Gateway:
         while True:
             await asyncio.sleep(every_seconds)
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-                async with self.pool.acquire() as conn:
+                async with self.pool.acquire(timeout=60.0) as conn:
                     await idempotency.purge(conn, self.config.idempotency_keep_days)
 
     async def announce_catalog_change(self) -> None:

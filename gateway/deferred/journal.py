@@ -141,11 +141,13 @@ class Journal:
                 self._file.close()
                 self._file = None
 
-    def forget(self) -> None:
-        """Drained: retries now find their answers in the ledger's msgid journal."""
-        self.answers.clear()
-        self.claims.clear()
-        self.withdrawn.clear()
+    def forget(self, entries: list[Entry]) -> None:
+        """These are in the ledger now: retries find their answers in its msgid journal."""
+        for e in entries:
+            self.answers.pop((e.fixmedins_code, e.msgid), None)
+            if e.claim_id:
+                self.claims.pop(e.claim_id, None)
+                self.withdrawn.discard(e.claim_id)
 
     def drainable(self) -> list[tuple[Path, IO[bytes]]]:
         """Segments no running process holds, each locked for the caller; oldest first."""

@@ -51,9 +51,9 @@ async def drain(gw: Gateway, journal: Journal) -> int:
                     moved += await _drain_one(conn, e)
             path.unlink()
             _fsync_dir(path.parent)
+            journal.forget(entries)
         finally:
             handle.close()
-    journal.forget()
     if moved:
         log.warning("journal drained into the ledger", extra={"entries": moved})
         await apply_calls(gw)

@@ -1,0 +1,287 @@
+"""The ledger becomes unreachable (a TCP proxy stops forwarding) under load.
+
+The breaker must apply the protective action (defer: claims to the local journal) within 10 s,
+every request must still be answered with a well-formed envelope, and once the ledger is back the
+journal drains into it: every acknowledged claim exists exactly once, and replay settles them.
+A gateway killed with -9 while deferring loses no acknowledged claim either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import msgspec
+import pytest
+
+from gateway.app import Settings, prepare_database
+from gateway.breaker import BreakerConfig
+from gateway.config import GatewayConfig
+from tests.adversity.proxy import Proxy
+from tests.integration.conftest import GENEROUS, Server, running_gateway
+from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli, until
+from tests.integration.his_client import HisClient, decode
+
+pytestmark = pytest.mark.integration
+
+PERSONS = [f"44180000000000000{n}" for n in (1, 2, 3)]
+PHARMACY = "P44180000001"
+# Short durations keep the run inside CI's budget; production values live in config/gateway.toml.
+FAST_BREAKER = BreakerConfig(
+    window_seconds=5.0,
+    min_calls=5,
+    consecutive_failures=3,
+    min_open_seconds=1.0,
+    half_open_probes=2,
+    healthy_seconds=1.0,
+    action="defer",
+)
+CONFIG = GatewayConfig(
+    limits=GENEROUS.limits, call_deadline_seconds=2.0, breakers={"postgres": FAST_BREAKER}
+)
+CONFIG_TOML = """
+[rate_limit]
+terminal_rate = 1000000.0
+terminal_burst = 1000000
+institution_rate = 1000000.0
+institution_burst = 1000000
+[deadlines]
+call_seconds = 2.0
+[breakers.postgres]
+window_seconds = 5.0
+min_calls = 5
+consecutive_failures = 3
+min_open_seconds = 1.0
+half_open_probes = 2
+healthy_seconds = 1.0
+action = "defer"
+[journal]
+dir = "{journal}"
+"""
+
+
+def _tcp(dsn: str) -> tuple[str, int]:
+    parts = urlsplit(dsn)
+    if not parts.hostname or parts.hostname.startswith("/") or "host=" in parts.query:
+        pytest.skip("the test PostgreSQL is reached by a Unix socket; the proxy needs TCP")
+    return parts.hostname, parts.port or 5432
+
+
+def _through(dsn: str, port: int) -> str:
+    parts = urlsplit(dsn)
+    netloc = parts.netloc.rsplit("@", 1)
+    auth = netloc[0] + "@" if len(netloc) == 2 else ""
+    return urlunsplit((parts.scheme, f"{auth}127.0.0.1:{port}", parts.path, parts.query, ""))
+
+
+@dataclass
+class Load:
+    """Counters at the till, each sending 2102s with fresh msgids, recording every answer."""
+
+    clients: list[HisClient]
+    answers: list[tuple[float, dict[str, Any], bytes]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def counter(self, n: int) -> None:
+        pos = self.clients[n % len(self.clients)]
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            person = PERSONS[(n + i) % len(PERSONS)]
+            drug = pos.drug_input(person, "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+            body = msgspec.json.encode(pos.envelope("2102", drug))
+            try:
+                status, raw = await pos.post_raw(body)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.failures.append(repr(exc))
+                await asyncio.sleep(0.05)
+                continue
+            if status != 200:
+                self.failures.append(f"HTTP {status}")
+                continue
+            self.answers.append((time.monotonic(), decode(raw), raw))
+            await asyncio.sleep(0.02)  # a till's pace, not a tight loop
+
+    def deferred(self) -> list[tuple[float, dict[str, Any]]]:
+        return [
+            (t, a)
+            for t, a, _ in self.answers
+            if a["infcode"] == 0 and a["output"]["setlinfo"]["setl_id"].startswith("DF")
+        ]
+
+
+async def test_ledger_unreachable_under_load(new_database: Callable[..., Any]) -> None:
+    proxy: Proxy | None = None
+
+    async def through_proxy(dsn: str) -> str:
+        nonlocal proxy
+        proxy = Proxy(*_tcp(dsn))
+        await proxy.start()
+        return _through(dsn, proxy.port)
+
+    async with running_gateway(new_database, CONFIG, serve_through=through_proxy) as srv:
+        assert proxy is not None
+        try:
+            await _outage(srv, proxy)
+        finally:
+            await proxy.close()
+
+
+async def _outage(srv: Server, proxy: Proxy) -> None:
+    load = Load([srv.client(PHARMACY)])
+    workers = [asyncio.create_task(load.counter(n)) for n in range(12)]
+    await asyncio.sleep(1.0)
+    settled_before_cut = len(load.answers)
+    assert settled_before_cut > 0 and all(a["infcode"] == 0 for _, a, _ in load.answers)
+    cut_at = time.monotonic()
+    proxy.cut()
+    await until(lambda: _some(load.deferred()), within=10.0)
+    protective = load.deferred()[0][0] - cut_at
+    assert protective < 10.0
+    await asyncio.sleep(2.0)  # keep deferring for a while
+    proxy.restore()
+    restored_at = time.monotonic()
+
+    async def settling_again() -> bool:
+        return any(
+            t > restored_at and a["infcode"] == 0 and not a["output"]["setlinfo"]["setl_id"].startswith("DF")
+            for t, a, _ in load.answers
+        )  # fmt: skip
+
+    await until(settling_again, within=20.0)
+    load.stop.set()
+    await asyncio.gather(*workers)
+
+    # Every request was answered with an envelope; none was lost on the way.
+    assert load.failures == []
+    for _, answer, _ in load.answers:
+        assert answer["infcode"] in (0, -1)
+        if answer["infcode"] == -1:
+            assert answer["err_msg"]
+    acked = [a["output"]["setlinfo"]["setl_id"] for _, a in load.deferred()]
+    assert len(acked) >= 5
+
+    # The journal was drained into the ledger: every acknowledged claim, once.
+    async def drained() -> bool:
+        n = await srv.fetchval(
+            "SELECT count(*) FROM deferred WHERE claim_id = ANY($1::text[])", acked
+        )
+        return bool(n == len(acked))
+
+    await until(drained, within=15.0)
+    rows = await srv.fetch(
+        "SELECT claim_id, source FROM deferred WHERE claim_id = ANY($1::text[])", acked
+    )
+    assert sorted(r["claim_id"] for r in rows) == sorted(acked)
+    assert {r["source"] for r in rows} == {"journal"}
+    # Retried msgids get the answer they were given, from the ledger's msgid journal.
+    for _, answer, raw in load.answers[:: max(1, len(load.answers) // 20)]:
+        if answer["infcode"] == 0:
+            stored = await srv.fetchval("SELECT answer FROM idempotency WHERE answer = $1", raw)
+            assert stored == raw
+    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+    assert summary["failed"] == [] and summary["settled"] >= len(acked)
+    assert await srv.check_ledger() == []
+    print(
+        f"\nledger cut under load: protective action after {protective:.2f} s,"
+        f" {len(load.answers)} answers, {len(acked)} deferred claims, 0 lost"
+    )
+
+
+def _some(items: list[Any]) -> Any:
+    async def check() -> bool:
+        return bool(items) or False
+
+    return check()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def _gateway_process(
+    dsn: str, config: Path, port: int
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--port", str(port), "--database-url", dsn,
+        "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_kill_9_while_deferring_loses_no_claim(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    dsn = await new_database("kill9")
+    await prepare_database(Settings(dsn))
+    proxy = Proxy(*_tcp(dsn))
+    await proxy.start()
+    journal = tmp_path / "journal"
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG_TOML.format(journal=journal), encoding="utf-8")
+    port = _free_port()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    try:
+        async with _gateway_process(_through(dsn, proxy.port), config, port) as proc:
+            url = f"http://127.0.0.1:{port}"
+
+            async def ready() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url + "/readyz") as r:
+                        return r.status == 200
+                return False
+
+            await until(ready, within=30.0)
+            proxy.cut()
+            load = Load([HisClient(session, url, PHARMACY)])
+            workers = [asyncio.create_task(load.counter(n)) for n in range(12)]
+
+            async def deferring() -> bool:
+                return len(load.deferred()) >= 30
+
+            await until(deferring, within=20.0)
+            os.kill(proc.pid, signal.SIGKILL)  # mid-flight: counters are still sending
+            await proc.wait()
+            load.stop.set()
+            await asyncio.gather(*workers)
+        acked = [a["output"]["setlinfo"]["setl_id"] for _, a in load.deferred()]
+        assert len(acked) >= 30
+        assert list(journal.glob("*.journal"))  # the dead process's segment is still there
+        proxy.restore()
+        server = Server("", dsn, session)
+        done = cli("deferred", "replay", "--json", "--journal-dir", str(journal), "--database-url", dsn)  # fmt: skip
+        summary = json.loads(done.stdout)
+        assert summary["failed"] == []
+        rows = await server.fetch(
+            "SELECT claim_id, status FROM deferred WHERE claim_id = ANY($1::text[])", acked
+        )
+        assert sorted(r["claim_id"] for r in rows) == sorted(acked)  # none lost, none twice
+        assert {r["status"] for r in rows} == {"settled"}
+        assert not list(journal.glob("*.journal"))  # drained segments are removed
+        assert await server.check_ledger() == []
+        print(f"\nkill -9 while deferring: {len(acked)} acknowledged claims, 0 lost")
+    finally:
+        await session.close()
+        await proxy.close()

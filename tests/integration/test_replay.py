@@ -1,0 +1,111 @@
+"""Replay equals online settlement: claims deferred in any order and replayed give exactly what
+settling the same visits online, in service-date order, with the account not used, gives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from tests.integration.conftest import Server, running_gateway
+from tests.integration.emergency_helpers import (
+    BIG_LINES,
+    DRUG_LINES,
+    DRUG_TOTAL,
+    OUTPATIENT_LINES,
+    OUTPATIENT_TOTAL,
+    cli,
+    set_rule,
+    until,
+)
+from tests.integration.his_client import HisClient
+
+HOSPITAL = "H44180000001"
+PHARMACY = "P44180000001"
+# (person, service day, kind, lines, total): several per person so the deductible and the
+# accumulators carry from one to the next, and order matters.
+VISITS = [
+    ("441800000000000001", "2026-06-01", "outpatient", OUTPATIENT_LINES, OUTPATIENT_TOTAL),
+    ("441800000000000001", "2026-06-03", "outpatient", BIG_LINES, "1625.00"),
+    ("441800000000000001", "2026-06-05", "pharmacy", DRUG_LINES, DRUG_TOTAL),
+    ("441800000000000001", "2026-06-08", "outpatient", BIG_LINES, "1625.00"),
+    ("441800000000000002", "2026-06-02", "outpatient", BIG_LINES, "1625.00"),
+    ("441800000000000002", "2026-06-04", "pharmacy", DRUG_LINES, DRUG_TOTAL),
+    ("441800000000000002", "2026-06-06", "outpatient", OUTPATIENT_LINES, OUTPATIENT_TOTAL),
+    ("441800000000000004", "2026-06-07", "outpatient", BIG_LINES, "1625.00"),
+    ("441800000000000003", "2026-06-09", "pharmacy", DRUG_LINES, DRUG_TOTAL),
+]
+COMPARED = (
+    "psn_no, service_date, infno, medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay,"
+    " preselfpay_amt, inscp_scp_amt, act_pay_dedc, hifp_pay, cvlserv_pay, hifes_pay, hifmi_pay,"
+    " hifob_pay, maf_pay, oth_pay, fund_pay_sumamt, psn_part_amt, acct_pay, psn_cash_pay, balc,"
+    " pool_prop_bp"
+)
+
+
+async def _settle(
+    his: HisClient, pos: HisClient, visit: tuple[str, str, str, Any, str], acct: str, n: int
+) -> dict[str, Any]:
+    psn_no, day, kind, lines, total = visit
+    insutype = "390" if psn_no.endswith("4") else "310"
+    if kind == "pharmacy":
+        return await pos.ok(
+            "2102", pos.drug_input(psn_no, f"{day} 10:00:00", total, lines, acct, insutype)
+        )
+    mdtrt_id = await his.register(psn_no, insutype, f"{day} 08:30:00", f"MZ-R-{n}")
+    await his.visit_info(mdtrt_id, psn_no, "11", f"{day} 08:30:00")
+    rows = his.fee_rows(mdtrt_id, psn_no, lines, f"{day} 08:40:00", "B1")
+    await his.ok("2204", {"feedetail": rows})
+    data = his.settle_data(psn_no, mdtrt_id, "11", total, insutype, acct, chrg_bchno="B1")
+    return await his.ok("2207", data)
+
+
+async def _ledger(srv: Server) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    settled = await srv.fetch(
+        f"SELECT {COMPARED} FROM settlements WHERE status = 'settled' ORDER BY service_date"
+    )
+    acc = await srv.fetch("SELECT * FROM accumulators ORDER BY psn_no, year")
+    return [tuple(r.values()) for r in settled], [tuple(r.values()) for r in acc]
+
+
+async def test_replayed_claims_equal_online_settlement(new_database: Callable[..., Any]) -> None:
+    async with (
+        running_gateway(new_database) as deferred,
+        running_gateway(new_database) as online,
+    ):
+        await set_rule(deferred.dsn, "region:441800", "settlement", "defer", "演练主动报")
+        his, pos = deferred.client(HOSPITAL), deferred.client(PHARMACY)
+
+        async def in_force() -> bool:
+            answer = await pos.call("2101", pos.drug_input(*VISITS[2][:1], "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES))  # fmt: skip
+            return "应急预案" in (answer["warn_msg"] or "")
+
+        await until(in_force)
+        # Deferred in reverse order, with the account asked for: replay must reorder and not use it.
+        claims = {}
+        for n, visit in reversed(list(enumerate(VISITS))):
+            answer = await _settle(his, pos, visit, "1", n)
+            assert answer["setlinfo"]["setl_id"].startswith("DF")
+            claims[answer["setlinfo"]["setl_id"]] = visit
+        assert await deferred.fetchval("SELECT count(*) FROM settlements") == 0
+        summary = json.loads(
+            cli("deferred", "replay", "--json", "--database-url", deferred.dsn).stdout
+        )
+        assert summary == {"total": len(VISITS), "settled": len(VISITS), "failed": []}
+
+        # The same visits settled online in service-date order, account not used.
+        his2, pos2 = online.client(HOSPITAL), online.client(PHARMACY)
+        for n, visit in sorted(enumerate(VISITS), key=lambda v: v[1][1]):
+            await _settle(his2, pos2, visit, "0", n)
+
+        replayed, online_rows = await _ledger(deferred), await _ledger(online)
+        assert replayed[0] == online_rows[0]  # every amount of every settlement
+        assert replayed[1] == online_rows[1]  # the accumulators they leave
+        assert any(row[16] > 0 for row in replayed[0])  # the fund paid something to reimburse
+        for row in await deferred.fetch(
+            "SELECT d.reimbursement_fen, d.medfee_sumamt, s.psn_cash_pay, s.acct_pay"
+            " FROM deferred d JOIN settlements s USING (setl_id)"
+        ):
+            assert row["acct_pay"] == 0
+            assert row["reimbursement_fen"] == row["medfee_sumamt"] - row["psn_cash_pay"]
+        assert await deferred.check_ledger() == []
