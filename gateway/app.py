@@ -247,6 +247,7 @@ def build_app(settings: Settings) -> web.Application:
         app[GATEWAY] = gw
         journal_dir = settings.journal_dir or Path(config.journal_dir)
         gw.journal = Journal(journal_dir)
+        gw.triggers = emergency.institution_triggers(gw)
         if settings.auth:
             credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
             app[VERIFIER] = Verifier(credentials, redis)

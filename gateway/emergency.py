@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Any
 
 import aiohttp
 import asyncpg
 
 from adapters.his import deferral
 from adapters.his.envelope import Request, encode_response
-from gateway import dispatch
+from gateway import dispatch, triggers
 from gateway.breaker import Breaker
 from gateway.core.model import Institution
 from gateway.deferred import PROVISIONAL_PREFIX, store
@@ -25,8 +24,10 @@ from gateway.dispatch import Answer, Call, Detour, Transaction
 from gateway.errors import Conflict, RuleRejected, Unavailable
 from gateway.ledger import encounters, idempotency
 from gateway.ops import metrics
+from gateway.plan import store as plan_store
 from gateway.plan.rules import Decision
 from gateway.runtime import Gateway
+from gateway.triggers import InstitutionTriggers
 
 log = logging.getLogger("gateway.emergency")
 
@@ -366,9 +367,32 @@ def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
 def observe(gw: Gateway, fixmedins_code: str, ok: bool, timeout: bool, seconds: float) -> None:
     """Feed the ledger's breaker (and the institution trigger) from every call that used it."""
     gw.breakers["postgres"].record(ok, timeout=timeout, seconds=seconds)
-    triggers: Any = getattr(gw, "institution_triggers", None)
-    if triggers is not None:
-        triggers.record(fixmedins_code, ok, timeout, seconds)
+    if gw.triggers is not None:
+        gw.triggers.record(fixmedins_code, ok, timeout, seconds)
+
+
+def institution_triggers(gw: Gateway) -> InstitutionTriggers:
+    """Per-institution triggers that write their protective action as a plan rule."""
+    cfg = gw.config.institution_trigger
+
+    async def apply(code: str, reason: str) -> None:
+        async with gw.pool.acquire(timeout=5.0) as conn:
+            await plan_store.set_rule(
+                conn,
+                scope=f"institution:{code}",
+                klass=triggers.CLASS,
+                action=cfg.action,
+                reason=reason,
+                operator=triggers.OPERATOR,
+            )
+        await gw.reload_plan(force=True)
+        await gw.announce_plan_change()
+
+    def has_rule(code: str) -> bool:
+        scope = f"institution:{code}"
+        return any(r.scope == scope and r.klass == triggers.CLASS for r in gw.plan.rules)
+
+    return InstitutionTriggers(cfg, apply, has_rule)
 
 
 async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:

@@ -56,6 +56,7 @@ class Gateway:
         "reference",
         "region",
         "snapshot",
+        "triggers",
     )
 
     def __init__(
@@ -79,6 +80,7 @@ class Gateway:
         self.plan = Plan(version=0)
         self.journal: Any | None = None  # gateway.deferred.journal.Journal, set by the app
         self.breakers: dict[str, Breaker] = {}
+        self.triggers: Any | None = None  # gateway.triggers.InstitutionTriggers, set by the app
         for name in ("postgres", "redis", "legacy"):
             cfg = config.breakers.get(name, BreakerConfig())
             breaker = Breaker(name, cfg, on_change=_breaker_changed)
@@ -151,8 +153,9 @@ class Gateway:
             log.warning("plan change not published; other processes will poll")
 
     def breaker_states(self) -> list[dict[str, Any]]:
-        """Every breaker's state, for the console and `plan show`."""
-        return [
+        """Every dependency breaker's state, and institutions whose trigger has tripped."""
+        tripped = self.triggers.states() if self.triggers is not None else []
+        return tripped + [
             {
                 "dependency": b.name,
                 "state": b.state,

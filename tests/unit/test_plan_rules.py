@@ -1,0 +1,126 @@
+"""Plan decisions, breakers and institution triggers, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+from gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
+from gateway.errors import BadRequest
+from gateway.plan.rules import Plan, Rule, Window, check_scope
+from gateway.triggers import InstitutionTriggers
+
+NOW = dt.datetime(2022, 3, 5, 12, 0)
+
+
+def rule(scope: str, klass: str, action: str) -> Rule:
+    return Rule(scope, klass, action, "why", "duty", NOW)
+
+
+def window(scope: str, classes: tuple[str, ...], action: str, begins: str, ends: str) -> Window:
+    return Window(1, "w", scope, classes, action, dt.datetime.fromisoformat(begins), dt.datetime.fromisoformat(ends))  # fmt: skip
+
+
+def test_most_specific_scope_wins_and_a_rule_beats_a_window() -> None:
+    plan = Plan(
+        2,
+        rules=(rule("global", "settlement", "reject"), rule("institution:H1", "settlement", "defer")),
+        windows=(window("region:330300", ("settlement", "encounter"), "route_legacy", "2022-03-04", "2022-03-07"),),
+    )  # fmt: skip
+    assert plan.decide("H1", "330300", "settlement", NOW).action == "defer"  # type: ignore[union-attr]
+    assert plan.decide("H2", "330300", "settlement", NOW).action == "route_legacy"  # type: ignore[union-attr]
+    assert plan.decide("H2", "441800", "settlement", NOW).action == "reject"  # type: ignore[union-attr]
+    assert plan.decide("H2", "330300", "encounter", NOW).source == "window:w"  # type: ignore[union-attr]
+    assert plan.decide("H2", "441800", "encounter", NOW) is None
+    # Windows are [begins, ends): 03-06 24:00 is 03-07 00:00, no longer in force.
+    assert plan.decide("H2", "330300", "encounter", dt.datetime(2022, 3, 7)) is None
+    assert plan.decide("H2", "330300", "encounter", dt.datetime(2022, 3, 4)) is not None
+
+
+def test_scopes_are_checked() -> None:
+    assert check_scope("region:330300") == "region:330300"
+    for bad in ("region:33", "everything", "institution:", "global;drop"):
+        with pytest.raises(BadRequest):
+            check_scope(bad)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+CFG = BreakerConfig(window_seconds=10, min_calls=10, error_ratio=0.5, timeout_ratio=0.3,
+                    consecutive_failures=5, latency_target_seconds=1.0, slow_ratio=0.8,
+                    min_open_seconds=5, half_open_probes=3, healthy_seconds=4)  # fmt: skip
+
+
+def test_breaker_trips_on_consecutive_failures_and_never_flaps() -> None:
+    clock = Clock()
+    b = Breaker("postgres", CFG, clock)
+    for _ in range(4):
+        b.record(False)
+    assert b.state == CLOSED
+    b.record(False)
+    assert b.state == OPEN and "连续5次" in b.reason
+    assert not b.probe_due()  # minimum open time
+    clock.t += 5
+    assert b.probe_due()
+    b.probe_result(True)
+    assert b.state == HALF_OPEN and b.is_open and not b.ready_to_close()
+    b.probe_result(False)  # one bad probe: open again, the healthy period starts over
+    assert b.state == OPEN
+    for _ in range(3):
+        b.probe_result(True)
+        clock.t += 1
+    assert not b.ready_to_close()  # 3 probes, but healthy for 2 s only
+    clock.t += 2
+    b.probe_result(True)
+    assert b.ready_to_close()
+    b.close("ok")
+    assert b.state == CLOSED and not b.is_open
+
+
+def test_breaker_ratios_need_the_minimum_count_within_the_window() -> None:
+    clock = Clock()
+    b = Breaker("postgres", CFG, clock)
+    for i in range(9):  # 4 failures in 9 calls, never 5 in a row: below the minimum count
+        b.record(i % 2 == 0)
+    assert b.state == CLOSED
+    clock.t += 11  # the window slides past them
+    for i in range(10):
+        b.record(i % 3 != 0, timeout=i % 3 == 0)  # 4 timeouts of 10 ≥ 30 %
+    assert b.state == OPEN and "超时" in b.reason
+    slow = Breaker("postgres", CFG, Clock())
+    for _ in range(10):
+        slow.record(True, seconds=2.0)
+    assert slow.state == OPEN and "慢于" in slow.reason
+
+
+async def test_institution_trigger_writes_one_rule_and_rearms_after_it_is_cleared() -> None:
+    clock = Clock()
+    written: list[tuple[str, str]] = []
+    rules: set[str] = set()
+
+    async def apply(code: str, reason: str) -> None:
+        written.append((code, reason))
+        rules.add(code)
+
+    triggers = InstitutionTriggers(CFG, apply, lambda code: code in rules, clock)
+    for _ in range(5):
+        triggers.record("H44180000001", False, True, 5.0)
+        triggers.record("H44180000002", True, False, 0.01)
+    for _ in range(20):
+        triggers.record("H44180000001", False, True, 5.0)
+    await asyncio.sleep(0)
+    assert [code for code, _ in written] == ["H44180000001"]
+    assert "自动触发" in written[0][1]
+    assert [s["dependency"] for s in triggers.states()] == ["institution:H44180000001"]
+    rules.clear()  # the team cleared it
+    clock.t += CFG.min_open_seconds
+    triggers.record("H44180000001", True, False, 0.01)
+    assert triggers.states() == []
