@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.breaker import Breaker
 from gateway.errors import Busy
 from gateway.ops.keys import RATE_INSTITUTION, RATE_TERMINAL, RATE_TTL_SECONDS
 
@@ -79,11 +80,20 @@ return ok
 class Limiter:
     """Admission by terminal, then by institution."""
 
-    __slots__ = ("_institutions", "_redis", "_redis_retry_at", "_script", "_terminals", "limits")
+    __slots__ = (
+        "_institutions",
+        "_last_probe",
+        "_redis",
+        "_script",
+        "_terminals",
+        "breaker",
+        "limits",
+    )
 
-    # After a Redis failure, requests use local buckets for this long instead of each waiting
-    # for a connect timeout: a Redis outage must not add latency to settlement.
-    REDIS_BACKOFF_SECONDS = 5.0
+    # After Redis failures the breaker opens and requests use local buckets instead of each
+    # waiting for a connect timeout: a Redis outage must not add latency to settlement. While it
+    # is open, one request a second tries Redis again.
+    PROBE_EVERY_SECONDS = 1.0
 
     def __init__(self, limits: Limits, redis: Any | None = None) -> None:
         self.limits = limits
@@ -93,7 +103,8 @@ class Limiter:
         )
         self._redis = redis
         self._script = redis.register_script(_LUA) if redis is not None else None
-        self._redis_retry_at = 0.0
+        self._last_probe = 0.0
+        self.breaker: Breaker | None = None  # the gateway's Redis breaker, when it has one
 
     async def redis_status(self) -> str:
         """ "ok", "unreachable" or "not configured": reported by /readyz, never required."""
@@ -108,18 +119,44 @@ class Limiter:
     async def admit(self, fixmedins_code: str, terminal: str) -> None:
         """Raise Busy when the terminal or the institution is over its rate."""
         tkey = f"{fixmedins_code}|{terminal}"
-        if self._script is not None:
+        if self._script is not None and self._shared_usable():
             try:
                 await self._admit_shared(fixmedins_code, tkey)
+                self._note(True)
                 return
             except Busy:
+                self._note(True)
                 raise
             except Exception:
+                self._note(False)
                 log.warning("rate limit store unavailable; using process-local buckets")
         if not self._terminals.take(tkey):
             raise Busy(TERMINAL_BUSY)
         if not self._institutions.take(fixmedins_code):
             raise Busy(INSTITUTION_BUSY)
+
+    def _shared_usable(self) -> bool:
+        """Closed breaker: use Redis. Open: local buckets, with one probe a second after the
+        minimum open time."""
+        b = self.breaker
+        if b is None or not b.is_open:
+            return True
+        now = time.monotonic()
+        if b.probe_due() and now - self._last_probe >= self.PROBE_EVERY_SECONDS:
+            self._last_probe = now
+            return True
+        return False
+
+    def _note(self, ok: bool) -> None:
+        b = self.breaker
+        if b is None:
+            return
+        if b.is_open:
+            b.probe_result(ok)
+            if b.ready_to_close() and b.config.recover == "auto":
+                b.close("Redis恢复")
+        else:
+            b.record(ok)
 
     async def _admit_shared(self, fixmedins_code: str, tkey: str) -> None:
         assert self._script is not None

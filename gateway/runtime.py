@@ -86,6 +86,7 @@ class Gateway:
             breaker = Breaker(name, cfg, on_change=_breaker_changed)
             metrics.BREAKER_STATE.labels(name).set(0)
             self.breakers[name] = breaker
+        limiter.breaker = self.breakers["redis"]
 
     @classmethod
     async def start(

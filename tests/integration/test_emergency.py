@@ -35,6 +35,7 @@ from tests.integration.his_client import HisClient, amount_text, decode
 EMPLOYEE = "441800000000000003"
 WORKER = "441800000000000001"
 RETIREE = "441800000000000002"
+PHARMACY_441800 = "P44180000001"
 
 
 async def _visit(
@@ -409,3 +410,18 @@ async def test_plan_change_reaches_every_process_through_redis(
             return "应急预案" in ((await his.call("3201", query))["err_msg"] or "")
 
         assert await until(rejected, within=2.0) < 2.0
+
+
+async def test_redis_down_never_stops_settlement_and_its_breaker_opens(
+    new_database: Callable[..., Any],
+) -> None:
+    dead_redis = "redis://127.0.0.1:1/0"  # nothing listens there
+    async with running_gateway(new_database, GENEROUS, dead_redis) as srv:
+        pos = srv.client(PHARMACY_441800)
+        for n in range(6):
+            drug = pos.drug_input(EMPLOYEE, f"2026-05-2{n} 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+            assert (await pos.call("2102", drug))["infcode"] == 0
+        async with srv.session.get(srv.url + "/metrics") as resp:
+            text = await resp.text()
+        assert 'sgw_breaker_state{dependency="redis"} 2.0' in text
+        assert 'sgw_breaker_state{dependency="postgres"} 0.0' in text
