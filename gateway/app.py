@@ -20,6 +20,7 @@ from gateway import dispatch, emergency
 from gateway.auth import AuthError, Verifier, load_credentials
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.console import install as install_console
+from gateway.core.settle import FUND_NAMES
 from gateway.deferred.journal import Journal
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
@@ -248,6 +249,7 @@ def build_app(settings: Settings) -> web.Application:
         journal_dir = settings.journal_dir or Path(config.journal_dir)
         gw.journal = Journal(journal_dir)
         gw.triggers = emergency.institution_triggers(gw)
+        metrics.prime([i.fixmedins_code for i in gw.snapshot.institutions], list(FUND_NAMES))
         if settings.auth:
             credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
             app[VERIFIER] = Verifier(credentials, redis)

@@ -100,6 +100,18 @@ BREAKER_STATE = Gauge(
 _terminals: set[str] = set()
 
 
+def prime(institutions: list[str], fund_types: list[str]) -> None:
+    """Known label values start at 0: every family is in the exposition, and rate() and
+    increase() see the first event, from the moment a process starts."""
+    for code in institutions:
+        for kind in ("timeout", "error"):
+            INSTITUTION_ERRORS.labels(code, kind)
+        RECONCILE_MISMATCHES.labels(code)
+    for fund in fund_types:
+        FUND_PAID.labels(fund)
+    DEFERRED_CLAIMS.set(0)
+
+
 def terminal_label(fixmedins_code: str, terminal: str) -> str:
     """Bound the terminal label: past the cap, new terminals count as "other"."""
     key = f"{fixmedins_code}|{terminal}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import asyncpg
 import msgspec
 
 from gateway.auth import sign_headers
-from tests.integration.his_client import CREDENTIALS
+from tests.integration.his_client import CREDENTIALS, HisClient
 
 ROOT_ENV = {"PYTHONUNBUFFERED": "1"}
 
@@ -123,12 +124,42 @@ async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) 
                     answer = msgspec.json.decode(await r.read())
                     assert answer["infcode"] == 0
                     assert answer["output"]["baseinfo"]["psn_no"] == "441800000000000004"
+            # Traffic that touches every family: a payment sent twice (a replay), a card that
+            # identifies nobody, and a plan change made from the CLI that both workers pick up.
+            pos = HisClient(session, f"http://127.0.0.1:{port}", "P44180000001")
+            drug = pos.drug_input("441800000000000001", "2026-03-02 10:00:00", "80.00", [
+                {"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2", "det_item_fee_sumamt": "80.00"}
+            ])  # fmt: skip
+            paid = msgspec.json.encode(pos.envelope("2102", drug))
+            for _ in range(2):
+                assert msgspec.json.decode((await pos.post_raw(paid))[1])["infcode"] == 0
+            unknown = {
+                "data": {"mdtrt_cert_type": "03", "mdtrt_cert_no": "NOSUCHCARD", "card_sn": "x"}
+            }
+            assert (await pos.call("1101", unknown))["infcode"] == -1
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "gateway", "plan", "set", "--scope", "global", "--class",
+                 "reconcile", "--action", "reject", "--reason", "演练", "--database-url", dsn],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            await asyncio.sleep(2.5)  # both workers poll the plan version every second
             # Whichever worker answers the scrape, the counts are the whole gateway's.
             families = (
                 "sgw_requests_total",
                 "sgw_request_duration_seconds_bucket",
                 "sgw_catalog_version",
                 "sgw_db_pool_connections",
+                "sgw_fund_paid_yuan_total",
+                "sgw_idempotent_replays_total",
+                "sgw_institution_errors_total",
+                "sgw_terminal_identity_failures_total",
+                "sgw_reconcile_mismatches_total",
+                'sgw_plan_degraded{class="reconcile",scope="global"} 1.0',
+                'sgw_plan_changes_total{action="reject",class="reconcile",scope="global"} 2.0',
+                "sgw_deferred_claims",
+                'sgw_breaker_state{dependency="postgres"} 0.0',
             )
             for _ in range(4):
                 async with (
@@ -139,6 +170,7 @@ async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) 
                 for family in families:
                     assert family in text, family
                 assert 'sgw_requests_total{infno="1101",outcome="ok"} 10.0' in text
+                assert "sgw_idempotent_replays_total 1.0" in text
             async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
                 ready = await r.json()
                 assert ready["database"] == "ok" and ready["redis"] == "not configured"
