@@ -79,6 +79,16 @@ class Corrections:
 
 
 @dataclass(slots=True)
+class Reimbursements:
+    """Deferred claims (主动报) settled by replay in the month: the patient paid the whole bill
+    at the counter, so the fund's share is paid to the patient, not to the institution."""
+
+    claims: int = 0
+    medfee_sumamt: int = 0
+    to_patients: int = 0
+
+
+@dataclass(slots=True)
 class InstitutionReport:
     fixmedins_code: str
     fixmedins_name: str
@@ -86,6 +96,7 @@ class InstitutionReport:
     lines: list[Line] = field(default_factory=list)
     total: Line = field(default_factory=lambda: Line("", "合计"))
     corrections: Corrections = field(default_factory=Corrections)
+    reimbursements: Reimbursements = field(default_factory=Reimbursements)
 
 
 @dataclass(slots=True)
@@ -164,6 +175,20 @@ async def monthly(
             InstitutionReport(r["fixmedins_code"], r["fixmedins_name"], r["admdvs"]),
         )
         rep.corrections = Corrections(int(r["n"]), int(r["fund"]), int(r["acct"]), int(r["cash"]))
+    for r in await conn.fetch(
+        "SELECT d.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n,"
+        " sum(d.medfee_sumamt) AS medfee, sum(d.reimbursement_fen) AS owed FROM deferred d"
+        " JOIN institutions i USING (fixmedins_code) WHERE d.kind = 'claim'"
+        " AND d.status = 'settled' AND d.replayed_at >= $1 AND d.replayed_at < $2"
+        + (" AND d.fixmedins_code = $3" if institution else "")
+        + " GROUP BY d.fixmedins_code, i.fixmedins_name, i.admdvs",
+        *corr_args,
+    ):
+        rep = reports.setdefault(
+            r["fixmedins_code"],
+            InstitutionReport(r["fixmedins_code"], r["fixmedins_name"], r["admdvs"]),
+        )
+        rep.reimbursements = Reimbursements(int(r["n"]), int(r["medfee"]), int(r["owed"]))
     return MonthlyReport(month, begn, end, sorted(reports.values(), key=lambda r: r.fixmedins_code))
 
 
@@ -247,6 +272,11 @@ def to_json(report: MonthlyReport) -> dict[str, object]:
                     "fund_delta": fen_text(r.corrections.fund_delta),
                     "acct_delta": fen_text(r.corrections.acct_delta),
                     "patient_cash_delta": fen_text(r.corrections.patient_cash_delta),
+                },
+                "deferred_reimbursements": {
+                    "claims": r.reimbursements.claims,
+                    "medfee_sumamt": fen_text(r.reimbursements.medfee_sumamt),
+                    "to_patients": fen_text(r.reimbursements.to_patients),
                 },
             }
             for r in report.institutions
@@ -368,6 +398,12 @@ def to_html(report: MonthlyReport) -> str:
                 f'<p class="words">本月目录对照纠错重结算{c.settlements}笔：基金差额{fen_text(c.fund_delta)}，'
                 f"个人账户差额{fen_text(c.acct_delta)}，参保人现金差额{fen_text(c.patient_cash_delta)}"
                 "（正数为参保人应补缴，负数为应退还参保人）</p>"
+            )
+        d = r.reimbursements
+        if d.claims:
+            parts.append(
+                f'<p class="words">本月补结算暂存（主动报）结算{d.claims}笔，医疗费用{fen_text(d.medfee_sumamt)}，'
+                f"基金应支付部分{fen_text(d.to_patients)}直接支付给参保人（参保人已在机构全额现金支付）</p>"
             )
         parts.append("</section>")
     if not report.institutions:

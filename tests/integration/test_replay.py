@@ -3,10 +3,12 @@ settling the same visits online, in service-date order, with the account not use
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
 
+from gateway.money import fen_text
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import (
     BIG_LINES,
@@ -109,3 +111,17 @@ async def test_replayed_claims_equal_online_settlement(new_database: Callable[..
             assert row["acct_pay"] == 0
             assert row["reimbursement_fen"] == row["medfee_sumamt"] - row["psn_cash_pay"]
         assert await deferred.check_ledger() == []
+
+        # The month's clearing report shows what the funds pay the patients directly.
+        month = dt.date.today().strftime("%Y-%m")
+        report = json.loads(cli("clearing", "monthly", "--month", month, "--json", "--database-url", deferred.dsn).stdout)  # fmt: skip
+        owed = {
+            r["fixmedins_code"]: int(r["owed"])
+            for r in await deferred.fetch(
+                "SELECT fixmedins_code, sum(reimbursement_fen) AS owed FROM deferred GROUP BY 1"
+            )
+        }
+        shown = {r["fixmedins_code"]: r["deferred_reimbursements"] for r in report["institutions"]}
+        for code, fen in owed.items():
+            assert shown[code]["to_patients"] == fen_text(fen)
+        assert sum(r["claims"] for r in shown.values()) == len(VISITS)
