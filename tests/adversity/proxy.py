@@ -3,6 +3,7 @@
 `cut()` makes the dependency unreachable the way a dead network does: bytes are dropped, new
 connections are accepted and never answered (clients wait for their timeouts), nothing is reset.
 `restore()` drops the frozen connections (their protocol state is lost) and forwards again.
+`delay` adds latency each way; `drop()` resets the open connections.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ class Proxy:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.cut_now = False
+        self.delay = 0.0  # seconds added to every chunk, each way
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -56,8 +58,16 @@ class Proxy:
             while data := await reader.read(65536):
                 if self.cut_now:
                     continue  # dropped on the floor, like packets to a dead host
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 writer.write(data)
                 await writer.drain()
+
+    def drop(self) -> None:
+        """Reset every open connection (a firewall flush, a NAT timeout); new ones go through."""
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
 
     def cut(self) -> None:
         self.cut_now = True
