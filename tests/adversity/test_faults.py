@@ -223,3 +223,23 @@ async def test_kill_9_of_a_worker_under_load_while_clients_retry(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_ledger_backends_terminated_under_load(new_database: Callable[..., Any]) -> None:
+    """What a PostgreSQL restart does to its clients: every connection killed at once, twice,
+    while counters sell and retry."""
+    async with running_gateway(new_database, SLOW) as srv:
+
+        async def restart_like() -> None:
+            for _ in range(2):
+                await asyncio.sleep(0.3)
+                killed = await srv.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                assert killed > 0
+
+        load = Retrying(srv.client("P44180000001"))
+        await asyncio.gather(load.run(sales=60, concurrency=8), restart_like())
+        assert len(load.acknowledged) == 60
+        await _exactly_once(srv, load)
