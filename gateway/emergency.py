@@ -411,7 +411,7 @@ async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
             if breaker.is_open:
                 if breaker.probe_due():
                     breaker.probe_result(await _probe(gw))
-                    if breaker.ready_to_close() and breaker.config.recover == "auto":
+                    if breaker.ready_to_close() and await _may_close(gw, breaker):
                         if gw.journal is not None:
                             async with asyncio.timeout(30):
                                 await replay.drain(gw, gw.journal)
@@ -431,6 +431,36 @@ async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
             raise
         except Exception:
             log.warning("ledger watch step failed", exc_info=True)
+
+
+LEDGER_TRIGGER = "trigger:postgres"
+
+
+async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
+    """Automatic recovery closes at once. Manual recovery waits for a person: the protective
+    action is written as a global plan rule (the ledger answers again by now), and the breaker
+    closes once the team has cleared it (`plan clear --scope global --class settlement`)."""
+    if breaker.config.recover == "auto":
+        return True
+    held = any(
+        r.scope == "global" and r.klass == "settlement" and r.operator == LEDGER_TRIGGER
+        for r in gw.plan.rules
+    )
+    if breaker.reason.startswith("待人工恢复"):
+        return not held
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        await plan_store.set_rule(
+            conn,
+            scope="global",
+            klass="settlement",
+            action=breaker.config.action,
+            reason=f"待人工恢复：账本数据库已恢复连接，熔断原因：{breaker.reason}",
+            operator=LEDGER_TRIGGER,
+        )
+    await gw.reload_plan(force=True)
+    await gw.announce_plan_change()
+    breaker.reason = "待人工恢复：" + breaker.reason
+    return False
 
 
 async def _probe(gw: Gateway) -> bool:

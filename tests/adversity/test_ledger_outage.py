@@ -285,3 +285,66 @@ async def test_kill_9_while_deferring_loses_no_claim(
     finally:
         await session.close()
         await proxy.close()
+
+
+MANUAL = GatewayConfig(
+    limits=GENEROUS.limits,
+    call_deadline_seconds=2.0,
+    breakers={
+        "postgres": BreakerConfig(
+            window_seconds=5.0, min_calls=5, consecutive_failures=3, min_open_seconds=1.0,
+            half_open_probes=2, healthy_seconds=1.0, action="defer", recover="manual",
+        )
+    },
+)  # fmt: skip
+
+
+async def test_manual_recovery_waits_for_plan_clear(new_database: Callable[..., Any]) -> None:
+    proxy: Proxy | None = None
+
+    async def through_proxy(dsn: str) -> str:
+        nonlocal proxy
+        proxy = Proxy(*_tcp(dsn))
+        await proxy.start()
+        return _through(dsn, proxy.port)
+
+    async with running_gateway(new_database, MANUAL, serve_through=through_proxy) as srv:
+        assert proxy is not None
+        pos = srv.client(PHARMACY)
+        drug = pos.drug_input(PERSONS[0], "2026-07-02 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+
+        async def setl_id() -> str:
+            answer = await pos.call("2102", drug)
+            return str(answer["output"]["setlinfo"]["setl_id"]) if answer["infcode"] == 0 else ""
+
+        try:
+            proxy.cut()
+
+            async def deferring() -> bool:
+                return (await setl_id()).startswith("DF")
+
+            await until(deferring, within=15.0)
+            proxy.restore()
+
+            async def held() -> bool:
+                rule = await srv.fetchrow(
+                    "SELECT * FROM plan_rules WHERE scope = 'global' AND class = 'settlement'"
+                )
+                return rule is not None and rule["operator"] == "trigger:postgres"
+
+            await until(held, within=15.0)
+            # The ledger answers, but only a person ends degraded mode.
+            await asyncio.sleep(1.5)
+            assert (await setl_id()).startswith("DF")
+            cli("plan", "clear", "--scope", "global", "--class", "settlement", "--reason",
+                "数据库已恢复，应急小组确认", "--operator", "duty", "--database-url", srv.dsn)  # fmt: skip
+
+            async def normal() -> bool:
+                found = await setl_id()
+                return bool(found) and not found.startswith("DF")
+
+            await until(normal, within=10.0)
+        finally:
+            await proxy.close()
+        journaled = await srv.fetchval("SELECT count(*) FROM deferred WHERE source = 'journal'")
+        assert journaled >= 1  # the claims taken while the ledger was away are in it

@@ -53,6 +53,10 @@ class Server:
         finally:
             await conn.close()
 
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
     async def fetchval(self, sql: str, *args: Any) -> Any:
         rows = await self.fetch(sql, *args)
         return rows[0][0] if rows else None
