@@ -11,6 +11,8 @@ TOOLS=(
     "command -v redis-server|redis-server|optional"
     # The clearing report is rendered to PNG in headless Chromium; CJK fonts make its text legible.
     "command -v chromium|chromium|optional"
+    # The console's browser test drives Chromium through Selenium with Debian's matching driver.
+    "command -v chromedriver|chromium-driver|optional"
     "fc-list 2>/dev/null | grep -qi 'noto sans cjk'|fonts-noto-cjk|optional"
     # `make promtool` checks and unit-tests the alert rules; Debian ships promtool in prometheus.
     "command -v promtool|prometheus|optional"

@@ -1,0 +1,127 @@
+"""The emergency console in a real headless Chromium (Debian's chromium and chromium-driver,
+driven by Selenium): log in, set a rule with a reason, see the state and the audit row change,
+clear it again."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import running_gateway
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def _driver() -> Any:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.skip("chromium / chromium-driver not installed (make system-deps installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1600",
+    ):
+        options.add_argument(flag)
+    # The driver is named explicitly: Selenium Manager never downloads anything.
+    return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+
+
+def _drive(url: str) -> dict[str, Any]:
+    """Blocking browser work (run in a thread so the in-process gateway keeps serving)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    seen: dict[str, Any] = {}
+    driver = _driver()
+    try:
+        wait = WebDriverWait(driver, 15)
+        driver.get(url + "/console")
+        wait.until(ec.presence_of_element_located((By.ID, "login-form")))
+        seen["redirected_to_login"] = driver.current_url.endswith("/console/login")
+        driver.find_element(By.ID, "operator").send_keys("duty")
+        driver.find_element(By.ID, "password").send_keys("duty-2026")
+        driver.find_element(By.ID, "login").click()
+        wait.until(ec.presence_of_element_located((By.ID, "state")))
+        seen["state_before"] = driver.find_element(By.ID, "state").text
+
+        driver.find_element(By.ID, "scope").send_keys("region:330300")
+        Select(driver.find_element(By.ID, "class")).select_by_value("settlement")
+        Select(driver.find_element(By.ID, "action")).select_by_value("defer")
+        driver.find_element(By.ID, "reason").send_keys("温州实时结算停机演练")
+        driver.find_element(By.ID, "set").click()
+        wait.until(ec.presence_of_element_located((By.ID, "message")))
+        seen["state_after_set"] = driver.find_element(By.ID, "state").text
+        seen["rules_after_set"] = [
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#rules tr.rule")
+        ]
+        seen["audit_after_set"] = [
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#audit tr.audit-row")
+        ]
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "console.png"))
+
+        # Clearing without a reason is refused on the page; with one it returns to normal.
+        row = driver.find_element(By.CSS_SELECTOR, '#rules tr.rule[data-scope="region:330300"]')
+        row.find_element(By.CSS_SELECTOR, "button").click()
+        wait.until(ec.presence_of_element_located((By.ID, "error")))
+        seen["clear_without_reason"] = driver.find_element(By.ID, "error").text
+        row = driver.find_element(By.CSS_SELECTOR, '#rules tr.rule[data-scope="region:330300"]')
+        row.find_element(By.NAME, "reason").send_keys("演练结束")
+        row.find_element(By.CSS_SELECTOR, "button").click()
+        wait.until(ec.presence_of_element_located((By.ID, "message")))
+        seen["state_after_clear"] = driver.find_element(By.ID, "state").text
+        seen["audit_after_clear"] = [
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#audit tr.audit-row")
+        ]
+    finally:
+        driver.quit()
+    return seen
+
+
+async def test_console_in_headless_chromium(new_database: Callable[..., Any]) -> None:
+    async with running_gateway(new_database) as srv:
+        seen = await asyncio.to_thread(_drive, srv.url)
+        assert seen["redirected_to_login"]
+        assert seen["state_before"].startswith("normal")
+        assert seen["state_after_set"].startswith("degraded")
+        (rule,) = seen["rules_after_set"]
+        assert rule[:2] == ["region:330300", "settlement"]
+        assert (
+            rule[2].startswith("defer") and rule[3] == "温州实时结算停机演练" and rule[4] == "duty"
+        )
+        newest = seen["audit_after_set"][0]
+        assert newest[2:6] == [
+            "duty",
+            "plan.set",
+            "region:330300/settlement",
+            "温州实时结算停机演练",
+        ]
+        assert "原因" in seen["clear_without_reason"]
+        assert seen["state_after_clear"].startswith("normal")
+        newest = seen["audit_after_clear"][0]
+        assert newest[2:6] == ["duty", "plan.clear", "region:330300/settlement", "演练结束"]
+        # The page is the ledger's truth: the rule and both audit rows are in the database.
+        rows = await srv.fetch("SELECT action, operator, reason FROM audit_log ORDER BY audit_id")
+        assert [tuple(r.values()) for r in rows] == [
+            ("plan.set", "duty", "温州实时结算停机演练"),
+            ("plan.clear", "duty", "演练结束"),
+        ]
+        assert await srv.fetchval("SELECT count(*) FROM plan_rules") == 0
+        assert (ARTIFACTS / "console.png").stat().st_size > 10_000

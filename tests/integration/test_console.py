@@ -1,0 +1,113 @@
+"""The console's JSON API and pages: login, roles, reasons, audit rows, escaping."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+
+from tests.integration.conftest import Server
+
+OPERATOR = {"operator": "duty", "password": "duty-2026"}
+VIEWER = {"operator": "watch", "password": "watch-2026"}
+
+
+async def _login(server: Server, who: dict[str, str]) -> str:
+    async with server.session.post(server.url + "/api/console/login", json=who) as r:
+        assert r.status == 200
+        body = await r.json()
+    token = body["token"]
+    assert isinstance(token, str)
+    return token
+
+
+async def _post(server: Server, path: str, token: str, doc: dict[str, Any]) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with server.session.post(server.url + path, json=doc, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def _counts(server: Server) -> tuple[int, int]:
+    return (
+        await server.fetchval("SELECT count(*) FROM plan_rules"),
+        await server.fetchval("SELECT count(*) FROM audit_log"),
+    )
+
+
+async def test_login_roles_and_audited_changes(server: Server) -> None:
+    async with server.session.post(
+        server.url + "/api/console/login", json={"operator": "duty", "password": "wrong"}
+    ) as r:
+        assert r.status == 401
+    async with server.session.get(server.url + "/api/plan") as r:
+        assert r.status == 401
+    viewer = await _login(server, VIEWER)
+    before = await _counts(server)
+    rule = {"scope": "region:520500", "class": "settlement", "action": "reject", "reason": "演练"}
+    status, body = await _post(server, "/api/plan/rules", viewer, rule)
+    assert status == 403 and "只读" in body["error"]
+    assert await _counts(server) == before  # nothing written
+
+    token = await _login(server, OPERATOR)
+    status, body = await _post(server, "/api/plan/rules", token, {**rule, "reason": ""})
+    assert status == 400 and "原因" in body["error"]
+    assert await _counts(server) == before
+    status, body = await _post(server, "/api/plan/rules", token, rule)
+    assert status == 200
+    shown = [r for r in body["rules"] if r["scope"] == "region:520500"]
+    assert shown[0]["action"] == "reject" and shown[0]["operator"] == "duty"
+    assert body["state"] == "degraded"
+    row = (await server.fetch("SELECT * FROM audit_log ORDER BY audit_id DESC LIMIT 1"))[0]
+    assert (row["operator"], row["action"], row["reason"]) == ("duty", "plan.set", "演练")
+    assert row["before"] is None and row["after"]["action"] == "reject"
+
+    clear = {"scope": "region:520500", "class": "settlement"}
+    status, body = await _post(server, "/api/plan/rules/clear", token, clear)
+    assert status == 400 and "原因" in body["error"]
+    status, body = await _post(server, "/api/plan/rules/clear", token, {**clear, "reason": "结束"})
+    assert status == 200 and not [r for r in body["rules"] if r["scope"] == "region:520500"]
+    async with server.session.get(
+        server.url + "/api/audit?limit=1", headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        latest = (await r.json())[0]
+    assert latest["action"] == "plan.clear" and latest["before"]["action"] == "reject"
+
+
+async def test_pages_need_login_escape_values_and_logout_ends_the_session(server: Server) -> None:
+    async with server.session.get(server.url + "/console", allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"] == "/console/login"
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        async with browser.post(server.url + "/console/login", data=OPERATOR) as r:
+            assert r.status == 200 and "应急控制台" in await r.text()
+        token = await _login(server, OPERATOR)
+        hostile = {"scope": "institution:H44180000003", "class": "catalog", "action": "reject",
+                   "reason": "<script>alert(1)</script>"}  # fmt: skip
+        assert (await _post(server, "/api/plan/rules", token, hostile))[0] == 200
+        async with browser.get(server.url + "/console") as r:
+            html = await r.text()
+        assert "<script>alert(1)</script>" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        # A form without the session's CSRF token is refused, and changes nothing.
+        before = await _counts(server)
+        async with browser.post(
+            server.url + "/console/rules/clear",
+            data={"scope": "institution:H44180000003", "class": "catalog", "reason": "x"},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 403
+        assert await _counts(server) == before
+        # Logging out (with the page's CSRF token) ends the session.
+        async with browser.get(server.url + "/console") as r:
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
+        assert csrf is not None
+        async with browser.post(
+            server.url + "/console/logout", data={"csrf": csrf.group(1)}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+        async with browser.get(server.url + "/console", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/console/login"
+    status, _ = await _post(server, "/api/plan/rules/clear", token,
+                            {"scope": "institution:H44180000003", "class": "catalog", "reason": "收尾"})  # fmt: skip
+    assert status == 200
