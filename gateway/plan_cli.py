@@ -307,6 +307,20 @@ def encounter_convert(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def operators_hash(args: argparse.Namespace) -> int:
+    """Print the scrypt hash of a password for config/…/operators.toml (read without echo)."""
+    from gateway.operators import hash_password
+
+    password = (
+        getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    )
+    if len(password) < 8:
+        print("refused: a password needs at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
 def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], None]) -> None:
     """The plan, deferred, audit and encounter command groups."""
     from gateway.plan.rules import ACTIONS, CLASSES
@@ -373,6 +387,11 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     av = asub.add_parser("verify", help="recompute the chain; exit 1 when broken")
     common(av)
     av.set_defaults(func=audit_verify)
+
+    o = sub.add_parser("operators", help="the console's operators")
+    osub = o.add_subparsers(dest="operators_command", required=True)
+    oh = osub.add_parser("hash", help="hash a password (stdin) for operators.toml")
+    oh.set_defaults(func=operators_hash)
 
     e = sub.add_parser("encounter", help="visit operations")
     esub = e.add_subparsers(dest="encounter_command", required=True)
