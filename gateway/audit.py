@@ -90,15 +90,7 @@ async def verify(conn: asyncpg.Connection) -> Verdict:
                 return Verdict(count, audit_id, f"row {expected_id} is missing")
             if r["prev_hash"] != prev:
                 return Verdict(count, audit_id, "prev_hash does not match the previous row")
-            fields = {
-                "operator": r["operator"],
-                "action": r["action"],
-                "target": r["target"],
-                "reason": r["reason"],
-                "before": r["before"],
-                "after": r["after"],
-            }
-            if _hash(prev, audit_id, r["at"], fields) != r["hash"]:
+            if _hash(prev, audit_id, r["at"], _fields(r)) != r["hash"]:
                 return Verdict(count, audit_id, "content changed after it was written")
             prev = str(r["hash"])
             expected_id += 1
@@ -110,15 +102,11 @@ async def recent(conn: asyncpg.Connection, limit: int = 50) -> list[dict[str, An
     """The latest rows, newest first, for the console."""
     rows = await conn.fetch("SELECT * FROM audit_log ORDER BY audit_id DESC LIMIT $1", limit)
     return [
-        {
-            "audit_id": int(r["audit_id"]),
-            "at": r["at"].astimezone(dt.UTC).isoformat(),
-            "operator": r["operator"],
-            "action": r["action"],
-            "target": r["target"],
-            "reason": r["reason"],
-            "before": r["before"],
-            "after": r["after"],
-        }
+        {"audit_id": int(r["audit_id"]), "at": r["at"].astimezone(dt.UTC).isoformat(), **_fields(r)}
         for r in rows
     ]
+
+
+def _fields(r: asyncpg.Record) -> dict[str, Any]:
+    """What a row's hash covers, besides its id and time."""
+    return {k: r[k] for k in ("operator", "action", "target", "reason", "before", "after")}

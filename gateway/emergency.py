@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -134,24 +135,17 @@ async def _defer_claim(call: Call) -> Answer:
     if not mdtrt_id:
         mdtrt_id = claim_id  # a pharmacy purchase's visit is made at replay
     output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, call.now)
-    await store.insert(
-        call.conn,
-        Entry(
-            kind="claim",
-            fixmedins_code=req.fixmedins_code,
-            msgid=req.msgid,
-            infno=req.infno,
-            psn_no=facts.psn_no,
-            mdtrt_id=facts.mdtrt_id,
-            service_date=service_date or call.now.date(),
-            medfee_sumamt=facts.medfee_sumamt,
-            body=_body_of(call),
-            answer=b"",
-            received_at=call.now,
-            claim_id=claim_id,
-        ),
-        "ledger",
+    entry = _entry(
+        "claim",
+        req,
+        call.now,
+        psn_no=facts.psn_no,
+        mdtrt_id=facts.mdtrt_id,
+        service_date=service_date or call.now.date(),
+        medfee_sumamt=facts.medfee_sumamt,
+        claim_id=claim_id,
     )
+    await store.insert(call.conn, entry, "ledger")
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
 
 
@@ -161,32 +155,30 @@ async def _defer_call(call: Call) -> Answer:
     provisional = None
     if req.infno in deferral.OPENS_VISIT:
         provisional = deferral.new_provisional_id(call.institution.admdvs, call.now)
-    await store.insert(
-        call.conn,
-        Entry(
-            kind="call",
-            fixmedins_code=req.fixmedins_code,
-            msgid=req.msgid,
-            infno=req.infno,
-            psn_no="",
-            mdtrt_id="",
-            service_date=call.now.date(),
-            medfee_sumamt=0,
-            body=_body_of(call),
-            answer=b"",
-            received_at=call.now,
-            provisional_id=provisional,
-        ),
-        "ledger",
-    )
+    entry = _entry("call", req, call.now, provisional_id=provisional)
+    await store.insert(call.conn, entry, "ledger")
     ref = provisional or req.msgid
     return Answer(
         deferral.call_output(req, provisional), warn_msg=deferral.CALL_WARN.format(ref=ref)
     )
 
 
-def _body_of(call: Call) -> bytes:
-    return deferral.stored_request(call.req)
+def _entry(kind: str, req: Request, received: dt.datetime, **fields: Any) -> Entry:
+    """A deferred item of this request; `fields` fill in what the kind knows."""
+    base: dict[str, Any] = {
+        "kind": kind,
+        "fixmedins_code": req.fixmedins_code,
+        "msgid": req.msgid,
+        "infno": req.infno,
+        "psn_no": "",
+        "mdtrt_id": "",
+        "service_date": received.date(),
+        "medfee_sumamt": 0,
+        "body": deferral.stored_request(req),
+        "answer": b"",
+        "received_at": received,
+    }
+    return Entry(**(base | fields))
 
 
 # ------------------------------------------------------------------ deferral in the local journal
@@ -223,19 +215,16 @@ async def _journal_claim(
     )
     await _journal_append(
         gw,
-        Entry(
-            kind="claim",
-            fixmedins_code=req.fixmedins_code,
-            msgid=req.msgid,
-            infno=req.infno,
+        _entry(
+            "claim",
+            req,
+            received,
             psn_no=facts.psn_no,
             mdtrt_id=facts.mdtrt_id,
             service_date=facts.service_date or received.date(),
             medfee_sumamt=facts.medfee_sumamt,
-            body=deferral.stored_request(req),
             answer=out,
             digest=idempotency.digest(body),
-            received_at=received,
             claim_id=claim_id,
         ),
     )
@@ -259,19 +248,12 @@ async def _journal_call(
     )
     await _journal_append(
         gw,
-        Entry(
-            kind="call",
-            fixmedins_code=req.fixmedins_code,
-            msgid=req.msgid,
-            infno=req.infno,
-            psn_no="",
-            mdtrt_id="",
-            service_date=received.date(),
-            medfee_sumamt=0,
-            body=deferral.stored_request(req),
+        _entry(
+            "call",
+            req,
+            received,
             answer=out,
             digest=idempotency.digest(body),
-            received_at=received,
             provisional_id=provisional,
         ),
     )
@@ -301,19 +283,14 @@ async def _journal_withdrawal(
     )
     await _journal_append(
         gw,
-        Entry(
-            kind="withdrawal",
-            fixmedins_code=req.fixmedins_code,
-            msgid=req.msgid,
-            infno=req.infno,
+        _entry(
+            "withdrawal",
+            req,
+            received,
             psn_no=psn_no,
             mdtrt_id=held.mdtrt_id,
-            service_date=received.date(),
-            medfee_sumamt=0,
-            body=b"",
             answer=out,
             digest=idempotency.digest(body),
-            received_at=received,
             claim_id=setl_id,
         ),
     )

@@ -107,16 +107,30 @@ async def _run(gw: Gateway, conn: asyncpg.Connection, row: asyncpg.Record, now: 
     return _exact.decode(msgspec.json.encode(answer.output))
 
 
+async def _next(conn: asyncpg.Connection, kind: str, order: str) -> asyncpg.Record | None:
+    """The next pending item, locked; another replayer skips it rather than waiting."""
+    return await conn.fetchrow(
+        f"SELECT * FROM deferred WHERE kind = $1 AND status = 'pending' ORDER BY {order}"
+        " LIMIT 1 FOR UPDATE SKIP LOCKED",
+        kind,
+    )
+
+
+async def _failed(conn: asyncpg.Connection, seq: int, reason: str) -> None:
+    await conn.execute(
+        "UPDATE deferred SET status = 'failed', fail_reason = $2, replayed_at = now() WHERE seq = $1",
+        seq,
+        reason,
+    )
+
+
 async def apply_calls(gw: Gateway) -> tuple[int, int]:
     """Apply pending journaled encounter calls in the order received; (applied, failed)."""
     applied = failed = 0
     async with gw.pool.acquire() as conn:
         while True:
             async with conn.transaction():
-                row = await conn.fetchrow(
-                    "SELECT * FROM deferred WHERE kind = 'call' AND status = 'pending'"
-                    " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
-                )
+                row = await _next(conn, "call", "seq")
                 if row is None:
                     break
                 try:
@@ -135,12 +149,7 @@ async def apply_calls(gw: Gateway) -> tuple[int, int]:
                     )
                     applied += 1
                 except GatewayError as exc:
-                    await conn.execute(
-                        "UPDATE deferred SET status = 'failed', fail_reason = $2, replayed_at = now()"
-                        " WHERE seq = $1",
-                        row["seq"],
-                        exc.err_msg,
-                    )
+                    await _failed(conn, row["seq"], exc.err_msg)
                     failed += 1
     return applied, failed
 
@@ -173,10 +182,7 @@ async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | 
         progress.total = await store.pending_claims(conn)
         while True:
             async with conn.transaction():
-                row = await conn.fetchrow(
-                    "SELECT * FROM deferred WHERE kind = 'claim' AND status = 'pending'"
-                    " ORDER BY service_date, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
-                )
+                row = await _next(conn, "claim", "service_date, seq")
                 if row is None:
                     break
                 try:
@@ -199,12 +205,7 @@ async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | 
                     )
                     progress.settled += 1
                 except GatewayError as exc:
-                    await conn.execute(
-                        "UPDATE deferred SET status = 'failed', fail_reason = $2, replayed_at = now()"
-                        " WHERE seq = $1",
-                        row["seq"],
-                        exc.err_msg,
-                    )
+                    await _failed(conn, row["seq"], exc.err_msg)
                     progress.failed.append(
                         {
                             "claim_id": row["claim_id"],

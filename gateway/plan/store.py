@@ -187,16 +187,7 @@ async def add_window(
             action="window.set",
             target=f"{scope}/{name}",
             reason=reason,
-            before=None
-            if before is None
-            else _window_dict(
-                before["name"],
-                before["scope"],
-                list(before["classes"]),
-                before["action"],
-                before["begins"],
-                before["ends"],
-            ),
+            before=None if before is None else _row_dict(before),
             after=after,
         )
         return await _bump(conn)
@@ -218,14 +209,7 @@ async def remove_window(
             action="window.remove",
             target=f"{before['scope']}/{before['name']}",
             reason=reason,
-            before=_window_dict(
-                before["name"],
-                before["scope"],
-                list(before["classes"]),
-                before["action"],
-                before["begins"],
-                before["ends"],
-            ),
+            before=_row_dict(before),
         )
         return await _bump(conn)
 
@@ -241,6 +225,12 @@ def _window_dict(
         "begins": begins.isoformat(sep=" "),
         "ends": ends.isoformat(sep=" "),
     }
+
+
+def _row_dict(row: asyncpg.Record) -> dict[str, Any]:
+    return _window_dict(
+        row["name"], row["scope"], list(row["classes"]), row["action"], row["begins"], row["ends"]
+    )
 
 
 def window_dict(w: Window) -> dict[str, Any]:

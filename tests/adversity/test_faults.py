@@ -25,7 +25,7 @@ from gateway.app import Settings, prepare_database
 from gateway.breaker import BreakerConfig
 from gateway.config import GatewayConfig
 from tests.adversity.proxy import Proxy
-from tests.adversity.test_ledger_outage import CONFIG_TOML, _free_port, _tcp, _through
+from tests.adversity.test_ledger_outage import CONFIG_TOML, ProxiedLedger, _free_port
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, until
 from tests.integration.his_client import HisClient, decode
@@ -114,16 +114,9 @@ SLOW = GatewayConfig(
 
 
 async def test_ledger_200ms_away_and_connections_dropped(new_database: Callable[..., Any]) -> None:
-    proxy: Proxy | None = None
-
-    async def through_proxy(dsn: str) -> str:
-        nonlocal proxy
-        proxy = Proxy(*_tcp(dsn))
-        await proxy.start()
-        return _through(dsn, proxy.port)
-
-    async with running_gateway(new_database, SLOW, serve_through=through_proxy) as srv:
-        assert proxy is not None
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, SLOW, serve_through=ledger) as srv:
+        proxy = ledger.started()
         try:
             proxy.delay = 0.1  # 200 ms round trip added to every exchange with the ledger
             load = Retrying(srv.client("P44180000001"))

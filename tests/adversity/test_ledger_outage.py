@@ -86,6 +86,22 @@ def _through(dsn: str, port: int) -> str:
     return urlunsplit((parts.scheme, f"{auth}127.0.0.1:{port}", parts.path, parts.query, ""))
 
 
+class ProxiedLedger:
+    """`serve_through` for running_gateway: the gateway reaches its database through a proxy."""
+
+    def __init__(self) -> None:
+        self.proxy: Proxy | None = None
+
+    async def __call__(self, dsn: str) -> str:
+        self.proxy = Proxy(*_tcp(dsn))
+        await self.proxy.start()
+        return _through(dsn, self.proxy.port)
+
+    def started(self) -> Proxy:
+        assert self.proxy is not None
+        return self.proxy
+
+
 @dataclass
 class Load:
     """Counters at the till, each sending 2102s with fresh msgids, recording every answer."""
@@ -124,16 +140,9 @@ class Load:
 
 
 async def test_ledger_unreachable_under_load(new_database: Callable[..., Any]) -> None:
-    proxy: Proxy | None = None
-
-    async def through_proxy(dsn: str) -> str:
-        nonlocal proxy
-        proxy = Proxy(*_tcp(dsn))
-        await proxy.start()
-        return _through(dsn, proxy.port)
-
-    async with running_gateway(new_database, CONFIG, serve_through=through_proxy) as srv:
-        assert proxy is not None
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
         try:
             await _outage(srv, proxy)
         finally:
@@ -300,16 +309,9 @@ MANUAL = GatewayConfig(
 
 
 async def test_manual_recovery_waits_for_plan_clear(new_database: Callable[..., Any]) -> None:
-    proxy: Proxy | None = None
-
-    async def through_proxy(dsn: str) -> str:
-        nonlocal proxy
-        proxy = Proxy(*_tcp(dsn))
-        await proxy.start()
-        return _through(dsn, proxy.port)
-
-    async with running_gateway(new_database, MANUAL, serve_through=through_proxy) as srv:
-        assert proxy is not None
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, MANUAL, serve_through=ledger) as srv:
+        proxy = ledger.started()
         pos = srv.client(PHARMACY)
         drug = pos.drug_input(PERSONS[0], "2026-07-02 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
 
