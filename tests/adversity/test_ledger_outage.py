@@ -350,3 +350,62 @@ async def test_manual_recovery_waits_for_plan_clear(new_database: Callable[..., 
             await proxy.close()
         journaled = await srv.fetchval("SELECT count(*) FROM deferred WHERE source = 'journal'")
         assert journaled >= 1  # the claims taken while the ledger was away are in it
+
+
+async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[..., Any]) -> None:
+    """Registration, visit information, fees and settlement of one outpatient visit, all while
+    the ledger is unreachable: provisional visit id, journaled calls, a claim; after recovery the
+    calls are applied in order and replay settles the claim on the real visit."""
+    from tests.integration.emergency_helpers import OUTPATIENT_LINES, OUTPATIENT_TOTAL
+
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
+        his = srv.client("H44180000001")
+        person, day = PERSONS[2], "2026-07-03"
+        registration = {"data": {"psn_no": person, "insutype": "310", "begntime": f"{day} 08:30:00",
+                                 "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "ipt_otp_no": "MZ-DOWN-1"}}  # fmt: skip
+        try:
+            proxy.cut()
+            provisional = ""
+
+            async def registered() -> bool:
+                nonlocal provisional
+                answer = await his.call("2201", registration)
+                if answer["infcode"] == 0:
+                    provisional = answer["output"]["data"]["mdtrt_id"]
+                return bool(provisional)
+
+            await until(registered, within=20.0)
+            assert provisional.startswith("PV")
+            await his.visit_info(provisional, person, "11", f"{day} 08:30:00")
+            rows = his.fee_rows(provisional, person, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
+            await his.ok("2204", {"feedetail": rows})
+            data = his.settle_data(person, provisional, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")  # fmt: skip
+            claim = (await his.ok("2207", data))["setlinfo"]
+            assert claim["setl_id"].startswith("DF") and claim["mdtrt_id"] == provisional
+            proxy.restore()
+
+            async def applied() -> bool:
+                done = await srv.fetchval(
+                    "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'applied'"
+                )
+                return bool(done == 3)
+
+            await until(applied, within=20.0)
+        finally:
+            await proxy.close()
+        real = await srv.fetchval(
+            "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", provisional
+        )
+        assert real and not real.startswith("PV")
+        assert await srv.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", real) == 3
+        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert summary["settled"] == 1 and summary["failed"] == []
+        settled = await srv.fetchrow(
+            "SELECT s.mdtrt_id, s.acct_pay FROM deferred d JOIN settlements s USING (setl_id)"
+            " WHERE d.claim_id = $1",
+            claim["setl_id"],
+        )
+        assert settled is not None and settled["mdtrt_id"] == real and settled["acct_pay"] == 0
+        assert await srv.check_ledger() == []

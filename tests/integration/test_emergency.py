@@ -425,3 +425,25 @@ async def test_redis_down_never_stops_settlement_and_its_breaker_opens(
             text = await resp.text()
         assert 'sgw_breaker_state{dependency="redis"} 2.0' in text
         assert 'sgw_breaker_state{dependency="postgres"} 0.0' in text
+
+
+async def test_seed_timetables_load_as_windows(server: Server) -> None:
+    cli("plan", "windows", "--load", "config/plan/windows.toml", "--reason", "导入切换公告时间表",
+        "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
+    windows = json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)
+    by_name = {w["name"]: w for w in windows}
+    wz = by_name["温州实时结算停机"]
+    assert (wz["scope"], wz["classes"], wz["action"]) == ("region:330300", ["settlement"], "defer")
+    assert (wz["begins"], wz["ends"]) == ("2022-03-04 00:00:00", "2022-03-07 00:00:00")
+    assert by_name["温州业务经办停机"]["begins"] == "2022-02-26 00:00:00"
+    assert by_name["清远切换-结算"]["ends"] == "2021-03-18 08:00:00"
+    assert by_name["毕节切换-入院"]["action"] == "selfpay"
+    assert not any(w["active"] for w in windows)  # all in the past
+    audited = await server.fetchval("SELECT count(*) FROM audit_log WHERE action = 'window.set'")
+    assert audited == len(windows) == 7
+    # Loading again reschedules the same windows (by name and scope), it does not add more.
+    cli("plan", "windows", "--load", "config/plan/windows.toml", "--reason", "再次导入",
+        "--database-url", server.dsn)  # fmt: skip
+    assert (
+        len(json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)) == 7
+    )
