@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgspec
 import pytest
 
@@ -236,3 +237,40 @@ async def test_ledger_backends_terminated_under_load(new_database: Callable[...,
         await asyncio.gather(load.run(sales=60, concurrency=8), restart_like())
         assert len(load.acknowledged) == 60
         await _exactly_once(srv, load)
+
+
+async def test_postgresql_restart_under_load(tmp_path: Path) -> None:
+    """A real restart: an embedded PostgreSQL of the test's own is stopped and started again on
+    the same socket while counters sell and retry."""
+    from gateway.embedded import socket_dsn, start_embedded
+
+    data = tmp_path / "pg"
+    server = await asyncio.to_thread(start_embedded, data, "stop")
+
+    async def make(prefix: str) -> str:
+        conn = await asyncpg.connect(socket_dsn(server, "postgres"))
+        try:
+            await conn.execute("CREATE DATABASE gw")
+        finally:
+            await conn.close()
+        return socket_dsn(server, "gw")
+
+    try:
+        async with running_gateway(make, SLOW) as srv:
+
+            async def restart() -> None:
+                nonlocal server
+                await asyncio.sleep(0.2)
+                await asyncio.to_thread(server.cleanup)  # pg_ctl stop: every connection ends
+                sold_before_restart.append(len(load.acknowledged))
+                await asyncio.sleep(1.0)  # down for a second
+                server = await asyncio.to_thread(start_embedded, data, "stop")
+
+            sold_before_restart: list[int] = []
+            load = Retrying(srv.client("P44180000001"))
+            await asyncio.gather(load.run(sales=400, concurrency=8), restart())
+            assert 0 < sold_before_restart[0] < 400  # the restart came in the middle
+            assert len(load.acknowledged) == 400 and load.retries > 0
+            await _exactly_once(srv, load)
+    finally:
+        await asyncio.to_thread(server.cleanup)
