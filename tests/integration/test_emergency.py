@@ -439,7 +439,9 @@ async def test_seed_timetables_load_as_windows(server: Server) -> None:
     assert by_name["清远切换-结算"]["ends"] == "2021-03-18 08:00:00"
     assert by_name["毕节切换-入院"]["action"] == "selfpay"
     assert not any(w["active"] for w in windows)  # all in the past
-    audited = await server.fetchval("SELECT count(*) FROM audit_log WHERE action = 'window.set'")
+    audited = await server.fetchval(
+        "SELECT count(*) FROM audit_log WHERE action = 'window.set' AND reason = '导入切换公告时间表'"
+    )
     assert audited == len(windows) == 7
     # Loading again reschedules the same windows (by name and scope), it does not add more.
     cli("plan", "windows", "--load", "config/plan/windows.toml", "--reason", "再次导入",
