@@ -44,6 +44,11 @@ class Breaker:
     opened_at: float = 0.0
     changed_at: float = 0.0
     _events: deque[tuple[float, bool, bool, bool]] = field(default_factory=deque)
+    # Running totals over _events (failures, timeouts, slow calls): every request records an
+    # outcome, so the verdict must not rescan a window that holds thousands of them.
+    _failures: int = 0
+    _timeouts: int = 0
+    _slow: int = 0
     _consecutive: int = 0
     _probes_ok: int = 0
     _healthy_since: float | None = None
@@ -61,7 +66,10 @@ class Breaker:
     def _trim(self, now: float) -> None:
         horizon = now - self.config.window_seconds
         while self._events and self._events[0][0] < horizon:
-            self._events.popleft()
+            _, ok, timeout, slow = self._events.popleft()
+            self._failures -= not ok
+            self._timeouts -= timeout
+            self._slow -= slow
 
     def record(self, ok: bool, *, timeout: bool = False, seconds: float = 0.0) -> None:
         """One call's outcome as seen by a request (not a probe)."""
@@ -72,6 +80,9 @@ class Breaker:
                 self._healthy_since = None
             return  # while open, only probes decide
         self._events.append((now, ok, timeout, slow))
+        self._failures += not ok
+        self._timeouts += timeout
+        self._slow += slow
         self._consecutive = 0 if ok else self._consecutive + 1
         self._trim(now)
         reason = self._verdict()
@@ -85,9 +96,7 @@ class Breaker:
         n = len(self._events)
         if n < c.min_calls:
             return ""
-        errors = sum(1 for _, ok, _, _ in self._events if not ok)
-        timeouts = sum(1 for _, _, t, _ in self._events if t)
-        slow = sum(1 for _, _, _, s in self._events if s)
+        errors, timeouts, slow = self._failures, self._timeouts, self._slow
         if timeouts / n >= c.timeout_ratio:
             return f"{c.window_seconds:g}秒内超时{timeouts}/{n}"
         if errors / n >= c.error_ratio:
@@ -96,17 +105,17 @@ class Breaker:
             return f"{c.window_seconds:g}秒内{slow}/{n}次慢于{c.latency_target_seconds:g}秒"
         return ""
 
-    def _trip(self, reason: str) -> None:
+    def _reset(self) -> None:
+        """A state change starts the counting afresh."""
         self._events.clear()
+        self._failures = self._timeouts = self._slow = 0
         self._consecutive = 0
         self._probes_ok = 0
         self._healthy_since = None
-        self._set(OPEN, reason)
 
-    def trip(self, reason: str) -> None:
-        """Open now (an operator or a test forcing the protective action)."""
-        if self.state != OPEN:
-            self._trip(reason)
+    def _trip(self, reason: str) -> None:
+        self._reset()
+        self._set(OPEN, reason)
 
     @property
     def is_open(self) -> bool:
@@ -147,8 +156,5 @@ class Breaker:
         )
 
     def close(self, reason: str) -> None:
-        self._events.clear()
-        self._consecutive = 0
-        self._probes_ok = 0
-        self._healthy_since = None
+        self._reset()
         self._set(CLOSED, reason)

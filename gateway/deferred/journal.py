@@ -178,12 +178,3 @@ class Journal:
             with suppress(OSError):
                 self._file.close()
             self._file = None
-
-
-def pending_in(directory: Path) -> int:
-    """Claims written to journal segments not yet drained (for `deferred list` and metrics)."""
-    if not directory.exists():
-        return 0
-    return sum(
-        1 for path in directory.glob(f"*{SUFFIX}") for e in read_segment(path) if e.kind == "claim"
-    )

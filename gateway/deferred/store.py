@@ -77,14 +77,6 @@ async def claim_row(
     )
 
 
-async def real_mdtrt_id(conn: asyncpg.Connection, provisional_id: str) -> str | None:
-    """The visit a provisional id became once its journaled 2201/2401 was applied."""
-    value = await conn.fetchval(
-        "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", provisional_id
-    )
-    return None if value is None else str(value)
-
-
 async def pending_claims(conn: asyncpg.Connection) -> int:
     return int(
         await conn.fetchval(

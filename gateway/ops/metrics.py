@@ -35,7 +35,7 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
-OUTCOMES = ("ok", "rejected", "replayed", "busy", "error", "deferred")
+OUTCOMES = ("ok", "rejected", "replayed", "busy", "error", "deferred", "legacy")
 MAX_TERMINALS = 2000  # distinct terminal label values per process before folding into "other"
 
 REQUESTS = Counter(

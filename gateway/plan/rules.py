@@ -16,7 +16,6 @@ from gateway.errors import BadRequest
 CLASSES = ("settlement", "encounter", "catalog", "reconcile")
 ACTIONS = ("reject", "defer", "selfpay", "route_legacy")
 _SCOPE = re.compile(r"^(global|region:\d{6}|institution:[0-9A-Za-z]{1,30})$")
-_SPECIFICITY = {"global": 0, "region": 1, "institution": 2}
 
 
 def check_scope(scope: str) -> str:
@@ -35,10 +34,6 @@ def check_action(action: str) -> str:
     if action not in ACTIONS:
         raise BadRequest(f"处置方式{action}无效：应为{'、'.join(ACTIONS)}之一")
     return action
-
-
-def specificity(scope: str) -> int:
-    return _SPECIFICITY[scope.split(":", 1)[0]]
 
 
 @dataclass(frozen=True, slots=True)
