@@ -14,9 +14,13 @@ import itertools
 import json
 import random
 import time
+import uuid
+from pathlib import Path
 
 import aiohttp
 import uvloop
+
+from gateway.auth import load_credentials, sign_headers
 
 PATH = "/fsi/api/rsfComIfsService/callService"
 LINES = [
@@ -27,6 +31,11 @@ LINES = [
     ("YP0009", "28.80"),
 ]
 TOTAL = "79.60"
+INSTITUTION = "P44180000001"
+# Real counters sign every request; the benchmark pays the same verification cost.
+SECRET = load_credentials(
+    Path(__file__).resolve().parents[1] / "config" / "demo" / "credentials.toml"
+)[INSTITUTION]
 
 
 def envelope(infno: str, serial: int, persons: int, region: str) -> bytes:
@@ -87,9 +96,11 @@ async def run(
             while time.perf_counter() < deadline:
                 body = envelope(infno, next(serial), persons, region)
                 started = time.perf_counter()
-                async with session.post(
-                    url + PATH, data=body, headers={"Content-Type": "application/json"}
-                ) as r:
+                headers = {
+                    "Content-Type": "application/json",
+                    **sign_headers(INSTITUTION, SECRET, uuid.uuid4().hex),
+                }
+                async with session.post(url + PATH, data=body, headers=headers) as r:
                     raw = await r.read()
                 latencies.append(time.perf_counter() - started)
                 if b'"infcode":0' not in raw:

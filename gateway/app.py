@@ -22,6 +22,7 @@ from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.console import install as install_console
 from gateway.core.settle import FUND_NAMES
 from gateway.deferred.journal import Journal
+from gateway.group_commit import GroupCommit
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
 from gateway.ratelimit import Limiter
@@ -248,6 +249,13 @@ def build_app(settings: Settings) -> web.Application:
         app[GATEWAY] = gw
         journal_dir = settings.journal_dir or Path(config.journal_dir)
         gw.journal = Journal(journal_dir)
+        if config.group_writers:
+            gw.group = GroupCommit(
+                pool,
+                settings.region,
+                writers=config.group_writers,
+                max_batch=config.group_max_batch,
+            )
         gw.triggers = emergency.institution_triggers(gw)
         metrics.prime([i.fixmedins_code for i in gw.snapshot.institutions], list(FUND_NAMES))
         if settings.auth:

@@ -28,6 +28,12 @@ class GatewayConfig:
     legacy_timeout_seconds: float = 10.0
     journal_dir: str = "var/journal"  # deferred claims while the ledger is down (fsynced)
     plan_poll_seconds: float = 1.0
+    # Group commit (gateway.group_commit): writer tasks per process and settlements per batch.
+    group_writers: int = 4
+    group_max_batch: int = 128
+    # Overload: requests in flight per process past which new ones are answered busy at once
+    # (0: no limit), so latency stays bounded instead of growing with the backlog.
+    max_in_flight: int = 0
 
 
 def _breaker(doc: dict[str, object], base: BreakerConfig) -> BreakerConfig:
@@ -75,4 +81,9 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
         legacy_timeout_seconds=float(legacy.get("timeout_seconds", 10.0)),
         journal_dir=str(doc.get("journal", {}).get("dir", defaults_cfg.journal_dir)),
         plan_poll_seconds=float(doc.get("plan", {}).get("poll_seconds", 1.0)),
+        group_writers=int(doc.get("group_commit", {}).get("writers", defaults_cfg.group_writers)),
+        group_max_batch=int(
+            doc.get("group_commit", {}).get("max_batch", defaults_cfg.group_max_batch)
+        ),
+        max_in_flight=int(doc.get("overload", {}).get("max_in_flight", 0)),
     )

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -21,6 +21,9 @@ from gateway.core.model import FundRow, Institution
 from gateway.errors import BadRequest, Busy, GatewayError, IdentityRejected, Unavailable
 from gateway.ledger import idempotency
 from gateway.runtime import Gateway
+
+if TYPE_CHECKING:
+    from gateway.group_commit import Job
 
 log = logging.getLogger("gateway.dispatch")
 
@@ -48,6 +51,9 @@ class Answer:
 
 
 Handler = Callable[[Call], Awaitable[Answer]]
+# A writing transaction's group-commit form: validate (raising refuses it, and the single path
+# then answers and journals the refusal), then a Job the batch locks, builds and commits.
+Prepare = Callable[[Gateway, Request, Institution, dt.datetime], "Job"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +63,19 @@ class Transaction:
     handler: Handler
     writes: bool  # journaled by msgid and run in one transaction with its effects
     klass: str  # settlement | encounter | catalog | reconcile | query (emergency-plan classes)
+    grouped: Prepare | None = None
 
 
 TRANSACTIONS: dict[str, Transaction] = {}
 
 
-def register(infno: str, name: str, *, writes: bool, klass: str) -> Callable[[Handler], Handler]:
+def register(
+    infno: str, name: str, *, writes: bool, klass: str, grouped: Prepare | None = None
+) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
 
     def add(handler: Handler) -> Handler:
-        TRANSACTIONS[infno] = Transaction(infno, name, handler, writes, klass)
+        TRANSACTIONS[infno] = Transaction(infno, name, handler, writes, klass, grouped)
         return handler
 
     return add
@@ -116,8 +125,13 @@ def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) ->
         observer(gw, code, ok, timeout, time.perf_counter() - started)
 
 
+def failure(region: str, received: dt.datetime, exc: GatewayError) -> bytes:
+    """The envelope of a refusal: `infcode -1` and the clerk's message."""
+    return encode_response(region=region, received=received, output=None, err_msg=exc.err_msg)
+
+
 def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
-    return encode_response(region=gw.region, received=received, output=None, err_msg=exc.err_msg)
+    return failure(gw.region, received, exc)
 
 
 def overdue(gw: Gateway, infno: str) -> Outcome:
@@ -183,7 +197,12 @@ async def handle(
             # Past the deadline the transaction is abandoned (rolled back, or committed with its
             # answer journaled); either way the client's retry of the same msgid settles it.
             async with asyncio.timeout(deadline):
-                outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode)
+                grouped = None
+                if tx.grouped is not None and mode == "normal" and gw.group is not None:
+                    grouped = await _grouped(gw, tx.grouped, req, institution, body_hash, received)
+                outcome = grouped or await _journaled(
+                    gw, tx, req, institution, body_hash, received, mode
+                )
             outcome.terminal = terminal
             _observe(gw, req.fixmedins_code, True, False, started)
             if mode == "deferred":
@@ -240,6 +259,26 @@ async def handle(
         return Outcome(
             _fail(gw, received, exc3), req.infno, "error", req.msgid, req.fixmedins_code, terminal
         )
+
+
+async def _grouped(
+    gw: Gateway,
+    prepare: Prepare,
+    req: Request,
+    institution: Institution,
+    body_hash: bytes,
+    received: dt.datetime,
+) -> Outcome | None:
+    """The request through the group commit; None: the single path answers it."""
+    try:
+        job = prepare(gw, req, institution, received)
+    except GatewayError:
+        return None  # refused before the ledger: the single path journals the refusal
+    group = gw.group
+    if group is None:
+        return None
+    outcome: Outcome | None = await group.submit(req, body_hash, received, job)
+    return outcome
 
 
 class _Taken(Exception):

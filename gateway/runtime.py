@@ -48,6 +48,7 @@ class Gateway:
         "breakers",
         "catalog_poll_seconds",
         "config",
+        "group",
         "journal",
         "limiter",
         "plan",
@@ -79,6 +80,7 @@ class Gateway:
         self._refresh_lock = asyncio.Lock()
         self.plan = Plan(version=0)
         self.journal: Any | None = None  # gateway.deferred.journal.Journal, set by the app
+        self.group: Any | None = None  # gateway.group_commit.GroupCommit, set by the app
         self.breakers: dict[str, Breaker] = {}
         self.triggers: Any | None = None  # gateway.triggers.InstitutionTriggers, set by the app
         for name in ("postgres", "redis", "legacy"):

@@ -6,12 +6,13 @@ and settles them in one transaction, through the same core and ledger as hospita
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import msgspec
 
 from adapters.his import deferral
-from adapters.his.envelope import Amount, Code, decode_input, text
+from adapters.his.envelope import Amount, Code, Request, decode_input, text
 from adapters.his.output import line_result, setldetail, setlinfo
 from adapters.his.wire import (
     In2208,
@@ -24,10 +25,14 @@ from adapters.his.wire import (
     when,
     when_required,
 )
-from gateway.core.model import Visit
+from gateway.core.model import Institution, Person, PersonState, Settlement, Visit
+from gateway.core.settle import apply, settle
 from gateway.dispatch import Answer, Call, register
-from gateway.errors import BadRequest, LineRejected, RuleRejected
+from gateway.errors import BadRequest, LineRejected, NotInsured, RuleRejected
+from gateway.group_commit import Built, Held, Job
 from gateway.ledger import encounters, fees, persons, settlements
+from gateway.ledger.writes import Writes
+from gateway.runtime import Gateway
 
 PHARMACY_MED_TYPE = "41"
 MAX_LINES = 500
@@ -82,8 +87,9 @@ class Purchase(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     lines: tuple[fees.StoredLine, ...]
 
 
-def _purchase(call: Call, mdtrt_id: str) -> Purchase:
-    node = decode_input(call.req, In2101)
+def _purchase(req: Request) -> Purchase:
+    """Validate a 2101/2102 input (pure); the lines get their 就诊ID when it is drawn."""
+    node = decode_input(req, In2101)
     info = node.druginfo
     if info is None:
         raise BadRequest("缺少输入节点druginfo")
@@ -122,7 +128,7 @@ def _purchase(call: Call, mdtrt_id: str) -> Purchase:
                 ),
                 fee_date=occurred.date(),
                 hosp_appr_flag=None,  # restricted items are never approved at a pharmacy
-                mdtrt_id=mdtrt_id,
+                mdtrt_id="",
                 chrg_bchno="",
                 init_feedetl_sn="",
                 psn_no=psn_no,
@@ -141,26 +147,24 @@ def _purchase(call: Call, mdtrt_id: str) -> Purchase:
     )
 
 
-async def _purchase_settlement(call: Call, *, final: bool) -> Answer:
-    mdtrt_id = (
-        await encounters.new_mdtrt_id(call.conn, call.institution.admdvs, call.now) if final else ""
-    )
-    p = _purchase(call, mdtrt_id)
-    person, _ = await persons.read(call.conn, p.psn_no)
+def _context(
+    req: Request, institution: Institution, p: Purchase, person: Person, mdtrt_id: str
+) -> settlements.Context:
+    """The purchase as a visit of its own; refuses a person not insured, or another insutype."""
     persons.require_insured(person)
     insutype = text(p.info.insutype)
     if insutype and insutype != person.insutype:
         raise RuleRejected(f"险种类型{insutype}与参保人险种{person.insutype}不一致")
     enc = encounters.Encounter(
         mdtrt_id=mdtrt_id,
-        fixmedins_code=call.req.fixmedins_code,
+        fixmedins_code=req.fixmedins_code,
         psn_no=p.psn_no,
         insutype=person.insutype,
         kind="pharmacy",
         med_type=PHARMACY_MED_TYPE,
         begntime=p.begntime,
         endtime=None,
-        ipt_otp_no=call.req.msgid,
+        ipt_otp_no=req.msgid,
         dise_codg=text(p.info.dise_codg),
         dise_name=text(p.info.dise_name),
         status="open",
@@ -168,71 +172,122 @@ async def _purchase_settlement(call: Call, *, final: bool) -> Answer:
         adm_dedc_fen=None,
         adm_dedc_used_fen=0,
     )
-    ctx = settlements.Context(
-        institution=call.institution,
+    return settlements.Context(
+        institution=institution,
         encounter=enc,
         visit=Visit(
-            fixmedins_code=call.req.fixmedins_code,
+            fixmedins_code=req.fixmedins_code,
             mdtrt_id=mdtrt_id,
             med_type=PHARMACY_MED_TYPE,
             service_date=p.begntime.date(),
             acct_used_flag=p.acct_used,
             dise_codg=enc.dise_codg,
         ),
-        infno=call.req.infno,
-        msgid=call.req.msgid,
-        dev_no=call.req.dev_no,
-        opter=call.req.opter,
-        mdtrtarea_admvs=call.req.mdtrtarea_admvs,
+        infno=req.infno,
+        msgid=req.msgid,
+        dev_no=req.dev_no,
+        opter=req.opter,
+        mdtrtarea_admvs=req.mdtrtarea_admvs,
     )
-    snapshot = call.gw.snapshot
-    if final:
-        await encounters.create(
-            call.conn,
-            mdtrt_id=mdtrt_id,
-            fixmedins_code=call.req.fixmedins_code,
-            psn_no=p.psn_no,
-            insutype=person.insutype,
-            kind="pharmacy",
-            med_type=PHARMACY_MED_TYPE,
-            begntime=p.begntime,
-            ipt_otp_no=call.req.msgid,
-            insuplc_admdvs=person.insuplc_admdvs,
-            msgid=call.req.msgid,
-            dise_codg=enc.dise_codg,
-            dise_name=enc.dise_name,
-            detail={"druginfo": msgspec.to_builtins(p.info), "dev_no": call.req.dev_no},
-        )
-        await fees.insert(call.conn, p.lines, call.req.msgid)
-    s, state = await settlements.compute(call.conn, snapshot, ctx, p.lines, p.declared, lock=final)
-    if final:
-        rec = await settlements.commit(call.conn, snapshot, ctx, p.lines, s, state, call.now)
-    else:
-        rec = settlements.record_of(s, ctx, state.person, setl_id=None, setl_time=None)
+
+
+def _output(
+    rec: settlements.Record, s: Settlement, ctx: settlements.Context, p: Purchase, *, final: bool
+) -> dict[str, Any]:
     info = setlinfo(
         rec, service_date=ctx.visit.service_date, mdtrt_cert_type=text(p.info.mdtrt_cert_type)
     )
     info.pop("hosp_part_amt", None)  # the pharmacy setlinfo has no hospital share
     if not final:
         info["mdtrt_id"] = None
-    return Answer(
-        {
-            "setlinfo": info,
-            "setldetail": setldetail(rec.funds),
-            "detlcutinfo": [line_result(ln, with_lmt_flag=False) for ln in s.lines],
-        },
-        paid=rec.funds if final else (),
+    return {
+        "setlinfo": info,
+        "setldetail": setldetail(rec.funds),
+        "detlcutinfo": [line_result(ln, with_lmt_flag=False) for ln in s.lines],
+    }
+
+
+def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Job:
+    """2102 as one pure build over the person's locked state: the visit, its lines, the
+    settlement and everything it changes, staged. The single path and the group commit both
+    run it, so a purchase settles the same way alone or in a batch."""
+    p = _purchase(req)
+    snapshot = gw.snapshot
+
+    def build(held: Held, mdtrt_serial: int, setl_serial: int) -> Built:
+        if held.person is None:
+            raise NotInsured(f"人员编号{p.psn_no}不存在，请重新读卡获取人员信息")
+        mdtrt_id = encounters.ledger_id(institution.admdvs, now, mdtrt_serial)
+        ctx = _context(req, institution, p, held.person, mdtrt_id)
+        lines = [msgspec.structs.replace(ln, mdtrt_id=mdtrt_id) for ln in p.lines]
+        state = PersonState(person=held.person, balance_fen=held.balance, year=held.year)
+        s = settle(snapshot, ctx.visit, state, lines, use_account=True)
+        settlements.check_declared(s, p.declared)
+        writes = Writes()
+        writes.add(
+            encounters.INSERT,
+            *encounters.row(
+                ctx.encounter,
+                req.msgid,
+                {"druginfo": msgspec.to_builtins(p.info), "dev_no": req.dev_no},
+            ),
+        )
+        writes.extend(fees.INSERT, fees.rows(lines, req.msgid))
+        rec = settlements.stage(
+            writes,
+            snapshot,
+            ctx,
+            lines,
+            s,
+            state,
+            now,
+            setl_id=encounters.ledger_id(institution.admdvs, now, setl_serial),
+            replaces=None,  # a fresh visit has no refunded settlement to remake
+        )
+        return Built(
+            output=_output(rec, s, ctx, p, final=True),
+            writes=writes,
+            balance=s.balc if s.acct_pay else held.balance,
+            year=apply(held.year, s.delta),
+            paid=rec.funds,
+        )
+
+    return Job(psn_no=p.psn_no, year=p.begntime.year, build=build)
+
+
+async def _pre_settle(call: Call) -> Answer:
+    p = _purchase(call.req)
+    person, _ = await persons.read(call.conn, p.psn_no)
+    ctx = _context(call.req, call.institution, p, person, "")
+    s, state = await settlements.compute(
+        call.conn, call.gw.snapshot, ctx, p.lines, p.declared, lock=False
     )
+    rec = settlements.record_of(s, ctx, state.person, setl_id=None, setl_time=None)
+    return Answer(_output(rec, s, ctx, p, final=False))
+
+
+async def _settle_alone(call: Call) -> Answer:
+    """2102 on its own transaction: the same build as a batch of one."""
+    job = _job(call.gw, call.req, call.institution, call.now)
+    found = await persons.lock_many(call.conn, [job.psn_no])
+    person, balance = found.get(job.psn_no, (None, 0))
+    year = (await persons.accumulators_many(call.conn, [(job.psn_no, job.year)]))[
+        (job.psn_no, job.year)
+    ]
+    serials = await call.conn.fetchrow("SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s")
+    built = job.build(Held(person, balance, year), int(serials["m"]), int(serials["s"]))
+    await built.writes.flush(call.conn)
+    return Answer(built.output, paid=built.paid)
 
 
 @register("2101", "药店预结算", writes=False, klass="settlement")
 async def pre_settle(call: Call) -> Answer:
-    return await _purchase_settlement(call, final=False)
+    return await _pre_settle(call)
 
 
-@register("2102", "药店结算", writes=True, klass="settlement")
-async def settle(call: Call) -> Answer:
-    return await _purchase_settlement(call, final=True)
+@register("2102", "药店结算", writes=True, klass="settlement", grouped=_job)
+async def settle_purchase(call: Call) -> Answer:
+    return await _settle_alone(call)
 
 
 @register("2103", "药店结算撤销", writes=True, klass="settlement")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
 
 import asyncpg
+import msgspec
 
 # Several workers start at once: one advisory lock makes migrations run exactly once.
 _MIGRATION_LOCK = 0x5E771E  # arbitrary, stable
@@ -47,8 +47,27 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
+_JSONB_VERSION = b"\x01"  # jsonb's binary format: a version byte, then the JSON text
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return _JSONB_VERSION + msgspec.json.encode(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return msgspec.json.decode(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # msgspec instead of the json module: settlements carry their lines and deltas as jsonb, and
+    # encoding them was a tenth of a durable settlement's CPU in the profile (benchmarks/RESULTS.md).
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
 
 
 async def create_pool(

@@ -38,10 +38,44 @@ def _of(row: Any) -> Encounter:
     return Encounter(**{f: row[f] for f in Encounter.__struct_fields__})
 
 
+def ledger_id(region: str, on: dt.datetime, serial: int) -> str:
+    """就诊ID and 结算ID: region (6) + yyyyMMdd + 12-digit serial, unique across the ledger."""
+    return f"{region[:6]:0<6}{on:%Y%m%d}{serial:012d}"
+
+
 async def new_mdtrt_id(conn: asyncpg.Connection, region: str, on: dt.datetime) -> str:
-    """就诊ID: treatment region (6) + yyyyMMdd + 12-digit serial, unique across the ledger."""
-    serial = await conn.fetchval("SELECT nextval('mdtrt_seq')")
-    return f"{region[:6]:0<6}{on:%Y%m%d}{int(serial):012d}"
+    """A fresh 就诊ID."""
+    return ledger_id(region, on, int(await conn.fetchval("SELECT nextval('mdtrt_seq')")))
+
+
+INSERT = (
+    "INSERT INTO encounters (mdtrt_id, fixmedins_code, psn_no, insutype, kind, med_type,"
+    " begntime, ipt_otp_no, dise_codg, dise_name, status, insuplc_admdvs, detail,"
+    " created_msgid, selfpay) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'open',$11,$12,$13,$14)"
+)
+UPDATE_DEDUCTIBLE = (
+    "UPDATE encounters SET adm_dedc_fen = $2, adm_dedc_used_fen = $3 WHERE mdtrt_id = $1"
+)
+
+
+def row(enc: Encounter, msgid: str, detail: dict[str, Any] | None = None) -> tuple[object, ...]:
+    """The INSERT's arguments for a new visit."""
+    return (
+        enc.mdtrt_id,
+        enc.fixmedins_code,
+        enc.psn_no,
+        enc.insutype,
+        enc.kind,
+        enc.med_type,
+        enc.begntime,
+        enc.ipt_otp_no,
+        enc.dise_codg,
+        enc.dise_name,
+        enc.insuplc_admdvs,
+        detail or {},
+        msgid,
+        enc.selfpay,
+    )
 
 
 async def create(
@@ -65,9 +99,7 @@ async def create(
     """Open a visit; the institution's visit number must not be open already."""
     try:
         await conn.execute(
-            "INSERT INTO encounters (mdtrt_id, fixmedins_code, psn_no, insutype, kind, med_type,"
-            " begntime, ipt_otp_no, dise_codg, dise_name, status, insuplc_admdvs, detail,"
-            " created_msgid, selfpay) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'open',$11,$12,$13,$14)",
+            INSERT,
             mdtrt_id,
             fixmedins_code,
             psn_no,

@@ -23,32 +23,42 @@ class StoredLine(FeeLine, frozen=True, gc=False, kw_only=True):
     fee_ocur_time: dt.datetime
 
 
+INSERT = (
+    "INSERT INTO fee_lines (mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no,"
+    " medins_list_codg, med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time,"
+    " hosp_appr_flag, uploaded_msgid) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+)
+MARK_SETTLED = (
+    "UPDATE fee_lines SET setl_id = $3 WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])"
+)
+
+
+def rows(lines: Sequence[StoredLine], msgid: str) -> list[tuple[object, ...]]:
+    """The INSERT's arguments for uploaded lines."""
+    return [
+        (
+            ln.mdtrt_id,
+            ln.feedetl_sn,
+            ln.chrg_bchno,
+            ln.init_feedetl_sn,
+            ln.psn_no,
+            ln.medins_list_codg,
+            ln.med_list_codg,
+            ln.pric_micro,
+            ln.cnt,
+            ln.det_item_fee_sumamt,
+            ln.fee_ocur_time,
+            ln.hosp_appr_flag,
+            msgid,
+        )
+        for ln in lines
+    ]
+
+
 async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: str) -> None:
     """Store uploaded lines; a feedetl_sn already in force for the visit is refused."""
     try:
-        await conn.executemany(
-            "INSERT INTO fee_lines (mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no,"
-            " medins_list_codg, med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time,"
-            " hosp_appr_flag, uploaded_msgid) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
-            [
-                (
-                    ln.mdtrt_id,
-                    ln.feedetl_sn,
-                    ln.chrg_bchno,
-                    ln.init_feedetl_sn,
-                    ln.psn_no,
-                    ln.medins_list_codg,
-                    ln.med_list_codg,
-                    ln.pric_micro,
-                    ln.cnt,
-                    ln.det_item_fee_sumamt,
-                    ln.fee_ocur_time,
-                    ln.hosp_appr_flag,
-                    msgid,
-                )
-                for ln in lines
-            ],
-        )
+        await conn.executemany(INSERT, rows(lines, msgid))
     except asyncpg.UniqueViolationError as exc:
         raise Conflict("费用明细流水号已上传，请勿重复上传（如需修改请先撤销）") from exc
 
@@ -112,7 +122,7 @@ async def mark_settled(
 ) -> None:
     """Attach lines to a settlement, or release them (None) when it is cancelled."""
     await conn.execute(
-        "UPDATE fee_lines SET setl_id = $3 WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])",
+        MARK_SETTLED,
         mdtrt_id,
         list(feedetl_sns),
         setl_id,

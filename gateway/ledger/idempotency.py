@@ -7,6 +7,7 @@ unique key until the first commits, then finds the stored answer: one effect, tw
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import asyncpg
 import msgspec
@@ -61,17 +62,36 @@ async def claim(
     return bool(got)
 
 
+async def claim_many(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str, str, bytes]]
+) -> set[tuple[str, str]]:
+    """Take several keys (fixmedins_code, msgid, infno, digest) at once; returns those taken.
+
+    Keys are inserted in sorted order, so two batches claiming overlapping keys wait for each
+    other in one order and never deadlock.
+    """
+    ordered = sorted(keys)
+    rows = await conn.fetch(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])"
+        " ON CONFLICT DO NOTHING RETURNING fixmedins_code, msgid",
+        [k[0] for k in ordered],
+        [k[1] for k in ordered],
+        [k[2] for k in ordered],
+        [k[3] for k in ordered],
+    )
+    return {(r["fixmedins_code"], r["msgid"]) for r in rows}
+
+
+ANSWER = "UPDATE idempotency SET answer = $3, infcode = $4 WHERE fixmedins_code = $1 AND msgid = $2"
+RELEASE = "DELETE FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2 AND answer IS NULL"
+
+
 async def settle_answer(
     conn: asyncpg.Connection, fixmedins_code: str, msgid: str, answer: bytes, infcode: int
 ) -> None:
     """Record the answer of a claimed key (same transaction as the claim)."""
-    await conn.execute(
-        "UPDATE idempotency SET answer = $3, infcode = $4 WHERE fixmedins_code = $1 AND msgid = $2",
-        fixmedins_code,
-        msgid,
-        answer,
-        infcode,
-    )
+    await conn.execute(ANSWER, fixmedins_code, msgid, answer, infcode)
 
 
 async def store_failure(

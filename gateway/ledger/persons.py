@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -19,10 +20,18 @@ ACCUMULATOR_FIELDS: tuple[str, ...] = tuple(Accumulators.__struct_fields__)
 _SELECT = f"SELECT {_PERSON_COLUMNS}, a.balance_fen FROM persons p JOIN accounts a USING (psn_no)"
 _LOCK = f"{_SELECT} WHERE p.psn_no = $1 FOR UPDATE OF a"
 _READ = f"{_SELECT} WHERE p.psn_no = $1"
+# Several persons at once, locked in psn_no order: two batches locking overlapping sets of
+# persons always queue in the same order, so they cannot deadlock.
+_LOCK_MANY = f"{_SELECT} WHERE p.psn_no = ANY($1::text[]) ORDER BY p.psn_no FOR UPDATE OF a"
+_ACC_READ_MANY = (
+    f"SELECT psn_no, year, {', '.join(ACCUMULATOR_FIELDS)} FROM accumulators"
+    " WHERE (psn_no, year) IN (SELECT * FROM unnest($1::text[], $2::int[]))"
+)
+SET_BALANCE = "UPDATE accounts SET balance_fen = $2 WHERE psn_no = $1"
 _ACC_READ = (
     f"SELECT {', '.join(ACCUMULATOR_FIELDS)} FROM accumulators WHERE psn_no = $1 AND year = $2"
 )
-_ACC_UPSERT = (
+ACC_UPSERT = (
     f"INSERT INTO accumulators (psn_no, year, {', '.join(ACCUMULATOR_FIELDS)}) VALUES ($1, $2, "
     + ", ".join(f"${i + 3}" for i in range(len(ACCUMULATOR_FIELDS)))
     + ") ON CONFLICT (psn_no, year) DO UPDATE SET "
@@ -62,6 +71,31 @@ async def read(conn: asyncpg.Connection, psn_no: str, *, lock: bool = False) -> 
     return person_of(row), int(row["balance_fen"])
 
 
+async def lock_many(
+    conn: asyncpg.Connection, psn_nos: Sequence[str]
+) -> dict[str, tuple[Person, int]]:
+    """Several persons and balances, each account row locked until commit; unknown ones absent."""
+    rows = await conn.fetch(_LOCK_MANY, list(psn_nos))
+    return {r["psn_no"]: (person_of(r), int(r["balance_fen"])) for r in rows}
+
+
+async def accumulators_many(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], Accumulators]:
+    """Accumulators for several (psn_no, year); zeros for those without a row yet."""
+    rows = await conn.fetch(_ACC_READ_MANY, [k[0] for k in keys], [k[1] for k in keys])
+    found = {
+        (r["psn_no"], int(r["year"])): Accumulators(**{f: int(r[f]) for f in ACCUMULATOR_FIELDS})
+        for r in rows
+    }
+    return {k: found.get(k) or Accumulators() for k in keys}
+
+
+def accumulator_row(psn_no: str, year: int, acc: Accumulators) -> tuple[object, ...]:
+    """ACC_UPSERT's arguments."""
+    return (psn_no, year, *(getattr(acc, f) for f in ACCUMULATOR_FIELDS))
+
+
 def require_insured(person: Person) -> None:
     """Refuse anyone not in insured status (psn_insu_stas 1)."""
     if person.psn_insu_stas != "1":
@@ -96,11 +130,9 @@ async def write_accumulators(
     conn: asyncpg.Connection, psn_no: str, year: int, acc: Accumulators
 ) -> None:
     """Store the year's accumulators (the caller holds the person's lock)."""
-    await conn.execute(_ACC_UPSERT, psn_no, year, *(getattr(acc, f) for f in ACCUMULATOR_FIELDS))
+    await conn.execute(ACC_UPSERT, *accumulator_row(psn_no, year, acc))
 
 
 async def set_balance(conn: asyncpg.Connection, psn_no: str, balance_fen: int) -> None:
     """Store the account balance (the caller holds the person's lock)."""
-    await conn.execute(
-        "UPDATE accounts SET balance_fen = $2 WHERE psn_no = $1", psn_no, balance_fen
-    )
+    await conn.execute(SET_BALANCE, psn_no, balance_fen)

@@ -29,6 +29,7 @@ from gateway.core.settle import apply, settle
 from gateway.errors import Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons
 from gateway.ledger.encounters import Encounter
+from gateway.ledger.writes import Writes
 from gateway.money import fen_text
 
 CLR_TYPE = {
@@ -171,9 +172,8 @@ async def compute(
 
 
 async def new_setl_id(conn: asyncpg.Connection, region: str, on: dt.datetime) -> str:
-    """结算ID: region (6) + yyyyMMdd + 12-digit serial."""
-    serial = await conn.fetchval("SELECT nextval('setl_seq')")
-    return f"{region[:6]:0<6}{on:%Y%m%d}{int(serial):012d}"
+    """A fresh 结算ID (same shape as the 就诊ID)."""
+    return encounters.ledger_id(region, on, int(await conn.fetchval("SELECT nextval('setl_seq')")))
 
 
 def record_of(
@@ -212,8 +212,24 @@ def _lines_json(s: Settlement, snapshot: Snapshot, ctx: Context) -> list[dict[st
     return out
 
 
-async def commit(
-    conn: asyncpg.Connection,
+INSERT = (
+    "INSERT INTO settlements (setl_id, fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id,"
+    " chrg_bchno, mid_setl_flag, med_type, insutype, category, clr_type, clr_optins,"
+    " mdtrtarea_admvs, service_date, year, setl_time, status, snapshot_version,"
+    f" {', '.join(AMOUNT_FIELDS)}, pool_prop_bp, delta, lines, dev_no, opter, acct_used_flag,"
+    " replaces_setl_id, adm_dedc_fen)"
+    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,'settled',$18,"
+    + ", ".join(f"${i + 19}" for i in range(len(AMOUNT_FIELDS) + 8))
+    + ")"
+)
+INSERT_FUND = (
+    "INSERT INTO settlement_funds (setl_id, fund_pay_type, fund_pay_type_name, fund_payamt,"
+    " inscp_scp_amt, crt_payb_lmt_amt) VALUES ($1,$2,$3,$4,$5,$6)"
+)
+
+
+def stage(
+    writes: Writes,
     snapshot: Snapshot,
     ctx: Context,
     lines: Sequence[fees.StoredLine],
@@ -221,26 +237,18 @@ async def commit(
     state: PersonState,
     now: dt.datetime,
     *,
-    replaces: str | None = None,
+    setl_id: str,
+    replaces: str | None,
 ) -> Record:
-    """Write the settlement and everything it changes (the caller holds the transaction).
+    """Stage the settlement and everything it changes; the one list of a settlement's writes.
 
-    `replaces` names the refunded settlement this one makes again (bulk corrections); at the
-    counter the link is found: the latest refunded settlement of the same visit and batch.
+    Pure: the caller has read the locked state and drawn the id, and flushes `writes` inside the
+    transaction that holds the person's lock.
     """
     person = state.person
-    setl_id = await new_setl_id(conn, ctx.institution.admdvs, now)
-    await conn.execute(
-        "INSERT INTO settlements (setl_id, fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id,"
-        " chrg_bchno, mid_setl_flag, med_type, insutype, category, clr_type, clr_optins,"
-        " mdtrtarea_admvs, service_date, year, setl_time, status, snapshot_version,"
-        f" {', '.join(AMOUNT_FIELDS)}, pool_prop_bp, delta, lines, dev_no, opter, acct_used_flag,"
-        " replaces_setl_id)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,'settled',$18,"
-        + ", ".join(f"${i + 19}" for i in range(len(AMOUNT_FIELDS)))
-        + f", ${19 + len(AMOUNT_FIELDS)}, ${20 + len(AMOUNT_FIELDS)}, ${21 + len(AMOUNT_FIELDS)},"
-        f" ${22 + len(AMOUNT_FIELDS)}, ${23 + len(AMOUNT_FIELDS)}, ${24 + len(AMOUNT_FIELDS)},"
-        f" ${25 + len(AMOUNT_FIELDS)})",
+    inpatient = s.category is Category.INPATIENT
+    writes.add(
+        INSERT,
         setl_id,
         ctx.institution.fixmedins_code,
         ctx.encounter.mdtrt_id,
@@ -266,41 +274,70 @@ async def commit(
         ctx.dev_no,
         ctx.opter,
         ctx.visit.acct_used_flag,
-        replaces or await _refunded_predecessor(conn, ctx),
+        replaces,
+        s.admission_dedc_fen if inpatient else None,
     )
-    if s.funds:
-        await conn.executemany(
-            "INSERT INTO settlement_funds (setl_id, fund_pay_type, fund_pay_type_name, fund_payamt,"
-            " inscp_scp_amt, crt_payb_lmt_amt) VALUES ($1,$2,$3,$4,$5,$6)",
-            [
-                (
-                    setl_id,
-                    f.fund_pay_type,
-                    f.fund_pay_type_name,
-                    f.fund_payamt,
-                    f.inscp_scp_amt,
-                    f.crt_payb_lmt_amt,
-                )
-                for f in s.funds
-            ],
-        )
-    await persons.write_accumulators(conn, person.psn_no, s.year, apply(state.year, s.delta))
-    if s.acct_pay:
-        await persons.set_balance(conn, person.psn_no, s.balc)
-    await fees.mark_settled(conn, ctx.encounter.mdtrt_id, [ln.feedetl_sn for ln in lines], setl_id)
-    if s.category is Category.INPATIENT:
-        await encounters.update(
-            conn,
+    writes.extend(
+        INSERT_FUND,
+        (
+            (
+                setl_id,
+                f.fund_pay_type,
+                f.fund_pay_type_name,
+                f.fund_payamt,
+                f.inscp_scp_amt,
+                f.crt_payb_lmt_amt,
+            )
+            for f in s.funds
+        ),
+    )
+    writes.add(
+        persons.ACC_UPSERT,
+        *persons.accumulator_row(person.psn_no, s.year, apply(state.year, s.delta)),
+    )
+    writes.extend(persons.SET_BALANCE, [(person.psn_no, s.balc)] if s.acct_pay else [])
+    writes.add(fees.MARK_SETTLED, ctx.encounter.mdtrt_id, [ln.feedetl_sn for ln in lines], setl_id)
+    if inpatient:
+        writes.add(
+            encounters.UPDATE_DEDUCTIBLE,
             ctx.encounter.mdtrt_id,
-            adm_dedc_fen=s.admission_dedc_fen,
-            adm_dedc_used_fen=ctx.encounter.adm_dedc_used_fen + s.act_pay_dedc,
-        )
-        await conn.execute(
-            "UPDATE settlements SET adm_dedc_fen = $2 WHERE setl_id = $1",
-            setl_id,
             s.admission_dedc_fen,
+            ctx.encounter.adm_dedc_used_fen + s.act_pay_dedc,
         )
     return record_of(s, ctx, person, setl_id=setl_id, setl_time=now)
+
+
+async def commit(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    ctx: Context,
+    lines: Sequence[fees.StoredLine],
+    s: Settlement,
+    state: PersonState,
+    now: dt.datetime,
+    *,
+    replaces: str | None = None,
+) -> Record:
+    """Write the settlement and everything it changes (the caller holds the transaction).
+
+    `replaces` names the refunded settlement this one makes again (bulk corrections); at the
+    counter the link is found: the latest refunded settlement of the same visit and batch.
+    """
+    setl_id = await new_setl_id(conn, ctx.institution.admdvs, now)
+    writes = Writes()
+    rec = stage(
+        writes,
+        snapshot,
+        ctx,
+        lines,
+        s,
+        state,
+        now,
+        setl_id=setl_id,
+        replaces=replaces or await _refunded_predecessor(conn, ctx),
+    )
+    await writes.flush(conn)
+    return rec
 
 
 async def _refunded_predecessor(conn: asyncpg.Connection, ctx: Context) -> str | None:

@@ -97,6 +97,16 @@ BREAKER_STATE = Gauge(
     multiprocess_mode="max",
 )
 
+GROUP_BATCH_SIZE = Histogram(
+    "sgw_group_commit_batch_size",
+    "Settlements committed together by the group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+SHED = Counter(
+    "sgw_shed_requests",
+    "Requests answered busy at once because the process was at its in-flight limit",
+)
+
 _terminals: set[str] = set()
 
 
