@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -51,28 +52,98 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
-def load(url: str, infno: str, args: argparse.Namespace) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            PY,
-            str(ROOT / "benchmarks" / "loadgen.py"),
-            "--url",
-            url,
-            "--infno",
-            infno,
-            "--duration",
-            str(args.duration),
-            "--concurrency",
-            str(args.concurrency),
-            "--persons",
-            str(args.persons),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+def load(url: str, scenario: str, args: argparse.Namespace, rate: float = 0.0) -> dict[str, Any]:
+    cmd = [
+        PY,
+        str(ROOT / "benchmarks" / "loadgen.py"),
+        "--url",
+        url,
+        "--scenario",
+        scenario,
+        "--duration",
+        str(args.duration),
+        "--concurrency",
+        str(args.concurrency if not rate else max(args.concurrency, 4 * args.concurrency)),
+        "--persons",
+        str(args.persons),
+    ]
+    if rate:
+        cmd += ["--rate", f"{rate:.0f}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def gateway_cli(dsn: str, *argv: str) -> None:
+    subprocess.run(
+        [PY, "-m", "gateway", *argv, "--database-url", dsn],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+
+
+class Profiler:
+    """py-spy on the gateway while one scenario runs: collapsed stacks and a summary."""
+
+    def __init__(self, out_dir: Path | None, pid: int) -> None:
+        self.out_dir = out_dir
+        self.pid = pid
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, label: str, seconds: float) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.label = label
+        self.proc = subprocess.Popen(
+            [
+                str(Path(PY).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(self.pid),
+                "--duration",
+                str(max(1, int(seconds) - 1)),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(self.out_dir / f"{label}.collapsed"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc is None or self.out_dir is None:
+            return
+        self.proc.wait(timeout=60)
+        self.proc = None
+        collapsed = self.out_dir / f"{self.label}.collapsed"
+        if collapsed.exists():
+            (self.out_dir / f"{self.label}.txt").write_text(summarize(collapsed))
+
+
+def summarize(collapsed: Path, top: int = 25) -> str:
+    """Self and inclusive shares of the sampled frames, the event loop's idle wait included."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, n_text = line.rpartition(" ")
+        n = int(n_text)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    lines = [f"samples: {total}", "", "self:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{n / total:6.1%}  {frame}")
+    lines += ["", "inclusive:"]
+    for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[: top * 2]:
+        lines.append(f"{n / total:6.1%}  {frame}")
+    return "\n".join(lines) + "\n"
 
 
 def with_db(dsn: str, name: str) -> str:
@@ -96,6 +167,17 @@ async def drop_db(server: str, name: str) -> None:
         await conn.close()
 
 
+LABELS = {
+    "2101": "2101 pharmacy pre-settlement (no write)",
+    "2102": "2102 pharmacy settlement, durable",
+    "2206": "2206 outpatient pre-settlement (no write)",
+    "visit": "outpatient visit 2201→2203→2204→2206→2207 (calls/s)",
+    "reject": "degraded `reject` (2102 refused by the plan)",
+    "defer": "degraded `defer` (2102 as a durable deferred claim)",
+    "overload": "2102 at 2× the saturated rate, open loop",
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--duration", type=float, default=10)
@@ -108,14 +190,16 @@ def main() -> None:
             "GATEWAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
         ),
     )
-    p.add_argument("--scenarios", default="2101,2102")
+    p.add_argument("--scenarios", default="2101,2102,2206,visit,reject,defer,overload")
+    p.add_argument("--profile", type=Path, help="py-spy the gateway per scenario into this folder")
+    p.add_argument("--json", type=Path, help="also write the raw results here")
     args = p.parse_args()
 
     name = f"gwbench_{uuid.uuid4().hex[:8]}"
     asyncio.run(create_db(args.database_url, name))
     dsn = with_db(args.database_url, name)
     procs: list[subprocess.Popen[bytes]] = []
-    rows: list[tuple[str, dict[str, float]]] = []
+    rows: list[tuple[str, dict[str, Any]]] = []
     try:
         bare_port = free_port()
         procs.append(
@@ -124,61 +208,60 @@ def main() -> None:
             )
         )
         gw_port = free_port()
-        subprocess.run(
-            [PY, "-m", "gateway", "demo", "load", "--database-url", dsn],
-            check=True,
-            cwd=ROOT,
-            capture_output=True,
-        )
-        subprocess.run(
+        gateway_cli(dsn, "demo", "load")
+        gateway_cli(dsn, "demo", "synth", "--persons", str(args.persons))
+        gateway = subprocess.Popen(
             [
                 PY,
                 "-m",
                 "gateway",
-                "demo",
-                "synth",
-                "--persons",
-                str(args.persons),
+                "serve",
+                "--port",
+                str(gw_port),
                 "--database-url",
                 dsn,
+                "--workers",
+                str(args.workers),
+                "--config",
+                str(ROOT / "config" / "bench.toml"),
+                "--pool-max",
+                "32",
             ],
-            check=True,
             cwd=ROOT,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        procs.append(
-            subprocess.Popen(
-                [
-                    PY,
-                    "-m",
-                    "gateway",
-                    "serve",
-                    "--port",
-                    str(gw_port),
-                    "--database-url",
-                    dsn,
-                    "--workers",
-                    str(args.workers),
-                    "--config",
-                    str(ROOT / "config" / "bench.toml"),
-                    "--pool-max",
-                    "32",
-                ],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(gateway)
         time.sleep(1)
         wait_ready(f"http://127.0.0.1:{gw_port}/readyz")
+        profiler = Profiler(args.profile, gateway.pid)
+        gw_url = f"http://127.0.0.1:{gw_port}"
         rows.append(
             (
                 "bare aiohttp + uvloop (fixed envelope)",
                 load(f"http://127.0.0.1:{bare_port}", "2101", args),
             )
         )
-        for infno in args.scenarios.split(","):
-            rows.append((infno, load(f"http://127.0.0.1:{gw_port}", infno, args)))
+        saturated = 0.0
+        for scenario in args.scenarios.split(","):
+            profiler.start(scenario, args.duration)
+            if scenario in ("reject", "defer"):
+                gateway_cli(
+                    dsn, "plan", "set", "--scope", "global", "--class", "settlement",
+                    "--action", scenario, "--reason", "benchmark",
+                )  # fmt: skip
+                time.sleep(2.5)  # every process polls the plan within a second
+                result = load(gw_url, "2102", args)
+                gateway_cli(dsn, "plan", "clear", "--scope", "global", "--class", "settlement")
+                time.sleep(2.5)
+            elif scenario == "overload":
+                result = load(gw_url, "2102", args, rate=2 * (saturated or 1000.0))
+            else:
+                result = load(gw_url, scenario, args)
+                if scenario == "2102":
+                    saturated = result["ok_rate"]
+            profiler.stop()
+            rows.append((LABELS.get(scenario, scenario), result))
     finally:
         for proc in procs:
             proc.terminate()
@@ -186,22 +269,35 @@ def main() -> None:
             proc.wait(timeout=30)
         asyncio.run(drop_db(args.database_url, name))
 
+    if args.json:
+        args.json.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
     ceiling = rows[0][1]["rate"] or 1.0
     print(
-        f"Command: `python benchmarks/http_harness.py --duration {args.duration:g} --concurrency {args.concurrency}"
-        f" --workers {args.workers} --scenarios {args.scenarios}`  "
+        f"Command: `python benchmarks/http_harness.py --duration {args.duration:g}"
+        f" --concurrency {args.concurrency} --workers {args.workers} --scenarios {args.scenarios}`  "
     )
     print(
-        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()};"
-        " servers, load generator and PostgreSQL on the same cores.\n"
+        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()},"
+        f" Python {platform.python_version()}; servers, load generator and PostgreSQL on the"
+        " same cores.\n"
     )
-    print("| scenario | requests/s | p50 ms | p99 ms | errors | busy | ratio to ceiling |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| scenario | answers/s | ok/s | p50 ms | p99 ms | ok p99 ms | busy | refused"
+        " | ratio to ceiling |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, r in rows:
         print(
-            f"| {label} | {r['rate']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {int(r['errors'])} |"
-            f" {int(r['busy'])} | {r['rate'] / ceiling:.2f} |"
+            f"| {label} | {r['rate']:,.0f} | {r['ok_rate']:,.0f} | {r['p50_ms']:.2f} |"
+            f" {r['p99_ms']:.2f} | {r['ok_p99_ms']:.2f} | {r['busy']} | {r['refused']} |"
+            f" {r['rate'] / ceiling:.2f} |"
         )
+        if r.get("visits_per_s"):
+            per = ", ".join(
+                f"{k} p50 {v['p50_ms']:.1f} / p99 {v['p99_ms']:.1f} ms"
+                for k, v in r["per_infno"].items()
+            )
+            print(f"|   ↳ {r['visits_per_s']:,.0f} visits/s; {per} | | | | | | | | |")
 
 
 if __name__ == "__main__":

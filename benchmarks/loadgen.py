@@ -1,142 +1,194 @@
-"""Closed-loop load generator: C connections send requests back to back for D seconds.
+"""Load generator for the HTTP harness: prints one JSON line of results.
 
-Prints one JSON line: requests, errors (infcode != 0), busy answers, rate, p50, p99 (ms).
-Each request gets a fresh msgid and a random synthetic person, so settlements spread over
-people as in life (one person's settlements are serialized by design).
+    python benchmarks/loadgen.py --url URL --scenario S [--duration D] [--concurrency C]
+                                 [--rate R] [--persons N]
+
+Closed loop (default): C connections send back to back for D seconds. Open loop (`--rate R`):
+requests start at R a second whatever the answers, as counters in a busy hour do; that is how
+overload is measured (a closed loop slows itself down and never overloads anything).
+
+Scenarios: 2101, 2102 (a 5-line basket for a random synthetic person), 2206 (pre-settlement of
+visits set up first), visit (2201 → 2203 → 2204 → 2206 → 2207, one visit per loop).
+Each request gets a fresh msgid; answers count as ok (infcode 0), busy (shed, "繁忙/稍候") or
+refused (any other infcode -1). Latency percentiles are of all answers and of the ok ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import itertools
 import json
 import random
 import time
-import uuid
-from pathlib import Path
+from collections import defaultdict
+from typing import Any
 
 import aiohttp
 import uvloop
 
-from gateway.auth import load_credentials, sign_headers
+from loadtest import envelopes as env
 
-PATH = "/fsi/api/rsfComIfsService/callService"
-LINES = [
-    ("YP0001", "18.50"),
-    ("YP0002", "12.50"),
-    ("YP0004", "9.90"),
-    ("YP0007", "9.90"),
-    ("YP0009", "28.80"),
-]
-TOTAL = "79.60"
-INSTITUTION = "P44180000001"
-# Real counters sign every request; the benchmark pays the same verification cost.
-SECRET = load_credentials(
-    Path(__file__).resolve().parents[1] / "config" / "demo" / "credentials.toml"
-)[INSTITUTION]
+BUSY_WORDS = ("繁忙".encode(), "稍候".encode())
 
 
-def envelope(infno: str, serial: int, persons: int, region: str) -> bytes:
-    psn_no = f"S{region}{random.randint(1, persons):012d}"
-    now = dt.datetime.now()
-    day = now.strftime("%Y-%m-%d %H:%M:%S")
-    body = {
-        "infno": infno,
-        "msgid": f"P44180000001{now:%Y%m%d%H%M%S}{serial:010d}",
-        "mdtrtarea_admvs": region,
-        "insuplc_admdvs": region,
-        "dev_no": f"POS{serial % 997:04d}",
-        "infver": "V1.0",
-        "opter": "OP",
-        "opter_name": "收费员",
-        "opter_type": "1",
-        "inf_time": day,
-        "fixmedins_code": "P44180000001",
-        "fixmedins_name": "bench",
-        "input": {
-            "druginfo": {
-                "psn_no": psn_no,
-                "mdtrt_cert_type": "02",
-                "mdtrt_cert_no": psn_no,
-                "begntime": day,
-                "medfee_sumamt": TOTAL,
-                "insutype": "310",
-                "acct_used_flag": "1",
-                "med_type": "41",
-            },
-            "drugdetail": [
-                {
-                    "feedetl_sn": str(i + 1),
-                    "medins_list_codg": c,
-                    "det_item_fee_sumamt": p,
-                    "cnt": "1",
-                    "pric": p,
-                }
-                for i, (c, p) in enumerate(LINES)
-            ],
-        },
-    }
-    return json.dumps(body, ensure_ascii=False).encode()
+class Results:
+    def __init__(self) -> None:
+        self.latency: dict[str, list[float]] = defaultdict(list)  # infno -> all answers
+        self.ok_latency: dict[str, list[float]] = defaultdict(list)
+        self.counts: dict[str, int] = defaultdict(int)  # ok | busy | refused | failed
+        self.first_refusal = ""
+        self.visits = 0
+
+    def record(self, infno: str, raw: bytes, seconds: float) -> dict[str, Any] | None:
+        self.latency[infno].append(seconds)
+        if b'"infcode":0' in raw:
+            self.counts["ok"] += 1
+            self.ok_latency[infno].append(seconds)
+            answer: dict[str, Any] = json.loads(raw)
+            return answer
+        if any(w in raw for w in BUSY_WORDS):
+            self.counts["busy"] += 1
+        else:
+            self.counts["refused"] += 1
+            if not self.first_refusal:
+                self.first_refusal = raw.decode(errors="replace")[:300]
+        return None
 
 
-async def run(
-    url: str, infno: str, duration: float, concurrency: int, persons: int, region: str
-) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = busy = 0
-    serial = itertools.count(random.randint(1, 10**8))
-    deadline = time.perf_counter() + duration
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
 
-        async def worker() -> None:
-            nonlocal errors, busy
-            while time.perf_counter() < deadline:
-                body = envelope(infno, next(serial), persons, region)
-                started = time.perf_counter()
-                headers = {
-                    "Content-Type": "application/json",
-                    **sign_headers(INSTITUTION, SECRET, uuid.uuid4().hex),
-                }
-                async with session.post(url + PATH, data=body, headers=headers) as r:
-                    raw = await r.read()
-                latencies.append(time.perf_counter() - started)
-                if b'"infcode":0' not in raw:
-                    errors += 1
-                    if "稍候".encode() in raw:
-                        busy += 1
 
+class Driver:
+    def __init__(self, session: aiohttp.ClientSession, url: str, persons: int) -> None:
+        self.session = session
+        self.url = url + env.PATH
+        self.persons = persons
+        self.results = Results()
+        self.pos = env.Terminal(env.PHARMACY, "POS0001")
+        self.his = env.Terminal(env.HOSPITAL, "HIS0001")
+
+    def person(self) -> str:
+        return env.synthetic_person(random.randint(1, self.persons))
+
+    async def send(
+        self, terminal: env.Terminal, infno: str, input_: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        body = terminal.envelope(infno, input_)
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        try:
+            async with self.session.post(self.url, data=body, headers=terminal.headers()) as r:
+                raw = await r.read()
+        except aiohttp.ClientError:
+            self.results.counts["failed"] += 1
+            return None
+        return self.results.record(infno, raw, time.perf_counter() - started)
+
+    async def open_visit(self) -> tuple[str, str] | None:
+        psn = self.person()
+        reg = await self.send(self.his, "2201", env.register_input(psn))
+        if reg is None:
+            return None
+        mdtrt_id = reg["output"]["data"]["mdtrt_id"]
+        if await self.send(self.his, "2203", env.visit_info_input(mdtrt_id, psn)) is None:
+            return None
+        if await self.send(self.his, "2204", env.outpatient_fees_input(mdtrt_id, psn)) is None:
+            return None
+        return mdtrt_id, psn
+
+    async def one(self, scenario: str, slot: dict[str, Any]) -> None:
+        if scenario in ("2101", "2102"):
+            await self.send(self.pos, scenario, env.drug_input(self.person()))
+        elif scenario == "2206":
+            mdtrt_id, psn = slot["visit"]
+            await self.send(self.his, "2206", env.settle_input(mdtrt_id, psn))
+        elif scenario == "visit":
+            opened = await self.open_visit()
+            if opened is None:
+                return
+            data = env.settle_input(*opened)
+            if await self.send(self.his, "2206", data) is None:
+                return
+            if await self.send(self.his, "2207", data) is not None:
+                self.results.visits += 1
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    connector = aiohttp.TCPConnector(limit=max(args.concurrency, 1))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        driver = Driver(session, args.url, args.persons)
+        slots: list[dict[str, Any]] = [{} for _ in range(args.concurrency)]
+        if args.scenario == "2206":  # set up one visit per connection, not measured
+            for slot in slots:
+                slot["visit"] = await driver.open_visit()
+                if slot["visit"] is None:
+                    raise SystemExit(f"setup failed: {driver.results.first_refusal}")
+            driver.results = Results()
+        started = time.perf_counter()
+        deadline = started + args.duration
+        if args.rate:
+            tasks: set[asyncio.Task[None]] = set()
+            interval = 1.0 / args.rate
+            n = 0
+            while (now := time.perf_counter()) < deadline:
+                due = int((now - started) / interval) + 1
+                while n < due:
+                    task = asyncio.ensure_future(driver.one(args.scenario, slots[n % len(slots)]))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    n += 1
+                await asyncio.sleep(0.001)
+            if tasks:
+                await asyncio.wait(tasks, timeout=30)
+        else:
+
+            async def loop(slot: dict[str, Any]) -> None:
+                while time.perf_counter() < deadline:
+                    await driver.one(args.scenario, slot)
+
+            await asyncio.gather(*(loop(s) for s in slots))
         elapsed = time.perf_counter() - started
-    latencies.sort()
-    n = len(latencies)
+    r = driver.results
+    every = [x for v in r.latency.values() for x in v]
+    accepted = [x for v in r.ok_latency.values() for x in v]
     return {
-        "requests": n,
-        "errors": errors,
-        "busy": busy,
-        "rate": n / elapsed,
-        "p50_ms": latencies[n // 2] * 1000 if n else 0.0,
-        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0,
+        "scenario": args.scenario,
+        "requests": len(every),
+        "rate": len(every) / elapsed,
+        "ok_rate": r.counts["ok"] / elapsed,
+        "ok": r.counts["ok"],
+        "busy": r.counts["busy"],
+        "refused": r.counts["refused"],
+        "failed": r.counts["failed"],
+        "p50_ms": pct(every, 0.5),
+        "p99_ms": pct(every, 0.99),
+        "ok_p50_ms": pct(accepted, 0.5),
+        "ok_p99_ms": pct(accepted, 0.99),
+        "visits_per_s": r.visits / elapsed,
+        "per_infno": {
+            k: {"n": len(v), "p50_ms": pct(v, 0.5), "p99_ms": pct(v, 0.99)}
+            for k, v in sorted(r.latency.items())
+        },
+        "first_refusal": r.first_refusal,
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
-    p.add_argument("--infno", default="2102")
+    p.add_argument("--scenario", default="2102")
     p.add_argument("--duration", type=float, default=10)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: requests started per second")
     p.add_argument("--persons", type=int, default=20000)
-    p.add_argument("--region", default="441800")
     args = p.parse_args()
     uvloop.install()
-    result = asyncio.run(
-        run(args.url, args.infno, args.duration, args.concurrency, args.persons, args.region)
-    )
-    print(json.dumps(result))
+    print(json.dumps(asyncio.run(run(args)), ensure_ascii=False))
 
 
 if __name__ == "__main__":

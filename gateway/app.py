@@ -22,15 +22,18 @@ from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.console import install as install_console
 from gateway.core.settle import FUND_NAMES
 from gateway.deferred.journal import Journal
+from gateway.errors import Busy
 from gateway.group_commit import GroupCommit
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
+from gateway.overload import SHED_MESSAGE, Admission
 from gateway.ratelimit import Limiter
 from gateway.reference import load_reference
 from gateway.runtime import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
 VERIFIER = web.AppKey("verifier", Verifier)
+ADMISSION = web.AppKey("admission", Admission)
 access = logging.getLogger("gateway.access")
 ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
 MAX_BODY = 8 * 1024 * 1024  # 5,000 fee lines with long names fit comfortably
@@ -115,6 +118,23 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return _envelope_error("请求报文过大，请分批上传费用明细")
     started = time.perf_counter()
+    admission = request.app[ADMISSION]
+    if not admission.enter():
+        # Past the in-flight limit a request waits behind all the others and its latency grows
+        # without bound; a fast "busy" lets the counter retry (same msgid) or switch to plan B.
+        metrics.SHED.inc()
+        outcome = dispatch.refused(gw, Busy(SHED_MESSAGE), path_infno or "", outcome="busy")
+        observe(outcome, time.perf_counter() - started)
+        return web.Response(body=outcome.body, content_type="application/json")
+    try:
+        return await _admitted(request, gw, body, path_infno, started)
+    finally:
+        admission.leave()
+
+
+async def _admitted(
+    request: web.Request, gw: Gateway, body: bytes, path_infno: str | None, started: float
+) -> web.Response:
     request_id = secrets.token_hex(8)
     verifier = request.app.get(VERIFIER)
     authenticated: str | None = None
@@ -283,6 +303,7 @@ def build_app(settings: Settings) -> web.Application:
             await pool.close()
 
     app.cleanup_ctx.append(resources)
+    app[ADMISSION] = Admission((settings.config or load_config(settings.config_path)).max_in_flight)
     app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
     app.router.add_post("/hsa/hgs/{infno}", call_by_path)
     app.router.add_get("/livez", livez)

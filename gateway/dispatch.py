@@ -141,9 +141,9 @@ def overdue(gw: Gateway, infno: str) -> Outcome:
     return Outcome(_fail(gw, dt.datetime.now(), exc), infno, "error", timeout=True)
 
 
-def refused(gw: Gateway, exc: GatewayError, infno: str) -> Outcome:
-    """The answer to a request refused before it is read (e.g. a bad signature)."""
-    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, "rejected")
+def refused(gw: Gateway, exc: GatewayError, infno: str, outcome: str = "rejected") -> Outcome:
+    """The answer to a request refused before it is read (a bad signature, overload)."""
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, outcome)
 
 
 async def handle(

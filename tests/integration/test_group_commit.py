@@ -1,0 +1,190 @@
+"""Group commit: settlements committed together behave exactly as settlements committed alone."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from gateway.group_commit import GroupCommit
+from gateway.ops import metrics
+from tests.integration.conftest import GENEROUS, Server, running_gateway
+from tests.integration.his_client import decode
+
+PHARMACY = "P44180000001"
+EMPLOYEE = "441800000000000001"  # 2000.00 in the account
+RETIREE = "441800000000000002"
+CIVIL_SERVANT = "441800000000000003"
+LAPSED = "441800000000000007"  # psn_insu_stas 2: refused
+DAY = "2027-03-01 10:00:00"
+# One writer: while it commits, everything else that arrives waits and forms the next batch.
+ONE_WRITER = dataclasses.replace(GENEROUS, group_writers=1, group_max_batch=64)
+
+
+def basket(price: str, cnt: int = 1, code: str = "YP0001") -> list[dict[str, Any]]:
+    total = Decimal(price) * cnt
+    return [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": code,
+            "pric": price,
+            "cnt": str(cnt),
+            "det_item_fee_sumamt": f"{total:.2f}",
+        }
+    ]
+
+
+def batches() -> tuple[float, float]:
+    """(settlements, batches) the group commit has counted so far in this process."""
+    total = count = 0.0
+    for family in metrics.GROUP_BATCH_SIZE.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_count"):
+                count = sample.value
+    return total, count
+
+
+@pytest.fixture(scope="module")
+async def grouped(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
+    async with running_gateway(new_database, ONE_WRITER) as srv:
+        yield srv
+
+
+async def _balance(server: Server, psn_no: str) -> int:
+    return int(await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", psn_no))
+
+
+async def test_a_burst_settles_in_shared_batches_and_the_ledger_balances(grouped: Server) -> None:
+    pos = grouped.client(PHARMACY)
+    people = [EMPLOYEE, RETIREE, CIVIL_SERVANT]
+    before = {p: await _balance(grouped, p) for p in people}
+    settled_before, batches_before = batches()
+    answers = await asyncio.gather(
+        *(
+            pos.ok("2102", pos.drug_input(people[i % 3], DAY, "37.00", basket("18.50", 2)))
+            for i in range(60)
+        )
+    )
+    settled, counted = batches()
+    # 60 settlements in fewer commits than settlements: batches of more than one happened.
+    assert settled - settled_before == 60
+    assert counted - batches_before < 60
+    assert len({a["setlinfo"]["setl_id"] for a in answers}) == 60
+    for person in people:
+        mine = [a["setlinfo"] for a in answers if a["setlinfo"]["psn_no"] == person]
+        paid = sum(Decimal(i["acct_pay"]) for i in mine)
+        assert await _balance(grouped, person) == before[person] - int(paid * 100)
+        # One person's settlements form one chain of balances, batch or no batch.
+        balcs = sorted({Decimal(i["balc"]) for i in mine}, reverse=True)
+        assert len(balcs) == len(mine)
+    assert await grouped.check_ledger() == []
+
+
+async def test_one_person_in_one_batch_never_overdraws(grouped: Server) -> None:
+    """Eight 500.00 purchases against 2000.00: each computed against the one before it."""
+    pos = grouped.client(PHARMACY)
+    person = EMPLOYEE
+    start = await _balance(grouped, person)
+    answers = await asyncio.gather(
+        *(
+            pos.ok("2102", pos.drug_input(person, DAY, "500.00", basket("250.00", 2, "YP0003")))
+            for _ in range(8)
+        )
+    )
+    infos = [a["setlinfo"] for a in answers]
+    paid = sum(Decimal(i["acct_pay"]) for i in infos)
+    assert 0 <= await _balance(grouped, person) == start - int(paid * 100)
+    assert min(Decimal(i["balc"]) for i in infos) >= 0
+    # Every yuan of the account was spent once: what it could not pay went to cash.
+    cash = sum(Decimal(i["psn_cash_pay"]) for i in infos)
+    assert cash > 0
+    assert await grouped.check_ledger() == []
+
+
+async def test_a_refusal_in_a_batch_writes_only_its_answer(grouped: Server) -> None:
+    pos = grouped.client(PHARMACY)
+    good = [
+        pos.envelope("2102", pos.drug_input(RETIREE, DAY, "9.90", basket("9.90"))) for _ in range(6)
+    ]
+    lapsed = pos.envelope("2102", pos.drug_input(LAPSED, DAY, "9.90", basket("9.90")))
+    unknown = pos.envelope(
+        "2102", pos.drug_input("441800999999999999", DAY, "9.90", basket("9.90"))
+    )
+    wrong_total = pos.envelope("2102", pos.drug_input(RETIREE, DAY, "10.00", basket("9.90")))
+    bodies = [msgspec.json.encode(e) for e in [*good, lapsed, unknown, wrong_total]]
+    answers = await asyncio.gather(*(pos.post_raw(b) for b in bodies))
+    decoded = [decode(raw) for _, raw in answers]
+    assert [a["infcode"] for a in decoded] == [0] * 6 + [-1] * 3
+    assert "参保状态异常" in decoded[6]["err_msg"]
+    assert "不存在" in decoded[7]["err_msg"]
+    assert "不一致" in decoded[8]["err_msg"]
+    refused = [e["msgid"] for e in (lapsed, unknown, wrong_total)]
+    for table, column in (("encounters", "created_msgid"), ("settlements", "medins_setl_id")):
+        written = await grouped.fetchval(
+            f"SELECT count(*) FROM {table} WHERE {column} = ANY($1::text[])", refused
+        )
+        assert written == 0, table
+    # The refusals are journaled: a retry gets the same bytes.
+    for body, (_, first) in zip(bodies[6:], answers[6:], strict=True):
+        status, again = await pos.post_raw(body)
+        assert status == 200
+        assert again == first
+    assert await grouped.check_ledger() == []
+
+
+async def test_the_same_msgid_in_one_burst_settles_once(grouped: Server) -> None:
+    pos = grouped.client(PHARMACY)
+    body = msgspec.json.encode(
+        pos.envelope("2102", pos.drug_input(RETIREE, DAY, "9.90", basket("9.90")))
+    )
+    msgid = msgspec.json.decode(body)["msgid"]
+    answers = await asyncio.gather(*(pos.post_raw(body) for _ in range(8)))
+    assert len({raw for _, raw in answers}) == 1
+    assert decode(answers[0][1])["infcode"] == 0
+    assert (
+        await grouped.fetchval("SELECT count(*) FROM settlements WHERE medins_setl_id = $1", msgid)
+        == 1
+    )
+
+
+async def test_a_failed_batch_leaves_nothing_and_its_requests_settle_one_by_one(
+    grouped: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that cannot commit (here: the database refuses its write) is rolled back whole;
+    each of its requests then takes the single path and is answered once."""
+    real = GroupCommit._settle
+    failures = 0
+
+    async def failing(self: GroupCommit, conn: asyncpg.Connection, batch: list[Any]) -> Any:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            await real(self, conn, batch)  # everything staged and flushed ...
+            raise asyncpg.DeadlockDetectedError("injected")  # ... then the commit fails
+        return await real(self, conn, batch)
+
+    monkeypatch.setattr(GroupCommit, "_settle", failing)
+    pos = grouped.client(PHARMACY)
+    envelopes = [
+        pos.envelope("2102", pos.drug_input(RETIREE, DAY, "9.90", basket("9.90")))
+        for _ in range(10)
+    ]
+    answers = await asyncio.gather(*(pos.post_raw(msgspec.json.encode(e)) for e in envelopes))
+    assert failures == 1
+    assert all(decode(raw)["infcode"] == 0 for _, raw in answers)
+    msgids = [e["msgid"] for e in envelopes]
+    assert (
+        await grouped.fetchval(
+            "SELECT count(*) FROM settlements WHERE medins_setl_id = ANY($1::text[])", msgids
+        )
+        == 10
+    )
+    assert await grouped.check_ledger() == []
