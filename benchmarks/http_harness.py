@@ -252,7 +252,10 @@ def main() -> None:
                 )  # fmt: skip
                 time.sleep(2.5)  # every process polls the plan within a second
                 result = load(gw_url, "2102", args)
-                gateway_cli(dsn, "plan", "clear", "--scope", "global", "--class", "settlement")
+                gateway_cli(
+                    dsn, "plan", "clear", "--scope", "global", "--class", "settlement",
+                    "--reason", "benchmark over",
+                )  # fmt: skip
                 time.sleep(2.5)
             elif scenario == "overload":
                 result = load(gw_url, "2102", args, rate=2 * (saturated or 1000.0))

@@ -256,13 +256,15 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
 
 
 async def _pre_settle(call: Call) -> Answer:
+    """2101: the same split as 2102 would make now, nothing locked or written."""
     p = _purchase(call.req)
-    person, _ = await persons.read(call.conn, p.psn_no)
+    person, balance = await persons.read(call.conn, p.psn_no)
     ctx = _context(call.req, call.institution, p, person, "")
-    s, state = await settlements.compute(
-        call.conn, call.gw.snapshot, ctx, p.lines, p.declared, lock=False
-    )
-    rec = settlements.record_of(s, ctx, state.person, setl_id=None, setl_time=None)
+    year = await persons.year_accumulators(call.conn, p.psn_no, p.begntime.year)
+    state = PersonState(person=person, balance_fen=balance, year=year)
+    s = settle(call.gw.snapshot, ctx.visit, state, p.lines, use_account=True)
+    settlements.check_declared(s, p.declared)
+    rec = settlements.record_of(s, ctx, person, setl_id=None, setl_time=None)
     return Answer(_output(rec, s, ctx, p, final=False))
 
 

@@ -173,7 +173,13 @@ async def replay(gw: Gateway, on_progress: Callable[[Progress], None] | None = N
             await apply_calls(gw)
             return await _replay_claims(gw, on_progress)
         finally:
-            await lock_conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK)
+            try:
+                await lock_conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK)
+            except BaseException:
+                # The pool does not reset session locks: a connection that may still hold
+                # the lock is closed instead of going back (closing releases it).
+                lock_conn.terminate()
+                raise
 
 
 async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | None) -> Progress:

@@ -70,12 +70,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a connection needs on its way back to the pool: only a rollback, if a transaction
+    was left open. Pooled connections carry no session state (no SET, LISTEN or session
+    advisory lock; `deferred replay` releases its own lock or drops the connection), and the
+    default reset (RESET ALL, UNLISTEN, advisory unlock) cost a round trip on every request."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 16, **kw: Any
 ) -> asyncpg.Pool:
     """A pool whose connections speak jsonb as Python values."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_reset, **kw
     )
     assert pool is not None
     return pool
