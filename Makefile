@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-compare bench-http clean
+.PHONY: fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-compare bench-http bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -61,8 +61,41 @@ bench-compare: install
 	@ls .benchmarks/*/*.json >/dev/null 2>&1 || { echo "no saved benchmark run: make bench first" >&2; exit 1; }
 	$(BENCH) --benchmark-compare --benchmark-compare-fail=median:25%
 
+# The HTTP harness: the bare ceiling and every gateway scenario in one run (benchmarks/RESULTS.md).
 bench-http: install
 	$(BIN)/python benchmarks/http_harness.py --duration 8 --concurrency 64
+
+# The same run with py-spy on the gateway per scenario: var/profiles/<scenario>.txt.
+profile: install
+	$(BIN)/python benchmarks/http_harness.py --duration 8 --concurrency 64 --profile var/profiles
+
+# P7/P8: a reload of 500,000 mappings against the event loop, and the memory it takes.
+bench-reload: install
+	$(BIN)/python benchmarks/catalog_reload.py --mappings 500000 --reloads 5
+
+# P8: one worker's memory through a 10-minute soak of durable settlements.
+bench-soak: install
+	$(BIN)/python benchmarks/soak.py --minutes 10 --rate 400
+
+# Locust against `make run` (another terminal; `python -m gateway demo synth --persons 20000`
+# spreads the load): the full mix, the rush-hour shape, and the mix under the plan's `defer`.
+loadtest: install
+	mkdir -p var/locust
+	SGW_SYNTH_PERSONS=$${SGW_SYNTH_PERSONS:-20000} $(BIN)/locust --config loadtest/locust.conf
+
+loadtest-rush: install
+	mkdir -p var/locust
+	SGW_SYNTH_PERSONS=$${SGW_SYNTH_PERSONS:-20000} $(BIN)/locust --config loadtest/locust.conf \
+		-f loadtest/locustfile.py,loadtest/shapes.py --csv var/locust/rush
+
+loadtest-degraded: install
+	mkdir -p var/locust
+	$(BIN)/python -m gateway plan set --scope global --class settlement --action defer \
+		--reason "load test: degraded mode"
+	SGW_SYNTH_PERSONS=$${SGW_SYNTH_PERSONS:-20000} $(BIN)/locust --config loadtest/locust.conf \
+		--run-time 2m --csv var/locust/degraded PharmacyCounter; status=$$?; \
+	$(BIN)/python -m gateway plan clear --scope global --class settlement \
+		--reason "load test over"; exit $$status
 
 # Keeps var/ (the embedded database of `make run`) and .benchmarks/ (the saved baselines).
 fuzz: install
