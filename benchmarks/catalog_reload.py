@@ -94,6 +94,7 @@ async def measure(dsn: str, reloads: int) -> dict[str, Any]:
         started = time.perf_counter()
         await gw.refresh_catalog(force=True)
         durations.append(time.perf_counter() - started)
+    await asyncio.sleep(2)  # the last retired snapshot is freed in the background
     stop.set()
     await task
     rss_after = rss_mb()

@@ -11,6 +11,7 @@ import pytest
 from adapters.his.envelope import decode_input, decode_request, encode_response
 from adapters.his.settling import declared_of
 from adapters.his.wire import In2206, SettleData, flag, required
+from gateway.ledger import idempotency
 
 pytestmark = pytest.mark.benchmark
 
@@ -83,3 +84,17 @@ def test_encode_answer(benchmark: Any) -> None:
     }
     body = benchmark(encode_response, region="441800", received=now, output=output, now=now)
     assert b'"infcode":0' in body
+
+
+def test_idempotency_check(benchmark: Any) -> None:
+    """A retried msgid: the body's fingerprint compared with the stored one, the answer handed
+    back (the ledger look-up is one indexed read, measured by the HTTP harness)."""
+    answer = encode_response(
+        region="441800", received=dt.datetime(2026, 3, 1, 8, 30), output={"setlinfo": {}}
+    )
+    stored = idempotency.Stored(idempotency.digest(ENVELOPE_2207), answer)
+
+    def check() -> bytes:
+        return idempotency.replay(stored, idempotency.digest(ENVELOPE_2207), "M1")
+
+    assert benchmark(check) == answer

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import sys
+import time
 from typing import Any
 
 import asyncpg
@@ -29,6 +31,26 @@ plan_log = logging.getLogger("gateway.plan")
 
 def _now() -> dt.datetime:
     return dt.datetime.now()
+
+
+def _retire(holder: list[Snapshot], wait_seconds: float) -> None:
+    """Free a swapped-out snapshot off the loop, in pieces (runs in a thread).
+
+    Dropping half a million mappings at once is one C-level cascade that holds the interpreter
+    for ~25 ms; freed a few thousand at a time, the loop gets the interpreter back between
+    pieces. A snapshot still held by a request in flight is waited for (requests finish within
+    their deadline); if one still holds it then, it is left to be freed by its last user.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while sys.getrefcount(holder[0]) > 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # 2 = the holder list and getrefcount's own argument
+    snapshot = holder.pop()
+    if sys.getrefcount(snapshot) > 2:
+        return
+    pieces = snapshot.dismantle()
+    del snapshot
+    while pieces:
+        del pieces[-2000:]
 
 
 def _breaker_changed(b: Breaker) -> None:
@@ -177,9 +199,14 @@ class Gateway:
                 if version == self.snapshot.version and not force:
                     return False
                 snapshot = await reference_store.read_snapshot(conn, self.reference)
+            retired = [self.snapshot]
             self.snapshot = snapshot  # one reference assignment: requests see old or new, whole
             log.info("catalog snapshot swapped", extra={"catalog_version": snapshot.version})
-            return True
+        # Not awaited: the caller (a 3301's answer, the poller) need not wait for the old one.
+        asyncio.get_running_loop().run_in_executor(
+            None, _retire, retired, self.config.call_deadline_seconds * 2
+        )
+        return True
 
     async def watch_catalog(self) -> None:
         """Poll the reference version; runs for the life of the process."""

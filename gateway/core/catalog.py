@@ -276,6 +276,16 @@ class Snapshot:
             class_b_default_bp=class_b_default_bp,
         )
 
+    def dismantle(self) -> list[Mapping]:
+        """Empty the indexes and hand back the mappings as a list, so a retired snapshot can be
+        freed piece by piece instead of in one 25 ms cascade on the event loop (P7). Only for
+        a snapshot nothing else holds any more: afterwards every lookup misses."""
+        pieces = list(self.mappings)
+        for index in (self._mappings, self._items):
+            while index:
+                index.popitem()
+        return pieces
+
     def institution(self, code: str) -> Institution | None:
         """The registered institution."""
         return self._institutions.get(code)
