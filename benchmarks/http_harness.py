@@ -83,6 +83,52 @@ def gateway_cli(dsn: str, *argv: str) -> None:
     )
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+def tree(pid: int) -> list[int]:
+    """The process and its descendants (the gateway's workers)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True)
+    children: dict[int, list[int]] = {}
+    for line in out.stdout.splitlines():
+        child, parent = (int(x) for x in line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def postgres_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def start_gateway(dsn: str, port: int, workers: int, config: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [PY, "-m", "gateway", "serve", "--port", str(port), "--database-url", dsn,
+         "--workers", str(workers), "--config", str(ROOT / "config" / config), "--pool-max", "32"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)
+    wait_ready(f"http://127.0.0.1:{port}/readyz")
+    return proc
+
+
 class Profiler:
     """py-spy on the gateway while one scenario runs: collapsed stacks and a summary."""
 
@@ -167,6 +213,11 @@ async def drop_db(server: str, name: str) -> None:
         await conn.close()
 
 
+def cpu_of(r: dict[str, Any]) -> str:
+    parts = [r.get("gateway_cpu_us"), r.get("postgres_cpu_us"), r.get("loadgen_cpu_us")]
+    return ", ".join("–" if v is None else f"{v:,.0f}" for v in parts)
+
+
 LABELS = {
     "2101": "2101 pharmacy pre-settlement (no write)",
     "2102": "2102 pharmacy settlement, durable",
@@ -210,41 +261,19 @@ def main() -> None:
         gw_port = free_port()
         gateway_cli(dsn, "demo", "load")
         gateway_cli(dsn, "demo", "synth", "--persons", str(args.persons))
-        gateway = subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "gateway",
-                "serve",
-                "--port",
-                str(gw_port),
-                "--database-url",
-                dsn,
-                "--workers",
-                str(args.workers),
-                "--config",
-                str(ROOT / "config" / "bench.toml"),
-                "--pool-max",
-                "32",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        gateway = start_gateway(dsn, gw_port, args.workers, "bench.toml")
         procs.append(gateway)
-        time.sleep(1)
-        wait_ready(f"http://127.0.0.1:{gw_port}/readyz")
         profiler = Profiler(args.profile, gateway.pid)
         gw_url = f"http://127.0.0.1:{gw_port}"
-        rows.append(
-            (
-                "bare aiohttp + uvloop (fixed envelope)",
-                load(f"http://127.0.0.1:{bare_port}", "2101", args),
-            )
-        )
+        bare_cpu = cpu_seconds([procs[0].pid])
+        bare = load(f"http://127.0.0.1:{bare_port}", "2101", args)
+        bare["gateway_cpu_us"] = (cpu_seconds([procs[0].pid]) - bare_cpu) / bare["requests"] * 1e6
+        rows.append(("bare aiohttp + uvloop (fixed envelope)", bare))
         saturated = 0.0
         for scenario in args.scenarios.split(","):
             profiler.start(scenario, args.duration)
+            gw_pids = tree(gateway.pid)
+            cpu_before = (cpu_seconds(gw_pids), cpu_seconds(postgres_pids()))
             if scenario in ("reject", "defer"):
                 gateway_cli(
                     dsn, "plan", "set", "--scope", "global", "--class", "settlement",
@@ -258,12 +287,28 @@ def main() -> None:
                 )  # fmt: skip
                 time.sleep(2.5)
             elif scenario == "overload":
-                result = load(gw_url, "2102", args, rate=2 * (saturated or 1000.0))
+                # A second gateway over the same ledger, with the in-flight bound of
+                # config/bench-overload.toml, offered twice the rate the first one saturated at.
+                port = free_port()
+                shedding = start_gateway(dsn, port, args.workers, "bench-overload.toml")
+                try:
+                    result = load(
+                        f"http://127.0.0.1:{port}", "2102", args, rate=2 * (saturated or 1000.0)
+                    )
+                finally:
+                    shedding.terminate()
+                    shedding.wait(timeout=30)
             else:
                 result = load(gw_url, scenario, args)
                 if scenario == "2102":
                     saturated = result["ok_rate"]
             profiler.stop()
+            answers = max(result["requests"], 1)
+            if scenario != "overload":  # that one ran on a gateway of its own
+                result["gateway_cpu_us"] = (cpu_seconds(gw_pids) - cpu_before[0]) / answers * 1e6
+            result["postgres_cpu_us"] = (
+                (cpu_seconds(postgres_pids()) - cpu_before[1]) / answers * 1e6
+            )
             rows.append((LABELS.get(scenario, scenario), result))
     finally:
         for proc in procs:
@@ -286,21 +331,21 @@ def main() -> None:
     )
     print(
         "| scenario | answers/s | ok/s | p50 ms | p99 ms | ok p99 ms | busy | refused"
-        " | ratio to ceiling |"
+        " | ratio to ceiling | CPU µs/answer: gateway, PostgreSQL, load generator |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, r in rows:
         print(
             f"| {label} | {r['rate']:,.0f} | {r['ok_rate']:,.0f} | {r['p50_ms']:.2f} |"
             f" {r['p99_ms']:.2f} | {r['ok_p99_ms']:.2f} | {r['busy']} | {r['refused']} |"
-            f" {r['rate'] / ceiling:.2f} |"
+            f" {r['rate'] / ceiling:.2f} | {cpu_of(r)} |"
         )
         if r.get("visits_per_s"):
             per = ", ".join(
                 f"{k} p50 {v['p50_ms']:.1f} / p99 {v['p99_ms']:.1f} ms"
                 for k, v in r["per_infno"].items()
             )
-            print(f"|   ↳ {r['visits_per_s']:,.0f} visits/s; {per} | | | | | | | | |")
+            print(f"|   ↳ {r['visits_per_s']:,.0f} visits/s; {per} | | | | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in sorted(r.latency.items())
         },
         "first_refusal": r.first_refusal,
+        "loadgen_cpu_us": time.process_time() / max(len(every), 1) * 1e6,
     }
 
 

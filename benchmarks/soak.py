@@ -42,6 +42,11 @@ def main() -> None:
     p.add_argument("--mappings", type=int, default=500_000)
     p.add_argument("--persons", type=int, default=20_000)
     p.add_argument(
+        "--redis-url",
+        default=os.environ.get("GATEWAY_REDIS_URL"),
+        help="nonces and limits in Redis, as with several workers (without: process memory)",
+    )
+    p.add_argument(
         "--database-url",
         default=os.environ.get(
             "GATEWAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -60,7 +65,8 @@ def main() -> None:
         port = free_port()
         gateway = subprocess.Popen(
             [PY, "-m", "gateway", "serve", "--port", str(port), "--database-url", dsn,
-             "--config", str(ROOT / "config" / "bench.toml")],
+             "--config", str(ROOT / "config" / "bench.toml"),
+             *(["--redis-url", args.redis_url] if args.redis_url else [])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=120)
@@ -98,6 +104,7 @@ def main() -> None:
                 "minutes": args.minutes,
                 "rate": args.rate,
                 "mappings": args.mappings,
+                "redis": bool(args.redis_url),
                 "ok": load["ok"],
                 "refused": load["refused"],
                 "busy": load["busy"],

@@ -232,7 +232,8 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
                 {"druginfo": msgspec.to_builtins(p.info), "dev_no": req.dev_no},
             ),
         )
-        writes.extend(fees.INSERT, fees.rows(lines, req.msgid))
+        setl_id = encounters.ledger_id(institution.admdvs, now, setl_serial)
+        writes.extend(fees.INSERT, fees.rows(lines, req.msgid, setl_id))
         rec = settlements.stage(
             writes,
             snapshot,
@@ -241,8 +242,9 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
             s,
             state,
             now,
-            setl_id=encounters.ledger_id(institution.admdvs, now, setl_serial),
+            setl_id=setl_id,
             replaces=None,  # a fresh visit has no refunded settlement to remake
+            lines_stored_settled=True,
         )
         return Built(
             output=_output(rec, s, ctx, p, final=True),

@@ -239,8 +239,12 @@ def stage(
     *,
     setl_id: str,
     replaces: str | None,
+    lines_stored_settled: bool = False,
 ) -> Record:
     """Stage the settlement and everything it changes; the one list of a settlement's writes.
+
+    `lines_stored_settled`: the caller stages the lines' INSERT with this setl_id already (a
+    pharmacy purchase), so they need no update.
 
     Pure: the caller has read the locked state and drawn the id, and flushes `writes` inside the
     transaction that holds the person's lock.
@@ -296,7 +300,9 @@ def stage(
         *persons.accumulator_row(person.psn_no, s.year, apply(state.year, s.delta)),
     )
     writes.extend(persons.SET_BALANCE, [(person.psn_no, s.balc)] if s.acct_pay else [])
-    writes.add(fees.MARK_SETTLED, ctx.encounter.mdtrt_id, [ln.feedetl_sn for ln in lines], setl_id)
+    if not lines_stored_settled:
+        sns = [ln.feedetl_sn for ln in lines]
+        writes.add(fees.MARK_SETTLED, ctx.encounter.mdtrt_id, sns, setl_id)
     if inpatient:
         writes.add(
             encounters.UPDATE_DEDUCTIBLE,
