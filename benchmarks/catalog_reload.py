@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import sys
 import time
 import uuid
@@ -26,10 +25,11 @@ import asyncpg
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_harness import create_db, drop_db, gateway_cli, with_db
+from http_harness import add_server_arg, create_db, drop_db, gateway_cli, with_db
 
 from gateway.config import GatewayConfig
-from gateway.ledger import db
+from gateway.core.model import Mapping
+from gateway.ledger import db, reference_store
 from gateway.ratelimit import Limiter
 from gateway.reference import load_reference
 from gateway.runtime import Gateway
@@ -46,27 +46,27 @@ def rss_mb() -> float:
 
 
 async def add_mappings(dsn: str, n: int) -> None:
+    """N synthetic mappings over 2,000 institutions, loaded the way `demo load` loads them."""
     conn = await asyncpg.connect(dsn)
     try:
         codes = [r[0] for r in await conn.fetch("SELECT med_list_codg FROM catalog_entries")]
         begin, end = dt.date(2020, 1, 1), dt.date(2099, 12, 31)
-        await conn.copy_records_to_table(
-            "catalog_mappings",
-            columns=[
-                "fixmedins_code",
-                "medins_list_codg",
-                "fixmedins_hilist_name",
-                "list_type",
-                "med_list_codg",
-                "begndate",
-                "enddate",
-            ],
-            records=(
-                (f"H{i % 2000:011d}", f"C{i:08d}", "", "101", codes[i % len(codes)], begin, end)
+        await reference_store.copy_mappings(
+            conn,
+            (
+                Mapping(
+                    fixmedins_code=f"H{i % 2000:011d}",
+                    medins_list_codg=f"C{i:08d}",
+                    fixmedins_hilist_name="",
+                    list_type="101",
+                    med_list_codg=codes[i % len(codes)],
+                    begndate=begin,
+                    enddate=end,
+                )
                 for i in range(n)
             ),
         )
-        await conn.execute("UPDATE catalog_version SET version = version + 1")
+        await reference_store.bump_version(conn)
     finally:
         await conn.close()
 
@@ -117,12 +117,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--mappings", type=int, default=500_000)
     p.add_argument("--reloads", type=int, default=5)
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "GATEWAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_server_arg(p)
     args = p.parse_args()
     name = f"gwreload_{uuid.uuid4().hex[:8]}"
     asyncio.run(create_db(args.database_url, name))

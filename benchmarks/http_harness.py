@@ -192,6 +192,16 @@ def summarize(collapsed: Path, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_server_arg(p: argparse.ArgumentParser) -> None:
+    """--database-url: the PostgreSQL server the scripts make their scratch database on."""
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "GATEWAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+
+
 def with_db(dsn: str, name: str) -> str:
     p = urlsplit(dsn)
     return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
@@ -235,12 +245,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--persons", type=int, default=20000)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "GATEWAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_server_arg(p)
     p.add_argument("--scenarios", default="2101,2102,2206,visit,reject,defer,overload")
     p.add_argument("--profile", type=Path, help="py-spy the gateway per scenario into this folder")
     p.add_argument("--json", type=Path, help="also write the raw results here")

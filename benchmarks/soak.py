@@ -25,7 +25,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from catalog_reload import add_mappings
-from http_harness import PY, ROOT, create_db, drop_db, free_port, gateway_cli, wait_ready, with_db
+from http_harness import (
+    PY,
+    ROOT,
+    add_server_arg,
+    create_db,
+    drop_db,
+    free_port,
+    gateway_cli,
+    wait_ready,
+    with_db,
+)
 
 
 def rss_mb(pid: int) -> float:
@@ -46,12 +56,7 @@ def main() -> None:
         default=os.environ.get("GATEWAY_REDIS_URL"),
         help="nonces and limits in Redis, as with several workers (without: process memory)",
     )
-    p.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "GATEWAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_server_arg(p)
     args = p.parse_args()
     name = f"gwsoak_{uuid.uuid4().hex[:8]}"
     asyncio.run(create_db(args.database_url, name))

@@ -260,9 +260,8 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
 async def _pre_settle(call: Call) -> Answer:
     """2101: the same split as 2102 would make now, nothing locked or written."""
     p = _purchase(call.req)
-    person, balance = await persons.read(call.conn, p.psn_no)
+    person, balance, year = await persons.read_with_year(call.conn, p.psn_no, p.begntime.year)
     ctx = _context(call.req, call.institution, p, person, "")
-    year = await persons.year_accumulators(call.conn, p.psn_no, p.begntime.year)
     state = PersonState(person=person, balance_fen=balance, year=year)
     s = settle(call.gw.snapshot, ctx.visit, state, p.lines, use_account=True)
     settlements.check_declared(s, p.declared)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
+from collections.abc import Iterable
 from typing import TypeVar
 
 import asyncpg
@@ -68,30 +69,7 @@ async def load(conn: asyncpg.Connection, ref: Reference) -> None:
                 for c in ref.catalog
             ],
         )
-        await conn.copy_records_to_table(
-            "catalog_mappings",
-            columns=[
-                "fixmedins_code",
-                "medins_list_codg",
-                "fixmedins_hilist_name",
-                "list_type",
-                "med_list_codg",
-                "begndate",
-                "enddate",
-            ],
-            records=[
-                (
-                    m.fixmedins_code,
-                    m.medins_list_codg,
-                    m.fixmedins_hilist_name,
-                    m.list_type,
-                    m.med_list_codg,
-                    m.begndate,
-                    m.enddate,
-                )
-                for m in ref.mappings
-            ],
-        )
+        await copy_mappings(conn, ref.mappings)
         await conn.copy_records_to_table(
             "selfpay_ratios",
             records=[
@@ -133,6 +111,15 @@ async def load(conn: asyncpg.Connection, ref: Reference) -> None:
             records=[(p.psn_no, ref.balances.get(p.psn_no, 0)) for p in ref.persons],
         )
         await bump_version(conn)
+
+
+async def copy_mappings(conn: asyncpg.Connection, mappings: Iterable[Mapping]) -> None:
+    """Bulk-load mappings (COPY); the caller bumps the version."""
+    await conn.copy_records_to_table(
+        "catalog_mappings",
+        columns=list(Mapping.__struct_fields__),
+        records=(tuple(getattr(m, f) for f in Mapping.__struct_fields__) for m in mappings),
+    )
 
 
 async def bump_version(conn: asyncpg.Connection) -> int:

@@ -124,10 +124,8 @@ def check_declared(s: Settlement, declared: Declared) -> None:
 
 
 async def _state(
-    conn: asyncpg.Connection, ctx: Context, person: Person, balance: int
+    conn: asyncpg.Connection, ctx: Context, person: Person, balance: int, acc: Accumulators
 ) -> PersonState:
-    year = ctx.visit.service_date.year
-    acc = await persons.year_accumulators(conn, person.psn_no, year)
     enc = ctx.encounter
     other = False
     if enc.kind == "inpatient":
@@ -136,7 +134,7 @@ async def _state(
                 "SELECT EXISTS (SELECT 1 FROM settlements WHERE psn_no = $1 AND year = $2"
                 " AND category = 'inpatient' AND status = 'settled' AND mdtrt_id <> $3)",
                 person.psn_no,
-                year,
+                ctx.visit.service_date.year,
                 enc.mdtrt_id,
             )
         )
@@ -163,9 +161,17 @@ async def compute(
     """The fund split against the person's current state; lock=True for a real settlement."""
     if not lines:
         raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
-    person, balance = await persons.read(conn, ctx.encounter.psn_no, lock=lock)
+    psn_no, year = ctx.encounter.psn_no, ctx.visit.service_date.year
+    if lock:
+        # Two statements on purpose: the accumulators must be read after the lock is granted.
+        # In one locking join PostgreSQL re-reads only the locked row when it had to wait, and
+        # the joined accumulators would be those of before the other settlement committed.
+        person, balance = await persons.read(conn, psn_no, lock=True)
+        acc = await persons.year_accumulators(conn, psn_no, year)
+    else:
+        person, balance, acc = await persons.read_with_year(conn, psn_no, year)
     persons.require_insured(person)
-    state = await _state(conn, ctx, person, balance)
+    state = await _state(conn, ctx, person, balance, acc)
     s = settle(snapshot, ctx.visit, state, lines, use_account=use_account)
     check_declared(s, declared)
     return s, state
