@@ -26,6 +26,7 @@ SYNTH_PERSONS = 2000
 # The gate. Loopback on a shared 2-core CI box, gateway and locust on the same cores: the figures
 # are generous ceilings that only a real regression (a stall, an error, a lock convoy) crosses.
 MIN_REQUESTS = 400
+DEGRADED_SECONDS = 8
 MAX_FAILURES = 0
 MAX_P95_MS = {"2102": 1000, "2207": 1000, "2304": 1500, "2102 retry storm": 1000}
 MAX_P99_ALL_MS = 2000
@@ -88,3 +89,25 @@ async def test_the_locust_mix_passes_its_thresholds(new_database: Callable[..., 
             " GROUP BY fixmedins_code, medins_setl_id HAVING count(*) > 1) d"
         )
         assert dupes == 0
+
+        # Degraded mode: the plan defers settlements; the counters keep selling (deferred claims
+        # answered with infcode 0, refunds withdraw them) and nothing fails.
+        await _run(
+            sys.executable, "-m", "gateway", "plan", "set", "--scope", "global", "--class",
+            "settlement", "--action", "defer", "--reason", "load smoke", "--database-url", server.dsn,
+        )  # fmt: skip
+        await asyncio.sleep(2.5)  # every process polls the plan within a second
+        degraded = ARTIFACTS / "locust-smoke-degraded"
+        await _run(
+            sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
+            "-u", "8", "-r", "8", "-t", f"{DEGRADED_SECONDS}s", "--host", server.url,
+            "--csv", str(degraded), "--only-summary", "--exit-code-on-error", "0",
+            "PharmacyCounter",
+            env={"SGW_SYNTH_PERSONS": str(SYNTH_PERSONS)},
+            limit=DEGRADED_SECONDS + 60,
+        )  # fmt: skip
+        rows = await asyncio.to_thread(stats, Path(f"{degraded}_stats.csv"))
+        assert int(rows["Aggregated"]["Failure Count"]) == 0
+        assert int(rows["2102"]["Request Count"]) > 0
+        claims = await server.fetchval("SELECT count(*) FROM deferred WHERE status = 'pending'")
+        assert claims > 0
