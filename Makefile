@@ -68,7 +68,7 @@ bench-compare: install
 
 # The HTTP harness: the bare ceiling and every gateway scenario in one run (benchmarks/RESULTS.md).
 bench-http: install
-	$(BIN)/python benchmarks/http_harness.py --duration 8 --concurrency 64
+	$(BIN)/python benchmarks/http_harness.py --duration 8 --concurrency 64 --results benchmarks/RESULTS.md
 
 # The same run with py-spy on the gateway per scenario: var/profiles/<scenario>.txt.
 profile: install

@@ -249,6 +249,7 @@ def main() -> None:
     p.add_argument("--scenarios", default="2101,2102,2206,visit,reject,defer,overload")
     p.add_argument("--profile", type=Path, help="py-spy the gateway per scenario into this folder")
     p.add_argument("--json", type=Path, help="also write the raw results here")
+    p.add_argument("--results", type=Path, help="rewrite the harness block of this RESULTS.md")
     args = p.parse_args()
 
     name = f"gwbench_{uuid.uuid4().hex[:8]}"
@@ -324,25 +325,34 @@ def main() -> None:
 
     if args.json:
         args.json.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
+    report = render(rows, args)
+    print(report)
+    if args.results:
+        write_results(args.results, report)
+
+
+BEGIN, END = "<!-- http_harness:begin -->", "<!-- http_harness:end -->"
+
+
+def render(rows: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> str:
+    """The run as Markdown: command, machine, date, and the table with ratios to the ceiling."""
     ceiling = rows[0][1]["rate"] or 1.0
-    print(
+    lines = [
         f"Command: `python benchmarks/http_harness.py --duration {args.duration:g}"
-        f" --concurrency {args.concurrency} --workers {args.workers} --scenarios {args.scenarios}`  "
-    )
-    print(
+        f" --concurrency {args.concurrency} --workers {args.workers} --scenarios {args.scenarios}`,"
+        f" {time.strftime('%Y-%m-%d %H:%M')}.  ",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()},"
         f" Python {platform.python_version()}; servers, load generator and PostgreSQL on the"
-        " same cores.\n"
-    )
-    print(
+        " same cores.",
+        "",
         "| scenario | answers/s | ok/s | p50 ms | p99 ms | ok p99 ms | busy | refused"
-        " | ratio to ceiling | CPU µs/answer: gateway, PostgreSQL, load generator |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+        " | ratio to ceiling | CPU µs/answer: gateway, PostgreSQL, load generator |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, r in rows:
-        print(
+        lines.append(
             f"| {label} | {r['rate']:,.0f} | {r['ok_rate']:,.0f} | {r['p50_ms']:.2f} |"
-            f" {r['p99_ms']:.2f} | {r['ok_p99_ms']:.2f} | {r['busy']} | {r['refused']} |"
+            f" {r['p99_ms']:.2f} | {r['ok_p99_ms']:.2f} | {r['busy']:,} | {r['refused']:,} |"
             f" {r['rate'] / ceiling:.2f} | {cpu_of(r)} |"
         )
         if r.get("visits_per_s"):
@@ -350,7 +360,18 @@ def main() -> None:
                 f"{k} p50 {v['p50_ms']:.1f} / p99 {v['p99_ms']:.1f} ms"
                 for k, v in r["per_infno"].items()
             )
-            print(f"|   ↳ {r['visits_per_s']:,.0f} visits/s; {per} | | | | | | | | | |")
+            lines.append(f"|   ↳ {r['visits_per_s']:,.0f} visits/s; {per} | | | | | | | | | |")
+    return "\n".join(lines)
+
+
+def write_results(path: Path, report: str) -> None:
+    """Replace the harness's block in RESULTS.md (between its markers) with this run."""
+    text = path.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path} has no {BEGIN} … {END} block")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{report}\n{END}{tail}", encoding="utf-8")
 
 
 if __name__ == "__main__":
