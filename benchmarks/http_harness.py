@@ -231,7 +231,7 @@ def cpu_of(r: dict[str, Any]) -> str:
 LABELS = {
     "2101": "2101 pharmacy pre-settlement (no write)",
     "2102": "2102 pharmacy settlement, durable",
-    "2206": "2206 outpatient pre-settlement (no write)",
+    "2206": "2206 outpatient pre-settlement (ledger unchanged; the pre-settlement is noted)",
     "visit": "outpatient visit 2201→2203→2204→2206→2207 (calls/s)",
     "reject": "degraded `reject` (2102 refused by the plan)",
     "defer": "degraded `defer` (2102 as a durable deferred claim)",

@@ -298,11 +298,8 @@ async def _journaled(
     # The acquire timeout also bounds the release: a connection whose query was cancelled on a
     # dead network is dropped instead of waiting forever for the server to confirm.
     async with gw.pool.acquire(timeout=gw.config.call_deadline_seconds) as conn:
-        stored = await idempotency.lookup(conn, code, msgid)
-        if stored is not None:
-            return Outcome(
-                idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code
-            )
+        # No look-up first: a fresh msgid (the common case) is claimed in one round trip, and a
+        # retry finds its key taken and is answered from the journal below.
         try:
             async with conn.transaction():
                 if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
