@@ -53,7 +53,8 @@ class Answer:
 Handler = Callable[[Call], Awaitable[Answer]]
 # A writing transaction's group-commit form: validate (raising refuses it, and the single path
 # then answers and journals the refusal), then a Job the batch locks, builds and commits.
-Prepare = Callable[[Gateway, Request, Institution, dt.datetime], "Job"]
+# None: this request takes the single path after all.
+Prepare = Callable[[Gateway, Request, Institution, dt.datetime], "Job | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +276,7 @@ async def _grouped(
     except GatewayError:
         return None  # refused before the ledger: the single path journals the refusal
     group = gw.group
-    if group is None:
+    if group is None or job is None:
         return None
     outcome: Outcome | None = await group.submit(req, body_hash, received, job)
     return outcome

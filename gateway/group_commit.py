@@ -34,7 +34,8 @@ from adapters.his.envelope import Request, encode_response
 from gateway import dispatch
 from gateway.core.model import Accumulators, FundRow, Person
 from gateway.errors import GatewayError, IdentityRejected
-from gateway.ledger import idempotency, persons
+from gateway.ledger import encounters, fees, idempotency, persons, settlements
+from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 
@@ -42,12 +43,23 @@ log = logging.getLogger("gateway.group_commit")
 
 
 @dataclass(slots=True)
+class VisitHeld:
+    """A locked visit as the batch has it so far (a settlement of it consumes its lines)."""
+
+    encounter: Encounter
+    unsettled: list[fees.StoredLine]  # in feedetl_sn order
+    settled_batches: set[str]  # chrg_bchno values with lines settled already
+    refunded: dict[str, str]  # chrg_bchno -> its latest refunded settlement nothing replaces yet
+
+
+@dataclass(slots=True)
 class Held:
-    """A person's locked state as the batch has it so far."""
+    """A person's locked state as the batch has it so far, and the job's visit if it has one."""
 
     person: Person | None  # None: no such person (the build refuses)
     balance: int
     year: Accumulators
+    visit: VisitHeld | None = None  # None for a job without one, or an unknown mdtrt_id
 
 
 @dataclass(slots=True)
@@ -64,12 +76,15 @@ class Built:
 
 @dataclass(slots=True)
 class Job:
-    """What a transaction's grouped form needs from the batch: whom to lock, and a pure build
-    from the locked state and two fresh serials (就诊ID, 结算ID) to the staged writes."""
+    """What a transaction's grouped form needs from the batch: whom (and which visit) to lock,
+    and a pure build from the locked state and two fresh serials (就诊ID, 结算ID) to the staged
+    writes. Locks are taken visits first, then persons, each in key order, as the single path
+    takes them (visit, then person): no two transactions wait for each other in a cycle."""
 
     psn_no: str
-    year: int
+    year: int | None  # None: the year of the visit's service date
     build: Callable[[Held, int, int], Built]
+    mdtrt_id: str | None = None  # a visit to lock and load with its unsettled lines
 
 
 @dataclass(slots=True)
@@ -165,25 +180,25 @@ class GroupCommit:
         later += [it for key, it in first.items() if key not in claimed]
         if not mine:
             return {}, later
+        visits = await _visits(conn, sorted({j.mdtrt_id for it in mine if (j := it.job).mdtrt_id}))
         held = await persons.lock_many(conn, sorted({it.job.psn_no for it in mine}))
+        year_of = {id(it): _year(it.job, visits) for it in mine}
         years = await persons.accumulators_many(
-            conn, sorted({(it.job.psn_no, it.job.year) for it in mine})
+            conn, sorted({(it.job.psn_no, year_of[id(it)]) for it in mine})
         )
-        serials = await conn.fetch(
-            "SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s"
-            " FROM generate_series(1, $1)",
-            len(mine),
-        )
+        serials = await conn.fetch(_SERIALS + " FROM generate_series(1, $1)", len(mine))
         balances = {psn: balance for psn, (_, balance) in held.items()}
         writes = Writes()
         answers: dict[int, dispatch.Outcome | None] = {}
         for item, serial in zip(mine, serials, strict=True):
             job, req = item.job, item.req
             found = held.get(job.psn_no)
+            year = year_of[id(item)]
             state = Held(
                 found[0] if found else None,
                 balances.get(job.psn_no, 0),
-                years[(job.psn_no, job.year)],
+                years[(job.psn_no, year)],
+                visits.get(job.mdtrt_id) if job.mdtrt_id else None,
             )
             try:
                 built = job.build(state, int(serial["m"]), int(serial["s"]))
@@ -204,7 +219,7 @@ class GroupCommit:
                 )
                 continue
             balances[job.psn_no] = built.balance
-            years[(job.psn_no, job.year)] = built.year
+            years[(job.psn_no, year)] = built.year
             out = encode_response(
                 region=self.region,
                 received=item.received,
@@ -218,6 +233,54 @@ class GroupCommit:
             )
         await writes.flush(conn)
         return answers, later
+
+
+async def settle_alone(conn: asyncpg.Connection, job: Job) -> Built:
+    """A job on the caller's own transaction (the single path): the batch's reads for one job,
+    the same build, its writes flushed. The caller holds the transaction and the msgid claim."""
+    visits = await _visits(conn, [job.mdtrt_id] if job.mdtrt_id else [])
+    year = _year(job, visits)
+    found = await persons.lock_many(conn, [job.psn_no])
+    person, balance = found.get(job.psn_no, (None, 0))
+    acc = (await persons.accumulators_many(conn, [(job.psn_no, year)]))[(job.psn_no, year)]
+    serial = await conn.fetchrow(_SERIALS + " FROM generate_series(1, 1)")
+    visit = visits.get(job.mdtrt_id) if job.mdtrt_id else None
+    built = job.build(Held(person, balance, acc, visit), int(serial["m"]), int(serial["s"]))
+    await built.writes.flush(conn)
+    return built
+
+
+_SERIALS = "SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s"
+
+
+def _year(job: Job, visits: dict[str, VisitHeld]) -> int:
+    if job.year is not None:
+        return job.year
+    visit = visits.get(job.mdtrt_id or "")
+    # An unknown visit is refused by the build; any year serves for the read before it.
+    return visit.encounter.begntime.year if visit else 0
+
+
+async def _visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> dict[str, VisitHeld]:
+    """Lock the visits (in mdtrt_id order) and load what their settlements need."""
+    if not mdtrt_ids:
+        return {}
+    found = await encounters.lock_many(conn, mdtrt_ids)
+    if not found:
+        return {}
+    ids = sorted(found)
+    lines = await fees.unsettled_many(conn, ids)
+    settled = await fees.settled_batches(conn, ids)
+    refunded = await settlements.refunded_predecessors(conn, ids)
+    return {
+        m: VisitHeld(
+            encounter=enc,
+            unsettled=lines.get(m, []),
+            settled_batches=settled.get(m, set()),
+            refunded=refunded.get(m, {}),
+        )
+        for m, enc in found.items()
+    }
 
 
 async def _replay(conn: asyncpg.Connection, item: _Item) -> dispatch.Outcome | None:

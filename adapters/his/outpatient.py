@@ -148,7 +148,7 @@ async def pre_settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind="outpatient", final=False)
 
 
-@register("2207", "门诊结算", writes=True, klass="settlement")
+@register("2207", "门诊结算", writes=True, klass="settlement", grouped=settling.outpatient_job)
 async def settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind="outpatient", final=True)
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+import msgspec
+
 from adapters.his import deferral
-from adapters.his.envelope import decode_input, text
+from adapters.his.envelope import Request, decode_input, text
 from adapters.his.output import setldetail, setlinfo
 from adapters.his.wire import In2206, In2208, SettleData, fen, fen_required, flag, required
-from gateway.core.model import Category, Visit
-from gateway.core.settle import category_of
+from gateway.core.model import Category, Institution, PersonState, Visit
+from gateway.core.settle import apply, category_of, settle
+from gateway.deferred import PROVISIONAL_PREFIX
 from gateway.dispatch import Answer, Call
-from gateway.errors import BadRequest, Conflict, RuleRejected
-from gateway.ledger import encounters, fees, settlements
+from gateway.errors import BadRequest, Conflict, NotFound, NotInsured, RuleRejected
+from gateway.group_commit import Built, Held, Job
+from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.encounters import Encounter
+from gateway.ledger.writes import Writes
+from gateway.runtime import Gateway
 
 KIND_CATEGORIES = {
     "outpatient": frozenset({Category.OUTPATIENT, Category.CHRONIC}),
@@ -41,65 +48,110 @@ def declared_of(data: SettleData) -> settlements.Declared:
     )
 
 
-async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
-    """Pre-settle (final=False, changes nothing) or settle the visit's unsettled lines."""
-    data = decode_input(call.req, In2206).data
+class Asked(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2206/2207/2303/2304 request, validated (pure)."""
+
+    psn_no: str
+    mdtrt_id: str
+    med_type: str
+    acct_used: bool
+    mid_setl_flag: str
+    chrg_bchno: str
+    declared: settlements.Declared
+    insutype: str
+    cert_type: str
+
+
+def _asked(req: Request, kind: str) -> Asked:
+    data = decode_input(req, In2206).data
     if data is None:
         raise BadRequest("缺少输入节点data")
-    psn_no = required(data.psn_no, "data.psn_no")
-    mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
-    med_type = required(data.med_type, "data.med_type")
-    acct_used = flag(data.acct_used_flag, "data.acct_used_flag") == "1"
-    mid_setl_flag = flag(data.mid_setl_flag, "data.mid_setl_flag")
-    chrg_bchno = fees.ALL
-    if kind == "outpatient":
-        chrg_bchno = required(data.chrg_bchno, "data.chrg_bchno")
-    declared = declared_of(data)
-    enc = await encounters.get(
-        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=final
+    return Asked(
+        psn_no=required(data.psn_no, "data.psn_no"),
+        mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
+        med_type=required(data.med_type, "data.med_type"),
+        acct_used=flag(data.acct_used_flag, "data.acct_used_flag") == "1",
+        mid_setl_flag=flag(data.mid_setl_flag, "data.mid_setl_flag"),
+        chrg_bchno=required(data.chrg_bchno, "data.chrg_bchno")
+        if kind == "outpatient"
+        else fees.ALL,
+        declared=declared_of(data),
+        insutype=text(data.insutype),
+        cert_type=text(data.mdtrt_cert_type),
     )
+
+
+def _check_visit(enc: Encounter, kind: str, a: Asked, *, final: bool) -> None:
+    """What the visit must be for this settlement (both paths)."""
     if enc.kind != kind:
-        raise RuleRejected(f"就诊ID{mdtrt_id}不是{'门诊' if kind == 'outpatient' else '住院'}就诊")
+        raise RuleRejected(
+            f"就诊ID{a.mdtrt_id}不是{'门诊' if kind == 'outpatient' else '住院'}就诊"
+        )
     encounters.require_open(enc)
     if enc.selfpay:
-        raise RuleRejected(f"就诊ID{mdtrt_id}为应急期间自费入院，请先办理自费转医保后再结算")
-    insutype = text(data.insutype)
-    if insutype and insutype != enc.insutype:
-        raise RuleRejected(f"险种类型{insutype}与登记时的险种{enc.insutype}不一致")
-    check_med_type(enc, med_type)
-    if kind == "inpatient" and final and mid_setl_flag == "0" and enc.status != "discharged":
+        raise RuleRejected(f"就诊ID{a.mdtrt_id}为应急期间自费入院，请先办理自费转医保后再结算")
+    if a.insutype and a.insutype != enc.insutype:
+        raise RuleRejected(f"险种类型{a.insutype}与登记时的险种{enc.insutype}不一致")
+    check_med_type(enc, a.med_type)
+    if kind == "inpatient" and final and a.mid_setl_flag == "0" and enc.status != "discharged":
         raise Conflict("患者尚未办理出院（2402），不能进行出院结算；中途结算请传mid_setl_flag=1")
-    lines = await fees.unsettled(call.conn, mdtrt_id, chrg_bchno)
-    if not lines and final and chrg_bchno != fees.ALL:
+
+
+def _already_settled(a: Asked) -> Conflict:
+    return Conflict(f"收费批次{a.chrg_bchno}已结算，请勿重复结算")
+
+
+def _context(
+    req: Request, institution: Institution, enc: Encounter, a: Asked
+) -> settlements.Context:
+    return settlements.Context(
+        institution=institution,
+        encounter=enc,
+        visit=Visit(
+            fixmedins_code=req.fixmedins_code,
+            mdtrt_id=enc.mdtrt_id,
+            med_type=a.med_type,
+            service_date=enc.begntime.date(),
+            acct_used_flag=a.acct_used,
+            dise_codg=enc.dise_codg,
+        ),
+        infno=req.infno,
+        msgid=req.msgid,
+        chrg_bchno="" if a.chrg_bchno == fees.ALL else a.chrg_bchno,
+        mid_setl_flag=a.mid_setl_flag,
+        dev_no=req.dev_no,
+        opter=req.opter,
+        mdtrtarea_admvs=req.mdtrtarea_admvs,
+    )
+
+
+def _output(rec: settlements.Record, ctx: settlements.Context, a: Asked) -> dict[str, Any]:
+    return {
+        "setlinfo": setlinfo(rec, service_date=ctx.visit.service_date, mdtrt_cert_type=a.cert_type),
+        "setldetail": setldetail(rec.funds),
+    }
+
+
+async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
+    """Pre-settle (final=False, changes nothing) or settle the visit's unsettled lines."""
+    a = _asked(call.req, kind)
+    enc = await encounters.get(
+        call.conn, a.mdtrt_id, call.req.fixmedins_code, psn_no=a.psn_no, lock=final
+    )
+    _check_visit(enc, kind, a, final=final)
+    lines = await fees.unsettled(call.conn, enc.mdtrt_id, a.chrg_bchno)
+    if not lines and final and a.chrg_bchno != fees.ALL:
         settled = await call.conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1 AND chrg_bchno = $2"
             " AND setl_id IS NOT NULL)",
-            mdtrt_id,
-            chrg_bchno,
+            enc.mdtrt_id,
+            a.chrg_bchno,
         )
         if settled:
-            raise Conflict(f"收费批次{chrg_bchno}已结算，请勿重复结算")
-    ctx = settlements.Context(
-        institution=call.institution,
-        encounter=enc,
-        visit=Visit(
-            fixmedins_code=call.req.fixmedins_code,
-            mdtrt_id=mdtrt_id,
-            med_type=med_type,
-            service_date=enc.begntime.date(),
-            acct_used_flag=acct_used,
-            dise_codg=enc.dise_codg,
-        ),
-        infno=call.req.infno,
-        msgid=call.req.msgid,
-        chrg_bchno="" if chrg_bchno == fees.ALL else chrg_bchno,
-        mid_setl_flag=mid_setl_flag,
-        dev_no=call.req.dev_no,
-        opter=call.req.opter,
-        mdtrtarea_admvs=call.req.mdtrtarea_admvs,
-    )
+            raise _already_settled(a)
+    ctx = _context(call.req, call.institution, enc, a)
     snapshot = call.gw.snapshot
-    s, state = await settlements.compute(call.conn, snapshot, ctx, lines, declared, lock=final)
+    s, state = await settlements.compute(call.conn, snapshot, ctx, lines, a.declared, lock=final)
     if final:
         rec = await settlements.commit(call.conn, snapshot, ctx, lines, s, state, call.now)
     else:
@@ -107,21 +159,75 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
         await call.conn.execute(
             "INSERT INTO presettlements VALUES ($1, $2, $3, $4) ON CONFLICT (mdtrt_id)"
             " DO UPDATE SET infno = EXCLUDED.infno, at = EXCLUDED.at",
-            mdtrt_id,
+            enc.mdtrt_id,
             call.req.fixmedins_code,
             call.req.infno,
             call.now,
         )
-    cert_type = text(data.mdtrt_cert_type)
-    return Answer(
-        {
-            "setlinfo": setlinfo(
-                rec, service_date=ctx.visit.service_date, mdtrt_cert_type=cert_type
-            ),
-            "setldetail": setldetail(rec.funds),
-        },
-        paid=rec.funds if final else (),
-    )
+    return Answer(_output(rec, ctx, a), paid=rec.funds if final else ())
+
+
+def outpatient_job(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> Job | None:
+    """2207 in a group commit: the batch locks the visit and the person and loads the visit's
+    unsettled lines; this build applies the same checks and split as the single path."""
+    a = _asked(req, "outpatient")
+    if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        return None  # an id handed out while the ledger was down: the single path resolves it
+    snapshot = gw.snapshot
+
+    def build(held: Held, _mdtrt_serial: int, setl_serial: int) -> Built:
+        visit = held.visit
+        if visit is None or visit.encounter.fixmedins_code != req.fixmedins_code:
+            raise NotFound(f"就诊ID{a.mdtrt_id}不存在或不属于本机构")
+        enc = visit.encounter
+        if a.psn_no != enc.psn_no:
+            raise Conflict(f"人员编号{a.psn_no}与就诊ID{a.mdtrt_id}的参保人不一致")
+        _check_visit(enc, "outpatient", a, final=True)
+        lines = [ln for ln in visit.unsettled if ln.chrg_bchno == a.chrg_bchno]
+        if not lines:
+            if a.chrg_bchno in visit.settled_batches:
+                raise _already_settled(a)
+            raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
+        if held.person is None:
+            raise NotInsured(f"人员编号{a.psn_no}不存在，请重新读卡获取人员信息")
+        persons.require_insured(held.person)
+        ctx = _context(req, institution, enc, a)
+        state = PersonState(
+            person=held.person,
+            balance_fen=held.balance,
+            year=held.year,
+            admission_dedc_fen=enc.adm_dedc_fen,
+            admission_dedc_used_fen=enc.adm_dedc_used_fen,
+        )
+        s = settle(snapshot, ctx.visit, state, lines)
+        settlements.check_declared(s, a.declared)
+        writes = Writes()
+        rec = settlements.stage(
+            writes,
+            snapshot,
+            ctx,
+            lines,
+            s,
+            state,
+            now,
+            setl_id=encounters.ledger_id(institution.admdvs, now, setl_serial),
+            replaces=visit.refunded.pop(ctx.chrg_bchno, None),
+        )
+        # The next settlement of this visit in the same batch sees these lines as settled.
+        taken = {ln.feedetl_sn for ln in lines}
+        visit.unsettled = [ln for ln in visit.unsettled if ln.feedetl_sn not in taken]
+        visit.settled_batches.add(a.chrg_bchno)
+        return Built(
+            output=_output(rec, ctx, a),
+            writes=writes,
+            balance=s.balc if s.acct_pay else held.balance,
+            year=apply(held.year, s.delta),
+            paid=rec.funds,
+        )
+
+    return Job(psn_no=a.psn_no, year=None, build=build, mdtrt_id=a.mdtrt_id)
 
 
 async def cancel_settlement(call: Call, *, kind: str) -> Answer:

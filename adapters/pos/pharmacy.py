@@ -29,7 +29,7 @@ from gateway.core.model import Institution, Person, PersonState, Settlement, Vis
 from gateway.core.settle import apply, settle
 from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, LineRejected, NotInsured, RuleRejected
-from gateway.group_commit import Built, Held, Job
+from gateway.group_commit import Built, Held, Job, settle_alone
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.writes import Writes
 from gateway.runtime import Gateway
@@ -271,15 +271,7 @@ async def _pre_settle(call: Call) -> Answer:
 
 async def _settle_alone(call: Call) -> Answer:
     """2102 on its own transaction: the same build as a batch of one."""
-    job = _job(call.gw, call.req, call.institution, call.now)
-    found = await persons.lock_many(call.conn, [job.psn_no])
-    person, balance = found.get(job.psn_no, (None, 0))
-    year = (await persons.accumulators_many(call.conn, [(job.psn_no, job.year)]))[
-        (job.psn_no, job.year)
-    ]
-    serials = await call.conn.fetchrow("SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s")
-    built = job.build(Held(person, balance, year), int(serials["m"]), int(serials["s"]))
-    await built.writes.flush(call.conn)
+    built = await settle_alone(call.conn, _job(call.gw, call.req, call.institution, call.now))
     return Answer(built.output, paid=built.paid)
 
 

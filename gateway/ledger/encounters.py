@@ -152,6 +152,17 @@ async def get(
     return enc
 
 
+async def lock_many(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> dict[str, Encounter]:
+    """Several visits, locked in mdtrt_id order (a batch's visits, before its persons); the
+    caller checks each belongs to the institution asking."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM encounters WHERE mdtrt_id = ANY($1::text[])"
+        " ORDER BY mdtrt_id FOR UPDATE",
+        mdtrt_ids,
+    )
+    return {r["mdtrt_id"]: _of(r) for r in rows}
+
+
 def require_open(enc: Encounter) -> None:
     """Uploads and settlements need a visit that is not cancelled."""
     if enc.status == "cancelled":

@@ -68,38 +68,71 @@ async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: s
         raise Conflict("费用明细流水号已上传，请勿重复上传（如需修改请先撤销）") from exc
 
 
+_LINE_COLUMNS = (
+    "mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no, medins_list_codg,"
+    " med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time, hosp_appr_flag"
+)
+
+
+def _line_of(r: asyncpg.Record) -> StoredLine:
+    return StoredLine(
+        mdtrt_id=r["mdtrt_id"],
+        feedetl_sn=r["feedetl_sn"],
+        chrg_bchno=r["chrg_bchno"],
+        init_feedetl_sn=r["init_feedetl_sn"],
+        psn_no=r["psn_no"],
+        medins_list_codg=r["medins_list_codg"],
+        med_list_codg=r["med_list_codg"],
+        pric_micro=int(r["pric_micro"]),
+        cnt=int(r["cnt"]),
+        det_item_fee_sumamt=int(r["amount_fen"]),
+        fee_ocur_time=r["fee_ocur_time"],
+        fee_date=r["fee_ocur_time"].date(),
+        hosp_appr_flag=r["hosp_appr_flag"],
+    )
+
+
 async def unsettled(
     conn: asyncpg.Connection, mdtrt_id: str, chrg_bchno: str = ALL
 ) -> list[StoredLine]:
     """Unsettled lines of the visit, or of one charge batch, in upload order of feedetl_sn."""
-    sql = (
-        "SELECT mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no, medins_list_codg,"
-        " med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time, hosp_appr_flag"
-        " FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL"
-    )
+    sql = f"SELECT {_LINE_COLUMNS} FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL"
     args: list[object] = [mdtrt_id]
     if chrg_bchno != ALL:
         sql += " AND chrg_bchno = $2"
         args.append(chrg_bchno)
     rows = await conn.fetch(sql + " ORDER BY feedetl_sn", *args)
-    return [
-        StoredLine(
-            mdtrt_id=r["mdtrt_id"],
-            feedetl_sn=r["feedetl_sn"],
-            chrg_bchno=r["chrg_bchno"],
-            init_feedetl_sn=r["init_feedetl_sn"],
-            psn_no=r["psn_no"],
-            medins_list_codg=r["medins_list_codg"],
-            med_list_codg=r["med_list_codg"],
-            pric_micro=int(r["pric_micro"]),
-            cnt=int(r["cnt"]),
-            det_item_fee_sumamt=int(r["amount_fen"]),
-            fee_ocur_time=r["fee_ocur_time"],
-            fee_date=r["fee_ocur_time"].date(),
-            hosp_appr_flag=r["hosp_appr_flag"],
-        )
-        for r in rows
-    ]
+    return [_line_of(r) for r in rows]
+
+
+async def unsettled_many(
+    conn: asyncpg.Connection, mdtrt_ids: Sequence[str]
+) -> dict[str, list[StoredLine]]:
+    """Every unsettled line of several visits, per visit in feedetl_sn order."""
+    rows = await conn.fetch(
+        f"SELECT {_LINE_COLUMNS} FROM fee_lines WHERE mdtrt_id = ANY($1::text[])"
+        " AND setl_id IS NULL ORDER BY mdtrt_id, feedetl_sn",
+        list(mdtrt_ids),
+    )
+    out: dict[str, list[StoredLine]] = {}
+    for r in rows:
+        out.setdefault(r["mdtrt_id"], []).append(_line_of(r))
+    return out
+
+
+async def settled_batches(
+    conn: asyncpg.Connection, mdtrt_ids: Sequence[str]
+) -> dict[str, set[str]]:
+    """The charge batches of several visits that have settled lines."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT mdtrt_id, chrg_bchno FROM fee_lines WHERE mdtrt_id = ANY($1::text[])"
+        " AND setl_id IS NOT NULL",
+        list(mdtrt_ids),
+    )
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        out.setdefault(r["mdtrt_id"], set()).add(r["chrg_bchno"])
+    return out
 
 
 async def delete_unsettled(

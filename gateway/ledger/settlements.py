@@ -352,17 +352,30 @@ async def commit(
     return rec
 
 
+_UNREPLACED_REFUNDS = (
+    "SELECT DISTINCT ON (s.mdtrt_id, s.chrg_bchno) s.mdtrt_id, s.chrg_bchno, s.setl_id"
+    " FROM settlements s WHERE s.mdtrt_id = ANY($1::text[]) AND s.status = 'cancelled'"
+    " AND NOT EXISTS (SELECT 1 FROM settlements r WHERE r.replaces_setl_id = s.setl_id)"
+    " ORDER BY s.mdtrt_id, s.chrg_bchno, s.cancel_setl_time DESC, s.setl_id DESC"
+)
+
+
+async def refunded_predecessors(
+    conn: asyncpg.Connection, mdtrt_ids: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """Per visit and charge batch, the latest refunded settlement nothing replaces yet: what a
+    settlement of that batch at the counter makes again (the single path's look-up, batched)."""
+    rows = await conn.fetch(_UNREPLACED_REFUNDS, list(mdtrt_ids))
+    out: dict[str, dict[str, str]] = {}
+    for r in rows:
+        out.setdefault(r["mdtrt_id"], {})[r["chrg_bchno"]] = r["setl_id"]
+    return out
+
+
 async def _refunded_predecessor(conn: asyncpg.Connection, ctx: Context) -> str | None:
     """The visit's (and batch's) latest refunded settlement that nothing replaces yet."""
-    found = await conn.fetchval(
-        "SELECT s.setl_id FROM settlements s WHERE s.mdtrt_id = $1 AND s.chrg_bchno = $2"
-        " AND s.status = 'cancelled' AND NOT EXISTS"
-        " (SELECT 1 FROM settlements r WHERE r.replaces_setl_id = s.setl_id)"
-        " ORDER BY s.cancel_setl_time DESC, s.setl_id DESC LIMIT 1",
-        ctx.encounter.mdtrt_id,
-        ctx.chrg_bchno,
-    )
-    return None if found is None else str(found)
+    found = await refunded_predecessors(conn, [ctx.encounter.mdtrt_id])
+    return found.get(ctx.encounter.mdtrt_id, {}).get(ctx.chrg_bchno)
 
 
 _SETTLEMENT_COLUMNS = (

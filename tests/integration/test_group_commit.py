@@ -188,3 +188,120 @@ async def test_a_failed_batch_leaves_nothing_and_its_requests_settle_one_by_one(
         == 10
     )
     assert await grouped.check_ledger() == []
+
+
+HOSPITAL = "H44180000001"
+OTHER_HOSPITAL = "H44180000002"
+VISIT_DAY = "2027-03-02 09:00:00"
+VISIT_LINES = [
+    {
+        "feedetl_sn": "1",
+        "medins_list_codg": "ZL0004",
+        "pric": "30",
+        "cnt": "2",
+        "det_item_fee_sumamt": "60.00",
+    }
+]
+
+
+async def _open_visit(server: Server, psn_no: str, ipt_otp_no: str, code: str = HOSPITAL) -> str:
+    his = server.client(code)
+    mdtrt_id = await his.register(psn_no, "310", VISIT_DAY, ipt_otp_no)
+    await his.ok(
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, psn_no, VISIT_LINES, VISIT_DAY, "B1")}
+    )
+    return mdtrt_id
+
+
+def _settle_data(server: Server, psn_no: str, mdtrt_id: str) -> dict[str, Any]:
+    return server.client(HOSPITAL).settle_data(
+        psn_no, mdtrt_id, "11", "60.00", "310", "1", chrg_bchno="B1"
+    )
+
+
+async def test_outpatient_settlements_share_batches_too(grouped: Server) -> None:
+    his = grouped.client(HOSPITAL)
+    people = [EMPLOYEE, RETIREE, CIVIL_SERVANT]
+    visits = [
+        (people[i % 3], await _open_visit(grouped, people[i % 3], f"MZ-GC-{i}")) for i in range(30)
+    ]
+    settled_before, batches_before = batches()
+    answers = await asyncio.gather(
+        *(his.ok("2207", _settle_data(grouped, p, m)) for p, m in visits)
+    )
+    settled, counted = batches()
+    assert settled - settled_before == 30
+    assert counted - batches_before < 30
+    assert {a["setlinfo"]["mdtrt_id"] for a in answers} == {m for _, m in visits}
+    lines_left = await grouped.fetchval(
+        "SELECT count(*) FROM fee_lines WHERE mdtrt_id = ANY($1::text[]) AND setl_id IS NULL",
+        [m for _, m in visits],
+    )
+    assert lines_left == 0
+    assert await grouped.check_ledger() == []
+
+
+async def test_one_visit_settled_twice_in_a_burst_settles_once(grouped: Server) -> None:
+    his = grouped.client(HOSPITAL)
+    mdtrt_id = await _open_visit(grouped, RETIREE, "MZ-GC-TWICE")
+    envelopes = [his.envelope("2207", _settle_data(grouped, RETIREE, mdtrt_id)) for _ in range(4)]
+    answers = [
+        decode(raw)
+        for _, raw in await asyncio.gather(
+            *(his.post_raw(msgspec.json.encode(e)) for e in envelopes)
+        )
+    ]
+    assert sorted(a["infcode"] for a in answers) == [-1, -1, -1, 0]
+    assert all("已结算" in a["err_msg"] for a in answers if a["infcode"] == -1)
+    assert (
+        await grouped.fetchval(
+            "SELECT count(*) FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'", mdtrt_id
+        )
+        == 1
+    )
+    assert await grouped.check_ledger() == []
+
+
+async def test_a_refunded_visit_settled_again_in_a_batch_names_what_it_replaces(
+    grouped: Server,
+) -> None:
+    his = grouped.client(HOSPITAL)
+    mdtrt_id = await _open_visit(grouped, CIVIL_SERVANT, "MZ-GC-AGAIN")
+    first = (await his.ok("2207", _settle_data(grouped, CIVIL_SERVANT, mdtrt_id)))["setlinfo"]
+    await his.ok(
+        "2208",
+        {"data": {"setl_id": first["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": CIVIL_SERVANT}},
+    )
+    # The re-settlement arrives with other settlements, so it is committed in a batch.
+    others = [await _open_visit(grouped, EMPLOYEE, f"MZ-GC-OTHER-{i}") for i in range(5)]
+    answers = await asyncio.gather(
+        his.ok("2207", _settle_data(grouped, CIVIL_SERVANT, mdtrt_id)),
+        *(his.ok("2207", _settle_data(grouped, EMPLOYEE, m)) for m in others),
+    )
+    again = answers[0]["setlinfo"]
+    assert again["setl_id"] != first["setl_id"]
+    assert again["medfee_sumamt"] == first["medfee_sumamt"]
+    replaces = await grouped.fetchval(
+        "SELECT replaces_setl_id FROM settlements WHERE setl_id = $1", again["setl_id"]
+    )
+    assert replaces == first["setl_id"]
+    assert await grouped.check_ledger() == []
+
+
+async def test_a_visit_of_another_institution_or_person_is_refused_in_a_batch(
+    grouped: Server,
+) -> None:
+    theirs = await _open_visit(grouped, RETIREE, "MZ-GC-THEIRS", OTHER_HOSPITAL)
+    mine = await _open_visit(grouped, RETIREE, "MZ-GC-MINE")
+    his = grouped.client(HOSPITAL)
+    stolen, wrong_person, fine = await asyncio.gather(
+        his.call("2207", _settle_data(grouped, RETIREE, theirs)),
+        his.call("2207", _settle_data(grouped, EMPLOYEE, mine)),
+        his.call("2207", _settle_data(grouped, RETIREE, mine)),
+    )
+    assert stolen["infcode"] == -1 and "不属于本机构" in stolen["err_msg"]
+    assert wrong_person["infcode"] == -1 and "不一致" in wrong_person["err_msg"]
+    assert fine["infcode"] == 0
+    assert (
+        await grouped.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", theirs) == 0
+    )
