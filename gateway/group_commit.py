@@ -32,7 +32,8 @@ import asyncpg
 
 from adapters.his.envelope import Request, encode_response
 from gateway import dispatch
-from gateway.core.model import Accumulators, FundRow, Person
+from gateway.core.model import Accumulators, FundRow, Person, Settlement
+from gateway.core.settle import apply
 from gateway.errors import GatewayError, IdentityRejected
 from gateway.ledger import encounters, fees, idempotency, persons, settlements
 from gateway.ledger.encounters import Encounter
@@ -72,6 +73,17 @@ class Built:
     year: Accumulators  # the year's accumulators after it
     paid: tuple[FundRow, ...] = ()
     warn_msg: str | None = None
+
+    @classmethod
+    def settled(cls, s: Settlement, held: Held, output: Any, writes: Writes) -> Built:
+        """A settlement staged: the person's balance and accumulators are those after it."""
+        return cls(
+            output=output,
+            writes=writes,
+            balance=s.balc if s.acct_pay else held.balance,
+            year=apply(held.year, s.delta),
+            paid=s.funds,
+        )
 
 
 @dataclass(slots=True)

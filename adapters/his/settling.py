@@ -12,7 +12,7 @@ from adapters.his.envelope import Request, decode_input, text
 from adapters.his.output import setldetail, setlinfo
 from adapters.his.wire import In2206, In2208, SettleData, fen, fen_required, flag, required
 from gateway.core.model import Category, Institution, PersonState, Visit
-from gateway.core.settle import apply, category_of, settle
+from gateway.core.settle import category_of, settle
 from gateway.deferred import PROVISIONAL_PREFIX
 from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, Conflict, NotFound, NotInsured, RuleRejected
@@ -219,13 +219,7 @@ def outpatient_job(
         taken = {ln.feedetl_sn for ln in lines}
         visit.unsettled = [ln for ln in visit.unsettled if ln.feedetl_sn not in taken]
         visit.settled_batches.add(a.chrg_bchno)
-        return Built(
-            output=_output(rec, ctx, a),
-            writes=writes,
-            balance=s.balc if s.acct_pay else held.balance,
-            year=apply(held.year, s.delta),
-            paid=rec.funds,
-        )
+        return Built.settled(s, held, _output(rec, ctx, a), writes)
 
     return Job(psn_no=a.psn_no, year=None, build=build, mdtrt_id=a.mdtrt_id)
 

@@ -26,7 +26,7 @@ from adapters.his.wire import (
     when_required,
 )
 from gateway.core.model import Institution, Person, PersonState, Settlement, Visit
-from gateway.core.settle import apply, settle
+from gateway.core.settle import settle
 from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, LineRejected, NotInsured, RuleRejected
 from gateway.group_commit import Built, Held, Job, settle_alone
@@ -246,13 +246,7 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
             replaces=None,  # a fresh visit has no refunded settlement to remake
             lines_stored_settled=True,
         )
-        return Built(
-            output=_output(rec, s, ctx, p, final=True),
-            writes=writes,
-            balance=s.balc if s.acct_pay else held.balance,
-            year=apply(held.year, s.delta),
-            paid=rec.funds,
-        )
+        return Built.settled(s, held, _output(rec, s, ctx, p, final=True), writes)
 
     return Job(psn_no=p.psn_no, year=p.begntime.year, build=build)
 
