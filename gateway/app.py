@@ -248,6 +248,7 @@ def build_app(settings: Settings) -> web.Application:
     """The application with its resources tied to its lifetime."""
     app = web.Application(client_max_size=MAX_BODY)
     emergency.install()
+    admission = Admission(0)  # its bound is set from the configuration at start-up
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # A short connect timeout: an unreachable ledger must fail fast enough for the breaker.
@@ -275,7 +276,9 @@ def build_app(settings: Settings) -> web.Application:
                 settings.region,
                 writers=config.group_writers,
                 max_batch=config.group_max_batch,
+                acquire_timeout=config.call_deadline_seconds,
             )
+        admission.limit = config.max_in_flight
         gw.triggers = emergency.institution_triggers(gw)
         metrics.prime([i.fixmedins_code for i in gw.snapshot.institutions], list(FUND_NAMES))
         if settings.auth:
@@ -303,7 +306,7 @@ def build_app(settings: Settings) -> web.Application:
             await pool.close()
 
     app.cleanup_ctx.append(resources)
-    app[ADMISSION] = Admission((settings.config or load_config(settings.config_path)).max_in_flight)
+    app[ADMISSION] = admission
     app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
     app.router.add_post("/hsa/hgs/{infno}", call_by_path)
     app.router.add_get("/livez", livez)

@@ -4,9 +4,11 @@ One commit per settlement tops out near the database's fsync rate, and a settlem
 statement by statement spends a dozen round trips. Here a handful of writer tasks take whatever
 settlements are waiting and settle them together:
 
-    claim every msgid  ->  lock every person (psn_no order)  ->  read their accumulators
-    ->  draw the ids  ->  compute each in arrival order (pure)  ->  flush the staged rows
-    ->  COMMIT  ->  answer each
+    claim every msgid  ->  lock the visits (mdtrt_id order), then the persons (psn_no order)
+    ->  read their accumulators and the visits' lines  ->  draw the ids  ->  compute each in
+    arrival order (pure)  ->  flush the staged rows  ->  COMMIT  ->  answer each
+
+Pharmacy 2102 and outpatient 2207 take this path (their `register(..., grouped=...)`).
 
 `synchronous_commit` stays on: no answer leaves before the commit that holds it. One person is
 still serialized: within a batch the second settlement is computed against the first's result,
@@ -119,13 +121,19 @@ class GroupCommit:
     path (the batch could not be committed)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, region: str, *, writers: int = 4, max_batch: int = 128
+        self,
+        pool: asyncpg.Pool,
+        region: str,
+        *,
+        writers: int = 4,
+        max_batch: int = 128,
+        acquire_timeout: float = 5.0,
     ) -> None:
         self.pool = pool
         self.region = region
         self.writers = max(1, writers)
         self.max_batch = max(1, max_batch)
-        self.acquire_timeout = 5.0
+        self.acquire_timeout = acquire_timeout  # the call deadline: no batch waits past it
         self._waiting: list[_Item] = []
         self._running = 0
 
@@ -192,28 +200,13 @@ class GroupCommit:
         later += [it for key, it in first.items() if key not in claimed]
         if not mine:
             return {}, later
-        visits = await _visits(conn, sorted({j.mdtrt_id for it in mine if (j := it.job).mdtrt_id}))
-        held = await persons.lock_many(conn, sorted({it.job.psn_no for it in mine}))
-        year_of = {id(it): _year(it.job, visits) for it in mine}
-        years = await persons.accumulators_many(
-            conn, sorted({(it.job.psn_no, year_of[id(it)]) for it in mine})
-        )
-        serials = await conn.fetch(_SERIALS + " FROM generate_series(1, $1)", len(mine))
-        balances = {psn: balance for psn, (_, balance) in held.items()}
+        locked = await _Locked.take(conn, [it.job for it in mine])
         writes = Writes()
         answers: dict[int, dispatch.Outcome | None] = {}
-        for item, serial in zip(mine, serials, strict=True):
+        for n, item in enumerate(mine):
             job, req = item.job, item.req
-            found = held.get(job.psn_no)
-            year = year_of[id(item)]
-            state = Held(
-                found[0] if found else None,
-                balances.get(job.psn_no, 0),
-                years[(job.psn_no, year)],
-                visits.get(job.mdtrt_id) if job.mdtrt_id else None,
-            )
             try:
-                built = job.build(state, int(serial["m"]), int(serial["s"]))
+                built = locked.build(job, n)
             except GatewayError as exc:
                 if exc.retryable:
                     writes.add(idempotency.RELEASE, req.fixmedins_code, req.msgid)
@@ -230,8 +223,6 @@ class GroupCommit:
                     identity_failure=isinstance(exc, IdentityRejected),
                 )
                 continue
-            balances[job.psn_no] = built.balance
-            years[(job.psn_no, year)] = built.year
             out = encode_response(
                 region=self.region,
                 received=item.received,
@@ -248,21 +239,61 @@ class GroupCommit:
 
 
 async def settle_alone(conn: asyncpg.Connection, job: Job) -> Built:
-    """A job on the caller's own transaction (the single path): the batch's reads for one job,
-    the same build, its writes flushed. The caller holds the transaction and the msgid claim."""
-    visits = await _visits(conn, [job.mdtrt_id] if job.mdtrt_id else [])
-    year = _year(job, visits)
-    found = await persons.lock_many(conn, [job.psn_no])
-    person, balance = found.get(job.psn_no, (None, 0))
-    acc = (await persons.accumulators_many(conn, [(job.psn_no, year)]))[(job.psn_no, year)]
-    serial = await conn.fetchrow(_SERIALS + " FROM generate_series(1, 1)")
-    visit = visits.get(job.mdtrt_id) if job.mdtrt_id else None
-    built = job.build(Held(person, balance, acc, visit), int(serial["m"]), int(serial["s"]))
+    """A job on the caller's own transaction (the single path): a batch of one, the same reads
+    and build, its writes flushed. The caller holds the transaction and the msgid claim."""
+    built = (await _Locked.take(conn, [job])).build(job, 0)
     await built.writes.flush(conn)
     return built
 
 
-_SERIALS = "SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s"
+@dataclass(slots=True)
+class _Locked:
+    """What a batch holds: its visits and persons locked, their accumulators, the ids drawn;
+    each build sees the state the builds before it left (one person, one chain)."""
+
+    visits: dict[str, VisitHeld]
+    persons: dict[str, tuple[Person, int]]
+    balances: dict[str, int]
+    year_of: dict[int, int]  # id(job) -> the year its accumulators are of
+    years: dict[tuple[str, int], Accumulators]
+    serials: list[tuple[int, int]]  # per job: (就诊ID serial, 结算ID serial)
+
+    @classmethod
+    async def take(cls, conn: asyncpg.Connection, jobs: list[Job]) -> _Locked:
+        visits = await _visits(conn, sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}))
+        held = await persons.lock_many(conn, sorted({j.psn_no for j in jobs}))
+        year_of = {id(j): _year(j, visits) for j in jobs}
+        years = await persons.accumulators_many(
+            conn, sorted({(j.psn_no, year_of[id(j)]) for j in jobs})
+        )
+        rows = await conn.fetch(
+            "SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s"
+            " FROM generate_series(1, $1)",
+            len(jobs),
+        )
+        return cls(
+            visits=visits,
+            persons=held,
+            balances={psn: balance for psn, (_, balance) in held.items()},
+            year_of=year_of,
+            years=years,
+            serials=[(int(r["m"]), int(r["s"])) for r in rows],
+        )
+
+    def build(self, job: Job, n: int) -> Built:
+        """The n-th job's build against the state so far; a success moves the state on."""
+        found = self.persons.get(job.psn_no)
+        key = (job.psn_no, self.year_of[id(job)])
+        held = Held(
+            found[0] if found else None,
+            self.balances.get(job.psn_no, 0),
+            self.years[key],
+            self.visits.get(job.mdtrt_id) if job.mdtrt_id else None,
+        )
+        built = job.build(held, *self.serials[n])
+        self.balances[job.psn_no] = built.balance
+        self.years[key] = built.year
+        return built
 
 
 def _year(job: Job, visits: dict[str, VisitHeld]) -> int:

@@ -46,6 +46,10 @@ ACC_UPSERT = (
 )
 
 
+def _accumulators_of(row: Any) -> Accumulators:
+    return Accumulators(**{f: int(row[f]) for f in ACCUMULATOR_FIELDS})
+
+
 def person_of(row: Any) -> Person:
     """A persons row -> Person."""
     return Person(
@@ -91,10 +95,7 @@ async def accumulators_many(
 ) -> dict[tuple[str, int], Accumulators]:
     """Accumulators for several (psn_no, year); zeros for those without a row yet."""
     rows = await conn.fetch(_ACC_READ_MANY, [k[0] for k in keys], [k[1] for k in keys])
-    found = {
-        (r["psn_no"], int(r["year"])): Accumulators(**{f: int(r[f]) for f in ACCUMULATOR_FIELDS})
-        for r in rows
-    }
+    found = {(r["psn_no"], int(r["year"])): _accumulators_of(r) for r in rows}
     return {k: found.get(k) or Accumulators() for k in keys}
 
 
@@ -111,11 +112,7 @@ async def read_with_year(
     row = await conn.fetchrow(_WITH_YEAR, psn_no, year)
     if row is None:
         raise NotInsured(f"人员编号{psn_no}不存在，请重新读卡获取人员信息")
-    acc = (
-        Accumulators()
-        if row["acc_year"] is None
-        else Accumulators(**{f: int(row[f]) for f in ACCUMULATOR_FIELDS})
-    )
+    acc = Accumulators() if row["acc_year"] is None else _accumulators_of(row)
     return person_of(row), int(row["balance_fen"]), acc
 
 
@@ -146,7 +143,7 @@ async def year_accumulators(conn: asyncpg.Connection, psn_no: str, year: int) ->
     row = await conn.fetchrow(_ACC_READ, psn_no, year)
     if row is None:
         return Accumulators()
-    return Accumulators(**{f: int(row[f]) for f in ACCUMULATOR_FIELDS})
+    return _accumulators_of(row)
 
 
 async def write_accumulators(

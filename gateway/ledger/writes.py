@@ -40,9 +40,6 @@ class Writes:
         for sql, rows in other._rows.items():
             self.extend(sql, rows)
 
-    def __len__(self) -> int:
-        return sum(len(rows) for rows in self._rows.values())
-
     async def flush(self, conn: asyncpg.Connection) -> None:
         """Execute everything in order (the caller holds the transaction)."""
         for sql, rows in self._rows.items():
