@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import asyncpg
+from msgspec.structs import replace
 
 from gateway.core.catalog import Snapshot
 from gateway.core.model import Visit
@@ -51,6 +52,8 @@ class Item:
     old: dict[str, int]
     new: dict[str, int]
     fund_deltas: dict[str, int]
+    # Per re-mapped line: (feedetl_sn, medins_list_codg, national code used then, code now).
+    codes: list[tuple[str, str, str, str]] = field(default_factory=list)
     skipped: bool = False
 
     @property
@@ -78,6 +81,15 @@ class Item:
             "account_delta": fen_text(self.acct_delta),
             "fund_delta": fen_text(self.fund_delta),
             "fund_deltas": {k: fen_text(v) for k, v in self.fund_deltas.items()},
+            "lines": [
+                {
+                    "feedetl_sn": sn,
+                    "medins_list_codg": item,
+                    "old_med_list_codg": old,
+                    "new_med_list_codg": new,
+                }
+                for sn, item, old, new in self.codes
+            ],
         }
 
 
@@ -141,6 +153,7 @@ class Summary:
                 "patient_owes",
                 "fund_delta",
                 *(f"delta_{c}" for c in FUND_CODES),
+                "code_changes",
             ]
         )
         for it in self.items:
@@ -160,6 +173,9 @@ class Summary:
                     fen_text(it.patient_cash_delta),
                     fen_text(it.fund_delta),
                     *(fen_text(it.fund_deltas.get(c, 0)) for c in FUND_CODES),
+                    " ".join(
+                        f"{sn}:{old or '未对照'}→{new or '未对照'}" for sn, _, old, new in it.codes
+                    ),
                 ]
             )
         return buf.getvalue()
@@ -233,7 +249,9 @@ async def resettle(
     institution = snapshot.institution(row["fixmedins_code"])
     assert institution is not None
     enc = await encounters.get(conn, row["mdtrt_id"], row["fixmedins_code"], lock=True)
+    used = await _codes_used(conn, setl_id)
     lines = [ln for ln in await fees.unsettled(conn, row["mdtrt_id"]) if ln.feedetl_sn in set(sns)]
+    lines, codes = await _remap(conn, snapshot, row["fixmedins_code"], lines, used)
     ctx = settlements.Context(
         institution=institution,
         encounter=enc,
@@ -268,6 +286,7 @@ async def resettle(
         old={k: old.amounts[k] for k in AMOUNT_FIELDS},
         new={k: new.amounts[k] for k in AMOUNT_FIELDS},
         fund_deltas={k: v for k, v in deltas.items() if v},
+        codes=codes,
     )
     await conn.execute(
         "INSERT INTO correction_items (old_setl_id, new_setl_id, run_id, fixmedins_code, medins_list_codg, psn_no,"
@@ -289,6 +308,50 @@ async def resettle(
         it.new,
     )
     return it
+
+
+async def _codes_used(conn: asyncpg.Connection, setl_id: str) -> dict[str, str]:
+    """The national code each line of a settlement was resolved to when it was settled."""
+    rows = await conn.fetch(
+        "SELECT ln->>'feedetl_sn' AS sn, ln->'mapping'->>'med_list_codg' AS used"
+        " FROM settlements s CROSS JOIN LATERAL jsonb_array_elements(s.lines) ln WHERE s.setl_id = $1",
+        setl_id,
+    )
+    return {r["sn"]: r["used"] or "" for r in rows}
+
+
+async def _remap(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    fixmedins_code: str,
+    lines: list[fees.StoredLine],
+    used: dict[str, str],
+) -> tuple[list[fees.StoredLine], list[tuple[str, str, str, str]]]:
+    """Resolve each line again by its own item code through today's mapping.
+
+    The national code a client sent with the line (`med_list_codg`) named the mapping in force
+    at upload; the correction exists because that mapping was wrong, so the stored code is
+    replaced by the corrected one (and recorded on the line) instead of being checked against it.
+    """
+    out: list[fees.StoredLine] = []
+    codes: list[tuple[str, str, str, str]] = []
+    for ln in lines:
+        mapping = snapshot.mapping(fixmedins_code, ln.medins_list_codg, ln.fee_date)
+        now = mapping.med_list_codg if mapping is not None else ""
+        if ln.med_list_codg and ln.med_list_codg != now:
+            ln = replace(ln, med_list_codg=now or None)
+            await conn.execute(
+                "UPDATE fee_lines SET med_list_codg = $3 WHERE mdtrt_id = $1 AND feedetl_sn = $2"
+                " AND setl_id IS NULL",
+                ln.mdtrt_id,
+                ln.feedetl_sn,
+                now or None,
+            )
+        then = used.get(ln.feedetl_sn, "")
+        if then != now:
+            codes.append((ln.feedetl_sn, ln.medins_list_codg, then, now))
+        out.append(ln)
+    return out, codes
 
 
 class _Rollback(Exception):

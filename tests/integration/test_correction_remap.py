@@ -1,0 +1,141 @@
+"""Bulk catalog correction on lines uploaded as real HIS clients send them: with `med_list_codg`.
+
+Every public client sends the national code on each 2204/2301 line (the interface marks it
+required). A correction changes the mapping those codes came from, so re-settlement must resolve
+each stored line again by its own item code, not check the old national code against the new
+mapping (which refused every line and corrected nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from tests.integration.conftest import Server
+from tests.integration.test_corrections import (
+    CLASS_B,
+    DRUG,
+    HOSPITAL,
+    WRONG_CLASS_A,
+    _cli,
+    _mapping,
+)
+
+PSN = "441800000000000001"  # employee, account 2000.00
+CONSULT = "001102000010000"  # the national code of ZL0001 (普通门诊诊察费)
+
+
+def _lines(drug_code: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": DRUG,
+            "med_list_codg": drug_code,
+            "pric": "40",
+            "cnt": "2",
+            "det_item_fee_sumamt": "80.00",
+        },
+        {
+            "feedetl_sn": "2",
+            "medins_list_codg": "ZL0001",
+            "med_list_codg": CONSULT,
+            "pric": "25",
+            "cnt": "1",
+            "det_item_fee_sumamt": "25.00",
+        },
+    ]
+
+
+async def _settled_visit(server: Server, ipt: str, drug_code: str) -> tuple[str, dict[str, Any]]:
+    his = server.client(HOSPITAL)
+    mdtrt_id = await his.register(PSN, "310", "2026-05-10 09:00:00", ipt)
+    rows = his.fee_rows(mdtrt_id, PSN, _lines(drug_code), "2026-05-10 09:10:00", "B1")
+    await his.ok("2204", {"feedetail": rows})
+    out = await his.ok(
+        "2207", his.settle_data(PSN, mdtrt_id, "11", "105.00", "310", "1", chrg_bchno="B1")
+    )
+    return mdtrt_id, out["setlinfo"]
+
+
+async def _correct(server: Server, verb: str) -> tuple[int, str, str]:
+    return await _cli(
+        "corrections",
+        verb,
+        "--institution",
+        HOSPITAL,
+        "--item",
+        DRUG,
+        "--json",
+        "--database-url",
+        server.dsn,
+    )
+
+
+async def test_correction_resettles_lines_sent_with_the_old_national_code(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(WRONG_CLASS_A))
+    mdtrt_id, wrong = await _settled_visit(server, "MZ-REMAP-1", WRONG_CLASS_A)
+    assert Decimal(wrong["preselfpay_amt"]) == 0  # class A by mistake
+    await his.ok("3301", _mapping(CLASS_B))
+
+    code, out, err = await _correct(server, "plan")
+    assert code == 0, err
+    planned = json.loads(out)
+    (item,) = planned["settlements"]
+    assert item["old_setl_id"] == wrong["setl_id"]
+    # The plan shows old → new national code per line; the unchanged line is not listed.
+    assert item["lines"] == [
+        {
+            "feedetl_sn": "1",
+            "medins_list_codg": DRUG,
+            "old_med_list_codg": WRONG_CLASS_A,
+            "new_med_list_codg": CLASS_B,
+        }
+    ]
+    # Class B at 10% in 441800 on 80.00: 8.00 first self-pay, as a fresh settlement would give.
+    assert Decimal(item["new_setlinfo"]["preselfpay_amt"]) == Decimal("8.00")
+
+    code, out, err = await _correct(server, "apply")
+    assert code == 0, err  # nothing refused
+    (applied,) = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert applied["new_setlinfo"] == item["new_setlinfo"]  # the plan was exactly what apply did
+    new_setl_id = applied["new_setl_id"]
+
+    # The re-settled line records the corrected national code, in the fee line and the settlement.
+    stored = await server.fetch(
+        "SELECT feedetl_sn, med_list_codg, setl_id FROM fee_lines WHERE mdtrt_id = $1"
+        " ORDER BY feedetl_sn",
+        mdtrt_id,
+    )
+    assert [(r["feedetl_sn"], r["med_list_codg"], r["setl_id"]) for r in stored] == [
+        ("1", CLASS_B, new_setl_id),
+        ("2", CONSULT, new_setl_id),
+    ]
+    used = await server.fetchval(
+        "SELECT lines->0->'mapping'->>'med_list_codg' FROM settlements WHERE setl_id = $1",
+        new_setl_id,
+    )
+    assert used == CLASS_B
+    assert await server.check_ledger() == []
+
+    # A second apply finds nothing left to correct.
+    code, out, err = await _correct(server, "apply")
+    assert code == 0, err
+    assert out.strip() == ""
+
+
+async def test_counter_upload_with_the_old_code_is_refused_naming_the_current_mapping(
+    server: Server,
+) -> None:
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(WRONG_CLASS_A))
+    await his.ok("3301", _mapping(CLASS_B))
+    mdtrt_id = await his.register(PSN, "310", "2026-05-11 09:00:00", "MZ-REMAP-2")
+    rows = his.fee_rows(mdtrt_id, PSN, _lines(WRONG_CLASS_A), "2026-05-11 09:10:00", "B1")
+    answer = await his.call("2204", {"feedetail": rows})
+    assert answer["infcode"] == -1
+    assert WRONG_CLASS_A in answer["err_msg"] and CLASS_B in answer["err_msg"]
+    assert (
+        await server.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", mdtrt_id) == 0
+    )
