@@ -1,0 +1,1 @@
+"""An independent reference model of the settlement rules and its checks against the gateway."""
