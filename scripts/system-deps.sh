@@ -4,24 +4,26 @@
 # machine without apt, or offline, gets a warning and the build goes on.
 set -uo pipefail
 
-# One line per tool: the check that proves it is here | the Debian package | required or optional.
+# One line per tool: the Debian package, required or optional, then the shell check that proves
+# the tool is here. The check is the rest of the line, so it may hold pipes and quotes freely.
 # A required tool that cannot be installed stops the build.
 TOOLS=(
     # Tests start their own Redis when 127.0.0.1:6379 does not answer.
-    "command -v redis-server|redis-server|optional"
-    # The clearing report is rendered to PNG in headless Chromium; CJK fonts make its text legible.
-    "command -v chromium|chromium|optional"
+    "redis-server optional command -v redis-server"
+    # The clearing report is rendered to PNG in headless Chromium; without a CJK font its
+    # Chinese text comes out as empty boxes.
+    "chromium optional command -v chromium"
     # The console's browser test drives Chromium through Selenium with Debian's matching driver.
-    "command -v chromedriver|chromium-driver|optional"
-    "fc-list 2>/dev/null | grep -qi 'noto sans cjk'|fonts-noto-cjk|optional"
+    "chromium-driver optional command -v chromedriver"
+    "fonts-noto-cjk optional fc-list 2>/dev/null | grep -qi 'noto sans cjk'"
     # `make promtool` checks and unit-tests the alert rules; Debian ships promtool in prometheus.
-    "command -v promtool|prometheus|optional"
+    "prometheus optional command -v promtool"
 )
 
 missing() {  # prints "package required?" for each tool whose check fails
-    local entry check pkg level
+    local entry pkg level check
     for entry in "${TOOLS[@]}"; do
-        IFS='|' read -r check pkg level <<<"$entry"
+        read -r pkg level check <<<"$entry"
         eval "$check" >/dev/null 2>&1 || echo "$pkg $level"
     done
 }

@@ -1,24 +1,30 @@
-"""The emergency console in a real headless Chromium (Debian's chromium and chromium-driver,
-driven by Selenium): log in, set a rule with a reason, see the state and the audit row change,
-clear it again."""
+"""The emergency console and the clearing page in a real headless Chromium (Debian's chromium
+and chromium-driver, driven by Selenium): log in, set a rule with a reason, see the state and
+the audit row change, clear it again; the Chinese on both pages is drawn with real glyphs."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from gateway import clearing
+from tests.browser.glyphs import cjk_glyphs
 from tests.integration.conftest import running_gateway
+from tests.integration.his_client import HisClient
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-def _driver() -> Any:
+def _driver(env: Mapping[str, str] | None = None) -> Any:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
@@ -36,7 +42,7 @@ def _driver() -> Any:
     ):
         options.add_argument(flag)
     # The driver is named explicitly: Selenium Manager never downloads anything.
-    return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    return webdriver.Chrome(service=Service(executable_path=chromedriver, env=env), options=options)
 
 
 def _drive(url: str) -> dict[str, Any]:
@@ -52,6 +58,7 @@ def _drive(url: str) -> dict[str, Any]:
         driver.get(url + "/console")
         wait.until(ec.presence_of_element_located((By.ID, "login-form")))
         seen["redirected_to_login"] = driver.current_url.endswith("/console/login")
+        seen["glyphs"] = cjk_glyphs(driver)
         driver.find_element(By.ID, "operator").send_keys("duty")
         driver.find_element(By.ID, "password").send_keys("duty-2026")
         driver.find_element(By.ID, "login").click()
@@ -99,6 +106,7 @@ async def test_console_in_headless_chromium(new_database: Callable[..., Any]) ->
     async with running_gateway(new_database) as srv:
         seen = await asyncio.to_thread(_drive, srv.url)
         assert seen["redirected_to_login"]
+        assert seen["glyphs"]["rendered"], f"Chinese drawn as boxes: {seen['glyphs']}"
         assert seen["state_before"].startswith("normal")
         assert seen["state_after_set"].startswith("degraded")
         (rule,) = seen["rules_after_set"]
@@ -125,3 +133,78 @@ async def test_console_in_headless_chromium(new_database: Callable[..., Any]) ->
         ]
         assert await srv.fetchval("SELECT count(*) FROM plan_rules") == 0
         assert (ARTIFACTS / "console.png").stat().st_size > 10_000
+
+
+def _render(page: Path, screenshot: Path | None, env: Mapping[str, str] | None = None) -> Any:
+    """Open a local page, judge its Chinese glyphs, and optionally keep a screenshot."""
+    driver = _driver(env)
+    try:
+        driver.get(page.as_uri())
+        glyphs = cjk_glyphs(driver)
+        if screenshot is not None:
+            driver.save_screenshot(str(screenshot))
+        return glyphs
+    finally:
+        driver.quit()
+
+
+async def test_clearing_page_draws_its_chinese(new_database: Callable[..., Any]) -> None:
+    """The monthly clearing page, as the gateway renders it for printing, after a real sale."""
+    today = dt.date.today()
+    async with running_gateway(new_database) as srv:
+        pos = HisClient(srv.session, srv.url, "P44180000001")
+        lines = [
+            {
+                "feedetl_sn": "1",
+                "medins_list_codg": "YP0007",
+                "pric": "9.9",
+                "cnt": "2",
+                "det_item_fee_sumamt": "19.80",
+            }
+        ]
+        sale = pos.drug_input("441800000000000001", f"{today} 09:00:00", "19.80", lines)
+        await pos.ok("2102", sale)
+        conn = await asyncpg.connect(srv.dsn)
+        try:
+            report = await clearing.monthly(conn, today.strftime("%Y-%m"))
+        finally:
+            await conn.close()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = ARTIFACTS / "clearing-page.html"
+    page.write_text(clearing.to_html(report), encoding="utf-8")
+    assert "清远演示大药房" in page.read_text(encoding="utf-8")
+    shot = ARTIFACTS / "clearing-page.png"
+    shot.unlink(missing_ok=True)
+    glyphs = await asyncio.to_thread(_render, page, shot)
+    assert glyphs["rendered"], f"Chinese drawn as boxes: {glyphs}"
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_boxes_are_told_from_glyphs(tmp_path: Path) -> None:
+    """The judge itself: Chromium given only a Latin font draws every Chinese character as the
+    same box, and the page is found wanting."""
+    latin = [
+        d
+        for d in (
+            Path("/usr/share/fonts/truetype/dejavu"),
+            Path("/usr/share/fonts/truetype/liberation"),
+        )
+        if d.is_dir()
+    ]
+    if not latin:
+        pytest.skip("no Latin-only font directory to build a font configuration without CJK")
+    dirs = "".join(f"<dir>{d}</dir>" for d in latin)
+    conf = tmp_path / "fonts.conf"
+    conf.write_text(
+        f'<?xml version="1.0"?><fontconfig>{dirs}<cachedir>{tmp_path / "cache"}</cachedir>'
+        "</fontconfig>",
+        encoding="utf-8",
+    )
+    page = tmp_path / "page.html"
+    page.write_text(
+        '<!doctype html><html><head><meta charset="utf-8"></head>'
+        "<body style=\"font-family: 'Noto Sans CJK SC', sans-serif\">医保结算</body></html>",
+        encoding="utf-8",
+    )
+    without_cjk = _render(page, None, env={**os.environ, "FONTCONFIG_FILE": str(conf)})
+    assert not without_cjk["rendered"] and without_cjk["distinct_shapes"] == 1, without_cjk
