@@ -115,7 +115,10 @@ def read_claim(req: Request) -> ClaimFacts:
         mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
         medfee_sumamt=fen_required(data.medfee_sumamt, "data.medfee_sumamt"),
         service_date=None,
-        med_type=required(data.med_type, "data.med_type"),
+        # 2304 carries no med_type (protocol.md §2.4): the admission's applies when replayed.
+        med_type=text(data.med_type)
+        if req.infno == "2304"
+        else required(data.med_type, "data.med_type"),
         declared=declared,
     )
 

@@ -25,6 +25,12 @@ T = TypeVar("T")
 
 ACCEPTED_INFVER = frozenset({"V1.0", "1.0", "1.0.0", "1", "V1"})
 
+# Later revisions of the interface suffix a code when they add fields (protocol.md §1.2); the
+# transaction is the same one, and the added fields are tolerated like any regional extra.
+# Each comes from a public client: 2203A/2206A/2207A Sichuan (daxiaochengzi/YiBinActive),
+# 2304A Sichuan's YinHai call and a Java reversal list that also names 2102A (docs/protocol.md).
+REVISIONS = {"2203A": "2203", "2206A": "2206", "2207A": "2207", "2304A": "2304", "2102A": "2102"}
+
 
 class Envelope(msgspec.Struct, kw_only=True):
     """公共输入. Unknown regional fields are ignored, as real centres do."""
@@ -69,6 +75,56 @@ _envelope_decoder = msgspec.json.Decoder(Envelope)
 _str_decoder = msgspec.json.Decoder(str)
 _MSGID = re.compile(r"^[0-9A-Za-z_\-]{1,40}$")
 _INFNO = re.compile(r"^[0-9]{4}[A-Z]?$")
+# A control character in any string of the body, raw (DEL, C1) or escaped (\u0000-\u001f except
+# tab, line feed and carriage return; \b, \f; \u007f-\u009f). An escape counts only after an
+# even run of backslashes: "\\u0000" is the six characters \u0000, not a NUL.
+_CONTROL = re.compile(
+    rb"\x7f|\xc2[\x80-\x9f]"
+    rb"|(?<!\\)(?:\\\\)*\\(?:[bf]|u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F]|7[fF]|[89][0-9a-fA-F]))"
+)
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def base_infno(infno: str) -> str:
+    """The transaction a revision's suffixed code stands for (2207A -> 2207)."""
+    return REVISIONS.get(infno, infno)
+
+
+def _control_path(node: Any, at: str) -> str | None:
+    """Where the first string holding a control character is (key or value)."""
+    if isinstance(node, str):
+        return at if _CONTROL_CHARS.search(node) else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{at}.{key}" if at else str(key)
+            if _CONTROL_CHARS.search(str(key)):
+                return here
+            found = _control_path(value, here)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _control_path(value, f"{at}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def refuse_control_characters(raw: bytes) -> None:
+    """A NUL or another control character in a text field is refused, naming the field.
+
+    Nothing in the interface carries one, and PostgreSQL cannot store a NUL: it would fail the
+    write after the checks. The byte scan is the common, cheap path; the walk only names where.
+    """
+    if _CONTROL.search(raw) is None:
+        return
+    try:
+        where = _control_path(msgspec.json.decode(raw), "")
+    except msgspec.DecodeError:
+        where = None
+    if where is None:
+        return  # the match was inside a number or key-less text the walk does not see
+    raise BadRequest(f"字段{where}含有不可见的控制字符（如NUL），请删除后重新发送")
 
 
 def text(value: Code) -> str:
@@ -88,6 +144,7 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
         raise BadRequest(f"公共输入参数格式错误：{describe(exc)}") from exc
     except msgspec.DecodeError as exc:
         raise BadRequest("请求报文不是有效的JSON") from exc
+    refuse_control_characters(body)
     infno = text(env.infno) or (path_infno or "")
     if path_infno and text(env.infno) and text(env.infno) != path_infno:
         raise BadRequest(f"交易编号不一致：地址为{path_infno}，报文为{text(env.infno)}")
@@ -95,6 +152,7 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
         raise BadRequest("缺少交易编号infno")
     if not _INFNO.match(infno):
         raise BadRequest(f"交易编号{infno}格式错误")
+    infno = base_infno(infno)
     msgid = text(env.msgid)
     if not msgid:
         raise BadRequest("缺少发送方报文ID msgid")
@@ -114,6 +172,7 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
             raw = _str_decoder.decode(raw).encode()
         except msgspec.DecodeError as exc:
             raise BadRequest("交易输入input格式错误") from exc
+        refuse_control_characters(raw)
         stripped = raw.lstrip()
     if stripped in (b"", b"null"):
         raw = b"{}"
@@ -137,11 +196,22 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
+def json_number(literal: str) -> Decimal:
+    """A JSON number with a fraction or exponent, kept exact as the Decimal of its text.
+
+    An exponent is refused here, where its text is still seen: `1e2` is not how a till writes
+    100.00, and once it is a Decimal it reads as an amount. msgspec reports the field's path.
+    """
+    if "e" in literal or "E" in literal:
+        raise ValueError(f"数值{literal}使用了科学计数法，金额和数量应写为如12.30的十进制数")
+    return Decimal(literal)
+
+
 def decode_input(request: Request, kind: type[T]) -> T:
     """Decode the input node into the transaction's input type."""
     decoder = _decoders.get(kind)
     if decoder is None:
-        decoder = _decoders[kind] = msgspec.json.Decoder(kind, float_hook=Decimal)
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind, float_hook=json_number)
     try:
         result: T = decoder.decode(request.input)
     except msgspec.ValidationError as exc:
@@ -167,6 +237,7 @@ _EXPECTED = re.compile(
 _MISSING = re.compile(
     r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>[^`]*)`)?"
 )
+_AT = re.compile(r"^(?P<what>.*) - at `\$\.?(?P<at>[^`]*)`$", re.DOTALL)
 
 
 def _cn_type(spec: str) -> str:
@@ -186,6 +257,9 @@ def describe(exc: msgspec.ValidationError) -> str:
         where = m.group("at")
         field = f"{where}.{m.group('field')}" if where else m.group("field")
         return f"缺少必填字段{field}"
+    m = _AT.match(msg)
+    if m:  # a refusal raised while decoding a value (json_number)
+        return f"字段{m.group('at') or '报文'}：{m.group('what')}"
     return msg
 
 

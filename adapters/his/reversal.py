@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.his.envelope import Code, decode_input, encode_response
+from adapters.his.envelope import Code, base_infno, decode_input, encode_response
 from adapters.his.wire import Node, required
 from gateway import reversal
 from gateway.dispatch import Answer, Call, register
@@ -39,7 +39,8 @@ async def reverse(call: Call) -> Answer:
         fixmedins_code=call.req.fixmedins_code,
         psn_no=required(d.psn_no, "data.psn_no"),
         omsgid=omsgid,
-        oinfno=required(d.oinfno, "data.oinfno"),
+        # A revision's code (2304A) names the same original as its base code.
+        oinfno=base_infno(required(d.oinfno, "data.oinfno")),
         msgid=call.req.msgid,
         now=call.now,
         refusal=refusal,

@@ -66,19 +66,38 @@ def _asked(req: Request, kind: str) -> Asked:
     data = decode_input(req, In2206).data
     if data is None:
         raise BadRequest("缺少输入节点data")
+    mid_setl_flag = flag(data.mid_setl_flag, "data.mid_setl_flag")
+    declared = declared_of(data)
+    # A stay's closing settlement may net to zero (its charges refunded after a mid-way one);
+    # any other settlement of nothing is a mistake at the counter.
+    if declared.medfee_sumamt == 0 and not (kind == "inpatient" and mid_setl_flag == "0"):
+        raise BadRequest("医疗费总额medfee_sumamt为0，没有需要结算的费用")
     return Asked(
         psn_no=required(data.psn_no, "data.psn_no"),
         mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
-        med_type=required(data.med_type, "data.med_type"),
+        # 2303/2304 carry no med_type (protocol.md §2.4): the admission (2401) gave it.
+        med_type=required(data.med_type, "data.med_type")
+        if kind == "outpatient"
+        else text(data.med_type),
         acct_used=flag(data.acct_used_flag, "data.acct_used_flag") == "1",
-        mid_setl_flag=flag(data.mid_setl_flag, "data.mid_setl_flag"),
+        mid_setl_flag=mid_setl_flag,
         chrg_bchno=required(data.chrg_bchno, "data.chrg_bchno")
         if kind == "outpatient"
         else fees.ALL,
-        declared=declared_of(data),
+        declared=declared,
         insutype=text(data.insutype),
         cert_type=text(data.mdtrt_cert_type),
     )
+
+
+def admission_med_type(enc: Encounter, a: Asked) -> Asked:
+    """The inpatient settlement's med_type is the admission's; one sent must agree with it."""
+    if a.med_type and a.med_type != enc.med_type:
+        raise RuleRejected(
+            f"医疗类别{a.med_type}与入院办理（2401）时的医疗类别{enc.med_type}不一致"
+            f"（就诊ID{enc.mdtrt_id}），住院结算按入院时的医疗类别结算"
+        )
+    return msgspec.structs.replace(a, med_type=enc.med_type)
 
 
 def _check_visit(enc: Encounter, kind: str, a: Asked, *, final: bool) -> None:
@@ -138,6 +157,8 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
     enc = await encounters.get(
         call.conn, a.mdtrt_id, call.req.fixmedins_code, psn_no=a.psn_no, lock=final
     )
+    if kind == "inpatient" and enc.kind == "inpatient":
+        a = admission_med_type(enc, a)
     _check_visit(enc, kind, a, final=final)
     lines = await fees.unsettled(call.conn, enc.mdtrt_id, a.chrg_bchno)
     if not lines and final and a.chrg_bchno != fees.ALL:

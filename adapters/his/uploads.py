@@ -15,7 +15,7 @@ from gateway.ledger import encounters, fees
 MAX_LINES = 5000  # one upload; larger bills are uploaded in several calls, as HIS do
 
 
-def _line(row: FeeDetail, *, batch_required: bool) -> fees.StoredLine:
+def _line(row: FeeDetail, *, batch_required: bool, refunds: bool) -> fees.StoredLine:
     sn = required(row.feedetl_sn, "feedetail.feedetl_sn")
     at = f"feedetail[{sn}]"
     occurred = when_required(row.fee_ocur_time, f"{at}.fee_ocur_time")
@@ -30,8 +30,10 @@ def _line(row: FeeDetail, *, batch_required: bool) -> fees.StoredLine:
         medins_list_codg=required(row.medins_list_codg, f"{at}.medins_list_codg"),
         med_list_codg=text(row.med_list_codg) or None,
         pric_micro=micro(row.pric, f"{at}.pric"),
-        cnt=quantity(row.cnt, f"{at}.cnt"),
-        det_item_fee_sumamt=amount_of(row.det_item_fee_sumamt, f"{at}.det_item_fee_sumamt"),
+        cnt=quantity(row.cnt, f"{at}.cnt", signed=refunds),
+        det_item_fee_sumamt=amount_of(
+            row.det_item_fee_sumamt, f"{at}.det_item_fee_sumamt", signed=refunds
+        ),
         fee_date=occurred.date(),
         hosp_appr_flag=hosp_appr,
         mdtrt_id=required(row.mdtrt_id, f"{at}.mdtrt_id"),
@@ -49,7 +51,10 @@ async def upload(call: Call, *, kind: str) -> Answer:
         raise BadRequest("费用明细feedetail不能为空")
     if len(rows) > MAX_LINES:
         raise BadRequest(f"单次上传费用明细不能超过{MAX_LINES}条，请分批上传")
-    lines = [_line(r, batch_required=kind == "outpatient") for r in rows]
+    # Only an inpatient upload (2301) carries refund lines, with negative cnt and amount.
+    lines = [
+        _line(r, batch_required=kind == "outpatient", refunds=kind == "inpatient") for r in rows
+    ]
     mdtrt_ids = {ln.mdtrt_id for ln in lines}
     if len(mdtrt_ids) != 1:
         raise BadRequest("一次上传的费用明细必须属于同一就诊ID")

@@ -7,6 +7,7 @@ turned into integers here, at the edge, with a clerk-readable message naming the
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -37,47 +38,77 @@ def flag(value: Code, name: str, default: str = "0") -> str:
     return s
 
 
-def fen(value: Amount, name: str, *, optional: bool = False) -> int | None:
+# One grammar for every number on the wire, judged by its text: ASCII digits, a minus sign only
+# where the field may be negative, a decimal point with digits on both sides. Whitespace,
+# full-width digits, "+", "1e2" (refused when decoded, see envelope.json_number) and the like are
+# refused rather than read into a value the clerk never typed.
+_DECIMAL = re.compile(r"(-?)[0-9]+(?:\.([0-9]+))?", re.ASCII)
+
+
+def _shown(literal: str) -> str:
+    """The offending text as the clerk can read it: invisible characters escaped."""
+    cut = literal[:20]
+    return cut if cut.isprintable() else ascii(cut)[1:-1]
+
+
+def _decimal_text(value: Amount, name: str, places: int, signed: bool, label: str) -> str:
+    """The field's decimal text after the grammar; raises BadRequest naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
+        raise BadRequest(f"{label}{name}应为数字")
+    literal = str(value)
+    m = _DECIMAL.fullmatch(literal)
+    if m is None:
+        raise BadRequest(
+            f"{label}{name}格式错误（“{_shown(literal)}”），"
+            "应为半角阿拉伯数字，如12.30，不含空格和科学计数法"
+        )
+    if m.group(1) and not signed:
+        raise BadRequest(f"{label}{name}不能为负数（{literal}）")
+    # More decimals are accepted only as trailing zeros: C# decimal arithmetic keeps the scale
+    # (4.52 x 1.0000 serializes as 4.520000), and the value is still exact.
+    if len((m.group(2) or "").rstrip("0")) > places:
+        raise BadRequest(f"{label}{name}最多{places}位小数")
+    return literal
+
+
+def fen(value: Amount, name: str, *, optional: bool = False, signed: bool = False) -> int | None:
     """An amount (16,2) in fen; more than two decimals is refused, never rounded."""
     if value is None or value == "":
         if optional:
             return None
         raise BadRequest(f"缺少必填金额字段{name}")
-    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
-        raise BadRequest(f"金额字段{name}应为数字")
+    literal = _decimal_text(value, name, 2, signed, "金额字段")
     try:
-        return to_fen(value, f"金额字段{name}")
+        return to_fen(literal, f"金额字段{name}")
     except AmountError as exc:
         raise BadRequest(str(exc)) from exc
 
 
-def fen_required(value: Amount, name: str) -> int:
+def fen_required(value: Amount, name: str, *, signed: bool = False) -> int:
     """A mandatory amount in fen."""
-    amount = fen(value, name)
+    amount = fen(value, name, signed=signed)
     assert amount is not None
     return amount
 
 
 def micro(value: Amount, name: str) -> int:
-    """A price (16,6) in micro-yuan."""
+    """A price (16,6) in micro-yuan; never negative (a refund line negates its quantity)."""
     if value is None or value == "" or isinstance(value, bool):
         raise BadRequest(f"缺少必填字段{name}")
-    if not isinstance(value, (int, str, Decimal)):
-        raise BadRequest(f"字段{name}应为数字")
+    literal = _decimal_text(value, name, 6, False, "字段")
     try:
-        return to_micro(value, f"字段{name}")
+        return to_micro(literal, f"字段{name}")
     except AmountError as exc:
         raise BadRequest(str(exc)) from exc
 
 
-def quantity(value: Amount, name: str) -> int:
-    """A quantity (16,4) in 1/10000 units."""
+def quantity(value: Amount, name: str, *, signed: bool = False) -> int:
+    """A quantity (16,4) in 1/10000 units; negative only on refund lines (2301)."""
     if value is None or value == "" or isinstance(value, bool):
         raise BadRequest(f"缺少必填字段{name}")
-    if not isinstance(value, (int, str, Decimal)):
-        raise BadRequest(f"字段{name}应为数字")
+    literal = _decimal_text(value, name, 4, signed, "字段")
     try:
-        return to_cnt(value, f"字段{name}")
+        return to_cnt(literal, f"字段{name}")
     except AmountError as exc:
         raise BadRequest(str(exc)) from exc
 

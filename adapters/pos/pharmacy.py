@@ -135,14 +135,15 @@ def _purchase(req: Request) -> Purchase:
                 fee_ocur_time=occurred,
             )
         )
+    medfee_sumamt = fen_required(info.medfee_sumamt, "druginfo.medfee_sumamt")
+    if medfee_sumamt == 0:
+        raise BadRequest("医疗费总额medfee_sumamt为0，没有需要结算的药品费用")
     return Purchase(
         info=info,
         psn_no=psn_no,
         begntime=begntime,
         acct_used=flag(info.acct_used_flag, "druginfo.acct_used_flag") == "1",
-        declared=settlements.Declared(
-            medfee_sumamt=fen_required(info.medfee_sumamt, "druginfo.medfee_sumamt")
-        ),
+        declared=settlements.Declared(medfee_sumamt=medfee_sumamt),
         lines=tuple(lines),
     )
 

@@ -79,16 +79,30 @@ def test_mistyped_field_names_the_field_in_chinese() -> None:
         ("12.50", 1250),
         (12, 1200),
         ("0", 0),
-        ("-3.10", -310),
-        (Decimal("1E+2"), 10000),
     ],
 )
 def test_amounts_from_numbers_and_text(value: object, expected: int) -> None:
     assert fen(value, "x") == expected
 
 
+def test_negative_amounts_only_where_the_field_allows_them() -> None:
+    assert fen("-3.10", "x", signed=True) == -310
+    with pytest.raises(BadRequest):
+        fen("-3.10", "x")
+
+
 @pytest.mark.parametrize(
-    "value", ["1.001", Decimal("0.30000000000000004"), True, [1], "NaN", "Infinity", "1e400"]
+    "value",
+    [
+        "1.001",
+        Decimal("0.30000000000000004"),
+        True,
+        [1],
+        "NaN",
+        "Infinity",
+        "1e400",
+        Decimal("1E+2"),  # the exponent form is not an amount's text
+    ],
 )
 def test_bad_amounts(value: object) -> None:
     with pytest.raises(BadRequest):
@@ -104,7 +118,9 @@ def test_optional_amount_null_or_empty() -> None:
 
 def test_prices_quantities_and_times() -> None:
     assert micro("12.345678", "p") == 12_345_678
-    assert quantity("-2.5", "c") == -25_000
+    assert quantity("-2.5", "c", signed=True) == -25_000  # a 2301 refund line
+    with pytest.raises(BadRequest):
+        quantity("-2.5", "c")
     with pytest.raises(BadRequest):
         quantity("1.00001", "c")
     assert when("2026-01-02 03:04:05", "t") == dt.datetime(2026, 1, 2, 3, 4, 5)
