@@ -18,7 +18,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from gateway import clearing, corrections, plan_cli
+from gateway import clearing, corrections, demo_client, plan_cli
 from gateway.app import (
     DEFAULT_CREDENTIALS,
     DEFAULT_REFERENCE,
@@ -292,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
     _add_database(s)
     s.set_defaults(func=serve)
 
-    d = sub.add_parser("demo", help="demo data set")
+    d = sub.add_parser("demo", help="demo data set, and signed demo calls against a gateway")
     dsub = d.add_subparsers(dest="demo_command", required=True)
     dl = dsub.add_parser("load", help="(re)load the demo data set — resets the ledger")
     dl.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
@@ -303,6 +303,24 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--region", default="441800")
     _add_database(ds)
     ds.set_defaults(func=synth)
+    dc = dsub.add_parser(
+        "call", help="send one transaction signed with the demo credentials; print the answer"
+    )
+    dc.add_argument("infno", help="transaction number, e.g. 1101")
+    dc.add_argument("--input", required=True, help="the input node as JSON text, or @file")
+    dc.add_argument(
+        "--institution", help="fixmedins_code (default: the demo hospital, or pharmacy for 210x)"
+    )
+    dc.add_argument("--url", default=demo_client.DEFAULT_URL)
+    dc.set_defaults(func=lambda a: demo_client.call_command(a.infno, a.input, a.institution, a.url))
+    for flow, helptext in (
+        ("visit", "a whole outpatient visit, 1101 to 2207 and 9002"),
+        ("stay", "an inpatient stay: admission, fees, discharge, settlement"),
+        ("pharmacy", "a pharmacy sale and its cancellation"),
+    ):
+        df = dsub.add_parser(flow, help=helptext + ", each call shown by its infno")
+        df.add_argument("--url", default=demo_client.DEFAULT_URL)
+        df.set_defaults(func=lambda a, flow=flow: demo_client.flow_command(flow, a.url))
     i = sub.add_parser("idempotency", help="the msgid journal")
     isub = i.add_subparsers(dest="idempotency_command", required=True)
     ip = isub.add_parser("purge", help="drop answers older than the retention (at least 7 days)")

@@ -109,7 +109,7 @@ class Gateway:
         for name in ("postgres", "redis", "legacy"):
             cfg = config.breakers.get(name, BreakerConfig())
             breaker = Breaker(name, cfg, on_change=_breaker_changed)
-            metrics.BREAKER_STATE.labels(name).set(0)
+            metrics.prime_breaker(name)
             self.breakers[name] = breaker
         limiter.breaker = self.breakers["redis"]
 

@@ -37,6 +37,7 @@ LATENCY_BUCKETS = (
 )
 OUTCOMES = ("ok", "rejected", "replayed", "busy", "error", "deferred", "legacy")
 MAX_TERMINALS = 2000  # distinct terminal label values per process before folding into "other"
+OTHER_TERMINAL = "other"
 
 REQUESTS = Counter(
     "sgw_requests", "Requests answered, by transaction and outcome", ["infno", "outcome"]
@@ -111,15 +112,43 @@ _terminals: set[str] = set()
 
 
 def prime(institutions: list[str], fund_types: list[str]) -> None:
-    """Known label values start at 0: every family is in the exposition, and rate() and
-    increase() see the first event, from the moment a process starts."""
+    """Known label values start at 0: every family the dashboard and the alert rules select is
+    in the exposition from the moment a process starts (a panel shows 0, not "no data"), and
+    rate() and increase() see the first event.
+
+    Under several workers each process primes its own samples in its multiprocess file, so
+    whichever worker answers a scrape, the aggregate holds every series.
+    """
+    # Imported here: the transaction table is filled when the adapters are imported, which
+    # happens before the app starts and after this module is loaded.
+    from gateway.dispatch import TRANSACTIONS
+    from gateway.plan.rules import ACTIONS, CLASSES
+
+    for infno in TRANSACTIONS:
+        DURATION.labels(infno)
+        for outcome in OUTCOMES:
+            REQUESTS.labels(infno, outcome)
     for code in institutions:
         for kind in ("timeout", "error"):
             INSTITUTION_ERRORS.labels(code, kind)
         RECONCILE_MISMATCHES.labels(code)
+        # Terminals are not known in advance; the fold-over label is, and the alert ignores it.
+        IDENTITY_FAILURES.labels(code, OTHER_TERMINAL)
     for fund in fund_types:
         FUND_PAID.labels(fund)
+    for klass in CLASSES:
+        for action in (*ACTIONS, "normal"):
+            PLAN_CHANGES.labels("global", klass, action)
     DEFERRED_CLAIMS.set(0)
+
+
+def prime_breaker(dependency: str) -> None:
+    """A dependency's breaker: closed, and each transition it can make counted from 0."""
+    from gateway.breaker import CLOSED, HALF_OPEN, OPEN, STATE_VALUE
+
+    BREAKER_STATE.labels(dependency).set(STATE_VALUE[CLOSED])
+    for state in (CLOSED, HALF_OPEN, OPEN):
+        PLAN_CHANGES.labels(f"breaker:{dependency}", "*", state)
 
 
 def terminal_label(fixmedins_code: str, terminal: str) -> str:
@@ -130,7 +159,7 @@ def terminal_label(fixmedins_code: str, terminal: str) -> str:
     if len(_terminals) < MAX_TERMINALS:
         _terminals.add(key)
         return terminal
-    return "other"
+    return OTHER_TERMINAL
 
 
 def exposition() -> bytes:
