@@ -128,6 +128,8 @@ def setlinfo(
             )  # the spec's position, after hifp_pay
     out["balc"] = amount(a["balc"] if balc is None else balc)
     out["acct_mulaid_pay"] = amount(0)
+    # Later revisions' disabled-veterans fund (TeaHZ/185 T2304 reads it): none in these rules.
+    out["hifdm_pay"] = amount(0)
     out["medins_setl_id"] = rec.medins_setl_id
     out["clr_optins"] = rec.clr_optins if rec.setl_id else None
     out["clr_way"] = "1" if rec.setl_id else None

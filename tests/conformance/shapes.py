@@ -1,0 +1,127 @@
+"""What a client lineage sends and reads, as data; the flows in test_flows.py are generic.
+
+A lineage is one public client code base. Its Shape says how it fills the envelope, how it
+writes amounts (JSON numbers or strings), which regional extras it adds to which node, which
+revision codes it calls, and which answer fields it reads with the type it parses them into.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+# How a client parses an answer field: C# `string` takes a string or null (Newtonsoft also
+# turns a number into its text); `decimal` needs a number; `decimal?` a number or null.
+TEXT = "string"
+DEC = "decimal"
+DEC_NULL = "decimal?"
+
+
+def number(text: str) -> Decimal:
+    """An amount sent as a JSON number (C# decimal, Java BigDecimal)."""
+    return Decimal(text)
+
+
+def string(text: str) -> str:
+    """An amount sent as a JSON string (C# string properties, Java String)."""
+    return text
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    sources: tuple[str, ...]  # repository and file of every shape below
+    hospital: str
+    pharmacy: str | None
+    region: str
+    psn_no: str
+    certno: str
+    insutype: str
+    envelope: Mapping[str, Any]  # envelope fields as the client fills them, extras included
+    amount: Callable[[str], Any]  # how totals are written
+    line_amount: Callable[[str], Any]  # how fee-line amounts are written
+    split_amount: Callable[[str], Any] | None  # 2207/2304 split fields; None: not sent
+    extras: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # node -> extras
+    codes: Mapping[str, str] = field(default_factory=dict)  # base infno -> the code it calls
+    input_as_string: bool = False
+    reads: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
+    flows: frozenset[str] = frozenset()
+
+    def code(self, infno: str) -> str:
+        return self.codes.get(infno, infno)
+
+    def extra(self, node: str) -> dict[str, Any]:
+        return dict(self.extras.get(node, {}))
+
+
+SETLINFO_AMOUNTS = (
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_selfpay",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "act_pay_dedc",
+    "hifp_pay",
+    "cvlserv_pay",
+    "hifes_pay",
+    "hifmi_pay",
+    "hifob_pay",
+    "maf_pay",
+    "oth_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "acct_pay",
+    "psn_cash_pay",
+)
+
+
+def setlinfo_reads(kind: str, *extra: str) -> dict[str, str]:
+    """The setlinfo a C# client of the spec's table parses (T2207/T2304 style)."""
+    reads = {
+        "mdtrt_id": TEXT,
+        "setl_id": TEXT,
+        "psn_no": TEXT,
+        "psn_name": TEXT,
+        "insutype": TEXT,
+        "psn_type": TEXT,
+        "setl_time": TEXT,
+        "med_type": TEXT,
+        "medins_setl_id": TEXT,
+        "clr_optins": TEXT,
+        "clr_way": TEXT,
+        "clr_type": TEXT,
+        "pool_prop_selfpay": kind,
+        "balc": kind,
+        "acct_mulaid_pay": kind,
+        "hosp_part_amt": kind,
+        **dict.fromkeys(SETLINFO_AMOUNTS, kind),
+    }
+    for name in extra:
+        reads[name] = kind
+    return reads
+
+
+SETLDETAIL_READS = {
+    "fund_pay_type": TEXT,
+    "inscp_scp_amt": DEC_NULL,
+    "crt_payb_lmt_amt": DEC_NULL,
+    "fund_payamt": DEC_NULL,
+    "fund_pay_type_name": TEXT,
+    "setl_proc_info": TEXT,
+}
+LINE_READS = {
+    "feedetl_sn": TEXT,
+    "det_item_fee_sumamt": DEC_NULL,
+    "cnt": DEC_NULL,
+    "pric": DEC_NULL,
+    "pric_uplmt_amt": DEC_NULL,
+    "selfpay_prop": DEC_NULL,
+    "fulamt_ownpay_amt": DEC_NULL,
+    "overlmt_amt": DEC_NULL,
+    "preselfpay_amt": DEC_NULL,
+    "inscp_scp_amt": DEC_NULL,
+    "chrgitm_lv": TEXT,
+    "med_chrgitm_type": TEXT,
+}
