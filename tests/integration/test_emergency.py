@@ -50,6 +50,22 @@ async def _visit(
     return mdtrt_id
 
 
+async def _plan_version_in_force(server: Server, version: int) -> float:
+    """Seconds until the serving process reports this plan version as the one it applies
+    (GET /api/plan); fails past 2 s, the plan's promise for a change to take effect."""
+    viewer = {"operator": "watch", "password": "watch-2026"}
+    async with server.session.post(server.url + "/api/console/login", json=viewer) as r:
+        assert r.status == 200, await r.text()
+        headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
+
+    async def reported() -> bool:
+        async with server.session.get(server.url + "/api/plan", headers=headers) as r:
+            assert r.status == 200, await r.text()
+            return int((await r.json())["version"]) >= version
+
+    return await until(reported, within=2.0)
+
+
 async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     server: Server,
 ) -> None:
@@ -58,12 +74,12 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     data = his.settle_data(WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")
     before = await server.ledger_fingerprint()
     await set_rule(server.dsn, "institution:H44180000002", "settlement", "reject")
+    version = await server.fetchval("SELECT version FROM plan_version")
 
-    async def rejected() -> bool:
-        return (await his.call("2206", data))["infcode"] == -1
-
-    # The change reaches the serving process by the database poll (no Redis here).
-    assert await until(rejected) < 2.0
+    # The change reaches the serving process by the database poll (no Redis here); once the
+    # process reports the new version, the very next call is refused.
+    await _plan_version_in_force(server, version)
+    assert (await his.call("2206", data))["infcode"] == -1
     answer = await his.call("2207", data)
     assert answer["infcode"] == -1
     assert "应急预案" in answer["err_msg"] and "全自费结算" in answer["err_msg"]
@@ -75,11 +91,8 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     assert (await other.call("2206", {"data": {}}))["err_msg"] != answer["err_msg"]
 
     await clear_rule(server.dsn, "institution:H44180000002", "settlement")
-
-    async def normal() -> bool:
-        return (await his.call("2206", data))["infcode"] == 0
-
-    assert await until(normal) < 2.0
+    await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))
+    assert (await his.call("2206", data))["infcode"] == 0
     await his.ok("2207", data)
 
 
