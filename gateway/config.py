@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.breaker import BreakerConfig
+from gateway.core.dates import DateRules
 from gateway.ratelimit import Limits
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
@@ -34,6 +35,9 @@ class GatewayConfig:
     # Overload: requests in flight per process past which new ones are answered busy at once
     # (0: no limit), so latency stays bounded instead of growing with the backlog.
     max_in_flight: int = 0
+    # Service dates: how far ahead of now a counter's clock may be, how late a visit may be billed
+    # (gateway.core.dates).
+    dates: DateRules = field(default_factory=DateRules)
 
 
 def _breaker(doc: dict[str, object], base: BreakerConfig) -> BreakerConfig:
@@ -46,6 +50,24 @@ def _breaker(doc: dict[str, object], base: BreakerConfig) -> BreakerConfig:
     for key, value in doc.items():
         values[key] = type(getattr(base, key))(value)
     return BreakerConfig(**values)
+
+
+def _dates(doc: object) -> DateRules:
+    """[dates] over the defaults; unknown keys are an error, not ignored."""
+    if not isinstance(doc, dict):
+        raise ValueError("[dates] must be a table")
+    unknown = set(doc) - set(DateRules.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown dates settings: {sorted(unknown)}")
+    base = DateRules()
+    regions = doc.get("late_years_by_region", {})
+    return DateRules(
+        future_tolerance_seconds=int(
+            doc.get("future_tolerance_seconds", base.future_tolerance_seconds)
+        ),
+        late_years=int(doc.get("late_years", base.late_years)),
+        late_years_by_region={str(k): int(v) for k, v in regions.items()},
+    )
 
 
 def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
@@ -86,4 +108,5 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
             doc.get("group_commit", {}).get("max_batch", defaults_cfg.group_max_batch)
         ),
         max_in_flight=int(doc.get("overload", {}).get("max_in_flight", 0)),
+        dates=_dates(doc.get("dates", {})),
     )

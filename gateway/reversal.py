@@ -2,8 +2,10 @@
 
 Reversible originals (protocol §2.6): 2102, 2207, 2304 (a settlement is cancelled, exactly as
 2103/2208/2305 would), 2103, 2208, 2305 (the cancelled settlement is reinstated with exactly the
-amounts it had), 2401 (the admission is cancelled). An original this gateway never saw gets a
-tombstone: when it arrives late it is refused, so the two sides cannot disagree.
+amounts it had, only while nothing it depends on changed since: `settlements.reinstate`), 2401
+(the admission is cancelled, only while it has no lines and no settlement in force). An original
+this gateway never saw gets a tombstone: when it arrives late it is refused, so the two sides
+cannot disagree. Each undo and its precondition: docs/reliability.md, "Undo and dates".
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import datetime as dt
 
 import asyncpg
 
-from gateway.core.model import Accumulators, Category
-from gateway.core.settle import apply
-from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
-from gateway.ledger import encounters, fees, idempotency, persons, settlements
+from gateway.core.model import Category
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.ledger import encounters, fees, idempotency, settlements
 
 SETTLING = {"2102": "pharmacy", "2207": "outpatient", "2304": "inpatient"}
 CANCELLING = {"2103": "pharmacy", "2208": "outpatient", "2305": "inpatient"}
@@ -132,51 +133,18 @@ async def _undo_settlement(
 async def _undo_cancellation(
     conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str, kind: str
 ) -> None:
-    _, balance = await persons.read(conn, psn_no, lock=True)
-    row = await conn.fetchrow(
-        "SELECT setl_id, mdtrt_id, psn_no, status, year, acct_pay, act_pay_dedc, category, delta, lines,"
-        " adm_dedc_fen FROM settlements WHERE fixmedins_code = $1 AND cancel_msgid = $2 FOR UPDATE",
-        code,
-        omsgid,
+    setl_id = await settlements.reinstate(
+        conn,
+        fixmedins_code=code,
+        cancel_msgid=omsgid,
+        psn_no=psn_no,
+        categories=_CATEGORIES[kind],
     )
-    if row is None or row["category"] not in _CATEGORIES[kind]:
-        raise NotFound(f"未找到原报文{omsgid}撤销的结算")
-    if row["psn_no"] != psn_no:
-        raise Conflict("人员编号与原结算的参保人不一致")
-    if row["status"] != "cancelled" or await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM settlements WHERE replaces_setl_id = $1)", row["setl_id"]
-    ):
-        raise Conflict(f"结算{row['setl_id']}已重新结算，不能冲正其撤销")
-    if balance < row["acct_pay"]:
-        raise RuleRejected("个人账户余额已不足原结算的账户支付，不能冲正撤销，请重新结算")
-    sns = [ln["feedetl_sn"] for ln in row["lines"]]
-    free = await conn.fetch(
-        "SELECT feedetl_sn FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[]) AND setl_id IS NULL",
-        row["mdtrt_id"],
-        sns,
-    )
-    if len(free) != len(sns):
-        raise Conflict("原结算的费用明细已撤销或已重新结算，不能冲正其撤销")
-    year = int(row["year"])
-    acc = await persons.year_accumulators(conn, psn_no, year)
-    await persons.write_accumulators(conn, psn_no, year, apply(acc, Accumulators(**row["delta"])))
-    if row["acct_pay"]:
-        await persons.set_balance(conn, psn_no, balance - int(row["acct_pay"]))
-    await fees.mark_settled(conn, row["mdtrt_id"], sns, row["setl_id"])
-    await conn.execute(
-        "UPDATE settlements SET status = 'settled', cancel_setl_time = NULL, cancel_msgid = NULL WHERE setl_id = $1",
-        row["setl_id"],
-    )
-    if row["category"] == Category.INPATIENT.value:
-        enc = await encounters.get(conn, row["mdtrt_id"], code, lock=True)
-        await encounters.update(
-            conn,
-            row["mdtrt_id"],
-            adm_dedc_fen=enc.adm_dedc_fen if enc.adm_dedc_fen is not None else row["adm_dedc_fen"],
-            adm_dedc_used_fen=enc.adm_dedc_used_fen + int(row["act_pay_dedc"]),
-        )
     if kind == "pharmacy":
-        await encounters.update(conn, row["mdtrt_id"], status="open")
+        mdtrt_id = await conn.fetchval(
+            "SELECT mdtrt_id FROM settlements WHERE setl_id = $1", setl_id
+        )
+        await encounters.update(conn, mdtrt_id, status="open")
 
 
 async def _undo_admission(conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str) -> None:

@@ -23,6 +23,9 @@ async def admit(call: Call) -> Answer:
     psn_no = required(info.psn_no, "mdtrtinfo.psn_no")
     insutype = required(info.insutype, "mdtrtinfo.insutype")
     begntime = when_required(info.begntime, "mdtrtinfo.begntime")
+    call.gw.config.dates.check(
+        "入院时间begntime", begntime, admdvs=call.institution.admdvs, now=call.now
+    )
     med_type = required(info.med_type, "mdtrtinfo.med_type")
     ipt_no = required(info.ipt_no, "mdtrtinfo.ipt_no")
     required(info.mdtrt_cert_type, "mdtrtinfo.mdtrt_cert_type")
@@ -72,11 +75,23 @@ async def discharge(call: Call) -> Answer:
     mdtrt_id = required(info.mdtrt_id, "dscginfo.mdtrt_id")
     psn_no = required(info.psn_no, "dscginfo.psn_no")
     endtime = when_required(info.endtime, "dscginfo.endtime")
+    call.gw.config.dates.check(
+        "出院时间endtime", endtime, admdvs=call.institution.admdvs, now=call.now
+    )
     enc = await _admission(call, mdtrt_id, psn_no)
     if enc.status != "open":
         raise Conflict(f"就诊ID{mdtrt_id}当前状态不能办理出院（{_STATUS[enc.status]}）")
     if endtime < enc.begntime:
-        raise BadRequest("出院时间不能早于入院时间")
+        raise RuleRejected(
+            f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于入院时间"
+            f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对日期"
+        )
+    last_fee = await fees.latest_fee_time(call.conn, mdtrt_id)
+    if last_fee is not None and last_fee.date() > endtime.date():
+        raise RuleRejected(
+            f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于已上传费用明细的发生时间"
+            f"{last_fee:%Y-%m-%d %H:%M:%S}，请核对出院时间或先撤销该费用明细（2302）"
+        )
     await encounters.update(call.conn, mdtrt_id, status="discharged", endtime=endtime)
     return Answer({})
 

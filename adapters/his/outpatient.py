@@ -24,6 +24,9 @@ async def register_visit(call: Call) -> Answer:
     psn_no = required(data.psn_no, "data.psn_no")
     insutype = required(data.insutype, "data.insutype")
     begntime = when_required(data.begntime, "data.begntime")
+    call.gw.config.dates.check(
+        "挂号时间begntime", begntime, admdvs=call.institution.admdvs, now=call.now
+    )
     ipt_otp_no = required(data.ipt_otp_no, "data.ipt_otp_no")
     required(data.mdtrt_cert_type, "data.mdtrt_cert_type")
     required(data.mdtrt_cert_no, "data.mdtrt_cert_no")

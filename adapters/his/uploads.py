@@ -6,6 +6,7 @@ from adapters.his.envelope import decode_input, text
 from adapters.his.output import line_result
 from adapters.his.wire import FeeDetail, In2204, as_list, micro, quantity, required, when_required
 from adapters.his.wire import fen_required as amount_of
+from gateway.core.dates import within_visit
 from gateway.core.model import Visit
 from gateway.core.settle import split_lines
 from gateway.dispatch import Answer, Call
@@ -67,6 +68,11 @@ async def upload(call: Call, *, kind: str) -> Answer:
             raise LineRejected(ln.feedetl_sn, "数量不能为0")
         if ln.cnt < 0 and kind != "inpatient":
             raise LineRejected(ln.feedetl_sn, "门诊费用明细数量不能为负数，退费请先撤销结算和明细")
+    rules = call.gw.config.dates
+    for ln in lines:
+        rules.check_line(
+            ln.feedetl_sn, ln.fee_ocur_time, admdvs=call.institution.admdvs, now=call.now
+        )
     mdtrt_id = lines[0].mdtrt_id
     enc = await encounters.get(call.conn, mdtrt_id, call.req.fixmedins_code, lock=True)
     if enc.kind != kind:
@@ -75,6 +81,14 @@ async def upload(call: Call, *, kind: str) -> Answer:
     for ln in lines:
         if ln.psn_no != enc.psn_no:
             raise LineRejected(ln.feedetl_sn, "人员编号与就诊登记的参保人不一致")
+        within_visit(
+            ln.feedetl_sn,
+            ln.fee_ocur_time,
+            begntime=enc.begntime,
+            # A refund line may be entered after the discharge, before the closing settlement.
+            endtime=enc.endtime if ln.cnt > 0 else None,
+            start="入院" if kind == "inpatient" else "挂号",
+        )
         if ln.cnt < 0 and not ln.init_feedetl_sn:
             raise LineRejected(
                 ln.feedetl_sn, "退费明细（数量为负）须填写原费用流水号init_feedetl_sn"

@@ -25,6 +25,7 @@ from adapters.his.wire import (
     when,
     when_required,
 )
+from gateway.core.dates import within_visit
 from gateway.core.model import Institution, Person, PersonState, Settlement, Visit
 from gateway.core.settle import settle
 from gateway.dispatch import Answer, Call, register
@@ -148,6 +149,18 @@ def _purchase(req: Request) -> Purchase:
     )
 
 
+def _check_dates(gw: Gateway, institution: Institution, p: Purchase, now: dt.datetime) -> None:
+    """The sale and each line dated between the late-billing bound and now, lines on the sale's
+    day or after it (gateway.core.dates)."""
+    rules = gw.config.dates
+    rules.check("购药时间begntime", p.begntime, admdvs=institution.admdvs, now=now)
+    for ln in p.lines:
+        rules.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=institution.admdvs, now=now)
+        within_visit(
+            ln.feedetl_sn, ln.fee_ocur_time, begntime=p.begntime, endtime=None, start="购药"
+        )
+
+
 def _context(
     req: Request, institution: Institution, p: Purchase, person: Person, mdtrt_id: str
 ) -> settlements.Context:
@@ -213,6 +226,7 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
     settlement and everything it changes, staged. The single path and the group commit both
     run it, so a purchase settles the same way alone or in a batch."""
     p = _purchase(req)
+    _check_dates(gw, institution, p, now)
     snapshot = gw.snapshot
 
     def build(held: Held, mdtrt_serial: int, setl_serial: int) -> Built:
@@ -255,6 +269,7 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
 async def _pre_settle(call: Call) -> Answer:
     """2101: the same split as 2102 would make now, nothing locked or written."""
     p = _purchase(call.req)
+    _check_dates(call.gw, call.institution, p, call.now)
     person, balance, year = await persons.read_with_year(call.conn, p.psn_no, p.begntime.year)
     ctx = _context(call.req, call.institution, p, person, "")
     state = PersonState(person=person, balance_fen=balance, year=year)

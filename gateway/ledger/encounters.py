@@ -152,6 +152,12 @@ async def get(
     return enc
 
 
+async def lock(conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str) -> Encounter:
+    """The institution's visit, locked: the first lock of every path that takes more than one
+    (gateway.ledger.settlements has the order)."""
+    return await get(conn, mdtrt_id, fixmedins_code, lock=True)
+
+
 async def lock_many(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> dict[str, Encounter]:
     """Several visits, locked in mdtrt_id order (a batch's visits, before its persons); the
     caller checks each belongs to the institution asking."""

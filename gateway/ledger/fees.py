@@ -168,5 +168,33 @@ async def mark_settled(
 
 
 async def release(conn: asyncpg.Connection, setl_id: str) -> None:
-    """A cancelled settlement's lines become unsettled again (so 2205/2302 can remove them)."""
-    await conn.execute("UPDATE fee_lines SET setl_id = NULL WHERE setl_id = $1", setl_id)
+    """A cancelled settlement's lines become unsettled again (so 2205/2302 can remove them).
+
+    Each line remembers the settlement it was released from: only those very rows, never
+    deleted and re-uploaded meanwhile, can carry that settlement again (2601 of its cancellation).
+    """
+    await conn.execute(
+        "UPDATE fee_lines SET setl_id = NULL, released_from = $1 WHERE setl_id = $1", setl_id
+    )
+
+
+async def still_released(
+    conn: asyncpg.Connection, mdtrt_id: str, setl_id: str, feedetl_sns: Sequence[str]
+) -> bool:
+    """Whether every one of the settlement's lines is the row it released, still unsettled."""
+    n = await conn.fetchval(
+        "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])"
+        " AND setl_id IS NULL AND released_from = $3",
+        mdtrt_id,
+        list(feedetl_sns),
+        setl_id,
+    )
+    return int(n) == len(set(feedetl_sns))
+
+
+async def latest_fee_time(conn: asyncpg.Connection, mdtrt_id: str) -> dt.datetime | None:
+    """When the visit's latest uploaded line occurred (None without lines)."""
+    value = await conn.fetchval(
+        "SELECT max(fee_ocur_time) FROM fee_lines WHERE mdtrt_id = $1", mdtrt_id
+    )
+    return value if isinstance(value, dt.datetime) else None

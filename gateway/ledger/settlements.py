@@ -3,6 +3,20 @@
 A settlement and all it changes (accumulators, account balance, fee lines, admission deductible,
 fund rows, the idempotency answer) commit in one transaction before the answer is sent. A
 cancellation subtracts exactly what the settlement stored in `delta`, never a recomputation.
+
+Lock order. Every path that takes more than one lock takes them in this order, so no two
+transactions ever wait for each other in a cycle:
+
+    the original's msgid key (2601 only: reversal.py, before anything else)
+    -> the visit (encounters row; several: in mdtrt_id order)
+    -> the person (accounts row; several: in psn_no order)
+    -> the settlement row
+    -> the visit's fee lines
+
+Settling (2207/2304 single path: the visit in the handler, the person in `compute`; 2207/2102 in
+the group commit: visits, then persons, each in key order), cancelling (2103/2208/2305, 2601 of a
+2102/2207/2304, bulk corrections: `cancel`) and reinstating (2601 of a 2103/2208/2305:
+`reinstate`) all follow it; uploads, deletions of lines, discharges take the visit alone.
 """
 
 from __future__ import annotations
@@ -469,18 +483,23 @@ async def cancel(
     categories: frozenset[str],
 ) -> tuple[Record, int]:
     """Reverse exactly what the settlement applied; returns it and the balance after the refund."""
-    # Lock the person first, as settlements do, so the two never deadlock.
-    person, balance = await persons.read(conn, psn_no, lock=True)
-    row = await conn.fetchrow(
-        f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE setl_id = $1 AND fixmedins_code = $2"
-        " FOR UPDATE",
+    found = await conn.fetchrow(
+        "SELECT mdtrt_id, psn_no, category FROM settlements WHERE setl_id = $1"
+        " AND fixmedins_code = $2",
         setl_id,
         fixmedins_code,
     )
-    if row is None or row["category"] not in categories:
+    if found is None or found["category"] not in categories:
         raise NotFound(f"结算ID{setl_id}不存在或不属于本机构")
-    if row["mdtrt_id"] != mdtrt_id or row["psn_no"] != psn_no:
+    if found["mdtrt_id"] != mdtrt_id or found["psn_no"] != psn_no:
         raise Conflict(f"结算ID{setl_id}与就诊ID、人员编号不对应")
+    # A settlement's visit and person never change: lock them in the module's order, then the row.
+    enc = await encounters.lock(conn, mdtrt_id, fixmedins_code)
+    person, balance = await persons.read(conn, psn_no, lock=True)
+    row = await conn.fetchrow(
+        f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE setl_id = $1 FOR UPDATE", setl_id
+    )
+    assert row is not None  # settlements are never deleted
     if row["status"] != "settled":
         raise Conflict(f"结算ID{setl_id}已撤销，不能重复撤销")
     delta = Accumulators(**row["delta"])
@@ -492,15 +511,14 @@ async def cancel(
     if acct_pay:
         await persons.set_balance(conn, psn_no, balance_after)
     await conn.execute(
-        "UPDATE settlements SET status = 'cancelled', cancel_setl_time = $2, cancel_msgid = $3"
-        " WHERE setl_id = $1",
+        "UPDATE settlements SET status = 'cancelled', cancel_setl_time = $2, cancel_msgid = $3,"
+        " cancel_seq = nextval('settlement_event_seq') WHERE setl_id = $1",
         setl_id,
         now,
         msgid,
     )
     await fees.release(conn, setl_id)
     if row["category"] == Category.INPATIENT.value:
-        enc = await encounters.get(conn, mdtrt_id, fixmedins_code, lock=True)
         left = await encounters.settled_count(conn, mdtrt_id)
         # The admission's deductible is forgotten once none of its settlements is in force.
         await encounters.update(
@@ -510,3 +528,120 @@ async def cancel(
             adm_dedc_used_fen=enc.adm_dedc_used_fen - int(row["act_pay_dedc"]) if left else 0,
         )
     return _record_of_row(row, person, await _funds(conn, setl_id)), balance_after
+
+
+# The categories that share accumulators (settlement-rules §3): a settlement reads and writes the
+# caps, deductibles and layers of its group only (cvlserv is summed by all but capped by none), so
+# a later settlement in another group cannot have been paid against this one's absence.
+ACCUMULATOR_GROUP = {
+    Category.OUTPATIENT.value: (Category.OUTPATIENT.value,),
+    Category.INPATIENT.value: (Category.INPATIENT.value, Category.CHRONIC.value),
+    Category.CHRONIC.value: (Category.INPATIENT.value, Category.CHRONIC.value),
+    Category.PHARMACY.value: (Category.PHARMACY.value,),
+}
+_GROUP_LABEL = {
+    Category.OUTPATIENT.value: "门诊",
+    Category.INPATIENT.value: "住院（含门诊慢特病）",
+    Category.CHRONIC.value: "住院（含门诊慢特病）",
+    Category.PHARMACY.value: "药店购药",
+}
+_AGAIN = "不能冲正撤销交易，请重新结算"
+
+
+async def reinstate(
+    conn: asyncpg.Connection,
+    *,
+    fixmedins_code: str,
+    cancel_msgid: str,
+    psn_no: str,
+    categories: frozenset[str],
+) -> str:
+    """2601 of a cancellation: the cancelled settlement in force again with exactly its amounts;
+    returns its setl_id.
+
+    Its delta was computed against the year's accumulators, the admission's deductible, the
+    account and the lines as they were; adding it back is right only while none of that has
+    changed since the cancellation. So it is refused, and the counter settles again, when
+    - a settlement of the person in the same year and accumulator group came into force after the
+      cancellation (it was computed without this one: both would pay against one cap);
+    - any of its lines is no longer the very row it released (deleted, re-uploaded under the same
+      feedetl_sn, settled again);
+    - the account no longer holds its account payment; the person is no longer insured;
+    - the visit was cancelled, or a closing inpatient settlement's discharge was cancelled.
+    """
+    found = await conn.fetchrow(
+        "SELECT setl_id, mdtrt_id, psn_no, category FROM settlements WHERE fixmedins_code = $1"
+        " AND cancel_msgid = $2",
+        fixmedins_code,
+        cancel_msgid,
+    )
+    if found is None or found["category"] not in categories:
+        raise NotFound(f"未找到原报文{cancel_msgid}撤销的结算")
+    if found["psn_no"] != psn_no:
+        raise Conflict("人员编号与原结算的参保人不一致")
+    setl_id, mdtrt_id = found["setl_id"], found["mdtrt_id"]
+    enc = await encounters.lock(conn, mdtrt_id, fixmedins_code)
+    person, balance = await persons.read(conn, psn_no, lock=True)
+    row = await conn.fetchrow(
+        "SELECT status, cancel_msgid, cancel_seq, year, category, mid_setl_flag, acct_pay,"
+        " act_pay_dedc, delta, lines, adm_dedc_fen FROM settlements WHERE setl_id = $1 FOR UPDATE",
+        setl_id,
+    )
+    assert row is not None  # settlements are never deleted
+    if (
+        row["status"] != "cancelled"
+        or row["cancel_msgid"] != cancel_msgid
+        or await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM settlements WHERE replaces_setl_id = $1)", setl_id
+        )
+    ):
+        raise Conflict(f"结算{setl_id}已重新结算，不能冲正其撤销")
+    if enc.status == "cancelled":
+        raise Conflict(f"就诊ID{mdtrt_id}已撤销，{_AGAIN}")
+    inpatient = row["category"] == Category.INPATIENT.value
+    if inpatient and row["mid_setl_flag"] == "0" and enc.status != "discharged":
+        raise Conflict(f"就诊ID{mdtrt_id}已撤销出院，原出院结算{_AGAIN}")
+    persons.require_insured(person)
+    year = int(row["year"])
+    later = await conn.fetchval(
+        "SELECT setl_id FROM settlements WHERE psn_no = $1 AND year = $2"
+        " AND category = ANY($3::text[]) AND status = 'settled' AND in_force_seq > $4"
+        " ORDER BY in_force_seq LIMIT 1",
+        psn_no,
+        year,
+        list(ACCUMULATOR_GROUP[row["category"]]),
+        row["cancel_seq"] or 0,
+    )
+    if later is not None:
+        raise Conflict(
+            f"参保人{year}年度{_GROUP_LABEL[row['category']]}已有后续结算（结算ID{later}），"
+            f"原结算{setl_id}撤销后累计已变化，{_AGAIN}"
+        )
+    sns = [ln["feedetl_sn"] for ln in row["lines"]]
+    if not await fees.still_released(conn, mdtrt_id, setl_id, sns):
+        raise Conflict(
+            f"原结算{setl_id}的费用明细撤销后已被删除、重新上传或重新结算，费用明细已变更，{_AGAIN}"
+        )
+    acct_pay = int(row["acct_pay"])
+    if balance < acct_pay:
+        raise RuleRejected(
+            f"个人账户余额{fen_text(balance)}已不足原结算的账户支付{fen_text(acct_pay)}，{_AGAIN}"
+        )
+    acc = await persons.year_accumulators(conn, psn_no, year)
+    await persons.write_accumulators(conn, psn_no, year, apply(acc, Accumulators(**row["delta"])))
+    if acct_pay:
+        await persons.set_balance(conn, psn_no, balance - acct_pay)
+    await fees.mark_settled(conn, mdtrt_id, sns, setl_id)
+    await conn.execute(
+        "UPDATE settlements SET status = 'settled', cancel_setl_time = NULL, cancel_msgid = NULL,"
+        " cancel_seq = NULL, in_force_seq = nextval('settlement_event_seq') WHERE setl_id = $1",
+        setl_id,
+    )
+    if inpatient:
+        await encounters.update(
+            conn,
+            mdtrt_id,
+            adm_dedc_fen=enc.adm_dedc_fen if enc.adm_dedc_fen is not None else row["adm_dedc_fen"],
+            adm_dedc_used_fen=enc.adm_dedc_used_fen + int(row["act_pay_dedc"]),
+        )
+    return str(setl_id)

@@ -25,7 +25,7 @@ ENVELOPE_KEYS = {"infcode", "inf_refmsgid", "refmsg_time", "respond_time", "err_
 async def visit(server: Server) -> dict[str, str]:
     """An open visit with one uploaded batch, and one settled batch."""
     his = server.client(HOSPITAL)
-    mdtrt_id = await his.register(EMPLOYEE, "310", "2027-03-01 09:00:00", "MZ-BAD-1")
+    mdtrt_id = await his.register(EMPLOYEE, "310", "2026-03-01 09:00:00", "MZ-BAD-1")
     lines = [
         {
             "feedetl_sn": "1",
@@ -36,7 +36,7 @@ async def visit(server: Server) -> dict[str, str]:
         }
     ]
     await his.ok(
-        "2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, lines, "2027-03-01 09:10:00", "B1")}
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, lines, "2026-03-01 09:10:00", "B1")}
     )
     settled = await his.ok(
         "2207", his.settle_data(EMPLOYEE, mdtrt_id, "11", "25.00", "310", "1", chrg_bchno="B1")
@@ -64,7 +64,7 @@ async def visit(server: Server) -> dict[str, str]:
         }
     ]
     await his.ok(
-        "2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, lines2, "2027-03-01 09:20:00", "B2")}
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, lines2, "2026-03-01 09:20:00", "B2")}
     )
     return {"mdtrt_id": mdtrt_id, "cancelled_setl_id": settled["setlinfo"]["setl_id"]}
 
@@ -87,7 +87,7 @@ def _one_line(his: HisClient, mdtrt_id: str, sn: str) -> list[dict[str, Any]]:
         "cnt": "1",
         "det_item_fee_sumamt": "25.00",
     }
-    return his.fee_rows(mdtrt_id, EMPLOYEE, [line], "2027-03-01 10:00:00", "B3")
+    return his.fee_rows(mdtrt_id, EMPLOYEE, [line], "2026-03-01 10:00:00", "B3")
 
 
 Case = Callable[[HisClient, dict[str, str]], Awaitable[tuple[int, bytes]]]
@@ -204,7 +204,7 @@ CASES: dict[str, tuple[Case, str]] = {
                     "data": {
                         "psn_no": "441800999999999999",
                         "insutype": "310",
-                        "begntime": "2027-03-01 09:00:00",
+                        "begntime": "2026-03-01 09:00:00",
                         "mdtrt_cert_type": "02",
                         "mdtrt_cert_no": "X",
                         "ipt_otp_no": "MZ-BAD-X",
@@ -223,7 +223,7 @@ CASES: dict[str, tuple[Case, str]] = {
                     "data": {
                         "psn_no": UNINSURED,
                         "insutype": "310",
-                        "begntime": "2027-03-01 09:00:00",
+                        "begntime": "2026-03-01 09:00:00",
                         "mdtrt_cert_type": "02",
                         "mdtrt_cert_no": "X",
                         "ipt_otp_no": "MZ-BAD-Y",
@@ -260,7 +260,7 @@ CASES: dict[str, tuple[Case, str]] = {
                                 "det_item_fee_sumamt": "25.00",
                             }
                         ],
-                        "2027-03-01 10:00:00",
+                        "2026-03-01 10:00:00",
                         "B4",
                     )
                 },
@@ -288,7 +288,7 @@ CASES: dict[str, tuple[Case, str]] = {
                                         "det_item_fee_sumamt": "25.00",
                                     }
                                 ],
-                                "2027-03-01 10:00:00",
+                                "2026-03-01 10:00:00",
                                 "B4",
                             )[0],
                             "med_list_codg": "XA02BCA011A001010100001",

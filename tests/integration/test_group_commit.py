@@ -22,7 +22,7 @@ EMPLOYEE = "441800000000000001"  # 2000.00 in the account
 RETIREE = "441800000000000002"
 CIVIL_SERVANT = "441800000000000003"
 LAPSED = "441800000000000007"  # psn_insu_stas 2: refused
-DAY = "2027-03-01 10:00:00"
+DAY = "2026-03-01 10:00:00"
 # One writer: while it commits, everything else that arrives waits and forms the next batch.
 ONE_WRITER = dataclasses.replace(GENEROUS, group_writers=1, group_max_batch=64)
 
@@ -192,7 +192,7 @@ async def test_a_failed_batch_leaves_nothing_and_its_requests_settle_one_by_one(
 
 HOSPITAL = "H44180000001"
 OTHER_HOSPITAL = "H44180000002"
-VISIT_DAY = "2027-03-02 09:00:00"
+VISIT_DAY = "2026-03-02 09:00:00"
 VISIT_LINES = [
     {
         "feedetl_sn": "1",

@@ -16,7 +16,7 @@ HOSPITAL = "H44180000003"
 
 async def _visit(server: Server, ipt: str) -> str:
     his = server.client(HOSPITAL)
-    mdtrt_id = await his.register(PERSON, "310", "2027-02-01 09:00:00", ipt)
+    mdtrt_id = await his.register(PERSON, "310", "2026-02-01 09:00:00", ipt)
     lines = [
         {
             "feedetl_sn": "1",
@@ -27,7 +27,7 @@ async def _visit(server: Server, ipt: str) -> str:
         }
     ]
     await his.ok(
-        "2204", {"feedetail": his.fee_rows(mdtrt_id, PERSON, lines, "2027-02-01 09:10:00", "B1")}
+        "2204", {"feedetail": his.fee_rows(mdtrt_id, PERSON, lines, "2026-02-01 09:10:00", "B1")}
     )
     return mdtrt_id
 

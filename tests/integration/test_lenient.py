@@ -27,7 +27,7 @@ async def test_infver_variants(server: Server, infver: object) -> None:
 
 async def test_numbers_strings_null_string_input_and_extra_fields(server: Server) -> None:
     his = server.client(HOSPITAL, "520500")
-    mdtrt_id = await his.register(PERSON, "390", "2027-05-01 09:00:00", "MZ-LENIENT-1")
+    mdtrt_id = await his.register(PERSON, "390", "2026-05-01 09:00:00", "MZ-LENIENT-1")
     rows = his.fee_rows(
         mdtrt_id,
         PERSON,
@@ -47,7 +47,7 @@ async def test_numbers_strings_null_string_input_and_extra_fields(server: Server
                 "det_item_fee_sumamt": "30",
             },
         ],
-        "2027-05-01 09:10:00",
+        "2026-05-01 09:10:00",
         "B1",
     )
     rows[0]["regional_extra_field"] = {"anything": [1, 2]}
@@ -85,7 +85,7 @@ async def test_numbers_strings_null_string_input_and_extra_fields(server: Server
 
 async def test_single_object_feedetail(server: Server) -> None:
     his = server.client(HOSPITAL, "520500")
-    mdtrt_id = await his.register(PERSON, "390", "2027-05-02 09:00:00", "MZ-LENIENT-2")
+    mdtrt_id = await his.register(PERSON, "390", "2026-05-02 09:00:00", "MZ-LENIENT-2")
     row = his.fee_rows(
         mdtrt_id,
         PERSON,
@@ -98,7 +98,7 @@ async def test_single_object_feedetail(server: Server) -> None:
                 "det_item_fee_sumamt": "5.00",
             }
         ],
-        "2027-05-02 09:10:00",
+        "2026-05-02 09:10:00",
         "B1",
     )[0]
     out = await his.ok("2204", {"feedetail": row})

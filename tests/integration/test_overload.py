@@ -18,7 +18,7 @@ from tests.integration.his_client import decode
 PHARMACY = "P44180000001"
 HELD = "441800000000000001"
 OTHER = "441800000000000002"
-DAY = "2027-04-01 10:00:00"
+DAY = "2026-04-01 10:00:00"
 LINE = [
     {
         "feedetl_sn": "1",

@@ -1,0 +1,95 @@
+"""Which dates a counter may put on a visit, a fee line or a sale (pure; the caller passes now).
+
+The service date picks the policy version and the calendar year whose accumulators pay
+(settlement-rules §3), so a date is money: a visit dated next year draws next year's caps, and a
+visit dated in a year already cleared draws that year's unused ones. A date is accepted only
+between the late-billing bound and now (plus a small allowance for counters' clocks):
+
+- not after now + `future_tolerance_seconds` (the counter's clock may run a little ahead);
+- not before 1 January of the year `late_years` before this one. The treatment region sets it
+  (就医地管理: the institution's agency manages how late its institutions may bill), with a
+  default for regions without their own figure.
+
+Times are naive local times on both sides, as the interface sends them and as the gateway
+receives its requests (`Call.now`); the gateway runs in the regions' time zone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.errors import LineRejected, RuleRejected
+
+_SHOWN = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass(frozen=True, slots=True)
+class DateRules:
+    """The bounds on service dates ([dates] in config/gateway.toml)."""
+
+    future_tolerance_seconds: int = 600
+    late_years: int = 2
+    late_years_by_region: Mapping[str, int] = field(default_factory=dict)
+
+    def earliest(self, admdvs: str, now: dt.datetime) -> dt.date:
+        """The first service date the region's institutions may still bill."""
+        years = self.late_years_by_region.get(admdvs, self.late_years)
+        return dt.date(now.year - max(0, years), 1, 1)
+
+    def reason(self, moment: dt.datetime, *, admdvs: str, now: dt.datetime) -> str | None:
+        """Why `moment` is out of bounds, in the clerk's words; None when it is within them."""
+        latest = now + dt.timedelta(seconds=self.future_tolerance_seconds)
+        if moment > latest:
+            return (
+                f"（{moment:{_SHOWN}}）晚于当前时间{now:{_SHOWN}}"
+                f"（允许误差{self.future_tolerance_seconds // 60}分钟），不能办理未来日期的业务"
+            )
+        first = self.earliest(admdvs, now)
+        if moment.date() < first:
+            return (
+                f"（{moment:{_SHOWN}}）早于本地区可补办结算的最早日期{first.isoformat()}，"
+                "已超过结算时限（跨年度费用须在规定年度内结算）"
+            )
+        return None
+
+    def check(self, what: str, moment: dt.datetime, *, admdvs: str, now: dt.datetime) -> None:
+        """Refuse a date out of bounds; `what` names it (e.g. "挂号时间begntime")."""
+        why = self.reason(moment, admdvs=admdvs, now=now)
+        if why is not None:
+            raise RuleRejected(f"{what}{why}，请核对日期")
+
+    def check_line(
+        self, feedetl_sn: str, moment: dt.datetime, *, admdvs: str, now: dt.datetime
+    ) -> None:
+        """The same for one fee line, naming the line."""
+        why = self.reason(moment, admdvs=admdvs, now=now)
+        if why is not None:
+            raise LineRejected(feedetl_sn, f"费用发生时间fee_ocur_time{why}，请核对日期")
+
+
+def within_visit(
+    feedetl_sn: str,
+    moment: dt.datetime,
+    *,
+    begntime: dt.datetime,
+    endtime: dt.datetime | None,
+    start: str,
+) -> None:
+    """A fee line belongs to its visit: not on a day before the registration or admission, nor
+    on a day after the discharge. Whole days, because HIS send bare dates (midnight) for fee
+    lines and discharge medication is charged after the discharge time on the same day.
+    `start` names the visit's beginning for the clerk: 挂号, 入院, 购药."""
+    if moment.date() < begntime.date():
+        raise LineRejected(
+            feedetl_sn,
+            f"费用发生时间{moment:{_SHOWN}}早于{start}时间{begntime:{_SHOWN}}，"
+            f"费用须发生在{start}之后",
+        )
+    if endtime is not None and moment.date() > endtime.date():
+        raise LineRejected(
+            feedetl_sn,
+            f"费用发生时间{moment:{_SHOWN}}晚于出院时间{endtime:{_SHOWN}}，"
+            "出院后的费用不能记入本次住院",
+        )

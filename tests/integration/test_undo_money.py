@@ -1,0 +1,428 @@
+"""Undo never pays more than the rules give, and dates stay between the late bound and now.
+
+A 2601 of a cancellation puts a settlement back with the amounts it was computed with; that is
+only right while nothing it was computed against has changed (a later settlement against the same
+cap, its fee lines, the account). Service dates pick the year whose caps pay, so a visit dated
+ahead of now, or before the late-billing bound, is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from decimal import Decimal
+from typing import Any
+
+from tests.integration.conftest import Server
+from tests.integration.his_client import HisClient
+
+HOSPITAL = "H44180000001"  # level 3: residents' outpatient ratio 50%, cap 500.00 (2026 policy)
+PHARMACY = "P44180000001"
+RESIDENT = "441800000000000004"  # template for fresh residents (390, no account)
+EMPLOYEE = "441800000000000001"  # template for fresh employees (310, with an account)
+_serial = itertools.count(1)
+
+
+def _at(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+# One moment safely behind the gateway's clock that every visit of a test starts from, so the
+# visits of one test share a calendar year whatever the time of day the suite runs.
+BASE = (dt.datetime.now() - dt.timedelta(hours=3)).replace(microsecond=0)
+DAY = _at(BASE)
+FEE_TIME = _at(BASE + dt.timedelta(minutes=10))
+DISCHARGE = _at(BASE + dt.timedelta(hours=1))
+
+
+async def _person(server: Server, template: str, balance_fen: int = 0) -> str:
+    """A fresh insured person like the template, with no settlement yet."""
+    psn_no = f"4418009{next(_serial):011d}"
+    await server.fetch(
+        "INSERT INTO persons SELECT $2, psn_name, psn_cert_type, $2, gend, brdy, insuplc_admdvs,"
+        " insutype, psn_type, psn_insu_stas, cvlserv_flag, maf_class, chronic_dise_codg, ''"
+        " FROM persons WHERE psn_no = $1",
+        template,
+        psn_no,
+    )
+    await server.fetch("INSERT INTO accounts VALUES ($1, $2)", psn_no, balance_fen)
+    return psn_no
+
+
+def _line(sn: str, amount: str, code: str = "ZL0001") -> dict[str, Any]:
+    return {
+        "feedetl_sn": sn,
+        "medins_list_codg": code,
+        "pric": amount,
+        "cnt": "1",
+        "det_item_fee_sumamt": amount,
+    }
+
+
+def _registration(psn_no: str, insutype: str, begntime: str) -> dict[str, Any]:
+    return {
+        "data": {
+            "psn_no": psn_no,
+            "insutype": insutype,
+            "begntime": begntime,
+            "mdtrt_cert_type": "02",
+            "mdtrt_cert_no": "X",
+            "ipt_otp_no": f"MZ-UNDO-{next(_serial)}",
+        }
+    }
+
+
+async def _visit(
+    his: HisClient, psn_no: str, insutype: str, lines: list[dict[str, Any]], *, acct: str = "0"
+) -> tuple[str, dict[str, Any], str]:
+    """Register, upload batch B1 and settle it: (mdtrt_id, setlinfo, msgid of the 2207)."""
+    mdtrt_id = await his.register(psn_no, insutype, DAY, f"MZ-UNDO-{next(_serial)}")
+    await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, psn_no, lines, FEE_TIME, "B1")})
+    total = f"{sum(Decimal(ln['det_item_fee_sumamt']) for ln in lines):.2f}"
+    msgid = his.msgid()
+    data = his.settle_data(psn_no, mdtrt_id, "11", total, insutype, acct, chrg_bchno="B1")
+    out = await his.ok("2207", data, msgid=msgid)
+    return mdtrt_id, out["setlinfo"], msgid
+
+
+async def _cancel(his: HisClient, infno: str, psn_no: str, mdtrt_id: str, setl_id: str) -> str:
+    msgid = his.msgid()
+    data = {"data": {"setl_id": setl_id, "mdtrt_id": mdtrt_id, "psn_no": psn_no}}
+    await his.ok(infno, data, msgid=msgid)
+    return msgid
+
+
+def _reverse(psn_no: str, omsgid: str, oinfno: str) -> dict[str, Any]:
+    return {"data": {"psn_no": psn_no, "omsgid": omsgid, "oinfno": oinfno}}
+
+
+async def _pool_in_force(server: Server, psn_no: str) -> Decimal:
+    fen = await server.fetchval(
+        "SELECT coalesce(sum(hifp_pay), 0) FROM settlements WHERE psn_no = $1"
+        " AND status = 'settled'",
+        psn_no,
+    )
+    return Decimal(fen) / 100
+
+
+async def _admission(his: HisClient, psn_no: str, insutype: str, begntime: str = DAY) -> str:
+    out = await his.ok("2401", _admission_input(psn_no, insutype, begntime))
+    mdtrt_id = out["result"]["mdtrt_id"]
+    assert isinstance(mdtrt_id, str)
+    return mdtrt_id
+
+
+def _admission_input(psn_no: str, insutype: str, begntime: str) -> dict[str, Any]:
+    return {
+        "mdtrtinfo": {
+            "psn_no": psn_no,
+            "insutype": insutype,
+            "begntime": begntime,
+            "mdtrt_cert_type": "02",
+            "mdtrt_cert_no": "X",
+            "med_type": "21",
+            "ipt_no": f"ZY-UNDO-{next(_serial)}",
+        },
+        "diseinfo": [],
+    }
+
+
+def _discharge(mdtrt_id: str, psn_no: str, endtime: str = DISCHARGE) -> dict[str, Any]:
+    return {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "endtime": endtime}}
+
+
+async def _stay(
+    his: HisClient, psn_no: str, insutype: str, amount: str
+) -> tuple[str, dict[str, Any]]:
+    """Admit, upload one line, discharge, settle: (mdtrt_id, setlinfo)."""
+    mdtrt_id = await _admission(his, psn_no, insutype)
+    rows = his.fee_rows(mdtrt_id, psn_no, [_line("1", amount, "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": rows})
+    await his.ok("2402", _discharge(mdtrt_id, psn_no))
+    data = his.settle_data(psn_no, mdtrt_id, "21", amount, insutype, "0", mid_setl_flag="0")
+    out = await his.ok("2304", data)
+    return mdtrt_id, out["setlinfo"]
+
+
+# --------------------------------------------------------------------------- undo
+
+
+async def test_undoing_a_cancellation_after_a_later_settlement_is_refused(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    first_visit, first, _ = await _visit(his, psn, "390", [_line("1", "1000.00")])
+    assert first["hifp_pay"] == Decimal("500.00")  # the whole year's cap
+    cancel = await _cancel(his, "2208", psn, first_visit, first["setl_id"])
+    _, second, _ = await _visit(his, psn, "390", [_line("1", "1000.00")])
+    assert second["hifp_pay"] == Decimal("500.00")  # the cap is free again: rightly paid
+    before = await server.ledger_fingerprint()
+    answer = await his.call("2601", _reverse(psn, cancel, "2208"))
+    assert answer["infcode"] == -1
+    assert "后续结算" in answer["err_msg"] and second["setl_id"] in answer["err_msg"]
+    assert "请重新结算" in answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+    assert await _pool_in_force(server, psn) == Decimal("500.00")
+    # Refused, the cancellation stands and can still be undone once the later one is cancelled.
+    assert (
+        await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", first["setl_id"])
+        == "cancelled"
+    )
+
+
+async def test_undoing_a_cancellation_after_its_lines_were_replaced_is_refused(
+    server: Server,
+) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    mdtrt_id, settled, _ = await _visit(his, psn, "390", [_line("1", "800.00")])
+    cancel = await _cancel(his, "2208", psn, mdtrt_id, settled["setl_id"])
+    await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "B1", "psn_no": psn}})
+    cheap = his.fee_rows(mdtrt_id, psn, [_line("1", "1.00")], FEE_TIME, "B1")
+    await his.ok("2204", {"feedetail": cheap})
+    before = await server.ledger_fingerprint()
+    answer = await his.call("2601", _reverse(psn, cancel, "2208"))
+    assert answer["infcode"] == -1
+    assert "费用明细已变更" in answer["err_msg"] and "请重新结算" in answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+    assert await _pool_in_force(server, psn) == Decimal("0.00")
+    # The 1.00 line is what the visit holds now, and what settles.
+    data = his.settle_data(psn, mdtrt_id, "11", "1.00", "390", "0", chrg_bchno="B1")
+    again = await his.ok("2207", data)
+    assert again["setlinfo"]["medfee_sumamt"] == Decimal("1.00")
+
+
+async def test_undoing_a_cancellation_after_the_same_lines_were_settled_again_is_refused(
+    server: Server,
+) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    mdtrt_id, settled, _ = await _visit(his, psn, "390", [_line("1", "300.00")])
+    cancel = await _cancel(his, "2208", psn, mdtrt_id, settled["setl_id"])
+    data = his.settle_data(psn, mdtrt_id, "11", "300.00", "390", "0", chrg_bchno="B1")
+    await his.ok("2207", data)
+    answer = await his.call("2601", _reverse(psn, cancel, "2208"))
+    assert answer["infcode"] == -1 and "不能冲正" in answer["err_msg"]
+    assert await _pool_in_force(server, psn) == Decimal("150.00")
+
+
+async def test_undoing_a_cancellation_is_still_exact_when_nothing_changed(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    mdtrt_id, settled, _ = await _visit(his, psn, "390", [_line("1", "400.00")])
+    cancel = await _cancel(his, "2208", psn, mdtrt_id, settled["setl_id"])
+    # A sale in another accumulator group (pharmacy) does not touch the outpatient cap.
+    pos = server.client(PHARMACY)
+    sale = pos.drug_input(psn, DAY, "19.80", [_line("1", "19.80", "YP0007")], "0", "390")
+    await pos.ok("2102", sale)
+    await his.ok("2601", _reverse(psn, cancel, "2208"))
+    assert (
+        await server.fetchval(
+            "SELECT status FROM settlements WHERE setl_id = $1", settled["setl_id"]
+        )
+        == "settled"
+    )
+    assert await server.check_ledger() == []
+
+
+async def test_undoing_an_inpatient_cancellation_after_a_later_admission_settled(
+    server: Server,
+) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    first_stay, first = await _stay(his, psn, "390", "3000.00")
+    cancel = await _cancel(his, "2305", psn, first_stay, first["setl_id"])
+    _, second = await _stay(his, psn, "390", "3000.00")
+    before = await server.ledger_fingerprint()
+    answer = await his.call("2601", _reverse(psn, cancel, "2305"))
+    assert answer["infcode"] == -1
+    assert "后续结算" in answer["err_msg"] and second["setl_id"] in answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+
+
+async def test_undoing_an_inpatient_cancellation_after_the_discharge_was_undone(
+    server: Server,
+) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    stay, settled = await _stay(his, psn, "390", "2000.00")
+    cancel = await _cancel(his, "2305", psn, stay, settled["setl_id"])
+    await his.ok("2405", {"data": {"mdtrt_id": stay, "psn_no": psn}})
+    answer = await his.call("2601", _reverse(psn, cancel, "2305"))
+    assert answer["infcode"] == -1 and "已撤销出院" in answer["err_msg"]
+
+
+async def test_undoing_a_pharmacy_cancellation_after_the_account_was_spent(
+    server: Server,
+) -> None:
+    pos = server.client(PHARMACY)
+    psn = await _person(server, EMPLOYEE, balance_fen=10000)
+    sale_msgid = pos.msgid()
+    drugs = [_line("1", "49.50", "YP0007")]
+    sold = await pos.ok(
+        "2102", pos.drug_input(psn, DAY, "49.50", drugs, "1", "310"), msgid=sale_msgid
+    )
+    info = sold["setlinfo"]
+    assert info["acct_pay"] > 0
+    cancel = await _cancel(pos, "2103", psn, info["mdtrt_id"], info["setl_id"])
+    # The refunded account is spent at the hospital (another accumulator group).
+    his = server.client(HOSPITAL)
+    _, spent, _ = await _visit(his, psn, "310", [_line("1", "200.00")], acct="1")
+    assert spent["balc"] < info["acct_pay"]
+    before = await server.ledger_fingerprint()
+    answer = await pos.call("2601", _reverse(psn, cancel, "2103"))
+    assert answer["infcode"] == -1
+    assert "个人账户余额" in answer["err_msg"] and "请重新结算" in answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+
+
+async def test_settled_lines_cannot_be_withdrawn(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    mdtrt_id, _, _ = await _visit(his, psn, "390", [_line("1", "100.00")])
+    stay, _ = await _stay(his, psn, "390", "500.00")
+    before = await server.ledger_fingerprint()
+    answer = await his.call(
+        "2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "B1", "psn_no": psn}}
+    )
+    assert answer["infcode"] == -1 and "已结算" in answer["err_msg"]
+    answer = await his.call(
+        "2302", {"data": [{"mdtrt_id": stay, "feedetl_sn": "1", "psn_no": psn}]}
+    )
+    assert answer["infcode"] == -1 and "已结算" in answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+
+
+async def test_undoing_an_admission_with_a_settlement_in_force_is_refused(
+    server: Server,
+) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    admit_msgid = his.msgid()
+    await his.ok("2401", _admission_input(psn, "390", DAY), msgid=admit_msgid)
+    stay = await server.fetchval(
+        "SELECT mdtrt_id FROM encounters WHERE created_msgid = $1", admit_msgid
+    )
+    rows = his.fee_rows(stay, psn, [_line("1", "500.00", "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": rows})
+    data = his.settle_data(psn, stay, "21", "500.00", "390", "0", mid_setl_flag="1")
+    await his.ok("2304", data)
+    answer = await his.call("2601", _reverse(psn, admit_msgid, "2401"))
+    assert answer["infcode"] == -1 and "结算" in answer["err_msg"]
+    assert await server.fetchval("SELECT status FROM encounters WHERE mdtrt_id = $1", stay) == (
+        "open"
+    )
+
+
+# --------------------------------------------------------------------------- dates
+
+
+async def test_visits_dated_years_ahead_get_no_fresh_cap(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    await _visit(his, psn, "390", [_line("1", "1000.00")])
+    before = await server.ledger_fingerprint()
+    for ahead in ("2031-03-01 09:00:00", "2099-06-01 09:00:00"):
+        answer = await his.call("2201", _registration(psn, "390", ahead))
+        assert answer["infcode"] == -1
+        assert ahead in answer["err_msg"] and "晚于当前时间" in answer["err_msg"]
+        assert "begntime" in answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+    assert await _pool_in_force(server, psn) == Decimal("500.00")
+
+
+async def test_future_dates_are_refused_everywhere(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, EMPLOYEE, balance_fen=10000)
+    tomorrow = _at(dt.datetime.now() + dt.timedelta(days=1))
+    answer = await his.call("2201", _registration(psn, "310", tomorrow))
+    assert answer["infcode"] == -1 and "晚于当前时间" in answer["err_msg"]
+    answer = await his.call("2401", _admission_input(psn, "310", tomorrow))
+    assert answer["infcode"] == -1 and "入院时间" in answer["err_msg"]
+    mdtrt_id = await his.register(psn, "310", DAY, f"MZ-UNDO-{next(_serial)}")
+    rows = his.fee_rows(mdtrt_id, psn, [_line("7", "10.00")], tomorrow, "B1")
+    answer = await his.call("2204", {"feedetail": rows})
+    assert answer["infcode"] == -1
+    assert "流水号7" in answer["err_msg"] and "fee_ocur_time" in answer["err_msg"]
+    pos = server.client(PHARMACY)
+    drugs = [_line("1", "19.80", "YP0007")]
+    for infno in ("2101", "2102"):
+        answer = await pos.call(infno, pos.drug_input(psn, tomorrow, "19.80", drugs, "1", "310"))
+        assert answer["infcode"] == -1 and "晚于当前时间" in answer["err_msg"], infno
+    stay = await _admission(his, psn, "310")
+    answer = await his.call("2402", _discharge(stay, psn, tomorrow))
+    assert answer["infcode"] == -1 and "出院时间" in answer["err_msg"]
+    # Within the allowance for the counter's clock (10 minutes) a time just ahead is accepted.
+    soon = _at(dt.datetime.now() + dt.timedelta(minutes=5))
+    await his.register(psn, "310", soon, f"MZ-UNDO-{next(_serial)}")
+
+
+async def test_dates_before_the_late_billing_bound_are_refused(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    year = dt.date.today().year
+    too_old = f"{year - 3}-12-31 09:00:00"  # default bound: 1 January two years back
+    answer = await his.call("2201", _registration(psn, "390", too_old))
+    assert answer["infcode"] == -1
+    assert "早于" in answer["err_msg"] and f"{year - 2}-01-01" in answer["err_msg"]
+    answer = await his.call("2401", _admission_input(psn, "390", too_old))
+    assert answer["infcode"] == -1 and "结算时限" in answer["err_msg"]
+    pos = server.client(PHARMACY)
+    drugs = [_line("1", "19.80", "YP0007")]
+    answer = await pos.call("2102", pos.drug_input(psn, too_old, "19.80", drugs, "0", "390"))
+    assert answer["infcode"] == -1 and "结算时限" in answer["err_msg"]
+    # The bound itself is still within the window.
+    await his.register(psn, "390", f"{year - 2}-01-01 00:00:00", f"MZ-UNDO-{next(_serial)}")
+
+
+async def test_fee_lines_belong_to_their_visit(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    mdtrt_id = await his.register(psn, "390", DAY, f"MZ-UNDO-{next(_serial)}")
+    day_before = _at(BASE - dt.timedelta(days=1))
+    rows = his.fee_rows(mdtrt_id, psn, [_line("3", "10.00")], day_before, "B1")
+    answer = await his.call("2204", {"feedetail": rows})
+    assert answer["infcode"] == -1 and "早于挂号时间" in answer["err_msg"]
+    # A bare date on the registration's day is the same day, not "before" it.
+    rows = his.fee_rows(mdtrt_id, psn, [_line("3", "10.00")], BASE.date().isoformat(), "B1")
+    await his.ok("2204", {"feedetail": rows})
+
+    stay = await _admission(his, psn, "390")
+    answer = await his.call("2402", _discharge(stay, psn, _at(BASE - dt.timedelta(hours=1))))
+    assert answer["infcode"] == -1 and "早于入院时间" in answer["err_msg"]
+
+    # A stay of two days ago, discharged that day: a charge dated the next day is not its own.
+    earlier = BASE - dt.timedelta(days=2)
+    stay = await _admission(his, psn, "390", _at(earlier))
+    rows = his.fee_rows(stay, psn, [_line("1", "50.00", "ZL0003")], _at(earlier), "")
+    await his.ok("2301", {"feedetail": rows})
+    await his.ok("2402", _discharge(stay, psn, _at(earlier + dt.timedelta(hours=2))))
+    next_day = _at(earlier + dt.timedelta(days=1))
+    rows = his.fee_rows(stay, psn, [_line("2", "50.00", "ZL0003")], next_day, "")
+    answer = await his.call("2301", {"feedetail": rows})
+    assert answer["infcode"] == -1 and "晚于出院时间" in answer["err_msg"]
+    # A refund line may still come after the discharge, before the closing settlement.
+    refund = his.fee_rows(
+        stay,
+        psn,
+        [{**_line("3", "-50.00", "ZL0003"), "pric": "50.00", "cnt": "-1", "init_feedetl_sn": "1"}],
+        next_day,
+        "",
+    )
+    await his.ok("2301", {"feedetail": refund})
+
+
+async def test_discharge_before_an_uploaded_fee_line_is_refused(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    two_days_ago = BASE - dt.timedelta(days=2)
+    stay = await _admission(his, psn, "390", _at(two_days_ago))
+    rows = his.fee_rows(stay, psn, [_line("1", "50.00", "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": rows})
+    answer = await his.call(
+        "2402", _discharge(stay, psn, _at(two_days_ago + dt.timedelta(hours=2)))
+    )
+    assert answer["infcode"] == -1 and "已上传费用明细" in answer["err_msg"]
+
+
+async def test_ledger_balances_after_everything(server: Server) -> None:
+    assert await server.check_ledger() == []

@@ -1,0 +1,65 @@
+"""The bounds on service dates (gateway.core.dates) and their configuration."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.core.dates import DateRules, within_visit
+from gateway.errors import LineRejected, RuleRejected
+
+NOW = dt.datetime(2026, 12, 2, 12, 0, 0)
+
+
+def test_a_moment_up_to_the_tolerance_ahead_is_accepted() -> None:
+    rules = DateRules(future_tolerance_seconds=600)
+    rules.check("挂号时间begntime", NOW + dt.timedelta(minutes=10), admdvs="441800", now=NOW)
+    with pytest.raises(RuleRejected, match="晚于当前时间2026-12-02 12:00:00"):
+        rules.check(
+            "挂号时间begntime", NOW + dt.timedelta(minutes=10, seconds=1), admdvs="441800", now=NOW
+        )
+
+
+def test_the_late_bound_is_the_first_of_january_years_back() -> None:
+    rules = DateRules(late_years=2)
+    assert rules.earliest("441800", NOW) == dt.date(2024, 1, 1)
+    rules.check("入院时间begntime", dt.datetime(2024, 1, 1), admdvs="441800", now=NOW)
+    with pytest.raises(RuleRejected, match="最早日期2024-01-01"):
+        rules.check("入院时间begntime", dt.datetime(2023, 12, 31, 23, 59), admdvs="441800", now=NOW)
+
+
+def test_a_region_sets_its_own_bound() -> None:
+    rules = DateRules(late_years=2, late_years_by_region={"520500": 0})
+    assert rules.earliest("520500", NOW) == dt.date(2026, 1, 1)
+    assert rules.earliest("441800", NOW) == dt.date(2024, 1, 1)
+    with pytest.raises(LineRejected, match="费用明细流水号9"):
+        rules.check_line("9", dt.datetime(2025, 12, 31), admdvs="520500", now=NOW)
+
+
+def test_a_fee_line_lies_within_its_visit_by_whole_days() -> None:
+    begun, ended = dt.datetime(2026, 11, 1, 9, 0), dt.datetime(2026, 11, 5, 10, 0)
+    within_visit("1", dt.datetime(2026, 11, 1), begntime=begun, endtime=ended, start="入院")
+    within_visit("1", dt.datetime(2026, 11, 5, 18), begntime=begun, endtime=ended, start="入院")
+    with pytest.raises(LineRejected, match="早于入院时间"):
+        within_visit(
+            "1", dt.datetime(2026, 10, 31, 23), begntime=begun, endtime=ended, start="入院"
+        )
+    with pytest.raises(LineRejected, match="晚于出院时间"):
+        within_visit("1", dt.datetime(2026, 11, 6), begntime=begun, endtime=ended, start="入院")
+
+
+def test_the_shipped_configuration_and_unknown_keys(tmp_path: Path) -> None:
+    shipped = load_config().dates
+    assert shipped.future_tolerance_seconds == 600 and shipped.late_years == 2
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[dates]\nlate_years = 1\n[dates.late_years_by_region]\n"441800" = 3\n', encoding="utf-8"
+    )
+    rules = load_config(path).dates
+    assert rules.late_years == 1 and rules.late_years_by_region == {"441800": 3}
+    path.write_text("[dates]\nlate_days = 30\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="late_days"):
+        load_config(path)
