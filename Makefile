@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
+.PHONY: demo fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/python -m gateway serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+# The three demo flows, signed with the demo credentials, against `make run` in another terminal.
+demo: install
+	$(BIN)/python -m gateway demo visit --url http://$(HOST):$(PORT)
+	$(BIN)/python -m gateway demo stay --url http://$(HOST):$(PORT)
+	$(BIN)/python -m gateway demo pharmacy --url http://$(HOST):$(PORT)
 
 system-deps:
 	./scripts/system-deps.sh

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import sys
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +47,7 @@ SETTLEMENT_FIGURES = (
 # Amounts keep their exact decimal text both ways: 19.80 goes out and comes back as 19.80.
 _answers = msgspec.json.Decoder(float_hook=Decimal)
 _requests = msgspec.json.Encoder(decimal_format="number")
-_sequence = itertools.count(1)
+_last_stamp = ("", -1)  # the last (second, tenth of a millisecond) this process handed out
 
 
 class DemoError(Exception):
@@ -61,6 +61,22 @@ def default_institution(infno: str) -> str:
 
 def _now() -> str:
     return dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def stamp() -> str:
+    """yyyyMMddHHmmss and four digits of the second's tenths of a millisecond, never the same
+    twice and never ahead of the clock, so that the next demo command, a process started later,
+    cannot hand out one of the last command's (a counter restarting in each process would, within
+    the same second, and the gateway refuses a used msgid with a different body)."""
+    global _last_stamp
+    while True:
+        now = dt.datetime.now()
+        current = (now.strftime("%Y%m%d%H%M%S"), now.microsecond // 100)
+        # A clock set back by a second or more starts afresh rather than waiting it out.
+        if current > _last_stamp or current[0] < _last_stamp[0]:
+            _last_stamp = current
+            return f"{current[0]}{current[1]:04d}"
+        time.sleep(0.0001)  # within the last stamp's tenth of a millisecond
 
 
 def _text(value: Any) -> str:
@@ -101,8 +117,8 @@ class DemoClient:
             raise DemoError(f"no demo secret for institution {institution} in {DEMO_CREDENTIALS}")
 
     def msgid(self) -> str:
-        """定点医药机构编号 + yyyyMMddHHmmss + a sequence: unique per institution and second."""
-        return f"{self.institution}{dt.datetime.now():%Y%m%d%H%M%S}{next(_sequence) % 10000:04d}"
+        """定点医药机构编号 + yyyyMMddHHmmss + four digits, as the national interface has it."""
+        return f"{self.institution}{stamp()}"
 
     def envelope(self, infno: str, input_: Any) -> dict[str, Any]:
         """公共输入 around `input`."""
@@ -237,7 +253,7 @@ def _fee_rows(
 
 def _run_no(prefix: str) -> str:
     """A visit or admission number of the counter's own, new on every run."""
-    return f"{prefix}{dt.datetime.now():%Y%m%d%H%M%S}{next(_sequence) % 1000:03d}"
+    return f"{prefix}{stamp()}"
 
 
 async def visit(client: DemoClient, show: Show) -> list[Step]:

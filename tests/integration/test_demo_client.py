@@ -38,6 +38,24 @@ def _fen(text: str) -> int:
     return int(Decimal(text) * 100)
 
 
+async def test_stamps_never_repeat_across_commands_run_one_after_another() -> None:
+    """Two demo commands in a row are two processes, often within the same second."""
+    stamps: list[str] = []
+    for _ in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from gateway.demo_client import stamp\nfor _ in range(100): print(stamp())",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        stamps += out.decode().split()
+    assert len(stamps) == 200
+    assert all(len(s) == 18 and s.isdigit() for s in stamps)
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
 async def test_an_unsigned_call_is_refused_and_the_demo_call_is_answered(server: Server) -> None:
     envelope = {"infno": "1101", "msgid": "H4418000000120260101000000001", "input": {}}
     async with server.session.post(server.url + demo_client.CALL_SERVICE, json=envelope) as resp:
@@ -90,6 +108,7 @@ async def test_no_gateway_and_bad_input_are_explained_not_tracebacks(server: Ser
 
 async def test_visit_settles_today_from_the_account(server: Server) -> None:
     his = DemoClient(server.session, server.url, demo_client.HOSPITAL)
+    assert len(his.msgid()) == 30 and his.msgid().startswith(demo_client.HOSPITAL)
     shown: list[Step] = []
     steps = await demo_client.visit(his, shown.append)
     assert shown == steps
