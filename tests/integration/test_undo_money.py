@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+import pytest
+
+from gateway import conversion
+from gateway.errors import Conflict
 from tests.integration.conftest import Server
 from tests.integration.his_client import HisClient
 
@@ -311,6 +317,25 @@ async def test_undoing_an_admission_with_a_settlement_in_force_is_refused(
     assert await server.fetchval("SELECT status FROM encounters WHERE mdtrt_id = $1", stay) == (
         "open"
     )
+
+
+async def test_a_self_pay_admission_converts_only_under_its_own_insutype(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    stay = await _admission(his, psn, "390")
+    # As the emergency plan's selfpay action admits it; then the person changes scheme.
+    await server.fetch("UPDATE encounters SET selfpay = true WHERE mdtrt_id = $1", stay)
+    await server.fetch("UPDATE persons SET insutype = '310' WHERE psn_no = $1", psn)
+    conn = await asyncpg.connect(server.dsn)
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        with pytest.raises(Conflict, match="险种已由390变更为310"):
+            await conversion.convert(conn, stay, operator="duty", reason="自费转医保")
+        assert await conn.fetchval("SELECT selfpay FROM encounters WHERE mdtrt_id = $1", stay)
+        await conn.execute("UPDATE persons SET insutype = '390' WHERE psn_no = $1", psn)
+        assert await conversion.convert(conn, stay, operator="duty", reason="自费转医保") == psn
+    finally:
+        await conn.close()
 
 
 # --------------------------------------------------------------------------- dates
