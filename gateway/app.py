@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 from aiohttp import web
 
 import adapters.his.transactions
@@ -22,7 +25,16 @@ from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.console import install as install_console
 from gateway.core.settle import FUND_NAMES
 from gateway.deferred.journal import Journal
-from gateway.errors import Busy
+from gateway.edge import (
+    GUARD,
+    BodyRefused,
+    ConnectionGuard,
+    EdgeConfig,
+    EdgeRunner,
+    mark_requests,
+    read_body,
+)
+from gateway.errors import BadRequest, Busy
 from gateway.group_commit import GroupCommit
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
@@ -36,7 +48,8 @@ VERIFIER = web.AppKey("verifier", Verifier)
 ADMISSION = web.AppKey("admission", Admission)
 access = logging.getLogger("gateway.access")
 ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
-MAX_BODY = 8 * 1024 * 1024  # 5,000 fee lines with long names fit comfortably
+CONSOLE_MAX_BODY = 64 * 1024
+_PATH_INFNO = re.compile(r"[0-9]{4}[A-Z]?")
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "config" / "demo"
 DEFAULT_CREDENTIALS = DEFAULT_REFERENCE / "credentials.toml"
 DEFAULT_OPERATORS = DEFAULT_REFERENCE / "operators.toml"
@@ -111,40 +124,78 @@ def _envelope_error(message: str) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+def _refusal(outcome: dispatch.Outcome, started: float) -> web.Response:
+    """An answer given before the body was read: the connection is not reused, so a client
+    that is refused cannot keep the socket (what is left of its body is drained, not kept)."""
+    observe(outcome, time.perf_counter() - started)
+    response = web.Response(body=outcome.body, content_type="application/json")
+    response.force_close()
+    return response
+
+
+class _InfnoOnly(msgspec.Struct):
+    infno: str | int | None = None
+
+
+_infno_only = msgspec.json.Decoder(_InfnoOnly)
+
+
 async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
+    """Admission, then the signature, then the body: nobody gets the process to buffer a body
+    before it is known who sent it and that there is room for it."""
     gw = request.app[GATEWAY]
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _envelope_error("请求报文过大，请分批上传费用明细")
     started = time.perf_counter()
+    if path_infno is not None and not _PATH_INFNO.fullmatch(path_infno):
+        bad = BadRequest("地址中的交易编号格式错误（应为4位数字）")
+        return _refusal(dispatch.refused(gw, bad, ""), started)
     admission = request.app[ADMISSION]
     if not admission.enter():
         # Past the in-flight limit a request waits behind all the others and its latency grows
         # without bound; a fast "busy" lets the counter retry (same msgid) or switch to plan B.
         metrics.SHED.inc()
         outcome = dispatch.refused(gw, Busy(SHED_MESSAGE), path_infno or "", outcome="busy")
-        observe(outcome, time.perf_counter() - started)
-        return web.Response(body=outcome.body, content_type="application/json")
+        return _refusal(outcome, started)
     try:
-        return await _admitted(request, gw, body, path_infno, started)
+        verifier = request.app.get(VERIFIER)
+        authenticated: str | None = None
+        if verifier is not None:
+            try:
+                authenticated = await verifier.verify(request.headers)
+            except AuthError as exc:
+                return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
+        try:
+            body = await read_body(request, gw.config.edge, path_infno)
+            if path_infno is None and len(body) > gw.config.edge.body_limit_bytes:
+                _within_envelope_limit(body, gw.config.edge)
+        except BodyRefused as exc:
+            return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
+        return await _admitted(request, gw, body, path_infno, authenticated, started)
     finally:
         admission.leave()
 
 
+def _within_envelope_limit(body: bytes, edge: EdgeConfig) -> None:
+    """A national-path body past the general limit was read for the infno its first bytes
+    named; the envelope's own infno must allow it too."""
+    try:
+        infno = str(_infno_only.decode(body).infno or "")
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return  # not an envelope at all: dispatch refuses it with the reason
+    if len(body) > edge.limit(infno):
+        raise BodyRefused(
+            f"请求报文过大（交易{infno}上限{edge.limit(infno) // 1024}KB），请分批上传"
+        )
+
+
 async def _admitted(
-    request: web.Request, gw: Gateway, body: bytes, path_infno: str | None, started: float
+    request: web.Request,
+    gw: Gateway,
+    body: bytes,
+    path_infno: str | None,
+    authenticated: str | None,
+    started: float,
 ) -> web.Response:
     request_id = secrets.token_hex(8)
-    verifier = request.app.get(VERIFIER)
-    authenticated: str | None = None
-    if verifier is not None:
-        try:
-            authenticated = await verifier.verify(request.headers)
-        except AuthError as exc:
-            outcome = dispatch.refused(gw, exc, path_infno or "")
-            observe(outcome, time.perf_counter() - started)
-            return web.Response(body=outcome.body, content_type="application/json")
     # Shielded: a client that hangs up must not cut a settlement's commit in half. Bounded: a
     # request stuck on a dead dependency past its deadline is still answered (retry the same
     # msgid); the work goes on in the background and either commits with its answer journaled
@@ -244,11 +295,36 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(checks, status=200 if ok else 503)
 
 
+SETTLEMENT_PATHS = ("/fsi/", "/hsa/")
+INTERNAL_ERROR = "医保结算服务内部错误，交易未生效，请稍后使用相同报文ID重试"
+
+
+@web.middleware
+async def answer_always(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Whatever escapes a handler becomes an answer in the caller's own terms: an envelope on
+    the settlement endpoints, a JSON error on the console's API; never aiohttp's bare 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException:
+        raise
+    except Exception:
+        access.exception("unhandled failure", extra={"path": request.path})
+        if request.path.startswith(SETTLEMENT_PATHS):
+            return _envelope_error(INTERNAL_ERROR)
+        return web.json_response({"error": "服务内部错误，操作未生效，请稍后重试"}, status=500)
+
+
 def build_app(settings: Settings) -> web.Application:
     """The application with its resources tied to its lifetime."""
-    app = web.Application(client_max_size=MAX_BODY)
+    # Settlement bodies are read by gateway.edge with their own limits; this bound is for the
+    # console's forms and JSON, which are small.
+    app = web.Application(
+        client_max_size=CONSOLE_MAX_BODY, middlewares=[mark_requests, answer_always]
+    )
     emergency.install()
     admission = Admission(0)  # its bound is set from the configuration at start-up
+    guard = ConnectionGuard()  # likewise
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # A short connect timeout: an unreachable ledger must fail fast enough for the breaker.
@@ -279,6 +355,7 @@ def build_app(settings: Settings) -> web.Application:
                 acquire_timeout=config.call_deadline_seconds,
             )
         admission.limit = config.max_in_flight
+        guard.config = config.edge
         gw.triggers = emergency.institution_triggers(gw)
         metrics.prime([i.fixmedins_code for i in gw.snapshot.institutions], list(FUND_NAMES))
         if settings.auth:
@@ -307,6 +384,7 @@ def build_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(resources)
     app[ADMISSION] = admission
+    app[GUARD] = guard
     app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
     app.router.add_post("/hsa/hgs/{infno}", call_by_path)
     app.router.add_get("/livez", livez)
@@ -315,3 +393,22 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/openapi.json", openapi_endpoint)
     install_console(app, GATEWAY, settings.operators_path)
     return app
+
+
+async def _serve(app: web.Application, host: str, port: int, reuse_port: bool, idle: float) -> None:
+    runner = EdgeRunner(
+        app, access_log=None, handle_signals=True, shutdown_timeout=10, keepalive_timeout=idle
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT raise GracefulExit
+    finally:
+        await runner.cleanup()  # graceful: in-flight requests get shutdown_timeout to finish
+
+
+def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, with every connection under the edge's guard."""
+    config = settings.config or load_config(settings.config_path)
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(_serve(build_app(settings), host, port, reuse_port, config.edge.idle_seconds))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 import tomllib
 from collections import OrderedDict
@@ -25,6 +26,10 @@ from gateway.ops.keys import NONCE, NONCE_TTL_SECONDS
 log = logging.getLogger("gateway.auth")
 
 WINDOW_SECONDS = 300
+_PAASID = re.compile(r"[0-9A-Za-z_\-]{1,40}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_NONCE = re.compile(r"[\x21-\x7e]{1,64}")
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")  # compare_digest refuses non-ASCII text
 MAX_LOCAL_NONCES = 200_000  # bounded memory: older nonces are outside the window anyway
 
 
@@ -74,17 +79,25 @@ class Verifier:
             raise AuthError(
                 "签名校验失败：缺少x-tif-paasid、x-tif-timestamp、x-tif-nonce或x-tif-signature请求头"
             )
+        if not _PAASID.fullmatch(paasid):
+            raise AuthError("签名校验失败：x-tif-paasid格式错误（应为机构编号）")
         secret = self.credentials.get(paasid)
         if secret is None:
             raise AuthError(f"签名校验失败：接入账号{paasid}未登记")
-        if not ts.isdigit():
+        # ASCII digits only, and few of them: str.isdigit() accepts "²", and int() of thousands
+        # of digits raises instead of answering.
+        if not _TIMESTAMP.fullmatch(ts):
             raise AuthError("签名校验失败：x-tif-timestamp应为Unix秒数")
         current = time.time() if now is None else now
         if abs(current - int(ts)) > WINDOW_SECONDS:
             raise AuthError("签名校验失败：请求时间戳超出允许范围（±300秒），请校准终端时间")
         if len(nonce) > 64:
             raise AuthError("签名校验失败：x-tif-nonce过长")
-        if not hmac.compare_digest(sig.lower(), signature(ts, secret, nonce)):
+        if not _NONCE.fullmatch(nonce):
+            raise AuthError("签名校验失败：x-tif-nonce只能由可见ASCII字符组成")
+        if not _SIGNATURE.fullmatch(sig) or not hmac.compare_digest(
+            sig.lower(), signature(ts, secret, nonce)
+        ):
             raise AuthError("签名不一致！请核对接入密钥")
         if not await self._first_use(f"{paasid}:{nonce}", current):
             raise AuthError("签名校验失败：x-tif-nonce已使用过（疑似重放），请重新生成")

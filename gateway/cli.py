@@ -16,17 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
-from aiohttp import web
 
 from gateway import clearing, corrections, demo_client, plan_cli
 from gateway.app import (
     DEFAULT_CREDENTIALS,
     DEFAULT_REFERENCE,
     Settings,
-    build_app,
     prepare_database,
 )
+from gateway.app import serve as serve_app
 from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.console import commands as console_commands
 from gateway.ledger import db, idempotency, reference_store
 from gateway.money import fen_text
 from gateway.ops import logs
@@ -52,15 +52,9 @@ def _add_database(p: argparse.ArgumentParser) -> None:
 def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
     logs.configure()
     uvloop.install()
-    web.run_app(
-        build_app(settings),
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        access_log=None,
-        shutdown_timeout=10,  # graceful stop: in-flight requests get this long to finish
-        print=None,
-    )
+    # Not web.run_app: the edge's connection guard (request-head deadline, connections per
+    # address) lives in the runner; graceful stop gives in-flight requests 10 s.
+    serve_app(settings, host, port, reuse_port=reuse_port)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -364,6 +358,7 @@ def parser() -> argparse.ArgumentParser:
         _add_database(kp)
         kp.set_defaults(func=func)
     plan_cli.add_commands(sub, _add_database)
+    console_commands.add_commands(sub.choices["operators"], _add_database)
     return p
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.breaker import BreakerConfig
 from gateway.core.dates import DateRules
+from gateway.edge import EdgeConfig
+from gateway.operators import LoginPolicy
 from gateway.ratelimit import Limits
 
+_S = TypeVar("_S", EdgeConfig, LoginPolicy)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
 
@@ -35,6 +39,10 @@ class GatewayConfig:
     # Overload: requests in flight per process past which new ones are answered busy at once
     # (0: no limit), so latency stays bounded instead of growing with the backlog.
     max_in_flight: int = 0
+    # The HTTP edge (gateway.edge): body limits per transaction, read deadlines, connections
+    # per client address; the console's log-in throttle (gateway.operators).
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    login: LoginPolicy = field(default_factory=LoginPolicy)
     # Service dates: how far ahead of now a counter's clock may be, how late a visit may be billed
     # (gateway.core.dates).
     dates: DateRules = field(default_factory=DateRules)
@@ -68,6 +76,22 @@ def _dates(doc: object) -> DateRules:
         late_years=int(doc.get("late_years", base.late_years)),
         late_years_by_region={str(k): int(v) for k, v in regions.items()},
     )
+
+
+def _settings(doc: dict[str, Any], base: _S) -> _S:
+    """A TOML table over a settings dataclass's defaults; unknown keys are an error."""
+    known = {f.name for f in fields(base)}
+    unknown = set(doc) - known
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        current = getattr(base, key)
+        if isinstance(current, dict):
+            values[key] = {str(k): int(v) for k, v in value.items()}
+        else:
+            values[key] = type(current)(value)
+    return replace(base, **values)
 
 
 def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
@@ -108,5 +132,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
             doc.get("group_commit", {}).get("max_batch", defaults_cfg.group_max_batch)
         ),
         max_in_flight=int(doc.get("overload", {}).get("max_in_flight", 0)),
+        edge=_settings(doc.get("http", {}), EdgeConfig()),
+        login=_settings(doc.get("console", {}), LoginPolicy()),
         dates=_dates(doc.get("dates", {})),
     )

@@ -1,21 +1,32 @@
-"""The emergency team's operators: who they are, their role, their sessions.
+"""The emergency team's operators: who they are, their role, their sessions, their log-ins.
 
 Operators are configuration (`config/demo/operators.toml`, scrypt password hashes). Sessions live
 in the ledger database so that every worker process accepts them; only a token's SHA-256 is
 stored, so the table does not hand out sessions if it leaks.
+
+Log-ins are throttled per operator name and per client address (`[console]` in gateway.toml):
+past the limit a key is locked for a while, visibly (console, `python -m gateway operators
+lockouts`) and clearable by the duty team, with both in the audit log. The counters live in the
+database too, so every worker counts the same attempts. An unknown name costs the same scrypt as
+a known one, and the hashing runs on a few threads of its own, never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
 import secrets
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+
+from gateway import audit
 
 ROLES = ("viewer", "operator")
 SESSION_HOURS = 8  # one duty shift
@@ -48,7 +59,9 @@ class Session:
 
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    digest = hashlib.scrypt(
+        password.encode("utf-8", "surrogatepass"), salt=salt, n=_N, r=_R, p=_P, dklen=32
+    )
     return f"scrypt${salt.hex()}${digest.hex()}"
 
 
@@ -59,8 +72,257 @@ def check_password(stored: str, password: str) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=_N, r=_R, p=_P, dklen=32)
+    digest = hashlib.scrypt(
+        password.encode("utf-8", "surrogatepass"),
+        salt=bytes.fromhex(salt),
+        n=_N,
+        r=_R,
+        p=_P,
+        dklen=32,
+    )
     return hmac.compare_digest(digest.hex(), expected)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginPolicy:
+    """`[console]` in gateway.toml."""
+
+    operator_failures: int = 5  # failed log-ins per operator name within the window
+    address_failures: int = 20  # per client address (several operators may share a desk)
+    window_seconds: float = 900.0
+    lockout_seconds: float = 900.0
+    hash_threads: int = 2  # scrypt runs here, off the event loop
+    hash_queue: int = 8  # attempts waiting for a thread; beyond that "busy, try later"
+
+
+@dataclass(frozen=True, slots=True)
+class Lockout:
+    kind: str  # operator | address
+    key: str
+    failures: int
+    locked_until: dt.datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "failures": self.failures,
+            "locked_until": self.locked_until.isoformat() if self.locked_until else None,
+        }
+
+
+_THROTTLE_LOCK = 0xC0DE5  # arbitrary, stable: log-in counters change one attempt at a time
+KEY_CHARS = 64
+
+
+def throttle_key(text: str) -> str:
+    """What is stored for a name or address: bounded, and only characters that print."""
+    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?" for c in text)[
+        :KEY_CHARS
+    ]
+
+
+async def reserve_attempt(
+    conn: asyncpg.Connection, policy: LoginPolicy, login: str, address: str
+) -> Lockout | None:
+    """Count this attempt as failed before its password is checked (so concurrent attempts
+    cannot all slip under the limit); the lock in force when the attempt is refused."""
+    keys = (
+        ("operator", throttle_key(login), policy.operator_failures),
+        ("address", throttle_key(address), policy.address_failures),
+    )
+    window = dt.timedelta(seconds=policy.window_seconds)
+    lockout = dt.timedelta(seconds=policy.lockout_seconds)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
+        now: dt.datetime = await conn.fetchval("SELECT now()")
+        rows = {
+            (r["kind"], r["key"]): r
+            for r in await conn.fetch(
+                "SELECT kind, key, failures, first_at, locked_until FROM console_login_failures"
+                " WHERE (kind, key) IN (($1, $2), ($3, $4))",
+                keys[0][0],
+                keys[0][1],
+                keys[1][0],
+                keys[1][1],
+            )
+        }
+        locks = {
+            kind: Lockout(kind, key, row["failures"], row["locked_until"])
+            for kind, key, _ in keys
+            if (row := rows.get((kind, key))) is not None
+            and row["locked_until"] is not None
+            and row["locked_until"] > now
+        }
+        if "address" in locks:
+            return locks["address"]
+        # A locked name is not counted again, but the address trying it is: hammering one
+        # locked name, or trying name after name, locks the address too.
+        counted = keys[1:] if "operator" in locks else keys
+        for kind, key, limit in counted:
+            row = rows.get((kind, key))
+            fresh = row is None or row["first_at"] < now - window
+            failures = 1 if row is None or fresh else row["failures"] + 1
+            await conn.execute(
+                "INSERT INTO console_login_failures AS f"
+                " (kind, key, failures, first_at, last_at, locked_until)"
+                " VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (kind, key) DO UPDATE SET"
+                " failures = $3, first_at = CASE WHEN $6 THEN $4 ELSE f.first_at END,"
+                " last_at = $4, locked_until = $5",
+                kind,
+                key,
+                failures,
+                now,
+                now + lockout if failures >= limit else None,
+                fresh,
+            )
+            if "operator" in locks and failures == limit:
+                await _audit_lock(conn, kind, key, limit, now + lockout)
+        # Keys nobody has tried for a day are forgotten, so made-up names do not pile up.
+        await conn.execute(
+            "DELETE FROM console_login_failures WHERE last_at < $1"
+            " AND (locked_until IS NULL OR locked_until < $2)",
+            now - max(window, lockout) - dt.timedelta(days=1),
+            now,
+        )
+    return locks.get("operator")
+
+
+async def _audit_lock(
+    conn: asyncpg.Connection, kind: str, key: str, limit: int, until: dt.datetime
+) -> None:
+    await audit.append(
+        conn,
+        operator="system:console-login",
+        action="console.login.locked",
+        target=f"{kind}:{key}",
+        reason=f"连续{limit}次登录失败，锁定至{until:%Y-%m-%d %H:%M:%S%z}",
+        after={"failures": limit},
+    )
+
+
+async def settle_attempt(
+    conn: asyncpg.Connection, policy: LoginPolicy, login: str, address: str, ok: bool
+) -> None:
+    """After the password check: a success clears the name's count and gives the address its
+    attempt back; a failure that reached a limit is written to the audit log."""
+    name, addr = throttle_key(login), throttle_key(address)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
+        if ok:
+            await conn.execute(
+                "DELETE FROM console_login_failures WHERE kind = 'operator' AND key = $1", name
+            )
+            await conn.execute(
+                "UPDATE console_login_failures SET failures = greatest(failures - 1, 0),"
+                " locked_until = CASE WHEN failures - 1 >= $2 THEN locked_until END"
+                " WHERE kind = 'address' AND key = $1",
+                addr,
+                policy.address_failures,
+            )
+            return
+        for kind, key, limit in (
+            ("operator", name, policy.operator_failures),
+            ("address", addr, policy.address_failures),
+        ):
+            row = await conn.fetchrow(
+                "SELECT failures, locked_until FROM console_login_failures"
+                " WHERE kind = $1 AND key = $2",
+                kind,
+                key,
+            )
+            if row is not None and row["failures"] == limit and row["locked_until"] is not None:
+                await _audit_lock(conn, kind, key, limit, row["locked_until"])
+
+
+async def lockouts(conn: asyncpg.Connection, policy: LoginPolicy) -> list[Lockout]:
+    """Keys locked now, and keys with failures in the current window."""
+    rows = await conn.fetch(
+        "SELECT kind, key, failures, locked_until FROM console_login_failures"
+        " WHERE locked_until > now() OR (failures > 0 AND first_at > now() - $1::interval)"
+        " ORDER BY locked_until DESC NULLS LAST, kind, key",
+        dt.timedelta(seconds=policy.window_seconds),
+    )
+    return [Lockout(r["kind"], r["key"], r["failures"], r["locked_until"]) for r in rows]
+
+
+class NoSuchLockout(LookupError):
+    """Nothing to clear for that key."""
+
+
+async def clear_lockout(
+    conn: asyncpg.Connection, kind: str, key: str, *, operator: str, reason: str
+) -> Lockout:
+    """Unlock a name or an address, in the audit log; raises NoSuchLockout."""
+    if kind not in ("operator", "address"):
+        raise NoSuchLockout(kind)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
+        row = await conn.fetchrow(
+            "DELETE FROM console_login_failures WHERE kind = $1 AND key = $2"
+            " RETURNING failures, locked_until",
+            kind,
+            key,
+        )
+        if row is None:
+            raise NoSuchLockout(key)
+        cleared = Lockout(kind, key, row["failures"], row["locked_until"])
+        await audit.append(
+            conn,
+            operator=operator,
+            action="console.login.unlock",
+            target=f"{kind}:{key}",
+            reason=reason,
+            before=cleared.as_json(),
+        )
+    return cleared
+
+
+class HashersBusy(Exception):
+    """More log-ins waiting for a hash than the policy allows."""
+
+
+class Hasher:
+    """scrypt on threads of its own, with a bound on the attempts waiting for them: a flood of
+    log-ins queues here (and past the bound is refused) instead of stalling settlements."""
+
+    __slots__ = ("_dummy", "_executor", "pending", "policy")
+
+    def __init__(self) -> None:
+        self.policy = LoginPolicy()
+        self._executor: ThreadPoolExecutor | None = None
+        self._dummy: str | None = None
+        self.pending = 0
+
+    def configure(self, policy: LoginPolicy) -> None:
+        self.policy = policy
+
+    async def check(self, stored: str | None, password: str) -> bool:
+        """The password against the stored hash; None (no such operator) costs the same."""
+        if self.pending >= self.policy.hash_threads + self.policy.hash_queue:
+            raise HashersBusy
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=max(self.policy.hash_threads, 1), thread_name_prefix="scrypt"
+            )
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            if stored is None:
+                if self._dummy is None:
+                    self._dummy = await loop.run_in_executor(
+                        self._executor, hash_password, secrets.token_hex(16)
+                    )
+                await loop.run_in_executor(self._executor, check_password, self._dummy, password)
+                return False
+            return await loop.run_in_executor(self._executor, check_password, stored, password)
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
 
 def load_operators(path: Path) -> dict[str, Operator]:

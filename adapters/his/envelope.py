@@ -127,6 +127,24 @@ def refuse_control_characters(raw: bytes) -> None:
     raise BadRequest(f"字段{where}含有不可见的控制字符（如NUL），请删除后重新发送")
 
 
+NOT_UTF8 = "报文不是合法的UTF-8 JSON（请以UTF-8编码发送，GBK、UTF-16等编码不受理）"
+TOO_DEEP = "报文JSON嵌套层数过多，不是合法的接口报文"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def undecodable(body: bytes, exc: Exception) -> BadRequest:
+    """Why a body is not JSON, in the clerk's words: an encoding, nesting, or plain syntax."""
+    if isinstance(exc, RecursionError):
+        return BadRequest(TOO_DEEP)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest(NOT_UTF8)
+    if _SURROGATE_ESCAPE.search(body):
+        return BadRequest("报文不是合法的UTF-8 JSON：含有不成对的\\uD800-\\uDFFF代理字符")
+    return BadRequest("请求报文不是有效的JSON")
+
+
 def text(value: Code) -> str:
     """A code field as text: numbers become their decimal text, null becomes ""."""
     if value is None:
@@ -138,12 +156,14 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
     """Validate the envelope; raises BadRequest with a message for the counter."""
     if not body.strip():
         raise BadRequest("请求报文为空")
+    if body.startswith(b"\xef\xbb\xbf"):
+        body = body[3:]  # a UTF-8 byte-order mark, as some Windows clients write one
     try:
         env = _envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"公共输入参数格式错误：{describe(exc)}") from exc
-    except msgspec.DecodeError as exc:
-        raise BadRequest("请求报文不是有效的JSON") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise undecodable(body, exc) from exc
     refuse_control_characters(body)
     infno = text(env.infno) or (path_infno or "")
     if path_infno and text(env.infno) and text(env.infno) != path_infno:
@@ -218,6 +238,8 @@ def decode_input(request: Request, kind: type[T]) -> T:
         raise BadRequest(f"交易输入参数错误：{describe(exc)}") from exc
     except msgspec.DecodeError as exc:
         raise BadRequest("交易输入input不是有效的JSON") from exc
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise undecodable(request.input, exc) from exc
     return result
 
 

@@ -3,27 +3,85 @@
 Operators log in (role viewer or operator); only operators change anything, every change needs
 a reason and lands in the hash-chained audit log, and takes effect in every process within 2 s
 (this process at once, the others by the Redis announcement or their poll).
+
+Log-ins are throttled (gateway.operators); the locks are listed on the page and at
+`/api/console/lockouts`, and operators clear them there. Every change comes from the console's own
+origin: forms carry the session's CSRF token, API calls are JSON and, when the session came from
+the cookie, carry it in `X-CSRF-Token`; every answer forbids framing and scripts (CSP).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
+import msgspec
 from aiohttp import web
 
 from gateway import audit, operators
 from gateway.console import pages
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.plan import status, store
 
 COOKIE = "sgw_console"
+CSRF_HEADER = "X-CSRF-Token"
 OPERATORS = web.AppKey("operators", dict)
+HASHER = web.AppKey("hasher", operators.Hasher)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LOGIN_MAX_BODY = 4096  # a name and a password
+# Served with every console page and API answer: no scripts, no framing, forms post only here;
+# the page's one inline style is allowed by its hash.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; style-src '{pages.STYLE_HASH}'; form-action 'self';"
+        " frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class Refused(Exception):
+    """A console request refused with a status and a message for the operator."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def same_origin(request: web.Request) -> bool:
+    """False for a request a browser sent from another site: its Origin names another host, or
+    Fetch metadata says cross-site. Tools that send neither (curl, the CLI's clients) pass."""
+    if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def flash_signature(session: operators.Session, kind: str, text: str) -> str:
+    """A page message travels in the redirect's query with this signature, so that a link
+    crafted elsewhere cannot make the console show words of its author's choosing."""
+    key = operators.csrf_token(session).encode()
+    return hmac.new(key, f"{kind}:{text}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _decode_json(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except RecursionError:
+        raise Refused(400, "请求体JSON嵌套层数过多") from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise Refused(400, "请求体不是合法的UTF-8 JSON") from None
 
 
 def _see_other(location: str) -> web.Response:
@@ -34,32 +92,74 @@ def _see_other(location: str) -> web.Response:
 def install(app: web.Application, gateway_key: Any, operators_path: Path) -> None:
     """Add the console's routes to the application."""
     app[OPERATORS] = operators.load_operators(operators_path)
+    app[HASHER] = operators.Hasher()
 
     def gw(request: web.Request) -> Any:
         return request.app[gateway_key]
 
-    async def session_of(request: web.Request) -> operators.Session | None:
+    async def session_via(request: web.Request) -> tuple[operators.Session | None, bool]:
+        """The session, and whether it came from the cookie (what a forged request carries)."""
         header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+        from_cookie = not header.startswith("Bearer ")
+        token = request.cookies.get(COOKIE, "") if from_cookie else header[7:]
         async with gw(request).pool.acquire(timeout=5.0) as conn:
-            return await operators.find_session(conn, token)
+            return await operators.find_session(conn, token), from_cookie
 
-    async def check_login(request: web.Request) -> operators.Operator | None:
+    async def session_of(request: web.Request) -> operators.Session | None:
+        return (await session_via(request))[0]
+
+    async def credentials(request: web.Request, *, json_only: bool) -> tuple[str, str]:
+        if request.content_length is not None and request.content_length > LOGIN_MAX_BODY:
+            raise Refused(413, "请求过大")
         if request.content_type == "application/json":
             try:
-                doc = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                return None
-            if not isinstance(doc, dict):
-                return None
-            login, password = str(doc.get("operator", "")), str(doc.get("password", ""))
+                doc = _decode_json(await request.read())
+            except web.HTTPRequestEntityTooLarge:
+                raise Refused(413, "请求过大") from None
+        elif json_only:
+            raise Refused(415, "请求体须为JSON（Content-Type: application/json）")
         else:
-            form = await request.post()
-            login, password = str(form.get("operator", "")), str(form.get("password", ""))
-        found = request.app[OPERATORS].get(login)
-        if found is None or not operators.check_password(found.password, password):
-            return None
-        return found  # type: ignore[no-any-return]
+            try:
+                doc = dict(await request.post())
+            except (ValueError, UnicodeDecodeError, web.HTTPRequestEntityTooLarge):
+                raise Refused(400, "登录表单无法识别") from None
+        if not isinstance(doc, dict):
+            raise Refused(400, "请求体应为JSON对象")
+        login, password = doc.get("operator", ""), doc.get("password", "")
+        if not isinstance(login, str) or not isinstance(password, str):
+            raise Refused(400, "账号和密码应为文本")
+        return login, password
+
+    async def check_login(request: web.Request, *, json_only: bool) -> operators.Operator:
+        """The operator these credentials prove; raises Refused. Throttled per name and per
+        address; an unknown name is hashed like a known one, on the hasher's threads."""
+        if not same_origin(request):
+            raise Refused(403, "拒绝来自其他站点的登录请求")
+        login, password = await credentials(request, json_only=json_only)
+        policy = gw(request).config.login
+        hasher = request.app[HASHER]
+        hasher.configure(policy)
+        if hasher.pending >= policy.hash_threads + policy.hash_queue:
+            raise Refused(429, "登录请求过多，请稍后再试")
+        address = request.remote or ""
+        async with gw(request).pool.acquire(timeout=5.0) as conn:
+            lock = await operators.reserve_attempt(conn, policy, login, address)
+        if lock is not None:
+            whom = "该账号" if lock.kind == "operator" else "本机地址"
+            until = f"{lock.locked_until.astimezone():%H:%M}" if lock.locked_until else ""
+            raise Refused(
+                429, f"登录失败次数过多，{whom}已锁定至{until}；请稍后再试或联系值班负责人解锁"
+            )
+        found: operators.Operator | None = request.app[OPERATORS].get(login)
+        try:
+            ok = await hasher.check(found.password if found else None, password)
+        except operators.HashersBusy:
+            raise Refused(429, "登录请求过多，请稍后再试") from None
+        async with gw(request).pool.acquire(timeout=5.0) as conn:
+            await operators.settle_attempt(conn, policy, login, address, ok)
+        if found is None or not ok:
+            raise Refused(401, "账号或密码不正确")
+        return found
 
     async def overview(request: web.Request) -> dict[str, Any]:
         g = gw(request)
@@ -92,16 +192,52 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         await g.reload_plan(force=True)
         await g.announce_plan_change()
 
+    async def lockout_list(request: web.Request) -> list[dict[str, Any]]:
+        async with gw(request).pool.acquire(timeout=5.0) as conn:
+            found = await operators.lockouts(conn, gw(request).config.login)
+        return [lock.as_json() for lock in found]
+
+    async def unlock(
+        request: web.Request, session: operators.Session, values: dict[str, Any]
+    ) -> str:
+        """Clear one name's or address's lock as this operator; raises GatewayError."""
+        kind, key = str(values.get("kind", "")), str(values.get("key", ""))
+        reason = str(values.get("reason", "")).strip()
+        if not reason:
+            raise BadRequest("解除登录锁定必须填写原因")
+        async with gw(request).pool.acquire(timeout=5.0) as conn:
+            try:
+                await operators.clear_lockout(
+                    conn, kind, key, operator=session.login, reason=reason
+                )
+            except operators.NoSuchLockout:
+                raise NotFound("没有这条登录锁定记录") from None
+        return f"{'账号' if kind == 'operator' else '地址'} {key} 已解除锁定"
+
     # ------------------------------------------------------------------------------ the page
+
+    def flash(session: operators.Session, kind: str, text: str) -> web.HTTPSeeOther:
+        query = urlencode({kind: text, "sig": flash_signature(session, kind, text)})
+        return web.HTTPSeeOther("/console?" + query)
+
+    def shown(request: web.Request, session: operators.Session, kind: str) -> str:
+        text = request.query.get(kind, "")
+        sig = request.query.get("sig", "")
+        if text and hmac.compare_digest(
+            sig.encode(), flash_signature(session, kind, text).encode()
+        ):
+            return text
+        return ""  # not one this console wrote: not shown
 
     async def login_page(request: web.Request) -> web.Response:
         return web.Response(text=pages.login(), content_type="text/html")
 
     async def login_post(request: web.Request) -> web.StreamResponse:
-        found = await check_login(request)
-        if found is None:
+        try:
+            found = await check_login(request, json_only=False)
+        except Refused as exc:
             return web.Response(
-                text=pages.login("账号或密码不正确"), content_type="text/html", status=401
+                text=pages.login(exc.message), content_type="text/html", status=exc.status
             )
         async with gw(request).pool.acquire(timeout=5.0) as conn:
             session = await operators.open_session(conn, found)
@@ -116,12 +252,24 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         )
         return response
 
+    async def form_of(request: web.Request, session: operators.Session) -> dict[str, str]:
+        """A console form's fields, once it is known to come from the console's own page."""
+        if not same_origin(request):
+            raise web.HTTPForbidden(text="拒绝来自其他站点的请求")
+        try:
+            form = await request.post()
+        except (ValueError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(text="表单无法识别") from None
+        if not hmac.compare_digest(
+            str(form.get("csrf", "")).encode(), operators.csrf_token(session).encode()
+        ):
+            raise web.HTTPForbidden(text="表单已失效，请刷新页面后重试")
+        return {k: str(v) for k, v in form.items() if k != "csrf"}
+
     async def logout(request: web.Request) -> web.StreamResponse:
         session = await session_of(request)
         if session is not None:
-            form = await request.post()
-            if not hmac.compare_digest(str(form.get("csrf", "")), operators.csrf_token(session)):
-                raise web.HTTPForbidden(text="表单已失效，请刷新页面后重试")
+            await form_of(request, session)
             async with gw(request).pool.acquire(timeout=5.0) as conn:
                 await operators.close_session(conn, session.token)
         response = _see_other("/console/login")
@@ -141,8 +289,9 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
             login_name=session.login,
             role=session.role,
             csrf=operators.csrf_token(session),
-            message=request.query.get("msg", ""),
-            error=request.query.get("err", ""),
+            message=shown(request, session, "msg"),
+            error=shown(request, session, "err"),
+            lockouts=await lockout_list(request),
         )
         return web.Response(text=html, content_type="text/html")
 
@@ -153,26 +302,26 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
                 raise web.HTTPSeeOther("/console/login")
             if not session.may_change:
                 raise web.HTTPForbidden(text="只读账号不能修改应急预案")
-            form = await request.post()
-            if not hmac.compare_digest(str(form.get("csrf", "")), operators.csrf_token(session)):
-                raise web.HTTPForbidden(text="表单已失效，请刷新页面后重试")
-            values = {k: str(v) for k, v in form.items() if k != "csrf"}
+            values = await form_of(request, session)
             try:
+                if what == "unlock":
+                    raise flash(session, "msg", await unlock(request, session, values))
                 await change(request, session, what, values)
             except GatewayError as exc:
-                raise web.HTTPSeeOther("/console?" + urlencode({"err": exc.err_msg})) from None
+                raise flash(session, "err", exc.err_msg) from None
             done = "已生效" if what == "set" else "已恢复正常"
             target = f"{values.get('scope', '').strip()}/{values.get('class', '')}"
-            raise web.HTTPSeeOther("/console?" + urlencode({"msg": f"{target} {done}"}))
+            raise flash(session, "msg", f"{target} {done}")
 
         return handler
 
     # -------------------------------------------------------------------------------- the API
 
     async def api_login(request: web.Request) -> web.Response:
-        found = await check_login(request)
-        if found is None:
-            return web.json_response({"error": "账号或密码不正确"}, status=401)
+        try:
+            found = await check_login(request, json_only=True)
+        except Refused as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
         async with gw(request).pool.acquire(timeout=5.0) as conn:
             session = await operators.open_session(conn, found)
         return web.json_response(
@@ -189,11 +338,27 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         changes: bool,
     ) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            session = await session_of(request)
+            if changes and not same_origin(request):
+                return web.json_response({"error": "拒绝来自其他站点的请求"}, status=403)
+            session, from_cookie = await session_via(request)
             if session is None:
                 return web.json_response({"error": "请先登录"}, status=401)
-            if changes and not session.may_change:
-                return web.json_response({"error": "只读账号不能修改应急预案"}, status=403)
+            if changes:
+                # A browser sends the cookie with any cross-site POST, even a text/plain one; it
+                # cannot send JSON or a custom header there without asking first (CORS).
+                if request.content_type != "application/json":
+                    return web.json_response(
+                        {"error": "请求体须为JSON（Content-Type: application/json）"}, status=415
+                    )
+                if from_cookie and not hmac.compare_digest(
+                    request.headers.get(CSRF_HEADER, "").encode(),
+                    operators.csrf_token(session).encode(),
+                ):
+                    return web.json_response(
+                        {"error": f"缺少或错误的{CSRF_HEADER}请求头"}, status=403
+                    )
+                if not session.may_change:
+                    return web.json_response({"error": "只读账号不能修改应急预案"}, status=403)
             return await handler(request, session)
 
         return guarded
@@ -209,17 +374,30 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         async with gw(request).pool.acquire(timeout=5.0) as conn:
             return web.json_response(await audit.recent(conn, limit))
 
+    async def api_lockouts(request: web.Request, session: operators.Session) -> web.Response:
+        return web.json_response(await lockout_list(request))
+
+    async def json_body(request: web.Request) -> dict[str, Any]:
+        try:
+            doc = _decode_json(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            raise Refused(413, "请求过大") from None
+        if not isinstance(doc, dict):
+            raise Refused(400, "请求体应为JSON对象")
+        return doc
+
     def api_change(
         what: str,
     ) -> Callable[[web.Request, operators.Session], Awaitable[web.Response]]:
         async def handler(request: web.Request, session: operators.Session) -> web.Response:
             try:
-                doc = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                return web.json_response({"error": "请求体不是有效的JSON"}, status=400)
-            if not isinstance(doc, dict):
-                return web.json_response({"error": "请求体应为JSON对象"}, status=400)
+                doc = await json_body(request)
+            except Refused as exc:
+                return web.json_response({"error": exc.message}, status=exc.status)
             try:
+                if what == "unlock":
+                    await unlock(request, session, doc)
+                    return web.json_response(await lockout_list(request))
                 await change(request, session, what, {k: str(v) for k, v in doc.items()})
             except GatewayError as exc:
                 return web.json_response({"error": exc.err_msg}, status=400)
@@ -227,14 +405,26 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
 
         return handler
 
+    async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path.startswith(("/console", "/api/")):
+            response.headers.update(SECURITY_HEADERS)
+
+    async def stop_hasher(app: web.Application) -> None:
+        app[HASHER].close()
+
+    app.on_response_prepare.append(security_headers)
+    app.on_cleanup.append(stop_hasher)
     app.router.add_get("/console/login", login_page)
     app.router.add_post("/console/login", login_post)
     app.router.add_post("/console/logout", logout)
     app.router.add_get("/console", page)
     app.router.add_post("/console/rules/set", form_change("set"))
     app.router.add_post("/console/rules/clear", form_change("clear"))
+    app.router.add_post("/console/lockouts/clear", form_change("unlock"))
     app.router.add_post("/api/console/login", api_login)
     app.router.add_get("/api/plan", api(api_plan, changes=False))
     app.router.add_post("/api/plan/rules", api(api_change("set"), changes=True))
     app.router.add_post("/api/plan/rules/clear", api(api_change("clear"), changes=True))
     app.router.add_get("/api/audit", api(api_audit, changes=False))
+    app.router.add_get("/api/console/lockouts", api(api_lockouts, changes=False))
+    app.router.add_post("/api/console/lockouts/clear", api(api_change("unlock"), changes=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from html import escape
 from typing import Any
 
@@ -19,6 +21,9 @@ th { background: #eee; } .state { font-weight: bold; padding: 2px 8px; border-ra
 .flash { padding: 6px 10px; margin: 8px 0; } .ok { background: #e4f4e4; } .err { background: #f8dada; }
 form.inline { display: inline; } input[type=text] { width: 14em; } .who { float: right; }
 """
+
+# The Content-Security-Policy allows exactly this inline style and nothing else.
+STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 
 ACTION_NAMES = {
     "reject": "拒绝（按自费结算）",
@@ -65,6 +70,7 @@ def console(
     csrf: str,
     message: str = "",
     error: str = "",
+    lockouts: list[dict[str, Any]] | None = None,
 ) -> str:
     """The whole page: state, rules (with clear forms), windows, breakers, claims, audit."""
     may_change = role == "operator"
@@ -158,6 +164,31 @@ def console(
         f"应支付参保人 {fen_text(d['reimbursement_fen'])} 元。</p>"
         f'<p id="replay">补结算进度：{rp["done"]}/{rp["total"]}'
         f"{'（进行中）' if rp['running'] else ''}，失败 {rp['failed']} 笔。</p>"
+    )
+
+    parts.append("<h2>登录锁定</h2>")
+    lock_rows = []
+    for lock in lockouts or []:
+        clear = ""
+        if may_change:
+            clear = (
+                '<form class="inline unlock-form" method="post" action="/console/lockouts/clear">'
+                f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+                f'<input type="hidden" name="kind" value="{escape(lock["kind"])}">'
+                f'<input type="hidden" name="key" value="{escape(lock["key"])}">'
+                '<input type="text" name="reason" placeholder="解锁原因（必填）">'
+                ' <button type="submit">解除锁定</button></form>'
+            )
+        lock_rows.append(
+            f'<tr class="lockout"><td>{"账号" if lock["kind"] == "operator" else "地址"}</td>'
+            f"<td>{escape(lock['key'])}</td><td>{int(lock['failures'])}</td>"
+            f"<td>{escape(lock['locked_until'] or '未锁定')}</td><td>{clear}</td></tr>"
+        )
+    parts.append(
+        '<table id="lockouts"><thead><tr><th>类别</th><th>账号或地址</th><th>失败次数</th>'
+        "<th>锁定至</th><th></th></tr></thead><tbody>"
+        + ("".join(lock_rows) or '<tr><td colspan="5">无</td></tr>')
+        + "</tbody></table>"
     )
 
     parts.append("<h2>审计日志（最近）</h2>")
