@@ -101,8 +101,8 @@ class ReferenceData:
     # -------------------------------------------------------------- look-ups on a date
 
     def mapping(self, fixmedins_code: str, medins_code: str, on: dt.date) -> Mapping | None:
-        """The registered mapping valid on `on`; of overlapping rows the latest begndate wins,
-        then the latest upload ("a new row supersedes from its begndate", README 3301)."""
+        """The registered mapping valid on `on`: of the rows whose range contains the date the
+        latest upload wins ("a new row supersedes from its begndate", README 3301)."""
         rows = [
             m
             for m in self.mappings.get((fixmedins_code, medins_code), ())
@@ -110,7 +110,7 @@ class ReferenceData:
         ]
         if not rows:
             return None
-        return max(rows, key=lambda m: (m.begin, m.seq))
+        return max(rows, key=lambda m: m.seq)
 
     def item(self, national_code: str, on: dt.date) -> CatalogItem | None:
         for it in self.catalog.get(national_code, ()):

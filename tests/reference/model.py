@@ -159,12 +159,16 @@ class Settlement:
     lines: tuple[LineSplit, ...]
     effects: Effects
     admission_deductible: int | None  # inpatient: the admission's (fixed) deductible
+    # Which rules this settlement exercised (for the differential run's coverage figures).
+    features: frozenset[str] = frozenset()
 
     def negated(self, balc: int) -> Settlement:
         """The cancellation answer: the same fields negated, `balc` the balance after."""
         amounts = {k: -v for k, v in self.amounts.items()}
         amounts["balc"] = balc
-        funds = tuple(replace(f, amount=-f.amount) for f in self.funds)
+        # Ratios (pool_prop_selfpay) and the funds' remaining limits are not amounts: the
+        # cancellation repeats them as the settlement answered them.
+        funds = tuple(replace(f, amount=-f.amount, inscp=-f.inscp) for f in self.funds)
         return replace(self, amounts=amounts, funds=funds)
 
 
@@ -284,7 +288,12 @@ class Model:
         overlmt = sum(ln.overlmt for ln in lines)
         preself = sum(ln.preselfpay for ln in lines)
         inscp = sum(ln.inscp for ln in lines)
+        # §6 "all components ≥ 0 on a settlement": refund lines may not take a settlement's
+        # totals below zero (the gateway refuses such a batch rather than answer negatives).
+        if min(medfee, fulamt, overlmt, preself, inscp) < 0:
+            raise Rejected("退费明细金额超过本次结算的收费金额")
 
+        features: set[str] = set()
         # §4.1 deductible
         admission_deductible: int | None = None
         if category in ("outpatient", "chronic"):
@@ -302,6 +311,7 @@ class Model:
                 # mdtrt_id" (example 5).
                 if self._inpatient_in_force_elsewhere(person.psn_no, year, visit.mdtrt_id):
                     admission_deductible = ratio(admission_deductible, inpatient["repeat_dedc_bp"])
+                    features.add("repeat deductible")
             # "mid-way settlements ... of one admission share that admission's deductible"
             used = sum(
                 self.settlements[k].effects.deductible for k in (adm.in_force if adm else ())
@@ -332,6 +342,8 @@ class Model:
             hifp, within = raw, base
         else:
             cap_left = cap - acc.pool
+            if raw > cap_left:
+                features.add(f"{group} pool cap reached")
             if raw <= cap_left:
                 hifp, within = raw, base
             else:
@@ -345,7 +357,7 @@ class Model:
         if person.insutype == "310" and group == "inpatient":
             hifob = min(ratio(over_cap, side["ob_ratio_bp"]), side["ob_cap_fen"] - acc.large_amount)
         hifmi = 0
-        q = 0
+        q = gain = burden = 0
         if person.insutype == "390" and group == "inpatient":
             q = dedc + pool_co + over_cap
             q0 = acc.qualified_burden
@@ -377,6 +389,33 @@ class Model:
         )
         acct = min(psn_part, balance) if account_usable else 0
         acct = max(acct, 0)
+        if account_usable and 0 < balance < psn_part:
+            features.add("account runs dry")
+        if cross_region:
+            features.add("cross-region")
+        for name, value in (
+            ("large-amount fund", hifob),
+            ("critical illness", hifmi),
+            ("civil-servant subsidy", cvlserv),
+            ("medical assistance", maf),
+            ("over price cap", overlmt),
+        ):
+            if value:
+                features.add(name)
+        if (
+            person.insutype == "310"
+            and group == "inpatient"
+            and hifob < ratio(over_cap, side["ob_ratio_bp"])
+        ):
+            features.add("large-amount cap reached")
+        if quotient(gain, BP) > hifmi:
+            features.add("critical illness cap reached")
+        if person.maf_class and ratio(burden, assistance[f"{person.maf_class}_bp"]) > maf:
+            features.add("assistance cap reached")
+        if any(ln.amount < 0 for ln in lines):
+            features.add("refund lines")
+        if any(ln.memo for ln in lines):
+            features.add("unmapped lines")
         amounts = {
             "medfee_sumamt": medfee,
             "fulamt_ownpay_amt": fulamt,
@@ -440,7 +479,13 @@ class Model:
             account=acct,
         )
         return Settlement(
-            amounts, pool_bp, tuple(rows), tuple(lines), effects, admission_deductible
+            amounts,
+            pool_bp,
+            tuple(rows),
+            tuple(lines),
+            effects,
+            admission_deductible,
+            frozenset(features),
         )
 
     # ---------------------------------------------------------------- §7 apply, cancel
