@@ -9,7 +9,9 @@ healthy for `healthy_seconds`; with `recover = "manual"` it waits for a person i
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ class Breaker:
     _consecutive: int = 0
     _probes_ok: int = 0
     _healthy_since: float | None = None
+    probe_failed: bool = False  # the last probe found the dependency unreachable
     on_change: Callable[[Breaker], None] | None = None
 
     def _set(self, state: str, reason: str) -> None:
@@ -112,6 +115,7 @@ class Breaker:
         self._consecutive = 0
         self._probes_ok = 0
         self._healthy_since = None
+        self.probe_failed = False
 
     def _trip(self, reason: str) -> None:
         self._reset()
@@ -134,6 +138,7 @@ class Breaker:
         now = self.clock()
         if self.state == CLOSED:
             return
+        self.probe_failed = not ok
         if not ok:
             self._probes_ok = 0
             self._healthy_since = None
@@ -158,3 +163,71 @@ class Breaker:
     def close(self, reason: str) -> None:
         self._reset()
         self._set(CLOSED, reason)
+
+
+class LoopStalls:
+    """When the event loop stood still, measured by a ticker that should wake every `tick`.
+
+    Latency is measured around awaits; a request that waited on a blocked loop (a parse run on
+    it by mistake, a long C call) looks slow to its dependency. Breakers subtract the stall
+    (`stalled`), so that only the dependency's own slowness and failures count against it.
+    """
+
+    def __init__(self, tick: float = 0.02, keep_seconds: float = 120.0) -> None:
+        self.tick = tick
+        self.keep_seconds = keep_seconds
+        self.noticed = 2 * tick  # shorter gaps are scheduling jitter, not stalls
+        self._last = time.perf_counter()
+        self._stalls: deque[tuple[float, float]] = deque()
+        self._tickers = 0  # without a ticker nothing is known, and nothing is subtracted
+
+    async def run(self) -> None:
+        """The ticker; several may run on one loop (their stalls merge)."""
+        self._last = time.perf_counter()
+        self._tickers += 1
+        try:
+            while True:
+                await asyncio.sleep(self.tick)
+                now = time.perf_counter()
+                expected = self._last + self.tick
+                if now - expected > self.noticed:
+                    self._note(expected, now)
+                self._last = max(self._last, now)
+        finally:
+            self._tickers -= 1
+
+    def _note(self, start: float, end: float) -> None:
+        if self._stalls and start <= self._stalls[-1][1]:
+            s, e = self._stalls[-1]
+            self._stalls[-1] = (min(s, start), max(e, end))
+        else:
+            self._stalls.append((start, end))
+        while self._stalls and self._stalls[0][1] < end - self.keep_seconds:
+            self._stalls.popleft()
+
+    def stalled(self, since: float, now: float) -> float:
+        """Seconds of [since, now] the loop stood still, including a stall that is just ending
+        (the ticker has not run yet to record it)."""
+        total = 0.0
+        for s, e in reversed(self._stalls):
+            if e <= since:
+                break
+            total += max(0.0, min(e, now) - max(s, since))
+        ongoing = self._last + self.tick
+        if self._tickers and now - ongoing > self.noticed:
+            total += max(0.0, now - max(ongoing, since))
+        return total
+
+
+_STALLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopStalls] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_stalls() -> LoopStalls:
+    """The running loop's stall record (its ticker runs in gateway.emergency.watch_ledger)."""
+    loop = asyncio.get_running_loop()
+    stalls = _STALLS.get(loop)
+    if stalls is None:
+        stalls = _STALLS[loop] = LoopStalls()
+    return stalls

@@ -12,6 +12,7 @@ from gateway.core.dates import DateRules
 from gateway.edge import EdgeConfig
 from gateway.operators import LoginPolicy
 from gateway.ratelimit import Limits
+from gateway.reconcile import FileLimits
 
 _S = TypeVar("_S", EdgeConfig, LoginPolicy)
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
@@ -32,6 +33,11 @@ class GatewayConfig:
     legacy_url: str = ""  # route_legacy forwards envelopes here unchanged
     legacy_timeout_seconds: float = 10.0
     journal_dir: str = "var/journal"  # deferred claims while the ledger is down (fsynced)
+    # While the ledger's breaker is open, how long a retry's msgid look-up may take before the
+    # plan answers it from the local journal alone.
+    ledger_lookup_seconds: float = 0.3
+    # Bounds on reconciliation files (9101/3202): bytes, members, rows, parse time, parsers.
+    files: FileLimits = field(default_factory=FileLimits)
     plan_poll_seconds: float = 1.0
     # Group commit (gateway.group_commit): writer tasks per process and settlements per batch.
     group_writers: int = 4
@@ -117,6 +123,13 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
         doc.get("triggers", {}).get("institution", {}), defaults_cfg.institution_trigger
     )
     legacy = doc.get("legacy", {})
+    journal = doc.get("journal", {})
+    file_doc = doc.get("reconcile_files", {})
+    unknown = set(file_doc) - set(FileLimits.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown reconcile_files settings: {sorted(unknown)}")
+    base_files = FileLimits()
+    files = FileLimits(**{k: type(getattr(base_files, k))(v) for k, v in file_doc.items()})
     return GatewayConfig(
         limits=limits,
         idempotency_keep_days=max(keep, 7),
@@ -125,7 +138,11 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
         institution_trigger=trigger,
         legacy_url=str(legacy.get("url", "")),
         legacy_timeout_seconds=float(legacy.get("timeout_seconds", 10.0)),
-        journal_dir=str(doc.get("journal", {}).get("dir", defaults_cfg.journal_dir)),
+        journal_dir=str(journal.get("dir", defaults_cfg.journal_dir)),
+        ledger_lookup_seconds=float(
+            journal.get("ledger_lookup_seconds", defaults_cfg.ledger_lookup_seconds)
+        ),
+        files=files,
         plan_poll_seconds=float(doc.get("plan", {}).get("poll_seconds", 1.0)),
         group_writers=int(doc.get("group_commit", {}).get("writers", defaults_cfg.group_writers)),
         group_max_batch=int(

@@ -1,7 +1,9 @@
 """From a decoded envelope to the answer bytes: the transaction table, idempotency, errors.
 
 This is the one place a GatewayError becomes `infcode -1` + `err_msg`, and the one place the
-msgid journal is consulted, so every transaction behaves the same on retries and failures.
+msgid journal is consulted, so every transaction behaves the same on retries and failures: a
+retry of an answered request gets its stored answer before the emergency plan, a breaker, the
+legacy route or a deferral has any say.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from adapters.his.envelope import Request, decode_request, encode_response
+from gateway.breaker import loop_stalls
 from gateway.core.model import FundRow, Institution
 from gateway.errors import BadRequest, Busy, GatewayError, IdentityRejected, Unavailable
 from gateway.ledger import idempotency
+from gateway.plan.rules import Decision
 from gateway.runtime import Gateway
 
 if TYPE_CHECKING:
@@ -110,20 +114,50 @@ class Detour:
     content_type: str = "application/json"
 
 
-# The emergency plan's hook (gateway.emergency installs it): None means the normal path. It may
-# raise a GatewayError to refuse the request; nothing is written then.
-PlanHook = Callable[
-    [Gateway, Transaction, Request, Institution, bytes, dt.datetime], Awaitable[Detour | None]
-]
+@dataclass(frozen=True, slots=True)
+class PlanHook:
+    """The emergency plan as dispatch sees it (gateway.emergency installs it).
+
+    `decide` (no I/O) names the action that takes this request off the normal path, or None.
+    `apply` carries it out: a Detour, None for the normal path after all, or a GatewayError to
+    refuse (nothing written). They are two steps because a writing request the plan would detour
+    is first looked up in the msgid journals: a retry is answered as it was the first time,
+    whatever the plan says now (docs/emergency.md, "Retries come first").
+    """
+
+    decide: Callable[[Gateway, Transaction, Request, Institution, dt.datetime], Decision | None]
+    apply: Callable[
+        [Decision, Gateway, Transaction, Request, Institution, bytes, dt.datetime],
+        Awaitable[Detour | None],
+    ]
+
+
 PLAN_HOOK: list[PlanHook] = []
+# A timeout is counted against the ledger when the ledger had at least this share of the deadline
+# (the rest being time the loop stood still).
+LEDGER_SHARE_OF_A_TIMEOUT = 0.9
 # Outcomes of calls that reached the ledger, for the breakers: (gw, fixmedins_code, ok, timeout,
 # seconds). Installed by gateway.emergency too.
 OBSERVERS: list[Callable[[Gateway, str, bool, bool, float], None]] = []
 
 
 def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) -> None:
+    """Report a ledger call to the breakers, without the time the event loop stood still.
+
+    A request that waited behind a blocked loop (a bug, a runaway parse) looks slow, or times out,
+    through no fault of the ledger; counting that against it would put every institution into
+    degraded mode because of one. A timeout is the ledger's only if it would have happened
+    without the stall.
+    """
+    now = time.perf_counter()
+    seconds = now - started
+    stalled = loop_stalls().stalled(started, now)
+    if stalled > 0.0:
+        seconds = max(0.0, seconds - stalled)
+        if timeout and seconds < LEDGER_SHARE_OF_A_TIMEOUT * gw.config.call_deadline_seconds:
+            return
     for observer in OBSERVERS:
-        observer(gw, code, ok, timeout, time.perf_counter() - started)
+        observer(gw, code, ok, timeout, seconds)
 
 
 def failure(region: str, received: dt.datetime, exc: GatewayError) -> bytes:
@@ -173,10 +207,20 @@ async def handle(
         institution = gw.snapshot.institution(req.fixmedins_code)
         if institution is None:
             raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
+        # The limiter stays ahead of the journal look-up: its refusal says "retry the same msgid",
+        # which is true for a retry too, and a retry storm must not reach the ledger it protects.
         await gw.limiter.admit(req.fixmedins_code, terminal)
         mode = "normal"
         for hook in PLAN_HOOK:
-            detour = await hook(gw, tx, req, institution, body, received)
+            decision = hook.decide(gw, tx, req, institution, received)
+            if decision is None:
+                continue
+            if tx.writes:
+                earlier = await _earlier_answer(gw, req, idempotency.digest(body))
+                if earlier is not None:
+                    earlier.terminal = terminal
+                    return earlier
+            detour = await hook.apply(decision, gw, tx, req, institution, body, received)
             if detour is None:
                 continue
             if detour.answer is not None:
@@ -260,6 +304,43 @@ async def handle(
         return Outcome(
             _fail(gw, received, exc3), req.infno, "error", req.msgid, req.fixmedins_code, terminal
         )
+
+
+async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcome | None:
+    """The answer this msgid already got, looked up only when the plan is about to answer it
+    otherwise: the normal path claims a fresh msgid in one round trip and finds a retry then.
+
+    The local journal (claims deferred by this process while the ledger was away) first, then the
+    ledger's msgid journal. While the ledger's breaker is open the look-up gets a short budget and
+    is skipped when the last probe failed; unreachable, the local journal is all there is, so a
+    request the ledger acknowledged before the outage can be deferred a second time. The drain
+    then files that claim as failed instead of settling it twice (gateway.deferred.replay).
+    """
+    code, msgid = req.fixmedins_code, req.msgid
+    journal = gw.journal
+    held = journal.answered(code, msgid) if journal is not None else None
+    if held is not None:
+        stored = idempotency.Stored(*held)
+        return Outcome(
+            idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code
+        )
+    ledger = gw.breakers["postgres"]
+    if not ledger.is_open:
+        budget = gw.config.call_deadline_seconds
+        async with asyncio.timeout(budget), gw.pool.acquire(timeout=budget) as conn:
+            found = await idempotency.lookup(conn, code, msgid)
+    elif ledger.probe_failed:
+        return None
+    else:
+        budget = gw.config.ledger_lookup_seconds
+        try:
+            async with asyncio.timeout(budget), gw.pool.acquire(timeout=budget) as conn:
+                found = await idempotency.lookup(conn, code, msgid)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return None
+    if found is None:
+        return None
+    return Outcome(idempotency.replay(found, body_hash, msgid), req.infno, "replayed", msgid, code)
 
 
 async def _grouped(

@@ -7,8 +7,10 @@ turns the decision into an answer. Installing it (`install()`) hooks it into dis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -17,7 +19,7 @@ import asyncpg
 from adapters.his import deferral
 from adapters.his.envelope import Request, encode_response
 from gateway import dispatch, triggers
-from gateway.breaker import Breaker
+from gateway.breaker import Breaker, loop_stalls
 from gateway.core.model import Institution
 from gateway.deferred import PROVISIONAL_PREFIX, store
 from gateway.deferred.store import Entry
@@ -59,7 +61,19 @@ def decide(
     return gw.plan.decide(institution.fixmedins_code, institution.admdvs, tx.klass, now)
 
 
+def detours(
+    gw: Gateway, tx: Transaction, req: Request, institution: Institution, now: dt.datetime
+) -> Decision | None:
+    """The decision when it takes this request off the normal path (dispatch then answers a
+    retry from the msgid journals before `intercept` acts on it)."""
+    decision = decide(gw, tx, institution, now)
+    if decision is not None and decision.action == "selfpay" and req.infno != "2401":
+        return None  # selfpay changes nothing but admissions
+    return decision
+
+
 async def intercept(
+    decision: Decision,
     gw: Gateway,
     tx: Transaction,
     req: Request,
@@ -67,9 +81,6 @@ async def intercept(
     body: bytes,
     received: dt.datetime,
 ) -> Detour | None:
-    decision = decide(gw, tx, institution, received)
-    if decision is None:
-        return None
     ledger_down = decision.source == "breaker:postgres"
     if decision.action == "reject":
         raise RuleRejected(
@@ -190,20 +201,9 @@ async def _journal_append(gw: Gateway, e: Entry) -> None:
     await gw.journal.append(e)
 
 
-def _journal_replay(gw: Gateway, req: Request) -> Detour | None:
-    """A retry of a msgid the journal already answered gets the same answer."""
-    if gw.journal is None:
-        return None
-    answer = gw.journal.answers.get((req.fixmedins_code, req.msgid))
-    return None if answer is None else Detour(answer=answer, outcome="replayed")
-
-
 async def _journal_claim(
     gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
 ) -> Detour:
-    again = _journal_replay(gw, req)
-    if again is not None:
-        return again
     facts = deferral.read_claim(req)
     claim_id = deferral.new_claim_id(institution.admdvs, received)
     mdtrt_id = facts.mdtrt_id or claim_id
@@ -234,9 +234,6 @@ async def _journal_claim(
 async def _journal_call(
     gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
 ) -> Detour:
-    again = _journal_replay(gw, req)
-    if again is not None:
-        return again
     provisional = None
     if req.infno in deferral.OPENS_VISIT:
         provisional = deferral.new_provisional_id(institution.admdvs, received)
@@ -263,9 +260,6 @@ async def _journal_call(
 async def _journal_withdrawal(
     gw: Gateway, req: Request, body: bytes, received: dt.datetime
 ) -> Detour:
-    again = _journal_replay(gw, req)
-    if again is not None:
-        return again
     setl_id, _, psn_no = deferral.withdrawal_ref(req)
     journal = gw.journal
     held = journal.claims.get(setl_id) if journal is not None else None
@@ -329,7 +323,13 @@ async def _route_legacy(gw: Gateway, req: Request, body: bytes) -> Detour:
 
 
 def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
-    seconds = asyncio.get_running_loop().time() - started
+    now = asyncio.get_running_loop().time()
+    # The loop's clock is time.monotonic; stalls are kept in perf_counter: compare durations.
+    since = time.perf_counter() - (now - started)
+    stalled = loop_stalls().stalled(since, time.perf_counter())
+    seconds = max(0.0, now - started - stalled)
+    if timeout and stalled > 0.0 and seconds < breaker.config.latency_target_seconds:
+        return  # the old system was not given its time: the loop stood still
     if breaker.is_open:
         breaker.probe_result(ok)
         if breaker.ready_to_close():
@@ -376,7 +376,18 @@ async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
     """Probe the ledger while its breaker is open; drain the journal, then close.
 
     Also drains segments left by processes that died (their locks are gone), and exports the
-    number of claims waiting."""
+    number of claims waiting. The breakers discount time the loop stood still: the ticker that
+    measures it lives as long as this watcher."""
+    ticker = asyncio.create_task(loop_stalls().run())
+    try:
+        await _watch_ledger(gw, every)
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+
+
+async def _watch_ledger(gw: Gateway, every: float) -> None:
     from gateway.deferred import replay  # replay imports the handlers, which import this module
 
     breaker = gw.breakers["postgres"]
@@ -449,9 +460,12 @@ async def _probe(gw: Gateway) -> bool:
         return False
 
 
+PLAN = dispatch.PlanHook(detours, intercept)
+
+
 def install() -> None:
     """Hook the plan into dispatch (idempotent)."""
-    if intercept not in dispatch.PLAN_HOOK:
-        dispatch.PLAN_HOOK.append(intercept)
+    if PLAN not in dispatch.PLAN_HOOK:
+        dispatch.PLAN_HOOK.append(PLAN)
     if observe not in dispatch.OBSERVERS:
         dispatch.OBSERVERS.append(observe)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 import msgspec
 
 from adapters.his.envelope import Amount, Code, decode_input, text
@@ -151,15 +148,12 @@ async def upload_file(call: Call) -> Answer:
     if owner and owner != call.req.fixmedins_code:
         raise BadRequest("文件所属机构与报文机构编号不一致")
     encoded = required(node.in_, "fsUploadIn.in")
-    try:
-        content = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise BadRequest("文件内容in不是有效的Base64编码") from exc
-    if not content:
-        raise BadRequest("上传文件为空")
-    if len(content) > MAX_FILE_BYTES:
-        raise BadRequest("上传文件超过20MB")
-    reconcile.read_detail_file(content)  # a file that cannot be read is refused now, not at 3202
+    # Decoded and read through in a parser thread, bounded (gateway.reconcile.FileLimits): a file
+    # that cannot be read is refused now, not at 3202, and never at the event loop's expense.
+    limits = call.gw.config.files
+    content = await reconcile.off_loop(
+        limits, reconcile.read_upload, encoded, limits, MAX_FILE_BYTES
+    )
     file_no, deadline = await reconcile.store_file(
         call.conn,
         fixmedins_code=call.req.fixmedins_code,
@@ -187,7 +181,13 @@ async def statement_detail(call: Call) -> Answer:
     found = await reconcile.load_file(call.conn, call.req.fixmedins_code, file_no)
     if found is None:
         raise NotFound(f"文件查询号{file_no}不存在或不属于本机构，请先上传明细文件（9101）")
-    detail = reconcile.read_detail_file(found[1])
+    centre_rows = await reconcile.centre_rows(call.conn, p)
+    filename = f"{call.req.fixmedins_code}_{p.begndate:%Y%m%d}_{p.enddate:%Y%m%d}_result.zip"
+    # Files stored before uploads were bounded are read under the same bounds, off the loop.
+    limits = call.gw.config.files
+    rows, result = await reconcile.off_loop(
+        limits, reconcile.detail_result, found[1], centre_rows, filename, limits
+    )
     declared = reconcile.Totals(
         count=_count(d.fixmedins_setl_cnt, "data.fixmedins_setl_cnt"),
         medfee_sumamt=fen_required(d.medfee_sumamt, "data.medfee_sumamt", signed=True),
@@ -196,19 +196,17 @@ async def statement_detail(call: Call) -> Answer:
         cash_payamt=fen_required(d.cash_payamt, "data.cash_payamt", signed=True),
     )
     centre = await reconcile.centre_totals(call.conn, p)
-    rows = reconcile.compare_details(detail, await reconcile.centre_rows(call.conn, p))
     mismatched = [r for r in rows if r.stmt_rslt != reconcile.BALANCED]
     rslt, dscr = reconcile.compare_totals(declared, centre, with_cash=True)
     if rslt == reconcile.BALANCED and mismatched:
         rslt, dscr = reconcile.INCONSISTENT, f"总额一致但有{len(mismatched)}笔明细不一致"
     await _record(call, p, rslt, dscr, declared, centre)
-    filename = f"{call.req.fixmedins_code}_{p.begndate:%Y%m%d}_{p.enddate:%Y%m%d}_result.zip"
     result_no, deadline = await reconcile.store_file(
         call.conn,
         fixmedins_code=call.req.fixmedins_code,
         filename=filename,
         kind="result",
-        content=reconcile.result_file(rows, filename),
+        content=result,
         now=call.now,
     )
     return Answer(

@@ -93,6 +93,7 @@ class Journal:
         self._file: IO[bytes] | None = None
         self._path: Path | None = None
         self.answers: dict[tuple[str, str], bytes] = {}  # (institution, msgid) -> answer
+        self.digests: dict[tuple[str, str], bytes] = {}  # the body each answer was given to
         self.claims: dict[str, Entry] = {}  # claim_id -> entry, for withdrawals
         self.withdrawn: set[str] = set()
 
@@ -124,10 +125,17 @@ class Journal:
         async with self._lock:
             await asyncio.to_thread(self._write, record)
         self.answers[(e.fixmedins_code, e.msgid)] = e.answer
+        self.digests[(e.fixmedins_code, e.msgid)] = e.digest
         if e.kind == "claim" and e.claim_id:
             self.claims[e.claim_id] = e
         if e.kind == "withdrawal" and e.claim_id:
             self.withdrawn.add(e.claim_id)
+
+    def answered(self, fixmedins_code: str, msgid: str) -> tuple[bytes, bytes] | None:
+        """(body digest, answer) of a msgid this process answered from the journal."""
+        key = (fixmedins_code, msgid)
+        answer = self.answers.get(key)
+        return None if answer is None else (self.digests.get(key, b""), answer)
 
     @property
     def holds_anything(self) -> bool:
@@ -145,6 +153,7 @@ class Journal:
         """These are in the ledger now: retries find their answers in its msgid journal."""
         for e in entries:
             self.answers.pop((e.fixmedins_code, e.msgid), None)
+            self.digests.pop((e.fixmedins_code, e.msgid), None)
             if e.claim_id:
                 self.claims.pop(e.claim_id, None)
                 self.withdrawn.discard(e.claim_id)

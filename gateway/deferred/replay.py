@@ -76,16 +76,33 @@ async def _drain_one(conn: asyncpg.Connection, e: store.Entry) -> int:
     elif not await store.insert(conn, e, "journal"):
         return 0
     # The msgid journal gets the answer the counter was given: a retry replays it.
-    await conn.execute(
+    fresh = await conn.fetchval(
         "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
-        " VALUES ($1,$2,$3,$4,$5,0) ON CONFLICT DO NOTHING",
+        " VALUES ($1,$2,$3,$4,$5,0) ON CONFLICT DO NOTHING RETURNING true",
         e.fixmedins_code,
         e.msgid,
         infno,
         e.digest,
         e.answer,
     )
+    if not fresh and e.kind != "withdrawal":
+        # The ledger had answered this msgid before it became unreachable (a retry deferred
+        # while no look-up could reach it): replaying it would do it twice. The team settles
+        # the patient's cash against the original answer instead.
+        await conn.execute(
+            "UPDATE deferred SET status = 'failed', fail_reason = $3, replayed_at = now()"
+            " WHERE fixmedins_code = $1 AND msgid = $2",
+            e.fixmedins_code,
+            e.msgid,
+            DUPLICATE_REASON.format(msgid=e.msgid),
+        )
     return 1
+
+
+DUPLICATE_REASON = (
+    "报文ID{msgid}在数据库中断前已办结，本笔为重发报文被暂存，不再补结算；"
+    "请按原结算核对参保人已付现金并办理退还"
+)
 
 
 # ------------------------------------------------------------------------------ journaled calls
