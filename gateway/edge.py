@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import BadRequest
@@ -103,6 +104,9 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
                 raise _too_large(limit)
     except TimeoutError:
         raise BodyRefused("请求报文接收超时，请检查网络后使用相同报文ID重试") from None
+    except (ConnectionError, HttpProcessingError):
+        # The client hung up or broke the framing (a bad chunk, a short body): nothing to run.
+        raise BodyRefused("请求报文接收不完整，本次交易未处理") from None
     return b"".join(chunks)
 
 
