@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: demo fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
+.PHONY: demo differential fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -111,6 +111,12 @@ loadtest-degraded: install
 # Keeps var/ (the embedded database of `make run`) and .benchmarks/ (the saved baselines).
 fuzz: install
 	FUZZ_EXAMPLES=100000 $(BIN)/python -m pytest tests/fuzz -q --timeout 0
+
+# Random visits against a real gateway, every amount compared with the reference model
+# (tests/reference/); `make differential N=20000 SEED=7`. No SEED: one is drawn and printed.
+differential: N ?= 2000
+differential: install
+	DIFFERENTIAL_N=$(N) DIFFERENTIAL_SEED=$(SEED) $(BIN)/python -m pytest tests/reference/test_differential.py -q -s --timeout 0 -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build dist

@@ -13,6 +13,7 @@ import itertools
 import json
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -143,6 +144,20 @@ class Uploaded:
     refunded_fen: int = 0  # and their amount
 
 
+@dataclass
+class InForce:
+    """A settlement the gateway holds in force: how to cancel it, what a cancellation gives
+    back to the visit, and how the counter settles it again."""
+
+    cancel_infno: str
+    person: Person
+    code: str
+    mdtrt_id: str
+    pharmacy: bool
+    release: Callable[[], None]
+    resettle: Callable[[], Awaitable[None]] | None
+
+
 class Epoch:
     """One fresh gateway, one fresh model, `visits` random visits."""
 
@@ -160,6 +175,7 @@ class Epoch:
         self.notes: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self.features: Counter[str] = Counter()
+        self.in_force: dict[str, InForce] = {}
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ transport
@@ -407,6 +423,7 @@ class Epoch:
             (self.chronic, 7),
             (self.refused_visit, 2),
             (self.remap_visit, 1),
+            (self.late_cancel, 4),
         )
         for n in range(visits):
             self.trail = []
@@ -639,6 +656,15 @@ class Epoch:
         self.model.apply(setl_id, want)
         self.counts["settled"] += 1
         self.features.update(want.features)
+        self.in_force[setl_id] = InForce(
+            "2208",
+            person,
+            code,
+            visit.mdtrt_id,
+            False,
+            lambda: None,
+            lambda: self.settle_outpatient(person, code, visit, uploaded, bchno, fee_time),
+        )
         if rng.random() < 0.04:
             await self.correct(person, code, visit, uploaded, bchno, setl_id, fee_time)
         elif rng.random() < 0.12:
@@ -709,6 +735,9 @@ class Epoch:
         want = self.model.cancel(setl_id)
         self.compare_settlement(infno, out, want, pharmacy=pharmacy, cancel=True)
         self.counts["cancelled"] += 1
+        held = self.in_force.pop(setl_id, None)
+        if held is not None:
+            held.release()
         if self.rng.random() < 0.1:
             # "A settlement can be cancelled once."
             again = await self.call(
@@ -718,6 +747,26 @@ class Epoch:
                 person.region,
             )
             self.refused(again, infno + " a second time", "already cancelled")
+
+    async def late_cancel(self) -> None:
+        """Cancel a settlement made visits ago (later settlements of the person stay as they
+        are, §7) and, mostly, settle it again: the admission's deductible, the repeat-admission
+        rule and the caps then see a different year."""
+        if not self.in_force:
+            return
+        setl_id = self.rng.choice(sorted(self.in_force))
+        held = self.in_force[setl_id]
+        self.counts["visit:late cancel"] += 1
+        await self.cancel(
+            held.person,
+            held.code,
+            held.cancel_infno,
+            setl_id,
+            held.mdtrt_id,
+            pharmacy=held.pharmacy,
+        )
+        if held.resettle is not None and self.rng.random() < 0.7:
+            await held.resettle()
 
     # ------------------------------------------------------------------ pharmacy
 
@@ -775,6 +824,7 @@ class Epoch:
         self.model.apply(setl_id, want)
         self.counts["settled"] += 1
         self.features.update(want.features)
+        self.in_force[setl_id] = InForce("2103", person, code, mdtrt_id, True, lambda: None, None)
         if rng.random() < 0.1:
             await self.cancel(person, code, "2103", setl_id, mdtrt_id, pharmacy=True)
 
@@ -1079,12 +1129,24 @@ class Stay:
         e.counts["2304 mid-way" if mid else "2304 final"] += 1
         for u in pending:
             u.settled_by = setl_id
+
+        def release() -> None:
+            for u in pending:
+                u.settled_by = ""  # a cancelled settlement's lines are unsettled again
+
+        e.in_force[setl_id] = InForce(
+            "2305",
+            self.person,
+            self.code,
+            self.visit.mdtrt_id,
+            False,
+            release,
+            None if mid else (lambda: self.settle(mid=False)),
+        )
         if rng.random() < 0.12:
             await e.cancel(
                 self.person, self.code, "2305", setl_id, self.visit.mdtrt_id, pharmacy=False
             )
-            for u in pending:
-                u.settled_by = ""  # a cancelled settlement's lines are unsettled again
             if not mid:
                 if rng.random() < 0.5:
                     await self.settle(mid=False)

@@ -175,6 +175,7 @@ class Settlement:
 @dataclass
 class Admission:
     deductible: int | None = None  # fixed at the first settlement (§4.1)
+    forgotten: int | None = None  # the one fixed before all its settlements were cancelled
     in_force: set[str] = field(default_factory=set)
 
 
@@ -312,6 +313,8 @@ class Model:
                 if self._inpatient_in_force_elsewhere(person.psn_no, year, visit.mdtrt_id):
                     admission_deductible = ratio(admission_deductible, inpatient["repeat_dedc_bp"])
                     features.add("repeat deductible")
+            if adm is not None and adm.forgotten not in (None, admission_deductible):
+                features.add("admission deductible fixed anew, differently")
             # "mid-way settlements ... of one admission share that admission's deductible"
             used = sum(
                 self.settlements[k].effects.deductible for k in (adm.in_force if adm else ())
@@ -519,7 +522,7 @@ class Model:
             # "the admission's deductible is ... forgotten when all its settlements are
             # cancelled"
             if not adm.in_force:
-                adm.deductible = None
+                adm.forgotten, adm.deductible = adm.deductible, None
         self._add(e, -1)
         self.cancelled.add(key)
         return s.negated(self.balances[e.psn_no])
