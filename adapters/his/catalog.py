@@ -10,6 +10,8 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import msgspec
+
 from adapters.his.envelope import Amount, Code, decode_input, text
 from adapters.his.output import ratio
 from adapters.his.wire import Node, as_list, day, required
@@ -21,6 +23,9 @@ from gateway.money import micro_text
 
 MAX_ROWS = 1000
 MAX_PAGE = 1000
+# A 3301 row without enddate is in force until revoked or superseded (Guangzhou's client, IBORN
+# `RequestGzsiModel3301`, leaves it unset); the catalog marks open-ended rows with this date.
+OPEN_END = dt.date(2099, 12, 31)
 T = TypeVar("T")
 
 
@@ -56,6 +61,9 @@ class RevokeRow(Node):
 
 class In3302(Node):
     data: list[RevokeRow] | RevokeRow | None = None
+    # Hunan's client (fengzaiqishi11/hsa-his `InsureUnifiedPayRestBOImpl.UP_3302`) names the
+    # rows purcinfo and reads back sucessData.
+    purcinfo: list[RevokeRow] | RevokeRow | None = None
 
 
 class Query(Node):
@@ -96,7 +104,7 @@ async def upload(call: Call) -> Answer:
         if owner and owner != call.req.fixmedins_code:
             raise BadRequest(f"{at}：机构编号与报文机构编号不一致")
         begn = day(row.begndate, f"{at}begndate")
-        end = day(row.enddate, f"{at}enddate")
+        end = day(row.enddate, f"{at}enddate") if text(row.enddate) else OPEN_END
         if end < begn:
             raise BadRequest(f"{at}：结束日期早于开始日期")
         mappings.append(
@@ -118,9 +126,11 @@ async def upload(call: Call) -> Answer:
 
 @register("3302", "目录对照撤销", writes=True, klass="catalog")
 async def revoke(call: Call) -> Answer:
-    rows = as_list(decode_input(call.req, In3302).data)
+    node = decode_input(call.req, In3302)
+    rows = as_list(node.data) or as_list(node.purcinfo)
     if not rows:
         raise BadRequest("缺少输入节点data")
+    revoked = []
     for row in rows:
         owner = text(row.fixmedins_code)
         if owner and owner != call.req.fixmedins_code:
@@ -132,7 +142,15 @@ async def revoke(call: Call) -> Answer:
         )
         if not n:
             raise NotFound(f"本机构目录{item}与医保目录{codg}的有效对照不存在")
-    return Answer({}, catalog_changed=True)
+        revoked.append(
+            {
+                "fixmedins_code": call.req.fixmedins_code,
+                "fixmedins_hilist_id": item,
+                "list_type": text(row.list_type),
+                "med_list_codg": codg,
+            }
+        )
+    return Answer({"sucessData": revoked}, catalog_changed=True)
 
 
 def _page(q: Query) -> tuple[int, int]:
@@ -171,6 +189,12 @@ def _paged(q: Query, rows: Sequence[T], row_out: Callable[[T], dict[str, Any]]) 
             "data": [row_out(r) for r in chunk],
         }
     )
+
+
+def _day_time(on: dt.date) -> str:
+    """A row's date as the centres answer it (`2000-01-01 00:00:00` in Chongqing's captured 1316
+    row); Hunan's client parses it with yyyy-MM-dd HH:mm:ss and fails on a bare date."""
+    return f"{on.isoformat()} 00:00:00"
 
 
 def _valid_on(q: Query, begn: dt.date, end: dt.date) -> bool:
@@ -217,12 +241,14 @@ async def query_catalog(call: Call) -> Answer:
         lambda e: {
             "hilist_code": e.med_list_codg,
             "hilist_name": e.med_list_name,
+            # The national catalog applies in every region: the asking institution's is named.
+            "insu_admdvs": call.institution.admdvs,
             "list_type": e.list_type,
             "med_chrgitm_type": e.med_chrgitm_type,
             "chrgitm_lv": e.chrgitm_lv,
             "lmt_used_flag": e.lmt_used_flag,
-            "begndate": e.begndate.isoformat(),
-            "enddate": e.enddate.isoformat(),
+            "begndate": _day_time(e.begndate),
+            "enddate": _day_time(e.enddate),
             "vali_flag": "1",
         },
     )
@@ -252,10 +278,11 @@ async def query_mappings(call: Call) -> Answer:
             "fixmedins_code": m.fixmedins_code,
             "medins_list_codg": m.medins_list_codg,
             "medins_list_name": m.fixmedins_hilist_name,
+            "insu_admdvs": call.institution.admdvs,
             "list_type": m.list_type,
             "med_list_codg": m.med_list_codg,
-            "begndate": m.begndate.isoformat(),
-            "enddate": m.enddate.isoformat(),
+            "begndate": _day_time(m.begndate),
+            "enddate": _day_time(m.enddate),
             "vali_flag": "1",
         },
     )
@@ -277,9 +304,10 @@ async def query_caps(call: Call) -> Answer:
         lambda c: {
             "hilist_code": c.med_list_codg,
             "insu_admdvs": c.insu_admdvs,
-            "hilist_pric_uplmt_amt": micro_text(c.cap_micro),
-            "begndate": c.begndate.isoformat(),
-            "enddate": c.enddate.isoformat(),
+            # A JSON number: Dongguan's DLL reads a double, Hunan's client a BigDecimal.
+            "hilist_pric_uplmt_amt": msgspec.Raw(micro_text(c.cap_micro).encode()),
+            "begndate": _day_time(c.begndate),
+            "enddate": _day_time(c.enddate),
             "vali_flag": "1",
         },
     )
@@ -302,8 +330,8 @@ async def query_ratios(call: Call) -> Answer:
             "hilist_code": r.med_list_codg,
             "insu_admdvs": r.insu_admdvs,
             "selfpay_prop": ratio(r.selfpay_bp),
-            "begndate": r.begndate.isoformat(),
-            "enddate": r.enddate.isoformat(),
+            "begndate": _day_time(r.begndate),
+            "enddate": _day_time(r.enddate),
             "vali_flag": "1",
         },
     )

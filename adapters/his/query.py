@@ -31,4 +31,8 @@ async def settlement_info(call: Call) -> Answer:
     rec = found[0]
     info = setlinfo(rec)
     info["refd_setl_flag"] = "1" if rec.status == "cancelled" else "0"
+    # The 5203 table names the personal part and the cash psn_pay / cash_payamt (Dongguan's DLL
+    # reads both as doubles); the setlinfo names stay for clients that share one parser.
+    info["psn_pay"] = info["psn_part_amt"]
+    info["cash_payamt"] = info["psn_cash_pay"]
     return Answer({"setlinfo": info, "setldetail": setldetail(rec.funds)})

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from adapters.his import catalog, reconciliation, reversal, wire
+from adapters.his.envelope import REVISIONS
 from adapters.pos import pharmacy
 from gateway.dispatch import TRANSACTIONS
 
@@ -52,6 +53,10 @@ INPUT_TYPES: dict[str, type[Any]] = {
     "1319": catalog.In13xx,
     "5203": wire.In5203,
 }
+# Revision codes are dispatched as their base transaction; each gets the base's operation so a
+# client generated from this document can call them by the code its province uses.
+for _code, _base in REVISIONS.items():
+    INPUT_TYPES.setdefault(_code, INPUT_TYPES[_base])
 
 _ENVELOPE_FIELDS = (
     "msgid",
@@ -95,7 +100,8 @@ def openapi() -> dict[str, Any]:
     }
     paths: dict[str, Any] = {}
     for infno, kind in sorted(INPUT_TYPES.items()):
-        tx = TRANSACTIONS.get(infno)
+        base = REVISIONS.get(infno)
+        tx = TRANSACTIONS.get(base or infno)
         envelope = {
             "type": "object",
             "required": ["msgid", "fixmedins_code", "input"],
@@ -113,10 +119,19 @@ def openapi() -> dict[str, Any]:
                 },
             },
         }
+        revision = (
+            {}
+            if base is None
+            else {
+                "description": f"{infno}: revision code of {base}, accepted and answered as {base}",
+                "x-base-infno": base,
+            }
+        )
         paths[f"/hsa/hgs/{infno}"] = {
             "post": {
                 "operationId": f"tx{infno}",
                 "summary": f"{infno} {tx.name if tx else ''}".strip(),
+                **revision,
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": envelope}},

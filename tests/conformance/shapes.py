@@ -17,6 +17,12 @@ from typing import Any
 TEXT = "string"
 DEC = "decimal"
 DEC_NULL = "decimal?"
+# Java clients reading a fastjson/Jackson map: `(int)` casts need a JSON integer; a BigDecimal
+# field needs a number written with a decimal point (fastjson reads 520 as an Integer, which
+# the cast to BigDecimal refuses); dates parsed with yyyy-MM-dd HH:mm:ss need that text.
+INT = "int"
+BIGDEC = "BigDecimal"
+DATETIME = "yyyy-MM-dd HH:mm:ss"
 
 
 def number(text: str) -> Decimal:
@@ -48,6 +54,13 @@ class Shape:
     input_as_string: bool = False
     reads: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
     flows: frozenset[str] = frozenset()
+    path_per_infno: bool = False  # posts to /hsa/hgs/{infno} (Guangdong's x-tif gateway)
+    card_no: str = ""  # the person's social-security card number (1101 with certificate 03)
+    page: Callable[[int], Any] = int  # how 13xx page_num / page_size are written
+    page_size: int = 2
+    query_filters: Mapping[str, Any] = field(default_factory=dict)  # 13xx filters sent empty
+    upload_3301: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    revoke_3302: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
 
     def code(self, infno: str) -> str:
         return self.codes.get(infno, infno)

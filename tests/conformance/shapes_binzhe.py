@@ -44,5 +44,6 @@ SHAPE = Shape(
         },
         "2204": {"result[]": LINE_READS},
     },
-    flows=frozenset({"signin", "outpatient", "reversal", "query", "dayend"}),
+    card_no="QY0000000002",
+    flows=frozenset({"signin", "person", "outpatient", "reversal", "query", "dayend"}),
 )

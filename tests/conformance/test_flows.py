@@ -15,14 +15,43 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.conformance import shapes_binzhe, shapes_openhis, shapes_teahz, shapes_yibin
-from tests.conformance.shapes import DEC, DEC_NULL, SETLINFO_AMOUNTS, TEXT, Shape
+from tests.conformance import (
+    shapes_binzhe,
+    shapes_dongguan,
+    shapes_hos244,
+    shapes_hsahis,
+    shapes_iborn,
+    shapes_nhisweb,
+    shapes_openhis,
+    shapes_teahz,
+    shapes_yibin,
+)
+from tests.conformance.shapes import (
+    BIGDEC,
+    DATETIME,
+    DEC,
+    DEC_NULL,
+    INT,
+    SETLINFO_AMOUNTS,
+    TEXT,
+    Shape,
+)
 from tests.integration.conftest import Server
-from tests.integration.his_client import HisClient, decode
+from tests.integration.his_client import CALL_SERVICE, HisClient, decode
 
 pytestmark = pytest.mark.integration
 
-SHAPES = [shapes_openhis.SHAPE, shapes_teahz.SHAPE, shapes_binzhe.SHAPE, shapes_yibin.SHAPE]
+SHAPES = [
+    shapes_openhis.SHAPE,
+    shapes_teahz.SHAPE,
+    shapes_binzhe.SHAPE,
+    shapes_yibin.SHAPE,
+    shapes_dongguan.SHAPE,
+    shapes_hsahis.SHAPE,
+    shapes_nhisweb.SHAPE,
+    shapes_iborn.SHAPE,
+    shapes_hos244.SHAPE,
+]
 _encode = msgspec.json.Encoder(decimal_format="number").encode
 DAY = dt.date.today() - dt.timedelta(days=1)
 
@@ -48,13 +77,16 @@ class Client:
         self.his = HisClient(
             server.session, server.url, fixmedins_code or shape.hospital, shape.region
         )
+        self.last_msgid = ""
 
     async def call(self, infno: str, input_: Any) -> dict[str, Any]:
         env = self.his.envelope(self.shape.code(infno), input_)
         env.update(self.shape.envelope)
         if self.shape.input_as_string:
             env["input"] = _encode(input_).decode()
-        status, raw = await self.his.post_raw(_encode(env))
+        self.last_msgid = env["msgid"]
+        path = f"/hsa/hgs/{env['infno']}" if self.shape.path_per_infno else CALL_SERVICE
+        status, raw = await self.his.post_raw(_encode(env), path)
         assert status == 200, raw
         return decode(raw)
 
@@ -63,7 +95,10 @@ class Client:
         assert answer["infcode"] == 0, (self.shape.name, infno, answer["err_msg"])
         output = answer["output"]
         for node, fields in self.shape.reads.get(infno, {}).items():
-            rows = output[node[:-2]] if node.endswith("[]") else [output[node]]
+            if node == "":  # the output node itself (13xx paged answers)
+                rows = [output]
+            else:
+                rows = output[node[:-2]] if node.endswith("[]") else [output[node]]
             assert isinstance(rows, list) and rows, (infno, node)
             for row in rows:
                 for name, kind in fields.items():
@@ -83,7 +118,18 @@ def _parses(value: Any, kind: str, where: str) -> None:
     elif kind == DEC_NULL:
         assert value is None or number, (where, value)
     elif kind == TEXT:
-        assert value is None or isinstance(value, str) or number, (where, value)
+        # Newtonsoft reads any primitive (true -> "True") into a string property.
+        assert value is None or isinstance(value, (str, bool)) or number, (where, value)
+    elif kind == INT:
+        assert isinstance(value, int) and not isinstance(value, bool), (where, value)
+    elif kind == BIGDEC:
+        exponent = value.as_tuple().exponent if isinstance(value, Decimal) else 0
+        assert isinstance(exponent, int) and exponent < 0, (where, value)
+    elif kind == DATETIME:
+        assert isinstance(value, str), (where, value)
+        dt.datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
+    else:
+        raise AssertionError(f"unknown kind {kind} at {where}")
 
 
 def identities(info: dict[str, Any]) -> None:

@@ -108,7 +108,7 @@ async def test_catalog_queries_and_revoke(server: Server) -> None:
             }
         },
     )
-    assert cap["data"][0]["hilist_pric_uplmt_amt"] == "520.000000"
+    assert cap["data"][0]["hilist_pric_uplmt_amt"] == Decimal("520.000000")  # a JSON number
     ratio = await his.ok(
         "1319",
         {"data": {"hilist_code": CLASS_B, "insu_admdvs": "441800", "page_num": 1, "page_size": 5}},
