@@ -16,7 +16,6 @@ from typing import Any
 
 from tests.conformance.shapes import BIGDEC, DATETIME, INT, TEXT, Shape, string
 
-_PAGED = {"recordCounts": INT, "data[]": {}}
 _DATES = {"begndate": DATETIME, "enddate": DATETIME}
 
 
