@@ -8,6 +8,7 @@ mapping (which refused every line and corrected nothing).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from decimal import Decimal
 from typing import Any
@@ -21,6 +22,9 @@ from tests.integration.test_corrections import (
     _cli,
     _mapping,
 )
+from tests.reference.data import load
+from tests.reference.model import AMOUNT_FIELDS, FeeLine, Model, Settlement, Visit
+from tests.reference.money import yuan_to_fen
 
 PSN = "441800000000000001"  # employee, account 2000.00
 CONSULT = "001102000010000"  # the national code of ZL0001 (普通门诊诊察费)
@@ -72,11 +76,54 @@ async def _correct(server: Server, verb: str) -> tuple[int, str, str]:
     )
 
 
+def _model_lines(drug_code: str) -> list[FeeLine]:
+    return [
+        FeeLine(
+            feedetl_sn=ln["feedetl_sn"],
+            medins_list_codg=ln["medins_list_codg"],
+            pric=Decimal(ln["pric"]),
+            cnt=Decimal(ln["cnt"]),
+            amount_fen=yuan_to_fen(ln["det_item_fee_sumamt"]),
+            fee_date=dt.date(2026, 5, 10),
+            hosp_appr_flag="1",
+            med_list_codg=ln["med_list_codg"],
+        )
+        for ln in _lines(drug_code)
+    ]
+
+
+def _expected_by_the_reference_model() -> tuple[Settlement, Settlement]:
+    """The wrong settlement and its correction, as the independent model of the rules gives them.
+
+    The correction is the rules' own sequence: cancel exactly (§7), then settle the same lines
+    again through the corrected mapping against the accumulators of that moment.
+    """
+    model = Model(load())
+    year = (dt.date(2026, 1, 1), dt.date(2099, 12, 31))
+    visit = Visit("MZ-REMAP-1", PSN, HOSPITAL, dt.date(2026, 5, 10), "11")
+    model.map_item(HOSPITAL, DRUG, WRONG_CLASS_A, *year)
+    wrong = model.compute(
+        visit, "11", model.split_lines(HOSPITAL, _model_lines(WRONG_CLASS_A)), "1"
+    )
+    model.apply("old", wrong)
+    model.map_item(HOSPITAL, DRUG, CLASS_B, *year)
+    model.cancel("old")
+    # Re-resolved by the item code: the line now carries the corrected national code.
+    right = model.compute(visit, "11", model.split_lines(HOSPITAL, _model_lines(CLASS_B)), "1")
+    return wrong, right
+
+
+def _fen(setlinfo: dict[str, Any]) -> dict[str, int]:
+    return {k: yuan_to_fen(Decimal(str(setlinfo[k]))) for k in AMOUNT_FIELDS if k in setlinfo}
+
+
 async def test_correction_resettles_lines_sent_with_the_old_national_code(server: Server) -> None:
     his = server.client(HOSPITAL)
     await his.ok("3301", _mapping(WRONG_CLASS_A))
     mdtrt_id, wrong = await _settled_visit(server, "MZ-REMAP-1", WRONG_CLASS_A)
     assert Decimal(wrong["preselfpay_amt"]) == 0  # class A by mistake
+    model_wrong, model_right = _expected_by_the_reference_model()
+    assert _fen(wrong) == model_wrong.amounts
     await his.ok("3301", _mapping(CLASS_B))
 
     code, out, err = await _correct(server, "plan")
@@ -101,6 +148,8 @@ async def test_correction_resettles_lines_sent_with_the_old_national_code(server
     (applied,) = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert applied["new_setlinfo"] == item["new_setlinfo"]  # the plan was exactly what apply did
     new_setl_id = applied["new_setl_id"]
+    new = _fen(applied["new_setlinfo"])
+    assert new == model_right.amounts  # every amount, as the independent model gives it
 
     # The re-settled line records the corrected national code, in the fee line and the settlement.
     stored = await server.fetch(
