@@ -130,10 +130,17 @@ async def intercept(
 # ------------------------------------------------------------------------ deferral in the ledger
 
 
+def _check_dates(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> None:
+    """The date bounds a settlement would apply, applied before a request is deferred."""
+    for name, moment in deferral.service_times(req):
+        gw.config.dates.check(name, moment, admdvs=institution.admdvs, now=now)
+
+
 async def _defer_claim(call: Call) -> Answer:
     """A claim journaled in the ledger, inside the msgid transaction (so retries replay it)."""
     req = call.req
     facts = deferral.read_claim(req)
+    _check_dates(call.gw, req, call.institution, call.now)
     service_date = facts.service_date
     mdtrt_id = facts.mdtrt_id
     if facts.mdtrt_id and not facts.mdtrt_id.startswith(PROVISIONAL_PREFIX):
@@ -163,6 +170,7 @@ async def _defer_claim(call: Call) -> Answer:
 async def _defer_call(call: Call) -> Answer:
     """An encounter call stored to be applied at recovery; a new visit gets a provisional id."""
     req = call.req
+    _check_dates(call.gw, req, call.institution, call.now)
     provisional = None
     if req.infno in deferral.OPENS_VISIT:
         provisional = deferral.new_provisional_id(call.institution.admdvs, call.now)
@@ -205,6 +213,7 @@ async def _journal_claim(
     gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
 ) -> Detour:
     facts = deferral.read_claim(req)
+    _check_dates(gw, req, institution, received)
     claim_id = deferral.new_claim_id(institution.admdvs, received)
     mdtrt_id = facts.mdtrt_id or claim_id
     out = encode_response(
@@ -234,6 +243,7 @@ async def _journal_claim(
 async def _journal_call(
     gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
 ) -> Detour:
+    _check_dates(gw, req, institution, received)
     provisional = None
     if req.infno in deferral.OPENS_VISIT:
         provisional = deferral.new_provisional_id(institution.admdvs, received)

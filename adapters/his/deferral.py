@@ -17,7 +17,16 @@ import msgspec
 
 from adapters.his.envelope import Amount, Code, Request, decode_input, text
 from adapters.his.output import amount, ratio
-from adapters.his.wire import In2206, In2208, Node, fen, fen_required, required, when_required
+from adapters.his.wire import (
+    In2206,
+    In2208,
+    Node,
+    fen,
+    fen_required,
+    required,
+    when,
+    when_required,
+)
 from gateway.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX, store
 from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, Conflict, NotFound
@@ -217,6 +226,41 @@ def call_output(req: Request, provisional_id: str | None) -> dict[str, Any]:
     if req.infno in ("2204", "2301"):
         return {"result": []}
     return {}
+
+
+# Where each deferrable request carries its service dates: (node, list node or "", field, name).
+_DATED: dict[str, tuple[tuple[str, str, str, str], ...]] = {
+    "2201": (("data", "", "begntime", "挂号时间begntime"),),
+    "2401": (("mdtrtinfo", "", "begntime", "入院时间begntime"),),
+    "2102": (
+        ("druginfo", "", "begntime", "购药时间begntime"),
+        ("drugdetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),
+    ),
+    "2204": (("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
+    "2301": (("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
+}
+
+
+def service_times(req: Request) -> list[tuple[str, dt.datetime]]:
+    """The service dates a deferred request carries, named for the clerk.
+
+    A deferred request is answered before the ledger sees it, so its dates are judged when it
+    is taken: a visit dated next year acknowledged now would only fail at replay, after the
+    counter had sent the patient away.
+    """
+    doc = _decimal_json.decode(req.input or b"{}")
+    if not isinstance(doc, dict):
+        return []
+    out: list[tuple[str, dt.datetime]] = []
+    for node_name, many, field, name in _DATED.get(req.infno, ()):
+        node = doc.get(node_name)
+        rows = node if many and isinstance(node, list) else [node]
+        for row in rows:
+            if isinstance(row, dict):
+                moment = when(row.get(field), name, optional=True)
+                if moment is not None:
+                    out.append((name, moment))
+    return out
 
 
 def stored_request(req: Request) -> bytes:

@@ -1,0 +1,63 @@
+"""A request deferred under the emergency plan is held to the same date bounds as a settlement.
+
+A deferred request is answered before the ledger settles it: a sale or a visit dated next year
+acknowledged with a cash answer would only fail at replay, after the patient had left.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tests.integration.conftest import Server
+from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, clear_rule, set_rule, until
+
+HOSPITAL = "H44180000001"
+PHARMACY = "P44180000001"
+PSN = "441800000000000001"
+FUTURE = "2099-06-05 10:00:00"
+
+
+async def test_future_dated_requests_are_refused_not_deferred(server: Server) -> None:
+    his, pos = server.client(HOSPITAL), server.client(PHARMACY)
+    await set_rule(server.dsn, "region:441800", "settlement", "defer", "演练主动报")
+    await set_rule(server.dsn, "region:441800", "encounter", "defer", "演练主动报")
+    today = (dt.datetime.now() - dt.timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+
+        async def in_force() -> bool:
+            answer = await pos.call("2101", pos.drug_input(PSN, today, DRUG_TOTAL, DRUG_LINES))
+            return "应急预案" in (answer["warn_msg"] or "")
+
+        await until(in_force)
+        sale = await pos.call("2102", pos.drug_input(PSN, FUTURE, DRUG_TOTAL, DRUG_LINES))
+        assert sale["infcode"] == -1
+        assert "2099-06-05 10:00:00" in sale["err_msg"] and "未来日期" in sale["err_msg"]
+
+        visit = await his.call(
+            "2201",
+            {
+                "data": {
+                    "psn_no": PSN,
+                    "insutype": "310",
+                    "begntime": FUTURE,
+                    "mdtrt_cert_type": "02",
+                    "mdtrt_cert_no": "X",
+                    "ipt_otp_no": "MZ-DEFER-FUTURE",
+                    "atddr_no": "D001",
+                    "dr_name": "医生",
+                    "dept_code": "K01",
+                    "dept_name": "内科",
+                    "caty": "A03",
+                }
+            },
+        )
+        assert visit["infcode"] == -1 and "未来日期" in visit["err_msg"]
+        assert await server.fetchval("SELECT count(*) FROM deferred") == 0
+
+        # A sale dated now is still deferred: the rule is in force, only the date was refused.
+        ok = await pos.ok("2102", pos.drug_input(PSN, today, DRUG_TOTAL, DRUG_LINES))
+        assert ok["setlinfo"]["setl_id"].startswith("DF")
+        assert await server.fetchval("SELECT count(*) FROM deferred") == 1
+    finally:
+        await clear_rule(server.dsn, "region:441800", "settlement")
+        await clear_rule(server.dsn, "region:441800", "encounter")
