@@ -227,6 +227,33 @@ def settle(
     use_account: bool = True,
 ) -> Settlement:
     """The fund split of one settlement against the person's state (rules §3–6)."""
+    return _settle(snapshot, visit, state, lines, None, use_account)
+
+
+def settle_splits(
+    snapshot: Snapshot,
+    visit: Visit,
+    state: PersonState,
+    splits: Sequence[LineSplit],
+    *,
+    use_account: bool = True,
+) -> Settlement:
+    """The fund split over lines split already (rules §3–6 only).
+
+    The ledger checker replays stored settlements with it: a settlement keeps the per-line split
+    of the catalog of its day, which a later 3301 may have changed (only a correction re-splits).
+    """
+    return _settle(snapshot, visit, state, (), splits, use_account)
+
+
+def _settle(
+    snapshot: Snapshot,
+    visit: Visit,
+    state: PersonState,
+    lines: Sequence[FeeLine],
+    presplit: Sequence[LineSplit] | None,
+    use_account: bool,
+) -> Settlement:
     # Look-ups inlined (each `or` branch only runs to raise the refusal): this is the hot path.
     category = CATEGORY_OF.get(visit.med_type) or category_of(visit.med_type)
     inst = snapshot.institution(visit.fixmedins_code) or _institution(
@@ -246,12 +273,11 @@ def settle(
 
     # §1–2 lines and their sums
     code = inst.fixmedins_code
-    splits: list[LineSplit] = []
-    append = splits.append
+    splits = (
+        [split_line(snapshot, code, ln) for ln in lines] if presplit is None else list(presplit)
+    )
     medfee = fulamt = overlmt = pre = inscp = 0
-    for ln in lines:
-        sp = split_line(snapshot, code, ln)
-        append(sp)
+    for sp in splits:
         medfee += sp.det_item_fee_sumamt
         fulamt += sp.fulamt_ownpay_amt
         overlmt += sp.overlmt_amt

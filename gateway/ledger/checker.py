@@ -1,5 +1,6 @@
-"""The ledger's invariants, checked in SQL: what must hold after any run, faults included.
+"""The ledger's invariants: what must hold after any run, faults included.
 
+Sums checked in SQL:
 - every settlement's identities hold (also CHECK constraints, so this guards against their removal);
 - fund rows sum to fund_pay_sumamt + acct_pay;
 - each person's yearly accumulators equal the sum of the deltas of their settlements in force;
@@ -8,22 +9,323 @@
 - each admission's used deductible equals its settlements' act_pay_dedc in force;
 - every msgid answered with success for a settlement has exactly one settlement (bulk
   corrections' re-settlements keep the original's medins_setl_id and are not counted again).
+
+Those sums are consistent with any amounts at all: a 2601 that put back a cancelled settlement
+after another had taken the cap again left every sum balanced, and so did a settlement put back on
+lines re-uploaded at a lower amount. So two more invariants say the amounts are the rules':
+
+- **lines** (`line_problems`): a settlement in force carries exactly the fee lines in force it was
+  computed on (feedetl_sn, item code, price, quantity, amount), its stored per-line split adds up
+  to its totals, and no fee line points at a settlement not in force;
+- **replay** (`replay_problems`): for every person, the history of their settlements (each coming
+  into force, cancellation and reinstatement, in the order `settlement_event_seq` drew them, kept
+  in `settlement_events`) is walked from the opening state (no accumulators; the opening account
+  balance, given or else the balance plus the account payments in force) through a rules
+  function, and every settlement in force must hold exactly the amounts and fund rows the rules
+  give at its place in that history, and the final accumulators and balance those the rules end
+  with. A new settlement is computed against the replayed state; a cancellation subtracts what the
+  replay applied; a reinstatement adds it back unchanged (settlement-rules §7: later settlements
+  are not recomputed). Settlements are compared only while in force: one cancelled has returned
+  its money.
+
+Why the whole history and not the settlements in force in their order: a settlement cut short by
+a cap taken by one since cancelled keeps its amount (§7), and a 2601 reinstating a cancellation
+overwrites the settlement's sequence numbers, while a settlement made in the gap was computed
+without it. The settlements row keeps only the last of each; `settlement_events` keeps them all.
+
+Why the rules function is injectable (`Rules`): the walk is the invariant; what the rules give is
+a separate question. The default (`CoreRules`) is the gateway's own core (`gateway.core.settle`),
+which finds ledger corruption and undo paths that skipped a precondition; it cannot find a rule
+the core itself gets wrong. The tests inject an adapter over the independent reference model
+(`tests/reference/ledger_model.py`), so the same walk also holds the core to an implementation
+written without reading it.
+
+The replay takes each line's split as stored: a settlement keeps the catalog of its day, which
+a 3301 may have changed since (only a correction re-splits it); the per-line split itself is the
+differential tests' business. The person is read as now, but with the insutype and insured
+region the settlement recorded.
 """
 
 from __future__ import annotations
 
-import asyncpg
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
+import asyncpg
+import msgspec
+
+from gateway.core.catalog import Snapshot
+from gateway.core.model import (
+    Accumulators,
+    Category,
+    Institution,
+    LineSplit,
+    Person,
+    PersonState,
+    Visit,
+)
+from gateway.core.settle import apply, settle_splits
+from gateway.errors import GatewayError
 from gateway.ledger.persons import ACCUMULATOR_FIELDS
+from gateway.reference import parse_policies
 
 _SUMS = ", ".join(f"sum((delta->>'{f}')::bigint) AS {f}" for f in ACCUMULATOR_FIELDS)
 _MISMATCH = " OR ".join(f"coalesce(a.{f}, 0) <> coalesce(s.{f}, 0)" for f in ACCUMULATOR_FIELDS)
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "config" / "demo"
+# What a settlement answered and stored; balc is the balance after it, so the account chain too.
+AMOUNT_FIELDS = (
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_selfpay",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+    "act_pay_dedc",
+    "hifp_pay",
+    "cvlserv_pay",
+    "hifes_pay",
+    "hifmi_pay",
+    "hifob_pay",
+    "maf_pay",
+    "oth_pay",
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "acct_pay",
+    "psn_cash_pay",
+    "hosp_part_amt",
+    "balc",
+)
+# A corrupted ledger can differ everywhere at once: the first few findings per person say enough.
+MAX_PER_PERSON = 5
+
+
+# --------------------------------------------------------------------------- the rules function
+
+
+@dataclass(frozen=True)
+class PersonFacts:
+    """What the rules read of the person, as at the settlement (insutype and region recorded)."""
+
+    psn_no: str
+    insutype: str
+    insuplc_admdvs: str
+    psn_type: str
+    cvlserv_flag: str
+    maf_class: str
+    chronic_dise_codg: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SettlementFacts:
+    """A stored settlement's inputs: who, where, when, and its lines as split."""
+
+    setl_id: str
+    person: PersonFacts
+    mdtrt_id: str
+    fixmedins_code: str
+    med_type: str
+    category: str
+    service_date: dt.date
+    acct_used_flag: bool
+    dise_codg: str
+    lines: tuple[LineSplit, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the rules give: the setlinfo amounts (fen) and the fund rows by fund_pay_type."""
+
+    amounts: dict[str, int]
+    funds: dict[str, int]
+
+
+class Refused(Exception):
+    """The rules refuse the settlement outright."""
+
+
+class Rules(Protocol):
+    """The settlement rules over one person's state, which starts afresh at `open`."""
+
+    def open(self, psn_no: str, opening_balance: int) -> None: ...
+
+    def settle(self, s: SettlementFacts) -> Outcome:
+        """Compute against the current state and apply it (raise Refused when refused)."""
+        ...
+
+    def cancel(self, setl_id: str) -> None:
+        """Subtract exactly what `settle` applied."""
+        ...
+
+    def reinstate(self, setl_id: str) -> None:
+        """Add back exactly what `settle` applied."""
+        ...
+
+    def accumulators(self) -> dict[int, dict[str, int]]:
+        """Year -> the ledger's accumulator fields."""
+        ...
+
+    def balance(self) -> int: ...
+
+
+@dataclass
+class _Admission:
+    dedc_fen: int | None = None
+    used_fen: int = 0
+    in_force: set[str] = field(default_factory=set)
+
+
+class CoreRules:
+    """The gateway's own core (`settle_splits`), over state kept as the ledger keeps it."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.open("", 0)
+
+    def open(self, psn_no: str, opening_balance: int) -> None:
+        self._balance = opening_balance
+        self._years: dict[int, Accumulators] = {}
+        self._admissions: dict[str, _Admission] = {}
+        self._made: dict[str, tuple[SettlementFacts, Any]] = {}
+        self._in_force: set[str] = set()
+
+    def settle(self, s: SettlementFacts) -> Outcome:
+        p = s.person
+        person = Person(
+            psn_no=p.psn_no,
+            psn_name="",
+            psn_cert_type="",
+            certno="",
+            gend="",
+            brdy=dt.date(1900, 1, 1),
+            insuplc_admdvs=p.insuplc_admdvs,
+            insutype=p.insutype,
+            psn_type=p.psn_type,
+            psn_insu_stas="1",
+            cvlserv_flag=p.cvlserv_flag,
+            maf_class=p.maf_class,
+            chronic_dise_codg=p.chronic_dise_codg,
+        )
+        year = s.service_date.year
+        adm = self._admissions.get(s.mdtrt_id, _Admission())
+        inpatient = s.category == Category.INPATIENT.value
+        other = inpatient and any(
+            f.category == Category.INPATIENT.value
+            and f.service_date.year == year
+            and f.mdtrt_id != s.mdtrt_id
+            for f, _ in (self._made[k] for k in self._in_force)
+        )
+        state = PersonState(
+            person=person,
+            balance_fen=self._balance,
+            year=self._years.get(year, Accumulators()),
+            admission_dedc_fen=adm.dedc_fen if inpatient else None,
+            admission_dedc_used_fen=adm.used_fen if inpatient else 0,
+            other_inpatient_in_force=other,
+        )
+        visit = Visit(
+            fixmedins_code=s.fixmedins_code,
+            mdtrt_id=s.mdtrt_id,
+            med_type=s.med_type,
+            service_date=s.service_date,
+            acct_used_flag=s.acct_used_flag,
+            dise_codg=s.dise_codg,
+        )
+        try:
+            made = settle_splits(self.snapshot, visit, state, s.lines)
+        except GatewayError as exc:
+            raise Refused(exc.err_msg) from exc
+        self._made[s.setl_id] = (s, made)
+        self.reinstate(s.setl_id)
+        return Outcome(
+            amounts={f: int(getattr(made, f)) for f in AMOUNT_FIELDS},
+            funds={f.fund_pay_type: f.fund_payamt for f in made.funds},
+        )
+
+    def cancel(self, setl_id: str) -> None:
+        self._change(setl_id, -1)
+
+    def reinstate(self, setl_id: str) -> None:
+        self._change(setl_id, 1)
+
+    def _change(self, setl_id: str, sign: int) -> None:
+        facts, made = self._made[setl_id]
+        year = facts.service_date.year
+        self._years[year] = apply(self._years.get(year, Accumulators()), made.delta, sign)
+        self._balance -= sign * made.acct_pay
+        if sign > 0:
+            self._in_force.add(setl_id)
+        else:
+            self._in_force.discard(setl_id)
+        if facts.category != Category.INPATIENT.value:
+            return
+        adm = self._admissions.setdefault(facts.mdtrt_id, _Admission())
+        if sign > 0:
+            if adm.dedc_fen is None:
+                adm.dedc_fen = made.admission_dedc_fen
+            adm.used_fen += made.act_pay_dedc
+            adm.in_force.add(setl_id)
+        else:
+            adm.in_force.discard(setl_id)
+            adm.used_fen -= made.act_pay_dedc
+            if not adm.in_force:  # forgotten once none of its settlements is in force (§4)
+                adm.dedc_fen, adm.used_fen = None, 0
+
+    def accumulators(self) -> dict[int, dict[str, int]]:
+        return {y: {f: getattr(a, f) for f in ACCUMULATOR_FIELDS} for y, a in self._years.items()}
+
+    def balance(self) -> int:
+        return self._balance
+
+
+async def core_rules(
+    conn: asyncpg.Connection, reference_dir: Path = DEFAULT_REFERENCE
+) -> CoreRules:
+    """The core over the ledger's institutions and the reference directory's policies (the fund
+    split reads nothing else once the lines are split)."""
+    policies, default_bp = parse_policies(
+        (reference_dir / "policies.toml").read_text(encoding="utf-8")
+    )
+    institutions = [
+        Institution(**dict(r))
+        for r in await conn.fetch(
+            "SELECT fixmedins_code, fixmedins_name, fixmedins_type, hosp_lv, admdvs FROM institutions"
+        )
+    ]
+    snapshot = Snapshot.build(
+        version=0,
+        institutions=institutions,
+        catalog=(),
+        mappings=(),
+        ratios=(),
+        caps=(),
+        policies=policies,
+        class_b_default_bp=default_bp,
+    )
+    return CoreRules(snapshot)
+
+
+# --------------------------------------------------------------------------- the checks
 
 
 async def check(
-    conn: asyncpg.Connection, opening_balances: dict[str, int] | None = None
+    conn: asyncpg.Connection,
+    opening_balances: dict[str, int] | None = None,
+    *,
+    rules: Rules | None = None,
 ) -> list[str]:
     """Every violation found, in words; an empty list means the ledger balances."""
+    problems = await _sums(conn, opening_balances)
+    problems += await line_problems(conn)
+    problems += await replay_problems(
+        conn, rules or await core_rules(conn), opening_balances=opening_balances
+    )
+    return problems
+
+
+async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | None) -> list[str]:
     problems: list[str] = []
     for row in await conn.fetch(
         "SELECT setl_id FROM settlements WHERE"
@@ -93,3 +395,313 @@ async def check(
     ):
         problems.append(f"claim {row['claim_id']}: settled but its settlement is missing")
     return problems
+
+
+def _json(value: Any) -> Any:
+    """jsonb as decoded by the connection's codec, or as text without one."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+_SPLIT_FIELDS = frozenset(LineSplit.__struct_fields__)
+
+
+def _split_of(stored: dict[str, Any]) -> LineSplit:
+    return msgspec.convert({k: v for k, v in stored.items() if k in _SPLIT_FIELDS}, LineSplit)
+
+
+_LINE_TOTALS = (
+    ("det_item_fee_sumamt", "medfee_sumamt"),
+    ("fulamt_ownpay_amt", "fulamt_ownpay_amt"),
+    ("overlmt_amt", "overlmt_selfpay"),
+    ("preselfpay_amt", "preselfpay_amt"),
+    ("inscp_scp_amt", "inscp_scp_amt"),
+)
+
+
+async def line_problems(
+    conn: asyncpg.Connection, persons: Sequence[str] | None = None
+) -> list[str]:
+    """Each settlement in force holds exactly the lines in force it was computed on."""
+    problems: list[str] = []
+    where = "" if persons is None else " AND psn_no = ANY($1::text[])"
+    args: list[Any] = [] if persons is None else [list(persons)]
+    settled = await conn.fetch(
+        "SELECT setl_id, mdtrt_id, lines, medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay,"
+        f" preselfpay_amt, inscp_scp_amt FROM settlements WHERE status = 'settled'{where}",
+        *args,
+    )
+    in_force: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for row in await conn.fetch(
+        "SELECT l.setl_id, l.mdtrt_id, l.feedetl_sn, l.medins_list_codg, l.pric_micro, l.cnt,"
+        " l.amount_fen, s.status, s.mdtrt_id AS setl_mdtrt_id FROM fee_lines l"
+        " LEFT JOIN settlements s USING (setl_id) WHERE l.setl_id IS NOT NULL"
+        + ("" if persons is None else " AND l.psn_no = ANY($1::text[])"),
+        *args,
+    ):
+        if row["status"] != "settled" or row["setl_mdtrt_id"] != row["mdtrt_id"]:
+            problems.append(
+                f"fee line {row['mdtrt_id']}/{row['feedetl_sn']}: carries settlement"
+                f" {row['setl_id']}, which is not in force on that visit"
+            )
+            continue
+        in_force.setdefault(row["setl_id"], {})[row["feedetl_sn"]] = (
+            row["medins_list_codg"],
+            int(row["pric_micro"]),
+            int(row["cnt"]),
+            int(row["amount_fen"]),
+        )
+    for row in settled:
+        setl_id = row["setl_id"]
+        stored = [_split_of(ln) for ln in _json(row["lines"])]
+        computed_on = {
+            ln.feedetl_sn: (ln.medins_list_codg, ln.pric_micro, ln.cnt, ln.det_item_fee_sumamt)
+            for ln in stored
+        }
+        held = in_force.get(setl_id, {})
+        if computed_on != held or len(computed_on) != len(stored):
+            changed = sorted(
+                sn for sn in computed_on.keys() | held.keys() if computed_on.get(sn) != held.get(sn)
+            )
+            problems.append(
+                f"settlement {setl_id}: its lines in force are not those it was computed on"
+                f" (feedetl_sn {', '.join(changed) or 'repeated'})"
+            )
+        for ln in stored:
+            parts = ln.fulamt_ownpay_amt + ln.overlmt_amt + ln.preselfpay_amt + ln.inscp_scp_amt
+            if parts != ln.det_item_fee_sumamt:
+                problems.append(f"settlement {setl_id}: line {ln.feedetl_sn} does not add up")
+        for line_field, total in _LINE_TOTALS:
+            if sum(getattr(ln, line_field) for ln in stored) != row[total]:
+                problems.append(f"settlement {setl_id}: {total} is not the sum of its lines")
+    return problems
+
+
+@dataclass
+class Stored:
+    """A settlement as the ledger holds it: its inputs, standing, amounts and fund rows."""
+
+    facts: SettlementFacts
+    status: str
+    amounts: dict[str, int]
+    funds: dict[str, int] = field(default_factory=dict)
+
+
+async def replay_problems(
+    conn: asyncpg.Connection,
+    rules: Rules,
+    *,
+    persons: Sequence[str] | None = None,
+    opening_balances: dict[str, int] | None = None,
+) -> list[str]:
+    """Walk each person's history through `rules`; see the module's docstring."""
+    where = "" if persons is None else " WHERE s.psn_no = ANY($1::text[])"
+    args: list[Any] = [] if persons is None else [list(persons)]
+    rows = await conn.fetch(
+        "SELECT s.setl_id, s.psn_no, s.mdtrt_id, s.fixmedins_code, s.med_type, s.category,"
+        " s.service_date, s.insutype, s.clr_optins, s.acct_used_flag, s.status, s.lines,"
+        f" {', '.join('s.' + f for f in AMOUNT_FIELDS)}, e.dise_codg, p.psn_type, p.cvlserv_flag,"
+        " p.maf_class, p.chronic_dise_codg FROM settlements s JOIN encounters e USING (mdtrt_id)"
+        f" JOIN persons p ON p.psn_no = s.psn_no{where}",
+        *args,
+    )
+    if not rows:
+        return []
+    stored: dict[str, Stored] = {}
+    by_person: dict[str, list[str]] = {}
+    for r in rows:
+        chronic = r["chronic_dise_codg"]
+        if isinstance(chronic, str):
+            chronic = [c for c in chronic.split("|") if c]
+        person = PersonFacts(
+            psn_no=r["psn_no"],
+            insutype=r["insutype"],
+            insuplc_admdvs=r["clr_optins"],
+            psn_type=r["psn_type"],
+            cvlserv_flag=r["cvlserv_flag"],
+            maf_class=r["maf_class"] or "",
+            chronic_dise_codg=tuple(chronic or ()),
+        )
+        facts = SettlementFacts(
+            setl_id=r["setl_id"],
+            person=person,
+            mdtrt_id=r["mdtrt_id"],
+            fixmedins_code=r["fixmedins_code"],
+            med_type=r["med_type"],
+            category=r["category"],
+            service_date=r["service_date"],
+            acct_used_flag=bool(r["acct_used_flag"]),
+            dise_codg=r["dise_codg"],
+            lines=tuple(_split_of(ln) for ln in _json(r["lines"])),
+        )
+        stored[r["setl_id"]] = Stored(facts, r["status"], {f: int(r[f]) for f in AMOUNT_FIELDS})
+        by_person.setdefault(r["psn_no"], []).append(r["setl_id"])
+    ids = list(stored)
+    for f in await conn.fetch(
+        "SELECT setl_id, fund_pay_type, fund_payamt FROM settlement_funds"
+        " WHERE setl_id = ANY($1::text[])",
+        ids,
+    ):
+        stored[f["setl_id"]].funds[f["fund_pay_type"]] = int(f["fund_payamt"])
+    events: dict[str, list[tuple[float, str, str]]] = {}
+    seen: dict[str, set[str]] = {}
+    for e in await conn.fetch(
+        "SELECT seq, setl_id, kind FROM settlement_events WHERE setl_id = ANY($1::text[])"
+        " ORDER BY seq",
+        ids,
+    ):
+        psn_no = stored[e["setl_id"]].facts.person.psn_no
+        events.setdefault(psn_no, []).append((float(e["seq"]), e["setl_id"], e["kind"]))
+        seen.setdefault(e["setl_id"], set()).add(e["kind"])
+    accumulators: dict[str, dict[int, dict[str, int]]] = {}
+    for a in await conn.fetch(
+        f"SELECT psn_no, year, {', '.join(ACCUMULATOR_FIELDS)} FROM accumulators"
+        " WHERE psn_no = ANY($1::text[])",
+        list(by_person),
+    ):
+        accumulators.setdefault(a["psn_no"], {})[int(a["year"])] = {
+            f: int(a[f]) for f in ACCUMULATOR_FIELDS
+        }
+    balances = {
+        b["psn_no"]: int(b["balance_fen"])
+        for b in await conn.fetch(
+            "SELECT psn_no, balance_fen FROM accounts WHERE psn_no = ANY($1::text[])",
+            list(by_person),
+        )
+    }
+    problems: list[str] = []
+    for psn_no, setl_ids in sorted(by_person.items()):
+        history = events.get(psn_no, [])
+        # Settlements older than the event log: cancelled right after they came into force.
+        for setl_id in setl_ids:
+            kinds = seen.get(setl_id, set())
+            if "in_force" not in kinds:
+                problems.append(f"settlement {setl_id}: no record of coming into force")
+            elif stored[setl_id].status == "cancelled" and "cancelled" not in kinds:
+                last = max(s for s, i, k in history if i == setl_id)
+                history.append((last + 0.5, setl_id, "cancelled"))
+        history.sort()
+        paid = sum(stored[i].amounts["acct_pay"] for i in setl_ids if stored[i].status == "settled")
+        opening = (opening_balances or {}).get(psn_no, balances.get(psn_no, 0) + paid)
+        found = walk(
+            rules,
+            psn_no,
+            opening,
+            history,
+            {i: stored[i] for i in setl_ids},
+            accumulators.get(psn_no, {}),
+            balances.get(psn_no, 0),
+        )
+        problems += found[:MAX_PER_PERSON]
+    return problems
+
+
+def walk(
+    rules: Rules,
+    psn_no: str,
+    opening: int,
+    history: Iterable[tuple[float, str, str]],
+    stored: dict[str, Stored],
+    accumulators: dict[int, dict[str, int]],
+    balance: int,
+) -> list[str]:
+    """One person's history through `rules`, against what the ledger holds."""
+    problems: list[str] = []
+    rules.open(psn_no, opening)
+    given: dict[str, Outcome] = {}
+    refused: set[str] = set()
+    in_force: set[str] = set()
+    came_in: dict[str, float] = {}
+    cancelled_at: dict[str, float] = {}
+    for at, setl_id, kind in history:
+        if setl_id in refused:
+            continue
+        if kind == "cancelled":
+            if setl_id not in in_force:
+                problems.append(f"settlement {setl_id}: cancelled while not in force")
+                continue
+            rules.cancel(setl_id)
+            in_force.discard(setl_id)
+            cancelled_at[setl_id] = at
+        elif setl_id in in_force:
+            problems.append(f"settlement {setl_id}: came into force twice without a cancellation")
+        elif setl_id in given:
+            # Added back unchanged, which is right only if no settlement in force in its year's
+            # accumulator group was computed in its absence: the two would never have seen
+            # each other, and both pay against one cap (reliability.md, "Undo and dates").
+            later = _later_in_group(setl_id, cancelled_at[setl_id], in_force, came_in, stored)
+            if later is not None:
+                problems.append(
+                    f"settlement {setl_id}: reinstated after {later} came into force in its"
+                    " year's accumulator group"
+                )
+            rules.reinstate(setl_id)
+            in_force.add(setl_id)
+        else:
+            try:
+                given[setl_id] = rules.settle(stored[setl_id].facts)
+            except Refused as exc:
+                problems.append(f"settlement {setl_id}: the rules refuse it ({exc})")
+                refused.add(setl_id)
+                continue
+            in_force.add(setl_id)
+        if kind != "cancelled":
+            came_in[setl_id] = at
+        if rules.balance() < 0:
+            problems.append(f"person {psn_no}: balance below zero after settlement {setl_id}")
+    for setl_id in sorted(in_force | {i for i, s in stored.items() if s.status == "settled"}):
+        if setl_id in refused:
+            continue
+        s = stored[setl_id]
+        if (setl_id in in_force) != (s.status == "settled"):
+            problems.append(f"settlement {setl_id}: its history disagrees with its status")
+            continue
+        want = given[setl_id]
+        wrong = [f for f in AMOUNT_FIELDS if s.amounts[f] != want.amounts[f]]
+        if wrong:
+            problems.append(
+                f"settlement {setl_id}: "
+                + ", ".join(f"{f} {s.amounts[f]} (rules: {want.amounts[f]})" for f in wrong[:4])
+            )
+        elif s.funds != want.funds:
+            problems.append(f"settlement {setl_id}: fund rows {s.funds} (rules: {want.funds})")
+    zero = dict.fromkeys(ACCUMULATOR_FIELDS, 0)
+    replayed = rules.accumulators()
+    for year in sorted(accumulators.keys() | replayed.keys()):
+        have, want_acc = accumulators.get(year, zero), replayed.get(year, zero)
+        if have != want_acc:
+            wrong = [f for f in ACCUMULATOR_FIELDS if have[f] != want_acc[f]]
+            problems.append(
+                f"person {psn_no} {year}: accumulators "
+                + ", ".join(f"{f} {have[f]} (rules: {want_acc[f]})" for f in wrong)
+            )
+    if rules.balance() != balance:
+        problems.append(f"person {psn_no}: balance {balance} (rules: {rules.balance()})")
+    return problems
+
+
+_GROUP = {
+    Category.OUTPATIENT.value: "outpatient",
+    Category.INPATIENT.value: "inpatient",
+    Category.CHRONIC.value: "inpatient",
+    Category.PHARMACY.value: "pharmacy",
+}
+
+
+def _later_in_group(
+    setl_id: str,
+    since: float,
+    in_force: set[str],
+    came_in: dict[str, float],
+    stored: dict[str, Stored],
+) -> str | None:
+    """A settlement in force in the same year and accumulator group that came in after `since`."""
+    mine = stored[setl_id].facts
+    for other in sorted(in_force):
+        theirs = stored[other].facts
+        if (
+            came_in[other] > since
+            and theirs.service_date.year == mine.service_date.year
+            and _GROUP.get(theirs.category) == _GROUP.get(mine.category)
+        ):
+            return other
+    return None

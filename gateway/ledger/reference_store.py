@@ -20,6 +20,7 @@ _ALL_TABLES = (
     "correction_items",
     "reconciliations",
     "exchange_files",
+    "settlement_events",
     "settlement_funds",
     "settlements",
     "fee_lines",
