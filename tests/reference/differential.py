@@ -176,6 +176,7 @@ class Epoch:
         self.counts: Counter[str] = Counter()
         self.features: Counter[str] = Counter()
         self.in_force: dict[str, InForce] = {}
+        self.focus_year = self.rng.randint(EARLIEST.year, LATEST.year)
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ transport
@@ -303,6 +304,10 @@ class Epoch:
                 LATEST
             ]
             day = rng.choice(boundaries) + dt.timedelta(days=rng.randint(-12, 9))
+        elif rng.random() < 0.5:
+            # Half the visits share the epoch's year, so that a person's year fills up: caps,
+            # repeat admissions, accounts running dry.
+            day = dt.date(self.focus_year, 1, 1) + dt.timedelta(days=rng.randint(0, 364))
         else:
             day = EARLIEST + dt.timedelta(days=rng.randint(0, (LATEST - EARLIEST).days))
         return min(max(day, EARLIEST), LATEST)
@@ -624,7 +629,7 @@ class Epoch:
     ) -> None:
         rng = self.rng
         flag = self.acct_flag()
-        splits = [u.split for u in uploaded]
+        splits = self.model.split_lines(code, [u.line for u in uploaded])
         medfee = sum(s.amount for s in splits)
         extra = {"med_type": visit.med_type, "chrg_bchno": bchno}
         try:
@@ -754,7 +759,11 @@ class Epoch:
         rule and the caps then see a different year."""
         if not self.in_force:
             return
-        setl_id = self.rng.choice(sorted(self.in_force))
+        stays = sorted(k for k, v in self.in_force.items() if v.cancel_infno == "2305")
+        if stays and self.rng.random() < 0.6:
+            setl_id = self.rng.choice(stays)
+        else:
+            setl_id = self.rng.choice(sorted(self.in_force))
         held = self.in_force[setl_id]
         self.counts["visit:late cancel"] += 1
         await self.cancel(
@@ -1045,10 +1054,13 @@ class Stay:
         day = at.date()
         fee_time = f"{at:%Y-%m-%d %H:%M:%S}"
         lines = [e.fee_line(self.code, day, huge=huge and i == 0) for i in range(rng.randint(1, 6))]
-        # Refund lines: negative cnt, citing a line not yet settled, never more than it had.
-        for u in self.unsettled():
+        # Refund lines: negative cnt citing an earlier line of the stay (settled mid-way or not),
+        # never more than it had.
+        for u in list(self.lines):
             left = u.line.cnt - u.refunded
-            if u.line.amount_fen > 0 and left > 0 and rng.random() < 0.15:
+            chance = 0.08 if u.settled_by else 0.15
+            if u.line.amount_fen > 0 and left > 0 and rng.random() < chance:
+                e.counts["refund of a settled line" if u.settled_by else "refund line"] += 1
                 cnt = -min(left, Decimal(rng.choice(("1", "0.5", str(left)))))
                 # Refunding what is left returns exactly what is left (the HIS may have
                 # rounded the original by a fen); a refund never exceeds its original.
@@ -1067,6 +1079,21 @@ class Stay:
                         init_feedetl_sn=u.line.feedetl_sn,
                     )
                 )
+        # §6 "all components ≥ 0 on a settlement": refunds that would take the next
+        # settlement below zero (a refund of a line settled mid-way, or one whose fee date
+        # maps the item differently) stay out of this upload.
+        pending = e.model.split_lines(self.code, [u.line for u in self.unsettled()] + lines)
+        if (
+            min(
+                sum(x.amount for x in pending),
+                sum(x.fulamt for x in pending),
+                sum(x.overlmt for x in pending),
+                sum(x.preselfpay for x in pending),
+                sum(x.inscp for x in pending),
+            )
+            < 0
+        ):
+            lines = [ln for ln in lines if not ln.init_feedetl_sn]
         rows = [e.fee_row(ln, self.visit.mdtrt_id, self.person.psn_no, fee_time) for ln in lines]
         for r in rows:
             r["med_type"] = self.med_type  # 2301 feedetail carries med_type (protocol §2.4)
@@ -1099,7 +1126,7 @@ class Stay:
         e = self.e
         rng = e.rng
         pending = self.unsettled()
-        splits = [u.split for u in pending]
+        splits = e.model.split_lines(self.code, [u.line for u in pending])
         flag = e.acct_flag()
         medfee = sum(s.amount for s in splits)
         data = Epoch.settle_data(

@@ -239,6 +239,10 @@ class Model:
         return LineSplit(line.feedetl_sn, s, item.level, bp, 0, overlmt, pre, base - pre, item.code)
 
     def split_lines(self, fixmedins_code: str, lines: list[FeeLine]) -> list[LineSplit]:
+        """The lines resolved against the reference data as it is now. A settlement resolves
+        its lines again when it computes (§7 "Settlement ... computes"; §1 "mapping rows (3301
+        uploads ...) valid on the fee date"): a 3301 row uploaded after the lines, valid on
+        their fee date, applies to them, and a re-settlement after a cancellation sees it."""
         return [self.split_line(fixmedins_code, ln) for ln in lines]
 
     # ---------------------------------------------------------------- §3-6 a settlement
