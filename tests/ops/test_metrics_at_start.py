@@ -15,7 +15,8 @@ import inspect
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import demo_client
-from tests.integration.conftest import running_gateway
 from tests.ops.test_dashboard import dashboard_exprs, metric_names, rule_exprs, rule_files
 
 pytestmark = pytest.mark.integration
@@ -99,18 +99,6 @@ def _zero_series(found: dict[str, list[tuple[dict[str, str], float]]]) -> None:
     assert {"2102", "2207", "2304", "1101"} <= latency
 
 
-async def test_a_fresh_single_process_gateway_exports_every_selected_name(
-    new_database: Callable[..., Any],
-) -> None:
-    async with (
-        running_gateway(new_database) as srv,
-        srv.session.get(srv.url + "/metrics") as resp,
-    ):
-        text = await resp.text()
-    assert missing(text) == []
-    _zero_series(samples(text))
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,9 +116,11 @@ async def _scrapes(url: str, n: int) -> list[str]:
     return texts
 
 
-async def test_two_workers_export_every_selected_name_before_and_after_settlements(
-    new_database: Callable[..., Any], tmp_path: Path
-) -> None:
+@asynccontextmanager
+async def _serving(
+    new_database: Callable[..., Any], tmp_path: Path, *, workers: int
+) -> AsyncIterator[str]:
+    """`python -m gateway serve` in a fresh process (or processes), ready; yields its URL."""
     made = new_database("metrics")
     dsn = await made if inspect.isawaitable(made) else made
     port = _free_port()
@@ -147,7 +137,7 @@ async def test_two_workers_export_every_selected_name_before_and_after_settlemen
         "--port",
         str(port),
         "--workers",
-        "2",
+        str(workers),
         "--database-url",
         str(dsn),
         cwd=tmp_path,
@@ -166,28 +156,37 @@ async def test_two_workers_export_every_selected_name_before_and_after_settlemen
                     pass
                 assert proc.returncode is None, "the gateway exited"
                 await asyncio.sleep(0.1)
-            # Both workers load and prime independently; give the second its start-up too.
+        if workers > 1:
+            # Each worker loads and primes independently; give the others their start-up too.
             await asyncio.sleep(1.0)
-            for text in await _scrapes(url, 6):
-                assert missing(text) == []
-                _zero_series(samples(text))
-
-            pos = demo_client.DemoClient(session, url, demo_client.PHARMACY)
-            for _ in range(3):
-                await demo_client.pharmacy(pos, lambda _: None)
-            for text in await _scrapes(url, 6):
-                assert missing(text) == []
-                found = samples(text)
-                _zero_series(found)
-                ok = {
-                    labels["infno"]: value
-                    for labels, value in found["sgw_requests_total"]
-                    if labels["outcome"] == "ok"
-                }
-                # Whichever worker answers, the counts are the whole gateway's.
-                assert ok["2102"] == ok["2103"] == 3
-                assert ok["2207"] == 0
+        yield url
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
     assert not (tmp_path / "var" / f"prometheus-{proc.pid}").exists()
+
+
+async def test_two_workers_export_every_selected_name_before_and_after_settlements(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    async with _serving(new_database, tmp_path, workers=2) as url:
+        for text in await _scrapes(url, 6):
+            assert missing(text) == []
+            _zero_series(samples(text))
+
+        async with aiohttp.ClientSession() as session:
+            pos = demo_client.DemoClient(session, url, demo_client.PHARMACY)
+            for _ in range(3):
+                await demo_client.pharmacy(pos, lambda _: None)
+        for text in await _scrapes(url, 6):
+            assert missing(text) == []
+            found = samples(text)
+            _zero_series(found)
+            ok = {
+                labels["infno"]: value
+                for labels, value in found["sgw_requests_total"]
+                if labels["outcome"] == "ok"
+            }
+            # Whichever worker answers, the counts are the whole gateway's.
+            assert ok["2102"] == ok["2103"] == 3
+            assert ok["2207"] == 0
