@@ -438,6 +438,10 @@ class Epoch:
             except Disagreement as d:
                 d.trail = self.trail
                 return n + 1, d
+            except Rejected as why:
+                # The model refused what the run itself drew: reported like a disagreement,
+                # with the requests that led to it.
+                return n + 1, Disagreement(f"the model refused: {why}", [], self.trail)
         try:
             self.trail = []
             await self.check_balances()
@@ -629,7 +633,7 @@ class Epoch:
     ) -> None:
         rng = self.rng
         flag = self.acct_flag()
-        splits = self.model.split_lines(code, [u.line for u in uploaded])
+        splits = self.model.split_lines(code, [u.line for u in uploaded], upload=False)
         medfee = sum(s.amount for s in splits)
         extra = {"med_type": visit.med_type, "chrg_bchno": bchno}
         try:
@@ -1082,7 +1086,9 @@ class Stay:
         # §6 "all components ≥ 0 on a settlement": refunds that would take the next
         # settlement below zero (a refund of a line settled mid-way, or one whose fee date
         # maps the item differently) stay out of this upload.
-        pending = e.model.split_lines(self.code, [u.line for u in self.unsettled()] + lines)
+        pending = e.model.split_lines(
+            self.code, [u.line for u in self.unsettled()] + lines, upload=False
+        )
         if (
             min(
                 sum(x.amount for x in pending),
@@ -1126,7 +1132,7 @@ class Stay:
         e = self.e
         rng = e.rng
         pending = self.unsettled()
-        splits = e.model.split_lines(self.code, [u.line for u in pending])
+        splits = e.model.split_lines(self.code, [u.line for u in pending], upload=False)
         flag = e.acct_flag()
         medfee = sum(s.amount for s in splits)
         data = Epoch.settle_data(

@@ -203,14 +203,21 @@ class Model:
 
     # ---------------------------------------------------------------- §1-2 one line
 
-    def split_line(self, fixmedins_code: str, line: FeeLine) -> LineSplit:
+    def split_line(self, fixmedins_code: str, line: FeeLine, *, upload: bool = True) -> LineSplit:
         inst = self.data.institutions[fixmedins_code]
         s = line.amount_fen
         # §1.1 "Check |round(pric × cnt) − S| ≤ 1 fen; otherwise the line is rejected"
         if abs(line_total_fen(line.pric, line.cnt) - s) > 1:
             raise Rejected(f"明细{line.feedetl_sn}金额与单价数量不符")
         mapping = self.data.mapping(fixmedins_code, line.medins_list_codg, line.fee_date)
-        if line.med_list_codg and mapping and line.med_list_codg != mapping.national_code:
+        # "If the request also sends med_list_codg and it differs from the registered mapping,
+        # reject the line": a check of the uploading request; a settlement carries no lines.
+        if (
+            upload
+            and line.med_list_codg
+            and mapping
+            and line.med_list_codg != mapping.national_code
+        ):
             raise Rejected(f"明细{line.feedetl_sn}目录对照不一致")
         item = self.data.item(mapping.national_code, line.fee_date) if mapping else None
         if mapping is None or item is None:
@@ -238,12 +245,14 @@ class Model:
         pre = ratio(base, bp)
         return LineSplit(line.feedetl_sn, s, item.level, bp, 0, overlmt, pre, base - pre, item.code)
 
-    def split_lines(self, fixmedins_code: str, lines: list[FeeLine]) -> list[LineSplit]:
+    def split_lines(
+        self, fixmedins_code: str, lines: list[FeeLine], *, upload: bool = True
+    ) -> list[LineSplit]:
         """The lines resolved against the reference data as it is now. A settlement resolves
         its lines again when it computes (§7 "Settlement ... computes"; §1 "mapping rows (3301
         uploads ...) valid on the fee date"): a 3301 row uploaded after the lines, valid on
         their fee date, applies to them, and a re-settlement after a cancellation sees it."""
-        return [self.split_line(fixmedins_code, ln) for ln in lines]
+        return [self.split_line(fixmedins_code, ln, upload=upload) for ln in lines]
 
     # ---------------------------------------------------------------- §3-6 a settlement
 

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.integration
 
 N = int(os.environ.get("DIFFERENTIAL_N", "150"))
 EPOCH_VISITS = int(os.environ.get("DIFFERENTIAL_EPOCH", "150"))
+# An epoch replays alone: DIFFERENTIAL_FIRST_EPOCH=37 DIFFERENTIAL_N=150 runs just epoch 37.
+FIRST_EPOCH = int(os.environ.get("DIFFERENTIAL_FIRST_EPOCH", "0"))
 SEED = int(os.environ.get("DIFFERENTIAL_SEED") or random.SystemRandom().randrange(1, 10**9))
 # Disagreements the lead engineer has been told about (DISAGREEMENTS.md), by category; a run
 # whose every disagreement is one of these is an expected failure, anything else fails.
@@ -77,7 +79,8 @@ async def test_differential(pg_server_url: str) -> None:
     counts: Counter[str] = Counter()
     notes: Counter[str] = Counter()
     features: Counter[str] = Counter()
-    done = epoch = 0
+    done = 0
+    epoch = FIRST_EPOCH
     started = time.monotonic()
     try:
         while done < N:
@@ -108,7 +111,8 @@ async def test_differential(pg_server_url: str) -> None:
             lg.setLevel(level)
     elapsed = time.monotonic() - started
     summary = [
-        f"DIFFERENTIAL_SEED={SEED}: {done} visits in {epoch} epochs, {elapsed:.0f} s; "
+        f"DIFFERENTIAL_SEED={SEED}: {done} visits in {epoch - FIRST_EPOCH} epochs, "
+        f"{elapsed:.0f} s; "
         f"{sum(categories.values())} disagreeing epochs",
         "  " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
     ]
