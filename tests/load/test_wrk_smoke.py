@@ -1,0 +1,109 @@
+"""The wrk scripts of the honest harness (benchmarks/wrk/), each for about two seconds against a
+real gateway with signed requests: every answer infcode 0, whole visit chains, the 2206 visits
+opened by wrk itself, paced (open-loop) load held to its rate, the pure-Lua SHA-256 accepted by
+the gateway as well as libcrypto's, and one settlement row per settled msgid (msgids unique)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import running_gateway
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        shutil.which("wrk") is None,
+        reason="wrk is not installed (Debian package wrk; `make system-deps` installs it)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "benchmarks" / "wrk"
+SECONDS = 2
+PERSONS = 300
+PACED_RATE = 20  # requests/s: far below what 8 unpaced connections get from this gateway
+
+
+async def wrk(
+    url: str,
+    script: str,
+    threads: int,
+    connections: int,
+    *options: str,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{SECONDS}s", "--timeout", "10s",
+        "-s", str(SCRIPTS / script), url, "--", f"persons={PERSONS}", *options,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("WRK_JSON ")]
+    assert proc.returncode == 0 and lines, err.decode()[-2000:]
+    result: dict[str, Any] = json.loads(lines[0].removeprefix("WRK_JSON "))
+    return result
+
+
+def all_answered_ok(r: dict[str, Any]) -> None:
+    assert r["ok"] > 0, r
+    assert r["refused"] == 0 and r["busy"] == 0, r["first_refusal"]
+    assert r["answers"] == r["ok"] and not any(r["errors"].values()), r
+
+
+async def test_every_wrk_script_gets_infcode_0_answers(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    async with running_gateway(new_database) as server:
+        synth = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "demo", "synth", "--persons", str(PERSONS),
+            "--database-url", server.dsn, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert await synth.wait() == 0
+        opened = tmp_path / "visits.txt"
+        presettle, settle, pure_lua, visits, _ = await asyncio.gather(
+            wrk(server.url, "pharmacy.lua", 1, 4, "infno=2101"),
+            wrk(server.url, "pharmacy.lua", 1, 4, "infno=2102"),
+            wrk(server.url, "pharmacy.lua", 1, 2, "infno=2101",
+                env={"GW_WRK_PURE_LUA_SHA256": "1"}),
+            wrk(server.url, "visit.lua", 3, 3),
+            wrk(server.url, "visit.lua", 2, 2, "stop_after=2204", "visits=4", f"out={opened}"),
+        )  # fmt: skip
+        for r in (presettle, settle, pure_lua, visits):
+            all_answered_ok(r)
+        assert settle["sha256"] == "libcrypto" and pure_lua["sha256"] == "lua"
+        # Whole chains: five answers a visit, give or take the visits cut off by the end.
+        assert visits["visits"] > 0 and visits["lost"] == 0
+        assert 5 * visits["visits"] <= visits["ok"] < 5 * (visits["visits"] + 3)
+
+        rows = opened.read_text().splitlines()
+        assert len(rows) == 8 and all(len(row.split()) == 4 for row in rows), rows
+        prepared, paced = await asyncio.gather(
+            wrk(server.url, "presettle.lua", 1, 4, f"visits={opened}"),
+            wrk(server.url, "pharmacy.lua", 1, 8, "infno=2102", f"rate={PACED_RATE}", "threads=1"),
+        )
+        all_answered_ok(prepared)
+        all_answered_ok(paced)
+        assert paced["answers"] <= PACED_RATE * SECONDS * 1.5 + 8, paced
+
+        # Every settled msgid made its own settlement: none was a replay of another's msgid. A
+        # request in flight when wrk stopped may have settled unseen, hence the margin.
+        sold = await server.fetchval(
+            "SELECT count(*) FROM settlements WHERE fixmedins_code LIKE 'P%'"
+        )
+        answered = settle["ok"] + paced["ok"]
+        assert answered <= sold <= answered + 4 + 8
+        settled_visits = await server.fetchval(
+            "SELECT count(*) FROM settlements WHERE fixmedins_code LIKE 'H%'"
+        )
+        assert visits["visits"] <= settled_visits <= visits["visits"] + 3
