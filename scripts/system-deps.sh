@@ -18,6 +18,8 @@ TOOLS=(
     "fonts-noto-cjk optional fc-list 2>/dev/null | grep -qi 'noto sans cjk'"
     # `make promtool` checks and unit-tests the alert rules; Debian ships promtool in prometheus.
     "prometheus optional command -v promtool"
+    # `make bench-wrk` and tests/load/test_wrk_smoke.py drive the gateway with wrk (C, LuaJIT).
+    "wrk optional command -v wrk"
 )
 
 missing() {  # prints "package required?" for each tool whose check fails
