@@ -18,7 +18,7 @@ from aiohttp import web
 
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
-from adapters.his.envelope import encode_response
+from adapters.his.envelope import NOT_UTF8, encode_response
 from gateway import dispatch, emergency
 from gateway.auth import AuthError, Verifier, load_credentials
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
@@ -152,9 +152,7 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
     if not admission.enter():
         # Past the in-flight limit a request waits behind all the others and its latency grows
         # without bound; a fast "busy" lets the counter retry (same msgid) or switch to plan B.
-        metrics.SHED.inc()
-        outcome = dispatch.refused(gw, Busy(SHED_MESSAGE), path_infno or "", outcome="busy")
-        return _refusal(outcome, started)
+        return _shed(gw, path_infno, started)
     try:
         verifier = request.app.get(VERIFIER)
         authenticated: str | None = None
@@ -163,15 +161,45 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
                 authenticated = await verifier.verify(request.headers)
             except AuthError as exc:
                 return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
+        senders = _senders(request, authenticated)
+        if not admission.start_body(senders):
+            return _shed(gw, path_infno, started)
         try:
             body = await read_body(request, gw.config.edge, path_infno)
             if path_infno is None and len(body) > gw.config.edge.body_limit_bytes:
                 _within_envelope_limit(body, gw.config.edge)
         except BodyRefused as exc:
             return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
+        finally:
+            admission.end_body(senders)
+        if not _is_utf8(body):
+            return _refusal(dispatch.refused(gw, BadRequest(NOT_UTF8), path_infno or ""), started)
         return await _admitted(request, gw, body, path_infno, authenticated, started)
     finally:
         admission.leave()
+
+
+def _shed(gw: Gateway, path_infno: str | None, started: float) -> web.Response:
+    metrics.SHED.inc()
+    outcome = dispatch.refused(gw, Busy(SHED_MESSAGE), path_infno or "", outcome="busy")
+    return _refusal(outcome, started)
+
+
+def _senders(request: web.Request, authenticated: str | None) -> tuple[str, ...]:
+    """Who a body in transit is charged to: its client address and, once the signature named
+    it, its institution (a hospital's counters behind one NAT address share that address)."""
+    address = f"address:{request.remote or ''}"
+    return (address, f"institution:{authenticated}") if authenticated else (address,)
+
+
+def _is_utf8(body: bytes) -> bool:
+    """The whole body, not only the fields a transaction reads: a GBK byte anywhere is refused.
+    Validating is a copy at memory speed, small beside parsing the same bytes."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _within_envelope_limit(body: bytes, edge: EdgeConfig) -> None:
@@ -355,6 +383,7 @@ def build_app(settings: Settings) -> web.Application:
                 acquire_timeout=config.call_deadline_seconds,
             )
         admission.limit = config.max_in_flight
+        admission.share = config.in_flight_share
         guard.config = config.edge
         gw.triggers = emergency.institution_triggers(gw)
         metrics.prime([i.fixmedins_code for i in gw.snapshot.institutions], list(FUND_NAMES))

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import time
 import tomllib
 from collections import OrderedDict
@@ -30,6 +31,7 @@ _PAASID = re.compile(r"[0-9A-Za-z_\-]{1,40}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _NONCE = re.compile(r"[\x21-\x7e]{1,64}")
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")  # compare_digest refuses non-ASCII text
+SIGNATURE_MISMATCH = "签名不一致！请核对接入账号（机构编号）与接入密钥"
 MAX_LOCAL_NONCES = 200_000  # bounded memory: older nonces are outside the window anyway
 
 
@@ -62,10 +64,11 @@ def sign_headers(paasid: str, secret: str, nonce: str, now: float | None = None)
 class Verifier:
     """Checks signatures and remembers nonces."""
 
-    __slots__ = ("_local", "credentials", "redis")
+    __slots__ = ("_local", "_unknown_secret", "credentials", "redis")
 
     def __init__(self, credentials: Mapping[str, str], redis: Any | None = None) -> None:
         self.credentials = dict(credentials)
+        self._unknown_secret = secrets.token_hex(32)
         self.redis = redis
         self._local: OrderedDict[str, float] = OrderedDict()
 
@@ -81,9 +84,13 @@ class Verifier:
             )
         if not _PAASID.fullmatch(paasid):
             raise AuthError("签名校验失败：x-tif-paasid格式错误（应为机构编号）")
+        # An unknown code goes through every check with a secret nobody holds and is refused
+        # with the same words at the same step as a wrong secret: the answer does not tell which
+        # institution codes are registered.
         secret = self.credentials.get(paasid)
+        registered = secret is not None
         if secret is None:
-            raise AuthError(f"签名校验失败：接入账号{paasid}未登记")
+            secret = self._unknown_secret
         # ASCII digits only, and few of them: str.isdigit() accepts "²", and int() of thousands
         # of digits raises instead of answering.
         if not _TIMESTAMP.fullmatch(ts):
@@ -95,10 +102,11 @@ class Verifier:
             raise AuthError("签名校验失败：x-tif-nonce过长")
         if not _NONCE.fullmatch(nonce):
             raise AuthError("签名校验失败：x-tif-nonce只能由可见ASCII字符组成")
-        if not _SIGNATURE.fullmatch(sig) or not hmac.compare_digest(
+        matches = _SIGNATURE.fullmatch(sig) is not None and hmac.compare_digest(
             sig.lower(), signature(ts, secret, nonce)
-        ):
-            raise AuthError("签名不一致！请核对接入密钥")
+        )
+        if not (matches and registered):
+            raise AuthError(SIGNATURE_MISMATCH)
         if not await self._first_use(f"{paasid}:{nonce}", current):
             raise AuthError("签名校验失败：x-tif-nonce已使用过（疑似重放），请重新生成")
         return paasid

@@ -45,6 +45,9 @@ class GatewayConfig:
     # Overload: requests in flight per process past which new ones are answered busy at once
     # (0: no limit), so latency stays bounded instead of growing with the backlog.
     max_in_flight: int = 0
+    # Of that bound, the requests still receiving their body that one client address or one
+    # institution may hold (gateway.overload): slow bodies cannot stall everyone else.
+    in_flight_share: float = 0.25
     # The HTTP edge (gateway.edge): body limits per transaction, read deadlines, connections
     # per client address; the console's log-in throttle (gateway.operators).
     edge: EdgeConfig = field(default_factory=EdgeConfig)
@@ -149,6 +152,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
             doc.get("group_commit", {}).get("max_batch", defaults_cfg.group_max_batch)
         ),
         max_in_flight=int(doc.get("overload", {}).get("max_in_flight", 0)),
+        in_flight_share=float(doc.get("overload", {}).get("share", defaults_cfg.in_flight_share)),
         edge=_settings(doc.get("http", {}), EdgeConfig()),
         login=_settings(doc.get("console", {}), LoginPolicy()),
         dates=_dates(doc.get("dates", {})),

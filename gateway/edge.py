@@ -4,8 +4,10 @@ Three bounds, all from `[http]` in config/gateway.toml:
 
 - bodies: a limit per transaction (the path's infno, or the envelope's for the national path),
   checked against Content-Length first and then against the bytes actually streamed (chunked
-  bodies too), and a deadline for the whole body; the caller reads a body only after the
-  signature and the in-flight bound have admitted the request;
+  bodies too), and a deadline that grows with the bytes received: `body_grace_seconds` plus one
+  second per `body_min_rate` bytes, never past `body_seconds` (a 4 KB sale has about 2 s, an
+  8 MB batch up to 30 s); the caller reads a body only after the signature and the in-flight
+  bound have admitted the request;
 - request heads: a connection gets `header_seconds` to deliver each request line and headers,
   counted from the connection or from the first byte of the next request on it;
 - connections: at most `connections_per_address` open at once from one client address.
@@ -44,7 +46,11 @@ def _upload_limits() -> dict[str, int]:
 class EdgeConfig:
     body_limit_bytes: int = 256 * KIB  # any transaction not named in body_limits
     body_limits: dict[str, int] = field(default_factory=_upload_limits)
-    body_seconds: float = 30.0  # the whole body, from the end of the headers
+    body_seconds: float = 30.0  # the whole body, from the end of the headers, at most
+    # A body trickled in holds an in-flight slot: past a short grace it must keep arriving at
+    # this many bytes per second on average (a sale of 4 KB is refused after about 2 s).
+    body_grace_seconds: float = 2.0
+    body_min_rate: int = 16 * KIB  # 0: only body_seconds applies
     header_seconds: float = 10.0  # each request line and headers
     idle_seconds: float = 60.0  # a keep-alive connection with no request in progress
     connections_per_address: int = 256  # a hospital's counters often share one NAT address
@@ -76,6 +82,15 @@ def _too_large(limit: int) -> BodyRefused:
     return BodyRefused(f"请求报文过大（本交易上限{size}），请分批上传；本次交易未处理")
 
 
+def _body_deadline(config: EdgeConfig, started: float, received: int) -> float:
+    """When the body must be complete, given the bytes received so far: a sender that keeps up
+    the minimum rate is never cut off before `body_seconds`, one that stalls soon is."""
+    allowed = config.body_seconds
+    if config.body_min_rate > 0:
+        allowed = min(allowed, config.body_grace_seconds + received / config.body_min_rate)
+    return started + allowed
+
+
 async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | None) -> bytes:
     """The request body within its transaction's limit and the body deadline.
 
@@ -89,11 +104,13 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
+    started = asyncio.get_running_loop().time()
     try:
-        async with asyncio.timeout(config.body_seconds):
+        async with asyncio.timeout_at(_body_deadline(config, started, 0)) as deadline:
             while chunk := await request.content.readany():
                 size += len(chunk)
                 chunks.append(chunk)
+                deadline.reschedule(_body_deadline(config, started, size))
                 if size <= limit:
                     continue
                 if not known:

@@ -4,11 +4,16 @@ Operators are configuration (`config/demo/operators.toml`, scrypt password hashe
 in the ledger database so that every worker process accepts them; only a token's SHA-256 is
 stored, so the table does not hand out sessions if it leaks.
 
-Log-ins are throttled per operator name and per client address (`[console]` in gateway.toml):
-past the limit a key is locked for a while, visibly (console, `python -m gateway operators
-lockouts`) and clearable by the duty team, with both in the audit log. The counters live in the
-database too, so every worker counts the same attempts. An unknown name costs the same scrypt as
-a known one, and the hashing runs on a few threads of its own, never on the event loop.
+Log-ins are throttled (`[console]` in gateway.toml). Failures are counted per client address,
+per operator name and address, and per name. An address past its limit, or a name past its limit
+from one address, is locked for a while: the lock lands on whoever guessed. A name guessed at from
+many addresses is not locked for everyone, which would let anyone keep the duty team out: it is
+slowed down instead, to one attempt per interval from the addresses that have not failed it, and
+not at all from the desks it has logged in from before. Locks are visible (console, `python -m
+gateway operators lockouts`) and clearable by the duty team, with both in the audit log. The
+counters live in the database too, so every worker counts the same attempts. An unknown name costs
+the same scrypt as a known one, and the hashing runs on a few threads of its own, never on the
+event loop.
 """
 
 from __future__ import annotations
@@ -87,17 +92,27 @@ def check_password(stored: str, password: str) -> bool:
 class LoginPolicy:
     """`[console]` in gateway.toml."""
 
-    operator_failures: int = 5  # failed log-ins per operator name within the window
+    # Failed log-ins for one name from one address within the window: that address is locked
+    # out of that name; from all addresses together: the name is slowed down (guarded).
+    operator_failures: int = 5
     address_failures: int = 20  # per client address (several operators may share a desk)
     window_seconds: float = 900.0
-    lockout_seconds: float = 900.0
+    lockout_seconds: float = 900.0  # how long a lock, or a name's guard, lasts
+    # A guarded name takes one attempt per interval from addresses that have not failed it and
+    # are not among its desks: guessing stays slow, its operator waits at most this long.
+    guarded_interval_seconds: float = 30.0
     hash_threads: int = 2  # scrypt runs here, off the event loop
     hash_queue: int = 8  # attempts waiting for a thread; beyond that "busy, try later"
 
 
+KINDS = ("operator", "address", "pair")
+
+
 @dataclass(frozen=True, slots=True)
 class Lockout:
-    kind: str  # operator | address
+    # operator: a guarded name (until then, one attempt per interval); address: an address
+    # locked; pair: a name locked for one address (key "<name>@<address>")
+    kind: str
     key: str
     failures: int
     locked_until: dt.datetime | None
@@ -113,6 +128,7 @@ class Lockout:
 
 _THROTTLE_LOCK = 0xC0DE5  # arbitrary, stable: log-in counters change one attempt at a time
 KEY_CHARS = 64
+DESK_DAYS = 90  # a desk not used to log in for this long is treated as a new address again
 
 
 def throttle_key(text: str) -> str:
@@ -122,81 +138,142 @@ def throttle_key(text: str) -> str:
     ]
 
 
+def pair_key(login: str, address: str) -> str:
+    """A name from one address; addresses never contain "@", so the last one splits it."""
+    return f"{throttle_key(login)}@{throttle_key(address)}"
+
+
+def pair_login(key: str) -> str:
+    return key.rpartition("@")[0]
+
+
 async def reserve_attempt(
     conn: asyncpg.Connection, policy: LoginPolicy, login: str, address: str
 ) -> Lockout | None:
     """Count this attempt as failed before its password is checked (so concurrent attempts
-    cannot all slip under the limit); the lock in force when the attempt is refused."""
-    keys = (
-        ("operator", throttle_key(login), policy.operator_failures),
-        ("address", throttle_key(address), policy.address_failures),
-    )
-    window = dt.timedelta(seconds=policy.window_seconds)
-    lockout = dt.timedelta(seconds=policy.lockout_seconds)
+    cannot all slip under the limit); the lock or guard that refuses it, if any."""
+    name, addr = throttle_key(login), throttle_key(address)
+    limits = {
+        "operator": (name, policy.operator_failures),
+        "pair": (pair_key(name, addr), policy.operator_failures),
+        "address": (addr, policy.address_failures),
+    }
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
         now: dt.datetime = await conn.fetchval("SELECT now()")
         rows = {
-            (r["kind"], r["key"]): r
+            r["kind"]: r
             for r in await conn.fetch(
-                "SELECT kind, key, failures, first_at, locked_until FROM console_login_failures"
-                " WHERE (kind, key) IN (($1, $2), ($3, $4))",
-                keys[0][0],
-                keys[0][1],
-                keys[1][0],
-                keys[1][1],
+                "SELECT kind, key, failures, first_at, last_at, locked_until"
+                " FROM console_login_failures WHERE (kind, key) IN"
+                " (('operator', $1), ('pair', $2), ('address', $3))",
+                name,
+                limits["pair"][0],
+                addr,
             )
         }
-        locks = {
-            kind: Lockout(kind, key, row["failures"], row["locked_until"])
-            for kind, key, _ in keys
-            if (row := rows.get((kind, key))) is not None
-            and row["locked_until"] is not None
-            and row["locked_until"] > now
+        held = {
+            kind: Lockout(kind, row["key"], row["failures"], row["locked_until"])
+            for kind, row in rows.items()
+            if row["locked_until"] is not None and row["locked_until"] > now
         }
-        if "address" in locks:
-            return locks["address"]
-        # A locked name is not counted again, but the address trying it is: hammering one
-        # locked name, or trying name after name, locks the address too.
-        counted = keys[1:] if "operator" in locks else keys
-        for kind, key, limit in counted:
-            row = rows.get((kind, key))
-            fresh = row is None or row["first_at"] < now - window
-            failures = 1 if row is None or fresh else row["failures"] + 1
-            await conn.execute(
-                "INSERT INTO console_login_failures AS f"
-                " (kind, key, failures, first_at, last_at, locked_until)"
-                " VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (kind, key) DO UPDATE SET"
-                " failures = $3, first_at = CASE WHEN $6 THEN $4 ELSE f.first_at END,"
-                " last_at = $4, locked_until = $5",
-                kind,
-                key,
-                failures,
-                now,
-                now + lockout if failures >= limit else None,
-                fresh,
+        if "address" in held:
+            return held["address"]
+        refusal = held.get("pair")
+        if refusal is None and "operator" in held:
+            next_at = rows["operator"]["last_at"] + dt.timedelta(
+                seconds=policy.guarded_interval_seconds
             )
-            if "operator" in locks and failures == limit:
-                await _audit_lock(conn, kind, key, limit, now + lockout)
-        # Keys nobody has tried for a day are forgotten, so made-up names do not pile up.
+            if next_at > now and not await _is_desk(conn, name, addr):
+                refusal = Lockout("operator", name, held["operator"].failures, next_at)
+        # A refused attempt still counts against its address: hammering a locked name, or trying
+        # name after name, locks the address too.
+        counted = ("address",) if refusal is not None else ("operator", "pair", "address")
+        for kind in counted:
+            key, limit = limits[kind]
+            failures, until = await _count_failure(conn, policy, rows.get(kind), kind, key, now)
+            if refusal is not None and failures == limit and until is not None:
+                await _audit_lock(conn, policy, kind, key, limit, until)
+        # A count whose window has passed, with no lock in force, is the same as no row: names
+        # made up by guessers do not pile up.
         await conn.execute(
-            "DELETE FROM console_login_failures WHERE last_at < $1"
-            " AND (locked_until IS NULL OR locked_until < $2)",
-            now - max(window, lockout) - dt.timedelta(days=1),
+            "DELETE FROM console_login_failures WHERE first_at < $1"
+            " AND (locked_until IS NULL OR locked_until <= $2)",
+            now - dt.timedelta(seconds=policy.window_seconds),
             now,
         )
-    return locks.get("operator")
+    return refusal
+
+
+async def _is_desk(conn: asyncpg.Connection, name: str, address: str) -> bool:
+    found = await conn.fetchval(
+        "SELECT 1 FROM console_login_desks WHERE login = $1 AND address = $2"
+        " AND last_login > now() - $3::interval",
+        name,
+        address,
+        dt.timedelta(days=DESK_DAYS),
+    )
+    return found is not None
+
+
+async def _count_failure(
+    conn: asyncpg.Connection,
+    policy: LoginPolicy,
+    row: asyncpg.Record | None,
+    kind: str,
+    key: str,
+    now: dt.datetime,
+) -> tuple[int, dt.datetime | None]:
+    """One more failure for a key in its window; its lock (or guard) from the limit on, kept
+    while in force even when the window starts again."""
+    limit = policy.address_failures if kind == "address" else policy.operator_failures
+    window = dt.timedelta(seconds=policy.window_seconds)
+    fresh = row is None or row["first_at"] < now - window
+    failures = 1 if row is None or fresh else row["failures"] + 1
+    until: dt.datetime | None = None
+    if failures >= limit:
+        until = now + dt.timedelta(seconds=policy.lockout_seconds)
+    elif row is not None and row["locked_until"] is not None and row["locked_until"] > now:
+        until = row["locked_until"]
+    await conn.execute(
+        "INSERT INTO console_login_failures AS f"
+        " (kind, key, failures, first_at, last_at, locked_until)"
+        " VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (kind, key) DO UPDATE SET"
+        " failures = $3, first_at = CASE WHEN $6 THEN $4 ELSE f.first_at END,"
+        " last_at = $4, locked_until = $5",
+        kind,
+        key,
+        failures,
+        now,
+        until,
+        fresh,
+    )
+    return failures, until
 
 
 async def _audit_lock(
-    conn: asyncpg.Connection, kind: str, key: str, limit: int, until: dt.datetime
+    conn: asyncpg.Connection,
+    policy: LoginPolicy,
+    kind: str,
+    key: str,
+    limit: int,
+    until: dt.datetime,
 ) -> None:
+    if kind == "operator":
+        action = "console.login.guarded"
+        reason = (
+            f"连续{limit}次登录失败，至{until:%Y-%m-%d %H:%M:%S%z}前限速："
+            f"未失败过的地址每{policy.guarded_interval_seconds:g}秒受理一次，常用登录地址不受限"
+        )
+    else:
+        action = "console.login.locked"
+        reason = f"连续{limit}次登录失败，锁定至{until:%Y-%m-%d %H:%M:%S%z}"
     await audit.append(
         conn,
         operator="system:console-login",
-        action="console.login.locked",
+        action=action,
         target=f"{kind}:{key}",
-        reason=f"连续{limit}次登录失败，锁定至{until:%Y-%m-%d %H:%M:%S%z}",
+        reason=reason,
         after={"failures": limit},
     )
 
@@ -204,14 +281,27 @@ async def _audit_lock(
 async def settle_attempt(
     conn: asyncpg.Connection, policy: LoginPolicy, login: str, address: str, ok: bool
 ) -> None:
-    """After the password check: a success clears the name's count and gives the address its
-    attempt back; a failure that reached a limit is written to the audit log."""
+    """After the password check: a success clears the name's count from this address, gives the
+    address its attempt back and remembers the address as one of the name's desks; a failure
+    that reached a limit is written to the audit log."""
     name, addr = throttle_key(login), throttle_key(address)
+    pair = pair_key(name, addr)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
         if ok:
             await conn.execute(
-                "DELETE FROM console_login_failures WHERE kind = 'operator' AND key = $1", name
+                "DELETE FROM console_login_failures WHERE kind = 'pair' AND key = $1", pair
+            )
+            # A guarded name stays guarded: others' guessing goes on after its operator got in.
+            await conn.execute(
+                "DELETE FROM console_login_failures WHERE kind = 'operator' AND key = $1"
+                " AND (locked_until IS NULL OR locked_until <= now())",
+                name,
+            )
+            await conn.execute(
+                "UPDATE console_login_failures SET failures = greatest(failures - 1, 0)"
+                " WHERE kind = 'operator' AND key = $1",
+                name,
             )
             await conn.execute(
                 "UPDATE console_login_failures SET failures = greatest(failures - 1, 0),"
@@ -220,9 +310,20 @@ async def settle_attempt(
                 addr,
                 policy.address_failures,
             )
+            await conn.execute(
+                "INSERT INTO console_login_desks (login, address, last_login) VALUES ($1, $2, now())"
+                " ON CONFLICT (login, address) DO UPDATE SET last_login = EXCLUDED.last_login",
+                name,
+                addr,
+            )
+            await conn.execute(
+                "DELETE FROM console_login_desks WHERE last_login < now() - $1::interval",
+                dt.timedelta(days=DESK_DAYS),
+            )
             return
         for kind, key, limit in (
             ("operator", name, policy.operator_failures),
+            ("pair", pair, policy.operator_failures),
             ("address", addr, policy.address_failures),
         ):
             row = await conn.fetchrow(
@@ -232,11 +333,11 @@ async def settle_attempt(
                 key,
             )
             if row is not None and row["failures"] == limit and row["locked_until"] is not None:
-                await _audit_lock(conn, kind, key, limit, row["locked_until"])
+                await _audit_lock(conn, policy, kind, key, limit, row["locked_until"])
 
 
 async def lockouts(conn: asyncpg.Connection, policy: LoginPolicy) -> list[Lockout]:
-    """Keys locked now, and keys with failures in the current window."""
+    """Keys locked (or names guarded) now, and keys with failures in the current window."""
     rows = await conn.fetch(
         "SELECT kind, key, failures, locked_until FROM console_login_failures"
         " WHERE locked_until > now() OR (failures > 0 AND first_at > now() - $1::interval)"
@@ -253,8 +354,9 @@ class NoSuchLockout(LookupError):
 async def clear_lockout(
     conn: asyncpg.Connection, kind: str, key: str, *, operator: str, reason: str
 ) -> Lockout:
-    """Unlock a name or an address, in the audit log; raises NoSuchLockout."""
-    if kind not in ("operator", "address"):
+    """Clear a name (its guard and its locks at every address), an address, or a name at one
+    address, in the audit log; raises NoSuchLockout."""
+    if kind not in KINDS:
         raise NoSuchLockout(kind)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
@@ -264,16 +366,36 @@ async def clear_lockout(
             kind,
             key,
         )
-        if row is None:
+        pairs: list[str] = []
+        if kind == "operator":
+            candidates = await conn.fetch(
+                "SELECT key FROM console_login_failures"
+                " WHERE kind = 'pair' AND left(key, length($1) + 1) = $1 || '@'",
+                key,
+            )
+            pairs = sorted(r["key"] for r in candidates if pair_login(r["key"]) == key)
+            await conn.execute(
+                "DELETE FROM console_login_failures WHERE kind = 'pair' AND key = ANY($1::text[])",
+                pairs,
+            )
+        if row is None and not pairs:
             raise NoSuchLockout(key)
-        cleared = Lockout(kind, key, row["failures"], row["locked_until"])
+        cleared = Lockout(
+            kind,
+            key,
+            row["failures"] if row is not None else 0,
+            row["locked_until"] if row is not None else None,
+        )
+        before: dict[str, Any] = cleared.as_json()
+        if pairs:
+            before["pairs"] = pairs
         await audit.append(
             conn,
             operator=operator,
             action="console.login.unlock",
             target=f"{kind}:{key}",
             reason=reason,
-            before=cleared.as_json(),
+            before=before,
         )
     return cleared
 

@@ -69,6 +69,24 @@ def same_origin(request: web.Request) -> bool:
     return urlsplit(origin).netloc.lower() == request.host.lower()
 
 
+def refusal_text(lock: operators.Lockout, policy: operators.LoginPolicy) -> str:
+    """What a refused log-in is told: a lock on this address (for every name or for this one),
+    or a name slowed down because others are guessing at it."""
+    until = lock.locked_until.astimezone() if lock.locked_until else None
+    if lock.kind == "operator":
+        when = f"{until:%H:%M:%S}" if until else ""
+        return (
+            f"该账号近期多次登录失败，正在限速（每{policy.guarded_interval_seconds:g}秒受理一次）："
+            f"请于{when}后再试；常用的登录电脑不受此限"
+        )
+    whom = "本机地址" if lock.kind == "address" else "该账号在本机地址"
+    return (
+        f"登录失败次数过多，{whom}已锁定至{until:%H:%M}；请稍后再试或联系值班负责人解锁"
+        if until
+        else f"登录失败次数过多，{whom}已锁定；请联系值班负责人解锁"
+    )
+
+
 def flash_signature(session: operators.Session, kind: str, text: str) -> str:
     """A page message travels in the redirect's query with this signature, so that a link
     crafted elsewhere cannot make the console show words of its author's choosing."""
@@ -146,11 +164,7 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         async with gw(request).pool.acquire(timeout=5.0) as conn:
             lock = await operators.reserve_attempt(conn, policy, login, address)
         if lock is not None:
-            whom = "该账号" if lock.kind == "operator" else "本机地址"
-            until = f"{lock.locked_until.astimezone():%H:%M}" if lock.locked_until else ""
-            raise Refused(
-                429, f"登录失败次数过多，{whom}已锁定至{until}；请稍后再试或联系值班负责人解锁"
-            )
+            raise Refused(429, refusal_text(lock, policy))
         found: operators.Operator | None = request.app[OPERATORS].get(login)
         try:
             ok = await hasher.check(found.password if found else None, password)
@@ -213,7 +227,7 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
                 )
             except operators.NoSuchLockout:
                 raise NotFound("没有这条登录锁定记录") from None
-        return f"{'账号' if kind == 'operator' else '地址'} {key} 已解除锁定"
+        return f"{pages.LOCK_KINDS.get(kind, kind)} {key} 已解除锁定"
 
     # ------------------------------------------------------------------------------ the page
 

@@ -57,7 +57,8 @@ def lockouts(args: argparse.Namespace) -> int:
 
 
 def unlock(args: argparse.Namespace) -> int:
-    """Clear one operator name's or one address's lock (audited)."""
+    """Clear one operator name (its guard and its locks at every address) or one address's
+    lock (audited)."""
     kind, key = ("operator", args.login) if args.login is not None else ("address", args.address)
     who = args.operator or f"cli:{getpass.getuser()}"
 
@@ -93,7 +94,9 @@ def add_commands(
     ls.set_defaults(func=lockouts)
     un = sub.add_parser("unlock", help="clear a console log-in lock (audited)")
     which = un.add_mutually_exclusive_group(required=True)
-    which.add_argument("--login", help="the operator name that is locked")
+    which.add_argument(
+        "--login", help="the operator name: its guard and its locks at every address"
+    )
     which.add_argument("--address", help="the client address that is locked")
     un.add_argument("--reason", required=True)
     un.add_argument("--operator", help="recorded in the audit log (default cli:<login>)")

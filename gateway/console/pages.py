@@ -25,6 +25,9 @@ form.inline { display: inline; } input[type=text] { width: 14em; } .who { float:
 # The Content-Security-Policy allows exactly this inline style and nothing else.
 STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 
+# Log-in throttle rows (gateway.operators): a name from one address is locked, a name guessed
+# at from many addresses is only slowed down.
+LOCK_KINDS = {"operator": "账号（限速）", "address": "地址", "pair": "账号@地址"}
 ACTION_NAMES = {
     "reject": "拒绝（按自费结算）",
     "defer": "暂存（主动报）",
@@ -180,13 +183,13 @@ def console(
                 ' <button type="submit">解除锁定</button></form>'
             )
         lock_rows.append(
-            f'<tr class="lockout"><td>{"账号" if lock["kind"] == "operator" else "地址"}</td>'
+            f'<tr class="lockout"><td>{escape(LOCK_KINDS.get(lock["kind"], lock["kind"]))}</td>'
             f"<td>{escape(lock['key'])}</td><td>{int(lock['failures'])}</td>"
             f"<td>{escape(lock['locked_until'] or '未锁定')}</td><td>{clear}</td></tr>"
         )
     parts.append(
         '<table id="lockouts"><thead><tr><th>类别</th><th>账号或地址</th><th>失败次数</th>'
-        "<th>锁定至</th><th></th></tr></thead><tbody>"
+        "<th>锁定或限速至</th><th></th></tr></thead><tbody>"
         + ("".join(lock_rows) or '<tr><td colspan="5">无</td></tr>')
         + "</tbody></table>"
     )

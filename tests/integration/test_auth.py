@@ -48,7 +48,7 @@ async def test_a_signed_request_is_answered(server: Server) -> None:
         (lambda: _signed(secret="wrong-secret"), "签名不一致"),
         (lambda: _signed(now=time.time() - 400), "时间戳"),
         (lambda: _signed(now=time.time() + 400), "时间戳"),
-        (lambda: {**_signed(), "x-tif-paasid": "H99999999999"}, "未登记"),
+        (lambda: {**_signed(), "x-tif-paasid": "H99999999999"}, "签名不一致"),
         (lambda: {**_signed(), "x-tif-timestamp": "yesterday"}, "Unix"),
     ],
 )
