@@ -20,17 +20,25 @@ local BASKET = {
 local TOTAL = "79.60"
 local infno
 
-local function basket(psn, now)
-  local lines = {}
-  for i, line in ipairs(BASKET) do
-    lines[i] = '{"feedetl_sn":"' .. i .. '","fee_ocur_time":"' .. now .. '","medins_list_codg":"'
-      .. line[1] .. '","det_item_fee_sumamt":"' .. line[2] .. '","cnt":"1","pric":"' .. line[2]
-      .. '"}'
+-- Everything after the person changes once a second (the times): built then, not per request.
+local built_at, after_person
+
+local function basket(psn)
+  local now = gw.now_text()
+  if now ~= built_at then
+    built_at = now
+    local lines = {}
+    for i, line in ipairs(BASKET) do
+      lines[i] = '{"feedetl_sn":"' .. i .. '","fee_ocur_time":"' .. now
+        .. '","medins_list_codg":"' .. line[1] .. '","det_item_fee_sumamt":"' .. line[2]
+        .. '","cnt":"1","pric":"' .. line[2] .. '"}'
+    end
+    after_person = '","begntime":"' .. now .. '","medfee_sumamt":"' .. TOTAL
+      .. '","insutype":"310","acct_used_flag":"1","med_type":"41"},"drugdetail":['
+      .. table.concat(lines, ",") .. "]}"
   end
   return '{"druginfo":{"psn_no":"' .. psn .. '","mdtrt_cert_type":"01","mdtrt_cert_no":"' .. psn
-    .. '","begntime":"' .. now .. '","medfee_sumamt":"' .. TOTAL
-    .. '","insutype":"310","acct_used_flag":"1","med_type":"41"},"drugdetail":['
-    .. table.concat(lines, ",") .. "]}"
+    .. after_person
 end
 
 setup = gw.setup
@@ -48,7 +56,7 @@ end
 
 function request()
   return gw.request(gw.pick(gw.PHARMACIES), gw.terminal("POS"), infno,
-    basket(gw.person(), gw.now_text()))
+    basket(gw.person()))
 end
 
 function response(status, _headers, body)
