@@ -55,7 +55,6 @@ from http_harness import (  # noqa: E402
     drop_db,
     free_port,
     gateway_cli,
-    postgres_pids,
     start_gateway,
     tree,
     with_db,
@@ -72,6 +71,7 @@ TERMINALS_PER_PHARMACY = 4
 ATTACKER = "H44180000002"
 LOGIN = "/api/console/login"
 LOGIN_CLIENTS = 16
+ATTACKS = "bombs,logins,unsigned"
 UNSIGNED_PER_SECOND = 2.0
 BUSY_WORDS = ("繁忙", "稍候")
 LINE = b"DF1\tMZ1\t441800000000000001\t10.00\t6.00\t0.00\t0\n"
@@ -353,9 +353,14 @@ async def run_attack(args: argparse.Namespace) -> dict[str, Any]:
     attack = Attack(args.url, bombs, args.block)
     await asyncio.to_thread(wait_until, args.start_at)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        tasks = [asyncio.create_task(attack.upload(session, slot)) for slot in (1, 2)]
-        tasks += [asyncio.create_task(attack.guess(c)) for c in range(LOGIN_CLIENTS)]
-        tasks.append(asyncio.create_task(attack.unsigned_bodies()))
+        kinds = args.attacks.split(",")
+        tasks = []
+        if "bombs" in kinds:
+            tasks += [asyncio.create_task(attack.upload(session, slot)) for slot in (1, 2)]
+        if "logins" in kinds:
+            tasks += [asyncio.create_task(attack.guess(c)) for c in range(LOGIN_CLIENTS)]
+        if "unsigned" in kinds:
+            tasks.append(asyncio.create_task(attack.unsigned_bodies()))
         await asyncio.sleep(args.duration)
         attack.stop.set()
         await asyncio.wait(tasks, timeout=35)
@@ -370,6 +375,17 @@ async def run_attack(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ the rounds
+
+
+def backends(database: str) -> list[int]:
+    """The PostgreSQL backends serving this run's database: the server is shared, and backends
+    of other databases come and go during a phase."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,args="], capture_output=True, text=True)
+    return [
+        int(pid)
+        for pid, _, cmd in (line.strip().partition(" ") for line in out.stdout.splitlines())
+        if cmd.startswith("postgres: ") and f" {database} " in cmd
+    ]
 
 
 class MachineCpu:
@@ -429,14 +445,14 @@ async def phase(
     procs = [await asyncio.create_subprocess_exec(*load_cmd, stdout=subprocess.PIPE)]
     if attacked:
         attack_cmd = role_cmd("attack", url, args, start_at)
-        attack_cmd += ["--bombs", args.bombs_file, "--block", str(block)]
+        attack_cmd += ["--bombs", args.bombs_file, "--block", str(block), "--attacks", args.attacks]
         procs.append(await asyncio.create_subprocess_exec(*attack_cmd, stdout=subprocess.PIPE))
     await asyncio.sleep(max(0.0, start_at - time.time()))
     if profiler is not None:
         profiler.start(label, args.duration + 1)
-    gw_pids = tree(gateway_pid)
+    gw_pids, pg_pids = tree(gateway_pid), backends(args.db_name)
     cpu = MachineCpu()
-    before = cpu_seconds(gw_pids), cpu_seconds(postgres_pids())
+    before = cpu_seconds(gw_pids), cpu_seconds(pg_pids)
     samples: list[dict[str, float]] = []
     scraper = asyncio.create_task(scrape(url, start_at + args.duration, samples))
     outs = [await p.communicate() for p in procs]
@@ -444,7 +460,7 @@ async def phase(
     if profiler is not None:
         await asyncio.to_thread(profiler.stop)
     gateway_cpu = cpu_seconds(gw_pids) - before[0]
-    postgres_cpu = cpu_seconds(postgres_pids()) - before[1]
+    postgres_cpu = cpu_seconds(pg_pids) - before[1]
     busy = cpu.busy()
     if any(p.returncode for p in procs):
         raise SystemExit(f"a role failed: {[p.returncode for p in procs]}")
@@ -466,6 +482,26 @@ async def phase(
     }
     await asyncio.sleep(3.0)  # the hash queue and the parser threads drain before the next phase
     return result
+
+
+class ThreadProfiler(Profiler):
+    """The harness's py-spy recording with each stack under its thread, so the event loop's
+    share is told apart from the scrypt and parser threads'."""
+
+    def start(self, label: str, seconds: float) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.label = label
+        self.proc = subprocess.Popen(
+            [
+                str(Path(PY).parent / "py-spy"), "record", "--pid", str(self.pid),
+                "--duration", str(max(1, int(seconds) - 1)), "--format", "raw", "--threads",
+                "--nonblocking", "--output", str(self.out_dir / f"{label}.collapsed"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
 
 def _shed(samples: list[dict[str, float]]) -> float:
@@ -492,7 +528,7 @@ async def orchestrate(url: str, gateway_pid: int, args: argparse.Namespace) -> d
     phases: list[dict[str, Any]] = []
     # py-spy samples without stopping the gateway (--nonblocking), but still takes a core's share:
     # a profiled run answers what the attack costs, not the figure.
-    profiler = Profiler(args.profile, gateway_pid)
+    profiler = ThreadProfiler(args.profile, gateway_pid)
     for r in range(args.rounds):
         for attacked in (False, True):
             label = f"round {r + 1} {'attacked' if attacked else 'quiet'}"
@@ -547,7 +583,8 @@ def render(run: dict[str, Any], args: argparse.Namespace, commit: str) -> str:
     sat = run["saturation"]
     lines = [
         f"Command: `python benchmarks/adversity_load.py --duration {args.duration:g}"
-        f" --rounds {args.rounds}{f' --rate {args.rate:g}' if args.rate else ''}`,"
+        f" --rounds {args.rounds}{f' --rate {args.rate:g}' if args.rate else ''}"
+        f"{f' --attacks {args.attacks}' if args.attacks != ATTACKS else ''}`,"
         f" {time.strftime('%Y-%m-%d %H:%M')}, commit {commit}.  ",
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python"
         f" {platform.python_version()}; gateway, PostgreSQL, load and attack processes on the"
@@ -628,6 +665,11 @@ def main() -> None:
     add_server_arg(p)
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument("--profile", type=Path, help="py-spy the gateway per phase into this folder")
+    p.add_argument(
+        "--attacks",
+        default=ATTACKS,
+        help=f"which attacks run in the attacked rounds (default {ATTACKS}): to tell their costs apart",
+    )
     p.add_argument("--results", type=Path, help="rewrite this benchmark's block of RESULTS.md")
     # The roles this file plays as a child process.
     p.add_argument("--role", choices=("load", "attack"), help=argparse.SUPPRESS)
@@ -652,6 +694,7 @@ def main() -> None:
     name = f"gwadv_{uuid.uuid4().hex[:8]}"
     asyncio.run(create_db(args.database_url, name))
     dsn = with_db(args.database_url, name)
+    args.db_name = name
     gateway: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory() as scratch:
         try:
