@@ -381,6 +381,7 @@ def build_app(settings: Settings) -> web.Application:
                 writers=config.group_writers,
                 max_batch=config.group_max_batch,
                 acquire_timeout=config.call_deadline_seconds,
+                share_percent=config.ledger_share_percent,
             )
         admission.limit = config.max_in_flight
         admission.share = config.in_flight_share

@@ -42,6 +42,12 @@ class GatewayConfig:
     # Group commit (gateway.group_commit): writer tasks per process and settlements per batch.
     group_writers: int = 4
     group_max_batch: int = 128
+    # The share, in percent, of the ledger pool's connections and of the group commit's writers
+    # one institution may hold at once (gateway.ledger_shares); 0: no limit.
+    ledger_share_percent: int = 50
+    # Unsettled fee lines one visit may hold: every pre-settlement and settlement reads them all,
+    # so an upload past it is refused (settle, mid-way for a stay, then upload the rest).
+    max_unsettled_lines_per_visit: int = 20000
     # Overload: requests in flight per process past which new ones are answered busy at once
     # (0: no limit), so latency stays bounded instead of growing with the backlog.
     max_in_flight: int = 0
@@ -150,6 +156,16 @@ def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
         group_writers=int(doc.get("group_commit", {}).get("writers", defaults_cfg.group_writers)),
         group_max_batch=int(
             doc.get("group_commit", {}).get("max_batch", defaults_cfg.group_max_batch)
+        ),
+        ledger_share_percent=int(
+            doc.get("ledger_pool", {}).get(
+                "institution_share_percent", defaults_cfg.ledger_share_percent
+            )
+        ),
+        max_unsettled_lines_per_visit=int(
+            doc.get("uploads", {}).get(
+                "max_unsettled_lines_per_visit", defaults_cfg.max_unsettled_lines_per_visit
+            )
         ),
         max_in_flight=int(doc.get("overload", {}).get("max_in_flight", 0)),
         in_flight_share=float(doc.get("overload", {}).get("share", defaults_cfg.in_flight_share)),

@@ -23,6 +23,7 @@ from gateway.breaker import loop_stalls
 from gateway.core.model import FundRow, Institution
 from gateway.errors import BadRequest, Busy, GatewayError, IdentityRejected, Unavailable
 from gateway.ledger import idempotency
+from gateway.ledger_shares import LedgerShares, shares_of
 from gateway.plan.rules import Decision
 from gateway.runtime import Gateway
 
@@ -141,6 +142,17 @@ LEDGER_SHARE_OF_A_TIMEOUT = 0.9
 OBSERVERS: list[Callable[[Gateway, str, bool, bool, float], None]] = []
 
 
+# Checks a settlement makes on the normal path, inside its msgid transaction, before its handler
+# (gateway.emergency installs the one refusing lines under a pending deferred claim). Replay and
+# the plan's detours do not pass through them.
+GUARDS: list[Callable[[Call], Awaitable[None]]] = []
+
+
+def shares(gw: Gateway) -> LedgerShares:
+    """The institutions' shares of this process's ledger pool."""
+    return shares_of(gw.pool, gw.config.ledger_share_percent)
+
+
 def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) -> None:
     """Report a ledger call to the breakers, without the time the event loop stood still.
 
@@ -236,24 +248,32 @@ async def handle(
             tx = detour.tx or tx
             mode = detour.mode
         deadline = gw.config.call_deadline_seconds
+        expires = asyncio.get_running_loop().time() + deadline
         started = time.perf_counter()
+        code = req.fixmedins_code
         if tx.writes:
             body_hash = idempotency.digest(body)
             # Past the deadline the transaction is abandoned (rolled back, or committed with its
             # answer journaled); either way the client's retry of the same msgid settles it.
-            async with asyncio.timeout(deadline):
-                grouped = None
-                if tx.grouped is not None and mode == "normal" and gw.group is not None:
-                    grouped = await _grouped(gw, tx.grouped, req, institution, body_hash, received)
-                outcome = grouped or await _journaled(
-                    gw, tx, req, institution, body_hash, received, mode
+            grouped = None
+            if tx.grouped is not None and mode == "normal" and gw.group is not None:
+                grouped = await _grouped(
+                    gw, tx.grouped, req, institution, body_hash, received, expires
                 )
+            if grouped is None:
+                async with shares(gw).turn(code, expires), asyncio.timeout_at(expires):
+                    grouped = await _journaled(gw, tx, req, institution, body_hash, received, mode)
+            outcome = grouped
             outcome.terminal = terminal
             _observe(gw, req.fixmedins_code, True, False, started)
             if mode == "deferred":
                 outcome.outcome = "deferred" if outcome.outcome == "ok" else outcome.outcome
             return outcome
-        async with asyncio.timeout(deadline), gw.pool.acquire(timeout=deadline) as conn:
+        async with (
+            shares(gw).turn(code, expires),
+            asyncio.timeout_at(expires),
+            gw.pool.acquire(timeout=deadline) as conn,
+        ):
             answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
         _observe(gw, req.fixmedins_code, True, False, started)
         if answer.raw is not None:
@@ -325,16 +345,27 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
             idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code
         )
     ledger = gw.breakers["postgres"]
+    loop = asyncio.get_running_loop()
     if not ledger.is_open:
         budget = gw.config.call_deadline_seconds
-        async with asyncio.timeout(budget), gw.pool.acquire(timeout=budget) as conn:
+        expires = loop.time() + budget
+        async with (
+            shares(gw).turn(code, expires),
+            asyncio.timeout_at(expires),
+            gw.pool.acquire(timeout=budget) as conn,
+        ):
             found = await idempotency.lookup(conn, code, msgid)
     elif ledger.probe_failed:
         return None
     else:
         budget = gw.config.ledger_lookup_seconds
+        expires = loop.time() + budget
         try:
-            async with asyncio.timeout(budget), gw.pool.acquire(timeout=budget) as conn:
+            async with (
+                shares(gw).turn(code, expires),
+                asyncio.timeout_at(expires),
+                gw.pool.acquire(timeout=budget) as conn,
+            ):
                 found = await idempotency.lookup(conn, code, msgid)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return None
@@ -350,6 +381,7 @@ async def _grouped(
     institution: Institution,
     body_hash: bytes,
     received: dt.datetime,
+    expires: float,
 ) -> Outcome | None:
     """The request through the group commit; None: the single path answers it."""
     try:
@@ -359,7 +391,7 @@ async def _grouped(
     group = gw.group
     if group is None or job is None:
         return None
-    outcome: Outcome | None = await group.submit(req, body_hash, received, job)
+    outcome: Outcome | None = await group.submit(req, body_hash, received, job, expires)
     return outcome
 
 
@@ -386,7 +418,11 @@ async def _journaled(
             async with conn.transaction():
                 if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
                     raise _Taken
-                answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
+                call = Call(gw, req, conn, received, institution, mode)
+                if mode == "normal":
+                    for guard in GUARDS:
+                        await guard(call)
+                answer = await tx.handler(call)
                 out = encode_response(
                     region=gw.region,
                     received=received,

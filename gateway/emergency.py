@@ -25,7 +25,7 @@ from gateway.deferred import PROVISIONAL_PREFIX, store
 from gateway.deferred.store import Entry
 from gateway.dispatch import Answer, Call, Detour, Transaction
 from gateway.errors import Conflict, RuleRejected, Unavailable
-from gateway.ledger import encounters, idempotency
+from gateway.ledger import encounters, fees, idempotency
 from gateway.ops import metrics
 from gateway.plan import store as plan_store
 from gateway.plan.rules import Decision
@@ -143,12 +143,19 @@ async def _defer_claim(call: Call) -> Answer:
     _check_dates(call.gw, req, call.institution, call.now)
     service_date = facts.service_date
     mdtrt_id = facts.mdtrt_id
+    visit = mdtrt_id
     if facts.mdtrt_id and not facts.mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        # Locked: a claim and a real-time settlement of the same visit (one process still
+        # deferring, another back to normal) see each other, whichever commits second.
         enc = await encounters.get(
-            call.conn, facts.mdtrt_id, req.fixmedins_code, psn_no=facts.psn_no
+            call.conn, facts.mdtrt_id, req.fixmedins_code, psn_no=facts.psn_no, lock=True
         )
         encounters.require_open(enc)
         service_date = enc.begntime.date()
+        visit = enc.mdtrt_id
+    scope = deferral.claim_scope(req)
+    if scope is not None:
+        await _refuse_claimed_twice(call.conn, req.fixmedins_code, visit, scope[1])
     claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
     if not mdtrt_id:
         mdtrt_id = claim_id  # a pharmacy purchase's visit is made at replay
@@ -165,6 +172,22 @@ async def _defer_claim(call: Call) -> Answer:
     )
     await store.insert(call.conn, entry, "ledger")
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
+
+
+async def _refuse_claimed_twice(
+    conn: asyncpg.Connection, fixmedins_code: str, visit: str, lines: str
+) -> None:
+    """A claim of lines already under a pending claim, or already settled, is refused: the
+    counter would collect the full amount in cash a second time for one bill."""
+    claims = await store.pending_on_visits(conn, [await store.visit_of(conn, visit)])
+    deferral.refuse_if_held(deferral.held_lines(claims, fixmedins_code), lines)
+    if lines != fees.ALL and await conn.fetchval(
+        "SELECT bool_and(setl_id IS NOT NULL) FROM fee_lines WHERE mdtrt_id = $1"
+        " AND chrg_bchno = $2",
+        visit,
+        lines,
+    ):
+        raise Conflict(f"收费批次{lines}已结算，请勿重复结算")
 
 
 async def _defer_call(call: Call) -> Answer:
@@ -216,27 +239,39 @@ async def _journal_claim(
     _check_dates(gw, req, institution, received)
     claim_id = deferral.new_claim_id(institution.admdvs, received)
     mdtrt_id = facts.mdtrt_id or claim_id
+    journal = gw.journal
+    scope = deferral.claim_scope(req)
+    if journal is not None and scope is not None:
+        # Only this process's journal is known while the ledger is away; held before the
+        # write, so two claims of one batch arriving together cannot both pass.
+        deferral.refuse_if_held(journal.held_on(req.fixmedins_code, scope[0]), scope[1])
+        journal.hold(store.Held(claim_id, req.infno, scope[1]), req.fixmedins_code, scope[0])
     out = encode_response(
         region=gw.region,
         received=received,
         output=deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, received),
         warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id),
     )
-    await _journal_append(
-        gw,
-        _entry(
-            "claim",
-            req,
-            received,
-            psn_no=facts.psn_no,
-            mdtrt_id=facts.mdtrt_id,
-            service_date=facts.service_date or received.date(),
-            medfee_sumamt=facts.medfee_sumamt,
-            answer=out,
-            digest=idempotency.digest(body),
-            claim_id=claim_id,
-        ),
-    )
+    try:
+        await _journal_append(
+            gw,
+            _entry(
+                "claim",
+                req,
+                received,
+                psn_no=facts.psn_no,
+                mdtrt_id=facts.mdtrt_id,
+                service_date=facts.service_date or received.date(),
+                medfee_sumamt=facts.medfee_sumamt,
+                answer=out,
+                digest=idempotency.digest(body),
+                claim_id=claim_id,
+            ),
+        )
+    except BaseException:
+        if journal is not None:
+            journal.let_go(claim_id)
+        raise
     return Detour(answer=out, outcome="deferred")
 
 
@@ -298,6 +333,7 @@ async def _journal_withdrawal(
             claim_id=setl_id,
         ),
     )
+    journal.let_go(setl_id)  # type: ignore[union-attr]
     return Detour(answer=out, outcome="deferred")
 
 
@@ -479,3 +515,5 @@ def install() -> None:
         dispatch.PLAN_HOOK.append(PLAN)
     if observe not in dispatch.OBSERVERS:
         dispatch.OBSERVERS.append(observe)
+    if deferral.refuse_claimed_settlement not in dispatch.GUARDS:
+        dispatch.GUARDS.append(deferral.refuse_claimed_settlement)

@@ -19,6 +19,11 @@ the batch is an optimisation, never a second set of rules.
 
 At low load a writer finds one request waiting and the batch is a batch of one, so latency is
 that of the single path; under load batches grow by themselves while the writers are busy.
+
+One institution's settlements are in at most its share of the running batches (as it holds at
+most its share of the pool, gateway.ledger_shares): a hospital settling huge batches occupies
+some writers, never all of them, and the others keep serving everyone else. A settlement held
+back that way past its deadline is answered busy (its institution's own backlog).
 """
 
 from __future__ import annotations
@@ -32,14 +37,17 @@ from typing import Any
 
 import asyncpg
 
+from adapters.his import deferral
 from adapters.his.envelope import Request, encode_response
 from gateway import dispatch
 from gateway.core.model import Accumulators, FundRow, Person, Settlement
 from gateway.core.settle import apply
-from gateway.errors import GatewayError, IdentityRejected
+from gateway.deferred import store
+from gateway.errors import Busy, GatewayError, IdentityRejected
 from gateway.ledger import encounters, fees, idempotency, persons, settlements
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
+from gateway.ledger_shares import SHARE_BUSY, share_of
 from gateway.ops import metrics
 
 log = logging.getLogger("gateway.group_commit")
@@ -53,6 +61,8 @@ class VisitHeld:
     unsettled: list[fees.StoredLine]  # in feedetl_sn order
     settled_batches: set[str]  # chrg_bchno values with lines settled already
     refunded: dict[str, str]  # chrg_bchno -> its latest refunded settlement nothing replaces yet
+    # Lines under the institution's pending deferred claims: settled by replay, not here.
+    claimed: list[store.Held] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -110,6 +120,8 @@ class _Item:
     done: asyncio.Future[dispatch.Outcome | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    held_back: bool = False  # left waiting because its institution was in its share of batches
+    taken: bool = False  # in a batch
 
     @property
     def key(self) -> tuple[str, str]:
@@ -128,35 +140,76 @@ class GroupCommit:
         writers: int = 4,
         max_batch: int = 128,
         acquire_timeout: float = 5.0,
+        share_percent: int = 50,
     ) -> None:
         self.pool = pool
         self.region = region
         self.writers = max(1, writers)
         self.max_batch = max(1, max_batch)
         self.acquire_timeout = acquire_timeout  # the call deadline: no batch waits past it
+        self.share = share_of(self.writers, share_percent)  # running batches per institution
         self._waiting: list[_Item] = []
         self._running = 0
+        self._in_batches: dict[str, int] = {}  # institution -> running batches holding it
 
     async def submit(
-        self, req: Request, body_hash: bytes, received: dt.datetime, job: Job
+        self,
+        req: Request,
+        body_hash: bytes,
+        received: dt.datetime,
+        job: Job,
+        expires: float | None = None,
     ) -> dispatch.Outcome | None:
+        """The settlement's answer, or None (take the single path). `expires` (the event loop's
+        clock) is the caller's deadline; one held back for its institution's share past it is
+        refused busy, anything else past it raises TimeoutError as a slow ledger does."""
         item = _Item(req, body_hash, received, job)
         self._waiting.append(item)
         if self._running < self.writers:
             self._running += 1
             asyncio.get_running_loop().create_task(self._write())
-        return await item.done
+        try:
+            async with asyncio.timeout_at(expires):
+                return await item.done
+        except TimeoutError:
+            if item.held_back and not item.taken:
+                raise Busy(SHARE_BUSY) from None
+            raise
+
+    def _take(self) -> list[_Item]:
+        """The next batch in arrival order, leaving waiting the settlements of institutions
+        already in their share of running batches (one of those batches takes them next)."""
+        batch: list[_Item] = []
+        rest: list[_Item] = []
+        for it in self._waiting:
+            if it.done.done():
+                # Its deadline passed while waiting: dropped before anything is written for
+                # it; its client retries the same msgid.
+                continue
+            if len(batch) >= self.max_batch:
+                rest.append(it)
+            elif self._in_batches.get(it.req.fixmedins_code, 0) >= self.share:
+                it.held_back = True
+                rest.append(it)
+            else:
+                it.taken = True
+                batch.append(it)
+        self._waiting = rest
+        return batch
 
     async def _write(self) -> None:
         try:
-            while self._waiting:
-                batch = self._waiting[: self.max_batch]
-                del self._waiting[: self.max_batch]
-                # A request whose deadline passed while waiting is dropped before anything
-                # is written for it: its client retries the same msgid.
-                batch = [it for it in batch if not it.done.done()]
-                if batch:
+            while batch := self._take():
+                codes = {it.req.fixmedins_code for it in batch}
+                for code in codes:
+                    self._in_batches[code] = self._in_batches.get(code, 0) + 1
+                try:
                     await self._commit(batch)
+                finally:
+                    for code in codes:
+                        left = self._in_batches.pop(code) - 1
+                        if left:
+                            self._in_batches[code] = left
         finally:
             self._running -= 1
 
@@ -206,6 +259,7 @@ class GroupCommit:
         for n, item in enumerate(mine):
             job, req = item.job, item.req
             try:
+                _not_claimed(item, locked)
                 built = locked.build(job, n)
             except GatewayError as exc:
                 if exc.retryable:
@@ -296,6 +350,16 @@ class _Locked:
         return built
 
 
+def _not_claimed(item: _Item, locked: _Locked) -> None:
+    """Lines under a pending deferred claim are settled by its replay, not in real time."""
+    visit = locked.visits.get(item.job.mdtrt_id or "")
+    if visit is None or not visit.claimed:
+        return
+    scope = deferral.claim_scope(item.req)
+    if scope is not None:
+        deferral.refuse_if_held(visit.claimed, scope[1])
+
+
 def _year(job: Job, visits: dict[str, VisitHeld]) -> int:
     if job.year is not None:
         return job.year
@@ -315,12 +379,14 @@ async def _visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> dict[str, V
     lines = await fees.unsettled_many(conn, ids)
     settled = await fees.settled_batches(conn, ids)
     refunded = await settlements.refunded_predecessors(conn, ids)
+    claims = await store.pending_on_visits(conn, ids)
     return {
         m: VisitHeld(
             encounter=enc,
             unsettled=lines.get(m, []),
             settled_batches=settled.get(m, set()),
             refunded=refunded.get(m, {}),
+            claimed=deferral.held_lines([c for c in claims if c.mdtrt_id == m], enc.fixmedins_code),
         )
         for m, enc in found.items()
     }

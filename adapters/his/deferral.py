@@ -30,6 +30,7 @@ from adapters.his.wire import (
 from gateway.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX, store
 from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.ledger import encounters, fees
 from gateway.ledger.settlements import AMOUNT_FIELDS
 
 CLAIMS = frozenset({"2207", "2304", "2102"})  # settlements that become claims
@@ -46,6 +47,9 @@ DEFER_WARN = (
     "系统恢复后医保基金应支付部分将主动报销给参保人，无需参保人申请"
 )
 CALL_WARN = "医保系统应急处置中，本笔业务已暂存（{ref}），系统恢复后自动补办"
+PENDING_MSG = (
+    "{what}已按应急预案暂存为待结算（暂存结算单号{claim_id}），请待恢复后由系统补结算或先撤销暂存"
+)
 
 
 class _DrugClaim(Node):
@@ -324,3 +328,61 @@ def withdrawal_output(claim: Request, row: Any, at: dt.datetime) -> dict[str, An
     )
     info["setl_time"] = at.strftime("%Y-%m-%d %H:%M:%S")
     return {"setlinfo": info, "setldetail": []}
+
+
+# ------------------------------------------------------------------ lines under a pending claim
+
+
+def claim_scope(req: Request) -> tuple[str, str] | None:
+    """(mdtrt_id, lines) a 2207/2304 settles or claims: its charge batch, or every unsettled
+    line of the visit (a 2304, or chrg_bchno 0000). None for a pharmacy purchase, which has no
+    batch (another msgid is another purchase), and for a request too incomplete to settle, which
+    its handler refuses."""
+    if req.infno not in ("2207", "2304"):
+        return None
+    data = decode_input(req, In2206).data
+    if data is None:
+        return None
+    mdtrt_id = text(data.mdtrt_id)
+    lines = fees.ALL if req.infno == "2304" else text(data.chrg_bchno)
+    if not mdtrt_id or not lines:
+        return None
+    return mdtrt_id, lines
+
+
+def held_lines(claims: list[store.PendingClaim], fixmedins_code: str) -> list[store.Held]:
+    """What the institution's own pending claims cover (another institution's claim naming this
+    visit is refused at replay and must not block the visit's owner)."""
+    out: list[store.Held] = []
+    for c in claims:
+        if c.fixmedins_code != fixmedins_code:
+            continue
+        scope = claim_scope(request_of(c.body))
+        out.append(store.Held(c.claim_id, c.infno, scope[1] if scope else fees.ALL))
+    return out
+
+
+def refuse_if_held(held: list[store.Held], lines: str) -> None:
+    """A second claim or a real-time settlement of lines a pending claim covers is refused: the
+    patient has paid them in full in cash under the claim, and replay settles them."""
+    for h in held:
+        if h.lines == lines or fees.ALL in (h.lines, lines):
+            if h.lines != fees.ALL:
+                what = f"收费批次{h.lines}"
+            else:
+                what = "本次住院费用" if h.infno == "2304" else "本次就诊的待结算费用"
+            raise Conflict(PENDING_MSG.format(what=what, claim_id=h.claim_id))
+
+
+async def refuse_claimed_settlement(call: Call) -> None:
+    """The normal path's check before a 2207/2304 settles: none of its lines may be under a
+    pending claim. The visit's row lock orders it with a claim of the same visit taken by a
+    process still deferring: whichever commits second sees the other."""
+    scope = claim_scope(call.req)
+    if scope is None:
+        return
+    mdtrt_id, lines = scope
+    visit = await store.visit_of(call.conn, mdtrt_id)
+    await encounters.lock_many(call.conn, [visit])
+    claims = await store.pending_on_visits(call.conn, [visit])
+    refuse_if_held(held_lines(claims, call.req.fixmedins_code), lines)

@@ -78,6 +78,17 @@ async def upload(call: Call, *, kind: str) -> Answer:
     if enc.kind != kind:
         raise RuleRejected(f"就诊ID{mdtrt_id}不是{'门诊' if kind == 'outpatient' else '住院'}就诊")
     encounters.require_open(enc)
+    # Every pre-settlement and settlement of the visit reads all its unsettled lines: bounded,
+    # so that one visit's bill cannot hold a ledger connection for seconds (the visit is locked).
+    cap = call.gw.config.max_unsettled_lines_per_visit
+    held = await call.conn.fetchval(
+        "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
+    )
+    if cap and held + len(lines) > cap:
+        raise BadRequest(
+            f"就诊ID{mdtrt_id}待结算的费用明细已有{held}条，加上本次{len(lines)}条超过每次就诊"
+            f"{cap}条的上限：请先结算已上传的费用（住院可中途结算）后再上传"
+        )
     for ln in lines:
         if ln.psn_no != enc.psn_no:
             raise LineRejected(ln.feedetl_sn, "人员编号与就诊登记的参保人不一致")

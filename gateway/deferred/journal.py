@@ -25,7 +25,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.deferred.store import Entry
+from gateway.deferred.store import Entry, Held
 
 log = logging.getLogger("gateway.journal")
 SUFFIX = ".journal"
@@ -96,6 +96,9 @@ class Journal:
         self.digests: dict[tuple[str, str], bytes] = {}  # the body each answer was given to
         self.claims: dict[str, Entry] = {}  # claim_id -> entry, for withdrawals
         self.withdrawn: set[str] = set()
+        # claim_id -> (institution, mdtrt_id, lines) of claims pending here: a second claim of
+        # the same lines is refused while the ledger cannot be asked.
+        self._held: dict[str, tuple[str, str, Held]] = {}
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
@@ -131,6 +134,22 @@ class Journal:
         if e.kind == "withdrawal" and e.claim_id:
             self.withdrawn.add(e.claim_id)
 
+    def held_on(self, fixmedins_code: str, mdtrt_id: str) -> list[Held]:
+        """What this process's pending claims of the visit cover."""
+        return [
+            h
+            for code, visit, h in self._held.values()
+            if (code, visit) == (fixmedins_code, mdtrt_id)
+        ]
+
+    def hold(self, held: Held, fixmedins_code: str, mdtrt_id: str) -> None:
+        """Mark the claim's lines taken; before the write, so a concurrent claim sees them."""
+        self._held[held.claim_id] = (fixmedins_code, mdtrt_id, held)
+
+    def let_go(self, claim_id: str) -> None:
+        """The claim was withdrawn, never written, or is in the ledger now (which answers)."""
+        self._held.pop(claim_id, None)
+
     def answered(self, fixmedins_code: str, msgid: str) -> tuple[bytes, bytes] | None:
         """(body digest, answer) of a msgid this process answered from the journal."""
         key = (fixmedins_code, msgid)
@@ -157,6 +176,7 @@ class Journal:
             if e.claim_id:
                 self.claims.pop(e.claim_id, None)
                 self.withdrawn.discard(e.claim_id)
+                self.let_go(e.claim_id)
 
     def drainable(self) -> list[tuple[Path, IO[bytes]]]:
         """Segments no running process holds, each locked for the caller; oldest first."""

@@ -83,3 +83,48 @@ async def pending_claims(conn: asyncpg.Connection) -> int:
             "SELECT count(*) FROM deferred WHERE kind = 'claim' AND status = 'pending'"
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Lines of a visit a pending claim covers: a charge batch, or all of them (fees.ALL)."""
+
+    claim_id: str
+    infno: str
+    lines: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClaim:
+    """A claim still waiting for replay, on the visit the ledger knows it by."""
+
+    claim_id: str
+    fixmedins_code: str
+    mdtrt_id: str  # a provisional id already resolved to its visit
+    infno: str
+    body: bytes
+
+
+async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> list[PendingClaim]:
+    """Pending claims of these visits, including those filed under a provisional id that became
+    one of them. The pending set is small (an outage's worth), so this stays cheap."""
+    rows = await conn.fetch(
+        "SELECT d.claim_id, d.fixmedins_code, coalesce(i.mdtrt_id, d.mdtrt_id) AS visit,"
+        " d.infno, d.body FROM deferred d"
+        " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
+        " WHERE d.kind = 'claim' AND d.status = 'pending' AND d.mdtrt_id <> ''"
+        " AND coalesce(i.mdtrt_id, d.mdtrt_id) = ANY($1::text[])",
+        mdtrt_ids,
+    )
+    return [
+        PendingClaim(r["claim_id"], r["fixmedins_code"], r["visit"], r["infno"], bytes(r["body"]))
+        for r in rows
+    ]
+
+
+async def visit_of(conn: asyncpg.Connection, mdtrt_id: str) -> str:
+    """The visit a provisional id became, or the id itself (not yet applied, or not provisional)."""
+    real = await conn.fetchval(
+        "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
+    )
+    return mdtrt_id if real is None else str(real)

@@ -60,6 +60,24 @@ async def _bump(conn: asyncpg.Connection) -> int:
     )
 
 
+async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
+    """A scope that names something the reference data holds: a rule or window for a code no
+    institution has would match no request while the console shows the plan degraded, so a typo
+    made during an emergency is refused here rather than silently doing nothing."""
+    check_scope(scope)
+    kind, _, code = scope.partition(":")
+    if kind == "institution":
+        if not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM institutions WHERE fixmedins_code = $1)", code
+        ):
+            raise BadRequest(f"范围{scope}无效：定点医药机构编号{code}未登记，请核对机构编号")
+    elif kind == "region" and not await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM institutions WHERE admdvs = $1)", code
+    ):
+        raise BadRequest(f"范围{scope}无效：医保区划{code}下没有登记的定点医药机构，请核对区划代码")
+    return scope
+
+
 def _reason(reason: str) -> str:
     reason = reason.strip()
     if len(reason) < 2:
@@ -86,7 +104,7 @@ async def set_rule(
     conn: asyncpg.Connection, *, scope: str, klass: str, action: str, reason: str, operator: str
 ) -> int:
     """Put a scope/class into degraded mode with this action; returns the new plan version."""
-    check_scope(scope)
+    await check_known_scope(conn, scope)
     check_class(klass)
     check_action(action)
     reason = _reason(reason)
@@ -154,7 +172,7 @@ async def add_window(
     reason: str,
 ) -> int:
     """Schedule (or reschedule, by name and scope) a cut-over window; returns the new version."""
-    check_scope(scope)
+    await check_known_scope(conn, scope)
     for klass in classes:
         check_class(klass)
     check_action(action)
