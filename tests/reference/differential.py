@@ -633,10 +633,10 @@ class Epoch:
     ) -> None:
         rng = self.rng
         flag = self.acct_flag()
-        splits = self.model.split_lines(code, [u.line for u in uploaded], upload=False)
-        medfee = sum(s.amount for s in splits)
+        medfee = sum(u.line.amount_fen for u in uploaded)
         extra = {"med_type": visit.med_type, "chrg_bchno": bchno}
         try:
+            splits = self.model.split_lines(code, [u.line for u in uploaded])
             want = self.model.compute(visit, visit.med_type, splits, flag)
         except Rejected as why:
             data = self.settle_data(person, visit.mdtrt_id, medfee, flag, **extra)
@@ -1132,14 +1132,14 @@ class Stay:
         e = self.e
         rng = e.rng
         pending = self.unsettled()
-        splits = e.model.split_lines(self.code, [u.line for u in pending], upload=False)
         flag = e.acct_flag()
-        medfee = sum(s.amount for s in splits)
+        medfee = sum(u.line.amount_fen for u in pending)
         data = Epoch.settle_data(
             self.person, self.visit.mdtrt_id, medfee, flag, mid_setl_flag="1" if mid else "0"
         )
         step = "mid-way" if mid else "final"
         try:
+            splits = e.model.split_lines(self.code, [u.line for u in pending])
             want = e.model.compute(self.visit, self.med_type, splits, flag)
         except Rejected as why:
             e.refused(await self.settle_call("2304", data), f"2304 {step}", str(why))

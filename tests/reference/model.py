@@ -211,7 +211,9 @@ class Model:
             raise Rejected(f"明细{line.feedetl_sn}金额与单价数量不符")
         mapping = self.data.mapping(fixmedins_code, line.medins_list_codg, line.fee_date)
         # "If the request also sends med_list_codg and it differs from the registered mapping,
-        # reject the line": a check of the uploading request; a settlement carries no lines.
+        # reject the line": the line's own med_list_codg against the mapping registered when it
+        # is resolved, at its upload and again at its settlement (a 3301 in between makes the
+        # counter re-upload it). `upload=False` only for the test's look-ahead.
         if (
             upload
             and line.med_list_codg
@@ -302,6 +304,10 @@ class Model:
         overlmt = sum(ln.overlmt for ln in lines)
         preself = sum(ln.preselfpay for ln in lines)
         inscp = sum(ln.inscp for ln in lines)
+        # Nothing to settle is no settlement: the rules define none of a zero total (a new line
+        # and the refund of another cancelling out), and the gateway refuses it.
+        if not lines or medfee == 0:
+            raise Rejected("医疗费总额为0，没有需要结算的费用")
         # §6 "all components ≥ 0 on a settlement": refund lines may not take a settlement's
         # totals below zero (the gateway refuses such a batch rather than answer negatives).
         if min(medfee, fulamt, overlmt, preself, inscp) < 0:
