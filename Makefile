@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: demo differential fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
+.PHONY: demo differential stateful fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -129,6 +129,13 @@ fuzz: install
 differential: N ?= 2000
 differential: install
 	DIFFERENTIAL_N=$(N) DIFFERENTIAL_SEED=$(SEED) $(BIN)/python -m pytest tests/reference/test_differential.py -q -s --timeout 0 -p no:cacheprovider
+
+# Random sequences of uploads, settlements, cancellations, reversals and dates against a real
+# gateway; after every step the ledger checker's money invariants with the reference model as the
+# rules (tests/stateful/). `make stateful N=500 SEED=7`; no SEED: one is drawn and printed.
+stateful: N ?= 500
+stateful: install
+	STATEFUL_N=$(N) STATEFUL_SEED=$(SEED) $(BIN)/python -m pytest tests/stateful/test_money_machine.py -q -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build dist

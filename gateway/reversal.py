@@ -102,7 +102,10 @@ async def _undo_settlement(
 ) -> None:
     row = await conn.fetchrow(
         "SELECT setl_id, mdtrt_id, psn_no, status FROM settlements WHERE fixmedins_code = $1"
-        " AND medins_setl_id = $2 AND infno = $3 AND replaces_setl_id IS NULL",
+        " AND medins_setl_id = $2 AND infno = $3"
+        # A bulk correction's re-settlement carries the original's msgid; the original is the one
+        # the counter sent. A counter's own re-settlement after a refund has a msgid of its own.
+        " AND NOT EXISTS (SELECT 1 FROM correction_items c WHERE c.new_setl_id = settlements.setl_id)",
         code,
         omsgid,
         oinfno,
