@@ -89,10 +89,10 @@ def _line(sn: str, amount: str, code: str = "ZL0001") -> dict[str, Any]:
 
 
 async def _visit(
-    his: HisClient, psn: str, insutype: str, amount: str, acct: str = "0"
+    his: HisClient, psn: str, insutype: str, amount: str, acct: str = "0", code: str = "ZL0001"
 ) -> tuple[str, dict[str, Any]]:
     mdtrt_id = await his.register(psn, insutype, DAY, f"MZ-CHK-{next(_serial)}")
-    rows = his.fee_rows(mdtrt_id, psn, [_line("1", amount)], FEE_TIME, "B1")
+    rows = his.fee_rows(mdtrt_id, psn, [_line("1", amount, code)], FEE_TIME, "B1")
     await his.ok("2204", {"feedetail": rows})
     data = his.settle_data(psn, mdtrt_id, "11", amount, insutype, acct, chrg_bchno="B1")
     return mdtrt_id, (await his.ok("2207", data))["setlinfo"]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
+import pytest
+
 from tests.integration.conftest import Server
+from tests.integration.his_client import HisClient
 from tests.stateful.test_checker_ledger import (
     HOSPITAL,
     RESIDENT,
@@ -36,3 +40,41 @@ async def test_a_settlement_made_again_at_the_counter_can_be_reversed(server: Se
     )
     assert status == "cancelled"
     assert await server.check_ledger() == []
+
+
+async def _map(his: HisClient, item: str, national: str, begndate: dt.date) -> None:
+    await his.ok(
+        "3301",
+        {
+            "data": [
+                {
+                    "fixmedins_hilist_id": item,
+                    "fixmedins_hilist_name": "对照测试",
+                    "list_type": "201",
+                    "med_list_codg": national,
+                    "begndate": str(begndate),
+                    "enddate": "2099-12-31",
+                }
+            ]
+        },
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="3301 rows uploaded out of begndate order: the gateway lets the latest begndate win,"
+    " README and the reference model let the newer row supersede from its begndate (reported)",
+)
+async def test_a_mapping_uploaded_later_with_an_earlier_begndate_supersedes(
+    server: Server,
+) -> None:
+    # README (3301): "a new row supersedes from its begndate". ZL0012 mapped to CT (class 02,
+    # first self-pay) from today, then, in a later upload, to a blood count (class 01) from ten
+    # days ago: today the later upload is in force, so nothing is first self-paid.
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    today = dt.date.today()
+    await _map(his, "ZL0012", "002704000010000", today)
+    await _map(his, "ZL0012", "002501000010000", today - dt.timedelta(days=10))
+    _, settled = await _visit(his, psn, "390", "100.00", code="ZL0012")
+    assert settled["preselfpay_amt"] == Decimal("0.00")
