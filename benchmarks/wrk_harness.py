@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import math
 import os
 import platform
 import resource
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -140,6 +143,21 @@ def start_gateway(
     return proc
 
 
+def stop(proc: subprocess.Popen[bytes], grace: float = 40) -> float:
+    """SIGTERM, then SIGKILL after the grace; the seconds it took (inf: killed)."""
+    started = time.monotonic()
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        for pid in reversed(tree(proc.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        return math.inf
+    return time.monotonic() - started
+
+
 def set_plan(dsn: str, action: str | None) -> None:
     """The emergency plan for every settlement (None: cleared); every worker polls it each second."""
     if action is None:
@@ -159,6 +177,7 @@ class Harness:
         self.common = {"persons": str(args.persons), "auth": args.auth, "run": run_token()}
         self.rows: list[tuple[str, dict[str, Any]]] = []
         self.sweeps: dict[str, list[dict[str, Any]]] = {}
+        self.opened = 0  # visits opened for 2206
 
     def load(self, scenario: str, connections: int) -> Load:
         a = self.args
@@ -204,6 +223,7 @@ class Harness:
         opts = {**self.common, "stop_after": "2204", "visits": str(per_thread), "out": str(out)}
         r = run_wrk(Load("visit.lua", threads, threads, opts), url, self.args.open_seconds)
         opened = len(out.read_text().splitlines()) if out.exists() else 0
+        self.opened = opened
         if opened < self.args.connections:
             raise SystemExit(f"only {opened} visits opened for 2206: {r['first_refusal']}")
 
@@ -289,9 +309,7 @@ def run(args: argparse.Namespace) -> Harness:
                 saturated = result["ok_rate"]
     finally:
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+            stop(proc)
         asyncio.run(drop_db(args.database_url, name))
         shutil.rmtree(work, ignore_errors=True)
     return h
@@ -312,10 +330,10 @@ def overload(h: Harness, dsn: str, saturated: float) -> dict[str, Any]:
         )  # fmt: skip
         result = h.measure(f"http://127.0.0.1:{port}", load, args.duration, tree(shedding.pid))
         result["offered_rate"] = rate
-        return result
     finally:
-        shedding.terminate()
-        shedding.wait(timeout=30)
+        stopped = stop(shedding)
+    result["stop_seconds"] = stopped
+    return result
 
 
 # Report --------------------------------------------------------------------------------------
@@ -352,6 +370,8 @@ def render(h: Harness, started: str, load_before: tuple[float, ...]) -> str:
         label = LABELS.get(scenario, scenario)
         if scenario == "overload":
             label += f", offered {r['offered_rate']:,.0f}/s"
+        if scenario == "2206":
+            label += f", over {h.opened} visits"
         cpu = (r["gateway_cpu_us"] or 0) + (r["postgres_cpu_us"] or 0)
         lines.append(
             f"| {label} | {r['rate']:,.0f} | {r['ok_rate']:,.0f} | {r['p50_ms']:.2f} |"
@@ -367,6 +387,12 @@ def render(h: Harness, started: str, load_before: tuple[float, ...]) -> str:
         if r["first_refusal"] and s not in ("reject", "overload")
     ]
     errors = [f"{s}: {r['errors']}" for s, r in h.rows if any(r["errors"].values())]
+    slow = [(s, r["stop_seconds"]) for s, r in h.rows if r.get("stop_seconds", 0) > 12]
+    for s, seconds in slow:
+        took = (
+            "did not stop within 40 s; killed" if math.isinf(seconds) else f"took {seconds:.0f} s"
+        )
+        lines += ["", f"The {s} row's gateway {took} after SIGTERM (its graceful stop is 10 s)."]
     if problems or errors:
         lines += ["", "Unexpected answers or socket errors: " + "; ".join(problems + errors)]
     if h.sweeps:
