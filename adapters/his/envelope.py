@@ -75,13 +75,10 @@ _envelope_decoder = msgspec.json.Decoder(Envelope)
 _str_decoder = msgspec.json.Decoder(str)
 _MSGID = re.compile(r"^[0-9A-Za-z_\-]{1,40}$")
 _INFNO = re.compile(r"^[0-9]{4}[A-Z]?$")
-# A control character in any string of the body, raw (DEL, C1) or escaped (\u0000-\u001f except
-# tab, line feed and carriage return; \b, \f; \u007f-\u009f). An escape counts only after an
-# even run of backslashes: "\\u0000" is the six characters \u0000, not a NUL.
-_CONTROL = re.compile(
-    rb"\x7f|\xc2[\x80-\x9f]"
-    rb"|(?<!\\)(?:\\\\)*\\(?:[bf]|u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F]|7[fF]|[89][0-9a-fA-F]))"
-)
+# A control character can only be in a valid JSON body raw as DEL (0x7f) or a C1 character
+# (0xc2 0x80-0x9f), or escaped (\u0000-\u001f, \b, \f, \u007f-\u009f): so a body without a
+# backslash, a 0x7f or a 0xc2 byte holds none. Each is looked for with one memchr.
+_CONTROL_LEADS = (b"\\", b"\x7f", b"\xc2")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
@@ -114,14 +111,19 @@ def refuse_control_characters(raw: bytes) -> None:
     """A NUL or another control character in a text field is refused, naming the field.
 
     Nothing in the interface carries one, and PostgreSQL cannot store a NUL: it would fail the
-    write after the checks. The byte scan is the common, cheap path; the walk only names where.
+    write after the checks. The lead-byte scan is the common, cheap path; the walk decides.
     """
-    if _CONTROL.search(raw) is None:
+    # A pattern over the raw bytes cost ~50 ns a byte on the event loop (0.4 s for an 8 MiB
+    # 9101 upload); the lead-byte look-ups cost well under 1 ms, and the decode and walk that
+    # follow a hit are a few milliseconds at most.
+    if all(raw.find(lead) < 0 for lead in _CONTROL_LEADS):
         return
     try:
         where = _control_path(msgspec.json.decode(raw), "")
     except msgspec.DecodeError:
         where = None
+    except RecursionError:
+        raise BadRequest(TOO_DEEP) from None
     if where is None:
         return  # the match was inside a number or key-less text the walk does not see
     raise BadRequest(f"字段{where}含有不可见的控制字符（如NUL），请删除后重新发送")
