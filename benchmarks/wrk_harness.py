@@ -3,9 +3,10 @@
     python benchmarks/wrk_harness.py [--duration 8] [--connections 64] [--threads 1]
         [--auth on|off] [--sweep 1,2,4,8,16,32] [--scenarios …] [--results benchmarks/RESULTS.md]
 
-The Python generator (benchmarks/loadgen.py) spends 95–240 µs of CPU per answer on the same two
-cores as the servers it measures, so its "ceiling" was its own. wrk builds and signs each request
-in LuaJIT for a few tens of µs, and its cost is measured and shown beside the servers'.
+The Python generator (benchmarks/loadgen.py) spends 95–500 µs of CPU per answer on the same two
+cores as the servers it measures, so its "ceiling" was its own. wrk's scripts build and sign a
+request in ~4.4 µs of LuaJIT, wrk's whole cost is a few tens of µs per answer, and it is measured
+and shown beside the servers'.
 
 One run: the bare aiohttp + uvloop handler (benchmarks/bare_server.py), then every scenario on
 one gateway over a fresh database (demo set + synthetic persons), each row with answers/s,
@@ -202,6 +203,7 @@ class Harness:
         answers = max(result["answers"], 1)
         result["gateway_cpu_us"] = (cpu_seconds(server_pids) - before[0]) / answers * 1e6
         result["postgres_cpu_us"] = None
+        result["load1"] = os.getloadavg()[0]
         if postgres:
             pg = asyncio.run(postgres_backends(self.args.database_url, self.database))
             result["postgres_cpu_us"] = grown(before[1], per_process(pg)) / answers * 1e6
@@ -350,16 +352,19 @@ def render(h: Harness, started: str, load_before: tuple[float, ...]) -> str:
     bare_rate = ceiling["rate"] or 1.0
     bare_cpu = ceiling["gateway_cpu_us"] or 1.0
     load_after = os.getloadavg()
+    sweep = ",".join(map(str, a.sweep)) or "''"
+    during = [r.get("load1", 0.0) for _, r in h.rows]
+    signing = ceiling.get("sha256", "?") if a.auth == "on" else "none (--auth off)"
     lines = [
         f"Command: `python benchmarks/wrk_harness.py --duration {a.duration:g}"
         f" --connections {a.connections} --threads {a.threads} --workers {a.workers}"
-        f" --auth {a.auth} --persons {a.persons} --sweep {','.join(map(str, a.sweep)) or '-'}"
+        f" --auth {a.auth} --persons {a.persons} --sweep {sweep}"
         f" --sweep-duration {a.sweep_duration:g} --scenarios {','.join(a.scenarios)}`, {started}.  ",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()},"
-        f" Python {platform.python_version()}, {wrk_version()}, SHA-256 in wrk:"
-        f" {ceiling.get('sha256', '?')}; servers, wrk and PostgreSQL on the same cores, shared with"
+        f" Python {platform.python_version()}, {wrk_version()}, signing in wrk: {signing};"
+        " servers, wrk and PostgreSQL on the same cores, shared with"
         f" other work: load average {load_before[0]:.2f} before the run,"
-        f" {load_after[0]:.2f} after.",
+        f" {min(during):.2f}–{max(during):.2f} at the ends of the rows, {load_after[0]:.2f} after.",
         "",
         "| scenario | answers/s | ok/s (infcode 0) | p50 ms | p99 ms | busy | refused"
         " | answers ÷ ceiling | ok ÷ ceiling | CPU µs/answer: gateway, PostgreSQL, wrk"
