@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,8 +102,14 @@ class LoginPolicy:
     # A guarded name takes one attempt per interval from addresses that have not failed it and
     # are not among its desks: guessing stays slow, its operator waits at most this long.
     guarded_interval_seconds: float = 30.0
-    hash_threads: int = 2  # scrypt runs here, off the event loop
+    # scrypt runs here, off the event loop. One thread: on a box of two cores a flood of guesses
+    # from many addresses must not take both from the settlements.
+    hash_threads: int = 1
     hash_queue: int = 8  # attempts waiting for a thread; beyond that "busy, try later"
+    # Hashes started per second per process (a token bucket with this burst): an operator logs
+    # in a few times a day, a guesser rotating addresses thousands of times a minute, and each
+    # guess costs ~50 ms of CPU that the counters' settlements would otherwise get.
+    hashes_per_second: float = 4.0
 
 
 KINDS = ("operator", "address", "pair")
@@ -203,6 +210,11 @@ async def reserve_attempt(
             now,
         )
     return refusal
+
+
+async def is_desk(conn: asyncpg.Connection, name: str, address: str) -> bool:
+    """Whether the name has logged in from this address within DESK_DAYS."""
+    return await _is_desk(conn, name, address)
 
 
 async def _is_desk(conn: asyncpg.Connection, name: str, address: str) -> bool:
@@ -408,20 +420,39 @@ class Hasher:
     """scrypt on threads of its own, with a bound on the attempts waiting for them: a flood of
     log-ins queues here (and past the bound is refused) instead of stalling settlements."""
 
-    __slots__ = ("_dummy", "_executor", "pending", "policy")
+    __slots__ = ("_dummy", "_executor", "_refilled", "_tokens", "pending", "policy")
 
     def __init__(self) -> None:
         self.policy = LoginPolicy()
         self._executor: ThreadPoolExecutor | None = None
         self._dummy: str | None = None
         self.pending = 0
+        self._tokens = self.policy.hashes_per_second
+        self._refilled = time.monotonic()
+
+    def _take_token(self) -> bool:
+        """One hash from the per-second budget; the burst is one second's worth."""
+        rate = self.policy.hashes_per_second
+        now = time.monotonic()
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def configure(self, policy: LoginPolicy) -> None:
         self.policy = policy
 
-    async def check(self, stored: str | None, password: str) -> bool:
-        """The password against the stored hash; None (no such operator) costs the same."""
+    async def check(self, stored: str | None, password: str, *, desk: bool = False) -> bool:
+        """The password against the stored hash; None (no such operator) costs the same.
+
+        `desk`: the name has logged in from this address before; its attempt is not counted
+        against the budget, so a flood of guesses from elsewhere cannot keep the duty team out
+        (the per-pair lock still bounds guessing from a desk)."""
         if self.pending >= self.policy.hash_threads + self.policy.hash_queue:
+            raise HashersBusy
+        if not desk and not self._take_token():
             raise HashersBusy
         if self._executor is None:
             self._executor = ThreadPoolExecutor(

@@ -163,11 +163,12 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         address = request.remote or ""
         async with gw(request).pool.acquire(timeout=5.0) as conn:
             lock = await operators.reserve_attempt(conn, policy, login, address)
+            desk = lock is None and await operators.is_desk(conn, login, address)
         if lock is not None:
             raise Refused(429, refusal_text(lock, policy))
         found: operators.Operator | None = request.app[OPERATORS].get(login)
         try:
-            ok = await hasher.check(found.password if found else None, password)
+            ok = await hasher.check(found.password if found else None, password, desk=desk)
         except operators.HashersBusy:
             raise Refused(429, "登录请求过多，请稍后再试") from None
         async with gw(request).pool.acquire(timeout=5.0) as conn:

@@ -47,6 +47,19 @@ async def _login(session: aiohttp.ClientSession, url: str, who: dict[str, str]) 
         return r.status, await r.json()
 
 
+async def _login_within_the_budget(
+    session: aiohttp.ClientSession, url: str, who: dict[str, str]
+) -> Any:
+    """A log-in that may first meet the per-second hashing budget the test's guesses spent."""
+    for _ in range(30):
+        status, body = await _login(session, url, who)
+        if status != 429 or "登录请求过多" not in body["error"]:
+            assert status == 200, body
+            return body
+        await asyncio.sleep(0.25)
+    raise AssertionError("the hashing budget never refilled")
+
+
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -141,7 +154,7 @@ async def test_an_unknown_name_is_answered_and_hashed_like_a_known_one(
         status, body = await _login(client, server.url, {"operator": "ghost", "password": "x"})
         assert status == 429 and "该账号在本机地址已锁定" in body["error"]
     async with _from("127.0.0.1") as desk:
-        _, body = await _login(desk, server.url, DUTY)
+        body = await _login_within_the_budget(desk, server.url, DUTY)
         for key in ("ghost", "127.0.0.3"):
             kind = "operator" if key == "ghost" else "address"
             clear = {"kind": kind, "key": key, "reason": "测试结束"}

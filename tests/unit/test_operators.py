@@ -6,7 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.operators import check_password, hash_password, load_operators
+import pytest
+
+from gateway import operators
+from gateway.operators import (
+    Hasher,
+    HashersBusy,
+    LoginPolicy,
+    check_password,
+    hash_password,
+    load_operators,
+)
 
 DEMO = Path(__file__).resolve().parents[2] / "config" / "demo" / "operators.toml"
 
@@ -29,3 +39,29 @@ def test_demo_operators_and_the_hash_command() -> None:
         input="a-long-password\n", capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert check_password(made.stdout.strip(), "a-long-password")
+
+
+async def test_hashing_has_a_budget_per_second_and_refuses_past_it_without_hashing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A guesser rotating addresses escapes the per-address lock; the budget bounds the CPU the
+    # guesses can take from settlements whatever the number of addresses.
+    clock = [1000.0]
+    monkeypatch.setattr(operators.time, "monotonic", lambda: clock[0])
+    hasher = Hasher()
+    hasher.configure(LoginPolicy(hashes_per_second=2.0))
+    stored = hash_password("right")
+    try:
+        assert await hasher.check(stored, "right") is True
+        assert await hasher.check(stored, "wrong") is False
+        with pytest.raises(HashersBusy):  # the second's budget is spent
+            await hasher.check(stored, "right")
+        assert hasher.pending == 0  # refused before a thread was asked for
+        # The operator's own desk is not held to the budget the guessers spent.
+        assert await hasher.check(stored, "right", desk=True) is True
+        clock[0] += 0.5  # half a second later: one more hash
+        assert await hasher.check(stored, "right") is True
+        with pytest.raises(HashersBusy):
+            await hasher.check(stored, "right")
+    finally:
+        hasher.close()
