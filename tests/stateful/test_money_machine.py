@@ -579,6 +579,10 @@ class MoneyMachine(RuleBasedStateMachine):
         want = self.expect(stay, lines, acct)
         medfee = sum(ln.amount_fen for ln in lines)
         inpatient = stay.kind == "inpatient"
+        if inpatient and stay.discharged and medfee == 0:
+            # The gateway closes a stay whose remaining lines net to zero; the model refuses a
+            # zero total (tests/reference/DISAGREEMENTS.md): a disagreement reported, not driven.
+            return
         extra: dict[str, Any] = (
             {"chrg_bchno": "B1"}
             if not inpatient
