@@ -25,7 +25,7 @@ from gateway.deferred import PROVISIONAL_PREFIX, store
 from gateway.deferred.store import Entry
 from gateway.dispatch import Answer, Call, Detour, Transaction
 from gateway.errors import Conflict, RuleRejected, Unavailable
-from gateway.ledger import encounters, fees, idempotency
+from gateway.ledger import encounters, fees, idempotency, persons
 from gateway.ops import metrics
 from gateway.plan import store as plan_store
 from gateway.plan.rules import Decision
@@ -141,6 +141,7 @@ async def _defer_claim(call: Call) -> Answer:
     req = call.req
     facts = deferral.read_claim(req)
     _check_dates(call.gw, req, call.institution, call.now)
+    await persons.require_certificate_of(call.conn, facts.psn_no, facts.cert)
     service_date = facts.service_date
     mdtrt_id = facts.mdtrt_id
     visit = mdtrt_id

@@ -61,6 +61,10 @@ WARD_DAY = [
 WARD_DAY_TOTAL = sum(Decimal(price) * int(cnt) for _, price, cnt in WARD_DAY)  # 1,077.00
 
 
+# Every request presents the person's e-voucher (mdtrt_cert_type 01), whose token is the psn_no
+# for the demo and the synthetic persons alike: the gateway refuses a certificate of anyone else.
+
+
 def synthetic_person(index: int, region: str = REGION) -> str:
     """The psn_no `python -m gateway demo synth` gave the index-th synthetic employee."""
     return f"S{region}{index:012d}"
@@ -128,7 +132,7 @@ def drug_input(
     return {
         "druginfo": {
             "psn_no": psn_no,
-            "mdtrt_cert_type": "02",
+            "mdtrt_cert_type": "01",
             "mdtrt_cert_no": psn_no,
             "begntime": today,
             "medfee_sumamt": yuan(total),
@@ -161,7 +165,7 @@ def register_input(psn_no: str, insutype: str = "310") -> dict[str, Any]:
             "psn_no": psn_no,
             "insutype": insutype,
             "begntime": now_text(),
-            "mdtrt_cert_type": "02",
+            "mdtrt_cert_type": "01",
             "mdtrt_cert_no": psn_no,
             "ipt_otp_no": f"LT{_PROCESS}{next(_serial)}",
         }
@@ -215,7 +219,7 @@ def settle_input(
     return {
         "data": {
             "psn_no": psn_no,
-            "mdtrt_cert_type": "02",
+            "mdtrt_cert_type": "01",
             "mdtrt_cert_no": psn_no,
             "med_type": med_type,
             "medfee_sumamt": medfee,
@@ -241,7 +245,7 @@ def admission_input(psn_no: str, insutype: str = "310") -> dict[str, Any]:
             "psn_no": psn_no,
             "insutype": insutype,
             "begntime": now_text(),
-            "mdtrt_cert_type": "02",
+            "mdtrt_cert_type": "01",
             "mdtrt_cert_no": psn_no,
             "med_type": "21",
             "ipt_no": f"ZY{_PROCESS}{next(_serial)}",

@@ -21,6 +21,8 @@ from adapters.his.wire import (
     In2206,
     In2208,
     Node,
+    certificate,
+    certificate_if_sent,
     fen,
     fen_required,
     required,
@@ -31,6 +33,7 @@ from gateway.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX, store
 from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.ledger import encounters, fees
+from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
 
 CLAIMS = frozenset({"2207", "2304", "2102"})  # settlements that become claims
@@ -57,6 +60,7 @@ class _DrugClaim(Node):
 
     psn_no: Code = None
     mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
     begntime: Code = None
     medfee_sumamt: Amount = None
     med_type: Code = None
@@ -93,6 +97,7 @@ class ClaimFacts:
     service_date: dt.date | None  # known from the request (pharmacy) or from the visit
     med_type: str
     declared: dict[str, int]  # the split the client sent, when it sent one
+    cert: Certificate | None = None  # checked against psn_no before a claim is taken
 
 
 def read_claim(req: Request) -> ClaimFacts:
@@ -104,7 +109,7 @@ def read_claim(req: Request) -> ClaimFacts:
             raise BadRequest("缺少输入节点druginfo")
         if not node.drugdetail:
             raise BadRequest("药品明细drugdetail不能为空")
-        required(info.mdtrt_cert_type, "druginfo.mdtrt_cert_type")
+        cert = certificate(info.mdtrt_cert_type, info.mdtrt_cert_no, "druginfo")
         return ClaimFacts(
             psn_no=required(info.psn_no, "druginfo.psn_no"),
             mdtrt_id="",
@@ -112,6 +117,7 @@ def read_claim(req: Request) -> ClaimFacts:
             service_date=when_required(info.begntime, "druginfo.begntime").date(),
             med_type=text(info.med_type) or "41",
             declared={},
+            cert=cert,
         )
     data = decode_input(req, In2206).data
     if data is None:
@@ -133,6 +139,7 @@ def read_claim(req: Request) -> ClaimFacts:
         if req.infno == "2304"
         else required(data.med_type, "data.med_type"),
         declared=declared,
+        cert=certificate_if_sent(data.mdtrt_cert_type, data.mdtrt_cert_no, "data"),
     )
 
 

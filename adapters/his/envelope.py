@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from adapters.his import lengths
 from gateway.errors import BadRequest
 
 Code = str | int | None
@@ -167,6 +168,7 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise undecodable(body, exc) from exc
     refuse_control_characters(body)
+    lengths.check(env)
     infno = text(env.infno) or (path_infno or "")
     if path_infno and text(env.infno) and text(env.infno) != path_infno:
         raise BadRequest(f"交易编号不一致：地址为{path_infno}，报文为{text(env.infno)}")
@@ -242,6 +244,7 @@ def decode_input(request: Request, kind: type[T]) -> T:
         raise BadRequest("交易输入input不是有效的JSON") from exc
     except (UnicodeDecodeError, RecursionError) as exc:
         raise undecodable(request.input, exc) from exc
+    lengths.check(result)
     return result
 
 

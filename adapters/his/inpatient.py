@@ -6,7 +6,16 @@ import msgspec
 
 from adapters.his import settling, uploads
 from adapters.his.envelope import decode_input, text
-from adapters.his.wire import In2202, In2302, In2401, In2402, as_list, required, when_required
+from adapters.his.wire import (
+    In2202,
+    In2302,
+    In2401,
+    In2402,
+    as_list,
+    certificate,
+    required,
+    when_required,
+)
 from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons
@@ -28,11 +37,11 @@ async def admit(call: Call) -> Answer:
     )
     med_type = required(info.med_type, "mdtrtinfo.med_type")
     ipt_no = required(info.ipt_no, "mdtrtinfo.ipt_no")
-    required(info.mdtrt_cert_type, "mdtrtinfo.mdtrt_cert_type")
-    required(info.mdtrt_cert_no, "mdtrtinfo.mdtrt_cert_no")
+    cert = certificate(info.mdtrt_cert_type, info.mdtrt_cert_no, "mdtrtinfo")
     if med_type not in INPATIENT_MED_TYPES:
         raise RuleRejected(f"医疗类别{med_type}不是住院类别")
     person, _ = await persons.read(call.conn, psn_no)
+    persons.require_certificate(person, cert)
     selfpay = call.mode == "selfpay"
     if not selfpay:  # a self-pay admission is checked when it is converted (自费转医保)
         persons.require_insured(person)
@@ -158,17 +167,41 @@ async def cancel_fees(call: Call) -> Answer:
     if not refs:
         raise BadRequest("缺少输入节点data")
     removed = 0
+    touched: set[str] = set()
     for ref in refs:
         mdtrt_id = required(ref.mdtrt_id, "data.mdtrt_id")
         sn = required(ref.feedetl_sn, "data.feedetl_sn")
         await _admission(call, mdtrt_id, required(ref.psn_no, "data.psn_no"))
+        touched.add(mdtrt_id)
         n = await fees.delete_unsettled(call.conn, mdtrt_id, feedetl_sn=sn)
         if not n and sn != fees.ALL:
             raise NotFound(f"费用明细流水号{sn}不存在或已结算，不能撤销")
         removed += n
     if not removed:
         raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
+    for mdtrt_id in sorted(touched):
+        await _no_orphan_refunds(call, mdtrt_id)
     return Answer({})
+
+
+_ORPHAN_REFUND = (
+    "SELECT r.feedetl_sn, r.init_feedetl_sn FROM fee_lines r WHERE r.mdtrt_id = $1"
+    " AND r.cnt < 0 AND NOT EXISTS (SELECT 1 FROM fee_lines o"
+    " WHERE o.mdtrt_id = r.mdtrt_id AND o.feedetl_sn = r.init_feedetl_sn)"
+    " ORDER BY r.feedetl_sn LIMIT 1"
+)
+
+
+async def _no_orphan_refunds(call: Call, mdtrt_id: str) -> None:
+    """A refund never stands without the charge it takes back (uploads.py): a charge is
+    withdrawn with its refund lines, or after them (checked once the whole request is applied,
+    so one 2302 may list the charge before its refunds)."""
+    orphan = await call.conn.fetchrow(_ORPHAN_REFUND, mdtrt_id)
+    if orphan is not None:
+        raise Conflict(
+            f"费用流水号{orphan['init_feedetl_sn']}有退费明细{orphan['feedetl_sn']}，"
+            "请先撤销退费明细（或一并撤销）后再撤销原收费明细"
+        )
 
 
 @register("2303", "住院预结算", writes=False, klass="settlement")

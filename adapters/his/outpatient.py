@@ -8,7 +8,16 @@ import msgspec
 
 from adapters.his import settling, uploads
 from adapters.his.envelope import decode_input, text
-from adapters.his.wire import In2201, In2202, In2203, In2205, required, when, when_required
+from adapters.his.wire import (
+    In2201,
+    In2202,
+    In2203,
+    In2205,
+    certificate,
+    required,
+    when,
+    when_required,
+)
 from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons
@@ -28,9 +37,9 @@ async def register_visit(call: Call) -> Answer:
         "挂号时间begntime", begntime, admdvs=call.institution.admdvs, now=call.now
     )
     ipt_otp_no = required(data.ipt_otp_no, "data.ipt_otp_no")
-    required(data.mdtrt_cert_type, "data.mdtrt_cert_type")
-    required(data.mdtrt_cert_no, "data.mdtrt_cert_no")
+    cert = certificate(data.mdtrt_cert_type, data.mdtrt_cert_no, "data")
     person, _ = await persons.read(call.conn, psn_no)
+    persons.require_certificate(person, cert)
     persons.require_insured(person)
     if insutype != person.insutype:
         raise RuleRejected(f"险种类型{insutype}与参保人险种{person.insutype}不一致")

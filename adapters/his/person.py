@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from adapters.his.envelope import decode_input, text
 from adapters.his.output import amount, person_fields
-from adapters.his.wire import In1101, required, when
+from adapters.his.wire import In1101, certificate, when
 from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, IdentityRejected
 from gateway.ledger import persons
 
-_CERT_TYPES = {"01", "02", "03"}
 _IDENTITY = {"dibao": ("10", "最低生活保障对象"), "tekun": ("11", "特困供养人员")}
 
 
@@ -18,14 +17,12 @@ async def person_info(call: Call) -> Answer:
     data = decode_input(call.req, In1101).data
     if data is None:
         raise BadRequest("缺少输入节点data")
-    cert_type = required(data.mdtrt_cert_type, "data.mdtrt_cert_type")
-    if cert_type not in _CERT_TYPES:
-        raise BadRequest(f"就诊凭证类型{cert_type}无效，应为01电子凭证、02身份证或03社保卡")
-    cert_no = required(data.mdtrt_cert_no, "data.mdtrt_cert_no")
-    if cert_type == "03" and not text(data.card_sn):
+    cert = certificate(data.mdtrt_cert_type, data.mdtrt_cert_no, "data")
+    # Only 1101 reads the card itself; later calls carry its number alone (protocol.md §2.2).
+    if cert.cert_type == "03" and not text(data.card_sn):
         raise BadRequest("社保卡就诊须提供卡识别码card_sn")
     begntime = when(data.begntime, "data.begntime", optional=True)
-    found = await persons.find_by_certificate(call.conn, cert_type, cert_no)
+    found = await persons.find_by_certificate(call.conn, cert.cert_type, cert.cert_no)
     if found is None:
         raise IdentityRejected("未查询到该就诊凭证对应的参保人员，请核对证件号码或重新读卡")
     person, balance = found

@@ -10,7 +10,16 @@ import msgspec
 from adapters.his import deferral
 from adapters.his.envelope import Request, decode_input, text
 from adapters.his.output import setldetail, setlinfo
-from adapters.his.wire import In2206, In2208, SettleData, fen, fen_required, flag, required
+from adapters.his.wire import (
+    In2206,
+    In2208,
+    SettleData,
+    certificate_if_sent,
+    fen,
+    fen_required,
+    flag,
+    required,
+)
 from gateway.core.model import Category, Institution, PersonState, Visit
 from gateway.core.settle import category_of, settle
 from gateway.deferred import PROVISIONAL_PREFIX
@@ -60,6 +69,7 @@ class Asked(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     declared: settlements.Declared
     insutype: str
     cert_type: str
+    cert: persons.Certificate | None
 
 
 def _asked(req: Request, kind: str) -> Asked:
@@ -87,6 +97,7 @@ def _asked(req: Request, kind: str) -> Asked:
         declared=declared,
         insutype=text(data.insutype),
         cert_type=text(data.mdtrt_cert_type),
+        cert=certificate_if_sent(data.mdtrt_cert_type, data.mdtrt_cert_no, "data"),
     )
 
 
@@ -173,6 +184,7 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
     ctx = _context(call.req, call.institution, enc, a)
     snapshot = call.gw.snapshot
     s, state = await settlements.compute(call.conn, snapshot, ctx, lines, a.declared, lock=final)
+    persons.require_certificate(state.person, a.cert)
     if final:
         rec = await settlements.commit(call.conn, snapshot, ctx, lines, s, state, call.now)
     else:
@@ -213,6 +225,7 @@ def outpatient_job(
             raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
         if held.person is None:
             raise NotInsured(f"人员编号{a.psn_no}不存在，请重新读卡获取人员信息")
+        persons.require_certificate(held.person, a.cert)
         persons.require_insured(held.person)
         ctx = _context(req, institution, enc, a)
         state = PersonState(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from adapters.his.envelope import decode_input, text
 from adapters.his.output import line_result
 from adapters.his.wire import FeeDetail, In2204, as_list, micro, quantity, required, when_required
@@ -12,6 +14,7 @@ from gateway.core.settle import split_lines
 from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, LineRejected, RuleRejected
 from gateway.ledger import encounters, fees
+from gateway.money import cnt_text, fen_text, micro_text
 
 MAX_LINES = 5000  # one upload; larger bills are uploaded in several calls, as HIS do
 
@@ -104,16 +107,14 @@ async def upload(call: Call, *, kind: str) -> Answer:
             raise LineRejected(
                 ln.feedetl_sn, "退费明细（数量为负）须填写原费用流水号init_feedetl_sn"
             )
-    refunded = [ln.init_feedetl_sn for ln in lines if ln.cnt < 0]
-    if refunded:
-        found = await call.conn.fetch(
-            "SELECT feedetl_sn FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])",
-            mdtrt_id,
-            refunded,
-        )
-        missing = set(refunded) - {r["feedetl_sn"] for r in found} - seen
-        if missing:
-            raise BadRequest(f"原费用流水号{sorted(missing)[0]}不存在，不能退费")
+        if ln.cnt > 0 and ln.init_feedetl_sn:
+            raise LineRejected(
+                ln.feedetl_sn,
+                "收费明细（数量为正）不能填写原费用流水号init_feedetl_sn，"
+                "只有退费明细（数量为负）填写被退的原费用流水号",
+            )
+    if any(ln.cnt < 0 for ln in lines):
+        await _check_refunds(call, mdtrt_id, lines)
     visit = Visit(
         fixmedins_code=call.req.fixmedins_code,
         mdtrt_id=mdtrt_id,
@@ -125,3 +126,95 @@ async def upload(call: Call, *, kind: str) -> Answer:
     splits = split_lines(call.gw.snapshot, visit, lines)
     await fees.insert(call.conn, lines, call.req.msgid)
     return Answer({"result": [line_result(s) for s in splits]})
+
+
+class _Charge(msgspec.Struct, frozen=True, gc=False):
+    """An original line as a refund sees it."""
+
+    medins_list_codg: str
+    pric_micro: int
+    cnt: int
+    amount: int
+    refund: bool  # itself a refund line
+
+
+_ORIGINALS = (
+    "SELECT feedetl_sn, medins_list_codg, pric_micro, cnt, amount_fen, init_feedetl_sn"
+    " FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])"
+)
+# Refund lines in force: a withdrawn one (2302) is deleted, a cancelled settlement's come back
+# unsettled and still count.
+_REFUNDED = (
+    "SELECT init_feedetl_sn, sum(cnt) AS cnt, sum(amount_fen) AS amount FROM fee_lines"
+    " WHERE mdtrt_id = $1 AND cnt < 0 AND init_feedetl_sn = ANY($2::text[])"
+    " GROUP BY init_feedetl_sn"
+)
+
+
+async def _check_refunds(call: Call, mdtrt_id: str, lines: list[fees.StoredLine]) -> None:
+    """A refund line (退单, negative cnt) takes back part of one charge of the same admission:
+    the same item at the same price, never another refund, and never more, with every refund in
+    force, than the charge's quantity and amount. Anything else would only be found at the
+    settlement (a negative component), after the stay could no longer be closed."""
+    cited = sorted({ln.init_feedetl_sn for ln in lines if ln.cnt < 0})
+    originals = {
+        r["feedetl_sn"]: _Charge(
+            r["medins_list_codg"],
+            int(r["pric_micro"]),
+            int(r["cnt"]),
+            int(r["amount_fen"]),
+            int(r["cnt"]) < 0 or bool(r["init_feedetl_sn"]),
+        )
+        for r in await call.conn.fetch(_ORIGINALS, mdtrt_id, cited)
+    }
+    for ln in lines:  # an original may come in the same upload as its refund
+        originals.setdefault(
+            ln.feedetl_sn,
+            _Charge(
+                ln.medins_list_codg,
+                ln.pric_micro,
+                ln.cnt,
+                ln.det_item_fee_sumamt,
+                ln.cnt < 0 or bool(ln.init_feedetl_sn),
+            ),
+        )
+    taken = {
+        r["init_feedetl_sn"]: [int(r["cnt"]), int(r["amount"])]
+        for r in await call.conn.fetch(_REFUNDED, mdtrt_id, cited)
+    }
+    for ln in lines:
+        if ln.cnt > 0:
+            continue
+        sn, init = ln.feedetl_sn, ln.init_feedetl_sn
+        charge = originals.get(init)
+        if charge is None:
+            raise LineRejected(sn, f"原费用流水号{init}不存在（本次住院没有该收费明细），不能退费")
+        if charge.refund:
+            raise LineRejected(sn, f"原费用流水号{init}是退费明细，不能对退费明细再退费")
+        if ln.medins_list_codg != charge.medins_list_codg:
+            raise LineRejected(
+                sn,
+                f"退费项目{ln.medins_list_codg}与原费用流水号{init}的项目"
+                f"{charge.medins_list_codg}不一致",
+            )
+        if ln.pric_micro != charge.pric_micro:
+            raise LineRejected(
+                sn,
+                f"退费单价{_plain(micro_text(ln.pric_micro))}与原费用流水号{init}的单价"
+                f"{_plain(micro_text(charge.pric_micro))}不一致",
+            )
+        total = taken.setdefault(init, [0, 0])
+        total[0] += ln.cnt
+        total[1] += ln.det_item_fee_sumamt
+        if -total[0] > charge.cnt or -total[1] > charge.amount:
+            raise LineRejected(
+                sn,
+                f"原费用流水号{init}累计退费数量{_plain(cnt_text(-total[0]))}、金额"
+                f"{fen_text(-total[1])}超过原收费数量{_plain(cnt_text(charge.cnt))}、金额"
+                f"{fen_text(charge.amount)}（含已上传的退费明细），不能重复或超额退费",
+            )
+
+
+def _plain(decimal_text: str) -> str:
+    """12.500000 -> 12.5, 3.0000 -> 3: how the clerk typed it."""
+    return decimal_text.rstrip("0").rstrip(".") if "." in decimal_text else decimal_text

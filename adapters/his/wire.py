@@ -15,6 +15,7 @@ import msgspec
 
 from adapters.his.envelope import Amount, Code, text
 from gateway.errors import BadRequest
+from gateway.ledger.persons import CERT_TYPES, Certificate
 from gateway.money import AmountError, to_cnt, to_fen, to_micro
 
 
@@ -28,6 +29,20 @@ def required(value: Code, name: str) -> str:
     if not s:
         raise BadRequest(f"缺少必填字段{name}")
     return s
+
+
+def certificate(cert_type: Code, cert_no: Code, node: str) -> Certificate:
+    """就诊凭证 of a request: mdtrt_cert_type 01/02/03 and mdtrt_cert_no, both required."""
+    kind = required(cert_type, f"{node}.mdtrt_cert_type")
+    if kind not in CERT_TYPES:
+        raise BadRequest(f"就诊凭证类型{kind}无效，应为01电子凭证、02身份证或03社保卡")
+    return Certificate(kind, required(cert_no, f"{node}.mdtrt_cert_no"))
+
+
+def certificate_if_sent(cert_type: Code, cert_no: Code, node: str) -> Certificate | None:
+    """就诊凭证 where the interface lets clients leave the number out (2206/2207, 2303/2304:
+    some send only mdtrt_cert_type, some nothing); a number sent is checked like any other."""
+    return certificate(cert_type, cert_no, node) if text(cert_no) else None
 
 
 def flag(value: Code, name: str, default: str = "0") -> str:

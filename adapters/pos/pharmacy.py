@@ -17,6 +17,7 @@ from adapters.his.output import line_result, setldetail, setlinfo
 from adapters.his.wire import (
     In2208,
     Node,
+    certificate,
     fen_required,
     flag,
     micro,
@@ -82,6 +83,7 @@ class Purchase(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
     info: DrugInfo
     psn_no: str
+    cert: persons.Certificate
     begntime: Any
     acct_used: bool
     declared: settlements.Declared
@@ -95,8 +97,7 @@ def _purchase(req: Request) -> Purchase:
     if info is None:
         raise BadRequest("缺少输入节点druginfo")
     psn_no = required(info.psn_no, "druginfo.psn_no")
-    required(info.mdtrt_cert_type, "druginfo.mdtrt_cert_type")
-    required(info.mdtrt_cert_no, "druginfo.mdtrt_cert_no")
+    cert = certificate(info.mdtrt_cert_type, info.mdtrt_cert_no, "druginfo")
     begntime = when_required(info.begntime, "druginfo.begntime")
     med_type = text(info.med_type) or PHARMACY_MED_TYPE
     if med_type != PHARMACY_MED_TYPE:
@@ -142,6 +143,7 @@ def _purchase(req: Request) -> Purchase:
     return Purchase(
         info=info,
         psn_no=psn_no,
+        cert=cert,
         begntime=begntime,
         acct_used=flag(info.acct_used_flag, "druginfo.acct_used_flag") == "1",
         declared=settlements.Declared(medfee_sumamt=medfee_sumamt),
@@ -232,6 +234,7 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
     def build(held: Held, mdtrt_serial: int, setl_serial: int) -> Built:
         if held.person is None:
             raise NotInsured(f"人员编号{p.psn_no}不存在，请重新读卡获取人员信息")
+        persons.require_certificate(held.person, p.cert)
         mdtrt_id = encounters.ledger_id(institution.admdvs, now, mdtrt_serial)
         ctx = _context(req, institution, p, held.person, mdtrt_id)
         lines = [msgspec.structs.replace(ln, mdtrt_id=mdtrt_id) for ln in p.lines]
@@ -271,6 +274,7 @@ async def _pre_settle(call: Call) -> Answer:
     p = _purchase(call.req)
     _check_dates(call.gw, call.institution, p, call.now)
     person, balance, year = await persons.read_with_year(call.conn, p.psn_no, p.begntime.year)
+    persons.require_certificate(person, p.cert)
     ctx = _context(call.req, call.institution, p, person, "")
     state = PersonState(person=person, balance_fen=balance, year=year)
     s = settle(call.gw.snapshot, ctx.visit, state, p.lines, use_account=True)

@@ -246,6 +246,28 @@ def settle_splits(
     return _settle(snapshot, visit, state, (), splits, use_account)
 
 
+def _negative_component(fulamt: int, overlmt: int, pre: int, inscp: int) -> RuleRejected:
+    """Rules §6: every component of a settlement is at least 0. A refund line mirrors the split
+    of the line it refunds (§2), so refunding a line settled earlier (a mid-way settlement) nets
+    only against charges of the same kind in this settlement: the refund of a self-pay item
+    cannot be taken out of covered items, even when the total stays positive."""
+    name, value = next(
+        (n, v)
+        for n, v in (
+            ("全自费金额fulamt_ownpay_amt", fulamt),
+            ("超限价自费金额overlmt_selfpay", overlmt),
+            ("先行自付金额preselfpay_amt", pre),
+            ("符合政策范围金额inscp_scp_amt", inscp),
+        )
+        if v < 0
+    )
+    return RuleRejected(
+        f"退费明细冲减后本次结算的{name}为{fen_text(value)}，结算各项金额不能为负数："
+        "退费明细只能与本次结算中同类费用相抵（已结算费用的退费超过了本次同类收费）。"
+        "请撤销原结算（2305）后与退费明细一并重新结算，或撤销该退费明细（2302）"
+    )
+
+
 def _settle(
     snapshot: Snapshot,
     visit: Visit,
@@ -284,7 +306,7 @@ def _settle(
         pre += sp.preselfpay_amt
         inscp += sp.inscp_scp_amt
     if fulamt < 0 or overlmt < 0 or pre < 0 or inscp < 0:
-        raise RuleRejected("退费明细金额超过本次结算的收费金额，结算金额为负数，请核对费用明细")
+        raise _negative_component(fulamt, overlmt, pre, inscp)
 
     # §3 the category's parameters: deductible left, ratio, annual cap and what the pool paid
     acc = state.year

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from gateway.core.model import Accumulators, Person
-from gateway.errors import NotInsured
+from gateway.errors import IdentityRejected, NotInsured
 
 _PERSON_COLUMNS = (
     "p.psn_no, p.psn_name, p.psn_cert_type, p.certno, p.gend, p.brdy, p.insuplc_admdvs,"
@@ -124,18 +125,67 @@ def require_insured(person: Person) -> None:
         )
 
 
+CERT_TYPES = {"01": "电子凭证", "02": "身份证", "03": "社保卡"}
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """就诊凭证 as read at the counter: mdtrt_cert_type (01, 02 or 03) and mdtrt_cert_no."""
+
+    cert_type: str
+    cert_no: str
+
+
+# What each certificate type is matched against. `find_by_certificate` (1101) looks a person up
+# by these columns and `identifies` checks a person against the same ones: the certificate that
+# 1101 resolved is the one every later call must present for that person.
+_CERT_COLUMNS = {"01": ("psn_no", "certno"), "02": ("certno",), "03": ("mdtrt_cert_no_card",)}
+
+
 async def find_by_certificate(
     conn: asyncpg.Connection, cert_type: str, cert_no: str
 ) -> tuple[Person, int] | None:
     """1101: 01 e-voucher (token: psn_no or certno), 02 ID number, 03 social-security card."""
-    if cert_type == "03":
-        where = "p.mdtrt_cert_no_card = $1"
-    elif cert_type == "02":
-        where = "p.certno = $1"
-    else:
-        where = "(p.psn_no = $1 OR p.certno = $1)"
-    row = await conn.fetchrow(f"{_SELECT} WHERE {where} LIMIT 1", cert_no)
+    where = " OR ".join(f"p.{column} = $1" for column in _CERT_COLUMNS[cert_type])
+    row = await conn.fetchrow(f"{_SELECT} WHERE ({where}) LIMIT 1", cert_no)
     return None if row is None else (person_of(row), int(row["balance_fen"]))
+
+
+def identifies(person: Person, cert: Certificate) -> bool:
+    """Whether `find_by_certificate` would find this person by the certificate."""
+    columns = _CERT_COLUMNS.get(cert.cert_type, ())
+    return any(getattr(person, column) == cert.cert_no for column in columns)
+
+
+def require_certificate(person: Person, cert: Certificate | None) -> None:
+    """A visit, admission or sale opens, and an account is debited, only for the person the
+    presented certificate identifies: a psn_no alone (sequential, printed on receipts) is not
+    proof that the patient is at the counter. None: the request carried no certificate number
+    where the interface makes it optional (2206/2207, 2303/2304)."""
+    if cert is None or identifies(person, cert):
+        return
+    raise IdentityRejected(
+        f"就诊凭证与参保人员不符：{CERT_TYPES.get(cert.cert_type, '就诊凭证')}"
+        f"{_masked(cert.cert_no)}不是人员编号{person.psn_no}的凭证，"
+        "请重新读卡或扫码获取人员信息（1101）后再办理"
+    )
+
+
+def _masked(cert_no: str) -> str:
+    """The number as a receipt prints it: enough for the clerk to compare, not the whole ID."""
+    if len(cert_no) <= 8:
+        return cert_no[:2] + "*" * max(0, len(cert_no) - 2)
+    return f"{cert_no[:4]}{'*' * (len(cert_no) - 8)}{cert_no[-4:]}"
+
+
+async def require_certificate_of(
+    conn: asyncpg.Connection, psn_no: str, cert: Certificate | None
+) -> None:
+    """`require_certificate` where the person is not read otherwise (a deferred claim)."""
+    if cert is None:
+        return
+    person, _ = await read(conn, psn_no)
+    require_certificate(person, cert)
 
 
 async def year_accumulators(conn: asyncpg.Connection, psn_no: str, year: int) -> Accumulators:

@@ -144,7 +144,7 @@ async def test_refund_lines_of_2301_may_be_negative_and_2204_lines_may_not(serve
         {
             "mdtrtinfo": {
                 "psn_no": RETIREE, "insutype": "310", "begntime": "2026-06-02 08:00:00",
-                "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "med_type": "21",
+                "mdtrt_cert_type": "01", "mdtrt_cert_no": RETIREE, "med_type": "21",
                 "ipt_no": "ZY-GRAMMAR-1", "atddr_no": "D1", "chfpdr_name": "医生",
                 "adm_diag_dscr": "肺炎", "adm_dept_codg": "K1", "adm_dept_name": "内科",
                 "adm_bed": "1", "dscg_maindiag_code": "J18", "dscg_maindiag_name": "肺炎",
@@ -201,7 +201,7 @@ async def test_a_control_character_in_a_text_field_is_refused_naming_it(
     his = server.client(HOSPITAL)
     data = {
         "psn_no": EMPLOYEE, "insutype": "310", "begntime": "2026-06-03 08:00:00",
-        "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "ipt_otp_no": "MZ-NUL-1",
+        "mdtrt_cert_type": "01", "mdtrt_cert_no": EMPLOYEE, "ipt_otp_no": "MZ-NUL-1",
         "atddr_no": "D001", "dr_name": f"医生{char}", "dept_code": "K01", "dept_name": "内科",
         "caty": "A03",
     }  # fmt: skip

@@ -364,7 +364,7 @@ async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[...
         his = srv.client("H44180000001")
         person, day = PERSONS[2], "2026-07-03"
         registration = {"data": {"psn_no": person, "insutype": "310", "begntime": f"{day} 08:30:00",
-                                 "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "ipt_otp_no": "MZ-DOWN-1"}}  # fmt: skip
+                                 "mdtrt_cert_type": "01", "mdtrt_cert_no": person, "ipt_otp_no": "MZ-DOWN-1"}}  # fmt: skip
         try:
             proxy.cut()
             provisional = ""

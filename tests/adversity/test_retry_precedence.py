@@ -173,7 +173,7 @@ def _admission(psn_no: str, ipt_no: str) -> dict[str, Any]:
     return {
         "mdtrtinfo": {
             "psn_no": psn_no, "insutype": "310", "begntime": f"{TODAY} 07:00:00",
-            "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "med_type": "21", "ipt_no": ipt_no,
+            "mdtrt_cert_type": "01", "mdtrt_cert_no": psn_no, "med_type": "21", "ipt_no": ipt_no,
         },
         "diseinfo": [],
     }  # fmt: skip
@@ -229,7 +229,7 @@ async def acknowledged(rig: Rig) -> dict[str, Sent]:
         his,
         "2201",
         {"data": {"psn_no": EMPLOYEE, "insutype": "310", "begntime": f"{TODAY} 11:00:00",
-                  "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "ipt_otp_no": "MZ-RP-3",
+                  "mdtrt_cert_type": "01", "mdtrt_cert_no": EMPLOYEE, "ipt_otp_no": "MZ-RP-3",
                   "atddr_no": "D001", "dr_name": "医生", "dept_code": "K01", "dept_name": "内科",
                   "caty": "A03"}},
     )  # fmt: skip
@@ -326,7 +326,7 @@ async def test_an_answer_given_under_the_plan_is_the_answer_after_it(rig: Rig) -
 
     await rig.plan("defer")
     given.append(await send(pos, "2102", drug))  # a claim in the ledger (主动报)
-    given.append(await send(his, "2201", {"data": {"psn_no": EMPLOYEE, "insutype": "310", "begntime": f"{TODAY} 12:30:00", "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "ipt_otp_no": "MZ-RP-9", "atddr_no": "D001", "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}}))  # fmt: skip
+    given.append(await send(his, "2201", {"data": {"psn_no": EMPLOYEE, "insutype": "310", "begntime": f"{TODAY} 12:30:00", "mdtrt_cert_type": "01", "mdtrt_cert_no": EMPLOYEE, "ipt_otp_no": "MZ-RP-9", "atddr_no": "D001", "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}}))  # fmt: skip
     await rig.plan(None)
     await rig.plan("selfpay", ("encounter",))
     given.append(await send(his, "2401", _admission(EMPLOYEE, "ZY-RP-9")))

@@ -45,5 +45,7 @@ SHAPE = Shape(
         "2204": {"result[]": LINE_READS},
     },
     card_no="QY0000000002",
+    # SYBController fills 2206/2207 with certificate 03, the social-security card read at 1101.
+    extras={"settle": {"mdtrt_cert_type": "03", "mdtrt_cert_no": "QY0000000002"}},
     flows=frozenset({"signin", "person", "outpatient", "reversal", "query", "dayend"}),
 )

@@ -28,7 +28,12 @@ SHAPE = Shape(
     line_amount=number,
     split_amount=number,
     extras={
-        "settle": {"expContent": {"card_token": ""}},
+        # Form3's 2206A/2207A data carry no certificate; the card token rides in expContent.
+        "settle": {
+            "expContent": {"card_token": ""},
+            "mdtrt_cert_type": None,
+            "mdtrt_cert_no": None,
+        },
         "data": {"expContent": {"card_token": ""}},
         "mdtrtinfo": {"expContent": {"card_token": ""}},
         "feedetail": {"expContent": {"card_token": ""}},

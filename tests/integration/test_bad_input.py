@@ -205,8 +205,8 @@ CASES: dict[str, tuple[Case, str]] = {
                         "psn_no": "441800999999999999",
                         "insutype": "310",
                         "begntime": "2026-03-01 09:00:00",
-                        "mdtrt_cert_type": "02",
-                        "mdtrt_cert_no": "X",
+                        "mdtrt_cert_type": "01",
+                        "mdtrt_cert_no": "441800999999999999",
                         "ipt_otp_no": "MZ-BAD-X",
                     }
                 },
@@ -224,8 +224,8 @@ CASES: dict[str, tuple[Case, str]] = {
                         "psn_no": UNINSURED,
                         "insutype": "310",
                         "begntime": "2026-03-01 09:00:00",
-                        "mdtrt_cert_type": "02",
-                        "mdtrt_cert_no": "X",
+                        "mdtrt_cert_type": "01",
+                        "mdtrt_cert_no": UNINSURED,
                         "ipt_otp_no": "MZ-BAD-Y",
                     }
                 },

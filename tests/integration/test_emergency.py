@@ -193,7 +193,7 @@ async def test_selfpay_admission_is_converted_then_settled(server: Server) -> No
     admission = {
         "mdtrtinfo": {
             "psn_no": RETIREE, "insutype": "310", "begntime": "2026-05-05 10:00:00",
-            "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "med_type": "21", "ipt_no": "ZY-SP-1",
+            "mdtrt_cert_type": "01", "mdtrt_cert_no": RETIREE, "med_type": "21", "ipt_no": "ZY-SP-1",
         },
         "diseinfo": [],
     }  # fmt: skip
@@ -368,7 +368,7 @@ async def test_inflight_report_lists_open_work_before_a_window(server: Server) -
     admitted = await his.ok(
         "2401",
         {"mdtrtinfo": {"psn_no": person, "insutype": "310", "begntime": "2026-05-10 10:00:00",
-                       "mdtrt_cert_type": "02", "mdtrt_cert_no": "X", "med_type": "21",
+                       "mdtrt_cert_type": "01", "mdtrt_cert_no": person, "med_type": "21",
                        "ipt_no": "BJ-ZY-1"}, "diseinfo": []},
     )  # fmt: skip
     mdtrt_id = admitted["result"]["mdtrt_id"]

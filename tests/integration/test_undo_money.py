@@ -71,8 +71,8 @@ def _registration(psn_no: str, insutype: str, begntime: str) -> dict[str, Any]:
             "psn_no": psn_no,
             "insutype": insutype,
             "begntime": begntime,
-            "mdtrt_cert_type": "02",
-            "mdtrt_cert_no": "X",
+            "mdtrt_cert_type": "01",
+            "mdtrt_cert_no": psn_no,
             "ipt_otp_no": f"MZ-UNDO-{next(_serial)}",
         }
     }
@@ -124,8 +124,8 @@ def _admission_input(psn_no: str, insutype: str, begntime: str) -> dict[str, Any
             "psn_no": psn_no,
             "insutype": insutype,
             "begntime": begntime,
-            "mdtrt_cert_type": "02",
-            "mdtrt_cert_no": "X",
+            "mdtrt_cert_type": "01",
+            "mdtrt_cert_no": psn_no,
             "med_type": "21",
             "ipt_no": f"ZY-UNDO-{next(_serial)}",
         },
