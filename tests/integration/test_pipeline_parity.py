@@ -542,4 +542,3 @@ async def test_a_bulk_correction_resettles_as_the_counter_does(run: Run) -> None
     assert before["preselfpay_amt"] == 0 < bulk["preselfpay_amt"]
     assert bulk["fund_pay_sumamt"] < before["fund_pay_sumamt"]
     assert bulk["acct_pay"] > before["acct_pay"]
-
