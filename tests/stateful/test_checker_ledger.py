@@ -131,8 +131,8 @@ async def test_real_flows_leave_nothing_to_find(server: Server) -> None:
                 "psn_no": resident,
                 "insutype": "390",
                 "begntime": DAY,
-                "mdtrt_cert_type": "02",
-                "mdtrt_cert_no": "X",
+                "mdtrt_cert_type": "01",
+                "mdtrt_cert_no": resident,
                 "med_type": "21",
                 "ipt_no": f"ZY-CHK-{next(_serial)}",
             },
@@ -140,7 +140,9 @@ async def test_real_flows_leave_nothing_to_find(server: Server) -> None:
         },
     )
     stay = out["result"]["mdtrt_id"]
-    rows = his.fee_rows(stay, resident, [_line("1", "3000.00", "ZL0003")], FEE_TIME, "")
+    # 30 × 100.00, so that one unit can be refunded at its own price.
+    charge = {**_line("1", "3000.00", "ZL0003"), "pric": "100.00", "cnt": "30"}
+    rows = his.fee_rows(stay, resident, [charge], FEE_TIME, "")
     await his.ok("2301", {"feedetail": rows})
     mid = his.settle_data(resident, stay, "21", "3000.00", "390", "0", mid_setl_flag="1")
     await his.ok("2304", mid)
