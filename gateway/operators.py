@@ -420,39 +420,45 @@ class Hasher:
     """scrypt on threads of its own, with a bound on the attempts waiting for them: a flood of
     log-ins queues here (and past the bound is refused) instead of stalling settlements."""
 
-    __slots__ = ("_dummy", "_executor", "_refilled", "_tokens", "pending", "policy")
+    __slots__ = ("_buckets", "_dummy", "_executor", "pending", "policy")
 
     def __init__(self) -> None:
         self.policy = LoginPolicy()
         self._executor: ThreadPoolExecutor | None = None
         self._dummy: str | None = None
         self.pending = 0
-        self._tokens = self.policy.hashes_per_second
-        self._refilled = time.monotonic()
+        # Budget buckets: (tokens, last refill). One per known operator name, one ("") for
+        # every name that is not an operator: a flood of made-up names spends only its own.
+        self._buckets: dict[str, tuple[float, float]] = {}
 
-    def _take_token(self) -> bool:
-        """One hash from the per-second budget; the burst is one second's worth."""
+    def _take_token(self, bucket: str) -> bool:
+        """One hash from the bucket's per-second budget; the burst is one second's worth."""
         rate = self.policy.hashes_per_second
         now = time.monotonic()
-        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        if self._tokens < 1.0:
+        tokens, refilled = self._buckets.get(bucket, (rate, now))
+        tokens = min(rate, tokens + (now - refilled) * rate)
+        if tokens < 1.0:
+            self._buckets[bucket] = (tokens, now)
             return False
-        self._tokens -= 1.0
+        self._buckets[bucket] = (tokens - 1.0, now)
         return True
 
     def configure(self, policy: LoginPolicy) -> None:
         self.policy = policy
 
-    async def check(self, stored: str | None, password: str, *, desk: bool = False) -> bool:
+    async def check(
+        self, stored: str | None, password: str, *, desk: bool = False, name: str = ""
+    ) -> bool:
         """The password against the stored hash; None (no such operator) costs the same.
 
         `desk`: the name has logged in from this address before; its attempt is not counted
         against the budget, so a flood of guesses from elsewhere cannot keep the duty team out
-        (the per-pair lock still bounds guessing from a desk)."""
+        (the per-pair lock still bounds guessing from a desk). A known operator's `name` has a
+        budget of its own: guesses at made-up names, from however many addresses, cannot spend
+        it (guesses at the name itself are slowed by the name's guard)."""
         if self.pending >= self.policy.hash_threads + self.policy.hash_queue:
             raise HashersBusy
-        if not desk and not self._take_token():
+        if not desk and not self._take_token(name if stored is not None else ""):
             raise HashersBusy
         if self._executor is None:
             self._executor = ThreadPoolExecutor(

@@ -168,7 +168,9 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
             raise Refused(429, refusal_text(lock, policy))
         found: operators.Operator | None = request.app[OPERATORS].get(login)
         try:
-            ok = await hasher.check(found.password if found else None, password, desk=desk)
+            ok = await hasher.check(
+                found.password if found else None, password, desk=desk, name=login
+            )
         except operators.HashersBusy:
             raise Refused(429, "登录请求过多，请稍后再试") from None
         async with gw(request).pool.acquire(timeout=5.0) as conn:

@@ -52,16 +52,23 @@ async def test_hashing_has_a_budget_per_second_and_refuses_past_it_without_hashi
     hasher.configure(LoginPolicy(hashes_per_second=2.0))
     stored = hash_password("right")
     try:
-        assert await hasher.check(stored, "right") is True
-        assert await hasher.check(stored, "wrong") is False
+        # Made-up names share one budget: spent, they are refused before any hashing ...
+        assert await hasher.check(None, "guess-1", name="ghost-1") is False
+        assert await hasher.check(None, "guess-2", name="ghost-2") is False
         with pytest.raises(HashersBusy):  # the second's budget is spent
-            await hasher.check(stored, "right")
+            await hasher.check(None, "guess-3", name="ghost-3")
         assert hasher.pending == 0  # refused before a thread was asked for
-        # The operator's own desk is not held to the budget the guessers spent.
-        assert await hasher.check(stored, "right", desk=True) is True
-        clock[0] += 0.5  # half a second later: one more hash
-        assert await hasher.check(stored, "right") is True
+        # ... and cannot spend a known operator's own budget.
+        assert await hasher.check(stored, "right", name="duty") is True
+        assert await hasher.check(stored, "wrong", name="duty") is False
         with pytest.raises(HashersBusy):
-            await hasher.check(stored, "right")
+            await hasher.check(stored, "right", name="duty")
+        # The operator's own desk is not held to the budget the guessers spent.
+        assert await hasher.check(stored, "right", desk=True, name="duty") is True
+        clock[0] += 0.5  # half a second later: one more hash in each budget
+        assert await hasher.check(stored, "right", name="duty") is True
+        with pytest.raises(HashersBusy):
+            await hasher.check(stored, "right", name="duty")
+        assert await hasher.check(None, "guess-4", name="ghost-4") is False
     finally:
         hasher.close()
