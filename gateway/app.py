@@ -387,7 +387,11 @@ def build_app(settings: Settings) -> web.Application:
         admission.share = config.in_flight_share
         guard.config = config.edge
         gw.triggers = emergency.institution_triggers(gw)
-        metrics.prime([i.fixmedins_code for i in gw.snapshot.institutions], list(FUND_NAMES))
+        metrics.prime(
+            dispatch.TRANSACTIONS,
+            [i.fixmedins_code for i in gw.snapshot.institutions],
+            list(FUND_NAMES),
+        )
         if settings.auth:
             credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
             app[VERIFIER] = Verifier(credentials, redis)

@@ -25,28 +25,13 @@ from gateway.app import (
     prepare_database,
 )
 from gateway.app import serve as serve_app
+from gateway.cli_database import add_database, database_url
 from gateway.config import DEFAULT_CONFIG, load_config
 from gateway.console import commands as console_commands
 from gateway.ledger import db, idempotency, reference_store
 from gateway.money import fen_text
 from gateway.ops import logs
 from gateway.reference import load_reference
-
-
-def _database_url(args: argparse.Namespace) -> str:
-    """--database-url, else GATEWAY_DATABASE_URL, else the embedded PostgreSQL under ./var/."""
-    url: str | None = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
-    if url:
-        return url
-    from gateway.embedded import embedded_database_url
-
-    return embedded_database_url()
-
-
-def _add_database(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--database-url", help="PostgreSQL DSN (default: $GATEWAY_DATABASE_URL or embedded)"
-    )
 
 
 def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
@@ -60,7 +45,7 @@ def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> No
 def serve(args: argparse.Namespace) -> int:
     """Migrate, load the demo set into an empty database, and serve."""
     settings = Settings(
-        _database_url(args),
+        database_url(args),
         reference_dir=Path(args.reference_dir),
         region=args.region,
         pool_max=args.pool_max,
@@ -120,7 +105,7 @@ async def _demo_load(url: str, reference_dir: Path) -> None:
 
 def demo(args: argparse.Namespace) -> int:
     """demo load: reset the database to the demo data set."""
-    asyncio.run(_demo_load(_database_url(args), Path(args.reference_dir)))
+    asyncio.run(_demo_load(database_url(args), Path(args.reference_dir)))
     print("demo data loaded")
     return 0
 
@@ -137,7 +122,7 @@ async def _synth(url: str, persons: int, region: str) -> int:
 
 def synth(args: argparse.Namespace) -> int:
     """demo synth: add synthetic insured employees so load spreads over many people."""
-    added = asyncio.run(_synth(_database_url(args), args.persons, args.region))
+    added = asyncio.run(_synth(database_url(args), args.persons, args.region))
     print(f"added {added} synthetic persons in region {args.region}")
     return 0
 
@@ -153,7 +138,7 @@ async def _clearing(url: str, month: str, institution: str | None) -> clearing.M
 
 def clearing_monthly(args: argparse.Namespace) -> int:
     """clearing monthly: the month's clearing table (JSON, CSV, printable HTML)."""
-    report = asyncio.run(_clearing(_database_url(args), args.month, args.institution))
+    report = asyncio.run(_clearing(database_url(args), args.month, args.institution))
     if args.csv:
         Path(args.csv).write_text(clearing.to_csv(report), encoding="utf-8")
     if args.html:
@@ -175,7 +160,7 @@ def clearing_monthly(args: argparse.Namespace) -> int:
 async def _corrections(
     args: argparse.Namespace, apply_it: bool
 ) -> tuple[corrections.Summary, int, list[tuple[str, str]]]:
-    url = _database_url(args)
+    url = database_url(args)
     pool = await db.create_pool(url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
@@ -251,7 +236,7 @@ def purge(args: argparse.Namespace) -> int:
         if args.keep_days is not None
         else load_config(Path(args.config)).idempotency_keep_days
     )
-    removed = asyncio.run(_purge(_database_url(args), keep))
+    removed = asyncio.run(_purge(database_url(args), keep))
     print(f"removed {removed} msgid answers older than {max(keep, 7)} days")
     return 0
 
@@ -283,19 +268,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--credentials", default=str(DEFAULT_CREDENTIALS), help="institution secrets (TOML)"
     )
-    _add_database(s)
+    add_database(s)
     s.set_defaults(func=serve)
 
     d = sub.add_parser("demo", help="demo data set, and signed demo calls against a gateway")
     dsub = d.add_subparsers(dest="demo_command", required=True)
     dl = dsub.add_parser("load", help="(re)load the demo data set — resets the ledger")
     dl.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
-    _add_database(dl)
+    add_database(dl)
     dl.set_defaults(func=demo)
     ds = dsub.add_parser("synth", help="add N synthetic employees (psn_no S<region><12 digits>)")
     ds.add_argument("--persons", type=int, required=True)
     ds.add_argument("--region", default="441800")
-    _add_database(ds)
+    add_database(ds)
     ds.set_defaults(func=synth)
     dc = dsub.add_parser(
         "call", help="send one transaction signed with the demo credentials; print the answer"
@@ -320,7 +305,7 @@ def parser() -> argparse.ArgumentParser:
     ip = isub.add_parser("purge", help="drop answers older than the retention (at least 7 days)")
     ip.add_argument("--keep-days", type=int)
     ip.add_argument("--config", default=str(DEFAULT_CONFIG))
-    _add_database(ip)
+    add_database(ip)
     ip.set_defaults(func=purge)
 
     c = sub.add_parser("clearing", help="monthly clearing reports")
@@ -331,7 +316,7 @@ def parser() -> argparse.ArgumentParser:
     cm.add_argument("--json", action="store_true")
     cm.add_argument("--csv")
     cm.add_argument("--html")
-    _add_database(cm)
+    add_database(cm)
     cm.set_defaults(func=clearing_monthly)
     k = sub.add_parser("corrections", help="catalog-mapping corrections in bulk")
     ksub = k.add_subparsers(dest="corrections_command", required=True)
@@ -355,10 +340,10 @@ def parser() -> argparse.ArgumentParser:
         kp.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
         if name == "apply":
             kp.add_argument("--limit", type=int, help="stop after N settlements (work in batches)")
-        _add_database(kp)
+        add_database(kp)
         kp.set_defaults(func=func)
-    plan_cli.add_commands(sub, _add_database)
-    console_commands.add_commands(sub.choices["operators"], _add_database)
+    plan_cli.add_commands(sub, add_database)
+    console_commands.add_commands(sub.choices["operators"], add_database)
     return p
 
 

@@ -28,7 +28,7 @@ from gateway.plan.rules import Decision
 from gateway.runtime import Gateway
 
 if TYPE_CHECKING:
-    from gateway.group_commit import Job
+    from gateway.grouped import Job
 
 log = logging.getLogger("gateway.dispatch")
 

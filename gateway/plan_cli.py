@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from gateway import audit, conversion
+from gateway.cli_database import database_url
 from gateway.config import DEFAULT_CONFIG, load_config
 from gateway.errors import GatewayError
 from gateway.ledger import db
@@ -34,10 +35,9 @@ def _operator(args: argparse.Namespace) -> str:
 
 def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
     """Open the database, run one command; a refusal prints its message and exits 2."""
-    from gateway.cli import _database_url
 
     async def go() -> int:
-        pool = await db.create_pool(_database_url(args), min_size=1, max_size=2)
+        pool = await db.create_pool(database_url(args), min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn:
                 await db.migrate(conn)
@@ -205,13 +205,12 @@ async def _gateway(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
     import adapters.his.transactions
     import adapters.pos.pharmacy  # noqa: F401 - the handlers replay runs
     from gateway.app import DEFAULT_REFERENCE
-    from gateway.cli import _database_url
     from gateway.ratelimit import Limiter
     from gateway.reference import load_reference
     from gateway.runtime import Gateway
 
     config = load_config(Path(args.config))
-    pool = await db.create_pool(_database_url(args), min_size=1, max_size=2)
+    pool = await db.create_pool(database_url(args), min_size=1, max_size=2)
     reference = await asyncio.to_thread(
         load_reference, Path(args.reference_dir or DEFAULT_REFERENCE)
     )

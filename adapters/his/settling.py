@@ -25,7 +25,7 @@ from gateway.core.settle import category_of, settle
 from gateway.deferred import PROVISIONAL_PREFIX
 from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, Conflict, NotFound, NotInsured, RuleRejected
-from gateway.group_commit import Built, Held, Job
+from gateway.grouped import Built, Held, Job
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes

@@ -31,7 +31,8 @@ from gateway.core.model import Institution, Person, PersonState, Settlement, Vis
 from gateway.core.settle import settle
 from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, LineRejected, NotInsured, RuleRejected
-from gateway.group_commit import Built, Held, Job, settle_alone
+from gateway.group_commit import settle_alone
+from gateway.grouped import Built, Held, Job
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.writes import Writes
 from gateway.runtime import Gateway

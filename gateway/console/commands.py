@@ -18,15 +18,15 @@ from typing import Any
 import asyncpg
 
 from gateway import operators
+from gateway.cli_database import database_url
 from gateway.config import DEFAULT_CONFIG, load_config
 from gateway.ledger import db
 
 
 def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
-    from gateway.cli import _database_url
 
     async def go() -> int:
-        pool = await db.create_pool(_database_url(args), min_size=1, max_size=1)
+        pool = await db.create_pool(database_url(args), min_size=1, max_size=1)
         try:
             async with pool.acquire() as conn:
                 await db.migrate(conn)

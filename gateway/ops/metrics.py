@@ -8,6 +8,7 @@ sets PROMETHEUS_MULTIPROC_DIR before this module is imported, and /metrics aggre
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,6 +18,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from gateway.plan.rules import ACTIONS, CLASSES
 
 # Latency targets sit on bucket boundaries: 25 ms (P1 p99), 50 ms (P6), 800 ms (inpatient anchor).
 LATENCY_BUCKETS = (
@@ -111,20 +114,18 @@ SHED = Counter(
 _terminals: set[str] = set()
 
 
-def prime(institutions: list[str], fund_types: list[str]) -> None:
+def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str]) -> None:
     """Known label values start at 0: every family the dashboard and the alert rules select is
     in the exposition from the moment a process starts (a panel shows 0, not "no data"), and
     rate() and increase() see the first event.
 
+    `infnos` is the transaction table's keys, handed in by the app once the adapters have filled
+    it: metrics sit below dispatch and do not reach up for it.
+
     Under several workers each process primes its own samples in its multiprocess file, so
     whichever worker answers a scrape, the aggregate holds every series.
     """
-    # Imported here: the transaction table is filled when the adapters are imported, which
-    # happens before the app starts and after this module is loaded.
-    from gateway.dispatch import TRANSACTIONS
-    from gateway.plan.rules import ACTIONS, CLASSES
-
-    for infno in TRANSACTIONS:
+    for infno in infnos:
         DURATION.labels(infno)
         for outcome in OUTCOMES:
             REQUESTS.labels(infno, outcome)
