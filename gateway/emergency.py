@@ -155,8 +155,11 @@ async def _defer_claim(call: Call) -> Answer:
         service_date = enc.begntime.date()
         visit = enc.mdtrt_id
     scope = deferral.claim_scope(req)
+    lines: tuple[str, ...] | None = None
     if scope is not None:
         await _refuse_claimed_twice(call.conn, req.fixmedins_code, visit, scope[1])
+        if scope[1] == fees.ALL and not visit.startswith(PROVISIONAL_PREFIX):
+            lines = await _claimed_lines(call.conn, req.fixmedins_code, visit)
     claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
     if not mdtrt_id:
         mdtrt_id = claim_id  # a pharmacy purchase's visit is made at replay
@@ -170,9 +173,22 @@ async def _defer_claim(call: Call) -> Answer:
         service_date=service_date or call.now.date(),
         medfee_sumamt=facts.medfee_sumamt,
         claim_id=claim_id,
+        lines=lines,
     )
     await store.insert(call.conn, entry, "ledger")
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
+
+
+async def _claimed_lines(
+    conn: asyncpg.Connection, fixmedins_code: str, visit: str
+) -> tuple[str, ...] | None:
+    """The lines a claim of the whole visit covers: those unsettled as it is taken, since lines
+    uploaded afterwards are settled by a later settlement (a mid-way 2304 followed by more fees).
+    None while the institution's deferred calls wait: their lines belong to the claim when they
+    came before it, and replay fixes the lines once it has applied them (in order)."""
+    if await store.calls_waiting(conn, fixmedins_code):
+        return None
+    return tuple(ln.feedetl_sn for ln in await fees.unsettled(conn, visit))
 
 
 async def _refuse_claimed_twice(

@@ -162,8 +162,11 @@ def _output(rec: settlements.Record, ctx: settlements.Context, a: Asked) -> dict
     }
 
 
-async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
-    """Pre-settle (final=False, changes nothing) or settle the visit's unsettled lines."""
+async def settle_visit(
+    call: Call, *, kind: str, final: bool, only: frozenset[str] | None = None
+) -> Answer:
+    """Pre-settle (final=False, changes nothing) or settle the visit's unsettled lines; `only`:
+    just these of them (a deferred claim's, at replay)."""
     a = _asked(call.req, kind)
     enc = await encounters.get(
         call.conn, a.mdtrt_id, call.req.fixmedins_code, psn_no=a.psn_no, lock=final
@@ -172,6 +175,8 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
         a = admission_med_type(enc, a)
     _check_visit(enc, kind, a, final=final)
     lines = await fees.unsettled(call.conn, enc.mdtrt_id, a.chrg_bchno)
+    if only is not None:
+        lines = _claimed(lines, only)
     if not lines and final and a.chrg_bchno != fees.ALL:
         settled = await call.conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1 AND chrg_bchno = $2"
@@ -198,6 +203,24 @@ async def settle_visit(call: Call, *, kind: str, final: bool) -> Answer:
             call.now,
         )
     return Answer(_output(rec, ctx, a), paid=rec.funds if final else ())
+
+
+def _claimed(lines: list[fees.StoredLine], only: frozenset[str]) -> list[fees.StoredLine]:
+    """The claim's lines, each still unsettled: settling fewer would not be the bill the patient
+    paid in cash."""
+    taken = [ln for ln in lines if ln.feedetl_sn in only]
+    gone = sorted(only - {ln.feedetl_sn for ln in taken})
+    if gone:
+        raise Conflict(
+            f"暂存结算所含费用明细{'、'.join(gone)}已撤销或已结算，不能按暂存时的费用补结算"
+        )
+    return taken
+
+
+async def settle_claim(call: Call, lines: list[str]) -> Answer:
+    """A deferred 2207/2304 at replay: exactly the lines it was taken for."""
+    kind = "inpatient" if call.req.infno == "2304" else "outpatient"
+    return await settle_visit(call, kind=kind, final=True, only=frozenset(lines))
 
 
 def outpatient_job(

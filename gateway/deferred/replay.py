@@ -19,11 +19,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from adapters.his import deferral
+from adapters.his import deferral, settling
 from gateway.deferred import store
 from gateway.deferred.journal import Journal, read_segment
 from gateway.dispatch import TRANSACTIONS, Call
 from gateway.errors import Conflict, GatewayError, NotFound
+from gateway.ledger import fees
 from gateway.plan.status import REPLAY_LOCK
 from gateway.runtime import Gateway
 
@@ -119,8 +120,11 @@ async def _run(gw: Gateway, conn: asyncpg.Connection, row: asyncpg.Record, now: 
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise NotFound(f"定点医药机构编号{req.fixmedins_code}未登记")
-    tx = TRANSACTIONS[req.infno]
-    answer = await tx.handler(Call(gw, req, conn, now, institution, "replay"))
+    call = Call(gw, req, conn, now, institution, "replay")
+    if row["kind"] == "claim" and row["lines"] is not None:
+        answer = await settling.settle_claim(call, list(row["lines"]))
+    else:
+        answer = await TRANSACTIONS[req.infno].handler(call)
     return _exact.decode(msgspec.json.encode(answer.output))
 
 
@@ -145,9 +149,11 @@ async def apply_calls(gw: Gateway) -> tuple[int, int]:
     """Apply pending journaled encounter calls in the order received; (applied, failed)."""
     applied = failed = 0
     async with gw.pool.acquire() as conn:
+        unfixed = await _unfixed(conn)
         while True:
             async with conn.transaction():
                 row = await _next(conn, "call", "seq")
+                await _fix_lines(conn, unfixed, None if row is None else row["seq"])
                 if row is None:
                     break
                 try:
@@ -169,6 +175,29 @@ async def apply_calls(gw: Gateway) -> tuple[int, int]:
                     await _failed(conn, row["seq"], exc.err_msg)
                     failed += 1
     return applied, failed
+
+
+async def _unfixed(conn: asyncpg.Connection) -> list[tuple[int, str]]:
+    """(seq, mdtrt_id) of the pending claims of a whole visit that do not name their lines yet."""
+    out: list[tuple[int, str]] = []
+    for r in await store.unfixed_claims(conn):
+        scope = deferral.claim_scope(deferral.request_of(bytes(r["body"])))
+        if scope is not None and scope[1] == fees.ALL:
+            out.append((int(r["seq"]), scope[0]))
+    return out
+
+
+async def _fix_lines(
+    conn: asyncpg.Connection, unfixed: list[tuple[int, str]], before: int | None
+) -> None:
+    """A claim covers the visit's lines uploaded before it in the order received: fixed once
+    every call before it is applied and none after it (`before`: the next call's seq)."""
+    while unfixed and (before is None or unfixed[0][0] < before):
+        seq, mdtrt_id = unfixed.pop(0)
+        visit = await store.visit_of(conn, mdtrt_id)
+        await store.fix_lines(
+            conn, seq, [ln.feedetl_sn for ln in await fees.unsettled(conn, visit)]
+        )
 
 
 # --------------------------------------------------------------------------------------- claims
@@ -256,6 +285,7 @@ async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             "psn_no": r["psn_no"],
             "service_date": r["service_date"].isoformat(),
             "medfee_sumamt": r["medfee_sumamt"],
+            "lines": r["lines"],
             "received_at": r["received_at"].isoformat(sep=" "),
             "source": r["source"],
             "status": r["status"],

@@ -26,14 +26,16 @@ class Entry:
     claim_id: str | None = None
     provisional_id: str | None = None
     digest: bytes = b""  # sha256 of the HTTP body, for the msgid journal once drained
+    # feedetl_sn a claim of a whole visit covers, when known as it is taken (see claim_lines)
+    lines: tuple[str, ...] | None = None
 
 
 async def insert(conn: asyncpg.Connection, e: Entry, source: str) -> bool:
     """Add the entry (inside the caller's transaction); False when its msgid is already there."""
     got = await conn.fetchval(
         "INSERT INTO deferred (kind, claim_id, provisional_id, fixmedins_code, msgid, infno,"
-        " psn_no, mdtrt_id, service_date, medfee_sumamt, body, received_at, source)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+        " psn_no, mdtrt_id, service_date, medfee_sumamt, body, received_at, source, lines)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
         " ON CONFLICT (fixmedins_code, msgid) DO NOTHING RETURNING true",
         e.kind,
         e.claim_id,
@@ -48,6 +50,7 @@ async def insert(conn: asyncpg.Connection, e: Entry, source: str) -> bool:
         e.body,
         e.received_at,
         source,
+        None if e.lines is None else list(e.lines),
     )
     return bool(got)
 
@@ -81,6 +84,36 @@ async def pending_claims(conn: asyncpg.Connection) -> int:
     return int(
         await conn.fetchval(
             "SELECT count(*) FROM deferred WHERE kind = 'claim' AND status = 'pending'"
+        )
+    )
+
+
+async def unfixed_claims(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Pending claims that may cover a whole visit and do not name their lines yet, in the
+    order they were received (journaled claims, and those taken while the visit's own calls
+    waited to be applied)."""
+    return list(
+        await conn.fetch(
+            "SELECT seq, body FROM deferred WHERE kind = 'claim' AND status = 'pending'"
+            " AND lines IS NULL AND infno IN ('2207', '2304') ORDER BY seq"
+        )
+    )
+
+
+async def fix_lines(conn: asyncpg.Connection, seq: int, lines: list[str]) -> None:
+    await conn.execute(
+        "UPDATE deferred SET lines = $2 WHERE seq = $1 AND lines IS NULL", seq, lines
+    )
+
+
+async def calls_waiting(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
+    """Whether encounter calls of the institution wait to be applied (their lines are not in
+    the ledger yet)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM deferred WHERE status = 'pending' AND kind = 'call'"
+            " AND fixmedins_code = $1)",
+            fixmedins_code,
         )
     )
 

@@ -510,11 +510,6 @@ async def test_replayed_claims_settle_as_the_single_path_settled_them(run: Run) 
         assert row["acct_pay"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a deferred mid-way 2304 is replayed against every line of the stay uploaded by then,"
-    " not the lines it was taken for: 医疗费总额1000.00与费用明细合计1200.00不一致, the claim fails",
-)
 async def test_a_deferred_midway_settlement_replays_as_it_settled_online(run: Run) -> None:
     """R8: lines, a mid-way 2304 (deferred), more lines, discharge; after recovery the closing
     2304 at the counter. Online the mid-way settlement took 1000.00, the closing one 200.00."""

@@ -1,0 +1,205 @@
+"""A deferred claim of a whole stay covers the lines uploaded before it, and replay settles exactly
+those: a mid-way 2304 deferred, then more lines, settles the lines it was taken for (1000.00), and
+the closing 2304 at the counter the rest (200.00), as online. Once with the ledger reachable (the
+plan's `defer`), once from the local journal of a process that deferred while the ledger was down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from adapters.his import deferral
+from adapters.his.envelope import decode_request
+from gateway.deferred.journal import Journal
+from gateway.deferred.store import Entry
+from tests.integration.conftest import Server, running_gateway
+from tests.integration.emergency_helpers import clear_rule, cli, set_rule, until
+from tests.integration.his_client import HisClient, certificate
+from tests.integration.parity_helpers import line, total
+
+pytestmark = pytest.mark.integration
+
+HOSPITAL = "H44180000001"
+RETIREE = "441800000000000002"
+BEFORE = [line("1", "ZL0003", "60", 10), line("2", "ZL0008", "20", 20)]  # 1000.00
+AFTER = [
+    line("3", "ZL0008", "20", -5, init_feedetl_sn="2"),  # a refund of a line of the claim
+    line("4", "ZL0004", "30", 10),
+]  # 200.00
+
+
+def _admission() -> dict[str, Any]:
+    return {
+        "mdtrtinfo": {
+            "psn_no": RETIREE,
+            "insutype": "310",
+            "begntime": "2025-07-01 09:00:00",
+            **certificate(RETIREE),
+            "med_type": "21",
+            "ipt_no": "ZY-CL-1",
+            "atddr_no": "D1",
+            "chfpdr_name": "医生",
+            "adm_diag_dscr": "肺炎",
+            "adm_dept_codg": "K1",
+            "adm_dept_name": "内科",
+            "adm_bed": "3",
+            "dscg_maindiag_code": "J18",
+            "dscg_maindiag_name": "肺炎",
+        },
+        "diseinfo": [],
+    }
+
+
+def _upload(mdtrt_id: str, lines: list[dict[str, Any]], when: str) -> dict[str, Any]:
+    return {"feedetail": HisClient.fee_rows(mdtrt_id, RETIREE, lines, when, "")}
+
+
+def _discharge(mdtrt_id: str) -> dict[str, Any]:
+    return {
+        "dscginfo": {
+            "mdtrt_id": mdtrt_id,
+            "psn_no": RETIREE,
+            "insutype": "310",
+            "endtime": "2025-07-06 10:00:00",
+            "dscg_dept_codg": "K1",
+            "dscg_dept_name": "内科",
+            "dscg_way": "1",
+        },
+        "diseinfo": [],
+    }
+
+
+def _stay_settlement(his: HisClient, mdtrt_id: str, medfee: str, mid: str) -> dict[str, Any]:
+    data = his.settle_data(RETIREE, mdtrt_id, "", medfee, "310", "0", mid_setl_flag=mid)
+    del data["data"]["med_type"]  # 2304 carries none: the admission's applies
+    return data
+
+
+async def _closed_as_online(srv: Server, his: HisClient, mdtrt_id: str) -> None:
+    """Replay settled the claim's lines; the closing 2304 at the counter takes the rest."""
+    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+    assert summary == {"total": 1, "settled": 1, "failed": []}
+    final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
+    rows = await srv.fetch(
+        "SELECT setl_id, medfee_sumamt, mid_setl_flag FROM settlements WHERE mdtrt_id = $1"
+        " AND status = 'settled' ORDER BY setl_time, setl_id",
+        mdtrt_id,
+    )
+    assert [(r["medfee_sumamt"], r["mid_setl_flag"]) for r in rows] == [(100000, "1"), (20000, "0")]
+    claim = await srv.fetchrow("SELECT * FROM deferred WHERE kind = 'claim'")
+    assert claim is not None
+    assert claim["lines"] == ["1", "2"]
+    assert claim["status"] == "settled" and claim["setl_id"] == rows[0]["setl_id"]
+    assert final["setlinfo"]["setl_id"] == rows[1]["setl_id"]
+    by_line = {
+        r["feedetl_sn"]: r["setl_id"]
+        for r in await srv.fetch(
+            "SELECT feedetl_sn, setl_id FROM fee_lines WHERE mdtrt_id = $1", mdtrt_id
+        )
+    }
+    assert by_line == {
+        "1": rows[0]["setl_id"],
+        "2": rows[0]["setl_id"],
+        "3": rows[1]["setl_id"],
+        "4": rows[1]["setl_id"],
+    }
+    assert await srv.check_ledger() == []
+
+
+async def test_a_midway_claim_settles_the_lines_it_was_taken_for(
+    new_database: Callable[..., Any],
+) -> None:
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+        midway = _stay_settlement(his, mdtrt_id, total(BEFORE), "1")
+
+        async def deferring() -> bool:
+            answer = await his.call("2303", midway)
+            return "应急预案" in (answer["warn_msg"] or "")
+
+        await until(deferring)
+        claim = await his.ok("2304", midway)
+        assert claim["setlinfo"]["setl_id"].startswith("DF")
+        await his.ok("2301", _upload(mdtrt_id, AFTER, "2025-07-05 10:00:00"))
+        await his.ok("2402", _discharge(mdtrt_id))
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+
+        async def normal() -> bool:
+            answer = await his.call("2303", _stay_settlement(his, mdtrt_id, "1200.00", "0"))
+            return answer["infcode"] == 0 and "应急预案" not in (answer["warn_msg"] or "")
+
+        await until(normal)
+        await _closed_as_online(srv, his, mdtrt_id)
+
+
+async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The ledger was down for the whole stay: admission, lines, claim, more lines and discharge
+    are in the journal segment of a process that died; `deferred replay --journal-dir` drains it."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        at = dt.datetime.now().replace(microsecond=0)
+        visit = deferral.new_provisional_id("441800", at)
+        journal = Journal(tmp_path)
+
+        async def journaled(kind: str, infno: str, input_: Any, **fields: Any) -> None:
+            body = msgspec.json.encode(his.envelope(infno, input_))
+            req = decode_request(body)
+            await journal.append(
+                Entry(
+                    kind=kind,
+                    fixmedins_code=HOSPITAL,
+                    msgid=req.msgid,
+                    infno=infno,
+                    psn_no=RETIREE if kind == "claim" else "",
+                    mdtrt_id=visit if kind == "claim" else "",
+                    service_date=at.date(),
+                    medfee_sumamt=100000 if kind == "claim" else 0,
+                    body=deferral.stored_request(req),
+                    answer=b"{}",
+                    received_at=at,
+                    **fields,
+                )
+            )
+
+        await journaled("call", "2401", _admission(), provisional_id=visit)
+        await journaled("call", "2301", _upload(visit, BEFORE, "2025-07-02 10:00:00"))
+        midway = _stay_settlement(his, visit, total(BEFORE), "1")
+        await journaled("claim", "2304", midway, claim_id=deferral.new_claim_id("441800", at))
+        await journaled("call", "2301", _upload(visit, AFTER, "2025-07-05 10:00:00"))
+        await journaled("call", "2402", _discharge(visit))
+        journal.close()  # the process is gone: its segment is free to drain
+
+        cli("deferred", "replay", "--journal-dir", str(tmp_path), "--database-url", srv.dsn)
+        mdtrt_id = await srv.fetchval("SELECT mdtrt_id FROM deferred_ids")
+        assert await srv.fetchval("SELECT lines FROM deferred WHERE kind = 'claim'") == ["1", "2"]
+        # Settled already by the run above; a second run finds nothing pending.
+        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert summary == {"total": 0, "settled": 0, "failed": []}
+        final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
+        rows = await srv.fetch(
+            "SELECT setl_id, medfee_sumamt FROM settlements WHERE mdtrt_id = $1"
+            " AND status = 'settled' ORDER BY setl_time, setl_id",
+            mdtrt_id,
+        )
+        assert [r["medfee_sumamt"] for r in rows] == [100000, 20000]
+        assert final["setlinfo"]["setl_id"] == rows[1]["setl_id"]
+        assert (
+            await srv.fetchval(
+                "SELECT status FROM deferred WHERE kind = 'claim' AND setl_id = $1",
+                rows[0]["setl_id"],
+            )
+            == "settled"
+        )
+        assert await srv.check_ledger() == []
