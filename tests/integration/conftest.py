@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.app import Settings, build_app, prepare_database
 from gateway.config import GatewayConfig
 from gateway.ledger import checker
+from gateway.operators import LoginPolicy
 from gateway.ratelimit import Limits
 from tests.integration.his_client import HisClient
 
@@ -104,7 +105,10 @@ GENEROUS = GatewayConfig(
     # Test clients fire hundreds of requests a second from one terminal; counters do not.
     limits=Limits(
         terminal_rate=1e6, terminal_burst=10**6, institution_rate=1e6, institution_burst=10**6
-    )
+    ),
+    # Tests log in several times a second; the hashing budget has a test of its own
+    # (tests/unit/test_operators.py), with a clock it controls.
+    login=LoginPolicy(hashes_per_second=1e6),
 )
 
 

@@ -16,7 +16,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "system-deps.sh"
 UTILITIES = ("bash", "cat", "cut", "grep", "tr", "id")
-EVERY_PACKAGE = ["redis-server", "chromium", "chromium-driver", "fonts-noto-cjk", "prometheus"]
+EVERY_PACKAGE = [
+    "redis-server",
+    "chromium",
+    "chromium-driver",
+    "fonts-noto-cjk",
+    "prometheus",
+    "wrk",
+]
+# Every tool whose presence the script checks with `command -v`.
+EVERY_TOOL = ("redis-server", "chromium", "chromedriver", "promtool", "wrk")
 
 
 def _stub(path: Path, body: str) -> None:
@@ -75,8 +84,7 @@ def test_a_bare_machine_gets_every_package_including_the_cjk_fonts(tmp_path: Pat
 
 
 def test_only_the_missing_font_is_installed(tmp_path: Path) -> None:
-    tools = ("redis-server", "chromium", "chromedriver", "promtool")
-    bin_dir = _machine(tmp_path, tools=tools, fonts="")
+    bin_dir = _machine(tmp_path, tools=EVERY_TOOL, fonts="")
     _, calls = _run(tmp_path, bin_dir)
     installs = [c for c in calls if c.startswith("install")]
     assert len(installs) == 1 and installs[0].split()[-1] == "fonts-noto-cjk", calls
@@ -84,9 +92,8 @@ def test_only_the_missing_font_is_installed(tmp_path: Path) -> None:
 
 
 def test_a_ready_machine_installs_nothing(tmp_path: Path) -> None:
-    tools = ("redis-server", "chromium", "chromedriver", "promtool")
     fonts = "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc: Noto Sans CJK SC:style=Regular"
-    bin_dir = _machine(tmp_path, tools=tools, fonts=fonts)
+    bin_dir = _machine(tmp_path, tools=EVERY_TOOL, fonts=fonts)
     done, calls = _run(tmp_path, bin_dir)
     assert done.returncode == 0, done.stderr
     assert calls == []
