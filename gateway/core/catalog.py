@@ -145,8 +145,11 @@ def _begndate(row: _HasDates) -> dt.date:
     return row.begndate
 
 
-def _index(rows: Iterable[_Dated], key: Callable[[_Dated], _K]) -> dict[_K, _Versions[_Dated]]:
-    """Rows by key; a key's several versions newest begndate first, the later row first on a tie."""
+def _index(
+    rows: Iterable[_Dated], key: Callable[[_Dated], _K], *, by_begndate: bool = True
+) -> dict[_K, _Versions[_Dated]]:
+    """Rows by key; a key's several versions newest begndate first, the later row first on a tie
+    (`by_begndate` False: the later row first, whatever its begndate)."""
     out: dict[_K, _Versions[_Dated]] = {}
     several: dict[_K, list[_Dated]] = {}
     for row in rows:
@@ -160,7 +163,8 @@ def _index(rows: Iterable[_Dated], key: Callable[[_Dated], _K]) -> dict[_K, _Ver
                 group.append(row)
     for k, group in several.items():
         # A stable ascending sort reversed: on equal begndate the later upload comes first.
-        group.sort(key=_begndate)
+        if by_begndate:
+            group.sort(key=_begndate)
         group.reverse()
         out[k] = tuple(group)
     return out
@@ -182,7 +186,13 @@ def _index_mappings(rows: Iterable[Mapping]) -> dict[str, dict[str, _Versions[Ma
             by_institution[row.fixmedins_code] = [row]
         else:
             group.append(row)
-    return {code: _index(group, _BY_ITEM_CODE) for code, group in by_institution.items()}
+    # An institution's upload supersedes its earlier ones from its own begndate (3301), even
+    # when it begins before them: a correction dated back replaces the mistake it corrects.
+    # The rows come in upload order, so the later upload is tried first on every date.
+    return {
+        code: _index(group, _BY_ITEM_CODE, by_begndate=False)
+        for code, group in by_institution.items()
+    }
 
 
 _Segment = tuple[dt.date, dt.date, ItemRule]

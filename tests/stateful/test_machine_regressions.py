@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-import pytest
-
 from tests.integration.conftest import Server
 from tests.integration.his_client import HisClient
 from tests.stateful.test_checker_ledger import (
@@ -60,11 +58,6 @@ async def _map(his: HisClient, item: str, national: str, begndate: dt.date) -> N
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="3301 rows uploaded out of begndate order: the gateway lets the latest begndate win,"
-    " README and the reference model let the newer row supersede from its begndate (reported)",
-)
 async def test_a_mapping_uploaded_later_with_an_earlier_begndate_supersedes(
     server: Server,
 ) -> None:

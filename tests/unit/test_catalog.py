@@ -116,17 +116,28 @@ def test_a_newer_upload_supersedes_from_its_begndate() -> None:
     assert got is not None and got.med_list_codg == "NEW"
 
 
-def test_input_order_does_not_matter_but_a_tie_goes_to_the_later_row() -> None:
+def test_a_later_upload_supersedes_from_its_begndate_even_before_an_earlier_one() -> None:
+    # Rows in upload order. README (3301): "a new row supersedes from its begndate" — a
+    # correction dated back replaces the mistake it corrects; where the later row does not
+    # reach, the earlier one still holds.
     rows = [
         mapping("NEW", D(2025, 7, 1), D(2099, 12, 31)),
         mapping("OLD", D(2020, 1, 1), D(2099, 12, 31)),
-        mapping("FIRST", D(2024, 1, 1), D(2024, 12, 31)),
-        mapping("SECOND", D(2024, 1, 1), D(2024, 12, 31)),
+        mapping("YEAR", D(2024, 1, 1), D(2024, 12, 31)),
+        mapping("HALF", D(2024, 7, 1), D(2024, 12, 31)),
+        mapping("TIE-1", D(2030, 1, 1), D(2030, 12, 31)),
+        mapping("TIE-2", D(2030, 1, 1), D(2030, 12, 31)),
     ]
     snap = snapshot(rows)
-    for day, codg in [(D(2023, 1, 1), "OLD"), (D(2026, 1, 1), "NEW"), (D(2024, 6, 1), "SECOND")]:
+    for day, codg in [
+        (D(2023, 1, 1), "OLD"),
+        (D(2026, 1, 1), "OLD"),  # uploaded after NEW, valid from 2020: it supersedes NEW
+        (D(2024, 3, 1), "YEAR"),
+        (D(2024, 8, 1), "HALF"),
+        (D(2030, 6, 1), "TIE-2"),
+    ]:
         got = snap.mapping("H1", "A1", day)
-        assert got is not None and got.med_list_codg == codg
+        assert got is not None and got.med_list_codg == codg, (day, got)
 
 
 def test_item_rules() -> None:
