@@ -6,6 +6,7 @@ the gateway as well as libcrypto's, and one settlement row per settled msgid (ms
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -33,6 +34,9 @@ PERSONS = 300
 PACED_RATE = 20  # requests/s: far below what 8 unpaced connections get from this gateway
 
 
+_RUNS = itertools.count(1)
+
+
 async def wrk(
     url: str,
     script: str,
@@ -41,9 +45,12 @@ async def wrk(
     *options: str,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    # Each process its own run token: wrk processes started in the same second would otherwise
+    # share thread numbers and serials, and so nonces and msgids.
+    run = f"run=w{next(_RUNS):02d}"
     proc = await asyncio.create_subprocess_exec(
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{SECONDS}s", "--timeout", "10s",
-        "-s", str(SCRIPTS / script), url, "--", f"persons={PERSONS}", *options,
+        "-s", str(SCRIPTS / script), url, "--", f"persons={PERSONS}", run, *options,
         env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
