@@ -773,10 +773,6 @@ class MoneyMachine(RuleBasedStateMachine):
         if begin == "future":
             begin = "today"
         begndate = self.days[begin].date()
-        # Uploads of one item in begndate order: the gateway lets the latest begndate win where
-        # the model lets the latest upload win (README: "a new row supersedes from its begndate");
-        # in this order both agree (the disagreement is pinned in test_machine_regressions.py).
-        begndate = max([begndate, *(m.begin for m in self.remapped if m[:2] == (code, item))])
         row = self.data.catalog[national][0]
         psn = next(iter(self.persons.values()))
         answer = self.call(
