@@ -71,33 +71,14 @@ from gateway.core.model import (
 from gateway.core.settle import apply, settle_splits
 from gateway.errors import GatewayError
 from gateway.ledger.persons import ACCUMULATOR_FIELDS
+
+# What a settlement answered and stored; balc is the balance after it, so the account chain too.
+from gateway.ledger.settlements import AMOUNT_FIELDS
 from gateway.reference import parse_policies
 
 _SUMS = ", ".join(f"sum((delta->>'{f}')::bigint) AS {f}" for f in ACCUMULATOR_FIELDS)
 _MISMATCH = " OR ".join(f"coalesce(a.{f}, 0) <> coalesce(s.{f}, 0)" for f in ACCUMULATOR_FIELDS)
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "config" / "demo"
-# What a settlement answered and stored; balc is the balance after it, so the account chain too.
-AMOUNT_FIELDS = (
-    "medfee_sumamt",
-    "fulamt_ownpay_amt",
-    "overlmt_selfpay",
-    "preselfpay_amt",
-    "inscp_scp_amt",
-    "act_pay_dedc",
-    "hifp_pay",
-    "cvlserv_pay",
-    "hifes_pay",
-    "hifmi_pay",
-    "hifob_pay",
-    "maf_pay",
-    "oth_pay",
-    "fund_pay_sumamt",
-    "psn_part_amt",
-    "acct_pay",
-    "psn_cash_pay",
-    "hosp_part_amt",
-    "balc",
-)
 # A corrupted ledger can differ everywhere at once: the first few findings per person say enough.
 MAX_PER_PERSON = 5
 
