@@ -23,7 +23,6 @@ from gateway.breaker import loop_stalls
 from gateway.core.model import FundRow, Institution
 from gateway.errors import BadRequest, Busy, GatewayError, IdentityRejected, Unavailable
 from gateway.ledger import idempotency
-from gateway.ledger_shares import LedgerShares, shares_of
 from gateway.plan.rules import Decision
 from gateway.runtime import Gateway
 
@@ -148,11 +147,6 @@ OBSERVERS: list[Callable[[Gateway, str, bool, bool, float], None]] = []
 GUARDS: list[Callable[[Call], Awaitable[None]]] = []
 
 
-def shares(gw: Gateway) -> LedgerShares:
-    """The institutions' shares of this process's ledger pool."""
-    return shares_of(gw.pool, gw.config.ledger_share_percent)
-
-
 def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) -> None:
     """Report a ledger call to the breakers, without the time the event loop stood still.
 
@@ -261,7 +255,7 @@ async def handle(
                     gw, tx.grouped, req, institution, body_hash, received, expires
                 )
             if grouped is None:
-                async with shares(gw).turn(code, expires), asyncio.timeout_at(expires):
+                async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
                     grouped = await _journaled(gw, tx, req, institution, body_hash, received, mode)
             outcome = grouped
             outcome.terminal = terminal
@@ -270,7 +264,7 @@ async def handle(
                 outcome.outcome = "deferred" if outcome.outcome == "ok" else outcome.outcome
             return outcome
         async with (
-            shares(gw).turn(code, expires),
+            gw.shares.turn(code, expires),
             asyncio.timeout_at(expires),
             gw.pool.acquire(timeout=deadline) as conn,
         ):
@@ -350,7 +344,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
         budget = gw.config.call_deadline_seconds
         expires = loop.time() + budget
         async with (
-            shares(gw).turn(code, expires),
+            gw.shares.turn(code, expires),
             asyncio.timeout_at(expires),
             gw.pool.acquire(timeout=budget) as conn,
         ):
@@ -362,7 +356,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
         expires = loop.time() + budget
         try:
             async with (
-                shares(gw).turn(code, expires),
+                gw.shares.turn(code, expires),
                 asyncio.timeout_at(expires),
                 gw.pool.acquire(timeout=budget) as conn,
             ):

@@ -17,8 +17,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
-
 from gateway.errors import Busy
 
 SHARE_BUSY = (
@@ -50,31 +48,17 @@ class LedgerShares:
         turn = self._turns.get(fixmedins_code)
         if turn is None:
             turn = self._turns[fixmedins_code] = asyncio.Semaphore(self.limit)
-        try:
-            async with asyncio.timeout_at(expires):
-                await turn.acquire()
-        except TimeoutError:
-            raise Busy(SHARE_BUSY) from None
+        if turn.locked():
+            try:
+                async with asyncio.timeout_at(expires):
+                    await turn.acquire()
+            except TimeoutError:
+                raise Busy(SHARE_BUSY) from None
+        else:
+            await turn.acquire()  # free: no wait, so no timeout to arm (every request comes here)
         try:
             if asyncio.get_running_loop().time() >= expires:
                 raise Busy(SHARE_BUSY)
             yield
         finally:
             turn.release()
-
-
-# Per pool (one per gateway process): the Gateway object has fixed slots, and the share is a
-# property of the pool it divides.
-_SHARES: dict[int, tuple[asyncpg.Pool, LedgerShares]] = {}
-
-
-def shares_of(pool: asyncpg.Pool, percent: int) -> LedgerShares:
-    found = _SHARES.get(id(pool))
-    if found is not None and found[0] is pool:
-        return found[1]
-    for key, (other, _) in list(_SHARES.items()):
-        if other.is_closing():
-            del _SHARES[key]
-    shares = LedgerShares(share_of(pool.get_max_size(), percent))
-    _SHARES[id(pool)] = (pool, shares)
-    return shares

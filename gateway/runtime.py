@@ -16,6 +16,7 @@ from gateway.breaker import STATE_VALUE, Breaker, BreakerConfig
 from gateway.config import GatewayConfig
 from gateway.core.catalog import Snapshot
 from gateway.ledger import idempotency, reference_store
+from gateway.ledger_shares import LedgerShares, share_of
 from gateway.ops import metrics
 from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
 from gateway.plan import store as plan_store
@@ -79,6 +80,7 @@ class Gateway:
         "redis",
         "reference",
         "region",
+        "shares",
         "snapshot",
         "triggers",
     )
@@ -93,6 +95,8 @@ class Gateway:
         limiter: Limiter,
     ) -> None:
         self.pool = pool
+        # Each institution's share of this pool's connections (gateway.ledger_shares).
+        self.shares = LedgerShares(share_of(pool.get_max_size(), config.ledger_share_percent))
         self.reference = reference
         self.snapshot = snapshot
         self.region = region  # receiver region, the first six digits of inf_refmsgid

@@ -27,7 +27,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from gateway import dispatch
 from gateway.app import GATEWAY, build_app
 from gateway.breaker import BreakerConfig
 from gateway.deferred import replay
@@ -376,7 +375,7 @@ async def test_heavy_presettlements_leave_other_institutions_their_connections(
         EMPLOYEE, big_visit, "11", f"{25 * BIG}.00", "310", "0", chrg_bchno="BIG"
     )
     assert (await his.call("2206", data))["infcode"] == 0  # its pre-settlement row exists
-    share = dispatch.shares(rig.gw).limit
+    share = rig.gw.shares.limit
     pool = rig.gw.pool.get_max_size()
     assert share < pool
     holder = await asyncpg.connect(rig.srv.dsn)
