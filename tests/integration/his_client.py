@@ -226,8 +226,8 @@ class HisClient:
             }
         }
 
+    @staticmethod
     def drug_input(
-        self,
         psn_no: str,
         begntime: str,
         medfee: str,

@@ -23,7 +23,7 @@ import msgspec
 
 from gateway.ops import metrics
 from tests.integration.conftest import Server
-from tests.integration.his_client import decode
+from tests.integration.his_client import HisClient, certificate, decode
 
 # ----------------------------------------------------------------------------------- requests
 
@@ -52,7 +52,7 @@ class Person:
 
     def cert(self) -> dict[str, str]:
         """An electronic voucher (01) whose token is the psn_no: it identifies the person."""
-        return {"mdtrt_cert_type": "01", "mdtrt_cert_no": self.psn_no}
+        return certificate(self.psn_no)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,35 +305,9 @@ class Script:
     ) -> str:
         """2102 (after a 2101 when asked); the sale's answer carries its own 就诊ID."""
         self.visits[v] = Visit(v, code, p, f"{v}.2102")
-        node = {
-            "druginfo": {
-                "psn_no": p.psn_no,
-                **p.cert(),
-                "begntime": begntime,
-                "medfee_sumamt": medfee or total(lines),
-                "insutype": p.insutype,
-                "dise_codg": "",
-                "dise_name": "",
-                "acct_used_flag": acct,
-                "med_type": "41",
-            },
-            "drugdetail": [
-                {
-                    "feedetl_sn": ln["feedetl_sn"],
-                    "rxno": "",
-                    "rx_circ_flag": "0",
-                    "fee_ocur_time": begntime,
-                    "med_list_codg": "",
-                    "medins_list_codg": ln["medins_list_codg"],
-                    "det_item_fee_sumamt": ln["det_item_fee_sumamt"],
-                    "cnt": ln["cnt"],
-                    "pric": ln["pric"],
-                    "bilg_dr_codg": "D001",
-                    "bilg_dr_name": "医生",
-                }
-                for ln in lines
-            ],
-        }
+        node = HisClient.drug_input(
+            p.psn_no, begntime, medfee or total(lines), lines, acct, p.insutype
+        )
         if presettle:
             self.step(f"{v}.2101", code, "2101", lambda c: node, person=p, expect=expect)
         return self.step(f"{v}.2102", code, "2102", lambda c: node, person=p, expect=expect)
