@@ -54,6 +54,9 @@ class Envelope(msgspec.Struct, kw_only=True):
     fixmedins_name: Code = None
     sign_no: Code = None
     input: msgspec.Raw = msgspec.Raw(b"")  # decoded later, by the transaction's own type
+    # A Go client's struct tag spells the node `Input` (YingmoY/Pharmacy-ERP, docs/protocol.md);
+    # the same node, read when `input` is absent. Ignored, it answered "缺少输入节点…".
+    input_capitalised: msgspec.Raw = msgspec.field(default=msgspec.Raw(b""), name="Input")
 
 
 class Request(msgspec.Struct, frozen=True, gc=False):
@@ -189,6 +192,11 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
     if infver and infver not in ACCEPTED_INFVER:
         raise BadRequest(f"不支持的接口版本号{infver}")
     raw = bytes(env.input)
+    capitalised = bytes(env.input_capitalised).strip()
+    if capitalised not in (b"", b"null"):
+        if raw and raw != capitalised:
+            raise BadRequest("报文同时含有input和Input两个交易输入节点且内容不同，请只发送input")
+        raw = capitalised
     stripped = raw.lstrip()
     if stripped.startswith(b'"'):
         # A few older clients send `input` as a JSON string holding the object.

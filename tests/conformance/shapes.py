@@ -23,6 +23,9 @@ DEC_NULL = "decimal?"
 INT = "int"
 BIGDEC = "BigDecimal"
 DATETIME = "yyyy-MM-dd HH:mm:ss"
+# Go clients reading a `map[string]any`: `v.(string)` takes only a JSON string (null or a
+# number reads as "", silently); `v.(float64)` only a JSON number (the DEC kind).
+GO_STRING = "Go string"
 
 
 def number(text: str) -> Decimal:

@@ -31,6 +31,7 @@ from tests.conformance.shapes import (
     DATETIME,
     DEC,
     DEC_NULL,
+    GO_STRING,
     INT,
     SETLINFO_AMOUNTS,
     TEXT,
@@ -125,6 +126,8 @@ def _parses(value: Any, kind: str, where: str) -> None:
     elif kind == BIGDEC:
         exponent = value.as_tuple().exponent if isinstance(value, Decimal) else 0
         assert isinstance(exponent, int) and exponent < 0, (where, value)
+    elif kind == GO_STRING:
+        assert isinstance(value, str), (where, value)
     elif kind == DATETIME:
         assert isinstance(value, str), (where, value)
         dt.datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
