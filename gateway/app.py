@@ -18,7 +18,7 @@ from aiohttp import web
 
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
-from adapters.his.envelope import NOT_UTF8, encode_response
+from adapters.his.envelope import NOT_UTF8, base_infno, encode_response
 from gateway import dispatch, emergency
 from gateway.auth import AuthError, Verifier, load_credentials
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
@@ -27,10 +27,12 @@ from gateway.core.settle import FUND_NAMES
 from gateway.deferred.journal import Journal
 from gateway.edge import (
     GUARD,
+    PACER,
     BodyRefused,
     ConnectionGuard,
     EdgeConfig,
     EdgeRunner,
+    Pacer,
     mark_requests,
     read_body,
 )
@@ -38,7 +40,7 @@ from gateway.errors import BadRequest, Busy
 from gateway.group_commit import GroupCommit
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
-from gateway.overload import SHED_MESSAGE, Admission
+from gateway.overload import SHED_MESSAGE, Admission, UploadBudget
 from gateway.ratelimit import Limiter
 from gateway.reference import load_reference
 from gateway.runtime import Gateway
@@ -46,6 +48,7 @@ from gateway.runtime import Gateway
 GATEWAY = web.AppKey("gateway", Gateway)
 VERIFIER = web.AppKey("verifier", Verifier)
 ADMISSION = web.AppKey("admission", Admission)
+UPLOADS = web.AppKey("uploads", UploadBudget)
 access = logging.getLogger("gateway.access")
 ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
 CONSOLE_MAX_BODY = 64 * 1024
@@ -141,8 +144,9 @@ _infno_only = msgspec.json.Decoder(_InfnoOnly)
 
 
 async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
-    """Admission, then the signature, then the body: nobody gets the process to buffer a body
-    before it is known who sent it and that there is room for it."""
+    """Admission, then the signature, then the institution's upload budget, then the body:
+    nobody gets the process to buffer a body before it is known who sent it and that there is
+    room for it."""
     gw = request.app[GATEWAY]
     started = time.perf_counter()
     if path_infno is not None and not _PATH_INFNO.fullmatch(path_infno):
@@ -153,6 +157,8 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
         # Past the in-flight limit a request waits behind all the others and its latency grows
         # without bound; a fast "busy" lets the counter retry (same msgid) or switch to plan B.
         return _shed(gw, path_infno, started)
+    uploader: str | None = None  # the institution an admitted heavy upload is charged to
+    over_budget: web.Response | None = None
     try:
         verifier = request.app.get(VERIFIER)
         authenticated: str | None = None
@@ -161,6 +167,14 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
                 authenticated = await verifier.verify(request.headers)
             except AuthError as exc:
                 return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
+        budget = request.app[UPLOADS]
+        payer = authenticated or f"address:{request.remote or ''}"
+        if budget.active and _heavy_from_headers(request, gw.config.edge, path_infno):
+            refused = budget.take(payer, request.content_length or 0, time.monotonic())
+            if refused is not None:
+                over_budget = _refusal(_over_budget(gw, refused, path_infno), started)
+                return over_budget
+            uploader = payer
         senders = _senders(request, authenticated)
         if not admission.start_body(senders):
             return _shed(gw, path_infno, started)
@@ -174,9 +188,54 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
             admission.end_body(senders)
         if not _is_utf8(body):
             return _refusal(dispatch.refused(gw, BadRequest(NOT_UTF8), path_infno or ""), started)
+        if (
+            budget.active
+            and uploader is None
+            and (
+                len(body) > gw.config.edge.body_limit_bytes
+                or (path_infno is None and _names_upload(body, gw.config.edge))
+            )
+        ):
+            # An upload the headers did not tell: sent chunked, or a small one on the national
+            # path, which names itself only inside the body. Read (within its limit), it is
+            # charged before anything else is done with it.
+            refused = budget.take(payer, len(body), time.monotonic())
+            if refused is not None:
+                over_budget = _refusal(_over_budget(gw, refused, path_infno), started)
+                return over_budget
+            uploader = payer
         return await _admitted(request, gw, body, path_infno, authenticated, started)
     finally:
         admission.leave()
+        if uploader is not None:
+            budget.release(uploader)
+        if over_budget is not None:
+            # Answered after the pause, holding no slot: a sender that retries at once is
+            # slowed to one refusal per pause per connection.
+            await request.app[PACER].hold()
+
+
+def _heavy_from_headers(request: web.Request, edge: EdgeConfig, path_infno: str | None) -> bool:
+    """An upload by its headers: a transaction in the upload list by its path, or a body past
+    the general limit (only the batches may be that large; a larger one is refused anyway)."""
+    if path_infno is not None and base_infno(path_infno) in edge.upload_transactions:
+        return True
+    declared = request.content_length
+    return declared is not None and declared > edge.body_limit_bytes
+
+
+def _names_upload(body: bytes, edge: EdgeConfig) -> bool:
+    """Whether an envelope's own infno (decoded, not sniffed: an `infno` inside `input` must
+    not hide it) is in the upload list."""
+    try:
+        infno = _infno_only.decode(body).infno
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False  # not an envelope: dispatch refuses it with the reason
+    return base_infno(str(infno or "").strip()) in edge.upload_transactions
+
+
+def _over_budget(gw: Gateway, message: str, path_infno: str | None) -> dispatch.Outcome:
+    return dispatch.refused(gw, Busy(message), path_infno or "", outcome="busy")
 
 
 def _shed(gw: Gateway, path_infno: str | None, started: float) -> web.Response:
@@ -353,6 +412,8 @@ def build_app(settings: Settings) -> web.Application:
     emergency.install()
     admission = Admission(0)  # its bound is set from the configuration at start-up
     guard = ConnectionGuard()  # likewise
+    uploads = UploadBudget()  # likewise
+    pacer = Pacer()  # likewise
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # A short connect timeout: an unreachable ledger must fail fast enough for the breaker.
@@ -386,6 +447,12 @@ def build_app(settings: Settings) -> web.Application:
         admission.limit = config.max_in_flight
         admission.share = config.in_flight_share
         guard.config = config.edge
+        pacer.config = config.edge
+        edge = config.edge
+        uploads.per_institution = edge.uploads_per_institution
+        uploads.rate = edge.upload_bytes_per_second
+        uploads.burst = edge.upload_burst_bytes
+        uploads.floor = edge.upload_min_bytes
         gw.triggers = emergency.institution_triggers(gw)
         metrics.prime(
             dispatch.TRANSACTIONS,
@@ -419,6 +486,8 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app[ADMISSION] = admission
     app[GUARD] = guard
+    app[UPLOADS] = uploads
+    app[PACER] = pacer
     app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
     app.router.add_post("/hsa/hgs/{infno}", call_by_path)
     app.router.add_get("/livez", livez)

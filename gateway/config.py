@@ -104,6 +104,10 @@ def _settings(doc: dict[str, Any], base: _S) -> _S:
         current = getattr(base, key)
         if isinstance(current, dict):
             values[key] = {str(k): int(v) for k, v in value.items()}
+        elif isinstance(current, tuple):
+            if not isinstance(value, list):
+                raise ValueError(f"{key} must be a list")
+            values[key] = tuple(str(v) for v in value)
         else:
             values[key] = type(current)(value)
     return replace(base, **values)

@@ -54,6 +54,21 @@ class EdgeConfig:
     header_seconds: float = 10.0  # each request line and headers
     idle_seconds: float = 60.0  # a keep-alive connection with no request in progress
     connections_per_address: int = 256  # a hospital's counters often share one NAT address
+    # Heavy uploads, per institution (gateway.overload.UploadBudget): a body past
+    # body_limit_bytes (only the batches may be that large), or one of these transactions at any
+    # size (a detail file costs the parser up to its unpacked bound however small it is sent).
+    upload_transactions: tuple[str, ...] = ("9101",)
+    uploads_per_institution: int = 2  # at once, from the headers to the answer (0: no bound)
+    upload_bytes_per_second: int = 1 * MIB  # refilled per institution (0: no byte budget)
+    upload_burst_bytes: int = 32 * MIB  # what an institution may send at once after a pause
+    upload_min_bytes: int = 1 * MIB  # each heavy request is charged at least this
+    # A request refused by a budget (an upload past its institution's, a console log-in past
+    # the hashing budget or from a locked address) is answered after this pause, holding no
+    # in-flight slot: a client that sends again as soon as it is refused gets one refusal per
+    # connection per pause, instead of as many as it can send. At most held_refusals are held
+    # at once; past that the answer is immediate. 0: answer at once.
+    refusal_hold_seconds: float = 1.0
+    held_refusals: int = 256
 
     def limit(self, infno: str) -> int:
         return self.body_limits.get(infno, self.body_limit_bytes)
@@ -125,6 +140,41 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
         # The client hung up or broke the framing (a bad chunk, a short body): nothing to run.
         raise BodyRefused("请求报文接收不完整，本次交易未处理") from None
     return b"".join(chunks)
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+class Pacer:
+    """Holds the answers to requests refused by a budget for `refusal_hold_seconds`.
+
+    A refusal decided from the headers costs the process a fraction of a millisecond, but a
+    client that sends again the moment it is answered turns cheap refusals into a flood of
+    them: the rate is set by how fast the answers come. Held, a connection gets one refusal
+    per pause; what it costs meanwhile is a timer (of a body still being sent, aiohttp takes
+    in at most its read buffer, ~128 KiB, and then TCP stops the sender). Past `held_refusals`
+    held at once, answers are immediate.
+    """
+
+    __slots__ = ("config", "held")
+
+    def __init__(self, config: EdgeConfig | None = None) -> None:
+        self.config = config or EdgeConfig()
+        self.held = 0
+
+    async def hold(self) -> None:
+        """Wait before answering a refused request."""
+        seconds = self.config.refusal_hold_seconds
+        if seconds <= 0 or self.held >= self.config.held_refusals:
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.held -= 1
+
+
+PACER = web.AppKey("pacer", Pacer)
 
 
 # ------------------------------------------------------------------------------ connections

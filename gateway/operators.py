@@ -106,10 +106,13 @@ class LoginPolicy:
     # from many addresses must not take both from the settlements.
     hash_threads: int = 1
     hash_queue: int = 8  # attempts waiting for a thread; beyond that "busy, try later"
-    # Hashes started per second per process (a token bucket with this burst): an operator logs
-    # in a few times a day, a guesser rotating addresses thousands of times a minute, and each
-    # guess costs ~50 ms of CPU that the counters' settlements would otherwise get.
-    hashes_per_second: float = 4.0
+    # Hashes started per second per process, per known operator name and one budget for every
+    # other name (token buckets; the burst is one second's worth, at least one): an operator
+    # logs in a few times a day, a guesser rotating addresses thousands of times a minute, and
+    # each guess costs ~50 ms of CPU that the counters' settlements would otherwise get. At 0.2
+    # a flood of made-up names costs ~1% of a core; a name's own operator, or one at a desk it
+    # logged in from before, does not wait for it.
+    hashes_per_second: float = 0.2
 
 
 KINDS = ("operator", "address", "pair")
@@ -432,22 +435,41 @@ class Hasher:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def _take_token(self, bucket: str) -> bool:
-        """One hash from the bucket's per-second budget; the burst is one second's worth."""
+        """One hash from the bucket's per-second budget; the burst is one second's worth (at
+        least one hash, so a rate under one a second still lets one through)."""
         rate = self.policy.hashes_per_second
+        burst = max(rate, 1.0)
         now = time.monotonic()
-        tokens, refilled = self._buckets.get(bucket, (rate, now))
-        tokens = min(rate, tokens + (now - refilled) * rate)
+        tokens, refilled = self._buckets.get(bucket, (burst, now))
+        tokens = min(burst, tokens + (now - refilled) * rate)
         if tokens < 1.0:
             self._buckets[bucket] = (tokens, now)
             return False
         self._buckets[bucket] = (tokens - 1.0, now)
         return True
 
+    def take(self, name: str, *, known: bool) -> bool:
+        """One hash from the budget of this name (a known operator's) or of all other names,
+        taken before the attempt costs anything else; False when it is spent. Given back with
+        `give_back` when the attempt is refused before hashing (a lock)."""
+        return self._take_token(name if known else "")
+
+    def give_back(self, name: str, *, known: bool) -> None:
+        bucket = name if known else ""
+        tokens, refilled = self._buckets.get(bucket, (0.0, time.monotonic()))
+        self._buckets[bucket] = (tokens + 1.0, refilled)
+
     def configure(self, policy: LoginPolicy) -> None:
         self.policy = policy
 
     async def check(
-        self, stored: str | None, password: str, *, desk: bool = False, name: str = ""
+        self,
+        stored: str | None,
+        password: str,
+        *,
+        desk: bool = False,
+        name: str = "",
+        paid: bool = False,
     ) -> bool:
         """The password against the stored hash; None (no such operator) costs the same.
 
@@ -455,10 +477,11 @@ class Hasher:
         against the budget, so a flood of guesses from elsewhere cannot keep the duty team out
         (the per-pair lock still bounds guessing from a desk). A known operator's `name` has a
         budget of its own: guesses at made-up names, from however many addresses, cannot spend
-        it (guesses at the name itself are slowed by the name's guard)."""
+        it (guesses at the name itself are slowed by the name's guard). `paid`: the hash was
+        taken from the budget already (`take`)."""
         if self.pending >= self.policy.hash_threads + self.policy.hash_queue:
             raise HashersBusy
-        if not desk and not self._take_token(name if stored is not None else ""):
+        if not (desk or paid) and not self.take(name, known=stored is not None):
             raise HashersBusy
         if self._executor is None:
             self._executor = ThreadPoolExecutor(

@@ -62,3 +62,87 @@ class Admission:
             self.receiving[key] -= 1
             if self.receiving[key] <= 0:
                 del self.receiving[key]
+
+
+UPLOADS_AT_ONCE = (
+    "本机构正在处理的大文件上传已达{count}个，本次交易未处理；请待前一个完成后使用相同报文ID重试"
+)
+UPLOAD_BYTES = (
+    "本机构大文件上传超出流量限额（每秒约{rate}），本次交易未处理；请稍后使用相同报文ID重试"
+)
+_MIB = 1 << 20
+
+
+def _size(n: int) -> str:
+    return f"{n / _MIB:g}MB" if n >= _MIB else f"{max(n >> 10, 1)}KB"
+
+
+class UploadBudget:
+    """Heavy uploads per institution: how many at once, and how many bytes per second.
+
+    A detail file or a batch costs the process far more than a sale (reading, unpacking,
+    checking, a ledger write for its answer), and one institution sending them back to back
+    took that from every other institution's counters. The budget is decided before the body
+    is read wherever the headers tell (the count, and the bytes from Content-Length); a heavy
+    request is charged at least `floor` bytes, since a small file may unpack to the parser's
+    bound, and never more than `burst`, so the largest body fits a full budget. Over either,
+    the request is refused with nothing done; the same msgid can be sent again later.
+    """
+
+    __slots__ = ("_buckets", "burst", "floor", "in_flight", "per_institution", "rate", "refused")
+
+    # Buckets kept before the full ones are forgotten (a full bucket is the same as none).
+    KEEP = 4096
+
+    def __init__(
+        self, per_institution: int = 0, rate: int = 0, burst: int = 0, floor: int = 0
+    ) -> None:
+        self.per_institution = per_institution
+        self.rate = rate  # bytes per second; 0: no byte budget
+        self.burst = burst
+        self.floor = floor
+        self.in_flight: Counter[str] = Counter()
+        self._buckets: dict[str, tuple[float, float]] = {}  # institution: (bytes, when)
+        self.refused = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.per_institution or self.rate)
+
+    def charge(self, size: int) -> int:
+        """What a heavy request of `size` bytes costs its institution's byte budget."""
+        return min(max(size, self.floor), max(self.burst, 1))
+
+    def take(self, institution: str, size: int, now: float) -> str | None:
+        """Admit one heavy request of `size` bytes (declared, or read) at monotonic time `now`:
+        None, and the caller releases it when answered; or why not, with nothing taken."""
+        if self.per_institution and self.in_flight[institution] >= self.per_institution:
+            self.refused += 1
+            return UPLOADS_AT_ONCE.format(count=self.per_institution)
+        if self.rate:
+            cost = self.charge(size)
+            held, when = self._buckets.get(institution, (float(self.burst), now))
+            held = min(float(self.burst), held + (now - when) * self.rate)
+            if held < cost:
+                self._buckets[institution] = (held, now)
+                self.refused += 1
+                return UPLOAD_BYTES.format(rate=_size(self.rate))
+            self._buckets[institution] = (held - cost, now)
+            if len(self._buckets) > self.KEEP:
+                self._forget_full(now)
+        self.in_flight[institution] += 1
+        return None
+
+    def release(self, institution: str) -> None:
+        self.in_flight[institution] -= 1
+        if self.in_flight[institution] <= 0:
+            del self.in_flight[institution]
+
+    def _forget_full(self, now: float) -> None:
+        full = [
+            key
+            for key, (held, when) in self._buckets.items()
+            if held + (now - when) * self.rate >= self.burst
+        ]
+        for key in full:
+            del self._buckets[key]

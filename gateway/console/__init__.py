@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway import audit, operators
 from gateway.console import pages
+from gateway.edge import PACER
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.plan import status, store
 
@@ -34,6 +35,7 @@ OPERATORS = web.AppKey("operators", dict)
 HASHER = web.AppKey("hasher", operators.Hasher)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOGIN_MAX_BODY = 4096  # a name and a password
+BUSY = "登录请求过多，请稍后再试"
 # Served with every console page and API answer: no scripts, no framing, forms post only here;
 # the page's one inline style is allowed by its hash.
 SECURITY_HEADERS = {
@@ -151,7 +153,12 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
 
     async def check_login(request: web.Request, *, json_only: bool) -> operators.Operator:
         """The operator these credentials prove; raises Refused. Throttled per name and per
-        address; an unknown name is hashed like a known one, on the hasher's threads."""
+        address; an unknown name is hashed like a known one, on the hasher's threads.
+
+        The hashing budget is asked first, from memory: an attempt it refuses costs neither a
+        hash nor the ledger's throttle rows (a flood of made-up names used to cost two ledger
+        transactions a guess before it was answered busy). Only a known name can have desks, so
+        only a known name past its budget is looked up before it is refused."""
         if not same_origin(request):
             raise Refused(403, "拒绝来自其他站点的登录请求")
         login, password = await credentials(request, json_only=json_only)
@@ -159,25 +166,43 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         hasher = request.app[HASHER]
         hasher.configure(policy)
         if hasher.pending >= policy.hash_threads + policy.hash_queue:
-            raise Refused(429, "登录请求过多，请稍后再试")
-        address = request.remote or ""
-        async with gw(request).pool.acquire(timeout=5.0) as conn:
-            lock = await operators.reserve_attempt(conn, policy, login, address)
-            desk = lock is None and await operators.is_desk(conn, login, address)
-        if lock is not None:
-            raise Refused(429, refusal_text(lock, policy))
+            raise Refused(429, BUSY)
         found: operators.Operator | None = request.app[OPERATORS].get(login)
+        known = found is not None
+        address = request.remote or ""
+        paid = hasher.take(login, known=known)
+        if not paid and not known:
+            raise Refused(429, BUSY)
+        async with gw(request).pool.acquire(timeout=5.0) as conn:
+            if not paid and not await operators.is_desk(conn, login, address):
+                raise Refused(429, BUSY)
+            lock = await operators.reserve_attempt(conn, policy, login, address)
+            desk = lock is None and not paid
+        if lock is not None:
+            if paid:
+                hasher.give_back(login, known=known)
+            raise Refused(429, refusal_text(lock, policy))
         try:
             ok = await hasher.check(
-                found.password if found else None, password, desk=desk, name=login
+                found.password if found else None, password, desk=desk, name=login, paid=paid
             )
         except operators.HashersBusy:
-            raise Refused(429, "登录请求过多，请稍后再试") from None
+            if paid:
+                hasher.give_back(login, known=known)
+            raise Refused(429, BUSY) from None
         async with gw(request).pool.acquire(timeout=5.0) as conn:
             await operators.settle_attempt(conn, policy, login, address, ok)
         if found is None or not ok:
             raise Refused(401, "账号或密码不正确")
         return found
+
+    async def held(request: web.Request, refused: Refused) -> None:
+        """A log-in refused busy or locked is answered after the edge's pause: it cost little,
+        and a guesser that sends the next one as soon as it is answered gets one a pause per
+        connection instead of as many as it can send."""
+        pacer = request.app.get(PACER)
+        if refused.status == 429 and pacer is not None:
+            await pacer.hold()
 
     async def overview(request: web.Request) -> dict[str, Any]:
         g = gw(request)
@@ -254,6 +279,7 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         try:
             found = await check_login(request, json_only=False)
         except Refused as exc:
+            await held(request, exc)
             return web.Response(
                 text=pages.login(exc.message), content_type="text/html", status=exc.status
             )
@@ -339,6 +365,7 @@ def install(app: web.Application, gateway_key: Any, operators_path: Path) -> Non
         try:
             found = await check_login(request, json_only=True)
         except Refused as exc:
+            await held(request, exc)
             return web.json_response({"error": exc.message}, status=exc.status)
         async with gw(request).pool.acquire(timeout=5.0) as conn:
             session = await operators.open_session(conn, found)
