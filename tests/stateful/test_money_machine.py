@@ -22,6 +22,7 @@ catalog corrections (`corrections apply`, a CLI run; test_corrections covers the
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import os
@@ -44,7 +45,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from gateway.ledger import checker
+from gateway import conversion, corrections
+from gateway.app import DEFAULT_REFERENCE
+from gateway.core.catalog import Snapshot
+from gateway.errors import GatewayError
+from gateway.ledger import checker, reference_store
+from gateway.plan import store
+from gateway.reference import Reference, load_reference
 from tests.integration.his_client import HisClient
 from tests.reference.data import Person, ReferenceData, load
 from tests.reference.ledger_model import ModelRules
@@ -66,6 +73,9 @@ TEMPLATES = {
     "remote": "520500000000000001",  # insured in Bijie: no account away from home
 }
 HOSPITALS = ("H44180000001", "H44180000003", "H52050000001")
+# Under the emergency plan's `selfpay` action for its admissions (set once, before the examples):
+# every 2401 there opens a self-pay stay that must be converted (自费转医保) before it settles.
+SELFPAY_HOSPITAL = "H44180000002"
 PHARMACY = "P44180000001"
 ITEMS = {
     "ZL0001": ("12.50", "30.00"),  # class 01
@@ -119,6 +129,8 @@ class Stay:
     settled_by: dict[str, str] = field(default_factory=dict)  # feedetl_sn -> setl_id
     discharged: bool = False
     cancelled: bool = False
+    selfpay: bool = False  # admitted self-pay under the plan, not converted yet
+    admit_msgid: str = ""  # of its 2401
 
     def unsettled(self) -> list[FeeLine]:
         return [ln for sn, ln in self.lines.items() if sn not in self.settled_by]
@@ -134,6 +146,8 @@ class Setl:
     made: ModelSettlement
     final: bool  # a closing inpatient settlement
     in_at: int
+    acct: str = "0"  # acct_used_flag
+    corrects: str = ""  # the setl_id a bulk correction re-settled into this one
     status: str = "settled"
     cancelled_at: int = 0
     cancel_msgid: str = ""  # of the 2208/2305/2103 that cancelled it (not a 2601)
@@ -173,12 +187,13 @@ class MoneyMachine(RuleBasedStateMachine):
         self.reversed: set[str] = set()  # msgids a 2601 has reversed
         self.seq = 0
         self.remaps = 0
+        self.undone = 0
         self.remapped: list[Remap] = []
         self.days = _days()
         self.trail: list[str] = []
         self.clients = {
             code: h.server.client(code, self.data.institutions[code].region)
-            for code in (*HOSPITALS, PHARMACY)
+            for code in (*HOSPITALS, SELFPAY_HOSPITAL, PHARMACY)
         }
 
     @initialize(
@@ -329,17 +344,20 @@ class MoneyMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ steps: visits
 
     def _active(self) -> int:
-        return sum(1 for s in self.stays if s.kind != "pharmacy" and not s.discharged)
+        return len(self._open("outpatient") + self._open("inpatient"))
 
     @precondition(lambda self: self._active() < 4)
     @rule(data=st.data())
     def open_visit(self, data: st.DataObject) -> None:
         psn = data.draw(st.sampled_from(sorted(self.persons.values(), key=lambda p: p.psn_no)))
-        code = data.draw(st.sampled_from(HOSPITALS))
+        inpatient = data.draw(st.booleans())
+        code = data.draw(
+            st.sampled_from((SELFPAY_HOSPITAL, *HOSPITALS) if inpatient else HOSPITALS)
+        )
         when = data.draw(st.sampled_from(sorted(self.days)))
         begin = self.days[when]
-        inpatient = data.draw(st.booleans())
         if inpatient:
+            msgid = self.clients[code].msgid()
             answer = self.call(
                 code,
                 "2401",
@@ -356,12 +374,28 @@ class MoneyMachine(RuleBasedStateMachine):
                     "diseinfo": [],
                 },
                 psn,
+                msgid=msgid,
             )
             if when == "future":
                 self.refused(answer, "2401", "admission dated ahead of now")
                 return
             mdtrt_id = self.ok(answer, "2401")["result"]["mdtrt_id"]
-            self.stays.append(Stay("inpatient", mdtrt_id, code, psn, begin, "21"))
+            selfpay = code == SELFPAY_HOSPITAL
+            # The plan's selfpay admission says so, and only it (emergency-plan.md, actions).
+            assert ("自费" in (answer["warn_msg"] or "")) == selfpay, answer["warn_msg"]
+            self.stays.append(
+                Stay(
+                    "inpatient",
+                    mdtrt_id,
+                    code,
+                    psn,
+                    begin,
+                    "21",
+                    selfpay=selfpay,
+                    admit_msgid=msgid,
+                )
+            )
+            COUNTS["self-pay admissions" if selfpay else "insured admissions"] += 1
             return
         answer = self.call(
             code,
@@ -414,7 +448,7 @@ class MoneyMachine(RuleBasedStateMachine):
         return [s for s in self.stays if s.kind == kind and not s.cancelled and not s.discharged]
 
     def _has_open(self) -> bool:
-        return any(s.kind != "pharmacy" and not s.discharged for s in self.stays)
+        return self._active() > 0
 
     @precondition(lambda self: self._has_open())
     @rule(data=st.data())
@@ -430,9 +464,12 @@ class MoneyMachine(RuleBasedStateMachine):
             for sn, ln in stay.lines.items()
             if ln.amount_fen > 0 and (sn not in stay.settled_by or rng.random() < 0.1)
         ]
+        over_refund = False
         if stay.kind == "inpatient" and charges and data.draw(st.booleans()):
-            # A refund line: negative cnt citing a charge (2301).
+            # A refund line: negative cnt citing a charge (2301), the whole of its quantity; a
+            # charge already refunded may not be refunded again (docs/reliability.md, D8).
             of = rng.choice(charges)
+            over_refund = any(ln.init_feedetl_sn == of.feedetl_sn for ln in stay.lines.values())
             lines.append(
                 FeeLine(
                     feedetl_sn=str(next(_ids)),
@@ -471,7 +508,11 @@ class MoneyMachine(RuleBasedStateMachine):
                 row["init_feedetl_sn"] = ln.init_feedetl_sn
             rows.append(row)
         infno = "2204" if stay.kind == "outpatient" else "2301"
-        self.ok(self.call(stay.code, infno, {"feedetail": rows}, stay.psn), infno)
+        answer = self.call(stay.code, infno, {"feedetail": rows}, stay.psn)
+        if over_refund:
+            self.refused(answer, infno, "refunds beyond their charge")
+            return
+        self.ok(answer, infno)
         for ln in lines:
             stay.lines[ln.feedetl_sn] = ln
 
@@ -521,7 +562,7 @@ class MoneyMachine(RuleBasedStateMachine):
             if s.stay is stay and set(s.sns) & set(gone):
                 s.lines_changed = True
 
-    @precondition(lambda self: any(s.kind == "inpatient" and not s.discharged for s in self.stays))
+    @precondition(lambda self: bool(self._open("inpatient")))
     @rule(data=st.data())
     def discharge(self, data: st.DataObject) -> None:
         stay = data.draw(st.sampled_from(self._open("inpatient")))
@@ -577,6 +618,9 @@ class MoneyMachine(RuleBasedStateMachine):
         acct = data.draw(st.sampled_from(("0", "1"))) if stay.psn.employee else "0"
         lines = stay.unsettled()
         want = self.expect(stay, lines, acct)
+        if stay.selfpay:
+            # emergency-plan.md: a self-pay admission settles "normally" only once converted.
+            want = "self-pay admission not converted"
         medfee = sum(ln.amount_fen for ln in lines)
         inpatient = stay.kind == "inpatient"
         if inpatient and stay.discharged and medfee == 0:
@@ -608,6 +652,9 @@ class MoneyMachine(RuleBasedStateMachine):
         answer = self.call(stay.code, infno, body, stay.psn, msgid=msgid)
         if isinstance(want, str):
             self.refused(answer, infno, want)
+            if stay.selfpay and data.draw(st.booleans()):
+                # The counter is told to have the stay converted first; the duty team does.
+                self.convert_stay(stay, data, pre)
             return
         out = self.ok(answer, infno)
         self.compare(infno, out["setlinfo"], want)
@@ -624,6 +671,7 @@ class MoneyMachine(RuleBasedStateMachine):
             want,
             final=inpatient and stay.discharged,
             in_at=0,
+            acct=acct,
         )
         self.setls.append(s)
         self.came_in(s)
@@ -688,7 +736,7 @@ class MoneyMachine(RuleBasedStateMachine):
         stay.lines = {ln.feedetl_sn: ln for ln in lines}
         self.stays.append(stay)
         self.model.apply(info["setl_id"], want)
-        s = Setl(info["setl_id"], msgid, "2102", stay, list(stay.lines), want, final=False, in_at=0)
+        s = Setl(info["setl_id"], msgid, "2102", stay, list(stay.lines), want, False, 0, acct=acct)
         self.setls.append(s)
         self.came_in(s)
 
@@ -708,6 +756,20 @@ class MoneyMachine(RuleBasedStateMachine):
             body: dict[str, Any] = {
                 "data": {"psn_no": psn.psn_no, "omsgid": s.msgid, "oinfno": s.infno}
             }
+            if s.corrects:
+                # The counter's settlement under that msgid was cancelled by the correction;
+                # what it re-settled into is cancelled by its own setl_id (2208/2305/2103).
+                answer = self.call(s.stay.code, infno, body, psn, msgid=msgid)
+                self.refused(answer, "2601", "original re-settled by a correction")
+                msgid = self.clients[s.stay.code].msgid()
+                infno = CANCEL_OF[s.infno]
+                body = {
+                    "data": {
+                        "setl_id": s.setl_id,
+                        "mdtrt_id": s.stay.mdtrt_id,
+                        "psn_no": psn.psn_no,
+                    }
+                }
         else:
             infno = CANCEL_OF[s.infno]
             body = {
@@ -752,13 +814,92 @@ class MoneyMachine(RuleBasedStateMachine):
         s.cancel_msgid = ""
         self.came_in(s)
 
+    # ------------------------------------------------------------------ steps: admissions
+
+    def _admissions(self) -> list[Stay]:
+        return [s for s in self.stays if s.kind == "inpatient"]
+
+    @precondition(lambda self: self.undone < 1 and any(not s.cancelled for s in self._admissions()))
+    @rule(data=st.data(), by_reversal=st.booleans())
+    def undo_admission(self, data: st.DataObject, by_reversal: bool) -> None:
+        """2404, or 2601 of the 2401: a stay with no lines (and so no settlement) is cancelled.
+        Once an example at most: a cancelled stay settles nothing more."""
+        self.undone += 1
+        standing = [s for s in self._admissions() if not s.cancelled]
+        pool = standing if data.draw(st.integers(0, 3)) else self._admissions()
+        stay = data.draw(st.sampled_from(pool))
+        psn = stay.psn
+        if by_reversal:
+            body = {"data": {"psn_no": psn.psn_no, "omsgid": stay.admit_msgid, "oinfno": "2401"}}
+            answer = self.call(stay.code, "2601", body, psn)
+            why = "admission cancelled" if stay.cancelled else ""
+        else:
+            body = {"data": {"mdtrt_id": stay.mdtrt_id, "psn_no": psn.psn_no}}
+            answer = self.call(stay.code, "2404", body, psn)
+            why = "admission cancelled" if stay.cancelled else ""
+            why = why or ("discharged" if stay.discharged else "")
+        why = why or ("lines uploaded" if stay.lines else "")
+        COUNTS[f"undo admission {why.split(' ')[0] if why else 'ok'}"] += 1
+        if why:
+            self.refused(answer, "2601 of a 2401" if by_reversal else "2404", why)
+            return
+        self.ok(answer, "2601 of a 2401" if by_reversal else "2404")
+        stay.cancelled = True
+
+    def _convertible(self) -> list[Stay]:
+        return [s for s in self._admissions() if s.selfpay and not s.cancelled]
+
+    @precondition(lambda self: bool(self._convertible()))
+    @rule(data=st.data(), pre=st.booleans())
+    def convert(self, data: st.DataObject, pre: bool) -> None:
+        """自费转医保, as `python -m gateway encounter convert` runs it; then the stay settles."""
+        waiting = self._convertible()
+        pool = waiting if data.draw(st.integers(0, 3)) else self._admissions()
+        self.convert_stay(data.draw(st.sampled_from(pool)), data, pre)
+
+    def convert_stay(self, stay: Stay, data: st.DataObject, pre: bool) -> None:
+        why = "not a self-pay admission" if not stay.selfpay else ""
+        why = why or ("admission cancelled" if stay.cancelled else "")
+        try:
+            psn_no = self.harness.run(
+                conversion.convert(
+                    self.harness.conn, stay.mdtrt_id, operator="duty", reason="自费转医保"
+                )
+            )
+        except GatewayError as exc:
+            self.trail.append(f"convert {stay.mdtrt_id}: refused {exc.err_msg}")
+            COUNTS[f"conversions refused: {why or 'unexpectedly'}"] += 1
+            assert why, f"conversion refused where the rules accept: {exc.err_msg}"
+            return
+        self.trail.append(f"convert {stay.mdtrt_id}: ok")
+        assert not why, f"conversion accepted where the rules refuse ({why})"
+        assert psn_no == stay.psn.psn_no
+        COUNTS["conversions"] += 1
+        stay.selfpay = False
+        if stay.unsettled() and stay in self._settleable():
+            # The converted stay settles at once (or pre-settles) against the model's amounts.
+            self.settle(stay, data, pre)
+
     # ------------------------------------------------------------------ steps: catalog
 
-    @precondition(lambda self: self.remaps < 2)
+    @precondition(lambda self: self.remaps < 1 or (self.remaps < 3 and bool(self._in_force())))
     @rule(data=st.data())
     def remap(self, data: st.DataObject) -> None:
-        code = data.draw(st.sampled_from((*HOSPITALS, PHARMACY)))
-        item = data.draw(st.sampled_from(sorted(DRUGS if code == PHARMACY else ITEMS)))
+        # Mostly an item some settlement in force used, from a date its line falls on: a bulk
+        # correction then has work to do.
+        used: dict[tuple[str, str], dt.date] = {}
+        for s in self._in_force():
+            for sn in s.sns:
+                ln = s.stay.lines[sn]
+                key = (s.stay.code, ln.medins_list_codg)
+                used[key] = min(used.get(key, ln.fee_date), ln.fee_date)
+        days = sorted(d for d in self.days if d != "future")
+        if used and data.draw(st.integers(0, 3)):
+            code, item = data.draw(st.sampled_from(sorted(used)))
+            days = [d for d in days if self.days[d].date() <= used[(code, item)]]
+        else:
+            code = data.draw(st.sampled_from((*HOSPITALS, SELFPAY_HOSPITAL, PHARMACY)))
+            item = data.draw(st.sampled_from(sorted(DRUGS if code == PHARMACY else ITEMS)))
         # Candidates from the demo data as loaded, not as earlier examples changed it: the draws
         # must not depend on what outlives an example.
         demo = DEMO.mapping(code, item, dt.date.today())
@@ -769,10 +910,7 @@ class MoneyMachine(RuleBasedStateMachine):
             if rows[0].list_type == demo.list_type and c != demo.national_code
         )
         national = data.draw(st.sampled_from(same_type))
-        begin = data.draw(st.sampled_from(sorted(self.days)))
-        if begin == "future":
-            begin = "today"
-        begndate = self.days[begin].date()
+        begndate = self.days[data.draw(st.sampled_from(days))].date()
         row = self.data.catalog[national][0]
         psn = next(iter(self.persons.values()))
         answer = self.call(
@@ -796,6 +934,159 @@ class MoneyMachine(RuleBasedStateMachine):
         self.remaps += 1
         self.model.map_item(code, item, national, begndate, dt.date(2099, 12, 31))
         self.remapped.append(Remap(code, item, national, begndate))
+        if self.correction_targets(code, item):
+            COUNTS["remaps leaving settlements to correct"] += 1
+            # The agency's sequence: the mapping fixed, then the correction run at once (or
+            # later, by the `correct` rule, with other steps between).
+            then = data.draw(st.sampled_from(("later", "apply", "plan and apply")))
+            if then != "later":
+                self.correct_item(code, item, plan_first=then == "plan and apply")
+
+    def _correctable(self) -> list[tuple[str, str]]:
+        """Items this example re-mapped that some settlement in force used another mapping of."""
+        return [
+            key
+            for key in sorted({(m.code, m.item) for m in self.remapped})
+            if self.correction_targets(*key)
+        ]
+
+    def correction_targets(self, code: str, item: str) -> list[Setl]:
+        """The settlements in force whose line of the item resolved to another national code
+        than the mapping on its fee date gives now, in the order they were made (README)."""
+        out = []
+        for s in self.setls:
+            if s.status != "settled" or s.stay.code != code:
+                continue
+            used = {ln.feedetl_sn: ln.national_code for ln in s.made.lines}
+            for sn in s.sns:
+                ln = s.stay.lines[sn]
+                if ln.medins_list_codg != item:
+                    continue
+                now = self.data.mapping(code, item, ln.fee_date)
+                if used[sn] != (now.national_code if now else ""):
+                    out.append(s)
+                    break
+        return out
+
+    def _snapshot(self) -> Snapshot:
+        return self.harness.run(reference_store.read_snapshot(self.harness.conn, _reference()))
+
+    @precondition(lambda self: bool(self._correctable()))
+    @rule(data=st.data(), plan_first=st.booleans())
+    def correct(self, data: st.DataObject, plan_first: bool) -> None:
+        """Bulk catalog correction of an item this example re-mapped, steps after the 3301."""
+        self.correct_item(*data.draw(st.sampled_from(self._correctable())), plan_first)
+
+    def correct_item(self, code: str, item: str, plan_first: bool) -> None:
+        """`python -m gateway corrections plan|apply`: each settlement that used another mapping
+        of the item is cancelled and settled again through today's, in the order they were
+        made, each against the accumulators of its moment."""
+        h = self.harness
+        conn = h.conn
+        snapshot = self._snapshot()
+        mine = {p.psn_no for p in self.persons.values()}
+        # The gateway serves every example of the run: earlier examples' persons keep
+        # settlements made under mappings since revoked, and are not this example's to correct.
+        found = [
+            t for t in h.run(corrections.targets(conn, snapshot, code, item)) if t.psn_no in mine
+        ]
+        want = self.correction_targets(code, item)
+        assert [t.setl_id for t in found] == [s.setl_id for s in want], (
+            "correction targets: gateway, model",
+            [t.setl_id for t in found],
+            [s.setl_id for s in want],
+        )
+        # What each target becomes under the rules: cancel exactly, settle the same lines again
+        # through the corrected mapping against the accumulators of that moment (§7); a
+        # settlement the rules refuse stays as it is.
+        expected: list[ModelSettlement | str] = []
+        for s in want:
+            self.model.cancel(s.setl_id)
+            made = self.expect(s.stay, [s.stay.lines[sn] for sn in s.sns], s.acct)
+            expected.append(made)
+            if isinstance(made, str):
+                self.model.cancelled.discard(s.setl_id)
+                self.model.apply(s.setl_id, s.made)
+            else:
+                self.model.apply(f"correction of {s.setl_id}", made)
+        if plan_first:
+            COUNTS["correction plans"] += 1
+            try:
+                planned = h.run(corrections.plan(conn, snapshot, found, item, dt.datetime.now()))
+            except GatewayError as exc:
+                raise AssertionError(f"corrections plan failed: {exc.err_msg}") from exc
+            self.check_correction("plan", want, expected, planned.items, [])
+        run_id = f"SM{next(_ids)}"
+        summary, failed = h.run(corrections.apply(conn, snapshot, found, item, run_id))
+        self.check_correction("apply", want, expected, summary.items, failed)
+        COUNTS["correction runs"] += 1
+        # Run again, nothing is left to correct (README: "nothing is corrected twice"): what was
+        # refused stays refused, what was re-settled now uses the corrected mapping.
+        again = [
+            t.setl_id
+            for t in h.run(corrections.targets(conn, self._snapshot(), code, item))
+            if t.psn_no in mine
+        ]
+        assert again == [
+            s.setl_id for s, m in zip(want, expected, strict=True) if isinstance(m, str)
+        ]
+        done = {it.old_setl_id: it for it in summary.items}
+        for s, made in zip(want, expected, strict=True):
+            if isinstance(made, str):
+                COUNTS[f"corrections refused: {made}"] += 1
+                continue
+            it = done[s.setl_id]
+            COUNTS["corrections re-settled"] += 1
+            # The model keyed the new settlement by a name of its own: re-key it by setl_id.
+            key = f"correction of {s.setl_id}"
+            self.model.settlements[it.new_setl_id] = self.model.settlements.pop(key)
+            adm = self.model.admissions.get(s.stay.mdtrt_id)
+            if adm is not None and key in adm.in_force:
+                adm.in_force.discard(key)
+                adm.in_force.add(it.new_setl_id)
+            self.seq += 1
+            s.cancelled_at = self.seq
+            s.status = "cancelled"
+            s.cancel_msgid = ""  # the correction's own: no counter can reverse it
+            for sn in s.sns:
+                s.stay.settled_by.pop(sn, None)
+            new = Setl(
+                it.new_setl_id,
+                s.msgid,
+                s.infno,
+                s.stay,
+                list(s.sns),
+                made,
+                s.final,
+                0,
+                acct=s.acct,
+                corrects=s.setl_id,
+            )
+            self.setls.append(new)
+            self.came_in(new)
+
+    def check_correction(
+        self,
+        verb: str,
+        want: list[Setl],
+        expected: list[ModelSettlement | str],
+        items: list[corrections.Item],
+        failed: list[tuple[str, str]],
+    ) -> None:
+        refused = [s.setl_id for s, m in zip(want, expected, strict=True) if isinstance(m, str)]
+        assert [f[0] for f in failed] == refused, (verb, "refused: gateway, model", failed, refused)
+        assert [it.old_setl_id for it in items] == [
+            s.setl_id for s, m in zip(want, expected, strict=True) if not isinstance(m, str)
+        ], (verb, "re-settled", [it.old_setl_id for it in items])
+        for it, (s, made) in zip(
+            items,
+            [(s, m) for s, m in zip(want, expected, strict=True) if not isinstance(m, str)],
+            strict=True,
+        ):
+            assert isinstance(made, ModelSettlement)
+            assert it.old == {k: s.made.amounts[k] for k in it.old}, (verb, "old", it.old)
+            wrong = {k: (v, made.amounts[k]) for k, v in it.new.items() if v != made.amounts[k]}
+            assert not wrong, f"{verb} {s.setl_id}: gateway, model (fen) differ: {wrong}"
 
     def teardown(self) -> None:
         """Revoke this example's 3301 rows (3302), so that the next example starts from the demo
@@ -832,6 +1123,53 @@ class MoneyMachine(RuleBasedStateMachine):
             assert r["balance_fen"] == self.model.balances[r["psn_no"]], (r, "trail", self.trail)
 
 
+_REFERENCE: list[Reference] = []
+
+
+def _reference() -> Reference:
+    """The reference files the CLI reads (`--reference-dir`), loaded once."""
+    if not _REFERENCE:
+        _REFERENCE.append(load_reference(DEFAULT_REFERENCE))
+    return _REFERENCE[0]
+
+
+async def _selfpay_admissions(h: Harness) -> None:
+    """The plan's `selfpay` action for SELFPAY_HOSPITAL's admissions, as the duty team sets it,
+    and in force in the gateway (it polls the plan) before the first example."""
+    await store.set_rule(
+        h.conn,
+        scope=f"institution:{SELFPAY_HOSPITAL}",
+        klass="encounter",
+        action="selfpay",
+        reason="演练：新入院按自费办理",
+        operator="duty",
+    )
+    his = h.server.client(SELFPAY_HOSPITAL)
+    psn = DEMO.persons[TEMPLATES["resident"]]
+    admission = {
+        "mdtrtinfo": {
+            "psn_no": psn.psn_no,
+            "insutype": psn.insutype,
+            "begntime": _at(dt.datetime.now().replace(microsecond=0) - dt.timedelta(hours=1)),
+            "mdtrt_cert_type": "02",
+            "mdtrt_cert_no": psn.certno,
+            "med_type": "21",
+            "ipt_no": "",
+        },
+        "diseinfo": [],
+    }
+    for attempt in range(200):
+        admission["mdtrtinfo"]["ipt_no"] = f"ZY-SM-PROBE-{attempt}"
+        answer = await his.call("2401", admission, insuplc_admdvs=psn.region)
+        assert answer["infcode"] == 0, answer["err_msg"]
+        mdtrt_id = answer["output"]["result"]["mdtrt_id"]
+        await his.ok("2404", {"data": {"mdtrt_id": mdtrt_id, "psn_no": psn.psn_no}})
+        if "自费" in (answer["warn_msg"] or ""):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the plan's selfpay action never reached the gateway")
+
+
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
     h = Harness()
@@ -846,6 +1184,7 @@ def test_money_machine(harness: Harness) -> None:
     print(f"\nSTATEFUL_SEED={SEED} STATEFUL_N={N} STATEFUL_STEPS={STEPS}")
     MoneyMachine.harness = harness
     MoneyMachine.data = load()
+    harness.run(_selfpay_admissions(harness))
     machine = seed(SEED)(MoneyMachine)
     run_state_machine_as_test(
         machine,
