@@ -19,7 +19,7 @@ from aiohttp import web
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
 from adapters.his.envelope import NOT_UTF8, base_infno, encode_response
-from gateway import dispatch, emergency
+from gateway import dispatch, emergency, transaction
 from gateway.auth import AuthError, Verifier, load_credentials
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.console import install as install_console
@@ -240,7 +240,9 @@ def _over_budget(gw: Gateway, message: str, path_infno: str | None) -> dispatch.
 
 def _shed(gw: Gateway, path_infno: str | None, started: float) -> web.Response:
     metrics.SHED.inc()
-    outcome = dispatch.refused(gw, Busy(SHED_MESSAGE), path_infno or "", outcome="busy")
+    outcome = dispatch.refused(
+        gw, Busy(SHED_MESSAGE), path_infno or "", outcome=dispatch.Result.BUSY
+    )
     return _refusal(outcome, started)
 
 
@@ -315,12 +317,12 @@ async def _admitted(
 
 def observe(outcome: dispatch.Outcome, seconds: float) -> None:
     """Metrics for one answer; the infno label only takes values from the transaction table."""
-    infno = outcome.infno if outcome.infno in dispatch.TRANSACTIONS else "unknown"
+    infno = outcome.infno if outcome.infno in transaction.TRANSACTIONS else "unknown"
     metrics.REQUESTS.labels(infno, outcome.outcome).inc()
     metrics.DURATION.labels(infno).observe(seconds)
-    if outcome.outcome == "replayed":
+    if outcome.outcome is dispatch.Result.REPLAYED:
         metrics.REPLAYS.inc()
-    if outcome.outcome == "error" and outcome.fixmedins_code:
+    if outcome.outcome is dispatch.Result.ERROR and outcome.fixmedins_code:
         kind = "timeout" if outcome.timeout else "error"
         metrics.INSTITUTION_ERRORS.labels(outcome.fixmedins_code, kind).inc()
     if outcome.identity_failure:
@@ -455,7 +457,7 @@ def build_app(settings: Settings) -> web.Application:
         uploads.floor = edge.upload_min_bytes
         gw.triggers = emergency.institution_triggers(gw)
         metrics.prime(
-            dispatch.TRANSACTIONS,
+            transaction.TRANSACTIONS,
             [i.fixmedins_code for i in gw.snapshot.institutions],
             list(FUND_NAMES),
         )

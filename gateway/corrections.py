@@ -21,12 +21,15 @@ from typing import Any, TextIO
 import asyncpg
 from msgspec.structs import replace
 
+from adapters.his import settling
 from gateway.core.catalog import Snapshot
 from gateway.core.model import Visit
-from gateway.errors import GatewayError
-from gateway.ledger import encounters, fees, settlements
+from gateway.errors import GatewayError, NotFound
+from gateway.grouped import Built, Held, Job
+from gateway.ledger import fees, persons, settlements
 from gateway.ledger.settlements import AMOUNT_FIELDS, Record
 from gateway.money import fen_text
+from gateway.settlement_state import settle_alone
 
 FUND_CODES = ("310100", "390100", "320100", "330100", "390200", "610100", "310200")
 
@@ -248,33 +251,57 @@ async def resettle(
     )
     institution = snapshot.institution(row["fixmedins_code"])
     assert institution is not None
-    enc = await encounters.get(conn, row["mdtrt_id"], row["fixmedins_code"], lock=True)
     used = await _codes_used(conn, setl_id)
-    lines = [ln for ln in await fees.unsettled(conn, row["mdtrt_id"]) if ln.feedetl_sn in set(sns)]
-    lines, codes = await _remap(conn, snapshot, row["fixmedins_code"], lines, used)
-    ctx = settlements.Context(
-        institution=institution,
-        encounter=enc,
-        visit=Visit(
-            fixmedins_code=row["fixmedins_code"],
-            mdtrt_id=row["mdtrt_id"],
-            med_type=row["med_type"],
-            service_date=enc.begntime.date(),
-            acct_used_flag=row["acct_used_flag"],
-            dise_codg=enc.dise_codg,
-        ),
-        infno=row["infno"],
-        msgid=row["medins_setl_id"],
-        chrg_bchno=row["chrg_bchno"],
-        mid_setl_flag=row["mid_setl_flag"],
-        dev_no=row["dev_no"],
-        opter=row["opter"],
-        mdtrtarea_admvs=row["mdtrtarea_admvs"],
-    )
+    wanted = set(sns)
+    lines = [ln for ln in await fees.unsettled(conn, row["mdtrt_id"]) if ln.feedetl_sn in wanted]
+    _, codes = await _remap(conn, snapshot, row["fixmedins_code"], lines, used)
     # Same lines, so the same total: the declared check cannot fail on its own account.
     declared = settlements.Declared(medfee_sumamt=old.amounts["medfee_sumamt"])
-    s, state = await settlements.compute(conn, snapshot, ctx, lines, declared, lock=True)
-    new = await settlements.commit(conn, snapshot, ctx, lines, s, state, now, replaces=setl_id)
+
+    def build(held: Held, _mdtrt_serial: int, setl_serial: int) -> Built:
+        # The visit and the person are those of a settlement in force a moment ago: what the
+        # counter's checks would refuse now (a visit closed since, a batch settled) does not
+        # stop the same lines from being settled again under the corrected mapping.
+        assert held.visit is not None and held.person is not None
+        enc = held.visit.encounter
+        persons.require_insured(held.person)
+        ctx = settlements.Context(
+            institution=institution,
+            encounter=enc,
+            visit=Visit(
+                fixmedins_code=row["fixmedins_code"],
+                mdtrt_id=row["mdtrt_id"],
+                med_type=row["med_type"],
+                service_date=enc.begntime.date(),
+                acct_used_flag=row["acct_used_flag"],
+                dise_codg=enc.dise_codg,
+            ),
+            infno=row["infno"],
+            msgid=row["medins_setl_id"],
+            chrg_bchno=row["chrg_bchno"],
+            mid_setl_flag=row["mid_setl_flag"],
+            dev_no=row["dev_no"],
+            opter=row["opter"],
+            mdtrtarea_admvs=row["mdtrtarea_admvs"],
+        )
+        again = [ln for ln in held.visit.unsettled if ln.feedetl_sn in wanted]
+        if not again:
+            raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
+        rec, s, writes = settling.settle_lines(
+            snapshot,
+            ctx,
+            held,
+            held.visit,
+            again,
+            declared,
+            now,
+            setl_serial=setl_serial,
+            replaces=setl_id,
+        )
+        return Built.settled(s, held, rec, writes)
+
+    job = Job(psn_no=row["psn_no"], year=None, build=build, mdtrt_id=row["mdtrt_id"])
+    new = (await settle_alone(conn, job)).output
     assert new.setl_id is not None
     old_funds, new_funds = _fund_amounts(old), _fund_amounts(new)
     deltas = {c: new_funds.get(c, 0) - old_funds.get(c, 0) for c in FUND_CODES}

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -25,65 +25,21 @@ from gateway.errors import BadRequest, Busy, GatewayError, IdentityRejected, Una
 from gateway.ledger import idempotency
 from gateway.plan.rules import Decision
 from gateway.runtime import Gateway
-
-if TYPE_CHECKING:
-    from gateway.grouped import Job
+from gateway.transaction import TRANSACTIONS, Call, Mode, Prepare, Transaction
 
 log = logging.getLogger("gateway.dispatch")
 
 
-@dataclass(slots=True)
-class Call:
-    """One transaction being handled."""
+class Result(enum.StrEnum):
+    """What became of a request (the metrics' and the access log's `outcome` label)."""
 
-    gw: Gateway
-    req: Request
-    conn: asyncpg.Connection
-    now: dt.datetime
-    institution: Institution
-    mode: str = "normal"  # "selfpay": a 2401 under the plan's selfpay action; "replay"
-
-
-@dataclass(slots=True)
-class Answer:
-    output: Any
-    warn_msg: str | None = None
-    paid: tuple[FundRow, ...] = ()  # a committed settlement's fund rows, for the payment metrics
-    raw: bytes | None = None  # a file answered as itself (9102), not inside an envelope
-    mismatch: bool = False  # a reconciliation that did not balance
-    catalog_changed: bool = False  # reference data changed: swap this process's snapshot now
-
-
-Handler = Callable[[Call], Awaitable[Answer]]
-# A writing transaction's group-commit form: validate (raising refuses it, and the single path
-# then answers and journals the refusal), then a Job the batch locks, builds and commits.
-# None: this request takes the single path after all.
-Prepare = Callable[[Gateway, Request, Institution, dt.datetime], "Job | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    infno: str
-    name: str
-    handler: Handler
-    writes: bool  # journaled by msgid and run in one transaction with its effects
-    klass: str  # settlement | encounter | catalog | reconcile | query (emergency-plan classes)
-    grouped: Prepare | None = None
-
-
-TRANSACTIONS: dict[str, Transaction] = {}
-
-
-def register(
-    infno: str, name: str, *, writes: bool, klass: str, grouped: Prepare | None = None
-) -> Callable[[Handler], Handler]:
-    """Decorator adding a handler to the transaction table."""
-
-    def add(handler: Handler) -> Handler:
-        TRANSACTIONS[infno] = Transaction(infno, name, handler, writes, klass, grouped)
-        return handler
-
-    return add
+    OK = "ok"
+    REJECTED = "rejected"  # refused with infcode -1: nothing done
+    REPLAYED = "replayed"  # a retry answered from the msgid journal
+    BUSY = "busy"  # shed or over a share: nothing done, retry the same msgid
+    ERROR = "error"  # a dependency failed or a bug: nothing done, retry the same msgid
+    DEFERRED = "deferred"  # answered under the emergency plan, settled later
+    LEGACY = "legacy"  # answered by the legacy system
 
 
 @dataclass(slots=True)
@@ -92,7 +48,7 @@ class Outcome:
 
     body: bytes
     infno: str
-    outcome: str  # ok | rejected | replayed | busy | error
+    outcome: Result
     msgid: str = ""
     fixmedins_code: str = ""
     terminal: str = ""
@@ -109,8 +65,8 @@ class Detour:
 
     tx: Transaction | None = None  # run this handler instead (journaled when it writes)
     answer: bytes | None = None  # already answered (local journal, legacy system)
-    outcome: str = "deferred"
-    mode: str = "normal"  # handed to the handler's Call
+    outcome: Result = Result.DEFERRED
+    mode: Mode = Mode.NORMAL  # handed to the handler's Call
     content_type: str = "application/json"
 
 
@@ -139,12 +95,6 @@ LEDGER_SHARE_OF_A_TIMEOUT = 0.9
 # Outcomes of calls that reached the ledger, for the breakers: (gw, fixmedins_code, ok, timeout,
 # seconds). Installed by gateway.emergency too.
 OBSERVERS: list[Callable[[Gateway, str, bool, bool, float], None]] = []
-
-
-# Checks a settlement makes on the normal path, inside its msgid transaction, before its handler
-# (gateway.emergency installs the one refusing lines under a pending deferred claim). Replay and
-# the plan's detours do not pass through them.
-GUARDS: list[Callable[[Call], Awaitable[None]]] = []
 
 
 def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) -> None:
@@ -179,10 +129,12 @@ def overdue(gw: Gateway, infno: str) -> Outcome:
     """The answer to a request still stuck past its deadline; it counts as a dependency timeout."""
     _observe(gw, "", False, True, time.perf_counter() - gw.config.call_deadline_seconds)
     exc = Unavailable("医保结算服务响应超时，请使用相同报文ID重试；如持续失败请按应急预案处理")
-    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, "error", timeout=True)
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, timeout=True)
 
 
-def refused(gw: Gateway, exc: GatewayError, infno: str, outcome: str = "rejected") -> Outcome:
+def refused(
+    gw: Gateway, exc: GatewayError, infno: str, outcome: Result = Result.REJECTED
+) -> Outcome:
     """The answer to a request refused before it is read (a bad signature, overload)."""
     return Outcome(_fail(gw, dt.datetime.now(), exc), infno, outcome)
 
@@ -193,131 +145,200 @@ async def handle(
     """Answer one request; never raises for anything a client can send.
 
     `authenticated` is the institution the request's signature proved, when signing is on.
+    The steps: decode, admit (who, what, rate), the emergency plan's say (after the msgid
+    journal for a retry), then the write (grouped or single) or the read; every failure is
+    mapped to its envelope in `_failed`.
     """
     received = dt.datetime.now()
     received_clock = time.perf_counter()
     try:
         req = decode_request(body, path_infno)
     except GatewayError as exc:
-        return Outcome(_fail(gw, received, exc), path_infno or "", "rejected")
-    tx = TRANSACTIONS.get(req.infno)
+        return Outcome(_fail(gw, received, exc), path_infno or "", Result.REJECTED)
     terminal = req.dev_no or req.opter or "-"
-    labels = {"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code}
     try:
-        if authenticated is not None and req.fixmedins_code != authenticated:
-            raise BadRequest(
-                f"报文机构编号{req.fixmedins_code}与认证身份{authenticated}不一致，不能代其他机构办理业务"
-            )
-        if tx is None:
-            raise BadRequest(f"不支持的交易编号{req.infno}")
-        institution = gw.snapshot.institution(req.fixmedins_code)
-        if institution is None:
-            raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
-        # The limiter stays ahead of the journal look-up: its refusal says "retry the same msgid",
-        # which is true for a retry too, and a retry storm must not reach the ledger it protects.
-        await gw.limiter.admit(req.fixmedins_code, terminal)
-        mode = "normal"
-        for hook in PLAN_HOOK:
-            decision = hook.decide(gw, tx, req, institution, received)
-            if decision is None:
-                continue
-            if tx.writes:
-                earlier = await _earlier_answer(gw, req, idempotency.digest(body))
-                if earlier is not None:
-                    earlier.terminal = terminal
-                    return earlier
-            detour = await hook.apply(decision, gw, tx, req, institution, body, received)
-            if detour is None:
-                continue
-            if detour.answer is not None:
-                return Outcome(
-                    detour.answer,
-                    req.infno,
-                    detour.outcome,
-                    req.msgid,
-                    req.fixmedins_code,
-                    terminal,
-                    content_type=detour.content_type,
-                )
-            tx = detour.tx or tx
-            mode = detour.mode
-        deadline = gw.config.call_deadline_seconds
-        expires = asyncio.get_running_loop().time() + deadline
-        started = time.perf_counter()
-        code = req.fixmedins_code
+        tx, institution = await _admit(gw, req, terminal, authenticated)
+        routed = await _plan(gw, tx, req, institution, body, received)
+        if isinstance(routed, Outcome):
+            routed.terminal = terminal
+            return routed
+        tx, mode = routed
         if tx.writes:
-            body_hash = idempotency.digest(body)
-            # Past the deadline the transaction is abandoned (rolled back, or committed with its
-            # answer journaled); either way the client's retry of the same msgid settles it.
-            grouped = None
-            if tx.grouped is not None and mode == "normal" and gw.group is not None:
-                grouped = await _grouped(
-                    gw, tx.grouped, req, institution, body_hash, received, expires
-                )
-            if grouped is None:
-                async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
-                    grouped = await _journaled(gw, tx, req, institution, body_hash, received, mode)
-            outcome = grouped
-            outcome.terminal = terminal
-            _observe(gw, req.fixmedins_code, True, False, started)
-            if mode == "deferred":
-                outcome.outcome = "deferred" if outcome.outcome == "ok" else outcome.outcome
-            return outcome
-        async with (
-            gw.shares.turn(code, expires),
-            asyncio.timeout_at(expires),
-            gw.pool.acquire(timeout=deadline) as conn,
-        ):
-            answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
-        _observe(gw, req.fixmedins_code, True, False, started)
-        if answer.raw is not None:
+            outcome = await _write(gw, tx, req, institution, body, received, mode)
+        else:
+            outcome = await _read(gw, tx, req, institution, received, mode)
+        outcome.terminal = terminal
+        return outcome
+    except Exception as exc:
+        return _failed(gw, req, terminal, exc, received, received_clock)
+
+
+async def _admit(
+    gw: Gateway, req: Request, terminal: str, authenticated: str | None
+) -> tuple[Transaction, Institution]:
+    """Who is asking for what: the signed institution's own request, a known transaction, a
+    known institution, within its rate limits."""
+    if authenticated is not None and req.fixmedins_code != authenticated:
+        raise BadRequest(
+            f"报文机构编号{req.fixmedins_code}与认证身份{authenticated}不一致，不能代其他机构办理业务"
+        )
+    tx = TRANSACTIONS.get(req.infno)
+    if tx is None:
+        raise BadRequest(f"不支持的交易编号{req.infno}")
+    institution = gw.snapshot.institution(req.fixmedins_code)
+    if institution is None:
+        raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
+    # The limiter stays ahead of the journal look-up: its refusal says "retry the same msgid",
+    # which is true for a retry too, and a retry storm must not reach the ledger it protects.
+    await gw.limiter.admit(req.fixmedins_code, terminal)
+    return tx, institution
+
+
+async def _plan(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body: bytes,
+    received: dt.datetime,
+) -> Outcome | tuple[Transaction, Mode]:
+    """The emergency plan's say: an answer of its own, or the transaction (perhaps its
+    deferred form) and the mode to run it in. A writing request the plan would take off the
+    normal path is first looked up in the msgid journals: a retry gets its first answer."""
+    mode = Mode.NORMAL
+    for hook in PLAN_HOOK:
+        decision = hook.decide(gw, tx, req, institution, received)
+        if decision is None:
+            continue
+        if tx.writes:
+            earlier = await _earlier_answer(gw, req, idempotency.digest(body))
+            if earlier is not None:
+                return earlier
+        detour = await hook.apply(decision, gw, tx, req, institution, body, received)
+        if detour is None:
+            continue
+        if detour.answer is not None:
             return Outcome(
-                answer.raw,
+                detour.answer,
                 req.infno,
-                "ok",
+                detour.outcome,
                 req.msgid,
                 req.fixmedins_code,
-                terminal,
-                content_type="application/octet-stream",
+                content_type=detour.content_type,
             )
-        out = encode_response(
-            region=gw.region, received=received, output=answer.output, warn_msg=answer.warn_msg
-        )
-        return Outcome(out, req.infno, "ok", req.msgid, req.fixmedins_code, terminal)
-    except Busy as exc:
+        tx = detour.tx or tx
+        mode = detour.mode
+    return tx, mode
+
+
+async def _write(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body: bytes,
+    received: dt.datetime,
+    mode: Mode,
+) -> Outcome:
+    """A writing transaction, journaled by msgid: in a group commit when it has a grouped form,
+    else on its own transaction. Past the deadline it is abandoned (rolled back, or committed
+    with its answer journaled); either way the client's retry of the same msgid settles it."""
+    deadline = gw.config.call_deadline_seconds
+    expires = asyncio.get_running_loop().time() + deadline
+    started = time.perf_counter()
+    code = req.fixmedins_code
+    body_hash = idempotency.digest(body)
+    outcome = None
+    if tx.grouped is not None and mode is Mode.NORMAL and gw.group is not None:
+        outcome = await _grouped(gw, tx.grouped, req, institution, body_hash, received, expires)
+    if outcome is None:
+        async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
+            outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode)
+    _observe(gw, code, True, False, started)
+    if mode is Mode.DEFERRED and outcome.outcome is Result.OK:
+        outcome.outcome = Result.DEFERRED
+    return outcome
+
+
+async def _read(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    received: dt.datetime,
+    mode: Mode,
+) -> Outcome:
+    """A transaction that changes nothing: its handler on a pooled connection."""
+    deadline = gw.config.call_deadline_seconds
+    expires = asyncio.get_running_loop().time() + deadline
+    started = time.perf_counter()
+    code = req.fixmedins_code
+    async with (
+        gw.shares.turn(code, expires),
+        asyncio.timeout_at(expires),
+        gw.pool.acquire(timeout=deadline) as conn,
+    ):
+        answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
+    _observe(gw, code, True, False, started)
+    if answer.raw is not None:
         return Outcome(
-            _fail(gw, received, exc), req.infno, "busy", req.msgid, req.fixmedins_code, terminal
+            answer.raw,
+            req.infno,
+            Result.OK,
+            req.msgid,
+            code,
+            content_type="application/octet-stream",
         )
-    except GatewayError as exc:
+    out = encode_response(
+        region=gw.region, received=received, output=answer.output, warn_msg=answer.warn_msg
+    )
+    return Outcome(out, req.infno, Result.OK, req.msgid, code)
+
+
+def _failed(
+    gw: Gateway,
+    req: Request,
+    terminal: str,
+    exc: Exception,
+    received: dt.datetime,
+    received_clock: float,
+) -> Outcome:
+    """Every failure in its envelope: a refusal as the clerk's message, busy as busy, a
+    dependency's failure as "unavailable, retry the same msgid", a bug as an internal error
+    (logged) — never an exception out of the HTTP layer."""
+    labels = {"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code}
+    code = req.fixmedins_code
+    if isinstance(exc, Busy):
+        return Outcome(_fail(gw, received, exc), req.infno, Result.BUSY, req.msgid, code, terminal)
+    if isinstance(exc, GatewayError):
         return Outcome(
             _fail(gw, received, exc),
             req.infno,
-            "rejected",
+            Result.REJECTED,
             req.msgid,
-            req.fixmedins_code,
+            code,
             terminal,
             identity_failure=isinstance(exc, IdentityRejected),
         )
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
-        log.exception("dependency failure", extra=labels)
-        _observe(gw, req.fixmedins_code, False, isinstance(exc, TimeoutError), received_clock)
-        exc2 = Unavailable("医保结算服务暂时不可用，请稍后重试；如持续失败请按应急预案处理")
+    if isinstance(
+        exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
+    ):
+        log.error("dependency failure", exc_info=exc, extra=labels)
+        _observe(gw, code, False, isinstance(exc, TimeoutError), received_clock)
+        down = Unavailable("医保结算服务暂时不可用，请稍后重试；如持续失败请按应急预案处理")
         return Outcome(
-            _fail(gw, received, exc2),
+            _fail(gw, received, down),
             req.infno,
-            "error",
+            Result.ERROR,
             req.msgid,
-            req.fixmedins_code,
+            code,
             terminal,
             timeout=isinstance(exc, TimeoutError),
         )
-    except Exception:
-        # A bug must still answer in the envelope: the counter sees a clear message, ops the log.
-        log.exception("unexpected failure", extra=labels)
-        exc3 = Unavailable("医保结算服务内部错误，交易未生效，请稍后重试")
-        return Outcome(
-            _fail(gw, received, exc3), req.infno, "error", req.msgid, req.fixmedins_code, terminal
-        )
+    # A bug must still answer in the envelope: the counter sees a clear message, ops the log.
+    log.error("unexpected failure", exc_info=exc, extra=labels)
+    bug = Unavailable("医保结算服务内部错误，交易未生效，请稍后重试")
+    return Outcome(_fail(gw, received, bug), req.infno, Result.ERROR, req.msgid, code, terminal)
 
 
 async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcome | None:
@@ -336,7 +357,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
     if held is not None:
         stored = idempotency.Stored(*held)
         return Outcome(
-            idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code
+            idempotency.replay(stored, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
         )
     ledger = gw.breakers["postgres"]
     loop = asyncio.get_running_loop()
@@ -365,7 +386,9 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
             return None
     if found is None:
         return None
-    return Outcome(idempotency.replay(found, body_hash, msgid), req.infno, "replayed", msgid, code)
+    return Outcome(
+        idempotency.replay(found, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
+    )
 
 
 async def _grouped(
@@ -400,7 +423,7 @@ async def _journaled(
     institution: Institution,
     body_hash: bytes,
     received: dt.datetime,
-    mode: str = "normal",
+    mode: Mode = Mode.NORMAL,
 ) -> Outcome:
     code, msgid = req.fixmedins_code, req.msgid
     # The acquire timeout also bounds the release: a connection whose query was cancelled on a
@@ -412,11 +435,7 @@ async def _journaled(
             async with conn.transaction():
                 if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
                     raise _Taken
-                call = Call(gw, req, conn, received, institution, mode)
-                if mode == "normal":
-                    for guard in GUARDS:
-                        await guard(call)
-                answer = await tx.handler(call)
+                answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
                 out = encode_response(
                     region=gw.region,
                     received=received,
@@ -430,14 +449,18 @@ async def _journaled(
                 await gw.refresh_catalog()
                 await gw.announce_catalog_change()
             return Outcome(
-                out, req.infno, "ok", msgid, code, paid=answer.paid, mismatch=answer.mismatch
+                out, req.infno, Result.OK, msgid, code, paid=answer.paid, mismatch=answer.mismatch
             )
         except _Taken:
             stored = await idempotency.lookup(conn, code, msgid)
             if stored is None:  # the other request rolled back after all: let the client retry
                 raise Unavailable("同一报文ID的交易正在处理中，请稍后重试") from None
             return Outcome(
-                idempotency.replay(stored, body_hash, msgid), req.infno, "replayed", msgid, code
+                idempotency.replay(stored, body_hash, msgid),
+                req.infno,
+                Result.REPLAYED,
+                msgid,
+                code,
             )
         except GatewayError as exc:
             if exc.retryable:
@@ -449,14 +472,14 @@ async def _journaled(
                 return Outcome(
                     idempotency.replay(earlier, body_hash, msgid),
                     req.infno,
-                    "replayed",
+                    Result.REPLAYED,
                     msgid,
                     code,
                 )
             return Outcome(
                 out,
                 req.infno,
-                "rejected",
+                Result.REJECTED,
                 msgid,
                 code,
                 identity_failure=isinstance(exc, IdentityRejected),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -23,13 +24,14 @@ from gateway.breaker import Breaker, loop_stalls
 from gateway.core.model import Institution
 from gateway.deferred import PROVISIONAL_PREFIX, store
 from gateway.deferred.store import Entry
-from gateway.dispatch import Answer, Call, Detour, Transaction
+from gateway.dispatch import Detour
 from gateway.errors import Conflict, RuleRejected, Unavailable
 from gateway.ledger import encounters, fees, idempotency, persons
 from gateway.ops import metrics
 from gateway.plan import store as plan_store
 from gateway.plan.rules import Decision
 from gateway.runtime import Gateway
+from gateway.transaction import Answer, Call, Deferral, Mode, Transaction
 from gateway.triggers import InstitutionTriggers
 
 log = logging.getLogger("gateway.emergency")
@@ -67,7 +69,7 @@ def detours(
     """The decision when it takes this request off the normal path (dispatch then answers a
     retry from the msgid journals before `intercept` acts on it)."""
     decision = decide(gw, tx, institution, now)
-    if decision is not None and decision.action == "selfpay" and req.infno != "2401":
+    if decision is not None and decision.action == "selfpay" and not tx.admits:
         return None  # selfpay changes nothing but admissions
     return decision
 
@@ -89,36 +91,38 @@ async def intercept(
     if decision.action == "route_legacy":
         return await _route_legacy(gw, req, body)
     if decision.action == "selfpay":
-        return Detour(mode="selfpay") if req.infno == "2401" else None
+        return Detour(mode=Mode.SELFPAY) if tx.admits else None
     if decision.action != "defer":
         return None
-    infno = req.infno
-    if infno in deferral.PRESETTLEMENTS:
+    role = tx.deferral
+    if role is Deferral.PRESETTLEMENT:
         out = encode_response(
             region=gw.region,
             received=received,
             output=deferral.presettle_output(req),
             warn_msg="医保实时结算暂停（应急预案），本次费用须由参保人全额现金支付",
         )
-        return Detour(answer=out, outcome="deferred")
-    if infno in deferral.CLAIMS:
+        return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
+    if role is Deferral.CLAIM:
         if ledger_down:
             return await _journal_claim(gw, req, institution, body, received)
         return Detour(
-            tx=Transaction(infno, "暂存结算", _defer_claim, True, tx.klass), mode="deferred"
+            tx=dataclasses.replace(tx, name="暂存结算", handler=_defer_claim, grouped=None),
+            mode=Mode.DEFERRED,
         )
-    if infno in deferral.CANCELLATIONS:
+    if role is Deferral.CANCEL_CLAIM:
         setl_id, _, _ = deferral.withdrawal_ref(req)
         if not deferral.is_claim_id(setl_id):
             raise Conflict(CANCEL_REFUSED_MSG)
         if ledger_down:
             return await _journal_withdrawal(gw, req, body, received)
         return None  # the cancellation handlers withdraw claims themselves (gateway.emergency)
-    if infno in deferral.CALLS:
+    if role is Deferral.CALL:
         if ledger_down:
             return await _journal_call(gw, req, institution, body, received)
         return Detour(
-            tx=Transaction(infno, "暂存业务", _defer_call, True, tx.klass), mode="deferred"
+            tx=dataclasses.replace(tx, name="暂存业务", handler=_defer_call, grouped=None),
+            mode=Mode.DEFERRED,
         )
     if ledger_down:
         raise Unavailable(LEDGER_DOWN_MSG)
@@ -212,7 +216,7 @@ async def _defer_call(call: Call) -> Answer:
     req = call.req
     _check_dates(call.gw, req, call.institution, call.now)
     provisional = None
-    if req.infno in deferral.OPENS_VISIT:
+    if deferral.opens_visit(req.infno):
         provisional = deferral.new_provisional_id(call.institution.admdvs, call.now)
     entry = _entry("call", req, call.now, provisional_id=provisional)
     await store.insert(call.conn, entry, "ledger")
@@ -289,7 +293,7 @@ async def _journal_claim(
         if journal is not None:
             journal.let_go(claim_id)
         raise
-    return Detour(answer=out, outcome="deferred")
+    return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
 
 
 async def _journal_call(
@@ -297,7 +301,7 @@ async def _journal_call(
 ) -> Detour:
     _check_dates(gw, req, institution, received)
     provisional = None
-    if req.infno in deferral.OPENS_VISIT:
+    if deferral.opens_visit(req.infno):
         provisional = deferral.new_provisional_id(institution.admdvs, received)
     out = encode_response(
         region=gw.region,
@@ -316,7 +320,7 @@ async def _journal_call(
             provisional_id=provisional,
         ),
     )
-    return Detour(answer=out, outcome="deferred")
+    return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
 
 
 async def _journal_withdrawal(
@@ -351,7 +355,7 @@ async def _journal_withdrawal(
         ),
     )
     journal.let_go(setl_id)  # type: ignore[union-attr]
-    return Detour(answer=out, outcome="deferred")
+    return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
 
 
 # ---------------------------------------------------------------------------------- route_legacy
@@ -382,7 +386,7 @@ async def _route_legacy(gw: Gateway, req: Request, body: bytes) -> Detour:
         log.warning("legacy endpoint failed", extra={"infno": req.infno, "error": repr(exc)})
         raise Unavailable(LEGACY_DOWN_MSG) from None
     _note(breaker, True, False, started)
-    return Detour(answer=answer, outcome="legacy")
+    return Detour(answer=answer, outcome=dispatch.Result.LEGACY)
 
 
 def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
@@ -532,5 +536,3 @@ def install() -> None:
         dispatch.PLAN_HOOK.append(PLAN)
     if observe not in dispatch.OBSERVERS:
         dispatch.OBSERVERS.append(observe)
-    if deferral.refuse_claimed_settlement not in dispatch.GUARDS:
-        dispatch.GUARDS.append(deferral.refuse_claimed_settlement)

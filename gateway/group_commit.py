@@ -35,17 +35,15 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from adapters.his import deferral
 from adapters.his.envelope import Request, encode_response
 from gateway import dispatch
-from gateway.core.model import Accumulators, Person
-from gateway.deferred import store
 from gateway.errors import Busy, GatewayError, IdentityRejected
-from gateway.grouped import Built, Held, Job, VisitHeld
-from gateway.ledger import encounters, fees, idempotency, persons, settlements
+from gateway.grouped import Job
+from gateway.ledger import idempotency
 from gateway.ledger.writes import Writes
 from gateway.ledger_shares import SHARE_BUSY, share_of
 from gateway.ops import metrics
+from gateway.settlement_state import Locked
 
 log = logging.getLogger("gateway.group_commit")
 
@@ -192,13 +190,12 @@ class GroupCommit:
         later += [it for key, it in first.items() if key not in claimed]
         if not mine:
             return {}, later
-        locked = await _Locked.take(conn, [it.job for it in mine])
+        locked = await Locked.take(conn, [it.job for it in mine])
         writes = Writes()
         answers: dict[int, dispatch.Outcome | None] = {}
         for n, item in enumerate(mine):
             job, req = item.job, item.req
             try:
-                _not_claimed(item, locked)
                 built = locked.build(job, n)
             except GatewayError as exc:
                 if exc.retryable:
@@ -210,7 +207,7 @@ class GroupCommit:
                 answers[id(item)] = dispatch.Outcome(
                     out,
                     req.infno,
-                    "rejected",
+                    dispatch.Result.REJECTED,
                     req.msgid,
                     req.fixmedins_code,
                     identity_failure=isinstance(exc, IdentityRejected),
@@ -225,110 +222,10 @@ class GroupCommit:
             writes.merge(built.writes)
             writes.add(idempotency.ANSWER, req.fixmedins_code, req.msgid, out, 0)
             answers[id(item)] = dispatch.Outcome(
-                out, req.infno, "ok", req.msgid, req.fixmedins_code, paid=built.paid
+                out, req.infno, dispatch.Result.OK, req.msgid, req.fixmedins_code, paid=built.paid
             )
         await writes.flush(conn)
         return answers, later
-
-
-async def settle_alone(conn: asyncpg.Connection, job: Job) -> Built:
-    """A job on the caller's own transaction (the single path): a batch of one, the same reads
-    and build, its writes flushed. The caller holds the transaction and the msgid claim."""
-    built = (await _Locked.take(conn, [job])).build(job, 0)
-    await built.writes.flush(conn)
-    return built
-
-
-@dataclass(slots=True)
-class _Locked:
-    """What a batch holds: its visits and persons locked, their accumulators, the ids drawn;
-    each build sees the state the builds before it left (one person, one chain)."""
-
-    visits: dict[str, VisitHeld]
-    persons: dict[str, tuple[Person, int]]
-    balances: dict[str, int]
-    year_of: dict[int, int]  # id(job) -> the year its accumulators are of
-    years: dict[tuple[str, int], Accumulators]
-    serials: list[tuple[int, int]]  # per job: (就诊ID serial, 结算ID serial)
-
-    @classmethod
-    async def take(cls, conn: asyncpg.Connection, jobs: list[Job]) -> _Locked:
-        visits = await _visits(conn, sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}))
-        held = await persons.lock_many(conn, sorted({j.psn_no for j in jobs}))
-        year_of = {id(j): _year(j, visits) for j in jobs}
-        years = await persons.accumulators_many(
-            conn, sorted({(j.psn_no, year_of[id(j)]) for j in jobs})
-        )
-        rows = await conn.fetch(
-            "SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s"
-            " FROM generate_series(1, $1)",
-            len(jobs),
-        )
-        return cls(
-            visits=visits,
-            persons=held,
-            balances={psn: balance for psn, (_, balance) in held.items()},
-            year_of=year_of,
-            years=years,
-            serials=[(int(r["m"]), int(r["s"])) for r in rows],
-        )
-
-    def build(self, job: Job, n: int) -> Built:
-        """The n-th job's build against the state so far; a success moves the state on."""
-        found = self.persons.get(job.psn_no)
-        key = (job.psn_no, self.year_of[id(job)])
-        held = Held(
-            found[0] if found else None,
-            self.balances.get(job.psn_no, 0),
-            self.years[key],
-            self.visits.get(job.mdtrt_id) if job.mdtrt_id else None,
-        )
-        built = job.build(held, *self.serials[n])
-        self.balances[job.psn_no] = built.balance
-        self.years[key] = built.year
-        return built
-
-
-def _not_claimed(item: _Item, locked: _Locked) -> None:
-    """Lines under a pending deferred claim are settled by its replay, not in real time."""
-    visit = locked.visits.get(item.job.mdtrt_id or "")
-    if visit is None or not visit.claimed:
-        return
-    scope = deferral.claim_scope(item.req)
-    if scope is not None:
-        deferral.refuse_if_held(visit.claimed, scope[1])
-
-
-def _year(job: Job, visits: dict[str, VisitHeld]) -> int:
-    if job.year is not None:
-        return job.year
-    visit = visits.get(job.mdtrt_id or "")
-    # An unknown visit is refused by the build; any year serves for the read before it.
-    return visit.encounter.begntime.year if visit else 0
-
-
-async def _visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> dict[str, VisitHeld]:
-    """Lock the visits (in mdtrt_id order) and load what their settlements need."""
-    if not mdtrt_ids:
-        return {}
-    found = await encounters.lock_many(conn, mdtrt_ids)
-    if not found:
-        return {}
-    ids = sorted(found)
-    lines = await fees.unsettled_many(conn, ids)
-    settled = await fees.settled_batches(conn, ids)
-    refunded = await settlements.refunded_predecessors(conn, ids)
-    claims = await store.pending_on_visits(conn, ids)
-    return {
-        m: VisitHeld(
-            encounter=enc,
-            unsettled=lines.get(m, []),
-            settled_batches=settled.get(m, set()),
-            refunded=refunded.get(m, {}),
-            claimed=deferral.held_lines([c for c in claims if c.mdtrt_id == m], enc.fixmedins_code),
-        )
-        for m, enc in found.items()
-    }
 
 
 async def _replay(conn: asyncpg.Connection, item: _Item) -> dispatch.Outcome | None:
@@ -339,4 +236,6 @@ async def _replay(conn: asyncpg.Connection, item: _Item) -> dispatch.Outcome | N
     if stored is None or (stored.body_sha256 != item.body_hash and not stored.tombstone):
         return None
     body = idempotency.replay(stored, item.body_hash, req.msgid)
-    return dispatch.Outcome(body, req.infno, "replayed", req.msgid, req.fixmedins_code)
+    return dispatch.Outcome(
+        body, req.infno, dispatch.Result.REPLAYED, req.msgid, req.fixmedins_code
+    )

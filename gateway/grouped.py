@@ -31,6 +31,9 @@ class VisitHeld:
     refunded: dict[str, str]  # chrg_bchno -> its latest refunded settlement nothing replaces yet
     # Lines under the institution's pending deferred claims: settled by replay, not here.
     claimed: list[store.Held] = field(default_factory=list)
+    # A stay: another stay of the person settled in the same year (the second admission's
+    # deductible rule, settlement-rules §3).
+    other_inpatient_in_force: bool = False
 
 
 @dataclass(slots=True)

@@ -17,10 +17,8 @@ import asyncpg
 from gateway.core.model import Category
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.ledger import encounters, fees, idempotency, settlements
+from gateway.transaction import TRANSACTIONS, Kind, Transaction, Undo
 
-SETTLING = {"2102": "pharmacy", "2207": "outpatient", "2304": "inpatient"}
-CANCELLING = {"2103": "pharmacy", "2208": "outpatient", "2305": "inpatient"}
-REVERSIBLE = frozenset({*SETTLING, *CANCELLING, "2401"})
 _CATEGORIES = {
     "pharmacy": frozenset({Category.PHARMACY.value}),
     "outpatient": frozenset({Category.OUTPATIENT.value, Category.CHRONIC.value}),
@@ -40,10 +38,12 @@ async def reverse(
     refusal: bytes,
 ) -> str:
     """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone". Caller holds the tx."""
-    if oinfno not in REVERSIBLE:
-        raise BadRequest(
-            f"原交易编号{oinfno}不可冲正（可冲正：2102、2103、2207、2208、2304、2305、2401）"
+    original = TRANSACTIONS.get(oinfno)
+    if original is None or original.undo is Undo.NONE:
+        reversible = "、".join(
+            sorted(t.infno for t in TRANSACTIONS.values() if t.undo is not Undo.NONE)
         )
+        raise BadRequest(f"原交易编号{oinfno}不可冲正（可冲正：{reversible}）")
     row = await conn.fetchrow(
         "SELECT infno, infcode, tombstone, reversed_by FROM idempotency"
         " WHERE fixmedins_code = $1 AND msgid = $2 FOR UPDATE",
@@ -75,10 +75,10 @@ async def reverse(
     if row["infno"] != oinfno:
         raise BadRequest(f"原报文{omsgid}的交易编号为{row['infno']}，与oinfno {oinfno}不符")
     if row["infcode"] == 0:
-        if oinfno in SETTLING:
-            await _undo_settlement(conn, fixmedins_code, psn_no, omsgid, oinfno, msgid, now)
-        elif oinfno in CANCELLING:
-            await _undo_cancellation(conn, fixmedins_code, psn_no, omsgid, CANCELLING[oinfno])
+        if original.undo is Undo.SETTLEMENT:
+            await _undo_settlement(conn, fixmedins_code, psn_no, omsgid, original, msgid, now)
+        elif original.undo is Undo.CANCELLATION:
+            await _undo_cancellation(conn, fixmedins_code, psn_no, omsgid, original.kind)
         else:
             await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
     # A failed original changed nothing; it is only marked, so it cannot be reversed twice.
@@ -96,7 +96,7 @@ async def _undo_settlement(
     code: str,
     psn_no: str,
     omsgid: str,
-    oinfno: str,
+    original: Transaction,
     msgid: str,
     now: dt.datetime,
 ) -> None:
@@ -108,7 +108,7 @@ async def _undo_settlement(
         " AND NOT EXISTS (SELECT 1 FROM correction_items c WHERE c.new_setl_id = settlements.setl_id)",
         code,
         omsgid,
-        oinfno,
+        original.infno,
     )
     if row is None:
         raise NotFound(f"未找到原报文{omsgid}的结算")
@@ -116,7 +116,8 @@ async def _undo_settlement(
         raise Conflict("人员编号与原结算的参保人不一致")
     if row["status"] != "settled":
         raise Conflict(f"原结算{row['setl_id']}已撤销，无需冲正")
-    kind = SETTLING[oinfno]
+    kind = original.kind
+    assert kind is not None
     await settlements.cancel(
         conn,
         fixmedins_code=code,
@@ -127,15 +128,16 @@ async def _undo_settlement(
         now=now,
         categories=_CATEGORIES[kind],
     )
-    if kind == "pharmacy":
+    if kind is Kind.PHARMACY:
         # 2102 opened the visit and stored its lines in the same stroke: undo those too.
         await fees.delete_unsettled(conn, row["mdtrt_id"])
         await encounters.update(conn, row["mdtrt_id"], status="cancelled")
 
 
 async def _undo_cancellation(
-    conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str, kind: str
+    conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str, kind: Kind | None
 ) -> None:
+    assert kind is not None  # every cancellation names the kind of visit it cancels
     setl_id = await settlements.reinstate(
         conn,
         fixmedins_code=code,
@@ -143,7 +145,7 @@ async def _undo_cancellation(
         psn_no=psn_no,
         categories=_CATEGORIES[kind],
     )
-    if kind == "pharmacy":
+    if kind is Kind.PHARMACY:
         mdtrt_id = await conn.fetchval(
             "SELECT mdtrt_id FROM settlements WHERE setl_id = $1", setl_id
         )

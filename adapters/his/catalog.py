@@ -16,10 +16,10 @@ from adapters.his.envelope import Amount, Code, decode_input, text
 from adapters.his.output import ratio
 from adapters.his.wire import Node, as_list, day, required
 from gateway.core.model import Mapping
-from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, NotFound
 from gateway.ledger import reference_store
 from gateway.money import micro_text
+from gateway.transaction import Answer, Call, register
 
 MAX_ROWS = 1000
 MAX_PAGE = 1000
@@ -89,7 +89,7 @@ class In13xx(Node):
     data: Query | None = None
 
 
-@register("3301", "目录对照上传", writes=True, klass="catalog")
+@register("3301", "目录对照上传", writes=True, klass="catalog", input=In3301)
 async def upload(call: Call) -> Answer:
     node = decode_input(call.req, In3301)
     rows = as_list(node.catalogcompin) or as_list(node.data)
@@ -124,7 +124,7 @@ async def upload(call: Call) -> Answer:
     return Answer({"result": {"count": count}}, catalog_changed=True)
 
 
-@register("3302", "目录对照撤销", writes=True, klass="catalog")
+@register("3302", "目录对照撤销", writes=True, klass="catalog", input=In3302)
 async def revoke(call: Call) -> Answer:
     node = decode_input(call.req, In3302)
     rows = as_list(node.data) or as_list(node.purcinfo)
@@ -220,7 +220,7 @@ def _query(call: Call) -> Query:
     return q
 
 
-@register("1312", "医保目录信息查询", writes=False, klass="catalog")
+@register("1312", "医保目录信息查询", writes=False, klass="catalog", input=In13xx)
 async def query_catalog(call: Call) -> Answer:
     q = _query(call)
     name = text(q.hilist_name)
@@ -254,7 +254,7 @@ async def query_catalog(call: Call) -> Answer:
     )
 
 
-@register("1317", "医药机构目录匹配信息查询", writes=False, klass="catalog")
+@register("1317", "医药机构目录匹配信息查询", writes=False, klass="catalog", input=In13xx)
 async def query_mappings(call: Call) -> Answer:
     q = _query(call)
     owner = text(q.fixmedins_code) or call.req.fixmedins_code
@@ -288,7 +288,7 @@ async def query_mappings(call: Call) -> Answer:
     )
 
 
-@register("1318", "医保目录限价信息查询", writes=False, klass="catalog")
+@register("1318", "医保目录限价信息查询", writes=False, klass="catalog", input=In13xx)
 async def query_caps(call: Call) -> Answer:
     q = _query(call)
     rows = [
@@ -313,7 +313,7 @@ async def query_caps(call: Call) -> Answer:
     )
 
 
-@register("1319", "医保目录先自付比例信息查询", writes=False, klass="catalog")
+@register("1319", "医保目录先自付比例信息查询", writes=False, klass="catalog", input=In13xx)
 async def query_ratios(call: Call) -> Answer:
     q = _query(call)
     rows = [

@@ -30,20 +30,33 @@ from adapters.his.wire import (
     when_required,
 )
 from gateway.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX, store
-from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, Conflict, NotFound
-from gateway.ledger import encounters, fees
+from gateway.ledger import fees
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
+from gateway.transaction import TRANSACTIONS, Answer, Call, Deferral, Kind, Transaction
 
-CLAIMS = frozenset({"2207", "2304", "2102"})  # settlements that become claims
-PRESETTLEMENTS = frozenset({"2206", "2303", "2101"})  # answered all-cash, nothing written
-CANCELLATIONS = frozenset({"2208", "2305", "2103"})  # withdraw a claim before its replay
-CALLS = frozenset(
-    {"2201", "2202", "2203", "2203A", "2204", "2205", "2401", "2402", "2403", "2404", "2405"}
-    | {"2301", "2302"}
-)  # encounter-class calls journaled with the visit when the ledger is down
-OPENS_VISIT = frozenset({"2201", "2401"})
+
+def _tx(infno: str) -> Transaction | None:
+    return TRANSACTIONS.get(infno)
+
+
+def role(infno: str) -> Deferral:
+    """What the plan's defer does with this transaction (its entry in the table)."""
+    tx = _tx(infno)
+    return Deferral.NONE if tx is None else tx.deferral
+
+
+def kind_of(infno: str) -> Kind | None:
+    """The visit kind a settlement transaction settles (None for any other)."""
+    tx = _tx(infno)
+    return None if tx is None else tx.kind
+
+
+def opens_visit(infno: str) -> bool:
+    tx = _tx(infno)
+    return tx is not None and tx.opens_visit
+
 
 DEFER_WARN = (
     "医保实时结算暂停（应急预案·主动报）：本次费用由参保人全额现金支付，结算单号{claim_id}；"
@@ -102,7 +115,8 @@ class ClaimFacts:
 
 def read_claim(req: Request) -> ClaimFacts:
     """The claim's facts, validated as strictly as the settlement itself would read them."""
-    if req.infno == "2102":
+    kind = kind_of(req.infno)
+    if kind is Kind.PHARMACY:
         node = decode_input(req, _Purchase)
         info = node.druginfo
         if info is None:
@@ -122,7 +136,7 @@ def read_claim(req: Request) -> ClaimFacts:
     data = decode_input(req, In2206).data
     if data is None:
         raise BadRequest("缺少输入节点data")
-    if req.infno == "2207":
+    if kind is Kind.OUTPATIENT:
         required(data.chrg_bchno, "data.chrg_bchno")
     declared: dict[str, int] = {}
     for name in ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt"):
@@ -136,7 +150,7 @@ def read_claim(req: Request) -> ClaimFacts:
         service_date=None,
         # 2304 carries no med_type (protocol.md §2.4): the admission's applies when replayed.
         med_type=text(data.med_type)
-        if req.infno == "2304"
+        if kind is Kind.INPATIENT
         else required(data.med_type, "data.med_type"),
         declared=declared,
         cert=certificate_if_sent(data.mdtrt_cert_type, data.mdtrt_cert_no, "data"),
@@ -204,9 +218,8 @@ def presettle_output(req: Request) -> dict[str, Any]:
 
 
 def read_claim_like(req: Request) -> ClaimFacts:
-    """Pre-settlements carry the same nodes as the settlements they precede."""
-    as_final = {"2206": "2207", "2303": "2304", "2101": "2102"}.get(req.infno, req.infno)
-    return read_claim(msgspec.structs.replace(req, infno=as_final))
+    """Pre-settlements carry the same nodes as the settlements they precede (the same kind)."""
+    return read_claim(req)
 
 
 def withdrawal_ref(req: Request) -> tuple[str, str, str]:
@@ -221,35 +234,35 @@ def withdrawal_ref(req: Request) -> tuple[str, str, str]:
     )
 
 
-def call_output(req: Request, provisional_id: str | None) -> dict[str, Any]:
-    """The answer to a journaled encounter call; a visit opened gets its provisional id."""
-    if req.infno == "2201":
-        data = _decimal_json.decode(req.input or b"{}").get("data") or {}
-        return {
-            "data": {
-                "mdtrt_id": provisional_id,
-                "psn_no": text(data.get("psn_no")),
-                "ipt_otp_no": text(data.get("ipt_otp_no")),
-            }
+def call_output(req: Request, provisional_id: str | None) -> Any:
+    """The answer to a journaled encounter call (its entry's `journal_answer`); a visit opened
+    gets its provisional id."""
+    tx = _tx(req.infno)
+    if tx is None or tx.journal_answer is None:
+        return {}
+    return tx.journal_answer(req, provisional_id)
+
+
+def opened_visit_data(req: Request, provisional_id: str | None) -> Any:
+    """A registration's answer: the visit in `data`, with the patient and the clinic number."""
+    data = _decimal_json.decode(req.input or b"{}").get("data") or {}
+    return {
+        "data": {
+            "mdtrt_id": provisional_id,
+            "psn_no": text(data.get("psn_no")),
+            "ipt_otp_no": text(data.get("ipt_otp_no")),
         }
-    if req.infno == "2401":
-        return {"result": {"mdtrt_id": provisional_id}}
-    if req.infno in ("2204", "2301"):
-        return {"result": []}
-    return {}
+    }
 
 
-# Where each deferrable request carries its service dates: (node, list node or "", field, name).
-_DATED: dict[str, tuple[tuple[str, str, str, str], ...]] = {
-    "2201": (("data", "", "begntime", "挂号时间begntime"),),
-    "2401": (("mdtrtinfo", "", "begntime", "入院时间begntime"),),
-    "2102": (
-        ("druginfo", "", "begntime", "购药时间begntime"),
-        ("drugdetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),
-    ),
-    "2204": (("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
-    "2301": (("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
-}
+def opened_visit_result(_req: Request, provisional_id: str | None) -> Any:
+    """An admission's answer: the visit in `result`."""
+    return {"result": {"mdtrt_id": provisional_id}}
+
+
+def lines_taken(_req: Request, _provisional_id: str | None) -> Any:
+    """A fee upload's answer: its line results come when it is applied."""
+    return {"result": []}
 
 
 def service_times(req: Request) -> list[tuple[str, dt.datetime]]:
@@ -263,7 +276,8 @@ def service_times(req: Request) -> list[tuple[str, dt.datetime]]:
     if not isinstance(doc, dict):
         return []
     out: list[tuple[str, dt.datetime]] = []
-    for node_name, many, field, name in _DATED.get(req.infno, ()):
+    tx = _tx(req.infno)
+    for node_name, many, field, name in tx.dated if tx is not None else ():
         node = doc.get(node_name)
         rows = node if many and isinstance(node, list) else [node]
         for row in rows:
@@ -290,9 +304,9 @@ def for_replay(req: Request, ids: dict[str, str]) -> Request:
     raw = req.input
     for provisional, real in ids.items():
         raw = raw.replace(provisional.encode(), real.encode())
-    if req.infno in CLAIMS:
+    if role(req.infno) is Deferral.CLAIM:
         node = _decimal_json.decode(raw or b"{}")  # amounts stay exact
-        part = node.get("druginfo" if req.infno == "2102" else "data")
+        part = node.get("druginfo" if kind_of(req.infno) is Kind.PHARMACY else "data")
         if isinstance(part, dict):
             part["acct_used_flag"] = "0"
         raw = msgspec.json.encode(node)
@@ -345,13 +359,14 @@ def claim_scope(req: Request) -> tuple[str, str] | None:
     line of the visit (a 2304, or chrg_bchno 0000). None for a pharmacy purchase, which has no
     batch (another msgid is another purchase), and for a request too incomplete to settle, which
     its handler refuses."""
-    if req.infno not in ("2207", "2304"):
+    kind = kind_of(req.infno)
+    if role(req.infno) is not Deferral.CLAIM or kind is Kind.PHARMACY:
         return None
     data = decode_input(req, In2206).data
     if data is None:
         return None
     mdtrt_id = text(data.mdtrt_id)
-    lines = fees.ALL if req.infno == "2304" else text(data.chrg_bchno)
+    lines = fees.ALL if kind is Kind.INPATIENT else text(data.chrg_bchno)
     if not mdtrt_id or not lines:
         return None
     return mdtrt_id, lines
@@ -377,19 +392,7 @@ def refuse_if_held(held: list[store.Held], lines: str) -> None:
             if h.lines != fees.ALL:
                 what = f"收费批次{h.lines}"
             else:
-                what = "本次住院费用" if h.infno == "2304" else "本次就诊的待结算费用"
+                what = (
+                    "本次住院费用" if kind_of(h.infno) is Kind.INPATIENT else "本次就诊的待结算费用"
+                )
             raise Conflict(PENDING_MSG.format(what=what, claim_id=h.claim_id))
-
-
-async def refuse_claimed_settlement(call: Call) -> None:
-    """The normal path's check before a 2207/2304 settles: none of its lines may be under a
-    pending claim. The visit's row lock orders it with a claim of the same visit taken by a
-    process still deferring: whichever commits second sees the other."""
-    scope = claim_scope(call.req)
-    if scope is None:
-        return
-    mdtrt_id, lines = scope
-    visit = await store.visit_of(call.conn, mdtrt_id)
-    await encounters.lock_many(call.conn, [visit])
-    claims = await store.pending_on_visits(call.conn, [visit])
-    refuse_if_held(held_lines(claims, call.req.fixmedins_code), lines)

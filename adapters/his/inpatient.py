@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.his import settling, uploads
+from adapters.his import deferral, settling, uploads, wire
 from adapters.his.envelope import decode_input, text
 from adapters.his.wire import (
     In2202,
@@ -16,14 +16,27 @@ from adapters.his.wire import (
     required,
     when_required,
 )
-from gateway.dispatch import Answer, Call, register
+from gateway.core import eligibility
 from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons
+from gateway.transaction import Answer, Call, Deferral, Kind, Mode, Undo, register
 
 INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
 
 
-@register("2401", "入院办理", writes=True, klass="encounter")
+@register(
+    "2401",
+    "入院办理",
+    writes=True,
+    klass="encounter",
+    input=wire.In2401,
+    kind=Kind.INPATIENT,
+    deferral=Deferral.CALL,
+    undo=Undo.ADMISSION,
+    opens_visit=True,
+    journal_answer=deferral.opened_visit_result,
+    dated=(("mdtrtinfo", "", "begntime", "入院时间begntime"),),
+)
 async def admit(call: Call) -> Answer:
     node = decode_input(call.req, In2401)
     info = node.mdtrtinfo
@@ -42,11 +55,10 @@ async def admit(call: Call) -> Answer:
         raise RuleRejected(f"医疗类别{med_type}不是住院类别")
     person, _ = await persons.read(call.conn, psn_no)
     persons.require_certificate(person, cert)
-    selfpay = call.mode == "selfpay"
+    selfpay = call.mode is Mode.SELFPAY
     if not selfpay:  # a self-pay admission is checked when it is converted (自费转医保)
         persons.require_insured(person)
-    if insutype != person.insutype:
-        raise RuleRejected(f"险种类型{insutype}与参保人险种{person.insutype}不一致")
+    eligibility.require_insutype(insutype, person.insutype)
     mdtrt_id = await encounters.new_mdtrt_id(call.conn, call.institution.admdvs, call.now)
     await encounters.create(
         call.conn,
@@ -76,7 +88,9 @@ async def admit(call: Call) -> Answer:
     return Answer({"result": {"mdtrt_id": mdtrt_id}})
 
 
-@register("2402", "出院办理", writes=True, klass="encounter")
+@register(
+    "2402", "出院办理", writes=True, klass="encounter", input=wire.In2402, deferral=Deferral.CALL
+)
 async def discharge(call: Call) -> Answer:
     info = decode_input(call.req, In2402).dscginfo
     if info is None:
@@ -117,7 +131,14 @@ async def _admission(call: Call, mdtrt_id: str, psn_no: str) -> encounters.Encou
     return enc
 
 
-@register("2404", "入院办理撤销", writes=True, klass="encounter")
+@register(
+    "2404",
+    "入院办理撤销",
+    writes=True,
+    klass="encounter",
+    input=wire.In2202,
+    deferral=Deferral.CALL,
+)
 async def cancel_admission(call: Call) -> Answer:
     data = decode_input(call.req, In2202).data
     if data is None:
@@ -136,7 +157,14 @@ async def cancel_admission(call: Call) -> Answer:
     return Answer({})
 
 
-@register("2405", "出院办理撤销", writes=True, klass="encounter")
+@register(
+    "2405",
+    "出院办理撤销",
+    writes=True,
+    klass="encounter",
+    input=wire.In2202,
+    deferral=Deferral.CALL,
+)
 async def cancel_discharge(call: Call) -> Answer:
     data = decode_input(call.req, In2202).data
     if data is None:
@@ -156,12 +184,28 @@ async def cancel_discharge(call: Call) -> Answer:
     return Answer({})
 
 
-@register("2301", "住院费用明细上传", writes=True, klass="encounter")
+@register(
+    "2301",
+    "住院费用明细上传",
+    writes=True,
+    klass="encounter",
+    input=wire.In2204,
+    deferral=Deferral.CALL,
+    journal_answer=deferral.lines_taken,
+    dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
+)
 async def upload_fees(call: Call) -> Answer:
     return await uploads.upload(call, kind="inpatient")
 
 
-@register("2302", "住院费用明细撤销", writes=True, klass="encounter")
+@register(
+    "2302",
+    "住院费用明细撤销",
+    writes=True,
+    klass="encounter",
+    input=wire.In2302,
+    deferral=Deferral.CALL,
+)
 async def cancel_fees(call: Call) -> Answer:
     refs = as_list(decode_input(call.req, In2302).data)
     if not refs:
@@ -204,16 +248,42 @@ async def _no_orphan_refunds(call: Call, mdtrt_id: str) -> None:
         )
 
 
-@register("2303", "住院预结算", writes=False, klass="settlement")
+@register(
+    "2303",
+    "住院预结算",
+    writes=False,
+    klass="settlement",
+    input=wire.In2206,
+    kind=Kind.INPATIENT,
+    deferral=Deferral.PRESETTLEMENT,
+)
 async def pre_settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind="inpatient", final=False)
 
 
-@register("2304", "住院结算", writes=True, klass="settlement")
+@register(
+    "2304",
+    "住院结算",
+    writes=True,
+    klass="settlement",
+    input=wire.In2206,
+    kind=Kind.INPATIENT,
+    deferral=Deferral.CLAIM,
+    undo=Undo.SETTLEMENT,
+)
 async def settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind="inpatient", final=True)
 
 
-@register("2305", "住院结算撤销", writes=True, klass="settlement")
+@register(
+    "2305",
+    "住院结算撤销",
+    writes=True,
+    klass="settlement",
+    input=wire.In2208,
+    kind=Kind.INPATIENT,
+    deferral=Deferral.CANCEL_CLAIM,
+    undo=Undo.CANCELLATION,
+)
 async def cancel(call: Call) -> Answer:
     return await settling.cancel_settlement(call, kind="inpatient")

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from adapters.his import settling, uploads
+from adapters.his import deferral, settling, uploads, wire
 from adapters.his.envelope import decode_input, text
 from adapters.his.wire import (
     In2201,
@@ -18,14 +18,24 @@ from adapters.his.wire import (
     when,
     when_required,
 )
-from gateway.dispatch import Answer, Call, register
+from gateway.core import eligibility
 from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons
+from gateway.transaction import Answer, Call, Deferral, Kind, Undo, register
 
-OUTPATIENT_MED_TYPES = frozenset({"11", "12", "13", "14", "19"})
 
-
-@register("2201", "门诊挂号", writes=True, klass="encounter")
+@register(
+    "2201",
+    "门诊挂号",
+    writes=True,
+    klass="encounter",
+    input=wire.In2201,
+    deferral=Deferral.CALL,
+    kind=Kind.OUTPATIENT,
+    opens_visit=True,
+    journal_answer=deferral.opened_visit_data,
+    dated=(("data", "", "begntime", "挂号时间begntime"),),
+)
 async def register_visit(call: Call) -> Answer:
     data = decode_input(call.req, In2201).data
     if data is None:
@@ -41,8 +51,7 @@ async def register_visit(call: Call) -> Answer:
     person, _ = await persons.read(call.conn, psn_no)
     persons.require_certificate(person, cert)
     persons.require_insured(person)
-    if insutype != person.insutype:
-        raise RuleRejected(f"险种类型{insutype}与参保人险种{person.insutype}不一致")
+    eligibility.require_insutype(insutype, person.insutype)
     mdtrt_id = await encounters.new_mdtrt_id(call.conn, call.institution.admdvs, call.now)
     await encounters.create(
         call.conn,
@@ -61,7 +70,14 @@ async def register_visit(call: Call) -> Answer:
     return Answer({"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": ipt_otp_no}})
 
 
-@register("2202", "门诊挂号撤销", writes=True, klass="encounter")
+@register(
+    "2202",
+    "门诊挂号撤销",
+    writes=True,
+    klass="encounter",
+    input=wire.In2202,
+    deferral=Deferral.CALL,
+)
 async def cancel_registration(call: Call) -> Answer:
     data = decode_input(call.req, In2202).data
     if data is None:
@@ -97,8 +113,7 @@ async def _visit_info(call: Call) -> Answer:
     psn_no = required(info.psn_no, "mdtrtinfo.psn_no")
     med_type = required(info.med_type, "mdtrtinfo.med_type")
     when(info.begntime, "mdtrtinfo.begntime")
-    if med_type not in OUTPATIENT_MED_TYPES:
-        raise RuleRejected(f"医疗类别{med_type}不是门诊类别")
+    category = eligibility.category_for("outpatient", med_type, mdtrt_id)
     enc = await encounters.get(
         call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
     )
@@ -106,12 +121,9 @@ async def _visit_info(call: Call) -> Answer:
         raise RuleRejected(f"就诊ID{mdtrt_id}不是门诊就诊")
     encounters.require_open(enc)
     dise_codg = text(info.dise_codg)
-    if med_type == "14":
+    if category is eligibility.CHRONIC:
         person, _ = await persons.read(call.conn, psn_no)
-        if not dise_codg:
-            raise RuleRejected("门诊慢特病就诊须填写病种编码dise_codg")
-        if dise_codg not in person.chronic_dise_codg:
-            raise RuleRejected(f"参保人未办理病种{dise_codg}的门诊慢特病备案")
+        eligibility.require_chronic_filing(person, dise_codg)
     detail: dict[str, Any] = {
         "mdtrtinfo": msgspec.to_builtins(info),
         "diseinfo": msgspec.to_builtins(node.diseinfo),
@@ -127,16 +139,38 @@ async def _visit_info(call: Call) -> Answer:
     return Answer({})
 
 
-register("2203", "门诊就诊信息上传", writes=True, klass="encounter")(_visit_info)
-register("2203A", "门诊就诊信息上传", writes=True, klass="encounter")(_visit_info)
+register(
+    "2203",
+    "门诊就诊信息上传",
+    writes=True,
+    klass="encounter",
+    input=wire.In2203,
+    deferral=Deferral.CALL,
+)(_visit_info)
 
 
-@register("2204", "门诊费用明细信息上传", writes=True, klass="encounter")
+@register(
+    "2204",
+    "门诊费用明细信息上传",
+    writes=True,
+    klass="encounter",
+    input=wire.In2204,
+    deferral=Deferral.CALL,
+    journal_answer=deferral.lines_taken,
+    dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
+)
 async def upload_fees(call: Call) -> Answer:
     return await uploads.upload(call, kind="outpatient")
 
 
-@register("2205", "门诊费用明细信息撤销", writes=True, klass="encounter")
+@register(
+    "2205",
+    "门诊费用明细信息撤销",
+    writes=True,
+    klass="encounter",
+    input=wire.In2205,
+    deferral=Deferral.CALL,
+)
 async def cancel_fees(call: Call) -> Answer:
     data = decode_input(call.req, In2205).data
     if data is None:
@@ -155,16 +189,43 @@ async def cancel_fees(call: Call) -> Answer:
     return Answer({})
 
 
-@register("2206", "门诊预结算", writes=False, klass="settlement")
+@register(
+    "2206",
+    "门诊预结算",
+    writes=False,
+    klass="settlement",
+    input=wire.In2206,
+    kind=Kind.OUTPATIENT,
+    deferral=Deferral.PRESETTLEMENT,
+)
 async def pre_settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind="outpatient", final=False)
 
 
-@register("2207", "门诊结算", writes=True, klass="settlement", grouped=settling.outpatient_job)
+@register(
+    "2207",
+    "门诊结算",
+    writes=True,
+    klass="settlement",
+    input=wire.In2206,
+    kind=Kind.OUTPATIENT,
+    deferral=Deferral.CLAIM,
+    undo=Undo.SETTLEMENT,
+    grouped=settling.outpatient_job,
+)
 async def settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind="outpatient", final=True)
 
 
-@register("2208", "门诊结算撤销", writes=True, klass="settlement")
+@register(
+    "2208",
+    "门诊结算撤销",
+    writes=True,
+    klass="settlement",
+    input=wire.In2208,
+    kind=Kind.OUTPATIENT,
+    deferral=Deferral.CANCEL_CLAIM,
+    undo=Undo.CANCELLATION,
+)
 async def cancel(call: Call) -> Answer:
     return await settling.cancel_settlement(call, kind="outpatient")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from adapters.his import wire
 from adapters.his.envelope import decode_input, text
 from adapters.his.output import amount, person_fields
 from adapters.his.wire import In1101, certificate, when
-from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, IdentityRejected
 from gateway.ledger import persons
+from gateway.transaction import Answer, Call, register
 
 _IDENTITY = {"dibao": ("10", "最低生活保障对象"), "tekun": ("11", "特困供养人员")}
 
 
-@register("1101", "人员信息获取", writes=False, klass="encounter")
+@register("1101", "人员信息获取", writes=False, klass="encounter", input=wire.In1101)
 async def person_info(call: Call) -> Answer:
     data = decode_input(call.req, In1101).data
     if data is None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from adapters.his import wire
 from adapters.his.envelope import decode_input, text
 from adapters.his.output import setldetail, setlinfo
 from adapters.his.wire import In5203
-from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, NotFound
 from gateway.ledger import settlements
+from gateway.transaction import Answer, Call, register
 
 
-@register("5203", "结算信息查询", writes=False, klass="query")
+@register("5203", "结算信息查询", writes=False, klass="query", input=wire.In5203)
 async def settlement_info(call: Call) -> Answer:
     data = decode_input(call.req, In5203).data
     if data is None:

@@ -7,8 +7,8 @@ import msgspec
 from adapters.his.envelope import Amount, Code, decode_input, text
 from adapters.his.wire import Node, day, fen_required, required
 from gateway import reconcile
-from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, NotFound
+from gateway.transaction import Answer, Call, register
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 
@@ -107,7 +107,7 @@ async def _record(
     )
 
 
-@register("3201", "医药机构费用结算对总账", writes=True, klass="reconcile")
+@register("3201", "医药机构费用结算对总账", writes=True, klass="reconcile", input=In3201)
 async def statement_total(call: Call) -> Answer:
     d = decode_input(call.req, In3201).data
     if d is None:
@@ -138,7 +138,7 @@ async def statement_total(call: Call) -> Answer:
     )
 
 
-@register("9101", "文件上传", writes=True, klass="reconcile")
+@register("9101", "文件上传", writes=True, klass="reconcile", input=In9101)
 async def upload_file(call: Call) -> Answer:
     node = decode_input(call.req, In9101).fsUploadIn
     if node is None:
@@ -171,7 +171,7 @@ async def upload_file(call: Call) -> Answer:
     )
 
 
-@register("3202", "医药机构费用结算对明细账", writes=True, klass="reconcile")
+@register("3202", "医药机构费用结算对明细账", writes=True, klass="reconcile", input=In3201)
 async def statement_detail(call: Call) -> Answer:
     d = decode_input(call.req, In3201).data
     if d is None:
@@ -221,7 +221,7 @@ async def statement_detail(call: Call) -> Answer:
     )
 
 
-@register("9102", "文件下载", writes=False, klass="reconcile")
+@register("9102", "文件下载", writes=False, klass="reconcile", input=In9102)
 async def download_file(call: Call) -> Answer:
     node = decode_input(call.req, In9102).fsDownloadIn
     if node is None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from adapters.his.envelope import Code, base_infno, decode_input, encode_response
 from adapters.his.wire import Node, required
 from gateway import reversal
-from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest
+from gateway.transaction import Answer, Call, register
 
 
 class ReverseData(Node):
@@ -19,7 +19,7 @@ class In2601(Node):
     data: ReverseData | None = None
 
 
-@register("2601", "冲正交易", writes=True, klass="settlement")
+@register("2601", "冲正交易", writes=True, klass="settlement", input=In2601)
 async def reverse(call: Call) -> Answer:
     d = decode_input(call.req, In2601).data
     if d is None:

@@ -10,53 +10,21 @@ from typing import Any
 
 import msgspec
 
-from adapters.his import catalog, reconciliation, reversal, wire
+import adapters.his.transactions
+import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
 from adapters.his.envelope import REVISIONS
-from adapters.pos import pharmacy
-from gateway.dispatch import TRANSACTIONS
+from gateway.transaction import TRANSACTIONS
 
-INPUT_TYPES: dict[str, type[Any]] = {
-    "9001": wire.In9001,
-    "9002": wire.In9002,
-    "1101": wire.In1101,
-    "2201": wire.In2201,
-    "2202": wire.In2202,
-    "2203": wire.In2203,
-    "2203A": wire.In2203,
-    "2204": wire.In2204,
-    "2205": wire.In2205,
-    "2206": wire.In2206,
-    "2207": wire.In2206,
-    "2208": wire.In2208,
-    "2301": wire.In2204,
-    "2302": wire.In2302,
-    "2303": wire.In2206,
-    "2304": wire.In2206,
-    "2305": wire.In2208,
-    "2401": wire.In2401,
-    "2402": wire.In2402,
-    "2404": wire.In2202,
-    "2405": wire.In2202,
-    "2101": pharmacy.In2101,
-    "2102": pharmacy.In2101,
-    "2103": wire.In2208,
-    "2601": reversal.In2601,
-    "3201": reconciliation.In3201,
-    "3202": reconciliation.In3201,
-    "9101": reconciliation.In9101,
-    "9102": reconciliation.In9102,
-    "3301": catalog.In3301,
-    "3302": catalog.In3302,
-    "1312": catalog.In13xx,
-    "1317": catalog.In13xx,
-    "1318": catalog.In13xx,
-    "1319": catalog.In13xx,
-    "5203": wire.In5203,
-}
-# Revision codes are dispatched as their base transaction; each gets the base's operation so a
-# client generated from this document can call them by the code its province uses.
-for _code, _base in REVISIONS.items():
-    INPUT_TYPES.setdefault(_code, INPUT_TYPES[_base])
+
+def input_types() -> dict[str, type[Any]]:
+    """Each registered transaction's input type, and each revision code's (its base's): a
+    client generated from this document can call them by the code its province uses."""
+    out = {t.infno: t.input for t in TRANSACTIONS.values() if t.input is not None}
+    for code, base in REVISIONS.items():
+        if base in out:
+            out.setdefault(code, out[base])
+    return out
+
 
 _ENVELOPE_FIELDS = (
     "msgid",
@@ -80,7 +48,8 @@ _ENVELOPE_FIELDS = (
 
 def openapi() -> dict[str, Any]:
     """OpenAPI 3.1 for POST /hsa/hgs/{infno}, one operation per transaction."""
-    types = sorted(set(INPUT_TYPES.values()), key=lambda t: t.__name__)
+    inputs = input_types()
+    types = sorted(set(inputs.values()), key=lambda t: t.__name__)
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
@@ -99,7 +68,7 @@ def openapi() -> dict[str, Any]:
         },
     }
     paths: dict[str, Any] = {}
-    for infno, kind in sorted(INPUT_TYPES.items()):
+    for infno, kind in sorted(inputs.items()):
         base = REVISIONS.get(infno)
         tx = TRANSACTIONS.get(base or infno)
         envelope = {

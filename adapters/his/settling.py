@@ -20,30 +20,24 @@ from adapters.his.wire import (
     flag,
     required,
 )
-from gateway.core.model import Category, Institution, PersonState, Visit
-from gateway.core.settle import category_of, settle
+from gateway.core import eligibility
+from gateway.core.catalog import Snapshot
+from gateway.core.model import Category, Institution, PersonState, Settlement, Visit
+from gateway.core.settle import settle
 from gateway.deferred import PROVISIONAL_PREFIX
-from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, Conflict, NotFound, NotInsured, RuleRejected
-from gateway.grouped import Built, Held, Job
+from gateway.grouped import Built, Held, Job, VisitHeld
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
 from gateway.runtime import Gateway
-
-KIND_CATEGORIES = {
-    "outpatient": frozenset({Category.OUTPATIENT, Category.CHRONIC}),
-    "inpatient": frozenset({Category.INPATIENT}),
-    "pharmacy": frozenset({Category.PHARMACY}),
-}
+from gateway.settlement_state import preview, settle_alone
+from gateway.transaction import TRANSACTIONS, Answer, Call, Mode
 
 
 def check_med_type(enc: Encounter, med_type: str) -> Category:
     """The med_type must be supported and belong to the kind of visit."""
-    category = category_of(med_type)
-    if category not in KIND_CATEGORIES[enc.kind]:
-        raise RuleRejected(f"医疗类别{med_type}与就诊类型不符（就诊ID{enc.mdtrt_id}）")
-    return category
+    return eligibility.category_for(enc.kind, med_type, enc.mdtrt_id)
 
 
 def declared_of(data: SettleData) -> settlements.Declared:
@@ -120,8 +114,7 @@ def _check_visit(enc: Encounter, kind: str, a: Asked, *, final: bool) -> None:
     encounters.require_open(enc)
     if enc.selfpay:
         raise RuleRejected(f"就诊ID{a.mdtrt_id}为应急期间自费入院，请先办理自费转医保后再结算")
-    if a.insutype and a.insutype != enc.insutype:
-        raise RuleRejected(f"险种类型{a.insutype}与登记时的险种{enc.insutype}不一致")
+    eligibility.require_insutype(a.insutype, enc.insutype, held_as="登记时的险种")
     check_med_type(enc, a.med_type)
     if kind == "inpatient" and final and a.mid_setl_flag == "0" and enc.status != "discharged":
         raise Conflict("患者尚未办理出院（2402），不能进行出院结算；中途结算请传mid_setl_flag=1")
@@ -162,47 +155,151 @@ def _output(rec: settlements.Record, ctx: settlements.Context, a: Asked) -> dict
     }
 
 
+def person_state(held: Held, visit: VisitHeld) -> PersonState:
+    """The person's state for a settlement of this visit, as the locked read has it."""
+    assert held.person is not None
+    enc = visit.encounter
+    return PersonState(
+        person=held.person,
+        balance_fen=held.balance,
+        year=held.year,
+        admission_dedc_fen=enc.adm_dedc_fen,
+        admission_dedc_used_fen=enc.adm_dedc_used_fen,
+        other_inpatient_in_force=visit.other_inpatient_in_force,
+    )
+
+
+def settle_lines(
+    snapshot: Snapshot,
+    ctx: settlements.Context,
+    held: Held,
+    visit: VisitHeld,
+    lines: list[fees.StoredLine],
+    declared: settlements.Declared,
+    now: dt.datetime,
+    *,
+    setl_serial: int,
+    replaces: str | None,
+) -> tuple[settlements.Record, Settlement, Writes]:
+    """Settle these lines of the visit and stage everything it changes: the one settlement of
+    a visit, whoever asks (the counter alone or in a batch, replay, bulk corrections)."""
+    state = person_state(held, visit)
+    s = settle(snapshot, ctx.visit, state, lines)
+    settlements.check_declared(s, declared)
+    writes = Writes()
+    rec = settlements.stage(
+        writes,
+        snapshot,
+        ctx,
+        lines,
+        s,
+        state,
+        now,
+        setl_id=encounters.ledger_id(ctx.institution.admdvs, now, setl_serial),
+        replaces=replaces,
+    )
+    return rec, s, writes
+
+
+def visit_job(
+    gw: Gateway,
+    req: Request,
+    institution: Institution,
+    now: dt.datetime,
+    *,
+    kind: str,
+    final: bool = True,
+    mdtrt_id: str | None = None,
+    only: frozenset[str] | None = None,
+    respect_claims: bool = True,
+) -> Job:
+    """A 2206/2207/2303/2304 as a Job: the visit and the person locked, the checks, the split
+    and its writes in one pure build, whichever path runs it.
+
+    `final=False`: a pre-settlement (run by `preview`: the same answer, nothing written);
+    `mdtrt_id`: the visit a provisional id became; `only`: just these of the lines (a deferred
+    claim's, at replay, which settles the lines its pending claim holds: respect_claims=False).
+    """
+    a = _asked(req, kind)
+    if mdtrt_id is not None:
+        a = msgspec.structs.replace(a, mdtrt_id=mdtrt_id)
+    snapshot = gw.snapshot
+
+    def build(held: Held, _mdtrt_serial: int, setl_serial: int) -> Built:
+        visit = held.visit
+        if visit is None or visit.encounter.fixmedins_code != req.fixmedins_code:
+            raise NotFound(f"就诊ID{a.mdtrt_id}不存在或不属于本机构")
+        if final and respect_claims and only is None:
+            deferral.refuse_if_held(visit.claimed, a.chrg_bchno)
+        enc = visit.encounter
+        if a.psn_no != enc.psn_no:
+            raise Conflict(f"人员编号{a.psn_no}与就诊ID{a.mdtrt_id}的参保人不一致")
+        asked = admission_med_type(enc, a) if kind == "inpatient" == enc.kind else a
+        _check_visit(enc, kind, asked, final=final)
+        lines = visit.unsettled
+        if asked.chrg_bchno != fees.ALL:
+            lines = [ln for ln in lines if ln.chrg_bchno == asked.chrg_bchno]
+        if only is not None:
+            lines = _claimed(lines, only)
+        if not lines:
+            if final and asked.chrg_bchno in visit.settled_batches:
+                raise _already_settled(asked)
+            raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
+        if held.person is None:
+            raise NotInsured(f"人员编号{asked.psn_no}不存在，请重新读卡获取人员信息")
+        persons.require_certificate(held.person, asked.cert)
+        persons.require_insured(held.person)
+        ctx = _context(req, institution, enc, asked)
+        if not final:
+            s = settle(snapshot, ctx.visit, person_state(held, visit), lines)
+            settlements.check_declared(s, asked.declared)
+            rec = settlements.record_of(s, ctx, held.person, setl_id=None, setl_time=None)
+            return Built(_output(rec, ctx, asked), Writes(), held.balance, held.year)
+        rec, s, writes = settle_lines(
+            snapshot,
+            ctx,
+            held,
+            visit,
+            lines,
+            asked.declared,
+            now,
+            setl_serial=setl_serial,
+            replaces=visit.refunded.pop(ctx.chrg_bchno, None),
+        )
+        # The next settlement of this visit in the same batch sees these lines as settled.
+        taken = {ln.feedetl_sn for ln in lines}
+        visit.unsettled = [ln for ln in visit.unsettled if ln.feedetl_sn not in taken]
+        visit.settled_batches.add(asked.chrg_bchno)
+        return Built.settled(s, held, _output(rec, ctx, asked), writes)
+
+    return Job(psn_no=a.psn_no, year=None, build=build, mdtrt_id=a.mdtrt_id)
+
+
 async def settle_visit(
     call: Call, *, kind: str, final: bool, only: frozenset[str] | None = None
 ) -> Answer:
-    """Pre-settle (final=False, changes nothing) or settle the visit's unsettled lines; `only`:
-    just these of them (a deferred claim's, at replay)."""
+    """Pre-settle (final=False, changes nothing) or settle the visit's unsettled lines on the
+    call's own transaction; `only`: just these of them (a deferred claim's, at replay)."""
     a = _asked(call.req, kind)
-    enc = await encounters.get(
-        call.conn, a.mdtrt_id, call.req.fixmedins_code, psn_no=a.psn_no, lock=final
+    job = visit_job(
+        call.gw,
+        call.req,
+        call.institution,
+        call.now,
+        kind=kind,
+        final=final,
+        mdtrt_id=await encounters.real_id(call.conn, a.mdtrt_id),
+        only=only,
+        respect_claims=call.mode is Mode.NORMAL,
     )
-    if kind == "inpatient" and enc.kind == "inpatient":
-        a = admission_med_type(enc, a)
-    _check_visit(enc, kind, a, final=final)
-    lines = await fees.unsettled(call.conn, enc.mdtrt_id, a.chrg_bchno)
-    if only is not None:
-        lines = _claimed(lines, only)
-    if not lines and final and a.chrg_bchno != fees.ALL:
-        settled = await call.conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1 AND chrg_bchno = $2"
-            " AND setl_id IS NOT NULL)",
-            enc.mdtrt_id,
-            a.chrg_bchno,
+    if not final:
+        built = await preview(call.conn, job)
+        await settlements.note_presettlement(
+            call.conn, job.mdtrt_id or a.mdtrt_id, call.req.fixmedins_code, call.req.infno, call.now
         )
-        if settled:
-            raise _already_settled(a)
-    ctx = _context(call.req, call.institution, enc, a)
-    snapshot = call.gw.snapshot
-    s, state = await settlements.compute(call.conn, snapshot, ctx, lines, a.declared, lock=final)
-    persons.require_certificate(state.person, a.cert)
-    if final:
-        rec = await settlements.commit(call.conn, snapshot, ctx, lines, s, state, call.now)
-    else:
-        rec = settlements.record_of(s, ctx, state.person, setl_id=None, setl_time=None)
-        await call.conn.execute(
-            "INSERT INTO presettlements VALUES ($1, $2, $3, $4) ON CONFLICT (mdtrt_id)"
-            " DO UPDATE SET infno = EXCLUDED.infno, at = EXCLUDED.at",
-            enc.mdtrt_id,
-            call.req.fixmedins_code,
-            call.req.infno,
-            call.now,
-        )
-    return Answer(_output(rec, ctx, a), paid=rec.funds if final else ())
+        return Answer(built.output)
+    built = await settle_alone(call.conn, job)
+    return Answer(built.output, paid=built.paid)
 
 
 def _claimed(lines: list[fees.StoredLine], only: frozenset[str]) -> list[fees.StoredLine]:
@@ -219,66 +316,18 @@ def _claimed(lines: list[fees.StoredLine], only: frozenset[str]) -> list[fees.St
 
 async def settle_claim(call: Call, lines: list[str]) -> Answer:
     """A deferred 2207/2304 at replay: exactly the lines it was taken for."""
-    kind = "inpatient" if call.req.infno == "2304" else "outpatient"
+    kind = TRANSACTIONS[call.req.infno].kind
+    assert kind is not None  # a claim is a settlement's, which names its kind
     return await settle_visit(call, kind=kind, final=True, only=frozenset(lines))
 
 
 def outpatient_job(
     gw: Gateway, req: Request, institution: Institution, now: dt.datetime
 ) -> Job | None:
-    """2207 in a group commit: the batch locks the visit and the person and loads the visit's
-    unsettled lines; this build applies the same checks and split as the single path."""
-    a = _asked(req, "outpatient")
-    if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
+    """2207 in a group commit: the same job as the single path's, in a batch."""
+    if _asked(req, "outpatient").mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return None  # an id handed out while the ledger was down: the single path resolves it
-    snapshot = gw.snapshot
-
-    def build(held: Held, _mdtrt_serial: int, setl_serial: int) -> Built:
-        visit = held.visit
-        if visit is None or visit.encounter.fixmedins_code != req.fixmedins_code:
-            raise NotFound(f"就诊ID{a.mdtrt_id}不存在或不属于本机构")
-        enc = visit.encounter
-        if a.psn_no != enc.psn_no:
-            raise Conflict(f"人员编号{a.psn_no}与就诊ID{a.mdtrt_id}的参保人不一致")
-        _check_visit(enc, "outpatient", a, final=True)
-        lines = [ln for ln in visit.unsettled if ln.chrg_bchno == a.chrg_bchno]
-        if not lines:
-            if a.chrg_bchno in visit.settled_batches:
-                raise _already_settled(a)
-            raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
-        if held.person is None:
-            raise NotInsured(f"人员编号{a.psn_no}不存在，请重新读卡获取人员信息")
-        persons.require_certificate(held.person, a.cert)
-        persons.require_insured(held.person)
-        ctx = _context(req, institution, enc, a)
-        state = PersonState(
-            person=held.person,
-            balance_fen=held.balance,
-            year=held.year,
-            admission_dedc_fen=enc.adm_dedc_fen,
-            admission_dedc_used_fen=enc.adm_dedc_used_fen,
-        )
-        s = settle(snapshot, ctx.visit, state, lines)
-        settlements.check_declared(s, a.declared)
-        writes = Writes()
-        rec = settlements.stage(
-            writes,
-            snapshot,
-            ctx,
-            lines,
-            s,
-            state,
-            now,
-            setl_id=encounters.ledger_id(institution.admdvs, now, setl_serial),
-            replaces=visit.refunded.pop(ctx.chrg_bchno, None),
-        )
-        # The next settlement of this visit in the same batch sees these lines as settled.
-        taken = {ln.feedetl_sn for ln in lines}
-        visit.unsettled = [ln for ln in visit.unsettled if ln.feedetl_sn not in taken]
-        visit.settled_batches.add(a.chrg_bchno)
-        return Built.settled(s, held, _output(rec, ctx, a), writes)
-
-    return Job(psn_no=a.psn_no, year=None, build=build, mdtrt_id=a.mdtrt_id)
+    return visit_job(gw, req, institution, now, kind="outpatient")
 
 
 async def cancel_settlement(call: Call, *, kind: str) -> Answer:
@@ -299,7 +348,7 @@ async def cancel_settlement(call: Call, *, kind: str) -> Answer:
         psn_no=psn_no,
         msgid=call.req.msgid,
         now=call.now,
-        categories=frozenset(c.value for c in KIND_CATEGORIES[kind]),
+        categories=frozenset(c.value for c in eligibility.KIND_CATEGORIES[kind]),
     )
     info: dict[str, Any] = setlinfo(rec, sign=-1, balc=balance_after)
     info["setl_time"] = call.now.strftime("%Y-%m-%d %H:%M:%S")

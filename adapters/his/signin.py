@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from adapters.his import wire
 from adapters.his.envelope import decode_input, text
 from adapters.his.output import moment
 from adapters.his.wire import In9001, In9002, required
-from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.transaction import Answer, Call, register
 
 
-@register("9001", "签到", writes=True, klass="encounter")
+@register("9001", "签到", writes=True, klass="encounter", input=wire.In9001)
 async def sign_in(call: Call) -> Answer:
     node = decode_input(call.req, In9001).signIn
     if node is None:
@@ -30,7 +31,7 @@ async def sign_in(call: Call) -> Answer:
     return Answer({"signinoutb": {"sign_time": moment(call.now), "sign_no": sign_no}})
 
 
-@register("9002", "签退", writes=True, klass="encounter")
+@register("9002", "签退", writes=True, klass="encounter", input=wire.In9002)
 async def sign_out(call: Call) -> Answer:
     node = decode_input(call.req, In9002).signOut
     if node is None:

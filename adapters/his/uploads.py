@@ -11,10 +11,10 @@ from adapters.his.wire import fen_required as amount_of
 from gateway.core.dates import within_visit
 from gateway.core.model import Visit
 from gateway.core.settle import split_lines
-from gateway.dispatch import Answer, Call
 from gateway.errors import BadRequest, LineRejected, RuleRejected
 from gateway.ledger import encounters, fees
 from gateway.money import cnt_text, fen_text, micro_text
+from gateway.transaction import Answer, Call
 
 MAX_LINES = 5000  # one upload; larger bills are uploaded in several calls, as HIS do
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from adapters.his import deferral
+from adapters.his import deferral, wire
 from adapters.his.envelope import Amount, Code, Request, decode_input, text
 from adapters.his.output import line_result, setldetail, setlinfo
 from adapters.his.wire import (
@@ -26,16 +26,17 @@ from adapters.his.wire import (
     when,
     when_required,
 )
+from gateway.core import eligibility
 from gateway.core.dates import within_visit
 from gateway.core.model import Institution, Person, PersonState, Settlement, Visit
 from gateway.core.settle import settle
-from gateway.dispatch import Answer, Call, register
 from gateway.errors import BadRequest, LineRejected, NotInsured, RuleRejected
-from gateway.group_commit import settle_alone
 from gateway.grouped import Built, Held, Job
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.writes import Writes
 from gateway.runtime import Gateway
+from gateway.settlement_state import preview, settle_alone
+from gateway.transaction import Answer, Call, Deferral, Kind, Undo, register
 
 PHARMACY_MED_TYPE = "41"
 MAX_LINES = 500
@@ -169,9 +170,7 @@ def _context(
 ) -> settlements.Context:
     """The purchase as a visit of its own; refuses a person not insured, or another insutype."""
     persons.require_insured(person)
-    insutype = text(p.info.insutype)
-    if insutype and insutype != person.insutype:
-        raise RuleRejected(f"险种类型{insutype}与参保人险种{person.insutype}不一致")
+    eligibility.require_insutype(text(p.info.insutype), person.insutype)
     enc = encounters.Encounter(
         mdtrt_id=mdtrt_id,
         fixmedins_code=req.fixmedins_code,
@@ -224,10 +223,13 @@ def _output(
     }
 
 
-def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Job:
-    """2102 as one pure build over the person's locked state: the visit, its lines, the
-    settlement and everything it changes, staged. The single path and the group commit both
-    run it, so a purchase settles the same way alone or in a batch."""
+def _job(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime, *, final: bool = True
+) -> Job:
+    """2101/2102 as one pure build over the person's state: the visit, its lines, the
+    settlement and everything it changes, staged. The group commit and the single path run a
+    2102's, `preview` a 2101's (final=False: the same split, nothing written), so a purchase
+    settles the same way alone, in a batch or priced ahead."""
     p = _purchase(req)
     _check_dates(gw, institution, p, now)
     snapshot = gw.snapshot
@@ -236,13 +238,16 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
         if held.person is None:
             raise NotInsured(f"人员编号{p.psn_no}不存在，请重新读卡获取人员信息")
         persons.require_certificate(held.person, p.cert)
-        mdtrt_id = encounters.ledger_id(institution.admdvs, now, mdtrt_serial)
+        mdtrt_id = encounters.ledger_id(institution.admdvs, now, mdtrt_serial) if final else ""
         ctx = _context(req, institution, p, held.person, mdtrt_id)
         lines = [msgspec.structs.replace(ln, mdtrt_id=mdtrt_id) for ln in p.lines]
         state = PersonState(person=held.person, balance_fen=held.balance, year=held.year)
         s = settle(snapshot, ctx.visit, state, lines, use_account=True)
         settlements.check_declared(s, p.declared)
         writes = Writes()
+        if not final:
+            rec = settlements.record_of(s, ctx, held.person, setl_id=None, setl_time=None)
+            return Built(_output(rec, s, ctx, p, final=False), writes, held.balance, held.year)
         writes.add(
             encounters.INSERT,
             *encounters.row(
@@ -272,16 +277,8 @@ def _job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) 
 
 async def _pre_settle(call: Call) -> Answer:
     """2101: the same split as 2102 would make now, nothing locked or written."""
-    p = _purchase(call.req)
-    _check_dates(call.gw, call.institution, p, call.now)
-    person, balance, year = await persons.read_with_year(call.conn, p.psn_no, p.begntime.year)
-    persons.require_certificate(person, p.cert)
-    ctx = _context(call.req, call.institution, p, person, "")
-    state = PersonState(person=person, balance_fen=balance, year=year)
-    s = settle(call.gw.snapshot, ctx.visit, state, p.lines, use_account=True)
-    settlements.check_declared(s, p.declared)
-    rec = settlements.record_of(s, ctx, person, setl_id=None, setl_time=None)
-    return Answer(_output(rec, s, ctx, p, final=False))
+    job = _job(call.gw, call.req, call.institution, call.now, final=False)
+    return Answer((await preview(call.conn, job)).output)
 
 
 async def _settle_alone(call: Call) -> Answer:
@@ -290,17 +287,48 @@ async def _settle_alone(call: Call) -> Answer:
     return Answer(built.output, paid=built.paid)
 
 
-@register("2101", "药店预结算", writes=False, klass="settlement")
+@register(
+    "2101",
+    "药店预结算",
+    writes=False,
+    klass="settlement",
+    input=In2101,
+    kind=Kind.PHARMACY,
+    deferral=Deferral.PRESETTLEMENT,
+)
 async def pre_settle(call: Call) -> Answer:
     return await _pre_settle(call)
 
 
-@register("2102", "药店结算", writes=True, klass="settlement", grouped=_job)
+@register(
+    "2102",
+    "药店结算",
+    writes=True,
+    klass="settlement",
+    input=In2101,
+    kind=Kind.PHARMACY,
+    deferral=Deferral.CLAIM,
+    undo=Undo.SETTLEMENT,
+    dated=(
+        ("druginfo", "", "begntime", "购药时间begntime"),
+        ("drugdetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),
+    ),
+    grouped=_job,
+)
 async def settle_purchase(call: Call) -> Answer:
     return await _settle_alone(call)
 
 
-@register("2103", "药店结算撤销", writes=True, klass="settlement")
+@register(
+    "2103",
+    "药店结算撤销",
+    writes=True,
+    klass="settlement",
+    input=wire.In2208,
+    kind=Kind.PHARMACY,
+    deferral=Deferral.CANCEL_CLAIM,
+    undo=Undo.CANCELLATION,
+)
 async def cancel(call: Call) -> Answer:
     data = decode_input(call.req, In2208).data
     if data is None:

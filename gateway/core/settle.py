@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 from msgspec.structs import replace
 
+from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
+from gateway.core.eligibility import CATEGORY_OF, category_of
 from gateway.core.model import (
     Accumulators,
     Category,
@@ -46,18 +48,6 @@ OUTPATIENT, INPATIENT, CHRONIC, PHARMACY = (
     Category.CHRONIC,
     Category.PHARMACY,
 )
-CATEGORY_OF = {
-    "11": OUTPATIENT,
-    "12": OUTPATIENT,
-    "13": OUTPATIENT,
-    "19": OUTPATIENT,
-    "21": INPATIENT,
-    "22": INPATIENT,
-    "23": INPATIENT,
-    "24": INPATIENT,
-    "14": CHRONIC,
-    "41": PHARMACY,
-}
 RETIREE_PSN_TYPES = frozenset({"1201", "1202", "1203"})
 EMPLOYEE, RESIDENT = "310", "390"
 AMOUNT_TOLERANCE_FEN = 1  # |round(pric x cnt) - S| allowed, for prices with six decimals
@@ -80,16 +70,6 @@ FUND_NAMES = {
     ASSISTANCE: "医疗救助基金",
     ACCOUNT: "城镇职工基本医疗保险个人账户基金",
 }
-
-
-def category_of(med_type: str) -> Category:
-    """Policy category of a med_type; others are unsupported (rules §3)."""
-    category = CATEGORY_OF.get(med_type)
-    if category is None:
-        raise RuleRejected(
-            f"不支持的医疗类别{med_type}（支持11、12、13、14、19、21、22、23、24、41）"
-        )
-    return category
 
 
 # --------------------------------------------------------------------------- §1–2: lines
@@ -288,10 +268,8 @@ def _settle(
     )
     employee = insutype == EMPLOYEE
     side = policy.employee if employee else _side(policy, insutype)
-    if category is CHRONIC and visit.dise_codg not in person.chronic_dise_codg:
-        raise RuleRejected(
-            f"参保人未办理病种{visit.dise_codg or '（未填写）'}的门诊慢特病备案，不能按门慢门特结算"
-        )
+    if category is CHRONIC:
+        eligibility.require_chronic_filing(person, visit.dise_codg)
 
     # §1–2 lines and their sums
     code = inst.fixmedins_code

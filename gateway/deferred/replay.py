@@ -22,11 +22,11 @@ import msgspec
 from adapters.his import deferral, settling
 from gateway.deferred import store
 from gateway.deferred.journal import Journal, read_segment
-from gateway.dispatch import TRANSACTIONS, Call
 from gateway.errors import Conflict, GatewayError, NotFound
 from gateway.ledger import fees
 from gateway.plan.status import REPLAY_LOCK
 from gateway.runtime import Gateway
+from gateway.transaction import TRANSACTIONS, Call, Mode
 
 log = logging.getLogger("gateway.replay")
 # Amounts in the stored setlinfo keep their exact wire text ("123.40"), never a float.
@@ -120,7 +120,7 @@ async def _run(gw: Gateway, conn: asyncpg.Connection, row: asyncpg.Record, now: 
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise NotFound(f"定点医药机构编号{req.fixmedins_code}未登记")
-    call = Call(gw, req, conn, now, institution, "replay")
+    call = Call(gw, req, conn, now, institution, Mode.REPLAY)
     if row["kind"] == "claim" and row["lines"] is not None:
         answer = await settling.settle_claim(call, list(row["lines"]))
     else:

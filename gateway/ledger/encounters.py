@@ -131,13 +131,7 @@ async def get(
     """The institution's own visit; another institution's mdtrt_id is not found, not shown.
 
     A provisional id handed out while the ledger was down names the visit it became."""
-    if mdtrt_id.startswith(PROVISIONAL_PREFIX):
-        real = await conn.fetchval(
-            "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
-        )
-        if real is None:
-            raise NotFound(f"就诊ID{mdtrt_id}为应急期间的临时编号，尚未补办，请稍后重试")
-        mdtrt_id = str(real)
+    mdtrt_id = await real_id(conn, mdtrt_id)
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM encounters WHERE mdtrt_id = $1 AND fixmedins_code = $2"
         + (" FOR UPDATE" if lock else ""),
@@ -152,18 +146,34 @@ async def get(
     return enc
 
 
+async def real_id(conn: asyncpg.Connection, mdtrt_id: str) -> str:
+    """The visit a provisional id handed out while the ledger was down became; any other id as
+    it is. One not applied yet is refused: the visit exists only in the deferred journal."""
+    if not mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        return mdtrt_id
+    real = await conn.fetchval(
+        "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
+    )
+    if real is None:
+        raise NotFound(f"就诊ID{mdtrt_id}为应急期间的临时编号，尚未补办，请稍后重试")
+    return str(real)
+
+
 async def lock(conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str) -> Encounter:
     """The institution's visit, locked: the first lock of every path that takes more than one
     (gateway.ledger.settlements has the order)."""
     return await get(conn, mdtrt_id, fixmedins_code, lock=True)
 
 
-async def lock_many(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> dict[str, Encounter]:
-    """Several visits, locked in mdtrt_id order (a batch's visits, before its persons); the
-    caller checks each belongs to the institution asking."""
+async def lock_many(
+    conn: asyncpg.Connection, mdtrt_ids: list[str], *, lock: bool = True
+) -> dict[str, Encounter]:
+    """Several visits, locked in mdtrt_id order (a batch's visits, before its persons) unless
+    lock=False (a pre-settlement's read); the caller checks each belongs to the institution
+    asking."""
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM encounters WHERE mdtrt_id = ANY($1::text[])"
-        " ORDER BY mdtrt_id FOR UPDATE",
+        + (" ORDER BY mdtrt_id FOR UPDATE" if lock else ""),
         mdtrt_ids,
     )
     return {r["mdtrt_id"]: _of(r) for r in rows}

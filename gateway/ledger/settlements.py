@@ -39,7 +39,7 @@ from gateway.core.model import (
     Settlement,
     Visit,
 )
-from gateway.core.settle import apply, settle
+from gateway.core.settle import apply
 from gateway.errors import Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons
 from gateway.ledger.encounters import Encounter
@@ -137,63 +137,43 @@ def check_declared(s: Settlement, declared: Declared) -> None:
             )
 
 
-async def _state(
-    conn: asyncpg.Connection, ctx: Context, person: Person, balance: int, acc: Accumulators
-) -> PersonState:
-    enc = ctx.encounter
-    other = False
-    if enc.kind == "inpatient":
-        other = bool(
-            await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM settlements WHERE psn_no = $1 AND year = $2"
-                " AND category = 'inpatient' AND status = 'settled' AND mdtrt_id <> $3)",
-                person.psn_no,
-                ctx.visit.service_date.year,
-                enc.mdtrt_id,
-            )
-        )
-    return PersonState(
-        person=person,
-        balance_fen=balance,
-        year=acc,
-        admission_dedc_fen=enc.adm_dedc_fen,
-        admission_dedc_used_fen=enc.adm_dedc_used_fen,
-        other_inpatient_in_force=other,
+async def draw_serials(conn: asyncpg.Connection, n: int) -> list[tuple[int, int]]:
+    """n pairs of fresh serials (就诊ID, 结算ID), one round trip."""
+    rows = await conn.fetch(
+        "SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s FROM generate_series(1, $1)",
+        n,
     )
+    return [(int(r["m"]), int(r["s"])) for r in rows]
 
 
-async def compute(
-    conn: asyncpg.Connection,
-    snapshot: Snapshot,
-    ctx: Context,
-    lines: Sequence[fees.StoredLine],
-    declared: Declared,
-    *,
-    lock: bool,
-    use_account: bool = True,
-) -> tuple[Settlement, PersonState]:
-    """The fund split against the person's current state; lock=True for a real settlement."""
-    if not lines:
-        raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
-    psn_no, year = ctx.encounter.psn_no, ctx.visit.service_date.year
-    if lock:
-        # Two statements on purpose: the accumulators must be read after the lock is granted.
-        # In one locking join PostgreSQL re-reads only the locked row when it had to wait, and
-        # the joined accumulators would be those of before the other settlement committed.
-        person, balance = await persons.read(conn, psn_no, lock=True)
-        acc = await persons.year_accumulators(conn, psn_no, year)
-    else:
-        person, balance, acc = await persons.read_with_year(conn, psn_no, year)
-    persons.require_insured(person)
-    state = await _state(conn, ctx, person, balance, acc)
-    s = settle(snapshot, ctx.visit, state, lines, use_account=use_account)
-    check_declared(s, declared)
-    return s, state
+_OTHER_STAYS = (
+    "SELECT e.mdtrt_id FROM encounters e WHERE e.mdtrt_id = ANY($1::text[]) AND EXISTS ("
+    " SELECT 1 FROM settlements s WHERE s.psn_no = e.psn_no"
+    " AND s.year = EXTRACT(YEAR FROM e.begntime)::int AND s.category = 'inpatient'"
+    " AND s.status = 'settled' AND s.mdtrt_id <> e.mdtrt_id)"
+)
 
 
-async def new_setl_id(conn: asyncpg.Connection, region: str, on: dt.datetime) -> str:
-    """A fresh 结算ID (same shape as the 就诊ID)."""
-    return encounters.ledger_id(region, on, int(await conn.fetchval("SELECT nextval('setl_seq')")))
+async def stays_with_another_in_force(
+    conn: asyncpg.Connection, mdtrt_ids: Sequence[str]
+) -> list[str]:
+    """Those of the stays whose person has another stay's settlement in force in the stay's
+    year (read after the person's lock, so that one committing meanwhile is seen)."""
+    return [r["mdtrt_id"] for r in await conn.fetch(_OTHER_STAYS, list(mdtrt_ids))]
+
+
+async def note_presettlement(
+    conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str, infno: str, at: dt.datetime
+) -> None:
+    """The visit's latest pre-settlement (day-end and the console show it)."""
+    await conn.execute(
+        "INSERT INTO presettlements VALUES ($1, $2, $3, $4) ON CONFLICT (mdtrt_id)"
+        " DO UPDATE SET infno = EXCLUDED.infno, at = EXCLUDED.at",
+        mdtrt_id,
+        fixmedins_code,
+        infno,
+        at,
+    )
 
 
 def record_of(
@@ -333,39 +313,6 @@ def stage(
     return record_of(s, ctx, person, setl_id=setl_id, setl_time=now)
 
 
-async def commit(
-    conn: asyncpg.Connection,
-    snapshot: Snapshot,
-    ctx: Context,
-    lines: Sequence[fees.StoredLine],
-    s: Settlement,
-    state: PersonState,
-    now: dt.datetime,
-    *,
-    replaces: str | None = None,
-) -> Record:
-    """Write the settlement and everything it changes (the caller holds the transaction).
-
-    `replaces` names the refunded settlement this one makes again (bulk corrections); at the
-    counter the link is found: the latest refunded settlement of the same visit and batch.
-    """
-    setl_id = await new_setl_id(conn, ctx.institution.admdvs, now)
-    writes = Writes()
-    rec = stage(
-        writes,
-        snapshot,
-        ctx,
-        lines,
-        s,
-        state,
-        now,
-        setl_id=setl_id,
-        replaces=replaces or await _refunded_predecessor(conn, ctx),
-    )
-    await writes.flush(conn)
-    return rec
-
-
 _UNREPLACED_REFUNDS = (
     "SELECT DISTINCT ON (s.mdtrt_id, s.chrg_bchno) s.mdtrt_id, s.chrg_bchno, s.setl_id"
     " FROM settlements s WHERE s.mdtrt_id = ANY($1::text[]) AND s.status = 'cancelled'"
@@ -384,12 +331,6 @@ async def refunded_predecessors(
     for r in rows:
         out.setdefault(r["mdtrt_id"], {})[r["chrg_bchno"]] = r["setl_id"]
     return out
-
-
-async def _refunded_predecessor(conn: asyncpg.Connection, ctx: Context) -> str | None:
-    """The visit's (and batch's) latest refunded settlement that nothing replaces yet."""
-    found = await refunded_predecessors(conn, [ctx.encounter.mdtrt_id])
-    return found.get(ctx.encounter.mdtrt_id, {}).get(ctx.chrg_bchno)
 
 
 _SETTLEMENT_COLUMNS = (

@@ -26,8 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.his.schema import INPUT_TYPES
+from adapters.his.schema import input_types
 from gateway.auth import load_credentials, sign_headers
+
+INPUT_TYPES = input_types()
 
 ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = load_credentials(ROOT / "config" / "demo" / "credentials.toml")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adapters.his.envelope import REVISIONS
-from gateway.dispatch import TRANSACTIONS
+from gateway.transaction import TRANSACTIONS
 from tests.integration.conftest import Server
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from gateway.core.eligibility import category_of
 from gateway.core.model import (
     Accumulators,
     Category,
@@ -17,7 +18,7 @@ from gateway.core.model import (
     SidePolicy,
     Visit,
 )
-from gateway.core.settle import apply, category_of, settle, split_lines
+from gateway.core.settle import apply, settle, split_lines
 from gateway.errors import RuleRejected
 from gateway.money import price_times_cnt_fen
 from gateway.reference import load_reference, snapshot_of

@@ -9,6 +9,7 @@ import pytest
 from msgspec.structs import replace
 
 from gateway.core.catalog import Snapshot
+from gateway.core.eligibility import category_of
 from gateway.core.model import (
     Accumulators,
     Category,
@@ -18,7 +19,7 @@ from gateway.core.model import (
     Settlement,
     Visit,
 )
-from gateway.core.settle import apply, category_of, mi_burden_value, settle, split_lines
+from gateway.core.settle import apply, mi_burden_value, settle, split_lines
 from gateway.errors import LineRejected, RuleRejected
 from gateway.money import apply_bp, price_times_cnt_fen, to_cnt, to_fen, to_micro
 from gateway.reference import load_reference, snapshot_of
