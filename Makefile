@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: demo differential stateful fuzz install run test check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
+.PHONY: demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ unit: install
 
 integration: install system-deps
 	$(BIN)/python -m pytest tests/integration -q
+
+# Everything about one transaction or kind of visit, wherever its tests sit (tests/subjects.py):
+# `make test-subject S=2207`, `make test-subject S=pharmacy`.
+test-subject: install system-deps
+	$(BIN)/python -m pytest tests -q -m "$(if $(filter-out outpatient inpatient pharmacy,$(S)),tx$(S),$(S))"
 
 bench: install
 	$(BENCH) --benchmark-autosave --benchmark-columns=min,median,mean,ops

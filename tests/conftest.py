@@ -186,3 +186,15 @@ def _started_redis(binary: str) -> Iterator[str]:
             proc.kill()
             proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests import subjects
+
+    subjects.register_markers(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests import subjects
+
+    subjects.mark(items)
