@@ -235,7 +235,7 @@ def _names_upload(body: bytes, edge: EdgeConfig) -> bool:
 
 
 def _over_budget(gw: Gateway, message: str, path_infno: str | None) -> dispatch.Outcome:
-    return dispatch.refused(gw, Busy(message), path_infno or "", outcome="busy")
+    return dispatch.refused(gw, Busy(message), path_infno or "", outcome=dispatch.Result.BUSY)
 
 
 def _shed(gw: Gateway, path_infno: str | None, started: float) -> web.Response:
