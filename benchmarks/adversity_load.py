@@ -170,6 +170,8 @@ class Victims:
         self.lag: list[float] = []
         self.counts: Counter[str] = Counter()
         self.first_refusal = ""
+        self.t0 = 0.0  # the phase's start: latencies by the second they were scheduled in
+        self.by_second: dict[int, list[float]] = {}
 
     async def one(self, n: int, scheduled: float) -> None:
         terminal = self.terminals[n % len(self.terminals)]
@@ -185,6 +187,7 @@ class Victims:
             return
         seconds = time.perf_counter() - scheduled
         self.latency[infno].append(seconds)
+        self.by_second.setdefault(int(scheduled - self.t0), []).append(seconds)
         if b'"infcode":0' in raw:
             self.counts["ok"] += 1
             self.ok_latency.append(seconds)
@@ -203,6 +206,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         victims = Victims(session, args.url, args.persons)
         await asyncio.to_thread(wait_until, args.start_at)
         started = time.perf_counter()
+        victims.t0 = started
         deadline = started + args.duration
         n = 0
         if args.rate:
@@ -244,6 +248,11 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in victims.latency.items()
         },
         "start_lag_p99_ms": pct(victims.lag, 0.99),
+        # Per second of the phase: requests, p50, p99 (ms): where in the phase the tail is.
+        "timeline": [
+            [second, len(v), round(pct(v, 0.5), 1), round(pct(v, 0.99), 1)]
+            for second, v in sorted(victims.by_second.items())
+        ],
         "first_refusal": victims.first_refusal,
         "cpu_s": time.process_time(),
     }
@@ -607,7 +616,8 @@ def render(run: dict[str, Any], args: argparse.Namespace, commit: str) -> str:
     lines = [
         f"Command: `python benchmarks/adversity_load.py --duration {args.duration:g}"
         f" --rounds {args.rounds}{f' --rate {args.rate:g}' if args.rate else ''}"
-        f"{f' --attacks {args.attacks}' if args.attacks != ATTACKS else ''}`,"
+        f"{f' --attacks {args.attacks}' if args.attacks != ATTACKS else ''}"
+        f"{f' --config {args.config}' if args.config != 'bench.toml' else ''}`,"
         f" {time.strftime('%Y-%m-%d %H:%M')}, commit {commit}.  ",
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python"
         f" {platform.python_version()}; gateway, PostgreSQL, load and attack processes on the"
@@ -697,6 +707,11 @@ def main() -> None:
         help=f"which attacks run in the attacked rounds (default {ATTACKS}): to tell their costs apart",
     )
     p.add_argument("--results", type=Path, help="rewrite this benchmark's block of RESULTS.md")
+    p.add_argument(
+        "--config",
+        default="bench.toml",
+        help="the gateway's settings: a file in config/ or a path (default bench.toml)",
+    )
     # The roles this file plays as a child process.
     p.add_argument("--role", choices=("load", "attack"), help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
@@ -733,7 +748,7 @@ def main() -> None:
                     dsn, "demo", "synth", "--persons", str(args.persons), "--region", region
                 )
             port = free_port()
-            gateway = start_gateway(dsn, port, 1, "bench.toml")
+            gateway = start_gateway(dsn, port, 1, args.config)
             run = asyncio.run(orchestrate(f"http://127.0.0.1:{port}", gateway.pid, args))
         finally:
             if gateway is not None:

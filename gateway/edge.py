@@ -60,7 +60,7 @@ class EdgeConfig:
     upload_transactions: tuple[str, ...] = ("9101",)
     uploads_per_institution: int = 2  # at once, from the headers to the answer (0: no bound)
     upload_bytes_per_second: int = 1 * MIB  # refilled per institution (0: no byte budget)
-    upload_burst_bytes: int = 32 * MIB  # what an institution may send at once after a pause
+    upload_burst_bytes: int = 8 * MIB  # at once after a pause: the largest body, or 8 small files
     upload_min_bytes: int = 1 * MIB  # each heavy request is charged at least this
     # A request refused by a budget (an upload past its institution's, a console log-in past
     # the hashing budget or from a locked address) is answered after this pause, holding no

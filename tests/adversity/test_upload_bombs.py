@@ -19,12 +19,14 @@ import time
 import tracemalloc
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from gateway.breaker import BreakerConfig
 from gateway.config import GatewayConfig
+from gateway.edge import EdgeConfig
 from tests.adversity.test_ledger_outage import ProxiedLedger
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL
@@ -80,7 +82,10 @@ def _upload(content: bytes | str, filename: str = "detail.zip") -> dict[str, Any
 
 @pytest.fixture(scope="module")
 async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
-    async with running_gateway(new_database) as srv:
+    # One hospital sends every bomb in a row: what is tested is each refusal's reason, not the
+    # institution's upload budget (tests/adversity/test_upload_budget.py), which is off here.
+    config = replace(GENEROUS, edge=EdgeConfig(upload_bytes_per_second=0))
+    async with running_gateway(new_database, config) as srv:
         yield srv
 
 
