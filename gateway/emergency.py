@@ -22,11 +22,11 @@ from adapters.his.envelope import Request, encode_response
 from gateway import dispatch, triggers
 from gateway.breaker import Breaker, loop_stalls
 from gateway.core.model import Institution
-from gateway.deferred import PROVISIONAL_PREFIX, store
-from gateway.deferred.store import Entry
+from gateway.deferred import PROVISIONAL_PREFIX
 from gateway.dispatch import Detour
 from gateway.errors import Conflict, RuleRejected, Unavailable
-from gateway.ledger import encounters, fees, idempotency, persons
+from gateway.ledger import deferred, encounters, fees, idempotency, persons
+from gateway.ledger.deferred import Entry
 from gateway.ops import metrics
 from gateway.plan import store as plan_store
 from gateway.plan.rules import Decision
@@ -179,7 +179,7 @@ async def _defer_claim(call: Call) -> Answer:
         claim_id=claim_id,
         lines=lines,
     )
-    await store.insert(call.conn, entry, "ledger")
+    await deferred.insert(call.conn, entry, "ledger")
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
 
 
@@ -190,7 +190,7 @@ async def _claimed_lines(
     uploaded afterwards are settled by a later settlement (a mid-way 2304 followed by more fees).
     None while the institution's deferred calls wait: their lines belong to the claim when they
     came before it, and replay fixes the lines once it has applied them (in order)."""
-    if await store.calls_waiting(conn, fixmedins_code):
+    if await deferred.calls_waiting(conn, fixmedins_code):
         return None
     return tuple(ln.feedetl_sn for ln in await fees.unsettled(conn, visit))
 
@@ -200,7 +200,7 @@ async def _refuse_claimed_twice(
 ) -> None:
     """A claim of lines already under a pending claim, or already settled, is refused: the
     counter would collect the full amount in cash a second time for one bill."""
-    claims = await store.pending_on_visits(conn, [await store.visit_of(conn, visit)])
+    claims = await deferred.pending_on_visits(conn, [await deferred.visit_of(conn, visit)])
     deferral.refuse_if_held(deferral.held_lines(claims, fixmedins_code), lines)
     if lines != fees.ALL and await conn.fetchval(
         "SELECT bool_and(setl_id IS NOT NULL) FROM fee_lines WHERE mdtrt_id = $1"
@@ -219,7 +219,7 @@ async def _defer_call(call: Call) -> Answer:
     if deferral.opens_visit(req.infno):
         provisional = deferral.new_provisional_id(call.institution.admdvs, call.now)
     entry = _entry("call", req, call.now, provisional_id=provisional)
-    await store.insert(call.conn, entry, "ledger")
+    await deferred.insert(call.conn, entry, "ledger")
     ref = provisional or req.msgid
     return Answer(
         deferral.call_output(req, provisional), warn_msg=deferral.CALL_WARN.format(ref=ref)
@@ -266,7 +266,7 @@ async def _journal_claim(
         # Only this process's journal is known while the ledger is away; held before the
         # write, so two claims of one batch arriving together cannot both pass.
         deferral.refuse_if_held(journal.held_on(req.fixmedins_code, scope[0]), scope[1])
-        journal.hold(store.Held(claim_id, req.infno, scope[1]), req.fixmedins_code, scope[0])
+        journal.hold(deferred.Held(claim_id, req.infno, scope[1]), req.fixmedins_code, scope[0])
     out = encode_response(
         region=gw.region,
         received=received,
@@ -480,7 +480,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                     ):
                         await replay.drain(gw, gw.journal)
                     async with gw.pool.acquire(timeout=2.0) as conn:
-                        waiting = await store.pending_claims(conn)
+                        waiting = await deferred.pending_claims(conn)
                     metrics.DEFERRED_CLAIMS.set(waiting)
         except asyncio.CancelledError:
             raise

@@ -15,8 +15,7 @@ from typing import Any
 
 from gateway.core.model import Accumulators, FundRow, Person, Settlement
 from gateway.core.settle import apply
-from gateway.deferred import store
-from gateway.ledger import fees
+from gateway.ledger import deferred, fees
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
 
@@ -30,7 +29,7 @@ class VisitHeld:
     settled_batches: set[str]  # chrg_bchno values with lines settled already
     refunded: dict[str, str]  # chrg_bchno -> its latest refunded settlement nothing replaces yet
     # Lines under the institution's pending deferred claims: settled by replay, not here.
-    claimed: list[store.Held] = field(default_factory=list)
+    claimed: list[deferred.Held] = field(default_factory=list)
     # A stay: another stay of the person settled in the same year (the second admission's
     # deductible rule, settlement-rules §3).
     other_inpatient_in_force: bool = False

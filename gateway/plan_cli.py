@@ -20,7 +20,7 @@ from gateway import audit, conversion
 from gateway.cli_database import database_url
 from gateway.config import DEFAULT_CONFIG, load_config
 from gateway.errors import GatewayError
-from gateway.ledger import db
+from gateway.ledger import db, deferred
 from gateway.money import fen_text
 from gateway.ops.keys import PLAN_CHANNEL
 from gateway.plan import inflight, status, store
@@ -257,10 +257,8 @@ def deferred_replay(args: argparse.Namespace) -> int:
 
 
 def deferred_list(args: argparse.Namespace) -> int:
-    from gateway.deferred import replay
-
     async def work(conn: asyncpg.Connection) -> int:
-        rows = await replay.claims(conn)
+        rows = await deferred.claims(conn)
         if args.status:
             rows = [r for r in rows if r["status"] == args.status]
         if args.json:

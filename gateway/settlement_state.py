@@ -19,10 +19,9 @@ import asyncpg
 
 from adapters.his import deferral
 from gateway.core.model import Accumulators, Person
-from gateway.deferred import store
 from gateway.errors import NotInsured
 from gateway.grouped import Built, Held, Job, VisitHeld
-from gateway.ledger import encounters, fees, persons, settlements
+from gateway.ledger import deferred, encounters, fees, persons, settlements
 
 
 @dataclass(slots=True)
@@ -125,7 +124,7 @@ async def _visits(
         }
     settled = await fees.settled_batches(conn, ids)
     refunded = await settlements.refunded_predecessors(conn, ids)
-    claims = await store.pending_on_visits(conn, ids)
+    claims = await deferred.pending_on_visits(conn, ids)
     return {
         m: VisitHeld(
             encounter=enc,

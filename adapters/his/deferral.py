@@ -29,9 +29,9 @@ from adapters.his.wire import (
     when,
     when_required,
 )
-from gateway.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX, store
+from gateway.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
 from gateway.errors import BadRequest, Conflict, NotFound
-from gateway.ledger import fees
+from gateway.ledger import deferred, fees
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
 from gateway.transaction import TRANSACTIONS, Answer, Call, Deferral, Kind, Transaction
@@ -318,9 +318,9 @@ async def withdraw_claim(call: Call) -> Answer:
     refunded at the counter); a claim already replayed must be cancelled as its settlement."""
     setl_id, _, psn_no = withdrawal_ref(call.req)
     code = call.req.fixmedins_code
-    row = await store.withdraw(call.conn, setl_id, code, psn_no, call.req.msgid)
+    row = await deferred.withdraw(call.conn, setl_id, code, psn_no, call.req.msgid)
     if row is None:
-        existing = await store.claim_row(call.conn, setl_id, code)
+        existing = await deferred.claim_row(call.conn, setl_id, code)
         if existing is None:
             raise NotFound(f"结算单号{setl_id}不存在或不属于本机构")
         if existing["psn_no"] != psn_no:
@@ -372,19 +372,19 @@ def claim_scope(req: Request) -> tuple[str, str] | None:
     return mdtrt_id, lines
 
 
-def held_lines(claims: list[store.PendingClaim], fixmedins_code: str) -> list[store.Held]:
+def held_lines(claims: list[deferred.PendingClaim], fixmedins_code: str) -> list[deferred.Held]:
     """What the institution's own pending claims cover (another institution's claim naming this
     visit is refused at replay and must not block the visit's owner)."""
-    out: list[store.Held] = []
+    out: list[deferred.Held] = []
     for c in claims:
         if c.fixmedins_code != fixmedins_code:
             continue
         scope = claim_scope(request_of(c.body))
-        out.append(store.Held(c.claim_id, c.infno, scope[1] if scope else fees.ALL))
+        out.append(deferred.Held(c.claim_id, c.infno, scope[1] if scope else fees.ALL))
     return out
 
 
-def refuse_if_held(held: list[store.Held], lines: str) -> None:
+def refuse_if_held(held: list[deferred.Held], lines: str) -> None:
     """A second claim or a real-time settlement of lines a pending claim covers is refused: the
     patient has paid them in full in cash under the claim, and replay settles them."""
     for h in held:

@@ -25,7 +25,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.deferred.store import Entry, Held
+from gateway.ledger.deferred import Entry, Held
 
 log = logging.getLogger("gateway.journal")
 SUFFIX = ".journal"

@@ -20,11 +20,9 @@ import asyncpg
 import msgspec
 
 from adapters.his import deferral, settling
-from gateway.deferred import store
 from gateway.deferred.journal import Journal, read_segment
 from gateway.errors import Conflict, GatewayError, NotFound
-from gateway.ledger import fees
-from gateway.plan.status import REPLAY_LOCK
+from gateway.ledger import deferred, fees, idempotency, settlements
 from gateway.runtime import Gateway
 from gateway.transaction import TRANSACTIONS, Call, Mode
 
@@ -69,33 +67,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-async def _drain_one(conn: asyncpg.Connection, e: store.Entry) -> int:
+async def _drain_one(conn: asyncpg.Connection, e: deferred.Entry) -> int:
     infno = e.infno
     if e.kind == "withdrawal":
         assert e.claim_id is not None
-        await store.withdraw(conn, e.claim_id, e.fixmedins_code, e.psn_no, e.msgid)
-    elif not await store.insert(conn, e, "journal"):
+        await deferred.withdraw(conn, e.claim_id, e.fixmedins_code, e.psn_no, e.msgid)
+    elif not await deferred.insert(conn, e, "journal"):
         return 0
     # The msgid journal gets the answer the counter was given: a retry replays it.
-    fresh = await conn.fetchval(
-        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
-        " VALUES ($1,$2,$3,$4,$5,0) ON CONFLICT DO NOTHING RETURNING true",
-        e.fixmedins_code,
-        e.msgid,
-        infno,
-        e.digest,
-        e.answer,
+    fresh = await idempotency.record_deferred(
+        conn, e.fixmedins_code, e.msgid, infno, e.digest, e.answer
     )
     if not fresh and e.kind != "withdrawal":
         # The ledger had answered this msgid before it became unreachable (a retry deferred
         # while no look-up could reach it): replaying it would do it twice. The team settles
         # the patient's cash against the original answer instead.
-        await conn.execute(
-            "UPDATE deferred SET status = 'failed', fail_reason = $3, replayed_at = now()"
-            " WHERE fixmedins_code = $1 AND msgid = $2",
-            e.fixmedins_code,
-            e.msgid,
-            DUPLICATE_REASON.format(msgid=e.msgid),
+        await deferred.fail_answered(
+            conn, e.fixmedins_code, e.msgid, DUPLICATE_REASON.format(msgid=e.msgid)
         )
     return 1
 
@@ -109,40 +97,20 @@ DUPLICATE_REASON = (
 # ------------------------------------------------------------------------------ journaled calls
 
 
-async def _ids(conn: asyncpg.Connection) -> dict[str, str]:
-    rows = await conn.fetch("SELECT provisional_id, mdtrt_id FROM deferred_ids")
-    return {r["provisional_id"]: r["mdtrt_id"] for r in rows}
-
-
-async def _run(gw: Gateway, conn: asyncpg.Connection, row: asyncpg.Record, now: dt.datetime) -> Any:
+async def _run(
+    gw: Gateway, conn: asyncpg.Connection, row: deferred.Pending, now: dt.datetime
+) -> Any:
     """Run a stored request through its transaction's handler; returns the handler's output."""
-    req = deferral.for_replay(deferral.request_of(bytes(row["body"])), await _ids(conn))
+    req = deferral.for_replay(deferral.request_of(row.body), await deferred.provisional_ids(conn))
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise NotFound(f"定点医药机构编号{req.fixmedins_code}未登记")
     call = Call(gw, req, conn, now, institution, Mode.REPLAY)
-    if row["kind"] == "claim" and row["lines"] is not None:
-        answer = await settling.settle_claim(call, list(row["lines"]))
+    if row.kind == "claim" and row.lines is not None:
+        answer = await settling.settle_claim(call, list(row.lines))
     else:
         answer = await TRANSACTIONS[req.infno].handler(call)
     return _exact.decode(msgspec.json.encode(answer.output))
-
-
-async def _next(conn: asyncpg.Connection, kind: str, order: str) -> asyncpg.Record | None:
-    """The next pending item, locked; another replayer skips it rather than waiting."""
-    return await conn.fetchrow(
-        f"SELECT * FROM deferred WHERE kind = $1 AND status = 'pending' ORDER BY {order}"
-        " LIMIT 1 FOR UPDATE SKIP LOCKED",
-        kind,
-    )
-
-
-async def _failed(conn: asyncpg.Connection, seq: int, reason: str) -> None:
-    await conn.execute(
-        "UPDATE deferred SET status = 'failed', fail_reason = $2, replayed_at = now() WHERE seq = $1",
-        seq,
-        reason,
-    )
 
 
 async def apply_calls(gw: Gateway) -> tuple[int, int]:
@@ -152,27 +120,22 @@ async def apply_calls(gw: Gateway) -> tuple[int, int]:
         unfixed = await _unfixed(conn)
         while True:
             async with conn.transaction():
-                row = await _next(conn, "call", "seq")
-                await _fix_lines(conn, unfixed, None if row is None else row["seq"])
+                row = await deferred.next_pending(conn, "call", "seq")
+                await _fix_lines(conn, unfixed, None if row is None else row.seq)
                 if row is None:
                     break
                 try:
                     async with conn.transaction():  # a savepoint: a refusal leaves no trace
-                        output = await _run(gw, conn, row, row["received_at"])
-                        if row["provisional_id"]:
+                        output = await _run(gw, conn, row, row.received_at)
+                        if row.provisional_id:
                             node = output.get("data") or output.get("result") or {}
-                            await conn.execute(
-                                "INSERT INTO deferred_ids VALUES ($1, $2)",
-                                row["provisional_id"],
-                                node["mdtrt_id"],
+                            await deferred.record_provisional(
+                                conn, row.provisional_id, node["mdtrt_id"]
                             )
-                    await conn.execute(
-                        "UPDATE deferred SET status = 'applied', replayed_at = now() WHERE seq = $1",
-                        row["seq"],
-                    )
+                    await deferred.mark_applied(conn, row.seq)
                     applied += 1
                 except GatewayError as exc:
-                    await _failed(conn, row["seq"], exc.err_msg)
+                    await deferred.fail(conn, row.seq, exc.err_msg)
                     failed += 1
     return applied, failed
 
@@ -180,7 +143,7 @@ async def apply_calls(gw: Gateway) -> tuple[int, int]:
 async def _unfixed(conn: asyncpg.Connection) -> list[tuple[int, str]]:
     """(seq, mdtrt_id) of the pending claims of a whole visit that do not name their lines yet."""
     out: list[tuple[int, str]] = []
-    for r in await store.unfixed_claims(conn):
+    for r in await deferred.unfixed_claims(conn):
         scope = deferral.claim_scope(deferral.request_of(bytes(r["body"])))
         if scope is not None and scope[1] == fees.ALL:
             out.append((int(r["seq"]), scope[0]))
@@ -194,8 +157,8 @@ async def _fix_lines(
     every call before it is applied and none after it (`before`: the next call's seq)."""
     while unfixed and (before is None or unfixed[0][0] < before):
         seq, mdtrt_id = unfixed.pop(0)
-        visit = await store.visit_of(conn, mdtrt_id)
-        await store.fix_lines(
+        visit = await deferred.visit_of(conn, mdtrt_id)
+        await deferred.fix_lines(
             conn, seq, [ln.feedetl_sn for ln in await fees.unsettled(conn, visit)]
         )
 
@@ -213,14 +176,14 @@ class Progress:
 async def replay(gw: Gateway, on_progress: Callable[[Progress], None] | None = None) -> Progress:
     """Settle every pending claim in service-date order; safe to interrupt and run again."""
     async with gw.pool.acquire() as lock_conn:
-        if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK):
+        if not await deferred.try_lock_replay(lock_conn):
             raise Conflict("已有补结算（deferred replay）正在进行，请勿重复启动")
         try:
             await apply_calls(gw)
             return await _replay_claims(gw, on_progress)
         finally:
             try:
-                await lock_conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK)
+                await deferred.unlock_replay(lock_conn)
             except BaseException:
                 # The pool does not reset session locks: a connection that may still hold
                 # the lock is closed instead of going back (closing releases it).
@@ -231,68 +194,30 @@ async def replay(gw: Gateway, on_progress: Callable[[Progress], None] | None = N
 async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | None) -> Progress:
     progress = Progress()
     async with gw.pool.acquire() as conn:
-        progress.total = await store.pending_claims(conn)
+        progress.total = await deferred.pending_claims(conn)
         while True:
             async with conn.transaction():
-                row = await _next(conn, "claim", "service_date, seq")
+                row = await deferred.next_pending(conn, "claim", "service_date, seq")
                 if row is None:
                     break
                 try:
                     async with conn.transaction():
                         output = await _run(gw, conn, row, dt.datetime.now())
                         info = output["setlinfo"]
-                        paid = await conn.fetchrow(
-                            "SELECT medfee_sumamt, psn_cash_pay FROM settlements WHERE setl_id = $1",
-                            info["setl_id"],
-                        )
+                        _, cash = await settlements.paid(conn, info["setl_id"])
                     # The patient paid the whole bill in cash; what they owe now is psn_cash_pay.
-                    owed = int(row["medfee_sumamt"]) - int(paid["psn_cash_pay"])
-                    await conn.execute(
-                        "UPDATE deferred SET status = 'settled', setl_id = $2, setlinfo = $3,"
-                        " reimbursement_fen = $4, replayed_at = now() WHERE seq = $1",
-                        row["seq"],
-                        info["setl_id"],
-                        info,
-                        owed,
-                    )
+                    owed = row.medfee_sumamt - cash
+                    await deferred.mark_settled(conn, row.seq, info["setl_id"], info, owed)
                     progress.settled += 1
                 except GatewayError as exc:
-                    await _failed(conn, row["seq"], exc.err_msg)
+                    await deferred.fail(conn, row.seq, exc.err_msg)
                     progress.failed.append(
                         {
-                            "claim_id": row["claim_id"],
-                            "mdtrt_id": row["mdtrt_id"],
+                            "claim_id": row.claim_id,
+                            "mdtrt_id": row.mdtrt_id,
                             "reason": exc.err_msg,
                         }
                     )
             if on_progress is not None:
                 on_progress(progress)
     return progress
-
-
-async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Every claim, for `deferred list --json` and the reimbursement export."""
-    rows = await conn.fetch(
-        "SELECT * FROM deferred WHERE kind = 'claim' ORDER BY service_date, seq"
-    )
-    return [
-        {
-            "claim_id": r["claim_id"],
-            "fixmedins_code": r["fixmedins_code"],
-            "msgid": r["msgid"],
-            "infno": r["infno"],
-            "mdtrt_id": r["mdtrt_id"],
-            "psn_no": r["psn_no"],
-            "service_date": r["service_date"].isoformat(),
-            "medfee_sumamt": r["medfee_sumamt"],
-            "lines": r["lines"],
-            "received_at": r["received_at"].isoformat(sep=" "),
-            "source": r["source"],
-            "status": r["status"],
-            "setl_id": r["setl_id"],
-            "setlinfo": r["setlinfo"],
-            "reimbursement_fen": r["reimbursement_fen"],
-            "fail_reason": r["fail_reason"],
-        }
-        for r in rows
-    ]

@@ -142,3 +142,25 @@ async def tombstone(
         TOMBSTONE_DIGEST,
         answer,
     )
+
+
+async def record_deferred(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    msgid: str,
+    infno: str,
+    body_sha256: bytes,
+    answer: bytes,
+) -> bool:
+    """Writes the answer a deferred request was given, as a success a retry replays; False when
+    the msgid already had a key (the ledger had answered it before it became unreachable)."""
+    fresh = await conn.fetchval(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
+        " VALUES ($1,$2,$3,$4,$5,0) ON CONFLICT DO NOTHING RETURNING true",
+        fixmedins_code,
+        msgid,
+        infno,
+        body_sha256,
+        answer,
+    )
+    return bool(fresh)

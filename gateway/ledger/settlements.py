@@ -586,3 +586,31 @@ async def reinstate(
             adm_dedc_used_fen=enc.adm_dedc_used_fen + int(row["act_pay_dedc"]),
         )
     return str(setl_id)
+
+
+async def paid(conn: asyncpg.Connection, setl_id: str) -> tuple[int, int]:
+    """Reads a settlement's medfee_sumamt and psn_cash_pay."""
+    row = await conn.fetchrow(
+        "SELECT medfee_sumamt, psn_cash_pay FROM settlements WHERE setl_id = $1",
+        setl_id,
+    )
+    return int(row["medfee_sumamt"]), int(row["psn_cash_pay"])
+
+
+async def visit_of(conn: asyncpg.Connection, setl_id: str) -> str:
+    """Reads the visit (mdtrt_id) a settlement belongs to."""
+    mdtrt_id: str = await conn.fetchval(
+        "SELECT mdtrt_id FROM settlements WHERE setl_id = $1", setl_id
+    )
+    return mdtrt_id
+
+
+async def has_final(conn: asyncpg.Connection, mdtrt_id: str) -> bool:
+    """Whether the visit has a closing (not mid-way) settlement in force."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
+            " AND mid_setl_flag = '0')",
+            mdtrt_id,
+        )
+    )

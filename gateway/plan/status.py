@@ -10,43 +10,9 @@ from typing import Any
 
 import asyncpg
 
+from gateway.ledger import deferred
 from gateway.plan import store
 from gateway.plan.rules import Plan
-
-REPLAY_LOCK = 0x2E91A7  # held by a running `deferred replay`; its presence means "replaying"
-
-
-async def deferred_counts(conn: asyncpg.Connection) -> dict[str, int]:
-    """Deferred claims and journaled calls by status, and the reimbursements recorded (fen)."""
-    rows = await conn.fetch(
-        "SELECT kind, status, count(*) AS n, coalesce(sum(reimbursement_fen), 0) AS r"
-        " FROM deferred GROUP BY kind, status"
-    )
-    out = {
-        "claims_pending": 0,
-        "claims_settled": 0,
-        "claims_failed": 0,
-        "claims_withdrawn": 0,
-        "calls_pending": 0,
-        "calls_failed": 0,
-        "reimbursement_fen": 0,
-    }
-    for r in rows:
-        key = f"{r['kind']}s_{r['status']}"
-        if key in out:
-            out[key] = int(r["n"])
-        out["reimbursement_fen"] += int(r["r"])
-    return out
-
-
-async def replay_running(conn: asyncpg.Connection) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
-            " AND ((classid::bigint << 32) | objid::bigint) = $1 AND granted)",
-            REPLAY_LOCK,
-        )
-    )
 
 
 def _iso(t: dt.datetime) -> str:
@@ -79,8 +45,8 @@ async def overview(
 ) -> dict[str, Any]:
     """Everything on the console page, from one connection."""
     view = plan_view(plan, now)
-    counts = await deferred_counts(conn)
-    replaying = await replay_running(conn)
+    counts = await deferred.counts(conn)
+    replaying = await deferred.replay_running(conn)
     view["breakers"] = breakers
     view["deferred"] = counts
     view["replay"] = {

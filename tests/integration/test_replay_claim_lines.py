@@ -18,7 +18,7 @@ import pytest
 from adapters.his import deferral
 from adapters.his.envelope import decode_request
 from gateway.deferred.journal import Journal
-from gateway.deferred.store import Entry
+from gateway.ledger.deferred import Entry
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import clear_rule, cli, set_rule, until
 from tests.integration.his_client import HisClient, certificate

@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 from gateway.deferred.journal import Journal, read_segment
-from gateway.deferred.store import Entry
+from gateway.ledger.deferred import Entry
 
 
 def entry(n: int) -> Entry:

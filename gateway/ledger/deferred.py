@@ -1,0 +1,336 @@
+"""Deferred claims and journaled calls in the ledger database, the provisional ids they became,
+and the lock a running replay holds."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+REPLAY_LOCK = 0x2E91A7  # held by a running `deferred replay`; its presence means "replaying"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One deferred item, as written to the ledger or to the local journal."""
+
+    kind: str  # claim | call | withdrawal (journal only: applied when drained)
+    fixmedins_code: str
+    msgid: str
+    infno: str
+    psn_no: str
+    mdtrt_id: str
+    service_date: dt.date
+    medfee_sumamt: int
+    body: bytes
+    answer: bytes
+    received_at: dt.datetime
+    claim_id: str | None = None
+    provisional_id: str | None = None
+    digest: bytes = b""  # sha256 of the HTTP body, for the msgid journal once drained
+    # feedetl_sn a claim of a whole visit covers, when known as it is taken (see claim_lines)
+    lines: tuple[str, ...] | None = None
+
+
+async def insert(conn: asyncpg.Connection, e: Entry, source: str) -> bool:
+    """Add the entry (inside the caller's transaction); False when its msgid is already there."""
+    got = await conn.fetchval(
+        "INSERT INTO deferred (kind, claim_id, provisional_id, fixmedins_code, msgid, infno,"
+        " psn_no, mdtrt_id, service_date, medfee_sumamt, body, received_at, source, lines)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+        " ON CONFLICT (fixmedins_code, msgid) DO NOTHING RETURNING true",
+        e.kind,
+        e.claim_id,
+        e.provisional_id,
+        e.fixmedins_code,
+        e.msgid,
+        e.infno,
+        e.psn_no,
+        e.mdtrt_id,
+        e.service_date,
+        e.medfee_sumamt,
+        e.body,
+        e.received_at,
+        source,
+        None if e.lines is None else list(e.lines),
+    )
+    return bool(got)
+
+
+async def withdraw(
+    conn: asyncpg.Connection, claim_id: str, fixmedins_code: str, psn_no: str, msgid: str
+) -> asyncpg.Record | None:
+    """Withdraw a pending claim; returns the row as it was, or None when not pending here."""
+    return await conn.fetchrow(
+        "UPDATE deferred SET status = 'withdrawn', withdrawn_msgid = $4"
+        " WHERE claim_id = $1 AND fixmedins_code = $2 AND psn_no = $3 AND status = 'pending'"
+        " RETURNING *",
+        claim_id,
+        fixmedins_code,
+        psn_no,
+        msgid,
+    )
+
+
+async def claim_row(
+    conn: asyncpg.Connection, claim_id: str, fixmedins_code: str
+) -> asyncpg.Record | None:
+    """Reads the institution's deferred claim, whatever its status."""
+    return await conn.fetchrow(
+        "SELECT * FROM deferred WHERE claim_id = $1 AND fixmedins_code = $2",
+        claim_id,
+        fixmedins_code,
+    )
+
+
+async def pending_claims(conn: asyncpg.Connection) -> int:
+    """Counts the claims still waiting for replay."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM deferred WHERE kind = 'claim' AND status = 'pending'"
+        )
+    )
+
+
+async def unfixed_claims(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Pending claims that may cover a whole visit and do not name their lines yet, in the
+    order they were received (journaled claims, and those taken while the visit's own calls
+    waited to be applied)."""
+    return list(
+        await conn.fetch(
+            "SELECT seq, body FROM deferred WHERE kind = 'claim' AND status = 'pending'"
+            " AND lines IS NULL AND infno IN ('2207', '2304') ORDER BY seq"
+        )
+    )
+
+
+async def fix_lines(conn: asyncpg.Connection, seq: int, lines: list[str]) -> None:
+    """Writes the lines a claim of a whole visit covers, once (never over lines already named)."""
+    await conn.execute(
+        "UPDATE deferred SET lines = $2 WHERE seq = $1 AND lines IS NULL", seq, lines
+    )
+
+
+async def calls_waiting(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
+    """Whether encounter calls of the institution wait to be applied (their lines are not in
+    the ledger yet)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM deferred WHERE status = 'pending' AND kind = 'call'"
+            " AND fixmedins_code = $1)",
+            fixmedins_code,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Lines of a visit a pending claim covers: a charge batch, or all of them (fees.ALL)."""
+
+    claim_id: str
+    infno: str
+    lines: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClaim:
+    """A claim still waiting for replay, on the visit the ledger knows it by."""
+
+    claim_id: str
+    fixmedins_code: str
+    mdtrt_id: str  # a provisional id already resolved to its visit
+    infno: str
+    body: bytes
+
+
+async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> list[PendingClaim]:
+    """Pending claims of these visits, including those filed under a provisional id that became
+    one of them. The pending set is small (an outage's worth), so this stays cheap."""
+    rows = await conn.fetch(
+        "SELECT d.claim_id, d.fixmedins_code, coalesce(i.mdtrt_id, d.mdtrt_id) AS visit,"
+        " d.infno, d.body FROM deferred d"
+        " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
+        " WHERE d.kind = 'claim' AND d.status = 'pending' AND d.mdtrt_id <> ''"
+        " AND coalesce(i.mdtrt_id, d.mdtrt_id) = ANY($1::text[])",
+        mdtrt_ids,
+    )
+    return [
+        PendingClaim(r["claim_id"], r["fixmedins_code"], r["visit"], r["infno"], bytes(r["body"]))
+        for r in rows
+    ]
+
+
+async def visit_of(conn: asyncpg.Connection, mdtrt_id: str) -> str:
+    """The visit a provisional id became, or the id itself (not yet applied, or not provisional)."""
+    real = await conn.fetchval(
+        "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
+    )
+    return mdtrt_id if real is None else str(real)
+
+
+async def fail_answered(
+    conn: asyncpg.Connection, fixmedins_code: str, msgid: str, reason: str
+) -> None:
+    """Marks failed, with its reason, the drained entry whose msgid the ledger had answered."""
+    await conn.execute(
+        "UPDATE deferred SET status = 'failed', fail_reason = $3, replayed_at = now()"
+        " WHERE fixmedins_code = $1 AND msgid = $2",
+        fixmedins_code,
+        msgid,
+        reason,
+    )
+
+
+async def provisional_ids(conn: asyncpg.Connection) -> dict[str, str]:
+    """Reads every provisional id applied so far, with the visit it became."""
+    rows = await conn.fetch("SELECT provisional_id, mdtrt_id FROM deferred_ids")
+    return {r["provisional_id"]: r["mdtrt_id"] for r in rows}
+
+
+async def record_provisional(conn: asyncpg.Connection, provisional_id: str, mdtrt_id: str) -> None:
+    """Writes the visit a provisional id became once its call is applied."""
+    await conn.execute("INSERT INTO deferred_ids VALUES ($1, $2)", provisional_id, mdtrt_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A pending item as replay takes it."""
+
+    seq: int
+    kind: str  # claim | call
+    claim_id: str | None
+    provisional_id: str | None
+    mdtrt_id: str
+    body: bytes
+    lines: list[str] | None  # the feedetl_sn a claim covers, once fixed
+    received_at: dt.datetime
+    medfee_sumamt: int
+
+
+async def next_pending(conn: asyncpg.Connection, kind: str, order: str) -> Pending | None:
+    """Reads and locks the next pending item of a kind in `order` (a column list); one another
+    replayer holds is skipped rather than waited for."""
+    r = await conn.fetchrow(
+        f"SELECT * FROM deferred WHERE kind = $1 AND status = 'pending' ORDER BY {order}"
+        " LIMIT 1 FOR UPDATE SKIP LOCKED",
+        kind,
+    )
+    if r is None:
+        return None
+    return Pending(
+        seq=int(r["seq"]),
+        kind=r["kind"],
+        claim_id=r["claim_id"],
+        provisional_id=r["provisional_id"],
+        mdtrt_id=r["mdtrt_id"],
+        body=bytes(r["body"]),
+        lines=None if r["lines"] is None else list(r["lines"]),
+        received_at=r["received_at"],
+        medfee_sumamt=int(r["medfee_sumamt"]),
+    )
+
+
+async def fail(conn: asyncpg.Connection, seq: int, reason: str) -> None:
+    """Marks an item failed at replay, with the reason."""
+    await conn.execute(
+        "UPDATE deferred SET status = 'failed', fail_reason = $2, replayed_at = now() WHERE seq = $1",
+        seq,
+        reason,
+    )
+
+
+async def mark_applied(conn: asyncpg.Connection, seq: int) -> None:
+    """Marks a journaled call applied."""
+    await conn.execute(
+        "UPDATE deferred SET status = 'applied', replayed_at = now() WHERE seq = $1",
+        seq,
+    )
+
+
+async def mark_settled(
+    conn: asyncpg.Connection, seq: int, setl_id: str, setlinfo: dict[str, Any], owed: int
+) -> None:
+    """Marks a claim settled: its settlement, the setlinfo answered, the reimbursement owed."""
+    await conn.execute(
+        "UPDATE deferred SET status = 'settled', setl_id = $2, setlinfo = $3,"
+        " reimbursement_fen = $4, replayed_at = now() WHERE seq = $1",
+        seq,
+        setl_id,
+        setlinfo,
+        owed,
+    )
+
+
+async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Reads every claim, for `deferred list --json` and the reimbursement export."""
+    rows = await conn.fetch(
+        "SELECT * FROM deferred WHERE kind = 'claim' ORDER BY service_date, seq"
+    )
+    return [
+        {
+            "claim_id": r["claim_id"],
+            "fixmedins_code": r["fixmedins_code"],
+            "msgid": r["msgid"],
+            "infno": r["infno"],
+            "mdtrt_id": r["mdtrt_id"],
+            "psn_no": r["psn_no"],
+            "service_date": r["service_date"].isoformat(),
+            "medfee_sumamt": r["medfee_sumamt"],
+            "lines": r["lines"],
+            "received_at": r["received_at"].isoformat(sep=" "),
+            "source": r["source"],
+            "status": r["status"],
+            "setl_id": r["setl_id"],
+            "setlinfo": r["setlinfo"],
+            "reimbursement_fen": r["reimbursement_fen"],
+            "fail_reason": r["fail_reason"],
+        }
+        for r in rows
+    ]
+
+
+async def counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """Reads deferred claims and journaled calls by status, and the reimbursements recorded
+    (fen)."""
+    rows = await conn.fetch(
+        "SELECT kind, status, count(*) AS n, coalesce(sum(reimbursement_fen), 0) AS r"
+        " FROM deferred GROUP BY kind, status"
+    )
+    out = {
+        "claims_pending": 0,
+        "claims_settled": 0,
+        "claims_failed": 0,
+        "claims_withdrawn": 0,
+        "calls_pending": 0,
+        "calls_failed": 0,
+        "reimbursement_fen": 0,
+    }
+    for r in rows:
+        key = f"{r['kind']}s_{r['status']}"
+        if key in out:
+            out[key] = int(r["n"])
+        out["reimbursement_fen"] += int(r["r"])
+    return out
+
+
+async def try_lock_replay(conn: asyncpg.Connection) -> bool:
+    """Takes the session-level replay lock; False when another replay holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", REPLAY_LOCK))
+
+
+async def unlock_replay(conn: asyncpg.Connection) -> None:
+    """Releases the session-level replay lock."""
+    await conn.execute("SELECT pg_advisory_unlock($1)", REPLAY_LOCK)
+
+
+async def replay_running(conn: asyncpg.Connection) -> bool:
+    """Whether some session holds the replay lock."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+            " AND ((classid::bigint << 32) | objid::bigint) = $1 AND granted)",
+            REPLAY_LOCK,
+        )
+    )
