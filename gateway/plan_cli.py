@@ -20,10 +20,11 @@ from gateway import audit, conversion
 from gateway.cli_database import database_url
 from gateway.config import DEFAULT_CONFIG, load_config
 from gateway.errors import GatewayError
-from gateway.ledger import db, deferred
+from gateway.ledger import db, deferred, inflight
+from gateway.ledger import plan as ledger_plan
 from gateway.money import fen_text
 from gateway.ops.keys import PLAN_CHANNEL
-from gateway.plan import inflight, status, store
+from gateway.plan import status, store
 
 WINDOWS_EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "plan" / "windows.toml"
 
@@ -73,7 +74,7 @@ async def _announce(args: argparse.Namespace, version: int) -> None:
 
 def plan_show(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
-        plan = await store.load(conn)
+        plan = await ledger_plan.load(conn)
         view = await status.overview(conn, plan, [], dt.datetime.now())
         view.pop("breakers")  # per process: see the console or sgw_breaker_state
         if args.json:
@@ -158,7 +159,7 @@ def plan_windows(args: argparse.Namespace) -> int:
             )
         if version:
             await _announce(args, version)
-        plan = await store.load(conn)
+        plan = await ledger_plan.load(conn)
         now = dt.datetime.now()
         rows = [{**store.window_dict(w), "active": w.active(now)} for w in plan.windows]
         if args.json:

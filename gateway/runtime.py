@@ -16,10 +16,10 @@ from gateway.breaker import STATE_VALUE, Breaker, BreakerConfig
 from gateway.config import GatewayConfig
 from gateway.core.catalog import Snapshot
 from gateway.ledger import idempotency, reference_store
+from gateway.ledger import plan as ledger_plan
 from gateway.ledger_shares import LedgerShares, share_of
 from gateway.ops import metrics
 from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
-from gateway.plan import store as plan_store
 from gateway.plan.rules import CLASSES, Plan
 from gateway.ratelimit import Limiter
 from gateway.reference import Reference
@@ -134,7 +134,7 @@ class Gateway:
         sys.setswitchinterval(HELPER_THREAD_SLICE_SECONDS)
         async with pool.acquire() as conn:
             snapshot = await reference_store.read_snapshot(conn, reference)
-            plan = await plan_store.load(conn)
+            plan = await ledger_plan.load(conn)
         gw = cls(pool, reference, snapshot, region, config, limiter)
         gw.set_plan(plan)
         return gw
@@ -160,9 +160,9 @@ class Gateway:
     async def reload_plan(self, *, force: bool = False) -> bool:
         """Re-read the plan when its version moved; True when swapped."""
         async with self.pool.acquire(timeout=2.0) as conn:
-            if not force and await plan_store.version(conn) == self.plan.version:
+            if not force and await ledger_plan.version(conn) == self.plan.version:
                 return False
-            plan = await plan_store.load(conn)
+            plan = await ledger_plan.load(conn)
         if plan.version != self.plan.version:
             log.info("emergency plan reloaded", extra={"plan_version": plan.version})
         self.set_plan(plan)

@@ -319,3 +319,19 @@ async def revoke_mapping(
     if n:
         await bump_version(conn)
     return n
+
+
+async def institution_known(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
+    """Whether the reference data holds the institution."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM institutions WHERE fixmedins_code = $1)", fixmedins_code
+        )
+    )
+
+
+async def region_known(conn: asyncpg.Connection, admdvs: str) -> bool:
+    """Whether the reference data holds an institution of the region."""
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM institutions WHERE admdvs = $1)", admdvs)
+    )

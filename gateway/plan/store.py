@@ -1,7 +1,8 @@
-"""The plan in PostgreSQL: rules, windows, the version every process polls, and their audit rows.
+"""Changes to the plan: rules and windows checked, written with their audit rows.
 
 Every change bumps `plan_version` and appends an audit row in the same transaction, so a change
-is either visible everywhere with its audit row or not at all.
+is either visible everywhere with its audit row or not at all. The rows themselves are
+gateway.ledger.plan's.
 """
 
 from __future__ import annotations
@@ -13,51 +14,8 @@ import asyncpg
 
 from gateway import audit
 from gateway.errors import BadRequest, NotFound
-from gateway.plan.rules import (
-    Plan,
-    Rule,
-    Window,
-    check_action,
-    check_class,
-    check_scope,
-)
-
-
-async def version(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT version FROM plan_version"))
-
-
-async def load(conn: asyncpg.Connection) -> Plan:
-    """The whole plan as one consistent read."""
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        v = await version(conn)
-        rules = await conn.fetch("SELECT * FROM plan_rules ORDER BY scope, class")
-        windows = await conn.fetch("SELECT * FROM plan_windows ORDER BY begins, window_id")
-    return Plan(
-        version=v,
-        rules=tuple(
-            Rule(r["scope"], r["class"], r["action"], r["reason"], r["operator"], r["set_at"])
-            for r in rules
-        ),
-        windows=tuple(
-            Window(
-                int(w["window_id"]),
-                w["name"],
-                w["scope"],
-                tuple(w["classes"]),
-                w["action"],
-                w["begins"],
-                w["ends"],
-            )
-            for w in windows
-        ),
-    )
-
-
-async def _bump(conn: asyncpg.Connection) -> int:
-    return int(
-        await conn.fetchval("UPDATE plan_version SET version = version + 1 RETURNING version")
-    )
+from gateway.ledger import plan, reference_store
+from gateway.plan.rules import Rule, Window, check_action, check_class, check_scope
 
 
 async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
@@ -67,13 +25,9 @@ async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
     check_scope(scope)
     kind, _, code = scope.partition(":")
     if kind == "institution":
-        if not await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM institutions WHERE fixmedins_code = $1)", code
-        ):
+        if not await reference_store.institution_known(conn, code):
             raise BadRequest(f"范围{scope}无效：定点医药机构编号{code}未登记，请核对机构编号")
-    elif kind == "region" and not await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM institutions WHERE admdvs = $1)", code
-    ):
+    elif kind == "region" and not await reference_store.region_known(conn, code):
         raise BadRequest(f"范围{scope}无效：医保区划{code}下没有登记的定点医药机构，请核对区划代码")
     return scope
 
@@ -91,15 +45,6 @@ def rule_dict(rule: Rule | None) -> dict[str, Any] | None:
     return {"scope": rule.scope, "class": rule.klass, "action": rule.action, "reason": rule.reason}
 
 
-async def _rule(conn: asyncpg.Connection, scope: str, klass: str) -> Rule | None:
-    r = await conn.fetchrow(
-        "SELECT * FROM plan_rules WHERE scope = $1 AND class = $2 FOR UPDATE", scope, klass
-    )
-    if r is None:
-        return None
-    return Rule(r["scope"], r["class"], r["action"], r["reason"], r["operator"], r["set_at"])
-
-
 async def set_rule(
     conn: asyncpg.Connection, *, scope: str, klass: str, action: str, reason: str, operator: str
 ) -> int:
@@ -111,16 +56,9 @@ async def set_rule(
     if action == "selfpay" and klass != "encounter":
         raise BadRequest("selfpay（自费入院）只适用于encounter类交易")
     async with conn.transaction():
-        before = await _rule(conn, scope, klass)
-        await conn.execute(
-            "INSERT INTO plan_rules (scope, class, action, reason, operator) VALUES ($1,$2,$3,$4,$5)"
-            " ON CONFLICT (scope, class) DO UPDATE SET action = EXCLUDED.action,"
-            " reason = EXCLUDED.reason, operator = EXCLUDED.operator, set_at = now()",
-            scope,
-            klass,
-            action,
-            reason,
-            operator,
+        before = await plan.lock_rule(conn, scope, klass)
+        await plan.put_rule(
+            conn, scope=scope, klass=klass, action=action, reason=reason, operator=operator
         )
         after = {"scope": scope, "class": klass, "action": action, "reason": reason}
         await audit.append(
@@ -132,7 +70,7 @@ async def set_rule(
             before=rule_dict(before),
             after=after,
         )
-        return await _bump(conn)
+        return await plan.bump(conn)
 
 
 async def clear_rule(
@@ -143,10 +81,10 @@ async def clear_rule(
     check_class(klass)
     reason = _reason(reason)
     async with conn.transaction():
-        before = await _rule(conn, scope, klass)
+        before = await plan.lock_rule(conn, scope, klass)
         if before is None:
             raise NotFound(f"{scope}/{klass}没有生效的应急规则")
-        await conn.execute("DELETE FROM plan_rules WHERE scope = $1 AND class = $2", scope, klass)
+        await plan.delete_rule(conn, scope, klass)
         await audit.append(
             conn,
             operator=operator,
@@ -156,7 +94,7 @@ async def clear_rule(
             before=rule_dict(before),
             after=None,
         )
-        return await _bump(conn)
+        return await plan.bump(conn)
 
 
 async def add_window(
@@ -182,21 +120,16 @@ async def add_window(
         raise BadRequest("时间窗结束时间须晚于开始时间")
     reason = _reason(reason)
     async with conn.transaction():
-        before = await conn.fetchrow(
-            "SELECT * FROM plan_windows WHERE name = $1 AND scope = $2 FOR UPDATE", name, scope
-        )
-        await conn.execute(
-            "INSERT INTO plan_windows (name, scope, classes, action, begins, ends, operator)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (name, scope) DO UPDATE SET"
-            " classes = EXCLUDED.classes, action = EXCLUDED.action, begins = EXCLUDED.begins,"
-            " ends = EXCLUDED.ends, operator = EXCLUDED.operator",
-            name,
-            scope,
-            classes,
-            action,
-            begins,
-            ends,
-            operator,
+        before = await plan.lock_window(conn, name, scope)
+        await plan.put_window(
+            conn,
+            name=name,
+            scope=scope,
+            classes=classes,
+            action=action,
+            begins=begins,
+            ends=ends,
+            operator=operator,
         )
         after = _window_dict(name, scope, classes, action, begins, ends)
         await audit.append(
@@ -208,7 +141,7 @@ async def add_window(
             before=None if before is None else _row_dict(before),
             after=after,
         )
-        return await _bump(conn)
+        return await plan.bump(conn)
 
 
 async def remove_window(
@@ -216,20 +149,18 @@ async def remove_window(
 ) -> int:
     reason = _reason(reason)
     async with conn.transaction():
-        before = await conn.fetchrow(
-            "DELETE FROM plan_windows WHERE window_id = $1 RETURNING *", window_id
-        )
+        before = await plan.delete_window(conn, window_id)
         if before is None:
             raise NotFound(f"没有编号为{window_id}的时间窗")
         await audit.append(
             conn,
             operator=operator,
             action="window.remove",
-            target=f"{before['scope']}/{before['name']}",
+            target=f"{before.scope}/{before.name}",
             reason=reason,
             before=_row_dict(before),
         )
-        return await _bump(conn)
+        return await plan.bump(conn)
 
 
 def _window_dict(
@@ -245,10 +176,8 @@ def _window_dict(
     }
 
 
-def _row_dict(row: asyncpg.Record) -> dict[str, Any]:
-    return _window_dict(
-        row["name"], row["scope"], list(row["classes"]), row["action"], row["begins"], row["ends"]
-    )
+def _row_dict(w: Window) -> dict[str, Any]:
+    return _window_dict(w.name, w.scope, list(w.classes), w.action, w.begins, w.ends)
 
 
 def window_dict(w: Window) -> dict[str, Any]:
