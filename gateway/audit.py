@@ -10,12 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-_AUDIT_LOCK = 0xA0D17  # arbitrary, stable
+from gateway.ledger import audit as audit_log
+from gateway.ledger.audit import Row
+
 GENESIS = "0" * 64
 
 
@@ -39,12 +42,10 @@ async def append(
     after: Any = None,
 ) -> int:
     """Add one row inside the caller's transaction; returns its id."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _AUDIT_LOCK)
-    last = await conn.fetchrow(
-        "SELECT audit_id, hash FROM audit_log ORDER BY audit_id DESC LIMIT 1"
-    )
-    audit_id = 1 if last is None else int(last["audit_id"]) + 1
-    prev_hash = GENESIS if last is None else str(last["hash"])
+    await audit_log.lock_chain(conn)
+    last = await audit_log.last_link(conn)
+    audit_id = 1 if last is None else last[0] + 1
+    prev_hash = GENESIS if last is None else last[1]
     at = dt.datetime.now(dt.UTC)
     fields = {
         "operator": operator,
@@ -54,19 +55,20 @@ async def append(
         "before": before,
         "after": after,
     }
-    await conn.execute(
-        "INSERT INTO audit_log (audit_id, at, operator, action, target, reason, before, after,"
-        " prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
-        audit_id,
-        at,
-        operator,
-        action,
-        target,
-        reason,
-        before,
-        after,
-        prev_hash,
-        _hash(prev_hash, audit_id, at, fields),
+    await audit_log.insert(
+        conn,
+        Row(
+            audit_id=audit_id,
+            at=at,
+            operator=operator,
+            action=action,
+            target=target,
+            reason=reason,
+            before=before,
+            after=after,
+            prev_hash=prev_hash,
+            hash=_hash(prev_hash, audit_id, at, fields),
+        ),
     )
     return audit_id
 
@@ -83,16 +85,16 @@ async def verify(conn: asyncpg.Connection) -> Verdict:
     prev = GENESIS
     expected_id = 1
     count = 0
-    async with conn.transaction():
-        async for r in conn.cursor("SELECT * FROM audit_log ORDER BY audit_id"):
-            audit_id = int(r["audit_id"])
+    async with conn.transaction(), aclosing(audit_log.in_order(conn)) as rows:
+        async for r in rows:
+            audit_id = r.audit_id
             if audit_id != expected_id:
                 return Verdict(count, audit_id, f"row {expected_id} is missing")
-            if r["prev_hash"] != prev:
+            if r.prev_hash != prev:
                 return Verdict(count, audit_id, "prev_hash does not match the previous row")
-            if _hash(prev, audit_id, r["at"], _fields(r)) != r["hash"]:
+            if _hash(prev, audit_id, r.at, _fields(r)) != r.hash:
                 return Verdict(count, audit_id, "content changed after it was written")
-            prev = str(r["hash"])
+            prev = str(r.hash)
             expected_id += 1
             count += 1
     return Verdict(count, None)
@@ -100,13 +102,20 @@ async def verify(conn: asyncpg.Connection) -> Verdict:
 
 async def recent(conn: asyncpg.Connection, limit: int = 50) -> list[dict[str, Any]]:
     """The latest rows, newest first, for the console."""
-    rows = await conn.fetch("SELECT * FROM audit_log ORDER BY audit_id DESC LIMIT $1", limit)
+    rows = await audit_log.latest(conn, limit)
     return [
-        {"audit_id": int(r["audit_id"]), "at": r["at"].astimezone(dt.UTC).isoformat(), **_fields(r)}
+        {"audit_id": r.audit_id, "at": r.at.astimezone(dt.UTC).isoformat(), **_fields(r)}
         for r in rows
     ]
 
 
-def _fields(r: asyncpg.Record) -> dict[str, Any]:
+def _fields(r: Row) -> dict[str, Any]:
     """What a row's hash covers, besides its id and time."""
-    return {k: r[k] for k in ("operator", "action", "target", "reason", "before", "after")}
+    return {
+        "operator": r.operator,
+        "action": r.action,
+        "target": r.target,
+        "reason": r.reason,
+        "before": r.before,
+        "after": r.after,
+    }

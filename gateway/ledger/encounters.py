@@ -200,3 +200,49 @@ async def settled_count(conn: asyncpg.Connection, mdtrt_id: str) -> int:
         "SELECT count(*) FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'", mdtrt_id
     )
     return int(n)
+
+
+class SelfpayVisit(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A visit as 自费转医保 reads it."""
+
+    psn_no: str
+    fixmedins_code: str
+    selfpay: bool
+    status: str
+    insutype: str
+
+
+async def lock_for_conversion(conn: asyncpg.Connection, mdtrt_id: str) -> SelfpayVisit | None:
+    """Reads and locks a visit, of any institution, for 自费转医保; None when there is none."""
+    row = await conn.fetchrow(
+        "SELECT psn_no, fixmedins_code, selfpay, status, insutype FROM encounters"
+        " WHERE mdtrt_id = $1"
+        " FOR UPDATE",
+        mdtrt_id,
+    )
+    if row is None:
+        return None
+    return SelfpayVisit(
+        psn_no=row["psn_no"],
+        fixmedins_code=row["fixmedins_code"],
+        selfpay=row["selfpay"],
+        status=row["status"],
+        insutype=row["insutype"],
+    )
+
+
+async def insure(conn: asyncpg.Connection, mdtrt_id: str) -> None:
+    """Writes a self-pay visit insured (自费转医保)."""
+    await conn.execute("UPDATE encounters SET selfpay = false WHERE mdtrt_id = $1", mdtrt_id)
+
+
+async def created_admission(
+    conn: asyncpg.Connection, fixmedins_code: str, created_msgid: str
+) -> str | None:
+    """Reads the admission (mdtrt_id) the institution's message created, if any."""
+    mdtrt_id: str | None = await conn.fetchval(
+        "SELECT mdtrt_id FROM encounters WHERE fixmedins_code = $1 AND created_msgid = $2 AND kind = 'inpatient'",
+        fixmedins_code,
+        created_msgid,
+    )
+    return mdtrt_id
