@@ -25,7 +25,7 @@ from gateway.core.model import Institution
 from gateway.deferred import PROVISIONAL_PREFIX
 from gateway.dispatch import Detour
 from gateway.errors import Conflict, RuleRejected, Unavailable
-from gateway.ledger import deferred, encounters, fees, idempotency, persons
+from gateway.ledger import db, deferred, encounters, fees, idempotency, persons
 from gateway.ledger.deferred import Entry
 from gateway.ops import metrics
 from gateway.plan import store as plan_store
@@ -202,12 +202,7 @@ async def _refuse_claimed_twice(
     counter would collect the full amount in cash a second time for one bill."""
     claims = await deferred.pending_on_visits(conn, [await deferred.visit_of(conn, visit)])
     deferral.refuse_if_held(deferral.held_lines(claims, fixmedins_code), lines)
-    if lines != fees.ALL and await conn.fetchval(
-        "SELECT bool_and(setl_id IS NOT NULL) FROM fee_lines WHERE mdtrt_id = $1"
-        " AND chrg_bchno = $2",
-        visit,
-        lines,
-    ):
+    if lines != fees.ALL and await fees.batch_settled(conn, visit, lines):
         raise Conflict(f"收费批次{lines}已结算，请勿重复结算")
 
 
@@ -521,7 +516,7 @@ async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
 async def _probe(gw: Gateway) -> bool:
     try:
         async with asyncio.timeout(1.0), gw.pool.acquire(timeout=1.0) as conn:
-            await conn.fetchval("SELECT 1")
+            await db.ping(conn)
         return True
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         return False

@@ -16,7 +16,7 @@ import asyncpg
 
 from gateway.core.model import Category
 from gateway.errors import BadRequest, Conflict, NotFound
-from gateway.ledger import encounters, fees, idempotency, settlements
+from gateway.ledger import encounters, fees, reversals, settlements
 from gateway.transaction import TRANSACTIONS, Kind, Transaction, Undo
 
 _CATEGORIES = {
@@ -44,37 +44,18 @@ async def reverse(
             sorted(t.infno for t in TRANSACTIONS.values() if t.undo is not Undo.NONE)
         )
         raise BadRequest(f"原交易编号{oinfno}不可冲正（可冲正：{reversible}）")
-    row = await conn.fetchrow(
-        "SELECT infno, infcode, tombstone, reversed_by FROM idempotency"
-        " WHERE fixmedins_code = $1 AND msgid = $2 FOR UPDATE",
-        fixmedins_code,
-        omsgid,
-    )
+    row = await reversals.lock_original(conn, fixmedins_code, omsgid)
     if row is None:
-        got = await conn.fetchval(
-            "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode, tombstone)"
-            " VALUES ($1, $2, $3, $4, $5, -1, true) ON CONFLICT DO NOTHING RETURNING true",
-            fixmedins_code,
-            omsgid,
-            oinfno,
-            idempotency.TOMBSTONE_DIGEST,
-            refusal,
-        )
-        if got:
+        if await reversals.bar(conn, fixmedins_code, omsgid, oinfno, refusal):
             return "tombstone"
         # The original committed while we waited on its key: reverse it after all.
-        row = await conn.fetchrow(
-            "SELECT infno, infcode, tombstone, reversed_by FROM idempotency"
-            " WHERE fixmedins_code = $1 AND msgid = $2 FOR UPDATE",
-            fixmedins_code,
-            omsgid,
-        )
+        row = await reversals.lock_original(conn, fixmedins_code, omsgid)
         assert row is not None
-    if row["tombstone"] or row["reversed_by"] is not None:
+    if row.tombstone or row.reversed_by is not None:
         raise Conflict(f"原报文{omsgid}已冲正，不能重复冲正")
-    if row["infno"] != oinfno:
-        raise BadRequest(f"原报文{omsgid}的交易编号为{row['infno']}，与oinfno {oinfno}不符")
-    if row["infcode"] == 0:
+    if row.infno != oinfno:
+        raise BadRequest(f"原报文{omsgid}的交易编号为{row.infno}，与oinfno {oinfno}不符")
+    if row.infcode == 0:
         if original.undo is Undo.SETTLEMENT:
             await _undo_settlement(conn, fixmedins_code, psn_no, omsgid, original, msgid, now)
         elif original.undo is Undo.CANCELLATION:
@@ -82,12 +63,7 @@ async def reverse(
         else:
             await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
     # A failed original changed nothing; it is only marked, so it cannot be reversed twice.
-    await conn.execute(
-        "UPDATE idempotency SET reversed_by = $3 WHERE fixmedins_code = $1 AND msgid = $2",
-        fixmedins_code,
-        omsgid,
-        msgid,
-    )
+    await reversals.mark_reversed(conn, fixmedins_code, omsgid, msgid)
     return "reversed"
 
 
@@ -100,29 +76,20 @@ async def _undo_settlement(
     msgid: str,
     now: dt.datetime,
 ) -> None:
-    row = await conn.fetchrow(
-        "SELECT setl_id, mdtrt_id, psn_no, status FROM settlements WHERE fixmedins_code = $1"
-        " AND medins_setl_id = $2 AND infno = $3"
-        # A bulk correction's re-settlement carries the original's msgid; the original is the one
-        # the counter sent. A counter's own re-settlement after a refund has a msgid of its own.
-        " AND NOT EXISTS (SELECT 1 FROM correction_items c WHERE c.new_setl_id = settlements.setl_id)",
-        code,
-        omsgid,
-        original.infno,
-    )
+    row = await reversals.settlement_of(conn, code, omsgid, original.infno)
     if row is None:
         raise NotFound(f"未找到原报文{omsgid}的结算")
-    if row["psn_no"] != psn_no:
+    if row.psn_no != psn_no:
         raise Conflict("人员编号与原结算的参保人不一致")
-    if row["status"] != "settled":
-        raise Conflict(f"原结算{row['setl_id']}已撤销，无需冲正")
+    if row.status != "settled":
+        raise Conflict(f"原结算{row.setl_id}已撤销，无需冲正")
     kind = original.kind
     assert kind is not None
     await settlements.cancel(
         conn,
         fixmedins_code=code,
-        setl_id=row["setl_id"],
-        mdtrt_id=row["mdtrt_id"],
+        setl_id=row.setl_id,
+        mdtrt_id=row.mdtrt_id,
         psn_no=psn_no,
         msgid=msgid,
         now=now,
@@ -130,8 +97,8 @@ async def _undo_settlement(
     )
     if kind is Kind.PHARMACY:
         # 2102 opened the visit and stored its lines in the same stroke: undo those too.
-        await fees.delete_unsettled(conn, row["mdtrt_id"])
-        await encounters.update(conn, row["mdtrt_id"], status="cancelled")
+        await fees.delete_unsettled(conn, row.mdtrt_id)
+        await encounters.update(conn, row.mdtrt_id, status="cancelled")
 
 
 async def _undo_cancellation(
@@ -146,25 +113,17 @@ async def _undo_cancellation(
         categories=_CATEGORIES[kind],
     )
     if kind is Kind.PHARMACY:
-        mdtrt_id = await conn.fetchval(
-            "SELECT mdtrt_id FROM settlements WHERE setl_id = $1", setl_id
-        )
+        mdtrt_id = await settlements.visit_of(conn, setl_id)
         await encounters.update(conn, mdtrt_id, status="open")
 
 
 async def _undo_admission(conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str) -> None:
-    mdtrt_id = await conn.fetchval(
-        "SELECT mdtrt_id FROM encounters WHERE fixmedins_code = $1 AND created_msgid = $2 AND kind = 'inpatient'",
-        code,
-        omsgid,
-    )
+    mdtrt_id = await encounters.created_admission(conn, code, omsgid)
     if mdtrt_id is None:
         raise NotFound(f"未找到原报文{omsgid}的入院登记")
     enc = await encounters.get(conn, mdtrt_id, code, psn_no=psn_no, lock=True)
     if enc.status == "cancelled":
         raise Conflict(f"入院登记{mdtrt_id}已撤销，无需冲正")
-    if await encounters.settled_count(conn, mdtrt_id) or await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id
-    ):
+    if await encounters.settled_count(conn, mdtrt_id) or await fees.has_lines(conn, mdtrt_id):
         raise Conflict("该住院已有费用明细或结算，请先撤销后再冲正入院")
     await encounters.update(conn, mdtrt_id, status="cancelled")

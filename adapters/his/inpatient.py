@@ -18,7 +18,7 @@ from adapters.his.wire import (
 )
 from gateway.core import eligibility
 from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
-from gateway.ledger import encounters, fees, persons
+from gateway.ledger import encounters, fees, persons, settlements
 from gateway.transaction import Answer, Call, Deferral, Kind, Mode, Undo, register
 
 INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
@@ -149,9 +149,7 @@ async def cancel_admission(call: Call) -> Answer:
         raise Conflict(f"就诊ID{mdtrt_id}当前状态不能撤销入院（{_STATUS[enc.status]}）")
     if await encounters.settled_count(call.conn, mdtrt_id):
         raise Conflict("该住院存在未撤销的结算，请先撤销结算（2305）")
-    if await call.conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id
-    ):
+    if await fees.has_lines(call.conn, mdtrt_id):
         raise Conflict("该住院存在已上传的费用明细，请先撤销费用明细（2302）")
     await encounters.update(call.conn, mdtrt_id, status="cancelled")
     return Answer({})
@@ -173,12 +171,7 @@ async def cancel_discharge(call: Call) -> Answer:
     enc = await _admission(call, mdtrt_id, required(data.psn_no, "data.psn_no"))
     if enc.status != "discharged":
         raise Conflict(f"就诊ID{mdtrt_id}未办理出院，不能撤销出院")
-    final = await call.conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
-        " AND mid_setl_flag = '0')",
-        mdtrt_id,
-    )
-    if final:
+    if await settlements.has_final(call.conn, mdtrt_id):
         raise Conflict("该住院已出院结算，请先撤销结算（2305）再撤销出院")
     await encounters.update(call.conn, mdtrt_id, status="open", endtime=None)
     return Answer({})
@@ -228,22 +221,15 @@ async def cancel_fees(call: Call) -> Answer:
     return Answer({})
 
 
-_ORPHAN_REFUND = (
-    "SELECT r.feedetl_sn, r.init_feedetl_sn FROM fee_lines r WHERE r.mdtrt_id = $1"
-    " AND r.cnt < 0 AND NOT EXISTS (SELECT 1 FROM fee_lines o"
-    " WHERE o.mdtrt_id = r.mdtrt_id AND o.feedetl_sn = r.init_feedetl_sn)"
-    " ORDER BY r.feedetl_sn LIMIT 1"
-)
-
-
 async def _no_orphan_refunds(call: Call, mdtrt_id: str) -> None:
     """A refund never stands without the charge it takes back (uploads.py): a charge is
     withdrawn with its refund lines, or after them (checked once the whole request is applied,
     so one 2302 may list the charge before its refunds)."""
-    orphan = await call.conn.fetchrow(_ORPHAN_REFUND, mdtrt_id)
+    orphan = await fees.orphan_refund(call.conn, mdtrt_id)
     if orphan is not None:
+        refund_sn, charge_sn = orphan
         raise Conflict(
-            f"费用流水号{orphan['init_feedetl_sn']}有退费明细{orphan['feedetl_sn']}，"
+            f"费用流水号{charge_sn}有退费明细{refund_sn}，"
             "请先撤销退费明细（或一并撤销）后再撤销原收费明细"
         )
 

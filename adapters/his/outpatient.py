@@ -96,9 +96,7 @@ async def cancel_registration(call: Call) -> Answer:
         raise Conflict(f"就诊ID{mdtrt_id}已撤销，不能重复撤销")
     if await encounters.settled_count(call.conn, mdtrt_id):
         raise Conflict("该就诊存在未撤销的结算，请先撤销结算（2208）")
-    if await call.conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id
-    ):
+    if await fees.has_lines(call.conn, mdtrt_id):
         raise Conflict("该就诊存在已上传的费用明细，请先撤销费用明细（2205）")
     await encounters.update(call.conn, mdtrt_id, status="cancelled")
     return Answer({})

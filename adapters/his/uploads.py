@@ -84,9 +84,7 @@ async def upload(call: Call, *, kind: str) -> Answer:
     # Every pre-settlement and settlement of the visit reads all its unsettled lines: bounded,
     # so that one visit's bill cannot hold a ledger connection for seconds (the visit is locked).
     cap = call.gw.config.max_unsettled_lines_per_visit
-    held = await call.conn.fetchval(
-        "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
-    )
+    held = await fees.unsettled_count(call.conn, mdtrt_id)
     if cap and held + len(lines) > cap:
         raise BadRequest(
             f"就诊ID{mdtrt_id}待结算的费用明细已有{held}条，加上本次{len(lines)}条超过每次就诊"
@@ -138,19 +136,6 @@ class _Charge(msgspec.Struct, frozen=True, gc=False):
     refund: bool  # itself a refund line
 
 
-_ORIGINALS = (
-    "SELECT feedetl_sn, medins_list_codg, pric_micro, cnt, amount_fen, init_feedetl_sn"
-    " FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])"
-)
-# Refund lines in force: a withdrawn one (2302) is deleted, a cancelled settlement's come back
-# unsettled and still count.
-_REFUNDED = (
-    "SELECT init_feedetl_sn, sum(cnt) AS cnt, sum(amount_fen) AS amount FROM fee_lines"
-    " WHERE mdtrt_id = $1 AND cnt < 0 AND init_feedetl_sn = ANY($2::text[])"
-    " GROUP BY init_feedetl_sn"
-)
-
-
 async def _check_refunds(call: Call, mdtrt_id: str, lines: list[fees.StoredLine]) -> None:
     """A refund line (退单, negative cnt) takes back part of one charge of the same admission:
     the same item at the same price, never another refund, and never more, with every refund in
@@ -158,14 +143,14 @@ async def _check_refunds(call: Call, mdtrt_id: str, lines: list[fees.StoredLine]
     settlement (a negative component), after the stay could no longer be closed."""
     cited = sorted({ln.init_feedetl_sn for ln in lines if ln.cnt < 0})
     originals = {
-        r["feedetl_sn"]: _Charge(
-            r["medins_list_codg"],
-            int(r["pric_micro"]),
-            int(r["cnt"]),
-            int(r["amount_fen"]),
-            int(r["cnt"]) < 0 or bool(r["init_feedetl_sn"]),
+        r.feedetl_sn: _Charge(
+            r.medins_list_codg,
+            r.pric_micro,
+            r.cnt,
+            r.amount_fen,
+            r.cnt < 0 or bool(r.init_feedetl_sn),
         )
-        for r in await call.conn.fetch(_ORIGINALS, mdtrt_id, cited)
+        for r in await fees.cited(call.conn, mdtrt_id, cited)
     }
     for ln in lines:  # an original may come in the same upload as its refund
         originals.setdefault(
@@ -178,9 +163,11 @@ async def _check_refunds(call: Call, mdtrt_id: str, lines: list[fees.StoredLine]
                 ln.cnt < 0 or bool(ln.init_feedetl_sn),
             ),
         )
+    # Refund lines in force: a withdrawn one (2302) is deleted, a cancelled settlement's come
+    # back unsettled and still count.
     taken = {
-        r["init_feedetl_sn"]: [int(r["cnt"]), int(r["amount"])]
-        for r in await call.conn.fetch(_REFUNDED, mdtrt_id, cited)
+        init: [cnt, amount]
+        for init, (cnt, amount) in (await fees.refunded(call.conn, mdtrt_id, cited)).items()
     }
     for ln in lines:
         if ln.cnt > 0:

@@ -88,3 +88,8 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def ping(conn: asyncpg.Connection) -> None:
+    """Reads nothing: one round trip that proves the ledger answers."""
+    await conn.fetchval("SELECT 1")

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 import asyncpg
+import msgspec
 
 from gateway.core.model import FeeLine
 from gateway.errors import Conflict
@@ -198,3 +199,115 @@ async def latest_fee_time(conn: asyncpg.Connection, mdtrt_id: str) -> dt.datetim
         "SELECT max(fee_ocur_time) FROM fee_lines WHERE mdtrt_id = $1", mdtrt_id
     )
     return value if isinstance(value, dt.datetime) else None
+
+
+async def has_lines(conn: asyncpg.Connection, mdtrt_id: str) -> bool:
+    """Whether the visit has any uploaded line, settled or not."""
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM fee_lines WHERE mdtrt_id = $1)", mdtrt_id)
+    )
+
+
+async def unsettled_count(conn: asyncpg.Connection, mdtrt_id: str) -> int:
+    """Counts the visit's unsettled lines."""
+    held = await conn.fetchval(
+        "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
+    )
+    return int(held)
+
+
+async def batch_settled(conn: asyncpg.Connection, mdtrt_id: str, chrg_bchno: str) -> bool:
+    """Whether every line of the charge batch is settled (False for a batch without lines)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT bool_and(setl_id IS NOT NULL) FROM fee_lines WHERE mdtrt_id = $1"
+            " AND chrg_bchno = $2",
+            mdtrt_id,
+            chrg_bchno,
+        )
+    )
+
+
+async def of_settlement(conn: asyncpg.Connection, setl_id: str) -> list[str]:
+    """Reads the feedetl_sn of a settlement's lines."""
+    return [
+        r["feedetl_sn"]
+        for r in await conn.fetch("SELECT feedetl_sn FROM fee_lines WHERE setl_id = $1", setl_id)
+    ]
+
+
+async def set_national_code(
+    conn: asyncpg.Connection, mdtrt_id: str, feedetl_sn: str, med_list_codg: str | None
+) -> None:
+    """Writes the national code an unsettled line resolves to (a catalog correction)."""
+    await conn.execute(
+        "UPDATE fee_lines SET med_list_codg = $3 WHERE mdtrt_id = $1 AND feedetl_sn = $2"
+        " AND setl_id IS NULL",
+        mdtrt_id,
+        feedetl_sn,
+        med_list_codg,
+    )
+
+
+_ORPHAN_REFUND = (
+    "SELECT r.feedetl_sn, r.init_feedetl_sn FROM fee_lines r WHERE r.mdtrt_id = $1"
+    " AND r.cnt < 0 AND NOT EXISTS (SELECT 1 FROM fee_lines o"
+    " WHERE o.mdtrt_id = r.mdtrt_id AND o.feedetl_sn = r.init_feedetl_sn)"
+    " ORDER BY r.feedetl_sn LIMIT 1"
+)
+
+
+async def orphan_refund(conn: asyncpg.Connection, mdtrt_id: str) -> tuple[str, str] | None:
+    """Reads a refund line of the visit whose charge is gone: (its feedetl_sn, the charge's)."""
+    orphan = await conn.fetchrow(_ORPHAN_REFUND, mdtrt_id)
+    return None if orphan is None else (orphan["feedetl_sn"], orphan["init_feedetl_sn"])
+
+
+class Charged(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A stored line as a refund citing it sees it."""
+
+    feedetl_sn: str
+    medins_list_codg: str
+    pric_micro: int
+    cnt: int
+    amount_fen: int
+    init_feedetl_sn: str
+
+
+_ORIGINALS = (
+    "SELECT feedetl_sn, medins_list_codg, pric_micro, cnt, amount_fen, init_feedetl_sn"
+    " FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])"
+)
+# Refund lines in force: a withdrawn one (2302) is deleted, a cancelled settlement's come back
+# unsettled and still count.
+_REFUNDED = (
+    "SELECT init_feedetl_sn, sum(cnt) AS cnt, sum(amount_fen) AS amount FROM fee_lines"
+    " WHERE mdtrt_id = $1 AND cnt < 0 AND init_feedetl_sn = ANY($2::text[])"
+    " GROUP BY init_feedetl_sn"
+)
+
+
+async def cited(conn: asyncpg.Connection, mdtrt_id: str, feedetl_sns: list[str]) -> list[Charged]:
+    """Reads the visit's lines with these feedetl_sn (those refunds cite)."""
+    return [
+        Charged(
+            feedetl_sn=r["feedetl_sn"],
+            medins_list_codg=r["medins_list_codg"],
+            pric_micro=int(r["pric_micro"]),
+            cnt=int(r["cnt"]),
+            amount_fen=int(r["amount_fen"]),
+            init_feedetl_sn=r["init_feedetl_sn"],
+        )
+        for r in await conn.fetch(_ORIGINALS, mdtrt_id, feedetl_sns)
+    ]
+
+
+async def refunded(
+    conn: asyncpg.Connection, mdtrt_id: str, feedetl_sns: list[str]
+) -> dict[str, tuple[int, int]]:
+    """Reads, per charge of these feedetl_sn, the quantity and amount its refund lines in force
+    take back (both negative)."""
+    return {
+        r["init_feedetl_sn"]: (int(r["cnt"]), int(r["amount"]))
+        for r in await conn.fetch(_REFUNDED, mdtrt_id, feedetl_sns)
+    }
