@@ -26,7 +26,7 @@ from gateway.core.catalog import Snapshot
 from gateway.core.model import Visit
 from gateway.errors import GatewayError, NotFound
 from gateway.grouped import Built, Held, Job
-from gateway.ledger import fees, persons, settlements
+from gateway.ledger import corrections, fees, persons, settlements
 from gateway.ledger.settlements import AMOUNT_FIELDS, Record
 from gateway.money import fen_text
 from gateway.settlement_state import settle_alone
@@ -193,27 +193,13 @@ async def targets(
     end: dt.date | None = None,
 ) -> list[Target]:
     """Settlements in force whose line for the item resolved differently from today's mapping."""
-    rows = await conn.fetch(
-        "SELECT s.setl_id, s.psn_no, s.mdtrt_id, s.setl_time, fl.fee_ocur_time, ln->'mapping'->>'med_list_codg' AS used"
-        " FROM settlements s JOIN fee_lines fl ON fl.setl_id = s.setl_id AND fl.medins_list_codg = $2"
-        " CROSS JOIN LATERAL jsonb_array_elements(s.lines) ln"
-        " WHERE s.fixmedins_code = $1 AND s.status = 'settled' AND ln->>'feedetl_sn' = fl.feedetl_sn"
-        " AND ($3::date IS NULL OR s.setl_time >= $3::date) AND ($4::date IS NULL OR s.setl_time < $4::date + 1)"
-        " ORDER BY s.setl_time, s.setl_id",
-        fixmedins_code,
-        item,
-        begn,
-        end,
-    )
     found: dict[str, Target] = {}
-    for r in rows:
-        mapping = snapshot.mapping(fixmedins_code, item, r["fee_ocur_time"].date())
+    for r in await corrections.uses(conn, fixmedins_code, item, begn, end):
+        mapping = snapshot.mapping(fixmedins_code, item, r.fee_ocur_time.date())
         now = mapping.med_list_codg if mapping else ""
-        used = r["used"] or ""
-        if used != now and r["setl_id"] not in found:
-            found[r["setl_id"]] = Target(
-                r["setl_id"], r["psn_no"], r["mdtrt_id"], r["setl_time"], used, now
-            )
+        used = r.used or ""
+        if used != now and r.setl_id not in found:
+            found[r.setl_id] = Target(r.setl_id, r.psn_no, r.mdtrt_id, r.setl_time, used, now)
     return list(found.values())
 
 
@@ -230,31 +216,24 @@ async def resettle(
     now: dt.datetime,
 ) -> Item:
     """Cancel one settlement and settle its lines again (the caller holds the transaction)."""
-    row = await conn.fetchrow(
-        "SELECT fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id, chrg_bchno, mid_setl_flag, med_type,"
-        " acct_used_flag, dev_no, opter, mdtrtarea_admvs, category FROM settlements WHERE setl_id = $1",
-        setl_id,
-    )
-    sns = [
-        r["feedetl_sn"]
-        for r in await conn.fetch("SELECT feedetl_sn FROM fee_lines WHERE setl_id = $1", setl_id)
-    ]
+    row = await corrections.original(conn, setl_id)
+    sns = await fees.of_settlement(conn, setl_id)
     old, _ = await settlements.cancel(
         conn,
-        fixmedins_code=row["fixmedins_code"],
+        fixmedins_code=row.fixmedins_code,
         setl_id=setl_id,
-        mdtrt_id=row["mdtrt_id"],
-        psn_no=row["psn_no"],
+        mdtrt_id=row.mdtrt_id,
+        psn_no=row.psn_no,
         msgid=f"CORRECTION-{run_id}",
         now=now,
-        categories=frozenset({row["category"]}),
+        categories=frozenset({row.category}),
     )
-    institution = snapshot.institution(row["fixmedins_code"])
+    institution = snapshot.institution(row.fixmedins_code)
     assert institution is not None
-    used = await _codes_used(conn, setl_id)
+    used = await corrections.codes_used(conn, setl_id)
     wanted = set(sns)
-    lines = [ln for ln in await fees.unsettled(conn, row["mdtrt_id"]) if ln.feedetl_sn in wanted]
-    _, codes = await _remap(conn, snapshot, row["fixmedins_code"], lines, used)
+    lines = [ln for ln in await fees.unsettled(conn, row.mdtrt_id) if ln.feedetl_sn in wanted]
+    _, codes = await _remap(conn, snapshot, row.fixmedins_code, lines, used)
     # Same lines, so the same total: the declared check cannot fail on its own account.
     declared = settlements.Declared(medfee_sumamt=old.amounts["medfee_sumamt"])
 
@@ -269,20 +248,20 @@ async def resettle(
             institution=institution,
             encounter=enc,
             visit=Visit(
-                fixmedins_code=row["fixmedins_code"],
-                mdtrt_id=row["mdtrt_id"],
-                med_type=row["med_type"],
+                fixmedins_code=row.fixmedins_code,
+                mdtrt_id=row.mdtrt_id,
+                med_type=row.med_type,
                 service_date=enc.begntime.date(),
-                acct_used_flag=row["acct_used_flag"],
+                acct_used_flag=row.acct_used_flag,
                 dise_codg=enc.dise_codg,
             ),
-            infno=row["infno"],
-            msgid=row["medins_setl_id"],
-            chrg_bchno=row["chrg_bchno"],
-            mid_setl_flag=row["mid_setl_flag"],
-            dev_no=row["dev_no"],
-            opter=row["opter"],
-            mdtrtarea_admvs=row["mdtrtarea_admvs"],
+            infno=row.infno,
+            msgid=row.medins_setl_id,
+            chrg_bchno=row.chrg_bchno,
+            mid_setl_flag=row.mid_setl_flag,
+            dev_no=row.dev_no,
+            opter=row.opter,
+            mdtrtarea_admvs=row.mdtrtarea_admvs,
         )
         again = [ln for ln in held.visit.unsettled if ln.feedetl_sn in wanted]
         if not again:
@@ -300,7 +279,7 @@ async def resettle(
         )
         return Built.settled(s, held, rec, writes)
 
-    job = Job(psn_no=row["psn_no"], year=None, build=build, mdtrt_id=row["mdtrt_id"])
+    job = Job(psn_no=row.psn_no, year=None, build=build, mdtrt_id=row.mdtrt_id)
     new = (await settle_alone(conn, job)).output
     assert new.setl_id is not None
     old_funds, new_funds = _fund_amounts(old), _fund_amounts(new)
@@ -308,43 +287,31 @@ async def resettle(
     it = Item(
         old_setl_id=setl_id,
         new_setl_id=new.setl_id,
-        psn_no=row["psn_no"],
-        mdtrt_id=row["mdtrt_id"],
+        psn_no=row.psn_no,
+        mdtrt_id=row.mdtrt_id,
         old={k: old.amounts[k] for k in AMOUNT_FIELDS},
         new={k: new.amounts[k] for k in AMOUNT_FIELDS},
         fund_deltas={k: v for k, v in deltas.items() if v},
         codes=codes,
     )
-    await conn.execute(
-        "INSERT INTO correction_items (old_setl_id, new_setl_id, run_id, fixmedins_code, medins_list_codg, psn_no,"
-        " mdtrt_id, applied_at, patient_cash_delta, acct_delta, fund_delta, fund_deltas, old_setlinfo, new_setlinfo)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
-        setl_id,
-        new.setl_id,
-        run_id,
-        row["fixmedins_code"],
-        item_code,
-        row["psn_no"],
-        row["mdtrt_id"],
-        now,
-        it.patient_cash_delta,
-        it.acct_delta,
-        it.fund_delta,
-        it.fund_deltas,
-        it.old,
-        it.new,
+    await corrections.record(
+        conn,
+        old_setl_id=setl_id,
+        new_setl_id=new.setl_id,
+        run_id=run_id,
+        fixmedins_code=row.fixmedins_code,
+        medins_list_codg=item_code,
+        psn_no=row.psn_no,
+        mdtrt_id=row.mdtrt_id,
+        applied_at=now,
+        patient_cash_delta=it.patient_cash_delta,
+        acct_delta=it.acct_delta,
+        fund_delta=it.fund_delta,
+        fund_deltas=it.fund_deltas,
+        old_setlinfo=it.old,
+        new_setlinfo=it.new,
     )
     return it
-
-
-async def _codes_used(conn: asyncpg.Connection, setl_id: str) -> dict[str, str]:
-    """The national code each line of a settlement was resolved to when it was settled."""
-    rows = await conn.fetch(
-        "SELECT ln->>'feedetl_sn' AS sn, ln->'mapping'->>'med_list_codg' AS used"
-        " FROM settlements s CROSS JOIN LATERAL jsonb_array_elements(s.lines) ln WHERE s.setl_id = $1",
-        setl_id,
-    )
-    return {r["sn"]: r["used"] or "" for r in rows}
 
 
 async def _remap(
@@ -367,13 +334,7 @@ async def _remap(
         now = mapping.med_list_codg if mapping is not None else ""
         if ln.med_list_codg and ln.med_list_codg != now:
             ln = replace(ln, med_list_codg=now or None)
-            await conn.execute(
-                "UPDATE fee_lines SET med_list_codg = $3 WHERE mdtrt_id = $1 AND feedetl_sn = $2"
-                " AND setl_id IS NULL",
-                ln.mdtrt_id,
-                ln.feedetl_sn,
-                now or None,
-            )
+            await fees.set_national_code(conn, ln.mdtrt_id, ln.feedetl_sn, now or None)
         then = used.get(ln.feedetl_sn, "")
         if then != now:
             codes.append((ln.feedetl_sn, ln.medins_list_codg, then, now))
@@ -440,9 +401,7 @@ async def apply(
     for i, t in enumerate(todo, start=1):
         try:
             async with conn.transaction():
-                done = await conn.fetchval(
-                    "SELECT new_setl_id FROM correction_items WHERE old_setl_id = $1", t.setl_id
-                )
+                done = await corrections.corrected_by(conn, t.setl_id)
                 if done is None:
                     summary.items.append(
                         await resettle(
