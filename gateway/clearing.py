@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
+from gateway.ledger import clearing
 from gateway.money import fen_text
 
 MED_TYPE_NAMES = {
@@ -119,76 +120,41 @@ async def monthly(
 ) -> MonthlyReport:
     """The month's clearing table for every institution (or one)."""
     begn, end = month_bounds(month)
-    args: list[object] = [
-        dt.datetime.combine(begn, dt.time()),
-        dt.datetime.combine(end + dt.timedelta(days=1), dt.time()),
-    ]
-    where = "s.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
-    if institution:
-        args.append(institution)
-        where += " AND s.fixmedins_code = $3"
-    rows = await conn.fetch(
-        "SELECT s.fixmedins_code, i.fixmedins_name, i.admdvs, s.med_type, count(*) AS visits,"
-        " sum(medfee_sumamt) AS medfee_sumamt, sum(hifp_pay) AS hifp_pay, sum(hifob_pay) AS hifob_pay,"
-        " sum(hifmi_pay) AS hifmi_pay, sum(cvlserv_pay) AS cvlserv_pay, sum(maf_pay) AS maf_pay,"
-        " sum(acct_pay) AS acct_pay, sum(psn_cash_pay) AS psn_cash_pay, sum(inscp_scp_amt) AS inscp_scp_amt,"
-        " sum(fund_pay_sumamt) AS fund_pay_sumamt"
-        f" FROM settlements s JOIN institutions i USING (fixmedins_code) WHERE {where}"
-        " GROUP BY s.fixmedins_code, i.fixmedins_name, i.admdvs, s.med_type ORDER BY s.fixmedins_code, s.med_type",
-        *args,
-    )
+    since = dt.datetime.combine(begn, dt.time())
+    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
     reports: dict[str, InstitutionReport] = {}
-    for r in rows:
-        rep = reports.setdefault(
-            r["fixmedins_code"],
-            InstitutionReport(r["fixmedins_code"], r["fixmedins_name"], r["admdvs"]),
-        )
+
+    def report_of(code: str, name: str, admdvs: str) -> InstitutionReport:
+        return reports.setdefault(code, InstitutionReport(code, name, admdvs))
+
+    for r in await clearing.settled(conn, since, until, institution):
+        rep = report_of(r.fixmedins_code, r.fixmedins_name, r.admdvs)
         line = Line(
-            med_type=r["med_type"],
-            name=MED_TYPE_NAMES.get(r["med_type"], r["med_type"]),
-            visits=int(r["visits"]),
-            medfee_sumamt=int(r["medfee_sumamt"]),
-            hifp_pay=int(r["hifp_pay"]),
-            hifob_pay=int(r["hifob_pay"]),
-            hifmi_pay=int(r["hifmi_pay"]),
-            cvlserv_pay=int(r["cvlserv_pay"]),
-            maf_pay=int(r["maf_pay"]),
-            acct_pay=int(r["acct_pay"]),
-            psn_cash_pay=int(r["psn_cash_pay"]),
-            inscp_scp_amt=int(r["inscp_scp_amt"]),
-            out_of_scope=int(r["medfee_sumamt"]) - int(r["inscp_scp_amt"]),
-            declared=int(r["fund_pay_sumamt"]) + int(r["acct_pay"]),
+            med_type=r.med_type,
+            name=MED_TYPE_NAMES.get(r.med_type, r.med_type),
+            visits=r.visits,
+            medfee_sumamt=r.medfee_sumamt,
+            hifp_pay=r.hifp_pay,
+            hifob_pay=r.hifob_pay,
+            hifmi_pay=r.hifmi_pay,
+            cvlserv_pay=r.cvlserv_pay,
+            maf_pay=r.maf_pay,
+            acct_pay=r.acct_pay,
+            psn_cash_pay=r.psn_cash_pay,
+            inscp_scp_amt=r.inscp_scp_amt,
+            out_of_scope=r.medfee_sumamt - r.inscp_scp_amt,
+            declared=r.fund_pay_sumamt + r.acct_pay,
         )
         rep.lines.append(line)
         rep.total.add(line)
-    corr_args = args[:2] + ([institution] if institution else [])
-    for r in await conn.fetch(
-        "SELECT c.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n, sum(fund_delta) AS fund,"
-        " sum(acct_delta) AS acct, sum(patient_cash_delta) AS cash FROM correction_items c"
-        " JOIN institutions i USING (fixmedins_code) WHERE applied_at >= $1 AND applied_at < $2"
-        + (" AND c.fixmedins_code = $3" if institution else "")
-        + " GROUP BY c.fixmedins_code, i.fixmedins_name, i.admdvs",
-        *corr_args,
-    ):
-        rep = reports.setdefault(
-            r["fixmedins_code"],
-            InstitutionReport(r["fixmedins_code"], r["fixmedins_name"], r["admdvs"]),
+    for c in await clearing.corrected(conn, since, until, institution):
+        rep = report_of(c.fixmedins_code, c.fixmedins_name, c.admdvs)
+        rep.corrections = Corrections(
+            c.settlements, c.fund_delta, c.acct_delta, c.patient_cash_delta
         )
-        rep.corrections = Corrections(int(r["n"]), int(r["fund"]), int(r["acct"]), int(r["cash"]))
-    for r in await conn.fetch(
-        "SELECT d.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n,"
-        " sum(d.medfee_sumamt) AS medfee, sum(d.reimbursement_fen) AS owed FROM deferred d"
-        " JOIN institutions i USING (fixmedins_code) WHERE d.kind = 'claim'"
-        " AND d.status = 'settled' AND d.replayed_at >= $1 AND d.replayed_at < $2"
-        + (" AND d.fixmedins_code = $3" if institution else "")
-        + " GROUP BY d.fixmedins_code, i.fixmedins_name, i.admdvs",
-        *corr_args,
-    ):
-        rep = reports.setdefault(
-            r["fixmedins_code"],
-            InstitutionReport(r["fixmedins_code"], r["fixmedins_name"], r["admdvs"]),
-        )
-        rep.reimbursements = Reimbursements(int(r["n"]), int(r["medfee"]), int(r["owed"]))
+    for d in await clearing.reimbursed(conn, since, until, institution):
+        rep = report_of(d.fixmedins_code, d.fixmedins_name, d.admdvs)
+        rep.reimbursements = Reimbursements(d.claims, d.medfee_sumamt, d.to_patients)
     return MonthlyReport(month, begn, end, sorted(reports.values(), key=lambda r: r.fixmedins_code))
 
 

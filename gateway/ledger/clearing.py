@@ -1,0 +1,149 @@
+"""Monthly clearing's sums: settlements in force by institution and 医疗类别, corrections applied
+and deferred claims replayed, over [since, until)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+import msgspec
+
+
+class Settled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """The sums of an institution's settlements in force of one med_type."""
+
+    fixmedins_code: str
+    fixmedins_name: str
+    admdvs: str
+    med_type: str
+    visits: int
+    medfee_sumamt: int
+    hifp_pay: int
+    hifob_pay: int
+    hifmi_pay: int
+    cvlserv_pay: int
+    maf_pay: int
+    acct_pay: int
+    psn_cash_pay: int
+    inscp_scp_amt: int
+    fund_pay_sumamt: int
+
+
+async def settled(
+    conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
+) -> list[Settled]:
+    """Reads the sums of the settlements in force settled in [since, until), per institution
+    (or only the one given) and med_type."""
+    args: list[object] = [since, until]
+    where = "s.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
+    if institution:
+        args.append(institution)
+        where += " AND s.fixmedins_code = $3"
+    rows = await conn.fetch(
+        "SELECT s.fixmedins_code, i.fixmedins_name, i.admdvs, s.med_type, count(*) AS visits,"
+        " sum(medfee_sumamt) AS medfee_sumamt, sum(hifp_pay) AS hifp_pay, sum(hifob_pay) AS hifob_pay,"
+        " sum(hifmi_pay) AS hifmi_pay, sum(cvlserv_pay) AS cvlserv_pay, sum(maf_pay) AS maf_pay,"
+        " sum(acct_pay) AS acct_pay, sum(psn_cash_pay) AS psn_cash_pay, sum(inscp_scp_amt) AS inscp_scp_amt,"
+        " sum(fund_pay_sumamt) AS fund_pay_sumamt"
+        f" FROM settlements s JOIN institutions i USING (fixmedins_code) WHERE {where}"
+        " GROUP BY s.fixmedins_code, i.fixmedins_name, i.admdvs, s.med_type ORDER BY s.fixmedins_code, s.med_type",
+        *args,
+    )
+    return [
+        Settled(
+            fixmedins_code=r["fixmedins_code"],
+            fixmedins_name=r["fixmedins_name"],
+            admdvs=r["admdvs"],
+            med_type=r["med_type"],
+            visits=int(r["visits"]),
+            medfee_sumamt=int(r["medfee_sumamt"]),
+            hifp_pay=int(r["hifp_pay"]),
+            hifob_pay=int(r["hifob_pay"]),
+            hifmi_pay=int(r["hifmi_pay"]),
+            cvlserv_pay=int(r["cvlserv_pay"]),
+            maf_pay=int(r["maf_pay"]),
+            acct_pay=int(r["acct_pay"]),
+            psn_cash_pay=int(r["psn_cash_pay"]),
+            inscp_scp_amt=int(r["inscp_scp_amt"]),
+            fund_pay_sumamt=int(r["fund_pay_sumamt"]),
+        )
+        for r in rows
+    ]
+
+
+class Corrected(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """The corrections applied to an institution's settlements, and the money they moved."""
+
+    fixmedins_code: str
+    fixmedins_name: str
+    admdvs: str
+    settlements: int
+    fund_delta: int
+    acct_delta: int
+    patient_cash_delta: int
+
+
+async def corrected(
+    conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
+) -> list[Corrected]:
+    """Reads the corrections applied in [since, until), per institution (or only the one given)."""
+    corr_args: list[object] = [since, until] + ([institution] if institution else [])
+    rows = await conn.fetch(
+        "SELECT c.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n, sum(fund_delta) AS fund,"
+        " sum(acct_delta) AS acct, sum(patient_cash_delta) AS cash FROM correction_items c"
+        " JOIN institutions i USING (fixmedins_code) WHERE applied_at >= $1 AND applied_at < $2"
+        + (" AND c.fixmedins_code = $3" if institution else "")
+        + " GROUP BY c.fixmedins_code, i.fixmedins_name, i.admdvs",
+        *corr_args,
+    )
+    return [
+        Corrected(
+            fixmedins_code=r["fixmedins_code"],
+            fixmedins_name=r["fixmedins_name"],
+            admdvs=r["admdvs"],
+            settlements=int(r["n"]),
+            fund_delta=int(r["fund"]),
+            acct_delta=int(r["acct"]),
+            patient_cash_delta=int(r["cash"]),
+        )
+        for r in rows
+    ]
+
+
+class Reimbursed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """The deferred claims of an institution replayed, and what the funds owe the patients."""
+
+    fixmedins_code: str
+    fixmedins_name: str
+    admdvs: str
+    claims: int
+    medfee_sumamt: int
+    to_patients: int
+
+
+async def reimbursed(
+    conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
+) -> list[Reimbursed]:
+    """Reads the deferred claims settled by replay in [since, until), per institution (or only
+    the one given)."""
+    corr_args: list[object] = [since, until] + ([institution] if institution else [])
+    rows = await conn.fetch(
+        "SELECT d.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n,"
+        " sum(d.medfee_sumamt) AS medfee, sum(d.reimbursement_fen) AS owed FROM deferred d"
+        " JOIN institutions i USING (fixmedins_code) WHERE d.kind = 'claim'"
+        " AND d.status = 'settled' AND d.replayed_at >= $1 AND d.replayed_at < $2"
+        + (" AND d.fixmedins_code = $3" if institution else "")
+        + " GROUP BY d.fixmedins_code, i.fixmedins_name, i.admdvs",
+        *corr_args,
+    )
+    return [
+        Reimbursed(
+            fixmedins_code=r["fixmedins_code"],
+            fixmedins_name=r["fixmedins_name"],
+            admdvs=r["admdvs"],
+            claims=int(r["n"]),
+            medfee_sumamt=int(r["medfee"]),
+            to_patients=int(r["owed"]),
+        )
+        for r in rows
+    ]
