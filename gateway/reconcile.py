@@ -12,7 +12,6 @@ import asyncio
 import base64
 import binascii
 import csv
-import datetime as dt
 import io
 import struct
 import threading
@@ -24,9 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-import asyncpg
-
 from gateway.errors import BadRequest, Busy
+from gateway.ledger.reconciliations import CentreRow, Totals
 from gateway.money import AmountError, fen_text, to_fen
 
 T = TypeVar("T")
@@ -62,44 +60,6 @@ RESULT_COLUMNS = (
 
 
 @dataclass(frozen=True, slots=True)
-class Totals:
-    count: int
-    medfee_sumamt: int
-    fund_pay_sumamt: int
-    acct_pay: int
-    cash_payamt: int
-
-    def describe(self) -> str:
-        return (
-            f"{self.count}笔，医疗费总额{fen_text(self.medfee_sumamt)}，基金支付{fen_text(self.fund_pay_sumamt)}，"
-            f"个人账户{fen_text(self.acct_pay)}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Period:
-    fixmedins_code: str
-    setl_optins: str
-    begndate: dt.date
-    enddate: dt.date
-    insutype: str = ""
-    clr_type: str = ""
-    include_refunded: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class CentreRow:
-    setl_id: str
-    mdtrt_id: str
-    psn_no: str
-    msgid: str
-    medfee_sumamt: int
-    fund_pay_sumamt: int
-    acct_pay: int
-    refunded: bool
-
-
-@dataclass(frozen=True, slots=True)
 class DetailRow:
     setl_id: str
     mdtrt_id: str
@@ -108,67 +68,6 @@ class DetailRow:
     fund_pay_sumamt: int
     acct_pay: int
     refd_setl_flag: str
-
-
-def _where(p: Period) -> tuple[str, list[object]]:
-    where = [
-        "fixmedins_code = $1",
-        "clr_optins = $2",
-        "setl_time >= $3",
-        "setl_time < $4",
-    ]
-    args: list[object] = [
-        p.fixmedins_code,
-        p.setl_optins,
-        dt.datetime.combine(p.begndate, dt.time()),
-        dt.datetime.combine(p.enddate + dt.timedelta(days=1), dt.time()),
-    ]
-    if p.insutype:
-        args.append(p.insutype)
-        where.append(f"insutype = ${len(args)}")
-    if p.clr_type:
-        args.append(p.clr_type)
-        where.append(f"clr_type = ${len(args)}")
-    if not p.include_refunded:
-        where.append("status = 'settled'")
-    return " AND ".join(where), args
-
-
-async def centre_totals(conn: asyncpg.Connection, p: Period) -> Totals:
-    """The ledger's totals for the period."""
-    where, args = _where(p)
-    row = await conn.fetchrow(
-        "SELECT count(*) AS n, coalesce(sum(medfee_sumamt), 0) AS medfee,"
-        " coalesce(sum(fund_pay_sumamt), 0) AS fund, coalesce(sum(acct_pay), 0) AS acct,"
-        f" coalesce(sum(psn_cash_pay), 0) AS cash FROM settlements WHERE {where}",
-        *args,
-    )
-    return Totals(
-        int(row["n"]), int(row["medfee"]), int(row["fund"]), int(row["acct"]), int(row["cash"])
-    )
-
-
-async def centre_rows(conn: asyncpg.Connection, p: Period) -> list[CentreRow]:
-    """The ledger's settlements of the period, one row each."""
-    where, args = _where(p)
-    rows = await conn.fetch(
-        "SELECT setl_id, mdtrt_id, psn_no, medins_setl_id, medfee_sumamt, fund_pay_sumamt, acct_pay,"
-        f" status FROM settlements WHERE {where} ORDER BY setl_time, setl_id",
-        *args,
-    )
-    return [
-        CentreRow(
-            r["setl_id"],
-            r["mdtrt_id"],
-            r["psn_no"],
-            r["medins_setl_id"],
-            int(r["medfee_sumamt"]),
-            int(r["fund_pay_sumamt"]),
-            int(r["acct_pay"]),
-            r["status"] != "settled",
-        )
-        for r in rows
-    ]
 
 
 def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False) -> tuple[str, str]:
@@ -533,47 +432,3 @@ def detail_result(
     (in a parser thread: every step grows with the file)."""
     rows = compare_details(read_detail_file(content, limits), centre)
     return rows, result_file(rows, filename)
-
-
-async def new_file_no(conn: asyncpg.Connection, on: dt.datetime) -> str:
-    """A file query number: F + yyyyMMdd + serial."""
-    serial = await conn.fetchval("SELECT nextval('file_seq')")
-    return f"F{on:%Y%m%d}{int(serial):010d}"
-
-
-async def store_file(
-    conn: asyncpg.Connection,
-    *,
-    fixmedins_code: str,
-    filename: str,
-    kind: str,
-    content: bytes,
-    now: dt.datetime,
-) -> tuple[str, dt.datetime]:
-    """Keep a file for 7 days; returns its query number and download deadline."""
-    file_no = await new_file_no(conn, now)
-    deadline = (now + dt.timedelta(days=7)).replace(microsecond=0)
-    await conn.execute(
-        "INSERT INTO exchange_files (file_qury_no, fixmedins_code, filename, kind, content, created_at, dld_endtime)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        file_no,
-        fixmedins_code,
-        filename,
-        kind,
-        content,
-        now,
-        deadline,
-    )
-    return file_no, deadline
-
-
-async def load_file(
-    conn: asyncpg.Connection, fixmedins_code: str, file_qury_no: str
-) -> tuple[str, bytes] | None:
-    """The institution's own file, if it exists."""
-    row = await conn.fetchrow(
-        "SELECT filename, content FROM exchange_files WHERE file_qury_no = $1 AND fixmedins_code = $2",
-        file_qury_no,
-        fixmedins_code,
-    )
-    return None if row is None else (row["filename"], bytes(row["content"]))

@@ -8,6 +8,7 @@ from adapters.his.envelope import Amount, Code, decode_input, text
 from adapters.his.wire import Node, day, fen_required, required
 from gateway import reconcile
 from gateway.errors import BadRequest, NotFound
+from gateway.ledger import exchange_files, reconciliations
 from gateway.transaction import Answer, Call, register
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -61,7 +62,7 @@ def _count(value: Amount, name: str) -> int:
         raise BadRequest(f"字段{name}应为整数") from exc
 
 
-def _period(call: Call, d: StmtTotal) -> reconcile.Period:
+def _period(call: Call, d: StmtTotal) -> reconciliations.Period:
     begn = day(d.stmt_begndate, "data.stmt_begndate")
     end = day(d.stmt_enddate, "data.stmt_enddate")
     if end < begn:
@@ -71,7 +72,7 @@ def _period(call: Call, d: StmtTotal) -> reconcile.Period:
     flag = text(d.refd_setl_flag) or "0"
     if flag not in ("0", "1"):
         raise BadRequest("退费结算标志refd_setl_flag只能为0或1")
-    return reconcile.Period(
+    return reconciliations.Period(
         fixmedins_code=call.req.fixmedins_code,
         setl_optins=required(d.setl_optins, "data.setl_optins"),
         begndate=begn,
@@ -79,31 +80,6 @@ def _period(call: Call, d: StmtTotal) -> reconcile.Period:
         insutype=text(d.insutype),
         clr_type=text(d.clr_type),
         include_refunded=flag == "1",
-    )
-
-
-async def _record(
-    call: Call,
-    p: reconcile.Period,
-    rslt: str,
-    dscr: str,
-    declared: reconcile.Totals,
-    centre: reconcile.Totals,
-) -> None:
-    await call.conn.execute(
-        "INSERT INTO reconciliations (fixmedins_code, infno, setl_optins, insutype, clr_type, stmt_begndate,"
-        " stmt_enddate, stmt_rslt, stmt_rslt_dscr, declared, centre) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
-        p.fixmedins_code,
-        call.req.infno,
-        p.setl_optins,
-        p.insutype,
-        p.clr_type,
-        p.begndate,
-        p.enddate,
-        rslt,
-        dscr,
-        msgspec.to_builtins(declared),
-        msgspec.to_builtins(centre),
     )
 
 
@@ -116,16 +92,16 @@ async def statement_total(call: Call) -> Answer:
     required(d.clr_type, "data.clr_type")
     p = _period(call, d)
     # Totals may be negative: with refd_setl_flag 1 the period's refunds are counted.
-    declared = reconcile.Totals(
+    declared = reconciliations.Totals(
         count=_count(d.fixmedins_setl_cnt, "data.fixmedins_setl_cnt"),
         medfee_sumamt=fen_required(d.medfee_sumamt, "data.medfee_sumamt", signed=True),
         fund_pay_sumamt=fen_required(d.fund_pay_sumamt, "data.fund_pay_sumamt", signed=True),
         acct_pay=fen_required(d.acct_pay, "data.acct_pay", signed=True),
         cash_payamt=0,
     )
-    centre = await reconcile.centre_totals(call.conn, p)
+    centre = await reconciliations.centre_totals(call.conn, p)
     rslt, dscr = reconcile.compare_totals(declared, centre)
-    await _record(call, p, rslt, dscr, declared, centre)
+    await reconciliations.record(call.conn, p, call.req.infno, rslt, dscr, declared, centre)
     return Answer(
         {
             "stmtinfo": {
@@ -154,7 +130,7 @@ async def upload_file(call: Call) -> Answer:
     content = await reconcile.off_loop(
         limits, reconcile.read_upload, encoded, limits, MAX_FILE_BYTES
     )
-    file_no, deadline = await reconcile.store_file(
+    file_no, deadline = await exchange_files.store_file(
         call.conn,
         fixmedins_code=call.req.fixmedins_code,
         filename=filename,
@@ -178,30 +154,30 @@ async def statement_detail(call: Call) -> Answer:
         raise BadRequest("缺少输入节点data")
     p = _period(call, d)
     file_no = required(d.file_qury_no, "data.file_qury_no")
-    found = await reconcile.load_file(call.conn, call.req.fixmedins_code, file_no)
+    found = await exchange_files.load_file(call.conn, call.req.fixmedins_code, file_no)
     if found is None:
         raise NotFound(f"文件查询号{file_no}不存在或不属于本机构，请先上传明细文件（9101）")
-    centre_rows = await reconcile.centre_rows(call.conn, p)
+    centre_rows = await reconciliations.centre_rows(call.conn, p)
     filename = f"{call.req.fixmedins_code}_{p.begndate:%Y%m%d}_{p.enddate:%Y%m%d}_result.zip"
     # Files stored before uploads were bounded are read under the same bounds, off the loop.
     limits = call.gw.config.files
     rows, result = await reconcile.off_loop(
         limits, reconcile.detail_result, found[1], centre_rows, filename, limits
     )
-    declared = reconcile.Totals(
+    declared = reconciliations.Totals(
         count=_count(d.fixmedins_setl_cnt, "data.fixmedins_setl_cnt"),
         medfee_sumamt=fen_required(d.medfee_sumamt, "data.medfee_sumamt", signed=True),
         fund_pay_sumamt=fen_required(d.fund_pay_sumamt, "data.fund_pay_sumamt", signed=True),
         acct_pay=0,
         cash_payamt=fen_required(d.cash_payamt, "data.cash_payamt", signed=True),
     )
-    centre = await reconcile.centre_totals(call.conn, p)
+    centre = await reconciliations.centre_totals(call.conn, p)
     mismatched = [r for r in rows if r.stmt_rslt != reconcile.BALANCED]
     rslt, dscr = reconcile.compare_totals(declared, centre, with_cash=True)
     if rslt == reconcile.BALANCED and mismatched:
         rslt, dscr = reconcile.INCONSISTENT, f"总额一致但有{len(mismatched)}笔明细不一致"
-    await _record(call, p, rslt, dscr, declared, centre)
-    result_no, deadline = await reconcile.store_file(
+    await reconciliations.record(call.conn, p, call.req.infno, rslt, dscr, declared, centre)
+    result_no, deadline = await exchange_files.store_file(
         call.conn,
         fixmedins_code=call.req.fixmedins_code,
         filename=filename,
@@ -227,7 +203,7 @@ async def download_file(call: Call) -> Answer:
     if node is None:
         raise BadRequest("缺少输入节点fsDownloadIn")
     file_no = required(node.file_qury_no, "fsDownloadIn.file_qury_no")
-    found = await reconcile.load_file(call.conn, call.req.fixmedins_code, file_no)
+    found = await exchange_files.load_file(call.conn, call.req.fixmedins_code, file_no)
     if found is None:
         raise NotFound(f"文件查询号{file_no}不存在或不属于本机构")
     return Answer(None, raw=found[1])

@@ -1,0 +1,143 @@
+"""Day-end reconciliation's rows: the settlements a period counts, and each check's result."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+
+from gateway.money import fen_text
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """A count of settlements and their amounts (fen), declared or the ledger's."""
+
+    count: int
+    medfee_sumamt: int
+    fund_pay_sumamt: int
+    acct_pay: int
+    cash_payamt: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.count}笔，医疗费总额{fen_text(self.medfee_sumamt)}，基金支付{fen_text(self.fund_pay_sumamt)}，"
+            f"个人账户{fen_text(self.acct_pay)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Which settlements a reconciliation counts (see gateway.reconcile)."""
+
+    fixmedins_code: str
+    setl_optins: str
+    begndate: dt.date
+    enddate: dt.date
+    insutype: str = ""
+    clr_type: str = ""
+    include_refunded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CentreRow:
+    """One settlement the period counts, as 3202 compares it."""
+
+    setl_id: str
+    mdtrt_id: str
+    psn_no: str
+    msgid: str
+    medfee_sumamt: int
+    fund_pay_sumamt: int
+    acct_pay: int
+    refunded: bool
+
+
+def _where(p: Period) -> tuple[str, list[object]]:
+    where = [
+        "fixmedins_code = $1",
+        "clr_optins = $2",
+        "setl_time >= $3",
+        "setl_time < $4",
+    ]
+    args: list[object] = [
+        p.fixmedins_code,
+        p.setl_optins,
+        dt.datetime.combine(p.begndate, dt.time()),
+        dt.datetime.combine(p.enddate + dt.timedelta(days=1), dt.time()),
+    ]
+    if p.insutype:
+        args.append(p.insutype)
+        where.append(f"insutype = ${len(args)}")
+    if p.clr_type:
+        args.append(p.clr_type)
+        where.append(f"clr_type = ${len(args)}")
+    if not p.include_refunded:
+        where.append("status = 'settled'")
+    return " AND ".join(where), args
+
+
+async def centre_totals(conn: asyncpg.Connection, p: Period) -> Totals:
+    """Reads the totals of the settlements the period counts."""
+    where, args = _where(p)
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(sum(medfee_sumamt), 0) AS medfee,"
+        " coalesce(sum(fund_pay_sumamt), 0) AS fund, coalesce(sum(acct_pay), 0) AS acct,"
+        f" coalesce(sum(psn_cash_pay), 0) AS cash FROM settlements WHERE {where}",
+        *args,
+    )
+    return Totals(
+        int(row["n"]), int(row["medfee"]), int(row["fund"]), int(row["acct"]), int(row["cash"])
+    )
+
+
+async def centre_rows(conn: asyncpg.Connection, p: Period) -> list[CentreRow]:
+    """Reads the settlements the period counts, one row each, in settlement order."""
+    where, args = _where(p)
+    rows = await conn.fetch(
+        "SELECT setl_id, mdtrt_id, psn_no, medins_setl_id, medfee_sumamt, fund_pay_sumamt, acct_pay,"
+        f" status FROM settlements WHERE {where} ORDER BY setl_time, setl_id",
+        *args,
+    )
+    return [
+        CentreRow(
+            r["setl_id"],
+            r["mdtrt_id"],
+            r["psn_no"],
+            r["medins_setl_id"],
+            int(r["medfee_sumamt"]),
+            int(r["fund_pay_sumamt"]),
+            int(r["acct_pay"]),
+            r["status"] != "settled",
+        )
+        for r in rows
+    ]
+
+
+async def record(
+    conn: asyncpg.Connection,
+    p: Period,
+    infno: str,
+    rslt: str,
+    dscr: str,
+    declared: Totals,
+    centre: Totals,
+) -> None:
+    """Writes one reconciliation check: its period, result, and both sides' totals."""
+    await conn.execute(
+        "INSERT INTO reconciliations (fixmedins_code, infno, setl_optins, insutype, clr_type, stmt_begndate,"
+        " stmt_enddate, stmt_rslt, stmt_rslt_dscr, declared, centre) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+        p.fixmedins_code,
+        infno,
+        p.setl_optins,
+        p.insutype,
+        p.clr_type,
+        p.begndate,
+        p.enddate,
+        rslt,
+        dscr,
+        msgspec.to_builtins(declared),
+        msgspec.to_builtins(centre),
+    )
