@@ -1,5 +1,5 @@
-"""The shape of the code: imports between `gateway` and `adapters` point one way, and the core
-stays pure.
+"""The shape of the code: imports between `gateway` and `adapters` point one way, the core
+stays pure, and SQL is written in `gateway/ledger/` only.
 
 The import graph is read from the source with `ast`, not from a running interpreter, so that an
 import nobody has executed yet (inside a function, under `if TYPE_CHECKING:`) is seen too.
@@ -25,6 +25,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from itertools import pairwise
 from pathlib import Path
 
@@ -363,3 +364,163 @@ def test_a_package_that_imports_its_importer_is_a_cycle(tmp_path: Path) -> None:
     )
     graph = import_graph(tmp_path, ["outer"])
     assert strongly_connected(graph) == [["outer.inner", "outer.top"]]
+
+
+# ------------------------------------------------------------------ SQL in gateway/ledger/ only
+
+# asyncpg's methods that take SQL text (or, for copy_records_to_table, a table name) first.
+SQL_METHODS = frozenset(
+    {
+        "fetch",
+        "fetchrow",
+        "fetchval",
+        "execute",
+        "executemany",
+        "copy_records_to_table",
+        "cursor",
+        "prepare",
+    }
+)
+_SQL_KEYWORDS = ("query", "table_name")
+LEDGER = "gateway/ledger/"
+# Files outside gateway/ledger/ that still run their own SQL, each with the reason.
+_LATER = "moved after the console/edge work lands"
+SQL_MOVED_LATER = {
+    "gateway/operators.py": _LATER,
+    "gateway/app.py": _LATER,
+    "gateway/console/*": _LATER,
+    "gateway/edge.py": _LATER,
+    "gateway/overload.py": _LATER,
+    "gateway/config.py": _LATER,
+}
+SQL_NOT_THE_LEDGER = {
+    # It makes the embedded server's database before any ledger exists in it.
+    "gateway/embedded.py": "administration of the embedded server (CREATE DATABASE), not the ledger",
+}
+SQL_ALLOWED = {**SQL_MOVED_LATER, **SQL_NOT_THE_LEDGER}
+
+
+def _string_names(tree: ast.AST) -> set[str]:
+    """Names the file binds to string text, anywhere (`_ORIGINALS = ("SELECT ..." " ...")`)."""
+    names: set[str] = set()
+    grew = True
+    while grew:  # a name bound to text built from another such name counts too
+        grew = False
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                targets, value = node.targets, node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                targets, value = [node.target], node.value
+            else:
+                continue
+            if not _is_text(value, names):
+                continue
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id not in names:
+                    names.add(target.id)
+                    grew = True
+    return names
+
+
+def _is_text(node: ast.expr, names: set[str]) -> bool:
+    """Whether the expression is string text: a literal, an f-string, a name bound to text, or
+    text built from those (`+`, `%`, a conditional, a method of a string such as `.format`)."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.JoinedStr):
+        return True
+    if isinstance(node, ast.Name):
+        return node.id in names
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+        return _is_text(node.left, names) or _is_text(node.right, names)
+    if isinstance(node, ast.IfExp):
+        return _is_text(node.body, names) or _is_text(node.orelse, names)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return _is_text(node.func.value, names)
+    return False
+
+
+def sql_calls(path: Path) -> list[int]:
+    """Lines where the file hands SQL text to one of asyncpg's methods."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names = _string_names(tree)
+    lines = []
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in SQL_METHODS
+        ):
+            continue
+        first = node.args[:1] or [k.value for k in node.keywords if k.arg in _SQL_KEYWORDS]
+        if first and _is_text(first[0], names):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def sql_outside_ledger(root: Path, allowed: Mapping[str, str]) -> list[str]:
+    """`path:line` of every SQL call in `gateway/` and `adapters/` outside gateway/ledger/ and
+    outside the allowed files."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            if relative.startswith(LEDGER) or any(fnmatch(relative, p) for p in allowed):
+                continue
+            found.extend(f"{relative}:{line}" for line in sql_calls(path))
+    return found
+
+
+def test_sql_is_written_in_the_ledger_only() -> None:
+    """Every statement lives in a module of gateway/ledger/ named after what it stores; the
+    rest of the code calls those functions."""
+    # The scan is the real one: it sees the SQL the allowed files still hold.
+    assert sql_calls(ROOT / "gateway" / "operators.py")
+    assert sql_calls(ROOT / "gateway" / "ledger" / "fees.py")
+    wrong = sql_outside_ledger(ROOT, SQL_ALLOWED)
+    assert not wrong, "SQL outside gateway/ledger/ (move it into a ledger module):\n" + "\n".join(
+        wrong
+    )
+
+
+def test_every_sql_allowance_names_existing_files() -> None:
+    """An allowance for a file renamed or deleted would silently cover its successor."""
+    every = [p.relative_to(ROOT).as_posix() for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    stale = [p for p in SQL_ALLOWED if not any(fnmatch(f, p) for f in every)]
+    assert not stale, f"allowances that match no file: {stale}"
+    assert all(reason.strip() for reason in SQL_ALLOWED.values())
+
+
+def test_sql_in_every_form_is_found_outside_the_ledger(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "gateway/__init__.py": "",
+            "gateway/ledger/__init__.py": "",
+            "gateway/ledger/rows.py": (
+                "async def count(conn):\n    return await conn.fetchval('SELECT count(*) FROM t')\n"
+            ),
+            "gateway/handler.py": (
+                "_ONE = ('SELECT a FROM t'\n"
+                "        ' WHERE b = $1')\n"
+                "_TWO = _ONE + ' FOR UPDATE'\n"
+                "async def run(conn, call, table, lock, query):\n"
+                "    await conn.execute('DELETE FROM t')\n"  # 5: a literal
+                "    await conn.fetch(f'SELECT * FROM {table}')\n"  # 6: an f-string
+                "    await call.conn.fetchrow(_ONE, 1)\n"  # 7: a name bound to SQL
+                "    await conn.fetchrow(_TWO, 1)\n"  # 8: built from such a name
+                "    await conn.fetch('SELECT 1' + (' FOR UPDATE' if lock else ''))\n"  # 9
+                "    await conn.copy_records_to_table('t', records=[])\n"  # 10: a table name
+                "    await conn.execute(query='UPDATE t SET a = 1')\n"  # 11: by keyword
+                "    await conn.execute(query)\n"  # a parameter: SQL from elsewhere
+                "    await conn.execute(rows.INSERT)\n"  # the ledger's own text
+                "    await executor.execute(job)\n"
+                "    conn.execute\n"
+            ),
+            "adapters/__init__.py": "",
+            "adapters/side.py": "async def f(conn):\n    await conn.executemany('INSERT', [])\n",
+            "gateway/later.py": "async def f(conn):\n    await conn.fetchval('SELECT 1')\n",
+        },
+    )
+    found = sql_outside_ledger(tmp_path, {"gateway/later.py": "moved later"})
+    assert found == [f"gateway/handler.py:{n}" for n in range(5, 12)] + ["adapters/side.py:2"]
