@@ -32,8 +32,7 @@ class Settled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 async def settled(
     conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
 ) -> list[Settled]:
-    """Reads the sums of the settlements in force settled in [since, until), per institution
-    (or only the one given) and med_type."""
+    """Reads per institution and med_type the sums of settlements in force of [since, until)."""
     args: list[object] = [since, until]
     where = "s.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
     if institution:
@@ -86,7 +85,7 @@ class Corrected(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 async def corrected(
     conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
 ) -> list[Corrected]:
-    """Reads the corrections applied in [since, until), per institution (or only the one given)."""
+    """Reads per institution the corrections applied in [since, until) and the money moved."""
     corr_args: list[object] = [since, until] + ([institution] if institution else [])
     rows = await conn.fetch(
         "SELECT c.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n, sum(fund_delta) AS fund,"
@@ -124,8 +123,7 @@ class Reimbursed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 async def reimbursed(
     conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
 ) -> list[Reimbursed]:
-    """Reads the deferred claims settled by replay in [since, until), per institution (or only
-    the one given)."""
+    """Reads per institution the deferred claims replayed in [since, until) and what they owe."""
     corr_args: list[object] = [since, until] + ([institution] if institution else [])
     rows = await conn.fetch(
         "SELECT d.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n,"

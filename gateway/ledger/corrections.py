@@ -27,8 +27,7 @@ async def uses(
     begn: dt.date | None,
     end: dt.date | None,
 ) -> list[Use]:
-    """Reads the institution's settlements in force with a line of the item (settled in
-    [begn, end] when given), in settlement order."""
+    """Reads the institution's settlements in force with a line of the item, in settlement order."""
     rows = await conn.fetch(
         "SELECT s.setl_id, s.psn_no, s.mdtrt_id, s.setl_time, fl.fee_ocur_time, ln->'mapping'->>'med_list_codg' AS used"
         " FROM settlements s JOIN fee_lines fl ON fl.setl_id = s.setl_id AND fl.medins_list_codg = $2"
@@ -83,8 +82,7 @@ async def original(conn: asyncpg.Connection, setl_id: str) -> Original:
 
 
 async def codes_used(conn: asyncpg.Connection, setl_id: str) -> dict[str, str]:
-    """Reads the national code each line of a settlement was resolved to when it was settled
-    ("" when unmapped)."""
+    """Reads the national code each line of a settlement was settled with ("" when unmapped)."""
     rows = await conn.fetch(
         "SELECT ln->>'feedetl_sn' AS sn, ln->'mapping'->>'med_list_codg' AS used"
         " FROM settlements s CROSS JOIN LATERAL jsonb_array_elements(s.lines) ln WHERE s.setl_id = $1",

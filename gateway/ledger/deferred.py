@@ -210,8 +210,7 @@ class Pending:
 
 
 async def next_pending(conn: asyncpg.Connection, kind: str, order: str) -> Pending | None:
-    """Reads and locks the next pending item of a kind in `order` (a column list); one another
-    replayer holds is skipped rather than waited for."""
+    """Reads and locks the next pending item of a kind in `order`, skipping those locked elsewhere."""
     r = await conn.fetchrow(
         f"SELECT * FROM deferred WHERE kind = $1 AND status = 'pending' ORDER BY {order}"
         " LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -292,8 +291,7 @@ async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 async def counts(conn: asyncpg.Connection) -> dict[str, int]:
-    """Reads deferred claims and journaled calls by status, and the reimbursements recorded
-    (fen)."""
+    """Reads deferred items counted by kind and status, and the reimbursements recorded (fen)."""
     rows = await conn.fetch(
         "SELECT kind, status, count(*) AS n, coalesce(sum(reimbursement_fen), 0) AS r"
         " FROM deferred GROUP BY kind, status"

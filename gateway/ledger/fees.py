@@ -305,8 +305,7 @@ async def cited(conn: asyncpg.Connection, mdtrt_id: str, feedetl_sns: list[str])
 async def refunded(
     conn: asyncpg.Connection, mdtrt_id: str, feedetl_sns: list[str]
 ) -> dict[str, tuple[int, int]]:
-    """Reads, per charge of these feedetl_sn, the quantity and amount its refund lines in force
-    take back (both negative)."""
+    """Reads per cited charge the quantity and amount (negative) its refund lines in force take."""
     return {
         r["init_feedetl_sn"]: (int(r["cnt"]), int(r["amount"]))
         for r in await conn.fetch(_REFUNDED, mdtrt_id, feedetl_sns)

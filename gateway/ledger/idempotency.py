@@ -152,8 +152,7 @@ async def record_deferred(
     body_sha256: bytes,
     answer: bytes,
 ) -> bool:
-    """Writes the answer a deferred request was given, as a success a retry replays; False when
-    the msgid already had a key (the ledger had answered it before it became unreachable)."""
+    """Writes a deferred request's answer for its retries; False when the msgid had a key already."""
     fresh = await conn.fetchval(
         "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
         " VALUES ($1,$2,$3,$4,$5,0) ON CONFLICT DO NOTHING RETURNING true",

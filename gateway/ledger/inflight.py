@@ -42,8 +42,8 @@ ORDER BY p.fixmedins_code, p.at
 async def report(
     conn: asyncpg.Connection, before: dt.datetime, institution: str | None = None
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Reads the visits, uploads and pre-settlements still open before `before`, per institution:
-    {fixmedins_code: {admitted_not_settled, uploaded_not_settled, presettled_not_settled}}."""
+    """Reads the visits, uploads and pre-settlements still open before `before`, per institution."""
+    # {fixmedins_code: {admitted_not_settled, uploaded_not_settled, presettled_not_settled}}
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def bucket(code: str) -> dict[str, list[dict[str, Any]]]:

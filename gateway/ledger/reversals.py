@@ -41,8 +41,7 @@ async def lock_original(
 async def bar(
     conn: asyncpg.Connection, fixmedins_code: str, omsgid: str, oinfno: str, refusal: bytes
 ) -> bool:
-    """Writes a tombstone under the original's key, so a late original gets `refusal`; False
-    when the original took the key first."""
+    """Writes a tombstone as the original's key (a late one gets `refusal`); False if it is taken."""
     got = await conn.fetchval(
         "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode, tombstone)"
         " VALUES ($1, $2, $3, $4, $5, -1, true) ON CONFLICT DO NOTHING RETURNING true",
@@ -79,8 +78,7 @@ class Settled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 async def settlement_of(
     conn: asyncpg.Connection, fixmedins_code: str, omsgid: str, infno: str
 ) -> Settled | None:
-    """Reads the settlement the counter's original message made (never a bulk correction's
-    re-settlement, which carries the same msgid)."""
+    """Reads the settlement the counter's original made (not a correction's re-settlement of it)."""
     row = await conn.fetchrow(
         "SELECT setl_id, mdtrt_id, psn_no, status FROM settlements WHERE fixmedins_code = $1"
         " AND medins_setl_id = $2 AND infno = $3"
