@@ -270,7 +270,9 @@ async def test_kill_9_while_deferring_loses_no_claim(
             async def deferring() -> bool:
                 return len(load.deferred()) >= 30
 
-            await until(deferring, within=20.0)
+            # The subject is what survives the kill, not how fast claims come: on a busy shared
+            # machine the breaker's timeouts and the till's pace can take longer than on a quiet one.
+            await until(deferring, within=60.0)
             os.kill(proc.pid, signal.SIGKILL)  # mid-flight: counters are still sending
             await proc.wait()
             load.stop.set()
