@@ -179,7 +179,7 @@ async def _corrections(
                     conn, snapshot, found, args.item, run_id, limit=args.limit, progress=bar
                 )
             else:
-                summary = await corrections.plan(
+                summary, failed = await corrections.plan(
                     conn, snapshot, found, args.item, dt.datetime.now()
                 )
     finally:
@@ -206,7 +206,7 @@ def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
             print(f"  fund {code}: {amount}")
         print(f"  patients owe in total: {doc['totals']['patient_owes']}")
     for setl_id, why in failed:
-        print(f"failed {setl_id}: {why}", file=sys.stderr)
+        print(f"{'failed' if apply_it else 'would fail'} {setl_id}: {why}", file=sys.stderr)
     return 1 if failed else 0
 
 

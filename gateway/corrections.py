@@ -352,19 +352,30 @@ async def plan(
     found: list[Target],
     item_code: str,
     now: dt.datetime,
-) -> Summary:
-    """What apply would do, computed by doing it in a transaction that is then rolled back."""
+) -> tuple[Summary, list[tuple[str, str]]]:
+    """What apply would do, computed by doing it in a transaction that is then rolled back;
+    returns what would be re-settled and what would fail (why), as apply does.
+
+    Each settlement has a savepoint of its own, as apply gives each a transaction: one the rules
+    refuse (a netted refund that no longer fits, §6) is undone alone and listed, and the rest are
+    computed after it exactly as apply will compute them.
+    """
     summary = Summary()
+    failed: list[tuple[str, str]] = []
     try:
         async with conn.transaction():
             for t in found:
-                summary.items.append(
-                    await resettle(conn, snapshot, t.setl_id, item_code, "PLAN", now)
-                )
+                try:
+                    async with conn.transaction():
+                        summary.items.append(
+                            await resettle(conn, snapshot, t.setl_id, item_code, "PLAN", now)
+                        )
+                except GatewayError as exc:
+                    failed.append((t.setl_id, exc.err_msg))
             raise _Rollback
     except _Rollback:
         pass
-    return summary
+    return summary, failed
 
 
 Progress = Callable[[int, int], None]
