@@ -453,35 +453,58 @@ class MoneyMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._has_open())
     @rule(data=st.data())
     def upload(self, data: st.DataObject) -> None:
-        stay = data.draw(st.sampled_from(self._open("outpatient") + self._open("inpatient")))
+        # A stay's kind first: outpatient visits outnumber stays, whose uploads carry refunds.
+        kinds = [k for k in ("inpatient", "outpatient") if self._open(k)]
+        stay = data.draw(st.sampled_from(self._open(data.draw(st.sampled_from(kinds)))))
         rng = random.Random(data.draw(st.integers(0, 2**32)))
-        day = stay.begin.date()
-        lines = [self.line(stay, stay.code, day, rng) for _ in range(rng.randint(1, 3))]
-        # Refunds of charges not yet settled mostly: one of a settled charge makes the next
-        # settlement negative, which the rules refuse (and the machine checks, now and then).
+        lines = [
+            self.line(stay, stay.code, stay.begin.date(), rng) for _ in range(rng.randint(1, 3))
+        ]
+        # Refunds of charges not yet settled here (the next rule refunds settled ones).
         charges = [
+            ln for sn, ln in stay.lines.items() if ln.amount_fen > 0 and sn not in stay.settled_by
+        ]
+        if stay.kind == "inpatient" and charges and data.draw(st.booleans()):
+            lines.append(self.refund_of(rng.choice(charges), stay))
+        self.send_lines(stay, lines)
+
+    def _refundable(self, stay: Stay) -> list[FeeLine]:
+        return [
             ln
             for sn, ln in stay.lines.items()
-            if ln.amount_fen > 0 and (sn not in stay.settled_by or rng.random() < 0.1)
+            if ln.amount_fen > 0 and not ln.init_feedetl_sn and sn in stay.settled_by
         ]
-        over_refund = False
-        if stay.kind == "inpatient" and charges and data.draw(st.booleans()):
-            # A refund line: negative cnt citing a charge (2301), the whole of its quantity; a
-            # charge already refunded may not be refunded again (docs/reliability.md, D8).
-            of = rng.choice(charges)
-            over_refund = any(ln.init_feedetl_sn == of.feedetl_sn for ln in stay.lines.values())
-            lines.append(
-                FeeLine(
-                    feedetl_sn=str(next(_ids)),
-                    medins_list_codg=of.medins_list_codg,
-                    pric=of.pric,
-                    cnt=-of.cnt,
-                    amount_fen=-of.amount_fen,
-                    fee_date=day,
-                    hosp_appr_flag=of.hosp_appr_flag,
-                    init_feedetl_sn=of.feedetl_sn,
-                )
-            )
+
+    @precondition(lambda self: any(self._refundable(s) for s in self._open("inpatient")))
+    @rule(data=st.data())
+    def refund_settled(self, data: st.DataObject) -> None:
+        """A refund of a charge settled mid-way, with new charges or none (2301): the next
+        settlement nets it against its own lines (§2) and is refused where a component would
+        go below zero (§6); a correction re-mapping the item may take it there."""
+        stay = data.draw(
+            st.sampled_from([s for s in self._open("inpatient") if self._refundable(s)])
+        )
+        rng = random.Random(data.draw(st.integers(0, 2**32)))
+        lines = [
+            self.line(stay, stay.code, stay.begin.date(), rng) for _ in range(rng.randint(0, 2))
+        ]
+        lines.append(self.refund_of(rng.choice(self._refundable(stay)), stay))
+        self.send_lines(stay, lines)
+
+    def refund_of(self, of: FeeLine, stay: Stay) -> FeeLine:
+        """A refund line: negative cnt citing a charge (2301), the whole of its quantity."""
+        return FeeLine(
+            feedetl_sn=str(next(_ids)),
+            medins_list_codg=of.medins_list_codg,
+            pric=of.pric,
+            cnt=-of.cnt,
+            amount_fen=-of.amount_fen,
+            fee_date=stay.begin.date(),
+            hosp_appr_flag=of.hosp_appr_flag,
+            init_feedetl_sn=of.feedetl_sn,
+        )
+
+    def send_lines(self, stay: Stay, lines: list[FeeLine]) -> None:
         fee_time = _at(stay.begin + dt.timedelta(minutes=10))
         rows = []
         for ln in lines:
@@ -509,7 +532,10 @@ class MoneyMachine(RuleBasedStateMachine):
             rows.append(row)
         infno = "2204" if stay.kind == "outpatient" else "2301"
         answer = self.call(stay.code, infno, {"feedetail": rows}, stay.psn)
-        if over_refund:
+        # A charge may be refunded once, in whole (the machine's refunds take all its quantity):
+        # docs/reliability.md, D8.
+        refunded = {ln.init_feedetl_sn for ln in stay.lines.values() if ln.init_feedetl_sn}
+        if any(ln.init_feedetl_sn in refunded for ln in lines if ln.init_feedetl_sn):
             self.refused(answer, infno, "refunds beyond their charge")
             return
         self.ok(answer, infno)
@@ -554,6 +580,10 @@ class MoneyMachine(RuleBasedStateMachine):
             gone = [sn]
             if sn in stay.settled_by:
                 self.refused(answer, "2302", "a settled line")
+                return
+            if any(ln.init_feedetl_sn == sn for ln in stay.lines.values()):
+                # docs/reliability.md, D8: a refund never stands without its charge.
+                self.refused(answer, "2302", "a charge with a refund uploaded")
                 return
         self.ok(answer, "withdraw")
         for sn in gone:
@@ -662,6 +692,8 @@ class MoneyMachine(RuleBasedStateMachine):
             return
         setl_id = out["setlinfo"]["setl_id"]
         self.model.apply(setl_id, want)
+        if any(ln.init_feedetl_sn in stay.settled_by for ln in lines):
+            COUNTS["settlements netting a refund of a charge settled before"] += 1
         s = Setl(
             setl_id,
             msgid,
@@ -893,8 +925,22 @@ class MoneyMachine(RuleBasedStateMachine):
                 ln = s.stay.lines[sn]
                 key = (s.stay.code, ln.medins_list_codg)
                 used[key] = min(used.get(key, ln.fee_date), ln.fee_date)
+        # Above all the item of a refund a settlement nets against its other lines: re-mapped, the
+        # refund may no longer fit (§6), and its correction must be refused.
+        netted = sorted(
+            {
+                (s.stay.code, s.stay.lines[sn].medins_list_codg)
+                for s in self._in_force()
+                for sn in s.sns
+                if s.stay.lines[sn].init_feedetl_sn in s.stay.settled_by
+                and s.stay.settled_by[s.stay.lines[sn].init_feedetl_sn] != s.setl_id
+            }
+        )
         days = sorted(d for d in self.days if d != "future")
-        if used and data.draw(st.integers(0, 3)):
+        if netted and data.draw(st.booleans()):
+            code, item = data.draw(st.sampled_from(netted))
+            days = [d for d in days if self.days[d].date() <= used[(code, item)]]
+        elif used and data.draw(st.integers(0, 3)):
             code, item = data.draw(st.sampled_from(sorted(used)))
             days = [d for d in days if self.days[d].date() <= used[(code, item)]]
         else:
@@ -1011,11 +1057,10 @@ class MoneyMachine(RuleBasedStateMachine):
                 self.model.apply(f"correction of {s.setl_id}", made)
         if plan_first:
             COUNTS["correction plans"] += 1
-            try:
-                planned = h.run(corrections.plan(conn, snapshot, found, item, dt.datetime.now()))
-            except GatewayError as exc:
-                raise AssertionError(f"corrections plan failed: {exc.err_msg}") from exc
-            self.check_correction("plan", want, expected, planned.items, [])
+            planned, plan_failed = h.run(
+                corrections.plan(conn, snapshot, found, item, dt.datetime.now())
+            )
+            self.check_correction("plan", want, expected, planned.items, plan_failed)
         run_id = f"SM{next(_ids)}"
         summary, failed = h.run(corrections.apply(conn, snapshot, found, item, run_id))
         self.check_correction("apply", want, expected, summary.items, failed)
