@@ -212,15 +212,17 @@ def visit_job(
     mdtrt_id: str | None = None,
     only: frozenset[str] | None = None,
     respect_claims: bool = True,
+    asked: Asked | None = None,
 ) -> Job:
     """A 2206/2207/2303/2304 as a Job: the visit and the person locked, the checks, the split
     and its writes in one pure build, whichever path runs it.
 
     `final=False`: a pre-settlement (run by `preview`: the same answer, nothing written);
     `mdtrt_id`: the visit a provisional id became; `only`: just these of the lines (a deferred
-    claim's, at replay, which settles the lines its pending claim holds: respect_claims=False).
+    claim's, at replay, which settles the lines its pending claim holds: respect_claims=False);
+    `asked`: the request already decoded.
     """
-    a = _asked(req, kind)
+    a = asked or _asked(req, kind)
     if mdtrt_id is not None:
         a = msgspec.structs.replace(a, mdtrt_id=mdtrt_id)
     snapshot = gw.snapshot
@@ -291,6 +293,7 @@ async def settle_visit(
         mdtrt_id=await encounters.real_id(call.conn, a.mdtrt_id),
         only=only,
         respect_claims=call.mode is Mode.NORMAL,
+        asked=a,
     )
     if not final:
         built = await preview(call.conn, job)

@@ -110,11 +110,18 @@ async def unsettled_many(
     conn: asyncpg.Connection, mdtrt_ids: Sequence[str]
 ) -> dict[str, list[StoredLine]]:
     """Every unsettled line of several visits, per visit in feedetl_sn order."""
-    rows = await conn.fetch(
-        f"SELECT {_LINE_COLUMNS} FROM fee_lines WHERE mdtrt_id = ANY($1::text[])"
-        " AND setl_id IS NULL ORDER BY mdtrt_id, feedetl_sn",
-        list(mdtrt_ids),
-    )
+    if len(mdtrt_ids) == 1:  # one visit by equality (see encounters.lock_many)
+        rows = await conn.fetch(
+            f"SELECT {_LINE_COLUMNS} FROM fee_lines WHERE mdtrt_id = $1"
+            " AND setl_id IS NULL ORDER BY feedetl_sn",
+            mdtrt_ids[0],
+        )
+    else:
+        rows = await conn.fetch(
+            f"SELECT {_LINE_COLUMNS} FROM fee_lines WHERE mdtrt_id = ANY($1::text[])"
+            " AND setl_id IS NULL ORDER BY mdtrt_id, feedetl_sn",
+            list(mdtrt_ids),
+        )
     out: dict[str, list[StoredLine]] = {}
     for r in rows:
         out.setdefault(r["mdtrt_id"], []).append(_line_of(r))
