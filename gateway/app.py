@@ -374,7 +374,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(2):
             async with gw.pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1")
+                await db.ping(conn)
         checks["database"] = "ok"
     except (OSError, TimeoutError, Exception) as exc:
         ok = False

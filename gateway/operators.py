@@ -13,7 +13,7 @@ not at all from the desks it has logged in from before. Locks are visible (conso
 gateway operators lockouts`) and clearable by the duty team, with both in the audit log. The
 counters live in the database too, so every worker counts the same attempts. An unknown name costs
 the same scrypt as a known one, and the hashing runs on a few threads of its own, never on the
-event loop.
+event loop. The counters' and sessions' statements are gateway.ledger.operators'.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 
 from gateway import audit
+from gateway.ledger import operators as ledger
 
 ROLES = ("viewer", "operator")
 SESSION_HOURS = 8  # one duty shift
@@ -136,7 +137,6 @@ class Lockout:
         }
 
 
-_THROTTLE_LOCK = 0xC0DE5  # arbitrary, stable: log-in counters change one attempt at a time
 KEY_CHARS = 64
 DESK_DAYS = 90  # a desk not used to log in for this long is treated as a new address again
 
@@ -169,72 +169,46 @@ async def reserve_attempt(
         "address": (addr, policy.address_failures),
     }
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
-        now: dt.datetime = await conn.fetchval("SELECT now()")
-        rows = {
-            r["kind"]: r
-            for r in await conn.fetch(
-                "SELECT kind, key, failures, first_at, last_at, locked_until"
-                " FROM console_login_failures WHERE (kind, key) IN"
-                " (('operator', $1), ('pair', $2), ('address', $3))",
-                name,
-                limits["pair"][0],
-                addr,
-            )
-        }
+        await ledger.lock_throttle(conn)
+        now = await ledger.clock(conn)
+        counts = await ledger.failures(conn, name, limits["pair"][0], addr)
         held = {
-            kind: Lockout(kind, row["key"], row["failures"], row["locked_until"])
-            for kind, row in rows.items()
-            if row["locked_until"] is not None and row["locked_until"] > now
+            kind: Lockout(kind, row.key, row.failures, row.locked_until)
+            for kind, row in counts.items()
+            if row.locked_until is not None and row.locked_until > now
         }
         if "address" in held:
             return held["address"]
         refusal = held.get("pair")
         if refusal is None and "operator" in held:
-            next_at = rows["operator"]["last_at"] + dt.timedelta(
+            next_at = counts["operator"].last_at + dt.timedelta(
                 seconds=policy.guarded_interval_seconds
             )
-            if next_at > now and not await _is_desk(conn, name, addr):
+            if next_at > now and not await is_desk(conn, name, addr):
                 refusal = Lockout("operator", name, held["operator"].failures, next_at)
         # A refused attempt still counts against its address: hammering a locked name, or trying
         # name after name, locks the address too.
         counted = ("address",) if refusal is not None else ("operator", "pair", "address")
         for kind in counted:
             key, limit = limits[kind]
-            failures, until = await _count_failure(conn, policy, rows.get(kind), kind, key, now)
+            failures, until = await _count_failure(conn, policy, counts.get(kind), kind, key, now)
             if refusal is not None and failures == limit and until is not None:
                 await _audit_lock(conn, policy, kind, key, limit, until)
         # A count whose window has passed, with no lock in force, is the same as no row: names
         # made up by guessers do not pile up.
-        await conn.execute(
-            "DELETE FROM console_login_failures WHERE first_at < $1"
-            " AND (locked_until IS NULL OR locked_until <= $2)",
-            now - dt.timedelta(seconds=policy.window_seconds),
-            now,
-        )
+        await ledger.forget_stale(conn, now - dt.timedelta(seconds=policy.window_seconds), now)
     return refusal
 
 
 async def is_desk(conn: asyncpg.Connection, name: str, address: str) -> bool:
     """Whether the name has logged in from this address within DESK_DAYS."""
-    return await _is_desk(conn, name, address)
-
-
-async def _is_desk(conn: asyncpg.Connection, name: str, address: str) -> bool:
-    found = await conn.fetchval(
-        "SELECT 1 FROM console_login_desks WHERE login = $1 AND address = $2"
-        " AND last_login > now() - $3::interval",
-        name,
-        address,
-        dt.timedelta(days=DESK_DAYS),
-    )
-    return found is not None
+    return await ledger.is_desk(conn, name, address, dt.timedelta(days=DESK_DAYS))
 
 
 async def _count_failure(
     conn: asyncpg.Connection,
     policy: LoginPolicy,
-    row: asyncpg.Record | None,
+    row: ledger.Failures | None,
     kind: str,
     key: str,
     now: dt.datetime,
@@ -243,25 +217,15 @@ async def _count_failure(
     while in force even when the window starts again."""
     limit = policy.address_failures if kind == "address" else policy.operator_failures
     window = dt.timedelta(seconds=policy.window_seconds)
-    fresh = row is None or row["first_at"] < now - window
-    failures = 1 if row is None or fresh else row["failures"] + 1
+    fresh = row is None or row.first_at < now - window
+    failures = 1 if row is None or fresh else row.failures + 1
     until: dt.datetime | None = None
     if failures >= limit:
         until = now + dt.timedelta(seconds=policy.lockout_seconds)
-    elif row is not None and row["locked_until"] is not None and row["locked_until"] > now:
-        until = row["locked_until"]
-    await conn.execute(
-        "INSERT INTO console_login_failures AS f"
-        " (kind, key, failures, first_at, last_at, locked_until)"
-        " VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (kind, key) DO UPDATE SET"
-        " failures = $3, first_at = CASE WHEN $6 THEN $4 ELSE f.first_at END,"
-        " last_at = $4, locked_until = $5",
-        kind,
-        key,
-        failures,
-        now,
-        until,
-        fresh,
+    elif row is not None and row.locked_until is not None and row.locked_until > now:
+        until = row.locked_until
+    await ledger.put_failures(
+        conn, kind=kind, key=key, failures=failures, now=now, locked_until=until, fresh=fresh
     )
     return failures, until
 
@@ -302,64 +266,27 @@ async def settle_attempt(
     name, addr = throttle_key(login), throttle_key(address)
     pair = pair_key(name, addr)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
+        await ledger.lock_throttle(conn)
         if ok:
-            await conn.execute(
-                "DELETE FROM console_login_failures WHERE kind = 'pair' AND key = $1", pair
+            await ledger.forgive(
+                conn, name=name, pair=pair, address=addr, address_failures=policy.address_failures
             )
-            # A guarded name stays guarded: others' guessing goes on after its operator got in.
-            await conn.execute(
-                "DELETE FROM console_login_failures WHERE kind = 'operator' AND key = $1"
-                " AND (locked_until IS NULL OR locked_until <= now())",
-                name,
-            )
-            await conn.execute(
-                "UPDATE console_login_failures SET failures = greatest(failures - 1, 0)"
-                " WHERE kind = 'operator' AND key = $1",
-                name,
-            )
-            await conn.execute(
-                "UPDATE console_login_failures SET failures = greatest(failures - 1, 0),"
-                " locked_until = CASE WHEN failures - 1 >= $2 THEN locked_until END"
-                " WHERE kind = 'address' AND key = $1",
-                addr,
-                policy.address_failures,
-            )
-            await conn.execute(
-                "INSERT INTO console_login_desks (login, address, last_login) VALUES ($1, $2, now())"
-                " ON CONFLICT (login, address) DO UPDATE SET last_login = EXCLUDED.last_login",
-                name,
-                addr,
-            )
-            await conn.execute(
-                "DELETE FROM console_login_desks WHERE last_login < now() - $1::interval",
-                dt.timedelta(days=DESK_DAYS),
-            )
+            await ledger.remember_desk(conn, name, addr, dt.timedelta(days=DESK_DAYS))
             return
         for kind, key, limit in (
             ("operator", name, policy.operator_failures),
             ("pair", pair, policy.operator_failures),
             ("address", addr, policy.address_failures),
         ):
-            row = await conn.fetchrow(
-                "SELECT failures, locked_until FROM console_login_failures"
-                " WHERE kind = $1 AND key = $2",
-                kind,
-                key,
-            )
-            if row is not None and row["failures"] == limit and row["locked_until"] is not None:
-                await _audit_lock(conn, policy, kind, key, limit, row["locked_until"])
+            row = await ledger.count(conn, kind, key)
+            if row is not None and row.failures == limit and row.locked_until is not None:
+                await _audit_lock(conn, policy, kind, key, limit, row.locked_until)
 
 
 async def lockouts(conn: asyncpg.Connection, policy: LoginPolicy) -> list[Lockout]:
     """Keys locked (or names guarded) now, and keys with failures in the current window."""
-    rows = await conn.fetch(
-        "SELECT kind, key, failures, locked_until FROM console_login_failures"
-        " WHERE locked_until > now() OR (failures > 0 AND first_at > now() - $1::interval)"
-        " ORDER BY locked_until DESC NULLS LAST, kind, key",
-        dt.timedelta(seconds=policy.window_seconds),
-    )
-    return [Lockout(r["kind"], r["key"], r["failures"], r["locked_until"]) for r in rows]
+    found = await ledger.locked(conn, dt.timedelta(seconds=policy.window_seconds))
+    return [Lockout(r.kind, r.key, r.failures, r.locked_until) for r in found]
 
 
 class NoSuchLockout(LookupError):
@@ -374,32 +301,20 @@ async def clear_lockout(
     if kind not in KINDS:
         raise NoSuchLockout(kind)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _THROTTLE_LOCK)
-        row = await conn.fetchrow(
-            "DELETE FROM console_login_failures WHERE kind = $1 AND key = $2"
-            " RETURNING failures, locked_until",
-            kind,
-            key,
-        )
+        await ledger.lock_throttle(conn)
+        row = await ledger.delete_failures(conn, kind, key)
         pairs: list[str] = []
         if kind == "operator":
-            candidates = await conn.fetch(
-                "SELECT key FROM console_login_failures"
-                " WHERE kind = 'pair' AND left(key, length($1) + 1) = $1 || '@'",
-                key,
-            )
-            pairs = sorted(r["key"] for r in candidates if pair_login(r["key"]) == key)
-            await conn.execute(
-                "DELETE FROM console_login_failures WHERE kind = 'pair' AND key = ANY($1::text[])",
-                pairs,
-            )
+            candidates = await ledger.pair_keys(conn, key)
+            pairs = sorted(k for k in candidates if pair_login(k) == key)
+            await ledger.delete_pairs(conn, pairs)
         if row is None and not pairs:
             raise NoSuchLockout(key)
         cleared = Lockout(
             kind,
             key,
-            row["failures"] if row is not None else 0,
-            row["locked_until"] if row is not None else None,
+            row.failures if row is not None else 0,
+            row.locked_until if row is not None else None,
         )
         before: dict[str, Any] = cleared.as_json()
         if pairs:
@@ -528,32 +443,22 @@ def _digest(token: str) -> bytes:
 async def open_session(conn: asyncpg.Connection, operator: Operator) -> Session:
     token = secrets.token_urlsafe(32)
     expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=SESSION_HOURS)
-    await conn.execute(
-        "INSERT INTO operator_sessions (token_sha256, operator, role, expires_at) VALUES ($1,$2,$3,$4)",
-        _digest(token),
-        operator.login,
-        operator.role,
-        expires,
-    )
-    await conn.execute("DELETE FROM operator_sessions WHERE expires_at < now()")
+    await ledger.insert_session(conn, _digest(token), operator.login, operator.role, expires)
+    await ledger.delete_expired_sessions(conn)
     return Session(token, operator.login, operator.role, expires)
 
 
 async def find_session(conn: asyncpg.Connection, token: str) -> Session | None:
     if not token:
         return None
-    row = await conn.fetchrow(
-        "SELECT operator, role, expires_at FROM operator_sessions"
-        " WHERE token_sha256 = $1 AND expires_at > now()",
-        _digest(token),
-    )
+    row = await ledger.find_session(conn, _digest(token))
     if row is None:
         return None
-    return Session(token, row["operator"], row["role"], row["expires_at"])
+    return Session(token, row.operator, row.role, row.expires_at)
 
 
 async def close_session(conn: asyncpg.Connection, token: str) -> None:
-    await conn.execute("DELETE FROM operator_sessions WHERE token_sha256 = $1", _digest(token))
+    await ledger.delete_session(conn, _digest(token))
 
 
 def csrf_token(session: Session) -> str:
