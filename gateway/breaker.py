@@ -16,8 +16,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.plan.rules import ACTIONS, Action
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the sgw_breaker_state gauge
+NO_ACTION = "none"  # a breaker the plan does not act on (Redis: settlement never waits for it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,21 @@ class BreakerConfig:
     half_open_probes: int = 3
     healthy_seconds: float = 5.0
     recover: str = "auto"  # auto | manual
-    action: str = "defer"  # what the plan applies while open (settlement/encounter classes)
+    # What the plan applies while open (settlement/encounter classes): an Action's value, or
+    # NO_ACTION. Kept as the text the configuration gives (its reader converts each value to the
+    # default's type, and "none" is no Action); `plan_action` is the Action.
+    action: str = Action.DEFER.value
+
+    def __post_init__(self) -> None:
+        if self.action != NO_ACTION and self.action not in ACTIONS:
+            raise ValueError(
+                f"breaker action {self.action!r}: one of {', '.join(ACTIONS)} or {NO_ACTION}"
+            )
+
+    @property
+    def plan_action(self) -> Action | None:
+        """The plan's action while the breaker is open; None when it applies none."""
+        return None if self.action == NO_ACTION else Action(self.action)
 
 
 @dataclass(slots=True)

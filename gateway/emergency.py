@@ -29,7 +29,7 @@ from gateway.ledger import db, deferred, encounters, fees, idempotency, persons
 from gateway.ledger.deferred import Entry
 from gateway.ops import metrics
 from gateway.plan import store as plan_store
-from gateway.plan.rules import Decision
+from gateway.plan.rules import CLASSES, Action, Decision, TxClass
 from gateway.runtime import Gateway
 from gateway.transaction import Answer, Call, Deferral, Mode, Transaction
 from gateway.triggers import InstitutionTriggers
@@ -47,8 +47,6 @@ LEDGER_DOWN_MSG = (
 CANCEL_REFUSED_MSG = "应急处置期间不能撤销已完成的医保结算，请待系统恢复后再办理撤销"
 LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
 
-PLAN_CLASSES = frozenset({"settlement", "encounter", "catalog", "reconcile"})
-
 
 def decide(
     gw: Gateway, tx: Transaction, institution: Institution, now: dt.datetime
@@ -56,9 +54,11 @@ def decide(
     """The action for this request: the ledger's breaker first, then the plan."""
     ledger = gw.breakers["postgres"]
     if ledger.is_open:
-        action = ledger.config.action if tx.klass in ("settlement", "encounter") else "reject"
-        return Decision(action, "global", tx.klass, "breaker:postgres", ledger.reason)
-    if tx.klass not in PLAN_CLASSES:
+        takes = tx.klass in (TxClass.SETTLEMENT, TxClass.ENCOUNTER)
+        action = ledger.config.plan_action if takes else Action.REJECT
+        if action is not None:
+            return Decision(action, "global", tx.klass, "breaker:postgres", ledger.reason)
+    if tx.klass not in CLASSES:
         return None
     return gw.plan.decide(institution.fixmedins_code, institution.admdvs, tx.klass, now)
 
@@ -69,7 +69,7 @@ def detours(
     """The decision when it takes this request off the normal path (dispatch then answers a
     retry from the msgid journals before `intercept` acts on it)."""
     decision = decide(gw, tx, institution, now)
-    if decision is not None and decision.action == "selfpay" and not tx.admits:
+    if decision is not None and decision.action is Action.SELFPAY and not tx.admits:
         return None  # selfpay changes nothing but admissions
     return decision
 
@@ -84,15 +84,15 @@ async def intercept(
     received: dt.datetime,
 ) -> Detour | None:
     ledger_down = decision.source == "breaker:postgres"
-    if decision.action == "reject":
+    if decision.action is Action.REJECT:
         raise RuleRejected(
             LEDGER_DOWN_MSG if ledger_down else REJECT_MSG.format(why=decision.reason)
         )
-    if decision.action == "route_legacy":
+    if decision.action is Action.ROUTE_LEGACY:
         return await _route_legacy(gw, req, body)
-    if decision.action == "selfpay":
+    if decision.action is Action.SELFPAY:
         return Detour(mode=Mode.SELFPAY) if tx.admits else None
-    if decision.action != "defer":
+    if decision.action is not Action.DEFER:
         return None
     role = tx.deferral
     if role is Deferral.PRESETTLEMENT:
@@ -126,7 +126,7 @@ async def intercept(
         )
     if ledger_down:
         raise Unavailable(LEDGER_DOWN_MSG)
-    if tx.klass in ("catalog", "reconcile"):
+    if tx.klass in (TxClass.CATALOG, TxClass.RECONCILE):
         raise RuleRejected(REJECT_MSG.format(why=decision.reason))
     return None  # reads (1101, sign-in) go on as normal while the ledger answers
 
@@ -493,7 +493,7 @@ async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
     if breaker.config.recover == "auto":
         return True
     held = any(
-        r.scope == "global" and r.klass == "settlement" and r.operator == LEDGER_TRIGGER
+        r.scope == "global" and r.klass is TxClass.SETTLEMENT and r.operator == LEDGER_TRIGGER
         for r in gw.plan.rules
     )
     if breaker.reason.startswith("待人工恢复"):
@@ -502,7 +502,7 @@ async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
         await plan_store.set_rule(
             conn,
             scope="global",
-            klass="settlement",
+            klass=TxClass.SETTLEMENT,
             action=breaker.config.action,
             reason=f"待人工恢复：账本数据库已恢复连接，熔断原因：{breaker.reason}",
             operator=LEDGER_TRIGGER,

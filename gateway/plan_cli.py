@@ -323,6 +323,9 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     """The plan, deferred, audit and encounter command groups."""
     from gateway.plan.rules import ACTIONS, CLASSES
 
+    # The values, not the members: argparse names a wrong choice by the choices' repr.
+    classes = [c.value for c in CLASSES]
+
     def common(p: argparse.ArgumentParser, *, changes: bool = False) -> None:
         add_database(p)
         if changes:
@@ -339,14 +342,14 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     pset.add_argument(
         "--scope", required=True, help="global | region:<admdvs> | institution:<code>"
     )
-    pset.add_argument("--class", dest="klass", required=True, choices=CLASSES)
-    pset.add_argument("--action", required=True, choices=ACTIONS)
+    pset.add_argument("--class", dest="klass", required=True, choices=classes)
+    pset.add_argument("--action", required=True, choices=[a.value for a in ACTIONS])
     pset.add_argument("--reason", required=True)
     common(pset, changes=True)
     pset.set_defaults(func=plan_set)
     pc = psub.add_parser("clear", help="back to normal for a scope/class")
     pc.add_argument("--scope", required=True)
-    pc.add_argument("--class", dest="klass", required=True, choices=CLASSES)
+    pc.add_argument("--class", dest="klass", required=True, choices=classes)
     pc.add_argument("--reason", required=True)
     common(pc, changes=True)
     pc.set_defaults(func=plan_clear)

@@ -18,6 +18,7 @@ import asyncpg
 
 from adapters.his.envelope import Request
 from gateway.core.model import FundRow, Institution
+from gateway.plan.rules import TxClass
 from gateway.runtime import Gateway
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class Transaction:
     name: str
     handler: Handler
     writes: bool  # journaled by msgid and run in one transaction with its effects
-    klass: str  # settlement | encounter | catalog | reconcile | query (emergency-plan classes)
+    klass: TxClass  # what the emergency plan's rules and windows name
     grouped: Prepare | None = None
     input: type[Any] | None = None  # the input node's wire type (OpenAPI, fuzzing)
     kind: Kind | None = None  # the visit kind it settles, pre-settles or cancels
@@ -124,7 +125,7 @@ def register(
     name: str,
     *,
     writes: bool,
-    klass: str,
+    klass: TxClass,
     input: type[Any] | None = None,
     grouped: Prepare | None = None,
     kind: Kind | None = None,

@@ -14,10 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 from gateway.breaker import Breaker, BreakerConfig
+from gateway.plan.rules import TxClass
 
 log = logging.getLogger("gateway.triggers")
 OPERATOR = "trigger:institution"
-CLASS = "settlement"
+CLASS = TxClass.SETTLEMENT
 
 Apply = Callable[[str, str], Awaitable[None]]  # (fixmedins_code, reason) -> rule written
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import gateway.app  # noqa: F401 - registers every transaction
 from adapters.his.envelope import REVISIONS
 from adapters.his.schema import input_types
+from gateway.plan.rules import TxClass
 from gateway.transaction import TRANSACTIONS, Deferral, Kind, Undo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +87,8 @@ def test_every_transaction_declares_its_input_type() -> None:
     types = input_types()
     for code, base in REVISIONS.items():
         assert types[code] is types[base]
+
+
+def test_every_transaction_names_its_class_by_the_enum() -> None:
+    assert all(type(t.klass) is TxClass for t in TRANSACTIONS.values())
+    assert {t.klass for t in TRANSACTIONS.values()} == set(TxClass)

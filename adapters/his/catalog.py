@@ -19,6 +19,7 @@ from gateway.core.model import Mapping
 from gateway.errors import BadRequest, NotFound
 from gateway.ledger import reference_store
 from gateway.money import micro_text
+from gateway.plan.rules import TxClass
 from gateway.transaction import Answer, Call, register
 
 MAX_ROWS = 1000
@@ -89,7 +90,7 @@ class In13xx(Node):
     data: Query | None = None
 
 
-@register("3301", "目录对照上传", writes=True, klass="catalog", input=In3301)
+@register("3301", "目录对照上传", writes=True, klass=TxClass.CATALOG, input=In3301)
 async def upload(call: Call) -> Answer:
     node = decode_input(call.req, In3301)
     rows = as_list(node.catalogcompin) or as_list(node.data)
@@ -124,7 +125,7 @@ async def upload(call: Call) -> Answer:
     return Answer({"result": {"count": count}}, catalog_changed=True)
 
 
-@register("3302", "目录对照撤销", writes=True, klass="catalog", input=In3302)
+@register("3302", "目录对照撤销", writes=True, klass=TxClass.CATALOG, input=In3302)
 async def revoke(call: Call) -> Answer:
     node = decode_input(call.req, In3302)
     rows = as_list(node.data) or as_list(node.purcinfo)
@@ -220,7 +221,7 @@ def _query(call: Call) -> Query:
     return q
 
 
-@register("1312", "医保目录信息查询", writes=False, klass="catalog", input=In13xx)
+@register("1312", "医保目录信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)
 async def query_catalog(call: Call) -> Answer:
     q = _query(call)
     name = text(q.hilist_name)
@@ -254,7 +255,7 @@ async def query_catalog(call: Call) -> Answer:
     )
 
 
-@register("1317", "医药机构目录匹配信息查询", writes=False, klass="catalog", input=In13xx)
+@register("1317", "医药机构目录匹配信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)
 async def query_mappings(call: Call) -> Answer:
     q = _query(call)
     owner = text(q.fixmedins_code) or call.req.fixmedins_code
@@ -288,7 +289,7 @@ async def query_mappings(call: Call) -> Answer:
     )
 
 
-@register("1318", "医保目录限价信息查询", writes=False, klass="catalog", input=In13xx)
+@register("1318", "医保目录限价信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)
 async def query_caps(call: Call) -> Answer:
     q = _query(call)
     rows = [
@@ -313,7 +314,7 @@ async def query_caps(call: Call) -> Answer:
     )
 
 
-@register("1319", "医保目录先自付比例信息查询", writes=False, klass="catalog", input=In13xx)
+@register("1319", "医保目录先自付比例信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)
 async def query_ratios(call: Call) -> Answer:
     q = _query(call)
     rows = [

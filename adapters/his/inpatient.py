@@ -19,6 +19,7 @@ from adapters.his.wire import (
 from gateway.core import eligibility
 from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons, settlements
+from gateway.plan.rules import TxClass
 from gateway.transaction import Answer, Call, Deferral, Kind, Mode, Undo, register
 
 INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
@@ -28,7 +29,7 @@ INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
     "2401",
     "入院办理",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2401,
     kind=Kind.INPATIENT,
     deferral=Deferral.CALL,
@@ -89,7 +90,12 @@ async def admit(call: Call) -> Answer:
 
 
 @register(
-    "2402", "出院办理", writes=True, klass="encounter", input=wire.In2402, deferral=Deferral.CALL
+    "2402",
+    "出院办理",
+    writes=True,
+    klass=TxClass.ENCOUNTER,
+    input=wire.In2402,
+    deferral=Deferral.CALL,
 )
 async def discharge(call: Call) -> Answer:
     info = decode_input(call.req, In2402).dscginfo
@@ -135,7 +141,7 @@ async def _admission(call: Call, mdtrt_id: str, psn_no: str) -> encounters.Encou
     "2404",
     "入院办理撤销",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2202,
     deferral=Deferral.CALL,
 )
@@ -159,7 +165,7 @@ async def cancel_admission(call: Call) -> Answer:
     "2405",
     "出院办理撤销",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2202,
     deferral=Deferral.CALL,
 )
@@ -181,7 +187,7 @@ async def cancel_discharge(call: Call) -> Answer:
     "2301",
     "住院费用明细上传",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2204,
     deferral=Deferral.CALL,
     journal_answer=deferral.lines_taken,
@@ -195,7 +201,7 @@ async def upload_fees(call: Call) -> Answer:
     "2302",
     "住院费用明细撤销",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2302,
     deferral=Deferral.CALL,
 )
@@ -238,7 +244,7 @@ async def _no_orphan_refunds(call: Call, mdtrt_id: str) -> None:
     "2303",
     "住院预结算",
     writes=False,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=wire.In2206,
     kind=Kind.INPATIENT,
     deferral=Deferral.PRESETTLEMENT,
@@ -251,7 +257,7 @@ async def pre_settle(call: Call) -> Answer:
     "2304",
     "住院结算",
     writes=True,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=wire.In2206,
     kind=Kind.INPATIENT,
     deferral=Deferral.CLAIM,
@@ -265,7 +271,7 @@ async def settle(call: Call) -> Answer:
     "2305",
     "住院结算撤销",
     writes=True,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=wire.In2208,
     kind=Kind.INPATIENT,
     deferral=Deferral.CANCEL_CLAIM,

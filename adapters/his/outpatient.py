@@ -21,6 +21,7 @@ from adapters.his.wire import (
 from gateway.core import eligibility
 from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons
+from gateway.plan.rules import TxClass
 from gateway.transaction import Answer, Call, Deferral, Kind, Undo, register
 
 
@@ -28,7 +29,7 @@ from gateway.transaction import Answer, Call, Deferral, Kind, Undo, register
     "2201",
     "门诊挂号",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2201,
     deferral=Deferral.CALL,
     kind=Kind.OUTPATIENT,
@@ -74,7 +75,7 @@ async def register_visit(call: Call) -> Answer:
     "2202",
     "门诊挂号撤销",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2202,
     deferral=Deferral.CALL,
 )
@@ -141,7 +142,7 @@ register(
     "2203",
     "门诊就诊信息上传",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2203,
     deferral=Deferral.CALL,
 )(_visit_info)
@@ -151,7 +152,7 @@ register(
     "2204",
     "门诊费用明细信息上传",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2204,
     deferral=Deferral.CALL,
     journal_answer=deferral.lines_taken,
@@ -165,7 +166,7 @@ async def upload_fees(call: Call) -> Answer:
     "2205",
     "门诊费用明细信息撤销",
     writes=True,
-    klass="encounter",
+    klass=TxClass.ENCOUNTER,
     input=wire.In2205,
     deferral=Deferral.CALL,
 )
@@ -191,7 +192,7 @@ async def cancel_fees(call: Call) -> Answer:
     "2206",
     "门诊预结算",
     writes=False,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=wire.In2206,
     kind=Kind.OUTPATIENT,
     deferral=Deferral.PRESETTLEMENT,
@@ -204,7 +205,7 @@ async def pre_settle(call: Call) -> Answer:
     "2207",
     "门诊结算",
     writes=True,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=wire.In2206,
     kind=Kind.OUTPATIENT,
     deferral=Deferral.CLAIM,
@@ -219,7 +220,7 @@ async def settle(call: Call) -> Answer:
     "2208",
     "门诊结算撤销",
     writes=True,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=wire.In2208,
     kind=Kind.OUTPATIENT,
     deferral=Deferral.CANCEL_CLAIM,

@@ -8,12 +8,13 @@ from adapters.his.output import amount, person_fields
 from adapters.his.wire import In1101, certificate, when
 from gateway.errors import BadRequest, IdentityRejected
 from gateway.ledger import persons
+from gateway.plan.rules import TxClass
 from gateway.transaction import Answer, Call, register
 
 _IDENTITY = {"dibao": ("10", "最低生活保障对象"), "tekun": ("11", "特困供养人员")}
 
 
-@register("1101", "人员信息获取", writes=False, klass="encounter", input=wire.In1101)
+@register("1101", "人员信息获取", writes=False, klass=TxClass.ENCOUNTER, input=wire.In1101)
 async def person_info(call: Call) -> Answer:
     data = decode_input(call.req, In1101).data
     if data is None:

@@ -8,10 +8,11 @@ from adapters.his.output import setldetail, setlinfo
 from adapters.his.wire import In5203
 from gateway.errors import BadRequest, NotFound
 from gateway.ledger import settlements
+from gateway.plan.rules import TxClass
 from gateway.transaction import Answer, Call, register
 
 
-@register("5203", "结算信息查询", writes=False, klass="query", input=wire.In5203)
+@register("5203", "结算信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5203)
 async def settlement_info(call: Call) -> Answer:
     data = decode_input(call.req, In5203).data
     if data is None:

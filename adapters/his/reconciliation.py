@@ -9,6 +9,7 @@ from adapters.his.wire import Node, day, fen_required, required
 from gateway import reconcile
 from gateway.errors import BadRequest, NotFound
 from gateway.ledger import exchange_files, reconciliations
+from gateway.plan.rules import TxClass
 from gateway.transaction import Answer, Call, register
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -83,7 +84,7 @@ def _period(call: Call, d: StmtTotal) -> reconciliations.Period:
     )
 
 
-@register("3201", "医药机构费用结算对总账", writes=True, klass="reconcile", input=In3201)
+@register("3201", "医药机构费用结算对总账", writes=True, klass=TxClass.RECONCILE, input=In3201)
 async def statement_total(call: Call) -> Answer:
     d = decode_input(call.req, In3201).data
     if d is None:
@@ -114,7 +115,7 @@ async def statement_total(call: Call) -> Answer:
     )
 
 
-@register("9101", "文件上传", writes=True, klass="reconcile", input=In9101)
+@register("9101", "文件上传", writes=True, klass=TxClass.RECONCILE, input=In9101)
 async def upload_file(call: Call) -> Answer:
     node = decode_input(call.req, In9101).fsUploadIn
     if node is None:
@@ -147,7 +148,7 @@ async def upload_file(call: Call) -> Answer:
     )
 
 
-@register("3202", "医药机构费用结算对明细账", writes=True, klass="reconcile", input=In3201)
+@register("3202", "医药机构费用结算对明细账", writes=True, klass=TxClass.RECONCILE, input=In3201)
 async def statement_detail(call: Call) -> Answer:
     d = decode_input(call.req, In3201).data
     if d is None:
@@ -197,7 +198,7 @@ async def statement_detail(call: Call) -> Answer:
     )
 
 
-@register("9102", "文件下载", writes=False, klass="reconcile", input=In9102)
+@register("9102", "文件下载", writes=False, klass=TxClass.RECONCILE, input=In9102)
 async def download_file(call: Call) -> Answer:
     node = decode_input(call.req, In9102).fsDownloadIn
     if node is None:

@@ -6,6 +6,7 @@ from adapters.his.envelope import Code, base_infno, decode_input, encode_respons
 from adapters.his.wire import Node, required
 from gateway import reversal
 from gateway.errors import BadRequest
+from gateway.plan.rules import TxClass
 from gateway.transaction import Answer, Call, register
 
 
@@ -19,7 +20,7 @@ class In2601(Node):
     data: ReverseData | None = None
 
 
-@register("2601", "冲正交易", writes=True, klass="settlement", input=In2601)
+@register("2601", "冲正交易", writes=True, klass=TxClass.SETTLEMENT, input=In2601)
 async def reverse(call: Call) -> Answer:
     d = decode_input(call.req, In2601).data
     if d is None:

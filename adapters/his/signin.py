@@ -8,10 +8,11 @@ from adapters.his.output import moment
 from adapters.his.wire import In9001, In9002, required
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.ledger import signins
+from gateway.plan.rules import TxClass
 from gateway.transaction import Answer, Call, register
 
 
-@register("9001", "签到", writes=True, klass="encounter", input=wire.In9001)
+@register("9001", "签到", writes=True, klass=TxClass.ENCOUNTER, input=wire.In9001)
 async def sign_in(call: Call) -> Answer:
     node = decode_input(call.req, In9001).signIn
     if node is None:
@@ -31,7 +32,7 @@ async def sign_in(call: Call) -> Answer:
     return Answer({"signinoutb": {"sign_time": moment(call.now), "sign_no": sign_no}})
 
 
-@register("9002", "签退", writes=True, klass="encounter", input=wire.In9002)
+@register("9002", "签退", writes=True, klass=TxClass.ENCOUNTER, input=wire.In9002)
 async def sign_out(call: Call) -> Answer:
     node = decode_input(call.req, In9002).signOut
     if node is None:

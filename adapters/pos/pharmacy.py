@@ -34,6 +34,7 @@ from gateway.errors import BadRequest, LineRejected, NotInsured, RuleRejected
 from gateway.grouped import Built, Held, Job
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.writes import Writes
+from gateway.plan.rules import TxClass
 from gateway.runtime import Gateway
 from gateway.settlement_state import preview, settle_alone
 from gateway.transaction import Answer, Call, Deferral, Kind, Undo, register
@@ -291,7 +292,7 @@ async def _settle_alone(call: Call) -> Answer:
     "2101",
     "药店预结算",
     writes=False,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=In2101,
     kind=Kind.PHARMACY,
     deferral=Deferral.PRESETTLEMENT,
@@ -304,7 +305,7 @@ async def pre_settle(call: Call) -> Answer:
     "2102",
     "药店结算",
     writes=True,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=In2101,
     kind=Kind.PHARMACY,
     deferral=Deferral.CLAIM,
@@ -323,7 +324,7 @@ async def settle_purchase(call: Call) -> Answer:
     "2103",
     "药店结算撤销",
     writes=True,
-    klass="settlement",
+    klass=TxClass.SETTLEMENT,
     input=wire.In2208,
     kind=Kind.PHARMACY,
     deferral=Deferral.CANCEL_CLAIM,

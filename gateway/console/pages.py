@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from html import escape
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.money import fen_text
-from gateway.plan.rules import ACTIONS, CLASSES
+from gateway.plan.rules import ACTIONS, CLASSES, Action
 
 _CSS = """
 body { font-family: "Noto Sans CJK SC", "Noto Sans SC", sans-serif; margin: 20px; color: #111; }
@@ -29,10 +30,10 @@ STYLE_HASH = "sha256-" + base64.b64encode(hashlib.sha256(_CSS.encode()).digest()
 # at from many addresses is only slowed down.
 LOCK_KINDS = {"operator": "账号（限速）", "address": "地址", "pair": "账号@地址"}
 ACTION_NAMES = {
-    "reject": "拒绝（按自费结算）",
-    "defer": "暂存（主动报）",
-    "selfpay": "自费入院",
-    "route_legacy": "转原系统",
+    Action.REJECT: "拒绝（按自费结算）",
+    Action.DEFER: "暂存（主动报）",
+    Action.SELFPAY: "自费入院",
+    Action.ROUTE_LEGACY: "转原系统",
 }
 STATE_NAMES = {"normal": "正常", "degraded": "降级", "recovering": "恢复中（补结算）"}
 
@@ -57,7 +58,10 @@ def login(error: str = "") -> str:
     )
 
 
-def _options(values: tuple[str, ...], names: dict[str, str] | None = None) -> str:
+_V = TypeVar("_V", bound=str)  # a class or an action: text, whatever its enum
+
+
+def _options(values: tuple[_V, ...], names: Mapping[_V, str] | None = None) -> str:
     return "".join(
         f'<option value="{escape(v)}">{escape(v)}{" · " + escape(names[v]) if names and v in names else ""}</option>'
         for v in values

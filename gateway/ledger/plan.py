@@ -7,11 +7,18 @@ from typing import Any
 
 import asyncpg
 
-from gateway.plan.rules import Plan, Rule, Window
+from gateway.plan.rules import Action, Plan, Rule, TxClass, Window
 
 
 def _rule_of(r: Any) -> Rule:
-    return Rule(r["scope"], r["class"], r["action"], r["reason"], r["operator"], r["set_at"])
+    return Rule(
+        r["scope"],
+        TxClass(r["class"]),
+        Action(r["action"]),
+        r["reason"],
+        r["operator"],
+        r["set_at"],
+    )
 
 
 def _window_of(w: Any) -> Window:
@@ -19,8 +26,8 @@ def _window_of(w: Any) -> Window:
         int(w["window_id"]),
         w["name"],
         w["scope"],
-        tuple(w["classes"]),
-        w["action"],
+        tuple(TxClass(c) for c in w["classes"]),
+        Action(w["action"]),
         w["begins"],
         w["ends"],
     )
@@ -51,7 +58,7 @@ async def bump(conn: asyncpg.Connection) -> int:
     )
 
 
-async def lock_rule(conn: asyncpg.Connection, scope: str, klass: str) -> Rule | None:
+async def lock_rule(conn: asyncpg.Connection, scope: str, klass: TxClass) -> Rule | None:
     """Reads and locks the rule of a scope/class, if there is one."""
     r = await conn.fetchrow(
         "SELECT * FROM plan_rules WHERE scope = $1 AND class = $2 FOR UPDATE", scope, klass
@@ -60,7 +67,13 @@ async def lock_rule(conn: asyncpg.Connection, scope: str, klass: str) -> Rule | 
 
 
 async def put_rule(
-    conn: asyncpg.Connection, *, scope: str, klass: str, action: str, reason: str, operator: str
+    conn: asyncpg.Connection,
+    *,
+    scope: str,
+    klass: TxClass,
+    action: Action,
+    reason: str,
+    operator: str,
 ) -> None:
     """Writes the rule of a scope/class, replacing the one in force."""
     await conn.execute(
@@ -75,7 +88,7 @@ async def put_rule(
     )
 
 
-async def delete_rule(conn: asyncpg.Connection, scope: str, klass: str) -> None:
+async def delete_rule(conn: asyncpg.Connection, scope: str, klass: TxClass) -> None:
     """Deletes the rule of a scope/class."""
     await conn.execute("DELETE FROM plan_rules WHERE scope = $1 AND class = $2", scope, klass)
 
@@ -93,8 +106,8 @@ async def put_window(
     *,
     name: str,
     scope: str,
-    classes: list[str],
-    action: str,
+    classes: list[TxClass],
+    action: Action,
     begins: dt.datetime,
     ends: dt.datetime,
     operator: str,

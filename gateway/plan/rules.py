@@ -8,13 +8,40 @@ matching scope wins, and at the same scope a rule set by a person wins over a sc
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import re
 from dataclasses import dataclass
 
 from gateway.errors import BadRequest
 
-CLASSES = ("settlement", "encounter", "catalog", "reconcile")
-ACTIONS = ("reject", "defer", "selfpay", "route_legacy")
+
+class TxClass(enum.StrEnum):
+    """A transaction's class (`register(klass=...)`): what a plan rule or window names.
+
+    The values are stored (plan_rules.class, plan_windows.classes) and written in timetables."""
+
+    SETTLEMENT = "settlement"
+    ENCOUNTER = "encounter"
+    CATALOG = "catalog"
+    RECONCILE = "reconcile"
+    QUERY = "query"  # reads of settled records: never under the plan
+
+
+class Action(enum.StrEnum):
+    """What the plan does to a request of a degraded class (gateway.emergency).
+
+    The values are stored (the `action` CHECK of plan_rules and plan_windows), written in
+    timetables and `[breakers.*] action`, and typed at the CLI."""
+
+    REJECT = "reject"  # refused: the counter settles as self-pay
+    DEFER = "defer"  # settlements become claims (主动报) replayed later; pre-settlements all-cash
+    SELFPAY = "selfpay"  # admissions open as self-pay (encounter class only)
+    ROUTE_LEGACY = "route_legacy"  # forwarded unchanged to the old system
+
+
+# The classes a rule or window may name, in the order the console and metrics list them.
+CLASSES = tuple(c for c in TxClass if c is not TxClass.QUERY)
+ACTIONS = tuple(Action)
 _SCOPE = re.compile(r"^(global|region:\d{6}|institution:[0-9A-Za-z]{1,30})$")
 
 
@@ -24,23 +51,25 @@ def check_scope(scope: str) -> str:
     return scope
 
 
-def check_class(klass: str) -> str:
+def check_class(klass: str) -> TxClass:
+    """The plan class this text names; BadRequest when it names none."""
     if klass not in CLASSES:
         raise BadRequest(f"交易类别{klass}无效：应为{'、'.join(CLASSES)}之一")
-    return klass
+    return TxClass(klass)
 
 
-def check_action(action: str) -> str:
+def check_action(action: str) -> Action:
+    """The action this text names; BadRequest when it names none."""
     if action not in ACTIONS:
         raise BadRequest(f"处置方式{action}无效：应为{'、'.join(ACTIONS)}之一")
-    return action
+    return Action(action)
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
     scope: str
-    klass: str
-    action: str
+    klass: TxClass
+    action: Action
     reason: str
     operator: str
     set_at: dt.datetime
@@ -51,8 +80,8 @@ class Window:
     window_id: int
     name: str
     scope: str
-    classes: tuple[str, ...]
-    action: str
+    classes: tuple[TxClass, ...]
+    action: Action
     begins: dt.datetime  # local time, as the cut-over notices give it
     ends: dt.datetime
 
@@ -64,9 +93,9 @@ class Window:
 class Decision:
     """The action in force for one request, and where it came from (for the answer and logs)."""
 
-    action: str
+    action: Action
     scope: str
-    klass: str
+    klass: TxClass
     source: str  # "rule" | "window:<name>" | "breaker:<dependency>"
     reason: str
 
@@ -85,7 +114,7 @@ class Plan:
     windows: tuple[Window, ...] = ()
 
     def decide(
-        self, fixmedins_code: str, admdvs: str, klass: str, now: dt.datetime
+        self, fixmedins_code: str, admdvs: str, klass: TxClass, now: dt.datetime
     ) -> Decision | None:
         """The action for a request of this class at this institution now; None: normal."""
         if not self.rules and not self.windows:
@@ -101,7 +130,7 @@ class Plan:
                     )
         return None
 
-    def state_of(self, scope: str, klass: str, now: dt.datetime) -> Decision | None:
+    def state_of(self, scope: str, klass: TxClass, now: dt.datetime) -> Decision | None:
         """What is in force at exactly this scope (no inheritance), for the console and metrics."""
         for rule in self.rules:
             if rule.scope == scope and rule.klass == klass:

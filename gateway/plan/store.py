@@ -15,7 +15,15 @@ import asyncpg
 from gateway import audit
 from gateway.errors import BadRequest, NotFound
 from gateway.ledger import plan, reference_store
-from gateway.plan.rules import Rule, Window, check_action, check_class, check_scope
+from gateway.plan.rules import (
+    Action,
+    Rule,
+    TxClass,
+    Window,
+    check_action,
+    check_class,
+    check_scope,
+)
 
 
 async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
@@ -50,17 +58,17 @@ async def set_rule(
 ) -> int:
     """Put a scope/class into degraded mode with this action; returns the new plan version."""
     await check_known_scope(conn, scope)
-    check_class(klass)
-    check_action(action)
+    tx_class = check_class(klass)
+    rule_action = check_action(action)
     reason = _reason(reason)
-    if action == "selfpay" and klass != "encounter":
+    if rule_action is Action.SELFPAY and tx_class is not TxClass.ENCOUNTER:
         raise BadRequest("selfpay（自费入院）只适用于encounter类交易")
     async with conn.transaction():
-        before = await plan.lock_rule(conn, scope, klass)
+        before = await plan.lock_rule(conn, scope, tx_class)
         await plan.put_rule(
-            conn, scope=scope, klass=klass, action=action, reason=reason, operator=operator
+            conn, scope=scope, klass=tx_class, action=rule_action, reason=reason, operator=operator
         )
-        after = {"scope": scope, "class": klass, "action": action, "reason": reason}
+        after = {"scope": scope, "class": tx_class, "action": rule_action, "reason": reason}
         await audit.append(
             conn,
             operator=operator,
@@ -78,13 +86,13 @@ async def clear_rule(
 ) -> int:
     """Back to normal for this scope/class; returns the new plan version."""
     check_scope(scope)
-    check_class(klass)
+    tx_class = check_class(klass)
     reason = _reason(reason)
     async with conn.transaction():
-        before = await plan.lock_rule(conn, scope, klass)
+        before = await plan.lock_rule(conn, scope, tx_class)
         if before is None:
             raise NotFound(f"{scope}/{klass}没有生效的应急规则")
-        await plan.delete_rule(conn, scope, klass)
+        await plan.delete_rule(conn, scope, tx_class)
         await audit.append(
             conn,
             operator=operator,
@@ -111,9 +119,8 @@ async def add_window(
 ) -> int:
     """Schedule (or reschedule, by name and scope) a cut-over window; returns the new version."""
     await check_known_scope(conn, scope)
-    for klass in classes:
-        check_class(klass)
-    check_action(action)
+    window_classes = [check_class(klass) for klass in classes]
+    window_action = check_action(action)
     if not classes:
         raise BadRequest("时间窗至少包含一类交易")
     if ends <= begins:
@@ -125,13 +132,13 @@ async def add_window(
             conn,
             name=name,
             scope=scope,
-            classes=classes,
-            action=action,
+            classes=window_classes,
+            action=window_action,
             begins=begins,
             ends=ends,
             operator=operator,
         )
-        after = _window_dict(name, scope, classes, action, begins, ends)
+        after = _window_dict(name, scope, window_classes, window_action, begins, ends)
         await audit.append(
             conn,
             operator=operator,
@@ -164,7 +171,12 @@ async def remove_window(
 
 
 def _window_dict(
-    name: str, scope: str, classes: list[str], action: str, begins: dt.datetime, ends: dt.datetime
+    name: str,
+    scope: str,
+    classes: list[TxClass],
+    action: Action,
+    begins: dt.datetime,
+    ends: dt.datetime,
 ) -> dict[str, Any]:
     return {
         "name": name,

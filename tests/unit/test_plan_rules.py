@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
+from pathlib import Path
 
 import pytest
 
 from gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
+from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.console.pages import ACTION_NAMES
 from gateway.errors import BadRequest
-from gateway.plan.rules import Plan, Rule, Window, check_scope
+from gateway.plan.rules import (
+    ACTIONS,
+    CLASSES,
+    Action,
+    Plan,
+    Rule,
+    TxClass,
+    Window,
+    check_action,
+    check_class,
+    check_scope,
+)
 from gateway.triggers import InstitutionTriggers
 
 NOW = dt.datetime(2022, 3, 5, 12, 0)
+MIGRATION = Path(__file__).resolve().parents[2] / "gateway/ledger/migrations/006_emergency.sql"
 
 
 def rule(scope: str, klass: str, action: str) -> Rule:
@@ -44,6 +60,48 @@ def test_scopes_are_checked() -> None:
     for bad in ("region:33", "everything", "institution:", "global;drop"):
         with pytest.raises(BadRequest):
             check_scope(bad)
+
+
+def _checked(column: str) -> set[str]:
+    """The values the plan tables' CHECK allows in a column, as the migration writes them."""
+    found = re.findall(rf"CHECK \({column} IN \(([^)]*)\)\)", MIGRATION.read_text("utf-8"))
+    assert found, column
+    return {v.strip().strip("'") for v in found[0].split(",")}
+
+
+def test_the_enums_hold_the_values_the_ledger_stores() -> None:
+    assert {a.value for a in ACTIONS} == {a.value for a in Action} == _checked("action")
+    assert {c.value for c in CLASSES} == _checked("class")
+    assert set(TxClass) - set(CLASSES) == {TxClass.QUERY}  # a query is never degraded
+
+
+def test_text_is_checked_into_the_enums() -> None:
+    assert check_class("encounter") is TxClass.ENCOUNTER
+    assert check_action("route_legacy") is Action.ROUTE_LEGACY
+    for bad_class in ("query", "Settlement", ""):
+        with pytest.raises(BadRequest, match="交易类别"):
+            check_class(bad_class)
+    for bad_action in ("none", "deny", ""):
+        with pytest.raises(BadRequest, match="处置方式"):
+            check_action(bad_action)
+
+
+def test_every_action_has_its_console_label() -> None:
+    assert set(ACTION_NAMES) == set(Action) and all(ACTION_NAMES.values())
+
+
+def test_a_breaker_action_is_a_plan_action_or_none() -> None:
+    assert BreakerConfig().plan_action is Action.DEFER
+    assert BreakerConfig(action="route_legacy").plan_action is Action.ROUTE_LEGACY
+    assert BreakerConfig(action="none").plan_action is None
+    with pytest.raises(ValueError, match="breaker action 'deferr'"):
+        BreakerConfig(action="deferr")
+    shipped = load_config(DEFAULT_CONFIG)
+    assert {n: b.plan_action for n, b in shipped.breakers.items()} == {
+        "postgres": Action.DEFER,
+        "redis": None,
+        "legacy": Action.REJECT,
+    }
 
 
 class Clock:
