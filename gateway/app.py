@@ -20,6 +20,7 @@ import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
 from adapters.his.envelope import NOT_UTF8, base_infno, encode_response
 from gateway import dispatch, emergency, transaction
+from gateway.appkeys import GATEWAY
 from gateway.auth import AuthError, Verifier, load_credentials
 from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
 from gateway.console import install as install_console
@@ -45,7 +46,6 @@ from gateway.ratelimit import Limiter
 from gateway.reference import load_reference
 from gateway.runtime import Gateway
 
-GATEWAY = web.AppKey("gateway", Gateway)
 VERIFIER = web.AppKey("verifier", Verifier)
 ADMISSION = web.AppKey("admission", Admission)
 UPLOADS = web.AppKey("uploads", UploadBudget)
@@ -496,7 +496,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_endpoint)
-    install_console(app, GATEWAY, settings.operators_path)
+    install_console(app, settings.operators_path)
     return app
 
 
