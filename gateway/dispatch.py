@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,43 +19,17 @@ import asyncpg
 
 from adapters.his.envelope import Request, decode_request, encode_response
 from gateway.breaker import loop_stalls
-from gateway.core.model import FundRow, Institution
+from gateway.core.model import Institution
 from gateway.errors import BadRequest, Busy, GatewayError, IdentityRejected, Unavailable
 from gateway.ledger import idempotency
+from gateway.outcome import Outcome as Outcome
+from gateway.outcome import Result as Result
+from gateway.outcome import failure as failure
 from gateway.plan.rules import Decision
 from gateway.runtime import Gateway
 from gateway.transaction import TRANSACTIONS, Call, Mode, Prepare, Transaction
 
 log = logging.getLogger("gateway.dispatch")
-
-
-class Result(enum.StrEnum):
-    """What became of a request (the metrics' and the access log's `outcome` label)."""
-
-    OK = "ok"
-    REJECTED = "rejected"  # refused with infcode -1: nothing done
-    REPLAYED = "replayed"  # a retry answered from the msgid journal
-    BUSY = "busy"  # shed or over a share: nothing done, retry the same msgid
-    ERROR = "error"  # a dependency failed or a bug: nothing done, retry the same msgid
-    DEFERRED = "deferred"  # answered under the emergency plan, settled later
-    LEGACY = "legacy"  # answered by the legacy system
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What the HTTP layer needs: the bytes, and labels for metrics and logs."""
-
-    body: bytes
-    infno: str
-    outcome: Result
-    msgid: str = ""
-    fixmedins_code: str = ""
-    terminal: str = ""
-    identity_failure: bool = False  # the certificate did not identify the person
-    timeout: bool = False  # a dependency timed out (as opposed to failing outright)
-    paid: tuple[FundRow, ...] = ()
-    content_type: str = "application/json"
-    mismatch: bool = False
 
 
 @dataclass(slots=True)
@@ -110,15 +83,10 @@ def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) ->
     stalled = loop_stalls().stalled(started, now)
     if stalled > 0.0:
         seconds = max(0.0, seconds - stalled)
-        if timeout and seconds < LEDGER_SHARE_OF_A_TIMEOUT * gw.config.call_deadline_seconds:
+        if timeout and seconds < LEDGER_SHARE_OF_A_TIMEOUT * gw.config.deadlines.call_seconds:
             return
     for observer in OBSERVERS:
         observer(gw, code, ok, timeout, seconds)
-
-
-def failure(region: str, received: dt.datetime, exc: GatewayError) -> bytes:
-    """The envelope of a refusal: `infcode -1` and the clerk's message."""
-    return encode_response(region=region, received=received, output=None, err_msg=exc.err_msg)
 
 
 def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
@@ -127,7 +95,7 @@ def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
 
 def overdue(gw: Gateway, infno: str) -> Outcome:
     """The answer to a request still stuck past its deadline; it counts as a dependency timeout."""
-    _observe(gw, "", False, True, time.perf_counter() - gw.config.call_deadline_seconds)
+    _observe(gw, "", False, True, time.perf_counter() - gw.config.deadlines.call_seconds)
     exc = Unavailable("医保结算服务响应超时，请使用相同报文ID重试；如持续失败请按应急预案处理")
     return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, timeout=True)
 
@@ -243,7 +211,7 @@ async def _write(
     """A writing transaction, journaled by msgid: in a group commit when it has a grouped form,
     else on its own transaction. Past the deadline it is abandoned (rolled back, or committed
     with its answer journaled); either way the client's retry of the same msgid settles it."""
-    deadline = gw.config.call_deadline_seconds
+    deadline = gw.config.deadlines.call_seconds
     expires = asyncio.get_running_loop().time() + deadline
     started = time.perf_counter()
     code = req.fixmedins_code
@@ -269,7 +237,7 @@ async def _read(
     mode: Mode,
 ) -> Outcome:
     """A transaction that changes nothing: its handler on a pooled connection."""
-    deadline = gw.config.call_deadline_seconds
+    deadline = gw.config.deadlines.call_seconds
     expires = asyncio.get_running_loop().time() + deadline
     started = time.perf_counter()
     code = req.fixmedins_code
@@ -352,8 +320,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
     then files that claim as failed instead of settling it twice (gateway.deferred.replay).
     """
     code, msgid = req.fixmedins_code, req.msgid
-    journal = gw.journal
-    held = journal.answered(code, msgid) if journal is not None else None
+    held = gw.journal.answered(code, msgid)
     if held is not None:
         stored = idempotency.Stored(*held)
         return Outcome(
@@ -362,7 +329,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
     ledger = gw.breakers["postgres"]
     loop = asyncio.get_running_loop()
     if not ledger.is_open:
-        budget = gw.config.call_deadline_seconds
+        budget = gw.config.deadlines.call_seconds
         expires = loop.time() + budget
         async with (
             gw.shares.turn(code, expires),
@@ -373,7 +340,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
     elif ledger.probe_failed:
         return None
     else:
-        budget = gw.config.ledger_lookup_seconds
+        budget = gw.config.journal.ledger_lookup_seconds
         expires = loop.time() + budget
         try:
             async with (
@@ -408,8 +375,7 @@ async def _grouped(
     group = gw.group
     if group is None or job is None:
         return None
-    outcome: Outcome | None = await group.submit(req, body_hash, received, job, expires)
-    return outcome
+    return await group.submit(req, body_hash, received, job, expires)
 
 
 class _Taken(Exception):
@@ -428,7 +394,7 @@ async def _journaled(
     code, msgid = req.fixmedins_code, req.msgid
     # The acquire timeout also bounds the release: a connection whose query was cancelled on a
     # dead network is dropped instead of waiting forever for the server to confirm.
-    async with gw.pool.acquire(timeout=gw.config.call_deadline_seconds) as conn:
+    async with gw.pool.acquire(timeout=gw.config.deadlines.call_seconds) as conn:
         # No look-up first: a fresh msgid (the common case) is claimed in one round trip, and a
         # retry finds its key taken and is answered from the journal below.
         try:
