@@ -27,11 +27,9 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_harness import add_server_arg, create_db, drop_db, gateway_cli, with_db
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Settings
 from gateway.core.model import Mapping
-from gateway.ledger import db, reference_store
-from gateway.ratelimit import Limiter
-from gateway.reference import load_reference
+from gateway.ledger import reference_store
 from gateway.runtime import Gateway
 
 REFERENCE = Path(__file__).resolve().parents[1] / "config" / "demo"
@@ -73,10 +71,9 @@ async def add_mappings(dsn: str, n: int) -> None:
 
 async def measure(dsn: str, reloads: int) -> dict[str, Any]:
     rss_start = rss_mb()
-    pool = await db.create_pool(dsn, min_size=1, max_size=4)
-    reference = load_reference(REFERENCE)
-    config = GatewayConfig()
-    gw = await Gateway.start(pool, reference, "441800", config, Limiter(config.limits, None))
+    gw = await Gateway.start(
+        Settings(dsn, reference_dir=REFERENCE, pool_max=4, config=GatewayConfig())
+    )
     mappings = len(gw.snapshot.mappings)
     rss_loaded = rss_mb()
     lateness: list[float] = []
@@ -98,7 +95,7 @@ async def measure(dsn: str, reloads: int) -> dict[str, Any]:
     stop.set()
     await task
     rss_after = rss_mb()
-    await pool.close()
+    await gw.close()
     lateness.sort()
     return {
         "mappings_in_snapshot": mappings,

@@ -10,7 +10,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,10 +21,10 @@ from adapters.his.envelope import NOT_UTF8, base_infno, encode_response
 from gateway import dispatch, emergency, transaction
 from gateway.appkeys import GATEWAY
 from gateway.auth import AuthError, Verifier, load_credentials
-from gateway.config import DEFAULT_CONFIG, GatewayConfig, load_config
+from gateway.config import DEFAULT_REFERENCE as DEFAULT_REFERENCE
+from gateway.config import Settings
 from gateway.console import install as install_console
 from gateway.core.settle import FUND_NAMES
-from gateway.deferred.journal import Journal
 from gateway.edge import (
     GUARD,
     PACER,
@@ -42,7 +41,6 @@ from gateway.group_commit import GroupCommit
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
 from gateway.overload import SHED_MESSAGE, Admission, UploadBudget
-from gateway.ratelimit import Limiter
 from gateway.reference import load_reference
 from gateway.runtime import Gateway
 
@@ -53,60 +51,6 @@ access = logging.getLogger("gateway.access")
 ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
 CONSOLE_MAX_BODY = 64 * 1024
 _PATH_INFNO = re.compile(r"[0-9]{4}[A-Z]?")
-DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "config" / "demo"
-DEFAULT_CREDENTIALS = DEFAULT_REFERENCE / "credentials.toml"
-DEFAULT_OPERATORS = DEFAULT_REFERENCE / "operators.toml"
-
-
-class Settings:
-    """What a process needs to start; built by the CLI or by tests."""
-
-    __slots__ = (
-        "auth",
-        "catalog_poll_seconds",
-        "config",
-        "config_path",
-        "credentials_path",
-        "database_url",
-        "journal_dir",
-        "load_demo_if_empty",
-        "operators_path",
-        "pool_max",
-        "redis_url",
-        "reference_dir",
-        "region",
-    )
-
-    def __init__(
-        self,
-        database_url: str,
-        *,
-        reference_dir: Path = DEFAULT_REFERENCE,
-        region: str = "441800",
-        load_demo_if_empty: bool = True,
-        pool_max: int = 16,
-        redis_url: str | None = None,
-        config_path: Path = DEFAULT_CONFIG,
-        config: GatewayConfig | None = None,
-        catalog_poll_seconds: float = 1.0,
-        auth: bool = True,
-        credentials_path: Path = DEFAULT_CREDENTIALS,
-        operators_path: Path = DEFAULT_OPERATORS,
-        journal_dir: Path | None = None,
-    ) -> None:
-        self.operators_path = operators_path
-        self.journal_dir = journal_dir  # default: the config's [journal] dir
-        self.auth = auth
-        self.credentials_path = credentials_path
-        self.config = config
-        self.catalog_poll_seconds = catalog_poll_seconds
-        self.database_url = database_url
-        self.redis_url = redis_url
-        self.config_path = config_path
-        self.reference_dir = reference_dir
-        self.region = region
-        self.load_demo_if_empty = load_demo_if_empty
-        self.pool_max = pool_max
 
 
 async def prepare_database(settings: Settings) -> None:
@@ -169,7 +113,7 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
                 return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
         budget = request.app[UPLOADS]
         payer = authenticated or f"address:{request.remote or ''}"
-        if budget.active and _heavy_from_headers(request, gw.config.edge, path_infno):
+        if budget.active and _heavy_from_headers(request, gw.config.http, path_infno):
             refused = budget.take(payer, request.content_length or 0, time.monotonic())
             if refused is not None:
                 over_budget = _refusal(_over_budget(gw, refused, path_infno), started)
@@ -179,9 +123,9 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
         if not admission.start_body(senders):
             return _shed(gw, path_infno, started)
         try:
-            body = await read_body(request, gw.config.edge, path_infno)
-            if path_infno is None and len(body) > gw.config.edge.body_limit_bytes:
-                _within_envelope_limit(body, gw.config.edge)
+            body = await read_body(request, gw.config.http, path_infno)
+            if path_infno is None and len(body) > gw.config.http.body_limit_bytes:
+                _within_envelope_limit(body, gw.config.http)
         except BodyRefused as exc:
             return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
         finally:
@@ -192,8 +136,8 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
             budget.active
             and uploader is None
             and (
-                len(body) > gw.config.edge.body_limit_bytes
-                or (path_infno is None and _names_upload(body, gw.config.edge))
+                len(body) > gw.config.http.body_limit_bytes
+                or (path_infno is None and _names_upload(body, gw.config.http))
             )
         ):
             # An upload the headers did not tell: sent chunked, or a small one on the national
@@ -292,7 +236,7 @@ async def _admitted(
     work = asyncio.ensure_future(dispatch.handle(gw, body, path_infno, authenticated))
     try:
         outcome = await asyncio.wait_for(
-            asyncio.shield(work), gw.config.call_deadline_seconds + ANSWER_GRACE_SECONDS
+            asyncio.shield(work), gw.config.deadlines.call_seconds + ANSWER_GRACE_SECONDS
         )
     except TimeoutError:
         outcome = dispatch.overdue(gw, path_infno or "")
@@ -412,50 +356,20 @@ def build_app(settings: Settings) -> web.Application:
         client_max_size=CONSOLE_MAX_BODY, middlewares=[mark_requests, answer_always]
     )
     emergency.install()
-    admission = Admission(0)  # its bound is set from the configuration at start-up
-    guard = ConnectionGuard()  # likewise
-    uploads = UploadBudget()  # likewise
-    pacer = Pacer()  # likewise
+    overload, edge = settings.config.overload, settings.config.http
+    admission = Admission(overload.max_in_flight, overload.share)
+    guard = ConnectionGuard(edge)
+    uploads = UploadBudget(
+        per_institution=edge.uploads_per_institution,
+        rate=edge.upload_bytes_per_second,
+        burst=edge.upload_burst_bytes,
+        floor=edge.upload_min_bytes,
+    )
+    pacer = Pacer(edge)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        # A short connect timeout: an unreachable ledger must fail fast enough for the breaker.
-        pool = await db.create_pool(settings.database_url, max_size=settings.pool_max, timeout=3.0)
-        reference = await asyncio.to_thread(load_reference, settings.reference_dir)
-        config = settings.config or load_config(settings.config_path)
-        redis = None
-        if settings.redis_url:
-            import redis.asyncio as aioredis
-
-            redis = aioredis.Redis.from_url(
-                settings.redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
-            )
-        gw = await Gateway.start(
-            pool, reference, settings.region, config, Limiter(config.limits, redis)
-        )
-        gw.redis = redis
-        gw.catalog_poll_seconds = settings.catalog_poll_seconds
+        gw = await Gateway.start(settings, group_commit=GroupCommit.for_process)
         app[GATEWAY] = gw
-        journal_dir = settings.journal_dir or Path(config.journal_dir)
-        gw.journal = Journal(journal_dir)
-        if config.group_writers:
-            gw.group = GroupCommit(
-                pool,
-                settings.region,
-                writers=config.group_writers,
-                max_batch=config.group_max_batch,
-                acquire_timeout=config.call_deadline_seconds,
-                share_percent=config.ledger_share_percent,
-            )
-        admission.limit = config.max_in_flight
-        admission.share = config.in_flight_share
-        guard.config = config.edge
-        pacer.config = config.edge
-        edge = config.edge
-        uploads.per_institution = edge.uploads_per_institution
-        uploads.rate = edge.upload_bytes_per_second
-        uploads.burst = edge.upload_burst_bytes
-        uploads.floor = edge.upload_min_bytes
-        gw.triggers = emergency.institution_triggers(gw)
         metrics.prime(
             transaction.TRANSACTIONS,
             [i.fixmedins_code for i in gw.snapshot.institutions],
@@ -463,14 +377,14 @@ def build_app(settings: Settings) -> web.Application:
         )
         if settings.auth:
             credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
-            app[VERIFIER] = Verifier(credentials, redis)
+            app[VERIFIER] = Verifier(credentials, gw.redis)
         tasks = [
             asyncio.create_task(gw.watch_catalog()),
             asyncio.create_task(gw.watch_plan()),
             asyncio.create_task(emergency.watch_ledger(gw)),
             asyncio.create_task(gw.purge_idempotency()),
         ]
-        if redis is not None:
+        if gw.redis is not None:
             tasks.append(asyncio.create_task(gw.listen_catalog_changes()))
         try:
             yield
@@ -480,10 +394,7 @@ def build_app(settings: Settings) -> web.Application:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            gw.journal.close()
-            if redis is not None:
-                await redis.aclose()
-            await pool.close()
+            await gw.close()
 
     app.cleanup_ctx.append(resources)
     app[ADMISSION] = admission
@@ -514,6 +425,6 @@ async def _serve(app: web.Application, host: str, port: int, reuse_port: bool, i
 
 def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, with every connection under the edge's guard."""
-    config = settings.config or load_config(settings.config_path)
+    idle = settings.config.http.idle_seconds
     with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(_serve(build_app(settings), host, port, reuse_port, config.edge.idle_seconds))
+        asyncio.run(_serve(build_app(settings), host, port, reuse_port, idle))

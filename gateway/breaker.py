@@ -15,6 +15,9 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
 
 from gateway.plan.rules import ACTIONS, Action
 
@@ -23,8 +26,9 @@ STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the sgw_breaker_state gauge
 NO_ACTION = "none"  # a breaker the plan does not act on (Redis: settlement never waits for it)
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerConfig:
+class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`[breakers.<dependency>]` (and `[triggers.institution]`) in config/gateway.toml."""
+
     window_seconds: float = 10.0
     min_calls: int = 10
     error_ratio: float = 0.5
@@ -35,10 +39,9 @@ class BreakerConfig:
     min_open_seconds: float = 5.0
     half_open_probes: int = 3
     healthy_seconds: float = 5.0
-    recover: str = "auto"  # auto | manual
+    recover: Literal["auto", "manual"] = "auto"
     # What the plan applies while open (settlement/encounter classes): an Action's value, or
-    # NO_ACTION. Kept as the text the configuration gives (its reader converts each value to the
-    # default's type, and "none" is no Action); `plan_action` is the Action.
+    # NO_ACTION ("none" is no Action); `plan_action` is the Action.
     action: str = Action.DEFER.value
 
     def __post_init__(self) -> None:

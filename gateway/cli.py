@@ -18,15 +18,18 @@ from pathlib import Path
 import uvloop
 
 from gateway import clearing, corrections, demo_client, plan_cli
-from gateway.app import (
-    DEFAULT_CREDENTIALS,
-    DEFAULT_REFERENCE,
-    Settings,
-    prepare_database,
-)
+from gateway.app import prepare_database
 from gateway.app import serve as serve_app
 from gateway.cli_database import add_database, database_url
-from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.config import (
+    DEFAULT_CONFIG,
+    DEFAULT_CREDENTIALS,
+    DEFAULT_REFERENCE,
+    MIN_KEEP_DAYS,
+    ConfigError,
+    Settings,
+    load_config,
+)
 from gateway.console import commands as console_commands
 from gateway.ledger import db, idempotency, reference_store
 from gateway.money import fen_text
@@ -234,10 +237,10 @@ def purge(args: argparse.Namespace) -> int:
     keep = (
         args.keep_days
         if args.keep_days is not None
-        else load_config(Path(args.config)).idempotency_keep_days
+        else load_config(Path(args.config)).idempotency.keep_days
     )
     removed = asyncio.run(_purge(database_url(args), keep))
-    print(f"removed {removed} msgid answers older than {max(keep, 7)} days")
+    print(f"removed {removed} msgid answers older than {max(keep, MIN_KEEP_DAYS)} days")
     return 0
 
 
@@ -351,5 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     logs.configure()
     args = parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        # A configuration the gateway cannot use stops it before anything is touched, in one
+        # line naming the file, the key and its table.
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     return result

@@ -22,9 +22,9 @@ import asyncio
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
@@ -42,10 +42,11 @@ def _upload_limits() -> dict[str, int]:
     return {"2204": 8 * MIB, "2301": 8 * MIB, "3301": 8 * MIB, "9101": 8 * MIB}
 
 
-@dataclass(frozen=True, slots=True)
-class EdgeConfig:
+class EdgeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`[http]` in config/gateway.toml."""
+
     body_limit_bytes: int = 256 * KIB  # any transaction not named in body_limits
-    body_limits: dict[str, int] = field(default_factory=_upload_limits)
+    body_limits: dict[str, int] = msgspec.field(default_factory=_upload_limits)
     body_seconds: float = 30.0  # the whole body, from the end of the headers, at most
     # A body trickled in holds an in-flight slot: past a short grace it must keep arriving at
     # this many bytes per second on average (a sale of 4 KB is refused after about 2 s).

@@ -19,7 +19,7 @@ import asyncpg
 
 from adapters.his import deferral
 from adapters.his.envelope import Request, encode_response
-from gateway import dispatch, triggers
+from gateway import dispatch
 from gateway.breaker import Breaker, loop_stalls
 from gateway.core.model import Institution
 from gateway.deferred import PROVISIONAL_PREFIX
@@ -32,7 +32,6 @@ from gateway.plan import store as plan_store
 from gateway.plan.rules import CLASSES, Action, Decision, TxClass
 from gateway.runtime import Gateway
 from gateway.transaction import Answer, Call, Deferral, Mode, Transaction
-from gateway.triggers import InstitutionTriggers
 
 log = logging.getLogger("gateway.emergency")
 
@@ -243,8 +242,6 @@ def _entry(kind: str, req: Request, received: dt.datetime, **fields: Any) -> Ent
 
 
 async def _journal_append(gw: Gateway, e: Entry) -> None:
-    if gw.journal is None:
-        raise Unavailable(LEDGER_DOWN_MSG)
     await gw.journal.append(e)
 
 
@@ -257,7 +254,7 @@ async def _journal_claim(
     mdtrt_id = facts.mdtrt_id or claim_id
     journal = gw.journal
     scope = deferral.claim_scope(req)
-    if journal is not None and scope is not None:
+    if scope is not None:
         # Only this process's journal is known while the ledger is away; held before the
         # write, so two claims of one batch arriving together cannot both pass.
         deferral.refuse_if_held(journal.held_on(req.fixmedins_code, scope[0]), scope[1])
@@ -285,8 +282,7 @@ async def _journal_claim(
             ),
         )
     except BaseException:
-        if journal is not None:
-            journal.let_go(claim_id)
+        journal.let_go(claim_id)
         raise
     return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
 
@@ -323,11 +319,11 @@ async def _journal_withdrawal(
 ) -> Detour:
     setl_id, _, psn_no = deferral.withdrawal_ref(req)
     journal = gw.journal
-    held = journal.claims.get(setl_id) if journal is not None else None
+    held = journal.claims.get(setl_id)
     if held is None or held.fixmedins_code != req.fixmedins_code or held.psn_no != psn_no:
         # Only a claim this process holds can be withdrawn while the ledger is away.
         raise Unavailable("医保结算数据库暂不可用，暂存结算请待系统恢复后再撤销")
-    if setl_id in journal.withdrawn:  # type: ignore[union-attr]
+    if setl_id in journal.withdrawn:
         raise Conflict(f"暂存结算{setl_id}已撤销，不能重复撤销")
     row = {"claim_id": setl_id, "mdtrt_id": held.mdtrt_id, "msgid": held.msgid}
     out = encode_response(
@@ -349,7 +345,7 @@ async def _journal_withdrawal(
             claim_id=setl_id,
         ),
     )
-    journal.let_go(setl_id)  # type: ignore[union-attr]
+    journal.let_go(setl_id)
     return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
 
 
@@ -359,14 +355,14 @@ async def _journal_withdrawal(
 async def _route_legacy(gw: Gateway, req: Request, body: bytes) -> Detour:
     """Forward the envelope unchanged and relay the old system's answer."""
     breaker = gw.breakers["legacy"]
-    url = gw.config.legacy_url
+    url = gw.config.legacy.url
     if not url:
         raise Unavailable("应急预案要求转原系统办理，但未配置原系统地址，请联系运维")
     if breaker.is_open and not breaker.probe_due():
         raise Unavailable(LEGACY_DOWN_MSG)
     started = asyncio.get_running_loop().time()
     try:
-        timeout = aiohttp.ClientTimeout(total=gw.config.legacy_timeout_seconds)
+        timeout = aiohttp.ClientTimeout(total=gw.config.legacy.timeout_seconds)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
             session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp,
@@ -406,32 +402,7 @@ def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
 def observe(gw: Gateway, fixmedins_code: str, ok: bool, timeout: bool, seconds: float) -> None:
     """Feed the ledger's breaker (and the institution trigger) from every call that used it."""
     gw.breakers["postgres"].record(ok, timeout=timeout, seconds=seconds)
-    if gw.triggers is not None:
-        gw.triggers.record(fixmedins_code, ok, timeout, seconds)
-
-
-def institution_triggers(gw: Gateway) -> InstitutionTriggers:
-    """Per-institution triggers that write their protective action as a plan rule."""
-    cfg = gw.config.institution_trigger
-
-    async def apply(code: str, reason: str) -> None:
-        async with gw.pool.acquire(timeout=5.0) as conn:
-            await plan_store.set_rule(
-                conn,
-                scope=f"institution:{code}",
-                klass=triggers.CLASS,
-                action=cfg.action,
-                reason=reason,
-                operator=triggers.OPERATOR,
-            )
-        await gw.reload_plan(force=True)
-        await gw.announce_plan_change()
-
-    def has_rule(code: str) -> bool:
-        scope = f"institution:{code}"
-        return any(r.scope == scope and r.klass == triggers.CLASS for r in gw.plan.rules)
-
-    return InstitutionTriggers(cfg, apply, has_rule)
+    gw.triggers.record(fixmedins_code, ok, timeout, seconds)
 
 
 async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
@@ -462,17 +433,14 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                 if breaker.probe_due():
                     breaker.probe_result(await _probe(gw))
                     if breaker.ready_to_close() and await _may_close(gw, breaker):
-                        if gw.journal is not None:
-                            async with asyncio.timeout(30):
-                                await replay.drain(gw, gw.journal)
+                        async with asyncio.timeout(30):
+                            await replay.drain(gw, gw.journal)
                         breaker.close("数据库恢复，暂存业务已转入账本")
             elif loop_now - last_sweep >= 5.0:
                 last_sweep = loop_now
                 async with asyncio.timeout(10):
                     # Claims appended while the previous drain ran, and segments of dead processes.
-                    if gw.journal is not None and (
-                        gw.journal.holds_anything or gw.journal.drainable_exists()
-                    ):
+                    if gw.journal.holds_anything or gw.journal.drainable_exists():
                         await replay.drain(gw, gw.journal)
                     async with gw.pool.acquire(timeout=2.0) as conn:
                         waiting = await deferred.pending_claims(conn)

@@ -37,6 +37,7 @@ import asyncpg
 
 from adapters.his.envelope import Request, encode_response
 from gateway import dispatch
+from gateway.config import Settings
 from gateway.errors import Busy, GatewayError, IdentityRejected
 from gateway.grouped import Job
 from gateway.ledger import idempotency
@@ -74,10 +75,10 @@ class GroupCommit:
         pool: asyncpg.Pool,
         region: str,
         *,
-        writers: int = 4,
-        max_batch: int = 128,
-        acquire_timeout: float = 5.0,
-        share_percent: int = 50,
+        writers: int,
+        max_batch: int,
+        acquire_timeout: float,
+        share_percent: int,
     ) -> None:
         self.pool = pool
         self.region = region
@@ -88,6 +89,22 @@ class GroupCommit:
         self._waiting: list[_Item] = []
         self._running = 0
         self._in_batches: dict[str, int] = {}  # institution -> running batches holding it
+
+    @classmethod
+    def for_process(cls, pool: asyncpg.Pool, settings: Settings) -> GroupCommit | None:
+        """The process's writers from `[group_commit]`; None when it has none (every
+        settlement commits on its own)."""
+        config = settings.config
+        if not config.group_commit.writers:
+            return None
+        return cls(
+            pool,
+            settings.region,
+            writers=config.group_commit.writers,
+            max_batch=config.group_commit.max_batch,
+            acquire_timeout=config.deadlines.call_seconds,
+            share_percent=config.ledger_pool.institution_share_percent,
+        )
 
     async def submit(
         self,

@@ -9,15 +9,18 @@ without reaching into the batch that runs it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from adapters.his.envelope import Request
 from gateway.core.model import Accumulators, FundRow, Person, Settlement
 from gateway.core.settle import apply
 from gateway.ledger import deferred, fees
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
+from gateway.outcome import Outcome
 
 
 @dataclass(slots=True)
@@ -79,3 +82,19 @@ class Job:
     year: int | None  # None: the year of the visit's service date
     build: Callable[[Held, int, int], Built]
     mdtrt_id: str | None = None  # a visit to lock and load with its unsettled lines
+
+
+class Batches(Protocol):
+    """The group commit as the process holds it (gateway.group_commit.GroupCommit). Named here
+    because the group commit reaches the transaction table, which imports the runtime: the
+    runtime holds it by this shape, and the server hands the real one to Gateway.start."""
+
+    async def submit(
+        self,
+        req: Request,
+        body_hash: bytes,
+        received: dt.datetime,
+        job: Job,
+        expires: float | None = None,
+    ) -> Outcome | None:
+        """The settlement's answer, or None (take the single path)."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from gateway import audit
 from gateway.ledger import operators as ledger
@@ -90,8 +91,7 @@ def check_password(stored: str, password: str) -> bool:
     return hmac.compare_digest(digest.hex(), expected)
 
 
-@dataclass(frozen=True, slots=True)
-class LoginPolicy:
+class LoginPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """`[console]` in gateway.toml."""
 
     # Failed log-ins for one name from one address within the window: that address is locked

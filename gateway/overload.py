@@ -24,7 +24,7 @@ class Admission:
 
     __slots__ = ("in_flight", "limit", "receiving", "share")
 
-    def __init__(self, limit: int, share: float = 0.25) -> None:
+    def __init__(self, limit: int, share: float) -> None:
         self.limit = limit
         self.share = share
         self.in_flight = 0

@@ -12,19 +12,22 @@ import sys
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from gateway import audit, conversion
 from gateway.cli_database import database_url
-from gateway.config import DEFAULT_CONFIG, load_config
+from gateway.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, Settings
 from gateway.errors import GatewayError
 from gateway.ledger import db, deferred, inflight
 from gateway.ledger import plan as ledger_plan
 from gateway.money import fen_text
 from gateway.ops.keys import PLAN_CHANNEL
 from gateway.plan import status, store
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
 
 WINDOWS_EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "plan" / "windows.toml"
 
@@ -201,34 +204,33 @@ def plan_inflight(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-async def _gateway(conn: asyncpg.Connection, args: argparse.Namespace) -> Any:
-    """A gateway runtime over its own pool, to run the online handlers for replay."""
+async def _gateway(args: argparse.Namespace) -> Gateway:
+    """A gateway runtime over its own pool, to run the online handlers for replay; its journal
+    is --journal-dir when given (segments left there are drained first)."""
     import adapters.his.transactions
     import adapters.pos.pharmacy  # noqa: F401 - the handlers replay runs
-    from gateway.app import DEFAULT_REFERENCE
-    from gateway.ratelimit import Limiter
-    from gateway.reference import load_reference
     from gateway.runtime import Gateway
 
-    config = load_config(Path(args.config))
-    pool = await db.create_pool(database_url(args), min_size=1, max_size=2)
-    reference = await asyncio.to_thread(
-        load_reference, Path(args.reference_dir or DEFAULT_REFERENCE)
+    settings = Settings(
+        database_url(args),
+        reference_dir=Path(args.reference_dir) if args.reference_dir else DEFAULT_REFERENCE,
+        region=args.region,
+        pool_max=2,
+        config_path=Path(args.config),
+        journal_dir=Path(args.journal_dir) if args.journal_dir else None,
     )
-    return await Gateway.start(pool, reference, args.region, config, Limiter(config.limits, None))
+    return await Gateway.start(settings)
 
 
 def deferred_replay(args: argparse.Namespace) -> int:
     from gateway.deferred import replay
 
     async def work(conn: asyncpg.Connection) -> int:
-        gw = await _gateway(conn, args)
+        gw = await _gateway(args)
         try:
-            from gateway.deferred.journal import Journal
-
             if args.journal_dir:
                 # Segments left by gateways that are gone are drained before the replay.
-                await replay.drain(gw, Journal(Path(args.journal_dir)))
+                await replay.drain(gw, gw.journal)
 
             def show(p: replay.Progress) -> None:
                 if not args.json:
@@ -242,7 +244,7 @@ def deferred_replay(args: argparse.Namespace) -> int:
 
             progress = await replay.replay(gw, show)
         finally:
-            await gw.pool.close()
+            await gw.close()
         if not args.json:
             print(file=sys.stderr)
         summary = {"total": progress.total, "settled": progress.settled, "failed": progress.failed}

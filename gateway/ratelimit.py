@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from gateway.breaker import Breaker
 from gateway.errors import Busy
@@ -23,8 +24,9 @@ TERMINAL_BUSY = "本终端交易过于频繁，请稍候几秒后重试"
 INSTITUTION_BUSY = "本机构当前交易量超过限额，请稍候几秒后重试"
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`[rate_limit]` in config/gateway.toml."""
+
     terminal_rate: float = 50.0  # sustained requests per second per terminal
     terminal_burst: int = 100
     institution_rate: float = 5000.0

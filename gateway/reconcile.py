@@ -23,6 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
+
 from gateway.errors import BadRequest, Busy
 from gateway.ledger.reconciliations import CentreRow, Totals
 from gateway.money import AmountError, fen_text, to_fen
@@ -95,8 +97,7 @@ def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False)
     )
 
 
-@dataclass(frozen=True, slots=True)
-class FileLimits:
+class FileLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What one detail file may cost (config/gateway.toml [reconcile_files]).
 
     A file is read in a thread, never on the event loop, and every step is bounded: the members

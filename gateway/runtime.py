@@ -8,26 +8,36 @@ import datetime as dt
 import logging
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway.breaker import STATE_VALUE, Breaker, BreakerConfig
-from gateway.config import GatewayConfig
+from gateway import triggers
+from gateway.breaker import STATE_VALUE, Breaker
+from gateway.config import Settings
 from gateway.core.catalog import Snapshot
-from gateway.ledger import idempotency, reference_store
+from gateway.deferred.journal import Journal
+from gateway.grouped import Batches
+from gateway.ledger import db, idempotency, reference_store
 from gateway.ledger import plan as ledger_plan
 from gateway.ledger_shares import LedgerShares, share_of
 from gateway.ops import metrics
 from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
+from gateway.plan import store as plan_store
 from gateway.plan.rules import CLASSES, Plan
 from gateway.ratelimit import Limiter
-from gateway.reference import Reference
+from gateway.reference import Reference, load_reference
+from gateway.triggers import InstitutionTriggers
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("gateway.catalog")
 
-CATALOG_POLL_SECONDS = 1.0
-HELPER_THREAD_SLICE_SECONDS = 0.001  # a change reaches every process within ~2 s
+# Builds the process's group commit from its pool and settings; None: no writers configured.
+GroupCommitFactory = Callable[[asyncpg.Pool, Settings], Batches | None]
+HELPER_THREAD_SLICE_SECONDS = 0.001
 plan_log = logging.getLogger("gateway.plan")
 
 
@@ -65,7 +75,11 @@ def _breaker_changed(b: Breaker) -> None:
 
 
 class Gateway:
-    """Process state shared by all requests; the snapshot is swapped, never mutated."""
+    """Process state shared by all requests; the snapshot is swapped, never mutated.
+
+    Built whole by `start` (the HTTP server and the CLI alike) and released by `close`: nothing
+    is set on it from outside.
+    """
 
     __slots__ = (
         "_refresh_lock",
@@ -87,57 +101,109 @@ class Gateway:
 
     def __init__(
         self,
+        settings: Settings,
         pool: asyncpg.Pool,
         reference: Reference,
         snapshot: Snapshot,
-        region: str,
-        config: GatewayConfig,
-        limiter: Limiter,
+        redis: Redis | None,
+        group_commit: GroupCommitFactory | None,
     ) -> None:
+        config = settings.config
+        self.config = config
         self.pool = pool
         # Each institution's share of this pool's connections (gateway.ledger_shares).
-        self.shares = LedgerShares(share_of(pool.get_max_size(), config.ledger_share_percent))
+        share = config.ledger_pool.institution_share_percent
+        self.shares = LedgerShares(share_of(pool.get_max_size(), share))
         self.reference = reference
         self.snapshot = snapshot
-        self.region = region  # receiver region, the first six digits of inf_refmsgid
-        self.config = config
-        self.limiter = limiter
-        self.redis: Any | None = None  # shared fan-out when configured; never required
-        self.catalog_poll_seconds = CATALOG_POLL_SECONDS
+        self.region = settings.region  # receiver region, the first six digits of inf_refmsgid
+        self.redis = redis  # shared fan-out when configured; never required
+        self.catalog_poll_seconds = settings.catalog_poll_seconds
         self._refresh_lock = asyncio.Lock()
         self.plan = Plan(version=0)
-        self.journal: Any | None = None  # gateway.deferred.journal.Journal, set by the app
-        self.group: Any | None = None  # gateway.group_commit.GroupCommit, set by the app
+        # Deferred claims while the ledger is unreachable; the segment is opened on first use.
+        self.journal = Journal(settings.journal_dir)
+        # Settlements committed in batches (None: each on its own, as the commands run them).
+        self.group = group_commit(pool, settings) if group_commit is not None else None
+        breakers = config.breakers
         self.breakers: dict[str, Breaker] = {}
-        self.triggers: Any | None = None  # gateway.triggers.InstitutionTriggers, set by the app
-        for name in ("postgres", "redis", "legacy"):
-            cfg = config.breakers.get(name, BreakerConfig())
+        for name, cfg in (
+            ("postgres", breakers.postgres),
+            ("redis", breakers.redis),
+            ("legacy", breakers.legacy),
+        ):
             breaker = Breaker(name, cfg, on_change=_breaker_changed)
             metrics.prime_breaker(name)
             self.breakers[name] = breaker
-        limiter.breaker = self.breakers["redis"]
+        self.limiter = Limiter(config.rate_limit, redis)
+        self.limiter.breaker = self.breakers["redis"]
+        # Per institution: tripping writes its protective action as a plan rule.
+        self.triggers = InstitutionTriggers(
+            config.triggers.institution, self._trigger_rule, self._has_trigger_rule
+        )
 
     @classmethod
     async def start(
-        cls,
-        pool: asyncpg.Pool,
-        reference: Reference,
-        region: str,
-        config: GatewayConfig,
-        limiter: Limiter,
+        cls, settings: Settings, *, group_commit: GroupCommitFactory | None = None
     ) -> Gateway:
-        """Build the first snapshot from the database."""
+        """Open the pool (and Redis, when configured), read the reference files, the first
+        snapshot and the plan: the whole process state, for the server and the CLI alike.
+        The server hands in its group commit (gateway.group_commit.GroupCommit.for_process)."""
         # Helper threads (snapshot indexes, freeing a retired snapshot) must hand the
         # interpreter back to the event loop quickly: 1 ms instead of the default 5 ms keeps a
         # reload of 500,000 mappings under the 10 ms loop-block budget (P7). With one busy
         # thread, as in normal serving, the interval costs nothing.
         sys.setswitchinterval(HELPER_THREAD_SLICE_SECONDS)
-        async with pool.acquire() as conn:
-            snapshot = await reference_store.read_snapshot(conn, reference)
-            plan = await ledger_plan.load(conn)
-        gw = cls(pool, reference, snapshot, region, config, limiter)
+        # A short connect timeout: an unreachable ledger must fail fast enough for the breaker.
+        pool = await db.create_pool(
+            settings.database_url,
+            min_size=min(2, settings.pool_max),
+            max_size=settings.pool_max,
+            timeout=3.0,
+        )
+        try:
+            reference = await asyncio.to_thread(load_reference, settings.reference_dir)
+            async with pool.acquire() as conn:
+                snapshot = await reference_store.read_snapshot(conn, reference)
+                plan = await ledger_plan.load(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        redis: Redis | None = None
+        if settings.redis_url:
+            import redis.asyncio as aioredis
+
+            redis = aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
+            )
+        gw = cls(settings, pool, reference, snapshot, redis, group_commit)
         gw.set_plan(plan)
         return gw
+
+    async def close(self) -> None:
+        """Release what `start` opened; the background tasks are the caller's to stop first."""
+        self.journal.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.pool.close()
+
+    async def _trigger_rule(self, code: str, reason: str) -> None:
+        """An institution's trigger tripped: its protective action becomes a plan rule."""
+        async with self.pool.acquire(timeout=5.0) as conn:
+            await plan_store.set_rule(
+                conn,
+                scope=f"institution:{code}",
+                klass=triggers.CLASS,
+                action=self.config.triggers.institution.action,
+                reason=reason,
+                operator=triggers.OPERATOR,
+            )
+        await self.reload_plan(force=True)
+        await self.announce_plan_change()
+
+    def _has_trigger_rule(self, code: str) -> bool:
+        scope = f"institution:{code}"
+        return any(r.scope == scope and r.klass == triggers.CLASS for r in self.plan.rules)
 
     def set_plan(self, plan: Plan) -> None:
         """Swap the plan in force (one assignment) and export its state; every change of a
@@ -172,7 +238,7 @@ class Gateway:
         """Poll the plan version (the fallback when Redis is absent); also re-exports window
         state as windows open and close."""
         while True:
-            await asyncio.sleep(self.config.plan_poll_seconds)
+            await asyncio.sleep(self.config.plan.poll_seconds)
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
                 async with asyncio.timeout(2):
                     await self.reload_plan()
@@ -189,8 +255,7 @@ class Gateway:
 
     def breaker_states(self) -> list[dict[str, Any]]:
         """Every dependency breaker's state, and institutions whose trigger has tripped."""
-        tripped = self.triggers.states() if self.triggers is not None else []
-        return tripped + [
+        return self.triggers.states() + [
             {
                 "dependency": b.name,
                 "state": b.state,
@@ -214,7 +279,7 @@ class Gateway:
             log.info("catalog snapshot swapped", extra={"catalog_version": snapshot.version})
         # Not awaited: the caller (a 3301's answer, the poller) need not wait for the old one.
         asyncio.get_running_loop().run_in_executor(
-            None, _retire, retired, self.config.call_deadline_seconds * 2
+            None, _retire, retired, self.config.deadlines.call_seconds * 2
         )
         return True
 
@@ -231,7 +296,7 @@ class Gateway:
             await asyncio.sleep(every_seconds)
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
                 async with self.pool.acquire(timeout=60.0) as conn:
-                    await idempotency.purge(conn, self.config.idempotency_keep_days)
+                    await idempotency.purge(conn, self.config.idempotency.keep_days)
 
     async def announce_catalog_change(self) -> None:
         """Tell the other processes at once (best effort: polling still catches up)."""
@@ -261,7 +326,7 @@ class Gateway:
                                 else:
                                     await self.refresh_catalog()
                 finally:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -127,7 +127,7 @@ async def upload_file(call: Call) -> Answer:
     encoded = required(node.in_, "fsUploadIn.in")
     # Decoded and read through in a parser thread, bounded (gateway.reconcile.FileLimits): a file
     # that cannot be read is refused now, not at 3202, and never at the event loop's expense.
-    limits = call.gw.config.files
+    limits = call.gw.config.reconcile_files
     content = await reconcile.off_loop(
         limits, reconcile.read_upload, encoded, limits, MAX_FILE_BYTES
     )
@@ -161,7 +161,7 @@ async def statement_detail(call: Call) -> Answer:
     centre_rows = await reconciliations.centre_rows(call.conn, p)
     filename = f"{call.req.fixmedins_code}_{p.begndate:%Y%m%d}_{p.enddate:%Y%m%d}_result.zip"
     # Files stored before uploads were bounded are read under the same bounds, off the loop.
-    limits = call.gw.config.files
+    limits = call.gw.config.reconcile_files
     rows, result = await reconcile.off_loop(
         limits, reconcile.detail_result, found[1], centre_rows, filename, limits
     )

@@ -83,7 +83,7 @@ async def upload(call: Call, *, kind: str) -> Answer:
     encounters.require_open(enc)
     # Every pre-settlement and settlement of the visit reads all its unsettled lines: bounded,
     # so that one visit's bill cannot hold a ledger connection for seconds (the visit is locked).
-    cap = call.gw.config.max_unsettled_lines_per_visit
+    cap = call.gw.config.uploads.max_unsettled_lines_per_visit
     held = await fees.unsettled_count(call.conn, mdtrt_id)
     if cap and held + len(lines) > cap:
         raise BadRequest(

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+import msgspec
 
 from gateway.errors import LineRejected, RuleRejected
 
 _SHOWN = "%Y-%m-%d %H:%M:%S"
 
 
-@dataclass(frozen=True, slots=True)
-class DateRules:
+class DateRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The bounds on service dates ([dates] in config/gateway.toml)."""
 
     future_tolerance_seconds: int = 600
     late_years: int = 2
-    late_years_by_region: Mapping[str, int] = field(default_factory=dict)
+    late_years_by_region: Mapping[str, int] = msgspec.field(default_factory=dict)
 
     def earliest(self, admdvs: str, now: dt.datetime) -> dt.date:
         """The first service date the region's institutions may still bill."""

@@ -24,7 +24,7 @@ import pytest
 
 from gateway.app import Settings, prepare_database
 from gateway.breaker import BreakerConfig
-from gateway.config import GatewayConfig
+from gateway.config import Breakers, Deadlines, GatewayConfig
 from tests.adversity.proxy import Proxy
 from tests.adversity.test_ledger_outage import CONFIG_TOML, ProxiedLedger, _free_port
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -108,9 +108,9 @@ async def _exactly_once(srv: Server, load: Retrying) -> None:
 # The ledger's breaker is held closed here: these runs are about retries of the same msgid
 # settling exactly once (deferral under outage is test_ledger_outage's subject).
 SLOW = GatewayConfig(
-    limits=GENEROUS.limits,
-    call_deadline_seconds=10.0,
-    breakers={"postgres": BreakerConfig(min_calls=10**6, consecutive_failures=10**6)},
+    rate_limit=GENEROUS.rate_limit,
+    deadlines=Deadlines(call_seconds=10.0),
+    breakers=Breakers(postgres=BreakerConfig(min_calls=10**6, consecutive_failures=10**6)),
 )
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from gateway.app import Settings, prepare_database
 from gateway.auth import sign_headers
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Overload
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import until
 from tests.integration.his_client import CALL_SERVICE, CREDENTIALS, HisClient, decode
@@ -46,7 +46,7 @@ def _envelope(infno: str, input_: Any, code: str = PHARMACY) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
-    config = GatewayConfig(limits=GENEROUS.limits, max_in_flight=1)
+    config = GatewayConfig(rate_limit=GENEROUS.rate_limit, overload=Overload(max_in_flight=1))
     async with running_gateway(new_database, config) as srv:
         yield srv
 

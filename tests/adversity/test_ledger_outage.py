@@ -28,7 +28,7 @@ import pytest
 
 from gateway.app import Settings, prepare_database
 from gateway.breaker import BreakerConfig
-from gateway.config import GatewayConfig
+from gateway.config import Breakers, Deadlines, GatewayConfig
 from tests.adversity.proxy import Proxy
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli, until
@@ -49,7 +49,9 @@ FAST_BREAKER = BreakerConfig(
     action="defer",
 )
 CONFIG = GatewayConfig(
-    limits=GENEROUS.limits, call_deadline_seconds=2.0, breakers={"postgres": FAST_BREAKER}
+    rate_limit=GENEROUS.rate_limit,
+    deadlines=Deadlines(call_seconds=2.0),
+    breakers=Breakers(postgres=FAST_BREAKER),
 )
 CONFIG_TOML = """
 [rate_limit]
@@ -299,14 +301,14 @@ async def test_kill_9_while_deferring_loses_no_claim(
 
 
 MANUAL = GatewayConfig(
-    limits=GENEROUS.limits,
-    call_deadline_seconds=2.0,
-    breakers={
-        "postgres": BreakerConfig(
+    rate_limit=GENEROUS.rate_limit,
+    deadlines=Deadlines(call_seconds=2.0),
+    breakers=Breakers(
+        postgres=BreakerConfig(
             window_seconds=5.0, min_calls=5, consecutive_failures=3, min_open_seconds=1.0,
             half_open_probes=2, healthy_seconds=1.0, action="defer", recover="manual",
         )
-    },
+    ),
 )  # fmt: skip
 
 

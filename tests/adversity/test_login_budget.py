@@ -14,11 +14,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
+from msgspec.structs import replace
 
 from gateway import operators
 from gateway.edge import EdgeConfig
@@ -53,7 +53,7 @@ async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
     config = replace(
         GENEROUS,
         login=LoginPolicy(hashes_per_second=0.5),
-        edge=EdgeConfig(refusal_hold_seconds=0.0),
+        http=EdgeConfig(refusal_hold_seconds=0.0),
     )
     async with running_gateway(new_database, config) as srv:
         yield srv
@@ -123,7 +123,7 @@ async def pacing(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
     config = replace(
         GENEROUS,
         login=LoginPolicy(hashes_per_second=0.001),
-        edge=EdgeConfig(refusal_hold_seconds=0.5),
+        http=EdgeConfig(refusal_hold_seconds=0.5),
     )
     async with running_gateway(new_database, config) as srv:
         yield srv

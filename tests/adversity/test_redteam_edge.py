@@ -23,7 +23,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway import operators
 from gateway.auth import sign_headers
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Overload
 from gateway.edge import BodyRefused, EdgeConfig, read_body
 from gateway.operators import LoginPolicy
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -44,11 +44,11 @@ LOGIN = "/api/console/login"
 @pytest.fixture(scope="module")
 async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
     config = GatewayConfig(
-        limits=GENEROUS.limits,
-        max_in_flight=IN_FLIGHT,
+        rate_limit=GENEROUS.rate_limit,
+        overload=Overload(max_in_flight=IN_FLIGHT),
         # A long grace: these bodies stay held for the whole test, so what keeps room for
         # others is the share alone (the minimum body rate has a test of its own).
-        edge=EdgeConfig(body_grace_seconds=20.0),
+        http=EdgeConfig(body_grace_seconds=20.0),
         # Every guess is hashed (the hashing budget has tests of its own): what is tested here
         # is the name's guard and the desks.
         login=LoginPolicy(guarded_interval_seconds=GUARD_SECONDS, hashes_per_second=1e6),

@@ -19,16 +19,18 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp import web
+from msgspec.structs import replace
 
 from gateway.app import GATEWAY, build_app
 from gateway.breaker import BreakerConfig
+from gateway.config import Breakers, Uploads
 from gateway.deferred import replay
 from gateway.ledger_shares import SHARE_BUSY
 from gateway.runtime import Gateway
@@ -60,7 +62,7 @@ TODAY = dt.date.today().isoformat()
 LINE_CAP = 2500  # unsettled lines a visit may hold, in this rig
 BIG = 2000  # lines of the heavy visit
 PENDING = "已按应急预案暂存为待结算"
-DEADLINE = GENEROUS.call_deadline_seconds
+DEADLINE = GENEROUS.deadlines.call_seconds
 # The breaker opens on three failures and closes by itself ~3 s later once probes answer.
 BREAKER = BreakerConfig(
     consecutive_failures=3, min_open_seconds=3.0, half_open_probes=1, healthy_seconds=0.3
@@ -84,7 +86,9 @@ class Rig:
 @pytest.fixture(scope="module")
 async def rig(new_database: Callable[..., Any]) -> AsyncIterator[Rig]:
     config = replace(
-        GENEROUS, breakers={"postgres": BREAKER}, max_unsettled_lines_per_visit=LINE_CAP
+        GENEROUS,
+        breakers=Breakers(postgres=BREAKER),
+        uploads=Uploads(max_unsettled_lines_per_visit=LINE_CAP),
     )
     apps: list[web.Application] = []
 

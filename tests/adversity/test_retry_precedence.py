@@ -13,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import pytest
 from aiohttp import web
+from msgspec.structs import replace
 
 from gateway.app import GATEWAY, build_app
 from gateway.breaker import BreakerConfig
+from gateway.config import Breakers
+from gateway.config import Legacy as LegacyConfig
 from gateway.plan import store
 from gateway.runtime import Gateway
 from tests.integration import conftest
@@ -143,7 +146,9 @@ class Rig:
 
 @pytest.fixture(scope="module")
 async def rig(new_database: Callable[..., Any], legacy: Legacy) -> AsyncIterator[Rig]:
-    config = replace(GENEROUS, legacy_url=legacy.url, breakers={"postgres": BREAKER})
+    config = replace(
+        GENEROUS, legacy=LegacyConfig(url=legacy.url), breakers=Breakers(postgres=BREAKER)
+    )
     apps: list[web.Application] = []
 
     def capture(settings: Any) -> web.Application:

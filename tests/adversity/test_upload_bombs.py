@@ -19,13 +19,13 @@ import time
 import tracemalloc
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from gateway.breaker import BreakerConfig
-from gateway.config import GatewayConfig
+from gateway.config import Breakers, Deadlines, GatewayConfig
 from gateway.edge import EdgeConfig
 from tests.adversity.test_ledger_outage import ProxiedLedger
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -84,7 +84,7 @@ def _upload(content: bytes | str, filename: str = "detail.zip") -> dict[str, Any
 async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
     # One hospital sends every bomb in a row: what is tested is each refusal's reason, not the
     # institution's upload budget (tests/adversity/test_upload_budget.py), which is off here.
-    config = replace(GENEROUS, edge=EdgeConfig(upload_bytes_per_second=0))
+    config = replace(GENEROUS, http=EdgeConfig(upload_bytes_per_second=0))
     async with running_gateway(new_database, config) as srv:
         yield srv
 
@@ -225,7 +225,9 @@ async def test_a_stalled_loop_does_not_open_the_ledger_breaker(
         window_seconds=10.0, min_calls=5, consecutive_failures=3, min_open_seconds=5.0
     )
     config = GatewayConfig(
-        limits=GENEROUS.limits, call_deadline_seconds=1.0, breakers={"postgres": breaker}
+        rate_limit=GENEROUS.rate_limit,
+        deadlines=Deadlines(call_seconds=1.0),
+        breakers=Breakers(postgres=breaker),
     )
     ledger = ProxiedLedger()
     async with running_gateway(new_database, config, serve_through=ledger) as srv:

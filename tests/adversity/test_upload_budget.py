@@ -17,11 +17,11 @@ import time
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any
 
 import msgspec
 import pytest
+from msgspec.structs import replace
 
 from gateway.auth import sign_headers
 from gateway.edge import EdgeConfig
@@ -97,7 +97,7 @@ async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
         body_grace_seconds=30.0,
         refusal_hold_seconds=0.0,
     )
-    async with running_gateway(new_database, replace(GENEROUS, edge=edge)) as srv:
+    async with running_gateway(new_database, replace(GENEROUS, http=edge)) as srv:
         yield srv
 
 
@@ -177,7 +177,7 @@ async def metered(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
         upload_min_bytes=MIB,
         refusal_hold_seconds=0.5,
     )
-    async with running_gateway(new_database, replace(GENEROUS, edge=edge)) as srv:
+    async with running_gateway(new_database, replace(GENEROUS, http=edge)) as srv:
         yield srv
 
 

@@ -103,7 +103,7 @@ async def _make_database(new_database: Callable[..., Any], prefix: str) -> str:
 
 GENEROUS = GatewayConfig(
     # Test clients fire hundreds of requests a second from one terminal; counters do not.
-    limits=Limits(
+    rate_limit=Limits(
         terminal_rate=1e6, terminal_burst=10**6, institution_rate=1e6, institution_burst=10**6
     ),
     # Tests log in several times a second; the hashing budget has a test of its own

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, Legacy, PlanConfig
 from gateway.plan import store
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import (
@@ -258,7 +258,7 @@ async def test_route_legacy_forwards_unchanged_and_relays(
     new_database: Callable[..., Any], legacy: tuple[str, list[bytes]]
 ) -> None:
     url, received = legacy
-    config = GatewayConfig(limits=GENEROUS.limits, legacy_url=url)
+    config = GatewayConfig(rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url))
     async with running_gateway(new_database, config) as srv:
         pos = srv.client("P44180000001")
         await set_rule(srv.dsn, "region:441800", "settlement", "route_legacy")
@@ -399,7 +399,7 @@ async def test_plan_change_reaches_every_process_through_redis(
 ) -> None:
     """Two gateways on one database; a change made through one is in force in the other < 2 s.
     The poll interval is stretched so only the Redis announcement can make it in time."""
-    config = GatewayConfig(limits=GENEROUS.limits, plan_poll_seconds=30.0)
+    config = GatewayConfig(rate_limit=GENEROUS.rate_limit, plan=PlanConfig(poll_seconds=30.0))
     async with running_gateway(new_database, config, redis_url) as first:
         his = first.client("H44180000002")
         await set_rule(first.dsn, "institution:H44180000002", "reconcile", "reject")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
@@ -11,7 +10,9 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from msgspec.structs import replace
 
+from gateway.config import GroupCommitConfig
 from gateway.group_commit import GroupCommit
 from gateway.ops import metrics
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -24,7 +25,7 @@ CIVIL_SERVANT = "441800000000000003"
 LAPSED = "441800000000000007"  # psn_insu_stas 2: refused
 DAY = "2026-03-01 10:00:00"
 # One writer: while it commits, everything else that arrives waits and forms the next batch.
-ONE_WRITER = dataclasses.replace(GENEROUS, group_writers=1, group_max_batch=64)
+ONE_WRITER = replace(GENEROUS, group_commit=GroupCommitConfig(writers=1, max_batch=64))
 
 
 def basket(price: str, cnt: int = 1, code: str = "YP0001") -> list[dict[str, Any]]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import msgspec
+from msgspec.structs import replace
 
+from gateway.config import Overload
 from gateway.ops import metrics
 from tests.integration.conftest import GENEROUS, running_gateway
 from tests.integration.his_client import decode
@@ -39,7 +40,7 @@ def shed_count() -> float:
 async def test_past_the_limit_requests_are_shed_fast_and_nothing_is_written(
     new_database: Callable[..., Any],
 ) -> None:
-    config = dataclasses.replace(GENEROUS, max_in_flight=2)
+    config = replace(GENEROUS, overload=Overload(max_in_flight=2))
     async with running_gateway(new_database, config) as server:
         pos = server.client(PHARMACY)
         # Hold the person's account row: the two settlements for them stay in flight.

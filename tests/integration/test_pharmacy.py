@@ -125,7 +125,7 @@ async def test_unknown_certificate_counts_against_the_terminal(server: Server) -
 async def tight(new_database: Callable[..., Any]) -> Any:
     """A gateway whose terminals may send 5 requests a second, bursts of 10."""
     config = GatewayConfig(
-        limits=Limits(
+        rate_limit=Limits(
             terminal_rate=5, terminal_burst=10, institution_rate=1000, institution_burst=1000
         )
     )

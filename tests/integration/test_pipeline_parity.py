@@ -20,7 +20,6 @@ corrected in bulk on one gateway and at the counter (2208 → 3301 → 2207) on 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 import re
@@ -31,7 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
+from gateway.config import GroupCommitConfig
 from gateway.ledger.settlements import AMOUNT_FIELDS
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import clear_rule, set_rule, until
@@ -343,7 +344,9 @@ async def run(new_database: Callable[..., Any]) -> AsyncIterator[Run]:
     async with AsyncExitStack() as stack:
         g_srv = await stack.enter_async_context(running_gateway(new_database))
         x_srv = await stack.enter_async_context(
-            running_gateway(new_database, dataclasses.replace(GENEROUS, group_writers=0))
+            running_gateway(
+                new_database, replace(GENEROUS, group_commit=GroupCommitConfig(writers=0))
+            )
         )
         d_srv = await stack.enter_async_context(running_gateway(new_database))
         # The self-pay rule first: once the later defer rule is seen, both are in force.

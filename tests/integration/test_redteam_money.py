@@ -8,7 +8,6 @@ D8: a 2301 refund line takes back part of one charge of the same stay, never mor
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
+from gateway.config import GroupCommitConfig
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import set_rule, until
 from tests.integration.his_client import HisClient, amount_text
@@ -58,7 +59,9 @@ async def grouped(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
 @pytest.fixture(scope="module")
 async def alone(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
     """Every settlement on its own transaction (no group commit)."""
-    async with running_gateway(new_database, dataclasses.replace(GENEROUS, group_writers=0)) as srv:
+    async with running_gateway(
+        new_database, replace(GENEROUS, group_commit=GroupCommitConfig(writers=0))
+    ) as srv:
         yield srv
 
 
