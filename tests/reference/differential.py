@@ -1064,13 +1064,17 @@ class Stay:
             left = u.line.cnt - u.refunded
             chance = 0.08 if u.settled_by else 0.15
             if u.line.amount_fen > 0 and left > 0 and rng.random() < chance:
-                e.counts["refund of a settled line" if u.settled_by else "refund line"] += 1
                 cnt = -min(left, Decimal(rng.choice(("1", "0.5", str(left)))))
                 # Refunding what is left returns exactly what is left (the HIS may have
                 # rounded the original by a fen); a refund never exceeds its original.
                 amount = line_total_fen(u.line.pric, cnt)
                 if -cnt == left or -amount > u.line.amount_fen - u.refunded_fen:
                     amount = -(u.line.amount_fen - u.refunded_fen)
+                    if abs(amount - line_total_fen(u.line.pric, cnt)) > 1:
+                        # The original and an earlier refund each rounded by a fen the same
+                        # way: what is left is no longer price × count within a fen (§1.1),
+                        # and a refund past the original is refused, so no HIS can send it.
+                        continue
                 lines.append(
                     FeeLine(
                         feedetl_sn=str(next(e._ids)),
@@ -1083,6 +1087,7 @@ class Stay:
                         init_feedetl_sn=u.line.feedetl_sn,
                     )
                 )
+                e.counts["refund of a settled line" if u.settled_by else "refund line"] += 1
         # §6 "all components ≥ 0 on a settlement": refunds that would take the next
         # settlement below zero (a refund of a line settled mid-way, or one whose fee date
         # maps the item differently) stay out of this upload.
