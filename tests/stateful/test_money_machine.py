@@ -170,6 +170,7 @@ class Remap(NamedTuple):
 
 
 CANCEL_OF = {"2207": "2208", "2304": "2305", "2102": "2103"}
+CORRECTION_RUNS = ("apply", "plan and apply", "interrupted")
 
 
 class MoneyMachine(RuleBasedStateMachine):
@@ -1001,9 +1002,9 @@ class MoneyMachine(RuleBasedStateMachine):
             COUNTS["remaps leaving settlements to correct"] += 1
             # The agency's sequence: the mapping fixed, then the correction run at once (or
             # later, by the `correct` rule, with other steps between).
-            then = data.draw(st.sampled_from(("later", "apply", "plan and apply")))
+            then = data.draw(st.sampled_from(("later", *CORRECTION_RUNS)))
             if then != "later":
-                self.correct_item(code, item, plan_first=then == "plan and apply")
+                self.correct_item(code, item, then)
 
     def _correctable(self) -> list[tuple[str, str]]:
         """Items this example re-mapped that some settlement in force used another mapping of."""
@@ -1035,15 +1036,17 @@ class MoneyMachine(RuleBasedStateMachine):
         return self.harness.run(reference_store.read_snapshot(self.harness.conn, _reference()))
 
     @precondition(lambda self: bool(self._correctable()))
-    @rule(data=st.data(), plan_first=st.booleans())
-    def correct(self, data: st.DataObject, plan_first: bool) -> None:
+    @rule(data=st.data(), how=st.sampled_from(CORRECTION_RUNS))
+    def correct(self, data: st.DataObject, how: str) -> None:
         """Bulk catalog correction of an item this example re-mapped, steps after the 3301."""
-        self.correct_item(*data.draw(st.sampled_from(self._correctable())), plan_first)
+        self.correct_item(*data.draw(st.sampled_from(self._correctable())), how)
 
-    def correct_item(self, code: str, item: str, plan_first: bool) -> None:
+    def correct_item(self, code: str, item: str, how: str) -> None:
         """`python -m gateway corrections plan|apply`: each settlement that used another mapping
         of the item is cancelled and settled again through today's, in the order they were
-        made, each against the accumulators of its moment."""
+        made, each against the accumulators of its moment. `how`: apply; plan, then apply; or
+        apply interrupted after the first settlement and run again over the same list (what
+        was corrected is skipped)."""
         h = self.harness
         conn = h.conn
         snapshot = self._snapshot()
@@ -1072,14 +1075,22 @@ class MoneyMachine(RuleBasedStateMachine):
                 self.model.apply(s.setl_id, s.made)
             else:
                 self.model.apply(f"correction of {s.setl_id}", made)
-        if plan_first:
+        if how == "plan and apply":
             COUNTS["correction plans"] += 1
             planned, plan_failed = h.run(
                 corrections.plan(conn, snapshot, found, item, dt.datetime.now())
             )
             self.check_correction("plan", want, expected, planned.items, plan_failed)
         run_id = f"SM{next(_ids)}"
-        summary, failed = h.run(corrections.apply(conn, snapshot, found, item, run_id))
+        if how == "interrupted" and len(found) > 1:
+            COUNTS["correction runs interrupted and resumed"] += 1
+            summary, failed = h.run(corrections.apply(conn, snapshot, found, item, run_id, limit=1))
+            rest, failed_rest = h.run(corrections.apply(conn, snapshot, found, item, run_id + "R"))
+            summary.items += rest.items
+            # A refusal is met again by the run that resumes: listed once.
+            failed += [f for f in failed_rest if f[0] not in {x[0] for x in failed}]
+        else:
+            summary, failed = h.run(corrections.apply(conn, snapshot, found, item, run_id))
         self.check_correction("apply", want, expected, summary.items, failed)
         COUNTS["correction runs"] += 1
         # Run again, nothing is left to correct (README: "nothing is corrected twice"): what was
