@@ -146,7 +146,7 @@ def is_busy(text: str) -> bool:
 
 
 def is_over_budget(text: str) -> bool:
-    """The institution's upload budget refused it (gateway.overload.UploadBudget)."""
+    """The institution's upload budget refused it (gateway.pipeline.overload.UploadBudget)."""
     return any(w in text for w in BUDGET_WORDS)
 
 

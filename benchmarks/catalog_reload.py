@@ -27,10 +27,10 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_harness import add_server_arg, create_db, drop_db, gateway_cli, with_db
 
-from gateway.config import GatewayConfig, Settings
+from gateway.app.config import GatewayConfig, Settings
+from gateway.app.runtime import Gateway
 from gateway.core.model import Mapping
 from gateway.ledger import reference_store
-from gateway.runtime import Gateway
 
 REFERENCE = Path(__file__).resolve().parents[1] / "config" / "demo"
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from gateway.app.reference import load_reference, snapshot_of
 from gateway.core.catalog import Snapshot
 from gateway.core.model import Accumulators, FeeLine, Mapping, PersonState, Visit
+from gateway.core.money import price_times_cnt_fen
 from gateway.core.settle import settle, split_lines
-from gateway.money import price_times_cnt_fen
-from gateway.reference import load_reference, snapshot_of
 
 pytestmark = pytest.mark.benchmark
 

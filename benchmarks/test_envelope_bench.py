@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from adapters.his.envelope import decode_input, decode_request, encode_response
 from adapters.his.settling import declared_of
-from adapters.his.wire import In2206, SettleData, flag, required
+from adapters.national.envelope import decode_input, decode_request, encode_response
+from adapters.national.wire import In2206, SettleData, flag, required
 from gateway.ledger import idempotency
 
 pytestmark = pytest.mark.benchmark

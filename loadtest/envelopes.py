@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import load_credentials, sign_headers
+from gateway.pipeline.auth import load_credentials, sign_headers
 
 PATH = "/fsi/api/rsfComIfsService/callService"
 REGION = "441800"

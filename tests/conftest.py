@@ -31,7 +31,7 @@ import asyncpg
 import pytest
 import redis
 
-from gateway.embedded import socket_dsn, start_embedded
+from gateway.app.embedded import socket_dsn, start_embedded
 
 PG_PROBE = os.environ.get("GATEWAY_TEST_PG_PROBE", "127.0.0.1:5432")
 REDIS_PROBE = os.environ.get("GATEWAY_TEST_REDIS_PROBE", "127.0.0.1:6379")

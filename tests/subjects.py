@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import gateway.app  # noqa: F401 - registers every transaction
-from adapters.his.envelope import base_infno
-from gateway.transaction import TRANSACTIONS, Kind
+import gateway.app.server  # noqa: F401 - registers every transaction
+from adapters.national.envelope import base_infno
+from gateway.protocol.transaction import TRANSACTIONS, Kind
 
 
 def register_markers(config: pytest.Config) -> None:

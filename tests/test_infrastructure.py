@@ -56,7 +56,7 @@ EMBEDDED = """
 import asyncio, sys
 from pathlib import Path
 import asyncpg
-from gateway.embedded import embedded_database_url
+from gateway.app.embedded import embedded_database_url
 
 async def main(dsn):
     conn = await asyncpg.connect(dsn)

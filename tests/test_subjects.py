@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.transaction import TRANSACTIONS
+from gateway.protocol.transaction import TRANSACTIONS
 from tests.subjects import transactions_in
 
 ROOT = Path(__file__).resolve().parent

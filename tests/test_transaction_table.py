@@ -6,18 +6,18 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import gateway.app  # noqa: F401 - registers every transaction
-from adapters.his.envelope import REVISIONS
+import gateway.app.server  # noqa: F401 - registers every transaction
 from adapters.his.schema import input_types
-from gateway.plan.rules import TxClass
-from gateway.transaction import TRANSACTIONS, Deferral, Kind, Undo
+from adapters.national.envelope import REVISIONS
+from gateway.emergency.plan.rules import TxClass
+from gateway.protocol.transaction import TRANSACTIONS, Deferral, Kind, Undo
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where a transaction number may be written outside a register(...) call, and why.
 ALLOWED = {
-    "adapters/his/envelope.py",  # REVISIONS: a revision's code and the base it stands for
-    "gateway/edge.py",  # the default body limits per transaction, a configuration default
-    "gateway/demo_client.py",  # a client: it sends transactions by number
+    "adapters/national/envelope.py",  # REVISIONS: a revision's code and the base it stands for
+    "gateway/pipeline/edge.py",  # the default body limits per transaction, a configuration default
+    "gateway/app/demo_client.py",  # a client: it sends transactions by number
 }
 
 

@@ -12,15 +12,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from adapters.his.envelope import Amount, Code, decode_input, text
-from adapters.his.output import ratio
-from adapters.his.wire import Node, as_list, day, required
+from adapters.national.envelope import Amount, Code, decode_input, text
+from adapters.national.output import ratio
+from adapters.national.wire import Node, as_list, day, required
 from gateway.core.model import Mapping
-from gateway.errors import BadRequest, NotFound
+from gateway.core.money import micro_text
+from gateway.emergency.plan.rules import TxClass
 from gateway.ledger import reference_store
-from gateway.money import micro_text
-from gateway.plan.rules import TxClass
-from gateway.transaction import Answer, Call, register
+from gateway.protocol.errors import BadRequest, NotFound
+from gateway.protocol.transaction import Answer, Call, register
 
 MAX_ROWS = 1000
 MAX_PAGE = 1000

@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 
-from adapters.his.envelope import Amount, Code, Request, decode_input, text
-from adapters.his.output import amount, ratio
-from adapters.his.wire import (
+from adapters.national.envelope import Amount, Code, Request, decode_input, text
+from adapters.national.output import amount, ratio
+from adapters.national.wire import (
     In2206,
     In2208,
     Node,
@@ -29,12 +29,12 @@ from adapters.his.wire import (
     when,
     when_required,
 )
-from gateway.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
 from gateway.ledger import deferred, fees
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
-from gateway.transaction import TRANSACTIONS, Answer, Call, Deferral, Kind, Transaction
+from gateway.protocol.errors import BadRequest, Conflict, NotFound
+from gateway.protocol.transaction import TRANSACTIONS, Answer, Call, Deferral, Kind, Transaction
 
 
 def _tx(infno: str) -> Transaction | None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.his import deferral, settling, uploads, wire
-from adapters.his.envelope import decode_input, text
-from adapters.his.wire import (
+from adapters.his import deferral, settling, uploads
+from adapters.national import wire
+from adapters.national.envelope import decode_input, text
+from adapters.national.wire import (
     In2202,
     In2302,
     In2401,
@@ -17,10 +18,10 @@ from adapters.his.wire import (
     when_required,
 )
 from gateway.core import eligibility
-from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
+from gateway.emergency.plan.rules import TxClass
 from gateway.ledger import encounters, fees, persons, settlements
-from gateway.plan.rules import TxClass
-from gateway.transaction import Answer, Call, Deferral, Kind, Mode, Undo, register
+from gateway.protocol.errors import BadRequest, Conflict, NotFound, RuleRejected
+from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Undo, register
 
 INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
 

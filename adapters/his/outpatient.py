@@ -6,9 +6,10 @@ from typing import Any
 
 import msgspec
 
-from adapters.his import deferral, settling, uploads, wire
-from adapters.his.envelope import decode_input, text
-from adapters.his.wire import (
+from adapters.his import deferral, settling, uploads
+from adapters.national import wire
+from adapters.national.envelope import decode_input, text
+from adapters.national.wire import (
     In2201,
     In2202,
     In2203,
@@ -19,10 +20,10 @@ from adapters.his.wire import (
     when_required,
 )
 from gateway.core import eligibility
-from gateway.errors import BadRequest, Conflict, NotFound, RuleRejected
+from gateway.emergency.plan.rules import TxClass
 from gateway.ledger import encounters, fees, persons
-from gateway.plan.rules import TxClass
-from gateway.transaction import Answer, Call, Deferral, Kind, Undo, register
+from gateway.protocol.errors import BadRequest, Conflict, NotFound, RuleRejected
+from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Undo, register
 
 
 @register(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from adapters.his import wire
-from adapters.his.envelope import decode_input, text
-from adapters.his.output import amount, person_fields
-from adapters.his.wire import In1101, certificate, when
-from gateway.errors import BadRequest, IdentityRejected
+from adapters.national import wire
+from adapters.national.envelope import decode_input, text
+from adapters.national.output import amount, person_fields
+from adapters.national.wire import In1101, certificate, when
+from gateway.emergency.plan.rules import TxClass
 from gateway.ledger import persons
-from gateway.plan.rules import TxClass
-from gateway.transaction import Answer, Call, register
+from gateway.protocol.errors import BadRequest, IdentityRejected
+from gateway.protocol.transaction import Answer, Call, register
 
 _IDENTITY = {"dibao": ("10", "最低生活保障对象"), "tekun": ("11", "特困供养人员")}
 

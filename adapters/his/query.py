@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from adapters.his import wire
-from adapters.his.envelope import decode_input, text
-from adapters.his.output import setldetail, setlinfo
-from adapters.his.wire import In5203
-from gateway.errors import BadRequest, NotFound
+from adapters.national import wire
+from adapters.national.envelope import decode_input, text
+from adapters.national.output import setldetail, setlinfo
+from adapters.national.wire import In5203
+from gateway.emergency.plan.rules import TxClass
 from gateway.ledger import settlements
-from gateway.plan.rules import TxClass
-from gateway.transaction import Answer, Call, register
+from gateway.protocol.errors import BadRequest, NotFound
+from gateway.protocol.transaction import Answer, Call, register
 
 
 @register("5203", "结算信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5203)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.his.envelope import Amount, Code, decode_input, text
-from adapters.his.wire import Node, day, fen_required, required
-from gateway import reconcile
-from gateway.errors import BadRequest, NotFound
+from adapters.national.envelope import Amount, Code, decode_input, text
+from adapters.national.wire import Node, day, fen_required, required
+from gateway.emergency.plan.rules import TxClass
+from gateway.jobs import reconcile
 from gateway.ledger import exchange_files, reconciliations
-from gateway.plan.rules import TxClass
-from gateway.transaction import Answer, Call, register
+from gateway.protocol.errors import BadRequest, NotFound
+from gateway.protocol.transaction import Answer, Call, register
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 
@@ -125,7 +125,7 @@ async def upload_file(call: Call) -> Answer:
     if owner and owner != call.req.fixmedins_code:
         raise BadRequest("文件所属机构与报文机构编号不一致")
     encoded = required(node.in_, "fsUploadIn.in")
-    # Decoded and read through in a parser thread, bounded (gateway.reconcile.FileLimits): a file
+    # Decoded and read through in a parser thread, bounded (gateway.jobs.reconcile.FileLimits): a file
     # that cannot be read is refused now, not at 3202, and never at the event loop's expense.
     limits = call.gw.config.reconcile_files
     content = await reconcile.off_loop(

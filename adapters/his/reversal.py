@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from adapters.his.envelope import Code, base_infno, decode_input, encode_response
-from adapters.his.wire import Node, required
-from gateway import reversal
-from gateway.errors import BadRequest
-from gateway.plan.rules import TxClass
-from gateway.transaction import Answer, Call, register
+from adapters.national.envelope import Code, base_infno, decode_input, encode_response
+from adapters.national.wire import Node, required
+from gateway.emergency.plan.rules import TxClass
+from gateway.protocol.errors import BadRequest
+from gateway.protocol.transaction import Answer, Call, register
+from gateway.services import reversal
 
 
 class ReverseData(Node):

@@ -12,8 +12,8 @@ import msgspec
 
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
-from adapters.his.envelope import REVISIONS
-from gateway.transaction import TRANSACTIONS
+from adapters.national.envelope import REVISIONS
+from gateway.protocol.transaction import TRANSACTIONS
 
 
 def input_types() -> dict[str, type[Any]]:

@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 
 from adapters.his import deferral
-from adapters.his.envelope import Request, decode_input, text
-from adapters.his.output import setldetail, setlinfo
-from adapters.his.wire import (
+from adapters.national.envelope import Request, decode_input, text
+from adapters.national.output import setldetail, setlinfo
+from adapters.national.wire import (
     In2206,
     In2208,
     SettleData,
@@ -20,19 +20,19 @@ from adapters.his.wire import (
     flag,
     required,
 )
+from gateway.app.runtime import Gateway
 from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
 from gateway.core.model import Category, Institution, PersonState, Settlement, Visit
 from gateway.core.settle import settle
-from gateway.deferred import PROVISIONAL_PREFIX
-from gateway.errors import BadRequest, Conflict, NotFound, NotInsured, RuleRejected
-from gateway.grouped import Built, Held, Job, VisitHeld
+from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
-from gateway.runtime import Gateway
-from gateway.settlement_state import preview, settle_alone
-from gateway.transaction import TRANSACTIONS, Answer, Call, Mode
+from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
+from gateway.protocol.errors import BadRequest, Conflict, NotFound, NotInsured, RuleRejected
+from gateway.protocol.transaction import TRANSACTIONS, Answer, Call, Mode
+from gateway.services.settlement_state import preview, settle_alone
 
 
 def check_med_type(enc: Encounter, med_type: str) -> Category:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from adapters.his import wire
-from adapters.his.envelope import decode_input, text
-from adapters.his.output import moment
-from adapters.his.wire import In9001, In9002, required
-from gateway.errors import BadRequest, Conflict, NotFound
+from adapters.national import wire
+from adapters.national.envelope import decode_input, text
+from adapters.national.output import moment
+from adapters.national.wire import In9001, In9002, required
+from gateway.emergency.plan.rules import TxClass
 from gateway.ledger import signins
-from gateway.plan.rules import TxClass
-from gateway.transaction import Answer, Call, register
+from gateway.protocol.errors import BadRequest, Conflict, NotFound
+from gateway.protocol.transaction import Answer, Call, register
 
 
 @register("9001", "签到", writes=True, klass=TxClass.ENCOUNTER, input=wire.In9001)

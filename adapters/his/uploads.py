@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.his.envelope import decode_input, text
-from adapters.his.output import line_result
-from adapters.his.wire import FeeDetail, In2204, as_list, micro, quantity, required, when_required
-from adapters.his.wire import fen_required as amount_of
+from adapters.national.envelope import decode_input, text
+from adapters.national.output import line_result
+from adapters.national.wire import (
+    FeeDetail,
+    In2204,
+    as_list,
+    micro,
+    quantity,
+    required,
+    when_required,
+)
+from adapters.national.wire import fen_required as amount_of
 from gateway.core.dates import within_visit
 from gateway.core.model import Visit
+from gateway.core.money import cnt_text, fen_text, micro_text
 from gateway.core.settle import split_lines
-from gateway.errors import BadRequest, LineRejected, RuleRejected
 from gateway.ledger import encounters, fees
-from gateway.money import cnt_text, fen_text, micro_text
-from gateway.transaction import Answer, Call
+from gateway.protocol.errors import BadRequest, LineRejected, RuleRejected
+from gateway.protocol.transaction import Answer, Call
 
 MAX_LINES = 5000  # one upload; larger bills are uploaded in several calls, as HIS do
 

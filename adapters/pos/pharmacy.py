@@ -11,10 +11,11 @@ from typing import Any
 
 import msgspec
 
-from adapters.his import deferral, wire
-from adapters.his.envelope import Amount, Code, Request, decode_input, text
-from adapters.his.output import line_result, setldetail, setlinfo
-from adapters.his.wire import (
+from adapters.his import deferral
+from adapters.national import wire
+from adapters.national.envelope import Amount, Code, Request, decode_input, text
+from adapters.national.output import line_result, setldetail, setlinfo
+from adapters.national.wire import (
     In2208,
     Node,
     certificate,
@@ -26,18 +27,18 @@ from adapters.his.wire import (
     when,
     when_required,
 )
+from gateway.app.runtime import Gateway
 from gateway.core import eligibility
 from gateway.core.dates import within_visit
 from gateway.core.model import Institution, Person, PersonState, Settlement, Visit
 from gateway.core.settle import settle
-from gateway.errors import BadRequest, LineRejected, NotInsured, RuleRejected
-from gateway.grouped import Built, Held, Job
+from gateway.emergency.plan.rules import TxClass
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.writes import Writes
-from gateway.plan.rules import TxClass
-from gateway.runtime import Gateway
-from gateway.settlement_state import preview, settle_alone
-from gateway.transaction import Answer, Call, Deferral, Kind, Undo, register
+from gateway.pipeline.grouped import Built, Held, Job
+from gateway.protocol.errors import BadRequest, LineRejected, NotInsured, RuleRejected
+from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Undo, register
+from gateway.services.settlement_state import preview, settle_alone
 
 PHARMACY_MED_TYPE = "41"
 MAX_LINES = 500

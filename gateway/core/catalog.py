@@ -21,7 +21,7 @@ from gateway.core.model import (
     Record,
     SelfpayRatio,
 )
-from gateway.money import BP
+from gateway.core.money import BP
 
 
 class _HasDates(Protocol):

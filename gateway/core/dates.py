@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from gateway.errors import LineRejected, RuleRejected
+from gateway.protocol.errors import LineRejected, RuleRejected
 
 _SHOWN = "%Y-%m-%d %H:%M:%S"
 

@@ -5,7 +5,7 @@ calls them too, so a rule is written once whichever transaction reaches it first
 from __future__ import annotations
 
 from gateway.core.model import Category, Person
-from gateway.errors import RuleRejected
+from gateway.protocol.errors import RuleRejected
 
 OUTPATIENT, INPATIENT, CHRONIC, PHARMACY = (
     Category.OUTPATIENT,

@@ -1,7 +1,7 @@
 """Canonical records of the settlement core: reference data, inputs and results.
 
 All money is integer fen, ratios basis points, prices micro-yuan, quantities 1/10000 units
-(see gateway.money). Records are frozen and untracked by the GC: they are built once per
+(see gateway.core.money). Records are frozen and untracked by the GC: they are built once per
 snapshot or per request and never mutated.
 """
 

@@ -28,8 +28,7 @@ from gateway.core.model import (
     SidePolicy,
     Visit,
 )
-from gateway.errors import LineRejected, RuleRejected
-from gateway.money import (
+from gateway.core.money import (
     BP,
     apply_bp,
     ceil_div,
@@ -39,6 +38,7 @@ from gateway.money import (
     price_times_cnt_fen,
     round_div,
 )
+from gateway.protocol.errors import LineRejected, RuleRejected
 
 # Module constants: each Category.X lookup costs about 0.1 µs on Python 3.11, and a
 # settlement makes a dozen.

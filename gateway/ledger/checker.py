@@ -58,6 +58,7 @@ from typing import Any, Protocol
 import asyncpg
 import msgspec
 
+from gateway.app.reference import parse_policies
 from gateway.core.catalog import Snapshot
 from gateway.core.model import (
     Accumulators,
@@ -69,12 +70,11 @@ from gateway.core.model import (
     Visit,
 )
 from gateway.core.settle import apply, settle_splits
-from gateway.errors import GatewayError
 from gateway.ledger.persons import ACCUMULATOR_FIELDS
 
 # What a settlement answered and stored; balc is the balance after it, so the account chain too.
 from gateway.ledger.settlements import AMOUNT_FIELDS
-from gateway.reference import parse_policies
+from gateway.protocol.errors import GatewayError
 
 _SUMS = ", ".join(f"sum((delta->>'{f}')::bigint) AS {f}" for f in ACCUMULATOR_FIELDS)
 _MISMATCH = " OR ".join(f"coalesce(a.{f}, 0) <> coalesce(s.{f}, 0)" for f in ACCUMULATOR_FIELDS)

@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway.deferred import PROVISIONAL_PREFIX
-from gateway.errors import Conflict, NotFound
+from gateway.emergency.deferred import PROVISIONAL_PREFIX
+from gateway.protocol.errors import Conflict, NotFound
 
 
 class Encounter(msgspec.Struct, frozen=True, gc=False, kw_only=True):

@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 
 from gateway.core.model import FeeLine
-from gateway.errors import Conflict
+from gateway.protocol.errors import Conflict
 
 ALL = "0000"  # chrg_bchno / feedetl_sn "0000": every unsettled line of the visit
 

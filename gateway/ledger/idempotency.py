@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from gateway.errors import Conflict
+from gateway.protocol.errors import Conflict
 
 
 class Stored(msgspec.Struct, frozen=True, gc=False):

@@ -1,6 +1,6 @@
 """The console's log-in throttle (failed log-ins per name, per name at an address and per
 address; the desks a name has logged in from) and operators' sessions, stored by the SHA-256 of
-their token. The rules that read and write them are gateway.operators'."""
+their token. The rules that read and write them are gateway.emergency.operators'."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from gateway.core.model import Accumulators, Person
-from gateway.errors import IdentityRejected, NotInsured
+from gateway.protocol.errors import IdentityRejected, NotInsured
 
 _PERSON_COLUMNS = (
     "p.psn_no, p.psn_name, p.psn_cert_type, p.certno, p.gend, p.brdy, p.insuplc_admdvs,"

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.plan.rules import Action, Plan, Rule, TxClass, Window
+from gateway.emergency.plan.rules import Action, Plan, Rule, TxClass, Window
 
 
 def _rule_of(r: Any) -> Rule:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
-from gateway.money import fen_text
+from gateway.core.money import fen_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,7 @@ class Totals:
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """Which settlements a reconciliation counts (see gateway.reconcile)."""
+    """Which settlements a reconciliation counts (see gateway.jobs.reconcile)."""
 
     fixmedins_code: str
     setl_optins: str

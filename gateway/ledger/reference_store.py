@@ -10,10 +10,10 @@ from typing import TypeVar
 
 import asyncpg
 
+from gateway.app.reference import Reference
 from gateway.core.catalog import Snapshot
 from gateway.core.model import CatalogEntry, Institution, Mapping, PriceCap, SelfpayRatio
-from gateway.errors import RuleRejected
-from gateway.reference import Reference
+from gateway.protocol.errors import RuleRejected
 
 # Everything a demo reload resets, children first.
 _ALL_TABLES = (

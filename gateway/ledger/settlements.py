@@ -39,12 +39,12 @@ from gateway.core.model import (
     Settlement,
     Visit,
 )
+from gateway.core.money import fen_text
 from gateway.core.settle import apply
-from gateway.errors import Conflict, NotFound, RuleRejected
 from gateway.ledger import encounters, fees, persons
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
-from gateway.money import fen_text
+from gateway.protocol.errors import Conflict, NotFound, RuleRejected
 
 CLR_TYPE = {
     Category.OUTPATIENT: "11",

@@ -1,7 +1,7 @@
 """Writes staged in memory, then sent as one pipelined batch per statement.
 
 Settlement code stages its rows here instead of executing them one by one, so the same staging
-serves one request (a batch of one) and a group commit of many (`gateway.group_commit`): the
+serves one request (a batch of one) and a group commit of many (`gateway.pipeline.group_commit`): the
 rules of what a settlement writes live in one place, and the database sees a handful of
 `executemany` round trips per transaction instead of a dozen per settlement.
 """

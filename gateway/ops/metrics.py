@@ -19,7 +19,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from gateway.plan.rules import ACTIONS, CLASSES
+from gateway.emergency.plan.rules import ACTIONS, CLASSES
 
 # Latency targets sit on bucket boundaries: 25 ms (P1 p99), 50 ms (P6), 800 ms (inpatient anchor).
 LATENCY_BUCKETS = (
@@ -145,7 +145,7 @@ def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str])
 
 def prime_breaker(dependency: str) -> None:
     """A dependency's breaker: closed, and each transition it can make counted from 0."""
-    from gateway.breaker import CLOSED, HALF_OPEN, OPEN, STATE_VALUE
+    from gateway.emergency.breaker import CLOSED, HALF_OPEN, OPEN, STATE_VALUE
 
     BREAKER_STATE.labels(dependency).set(STATE_VALUE[CLOSED])
     for state in (CLOSED, HALF_OPEN, OPEN):

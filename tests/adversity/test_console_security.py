@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway import operators
-from gateway.app import Settings, prepare_database
+from gateway.app.server import Settings, prepare_database
+from gateway.emergency import operators
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import cli, until
 

@@ -22,9 +22,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from gateway.app import Settings, prepare_database
-from gateway.breaker import BreakerConfig
-from gateway.config import Breakers, Deadlines, GatewayConfig
+from gateway.app.config import Breakers, Deadlines, GatewayConfig
+from gateway.app.server import Settings, prepare_database
+from gateway.emergency.breaker import BreakerConfig
 from tests.adversity.proxy import Proxy
 from tests.adversity.test_ledger_outage import CONFIG_TOML, ProxiedLedger, _free_port
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -242,7 +242,7 @@ async def test_ledger_backends_terminated_under_load(new_database: Callable[...,
 async def test_postgresql_restart_under_load(tmp_path: Path) -> None:
     """A real restart: an embedded PostgreSQL of the test's own is stopped and started again on
     the same socket while counters sell and retry."""
-    from gateway.embedded import socket_dsn, start_embedded
+    from gateway.app.embedded import socket_dsn, start_embedded
 
     data = tmp_path / "pg"
     server = await asyncio.to_thread(start_embedded, data, "stop")

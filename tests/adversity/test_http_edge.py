@@ -21,9 +21,9 @@ import aiohttp
 import msgspec
 import pytest
 
-from gateway.app import Settings, prepare_database
-from gateway.auth import sign_headers
-from gateway.config import GatewayConfig, Overload
+from gateway.app.config import GatewayConfig, Overload
+from gateway.app.server import Settings, prepare_database
+from gateway.pipeline.auth import sign_headers
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import until
 from tests.integration.his_client import CALL_SERVICE, CREDENTIALS, HisClient, decode

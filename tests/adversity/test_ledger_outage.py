@@ -26,9 +26,9 @@ import aiohttp
 import msgspec
 import pytest
 
-from gateway.app import Settings, prepare_database
-from gateway.breaker import BreakerConfig
-from gateway.config import Breakers, Deadlines, GatewayConfig
+from gateway.app.config import Breakers, Deadlines, GatewayConfig
+from gateway.app.server import Settings, prepare_database
+from gateway.emergency.breaker import BreakerConfig
 from tests.adversity.proxy import Proxy
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli, until

@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 from msgspec.structs import replace
 
-from gateway import operators
-from gateway.edge import EdgeConfig
-from gateway.operators import LoginPolicy
+from gateway.emergency import operators
+from gateway.emergency.operators import LoginPolicy
+from gateway.pipeline.edge import EdgeConfig
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import until
 

@@ -21,11 +21,11 @@ import msgspec
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from gateway import operators
-from gateway.auth import sign_headers
-from gateway.config import GatewayConfig, Overload
-from gateway.edge import BodyRefused, EdgeConfig, read_body
-from gateway.operators import LoginPolicy
+from gateway.app.config import GatewayConfig, Overload
+from gateway.emergency import operators
+from gateway.emergency.operators import LoginPolicy
+from gateway.pipeline.auth import sign_headers
+from gateway.pipeline.edge import BodyRefused, EdgeConfig, read_body
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import until
 from tests.integration.his_client import CALL_SERVICE, CREDENTIALS, HisClient, decode

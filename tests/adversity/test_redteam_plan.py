@@ -28,12 +28,12 @@ import pytest
 from aiohttp import web
 from msgspec.structs import replace
 
-from gateway.app import GATEWAY, build_app
-from gateway.breaker import BreakerConfig
-from gateway.config import Breakers, Uploads
-from gateway.deferred import replay
-from gateway.ledger_shares import SHARE_BUSY
-from gateway.runtime import Gateway
+from gateway.app.config import Breakers, Uploads
+from gateway.app.runtime import Gateway
+from gateway.app.server import GATEWAY, build_app
+from gateway.emergency.breaker import BreakerConfig
+from gateway.emergency.deferred import replay
+from gateway.pipeline.ledger_shares import SHARE_BUSY
 from tests.integration import conftest
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import (

@@ -21,12 +21,12 @@ import pytest
 from aiohttp import web
 from msgspec.structs import replace
 
-from gateway.app import GATEWAY, build_app
-from gateway.breaker import BreakerConfig
-from gateway.config import Breakers
-from gateway.config import Legacy as LegacyConfig
-from gateway.plan import store
-from gateway.runtime import Gateway
+from gateway.app.config import Breakers
+from gateway.app.config import Legacy as LegacyConfig
+from gateway.app.runtime import Gateway
+from gateway.app.server import GATEWAY, build_app
+from gateway.emergency.breaker import BreakerConfig
+from gateway.emergency.plan import store
 from tests.integration import conftest
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import (

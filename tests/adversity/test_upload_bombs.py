@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from gateway.breaker import BreakerConfig
-from gateway.config import Breakers, Deadlines, GatewayConfig
-from gateway.edge import EdgeConfig
+from gateway.app.config import Breakers, Deadlines, GatewayConfig
+from gateway.emergency.breaker import BreakerConfig
+from gateway.pipeline.edge import EdgeConfig
 from tests.adversity.test_ledger_outage import ProxiedLedger
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL
@@ -257,8 +257,8 @@ async def test_a_stalled_loop_does_not_open_the_ledger_breaker(
 
 def test_refusals_name_the_limit() -> None:
     """The reader itself, for the messages a clerk gets (no gateway needed)."""
-    from gateway.errors import BadRequest
-    from gateway.reconcile import FileLimits, read_detail_file
+    from gateway.jobs.reconcile import FileLimits, read_detail_file
+    from gateway.protocol.errors import BadRequest
 
     small = FileLimits(max_unpacked_bytes=MB, max_rows=3, max_line_bytes=80, max_members=2)
     cases = [

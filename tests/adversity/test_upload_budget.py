@@ -23,8 +23,8 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
-from gateway.auth import sign_headers
-from gateway.edge import EdgeConfig
+from gateway.pipeline.auth import sign_headers
+from gateway.pipeline.edge import EdgeConfig
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import until
 from tests.integration.his_client import CALL_SERVICE, CREDENTIALS, decode

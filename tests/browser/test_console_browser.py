@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway import clearing
+from gateway.jobs import clearing
 from tests.browser.glyphs import cjk_glyphs
 from tests.integration.conftest import running_gateway
 from tests.integration.his_client import HisClient

@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from adapters.his.envelope import decode_request
-from gateway.errors import BadRequest
+from adapters.national.envelope import decode_request
+from gateway.protocol.errors import BadRequest
 from tests.conformance import shapes_yingmo
 from tests.conformance.shapes import SETLINFO_AMOUNTS, Shape
 from tests.conformance.test_flows import Client, dec, identities, line_identity

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.his.schema import input_types
-from gateway.auth import load_credentials, sign_headers
+from gateway.pipeline.auth import load_credentials, sign_headers
 
 INPUT_TYPES = input_types()
 

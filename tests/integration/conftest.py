@@ -16,11 +16,11 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from gateway.app import Settings, build_app, prepare_database
-from gateway.config import GatewayConfig
+from gateway.app.config import GatewayConfig
+from gateway.app.server import Settings, build_app, prepare_database
+from gateway.emergency.operators import LoginPolicy
 from gateway.ledger import checker
-from gateway.operators import LoginPolicy
-from gateway.ratelimit import Limits
+from gateway.pipeline.ratelimit import Limits
 from tests.integration.his_client import HisClient
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.plan import store
+from gateway.emergency.plan import store
 
 OUTPATIENT_LINES = [
     {"feedetl_sn": "1", "medins_list_codg": "ZL0001", "pric": "25", "cnt": "1", "det_item_fee_sumamt": "25.00"},

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from gateway.auth import load_credentials, sign_headers
+from gateway.pipeline.auth import load_credentials, sign_headers
 
 CALL_SERVICE = "/fsi/api/rsfComIfsService/callService"
 _seq = itertools.count(1)

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.auth import Verifier, sign_headers, signature
+from gateway.pipeline.auth import Verifier, sign_headers, signature
 from tests.integration.conftest import Server
 from tests.integration.his_client import CREDENTIALS, decode
 

@@ -15,7 +15,7 @@ import aiohttp
 import asyncpg
 import msgspec
 
-from gateway.auth import sign_headers
+from gateway.pipeline.auth import sign_headers
 from tests.integration.his_client import CREDENTIALS, HisClient
 
 ROOT_ENV = {"PYTHONUNBUFFERED": "1"}

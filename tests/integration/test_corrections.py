@@ -14,12 +14,12 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from gateway.app import Settings, build_app
+from gateway.app.reference import load_reference
+from gateway.app.server import Settings, build_app
 from gateway.core.model import Accumulators, PersonState, Visit
 from gateway.core.settle import apply, settle
 from gateway.ledger import fees, persons, reference_store
 from gateway.ledger.db import create_pool
-from gateway.reference import load_reference
 from tests.integration.conftest import GENEROUS, Server
 
 HOSPITAL = "H44180000001"

@@ -11,8 +11,8 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from gateway import demo_client
-from gateway.demo_client import DemoClient, Step
+from gateway.app import demo_client
+from gateway.app.demo_client import DemoClient, Step
 from tests.integration.conftest import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ async def test_stamps_never_repeat_across_commands_run_one_after_another() -> No
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            "from gateway.demo_client import stamp\nfor _ in range(100): print(stamp())",
+            "from gateway.app.demo_client import stamp\nfor _ in range(100): print(stamp())",
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
         )

@@ -13,8 +13,8 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from gateway.config import GatewayConfig, Legacy, PlanConfig
-from gateway.plan import store
+from gateway.app.config import GatewayConfig, Legacy, PlanConfig
+from gateway.emergency.plan import store
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import (
     BIG_LINES,

@@ -12,9 +12,9 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
-from gateway.config import GroupCommitConfig
-from gateway.group_commit import GroupCommit
+from gateway.app.config import GroupCommitConfig
 from gateway.ops import metrics
+from gateway.pipeline.group_commit import GroupCommit
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.his_client import decode
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adapters.his.envelope import REVISIONS
-from gateway.transaction import TRANSACTIONS
+from adapters.national.envelope import REVISIONS
+from gateway.protocol.transaction import TRANSACTIONS
 from tests.integration.conftest import Server
 
 

@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 from msgspec.structs import replace
 
-from gateway.config import Overload
+from gateway.app.config import Overload
 from gateway.ops import metrics
 from tests.integration.conftest import GENEROUS, running_gateway
 from tests.integration.his_client import decode

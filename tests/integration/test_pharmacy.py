@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.ratelimit import Limits
+from gateway.app.config import GatewayConfig
+from gateway.pipeline.ratelimit import Limits
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.his_client import HisClient
 

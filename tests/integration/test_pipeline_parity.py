@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from gateway.config import GroupCommitConfig
+from gateway.app.config import GroupCommitConfig
 from gateway.ledger.settlements import AMOUNT_FIELDS
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import clear_rule, set_rule, until

@@ -8,8 +8,8 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.errors import Busy
-from gateway.ratelimit import Limiter, Limits
+from gateway.pipeline.ratelimit import Limiter, Limits
+from gateway.protocol.errors import Busy
 
 LIMITS = Limits(
     terminal_rate=0.001, terminal_burst=5, institution_rate=1000, institution_burst=1000
@@ -60,7 +60,7 @@ async def test_redis_down_falls_back_to_local_buckets_quickly() -> None:
 
 @pytest.mark.parametrize("burst", [1, 3])
 def test_local_bucket_refills_at_its_rate(burst: int) -> None:
-    from gateway.ratelimit import Buckets
+    from gateway.pipeline.ratelimit import Buckets
 
     buckets = Buckets(rate=2.0, burst=burst)
     assert all(buckets.take("k", now=100.0) for _ in range(burst))

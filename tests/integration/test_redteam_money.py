@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from msgspec.structs import replace
 
-from gateway.config import GroupCommitConfig
+from gateway.app.config import GroupCommitConfig
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import set_rule, until
 from tests.integration.his_client import HisClient, amount_text

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from gateway.money import fen_text
+from gateway.core.money import fen_text
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import (
     BIG_LINES,

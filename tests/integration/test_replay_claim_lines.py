@@ -16,8 +16,8 @@ import msgspec
 import pytest
 
 from adapters.his import deferral
-from adapters.his.envelope import decode_request
-from gateway.deferred.journal import Journal
+from adapters.national.envelope import decode_request
+from gateway.emergency.deferred.journal import Journal
 from gateway.ledger.deferred import Entry
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import clear_rule, cli, set_rule, until

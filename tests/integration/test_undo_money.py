@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway import conversion
-from gateway.errors import Conflict
+from gateway.protocol.errors import Conflict
+from gateway.services import conversion
 from tests.integration.conftest import Server
 from tests.integration.his_client import HisClient
 

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import demo_client
+from gateway.app import demo_client
 from tests.ops.test_dashboard import dashboard_exprs, metric_names, rule_exprs, rule_files
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ from decimal import Decimal
 
 import asyncpg
 
-from gateway import corrections
-from gateway.app import DEFAULT_REFERENCE
+from gateway.app.reference import load_reference
+from gateway.app.server import DEFAULT_REFERENCE
+from gateway.jobs import corrections
 from gateway.ledger import reference_store
-from gateway.reference import load_reference
 from tests.integration.conftest import Server
 from tests.integration.his_client import HisClient
 from tests.stateful.test_checker_ledger import (

@@ -45,13 +45,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from gateway import conversion, corrections
-from gateway.app import DEFAULT_REFERENCE
+from gateway.app.reference import Reference, load_reference
+from gateway.app.server import DEFAULT_REFERENCE
 from gateway.core.catalog import Snapshot
-from gateway.errors import GatewayError
+from gateway.emergency.plan import store
+from gateway.jobs import corrections
 from gateway.ledger import checker, reference_store
-from gateway.plan import store
-from gateway.reference import Reference, load_reference
+from gateway.protocol.errors import GatewayError
+from gateway.services import conversion
 from tests.integration.his_client import HisClient
 from tests.reference.data import Person, ReferenceData, load
 from tests.reference.ledger_model import ModelRules

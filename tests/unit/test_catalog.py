@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.app.reference import load_reference, snapshot_of
 from gateway.core.catalog import NOT_LISTED_MEMO, UNMAPPED, UNMAPPED_MEMO, Snapshot
 from gateway.core.model import CatalogEntry, Institution, Mapping, PriceCap, SelfpayRatio
-from gateway.reference import load_reference, snapshot_of
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = load_reference(ROOT / "config" / "demo")

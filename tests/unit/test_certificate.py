@@ -7,12 +7,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from adapters.his import lengths
-from adapters.his.envelope import Request, decode_input, decode_request
-from adapters.his.wire import In2201, certificate, certificate_if_sent
-from gateway.errors import BadRequest, IdentityRejected
+from adapters.national import lengths
+from adapters.national.envelope import Request, decode_input, decode_request
+from adapters.national.wire import In2201, certificate, certificate_if_sent
+from gateway.app.reference import load_reference
 from gateway.ledger.persons import Certificate, identifies, require_certificate
-from gateway.reference import load_reference
+from gateway.protocol.errors import BadRequest, IdentityRejected
 
 PERSONS = {
     p.psn_no: p

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app.reference import load_reference, snapshot_of
 from gateway.core.model import LineSplit
 from gateway.ledger.checker import (
     CoreRules,
@@ -17,7 +18,6 @@ from gateway.ledger.checker import (
     Stored,
     walk,
 )
-from gateway.reference import load_reference, snapshot_of
 from tests.reference.data import load
 from tests.reference.ledger_model import ModelRules
 

@@ -1,4 +1,4 @@
-"""config/gateway.toml decoded into typed sections (gateway.config): what is refused, and the
+"""config/gateway.toml decoded into typed sections (gateway.app.config): what is refused, and the
 defaults the shipped file states."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.config import (
+from gateway.app.config import (
     ConfigError,
     GatewayConfig,
     Idempotency,

@@ -8,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.console import ROUTES, ApiRoute, install
+from gateway.emergency.console import ROUTES, ApiRoute, install
 
 
 def test_the_application_serves_the_table() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from gateway.app.config import load_config
 from gateway.core.dates import DateRules, within_visit
-from gateway.errors import LineRejected, RuleRejected
+from gateway.protocol.errors import LineRejected, RuleRejected
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, 0)
 

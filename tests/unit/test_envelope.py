@@ -8,9 +8,9 @@ from decimal import Decimal
 import msgspec
 import pytest
 
-from adapters.his.envelope import decode_input, decode_request, encode_response, ref_msgid
-from adapters.his.wire import In2206, fen, micro, quantity, when
-from gateway.errors import BadRequest
+from adapters.national.envelope import decode_input, decode_request, encode_response, ref_msgid
+from adapters.national.wire import In2206, fen, micro, quantity, when
+from gateway.protocol.errors import BadRequest
 
 
 def _env(**kw: object) -> bytes:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from gateway.app.reference import load_reference, snapshot_of
 from gateway.core.model import Accumulators, FeeLine, LineSplit, PersonState, Settlement, Visit
+from gateway.core.money import bp_text, fen_text, to_cnt, to_fen, to_micro
 from gateway.core.settle import apply, settle
-from gateway.money import bp_text, fen_text, to_cnt, to_fen, to_micro
-from gateway.reference import load_reference, snapshot_of
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES: list[dict[str, Any]] = json.loads(

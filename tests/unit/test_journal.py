@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from gateway.deferred.journal import Journal, read_segment
+from gateway.emergency.deferred.journal import Journal, read_segment
 from gateway.ledger.deferred import Entry
 
 

@@ -1,4 +1,4 @@
-"""The console's hashing budget below one hash a second (gateway.operators.Hasher), with a clock
+"""The console's hashing budget below one hash a second (gateway.emergency.operators.Hasher), with a clock
 the test sets: one hash at once, then one per 1/rate seconds; a hash taken for an attempt that
 a lock then refuses is given back."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import operators
-from gateway.operators import Hasher, LoginPolicy
+from gateway.emergency import operators
+from gateway.emergency.operators import Hasher, LoginPolicy
 
 
 def test_a_budget_under_one_a_second_still_lets_one_through(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.money import (
+from gateway.core.money import (
     AmountError,
     apply_bp,
     bp_text,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import operators
-from gateway.operators import (
+from gateway.emergency import operators
+from gateway.emergency.operators import (
     Hasher,
     HashersBusy,
     LoginPolicy,

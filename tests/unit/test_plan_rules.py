@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
-from gateway.config import DEFAULT_CONFIG, load_config
-from gateway.console.pages import ACTION_NAMES
-from gateway.errors import BadRequest
-from gateway.plan.rules import (
+from gateway.app.config import DEFAULT_CONFIG, load_config
+from gateway.emergency.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
+from gateway.emergency.console.pages import ACTION_NAMES
+from gateway.emergency.plan.rules import (
     ACTIONS,
     CLASSES,
     Action,
@@ -25,7 +24,8 @@ from gateway.plan.rules import (
     check_class,
     check_scope,
 )
-from gateway.triggers import InstitutionTriggers
+from gateway.emergency.triggers import InstitutionTriggers
+from gateway.protocol.errors import BadRequest
 
 NOW = dt.datetime(2022, 3, 5, 12, 0)
 MIGRATION = Path(__file__).resolve().parents[2] / "gateway/ledger/migrations/006_emergency.sql"

@@ -8,6 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from gateway.app.reference import load_reference, snapshot_of
 from gateway.core.eligibility import category_of
 from gateway.core.model import (
     Accumulators,
@@ -18,10 +19,9 @@ from gateway.core.model import (
     SidePolicy,
     Visit,
 )
+from gateway.core.money import price_times_cnt_fen
 from gateway.core.settle import apply, settle, split_lines
-from gateway.errors import RuleRejected
-from gateway.money import price_times_cnt_fen
-from gateway.reference import load_reference, snapshot_of
+from gateway.protocol.errors import RuleRejected
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = load_reference(ROOT / "config" / "demo")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.reference import ReferenceDataError, load_reference, parse_policies, snapshot_of
+from gateway.app.reference import ReferenceDataError, load_reference, parse_policies, snapshot_of
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "config" / "demo"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from msgspec.structs import replace
 
+from gateway.app.reference import load_reference, snapshot_of
 from gateway.core.catalog import Snapshot
 from gateway.core.eligibility import category_of
 from gateway.core.model import (
@@ -19,10 +20,9 @@ from gateway.core.model import (
     Settlement,
     Visit,
 )
+from gateway.core.money import apply_bp, price_times_cnt_fen, to_cnt, to_fen, to_micro
 from gateway.core.settle import apply, mi_burden_value, settle, split_lines
-from gateway.errors import LineRejected, RuleRejected
-from gateway.money import apply_bp, price_times_cnt_fen, to_cnt, to_fen, to_micro
-from gateway.reference import load_reference, snapshot_of
+from gateway.protocol.errors import LineRejected, RuleRejected
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = load_reference(ROOT / "config" / "demo")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from gateway.reference import load_reference, snapshot_of
-from gateway.runtime import _retire
+from gateway.app.reference import load_reference, snapshot_of
+from gateway.app.runtime import _retire
 
 REF = load_reference(Path(__file__).resolve().parents[2] / "config" / "demo")
 DAY = dt.date(2026, 3, 1)

@@ -1,9 +1,9 @@
-"""The heavy-upload budget per institution (gateway.overload.UploadBudget), with a clock the
+"""The heavy-upload budget per institution (gateway.pipeline.overload.UploadBudget), with a clock the
 test sets: a count at once, and bytes refilled per second from a burst."""
 
 from __future__ import annotations
 
-from gateway.overload import UploadBudget
+from gateway.pipeline.overload import UploadBudget
 
 MIB = 1 << 20
 

@@ -1,0 +1,147 @@
+"""How long a text field of the national interface may be: one rule for every transaction.
+
+Fields are limited to the interface's length where protocol.md gives one (the larger where two
+sources differ), any other text to `OTHER`. The gateway stores and echoes what it decodes, so a
+100,000-character 门诊号 would otherwise be kept and sent back to every HIS and CSV reader.
+Lengths count characters, not bytes: a clerk's 50-character name in Chinese is 50.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from gateway.protocol.errors import BadRequest
+
+OTHER = 1000  # any text the interface gives no length, e.g. main_cond_dscr, a date-time
+# 9101 fsUploadIn.in (the Base64 file) has bounds of its own in the upload's reader.
+UNBOUNDED = frozenset({"in"})
+LENGTHS: dict[str, int] = {
+    # 公共输入 (protocol.md §1.2); msgid has room for the 40 characters its grammar allows
+    "infno": 6,
+    "msgid": 40,
+    "mdtrtarea_admvs": 6,
+    "insuplc_admdvs": 6,
+    "recer_sys_code": 10,
+    "dev_no": 100,
+    "dev_safe_info": 2000,
+    "cainfo": 1024,
+    "signtype": 10,
+    "infver": 6,
+    "opter_type": 3,
+    "opter": 30,
+    "opter_name": 50,
+    "fixmedins_code": 30,
+    "fixmedins_name": 200,
+    "sign_no": 30,
+    # persons and certificates (§2.1, §2.2)
+    "opter_no": 20,
+    "psn_no": 30,
+    "mdtrt_cert_type": 3,
+    "mdtrt_cert_no": 50,
+    "card_sn": 32,
+    "psn_cert_type": 6,
+    "certno": 50,
+    "psn_name": 50,
+    # visits and admissions (§2.3, §2.4)
+    "mdtrt_id": 30,
+    "setl_id": 30,
+    "insutype": 6,
+    "ipt_otp_no": 30,
+    "ipt_no": 30,
+    "medrcdno": 30,
+    "atddr_no": 30,
+    "dr_name": 50,
+    "chfpdr_name": 50,
+    "dept_code": 30,
+    "dept_name": 100,
+    "adm_dept_codg": 30,
+    "adm_dept_name": 100,
+    "dscg_dept_codg": 30,
+    "dscg_dept_name": 100,
+    "adm_bed": 30,
+    "adm_diag_dscr": 200,
+    "coner_name": 50,
+    "caty": 6,
+    "med_type": 6,
+    "dise_codg": 30,
+    "dise_name": 500,
+    "dscg_maindiag_code": 30,
+    "dscg_maindiag_name": 100,
+    "dscg_way": 6,
+    "diag_type": 3,
+    "diag_code": 20,
+    "diag_name": 100,
+    "diag_dept": 50,
+    "dise_dor_no": 30,
+    "dise_dor_name": 50,
+    "vali_flag": 3,
+    # fee lines (§2.3 2204, §2.4 2301, §2.5 drugdetail)
+    "feedetl_sn": 30,
+    "init_feedetl_sn": 30,
+    "chrg_bchno": 30,
+    "rxno": 30,
+    "rx_circ_flag": 3,
+    "med_list_codg": 50,
+    "medins_list_codg": 150,
+    "bilg_dept_codg": 30,
+    "bilg_dept_name": 100,
+    "bilg_dr_codg": 30,
+    "bilg_dr_name": 50,
+    "hosp_appr_flag": 3,
+    "tcmdrug_used_way": 6,
+    "sin_dos_dscr": 200,
+    "used_frqu_dscr": 200,
+    "medc_way_dscr": 200,
+    # settlements, reversals (§2.3 2206/2207, §2.6)
+    "psn_setlway": 6,
+    "mid_setl_flag": 3,
+    "invono": 20,
+    "omsgid": 40,
+    "oinfno": 6,
+    # catalog mappings (§2.8 3301): the descriptive columns are paragraphs in real catalogs
+    "fixmedins_hilist_id": 30,
+    "fixmedins_hilist_name": 200,
+    "list_type": 30,
+    "exct_cont": 4000,
+    "item_cont": 4000,
+}
+
+_fields: dict[type[Any], tuple[tuple[str, str], ...]] = {}
+
+
+def _field_names(kind: type[Any]) -> tuple[tuple[str, str], ...]:
+    """(attribute, name on the wire) of a decoded node's fields."""
+    names = _fields.get(kind)
+    if names is None:
+        names = _fields[kind] = tuple((f.name, f.encode_name) for f in msgspec.structs.fields(kind))
+    return names
+
+
+def check(node: Any, at: str = "") -> None:
+    """Refuse the first text longer than its field allows, naming the field as the clerk sees it
+    (feedetail[2].feedetl_sn). Walks what was decoded: fields the gateway ignores are neither
+    stored nor echoed, and the body limit bounds them."""
+    if isinstance(node, msgspec.Struct):
+        for attr, name in _field_names(type(node)):
+            _value(getattr(node, attr), name, f"{at}.{name}" if at else name)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _value(value, str(key), f"{at}.{key}" if at else str(key))
+
+
+def _value(value: Any, name: str, at: str) -> None:
+    if isinstance(value, str):
+        if name in UNBOUNDED:
+            return
+        limit = LENGTHS.get(name, OTHER)
+        if len(value) > limit:
+            raise BadRequest(
+                f"字段{at}过长（{len(value)}个字符），接口规定最多{limit}个字符，请核对后重新发送"
+            )
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _value(item, name, f"{at}[{i}]")
+    elif isinstance(value, (msgspec.Struct, dict)):
+        check(value, at)

@@ -1,0 +1,406 @@
+"""Input nodes of the HIS transactions, field names verbatim from the national interface.
+
+Codes are `Code` (text or number), amounts `Amount` (number, numeric text, "" or null) and are
+turned into integers here, at the edge, with a clerk-readable message naming the field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from adapters.national.envelope import Amount, Code, text
+from gateway.core.money import AmountError, to_cnt, to_fen, to_micro
+from gateway.ledger.persons import CERT_TYPES, Certificate
+from gateway.protocol.errors import BadRequest
+
+
+class Node(msgspec.Struct, kw_only=True):
+    """Base of input nodes: unknown regional fields are ignored."""
+
+
+def required(value: Code, name: str) -> str:
+    """A mandatory code/text field."""
+    s = text(value)
+    if not s:
+        raise BadRequest(f"缺少必填字段{name}")
+    return s
+
+
+def certificate(cert_type: Code, cert_no: Code, node: str) -> Certificate:
+    """就诊凭证 of a request: mdtrt_cert_type 01/02/03 and mdtrt_cert_no, both required."""
+    kind = required(cert_type, f"{node}.mdtrt_cert_type")
+    if kind not in CERT_TYPES:
+        raise BadRequest(f"就诊凭证类型{kind}无效，应为01电子凭证、02身份证或03社保卡")
+    return Certificate(kind, required(cert_no, f"{node}.mdtrt_cert_no"))
+
+
+def certificate_if_sent(cert_type: Code, cert_no: Code, node: str) -> Certificate | None:
+    """就诊凭证 where the interface lets clients leave the number out (2206/2207, 2303/2304:
+    some send only mdtrt_cert_type, some nothing); a number sent is checked like any other."""
+    return certificate(cert_type, cert_no, node) if text(cert_no) else None
+
+
+def flag(value: Code, name: str, default: str = "0") -> str:
+    """A 0/1 flag."""
+    s = text(value) or default
+    if s not in ("0", "1"):
+        raise BadRequest(f"字段{name}只能为0或1")
+    return s
+
+
+# One grammar for every number on the wire, judged by its text: ASCII digits, a minus sign only
+# where the field may be negative, a decimal point with digits on both sides. Whitespace,
+# full-width digits, "+", "1e2" (refused when decoded, see envelope.json_number) and the like are
+# refused rather than read into a value the clerk never typed.
+_DECIMAL = re.compile(r"(-?)[0-9]+(?:\.([0-9]+))?", re.ASCII)
+
+
+def _shown(literal: str) -> str:
+    """The offending text as the clerk can read it: invisible characters escaped."""
+    cut = literal[:20]
+    return cut if cut.isprintable() else ascii(cut)[1:-1]
+
+
+def _decimal_text(value: Amount, name: str, places: int, signed: bool, label: str) -> str:
+    """The field's decimal text after the grammar; raises BadRequest naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
+        raise BadRequest(f"{label}{name}应为数字")
+    literal = str(value)
+    m = _DECIMAL.fullmatch(literal)
+    if m is None:
+        raise BadRequest(
+            f"{label}{name}格式错误（“{_shown(literal)}”），"
+            "应为半角阿拉伯数字，如12.30，不含空格和科学计数法"
+        )
+    if m.group(1) and not signed:
+        raise BadRequest(f"{label}{name}不能为负数（{literal}）")
+    # More decimals are accepted only as trailing zeros: C# decimal arithmetic keeps the scale
+    # (4.52 x 1.0000 serializes as 4.520000), and the value is still exact.
+    if len((m.group(2) or "").rstrip("0")) > places:
+        raise BadRequest(f"{label}{name}最多{places}位小数")
+    return literal
+
+
+def fen(value: Amount, name: str, *, optional: bool = False, signed: bool = False) -> int | None:
+    """An amount (16,2) in fen; more than two decimals is refused, never rounded."""
+    if value is None or value == "":
+        if optional:
+            return None
+        raise BadRequest(f"缺少必填金额字段{name}")
+    literal = _decimal_text(value, name, 2, signed, "金额字段")
+    try:
+        return to_fen(literal, f"金额字段{name}")
+    except AmountError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def fen_required(value: Amount, name: str, *, signed: bool = False) -> int:
+    """A mandatory amount in fen."""
+    amount = fen(value, name, signed=signed)
+    assert amount is not None
+    return amount
+
+
+def micro(value: Amount, name: str) -> int:
+    """A price (16,6) in micro-yuan; never negative (a refund line negates its quantity)."""
+    if value is None or value == "" or isinstance(value, bool):
+        raise BadRequest(f"缺少必填字段{name}")
+    literal = _decimal_text(value, name, 6, False, "字段")
+    try:
+        return to_micro(literal, f"字段{name}")
+    except AmountError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def quantity(value: Amount, name: str, *, signed: bool = False) -> int:
+    """A quantity (16,4) in 1/10000 units; negative only on refund lines (2301)."""
+    if value is None or value == "" or isinstance(value, bool):
+        raise BadRequest(f"缺少必填字段{name}")
+    literal = _decimal_text(value, name, 4, signed, "字段")
+    try:
+        return to_cnt(literal, f"字段{name}")
+    except AmountError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | None:
+    """`yyyy-MM-dd HH:mm:ss` (a bare date is accepted as midnight)."""
+    s = text(value)
+    if not s:
+        if optional:
+            return None
+        raise BadRequest(f"缺少必填字段{name}")
+    if len(s) == 19 and s[10] == " " and s[4] == "-":
+        # The usual shape, parsed in C: strptime was a twentieth of a settlement's CPU.
+        try:
+            return dt.datetime.fromisoformat(s)
+        except ValueError:
+            pass
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return dt.datetime.strptime(s, fmt)
+        except ValueError:
+            continue
+    raise BadRequest(f"字段{name}时间格式错误，应为yyyy-MM-dd HH:mm:ss")
+
+
+def day(value: Code, name: str) -> dt.date:
+    """A mandatory `yyyy-MM-dd` (a date-time is cut to its date)."""
+    s = required(value, name)
+    try:
+        return dt.date.fromisoformat(s[:10])
+    except ValueError as exc:
+        raise BadRequest(f"字段{name}日期格式错误，应为yyyy-MM-dd") from exc
+
+
+def when_required(value: Code, name: str) -> dt.datetime:
+    """A mandatory date-time."""
+    moment = when(value, name)
+    assert moment is not None
+    return moment
+
+
+# --------------------------------------------------------------------------- 9001 / 9002
+
+
+class SignIn(Node):
+    opter_no: Code = None
+    mac: Code = None
+    ip: Code = None
+
+
+class In9001(Node):
+    signIn: SignIn | None = None
+
+
+class SignOut(Node):
+    sign_no: Code = None
+    opter_no: Code = None
+
+
+class In9002(Node):
+    signOut: SignOut | None = None
+
+
+# --------------------------------------------------------------------------- 1101
+
+
+class PsnQuery(Node):
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    card_sn: Code = None
+    begntime: Code = None
+    psn_cert_type: Code = None
+    certno: Code = None
+    psn_name: Code = None
+
+
+class In1101(Node):
+    data: PsnQuery | None = None
+
+
+# --------------------------------------------------------------------------- outpatient
+
+
+class Registration(Node):
+    psn_no: Code = None
+    insutype: Code = None
+    begntime: Code = None
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    ipt_otp_no: Code = None
+    atddr_no: Code = None
+    dr_name: Code = None
+    dept_code: Code = None
+    dept_name: Code = None
+    caty: Code = None
+
+
+class In2201(Node):
+    data: Registration | None = None
+
+
+class VisitRef(Node):
+    """2202, 2404, 2405 and the cancellations' data node."""
+
+    psn_no: Code = None
+    mdtrt_id: Code = None
+    ipt_otp_no: Code = None
+    setl_id: Code = None
+
+
+class In2202(Node):
+    data: VisitRef | None = None
+
+
+class MdtrtInfo(Node):
+    mdtrt_id: Code = None
+    psn_no: Code = None
+    med_type: Code = None
+    begntime: Code = None
+    main_cond_dscr: Code = None
+    dise_codg: Code = None
+    dise_name: Code = None
+
+
+class DiseInfo(Node):
+    diag_type: Code = None
+    diag_srt_no: Code = None
+    diag_code: Code = None
+    diag_name: Code = None
+    diag_dept: Code = None
+    dise_dor_no: Code = None
+    dise_dor_name: Code = None
+    diag_time: Code = None
+    vali_flag: Code = None
+    maindiag_flag: Code = None
+
+
+class In2203(Node):
+    mdtrtinfo: MdtrtInfo | None = None
+    diseinfo: list[DiseInfo] = []
+
+
+class FeeDetail(Node):
+    """2204 / 2301 feedetail[] rows."""
+
+    feedetl_sn: Code = None
+    init_feedetl_sn: Code = None
+    mdtrt_id: Code = None
+    psn_no: Code = None
+    chrg_bchno: Code = None
+    med_type: Code = None
+    fee_ocur_time: Code = None
+    med_list_codg: Code = None
+    medins_list_codg: Code = None
+    det_item_fee_sumamt: Amount = None
+    cnt: Amount = None
+    pric: Amount = None
+    hosp_appr_flag: Code = None
+    rx_circ_flag: Code = None
+    bilg_dept_codg: Code = None
+    bilg_dr_codg: Code = None
+
+
+class In2204(Node):
+    feedetail: list[FeeDetail] | FeeDetail | None = None
+
+
+class BatchRef(Node):
+    mdtrt_id: Code = None
+    chrg_bchno: Code = None
+    psn_no: Code = None
+
+
+class In2205(Node):
+    data: BatchRef | None = None
+
+
+class SettleData(Node):
+    """2206/2207 and 2303/2304 data node."""
+
+    psn_no: Code = None
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    med_type: Code = None
+    medfee_sumamt: Amount = None
+    psn_setlway: Code = None
+    mdtrt_id: Code = None
+    chrg_bchno: Code = None
+    acct_used_flag: Code = None
+    insutype: Code = None
+    invono: Code = None
+    mid_setl_flag: Code = None
+    fulamt_ownpay_amt: Amount = None
+    overlmt_selfpay: Amount = None
+    preselfpay_amt: Amount = None
+    inscp_scp_amt: Amount = None
+
+
+class In2206(Node):
+    data: SettleData | None = None
+
+
+class In2208(Node):
+    data: VisitRef | None = None
+
+
+# --------------------------------------------------------------------------- inpatient
+
+
+class Admission(Node):
+    psn_no: Code = None
+    insutype: Code = None
+    coner_name: Code = None
+    tel: Code = None
+    begntime: Code = None
+    mdtrt_cert_type: Code = None
+    mdtrt_cert_no: Code = None
+    med_type: Code = None
+    ipt_no: Code = None
+    medrcdno: Code = None
+    atddr_no: Code = None
+    chfpdr_name: Code = None
+    adm_diag_dscr: Code = None
+    adm_dept_codg: Code = None
+    adm_dept_name: Code = None
+    adm_bed: Code = None
+    dscg_maindiag_code: Code = None
+    dscg_maindiag_name: Code = None
+    dise_codg: Code = None
+    dise_name: Code = None
+
+
+class In2401(Node):
+    mdtrtinfo: Admission | None = None
+    diseinfo: list[DiseInfo] = []
+
+
+class Discharge(Node):
+    mdtrt_id: Code = None
+    psn_no: Code = None
+    insutype: Code = None
+    endtime: Code = None
+    dise_codg: Code = None
+    dise_name: Code = None
+    dscg_dept_codg: Code = None
+    dscg_dept_name: Code = None
+    dscg_way: Code = None
+
+
+class In2402(Node):
+    dscginfo: Discharge | None = None
+    diseinfo: list[DiseInfo] = []
+
+
+class FeeLineRef(Node):
+    feedetl_sn: Code = None
+    mdtrt_id: Code = None
+    psn_no: Code = None
+
+
+class In2302(Node):
+    # Chongqing clients send the data node as an array.
+    data: list[FeeLineRef] | FeeLineRef | None = None
+
+
+class SettlementQuery(Node):
+    psn_no: Code = None
+    setl_id: Code = None
+    mdtrt_id: Code = None
+
+
+class In5203(Node):
+    data: SettlementQuery | None = None
+
+
+def as_list(value: Any) -> list[Any]:
+    """A node that some clients send as an object and others as an array."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]

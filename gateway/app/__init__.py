@@ -1,0 +1,1 @@
+"""The process: HTTP server, CLI, runtime state, configuration, start-up."""

@@ -1,0 +1,365 @@
+"""`python -m gateway …`: serve, and the operators' commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+
+from gateway.app import demo_client, plan_cli
+from gateway.app.cli_database import add_database, database_url
+from gateway.app.config import (
+    DEFAULT_CONFIG,
+    DEFAULT_CREDENTIALS,
+    DEFAULT_REFERENCE,
+    MIN_KEEP_DAYS,
+    ConfigError,
+    Settings,
+    load_config,
+)
+from gateway.app.reference import load_reference
+from gateway.app.server import prepare_database
+from gateway.app.server import serve as serve_app
+from gateway.core.money import fen_text
+from gateway.emergency.console import commands as console_commands
+from gateway.jobs import clearing, corrections
+from gateway.ledger import db, idempotency, reference_store
+from gateway.ops import logs
+
+
+def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+    logs.configure()
+    uvloop.install()
+    # Not web.run_app: the edge's connection guard (request-head deadline, connections per
+    # address) lives in the runner; graceful stop gives in-flight requests 10 s.
+    serve_app(settings, host, port, reuse_port=reuse_port)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Migrate, load the demo set into an empty database, and serve."""
+    settings = Settings(
+        database_url(args),
+        reference_dir=Path(args.reference_dir),
+        region=args.region,
+        pool_max=args.pool_max,
+        redis_url=args.redis_url,
+        config_path=Path(args.config),
+        auth=args.auth == "on",
+        credentials_path=Path(args.credentials),
+    )
+    asyncio.run(prepare_database(settings))
+    logging.getLogger("gateway").info(
+        "serving on %s:%s with %s worker(s)", args.host, args.port, args.workers
+    )
+    print(
+        f"gateway listening on http://{args.host}:{args.port} ({args.workers} worker(s))",
+        flush=True,
+    )
+    if args.workers <= 1:
+        _serve_one(settings, args.host, args.port, reuse_port=False)
+        return 0
+    # Several processes share the port through SO_REUSEPORT; the kernel spreads connections.
+    # Their metrics meet in prometheus-client's multiprocess files, so any worker's /metrics
+    # reports the whole gateway.
+    metrics_dir = Path("var") / f"prometheus-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    ctx = multiprocessing.get_context("spawn")
+    children = [
+        ctx.Process(target=_serve_one, args=(settings, args.host, args.port, True), daemon=False)
+        for _ in range(args.workers)
+    ]
+    for child in children:
+        child.start()
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+async def _demo_load(url: str, reference_dir: Path) -> None:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+            await reference_store.load(conn, load_reference(reference_dir))
+    finally:
+        await pool.close()
+
+
+def demo(args: argparse.Namespace) -> int:
+    """demo load: reset the database to the demo data set."""
+    asyncio.run(_demo_load(database_url(args), Path(args.reference_dir)))
+    print("demo data loaded")
+    return 0
+
+
+async def _synth(url: str, persons: int, region: str) -> int:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+            return await reference_store.synthesize(conn, persons, region)
+    finally:
+        await pool.close()
+
+
+def synth(args: argparse.Namespace) -> int:
+    """demo synth: add synthetic insured employees so load spreads over many people."""
+    added = asyncio.run(_synth(database_url(args), args.persons, args.region))
+    print(f"added {added} synthetic persons in region {args.region}")
+    return 0
+
+
+async def _clearing(url: str, month: str, institution: str | None) -> clearing.MonthlyReport:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await clearing.monthly(conn, month, institution)
+    finally:
+        await pool.close()
+
+
+def clearing_monthly(args: argparse.Namespace) -> int:
+    """clearing monthly: the month's clearing table (JSON, CSV, printable HTML)."""
+    report = asyncio.run(_clearing(database_url(args), args.month, args.institution))
+    if args.csv:
+        Path(args.csv).write_text(clearing.to_csv(report), encoding="utf-8")
+    if args.html:
+        Path(args.html).write_text(clearing.to_html(report), encoding="utf-8")
+    if args.json:
+        print(json.dumps(clearing.to_json(report), ensure_ascii=False, indent=2))
+    else:
+        for r in report.institutions:
+            print(
+                f"{r.fixmedins_code} {r.fixmedins_name}: {r.total.visits} 人次, 申报金额 {fen_text(r.total.declared)}"
+            )
+            for ln in r.lines:
+                print(
+                    f"  {ln.name}: {ln.visits} 人次, 实际费用 {fen_text(ln.medfee_sumamt)}, 统筹 {fen_text(ln.hifp_pay)}"
+                )
+    return 0
+
+
+async def _corrections(
+    args: argparse.Namespace, apply_it: bool
+) -> tuple[corrections.Summary, int, list[tuple[str, str]]]:
+    url = database_url(args)
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            reference = await asyncio.to_thread(load_reference, Path(args.reference_dir))
+            snapshot = await reference_store.read_snapshot(conn, reference)
+            begn = dt.date.fromisoformat(args.date_from) if args.date_from else None
+            end = dt.date.fromisoformat(args.date_to) if args.date_to else None
+            found = await corrections.targets(
+                conn, snapshot, args.institution, args.item, begn, end
+            )
+            failed: list[tuple[str, str]] = []
+            if apply_it:
+                run_id = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+                bar = None if args.json else corrections.progress_bar()
+                summary, failed = await corrections.apply(
+                    conn, snapshot, found, args.item, run_id, limit=args.limit, progress=bar
+                )
+            else:
+                summary, failed = await corrections.plan(
+                    conn, snapshot, found, args.item, dt.datetime.now()
+                )
+    finally:
+        await pool.close()
+    return summary, len(found), failed
+
+
+def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
+    summary, found, failed = asyncio.run(_corrections(args, apply_it))
+    if args.csv:
+        Path(args.csv).write_text(summary.to_csv(), encoding="utf-8")
+    if args.json:
+        doc = summary.to_json()
+        if apply_it:
+            for row in doc["settlements"]:
+                print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        doc = summary.to_json()
+        verb = "re-settled" if apply_it else "would re-settle"
+        print(f"{verb} {len(summary.items)} of {found} settlements using {args.item}")
+        for code, amount in doc["funds"].items():
+            print(f"  fund {code}: {amount}")
+        print(f"  patients owe in total: {doc['totals']['patient_owes']}")
+    for setl_id, why in failed:
+        print(f"{'failed' if apply_it else 'would fail'} {setl_id}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def corrections_plan(args: argparse.Namespace) -> int:
+    """corrections plan: list what a correction would change, changing nothing."""
+    return _report_corrections(args, apply_it=False)
+
+
+def corrections_apply(args: argparse.Namespace) -> int:
+    """corrections apply: re-settle, one transaction per settlement, resumable."""
+    return _report_corrections(args, apply_it=True)
+
+
+async def _purge(url: str, keep_days: int) -> int:
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await idempotency.purge(conn, keep_days)
+    finally:
+        await pool.close()
+
+
+def purge(args: argparse.Namespace) -> int:
+    """idempotency purge: drop msgid answers older than the retention (never under 7 days)."""
+    keep = (
+        args.keep_days
+        if args.keep_days is not None
+        else load_config(Path(args.config)).idempotency.keep_days
+    )
+    removed = asyncio.run(_purge(database_url(args), keep))
+    print(f"removed {removed} msgid answers older than {max(keep, MIN_KEEP_DAYS)} days")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command tree."""
+    p = argparse.ArgumentParser(
+        prog="python -m gateway", description="Medical-insurance settlement gateway"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser(
+        "serve", help="apply migrations, load demo data into an empty database, serve"
+    )
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--redis-url", default=os.environ.get("GATEWAY_REDIS_URL"))
+    s.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+    s.add_argument("--region", default="441800", help="receiver region in inf_refmsgid")
+    s.add_argument("--pool-max", type=int, default=16)
+    s.add_argument("--config", default=str(DEFAULT_CONFIG), help="gateway.toml (limits, retention)")
+    s.add_argument(
+        "--auth",
+        choices=("on", "off"),
+        default="on",
+        help="x-tif signed requests (off: local benchmarks only)",
+    )
+    s.add_argument(
+        "--credentials", default=str(DEFAULT_CREDENTIALS), help="institution secrets (TOML)"
+    )
+    add_database(s)
+    s.set_defaults(func=serve)
+
+    d = sub.add_parser("demo", help="demo data set, and signed demo calls against a gateway")
+    dsub = d.add_subparsers(dest="demo_command", required=True)
+    dl = dsub.add_parser("load", help="(re)load the demo data set — resets the ledger")
+    dl.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+    add_database(dl)
+    dl.set_defaults(func=demo)
+    ds = dsub.add_parser("synth", help="add N synthetic employees (psn_no S<region><12 digits>)")
+    ds.add_argument("--persons", type=int, required=True)
+    ds.add_argument("--region", default="441800")
+    add_database(ds)
+    ds.set_defaults(func=synth)
+    dc = dsub.add_parser(
+        "call", help="send one transaction signed with the demo credentials; print the answer"
+    )
+    dc.add_argument("infno", help="transaction number, e.g. 1101")
+    dc.add_argument("--input", required=True, help="the input node as JSON text, or @file")
+    dc.add_argument(
+        "--institution", help="fixmedins_code (default: the demo hospital, or pharmacy for 210x)"
+    )
+    dc.add_argument("--url", default=demo_client.DEFAULT_URL)
+    dc.set_defaults(func=lambda a: demo_client.call_command(a.infno, a.input, a.institution, a.url))
+    for flow, helptext in (
+        ("visit", "a whole outpatient visit, 1101 to 2207 and 9002"),
+        ("stay", "an inpatient stay: admission, fees, discharge, settlement"),
+        ("pharmacy", "a pharmacy sale and its cancellation"),
+    ):
+        df = dsub.add_parser(flow, help=helptext + ", each call shown by its infno")
+        df.add_argument("--url", default=demo_client.DEFAULT_URL)
+        df.set_defaults(func=lambda a, flow=flow: demo_client.flow_command(flow, a.url))
+    i = sub.add_parser("idempotency", help="the msgid journal")
+    isub = i.add_subparsers(dest="idempotency_command", required=True)
+    ip = isub.add_parser("purge", help="drop answers older than the retention (at least 7 days)")
+    ip.add_argument("--keep-days", type=int)
+    ip.add_argument("--config", default=str(DEFAULT_CONFIG))
+    add_database(ip)
+    ip.set_defaults(func=purge)
+
+    c = sub.add_parser("clearing", help="monthly clearing reports")
+    csub = c.add_subparsers(dest="clearing_command", required=True)
+    cm = csub.add_parser("monthly", help="the month's 月结算 table per institution")
+    cm.add_argument("--month", required=True, help="YYYY-MM")
+    cm.add_argument("--institution")
+    cm.add_argument("--json", action="store_true")
+    cm.add_argument("--csv")
+    cm.add_argument("--html")
+    add_database(cm)
+    cm.set_defaults(func=clearing_monthly)
+    k = sub.add_parser("corrections", help="catalog-mapping corrections in bulk")
+    ksub = k.add_subparsers(dest="corrections_command", required=True)
+    for name, func, helptext in (
+        (
+            "plan",
+            corrections_plan,
+            "list the settlements that used the item's old mapping, with deltas",
+        ),
+        ("apply", corrections_apply, "re-settle them in their original order (resumable)"),
+    ):
+        kp = ksub.add_parser(name, help=helptext)
+        kp.add_argument("--institution", required=True)
+        kp.add_argument(
+            "--item", required=True, help="the institution's own item code (medins_list_codg)"
+        )
+        kp.add_argument("--from", dest="date_from")
+        kp.add_argument("--to", dest="date_to")
+        kp.add_argument("--json", action="store_true")
+        kp.add_argument("--csv", help="write the agency's CSV report here")
+        kp.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+        if name == "apply":
+            kp.add_argument("--limit", type=int, help="stop after N settlements (work in batches)")
+        add_database(kp)
+        kp.set_defaults(func=func)
+    plan_cli.add_commands(sub, add_database)
+    console_commands.add_commands(sub.choices["operators"], add_database)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point."""
+    logs.configure()
+    args = parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        # A configuration the gateway cannot use stops it before anything is touched, in one
+        # line naming the file, the key and its table.
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    return result

@@ -1,0 +1,28 @@
+"""The database every command works on: the `--database-url` option and where it points by
+default.
+
+Apart from `gateway.app.cli` so that the command groups it gathers (the emergency team's, the
+console's operators) can open the same database without importing the CLI that imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """--database-url, else GATEWAY_DATABASE_URL, else the embedded PostgreSQL under ./var/."""
+    url: str | None = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+    if url:
+        return url
+    # Imported here: the embedded server's wheel is loaded only when no URL is given.
+    from gateway.app.embedded import embedded_database_url
+
+    return embedded_database_url()
+
+
+def add_database(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url", help="PostgreSQL DSN (default: $GATEWAY_DATABASE_URL or embedded)"
+    )

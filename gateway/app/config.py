@@ -1,0 +1,233 @@
+"""config/gateway.toml as typed sections, and what a process starts from.
+
+Every table of the file is a msgspec Struct below (or, where the code that reads it lives in a
+module of its own, that module's Struct: `Limits`, `BreakerConfig`, `EdgeConfig`, `LoginPolicy`,
+`DateRules`, `FileLimits`). Each default is written once, in its Struct; a missing table or key
+takes it. An unknown table or key, or a value of the wrong type, stops start-up with one line
+naming the file, the key and its table (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from gateway.core.dates import DateRules
+from gateway.emergency.breaker import BreakerConfig
+from gateway.emergency.operators import LoginPolicy
+from gateway.jobs.reconcile import FileLimits
+from gateway.pipeline.edge import EdgeConfig
+from gateway.pipeline.ratelimit import Limits
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = ROOT / "config" / "gateway.toml"
+DEFAULT_REFERENCE = ROOT / "config" / "demo"
+DEFAULT_CREDENTIALS = DEFAULT_REFERENCE / "credentials.toml"
+DEFAULT_OPERATORS = DEFAULT_REFERENCE / "operators.toml"
+# The retention R2 asks for: a msgid answer is kept at least this many days.
+MIN_KEEP_DAYS = 7
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message names the key and its table."""
+
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table of gateway.toml: immutable, and a key it does not know is an error."""
+
+
+class Idempotency(Section, frozen=True):
+    """`[idempotency]`."""
+
+    keep_days: int = 8  # msgid answers are kept at least this long
+
+    def __post_init__(self) -> None:
+        # Enforced here, at start-up, rather than clamped where answers are purged: a file
+        # asking for less than R2 allows is a mistake to be told about, not silently corrected.
+        if self.keep_days < MIN_KEEP_DAYS:
+            raise ValueError(
+                f"keep_days = {self.keep_days}: msgid answers are kept at least"
+                f" {MIN_KEEP_DAYS} days (R2)"
+            )
+
+
+class Deadlines(Section, frozen=True):
+    """`[deadlines]`."""
+
+    call_seconds: float = 5.0  # a request not answered by then is answered "unavailable"
+
+
+class Breakers(Section, frozen=True):
+    """`[breakers.<dependency>]`: when each dependency's breaker opens and what the plan does.
+    A table for another name is refused (a misspelt dependency would otherwise go unwatched)."""
+
+    postgres: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    redis: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    legacy: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+
+
+class InstitutionTrigger(BreakerConfig, frozen=True, forbid_unknown_fields=True):
+    """`[triggers.institution]`: the breaker thresholds over one institution's calls, whose
+    defaults differ from a dependency's; tripping sets a plan rule for that institution
+    (visible to every process, cleared by a person or after `healthy_seconds`)."""
+
+    min_calls: int = 20
+    recover: Literal["auto", "manual"] = "manual"
+
+
+class Triggers(Section, frozen=True):
+    """`[triggers.*]`."""
+
+    institution: InstitutionTrigger = msgspec.field(default_factory=InstitutionTrigger)
+
+
+class Legacy(Section, frozen=True):
+    """`[legacy]`: route_legacy forwards envelopes here unchanged."""
+
+    url: str = ""
+    timeout_seconds: float = 10.0
+
+
+class JournalConfig(Section, frozen=True):
+    """`[journal]`: deferred claims while the ledger is down (fsynced)."""
+
+    dir: str = "var/journal"
+    # While the ledger's breaker is open, how long a retry's msgid look-up may take before the
+    # plan answers it from the local journal alone.
+    ledger_lookup_seconds: float = 0.3
+
+
+class PlanConfig(Section, frozen=True):
+    """`[plan]`."""
+
+    poll_seconds: float = 1.0  # besides the Redis announcement
+
+
+class GroupCommitConfig(Section, frozen=True):
+    """`[group_commit]` (gateway.pipeline.group_commit): writer tasks per process, settlements per
+    batch; 0 writers: every settlement commits on its own."""
+
+    writers: int = 4
+    max_batch: int = 128
+
+
+class LedgerPool(Section, frozen=True):
+    """`[ledger_pool]`: the share, in percent, of the ledger pool's connections and of the group
+    commit's writers one institution may hold at once (gateway.pipeline.ledger_shares); 0: no limit."""
+
+    institution_share_percent: int = 50
+
+
+class Uploads(Section, frozen=True):
+    """`[uploads]`: unsettled fee lines one visit may hold. Every pre-settlement and settlement
+    reads them all, so an upload past it is refused (settle, mid-way for a stay, then upload
+    the rest)."""
+
+    max_unsettled_lines_per_visit: int = 20000
+
+
+class Overload(Section, frozen=True):
+    """`[overload]` (gateway.pipeline.overload)."""
+
+    # Requests in flight per process past which new ones are answered busy at once (0: no
+    # limit), so latency stays bounded instead of growing with the backlog.
+    max_in_flight: int = 0
+    # Of that bound, the requests still receiving their body that one client address or one
+    # institution may hold: slow bodies cannot stall everyone else.
+    share: float = 0.25
+
+
+class GatewayConfig(Section, frozen=True):
+    """The whole file, one field per table, named as the table is."""
+
+    rate_limit: Limits = msgspec.field(default_factory=Limits)
+    idempotency: Idempotency = msgspec.field(default_factory=Idempotency)
+    deadlines: Deadlines = msgspec.field(default_factory=Deadlines)
+    breakers: Breakers = msgspec.field(default_factory=Breakers)
+    triggers: Triggers = msgspec.field(default_factory=Triggers)
+    legacy: Legacy = msgspec.field(default_factory=Legacy)
+    journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
+    reconcile_files: FileLimits = msgspec.field(default_factory=FileLimits)
+    plan: PlanConfig = msgspec.field(default_factory=PlanConfig)
+    group_commit: GroupCommitConfig = msgspec.field(default_factory=GroupCommitConfig)
+    ledger_pool: LedgerPool = msgspec.field(default_factory=LedgerPool)
+    uploads: Uploads = msgspec.field(default_factory=Uploads)
+    overload: Overload = msgspec.field(default_factory=Overload)
+    http: EdgeConfig = msgspec.field(default_factory=EdgeConfig)
+    # [console] is the console's log-in policy; read as `config.login` by gateway.emergency.console.
+    login: LoginPolicy = msgspec.field(default_factory=LoginPolicy, name="console")
+    dates: DateRules = msgspec.field(default_factory=DateRules)
+
+
+def decode_config(text: str | bytes, source: str = "the configuration") -> GatewayConfig:
+    """The TOML text as a GatewayConfig; ConfigError (one line) when it cannot be."""
+    try:
+        return msgspec.toml.decode(text, type=GatewayConfig)
+    except msgspec.ValidationError as exc:
+        # msgspec names the key and where it sits: "Object contains unknown field `foo` - at
+        # `$.http`", "Expected `float`, got `str` - at `$.deadlines.call_seconds`".
+        raise ConfigError(f"{source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
+def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:
+    """Read and check the file; a missing file means every default."""
+    if not path.exists():
+        return GatewayConfig()
+    return decode_config(path.read_bytes(), str(path))
+
+
+class Settings:
+    """What a process needs to start (Gateway.start); built by the CLI or by tests. The
+    configuration file is read and checked here, so a bad one stops the command before it
+    touches anything."""
+
+    __slots__ = (
+        "auth",
+        "catalog_poll_seconds",
+        "config",
+        "credentials_path",
+        "database_url",
+        "journal_dir",
+        "load_demo_if_empty",
+        "operators_path",
+        "pool_max",
+        "redis_url",
+        "reference_dir",
+        "region",
+    )
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        reference_dir: Path = DEFAULT_REFERENCE,
+        region: str = "441800",
+        load_demo_if_empty: bool = True,
+        pool_max: int = 16,
+        redis_url: str | None = None,
+        config_path: Path = DEFAULT_CONFIG,
+        config: GatewayConfig | None = None,
+        catalog_poll_seconds: float = 1.0,
+        auth: bool = True,
+        credentials_path: Path = DEFAULT_CREDENTIALS,
+        operators_path: Path = DEFAULT_OPERATORS,
+        journal_dir: Path | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.reference_dir = reference_dir
+        self.region = region  # receiver region, the first six digits of inf_refmsgid
+        self.load_demo_if_empty = load_demo_if_empty
+        self.pool_max = pool_max
+        self.redis_url = redis_url
+        self.config = config if config is not None else load_config(config_path)
+        # Polling the catalog version: a change reaches every process within ~2 s.
+        self.catalog_poll_seconds = catalog_poll_seconds
+        self.auth = auth
+        self.credentials_path = credentials_path
+        self.operators_path = operators_path
+        # Where this process journals deferred claims; None: the configuration's [journal] dir.
+        self.journal_dir = journal_dir if journal_dir is not None else Path(self.config.journal.dir)

@@ -1,0 +1,406 @@
+"""`python -m gateway plan|deferred|audit|encounter …`: the emergency team's commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from gateway.app.cli_database import database_url
+from gateway.app.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, Settings
+from gateway.core.money import fen_text
+from gateway.emergency.plan import status, store
+from gateway.ledger import db, deferred, inflight
+from gateway.ledger import plan as ledger_plan
+from gateway.ops import audit
+from gateway.ops.keys import PLAN_CHANNEL
+from gateway.protocol.errors import GatewayError
+from gateway.services import conversion
+
+if TYPE_CHECKING:
+    from gateway.app.runtime import Gateway
+
+WINDOWS_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "plan" / "windows.toml"
+
+
+def _operator(args: argparse.Namespace) -> str:
+    """Who made the change, for the audit log: --operator, else the login name."""
+    return str(args.operator or f"cli:{getpass.getuser()}")
+
+
+def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+    """Open the database, run one command; a refusal prints its message and exits 2."""
+
+    async def go() -> int:
+        pool = await db.create_pool(database_url(args), min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await db.migrate(conn)
+                return await work(conn)
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(go())
+    except GatewayError as exc:
+        print(f"refused: {exc.err_msg}", file=sys.stderr)
+        return 2
+
+
+async def _announce(args: argparse.Namespace, version: int) -> None:
+    """Running gateways poll every second anyway; Redis makes it immediate."""
+    url = getattr(args, "redis_url", None) or os.environ.get("GATEWAY_REDIS_URL")
+    if not url:
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        await client.publish(PLAN_CHANNEL, str(version))
+    except Exception:
+        print(
+            "warning: Redis announcement failed; gateways pick the change up by polling",
+            file=sys.stderr,
+        )
+    finally:
+        await client.aclose()
+
+
+def plan_show(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        plan = await ledger_plan.load(conn)
+        view = await status.overview(conn, plan, [], dt.datetime.now())
+        view.pop("breakers")  # per process: see the console or sgw_breaker_state
+        if args.json:
+            print(json.dumps(view, ensure_ascii=False, indent=2))
+            return 0
+        print(f"plan version {view['version']}: {view['state']}")
+        for r in view["rules"]:
+            print(
+                f"  {r['scope']:<28} {r['class']:<11} {r['action']:<13} {r['operator']}  {r['reason']}"
+            )
+        for w in view["windows_active"]:
+            print(
+                f"  window (active) {w['name']}: {w['scope']} {','.join(w['classes'])} {w['action']} until {w['ends']}"
+            )
+        for w in view["windows_coming"]:
+            print(
+                f"  window (coming) {w['name']}: {w['scope']} {','.join(w['classes'])} {w['action']} {w['begins']} – {w['ends']}"
+            )
+        d = view["deferred"]
+        print(
+            f"  deferred claims: {d['claims_pending']} waiting, {d['claims_settled']} settled,"
+            f" {d['claims_failed']} failed, {d['claims_withdrawn']} withdrawn"
+        )
+        return 0
+
+    return _run(args, work)
+
+
+def plan_set(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        version = await store.set_rule(
+            conn,
+            scope=args.scope,
+            klass=args.klass,
+            action=args.action,
+            reason=args.reason,
+            operator=_operator(args),
+        )
+        await _announce(args, version)
+        print(f"{args.scope}/{args.klass}: {args.action} (plan version {version})")
+        return 0
+
+    return _run(args, work)
+
+
+def plan_clear(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        version = await store.clear_rule(
+            conn, scope=args.scope, klass=args.klass, reason=args.reason, operator=_operator(args)
+        )
+        await _announce(args, version)
+        print(f"{args.scope}/{args.klass}: normal (plan version {version})")
+        return 0
+
+    return _run(args, work)
+
+
+def plan_windows(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        version = 0
+        if args.load:
+            if not args.reason:
+                print("refused: --load needs --reason", file=sys.stderr)
+                return 2
+            text = await asyncio.to_thread(Path(args.load).read_text, encoding="utf-8")
+            doc = tomllib.loads(text)
+            for w in doc.get("window", []):
+                version = await store.add_window(
+                    conn,
+                    name=w["name"],
+                    scope=w["scope"],
+                    classes=list(w["classes"]),
+                    action=w["action"],
+                    begins=w["begins"],
+                    ends=w["ends"],
+                    operator=_operator(args),
+                    reason=args.reason,
+                )
+        if args.remove is not None:
+            version = await store.remove_window(
+                conn, window_id=args.remove, operator=_operator(args), reason=args.reason or ""
+            )
+        if version:
+            await _announce(args, version)
+        plan = await ledger_plan.load(conn)
+        now = dt.datetime.now()
+        rows = [{**store.window_dict(w), "active": w.active(now)} for w in plan.windows]
+        if args.json:
+            print(json.dumps(rows, ensure_ascii=False, indent=2))
+        else:
+            for w in rows:
+                flag = "ACTIVE" if w["active"] else ""
+                print(
+                    f"{w['window_id']:>4} {w['name']:<20} {w['scope']:<20} {','.join(w['classes']):<30}"
+                    f" {w['action']:<12} {w['begins']} – {w['ends']} {flag}"
+                )
+        return 0
+
+    return _run(args, work)
+
+
+def plan_inflight(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        before = dt.datetime.fromisoformat(args.before)
+        found = await inflight.report(conn, before, args.institution)
+        if args.json:
+            print(json.dumps(found, ensure_ascii=False, indent=2))
+            return 0
+        if not found:
+            print(f"nothing in flight before {before:%Y-%m-%d %H:%M}")
+        for code, parts in found.items():
+            print(f"{code}:")
+            print(f"  admitted, not settled:    {len(parts['admitted_not_settled'])}")
+            for r in parts["admitted_not_settled"]:
+                print(f"    {r['mdtrt_id']} {r['ipt_no']} since {r['begntime']} ({r['status']})")
+            print(f"  uploaded, not settled:    {len(parts['uploaded_not_settled'])}")
+            for r in parts["uploaded_not_settled"]:
+                print(f"    {r['mdtrt_id']} {r['lines']} lines {fen_text(r['amount_fen'])}")
+            print(f"  pre-settled, not settled: {len(parts['presettled_not_settled'])}")
+            for r in parts["presettled_not_settled"]:
+                print(f"    {r['mdtrt_id']} {r['infno']} at {r['at']}")
+        return 0
+
+    return _run(args, work)
+
+
+async def _gateway(args: argparse.Namespace) -> Gateway:
+    """A gateway runtime over its own pool, to run the online handlers for replay; its journal
+    is --journal-dir when given (segments left there are drained first)."""
+    import adapters.his.transactions
+    import adapters.pos.pharmacy  # noqa: F401 - the handlers replay runs
+    from gateway.app.runtime import Gateway
+
+    settings = Settings(
+        database_url(args),
+        reference_dir=Path(args.reference_dir) if args.reference_dir else DEFAULT_REFERENCE,
+        region=args.region,
+        pool_max=2,
+        config_path=Path(args.config),
+        journal_dir=Path(args.journal_dir) if args.journal_dir else None,
+    )
+    return await Gateway.start(settings)
+
+
+def deferred_replay(args: argparse.Namespace) -> int:
+    from gateway.emergency.deferred import replay
+
+    async def work(conn: asyncpg.Connection) -> int:
+        gw = await _gateway(args)
+        try:
+            if args.journal_dir:
+                # Segments left by gateways that are gone are drained before the replay.
+                await replay.drain(gw, gw.journal)
+
+            def show(p: replay.Progress) -> None:
+                if not args.json:
+                    done = p.settled + len(p.failed)
+                    print(
+                        f"\rreplayed {done}/{p.total} ({len(p.failed)} failed)",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+            progress = await replay.replay(gw, show)
+        finally:
+            await gw.close()
+        if not args.json:
+            print(file=sys.stderr)
+        summary = {"total": progress.total, "settled": progress.settled, "failed": progress.failed}
+        if args.json:
+            print(json.dumps(summary, ensure_ascii=False, indent=2))
+        else:
+            print(f"settled {progress.settled} of {progress.total} deferred claims")
+            for f in progress.failed:
+                print(f"failed {f['claim_id']} ({f['mdtrt_id']}): {f['reason']}")
+        return 1 if progress.failed else 0
+
+    return _run(args, work)
+
+
+def deferred_list(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        rows = await deferred.claims(conn)
+        if args.status:
+            rows = [r for r in rows if r["status"] == args.status]
+        if args.json:
+            for r in rows:
+                print(json.dumps(r, ensure_ascii=False))
+            return 0
+        for r in rows:
+            owed = (
+                ""
+                if r["reimbursement_fen"] is None
+                else f" reimburse {fen_text(r['reimbursement_fen'])}"
+            )
+            print(
+                f"{r['claim_id']} {r['fixmedins_code']} {r['psn_no']} {r['mdtrt_id'] or '-'}"
+                f" {r['service_date']} {fen_text(r['medfee_sumamt'])} {r['status']}{owed}"
+                + (f" ({r['fail_reason']})" if r["fail_reason"] else "")
+            )
+        return 0
+
+    return _run(args, work)
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        verdict = await audit.verify(conn)
+        if verdict.broken_at is None:
+            print(f"audit log intact: {verdict.rows} rows")
+            return 0
+        print(f"audit log BROKEN at row {verdict.broken_at}: {verdict.problem}", file=sys.stderr)
+        return 1
+
+    return _run(args, work)
+
+
+def encounter_convert(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        psn_no = await conversion.convert(
+            conn, args.mdtrt_id, operator=_operator(args), reason=args.reason
+        )
+        print(f"{args.mdtrt_id}: converted to insured ({psn_no}); settle it with 2303/2304")
+        return 0
+
+    return _run(args, work)
+
+
+def operators_hash(args: argparse.Namespace) -> int:
+    """Print the scrypt hash of a password for config/…/operators.toml (read without echo)."""
+    from gateway.emergency.operators import hash_password
+
+    password = (
+        getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    )
+    if len(password) < 8:
+        print("refused: a password needs at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The plan, deferred, audit and encounter command groups."""
+    from gateway.emergency.plan.rules import ACTIONS, CLASSES
+
+    # The values, not the members: argparse names a wrong choice by the choices' repr.
+    classes = [c.value for c in CLASSES]
+
+    def common(p: argparse.ArgumentParser, *, changes: bool = False) -> None:
+        add_database(p)
+        if changes:
+            p.add_argument("--operator", help="recorded in the audit log (default cli:<login>)")
+            p.add_argument("--redis-url", default=os.environ.get("GATEWAY_REDIS_URL"))
+
+    p = sub.add_parser("plan", help="the emergency plan: rules, windows, in-flight work")
+    psub = p.add_subparsers(dest="plan_command", required=True)
+    ps = psub.add_parser("show", help="every rule in force, windows, deferred claims")
+    ps.add_argument("--json", action="store_true")
+    common(ps)
+    ps.set_defaults(func=plan_show)
+    pset = psub.add_parser("set", help="put a scope/class into degraded mode")
+    pset.add_argument(
+        "--scope", required=True, help="global | region:<admdvs> | institution:<code>"
+    )
+    pset.add_argument("--class", dest="klass", required=True, choices=classes)
+    pset.add_argument("--action", required=True, choices=[a.value for a in ACTIONS])
+    pset.add_argument("--reason", required=True)
+    common(pset, changes=True)
+    pset.set_defaults(func=plan_set)
+    pc = psub.add_parser("clear", help="back to normal for a scope/class")
+    pc.add_argument("--scope", required=True)
+    pc.add_argument("--class", dest="klass", required=True, choices=classes)
+    pc.add_argument("--reason", required=True)
+    common(pc, changes=True)
+    pc.set_defaults(func=plan_clear)
+    pw = psub.add_parser("windows", help="list cut-over windows; --load a timetable file")
+    pw.add_argument("--load", help=f"TOML timetable (example: {WINDOWS_EXAMPLE})")
+    pw.add_argument("--remove", type=int, help="window_id to remove")
+    pw.add_argument("--reason")
+    pw.add_argument("--json", action="store_true")
+    common(pw, changes=True)
+    pw.set_defaults(func=plan_windows)
+    pi = psub.add_parser("inflight", help="open work per institution before a window")
+    pi.add_argument("--before", required=True, help="window start, e.g. 2022-03-04T00:00")
+    pi.add_argument("--institution")
+    pi.add_argument("--json", action="store_true")
+    common(pi)
+    pi.set_defaults(func=plan_inflight)
+
+    d = sub.add_parser("deferred", help="deferred claims (主动报)")
+    dsub = d.add_subparsers(dest="deferred_command", required=True)
+    dr = dsub.add_parser("replay", help="settle pending claims in service-date order")
+    dr.add_argument("--json", action="store_true")
+    dr.add_argument("--config", default=str(DEFAULT_CONFIG))
+    dr.add_argument("--reference-dir")
+    dr.add_argument("--region", default="441800")
+    dr.add_argument("--journal-dir", help="drain journal segments left here first")
+    common(dr)
+    dr.set_defaults(func=deferred_replay)
+    dl = dsub.add_parser("list", help="every claim, its status, setlinfo and reimbursement")
+    dl.add_argument("--json", action="store_true", help="one JSON object per line")
+    dl.add_argument("--status", choices=("pending", "settled", "failed", "withdrawn"))
+    common(dl)
+    dl.set_defaults(func=deferred_list)
+
+    a = sub.add_parser("audit", help="the hash-chained audit log")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    av = asub.add_parser("verify", help="recompute the chain; exit 1 when broken")
+    common(av)
+    av.set_defaults(func=audit_verify)
+
+    o = sub.add_parser("operators", help="the console's operators")
+    osub = o.add_subparsers(dest="operators_command", required=True)
+    oh = osub.add_parser("hash", help="hash a password (stdin) for operators.toml")
+    oh.set_defaults(func=operators_hash)
+
+    e = sub.add_parser("encounter", help="visit operations")
+    esub = e.add_subparsers(dest="encounter_command", required=True)
+    ec = esub.add_parser("convert", help="自费转医保: a self-pay admission becomes insured")
+    ec.add_argument("--mdtrt-id", required=True)
+    ec.add_argument("--reason", required=True)
+    common(ec, changes=True)
+    ec.set_defaults(func=encounter_convert)

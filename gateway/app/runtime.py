@@ -1,0 +1,333 @@
+"""What one gateway process holds: the pool, the catalog snapshot, the reference files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from gateway.app.config import Settings
+from gateway.app.reference import Reference, load_reference
+from gateway.core.catalog import Snapshot
+from gateway.emergency import triggers
+from gateway.emergency.breaker import STATE_VALUE, Breaker
+from gateway.emergency.deferred.journal import Journal
+from gateway.emergency.plan import store as plan_store
+from gateway.emergency.plan.rules import CLASSES, Plan
+from gateway.emergency.triggers import InstitutionTriggers
+from gateway.ledger import db, idempotency, reference_store
+from gateway.ledger import plan as ledger_plan
+from gateway.ops import metrics
+from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
+from gateway.pipeline.grouped import Batches
+from gateway.pipeline.ledger_shares import LedgerShares, share_of
+from gateway.pipeline.ratelimit import Limiter
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger("gateway.catalog")
+
+# Builds the process's group commit from its pool and settings; None: no writers configured.
+GroupCommitFactory = Callable[[asyncpg.Pool, Settings], Batches | None]
+HELPER_THREAD_SLICE_SECONDS = 0.001
+plan_log = logging.getLogger("gateway.emergency.plan")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now()
+
+
+def _retire(holder: list[Snapshot], wait_seconds: float) -> None:
+    """Free a swapped-out snapshot off the loop, in pieces (runs in a thread).
+
+    Dropping half a million mappings at once is one C-level cascade that holds the interpreter
+    for ~25 ms; freed a few thousand at a time, the loop gets the interpreter back between
+    pieces. A snapshot still held by a request in flight is waited for (requests finish within
+    their deadline); if one still holds it then, it is left to be freed by its last user.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while sys.getrefcount(holder[0]) > 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # 2 = the holder list and getrefcount's own argument
+    snapshot = holder.pop()
+    if sys.getrefcount(snapshot) > 2:
+        return
+    pieces = snapshot.dismantle()
+    del snapshot
+    while pieces:
+        del pieces[-2000:]
+
+
+def _breaker_changed(b: Breaker) -> None:
+    """Every breaker transition is a plan-state change: a gauge, a counter and a log line."""
+    metrics.BREAKER_STATE.labels(b.name).set(STATE_VALUE[b.state])
+    metrics.PLAN_CHANGES.labels(f"breaker:{b.name}", "*", b.state).inc()
+    plan_log.warning(
+        "breaker %s", b.state, extra={"dependency": b.name, "state": b.state, "reason": b.reason}
+    )
+
+
+class Gateway:
+    """Process state shared by all requests; the snapshot is swapped, never mutated.
+
+    Built whole by `start` (the HTTP server and the CLI alike) and released by `close`: nothing
+    is set on it from outside.
+    """
+
+    __slots__ = (
+        "_refresh_lock",
+        "breakers",
+        "catalog_poll_seconds",
+        "config",
+        "group",
+        "journal",
+        "limiter",
+        "plan",
+        "pool",
+        "redis",
+        "reference",
+        "region",
+        "shares",
+        "snapshot",
+        "triggers",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        reference: Reference,
+        snapshot: Snapshot,
+        redis: Redis | None,
+        group_commit: GroupCommitFactory | None,
+    ) -> None:
+        config = settings.config
+        self.config = config
+        self.pool = pool
+        # Each institution's share of this pool's connections (gateway.pipeline.ledger_shares).
+        share = config.ledger_pool.institution_share_percent
+        self.shares = LedgerShares(share_of(pool.get_max_size(), share))
+        self.reference = reference
+        self.snapshot = snapshot
+        self.region = settings.region  # receiver region, the first six digits of inf_refmsgid
+        self.redis = redis  # shared fan-out when configured; never required
+        self.catalog_poll_seconds = settings.catalog_poll_seconds
+        self._refresh_lock = asyncio.Lock()
+        self.plan = Plan(version=0)
+        # Deferred claims while the ledger is unreachable; the segment is opened on first use.
+        self.journal = Journal(settings.journal_dir)
+        # Settlements committed in batches (None: each on its own, as the commands run them).
+        self.group = group_commit(pool, settings) if group_commit is not None else None
+        breakers = config.breakers
+        self.breakers: dict[str, Breaker] = {}
+        for name, cfg in (
+            ("postgres", breakers.postgres),
+            ("redis", breakers.redis),
+            ("legacy", breakers.legacy),
+        ):
+            breaker = Breaker(name, cfg, on_change=_breaker_changed)
+            metrics.prime_breaker(name)
+            self.breakers[name] = breaker
+        self.limiter = Limiter(config.rate_limit, redis)
+        self.limiter.breaker = self.breakers["redis"]
+        # Per institution: tripping writes its protective action as a plan rule.
+        self.triggers = InstitutionTriggers(
+            config.triggers.institution, self._trigger_rule, self._has_trigger_rule
+        )
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, *, group_commit: GroupCommitFactory | None = None
+    ) -> Gateway:
+        """Open the pool (and Redis, when configured), read the reference files, the first
+        snapshot and the plan: the whole process state, for the server and the CLI alike.
+        The server hands in its group commit (gateway.pipeline.group_commit.GroupCommit.for_process)."""
+        # Helper threads (snapshot indexes, freeing a retired snapshot) must hand the
+        # interpreter back to the event loop quickly: 1 ms instead of the default 5 ms keeps a
+        # reload of 500,000 mappings under the 10 ms loop-block budget (P7). With one busy
+        # thread, as in normal serving, the interval costs nothing.
+        sys.setswitchinterval(HELPER_THREAD_SLICE_SECONDS)
+        # A short connect timeout: an unreachable ledger must fail fast enough for the breaker.
+        pool = await db.create_pool(
+            settings.database_url,
+            min_size=min(2, settings.pool_max),
+            max_size=settings.pool_max,
+            timeout=3.0,
+        )
+        try:
+            reference = await asyncio.to_thread(load_reference, settings.reference_dir)
+            async with pool.acquire() as conn:
+                snapshot = await reference_store.read_snapshot(conn, reference)
+                plan = await ledger_plan.load(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        redis: Redis | None = None
+        if settings.redis_url:
+            import redis.asyncio as aioredis
+
+            redis = aioredis.Redis.from_url(
+                settings.redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
+            )
+        gw = cls(settings, pool, reference, snapshot, redis, group_commit)
+        gw.set_plan(plan)
+        return gw
+
+    async def close(self) -> None:
+        """Release what `start` opened; the background tasks are the caller's to stop first."""
+        self.journal.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.pool.close()
+
+    async def _trigger_rule(self, code: str, reason: str) -> None:
+        """An institution's trigger tripped: its protective action becomes a plan rule."""
+        async with self.pool.acquire(timeout=5.0) as conn:
+            await plan_store.set_rule(
+                conn,
+                scope=f"institution:{code}",
+                klass=triggers.CLASS,
+                action=self.config.triggers.institution.action,
+                reason=reason,
+                operator=triggers.OPERATOR,
+            )
+        await self.reload_plan(force=True)
+        await self.announce_plan_change()
+
+    def _has_trigger_rule(self, code: str) -> bool:
+        scope = f"institution:{code}"
+        return any(r.scope == scope and r.klass == triggers.CLASS for r in self.plan.rules)
+
+    def set_plan(self, plan: Plan) -> None:
+        """Swap the plan in force (one assignment) and export its state; every change of a
+        scope/class's action (rule set or cleared, window opening or closing) is counted."""
+        before, self.plan = self.plan, plan
+        now = _now()
+        scopes = {"global", *(r.scope for r in plan.rules), *(w.scope for w in plan.windows)}
+        scopes |= {r.scope for r in before.rules} | {w.scope for w in before.windows}
+        for scope in scopes:
+            for klass in CLASSES:
+                was = before.state_of(scope, klass, now)
+                is_ = plan.state_of(scope, klass, now)
+                metrics.PLAN_DEGRADED.labels(scope, klass).set(0 if is_ is None else 1)
+                old = (was.action, was.source) if was else None
+                new = (is_.action, is_.source) if is_ else None
+                if old != new and before.version:
+                    action = is_.action if is_ else "normal"
+                    metrics.PLAN_CHANGES.labels(scope, klass, action).inc()
+
+    async def reload_plan(self, *, force: bool = False) -> bool:
+        """Re-read the plan when its version moved; True when swapped."""
+        async with self.pool.acquire(timeout=2.0) as conn:
+            if not force and await ledger_plan.version(conn) == self.plan.version:
+                return False
+            plan = await ledger_plan.load(conn)
+        if plan.version != self.plan.version:
+            log.info("emergency plan reloaded", extra={"plan_version": plan.version})
+        self.set_plan(plan)
+        return True
+
+    async def watch_plan(self) -> None:
+        """Poll the plan version (the fallback when Redis is absent); also re-exports window
+        state as windows open and close."""
+        while True:
+            await asyncio.sleep(self.config.plan.poll_seconds)
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                async with asyncio.timeout(2):
+                    await self.reload_plan()
+            self.set_plan(self.plan)
+
+    async def announce_plan_change(self) -> None:
+        """Tell the other processes at once; polling catches up within a second anyway."""
+        if self.redis is None:
+            return
+        try:
+            await self.redis.publish(PLAN_CHANNEL, str(self.plan.version))
+        except Exception:
+            log.warning("plan change not published; other processes will poll")
+
+    def breaker_states(self) -> list[dict[str, Any]]:
+        """Every dependency breaker's state, and institutions whose trigger has tripped."""
+        return self.triggers.states() + [
+            {
+                "dependency": b.name,
+                "state": b.state,
+                "reason": b.reason,
+                "action": b.config.action,
+                "recover": b.config.recover,
+            }
+            for b in self.breakers.values()
+        ]
+
+    async def refresh_catalog(self, *, force: bool = False) -> bool:
+        """Rebuild the snapshot if the reference data changed; True when swapped."""
+        async with self._refresh_lock:
+            async with self.pool.acquire(timeout=5.0) as conn:
+                version = await reference_store.current_version(conn)
+                if version == self.snapshot.version and not force:
+                    return False
+                snapshot = await reference_store.read_snapshot(conn, self.reference)
+            retired = [self.snapshot]
+            self.snapshot = snapshot  # one reference assignment: requests see old or new, whole
+            log.info("catalog snapshot swapped", extra={"catalog_version": snapshot.version})
+        # Not awaited: the caller (a 3301's answer, the poller) need not wait for the old one.
+        asyncio.get_running_loop().run_in_executor(
+            None, _retire, retired, self.config.deadlines.call_seconds * 2
+        )
+        return True
+
+    async def watch_catalog(self) -> None:
+        """Poll the reference version; runs for the life of the process."""
+        while True:
+            await asyncio.sleep(self.catalog_poll_seconds)
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                await self.refresh_catalog()
+
+    async def purge_idempotency(self, every_seconds: float = 3600.0) -> None:
+        """Drop msgid answers past the retention, hourly; harmless when several workers do it."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                async with self.pool.acquire(timeout=60.0) as conn:
+                    await idempotency.purge(conn, self.config.idempotency.keep_days)
+
+    async def announce_catalog_change(self) -> None:
+        """Tell the other processes at once (best effort: polling still catches up)."""
+        if self.redis is None:
+            return
+        try:
+            await self.redis.publish(CATALOG_CHANNEL, str(self.snapshot.version))
+        except Exception:
+            log.warning("catalog change not published; other processes will poll")
+
+    async def listen_catalog_changes(self) -> None:
+        """Refresh when another process announces a change; reconnects after Redis trouble."""
+        while self.redis is not None:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(CATALOG_CHANNEL, PLAN_CHANNEL)
+                try:
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            channel = message.get("channel")
+                            plan = channel in (PLAN_CHANNEL, PLAN_CHANNEL.encode())
+                            with contextlib.suppress(
+                                OSError, asyncpg.PostgresError, asyncio.TimeoutError
+                            ):
+                                if plan:
+                                    await self.reload_plan()
+                                else:
+                                    await self.refresh_catalog()
+                finally:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(1.0)

@@ -1,0 +1,432 @@
+"""The HTTP face: the national endpoints, health, and the process's resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+import adapters.his.transactions
+import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
+from adapters.national.envelope import NOT_UTF8, base_infno, encode_response
+from gateway.app.appkeys import GATEWAY
+from gateway.app.config import DEFAULT_REFERENCE as DEFAULT_REFERENCE
+from gateway.app.config import Settings
+from gateway.app.reference import load_reference
+from gateway.app.runtime import Gateway
+from gateway.core.settle import FUND_NAMES
+from gateway.emergency import hook as emergency
+from gateway.emergency.console import install as install_console
+from gateway.ledger import db, reference_store
+from gateway.ops import metrics
+from gateway.pipeline import dispatch
+from gateway.pipeline.auth import AuthError, Verifier, load_credentials
+from gateway.pipeline.edge import (
+    GUARD,
+    PACER,
+    BodyRefused,
+    ConnectionGuard,
+    EdgeConfig,
+    EdgeRunner,
+    Pacer,
+    mark_requests,
+    read_body,
+)
+from gateway.pipeline.group_commit import GroupCommit
+from gateway.pipeline.overload import SHED_MESSAGE, Admission, UploadBudget
+from gateway.protocol import transaction
+from gateway.protocol.errors import BadRequest, Busy
+
+VERIFIER = web.AppKey("verifier", Verifier)
+ADMISSION = web.AppKey("admission", Admission)
+UPLOADS = web.AppKey("uploads", UploadBudget)
+access = logging.getLogger("gateway.access")
+ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
+CONSOLE_MAX_BODY = 64 * 1024
+_PATH_INFNO = re.compile(r"[0-9]{4}[A-Z]?")
+
+
+async def prepare_database(settings: Settings) -> None:
+    """Migrate, and load the demo data set into an empty database."""
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+            if settings.load_demo_if_empty and await reference_store.is_empty(conn):
+                await reference_store.load(conn, load_reference(settings.reference_dir))
+    finally:
+        await pool.close()
+
+
+def _envelope_error(message: str) -> web.Response:
+    now = dt.datetime.now()
+    body = encode_response(region="000000", received=now, output=None, err_msg=message)
+    return web.Response(body=body, content_type="application/json")
+
+
+def _refusal(outcome: dispatch.Outcome, started: float) -> web.Response:
+    """An answer given before the body was read: the connection is not reused, so a client
+    that is refused cannot keep the socket (what is left of its body is drained, not kept)."""
+    observe(outcome, time.perf_counter() - started)
+    response = web.Response(body=outcome.body, content_type="application/json")
+    response.force_close()
+    return response
+
+
+class _InfnoOnly(msgspec.Struct):
+    infno: str | int | None = None
+
+
+_infno_only = msgspec.json.Decoder(_InfnoOnly)
+
+
+async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
+    """Admission, then the signature, then the institution's upload budget, then the body:
+    nobody gets the process to buffer a body before it is known who sent it and that there is
+    room for it."""
+    gw = request.app[GATEWAY]
+    started = time.perf_counter()
+    if path_infno is not None and not _PATH_INFNO.fullmatch(path_infno):
+        bad = BadRequest("地址中的交易编号格式错误（应为4位数字）")
+        return _refusal(dispatch.refused(gw, bad, ""), started)
+    admission = request.app[ADMISSION]
+    if not admission.enter():
+        # Past the in-flight limit a request waits behind all the others and its latency grows
+        # without bound; a fast "busy" lets the counter retry (same msgid) or switch to plan B.
+        return _shed(gw, path_infno, started)
+    uploader: str | None = None  # the institution an admitted heavy upload is charged to
+    over_budget: web.Response | None = None
+    try:
+        verifier = request.app.get(VERIFIER)
+        authenticated: str | None = None
+        if verifier is not None:
+            try:
+                authenticated = await verifier.verify(request.headers)
+            except AuthError as exc:
+                return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
+        budget = request.app[UPLOADS]
+        payer = authenticated or f"address:{request.remote or ''}"
+        if budget.active and _heavy_from_headers(request, gw.config.http, path_infno):
+            refused = budget.take(payer, request.content_length or 0, time.monotonic())
+            if refused is not None:
+                over_budget = _refusal(_over_budget(gw, refused, path_infno), started)
+                return over_budget
+            uploader = payer
+        senders = _senders(request, authenticated)
+        if not admission.start_body(senders):
+            return _shed(gw, path_infno, started)
+        try:
+            body = await read_body(request, gw.config.http, path_infno)
+            if path_infno is None and len(body) > gw.config.http.body_limit_bytes:
+                _within_envelope_limit(body, gw.config.http)
+        except BodyRefused as exc:
+            return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
+        finally:
+            admission.end_body(senders)
+        if not _is_utf8(body):
+            return _refusal(dispatch.refused(gw, BadRequest(NOT_UTF8), path_infno or ""), started)
+        if (
+            budget.active
+            and uploader is None
+            and (
+                len(body) > gw.config.http.body_limit_bytes
+                or (path_infno is None and _names_upload(body, gw.config.http))
+            )
+        ):
+            # An upload the headers did not tell: sent chunked, or a small one on the national
+            # path, which names itself only inside the body. Read (within its limit), it is
+            # charged before anything else is done with it.
+            refused = budget.take(payer, len(body), time.monotonic())
+            if refused is not None:
+                over_budget = _refusal(_over_budget(gw, refused, path_infno), started)
+                return over_budget
+            uploader = payer
+        return await _admitted(request, gw, body, path_infno, authenticated, started)
+    finally:
+        admission.leave()
+        if uploader is not None:
+            budget.release(uploader)
+        if over_budget is not None:
+            # Answered after the pause, holding no slot: a sender that retries at once is
+            # slowed to one refusal per pause per connection.
+            await request.app[PACER].hold()
+
+
+def _heavy_from_headers(request: web.Request, edge: EdgeConfig, path_infno: str | None) -> bool:
+    """An upload by its headers: a transaction in the upload list by its path, or a body past
+    the general limit (only the batches may be that large; a larger one is refused anyway)."""
+    if path_infno is not None and base_infno(path_infno) in edge.upload_transactions:
+        return True
+    declared = request.content_length
+    return declared is not None and declared > edge.body_limit_bytes
+
+
+def _names_upload(body: bytes, edge: EdgeConfig) -> bool:
+    """Whether an envelope's own infno (decoded, not sniffed: an `infno` inside `input` must
+    not hide it) is in the upload list."""
+    try:
+        infno = _infno_only.decode(body).infno
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False  # not an envelope: dispatch refuses it with the reason
+    return base_infno(str(infno or "").strip()) in edge.upload_transactions
+
+
+def _over_budget(gw: Gateway, message: str, path_infno: str | None) -> dispatch.Outcome:
+    return dispatch.refused(gw, Busy(message), path_infno or "", outcome=dispatch.Result.BUSY)
+
+
+def _shed(gw: Gateway, path_infno: str | None, started: float) -> web.Response:
+    metrics.SHED.inc()
+    outcome = dispatch.refused(
+        gw, Busy(SHED_MESSAGE), path_infno or "", outcome=dispatch.Result.BUSY
+    )
+    return _refusal(outcome, started)
+
+
+def _senders(request: web.Request, authenticated: str | None) -> tuple[str, ...]:
+    """Who a body in transit is charged to: its client address and, once the signature named
+    it, its institution (a hospital's counters behind one NAT address share that address)."""
+    address = f"address:{request.remote or ''}"
+    return (address, f"institution:{authenticated}") if authenticated else (address,)
+
+
+def _is_utf8(body: bytes) -> bool:
+    """The whole body, not only the fields a transaction reads: a GBK byte anywhere is refused.
+    Validating is a copy at memory speed, small beside parsing the same bytes."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _within_envelope_limit(body: bytes, edge: EdgeConfig) -> None:
+    """A national-path body past the general limit was read for the infno its first bytes
+    named; the envelope's own infno must allow it too."""
+    try:
+        infno = str(_infno_only.decode(body).infno or "")
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return  # not an envelope at all: dispatch refuses it with the reason
+    if len(body) > edge.limit(infno):
+        raise BodyRefused(
+            f"请求报文过大（交易{infno}上限{edge.limit(infno) // 1024}KB），请分批上传"
+        )
+
+
+async def _admitted(
+    request: web.Request,
+    gw: Gateway,
+    body: bytes,
+    path_infno: str | None,
+    authenticated: str | None,
+    started: float,
+) -> web.Response:
+    request_id = secrets.token_hex(8)
+    # Shielded: a client that hangs up must not cut a settlement's commit in half. Bounded: a
+    # request stuck on a dead dependency past its deadline is still answered (retry the same
+    # msgid); the work goes on in the background and either commits with its answer journaled
+    # or rolls back.
+    work = asyncio.ensure_future(dispatch.handle(gw, body, path_infno, authenticated))
+    try:
+        outcome = await asyncio.wait_for(
+            asyncio.shield(work), gw.config.deadlines.call_seconds + ANSWER_GRACE_SECONDS
+        )
+    except TimeoutError:
+        outcome = dispatch.overdue(gw, path_infno or "")
+    elapsed = time.perf_counter() - started
+    observe(outcome, elapsed)
+    access.info(
+        "answered",
+        extra={
+            "request_id": request_id,
+            "infno": outcome.infno,
+            "msgid": outcome.msgid,
+            "fixmedins_code": outcome.fixmedins_code,
+            "terminal": outcome.terminal,
+            "outcome": outcome.outcome,
+            "ms": round(elapsed * 1000, 2),
+        },
+    )
+    return web.Response(
+        body=outcome.body, content_type=outcome.content_type, headers={"X-Request-Id": request_id}
+    )
+
+
+def observe(outcome: dispatch.Outcome, seconds: float) -> None:
+    """Metrics for one answer; the infno label only takes values from the transaction table."""
+    infno = outcome.infno if outcome.infno in transaction.TRANSACTIONS else "unknown"
+    metrics.REQUESTS.labels(infno, outcome.outcome).inc()
+    metrics.DURATION.labels(infno).observe(seconds)
+    if outcome.outcome is dispatch.Result.REPLAYED:
+        metrics.REPLAYS.inc()
+    if outcome.outcome is dispatch.Result.ERROR and outcome.fixmedins_code:
+        kind = "timeout" if outcome.timeout else "error"
+        metrics.INSTITUTION_ERRORS.labels(outcome.fixmedins_code, kind).inc()
+    if outcome.identity_failure:
+        terminal = metrics.terminal_label(outcome.fixmedins_code, outcome.terminal)
+        metrics.IDENTITY_FAILURES.labels(outcome.fixmedins_code, terminal).inc()
+    if outcome.mismatch:
+        metrics.RECONCILE_MISMATCHES.labels(outcome.fixmedins_code).inc()
+    for fund in outcome.paid:
+        # Prometheus samples are floats; this is a dashboard figure, the ledger keeps exact fen.
+        metrics.FUND_PAID.labels(fund.fund_pay_type).inc(fund.fund_payamt / 100)
+
+
+async def openapi_endpoint(request: web.Request) -> web.Response:
+    """GET /openapi.json — generated from the transactions' input types."""
+    from adapters.his.schema import openapi
+
+    return web.json_response(openapi())
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """GET /metrics — Prometheus text exposition."""
+    gw = request.app[GATEWAY]
+    metrics.CATALOG_VERSION.set(gw.snapshot.version)
+    metrics.DB_POOL_SIZE.labels("total").set(gw.pool.get_size())
+    metrics.DB_POOL_SIZE.labels("idle").set(gw.pool.get_idle_size())
+    return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+
+async def call_service(request: web.Request) -> web.Response:
+    """POST /fsi/api/rsfComIfsService/callService — infno in the envelope."""
+    return await _answer(request, None)
+
+
+async def call_by_path(request: web.Request) -> web.Response:
+    """POST /hsa/hgs/{infno} — Guangdong's shape, infno in the path."""
+    return await _answer(request, request.match_info["infno"])
+
+
+async def livez(request: web.Request) -> web.Response:
+    """The process is alive and its loop turns."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the ledger answers and a catalog snapshot is loaded."""
+    gw = request.app[GATEWAY]
+    checks: dict[str, object] = {"catalog_version": gw.snapshot.version}
+    ok = True
+    try:
+        async with asyncio.timeout(2):
+            async with gw.pool.acquire(timeout=2) as conn:
+                await db.ping(conn)
+        checks["database"] = "ok"
+    except (OSError, TimeoutError, Exception) as exc:
+        ok = False
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    checks["redis"] = await gw.limiter.redis_status()
+    checks["status"] = "ok" if ok else "unavailable"
+    return web.json_response(checks, status=200 if ok else 503)
+
+
+SETTLEMENT_PATHS = ("/fsi/", "/hsa/")
+INTERNAL_ERROR = "医保结算服务内部错误，交易未生效，请稍后使用相同报文ID重试"
+
+
+@web.middleware
+async def answer_always(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Whatever escapes a handler becomes an answer in the caller's own terms: an envelope on
+    the settlement endpoints, a JSON error on the console's API; never aiohttp's bare 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException:
+        raise
+    except Exception:
+        access.exception("unhandled failure", extra={"path": request.path})
+        if request.path.startswith(SETTLEMENT_PATHS):
+            return _envelope_error(INTERNAL_ERROR)
+        return web.json_response({"error": "服务内部错误，操作未生效，请稍后重试"}, status=500)
+
+
+def build_app(settings: Settings) -> web.Application:
+    """The application with its resources tied to its lifetime."""
+    # Settlement bodies are read by gateway.pipeline.edge with their own limits; this bound is for the
+    # console's forms and JSON, which are small.
+    app = web.Application(
+        client_max_size=CONSOLE_MAX_BODY, middlewares=[mark_requests, answer_always]
+    )
+    emergency.install()
+    overload, edge = settings.config.overload, settings.config.http
+    admission = Admission(overload.max_in_flight, overload.share)
+    guard = ConnectionGuard(edge)
+    uploads = UploadBudget(
+        per_institution=edge.uploads_per_institution,
+        rate=edge.upload_bytes_per_second,
+        burst=edge.upload_burst_bytes,
+        floor=edge.upload_min_bytes,
+    )
+    pacer = Pacer(edge)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        gw = await Gateway.start(settings, group_commit=GroupCommit.for_process)
+        app[GATEWAY] = gw
+        metrics.prime(
+            transaction.TRANSACTIONS,
+            [i.fixmedins_code for i in gw.snapshot.institutions],
+            list(FUND_NAMES),
+        )
+        if settings.auth:
+            credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
+            app[VERIFIER] = Verifier(credentials, gw.redis)
+        tasks = [
+            asyncio.create_task(gw.watch_catalog()),
+            asyncio.create_task(gw.watch_plan()),
+            asyncio.create_task(emergency.watch_ledger(gw)),
+            asyncio.create_task(gw.purge_idempotency()),
+        ]
+        if gw.redis is not None:
+            tasks.append(asyncio.create_task(gw.listen_catalog_changes()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await gw.close()
+
+    app.cleanup_ctx.append(resources)
+    app[ADMISSION] = admission
+    app[GUARD] = guard
+    app[UPLOADS] = uploads
+    app[PACER] = pacer
+    app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
+    app.router.add_post("/hsa/hgs/{infno}", call_by_path)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi_endpoint)
+    install_console(app, settings.operators_path)
+    return app
+
+
+async def _serve(app: web.Application, host: str, port: int, reuse_port: bool, idle: float) -> None:
+    runner = EdgeRunner(
+        app, access_log=None, handle_signals=True, shutdown_timeout=10, keepalive_timeout=idle
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        await asyncio.Event().wait()  # until SIGTERM/SIGINT raise GracefulExit
+    finally:
+        await runner.cleanup()  # graceful: in-flight requests get shutdown_timeout to finish
+
+
+def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, with every connection under the edge's guard."""
+    idle = settings.config.http.idle_seconds
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(_serve(build_app(settings), host, port, reuse_port, idle))

@@ -1,0 +1,253 @@
+"""Circuit breakers for the dependencies the emergency plan watches (ledger, Redis, legacy).
+
+A breaker opens when, over a sliding window with a minimum number of calls, the error or timeout
+ratio or the share of calls slower than the latency target crosses its threshold, or after a run
+of consecutive failures. It then stays open at least `min_open_seconds` (no flapping), lets a few
+probes through (half-open), and closes after the probes succeed and the dependency has been
+healthy for `healthy_seconds`; with `recover = "manual"` it waits for a person instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from gateway.emergency.plan.rules import ACTIONS, Action
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the sgw_breaker_state gauge
+NO_ACTION = "none"  # a breaker the plan does not act on (Redis: settlement never waits for it)
+
+
+class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`[breakers.<dependency>]` (and `[triggers.institution]`) in config/gateway.toml."""
+
+    window_seconds: float = 10.0
+    min_calls: int = 10
+    error_ratio: float = 0.5
+    timeout_ratio: float = 0.3
+    consecutive_failures: int = 5
+    latency_target_seconds: float = 1.0
+    slow_ratio: float = 0.8
+    min_open_seconds: float = 5.0
+    half_open_probes: int = 3
+    healthy_seconds: float = 5.0
+    recover: Literal["auto", "manual"] = "auto"
+    # What the plan applies while open (settlement/encounter classes): an Action's value, or
+    # NO_ACTION ("none" is no Action); `plan_action` is the Action.
+    action: str = Action.DEFER.value
+
+    def __post_init__(self) -> None:
+        if self.action != NO_ACTION and self.action not in ACTIONS:
+            raise ValueError(
+                f"breaker action {self.action!r}: one of {', '.join(ACTIONS)} or {NO_ACTION}"
+            )
+
+    @property
+    def plan_action(self) -> Action | None:
+        """The plan's action while the breaker is open; None when it applies none."""
+        return None if self.action == NO_ACTION else Action(self.action)
+
+
+@dataclass(slots=True)
+class Breaker:
+    name: str
+    config: BreakerConfig
+    clock: Callable[[], float] = time.monotonic
+    state: str = CLOSED
+    reason: str = ""
+    opened_at: float = 0.0
+    changed_at: float = 0.0
+    _events: deque[tuple[float, bool, bool, bool]] = field(default_factory=deque)
+    # Running totals over _events (failures, timeouts, slow calls): every request records an
+    # outcome, so the verdict must not rescan a window that holds thousands of them.
+    _failures: int = 0
+    _timeouts: int = 0
+    _slow: int = 0
+    _consecutive: int = 0
+    _probes_ok: int = 0
+    _healthy_since: float | None = None
+    probe_failed: bool = False  # the last probe found the dependency unreachable
+    on_change: Callable[[Breaker], None] | None = None
+
+    def _set(self, state: str, reason: str) -> None:
+        self.state = state
+        self.reason = reason
+        self.changed_at = self.clock()
+        if state == OPEN:
+            self.opened_at = self.changed_at
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.config.window_seconds
+        while self._events and self._events[0][0] < horizon:
+            _, ok, timeout, slow = self._events.popleft()
+            self._failures -= not ok
+            self._timeouts -= timeout
+            self._slow -= slow
+
+    def record(self, ok: bool, *, timeout: bool = False, seconds: float = 0.0) -> None:
+        """One call's outcome as seen by a request (not a probe)."""
+        now = self.clock()
+        slow = seconds > self.config.latency_target_seconds
+        if self.state != CLOSED:
+            if not ok:
+                self._healthy_since = None
+            return  # while open, only probes decide
+        self._events.append((now, ok, timeout, slow))
+        self._failures += not ok
+        self._timeouts += timeout
+        self._slow += slow
+        self._consecutive = 0 if ok else self._consecutive + 1
+        self._trim(now)
+        reason = self._verdict()
+        if reason:
+            self._trip(reason)
+
+    def _verdict(self) -> str:
+        c = self.config
+        if self._consecutive >= c.consecutive_failures:
+            return f"连续{self._consecutive}次失败"
+        n = len(self._events)
+        if n < c.min_calls:
+            return ""
+        errors, timeouts, slow = self._failures, self._timeouts, self._slow
+        if timeouts / n >= c.timeout_ratio:
+            return f"{c.window_seconds:g}秒内超时{timeouts}/{n}"
+        if errors / n >= c.error_ratio:
+            return f"{c.window_seconds:g}秒内失败{errors}/{n}"
+        if slow / n >= c.slow_ratio:
+            return f"{c.window_seconds:g}秒内{slow}/{n}次慢于{c.latency_target_seconds:g}秒"
+        return ""
+
+    def _reset(self) -> None:
+        """A state change starts the counting afresh."""
+        self._events.clear()
+        self._failures = self._timeouts = self._slow = 0
+        self._consecutive = 0
+        self._probes_ok = 0
+        self._healthy_since = None
+        self.probe_failed = False
+
+    def _trip(self, reason: str) -> None:
+        self._reset()
+        self._set(OPEN, reason)
+
+    @property
+    def is_open(self) -> bool:
+        """Requests take the protective path (open or half-open: probes are not requests)."""
+        return self.state != CLOSED
+
+    def probe_due(self) -> bool:
+        """Whether the prober should try the dependency now (only after the minimum open time)."""
+        if self.state == CLOSED:
+            return False
+        return self.clock() - self.opened_at >= self.config.min_open_seconds
+
+    def probe_result(self, ok: bool) -> None:
+        """A probe's outcome. Closing is the watcher's call (`ready_to_close`): it may have work
+        to finish first, such as draining the local journal into the ledger."""
+        now = self.clock()
+        if self.state == CLOSED:
+            return
+        self.probe_failed = not ok
+        if not ok:
+            self._probes_ok = 0
+            self._healthy_since = None
+            if self.state == HALF_OPEN:
+                self._set(OPEN, "探测失败：" + self.reason.removeprefix("探测失败："))
+            return
+        if self.state == OPEN:
+            self._set(HALF_OPEN, self.reason)
+        self._probes_ok += 1
+        if self._healthy_since is None:
+            self._healthy_since = now
+
+    def ready_to_close(self) -> bool:
+        """Healthy long enough; with manual recovery the person decides."""
+        return (
+            self.state == HALF_OPEN
+            and self._probes_ok >= self.config.half_open_probes
+            and self._healthy_since is not None
+            and self.clock() - self._healthy_since >= self.config.healthy_seconds
+        )
+
+    def close(self, reason: str) -> None:
+        self._reset()
+        self._set(CLOSED, reason)
+
+
+class LoopStalls:
+    """When the event loop stood still, measured by a ticker that should wake every `tick`.
+
+    Latency is measured around awaits; a request that waited on a blocked loop (a parse run on
+    it by mistake, a long C call) looks slow to its dependency. Breakers subtract the stall
+    (`stalled`), so that only the dependency's own slowness and failures count against it.
+    """
+
+    def __init__(self, tick: float = 0.02, keep_seconds: float = 120.0) -> None:
+        self.tick = tick
+        self.keep_seconds = keep_seconds
+        self.noticed = 2 * tick  # shorter gaps are scheduling jitter, not stalls
+        self._last = time.perf_counter()
+        self._stalls: deque[tuple[float, float]] = deque()
+        self._tickers = 0  # without a ticker nothing is known, and nothing is subtracted
+
+    async def run(self) -> None:
+        """The ticker; several may run on one loop (their stalls merge)."""
+        self._last = time.perf_counter()
+        self._tickers += 1
+        try:
+            while True:
+                await asyncio.sleep(self.tick)
+                now = time.perf_counter()
+                expected = self._last + self.tick
+                if now - expected > self.noticed:
+                    self._note(expected, now)
+                self._last = max(self._last, now)
+        finally:
+            self._tickers -= 1
+
+    def _note(self, start: float, end: float) -> None:
+        if self._stalls and start <= self._stalls[-1][1]:
+            s, e = self._stalls[-1]
+            self._stalls[-1] = (min(s, start), max(e, end))
+        else:
+            self._stalls.append((start, end))
+        while self._stalls and self._stalls[0][1] < end - self.keep_seconds:
+            self._stalls.popleft()
+
+    def stalled(self, since: float, now: float) -> float:
+        """Seconds of [since, now] the loop stood still, including a stall that is just ending
+        (the ticker has not run yet to record it)."""
+        total = 0.0
+        for s, e in reversed(self._stalls):
+            if e <= since:
+                break
+            total += max(0.0, min(e, now) - max(s, since))
+        ongoing = self._last + self.tick
+        if self._tickers and now - ongoing > self.noticed:
+            total += max(0.0, now - max(ongoing, since))
+        return total
+
+
+_STALLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopStalls] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_stalls() -> LoopStalls:
+    """The running loop's stall record (its ticker runs in gateway.emergency.hook.watch_ledger)."""
+    loop = asyncio.get_running_loop()
+    stalls = _STALLS.get(loop)
+    if stalls is None:
+        stalls = _STALLS[loop] = LoopStalls()
+    return stalls

@@ -1,0 +1,584 @@
+"""The emergency team's console (`/console`) and the same operations as a JSON API (`/api/…`).
+
+Operators log in (role viewer or operator); only operators change anything, every change needs
+a reason and lands in the hash-chained audit log, and takes effect in every process within 2 s
+(this process at once, the others by the Redis announcement or their poll).
+
+Log-ins are throttled (gateway.emergency.operators); the locks are listed on the page and at
+`/api/console/lockouts`, and operators clear them there. Every change comes from the console's own
+origin: forms carry the session's CSRF token, API calls are JSON and, when the session came from
+the cookie, carry it in `X-CSRF-Token`; every answer forbids framing and scripts (CSP).
+
+The routes are one table (`ROUTES`), each JSON API route marked with whether it changes things;
+`install` adds the table, the security headers and the hasher's shutdown. The handlers find the
+Gateway, the operators and the hasher on the application, under typed keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlencode, urlsplit
+
+import msgspec
+from aiohttp import web
+
+from gateway.app.appkeys import GATEWAY
+from gateway.emergency import operators
+from gateway.emergency.console import pages
+from gateway.emergency.plan import status, store
+from gateway.ops import audit
+from gateway.pipeline.edge import PACER
+from gateway.protocol.errors import BadRequest, GatewayError, NotFound
+
+COOKIE = "sgw_console"
+CSRF_HEADER = "X-CSRF-Token"
+OPERATORS = web.AppKey("operators", dict[str, operators.Operator])  # by log-in name
+HASHER = web.AppKey("hasher", operators.Hasher)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A JSON API handler, given the session its guard found (gateway.emergency.console._guarded).
+ApiHandler = Callable[[web.Request, operators.Session], Awaitable[web.Response]]
+LOGIN_MAX_BODY = 4096  # a name and a password
+BUSY = "登录请求过多，请稍后再试"
+# Served with every console page and API answer: no scripts, no framing, forms post only here;
+# the page's one inline style is allowed by its hash.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; style-src '{pages.STYLE_HASH}'; form-action 'self';"
+        " frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # Not no-referrer: under it a browser sends `Origin: null` with the console's own forms.
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class Refused(Exception):
+    """A console request refused with a status and a message for the operator."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def same_origin(request: web.Request) -> bool:
+    """False for a request a browser sent from another site: its Origin names another host, or
+    Fetch metadata says cross-site. Tools that send neither (curl, the CLI's clients) pass."""
+    if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def refusal_text(lock: operators.Lockout, policy: operators.LoginPolicy) -> str:
+    """What a refused log-in is told: a lock on this address (for every name or for this one),
+    or a name slowed down because others are guessing at it."""
+    until = lock.locked_until.astimezone() if lock.locked_until else None
+    if lock.kind == "operator":
+        when = f"{until:%H:%M:%S}" if until else ""
+        return (
+            f"该账号近期多次登录失败，正在限速（每{policy.guarded_interval_seconds:g}秒受理一次）："
+            f"请于{when}后再试；常用的登录电脑不受此限"
+        )
+    whom = "本机地址" if lock.kind == "address" else "该账号在本机地址"
+    return (
+        f"登录失败次数过多，{whom}已锁定至{until:%H:%M}；请稍后再试或联系值班负责人解锁"
+        if until
+        else f"登录失败次数过多，{whom}已锁定；请联系值班负责人解锁"
+    )
+
+
+def flash_signature(session: operators.Session, kind: str, text: str) -> str:
+    """A page message travels in the redirect's query with this signature, so that a link
+    crafted elsewhere cannot make the console show words of its author's choosing."""
+    key = operators.csrf_token(session).encode()
+    return hmac.new(key, f"{kind}:{text}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _decode_json(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except RecursionError:
+        raise Refused(400, "请求体JSON嵌套层数过多") from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise Refused(400, "请求体不是合法的UTF-8 JSON") from None
+
+
+def _see_other(location: str) -> web.Response:
+    """A 303 that can carry cookies (an HTTPException is not a response to decorate)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+async def session_via(request: web.Request) -> tuple[operators.Session | None, bool]:
+    """The session, and whether it came from the cookie (what a forged request carries)."""
+    header = request.headers.get("Authorization", "")
+    from_cookie = not header.startswith("Bearer ")
+    token = request.cookies.get(COOKIE, "") if from_cookie else header[7:]
+    async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
+        return await operators.find_session(conn, token), from_cookie
+
+
+async def session_of(request: web.Request) -> operators.Session | None:
+    return (await session_via(request))[0]
+
+
+async def credentials(request: web.Request, *, json_only: bool) -> tuple[str, str]:
+    if request.content_length is not None and request.content_length > LOGIN_MAX_BODY:
+        raise Refused(413, "请求过大")
+    if request.content_type == "application/json":
+        try:
+            doc = _decode_json(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            raise Refused(413, "请求过大") from None
+    elif json_only:
+        raise Refused(415, "请求体须为JSON（Content-Type: application/json）")
+    else:
+        try:
+            doc = dict(await request.post())
+        except (ValueError, UnicodeDecodeError, web.HTTPRequestEntityTooLarge):
+            raise Refused(400, "登录表单无法识别") from None
+    if not isinstance(doc, dict):
+        raise Refused(400, "请求体应为JSON对象")
+    login, password = doc.get("operator", ""), doc.get("password", "")
+    if not isinstance(login, str) or not isinstance(password, str):
+        raise Refused(400, "账号和密码应为文本")
+    return login, password
+
+
+async def check_login(request: web.Request, *, json_only: bool) -> operators.Operator:
+    """The operator these credentials prove; raises Refused. Throttled per name and per
+    address; an unknown name is hashed like a known one, on the hasher's threads.
+
+    The hashing budget is asked first, from memory: an attempt it refuses costs neither a
+    hash nor the ledger's throttle rows (a flood of made-up names used to cost two ledger
+    transactions a guess before it was answered busy). Only a known name can have desks, so
+    only a known name past its budget is looked up before it is refused."""
+    if not same_origin(request):
+        raise Refused(403, "拒绝来自其他站点的登录请求")
+    login, password = await credentials(request, json_only=json_only)
+    gw = request.app[GATEWAY]
+    policy = gw.config.login
+    hasher = request.app[HASHER]
+    hasher.configure(policy)
+    if hasher.pending >= policy.hash_threads + policy.hash_queue:
+        raise Refused(429, BUSY)
+    found = request.app[OPERATORS].get(login)
+    known = found is not None
+    address = request.remote or ""
+    paid = hasher.take(login, known=known)
+    if not paid and not known:
+        raise Refused(429, BUSY)
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        if not paid and not await operators.is_desk(conn, login, address):
+            raise Refused(429, BUSY)
+        lock = await operators.reserve_attempt(conn, policy, login, address)
+        desk = lock is None and not paid
+    if lock is not None:
+        if paid:
+            hasher.give_back(login, known=known)
+        raise Refused(429, refusal_text(lock, policy))
+    try:
+        ok = await hasher.check(
+            found.password if found else None, password, desk=desk, name=login, paid=paid
+        )
+    except operators.HashersBusy:
+        if paid:
+            hasher.give_back(login, known=known)
+        raise Refused(429, BUSY) from None
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        await operators.settle_attempt(conn, policy, login, address, ok)
+    if found is None or not ok:
+        raise Refused(401, "账号或密码不正确")
+    return found
+
+
+async def held(request: web.Request, refused: Refused) -> None:
+    """A log-in refused busy or locked is answered after the edge's pause: it cost little,
+    and a guesser that sends the next one as soon as it is answered gets one a pause per
+    connection instead of as many as it can send."""
+    pacer = request.app.get(PACER)
+    if refused.status == 429 and pacer is not None:
+        await pacer.hold()
+
+
+async def overview(request: web.Request) -> dict[str, Any]:
+    gw = request.app[GATEWAY]
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        return await status.overview(conn, gw.plan, gw.breaker_states(), dt.datetime.now())
+
+
+async def set_rule(
+    request: web.Request, session: operators.Session, values: dict[str, str]
+) -> None:
+    """Set a rule as this operator; raises GatewayError with a clerk's message."""
+    gw = request.app[GATEWAY]
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        await store.set_rule(
+            conn,
+            scope=values.get("scope", "").strip(),
+            klass=values.get("class", ""),
+            action=values.get("action", ""),
+            reason=values.get("reason", ""),
+            operator=session.login,
+        )
+    await gw.reload_plan(force=True)
+    await gw.announce_plan_change()
+
+
+async def clear_rule(
+    request: web.Request, session: operators.Session, values: dict[str, str]
+) -> None:
+    """Clear a rule as this operator; raises GatewayError with a clerk's message."""
+    gw = request.app[GATEWAY]
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        await store.clear_rule(
+            conn,
+            scope=values.get("scope", "").strip(),
+            klass=values.get("class", ""),
+            reason=values.get("reason", ""),
+            operator=session.login,
+        )
+    await gw.reload_plan(force=True)
+    await gw.announce_plan_change()
+
+
+async def lockout_list(request: web.Request) -> list[dict[str, Any]]:
+    gw = request.app[GATEWAY]
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        found = await operators.lockouts(conn, gw.config.login)
+    return [lock.as_json() for lock in found]
+
+
+async def unlock(request: web.Request, session: operators.Session, values: dict[str, Any]) -> str:
+    """Clear one name's or address's lock as this operator; raises GatewayError."""
+    kind, key = str(values.get("kind", "")), str(values.get("key", ""))
+    reason = str(values.get("reason", "")).strip()
+    if not reason:
+        raise BadRequest("解除登录锁定必须填写原因")
+    async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
+        try:
+            await operators.clear_lockout(conn, kind, key, operator=session.login, reason=reason)
+        except operators.NoSuchLockout:
+            raise NotFound("没有这条登录锁定记录") from None
+    return f"{pages.LOCK_KINDS.get(kind, kind)} {key} 已解除锁定"
+
+
+# ------------------------------------------------------------------------------ the page
+
+
+def flash(session: operators.Session, kind: str, text: str) -> web.HTTPSeeOther:
+    query = urlencode({kind: text, "sig": flash_signature(session, kind, text)})
+    return web.HTTPSeeOther("/console?" + query)
+
+
+def shown(request: web.Request, session: operators.Session, kind: str) -> str:
+    text = request.query.get(kind, "")
+    sig = request.query.get("sig", "")
+    if text and hmac.compare_digest(sig.encode(), flash_signature(session, kind, text).encode()):
+        return text
+    return ""  # not one this console wrote: not shown
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return web.Response(text=pages.login(), content_type="text/html")
+
+
+async def login_post(request: web.Request) -> web.StreamResponse:
+    try:
+        found = await check_login(request, json_only=False)
+    except Refused as exc:
+        await held(request, exc)
+        return web.Response(
+            text=pages.login(exc.message), content_type="text/html", status=exc.status
+        )
+    async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
+        session = await operators.open_session(conn, found)
+    response = _see_other("/console")
+    response.set_cookie(
+        COOKIE,
+        session.token,
+        httponly=True,
+        samesite="Strict",
+        max_age=operators.SESSION_HOURS * 3600,
+        path="/",
+    )
+    return response
+
+
+async def form_of(request: web.Request, session: operators.Session) -> dict[str, str]:
+    """A console form's fields, once it is known to come from the console's own page."""
+    if not same_origin(request):
+        raise web.HTTPForbidden(text="拒绝来自其他站点的请求")
+    try:
+        form = await request.post()
+    except (ValueError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text="表单无法识别") from None
+    if not hmac.compare_digest(
+        str(form.get("csrf", "")).encode(), operators.csrf_token(session).encode()
+    ):
+        raise web.HTTPForbidden(text="表单已失效，请刷新页面后重试")
+    return {k: str(v) for k, v in form.items() if k != "csrf"}
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    session = await session_of(request)
+    if session is not None:
+        await form_of(request, session)
+        async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
+            await operators.close_session(conn, session.token)
+    response = _see_other("/console/login")
+    response.del_cookie(COOKIE, path="/")
+    return response
+
+
+async def page(request: web.Request) -> web.Response:
+    session = await session_of(request)
+    if session is None:
+        raise web.HTTPSeeOther("/console/login")
+    view = await overview(request)
+    async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
+        rows = await audit.recent(conn, 30)
+    html = pages.console(
+        view,
+        rows,
+        login_name=session.login,
+        role=session.role,
+        csrf=operators.csrf_token(session),
+        message=shown(request, session, "msg"),
+        error=shown(request, session, "err"),
+        lockouts=await lockout_list(request),
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+async def changing_form(request: web.Request) -> tuple[operators.Session, dict[str, str]]:
+    """The session and fields of a form that changes something; a visitor without a session
+    is sent to log in, a viewer is refused."""
+    session = await session_of(request)
+    if session is None:
+        raise web.HTTPSeeOther("/console/login")
+    if not session.may_change:
+        raise web.HTTPForbidden(text="只读账号不能修改应急预案")
+    return session, await form_of(request, session)
+
+
+async def set_rule_form(request: web.Request) -> web.StreamResponse:
+    session, values = await changing_form(request)
+    try:
+        await set_rule(request, session, values)
+    except GatewayError as exc:
+        raise flash(session, "err", exc.err_msg) from None
+    raise flash(session, "msg", f"{_rule_target(values)} 已生效")
+
+
+async def clear_rule_form(request: web.Request) -> web.StreamResponse:
+    session, values = await changing_form(request)
+    try:
+        await clear_rule(request, session, values)
+    except GatewayError as exc:
+        raise flash(session, "err", exc.err_msg) from None
+    raise flash(session, "msg", f"{_rule_target(values)} 已恢复正常")
+
+
+async def unlock_form(request: web.Request) -> web.StreamResponse:
+    session, values = await changing_form(request)
+    try:
+        done = await unlock(request, session, values)
+    except GatewayError as exc:
+        raise flash(session, "err", exc.err_msg) from None
+    raise flash(session, "msg", done)
+
+
+def _rule_target(values: dict[str, str]) -> str:
+    return f"{values.get('scope', '').strip()}/{values.get('class', '')}"
+
+
+# -------------------------------------------------------------------------------- the API
+
+
+async def api_login(request: web.Request) -> web.Response:
+    try:
+        found = await check_login(request, json_only=True)
+    except Refused as exc:
+        await held(request, exc)
+        return web.json_response({"error": exc.message}, status=exc.status)
+    async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
+        session = await operators.open_session(conn, found)
+    return web.json_response(
+        {
+            "token": session.token,
+            "role": session.role,
+            "expires_at": session.expires_at.isoformat(),
+        }
+    )
+
+
+def _guarded(handler: ApiHandler, *, changes: bool) -> Handler:
+    """The API handler behind its guard: a session (cookie or bearer token); for a change, the
+    console's own origin, a JSON body, the CSRF header when the session came from the cookie,
+    and an operator's role."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if changes and not same_origin(request):
+            return web.json_response({"error": "拒绝来自其他站点的请求"}, status=403)
+        session, from_cookie = await session_via(request)
+        if session is None:
+            return web.json_response({"error": "请先登录"}, status=401)
+        if changes:
+            # A browser sends the cookie with any cross-site POST, even a text/plain one; it
+            # cannot send JSON or a custom header there without asking first (CORS).
+            if request.content_type != "application/json":
+                return web.json_response(
+                    {"error": "请求体须为JSON（Content-Type: application/json）"}, status=415
+                )
+            if from_cookie and not hmac.compare_digest(
+                request.headers.get(CSRF_HEADER, "").encode(),
+                operators.csrf_token(session).encode(),
+            ):
+                return web.json_response({"error": f"缺少或错误的{CSRF_HEADER}请求头"}, status=403)
+            if not session.may_change:
+                return web.json_response({"error": "只读账号不能修改应急预案"}, status=403)
+        return await handler(request, session)
+
+    return guarded
+
+
+async def api_plan(request: web.Request, session: operators.Session) -> web.Response:
+    return web.json_response(await overview(request))
+
+
+async def api_audit(request: web.Request, session: operators.Session) -> web.Response:
+    try:
+        limit = max(1, min(int(request.query.get("limit", "50")), 500))
+    except ValueError:
+        limit = 50
+    async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
+        return web.json_response(await audit.recent(conn, limit))
+
+
+async def api_lockouts(request: web.Request, session: operators.Session) -> web.Response:
+    return web.json_response(await lockout_list(request))
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        doc = _decode_json(await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        raise Refused(413, "请求过大") from None
+    if not isinstance(doc, dict):
+        raise Refused(400, "请求体应为JSON对象")
+    return doc
+
+
+RuleChange = Callable[[web.Request, operators.Session, dict[str, str]], Awaitable[None]]
+
+
+async def _api_rule_change(
+    request: web.Request, session: operators.Session, change: RuleChange
+) -> web.Response:
+    """A rule set or cleared from a JSON body; answers the plan as it is now."""
+    try:
+        doc = await json_body(request)
+    except Refused as exc:
+        return web.json_response({"error": exc.message}, status=exc.status)
+    try:
+        await change(request, session, {k: str(v) for k, v in doc.items()})
+    except GatewayError as exc:
+        return web.json_response({"error": exc.err_msg}, status=400)
+    return web.json_response(await overview(request))
+
+
+async def api_set_rule(request: web.Request, session: operators.Session) -> web.Response:
+    return await _api_rule_change(request, session, set_rule)
+
+
+async def api_clear_rule(request: web.Request, session: operators.Session) -> web.Response:
+    return await _api_rule_change(request, session, clear_rule)
+
+
+async def api_unlock(request: web.Request, session: operators.Session) -> web.Response:
+    """A lock cleared from a JSON body; answers the locks as they are now."""
+    try:
+        doc = await json_body(request)
+    except Refused as exc:
+        return web.json_response({"error": exc.message}, status=exc.status)
+    try:
+        await unlock(request, session, doc)
+    except GatewayError as exc:
+        return web.json_response({"error": exc.err_msg}, status=400)
+    return web.json_response(await lockout_list(request))
+
+
+# ----------------------------------------------------------------------- routes and install
+
+
+class Route(NamedTuple):
+    """A page, a form's target or the API's log-in: the handler answers the request."""
+
+    method: str
+    path: str
+    handler: Handler
+
+
+class ApiRoute(NamedTuple):
+    """A JSON API route: its handler runs behind the guard (`_guarded`), which hands it the
+    session; `changes` says whether it changes the plan or the log-in locks."""
+
+    method: str
+    path: str
+    handler: ApiHandler
+    changes: bool
+
+
+ROUTES: tuple[Route | ApiRoute, ...] = (
+    Route("GET", "/console/login", login_page),
+    Route("POST", "/console/login", login_post),
+    Route("POST", "/console/logout", logout),
+    Route("GET", "/console", page),
+    Route("POST", "/console/rules/set", set_rule_form),
+    Route("POST", "/console/rules/clear", clear_rule_form),
+    Route("POST", "/console/lockouts/clear", unlock_form),
+    Route("POST", "/api/console/login", api_login),
+    ApiRoute("GET", "/api/plan", api_plan, changes=False),
+    ApiRoute("POST", "/api/plan/rules", api_set_rule, changes=True),
+    ApiRoute("POST", "/api/plan/rules/clear", api_clear_rule, changes=True),
+    ApiRoute("GET", "/api/audit", api_audit, changes=False),
+    ApiRoute("GET", "/api/console/lockouts", api_lockouts, changes=False),
+    ApiRoute("POST", "/api/console/lockouts/clear", api_unlock, changes=True),
+)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith(("/console", "/api/")):
+        response.headers.update(SECURITY_HEADERS)
+
+
+async def stop_hasher(app: web.Application) -> None:
+    app[HASHER].close()
+
+
+def install(app: web.Application, operators_path: Path) -> None:
+    """Add the console's routes, its security headers and its hasher to the application."""
+    app[OPERATORS] = operators.load_operators(operators_path)
+    app[HASHER] = operators.Hasher()
+    app.on_response_prepare.append(security_headers)
+    app.on_cleanup.append(stop_hasher)
+    for route in ROUTES:
+        handler = (
+            _guarded(route.handler, changes=route.changes)
+            if isinstance(route, ApiRoute)
+            else route.handler
+        )
+        if route.method == "GET":
+            app.router.add_get(route.path, handler)  # HEAD too, as aiohttp's GET routes have
+        else:
+            app.router.add_route(route.method, route.path, handler)

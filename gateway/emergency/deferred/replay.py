@@ -1,0 +1,223 @@
+"""Recovery: drain the local journal into the ledger, apply journaled calls, replay claims.
+
+Claims are settled in service-date order with the rules in force on their service date, the
+accumulators at replay time and the personal account not used (settlement-rules §7), through the
+very handlers that settle online. Each claim is one transaction that also marks it settled, so a
+replay interrupted anywhere and run again settles nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from adapters.his import deferral, settling
+from gateway.app.runtime import Gateway
+from gateway.emergency.deferred.journal import Journal, read_segment
+from gateway.ledger import deferred, fees, idempotency, settlements
+from gateway.protocol.errors import Conflict, GatewayError, NotFound
+from gateway.protocol.transaction import TRANSACTIONS, Call, Mode
+
+log = logging.getLogger("gateway.replay")
+# Amounts in the stored setlinfo keep their exact wire text ("123.40"), never a float.
+_exact = msgspec.json.Decoder(float_hook=str)
+
+
+# ------------------------------------------------------------------------------------ draining
+
+
+async def drain(gw: Gateway, journal: Journal) -> int:
+    """Move every segment no running process holds into the ledger; returns entries moved.
+
+    The process's own segment is rotated first so that it is drained too. Inserting is keyed by
+    (institution, msgid): a segment drained twice adds nothing twice.
+    """
+    await journal.rotate()
+    moved = 0
+    for path, handle in journal.drainable():
+        try:
+            entries = list(read_segment(path))
+            async with gw.pool.acquire() as conn, conn.transaction():
+                for e in entries:
+                    moved += await _drain_one(conn, e)
+            path.unlink()
+            _fsync_dir(path.parent)
+            journal.forget(entries)
+        finally:
+            handle.close()
+    if moved:
+        log.warning("journal drained into the ledger", extra={"entries": moved})
+        await apply_calls(gw)
+    return moved
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _drain_one(conn: asyncpg.Connection, e: deferred.Entry) -> int:
+    infno = e.infno
+    if e.kind == "withdrawal":
+        assert e.claim_id is not None
+        await deferred.withdraw(conn, e.claim_id, e.fixmedins_code, e.psn_no, e.msgid)
+    elif not await deferred.insert(conn, e, "journal"):
+        return 0
+    # The msgid journal gets the answer the counter was given: a retry replays it.
+    fresh = await idempotency.record_deferred(
+        conn, e.fixmedins_code, e.msgid, infno, e.digest, e.answer
+    )
+    if not fresh and e.kind != "withdrawal":
+        # The ledger had answered this msgid before it became unreachable (a retry deferred
+        # while no look-up could reach it): replaying it would do it twice. The team settles
+        # the patient's cash against the original answer instead.
+        await deferred.fail_answered(
+            conn, e.fixmedins_code, e.msgid, DUPLICATE_REASON.format(msgid=e.msgid)
+        )
+    return 1
+
+
+DUPLICATE_REASON = (
+    "报文ID{msgid}在数据库中断前已办结，本笔为重发报文被暂存，不再补结算；"
+    "请按原结算核对参保人已付现金并办理退还"
+)
+
+
+# ------------------------------------------------------------------------------ journaled calls
+
+
+async def _run(
+    gw: Gateway, conn: asyncpg.Connection, row: deferred.Pending, now: dt.datetime
+) -> Any:
+    """Run a stored request through its transaction's handler; returns the handler's output."""
+    req = deferral.for_replay(deferral.request_of(row.body), await deferred.provisional_ids(conn))
+    institution = gw.snapshot.institution(req.fixmedins_code)
+    if institution is None:
+        raise NotFound(f"定点医药机构编号{req.fixmedins_code}未登记")
+    call = Call(gw, req, conn, now, institution, Mode.REPLAY)
+    if row.kind == "claim" and row.lines is not None:
+        answer = await settling.settle_claim(call, list(row.lines))
+    else:
+        answer = await TRANSACTIONS[req.infno].handler(call)
+    return _exact.decode(msgspec.json.encode(answer.output))
+
+
+async def apply_calls(gw: Gateway) -> tuple[int, int]:
+    """Apply pending journaled encounter calls in the order received; (applied, failed)."""
+    applied = failed = 0
+    async with gw.pool.acquire() as conn:
+        unfixed = await _unfixed(conn)
+        while True:
+            async with conn.transaction():
+                row = await deferred.next_pending(conn, "call", "seq")
+                await _fix_lines(conn, unfixed, None if row is None else row.seq)
+                if row is None:
+                    break
+                try:
+                    async with conn.transaction():  # a savepoint: a refusal leaves no trace
+                        output = await _run(gw, conn, row, row.received_at)
+                        if row.provisional_id:
+                            node = output.get("data") or output.get("result") or {}
+                            await deferred.record_provisional(
+                                conn, row.provisional_id, node["mdtrt_id"]
+                            )
+                    await deferred.mark_applied(conn, row.seq)
+                    applied += 1
+                except GatewayError as exc:
+                    await deferred.fail(conn, row.seq, exc.err_msg)
+                    failed += 1
+    return applied, failed
+
+
+async def _unfixed(conn: asyncpg.Connection) -> list[tuple[int, str]]:
+    """(seq, mdtrt_id) of the pending claims of a whole visit that do not name their lines yet."""
+    out: list[tuple[int, str]] = []
+    for r in await deferred.unfixed_claims(conn):
+        scope = deferral.claim_scope(deferral.request_of(bytes(r["body"])))
+        if scope is not None and scope[1] == fees.ALL:
+            out.append((int(r["seq"]), scope[0]))
+    return out
+
+
+async def _fix_lines(
+    conn: asyncpg.Connection, unfixed: list[tuple[int, str]], before: int | None
+) -> None:
+    """A claim covers the visit's lines uploaded before it in the order received: fixed once
+    every call before it is applied and none after it (`before`: the next call's seq)."""
+    while unfixed and (before is None or unfixed[0][0] < before):
+        seq, mdtrt_id = unfixed.pop(0)
+        visit = await deferred.visit_of(conn, mdtrt_id)
+        await deferred.fix_lines(
+            conn, seq, [ln.feedetl_sn for ln in await fees.unsettled(conn, visit)]
+        )
+
+
+# --------------------------------------------------------------------------------------- claims
+
+
+@dataclass(slots=True)
+class Progress:
+    total: int = 0
+    settled: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def replay(gw: Gateway, on_progress: Callable[[Progress], None] | None = None) -> Progress:
+    """Settle every pending claim in service-date order; safe to interrupt and run again."""
+    async with gw.pool.acquire() as lock_conn:
+        if not await deferred.try_lock_replay(lock_conn):
+            raise Conflict("已有补结算（deferred replay）正在进行，请勿重复启动")
+        try:
+            await apply_calls(gw)
+            return await _replay_claims(gw, on_progress)
+        finally:
+            try:
+                await deferred.unlock_replay(lock_conn)
+            except BaseException:
+                # The pool does not reset session locks: a connection that may still hold
+                # the lock is closed instead of going back (closing releases it).
+                lock_conn.terminate()
+                raise
+
+
+async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | None) -> Progress:
+    progress = Progress()
+    async with gw.pool.acquire() as conn:
+        progress.total = await deferred.pending_claims(conn)
+        while True:
+            async with conn.transaction():
+                row = await deferred.next_pending(conn, "claim", "service_date, seq")
+                if row is None:
+                    break
+                try:
+                    async with conn.transaction():
+                        output = await _run(gw, conn, row, dt.datetime.now())
+                        info = output["setlinfo"]
+                        _, cash = await settlements.paid(conn, info["setl_id"])
+                    # The patient paid the whole bill in cash; what they owe now is psn_cash_pay.
+                    owed = row.medfee_sumamt - cash
+                    await deferred.mark_settled(conn, row.seq, info["setl_id"], info, owed)
+                    progress.settled += 1
+                except GatewayError as exc:
+                    await deferred.fail(conn, row.seq, exc.err_msg)
+                    progress.failed.append(
+                        {
+                            "claim_id": row.claim_id,
+                            "mdtrt_id": row.mdtrt_id,
+                            "reason": exc.err_msg,
+                        }
+                    )
+            if on_progress is not None:
+                on_progress(progress)
+    return progress

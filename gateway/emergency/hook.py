@@ -1,0 +1,503 @@
+"""The emergency plan applied to requests: reject, defer (主动报), selfpay, route_legacy.
+
+The plan in force (rules and windows, `gateway.emergency.plan`) and the ledger's breaker decide; this module
+turns the decision into an answer. Installing it (`install()`) hooks it into dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from adapters.his import deferral
+from adapters.national.envelope import Request, encode_response
+from gateway.app.runtime import Gateway
+from gateway.core.model import Institution
+from gateway.emergency.breaker import Breaker, loop_stalls
+from gateway.emergency.deferred import PROVISIONAL_PREFIX
+from gateway.emergency.plan import store as plan_store
+from gateway.emergency.plan.rules import CLASSES, Action, Decision, TxClass
+from gateway.ledger import db, deferred, encounters, fees, idempotency, persons
+from gateway.ledger.deferred import Entry
+from gateway.ops import metrics
+from gateway.pipeline import dispatch
+from gateway.pipeline.dispatch import Detour
+from gateway.protocol.errors import Conflict, RuleRejected, Unavailable
+from gateway.protocol.transaction import Answer, Call, Deferral, Mode, Transaction
+
+log = logging.getLogger("gateway.emergency.hook")
+
+# The fixed answer of `reject` (documented in docs/emergency.md): the counter settles as self-pay.
+REJECT_MSG = (
+    "医保系统按应急预案暂停办理此项业务（{why}）：请按全自费结算并保留票据，"
+    "待系统恢复后按规定办理报销"
+)
+LEDGER_DOWN_MSG = (
+    "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
+)
+CANCEL_REFUSED_MSG = "应急处置期间不能撤销已完成的医保结算，请待系统恢复后再办理撤销"
+LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
+
+
+def decide(
+    gw: Gateway, tx: Transaction, institution: Institution, now: dt.datetime
+) -> Decision | None:
+    """The action for this request: the ledger's breaker first, then the plan."""
+    ledger = gw.breakers["postgres"]
+    if ledger.is_open:
+        takes = tx.klass in (TxClass.SETTLEMENT, TxClass.ENCOUNTER)
+        action = ledger.config.plan_action if takes else Action.REJECT
+        if action is not None:
+            return Decision(action, "global", tx.klass, "breaker:postgres", ledger.reason)
+    if tx.klass not in CLASSES:
+        return None
+    return gw.plan.decide(institution.fixmedins_code, institution.admdvs, tx.klass, now)
+
+
+def detours(
+    gw: Gateway, tx: Transaction, req: Request, institution: Institution, now: dt.datetime
+) -> Decision | None:
+    """The decision when it takes this request off the normal path (dispatch then answers a
+    retry from the msgid journals before `intercept` acts on it)."""
+    decision = decide(gw, tx, institution, now)
+    if decision is not None and decision.action is Action.SELFPAY and not tx.admits:
+        return None  # selfpay changes nothing but admissions
+    return decision
+
+
+async def intercept(
+    decision: Decision,
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body: bytes,
+    received: dt.datetime,
+) -> Detour | None:
+    ledger_down = decision.source == "breaker:postgres"
+    if decision.action is Action.REJECT:
+        raise RuleRejected(
+            LEDGER_DOWN_MSG if ledger_down else REJECT_MSG.format(why=decision.reason)
+        )
+    if decision.action is Action.ROUTE_LEGACY:
+        return await _route_legacy(gw, req, body)
+    if decision.action is Action.SELFPAY:
+        return Detour(mode=Mode.SELFPAY) if tx.admits else None
+    if decision.action is not Action.DEFER:
+        return None
+    role = tx.deferral
+    if role is Deferral.PRESETTLEMENT:
+        out = encode_response(
+            region=gw.region,
+            received=received,
+            output=deferral.presettle_output(req),
+            warn_msg="医保实时结算暂停（应急预案），本次费用须由参保人全额现金支付",
+        )
+        return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
+    if role is Deferral.CLAIM:
+        if ledger_down:
+            return await _journal_claim(gw, req, institution, body, received)
+        return Detour(
+            tx=dataclasses.replace(tx, name="暂存结算", handler=_defer_claim, grouped=None),
+            mode=Mode.DEFERRED,
+        )
+    if role is Deferral.CANCEL_CLAIM:
+        setl_id, _, _ = deferral.withdrawal_ref(req)
+        if not deferral.is_claim_id(setl_id):
+            raise Conflict(CANCEL_REFUSED_MSG)
+        if ledger_down:
+            return await _journal_withdrawal(gw, req, body, received)
+        return None  # the cancellation handlers withdraw claims themselves (gateway.emergency.hook)
+    if role is Deferral.CALL:
+        if ledger_down:
+            return await _journal_call(gw, req, institution, body, received)
+        return Detour(
+            tx=dataclasses.replace(tx, name="暂存业务", handler=_defer_call, grouped=None),
+            mode=Mode.DEFERRED,
+        )
+    if ledger_down:
+        raise Unavailable(LEDGER_DOWN_MSG)
+    if tx.klass in (TxClass.CATALOG, TxClass.RECONCILE):
+        raise RuleRejected(REJECT_MSG.format(why=decision.reason))
+    return None  # reads (1101, sign-in) go on as normal while the ledger answers
+
+
+# ------------------------------------------------------------------------ deferral in the ledger
+
+
+def _check_dates(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> None:
+    """The date bounds a settlement would apply, applied before a request is deferred."""
+    for name, moment in deferral.service_times(req):
+        gw.config.dates.check(name, moment, admdvs=institution.admdvs, now=now)
+
+
+async def _defer_claim(call: Call) -> Answer:
+    """A claim journaled in the ledger, inside the msgid transaction (so retries replay it)."""
+    req = call.req
+    facts = deferral.read_claim(req)
+    _check_dates(call.gw, req, call.institution, call.now)
+    await persons.require_certificate_of(call.conn, facts.psn_no, facts.cert)
+    service_date = facts.service_date
+    mdtrt_id = facts.mdtrt_id
+    visit = mdtrt_id
+    if facts.mdtrt_id and not facts.mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        # Locked: a claim and a real-time settlement of the same visit (one process still
+        # deferring, another back to normal) see each other, whichever commits second.
+        enc = await encounters.get(
+            call.conn, facts.mdtrt_id, req.fixmedins_code, psn_no=facts.psn_no, lock=True
+        )
+        encounters.require_open(enc)
+        service_date = enc.begntime.date()
+        visit = enc.mdtrt_id
+    scope = deferral.claim_scope(req)
+    lines: tuple[str, ...] | None = None
+    if scope is not None:
+        await _refuse_claimed_twice(call.conn, req.fixmedins_code, visit, scope[1])
+        if scope[1] == fees.ALL and not visit.startswith(PROVISIONAL_PREFIX):
+            lines = await _claimed_lines(call.conn, req.fixmedins_code, visit)
+    claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
+    if not mdtrt_id:
+        mdtrt_id = claim_id  # a pharmacy purchase's visit is made at replay
+    output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, call.now)
+    entry = _entry(
+        "claim",
+        req,
+        call.now,
+        psn_no=facts.psn_no,
+        mdtrt_id=facts.mdtrt_id,
+        service_date=service_date or call.now.date(),
+        medfee_sumamt=facts.medfee_sumamt,
+        claim_id=claim_id,
+        lines=lines,
+    )
+    await deferred.insert(call.conn, entry, "ledger")
+    return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
+
+
+async def _claimed_lines(
+    conn: asyncpg.Connection, fixmedins_code: str, visit: str
+) -> tuple[str, ...] | None:
+    """The lines a claim of the whole visit covers: those unsettled as it is taken, since lines
+    uploaded afterwards are settled by a later settlement (a mid-way 2304 followed by more fees).
+    None while the institution's deferred calls wait: their lines belong to the claim when they
+    came before it, and replay fixes the lines once it has applied them (in order)."""
+    if await deferred.calls_waiting(conn, fixmedins_code):
+        return None
+    return tuple(ln.feedetl_sn for ln in await fees.unsettled(conn, visit))
+
+
+async def _refuse_claimed_twice(
+    conn: asyncpg.Connection, fixmedins_code: str, visit: str, lines: str
+) -> None:
+    """A claim of lines already under a pending claim, or already settled, is refused: the
+    counter would collect the full amount in cash a second time for one bill."""
+    claims = await deferred.pending_on_visits(conn, [await deferred.visit_of(conn, visit)])
+    deferral.refuse_if_held(deferral.held_lines(claims, fixmedins_code), lines)
+    if lines != fees.ALL and await fees.batch_settled(conn, visit, lines):
+        raise Conflict(f"收费批次{lines}已结算，请勿重复结算")
+
+
+async def _defer_call(call: Call) -> Answer:
+    """An encounter call stored to be applied at recovery; a new visit gets a provisional id."""
+    req = call.req
+    _check_dates(call.gw, req, call.institution, call.now)
+    provisional = None
+    if deferral.opens_visit(req.infno):
+        provisional = deferral.new_provisional_id(call.institution.admdvs, call.now)
+    entry = _entry("call", req, call.now, provisional_id=provisional)
+    await deferred.insert(call.conn, entry, "ledger")
+    ref = provisional or req.msgid
+    return Answer(
+        deferral.call_output(req, provisional), warn_msg=deferral.CALL_WARN.format(ref=ref)
+    )
+
+
+def _entry(kind: str, req: Request, received: dt.datetime, **fields: Any) -> Entry:
+    """A deferred item of this request; `fields` fill in what the kind knows."""
+    base: dict[str, Any] = {
+        "kind": kind,
+        "fixmedins_code": req.fixmedins_code,
+        "msgid": req.msgid,
+        "infno": req.infno,
+        "psn_no": "",
+        "mdtrt_id": "",
+        "service_date": received.date(),
+        "medfee_sumamt": 0,
+        "body": deferral.stored_request(req),
+        "answer": b"",
+        "received_at": received,
+    }
+    return Entry(**(base | fields))
+
+
+# ------------------------------------------------------------------ deferral in the local journal
+
+
+async def _journal_append(gw: Gateway, e: Entry) -> None:
+    await gw.journal.append(e)
+
+
+async def _journal_claim(
+    gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
+) -> Detour:
+    facts = deferral.read_claim(req)
+    _check_dates(gw, req, institution, received)
+    claim_id = deferral.new_claim_id(institution.admdvs, received)
+    mdtrt_id = facts.mdtrt_id or claim_id
+    journal = gw.journal
+    scope = deferral.claim_scope(req)
+    if scope is not None:
+        # Only this process's journal is known while the ledger is away; held before the
+        # write, so two claims of one batch arriving together cannot both pass.
+        deferral.refuse_if_held(journal.held_on(req.fixmedins_code, scope[0]), scope[1])
+        journal.hold(deferred.Held(claim_id, req.infno, scope[1]), req.fixmedins_code, scope[0])
+    out = encode_response(
+        region=gw.region,
+        received=received,
+        output=deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, received),
+        warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id),
+    )
+    try:
+        await _journal_append(
+            gw,
+            _entry(
+                "claim",
+                req,
+                received,
+                psn_no=facts.psn_no,
+                mdtrt_id=facts.mdtrt_id,
+                service_date=facts.service_date or received.date(),
+                medfee_sumamt=facts.medfee_sumamt,
+                answer=out,
+                digest=idempotency.digest(body),
+                claim_id=claim_id,
+            ),
+        )
+    except BaseException:
+        journal.let_go(claim_id)
+        raise
+    return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
+
+
+async def _journal_call(
+    gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
+) -> Detour:
+    _check_dates(gw, req, institution, received)
+    provisional = None
+    if deferral.opens_visit(req.infno):
+        provisional = deferral.new_provisional_id(institution.admdvs, received)
+    out = encode_response(
+        region=gw.region,
+        received=received,
+        output=deferral.call_output(req, provisional),
+        warn_msg=deferral.CALL_WARN.format(ref=provisional or req.msgid),
+    )
+    await _journal_append(
+        gw,
+        _entry(
+            "call",
+            req,
+            received,
+            answer=out,
+            digest=idempotency.digest(body),
+            provisional_id=provisional,
+        ),
+    )
+    return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
+
+
+async def _journal_withdrawal(
+    gw: Gateway, req: Request, body: bytes, received: dt.datetime
+) -> Detour:
+    setl_id, _, psn_no = deferral.withdrawal_ref(req)
+    journal = gw.journal
+    held = journal.claims.get(setl_id)
+    if held is None or held.fixmedins_code != req.fixmedins_code or held.psn_no != psn_no:
+        # Only a claim this process holds can be withdrawn while the ledger is away.
+        raise Unavailable("医保结算数据库暂不可用，暂存结算请待系统恢复后再撤销")
+    if setl_id in journal.withdrawn:
+        raise Conflict(f"暂存结算{setl_id}已撤销，不能重复撤销")
+    row = {"claim_id": setl_id, "mdtrt_id": held.mdtrt_id, "msgid": held.msgid}
+    out = encode_response(
+        region=gw.region,
+        received=received,
+        output=deferral.withdrawal_output(deferral.request_of(held.body), row, received),
+        warn_msg=f"暂存结算{setl_id}已撤销",
+    )
+    await _journal_append(
+        gw,
+        _entry(
+            "withdrawal",
+            req,
+            received,
+            psn_no=psn_no,
+            mdtrt_id=held.mdtrt_id,
+            answer=out,
+            digest=idempotency.digest(body),
+            claim_id=setl_id,
+        ),
+    )
+    journal.let_go(setl_id)
+    return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
+
+
+# ---------------------------------------------------------------------------------- route_legacy
+
+
+async def _route_legacy(gw: Gateway, req: Request, body: bytes) -> Detour:
+    """Forward the envelope unchanged and relay the old system's answer."""
+    breaker = gw.breakers["legacy"]
+    url = gw.config.legacy.url
+    if not url:
+        raise Unavailable("应急预案要求转原系统办理，但未配置原系统地址，请联系运维")
+    if breaker.is_open and not breaker.probe_due():
+        raise Unavailable(LEGACY_DOWN_MSG)
+    started = asyncio.get_running_loop().time()
+    try:
+        timeout = aiohttp.ClientTimeout(total=gw.config.legacy.timeout_seconds)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp,
+        ):
+            answer = await resp.read()
+            if resp.status >= 500:
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status
+                )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        _note(breaker, False, isinstance(exc, TimeoutError), started)
+        log.warning("legacy endpoint failed", extra={"infno": req.infno, "error": repr(exc)})
+        raise Unavailable(LEGACY_DOWN_MSG) from None
+    _note(breaker, True, False, started)
+    return Detour(answer=answer, outcome=dispatch.Result.LEGACY)
+
+
+def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
+    now = asyncio.get_running_loop().time()
+    # The loop's clock is time.monotonic; stalls are kept in perf_counter: compare durations.
+    since = time.perf_counter() - (now - started)
+    stalled = loop_stalls().stalled(since, time.perf_counter())
+    seconds = max(0.0, now - started - stalled)
+    if timeout and stalled > 0.0 and seconds < breaker.config.latency_target_seconds:
+        return  # the old system was not given its time: the loop stood still
+    if breaker.is_open:
+        breaker.probe_result(ok)
+        if breaker.ready_to_close():
+            breaker.close("原系统恢复")
+    else:
+        breaker.record(ok, timeout=timeout, seconds=seconds)
+
+
+# --------------------------------------------------------------------------------- observation
+
+
+def observe(gw: Gateway, fixmedins_code: str, ok: bool, timeout: bool, seconds: float) -> None:
+    """Feed the ledger's breaker (and the institution trigger) from every call that used it."""
+    gw.breakers["postgres"].record(ok, timeout=timeout, seconds=seconds)
+    gw.triggers.record(fixmedins_code, ok, timeout, seconds)
+
+
+async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
+    """Probe the ledger while its breaker is open; drain the journal, then close.
+
+    Also drains segments left by processes that died (their locks are gone), and exports the
+    number of claims waiting. The breakers discount time the loop stood still: the ticker that
+    measures it lives as long as this watcher."""
+    ticker = asyncio.create_task(loop_stalls().run())
+    try:
+        await _watch_ledger(gw, every)
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+
+
+async def _watch_ledger(gw: Gateway, every: float) -> None:
+    from gateway.emergency.deferred import (
+        replay,  # replay imports the handlers, which import this module
+    )
+
+    breaker = gw.breakers["postgres"]
+    last_sweep = 0.0
+    while True:
+        await asyncio.sleep(every)
+        loop_now = asyncio.get_running_loop().time()
+        try:
+            if breaker.is_open:
+                if breaker.probe_due():
+                    breaker.probe_result(await _probe(gw))
+                    if breaker.ready_to_close() and await _may_close(gw, breaker):
+                        async with asyncio.timeout(30):
+                            await replay.drain(gw, gw.journal)
+                        breaker.close("数据库恢复，暂存业务已转入账本")
+            elif loop_now - last_sweep >= 5.0:
+                last_sweep = loop_now
+                async with asyncio.timeout(10):
+                    # Claims appended while the previous drain ran, and segments of dead processes.
+                    if gw.journal.holds_anything or gw.journal.drainable_exists():
+                        await replay.drain(gw, gw.journal)
+                    async with gw.pool.acquire(timeout=2.0) as conn:
+                        waiting = await deferred.pending_claims(conn)
+                    metrics.DEFERRED_CLAIMS.set(waiting)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("ledger watch step failed", exc_info=True)
+
+
+LEDGER_TRIGGER = "trigger:postgres"
+
+
+async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
+    """Automatic recovery closes at once. Manual recovery waits for a person: the protective
+    action is written as a global plan rule (the ledger answers again by now), and the breaker
+    closes once the team has cleared it (`plan clear --scope global --class settlement`)."""
+    if breaker.config.recover == "auto":
+        return True
+    held = any(
+        r.scope == "global" and r.klass is TxClass.SETTLEMENT and r.operator == LEDGER_TRIGGER
+        for r in gw.plan.rules
+    )
+    if breaker.reason.startswith("待人工恢复"):
+        return not held
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        await plan_store.set_rule(
+            conn,
+            scope="global",
+            klass=TxClass.SETTLEMENT,
+            action=breaker.config.action,
+            reason=f"待人工恢复：账本数据库已恢复连接，熔断原因：{breaker.reason}",
+            operator=LEDGER_TRIGGER,
+        )
+    await gw.reload_plan(force=True)
+    await gw.announce_plan_change()
+    breaker.reason = "待人工恢复：" + breaker.reason
+    return False
+
+
+async def _probe(gw: Gateway) -> bool:
+    try:
+        async with asyncio.timeout(1.0), gw.pool.acquire(timeout=1.0) as conn:
+            await db.ping(conn)
+        return True
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return False
+
+
+PLAN = dispatch.PlanHook(detours, intercept)
+
+
+def install() -> None:
+    """Hook the plan into dispatch (idempotent)."""
+    if PLAN not in dispatch.PLAN_HOOK:
+        dispatch.PLAN_HOOK.append(PLAN)
+    if observe not in dispatch.OBSERVERS:
+        dispatch.OBSERVERS.append(observe)

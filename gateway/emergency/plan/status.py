@@ -1,0 +1,63 @@
+"""What the emergency team sees: every scope's state, windows, breakers, deferred claims, replay.
+
+One function feeds the console page, its JSON API and `plan show`, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import asyncpg
+
+from gateway.emergency.plan import store
+from gateway.emergency.plan.rules import Plan
+from gateway.ledger import deferred
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.isoformat(sep=" ", timespec="seconds")
+
+
+def plan_view(plan: Plan, now: dt.datetime) -> dict[str, Any]:
+    """Rules in force, and windows active and coming, as plain values."""
+    return {
+        "version": plan.version,
+        "rules": [
+            {
+                "scope": r.scope,
+                "class": r.klass,
+                "action": r.action,
+                "reason": r.reason,
+                "operator": r.operator,
+                "set_at": _iso(r.set_at),
+                "state": "degraded",
+            }
+            for r in plan.rules
+        ],
+        "windows_active": [store.window_dict(w) for w in plan.windows if w.active(now)],
+        "windows_coming": [store.window_dict(w) for w in plan.windows if w.begins > now],
+    }
+
+
+async def overview(
+    conn: asyncpg.Connection, plan: Plan, breakers: list[dict[str, Any]], now: dt.datetime
+) -> dict[str, Any]:
+    """Everything on the console page, from one connection."""
+    view = plan_view(plan, now)
+    counts = await deferred.counts(conn)
+    replaying = await deferred.replay_running(conn)
+    view["breakers"] = breakers
+    view["deferred"] = counts
+    view["replay"] = {
+        "running": replaying,
+        "done": counts["claims_settled"] + counts["claims_failed"],
+        "total": counts["claims_settled"] + counts["claims_failed"] + counts["claims_pending"],
+        "failed": counts["claims_failed"],
+    }
+    view["state"] = (
+        "recovering"
+        if replaying
+        else ("degraded" if view["rules"] or view["windows_active"] else "normal")
+    )
+    return view

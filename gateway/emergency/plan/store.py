@@ -1,0 +1,198 @@
+"""Changes to the plan: rules and windows checked, written with their audit rows.
+
+Every change bumps `plan_version` and appends an audit row in the same transaction, so a change
+is either visible everywhere with its audit row or not at all. The rows themselves are
+gateway.ledger.plan's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import asyncpg
+
+from gateway.emergency.plan.rules import (
+    Action,
+    Rule,
+    TxClass,
+    Window,
+    check_action,
+    check_class,
+    check_scope,
+)
+from gateway.ledger import plan, reference_store
+from gateway.ops import audit
+from gateway.protocol.errors import BadRequest, NotFound
+
+
+async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
+    """A scope that names something the reference data holds: a rule or window for a code no
+    institution has would match no request while the console shows the plan degraded, so a typo
+    made during an emergency is refused here rather than silently doing nothing."""
+    check_scope(scope)
+    kind, _, code = scope.partition(":")
+    if kind == "institution":
+        if not await reference_store.institution_known(conn, code):
+            raise BadRequest(f"范围{scope}无效：定点医药机构编号{code}未登记，请核对机构编号")
+    elif kind == "region" and not await reference_store.region_known(conn, code):
+        raise BadRequest(f"范围{scope}无效：医保区划{code}下没有登记的定点医药机构，请核对区划代码")
+    return scope
+
+
+def _reason(reason: str) -> str:
+    reason = reason.strip()
+    if len(reason) < 2:
+        raise BadRequest("请填写变更原因")
+    return reason
+
+
+def rule_dict(rule: Rule | None) -> dict[str, Any] | None:
+    if rule is None:
+        return None
+    return {"scope": rule.scope, "class": rule.klass, "action": rule.action, "reason": rule.reason}
+
+
+async def set_rule(
+    conn: asyncpg.Connection, *, scope: str, klass: str, action: str, reason: str, operator: str
+) -> int:
+    """Put a scope/class into degraded mode with this action; returns the new plan version."""
+    await check_known_scope(conn, scope)
+    tx_class = check_class(klass)
+    rule_action = check_action(action)
+    reason = _reason(reason)
+    if rule_action is Action.SELFPAY and tx_class is not TxClass.ENCOUNTER:
+        raise BadRequest("selfpay（自费入院）只适用于encounter类交易")
+    async with conn.transaction():
+        before = await plan.lock_rule(conn, scope, tx_class)
+        await plan.put_rule(
+            conn, scope=scope, klass=tx_class, action=rule_action, reason=reason, operator=operator
+        )
+        after = {"scope": scope, "class": tx_class, "action": rule_action, "reason": reason}
+        await audit.append(
+            conn,
+            operator=operator,
+            action="plan.set",
+            target=f"{scope}/{klass}",
+            reason=reason,
+            before=rule_dict(before),
+            after=after,
+        )
+        return await plan.bump(conn)
+
+
+async def clear_rule(
+    conn: asyncpg.Connection, *, scope: str, klass: str, reason: str, operator: str
+) -> int:
+    """Back to normal for this scope/class; returns the new plan version."""
+    check_scope(scope)
+    tx_class = check_class(klass)
+    reason = _reason(reason)
+    async with conn.transaction():
+        before = await plan.lock_rule(conn, scope, tx_class)
+        if before is None:
+            raise NotFound(f"{scope}/{klass}没有生效的应急规则")
+        await plan.delete_rule(conn, scope, tx_class)
+        await audit.append(
+            conn,
+            operator=operator,
+            action="plan.clear",
+            target=f"{scope}/{klass}",
+            reason=reason,
+            before=rule_dict(before),
+            after=None,
+        )
+        return await plan.bump(conn)
+
+
+async def add_window(
+    conn: asyncpg.Connection,
+    *,
+    name: str,
+    scope: str,
+    classes: list[str],
+    action: str,
+    begins: dt.datetime,
+    ends: dt.datetime,
+    operator: str,
+    reason: str,
+) -> int:
+    """Schedule (or reschedule, by name and scope) a cut-over window; returns the new version."""
+    await check_known_scope(conn, scope)
+    window_classes = [check_class(klass) for klass in classes]
+    window_action = check_action(action)
+    if not classes:
+        raise BadRequest("时间窗至少包含一类交易")
+    if ends <= begins:
+        raise BadRequest("时间窗结束时间须晚于开始时间")
+    reason = _reason(reason)
+    async with conn.transaction():
+        before = await plan.lock_window(conn, name, scope)
+        await plan.put_window(
+            conn,
+            name=name,
+            scope=scope,
+            classes=window_classes,
+            action=window_action,
+            begins=begins,
+            ends=ends,
+            operator=operator,
+        )
+        after = _window_dict(name, scope, window_classes, window_action, begins, ends)
+        await audit.append(
+            conn,
+            operator=operator,
+            action="window.set",
+            target=f"{scope}/{name}",
+            reason=reason,
+            before=None if before is None else _row_dict(before),
+            after=after,
+        )
+        return await plan.bump(conn)
+
+
+async def remove_window(
+    conn: asyncpg.Connection, *, window_id: int, operator: str, reason: str
+) -> int:
+    reason = _reason(reason)
+    async with conn.transaction():
+        before = await plan.delete_window(conn, window_id)
+        if before is None:
+            raise NotFound(f"没有编号为{window_id}的时间窗")
+        await audit.append(
+            conn,
+            operator=operator,
+            action="window.remove",
+            target=f"{before.scope}/{before.name}",
+            reason=reason,
+            before=_row_dict(before),
+        )
+        return await plan.bump(conn)
+
+
+def _window_dict(
+    name: str,
+    scope: str,
+    classes: list[TxClass],
+    action: Action,
+    begins: dt.datetime,
+    ends: dt.datetime,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "scope": scope,
+        "classes": classes,
+        "action": action,
+        "begins": begins.isoformat(sep=" "),
+        "ends": ends.isoformat(sep=" "),
+    }
+
+
+def _row_dict(w: Window) -> dict[str, Any]:
+    return _window_dict(w.name, w.scope, list(w.classes), w.action, w.begins, w.ends)
+
+
+def window_dict(w: Window) -> dict[str, Any]:
+    out = _window_dict(w.name, w.scope, list(w.classes), w.action, w.begins, w.ends)
+    out["window_id"] = w.window_id
+    return out

@@ -1,0 +1,1 @@
+"""Batch work: monthly clearing, reconciliation files, bulk catalog corrections."""

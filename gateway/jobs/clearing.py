@@ -1,0 +1,378 @@
+"""Monthly clearing (月结算): per institution, by 医疗类别, what the funds owe it for the month.
+
+Catalog corrections applied in the month are listed per institution with their fund, account and
+patient deltas (the refund and recovery records). The table follows the Guizhou guide's 定点医药机构费用月结算 form: 人次, 实际费用总额, 统筹基金,
+大额保险, 大病保险, 公务员补助, 医疗救助, 个人账户, 现金, 范围内, 范围外, and the declared amount
+(申报金额 = everything the funds and accounts pay, i.e. all but cash) in figures and in words.
+A month holds the settlements settled in it and still in force when the report is made.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import html
+import io
+from dataclasses import asdict, dataclass, field
+
+import asyncpg
+
+from gateway.core.money import fen_text
+from gateway.ledger import clearing
+
+MED_TYPE_NAMES = {
+    "11": "普通门诊",
+    "12": "门诊挂号",
+    "13": "急诊",
+    "14": "门诊慢特病",
+    "19": "意外伤害门诊",
+    "21": "普通住院",
+    "22": "外伤住院",
+    "23": "转外诊治住院",
+    "24": "急诊转住院",
+    "41": "定点药店购药",
+}
+MONEY_COLUMNS = (
+    ("medfee_sumamt", "实际费用总额"),
+    ("hifp_pay", "统筹基金"),
+    ("hifob_pay", "大额保险"),
+    ("hifmi_pay", "大病保险"),
+    ("cvlserv_pay", "公务员补助"),
+    ("maf_pay", "医疗救助"),
+    ("acct_pay", "个人账户"),
+    ("psn_cash_pay", "现金"),
+    ("inscp_scp_amt", "范围内"),
+    ("out_of_scope", "范围外"),
+    ("declared", "申报金额"),
+)
+
+
+@dataclass(slots=True)
+class Line:
+    med_type: str
+    name: str
+    visits: int = 0
+    medfee_sumamt: int = 0
+    hifp_pay: int = 0
+    hifob_pay: int = 0
+    hifmi_pay: int = 0
+    cvlserv_pay: int = 0
+    maf_pay: int = 0
+    acct_pay: int = 0
+    psn_cash_pay: int = 0
+    inscp_scp_amt: int = 0
+    out_of_scope: int = 0
+    declared: int = 0
+
+    def add(self, other: Line) -> None:
+        for name in ("visits", *(c for c, _ in MONEY_COLUMNS)):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(slots=True)
+class Corrections:
+    """Catalog corrections applied in the month (refund and recovery records)."""
+
+    settlements: int = 0
+    fund_delta: int = 0  # new minus old fund payments: negative means money back to the funds
+    acct_delta: int = 0
+    patient_cash_delta: int = 0  # positive: patients owe; negative: refunds to patients
+
+
+@dataclass(slots=True)
+class Reimbursements:
+    """Deferred claims (主动报) settled by replay in the month: the patient paid the whole bill
+    at the counter, so the fund's share is paid to the patient, not to the institution."""
+
+    claims: int = 0
+    medfee_sumamt: int = 0
+    to_patients: int = 0
+
+
+@dataclass(slots=True)
+class InstitutionReport:
+    fixmedins_code: str
+    fixmedins_name: str
+    admdvs: str
+    lines: list[Line] = field(default_factory=list)
+    total: Line = field(default_factory=lambda: Line("", "合计"))
+    corrections: Corrections = field(default_factory=Corrections)
+    reimbursements: Reimbursements = field(default_factory=Reimbursements)
+
+
+@dataclass(slots=True)
+class MonthlyReport:
+    month: str
+    begndate: dt.date
+    enddate: dt.date
+    institutions: list[InstitutionReport]
+
+
+def month_bounds(month: str) -> tuple[dt.date, dt.date]:
+    """'2026-03' -> (2026-03-01, 2026-03-31)."""
+    first = dt.date.fromisoformat(month + "-01")
+    following = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return first, following - dt.timedelta(days=1)
+
+
+async def monthly(
+    conn: asyncpg.Connection, month: str, institution: str | None = None
+) -> MonthlyReport:
+    """The month's clearing table for every institution (or one)."""
+    begn, end = month_bounds(month)
+    since = dt.datetime.combine(begn, dt.time())
+    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
+    reports: dict[str, InstitutionReport] = {}
+
+    def report_of(code: str, name: str, admdvs: str) -> InstitutionReport:
+        return reports.setdefault(code, InstitutionReport(code, name, admdvs))
+
+    for r in await clearing.settled(conn, since, until, institution):
+        rep = report_of(r.fixmedins_code, r.fixmedins_name, r.admdvs)
+        line = Line(
+            med_type=r.med_type,
+            name=MED_TYPE_NAMES.get(r.med_type, r.med_type),
+            visits=r.visits,
+            medfee_sumamt=r.medfee_sumamt,
+            hifp_pay=r.hifp_pay,
+            hifob_pay=r.hifob_pay,
+            hifmi_pay=r.hifmi_pay,
+            cvlserv_pay=r.cvlserv_pay,
+            maf_pay=r.maf_pay,
+            acct_pay=r.acct_pay,
+            psn_cash_pay=r.psn_cash_pay,
+            inscp_scp_amt=r.inscp_scp_amt,
+            out_of_scope=r.medfee_sumamt - r.inscp_scp_amt,
+            declared=r.fund_pay_sumamt + r.acct_pay,
+        )
+        rep.lines.append(line)
+        rep.total.add(line)
+    for c in await clearing.corrected(conn, since, until, institution):
+        rep = report_of(c.fixmedins_code, c.fixmedins_name, c.admdvs)
+        rep.corrections = Corrections(
+            c.settlements, c.fund_delta, c.acct_delta, c.patient_cash_delta
+        )
+    for d in await clearing.reimbursed(conn, since, until, institution):
+        rep = report_of(d.fixmedins_code, d.fixmedins_name, d.admdvs)
+        rep.reimbursements = Reimbursements(d.claims, d.medfee_sumamt, d.to_patients)
+    return MonthlyReport(month, begn, end, sorted(reports.values(), key=lambda r: r.fixmedins_code))
+
+
+_DIGITS = "零壹贰叁肆伍陆柒捌玖"
+_UNITS = ("", "拾", "佰", "仟")
+_GROUPS = ("", "万", "亿", "万亿")
+
+
+def yuan_in_words(fen: int) -> str:
+    """An amount in Chinese financial capitals (大写), as printed on payment forms."""
+    if fen == 0:
+        return "零元整"
+    sign = "负" if fen < 0 else ""
+    yuan, rest = divmod(abs(fen), 100)
+    jiao, cents = divmod(rest, 10)
+    words = ""
+    if yuan:
+        groups = []
+        g = 0
+        while yuan:
+            yuan, part = divmod(yuan, 10_000)
+            groups.append((g, part))
+            g += 1
+        out = ""
+        zero_pending = False
+        for idx, part in reversed(groups):
+            if part == 0:
+                zero_pending = True
+                continue
+            chunk = ""
+            digits = f"{part:04d}"
+            started = False
+            for pos, ch in enumerate(digits):
+                d = int(ch)
+                unit = _UNITS[3 - pos]
+                if d == 0:
+                    if started:
+                        zero_pending = True
+                    continue
+                if zero_pending and (out or chunk):
+                    chunk += "零"
+                zero_pending = False
+                chunk += _DIGITS[d] + unit
+                started = True
+            if part < 1000 and out and not chunk.startswith("零"):
+                chunk = "零" + chunk
+            out += chunk + _GROUPS[idx]
+        words = out + "元"
+    if jiao:
+        words += _DIGITS[jiao] + "角"
+    elif cents and words:
+        words += "零"
+    if cents:
+        words += _DIGITS[cents] + "分"
+    if not jiao and not cents:
+        words += "整"
+    return sign + words
+
+
+def to_json(report: MonthlyReport) -> dict[str, object]:
+    """Plain data; amounts as two-decimal text."""
+
+    def line(ln: Line) -> dict[str, object]:
+        d = asdict(ln)
+        return {k: (fen_text(v) if k in dict(MONEY_COLUMNS) else v) for k, v in d.items()}
+
+    return {
+        "month": report.month,
+        "begndate": report.begndate.isoformat(),
+        "enddate": report.enddate.isoformat(),
+        "institutions": [
+            {
+                "fixmedins_code": r.fixmedins_code,
+                "fixmedins_name": r.fixmedins_name,
+                "admdvs": r.admdvs,
+                "lines": [line(ln) for ln in r.lines],
+                "total": line(r.total),
+                "declared_in_words": yuan_in_words(r.total.declared),
+                "corrections": {
+                    "settlements": r.corrections.settlements,
+                    "fund_delta": fen_text(r.corrections.fund_delta),
+                    "acct_delta": fen_text(r.corrections.acct_delta),
+                    "patient_cash_delta": fen_text(r.corrections.patient_cash_delta),
+                },
+                "deferred_reimbursements": {
+                    "claims": r.reimbursements.claims,
+                    "medfee_sumamt": fen_text(r.reimbursements.medfee_sumamt),
+                    "to_patients": fen_text(r.reimbursements.to_patients),
+                },
+            }
+            for r in report.institutions
+        ],
+    }
+
+
+def to_csv(report: MonthlyReport) -> str:
+    """One row per institution and 医疗类别, plus each institution's total, for the agency."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        [
+            "费款所属期",
+            "机构编码",
+            "机构名称",
+            "清算统筹区",
+            "医疗类别",
+            "人次",
+            *(n for _, n in MONEY_COLUMNS),
+        ]
+    )
+    for r in report.institutions:
+        for ln in [*r.lines, r.total]:
+            w.writerow(
+                [
+                    report.month,
+                    r.fixmedins_code,
+                    r.fixmedins_name,
+                    r.admdvs,
+                    ln.name,
+                    ln.visits,
+                    *(fen_text(getattr(ln, c)) for c, _ in MONEY_COLUMNS),
+                ]
+            )
+    return buf.getvalue()
+
+
+_CSS = """
+body { font-family: "Noto Sans CJK SC", "Noto Sans SC", sans-serif; margin: 24px; color: #111; }
+h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 28px; }
+.meta { color: #444; font-size: 13px; }
+table { border-collapse: collapse; width: 100%; font-size: 12px; margin-top: 8px; }
+th, td { border: 1px solid #888; padding: 4px 6px; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr.total td { font-weight: bold; background: #f2f2f2; }
+.words { margin-top: 6px; font-size: 13px; }
+svg text { font-size: 11px; }
+@media print { body { margin: 10mm; } section { break-inside: avoid; } .noprint { display: none; } }
+"""
+
+
+def _chart(report: MonthlyReport) -> str:
+    """A bar chart of what each fund pays, summed over the institutions (inline SVG, no CDN)."""
+    funds = [
+        ("hifp_pay", "统筹基金"),
+        ("hifob_pay", "大额保险"),
+        ("hifmi_pay", "大病保险"),
+        ("cvlserv_pay", "公务员补助"),
+        ("maf_pay", "医疗救助"),
+        ("acct_pay", "个人账户"),
+        ("psn_cash_pay", "现金"),
+    ]
+    totals = [
+        (label, sum(getattr(r.total, key) for r in report.institutions)) for key, label in funds
+    ]
+    top = max((v for _, v in totals), default=0) or 1
+    width, bar_h, gap, label_w = 640, 22, 8, 90
+    rows = []
+    for i, (label, value) in enumerate(totals):
+        y = i * (bar_h + gap)
+        w = int((width - label_w - 110) * value / top)
+        rows.append(
+            f'<text x="0" y="{y + 15}">{html.escape(label)}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar_h}" fill="#3b6ea5"/>'
+            f'<text x="{label_w + w + 6}" y="{y + 15}">{fen_text(value)}</text>'
+        )
+    height = len(totals) * (bar_h + gap)
+    return f'<svg role="img" aria-label="各基金支付" width="{width}" height="{height}">{"".join(rows)}</svg>'
+
+
+def to_html(report: MonthlyReport) -> str:
+    """A printable page: one table per institution and a chart of the funds' shares."""
+    parts = [
+        '<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">',
+        f"<title>定点医药机构费用月结算 {report.month}</title><style>{_CSS}</style></head><body>",
+        f"<h1>定点医药机构费用月结算汇总（{report.month}）</h1>",
+        f'<p class="meta">费款所属期：{report.begndate:%Y年%m月%d日}～{report.enddate:%Y年%m月%d日}　单位：元、人次</p>',
+        "<h2>各基金支付</h2>",
+        _chart(report),
+    ]
+    header = "".join(f"<th>{n}</th>" for _, n in MONEY_COLUMNS)
+    for r in report.institutions:
+        parts.append(
+            f"<section><h2>{html.escape(r.fixmedins_name)}（{r.fixmedins_code}）</h2>"
+            f'<p class="meta">机构编码：{r.fixmedins_code}　清算统筹区代码：{r.admdvs}</p>'
+            f"<table><thead><tr><th>序号</th><th>医疗类别</th><th>人次</th>{header}</tr></thead><tbody>"
+        )
+        for i, ln in enumerate(r.lines, start=1):
+            cells = "".join(
+                f'<td class="n">{fen_text(getattr(ln, c))}</td>' for c, _ in MONEY_COLUMNS
+            )
+            parts.append(
+                f'<tr><td>{i}</td><td>{html.escape(ln.name)}</td><td class="n">{ln.visits}</td>{cells}</tr>'
+            )
+        cells = "".join(
+            f'<td class="n">{fen_text(getattr(r.total, c))}</td>' for c, _ in MONEY_COLUMNS
+        )
+        parts.append(
+            f'<tr class="total"><td></td><td>合计</td><td class="n">{r.total.visits}</td>{cells}</tr>'
+        )
+        parts.append(
+            "</tbody></table>"
+            f'<p class="words">申报金额合计（小写）：{fen_text(r.total.declared)}　'
+            f"申报金额合计（大写）：{yuan_in_words(r.total.declared)}</p>"
+        )
+        c = r.corrections
+        if c.settlements:
+            parts.append(
+                f'<p class="words">本月目录对照纠错重结算{c.settlements}笔：基金差额{fen_text(c.fund_delta)}，'
+                f"个人账户差额{fen_text(c.acct_delta)}，参保人现金差额{fen_text(c.patient_cash_delta)}"
+                "（正数为参保人应补缴，负数为应退还参保人）</p>"
+            )
+        d = r.reimbursements
+        if d.claims:
+            parts.append(
+                f'<p class="words">本月补结算暂存（主动报）结算{d.claims}笔，医疗费用{fen_text(d.medfee_sumamt)}，'
+                f"基金应支付部分{fen_text(d.to_patients)}直接支付给参保人（参保人已在机构全额现金支付）</p>"
+            )
+        parts.append("</section>")
+    if not report.institutions:
+        parts.append("<p>本月没有结算。</p>")
+    parts.append("</body></html>")
+    return "".join(parts)

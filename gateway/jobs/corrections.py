@@ -1,0 +1,426 @@
+"""Bulk catalog corrections: re-settle every settlement that used an item's wrong mapping.
+
+For each affected settlement, in the original settlement order and in one transaction: cancel it
+(exactly what it applied comes off), settle the same fee lines again with the corrected mapping
+against the person's accumulators at that moment, link the new settlement to the old, and record
+the money that moves (a refund and recovery record). `plan` runs the very same steps inside one
+transaction it rolls back, so its figures are what `apply` will do. `apply` is idempotent: a
+settlement already corrected has a record and is skipped, so an interrupted run is simply resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import asyncpg
+from msgspec.structs import replace
+
+from adapters.his import settling
+from gateway.core.catalog import Snapshot
+from gateway.core.model import Visit
+from gateway.core.money import fen_text
+from gateway.ledger import corrections, fees, persons, settlements
+from gateway.ledger.settlements import AMOUNT_FIELDS, Record
+from gateway.pipeline.grouped import Built, Held, Job
+from gateway.protocol.errors import GatewayError, NotFound
+from gateway.services.settlement_state import settle_alone
+
+FUND_CODES = ("310100", "390100", "320100", "330100", "390200", "610100", "310200")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    setl_id: str
+    psn_no: str
+    mdtrt_id: str
+    setl_time: dt.datetime
+    used: str  # the national code the item was resolved to then ("" when unmapped)
+    now: str  # the national code it resolves to today
+
+
+@dataclass(slots=True)
+class Item:
+    """One corrected settlement and the money it moves (new minus old)."""
+
+    old_setl_id: str
+    new_setl_id: str
+    psn_no: str
+    mdtrt_id: str
+    old: dict[str, int]
+    new: dict[str, int]
+    fund_deltas: dict[str, int]
+    # Per re-mapped line: (feedetl_sn, medins_list_codg, national code used then, code now).
+    codes: list[tuple[str, str, str, str]] = field(default_factory=list)
+    skipped: bool = False
+
+    @property
+    def patient_cash_delta(self) -> int:
+        """Positive: the patient owes this; negative: money back to the patient."""
+        return self.new["psn_cash_pay"] - self.old["psn_cash_pay"]
+
+    @property
+    def acct_delta(self) -> int:
+        return self.new["acct_pay"] - self.old["acct_pay"]
+
+    @property
+    def fund_delta(self) -> int:
+        return self.new["fund_pay_sumamt"] - self.old["fund_pay_sumamt"]
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "old_setl_id": self.old_setl_id,
+            "new_setl_id": self.new_setl_id,
+            "psn_no": self.psn_no,
+            "mdtrt_id": self.mdtrt_id,
+            "old_setlinfo": {k: fen_text(v) for k, v in self.old.items()},
+            "new_setlinfo": {k: fen_text(v) for k, v in self.new.items()},
+            "patient_owes": fen_text(self.patient_cash_delta),
+            "account_delta": fen_text(self.acct_delta),
+            "fund_delta": fen_text(self.fund_delta),
+            "fund_deltas": {k: fen_text(v) for k, v in self.fund_deltas.items()},
+            "lines": [
+                {
+                    "feedetl_sn": sn,
+                    "medins_list_codg": item,
+                    "old_med_list_codg": old,
+                    "new_med_list_codg": new,
+                }
+                for sn, item, old, new in self.codes
+            ],
+        }
+
+
+@dataclass(slots=True)
+class Summary:
+    items: list[Item] = field(default_factory=list)
+
+    def persons(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for it in self.items:
+            p = out.setdefault(it.psn_no, {"settlements": 0, "patient_owes": 0, "account_delta": 0})
+            p["settlements"] += 1
+            p["patient_owes"] += it.patient_cash_delta
+            p["account_delta"] += it.acct_delta
+        return out
+
+    def funds(self) -> dict[str, int]:
+        totals = dict.fromkeys(FUND_CODES, 0)
+        for it in self.items:
+            for code, delta in it.fund_deltas.items():
+                totals[code] = totals.get(code, 0) + delta
+        return {k: v for k, v in totals.items() if v}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settlements": [it.row() for it in self.items],
+            "persons": {
+                k: {
+                    "settlements": v["settlements"],
+                    "patient_owes": fen_text(v["patient_owes"]),
+                    "account_delta": fen_text(v["account_delta"]),
+                }
+                for k, v in self.persons().items()
+            },
+            "funds": {k: fen_text(v) for k, v in self.funds().items()},
+            "totals": {
+                "settlements": len(self.items),
+                "patient_owes": fen_text(sum(it.patient_cash_delta for it in self.items)),
+                "account_delta": fen_text(sum(it.acct_delta for it in self.items)),
+                "fund_delta": fen_text(sum(it.fund_delta for it in self.items)),
+            },
+        }
+
+    def to_csv(self) -> str:
+        """The agency's report: one row per corrected settlement."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(
+            [
+                "old_setl_id",
+                "new_setl_id",
+                "psn_no",
+                "mdtrt_id",
+                "old_medfee_sumamt",
+                "old_fund_pay_sumamt",
+                "new_fund_pay_sumamt",
+                "old_acct_pay",
+                "new_acct_pay",
+                "old_psn_cash_pay",
+                "new_psn_cash_pay",
+                "patient_owes",
+                "fund_delta",
+                *(f"delta_{c}" for c in FUND_CODES),
+                "code_changes",
+            ]
+        )
+        for it in self.items:
+            w.writerow(
+                [
+                    it.old_setl_id,
+                    it.new_setl_id,
+                    it.psn_no,
+                    it.mdtrt_id,
+                    fen_text(it.old["medfee_sumamt"]),
+                    fen_text(it.old["fund_pay_sumamt"]),
+                    fen_text(it.new["fund_pay_sumamt"]),
+                    fen_text(it.old["acct_pay"]),
+                    fen_text(it.new["acct_pay"]),
+                    fen_text(it.old["psn_cash_pay"]),
+                    fen_text(it.new["psn_cash_pay"]),
+                    fen_text(it.patient_cash_delta),
+                    fen_text(it.fund_delta),
+                    *(fen_text(it.fund_deltas.get(c, 0)) for c in FUND_CODES),
+                    " ".join(
+                        f"{sn}:{old or '未对照'}→{new or '未对照'}" for sn, _, old, new in it.codes
+                    ),
+                ]
+            )
+        return buf.getvalue()
+
+
+async def targets(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    fixmedins_code: str,
+    item: str,
+    begn: dt.date | None = None,
+    end: dt.date | None = None,
+) -> list[Target]:
+    """Settlements in force whose line for the item resolved differently from today's mapping."""
+    found: dict[str, Target] = {}
+    for r in await corrections.uses(conn, fixmedins_code, item, begn, end):
+        mapping = snapshot.mapping(fixmedins_code, item, r.fee_ocur_time.date())
+        now = mapping.med_list_codg if mapping else ""
+        used = r.used or ""
+        if used != now and r.setl_id not in found:
+            found[r.setl_id] = Target(r.setl_id, r.psn_no, r.mdtrt_id, r.setl_time, used, now)
+    return list(found.values())
+
+
+def _fund_amounts(rec: Record) -> dict[str, int]:
+    return {f.fund_pay_type: f.fund_payamt for f in rec.funds}
+
+
+async def resettle(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    setl_id: str,
+    item_code: str,
+    run_id: str,
+    now: dt.datetime,
+) -> Item:
+    """Cancel one settlement and settle its lines again (the caller holds the transaction)."""
+    row = await corrections.original(conn, setl_id)
+    sns = await fees.of_settlement(conn, setl_id)
+    old, _ = await settlements.cancel(
+        conn,
+        fixmedins_code=row.fixmedins_code,
+        setl_id=setl_id,
+        mdtrt_id=row.mdtrt_id,
+        psn_no=row.psn_no,
+        msgid=f"CORRECTION-{run_id}",
+        now=now,
+        categories=frozenset({row.category}),
+    )
+    institution = snapshot.institution(row.fixmedins_code)
+    assert institution is not None
+    used = await corrections.codes_used(conn, setl_id)
+    wanted = set(sns)
+    lines = [ln for ln in await fees.unsettled(conn, row.mdtrt_id) if ln.feedetl_sn in wanted]
+    _, codes = await _remap(conn, snapshot, row.fixmedins_code, lines, used)
+    # Same lines, so the same total: the declared check cannot fail on its own account.
+    declared = settlements.Declared(medfee_sumamt=old.amounts["medfee_sumamt"])
+
+    def build(held: Held, _mdtrt_serial: int, setl_serial: int) -> Built:
+        # The visit and the person are those of a settlement in force a moment ago: what the
+        # counter's checks would refuse now (a visit closed since, a batch settled) does not
+        # stop the same lines from being settled again under the corrected mapping.
+        assert held.visit is not None and held.person is not None
+        enc = held.visit.encounter
+        persons.require_insured(held.person)
+        ctx = settlements.Context(
+            institution=institution,
+            encounter=enc,
+            visit=Visit(
+                fixmedins_code=row.fixmedins_code,
+                mdtrt_id=row.mdtrt_id,
+                med_type=row.med_type,
+                service_date=enc.begntime.date(),
+                acct_used_flag=row.acct_used_flag,
+                dise_codg=enc.dise_codg,
+            ),
+            infno=row.infno,
+            msgid=row.medins_setl_id,
+            chrg_bchno=row.chrg_bchno,
+            mid_setl_flag=row.mid_setl_flag,
+            dev_no=row.dev_no,
+            opter=row.opter,
+            mdtrtarea_admvs=row.mdtrtarea_admvs,
+        )
+        again = [ln for ln in held.visit.unsettled if ln.feedetl_sn in wanted]
+        if not again:
+            raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
+        rec, s, writes = settling.settle_lines(
+            snapshot,
+            ctx,
+            held,
+            held.visit,
+            again,
+            declared,
+            now,
+            setl_serial=setl_serial,
+            replaces=setl_id,
+        )
+        return Built.settled(s, held, rec, writes)
+
+    job = Job(psn_no=row.psn_no, year=None, build=build, mdtrt_id=row.mdtrt_id)
+    new = (await settle_alone(conn, job)).output
+    assert new.setl_id is not None
+    old_funds, new_funds = _fund_amounts(old), _fund_amounts(new)
+    deltas = {c: new_funds.get(c, 0) - old_funds.get(c, 0) for c in FUND_CODES}
+    it = Item(
+        old_setl_id=setl_id,
+        new_setl_id=new.setl_id,
+        psn_no=row.psn_no,
+        mdtrt_id=row.mdtrt_id,
+        old={k: old.amounts[k] for k in AMOUNT_FIELDS},
+        new={k: new.amounts[k] for k in AMOUNT_FIELDS},
+        fund_deltas={k: v for k, v in deltas.items() if v},
+        codes=codes,
+    )
+    await corrections.record(
+        conn,
+        old_setl_id=setl_id,
+        new_setl_id=new.setl_id,
+        run_id=run_id,
+        fixmedins_code=row.fixmedins_code,
+        medins_list_codg=item_code,
+        psn_no=row.psn_no,
+        mdtrt_id=row.mdtrt_id,
+        applied_at=now,
+        patient_cash_delta=it.patient_cash_delta,
+        acct_delta=it.acct_delta,
+        fund_delta=it.fund_delta,
+        fund_deltas=it.fund_deltas,
+        old_setlinfo=it.old,
+        new_setlinfo=it.new,
+    )
+    return it
+
+
+async def _remap(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    fixmedins_code: str,
+    lines: list[fees.StoredLine],
+    used: dict[str, str],
+) -> tuple[list[fees.StoredLine], list[tuple[str, str, str, str]]]:
+    """Resolve each line again by its own item code through today's mapping.
+
+    The national code a client sent with the line (`med_list_codg`) named the mapping in force
+    at upload; the correction exists because that mapping was wrong, so the stored code is
+    replaced by the corrected one (and recorded on the line) instead of being checked against it.
+    """
+    out: list[fees.StoredLine] = []
+    codes: list[tuple[str, str, str, str]] = []
+    for ln in lines:
+        mapping = snapshot.mapping(fixmedins_code, ln.medins_list_codg, ln.fee_date)
+        now = mapping.med_list_codg if mapping is not None else ""
+        if ln.med_list_codg and ln.med_list_codg != now:
+            ln = replace(ln, med_list_codg=now or None)
+            await fees.set_national_code(conn, ln.mdtrt_id, ln.feedetl_sn, now or None)
+        then = used.get(ln.feedetl_sn, "")
+        if then != now:
+            codes.append((ln.feedetl_sn, ln.medins_list_codg, then, now))
+        out.append(ln)
+    return out, codes
+
+
+class _Rollback(Exception):
+    """Ends the plan's transaction without keeping anything."""
+
+
+async def plan(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    found: list[Target],
+    item_code: str,
+    now: dt.datetime,
+) -> tuple[Summary, list[tuple[str, str]]]:
+    """What apply would do, computed by doing it in a transaction that is then rolled back;
+    returns what would be re-settled and what would fail (why), as apply does.
+
+    Each settlement has a savepoint of its own, as apply gives each a transaction: one the rules
+    refuse (a netted refund that no longer fits, §6) is undone alone and listed, and the rest are
+    computed after it exactly as apply will compute them.
+    """
+    summary = Summary()
+    failed: list[tuple[str, str]] = []
+    try:
+        async with conn.transaction():
+            for t in found:
+                try:
+                    async with conn.transaction():
+                        summary.items.append(
+                            await resettle(conn, snapshot, t.setl_id, item_code, "PLAN", now)
+                        )
+                except GatewayError as exc:
+                    failed.append((t.setl_id, exc.err_msg))
+            raise _Rollback
+    except _Rollback:
+        pass
+    return summary, failed
+
+
+Progress = Callable[[int, int], None]
+
+
+def progress_bar(stream: TextIO = sys.stderr) -> Progress:
+    """A terminal progress bar: [#####.....] 120/200."""
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // total if total else width
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
+async def apply(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    found: list[Target],
+    item_code: str,
+    run_id: str,
+    *,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[Summary, list[tuple[str, str]]]:
+    """Correct each target in its own transaction; returns what was done and what failed (why)."""
+    summary = Summary()
+    failed: list[tuple[str, str]] = []
+    todo = found if limit is None else found[:limit]
+    for i, t in enumerate(todo, start=1):
+        try:
+            async with conn.transaction():
+                done = await corrections.corrected_by(conn, t.setl_id)
+                if done is None:
+                    summary.items.append(
+                        await resettle(
+                            conn, snapshot, t.setl_id, item_code, run_id, dt.datetime.now()
+                        )
+                    )
+        except GatewayError as exc:
+            failed.append((t.setl_id, exc.err_msg))
+        if progress is not None:
+            progress(i, len(todo))
+    return summary, failed

@@ -1,0 +1,435 @@
+"""Day-end reconciliation: the institution's totals and detail against the ledger (3201/3202).
+
+Which settlements count: the institution's settlements with `clr_optins` = the requested
+`setl_optins`, settled on a day of [stmt_begndate, stmt_enddate]. With `refd_setl_flag` 0 (the
+default) only settlements in force count; with 1, refunded (cancelled) ones are counted too, with
+their original amounts, as the Hunan centre's REFD_SETL_FLAG does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import csv
+import io
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+
+from gateway.core.money import AmountError, fen_text, to_fen
+from gateway.ledger.reconciliations import CentreRow, Totals
+from gateway.protocol.errors import BadRequest, Busy
+
+T = TypeVar("T")
+
+BALANCED, CENTRE_MORE, INSTITUTION_MORE, INCONSISTENT = "0", "1", "2", "3"
+RESULT_NAMES = {
+    BALANCED: "对平",
+    CENTRE_MORE: "中心多",
+    INSTITUTION_MORE: "医药机构多",
+    INCONSISTENT: "数据不一致",
+}
+DETAIL_COLUMNS = (
+    "setl_id",
+    "mdtrt_id",
+    "psn_no",
+    "medfee_sumamt",
+    "fund_pay_sumamt",
+    "acct_pay",
+    "refd_setl_flag",
+)
+RESULT_COLUMNS = (
+    "psn_no",
+    "mdtrt_id",
+    "setl_id",
+    "msgid",
+    "stmt_rslt",
+    "refd_setl_flag",
+    "memo",
+    "medfee_sumamt",
+    "fund_pay_sumamt",
+    "acct_pay",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DetailRow:
+    setl_id: str
+    mdtrt_id: str
+    psn_no: str
+    medfee_sumamt: int
+    fund_pay_sumamt: int
+    acct_pay: int
+    refd_setl_flag: str
+
+
+def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False) -> tuple[str, str]:
+    """stmt_rslt and its explanation for a totals check (3201, and 3202's header)."""
+    same_amounts = (
+        declared.medfee_sumamt == centre.medfee_sumamt
+        and declared.fund_pay_sumamt == centre.fund_pay_sumamt
+        and (
+            declared.cash_payamt == centre.cash_payamt
+            if with_cash
+            else declared.acct_pay == centre.acct_pay
+        )
+    )
+    if declared.count == centre.count and same_amounts:
+        return BALANCED, f"对平：{centre.describe()}"
+    if centre.count > declared.count:
+        rslt = CENTRE_MORE
+    elif centre.count < declared.count:
+        rslt = INSTITUTION_MORE
+    else:
+        rslt = INCONSISTENT
+    return (
+        rslt,
+        f"{RESULT_NAMES[rslt]}：中心{centre.describe()}；医药机构上报{declared.describe()}。请下载明细对账（3202）核对",
+    )
+
+
+class FileLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What one detail file may cost (config/gateway.toml [reconcile_files]).
+
+    A file is read in a thread, never on the event loop, and every step is bounded: the members
+    of the zip, the bytes actually produced by decompression (declared sizes can lie), the rows,
+    the length of a line and the time. `parsers` files are read at once per process; another is
+    answered busy, so uploads cannot take the pool's connections or the CPU from settlement.
+    A file at the limits costs about ten times its unpacked size while it is read (the text,
+    then one object per row): the defaults keep one parse under ~0.3 GB.
+    """
+
+    max_unpacked_bytes: int = 32 * 1024 * 1024
+    max_members: int = 8
+    max_rows: int = 300_000
+    max_line_bytes: int = 2048
+    parse_seconds: float = 3.0
+    parsers: int = 2
+
+
+# Magic numbers of the archive and compression formats a detail file must not hide inside.
+ARCHIVE_MAGIC = (
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),
+    (b"PK\x07\x08", "zip"),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x5d\x00\x00", "lzma"),
+    (b"7z\xbc\xaf\x27\x1c", "7z"),
+    (b"Rar!", "rar"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+ARCHIVE_SUFFIXES = (".zip", ".gz", ".tgz", ".bz2", ".xz", ".lzma", ".7z", ".rar", ".tar", ".zst")
+CHUNK = 256 * 1024
+PARSERS_BUSY = "对账文件处理繁忙，请稍后使用相同报文ID重试"
+
+
+def _archive_kind(head: bytes) -> str:
+    for magic, kind in ARCHIVE_MAGIC:
+        if head.startswith(magic):
+            return kind
+    return ""
+
+
+def _too_big(limits: FileLimits) -> BadRequest:
+    mib = limits.max_unpacked_bytes // (1024 * 1024)
+    return BadRequest(f"明细文件解压后超过{mib}MB，请按日期分批对账")
+
+
+def _in_time(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise BadRequest("明细文件内容过多，未能在规定时间内处理完毕，请按日期分批对账")
+
+
+def read_upload(encoded: str, limits: FileLimits, max_file_bytes: int) -> bytes:
+    """The 9101 file from its Base64 text, read through once to refuse what cannot be read."""
+    if len(encoded) > (max_file_bytes + 2) // 3 * 4:
+        raise BadRequest(f"上传文件超过{max_file_bytes // (1024 * 1024)}MB")
+    try:
+        content = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest("文件内容in不是有效的Base64编码") from exc
+    if not content:
+        raise BadRequest("上传文件为空")
+    read_detail_file(content, limits)
+    return content
+
+
+def read_detail_file(content: bytes, limits: FileLimits | None = None) -> list[DetailRow]:
+    """The 9101 detail file: a zip holding a tab-separated .txt, or the .txt itself.
+
+    CPU-bound and bounded by `limits`: call it through `off_loop`.
+    """
+    limits = limits or FileLimits()
+    deadline = time.monotonic() + limits.parse_seconds
+    return _rows(_unpacked(content, limits, deadline), limits, deadline)
+
+
+def _unpacked(content: bytes, limits: FileLimits, deadline: float) -> bytes | bytearray:
+    if content[:2] != b"PK":
+        kind = _archive_kind(content)
+        if kind:
+            raise BadRequest(f"明细文件应为zip压缩包或制表符分隔的文本文件，不支持{kind}格式")
+        if len(content) > limits.max_unpacked_bytes:
+            raise _too_big(limits)
+        return content
+    _check_directory(content, limits)
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as zf:
+            infos = zf.infolist()
+            if len(infos) > limits.max_members:
+                raise BadRequest(f"明细文件压缩包内文件过多（超过{limits.max_members}个）")
+            files = [i for i in infos if not i.is_dir()]
+            if not files:
+                raise BadRequest("明细文件压缩包为空")
+            for i in files:
+                if i.filename.lower().endswith(ARCHIVE_SUFFIXES):
+                    raise BadRequest("明细文件压缩包内不能再嵌套压缩文件，请直接压缩明细文本文件")
+            info = files[0]
+            if info.flag_bits & 0x1:
+                raise BadRequest("明细文件压缩包不能加密")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise BadRequest("明细文件压缩包只支持标准（Deflate）压缩方式")
+            if info.file_size > limits.max_unpacked_bytes:
+                raise _too_big(limits)
+            return _inflate(zf, info, limits, deadline)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, OSError) as exc:
+        raise BadRequest("明细文件不是有效的zip压缩包") from exc
+    except (NotImplementedError, RuntimeError) as exc:
+        raise BadRequest("明细文件压缩包格式不受支持（加密或特殊压缩方式）") from exc
+
+
+def _inflate(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: FileLimits, deadline: float
+) -> bytearray:
+    """The member's bytes, judged as they are produced: a lying header stops at the cap, and a
+    file that is not lines of a detail file is refused at its first chunk, not its last."""
+    out = bytearray()
+    lines = 0
+    with zf.open(info) as member:
+        while chunk := member.read(CHUNK):
+            if not out and _archive_kind(chunk):
+                raise BadRequest("明细文件压缩包内不能再嵌套压缩文件，请直接压缩明细文本文件")
+            out += chunk
+            if len(out) > limits.max_unpacked_bytes:
+                raise _too_big(limits)
+            lines += chunk.count(b"\n")
+            if lines >= limits.max_rows:
+                raise _too_many_rows(limits)
+            if len(out) - (out.rfind(b"\n") + 1) > limits.max_line_bytes:
+                raise _too_long(lines + 1, limits)
+            _in_time(deadline)
+    return out
+
+
+_EOCD = struct.Struct("<4s4H2LH")
+
+
+def _check_directory(content: bytes, limits: FileLimits) -> None:
+    """Count the members from the end record before zipfile reads every directory entry."""
+    at = content.rfind(b"PK\x05\x06", max(0, len(content) - 65_535 - _EOCD.size))
+    if at < 0 or at + _EOCD.size > len(content):
+        raise BadRequest("明细文件不是有效的zip压缩包")
+    _, _, _, on_disk, total, _, _, _ = _EOCD.unpack_from(content, at)
+    if max(on_disk, total) > limits.max_members:
+        raise BadRequest(f"明细文件压缩包内文件过多（超过{limits.max_members}个）")
+
+
+def _too_many_rows(limits: FileLimits) -> BadRequest:
+    return BadRequest(f"明细文件超过{limits.max_rows}行，请按日期分批对账")
+
+
+def _too_long(n: int, limits: FileLimits) -> BadRequest:
+    return BadRequest(f"明细文件第{n}行超过{limits.max_line_bytes}字节，不是对账明细格式")
+
+
+def _rows(raw: bytes | bytearray, limits: FileLimits, deadline: float) -> list[DetailRow]:
+    if raw.count(b"\n") >= limits.max_rows:
+        raise _too_many_rows(limits)
+    start = 0
+    n = 0
+    while start < len(raw):
+        end = raw.find(b"\n", start)
+        end = len(raw) if end < 0 else end
+        n += 1
+        if end - start > limits.max_line_bytes:
+            raise _too_long(n, limits)
+        start = end + 1
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            text = raw.decode("gbk", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise BadRequest("明细文件编码无法识别，请使用UTF-8或GBK编码的文本") from exc
+    _in_time(deadline)
+    rows: list[DetailRow] = []
+    try:
+        for n, fields in enumerate(csv.reader(io.StringIO(text), delimiter="\t"), start=1):
+            if n % 4096 == 0:
+                _in_time(deadline)
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if fields[0].strip() == "setl_id":
+                continue  # a header line
+            if len(fields) < len(DETAIL_COLUMNS) - 1:
+                raise BadRequest(
+                    f"明细文件第{n}行字段数不足，应为{len(DETAIL_COLUMNS)}列（制表符分隔）"
+                )
+            f = [x.strip() for x in fields] + [""] * len(DETAIL_COLUMNS)
+            try:
+                rows.append(
+                    DetailRow(
+                        f[0], f[1], f[2], to_fen(f[3]), to_fen(f[4]), to_fen(f[5]), f[6] or "0"
+                    )
+                )
+            except AmountError as exc:
+                raise BadRequest(f"明细文件第{n}行金额格式错误：{exc}") from exc
+    except csv.Error as exc:
+        raise BadRequest(f"明细文件格式错误：{exc}") from exc
+    return rows
+
+
+_parsers: tuple[ThreadPoolExecutor, threading.BoundedSemaphore] | None = None
+_parsers_lock = threading.Lock()
+
+
+def _parser_pool(size: int) -> tuple[ThreadPoolExecutor, threading.BoundedSemaphore]:
+    global _parsers
+    with _parsers_lock:
+        if _parsers is None:
+            size = max(1, size)
+            executor = ThreadPoolExecutor(size, thread_name_prefix="reconcile-file")
+            _parsers = (executor, threading.BoundedSemaphore(size))
+        return _parsers
+
+
+async def off_loop(limits: FileLimits, fn: Callable[..., T], *args: object) -> T:
+    """Run a file's parse in one of the process's parser threads; busy when all are taken.
+
+    The slot is given back when the thread is done, not when the caller stops waiting (a caller
+    past its deadline does not free a thread that is still parsing)."""
+    executor, slots = _parser_pool(limits.parsers)
+    if not slots.acquire(blocking=False):
+        raise Busy(PARSERS_BUSY)
+    try:
+        job: Future[T] = executor.submit(fn, *args)
+    except BaseException:
+        slots.release()
+        raise
+    job.add_done_callback(lambda _: slots.release())
+    return await asyncio.wrap_future(job)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    psn_no: str
+    mdtrt_id: str
+    setl_id: str
+    msgid: str
+    stmt_rslt: str
+    refd_setl_flag: str
+    memo: str
+    medfee_sumamt: int
+    fund_pay_sumamt: int
+    acct_pay: int
+
+
+def compare_details(detail: list[DetailRow], centre: list[CentreRow]) -> list[ResultRow]:
+    """One result row per settlement on either side, named by setl_id."""
+    mine = {r.setl_id: r for r in detail}
+    out: list[ResultRow] = []
+    for c in centre:
+        flag = "1" if c.refunded else "0"
+        d = mine.pop(c.setl_id, None)
+        if d is None:
+            rslt, memo = CENTRE_MORE, "中心有此结算，医药机构明细中没有"
+        elif (d.medfee_sumamt, d.fund_pay_sumamt, d.acct_pay) != (
+            c.medfee_sumamt,
+            c.fund_pay_sumamt,
+            c.acct_pay,
+        ):
+            rslt = INCONSISTENT
+            memo = (
+                f"金额不一致：医药机构医疗费总额{fen_text(d.medfee_sumamt)}、基金{fen_text(d.fund_pay_sumamt)}、"
+                f"账户{fen_text(d.acct_pay)}"
+            )
+        elif d.psn_no != c.psn_no or d.mdtrt_id != c.mdtrt_id:
+            rslt, memo = INCONSISTENT, "人员编号或就诊ID不一致"
+        else:
+            rslt, memo = BALANCED, ""
+        out.append(
+            ResultRow(
+                c.psn_no,
+                c.mdtrt_id,
+                c.setl_id,
+                c.msgid,
+                rslt,
+                flag,
+                memo,
+                c.medfee_sumamt,
+                c.fund_pay_sumamt,
+                c.acct_pay,
+            )
+        )
+    for d in mine.values():
+        out.append(
+            ResultRow(
+                d.psn_no,
+                d.mdtrt_id,
+                d.setl_id,
+                "",
+                INSTITUTION_MORE,
+                d.refd_setl_flag,
+                "医药机构有此结算，中心没有",
+                0,
+                0,
+                0,
+            )
+        )
+    return out
+
+
+def result_file(rows: list[ResultRow], filename: str) -> bytes:
+    """The 3202 result: a zip holding one tab-separated .txt with a header line."""
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(RESULT_COLUMNS)
+    for r in rows:
+        w.writerow(
+            [
+                r.psn_no,
+                r.mdtrt_id,
+                r.setl_id,
+                r.msgid,
+                r.stmt_rslt,
+                r.refd_setl_flag,
+                r.memo,
+                fen_text(r.medfee_sumamt),
+                fen_text(r.fund_pay_sumamt),
+                fen_text(r.acct_pay),
+            ]
+        )
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(filename.removesuffix(".zip") + ".txt", buf.getvalue().encode("utf-8"))
+    return out.getvalue()
+
+
+def detail_result(
+    content: bytes, centre: list[CentreRow], filename: str, limits: FileLimits
+) -> tuple[list[ResultRow], bytes]:
+    """3202's work on the file: read it, compare it with the ledger's rows, write the result zip
+    (in a parser thread: every step grows with the file)."""
+    rows = compare_details(read_detail_file(content, limits), centre)
+    return rows, result_file(rows, filename)

@@ -1,0 +1,452 @@
+"""From a decoded envelope to the answer bytes: the transaction table, idempotency, errors.
+
+This is the one place a GatewayError becomes `infcode -1` + `err_msg`, and the one place the
+msgid journal is consulted, so every transaction behaves the same on retries and failures: a
+retry of an answered request gets its stored answer before the emergency plan, a breaker, the
+legacy route or a deferral has any say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from adapters.national.envelope import Request, decode_request, encode_response
+from gateway.app.runtime import Gateway
+from gateway.core.model import Institution
+from gateway.emergency.breaker import loop_stalls
+from gateway.emergency.plan.rules import Decision
+from gateway.ledger import idempotency
+from gateway.pipeline.outcome import Outcome as Outcome
+from gateway.pipeline.outcome import Result as Result
+from gateway.pipeline.outcome import failure as failure
+from gateway.protocol.errors import BadRequest, Busy, GatewayError, IdentityRejected, Unavailable
+from gateway.protocol.transaction import TRANSACTIONS, Call, Mode, Prepare, Transaction
+
+log = logging.getLogger("gateway.pipeline.dispatch")
+
+
+@dataclass(slots=True)
+class Detour:
+    """What the emergency plan does with a request instead of the normal path."""
+
+    tx: Transaction | None = None  # run this handler instead (journaled when it writes)
+    answer: bytes | None = None  # already answered (local journal, legacy system)
+    outcome: Result = Result.DEFERRED
+    mode: Mode = Mode.NORMAL  # handed to the handler's Call
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanHook:
+    """The emergency plan as dispatch sees it (gateway.emergency.hook installs it).
+
+    `decide` (no I/O) names the action that takes this request off the normal path, or None.
+    `apply` carries it out: a Detour, None for the normal path after all, or a GatewayError to
+    refuse (nothing written). They are two steps because a writing request the plan would detour
+    is first looked up in the msgid journals: a retry is answered as it was the first time,
+    whatever the plan says now (docs/emergency.md, "Retries come first").
+    """
+
+    decide: Callable[[Gateway, Transaction, Request, Institution, dt.datetime], Decision | None]
+    apply: Callable[
+        [Decision, Gateway, Transaction, Request, Institution, bytes, dt.datetime],
+        Awaitable[Detour | None],
+    ]
+
+
+PLAN_HOOK: list[PlanHook] = []
+# A timeout is counted against the ledger when the ledger had at least this share of the deadline
+# (the rest being time the loop stood still).
+LEDGER_SHARE_OF_A_TIMEOUT = 0.9
+# Outcomes of calls that reached the ledger, for the breakers: (gw, fixmedins_code, ok, timeout,
+# seconds). Installed by gateway.emergency.hook too.
+OBSERVERS: list[Callable[[Gateway, str, bool, bool, float], None]] = []
+
+
+def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) -> None:
+    """Report a ledger call to the breakers, without the time the event loop stood still.
+
+    A request that waited behind a blocked loop (a bug, a runaway parse) looks slow, or times out,
+    through no fault of the ledger; counting that against it would put every institution into
+    degraded mode because of one. A timeout is the ledger's only if it would have happened
+    without the stall.
+    """
+    now = time.perf_counter()
+    seconds = now - started
+    stalled = loop_stalls().stalled(started, now)
+    if stalled > 0.0:
+        seconds = max(0.0, seconds - stalled)
+        if timeout and seconds < LEDGER_SHARE_OF_A_TIMEOUT * gw.config.deadlines.call_seconds:
+            return
+    for observer in OBSERVERS:
+        observer(gw, code, ok, timeout, seconds)
+
+
+def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
+    return failure(gw.region, received, exc)
+
+
+def overdue(gw: Gateway, infno: str) -> Outcome:
+    """The answer to a request still stuck past its deadline; it counts as a dependency timeout."""
+    _observe(gw, "", False, True, time.perf_counter() - gw.config.deadlines.call_seconds)
+    exc = Unavailable("医保结算服务响应超时，请使用相同报文ID重试；如持续失败请按应急预案处理")
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, timeout=True)
+
+
+def refused(
+    gw: Gateway, exc: GatewayError, infno: str, outcome: Result = Result.REJECTED
+) -> Outcome:
+    """The answer to a request refused before it is read (a bad signature, overload)."""
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, outcome)
+
+
+async def handle(
+    gw: Gateway, body: bytes, path_infno: str | None = None, authenticated: str | None = None
+) -> Outcome:
+    """Answer one request; never raises for anything a client can send.
+
+    `authenticated` is the institution the request's signature proved, when signing is on.
+    The steps: decode, admit (who, what, rate), the emergency plan's say (after the msgid
+    journal for a retry), then the write (grouped or single) or the read; every failure is
+    mapped to its envelope in `_failed`.
+    """
+    received = dt.datetime.now()
+    received_clock = time.perf_counter()
+    try:
+        req = decode_request(body, path_infno)
+    except GatewayError as exc:
+        return Outcome(_fail(gw, received, exc), path_infno or "", Result.REJECTED)
+    terminal = req.dev_no or req.opter or "-"
+    try:
+        tx, institution = await _admit(gw, req, terminal, authenticated)
+        routed = await _plan(gw, tx, req, institution, body, received)
+        if isinstance(routed, Outcome):
+            routed.terminal = terminal
+            return routed
+        tx, mode = routed
+        if tx.writes:
+            outcome = await _write(gw, tx, req, institution, body, received, mode)
+        else:
+            outcome = await _read(gw, tx, req, institution, received, mode)
+        outcome.terminal = terminal
+        return outcome
+    except Exception as exc:
+        return _failed(gw, req, terminal, exc, received, received_clock)
+
+
+async def _admit(
+    gw: Gateway, req: Request, terminal: str, authenticated: str | None
+) -> tuple[Transaction, Institution]:
+    """Who is asking for what: the signed institution's own request, a known transaction, a
+    known institution, within its rate limits."""
+    if authenticated is not None and req.fixmedins_code != authenticated:
+        raise BadRequest(
+            f"报文机构编号{req.fixmedins_code}与认证身份{authenticated}不一致，不能代其他机构办理业务"
+        )
+    tx = TRANSACTIONS.get(req.infno)
+    if tx is None:
+        raise BadRequest(f"不支持的交易编号{req.infno}")
+    institution = gw.snapshot.institution(req.fixmedins_code)
+    if institution is None:
+        raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
+    # The limiter stays ahead of the journal look-up: its refusal says "retry the same msgid",
+    # which is true for a retry too, and a retry storm must not reach the ledger it protects.
+    await gw.limiter.admit(req.fixmedins_code, terminal)
+    return tx, institution
+
+
+async def _plan(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body: bytes,
+    received: dt.datetime,
+) -> Outcome | tuple[Transaction, Mode]:
+    """The emergency plan's say: an answer of its own, or the transaction (perhaps its
+    deferred form) and the mode to run it in. A writing request the plan would take off the
+    normal path is first looked up in the msgid journals: a retry gets its first answer."""
+    mode = Mode.NORMAL
+    for hook in PLAN_HOOK:
+        decision = hook.decide(gw, tx, req, institution, received)
+        if decision is None:
+            continue
+        if tx.writes:
+            earlier = await _earlier_answer(gw, req, idempotency.digest(body))
+            if earlier is not None:
+                return earlier
+        detour = await hook.apply(decision, gw, tx, req, institution, body, received)
+        if detour is None:
+            continue
+        if detour.answer is not None:
+            return Outcome(
+                detour.answer,
+                req.infno,
+                detour.outcome,
+                req.msgid,
+                req.fixmedins_code,
+                content_type=detour.content_type,
+            )
+        tx = detour.tx or tx
+        mode = detour.mode
+    return tx, mode
+
+
+async def _write(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body: bytes,
+    received: dt.datetime,
+    mode: Mode,
+) -> Outcome:
+    """A writing transaction, journaled by msgid: in a group commit when it has a grouped form,
+    else on its own transaction. Past the deadline it is abandoned (rolled back, or committed
+    with its answer journaled); either way the client's retry of the same msgid settles it."""
+    deadline = gw.config.deadlines.call_seconds
+    expires = asyncio.get_running_loop().time() + deadline
+    started = time.perf_counter()
+    code = req.fixmedins_code
+    body_hash = idempotency.digest(body)
+    outcome = None
+    if tx.grouped is not None and mode is Mode.NORMAL and gw.group is not None:
+        outcome = await _grouped(gw, tx.grouped, req, institution, body_hash, received, expires)
+    if outcome is None:
+        async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
+            outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode)
+    _observe(gw, code, True, False, started)
+    if mode is Mode.DEFERRED and outcome.outcome is Result.OK:
+        outcome.outcome = Result.DEFERRED
+    return outcome
+
+
+async def _read(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    received: dt.datetime,
+    mode: Mode,
+) -> Outcome:
+    """A transaction that changes nothing: its handler on a pooled connection."""
+    deadline = gw.config.deadlines.call_seconds
+    expires = asyncio.get_running_loop().time() + deadline
+    started = time.perf_counter()
+    code = req.fixmedins_code
+    async with (
+        gw.shares.turn(code, expires),
+        asyncio.timeout_at(expires),
+        gw.pool.acquire(timeout=deadline) as conn,
+    ):
+        answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
+    _observe(gw, code, True, False, started)
+    if answer.raw is not None:
+        return Outcome(
+            answer.raw,
+            req.infno,
+            Result.OK,
+            req.msgid,
+            code,
+            content_type="application/octet-stream",
+        )
+    out = encode_response(
+        region=gw.region, received=received, output=answer.output, warn_msg=answer.warn_msg
+    )
+    return Outcome(out, req.infno, Result.OK, req.msgid, code)
+
+
+def _failed(
+    gw: Gateway,
+    req: Request,
+    terminal: str,
+    exc: Exception,
+    received: dt.datetime,
+    received_clock: float,
+) -> Outcome:
+    """Every failure in its envelope: a refusal as the clerk's message, busy as busy, a
+    dependency's failure as "unavailable, retry the same msgid", a bug as an internal error
+    (logged) — never an exception out of the HTTP layer."""
+    labels = {"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code}
+    code = req.fixmedins_code
+    if isinstance(exc, Busy):
+        return Outcome(_fail(gw, received, exc), req.infno, Result.BUSY, req.msgid, code, terminal)
+    if isinstance(exc, GatewayError):
+        return Outcome(
+            _fail(gw, received, exc),
+            req.infno,
+            Result.REJECTED,
+            req.msgid,
+            code,
+            terminal,
+            identity_failure=isinstance(exc, IdentityRejected),
+        )
+    if isinstance(
+        exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
+    ):
+        log.error("dependency failure", exc_info=exc, extra=labels)
+        _observe(gw, code, False, isinstance(exc, TimeoutError), received_clock)
+        down = Unavailable("医保结算服务暂时不可用，请稍后重试；如持续失败请按应急预案处理")
+        return Outcome(
+            _fail(gw, received, down),
+            req.infno,
+            Result.ERROR,
+            req.msgid,
+            code,
+            terminal,
+            timeout=isinstance(exc, TimeoutError),
+        )
+    # A bug must still answer in the envelope: the counter sees a clear message, ops the log.
+    log.error("unexpected failure", exc_info=exc, extra=labels)
+    bug = Unavailable("医保结算服务内部错误，交易未生效，请稍后重试")
+    return Outcome(_fail(gw, received, bug), req.infno, Result.ERROR, req.msgid, code, terminal)
+
+
+async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcome | None:
+    """The answer this msgid already got, looked up only when the plan is about to answer it
+    otherwise: the normal path claims a fresh msgid in one round trip and finds a retry then.
+
+    The local journal (claims deferred by this process while the ledger was away) first, then the
+    ledger's msgid journal. While the ledger's breaker is open the look-up gets a short budget and
+    is skipped when the last probe failed; unreachable, the local journal is all there is, so a
+    request the ledger acknowledged before the outage can be deferred a second time. The drain
+    then files that claim as failed instead of settling it twice (gateway.emergency.deferred.replay).
+    """
+    code, msgid = req.fixmedins_code, req.msgid
+    held = gw.journal.answered(code, msgid)
+    if held is not None:
+        stored = idempotency.Stored(*held)
+        return Outcome(
+            idempotency.replay(stored, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
+        )
+    ledger = gw.breakers["postgres"]
+    loop = asyncio.get_running_loop()
+    if not ledger.is_open:
+        budget = gw.config.deadlines.call_seconds
+        expires = loop.time() + budget
+        async with (
+            gw.shares.turn(code, expires),
+            asyncio.timeout_at(expires),
+            gw.pool.acquire(timeout=budget) as conn,
+        ):
+            found = await idempotency.lookup(conn, code, msgid)
+    elif ledger.probe_failed:
+        return None
+    else:
+        budget = gw.config.journal.ledger_lookup_seconds
+        expires = loop.time() + budget
+        try:
+            async with (
+                gw.shares.turn(code, expires),
+                asyncio.timeout_at(expires),
+                gw.pool.acquire(timeout=budget) as conn,
+            ):
+                found = await idempotency.lookup(conn, code, msgid)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return None
+    if found is None:
+        return None
+    return Outcome(
+        idempotency.replay(found, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
+    )
+
+
+async def _grouped(
+    gw: Gateway,
+    prepare: Prepare,
+    req: Request,
+    institution: Institution,
+    body_hash: bytes,
+    received: dt.datetime,
+    expires: float,
+) -> Outcome | None:
+    """The request through the group commit; None: the single path answers it."""
+    try:
+        job = prepare(gw, req, institution, received)
+    except GatewayError:
+        return None  # refused before the ledger: the single path journals the refusal
+    group = gw.group
+    if group is None or job is None:
+        return None
+    return await group.submit(req, body_hash, received, job, expires)
+
+
+class _Taken(Exception):
+    """Another request with the same msgid committed first."""
+
+
+async def _journaled(
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body_hash: bytes,
+    received: dt.datetime,
+    mode: Mode = Mode.NORMAL,
+) -> Outcome:
+    code, msgid = req.fixmedins_code, req.msgid
+    # The acquire timeout also bounds the release: a connection whose query was cancelled on a
+    # dead network is dropped instead of waiting forever for the server to confirm.
+    async with gw.pool.acquire(timeout=gw.config.deadlines.call_seconds) as conn:
+        # No look-up first: a fresh msgid (the common case) is claimed in one round trip, and a
+        # retry finds its key taken and is answered from the journal below.
+        try:
+            async with conn.transaction():
+                if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
+                    raise _Taken
+                answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
+                out = encode_response(
+                    region=gw.region,
+                    received=received,
+                    output=answer.output,
+                    warn_msg=answer.warn_msg,
+                )
+                await idempotency.settle_answer(conn, code, msgid, out, 0)
+            if answer.catalog_changed:
+                # Committed: this process sees it at once, the others on the announcement
+                # (Redis) or within a poll (≤ 1 s).
+                await gw.refresh_catalog()
+                await gw.announce_catalog_change()
+            return Outcome(
+                out, req.infno, Result.OK, msgid, code, paid=answer.paid, mismatch=answer.mismatch
+            )
+        except _Taken:
+            stored = await idempotency.lookup(conn, code, msgid)
+            if stored is None:  # the other request rolled back after all: let the client retry
+                raise Unavailable("同一报文ID的交易正在处理中，请稍后重试") from None
+            return Outcome(
+                idempotency.replay(stored, body_hash, msgid),
+                req.infno,
+                Result.REPLAYED,
+                msgid,
+                code,
+            )
+        except GatewayError as exc:
+            if exc.retryable:
+                raise
+            out = _fail(gw, received, exc)
+            # The business transaction rolled back; only the refusal is kept, for replays.
+            earlier = await idempotency.store_failure(conn, code, msgid, req.infno, body_hash, out)
+            if earlier is not None:
+                return Outcome(
+                    idempotency.replay(earlier, body_hash, msgid),
+                    req.infno,
+                    Result.REPLAYED,
+                    msgid,
+                    code,
+                )
+            return Outcome(
+                out,
+                req.infno,
+                Result.REJECTED,
+                msgid,
+                code,
+                identity_failure=isinstance(exc, IdentityRejected),
+            )

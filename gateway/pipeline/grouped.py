@@ -1,0 +1,100 @@
+"""A transaction's grouped form: what it hands the group commit and what it gets back.
+
+A transaction registered with `grouped=` turns a request into a Job: whom (and which visit) to
+lock, and a pure build from the locked state (Held) to the rows it stages (Built). The group
+commit (gateway.pipeline.group_commit) runs jobs in batches, the single path one at a time; dispatch
+only passes them on. Here, apart from both, so that the transaction table can name a Job
+without reaching into the batch that runs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from adapters.national.envelope import Request
+from gateway.core.model import Accumulators, FundRow, Person, Settlement
+from gateway.core.settle import apply
+from gateway.ledger import deferred, fees
+from gateway.ledger.encounters import Encounter
+from gateway.ledger.writes import Writes
+from gateway.pipeline.outcome import Outcome
+
+
+@dataclass(slots=True)
+class VisitHeld:
+    """A locked visit as the batch has it so far (a settlement of it consumes its lines)."""
+
+    encounter: Encounter
+    unsettled: list[fees.StoredLine]  # in feedetl_sn order
+    settled_batches: set[str]  # chrg_bchno values with lines settled already
+    refunded: dict[str, str]  # chrg_bchno -> its latest refunded settlement nothing replaces yet
+    # Lines under the institution's pending deferred claims: settled by replay, not here.
+    claimed: list[deferred.Held] = field(default_factory=list)
+    # A stay: another stay of the person settled in the same year (the second admission's
+    # deductible rule, settlement-rules §3).
+    other_inpatient_in_force: bool = False
+
+
+@dataclass(slots=True)
+class Held:
+    """A person's locked state as the batch has it so far, and the job's visit if it has one."""
+
+    person: Person | None  # None: no such person (the build refuses)
+    balance: int
+    year: Accumulators
+    visit: VisitHeld | None = None  # None for a job without one, or an unknown mdtrt_id
+
+
+@dataclass(slots=True)
+class Built:
+    """One settlement computed and staged."""
+
+    output: Any
+    writes: Writes
+    balance: int  # the account balance after it
+    year: Accumulators  # the year's accumulators after it
+    paid: tuple[FundRow, ...] = ()
+    warn_msg: str | None = None
+
+    @classmethod
+    def settled(cls, s: Settlement, held: Held, output: Any, writes: Writes) -> Built:
+        """A settlement staged: the person's balance and accumulators are those after it."""
+        return cls(
+            output=output,
+            writes=writes,
+            balance=s.balc if s.acct_pay else held.balance,
+            year=apply(held.year, s.delta),
+            paid=s.funds,
+        )
+
+
+@dataclass(slots=True)
+class Job:
+    """What a transaction's grouped form needs from the batch: whom (and which visit) to lock,
+    and a pure build from the locked state and two fresh serials (就诊ID, 结算ID) to the staged
+    writes. Locks are taken visits first, then persons, each in key order, as the single path
+    takes them (visit, then person): no two transactions wait for each other in a cycle."""
+
+    psn_no: str
+    year: int | None  # None: the year of the visit's service date
+    build: Callable[[Held, int, int], Built]
+    mdtrt_id: str | None = None  # a visit to lock and load with its unsettled lines
+
+
+class Batches(Protocol):
+    """The group commit as the process holds it (gateway.pipeline.group_commit.GroupCommit). Named here
+    because the group commit reaches the transaction table, which imports the runtime: the
+    runtime holds it by this shape, and the server hands the real one to Gateway.start."""
+
+    async def submit(
+        self,
+        req: Request,
+        body_hash: bytes,
+        received: dt.datetime,
+        job: Job,
+        expires: float | None = None,
+    ) -> Outcome | None:
+        """The settlement's answer, or None (take the single path)."""

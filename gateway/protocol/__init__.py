@@ -1,0 +1,1 @@
+"""The national interface as the gateway speaks it: the transaction table, errors."""

@@ -1,0 +1,163 @@
+"""The transaction table: each national transaction declared once, in its `register(...)`.
+
+Everything the gateway needs to know about a transaction number lives in its entry: the input
+type it decodes, its emergency-plan class, whether it writes, its group-commit form, what the
+plan's `defer` does with it, what a 2601 reversal of it undoes, and which kind of visit it
+settles. Other modules ask the entry (`TRANSACTIONS[infno]`), never compare numbers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from adapters.national.envelope import Request
+from gateway.app.runtime import Gateway
+from gateway.core.model import FundRow, Institution
+from gateway.emergency.plan.rules import TxClass
+
+if TYPE_CHECKING:
+    from gateway.pipeline.grouped import Job
+
+
+class Kind(enum.StrEnum):
+    """The kind of visit a settlement or its cancellation belongs to."""
+
+    OUTPATIENT = "outpatient"
+    INPATIENT = "inpatient"
+    PHARMACY = "pharmacy"
+
+
+class Deferral(enum.Enum):
+    """What the emergency plan's `defer` does with the transaction (gateway.emergency.hook)."""
+
+    NONE = "none"  # no deferred form: refused, or answered by its class's rule
+    PRESETTLEMENT = "presettlement"  # answered all-cash, nothing written
+    CLAIM = "claim"  # the settlement becomes a claim paid back later (主动报)
+    CANCEL_CLAIM = "cancel_claim"  # withdraws a claim before its replay
+    CALL = "call"  # journaled with its visit and applied in order on recovery
+
+
+class Mode(enum.StrEnum):
+    """How a handler runs: the plan's detours and replay change what it may do."""
+
+    NORMAL = "normal"
+    SELFPAY = "selfpay"  # an admission taken as self-pay under the plan's selfpay action
+    DEFERRED = "deferred"  # the transaction's deferred form (a claim, a journaled call)
+    REPLAY = "replay"  # a deferred claim or call applied on recovery
+
+
+class Undo(enum.Enum):
+    """What a 2601 reversal of the transaction undoes (gateway.services.reversal)."""
+
+    NONE = "none"  # not reversible
+    SETTLEMENT = "settlement"
+    CANCELLATION = "cancellation"  # revives the settlement it cancelled, if nothing changed
+    ADMISSION = "admission"
+
+
+@dataclass(slots=True)
+class Call:
+    """One transaction being handled."""
+
+    gw: Gateway
+    req: Request
+    conn: asyncpg.Connection
+    now: dt.datetime
+    institution: Institution
+    mode: Mode = Mode.NORMAL
+
+
+@dataclass(slots=True)
+class Answer:
+    output: Any
+    warn_msg: str | None = None
+    paid: tuple[FundRow, ...] = ()  # a committed settlement's fund rows, for the payment metrics
+    raw: bytes | None = None  # a file answered as itself (9102), not inside an envelope
+    mismatch: bool = False  # a reconciliation that did not balance
+    catalog_changed: bool = False  # reference data changed: swap this process's snapshot now
+
+
+Handler = Callable[[Call], Awaitable[Answer]]
+# A writing transaction's group-commit form: validate (raising refuses it, and the single path
+# then answers and journals the refusal), then a Job the batch locks, builds and commits.
+# None: this request takes the single path after all.
+Prepare = Callable[[Gateway, Request, Institution, dt.datetime], "Job | None"]
+# A journaled call's answer while the ledger is down (its visit's provisional id, if it opens one).
+JournalAnswer = Callable[[Request, "str | None"], Any]
+# Where a request carries a service date: (node, "*" for each row of a list node or "", field,
+# the name a clerk reads).
+Dated = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    infno: str
+    name: str
+    handler: Handler
+    writes: bool  # journaled by msgid and run in one transaction with its effects
+    klass: TxClass  # what the emergency plan's rules and windows name
+    grouped: Prepare | None = None
+    input: type[Any] | None = None  # the input node's wire type (OpenAPI, fuzzing)
+    kind: Kind | None = None  # the visit kind it settles, pre-settles or cancels
+    deferral: Deferral = Deferral.NONE
+    undo: Undo = Undo.NONE
+    opens_visit: bool = False  # a visit begins with it (a journaled one gets a provisional id)
+    journal_answer: JournalAnswer | None = None
+    dated: tuple[Dated, ...] = ()  # its service dates, judged when it is deferred
+
+    @property
+    def admits(self) -> bool:
+        """An admission: what the plan's `selfpay` action takes as self-pay."""
+        return self.opens_visit and self.kind is Kind.INPATIENT
+
+
+TRANSACTIONS: dict[str, Transaction] = {}
+
+
+def register(
+    infno: str,
+    name: str,
+    *,
+    writes: bool,
+    klass: TxClass,
+    input: type[Any] | None = None,
+    grouped: Prepare | None = None,
+    kind: Kind | None = None,
+    deferral: Deferral = Deferral.NONE,
+    undo: Undo = Undo.NONE,
+    opens_visit: bool = False,
+    journal_answer: JournalAnswer | None = None,
+    dated: tuple[Dated, ...] = (),
+) -> Callable[[Handler], Handler]:
+    """Decorator adding a handler to the transaction table."""
+
+    def add(handler: Handler) -> Handler:
+        TRANSACTIONS[infno] = Transaction(
+            infno,
+            name,
+            handler,
+            writes,
+            klass,
+            grouped,
+            input,
+            kind,
+            deferral,
+            undo,
+            opens_visit,
+            journal_answer,
+            dated,
+        )
+        return handler
+
+    return add
+
+
+def of(infno: str) -> Transaction | None:
+    """The entry of a transaction number (a revision code's base already applied)."""
+    return TRANSACTIONS.get(infno)

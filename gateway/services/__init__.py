@@ -1,0 +1,1 @@
+"""Settlement services over the ledger: the settlement state, reversal, conversion."""

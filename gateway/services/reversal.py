@@ -1,0 +1,129 @@
+"""2601 冲正: undo a committed original exactly, or bar an original that never arrived.
+
+Reversible originals (protocol §2.6): 2102, 2207, 2304 (a settlement is cancelled, exactly as
+2103/2208/2305 would), 2103, 2208, 2305 (the cancelled settlement is reinstated with exactly the
+amounts it had, only while nothing it depends on changed since: `settlements.reinstate`), 2401
+(the admission is cancelled, only while it has no lines and no settlement in force). An original
+this gateway never saw gets a tombstone: when it arrives late it is refused, so the two sides
+cannot disagree. Each undo and its precondition: docs/reliability.md, "Undo and dates".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+from gateway.core.model import Category
+from gateway.ledger import encounters, fees, reversals, settlements
+from gateway.protocol.errors import BadRequest, Conflict, NotFound
+from gateway.protocol.transaction import TRANSACTIONS, Kind, Transaction, Undo
+
+_CATEGORIES = {
+    "pharmacy": frozenset({Category.PHARMACY.value}),
+    "outpatient": frozenset({Category.OUTPATIENT.value, Category.CHRONIC.value}),
+    "inpatient": frozenset({Category.INPATIENT.value}),
+}
+
+
+async def reverse(
+    conn: asyncpg.Connection,
+    *,
+    fixmedins_code: str,
+    psn_no: str,
+    omsgid: str,
+    oinfno: str,
+    msgid: str,
+    now: dt.datetime,
+    refusal: bytes,
+) -> str:
+    """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone". Caller holds the tx."""
+    original = TRANSACTIONS.get(oinfno)
+    if original is None or original.undo is Undo.NONE:
+        reversible = "、".join(
+            sorted(t.infno for t in TRANSACTIONS.values() if t.undo is not Undo.NONE)
+        )
+        raise BadRequest(f"原交易编号{oinfno}不可冲正（可冲正：{reversible}）")
+    row = await reversals.lock_original(conn, fixmedins_code, omsgid)
+    if row is None:
+        if await reversals.bar(conn, fixmedins_code, omsgid, oinfno, refusal):
+            return "tombstone"
+        # The original committed while we waited on its key: reverse it after all.
+        row = await reversals.lock_original(conn, fixmedins_code, omsgid)
+        assert row is not None
+    if row.tombstone or row.reversed_by is not None:
+        raise Conflict(f"原报文{omsgid}已冲正，不能重复冲正")
+    if row.infno != oinfno:
+        raise BadRequest(f"原报文{omsgid}的交易编号为{row.infno}，与oinfno {oinfno}不符")
+    if row.infcode == 0:
+        if original.undo is Undo.SETTLEMENT:
+            await _undo_settlement(conn, fixmedins_code, psn_no, omsgid, original, msgid, now)
+        elif original.undo is Undo.CANCELLATION:
+            await _undo_cancellation(conn, fixmedins_code, psn_no, omsgid, original.kind)
+        else:
+            await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
+    # A failed original changed nothing; it is only marked, so it cannot be reversed twice.
+    await reversals.mark_reversed(conn, fixmedins_code, omsgid, msgid)
+    return "reversed"
+
+
+async def _undo_settlement(
+    conn: asyncpg.Connection,
+    code: str,
+    psn_no: str,
+    omsgid: str,
+    original: Transaction,
+    msgid: str,
+    now: dt.datetime,
+) -> None:
+    row = await reversals.settlement_of(conn, code, omsgid, original.infno)
+    if row is None:
+        raise NotFound(f"未找到原报文{omsgid}的结算")
+    if row.psn_no != psn_no:
+        raise Conflict("人员编号与原结算的参保人不一致")
+    if row.status != "settled":
+        raise Conflict(f"原结算{row.setl_id}已撤销，无需冲正")
+    kind = original.kind
+    assert kind is not None
+    await settlements.cancel(
+        conn,
+        fixmedins_code=code,
+        setl_id=row.setl_id,
+        mdtrt_id=row.mdtrt_id,
+        psn_no=psn_no,
+        msgid=msgid,
+        now=now,
+        categories=_CATEGORIES[kind],
+    )
+    if kind is Kind.PHARMACY:
+        # 2102 opened the visit and stored its lines in the same stroke: undo those too.
+        await fees.delete_unsettled(conn, row.mdtrt_id)
+        await encounters.update(conn, row.mdtrt_id, status="cancelled")
+
+
+async def _undo_cancellation(
+    conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str, kind: Kind | None
+) -> None:
+    assert kind is not None  # every cancellation names the kind of visit it cancels
+    setl_id = await settlements.reinstate(
+        conn,
+        fixmedins_code=code,
+        cancel_msgid=omsgid,
+        psn_no=psn_no,
+        categories=_CATEGORIES[kind],
+    )
+    if kind is Kind.PHARMACY:
+        mdtrt_id = await settlements.visit_of(conn, setl_id)
+        await encounters.update(conn, mdtrt_id, status="open")
+
+
+async def _undo_admission(conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str) -> None:
+    mdtrt_id = await encounters.created_admission(conn, code, omsgid)
+    if mdtrt_id is None:
+        raise NotFound(f"未找到原报文{omsgid}的入院登记")
+    enc = await encounters.get(conn, mdtrt_id, code, psn_no=psn_no, lock=True)
+    if enc.status == "cancelled":
+        raise Conflict(f"入院登记{mdtrt_id}已撤销，无需冲正")
+    if await encounters.settled_count(conn, mdtrt_id) or await fees.has_lines(conn, mdtrt_id):
+        raise Conflict("该住院已有费用明细或结算，请先撤销后再冲正入院")
+    await encounters.update(conn, mdtrt_id, status="cancelled")

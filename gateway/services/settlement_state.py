@@ -1,0 +1,145 @@
+"""The state a settlement is built from, read once for every path that settles.
+
+A settlement is a Job (gateway.pipeline.grouped): whom and which visit to lock, and a pure build from
+that state. The group commit reads the state of a whole batch here, the single path a batch of
+one (`settle_alone`), a pre-settlement the same state without locks (`preview`), and replay and
+bulk corrections go through `settle_alone` too: one read, one build, whatever the entry.
+
+Locks are taken visits first (mdtrt_id order), then persons (psn_no order), the order every
+path that takes more than one lock follows (gateway.ledger.settlements). What depends on other
+settlements of the person (another stay in force this year) is read after the person's lock:
+read before it, a settlement committing meanwhile would not be seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from adapters.his import deferral
+from gateway.core.model import Accumulators, Person
+from gateway.ledger import deferred, encounters, fees, persons, settlements
+from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
+from gateway.protocol.errors import NotInsured
+
+
+@dataclass(slots=True)
+class Locked:
+    """What a batch holds: its visits and persons locked, their accumulators, the ids drawn;
+    each build sees the state the builds before it left (one person, one chain)."""
+
+    visits: dict[str, VisitHeld]
+    persons: dict[str, tuple[Person, int]]
+    balances: dict[str, int]
+    year_of: dict[int, int]  # id(job) -> the year its accumulators are of
+    years: dict[tuple[str, int], Accumulators]
+    serials: list[tuple[int, int]]  # per job: (就诊ID serial, 结算ID serial)
+
+    @classmethod
+    async def take(cls, conn: asyncpg.Connection, jobs: list[Job]) -> Locked:
+        visits = await _visits(conn, sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}))
+        held = await persons.lock_many(conn, sorted({j.psn_no for j in jobs}))
+        await _other_stays(conn, visits)
+        year_of = {id(j): _year(j, visits) for j in jobs}
+        years = await persons.accumulators_many(
+            conn, sorted({(j.psn_no, year_of[id(j)]) for j in jobs})
+        )
+        serials = await settlements.draw_serials(conn, len(jobs))
+        return cls(
+            visits=visits,
+            persons=held,
+            balances={psn: balance for psn, (_, balance) in held.items()},
+            year_of=year_of,
+            years=years,
+            serials=serials,
+        )
+
+    def build(self, job: Job, n: int) -> Built:
+        """The n-th job's build against the state so far; a success moves the state on."""
+        found = self.persons.get(job.psn_no)
+        key = (job.psn_no, self.year_of[id(job)])
+        held = Held(
+            found[0] if found else None,
+            self.balances.get(job.psn_no, 0),
+            self.years[key],
+            self.visits.get(job.mdtrt_id) if job.mdtrt_id else None,
+        )
+        built = job.build(held, *self.serials[n])
+        self.balances[job.psn_no] = built.balance
+        self.years[key] = built.year
+        return built
+
+
+async def settle_alone(conn: asyncpg.Connection, job: Job) -> Built:
+    """A job on the caller's own transaction (the single path, replay, corrections): a batch of
+    one, the same reads and build, its writes flushed. The caller holds the transaction."""
+    built = (await Locked.take(conn, [job])).build(job, 0)
+    await built.writes.flush(conn)
+    return built
+
+
+async def preview(conn: asyncpg.Connection, job: Job) -> Built:
+    """A job's build over the state as it is, nothing locked, drawn or written (a
+    pre-settlement: the answer a settlement would give now)."""
+    visits = await _visits(conn, [job.mdtrt_id] if job.mdtrt_id else [], lock=False)
+    year = _year(job, visits)
+    person: Person | None
+    try:
+        person, balance, acc = await persons.read_with_year(conn, job.psn_no, year)
+    except NotInsured:
+        # The build refuses an unknown person, after what it checks of the visit first.
+        person, balance, acc = None, 0, Accumulators()
+    await _other_stays(conn, visits)
+    visit = visits.get(job.mdtrt_id) if job.mdtrt_id else None
+    return job.build(Held(person, balance, acc, visit), 0, 0)
+
+
+def _year(job: Job, visits: dict[str, VisitHeld]) -> int:
+    if job.year is not None:
+        return job.year
+    visit = visits.get(job.mdtrt_id or "")
+    # An unknown visit is refused by the build; any year serves for the read before it.
+    return visit.encounter.begntime.year if visit else 0
+
+
+async def _visits(
+    conn: asyncpg.Connection, mdtrt_ids: list[str], *, lock: bool = True
+) -> dict[str, VisitHeld]:
+    """The visits (locked in mdtrt_id order unless a preview) and what their settlements need;
+    a preview needs only their unsettled lines."""
+    if not mdtrt_ids:
+        return {}
+    found = await encounters.lock_many(conn, mdtrt_ids, lock=lock)
+    if not found:
+        return {}
+    ids = sorted(found)
+    lines = await fees.unsettled_many(conn, ids)
+    if not lock:
+        return {
+            m: VisitHeld(
+                encounter=enc, unsettled=lines.get(m, []), settled_batches=set(), refunded={}
+            )
+            for m, enc in found.items()
+        }
+    settled = await fees.settled_batches(conn, ids)
+    refunded = await settlements.refunded_predecessors(conn, ids)
+    claims = await deferred.pending_on_visits(conn, ids)
+    return {
+        m: VisitHeld(
+            encounter=enc,
+            unsettled=lines.get(m, []),
+            settled_batches=settled.get(m, set()),
+            refunded=refunded.get(m, {}),
+            claimed=deferral.held_lines([c for c in claims if c.mdtrt_id == m], enc.fixmedins_code),
+        )
+        for m, enc in found.items()
+    }
+
+
+async def _other_stays(conn: asyncpg.Connection, visits: dict[str, VisitHeld]) -> None:
+    """Mark the stays whose person has another stay settled in force in the same year."""
+    stays = [m for m, v in visits.items() if v.encounter.kind == "inpatient"]
+    if stays:
+        for m in await settlements.stays_with_another_in_force(conn, stays):
+            visits[m].other_inpatient_in_force = True
