@@ -38,6 +38,7 @@ from gateway.pipeline.edge import (
     EdgeConfig,
     EdgeRunner,
     Pacer,
+    declared_too_large,
     mark_requests,
     read_body,
 )
@@ -113,6 +114,10 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
                 authenticated = await verifier.verify(request.headers)
             except AuthError as exc:
                 return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
+        # A body that can never pass is told so (send it in parts), not to come back later.
+        too_large = declared_too_large(request, gw.config.http, path_infno)
+        if too_large is not None:
+            return _refusal(dispatch.refused(gw, too_large, path_infno or ""), started)
         budget = request.app[UPLOADS]
         payer = authenticated or f"address:{request.remote or ''}"
         if budget.active and _heavy_from_headers(request, gw.config.http, path_infno):

@@ -107,6 +107,18 @@ def _body_deadline(config: EdgeConfig, started: float, received: int) -> float:
     return started + allowed
 
 
+def declared_too_large(
+    request: web.Request, config: EdgeConfig, path_infno: str | None
+) -> BodyRefused | None:
+    """The refusal of a body whose Content-Length is past what its transaction may send (on
+    the national path: past the largest any transaction may), or None."""
+    limit = config.limit(path_infno) if path_infno is not None else config.body_limit_bytes
+    declared = request.content_length
+    if declared is not None and declared > (limit if path_infno is not None else config.largest):
+        return _too_large(limit)
+    return None
+
+
 async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | None) -> bytes:
     """The request body within its transaction's limit and the body deadline.
 
@@ -115,9 +127,9 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
     """
     known = path_infno is not None
     limit = config.limit(path_infno) if path_infno is not None else config.body_limit_bytes
-    declared = request.content_length
-    if declared is not None and declared > (limit if known else config.largest):
-        raise _too_large(limit)
+    too_large = declared_too_large(request, config, path_infno)
+    if too_large is not None:
+        raise too_large
     chunks: list[bytes] = []
     size = 0
     started = asyncio.get_running_loop().time()

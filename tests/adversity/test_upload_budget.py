@@ -203,3 +203,21 @@ async def test_the_byte_budget_refuses_past_its_burst_and_refills(metered: Serve
 
     await until(refilled, within=10.0)
     assert await _files(metered, UPLOADER) == 3
+
+
+async def test_a_body_past_its_limit_is_told_so_whatever_the_budget(metered: Server) -> None:
+    """A spent budget says "later"; a body no transaction may send must hear "in parts", or
+    its sender would retry it for ever."""
+    uploader = metered.client(UPLOADER)
+
+    async def spent() -> bool:
+        return BYTES in (await uploader.call("9101", _detail_file(UPLOADER)))["err_msg"]
+
+    await until(spent, within=10.0)
+    for path, length in (("/hsa/hgs/9101", 9 * MIB), (CALL_SERVICE, 9 * MIB)):
+        reader, writer = await _open(metered, _head(path, UPLOADER, length))
+        try:
+            answer = await _response(reader)
+        finally:
+            writer.close()
+        assert answer["infcode"] == -1 and "过大" in answer["err_msg"], answer
