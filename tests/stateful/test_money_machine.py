@@ -1083,7 +1083,7 @@ class MoneyMachine(RuleBasedStateMachine):
             )
             self.check_correction("plan", want, expected, planned.items, plan_failed)
         run_id = f"SM{next(_ids)}"
-        if how == "interrupted" and len(found) > 1:
+        if how == "interrupted":
             COUNTS["correction runs interrupted and resumed"] += 1
             summary, failed = h.run(corrections.apply(conn, snapshot, found, item, run_id, limit=1))
             rest, failed_rest = h.run(corrections.apply(conn, snapshot, found, item, run_id + "R"))
