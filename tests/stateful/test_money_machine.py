@@ -3,21 +3,35 @@ against a real gateway over HTTP.
 
 Each example takes four fresh persons (an employee with an account, a resident, a retiree with a
 chronic registration, an employee insured in another region) and drives them through random
-outpatient visits, stays and pharmacy sales at four institutions of two regions: uploads, refund
-lines, withdrawn lines, pre-settlements, settlements (mid-way and closing), cancellations,
-reversals (2601) of settlements and of cancellations, 3301 mapping changes, and dates in the past,
-today, across the year boundary and in the future. The machine keeps its own expectation in the
-independent model (tests/reference): every accepted settlement must answer the model's amounts,
-every refusal must be one the rules call for, and after every step the ledger checker's money
-invariants hold with the model as the rules (gateway/ledger/checker.py) and no balance is below
-zero.
+outpatient visits, stays and pharmacy sales at five institutions of two regions: uploads, refund
+lines (of charges not yet settled, and of charges settled mid-way, netted against the next
+settlement), withdrawn lines, pre-settlements, settlements (mid-way and closing), cancellations,
+reversals (2601) of settlements, of cancellations and of admissions, 2404, 3301 mapping changes,
+and dates in the past, today, across the year boundary and in the future. The machine keeps its
+own expectation in the independent model (tests/reference): every accepted settlement must
+answer the model's amounts, every refusal must be one the rules call for, and after every step
+the ledger checker's money invariants hold with the model as the rules
+(gateway/ledger/checker.py) and no balance is below zero.
+
+The two operators' undo paths are driven too, in-process through the functions their commands
+call, against the gateway's own database:
+- 自费转医保: SELFPAY_HOSPITAL is under the emergency plan's `selfpay` action for its admissions
+  (set once, through the plan store, before the first example), so each 2401 there opens a
+  self-pay stay; its settlements are refused until `conversion.convert` (`python -m gateway
+  encounter convert`) converts it, which is refused for a stay not self-pay or cancelled; the
+  converted stay then settles to the model's amounts.
+- bulk catalog corrections: after a 3301 re-maps an item, `corrections.targets`, `plan` and
+  `apply` (`python -m gateway corrections plan|apply`) must pick the model's settlements (in
+  force, a line of the item resolved through another mapping than the one on its fee date now),
+  in the order they were made, and re-settle each to the model's amounts (cancel exactly, settle
+  the same lines again through the corrected mapping against the accumulators of that moment),
+  or list it as refused where the rules refuse it and leave it in force; the plan must be what
+  apply does, an interrupted run resumed over the same list skips what was corrected, and a
+  second run finds nothing more. The re-settlement keeps the counter's msgid, so a 2601 of the
+  original is refused and the new one is cancelled by its setl_id.
 
 STATEFUL_N examples (default 25), STATEFUL_STEPS steps each (default 30), STATEFUL_SEED the seed
 (default: drawn and printed); `make stateful N=500 SEED=7` runs more.
-
-Not driven: 自费转医保 (reachable only through the console and `python -m gateway encounter
-convert` after the emergency plan's selfpay admission; test_undo_money covers it) and bulk
-catalog corrections (`corrections apply`, a CLI run; test_corrections covers them).
 """
 
 from __future__ import annotations
