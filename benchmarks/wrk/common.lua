@@ -209,6 +209,12 @@ function M.next_serial()
   return serial
 end
 
+-- The run token and thread number: what keeps one process's ids apart from another's started
+-- in the same second (their serials start at random and may overlap).
+function M.prefix()
+  return prefix
+end
+
 -- A request ------------------------------------------------------------------------------------
 
 -- msgid: institution (12) + time (14) + run (3) + thread (3) + serial (8), 40 characters.

@@ -32,7 +32,7 @@ gw_opened = "" -- the visits this thread opened, read by done()
 local function register(v, now)
   return '{"data":{"psn_no":"' .. v.psn .. '","insutype":"310","begntime":"' .. now
     .. '","mdtrt_cert_type":"01","mdtrt_cert_no":"' .. v.psn .. '","ipt_otp_no":"LT'
-    .. gw.tid .. "-" .. gw.next_serial() .. '"}}'
+    .. gw.prefix() .. "-" .. gw.next_serial() .. '"}}'
 end
 
 local function visit_info(v, now)
