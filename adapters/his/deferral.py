@@ -208,18 +208,13 @@ def claim_output(
 
 def presettle_output(req: Request) -> dict[str, Any]:
     """A pre-settlement while settlements are deferred: what the patient will pay (all of it)."""
-    facts = read_claim_like(req)
+    facts = read_claim(req)  # a pre-settlement carries its settlement's nodes (same kind)
     return {
         "setlinfo": cash_setlinfo(
             facts, claim_id=None, mdtrt_id=facts.mdtrt_id, msgid=req.msgid, at=dt.datetime.now()
         ),
         "setldetail": [],
     }
-
-
-def read_claim_like(req: Request) -> ClaimFacts:
-    """Pre-settlements carry the same nodes as the settlements they precede (the same kind)."""
-    return read_claim(req)
 
 
 def withdrawal_ref(req: Request) -> tuple[str, str, str]:
