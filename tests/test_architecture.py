@@ -516,3 +516,64 @@ def test_sql_in_every_form_is_found_outside_the_ledger(tmp_path: Path) -> None:
     )
     found = sql_outside_ledger(tmp_path, {"gateway/later.py": "moved later"})
     assert found == [f"gateway/handler.py:{n}" for n in range(5, 12)] + ["adapters/side.py:2"]
+
+
+# Which way imports between the adapters and the gateway point.
+ADAPTERS_OF_CLIENTS = ("adapters.his", "adapters.pos")
+COMPOSITION_ROOT = ("gateway.app", "gateway.__main__")
+
+
+def _inside(module: str, packages: Iterable[str]) -> str | None:
+    return next((p for p in packages if module == p or module.startswith(p + ".")), None)
+
+
+def one_way_violations(graph: Mapping[str, Mapping[str, Import]], root: Path) -> list[str]:
+    """Imports against the direction the layout promises: the HIS and POS adapters decode their
+    clients' shapes into the gateway's requests and are loaded by the composition root alone
+    (gateway/app registers them); no other part of the gateway, and not the national wire
+    layer both adapters share, reaches into one; and neither adapter reaches into the other."""
+    wrong = []
+    for name, edges in sorted(graph.items()):
+        own = _inside(name, ADAPTERS_OF_CLIENTS)
+        for target, imp in sorted(edges.items()):
+            into = _inside(target, ADAPTERS_OF_CLIENTS)
+            if into is None or into == own or _inside(name, COMPOSITION_ROOT):
+                continue
+            wrong.append(f"{name} imports {target} at {imp.where(root)}")
+    return wrong
+
+
+def test_only_the_composition_root_imports_the_client_adapters() -> None:
+    graph = import_graph(ROOT, PACKAGES)
+    # The graph is the real one: the root does load both adapters.
+    assert "adapters.pos.pharmacy" in graph["gateway.app.openapi"]
+    assert "adapters.his.transactions" in graph["gateway.app.server"]
+    wrong = one_way_violations(graph, ROOT)
+    assert not wrong, "imports against the layout's direction:\n" + "\n".join(wrong)
+
+
+def test_an_import_into_an_adapter_from_below_is_named(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "gateway/__init__.py": "",
+            "gateway/app/__init__.py": "",
+            "gateway/app/server.py": "import adapters.his.visit\n",
+            "gateway/jobs/__init__.py": "",
+            "gateway/jobs/replay.py": "def run():\n    from adapters.his import visit\n",
+            "adapters/__init__.py": "",
+            "adapters/his/__init__.py": "",
+            "adapters/his/visit.py": "from adapters.pos import sale\n",
+            "adapters/pos/__init__.py": "",
+            "adapters/pos/sale.py": "from adapters.national import wire\n",
+            "adapters/national/__init__.py": "",
+            "adapters/national/wire.py": "",
+        },
+    )
+    wrong = one_way_violations(import_graph(tmp_path, PACKAGES), tmp_path)
+    assert wrong == [
+        "adapters.his.visit imports adapters.pos at adapters/his/visit.py:1",
+        "adapters.his.visit imports adapters.pos.sale at adapters/his/visit.py:1",
+        "gateway.jobs.replay imports adapters.his at gateway/jobs/replay.py:2",
+        "gateway.jobs.replay imports adapters.his.visit at gateway/jobs/replay.py:2",
+    ]

@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 import gateway.app.server  # noqa: F401 - registers every transaction
-from adapters.his.schema import input_types
 from adapters.national.envelope import REVISIONS
+from gateway.app.openapi import input_types
 from gateway.emergency.plan.rules import TxClass
 from gateway.protocol.transaction import TRANSACTIONS, Deferral, Kind, Undo
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.his import deferral, settling, uploads
-from adapters.national import wire
+from adapters.his import settling, uploads
+from adapters.national import deferral, wire
 from adapters.national.envelope import decode_input, text
 from adapters.national.wire import (
     In2202,
@@ -69,7 +69,7 @@ async def admit(call: Call) -> Answer:
         fixmedins_code=call.req.fixmedins_code,
         psn_no=psn_no,
         insutype=insutype,
-        kind="inpatient",
+        kind=Kind.INPATIENT,
         med_type=med_type,
         begntime=begntime,
         ipt_otp_no=ipt_no,
@@ -195,7 +195,7 @@ async def cancel_discharge(call: Call) -> Answer:
     dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
 )
 async def upload_fees(call: Call) -> Answer:
-    return await uploads.upload(call, kind="inpatient")
+    return await uploads.upload(call, kind=Kind.INPATIENT)
 
 
 @register(
@@ -251,7 +251,7 @@ async def _no_orphan_refunds(call: Call, mdtrt_id: str) -> None:
     deferral=Deferral.PRESETTLEMENT,
 )
 async def pre_settle(call: Call) -> Answer:
-    return await settling.settle_visit(call, kind="inpatient", final=False)
+    return await settling.settle_visit(call, kind=Kind.INPATIENT, final=False)
 
 
 @register(
@@ -263,9 +263,10 @@ async def pre_settle(call: Call) -> Answer:
     kind=Kind.INPATIENT,
     deferral=Deferral.CLAIM,
     undo=Undo.SETTLEMENT,
+    settle_claim=settling.settle_claim,
 )
 async def settle(call: Call) -> Answer:
-    return await settling.settle_visit(call, kind="inpatient", final=True)
+    return await settling.settle_visit(call, kind=Kind.INPATIENT, final=True)
 
 
 @register(
@@ -279,4 +280,4 @@ async def settle(call: Call) -> Answer:
     undo=Undo.CANCELLATION,
 )
 async def cancel(call: Call) -> Answer:
-    return await settling.cancel_settlement(call, kind="inpatient")
+    return await settling.cancel_settlement(call, kind=Kind.INPATIENT)

@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from adapters.his import deferral, settling, uploads
-from adapters.national import wire
+from adapters.his import settling, uploads
+from adapters.national import deferral, wire
 from adapters.national.envelope import decode_input, text
 from adapters.national.wire import (
     In2201,
@@ -61,7 +61,7 @@ async def register_visit(call: Call) -> Answer:
         fixmedins_code=call.req.fixmedins_code,
         psn_no=psn_no,
         insutype=insutype,
-        kind="outpatient",
+        kind=Kind.OUTPATIENT,
         med_type="11",
         begntime=begntime,
         ipt_otp_no=ipt_otp_no,
@@ -160,7 +160,7 @@ register(
     dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
 )
 async def upload_fees(call: Call) -> Answer:
-    return await uploads.upload(call, kind="outpatient")
+    return await uploads.upload(call, kind=Kind.OUTPATIENT)
 
 
 @register(
@@ -199,7 +199,7 @@ async def cancel_fees(call: Call) -> Answer:
     deferral=Deferral.PRESETTLEMENT,
 )
 async def pre_settle(call: Call) -> Answer:
-    return await settling.settle_visit(call, kind="outpatient", final=False)
+    return await settling.settle_visit(call, kind=Kind.OUTPATIENT, final=False)
 
 
 @register(
@@ -212,9 +212,10 @@ async def pre_settle(call: Call) -> Answer:
     deferral=Deferral.CLAIM,
     undo=Undo.SETTLEMENT,
     grouped=settling.outpatient_job,
+    settle_claim=settling.settle_claim,
 )
 async def settle(call: Call) -> Answer:
-    return await settling.settle_visit(call, kind="outpatient", final=True)
+    return await settling.settle_visit(call, kind=Kind.OUTPATIENT, final=True)
 
 
 @register(
@@ -228,4 +229,4 @@ async def settle(call: Call) -> Answer:
     undo=Undo.CANCELLATION,
 )
 async def cancel(call: Call) -> Answer:
-    return await settling.cancel_settlement(call, kind="outpatient")
+    return await settling.cancel_settlement(call, kind=Kind.OUTPATIENT)

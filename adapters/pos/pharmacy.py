@@ -11,8 +11,7 @@ from typing import Any
 
 import msgspec
 
-from adapters.his import deferral
-from adapters.national import wire
+from adapters.national import deferral, wire
 from adapters.national.envelope import Amount, Code, Request, decode_input, text
 from adapters.national.output import line_result, setldetail, setlinfo
 from adapters.national.wire import (
@@ -28,19 +27,16 @@ from adapters.national.wire import (
     when_required,
 )
 from gateway.app.runtime import Gateway
-from gateway.core import eligibility
-from gateway.core.dates import within_visit
-from gateway.core.model import Institution, Person, PersonState, Settlement, Visit
-from gateway.core.settle import settle
+from gateway.core.model import Institution, Settlement
 from gateway.emergency.plan.rules import TxClass
-from gateway.ledger import encounters, fees, persons, settlements
-from gateway.ledger.writes import Writes
-from gateway.pipeline.grouped import Built, Held, Job
-from gateway.protocol.errors import BadRequest, LineRejected, NotInsured, RuleRejected
+from gateway.ledger import fees, settlements
+from gateway.pipeline.grouped import Job
+from gateway.protocol.errors import BadRequest, LineRejected, RuleRejected
+from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Undo, register
+from gateway.services.purchase import PHARMACY_MED_TYPE, PurchaseAsk, purchase_job
 from gateway.services.settlement_state import preview, settle_alone
 
-PHARMACY_MED_TYPE = "41"
 MAX_LINES = 500
 
 
@@ -82,20 +78,8 @@ class In2101(Node):
     drugdetail: list[DrugDetail] = []
 
 
-class Purchase(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """A validated 2101/2102 request."""
-
-    info: DrugInfo
-    psn_no: str
-    cert: persons.Certificate
-    begntime: Any
-    acct_used: bool
-    declared: settlements.Declared
-    lines: tuple[fees.StoredLine, ...]
-
-
-def _purchase(req: Request) -> Purchase:
-    """Validate a 2101/2102 input (pure); the lines get their 就诊ID when it is drawn."""
+def purchase_of(req: Request) -> PurchaseAsk:
+    """A 2101/2102 as the settlement build reads it; refuses what cannot be one."""
     node = decode_input(req, In2101)
     info = node.druginfo
     if info is None:
@@ -144,77 +128,30 @@ def _purchase(req: Request) -> Purchase:
     medfee_sumamt = fen_required(info.medfee_sumamt, "druginfo.medfee_sumamt")
     if medfee_sumamt == 0:
         raise BadRequest("医疗费总额medfee_sumamt为0，没有需要结算的药品费用")
-    return Purchase(
-        info=info,
+    return PurchaseAsk(
         psn_no=psn_no,
         cert=cert,
+        cert_type=text(info.mdtrt_cert_type),
         begntime=begntime,
         acct_used=flag(info.acct_used_flag, "druginfo.acct_used_flag") == "1",
+        insutype=text(info.insutype),
+        dise_codg=text(info.dise_codg),
+        dise_name=text(info.dise_name),
         declared=settlements.Declared(medfee_sumamt=medfee_sumamt),
         lines=tuple(lines),
+        stored={"druginfo": msgspec.to_builtins(info), "dev_no": req.dev_no},
     )
 
 
-def _check_dates(gw: Gateway, institution: Institution, p: Purchase, now: dt.datetime) -> None:
-    """The sale and each line dated between the late-billing bound and now, lines on the sale's
-    day or after it (gateway.core.dates)."""
-    rules = gw.config.dates
-    rules.check("购药时间begntime", p.begntime, admdvs=institution.admdvs, now=now)
-    for ln in p.lines:
-        rules.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=institution.admdvs, now=now)
-        within_visit(
-            ln.feedetl_sn, ln.fee_ocur_time, begntime=p.begntime, endtime=None, start="购药"
-        )
-
-
-def _context(
-    req: Request, institution: Institution, p: Purchase, person: Person, mdtrt_id: str
-) -> settlements.Context:
-    """The purchase as a visit of its own; refuses a person not insured, or another insutype."""
-    persons.require_insured(person)
-    eligibility.require_insutype(text(p.info.insutype), person.insutype)
-    enc = encounters.Encounter(
-        mdtrt_id=mdtrt_id,
-        fixmedins_code=req.fixmedins_code,
-        psn_no=p.psn_no,
-        insutype=person.insutype,
-        kind="pharmacy",
-        med_type=PHARMACY_MED_TYPE,
-        begntime=p.begntime,
-        endtime=None,
-        ipt_otp_no=req.msgid,
-        dise_codg=text(p.info.dise_codg),
-        dise_name=text(p.info.dise_name),
-        status="open",
-        insuplc_admdvs=person.insuplc_admdvs,
-        adm_dedc_fen=None,
-        adm_dedc_used_fen=0,
-    )
-    return settlements.Context(
-        institution=institution,
-        encounter=enc,
-        visit=Visit(
-            fixmedins_code=req.fixmedins_code,
-            mdtrt_id=mdtrt_id,
-            med_type=PHARMACY_MED_TYPE,
-            service_date=p.begntime.date(),
-            acct_used_flag=p.acct_used,
-            dise_codg=enc.dise_codg,
-        ),
-        infno=req.infno,
-        msgid=req.msgid,
-        dev_no=req.dev_no,
-        opter=req.opter,
-        mdtrtarea_admvs=req.mdtrtarea_admvs,
-    )
-
-
-def _output(
-    rec: settlements.Record, s: Settlement, ctx: settlements.Context, p: Purchase, *, final: bool
+def output(
+    rec: settlements.Record,
+    s: Settlement,
+    ctx: settlements.Context,
+    p: PurchaseAsk,
+    final: bool,
 ) -> dict[str, Any]:
-    info = setlinfo(
-        rec, service_date=ctx.visit.service_date, mdtrt_cert_type=text(p.info.mdtrt_cert_type)
-    )
+    """The 2101/2102 answer: 结算信息, 结算基金分项 and each line's split."""
+    info = setlinfo(rec, service_date=ctx.visit.service_date, mdtrt_cert_type=p.cert_type)
     info.pop("hosp_part_amt", None)  # the pharmacy setlinfo has no hospital share
     if not final:
         info["mdtrt_id"] = None
@@ -228,53 +165,17 @@ def _output(
 def _job(
     gw: Gateway, req: Request, institution: Institution, now: dt.datetime, *, final: bool = True
 ) -> Job:
-    """2101/2102 as one pure build over the person's state: the visit, its lines, the
-    settlement and everything it changes, staged. The group commit and the single path run a
-    2102's, `preview` a 2101's (final=False: the same split, nothing written), so a purchase
-    settles the same way alone, in a batch or priced ahead."""
-    p = _purchase(req)
-    _check_dates(gw, institution, p, now)
-    snapshot = gw.snapshot
-
-    def build(held: Held, mdtrt_serial: int, setl_serial: int) -> Built:
-        if held.person is None:
-            raise NotInsured(f"人员编号{p.psn_no}不存在，请重新读卡获取人员信息")
-        persons.require_certificate(held.person, p.cert)
-        mdtrt_id = encounters.ledger_id(institution.admdvs, now, mdtrt_serial) if final else ""
-        ctx = _context(req, institution, p, held.person, mdtrt_id)
-        lines = [msgspec.structs.replace(ln, mdtrt_id=mdtrt_id) for ln in p.lines]
-        state = PersonState(person=held.person, balance_fen=held.balance, year=held.year)
-        s = settle(snapshot, ctx.visit, state, lines, use_account=True)
-        settlements.check_declared(s, p.declared)
-        writes = Writes()
-        if not final:
-            rec = settlements.record_of(s, ctx, held.person, setl_id=None, setl_time=None)
-            return Built(_output(rec, s, ctx, p, final=False), writes, held.balance, held.year)
-        writes.add(
-            encounters.INSERT,
-            *encounters.row(
-                ctx.encounter,
-                req.msgid,
-                {"druginfo": msgspec.to_builtins(p.info), "dev_no": req.dev_no},
-            ),
-        )
-        setl_id = encounters.ledger_id(institution.admdvs, now, setl_serial)
-        writes.extend(fees.INSERT, fees.rows(lines, req.msgid, setl_id))
-        rec = settlements.stage(
-            writes,
-            snapshot,
-            ctx,
-            lines,
-            s,
-            state,
-            now,
-            setl_id=setl_id,
-            replaces=None,  # a fresh visit has no refunded settlement to remake
-            lines_stored_settled=True,
-        )
-        return Built.settled(s, held, _output(rec, s, ctx, p, final=True), writes)
-
-    return Job(psn_no=p.psn_no, year=p.begntime.year, build=build)
+    """2101/2102 as the purchase build (gateway.services.purchase), whichever path runs it."""
+    return purchase_job(
+        gw.snapshot,
+        gw.config.dates,
+        Origin.of(req),
+        institution,
+        now,
+        purchase_of(req),
+        output,
+        final=final,
+    )
 
 
 async def _pre_settle(call: Call) -> Answer:

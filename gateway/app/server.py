@@ -288,7 +288,7 @@ def observe(outcome: dispatch.Outcome, seconds: float) -> None:
 
 async def openapi_endpoint(request: web.Request) -> web.Response:
     """GET /openapi.json — generated from the transactions' input types."""
-    from adapters.his.schema import openapi
+    from gateway.app.openapi import openapi
 
     return web.json_response(openapi())
 

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from adapters.his import deferral
+from adapters.national import deferral
 from adapters.national.envelope import Request, encode_response
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution

@@ -21,14 +21,14 @@ from typing import Any, TextIO
 import asyncpg
 from msgspec.structs import replace
 
-from adapters.his import settling
 from gateway.core.catalog import Snapshot
-from gateway.core.model import Visit
 from gateway.core.money import fen_text
 from gateway.ledger import corrections, fees, persons, settlements
 from gateway.ledger.settlements import AMOUNT_FIELDS, Record
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol.errors import GatewayError, NotFound
+from gateway.protocol.origin import Origin
+from gateway.services import visit_settlement
 from gateway.services.settlement_state import settle_alone
 
 FUND_CODES = ("310100", "390100", "320100", "330100", "390200", "610100", "310200")
@@ -244,29 +244,31 @@ async def resettle(
         assert held.visit is not None and held.person is not None
         enc = held.visit.encounter
         persons.require_insured(held.person)
-        ctx = settlements.Context(
-            institution=institution,
-            encounter=enc,
-            visit=Visit(
-                fixmedins_code=row.fixmedins_code,
-                mdtrt_id=row.mdtrt_id,
-                med_type=row.med_type,
-                service_date=enc.begntime.date(),
-                acct_used_flag=row.acct_used_flag,
-                dise_codg=enc.dise_codg,
-            ),
+        origin = Origin(
+            fixmedins_code=row.fixmedins_code,
             infno=row.infno,
             msgid=row.medins_setl_id,
-            chrg_bchno=row.chrg_bchno,
-            mid_setl_flag=row.mid_setl_flag,
             dev_no=row.dev_no,
             opter=row.opter,
             mdtrtarea_admvs=row.mdtrtarea_admvs,
         )
+        asked = visit_settlement.VisitAsk(
+            psn_no=row.psn_no,
+            mdtrt_id=row.mdtrt_id,
+            med_type=row.med_type,
+            acct_used=row.acct_used_flag,
+            mid_setl_flag=row.mid_setl_flag,
+            chrg_bchno=row.chrg_bchno,
+            declared=declared,
+            insutype="",
+            cert_type="",
+            cert=None,
+        )
+        ctx = visit_settlement.context(origin, institution, enc, asked)
         again = [ln for ln in held.visit.unsettled if ln.feedetl_sn in wanted]
         if not again:
             raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
-        rec, s, writes = settling.settle_lines(
+        rec, s, writes = visit_settlement.settle_lines(
             snapshot,
             ctx,
             held,

@@ -90,6 +90,9 @@ Handler = Callable[[Call], Awaitable[Answer]]
 Prepare = Callable[[Gateway, Request, Institution, dt.datetime], "Job | None"]
 # A journaled call's answer while the ledger is down (its visit's provisional id, if it opens one).
 JournalAnswer = Callable[[Request, "str | None"], Any]
+# How replay settles a deferred claim of a visit's lines: exactly the lines (feedetl_sn) the
+# claim was taken for, not whatever the visit holds unsettled by then.
+ClaimSettle = Callable[[Call, frozenset[str]], Awaitable[Answer]]
 # Where a request carries a service date: (node, "*" for each row of a list node or "", field,
 # the name a clerk reads).
 Dated = tuple[str, str, str, str]
@@ -110,6 +113,8 @@ class Transaction:
     opens_visit: bool = False  # a visit begins with it (a journaled one gets a provisional id)
     journal_answer: JournalAnswer | None = None
     dated: tuple[Dated, ...] = ()  # its service dates, judged when it is deferred
+    # A claim's replay (Deferral.CLAIM of a visit); None: the handler settles the claim whole.
+    settle_claim: ClaimSettle | None = None
 
     @property
     def admits(self) -> bool:
@@ -134,6 +139,7 @@ def register(
     opens_visit: bool = False,
     journal_answer: JournalAnswer | None = None,
     dated: tuple[Dated, ...] = (),
+    settle_claim: ClaimSettle | None = None,
 ) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
 
@@ -152,6 +158,7 @@ def register(
             opens_visit,
             journal_answer,
             dated,
+            settle_claim,
         )
         return handler
 

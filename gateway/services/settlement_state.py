@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from adapters.his import deferral
+from adapters.national import deferral
 from gateway.core.model import Accumulators, Person
 from gateway.ledger import deferred, encounters, fees, persons, settlements
 from gateway.pipeline.grouped import Built, Held, Job, VisitHeld

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.his.schema import input_types
+from gateway.app.openapi import input_types
 from gateway.pipeline.auth import load_credentials, sign_headers
 
 INPUT_TYPES = input_types()

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from adapters.his import deferral
+from adapters.national import deferral
 from adapters.national.envelope import decode_request
 from gateway.emergency.deferred.journal import Journal
 from gateway.ledger.deferred import Entry

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from adapters.his import deferral, settling
+from adapters.national import deferral
 from gateway.app.runtime import Gateway
 from gateway.emergency.deferred.journal import Journal, read_segment
 from gateway.ledger import deferred, fees, idempotency, settlements
@@ -106,10 +106,11 @@ async def _run(
     if institution is None:
         raise NotFound(f"定点医药机构编号{req.fixmedins_code}未登记")
     call = Call(gw, req, conn, now, institution, Mode.REPLAY)
-    if row.kind == "claim" and row.lines is not None:
-        answer = await settling.settle_claim(call, list(row.lines))
+    tx = TRANSACTIONS[req.infno]
+    if row.kind == "claim" and row.lines is not None and tx.settle_claim is not None:
+        answer = await tx.settle_claim(call, frozenset(row.lines))
     else:
-        answer = await TRANSACTIONS[req.infno].handler(call)
+        answer = await tx.handler(call)
     return _exact.decode(msgspec.json.encode(answer.output))
 
 

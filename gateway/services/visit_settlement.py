@@ -1,0 +1,232 @@
+"""The settlement of a visit's lines: outpatient (2206/2207) and inpatient (2303/2304).
+
+One build, whoever asks: the counter alone or in a group-commit batch, a pre-settlement (the
+same build, nothing written), a deferred claim at replay (exactly the claim's lines), bulk
+catalog corrections (`settle_lines`). It works on a `VisitAsk`, the request as the rules need
+it; the HIS adapter decodes the national shapes into one and encodes the answer (`Encode`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from adapters.national import deferral
+from gateway.core import eligibility
+from gateway.core.catalog import Snapshot
+from gateway.core.model import Category, Institution, PersonState, Settlement, Visit
+from gateway.core.settle import settle
+from gateway.ledger import encounters, fees, persons, settlements
+from gateway.ledger.encounters import Encounter
+from gateway.ledger.writes import Writes
+from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
+from gateway.protocol.errors import Conflict, NotFound, NotInsured, RuleRejected
+from gateway.protocol.origin import Origin
+from gateway.protocol.transaction import Kind
+
+
+class VisitAsk(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2206/2207/2303/2304 as the rules read it (validated by the adapter)."""
+
+    psn_no: str
+    mdtrt_id: str
+    med_type: str  # "" for a stay's settlement that sent none: the admission's applies
+    acct_used: bool
+    mid_setl_flag: str
+    chrg_bchno: str  # fees.ALL for a stay (every unsettled line)
+    declared: settlements.Declared
+    insutype: str
+    cert_type: str
+    cert: persons.Certificate | None
+
+
+# The answer a built settlement is encoded into (the adapter's national output).
+Encode = Callable[[settlements.Record, settlements.Context, VisitAsk], Any]
+
+
+def check_med_type(enc: Encounter, med_type: str) -> Category:
+    """The med_type must be supported and belong to the kind of visit."""
+    return eligibility.category_for(enc.kind, med_type, enc.mdtrt_id)
+
+
+def admission_med_type(enc: Encounter, a: VisitAsk) -> VisitAsk:
+    """The inpatient settlement's med_type is the admission's; one sent must agree with it."""
+    if a.med_type and a.med_type != enc.med_type:
+        raise RuleRejected(
+            f"医疗类别{a.med_type}与入院办理（2401）时的医疗类别{enc.med_type}不一致"
+            f"（就诊ID{enc.mdtrt_id}），住院结算按入院时的医疗类别结算"
+        )
+    return msgspec.structs.replace(a, med_type=enc.med_type)
+
+
+def _check_visit(enc: Encounter, kind: Kind, a: VisitAsk, *, final: bool) -> None:
+    """What the visit must be for this settlement."""
+    if enc.kind != kind:
+        raise RuleRejected(
+            f"就诊ID{a.mdtrt_id}不是{'门诊' if kind is Kind.OUTPATIENT else '住院'}就诊"
+        )
+    encounters.require_open(enc)
+    if enc.selfpay:
+        raise RuleRejected(f"就诊ID{a.mdtrt_id}为应急期间自费入院，请先办理自费转医保后再结算")
+    eligibility.require_insutype(a.insutype, enc.insutype, held_as="登记时的险种")
+    check_med_type(enc, a.med_type)
+    if kind is Kind.INPATIENT and final and a.mid_setl_flag == "0" and enc.status != "discharged":
+        raise Conflict("患者尚未办理出院（2402），不能进行出院结算；中途结算请传mid_setl_flag=1")
+
+
+def context(
+    origin: Origin, institution: Institution, enc: Encounter, a: VisitAsk
+) -> settlements.Context:
+    """The settlement's context: the visit as the rules see it and the request it records."""
+    return settlements.Context(
+        institution=institution,
+        encounter=enc,
+        visit=Visit(
+            fixmedins_code=origin.fixmedins_code,
+            mdtrt_id=enc.mdtrt_id,
+            med_type=a.med_type,
+            service_date=enc.begntime.date(),
+            acct_used_flag=a.acct_used,
+            dise_codg=enc.dise_codg,
+        ),
+        infno=origin.infno,
+        msgid=origin.msgid,
+        chrg_bchno="" if a.chrg_bchno == fees.ALL else a.chrg_bchno,
+        mid_setl_flag=a.mid_setl_flag,
+        dev_no=origin.dev_no,
+        opter=origin.opter,
+        mdtrtarea_admvs=origin.mdtrtarea_admvs,
+    )
+
+
+def person_state(held: Held, visit: VisitHeld) -> PersonState:
+    """The person's state for a settlement of this visit, as the locked read has it."""
+    assert held.person is not None
+    enc = visit.encounter
+    return PersonState(
+        person=held.person,
+        balance_fen=held.balance,
+        year=held.year,
+        admission_dedc_fen=enc.adm_dedc_fen,
+        admission_dedc_used_fen=enc.adm_dedc_used_fen,
+        other_inpatient_in_force=visit.other_inpatient_in_force,
+    )
+
+
+def settle_lines(
+    snapshot: Snapshot,
+    ctx: settlements.Context,
+    held: Held,
+    visit: VisitHeld,
+    lines: list[fees.StoredLine],
+    declared: settlements.Declared,
+    now: dt.datetime,
+    *,
+    setl_serial: int,
+    replaces: str | None,
+) -> tuple[settlements.Record, Settlement, Writes]:
+    """Settle these lines of the visit and stage everything it changes: the one settlement of
+    a visit, whoever asks (the counter alone or in a batch, replay, bulk corrections)."""
+    state = person_state(held, visit)
+    s = settle(snapshot, ctx.visit, state, lines)
+    settlements.check_declared(s, declared)
+    writes = Writes()
+    rec = settlements.stage(
+        writes,
+        snapshot,
+        ctx,
+        lines,
+        s,
+        state,
+        now,
+        setl_id=encounters.ledger_id(ctx.institution.admdvs, now, setl_serial),
+        replaces=replaces,
+    )
+    return rec, s, writes
+
+
+def visit_job(
+    snapshot: Snapshot,
+    origin: Origin,
+    institution: Institution,
+    now: dt.datetime,
+    asked: VisitAsk,
+    encode: Encode,
+    *,
+    kind: Kind,
+    final: bool = True,
+    only: frozenset[str] | None = None,
+    respect_claims: bool = True,
+) -> Job:
+    """A 2206/2207/2303/2304 as a Job: the visit and the person locked, the checks, the split
+    and its writes in one pure build, whichever path runs it.
+
+    `final=False`: a pre-settlement (run by `preview`: the same answer, nothing written);
+    `only`: just these of the lines (a deferred claim's, at replay, which settles the lines its
+    pending claim holds: respect_claims=False).
+    """
+    a = asked
+
+    def build(held: Held, _mdtrt_serial: int, setl_serial: int) -> Built:
+        visit = held.visit
+        if visit is None or visit.encounter.fixmedins_code != origin.fixmedins_code:
+            raise NotFound(f"就诊ID{a.mdtrt_id}不存在或不属于本机构")
+        if final and respect_claims and only is None:
+            deferral.refuse_if_held(visit.claimed, a.chrg_bchno)
+        enc = visit.encounter
+        if a.psn_no != enc.psn_no:
+            raise Conflict(f"人员编号{a.psn_no}与就诊ID{a.mdtrt_id}的参保人不一致")
+        this = admission_med_type(enc, a) if kind is Kind.INPATIENT and enc.kind == kind else a
+        _check_visit(enc, kind, this, final=final)
+        lines = visit.unsettled
+        if this.chrg_bchno != fees.ALL:
+            lines = [ln for ln in lines if ln.chrg_bchno == this.chrg_bchno]
+        if only is not None:
+            lines = _claimed(lines, only)
+        if not lines:
+            if final and this.chrg_bchno in visit.settled_batches:
+                raise Conflict(f"收费批次{this.chrg_bchno}已结算，请勿重复结算")
+            raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
+        if held.person is None:
+            raise NotInsured(f"人员编号{this.psn_no}不存在，请重新读卡获取人员信息")
+        persons.require_certificate(held.person, this.cert)
+        persons.require_insured(held.person)
+        ctx = context(origin, institution, enc, this)
+        if not final:
+            s = settle(snapshot, ctx.visit, person_state(held, visit), lines)
+            settlements.check_declared(s, this.declared)
+            rec = settlements.record_of(s, ctx, held.person, setl_id=None, setl_time=None)
+            return Built(encode(rec, ctx, this), Writes(), held.balance, held.year)
+        rec, s, writes = settle_lines(
+            snapshot,
+            ctx,
+            held,
+            visit,
+            lines,
+            this.declared,
+            now,
+            setl_serial=setl_serial,
+            replaces=visit.refunded.pop(ctx.chrg_bchno, None),
+        )
+        # The next settlement of this visit in the same batch sees these lines as settled.
+        taken = {ln.feedetl_sn for ln in lines}
+        visit.unsettled = [ln for ln in visit.unsettled if ln.feedetl_sn not in taken]
+        visit.settled_batches.add(this.chrg_bchno)
+        return Built.settled(s, held, encode(rec, ctx, this), writes)
+
+    return Job(psn_no=a.psn_no, year=None, build=build, mdtrt_id=a.mdtrt_id)
+
+
+def _claimed(lines: list[fees.StoredLine], only: frozenset[str]) -> list[fees.StoredLine]:
+    """The claim's lines, each still unsettled: settling fewer would not be the bill the patient
+    paid in cash."""
+    taken = [ln for ln in lines if ln.feedetl_sn in only]
+    gone = sorted(only - {ln.feedetl_sn for ln in taken})
+    if gone:
+        raise Conflict(
+            f"暂存结算所含费用明细{'、'.join(gone)}已撤销或已结算，不能按暂存时的费用补结算"
+        )
+    return taken
