@@ -125,10 +125,10 @@ async def upload_file(call: Call) -> Answer:
     if owner and owner != call.req.fixmedins_code:
         raise BadRequest("文件所属机构与报文机构编号不一致")
     encoded = required(node.in_, "fsUploadIn.in")
-    # Decoded and read through in a parser thread, bounded (gateway.jobs.reconcile.FileLimits): a file
+    # Decoded and read through in a reader process, bounded (gateway.jobs.reconcile.FileLimits): a file
     # that cannot be read is refused now, not at 3202, and never at the event loop's expense.
     limits = call.gw.config.reconcile_files
-    content = await reconcile.off_loop(
+    content = await reconcile.off_process(
         limits, reconcile.read_upload, encoded, limits, MAX_FILE_BYTES
     )
     file_no, deadline = await exchange_files.store_file(

@@ -26,6 +26,7 @@ from gateway.app.runtime import Gateway
 from gateway.core.settle import FUND_NAMES
 from gateway.emergency import hook as emergency
 from gateway.emergency.console import install as install_console
+from gateway.jobs import reconcile
 from gateway.ledger import db, reference_store
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
@@ -377,6 +378,7 @@ def build_app(settings: Settings) -> web.Application:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         gw = await Gateway.start(settings, group_commit=GroupCommit.for_process)
         app[GATEWAY] = gw
+        reconcile.start_readers(gw.config.reconcile_files)
         metrics.prime(
             transaction.TRANSACTIONS,
             [i.fixmedins_code for i in gw.snapshot.institutions],
@@ -401,6 +403,7 @@ def build_app(settings: Settings) -> web.Application:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            reconcile.stop_readers()
             await gw.close()
 
     app.cleanup_ctx.append(resources)

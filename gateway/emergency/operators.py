@@ -398,23 +398,33 @@ class Hasher:
             raise HashersBusy
         if not (desk or paid) and not self.take(name, known=stored is not None):
             raise HashersBusy
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=max(self.policy.hash_threads, 1), thread_name_prefix="scrypt"
-            )
+        executor = self._threads()
         self.pending += 1
         try:
             loop = asyncio.get_running_loop()
             if stored is None:
-                if self._dummy is None:
-                    self._dummy = await loop.run_in_executor(
-                        self._executor, hash_password, secrets.token_hex(16)
-                    )
-                await loop.run_in_executor(self._executor, check_password, self._dummy, password)
+                dummy = self._dummy or await self.warm()
+                await loop.run_in_executor(executor, check_password, dummy, password)
                 return False
-            return await loop.run_in_executor(self._executor, check_password, stored, password)
+            return await loop.run_in_executor(executor, check_password, stored, password)
         finally:
             self.pending -= 1
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=max(self.policy.hash_threads, 1), thread_name_prefix="scrypt"
+            )
+        return self._executor
+
+    async def warm(self) -> str:
+        """The threads started and the hash an unknown name is checked against made, at
+        start-up: the first guess of a flood must not be the one that pays for them."""
+        if self._dummy is None:
+            loop = asyncio.get_running_loop()
+            made = await loop.run_in_executor(self._threads(), hash_password, secrets.token_hex(16))
+            self._dummy = self._dummy or made
+        return self._dummy
 
     def close(self) -> None:
         if self._executor is not None:

@@ -13,13 +13,15 @@ import base64
 import binascii
 import csv
 import io
+import multiprocessing
 import struct
 import threading
 import time
 import zipfile
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -329,6 +331,84 @@ async def off_loop(limits: FileLimits, fn: Callable[..., T], *args: object) -> T
         raise
     job.add_done_callback(lambda _: slots.release())
     return await asyncio.wrap_future(job)
+
+
+# Uploads are read in processes of their own: a hostile file is parsed by Python code that
+# holds the interpreter lock for as long as the parse runs, and parsed in a thread it made the
+# event loop wait for the lock on every step of every other institution's requests. A process
+# shares only the CPU, which the operating system divides fairly. One pool per process, started
+# with the gateway (`start_readers`) so that no upload pays for starting it.
+_readers: tuple[ProcessPoolExecutor, threading.BoundedSemaphore] | None = None
+_readers_lock = threading.Lock()
+
+READ_FAILED = "明细文件无法读取（读取进程异常终止），请检查文件后使用新的报文ID重新上传"
+
+
+def _nothing() -> None:
+    """Run once in each reader as it starts: the spawn and the imports are paid then."""
+
+
+def _reader_pool(size: int) -> tuple[ProcessPoolExecutor, threading.BoundedSemaphore]:
+    global _readers
+    with _readers_lock:
+        if _readers is None:
+            size = max(1, size)
+            # spawn, not fork: the gateway has threads and an event loop a fork would copy.
+            context = multiprocessing.get_context("spawn")
+            _readers = (
+                ProcessPoolExecutor(size, mp_context=context),
+                threading.BoundedSemaphore(size),
+            )
+        return _readers
+
+
+def _drop_readers(broken: ProcessPoolExecutor) -> None:
+    """Forget a pool whose process died (the next upload starts a new one)."""
+    global _readers
+    with _readers_lock:
+        if _readers is not None and _readers[0] is broken:
+            _readers = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+def start_readers(limits: FileLimits) -> None:
+    """Start the upload readers now, at start-up, not on the first upload."""
+    executor, _ = _reader_pool(limits.parsers)
+    for _ in range(max(1, limits.parsers)):
+        executor.submit(_nothing)
+
+
+def stop_readers() -> None:
+    global _readers
+    with _readers_lock:
+        pool, _readers = _readers, None
+    if pool is not None:
+        pool[0].shutdown(wait=False, cancel_futures=True)
+
+
+async def off_process(limits: FileLimits, fn: Callable[..., T], *args: object) -> T:
+    """Run an upload's first read in one of the reader processes; busy when all are taken.
+
+    As with `off_loop`, the slot is given back when the reader is done. `fn` and its arguments
+    cross to the reader by pickling: a module-level function over bytes, text and limits."""
+    executor, slots = _reader_pool(limits.parsers)
+    if not slots.acquire(blocking=False):
+        raise Busy(PARSERS_BUSY)
+    try:
+        job: Future[T] = executor.submit(fn, *args)
+    except BrokenProcessPool:
+        slots.release()
+        _drop_readers(executor)
+        raise Busy(PARSERS_BUSY) from None
+    except BaseException:
+        slots.release()
+        raise
+    job.add_done_callback(lambda _: slots.release())
+    try:
+        return await asyncio.wrap_future(job)
+    except BrokenProcessPool:
+        _drop_readers(executor)
+        raise BadRequest(READ_FAILED) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -357,6 +357,8 @@ async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         )
     # An acknowledged settlement exists exactly once; an acknowledged deferred claim exists once
     # as a claim, and once as a settlement after it was replayed (none while pending/withdrawn).
+    # The settling transactions are named here, not read from the transaction table: the
+    # checker audits the ledger on its own reading of the rules, whatever code registered.
     for row in await conn.fetch(
         "SELECT i.fixmedins_code, i.msgid, count(s.setl_id) AS n, d.status AS claim FROM idempotency i"
         " LEFT JOIN settlements s ON s.fixmedins_code = i.fixmedins_code AND s.medins_setl_id = i.msgid"

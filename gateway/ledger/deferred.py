@@ -94,14 +94,15 @@ async def pending_claims(conn: asyncpg.Connection) -> int:
     )
 
 
-async def unfixed_claims(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    """Pending claims that may cover a whole visit and do not name their lines yet, in the
-    order they were received (journaled claims, and those taken while the visit's own calls
-    waited to be applied)."""
+async def unfixed_claims(conn: asyncpg.Connection, infnos: list[str]) -> list[asyncpg.Record]:
+    """Pending claims of these transactions (those settling a visit's lines) that do not name
+    their lines yet, in the order they were received (journaled claims, and those taken while
+    the visit's own calls waited to be applied)."""
     return list(
         await conn.fetch(
             "SELECT seq, body FROM deferred WHERE kind = 'claim' AND status = 'pending'"
-            " AND lines IS NULL AND infno IN ('2207', '2304') ORDER BY seq"
+            " AND lines IS NULL AND infno = ANY($1::text[]) ORDER BY seq",
+            infnos,
         )
     )
 

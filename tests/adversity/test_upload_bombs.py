@@ -14,6 +14,7 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import struct
 import time
 import tracemalloc
@@ -26,7 +27,9 @@ from msgspec.structs import replace
 
 from gateway.app.config import Breakers, Deadlines, GatewayConfig
 from gateway.emergency.breaker import BreakerConfig
+from gateway.jobs import reconcile
 from gateway.pipeline.edge import EdgeConfig
+from gateway.protocol.errors import BadRequest
 from tests.adversity.test_ledger_outage import ProxiedLedger
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL
@@ -272,3 +275,21 @@ def test_refusals_name_the_limit() -> None:
             read_detail_file(content, small)
         assert want in refused.value.err_msg, (want, refused.value.err_msg)
     assert len(read_detail_file(_zip([("detail.txt", LINE * 3)]))) == 3
+
+
+async def test_a_reader_process_that_dies_refuses_its_file_and_the_next_is_read() -> None:
+    """A file that kills its reader (the operating system ending it for memory, say) is refused
+    with a message, not a 500; the pool is replaced and the next upload is read as usual."""
+    limits = reconcile.FileLimits(parsers=1)
+    reconcile.stop_readers()
+    try:
+        with pytest.raises(BadRequest) as refused:
+            await reconcile.off_process(limits, os._exit, 1)
+        assert refused.value.err_msg == reconcile.READ_FAILED
+        text = base64.b64encode(b"a\tb\n").decode()
+        with pytest.raises(BadRequest) as wrong:  # a real read, in a new reader
+            await reconcile.off_process(limits, reconcile.read_upload, text, limits, MB)
+        assert "明细文件" in wrong.value.err_msg
+        assert await reconcile.off_process(limits, len, b"abc") == 3
+    finally:
+        reconcile.stop_readers()

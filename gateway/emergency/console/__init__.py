@@ -562,6 +562,10 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
         response.headers.update(SECURITY_HEADERS)
 
 
+async def warm_hasher(app: web.Application) -> None:
+    await app[HASHER].warm()
+
+
 async def stop_hasher(app: web.Application) -> None:
     app[HASHER].close()
 
@@ -571,6 +575,7 @@ def install(app: web.Application, operators_path: Path) -> None:
     app[OPERATORS] = operators.load_operators(operators_path)
     app[HASHER] = operators.Hasher()
     app.on_response_prepare.append(security_headers)
+    app.on_startup.append(warm_hasher)
     app.on_cleanup.append(stop_hasher)
     for route in ROUTES:
         handler = (

@@ -144,7 +144,8 @@ async def apply_calls(gw: Gateway) -> tuple[int, int]:
 async def _unfixed(conn: asyncpg.Connection) -> list[tuple[int, str]]:
     """(seq, mdtrt_id) of the pending claims of a whole visit that do not name their lines yet."""
     out: list[tuple[int, str]] = []
-    for r in await deferred.unfixed_claims(conn):
+    of_lines = [t.infno for t in TRANSACTIONS.values() if t.settle_claim is not None]
+    for r in await deferred.unfixed_claims(conn, of_lines):
         scope = deferral.claim_scope(deferral.request_of(bytes(r["body"])))
         if scope is not None and scope[1] == fees.ALL:
             out.append((int(r["seq"]), scope[0]))
