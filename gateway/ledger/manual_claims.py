@@ -1,0 +1,187 @@
+"""Manual claims (零星报销) in the ledger: the claim, its invoices and its fee lines."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.protocol.errors import NotFound
+
+
+class Claim(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A manual claim as registered, with where it stands."""
+
+    claim_no: str
+    psn_no: str
+    fixmedins_code: str
+    kind: str  # outpatient | inpatient
+    med_type: str
+    begntime: dt.datetime
+    endtime: dt.datetime | None
+    dise_codg: str
+    acct_used: bool
+    invoice_nos: list[str]
+    status: str
+    registered_by: str
+    entered_by: str | None = None
+    reviewed_by: str | None = None
+    settled_by: str | None = None
+    batch_reviewed_by: str | None = None
+    closed_reason: str | None = None
+    mdtrt_id: str | None = None
+    setl_id: str | None = None
+    medfee_sumamt: int | None = None
+    reimbursement_fen: int | None = None
+
+
+class Line(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """One fee line of a manual claim, as entered from the bill."""
+
+    feedetl_sn: str
+    medins_list_codg: str
+    med_list_codg: str | None
+    pric_micro: int
+    cnt: int
+    amount_fen: int
+    fee_ocur_time: dt.datetime
+    hosp_appr_flag: str | None
+
+
+_COLUMNS = ", ".join(Claim.__struct_fields__)
+_LINE_COLUMNS = ", ".join(Line.__struct_fields__)
+
+
+def _claim_of(r: Any) -> Claim:
+    return Claim(**{f: r[f] for f in Claim.__struct_fields__})
+
+
+async def new_claim_no(conn: asyncpg.Connection, on: dt.datetime) -> str:
+    """A fresh 受理号: LX + yyyyMMdd + an 8-digit serial."""
+    serial = int(await conn.fetchval("SELECT nextval('manual_claim_seq')"))
+    return f"LX{on:%Y%m%d}{serial:08d}"
+
+
+async def insert(conn: asyncpg.Connection, c: Claim) -> None:
+    """Writes a registered claim."""
+    await conn.execute(
+        "INSERT INTO manual_claims (claim_no, psn_no, fixmedins_code, kind, med_type, begntime,"
+        " endtime, dise_codg, acct_used, invoice_nos, status, registered_by)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+        c.claim_no,
+        c.psn_no,
+        c.fixmedins_code,
+        c.kind,
+        c.med_type,
+        c.begntime,
+        c.endtime,
+        c.dise_codg,
+        c.acct_used,
+        c.invoice_nos,
+        c.status,
+        c.registered_by,
+    )
+
+
+async def invoice_holders(
+    conn: asyncpg.Connection, fixmedins_code: str, invonos: Sequence[str]
+) -> dict[str, str]:
+    """Reads, locking them, the invoices already held by a live claim: invono -> claim_no."""
+    rows = await conn.fetch(
+        "SELECT invono, claim_no FROM manual_claim_invoices"
+        " WHERE fixmedins_code = $1 AND invono = ANY($2::text[]) FOR UPDATE",
+        fixmedins_code,
+        list(invonos),
+    )
+    return {r["invono"]: r["claim_no"] for r in rows}
+
+
+async def hold_invoices(
+    conn: asyncpg.Connection, fixmedins_code: str, invonos: Sequence[str], claim_no: str
+) -> bool:
+    """Writes the claim's hold on its invoices; False when another claim took one meanwhile."""
+    try:
+        async with conn.transaction():
+            await conn.executemany(
+                "INSERT INTO manual_claim_invoices (fixmedins_code, invono, claim_no)"
+                " VALUES ($1, $2, $3)",
+                [(fixmedins_code, i, claim_no) for i in invonos],
+            )
+    except asyncpg.UniqueViolationError:
+        return False
+    return True
+
+
+async def release_invoices(conn: asyncpg.Connection, claim_no: str) -> None:
+    """Deletes the claim's hold on its invoices (refused or withdrawn: the bill may be claimed
+    again)."""
+    await conn.execute("DELETE FROM manual_claim_invoices WHERE claim_no = $1", claim_no)
+
+
+async def get(conn: asyncpg.Connection, claim_no: str, *, lock: bool = False) -> Claim:
+    """Reads a claim (locked for the step that changes it); unknown: NotFound."""
+    r = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM manual_claims WHERE claim_no = $1"
+        + (" FOR UPDATE" if lock else ""),
+        claim_no,
+    )
+    if r is None:
+        raise NotFound(f"零星报销受理号{claim_no}不存在")
+    return _claim_of(r)
+
+
+async def listing(conn: asyncpg.Connection, status: str | None = None) -> list[Claim]:
+    """Reads the claims, oldest first; of one status when given."""
+    if status is None:
+        rows = await conn.fetch(f"SELECT {_COLUMNS} FROM manual_claims ORDER BY claim_no")
+    else:
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM manual_claims WHERE status = $1 ORDER BY claim_no", status
+        )
+    return [_claim_of(r) for r in rows]
+
+
+async def update(conn: asyncpg.Connection, claim_no: str, **fields: Any) -> None:
+    """Writes some columns of a claim (the caller holds its lock)."""
+    names = list(fields)
+    sets = ", ".join(f"{n} = ${i + 2}" for i, n in enumerate(names))
+    await conn.execute(
+        f"UPDATE manual_claims SET {sets} WHERE claim_no = $1",
+        claim_no,
+        *(fields[n] for n in names),
+    )
+
+
+async def replace_lines(conn: asyncpg.Connection, claim_no: str, lines: Sequence[Line]) -> None:
+    """Writes the claim's fee lines in place of those entered before (明细录入 again)."""
+    await conn.execute("DELETE FROM manual_claim_lines WHERE claim_no = $1", claim_no)
+    await conn.executemany(
+        f"INSERT INTO manual_claim_lines (claim_no, {_LINE_COLUMNS})"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+        [
+            (
+                claim_no,
+                ln.feedetl_sn,
+                ln.medins_list_codg,
+                ln.med_list_codg,
+                ln.pric_micro,
+                ln.cnt,
+                ln.amount_fen,
+                ln.fee_ocur_time,
+                ln.hosp_appr_flag,
+            )
+            for ln in lines
+        ],
+    )
+
+
+async def lines(conn: asyncpg.Connection, claim_no: str) -> list[Line]:
+    """Reads the claim's fee lines in feedetl_sn order."""
+    rows = await conn.fetch(
+        f"SELECT {_LINE_COLUMNS} FROM manual_claim_lines WHERE claim_no = $1 ORDER BY feedetl_sn",
+        claim_no,
+    )
+    return [Line(**{f: r[f] for f in Line.__struct_fields__}) for r in rows]

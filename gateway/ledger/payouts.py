@@ -1,0 +1,395 @@
+"""Payouts in the ledger: payout accounts, what is owed, batches, approvals, the bank files.
+
+Lock order of the payout paths: the batch row, then its owed lines (owed_id order). Batch
+creation takes owed lines alone, FOR UPDATE SKIP LOCKED: two creations at once take disjoint
+lines, and the unique index payout_items_once refuses a line in two open batches whatever runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.protocol.errors import NotFound
+
+
+class Account(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A person's payout account."""
+
+    psn_no: str
+    bank_code: str
+    bank_name: str
+    account_no: str
+    holder: str
+
+
+class Taken(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """An owed line taken into a batch, with the account it will be paid to."""
+
+    owed_id: int
+    psn_no: str
+    amount_fen: int
+    bank_code: str
+    account_no: str
+    holder: str
+
+
+class Batch(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    batch_no: str
+    status: str
+    line_count: int
+    total_fen: int
+    created_by: str
+    created_at: dt.datetime
+
+
+class Approval(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    level: int
+    operator: str
+    decision: str
+    reason: str
+    at: dt.datetime
+
+
+class Item(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    seq: int
+    owed_id: int
+    psn_no: str
+    amount_fen: int
+    bank_code: str
+    account_no: str
+    holder: str
+    status: str
+    bank_reason: str
+
+
+# ------------------------------------------------------------------------------------ accounts
+
+
+async def account(conn: asyncpg.Connection, psn_no: str, *, lock: bool = False) -> Account | None:
+    """Reads the person's payout account, if any."""
+    r = await conn.fetchrow(
+        "SELECT psn_no, bank_code, bank_name, account_no, holder FROM payout_accounts"
+        " WHERE psn_no = $1" + (" FOR UPDATE" if lock else ""),
+        psn_no,
+    )
+    return None if r is None else Account(**{f: r[f] for f in Account.__struct_fields__})
+
+
+async def put_account(conn: asyncpg.Connection, a: Account, operator: str) -> None:
+    """Writes the person's payout account (new or changed)."""
+    await conn.execute(
+        "INSERT INTO payout_accounts (psn_no, bank_code, bank_name, account_no, holder,"
+        " updated_by) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (psn_no) DO UPDATE SET"
+        " bank_code = $2, bank_name = $3, account_no = $4, holder = $5, updated_by = $6,"
+        " updated_at = now()",
+        a.psn_no,
+        a.bank_code,
+        a.bank_name,
+        a.account_no,
+        a.holder,
+        operator,
+    )
+
+
+async def person_known(conn: asyncpg.Connection, psn_no: str) -> bool:
+    """Whether the reference data holds the person."""
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM persons WHERE psn_no = $1)", psn_no)
+    )
+
+
+# ---------------------------------------------------------------------------------- owed lines
+
+
+async def add_owed(
+    conn: asyncpg.Connection, source: str, source_ref: str, psn_no: str, amount_fen: int
+) -> bool:
+    """Writes what is owed for a source, once; False when it was recorded already."""
+    got = await conn.fetchval(
+        "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen) VALUES ($1,$2,$3,$4)"
+        " ON CONFLICT (source, source_ref) DO NOTHING RETURNING true",
+        source,
+        source_ref,
+        psn_no,
+        amount_fen,
+    )
+    return bool(got)
+
+
+async def gather_deferred(conn: asyncpg.Connection) -> int:
+    """Writes an owed line for every replayed deferred claim (主动报) with a reimbursement not
+    recorded yet; returns how many."""
+    status = await conn.execute(
+        "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
+        " SELECT 'deferred', claim_id, psn_no, reimbursement_fen FROM deferred"
+        " WHERE kind = 'claim' AND status = 'settled' AND reimbursement_fen > 0"
+        " AND claim_id IS NOT NULL"
+        " ON CONFLICT (source, source_ref) DO NOTHING"
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def take_owed(conn: asyncpg.Connection, limit: int | None, source: str | None) -> list[Taken]:
+    """Reads and locks owed lines whose person has a payout account, oldest first, skipping
+    those another transaction holds (a batch being made elsewhere)."""
+    rows = await conn.fetch(
+        "SELECT o.owed_id, o.psn_no, o.amount_fen, a.bank_code, a.account_no, a.holder"
+        " FROM owed_lines o JOIN payout_accounts a USING (psn_no)"
+        " WHERE o.status = 'owed' AND ($2::text IS NULL OR o.source = $2)"
+        " ORDER BY o.owed_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+        limit,
+        source,
+    )
+    return [Taken(**{f: r[f] for f in Taken.__struct_fields__}) for r in rows]
+
+
+async def owed_without_account(conn: asyncpg.Connection) -> list[str]:
+    """Reads the persons owed something who have no payout account yet."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT o.psn_no FROM owed_lines o WHERE o.status = 'owed'"
+        " AND NOT EXISTS (SELECT 1 FROM payout_accounts a WHERE a.psn_no = o.psn_no)"
+        " ORDER BY o.psn_no"
+    )
+    return [r["psn_no"] for r in rows]
+
+
+async def set_owed_status(conn: asyncpg.Connection, owed_ids: Sequence[int], status: str) -> None:
+    """Writes the state of owed lines (the caller holds their locks or their batch's)."""
+    await conn.execute(
+        "UPDATE owed_lines SET status = $2 WHERE owed_id = ANY($1::bigint[])",
+        list(owed_ids),
+        status,
+    )
+
+
+async def owed_rows(conn: asyncpg.Connection, status: str | None = None) -> list[dict[str, Any]]:
+    """Reads the owed lines, oldest first."""
+    rows = await conn.fetch(
+        "SELECT owed_id, source, source_ref, psn_no, amount_fen, status, created_at"
+        " FROM owed_lines WHERE ($1::text IS NULL OR status = $1) ORDER BY owed_id",
+        status,
+    )
+    return [dict(r) for r in rows]
+
+
+async def totals(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+    """Reads (count, fen) of owed lines per state, and of failed payment attempts."""
+    out = {"owed": (0, 0), "batched": (0, 0), "paid": (0, 0), "failed": (0, 0)}
+    for r in await conn.fetch(
+        "SELECT status, count(*) AS n, coalesce(sum(amount_fen), 0) AS fen"
+        " FROM owed_lines GROUP BY status"
+    ):
+        out[r["status"]] = (int(r["n"]), int(r["fen"]))
+    r = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(sum(amount_fen), 0) AS fen FROM payout_items"
+        " WHERE status = 'failed'"
+    )
+    out["failed"] = (int(r["n"]), int(r["fen"]))
+    return out
+
+
+async def oldest_owed(conn: asyncpg.Connection) -> dt.datetime | None:
+    """Reads when the oldest line still owed (not paid) was recorded."""
+    at: dt.datetime | None = await conn.fetchval(
+        "SELECT min(created_at) FROM owed_lines WHERE status <> 'paid'"
+    )
+    return at
+
+
+# ------------------------------------------------------------------------------------- batches
+
+
+async def new_batch_no(conn: asyncpg.Connection, on: dt.datetime) -> str:
+    """A fresh 支付批次号: ZF + yyyyMMdd + a 6-digit serial."""
+    serial = int(await conn.fetchval("SELECT nextval('payout_batch_seq')"))
+    return f"ZF{on:%Y%m%d}{serial:06d}"
+
+
+async def insert_batch(
+    conn: asyncpg.Connection, batch_no: str, taken: Sequence[Taken], operator: str
+) -> None:
+    """Writes a batch and its items (seq from 1 in the order taken)."""
+    await conn.execute(
+        "INSERT INTO payout_batches (batch_no, status, line_count, total_fen, created_by)"
+        " VALUES ($1, 'pending', $2, $3, $4)",
+        batch_no,
+        len(taken),
+        sum(t.amount_fen for t in taken),
+        operator,
+    )
+    await conn.copy_records_to_table(
+        "payout_items",
+        records=[
+            (batch_no, n, t.owed_id, t.psn_no, t.amount_fen, t.bank_code, t.account_no, t.holder)
+            for n, t in enumerate(taken, 1)
+        ],
+        columns=(
+            "batch_no",
+            "seq",
+            "owed_id",
+            "psn_no",
+            "amount_fen",
+            "bank_code",
+            "account_no",
+            "holder",
+        ),
+    )
+
+
+def _batch_of(r: Any) -> Batch:
+    return Batch(**{f: r[f] for f in Batch.__struct_fields__})
+
+
+async def batch(conn: asyncpg.Connection, batch_no: str, *, lock: bool = False) -> Batch:
+    """Reads a batch (locked for the step that changes it); unknown: NotFound."""
+    r = await conn.fetchrow(
+        "SELECT batch_no, status, line_count, total_fen, created_by, created_at"
+        " FROM payout_batches WHERE batch_no = $1" + (" FOR UPDATE" if lock else ""),
+        batch_no,
+    )
+    if r is None:
+        raise NotFound(f"支付批次号{batch_no}不存在")
+    return _batch_of(r)
+
+
+async def batches(conn: asyncpg.Connection) -> list[Batch]:
+    """Reads every batch, newest first."""
+    rows = await conn.fetch(
+        "SELECT batch_no, status, line_count, total_fen, created_by, created_at"
+        " FROM payout_batches ORDER BY batch_no DESC"
+    )
+    return [_batch_of(r) for r in rows]
+
+
+async def set_batch_status(conn: asyncpg.Connection, batch_no: str, status: str) -> None:
+    """Writes a batch's state (the caller holds its lock)."""
+    await conn.execute(
+        "UPDATE payout_batches SET status = $2 WHERE batch_no = $1", batch_no, status
+    )
+
+
+async def approvals(conn: asyncpg.Connection, batch_no: str) -> list[Approval]:
+    """Reads a batch's approval steps by level."""
+    rows = await conn.fetch(
+        "SELECT level, operator, decision, reason, at FROM payout_approvals"
+        " WHERE batch_no = $1 ORDER BY level",
+        batch_no,
+    )
+    return [Approval(**{f: r[f] for f in Approval.__struct_fields__}) for r in rows]
+
+
+async def add_approval(
+    conn: asyncpg.Connection, batch_no: str, level: int, operator: str, decision: str, reason: str
+) -> None:
+    """Writes one approval step (the caller holds the batch's lock)."""
+    await conn.execute(
+        "INSERT INTO payout_approvals (batch_no, level, operator, decision, reason)"
+        " VALUES ($1,$2,$3,$4,$5)",
+        batch_no,
+        level,
+        operator,
+        decision,
+        reason,
+    )
+
+
+async def items(conn: asyncpg.Connection, batch_no: str) -> list[Item]:
+    """Reads a batch's items in seq order."""
+    rows = await conn.fetch(
+        "SELECT seq, owed_id, psn_no, amount_fen, bank_code, account_no, holder, status,"
+        " bank_reason FROM payout_items WHERE batch_no = $1 ORDER BY seq",
+        batch_no,
+    )
+    return [Item(**{f: r[f] for f in Item.__struct_fields__}) for r in rows]
+
+
+async def release(conn: asyncpg.Connection, batch_no: str) -> None:
+    """A rejected batch's lines go back to owed (the caller holds the batch's lock)."""
+    await conn.execute(
+        "UPDATE owed_lines SET status = 'owed' WHERE owed_id IN"
+        " (SELECT owed_id FROM payout_items WHERE batch_no = $1 AND status = 'pending')",
+        batch_no,
+    )
+    await conn.execute(
+        "UPDATE payout_items SET status = 'released' WHERE batch_no = $1 AND status = 'pending'",
+        batch_no,
+    )
+
+
+# -------------------------------------------------------------------------------- bank files
+
+
+async def save_file(
+    conn: asyncpg.Connection, batch_no: str, file_name: str, body: bytes, sha256: str, by: str
+) -> None:
+    """Writes the exported payment file of a batch."""
+    await conn.execute(
+        "INSERT INTO payout_files (batch_no, file_name, body, sha256, exported_by)"
+        " VALUES ($1,$2,$3,$4,$5)",
+        batch_no,
+        file_name,
+        body,
+        sha256,
+        by,
+    )
+
+
+async def file_of(conn: asyncpg.Connection, batch_no: str) -> tuple[str, bytes] | None:
+    """Reads the payment file exported for a batch: (file name, bytes)."""
+    r = await conn.fetchrow(
+        "SELECT file_name, body FROM payout_files WHERE batch_no = $1", batch_no
+    )
+    return None if r is None else (str(r["file_name"]), bytes(r["body"]))
+
+
+async def return_digest(conn: asyncpg.Connection, batch_no: str) -> str | None:
+    """Reads the digest of the return file accepted for a batch, if one was."""
+    got: str | None = await conn.fetchval(
+        "SELECT sha256 FROM payout_returns WHERE batch_no = $1", batch_no
+    )
+    return got
+
+
+async def apply_return(
+    conn: asyncpg.Connection,
+    batch_no: str,
+    paid: Sequence[int],
+    failed: dict[int, str],
+    sha256: str,
+    by: str,
+) -> None:
+    """Writes a return file's outcome: paid items and their lines paid, failed items with the
+    bank's reason and their lines owed again, and the file's record (the caller holds the
+    batch's lock)."""
+    await conn.execute(
+        "UPDATE payout_items SET status = 'paid' WHERE batch_no = $1 AND seq = ANY($2::int[])",
+        batch_no,
+        list(paid),
+    )
+    await conn.executemany(
+        "UPDATE payout_items SET status = 'failed', bank_reason = $3"
+        " WHERE batch_no = $1 AND seq = $2",
+        [(batch_no, seq, why) for seq, why in failed.items()],
+    )
+    await conn.execute(
+        "UPDATE owed_lines o SET status = CASE i.status WHEN 'paid' THEN 'paid' ELSE 'owed' END"
+        " FROM payout_items i WHERE i.batch_no = $1 AND i.owed_id = o.owed_id",
+        batch_no,
+    )
+    await conn.execute(
+        "INSERT INTO payout_returns (batch_no, sha256, paid_count, paid_fen, failed_count,"
+        " failed_fen, imported_by) SELECT $1, $2,"
+        " count(*) FILTER (WHERE status = 'paid'),"
+        " coalesce(sum(amount_fen) FILTER (WHERE status = 'paid'), 0),"
+        " count(*) FILTER (WHERE status = 'failed'),"
+        " coalesce(sum(amount_fen) FILTER (WHERE status = 'failed'), 0), $3"
+        " FROM payout_items WHERE batch_no = $1",
+        batch_no,
+        sha256,
+        by,
+    )

@@ -1,0 +1,433 @@
+"""Manual claims (零星报销): a patient who paid the whole bill claims it at the agency.
+
+The Guizhou guide's steps: 零星报销登记 (register: person by certificate, where treated, medical
+category, dates, invoices) → 明细录入 (enter the bill's fee lines) → 明细审核 (a second person
+checks them) → 结算 (settle) → 结算审核 (batch review: what is owed to the patient is recorded,
+ready for a payout batch).
+
+The settlement is the counter's: the claim opens a visit at the institution where the patient
+was treated, its lines are stored as an upload stores them, and the settlement build
+(`visit_job` through `settle_alone`) settles them, so accumulators, deductible, caps and the
+personal account apply exactly as at the counter. The patient paid everything in cash; what
+the agency owes back is the bill less what the patient would have paid at the counter in cash
+(the same reckoning as a replayed 主动报 claim's).
+
+Every step runs in its own transaction, locks the claim first, and is idempotent: a step asked
+again once done answers the claim as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.core import eligibility
+from gateway.core.catalog import Snapshot
+from gateway.core.dates import within_visit
+from gateway.core.model import Category, Visit
+from gateway.core.money import fen_text
+from gateway.core.settle import split_lines
+from gateway.ledger import encounters, fees, payouts, persons, settlements
+from gateway.ledger import manual_claims as store
+from gateway.ledger.manual_claims import Claim, Line
+from gateway.ops import audit
+from gateway.protocol.errors import BadRequest, Conflict, LineRejected, NotFound, NotInsured
+from gateway.protocol.origin import Origin
+from gateway.protocol.transaction import Kind
+from gateway.services.settlement_state import settle_alone
+from gateway.services.visit_settlement import VisitAsk, visit_job
+
+MAX_LINES = 5000  # as one upload (adapters/his/uploads.py)
+# The infno a manual claim's settlement records: the counter's settlement of the same kind.
+SETTLEMENT_INFNO = {"outpatient": "2207", "inpatient": "2304"}
+STATUS_NAMES = {
+    "registered": "已登记",
+    "lines_entered": "明细已录入",
+    "reviewed": "明细已审核",
+    "settled": "已结算",
+    "batch_reviewed": "结算已审核",
+    "refused": "已拒付",
+    "withdrawn": "已撤回",
+}
+INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
+
+
+class Registration(msgspec.Struct, frozen=True, kw_only=True):
+    """零星报销登记 as the clerk fills it."""
+
+    cert_type: str  # 01 电子凭证, 02 身份证, 03 社保卡
+    cert_no: str
+    fixmedins_code: str
+    med_type: str
+    begntime: dt.datetime
+    endtime: dt.datetime | None = None  # a stay's discharge
+    dise_codg: str = ""
+    acct_used: bool = False
+    invoice_nos: tuple[str, ...] = ()
+
+
+def _status(c: Claim) -> str:
+    return STATUS_NAMES.get(c.status, c.status)
+
+
+def _require(c: Claim, *allowed: str, doing: str) -> None:
+    if c.status not in allowed:
+        raise Conflict(f"零星报销{c.claim_no}当前状态为{_status(c)}，不能{doing}")
+
+
+def view(c: Claim) -> dict[str, Any]:
+    """A claim as the CLI and the API show it (amounts as decimal text)."""
+    out: dict[str, Any] = msgspec.to_builtins(c)
+    out["status_name"] = _status(c)
+    for k in ("medfee_sumamt", "reimbursement_fen"):
+        if out[k] is not None:
+            out[k] = fen_text(out[k])
+    out["reimbursement"] = out.pop("reimbursement_fen")
+    return out
+
+
+# ---------------------------------------------------------------------------------- 零星报销登记
+
+
+async def register(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    reg: Registration,
+    operator: str,
+    now: dt.datetime,
+) -> Claim:
+    """Register a claim; the same invoices registered again for the same person and
+    institution answer the claim they are held by."""
+    invoices = tuple(i.strip() for i in reg.invoice_nos)
+    if not invoices or any(not i for i in invoices):
+        raise BadRequest("零星报销须登记发票号invoice_nos（至少一张，不能为空）")
+    if len(set(invoices)) != len(invoices):
+        raise BadRequest("发票号重复登记")
+    if reg.cert_type not in persons.CERT_TYPES:
+        raise BadRequest("证件类型只能为01（电子凭证）、02（身份证）或03（社保卡）")
+    if snapshot.institution(reg.fixmedins_code) is None:
+        raise NotFound(f"定点医药机构编号{reg.fixmedins_code}未登记，不能受理零星报销")
+    kind = "inpatient" if reg.med_type in INPATIENT_MED_TYPES else "outpatient"
+    category = eligibility.category_for(kind, reg.med_type, "（零星报销）")
+    if kind == "inpatient" and reg.endtime is None:
+        raise BadRequest("住院零星报销须填写出院时间endtime")
+    if reg.endtime is not None and reg.endtime < reg.begntime:
+        raise BadRequest("出院时间早于入院时间，请核对日期")
+    if reg.begntime > now:
+        raise BadRequest("就诊时间晚于当前时间，请核对日期")
+    async with conn.transaction():
+        found = await persons.find_by_certificate(conn, reg.cert_type, reg.cert_no)
+        if found is None:
+            raise NotInsured("证件号码未查到参保人，请核对证件类型和号码")
+        person = found[0]
+        persons.require_insured(person)
+        if category is Category.CHRONIC:
+            eligibility.require_chronic_filing(person, reg.dise_codg)
+        held = await store.invoice_holders(conn, reg.fixmedins_code, invoices)
+        if held:
+            again = await _registered_again(conn, held, invoices, person.psn_no, reg)
+            if again is not None:
+                return again
+            invono, claim_no = next(iter(sorted(held.items())))
+            raise Conflict(f"发票号{invono}已在零星报销{claim_no}中登记，不能重复报销")
+        claim = Claim(
+            claim_no=await store.new_claim_no(conn, now),
+            psn_no=person.psn_no,
+            fixmedins_code=reg.fixmedins_code,
+            kind=kind,
+            med_type=reg.med_type,
+            begntime=reg.begntime,
+            endtime=reg.endtime,
+            dise_codg=reg.dise_codg,
+            acct_used=reg.acct_used,
+            invoice_nos=list(invoices),
+            status="registered",
+            registered_by=operator,
+        )
+        await store.insert(conn, claim)
+        if not await store.hold_invoices(conn, reg.fixmedins_code, invoices, claim.claim_no):
+            raise Conflict("发票号正被另一笔零星报销登记，请稍后查询后再办理")
+        await _audit(conn, operator, "claim.register", claim, "零星报销登记")
+        return claim
+
+
+async def _registered_again(
+    conn: asyncpg.Connection,
+    held: dict[str, str],
+    invoices: tuple[str, ...],
+    psn_no: str,
+    reg: Registration,
+) -> Claim | None:
+    """The claim a repeated registration names: all its invoices, the same person and visit."""
+    owners = set(held.values())
+    if len(owners) != 1 or set(held) != set(invoices):
+        return None
+    claim = await store.get(conn, owners.pop())
+    same = (
+        claim.psn_no == psn_no
+        and set(claim.invoice_nos) == set(invoices)
+        and claim.med_type == reg.med_type
+        and claim.begntime == reg.begntime
+    )
+    return claim if same else None
+
+
+# ------------------------------------------------------------------------------------ 明细录入
+
+
+def _stored(claim: Claim, ln: Line, mdtrt_id: str) -> fees.StoredLine:
+    return fees.StoredLine(
+        feedetl_sn=ln.feedetl_sn,
+        medins_list_codg=ln.medins_list_codg,
+        med_list_codg=ln.med_list_codg,
+        pric_micro=ln.pric_micro,
+        cnt=ln.cnt,
+        det_item_fee_sumamt=ln.amount_fen,
+        fee_date=ln.fee_ocur_time.date(),
+        hosp_appr_flag=ln.hosp_appr_flag,
+        mdtrt_id=mdtrt_id,
+        chrg_bchno=claim.claim_no,
+        init_feedetl_sn="",
+        psn_no=claim.psn_no,
+        fee_ocur_time=ln.fee_ocur_time,
+    )
+
+
+def check_lines(snapshot: Snapshot, claim: Claim, lines: Sequence[Line]) -> None:
+    """An upload's checks on a bill's lines: present, distinct, positive, within the visit's
+    dates, and each one priced by the institution's catalog as the counter would."""
+    if not lines:
+        raise BadRequest("费用明细不能为空")
+    if len(lines) > MAX_LINES:
+        raise BadRequest(f"单笔零星报销费用明细不能超过{MAX_LINES}条")
+    seen: set[str] = set()
+    for ln in lines:
+        if not ln.feedetl_sn or not ln.medins_list_codg:
+            raise BadRequest("费用明细流水号和医药机构目录编码不能为空")
+        if ln.feedetl_sn in seen:
+            raise LineRejected(ln.feedetl_sn, "同一笔报销中费用明细流水号重复")
+        seen.add(ln.feedetl_sn)
+        if ln.cnt <= 0:
+            raise LineRejected(ln.feedetl_sn, "数量须大于0（零星报销按实际收费录入，不含退费）")
+        if ln.amount_fen < 0:
+            raise LineRejected(ln.feedetl_sn, "金额不能为负数")
+        within_visit(
+            ln.feedetl_sn,
+            ln.fee_ocur_time,
+            begntime=claim.begntime,
+            endtime=claim.endtime,
+            start="入院" if claim.kind == "inpatient" else "就诊",
+        )
+    visit = Visit(
+        fixmedins_code=claim.fixmedins_code,
+        mdtrt_id="",
+        med_type=claim.med_type,
+        service_date=claim.begntime.date(),
+        acct_used_flag=claim.acct_used,
+        dise_codg=claim.dise_codg,
+    )
+    split_lines(snapshot, visit, [_stored(claim, ln, "") for ln in lines])
+
+
+async def enter_lines(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    claim_no: str,
+    lines: Sequence[Line],
+    operator: str,
+) -> Claim:
+    """明细录入: the bill's lines, replacing any entered before (until reviewed)."""
+    async with conn.transaction():
+        claim = await store.get(conn, claim_no, lock=True)
+        _require(claim, "registered", "lines_entered", doing="录入明细")
+        check_lines(snapshot, claim, lines)
+        await store.replace_lines(conn, claim_no, lines)
+        await store.update(conn, claim_no, status="lines_entered", entered_by=operator)
+        total = sum(ln.amount_fen for ln in lines)
+        await _audit(
+            conn, operator, "claim.lines", claim, f"明细录入{len(lines)}条，合计{fen_text(total)}"
+        )
+        return await store.get(conn, claim_no)
+
+
+# ------------------------------------------------------------------------------------ 明细审核
+
+
+async def review(
+    conn: asyncpg.Connection, claim_no: str, operator: str, *, refuse: str | None = None
+) -> Claim:
+    """明细审核 by someone other than who entered the lines; `refuse`: the claim is refused
+    with this reason (its invoices may be claimed again)."""
+    async with conn.transaction():
+        claim = await store.get(conn, claim_no, lock=True)
+        if refuse is None and claim.status == "reviewed" and claim.reviewed_by == operator:
+            return claim
+        _require(claim, "lines_entered", doing="审核")
+        if operator in (claim.entered_by, claim.registered_by):
+            raise Conflict("明细审核须由登记、录入以外的经办人办理，不能审核本人经办的报销")
+        if refuse is not None:
+            if not refuse.strip():
+                raise BadRequest("拒付须填写原因")
+            await store.update(
+                conn, claim_no, status="refused", reviewed_by=operator, closed_reason=refuse
+            )
+            await store.release_invoices(conn, claim_no)
+            await _audit(conn, operator, "claim.refuse", claim, refuse)
+        else:
+            await store.update(conn, claim_no, status="reviewed", reviewed_by=operator)
+            await _audit(conn, operator, "claim.review", claim, "明细审核通过")
+        return await store.get(conn, claim_no)
+
+
+async def withdraw(conn: asyncpg.Connection, claim_no: str, operator: str, reason: str) -> Claim:
+    """The claim withdrawn before it is settled (its invoices may be claimed again)."""
+    if not reason.strip():
+        raise BadRequest("撤回须填写原因")
+    async with conn.transaction():
+        claim = await store.get(conn, claim_no, lock=True)
+        if claim.status == "withdrawn":
+            return claim
+        _require(claim, "registered", "lines_entered", "reviewed", doing="撤回")
+        await store.update(conn, claim_no, status="withdrawn", closed_reason=reason)
+        await store.release_invoices(conn, claim_no)
+        await _audit(conn, operator, "claim.withdraw", claim, reason)
+        return await store.get(conn, claim_no)
+
+
+# ---------------------------------------------------------------------------------------- 结算
+
+
+def _record(rec: settlements.Record, _ctx: settlements.Context, _a: VisitAsk) -> Any:
+    """The build's answer for a manual claim: the settlement record itself."""
+    return rec
+
+
+async def settle(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    claim_no: str,
+    operator: str,
+    now: dt.datetime,
+) -> Claim:
+    """结算: open the claim's visit, store its lines, settle them through the counter's build."""
+    async with conn.transaction():
+        claim = await store.get(conn, claim_no, lock=True)
+        if claim.status in ("settled", "batch_reviewed"):
+            return claim
+        _require(claim, "reviewed", doing="结算")
+        institution = snapshot.institution(claim.fixmedins_code)
+        if institution is None:
+            raise NotFound(f"定点医药机构编号{claim.fixmedins_code}未登记")
+        person, _ = await persons.read(conn, claim.psn_no)
+        lines = await store.lines(conn, claim_no)
+        msgid = f"{claim_no}S"  # the visit's and the settlement's message: one per claim
+        mdtrt_id = await encounters.new_mdtrt_id(conn, institution.admdvs, now)
+        kind = Kind.INPATIENT if claim.kind == "inpatient" else Kind.OUTPATIENT
+        await encounters.create(
+            conn,
+            mdtrt_id=mdtrt_id,
+            fixmedins_code=claim.fixmedins_code,
+            psn_no=claim.psn_no,
+            insutype=person.insutype,
+            kind=kind,
+            med_type=claim.med_type,
+            begntime=claim.begntime,
+            ipt_otp_no=claim_no,
+            insuplc_admdvs=person.insuplc_admdvs,
+            msgid=msgid,
+            dise_codg=claim.dise_codg,
+            detail={"manual_claim": claim_no, "invoice_nos": claim.invoice_nos},
+        )
+        if kind is Kind.INPATIENT:
+            await encounters.update(conn, mdtrt_id, status="discharged", endtime=claim.endtime)
+        stored = [_stored(claim, ln, mdtrt_id) for ln in lines]
+        await fees.insert(conn, stored, msgid)
+        asked = VisitAsk(
+            psn_no=claim.psn_no,
+            mdtrt_id=mdtrt_id,
+            med_type=claim.med_type,
+            acct_used=claim.acct_used,
+            mid_setl_flag="0",
+            chrg_bchno=claim_no if kind is Kind.OUTPATIENT else fees.ALL,
+            declared=settlements.Declared(medfee_sumamt=sum(ln.amount_fen for ln in lines)),
+            insutype=person.insutype,
+            cert_type="",
+            cert=None,
+        )
+        origin = Origin(
+            fixmedins_code=claim.fixmedins_code,
+            infno=SETTLEMENT_INFNO[claim.kind],
+            msgid=msgid,
+            opter=operator,
+        )
+        job = visit_job(snapshot, origin, institution, now, asked, _record, kind=kind)
+        built = await settle_alone(conn, job)
+        rec: settlements.Record = built.output
+        medfee = rec.amounts["medfee_sumamt"]
+        # The patient paid the whole bill; the agency pays back all but the counter's cash part.
+        owed = medfee - rec.amounts["psn_cash_pay"]
+        await store.update(
+            conn,
+            claim_no,
+            status="settled",
+            settled_by=operator,
+            mdtrt_id=mdtrt_id,
+            setl_id=rec.setl_id,
+            medfee_sumamt=medfee,
+            reimbursement_fen=owed,
+        )
+        await _audit(
+            conn,
+            operator,
+            "claim.settle",
+            claim,
+            f"结算{rec.setl_id}：医疗费总额{fen_text(medfee)}，应报销{fen_text(owed)}",
+        )
+        return await store.get(conn, claim_no)
+
+
+# ------------------------------------------------------------------------------------ 结算审核
+
+
+async def batch_review(
+    conn: asyncpg.Connection, claim_nos: Sequence[str], operator: str
+) -> list[Claim]:
+    """结算审核 (batch): each settled claim reviewed by someone other than who settled it, its
+    reimbursement recorded as owed to the patient. All or none."""
+    if not claim_nos:
+        raise BadRequest("请选择需要结算审核的零星报销")
+    out: list[Claim] = []
+    async with conn.transaction():
+        for claim_no in sorted(set(claim_nos)):
+            claim = await store.get(conn, claim_no, lock=True)
+            if claim.status == "batch_reviewed":
+                out.append(claim)
+                continue
+            _require(claim, "settled", doing="结算审核")
+            if operator == claim.settled_by:
+                raise Conflict(f"零星报销{claim_no}：结算审核须由结算经办人以外的人员办理")
+            await store.update(conn, claim_no, status="batch_reviewed", batch_reviewed_by=operator)
+            if claim.reimbursement_fen:
+                await payouts.add_owed(
+                    conn, "manual", claim_no, claim.psn_no, claim.reimbursement_fen
+                )
+            await _audit(conn, operator, "claim.batch_review", claim, "结算审核通过")
+            out.append(await store.get(conn, claim_no))
+    return out
+
+
+async def _audit(
+    conn: asyncpg.Connection, operator: str, action: str, claim: Claim, reason: str
+) -> None:
+    await audit.append(
+        conn,
+        operator=operator,
+        action=action,
+        target=f"manual_claim:{claim.claim_no}",
+        reason=reason,
+        before={"status": claim.status},
+    )

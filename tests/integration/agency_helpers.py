@@ -1,0 +1,103 @@
+"""Shared by the agency tests: a migrated, demo-loaded ledger with its catalog snapshot, and
+manual claims taken through every step."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from gateway.app.config import DEFAULT_REFERENCE
+from gateway.app.reference import load_reference
+from gateway.app.server import Settings, prepare_database
+from gateway.core.catalog import Snapshot
+from gateway.core.money import to_cnt, to_fen, to_micro
+from gateway.ledger import db, reference_store
+from gateway.ledger.manual_claims import Claim, Line
+from gateway.services import manual_claims
+
+HOSPITAL = "H44180000001"
+
+
+@dataclass
+class Ledger:
+    dsn: str
+    pool: asyncpg.Pool
+    snapshot: Snapshot
+
+
+@asynccontextmanager
+async def agency_ledger(new_database: Callable[..., Any]) -> AsyncIterator[Ledger]:
+    """A fresh database, migrated and demo-loaded, its pool and catalog snapshot."""
+    dsn = await new_database("agency")
+    await prepare_database(Settings(dsn))
+    pool = await db.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        async with pool.acquire() as conn:
+            snapshot = await reference_store.read_snapshot(conn, load_reference(DEFAULT_REFERENCE))
+        yield Ledger(dsn, pool, snapshot)
+    finally:
+        await pool.close()
+
+
+def lines_of(rows: list[dict[str, Any]], fee_time: str) -> list[Line]:
+    """Manual-claim lines from the example-style lines the HTTP tests upload."""
+    at = dt.datetime.fromisoformat(fee_time)
+    return [
+        Line(
+            feedetl_sn=r["feedetl_sn"],
+            medins_list_codg=r["medins_list_codg"],
+            med_list_codg=r.get("med_list_codg") or None,
+            pric_micro=to_micro(Decimal(r["pric"])),
+            cnt=to_cnt(Decimal(r["cnt"])),
+            amount_fen=to_fen(Decimal(r["det_item_fee_sumamt"])),
+            fee_ocur_time=at,
+            hosp_appr_flag=r.get("hosp_appr_flag", "1"),
+        )
+        for r in rows
+    ]
+
+
+async def settled_claim(
+    ledger: Ledger,
+    psn_no: str,
+    day: str,
+    rows: list[dict[str, Any]],
+    invoice: str,
+    *,
+    acct_used: bool = False,
+    med_type: str = "11",
+    reviewed: bool = True,
+) -> Claim:
+    """A claim registered, its lines entered, reviewed, settled (and batch-reviewed) by four
+    different clerks, as the agency does it."""
+    now = dt.datetime.now()
+    async with ledger.pool.acquire() as conn:
+        claim = await manual_claims.register(
+            conn,
+            ledger.snapshot,
+            manual_claims.Registration(
+                cert_type="01",
+                cert_no=psn_no,
+                fixmedins_code=HOSPITAL,
+                med_type=med_type,
+                begntime=dt.datetime.fromisoformat(f"{day} 08:30:00"),
+                acct_used=acct_used,
+                invoice_nos=(invoice,),
+            ),
+            "clerk1",
+            now,
+        )
+        await manual_claims.enter_lines(
+            conn, ledger.snapshot, claim.claim_no, lines_of(rows, f"{day} 08:40:00"), "clerk1"
+        )
+        await manual_claims.review(conn, claim.claim_no, "reviewer1")
+        claim = await manual_claims.settle(conn, ledger.snapshot, claim.claim_no, "clerk2", now)
+        if reviewed:
+            [claim] = await manual_claims.batch_review(conn, [claim.claim_no], "reviewer2")
+        return claim

@@ -1,0 +1,194 @@
+"""Manual claims (零星报销): the counter's settlement, every step checked and idempotent."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.ledger import checker, payouts
+from gateway.ledger import manual_claims as store
+from gateway.protocol.errors import Conflict, GatewayError, LineRejected
+from gateway.services import manual_claims
+from tests.integration.agency_helpers import HOSPITAL, agency_ledger, lines_of, settled_claim
+from tests.integration.conftest import running_gateway
+from tests.integration.emergency_helpers import BIG_LINES, BIG_TOTAL, OUTPATIENT_LINES, connect
+
+COMPARED = (
+    "psn_no, service_date, medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay,"
+    " preselfpay_amt, inscp_scp_amt, act_pay_dedc, hifp_pay, cvlserv_pay, hifes_pay, hifmi_pay,"
+    " hifob_pay, maf_pay, oth_pay, fund_pay_sumamt, psn_part_amt, acct_pay, psn_cash_pay, balc,"
+    " pool_prop_bp, clr_type, insutype"
+)
+PERSON = "441800000000000001"
+# (day, lines, total, account used): the deductible and the accumulators carry from one to the
+# next, and the second uses the personal account.
+VISITS = [
+    ("2026-06-01", OUTPATIENT_LINES, "140.00", False),
+    ("2026-06-03", BIG_LINES, BIG_TOTAL, True),
+    ("2026-06-05", BIG_LINES, BIG_TOTAL, False),
+]
+
+
+async def test_manual_claim_settles_as_the_counter_does(new_database: Callable[..., Any]) -> None:
+    async with running_gateway(new_database) as counter, agency_ledger(new_database) as agency:
+        his = counter.client(HOSPITAL)
+        for n, (day, rows, total, acct) in enumerate(VISITS):
+            mdtrt_id = await his.register(PERSON, "310", f"{day} 08:30:00", f"MZ-M-{n}")
+            await his.visit_info(mdtrt_id, PERSON, "11", f"{day} 08:30:00")
+            fee_rows = his.fee_rows(mdtrt_id, PERSON, rows, f"{day} 08:40:00", "B1")
+            await his.ok("2204", {"feedetail": fee_rows})
+            data = his.settle_data(
+                PERSON, mdtrt_id, "11", total, "310", "1" if acct else "0", chrg_bchno="B1"
+            )
+            await his.ok("2207", data)
+        claims = [
+            await settled_claim(agency, PERSON, day, rows, f"FP{n}", acct_used=acct)
+            for n, (day, rows, _total, acct) in enumerate(VISITS)
+        ]
+
+        async with agency.pool.acquire() as conn:
+            manual = [
+                tuple(r.values())
+                for r in await conn.fetch(
+                    f"SELECT {COMPARED} FROM settlements WHERE status = 'settled'"
+                    " ORDER BY service_date"
+                )
+            ]
+            manual_acc = [tuple(r.values()) for r in await conn.fetch(
+                "SELECT * FROM accumulators ORDER BY psn_no, year")]  # fmt: skip
+            owed = await payouts.owed_rows(conn)
+            cash = {
+                r["setl_id"]: (r["medfee_sumamt"], r["psn_cash_pay"], r["acct_pay"])
+                for r in await conn.fetch(
+                    "SELECT setl_id, medfee_sumamt, psn_cash_pay, acct_pay FROM settlements"
+                )
+            }
+        at_counter = [
+            tuple(r.values())
+            for r in await counter.fetch(
+                f"SELECT {COMPARED} FROM settlements WHERE status = 'settled' ORDER BY service_date"
+            )
+        ]
+        counter_acc = [tuple(r.values()) for r in await counter.fetch(
+            "SELECT * FROM accumulators ORDER BY psn_no, year")]  # fmt: skip
+        assert len(manual) == len(VISITS)
+        assert manual == at_counter  # every amount, the account balance after each
+        assert manual_acc == counter_acc
+        assert any(row[15] > 0 for row in manual)  # the fund paid something
+        assert any(row[17] > 0 for row in manual)  # and the account, where asked
+        # What is owed: the bill less the counter's cash part, once per claim.
+        for c in claims:
+            assert c.status == "batch_reviewed" and c.setl_id is not None
+            medfee, psn_cash, _acct = cash[c.setl_id]
+            assert c.reimbursement_fen == medfee - psn_cash
+        assert sorted((o["source_ref"], o["amount_fen"]) for o in owed) == sorted(
+            (c.claim_no, c.reimbursement_fen) for c in claims if c.reimbursement_fen
+        )
+        async with connect(agency.dsn) as conn:
+            assert await checker.check(conn) == []
+
+
+async def test_steps_are_checked_and_idempotent(new_database: Callable[..., Any]) -> None:
+    async with agency_ledger(new_database) as agency, agency.pool.acquire() as conn:
+        now = dt.datetime.now()
+        reg = manual_claims.Registration(
+            cert_type="02",
+            cert_no="441802199001011234",
+            fixmedins_code=HOSPITAL,
+            med_type="11",
+            begntime=dt.datetime(2026, 6, 1, 8, 30),
+            invoice_nos=("INV-1", "INV-2"),
+        )
+        claim = await manual_claims.register(conn, agency.snapshot, reg, "clerk1", now)
+        assert claim.psn_no == PERSON and claim.status == "registered"
+        # The same registration again is the same claim; the invoice in another claim is refused.
+        again = await manual_claims.register(conn, agency.snapshot, reg, "clerk1", now)
+        assert again.claim_no == claim.claim_no
+        other = manual_claims.Registration(
+            cert_type="01",
+            cert_no="441800000000000002",
+            fixmedins_code=HOSPITAL,
+            med_type="11",
+            begntime=dt.datetime(2026, 6, 1, 8, 30),
+            invoice_nos=("INV-2",),
+        )
+        with pytest.raises(Conflict, match="发票号INV-2已在零星报销"):
+            await manual_claims.register(conn, agency.snapshot, other, "clerk1", now)
+        with pytest.raises(GatewayError, match="未登记"):
+            await manual_claims.register(
+                conn,
+                agency.snapshot,
+                manual_claims.Registration(
+                    cert_type="01",
+                    cert_no=PERSON,
+                    fixmedins_code="H99999999999",
+                    med_type="11",
+                    begntime=dt.datetime(2026, 6, 1, 8, 30),
+                    invoice_nos=("X",),
+                ),
+                "clerk1",
+                now,
+            )
+        # Settling before review is refused; a line before the visit, or unknown, is refused.
+        with pytest.raises(Conflict, match="已登记"):
+            await manual_claims.settle(conn, agency.snapshot, claim.claim_no, "clerk2", now)
+        with pytest.raises(LineRejected, match="早于"):
+            await manual_claims.enter_lines(
+                conn,
+                agency.snapshot,
+                claim.claim_no,
+                lines_of(OUTPATIENT_LINES, "2026-05-30 08:00:00"),
+                "clerk1",
+            )
+        bad = [dict(OUTPATIENT_LINES[0], det_item_fee_sumamt="99.00")]  # not price x quantity
+        with pytest.raises(LineRejected):
+            await manual_claims.enter_lines(
+                conn, agency.snapshot, claim.claim_no, lines_of(bad, "2026-06-01 09:00:00"), "c"
+            )
+        lines = lines_of(OUTPATIENT_LINES, "2026-06-01 09:00:00")
+        await manual_claims.enter_lines(conn, agency.snapshot, claim.claim_no, lines, "clerk1")
+        await manual_claims.enter_lines(conn, agency.snapshot, claim.claim_no, lines, "clerk1")
+        assert len(await store.lines(conn, claim.claim_no)) == len(OUTPATIENT_LINES)
+        # Maker-checker: the clerk who entered the lines does not review them.
+        with pytest.raises(Conflict, match="不能审核本人"):
+            await manual_claims.review(conn, claim.claim_no, "clerk1")
+        await manual_claims.review(conn, claim.claim_no, "reviewer1")
+        settled = await manual_claims.settle(conn, agency.snapshot, claim.claim_no, "clerk2", now)
+        again = await manual_claims.settle(conn, agency.snapshot, claim.claim_no, "clerk2", now)
+        assert again == settled
+        assert await conn.fetchval("SELECT count(*) FROM settlements") == 1
+        with pytest.raises(Conflict, match="结算经办人以外"):
+            await manual_claims.batch_review(conn, [claim.claim_no], "clerk2")
+        await manual_claims.batch_review(conn, [claim.claim_no], "reviewer2")
+        await manual_claims.batch_review(conn, [claim.claim_no], "reviewer2")
+        owed = await payouts.owed_rows(conn)
+        assert [(o["source_ref"], o["amount_fen"]) for o in owed] == (
+            [(claim.claim_no, settled.reimbursement_fen)] if settled.reimbursement_fen else []
+        )
+        # Withdrawing a settled claim is refused; a withdrawn claim frees its invoices.
+        with pytest.raises(Conflict, match="不能撤回"):
+            await manual_claims.withdraw(conn, claim.claim_no, "clerk1", "误登记")
+        third = await manual_claims.register(
+            conn,
+            agency.snapshot,
+            msgspec_replace(other, invoice_nos=("INV-9",)),
+            "clerk1",
+            now,
+        )
+        await manual_claims.withdraw(conn, third.claim_no, "clerk1", "误登记")
+        fourth = await manual_claims.register(
+            conn, agency.snapshot, msgspec_replace(other, invoice_nos=("INV-9",)), "clerk1", now
+        )
+        assert fourth.claim_no != third.claim_no
+        actions = [
+            r["action"] for r in await conn.fetch("SELECT action FROM audit_log ORDER BY audit_id")
+        ]
+        assert actions.count("claim.settle") == 1 and "claim.withdraw" in actions
+
+
+def msgspec_replace(reg: manual_claims.Registration, **kw: Any) -> manual_claims.Registration:
+    return msgspec.structs.replace(reg, **kw)
