@@ -4,6 +4,7 @@ manual claims taken through every step."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ async def agency_ledger(new_database: Callable[..., Any]) -> AsyncIterator[Ledge
     """A fresh database, migrated and demo-loaded, its pool and catalog snapshot."""
     dsn = await new_database("agency")
     await prepare_database(Settings(dsn))
+    async with ledger_on(dsn) as ledger:
+        yield ledger
+
+
+@asynccontextmanager
+async def ledger_on(dsn: str) -> AsyncIterator[Ledger]:
+    """A pool and the catalog snapshot over a prepared database (a running gateway's)."""
     pool = await db.create_pool(dsn, min_size=1, max_size=4)
     try:
         async with pool.acquire() as conn:
@@ -43,6 +51,34 @@ async def agency_ledger(new_database: Callable[..., Any]) -> AsyncIterator[Ledge
         yield Ledger(dsn, pool, snapshot)
     finally:
         await pool.close()
+
+
+def bank_answers(payment: bytes, failures: dict[int, str]) -> bytes:
+    """The bank's return file (回盘) for a payment file: every line paid but `failures`
+    (seq -> the bank's reason), with its own header, trailer and checksum."""
+    rows = payment.decode().splitlines()
+    head = rows[0].split("|")
+    out = ["|".join(("H", "RET", head[2], head[3], head[4], head[5]))]
+    for row in rows[1:-1]:
+        f = row.split("|")
+        seq = int(f[1])
+        result, why = ("F", failures[seq]) if seq in failures else ("S", "")
+        out.append("|".join(("D", f[1], f[5], f[6], result, why)))
+    body = ("\n".join(out) + "\n").encode()
+    trailer = rows[-1].split("|")
+    return (
+        body
+        + "|".join(("T", trailer[1], trailer[2], hashlib.sha256(body).hexdigest())).encode()
+        + b"\n"
+    )
+
+
+def with_checksum(body: bytes) -> bytes:
+    """A (tampered) file given a correct trailer checksum again, as a careful forger would."""
+    rows = body.decode().splitlines()
+    covered = ("\n".join(rows[:-1]) + "\n").encode()
+    t = rows[-1].split("|")
+    return covered + "|".join((*t[:3], hashlib.sha256(covered).hexdigest())).encode() + b"\n"
 
 
 def lines_of(rows: list[dict[str, Any]], fee_time: str) -> list[Line]:

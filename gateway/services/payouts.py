@@ -1,0 +1,479 @@
+"""Payouts to patients' bank accounts: what is owed, batches, four approvals, the bank's files.
+
+The Guizhou guide's 拨付: 银行报盘 (a batch of what is owed, exported as the bank's payment
+file) → 初审 → 一级复核 → 二级复核 → 三级复核 → 银行回盘处理 (the bank's return file: each
+line paid or failed). Here:
+
+- what is owed comes from manual claims after their 结算审核 and from replayed deferred claims
+  (主动报) whose reimbursement replay recorded (`gather`); once per source;
+- a batch takes owed lines whose person has a payout account (FOR UPDATE SKIP LOCKED; the unique
+  index payout_items_once refuses a line in two open batches whatever runs);
+- four approvals in order, by four operators, none of them the batch's maker, nobody at two
+  levels; a rejection at any level releases the lines (owed again);
+- an approved batch exports its payment file once (then locked: exporting again gives the same
+  bytes);
+- the return file is checked whole against the batch (number, count, total, every line, the
+  checksum) or refused whole; paid lines are paid, failed ones owed again with the bank's
+  reason, ready for a later batch; the same file imported again changes nothing.
+
+The file formats are in docs/agency.md. Account numbers are masked in everything shown; only
+the bank's own files carry them whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.core.money import fen_text
+from gateway.ledger import payouts as store
+from gateway.ledger.payouts import Account, Batch
+from gateway.ops import audit
+from gateway.protocol.errors import BadRequest, Conflict, NotFound
+
+LEVELS = {1: "初审", 2: "一级复核", 3: "二级复核", 4: "三级复核"}
+STATUS_NAMES = {
+    "pending": "待审批",
+    "approved": "审批完成",
+    "exported": "已报盘",
+    "returned": "已回盘",
+    "rejected": "已退回",
+}
+SEP = "|"
+PAYMENT_MARK = "PAY"
+RETURN_MARK = "RET"
+PAID, FAILED = "S", "F"
+_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,15})\.[0-9]{2}$")
+_ACCOUNT = re.compile(r"^[0-9]{8,32}$")
+
+
+def mask(account_no: str) -> str:
+    """An account number as shown anywhere but the bank's files: first 4 and last 4 digits."""
+    if len(account_no) <= 8:
+        return account_no[:2] + "*" * max(0, len(account_no) - 2)
+    return f"{account_no[:4]}{'*' * (len(account_no) - 8)}{account_no[-4:]}"
+
+
+def _masked(a: Account | None) -> dict[str, str] | None:
+    if a is None:
+        return None
+    out: dict[str, str] = msgspec.to_builtins(a)
+    out["account_no"] = mask(a.account_no)
+    return out
+
+
+# ------------------------------------------------------------------------------------ accounts
+
+
+def _plain(value: str, what: str) -> str:
+    value = value.strip()
+    if not value:
+        raise BadRequest(f"{what}不能为空")
+    if SEP in value or "\n" in value or "\r" in value:
+        raise BadRequest(f"{what}不能包含“{SEP}”或换行")
+    return value
+
+
+async def set_account(
+    conn: asyncpg.Connection,
+    psn_no: str,
+    *,
+    bank_code: str,
+    bank_name: str,
+    account_no: str,
+    holder: str,
+    operator: str,
+    reason: str,
+) -> dict[str, str] | None:
+    """The person's payout account, new or changed, with an audit row (numbers masked);
+    the same account again changes nothing. Returns it masked."""
+    account_no = account_no.replace(" ", "")
+    if not _ACCOUNT.match(account_no):
+        raise BadRequest("银行账号须为8至32位数字")
+    if not reason.strip():
+        raise BadRequest("变更收款账户须填写原因")
+    new = Account(
+        psn_no=psn_no,
+        bank_code=_plain(bank_code, "开户行行号"),
+        bank_name=_plain(bank_name, "开户行名称"),
+        account_no=account_no,
+        holder=_plain(holder, "户名"),
+    )
+    async with conn.transaction():
+        if not await store.person_known(conn, psn_no):
+            raise NotFound(f"人员编号{psn_no}不存在")
+        old = await store.account(conn, psn_no, lock=True)
+        if old == new:
+            return _masked(new)
+        await store.put_account(conn, new, operator)
+        await audit.append(
+            conn,
+            operator=operator,
+            action="payout.account",
+            target=f"person:{psn_no}",
+            reason=reason,
+            before=_masked(old),
+            after=_masked(new),
+        )
+    return _masked(new)
+
+
+async def account_of(conn: asyncpg.Connection, psn_no: str) -> dict[str, str] | None:
+    """The person's payout account, masked."""
+    return _masked(await store.account(conn, psn_no))
+
+
+# ------------------------------------------------------------------------------------- batches
+
+
+async def gather(conn: asyncpg.Connection) -> int:
+    """Record as owed every replayed deferred claim's reimbursement not recorded yet."""
+    async with conn.transaction():
+        return await store.gather_deferred(conn)
+
+
+async def create_batch(
+    conn: asyncpg.Connection,
+    operator: str,
+    now: dt.datetime,
+    *,
+    limit: int | None = None,
+    source: str | None = None,
+) -> Batch:
+    """银行报盘 (制单): a batch of what is owed to persons with a payout account, oldest first.
+    Lines another batch being made holds are skipped, never shared."""
+    if limit is not None and limit <= 0:
+        raise BadRequest("每批笔数须大于0")
+    if source not in (None, "manual", "deferred"):
+        raise BadRequest("来源只能为manual（零星报销）或deferred（主动报）")
+    async with conn.transaction():
+        taken = await store.take_owed(conn, limit, source)
+        if not taken:
+            missing = await store.owed_without_account(conn)
+            extra = f"（{len(missing)}人待付款但未登记收款账户）" if missing else ""
+            raise NotFound(f"没有可支付的待付款项{extra}")
+        batch_no = await store.new_batch_no(conn, now)
+        await store.insert_batch(conn, batch_no, taken, operator)
+        await store.set_owed_status(conn, [t.owed_id for t in taken], "batched")
+        made = await store.batch(conn, batch_no)
+        await _audit(conn, operator, "payout.batch", made, "银行报盘制单")
+        return made
+
+
+async def _approval_state(
+    conn: asyncpg.Connection, batch_no: str, level: int
+) -> tuple[Batch, list[store.Approval]]:
+    """The batch locked, with the steps done so far."""
+    if level not in LEVELS:
+        raise BadRequest("审批级别只能为1（初审）、2（一级复核）、3（二级复核）、4（三级复核）")
+    b = await store.batch(conn, batch_no, lock=True)
+    done = await store.approvals(conn, batch_no)
+    return b, done
+
+
+def _check_approver(b: Batch, done: list[store.Approval], level: int, operator: str) -> None:
+    """The checks every approval step makes, in the order a clerk reads them."""
+    if b.status != "pending":
+        raise Conflict(f"支付批次{b.batch_no}{STATUS_NAMES[b.status]}，不能再审批")
+    if level != len(done) + 1:
+        if level <= len(done):
+            raise Conflict(f"支付批次{b.batch_no}的{LEVELS[level]}已完成")
+        raise Conflict(
+            f"支付批次{b.batch_no}须先完成{LEVELS[len(done) + 1]}，才能进行{LEVELS[level]}"
+        )
+    if operator == b.created_by:
+        raise Conflict(f"制单人{operator}不能审批本人制作的支付批次")
+    for a in done:
+        if a.operator == operator:
+            raise Conflict(f"{operator}已办理本批次的{LEVELS[a.level]}，同一人不能再审批其他级别")
+
+
+async def approve(conn: asyncpg.Connection, batch_no: str, level: int, operator: str) -> Batch:
+    """One approval step; the fourth makes the batch approved. The same step by the same
+    operator again changes nothing."""
+    async with conn.transaction():
+        b, done = await _approval_state(conn, batch_no, level)
+        step = done[level - 1] if level <= len(done) else None
+        if step is not None and step.operator == operator and step.decision == "approved":
+            return b  # this step, by this operator, is done
+        _check_approver(b, done, level, operator)
+        await store.add_approval(conn, batch_no, level, operator, "approved", "")
+        if level == max(LEVELS):
+            await store.set_batch_status(conn, batch_no, "approved")
+        await _audit(conn, operator, f"payout.approve.{level}", b, f"{LEVELS[level]}通过")
+        return await store.batch(conn, batch_no)
+
+
+async def reject(
+    conn: asyncpg.Connection, batch_no: str, level: int, operator: str, reason: str
+) -> Batch:
+    """A rejection at its level: the batch is closed and its lines are owed again."""
+    if not reason.strip():
+        raise BadRequest("退回须填写原因")
+    async with conn.transaction():
+        b, done = await _approval_state(conn, batch_no, level)
+        if b.status == "rejected":
+            return b
+        _check_approver(b, done, level, operator)
+        await store.add_approval(conn, batch_no, level, operator, "rejected", reason)
+        await store.release(conn, batch_no)
+        await store.set_batch_status(conn, batch_no, "rejected")
+        await _audit(conn, operator, f"payout.reject.{level}", b, f"{LEVELS[level]}退回：{reason}")
+        return await store.batch(conn, batch_no)
+
+
+# ------------------------------------------------------------------------------- 报盘 (export)
+
+
+def _digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def payment_file(b: Batch, items: Sequence[store.Item]) -> bytes:
+    """The bank payment file (docs/agency.md): header, one line per payment, trailer with the
+    count, the total and the SHA-256 of everything before it."""
+    rows = [
+        SEP.join(
+            (
+                "H",
+                PAYMENT_MARK,
+                b.batch_no,
+                f"{b.created_at:%Y%m%d}",
+                str(b.line_count),
+                fen_text(b.total_fen),
+            )
+        )
+    ]
+    rows += [
+        SEP.join(
+            (
+                "D",
+                str(i.seq),
+                i.psn_no,
+                i.holder,
+                i.bank_code,
+                i.account_no,
+                fen_text(i.amount_fen),
+            )
+        )
+        for i in items
+    ]
+    body = ("\n".join(rows) + "\n").encode()
+    total = sum(i.amount_fen for i in items)
+    trailer = SEP.join(("T", str(len(items)), fen_text(total), _digest(body)))
+    return body + (trailer + "\n").encode()
+
+
+async def export(conn: asyncpg.Connection, batch_no: str, operator: str) -> tuple[str, bytes]:
+    """The approved batch's payment file: (file name, bytes). Made once; the batch is then
+    locked, and exporting it again gives the same bytes."""
+    async with conn.transaction():
+        b = await store.batch(conn, batch_no, lock=True)
+        if b.status in ("exported", "returned"):
+            stored = await store.file_of(conn, batch_no)
+            assert stored is not None  # exported: its file was stored with the status
+            return stored
+        if b.status != "approved":
+            raise Conflict(
+                f"支付批次{batch_no}{STATUS_NAMES[b.status]}，须完成初审和三级复核后才能报盘"
+            )
+        items = await store.items(conn, batch_no)
+        body = payment_file(b, items)
+        name = f"{batch_no}.txt"
+        await store.save_file(conn, batch_no, name, body, _digest(body), operator)
+        await store.set_batch_status(conn, batch_no, "exported")
+        await _audit(conn, operator, "payout.export", b, f"银行报盘文件{name}")
+        return name, body
+
+
+# ------------------------------------------------------------------------------- 回盘 (import)
+
+
+class ReturnSummary(msgspec.Struct, frozen=True, kw_only=True):
+    batch_no: str
+    paid_count: int
+    paid_fen: int
+    failed_count: int
+    failed_fen: int
+    again: bool  # the same file was imported before: nothing changed
+
+
+class _ReturnLine(msgspec.Struct, frozen=True, gc=False):
+    seq: int
+    account_no: str
+    amount_fen: int
+    result: str
+    reason: str
+
+
+def _amount(text: str, where: str) -> int:
+    if not _AMOUNT.match(text):
+        raise BadRequest(f"回盘文件{where}金额“{text}”格式不正确（须为两位小数的元）")
+    yuan, fen = text.split(".")
+    return int(yuan) * 100 + int(fen)
+
+
+def _refused(why: str) -> BadRequest:
+    return BadRequest(f"回盘文件不符，整批拒绝导入：{why}")
+
+
+def parse_return(body: bytes) -> tuple[str, int, int, list[_ReturnLine]]:
+    """A return file's batch number, count, total and lines, every check of the file itself
+    made (shape, trailer, checksum); refused whole otherwise."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as exc:
+        raise _refused("文件不是UTF-8编码") from exc
+    rows = text.split("\n")
+    if rows and rows[-1] == "":
+        rows.pop()
+    if len(rows) < 3:
+        raise _refused("缺少表头、明细或表尾")
+    head, trailer = rows[0].split(SEP), rows[-1].split(SEP)
+    if len(head) != 6 or head[0] != "H" or head[1] != RETURN_MARK:
+        raise _refused("表头格式不正确")
+    if len(trailer) != 4 or trailer[0] != "T":
+        raise _refused("表尾格式不正确")
+    covered = body[: len(body) - len((rows[-1] + "\n").encode())]
+    if not body.endswith(b"\n") or _digest(covered) != trailer[3]:
+        raise _refused("校验码（SHA-256）不一致，文件可能被修改")
+    lines: list[_ReturnLine] = []
+    for n, row in enumerate(rows[1:-1], 2):
+        f = row.split(SEP)
+        if len(f) != 6 or f[0] != "D" or not f[1].isdigit():
+            raise _refused(f"第{n}行明细格式不正确")
+        if f[4] not in (PAID, FAILED):
+            raise _refused(f"第{n}行处理结果只能为{PAID}（成功）或{FAILED}（失败）")
+        if f[4] == FAILED and not f[5].strip():
+            raise _refused(f"第{n}行失败明细缺少失败原因")
+        lines.append(_ReturnLine(int(f[1]), f[2], _amount(f[3], f"第{n}行"), f[4], f[5]))
+    if not head[4].isdigit():
+        raise _refused("表头笔数格式不正确")
+    count, total = int(head[4]), _amount(head[5], "表头")
+    if not trailer[1].isdigit() or int(trailer[1]) != len(lines):
+        raise _refused(f"表尾笔数{trailer[1]}与明细{len(lines)}笔不一致")
+    if _amount(trailer[2], "表尾") != sum(ln.amount_fen for ln in lines):
+        raise _refused("表尾金额与明细合计不一致")
+    return head[2], count, total, lines
+
+
+async def import_return(conn: asyncpg.Connection, body: bytes, operator: str) -> ReturnSummary:
+    """银行回盘处理: the bank's return file applied to its batch, whole or not at all."""
+    batch_no, count, total, lines = parse_return(body)
+    digest = _digest(body)
+    async with conn.transaction():
+        try:
+            b = await store.batch(conn, batch_no, lock=True)
+        except NotFound as exc:
+            raise _refused(f"支付批次号{batch_no}不存在") from exc
+        before = await store.return_digest(conn, batch_no)
+        if before is not None:
+            if before != digest:
+                raise Conflict(f"支付批次{batch_no}已导入回盘，不能再导入另一份回盘文件")
+            return await _summary(conn, b, again=True)
+        if b.status != "exported":
+            raise Conflict(f"支付批次{batch_no}{STATUS_NAMES[b.status]}，未报盘不能导入回盘")
+        if count != b.line_count or total != b.total_fen:
+            raise _refused(
+                f"回盘{count}笔、{fen_text(total)}元与批次{batch_no}的{b.line_count}笔、"
+                f"{fen_text(b.total_fen)}元不一致"
+            )
+        items = {i.seq: i for i in await store.items(conn, batch_no)}
+        seen: set[int] = set()
+        for ln in lines:
+            item = items.get(ln.seq)
+            if item is None or ln.seq in seen:
+                raise _refused(f"明细序号{ln.seq}不属于本批次或重复")
+            seen.add(ln.seq)
+            if ln.account_no != item.account_no or ln.amount_fen != item.amount_fen:
+                raise _refused(f"明细序号{ln.seq}的账号或金额与报盘不一致")
+        if seen != set(items):
+            raise _refused(f"回盘缺少明细序号{min(set(items) - seen)}")
+        paid = [ln.seq for ln in lines if ln.result == PAID]
+        failed = {ln.seq: ln.reason.strip() for ln in lines if ln.result == FAILED}
+        await store.apply_return(conn, batch_no, paid, failed, digest, operator)
+        await store.set_batch_status(conn, batch_no, "returned")
+        summary = await _summary(conn, b, again=False)
+        await _audit(
+            conn,
+            operator,
+            "payout.return",
+            b,
+            f"回盘：成功{summary.paid_count}笔{fen_text(summary.paid_fen)}元，"
+            f"失败{summary.failed_count}笔{fen_text(summary.failed_fen)}元",
+        )
+        return summary
+
+
+async def _summary(conn: asyncpg.Connection, b: Batch, *, again: bool) -> ReturnSummary:
+    items = await store.items(conn, b.batch_no)
+    paid = [i for i in items if i.status == "paid"]
+    failed = [i for i in items if i.status == "failed"]
+    return ReturnSummary(
+        batch_no=b.batch_no,
+        paid_count=len(paid),
+        paid_fen=sum(i.amount_fen for i in paid),
+        failed_count=len(failed),
+        failed_fen=sum(i.amount_fen for i in failed),
+        again=again,
+    )
+
+
+# ---------------------------------------------------------------------------------- showing
+
+
+async def batch_view(conn: asyncpg.Connection, batch_no: str) -> dict[str, Any]:
+    """A batch as the CLI and the API show it: amounts as decimal text, accounts masked."""
+    b = await store.batch(conn, batch_no)
+    return {
+        "batch_no": b.batch_no,
+        "status": b.status,
+        "status_name": STATUS_NAMES[b.status],
+        "count": b.line_count,
+        "total": fen_text(b.total_fen),
+        "created_by": b.created_by,
+        "created_at": b.created_at.isoformat(),
+        "approvals": [
+            {
+                "level": a.level,
+                "name": LEVELS[a.level],
+                "operator": a.operator,
+                "decision": a.decision,
+                "reason": a.reason,
+                "at": a.at.isoformat(),
+            }
+            for a in await store.approvals(conn, batch_no)
+        ],
+        "items": [
+            {
+                "seq": i.seq,
+                "psn_no": i.psn_no,
+                "holder": i.holder,
+                "bank_code": i.bank_code,
+                "account_no": mask(i.account_no),
+                "amount": fen_text(i.amount_fen),
+                "status": i.status,
+                "bank_reason": i.bank_reason,
+            }
+            for i in await store.items(conn, batch_no)
+        ],
+    }
+
+
+async def _audit(
+    conn: asyncpg.Connection, operator: str, action: str, b: Batch, reason: str
+) -> None:
+    await audit.append(
+        conn,
+        operator=operator,
+        action=action,
+        target=f"payout_batch:{b.batch_no}",
+        reason=reason,
+        before={"status": b.status, "count": b.line_count, "total": fen_text(b.total_fen)},
+    )

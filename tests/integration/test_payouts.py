@@ -1,0 +1,309 @@
+"""Payouts (拨付): claims and replayed 主动报 reimbursements → batch → four approvals by four
+operators → bank file → return file with a failure → re-batched and paid, every total
+reconciling; never paid twice."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.ledger import checker
+from gateway.ledger import payouts as store
+from gateway.protocol.errors import BadRequest, Conflict, NotFound
+from gateway.services import payouts
+from tests.integration.agency_helpers import (
+    Ledger,
+    agency_ledger,
+    bank_answers,
+    ledger_on,
+    settled_claim,
+    with_checksum,
+)
+from tests.integration.conftest import running_gateway
+from tests.integration.emergency_helpers import (
+    BIG_LINES,
+    BIG_TOTAL,
+    DRUG_LINES,
+    DRUG_TOTAL,
+    cli,
+    connect,
+    set_rule,
+    until,
+)
+from tests.integration.his_client import HisClient
+
+HOSPITAL = "H44180000001"
+PHARMACY = "P44180000001"
+APPROVERS = ("approver1", "approver2", "approver3", "approver4")
+ACCOUNTS = {
+    "441800000000000001": "6222020200000000011",
+    "441800000000000002": "6222020200000000022",
+    "441800000000000003": "6222020200000000033",
+    "441800000000000004": "6222020200000000044",
+}
+
+
+async def _accounts(conn: asyncpg.Connection) -> None:
+    for psn_no, account_no in ACCOUNTS.items():
+        await payouts.set_account(
+            conn,
+            psn_no,
+            bank_code="102100000001",
+            bank_name="工商银行",
+            account_no=account_no,
+            holder=f"户名{psn_no[-1]}",
+            operator="clerk1",
+            reason="参保人申请登记",
+        )
+
+
+async def _approved(conn: asyncpg.Connection, batch_no: str) -> None:
+    for level, who in enumerate(APPROVERS, 1):
+        await payouts.approve(conn, batch_no, level, who)
+
+
+async def _deferred_claims(srv: Any) -> None:
+    """Two outpatient claims taken while settlement was deferred (主动报), then replayed."""
+    await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+    his: HisClient = srv.client(HOSPITAL)
+    pos: HisClient = srv.client(PHARMACY)
+
+    async def in_force() -> bool:
+        drug = pos.drug_input("441800000000000001", "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES)
+        answer = await pos.call("2101", drug)
+        return "应急预案" in (answer["warn_msg"] or "")
+
+    await until(in_force)
+    for n, psn_no in enumerate(("441800000000000001", "441800000000000002")):
+        day = f"2026-06-0{n + 2}"
+        mdtrt_id = await his.register(psn_no, "310", f"{day} 08:30:00", f"MZ-P-{n}")
+        await his.visit_info(mdtrt_id, psn_no, "11", f"{day} 08:30:00")
+        rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{day} 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+        answer = await his.ok("2207", data)
+        assert answer["setlinfo"]["setl_id"].startswith("DF")
+    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+    assert summary["settled"] == 2
+
+
+async def test_full_payout_cycle(new_database: Callable[..., Any]) -> None:
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            await _cycle(ledger, conn, srv.dsn)
+
+
+async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
+    manual = [
+        await settled_claim(ledger, "441800000000000003", "2026-06-04", BIG_LINES, "FP-3"),
+        await settled_claim(ledger, "441800000000000004", "2026-06-05", BIG_LINES, "FP-4"),
+    ]
+    replayed = {
+        r["claim_id"]: int(r["reimbursement_fen"])
+        for r in await conn.fetch(
+            "SELECT claim_id, reimbursement_fen FROM deferred WHERE status = 'settled'"
+        )
+    }
+    assert len(replayed) == 2 and all(v > 0 for v in replayed.values())
+    await _accounts(conn)
+    assert await payouts.gather(conn) == 2
+    assert await payouts.gather(conn) == 0  # once per claim
+    owed_total = sum(replayed.values()) + sum(c.reimbursement_fen or 0 for c in manual)
+    assert owed_total > 0
+
+    batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+    assert (batch.line_count, batch.total_fen) == (4, owed_total)
+    with pytest.raises(NotFound, match="没有可支付"):  # every owed line is in the open batch
+        await payouts.create_batch(conn, "maker", dt.datetime.now())
+    # Maker-checker, in order, four distinct operators.
+    with pytest.raises(Conflict, match="不能审批本人制作"):
+        await payouts.approve(conn, batch.batch_no, 1, "maker")
+    with pytest.raises(Conflict, match="须先完成初审"):
+        await payouts.approve(conn, batch.batch_no, 2, "approver2")
+    await payouts.approve(conn, batch.batch_no, 1, "approver1")
+    await payouts.approve(conn, batch.batch_no, 1, "approver1")  # the same step again: nothing
+    with pytest.raises(Conflict, match="同一人不能再审批"):
+        await payouts.approve(conn, batch.batch_no, 2, "approver1")
+    await payouts.approve(conn, batch.batch_no, 2, "approver2")
+    await payouts.approve(conn, batch.batch_no, 3, "approver3")
+    with pytest.raises(Conflict, match="须完成初审和三级复核"):
+        await payouts.export(conn, batch.batch_no, "maker")
+    await payouts.approve(conn, batch.batch_no, 4, "approver4")
+    assert len(await store.approvals(conn, batch.batch_no)) == 4
+
+    name, payment = await payouts.export(conn, batch.batch_no, "maker")
+    assert await payouts.export(conn, batch.batch_no, "maker") == (name, payment)  # locked
+    rows = payment.decode().splitlines()
+    assert rows[0].split("|")[:3] == ["H", "PAY", batch.batch_no]
+    trailer = rows[-1].split("|")
+    assert trailer[1] == "4" and trailer[2] == f"{owed_total // 100}.{owed_total % 100:02d}"
+    assert sum(int(r.split("|")[6].replace(".", "")) for r in rows[1:-1]) == owed_total
+
+    # The bank fails person 2's payment (a closed account).
+    failed_seq = next(int(r.split("|")[1]) for r in rows[1:-1] if r.split("|")[2].endswith("2"))
+    answer = bank_answers(payment, {failed_seq: "账户已销户"})
+    # Tampered, mismatched or foreign return files are refused whole, changing nothing.
+    forged = answer.replace(b"|S|", b"|F|", 1)
+    for bad, why in (
+        (forged, "校验码"),
+        (with_checksum(forged), "失败原因"),
+        (with_checksum(answer.replace(b"H|RET|ZF", b"H|RET|ZX", 1)), "不存在"),
+        (with_checksum(_drop_line(answer)), "不一致"),
+        (with_checksum(_change_amount(answer)), "不一致"),
+    ):
+        with pytest.raises(BadRequest, match=why):
+            await payouts.import_return(conn, bad, "cashier")
+    assert {i.status for i in await store.items(conn, batch.batch_no)} == {"pending"}
+
+    first = await payouts.import_return(conn, answer, "cashier")
+    failed_fen = next(
+        i.amount_fen for i in await store.items(conn, batch.batch_no) if i.seq == failed_seq
+    )
+    assert (first.paid_count, first.failed_count, first.failed_fen) == (3, 1, failed_fen)
+    assert first.paid_fen + first.failed_fen == owed_total
+    again = await payouts.import_return(conn, answer, "cashier")
+    assert again.again and (again.paid_fen, again.failed_fen) == (first.paid_fen, first.failed_fen)
+    with pytest.raises(Conflict, match="已导入回盘"):
+        await payouts.import_return(conn, bank_answers(payment, {}), "cashier")
+    assert await store.totals(conn) == {
+        "owed": (1, failed_fen),
+        "batched": (0, 0),
+        "paid": (3, owed_total - failed_fen),
+        "failed": (1, failed_fen),
+    }
+
+    # The account is corrected; the failed line joins a later batch and is paid.
+    await payouts.set_account(
+        conn,
+        "441800000000000002",
+        bank_code="103100000002",
+        bank_name="农业银行",
+        account_no="6228480000000000022",
+        holder="户名2",
+        operator="clerk1",
+        reason="原账户已销户，参保人更正",
+    )
+    second = await payouts.create_batch(conn, "maker", dt.datetime.now())
+    assert (second.line_count, second.total_fen) == (1, failed_fen)
+    await _approved(conn, second.batch_no)
+    _, payment2 = await payouts.export(conn, second.batch_no, "maker")
+    assert b"6228480000000000022" in payment2
+    done = await payouts.import_return(conn, bank_answers(payment2, {}), "cashier")
+    assert (done.paid_count, done.paid_fen, done.failed_count) == (1, failed_fen, 0)
+    totals = await store.totals(conn)
+    assert totals["owed"] == (0, 0) and totals["paid"] == (4, owed_total)
+    assert first.paid_fen + done.paid_fen == owed_total  # every owed fen paid, once
+    with pytest.raises(NotFound):
+        await payouts.create_batch(conn, "maker", dt.datetime.now())
+
+    # Masked everywhere shown; every account change audited, masked.
+    view = await payouts.batch_view(conn, second.batch_no)
+    assert view["items"][0]["account_no"] == "6228***********0022"
+    assert "6228480000000000022" not in json.dumps(view)
+    changes = await conn.fetch(
+        "SELECT before, after FROM audit_log WHERE action = 'payout.account' ORDER BY audit_id"
+    )
+    assert len(changes) == len(ACCOUNTS) + 1
+    assert "6222020200000000022" not in json.dumps([dict(r) for r in changes], default=str)
+    async with connect(dsn) as check_conn:
+        assert await checker.check(check_conn) == []
+
+
+def _drop_line(answer: bytes) -> bytes:
+    rows = answer.decode().splitlines()
+    return ("\n".join([rows[0], *rows[2:]]) + "\n").encode()
+
+
+def _change_amount(answer: bytes) -> bytes:
+    rows = answer.decode().splitlines()
+    f = rows[1].split("|")
+    f[3] = "0.01"
+    return ("\n".join([rows[0], "|".join(f), *rows[2:]]) + "\n").encode()
+
+
+async def test_rejection_releases_the_lines(new_database: Callable[..., Any]) -> None:
+    async with agency_ledger(new_database) as ledger, ledger.pool.acquire() as conn:
+        claim = await settled_claim(ledger, "441800000000000001", "2026-06-03", BIG_LINES, "FP")
+        assert claim.reimbursement_fen
+        await _accounts(conn)
+        batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+        await payouts.approve(conn, batch.batch_no, 1, "approver1")
+        with pytest.raises(Conflict, match="不能审批本人"):
+            await payouts.reject(conn, batch.batch_no, 2, "maker", "金额有误")
+        rejected = await payouts.reject(conn, batch.batch_no, 2, "approver2", "账户待核实")
+        assert rejected.status == "rejected"
+        with pytest.raises(Conflict, match="已退回"):
+            await payouts.approve(conn, batch.batch_no, 2, "approver3")
+        assert (await store.totals(conn))["owed"] == (1, claim.reimbursement_fen)
+        again = await payouts.create_batch(conn, "maker", dt.datetime.now())
+        assert (again.line_count, again.total_fen) == (1, claim.reimbursement_fen)
+
+
+async def test_concurrent_batches_never_share_a_line(new_database: Callable[..., Any]) -> None:
+    async with agency_ledger(new_database) as ledger:
+        async with ledger.pool.acquire() as conn:
+            for n, psn_no in enumerate(ACCOUNTS):
+                await settled_claim(ledger, psn_no, "2026-06-03", BIG_LINES, f"FP-{n}")
+            await _accounts(conn)
+            owed = {o["owed_id"] for o in await store.owed_rows(conn)}
+            assert len(owed) == 4
+        async with ledger.pool.acquire() as a, ledger.pool.acquire() as b:
+            # A makes a batch of two and holds its transaction open while B makes one: B takes
+            # its lines past A's (skip locked), then waits for the audit chain A holds.
+            ta = a.transaction()
+            await ta.start()
+            first = await payouts.create_batch(a, "maker-a", dt.datetime.now(), limit=2)
+            pid_b = b.get_server_pid()
+            making = asyncio.ensure_future(payouts.create_batch(b, "maker-b", dt.datetime.now()))
+
+            async def b_waits_for_a() -> bool:
+                return bool(
+                    await a.fetchval(
+                        "SELECT wait_event = 'advisory' FROM pg_stat_activity WHERE pid = $1",
+                        pid_b,
+                    )
+                )
+
+            await until(b_waits_for_a)
+            await ta.commit()
+            second = await asyncio.wait_for(making, timeout=10)
+            in_a = {i.owed_id for i in await store.items(a, first.batch_no)}
+            in_b = {i.owed_id for i in await store.items(b, second.batch_no)}
+            assert len(in_a) == 2 and in_a.isdisjoint(in_b) and in_a | in_b == owed
+        async with ledger.pool.acquire() as conn:
+            await payouts.reject(conn, first.batch_no, 1, "approver1", "重新制单")
+            await payouts.reject(conn, second.batch_no, 1, "approver1", "重新制单")
+        # Two at once: one takes every line or they split them; none is taken twice.
+        async with ledger.pool.acquire() as a, ledger.pool.acquire() as b:
+            got = await asyncio.gather(
+                payouts.create_batch(a, "maker-a", dt.datetime.now()),
+                payouts.create_batch(b, "maker-b", dt.datetime.now()),
+                return_exceptions=True,
+            )
+            made = [g for g in got if not isinstance(g, BaseException)]
+            assert all(isinstance(g, NotFound) for g in got if isinstance(g, BaseException))
+            taken = [i.owed_id for m in made for i in await store.items(a, m.batch_no)]
+            assert sorted(taken) == sorted(owed)
+            # Even past the skip-locked read, the unique index refuses a line in two open batches.
+            lines = await store.items(a, made[0].batch_no)
+            twice = [
+                store.Taken(
+                    owed_id=i.owed_id,
+                    psn_no=i.psn_no,
+                    amount_fen=i.amount_fen,
+                    bank_code=i.bank_code,
+                    account_no=i.account_no,
+                    holder=i.holder,
+                )
+                for i in lines
+            ]
+            with pytest.raises(asyncpg.UniqueViolationError):
+                async with a.transaction():
+                    await store.insert_batch(a, "ZFTWICE", twice, "forger")
