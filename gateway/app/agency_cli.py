@@ -1,0 +1,458 @@
+"""`python -m gateway claims|payouts …`: the agency's commands (零星报销 and 拨付).
+
+Every command opens the database, runs one step of gateway.services.manual_claims or
+gateway.services.payouts, and prints the result (JSON with --json); a refusal prints its
+Chinese message and exits 2. Account numbers are masked in everything printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.app.cli_database import database_url
+from gateway.app.config import DEFAULT_REFERENCE
+from gateway.app.reference import load_reference
+from gateway.core.catalog import Snapshot
+from gateway.core.money import AmountError, fen_text, to_cnt, to_fen, to_micro
+from gateway.ledger import db, reference_store
+from gateway.ledger import manual_claims as claim_store
+from gateway.ledger import payouts as payout_store
+from gateway.protocol.errors import BadRequest, GatewayError
+from gateway.services import manual_claims, payouts
+
+
+def _operator(args: argparse.Namespace) -> str:
+    """Who did it, for the claim, the batch and the audit log: --operator, else the login."""
+    return str(args.operator or f"cli:{getpass.getuser()}")
+
+
+def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+    async def go() -> int:
+        pool = await db.create_pool(database_url(args), min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await db.migrate(conn)
+                return await work(conn)
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(go())
+    except GatewayError as exc:
+        print(f"refused: {exc.err_msg}", file=sys.stderr)
+        return 2
+
+
+async def _snapshot(conn: asyncpg.Connection, args: argparse.Namespace) -> Snapshot:
+    reference = await asyncio.to_thread(load_reference, Path(args.reference_dir))
+    return await reference_store.read_snapshot(conn, reference)
+
+
+def _when(text: str | None, what: str) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise BadRequest(f"{what}“{text}”不是有效的时间（如2026-06-01 08:30:00）") from exc
+
+
+def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
+    print(json.dumps(doc, ensure_ascii=False, indent=2) if args.json else text)
+
+
+def _claim_line(c: claim_store.Claim) -> str:
+    owed = "" if c.reimbursement_fen is None else f" 应报销 {fen_text(c.reimbursement_fen)}"
+    return (
+        f"{c.claim_no} {c.psn_no} {c.fixmedins_code} {c.med_type}"
+        f" {c.begntime:%Y-%m-%d} {manual_claims.STATUS_NAMES[c.status]}{owed}"
+    )
+
+
+# ---------------------------------------------------------------------------------- claims
+
+
+def claims_register(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        begntime = _when(args.begntime, "就诊（入院）时间")
+        assert begntime is not None  # required by the parser
+        reg = manual_claims.Registration(
+            cert_type=args.cert_type,
+            cert_no=args.cert_no,
+            fixmedins_code=args.institution,
+            med_type=args.med_type,
+            begntime=begntime,
+            endtime=_when(args.endtime, "出院时间"),
+            dise_codg=args.dise_codg or "",
+            acct_used=args.acct_used,
+            invoice_nos=tuple(args.invoice),
+        )
+        snapshot = await _snapshot(conn, args)
+        c = await manual_claims.register(conn, snapshot, reg, _operator(args), dt.datetime.now())
+        _print(args, manual_claims.view(c), _claim_line(c))
+        return 0
+
+    return _run(args, work)
+
+
+def _lines_of(text: str) -> list[claim_store.Line]:
+    """Fee lines from JSON: a list of objects with the national field names (feedetail)."""
+    try:
+        rows = json.loads(text, parse_float=str, parse_int=str)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"费用明细不是有效的JSON：{exc.msg}") from exc
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise BadRequest("费用明细须为对象数组（feedetail）")
+    out = []
+    for r in rows:
+        sn = str(r.get("feedetl_sn") or "")
+        try:
+            out.append(
+                claim_store.Line(
+                    feedetl_sn=sn,
+                    medins_list_codg=str(r.get("medins_list_codg") or ""),
+                    med_list_codg=str(r.get("med_list_codg") or "") or None,
+                    pric_micro=to_micro(r.get("pric", ""), f"费用明细{sn}单价pric"),
+                    cnt=to_cnt(r.get("cnt", ""), f"费用明细{sn}数量cnt"),
+                    amount_fen=to_fen(
+                        r.get("det_item_fee_sumamt", ""), f"费用明细{sn}金额det_item_fee_sumamt"
+                    ),
+                    fee_ocur_time=_when(str(r.get("fee_ocur_time", "")), f"费用明细{sn}发生时间")
+                    or dt.datetime.min,
+                    hosp_appr_flag=str(r.get("hosp_appr_flag") or "") or None,
+                )
+            )
+        except AmountError as exc:
+            raise BadRequest(str(exc)) from exc
+    return out
+
+
+def claims_lines(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        text = await asyncio.to_thread(Path(args.file).read_text, encoding="utf-8")
+        lines = _lines_of(text)
+        snapshot = await _snapshot(conn, args)
+        c = await manual_claims.enter_lines(conn, snapshot, args.claim_no, lines, _operator(args))
+        _print(args, manual_claims.view(c), _claim_line(c))
+        return 0
+
+    return _run(args, work)
+
+
+def claims_review(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        c = await manual_claims.review(conn, args.claim_no, _operator(args), refuse=args.refuse)
+        _print(args, manual_claims.view(c), _claim_line(c))
+        return 0
+
+    return _run(args, work)
+
+
+def claims_settle(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        snapshot = await _snapshot(conn, args)
+        c = await manual_claims.settle(
+            conn, snapshot, args.claim_no, _operator(args), dt.datetime.now()
+        )
+        _print(args, manual_claims.view(c), _claim_line(c))
+        return 0
+
+    return _run(args, work)
+
+
+def claims_batch_review(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        done = await manual_claims.batch_review(conn, args.claim_nos, _operator(args))
+        _print(
+            args,
+            [manual_claims.view(c) for c in done],
+            "\n".join(_claim_line(c) for c in done),
+        )
+        return 0
+
+    return _run(args, work)
+
+
+def claims_withdraw(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        c = await manual_claims.withdraw(conn, args.claim_no, _operator(args), args.reason)
+        _print(args, manual_claims.view(c), _claim_line(c))
+        return 0
+
+    return _run(args, work)
+
+
+def claims_list(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        found = await claim_store.listing(conn, args.status)
+        _print(
+            args,
+            [manual_claims.view(c) for c in found],
+            "\n".join(_claim_line(c) for c in found) or "没有零星报销",
+        )
+        return 0
+
+    return _run(args, work)
+
+
+# --------------------------------------------------------------------------------- payouts
+
+
+def payouts_account(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        given = (args.bank_code, args.bank_name, args.account_no, args.holder)
+        if any(v is not None for v in given):
+            if any(v is None for v in given) or args.reason is None:
+                raise BadRequest(
+                    "变更收款账户须同时填写--bank-code、--bank-name、--account-no、--holder和--reason"
+                )
+            shown = await payouts.set_account(
+                conn,
+                args.psn_no,
+                bank_code=args.bank_code,
+                bank_name=args.bank_name,
+                account_no=args.account_no,
+                holder=args.holder,
+                operator=_operator(args),
+                reason=args.reason,
+            )
+        else:
+            shown = await payouts.account_of(conn, args.psn_no)
+        text = (
+            f"{args.psn_no}: 未登记收款账户"
+            if shown is None
+            else f"{args.psn_no}: {shown['bank_name']} {shown['account_no']} {shown['holder']}"
+        )
+        _print(args, shown, text)
+        return 0
+
+    return _run(args, work)
+
+
+def payouts_owed(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        await payouts.gather(conn)
+        rows = await payout_store.owed_rows(conn, args.status)
+        doc = [
+            {
+                **r,
+                "amount": fen_text(r.pop("amount_fen")),
+                "created_at": r["created_at"].isoformat(),
+            }
+            for r in rows
+        ]
+        text = "\n".join(
+            f"{d['owed_id']} {d['source']}:{d['source_ref']} {d['psn_no']} {d['amount']} {d['status']}"
+            for d in doc
+        )
+        _print(args, doc, text or "没有待付款项")
+        return 0
+
+    return _run(args, work)
+
+
+def _batch_text(view: dict[str, Any]) -> str:
+    head = (
+        f"{view['batch_no']} {view['status_name']} {view['count']}笔 {view['total']}元"
+        f" 制单 {view['created_by']}"
+    )
+    steps = [
+        f"  {a['name']} {a['operator']} {a['decision']} {a['reason']}" for a in view["approvals"]
+    ]
+    items = [
+        f"  {i['seq']:>4} {i['psn_no']} {i['holder']} {i['account_no']} {i['amount']}"
+        f" {i['status']} {i['bank_reason']}".rstrip()
+        for i in view["items"]
+    ]
+    return "\n".join([head, *steps, *items])
+
+
+def payouts_batch(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        await payouts.gather(conn)
+        b = await payouts.create_batch(
+            conn, _operator(args), dt.datetime.now(), limit=args.limit, source=args.source
+        )
+        view = await payouts.batch_view(conn, b.batch_no)
+        _print(args, view, _batch_text(view))
+        return 0
+
+    return _run(args, work)
+
+
+def payouts_approve(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        if args.reject is not None:
+            b = await payouts.reject(conn, args.batch_no, args.level, _operator(args), args.reject)
+        else:
+            b = await payouts.approve(conn, args.batch_no, args.level, _operator(args))
+        view = await payouts.batch_view(conn, b.batch_no)
+        _print(args, view, _batch_text(view))
+        return 0
+
+    return _run(args, work)
+
+
+def payouts_show(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        if args.batch_no is None:
+            found = await payout_store.batches(conn)
+            doc = [
+                {
+                    "batch_no": b.batch_no,
+                    "status": b.status,
+                    "count": b.line_count,
+                    "total": fen_text(b.total_fen),
+                }
+                for b in found
+            ]
+            text = "\n".join(
+                f"{b.batch_no} {payouts.STATUS_NAMES[b.status]} {b.line_count}笔"
+                f" {fen_text(b.total_fen)}元"
+                for b in found
+            )
+            _print(args, doc, text or "没有支付批次")
+            return 0
+        view = await payouts.batch_view(conn, args.batch_no)
+        _print(args, view, _batch_text(view))
+        return 0
+
+    return _run(args, work)
+
+
+def payouts_export(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        name, body = await payouts.export(conn, args.batch_no, _operator(args))
+        out = Path(args.out)
+        target = out / name if await asyncio.to_thread(out.is_dir) else out
+        await asyncio.to_thread(target.write_bytes, body)
+        _print(args, {"file": str(target), "bytes": len(body)}, f"报盘文件 {target}")
+        return 0
+
+    return _run(args, work)
+
+
+def payouts_import(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection) -> int:
+        body = await asyncio.to_thread(Path(args.file).read_bytes)
+        s = await payouts.import_return(conn, body, _operator(args))
+        doc = msgspec.to_builtins(s)
+        doc["paid"] = fen_text(doc.pop("paid_fen"))
+        doc["failed"] = fen_text(doc.pop("failed_fen"))
+        again = "（同一回盘文件已导入，未作变更）" if s.again else ""
+        _print(
+            args,
+            doc,
+            f"{s.batch_no} 回盘：成功{s.paid_count}笔{doc['paid']}元，"
+            f"失败{s.failed_count}笔{doc['failed']}元{again}",
+        )
+        return 0
+
+    return _run(args, work)
+
+
+# ------------------------------------------------------------------------------- the parser
+
+
+def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], None]) -> None:
+    """The claims and payouts command groups."""
+
+    def common(p: argparse.ArgumentParser, *, reference: bool = False) -> None:
+        add_database(p)
+        p.add_argument("--operator", help="recorded with the step (default cli:<login>)")
+        p.add_argument("--json", action="store_true")
+        if reference:
+            p.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+
+    c = sub.add_parser("claims", help="manual claims (零星报销)")
+    csub = c.add_subparsers(dest="claims_command", required=True)
+    cr = csub.add_parser("register", help="零星报销登记")
+    cr.add_argument("--cert-type", required=True, choices=("01", "02", "03"))
+    cr.add_argument("--cert-no", required=True)
+    cr.add_argument("--institution", required=True, help="fixmedins_code where treated")
+    cr.add_argument("--med-type", required=True)
+    cr.add_argument("--begntime", required=True)
+    cr.add_argument("--endtime", help="a stay's discharge time")
+    cr.add_argument("--dise-codg")
+    cr.add_argument("--acct-used", action="store_true", help="use the personal account")
+    cr.add_argument("--invoice", action="append", required=True, help="invoice number (repeat)")
+    common(cr, reference=True)
+    cr.set_defaults(func=claims_register)
+    cl = csub.add_parser("lines", help="明细录入 from a JSON feedetail list")
+    cl.add_argument("claim_no")
+    cl.add_argument("--file", required=True)
+    common(cl, reference=True)
+    cl.set_defaults(func=claims_lines)
+    cv = csub.add_parser("review", help="明细审核 (or --refuse REASON)")
+    cv.add_argument("claim_no")
+    cv.add_argument("--refuse")
+    common(cv)
+    cv.set_defaults(func=claims_review)
+    cs = csub.add_parser("settle", help="结算 through the counter's settlement")
+    cs.add_argument("claim_no")
+    common(cs, reference=True)
+    cs.set_defaults(func=claims_settle)
+    cb = csub.add_parser("batch-review", help="结算审核 of settled claims")
+    cb.add_argument("claim_nos", nargs="+")
+    common(cb)
+    cb.set_defaults(func=claims_batch_review)
+    cw = csub.add_parser("withdraw", help="withdraw a claim not yet settled")
+    cw.add_argument("claim_no")
+    cw.add_argument("--reason", required=True)
+    common(cw)
+    cw.set_defaults(func=claims_withdraw)
+    cls = csub.add_parser("list", help="every claim and its state")
+    cls.add_argument("--status", choices=sorted(manual_claims.STATUS_NAMES))
+    common(cls)
+    cls.set_defaults(func=claims_list)
+
+    p = sub.add_parser("payouts", help="payouts to patients' bank accounts (拨付)")
+    psub = p.add_subparsers(dest="payouts_command", required=True)
+    pa = psub.add_parser("account", help="show or change a person's payout account")
+    pa.add_argument("psn_no")
+    pa.add_argument("--bank-code")
+    pa.add_argument("--bank-name")
+    pa.add_argument("--account-no")
+    pa.add_argument("--holder")
+    pa.add_argument("--reason")
+    common(pa)
+    pa.set_defaults(func=payouts_account)
+    po = psub.add_parser("owed", help="what is owed, in a batch or paid")
+    po.add_argument("--status", choices=("owed", "batched", "paid"))
+    common(po)
+    po.set_defaults(func=payouts_owed)
+    pb = psub.add_parser("batch", help="银行报盘制单: a batch of what is owed")
+    pb.add_argument("--limit", type=int)
+    pb.add_argument("--source", choices=("manual", "deferred"))
+    common(pb)
+    pb.set_defaults(func=payouts_batch)
+    pp = psub.add_parser("approve", help="初审 (1), 一级/二级/三级复核 (2-4); --reject REASON")
+    pp.add_argument("batch_no")
+    pp.add_argument("--level", type=int, required=True, choices=(1, 2, 3, 4))
+    pp.add_argument("--reject")
+    common(pp)
+    pp.set_defaults(func=payouts_approve)
+    ps = psub.add_parser("show", help="a batch (or every batch)")
+    ps.add_argument("batch_no", nargs="?")
+    common(ps)
+    ps.set_defaults(func=payouts_show)
+    pe = psub.add_parser("export", help="the approved batch's bank payment file (报盘)")
+    pe.add_argument("batch_no")
+    pe.add_argument("--out", required=True, help="a file, or a directory for <batch_no>.txt")
+    common(pe)
+    pe.set_defaults(func=payouts_export)
+    pi = psub.add_parser("import-return", help="银行回盘处理: the bank's return file")
+    pi.add_argument("file")
+    common(pi)
+    pi.set_defaults(func=payouts_import)
