@@ -70,6 +70,7 @@ from gateway.core.model import (
     Visit,
 )
 from gateway.core.settle import apply, settle_splits
+from gateway.ledger import payout_checks
 from gateway.ledger.persons import ACCUMULATOR_FIELDS
 
 # What a settlement answered and stored; balc is the balance after it, so the account chain too.
@@ -303,6 +304,7 @@ async def check(
     problems += await replay_problems(
         conn, rules or await core_rules(conn), opening_balances=opening_balances
     )
+    problems += await payout_checks.payout_problems(conn)  # the agency's owed and paid lines
     return problems
 
 

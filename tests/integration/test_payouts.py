@@ -244,6 +244,14 @@ async def test_rejection_releases_the_lines(new_database: Callable[..., Any]) ->
         assert (await store.totals(conn))["owed"] == (1, claim.reimbursement_fen)
         again = await payouts.create_batch(conn, "maker", dt.datetime.now())
         assert (again.line_count, again.total_fen) == (1, claim.reimbursement_fen)
+        assert await checker.check(conn) == []
+        # The checker sees a line owed again while its batch is open, and a batch's total
+        # changed behind its lines.
+        await conn.execute("UPDATE owed_lines SET status = 'owed'")
+        await conn.execute("UPDATE payout_batches SET total_fen = total_fen + 1")
+        found = await checker.check(conn)
+        assert any(p.startswith("owed line") and "owed but 1 pending" in p for p in found)
+        assert any(f"payout batch {again.batch_no}" in p for p in found)
 
 
 async def test_concurrent_batches_never_share_a_line(new_database: Callable[..., Any]) -> None:
