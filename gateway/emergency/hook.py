@@ -32,6 +32,7 @@ from gateway.pipeline import dispatch
 from gateway.pipeline.dispatch import Detour
 from gateway.protocol.errors import Conflict, RuleRejected, Unavailable
 from gateway.protocol.transaction import Answer, Call, Deferral, Mode, Transaction
+from gateway.services import payouts
 
 log = logging.getLogger("gateway.emergency.hook")
 
@@ -446,6 +447,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                         await replay.drain(gw, gw.journal)
                     async with gw.pool.acquire(timeout=2.0) as conn:
                         waiting = await deferred.pending_claims(conn)
+                        await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC))
                     metrics.DEFERRED_CLAIMS.set(waiting)
         except asyncio.CancelledError:
             raise

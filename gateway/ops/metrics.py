@@ -94,6 +94,25 @@ DEFERRED_CLAIMS = Gauge(
     "Deferred claims waiting for replay (ledger and local journal)",
     multiprocess_mode="max",
 )
+PAYOUT_STATES = ("owed", "batched", "paid", "failed")
+PAYOUT_YUAN = Gauge(
+    "sgw_payout_yuan",
+    "Reimbursements owed to patients by state: owed, batched (in a payout batch), paid, and"
+    " failed (payments the bank returned failed, each attempt counted)",
+    ["state"],
+    multiprocess_mode="max",
+)
+PAYOUT_LINES = Gauge(
+    "sgw_payout_lines",
+    "Owed lines (reimbursements) by the same states as sgw_payout_yuan",
+    ["state"],
+    multiprocess_mode="max",
+)
+PAYOUT_OWED_OLDEST = Gauge(
+    "sgw_payout_owed_oldest_seconds",
+    "Age of the oldest reimbursement recorded as owed and not paid yet (0: none)",
+    multiprocess_mode="max",
+)
 BREAKER_STATE = Gauge(
     "sgw_breaker_state",
     "Breaker per dependency: 0 closed, 1 half-open, 2 open",
@@ -141,6 +160,10 @@ def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str])
         for action in (*ACTIONS, "normal"):
             PLAN_CHANGES.labels("global", klass, action)
     DEFERRED_CLAIMS.set(0)
+    for state in PAYOUT_STATES:
+        PAYOUT_YUAN.labels(state).set(0)
+        PAYOUT_LINES.labels(state).set(0)
+    PAYOUT_OWED_OLDEST.set(0)
 
 
 def prime_breaker(dependency: str) -> None:

@@ -34,7 +34,7 @@ import msgspec
 from gateway.core.money import fen_text
 from gateway.ledger import payouts as store
 from gateway.ledger.payouts import Account, Batch
-from gateway.ops import audit
+from gateway.ops import audit, metrics
 from gateway.protocol.errors import BadRequest, Conflict, NotFound
 
 LEVELS = {1: "初审", 2: "一级复核", 3: "二级复核", 4: "三级复核"}
@@ -423,6 +423,18 @@ async def _summary(conn: asyncpg.Connection, b: Batch, *, again: bool) -> Return
         failed_fen=sum(i.amount_fen for i in failed),
         again=again,
     )
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+async def refresh_metrics(conn: asyncpg.Connection, now: dt.datetime) -> None:
+    """The payout gauges from the ledger: amounts and lines per state, the oldest owed age."""
+    for state, (n, fen) in (await store.totals(conn)).items():
+        metrics.PAYOUT_LINES.labels(state).set(n)
+        metrics.PAYOUT_YUAN.labels(state).set(fen / 100)  # a gauge, for dashboards only
+    oldest = await store.oldest_owed(conn)
+    metrics.PAYOUT_OWED_OLDEST.set(0 if oldest is None else (now - oldest).total_seconds())
 
 
 # ---------------------------------------------------------------------------------- showing

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.ledger import checker
 from gateway.ledger import payouts as store
@@ -214,6 +215,13 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
     assert "6222020200000000022" not in json.dumps([dict(r) for r in changes], default=str)
     async with connect(dsn) as check_conn:
         assert await checker.check(check_conn) == []
+    await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC))
+    gauge = REGISTRY.get_sample_value
+    assert gauge("sgw_payout_yuan", {"state": "paid"}) == owed_total / 100
+    assert gauge("sgw_payout_yuan", {"state": "failed"}) == failed_fen / 100
+    assert gauge("sgw_payout_lines", {"state": "paid"}) == 4
+    assert gauge("sgw_payout_lines", {"state": "owed"}) == 0
+    assert gauge("sgw_payout_owed_oldest_seconds") == 0  # nothing left unpaid
 
 
 def _drop_line(answer: bytes) -> bytes:
@@ -245,6 +253,10 @@ async def test_rejection_releases_the_lines(new_database: Callable[..., Any]) ->
         again = await payouts.create_batch(conn, "maker", dt.datetime.now())
         assert (again.line_count, again.total_fen) == (1, claim.reimbursement_fen)
         assert await checker.check(conn) == []
+        await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC) + dt.timedelta(days=31))
+        assert REGISTRY.get_sample_value("sgw_payout_lines", {"state": "batched"}) == 1
+        oldest = REGISTRY.get_sample_value("sgw_payout_owed_oldest_seconds")
+        assert oldest is not None and oldest > 30 * 86400  # unpaid past the alert's deadline
         # The checker sees a line owed again while its batch is open, and a batch's total
         # changed behind its lines.
         await conn.execute("UPDATE owed_lines SET status = 'owed'")
