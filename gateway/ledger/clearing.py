@@ -35,6 +35,8 @@ async def settled(
     """Reads per institution and med_type the sums of settlements in force of [since, until)."""
     args: list[object] = [since, until]
     where = "s.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
+    # A manual claim's settlement (零星报销) is paid to the patient, not cleared to the institution.
+    where += " AND NOT EXISTS (SELECT 1 FROM manual_claims c WHERE c.setl_id = s.setl_id)"
     if institution:
         args.append(institution)
         where += " AND s.fixmedins_code = $3"

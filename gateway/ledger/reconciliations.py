@@ -76,6 +76,9 @@ def _where(p: Period) -> tuple[str, list[object]]:
         where.append(f"clr_type = ${len(args)}")
     if not p.include_refunded:
         where.append("status = 'settled'")
+    # A manual claim's settlement (零星报销) is the agency's with the patient, not the
+    # institution's: the institution never made it and is not cleared for it.
+    where.append("NOT EXISTS (SELECT 1 FROM manual_claims c WHERE c.setl_id = settlements.setl_id)")
     return " AND ".join(where), args
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.ledger import checker, payouts
+from gateway.jobs import clearing
+from gateway.ledger import checker, payouts, reconciliations
 from gateway.ledger import manual_claims as store
 from gateway.protocol.errors import Conflict, GatewayError, LineRejected
 from gateway.services import manual_claims
@@ -161,6 +162,15 @@ async def test_steps_are_checked_and_idempotent(new_database: Callable[..., Any]
         again = await manual_claims.settle(conn, agency.snapshot, claim.claim_no, "clerk2", now)
         assert again == settled
         assert await conn.fetchval("SELECT count(*) FROM settlements") == 1
+        # The institution is neither cleared nor reconciled for the patient's claim.
+        assert (await clearing.monthly(conn, f"{now:%Y-%m}")).institutions == []
+        period = reconciliations.Period(
+            fixmedins_code=HOSPITAL,
+            setl_optins=await conn.fetchval("SELECT clr_optins FROM settlements"),
+            begndate=now.date(),
+            enddate=now.date(),
+        )
+        assert (await reconciliations.centre_totals(conn, period)).count == 0
         with pytest.raises(Conflict, match="结算经办人以外"):
             await manual_claims.batch_review(conn, [claim.claim_no], "clerk2")
         await manual_claims.batch_review(conn, [claim.claim_no], "reviewer2")

@@ -35,6 +35,9 @@ CREATE TABLE manual_claims (
     CHECK (kind = 'outpatient' OR endtime IS NOT NULL)
 );
 CREATE INDEX manual_claims_status ON manual_claims (status);
+-- Clearing and reconciliation leave a manual claim's settlement out (the institution's own
+-- settlements only): looked up by setl_id.
+CREATE UNIQUE INDEX manual_claims_setl_id ON manual_claims (setl_id) WHERE setl_id IS NOT NULL;
 
 -- An invoice is claimed once: held while its claim is alive, released when it is refused or
 -- withdrawn (the rows are deleted), so a second claim of the same bill is refused.
