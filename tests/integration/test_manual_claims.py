@@ -202,3 +202,75 @@ async def test_steps_are_checked_and_idempotent(new_database: Callable[..., Any]
 
 def msgspec_replace(reg: manual_claims.Registration, **kw: Any) -> manual_claims.Registration:
     return msgspec.structs.replace(reg, **kw)
+
+
+RETIREE = "441800000000000002"
+STAY_LINES = [
+    {"feedetl_sn": "1", "medins_list_codg": "ZL0003", "pric": "60", "cnt": "10", "det_item_fee_sumamt": "600.00"},
+    {"feedetl_sn": "2", "medins_list_codg": "ZL0008", "pric": "20", "cnt": "20", "det_item_fee_sumamt": "400.00"},
+]  # fmt: skip
+
+
+async def test_inpatient_claim_settles_as_the_counter_does(
+    new_database: Callable[..., Any],
+) -> None:
+    async with running_gateway(new_database) as counter, agency_ledger(new_database) as agency:
+        his = counter.client(HOSPITAL)
+        admitted = await his.ok(
+            "2401",
+            {
+                "mdtrtinfo": {
+                    "psn_no": RETIREE, "insutype": "310", "begntime": "2026-04-01 10:00:00",
+                    "mdtrt_cert_type": "01", "mdtrt_cert_no": RETIREE, "med_type": "21",
+                    "ipt_no": "ZY-M-1", "atddr_no": "D1", "chfpdr_name": "医生",
+                    "adm_diag_dscr": "肺炎", "adm_dept_codg": "K1", "adm_dept_name": "内科",
+                    "adm_bed": "3", "dscg_maindiag_code": "J18", "dscg_maindiag_name": "肺炎",
+                },
+                "diseinfo": [],
+            },
+        )  # fmt: skip
+        mdtrt_id = admitted["result"]["mdtrt_id"]
+        rows = his.fee_rows(mdtrt_id, RETIREE, STAY_LINES, "2026-04-02 10:00:00", "")
+        await his.ok("2301", {"feedetail": rows})
+        await his.ok(
+            "2402",
+            {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE, "endtime": "2026-04-05 10:00:00",
+                          "insutype": "310", "dscg_way": "1"}},
+        )  # fmt: skip
+        await his.ok("2304", his.settle_data(RETIREE, mdtrt_id, "21", "1000.00", "310", "0"))
+
+        async with agency.pool.acquire() as conn:
+            now = dt.datetime.now()
+            claim = await manual_claims.register(
+                conn,
+                agency.snapshot,
+                manual_claims.Registration(
+                    cert_type="01",
+                    cert_no=RETIREE,
+                    fixmedins_code=HOSPITAL,
+                    med_type="21",
+                    begntime=dt.datetime(2026, 4, 1, 10),
+                    endtime=dt.datetime(2026, 4, 5, 10),
+                    invoice_nos=("ZY-FP-1",),
+                ),
+                "clerk1",
+                now,
+            )
+            lines = lines_of(STAY_LINES, "2026-04-02 10:00:00")
+            await manual_claims.enter_lines(conn, agency.snapshot, claim.claim_no, lines, "clerk1")
+            await manual_claims.review(conn, claim.claim_no, "reviewer1")
+            settled = await manual_claims.settle(
+                conn, agency.snapshot, claim.claim_no, "clerk2", now
+            )
+            manual = [
+                tuple(r.values()) for r in await conn.fetch(f"SELECT {COMPARED} FROM settlements")
+            ]
+            used = await conn.fetchval("SELECT adm_dedc_used_fen FROM encounters")
+            assert await checker.check(conn) == []
+        at_counter = [
+            tuple(r.values()) for r in await counter.fetch(f"SELECT {COMPARED} FROM settlements")
+        ]
+        assert manual == at_counter
+        assert used == await counter.fetchval("SELECT adm_dedc_used_fen FROM encounters")
+        assert settled.reimbursement_fen == manual[0][2] - manual[0][18]  # bill less cash part
+        assert settled.reimbursement_fen
