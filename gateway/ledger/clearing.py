@@ -35,8 +35,11 @@ async def settled(
     """Reads per institution and med_type the sums of settlements in force of [since, until)."""
     args: list[object] = [since, until]
     where = "s.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
-    # A manual claim's settlement (零星报销) is paid to the patient, not cleared to the institution.
+    # A manual claim's settlement (零星报销), and a deferred claim's settled by replay (主动报:
+    # the patient paid the institution in full), are paid to the patient, not cleared to the
+    # institution: cleared as well, the fund would pay their share twice.
     where += " AND NOT EXISTS (SELECT 1 FROM manual_claims c WHERE c.setl_id = s.setl_id)"
+    where += " AND NOT EXISTS (SELECT 1 FROM deferred d WHERE d.kind = 'claim' AND d.setl_id = s.setl_id)"
     if institution:
         args.append(institution)
         where += " AND s.fixmedins_code = $3"

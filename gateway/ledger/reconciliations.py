@@ -79,6 +79,12 @@ def _where(p: Period) -> tuple[str, list[object]]:
     # A manual claim's settlement (零星报销) is the agency's with the patient, not the
     # institution's: the institution never made it and is not cleared for it.
     where.append("NOT EXISTS (SELECT 1 FROM manual_claims c WHERE c.setl_id = settlements.setl_id)")
+    # Nor is a deferred claim's settlement made by replay: the institution answered the patient
+    # all-cash under the claim's number and never saw the settlement the fund pays the patient.
+    where.append(
+        "NOT EXISTS (SELECT 1 FROM deferred d WHERE d.kind = 'claim'"
+        " AND d.setl_id = settlements.setl_id)"
+    )
     return " AND ".join(where), args
 
 

@@ -125,3 +125,8 @@ async def test_replayed_claims_equal_online_settlement(new_database: Callable[..
         for code, fen in owed.items():
             assert shown[code]["to_patients"] == fen_text(fen)
         assert sum(r["claims"] for r in shown.values()) == len(VISITS)
+        # The patient paid the institution in full and the fund's share goes to the patient:
+        # the institution is cleared for none of it (else the fund pays that share twice).
+        for inst in report["institutions"]:
+            assert inst["total"]["declared"] == "0.00", inst
+            assert inst["lines"] == []
