@@ -45,6 +45,7 @@ from typing import Any
 
 import asyncpg
 from http_harness import (
+    Profiler,
     add_server_arg,
     cpu_seconds,
     create_db,
@@ -300,7 +301,10 @@ def run(args: argparse.Namespace) -> Harness:
                 set_plan(dsn, scenario)
             try:
                 load = h.load(scenario, args.connections)
+                profiler = Profiler(args.profile, gateway.pid)
+                profiler.start(scenario, args.duration)
                 result = h.measure(gw_url, load, args.duration, gw_pids)
+                profiler.stop()
                 h.rows.append((scenario, result))
                 if args.sweep:
                     h.sweep(scenario, gw_url, result)
@@ -470,6 +474,7 @@ def main() -> None:
     p.add_argument("--overload-rate", type=float, help="instead of the 2102 row's ok/s")
     add_server_arg(p)
     p.add_argument("--json", type=Path, help="also write the raw results here")
+    p.add_argument("--profile", type=Path, help="py-spy the gateway per scenario into this folder")
     p.add_argument("--results", type=Path, help="rewrite the wrk_harness block of this RESULTS.md")
     args = p.parse_args()
     wrk_binary()
