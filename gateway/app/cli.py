@@ -53,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
         reference_dir=Path(args.reference_dir),
         region=args.region,
         pool_max=args.pool_max,
+        pool_min=args.pool_max,
         redis_url=args.redis_url,
         config_path=Path(args.config),
         auth=args.auth == "on",

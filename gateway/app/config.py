@@ -195,6 +195,7 @@ class Settings:
         "load_demo_if_empty",
         "operators_path",
         "pool_max",
+        "pool_min",
         "redis_url",
         "reference_dir",
         "region",
@@ -208,6 +209,7 @@ class Settings:
         region: str = "441800",
         load_demo_if_empty: bool = True,
         pool_max: int = 16,
+        pool_min: int = 2,
         redis_url: str | None = None,
         config_path: Path = DEFAULT_CONFIG,
         config: GatewayConfig | None = None,
@@ -222,6 +224,11 @@ class Settings:
         self.region = region  # receiver region, the first six digits of inf_refmsgid
         self.load_demo_if_empty = load_demo_if_empty
         self.pool_max = pool_max
+        # Connections opened at start and never closed for idleness. The server opens them all
+        # (`serve`): a connection opened under load prepares every statement and introspects
+        # the types again, which was a tenth of the gateway's CPU while a pool grew
+        # (benchmarks/RESULTS.md); tests and the CLI keep a small floor.
+        self.pool_min = min(pool_min, pool_max)
         self.redis_url = redis_url
         self.config = config if config is not None else load_config(config_path)
         # Polling the catalog version: a change reaches every process within ~2 s.

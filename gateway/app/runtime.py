@@ -157,7 +157,7 @@ class Gateway:
         # A short connect timeout: an unreachable ledger must fail fast enough for the breaker.
         pool = await db.create_pool(
             settings.database_url,
-            min_size=min(2, settings.pool_max),
+            min_size=settings.pool_min,
             max_size=settings.pool_max,
             timeout=3.0,
         )
