@@ -1,0 +1,247 @@
+"""The parallel run's comparison: hand-built answer pairs, one per cause, each attributed to the
+line and the rule that made it differ (gateway/core/shadow_diff.py)."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from gateway.core.shadow_diff import Cause, compare, items_of
+
+D = Decimal
+ITEMS = {"1": "YP0003", "2": "YP0010"}
+
+
+def _line(sn: str, **over: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "feedetl_sn": sn,
+        "det_item_fee_sumamt": D("80.00"),
+        "pric_uplmt_amt": D("999999.000000"),
+        "selfpay_prop": D("0.1000"),
+        "fulamt_ownpay_amt": D("0.00"),
+        "overlmt_amt": D("0.00"),
+        "preselfpay_amt": D("8.00"),
+        "inscp_scp_amt": D("72.00"),
+        "chrgitm_lv": "02",
+    }
+    row.update(over)
+    return row
+
+
+def _answer() -> dict[str, Any]:
+    """A settled 2101-shaped answer: two lines, a pool at 50% and the account."""
+    return {
+        "infcode": 0,
+        "err_msg": None,
+        "output": {
+            "setlinfo": {
+                "medfee_sumamt": D("115.00"),
+                "fulamt_ownpay_amt": D("0.00"),
+                "overlmt_selfpay": D("0.00"),
+                "preselfpay_amt": D("8.00"),
+                "inscp_scp_amt": D("107.00"),
+                "act_pay_dedc": D("0.00"),
+                "hifp_pay": D("53.50"),
+                "pool_prop_selfpay": D("0.5000"),
+                "cvlserv_pay": D("0.00"),
+                "fund_pay_sumamt": D("53.50"),
+                "psn_pay": D("61.50"),
+                "acct_pay": D("61.50"),
+                "psn_cash_pay": D("0.00"),
+                "balc": D("1938.50"),
+            },
+            "setldetail": [
+                {"fund_pay_type": "310100", "fund_payamt": D("53.50"), "crt_payb_lmt_amt": D("0")},
+                {"fund_pay_type": "310200", "fund_payamt": D("61.50"), "crt_payb_lmt_amt": D("0")},
+            ],
+            "detlcutinfo": [
+                _line("1"),
+                _line(
+                    "2",
+                    det_item_fee_sumamt=D("35.00"),
+                    selfpay_prop=D("0"),
+                    preselfpay_amt=D("0.00"),
+                    inscp_scp_amt=D("35.00"),
+                    chrgitm_lv="01",
+                ),
+            ],
+        },
+    }
+
+
+def _set(answer: dict[str, Any], **info: Any) -> dict[str, Any]:
+    answer["output"]["setlinfo"].update(info)
+    return answer
+
+
+def _fund(answer: dict[str, Any], code: str, amount: str) -> None:
+    for row in answer["output"]["setldetail"]:
+        if row["fund_pay_type"] == code:
+            row["fund_payamt"] = D(amount)
+
+
+def test_the_same_answer_agrees_whatever_the_number_spelling() -> None:
+    a = _answer()
+    b = copy.deepcopy(a)
+    b["output"]["setlinfo"]["hifp_pay"] = "53.5"  # text, one decimal: the same money
+    b["output"]["setlinfo"]["balc"] = D("2000.00")  # the shadow's account was never debited
+    b["output"]["setldetail"][0]["crt_payb_lmt_amt"] = D("900.00")  # nor its cap used
+    diagnosis = compare(a, b, ITEMS)
+    assert not diagnosis.differs
+    assert diagnosis.cause is None
+
+
+def test_a_line_classed_differently_is_the_catalog_at_that_item() -> None:
+    a = _answer()
+    b = copy.deepcopy(a)
+    # The shadow maps YP0003 to a class-A item: no self-pay share on it.
+    b["output"]["detlcutinfo"][0].update(
+        chrgitm_lv="01", selfpay_prop=D("0"), preselfpay_amt=D("0.00"), inscp_scp_amt=D("80.00")
+    )
+    _set(b, preselfpay_amt=D("0.00"), inscp_scp_amt=D("115.00"), hifp_pay=D("57.50"))
+    _set(b, fund_pay_sumamt=D("57.50"), psn_pay=D("57.50"), acct_pay=D("57.50"))
+    _fund(b, "310100", "57.50")
+    _fund(b, "310200", "57.50")
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.CATALOG_CLASS,)
+    assert d.lines == ("1",)
+    assert d.item == "YP0003"
+    line = {x.field: x for x in d.differences if x.place == "line:1"}
+    assert (line["chrgitm_lv"].answered, line["chrgitm_lv"].shadowed) == ("02", "01")
+    assert {x.item for x in d.differences if x.place.startswith("line:")} == {"YP0003"}
+    assert "YP0003" in d.summary()
+
+
+def test_a_line_not_covered_at_all_is_the_catalog_too() -> None:
+    a = _answer()
+    b = copy.deepcopy(a)
+    b["output"]["detlcutinfo"][1].update(
+        fulamt_ownpay_amt=D("35.00"), inscp_scp_amt=D("0.00")
+    )  # unmapped at the shadow: all self-pay, the class text left as it was
+    _set(b, fulamt_ownpay_amt=D("35.00"), inscp_scp_amt=D("72.00"), hifp_pay=D("36.00"))
+    d = compare(a, b, ITEMS)
+    assert d.cause is Cause.CATALOG_CLASS
+    assert d.item == "YP0010"
+
+
+def test_a_different_self_pay_ratio() -> None:
+    a = _answer()
+    b = copy.deepcopy(a)
+    b["output"]["detlcutinfo"][0].update(
+        selfpay_prop=D("0.2000"), preselfpay_amt=D("16.00"), inscp_scp_amt=D("64.00")
+    )
+    _set(b, preselfpay_amt=D("16.00"), inscp_scp_amt=D("99.00"), hifp_pay=D("49.50"))
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.SELFPAY_RATIO,)
+    assert d.item == "YP0003"
+
+
+def test_a_different_price_cap() -> None:
+    a = _answer()
+    b = copy.deepcopy(a)
+    b["output"]["detlcutinfo"][0].update(
+        pric_uplmt_amt=D("30.000000"),
+        overlmt_amt=D("20.00"),
+        preselfpay_amt=D("6.00"),
+        inscp_scp_amt=D("54.00"),
+    )
+    _set(b, overlmt_selfpay=D("20.00"), preselfpay_amt=D("6.00"), inscp_scp_amt=D("89.00"))
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.PRICE_CAP,)
+    assert d.lines == ("1",)
+
+
+def test_a_different_deductible() -> None:
+    a = _answer()
+    b = _set(copy.deepcopy(a), act_pay_dedc=D("50.00"), hifp_pay=D("28.50"))
+    _set(b, fund_pay_sumamt=D("28.50"), psn_pay=D("86.50"), acct_pay=D("86.50"))
+    _fund(b, "310100", "28.50")
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.DEDUCTIBLE,)
+    assert d.lines == ()
+    by_field = {x.field: x.cause for x in d.differences}
+    assert by_field["hifp_pay"] is Cause.DEDUCTIBLE  # the pool follows from it, not the cap
+    assert by_field["acct_pay"] is Cause.DEDUCTIBLE
+
+
+def test_a_different_pool_ratio() -> None:
+    a = _answer()
+    b = _set(copy.deepcopy(a), pool_prop_selfpay=D("0.7000"), hifp_pay=D("74.90"))
+    _set(b, fund_pay_sumamt=D("74.90"), psn_pay=D("40.10"), acct_pay=D("40.10"))
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.POOL_RATIO,)
+    assert d.item is None
+
+
+def test_the_pool_paying_less_with_the_same_base_and_ratio_is_the_cap() -> None:
+    a = _answer()
+    b = _set(copy.deepcopy(a), hifp_pay=D("20.00"), fund_pay_sumamt=D("20.00"))
+    _set(b, psn_pay=D("95.00"), acct_pay=D("95.00"))
+    _fund(b, "310100", "20.00")
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.CAP_REACHED,)
+
+
+def test_the_account_alone() -> None:
+    a = _answer()
+    # Same funds; the shadow's account pays less (its balance, or remote use not allowed).
+    b = _set(copy.deepcopy(a), acct_pay=D("0.00"), psn_cash_pay=D("61.50"))
+    b["output"]["setldetail"].pop()
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.ACCOUNT,)
+    assert {x.place for x in d.differences} == {"setlinfo", "setldetail:310200"}
+
+
+def test_one_refusal_is_a_refusal_and_two_agree() -> None:
+    a = _answer()
+    no = {"infcode": -1, "err_msg": "参保人不存在", "output": None}
+    d = compare(a, no, ITEMS)
+    assert d.causes == (Cause.REFUSAL,)
+    assert d.differences[0].shadowed == "-1 参保人不存在"
+    assert not compare(no, dict(no, err_msg="另一个说法"), ITEMS).differs
+
+
+def test_a_line_only_one_side_lists_is_other() -> None:
+    a = _answer()
+    b = copy.deepcopy(a)
+    b["output"]["detlcutinfo"].pop()
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.OTHER,)
+    assert d.lines == ("2",)
+
+
+def test_visit_answers_without_lines_are_attributed_from_the_totals() -> None:
+    a = _answer()
+    del a["output"]["detlcutinfo"]
+    b = copy.deepcopy(a)
+    _set(b, fulamt_ownpay_amt=D("35.00"), inscp_scp_amt=D("72.00"), hifp_pay=D("36.00"))
+    d = compare(a, b)
+    assert d.cause is Cause.CATALOG_CLASS
+    assert {x.cause for x in d.differences} == {Cause.CATALOG_CLASS}
+
+
+def test_several_causes_are_all_named_in_order() -> None:
+    a = _answer()
+    b = copy.deepcopy(a)
+    b["output"]["detlcutinfo"][0].update(
+        chrgitm_lv="01", selfpay_prop=D("0"), preselfpay_amt=D("0.00"), inscp_scp_amt=D("80.00")
+    )
+    _set(b, preselfpay_amt=D("0.00"), inscp_scp_amt=D("115.00"), pool_prop_selfpay=D("0.7000"))
+    _set(b, hifp_pay=D("80.50"))
+    d = compare(a, b, ITEMS)
+    assert d.causes == (Cause.CATALOG_CLASS, Cause.POOL_RATIO)
+    assert d.to_builtins()["cause"] == "catalog_class"
+    msgspec.json.encode(d.to_builtins())  # storable as it is
+
+
+def test_items_come_from_the_request_lines() -> None:
+    assert items_of({"drugdetail": [{"feedetl_sn": "1", "medins_list_codg": "YP0003"}]}) == {
+        "1": "YP0003"
+    }
+    assert items_of({"feedetail": [{"feedetl_sn": 7, "medins_list_codg": "ZL0001"}]}) == {
+        "7": "ZL0001"
+    }
+    assert items_of(None) == {}
