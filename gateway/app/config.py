@@ -90,6 +90,25 @@ class Legacy(Section, frozen=True):
     timeout_seconds: float = 10.0
 
 
+class Shadow(Section, frozen=True):
+    """`[shadow]`: the parallel run's second pricing (gateway.emergency.shadow), for scopes whose
+    plan rule is `shadow` or `route_legacy_shadow`."""
+
+    # Of the settlements under a shadow rule, the share priced by the other system too (basis
+    # points, 10000 = all); chosen by msgid, so a retry is sampled as its first try was.
+    sample_bp: int = 10000
+    # Settlements waiting to be priced; past it one is dropped (counted), the counter never waits.
+    queue_size: int = 1000
+    workers: int = 4  # pricings in flight at once, per process
+    timeout_seconds: float = 5.0  # one shadow pricing, the old system's or this gateway's
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sample_bp <= 10000:
+            raise ValueError(f"sample_bp = {self.sample_bp}: between 0 and 10000 basis points")
+        if self.queue_size < 1 or self.workers < 1:
+            raise ValueError("queue_size and workers: at least 1")
+
+
 class JournalConfig(Section, frozen=True):
     """`[journal]`: deferred claims while the ledger is down (fsynced)."""
 
@@ -148,6 +167,7 @@ class GatewayConfig(Section, frozen=True):
     breakers: Breakers = msgspec.field(default_factory=Breakers)
     triggers: Triggers = msgspec.field(default_factory=Triggers)
     legacy: Legacy = msgspec.field(default_factory=Legacy)
+    shadow: Shadow = msgspec.field(default_factory=Shadow)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
     reconcile_files: FileLimits = msgspec.field(default_factory=FileLimits)
     plan: PlanConfig = msgspec.field(default_factory=PlanConfig)

@@ -20,7 +20,7 @@ from gateway.emergency import triggers
 from gateway.emergency.breaker import STATE_VALUE, Breaker
 from gateway.emergency.deferred.journal import Journal
 from gateway.emergency.plan import store as plan_store
-from gateway.emergency.plan.rules import CLASSES, Plan
+from gateway.emergency.plan.rules import CLASSES, Action, Plan
 from gateway.emergency.triggers import InstitutionTriggers
 from gateway.ledger import db, idempotency, reference_store
 from gateway.ledger import plan as ledger_plan
@@ -216,7 +216,9 @@ class Gateway:
             for klass in CLASSES:
                 was = before.state_of(scope, klass, now)
                 is_ = plan.state_of(scope, klass, now)
-                metrics.PLAN_DEGRADED.labels(scope, klass).set(0 if is_ is None else 1)
+                # A parallel run where this gateway answers is normal service, not degraded.
+                degraded = is_ is not None and is_.action is not Action.SHADOW
+                metrics.PLAN_DEGRADED.labels(scope, klass).set(1 if degraded else 0)
                 old = (was.action, was.source) if was else None
                 new = (is_.action, is_.source) if is_ else None
                 if old != new and before.version:

@@ -25,6 +25,7 @@ from gateway.app.reference import load_reference
 from gateway.app.runtime import Gateway
 from gateway.core.settle import FUND_NAMES
 from gateway.emergency import hook as emergency
+from gateway.emergency import shadow as parallel_run
 from gateway.emergency.console import install as install_console
 from gateway.jobs import reconcile
 from gateway.ledger import db, reference_store
@@ -51,6 +52,7 @@ from gateway.protocol.errors import BadRequest, Busy
 VERIFIER = web.AppKey("verifier", Verifier)
 ADMISSION = web.AppKey("admission", Admission)
 UPLOADS = web.AppKey("uploads", UploadBudget)
+SHADOW = web.AppKey("shadow", parallel_run.Shadow)
 access = logging.getLogger("gateway.access")
 ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
 CONSOLE_MAX_BODY = 64 * 1024
@@ -395,9 +397,12 @@ def build_app(settings: Settings) -> web.Application:
         ]
         if gw.redis is not None:
             tasks.append(asyncio.create_task(gw.listen_catalog_changes()))
+        shadow = app[SHADOW] = parallel_run.Shadow(gw)
+        parallel_run.install(shadow)
         try:
             yield
         finally:
+            await parallel_run.uninstall(shadow)
             for task in tasks:
                 task.cancel()
             for task in tasks:

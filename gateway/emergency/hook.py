@@ -71,6 +71,8 @@ def detours(
     decision = decide(gw, tx, institution, now)
     if decision is not None and decision.action is Action.SELFPAY and not tx.admits:
         return None  # selfpay changes nothing but admissions
+    if decision is not None and decision.action is Action.SHADOW:
+        return None  # this gateway answers as normal; the shadow prices it afterwards
     return decision
 
 
@@ -88,7 +90,7 @@ async def intercept(
         raise RuleRejected(
             LEDGER_DOWN_MSG if ledger_down else REJECT_MSG.format(why=decision.reason)
         )
-    if decision.action is Action.ROUTE_LEGACY:
+    if decision.action in (Action.ROUTE_LEGACY, Action.ROUTE_LEGACY_SHADOW):
         return await _route_legacy(gw, req, body)
     if decision.action is Action.SELFPAY:
         return Detour(mode=Mode.SELFPAY) if tx.admits else None
@@ -353,31 +355,64 @@ async def _journal_withdrawal(
 # ---------------------------------------------------------------------------------- route_legacy
 
 
-async def _route_legacy(gw: Gateway, req: Request, body: bytes) -> Detour:
-    """Forward the envelope unchanged and relay the old system's answer."""
+class LegacyDown(Exception):
+    """The old system gave no answer: `kind` is "timeout", "error" (a failed call or a 5xx), or
+    "unavailable" (its breaker is open, or no `[legacy] url`)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+async def post_legacy(
+    gw: Gateway,
+    body: bytes,
+    timeout_seconds: float,
+    *,
+    infno: str,
+    session: aiohttp.ClientSession | None = None,
+) -> bytes:
+    """POST an envelope to `[legacy] url` and return the old system's answer bytes, through its
+    breaker (open: not even tried); every call's outcome feeds the breaker. Used by route_legacy
+    and by the parallel run's shadow pricing (gateway.emergency.shadow), with its own session."""
     breaker = gw.breakers["legacy"]
     url = gw.config.legacy.url
     if not url:
-        raise Unavailable("应急预案要求转原系统办理，但未配置原系统地址，请联系运维")
+        raise LegacyDown("unavailable")
     if breaker.is_open and not breaker.probe_due():
-        raise Unavailable(LEGACY_DOWN_MSG)
+        raise LegacyDown("unavailable")
     started = asyncio.get_running_loop().time()
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    headers = {"Content-Type": "application/json"}
     try:
-        timeout = aiohttp.ClientTimeout(total=gw.config.legacy.timeout_seconds)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            if session is None:
+                session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+            resp = await stack.enter_async_context(
+                session.post(url, data=body, headers=headers, timeout=timeout)
+            )
             answer = await resp.read()
             if resp.status >= 500:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status
                 )
     except (aiohttp.ClientError, TimeoutError) as exc:
-        _note(breaker, False, isinstance(exc, TimeoutError), started)
-        log.warning("legacy endpoint failed", extra={"infno": req.infno, "error": repr(exc)})
-        raise Unavailable(LEGACY_DOWN_MSG) from None
+        timed_out = isinstance(exc, TimeoutError)
+        _note(breaker, False, timed_out, started)
+        log.warning("legacy endpoint failed", extra={"infno": infno, "error": repr(exc)})
+        raise LegacyDown("timeout" if timed_out else "error") from None
     _note(breaker, True, False, started)
+    return answer
+
+
+async def _route_legacy(gw: Gateway, req: Request, body: bytes) -> Detour:
+    """Forward the envelope unchanged and relay the old system's answer."""
+    if not gw.config.legacy.url:
+        raise Unavailable("应急预案要求转原系统办理，但未配置原系统地址，请联系运维")
+    try:
+        answer = await post_legacy(gw, body, gw.config.legacy.timeout_seconds, infno=req.infno)
+    except LegacyDown:
+        raise Unavailable(LEGACY_DOWN_MSG) from None
     return Detour(answer=answer, outcome=dispatch.Result.LEGACY)
 
 

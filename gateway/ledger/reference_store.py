@@ -17,6 +17,8 @@ from gateway.protocol.errors import RuleRejected
 
 # Everything a demo reload resets, children first.
 _ALL_TABLES = (
+    "shadow_differences",
+    "shadow_comparisons",
     "correction_items",
     "reconciliations",
     "exchange_files",

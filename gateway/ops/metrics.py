@@ -130,6 +130,52 @@ SHED = Counter(
     "Requests answered busy at once because the process was at its in-flight limit",
 )
 
+# The parallel run (gateway.emergency.shadow): settlements priced by both systems, by the
+# answering institution's region, the institution and the medical category (outpatient,
+# chronic, inpatient, pharmacy). A settlement is counted once in compared and, if its money
+# differs, once in differing: differing/compared is its rate. The causes (gateway.core.
+# shadow_diff.Cause, every one found in a settlement) are counted per region and category; per
+# institution and item they are in the ledger (the cut-over report), not in label sets.
+SHADOW_COMPARED = Counter(
+    "sgw_shadow_compared",
+    "Settlements priced by both systems and compared",
+    ["admdvs", "fixmedins_code", "category"],
+)
+SHADOW_DIFFERING = Counter(
+    "sgw_shadow_differing",
+    "Compared settlements whose money differs",
+    ["admdvs", "fixmedins_code", "category"],
+)
+SHADOW_CAUSES = Counter(
+    "sgw_shadow_causes",
+    "Causes found in differing settlements (one settlement may count under several)",
+    ["admdvs", "category", "cause"],
+)
+# Pricings that produced no comparison: the shadow failed (error), ran past its time (timeout),
+# was not asked because its breaker is open (unavailable), or the queue was full (dropped).
+SHADOW_FAILURES = Counter(
+    "sgw_shadow_failures",
+    "Shadow pricings that produced no comparison, by which system shadowed and why",
+    ["shadow", "kind"],
+)
+SHADOW_KINDS = ("error", "timeout", "unavailable", "dropped")
+SHADOW_SYSTEMS = ("legacy", "gateway")
+# Medical categories by institution type: (a hospital's, a pharmacy's).
+SHADOW_CATEGORIES = (("outpatient", "chronic", "inpatient"), ("pharmacy",))
+# gateway.core.shadow_diff.Cause's values (metrics sit below the rules and do not import them;
+# tests/unit/test_shadow_diff.py holds the two equal).
+SHADOW_CAUSE_NAMES = (
+    "catalog_class",
+    "selfpay_ratio",
+    "price_cap",
+    "deductible",
+    "pool_ratio",
+    "cap_reached",
+    "account",
+    "refusal",
+    "other",
+)
+
 _terminals: set[str] = set()
 
 
@@ -164,6 +210,24 @@ def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str])
         PAYOUT_YUAN.labels(state).set(0)
         PAYOUT_LINES.labels(state).set(0)
     PAYOUT_OWED_OLDEST.set(0)
+    for system in SHADOW_SYSTEMS:
+        for kind in SHADOW_KINDS:
+            SHADOW_FAILURES.labels(system, kind)
+
+
+def prime_shadow(institutions: Iterable[tuple[str, str, str]]) -> None:
+    """The parallel run's rates from 0 for each (admdvs, fixmedins_code, fixmedins_type): a
+    pharmacy's pharmacy category, a hospital's three, so that increase() sees the first."""
+    regions: set[str] = set()
+    for admdvs, code, kind in institutions:
+        regions.add(admdvs)
+        for category in SHADOW_CATEGORIES[kind == "2"]:
+            SHADOW_COMPARED.labels(admdvs, code, category)
+            SHADOW_DIFFERING.labels(admdvs, code, category)
+    for admdvs in regions:
+        for category in (*SHADOW_CATEGORIES[0], *SHADOW_CATEGORIES[1]):
+            for cause in SHADOW_CAUSE_NAMES:
+                SHADOW_CAUSES.labels(admdvs, category, cause)
 
 
 def prime_breaker(dependency: str) -> None:

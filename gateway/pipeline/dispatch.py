@@ -70,6 +70,15 @@ LEDGER_SHARE_OF_A_TIMEOUT = 0.9
 OBSERVERS: list[Callable[[Gateway, str, bool, bool, float], None]] = []
 
 
+# Called with every answer made for a known transaction of a known institution (the table's
+# entry, not a detour's), before it goes back: (gw, tx, req, institution, body, outcome,
+# received). Must neither block nor raise: the parallel run enqueues its shadow pricing here
+# (gateway.emergency.shadow) and the counter's answer never waits for it.
+ANSWERED: list[
+    Callable[[Gateway, Transaction, Request, Institution, bytes, Outcome, dt.datetime], None]
+] = []
+
+
 def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) -> None:
     """Report a ledger call to the breakers, without the time the event loop stood still.
 
@@ -128,17 +137,22 @@ async def handle(
         tx, institution = await _admit(gw, req, terminal, authenticated)
         routed = await _plan(gw, tx, req, institution, body, received)
         if isinstance(routed, Outcome):
-            routed.terminal = terminal
-            return routed
-        tx, mode = routed
-        if tx.writes:
-            outcome = await _write(gw, tx, req, institution, body, received, mode)
+            outcome = routed
         else:
-            outcome = await _read(gw, tx, req, institution, received, mode)
+            run, mode = routed
+            if run.writes:
+                outcome = await _write(gw, run, req, institution, body, received, mode)
+            else:
+                outcome = await _read(gw, run, req, institution, received, mode)
         outcome.terminal = terminal
-        return outcome
     except Exception as exc:
         return _failed(gw, req, terminal, exc, received, received_clock)
+    for answered in ANSWERED:
+        try:
+            answered(gw, tx, req, institution, body, outcome, received)
+        except Exception:  # an observer's bug must not cost the counter its answer
+            log.exception("answer observer failed", extra={"infno": req.infno})
+    return outcome
 
 
 async def _admit(

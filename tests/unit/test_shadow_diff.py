@@ -245,3 +245,31 @@ def test_items_come_from_the_request_lines() -> None:
         "7": "ZL0001"
     }
     assert items_of(None) == {}
+
+
+def test_the_metrics_know_every_cause() -> None:
+    from gateway.ops.metrics import SHADOW_CAUSE_NAMES
+
+    assert tuple(c.value for c in Cause) == SHADOW_CAUSE_NAMES
+
+
+def test_each_settlement_is_shadowed_by_its_own_pre_settlement() -> None:
+    import gateway.app.server  # noqa: F401 - registers every transaction
+    from gateway.emergency.shadow import presettlement_of
+    from gateway.protocol.transaction import TRANSACTIONS, Deferral
+
+    pairs = {
+        t.infno: shadow.infno
+        for t in TRANSACTIONS.values()
+        if (shadow := presettlement_of(t)) is not None
+    }
+    claims = {t.infno for t in TRANSACTIONS.values() if t.deferral is Deferral.CLAIM}
+    presettlements = {
+        t.infno for t in TRANSACTIONS.values() if t.deferral is Deferral.PRESETTLEMENT
+    }
+    assert set(pairs) == claims | presettlements  # every settlement and pre-settlement
+    for settles, priced_by in pairs.items():
+        assert TRANSACTIONS[priced_by].deferral is Deferral.PRESETTLEMENT
+        assert TRANSACTIONS[priced_by].kind is TRANSACTIONS[settles].kind
+        assert not TRANSACTIONS[priced_by].writes
+    assert len(set(pairs.values())) == 3  # one pre-settlement per kind of visit

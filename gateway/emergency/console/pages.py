@@ -34,6 +34,8 @@ ACTION_NAMES = {
     Action.DEFER: "暂存（主动报）",
     Action.SELFPAY: "自费入院",
     Action.ROUTE_LEGACY: "转原系统",
+    Action.SHADOW: "并行比对（本系统结算，原系统影子试算）",
+    Action.ROUTE_LEGACY_SHADOW: "转原系统并比对（本系统影子试算）",
 }
 STATE_NAMES = {"normal": "正常", "degraded": "降级", "recovering": "恢复中（补结算）"}
 

@@ -37,11 +37,22 @@ class Action(enum.StrEnum):
     DEFER = "defer"  # settlements become claims (主动报) replayed later; pre-settlements all-cash
     SELFPAY = "selfpay"  # admissions open as self-pay (encounter class only)
     ROUTE_LEGACY = "route_legacy"  # forwarded unchanged to the old system
+    # A parallel run (docs/emergency.md "Parallel run"): the counter's answer comes from one
+    # system, and the same request is priced by the other as a pre-settlement off the request
+    # path, the two answers compared (gateway.emergency.shadow). An action, not a separate
+    # setting, because a cut-over moves a scope through exactly these states in order, each
+    # set, scheduled (windows) and audited like any other: route_legacy_shadow before go-live
+    # (the old system answers, this gateway prices in its shadow, writing nothing), shadow after
+    # it (this gateway answers, the old system prices in its shadow), then no rule.
+    SHADOW = "shadow"  # this gateway answers; the old system ([legacy] url) is the shadow
+    ROUTE_LEGACY_SHADOW = "route_legacy_shadow"  # the old system answers; this gateway shadows
 
 
 # The classes a rule or window may name, in the order the console and metrics list them.
 CLASSES = tuple(c for c in TxClass if c is not TxClass.QUERY)
 ACTIONS = tuple(Action)
+# The actions under which settlements are priced twice, and the classes they may name.
+SHADOW_ACTIONS = (Action.SHADOW, Action.ROUTE_LEGACY_SHADOW)
 _SCOPE = re.compile(r"^(global|region:\d{6}|institution:[0-9A-Za-z]{1,30})$")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from gateway.emergency.plan.rules import (
+    SHADOW_ACTIONS,
     Action,
     Rule,
     TxClass,
@@ -63,6 +64,8 @@ async def set_rule(
     reason = _reason(reason)
     if rule_action is Action.SELFPAY and tx_class is not TxClass.ENCOUNTER:
         raise BadRequest("selfpay（自费入院）只适用于encounter类交易")
+    if rule_action in SHADOW_ACTIONS and tx_class is not TxClass.SETTLEMENT:
+        raise BadRequest(f"{rule_action}（并行比对）只适用于settlement类交易")
     async with conn.transaction():
         before = await plan.lock_rule(conn, scope, tx_class)
         await plan.put_rule(
@@ -125,6 +128,8 @@ async def add_window(
         raise BadRequest("时间窗至少包含一类交易")
     if ends <= begins:
         raise BadRequest("时间窗结束时间须晚于开始时间")
+    if window_action in SHADOW_ACTIONS and any(c is not TxClass.SETTLEMENT for c in window_classes):
+        raise BadRequest(f"{window_action}（并行比对）只适用于settlement类交易")
     reason = _reason(reason)
     async with conn.transaction():
         before = await plan.lock_window(conn, name, scope)

@@ -1,0 +1,340 @@
+"""The parallel run: every settlement under a shadow rule priced by the other system too.
+
+A cut-over moves a region's settlement from the old system to this gateway, and whether the new
+one computes the same money is otherwise only seen at the counter (清远 plan 1.2.2, 1.4). Under
+the plan's `route_legacy_shadow` (before go-live) the old system answers the counter and this
+gateway prices the same request as its pre-settlement, writing nothing in its ledger; under
+`shadow` (after go-live) this gateway answers and the old system (`[legacy] url`) prices it.
+A settlement (2207, 2304, 2102) is priced at the shadow as the matching pre-settlement (2206,
+2303, 2101): the shadow writes nothing either. The two answers are compared
+(gateway.core.shadow_diff), the comparison stored (gateway.ledger.shadow) and counted
+(sgw_shadow_* in gateway.ops.metrics).
+
+Off the request path: dispatch hands each answer to `Shadow.offer` (dispatch.ANSWERED), which
+samples it and puts it on a bounded queue without waiting; a full queue drops it (counted).
+Workers price and compare; nothing they do can delay or fail the counter's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import zlib
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+
+from adapters.national.envelope import Request, decode_request, encode_response
+from gateway.app.runtime import Gateway
+from gateway.core.eligibility import CATEGORY_OF
+from gateway.core.model import Institution
+from gateway.core.shadow_diff import Diagnosis, compare, items_of
+from gateway.emergency import hook
+from gateway.emergency.plan.rules import Action, TxClass
+from gateway.ledger import shadow as shadow_store
+from gateway.ops import metrics
+from gateway.pipeline import dispatch
+from gateway.pipeline.outcome import Outcome, Result, failure
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.transaction import TRANSACTIONS, Call, Deferral, Transaction
+
+log = logging.getLogger("gateway.emergency.shadow")
+
+GATEWAY, LEGACY = "gateway", "legacy"  # who answered the counter; the other one shadows
+_answers = msgspec.json.Decoder(float_hook=Decimal)  # exact amounts, never floats
+_envelope = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pending:
+    """A settlement answered, waiting to be priced by the shadow."""
+
+    answered_by: str
+    tx: Transaction  # what the counter sent
+    shadow_tx: Transaction  # the pre-settlement the shadow is asked
+    req: Request
+    institution: Institution
+    body: bytes  # the counter's request as received
+    answer: bytes  # the counter's answer
+    received: dt.datetime
+
+
+def presettlement_of(tx: Transaction) -> Transaction | None:
+    """The pre-settlement that prices what this transaction settles (itself, for one): the
+    same kind of visit, asked without writing. None: not a settlement a shadow can price."""
+    if tx.klass is not TxClass.SETTLEMENT or tx.kind is None:
+        return None
+    if tx.deferral is Deferral.PRESETTLEMENT:
+        return tx
+    if tx.deferral is not Deferral.CLAIM:
+        return None
+    for other in TRANSACTIONS.values():
+        # The same kind and the same request shape: the request can be asked as it is.
+        if (
+            other.kind is tx.kind
+            and other.deferral is Deferral.PRESETTLEMENT
+            and other.input is tx.input
+        ):
+            return other
+    return None
+
+
+def sampled(sample_bp: int, fixmedins_code: str, msgid: str) -> bool:
+    """Whether this settlement is priced twice: by its msgid, so a retry goes as it went."""
+    if sample_bp >= 10000:
+        return True
+    return zlib.crc32(f"{fixmedins_code}:{msgid}".encode()) % 10000 < sample_bp
+
+
+def as_presettlement(body: bytes, infno: str) -> bytes:
+    """The counter's envelope with the pre-settlement's infno; every other byte of every other
+    field as it was sent (amounts are never re-encoded)."""
+    envelope = _envelope.decode(body)
+    envelope["infno"] = msgspec.Raw(msgspec.json.encode(infno))
+    return msgspec.json.encode(envelope)
+
+
+class _Rollback(Exception):
+    """Leaves the shadow pricing's transaction with nothing written."""
+
+
+class Shadow:
+    """The queue and workers of one gateway process's parallel run."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.config = gw.config.shadow
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue(maxsize=self.config.queue_size)
+        self._workers: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        metrics.prime_shadow(
+            (i.admdvs, i.fixmedins_code, i.fixmedins_type) for i in gw.snapshot.institutions
+        )
+
+    # ------------------------------------------------------------------ on the request path
+
+    def offer(
+        self,
+        gw: Gateway,
+        tx: Transaction,
+        req: Request,
+        institution: Institution,
+        body: bytes,
+        outcome: Outcome,
+        received: dt.datetime,
+    ) -> None:
+        """An answer made (dispatch.ANSWERED): queued for the shadow when the plan says so.
+        No I/O and no waiting."""
+        if gw is not self.gw:
+            return  # another gateway in this process (tests run two)
+        shadow_tx = presettlement_of(tx)
+        if shadow_tx is None:
+            return
+        decision = hook.decide(gw, tx, institution, received)
+        if decision is None:
+            return
+        if decision.action is Action.SHADOW and outcome.outcome is Result.OK:
+            answered_by = GATEWAY
+        elif decision.action is Action.ROUTE_LEGACY_SHADOW and outcome.outcome is Result.LEGACY:
+            answered_by = LEGACY
+        else:
+            return  # not a parallel run here, or nothing newly priced (a retry, a refusal)
+        if not sampled(self.config.sample_bp, req.fixmedins_code, req.msgid):
+            return
+        pending = Pending(
+            answered_by, tx, shadow_tx, req, institution, body, outcome.body, received
+        )
+        try:
+            self.queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            metrics.SHADOW_FAILURES.labels(_shadow_of(answered_by), "dropped").inc()
+
+    # ------------------------------------------------------------------------- the workers
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self.config.workers)]
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers = []
+        if self._session is not None:
+            await self._session.close()
+
+    async def drained(self) -> None:
+        """Until every queued settlement has been priced (tests, the CLI)."""
+        await self.queue.join()
+
+    async def _work(self) -> None:
+        while True:
+            pending = await self.queue.get()
+            try:
+                await self.price(pending)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("shadow pricing failed", exc_info=True)
+                metrics.SHADOW_FAILURES.labels(_shadow_of(pending.answered_by), "error").inc()
+            finally:
+                self.queue.task_done()
+
+    async def price(self, p: Pending) -> Diagnosis | None:
+        """Price one settlement at the shadow, compare, count and store; None when the shadow
+        gave no answer (counted as its failure)."""
+        body = as_presettlement(p.body, p.shadow_tx.infno)
+        shadow = _shadow_of(p.answered_by)
+        try:
+            if p.answered_by == GATEWAY:
+                shadowed = await hook.post_legacy(
+                    self.gw,
+                    body,
+                    self.config.timeout_seconds,
+                    infno=p.shadow_tx.infno,
+                    session=self._session,
+                )
+            else:
+                shadowed = await self._price_here(p, body)
+        except hook.LegacyDown as exc:
+            metrics.SHADOW_FAILURES.labels(shadow, exc.kind).inc()
+            return None
+        except TimeoutError:
+            metrics.SHADOW_FAILURES.labels(shadow, "timeout").inc()
+            return None
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            metrics.SHADOW_FAILURES.labels(shadow, "error").inc()
+            return None
+        answered_env = _decoded(p.answer)
+        shadowed_env = _decoded(shadowed)
+        if answered_env is None or shadowed_env is None:
+            # Not an envelope: nothing to compare (the old system's proxy answered a page).
+            metrics.SHADOW_FAILURES.labels(shadow, "error").inc()
+            return None
+        request_input = _decoded(p.req.input)
+        diagnosis = compare(answered_env, shadowed_env, items_of(request_input))
+        med_type = _med_type(answered_env, shadowed_env, request_input)
+        category = CATEGORY_OF.get(med_type)
+        category_label = category.value if category is not None else ""
+        admdvs = p.institution.admdvs
+        code = p.req.fixmedins_code
+        metrics.SHADOW_COMPARED.labels(admdvs, code, category_label).inc()
+        if diagnosis.differs:
+            metrics.SHADOW_DIFFERING.labels(admdvs, code, category_label).inc()
+            for cause in diagnosis.causes:
+                metrics.SHADOW_CAUSES.labels(admdvs, category_label, str(cause)).inc()
+        await self._store(p, body, shadowed, diagnosis, med_type, category_label)
+        return diagnosis
+
+    async def _price_here(self, p: Pending, body: bytes) -> bytes:
+        """This gateway's pre-settlement of the request, in a transaction rolled back: whatever
+        the handler notes (a visit's latest pre-settlement) is not kept either."""
+        gw = self.gw
+        limit = self.config.timeout_seconds
+        req = decode_request(body)
+        answer = None
+        try:
+            async with asyncio.timeout(limit), gw.pool.acquire(timeout=limit) as conn:
+                with contextlib.suppress(_Rollback):
+                    async with conn.transaction():
+                        answer = await p.shadow_tx.handler(
+                            Call(gw, req, conn, p.received, p.institution)
+                        )
+                        raise _Rollback
+        except GatewayError as exc:
+            return failure(gw.region, p.received, exc)  # a refusal is an answer to compare
+        assert answer is not None
+        return encode_response(
+            region=gw.region, received=p.received, output=answer.output, warn_msg=answer.warn_msg
+        )
+
+    async def _store(
+        self,
+        p: Pending,
+        shadow_body: bytes,
+        shadowed: bytes,
+        diagnosis: Diagnosis,
+        med_type: str,
+        category: str,
+    ) -> None:
+        differs = diagnosis.differs
+        row = shadow_store.Comparison(
+            answered_by=p.answered_by,
+            fixmedins_code=p.req.fixmedins_code,
+            admdvs=p.institution.admdvs,
+            infno=p.tx.infno,
+            shadow_infno=p.shadow_tx.infno,
+            msgid=p.req.msgid,
+            med_type=med_type,
+            category=category,
+            differs=differs,
+            cause=None if diagnosis.cause is None else str(diagnosis.cause),
+            item=diagnosis.item,
+            request=_text(p.body) if differs else None,
+            answer=_text(p.answer) if differs else None,
+            shadow_answer=_text(shadowed) if differs else None,
+            diagnosis=diagnosis.to_builtins() if differs else None,
+            differences=tuple(
+                (str(d.cause), d.place, d.item, d.field, d.answered, d.shadowed)
+                for d in diagnosis.differences
+            ),
+        )
+        try:
+            async with self.gw.pool.acquire(timeout=self.config.timeout_seconds) as conn:
+                await shadow_store.insert(conn, row)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            # The metrics have it; the ledger's own breaker watches the ledger.
+            log.warning("shadow comparison not stored", exc_info=True)
+
+
+def _shadow_of(answered_by: str) -> str:
+    return GATEWAY if answered_by == LEGACY else LEGACY
+
+
+def _decoded(raw: bytes) -> Any:
+    try:
+        value = _answers.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _med_type(answered: dict[str, Any], shadowed: dict[str, Any], request_input: Any) -> str:
+    """The settlement's medical category code: from whichever answer settled, else the
+    request (2206 data.med_type, 2101 druginfo.med_type)."""
+    for env in (answered, shadowed):
+        output = env.get("output")
+        info = output.get("setlinfo") if isinstance(output, dict) else None
+        if isinstance(info, dict) and info.get("med_type"):
+            return str(info["med_type"])
+    if isinstance(request_input, dict):
+        for node in ("data", "druginfo"):
+            part = request_input.get(node)
+            if isinstance(part, dict) and part.get("med_type"):
+                return str(part["med_type"])
+    return ""
+
+
+def install(shadow: Shadow) -> None:
+    """Hand every answer of this process to the parallel run, and start its workers."""
+    if shadow.offer not in dispatch.ANSWERED:
+        dispatch.ANSWERED.append(shadow.offer)
+    shadow.start()
+
+
+async def uninstall(shadow: Shadow) -> None:
+    with contextlib.suppress(ValueError):
+        dispatch.ANSWERED.remove(shadow.offer)
+    await shadow.close()

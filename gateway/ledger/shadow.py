@@ -1,0 +1,164 @@
+"""The parallel run's comparisons (shadow_comparisons) and their attributed differences
+(shadow_differences): written by gateway.emergency.shadow, read by the cut-over report."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One settlement priced by both systems. `request`/`answer`/`shadow_answer` are kept only
+    for a difference (None otherwise); `differences` are (cause, place, item, field, answered,
+    shadowed)."""
+
+    answered_by: str  # "gateway" | "legacy": who answered the counter
+    fixmedins_code: str
+    admdvs: str
+    infno: str
+    shadow_infno: str
+    msgid: str
+    med_type: str
+    category: str
+    differs: bool
+    cause: str | None
+    item: str | None
+    request: str | None
+    answer: str | None
+    shadow_answer: str | None
+    diagnosis: dict[str, Any] | None
+    differences: tuple[tuple[str, str, str, str, str | None, str | None], ...] = ()
+
+
+async def insert(conn: asyncpg.Connection, c: Comparison) -> int:
+    """Writes the comparison and its differences in one transaction; returns its id."""
+    async with conn.transaction():
+        comparison_id: int = await conn.fetchval(
+            "INSERT INTO shadow_comparisons (answered_by, fixmedins_code, admdvs, infno,"
+            " shadow_infno, msgid, med_type, category, differs, cause, item, request, answer,"
+            " shadow_answer, diagnosis)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            " RETURNING comparison_id",
+            c.answered_by,
+            c.fixmedins_code,
+            c.admdvs,
+            c.infno,
+            c.shadow_infno,
+            c.msgid,
+            c.med_type,
+            c.category,
+            c.differs,
+            c.cause,
+            c.item,
+            c.request,
+            c.answer,
+            c.shadow_answer,
+            c.diagnosis,
+        )
+        if c.differences:
+            await conn.executemany(
+                "INSERT INTO shadow_differences (comparison_id, fixmedins_code, cause, place,"
+                " item, field, answered, shadowed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                [(comparison_id, c.fixmedins_code, *d) for d in c.differences],
+            )
+    return comparison_id
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Compared and differing settlements of one group (an institution, a category)."""
+
+    key: str
+    compared: int
+    differing: int
+
+    @property
+    def rate_bp(self) -> int:
+        """The difference rate in basis points (rounded down)."""
+        return self.differing * 10000 // self.compared if self.compared else 0
+
+
+async def rates(
+    conn: asyncpg.Connection, begins: dt.datetime, ends: dt.datetime, by: str
+) -> list[Rate]:
+    """Reads compared and differing counts in [begins, ends) per `by`: "fixmedins_code",
+    "category", "admdvs" or "cause" (the last counts differing settlements only)."""
+    column = {
+        "fixmedins_code": "fixmedins_code",
+        "category": "category",
+        "admdvs": "admdvs",
+        "cause": "coalesce(cause, '')",
+    }[by]
+    rows = await conn.fetch(
+        f"SELECT {column} AS key, count(*) AS compared, count(*) FILTER (WHERE differs)"
+        " AS differing FROM shadow_comparisons WHERE compared_at >= $1 AND compared_at < $2"
+        + (" AND differs" if by == "cause" else "")
+        + " GROUP BY 1 ORDER BY 3 DESC, 1",
+        begins,
+        ends,
+    )
+    return [Rate(r["key"], r["compared"], r["differing"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemCount:
+    """How many settlements differ at one institution's item, by one cause."""
+
+    fixmedins_code: str
+    item: str
+    cause: str
+    settlements: int
+    answered: str | None  # one example of the two values, as the answers wrote them
+    shadowed: str | None
+    field: str
+
+
+async def worst_items(
+    conn: asyncpg.Connection, begins: dt.datetime, ends: dt.datetime, limit: int = 50
+) -> list[ItemCount]:
+    """Reads the items whose lines differ most often in [begins, ends), with one example."""
+    rows = await conn.fetch(
+        "SELECT d.fixmedins_code, d.item, d.cause, count(DISTINCT d.comparison_id) AS n,"
+        " (array_agg(d.field ORDER BY d.comparison_id))[1] AS field,"
+        " (array_agg(d.answered ORDER BY d.comparison_id))[1] AS answered,"
+        " (array_agg(d.shadowed ORDER BY d.comparison_id))[1] AS shadowed"
+        " FROM shadow_differences d JOIN shadow_comparisons c USING (comparison_id)"
+        " WHERE c.compared_at >= $1 AND c.compared_at < $2 AND d.item <> ''"
+        " GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3 LIMIT $3",
+        begins,
+        ends,
+        limit,
+    )
+    return [
+        ItemCount(
+            r["fixmedins_code"],
+            r["item"],
+            r["cause"],
+            r["n"],
+            r["answered"],
+            r["shadowed"],
+            r["field"],
+        )
+        for r in rows
+    ]
+
+
+async def differing(
+    conn: asyncpg.Connection, begins: dt.datetime, ends: dt.datetime, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Reads the differing comparisons of [begins, ends), oldest first, with both answers."""
+    rows = await conn.fetch(
+        "SELECT comparison_id, compared_at, answered_by, fixmedins_code, admdvs, infno,"
+        " shadow_infno, msgid, med_type, category, cause, item, request, answer, shadow_answer,"
+        " diagnosis FROM shadow_comparisons"
+        " WHERE differs AND compared_at >= $1 AND compared_at < $2"
+        " ORDER BY compared_at, comparison_id LIMIT $3",
+        begins,
+        ends,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,317 @@
+"""A parallel run against a real second system: another gateway process over its own database,
+with one item mapped differently (YP0003 at the pharmacy P44180000001: a class-A drug there,
+class B here) and one policy parameter changed (清远 residents' pharmacy pool ratio: 50% there,
+0 here). The differences are found, attributed to exactly that item and that rule, stored and
+counted; the counter's answers do not wait for the shadow, slow or down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+
+from gateway.app.config import DEFAULT_REFERENCE, GatewayConfig, Legacy, Shadow
+from gateway.app.server import Settings, prepare_database
+from tests.adversity.proxy import Proxy
+from tests.integration.conftest import GENEROUS, Server, running_gateway
+from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, set_rule, until
+from tests.integration.his_client import decode
+
+pytestmark = pytest.mark.integration
+
+PHARMACY = "P44180000001"
+EMPLOYEE = "441800000000000001"
+RESIDENT = "441800000000000004"
+# The old system's mapping of YP0003: 奥美拉唑 (class 01) instead of 阿托伐他汀 (class 02).
+THERE = "XA02BCA011A001010100001"
+HERE = "XC10AAA140A001010100003"
+WHEN = "2026-05-08 10:00:00"
+ONE_A_DRUG = [{"feedetl_sn": "1", "medins_list_codg": "YP0001", "pric": "20", "cnt": "1", "det_item_fee_sumamt": "20.00"}]  # fmt: skip
+UNCHANGED = [{"feedetl_sn": "1", "medins_list_codg": "YP0002", "pric": "20", "cnt": "1", "det_item_fee_sumamt": "20.00"}]  # fmt: skip
+OLD_SYSTEM_TOML = """
+[rate_limit]
+terminal_rate = 1000000.0
+terminal_burst = 1000000
+institution_rate = 1000000.0
+institution_burst = 1000000
+"""
+
+
+def _old_reference(target: Path) -> Path:
+    """The demo reference data with the old system's two deliberate differences."""
+    shutil.copytree(DEFAULT_REFERENCE, target)
+    mappings = target / "mappings.csv"
+    text = mappings.read_text(encoding="utf-8")
+    mine = f"{PHARMACY},YP0003,阿托伐他汀钙片,101,{HERE},"
+    assert mine in text
+    mappings.write_text(
+        text.replace(mine, f"{PHARMACY},YP0003,阿托伐他汀钙片,101,{THERE},"), encoding="utf-8"
+    )
+    policies = target / "policies.toml"
+    blocks = policies.read_text(encoding="utf-8").split("[[policy]]")
+    for n, block in enumerate(blocks):
+        if 'admdvs = "441800"' in block:
+            head, resident = block.split("[policy.resident]")
+            resident = re.sub(
+                r"pharmacy\s*= \{ ratio_bp = 0 \}", "pharmacy = { ratio_bp = 5000 }", resident
+            )
+            blocks[n] = head + "[policy.resident]" + resident
+    policies.write_text("[[policy]]".join(blocks), encoding="utf-8")
+    return target
+
+
+@dataclass
+class OldSystem:
+    url: str  # its callService, through the proxy
+    proxy: Proxy
+
+
+@pytest.fixture(scope="module")
+async def old_system(
+    new_database: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[OldSystem]:
+    """The other gateway: its own process, database and reference data, behind a proxy the
+    tests slow down and cut."""
+    tmp = tmp_path_factory.mktemp("old-system")
+    reference = _old_reference(tmp / "reference")
+    config = tmp / "gateway.toml"
+    config.write_text(OLD_SYSTEM_TOML, encoding="utf-8")
+    dsn = await new_database("oldsys")
+    await prepare_database(Settings(dsn, reference_dir=reference))
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--port", str(port), "--database-url", dsn,
+        "--config", str(config), "--reference-dir", str(reference), "--auth", "off",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    proxy = Proxy("127.0.0.1", port)
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def ready() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        return r.status == 200
+                return False
+
+            await until(ready, within=60.0)
+        yield OldSystem(
+            f"http://127.0.0.1:{proxy.port}/fsi/api/rsfComIfsService/callService", proxy
+        )
+    finally:
+        await proxy.close()
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(old: OldSystem) -> GatewayConfig:
+    return GatewayConfig(
+        rate_limit=GENEROUS.rate_limit,
+        login=GENEROUS.login,
+        legacy=Legacy(url=old.url, timeout_seconds=5.0),
+        shadow=Shadow(timeout_seconds=2.0),
+    )
+
+
+async def _comparisons(srv: Server) -> list[Any]:
+    return await srv.fetch("SELECT * FROM shadow_comparisons ORDER BY comparison_id")
+
+
+async def _next_comparison(srv: Server, seen: int, within: float = 10.0) -> Any:
+    async def arrived() -> bool:
+        return len(await _comparisons(srv)) > seen
+
+    await until(arrived, within=within)
+    return (await _comparisons(srv))[seen]
+
+
+async def _metric(srv: Server, name: str, **labels: str) -> float:
+    async with srv.session.get(srv.url + "/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _in_force(srv: Server, pos: Any, drug: dict[str, Any]) -> None:
+    """Until the serving process applies the shadow rule: a pre-settlement gets compared."""
+
+    async def compared() -> bool:
+        await pos.ok("2101", drug)
+        await asyncio.sleep(0.2)
+        return bool(await _comparisons(srv))
+
+    await until(compared, within=10.0)
+
+
+async def test_we_answer_and_the_old_system_shadows(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    async with running_gateway(new_database, _config(old_system)) as srv:
+        pos = srv.client(PHARMACY)
+        await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
+        unchanged = pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED)
+        await _in_force(srv, pos, unchanged)
+        agreeing = await _comparisons(srv)
+        assert {r["differs"] for r in agreeing} == {False}  # an item mapped alike agrees
+        assert agreeing[0]["answered_by"] == "gateway"
+        assert agreeing[0]["request"] is None  # agreeing pairs are counted, not kept
+        seen = len(agreeing)
+
+        # The mapping: the employee's purchase of YP0003 differs there, by its class only.
+        answer = await pos.ok("2102", pos.drug_input(EMPLOYEE, WHEN, DRUG_TOTAL, DRUG_LINES))
+        assert answer["setlinfo"]["setl_id"]  # settled here, as without the shadow
+        row = await _next_comparison(srv, seen)
+        seen += 1
+        assert (row["infno"], row["shadow_infno"]) == ("2102", "2101")
+        assert row["differs"] and row["cause"] == "catalog_class" and row["item"] == "YP0003"
+        assert (row["category"], row["med_type"], row["admdvs"]) == ("pharmacy", "41", "441800")
+        assert row["diagnosis"]["causes"] == ["catalog_class"]
+        assert row["diagnosis"]["lines"] == ["1"]
+        assert (
+            decode(row["answer"].encode())["output"]["setlinfo"]["setl_id"]
+            == answer["setlinfo"]["setl_id"]
+        )
+        assert decode(row["shadow_answer"].encode())["output"]["setlinfo"]["setl_id"] is None
+        lines = await srv.fetch(
+            "SELECT cause, place, item, field, answered, shadowed FROM shadow_differences"
+            " WHERE comparison_id = $1 AND place LIKE 'line:%' ORDER BY field",
+            row["comparison_id"],
+        )
+        assert {(r["cause"], r["place"], r["item"]) for r in lines} == {
+            ("catalog_class", "line:1", "YP0003")
+        }
+        lv = next(r for r in lines if r["field"] == "chrgitm_lv")
+        assert (lv["answered"], lv["shadowed"]) == ("02", "01")
+        # "目录匹配错误 at institution X, item Y" is one query:
+        assert (
+            await srv.fetchval(
+                "SELECT count(*) FROM shadow_differences WHERE fixmedins_code = $1"
+                " AND cause = 'catalog_class' AND item = 'YP0003' AND field = 'chrgitm_lv'",
+                PHARMACY,
+            )
+            == 1
+        )
+
+        # The policy parameter: a resident's class-A purchase differs by the pool ratio only.
+        await pos.ok(
+            "2102",
+            pos.drug_input(RESIDENT, WHEN, "20.00", ONE_A_DRUG, acct_used_flag="0", insutype="390"),
+        )
+        row = await _next_comparison(srv, seen)
+        seen += 1
+        assert row["cause"] == "pool_ratio" and row["item"] is None
+        assert row["diagnosis"]["causes"] == ["pool_ratio"]
+        ratio = await srv.fetchrow(
+            "SELECT answered, shadowed FROM shadow_differences WHERE comparison_id = $1"
+            " AND field = 'pool_prop_selfpay'",
+            row["comparison_id"],
+        )
+        assert ratio is not None and (ratio["answered"], ratio["shadowed"]) == ("0.0000", "0.5000")
+        differing = {"fixmedins_code": PHARMACY, "category": "pharmacy"}
+        assert await _metric(srv, "sgw_shadow_differing_total", **differing) == 2
+        for cause in ("catalog_class", "pool_ratio"):
+            found = {"admdvs": "441800", "category": "pharmacy", "cause": cause}
+            assert await _metric(srv, "sgw_shadow_causes_total", **found) == 1
+        assert await _metric(srv, "sgw_shadow_compared_total", fixmedins_code=PHARMACY) == seen
+        # Nothing was settled at the shadow: its pre-settlement writes nothing.
+        assert await srv.check_ledger() == []
+
+        # Slow: the counter is answered while the shadow's pricing still waits on the old system.
+        timeouts = await _metric(srv, "sgw_shadow_failures_total", shadow="legacy", kind="timeout")
+        old_system.proxy.cut()
+        try:
+            answer = await pos.ok("2102", pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+            assert answer["setlinfo"]["setl_id"]
+            assert (
+                await _metric(srv, "sgw_shadow_failures_total", shadow="legacy", kind="timeout")
+                == timeouts
+            )
+            assert len(await _comparisons(srv)) == seen  # still being priced
+
+            async def timed_out() -> bool:
+                now = await _metric(
+                    srv, "sgw_shadow_failures_total", shadow="legacy", kind="timeout"
+                )
+                return now == timeouts + 1
+
+            await until(timed_out, within=10.0)
+            assert len(await _comparisons(srv)) == seen  # no answer, no comparison
+        finally:
+            old_system.proxy.restore()
+
+        # Down (its port refuses connections): the counter's settlements go on, the shadow's
+        # failures are counted (then its breaker stops asking it: "unavailable").
+        failures_before = await _metric(srv, "sgw_shadow_failures_total", shadow="legacy")
+        upstream = old_system.proxy.upstream
+        old_system.proxy.upstream = ("127.0.0.1", _free_port())
+        try:
+            for _ in range(3):
+                settled = await pos.ok("2102", pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+                assert settled["setlinfo"]["setl_id"]
+
+            async def failed() -> bool:
+                now = await _metric(srv, "sgw_shadow_failures_total", shadow="legacy")
+                return now >= failures_before + 3
+
+            await until(failed, within=10.0)
+        finally:
+            old_system.proxy.upstream = upstream
+        assert await srv.check_ledger() == []
+
+
+async def test_the_old_system_answers_and_we_shadow_writing_nothing(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    async with running_gateway(new_database, _config(old_system)) as srv:
+        pos = srv.client(PHARMACY)
+        await set_rule(
+            srv.dsn, "region:441800", "settlement", "route_legacy_shadow", "切换前并行比对"
+        )
+        unchanged = pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED)
+        await _in_force(srv, pos, unchanged)
+        seen = len(await _comparisons(srv))
+        before = await srv.ledger_fingerprint()
+
+        body = msgspec.json.encode(
+            pos.envelope("2102", pos.drug_input(EMPLOYEE, WHEN, DRUG_TOTAL, DRUG_LINES))
+        )
+        status, raw = await pos.post_raw(body)
+        assert status == 200
+        answer = decode(raw)
+        assert answer["infcode"] == 0, answer["err_msg"]
+        row = await _next_comparison(srv, seen)
+        assert row["answered_by"] == "legacy" and row["answer"] == raw.decode()
+        assert row["cause"] == "catalog_class" and row["item"] == "YP0003"
+        lv = await srv.fetchrow(
+            "SELECT answered, shadowed FROM shadow_differences WHERE comparison_id = $1"
+            " AND field = 'chrgitm_lv'",
+            row["comparison_id"],
+        )
+        assert lv is not None and (lv["answered"], lv["shadowed"]) == ("01", "02")
+        # Our pre-settlement in the shadow wrote nothing in our ledger.
+        assert await srv.ledger_fingerprint() == before
+        assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
