@@ -315,3 +315,28 @@ async def test_the_old_system_answers_and_we_shadow_writing_nothing(
         # Our pre-settlement in the shadow wrote nothing in our ledger.
         assert await srv.ledger_fingerprint() == before
         assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
+
+
+async def test_a_full_queue_drops_and_counts_and_the_counter_never_waits(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    config = msgspec.structs.replace(
+        _config(old_system), shadow=Shadow(queue_size=1, workers=1, timeout_seconds=3.0)
+    )
+    async with running_gateway(new_database, config) as srv:
+        pos = srv.client(PHARMACY)
+        await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
+        unchanged = pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED)
+        await _in_force(srv, pos, unchanged)
+        compared = len(await _comparisons(srv))
+        dropped = await _metric(srv, "sgw_shadow_failures_total", shadow="legacy", kind="dropped")
+        old_system.proxy.cut()  # the one worker waits on the old system; the queue fills
+        try:
+            for _ in range(4):
+                assert (await pos.ok("2101", unchanged))["setlinfo"]["psn_no"] == EMPLOYEE
+            now = await _metric(srv, "sgw_shadow_failures_total", shadow="legacy", kind="dropped")
+            # One pricing in the worker, one waiting in the queue: the others were dropped.
+            assert dropped + 2 <= now <= dropped + 3
+            assert len(await _comparisons(srv)) == compared  # none priced yet
+        finally:
+            old_system.proxy.restore()

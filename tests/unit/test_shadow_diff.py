@@ -273,3 +273,30 @@ def test_each_settlement_is_shadowed_by_its_own_pre_settlement() -> None:
         assert TRANSACTIONS[priced_by].kind is TRANSACTIONS[settles].kind
         assert not TRANSACTIONS[priced_by].writes
     assert len(set(pairs.values())) == 3  # one pre-settlement per kind of visit
+
+
+def test_sampling_is_by_msgid_and_keeps_its_share() -> None:
+    from gateway.emergency.shadow import sampled
+
+    msgids = [f"P44180000001202605081000{n:06d}" for n in range(4000)]
+    assert all(sampled(10000, "P44180000001", m) for m in msgids)
+    assert not any(sampled(0, "P44180000001", m) for m in msgids)
+    taken = [m for m in msgids if sampled(2500, "P44180000001", m)]
+    assert 800 < len(taken) < 1200  # about a quarter
+    assert taken == [m for m in msgids if sampled(2500, "P44180000001", m)]  # a retry goes alike
+
+
+def test_the_shadow_is_asked_the_same_bytes_under_the_pre_settlement_number() -> None:
+    from gateway.emergency.shadow import as_presettlement
+
+    body = (
+        b'{"infno":"2102","msgid":"M1","input":{"druginfo":{"medfee_sumamt":115.10,'
+        b'"psn_no":"1"},"drugdetail":[{"pric":"40.000000"}]},"fixmedins_code":"P1"}'
+    )
+    asked = as_presettlement(body, "2101")
+    assert asked == body.replace(b'"infno":"2102"', b'"infno":"2101"')
+    # An envelope sent by path (no infno in the body) gets one.
+    assert msgspec.json.decode(as_presettlement(b'{"msgid":"M1"}', "2101")) == {
+        "msgid": "M1",
+        "infno": "2101",
+    }
