@@ -17,7 +17,7 @@ from pathlib import Path
 
 import uvloop
 
-from gateway.app import agency_cli, demo_client, plan_cli
+from gateway.app import agency_cli, demo_client, plan_cli, shadow_cli
 from gateway.app.cli_database import add_database, database_url
 from gateway.app.config import (
     DEFAULT_CONFIG,
@@ -349,6 +349,7 @@ def parser() -> argparse.ArgumentParser:
         kp.set_defaults(func=func)
     plan_cli.add_commands(sub, add_database)
     agency_cli.add_commands(sub, add_database)
+    shadow_cli.add_commands(sub, add_database)
     console_commands.add_commands(sub.choices["operators"], add_database)
     return p
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import datetime as dt
+import json
 import re
 import shutil
 import sys
@@ -25,7 +28,7 @@ from gateway.app.config import DEFAULT_REFERENCE, GatewayConfig, Legacy, Shadow
 from gateway.app.server import Settings, prepare_database
 from tests.adversity.proxy import Proxy
 from tests.integration.conftest import GENEROUS, Server, running_gateway
-from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, set_rule, until
+from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli, set_rule, until
 from tests.integration.his_client import decode
 
 pytestmark = pytest.mark.integration
@@ -167,8 +170,13 @@ async def _in_force(srv: Server, pos: Any, drug: dict[str, Any]) -> None:
     await until(compared, within=10.0)
 
 
+def _rate(differing: int, compared: int) -> str:
+    bp = differing * 10000 // compared
+    return f"{bp // 10000}.{bp % 10000:04d}"
+
+
 async def test_we_answer_and_the_old_system_shadows(
-    new_database: Callable[..., Any], old_system: OldSystem
+    new_database: Callable[..., Any], old_system: OldSystem, tmp_path: Path
 ) -> None:
     async with running_gateway(new_database, _config(old_system)) as srv:
         pos = srv.client(PHARMACY)
@@ -281,6 +289,41 @@ async def test_we_answer_and_the_old_system_shadows(
         finally:
             old_system.proxy.upstream = upstream
         assert await srv.check_ledger() == []
+
+        # The cut-over meeting's report: the rates, the causes and the item to fix.
+        today = dt.date.today()
+        span = (
+            "--from",
+            str(today - dt.timedelta(days=1)),
+            "--to",
+            str(today + dt.timedelta(days=1)),
+        )
+        sheet = tmp_path / "differences.csv"
+        done = cli(
+            "shadow", "report", *span, "--json", "--csv", str(sheet), "--database-url", srv.dsn
+        )
+        report = json.loads(done.stdout)
+        compared = len(await _comparisons(srv))
+        assert (report["compared"], report["differing"]) == (compared, 2)
+        assert {r["cause"]: r["settlements"] for r in report["by_cause"]} == {
+            "catalog_class": 1,
+            "pool_ratio": 1,
+        }
+        assert report["by_category"] == [
+            {"key": "pharmacy", "compared": compared, "differing": 2, "rate": _rate(2, compared)}
+        ]
+        worst = [(i["fixmedins_code"], i["item"], i["cause"]) for i in report["worst_items"]]
+        assert worst == [(PHARMACY, "YP0003", "catalog_class")]
+        assert [d["cause"] for d in report["differences"]] == ["catalog_class", "pool_ratio"]
+        assert report["differences"][0]["shadow_answer"]  # both answers, side by side
+        with sheet.open(encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+        assert [(r["fixmedins_code"], r["cause"], r["item"]) for r in rows] == [
+            (PHARMACY, "catalog_class", "YP0003"),
+            (PHARMACY, "pool_ratio", ""),
+        ]
+        text = cli("shadow", "report", *span, "--database-url", srv.dsn).stdout
+        assert "目录匹配/收费项目等级不一致" in text and "YP0003" in text
 
 
 async def test_the_old_system_answers_and_we_shadow_writing_nothing(
