@@ -65,9 +65,18 @@ class Pending:
     received: dt.datetime
 
 
+_PRICED_BY: dict[str, Transaction | None] = {}  # infno -> presettlement_of, filled on first use
+
+
 def presettlement_of(tx: Transaction) -> Transaction | None:
     """The pre-settlement that prices what this transaction settles (itself, for one): the
     same kind of visit, asked without writing. None: not a settlement a shadow can price."""
+    if tx.infno not in _PRICED_BY:
+        _PRICED_BY[tx.infno] = _presettlement_of(tx)
+    return _PRICED_BY[tx.infno]
+
+
+def _presettlement_of(tx: Transaction) -> Transaction | None:
     if tx.klass is not TxClass.SETTLEMENT or tx.kind is None:
         return None
     if tx.deferral is Deferral.PRESETTLEMENT:
@@ -131,13 +140,13 @@ class Shadow:
     ) -> None:
         """An answer made (dispatch.ANSWERED): queued for the shadow when the plan says so.
         No I/O and no waiting."""
-        if gw is not self.gw:
-            return  # another gateway in this process (tests run two)
-        shadow_tx = presettlement_of(tx)
-        if shadow_tx is None:
-            return
+        if gw is not self.gw or tx.klass is not TxClass.SETTLEMENT:
+            return  # (another gateway in this process: tests run two)
         decision = hook.decide(gw, tx, institution, received)
         if decision is None:
+            return
+        shadow_tx = presettlement_of(tx)
+        if shadow_tx is None:
             return
         if decision.action is Action.SHADOW and outcome.outcome is Result.OK:
             answered_by = GATEWAY
@@ -239,9 +248,9 @@ class Shadow:
         the handler notes (a visit's latest pre-settlement) is not kept either."""
         gw = self.gw
         limit = self.config.timeout_seconds
-        req = decode_request(body)
         answer = None
         try:
+            req = decode_request(body)
             async with asyncio.timeout(limit), gw.pool.acquire(timeout=limit) as conn:
                 with contextlib.suppress(_Rollback):
                     async with conn.transaction():

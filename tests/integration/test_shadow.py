@@ -24,11 +24,20 @@ import aiohttp
 import msgspec
 import pytest
 
-from gateway.app.config import DEFAULT_REFERENCE, GatewayConfig, Legacy, Shadow
-from gateway.app.server import Settings, prepare_database
+from gateway.app.config import DEFAULT_REFERENCE, GatewayConfig, Legacy, Settings, Shadow
+from gateway.app.server import prepare_database
+from gateway.emergency.plan import store
+from gateway.protocol.errors import BadRequest
 from tests.adversity.proxy import Proxy
 from tests.integration.conftest import GENEROUS, Server, running_gateway
-from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli, set_rule, until
+from tests.integration.emergency_helpers import (
+    DRUG_LINES,
+    DRUG_TOTAL,
+    cli,
+    connect,
+    set_rule,
+    until,
+)
 from tests.integration.his_client import decode
 
 pytestmark = pytest.mark.integration
@@ -383,3 +392,42 @@ async def test_a_full_queue_drops_and_counts_and_the_counter_never_waits(
             assert len(await _comparisons(srv)) == compared  # none priced yet
         finally:
             old_system.proxy.restore()
+
+
+async def test_the_shadow_actions_name_the_settlement_class_only(
+    new_database: Callable[..., Any],
+) -> None:
+    dsn = await new_database("shadowplan")
+    await prepare_database(Settings(dsn))
+    now = dt.datetime.now()
+    async with connect(dsn) as conn:
+        for action in ("shadow", "route_legacy_shadow"):
+            with pytest.raises(BadRequest, match="只适用于settlement"):
+                await store.set_rule(
+                    conn, scope="global", klass="encounter", action=action, reason="演练",
+                    operator="test",
+                )  # fmt: skip
+            with pytest.raises(BadRequest, match="只适用于settlement"):
+                await store.add_window(
+                    conn, name="切换", scope="region:441800", classes=["settlement", "encounter"],
+                    action=action, begins=now, ends=now + dt.timedelta(days=1), operator="test",
+                    reason="演练",
+                )  # fmt: skip
+        # The ledger takes both (013 relaxed the CHECK), each change audited.
+        await store.set_rule(
+            conn, scope="region:441800", klass="settlement", action="route_legacy_shadow",
+            reason="切换前并行比对", operator="test",
+        )  # fmt: skip
+        await store.add_window(
+            conn, name="切换后并行比对", scope="region:441800", classes=["settlement"],
+            action="shadow", begins=now, ends=now + dt.timedelta(days=7), operator="test",
+            reason="切换后一周",
+        )  # fmt: skip
+        actions = await conn.fetch(
+            "SELECT action FROM plan_rules UNION ALL SELECT action FROM plan_windows"
+        )
+        assert sorted(r["action"] for r in actions) == ["route_legacy_shadow", "shadow"]
+        audited = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE target LIKE 'region:441800%'"
+        )
+        assert audited == 2
