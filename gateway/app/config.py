@@ -17,6 +17,7 @@ import msgspec
 from gateway.core.dates import DateRules
 from gateway.emergency.breaker import BreakerConfig
 from gateway.emergency.operators import LoginPolicy
+from gateway.emergency.plan.rules import Action
 from gateway.jobs.reconcile import FileLimits
 from gateway.pipeline.edge import EdgeConfig
 from gateway.pipeline.ratelimit import Limits
@@ -101,12 +102,30 @@ class Shadow(Section, frozen=True):
     queue_size: int = 1000
     workers: int = 4  # pricings in flight at once, per process
     timeout_seconds: float = 5.0  # one shadow pricing, the old system's or this gateway's
+    # The automatic protective action: when more than `protect_rate_bp` of an institution's
+    # settlements answered here differ from the old system's (at least `protect_min_compared`
+    # of them in `protect_window_seconds`), this action becomes a plan rule for that
+    # institution's settlements (operator trigger:shadow, audited); a person clears it. "":
+    # off, the alerts only. route_legacy_shadow hands the counter back to the old system and
+    # keeps measuring.
+    protect_action: str = ""
+    protect_rate_bp: int = 200
+    protect_min_compared: int = 20
+    protect_window_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.sample_bp <= 10000:
             raise ValueError(f"sample_bp = {self.sample_bp}: between 0 and 10000 basis points")
         if self.queue_size < 1 or self.workers < 1:
             raise ValueError("queue_size and workers: at least 1")
+        allowed = (
+            "",
+            Action.ROUTE_LEGACY.value,
+            Action.ROUTE_LEGACY_SHADOW.value,
+            Action.REJECT.value,
+        )
+        if self.protect_action not in allowed:
+            raise ValueError(f"protect_action {self.protect_action!r}: one of {allowed}")
 
 
 class JournalConfig(Section, frozen=True):

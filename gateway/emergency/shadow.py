@@ -34,8 +34,10 @@ from adapters.national.envelope import Request, decode_request, encode_response
 from gateway.app.runtime import Gateway
 from gateway.core.eligibility import CATEGORY_OF
 from gateway.core.model import Institution
+from gateway.core.money import bp_text
 from gateway.core.shadow_diff import Diagnosis, compare, items_of
 from gateway.emergency import hook
+from gateway.emergency.plan import store as plan_store
 from gateway.emergency.plan.rules import Action, TxClass
 from gateway.ledger import shadow as shadow_store
 from gateway.ops import metrics
@@ -47,6 +49,7 @@ from gateway.protocol.transaction import TRANSACTIONS, Call, Deferral, Transacti
 log = logging.getLogger("gateway.emergency.shadow")
 
 GATEWAY, LEGACY = "gateway", "legacy"  # who answered the counter; the other one shadows
+PROTECT_OPERATOR = "trigger:shadow"  # who sets the automatic protective action's rule
 _answers = msgspec.json.Decoder(float_hook=Decimal)  # exact amounts, never floats
 _envelope = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
@@ -299,9 +302,45 @@ class Shadow:
         try:
             async with self.gw.pool.acquire(timeout=self.config.timeout_seconds) as conn:
                 await shadow_store.insert(conn, row)
+                if differs and p.answered_by == GATEWAY and self.config.protect_action:
+                    await self._protect(conn, p.req.fixmedins_code, p.received)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             # The metrics have it; the ledger's own breaker watches the ledger.
             log.warning("shadow comparison not stored", exc_info=True)
+
+    async def _protect(
+        self, conn: asyncpg.Connection, fixmedins_code: str, now: dt.datetime
+    ) -> None:
+        """The automatic protective action ([shadow] protect_*): an institution whose
+        settlements answered here differ past the bound gets a plan rule for its settlements,
+        set by trigger:shadow with the figures as its reason, audited like any change; a
+        person clears it, and the count starts afresh from the clearing."""
+        scope = f"institution:{fixmedins_code}"
+        if any(r.scope == scope and r.klass is TxClass.SETTLEMENT for r in self.gw.plan.rules):
+            return  # already under a rule of its own (this trigger's, or a person's)
+        cfg = self.config
+        since = now.astimezone() - dt.timedelta(seconds=cfg.protect_window_seconds)
+        bound = await shadow_store.past_bound(
+            conn, fixmedins_code, since, cfg.protect_min_compared, cfg.protect_rate_bp
+        )
+        if bound is None:
+            return
+        reason = (
+            f"自动触发：并行比对差异率超过{bp_text(cfg.protect_rate_bp)}"
+            f"（{bound.differing}/{bound.compared}笔不一致，主要原因{bound.cause}），"
+            f"按预案转原系统结算，核查后人工恢复"
+        )
+        log.warning("parallel run trigger", extra={"fixmedins_code": fixmedins_code})
+        await plan_store.set_rule(
+            conn,
+            scope=scope,
+            klass=TxClass.SETTLEMENT,
+            action=cfg.protect_action,
+            reason=reason,
+            operator=PROTECT_OPERATOR,
+        )
+        await self.gw.reload_plan(force=True)
+        await self.gw.announce_plan_change()
 
 
 def _shadow_of(answered_by: str) -> str:

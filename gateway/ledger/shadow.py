@@ -162,3 +162,40 @@ async def differing(
         limit,
     )
     return [dict(r) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """An institution past the protective bound: its counts, and the cause found most."""
+
+    fixmedins_code: str
+    compared: int
+    differing: int
+    cause: str
+
+
+async def past_bound(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    since: dt.datetime,
+    min_compared: int,
+    rate_bp: int,
+) -> Bound | None:
+    """Reads whether this institution's settlements answered here differ past `rate_bp` (at
+    least `min_compared` compared) since `since`, counting only those compared after its
+    settlement rule was last cleared (audit_log): a cleared rule starts the count afresh."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS compared, count(*) FILTER (WHERE differs) AS differing,"
+        " mode() WITHIN GROUP (ORDER BY cause) FILTER (WHERE differs) AS cause"
+        " FROM shadow_comparisons WHERE fixmedins_code = $1 AND answered_by = 'gateway'"
+        " AND compared_at >= $2 AND compared_at > coalesce((SELECT max(at) FROM audit_log"
+        " WHERE target = 'institution:' || $1 || '/settlement' AND action = 'plan.clear'),"
+        " '-infinity')",
+        fixmedins_code,
+        since,
+    )
+    if row is None or row["compared"] < min_compared:
+        return None
+    if row["differing"] * 10000 <= rate_bp * row["compared"]:
+        return None
+    return Bound(fixmedins_code, row["compared"], row["differing"], row["cause"] or "")

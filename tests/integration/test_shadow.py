@@ -33,6 +33,7 @@ from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import (
     DRUG_LINES,
     DRUG_TOTAL,
+    clear_rule,
     cli,
     connect,
     set_rule,
@@ -431,3 +432,57 @@ async def test_the_shadow_actions_name_the_settlement_class_only(
             "SELECT count(*) FROM audit_log WHERE target LIKE 'region:441800%'"
         )
         assert audited == 2
+
+
+async def test_past_the_bound_the_institution_goes_back_to_the_old_system_until_cleared(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    shadow = Shadow(
+        timeout_seconds=3.0,
+        protect_action="route_legacy_shadow",
+        protect_rate_bp=2000,
+        protect_min_compared=2,
+    )
+    config = msgspec.structs.replace(_config(old_system), shadow=shadow)
+    async with running_gateway(new_database, config) as srv:
+        pos = srv.client(PHARMACY)
+        await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
+        await _in_force(srv, pos, pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+        scope = f"institution:{PHARMACY}"
+        differing = pos.drug_input(EMPLOYEE, WHEN, DRUG_TOTAL, DRUG_LINES)
+
+        async def rule() -> Any:
+            return await srv.fetchrow(
+                "SELECT action, operator, reason FROM plan_rules WHERE scope = $1", scope
+            )
+
+        for _ in range(8):
+            seen = len(await _comparisons(srv))
+            await pos.ok("2102", differing)
+            await _next_comparison(srv, seen)
+            if await rule() is not None:
+                break
+        found = await rule()
+        assert found is not None, "no protective rule after 8 differing settlements"
+        assert (found["action"], found["operator"]) == ("route_legacy_shadow", "trigger:shadow")
+        assert "catalog_class" in found["reason"]
+        audited = await srv.fetchrow(
+            "SELECT operator, action FROM audit_log WHERE target = $1", f"{scope}/settlement"
+        )
+        assert audited is not None and tuple(audited) == ("trigger:shadow", "plan.set")
+
+        # The institution's counter is now answered by the old system, still compared.
+        seen = len(await _comparisons(srv))
+        await pos.ok("2102", differing)
+        assert (await _next_comparison(srv, seen))["answered_by"] == "legacy"
+
+        # Cleared by a person: answered here again, and counted afresh from the clearing.
+        await clear_rule(srv.dsn, scope, "settlement", "目录已更正")
+        for _ in range(20):
+            seen = len(await _comparisons(srv))
+            await pos.ok("2102", differing)
+            if (await _next_comparison(srv, seen))["answered_by"] == "gateway":
+                break
+        else:
+            raise AssertionError("the cleared rule never left the serving process")
+        assert await rule() is None  # one difference since the clearing: under the minimum
