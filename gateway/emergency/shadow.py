@@ -183,10 +183,6 @@ class Shadow:
         if self._session is not None:
             await self._session.close()
 
-    async def drained(self) -> None:
-        """Until every queued settlement has been priced (tests, the CLI)."""
-        await self.queue.join()
-
     async def _work(self) -> None:
         while True:
             pending = await self.queue.get()
@@ -243,7 +239,7 @@ class Shadow:
             metrics.SHADOW_DIFFERING.labels(admdvs, code, category_label).inc()
             for cause in diagnosis.causes:
                 metrics.SHADOW_CAUSES.labels(admdvs, category_label, str(cause)).inc()
-        await self._store(p, body, shadowed, diagnosis, med_type, category_label)
+        await self._store(p, shadowed, diagnosis, med_type, category_label)
         return diagnosis
 
     async def _price_here(self, p: Pending, body: bytes) -> bytes:
@@ -271,7 +267,6 @@ class Shadow:
     async def _store(
         self,
         p: Pending,
-        shadow_body: bytes,
         shadowed: bytes,
         diagnosis: Diagnosis,
         med_type: str,
