@@ -39,7 +39,7 @@ from tests.integration.emergency_helpers import (
     set_rule,
     until,
 )
-from tests.integration.his_client import decode
+from tests.integration.his_client import HisClient, decode
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,7 @@ def _old_reference(target: Path) -> Path:
 class OldSystem:
     url: str  # its callService, through the proxy
     proxy: Proxy
+    dsn: str
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ async def old_system(
 
             await until(ready, within=60.0)
         yield OldSystem(
-            f"http://127.0.0.1:{proxy.port}/fsi/api/rsfComIfsService/callService", proxy
+            f"http://127.0.0.1:{proxy.port}/fsi/api/rsfComIfsService/callService", proxy, dsn
         )
     finally:
         await proxy.close()
@@ -486,3 +487,67 @@ async def test_past_the_bound_the_institution_goes_back_to_the_old_system_until_
         else:
             raise AssertionError("the cleared rule never left the serving process")
         assert await rule() is None  # one difference since the clearing: under the minimum
+
+
+OUTPATIENT_LINES = [
+    {"feedetl_sn": "1", "medins_list_codg": "ZL0001", "pric": "25", "cnt": "1", "det_item_fee_sumamt": "25.00"},
+    {"feedetl_sn": "2", "medins_list_codg": "YP0002", "pric": "20", "cnt": "1", "det_item_fee_sumamt": "20.00"},
+]  # fmt: skip
+HOSPITAL = "H44180000001"
+
+
+async def _visit(his: HisClient, no: str) -> str:
+    """2201 + 2203 + 2204 (batch B1)."""
+    day = "2026-05-08"
+    mdtrt_id = await his.register(EMPLOYEE, "310", f"{day} 08:30:00", no)
+    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{day} 08:30:00")
+    rows = his.fee_rows(mdtrt_id, EMPLOYEE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
+    await his.ok("2204", {"feedetail": rows})
+    return mdtrt_id
+
+
+async def test_a_visit_is_priced_by_the_shadow_only_where_the_shadow_holds_it(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    """2207 is priced at the old system as 2206 of the same visit: compared when the old
+    system holds the visit under the same mdtrt_id (a stay carried over by the data migration,
+    here: both ledgers' visit numbers aligned, then the same calls to both), refused there
+    otherwise (encounter calls are not mirrored)."""
+    async with running_gateway(new_database, _config(old_system)) as srv:
+        his = srv.client(HOSPITAL)
+        old = HisClient(srv.session, old_system.url.rsplit("/fsi/", 1)[0], HOSPITAL)
+        await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
+        pos = srv.client(PHARMACY)
+        await _in_force(srv, pos, pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+        async with connect(srv.dsn) as mine, connect(old_system.dsn) as theirs:
+            ahead = 1 + max(
+                [await c.fetchval("SELECT last_value FROM mdtrt_seq") for c in (mine, theirs)]
+            )
+            for c in (mine, theirs):
+                await c.execute("SELECT setval('mdtrt_seq', $1, false)", ahead)
+        mdtrt_id = await _visit(his, "MZ-SH-1")
+        assert await _visit(old, "MZ-SH-1") == mdtrt_id  # the same visit at both
+
+        seen = len(await _comparisons(srv))
+        data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "45.00", "310", "1", chrg_bchno="B1")
+        settled = await his.ok("2207", data)
+        row = await _next_comparison(srv, seen)
+        assert (row["infno"], row["shadow_infno"]) == ("2207", "2206")
+        assert (row["category"], row["med_type"], row["differs"]) == ("outpatient", "11", False)
+        assert settled["setlinfo"]["setl_id"]
+        # Nothing was settled at the old system: it was asked a pre-settlement.
+        async with connect(old_system.dsn) as theirs:
+            assert (
+                await theirs.fetchval(
+                    "SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id
+                )
+                == 0
+            )
+
+        # A visit the old system never saw: its pricing is refused there, and says so.
+        only_here = await _visit(his, "MZ-SH-2")
+        data = his.settle_data(EMPLOYEE, only_here, "11", "45.00", "310", "1", chrg_bchno="B1")
+        await his.ok("2207", data)
+        row = await _next_comparison(srv, seen + 1)
+        assert (row["differs"], row["cause"]) == (True, "refusal")
+        assert decode(row["shadow_answer"].encode())["infcode"] == -1
