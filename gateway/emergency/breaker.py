@@ -19,7 +19,7 @@ from typing import Literal
 
 import msgspec
 
-from gateway.emergency.plan.rules import ACTIONS, Action
+from gateway.emergency.plan.rules import ACTIONS, SHADOW_ACTIONS, Action
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the sgw_breaker_state gauge
@@ -45,9 +45,11 @@ class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     action: str = Action.DEFER.value
 
     def __post_init__(self) -> None:
-        if self.action != NO_ACTION and self.action not in ACTIONS:
+        # A parallel run is no protection: the request would go its normal way to what failed.
+        protective = [a for a in ACTIONS if a not in SHADOW_ACTIONS]
+        if self.action != NO_ACTION and self.action not in protective:
             raise ValueError(
-                f"breaker action {self.action!r}: one of {', '.join(ACTIONS)} or {NO_ACTION}"
+                f"breaker action {self.action!r}: one of {', '.join(protective)} or {NO_ACTION}"
             )
 
     @property

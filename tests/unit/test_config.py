@@ -209,3 +209,13 @@ def test_serve_with_a_bad_file_stops_with_one_line_naming_the_key(tmp_path: Path
     assert done.stderr.splitlines() == [
         f"gateway: {bad}: Object contains unknown field `shares` - at `$.overload`"
     ]
+
+
+def test_the_parallel_run_settings_are_checked() -> None:
+    from gateway.app.config import Shadow
+
+    assert Shadow().protect_action == ""  # off unless asked for
+    for bad in ({"sample_bp": 10001}, {"queue_size": 0}, {"protect_action": "shadow"}):
+        with pytest.raises(ValueError):
+            Shadow(**bad)
+    assert Shadow(protect_action="route_legacy_shadow").protect_action == "route_legacy_shadow"

@@ -100,6 +100,9 @@ def test_a_breaker_action_is_a_plan_action_or_none() -> None:
     assert BreakerConfig(action="none").plan_action is None
     with pytest.raises(ValueError, match="breaker action 'deferr'"):
         BreakerConfig(action="deferr")
+    for parallel_run in ("shadow", "route_legacy_shadow"):  # no protection: refused
+        with pytest.raises(ValueError, match=f"breaker action '{parallel_run}'"):
+            BreakerConfig(action=parallel_run)
     shipped = load_config(DEFAULT_CONFIG)
     breakers = shipped.breakers
     assert {n: getattr(breakers, n).plan_action for n in ("postgres", "redis", "legacy")} == {
