@@ -199,3 +199,27 @@ async def past_bound(
     if row["differing"] * 10000 <= rate_bp * row["compared"]:
         return None
     return Bound(fixmedins_code, row["compared"], row["differing"], row["cause"] or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Compared and differing settlements of one medical category in one hour."""
+
+    hour: dt.datetime
+    category: str
+    compared: int
+    differing: int
+
+
+async def rates_by_hour(
+    conn: asyncpg.Connection, begins: dt.datetime, ends: dt.datetime
+) -> list[Bucket]:
+    """Reads compared and differing counts in [begins, ends) per hour and medical category."""
+    rows = await conn.fetch(
+        "SELECT date_trunc('hour', compared_at) AS hour, category, count(*) AS compared,"
+        " count(*) FILTER (WHERE differs) AS differing FROM shadow_comparisons"
+        " WHERE compared_at >= $1 AND compared_at < $2 GROUP BY 1, 2 ORDER BY 1, 2",
+        begins,
+        ends,
+    )
+    return [Bucket(r["hour"], r["category"], r["compared"], r["differing"]) for r in rows]

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from gateway.app.appkeys import GATEWAY
 from gateway.emergency import operators
-from gateway.emergency.console import pages
+from gateway.emergency.console import pages, parallel_run
 from gateway.emergency.plan import status, store
 from gateway.ops import audit
 from gateway.pipeline.edge import PACER
@@ -518,6 +518,27 @@ async def api_unlock(request: web.Request, session: operators.Session) -> web.Re
     return web.json_response(await lockout_list(request))
 
 
+async def parallel_run_page(request: web.Request) -> web.Response:
+    """GET /console/parallel-run: the parallel run's differences, for any operator."""
+    session = await session_of(request)
+    if session is None:
+        raise web.HTTPSeeOther("/console/login")
+    try:
+        begins, ends = parallel_run.period(request.query, dt.datetime.now().astimezone())
+    except parallel_run.PeriodRefused as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    html = parallel_run.render(await parallel_run.view(request, begins, ends))
+    return web.Response(text=html, content_type="text/html")
+
+
+async def api_parallel_run(request: web.Request, session: operators.Session) -> web.Response:
+    try:
+        begins, ends = parallel_run.period(request.query, dt.datetime.now().astimezone())
+    except parallel_run.PeriodRefused as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(await parallel_run.view(request, begins, ends))
+
+
 # ----------------------------------------------------------------------- routes and install
 
 
@@ -553,6 +574,8 @@ ROUTES: tuple[Route | ApiRoute, ...] = (
     ApiRoute("POST", "/api/plan/rules/clear", api_clear_rule, changes=True),
     ApiRoute("GET", "/api/audit", api_audit, changes=False),
     ApiRoute("GET", "/api/console/lockouts", api_lockouts, changes=False),
+    Route("GET", "/console/parallel-run", parallel_run_page),
+    ApiRoute("GET", "/api/parallel-run", api_parallel_run, changes=False),
     ApiRoute("POST", "/api/console/lockouts/clear", api_unlock, changes=True),
 )
 

@@ -91,6 +91,7 @@ def console(
         "<h1>医保结算网关 · 应急控制台</h1>",
         f'<p>总体状态：<span id="state" class="state {escape(state)}">{escape(state)}'
         f" · {escape(STATE_NAMES.get(state, state))}</span>　预案版本 {int(view['version'])}</p>",
+        '<p><a href="/console/parallel-run">并行比对（新旧系统结算比对）</a></p>',
     ]
     if message:
         parts.append(f'<p class="flash ok" id="message">{escape(message)}</p>')
