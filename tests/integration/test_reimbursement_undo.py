@@ -1,0 +1,139 @@
+"""A settlement whose fund share the agency owes the patient, undone at the counter.
+
+Found from outside (a black-box pass): a replayed 主动报 claim's settlement cancelled by 2208
+(or 2601 of the claim's msgid) left its reimbursement owed, and paid, while the counter settled
+the same lines again for the institution — the fund paid that share twice; and the treating
+hospital could cancel the agency's manual-claim settlement and settle the lines for itself.
+Now: cancelled while only owed, the reimbursement is void (never batched); once batched or
+paid, the cancellation and the reversal are refused; a manual claim's settlement cannot be
+cancelled or reversed by an institution; bulk corrections leave both alone."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from gateway.ledger import checker
+from gateway.services import payouts
+from tests.integration.agency_helpers import ledger_on, settled_claim
+from tests.integration.conftest import running_gateway
+from tests.integration.emergency_helpers import BIG_LINES, clear_rule
+from tests.integration.test_payouts import HOSPITAL, _accounts, _deferred_claims
+
+
+async def _plan_cleared(srv: Any) -> None:
+    """The drill over: settlements are real-time again (every process polls the plan each second)."""
+    await clear_rule(srv.dsn, "region:441800", "settlement")
+    await asyncio.sleep(2.5)
+
+
+async def _replayed(srv: Any) -> list[dict[str, Any]]:
+    rows = await srv.fetch(
+        "SELECT d.claim_id, d.msgid, d.reimbursement_fen, s.setl_id, s.mdtrt_id, s.psn_no"
+        " FROM deferred d JOIN settlements s USING (setl_id) WHERE d.status = 'settled'"
+        " ORDER BY d.seq"
+    )
+    return [dict(r) for r in rows]
+
+
+def _cancel(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data": {"setl_id": row["setl_id"], "mdtrt_id": row["mdtrt_id"], "psn_no": row["psn_no"]}
+    }
+
+
+async def test_a_replayed_claims_reimbursement_follows_its_settlement(
+    new_database: Callable[..., Any],
+) -> None:
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)
+        await _plan_cleared(srv)
+        first, second = await _replayed(srv)
+        his = srv.client(HOSPITAL)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            await _accounts(conn)
+            assert await payouts.gather(conn) == 2
+
+            # Only owed: the counter may cancel; the reimbursement is void, never batched.
+            await his.ok("2208", _cancel(first))
+            status = await conn.fetchval(
+                "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+            )
+            assert status == "void"
+            batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+            assert (batch.line_count, batch.total_fen) == (1, second["reimbursement_fen"])
+
+            # Batched: refused, by 2208 and by 2601 of the claim's own msgid; nothing changes.
+            refused = await his.call("2208", _cancel(second))
+            assert refused["infcode"] == -1
+            assert "报销款已进入支付批次或已支付，不能撤销" in refused["err_msg"]
+            reversal = {
+                "data": {"psn_no": second["psn_no"], "omsgid": second["msgid"], "oinfno": "2207"}
+            }
+            refused = await his.call("2601", reversal)
+            assert refused["infcode"] == -1, refused
+            assert (
+                await srv.fetchval(
+                    "SELECT status FROM settlements WHERE setl_id = $1", second["setl_id"]
+                )
+                == "settled"
+            )
+            assert (
+                await conn.fetchval(
+                    "SELECT status FROM owed_lines WHERE source_ref = $1", second["claim_id"]
+                )
+                == "batched"
+            )
+            assert await checker.check(conn) == []
+
+
+async def test_a_cancelled_claim_before_gathering_is_never_owed(
+    new_database: Callable[..., Any],
+) -> None:
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)
+        await _plan_cleared(srv)
+        first, _ = await _replayed(srv)
+        await srv.client(HOSPITAL).ok("2208", _cancel(first))
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            assert await payouts.gather(conn) == 1  # the other claim only
+            assert (
+                await conn.fetchval(
+                    "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+                )
+                == "void"
+            )
+            assert await checker.check(conn) == []
+
+
+async def test_an_institution_cannot_undo_a_manual_claims_settlement(
+    new_database: Callable[..., Any],
+) -> None:
+    async with running_gateway(new_database) as srv, ledger_on(srv.dsn) as ledger:
+        claim = await settled_claim(ledger, "441800000000000003", "2026-06-04", BIG_LINES, "FP-U")
+        row = dict(
+            await srv.fetchrow(
+                "SELECT setl_id, mdtrt_id, psn_no, medins_setl_id FROM settlements"
+                " WHERE setl_id = $1",
+                claim.setl_id,
+            )
+        )
+        his = srv.client(HOSPITAL)
+        refused = await his.call("2208", _cancel(row))
+        assert refused["infcode"] == -1
+        assert (
+            f"零星报销结算（受理号{claim.claim_no}），不能由定点医药机构撤销或冲正"
+            in refused["err_msg"]
+        )
+        reversal = {
+            "data": {"psn_no": row["psn_no"], "omsgid": row["medins_setl_id"], "oinfno": "2207"}
+        }
+        # The institution never sent that msgid: its 2601 reverses nothing (it only bars the
+        # msgid from being used later), and the agency's settlement stays in force.
+        await his.call("2601", reversal)
+        assert (
+            await srv.fetchval("SELECT status FROM settlements WHERE setl_id = $1", claim.setl_id)
+            == "settled"
+        )
