@@ -205,7 +205,17 @@ def _unpacked(content: bytes, limits: FileLimits, deadline: float) -> bytes | by
             if info.file_size > limits.max_unpacked_bytes:
                 raise _too_big(limits)
             return _inflate(zf, info, limits, deadline)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, OSError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        zlib.error,
+        OSError,
+        struct.error,
+        # zipfile's own reading of a damaged directory: an offset that points before the
+        # file's start ("negative seek value"), a name that does not decode
+        ValueError,
+    ) as exc:
         raise BadRequest("明细文件不是有效的zip压缩包") from exc
     except (NotImplementedError, RuntimeError) as exc:
         raise BadRequest("明细文件压缩包格式不受支持（加密或特殊压缩方式）") from exc
