@@ -227,7 +227,6 @@ async def resettle(
         msgid=f"CORRECTION-{run_id}",
         now=now,
         categories=frozenset({row.category}),
-        remade=True,
     )
     institution = snapshot.institution(row.fixmedins_code)
     assert institution is not None

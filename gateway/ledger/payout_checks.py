@@ -90,15 +90,4 @@ async def payout_problems(conn: asyncpg.Connection) -> list[str]:
         problems.append(
             f"manual claim {r['claim_no']}: its settlement, reimbursement or owed line is wrong"
         )
-    # A replayed claim's reimbursement is owed, batched or paid only while its settlement is in
-    # force; void exactly when the counter cancelled that settlement.
-    for r in await conn.fetch(
-        "SELECT o.owed_id, o.status FROM owed_lines o"
-        " JOIN deferred d ON d.claim_id = o.source_ref JOIN settlements s ON s.setl_id = d.setl_id"
-        " WHERE o.source = 'deferred' AND ((o.status = 'void') <> (s.status = 'cancelled'))"
-    ):
-        problems.append(
-            f"owed line {r['owed_id']}: {r['status']} but its settlement is"
-            f" {'in force' if r['status'] == 'void' else 'cancelled'}"
-        )
     return problems

@@ -126,10 +126,9 @@ async def gather_deferred(conn: asyncpg.Connection) -> int:
     recorded yet; returns how many."""
     status = await conn.execute(
         "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
-        " SELECT 'deferred', d.claim_id, d.psn_no, d.reimbursement_fen FROM deferred d"
-        " JOIN settlements s ON s.setl_id = d.setl_id AND s.status = 'settled'"
-        " WHERE d.kind = 'claim' AND d.status = 'settled' AND d.reimbursement_fen > 0"
-        " AND d.claim_id IS NOT NULL"
+        " SELECT 'deferred', claim_id, psn_no, reimbursement_fen FROM deferred"
+        " WHERE kind = 'claim' AND status = 'settled' AND reimbursement_fen > 0"
+        " AND claim_id IS NOT NULL"
         " ON CONFLICT (source, source_ref) DO NOTHING"
     )
     return int(status.rsplit(" ", 1)[-1])

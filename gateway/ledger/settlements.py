@@ -422,12 +422,8 @@ async def cancel(
     msgid: str,
     now: dt.datetime,
     categories: frozenset[str],
-    remade: bool = False,
 ) -> tuple[Record, int]:
-    """Reverse exactly what the settlement applied; returns it and the balance after the refund.
-
-    `remade`: cancelled to be settled again at once (bulk catalog corrections), which a
-    settlement whose fund share is owed to the patient cannot follow (`_release_reimbursement`)."""
+    """Reverse exactly what the settlement applied; returns it and the balance after the refund."""
     found = await conn.fetchrow(
         "SELECT mdtrt_id, psn_no, category FROM settlements WHERE setl_id = $1"
         " AND fixmedins_code = $2",
@@ -447,7 +443,6 @@ async def cancel(
     assert row is not None  # settlements are never deleted
     if row["status"] != "settled":
         raise Conflict(f"结算ID{setl_id}已撤销，不能重复撤销")
-    await _release_reimbursement(conn, setl_id, remade=remade)
     delta = Accumulators(**row["delta"])
     year = int(row["year"])
     acc = await persons.year_accumulators(conn, psn_no, year)
@@ -474,53 +469,6 @@ async def cancel(
             adm_dedc_used_fen=enc.adm_dedc_used_fen - int(row["act_pay_dedc"]) if left else 0,
         )
     return _record_of_row(row, person, await _funds(conn, setl_id)), balance_after
-
-
-async def _release_reimbursement(
-    conn: asyncpg.Connection, setl_id: str, *, remade: bool = False
-) -> None:
-    """What the agency owes the patient for this settlement, before it is cancelled.
-
-    A manual claim's settlement (零星报销) is the agency's: the institution where the patient
-    was treated cannot cancel or reverse it. A deferred claim's settlement made by replay
-    (主动报) owes its fund share to the patient, who paid the bill in cash: cancelled while that
-    is still only owed, the reimbursement is void (never batched, never gathered again); once it
-    is in a payout batch or paid, the cancellation is refused — else the fund would pay the
-    patient for a settlement no longer in force, and the institution again for the next one.
-    `remade` (bulk corrections): a replayed claim's settlement is refused whatever its state."""
-    manual = await conn.fetchval("SELECT claim_no FROM manual_claims WHERE setl_id = $1", setl_id)
-    if manual is not None:
-        raise Conflict(
-            f"结算ID{setl_id}为医保经办机构办理的零星报销结算（受理号{manual}），"
-            "不能由定点医药机构撤销或冲正"
-        )
-    claim = await conn.fetchrow(
-        "SELECT claim_id, psn_no, reimbursement_fen FROM deferred"
-        " WHERE kind = 'claim' AND setl_id = $1",
-        setl_id,
-    )
-    if claim is None or not claim["reimbursement_fen"]:
-        return
-    if remade:
-        # The reimbursement was reckoned from this settlement; a new one would owe another sum.
-        raise Conflict(
-            f"结算ID{setl_id}为暂存结算{claim['claim_id']}（主动报）的补结算，报销款按该结算支付给"
-            "参保人，不能批量纠错重结算；请由医保经办机构处理"
-        )
-    voided = await conn.fetchval(
-        "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen, status)"
-        " VALUES ('deferred', $1, $2, $3, 'void') ON CONFLICT (source, source_ref)"
-        " DO UPDATE SET status = 'void' WHERE owed_lines.status IN ('owed', 'void')"
-        " RETURNING true",
-        claim["claim_id"],
-        claim["psn_no"],
-        claim["reimbursement_fen"],
-    )
-    if not voided:
-        raise Conflict(
-            f"结算ID{setl_id}为暂存结算{claim['claim_id']}（主动报）的补结算，应支付参保人的"
-            "报销款已进入支付批次或已支付，不能撤销；请联系医保经办机构处理"
-        )
 
 
 # The categories that share accumulators (settlement-rules §3): a settlement reads and writes the
