@@ -24,12 +24,12 @@ from gateway.app.cli_database import database_url
 from gateway.app.config import DEFAULT_REFERENCE
 from gateway.app.reference import load_reference
 from gateway.core.catalog import Snapshot
-from gateway.core.money import AmountError, fen_text, to_cnt, to_fen, to_micro
+from gateway.core.money import fen_text
 from gateway.ledger import db, reference_store
 from gateway.ledger import manual_claims as claim_store
 from gateway.ledger import payouts as payout_store
 from gateway.protocol.errors import BadRequest, GatewayError
-from gateway.services import manual_claims, payouts
+from gateway.services import claim_form, manual_claims, payouts
 
 
 def _operator(args: argparse.Namespace) -> str:
@@ -112,30 +112,7 @@ def _lines_of(text: str) -> list[claim_store.Line]:
         rows = json.loads(text, parse_float=str, parse_int=str)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"费用明细不是有效的JSON：{exc.msg}") from exc
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise BadRequest("费用明细须为对象数组（feedetail）")
-    out = []
-    for r in rows:
-        sn = str(r.get("feedetl_sn") or "")
-        try:
-            out.append(
-                claim_store.Line(
-                    feedetl_sn=sn,
-                    medins_list_codg=str(r.get("medins_list_codg") or ""),
-                    med_list_codg=str(r.get("med_list_codg") or "") or None,
-                    pric_micro=to_micro(r.get("pric", ""), f"费用明细{sn}单价pric"),
-                    cnt=to_cnt(r.get("cnt", ""), f"费用明细{sn}数量cnt"),
-                    amount_fen=to_fen(
-                        r.get("det_item_fee_sumamt", ""), f"费用明细{sn}金额det_item_fee_sumamt"
-                    ),
-                    fee_ocur_time=_when(str(r.get("fee_ocur_time", "")), f"费用明细{sn}发生时间")
-                    or dt.datetime.min,
-                    hosp_appr_flag=str(r.get("hosp_appr_flag") or "") or None,
-                )
-            )
-        except AmountError as exc:
-            raise BadRequest(str(exc)) from exc
-    return out
+    return manual_claims.lines_from_rows(rows)
 
 
 def claims_lines(args: argparse.Namespace) -> int:
@@ -201,6 +178,26 @@ def claims_list(args: argparse.Namespace) -> int:
             [manual_claims.view(c) for c in found],
             "\n".join(_claim_line(c) for c in found) or "没有零星报销",
         )
+        return 0
+
+    return _run(args, work)
+
+
+def claims_print(args: argparse.Namespace) -> int:
+    """The settled claim's form (零星报销结算单): HTML, and PDF through headless Chromium."""
+
+    async def work(conn: asyncpg.Connection) -> int:
+        form = await claim_form.gather(conn, args.claim_no)
+        html = claim_form.to_html(form)
+        if args.html:
+            await asyncio.to_thread(Path(args.html).write_text, html, encoding="utf-8")
+        if args.pdf:
+            await asyncio.to_thread(claim_form.print_pdf, html, Path(args.pdf))
+        if not args.html and not args.pdf:
+            print(html)
+            return 0
+        made = [p for p in (args.html, args.pdf) if p]
+        _print(args, {"files": made}, "结算单 " + " ".join(made))
         return 0
 
     return _run(args, work)
@@ -416,6 +413,14 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     cls.add_argument("--status", choices=sorted(manual_claims.STATUS_NAMES))
     common(cls)
     cls.set_defaults(func=claims_list)
+    cp = csub.add_parser(
+        "print", help="单据打印: a settled claim's form (HTML, or PDF by Chromium)"
+    )
+    cp.add_argument("claim_no")
+    cp.add_argument("--pdf", help="print to this PDF file (headless Chromium)")
+    cp.add_argument("--html", help="write the printable page here")
+    common(cp)
+    cp.set_defaults(func=claims_print)
 
     p = sub.add_parser("payouts", help="payouts to patients' bank accounts (拨付)")
     psub = p.add_subparsers(dest="payouts_command", required=True)

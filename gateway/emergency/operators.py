@@ -36,7 +36,9 @@ import msgspec
 from gateway.ledger import operators as ledger
 from gateway.ops import audit
 
-ROLES = ("viewer", "operator")
+# viewer and operator: the emergency plan (look / change); clerk, reviewer and approver: the
+# agency's manual claims and payouts (gateway.emergency.console.agency), which change no plan.
+ROLES = ("viewer", "operator", "clerk", "reviewer", "approver")
 SESSION_HOURS = 8  # one duty shift
 _N, _R, _P = 2**14, 8, 1
 

@@ -185,3 +185,24 @@ async def lines(conn: asyncpg.Connection, claim_no: str) -> list[Line]:
         claim_no,
     )
     return [Line(**{f: r[f] for f in Line.__struct_fields__}) for r in rows]
+
+
+async def institution_name(conn: asyncpg.Connection, fixmedins_code: str) -> str | None:
+    """Reads the institution's name from the reference data (for the claim form)."""
+    name: str | None = await conn.fetchval(
+        "SELECT fixmedins_name FROM institutions WHERE fixmedins_code = $1", fixmedins_code
+    )
+    return name
+
+
+async def payout_of(conn: asyncpg.Connection, claim_no: str) -> dict[str, Any] | None:
+    """Reads where the claim's reimbursement stands: its owed line's state and the batch that
+    holds or paid it (the latest item), if it is owed at all."""
+    r = await conn.fetchrow(
+        "SELECT o.status, i.batch_no, i.status AS item_status, i.bank_reason"
+        " FROM owed_lines o LEFT JOIN LATERAL (SELECT batch_no, status, bank_reason"
+        "   FROM payout_items WHERE owed_id = o.owed_id ORDER BY batch_no DESC LIMIT 1) i ON true"
+        " WHERE o.source = 'manual' AND o.source_ref = $1",
+        claim_no,
+    )
+    return None if r is None else dict(r)

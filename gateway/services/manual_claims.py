@@ -19,6 +19,7 @@ again once done answers the claim as it is.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
 from gateway.core.dates import within_visit
 from gateway.core.model import Category, Visit
-from gateway.core.money import fen_text
+from gateway.core.money import AmountError, fen_text, to_cnt, to_fen, to_micro
 from gateway.core.settle import split_lines
 from gateway.ledger import encounters, fees, payouts, persons, settlements
 from gateway.ledger import manual_claims as store
@@ -177,6 +178,75 @@ async def _registered_again(
 
 
 # ------------------------------------------------------------------------------------ 明细录入
+
+# The columns of a bill's lines typed as text (the console's form), in this order.
+TEXT_COLUMNS = (
+    "feedetl_sn",
+    "medins_list_codg",
+    "pric",
+    "cnt",
+    "det_item_fee_sumamt",
+    "fee_ocur_time",
+)
+
+
+def _time(text: str, what: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise BadRequest(f"{what}“{text}”不是有效的时间（如2026-06-01 08:30:00）") from exc
+
+
+def _number(value: Any) -> str | int:
+    """An amount as given: text or a whole number; a JSON fraction as the text it was typed as."""
+    if isinstance(value, bool) or value is None:
+        return ""
+    return value if isinstance(value, int) else str(value)
+
+
+def lines_from_rows(rows: Any) -> list[Line]:
+    """A bill's lines from feedetail objects (national field names, amounts as decimal text)."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise BadRequest("费用明细须为对象数组（feedetail）")
+    out = []
+    for r in rows:
+        sn = str(r.get("feedetl_sn") or "")
+        try:
+            out.append(
+                Line(
+                    feedetl_sn=sn,
+                    medins_list_codg=str(r.get("medins_list_codg") or ""),
+                    med_list_codg=str(r.get("med_list_codg") or "") or None,
+                    pric_micro=to_micro(_number(r.get("pric")), f"费用明细{sn}单价pric"),
+                    cnt=to_cnt(_number(r.get("cnt")), f"费用明细{sn}数量cnt"),
+                    amount_fen=to_fen(
+                        _number(r.get("det_item_fee_sumamt")),
+                        f"费用明细{sn}金额det_item_fee_sumamt",
+                    ),
+                    fee_ocur_time=_time(str(r.get("fee_ocur_time", "")), f"费用明细{sn}发生时间"),
+                    hosp_appr_flag=str(r.get("hosp_appr_flag") or "") or None,
+                )
+            )
+        except AmountError as exc:
+            raise BadRequest(str(exc)) from exc
+    return out
+
+
+def lines_from_text(text: str) -> list[Line]:
+    """A bill's lines typed one a line: 流水号, 目录编码, 单价, 数量, 金额, 发生时间, separated
+    by "|", a tab or a comma (the time keeps its space)."""
+    rows = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        fields = [f.strip() for f in re.split(r"[|\t,，]", raw)]
+        if len(fields) != len(TEXT_COLUMNS):
+            raise BadRequest(
+                f"第{n}行应为{len(TEXT_COLUMNS)}项（流水号、目录编码、单价、数量、金额、发生时间），"
+                f"实为{len(fields)}项"
+            )
+        rows.append(dict(zip(TEXT_COLUMNS, fields, strict=True)))
+    return lines_from_rows(rows)
 
 
 def _stored(claim: Claim, ln: Line, mdtrt_id: str) -> fees.StoredLine:

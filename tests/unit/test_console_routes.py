@@ -47,8 +47,13 @@ async def test_a_change_from_another_site_is_refused_before_its_session_is_looke
         assert isinstance(response, web.Response) and response.status == 403, info
         assert json.loads(response.text or "") == {"error": "拒绝来自其他站点的请求"}
         refused.append(path)
-    assert sorted(refused) == [
-        "/api/console/lockouts/clear",
-        "/api/plan/rules",
-        "/api/plan/rules/clear",
+    agency = [
+        f"/api/console/claims/{name}"
+        for name in ("batch-review", "lines", "register", "review", "settle", "withdraw")
+    ] + [
+        f"/api/console/payouts/{name}"
+        for name in ("account", "approve", "batch", "export", "return")
     ]
+    assert sorted(refused) == sorted(
+        ["/api/console/lockouts/clear", "/api/plan/rules", "/api/plan/rules/clear", *agency]
+    )

@@ -31,7 +31,20 @@ def test_hashes_verify_only_the_right_password() -> None:
 
 def test_demo_operators_and_the_hash_command() -> None:
     ops = load_operators(DEMO)
-    assert {(o.login, o.role) for o in ops.values()} == {("duty", "operator"), ("watch", "viewer")}
+    assert {(o.login, o.role) for o in ops.values()} == {
+        ("duty", "operator"),
+        ("watch", "viewer"),
+        ("clerk1", "clerk"),
+        ("clerk2", "clerk"),
+        ("reviewer1", "reviewer"),
+        ("reviewer2", "reviewer"),
+        *((f"approver{n}", "approver") for n in range(1, 5)),
+    }
+    assert all(
+        check_password(o.password, f"{o.login}-2026")
+        for o in ops.values()
+        if o.role not in ("operator", "viewer")
+    )
     assert check_password(ops["duty"].password, "duty-2026")
     assert check_password(ops["watch"].password, "watch-2026")
     made = subprocess.run(

@@ -29,11 +29,12 @@ from aiohttp import web
 
 from gateway.app.appkeys import GATEWAY
 from gateway.emergency import operators
-from gateway.emergency.console import pages, parallel_run
+from gateway.emergency.console import agency, pages, parallel_run
 from gateway.emergency.plan import status, store
 from gateway.ops import audit
 from gateway.pipeline.edge import PACER
 from gateway.protocol.errors import BadRequest, GatewayError, NotFound
+from gateway.services import claim_form
 
 COOKIE = "sgw_console"
 CSRF_HEADER = "X-CSRF-Token"
@@ -48,7 +49,8 @@ BUSY = "登录请求过多，请稍后再试"
 # the page's one inline style is allowed by its hash.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        f"default-src 'none'; style-src '{pages.STYLE_HASH}'; form-action 'self';"
+        f"default-src 'none'; style-src '{pages.STYLE_HASH}' '{claim_form.STYLE_HASH}';"
+        " form-action 'self';"
         " frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Frame-Options": "DENY",
@@ -422,10 +424,10 @@ async def api_login(request: web.Request) -> web.Response:
     )
 
 
-def _guarded(handler: ApiHandler, *, changes: bool) -> Handler:
+def _guarded(handler: ApiHandler, *, changes: bool, roles: tuple[str, ...] = ()) -> Handler:
     """The API handler behind its guard: a session (cookie or bearer token); for a change, the
     console's own origin, a JSON body, the CSRF header when the session came from the cookie,
-    and an operator's role."""
+    and one of `roles` (an operator's role when none are named)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         if changes and not same_origin(request):
@@ -445,7 +447,9 @@ def _guarded(handler: ApiHandler, *, changes: bool) -> Handler:
                 operators.csrf_token(session).encode(),
             ):
                 return web.json_response({"error": f"缺少或错误的{CSRF_HEADER}请求头"}, status=403)
-            if not session.may_change:
+            if roles and session.role not in roles:
+                return web.json_response({"error": agency.refused_role(session)}, status=403)
+            if not roles and not session.may_change:
                 return web.json_response({"error": "只读账号不能修改应急预案"}, status=403)
         return await handler(request, session)
 
@@ -558,6 +562,7 @@ class ApiRoute(NamedTuple):
     path: str
     handler: ApiHandler
     changes: bool
+    roles: tuple[str, ...] = ()  # who may change things here; () : the plan's operators
 
 
 ROUTES: tuple[Route | ApiRoute, ...] = (
@@ -577,6 +582,30 @@ ROUTES: tuple[Route | ApiRoute, ...] = (
     Route("GET", "/console/parallel-run", parallel_run_page),
     ApiRoute("GET", "/api/parallel-run", api_parallel_run, changes=False),
     ApiRoute("POST", "/api/console/lockouts/clear", api_unlock, changes=True),
+    # The agency (gateway.emergency.console.agency): claims and payouts, pages and API.
+    Route("GET", "/console/claims", agency.claims_page),
+    Route("GET", "/console/claims/{claim_no}", agency.claim_page),
+    Route("GET", "/console/claims/{claim_no}/form", agency.claim_print),
+    Route("GET", "/console/payouts", agency.payouts_page),
+    Route("GET", "/console/payouts/{batch_no}", agency.batch_page),
+    *(
+        Route("POST", f"/console/{a.group}/{a.name}", agency.form_handler(a))
+        for a in agency.ACTIONS
+    ),
+    ApiRoute("GET", "/api/console/claims", agency.api_claims, changes=False),
+    ApiRoute("GET", "/api/console/claims/{claim_no}", agency.api_claim, changes=False),
+    ApiRoute("GET", "/api/console/payouts", agency.api_payouts, changes=False),
+    ApiRoute("GET", "/api/console/payouts/{batch_no}", agency.api_batch, changes=False),
+    *(
+        ApiRoute(
+            "POST",
+            f"/api/console/{a.group}/{a.name}",
+            agency.api_handler(a),
+            changes=True,
+            roles=a.roles,
+        )
+        for a in agency.ACTIONS
+    ),
 )
 
 
@@ -602,7 +631,7 @@ def install(app: web.Application, operators_path: Path) -> None:
     app.on_cleanup.append(stop_hasher)
     for route in ROUTES:
         handler = (
-            _guarded(route.handler, changes=route.changes)
+            _guarded(route.handler, changes=route.changes, roles=route.roles)
             if isinstance(route, ApiRoute)
             else route.handler
         )

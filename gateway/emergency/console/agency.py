@@ -1,0 +1,545 @@
+"""The agency's pages and JSON API in the console: manual claims (零星报销) and payouts (拨付).
+
+Clerks register, enter and settle claims, make payout batches, export the bank's payment file
+and import its return file; reviewers review claims (明细审核, 结算审核); approvers approve
+batches (初审, 一级/二级/三级复核). Every step is one call of gateway.services.manual_claims or
+gateway.services.payouts, which check the state, the operators and write the audit row; this
+module adds only who may ask (the role) and how the answer is shown. A refusal is the
+service's own Chinese message: flashed on the page, `{"error": …}` from the API.
+
+Forms are guarded as the console's others: a session, the console's own origin, the session's
+CSRF token. The API routes are guarded by the console's table (`ApiRoute.roles`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import asyncpg
+import msgspec
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+
+from gateway.app.appkeys import GATEWAY
+from gateway.core.money import fen_text
+from gateway.emergency import operators
+from gateway.emergency.console import agency_pages
+from gateway.ledger import manual_claims as claim_store
+from gateway.ledger import payouts as payout_store
+from gateway.protocol.errors import BadRequest, Conflict, GatewayError, NotFound
+from gateway.services import claim_form, manual_claims, payouts
+
+CLERK, REVIEWER, APPROVER = "clerk", "reviewer", "approver"
+ROLE_NAMES = {
+    "viewer": "观察员",
+    "operator": "应急值班员",
+    CLERK: "经办员",
+    REVIEWER: "审核员",
+    APPROVER: "审批员",
+}
+# The bank's return file of a large batch is bigger than a console form (64 KiB): its upload
+# is read here, in pieces, up to this.
+RETURN_MAX_BYTES = 32 * 1024 * 1024
+STATUS_CODES = {BadRequest: 400, NotFound: 404, Conflict: 409}
+
+
+def refused_role(session: operators.Session) -> str:
+    return f"当前账号（{ROLE_NAMES.get(session.role, session.role)}）不能办理此项业务"
+
+
+def _status_of(exc: GatewayError) -> int:
+    for kind, code in STATUS_CODES.items():
+        if isinstance(exc, kind):
+            return code
+    return 400
+
+
+def _pool(request: web.Request) -> asyncpg.Pool:
+    return request.app[GATEWAY].pool
+
+
+def _text(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> str:
+    value = values.get(key, "")
+    return value.strip() if isinstance(value, str) else str(value)
+
+
+def _many(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> list[str]:
+    """A list field: a JSON list, repeated form fields, or text separated by commas or spaces."""
+    if isinstance(values, MultiDictProxy):
+        got: list[Any] = values.getall(key, [])
+    else:
+        raw = values.get(key, [])
+        got = raw if isinstance(raw, list) else [raw]
+    out: list[str] = []
+    for v in got:
+        out += str(v).replace("，", ",").replace(",", " ").split()
+    return out
+
+
+def _when(text: str, what: str) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.replace("T", " "))
+    except ValueError:
+        raise BadRequest(f"{what}“{text}”不是有效的时间（如2026-06-01 08:30:00）") from None
+
+
+def _flag(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> bool:
+    value = values.get(key, False)
+    return value is True or (isinstance(value, str) and value.lower() in ("1", "on", "true"))
+
+
+# ------------------------------------------------------------------------------- the steps
+
+
+class Done(NamedTuple):
+    """What a step answers: the page to show next, its message, the API's document; or a file."""
+
+    where: str
+    message: str
+    doc: Any
+    file: tuple[str, bytes] | None = None
+
+
+Values = MultiDictProxy[Any] | dict[str, Any]
+Step = Callable[[web.Request, operators.Session, Values], Awaitable[Done]]
+
+
+def _claim_done(c: claim_store.Claim, message: str) -> Done:
+    return Done(f"/console/claims/{quote(c.claim_no)}", message, manual_claims.view(c))
+
+
+async def register(request: web.Request, s: operators.Session, v: Values) -> Done:
+    begntime = _when(_text(v, "begntime"), "就诊（入院）时间")
+    if begntime is None:
+        raise BadRequest("请填写就诊（入院）时间begntime")
+    reg = manual_claims.Registration(
+        cert_type=_text(v, "cert_type"),
+        cert_no=_text(v, "cert_no"),
+        fixmedins_code=_text(v, "fixmedins_code"),
+        med_type=_text(v, "med_type"),
+        begntime=begntime,
+        endtime=_when(_text(v, "endtime"), "出院时间"),
+        dise_codg=_text(v, "dise_codg"),
+        acct_used=_flag(v, "acct_used"),
+        invoice_nos=tuple(_many(v, "invoice_nos")),
+    )
+    gw = request.app[GATEWAY]
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        c = await manual_claims.register(conn, gw.snapshot, reg, s.login, dt.datetime.now())
+    return _claim_done(c, f"零星报销{c.claim_no}已登记")
+
+
+async def enter_lines(request: web.Request, s: operators.Session, v: Values) -> Done:
+    if isinstance(v, dict) and "feedetail" in v:
+        lines = manual_claims.lines_from_rows(v["feedetail"])
+    else:
+        lines = manual_claims.lines_from_text(_text(v, "lines"))
+    gw = request.app[GATEWAY]
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        c = await manual_claims.enter_lines(conn, gw.snapshot, _text(v, "claim_no"), lines, s.login)
+    return _claim_done(c, f"零星报销{c.claim_no}已录入明细{len(lines)}条")
+
+
+async def review(request: web.Request, s: operators.Session, v: Values) -> Done:
+    refuse = _text(v, "refuse") if "refuse" in v else None
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        c = await manual_claims.review(conn, _text(v, "claim_no"), s.login, refuse=refuse)
+    return _claim_done(c, f"零星报销{c.claim_no}{manual_claims.STATUS_NAMES[c.status]}")
+
+
+async def settle(request: web.Request, s: operators.Session, v: Values) -> Done:
+    gw = request.app[GATEWAY]
+    async with gw.pool.acquire(timeout=5.0) as conn:
+        c = await manual_claims.settle(
+            conn, gw.snapshot, _text(v, "claim_no"), s.login, dt.datetime.now()
+        )
+    owed = fen_text(c.reimbursement_fen or 0)
+    return _claim_done(c, f"零星报销{c.claim_no}已结算，应报销{owed}元")
+
+
+async def batch_review(request: web.Request, s: operators.Session, v: Values) -> Done:
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        done = await manual_claims.batch_review(conn, _many(v, "claim_nos"), s.login)
+    where = f"/console/claims/{quote(done[0].claim_no)}" if len(done) == 1 else "/console/claims"
+    return Done(
+        where,
+        f"结算审核通过{len(done)}笔：{'、'.join(c.claim_no for c in done)}",
+        [manual_claims.view(c) for c in done],
+    )
+
+
+async def withdraw(request: web.Request, s: operators.Session, v: Values) -> Done:
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        c = await manual_claims.withdraw(conn, _text(v, "claim_no"), s.login, _text(v, "reason"))
+    return _claim_done(c, f"零星报销{c.claim_no}已撤回")
+
+
+async def set_account(request: web.Request, s: operators.Session, v: Values) -> Done:
+    psn_no = _text(v, "psn_no")
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        shown = await payouts.set_account(
+            conn,
+            psn_no,
+            bank_code=_text(v, "bank_code"),
+            bank_name=_text(v, "bank_name"),
+            account_no=_text(v, "account_no"),
+            holder=_text(v, "holder"),
+            operator=s.login,
+            reason=_text(v, "reason"),
+        )
+    assert shown is not None
+    return Done("/console/payouts", f"{psn_no}的收款账户已登记为{shown['account_no']}", shown)
+
+
+async def make_batch(request: web.Request, s: operators.Session, v: Values) -> Done:
+    limit_text, source = _text(v, "limit"), _text(v, "source") or None
+    if limit_text and not limit_text.isdigit():
+        raise BadRequest("每批笔数须为正整数")
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        await payouts.gather(conn)
+        b = await payouts.create_batch(
+            conn,
+            s.login,
+            dt.datetime.now(),
+            limit=int(limit_text) if limit_text else None,
+            source=source,
+        )
+        view = await payouts.batch_view(conn, b.batch_no)
+    return Done(
+        f"/console/payouts/{quote(b.batch_no)}",
+        f"支付批次{b.batch_no}已制单：{b.line_count}笔，{fen_text(b.total_fen)}元",
+        view,
+    )
+
+
+async def approve(request: web.Request, s: operators.Session, v: Values) -> Done:
+    batch_no, level_text = _text(v, "batch_no"), _text(v, "level")
+    if not level_text.isdigit():
+        raise BadRequest("审批级别只能为1（初审）、2（一级复核）、3（二级复核）、4（三级复核）")
+    level = int(level_text)
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        if "reject" in v:
+            b = await payouts.reject(conn, batch_no, level, s.login, _text(v, "reject"))
+            message = f"支付批次{batch_no}已在{payouts.LEVELS[level]}退回，款项已释放"
+        else:
+            b = await payouts.approve(conn, batch_no, level, s.login)
+            message = f"支付批次{batch_no}{payouts.LEVELS[level]}通过"
+        view = await payouts.batch_view(conn, b.batch_no)
+    return Done(f"/console/payouts/{quote(batch_no)}", message, view)
+
+
+async def export(request: web.Request, s: operators.Session, v: Values) -> Done:
+    batch_no = _text(v, "batch_no")
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        name, body = await payouts.export(conn, batch_no, s.login)
+    return Done(f"/console/payouts/{quote(batch_no)}", f"报盘文件{name}", None, (name, body))
+
+
+async def import_return(request: web.Request, s: operators.Session, v: Values) -> Done:
+    body = v.get("file", b"")
+    if isinstance(body, str):
+        body = body.encode()
+    if not isinstance(body, bytes) or not body:
+        raise BadRequest("请选择银行回盘文件")
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        summary = await payouts.import_return(conn, body, s.login)
+    doc = msgspec.to_builtins(summary)
+    doc["paid"] = fen_text(doc.pop("paid_fen"))
+    doc["failed"] = fen_text(doc.pop("failed_fen"))
+    again = "（同一回盘文件已导入，未作变更）" if summary.again else ""
+    return Done(
+        f"/console/payouts/{quote(summary.batch_no)}",
+        f"支付批次{summary.batch_no}回盘：成功{summary.paid_count}笔{doc['paid']}元，"
+        f"失败{summary.failed_count}笔{doc['failed']}元{again}",
+        doc,
+    )
+
+
+class Action(NamedTuple):
+    """One step as a form's target and an API route: its name in both paths, who may ask."""
+
+    name: str  # /console/<group>/<name> and /api/console/<group>/<name>
+    group: str  # claims | payouts
+    step: Step
+    roles: tuple[str, ...]
+
+
+ACTIONS = (
+    Action("register", "claims", register, (CLERK,)),
+    Action("lines", "claims", enter_lines, (CLERK,)),
+    Action("review", "claims", review, (REVIEWER,)),
+    Action("settle", "claims", settle, (CLERK,)),
+    Action("batch-review", "claims", batch_review, (REVIEWER,)),
+    Action("withdraw", "claims", withdraw, (CLERK,)),
+    Action("account", "payouts", set_account, (CLERK,)),
+    Action("batch", "payouts", make_batch, (CLERK,)),
+    Action("approve", "payouts", approve, (APPROVER,)),
+    Action("export", "payouts", export, (CLERK,)),
+    Action("return", "payouts", import_return, (CLERK,)),
+)
+
+
+def _download(name: str, body: bytes) -> web.Response:
+    return web.Response(
+        body=body,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+# ------------------------------------------------------------------------------- the forms
+
+
+def _flash_to(session: operators.Session, where: str, kind: str, text: str) -> web.HTTPSeeOther:
+    from gateway.emergency import console  # the package imports this module
+
+    query = urlencode({kind: text, "sig": console.flash_signature(session, kind, text)})
+    return web.HTTPSeeOther(f"{where}?{query}")
+
+
+async def _read_form(request: web.Request, session: operators.Session) -> MultiDictProxy[Any]:
+    """A form's fields once it is known to come from the console's own page: url-encoded, or
+    multipart with the return file (its bytes under `file`, read up to RETURN_MAX_BYTES)."""
+    from gateway.emergency import console
+
+    if not console.same_origin(request):
+        raise web.HTTPForbidden(text="拒绝来自其他站点的请求")
+    fields: MultiDict[Any] = MultiDict()
+    try:
+        if request.content_type == "multipart/form-data":
+            reader = await request.multipart()
+            async for part in reader:
+                if not isinstance(part, aiohttp.BodyPartReader) or part.name is None:
+                    continue
+                data = bytearray()
+                while chunk := await part.read_chunk(65536):
+                    data += chunk
+                    if len(data) > RETURN_MAX_BYTES:
+                        raise web.HTTPRequestEntityTooLarge(
+                            max_size=RETURN_MAX_BYTES, actual_size=len(data)
+                        )
+                fields.add(part.name, bytes(data) if part.filename else data.decode())
+        else:
+            for k, val in (await request.post()).items():
+                fields.add(k, str(val))
+    except (ValueError, UnicodeDecodeError, AssertionError):
+        raise web.HTTPBadRequest(text="表单无法识别") from None
+    if not hmac.compare_digest(
+        str(fields.get("csrf", "")).encode(), operators.csrf_token(session).encode()
+    ):
+        raise web.HTTPForbidden(text="表单已失效，请刷新页面后重试")
+    return MultiDictProxy(fields)
+
+
+def form_handler(action: Action) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The step as a form's target: the answer is the next page with the step's message, or
+    the page it came from with the refusal; an export answers its file."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        from gateway.emergency import console
+
+        session = await console.session_of(request)
+        if session is None:
+            raise web.HTTPSeeOther("/console/login")
+        values = await _read_form(request, session)
+        back = _text(values, "back") or f"/console/{action.group}"
+        if not back.startswith("/console/"):
+            back = f"/console/{action.group}"
+        if session.role not in action.roles:
+            raise _flash_to(session, back, "err", refused_role(session))
+        try:
+            done = await action.step(request, session, values)
+        except GatewayError as exc:
+            raise _flash_to(session, back, "err", exc.err_msg) from None
+        if done.file is not None:
+            return _download(*done.file)
+        raise _flash_to(session, done.where, "msg", done.message)
+
+    return handle
+
+
+# --------------------------------------------------------------------------------- the API
+
+
+def api_handler(
+    action: Action,
+) -> Callable[[web.Request, operators.Session], Awaitable[web.Response]]:
+    """The step behind the console's API guard (its role checked there): a JSON body in, the
+    step's document (or its file) out; a refusal is `{"error": …}`."""
+
+    async def handle(request: web.Request, session: operators.Session) -> web.Response:
+        from gateway.emergency import console
+
+        try:
+            if action.step is import_return:
+                doc = await _big_json(request)
+            else:
+                doc = await console.json_body(request)
+        except console.Refused as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        try:
+            done = await action.step(request, session, doc)
+        except GatewayError as exc:
+            return web.json_response({"error": exc.err_msg}, status=_status_of(exc))
+        if done.file is not None:
+            return _download(*done.file)
+        return web.json_response(done.doc)
+
+    return handle
+
+
+async def _big_json(request: web.Request) -> dict[str, Any]:
+    """The return file's JSON body (`{"file": "<the file's text>"}`), read up to its limit."""
+    from gateway.emergency import console
+
+    data = bytearray()
+    while chunk := await request.content.read(65536):
+        data += chunk
+        if len(data) > RETURN_MAX_BYTES:
+            raise console.Refused(413, "回盘文件过大")
+    doc = console._decode_json(bytes(data))
+    if not isinstance(doc, dict):
+        raise console.Refused(400, "请求体应为JSON对象")
+    return doc
+
+
+async def api_claims(request: web.Request, session: operators.Session) -> web.Response:
+    status = request.query.get("status") or None
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        found = await claim_store.listing(conn, status)
+    return web.json_response([manual_claims.view(c) for c in found])
+
+
+async def api_claim(request: web.Request, session: operators.Session) -> web.Response:
+    try:
+        async with _pool(request).acquire(timeout=5.0) as conn:
+            form = await claim_form.gather(conn, request.match_info["claim_no"])
+    except GatewayError as exc:
+        return web.json_response({"error": exc.err_msg}, status=_status_of(exc))
+    return web.json_response(claim_form.as_json(form))
+
+
+async def _payouts_overview(conn: asyncpg.Connection) -> dict[str, Any]:
+    await payouts.gather(conn)
+    totals = await payout_store.totals(conn)
+    return {
+        "totals": {
+            state: {"count": n, "amount": fen_text(fen)} for state, (n, fen) in totals.items()
+        },
+        "without_account": await payout_store.owed_without_account(conn),
+        "batches": [
+            {
+                "batch_no": b.batch_no,
+                "status": b.status,
+                "status_name": payouts.STATUS_NAMES[b.status],
+                "count": b.line_count,
+                "total": fen_text(b.total_fen),
+                "created_by": b.created_by,
+                "created_at": b.created_at.isoformat(),
+            }
+            for b in await payout_store.batches(conn)
+        ],
+    }
+
+
+async def api_payouts(request: web.Request, session: operators.Session) -> web.Response:
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        return web.json_response(await _payouts_overview(conn))
+
+
+async def api_batch(request: web.Request, session: operators.Session) -> web.Response:
+    try:
+        async with _pool(request).acquire(timeout=5.0) as conn:
+            view = await payouts.batch_view(conn, request.match_info["batch_no"])
+    except GatewayError as exc:
+        return web.json_response({"error": exc.err_msg}, status=_status_of(exc))
+    return web.json_response(view)
+
+
+# ------------------------------------------------------------------------------- the pages
+
+
+async def _page_session(request: web.Request) -> operators.Session:
+    from gateway.emergency import console
+
+    session = await console.session_of(request)
+    if session is None:
+        raise web.HTTPSeeOther("/console/login")
+    return session
+
+
+def _chrome(request: web.Request, session: operators.Session) -> agency_pages.Chrome:
+    from gateway.emergency import console
+
+    return agency_pages.Chrome(
+        login=session.login,
+        role=session.role,
+        role_name=ROLE_NAMES.get(session.role, session.role),
+        csrf=operators.csrf_token(session),
+        message=console.shown(request, session, "msg"),
+        error=console.shown(request, session, "err"),
+        back=request.path,
+    )
+
+
+async def claims_page(request: web.Request) -> web.Response:
+    session = await _page_session(request)
+    status = request.query.get("status") or None
+    if status not in (None, *manual_claims.STATUS_NAMES):
+        status = None
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        found = await claim_store.listing(conn, status)
+    html = agency_pages.claims(
+        _chrome(request, session), [manual_claims.view(c) for c in found], status
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+async def claim_page(request: web.Request) -> web.Response:
+    session = await _page_session(request)
+    try:
+        async with _pool(request).acquire(timeout=5.0) as conn:
+            form = await claim_form.gather(conn, request.match_info["claim_no"])
+    except NotFound as exc:
+        raise web.HTTPNotFound(text=exc.err_msg) from None
+    html = agency_pages.claim(_chrome(request, session), claim_form.as_json(form))
+    return web.Response(text=html, content_type="text/html")
+
+
+async def claim_print(request: web.Request) -> web.Response:
+    """The printable claim form (零星报销结算单) of a settled claim."""
+    await _page_session(request)
+    try:
+        async with _pool(request).acquire(timeout=5.0) as conn:
+            form = await claim_form.gather(conn, request.match_info["claim_no"])
+        html = claim_form.to_html(form)
+    except GatewayError as exc:
+        raise web.HTTPConflict(text=exc.err_msg) from None
+    return web.Response(text=html, content_type="text/html")
+
+
+async def payouts_page(request: web.Request) -> web.Response:
+    session = await _page_session(request)
+    async with _pool(request).acquire(timeout=5.0) as conn:
+        overview = await _payouts_overview(conn)
+    html = agency_pages.payouts(_chrome(request, session), overview)
+    return web.Response(text=html, content_type="text/html")
+
+
+async def batch_page(request: web.Request) -> web.Response:
+    session = await _page_session(request)
+    try:
+        async with _pool(request).acquire(timeout=5.0) as conn:
+            view = await payouts.batch_view(conn, request.match_info["batch_no"])
+    except NotFound as exc:
+        raise web.HTTPNotFound(text=exc.err_msg) from None
+    html = agency_pages.batch(_chrome(request, session), view, payouts.LEVELS)
+    return web.Response(text=html, content_type="text/html")
