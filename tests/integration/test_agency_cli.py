@@ -4,6 +4,7 @@ its payment, refusals as Chinese messages and exit 2, account numbers masked."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 
 from gateway.app.cli import main
 from gateway.app.server import Settings, prepare_database
-from tests.integration.agency_helpers import HOSPITAL, bank_answers
+from gateway.services import claim_form, manual_claims
+from tests.integration.agency_helpers import HOSPITAL, agency_ledger, bank_answers, settled_claim
 from tests.integration.emergency_helpers import BIG_LINES
 
 ACCOUNT = "6222020200000000011"
@@ -103,3 +105,51 @@ async def test_claim_to_payment_through_the_cli(
     code, text, _ = await _cli(capsys, "payouts", "show", batch_no, *db)
     assert code == 0 and "已回盘" in text and ACCOUNT not in text and "6222***********0011" in text
     assert [o["status"] for o in await ok("payouts", "owed")] == ["paid"]
+
+
+async def test_the_claim_form_printed_to_pdf(
+    new_database: Callable[..., Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """单据打印: `claims print ID --pdf FILE` writes the settled claim's form; a claim not yet
+    settled has none to print."""
+    async with agency_ledger(new_database) as ledger:
+        claim = await settled_claim(ledger, "441800000000000001", "2026-06-03", BIG_LINES, "FP-P1")
+        async with ledger.pool.acquire() as conn:
+            registered = await manual_claims.register(
+                conn,
+                ledger.snapshot,
+                manual_claims.Registration(
+                    cert_type="01",
+                    cert_no="441800000000000002",
+                    fixmedins_code=HOSPITAL,
+                    med_type="11",
+                    begntime=dt.datetime(2026, 6, 4, 9),
+                    invoice_nos=("FP-P2",),
+                ),
+                "clerk1",
+                dt.datetime.now(),
+            )
+        db = ("--database-url", ledger.dsn)
+        html, pdf = tmp_path / "form.html", tmp_path / "form.pdf"
+        code, _, err = await _cli(
+            capsys, "claims", "print", claim.claim_no, "--html", str(html), *db
+        )
+        assert code == 0, err
+        page = html.read_text(encoding="utf-8")
+        assert claim.reimbursement_fen
+        owed = f"{claim.reimbursement_fen // 100}.{claim.reimbursement_fen % 100:02d}"
+        assert "医疗费用零星报销结算单" in page and f"报销金额）：{owed} 元" in page
+        assert "演示职工甲" in page and "FP-P1" in page and "1600.00" in page
+        code, _, err = await _cli(capsys, "claims", "print", "LX0000", "--html", str(html), *db)
+        assert code == 2 and "不存在" in err
+        code, _, err = await _cli(
+            capsys, "claims", "print", registered.claim_no, "--pdf", str(pdf), *db
+        )
+        assert code == 2 and "结算后才能打印结算单" in err and not pdf.exists()
+        if claim_form.chromium() is None:
+            pytest.skip("chromium not installed (make system-deps installs it)")
+        code, _out, err = await _cli(
+            capsys, "claims", "print", claim.claim_no, "--pdf", str(pdf), *db
+        )
+        assert code == 0, err
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
