@@ -5,6 +5,10 @@ patient deltas (the refund and recovery records). The table follows the Guizhou 
 大额保险, 大病保险, 公务员补助, 医疗救助, 个人账户, 现金, 范围内, 范围外, and the declared amount
 (申报金额 = everything the funds and accounts pay, i.e. all but cash) in figures and in words.
 A month holds the settlements settled in it and still in force when the report is made.
+
+The agency's side shows beside it: per institution the manual claims (零星报销) of its patients
+settled in the month (paid back to the patients, not cleared to the institution), and for the
+month the payouts to patients batched, paid and failed (the bank's return files imported in it).
 """
 
 from __future__ import annotations
@@ -90,6 +94,29 @@ class Reimbursements:
 
 
 @dataclass(slots=True)
+class ManualClaims:
+    """Manual claims (零星报销) of patients treated here, settled in the month: the patient paid
+    in full, the agency pays the fund's share back to the patient (not cleared here)."""
+
+    claims: int = 0
+    medfee_sumamt: int = 0
+    to_patients: int = 0
+
+
+@dataclass(slots=True)
+class Payouts:
+    """The agency's payouts to patients in the month (every institution's claims together)."""
+
+    batches: int = 0
+    batched_lines: int = 0
+    batched: int = 0
+    paid_lines: int = 0
+    paid: int = 0
+    failed_lines: int = 0
+    failed: int = 0
+
+
+@dataclass(slots=True)
 class InstitutionReport:
     fixmedins_code: str
     fixmedins_name: str
@@ -98,6 +125,7 @@ class InstitutionReport:
     total: Line = field(default_factory=lambda: Line("", "合计"))
     corrections: Corrections = field(default_factory=Corrections)
     reimbursements: Reimbursements = field(default_factory=Reimbursements)
+    manual_claims: ManualClaims = field(default_factory=ManualClaims)
 
 
 @dataclass(slots=True)
@@ -106,6 +134,7 @@ class MonthlyReport:
     begndate: dt.date
     enddate: dt.date
     institutions: list[InstitutionReport]
+    payouts: Payouts = field(default_factory=Payouts)
 
 
 def month_bounds(month: str) -> tuple[dt.date, dt.date]:
@@ -155,7 +184,25 @@ async def monthly(
     for d in await clearing.reimbursed(conn, since, until, institution):
         rep = report_of(d.fixmedins_code, d.fixmedins_name, d.admdvs)
         rep.reimbursements = Reimbursements(d.claims, d.medfee_sumamt, d.to_patients)
-    return MonthlyReport(month, begn, end, sorted(reports.values(), key=lambda r: r.fixmedins_code))
+    for m in await clearing.claimed(conn, since, until, institution):
+        rep = report_of(m.fixmedins_code, m.fixmedins_name, m.admdvs)
+        rep.manual_claims = ManualClaims(m.claims, m.medfee_sumamt, m.to_patients)
+    p = await clearing.paid_out(conn, since, until)
+    return MonthlyReport(
+        month,
+        begn,
+        end,
+        sorted(reports.values(), key=lambda r: r.fixmedins_code),
+        Payouts(
+            p.batches,
+            p.batched_lines,
+            p.batched_fen,
+            p.paid_lines,
+            p.paid_fen,
+            p.failed_lines,
+            p.failed_fen,
+        ),
+    )
 
 
 _DIGITS = "零壹贰叁肆伍陆柒捌玖"
@@ -244,9 +291,26 @@ def to_json(report: MonthlyReport) -> dict[str, object]:
                     "medfee_sumamt": fen_text(r.reimbursements.medfee_sumamt),
                     "to_patients": fen_text(r.reimbursements.to_patients),
                 },
+                "manual_claims": {
+                    "claims": r.manual_claims.claims,
+                    "medfee_sumamt": fen_text(r.manual_claims.medfee_sumamt),
+                    "to_patients": fen_text(r.manual_claims.to_patients),
+                },
             }
             for r in report.institutions
         ],
+        "payouts": {
+            "batches": report.payouts.batches,
+            "batched": {
+                "lines": report.payouts.batched_lines,
+                "amount": fen_text(report.payouts.batched),
+            },
+            "paid": {"lines": report.payouts.paid_lines, "amount": fen_text(report.payouts.paid)},
+            "failed": {
+                "lines": report.payouts.failed_lines,
+                "amount": fen_text(report.payouts.failed),
+            },
+        },
     }
 
 
@@ -371,8 +435,26 @@ def to_html(report: MonthlyReport) -> str:
                 f'<p class="words">本月补结算暂存（主动报）结算{d.claims}笔，医疗费用{fen_text(d.medfee_sumamt)}，'
                 f"基金应支付部分{fen_text(d.to_patients)}直接支付给参保人（参保人已在机构全额现金支付）</p>"
             )
+        m = r.manual_claims
+        if m.claims:
+            parts.append(
+                f'<p class="words manual-claims">本月零星报销结算{m.claims}笔，医疗费用{fen_text(m.medfee_sumamt)}，'
+                f"应报销{fen_text(m.to_patients)}由经办机构支付给参保人（不计入本机构申报金额）</p>"
+            )
         parts.append("</section>")
     if not report.institutions:
         parts.append("<p>本月没有结算。</p>")
+    p = report.payouts
+    parts.append(
+        '<section id="payouts"><h2>本月拨付（参保人报销款）</h2>'
+        "<table><thead><tr><th>项目</th><th>笔数</th><th>金额</th></tr></thead><tbody>"
+        f'<tr><td>制单（{p.batches}个支付批次）</td><td class="n">{p.batched_lines}</td>'
+        f'<td class="n">{fen_text(p.batched)}</td></tr>'
+        f'<tr><td>银行回盘：支付成功</td><td class="n">{p.paid_lines}</td>'
+        f'<td class="n">{fen_text(p.paid)}</td></tr>'
+        f'<tr><td>银行回盘：支付失败（退回待支付）</td><td class="n">{p.failed_lines}</td>'
+        f'<td class="n">{fen_text(p.failed)}</td></tr>'
+        "</tbody></table></section>"
+    )
     parts.append("</body></html>")
     return "".join(parts)

@@ -150,3 +150,88 @@ async def reimbursed(
         )
         for r in rows
     ]
+
+
+class Claimed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """The manual claims (零星报销) of patients treated at an institution, settled in force in
+    the month, and what the agency owes the patients back."""
+
+    fixmedins_code: str
+    fixmedins_name: str
+    admdvs: str
+    claims: int
+    medfee_sumamt: int
+    to_patients: int
+
+
+async def claimed(
+    conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
+) -> list[Claimed]:
+    """Reads per institution the manual claims whose settlement of [since, until) is in force."""
+    args: list[object] = [since, until] + ([institution] if institution else [])
+    rows = await conn.fetch(
+        "SELECT c.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n,"
+        " sum(c.medfee_sumamt) AS medfee, sum(c.reimbursement_fen) AS owed FROM manual_claims c"
+        " JOIN settlements s ON s.setl_id = c.setl_id"
+        " JOIN institutions i ON i.fixmedins_code = c.fixmedins_code"
+        " WHERE s.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
+        + (" AND c.fixmedins_code = $3" if institution else "")
+        + " GROUP BY c.fixmedins_code, i.fixmedins_name, i.admdvs",
+        *args,
+    )
+    return [
+        Claimed(
+            fixmedins_code=r["fixmedins_code"],
+            fixmedins_name=r["fixmedins_name"],
+            admdvs=r["admdvs"],
+            claims=int(r["n"]),
+            medfee_sumamt=int(r["medfee"]),
+            to_patients=int(r["owed"]),
+        )
+        for r in rows
+    ]
+
+
+class PaidOut(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """The month's payouts: batches made (not rejected), and payments the bank's return files
+    imported in the month answered paid or failed."""
+
+    batches: int
+    batched_lines: int
+    batched_fen: int
+    paid_lines: int
+    paid_fen: int
+    failed_lines: int
+    failed_fen: int
+
+
+async def paid_out(conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime) -> PaidOut:
+    """Reads the payouts of [since, until) (local time, as settlement times are)."""
+    made = await conn.fetchrow(
+        "SELECT count(*) AS n, coalesce(sum(line_count), 0) AS lines,"
+        " coalesce(sum(total_fen), 0) AS fen FROM payout_batches"
+        " WHERE status <> 'rejected' AND created_at::timestamp >= $1 AND created_at::timestamp < $2",
+        since,
+        until,
+    )
+    answered = {
+        r["status"]: (int(r["n"]), int(r["fen"]))
+        for r in await conn.fetch(
+            "SELECT i.status, count(*) AS n, sum(i.amount_fen) AS fen FROM payout_items i"
+            " JOIN payout_returns r USING (batch_no) WHERE i.status IN ('paid', 'failed')"
+            " AND r.imported_at::timestamp >= $1 AND r.imported_at::timestamp < $2"
+            " GROUP BY i.status",
+            since,
+            until,
+        )
+    }
+    paid, failed = answered.get("paid", (0, 0)), answered.get("failed", (0, 0))
+    return PaidOut(
+        batches=int(made["n"]),
+        batched_lines=int(made["lines"]),
+        batched_fen=int(made["fen"]),
+        paid_lines=paid[0],
+        paid_fen=paid[1],
+        failed_lines=failed[0],
+        failed_fen=failed[1],
+    )

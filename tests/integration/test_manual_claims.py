@@ -162,8 +162,13 @@ async def test_steps_are_checked_and_idempotent(new_database: Callable[..., Any]
         again = await manual_claims.settle(conn, agency.snapshot, claim.claim_no, "clerk2", now)
         assert again == settled
         assert await conn.fetchval("SELECT count(*) FROM settlements") == 1
-        # The institution is neither cleared nor reconciled for the patient's claim.
-        assert (await clearing.monthly(conn, f"{now:%Y-%m}")).institutions == []
+        # The institution is neither cleared nor reconciled for the patient's claim: the report
+        # shows the claim apart, paid back to the patient.
+        [shown] = (await clearing.monthly(conn, f"{now:%Y-%m}")).institutions
+        assert (shown.lines, shown.total.declared) == ([], 0)
+        assert shown.manual_claims == clearing.ManualClaims(
+            1, settled.medfee_sumamt or 0, settled.reimbursement_fen or 0
+        )
         period = reconciliations.Period(
             fixmedins_code=HOSPITAL,
             setl_optins=await conn.fetchval("SELECT clr_optins FROM settlements"),

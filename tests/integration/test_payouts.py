@@ -14,6 +14,8 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
+from gateway.core.money import fen_text
+from gateway.jobs import clearing
 from gateway.ledger import checker
 from gateway.ledger import payouts as store
 from gateway.protocol.errors import BadRequest, Conflict, NotFound
@@ -222,6 +224,28 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
     assert gauge("sgw_payout_lines", {"state": "paid"}) == 4
     assert gauge("sgw_payout_lines", {"state": "owed"}) == 0
     assert gauge("sgw_payout_owed_oldest_seconds") == 0  # nothing left unpaid
+
+    # The month's clearing report shows the manual claims per institution and the payouts.
+    month = dt.date.today().strftime("%Y-%m")
+    report = json.loads(cli("clearing", "monthly", "--month", month, "--json", "--database-url", dsn).stdout)  # fmt: skip
+    assert report["payouts"] == {
+        "batches": 2,
+        "batched": {"lines": 5, "amount": fen_text(owed_total + failed_fen)},
+        "paid": {"lines": 4, "amount": fen_text(owed_total)},
+        "failed": {"lines": 1, "amount": fen_text(failed_fen)},
+    }
+    shown = {r["fixmedins_code"]: r for r in report["institutions"]}
+    assert shown[HOSPITAL]["manual_claims"] == {
+        "claims": 2,
+        "medfee_sumamt": fen_text(2 * 162500),
+        "to_patients": fen_text(sum(c.reimbursement_fen or 0 for c in manual)),
+    }
+    # Paid to the patients, not cleared to the institution.
+    assert shown[HOSPITAL]["total"]["declared"] == "0.00" and shown[HOSPITAL]["lines"] == []
+    page = clearing.to_html(await clearing.monthly(conn, month))
+    assert (
+        "本月零星报销结算2笔" in page and '<td>银行回盘：支付成功</td><td class="n">4</td>' in page
+    )
 
 
 def _drop_line(answer: bytes) -> bytes:
