@@ -8,7 +8,7 @@ lines, and the unique index payout_items_once refuses a line in two open batches
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -121,6 +121,14 @@ async def add_owed(
     return bool(got)
 
 
+async def copy_owed(conn: asyncpg.Connection, rows: Iterable[tuple[str, str, str, int]]) -> None:
+    """Writes many owed lines at once, (source, source_ref, psn_no, amount_fen) each, by COPY:
+    for loading and benchmarks (a source already recorded makes the whole COPY fail)."""
+    await conn.copy_records_to_table(
+        "owed_lines", records=rows, columns=("source", "source_ref", "psn_no", "amount_fen")
+    )
+
+
 async def gather_deferred(conn: asyncpg.Connection) -> int:
     """Writes an owed line for every replayed deferred claim (主动报) with a reimbursement not
     recorded yet; returns how many."""
@@ -134,18 +142,40 @@ async def gather_deferred(conn: asyncpg.Connection) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def take_owed(conn: asyncpg.Connection, limit: int | None, source: str | None) -> list[Taken]:
-    """Reads and locks owed lines whose person has a payout account, oldest first, skipping
-    those another transaction holds (a batch being made elsewhere)."""
-    rows = await conn.fetch(
-        "SELECT o.owed_id, o.psn_no, o.amount_fen, a.bank_code, a.account_no, a.holder"
-        " FROM owed_lines o JOIN payout_accounts a USING (psn_no)"
-        " WHERE o.status = 'owed' AND ($2::text IS NULL OR o.source = $2)"
-        " ORDER BY o.owed_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+async def make_batch(
+    conn: asyncpg.Connection,
+    batch_no: str,
+    limit: int | None,
+    source: str | None,
+    operator: str,
+) -> tuple[int, int]:
+    """Writes a batch of the owed lines whose person has a payout account, oldest first, in one
+    statement: the lines are locked FOR UPDATE SKIP LOCKED (a batch being made elsewhere keeps
+    its own), numbered into items with the account as it stands, and marked batched. Returns
+    (count, total); (0, 0) and nothing written when no line is free. The lines never travel
+    through the gateway: a batch of 100,000 costs the event loop nothing."""
+    r = await conn.fetchrow(
+        "WITH taken AS MATERIALIZED ("
+        "  SELECT o.owed_id, o.psn_no, o.amount_fen, a.bank_code, a.account_no, a.holder"
+        "  FROM owed_lines o JOIN payout_accounts a USING (psn_no)"
+        "  WHERE o.status = 'owed' AND ($2::text IS NULL OR o.source = $2)"
+        "  ORDER BY o.owed_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED),"
+        " made AS (INSERT INTO payout_batches (batch_no, status, line_count, total_fen, created_by)"
+        "  SELECT $3, 'pending', count(*), sum(amount_fen), $4 FROM taken HAVING count(*) > 0"
+        "  RETURNING line_count, total_fen),"
+        " items AS (INSERT INTO payout_items"
+        "  (batch_no, seq, owed_id, psn_no, amount_fen, bank_code, account_no, holder)"
+        "  SELECT $3, row_number() OVER (ORDER BY owed_id), owed_id, psn_no, amount_fen,"
+        "  bank_code, account_no, holder FROM taken),"
+        " marked AS (UPDATE owed_lines SET status = 'batched'"
+        "  WHERE owed_id IN (SELECT owed_id FROM taken))"
+        " SELECT line_count, total_fen FROM made",
         limit,
         source,
+        batch_no,
+        operator,
     )
-    return [Taken(**{f: r[f] for f in Taken.__struct_fields__}) for r in rows]
+    return (0, 0) if r is None else (int(r["line_count"]), int(r["total_fen"]))
 
 
 async def owed_without_account(conn: asyncpg.Connection) -> list[str]:
@@ -156,15 +186,6 @@ async def owed_without_account(conn: asyncpg.Connection) -> list[str]:
         " ORDER BY o.psn_no"
     )
     return [r["psn_no"] for r in rows]
-
-
-async def set_owed_status(conn: asyncpg.Connection, owed_ids: Sequence[int], status: str) -> None:
-    """Writes the state of owed lines (the caller holds their locks or their batch's)."""
-    await conn.execute(
-        "UPDATE owed_lines SET status = $2 WHERE owed_id = ANY($1::bigint[])",
-        list(owed_ids),
-        status,
-    )
 
 
 async def owed_rows(conn: asyncpg.Connection, status: str | None = None) -> list[dict[str, Any]]:
@@ -305,7 +326,44 @@ async def items(conn: asyncpg.Connection, batch_no: str) -> list[Item]:
         " bank_reason FROM payout_items WHERE batch_no = $1 ORDER BY seq",
         batch_no,
     )
-    return [Item(**{f: r[f] for f in Item.__struct_fields__}) for r in rows]
+    return items_of(rows)
+
+
+ITEM_CHUNK = 2000  # rows per round trip: the driver decodes one chunk at a time on the loop
+
+
+async def items_chunked(conn: asyncpg.Connection, batch_no: str) -> list[Item]:
+    """Reads a batch's items in seq order a chunk at a time (the caller holds a transaction):
+    one fetch of a 100,000-line batch held the event loop ~240 ms while the driver decoded it.
+    Each chunk's records become Items (not tracked by the garbage collector) at once, so the
+    collector never walks 100,000 records either."""
+    cursor = await conn.cursor(
+        "SELECT seq, owed_id, psn_no, amount_fen, bank_code, account_no, holder, status,"
+        " bank_reason FROM payout_items WHERE batch_no = $1 ORDER BY seq",
+        batch_no,
+    )
+    out: list[Item] = []
+    while chunk := await cursor.fetch(ITEM_CHUNK):
+        out += items_of(chunk)
+    return out
+
+
+def items_of(records: Sequence[Any]) -> list[Item]:
+    """Items from the driver's records."""
+    return [
+        Item(
+            seq=r[0],
+            owed_id=r[1],
+            psn_no=r[2],
+            amount_fen=r[3],
+            bank_code=r[4],
+            account_no=r[5],
+            holder=r[6],
+            status=r[7],
+            bank_reason=r[8],
+        )
+        for r in records
+    ]
 
 
 async def release(conn: asyncpg.Connection, batch_no: str) -> None:
@@ -324,27 +382,65 @@ async def release(conn: asyncpg.Connection, batch_no: str) -> None:
 # -------------------------------------------------------------------------------- bank files
 
 
+FILE_PIECE = 1 << 20
+
+
 async def save_file(
     conn: asyncpg.Connection, batch_no: str, file_name: str, body: bytes, sha256: str, by: str
 ) -> None:
-    """Writes the exported payment file of a batch."""
+    """Writes the exported payment file of a batch (the caller holds a transaction). A large
+    file is sent a megabyte at a time: the driver copies each parameter into its buffer on the
+    event loop, ~10 ms for a 100,000-line file in one piece."""
+    view = memoryview(body)
     await conn.execute(
         "INSERT INTO payout_files (batch_no, file_name, body, sha256, exported_by)"
         " VALUES ($1,$2,$3,$4,$5)",
         batch_no,
         file_name,
-        body,
+        bytes(view[:FILE_PIECE]),
         sha256,
         by,
     )
+    for start in range(FILE_PIECE, len(body), FILE_PIECE):
+        await conn.execute(
+            "UPDATE payout_files SET body = body || $2 WHERE batch_no = $1",
+            batch_no,
+            bytes(view[start : start + FILE_PIECE]),
+        )
 
 
 async def file_of(conn: asyncpg.Connection, batch_no: str) -> tuple[str, bytes] | None:
-    """Reads the payment file exported for a batch: (file name, bytes)."""
+    """Reads the payment file exported for a batch: (file name, bytes), a megabyte at a time
+    (as it was written)."""
     r = await conn.fetchrow(
-        "SELECT file_name, body FROM payout_files WHERE batch_no = $1", batch_no
+        "SELECT file_name, octet_length(body) AS size FROM payout_files WHERE batch_no = $1",
+        batch_no,
     )
-    return None if r is None else (str(r["file_name"]), bytes(r["body"]))
+    if r is None:
+        return None
+    pieces = [
+        await conn.fetchval(
+            "SELECT substring(body FROM $2 FOR $3) FROM payout_files WHERE batch_no = $1",
+            batch_no,
+            start + 1,
+            FILE_PIECE,
+        )
+        for start in range(0, int(r["size"]), FILE_PIECE)
+    ]
+    return str(r["file_name"]), b"".join(pieces)
+
+
+async def return_totals(conn: asyncpg.Connection, batch_no: str) -> tuple[int, int, int, int]:
+    """Reads what the batch's return file answered: (paid count, paid fen, failed count,
+    failed fen)."""
+    r = await conn.fetchrow(
+        "SELECT paid_count, paid_fen, failed_count, failed_fen FROM payout_returns"
+        " WHERE batch_no = $1",
+        batch_no,
+    )
+    if r is None:
+        raise NotFound(f"支付批次{batch_no}尚未导入回盘")
+    return int(r[0]), int(r[1]), int(r[2]), int(r[3])
 
 
 async def return_digest(conn: asyncpg.Connection, batch_no: str) -> str | None:
@@ -358,23 +454,25 @@ async def return_digest(conn: asyncpg.Connection, batch_no: str) -> str | None:
 async def apply_return(
     conn: asyncpg.Connection,
     batch_no: str,
-    paid: Sequence[int],
     failed: dict[int, str],
     sha256: str,
     by: str,
 ) -> None:
-    """Writes a return file's outcome: paid items and their lines paid, failed items with the
-    bank's reason and their lines owed again, and the file's record (the caller holds the
-    batch's lock)."""
+    """Writes a return file's outcome: the failed items with the bank's reason and every other
+    item of the batch paid (the caller checked that the file answers each item once and holds
+    the batch's lock), their lines owed again or paid, and the file's record. Only the failed
+    seqs travel: sending 100,000 paid ones held the event loop ~50 ms to encode."""
     await conn.execute(
-        "UPDATE payout_items SET status = 'paid' WHERE batch_no = $1 AND seq = ANY($2::int[])",
+        "UPDATE payout_items i SET status = 'failed', bank_reason = f.reason"
+        " FROM unnest($2::int[], $3::text[]) AS f(seq, reason)"
+        " WHERE i.batch_no = $1 AND i.seq = f.seq",
         batch_no,
-        list(paid),
+        list(failed),
+        list(failed.values()),
     )
-    await conn.executemany(
-        "UPDATE payout_items SET status = 'failed', bank_reason = $3"
-        " WHERE batch_no = $1 AND seq = $2",
-        [(batch_no, seq, why) for seq, why in failed.items()],
+    await conn.execute(
+        "UPDATE payout_items SET status = 'paid' WHERE batch_no = $1 AND status = 'pending'",
+        batch_no,
     )
     await conn.execute(
         "UPDATE owed_lines o SET status = CASE i.status WHEN 'paid' THEN 'paid' ELSE 'owed' END"
