@@ -11,7 +11,8 @@ process's peak resident memory during the step (a thread samples /proc/self/stat
 and its growth; and how long the event loop was blocked (a ticker on the loop sleeps 1 ms at a
 time: the longest and the 99th-percentile lateness, and the most CPU the loop's own thread
 spent within one gap — lateness with little CPU is the box's other work or the interpreter
-lock held by a helper thread, not the step's code on the loop). The gateway's own thread switch
+lock held by a helper thread, not the step's code on the loop; and the longest pause of the
+garbage collector, which stops every thread). The gateway's own thread switch
 interval and uvloop, as in the server. Prints a Markdown table.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import hashlib
 import resource
 import sys
@@ -89,6 +91,16 @@ async def measured(name: str, work: Callable[[], Awaitable[Any]]) -> tuple[dict[
             busy.append(cpu - last_cpu)
             last, last_cpu = now, cpu
 
+    pauses: list[float] = []
+    began: list[float] = []
+
+    def collected(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            began.append(time.perf_counter())
+        elif began:
+            pauses.append(time.perf_counter() - began.pop())
+
+    gc.callbacks.append(collected)
     before = rss_mb()
     ticker = asyncio.create_task(tick())
     await asyncio.sleep(0)
@@ -98,6 +110,7 @@ async def measured(name: str, work: Callable[[], Awaitable[Any]]) -> tuple[dict[
         wall = time.perf_counter() - started
     done.set()
     await ticker
+    gc.callbacks.remove(collected)
     gaps.sort()
     n = len(gaps) or 1
     return (
@@ -107,6 +120,7 @@ async def measured(name: str, work: Callable[[], Awaitable[Any]]) -> tuple[dict[
             "stall_max_ms": (gaps[-1] if gaps else 0.0) * 1e3,
             "stall_p99_ms": (gaps[int(n * 0.99)] if gaps else 0.0) * 1e3,
             "busy_max_ms": max(busy, default=0.0) * 1e3,
+            "gc_max_ms": max(pauses, default=0.0) * 1e3,
             "rss_peak_mb": mem.peak,
             "rss_growth_mb": mem.peak - before,
         },
@@ -225,13 +239,14 @@ def main() -> None:
         asyncio.run(drop_db(args.database_url, name))
     print(
         "| step | wall s | loop late max ms | p99 ms | loop thread on CPU max ms"
-        " | RSS peak MiB | RSS growth MiB |"
+        " | longest GC pause ms | RSS peak MiB | RSS growth MiB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['step']} | {r['wall_s']:.2f} | {r['stall_max_ms']:.1f} | {r['stall_p99_ms']:.2f} |"
-            f" {r['busy_max_ms']:.1f} | {r['rss_peak_mb']:.0f} | {r['rss_growth_mb']:+.0f} |"
+            f" {r['busy_max_ms']:.1f} | {r['gc_max_ms']:.1f} | {r['rss_peak_mb']:.0f}"
+            f" | {r['rss_growth_mb']:+.0f} |"
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nprocess peak RSS (ru_maxrss): {peak:.0f} MiB")

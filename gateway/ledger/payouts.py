@@ -329,7 +329,7 @@ async def items(conn: asyncpg.Connection, batch_no: str) -> list[Item]:
     return items_of(rows)
 
 
-ITEM_CHUNK = 2000  # rows per round trip: the driver decodes one chunk at a time on the loop
+ITEM_CHUNK = 1000  # rows per round trip: the driver decodes one chunk at a time on the loop
 
 
 async def items_chunked(conn: asyncpg.Connection, batch_no: str) -> list[Item]:
