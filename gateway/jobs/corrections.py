@@ -227,6 +227,7 @@ async def resettle(
         msgid=f"CORRECTION-{run_id}",
         now=now,
         categories=frozenset({row.category}),
+        resettling=True,
     )
     institution = snapshot.institution(row.fixmedins_code)
     assert institution is not None

@@ -9,7 +9,7 @@ Every owed yuan is owed, in one open batch, or paid — once:
 - a batch past approval has its four approvals, none by its maker;
 - what is owed is what its source says: a manual claim after its 结算审核 is owed its
   reimbursement, which is its settlement's bill less the cash part, the settlement in force;
-  a replayed deferred claim its recorded reimbursement.
+  a replayed deferred claim its recorded reimbursement, its settlement in force.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ async def payout_problems(conn: asyncpg.Connection) -> list[str]:
         " WHERE (o.source = 'manual' AND (c.claim_no IS NULL OR c.status <> 'batch_reviewed'"
         "   OR c.reimbursement_fen <> o.amount_fen OR c.psn_no <> o.psn_no))"
         " OR (o.source = 'deferred' AND (d.claim_id IS NULL OR d.status <> 'settled'"
-        "   OR d.reimbursement_fen <> o.amount_fen OR d.psn_no <> o.psn_no))"
+        "   OR d.reimbursement_fen <> o.amount_fen OR d.psn_no <> o.psn_no"
+        "   OR NOT EXISTS (SELECT 1 FROM settlements s WHERE s.setl_id = d.setl_id"
+        "    AND s.status = 'settled')))"
     ):
         problems.append(f"owed line {r['owed_id']}: differs from its claim")
     for r in await conn.fetch(

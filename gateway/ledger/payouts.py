@@ -129,14 +129,65 @@ async def copy_owed(conn: asyncpg.Connection, rows: Iterable[tuple[str, str, str
     )
 
 
+async def hold_for_cancel(
+    conn: asyncpg.Connection, setl_id: str, *, resettling: bool
+) -> str | None:
+    """Why a settlement whose reimbursement the agency pays may not be cancelled (2208/2305, a
+    reversal, a bulk correction), or None. A manual claim's settlement is the agency's own. A
+    replayed deferred claim's (主动报) may not be once its reimbursement is in a batch, paid, or
+    was ever sent to the bank, nor be corrected at all (the claim's reimbursement would no
+    longer be its settlement's); cancelled while merely owed, the owed line is withdrawn here
+    (it comes back with the settlement, should the cancellation be reversed)."""
+    claim_no = await conn.fetchval("SELECT claim_no FROM manual_claims WHERE setl_id = $1", setl_id)
+    if claim_no is not None:
+        return (
+            f"结算ID{setl_id}是零星报销{claim_no}的结算（报销款由经办机构支付给参保人），"
+            "不能撤销或重结算"
+        )
+    claim = await conn.fetchrow(
+        "SELECT d.claim_id, o.owed_id, o.status,"
+        " (SELECT i.batch_no FROM payout_items i WHERE i.owed_id = o.owed_id"
+        "   ORDER BY (i.status IN ('pending', 'paid')) DESC, i.batch_no DESC LIMIT 1) AS batch_no"
+        " FROM deferred d LEFT JOIN owed_lines o"
+        "  ON o.source = 'deferred' AND o.source_ref = d.claim_id"
+        " WHERE d.kind = 'claim' AND d.setl_id = $1 AND d.reimbursement_fen > 0"
+        " FOR UPDATE OF d",
+        setl_id,
+    )
+    if claim is None:
+        return None
+    what = f"结算ID{setl_id}（暂存结算{claim['claim_id']}补结算）"
+    if claim["status"] == "paid":
+        return f"{what}的报销款已由支付批次{claim['batch_no']}支付给参保人，不能撤销或重结算"
+    if claim["status"] == "batched":
+        return (
+            f"{what}的报销款已纳入支付批次{claim['batch_no']}，不能撤销或重结算；"
+            "如确需撤销，请先由审批人退回该支付批次"
+        )
+    if claim["batch_no"] is not None:
+        return f"{what}的报销款曾报盘至银行（支付批次{claim['batch_no']}），不能撤销或重结算"
+    if resettling:
+        return f"{what}的报销款由经办机构支付给参保人，不能批量纠错重结算"
+    if claim["owed_id"] is not None:
+        # A batch being made may take the line meanwhile: then it is no longer owed here.
+        gone = await conn.fetchval(
+            "DELETE FROM owed_lines WHERE owed_id = $1 AND status = 'owed' RETURNING true",
+            claim["owed_id"],
+        )
+        if not gone:
+            return f"{what}的报销款正被纳入支付批次，不能撤销或重结算"
+    return None
+
+
 async def gather_deferred(conn: asyncpg.Connection) -> int:
     """Writes an owed line for every replayed deferred claim (主动报) with a reimbursement not
-    recorded yet; returns how many."""
+    recorded yet, its settlement in force; returns how many."""
     status = await conn.execute(
         "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
-        " SELECT 'deferred', claim_id, psn_no, reimbursement_fen FROM deferred"
+        " SELECT 'deferred', claim_id, psn_no, reimbursement_fen FROM deferred d"
         " WHERE kind = 'claim' AND status = 'settled' AND reimbursement_fen > 0"
-        " AND claim_id IS NOT NULL"
+        " AND claim_id IS NOT NULL AND EXISTS (SELECT 1 FROM settlements s"
+        "  WHERE s.setl_id = d.setl_id AND s.status = 'settled')"
         " ON CONFLICT (source, source_ref) DO NOTHING"
     )
     return int(status.rsplit(" ", 1)[-1])

@@ -41,7 +41,7 @@ from gateway.core.model import (
 )
 from gateway.core.money import fen_text
 from gateway.core.settle import apply
-from gateway.ledger import encounters, fees, persons
+from gateway.ledger import encounters, fees, payouts, persons
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
 from gateway.protocol.errors import Conflict, NotFound, RuleRejected
@@ -422,8 +422,11 @@ async def cancel(
     msgid: str,
     now: dt.datetime,
     categories: frozenset[str],
+    resettling: bool = False,
 ) -> tuple[Record, int]:
-    """Reverse exactly what the settlement applied; returns it and the balance after the refund."""
+    """Reverse exactly what the settlement applied; returns it and the balance after the refund.
+    A settlement whose reimbursement the agency pays is refused as gateway.ledger.payouts
+    `hold_for_cancel` says (`resettling`: a bulk correction settles it again)."""
     found = await conn.fetchrow(
         "SELECT mdtrt_id, psn_no, category FROM settlements WHERE setl_id = $1"
         " AND fixmedins_code = $2",
@@ -443,6 +446,9 @@ async def cancel(
     assert row is not None  # settlements are never deleted
     if row["status"] != "settled":
         raise Conflict(f"结算ID{setl_id}已撤销，不能重复撤销")
+    held = await payouts.hold_for_cancel(conn, setl_id, resettling=resettling)
+    if held is not None:
+        raise Conflict(held)
     delta = Accumulators(**row["delta"])
     year = int(row["year"])
     acc = await persons.year_accumulators(conn, psn_no, year)

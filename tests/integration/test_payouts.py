@@ -34,6 +34,7 @@ from tests.integration.emergency_helpers import (
     BIG_TOTAL,
     DRUG_LINES,
     DRUG_TOTAL,
+    clear_rule,
     cli,
     connect,
     set_rule,
@@ -351,3 +352,88 @@ async def test_concurrent_batches_never_share_a_line(new_database: Callable[...,
             with pytest.raises(asyncpg.UniqueViolationError):
                 async with a.transaction():
                     await store.insert_batch(a, "ZFTWICE", twice, "forger")
+
+
+async def test_a_reimbursement_in_a_batch_or_paid_keeps_its_settlement(
+    new_database: Callable[..., Any],
+) -> None:
+    """2208 of a settlement the agency pays back: a manual claim's is refused; a replayed
+    主动报 claim's is refused once its reimbursement is in a batch or paid, and, merely owed,
+    cancelled with its owed line withdrawn; a bulk correction touches neither."""
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)  # persons 1 and 2, replayed
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        his: HisClient = srv.client(HOSPITAL)
+        pos: HisClient = srv.client(PHARMACY)
+
+        async def normal() -> bool:
+            drug = pos.drug_input(
+                "441800000000000001", "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES
+            )
+            answer = await pos.call("2101", drug)
+            return "应急预案" not in (answer["warn_msg"] or "")
+
+        await until(normal)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            manual = await settled_claim(
+                ledger, "441800000000000003", "2026-06-04", BIG_LINES, "FP-C"
+            )
+            replayed = {
+                r["psn_no"]: r
+                for r in await conn.fetch(
+                    "SELECT d.claim_id, d.psn_no, s.setl_id, s.mdtrt_id FROM deferred d"
+                    " JOIN settlements s USING (setl_id) WHERE d.status = 'settled'"
+                )
+            }
+            await payouts.set_account(
+                conn, "441800000000000001", bank_code="102100000001", bank_name="工商银行",
+                account_no="6222020200000000011", holder="户名1", operator="clerk1", reason="登记",
+            )  # fmt: skip
+            assert await payouts.gather(conn) == 2
+            batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+            assert batch.line_count == 1  # person 1's; person 2 has no account yet
+
+            async def cancel(setl_id: str, mdtrt_id: str, psn_no: str) -> dict[str, Any]:
+                data = {"setl_id": setl_id, "mdtrt_id": mdtrt_id, "psn_no": psn_no}
+                return await his.call("2208", {"data": data})
+
+            before = await srv.ledger_fingerprint()
+            answer = await cancel(manual.setl_id or "", manual.mdtrt_id or "", manual.psn_no)
+            assert (
+                answer["infcode"] == -1 and f"零星报销{manual.claim_no}的结算" in answer["err_msg"]
+            )
+            one = replayed["441800000000000001"]
+            answer = await cancel(one["setl_id"], one["mdtrt_id"], one["psn_no"])
+            assert answer["infcode"] == -1
+            assert f"已纳入支付批次{batch.batch_no}，不能撤销" in answer["err_msg"]
+            assert await srv.ledger_fingerprint() == before  # nothing cancelled
+
+            # A bulk correction would settle them again: refused for every claim the agency pays.
+            two = replayed["441800000000000002"]
+            async with conn.transaction():
+                why = await store.hold_for_cancel(conn, two["setl_id"], resettling=True)
+            assert why is not None and "不能批量纠错重结算" in why
+            # Merely owed: the cancellation stands and the owed line goes with it, for good.
+            assert (
+                await conn.fetchval(
+                    "SELECT status FROM owed_lines WHERE source_ref = $1", two["claim_id"]
+                )
+                == "owed"
+            )
+            await his.ok("2208", {"data": {k: two[k] for k in ("setl_id", "mdtrt_id", "psn_no")}})
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM owed_lines WHERE source_ref = $1", two["claim_id"]
+                )
+                == 0
+            )
+            assert await payouts.gather(conn) == 0  # its settlement is no longer in force
+
+            await _approved(conn, batch.batch_no)
+            _, payment = await payouts.export(conn, batch.batch_no, "maker")
+            await payouts.import_return(conn, bank_answers(payment, {}), "cashier")
+            answer = await cancel(one["setl_id"], one["mdtrt_id"], one["psn_no"])
+            assert answer["infcode"] == -1
+            assert f"已由支付批次{batch.batch_no}支付给参保人" in answer["err_msg"]
+            async with connect(srv.dsn) as check_conn:
+                assert await checker.check(check_conn) == []
