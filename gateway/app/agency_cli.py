@@ -25,6 +25,7 @@ from gateway.app.config import DEFAULT_REFERENCE
 from gateway.app.reference import load_reference
 from gateway.core.catalog import Snapshot
 from gateway.core.money import fen_text
+from gateway.jobs import clearing
 from gateway.ledger import db, reference_store
 from gateway.ledger import manual_claims as claim_store
 from gateway.ledger import payouts as payout_store
@@ -214,7 +215,8 @@ def payouts_account(args: argparse.Namespace) -> int:
                 raise BadRequest(
                     "变更收款账户须同时填写--bank-code、--bank-name、--account-no、--holder和--reason"
                 )
-            shown = await payouts.set_account(
+            setter = payouts.set_institution_account if args.institution else payouts.set_account
+            shown = await setter(
                 conn,
                 args.psn_no,
                 bank_code=args.bank_code,
@@ -224,6 +226,8 @@ def payouts_account(args: argparse.Namespace) -> int:
                 operator=_operator(args),
                 reason=args.reason,
             )
+        elif args.institution:
+            shown = await payouts.institution_account_of(conn, args.psn_no)
         else:
             shown = await payouts.account_of(conn, args.psn_no)
         text = (
@@ -232,6 +236,27 @@ def payouts_account(args: argparse.Namespace) -> int:
             else f"{args.psn_no}: {shown['bank_name']} {shown['account_no']} {shown['holder']}"
         )
         _print(args, shown, text)
+        return 0
+
+    return _run(args, work)
+
+
+def payouts_gather_clearing(args: argparse.Namespace) -> int:
+    """The month's clearing amounts (the monthly clearing report's declared totals) recorded as
+    owed to the institutions, once per institution and month."""
+
+    async def work(conn: asyncpg.Connection) -> int:
+        payouts.check_month(args.month)  # before the report reads it
+        report = await clearing.monthly(conn, args.month, args.institution)
+        amounts = [(r.fixmedins_code, r.total.declared) for r in report.institutions]
+        n = await payouts.gather_clearing(conn, args.month, amounts, _operator(args))
+        doc = {
+            "month": args.month,
+            "recorded": n,
+            "amounts": {code: fen_text(fen) for code, fen in amounts if fen > 0},
+        }
+        text = "\n".join(f"{code} {fen_text(fen)}" for code, fen in amounts if fen > 0)
+        _print(args, doc, f"{args.month} 月结算拨付登记{n}家\n{text}".rstrip())
         return 0
 
     return _run(args, work)
@@ -431,15 +456,29 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     pa.add_argument("--account-no")
     pa.add_argument("--holder")
     pa.add_argument("--reason")
+    pa.add_argument(
+        "--institution", action="store_true", help="psn_no is an institution's code (clearing)"
+    )
     common(pa)
     pa.set_defaults(func=payouts_account)
+    pg = psub.add_parser(
+        "gather-clearing", help="record the month's clearing amounts as owed to the institutions"
+    )
+    pg.add_argument("--month", required=True, help="yyyy-MM")
+    pg.add_argument("--institution", help="one institution only")
+    common(pg)
+    pg.set_defaults(func=payouts_gather_clearing)
     po = psub.add_parser("owed", help="what is owed, in a batch or paid")
     po.add_argument("--status", choices=("owed", "batched", "paid"))
     common(po)
     po.set_defaults(func=payouts_owed)
     pb = psub.add_parser("batch", help="银行报盘制单: a batch of what is owed")
     pb.add_argument("--limit", type=int)
-    pb.add_argument("--source", choices=("manual", "deferred"))
+    pb.add_argument(
+        "--source",
+        choices=("manual", "deferred", "clearing"),
+        help="one source; clearing (the institutions' amounts) is always a batch of its own",
+    )
     common(pb)
     pb.set_defaults(func=payouts_batch)
     pp = psub.add_parser("approve", help="初审 (1), 一级/二级/三级复核 (2-4); --reject REASON")

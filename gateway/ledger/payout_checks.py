@@ -9,7 +9,8 @@ Every owed yuan is owed, in one open batch, or paid — once:
 - a batch past approval has its four approvals, none by its maker;
 - what is owed is what its source says: a manual claim after its 结算审核 is owed its
   reimbursement, which is its settlement's bill less the cash part, the settlement in force;
-  a replayed deferred claim its recorded reimbursement, its settlement in force.
+  a replayed deferred claim its recorded reimbursement, its settlement in force; an
+  institution's clearing amount is '<its code>:<month>'.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ async def payout_problems(conn: asyncpg.Connection) -> list[str]:
         "   OR d.reimbursement_fen <> o.amount_fen OR d.psn_no <> o.psn_no"
         "   OR NOT EXISTS (SELECT 1 FROM settlements s WHERE s.setl_id = d.setl_id"
         "    AND s.status = 'settled')))"
+        " OR (o.source = 'clearing' AND (NOT starts_with(o.source_ref, o.psn_no || ':')"
+        "   OR substr(o.source_ref, length(o.psn_no) + 2) !~ '^[0-9]{4}-[0-9]{2}$'))"
     ):
         problems.append(f"owed line {r['owed_id']}: differs from its claim")
     for r in await conn.fetch(

@@ -96,6 +96,44 @@ async def put_account(conn: asyncpg.Connection, a: Account, operator: str) -> No
     )
 
 
+async def institution_account(
+    conn: asyncpg.Connection, fixmedins_code: str, *, lock: bool = False
+) -> Account | None:
+    """Reads the institution's account for its clearing amounts (psn_no: the institution's
+    code, the payee), if any."""
+    r = await conn.fetchrow(
+        "SELECT fixmedins_code AS psn_no, bank_code, bank_name, account_no, holder"
+        " FROM institution_accounts WHERE fixmedins_code = $1" + (" FOR UPDATE" if lock else ""),
+        fixmedins_code,
+    )
+    return None if r is None else Account(**{f: r[f] for f in Account.__struct_fields__})
+
+
+async def put_institution_account(conn: asyncpg.Connection, a: Account, operator: str) -> None:
+    """Writes the institution's account (new or changed); a.psn_no is its code."""
+    await conn.execute(
+        "INSERT INTO institution_accounts (fixmedins_code, bank_code, bank_name, account_no,"
+        " holder, updated_by) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (fixmedins_code) DO UPDATE"
+        " SET bank_code = $2, bank_name = $3, account_no = $4, holder = $5, updated_by = $6,"
+        " updated_at = now()",
+        a.psn_no,
+        a.bank_code,
+        a.bank_name,
+        a.account_no,
+        a.holder,
+        operator,
+    )
+
+
+async def institution_known(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
+    """Whether the reference data holds the institution."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM institutions WHERE fixmedins_code = $1)", fixmedins_code
+        )
+    )
+
+
 async def person_known(conn: asyncpg.Connection, psn_no: str) -> bool:
     """Whether the reference data holds the person."""
     return bool(
@@ -179,6 +217,23 @@ async def hold_for_cancel(
     return None
 
 
+async def gather_clearing(
+    conn: asyncpg.Connection, month: str, amounts: Sequence[tuple[str, int]]
+) -> int:
+    """Writes an owed line for each institution's clearing amount of the month (fixmedins_code,
+    fen), once per institution and month; returns how many were new."""
+    status = await conn.execute(
+        "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
+        " SELECT 'clearing', a.code || ':' || $1, a.code, a.fen"
+        " FROM unnest($2::text[], $3::bigint[]) AS a(code, fen) WHERE a.fen > 0"
+        " ON CONFLICT (source, source_ref) DO NOTHING",
+        month,
+        [code for code, _ in amounts],
+        [fen for _, fen in amounts],
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
 async def gather_deferred(conn: asyncpg.Connection) -> int:
     """Writes an owed line for every replayed deferred claim (主动报) with a reimbursement not
     recorded yet, its settlement in force; returns how many."""
@@ -200,16 +255,21 @@ async def make_batch(
     source: str | None,
     operator: str,
 ) -> tuple[int, int]:
-    """Writes a batch of the owed lines whose person has a payout account, oldest first, in one
-    statement: the lines are locked FOR UPDATE SKIP LOCKED (a batch being made elsewhere keeps
+    """Writes a batch of the owed lines whose payee has an account, oldest first, in one
+    statement (of one source, or, with none, of the patients' sources: an institution's clearing
+    amounts go in batches of their own): the lines are locked FOR UPDATE SKIP LOCKED (a batch being made elsewhere keeps
     its own), numbered into items with the account as it stands, and marked batched. Returns
     (count, total); (0, 0) and nothing written when no line is free. The lines never travel
     through the gateway: a batch of 100,000 costs the event loop nothing."""
     r = await conn.fetchrow(
         "WITH taken AS MATERIALIZED ("
         "  SELECT o.owed_id, o.psn_no, o.amount_fen, a.bank_code, a.account_no, a.holder"
-        "  FROM owed_lines o JOIN payout_accounts a USING (psn_no)"
-        "  WHERE o.status = 'owed' AND ($2::text IS NULL OR o.source = $2)"
+        "  FROM owed_lines o JOIN (SELECT psn_no AS payee, false AS institution, bank_code,"
+        "   account_no, holder FROM payout_accounts UNION ALL SELECT fixmedins_code, true,"
+        "   bank_code, account_no, holder FROM institution_accounts) a"
+        "  ON a.payee = o.psn_no AND a.institution = (o.source = 'clearing')"
+        "  WHERE o.status = 'owed'"
+        "  AND CASE WHEN $2::text IS NULL THEN o.source <> 'clearing' ELSE o.source = $2 END"
         "  ORDER BY o.owed_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED),"
         " made AS (INSERT INTO payout_batches (batch_no, status, line_count, total_fen, created_by)"
         "  SELECT $3, 'pending', count(*), sum(amount_fen), $4 FROM taken HAVING count(*) > 0"
@@ -229,14 +289,22 @@ async def make_batch(
     return (0, 0) if r is None else (int(r["line_count"]), int(r["total_fen"]))
 
 
-async def owed_without_account(conn: asyncpg.Connection) -> list[str]:
-    """Reads the persons owed something who have no payout account yet."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT o.psn_no FROM owed_lines o WHERE o.status = 'owed'"
-        " AND NOT EXISTS (SELECT 1 FROM payout_accounts a WHERE a.psn_no = o.psn_no)"
-        " ORDER BY o.psn_no"
-    )
-    return [r["psn_no"] for r in rows]
+async def owed_without_account(conn: asyncpg.Connection, source: str | None = None) -> list[str]:
+    """Reads the payees owed something who have no account yet: persons, or institutions for
+    the clearing amounts."""
+    if source == "clearing":
+        sql = (
+            "SELECT DISTINCT o.psn_no FROM owed_lines o WHERE o.status = 'owed'"
+            " AND o.source = 'clearing' AND NOT EXISTS (SELECT 1 FROM institution_accounts a"
+            " WHERE a.fixmedins_code = o.psn_no) ORDER BY o.psn_no"
+        )
+    else:
+        sql = (
+            "SELECT DISTINCT o.psn_no FROM owed_lines o WHERE o.status = 'owed'"
+            " AND o.source <> 'clearing' AND NOT EXISTS (SELECT 1 FROM payout_accounts a"
+            " WHERE a.psn_no = o.psn_no) ORDER BY o.psn_no"
+        )
+    return [r["psn_no"] for r in await conn.fetch(sql)]
 
 
 async def owed_rows(conn: asyncpg.Connection, status: str | None = None) -> list[dict[str, Any]]:

@@ -47,6 +47,10 @@ STATUS_NAMES = {
     "rejected": "已退回",
 }
 SEP = "|"
+# What is owed comes from: manual claims and replayed deferred claims (to patients), and the
+# institutions' monthly clearing amounts (to institutions, in batches of their own).
+SOURCES = {"manual": "零星报销", "deferred": "主动报", "clearing": "定点机构月结算"}
+_MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 PAYMENT_MARK = "PAY"
 RETURN_MARK = "RET"
 PAID, FAILED = "S", "F"
@@ -81,6 +85,19 @@ def _plain(value: str, what: str) -> str:
     return value
 
 
+def _account(payee: str, bank_code: str, bank_name: str, account_no: str, holder: str) -> Account:
+    account_no = account_no.replace(" ", "")
+    if not _ACCOUNT.match(account_no):
+        raise BadRequest("银行账号须为8至32位数字")
+    return Account(
+        psn_no=payee,
+        bank_code=_plain(bank_code, "开户行行号"),
+        bank_name=_plain(bank_name, "开户行名称"),
+        account_no=account_no,
+        holder=_plain(holder, "户名"),
+    )
+
+
 async def set_account(
     conn: asyncpg.Connection,
     psn_no: str,
@@ -94,18 +111,9 @@ async def set_account(
 ) -> dict[str, str] | None:
     """The person's payout account, new or changed, with an audit row (numbers masked);
     the same account again changes nothing. Returns it masked."""
-    account_no = account_no.replace(" ", "")
-    if not _ACCOUNT.match(account_no):
-        raise BadRequest("银行账号须为8至32位数字")
+    new = _account(psn_no, bank_code, bank_name, account_no, holder)
     if not reason.strip():
         raise BadRequest("变更收款账户须填写原因")
-    new = Account(
-        psn_no=psn_no,
-        bank_code=_plain(bank_code, "开户行行号"),
-        bank_name=_plain(bank_name, "开户行名称"),
-        account_no=account_no,
-        holder=_plain(holder, "户名"),
-    )
     async with conn.transaction():
         if not await store.person_known(conn, psn_no):
             raise NotFound(f"人员编号{psn_no}不存在")
@@ -125,12 +133,82 @@ async def set_account(
     return _masked(new)
 
 
+async def set_institution_account(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    *,
+    bank_code: str,
+    bank_name: str,
+    account_no: str,
+    holder: str,
+    operator: str,
+    reason: str,
+) -> dict[str, str] | None:
+    """The institution's account for its monthly clearing amounts, as `set_account` (the
+    masked answer's psn_no is the institution's code)."""
+    new = _account(fixmedins_code, bank_code, bank_name, account_no, holder)
+    if not reason.strip():
+        raise BadRequest("变更收款账户须填写原因")
+    async with conn.transaction():
+        if not await store.institution_known(conn, fixmedins_code):
+            raise NotFound(f"定点医药机构编号{fixmedins_code}未登记")
+        old = await store.institution_account(conn, fixmedins_code, lock=True)
+        if old == new:
+            return _masked(new)
+        await store.put_institution_account(conn, new, operator)
+        await audit.append(
+            conn,
+            operator=operator,
+            action="payout.institution_account",
+            target=f"institution:{fixmedins_code}",
+            reason=reason,
+            before=_masked(old),
+            after=_masked(new),
+        )
+    return _masked(new)
+
+
+async def institution_account_of(
+    conn: asyncpg.Connection, fixmedins_code: str
+) -> dict[str, str] | None:
+    """The institution's clearing account, masked."""
+    return _masked(await store.institution_account(conn, fixmedins_code))
+
+
 async def account_of(conn: asyncpg.Connection, psn_no: str) -> dict[str, str] | None:
     """The person's payout account, masked."""
     return _masked(await store.account(conn, psn_no))
 
 
 # ------------------------------------------------------------------------------------- batches
+
+
+def check_month(month: str) -> None:
+    """A 费款所属期 as yyyy-MM, or a refusal."""
+    if not _MONTH.match(month):
+        raise BadRequest(f"费款所属期“{month}”格式不正确（如2026-06）")
+
+
+async def gather_clearing(
+    conn: asyncpg.Connection, month: str, amounts: Sequence[tuple[str, int]], operator: str
+) -> int:
+    """Record as owed each institution's clearing amount of the month (its declared total from
+    the monthly clearing report: what the funds and accounts pay it), once per institution and
+    month: the report run again later does not change what was recorded. Returns how many."""
+    check_month(month)
+    async with conn.transaction():
+        n = await store.gather_clearing(conn, month, amounts)
+        if n:
+            await audit.append(
+                conn,
+                operator=operator,
+                action="payout.gather_clearing",
+                target=f"clearing:{month}",
+                reason=f"定点机构月结算拨付登记{n}家",
+                before=None,
+                after={code: fen_text(fen) for code, fen in amounts if fen > 0},
+            )
+        return n
 
 
 async def gather(conn: asyncpg.Connection) -> int:
@@ -151,13 +229,18 @@ async def create_batch(
     Lines another batch being made holds are skipped, never shared."""
     if limit is not None and limit <= 0:
         raise BadRequest("每批笔数须大于0")
-    if source not in (None, "manual", "deferred"):
-        raise BadRequest("来源只能为manual（零星报销）或deferred（主动报）")
+    if source not in (None, *SOURCES):
+        raise BadRequest(
+            "来源只能为manual（零星报销）、deferred（主动报）或clearing（定点机构月结算，单独制单）"
+        )
     async with conn.transaction():
         batch_no = await store.new_batch_no(conn, now)
         count, _ = await store.make_batch(conn, batch_no, limit, source, operator)
         if not count:
-            missing = await store.owed_without_account(conn)
+            missing = await store.owed_without_account(conn, source)
+            if source == "clearing":
+                extra = f"（{len(missing)}家机构待拨付但未登记收款账户）" if missing else ""
+                raise NotFound(f"没有可拨付的定点机构月结算款项{extra}")
             extra = f"（{len(missing)}人待付款但未登记收款账户）" if missing else ""
             raise NotFound(f"没有可支付的待付款项{extra}")
         made = await store.batch(conn, batch_no)

@@ -437,3 +437,78 @@ async def test_a_reimbursement_in_a_batch_or_paid_keeps_its_settlement(
             assert f"已由支付批次{batch.batch_no}支付给参保人" in answer["err_msg"]
             async with connect(srv.dsn) as check_conn:
                 assert await checker.check(check_conn) == []
+
+
+async def test_institutions_clearing_amounts_are_paid_in_batches_of_their_own(
+    new_database: Callable[..., Any],
+) -> None:
+    """The month's clearing amounts (the report's declared totals) owed to the institutions
+    once, kept out of the patients' batches, paid to the institutions' accounts in their own
+    batch through the same four approvals, bank file and return."""
+    today = dt.date.today()
+    month = today.strftime("%Y-%m")
+    async with running_gateway(new_database) as srv:
+        his: HisClient = srv.client(HOSPITAL)
+        pos: HisClient = srv.client(PHARMACY)
+        for n, psn_no in enumerate(("441800000000000001", "441800000000000002")):
+            mdtrt_id = await his.register(psn_no, "310", f"{today} 08:30:00", f"MZ-C-{n}")
+            await his.visit_info(mdtrt_id, psn_no, "11", f"{today} 08:30:00")
+            rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{today} 08:40:00", "B1")
+            await his.ok("2204", {"feedetail": rows})
+            data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+            await his.ok("2207", data)
+        sale = pos.drug_input("441800000000000003", f"{today} 10:00:00", DRUG_TOTAL, DRUG_LINES)
+        await pos.ok("2102", sale)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            report = await clearing.monthly(conn, month)
+            declared = {r.fixmedins_code: r.total.declared for r in report.institutions}
+            assert set(declared) == {HOSPITAL, PHARMACY} and all(declared.values())
+            db = ("--database-url", srv.dsn)
+            got = json.loads(cli("payouts", "gather-clearing", "--month", month, "--json", "--operator", "clerk1", *db).stdout)  # fmt: skip
+            assert got["recorded"] == 2
+            assert got["amounts"] == {k: fen_text(v) for k, v in declared.items()}
+            again = json.loads(cli("payouts", "gather-clearing", "--month", month, "--json", *db).stdout)  # fmt: skip
+            assert again["recorded"] == 0  # once per institution and month
+            refused = cli("payouts", "gather-clearing", "--month", "2026-13", *db, check=False)
+            assert refused.returncode == 2 and "费款所属期" in refused.stderr
+
+            # A patient's reimbursement is owed too: the patients' batch leaves the clearing out.
+            claim = await settled_claim(
+                ledger, "441800000000000004", "2026-06-04", BIG_LINES, "FP-4"
+            )
+            await _accounts(conn)
+            patients = await payouts.create_batch(conn, "maker", dt.datetime.now())
+            assert (patients.line_count, patients.total_fen) == (1, claim.reimbursement_fen)
+            missing = cli("payouts", "batch", "--source", "clearing", *db, check=False)
+            assert missing.returncode == 2 and "2家机构待拨付但未登记收款账户" in missing.stderr
+            for code, account in (
+                (HOSPITAL, "6217000000000000001"),
+                (PHARMACY, "6217000000000000002"),
+            ):
+                shown = json.loads(cli(
+                    "payouts", "account", code, "--institution", "--bank-code", "105100000001",
+                    "--bank-name", "建设银行", "--account-no", account, "--holder", f"机构{code}",
+                    "--reason", "机构申请", "--operator", "clerk1", "--json", *db,
+                ).stdout)  # fmt: skip
+                assert shown["account_no"] == account[:4] + "*" * 11 + account[-4:]
+            made = json.loads(cli("payouts", "batch", "--source", "clearing", "--operator", "maker", "--json", *db).stdout)  # fmt: skip
+            assert (made["count"], made["total"]) == (2, fen_text(sum(declared.values())))
+            batch_no = made["batch_no"]
+            await _approved(conn, batch_no)
+            _, payment = await payouts.export(conn, batch_no, "maker")
+            paid_to = {
+                r.split("|")[2]: r.split("|")[5:] for r in payment.decode().splitlines()[1:-1]
+            }
+            assert paid_to == {
+                HOSPITAL: ["6217000000000000001", fen_text(declared[HOSPITAL])],
+                PHARMACY: ["6217000000000000002", fen_text(declared[PHARMACY])],
+            }
+            done = await payouts.import_return(conn, bank_answers(payment, {}), "cashier")
+            assert (done.paid_count, done.paid_fen) == (2, sum(declared.values()))
+            assert {
+                r["source_ref"]: r["status"]
+                for r in await store.owed_rows(conn)
+                if r["source"] == "clearing"
+            } == {f"{HOSPITAL}:{month}": "paid", f"{PHARMACY}:{month}": "paid"}
+            async with connect(srv.dsn) as check_conn:
+                assert await checker.check(check_conn) == []

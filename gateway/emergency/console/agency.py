@@ -182,9 +182,12 @@ async def withdraw(request: web.Request, s: operators.Session, v: Values) -> Don
 
 
 async def set_account(request: web.Request, s: operators.Session, v: Values) -> Done:
-    psn_no = _text(v, "psn_no")
+    """A person's payout account, or (given fixmedins_code) an institution's clearing one."""
+    institution = _text(v, "fixmedins_code")
+    psn_no = institution or _text(v, "psn_no")
+    setter = payouts.set_institution_account if institution else payouts.set_account
     async with _pool(request).acquire(timeout=5.0) as conn:
-        shown = await payouts.set_account(
+        shown = await setter(
             conn,
             psn_no,
             bank_code=_text(v, "bank_code"),

@@ -353,7 +353,7 @@ def payouts(c: Chrome, overview: Mapping[str, Any]) -> str:
                 '每批笔数 <input type="text" name="limit" id="limit" placeholder="不填为全部"> '
                 '来源 <select name="source" id="source"><option value="">全部</option>'
                 '<option value="manual">零星报销</option><option value="deferred">主动报</option>'
-                '</select> <button type="submit" id="make-batch">制单</button>',
+                '<option value="clearing">定点机构月结算（单独制单）</option></select> <button type="submit" id="make-batch">制单</button>',
                 "batch-form",
             )
         )
