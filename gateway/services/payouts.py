@@ -47,6 +47,7 @@ STATUS_NAMES = {
     "rejected": "已退回",
 }
 SEP = "|"
+MAX_BATCH_LINES = 1_000_000
 # What is owed comes from: manual claims and replayed deferred claims (to patients), and the
 # institutions' monthly clearing amounts (to institutions, in batches of their own).
 SOURCES = {"manual": "零星报销", "deferred": "主动报", "clearing": "定点机构月结算"}
@@ -227,8 +228,8 @@ async def create_batch(
 ) -> Batch:
     """银行报盘 (制单): a batch of what is owed to persons with a payout account, oldest first.
     Lines another batch being made holds are skipped, never shared."""
-    if limit is not None and limit <= 0:
-        raise BadRequest("每批笔数须大于0")
+    if limit is not None and not 0 < limit <= MAX_BATCH_LINES:
+        raise BadRequest(f"每批笔数须大于0且不超过{MAX_BATCH_LINES}")
     if source not in (None, *SOURCES):
         raise BadRequest(
             "来源只能为manual（零星报销）、deferred（主动报）或clearing（定点机构月结算，单独制单）"

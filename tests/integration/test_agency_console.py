@@ -290,3 +290,53 @@ async def test_pages_show_each_role_its_steps_and_forms_need_the_token(server: S
     assert await server.fetchval("SELECT status FROM manual_claims WHERE claim_no = $1", no) == (
         "reviewed"
     )
+
+
+async def test_hostile_bodies_are_refused_in_words(server: Server) -> None:
+    """Whatever a client posts to the agency's API, the answer is a refusal in Chinese (never a
+    5xx), and nothing is written."""
+    clerk, reviewer, approver = (
+        await _login(server, "clerk1"),
+        await _login(server, "reviewer1"),
+        await _login(server, "approver1"),
+    )
+    hostile: list[Any] = [
+        {},
+        {"claim_no": 5, "claim_nos": 5, "batch_no": None, "level": "99999999999999999999"},
+        {"claim_no": "LX" + "9" * 5000, "refuse": ["x"], "reason": {"a": 1}},
+        {"feedetail": "x", "lines": 7, "claim_no": "LX1"},
+        {"feedetail": [{"feedetl_sn": "1", "pric": 1e400, "cnt": "abc", "fee_ocur_time": 3}]},
+        {
+            "cert_type": "01",
+            "cert_no": "x",
+            "fixmedins_code": HOSPITAL,
+            "med_type": "11",
+            "begntime": "2026-99-99",
+            "invoice_nos": "A,B",
+        },
+        {"limit": "99999999999999999999", "source": "all"},
+        {"limit": "-1"},
+        {"psn_no": PERSON, "account_no": "12|34", "bank_code": "", "reason": " "},
+        {"file": "H|RET|ZF1|20260101|1|1.00\nT|0|0.00|x\n"},
+        {"file": 12},
+    ]
+    before = await server.ledger_fingerprint()
+    audit_rows = await server.fetchval("SELECT count(*) FROM audit_log")
+    for group, name in (
+        ("claims", "register"), ("claims", "lines"), ("claims", "review"), ("claims", "settle"),
+        ("claims", "batch-review"), ("claims", "withdraw"), ("payouts", "account"),
+        ("payouts", "batch"), ("payouts", "approve"), ("payouts", "export"), ("payouts", "return"),
+    ):  # fmt: skip
+        token = {"review": reviewer, "batch-review": reviewer, "approve": approver}.get(name, clerk)
+        for doc in hostile:
+            status, body = await _post(server, f"/api/console/{group}/{name}", token, doc)
+            assert 400 <= status < 500, (name, doc, status, body)
+            assert isinstance(body, dict) and body["error"], (name, doc, body)
+    async with server.session.post(
+        server.url + "/api/console/claims/register",
+        data=b"[1, 2",
+        headers={"Authorization": f"Bearer {clerk}", "Content-Type": "application/json"},
+    ) as r:
+        assert r.status == 400 and "JSON" in (await r.json())["error"]
+    assert await server.ledger_fingerprint() == before
+    assert await server.fetchval("SELECT count(*) FROM audit_log") == audit_rows

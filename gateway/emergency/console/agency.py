@@ -524,6 +524,8 @@ async def claim_print(request: web.Request) -> web.Response:
         async with _pool(request).acquire(timeout=5.0) as conn:
             form = await claim_form.gather(conn, request.match_info["claim_no"])
         html = claim_form.to_html(form)
+    except NotFound as exc:
+        raise web.HTTPNotFound(text=exc.err_msg) from None
     except GatewayError as exc:
         raise web.HTTPConflict(text=exc.err_msg) from None
     return web.Response(text=html, content_type="text/html")
