@@ -334,9 +334,10 @@ async def totals(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
 
 
 async def oldest_owed(conn: asyncpg.Connection) -> dt.datetime | None:
-    """Reads when the oldest line still owed (not paid) was recorded."""
+    """Reads when the oldest patient's line still owed (not paid) was recorded (the ageing
+    alert is about claims; institutions' clearing amounts have their own calendar)."""
     at: dt.datetime | None = await conn.fetchval(
-        "SELECT min(created_at) FROM owed_lines WHERE status <> 'paid'"
+        "SELECT min(created_at) FROM owed_lines WHERE status <> 'paid' AND source <> 'clearing'"
     )
     return at
 

@@ -178,6 +178,10 @@ def _drive(url: str, downloads: Path) -> dict[str, Any]:
             desk.log_in(login)
             desk.open(f"/console/payouts/{batch_no}")
             seen["approvals"].append(desk.press("approve"))
+            if login == APPROVERS[0]:
+                # The page offers the next level to any approver: the service refuses the one
+                # who approved the level before, and the page says why.
+                seen["twice"] = desk.press("approve")
 
         desk.log_in("clerk1")
         desk.open(f"/console/payouts/{batch_no}")
@@ -227,6 +231,7 @@ async def test_agency_console_in_headless_chromium(
         assert seen["account"] == f"message:{PERSON}的收款账户已登记为6222***********0011"
         assert seen["made"] == f"message:支付批次{batch_no}已制单：1笔，{owed}元"
         assert not seen["clerk_may_approve"]
+        assert seen["twice"] == ("error:approver1已办理本批次的初审，同一人不能再审批其他级别")
         assert seen["approvals"] == [
             f"message:支付批次{batch_no}{step}通过"
             for step in ("初审", "一级复核", "二级复核", "三级复核")

@@ -186,8 +186,8 @@ def claim(c: Chrome, v: dict[str, Any]) -> str:
         ("证件号码", v["certno"]),
         ("就诊机构", f"{v['fixmedins_name']}（{v['fixmedins_code']}）"),
         ("医疗类别", v["med_type"]),
-        ("就诊（入院）时间", v["begntime"]),
-        ("出院时间", v["endtime"] or ""),
+        ("就诊（入院）时间", str(v["begntime"]).replace("T", " ")),
+        ("出院时间", str(v["endtime"] or "").replace("T", " ")),
         ("发票号", "、".join(v["invoice_nos"])),
         ("使用个人账户", "是" if v["acct_used"] else "否"),
         (
