@@ -4,6 +4,10 @@ Operators log in (role viewer or operator); only operators change anything, ever
 a reason and lands in the hash-chained audit log, and takes effect in every process within 2 s
 (this process at once, the others by the Redis announcement or their poll).
 
+The agency's pages and API (manual claims and payouts, gateway.emergency.console.agency) are for
+the roles clerk, reviewer and approver: each API route names the roles that may use it
+(`ApiRoute.roles`), and its steps are the agency's services, audited there.
+
 Log-ins are throttled (gateway.emergency.operators); the locks are listed on the page and at
 `/api/console/lockouts`, and operators clear them there. Every change comes from the console's own
 origin: forms carry the session's CSRF token, API calls are JSON and, when the session came from

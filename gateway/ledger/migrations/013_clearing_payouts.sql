@@ -17,3 +17,7 @@ CREATE TABLE institution_accounts (
     updated_by     text NOT NULL,
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
+
+-- Every settlement cancellation asks whether it is a replayed deferred claim's whose
+-- reimbursement is owed (gateway.ledger.payouts.hold_for_cancel): by setl_id, indexed.
+CREATE INDEX deferred_setl_id ON deferred (setl_id) WHERE setl_id IS NOT NULL;
