@@ -4,8 +4,9 @@ Found from outside (a black-box pass): a replayed 主动报 claim's settlement c
 (or 2601 of the claim's msgid) left its reimbursement owed, and paid, while the counter settled
 the same lines again for the institution — the fund paid that share twice; and the treating
 hospital could cancel the agency's manual-claim settlement and settle the lines for itself.
-Now: cancelled while only owed, the reimbursement is void (never batched); once batched or
-paid, the cancellation and the reversal are refused; a manual claim's settlement cannot be
+Now: cancelled while only owed, the owed line is withdrawn (never batched, gathered again only if
+the cancellation is itself reversed); once batched or paid, the cancellation and the reversal
+are refused; a manual claim's settlement cannot be
 cancelled or reversed by an institution; bulk corrections leave both alone."""
 
 from __future__ import annotations
@@ -56,19 +57,21 @@ async def test_a_replayed_claims_reimbursement_follows_its_settlement(
             await _accounts(conn)
             assert await payouts.gather(conn) == 2
 
-            # Only owed: the counter may cancel; the reimbursement is void, never batched.
+            # Only owed: the counter may cancel; the owed line is withdrawn, never batched.
             await his.ok("2208", _cancel(first))
-            status = await conn.fetchval(
-                "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+                )
+                == 0
             )
-            assert status == "void"
             batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
             assert (batch.line_count, batch.total_fen) == (1, second["reimbursement_fen"])
 
             # Batched: refused, by 2208 and by 2601 of the claim's own msgid; nothing changes.
             refused = await his.call("2208", _cancel(second))
             assert refused["infcode"] == -1
-            assert "报销款已进入支付批次或已支付，不能撤销" in refused["err_msg"]
+            assert f"的报销款已纳入支付批次{batch.batch_no}，不能撤销或重结算" in refused["err_msg"]
             reversal = {
                 "data": {"psn_no": second["psn_no"], "omsgid": second["msgid"], "oinfno": "2207"}
             }
@@ -101,9 +104,9 @@ async def test_a_cancelled_claim_before_gathering_is_never_owed(
             assert await payouts.gather(conn) == 1  # the other claim only
             assert (
                 await conn.fetchval(
-                    "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+                    "SELECT count(*) FROM owed_lines WHERE source_ref = $1", first["claim_id"]
                 )
-                == "void"
+                == 0
             )
             assert await checker.check(conn) == []
 
@@ -124,7 +127,7 @@ async def test_an_institution_cannot_undo_a_manual_claims_settlement(
         refused = await his.call("2208", _cancel(row))
         assert refused["infcode"] == -1
         assert (
-            f"零星报销结算（受理号{claim.claim_no}），不能由定点医药机构撤销或冲正"
+            f"是零星报销{claim.claim_no}的结算（报销款由经办机构支付给参保人），不能撤销或重结算"
             in refused["err_msg"]
         )
         reversal = {
