@@ -260,7 +260,10 @@ async def test_postgresql_restart_under_load(tmp_path: Path) -> None:
 
             async def restart() -> None:
                 nonlocal server
-                await asyncio.sleep(0.2)
+                # In the middle of the selling: after the first sales are acknowledged, however
+                # long a busy machine takes to answer them.
+                while len(load.acknowledged) < 5:
+                    await asyncio.sleep(0.01)
                 await asyncio.to_thread(server.cleanup)  # pg_ctl stop: every connection ends
                 sold_before_restart.append(len(load.acknowledged))
                 await asyncio.sleep(1.0)  # down for a second
