@@ -17,13 +17,11 @@ from adapters.national.wire import (
     required,
     when_required,
 )
-from gateway.core import eligibility
 from gateway.emergency.plan.rules import TxClass
-from gateway.ledger import encounters, fees, persons, settlements
-from gateway.protocol.errors import BadRequest, Conflict, NotFound, RuleRejected
+from gateway.protocol.errors import BadRequest
+from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Undo, register
-
-INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
+from gateway.services import encounters, fee_uploads
 
 
 @register(
@@ -47,40 +45,27 @@ async def admit(call: Call) -> Answer:
     psn_no = required(info.psn_no, "mdtrtinfo.psn_no")
     insutype = required(info.insutype, "mdtrtinfo.insutype")
     begntime = when_required(info.begntime, "mdtrtinfo.begntime")
+    # Checked where it is read: a request wrong in more than one way names the same fault.
     call.gw.config.dates.check(
         "入院时间begntime", begntime, admdvs=call.institution.admdvs, now=call.now
     )
-    med_type = required(info.med_type, "mdtrtinfo.med_type")
-    ipt_no = required(info.ipt_no, "mdtrtinfo.ipt_no")
-    cert = certificate(info.mdtrt_cert_type, info.mdtrt_cert_no, "mdtrtinfo")
-    if med_type not in INPATIENT_MED_TYPES:
-        raise RuleRejected(f"医疗类别{med_type}不是住院类别")
-    person, _ = await persons.read(call.conn, psn_no)
-    persons.require_certificate(person, cert)
-    selfpay = call.mode is Mode.SELFPAY
-    if not selfpay:  # a self-pay admission is checked when it is converted (自费转医保)
-        persons.require_insured(person)
-    eligibility.require_insutype(insutype, person.insutype)
-    mdtrt_id = await encounters.new_mdtrt_id(call.conn, call.institution.admdvs, call.now)
-    await encounters.create(
-        call.conn,
-        selfpay=selfpay,
-        mdtrt_id=mdtrt_id,
-        fixmedins_code=call.req.fixmedins_code,
+    a = encounters.Admission(
         psn_no=psn_no,
         insutype=insutype,
-        kind=Kind.INPATIENT,
-        med_type=med_type,
         begntime=begntime,
-        ipt_otp_no=ipt_no,
-        insuplc_admdvs=person.insuplc_admdvs,
-        msgid=call.req.msgid,
+        med_type=required(info.med_type, "mdtrtinfo.med_type"),
+        ipt_no=required(info.ipt_no, "mdtrtinfo.ipt_no"),
+        cert=certificate(info.mdtrt_cert_type, info.mdtrt_cert_no, "mdtrtinfo"),
         dise_codg=text(info.dise_codg),
         dise_name=text(info.dise_name),
-        detail={
+        stored={
             "mdtrtinfo": msgspec.to_builtins(info),
             "diseinfo": msgspec.to_builtins(node.diseinfo),
         },
+    )
+    selfpay = call.mode is Mode.SELFPAY
+    mdtrt_id = await encounters.admit(
+        call.conn, Origin.of(call.req), call.institution.admdvs, call.now, a, selfpay=selfpay
     )
     if selfpay:
         return Answer(
@@ -102,40 +87,31 @@ async def discharge(call: Call) -> Answer:
     info = decode_input(call.req, In2402).dscginfo
     if info is None:
         raise BadRequest("缺少输入节点dscginfo")
-    mdtrt_id = required(info.mdtrt_id, "dscginfo.mdtrt_id")
-    psn_no = required(info.psn_no, "dscginfo.psn_no")
-    endtime = when_required(info.endtime, "dscginfo.endtime")
-    call.gw.config.dates.check(
-        "出院时间endtime", endtime, admdvs=call.institution.admdvs, now=call.now
+    a = encounters.Discharge(
+        mdtrt_id=required(info.mdtrt_id, "dscginfo.mdtrt_id"),
+        psn_no=required(info.psn_no, "dscginfo.psn_no"),
+        endtime=when_required(info.endtime, "dscginfo.endtime"),
     )
-    enc = await _admission(call, mdtrt_id, psn_no)
-    if enc.status != "open":
-        raise Conflict(f"就诊ID{mdtrt_id}当前状态不能办理出院（{_STATUS[enc.status]}）")
-    if endtime < enc.begntime:
-        raise RuleRejected(
-            f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于入院时间"
-            f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对日期"
-        )
-    last_fee = await fees.latest_fee_time(call.conn, mdtrt_id)
-    if last_fee is not None and last_fee.date() > endtime.date():
-        raise RuleRejected(
-            f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于已上传费用明细的发生时间"
-            f"{last_fee:%Y-%m-%d %H:%M:%S}，请核对出院时间或先撤销该费用明细（2302）"
-        )
-    await encounters.update(call.conn, mdtrt_id, status="discharged", endtime=endtime)
+    await encounters.discharge(
+        call.conn,
+        call.req.fixmedins_code,
+        call.gw.config.dates,
+        call.institution.admdvs,
+        call.now,
+        a,
+    )
     return Answer({})
 
 
-_STATUS = {"open": "在院", "discharged": "已出院", "cancelled": "已撤销"}
-
-
-async def _admission(call: Call, mdtrt_id: str, psn_no: str) -> encounters.Encounter:
-    enc = await encounters.get(
-        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
+def _visit_ref(call: Call) -> encounters.VisitRef:
+    """The stay a 2404/2405 names."""
+    data = decode_input(call.req, In2202).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    return encounters.VisitRef(
+        mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
+        psn_no=required(data.psn_no, "data.psn_no"),
     )
-    if enc.kind != "inpatient":
-        raise RuleRejected(f"就诊ID{mdtrt_id}不是住院就诊")
-    return enc
 
 
 @register(
@@ -147,18 +123,7 @@ async def _admission(call: Call, mdtrt_id: str, psn_no: str) -> encounters.Encou
     deferral=Deferral.CALL,
 )
 async def cancel_admission(call: Call) -> Answer:
-    data = decode_input(call.req, In2202).data
-    if data is None:
-        raise BadRequest("缺少输入节点data")
-    mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
-    enc = await _admission(call, mdtrt_id, required(data.psn_no, "data.psn_no"))
-    if enc.status != "open":
-        raise Conflict(f"就诊ID{mdtrt_id}当前状态不能撤销入院（{_STATUS[enc.status]}）")
-    if await encounters.settled_count(call.conn, mdtrt_id):
-        raise Conflict("该住院存在未撤销的结算，请先撤销结算（2305）")
-    if await fees.has_lines(call.conn, mdtrt_id):
-        raise Conflict("该住院存在已上传的费用明细，请先撤销费用明细（2302）")
-    await encounters.update(call.conn, mdtrt_id, status="cancelled")
+    await encounters.cancel_admission(call.conn, call.req.fixmedins_code, _visit_ref(call))
     return Answer({})
 
 
@@ -171,16 +136,7 @@ async def cancel_admission(call: Call) -> Answer:
     deferral=Deferral.CALL,
 )
 async def cancel_discharge(call: Call) -> Answer:
-    data = decode_input(call.req, In2202).data
-    if data is None:
-        raise BadRequest("缺少输入节点data")
-    mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
-    enc = await _admission(call, mdtrt_id, required(data.psn_no, "data.psn_no"))
-    if enc.status != "discharged":
-        raise Conflict(f"就诊ID{mdtrt_id}未办理出院，不能撤销出院")
-    if await settlements.has_final(call.conn, mdtrt_id):
-        raise Conflict("该住院已出院结算，请先撤销结算（2305）再撤销出院")
-    await encounters.update(call.conn, mdtrt_id, status="open", endtime=None)
+    await encounters.cancel_discharge(call.conn, call.req.fixmedins_code, _visit_ref(call))
     return Answer({})
 
 
@@ -210,35 +166,17 @@ async def cancel_fees(call: Call) -> Answer:
     refs = as_list(decode_input(call.req, In2302).data)
     if not refs:
         raise BadRequest("缺少输入节点data")
-    removed = 0
-    touched: set[str] = set()
-    for ref in refs:
-        mdtrt_id = required(ref.mdtrt_id, "data.mdtrt_id")
-        sn = required(ref.feedetl_sn, "data.feedetl_sn")
-        await _admission(call, mdtrt_id, required(ref.psn_no, "data.psn_no"))
-        touched.add(mdtrt_id)
-        n = await fees.delete_unsettled(call.conn, mdtrt_id, feedetl_sn=sn)
-        if not n and sn != fees.ALL:
-            raise NotFound(f"费用明细流水号{sn}不存在或已结算，不能撤销")
-        removed += n
-    if not removed:
-        raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
-    for mdtrt_id in sorted(touched):
-        await _no_orphan_refunds(call, mdtrt_id)
-    return Answer({})
-
-
-async def _no_orphan_refunds(call: Call, mdtrt_id: str) -> None:
-    """A refund never stands without the charge it takes back (uploads.py): a charge is
-    withdrawn with its refund lines, or after them (checked once the whole request is applied,
-    so one 2302 may list the charge before its refunds)."""
-    orphan = await fees.orphan_refund(call.conn, mdtrt_id)
-    if orphan is not None:
-        refund_sn, charge_sn = orphan
-        raise Conflict(
-            f"费用流水号{charge_sn}有退费明细{refund_sn}，"
-            "请先撤销退费明细（或一并撤销）后再撤销原收费明细"
+    # Each row read when the withdrawal reaches it: the first fault in row order is named.
+    rows = (
+        fee_uploads.LineWithdrawal(
+            mdtrt_id=required(ref.mdtrt_id, "data.mdtrt_id"),
+            feedetl_sn=required(ref.feedetl_sn, "data.feedetl_sn"),
+            psn_no=required(ref.psn_no, "data.psn_no"),
         )
+        for ref in refs
+    )
+    await fee_uploads.withdraw_lines(call.conn, call.req.fixmedins_code, rows)
+    return Answer({})
 
 
 @register(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from adapters.his import settling, uploads
@@ -19,11 +17,11 @@ from adapters.national.wire import (
     when,
     when_required,
 )
-from gateway.core import eligibility
 from gateway.emergency.plan.rules import TxClass
-from gateway.ledger import encounters, fees, persons
-from gateway.protocol.errors import BadRequest, Conflict, NotFound, RuleRejected
+from gateway.protocol.errors import BadRequest
+from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Undo, register
+from gateway.services import encounters, fee_uploads
 
 
 @register(
@@ -45,31 +43,22 @@ async def register_visit(call: Call) -> Answer:
     psn_no = required(data.psn_no, "data.psn_no")
     insutype = required(data.insutype, "data.insutype")
     begntime = when_required(data.begntime, "data.begntime")
+    # Checked where it is read: a request wrong in more than one way names the same fault.
     call.gw.config.dates.check(
         "挂号时间begntime", begntime, admdvs=call.institution.admdvs, now=call.now
     )
-    ipt_otp_no = required(data.ipt_otp_no, "data.ipt_otp_no")
-    cert = certificate(data.mdtrt_cert_type, data.mdtrt_cert_no, "data")
-    person, _ = await persons.read(call.conn, psn_no)
-    persons.require_certificate(person, cert)
-    persons.require_insured(person)
-    eligibility.require_insutype(insutype, person.insutype)
-    mdtrt_id = await encounters.new_mdtrt_id(call.conn, call.institution.admdvs, call.now)
-    await encounters.create(
-        call.conn,
-        mdtrt_id=mdtrt_id,
-        fixmedins_code=call.req.fixmedins_code,
+    a = encounters.Registration(
         psn_no=psn_no,
         insutype=insutype,
-        kind=Kind.OUTPATIENT,
-        med_type="11",
         begntime=begntime,
-        ipt_otp_no=ipt_otp_no,
-        insuplc_admdvs=person.insuplc_admdvs,
-        msgid=call.req.msgid,
-        detail={"registration": msgspec.to_builtins(data)},
+        ipt_otp_no=required(data.ipt_otp_no, "data.ipt_otp_no"),
+        cert=certificate(data.mdtrt_cert_type, data.mdtrt_cert_no, "data"),
+        stored=msgspec.to_builtins(data),
     )
-    return Answer({"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": ipt_otp_no}})
+    mdtrt_id = await encounters.register(
+        call.conn, Origin.of(call.req), call.institution.admdvs, call.now, a
+    )
+    return Answer({"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": a.ipt_otp_no}})
 
 
 @register(
@@ -84,23 +73,12 @@ async def cancel_registration(call: Call) -> Answer:
     data = decode_input(call.req, In2202).data
     if data is None:
         raise BadRequest("缺少输入节点data")
-    mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
-    psn_no = required(data.psn_no, "data.psn_no")
-    enc = await encounters.get(
-        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
+    a = encounters.VisitRef(
+        mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
+        psn_no=required(data.psn_no, "data.psn_no"),
+        ipt_otp_no=text(data.ipt_otp_no),
     )
-    if enc.kind != "outpatient":
-        raise RuleRejected(f"就诊ID{mdtrt_id}不是门诊就诊")
-    ipt_otp_no = text(data.ipt_otp_no)
-    if ipt_otp_no and ipt_otp_no != enc.ipt_otp_no:
-        raise Conflict(f"门诊号{ipt_otp_no}与就诊ID{mdtrt_id}不对应")
-    if enc.status == "cancelled":
-        raise Conflict(f"就诊ID{mdtrt_id}已撤销，不能重复撤销")
-    if await encounters.settled_count(call.conn, mdtrt_id):
-        raise Conflict("该就诊存在未撤销的结算，请先撤销结算（2208）")
-    if await fees.has_lines(call.conn, mdtrt_id):
-        raise Conflict("该就诊存在已上传的费用明细，请先撤销费用明细（2205）")
-    await encounters.update(call.conn, mdtrt_id, status="cancelled")
+    await encounters.cancel_registration(call.conn, call.req.fixmedins_code, a)
     return Answer({})
 
 
@@ -113,29 +91,18 @@ async def _visit_info(call: Call) -> Answer:
     psn_no = required(info.psn_no, "mdtrtinfo.psn_no")
     med_type = required(info.med_type, "mdtrtinfo.med_type")
     when(info.begntime, "mdtrtinfo.begntime")
-    category = eligibility.category_for("outpatient", med_type, mdtrt_id)
-    enc = await encounters.get(
-        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
-    )
-    if enc.kind != "outpatient":
-        raise RuleRejected(f"就诊ID{mdtrt_id}不是门诊就诊")
-    encounters.require_open(enc)
-    dise_codg = text(info.dise_codg)
-    if category is eligibility.CHRONIC:
-        person, _ = await persons.read(call.conn, psn_no)
-        eligibility.require_chronic_filing(person, dise_codg)
-    detail: dict[str, Any] = {
-        "mdtrtinfo": msgspec.to_builtins(info),
-        "diseinfo": msgspec.to_builtins(node.diseinfo),
-    }
-    await encounters.update(
-        call.conn,
-        mdtrt_id,
+    a = encounters.VisitInfo(
+        mdtrt_id=mdtrt_id,
+        psn_no=psn_no,
         med_type=med_type,
-        dise_codg=dise_codg,
+        dise_codg=text(info.dise_codg),
         dise_name=text(info.dise_name),
-        detail=detail,
+        stored={
+            "mdtrtinfo": msgspec.to_builtins(info),
+            "diseinfo": msgspec.to_builtins(node.diseinfo),
+        },
     )
+    await encounters.visit_info(call.conn, call.req.fixmedins_code, a)
     return Answer({})
 
 
@@ -175,17 +142,12 @@ async def cancel_fees(call: Call) -> Answer:
     data = decode_input(call.req, In2205).data
     if data is None:
         raise BadRequest("缺少输入节点data")
-    mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
-    chrg_bchno = required(data.chrg_bchno, "data.chrg_bchno")
-    psn_no = required(data.psn_no, "data.psn_no")
-    enc = await encounters.get(
-        call.conn, mdtrt_id, call.req.fixmedins_code, psn_no=psn_no, lock=True
+    a = fee_uploads.BatchWithdrawal(
+        mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
+        chrg_bchno=required(data.chrg_bchno, "data.chrg_bchno"),
+        psn_no=required(data.psn_no, "data.psn_no"),
     )
-    if enc.kind != "outpatient":
-        raise RuleRejected(f"就诊ID{mdtrt_id}不是门诊就诊")
-    removed = await fees.delete_unsettled(call.conn, mdtrt_id, chrg_bchno=chrg_bchno)
-    if not removed:
-        raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
+    await fee_uploads.withdraw_batch(call.conn, call.req.fixmedins_code, a)
     return Answer({})
 
 

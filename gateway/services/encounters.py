@@ -1,0 +1,245 @@
+"""A visit's life before and after its settlements: outpatient registration (2201) and its
+cancellation (2202), the visit's information (2203), admission (2401), discharge (2402) and
+their cancellations (2404, 2405).
+
+Each function works on a request as the rules read it (the HIS adapter decodes the national
+shapes into one and encodes the answer), reads the visit and the person through the ledger and
+applies the rules of `gateway.core.eligibility`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.core import eligibility
+from gateway.core.dates import DateRules
+from gateway.ledger import encounters, fees, persons, settlements
+from gateway.protocol.errors import Conflict, RuleRejected
+from gateway.protocol.origin import Origin
+from gateway.protocol.transaction import Kind
+
+INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
+# What a visit's status is called to the clerk.
+_STATUS = {"open": "在院", "discharged": "已出院", "cancelled": "已撤销"}
+
+
+class Registration(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2201 (its dates already checked where they were read)."""
+
+    psn_no: str
+    insutype: str
+    begntime: dt.datetime
+    ipt_otp_no: str
+    cert: persons.Certificate
+    stored: dict[str, Any]  # what the visit keeps of the request
+
+
+class Admission(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2401 (its dates already checked where they were read)."""
+
+    psn_no: str
+    insutype: str
+    begntime: dt.datetime
+    med_type: str
+    ipt_no: str
+    cert: persons.Certificate
+    dise_codg: str
+    dise_name: str
+    stored: dict[str, Any]
+
+
+class VisitRef(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """The visit a 2202/2404/2405 names; ipt_otp_no "" where none was sent (or none is read)."""
+
+    mdtrt_id: str
+    psn_no: str
+    ipt_otp_no: str = ""
+
+
+class VisitInfo(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2203."""
+
+    mdtrt_id: str
+    psn_no: str
+    med_type: str
+    dise_codg: str
+    dise_name: str
+    stored: dict[str, Any]
+
+
+class Discharge(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2402."""
+
+    mdtrt_id: str
+    psn_no: str
+    endtime: dt.datetime
+
+
+async def register(
+    conn: asyncpg.Connection, origin: Origin, admdvs: str, now: dt.datetime, a: Registration
+) -> str:
+    """2201: open an outpatient visit for the insured person the certificate identifies;
+    its 就诊ID."""
+    person, _ = await persons.read(conn, a.psn_no)
+    persons.require_certificate(person, a.cert)
+    persons.require_insured(person)
+    eligibility.require_insutype(a.insutype, person.insutype)
+    mdtrt_id = await encounters.new_mdtrt_id(conn, admdvs, now)
+    await encounters.create(
+        conn,
+        mdtrt_id=mdtrt_id,
+        fixmedins_code=origin.fixmedins_code,
+        psn_no=a.psn_no,
+        insutype=a.insutype,
+        kind=Kind.OUTPATIENT,
+        med_type="11",
+        begntime=a.begntime,
+        ipt_otp_no=a.ipt_otp_no,
+        insuplc_admdvs=person.insuplc_admdvs,
+        msgid=origin.msgid,
+        detail={"registration": a.stored},
+    )
+    return mdtrt_id
+
+
+async def cancel_registration(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:
+    """2202: cancel an outpatient visit with nothing settled or uploaded on it."""
+    enc = await _visit(conn, fixmedins_code, a, Kind.OUTPATIENT)
+    if a.ipt_otp_no and a.ipt_otp_no != enc.ipt_otp_no:
+        raise Conflict(f"门诊号{a.ipt_otp_no}与就诊ID{a.mdtrt_id}不对应")
+    if enc.status == "cancelled":
+        raise Conflict(f"就诊ID{a.mdtrt_id}已撤销，不能重复撤销")
+    if await encounters.settled_count(conn, a.mdtrt_id):
+        raise Conflict("该就诊存在未撤销的结算，请先撤销结算（2208）")
+    if await fees.has_lines(conn, a.mdtrt_id):
+        raise Conflict("该就诊存在已上传的费用明细，请先撤销费用明细（2205）")
+    await encounters.update(conn, a.mdtrt_id, status="cancelled")
+
+
+async def visit_info(conn: asyncpg.Connection, fixmedins_code: str, a: VisitInfo) -> None:
+    """2203: the outpatient visit's med_type and diagnosis; a chronic-disease visit only for a
+    person filed for that disease."""
+    category = eligibility.category_for("outpatient", a.med_type, a.mdtrt_id)
+    enc = await _visit(
+        conn, fixmedins_code, VisitRef(mdtrt_id=a.mdtrt_id, psn_no=a.psn_no), Kind.OUTPATIENT
+    )
+    encounters.require_open(enc)
+    if category is eligibility.CHRONIC:
+        person, _ = await persons.read(conn, a.psn_no)
+        eligibility.require_chronic_filing(person, a.dise_codg)
+    await encounters.update(
+        conn,
+        a.mdtrt_id,
+        med_type=a.med_type,
+        dise_codg=a.dise_codg,
+        dise_name=a.dise_name,
+        detail=a.stored,
+    )
+
+
+async def admit(
+    conn: asyncpg.Connection,
+    origin: Origin,
+    admdvs: str,
+    now: dt.datetime,
+    a: Admission,
+    *,
+    selfpay: bool,
+) -> str:
+    """2401: open a stay; `selfpay` (the emergency plan's 自费入院) opens it uninsured, its
+    insurance checked when it is converted (自费转医保). Its 就诊ID."""
+    if a.med_type not in INPATIENT_MED_TYPES:
+        raise RuleRejected(f"医疗类别{a.med_type}不是住院类别")
+    person, _ = await persons.read(conn, a.psn_no)
+    persons.require_certificate(person, a.cert)
+    if not selfpay:
+        persons.require_insured(person)
+    eligibility.require_insutype(a.insutype, person.insutype)
+    mdtrt_id = await encounters.new_mdtrt_id(conn, admdvs, now)
+    await encounters.create(
+        conn,
+        selfpay=selfpay,
+        mdtrt_id=mdtrt_id,
+        fixmedins_code=origin.fixmedins_code,
+        psn_no=a.psn_no,
+        insutype=a.insutype,
+        kind=Kind.INPATIENT,
+        med_type=a.med_type,
+        begntime=a.begntime,
+        ipt_otp_no=a.ipt_no,
+        insuplc_admdvs=person.insuplc_admdvs,
+        msgid=origin.msgid,
+        dise_codg=a.dise_codg,
+        dise_name=a.dise_name,
+        detail=a.stored,
+    )
+    return mdtrt_id
+
+
+async def discharge(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    dates: DateRules,
+    admdvs: str,
+    now: dt.datetime,
+    a: Discharge,
+) -> None:
+    """2402: close a stay at endtime, within the date bounds, not before its admission nor its
+    last charge."""
+    dates.check("出院时间endtime", a.endtime, admdvs=admdvs, now=now)
+    enc = await _visit(
+        conn, fixmedins_code, VisitRef(mdtrt_id=a.mdtrt_id, psn_no=a.psn_no), Kind.INPATIENT
+    )
+    if enc.status != "open":
+        raise Conflict(f"就诊ID{a.mdtrt_id}当前状态不能办理出院（{_STATUS[enc.status]}）")
+    endtime = a.endtime
+    if endtime < enc.begntime:
+        raise RuleRejected(
+            f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于入院时间"
+            f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对日期"
+        )
+    last_fee = await fees.latest_fee_time(conn, a.mdtrt_id)
+    if last_fee is not None and last_fee.date() > endtime.date():
+        raise RuleRejected(
+            f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于已上传费用明细的发生时间"
+            f"{last_fee:%Y-%m-%d %H:%M:%S}，请核对出院时间或先撤销该费用明细（2302）"
+        )
+    await encounters.update(conn, a.mdtrt_id, status="discharged", endtime=endtime)
+
+
+async def cancel_admission(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:
+    """2404: cancel a stay still open with nothing settled or uploaded on it."""
+    enc = await _visit(conn, fixmedins_code, a, Kind.INPATIENT)
+    if enc.status != "open":
+        raise Conflict(f"就诊ID{a.mdtrt_id}当前状态不能撤销入院（{_STATUS[enc.status]}）")
+    if await encounters.settled_count(conn, a.mdtrt_id):
+        raise Conflict("该住院存在未撤销的结算，请先撤销结算（2305）")
+    if await fees.has_lines(conn, a.mdtrt_id):
+        raise Conflict("该住院存在已上传的费用明细，请先撤销费用明细（2302）")
+    await encounters.update(conn, a.mdtrt_id, status="cancelled")
+
+
+async def cancel_discharge(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:
+    """2405: reopen a discharged stay whose closing settlement is not standing."""
+    enc = await _visit(conn, fixmedins_code, a, Kind.INPATIENT)
+    if enc.status != "discharged":
+        raise Conflict(f"就诊ID{a.mdtrt_id}未办理出院，不能撤销出院")
+    if await settlements.has_final(conn, a.mdtrt_id):
+        raise Conflict("该住院已出院结算，请先撤销结算（2305）再撤销出院")
+    await encounters.update(conn, a.mdtrt_id, status="open", endtime=None)
+
+
+async def _visit(
+    conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef, kind: Kind
+) -> encounters.Encounter:
+    """The institution's visit of this person and kind, locked."""
+    enc = await encounters.get(conn, a.mdtrt_id, fixmedins_code, psn_no=a.psn_no, lock=True)
+    if enc.kind != kind:
+        raise RuleRejected(
+            f"就诊ID{a.mdtrt_id}不是{'门诊' if kind is Kind.OUTPATIENT else '住院'}就诊"
+        )
+    return enc

@@ -1,0 +1,256 @@
+"""A visit's fee lines (费用明细): their upload (2204 outpatient, 2301 inpatient, with refund
+lines) and their withdrawal before settlement (2205 by batch, 2302 by line).
+
+An upload is taken whole or not at all, and answered with each line's split as the settlement
+would make it now (`gateway.core.settle.split_lines`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+import msgspec
+
+from gateway.core.catalog import Snapshot
+from gateway.core.dates import DateRules, within_visit
+from gateway.core.model import LineSplit, Visit
+from gateway.core.money import cnt_text, fen_text, micro_text
+from gateway.core.settle import split_lines
+from gateway.ledger import encounters, fees
+from gateway.ledger.fees import ALL as ALL
+from gateway.ledger.fees import StoredLine as StoredLine
+from gateway.protocol.errors import BadRequest, Conflict, LineRejected, NotFound, RuleRejected
+from gateway.protocol.origin import Origin
+from gateway.protocol.transaction import Kind
+
+MAX_LINES = 5000  # one upload; larger bills are uploaded in several calls, as HIS do
+
+
+class FeeUpload(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2204/2301: its lines as read, in request order."""
+
+    kind: Kind
+    feedetail: tuple[StoredLine, ...]
+
+
+class BatchWithdrawal(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2205: an outpatient visit's unsettled lines of one batch (chrg_bchno ALL: every one)."""
+
+    mdtrt_id: str
+    chrg_bchno: str
+    psn_no: str
+
+
+class LineWithdrawal(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """One row of a 2302: an unsettled line of a stay (feedetl_sn ALL: every one)."""
+
+    mdtrt_id: str
+    feedetl_sn: str
+    psn_no: str
+
+
+async def upload(
+    conn: asyncpg.Connection,
+    origin: Origin,
+    snapshot: Snapshot,
+    dates: DateRules,
+    max_unsettled_lines: int,
+    admdvs: str,
+    now: dt.datetime,
+    a: FeeUpload,
+) -> tuple[LineSplit, ...]:
+    """Check every line, store them all or none; each line's split, in request order."""
+    kind, lines = a.kind, a.feedetail
+    mdtrt_ids = {ln.mdtrt_id for ln in lines}
+    if len(mdtrt_ids) != 1:
+        raise BadRequest("一次上传的费用明细必须属于同一就诊ID")
+    seen: set[str] = set()
+    for ln in lines:
+        if ln.feedetl_sn in seen:
+            raise LineRejected(ln.feedetl_sn, "同一报文中费用明细流水号重复")
+        seen.add(ln.feedetl_sn)
+        if ln.cnt == 0:
+            raise LineRejected(ln.feedetl_sn, "数量不能为0")
+        if ln.cnt < 0 and kind != "inpatient":
+            raise LineRejected(ln.feedetl_sn, "门诊费用明细数量不能为负数，退费请先撤销结算和明细")
+    for ln in lines:
+        dates.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=admdvs, now=now)
+    mdtrt_id = lines[0].mdtrt_id
+    enc = await encounters.get(conn, mdtrt_id, origin.fixmedins_code, lock=True)
+    if enc.kind != kind:
+        raise RuleRejected(f"就诊ID{mdtrt_id}不是{'门诊' if kind == 'outpatient' else '住院'}就诊")
+    encounters.require_open(enc)
+    # Every pre-settlement and settlement of the visit reads all its unsettled lines: bounded,
+    # so that one visit's bill cannot hold a ledger connection for seconds (the visit is locked).
+    cap = max_unsettled_lines
+    held = await fees.unsettled_count(conn, mdtrt_id)
+    if cap and held + len(lines) > cap:
+        raise BadRequest(
+            f"就诊ID{mdtrt_id}待结算的费用明细已有{held}条，加上本次{len(lines)}条超过每次就诊"
+            f"{cap}条的上限：请先结算已上传的费用（住院可中途结算）后再上传"
+        )
+    for ln in lines:
+        if ln.psn_no != enc.psn_no:
+            raise LineRejected(ln.feedetl_sn, "人员编号与就诊登记的参保人不一致")
+        within_visit(
+            ln.feedetl_sn,
+            ln.fee_ocur_time,
+            begntime=enc.begntime,
+            # A refund line may be entered after the discharge, before the closing settlement.
+            endtime=enc.endtime if ln.cnt > 0 else None,
+            start="入院" if kind == "inpatient" else "挂号",
+        )
+        if ln.cnt < 0 and not ln.init_feedetl_sn:
+            raise LineRejected(
+                ln.feedetl_sn, "退费明细（数量为负）须填写原费用流水号init_feedetl_sn"
+            )
+        if ln.cnt > 0 and ln.init_feedetl_sn:
+            raise LineRejected(
+                ln.feedetl_sn,
+                "收费明细（数量为正）不能填写原费用流水号init_feedetl_sn，"
+                "只有退费明细（数量为负）填写被退的原费用流水号",
+            )
+    if any(ln.cnt < 0 for ln in lines):
+        await _check_refunds(conn, mdtrt_id, lines)
+    visit = Visit(
+        fixmedins_code=origin.fixmedins_code,
+        mdtrt_id=mdtrt_id,
+        med_type=enc.med_type,
+        service_date=enc.begntime.date(),
+        acct_used_flag=False,
+        dise_codg=enc.dise_codg,
+    )
+    splits = split_lines(snapshot, visit, lines)
+    await fees.insert(conn, lines, origin.msgid)
+    return splits
+
+
+class _Charge(msgspec.Struct, frozen=True, gc=False):
+    """An original line as a refund sees it."""
+
+    medins_list_codg: str
+    pric_micro: int
+    cnt: int
+    amount: int
+    refund: bool  # itself a refund line
+
+
+async def _check_refunds(
+    conn: asyncpg.Connection, mdtrt_id: str, lines: Sequence[StoredLine]
+) -> None:
+    """A refund line (退单, negative cnt) takes back part of one charge of the same admission:
+    the same item at the same price, never another refund, and never more, with every refund in
+    force, than the charge's quantity and amount. Anything else would only be found at the
+    settlement (a negative component), after the stay could no longer be closed."""
+    cited = sorted({ln.init_feedetl_sn for ln in lines if ln.cnt < 0})
+    originals = {
+        r.feedetl_sn: _Charge(
+            r.medins_list_codg,
+            r.pric_micro,
+            r.cnt,
+            r.amount_fen,
+            r.cnt < 0 or bool(r.init_feedetl_sn),
+        )
+        for r in await fees.cited(conn, mdtrt_id, cited)
+    }
+    for ln in lines:  # an original may come in the same upload as its refund
+        originals.setdefault(
+            ln.feedetl_sn,
+            _Charge(
+                ln.medins_list_codg,
+                ln.pric_micro,
+                ln.cnt,
+                ln.det_item_fee_sumamt,
+                ln.cnt < 0 or bool(ln.init_feedetl_sn),
+            ),
+        )
+    # Refund lines in force: a withdrawn one (2302) is deleted, a cancelled settlement's come
+    # back unsettled and still count.
+    taken = {
+        init: [cnt, amount]
+        for init, (cnt, amount) in (await fees.refunded(conn, mdtrt_id, cited)).items()
+    }
+    for ln in lines:
+        if ln.cnt > 0:
+            continue
+        sn, init = ln.feedetl_sn, ln.init_feedetl_sn
+        charge = originals.get(init)
+        if charge is None:
+            raise LineRejected(sn, f"原费用流水号{init}不存在（本次住院没有该收费明细），不能退费")
+        if charge.refund:
+            raise LineRejected(sn, f"原费用流水号{init}是退费明细，不能对退费明细再退费")
+        if ln.medins_list_codg != charge.medins_list_codg:
+            raise LineRejected(
+                sn,
+                f"退费项目{ln.medins_list_codg}与原费用流水号{init}的项目"
+                f"{charge.medins_list_codg}不一致",
+            )
+        if ln.pric_micro != charge.pric_micro:
+            raise LineRejected(
+                sn,
+                f"退费单价{_plain(micro_text(ln.pric_micro))}与原费用流水号{init}的单价"
+                f"{_plain(micro_text(charge.pric_micro))}不一致",
+            )
+        total = taken.setdefault(init, [0, 0])
+        total[0] += ln.cnt
+        total[1] += ln.det_item_fee_sumamt
+        if -total[0] > charge.cnt or -total[1] > charge.amount:
+            raise LineRejected(
+                sn,
+                f"原费用流水号{init}累计退费数量{_plain(cnt_text(-total[0]))}、金额"
+                f"{fen_text(-total[1])}超过原收费数量{_plain(cnt_text(charge.cnt))}、金额"
+                f"{fen_text(charge.amount)}（含已上传的退费明细），不能重复或超额退费",
+            )
+
+
+def _plain(decimal_text: str) -> str:
+    """12.500000 -> 12.5, 3.0000 -> 3: how the clerk typed it."""
+    return decimal_text.rstrip("0").rstrip(".") if "." in decimal_text else decimal_text
+
+
+async def withdraw_batch(conn: asyncpg.Connection, fixmedins_code: str, a: BatchWithdrawal) -> None:
+    """2205: remove an outpatient visit's unsettled lines of the batch."""
+    enc = await encounters.get(conn, a.mdtrt_id, fixmedins_code, psn_no=a.psn_no, lock=True)
+    if enc.kind != "outpatient":
+        raise RuleRejected(f"就诊ID{a.mdtrt_id}不是门诊就诊")
+    removed = await fees.delete_unsettled(conn, a.mdtrt_id, chrg_bchno=a.chrg_bchno)
+    if not removed:
+        raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
+
+
+async def withdraw_lines(
+    conn: asyncpg.Connection, fixmedins_code: str, rows: Iterable[LineWithdrawal]
+) -> None:
+    """2302: remove a stay's unsettled lines, row by row. `rows` may be read as it goes (the
+    adapter decodes each row when it is reached), so a request is refused for its first fault
+    in row order, whether that is a row that cannot be read or one that cannot be withdrawn."""
+    removed = 0
+    touched: set[str] = set()
+    for row in rows:
+        enc = await encounters.get(conn, row.mdtrt_id, fixmedins_code, psn_no=row.psn_no, lock=True)
+        if enc.kind != "inpatient":
+            raise RuleRejected(f"就诊ID{row.mdtrt_id}不是住院就诊")
+        touched.add(row.mdtrt_id)
+        n = await fees.delete_unsettled(conn, row.mdtrt_id, feedetl_sn=row.feedetl_sn)
+        if not n and row.feedetl_sn != ALL:
+            raise NotFound(f"费用明细流水号{row.feedetl_sn}不存在或已结算，不能撤销")
+        removed += n
+    if not removed:
+        raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
+    for mdtrt_id in sorted(touched):
+        await _no_orphan_refunds(conn, mdtrt_id)
+
+
+async def _no_orphan_refunds(conn: asyncpg.Connection, mdtrt_id: str) -> None:
+    """A refund never stands without the charge it takes back (`upload`): a charge is withdrawn
+    with its refund lines, or after them (checked once the whole request is applied, so one 2302
+    may list the charge before its refunds)."""
+    orphan = await fees.orphan_refund(conn, mdtrt_id)
+    if orphan is not None:
+        refund_sn, charge_sn = orphan
+        raise Conflict(
+            f"费用流水号{charge_sn}有退费明细{refund_sn}，"
+            "请先撤销退费明细（或一并撤销）后再撤销原收费明细"
+        )
