@@ -7,9 +7,9 @@ from adapters.national.envelope import decode_input, text
 from adapters.national.output import amount, person_fields
 from adapters.national.wire import In1101, certificate, when
 from gateway.emergency.plan.rules import TxClass
-from gateway.ledger import persons
-from gateway.protocol.errors import BadRequest, IdentityRejected
+from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Answer, Call, register
+from gateway.services import persons
 
 _IDENTITY = {"dibao": ("10", "最低生活保障对象"), "tekun": ("11", "特困供养人员")}
 
@@ -24,13 +24,10 @@ async def person_info(call: Call) -> Answer:
     if cert.cert_type == "03" and not text(data.card_sn):
         raise BadRequest("社保卡就诊须提供卡识别码card_sn")
     begntime = when(data.begntime, "data.begntime", optional=True)
-    found = await persons.find_by_certificate(call.conn, cert.cert_type, cert.cert_no)
-    if found is None:
-        raise IdentityRejected("未查询到该就诊凭证对应的参保人员，请核对证件号码或重新读卡")
-    person, balance = found
-    name = text(data.psn_name)
-    if name and name != person.psn_name:
-        raise IdentityRejected("就诊凭证与人员姓名不符，请核对身份")
+    found = await persons.identify(
+        call.conn, persons.PersonAsk(cert=cert, psn_name=text(data.psn_name))
+    )
+    person = found.person
     on = (begntime or call.now).date()
     identity = _IDENTITY.get(person.maf_class)
     return Answer(
@@ -38,7 +35,7 @@ async def person_info(call: Call) -> Answer:
             "baseinfo": {**person_fields(person, on), "exp_content": ""},
             "insuinfo": [
                 {
-                    "balc": amount(balance if person.insutype == "310" else 0),
+                    "balc": amount(found.balc),
                     "insutype": person.insutype,
                     "psn_type": person.psn_type,
                     "psn_insu_stas": person.psn_insu_stas,

@@ -7,9 +7,9 @@ from adapters.national.envelope import decode_input, text
 from adapters.national.output import setldetail, setlinfo
 from adapters.national.wire import In5203
 from gateway.emergency.plan.rules import TxClass
-from gateway.ledger import settlements
-from gateway.protocol.errors import BadRequest, NotFound
+from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Answer, Call, register
+from gateway.services import settlement_queries
 
 
 @register("5203", "结算信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5203)
@@ -17,20 +17,10 @@ async def settlement_info(call: Call) -> Answer:
     data = decode_input(call.req, In5203).data
     if data is None:
         raise BadRequest("缺少输入节点data")
-    setl_id, mdtrt_id, psn_no = text(data.setl_id), text(data.mdtrt_id), text(data.psn_no)
-    if not (setl_id or mdtrt_id):
-        raise BadRequest("结算ID setl_id与就诊ID mdtrt_id至少填写一项")
-    found = await settlements.find(
-        call.conn,
-        call.req.fixmedins_code,
-        setl_id=setl_id,
-        mdtrt_id=mdtrt_id,
-        psn_no=psn_no,
-        limit=1,
+    a = settlement_queries.SettlementQuery(
+        setl_id=text(data.setl_id), mdtrt_id=text(data.mdtrt_id), psn_no=text(data.psn_no)
     )
-    if not found:
-        raise NotFound("未查询到本机构的结算信息")
-    rec = found[0]
+    rec = await settlement_queries.settlement_info(call.conn, call.req.fixmedins_code, a)
     info = setlinfo(rec)
     info["refd_setl_flag"] = "1" if rec.status == "cancelled" else "0"
     # The 5203 table names the personal part and the cash psn_pay / cash_payamt (Dongguan's DLL
