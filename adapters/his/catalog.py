@@ -1,8 +1,6 @@
-"""3301 目录对照上传, 3302 目录对照撤销, and the paged catalog queries 1312/1317/1318/1319.
-
-Queries answer from the snapshot this process settles with, so what an institution reads is
-exactly what its settlements use.
-"""
+"""3301 目录对照上传, 3302 目录对照撤销 (gateway.services.catalog_mappings), and the paged catalog
+queries 1312/1317/1318/1319 (gateway.services.catalog_queries: the rows, from the snapshot this
+process settles with; the paging is the national shape's)."""
 
 from __future__ import annotations
 
@@ -15,12 +13,11 @@ import msgspec
 from adapters.national.envelope import Amount, Code, decode_input, text
 from adapters.national.output import ratio
 from adapters.national.wire import Node, as_list, day, required
-from gateway.core.model import Mapping
 from gateway.core.money import micro_text
 from gateway.emergency.plan.rules import TxClass
-from gateway.ledger import reference_store
-from gateway.protocol.errors import BadRequest, NotFound
+from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Answer, Call, register
+from gateway.services import catalog_mappings, catalog_queries
 
 MAX_ROWS = 1000
 MAX_PAGE = 1000
@@ -98,7 +95,7 @@ async def upload(call: Call) -> Answer:
         raise BadRequest("缺少目录对照数据（data或catalogcompin）")
     if len(rows) > MAX_ROWS:
         raise BadRequest(f"单次上传目录对照不能超过{MAX_ROWS}条，请分批上传")
-    mappings = []
+    decoded = []
     for i, row in enumerate(rows, start=1):
         at = f"第{i}条"
         owner = text(row.fixmedins_code)
@@ -108,10 +105,9 @@ async def upload(call: Call) -> Answer:
         end = day(row.enddate, f"{at}enddate") if text(row.enddate) else OPEN_END
         if end < begn:
             raise BadRequest(f"{at}：结束日期早于开始日期")
-        mappings.append(
-            Mapping(
-                fixmedins_code=call.req.fixmedins_code,
-                medins_list_codg=required(row.fixmedins_hilist_id, f"{at}fixmedins_hilist_id"),
+        decoded.append(
+            catalog_mappings.MappingRow(
+                fixmedins_hilist_id=required(row.fixmedins_hilist_id, f"{at}fixmedins_hilist_id"),
                 fixmedins_hilist_name=required(
                     row.fixmedins_hilist_name, f"{at}fixmedins_hilist_name"
                 ),
@@ -121,8 +117,19 @@ async def upload(call: Call) -> Answer:
                 enddate=end,
             )
         )
-    count = await reference_store.upload_mappings(call.conn, mappings)
+    count = await catalog_mappings.upload(call.conn, call.req.fixmedins_code, decoded)
     return Answer({"result": {"count": count}}, catalog_changed=True)
+
+
+def _revocation(fixmedins_code: str, row: RevokeRow) -> catalog_mappings.Revocation:
+    owner = text(row.fixmedins_code)
+    if owner and owner != fixmedins_code:
+        raise BadRequest("只能撤销本机构的目录对照")
+    return catalog_mappings.Revocation(
+        fixmedins_hilist_id=required(row.fixmedins_hilist_id, "data.fixmedins_hilist_id"),
+        med_list_codg=required(row.med_list_codg, "data.med_list_codg"),
+        list_type=text(row.list_type),
+    )
 
 
 @register("3302", "目录对照撤销", writes=True, klass=TxClass.CATALOG, input=In3302)
@@ -131,27 +138,25 @@ async def revoke(call: Call) -> Answer:
     rows = as_list(node.data) or as_list(node.purcinfo)
     if not rows:
         raise BadRequest("缺少输入节点data")
-    revoked = []
-    for row in rows:
-        owner = text(row.fixmedins_code)
-        if owner and owner != call.req.fixmedins_code:
-            raise BadRequest("只能撤销本机构的目录对照")
-        item = required(row.fixmedins_hilist_id, "data.fixmedins_hilist_id")
-        codg = required(row.med_list_codg, "data.med_list_codg")
-        n = await reference_store.revoke_mapping(
-            call.conn, call.req.fixmedins_code, item, text(row.list_type), codg
-        )
-        if not n:
-            raise NotFound(f"本机构目录{item}与医保目录{codg}的有效对照不存在")
-        revoked.append(
-            {
-                "fixmedins_code": call.req.fixmedins_code,
-                "fixmedins_hilist_id": item,
-                "list_type": text(row.list_type),
-                "med_list_codg": codg,
-            }
-        )
-    return Answer({"sucessData": revoked}, catalog_changed=True)
+    code = call.req.fixmedins_code
+    # Each row read when the revocation reaches it: the first fault in row order is named.
+    revoked = await catalog_mappings.revoke(
+        call.conn, code, (_revocation(code, row) for row in rows)
+    )
+    return Answer(
+        {
+            "sucessData": [
+                {
+                    "fixmedins_code": code,
+                    "fixmedins_hilist_id": r.fixmedins_hilist_id,
+                    "list_type": r.list_type,
+                    "med_list_codg": r.med_list_codg,
+                }
+                for r in revoked
+            ]
+        },
+        catalog_changed=True,
+    )
 
 
 def _page(q: Query) -> tuple[int, int]:
@@ -198,47 +203,33 @@ def _day_time(on: dt.date) -> str:
     return f"{on.isoformat()} 00:00:00"
 
 
-def _valid_on(q: Query, begn: dt.date, end: dt.date) -> bool:
-    day = text(q.query_date)
-    if not day:
-        return True
-    try:
-        on = dt.date.fromisoformat(day[:10])
-    except ValueError as exc:
-        raise BadRequest("字段query_date日期格式错误") from exc
-    return begn <= on <= end
-
-
-def _match(value: str, wanted: Code) -> bool:
-    w = text(wanted)
-    return not w or value == w
-
-
-def _query(call: Call) -> Query:
+def _query(call: Call) -> tuple[Query, catalog_queries.CatalogQuery]:
+    """The node as sent (its paging read after the rows are chosen) and its filters."""
     q = decode_input(call.req, In13xx).data
     if q is None:
         raise BadRequest("缺少输入节点data")
-    return q
+    return q, catalog_queries.CatalogQuery(
+        query_date=text(q.query_date),
+        hilist_code=text(q.hilist_code),
+        hilist_name=text(q.hilist_name),
+        insu_admdvs=text(q.insu_admdvs),
+        fixmedins_code=text(q.fixmedins_code),
+        medins_list_codg=text(q.medins_list_codg),
+        medins_list_name=text(q.medins_list_name),
+        med_list_codg=text(q.med_list_codg),
+        list_type=text(q.list_type),
+        chrgitm_lv=text(q.chrgitm_lv),
+        med_chrgitm_type=text(q.med_chrgitm_type),
+        lmt_used_flag=text(q.lmt_used_flag),
+    )
 
 
 @register("1312", "医保目录信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)
 async def query_catalog(call: Call) -> Answer:
-    q = _query(call)
-    name = text(q.hilist_name)
-    rows = [
-        e
-        for e in call.gw.snapshot.catalog
-        if _match(e.med_list_codg, q.hilist_code)
-        and (not name or name in e.med_list_name)
-        and _match(e.list_type, q.list_type)
-        and _match(e.chrgitm_lv, q.chrgitm_lv)
-        and _match(e.med_chrgitm_type, q.med_chrgitm_type)
-        and _match(e.lmt_used_flag, q.lmt_used_flag)
-        and _valid_on(q, e.begndate, e.enddate)
-    ]
+    q, filters = _query(call)
     return _paged(
         q,
-        sorted(rows, key=lambda e: (e.med_list_codg, e.begndate)),
+        catalog_queries.catalog(call.gw.snapshot, filters),
         lambda e: {
             "hilist_code": e.med_list_codg,
             "hilist_name": e.med_list_name,
@@ -257,24 +248,10 @@ async def query_catalog(call: Call) -> Answer:
 
 @register("1317", "医药机构目录匹配信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)
 async def query_mappings(call: Call) -> Answer:
-    q = _query(call)
-    owner = text(q.fixmedins_code) or call.req.fixmedins_code
-    if owner != call.req.fixmedins_code:
-        raise BadRequest("只能查询本机构的目录对照")
-    name = text(q.medins_list_name)
-    rows = [
-        m
-        for m in call.gw.snapshot.mappings
-        if m.fixmedins_code == owner
-        and _match(m.medins_list_codg, q.medins_list_codg)
-        and (not name or name in m.fixmedins_hilist_name)
-        and _match(m.list_type, q.list_type)
-        and _match(m.med_list_codg, q.med_list_codg)
-        and _valid_on(q, m.begndate, m.enddate)
-    ]
+    q, filters = _query(call)
     return _paged(
         q,
-        sorted(rows, key=lambda m: (m.medins_list_codg, m.begndate)),
+        catalog_queries.mappings(call.gw.snapshot, call.req.fixmedins_code, filters),
         lambda m: {
             "fixmedins_code": m.fixmedins_code,
             "medins_list_codg": m.medins_list_codg,
@@ -291,17 +268,10 @@ async def query_mappings(call: Call) -> Answer:
 
 @register("1318", "医保目录限价信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)
 async def query_caps(call: Call) -> Answer:
-    q = _query(call)
-    rows = [
-        c
-        for c in call.gw.snapshot.caps
-        if _match(c.med_list_codg, q.hilist_code)
-        and _match(c.insu_admdvs, q.insu_admdvs)
-        and _valid_on(q, c.begndate, c.enddate)
-    ]
+    q, filters = _query(call)
     return _paged(
         q,
-        sorted(rows, key=lambda c: (c.med_list_codg, c.insu_admdvs, c.begndate)),
+        catalog_queries.caps(call.gw.snapshot, filters),
         lambda c: {
             "hilist_code": c.med_list_codg,
             "insu_admdvs": c.insu_admdvs,
@@ -316,17 +286,10 @@ async def query_caps(call: Call) -> Answer:
 
 @register("1319", "医保目录先自付比例信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)
 async def query_ratios(call: Call) -> Answer:
-    q = _query(call)
-    rows = [
-        r
-        for r in call.gw.snapshot.ratios
-        if _match(r.med_list_codg, q.hilist_code)
-        and _match(r.insu_admdvs, q.insu_admdvs)
-        and _valid_on(q, r.begndate, r.enddate)
-    ]
+    q, filters = _query(call)
     return _paged(
         q,
-        sorted(rows, key=lambda r: (r.med_list_codg, r.insu_admdvs, r.begndate)),
+        catalog_queries.ratios(call.gw.snapshot, filters),
         lambda r: {
             "hilist_code": r.med_list_codg,
             "insu_admdvs": r.insu_admdvs,

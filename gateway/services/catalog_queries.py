@@ -1,0 +1,105 @@
+"""The catalog queries 1312/1317/1318/1319: rows of the snapshot this process settles with, so
+that what an institution reads is exactly what its settlements use. Paging is the adapter's."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+from gateway.core.catalog import Snapshot
+from gateway.core.model import CatalogEntry, Mapping, PriceCap, SelfpayRatio
+from gateway.protocol.errors import BadRequest
+
+
+class CatalogQuery(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 13xx query's filters as sent ("" where not sent: no filter)."""
+
+    query_date: str = ""
+    hilist_code: str = ""
+    hilist_name: str = ""
+    insu_admdvs: str = ""
+    fixmedins_code: str = ""
+    medins_list_codg: str = ""
+    medins_list_name: str = ""
+    med_list_codg: str = ""
+    list_type: str = ""
+    chrgitm_lv: str = ""
+    med_chrgitm_type: str = ""
+    lmt_used_flag: str = ""
+
+
+def _valid_on(q: CatalogQuery, begn: dt.date, end: dt.date) -> bool:
+    # Read for each row it is asked of: a query no row reaches is answered, whatever its date.
+    day = q.query_date
+    if not day:
+        return True
+    try:
+        on = dt.date.fromisoformat(day[:10])
+    except ValueError as exc:
+        raise BadRequest("字段query_date日期格式错误") from exc
+    return begn <= on <= end
+
+
+def _match(value: str, wanted: str) -> bool:
+    return not wanted or value == wanted
+
+
+def catalog(snapshot: Snapshot, q: CatalogQuery) -> list[CatalogEntry]:
+    """1312: national catalog entries, by code and date."""
+    name = q.hilist_name
+    rows = [
+        e
+        for e in snapshot.catalog
+        if _match(e.med_list_codg, q.hilist_code)
+        and (not name or name in e.med_list_name)
+        and _match(e.list_type, q.list_type)
+        and _match(e.chrgitm_lv, q.chrgitm_lv)
+        and _match(e.med_chrgitm_type, q.med_chrgitm_type)
+        and _match(e.lmt_used_flag, q.lmt_used_flag)
+        and _valid_on(q, e.begndate, e.enddate)
+    ]
+    return sorted(rows, key=lambda e: (e.med_list_codg, e.begndate))
+
+
+def mappings(snapshot: Snapshot, fixmedins_code: str, q: CatalogQuery) -> list[Mapping]:
+    """1317: the asking institution's own mappings, never another's."""
+    owner = q.fixmedins_code or fixmedins_code
+    if owner != fixmedins_code:
+        raise BadRequest("只能查询本机构的目录对照")
+    name = q.medins_list_name
+    rows = [
+        m
+        for m in snapshot.mappings
+        if m.fixmedins_code == owner
+        and _match(m.medins_list_codg, q.medins_list_codg)
+        and (not name or name in m.fixmedins_hilist_name)
+        and _match(m.list_type, q.list_type)
+        and _match(m.med_list_codg, q.med_list_codg)
+        and _valid_on(q, m.begndate, m.enddate)
+    ]
+    return sorted(rows, key=lambda m: (m.medins_list_codg, m.begndate))
+
+
+def caps(snapshot: Snapshot, q: CatalogQuery) -> list[PriceCap]:
+    """1318: price caps, by code, region and date."""
+    rows = [
+        c
+        for c in snapshot.caps
+        if _match(c.med_list_codg, q.hilist_code)
+        and _match(c.insu_admdvs, q.insu_admdvs)
+        and _valid_on(q, c.begndate, c.enddate)
+    ]
+    return sorted(rows, key=lambda c: (c.med_list_codg, c.insu_admdvs, c.begndate))
+
+
+def ratios(snapshot: Snapshot, q: CatalogQuery) -> list[SelfpayRatio]:
+    """1319: self-pay ratios, by code, region and date."""
+    rows = [
+        r
+        for r in snapshot.ratios
+        if _match(r.med_list_codg, q.hilist_code)
+        and _match(r.insu_admdvs, q.insu_admdvs)
+        and _valid_on(q, r.begndate, r.enddate)
+    ]
+    return sorted(rows, key=lambda r: (r.med_list_codg, r.insu_admdvs, r.begndate))

@@ -1,0 +1,188 @@
+"""Reconciliation (对账) with an institution: 3201 its totals for a period against the ledger's,
+3202 its settlements one by one from a detail file, and the file exchange they use (9101 upload,
+9102 download). The file work itself (reading, comparing, the result zip) is
+`gateway.jobs.reconcile`, run off the event loop within its bounds."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+import msgspec
+
+from gateway.jobs import reconcile
+from gateway.jobs.reconcile import FileLimits
+from gateway.ledger import exchange_files, reconciliations
+from gateway.protocol.errors import NotFound
+from gateway.protocol.origin import Origin
+
+MAX_FILE_BYTES = 20 * 1024 * 1024
+
+
+class StatementPeriod(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """Which settlements a 3201/3202 counts (its dates read and in order); "" where not sent."""
+
+    setl_optins: str
+    stmt_begndate: dt.date
+    stmt_enddate: dt.date
+    insutype: str
+    clr_type: str
+    refd_setl_flag: bool  # refunds counted too
+
+
+class StatementTotals(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """What the institution declares for the period (fen; negative where refunds outweigh)."""
+
+    fixmedins_setl_cnt: int
+    medfee_sumamt: int
+    fund_pay_sumamt: int
+    acct_pay: int = 0  # 3201's
+    cash_payamt: int = 0  # 3202's
+
+
+class Statement(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A reconciliation's result: stmt_rslt (reconcile.BALANCED …) and its explanation."""
+
+    stmt_rslt: str
+    stmt_rslt_dscr: str
+
+    @property
+    def balanced(self) -> bool:
+        return self.stmt_rslt == reconcile.BALANCED
+
+
+class StoredFile(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A file kept for download: its query number, name and last day."""
+
+    file_qury_no: str
+    filename: str
+    dld_endtime: dt.datetime
+
+
+class DetailCompared(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 3202's detail file compared with the ledger's settlements, before its totals are read."""
+
+    period: StatementPeriod
+    mismatched: int  # settlements that differ
+    filename: str  # the result zip's
+    result: bytes
+
+
+def _period(fixmedins_code: str, p: StatementPeriod) -> reconciliations.Period:
+    return reconciliations.Period(
+        fixmedins_code=fixmedins_code,
+        setl_optins=p.setl_optins,
+        begndate=p.stmt_begndate,
+        enddate=p.stmt_enddate,
+        insutype=p.insutype,
+        clr_type=p.clr_type,
+        include_refunded=p.refd_setl_flag,
+    )
+
+
+async def statement_total(
+    conn: asyncpg.Connection, origin: Origin, p: StatementPeriod, declared: StatementTotals
+) -> Statement:
+    """3201: the declared totals against the ledger's, recorded."""
+    period = _period(origin.fixmedins_code, p)
+    totals = reconciliations.Totals(
+        count=declared.fixmedins_setl_cnt,
+        medfee_sumamt=declared.medfee_sumamt,
+        fund_pay_sumamt=declared.fund_pay_sumamt,
+        acct_pay=declared.acct_pay,
+        cash_payamt=0,
+    )
+    centre = await reconciliations.centre_totals(conn, period)
+    rslt, dscr = reconcile.compare_totals(totals, centre)
+    await reconciliations.record(conn, period, origin.infno, rslt, dscr, totals, centre)
+    return Statement(stmt_rslt=rslt, stmt_rslt_dscr=dscr)
+
+
+async def compare_detail(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    limits: FileLimits,
+    p: StatementPeriod,
+    file_qury_no: str,
+) -> DetailCompared:
+    """3202, first: the uploaded detail file (9101) against the ledger's settlements."""
+    found = await exchange_files.load_file(conn, fixmedins_code, file_qury_no)
+    if found is None:
+        raise NotFound(f"文件查询号{file_qury_no}不存在或不属于本机构，请先上传明细文件（9101）")
+    period = _period(fixmedins_code, p)
+    centre_rows = await reconciliations.centre_rows(conn, period)
+    filename = f"{fixmedins_code}_{period.begndate:%Y%m%d}_{period.enddate:%Y%m%d}_result.zip"
+    # Files stored before uploads were bounded are read under the same bounds, off the loop.
+    rows, result = await reconcile.off_loop(
+        limits, reconcile.detail_result, found[1], centre_rows, filename, limits
+    )
+    mismatched = sum(1 for r in rows if r.stmt_rslt != reconcile.BALANCED)
+    return DetailCompared(period=p, mismatched=mismatched, filename=filename, result=result)
+
+
+async def conclude_detail(
+    conn: asyncpg.Connection,
+    origin: Origin,
+    now: dt.datetime,
+    compared: DetailCompared,
+    declared: StatementTotals,
+) -> tuple[Statement, StoredFile]:
+    """3202, then: the declared totals against the ledger's (balanced only if every settlement
+    is too), recorded; the result zip kept for download."""
+    period = _period(origin.fixmedins_code, compared.period)
+    totals = reconciliations.Totals(
+        count=declared.fixmedins_setl_cnt,
+        medfee_sumamt=declared.medfee_sumamt,
+        fund_pay_sumamt=declared.fund_pay_sumamt,
+        acct_pay=0,
+        cash_payamt=declared.cash_payamt,
+    )
+    centre = await reconciliations.centre_totals(conn, period)
+    rslt, dscr = reconcile.compare_totals(totals, centre, with_cash=True)
+    if rslt == reconcile.BALANCED and compared.mismatched:
+        rslt, dscr = reconcile.INCONSISTENT, f"总额一致但有{compared.mismatched}笔明细不一致"
+    await reconciliations.record(conn, period, origin.infno, rslt, dscr, totals, centre)
+    result_no, deadline = await exchange_files.store_file(
+        conn,
+        fixmedins_code=origin.fixmedins_code,
+        filename=compared.filename,
+        kind="result",
+        content=compared.result,
+        now=now,
+    )
+    return (
+        Statement(stmt_rslt=rslt, stmt_rslt_dscr=dscr),
+        StoredFile(file_qury_no=result_no, filename=compared.filename, dld_endtime=deadline),
+    )
+
+
+async def upload_file(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    limits: FileLimits,
+    now: dt.datetime,
+    filename: str,
+    encoded: str,
+) -> StoredFile:
+    """9101: a Base64 file, read through in a reader process (bounded: a file that cannot be
+    read is refused now, not at 3202, and never at the event loop's expense), then kept."""
+    content = await reconcile.off_process(
+        limits, reconcile.read_upload, encoded, limits, MAX_FILE_BYTES
+    )
+    file_no, deadline = await exchange_files.store_file(
+        conn,
+        fixmedins_code=fixmedins_code,
+        filename=filename,
+        kind="upload",
+        content=content,
+        now=now,
+    )
+    return StoredFile(file_qury_no=file_no, filename=filename, dld_endtime=deadline)
+
+
+async def download_file(conn: asyncpg.Connection, fixmedins_code: str, file_qury_no: str) -> bytes:
+    """9102: the institution's own file, as stored."""
+    found = await exchange_files.load_file(conn, fixmedins_code, file_qury_no)
+    if found is None:
+        raise NotFound(f"文件查询号{file_qury_no}不存在或不属于本机构")
+    return found[1]
