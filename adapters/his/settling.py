@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import msgspec
-
 from adapters.national import deferral
 from adapters.national.envelope import Request, decode_input, text
 from adapters.national.output import setldetail, setlinfo
@@ -22,21 +20,19 @@ from adapters.national.wire import (
     required,
 )
 from gateway.app.runtime import Gateway
-from gateway.core import eligibility
 from gateway.core.model import Institution
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
-from gateway.ledger import encounters, fees, settlements
 from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import TRANSACTIONS, Answer, Call, Kind, Mode
-from gateway.services.settlement_state import preview, settle_alone
-from gateway.services.visit_settlement import VisitAsk, visit_job
+from gateway.services import cancellation, visit_settlement
+from gateway.services.visit_settlement import ALL, Context, Declared, Record, VisitAsk, visit_job
 
 
-def declared_of(data: SettleData) -> settlements.Declared:
+def declared_of(data: SettleData) -> Declared:
     """The totals the client sent."""
-    return settlements.Declared(
+    return Declared(
         medfee_sumamt=fen_required(data.medfee_sumamt, "data.medfee_sumamt"),
         fulamt_ownpay_amt=fen(data.fulamt_ownpay_amt, "data.fulamt_ownpay_amt", optional=True),
         overlmt_selfpay=fen(data.overlmt_selfpay, "data.overlmt_selfpay", optional=True),
@@ -65,9 +61,7 @@ def asked_of(req: Request, kind: Kind) -> VisitAsk:
         else text(data.med_type),
         acct_used=flag(data.acct_used_flag, "data.acct_used_flag") == "1",
         mid_setl_flag=mid_setl_flag,
-        chrg_bchno=required(data.chrg_bchno, "data.chrg_bchno")
-        if kind is Kind.OUTPATIENT
-        else fees.ALL,
+        chrg_bchno=required(data.chrg_bchno, "data.chrg_bchno") if kind is Kind.OUTPATIENT else ALL,
         declared=declared,
         insutype=text(data.insutype),
         cert_type=text(data.mdtrt_cert_type),
@@ -75,7 +69,7 @@ def asked_of(req: Request, kind: Kind) -> VisitAsk:
     )
 
 
-def output(rec: settlements.Record, ctx: settlements.Context, a: VisitAsk) -> dict[str, Any]:
+def output(rec: Record, ctx: Context, a: VisitAsk) -> dict[str, Any]:
     """The 2206/2207/2303/2304 answer: 结算信息 and 结算基金分项."""
     return {
         "setlinfo": setlinfo(rec, service_date=ctx.visit.service_date, mdtrt_cert_type=a.cert_type),
@@ -88,16 +82,13 @@ async def settle_visit(
 ) -> Answer:
     """Pre-settle (final=False, changes nothing) or settle the visit's unsettled lines on the
     call's own transaction; `only`: just these of them (a deferred claim's, at replay)."""
-    a = asked_of(call.req, kind)
-    real = await encounters.real_id(call.conn, a.mdtrt_id)
-    if real != a.mdtrt_id:
-        a = msgspec.structs.replace(a, mdtrt_id=real)  # a provisional id, now its visit
-    job = visit_job(
+    built = await visit_settlement.settle_visit(
+        call.conn,
         call.gw.snapshot,
         Origin.of(call.req),
         call.institution,
         call.now,
-        a,
+        asked_of(call.req, kind),
         output,
         kind=kind,
         final=final,
@@ -105,12 +96,7 @@ async def settle_visit(
         respect_claims=call.mode is Mode.NORMAL,
     )
     if not final:
-        built = await preview(call.conn, job)
-        await settlements.note_presettlement(
-            call.conn, a.mdtrt_id, call.req.fixmedins_code, call.req.infno, call.now
-        )
         return Answer(built.output)
-    built = await settle_alone(call.conn, job)
     return Answer(built.output, paid=built.paid)
 
 
@@ -139,18 +125,13 @@ async def cancel_settlement(call: Call, *, kind: Kind) -> Answer:
     setl_id = required(data.setl_id, "data.setl_id")
     if deferral.is_claim_id(setl_id):
         return await deferral.withdraw_claim(call)
-    mdtrt_id = required(data.mdtrt_id, "data.mdtrt_id")
-    psn_no = required(data.psn_no, "data.psn_no")
-    rec, balance_after = await settlements.cancel(
-        call.conn,
-        fixmedins_code=call.req.fixmedins_code,
+    a = cancellation.SettlementCancel(
         setl_id=setl_id,
-        mdtrt_id=mdtrt_id,
-        psn_no=psn_no,
-        msgid=call.req.msgid,
-        now=call.now,
-        categories=frozenset(c.value for c in eligibility.KIND_CATEGORIES[kind]),
+        mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
+        psn_no=required(data.psn_no, "data.psn_no"),
     )
-    info: dict[str, Any] = setlinfo(rec, sign=-1, balc=balance_after)
+    done = await cancellation.cancel(call.conn, Origin.of(call.req), call.now, kind, a)
+    rec = done.record
+    info: dict[str, Any] = setlinfo(rec, sign=-1, balc=done.balc)
     info["setl_time"] = call.now.strftime("%Y-%m-%d %H:%M:%S")
     return Answer({"setlinfo": info, "setldetail": setldetail(rec.funds, -1)})

@@ -29,12 +29,20 @@ from adapters.national.wire import (
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution, Settlement
 from gateway.emergency.plan.rules import TxClass
-from gateway.ledger import fees, settlements
 from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest, LineRejected, RuleRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Undo, register
-from gateway.services.purchase import PHARMACY_MED_TYPE, PurchaseAsk, purchase_job
+from gateway.services import cancellation
+from gateway.services.purchase import (
+    PHARMACY_MED_TYPE,
+    Context,
+    Declared,
+    PurchaseAsk,
+    Record,
+    StoredLine,
+    purchase_job,
+)
 from gateway.services.settlement_state import preview, settle_alone
 
 MAX_LINES = 500
@@ -94,7 +102,7 @@ def purchase_of(req: Request) -> PurchaseAsk:
         raise BadRequest("药品明细drugdetail不能为空")
     if len(node.drugdetail) > MAX_LINES:
         raise BadRequest(f"单次药品明细不能超过{MAX_LINES}条")
-    lines: list[fees.StoredLine] = []
+    lines: list[StoredLine] = []
     seen: set[str] = set()
     for row in node.drugdetail:
         sn = required(row.feedetl_sn, "drugdetail.feedetl_sn")
@@ -107,7 +115,7 @@ def purchase_of(req: Request) -> PurchaseAsk:
         if cnt <= 0:
             raise LineRejected(sn, "数量必须大于0，退药请撤销结算（2103）")
         lines.append(
-            fees.StoredLine(
+            StoredLine(
                 feedetl_sn=sn,
                 medins_list_codg=required(row.medins_list_codg, f"{at}.medins_list_codg"),
                 med_list_codg=text(row.med_list_codg) or None,
@@ -137,16 +145,16 @@ def purchase_of(req: Request) -> PurchaseAsk:
         insutype=text(info.insutype),
         dise_codg=text(info.dise_codg),
         dise_name=text(info.dise_name),
-        declared=settlements.Declared(medfee_sumamt=medfee_sumamt),
+        declared=Declared(medfee_sumamt=medfee_sumamt),
         lines=tuple(lines),
         stored={"druginfo": msgspec.to_builtins(info), "dev_no": req.dev_no},
     )
 
 
 def output(
-    rec: settlements.Record,
+    rec: Record,
     s: Settlement,
-    ctx: settlements.Context,
+    ctx: Context,
     p: PurchaseAsk,
     final: bool,
 ) -> dict[str, Any]:
@@ -238,17 +246,14 @@ async def cancel(call: Call) -> Answer:
         raise BadRequest("缺少输入节点data")
     if deferral.is_claim_id(text(data.setl_id)):
         return await deferral.withdraw_claim(call)
-    rec, balance_after = await settlements.cancel(
-        call.conn,
-        fixmedins_code=call.req.fixmedins_code,
+    a = cancellation.SettlementCancel(
         setl_id=required(data.setl_id, "data.setl_id"),
         mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),
         psn_no=required(data.psn_no, "data.psn_no"),
-        msgid=call.req.msgid,
-        now=call.now,
-        categories=frozenset({"pharmacy"}),
     )
-    full = setlinfo(rec, sign=-1, balc=balance_after)
+    done = await cancellation.cancel(call.conn, Origin.of(call.req), call.now, Kind.PHARMACY, a)
+    rec = done.record
+    full = setlinfo(rec, sign=-1, balc=done.balc)
     # The 2103 answer as pharmacy clients read it: psn_pay and cash_payamt, no person block.
     info: dict[str, Any] = {
         k: full[k]

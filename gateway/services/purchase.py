@@ -21,6 +21,10 @@ from gateway.core.dates import DateRules, within_visit
 from gateway.core.model import Institution, Person, PersonState, Settlement, Visit
 from gateway.core.settle import settle
 from gateway.ledger import encounters, fees, persons, settlements
+from gateway.ledger.fees import StoredLine as StoredLine
+from gateway.ledger.settlements import Context as Context
+from gateway.ledger.settlements import Declared as Declared
+from gateway.ledger.settlements import Record as Record
 from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol.errors import NotInsured

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from adapters.national import deferral
@@ -21,11 +22,16 @@ from gateway.core.model import Category, Institution, PersonState, Settlement, V
 from gateway.core.settle import settle
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.encounters import Encounter
+from gateway.ledger.fees import ALL as ALL
+from gateway.ledger.settlements import Context as Context
+from gateway.ledger.settlements import Declared as Declared
+from gateway.ledger.settlements import Record as Record
 from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
 from gateway.protocol.errors import Conflict, NotFound, NotInsured, RuleRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
+from gateway.services.settlement_state import preview, settle_alone
 
 
 class VisitAsk(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -230,3 +236,44 @@ def _claimed(lines: list[fees.StoredLine], only: frozenset[str]) -> list[fees.St
             f"暂存结算所含费用明细{'、'.join(gone)}已撤销或已结算，不能按暂存时的费用补结算"
         )
     return taken
+
+
+async def settle_visit(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    origin: Origin,
+    institution: Institution,
+    now: dt.datetime,
+    asked: VisitAsk,
+    encode: Encode,
+    *,
+    kind: Kind,
+    final: bool,
+    only: frozenset[str] | None = None,
+    respect_claims: bool = True,
+) -> Built:
+    """Pre-settle (final=False: the answer a settlement would give now, nothing locked or
+    written but the visit's latest pre-settlement noted) or settle the visit's unsettled lines
+    on the caller's own transaction; `only`: just these of them (a deferred claim's, at replay)."""
+    real = await encounters.real_id(conn, asked.mdtrt_id)
+    if real != asked.mdtrt_id:
+        asked = msgspec.structs.replace(asked, mdtrt_id=real)  # a provisional id, now its visit
+    job = visit_job(
+        snapshot,
+        origin,
+        institution,
+        now,
+        asked,
+        encode,
+        kind=kind,
+        final=final,
+        only=only,
+        respect_claims=respect_claims,
+    )
+    if not final:
+        built = await preview(conn, job)
+        await settlements.note_presettlement(
+            conn, asked.mdtrt_id, origin.fixmedins_code, origin.infno, now
+        )
+        return built
+    return await settle_alone(conn, job)
