@@ -577,3 +577,71 @@ def test_an_import_into_an_adapter_from_below_is_named(tmp_path: Path) -> None:
         "gateway.jobs.replay imports adapters.his at gateway/jobs/replay.py:2",
         "gateway.jobs.replay imports adapters.his.visit at gateway/jobs/replay.py:2",
     ]
+
+
+# The HIS and POS adapters decode and encode; a transaction's reads and writes are its service's.
+LEDGER_PACKAGE = ("gateway.ledger",)
+
+
+def ledger_reached_from_the_client_adapters(
+    graph: Mapping[str, Mapping[str, Import]], root: Path
+) -> list[str]:
+    """Imports of `gateway/ledger/` from `adapters/his/` or `adapters/pos/`: the adapter of a
+    transaction decodes the national shape into its service's request (gateway/services/),
+    calls the service and encodes its answer; what is read, checked and written is the
+    service's. A type-only import counts too: a record a request carries is named through the
+    service that takes it. The national wire layer (`adapters/national/`) may read ledger
+    records to encode them."""
+    wrong = []
+    for name, edges in sorted(graph.items()):
+        if _inside(name, ADAPTERS_OF_CLIENTS) is None:
+            continue
+        for target, imp in sorted(edges.items()):
+            if _inside(target, LEDGER_PACKAGE) is not None:
+                kind = " (type only)" if imp.type_only else ""
+                wrong.append(f"{name} imports {target} at {imp.where(root)}{kind}")
+    return wrong
+
+
+def test_the_client_adapters_reach_the_ledger_through_services_only() -> None:
+    graph = import_graph(ROOT, PACKAGES)
+    # The graph is the real one: the services do read the ledger, the adapters call them.
+    assert "gateway.ledger.encounters" in graph["gateway.services.encounters"]
+    assert "gateway.services.encounters" in graph["adapters.his.outpatient"]
+    wrong = ledger_reached_from_the_client_adapters(graph, ROOT)
+    assert not wrong, "adapters doing a service's work:\n" + "\n".join(wrong)
+
+
+def test_a_ledger_import_from_a_client_adapter_is_named(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "gateway/__init__.py": "",
+            "gateway/ledger/__init__.py": "",
+            "gateway/ledger/fees.py": "",
+            "gateway/ledger/settlements.py": "",
+            "gateway/services/__init__.py": "",
+            "gateway/services/uploads.py": "from gateway.ledger import fees\n",
+            "adapters/__init__.py": "",
+            "adapters/his/__init__.py": "",
+            "adapters/his/visit.py": (
+                "from gateway.services import uploads\n\n\ndef later():\n"
+                "    import gateway.ledger.fees\n"
+            ),
+            "adapters/pos/__init__.py": "",
+            "adapters/pos/sale.py": (
+                "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+                "    from gateway.ledger.settlements import Record\n"
+            ),
+            "adapters/national/__init__.py": "",
+            "adapters/national/output.py": "from gateway.ledger.settlements import Record\n",
+        },
+    )
+    wrong = ledger_reached_from_the_client_adapters(import_graph(tmp_path, PACKAGES), tmp_path)
+    assert wrong == [
+        "adapters.his.visit imports gateway.ledger at adapters/his/visit.py:5",
+        "adapters.his.visit imports gateway.ledger.fees at adapters/his/visit.py:5",
+        "adapters.pos.sale imports gateway.ledger at adapters/pos/sale.py:4 (type only)",
+        "adapters.pos.sale imports gateway.ledger.settlements at adapters/pos/sale.py:4"
+        " (type only)",
+    ]

@@ -39,10 +39,11 @@ from gateway.ops import audit
 from gateway.protocol.errors import BadRequest, Conflict, LineRejected, NotFound, NotInsured
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
+from gateway.services.encounters import INPATIENT_MED_TYPES
+from gateway.services.fee_uploads import MAX_LINES  # as one upload
 from gateway.services.settlement_state import settle_alone
 from gateway.services.visit_settlement import VisitAsk, visit_job
 
-MAX_LINES = 5000  # as one upload (adapters/his/uploads.py)
 # The infno a manual claim's settlement records: the counter's settlement of the same kind.
 SETTLEMENT_INFNO = {"outpatient": "2207", "inpatient": "2304"}
 STATUS_NAMES = {
@@ -54,7 +55,6 @@ STATUS_NAMES = {
     "refused": "已拒付",
     "withdrawn": "已撤回",
 }
-INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
 
 
 class Registration(msgspec.Struct, frozen=True, kw_only=True):
