@@ -13,12 +13,13 @@ from collections.abc import Iterable, Sequence
 import asyncpg
 import msgspec
 
+from adapters.national import deferral
 from gateway.core.catalog import Snapshot
 from gateway.core.dates import DateRules, within_visit
 from gateway.core.model import LineSplit, Visit
 from gateway.core.money import cnt_text, fen_text, micro_text
 from gateway.core.settle import split_lines
-from gateway.ledger import encounters, fees
+from gateway.ledger import deferred, encounters, fees
 from gateway.ledger.fees import ALL as ALL
 from gateway.ledger.fees import StoredLine as StoredLine
 from gateway.protocol.errors import BadRequest, Conflict, LineRejected, NotFound, RuleRejected
@@ -215,7 +216,9 @@ async def withdraw_batch(conn: asyncpg.Connection, fixmedins_code: str, a: Batch
     enc = await encounters.get(conn, a.mdtrt_id, fixmedins_code, psn_no=a.psn_no, lock=True)
     if enc.kind != "outpatient":
         raise RuleRejected(f"就诊ID{a.mdtrt_id}不是门诊就诊")
-    removed = await fees.delete_unsettled(conn, a.mdtrt_id, chrg_bchno=a.chrg_bchno)
+    await _not_under_a_claim(conn, enc, a.chrg_bchno)
+    # The visit's own id: a provisional one the client still sends names the visit it became.
+    removed = await fees.delete_unsettled(conn, enc.mdtrt_id, chrg_bchno=a.chrg_bchno)
     if not removed:
         raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
 
@@ -232,8 +235,10 @@ async def withdraw_lines(
         enc = await encounters.get(conn, row.mdtrt_id, fixmedins_code, psn_no=row.psn_no, lock=True)
         if enc.kind != "inpatient":
             raise RuleRejected(f"就诊ID{row.mdtrt_id}不是住院就诊")
-        touched.add(row.mdtrt_id)
-        n = await fees.delete_unsettled(conn, row.mdtrt_id, feedetl_sn=row.feedetl_sn)
+        if enc.mdtrt_id not in touched:
+            await _not_under_a_claim(conn, enc, ALL)  # a stay's claim holds all its lines
+        touched.add(enc.mdtrt_id)
+        n = await fees.delete_unsettled(conn, enc.mdtrt_id, feedetl_sn=row.feedetl_sn)
         if not n and row.feedetl_sn != ALL:
             raise NotFound(f"费用明细流水号{row.feedetl_sn}不存在或已结算，不能撤销")
         removed += n
@@ -241,6 +246,17 @@ async def withdraw_lines(
         raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
     for mdtrt_id in sorted(touched):
         await _no_orphan_refunds(conn, mdtrt_id)
+
+
+async def _not_under_a_claim(
+    conn: asyncpg.Connection, enc: encounters.Encounter, lines: str
+) -> None:
+    """Lines a pending deferred claim holds are not withdrawn: replay settles exactly the lines
+    the patient paid for in cash, and lines withdrawn and uploaded again under the same serials
+    would be settled in their place (found from outside: a self-pay batch swapped for a covered
+    one before replay, the fund paying for what the patient never paid)."""
+    claims = await deferred.pending_on_visits(conn, [enc.mdtrt_id])
+    deferral.refuse_if_held(deferral.held_lines(claims, enc.fixmedins_code), lines)
 
 
 async def _no_orphan_refunds(conn: asyncpg.Connection, mdtrt_id: str) -> None:

@@ -1,0 +1,77 @@
+"""Lines under a pending deferred claim are held until replay or withdrawal of the claim.
+
+Found from outside: a batch claimed under `defer` (the patient paid it all in cash) was withdrawn
+by 2205 and other lines uploaded under the same batch and serials; replay then settled the new
+lines, and the fund reimbursed the patient for items never paid for. Now the claim's lines cannot
+be withdrawn (2205 for an outpatient batch, 2302 for a stay) while the claim is pending; another
+batch of the same visit can."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from tests.integration.conftest import running_gateway
+from tests.integration.emergency_helpers import (
+    DRUG_LINES,
+    DRUG_TOTAL,
+    OUTPATIENT_LINES,
+    OUTPATIENT_TOTAL,
+    clear_rule,
+    set_rule,
+    until,
+)
+from tests.integration.his_client import HisClient
+
+HOSPITAL = "H44180000001"
+PHARMACY = "P44180000001"
+PERSON = "441800000000000001"
+
+
+async def test_a_claimed_batch_cannot_be_withdrawn_before_replay(
+    new_database: Callable[..., Any],
+) -> None:
+    async with running_gateway(new_database) as srv:
+        his: HisClient = srv.client(HOSPITAL)
+        pos: HisClient = srv.client(PHARMACY)
+        mdtrt_id = await his.register(PERSON, "310", "2026-06-02 08:30:00", "MZ-HELD-1")
+        await his.visit_info(mdtrt_id, PERSON, "11", "2026-06-02 08:30:00")
+        for batch in ("B1", "B2"):
+            rows = his.fee_rows(mdtrt_id, PERSON, OUTPATIENT_LINES, "2026-06-02 08:40:00", batch)
+            for n, row in enumerate(rows):
+                row["feedetl_sn"] = f"{batch}-{n}"
+            await his.ok("2204", {"feedetail": rows})
+
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+        async def deferring() -> bool:
+            drug = pos.drug_input(PERSON, "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES)
+            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
+
+        await until(deferring)
+        data = his.settle_data(
+            PERSON, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+        )
+        claim = (await his.ok("2207", data))["setlinfo"]["setl_id"]
+        assert claim.startswith("DF")
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        await asyncio.sleep(2.5)  # every process polls the plan each second
+
+        withdraw = {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "B1", "psn_no": PERSON}}
+        refused = await his.call("2205", withdraw)
+        assert refused["infcode"] == -1
+        assert f"收费批次B1已按应急预案暂存为待结算（暂存结算单号{claim}）" in refused["err_msg"]
+        held = await srv.fetchval(
+            "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND chrg_bchno = 'B1'", mdtrt_id
+        )
+        assert held == len(OUTPATIENT_LINES)  # nothing withdrawn
+        # Another batch of the same visit is the counter's to withdraw as ever.
+        await his.ok("2205", {"data": {**withdraw["data"], "chrg_bchno": "B2"}})
+        assert (
+            await srv.fetchval(
+                "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND chrg_bchno = 'B2'",
+                mdtrt_id,
+            )
+            == 0
+        )
