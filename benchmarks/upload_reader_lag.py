@@ -38,7 +38,6 @@ async def read_once(mode: str, encoded: str) -> str:
     if mode == "process":
         reconcile.start_readers(limits)
         await asyncio.sleep(2.0)  # started, as the gateway starts them
-    run = reconcile.off_process if mode == "process" else reconcile.off_loop
     gaps: list[float] = []
     done = asyncio.Event()
 
@@ -52,7 +51,12 @@ async def read_once(mode: str, encoded: str) -> str:
 
     ticker = asyncio.create_task(tick())
     started = time.perf_counter()
-    await run(limits, reconcile.read_upload, encoded, limits, 32 * 1024 * 1024)
+    if mode == "process":
+        await reconcile.off_process(
+            limits, "bench", reconcile.read_upload, encoded, limits, 32 * 1024 * 1024
+        )
+    else:
+        await reconcile.off_loop(limits, reconcile.read_upload, encoded, limits, 32 * 1024 * 1024)
     wall = time.perf_counter() - started
     done.set()
     await ticker

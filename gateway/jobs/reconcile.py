@@ -19,6 +19,7 @@ import threading
 import time
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -396,24 +397,61 @@ def stop_readers() -> None:
         pool[0].shutdown(wait=False, cancel_futures=True)
 
 
-async def off_process(limits: FileLimits, fn: Callable[..., T], *args: object) -> T:
-    """Run an upload's first read in one of the reader processes; busy when all are taken.
+READERS_HELD = "本机构已有对账文件正在读取，请待其处理完毕后使用相同报文ID重试"
+# Readers held per institution (a share of the pool: found from outside, one institution
+# keeping two slow uploads in flight held both readers, and every other institution's 9101 was
+# answered busy).
+_holding: Counter[str] = Counter()
+_holding_lock = threading.Lock()
+
+
+def reader_share(limits: FileLimits) -> int:
+    """How many readers one institution may hold at once: half the pool, at least one."""
+    return max(1, limits.parsers // 2)
+
+
+def _hold(holder: str, share: int) -> bool:
+    with _holding_lock:
+        if _holding[holder] >= share:
+            return False
+        _holding[holder] += 1
+        return True
+
+
+def _unhold(holder: str) -> None:
+    with _holding_lock:
+        _holding[holder] -= 1
+        if _holding[holder] <= 0:
+            del _holding[holder]
+
+
+async def off_process(limits: FileLimits, holder: str, fn: Callable[..., T], *args: object) -> T:
+    """Run an upload's first read in one of the reader processes for `holder` (the uploading
+    institution); busy when it holds its share of them already, or when all are taken.
 
     As with `off_loop`, the slot is given back when the reader is done. `fn` and its arguments
     cross to the reader by pickling: a module-level function over bytes, text and limits."""
     executor, slots = _reader_pool(limits.parsers)
+    if not _hold(holder, reader_share(limits)):
+        raise Busy(READERS_HELD)
     if not slots.acquire(blocking=False):
+        _unhold(holder)
         raise Busy(PARSERS_BUSY)
+
+    def give_back() -> None:
+        slots.release()
+        _unhold(holder)
+
     try:
         job: Future[T] = executor.submit(fn, *args)
     except BrokenProcessPool:
-        slots.release()
+        give_back()
         _drop_readers(executor)
         raise Busy(PARSERS_BUSY) from None
     except BaseException:
-        slots.release()
+        give_back()
         raise
-    job.add_done_callback(lambda _: slots.release())
+    job.add_done_callback(lambda _: give_back())
     try:
         return await asyncio.wrap_future(job)
     except BrokenProcessPool:

@@ -167,7 +167,7 @@ async def upload_file(
     """9101: a Base64 file, read through in a reader process (bounded: a file that cannot be
     read is refused now, not at 3202, and never at the event loop's expense), then kept."""
     content = await reconcile.off_process(
-        limits, reconcile.read_upload, encoded, limits, MAX_FILE_BYTES
+        limits, fixmedins_code, reconcile.read_upload, encoded, limits, MAX_FILE_BYTES
     )
     file_no, deadline = await exchange_files.store_file(
         conn,

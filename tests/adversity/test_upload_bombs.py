@@ -29,7 +29,7 @@ from gateway.app.config import Breakers, Deadlines, GatewayConfig
 from gateway.emergency.breaker import BreakerConfig
 from gateway.jobs import reconcile
 from gateway.pipeline.edge import EdgeConfig
-from gateway.protocol.errors import BadRequest
+from gateway.protocol.errors import BadRequest, Busy
 from tests.adversity.test_ledger_outage import ProxiedLedger
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL
@@ -284,13 +284,13 @@ async def test_a_reader_process_that_dies_refuses_its_file_and_the_next_is_read(
     reconcile.stop_readers()
     try:
         with pytest.raises(BadRequest) as refused:
-            await reconcile.off_process(limits, os._exit, 1)
+            await reconcile.off_process(limits, HOSPITAL, os._exit, 1)
         assert refused.value.err_msg == reconcile.READ_FAILED
         text = base64.b64encode(b"a\tb\n").decode()
         with pytest.raises(BadRequest) as wrong:  # a real read, in a new reader
-            await reconcile.off_process(limits, reconcile.read_upload, text, limits, MB)
+            await reconcile.off_process(limits, HOSPITAL, reconcile.read_upload, text, limits, MB)
         assert "明细文件" in wrong.value.err_msg
-        assert await reconcile.off_process(limits, len, b"abc") == 3
+        assert await reconcile.off_process(limits, HOSPITAL, len, b"abc") == 3
     finally:
         reconcile.stop_readers()
 
@@ -320,3 +320,22 @@ def test_a_damaged_zip_directory_is_refused_with_its_reason() -> None:
             except Exception as exc:  # what is asserted is that none escapes
                 unexpected.append(f"byte {at} bit {bit}: {type(exc).__name__}: {exc}")
     assert unexpected == []
+
+
+async def test_one_institution_holds_at_most_half_the_readers() -> None:
+    """Found from outside: one institution keeping two slow uploads in flight held both readers,
+    and every other institution's 9101 was answered busy. An institution now holds half of
+    them (at least one); another institution is read meanwhile."""
+    limits = reconcile.FileLimits(parsers=2)
+    reconcile.stop_readers()
+    try:
+        slow = asyncio.ensure_future(reconcile.off_process(limits, HOSPITAL, time.sleep, 1.0))
+        await asyncio.sleep(0.2)  # the hospital's first upload is being read
+        with pytest.raises(Busy) as held:
+            await reconcile.off_process(limits, HOSPITAL, len, b"second")
+        assert held.value.err_msg == reconcile.READERS_HELD
+        assert await reconcile.off_process(limits, "H44180000003", len, b"other") == 5
+        await slow
+        assert await reconcile.off_process(limits, HOSPITAL, len, b"later") == 5  # given back
+    finally:
+        reconcile.stop_readers()
