@@ -21,9 +21,10 @@ import asyncpg
 import msgspec
 
 from gateway.app.cli_database import database_url
-from gateway.app.config import DEFAULT_REFERENCE
+from gateway.app.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, load_config
 from gateway.app.reference import load_reference
 from gateway.core.catalog import Snapshot
+from gateway.core.dates import DateRules
 from gateway.core.money import fen_text
 from gateway.jobs import clearing
 from gateway.ledger import db, reference_store
@@ -100,11 +101,18 @@ def claims_register(args: argparse.Namespace) -> int:
             invoice_nos=tuple(args.invoice),
         )
         snapshot = await _snapshot(conn, args)
-        c = await manual_claims.register(conn, snapshot, reg, _operator(args), dt.datetime.now())
+        c = await manual_claims.register(
+            conn, snapshot, reg, _operator(args), dt.datetime.now(), dates=_dates()
+        )
         _print(args, manual_claims.view(c), _claim_line(c))
         return 0
 
     return _run(args, work)
+
+
+def _dates() -> DateRules:
+    """The service-date bounds the gateway is configured with (config/gateway.toml [dates])."""
+    return load_config(DEFAULT_CONFIG).dates
 
 
 def _lines_of(text: str) -> list[claim_store.Line]:
@@ -121,7 +129,9 @@ def claims_lines(args: argparse.Namespace) -> int:
         text = await asyncio.to_thread(Path(args.file).read_text, encoding="utf-8")
         lines = _lines_of(text)
         snapshot = await _snapshot(conn, args)
-        c = await manual_claims.enter_lines(conn, snapshot, args.claim_no, lines, _operator(args))
+        c = await manual_claims.enter_lines(
+            conn, snapshot, args.claim_no, lines, _operator(args), dates=_dates()
+        )
         _print(args, manual_claims.view(c), _claim_line(c))
         return 0
 

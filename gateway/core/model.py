@@ -20,6 +20,9 @@ class Record(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 # --------------------------------------------------------------------------- reference data
 
 
+PHARMACY_TYPE = "2"  # fixmedins_type of a retail pharmacy (定点零售药店)
+
+
 class Institution(Record, frozen=True, gc=False, kw_only=True):
     fixmedins_code: str
     fixmedins_name: str

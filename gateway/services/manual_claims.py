@@ -28,15 +28,22 @@ import msgspec
 
 from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
-from gateway.core.dates import within_visit
-from gateway.core.model import Category, Visit
+from gateway.core.dates import DateRules, within_visit
+from gateway.core.model import PHARMACY_TYPE, Category, Visit
 from gateway.core.money import AmountError, fen_text, to_cnt, to_fen, to_micro
 from gateway.core.settle import split_lines
 from gateway.ledger import encounters, fees, payouts, persons, settlements
 from gateway.ledger import manual_claims as store
 from gateway.ledger.manual_claims import Claim, Line
 from gateway.ops import audit
-from gateway.protocol.errors import BadRequest, Conflict, LineRejected, NotFound, NotInsured
+from gateway.protocol.errors import (
+    BadRequest,
+    Conflict,
+    LineRejected,
+    NotFound,
+    NotInsured,
+    RuleRejected,
+)
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 from gateway.services.encounters import INPATIENT_MED_TYPES
@@ -100,6 +107,8 @@ async def register(
     reg: Registration,
     operator: str,
     now: dt.datetime,
+    *,
+    dates: DateRules | None = None,
 ) -> Claim:
     """Register a claim; the same invoices registered again for the same person and
     institution answer the claim they are held by."""
@@ -110,8 +119,16 @@ async def register(
         raise BadRequest("发票号重复登记")
     if reg.cert_type not in persons.CERT_TYPES:
         raise BadRequest("证件类型只能为01（电子凭证）、02（身份证）或03（社保卡）")
-    if snapshot.institution(reg.fixmedins_code) is None:
+    institution = snapshot.institution(reg.fixmedins_code)
+    if institution is None:
         raise NotFound(f"定点医药机构编号{reg.fixmedins_code}未登记，不能受理零星报销")
+    if institution.fixmedins_type == PHARMACY_TYPE:
+        # A pharmacy's sale settles by the pharmacy's rules (2102), which this claim's visit
+        # build does not apply; settled as an outpatient visit it would pay what the counter
+        # never pays (found from outside).
+        raise RuleRejected(
+            f"{reg.fixmedins_code}为定点零售药店，药店购药不受理零星报销，请到药店办理药店结算（2102）"
+        )
     kind = "inpatient" if reg.med_type in INPATIENT_MED_TYPES else "outpatient"
     category = eligibility.category_for(kind, reg.med_type, "（零星报销）")
     if kind == "inpatient" and reg.endtime is None:
@@ -120,6 +137,12 @@ async def register(
         raise BadRequest("出院时间早于入院时间，请核对日期")
     if reg.begntime > now:
         raise BadRequest("就诊时间晚于当前时间，请核对日期")
+    # The counter's date bounds (a visit after now or before the late-billing bound is refused
+    # at 2201/2401): a claim is a visit settled later, not a way around them.
+    rules = dates or DateRules()
+    rules.check("就诊时间begntime", reg.begntime, admdvs=institution.admdvs, now=now)
+    if reg.endtime is not None:
+        rules.check("出院时间endtime", reg.endtime, admdvs=institution.admdvs, now=now)
     async with conn.transaction():
         found = await persons.find_by_certificate(conn, reg.cert_type, reg.cert_no)
         if found is None:
@@ -309,12 +332,20 @@ async def enter_lines(
     claim_no: str,
     lines: Sequence[Line],
     operator: str,
+    *,
+    dates: DateRules | None = None,
+    now: dt.datetime | None = None,
 ) -> Claim:
     """明细录入: the bill's lines, replacing any entered before (until reviewed)."""
     async with conn.transaction():
         claim = await store.get(conn, claim_no, lock=True)
         _require(claim, "registered", "lines_entered", doing="录入明细")
         check_lines(snapshot, claim, lines)
+        institution = snapshot.institution(claim.fixmedins_code)
+        rules, at = dates or DateRules(), now or dt.datetime.now()
+        for ln in lines:  # each line within the counter's bounds, as an upload's
+            admdvs = institution.admdvs if institution is not None else ""
+            rules.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=admdvs, now=at)
         await store.replace_lines(conn, claim_no, lines)
         await store.update(conn, claim_no, status="lines_entered", entered_by=operator)
         total = sum(ln.amount_fen for ln in lines)

@@ -12,7 +12,7 @@ import pytest
 from gateway.jobs import clearing
 from gateway.ledger import checker, payouts, reconciliations
 from gateway.ledger import manual_claims as store
-from gateway.protocol.errors import Conflict, GatewayError, LineRejected
+from gateway.protocol.errors import Conflict, GatewayError, LineRejected, RuleRejected
 from gateway.services import manual_claims
 from tests.integration.agency_helpers import HOSPITAL, agency_ledger, lines_of, settled_claim
 from tests.integration.conftest import running_gateway
@@ -279,3 +279,48 @@ async def test_inpatient_claim_settles_as_the_counter_does(
         assert used == await counter.fetchval("SELECT adm_dedc_used_fen FROM encounters")
         assert settled.reimbursement_fen == manual[0][2] - manual[0][18]  # bill less cash part
         assert settled.reimbursement_fen
+
+
+async def test_a_claim_keeps_the_counters_dates_and_its_kind_of_institution(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a claim for a visit of 2023 (before the late-billing bound), a stay
+    discharged next year and a line dated next year were settled and paid; and a pharmacy's
+    sale claimed as an outpatient visit was paid under outpatient rules, where the pharmacy
+    counter pays nothing. Now refused, as the counter refuses them."""
+    async with agency_ledger(new_database) as agency, agency.pool.acquire() as conn:
+        now = dt.datetime.now()
+
+        def reg(**kw: Any) -> manual_claims.Registration:
+            fields: dict[str, Any] = {
+                "cert_type": "01",
+                "cert_no": PERSON,
+                "fixmedins_code": HOSPITAL,
+                "med_type": "11",
+                "begntime": dt.datetime(now.year, 1, 2, 8, 30),
+                "invoice_nos": (f"INV-D-{len(kw)}-{sorted(kw)}",),
+            }
+            return manual_claims.Registration(**{**fields, **kw})
+
+        with pytest.raises(RuleRejected, match=r"就诊时间begntime.*早于本地区"):
+            await manual_claims.register(
+                conn, agency.snapshot, reg(begntime=dt.datetime(now.year - 3, 6, 1, 9)), "c", now
+            )
+        with pytest.raises(RuleRejected, match=r"出院时间endtime.*晚于当前时间"):
+            await manual_claims.register(
+                conn,
+                agency.snapshot,
+                reg(med_type="21", endtime=now + dt.timedelta(days=40)),
+                "c",
+                now,
+            )
+        with pytest.raises(RuleRejected, match="药店购药不受理零星报销"):
+            await manual_claims.register(
+                conn, agency.snapshot, reg(fixmedins_code="P44180000001"), "c", now
+            )
+        claim = await manual_claims.register(conn, agency.snapshot, reg(), "clerk1", now)
+        tomorrow = (now + dt.timedelta(days=2)).strftime("%Y-%m-%d %H:%M:%S")
+        with pytest.raises(LineRejected, match=r"费用发生时间fee_ocur_time.*晚于当前时间"):
+            await manual_claims.enter_lines(
+                conn, agency.snapshot, claim.claim_no, lines_of(OUTPATIENT_LINES, tomorrow), "c"
+            )

@@ -132,7 +132,9 @@ async def register(request: web.Request, s: operators.Session, v: Values) -> Don
     )
     gw = request.app[GATEWAY]
     async with gw.pool.acquire(timeout=5.0) as conn:
-        c = await manual_claims.register(conn, gw.snapshot, reg, s.login, dt.datetime.now())
+        c = await manual_claims.register(
+            conn, gw.snapshot, reg, s.login, dt.datetime.now(), dates=gw.config.dates
+        )
     return _claim_done(c, f"零星报销{c.claim_no}已登记")
 
 
@@ -143,7 +145,9 @@ async def enter_lines(request: web.Request, s: operators.Session, v: Values) -> 
         lines = manual_claims.lines_from_text(_text(v, "lines"))
     gw = request.app[GATEWAY]
     async with gw.pool.acquire(timeout=5.0) as conn:
-        c = await manual_claims.enter_lines(conn, gw.snapshot, _text(v, "claim_no"), lines, s.login)
+        c = await manual_claims.enter_lines(
+            conn, gw.snapshot, _text(v, "claim_no"), lines, s.login, dates=gw.config.dates
+        )
     return _claim_done(c, f"零星报销{c.claim_no}已录入明细{len(lines)}条")
 
 
