@@ -26,6 +26,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,9 +82,17 @@ def _plain(value: str, what: str) -> str:
     value = value.strip()
     if not value:
         raise BadRequest(f"{what}不能为空")
-    if SEP in value or "\n" in value or "\r" in value:
-        raise BadRequest(f"{what}不能包含“{SEP}”或换行")
+    # Any character a reader may take for the end of a line (\v, \f, \x1c-\x1e, U+2028,
+    # U+2029, NEL: str.splitlines() splits on all of them) or any other control character
+    # would cut a payment line in the bank's file in two; a lone surrogate is a byte the
+    # clerk's terminal could not encode (found from outside).
+    if SEP in value or any(_unprintable(c) for c in value):
+        raise BadRequest(f"{what}不能包含“{SEP}”、换行或控制字符")
     return value
+
+
+def _unprintable(c: str) -> bool:
+    return unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
 
 
 def _account(payee: str, bank_code: str, bank_name: str, account_no: str, holder: str) -> Account:

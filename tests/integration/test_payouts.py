@@ -512,3 +512,33 @@ async def test_institutions_clearing_amounts_are_paid_in_batches_of_their_own(
             } == {f"{HOSPITAL}:{month}": "paid", f"{PHARMACY}:{month}": "paid"}
             async with connect(srv.dsn) as check_conn:
                 assert await checker.check(check_conn) == []
+
+
+async def test_an_accounts_fields_never_break_a_bank_file_line(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a holder with \\v, \\f, \\x1c or U+2028 was accepted into the payment
+    file, where any reader splitting on Unicode line ends cuts the payee's line in two; a byte
+    the terminal could not encode crashed the CLI. Each is refused in words, nothing stored."""
+    async with agency_ledger(new_database) as ledger, ledger.pool.acquire() as conn:
+        for holder in (
+            "张\v三",
+            "张\f三",
+            "张\x1c三",
+            "张\u2028三",
+            "张\u0085三",
+            "张\udcff三",
+            "张|三",
+        ):
+            with pytest.raises(BadRequest, match="户名不能包含"):
+                await payouts.set_account(
+                    conn,
+                    "441800000000000001",
+                    bank_code="102100000001",
+                    bank_name="工商银行",
+                    account_no="6222020200000000011",
+                    holder=holder,
+                    operator="clerk1",
+                    reason="参保人申请登记",
+                )
+        assert await conn.fetchval("SELECT count(*) FROM payout_accounts") == 0
