@@ -23,6 +23,15 @@ class Record(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 PHARMACY_TYPE = "2"  # fixmedins_type of a retail pharmacy (定点零售药店)
 
 
+def same_operator(a: str | None, b: str | None) -> bool:
+    """Whether two operator names are one person's, for the rules that want different people
+    at each step: " clerk1", "Clerk1" and "clerk1" are one (found from outside: case and
+    spaces let one person approve a payout batch at three levels)."""
+    if a is None or b is None:
+        return False
+    return a.strip().casefold() == b.strip().casefold()
+
+
 class Institution(Record, frozen=True, gc=False, kw_only=True):
     fixmedins_code: str
     fixmedins_name: str

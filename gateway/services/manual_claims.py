@@ -29,7 +29,7 @@ import msgspec
 from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
 from gateway.core.dates import DateRules, within_visit
-from gateway.core.model import PHARMACY_TYPE, Category, Visit
+from gateway.core.model import PHARMACY_TYPE, Category, Visit, same_operator
 from gateway.core.money import AmountError, fen_text, to_cnt, to_fen, to_micro
 from gateway.core.settle import split_lines
 from gateway.ledger import encounters, fees, payouts, persons, settlements
@@ -368,7 +368,7 @@ async def review(
         if refuse is None and claim.status == "reviewed" and claim.reviewed_by == operator:
             return claim
         _require(claim, "lines_entered", doing="审核")
-        if operator in (claim.entered_by, claim.registered_by):
+        if any(same_operator(operator, by) for by in (claim.entered_by, claim.registered_by)):
             raise Conflict("明细审核须由登记、录入以外的经办人办理，不能审核本人经办的报销")
         if refuse is not None:
             if not refuse.strip():
@@ -509,7 +509,7 @@ async def batch_review(
                 out.append(claim)
                 continue
             _require(claim, "settled", doing="结算审核")
-            if operator == claim.settled_by:
+            if same_operator(operator, claim.settled_by):
                 raise Conflict(f"零星报销{claim_no}：结算审核须由结算经办人以外的人员办理")
             await store.update(conn, claim_no, status="batch_reviewed", batch_reviewed_by=operator)
             if claim.reimbursement_fen:

@@ -33,6 +33,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from gateway.core.model import same_operator
 from gateway.core.money import fen_text
 from gateway.ledger import payouts as store
 from gateway.ledger.payouts import Account, Batch
@@ -279,10 +280,10 @@ def _check_approver(b: Batch, done: list[store.Approval], level: int, operator: 
         raise Conflict(
             f"支付批次{b.batch_no}须先完成{LEVELS[len(done) + 1]}，才能进行{LEVELS[level]}"
         )
-    if operator == b.created_by:
+    if same_operator(operator, b.created_by):
         raise Conflict(f"制单人{operator}不能审批本人制作的支付批次")
     for a in done:
-        if a.operator == operator:
+        if same_operator(a.operator, operator):
             raise Conflict(f"{operator}已办理本批次的{LEVELS[a.level]}，同一人不能再审批其他级别")
 
 

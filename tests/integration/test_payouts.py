@@ -542,3 +542,19 @@ async def test_an_accounts_fields_never_break_a_bank_file_line(
                     reason="参保人申请登记",
                 )
         assert await conn.fetchval("SELECT count(*) FROM payout_accounts") == 0
+
+
+async def test_one_person_under_another_spelling_is_still_one_approver(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: "a1", "A1" and "a1 " were taken for three people at three levels."""
+    async with agency_ledger(new_database) as ledger, ledger.pool.acquire() as conn:
+        await settled_claim(ledger, "441800000000000003", "2026-06-04", BIG_LINES, "FP-S")
+        await _accounts(conn)
+        batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+        with pytest.raises(Conflict, match="不能审批本人制作"):
+            await payouts.approve(conn, batch.batch_no, 1, " Maker")
+        await payouts.approve(conn, batch.batch_no, 1, "a1")
+        for alias in ("A1", "a1 "):
+            with pytest.raises(Conflict, match="同一人不能再审批"):
+                await payouts.approve(conn, batch.batch_no, 2, alias)
