@@ -22,6 +22,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 import tomllib
@@ -116,6 +117,29 @@ class LoginPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # a flood of made-up names costs ~1% of a core; a name's own operator, or one at a desk it
     # logged in from before, does not wait for it.
     hashes_per_second: float = 0.2
+    # The networks of the duty team's own desks (CIDR, e.g. "10.8.0.0/16"): an address in one
+    # is treated as a desk of every operator name — not slowed by a guarded name, not held to a
+    # name's hashing budget; its locks per name and per address still count. Without it, one
+    # wrong guess at a name every guarded interval from a fresh address keeps that name's
+    # operator waiting at any desk it never used (the second black-box pass's N2).
+    trusted_networks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for net in self.trusted_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"[console] trusted_networks: {net!r} is not a network") from None
+
+    def trusted(self, address: str) -> bool:
+        """Whether the address is in one of the duty team's own networks."""
+        if not self.trusted_networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.trusted_networks)
 
 
 KINDS = ("operator", "address", "pair")
@@ -186,7 +210,7 @@ async def reserve_attempt(
             next_at = counts["operator"].last_at + dt.timedelta(
                 seconds=policy.guarded_interval_seconds
             )
-            if next_at > now and not await is_desk(conn, name, addr):
+            if next_at > now and not (policy.trusted(address) or await is_desk(conn, name, addr)):
                 refusal = Lockout("operator", name, held["operator"].failures, next_at)
         # A refused attempt still counts against its address: hammering a locked name, or trying
         # name after name, locks the address too.

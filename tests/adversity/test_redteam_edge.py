@@ -330,3 +330,26 @@ async def test_counts_for_made_up_names_are_forgotten_after_their_window(server:
     finally:
         await conn.close()
     assert left == 0
+
+
+async def test_the_duty_teams_networks_are_not_held_up_by_a_guarded_name(server: Server) -> None:
+    """The second black-box pass's N2: one wrong guess at a name every guarded interval from a
+    fresh address kept its operator waiting at any desk it had never used. An address in
+    `[console] trusted_networks` is a desk of every name: not slowed by the guard; a fresh
+    address elsewhere still waits its turn, and the name stays guarded."""
+    await _forget_logins(server)
+    policy = LoginPolicy(trusted_networks=("10.20.0.0/16",))
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        for n in range(5):
+            await operators.reserve_attempt(conn, policy, "duty", f"10.9.8.{n}")
+        elsewhere = await operators.reserve_attempt(conn, policy, "duty", "10.9.7.1")
+        assert elsewhere is not None and elsewhere.kind == "operator"  # guarded: wait
+        assert await operators.reserve_attempt(conn, policy, "duty", "10.20.3.4") is None
+        assert not LoginPolicy().trusted("10.20.3.4")  # nothing is trusted unless configured
+        assert policy.trusted("10.20.255.1") and not policy.trusted("10.21.0.1")
+        assert not policy.trusted("not an address")
+    finally:
+        await conn.close()
+    with pytest.raises(ValueError, match="trusted_networks"):
+        LoginPolicy(trusted_networks=("10.20.0.0/33",))

@@ -184,7 +184,9 @@ async def check_login(request: web.Request, *, json_only: bool) -> operators.Ope
     if not paid and not known:
         raise Refused(429, BUSY)
     async with gw.pool.acquire(timeout=5.0) as conn:
-        if not paid and not await operators.is_desk(conn, login, address):
+        if not paid and not (
+            policy.trusted(address) or await operators.is_desk(conn, login, address)
+        ):
             raise Refused(429, BUSY)
         lock = await operators.reserve_attempt(conn, policy, login, address)
         desk = lock is None and not paid
