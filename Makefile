@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
+.PHONY: cluster cluster-down demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -30,6 +30,15 @@ demo: install
 
 system-deps:
 	./scripts/system-deps.sh
+
+# One ledger region group's high-availability shape on loopback (docs/deployment.md): etcd, three
+# Patroni members, HAProxy, Redis with a replica and Sentinel, two gateway nodes. Prints where
+# everything listens; `make cluster-down` stops it all and removes its data.
+cluster: install system-deps
+	$(BIN)/python scripts/cluster/loopback.py up
+
+cluster-down:
+	$(BIN)/python scripts/cluster/loopback.py down
 
 lint: install
 	$(BIN)/ruff check $(SOURCES)

@@ -20,6 +20,11 @@ TOOLS=(
     "prometheus optional command -v promtool"
     # `make bench-wrk` and tests/load/test_wrk_smoke.py drive the gateway with wrk (C, LuaJIT).
     "wrk optional command -v wrk"
+    # `make cluster` and tests/cluster/: the loopback high-availability cluster (docs/deployment.md).
+    "patroni optional command -v patroni"
+    "etcd-server optional command -v etcd"
+    "haproxy optional command -v haproxy"
+    "redis-sentinel optional command -v redis-sentinel"
 )
 
 missing() {  # prints "package required?" for each tool whose check fails
@@ -39,13 +44,22 @@ SUDO=""
 if command -v apt-get >/dev/null 2>&1; then
     echo "system-deps: installing $pkgs"
     $SUDO apt-get update -qq || echo "warning: apt-get update failed" >&2
-    # Only promtool is wanted from the prometheus package, not its server: a policy-rc.d (when
-    # the machine has none) denies starting it during the install, and it is not enabled at boot.
+    # Only promtool is wanted from the prometheus package, not its server; the cluster's servers
+    # (etcd, HAProxy, Sentinel, Patroni) are started by `make cluster` on free ports, never as
+    # services on their default ones: a policy-rc.d (when the machine has none) denies starting
+    # them during the install, and they are not enabled at boot.
+    services=""  # the services of the packages installed now, none that was there before
+    for pkg in $pkgs; do
+        case "$pkg" in
+            etcd-server) services="$services etcd" ;;
+            prometheus | haproxy | redis-sentinel | patroni) services="$services $pkg" ;;
+        esac
+    done
     guard=""
-    if grep -qw prometheus <<<"$pkgs" && [ ! -e /usr/sbin/policy-rc.d ]; then
+    if [ -n "$services" ] && [ ! -e /usr/sbin/policy-rc.d ]; then
         guard=/usr/sbin/policy-rc.d
         # shellcheck disable=SC2016  # $a belongs to the generated script
-        printf '#!/bin/sh\nfor a; do case "$a" in prometheus|prometheus.service) exit 101;; esac; done\nexit 0\n' \
+        printf '#!/bin/sh\nfor a; do case "${a%%.service}" in prometheus|etcd|haproxy|redis-sentinel|patroni) exit 101;; esac; done\nexit 0\n' \
             | $SUDO tee "$guard" >/dev/null && $SUDO chmod 755 "$guard"
     fi
     # shellcheck disable=SC2086  # one word per package
@@ -54,7 +68,9 @@ if command -v apt-get >/dev/null 2>&1; then
     if [ -n "$guard" ]; then
         $SUDO rm -f "$guard"
         if command -v systemctl >/dev/null 2>&1; then
-            $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+            for service in $services; do
+                $SUDO systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+            done
         fi
     fi
 else

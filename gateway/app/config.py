@@ -177,6 +177,22 @@ class Overload(Section, frozen=True):
     share: float = 0.25
 
 
+class RedisConfig(Section, frozen=True):
+    """`[redis]`: Redis behind Sentinel. With `sentinels` listed, the gateway asks them for the
+    master named `master_name` and follows it across a failover (gateway.app.redis_link);
+    without, `--redis-url` / GATEWAY_REDIS_URL names one server, or there is none."""
+
+    sentinels: tuple[str, ...] = ()  # "host:port" of each sentinel
+    master_name: str = "gateway"
+    db: int = 0
+
+    def __post_init__(self) -> None:
+        for address in self.sentinels:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"sentinel {address!r}: expected host:port")
+
+
 class GatewayConfig(Section, frozen=True):
     """The whole file, one field per table, named as the table is."""
 
@@ -198,6 +214,7 @@ class GatewayConfig(Section, frozen=True):
     # [console] is the console's log-in policy; read as `config.login` by gateway.emergency.console.
     login: LoginPolicy = msgspec.field(default_factory=LoginPolicy, name="console")
     dates: DateRules = msgspec.field(default_factory=DateRules)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
 
 
 def decode_config(text: str | bytes, source: str = "the configuration") -> GatewayConfig:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway.app.config import Settings
+from gateway.app.redis_link import close_redis, open_redis
 from gateway.app.reference import Reference, load_reference
 from gateway.core.catalog import Snapshot
 from gateway.emergency import triggers
@@ -169,13 +170,8 @@ class Gateway:
         except BaseException:
             await pool.close()
             raise
-        redis: Redis | None = None
-        if settings.redis_url:
-            import redis.asyncio as aioredis
-
-            redis = aioredis.Redis.from_url(
-                settings.redis_url, socket_timeout=0.2, socket_connect_timeout=0.2
-            )
+        # Short timeouts: Redis is never worth a settlement's wait (the breaker takes over).
+        redis = open_redis(settings.config.redis, settings.redis_url, timeout=0.2)
         gw = cls(settings, pool, reference, snapshot, redis, group_commit)
         gw.set_plan(plan)
         return gw
@@ -184,7 +180,7 @@ class Gateway:
         """Release what `start` opened; the background tasks are the caller's to stop first."""
         self.journal.close()
         if self.redis is not None:
-            await self.redis.aclose()
+            await close_redis(self.redis)
         await self.pool.close()
 
     async def _trigger_rule(self, code: str, reason: str) -> None:

@@ -525,7 +525,7 @@ async def _probe(gw: Gateway) -> bool:
         async with asyncio.timeout(1.0), gw.pool.acquire(timeout=1.0) as conn:
             await db.ping(conn)
         return True
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except (*db.UNAVAILABLE, asyncpg.PostgresError):
         return False
 
 

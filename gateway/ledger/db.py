@@ -8,6 +8,25 @@ from typing import Any
 import asyncpg
 import msgspec
 
+# What a ledger call may fail with when the ledger is unreachable or is no longer the primary
+# (a failover under way): the request is answered "retry the same msgid" and the breaker
+# counts it, as for a dead network. Anything else from PostgreSQL is a refusal or a bug.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.InterfaceError,  # the connection was lost under a query
+    # 57P01-03: the server is shutting down (a switchover demotes the old primary) or is not yet
+    # accepting connections (a standby being promoted, a restart).
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    # 25006: the connection reached a standby (a primary demoted under an open connection).
+    asyncpg.ReadOnlySQLTransactionError,
+    # No host of a multi-host DSN is the primary right now (mid-failover).
+    asyncpg.TargetServerAttributeNotMatched,
+)
+
 # Several workers start at once: one advisory lock makes migrations run exactly once.
 _MIGRATION_LOCK = 0x5E771E  # arbitrary, stable
 
@@ -82,7 +101,12 @@ async def _reset(conn: asyncpg.Connection) -> None:
 async def create_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 16, **kw: Any
 ) -> asyncpg.Pool:
-    """A pool whose connections speak jsonb as Python values."""
+    """A pool whose connections speak jsonb as Python values.
+
+    `dsn` may name one server (or HAProxy's read-write listener in front of a Patroni cluster),
+    or every member: `postgresql://u@h1:5432,h2:5432,h3:5432/db?target_session_attrs=read-write`
+    connects to whichever is the primary. Either way a connection lost in a failover is dropped
+    by the pool and the next acquire connects afresh, to the new primary once it is promoted."""
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_reset, **kw
     )

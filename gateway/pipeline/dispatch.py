@@ -22,7 +22,7 @@ from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
 from gateway.emergency.breaker import loop_stalls
 from gateway.emergency.plan.rules import Decision
-from gateway.ledger import idempotency
+from gateway.ledger import db, idempotency
 from gateway.pipeline.outcome import Outcome as Outcome
 from gateway.pipeline.outcome import Result as Result
 from gateway.pipeline.outcome import failure as failure
@@ -302,9 +302,7 @@ def _failed(
             terminal,
             identity_failure=isinstance(exc, IdentityRejected),
         )
-    if isinstance(
-        exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
-    ):
+    if isinstance(exc, db.UNAVAILABLE):
         log.error("dependency failure", exc_info=exc, extra=labels)
         _observe(gw, code, False, isinstance(exc, TimeoutError), received_clock)
         down = Unavailable("医保结算服务暂时不可用，请稍后重试；如持续失败请按应急预案处理")
@@ -363,7 +361,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
                 gw.pool.acquire(timeout=budget) as conn,
             ):
                 found = await idempotency.lookup(conn, code, msgid)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except (*db.UNAVAILABLE, asyncpg.PostgresError):
             return None
     if found is None:
         return None

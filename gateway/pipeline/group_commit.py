@@ -37,7 +37,7 @@ import asyncpg
 
 from adapters.national.envelope import Request, encode_response
 from gateway.app.config import Settings
-from gateway.ledger import idempotency
+from gateway.ledger import db, idempotency
 from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
@@ -176,7 +176,7 @@ class GroupCommit:
                 for item in later:  # the msgid was already taken: answer as its owner did
                     answers[id(item)] = await _replay(conn, item)
         except Exception as exc:
-            if not isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)):
+            if not isinstance(exc, (*db.UNAVAILABLE, asyncpg.PostgresError)):
                 log.exception("group commit failed; its requests go one by one")
             for item in batch:
                 if not item.done.done():
