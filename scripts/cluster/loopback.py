@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import csv
 import json
 import os
 import pwd
@@ -100,7 +102,7 @@ def render(template: str, target: Path, **values: Any) -> Path:
 def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
     """Status and body; 0 when nothing answered."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
@@ -212,7 +214,7 @@ class Cluster:
             extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
         with log.open("ab") as out:
-            proc = subprocess.Popen(  # noqa: S603 - our own argv
+            proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -257,10 +259,8 @@ class Cluster:
             if master is not None:
                 pids += [master, *_children(master)]
         for p in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return pids
 
     def stop(self, name: str, grace: float = 15.0) -> None:
@@ -295,6 +295,18 @@ class Cluster:
             if http_get(self.patroni_url(member, "/primary"))[0] == 200:
                 return member
         return None
+
+    def haproxy_states(self, listener: str) -> dict[str, str]:
+        """Each server's status in one HAProxy listener (UP, DOWN, ...), from the stats page."""
+        status, body = http_get(f"http://127.0.0.1:{self.ports['haproxy_stats']}/;csv")
+        if status != 200:
+            return {}
+        rows = csv.DictReader(body.decode().lstrip("# ").splitlines())
+        return {
+            r["svname"]: r["status"]
+            for r in rows
+            if r["pxname"] == listener and r["svname"] not in ("FRONTEND", "BACKEND")
+        }
 
     def start_member(self, member: str) -> None:
         config = self.base / f"{member}.yml"
@@ -430,13 +442,17 @@ def _start_all(cluster: Cluster, node_settings: Path | None) -> None:
     def replicated() -> bool:
         for member in MEMBERS:
             if cluster.pid(member) is None:
-                raise ClusterError(f"Patroni member {member} exited (see {member}.log in the kept logs)")
+                raise ClusterError(
+                    f"Patroni member {member} exited (see {member}.log in the kept logs)"
+                )
         members = cluster.members()
         roles = sorted(m.get("role", "") for m in members)
         running = all(m.get("state") in ("running", "streaming") for m in members)
         return len(members) == 3 and running and roles.count("sync_standby") >= 1
 
-    wait_for("the Patroni cluster (a primary and a synchronous standby)", replicated, 180, base / "log")
+    wait_for(
+        "the Patroni cluster (a primary and a synchronous standby)", replicated, 180, base / "log"
+    )
 
     pg_servers = "\n".join(
         f"    server {m} 127.0.0.1:{ports[f'{m}_pg']} check port {ports[f'{m}_api']}"
@@ -454,10 +470,15 @@ def _start_all(cluster: Cluster, node_settings: Path | None) -> None:
     )
     _own(base / "haproxy.cfg")
     config = base / "haproxy.cfg"
-    cluster.spawn("haproxy", ["haproxy", "-db", "-f", str(config)], as_server=True, mark=str(config))
+    cluster.spawn(
+        "haproxy", ["haproxy", "-db", "-f", str(config)], as_server=True, mark=str(config)
+    )
 
     # Redis, its replica and a Sentinel naming the master.
-    for name, port in (("redis-master", ports["redis_master"]), ("redis-replica", ports["redis_replica"])):
+    for name, port in (
+        ("redis-master", ports["redis_master"]),
+        ("redis-replica", ports["redis_replica"]),
+    ):
         conf = render("redis.conf", base / name / "redis.conf", port=port, dir=base / name)
         if name == "redis-replica":
             with conf.open("a", encoding="utf-8") as f:
@@ -477,10 +498,18 @@ def _start_all(cluster: Cluster, node_settings: Path | None) -> None:
         "sentinel", ["redis-sentinel", str(conf)], as_server=True, mark=f":{ports['sentinel']}"
     )
 
+    # HAProxy takes every server for up until its first check says otherwise: writes could
+    # reach a standby (which refuses them) for the first half second. Wait for the checks.
+    def routed() -> bool:
+        states = cluster.haproxy_states("ledger_rw")
+        return sorted(states.values()) == ["DOWN", "DOWN", "UP"]
+
+    wait_for("HAProxy's read-write listener on the primary alone", routed, 30, config)
+
     # The ledger database, through HAProxy once it routes to the primary; then the schema and
     # the demo data set, once (`make run` does the same on an empty database).
     asyncio.run(_create_database(ports["haproxy_rw"]))
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [sys.executable, "-m", "gateway", "demo", "load", "--database-url", cluster.data["dsn"]],
         check=True,
         cwd=ROOT,
@@ -517,7 +546,9 @@ async def _create_database(rw_port: int) -> None:
             break
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             if time.monotonic() > deadline:
-                raise ClusterError("HAProxy's read-write listener never reached the primary")
+                raise ClusterError(
+                    "HAProxy's read-write listener never reached the primary"
+                ) from None
             await asyncio.sleep(0.5)
     try:
         await conn.execute(f"CREATE DATABASE {DATABASE}")
