@@ -4,7 +4,8 @@
     python scripts/cluster/loopback.py status   # members, roles, endpoints (JSON)
     python scripts/cluster/loopback.py primary  # the Patroni member that is the primary now
     python scripts/cluster/loopback.py kill pg1 # kill -9 a member (Patroni and its PostgreSQL),
-                                                # or a gateway node (gw1, gw2): the failover drill
+                                                # a gateway node (gw1, gw2) or a Redis
+                                                # (redis-master, redis-replica): failover drills
     python scripts/cluster/loopback.py start pg1  # bring a killed member back (it rejoins)
     python scripts/cluster/loopback.py down     # `make cluster-down`: stop all, remove the data
 
@@ -54,6 +55,7 @@ SCOPE = "ledger-a"  # the Patroni cluster of the one region group run here
 MASTER_NAME = "gateway"  # the Redis master's name in Sentinel
 MEMBERS = ("pg1", "pg2", "pg3")
 GATEWAYS = ("gw1", "gw2")
+REDISES = ("redis-master", "redis-replica")
 DATABASE = "gateway"
 TOOLS = {
     "etcd": "etcd-server",
@@ -307,6 +309,14 @@ class Cluster:
             for r in rows
             if r["pxname"] == listener and r["svname"] not in ("FRONTEND", "BACKEND")
         }
+
+    def redis_master_port(self) -> int | None:
+        """The port of the Redis that Sentinel names master now."""
+        with socket.create_connection(("127.0.0.1", self.ports["sentinel"]), timeout=2) as s:
+            s.sendall(f"SENTINEL get-master-addr-by-name {MASTER_NAME}\r\n".encode())
+            reply = s.recv(4096).decode().split("\r\n")
+        # *2, $9, 127.0.0.1, $5, <port>: a two-element array of bulk strings
+        return int(reply[4]) if reply[0] == "*2" else None
 
     def start_member(self, member: str) -> None:
         config = self.base / f"{member}.yml"
@@ -595,8 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop everything and remove the data")
     sub.add_parser("status", help="where everything is, as JSON")
     sub.add_parser("primary", help="the Patroni member that is the primary")
-    k = sub.add_parser("kill", help="kill -9 a member (pg1..pg3) or a gateway node (gw1, gw2)")
-    k.add_argument("name", choices=[*MEMBERS, *GATEWAYS])
+    k = sub.add_parser(
+        "kill", help="kill -9 a member (pg1..pg3), a gateway node (gw1, gw2) or a Redis"
+    )
+    k.add_argument("name", choices=[*MEMBERS, *GATEWAYS, *REDISES])
     s = sub.add_parser("start", help="start a stopped member or gateway node again")
     s.add_argument("name", choices=[*MEMBERS, *GATEWAYS])
     args = parser.parse_args(argv)

@@ -2,8 +2,9 @@
 killed with -9, and nothing acknowledged lost or doubled.
 
 Pharmacy tills send durable 2102s through HAProxy to both gateway nodes, each msgid retried
-(same msgid, as a till does) until it is answered with infcode 0. Mid-load the Patroni primary
-dies (kill -9 of Patroni, PostgreSQL and its backends: a machine lost); Patroni promotes the
+(same msgid, as a till does) until it is answered with infcode 0. The Redis master dies first:
+Sentinel promotes the replica and both nodes' Redis (rate limits, nonces) follow it. Then the
+Patroni primary dies (kill -9 of Patroni, PostgreSQL and its backends: a machine lost); Patroni promotes the
 synchronous standby, HAProxy's read-write listener follows /primary, and the gateways, which
 were answering "retry the same msgid" or deferring claims per the plan meanwhile, settle again
 without a restart. Then the same msgid goes to both nodes at once, and one gateway node is
@@ -246,7 +247,24 @@ async def _drill(cluster: Any, state: Path) -> None:
         sampler = asyncio.create_task(breakers.sample())
         load = Load(gateway, session)
         tills = [asyncio.create_task(load.till(n)) for n in range(TILLS)]
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(2.0)
+
+        # --- the Redis master dies: Sentinel promotes its replica, both nodes follow ----------
+        _run(["kill", "redis-master"], state)
+        redis_killed_at = time.monotonic()
+        replica = ports["redis_replica"]
+
+        async def redis_followed() -> bool:
+            if await asyncio.to_thread(cluster.redis_master_port) != replica:
+                return False
+            for url in nodes.values():
+                async with session.get(url + "/readyz") as r:
+                    if (await r.json())["redis"] != "ok":
+                        return False
+            return True
+
+        await until(redis_followed, within=30.0)
+        redis_failover = time.monotonic() - redis_killed_at
         before_kill = len(load.acknowledged())
         assert before_kill > 0
 
@@ -275,13 +293,17 @@ async def _drill(cluster: Any, state: Path) -> None:
 
         # --- a gateway node dies under load --------------------------------------------------
         at_gateway_kill = len(load.acknowledged())
-        _run(["kill", "gw1"], state)
+        retried_before = load.interim.copy()
+        assert _run(["kill", "gw1"], state)  # the pid killed
         gw_killed_at = time.monotonic()
         await until(lambda: _holds(load.settled_since(gw_killed_at + 2.0)), within=30.0)
         await asyncio.sleep(3.0)
         load.stop.set()
         await asyncio.wait_for(asyncio.gather(*tills), timeout=60.0)
         after_gateway_kill = len(load.acknowledged()) - at_gateway_kill
+        retried_at_gateway_kill = load.interim - retried_before
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(nodes["gw1"] + "/livez")
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
@@ -305,10 +327,12 @@ async def _drill(cluster: Any, state: Path) -> None:
         "duplicated": 0,
         "old_primary": old,
         "new_primary": new,
+        "redis_failover_seconds": round(redis_failover, 1),
         "promotion_seconds": round(promotion, 1),
         "settling_again_seconds": round(settling_again, 1),
         "breaker_last_open_seconds": deferring,
         "acknowledged_after_gateway_kill": after_gateway_kill,
+        "retry_answers_after_gateway_kill": dict(retried_at_gateway_kill),
     }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "cluster-failover.json").write_text(
