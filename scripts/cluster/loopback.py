@@ -298,17 +298,22 @@ class Cluster:
                 return member
         return None
 
-    def haproxy_states(self, listener: str) -> dict[str, str]:
-        """Each server's status in one HAProxy listener (UP, DOWN, ...), from the stats page."""
+    def haproxy_servers(self, listener: str) -> dict[str, dict[str, str]]:
+        """Each server's row of HAProxy's statistics in one listener or backend (status: UP,
+        DOWN, ...; stot: sessions so far)."""
         status, body = http_get(f"http://127.0.0.1:{self.ports['haproxy_stats']}/;csv")
         if status != 200:
             return {}
         rows = csv.DictReader(body.decode().lstrip("# ").splitlines())
         return {
-            r["svname"]: r["status"]
+            r["svname"]: r
             for r in rows
             if r["pxname"] == listener and r["svname"] not in ("FRONTEND", "BACKEND")
         }
+
+    def haproxy_states(self, listener: str) -> dict[str, str]:
+        """Each server's status in one listener or backend (UP, DOWN, ...)."""
+        return {name: row["status"] for name, row in self.haproxy_servers(listener).items()}
 
     def redis_master_port(self) -> int | None:
         """The port of the Redis that Sentinel names master now."""

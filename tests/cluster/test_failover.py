@@ -294,6 +294,8 @@ async def _drill(cluster: Any, state: Path) -> None:
         # --- a gateway node dies under load --------------------------------------------------
         at_gateway_kill = len(load.acknowledged())
         retried_before = load.interim.copy()
+        ready = cluster.haproxy_servers("gateway_ready")
+        spread = {n: (r["status"], int(r["stot"])) for n, r in ready.items()}
         assert _run(["kill", "gw1"], state)  # the pid killed
         gw_killed_at = time.monotonic()
         await until(lambda: _holds(load.settled_since(gw_killed_at + 2.0)), within=30.0)
@@ -333,6 +335,7 @@ async def _drill(cluster: Any, state: Path) -> None:
         "breaker_last_open_seconds": deferring,
         "acknowledged_after_gateway_kill": after_gateway_kill,
         "retry_answers_after_gateway_kill": dict(retried_at_gateway_kill),
+        "haproxy_ready_nodes_at_gateway_kill": spread,
     }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "cluster-failover.json").write_text(
