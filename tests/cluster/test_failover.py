@@ -76,6 +76,7 @@ SALE = [{"feedetl_sn": "1", "medins_list_codg": "YP0007", "pric": "9.9", "cnt": 
          "det_item_fee_sumamt": "19.80"}]  # fmt: skip
 SALE_TOTAL = "19.80"
 TILLS = 8
+BURST = 48  # sales sent straight to the gateway node that is then killed
 # Tills fire far above a counter's pace; every other setting is the nodes' default.
 NODE_SETTINGS = """
 [rate_limit]
@@ -113,20 +114,23 @@ class Load:
     interim: Counter[str] = field(default_factory=Counter)  # what answered a try that was retried
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def new_sale(self, pos: HisClient, n: int) -> Sale:
+        psn_no = f"S441800{n % PERSONS + 1:012d}"
+        drug = pos.drug_input(psn_no, time.strftime("%Y-%m-%d %H:%M:%S"), SALE_TOTAL, SALE)
+        envelope = pos.envelope("2102", drug)
+        sale = Sale(envelope["msgid"], psn_no, msgspec.json.encode(envelope))
+        self.sales.append(sale)
+        return sale
+
     async def till(self, n: int) -> None:
         pos = HisClient(self.session, self.url, PHARMACY)
         i = 0
         while not self.stop.is_set():
             i += 1
-            psn_no = f"S441800{(n * 7919 + i) % PERSONS + 1:012d}"
-            drug = pos.drug_input(psn_no, time.strftime("%Y-%m-%d %H:%M:%S"), SALE_TOTAL, SALE)
-            envelope = pos.envelope("2102", drug)
-            sale = Sale(envelope["msgid"], psn_no, msgspec.json.encode(envelope))
-            self.sales.append(sale)
-            await self._until_acknowledged(pos, sale)
+            await self.until_acknowledged(pos, self.new_sale(pos, n * 7919 + i))
             await asyncio.sleep(0.01)
 
-    async def _until_acknowledged(self, pos: HisClient, sale: Sale) -> None:
+    async def until_acknowledged(self, pos: HisClient, sale: Sale) -> None:
         # A sale once sent is seen through even after `stop`: a till does not walk away from a
         # msgid it may have been charged for.
         while True:
@@ -296,8 +300,26 @@ async def _drill(cluster: Any, state: Path) -> None:
         retried_before = load.interim.copy()
         ready = cluster.haproxy_servers("gateway_ready")
         spread = {n: (r["status"], int(r["stot"])) for n, r in ready.items()}
-        assert _run(["kill", "gw1"], state)  # the pid killed
+        # Besides the tills' traffic, a burst sent to gw1 itself, so that requests are surely in
+        # flight there when it dies; each one cut off is retried through HAProxy, same msgid.
+        direct = HisClient(session, nodes["gw1"], PHARMACY)
+        burst = [load.new_sale(direct, n) for n in range(BURST)]
+        sent = [asyncio.create_task(direct.post_raw(sale.body)) for sale in burst]
+        await asyncio.sleep(0.01)
+        # The script's own kill, in-process: starting the script takes longer than the burst.
+        assert cluster.kill("gw1")  # the pid killed
         gw_killed_at = time.monotonic()
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        via_haproxy = HisClient(session, gateway, PHARMACY)
+        cut_off = 0
+        for sale, result in zip(burst, results, strict=True):
+            if isinstance(result, tuple) and result[0] == 200 and decode(result[1])["infcode"] == 0:
+                sale.tries, sale.raw, sale.acked_at = 1, result[1], time.monotonic()
+                sale.answer = decode(result[1])
+            else:
+                cut_off += 1
+                await load.until_acknowledged(via_haproxy, sale)
+        assert cut_off > 0  # the kill did catch requests in flight
         await until(lambda: _holds(load.settled_since(gw_killed_at + 2.0)), within=30.0)
         await asyncio.sleep(3.0)
         load.stop.set()
@@ -334,6 +356,7 @@ async def _drill(cluster: Any, state: Path) -> None:
         "settling_again_seconds": round(settling_again, 1),
         "breaker_last_open_seconds": deferring,
         "acknowledged_after_gateway_kill": after_gateway_kill,
+        "cut_off_by_gateway_kill_then_acknowledged": cut_off,
         "retry_answers_after_gateway_kill": dict(retried_at_gateway_kill),
         "haproxy_ready_nodes_at_gateway_kill": spread,
     }
