@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway.app.cli_database import database_url
-from gateway.app.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, Settings
+from gateway.app.config import (
+    DEFAULT_CONFIG,
+    DEFAULT_REFERENCE,
+    ConfigError,
+    Settings,
+    load_config,
+)
+from gateway.app.redis_link import close_redis, open_redis
 from gateway.core.money import fen_text
 from gateway.emergency.plan import status, store
 from gateway.ledger import db, deferred, inflight
@@ -58,13 +65,18 @@ def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitabl
 
 
 async def _announce(args: argparse.Namespace, version: int) -> None:
-    """Running gateways poll every second anyway; Redis makes it immediate."""
+    """Running gateways poll every second anyway; Redis makes it immediate. The Redis is the
+    gateways' own: `[redis] sentinels` of --config when listed, else --redis-url."""
     url = getattr(args, "redis_url", None) or os.environ.get("GATEWAY_REDIS_URL")
-    if not url:
+    try:
+        redis = load_config(Path(getattr(args, "config", DEFAULT_CONFIG))).redis
+    except ConfigError as exc:
+        # The change is written already: a bad file costs the announcement, not the change.
+        print(f"warning: {exc}; gateways pick the change up by polling", file=sys.stderr)
         return
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    client = open_redis(redis, url, timeout=0.5)
+    if client is None:
+        return
     try:
         await client.publish(PLAN_CHANNEL, str(version))
     except Exception:
@@ -73,7 +85,7 @@ async def _announce(args: argparse.Namespace, version: int) -> None:
             file=sys.stderr,
         )
     finally:
-        await client.aclose()
+        await close_redis(client)
 
 
 def plan_show(args: argparse.Namespace) -> int:
@@ -334,6 +346,11 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
         if changes:
             p.add_argument("--operator", help="recorded in the audit log (default cli:<login>)")
             p.add_argument("--redis-url", default=os.environ.get("GATEWAY_REDIS_URL"))
+            p.add_argument(
+                "--config",
+                default=str(DEFAULT_CONFIG),
+                help="gateway.toml: the change is announced on its [redis] sentinels' master",
+            )
 
     p = sub.add_parser("plan", help="the emergency plan: rules, windows, in-flight work")
     psub = p.add_subparsers(dest="plan_command", required=True)

@@ -3,7 +3,8 @@ killed with -9, and nothing acknowledged lost or doubled.
 
 Pharmacy tills send durable 2102s through HAProxy to both gateway nodes, each msgid retried
 (same msgid, as a till does) until it is answered with infcode 0. The Redis master dies first:
-Sentinel promotes the replica and both nodes' Redis (rate limits, nonces) follow it. Then the
+Sentinel promotes the replica, both nodes' Redis (rate limits, nonces) follow it, and a plan
+change is announced on the new master through Sentinel. Then the
 Patroni primary dies (kill -9 of Patroni, PostgreSQL and its backends: a machine lost); Patroni promotes the
 synchronous standby, HAProxy's read-write listener follows /primary, and the gateways, which
 were answering "retry the same msgid" or deferring claims per the plan meanwhile, settle again
@@ -37,8 +38,10 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
+from redis.asyncio import Redis
 
 from gateway.ledger import checker, db
+from gateway.ops.keys import PLAN_CHANNEL
 from tests.integration.emergency_helpers import cli, until
 from tests.integration.his_client import HisClient, decode
 
@@ -269,6 +272,7 @@ async def _drill(cluster: Any, state: Path) -> None:
 
         await until(redis_followed, within=30.0)
         redis_failover = time.monotonic() - redis_killed_at
+        await _plan_change_announced_through_sentinel(cluster, dsn, replica)
         before_kill = len(load.acknowledged())
         assert before_kill > 0
 
@@ -365,6 +369,30 @@ async def _drill(cluster: Any, state: Path) -> None:
         json.dumps(figures, ensure_ascii=False, indent=2), encoding="utf-8"
     )
     print("\nloopback cluster failover:", json.dumps(figures, ensure_ascii=False))
+
+
+async def _plan_change_announced_through_sentinel(cluster: Any, dsn: str, master: int) -> None:
+    """`plan set` with the nodes' gateway.toml publishes on the master Sentinel names now."""
+    redis = Redis(port=master)
+    pubsub = redis.pubsub()
+    try:
+        await pubsub.subscribe(PLAN_CHANNEL)
+        await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+        config = str(cluster.base / "gateway-node.toml")
+        scope = "institution:H44180000001"  # the hospital: the tills' pharmacy is untouched
+        cli("plan", "set", "--scope", scope, "--class", "catalog", "--action", "reject",
+            "--reason", "演练", "--config", config, "--database-url", dsn)  # fmt: skip
+        message = None
+        for _ in range(20):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+            if message is not None:
+                break
+        assert message is not None and message["channel"] == PLAN_CHANNEL.encode()
+        cli("plan", "clear", "--scope", scope, "--class", "catalog", "--reason", "演练结束",
+            "--config", config, "--database-url", dsn)  # fmt: skip
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
 
 
 async def _holds(value: bool) -> bool:
