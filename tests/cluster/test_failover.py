@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import importlib.util
 import json
 import subprocess
@@ -309,21 +310,26 @@ async def _drill(cluster: Any, state: Path) -> None:
         direct = HisClient(session, nodes["gw1"], PHARMACY)
         burst = [load.new_sale(direct, n) for n in range(BURST)]
         sent = [asyncio.create_task(direct.post_raw(sale.body)) for sale in burst]
-        await asyncio.sleep(0.01)
+        # Killed once a few answers are out: the rest of the burst is in its hands, some
+        # committed (in the same group commit) and not yet answered, some not yet written.
+        for done in asyncio.as_completed(sent):
+            await done
+            if sum(t.done() for t in sent) >= BURST // 8:
+                break
         # The script's own kill, in-process: starting the script takes longer than the burst.
         assert cluster.kill("gw1")  # the pid killed
-        gw_killed_at = time.monotonic()
+        gw_killed_at, gw_killed_wall = time.monotonic(), dt.datetime.now(dt.UTC)
         results = await asyncio.gather(*sent, return_exceptions=True)
         via_haproxy = HisClient(session, gateway, PHARMACY)
-        cut_off = 0
+        cut_off: list[Sale] = []
         for sale, result in zip(burst, results, strict=True):
             if isinstance(result, tuple) and result[0] == 200 and decode(result[1])["infcode"] == 0:
                 sale.tries, sale.raw, sale.acked_at = 1, result[1], time.monotonic()
                 sale.answer = decode(result[1])
             else:
-                cut_off += 1
+                cut_off.append(sale)
                 await load.until_acknowledged(via_haproxy, sale)
-        assert cut_off > 0  # the kill did catch requests in flight
+        assert cut_off  # the kill did catch requests in flight
         await until(lambda: _holds(load.settled_since(gw_killed_at + 2.0)), within=30.0)
         await asyncio.sleep(3.0)
         load.stop.set()
@@ -343,6 +349,17 @@ async def _drill(cluster: Any, state: Path) -> None:
     assert internal == [], internal  # a failover is "unavailable, retry", never a bug
 
     await _check_ledger(dsn, acked, deferred, opening, same)
+    # Of the burst cut off by the kill, those gw1 had begun writing before it died: committed,
+    # never answered, and their retries through the other node got the stored answer.
+    conn = await asyncpg.connect(dsn)
+    try:
+        committed_unanswered = await conn.fetchval(
+            "SELECT count(*) FROM idempotency WHERE msgid = ANY($1::text[]) AND created_at < $2",
+            [sale.msgid for sale in cut_off],
+            gw_killed_wall,
+        )
+    finally:
+        await conn.close()
     await _multi_host_reaches_the_new_primary(cluster.data["multi_host_dsn"], ports[f"{new}_pg"])
 
     figures = {
@@ -360,7 +377,8 @@ async def _drill(cluster: Any, state: Path) -> None:
         "settling_again_seconds": round(settling_again, 1),
         "breaker_last_open_seconds": deferring,
         "acknowledged_after_gateway_kill": after_gateway_kill,
-        "cut_off_by_gateway_kill_then_acknowledged": cut_off,
+        "cut_off_by_gateway_kill_then_acknowledged": len(cut_off),
+        "of_them_committed_by_the_killed_node": committed_unanswered,
         "retry_answers_after_gateway_kill": dict(retried_at_gateway_kill),
         "haproxy_ready_nodes_at_gateway_kill": spread,
     }
