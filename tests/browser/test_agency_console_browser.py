@@ -89,12 +89,23 @@ class Desk:
 
     def press(self, button: str) -> str:
         """Click a form's button and answer the next page's message (or its refusal)."""
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as ec
 
         clicked = self.by_id(button)
         clicked.click()
-        self.wait.until(ec.staleness_of(clicked))
+
+        def gone(_: object) -> bool:
+            # The page the click left: Chromium may say so as a stale element or, mid-navigation,
+            # as "Node with given id does not belong to the document"; either means it is gone.
+            try:
+                clicked.is_enabled()
+            except WebDriverException:
+                return True
+            return False
+
+        self.wait.until(gone)
         self.wait.until(
             ec.any_of(
                 ec.presence_of_element_located((By.ID, "message")),

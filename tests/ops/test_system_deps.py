@@ -23,9 +23,23 @@ EVERY_PACKAGE = [
     "fonts-noto-cjk",
     "prometheus",
     "wrk",
+    "patroni",
+    "etcd-server",
+    "haproxy",
+    "redis-sentinel",
 ]
 # Every tool whose presence the script checks with `command -v`.
-EVERY_TOOL = ("redis-server", "chromium", "chromedriver", "promtool", "wrk")
+EVERY_TOOL = (
+    "redis-server",
+    "chromium",
+    "chromedriver",
+    "promtool",
+    "wrk",
+    "patroni",
+    "etcd",
+    "haproxy",
+    "redis-sentinel",
+)
 
 
 def _stub(path: Path, body: str) -> None:
