@@ -115,7 +115,8 @@ async def corrected(
 
 
 class Reimbursed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """The deferred claims of an institution replayed, and what the funds owe the patients."""
+    """Claims of patients treated at an institution that the funds pay back to the patients
+    (deferred claims replayed, `reimbursed`; manual claims settled, `claimed`), and how much."""
 
     fixmedins_code: str
     fixmedins_name: str
@@ -152,21 +153,9 @@ async def reimbursed(
     ]
 
 
-class Claimed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """The manual claims (零星报销) of patients treated at an institution, settled in force in
-    the month, and what the agency owes the patients back."""
-
-    fixmedins_code: str
-    fixmedins_name: str
-    admdvs: str
-    claims: int
-    medfee_sumamt: int
-    to_patients: int
-
-
 async def claimed(
     conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
-) -> list[Claimed]:
+) -> list[Reimbursed]:
     """Reads per institution the manual claims whose settlement of [since, until) is in force."""
     args: list[object] = [since, until] + ([institution] if institution else [])
     rows = await conn.fetch(
@@ -180,7 +169,7 @@ async def claimed(
         *args,
     )
     return [
-        Claimed(
+        Reimbursed(
             fixmedins_code=r["fixmedins_code"],
             fixmedins_name=r["fixmedins_name"],
             admdvs=r["admdvs"],

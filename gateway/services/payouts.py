@@ -27,7 +27,8 @@ import datetime as dt
 import hashlib
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -122,26 +123,13 @@ async def set_account(
 ) -> dict[str, str] | None:
     """The person's payout account, new or changed, with an audit row (numbers masked);
     the same account again changes nothing. Returns it masked."""
-    new = _account(psn_no, bank_code, bank_name, account_no, holder)
-    if not reason.strip():
-        raise BadRequest("变更收款账户须填写原因")
-    async with conn.transaction():
-        if not await store.person_known(conn, psn_no):
-            raise NotFound(f"人员编号{psn_no}不存在")
-        old = await store.account(conn, psn_no, lock=True)
-        if old == new:
-            return _masked(new)
-        await store.put_account(conn, new, operator)
-        await audit.append(
-            conn,
-            operator=operator,
-            action="payout.account",
-            target=f"person:{psn_no}",
-            reason=reason,
-            before=_masked(old),
-            after=_masked(new),
-        )
-    return _masked(new)
+    return await _change_account(
+        conn,
+        _account(psn_no, bank_code, bank_name, account_no, holder),
+        reason,
+        operator,
+        _PERSON_ACCOUNTS,
+    )
 
 
 async def set_institution_account(
@@ -157,21 +145,66 @@ async def set_institution_account(
 ) -> dict[str, str] | None:
     """The institution's account for its monthly clearing amounts, as `set_account` (the
     masked answer's psn_no is the institution's code)."""
-    new = _account(fixmedins_code, bank_code, bank_name, account_no, holder)
+    return await _change_account(
+        conn,
+        _account(fixmedins_code, bank_code, bank_name, account_no, holder),
+        reason,
+        operator,
+        _INSTITUTION_ACCOUNTS,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Payees:
+    """Whose accounts these are: how the payee is known, its account read and written, and
+    what the audit row and a refusal call it."""
+
+    known: Callable[[asyncpg.Connection, str], Awaitable[bool]]
+    read: Callable[..., Awaitable[Account | None]]
+    put: Callable[[asyncpg.Connection, Account, str], Awaitable[None]]
+    action: str
+    scope: str
+    missing: str
+
+
+_PERSON_ACCOUNTS = _Payees(
+    store.person_known,
+    store.account,
+    store.put_account,
+    "payout.account",
+    "person",
+    "人员编号{payee}不存在",
+)
+_INSTITUTION_ACCOUNTS = _Payees(
+    store.institution_known,
+    store.institution_account,
+    store.put_institution_account,
+    "payout.institution_account",
+    "institution",
+    "定点医药机构编号{payee}未登记",
+)
+
+
+async def _change_account(
+    conn: asyncpg.Connection, new: Account, reason: str, operator: str, payees: _Payees
+) -> dict[str, str] | None:
+    """One payee's account set, with an audit row (numbers masked); the same again changes
+    nothing."""
     if not reason.strip():
         raise BadRequest("变更收款账户须填写原因")
+    payee = new.psn_no
     async with conn.transaction():
-        if not await store.institution_known(conn, fixmedins_code):
-            raise NotFound(f"定点医药机构编号{fixmedins_code}未登记")
-        old = await store.institution_account(conn, fixmedins_code, lock=True)
+        if not await payees.known(conn, payee):
+            raise NotFound(payees.missing.format(payee=payee))
+        old = await payees.read(conn, payee, lock=True)
         if old == new:
             return _masked(new)
-        await store.put_institution_account(conn, new, operator)
+        await payees.put(conn, new, operator)
         await audit.append(
             conn,
             operator=operator,
-            action="payout.institution_account",
-            target=f"institution:{fixmedins_code}",
+            action=payees.action,
+            target=f"{payees.scope}:{payee}",
             reason=reason,
             before=_masked(old),
             after=_masked(new),
