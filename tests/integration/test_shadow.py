@@ -152,7 +152,8 @@ async def _comparisons(srv: Server) -> list[Any]:
     return await srv.fetch("SELECT * FROM shadow_comparisons ORDER BY comparison_id")
 
 
-async def _next_comparison(srv: Server, seen: int, within: float = 10.0) -> Any:
+async def _next_comparison(srv: Server, seen: int, within: float = 30.0) -> Any:
+    # Off the request path: on a busy machine the pricing and its storing may take a while.
     async def arrived() -> bool:
         return len(await _comparisons(srv)) > seen
 
