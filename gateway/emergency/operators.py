@@ -35,7 +35,7 @@ import asyncpg
 import msgspec
 
 from gateway.ledger import operators as ledger
-from gateway.ops import audit
+from gateway.ops import audit, priority
 
 # viewer and operator: the emergency plan (look / change); clerk, reviewer and approver: the
 # agency's manual claims and payouts (gateway.emergency.console.agency), which change no plan.
@@ -439,7 +439,9 @@ class Hasher:
     def _threads(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
-                max_workers=max(self.policy.hash_threads, 1), thread_name_prefix="scrypt"
+                max_workers=max(self.policy.hash_threads, 1),
+                thread_name_prefix="scrypt",
+                initializer=priority.lower_this_thread,
             )
         return self._executor
 

@@ -30,6 +30,7 @@ import msgspec
 
 from gateway.core.money import AmountError, fen_text, to_fen
 from gateway.ledger.reconciliations import CentreRow, Totals
+from gateway.ops import priority
 from gateway.protocol.errors import BadRequest, Busy
 
 T = TypeVar("T")
@@ -367,7 +368,9 @@ def _reader_pool(size: int) -> tuple[ProcessPoolExecutor, threading.BoundedSemap
             # spawn, not fork: the gateway has threads and an event loop a fork would copy.
             context = multiprocessing.get_context("spawn")
             _readers = (
-                ProcessPoolExecutor(size, mp_context=context),
+                ProcessPoolExecutor(
+                    size, mp_context=context, initializer=priority.lower_this_process
+                ),
                 threading.BoundedSemaphore(size),
             )
         return _readers
