@@ -112,12 +112,25 @@ class Shadow(Section, frozen=True):
     protect_rate_bp: int = 200
     protect_min_compared: int = 20
     protect_window_seconds: float = 900.0
+    # Visit mirroring (gateway.emergency.mirror): encounter calls answered at the counter and
+    # waiting to be written to the ledger's outbox; past it one is dropped (counted, and its
+    # visit known as not mirrored).
+    mirror_queue_size: int = 1000
+    mirror_workers: int = 2  # outbox deliveries in flight at once, per process
+    # A call is delivered only this long after the counter received it, so that an earlier call
+    # of its visit answered by another process (still on its way to the outbox) comes first.
+    mirror_grace_seconds: float = 1.0
+    mirror_attempts: int = 3  # deliveries of one call before it fails (the shadow down, slow)
+    # How long a visit's pricing waits for the visit's earlier calls to be mirrored.
+    mirror_wait_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.sample_bp <= 10000:
             raise ValueError(f"sample_bp = {self.sample_bp}: between 0 and 10000 basis points")
         if self.queue_size < 1 or self.workers < 1:
             raise ValueError("queue_size and workers: at least 1")
+        if self.mirror_queue_size < 1 or self.mirror_workers < 1 or self.mirror_attempts < 1:
+            raise ValueError("mirror_queue_size, mirror_workers and mirror_attempts: at least 1")
         allowed = (
             "",
             Action.ROUTE_LEGACY.value,

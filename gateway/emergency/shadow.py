@@ -36,7 +36,7 @@ from gateway.core.eligibility import CATEGORY_OF
 from gateway.core.model import Institution
 from gateway.core.money import bp_text
 from gateway.core.shadow_diff import Diagnosis, compare, items_of
-from gateway.emergency import hook
+from gateway.emergency import hook, mirror
 from gateway.emergency.plan import store as plan_store
 from gateway.emergency.plan.rules import Action, TxClass
 from gateway.ledger import shadow as shadow_store
@@ -44,7 +44,7 @@ from gateway.ops import metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.outcome import Outcome, Result, failure
 from gateway.protocol.errors import GatewayError
-from gateway.protocol.transaction import TRANSACTIONS, Call, Deferral, Transaction
+from gateway.protocol.transaction import TRANSACTIONS, Call, Deferral, Kind, Transaction
 
 log = logging.getLogger("gateway.emergency.shadow")
 
@@ -125,6 +125,7 @@ class Shadow:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue(maxsize=self.config.queue_size)
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self.mirror = mirror.Mirror(gw)  # the visits' encounter calls, so visits can be priced
         metrics.prime_shadow(
             (i.admdvs, i.fixmedins_code, i.fixmedins_type) for i in gw.snapshot.institutions
         )
@@ -201,6 +202,18 @@ class Shadow:
         gave no answer (counted as its failure)."""
         body = as_presettlement(p.body, p.shadow_tx.infno)
         shadow = _shadow_of(p.answered_by)
+        if p.tx.kind is not Kind.PHARMACY:
+            # A visit's settlement: priced once the shadow holds the visit (mirrored), under
+            # the shadow's number of it; a visit not mirrored whole is not compared.
+            try:
+                ids = await self.mirror.visit_map(p.req.fixmedins_code, p.req, p.received)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                metrics.SHADOW_FAILURES.labels(shadow, "error").inc()
+                return None
+            if ids is None:
+                metrics.SHADOW_FAILURES.labels(shadow, "not_mirrored").inc()
+                return None
+            body = mirror.mapped(body, p.req, ids)
         try:
             if p.answered_by == GATEWAY:
                 shadowed = await hook.post_legacy(
@@ -371,13 +384,16 @@ def _med_type(answered: dict[str, Any], shadowed: dict[str, Any], request_input:
 
 
 def install(shadow: Shadow) -> None:
-    """Hand every answer of this process to the parallel run, and start its workers."""
+    """Hand every answer of this process to the parallel run (its settlements to the pricing,
+    its visits' encounter calls to the mirror), and start their workers."""
     if shadow.offer not in dispatch.ANSWERED:
         dispatch.ANSWERED.append(shadow.offer)
     shadow.start()
+    mirror.install(shadow.mirror)
 
 
 async def uninstall(shadow: Shadow) -> None:
     with contextlib.suppress(ValueError):
         dispatch.ANSWERED.remove(shadow.offer)
+    await mirror.uninstall(shadow.mirror)
     await shadow.close()

@@ -152,13 +152,25 @@ SHADOW_CAUSES = Counter(
     ["admdvs", "category", "cause"],
 )
 # Pricings that produced no comparison: the shadow failed (error), ran past its time (timeout),
-# was not asked because its breaker is open (unavailable), or the queue was full (dropped).
+# was not asked because its breaker is open (unavailable), the queue was full (dropped), or the
+# visit priced was not mirrored to the shadow (not_mirrored: a call of it dropped, refused or
+# failed there, or still not delivered when the pricing stopped waiting).
 SHADOW_FAILURES = Counter(
     "sgw_shadow_failures",
     "Shadow pricings that produced no comparison, by which system shadowed and why",
     ["shadow", "kind"],
 )
-SHADOW_KINDS = ("error", "timeout", "unavailable", "dropped")
+SHADOW_KINDS = ("error", "timeout", "unavailable", "dropped", "not_mirrored")
+# Encounter calls replayed at the shadow (visit mirroring, gateway.emergency.mirror): delivered
+# (ok), refused by the shadow (refused), dropped before the outbox (dropped: its queue full), or
+# not delivered (failed: the shadow down or slow past its attempts, or an earlier call of the
+# visit not mirrored).
+SHADOW_MIRRORED = Counter(
+    "sgw_shadow_mirrored",
+    "Encounter calls mirrored to the shadow system, by which system shadowed and outcome",
+    ["shadow", "outcome"],
+)
+MIRROR_OUTCOMES = ("ok", "refused", "dropped", "failed")
 SHADOW_SYSTEMS = ("legacy", "gateway")
 # Medical categories by institution type: (a hospital's, a pharmacy's).
 SHADOW_CATEGORIES = (("outpatient", "chronic", "inpatient"), ("pharmacy",))
@@ -213,6 +225,8 @@ def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str])
     for system in SHADOW_SYSTEMS:
         for kind in SHADOW_KINDS:
             SHADOW_FAILURES.labels(system, kind)
+        for mirrored in MIRROR_OUTCOMES:
+            SHADOW_MIRRORED.labels(system, mirrored)
 
 
 def prime_shadow(institutions: Iterable[tuple[str, str, str]]) -> None:
