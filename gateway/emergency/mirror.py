@@ -44,12 +44,13 @@ import datetime as dt
 import logging
 import re
 from decimal import Decimal
+from typing import Any
 
 import aiohttp
 import asyncpg
 import msgspec
 
-from adapters.national.envelope import Request, decode_request
+from adapters.national.envelope import Request, decode_request, encode_response
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
 from gateway.emergency import hook
@@ -295,6 +296,7 @@ class Mirror:
                     item.req.msgid,
                     item.tx.opens_visit,
                     item.body,
+                    item.answer,
                     _aware(item.received),
                 )
             )
@@ -355,9 +357,9 @@ class Mirror:
             mapping = await store.shadow_ids(conn, code, {s[2] for s in mdtrt_ids(req.input)})
             body = mapped(body, req, mapping)
         if c.target == LEGACY:
-            outcome, shadow_id, detail = await self._to_legacy(c, body)
+            outcome, answer, detail = await self._to_legacy(c, body)
         else:
-            outcome, shadow_id, detail = await self._here(conn, c, body)
+            outcome, answer, detail = await self._here(conn, c, body)
         if outcome == "retry":
             if c.attempts + 1 < self.config.mirror_attempts:
                 delay = self.config.mirror_grace_seconds * 2**c.attempts
@@ -365,23 +367,29 @@ class Mirror:
                 return
             outcome = "failed"
         if outcome == "ok" and c.opens_visit:
+            shadow_id = first_mdtrt_id(answer) if answer is not None else None
             if shadow_id is None:
                 outcome, detail = "failed", "no mdtrt_id in the shadow's answer"
             else:
                 await store.map_visit(conn, code, c.mdtrt_id, shadow_id)
-        await self._done(conn, c, outcome, detail)
+        await self._done(conn, c, outcome, detail, answer)
 
     async def _done(
-        self, conn: asyncpg.Connection, c: store.Claimed, outcome: str, detail: str
+        self,
+        conn: asyncpg.Connection,
+        c: store.Claimed,
+        outcome: str,
+        detail: str,
+        answer: bytes | None = None,
     ) -> None:
-        await store.finish(conn, c.call_id, outcome, detail or None)
+        await store.finish(conn, c.call_id, outcome, detail or None, answer)
         if outcome != "ok":
             # The shadow's copy of the visit is no longer the counter's.
             await store.lose_visit(conn, c.fixmedins_code, c.mdtrt_id, f"{c.infno} {outcome}")
         metrics.SHADOW_MIRRORED.labels(c.target, outcome).inc()
 
-    async def _to_legacy(self, c: store.Claimed, body: bytes) -> tuple[str, str | None, str]:
-        """The call posted to the old system: (outcome, the visit's number there, detail)."""
+    async def _to_legacy(self, c: store.Claimed, body: bytes) -> tuple[str, bytes | None, str]:
+        """The call posted to the old system: (outcome, its answer, detail)."""
         try:
             answer = await hook.post_legacy(
                 self.gw,
@@ -398,12 +406,12 @@ class Mirror:
             except msgspec.DecodeError:
                 return "retry", None, "not an envelope"
             message = envelope.get("err_msg") if isinstance(envelope, dict) else None
-            return "refused", None, str(message or "")[:500]
-        return "ok", first_mdtrt_id(answer), ""
+            return "refused", answer, str(message or "")[:500]
+        return "ok", answer, ""
 
     async def _here(
         self, conn: asyncpg.Connection, c: store.Claimed, body: bytes
-    ) -> tuple[str, str | None, str]:
+    ) -> tuple[str, bytes | None, str]:
         """The call run by this gateway's own handler, committed with the outbox row (a
         refusal rolls back to the savepoint: nothing of it is kept)."""
         tx = TRANSACTIONS.get(c.infno)
@@ -420,7 +428,11 @@ class Mirror:
             return ("retry" if exc.retryable else "refused"), None, str(exc)[:500]
         except (asyncpg.PostgresError, TimeoutError) as exc:
             return "retry", None, repr(exc)[:500]
-        return "ok", first_mdtrt_id(msgspec.json.encode(answer.output)), ""
+        received = _local(c.received_at)
+        out = encode_response(
+            region=self.gw.region, received=received, output=answer.output, warn_msg=answer.warn_msg
+        )
+        return "ok", out, ""
 
     # --------------------------------------------------------------------- for the pricing
 
@@ -469,3 +481,83 @@ async def uninstall(mirror: Mirror) -> None:
     with contextlib.suppress(ValueError):
         dispatch.ANSWERED.remove(mirror.offer)
     await mirror.close()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lines:
+    """A visit's standing fee lines as both systems answered their uploads (2204/2301
+    result[] rows), for the comparison: a 2206/2303 answer carries no lines."""
+
+    answered: list[dict[str, Any]]
+    shadowed: list[dict[str, Any]]
+    items: dict[str, str]  # feedetl_sn -> medins_list_codg
+
+
+def _rows(raw: bytes, node: str) -> dict[str, Any]:
+    try:
+        env = _answers.decode(raw)
+    except msgspec.DecodeError:
+        return {}
+    output = env.get("output") if isinstance(env, dict) else None
+    rows = output.get(node) if isinstance(output, dict) else None
+    if not isinstance(rows, list):
+        return {}
+    return {str(r["feedetl_sn"]): r for r in rows if isinstance(r, dict) and "feedetl_sn" in r}
+
+
+def standing_lines(calls: list[store.Delivered], chrg_bchno: str | None) -> Lines:
+    """The lines of a visit's delivered calls still standing after its withdrawals, in upload
+    order (only those `chrg_bchno` names, when the settlement names a batch). Read from each
+    request's shape: feedetail[] uploads, data{chrg_bchno} withdraws a batch (2205), data[] of
+    feedetl_sn withdraws lines (2302)."""
+    lines: dict[str, tuple[str, str, Any, Any]] = {}
+    for call in calls:
+        try:
+            body = _answers.decode(decode_request(call.body).input)
+        except (GatewayError, msgspec.DecodeError):
+            continue
+        if not isinstance(body, dict):
+            continue
+        feedetail, data = body.get("feedetail"), body.get("data")
+        if isinstance(feedetail, list):
+            answered, shadowed = _rows(call.answer, "result"), _rows(call.shadow_answer, "result")
+            for row in feedetail:
+                if not isinstance(row, dict) or row.get("feedetl_sn") is None:
+                    continue
+                sn = str(row["feedetl_sn"])
+                batch, item = (
+                    str(row.get("chrg_bchno") or ""),
+                    str(row.get("medins_list_codg") or ""),
+                )
+                lines[sn] = (batch, item, answered.get(sn), shadowed.get(sn))
+        elif isinstance(data, dict) and data.get("chrg_bchno"):
+            gone = str(data["chrg_bchno"])
+            lines = {sn: ln for sn, ln in lines.items() if ln[0] != gone}
+        elif isinstance(data, list):
+            for ref in data:
+                if isinstance(ref, dict) and ref.get("feedetl_sn") is not None:
+                    lines.pop(str(ref["feedetl_sn"]), None)
+    kept = [(sn, ln) for sn, ln in lines.items() if chrg_bchno is None or ln[0] == chrg_bchno]
+    return Lines(
+        [ln[2] for _, ln in kept if ln[2] is not None],
+        [ln[3] for _, ln in kept if ln[3] is not None],
+        {sn: ln[1] for sn, ln in kept},
+    )
+
+
+async def visit_lines(gw: Gateway, fixmedins_code: str, req: Request) -> Lines | None:
+    """The standing lines of the visit a pricing names (as the counter numbers it), both
+    systems' answers; None when none of its uploads was mirrored."""
+    visit = first_mdtrt_id(req.input)
+    if visit is None:
+        return None
+    async with gw.pool.acquire(timeout=gw.config.shadow.timeout_seconds) as conn:
+        calls = await store.delivered(conn, fixmedins_code, visit)
+    try:
+        node = _answers.decode(req.input)
+    except msgspec.DecodeError:
+        return None
+    data = node.get("data") if isinstance(node, dict) else None
+    batch = data.get("chrg_bchno") if isinstance(data, dict) else None
+    lines = standing_lines(calls, str(batch) if batch else None)
+    return lines if lines.answered or lines.shadowed else None

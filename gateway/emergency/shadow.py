@@ -35,7 +35,7 @@ from gateway.app.runtime import Gateway
 from gateway.core.eligibility import CATEGORY_OF
 from gateway.core.model import Institution
 from gateway.core.money import bp_text
-from gateway.core.shadow_diff import Diagnosis, compare, items_of
+from gateway.core.shadow_diff import LINE_NODES, Diagnosis, compare, items_of
 from gateway.emergency import hook, mirror
 from gateway.emergency.plan import store as plan_store
 from gateway.emergency.plan.rules import Action, TxClass
@@ -241,7 +241,19 @@ class Shadow:
             metrics.SHADOW_FAILURES.labels(shadow, "error").inc()
             return None
         request_input = _decoded(p.req.input)
-        diagnosis = compare(answered_env, shadowed_env, items_of(request_input))
+        items = items_of(request_input)
+        if p.tx.kind is not Kind.PHARMACY:
+            # A 2206/2303 answer carries no lines: the visit's lines are compared as the two
+            # systems answered its mirrored uploads (a class A/B mapping then shows on its item).
+            try:
+                lines = await mirror.visit_lines(self.gw, p.req.fixmedins_code, p.req)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                lines = None
+            if lines is not None:
+                _with_lines(answered_env, lines.answered)
+                _with_lines(shadowed_env, lines.shadowed)
+                items |= lines.items
+        diagnosis = compare(answered_env, shadowed_env, items)
         med_type = _med_type(answered_env, shadowed_env, request_input)
         category = CATEGORY_OF.get(med_type)
         category_label = category.value if category is not None else ""
@@ -361,6 +373,14 @@ def _decoded(raw: bytes) -> Any:
     except msgspec.DecodeError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _with_lines(envelope: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """An answer without lines of its own given the visit's (a settlement's answer that
+    lists its lines keeps them)."""
+    output = envelope.get("output")
+    if isinstance(output, dict) and not any(node in output for node in LINE_NODES):
+        output["result"] = rows
 
 
 def _text(raw: bytes) -> str:

@@ -22,6 +22,7 @@ class Outgoing:
     msgid: str
     opens_visit: bool
     body: bytes
+    answer: bytes
     received_at: dt.datetime  # aware
 
 
@@ -68,8 +69,8 @@ async def enqueue(
         if rows:
             await conn.executemany(
                 "INSERT INTO shadow_mirror_calls (fixmedins_code, mdtrt_id, target, infno,"
-                " msgid, opens_visit, body, received_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                " msgid, opens_visit, body, answer, received_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 [
                     (
                         c.fixmedins_code,
@@ -79,6 +80,7 @@ async def enqueue(
                         c.msgid,
                         c.opens_visit,
                         c.body,
+                        c.answer,
                         c.received_at,
                     )
                     for c in rows
@@ -109,14 +111,21 @@ async def claim(conn: asyncpg.Connection, grace_seconds: float) -> Claimed | Non
     return Claimed(**dict(row))
 
 
-async def finish(conn: asyncpg.Connection, call_id: int, state: str, detail: str | None) -> None:
+async def finish(
+    conn: asyncpg.Connection,
+    call_id: int,
+    state: str,
+    detail: str | None,
+    shadow_answer: bytes | None = None,
+) -> None:
     """Marks a call delivered (`ok`), refused by the shadow or failed for good."""
     await conn.execute(
         "UPDATE shadow_mirror_calls SET state = $2, detail = $3, done_at = now(),"
-        " attempts = attempts + 1 WHERE call_id = $1",
+        " attempts = attempts + 1, shadow_answer = $4 WHERE call_id = $1",
         call_id,
         state,
         detail,
+        shadow_answer,
     )
 
 
@@ -198,3 +207,27 @@ async def visit(
         return None
     # Calls mirrored for a visit it never saw opened (carried over): the same number there.
     return Visit(row["state"] or "mapped", row["shadow_mdtrt_id"], row["pending"])
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """One call of a visit delivered to the shadow: the counter's request and both answers."""
+
+    infno: str
+    body: bytes
+    answer: bytes
+    shadow_answer: bytes
+
+
+async def delivered(
+    conn: asyncpg.Connection, fixmedins_code: str, mdtrt_id: str
+) -> list[Delivered]:
+    """Reads the visit's calls delivered to the shadow, in the counter's order."""
+    rows = await conn.fetch(
+        "SELECT infno, body, answer, shadow_answer FROM shadow_mirror_calls"
+        " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND state = 'ok'"
+        " AND shadow_answer IS NOT NULL ORDER BY received_at, call_id",
+        fixmedins_code,
+        mdtrt_id,
+    )
+    return [Delivered(r["infno"], r["body"], r["answer"], r["shadow_answer"]) for r in rows]

@@ -30,6 +30,8 @@ CREATE TABLE shadow_mirror_calls (
     msgid           text NOT NULL,
     opens_visit     boolean NOT NULL,
     body            bytea NOT NULL,       -- the counter's envelope, as received
+    answer          bytea NOT NULL,       -- the counter's answer (2204/2301: its lines)
+    shadow_answer   bytea,                -- the shadow's answer to the mirrored call
     received_at     timestamptz NOT NULL, -- when the counter's call was received
     state           text NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'ok', 'refused', 'failed', 'skipped')),
