@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ RESIDENT = "441800000000000004"
 THERE = "XA02BCA011A001010100001"
 HERE = "XC10AAA140A001010100003"
 WHEN = "2026-05-08 10:00:00"
+HOSPITAL = "H44180000001"
 ONE_A_DRUG = [{"feedetl_sn": "1", "medins_list_codg": "YP0001", "pric": "20", "cnt": "1", "det_item_fee_sumamt": "20.00"}]  # fmt: skip
 UNCHANGED = [{"feedetl_sn": "1", "medins_list_codg": "YP0002", "pric": "20", "cnt": "1", "det_item_fee_sumamt": "20.00"}]  # fmt: skip
 OLD_SYSTEM_TOML = """
@@ -68,8 +70,12 @@ def _old_reference(target: Path) -> Path:
     text = mappings.read_text(encoding="utf-8")
     mine = f"{PHARMACY},YP0003,阿托伐他汀钙片,101,{HERE},"
     assert mine in text
+    text = text.replace(mine, f"{PHARMACY},YP0003,阿托伐他汀钙片,101,{THERE},")
+    # The same mapping at the hospital, for its visits (mirrored, then compared line by line).
+    theirs = f"{HOSPITAL},YP0003,阿托伐他汀钙片,101,{HERE},"
+    assert theirs in text
     mappings.write_text(
-        text.replace(mine, f"{PHARMACY},YP0003,阿托伐他汀钙片,101,{THERE},"), encoding="utf-8"
+        text.replace(theirs, f"{HOSPITAL},YP0003,阿托伐他汀钙片,101,{THERE},"), encoding="utf-8"
     )
     policies = target / "policies.toml"
     blocks = policies.read_text(encoding="utf-8").split("[[policy]]")
@@ -494,61 +500,240 @@ OUTPATIENT_LINES = [
     {"feedetl_sn": "1", "medins_list_codg": "ZL0001", "pric": "25", "cnt": "1", "det_item_fee_sumamt": "25.00"},
     {"feedetl_sn": "2", "medins_list_codg": "YP0002", "pric": "20", "cnt": "1", "det_item_fee_sumamt": "20.00"},
 ]  # fmt: skip
-HOSPITAL = "H44180000001"
 
 
-async def _visit(his: HisClient, no: str) -> str:
-    """2201 + 2203 + 2204 (batch B1)."""
-    day = "2026-05-08"
-    mdtrt_id = await his.register(EMPLOYEE, "310", f"{day} 08:30:00", no)
-    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{day} 08:30:00")
-    rows = his.fee_rows(mdtrt_id, EMPLOYEE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
-    await his.ok("2204", {"feedetail": rows})
+DIFFERING_LINE = [{"feedetl_sn": "3", "medins_list_codg": "YP0003", "pric": "30", "cnt": "1", "det_item_fee_sumamt": "30.00"}]  # fmt: skip
+DAY = "2026-05-08"
+
+
+def _no(prefix: str) -> str:
+    """A visit number unique in both ledgers (the old system's lives through the module)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def _open_visit(his: HisClient, no: str, batches: dict[str, list[dict[str, Any]]]) -> str:
+    """2201 + 2203 + one 2204 per batch."""
+    mdtrt_id = await his.register(EMPLOYEE, "310", f"{DAY} 08:30:00", no)
+    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{DAY} 08:30:00")
+    for batch, lines in batches.items():
+        rows = his.fee_rows(mdtrt_id, EMPLOYEE, lines, f"{DAY} 08:40:00", batch)
+        await his.ok("2204", {"feedetail": rows})
     return mdtrt_id
 
 
-async def test_a_visit_is_priced_by_the_shadow_only_where_the_shadow_holds_it(
+async def _shadow_id(srv: Server, mdtrt_id: str, within: float = 30.0) -> str:
+    """The shadow's number of the visit, once its opening call is mirrored."""
+
+    async def mapped() -> bool:
+        found = await srv.fetchval(
+            "SELECT shadow_mdtrt_id FROM shadow_mirror_visits WHERE mdtrt_id = $1", mdtrt_id
+        )
+        return found is not None
+
+    await until(mapped, within=within)
+    found = await srv.fetchval(
+        "SELECT shadow_mdtrt_id FROM shadow_mirror_visits WHERE mdtrt_id = $1", mdtrt_id
+    )
+    assert isinstance(found, str)
+    return found
+
+
+async def test_an_outpatient_visit_opened_during_the_run_is_mirrored_and_compared(
     new_database: Callable[..., Any], old_system: OldSystem
 ) -> None:
-    """2207 is priced at the old system as 2206 of the same visit: compared when the old
-    system holds the visit under the same mdtrt_id (a stay carried over by the data migration,
-    here: both ledgers' visit numbers aligned, then the same calls to both), refused there
-    otherwise (encounter calls are not mirrored)."""
+    """Under `shadow` the visit's 2201/2203/2204/2205 are replayed at the old system, under
+    its own visit number, and the 2207 priced there as 2206 of that visit: equal when the
+    lines are priced alike, the mapping difference named on its item, a withdrawn batch
+    withdrawn there too."""
     async with running_gateway(new_database, _config(old_system)) as srv:
         his = srv.client(HOSPITAL)
-        old = HisClient(srv.session, old_system.url.rsplit("/fsi/", 1)[0], HOSPITAL)
         await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
         pos = srv.client(PHARMACY)
         await _in_force(srv, pos, pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
-        async with connect(srv.dsn) as mine, connect(old_system.dsn) as theirs:
-            ahead = 1 + max(
-                [await c.fetchval("SELECT last_value FROM mdtrt_seq") for c in (mine, theirs)]
-            )
-            for c in (mine, theirs):
-                await c.execute("SELECT setval('mdtrt_seq', $1, false)", ahead)
-        mdtrt_id = await _visit(his, "MZ-SH-1")
-        assert await _visit(old, "MZ-SH-1") == mdtrt_id  # the same visit at both
 
+        # (a) Lines mapped alike: the same money.
+        mdtrt_id = await _open_visit(his, _no("MZ-MR"), {"B1": OUTPATIENT_LINES})
         seen = len(await _comparisons(srv))
         data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "45.00", "310", "1", chrg_bchno="B1")
         settled = await his.ok("2207", data)
+        assert settled["setlinfo"]["setl_id"]
         row = await _next_comparison(srv, seen)
+        seen += 1
         assert (row["infno"], row["shadow_infno"]) == ("2207", "2206")
         assert (row["category"], row["med_type"], row["differs"]) == ("outpatient", "11", False)
-        assert settled["setlinfo"]["setl_id"]
-        # Nothing was settled at the old system: it was asked a pre-settlement.
-        async with connect(old_system.dsn) as theirs:
+        theirs = await _shadow_id(srv, mdtrt_id)
+        async with connect(old_system.dsn) as old:
+            visit = await old.fetchrow(
+                "SELECT fixmedins_code, psn_no FROM encounters WHERE mdtrt_id = $1", theirs
+            )
+            assert visit is not None and tuple(visit) == (HOSPITAL, EMPLOYEE)
             assert (
-                await theirs.fetchval(
-                    "SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id
-                )
+                await old.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", theirs)
+                == 2
+            )
+            # Priced there, never settled there.
+            assert (
+                await old.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", theirs)
                 == 0
             )
+        assert await _metric(srv, "sgw_shadow_mirrored_total", shadow="legacy", outcome="ok") >= 3
 
-        # A visit the old system never saw: its pricing is refused there, and says so.
-        only_here = await _visit(his, "MZ-SH-2")
-        data = his.settle_data(EMPLOYEE, only_here, "11", "45.00", "310", "1", chrg_bchno="B1")
+        # (a) A line mapped differently there: the difference is that item's class.
+        mdtrt_id = await _open_visit(his, _no("MZ-MR"), {"B1": OUTPATIENT_LINES + DIFFERING_LINE})
+        data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "75.00", "310", "1", chrg_bchno="B1")
         await his.ok("2207", data)
-        row = await _next_comparison(srv, seen + 1)
-        assert (row["differs"], row["cause"]) == (True, "refusal")
-        assert decode(row["shadow_answer"].encode())["infcode"] == -1
+        row = await _next_comparison(srv, seen)
+        seen += 1
+        assert row["differs"] and (row["cause"], row["item"]) == ("catalog_class", "YP0003")
+        assert row["diagnosis"]["lines"] == ["3"]
+        lv = await srv.fetchrow(
+            "SELECT answered, shadowed FROM shadow_differences WHERE comparison_id = $1"
+            " AND field = 'chrgitm_lv'",
+            row["comparison_id"],
+        )
+        assert lv is not None and (lv["answered"], lv["shadowed"]) == ("02", "01")
+
+        # (b) The batch withdrawn (2205) and uploaded again without the differing line: the
+        # withdrawal and the new upload reach the old system too, and the two agree.
+        mdtrt_id = await _open_visit(his, _no("MZ-MR"), {"B1": OUTPATIENT_LINES + DIFFERING_LINE})
+        withdrawal = {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "B1", "psn_no": EMPLOYEE}}
+        await his.ok("2205", withdrawal)
+        rows = his.fee_rows(mdtrt_id, EMPLOYEE, OUTPATIENT_LINES, f"{DAY} 08:50:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "45.00", "310", "1", chrg_bchno="B1")
+        await his.ok("2207", data)
+        row = await _next_comparison(srv, seen)
+        seen += 1
+        assert (row["differs"], row["cause"]) == (False, None)
+        theirs = await _shadow_id(srv, mdtrt_id)
+        async with connect(old_system.dsn) as old:
+            standing = await old.fetchval(
+                "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = '3'",
+                theirs,
+            )
+        assert standing == 0
+        # Nothing refused, nothing lost: no pricing counted as not mirrored.
+        assert await _metric(srv, "sgw_shadow_failures_total", kind="not_mirrored") == 0
+        assert await _metric(srv, "sgw_shadow_mirrored_total", outcome="failed") == 0
+
+
+async def test_an_inpatient_stay_opened_during_the_run_is_mirrored_and_compared(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    async with running_gateway(new_database, _config(old_system)) as srv:
+        his = srv.client(HOSPITAL)
+        await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
+        pos = srv.client(PHARMACY)
+        await _in_force(srv, pos, pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+        admission = {
+            "mdtrtinfo": {
+                "psn_no": EMPLOYEE, "insutype": "310", "begntime": f"{DAY} 09:00:00",
+                "mdtrt_cert_type": "01", "mdtrt_cert_no": EMPLOYEE, "med_type": "21",
+                "ipt_no": _no("ZY-MR"),
+            },
+            "diseinfo": [],
+        }  # fmt: skip
+        mdtrt_id = (await his.ok("2401", admission))["result"]["mdtrt_id"]
+        lines = [{"feedetl_sn": "1", "medins_list_codg": "ZL0003", "pric": "60", "cnt": "2", "det_item_fee_sumamt": "120.00"}, *DIFFERING_LINE]  # fmt: skip
+        rows = his.fee_rows(mdtrt_id, EMPLOYEE, lines, f"{DAY} 10:00:00", "")
+        await his.ok("2301", {"feedetail": rows})
+        await his.ok(
+            "2402",
+            {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE, "insutype": "310",
+                          "endtime": "2026-05-10 10:00:00", "dscg_dept_codg": "K1",
+                          "dscg_dept_name": "内科", "dscg_way": "1"}, "diseinfo": []},
+        )  # fmt: skip
+        seen = len(await _comparisons(srv))
+        settle = his.settle_data(EMPLOYEE, mdtrt_id, "21", "150.00", "310", "0", mid_setl_flag="0")
+        assert (await his.ok("2304", settle))["setlinfo"]["setl_id"]
+        row = await _next_comparison(srv, seen)
+        assert (row["infno"], row["shadow_infno"], row["category"]) == ("2304", "2303", "inpatient")
+        assert row["differs"] and (row["cause"], row["item"]) == ("catalog_class", "YP0003")
+        theirs = await _shadow_id(srv, mdtrt_id)
+        async with connect(old_system.dsn) as old:
+            stay = await old.fetchrow("SELECT status FROM encounters WHERE mdtrt_id = $1", theirs)
+            assert stay is not None  # admitted, charged and discharged there, under its number
+            assert (
+                await old.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", theirs)
+                == 2
+            )
+            assert (
+                await old.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", theirs)
+                == 0
+            )
+        assert await _metric(srv, "sgw_shadow_mirrored_total", shadow="legacy", outcome="ok") >= 3
+
+
+async def test_before_go_live_the_old_systems_visits_are_mirrored_here_and_priced_here(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    """(route_legacy_shadow, the encounter class routed to the old system.) The visit is
+    written here under this gateway's own number, with its lines, and priced here; no
+    settlement, no money written here."""
+    async with running_gateway(new_database, _config(old_system)) as srv:
+        his = srv.client(HOSPITAL)
+        await set_rule(
+            srv.dsn, "region:441800", "settlement", "route_legacy_shadow", "切换前并行比对"
+        )
+        await set_rule(srv.dsn, "region:441800", "encounter", "route_legacy", "切换前由原系统办理")
+        pos = srv.client(PHARMACY)  # both rules are in force once a pricing is compared
+        await _in_force(srv, pos, pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+        no = _no("MZ-RL")
+
+        theirs = await _open_visit(his, no, {"B1": OUTPATIENT_LINES})
+        async with connect(old_system.dsn) as old:
+            assert (
+                await old.fetchval("SELECT count(*) FROM encounters WHERE mdtrt_id = $1", theirs)
+                == 1
+            )
+        seen = len(await _comparisons(srv))
+        data = his.settle_data(EMPLOYEE, theirs, "11", "45.00", "310", "1", chrg_bchno="B1")
+        await his.ok("2207", data)
+        row = await _next_comparison(srv, seen)
+        assert (row["answered_by"], row["infno"], row["shadow_infno"]) == ("legacy", "2207", "2206")
+        assert (row["differs"], row["category"]) == (False, "outpatient")
+        ours = await _shadow_id(srv, theirs)
+        visit = await srv.fetchrow(
+            "SELECT ipt_otp_no, psn_no FROM encounters WHERE mdtrt_id = $1", ours
+        )
+        assert visit is not None and tuple(visit) == (no, EMPLOYEE)
+        assert await srv.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", ours) == 2
+        assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
+        assert await srv.check_ledger() == []
+        assert await _metric(srv, "sgw_shadow_mirrored_total", shadow="gateway", outcome="ok") >= 3
+
+
+async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncompared(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    async with running_gateway(new_database, _config(old_system)) as srv:
+        his = srv.client(HOSPITAL)
+        await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
+        pos = srv.client(PHARMACY)
+        await _in_force(srv, pos, pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+        seen = len(await _comparisons(srv))
+        upstream = old_system.proxy.upstream
+        old_system.proxy.upstream = ("127.0.0.1", _free_port())
+        try:
+            mdtrt_id = await _open_visit(his, _no("MZ-DN"), {"B1": OUTPATIENT_LINES})
+            data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "45.00", "310", "1", chrg_bchno="B1")
+            assert (await his.ok("2207", data))["setlinfo"]["setl_id"]  # the counter unaffected
+
+            async def counted() -> bool:
+                failed = await _metric(
+                    srv, "sgw_shadow_mirrored_total", shadow="legacy", outcome="failed"
+                )
+                priced = await _metric(
+                    srv, "sgw_shadow_failures_total", shadow="legacy", kind="not_mirrored"
+                )
+                return failed >= 3 and priced >= 1
+
+            await until(counted, within=30.0)
+        finally:
+            old_system.proxy.upstream = upstream
+        state = await srv.fetchval(
+            "SELECT state FROM shadow_mirror_visits WHERE mdtrt_id = $1", mdtrt_id
+        )
+        assert state == "not_mirrored"
+        assert len(await _comparisons(srv)) == seen  # a shadow failure, not a difference
+        assert await srv.check_ledger() == []
