@@ -141,6 +141,11 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
 
 
+def pooled_p99(phases: list[dict[str, Any]]) -> float:
+    every = [x for p in phases for x in p["load"].get("latencies_ms", [])]
+    return pct(every, 0.99) / 1000  # pct scales seconds to ms; these are ms already
+
+
 def wait_until(start_at: float) -> None:
     time.sleep(max(0.0, start_at - time.time()))
 
@@ -176,22 +181,29 @@ class Victims:
         self.first_refusal = ""
         self.t0 = 0.0  # the phase's start: latencies by the second they were scheduled in
         self.by_second: dict[int, list[float]] = {}
+        self.by_tenth: dict[int, list[float]] = {}  # the first 3 s: where an onset's tail is
 
     async def one(self, n: int, scheduled: float) -> None:
         terminal = self.terminals[n % len(self.terminals)]
         infno = "2101" if n % 2 == 0 else "2102"
         psn = env.synthetic_person(random.randint(1, self.persons), terminal.region)
         body = terminal.envelope(infno, env.drug_input(psn))
-        self.lag.append(time.perf_counter() - scheduled)
+        measured = scheduled >= self.t0
+        if measured:
+            self.lag.append(time.perf_counter() - scheduled)
         try:
             async with self.session.post(self.url, data=body, headers=terminal.headers()) as r:
                 raw = await r.read()
         except (aiohttp.ClientError, TimeoutError):
             self.counts["failed"] += 1
             return
+        if not measured:
+            return  # the warm-up: connections opened, pools and caches at their steady state
         seconds = time.perf_counter() - scheduled
         self.latency[infno].append(seconds)
         self.by_second.setdefault(int(scheduled - self.t0), []).append(seconds)
+        if scheduled - self.t0 < 3.0:
+            self.by_tenth.setdefault(int((scheduled - self.t0) * 10), []).append(seconds)
         if b'"infcode":0' in raw:
             self.counts["ok"] += 1
             self.ok_latency.append(seconds)
@@ -208,10 +220,11 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         victims = Victims(session, args.url, args.persons)
-        await asyncio.to_thread(wait_until, args.start_at)
+        warm = args.warm if args.rate else 0.0
+        await asyncio.to_thread(wait_until, args.start_at - warm)
         started = time.perf_counter()
-        victims.t0 = started
-        deadline = started + args.duration
+        victims.t0 = started + warm  # what is scheduled before it is not measured
+        deadline = victims.t0 + args.duration
         n = 0
         if args.rate:
             tasks: set[asyncio.Task[None]] = set()
@@ -234,7 +247,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
 
             await asyncio.gather(*(loop() for _ in range(args.concurrency)))
             n = sum(victims.counts.values())
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - victims.t0
+        n -= round(warm * args.rate) if args.rate else 0  # the warm-up's requests
     every = victims.latency["2101"] + victims.latency["2102"]
     return {
         "offered_rate": n / args.duration,
@@ -244,6 +258,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         **{k: victims.counts[k] for k in ("ok", "busy", "refused", "failed")},
         "p50_ms": pct(every, 0.5),
         "p99_ms": pct(every, 0.99),
+        # Every measured latency, for the p99 of all phases of a kind taken together.
+        "latencies_ms": [round(x * 1000, 2) for x in every],
         "p999_ms": pct(every, 0.999),
         "max_ms": pct(every, 1.0),
         "ok_p99_ms": pct(victims.ok_latency, 0.99),
@@ -256,6 +272,11 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         "timeline": [
             [second, len(v), round(pct(v, 0.5), 1), round(pct(v, 0.99), 1)]
             for second, v in sorted(victims.by_second.items())
+        ],
+        # The first three seconds by the tenth: requests and their slowest (ms).
+        "onset": [
+            [tenth, len(v), round(max(v) * 1000, 1)]
+            for tenth, v in sorted(victims.by_tenth.items())
         ],
         "first_refusal": victims.first_refusal,
         "cpu_s": time.process_time(),
@@ -429,20 +450,27 @@ def loop_cpu_seconds(pids: list[int]) -> float:
 
 
 class MachineCpu:
-    """Busy share of all cores from /proc/stat: what everybody on the machine used."""
+    """Busy share of all cores from /proc/stat: what everybody on the machine used, and the
+    share the hypervisor gave to other machines (steal: on a shared host a phase can lose a
+    tenth of its CPU to neighbours, and its p99 with it)."""
 
     def __init__(self) -> None:
         self.start = self.read()
 
     @staticmethod
-    def read() -> tuple[int, int]:
+    def read() -> tuple[int, int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = fields[3] + fields[4]
-        return sum(fields) - idle, sum(fields)
+        steal = fields[7] if len(fields) > 7 else 0
+        return sum(fields) - idle, sum(fields), steal
 
     def busy(self) -> float:
-        busy, total = self.read()
+        busy, total, _ = self.read()
         return (busy - self.start[0]) / max(total - self.start[1], 1)
+
+    def steal(self) -> float:
+        _, total, steal = self.read()
+        return (steal - self.start[2]) / max(total - self.start[1], 1)
 
 
 async def scrape(url: str, until: float, samples: list[dict[str, float]]) -> None:
@@ -466,7 +494,7 @@ def role_cmd(role: str, url: str, args: argparse.Namespace, start_at: float) -> 
     return [
         PY, __file__, "--role", role, "--url", url, "--duration", str(args.duration),
         "--start-at", f"{start_at:.3f}", "--persons", str(args.persons),
-        "--attacker-nice", str(args.attacker_nice),
+        "--attacker-nice", str(args.attacker_nice), "--warm", str(args.warm),
     ]  # fmt: skip
 
 
@@ -481,7 +509,10 @@ async def phase(
     profiler: Profiler | None = None,
     label: str = "",
 ) -> dict[str, Any]:
-    start_at = time.time() + 2.0  # both processes have imported and connected by then
+    # Both processes have imported by then, and the load has run its warm-up: a phase measures
+    # the victims at their steady state from its first second, attacked or not (a load that
+    # starts cold opens its connections in the first second, and that onset was in both).
+    start_at = time.time() + 2.0 + args.warm
     load_cmd = [*role_cmd("load", url, args, start_at), "--rate", f"{rate:.0f}"]
     procs = [await asyncio.create_subprocess_exec(*load_cmd, stdout=subprocess.PIPE)]
     if attacked:
@@ -503,7 +534,7 @@ async def phase(
     gateway_cpu = cpu_seconds(gw_pids) - before[0]
     postgres_cpu = cpu_seconds(pg_pids) - before[1]
     loop_cpu = loop_cpu_seconds(gw_pids) - before[2]
-    busy = cpu.busy()
+    busy, steal = cpu.busy(), cpu.steal()
     if any(p.returncode for p in procs):
         raise SystemExit(f"a role failed: {[p.returncode for p in procs]}")
     result: dict[str, Any] = {
@@ -514,6 +545,7 @@ async def phase(
         "gateway_loop_cpu_s": loop_cpu,
         "postgres_cpu_s": postgres_cpu,
         "machine_busy": busy,
+        "machine_steal": steal,
         "loadavg": os.getloadavg(),
         "breaker_samples": len(samples),
         "breaker_open": sorted(
@@ -616,6 +648,9 @@ def verdict(run: dict[str, Any]) -> dict[str, Any]:
         "ratio": ratio,
         "ratio_of_medians": statistics.median(a["load"]["p99_ms"] for a in attacked)
         / statistics.median(q["load"]["p99_ms"] for q in quiet),
+        # The p99 of every attacked phase's requests together over the quiet phases': the
+        # estimate with the least noise of "the victims' p99 under attack against quiet".
+        "pooled": pooled_p99(attacked) / max(pooled_p99(quiet), 1e-9),
         "breakers_opened": opened,
         "victims_all_ok": victims_ok,
         "bombs_accepted": accepted,
@@ -648,7 +683,7 @@ def render(run: dict[str, Any], args: argparse.Namespace, commit: str) -> str:
         " refused / failed | breaker samples ≠ 0 | 9101 bombs refused / over budget / busy /"
         " accepted | log-ins"
         " 401 / 429 busy / 429 locked (addresses) | unsigned 4 MB refused / cut off | CPU s:"
-        " gateway (its event loop), PostgreSQL, attack | machine busy |",
+        " gateway (its event loop), PostgreSQL, attack | machine busy (of it stolen) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in run["phases"]:
@@ -675,13 +710,14 @@ def render(run: dict[str, Any], args: argparse.Namespace, commit: str) -> str:
             f" {len(p['breaker_open'])} of {p['breaker_samples']} | {attack_cols} |"
             f" {p['gateway_cpu_s']:.1f} ({p.get('gateway_loop_cpu_s', 0):.1f}),"
             f" {p['postgres_cpu_s']:.1f},"
-            f" {attack.get('cpu_s', 0):.1f} | {p['machine_busy']:.0%} |"
+            f" {attack.get('cpu_s', 0):.1f} | {p['machine_busy']:.0%} ({p.get('machine_steal', 0):.0%}) |"
         )
     ratios = ", ".join(f"{r:.2f}" for r in v["ratios"])
     lines += [
         "",
         f"attacked p99 / quiet p99 per round: {ratios}; **median {v['ratio']:.2f}**"
-        f" (ratio of the medians {v['ratio_of_medians']:.2f}). Breakers"
+        f" (ratio of the medians {v['ratio_of_medians']:.2f}; the p99 of all attacked phases'"
+        f" requests together over the quiet phases' {v['pooled']:.2f}). Breakers"
         f" {'opened: ' + ', '.join(v['breakers_opened']) if v['breakers_opened'] else 'never left 0'}"
         f" ({', '.join(run['breakers_seen'])} sampled every 0.5 s);"
         f" bombs accepted {v['bombs_accepted']}, log-ins accepted {v['logins_accepted']};"
@@ -721,6 +757,12 @@ def main() -> None:
         "--attacks",
         default=ATTACKS,
         help=f"which attacks run in the attacked rounds (default {ATTACKS}): to tell their costs apart",
+    )
+    p.add_argument(
+        "--warm",
+        type=float,
+        default=2.0,
+        help="seconds the load runs before each phase is measured (default 2)",
     )
     p.add_argument(
         "--attacker-nice",
