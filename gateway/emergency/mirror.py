@@ -54,7 +54,7 @@ from adapters.national.envelope import Request, decode_request, encode_response
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
 from gateway.emergency import hook
-from gateway.emergency.plan.rules import Action, TxClass
+from gateway.emergency.plan.rules import SHADOW_ACTIONS, Action, TxClass
 from gateway.ledger import shadow_mirror as store
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
@@ -67,6 +67,7 @@ log = logging.getLogger("gateway.emergency.mirror")
 GATEWAY, LEGACY = "gateway", "legacy"  # the shadow a call is mirrored to
 _BATCH = 100  # calls written to the outbox in one transaction
 _POLL_SECONDS = 0.25  # an idle delivery worker looks at the outbox again after this
+_IDLE_POLL_SECONDS = 5.0  # the same with no parallel run in force
 _answers = msgspec.json.Decoder(float_hook=Decimal)
 _envelope = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
@@ -328,8 +329,19 @@ class Mirror:
             if not delivered:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_POLL_SECONDS):
+                    async with asyncio.timeout(self._poll_seconds()):
                         await self._wake.wait()
+
+    def _poll_seconds(self) -> float:
+        """How long an idle worker waits before it looks at the outbox again: briefly while a
+        parallel run is in force anywhere (calls of other processes arrive there), rarely
+        otherwise — the outbox is empty but for what a run left pending, and a gateway outside a
+        cut-over should not query it four times a second per worker forever."""
+        plan = self.gw.plan
+        in_force = any(r.action in SHADOW_ACTIONS for r in plan.rules) or any(
+            w.action in SHADOW_ACTIONS for w in plan.windows
+        )
+        return _POLL_SECONDS if in_force else _IDLE_POLL_SECONDS
 
     async def deliver_one(self) -> bool:
         """Delivers the next call the outbox lets go (see the module's order); False: none."""
