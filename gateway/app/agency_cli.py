@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from gateway.app.cli_args import month_arg
 from gateway.app.cli_database import database_url
 from gateway.app.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, load_config
 from gateway.app.reference import load_reference
@@ -474,7 +475,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     pg = psub.add_parser(
         "gather-clearing", help="record the month's clearing amounts as owed to the institutions"
     )
-    pg.add_argument("--month", required=True, help="yyyy-MM")
+    pg.add_argument("--month", required=True, type=month_arg, help="yyyy-MM")
     pg.add_argument("--institution", help="one institution only")
     common(pg)
     pg.set_defaults(func=payouts_gather_clearing)

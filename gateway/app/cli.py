@@ -18,6 +18,7 @@ from pathlib import Path
 import uvloop
 
 from gateway.app import agency_cli, demo_client, plan_cli, shadow_cli
+from gateway.app.cli_args import month_arg
 from gateway.app.cli_database import add_database, database_url
 from gateway.app.config import (
     DEFAULT_CONFIG,
@@ -316,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clearing", help="monthly clearing reports")
     csub = c.add_subparsers(dest="clearing_command", required=True)
     cm = csub.add_parser("monthly", help="the month's 月结算 table per institution")
-    cm.add_argument("--month", required=True, help="YYYY-MM")
+    cm.add_argument("--month", required=True, type=month_arg, help="YYYY-MM")
     cm.add_argument("--institution")
     cm.add_argument("--json", action="store_true")
     cm.add_argument("--csv")

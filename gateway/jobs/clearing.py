@@ -17,6 +17,7 @@ import csv
 import datetime as dt
 import html
 import io
+import re
 from dataclasses import asdict, dataclass, field
 
 import asyncpg
@@ -137,9 +138,19 @@ class MonthlyReport:
     payouts: Payouts = field(default_factory=Payouts)
 
 
+_MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+
+
+def check_month(month: str) -> str:
+    """A month as the clearing reports take it (YYYY-MM); ValueError in words otherwise."""
+    if not _MONTH.match(month):
+        raise ValueError(f"月份{month!r}无效：应为YYYY-MM，例如2026-03")
+    return month
+
+
 def month_bounds(month: str) -> tuple[dt.date, dt.date]:
     """'2026-03' -> (2026-03-01, 2026-03-31)."""
-    first = dt.date.fromisoformat(month + "-01")
+    first = dt.date.fromisoformat(check_month(month) + "-01")
     following = (first.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
     return first, following - dt.timedelta(days=1)
 
