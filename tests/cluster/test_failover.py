@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ from gateway.ledger import checker, db
 from gateway.ops.keys import PLAN_CHANNEL
 from tests.integration.emergency_helpers import cli, until
 from tests.integration.his_client import HisClient, decode
+from tests.ops.test_dashboard import PATRONI_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = ROOT / "scripts" / "cluster" / "loopback.py"
@@ -192,6 +194,26 @@ class Breakers:
         return len(self.closed) == len(self.nodes) and all(self.closed.values())
 
 
+async def _patroni_metrics(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
+    """A Patroni member's GET /metrics: sample name -> value (one series each), and its scope.
+
+    Read line by line, as Prometheus reads it: a client library's parser drops the samples of
+    Patroni's counters, which carry no _total suffix."""
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    found: dict[str, Any] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, labels = series.partition("{")
+        found[name] = float(value)
+        scope = re.search(r'scope="([^"]*)"', labels)
+        found.setdefault("scope", scope.group(1) if scope else None)
+    return found
+
+
 def _gauge(exposition: str, series: str) -> float | None:
     for line in exposition.splitlines():
         if line.startswith(series + " "):
@@ -279,6 +301,8 @@ async def _drill(cluster: Any, state: Path) -> None:
 
         # --- the Patroni primary dies -------------------------------------------------------
         old = _run(["primary"], state)
+        before = await _patroni_metrics(session, ports[f"{old}_api"])
+        assert before["patroni_primary"] == 1
         _run(["kill", old], state)
         killed_at = time.monotonic()
 
@@ -288,6 +312,22 @@ async def _drill(cluster: Any, state: Path) -> None:
 
         promotion = await until(promoted, within=60.0)
         new = _run(["primary"], state)
+        # What the ledger-cluster alert rules read, from the members themselves: every name they
+        # use is there once a member's PostgreSQL runs (a standby re-following the new primary
+        # restarts it, and Patroni leaves out the WAL positions meanwhile), and the promotion
+        # shows as SgwLedgerClusterFailedOver would see it.
+        after: dict[str, dict[str, Any]] = {}
+
+        async def members_report() -> bool:
+            for m in loopback.MEMBERS:
+                if m != old:
+                    after[m] = await _patroni_metrics(session, ports[f"{m}_api"])
+            return all(seen.keys() >= PATRONI_METRICS for seen in after.values())
+
+        await until(members_report, within=60.0)
+        assert after[new]["patroni_primary"] == 1
+        assert after[new]["patroni_postgres_timeline"] > before["patroni_postgres_timeline"]
+        assert {m["scope"] for m in after.values()} == {before["scope"]}
         # The gateways settle again by themselves: no restart, no operator.
         await until(lambda: _holds(load.settled_since(killed_at + promotion)), within=60.0)
         settling_again = time.monotonic() - killed_at
