@@ -109,6 +109,12 @@ class Shadow(Section, frozen=True):
     # off, the alerts only. route_legacy_shadow hands the counter back to the old system and
     # keeps measuring.
     protect_action: str = ""
+    # Where the protective rule is set and its rate counted: "institution" (each institution's
+    # settlements) or "region" (its region's, `region:<admdvs>`); with `protect_by_category`
+    # counted per medical category and set at `<scope>:<category>` (清远 1.2.2 names 普通门诊,
+    # 门特门慢, 普通住院 apart: only the category that differs goes back to the old system).
+    protect_scope: Literal["institution", "region"] = "institution"
+    protect_by_category: bool = False
     protect_rate_bp: int = 200
     protect_min_compared: int = 20
     protect_window_seconds: float = 900.0
@@ -139,6 +145,8 @@ class Shadow(Section, frozen=True):
         )
         if self.protect_action not in allowed:
             raise ValueError(f"protect_action {self.protect_action!r}: one of {allowed}")
+        if self.protect_rate_bp < 0 or self.protect_min_compared < 1:
+            raise ValueError("protect_rate_bp: at least 0; protect_min_compared: at least 1")
 
 
 class JournalConfig(Section, frozen=True):

@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 
 from adapters.national import deferral
+from adapters.national.category import request_category
 from adapters.national.envelope import Request, encode_response
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
@@ -48,10 +49,25 @@ CANCEL_REFUSED_MSG = "应急处置期间不能撤销已完成的医保结算，�
 LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
 
 
+def category_of(gw: Gateway, tx: Transaction, req: Request) -> str | None:
+    """The request's medical category, for plan scopes that name one; None (without looking at
+    the input) while no scope does, and when the request does not tell."""
+    if not gw.plan.categorized:
+        return None
+    category = request_category(tx.kind, req)
+    return None if category is None else category.value
+
+
 def decide(
-    gw: Gateway, tx: Transaction, institution: Institution, now: dt.datetime
+    gw: Gateway,
+    tx: Transaction,
+    institution: Institution,
+    now: dt.datetime,
+    category: str | None = None,
 ) -> Decision | None:
-    """The action for this request: the ledger's breaker first, then the plan."""
+    """The action for this request: the ledger's breaker first, then the plan. `category`
+    (`category_of` the request) lets scopes narrowed to a medical category apply; callers
+    without a request pass none and see the plain scopes only, each saying why that is right."""
     ledger = gw.breakers["postgres"]
     if ledger.is_open:
         takes = tx.klass in (TxClass.SETTLEMENT, TxClass.ENCOUNTER)
@@ -60,7 +76,8 @@ def decide(
             return Decision(action, "global", tx.klass, "breaker:postgres", ledger.reason)
     if tx.klass not in CLASSES:
         return None
-    return gw.plan.decide(institution.fixmedins_code, institution.admdvs, tx.klass, now)
+    plan = gw.plan
+    return plan.decide(institution.fixmedins_code, institution.admdvs, tx.klass, now, category)
 
 
 def detours(
@@ -68,7 +85,7 @@ def detours(
 ) -> Decision | None:
     """The decision when it takes this request off the normal path (dispatch then answers a
     retry from the msgid journals before `intercept` acts on it)."""
-    decision = decide(gw, tx, institution, now)
+    decision = decide(gw, tx, institution, now, category_of(gw, tx, req))
     if decision is not None and decision.action is Action.SELFPAY and not tx.admits:
         return None  # selfpay changes nothing but admissions
     if decision is not None and decision.action is Action.SHADOW:

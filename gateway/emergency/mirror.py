@@ -54,7 +54,7 @@ from adapters.national.envelope import Request, decode_request, encode_response
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
 from gateway.emergency import hook
-from gateway.emergency.plan.rules import SHADOW_ACTIONS, Action, TxClass
+from gateway.emergency.plan.rules import CATEGORIES, SHADOW_ACTIONS, Action, Decision, TxClass
 from gateway.ledger import shadow_mirror as store
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
@@ -158,6 +158,31 @@ def _settlement_class() -> Transaction:
     return _SETTLEMENT[0]
 
 
+def _run_of(
+    gw: Gateway, tx: Transaction, req: Request, institution: Institution, now: dt.datetime
+) -> Decision | None:
+    """The plan's decision for the settlements of the visit this call belongs to: of its
+    medical category when the call names one (2401, 2203, 2204/2301 rows). A call that names
+    none (2202, 2205, 2402–2405, 2302, an outpatient 2201 before its 2203) is of a visit of some
+    category: while a scope narrowed to a category is in a run, it is mirrored when any
+    category here is, so a visit of that category is mirrored whole; a visit of another category
+    then leaves the old system a call it refuses (counted), never a wrong comparison."""
+    settlement = _settlement_class()
+    category = hook.category_of(gw, tx, req)
+    decision = hook.decide(gw, settlement, institution, now, category)
+    if category is not None or not gw.plan.categorized or _in_run(decision):
+        return decision
+    for other in CATEGORIES:
+        found = hook.decide(gw, settlement, institution, now, other)
+        if _in_run(found):
+            return found
+    return decision
+
+
+def _in_run(decision: Decision | None) -> bool:
+    return decision is not None and decision.action in SHADOW_ACTIONS
+
+
 def succeeded(raw: bytes) -> bool:
     """An envelope answering infcode 0."""
     try:
@@ -220,7 +245,7 @@ class Mirror:
         call answered in a parallel run. No I/O and no waiting."""
         if gw is not self.gw or not mirrored(tx):
             return
-        decision = hook.decide(gw, _settlement_class(), institution, received)
+        decision = _run_of(gw, tx, req, institution, received)
         if decision is None:
             return
         if decision.action is Action.SHADOW and outcome.outcome is Result.OK:

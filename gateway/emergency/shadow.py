@@ -146,7 +146,9 @@ class Shadow:
         No I/O and no waiting."""
         if gw is not self.gw or tx.klass is not TxClass.SETTLEMENT:
             return  # (another gateway in this process: tests run two)
-        decision = hook.decide(gw, tx, institution, received)
+        # The settlement's own category: a category's rule (the protective action's
+        # `institution:X:inpatient`) takes that category out of the run here as at the counter.
+        decision = hook.decide(gw, tx, institution, received, hook.category_of(gw, tx, req))
         if decision is None:
             return
         shadow_tx = presettlement_of(tx)
@@ -323,25 +325,49 @@ class Shadow:
             async with self.gw.pool.acquire(timeout=self.config.timeout_seconds) as conn:
                 await shadow_store.insert(conn, row)
                 if differs and p.answered_by == GATEWAY and self.config.protect_action:
-                    await self._protect(conn, p.req.fixmedins_code, p.received)
+                    await self._protect(conn, p, category)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             # The metrics have it; the ledger's own breaker watches the ledger.
             log.warning("shadow comparison not stored", exc_info=True)
 
-    async def _protect(
-        self, conn: asyncpg.Connection, fixmedins_code: str, now: dt.datetime
-    ) -> None:
-        """The automatic protective action ([shadow] protect_*): an institution whose
-        settlements answered here differ past the bound gets a plan rule for its settlements,
-        set by trigger:shadow with the figures as its reason, audited like any change; a
-        person clears it, and the count starts afresh from the clearing."""
-        scope = f"institution:{fixmedins_code}"
-        if any(r.scope == scope and r.klass is TxClass.SETTLEMENT for r in self.gw.plan.rules):
-            return  # already under a rule of its own (this trigger's, or a person's)
+    async def _protect(self, conn: asyncpg.Connection, p: Pending, category: str) -> None:
+        """The automatic protective action ([shadow] protect_*): a scope whose settlements
+        answered here differ past the bound gets a plan rule for its settlements, set by
+        trigger:shadow with the figures as its reason, audited like any change; a person
+        clears it, and the count starts afresh from the clearing.
+
+        The scope is the institution (`protect_scope`, the default) or its region, narrowed to
+        the settlement's medical category with `protect_by_category` (counted per category,
+        the rule `institution:X:inpatient`: only that category goes back to the old system)."""
         cfg = self.config
-        since = now.astimezone() - dt.timedelta(seconds=cfg.protect_window_seconds)
+        if cfg.protect_scope == "region":
+            by, key, scope = "admdvs", p.institution.admdvs, f"region:{p.institution.admdvs}"
+        else:
+            code = p.req.fixmedins_code
+            by, key, scope = "fixmedins_code", code, f"institution:{code}"
+        if cfg.protect_by_category:
+            if not category:
+                return  # a settlement of no known category counts toward no category's rule
+            scope = f"{scope}:{category}"
+        held = next(
+            (r for r in self.gw.plan.rules if r.scope == scope and r.klass is TxClass.SETTLEMENT),
+            None,
+        )
+        if held is not None and held.action is not Action.SHADOW:
+            # Already under a rule of its own (this trigger's, or a person's). A `shadow` rule
+            # at exactly this scope is the run being measured: the protective rule replaces it
+            # (audited with it as `before`).
+            return
+        since = p.received.astimezone() - dt.timedelta(seconds=cfg.protect_window_seconds)
         bound = await shadow_store.past_bound(
-            conn, fixmedins_code, since, cfg.protect_min_compared, cfg.protect_rate_bp
+            conn,
+            by=by,
+            key=key,
+            category=category if cfg.protect_by_category else None,
+            cleared_target=f"{scope}/{TxClass.SETTLEMENT}",
+            since=since,
+            min_compared=cfg.protect_min_compared,
+            rate_bp=cfg.protect_rate_bp,
         )
         if bound is None:
             return
@@ -350,7 +376,9 @@ class Shadow:
             f"（{bound.differing}/{bound.compared}笔不一致，主要原因{bound.cause}），"
             f"按预案转原系统结算，核查后人工恢复"
         )
-        log.warning("parallel run trigger", extra={"fixmedins_code": fixmedins_code})
+        log.warning(
+            "parallel run trigger", extra={"fixmedins_code": p.req.fixmedins_code, "scope": scope}
+        )
         await plan_store.set_rule(
             conn,
             scope=scope,

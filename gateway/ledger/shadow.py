@@ -166,9 +166,10 @@ async def differing(
 
 @dataclass(frozen=True, slots=True)
 class Bound:
-    """An institution past the protective bound: its counts, and the cause found most."""
+    """A group past the protective bound (an institution or a region, perhaps one medical
+    category of it): its counts, and the cause found most."""
 
-    fixmedins_code: str
+    key: str  # the fixmedins_code or admdvs counted
     compared: int
     differing: int
     cause: str
@@ -176,29 +177,38 @@ class Bound:
 
 async def past_bound(
     conn: asyncpg.Connection,
-    fixmedins_code: str,
+    *,
+    by: str,
+    key: str,
+    category: str | None,
+    cleared_target: str,
     since: dt.datetime,
     min_compared: int,
     rate_bp: int,
 ) -> Bound | None:
-    """Reads whether this institution's settlements answered here differ past `rate_bp` (at
-    least `min_compared` compared) since `since`, counting only those compared after its
-    settlement rule was last cleared (audit_log): a cleared rule starts the count afresh."""
+    """Reads whether the settlements answered here of one institution (`by` "fixmedins_code")
+    or region ("admdvs"), of one medical category when `category` is given, differ past
+    `rate_bp` (at least `min_compared` compared) since `since`, counting only those compared
+    after the rule `cleared_target` (the audit log's target, "<scope>/settlement") was last
+    cleared: a cleared rule starts the count afresh."""
+    column = {"fixmedins_code": "fixmedins_code", "admdvs": "admdvs"}[by]
     row = await conn.fetchrow(
         "SELECT count(*) AS compared, count(*) FILTER (WHERE differs) AS differing,"
         " mode() WITHIN GROUP (ORDER BY cause) FILTER (WHERE differs) AS cause"
-        " FROM shadow_comparisons WHERE fixmedins_code = $1 AND answered_by = 'gateway'"
-        " AND compared_at >= $2 AND compared_at > coalesce((SELECT max(at) FROM audit_log"
-        " WHERE target = 'institution:' || $1 || '/settlement' AND action = 'plan.clear'),"
-        " '-infinity')",
-        fixmedins_code,
+        f" FROM shadow_comparisons WHERE {column} = $1 AND answered_by = 'gateway'"
+        " AND ($2::text IS NULL OR category = $2)"
+        " AND compared_at >= $3 AND compared_at > coalesce((SELECT max(at) FROM audit_log"
+        " WHERE target = $4 AND action = 'plan.clear'), '-infinity')",
+        key,
+        category,
         since,
+        cleared_target,
     )
     if row is None or row["compared"] < min_compared:
         return None
     if row["differing"] * 10000 <= rate_bp * row["compared"]:
         return None
-    return Bound(fixmedins_code, row["compared"], row["differing"], row["cause"] or "")
+    return Bound(key, row["compared"], row["differing"], row["cause"] or "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,3 +219,21 @@ def test_the_parallel_run_settings_are_checked() -> None:
         with pytest.raises(ValueError):
             Shadow(**bad)
     assert Shadow(protect_action="route_legacy_shadow").protect_action == "route_legacy_shadow"
+
+
+def test_the_protective_action_scope_and_category_are_checked() -> None:
+    shadow = decode_config('[shadow]\nprotect_action = "route_legacy"\n').shadow
+    # Today's behaviour unless asked: per institution, all categories together.
+    assert (shadow.protect_scope, shadow.protect_by_category) == ("institution", False)
+    text = '[shadow]\nprotect_scope = "region"\nprotect_by_category = true\n'
+    shadow = decode_config(text).shadow
+    assert (shadow.protect_scope, shadow.protect_by_category) == ("region", True)
+    with pytest.raises(ConfigError) as caught:
+        decode_config('[shadow]\nprotect_scope = "hospital"\n', "gateway.toml")
+    assert str(caught.value) == (
+        "gateway.toml: Invalid enum value 'hospital' - at `$.shadow.protect_scope`"
+    )
+    with pytest.raises(ConfigError, match=r"Expected `bool`, got `str` - at `\$\.shadow"):
+        decode_config('[shadow]\nprotect_by_category = "yes"\n')
+    with pytest.raises(ConfigError, match="protect_min_compared: at least 1"):
+        decode_config("[shadow]\nprotect_min_compared = 0\n")

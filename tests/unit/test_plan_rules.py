@@ -7,8 +7,11 @@ import datetime as dt
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from adapters.national.category import request_category
+from adapters.national.envelope import Request
 from gateway.app.config import DEFAULT_CONFIG, load_config
 from gateway.emergency.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
 from gateway.emergency.console.pages import ACTION_NAMES
@@ -23,6 +26,8 @@ from gateway.emergency.plan.rules import (
     check_action,
     check_class,
     check_scope,
+    scopes_of,
+    split_scope,
 )
 from gateway.emergency.triggers import InstitutionTriggers
 from gateway.protocol.errors import BadRequest
@@ -60,6 +65,80 @@ def test_scopes_are_checked() -> None:
     for bad in ("region:33", "everything", "institution:", "global;drop"):
         with pytest.raises(BadRequest):
             check_scope(bad)
+
+
+def test_a_scope_may_name_a_medical_category() -> None:
+    for good in ("global:inpatient", "region:441800:chronic", "institution:H44180000001:outpatient",
+                 "institution:P44180000001:pharmacy"):  # fmt: skip
+        assert check_scope(good) == good
+    assert split_scope("region:441800:inpatient") == ("region:441800", "inpatient")
+    assert split_scope("global:outpatient") == ("global", "outpatient")
+    assert split_scope("region:441800") == ("region:441800", None)
+    # An institution code that happens to spell a category is an institution, not a category.
+    assert split_scope("institution:inpatient") == ("institution:inpatient", None)
+    for bad in ("region:441800:surgery", "global:", "region:441800:inpatient:chronic",
+                "institution:H1:Inpatient", "inpatient", "global:inpatient\n", "region:inpatient"):  # fmt: skip
+        with pytest.raises(BadRequest):
+            check_scope(bad)
+
+
+def test_categories_interleave_with_the_scopes_most_specific_first() -> None:
+    assert scopes_of("H1", "441800") == ("institution:H1", "region:441800", "global")
+    assert scopes_of("H1", "441800", "inpatient") == (
+        "institution:H1:inpatient", "institution:H1", "region:441800:inpatient",
+        "region:441800", "global:inpatient", "global",
+    )  # fmt: skip
+
+
+def _action(plan: Plan, code: str, category: str | None, klass: str = "settlement") -> str | None:
+    decision = plan.decide(code, "441800", klass, NOW, category)  # type: ignore[arg-type]
+    return None if decision is None else decision.action
+
+
+def test_the_most_specific_of_scope_and_category_wins() -> None:
+    rules = [
+        rule("global", "settlement", "reject"),
+        rule("global:chronic", "settlement", "defer"),
+        rule("region:441800", "settlement", "shadow"),
+        rule("region:441800:outpatient", "settlement", "reject"),
+        rule("institution:H1", "settlement", "route_legacy_shadow"),
+        rule("institution:H1:inpatient", "settlement", "route_legacy"),
+    ]
+    plan = Plan(3, rules=tuple(rules))
+    assert plan.categorized
+    assert _action(plan, "H1", "inpatient") == "route_legacy"  # institution+category
+    assert _action(plan, "H1", "outpatient") == "route_legacy_shadow"  # institution over region+cat
+    assert _action(plan, "H2", "outpatient") == "reject"  # region+category
+    assert _action(plan, "H2", "inpatient") == "shadow"  # region
+    assert _action(plan, "H2", "chronic") == "shadow"  # region over global+category
+    assert _action(plan, "H2", None) == "shadow"  # no category known: the plain scopes only
+    assert _action(plan, "H1", None) == "route_legacy_shadow"
+    other = Plan(4, rules=(rule("global", "settlement", "reject"), rule("global:chronic", "settlement", "defer")))  # fmt: skip
+    assert _action(other, "H2", "chronic") == "defer"  # global+category over global
+    assert _action(other, "H2", "pharmacy") == "reject"
+    assert _action(other, "H2", None) == "reject"
+    # A rule narrowed to a category is of its class only.
+    assert _action(plan, "H1", "inpatient", "encounter") is None
+    decision = plan.decide("H1", "441800", TxClass.SETTLEMENT, NOW, "inpatient")
+    assert decision is not None and decision.scope == "institution:H1:inpatient"
+
+
+def test_windows_may_name_a_category_and_a_rule_still_beats_a_window_at_one_scope() -> None:
+    plan = Plan(
+        5,
+        rules=(rule("region:330300:inpatient", "settlement", "route_legacy"),),
+        windows=(window("region:330300:inpatient", ("settlement", "encounter"), "defer", "2022-03-04", "2022-03-07"),),
+    )  # fmt: skip
+    assert plan.categorized
+    assert plan.decide("H1", "330300", "settlement", NOW, "inpatient").action == "route_legacy"  # type: ignore[union-attr,arg-type]
+    assert plan.decide("H1", "330300", "encounter", NOW, "inpatient").source == "window:w"  # type: ignore[union-attr,arg-type]
+    assert plan.decide("H1", "330300", "encounter", NOW, "outpatient") is None  # type: ignore[arg-type]
+
+
+def test_a_plan_without_categories_ignores_the_category_it_is_told() -> None:
+    plan = Plan(6, rules=(rule("region:441800", "settlement", "reject"),))
+    assert not plan.categorized and not Plan(0).categorized
+    assert _action(plan, "H1", "inpatient") == _action(plan, "H1", None) == "reject"
 
 
 def _checked(column: str) -> set[str]:
@@ -190,3 +269,38 @@ async def test_institution_trigger_writes_one_rule_and_rearms_after_it_is_cleare
     clock.t += CFG.min_open_seconds
     triggers.record("H44180000001", True, False, 0.01)
     assert triggers.states() == []
+
+
+def _req(infno: str, node: dict[str, object]) -> Request:
+    return Request(infno, "M1", "H1", "441800", "441800", "o", "o", "1", "d", "", msgspec.json.encode(node))  # fmt: skip
+
+
+def test_a_requests_category_comes_from_its_kind_or_its_med_type() -> None:
+    # Inpatient stays and pharmacy purchases admit one category each: no med_type needed (2304
+    # carries none).
+    assert request_category("inpatient", _req("2304", {"data": {"mdtrt_id": "1"}})) == "inpatient"
+    assert request_category("pharmacy", _req("2102", {"druginfo": {}})) == "pharmacy"
+    # An outpatient settlement is outpatient or chronic: its data.med_type says which.
+    assert (
+        request_category("outpatient", _req("2207", {"data": {"med_type": "11"}})) == "outpatient"
+    )
+    assert request_category("outpatient", _req("2207", {"data": {"med_type": "14"}})) == "chronic"
+    assert request_category("outpatient", _req("2207", {"data": {"med_type": 14}})) == "chronic"
+    # Calls of no kind: where their input names it (2203 mdtrtinfo, 2204/2301 feedetail rows).
+    assert request_category(None, _req("2203", {"mdtrtinfo": {"med_type": "14"}})) == "chronic"
+    rows = {"feedetail": [{"med_type": "21"}, {"med_type": "22"}]}
+    assert request_category(None, _req("2301", rows)) == "inpatient"
+    assert request_category(None, _req("2204", {"feedetail": {"med_type": "11"}})) == "outpatient"
+    # Not known: nothing named, rows of two categories, a med_type not settled or not of this
+    # kind of visit, input that does not decode (the handler refuses those itself).
+    for kind, node in [
+        ("outpatient", {"data": {"mdtrt_id": "1"}}),
+        (None, {"data": {"mdtrt_id": "1"}}),
+        (None, {"feedetail": [{"med_type": "11"}, {"med_type": "21"}]}),
+        ("outpatient", {"data": {"med_type": "99"}}),
+        ("outpatient", {"data": {"med_type": "21"}}),
+        ("outpatient", {"data": [1, 2]}),
+        ("outpatient", {"data": {"med_type": {"x": 1}}}),
+    ]:
+        assert request_category(kind, _req("2207", node)) is None, node
+    assert request_category("outpatient", Request("2207", "M1", "H1", "", "", "", "", "", "", "", b"[")) is None  # fmt: skip

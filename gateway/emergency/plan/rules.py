@@ -1,8 +1,12 @@
 """Which action applies to a request: pure functions over the rules and windows in force.
 
-Scopes are `global`, `region:<admdvs>` and `institution:<fixmedins_code>`; the most specific
-matching scope wins, and at the same scope a rule set by a person wins over a scheduled window
-(the team can always override a timetable).
+Scopes are `global`, `region:<admdvs>` and `institution:<fixmedins_code>`, each optionally
+narrowed to one medical category (`global:inpatient`, `region:441800:chronic`,
+`institution:H44180000001:outpatient`: the values of gateway.core.model.Category). The most
+specific matching scope wins — institution+category, institution, region+category, region,
+global+category, global — and at the same scope a rule set by a person wins over a scheduled
+window (the team can always override a timetable). A request whose category is not known from
+its input sees only the plain scopes.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gateway.core.model import Category
 from gateway.protocol.errors import BadRequest
 
 
@@ -53,13 +58,32 @@ CLASSES = tuple(c for c in TxClass if c is not TxClass.QUERY)
 ACTIONS = tuple(Action)
 # The actions under which settlements are priced twice, and the classes they may name.
 SHADOW_ACTIONS = (Action.SHADOW, Action.ROUTE_LEGACY_SHADOW)
-_SCOPE = re.compile(r"^(global|region:\d{6}|institution:[0-9A-Za-z]{1,30})$")
+CATEGORIES = tuple(c.value for c in Category)
+# The base scope, then optionally ":<category>" (a category the grammar knows; checked below).
+_SCOPE = re.compile(r"^(global|region:\d{6}|institution:[0-9A-Za-z]{1,30})(?::([a-z]{1,20}))?$")
 
 
 def check_scope(scope: str) -> str:
-    if not _SCOPE.match(scope):
-        raise BadRequest(f"范围{scope}无效：应为global、region:<6位区划>或institution:<机构编号>")
+    """The scope as written, when it is one; BadRequest otherwise."""
+    found = _SCOPE.fullmatch(scope)
+    if not found:
+        raise BadRequest(
+            f"范围{scope}无效：应为global、region:<6位区划>或institution:<机构编号>，"
+            f"可再加:<医疗类别>（{'、'.join(CATEGORIES)}）"
+        )
+    if found.group(2) is not None and found.group(2) not in CATEGORIES:
+        raise BadRequest(
+            f"范围{scope}无效：医疗类别{found.group(2)}应为{'、'.join(CATEGORIES)}之一"
+        )
     return scope
+
+
+def split_scope(scope: str) -> tuple[str, str | None]:
+    """A checked scope's base (`region:441800`) and its medical category, if it names one."""
+    found = _SCOPE.fullmatch(scope)
+    if found is None or found.group(2) not in CATEGORIES:
+        return scope, None
+    return found.group(1), found.group(2)
 
 
 def check_class(klass: str) -> TxClass:
@@ -111,26 +135,56 @@ class Decision:
     reason: str
 
 
-def scopes_of(fixmedins_code: str, admdvs: str) -> tuple[str, str, str]:
-    """The scopes a request belongs to, most specific first."""
-    return (f"institution:{fixmedins_code}", f"region:{admdvs}", "global")
+def scopes_of(fixmedins_code: str, admdvs: str, category: str | None = None) -> tuple[str, ...]:
+    """The scopes a request belongs to, most specific first: each base scope narrowed to the
+    request's medical category comes just before the base scope itself."""
+    institution, region = f"institution:{fixmedins_code}", f"region:{admdvs}"
+    if category is None:
+        return (institution, region, "global")
+    return (
+        f"{institution}:{category}",
+        institution,
+        f"{region}:{category}",
+        region,
+        f"global:{category}",
+        "global",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The rules and windows as loaded; `version` follows plan_version in the database."""
+    """The rules and windows as loaded; `version` follows plan_version in the database.
+
+    `categorized`: some rule or window names a medical category. Only then is a request's
+    category worth finding out (it costs a look into the request's input), so callers ask this
+    first and the plain path pays nothing."""
 
     version: int
     rules: tuple[Rule, ...] = ()
     windows: tuple[Window, ...] = ()
+    categorized: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        named = any(split_scope(r.scope)[1] for r in self.rules) or any(
+            split_scope(w.scope)[1] for w in self.windows
+        )
+        object.__setattr__(self, "categorized", named)
 
     def decide(
-        self, fixmedins_code: str, admdvs: str, klass: TxClass, now: dt.datetime
+        self,
+        fixmedins_code: str,
+        admdvs: str,
+        klass: TxClass,
+        now: dt.datetime,
+        category: str | None = None,
     ) -> Decision | None:
-        """The action for a request of this class at this institution now; None: normal."""
+        """The action for a request of this class (and medical category, when known) at this
+        institution now; None: normal."""
         if not self.rules and not self.windows:
             return None
-        for scope in scopes_of(fixmedins_code, admdvs):
+        if not self.categorized:
+            category = None  # no scope names one: the three plain scopes are all there is
+        for scope in scopes_of(fixmedins_code, admdvs, category):
             for rule in self.rules:
                 if rule.scope == scope and rule.klass == klass:
                     return Decision(rule.action, scope, klass, "rule", rule.reason)

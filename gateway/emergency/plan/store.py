@@ -21,6 +21,7 @@ from gateway.emergency.plan.rules import (
     check_action,
     check_class,
     check_scope,
+    split_scope,
 )
 from gateway.ledger import plan, reference_store
 from gateway.ops import audit
@@ -30,9 +31,11 @@ from gateway.protocol.errors import BadRequest, NotFound
 async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
     """A scope that names something the reference data holds: a rule or window for a code no
     institution has would match no request while the console shows the plan degraded, so a typo
-    made during an emergency is refused here rather than silently doing nothing."""
+    made during an emergency is refused here rather than silently doing nothing. A scope
+    narrowed to a medical category is checked on its base (the category is the grammar's)."""
     check_scope(scope)
-    kind, _, code = scope.partition(":")
+    base, _ = split_scope(scope)
+    kind, _, code = base.partition(":")
     if kind == "institution":
         if not await reference_store.institution_known(conn, code):
             raise BadRequest(f"范围{scope}无效：定点医药机构编号{code}未登记，请核对机构编号")
