@@ -462,3 +462,71 @@ async def test_seed_timetables_load_as_windows(server: Server) -> None:
     assert (
         len(json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)) == 7
     )
+
+
+async def test_a_rule_narrowed_to_a_medical_category_applies_to_that_category_only(
+    server: Server,
+) -> None:
+    """清远 1.2.2 names 普通门诊 apart from 住院 and the pharmacies: `reject` for the region's
+    outpatient settlements refuses a 2207 there, while a pharmacy's 2102 and an inpatient 2304
+    (which carries no med_type: a stay is inpatient) in the same region settle as normal."""
+    scope = "region:441800:outpatient"
+    for bad, named in (("region:441800:surgery", "医疗类别surgery"), ("region:999999:outpatient", "999999")):  # fmt: skip
+        refused = cli("plan", "set", "--scope", bad, "--class", "settlement", "--action", "reject",
+                      "--reason", "演练", "--database-url", server.dsn, check=False)  # fmt: skip
+        assert refused.returncode == 2 and named in refused.stderr, refused.stderr
+    cli("plan", "set", "--scope", scope, "--class", "settlement", "--action", "reject",
+        "--reason", "普通门诊待遇结算不准确", "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
+    try:
+        shown = json.loads(cli("plan", "show", "--json", "--database-url", server.dsn).stdout)
+        assert [r["action"] for r in shown["rules"] if r["scope"] == scope] == ["reject"]
+        await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))  # fmt: skip
+
+        his = server.client("H44180000001")
+        mdtrt_id = await _visit(his, WORKER, "2026-05-09", "MZ-CAT-1")
+        data = his.settle_data(WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")  # fmt: skip
+        answer = await his.call("2207", data)
+        assert answer["infcode"] == -1 and "普通门诊待遇结算不准确" in answer["err_msg"]
+        assert await server.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id) == 0  # fmt: skip
+
+        pos = server.client(PHARMACY_441800)
+        bought = await pos.ok("2102", pos.drug_input(WORKER, "2026-05-09 10:00:00", DRUG_TOTAL, DRUG_LINES))  # fmt: skip
+        assert bought["setlinfo"]["setl_id"]
+
+        admission = {
+            "mdtrtinfo": {
+                "psn_no": RETIREE, "insutype": "310", "begntime": "2026-05-09 09:00:00",
+                "mdtrt_cert_type": "01", "mdtrt_cert_no": RETIREE, "med_type": "21", "ipt_no": "ZY-CAT-1",
+            },
+            "diseinfo": [],
+        }  # fmt: skip
+        stay = (await his.ok("2401", admission))["result"]["mdtrt_id"]
+        lines = [{"feedetl_sn": "1", "medins_list_codg": "ZL0003", "pric": "60", "cnt": "2", "det_item_fee_sumamt": "120.00"}]  # fmt: skip
+        await his.ok("2301", {"feedetail": his.fee_rows(stay, RETIREE, lines, "2026-05-09 10:00:00", "")})  # fmt: skip
+        await his.ok(
+            "2402",
+            {"dscginfo": {"mdtrt_id": stay, "psn_no": RETIREE, "insutype": "310",
+                          "endtime": "2026-05-10 10:00:00", "dscg_dept_codg": "K1",
+                          "dscg_dept_name": "内科", "dscg_way": "1"}, "diseinfo": []},
+        )  # fmt: skip
+        settle = his.settle_data(RETIREE, stay, "21", "120.00", "310", "0", mid_setl_flag="0")
+        del settle["data"]["med_type"]  # 2304 carries none (protocol.md §2.4)
+        assert (await his.ok("2304", settle))["setlinfo"]["setl_id"]
+    finally:
+        # Cleared from the console's JSON API: shown there, cleared, audited.
+        async with server.session.post(
+            server.url + "/api/console/login", json={"operator": "duty", "password": "duty-2026"}
+        ) as r:
+            headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
+        async with server.session.get(server.url + "/api/plan", headers=headers) as r:
+            assert [x["scope"] for x in (await r.json())["rules"] if x["scope"] == scope] == [scope]
+        clear = {"scope": scope, "class": "settlement", "reason": "门诊待遇已核实"}
+        async with server.session.post(server.url + "/api/plan/rules/clear", json=clear, headers=headers) as r:  # fmt: skip
+            assert r.status == 200, await r.text()
+    rows = await server.fetch(
+        "SELECT operator, action FROM audit_log WHERE target = $1 ORDER BY audit_id",
+        f"{scope}/settlement",
+    )
+    assert [tuple(r) for r in rows] == [("duty", "plan.set"), ("duty", "plan.clear")]
+    await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))
+    assert (await his.ok("2207", data))["setlinfo"]["setl_id"]
