@@ -737,3 +737,130 @@ async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncom
         assert state == "not_mirrored"
         assert len(await _comparisons(srv)) == seen  # a shadow failure, not a difference
         assert await srv.check_ledger() == []
+
+
+async def _stay(his: HisClient) -> str:
+    """2401 + 2301 (a line mapped differently at the old system) + 2402: a stay to settle."""
+    admission = {
+        "mdtrtinfo": {
+            "psn_no": EMPLOYEE, "insutype": "310", "begntime": f"{DAY} 09:00:00",
+            "mdtrt_cert_type": "01", "mdtrt_cert_no": EMPLOYEE, "med_type": "21",
+            "ipt_no": _no("ZY-CT"),
+        },
+        "diseinfo": [],
+    }  # fmt: skip
+    mdtrt_id = str((await his.ok("2401", admission))["result"]["mdtrt_id"])
+    lines = [{"feedetl_sn": "1", "medins_list_codg": "ZL0003", "pric": "60", "cnt": "2", "det_item_fee_sumamt": "120.00"}, *DIFFERING_LINE]  # fmt: skip
+    rows = his.fee_rows(mdtrt_id, EMPLOYEE, lines, f"{DAY} 10:00:00", "")
+    await his.ok("2301", {"feedetail": rows})
+    await his.ok(
+        "2402",
+        {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE, "insutype": "310",
+                      "endtime": "2026-05-10 10:00:00", "dscg_dept_codg": "K1",
+                      "dscg_dept_name": "内科", "dscg_way": "1"}, "diseinfo": []},
+    )  # fmt: skip
+    return mdtrt_id
+
+
+async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_old_system(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    """清远 1.2.2 names 普通门诊, 门特门慢 and 普通住院 apart. With `protect_by_category` the
+    hospital's inpatient settlements, differing (YP0003 mapped class A there), are counted apart
+    from its outpatient ones, alike: the rule `institution:H:inpatient` sends only its stays'
+    settlements back to the old system while its outpatient counter is still answered here."""
+    shadow = Shadow(
+        timeout_seconds=3.0,
+        protect_action="route_legacy",
+        protect_by_category=True,
+        protect_rate_bp=2000,
+        protect_min_compared=2,
+    )
+    config = msgspec.structs.replace(_config(old_system), shadow=shadow)
+    async with running_gateway(new_database, config) as srv:
+        his = srv.client(HOSPITAL)
+        await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
+        pos = srv.client(PHARMACY)
+        await _in_force(srv, pos, pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+        scope = f"institution:{HOSPITAL}:inpatient"
+
+        async def rules() -> dict[str, Any]:
+            found = await srv.fetch(
+                "SELECT scope, action, operator, reason FROM plan_rules WHERE class = 'settlement'"
+            )
+            return {r["scope"]: r for r in found}
+
+        # An outpatient visit priced alike: counted under outpatient, no rule for it.
+        visit = await _open_visit(his, _no("MZ-CT"), {"B1": OUTPATIENT_LINES})
+        outpatient = his.settle_data(EMPLOYEE, visit, "11", "45.00", "310", "1", chrg_bchno="B1")
+        seen = len(await _comparisons(srv))
+        await his.ok("2207", outpatient)
+        row = await _next_comparison(srv, seen)
+        assert (row["category"], row["differs"]) == ("outpatient", False)
+
+        for _ in range(5):
+            stay = await _stay(his)
+            seen = len(await _comparisons(srv))
+            settle = his.settle_data(EMPLOYEE, stay, "21", "150.00", "310", "0", mid_setl_flag="0")
+            assert (await his.ok("2304", settle))["setlinfo"]["setl_id"]
+            row = await _next_comparison(srv, seen)
+            assert (row["category"], row["differs"], row["cause"]) == (
+                "inpatient", True, "catalog_class",
+            )  # fmt: skip
+            if scope in await rules():
+                break
+        in_force = await rules()
+        assert scope in in_force, "no protective rule after 5 differing stays"
+        found = in_force[scope]
+        assert (found["action"], found["operator"]) == ("route_legacy", "trigger:shadow")
+        assert "catalog_class" in found["reason"]
+        # Only that category: no rule at the institution's plain scope, the region's run as set.
+        assert set(in_force) == {scope, "region:441800"}
+        audited = await srv.fetch(
+            "SELECT operator, action FROM audit_log WHERE target = $1", f"{scope}/settlement"
+        )
+        assert [tuple(r) for r in audited] == [("trigger:shadow", "plan.set")]
+
+        # The next inpatient settlement is forwarded to the old system (journaled there under
+        # its msgid, whatever it made of a stay opened here; nothing settled or journaled here).
+        stay = await _stay(his)
+        settle = his.settle_data(EMPLOYEE, stay, "21", "150.00", "310", "0", mid_setl_flag="0")
+        msgid = his.msgid()
+        await his.call("2304", settle, msgid=msgid)
+        async with connect(old_system.dsn) as old:
+            there = await old.fetchval(
+                "SELECT infno FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2",
+                HOSPITAL,
+                msgid,
+            )
+        assert there == "2304"
+        assert await srv.fetchval("SELECT count(*) FROM idempotency WHERE msgid = $1", msgid) == 0
+        assert await srv.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", stay) == 0
+
+        # The hospital's outpatient counter is still answered here, and still compared.
+        visit = await _open_visit(his, _no("MZ-CT"), {"B1": OUTPATIENT_LINES})
+        outpatient = his.settle_data(EMPLOYEE, visit, "11", "45.00", "310", "1", chrg_bchno="B1")
+        seen = len(await _comparisons(srv))
+        assert (await his.ok("2207", outpatient))["setlinfo"]["setl_id"]
+        row = await _next_comparison(srv, seen)
+        assert (row["answered_by"], row["category"]) == ("gateway", "outpatient")
+        assert (
+            await srv.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", visit) == 1
+        )
+
+        # Cleared by a person, audited: stays settle here again, counted afresh from the
+        # clearing (one difference since: under the minimum, no new rule).
+        await clear_rule(srv.dsn, scope, "settlement", "住院目录对照已更正")
+        audited = await srv.fetch(
+            "SELECT operator, action FROM audit_log WHERE target = $1 ORDER BY audit_id",
+            f"{scope}/settlement",
+        )
+        assert [tuple(r) for r in audited] == [("trigger:shadow", "plan.set"), ("test", "plan.clear")]  # fmt: skip
+        await asyncio.sleep(2.5)  # in force everywhere within 2 s (the plan's poll)
+        stay = await _stay(his)
+        seen = len(await _comparisons(srv))
+        settle = his.settle_data(EMPLOYEE, stay, "21", "150.00", "310", "0", mid_setl_flag="0")
+        assert (await his.ok("2304", settle))["setlinfo"]["setl_id"]
+        row = await _next_comparison(srv, seen)
+        assert (row["answered_by"], row["category"], row["differs"]) == ("gateway", "inpatient", True)  # fmt: skip
+        assert scope not in await rules()
