@@ -7,13 +7,18 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from adapters.national.category import request_category
+from adapters.national.envelope import Request
 from gateway.app.reference import load_reference, snapshot_of
 from gateway.core.catalog import Snapshot
 from gateway.core.model import Accumulators, FeeLine, Mapping, PersonState, Visit
 from gateway.core.money import price_times_cnt_fen
 from gateway.core.settle import settle, split_lines
+from gateway.emergency.plan.rules import Action, Plan, Rule, TxClass
+from gateway.protocol.transaction import Kind
 
 pytestmark = pytest.mark.benchmark
 
@@ -127,3 +132,46 @@ def test_snapshot_build_500k_mappings(benchmark: Any) -> None:
 
     snap = benchmark.pedantic(build, rounds=3, iterations=1)
     assert snap.mapping("H00000000007", "C00000007", DAY) is not None
+
+
+# The emergency plan on the request path: a region under a parallel run with a dozen
+# institution rules, without and with scopes narrowed to a medical category.
+_NOW = dt.datetime(2026, 3, 1, 10, 0)
+_RULES = (
+    Rule("region:441800", TxClass.SETTLEMENT, Action.SHADOW, "run", "duty", _NOW),
+    *(
+        Rule(f"institution:H4418000001{i}", TxClass.SETTLEMENT, Action.DEFER, "x", "duty", _NOW)
+        for i in range(12)
+    ),
+)
+_CATEGORY_RULE = Rule(
+    "institution:H44180000001:inpatient", TxClass.SETTLEMENT, Action.ROUTE_LEGACY, "x", "t", _NOW
+)
+_INPATIENT = Request(
+    "2304", "M1", "H44180000001", "441800", "441800", "o", "o", "1", "d", "",
+    b'{"data":{"psn_no":"441800000000000001","mdtrt_id":"1","medfee_sumamt":"150.00",'
+    b'"mid_setl_flag":"0","acct_used_flag":"0","insutype":"310"}}',
+)  # fmt: skip
+_OUTPATIENT = msgspec.structs.replace(
+    _INPATIENT, infno="2207", input=b'{"data":{"med_type":"11","mdtrt_id":"1","chrg_bchno":"B1"}}'
+)
+
+
+def test_plan_decide_plain(benchmark: Any) -> None:
+    plan = Plan(1, rules=_RULES)
+    decision = benchmark(plan.decide, "H44180000001", "441800", TxClass.SETTLEMENT, _NOW)
+    assert decision is not None and decision.action is Action.SHADOW
+
+
+def test_plan_decide_with_a_category_rule(benchmark: Any) -> None:
+    plan = Plan(2, rules=(*_RULES, _CATEGORY_RULE))
+
+    def decide() -> object:
+        inpatient = request_category(Kind.INPATIENT, _INPATIENT)
+        outpatient = request_category(Kind.OUTPATIENT, _OUTPATIENT)
+        a = plan.decide("H44180000001", "441800", TxClass.SETTLEMENT, _NOW, inpatient)
+        b = plan.decide("H44180000001", "441800", TxClass.SETTLEMENT, _NOW, outpatient)
+        return a, b
+
+    a, b = benchmark(decide)  # type: ignore[misc]
+    assert a.action is Action.ROUTE_LEGACY and b.action is Action.SHADOW

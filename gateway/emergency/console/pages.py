@@ -128,7 +128,7 @@ def console(
         parts.append(
             '<h2>设置应急规则</h2><form method="post" action="/console/rules/set" id="set-form">'
             f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
-            '范围 <input type="text" name="scope" id="scope" placeholder="global / region:330300 / institution:H…"> '
+            '范围 <input type="text" name="scope" id="scope" placeholder="global / region:330300 / institution:H…，可加:inpatient等医疗类别"> '
             f'类别 <select name="class" id="class">{_options(CLASSES)}</select> '
             f'处置 <select name="action" id="action">{_options(ACTIONS, ACTION_NAMES)}</select> '
             '原因 <input type="text" name="reason" id="reason" placeholder="必填"> '
