@@ -486,13 +486,26 @@ async def test_past_the_bound_the_institution_goes_back_to_the_old_system_until_
 
         # Cleared by a person: answered here again, and counted afresh from the clearing.
         await clear_rule(srv.dsn, scope, "settlement", "目录已更正")
+        # A pricing the shadow did not answer in time (a busy machine) leaves no comparison: it
+        # is counted as the shadow's failure, and the next settlement is tried.
+        missed = 0
         for _ in range(20):
             seen = len(await _comparisons(srv))
             await pos.ok("2102", differing)
-            if (await _next_comparison(srv, seen))["answered_by"] == "gateway":
+            try:
+                row = await _next_comparison(srv, seen, within=10.0)
+            except AssertionError:
+                missed += 1
+                continue
+            if row["answered_by"] == "gateway":
                 break
         else:
-            raise AssertionError("the cleared rule never left the serving process")
+            failures = await _metric(srv, "sgw_shadow_failures_total")
+            raise AssertionError(
+                f"the cleared rule never left the serving process ({missed} pricings missed,"
+                f" {failures:g} shadow failures counted)"
+            )
+        assert missed <= 2, f"{missed} pricings missed"  # a miss or two on a busy box, not more
         assert await rule() is None  # one difference since the clearing: under the minimum
 
 
