@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -108,7 +109,7 @@ async def intercept(
             LEDGER_DOWN_MSG if ledger_down else REJECT_MSG.format(why=decision.reason)
         )
     if decision.action in (Action.ROUTE_LEGACY, Action.ROUTE_LEGACY_SHADOW):
-        return await _route_legacy(gw, req, body)
+        return await _route_legacy(gw, req, body, received, ledger_down)
     if decision.action is Action.SELFPAY:
         return Detour(mode=Mode.SELFPAY) if tx.admits else None
     if decision.action is not Action.DEFER:
@@ -422,14 +423,39 @@ async def post_legacy(
     return answer
 
 
-async def _route_legacy(gw: Gateway, req: Request, body: bytes) -> Detour:
-    """Forward the envelope unchanged and relay the old system's answer."""
+# How a forwarded request's visit numbers become the old system's (visit mirroring installs it,
+# gateway.emergency.mirror.Mirror.routed): a visit opened here during a parallel run is known
+# there only under its own number. Given the request, its body and when it was received, it
+# answers the body to forward and what turns the old system's answer back to our numbers (None:
+# nothing to turn), or raises a GatewayError.
+Renumber = Callable[[bytes], bytes]
+RoutedVisits = Callable[
+    [Gateway, Request, bytes, dt.datetime], Awaitable[tuple[bytes, Renumber | None]]
+]
+ROUTED_VISITS: list[RoutedVisits] = []
+
+
+async def _route_legacy(
+    gw: Gateway, req: Request, body: bytes, received: dt.datetime, ledger_down: bool
+) -> Detour:
+    """Forward the envelope and relay the old system's answer: unchanged, but for the numbers
+    of visits opened here and mirrored there (ROUTED_VISITS), rewritten to the old system's on
+    the way out and back to ours in its answer, so the counter keeps one number per visit. With
+    the ledger down the map cannot be read: the envelope goes unchanged (docs/emergency.md)."""
     if not gw.config.legacy.url:
         raise Unavailable("应急预案要求转原系统办理，但未配置原系统地址，请联系运维")
+    back: list[Renumber] = []
+    if not ledger_down:
+        for visits in ROUTED_VISITS:
+            body, renumber = await visits(gw, req, body, received)
+            if renumber is not None:
+                back.append(renumber)
     try:
         answer = await post_legacy(gw, body, gw.config.legacy.timeout_seconds, infno=req.infno)
     except LegacyDown:
         raise Unavailable(LEGACY_DOWN_MSG) from None
+    for renumber in back:
+        answer = renumber(answer)
     return Detour(answer=answer, outcome=dispatch.Result.LEGACY)
 
 

@@ -6,8 +6,11 @@ encounter call of a visit (2201-2205, 2401/2402/2404/2405, 2301/2302: the transa
 encounter class with a visit, `Deferral.CALL`) that the counter got a successful answer for is
 replayed at the other system: to the old system over HTTP when this gateway answered (`shadow`),
 to this gateway's own handler, committed, when the old system answered (`route_legacy_shadow`
-with the encounter class routed to it). A visit and its fee lines are not money: writing them
-before go-live is what a parallel run is; the settlement itself is only ever priced.
+with the encounter class routed to it). Under `route_legacy` of the settlements with the
+encounter class answered here, calls go on to the old system, which now settles the visit; its
+settlements are forwarded through `Mirror.routed` (the old system's numbers, once delivered).
+A visit and its fee lines are not money: writing them before go-live is what a parallel run
+is; the settlement itself is only ever priced.
 
 The two systems number visits differently: the shadow's number of each visit, from its answer
 to the mirrored 2201/2401, is kept in the ledger (shadow_mirror_visits), and every mirrored call
@@ -59,7 +62,7 @@ from gateway.ledger import shadow_mirror as store
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.outcome import Outcome, Result
-from gateway.protocol.errors import GatewayError
+from gateway.protocol.errors import GatewayError, Unavailable
 from gateway.protocol.transaction import TRANSACTIONS, Call, Deferral, Transaction
 
 log = logging.getLogger("gateway.emergency.mirror")
@@ -77,6 +80,11 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _COLON = re.compile(rb"\s*:\s*")
 _INTEGER = re.compile(rb"-?[0-9]+(?![0-9.eE])")
 _KEY = b'"mdtrt_id"'
+# The plan actions under which encounter calls answered here are mirrored to the old system:
+# the parallel run's, and `route_legacy` of the settlements (the protective action's), whose
+# settlements the old system makes of visits it knows only through the mirror.
+_MIRRORING = (*SHADOW_ACTIONS, Action.ROUTE_LEGACY)
+NOT_SYNCED_MSG = "本次就诊未能同步至原系统，暂不能转原系统结算，请稍后使用相同报文ID重试"
 
 
 def mdtrt_ids(raw: bytes) -> list[tuple[int, int, str]]:
@@ -180,7 +188,7 @@ def _run_of(
 
 
 def _in_run(decision: Decision | None) -> bool:
-    return decision is not None and decision.action in SHADOW_ACTIONS
+    return decision is not None and decision.action in _MIRRORING
 
 
 def succeeded(raw: bytes) -> bool:
@@ -248,7 +256,9 @@ class Mirror:
         decision = _run_of(gw, tx, req, institution, received)
         if decision is None:
             return
-        if decision.action is Action.SHADOW and outcome.outcome is Result.OK:
+        if decision.action in (Action.SHADOW, Action.ROUTE_LEGACY) and outcome.outcome is Result.OK:
+            # Under route_legacy the old system settles the visit: it must hold every line the
+            # counter uploaded here, after the switch as before it.
             target = LEGACY
         elif decision.action is Action.ROUTE_LEGACY_SHADOW and outcome.outcome is Result.LEGACY:
             target = GATEWAY
@@ -363,8 +373,8 @@ class Mirror:
         otherwise — the outbox is empty but for what a run left pending, and a gateway outside a
         cut-over should not query it four times a second per worker forever."""
         plan = self.gw.plan
-        in_force = any(r.action in SHADOW_ACTIONS for r in plan.rules) or any(
-            w.action in SHADOW_ACTIONS for w in plan.windows
+        in_force = any(r.action in _MIRRORING for r in plan.rules) or any(
+            w.action in _MIRRORING for w in plan.windows
         )
         return _POLL_SECONDS if in_force else _IDLE_POLL_SECONDS
 
@@ -483,17 +493,45 @@ class Mirror:
         ids = sorted({s[2] for s in mdtrt_ids(req.input)})
         if not ids:
             return {}
+        return await self._when_mirrored(fixmedins_code, ids, received)
+
+    async def _visits(
+        self, fixmedins_code: str, ids: list[str], before: dt.datetime, target: str | None
+    ) -> list[store.Visit | None]:
+        async with self.gw.pool.acquire(timeout=self.config.timeout_seconds) as conn:
+            return [await store.visit(conn, fixmedins_code, i, before, target) for i in ids]
+
+    async def _when_mirrored(
+        self,
+        fixmedins_code: str,
+        ids: list[str],
+        received: dt.datetime,
+        *,
+        wait: float | None = None,
+        target: str | None = None,
+    ) -> dict[str, str] | None:
+        """`visit_map`'s wait. The pricing (`wait` None) waits the grace, then up to
+        `mirror_wait_seconds`. A routed request (`wait` given: all it may spend, the grace
+        included) looks first and is not held at all when the mirror knows none of its visits
+        (`target`: as mirrored to that shadow), the common case of a visit the old system opened."""
         config = self.config
         loop = asyncio.get_running_loop()
+        before = _aware(received)
+        end = None if wait is None else loop.time() + wait
+        if end is not None and all(
+            v is None for v in await self._visits(fixmedins_code, ids, before, target)
+        ):
+            return {}
         # An earlier call answered by another process reaches the outbox within the grace.
         ahead = (received - dt.datetime.now()).total_seconds() + config.mirror_grace_seconds
+        if end is not None:
+            ahead = min(ahead, end - loop.time())
         if ahead > 0:
             await asyncio.sleep(ahead)
-        deadline = loop.time() + config.mirror_wait_seconds
-        before = _aware(received)
+        if end is None:
+            end = loop.time() + config.mirror_wait_seconds
         while True:
-            async with self.gw.pool.acquire(timeout=config.timeout_seconds) as conn:
-                visits = [await store.visit(conn, fixmedins_code, i, before) for i in ids]
+            visits = await self._visits(fixmedins_code, ids, before, target)
             if all(v is None or v.pending == 0 for v in visits):
                 if any(v is not None and v.state != "mapped" for v in visits):
                     return None
@@ -502,21 +540,66 @@ class Mirror:
                     for i, v in zip(ids, visits, strict=True)
                     if v is not None and v.shadow_mdtrt_id
                 }
-            if loop.time() >= deadline:
+            if loop.time() >= end:
                 return None
-            await asyncio.sleep(_POLL_SECONDS)
+            await asyncio.sleep(max(0.0, min(_POLL_SECONDS, end - loop.time())))
+
+    # ------------------------------------------------------------------ for route_legacy
+
+    async def routed(
+        self, gw: Gateway, req: Request, body: bytes, received: dt.datetime
+    ) -> tuple[bytes, hook.Renumber | None]:
+        """A request the plan forwards to the old system (hook.ROUTED_VISITS): the envelope
+        with the old system's numbers of the visits it names that were opened here and mirrored
+        there, once their earlier calls are delivered, and what gives its answer our numbers
+        back. Unchanged, and no ledger read, when it names no visit; unchanged when the mirror
+        knows none of them as mirrored there. Unavailable (retryable) when one of them is not
+        mirrored whole, or its calls are not delivered within the time the call has left: the
+        old system would settle it without lines, refuse it, or settle another visit of that
+        number."""
+        ids = sorted({s[2] for s in mdtrt_ids(req.input)})
+        if gw is not self.gw or not ids:
+            return body, None
+        config = gw.config
+        left = config.deadlines.call_seconds - (dt.datetime.now() - received).total_seconds()
+        # The forward keeps its time (at most half of what is left); the wait takes the rest.
+        reserve = min(config.legacy.timeout_seconds, left / 2)
+        wait = max(0.0, min(self.config.mirror_wait_seconds, left - reserve))
+        try:
+            # The map's reads too are bounded by the call's time (a slow ledger).
+            async with asyncio.timeout(wait + _POLL_SECONDS):
+                found = await self._when_mirrored(
+                    req.fixmedins_code, ids, received, wait=wait, target=LEGACY
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            log.warning("visit map not read for a routed request", exc_info=True)
+            raise Unavailable(NOT_SYNCED_MSG) from None
+        if found is None:
+            log.warning(
+                "routed request refused: its visit is not mirrored to the old system",
+                extra={"infno": req.infno, "fixmedins_code": req.fixmedins_code},
+            )
+            raise Unavailable(NOT_SYNCED_MSG)
+        if not found:
+            return body, None
+        back = {theirs: ours for ours, theirs in found.items()}
+        return mapped(body, req, found), lambda answer: rewrite_ids(answer, back)
 
 
 def install(mirror: Mirror) -> None:
     """Hand every answer of this process to visit mirroring, and start its workers."""
     if mirror.offer not in dispatch.ANSWERED:
         dispatch.ANSWERED.append(mirror.offer)
+    if mirror.routed not in hook.ROUTED_VISITS:
+        hook.ROUTED_VISITS.append(mirror.routed)
     mirror.start()
 
 
 async def uninstall(mirror: Mirror) -> None:
     with contextlib.suppress(ValueError):
         dispatch.ANSWERED.remove(mirror.offer)
+    with contextlib.suppress(ValueError):
+        hook.ROUTED_VISITS.remove(mirror.routed)
     await mirror.close()
 
 

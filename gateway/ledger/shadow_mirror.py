@@ -187,23 +187,34 @@ async def shadow_ids(
 
 
 async def visit(
-    conn: asyncpg.Connection, fixmedins_code: str, mdtrt_id: str, before: dt.datetime
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    mdtrt_id: str,
+    before: dt.datetime,
+    target: str | None = None,
 ) -> Visit | None:
     """Reads the visit's mirror state and its calls received before `before` still pending;
-    None when the mirror never saw the visit."""
+    None when the mirror never saw the visit. With `target`, None as well when none of its
+    calls was mirrored to that shadow: the number is then the other system's own (a visit the
+    old system opened, mirrored here, is not renumbered on its way back there)."""
     row = await conn.fetchrow(
         "SELECT v.state, v.shadow_mdtrt_id, (SELECT count(*) FROM shadow_mirror_calls c"
         "  WHERE c.fixmedins_code = $1 AND c.mdtrt_id = $2 AND c.state = 'pending'"
         "  AND c.received_at <= $3) AS pending,"
         " (SELECT count(*) FROM shadow_mirror_calls c WHERE c.fixmedins_code = $1"
-        "  AND c.mdtrt_id = $2) AS calls"
+        "  AND c.mdtrt_id = $2) AS calls,"
+        " (SELECT count(*) FROM shadow_mirror_calls c WHERE c.fixmedins_code = $1"
+        "  AND c.mdtrt_id = $2 AND c.target = $4) AS to_target"
         " FROM (SELECT 1) one LEFT JOIN shadow_mirror_visits v"
         " ON v.fixmedins_code = $1 AND v.mdtrt_id = $2",
         fixmedins_code,
         mdtrt_id,
         before,
+        target,
     )
     if row is None or (row["state"] is None and row["calls"] == 0):
+        return None
+    if target is not None and row["to_target"] == 0:
         return None
     # Calls mirrored for a visit it never saw opened (carried over): the same number there.
     return Visit(row["state"] or "mapped", row["shadow_mdtrt_id"], row["pending"])

@@ -40,7 +40,7 @@ from tests.integration.emergency_helpers import (
     set_rule,
     until,
 )
-from tests.integration.his_client import HisClient, decode
+from tests.integration.his_client import CALL_SERVICE, HisClient, decode
 
 pytestmark = pytest.mark.integration
 
@@ -752,7 +752,7 @@ async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncom
         assert await srv.check_ledger() == []
 
 
-async def _stay(his: HisClient) -> str:
+async def _stay(his: HisClient, discharged: bool = True) -> str:
     """2401 + 2301 (a line mapped differently at the old system) + 2402: a stay to settle."""
     admission = {
         "mdtrtinfo": {
@@ -766,13 +766,31 @@ async def _stay(his: HisClient) -> str:
     lines = [{"feedetl_sn": "1", "medins_list_codg": "ZL0003", "pric": "60", "cnt": "2", "det_item_fee_sumamt": "120.00"}, *DIFFERING_LINE]  # fmt: skip
     rows = his.fee_rows(mdtrt_id, EMPLOYEE, lines, f"{DAY} 10:00:00", "")
     await his.ok("2301", {"feedetail": rows})
+    if discharged:
+        await _discharge(his, mdtrt_id)
+    return mdtrt_id
+
+
+async def _discharge(his: HisClient, mdtrt_id: str) -> None:
     await his.ok(
         "2402",
         {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE, "insutype": "310",
                       "endtime": "2026-05-10 10:00:00", "dscg_dept_codg": "K1",
                       "dscg_dept_name": "内科", "dscg_way": "1"}, "diseinfo": []},
     )  # fmt: skip
-    return mdtrt_id
+
+
+async def _settled_there(his: HisClient, body: bytes) -> dict[str, Any]:
+    """A 2304 routed to the old system, sent again as it was (its msgid) while the gateway says
+    the stay's calls have not reached the old system yet (a busy machine)."""
+    for _ in range(10):
+        status, raw = await his.post_raw(body)
+        assert status == 200, raw
+        answer = decode(raw)
+        if answer["infcode"] == 0 or "未能同步至原系统" not in str(answer["err_msg"]):
+            return answer
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"the stay never reached the old system: {answer['err_msg']}")
 
 
 async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_old_system(
@@ -802,6 +820,12 @@ async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_o
                 "SELECT scope, action, operator, reason FROM plan_rules WHERE class = 'settlement'"
             )
             return {r["scope"]: r for r in found}
+
+        # A stay opened during the run and still in hospital when its category is switched. One
+        # admitted at the old system itself first: the two systems then number it differently.
+        at_old = HisClient(srv.session, old_system.url.removesuffix(CALL_SERVICE), HOSPITAL)
+        await _stay(at_old, discharged=False)
+        early = await _stay(his, discharged=False)
 
         # An outpatient visit priced alike: counted under outpatient, no rule for it.
         visit = await _open_visit(his, _no("MZ-CT"), {"B1": OUTPATIENT_LINES})
@@ -834,13 +858,27 @@ async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_o
         )
         assert [tuple(r) for r in audited] == [("trigger:shadow", "plan.set")]
 
-        # The next inpatient settlement is forwarded to the old system (journaled there under
-        # its msgid, whatever it made of a stay opened here; nothing settled or journaled here).
-        stay = await _stay(his)
-        settle = his.settle_data(EMPLOYEE, stay, "21", "150.00", "310", "0", mid_setl_flag="0")
+        # The stay opened during the run: one more line uploaded here after the switch (still
+        # mirrored: the old system settles it now), discharged, and settled by the old system
+        # under its own number of the stay, the answer under ours; nothing settled here.
+        more = [{"feedetl_sn": "4", "medins_list_codg": "ZL0001", "pric": "25", "cnt": "1", "det_item_fee_sumamt": "25.00"}]  # fmt: skip
+        rows = his.fee_rows(early, EMPLOYEE, more, f"{DAY} 11:00:00", "")
+        await his.ok("2301", {"feedetail": rows})
+        await _discharge(his, early)
+        settle = his.settle_data(EMPLOYEE, early, "21", "175.00", "310", "0", mid_setl_flag="0")
         msgid = his.msgid()
-        await his.call("2304", settle, msgid=msgid)
+        body = msgspec.json.encode(his.envelope("2304", settle, msgid=msgid))
+        answer = await _settled_there(his, body)
+        assert answer["infcode"] == 0, answer["err_msg"]
+        assert answer["output"]["setlinfo"]["mdtrt_id"] == early
+        theirs = await _shadow_id(srv, early)
+        assert theirs != early
         async with connect(old_system.dsn) as old:
+            settled = await old.fetch(
+                "SELECT mdtrt_id, medfee_sumamt, status FROM settlements WHERE medins_setl_id = $1",
+                msgid,
+            )
+            assert [tuple(r) for r in settled] == [(theirs, 17500, "settled")]
             there = await old.fetchval(
                 "SELECT infno FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2",
                 HOSPITAL,
@@ -848,6 +886,21 @@ async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_o
             )
         assert there == "2304"
         assert await srv.fetchval("SELECT count(*) FROM idempotency WHERE msgid = $1", msgid) == 0
+        assert (
+            await srv.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", early) == 0
+        )
+        # The retry of that msgid is answered by the old system's journal, as it was.
+        again = await _settled_there(his, body)
+        assert again["output"]["setlinfo"]["setl_id"] == answer["output"]["setlinfo"]["setl_id"]
+
+        # A stay opened after the switch is mirrored from its admission and settled there too.
+        stay = await _stay(his)
+        settle = his.settle_data(EMPLOYEE, stay, "21", "150.00", "310", "0", mid_setl_flag="0")
+        msgid = his.msgid()
+        body = msgspec.json.encode(his.envelope("2304", settle, msgid=msgid))
+        answer = await _settled_there(his, body)
+        assert answer["infcode"] == 0, answer["err_msg"]
+        assert answer["output"]["setlinfo"]["mdtrt_id"] == stay
         assert await srv.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", stay) == 0
 
         # The hospital's outpatient counter is still answered here, and still compared.
