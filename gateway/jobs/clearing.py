@@ -142,9 +142,10 @@ _MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 
 
 def check_month(month: str) -> str:
-    """A month as the clearing reports take it (YYYY-MM); ValueError in words otherwise."""
+    """A month (费款所属期) as the clearing reports and the payouts take it (YYYY-MM); ValueError
+    in words otherwise. The one grammar of a month: gateway.services.payouts refuses with it."""
     if not _MONTH.match(month):
-        raise ValueError(f"月份{month!r}无效：应为YYYY-MM，例如2026-03")
+        raise ValueError(f"费款所属期“{month}”格式不正确：应为YYYY-MM（如2026-06）")
     return month
 
 

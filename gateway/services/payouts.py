@@ -36,6 +36,7 @@ import msgspec
 
 from gateway.core.model import same_operator
 from gateway.core.money import fen_text
+from gateway.jobs import clearing
 from gateway.ledger import payouts as store
 from gateway.ledger.payouts import Account, Batch
 from gateway.ops import audit, metrics
@@ -54,7 +55,6 @@ MAX_BATCH_LINES = 1_000_000
 # What is owed comes from: manual claims and replayed deferred claims (to patients), and the
 # institutions' monthly clearing amounts (to institutions, in batches of their own).
 SOURCES = {"manual": "零星报销", "deferred": "主动报", "clearing": "定点机构月结算"}
-_MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 PAYMENT_MARK = "PAY"
 RETURN_MARK = "RET"
 PAID, FAILED = "S", "F"
@@ -228,9 +228,11 @@ async def account_of(conn: asyncpg.Connection, psn_no: str) -> dict[str, str] | 
 
 
 def check_month(month: str) -> None:
-    """A 费款所属期 as yyyy-MM, or a refusal."""
-    if not _MONTH.match(month):
-        raise BadRequest(f"费款所属期“{month}”格式不正确（如2026-06）")
+    """A 费款所属期 as yyyy-MM, or a refusal (the grammar: gateway.jobs.clearing)."""
+    try:
+        clearing.check_month(month)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 async def gather_clearing(

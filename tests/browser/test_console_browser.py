@@ -162,7 +162,9 @@ async def test_clearing_page_draws_its_chinese(new_database: Callable[..., Any])
                 "det_item_fee_sumamt": "19.80",
             }
         ]
-        sale = pos.drug_input("441800000000000001", f"{today} 09:00:00", "19.80", lines)
+        # An hour ago, not a fixed hour of today: a run after midnight found 09:00 in the future.
+        sold = (dt.datetime.now() - dt.timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+        sale = pos.drug_input("441800000000000001", sold, "19.80", lines)
         await pos.ok("2102", sale)
         conn = await asyncpg.connect(srv.dsn)
         try:

@@ -445,8 +445,10 @@ async def test_institutions_clearing_amounts_are_paid_in_batches_of_their_own(
     """The month's clearing amounts (the report's declared totals) owed to the institutions
     once, kept out of the patients' batches, paid to the institutions' accounts in their own
     batch through the same four approvals, bank file and return."""
-    today = dt.date.today()
-    month = today.strftime("%Y-%m")
+    # Settled now (the clearing month is the settlement time's); served yesterday, at fixed
+    # hours that are never in the future (a run after midnight found today's 10:00 there).
+    month = dt.date.today().strftime("%Y-%m")
+    today = dt.date.today() - dt.timedelta(days=1)
     async with running_gateway(new_database) as srv:
         his: HisClient = srv.client(HOSPITAL)
         pos: HisClient = srv.client(PHARMACY)

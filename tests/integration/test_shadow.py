@@ -731,6 +731,8 @@ async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncom
             mdtrt_id = await _open_visit(his, _no("MZ-DN"), {"B1": OUTPATIENT_LINES})
             data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "45.00", "310", "1", chrg_bchno="B1")
             assert (await his.ok("2207", data))["setlinfo"]["setl_id"]  # the counter unaffected
+            # A second visit opened meanwhile, not settled yet (below).
+            spare = await _open_visit(his, _no("MZ-DN"), {"B1": OUTPATIENT_LINES})
 
             async def counted() -> bool:
                 failed = await _metric(
@@ -739,7 +741,10 @@ async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncom
                 priced = await _metric(
                     srv, "sgw_shadow_failures_total", shadow="legacy", kind="not_mirrored"
                 )
-                return failed >= 3 and priced >= 1
+                lost = await srv.fetchval(
+                    "SELECT state FROM shadow_mirror_visits WHERE mdtrt_id = $1", spare
+                )
+                return failed >= 3 and priced >= 1 and lost == "not_mirrored"
 
             await until(counted, within=30.0)
         finally:
@@ -750,6 +755,36 @@ async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncom
         assert state == "not_mirrored"
         assert len(await _comparisons(srv)) == seen  # a shadow failure, not a difference
         assert await srv.check_ledger() == []
+
+        # The old system back, and the hospital's settlements routed to it (the protective
+        # action's rule, here set by a person): a visit whose calls never reached it is refused
+        # in words, retryable, rather than settled there without its lines or settled here.
+        await set_rule(
+            srv.dsn, f"institution:{HOSPITAL}", "settlement", "route_legacy", "回退原系统"
+        )
+        pending = his.settle_data(EMPLOYEE, spare, "11", "45.00", "310", "1", chrg_bchno="B1")
+        async with connect(old_system.dsn) as theirs:
+            settled_there = await theirs.fetchval("SELECT count(*) FROM settlements")
+
+        async def routed_and_refused() -> bool:
+            status, raw = await his.post_raw(msgspec.json.encode(his.envelope("2206", pending)))
+            assert status == 200, raw
+            answer = decode(raw)
+            return answer["infcode"] == -1 and "未能同步至原系统" in str(answer["err_msg"])
+
+        await until(routed_and_refused, within=15.0)
+        body = msgspec.json.encode(his.envelope("2207", pending))
+        for _ in range(2):  # the same msgid again: the same refusal, nothing journaled
+            status, raw = await his.post_raw(body)
+            answer = decode(raw)
+            assert status == 200 and answer["infcode"] == -1, answer
+            assert "未能同步至原系统" in answer["err_msg"] and "相同报文ID重试" in answer["err_msg"]
+        # Settled neither here nor there.
+        assert (
+            await srv.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", spare) == 0
+        )
+        async with connect(old_system.dsn) as theirs:
+            assert await theirs.fetchval("SELECT count(*) FROM settlements") == settled_there
 
 
 async def _stay(his: HisClient, discharged: bool = True) -> str:
