@@ -70,7 +70,7 @@ log = logging.getLogger("gateway.emergency.mirror")
 GATEWAY, LEGACY = "gateway", "legacy"  # the shadow a call is mirrored to
 _BATCH = 100  # calls written to the outbox in one transaction
 _POLL_SECONDS = 0.25  # an idle delivery worker looks at the outbox again after this
-_IDLE_POLL_SECONDS = 5.0  # the same with no parallel run in force
+_IDLE_POLL_SECONDS = 1.0  # how often an idle worker asks (in memory) whether a run is in force
 _answers = msgspec.json.Decoder(float_hook=Decimal)
 _envelope = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
@@ -354,8 +354,20 @@ class Mirror:
 
     async def _deliver(self) -> None:
         while True:
+            if not self._may_look():
+                # No parallel run or routing in force, or the ledger's breaker open: the outbox
+                # is not touched at all (a gateway outside a cut-over must not query it forever,
+                # and during a ledger outage a worker would hold a pool connection on a dead
+                # network that the counters' requests and the breaker's probes need).
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_IDLE_POLL_SECONDS):
+                        await self._wake.wait()  # a call written here wakes it at once
+                continue
             try:
-                delivered = await self.deliver_one()
+                # Bounded: one delivery is a few statements and at most one call to the shadow.
+                async with asyncio.timeout(4 * self.config.timeout_seconds):
+                    delivered = await self.deliver_one()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -364,19 +376,19 @@ class Mirror:
             if not delivered:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_seconds()):
+                    async with asyncio.timeout(_POLL_SECONDS):
                         await self._wake.wait()
 
-    def _poll_seconds(self) -> float:
-        """How long an idle worker waits before it looks at the outbox again: briefly while a
-        parallel run is in force anywhere (calls of other processes arrive there), rarely
-        otherwise — the outbox is empty but for what a run left pending, and a gateway outside a
-        cut-over should not query it four times a second per worker forever."""
+    def _may_look(self) -> bool:
+        """Whether a delivery worker may look at the outbox now: while a parallel run or a
+        routing that mirrors is in force anywhere (calls of other processes arrive there), and
+        the ledger's breaker is closed."""
+        if self.gw.breakers["postgres"].is_open:
+            return False
         plan = self.gw.plan
-        in_force = any(r.action in _MIRRORING for r in plan.rules) or any(
+        return any(r.action in _MIRRORING for r in plan.rules) or any(
             w.action in _MIRRORING for w in plan.windows
         )
-        return _POLL_SECONDS if in_force else _IDLE_POLL_SECONDS
 
     async def deliver_one(self) -> bool:
         """Delivers the next call the outbox lets go (see the module's order); False: none."""
