@@ -56,7 +56,8 @@ async def enqueue(
     lost: Iterable[tuple[str, str, str]] = (),
 ) -> None:
     """Writes the calls to the outbox (an opening call notes its visit as `open`), and the
-    visits known not mirrored (fixmedins_code, mdtrt_id, reason), in one transaction."""
+    visits known not mirrored (fixmedins_code, mdtrt_id, reason), in one transaction. A call
+    whose msgid is there already (a retry answered again) is not written twice."""
     rows = list(calls)
     async with conn.transaction():
         opened = [(c.fixmedins_code, c.mdtrt_id) for c in rows if c.opens_visit]
@@ -70,7 +71,8 @@ async def enqueue(
             await conn.executemany(
                 "INSERT INTO shadow_mirror_calls (fixmedins_code, mdtrt_id, target, infno,"
                 " msgid, opens_visit, body, answer, received_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                " ON CONFLICT (fixmedins_code, msgid, target) DO NOTHING",
                 [
                     (
                         c.fixmedins_code,

@@ -694,6 +694,24 @@ async def test_before_go_live_the_old_systems_visits_are_mirrored_here_and_price
         no = _no("MZ-RL")
 
         theirs = await _open_visit(his, no, {"B1": OUTPATIENT_LINES})
+        # A till's retry of an encounter call (same msgid and body) is answered again by the old
+        # system from its own journal: mirrored here once, not twice.
+        info = {"mdtrtinfo": {"mdtrt_id": theirs, "psn_no": EMPLOYEE, "med_type": "11",
+                              "begntime": "2026-05-08 08:30:00", "dise_codg": "", "dise_name": ""},
+                "diseinfo": []}  # fmt: skip
+        retried = msgspec.json.encode(his.envelope("2203", info))
+        first = [decode((await his.post_raw(retried))[1]) for _ in range(2)]
+        assert [a["infcode"] for a in first] == [0, 0], first
+        msgid = msgspec.json.decode(retried)["msgid"]
+
+        async def written() -> bool:
+            return bool(
+                await srv.fetchval(
+                    "SELECT count(*) FROM shadow_mirror_calls WHERE msgid = $1", msgid
+                )
+            )
+
+        await until(written, within=30.0)
         async with connect(old_system.dsn) as old:
             assert (
                 await old.fetchval("SELECT count(*) FROM encounters WHERE mdtrt_id = $1", theirs)
@@ -714,6 +732,10 @@ async def test_before_go_live_the_old_systems_visits_are_mirrored_here_and_price
         assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
         assert await srv.check_ledger() == []
         assert await _metric(srv, "sgw_shadow_mirrored_total", shadow="gateway", outcome="ok") >= 3
+        assert (
+            await srv.fetchval("SELECT count(*) FROM shadow_mirror_calls WHERE msgid = $1", msgid)
+            == 1
+        )
 
 
 async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncompared(

@@ -42,5 +42,10 @@ CREATE TABLE shadow_mirror_calls (
 );
 CREATE INDEX shadow_mirror_calls_pending
     ON shadow_mirror_calls (received_at, call_id) WHERE state = 'pending';
+-- One row per counter's call: a till's retry of the same msgid, answered again by the system
+-- that answered it first (the old system's own journal, under route_legacy_shadow), is not
+-- replayed at the shadow a second time.
+CREATE UNIQUE INDEX shadow_mirror_calls_msgid
+    ON shadow_mirror_calls (fixmedins_code, msgid, target);
 CREATE INDEX shadow_mirror_calls_visit
     ON shadow_mirror_calls (fixmedins_code, mdtrt_id, received_at, call_id);
