@@ -202,6 +202,9 @@ class LoopStalls:
         self._last = time.perf_counter()
         self._stalls: deque[tuple[float, float]] = deque()
         self._tickers = 0  # without a ticker nothing is known, and nothing is subtracted
+        # Told the seconds of each stall as it is recorded (the exported total; ops sees a loop
+        # that stands still, and why the breakers did not count a dependency's timeouts).
+        self.on_stall: Callable[[float], None] | None = None
 
     async def run(self) -> None:
         """The ticker; several may run on one loop (their stalls merge)."""
@@ -221,9 +224,13 @@ class LoopStalls:
     def _note(self, start: float, end: float) -> None:
         if self._stalls and start <= self._stalls[-1][1]:
             s, e = self._stalls[-1]
+            added = max(0.0, end - e)
             self._stalls[-1] = (min(s, start), max(e, end))
         else:
+            added = end - start
             self._stalls.append((start, end))
+        if self.on_stall is not None and added > 0.0:
+            self.on_stall(added)
         while self._stalls and self._stalls[0][1] < end - self.keep_seconds:
             self._stalls.popleft()
 

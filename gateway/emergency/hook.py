@@ -490,7 +490,9 @@ async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
     Also drains segments left by processes that died (their locks are gone), and exports the
     number of claims waiting. The breakers discount time the loop stood still: the ticker that
     measures it lives as long as this watcher."""
-    ticker = asyncio.create_task(loop_stalls().run())
+    stalls = loop_stalls()
+    stalls.on_stall = metrics.LOOP_STALLED.inc
+    ticker = asyncio.create_task(stalls.run())
     try:
         await _watch_ledger(gw, every)
     finally:

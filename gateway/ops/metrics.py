@@ -54,6 +54,11 @@ DURATION = Histogram(
 FUND_PAID = Counter(
     "sgw_fund_paid_yuan", "Money paid by each fund in settlements (yuan)", ["fund_pay_type"]
 )
+LOOP_STALLED = Counter(
+    "sgw_event_loop_stalled_seconds",
+    "Seconds the serving event loop stood still (a blocking call, or the process not scheduled); "
+    "the breakers do not count this time against the ledger",
+)
 REPLAYS = Counter("sgw_idempotent_replays", "Answers replayed from the msgid journal")
 INSTITUTION_ERRORS = Counter(
     "sgw_institution_errors",

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +275,11 @@ async def test_kill_9_while_deferring_loses_no_claim(
 
             # The subject is what survives the kill, not how fast claims come: on a busy shared
             # machine the breaker's timeouts and the till's pace can take longer than on a quiet one.
-            await until(deferring, within=60.0)
+            try:
+                took = await until(deferring, within=60.0)
+            except AssertionError:
+                raise AssertionError(await _what_the_tills_saw(session, url, load)) from None
+            print(f"\n30 claims deferred after {took:.1f} s")
             os.kill(proc.pid, signal.SIGKILL)  # mid-flight: counters are still sending
             await proc.wait()
             load.stop.set()
@@ -298,6 +303,26 @@ async def test_kill_9_while_deferring_loses_no_claim(
     finally:
         await session.close()
         await proxy.close()
+
+
+async def _what_the_tills_saw(session: aiohttp.ClientSession, url: str, load: Load) -> str:
+    """Why claims were not deferred in time: the answers by kind and the gateway's breaker and
+    event-loop metrics, for a failure on a machine the test cannot be rerun on."""
+    kinds = Counter(
+        "deferred" if a["infcode"] == 0 and a["output"]["setlinfo"]["setl_id"].startswith("DF")
+        else f"{a['infcode']} {a['err_msg'] or ''}"[:60]
+        for _, a, _ in load.answers
+    )  # fmt: skip
+    lines = [f"answers: {dict(kinds)}", f"client failures: {Counter(load.failures)}"]
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with session.get(url + "/metrics") as r:
+            text = await r.text()
+        lines += [
+            line
+            for line in text.splitlines()
+            if line.startswith(("sgw_breaker", "sgw_event_loop", 'sgw_plan_degraded{scope="global'))
+        ]
+    return "\n".join(lines)
 
 
 MANUAL = GatewayConfig(

@@ -284,16 +284,22 @@ async def _drill(cluster: Any, state: Path) -> None:
         redis_killed_at = time.monotonic()
         replica = ports["redis_replica"]
 
+        followed: dict[str, object] = {}
+
         async def redis_followed() -> bool:
-            if await asyncio.to_thread(cluster.redis_master_port) != replica:
+            followed["sentinel names master"] = master = await asyncio.to_thread(
+                cluster.redis_master_port
+            )
+            if master != replica:
                 return False
-            for url in nodes.values():
+            for node, url in nodes.items():
                 async with session.get(url + "/readyz") as r:
-                    if (await r.json())["redis"] != "ok":
+                    followed[node] = ready = await r.json()
+                    if ready["redis"] != "ok":
                         return False
             return True
 
-        await until(redis_followed, within=30.0)
+        await until(redis_followed, within=30.0, seen=lambda: (replica, followed))
         redis_failover = time.monotonic() - redis_killed_at
         await _plan_change_announced_through_sentinel(cluster, dsn, replica)
         before_kill = len(load.acknowledged())
@@ -310,7 +316,7 @@ async def _drill(cluster: Any, state: Path) -> None:
             primary = await asyncio.to_thread(cluster.primary)
             return primary is not None and primary != old
 
-        promotion = await until(promoted, within=60.0)
+        promotion = await until(promoted, within=60.0, seen=lambda: cluster.primary())
         new = _run(["primary"], state)
         # What the ledger-cluster alert rules read, from the members themselves: every name they
         # use is there once a member's PostgreSQL runs (a standby re-following the new primary
@@ -324,16 +330,16 @@ async def _drill(cluster: Any, state: Path) -> None:
                     after[m] = await _patroni_metrics(session, ports[f"{m}_api"])
             return all(seen.keys() >= PATRONI_METRICS for seen in after.values())
 
-        await until(members_report, within=60.0)
+        await until(members_report, within=60.0, seen=lambda: {m: sorted(PATRONI_METRICS - s.keys()) for m, s in after.items()})  # fmt: skip
         assert after[new]["patroni_primary"] == 1
         assert after[new]["patroni_postgres_timeline"] > before["patroni_postgres_timeline"]
         assert {m["scope"] for m in after.values()} == {before["scope"]}
         # The gateways settle again by themselves: no restart, no operator.
-        await until(lambda: _holds(load.settled_since(killed_at + promotion)), within=60.0)
+        await until(lambda: _holds(load.settled_since(killed_at + promotion)), within=60.0, seen=lambda: dict(load.interim))  # fmt: skip
         settling_again = time.monotonic() - killed_at
         # Each node has its own breaker, closing on its own schedule: until the last one closes,
         # a msgid deferred by one node can be settled by another (docs/deployment.md).
-        await until(breakers.all_closed, within=60.0)
+        await until(breakers.all_closed, within=60.0, seen=lambda: breakers.closed)
         deferring = {n: round(t - killed_at, 1) for n, t in breakers.last_open.items()}
         await asyncio.sleep(1.0)
 
@@ -370,7 +376,7 @@ async def _drill(cluster: Any, state: Path) -> None:
                 cut_off.append(sale)
                 await load.until_acknowledged(via_haproxy, sale)
         assert cut_off  # the kill did catch requests in flight
-        await until(lambda: _holds(load.settled_since(gw_killed_at + 2.0)), within=30.0)
+        await until(lambda: _holds(load.settled_since(gw_killed_at + 2.0)), within=30.0, seen=lambda: dict(load.interim))  # fmt: skip
         await asyncio.sleep(3.0)
         load.stop.set()
         await asyncio.wait_for(asyncio.gather(*tills), timeout=60.0)

@@ -57,11 +57,19 @@ async def clear_rule(dsn: str, scope: str, klass: str, reason: str = "演练结�
         await store.clear_rule(conn, scope=scope, klass=klass, reason=reason, operator="test")
 
 
-async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> float:
-    """Seconds until `check()` held; fails the test past `within` seconds."""
+async def until(
+    check: Callable[[], Awaitable[bool]],
+    within: float = 5.0,
+    seen: Callable[[], object] | None = None,
+) -> float:
+    """Seconds until `check()` held; fails the test past `within` seconds, saying what `seen()`
+    reports then (what the check last saw)."""
     started = time.monotonic()
     while not await check():
-        assert time.monotonic() - started < within, "condition not reached in time"
+        if time.monotonic() - started >= within:
+            raise AssertionError(
+                "condition not reached in time" + (f"; last seen: {seen()}" if seen else "")
+            )
         await asyncio.sleep(0.05)
     return time.monotonic() - started
 

@@ -416,7 +416,9 @@ async def test_fee_lines_belong_to_their_visit(server: Server) -> None:
     assert answer["infcode"] == -1 and "早于入院时间" in answer["err_msg"]
 
     # A stay of two days ago, discharged that day: a charge dated the next day is not its own.
-    earlier = BASE - dt.timedelta(days=2)
+    # (Fee times are compared by date, so the stay starts early in its day: BASE late in the
+    # evening would put the discharge past midnight and "the next day" on the discharge's day.)
+    earlier = (BASE - dt.timedelta(days=2)).replace(hour=8, minute=0, second=0)
     stay = await _admission(his, psn, "390", _at(earlier))
     rows = his.fee_rows(stay, psn, [_line("1", "50.00", "ZL0003")], _at(earlier), "")
     await his.ok("2301", {"feedetail": rows})
