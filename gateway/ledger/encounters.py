@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
+from gateway.ledger.writes import insert_statement
 from gateway.protocol.errors import Conflict, NotFound
 
 
@@ -48,10 +49,25 @@ async def new_mdtrt_id(conn: asyncpg.Connection, region: str, on: dt.datetime) -
     return ledger_id(region, on, int(await conn.fetchval("SELECT nextval('mdtrt_seq')")))
 
 
-INSERT = (
-    "INSERT INTO encounters (mdtrt_id, fixmedins_code, psn_no, insutype, kind, med_type,"
-    " begntime, ipt_otp_no, dise_codg, dise_name, status, insuplc_admdvs, detail,"
-    " created_msgid, selfpay) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'open',$11,$12,$13,$14)"
+INSERT = insert_statement(
+    "encounters",
+    [
+        ("mdtrt_id", "text"),
+        ("fixmedins_code", "text"),
+        ("psn_no", "text"),
+        ("insutype", "text"),
+        ("kind", "text"),
+        ("med_type", "text"),
+        ("begntime", "timestamp"),
+        ("ipt_otp_no", "text"),
+        ("dise_codg", "text"),
+        ("dise_name", "text"),
+        ("insuplc_admdvs", "text"),
+        ("detail", "jsonb"),
+        ("created_msgid", "text"),
+        ("selfpay", "bool"),
+    ],
+    fixed=[("status", "'open'")],
 )
 UPDATE_DEDUCTIBLE = (
     "UPDATE encounters SET adm_dedc_fen = $2, adm_dedc_used_fen = $3 WHERE mdtrt_id = $1"

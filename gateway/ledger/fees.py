@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from gateway.core.model import FeeLine
+from gateway.ledger.writes import Writes, insert_statement
 from gateway.protocol.errors import Conflict
 
 ALL = "0000"  # chrg_bchno / feedetl_sn "0000": every unsettled line of the visit
@@ -24,11 +25,24 @@ class StoredLine(FeeLine, frozen=True, gc=False, kw_only=True):
     fee_ocur_time: dt.datetime
 
 
-INSERT = (
-    "INSERT INTO fee_lines (mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no,"
-    " medins_list_codg, med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time,"
-    " hosp_appr_flag, uploaded_msgid, setl_id)"
-    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+INSERT = insert_statement(
+    "fee_lines",
+    [
+        ("mdtrt_id", "text"),
+        ("feedetl_sn", "text"),
+        ("chrg_bchno", "text"),
+        ("init_feedetl_sn", "text"),
+        ("psn_no", "text"),
+        ("medins_list_codg", "text"),
+        ("med_list_codg", "text"),
+        ("pric_micro", "int8"),
+        ("cnt", "int8"),
+        ("amount_fen", "int8"),
+        ("fee_ocur_time", "timestamp"),
+        ("hosp_appr_flag", "text"),
+        ("uploaded_msgid", "text"),
+        ("setl_id", "text"),
+    ],
 )
 MARK_SETTLED = (
     "UPDATE fee_lines SET setl_id = $3 WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])"
@@ -63,8 +77,10 @@ def rows(
 
 async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: str) -> None:
     """Store uploaded lines; a feedetl_sn already in force for the visit is refused."""
+    staged = Writes()
+    staged.extend(INSERT, rows(lines, msgid))
     try:
-        await conn.executemany(INSERT, rows(lines, msgid))
+        await staged.flush(conn)  # one statement for the whole upload
     except asyncpg.UniqueViolationError as exc:
         raise Conflict("费用明细流水号已上传，请勿重复上传（如需修改请先撤销）") from exc
 

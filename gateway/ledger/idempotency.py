@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
+from gateway.ledger.writes import update_statement
 from gateway.protocol.errors import Conflict
 
 
@@ -83,7 +84,11 @@ async def claim_many(
     return {(r["fixmedins_code"], r["msgid"]) for r in rows}
 
 
-ANSWER = "UPDATE idempotency SET answer = $3, infcode = $4 WHERE fixmedins_code = $1 AND msgid = $2"
+ANSWER = update_statement(
+    "idempotency",
+    [("fixmedins_code", "text"), ("msgid", "text")],
+    [("answer", "bytea"), ("infcode", "int4")],
+)
 RELEASE = "DELETE FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2 AND answer IS NULL"
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from gateway.core.model import Accumulators, Person
+from gateway.ledger.writes import insert_statement, update_statement
 from gateway.protocol.errors import IdentityRejected, NotInsured
 
 _PERSON_COLUMNS = (
@@ -35,15 +36,16 @@ _WITH_YEAR = (
     + " FROM persons p JOIN accounts a USING (psn_no)"
     " LEFT JOIN accumulators y ON y.psn_no = p.psn_no AND y.year = $2 WHERE p.psn_no = $1"
 )
-SET_BALANCE = "UPDATE accounts SET balance_fen = $2 WHERE psn_no = $1"
+SET_BALANCE = update_statement("accounts", [("psn_no", "text")], [("balance_fen", "int8")])
 _ACC_READ = (
     f"SELECT {', '.join(ACCUMULATOR_FIELDS)} FROM accumulators WHERE psn_no = $1 AND year = $2"
 )
-ACC_UPSERT = (
-    f"INSERT INTO accumulators (psn_no, year, {', '.join(ACCUMULATOR_FIELDS)}) VALUES ($1, $2, "
-    + ", ".join(f"${i + 3}" for i in range(len(ACCUMULATOR_FIELDS)))
-    + ") ON CONFLICT (psn_no, year) DO UPDATE SET "
-    + ", ".join(f"{f} = EXCLUDED.{f}" for f in ACCUMULATOR_FIELDS)
+ACC_UPSERT = insert_statement(
+    "accumulators",
+    [("psn_no", "text"), ("year", "int4"), *((f, "int8") for f in ACCUMULATOR_FIELDS)],
+    suffix=" ON CONFLICT (psn_no, year) DO UPDATE SET "
+    + ", ".join(f"{f} = EXCLUDED.{f}" for f in ACCUMULATOR_FIELDS),
+    key_columns=2,
 )
 
 

@@ -43,7 +43,7 @@ from gateway.core.money import fen_text
 from gateway.core.settle import apply
 from gateway.ledger import encounters, fees, payouts, persons
 from gateway.ledger.encounters import Encounter
-from gateway.ledger.writes import Writes
+from gateway.ledger.writes import Writes, insert_statement
 from gateway.protocol.errors import Conflict, NotFound, RuleRejected
 
 CLR_TYPE = {
@@ -212,19 +212,41 @@ def _lines_json(s: Settlement, snapshot: Snapshot, ctx: Context) -> list[dict[st
     return out
 
 
-INSERT = (
-    "INSERT INTO settlements (setl_id, fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id,"
-    " chrg_bchno, mid_setl_flag, med_type, insutype, category, clr_type, clr_optins,"
-    " mdtrtarea_admvs, service_date, year, setl_time, status, snapshot_version,"
-    f" {', '.join(AMOUNT_FIELDS)}, pool_prop_bp, delta, lines, dev_no, opter, acct_used_flag,"
-    " replaces_setl_id, adm_dedc_fen)"
-    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,'settled',$18,"
-    + ", ".join(f"${i + 19}" for i in range(len(AMOUNT_FIELDS) + 8))
-    + ")"
-)
-INSERT_FUND = (
-    "INSERT INTO settlement_funds (setl_id, fund_pay_type, fund_pay_type_name, fund_payamt,"
-    " inscp_scp_amt, crt_payb_lmt_amt) VALUES ($1,$2,$3,$4,$5,$6)"
+_TEXT = "text"
+INSERT = insert_statement(
+    "settlements",
+    [
+        *((c, _TEXT) for c in (
+            "setl_id", "fixmedins_code", "mdtrt_id", "psn_no", "infno", "medins_setl_id",
+            "chrg_bchno", "mid_setl_flag", "med_type", "insutype", "category", "clr_type",
+            "clr_optins", "mdtrtarea_admvs",
+        )),
+        ("service_date", "date"),
+        ("year", "int4"),
+        ("setl_time", "timestamp"),
+        ("snapshot_version", "int8"),
+        *((f, "int8") for f in AMOUNT_FIELDS),
+        ("pool_prop_bp", "int4"),
+        ("delta", "jsonb"),
+        ("lines", "jsonb"),
+        ("dev_no", _TEXT),
+        ("opter", _TEXT),
+        ("acct_used_flag", "bool"),
+        ("replaces_setl_id", _TEXT),
+        ("adm_dedc_fen", "int8"),
+    ],
+    fixed=[("status", "'settled'")],
+)  # fmt: skip
+INSERT_FUND = insert_statement(
+    "settlement_funds",
+    [
+        ("setl_id", _TEXT),
+        ("fund_pay_type", _TEXT),
+        ("fund_pay_type_name", _TEXT),
+        ("fund_payamt", "int8"),
+        ("inscp_scp_amt", "int8"),
+        ("crt_payb_lmt_amt", "int8"),
+    ],
 )
 
 

@@ -1,16 +1,127 @@
-"""Writes staged in memory, then sent as one pipelined batch per statement.
+"""Writes staged in memory, then sent as one statement per table.
 
 Settlement code stages its rows here instead of executing them one by one, so the same staging
 serves one request (a batch of one) and a group commit of many (`gateway.pipeline.group_commit`): the
-rules of what a settlement writes live in one place, and the database sees a handful of
-`executemany` round trips per transaction instead of a dozen per settlement.
+rules of what a settlement writes live in one place. A statement declared with `insert` or
+`update` has a second form taking each column as an array (`unnest`): the rows a group commit
+staged for it are one execution in the database, not one per row (an `executemany` pipelines the
+round trips but PostgreSQL still plans, starts and finishes the statement for every row, which
+was most of its CPU per settlement). Other statements keep `executemany`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import asyncpg
+import msgspec
+
+Column = tuple[str, str]  # (name, PostgreSQL type)
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A statement for one row (`one`: what `execute` and `Writes.add` take) and `many`, the same
+    effect for many rows at once, its parameters the columns as arrays.
+
+    `key_columns`: the leading columns naming the row written (an upsert's conflict target, an
+    update's WHERE). Rows staged later for the same key carry the values as they stand after the
+    earlier ones (a person's accumulators after a second settlement in the batch), so only the
+    last is sent: one statement cannot touch a row twice, and the outcome is the sequential one.
+    """
+
+    one: str
+    many: str
+    key_columns: int = 0
+    json_columns: tuple[int, ...] = ()
+
+    def arrays(self, rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
+        """The parameters of `many` for these rows."""
+        if self.key_columns:
+            last = {row[: self.key_columns]: row for row in rows}
+            if len(last) < len(rows):
+                rows = list(last.values())
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        for i in self.json_columns:  # jsonb travels as text: a JSON array would read as a dimension
+            columns[i] = [
+                None if v is None else msgspec.json.encode(v).decode() for v in columns[i]
+            ]
+        return columns
+
+
+# The statements declared below, by their one-row text (asyncpg takes exactly `str`, so modules
+# keep the text as their constant and the many-row form is found here).
+_FORMS: dict[str, Statement] = {}
+
+
+def _declared(statement: Statement) -> str:
+    _FORMS[statement.one] = statement
+    return statement.one
+
+
+def many_form(sql: str) -> Statement | None:
+    """The declaration of a one-row statement made with `insert_statement`/`update_statement`."""
+    return _FORMS.get(sql)
+
+
+def _arrays(columns: Sequence[Column]) -> str:
+    # jsonb as text[] and cast per element (see Statement.arrays)
+    types = ("text" if t == "jsonb" else t for _, t in columns)
+    return ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+
+
+def _picked(column: Column) -> str:
+    name, type_ = column
+    return f"u.{name}::jsonb" if type_ == "jsonb" else f"u.{name}"
+
+
+def insert_statement(
+    table: str,
+    columns: Sequence[Column],
+    *,
+    fixed: Sequence[tuple[str, str]] = (),
+    suffix: str = "",
+    key_columns: int = 0,
+) -> str:
+    """`INSERT INTO table (columns) VALUES ($1, …)`, declared with its `unnest` form; `fixed`: columns set
+    to an SQL constant; `suffix`: an ON CONFLICT clause (then name its key in `key_columns`)."""
+    names = [name for name, _ in columns]
+    target = ", ".join([*names, *(name for name, _ in fixed)])
+    constants = [value for _, value in fixed]
+    values = ", ".join([*(f"${i}" for i in range(1, len(columns) + 1)), *constants])
+    picks = ", ".join([*(_picked(c) for c in columns), *constants])
+    return _declared(
+        Statement(
+            f"INSERT INTO {table} ({target}) VALUES ({values}){suffix}",
+            f"INSERT INTO {table} ({target}) SELECT {picks}"
+            f" FROM unnest({_arrays(columns)}) AS u({', '.join(names)}){suffix}",
+            key_columns=key_columns,
+            json_columns=tuple(i for i, (_, t) in enumerate(columns) if t == "jsonb"),
+        )
+    )
+
+
+def update_statement(table: str, keys: Sequence[Column], sets: Sequence[Column]) -> str:
+    """`UPDATE table SET sets WHERE keys` (parameters: the keys, then the values), declared
+    with its `unnest` form."""
+    columns = [*keys, *sets]
+    names = ", ".join(name for name, _ in columns)
+    first = len(keys) + 1
+    return _declared(
+        Statement(
+            f"UPDATE {table} SET "
+            + ", ".join(f"{name} = ${i}" for i, (name, _) in enumerate(sets, first))
+            + " WHERE "
+            + " AND ".join(f"{name} = ${i}" for i, (name, _) in enumerate(keys, 1)),
+            f"UPDATE {table} AS t SET "
+            + ", ".join(f"{name} = {_picked((name, t))}" for name, t in sets)
+            + f" FROM unnest({_arrays(columns)}) AS u({names}) WHERE "
+            + " AND ".join(f"t.{name} = u.{name}" for name, _ in keys),
+            key_columns=len(keys),
+            json_columns=tuple(i for i, (_, t) in enumerate(columns) if t == "jsonb"),
+        )
+    )
 
 
 class Writes:
@@ -45,6 +156,8 @@ class Writes:
         for sql, rows in self._rows.items():
             if len(rows) == 1:
                 await conn.execute(sql, *rows[0])
+            elif rows and (form := _FORMS.get(sql)) is not None:
+                await conn.execute(form.many, *form.arrays(rows))
             elif rows:
                 await conn.executemany(sql, rows)
         self._rows.clear()

@@ -1,0 +1,123 @@
+"""Staged writes sent as one statement per table (`unnest`) leave exactly what the same rows
+written one by one leave: every column type the ledger uses, NULLs, JSON arrays and objects, and
+an upsert or update staged twice for one key (a person settling twice in one group commit)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.ledger.db import create_pool
+from gateway.ledger.writes import Writes, insert_statement, many_form, update_statement
+
+COLUMNS = [
+    ("k", "text"),
+    ("n", "int8"),
+    ("doc", "jsonb"),
+    ("at", "timestamp"),
+    ("flag", "bool"),
+    ("raw", "bytea"),
+]
+TABLE = (
+    "(k text PRIMARY KEY, n bigint, doc jsonb, at timestamp, flag boolean, raw bytea,"
+    " state text NOT NULL)"
+)
+AT = dt.datetime(2026, 7, 1, 10, 0, 0)
+ROWS: list[tuple[object, ...]] = [
+    ("a", 1, {"lines": [1, 2], "name": "药"}, AT, True, b"\x00\x01"),
+    ("b", None, [{"x": 1}, {"x": 2}], None, None, None),
+    ("c", -9_000_000_000, [], AT + dt.timedelta(seconds=1), False, b""),
+    ("d", 0, None, AT, True, b"\xff"),
+]
+
+
+async def _tables(conn: asyncpg.Connection, *names: str) -> None:
+    for name in names:
+        await conn.execute(f"CREATE TABLE {name} {TABLE}")
+
+
+async def _rows(conn: asyncpg.Connection, table: str) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY k")]
+
+
+@pytest.fixture
+async def conn(new_database: Callable[..., Any]) -> Any:
+    pool = await create_pool(await new_database("writes"), min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as c:
+            yield c
+    finally:
+        await pool.close()
+
+
+async def test_many_rows_in_one_statement_equal_one_by_one(conn: asyncpg.Connection) -> None:
+    await _tables(conn, "one_by_one", "at_once")
+    by_row = insert_statement("one_by_one", COLUMNS, fixed=[("state", "'open'")])
+    at_once = insert_statement("at_once", COLUMNS, fixed=[("state", "'open'")])
+    form = many_form(at_once)
+    assert form is not None and "unnest(" in form.many and "unnest(" not in at_once
+    for row in ROWS:
+        await conn.execute(by_row, *row)
+    staged = Writes()
+    staged.extend(at_once, ROWS)
+    await staged.flush(conn)
+    written = await _rows(conn, "at_once")
+    assert written == await _rows(conn, "one_by_one")
+    assert written[0][2] == {"lines": [1, 2], "name": "药"} and written[1][2] == [
+        {"x": 1},
+        {"x": 2},
+    ]
+    assert [r[-1] for r in written] == ["open"] * 4
+
+
+async def test_an_upsert_staged_twice_for_one_key_ends_as_the_last(
+    conn: asyncpg.Connection,
+) -> None:
+    await _tables(conn, "sequential", "batched")
+    suffix = " ON CONFLICT (k) DO UPDATE SET n = EXCLUDED.n, doc = EXCLUDED.doc"
+    staged_rows = [ROWS[0], ROWS[1], (*ROWS[0][:1], 2, {"after": "second"}, *ROWS[0][3:])]
+    for table in ("sequential", "batched"):
+        await conn.execute(f"INSERT INTO {table} VALUES ('a', 0, NULL, NULL, NULL, NULL, 'x')")
+    sequential = insert_statement("sequential", COLUMNS, fixed=[("state", "'y'")], suffix=suffix, key_columns=1)  # fmt: skip
+    for row in staged_rows:
+        await conn.execute(sequential, *row)
+    batched = insert_statement("batched", COLUMNS, fixed=[("state", "'y'")], suffix=suffix, key_columns=1)  # fmt: skip
+    staged = Writes()
+    staged.extend(batched, staged_rows)
+    await staged.flush(conn)  # without the key, PostgreSQL refuses to touch row 'a' twice
+    assert await _rows(conn, "batched") == await _rows(conn, "sequential")
+    assert (await _rows(conn, "batched"))[0][1:3] == (2, {"after": "second"})
+
+
+async def test_an_update_staged_twice_for_one_key_ends_as_the_last(
+    conn: asyncpg.Connection,
+) -> None:
+    await _tables(conn, "accounts_like")
+    for k, n in (("a", 100), ("b", 200), ("c", 300)):
+        await conn.execute("INSERT INTO accounts_like (k, n, state) VALUES ($1, $2, 'x')", k, n)
+    balance = update_statement("accounts_like", [("k", "text")], [("n", "int8"), ("doc", "jsonb")])  # fmt: skip
+    assert balance == "UPDATE accounts_like SET n = $2, doc = $3 WHERE k = $1"
+    staged = Writes()
+    staged.extend(balance, [("a", 90, [1]), ("c", 250, None), ("a", 70, {"last": True})])
+    await staged.flush(conn)
+    assert [r[:3] for r in await _rows(conn, "accounts_like")] == [
+        ("a", 70, {"last": True}),
+        ("b", 200, None),
+        ("c", 250, None),
+    ]
+
+
+async def test_a_duplicate_in_one_statement_is_refused_whole(conn: asyncpg.Connection) -> None:
+    """An upload naming a line twice fails as one statement: nothing of it is kept."""
+    await _tables(conn, "lines_like")
+    lines = insert_statement("lines_like", COLUMNS, fixed=[("state", "'open'")])
+    staged = Writes()
+    staged.extend(lines, [ROWS[0], ROWS[1], ROWS[0]])
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with conn.transaction():
+            await staged.flush(conn)
+    assert await _rows(conn, "lines_like") == []
