@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 import msgspec
 
 from adapters.his import settling, uploads
 from adapters.national import deferral, wire
-from adapters.national.envelope import decode_input, text
+from adapters.national.envelope import Request, decode_input, text
 from adapters.national.wire import (
     In2201,
     In2202,
@@ -17,11 +20,45 @@ from adapters.national.wire import (
     when,
     when_required,
 )
+from gateway.app.runtime import Gateway
+from gateway.core.model import Institution
 from gateway.emergency.plan.rules import TxClass
+from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Undo, register
 from gateway.services import encounters, fee_uploads
+
+
+def _registration(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Job:
+    """2201 as the registration build (gateway.services.encounters), whichever path runs it."""
+    return _registering(gw, req, institution, now)[1]
+
+
+def _registering(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> tuple[encounters.Registration, Job]:
+    data = decode_input(req, In2201).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    psn_no = required(data.psn_no, "data.psn_no")
+    insutype = required(data.insutype, "data.insutype")
+    begntime = when_required(data.begntime, "data.begntime")
+    # Checked where it is read: a request wrong in more than one way names the same fault.
+    gw.config.dates.check("挂号时间begntime", begntime, admdvs=institution.admdvs, now=now)
+    a = encounters.Registration(
+        psn_no=psn_no,
+        insutype=insutype,
+        begntime=begntime,
+        ipt_otp_no=required(data.ipt_otp_no, "data.ipt_otp_no"),
+        cert=certificate(data.mdtrt_cert_type, data.mdtrt_cert_no, "data"),
+        stored=msgspec.to_builtins(data),
+    )
+
+    def answer(mdtrt_id: str) -> dict[str, Any]:
+        return {"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": a.ipt_otp_no}}
+
+    return a, encounters.registration_job(Origin.of(req), institution.admdvs, now, a, answer)
 
 
 @register(
@@ -35,30 +72,11 @@ from gateway.services import encounters, fee_uploads
     opens_visit=True,
     journal_answer=deferral.opened_visit_data,
     dated=(("data", "", "begntime", "挂号时间begntime"),),
+    grouped=_registration,
 )
 async def register_visit(call: Call) -> Answer:
-    data = decode_input(call.req, In2201).data
-    if data is None:
-        raise BadRequest("缺少输入节点data")
-    psn_no = required(data.psn_no, "data.psn_no")
-    insutype = required(data.insutype, "data.insutype")
-    begntime = when_required(data.begntime, "data.begntime")
-    # Checked where it is read: a request wrong in more than one way names the same fault.
-    call.gw.config.dates.check(
-        "挂号时间begntime", begntime, admdvs=call.institution.admdvs, now=call.now
-    )
-    a = encounters.Registration(
-        psn_no=psn_no,
-        insutype=insutype,
-        begntime=begntime,
-        ipt_otp_no=required(data.ipt_otp_no, "data.ipt_otp_no"),
-        cert=certificate(data.mdtrt_cert_type, data.mdtrt_cert_no, "data"),
-        stored=msgspec.to_builtins(data),
-    )
-    mdtrt_id = await encounters.register(
-        call.conn, Origin.of(call.req), call.institution.admdvs, call.now, a
-    )
-    return Answer({"data": {"mdtrt_id": mdtrt_id, "psn_no": psn_no, "ipt_otp_no": a.ipt_otp_no}})
+    a, job = _registering(call.gw, call.req, call.institution, call.now)
+    return Answer(await encounters.register(call.conn, job, a.ipt_otp_no))
 
 
 @register(

@@ -8,7 +8,8 @@ settlements are waiting and settle them together:
     ->  read their accumulators and the visits' lines  ->  draw the ids  ->  compute each in
     arrival order (pure)  ->  flush the staged rows  ->  COMMIT  ->  answer each
 
-Pharmacy 2102 and outpatient 2207 take this path (their `register(..., grouped=...)`).
+Pharmacy 2102, outpatient 2207 and the outpatient registration 2201 take this path (their
+`register(..., grouped=...)`).
 
 `synchronous_commit` stays on: no answer leaves before the commit that holds it. One person is
 still serialized: within a batch the second settlement is computed against the first's result,

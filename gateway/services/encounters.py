@@ -10,6 +10,7 @@ applies the rules of `gateway.core.eligibility`.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -18,9 +19,12 @@ import msgspec
 from gateway.core import eligibility
 from gateway.core.dates import DateRules
 from gateway.ledger import encounters, fees, persons, settlements
-from gateway.protocol.errors import Conflict, RuleRejected
+from gateway.ledger.writes import Writes
+from gateway.pipeline.grouped import Built, Held, Job
+from gateway.protocol.errors import Conflict, NotInsured, RuleRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
+from gateway.services.settlement_state import settle_alone
 
 INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
 # What a visit's status is called to the clerk.
@@ -79,31 +83,63 @@ class Discharge(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     endtime: dt.datetime
 
 
-async def register(
-    conn: asyncpg.Connection, origin: Origin, admdvs: str, now: dt.datetime, a: Registration
-) -> str:
-    """2201: open an outpatient visit for the insured person the certificate identifies;
-    its 就诊ID."""
-    person, _ = await persons.read(conn, a.psn_no)
-    persons.require_certificate(person, a.cert)
-    persons.require_insured(person)
-    eligibility.require_insutype(a.insutype, person.insutype)
-    mdtrt_id = await encounters.new_mdtrt_id(conn, admdvs, now)
-    await encounters.create(
-        conn,
-        mdtrt_id=mdtrt_id,
-        fixmedins_code=origin.fixmedins_code,
-        psn_no=a.psn_no,
-        insutype=a.insutype,
-        kind=Kind.OUTPATIENT,
-        med_type="11",
-        begntime=a.begntime,
-        ipt_otp_no=a.ipt_otp_no,
-        insuplc_admdvs=person.insuplc_admdvs,
-        msgid=origin.msgid,
-        detail={"registration": a.stored},
-    )
-    return mdtrt_id
+def registration_job(
+    origin: Origin,
+    admdvs: str,
+    now: dt.datetime,
+    a: Registration,
+    answer: Callable[[str], Any],
+) -> Job:
+    """2201 as a build over the person's locked state, whichever path runs it: the group commit
+    registers many visits (and settles other requests) in one transaction, the single path one
+    (`register`). `answer(mdtrt_id)` is the national answer's output."""
+
+    def build(held: Held, mdtrt_serial: int, _setl_serial: int) -> Built:
+        person = held.person
+        if person is None:
+            raise NotInsured(f"人员编号{a.psn_no}不存在，请重新读卡获取人员信息")
+        persons.require_certificate(person, a.cert)
+        persons.require_insured(person)
+        eligibility.require_insutype(a.insutype, person.insutype)
+        mdtrt_id = encounters.ledger_id(admdvs, now, mdtrt_serial)
+        writes = Writes()
+        writes.add(
+            encounters.INSERT,
+            *encounters.row(
+                encounters.Encounter(
+                    mdtrt_id=mdtrt_id,
+                    fixmedins_code=origin.fixmedins_code,
+                    psn_no=a.psn_no,
+                    insutype=a.insutype,
+                    kind=Kind.OUTPATIENT,
+                    med_type="11",
+                    begntime=a.begntime,
+                    endtime=None,
+                    ipt_otp_no=a.ipt_otp_no,
+                    dise_codg="",
+                    dise_name="",
+                    status="open",
+                    insuplc_admdvs=person.insuplc_admdvs,
+                    adm_dedc_fen=None,
+                    adm_dedc_used_fen=0,
+                ),
+                origin.msgid,
+                {"registration": a.stored},
+            ),
+        )
+        return Built(answer(mdtrt_id), writes, held.balance, held.year)
+
+    return Job(psn_no=a.psn_no, year=a.begntime.year, build=build)
+
+
+async def register(conn: asyncpg.Connection, job: Job, ipt_otp_no: str) -> Any:
+    """2201 on the caller's transaction: the registration's build as a batch of one; its
+    answer's output. (In a group commit the same visit number taken twice fails the batch, and
+    each request then comes here and is answered one by one.)"""
+    try:
+        return (await settle_alone(conn, job)).output
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(f"门诊号{ipt_otp_no}已登记且未撤销，请勿重复登记") from exc
 
 
 async def cancel_registration(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:

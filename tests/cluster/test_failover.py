@@ -328,9 +328,14 @@ async def _drill(cluster: Any, state: Path) -> None:
             for m in loopback.MEMBERS:
                 if m != old:
                     after[m] = await _patroni_metrics(session, ports[f"{m}_api"])
-            return all(seen.keys() >= PATRONI_METRICS for seen in after.values())
+            # The new primary's own metrics catch up with its promotion a moment after the
+            # cluster names it leader.
+            promoted_itself = after.get(new, {}).get("patroni_primary") == 1
+            return promoted_itself and all(
+                seen.keys() >= PATRONI_METRICS for seen in after.values()
+            )
 
-        await until(members_report, within=60.0, seen=lambda: {m: sorted(PATRONI_METRICS - s.keys()) for m, s in after.items()})  # fmt: skip
+        await until(members_report, within=60.0, seen=lambda: {m: (s.get("patroni_primary"), sorted(PATRONI_METRICS - s.keys())) for m, s in after.items()})  # fmt: skip
         assert after[new]["patroni_primary"] == 1
         assert after[new]["patroni_postgres_timeline"] > before["patroni_postgres_timeline"]
         assert {m["scope"] for m in after.values()} == {before["scope"]}

@@ -16,7 +16,7 @@ from gateway.app.config import GroupCommitConfig
 from gateway.ops import metrics
 from gateway.pipeline.group_commit import GroupCommit
 from tests.integration.conftest import GENEROUS, Server, running_gateway
-from tests.integration.his_client import decode
+from tests.integration.his_client import certificate, decode
 
 PHARMACY = "P44180000001"
 EMPLOYEE = "441800000000000001"  # 2000.00 in the account
@@ -306,3 +306,72 @@ async def test_a_visit_of_another_institution_or_person_is_refused_in_a_batch(
     assert (
         await grouped.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", theirs) == 0
     )
+
+
+def _registration(his: Any, psn_no: str, ipt_otp_no: str) -> dict[str, Any]:
+    return {
+        "data": {
+            "psn_no": psn_no,
+            "insutype": "310",
+            "begntime": DAY,
+            **certificate(psn_no),
+            "ipt_otp_no": ipt_otp_no,
+            "atddr_no": "D001",
+            "dr_name": "医生",
+            "dept_code": "K01",
+            "dept_name": "内科",
+            "caty": "A03",
+        }
+    }
+
+
+async def test_registrations_share_batches_with_settlements(grouped: Server) -> None:
+    """A burst of 2201 mixed with 2102: fewer commits than requests, one visit per registration,
+    each answered with its own 就诊ID, and a refused one (a lapsed person) among them."""
+    his, pos = grouped.client(HOSPITAL), grouped.client(PHARMACY)
+    people = [EMPLOYEE, RETIREE, CIVIL_SERVANT]
+    settled_before, batches_before = batches()
+    calls = [his.call("2201", _registration(his, people[i % 3], f"MZ-REG-{i}")) for i in range(30)]
+    calls += [pos.call("2102", pos.drug_input(EMPLOYEE, DAY, "37.00", basket("18.50", 2))) for _ in range(10)]  # fmt: skip
+    calls.append(his.call("2201", _registration(his, LAPSED, "MZ-REG-LAPSED")))
+    answers = await asyncio.gather(*calls)
+    settled, counted = batches()
+    assert settled - settled_before == 41
+    assert counted - batches_before < 41
+    registered, refused = answers[:30], answers[-1]
+    assert all(a["infcode"] == 0 for a in answers[:40]), [a["err_msg"] for a in answers[:40]]
+    ids = [a["output"]["data"]["mdtrt_id"] for a in registered]
+    assert len(set(ids)) == 30
+    rows = await grouped.fetch(
+        "SELECT mdtrt_id, psn_no, ipt_otp_no, kind, status, created_msgid FROM encounters"
+        " WHERE mdtrt_id = ANY($1::text[]) ORDER BY ipt_otp_no",
+        ids,
+    )
+    assert sorted((r["psn_no"], r["ipt_otp_no"]) for r in rows) == sorted(
+        (people[i % 3], f"MZ-REG-{i}") for i in range(30)
+    )
+    assert {(r["kind"], r["status"]) for r in rows} == {("outpatient", "open")}
+    assert refused["infcode"] == -1 and refused["err_msg"]
+    assert await grouped.fetchval(
+        "SELECT count(*) FROM encounters WHERE ipt_otp_no = 'MZ-REG-LAPSED'"
+    ) == 0  # fmt: skip
+    assert await grouped.check_ledger() == []
+
+
+async def test_one_visit_number_registered_twice_in_a_burst_opens_one_visit(
+    grouped: Server,
+) -> None:
+    """Two registrations of one 门诊号 in one batch fail it; each is then answered alone: one
+    visit, and the other refused in words (nothing else of the batch is lost)."""
+    his = grouped.client(HOSPITAL)
+    answers = await asyncio.gather(
+        *(his.call("2201", _registration(his, RETIREE, "MZ-REG-TWICE")) for _ in range(3)),
+        *(his.call("2201", _registration(his, EMPLOYEE, f"MZ-REG-OTHER-{i}")) for i in range(5)),
+    )
+    twice, others = answers[:3], answers[3:]
+    assert sorted(a["infcode"] for a in twice) == [-1, -1, 0]
+    assert all("已登记且未撤销" in a["err_msg"] for a in twice if a["infcode"] == -1)
+    assert all(a["infcode"] == 0 for a in others)
+    assert await grouped.fetchval(
+        "SELECT count(*) FROM encounters WHERE ipt_otp_no = 'MZ-REG-TWICE'"
+    ) == 1  # fmt: skip
