@@ -39,6 +39,9 @@ log = logging.getLogger("gateway.catalog")
 # Builds the process's group commit from its pool and settings; None: no writers configured.
 GroupCommitFactory = Callable[[asyncpg.Pool, Settings], Batches | None]
 HELPER_THREAD_SLICE_SECONDS = 0.001
+# How long a stop waits for the ledger connections still held (a settlement's work outlives its
+# HTTP handler by up to its deadline) before closing them: past that, a stop would hang.
+POOL_CLOSE_SECONDS = 15.0
 plan_log = logging.getLogger("gateway.emergency.plan")
 
 
@@ -181,7 +184,7 @@ class Gateway:
         self.journal.close()
         if self.redis is not None:
             await close_redis(self.redis)
-        await self.pool.close()
+        await db.close_pool(self.pool, POOL_CLOSE_SECONDS)
 
     async def _trigger_rule(self, code: str, reason: str) -> None:
         """An institution's trigger tripped: its protective action becomes a plan rule."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from importlib import resources
 from typing import Any
 
 import asyncpg
 import msgspec
+
+log = logging.getLogger("gateway.ledger.db")
 
 # What a ledger call may fail with when the ledger is unreachable or is no longer the primary
 # (a failover under way): the request is answered "retry the same msgid" and the breaker
@@ -112,6 +116,20 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, within: float) -> bool:
+    """Close the pool once its connections are released, but not wait longer than `within`
+    seconds: then terminate it (a stop must not hang on a connection some background task still
+    holds). Safe for the ledger: an answer leaves only after its commit, so what a terminated
+    connection loses was never acknowledged. False when it had to terminate."""
+    try:
+        await asyncio.wait_for(pool.close(), within)
+    except TimeoutError:
+        log.warning("ledger pool not released within %g s; terminated", within)
+        pool.terminate()
+        return False
+    return True
 
 
 async def ping(conn: asyncpg.Connection) -> None:

@@ -14,6 +14,8 @@ from gateway.protocol.errors import Conflict, NotFound
 
 
 class Encounter(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A visit; the defaults are a newly opened one's."""
+
     mdtrt_id: str
     fixmedins_code: str
     psn_no: str
@@ -21,14 +23,14 @@ class Encounter(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     kind: str  # outpatient | inpatient | pharmacy
     med_type: str
     begntime: dt.datetime
-    endtime: dt.datetime | None
+    endtime: dt.datetime | None = None
     ipt_otp_no: str
-    dise_codg: str
-    dise_name: str
-    status: str  # open | discharged | cancelled
+    dise_codg: str = ""
+    dise_name: str = ""
+    status: str = "open"  # open | discharged | cancelled
     insuplc_admdvs: str
-    adm_dedc_fen: int | None
-    adm_dedc_used_fen: int
+    adm_dedc_fen: int | None = None
+    adm_dedc_used_fen: int = 0
     selfpay: bool = False  # admitted self-pay under the emergency plan; insured after 自费转医保
 
 

@@ -81,14 +81,10 @@ def context(
         kind="pharmacy",
         med_type=PHARMACY_MED_TYPE,
         begntime=p.begntime,
-        endtime=None,
         ipt_otp_no=origin.msgid,
         dise_codg=p.dise_codg,
         dise_name=p.dise_name,
-        status="open",
         insuplc_admdvs=person.insuplc_admdvs,
-        adm_dedc_fen=None,
-        adm_dedc_used_fen=0,
     )
     return settlements.Context(
         institution=institution,
