@@ -8,6 +8,7 @@ what the gateway needs; every failure becomes a clerk-readable BadRequest.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import os
 import re
@@ -84,6 +85,19 @@ _INFNO = re.compile(r"^[0-9]{4}[A-Z]?$")
 # backslash, a 0x7f or a 0xc2 byte holds none. Each is looked for with one memchr.
 _CONTROL_LEADS = (b"\\", b"\x7f", b"\xc2")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def fingerprint(req: Request) -> bytes:
+    """What a message asks for, for the msgid journal: the transaction, the two areas and the
+    `input` node's bytes. Not when it was stamped (`inf_time`), nor the device, operator or
+    signature fields: a counter that re-stamps its message when it retries is retrying, and must
+    get the stored answer; told "another message" it would send a new msgid and pay twice."""
+    h = hashlib.sha256()
+    for part in (req.infno, req.mdtrtarea_admvs, req.insuplc_admdvs):
+        h.update(part.encode())
+        h.update(b"\x00")
+    h.update(req.input)
+    return h.digest()
 
 
 def base_infno(infno: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import uvloop
 
-from gateway.app import agency_cli, demo_client, plan_cli, shadow_cli
+from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli
 from gateway.app.cli_args import month_arg
 from gateway.app.cli_database import add_database, database_url
 from gateway.app.config import (
@@ -42,6 +42,7 @@ from gateway.ops import logs
 def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
     logs.configure()
     uvloop.install()
+    heap.enable()  # this process only serves: its long-lived heap is frozen once loaded
     # Not web.run_app: the edge's connection guard (request-head deadline, connections per
     # address) lives in the runner; graceful stop gives in-flight requests 10 s.
     serve_app(settings, host, port, reuse_port=reuse_port)

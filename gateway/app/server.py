@@ -18,6 +18,7 @@ from aiohttp import web
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
 from adapters.national.envelope import NOT_UTF8, base_infno, encode_response
+from gateway.app import heap
 from gateway.app.appkeys import GATEWAY
 from gateway.app.config import DEFAULT_REFERENCE as DEFAULT_REFERENCE
 from gateway.app.config import Settings
@@ -399,6 +400,7 @@ def build_app(settings: Settings) -> web.Application:
             tasks.append(asyncio.create_task(gw.listen_catalog_changes()))
         shadow = app[SHADOW] = parallel_run.Shadow(gw)
         parallel_run.install(shadow)
+        heap.settle_after_start()
         try:
             yield
         finally:

@@ -20,14 +20,14 @@ import asyncpg
 
 from adapters.national import deferral
 from adapters.national.category import request_category
-from adapters.national.envelope import Request, encode_response
+from adapters.national.envelope import Request, encode_response, fingerprint
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
 from gateway.emergency.breaker import Breaker, loop_stalls
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.emergency.plan import store as plan_store
 from gateway.emergency.plan.rules import CLASSES, Action, Decision, TxClass
-from gateway.ledger import db, deferred, encounters, fees, idempotency, persons
+from gateway.ledger import db, deferred, encounters, fees, persons
 from gateway.ledger.deferred import Entry
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
@@ -298,7 +298,7 @@ async def _journal_claim(
                 service_date=facts.service_date or received.date(),
                 medfee_sumamt=facts.medfee_sumamt,
                 answer=out,
-                digest=idempotency.digest(body),
+                digest=fingerprint(req),
                 claim_id=claim_id,
             ),
         )
@@ -328,7 +328,7 @@ async def _journal_call(
             req,
             received,
             answer=out,
-            digest=idempotency.digest(body),
+            digest=fingerprint(req),
             provisional_id=provisional,
         ),
     )
@@ -362,7 +362,7 @@ async def _journal_withdrawal(
             psn_no=psn_no,
             mdtrt_id=held.mdtrt_id,
             answer=out,
-            digest=idempotency.digest(body),
+            digest=fingerprint(req),
             claim_id=setl_id,
         ),
     )

@@ -6,7 +6,6 @@ unique key until the first commits, then finds the stored answer: one effect, tw
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import asyncpg
@@ -20,11 +19,6 @@ class Stored(msgspec.Struct, frozen=True, gc=False):
     body_sha256: bytes
     answer: bytes
     tombstone: bool = False
-
-
-def digest(body: bytes) -> bytes:
-    """The request's fingerprint."""
-    return hashlib.sha256(body).digest()
 
 
 async def lookup(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> Stored | None:
@@ -44,7 +38,10 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str) -> bytes:
     if stored.tombstone:
         return stored.answer  # the refusal written by the 2601, whatever the late body says
     if stored.body_sha256 != body_sha256:
-        raise Conflict(f"报文ID{msgid}已使用过且报文内容不同，请使用新的报文ID重新发起交易")
+        raise Conflict(
+            f"报文ID{msgid}已使用过且报文内容不同：该报文ID已有交易记录，请先查询原交易结果"
+            "（如5203结算信息查询），确认未成功后再使用新的报文ID发起交易"
+        )
     return stored.answer
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from adapters.national.envelope import Request, decode_request, encode_response
+from adapters.national.envelope import Request, decode_request, encode_response, fingerprint
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
 from gateway.emergency.breaker import loop_stalls
@@ -193,7 +193,7 @@ async def _plan(
         if decision is None:
             continue
         if tx.writes:
-            earlier = await _earlier_answer(gw, req, idempotency.digest(body))
+            earlier = await _earlier_answer(gw, req, fingerprint(req))
             if earlier is not None:
                 return earlier
         detour = await hook.apply(decision, gw, tx, req, institution, body, received)
@@ -229,7 +229,7 @@ async def _write(
     expires = asyncio.get_running_loop().time() + deadline
     started = time.perf_counter()
     code = req.fixmedins_code
-    body_hash = idempotency.digest(body)
+    body_hash = fingerprint(req)
     outcome = None
     if tx.grouped is not None and mode is Mode.NORMAL and gw.group is not None:
         outcome = await _grouped(gw, tx.grouped, req, institution, body_hash, received, expires)

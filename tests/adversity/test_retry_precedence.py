@@ -67,9 +67,10 @@ class Sent:
     answer: bytes
 
     def changed(self) -> bytes:
-        """The same msgid with a different body (another operator name)."""
+        """The same msgid asking for something else (one more field in its input; the envelope's
+        stamps alone would be a retry of the same message)."""
         env = msgspec.json.decode(self.body)
-        env["opter_name"] = env["opter_name"] + "乙"
+        env["input"] = {**env["input"], "memo": "乙"}
         return msgspec.json.encode(env)
 
 

@@ -134,3 +134,56 @@ async def test_answers_are_kept_seven_days_then_purged(server: Server) -> None:
         )
     }
     assert kept == {recent}  # --keep-days 1 is raised to the 7-day floor
+
+
+async def test_a_retry_stamped_again_gets_the_stored_answer(server: Server) -> None:
+    """A counter that rebuilds its envelope to retry (a new inf_time, another device or
+    operator) is retrying: it gets the first answer byte for byte, on the group commit's path
+    (2207) and the single one (2201), and nothing is done twice. Only what the message asks for
+    (infno, areas, input) is its content; changed, the refusal says to look the first up before
+    any new msgid (a new msgid for a settled sale would be a second sale)."""
+    his = server.client(HOSPITAL)
+    mdtrt_id = await _visit(server, "MZ-IDEM-STAMP")
+    data = his.settle_data(PERSON, mdtrt_id, "11", "25.00", "310", "1", chrg_bchno="B1")
+    env = his.envelope("2207", data)
+    _, first = await his.post_raw(msgspec.json.encode(env))
+    assert decode(first)["infcode"] == 0
+    restamped = {**env, "inf_time": "2026-02-01 09:59:59", "dev_no": "DEV-99", "opter": "OP999"}
+    _, again = await his.post_raw(msgspec.json.encode(restamped))
+    assert again == first
+    assert (
+        await server.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", mdtrt_id) == 1
+    )
+
+    registration = his.envelope(
+        "2201",
+        {
+            "data": {
+                "psn_no": PERSON,
+                "insutype": "310",
+                "begntime": "2026-02-01 11:00:00",
+                "mdtrt_cert_type": "01",
+                "mdtrt_cert_no": PERSON,
+                "ipt_otp_no": "MZ-IDEM-STAMP-2",
+            }
+        },
+    )
+    _, opened = await his.post_raw(msgspec.json.encode(registration))
+    assert decode(opened)["infcode"] == 0, decode(opened)["err_msg"]
+    _, reopened = await his.post_raw(
+        msgspec.json.encode({**registration, "inf_time": "2026-02-01 11:00:09"})
+    )
+    assert reopened == opened
+    assert (
+        await server.fetchval(
+            "SELECT count(*) FROM encounters WHERE ipt_otp_no = 'MZ-IDEM-STAMP-2'"
+        )
+        == 1
+    )
+
+    # Another amount under the same msgid: another message, refused in words that do not send
+    # the clerk to a new msgid before the first is looked up.
+    changed = {**env, "input": {"data": {**data, "medfee_sumamt": "26.00"}}}
+    _, refused = await his.post_raw(msgspec.json.encode(changed))
+    answer = decode(refused)
+    assert answer["infcode"] == -1 and "请先查询原交易结果" in answer["err_msg"]
