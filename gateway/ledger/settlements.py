@@ -213,6 +213,13 @@ def _lines_json(s: Settlement, snapshot: Snapshot, ctx: Context) -> list[dict[st
 
 
 _TEXT = "text"
+
+
+class AlreadyCancelled(Conflict):
+    """The settlement was found cancelled once locked: another cancellation (a 2208, a 2601)
+    committed first. Callers that undo it another way answer in their own words."""
+
+
 INSERT = insert_statement(
     "settlements",
     [
@@ -467,7 +474,7 @@ async def cancel(
     )
     assert row is not None  # settlements are never deleted
     if row["status"] != "settled":
-        raise Conflict(f"结算ID{setl_id}已撤销，不能重复撤销")
+        raise AlreadyCancelled(f"结算ID{setl_id}已撤销，不能重复撤销")
     held = await payouts.hold_for_cancel(conn, setl_id, resettling=resettling)
     if held is not None:
         raise Conflict(held)

@@ -85,16 +85,21 @@ async def _undo_settlement(
         raise Conflict(f"原结算{row.setl_id}已撤销，无需冲正")
     kind = original.kind
     assert kind is not None
-    await settlements.cancel(
-        conn,
-        fixmedins_code=code,
-        setl_id=row.setl_id,
-        mdtrt_id=row.mdtrt_id,
-        psn_no=psn_no,
-        msgid=msgid,
-        now=now,
-        categories=_CATEGORIES[kind],
-    )
+    try:
+        await settlements.cancel(
+            conn,
+            fixmedins_code=code,
+            setl_id=row.setl_id,
+            mdtrt_id=row.mdtrt_id,
+            psn_no=psn_no,
+            msgid=msgid,
+            now=now,
+            categories=_CATEGORIES[kind],
+        )
+    except settlements.AlreadyCancelled:
+        # A 2103/2208 committed between the read above and the lock: the same refusal as
+        # when it had committed before.
+        raise Conflict(f"原结算{row.setl_id}已撤销，无需冲正") from None
     if kind is Kind.PHARMACY:
         # 2102 opened the visit and stored its lines in the same stroke: undo those too.
         await fees.delete_unsettled(conn, row.mdtrt_id)

@@ -6,7 +6,9 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+import pytest
 
+from gateway.ledger import reversals
 from tests.integration.conftest import Server
 from tests.integration.his_client import HisClient, decode
 
@@ -192,3 +194,30 @@ async def test_another_institution_cannot_reverse(server: Server) -> None:
 
 async def test_ledger_balances_after_reversals(server: Server) -> None:
     assert await server.check_ledger() == []
+
+
+async def test_a_cancellation_committed_first_gets_the_reversals_own_refusal(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2208 that commits between the 2601's read of the settlement and its lock (a race an
+    outside pass found): the 2601 answers as it does when the 2208 came first, "无需冲正", not
+    with the 2208's own "不能重复撤销". The race is made certain by a read that sees the
+    settlement as it was before the 2208."""
+    his = server.client(HOSPITAL)
+    mdtrt_id, info, msgid = await _outpatient(his, "MZ-REV-RACE")
+    await his.ok(
+        "2208", {"data": {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}}
+    )
+    read = reversals.settlement_of
+
+    async def read_before_the_cancellation(*args: Any) -> reversals.Settled | None:
+        row = await read(*args)
+        return None if row is None else msgspec.structs.replace(row, status="settled")
+
+    monkeypatch.setattr(reversals, "settlement_of", read_before_the_cancellation)
+    answer = await his.call("2601", _reverse(EMPLOYEE, msgid, "2207"))
+    assert answer["infcode"] == -1 and "无需冲正" in answer["err_msg"], answer["err_msg"]
+    assert (
+        await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", info["setl_id"])
+        == "cancelled"
+    )
