@@ -9,7 +9,12 @@ import msgspec
 import pytest
 
 from adapters.his.settling import declared_of
-from adapters.national.envelope import decode_input, decode_request, encode_response
+from adapters.national.envelope import (
+    decode_input,
+    decode_request,
+    encode_response,
+    fingerprint,
+)
 from adapters.national.wire import In2206, SettleData, flag, required
 from gateway.ledger import idempotency
 
@@ -92,9 +97,10 @@ def test_idempotency_check(benchmark: Any) -> None:
     answer = encode_response(
         region="441800", received=dt.datetime(2026, 3, 1, 8, 30), output={"setlinfo": {}}
     )
-    stored = idempotency.Stored(idempotency.digest(ENVELOPE_2207), answer)
+    req = decode_request(ENVELOPE_2207)
+    stored = idempotency.Stored(fingerprint(req), answer)
 
     def check() -> bytes:
-        return idempotency.replay(stored, idempotency.digest(ENVELOPE_2207), "M1")
+        return idempotency.replay(stored, fingerprint(req), "M1")
 
     assert benchmark(check) == answer
