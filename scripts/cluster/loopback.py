@@ -323,6 +323,29 @@ class Cluster:
         # *2, $9, 127.0.0.1, $5, <port>: a two-element array of bulk strings
         return int(reply[4]) if reply[0] == "*2" else None
 
+    def sentinel_replicas(self) -> dict[int, str]:
+        """The replicas Sentinel knows of the master, by port, with their flags. Sentinel finds
+        them from the master's INFO, every 10 s: a master that dies before its replica is known
+        is not failed over (no replica to promote) until the failover timeout has passed twice."""
+        with socket.create_connection(("127.0.0.1", self.ports["sentinel"]), timeout=2) as s:
+            s.sendall(f"SENTINEL replicas {MASTER_NAME}\r\n".encode())
+            data = b""
+            s.settimeout(0.3)
+            with contextlib.suppress(TimeoutError):
+                while chunk := s.recv(65536):
+                    data += chunk
+        # An array of replicas, each an array of alternating field names and values (bulk strings).
+        lines = data.decode(errors="replace").split("\r\n")
+        values = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("$")]
+        found: dict[int, str] = {}
+        fields: dict[str, str] = {}
+        for name, value in zip(values[::2], values[1::2], strict=False):
+            fields[name] = value
+            if "port" in fields and "flags" in fields:
+                found[int(fields["port"])] = fields["flags"]
+                fields = {}
+        return found
+
     def start_member(self, member: str) -> None:
         config = self.base / f"{member}.yml"
         self.spawn(member, ["patroni", str(config)], as_server=True, mark=str(config))

@@ -280,9 +280,17 @@ async def _drill(cluster: Any, state: Path) -> None:
         await asyncio.sleep(2.0)
 
         # --- the Redis master dies: Sentinel promotes its replica, both nodes follow ----------
+        replica = ports["redis_replica"]
+
+        async def replica_known() -> bool:
+            flags = (await asyncio.to_thread(cluster.sentinel_replicas)).get(replica, "")
+            return flags == "slave"
+
+        # Sentinel learns of the replica from the master's INFO every 10 s; killed before that,
+        # the master is not failed over for twice the failover timeout.
+        await until(replica_known, within=30.0, seen=cluster.sentinel_replicas)
         _run(["kill", "redis-master"], state)
         redis_killed_at = time.monotonic()
-        replica = ports["redis_replica"]
 
         followed: dict[str, object] = {}
 
