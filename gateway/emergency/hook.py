@@ -125,7 +125,7 @@ async def intercept(
         return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
     if role is Deferral.CLAIM:
         if ledger_down:
-            return await _journal_claim(gw, req, institution, body, received)
+            return await _journal_claim(gw, req, institution, received)
         return Detour(
             tx=dataclasses.replace(tx, name="暂存结算", handler=_defer_claim, grouped=None),
             mode=Mode.DEFERRED,
@@ -135,11 +135,11 @@ async def intercept(
         if not deferral.is_claim_id(setl_id):
             raise Conflict(CANCEL_REFUSED_MSG)
         if ledger_down:
-            return await _journal_withdrawal(gw, req, body, received)
+            return await _journal_withdrawal(gw, req, received)
         return None  # the cancellation handlers withdraw claims themselves (gateway.emergency.hook)
     if role is Deferral.CALL:
         if ledger_down:
-            return await _journal_call(gw, req, institution, body, received)
+            return await _journal_call(gw, req, institution, received)
         return Detour(
             tx=dataclasses.replace(tx, name="暂存业务", handler=_defer_call, grouped=None),
             mode=Mode.DEFERRED,
@@ -267,7 +267,7 @@ async def _journal_append(gw: Gateway, e: Entry) -> None:
 
 
 async def _journal_claim(
-    gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
+    gw: Gateway, req: Request, institution: Institution, received: dt.datetime
 ) -> Detour:
     facts = deferral.read_claim(req)
     _check_dates(gw, req, institution, received)
@@ -309,7 +309,7 @@ async def _journal_claim(
 
 
 async def _journal_call(
-    gw: Gateway, req: Request, institution: Institution, body: bytes, received: dt.datetime
+    gw: Gateway, req: Request, institution: Institution, received: dt.datetime
 ) -> Detour:
     _check_dates(gw, req, institution, received)
     provisional = None
@@ -335,9 +335,7 @@ async def _journal_call(
     return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
 
 
-async def _journal_withdrawal(
-    gw: Gateway, req: Request, body: bytes, received: dt.datetime
-) -> Detour:
+async def _journal_withdrawal(gw: Gateway, req: Request, received: dt.datetime) -> Detour:
     setl_id, _, psn_no = deferral.withdrawal_ref(req)
     journal = gw.journal
     held = journal.claims.get(setl_id)

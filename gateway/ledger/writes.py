@@ -2,8 +2,8 @@
 
 Settlement code stages its rows here instead of executing them one by one, so the same staging
 serves one request (a batch of one) and a group commit of many (`gateway.pipeline.group_commit`): the
-rules of what a settlement writes live in one place. A statement declared with `insert` or
-`update` has a second form taking each column as an array (`unnest`): the rows a group commit
+rules of what a settlement writes live in one place. A statement declared with
+`insert_statement` or `update_statement` has a second form taking each column as an array (`unnest`): the rows a group commit
 staged for it are one execution in the database, not one per row (an `executemany` pipelines the
 round trips but PostgreSQL still plans, starts and finishes the statement for every row, which
 was most of its CPU per settlement). Other statements keep `executemany`.
