@@ -523,7 +523,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                     # Claims appended while the previous drain ran, and segments of dead processes.
                     if gw.journal.holds_anything or gw.journal.drainable_exists():
                         await replay.drain(gw, gw.journal)
-                    async with gw.pool.acquire(timeout=2.0) as conn:
+                    async with db.leased(gw.pool, 2.0) as conn:
                         waiting = await deferred.pending_claims(conn)
                         await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC))
                     metrics.DEFERRED_CLAIMS.set(waiting)
@@ -548,7 +548,7 @@ async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
     )
     if breaker.reason.startswith("待人工恢复"):
         return not held
-    async with gw.pool.acquire(timeout=5.0) as conn:
+    async with db.leased(gw.pool, 5.0) as conn:
         await plan_store.set_rule(
             conn,
             scope="global",
@@ -565,7 +565,7 @@ async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
 
 async def _probe(gw: Gateway) -> bool:
     try:
-        async with asyncio.timeout(1.0), gw.pool.acquire(timeout=1.0) as conn:
+        async with asyncio.timeout(1.0), db.leased(gw.pool, 1.0) as conn:
             await db.ping(conn)
         return True
     except (*db.UNAVAILABLE, asyncpg.PostgresError):

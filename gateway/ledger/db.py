@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -116,6 +118,28 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+@contextlib.asynccontextmanager
+async def leased(pool: asyncpg.Pool, wait: float) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection for a call with a deadline (`wait`: the most seconds to wait for one,
+    and to hand it back).
+
+    When the deadline interrupts it mid-query the connection is dropped, not handed back. asyncpg
+    cancels an interrupted query by opening a second connection to send the server a
+    CancelRequest, and a connection handed back waits for that to finish: on a dead network (a
+    peer that swallows packets, no reset) it never does, so the caller would hold its connection,
+    its institution's share and, in the group commit, a writer long past its deadline, and the
+    breaker would never count the timeout. Dropped, the caller is free at once; the cancel still
+    reaches a live server (it is sent either way) and a fresh connection replaces this one."""
+    conn = await pool.acquire(timeout=wait)
+    try:
+        yield conn
+    except (asyncio.CancelledError, TimeoutError):
+        conn.terminate()
+        raise
+    finally:
+        await pool.release(conn, timeout=wait)
 
 
 async def close_pool(pool: asyncpg.Pool, within: float) -> bool:

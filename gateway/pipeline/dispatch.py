@@ -258,7 +258,7 @@ async def _read(
     async with (
         gw.shares.turn(code, expires),
         asyncio.timeout_at(expires),
-        gw.pool.acquire(timeout=deadline) as conn,
+        db.leased(gw.pool, deadline) as conn,
     ):
         answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
     _observe(gw, code, True, False, started)
@@ -346,7 +346,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
         async with (
             gw.shares.turn(code, expires),
             asyncio.timeout_at(expires),
-            gw.pool.acquire(timeout=budget) as conn,
+            db.leased(gw.pool, budget) as conn,
         ):
             found = await idempotency.lookup(conn, code, msgid)
     elif ledger.probe_failed:
@@ -358,7 +358,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
             async with (
                 gw.shares.turn(code, expires),
                 asyncio.timeout_at(expires),
-                gw.pool.acquire(timeout=budget) as conn,
+                db.leased(gw.pool, budget) as conn,
             ):
                 found = await idempotency.lookup(conn, code, msgid)
         except (*db.UNAVAILABLE, asyncpg.PostgresError):
@@ -404,9 +404,9 @@ async def _journaled(
     mode: Mode = Mode.NORMAL,
 ) -> Outcome:
     code, msgid = req.fixmedins_code, req.msgid
-    # The acquire timeout also bounds the release: a connection whose query was cancelled on a
-    # dead network is dropped instead of waiting forever for the server to confirm.
-    async with gw.pool.acquire(timeout=gw.config.deadlines.call_seconds) as conn:
+    # Leased: a connection whose query the deadline cancels is dropped at once instead of
+    # waiting for the server to confirm the cancel (forever on a dead network).
+    async with db.leased(gw.pool, gw.config.deadlines.call_seconds) as conn:
         # No look-up first: a fresh msgid (the common case) is claimed in one round trip, and a
         # retry finds its key taken and is answered from the journal below.
         try:

@@ -59,6 +59,7 @@ class _Item:
     done: asyncio.Future[dispatch.Outcome | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    expires: float | None = None  # the caller's deadline, the event loop's clock
     held_back: bool = False  # left waiting because its institution was in its share of batches
     taken: bool = False  # in a batch
 
@@ -118,7 +119,7 @@ class GroupCommit:
         """The settlement's answer, or None (take the single path). `expires` (the event loop's
         clock) is the caller's deadline; one held back for its institution's share past it is
         refused busy, anything else past it raises TimeoutError as a slow ledger does."""
-        item = _Item(req, body_hash, received, job)
+        item = _Item(req, body_hash, received, job, expires=expires)
         self._waiting.append(item)
         if self._running < self.writers:
             self._running += 1
@@ -171,7 +172,14 @@ class GroupCommit:
     async def _commit(self, batch: list[_Item]) -> None:
         metrics.GROUP_BATCH_SIZE.observe(len(batch))
         try:
-            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            # No batch outlives the last deadline it serves: its requests are answered by then,
+            # and a batch stuck on a dead network would otherwise keep its writer and its
+            # institutions' share of the writers for good, every later settlement of theirs
+            # answered busy and none counted by the breaker as the timeout it is.
+            async with (
+                asyncio.timeout_at(self._last_deadline(batch)),
+                db.leased(self.pool, self.acquire_timeout) as conn,
+            ):
                 async with conn.transaction():
                     answers, later = await self._settle(conn, batch)
                 for item in later:  # the msgid was already taken: answer as its owner did
@@ -186,6 +194,14 @@ class GroupCommit:
         for item in batch:
             if not item.done.done():
                 item.done.set_result(answers.get(id(item)))
+
+    def _last_deadline(self, batch: list[_Item]) -> float:
+        """The latest deadline of the batch's requests (the event loop's clock); one without its
+        own deadline gets the call deadline from now."""
+        loop_now = asyncio.get_running_loop().time()
+        return max(
+            loop_now + self.acquire_timeout if it.expires is None else it.expires for it in batch
+        )
 
     async def _settle(
         self, conn: asyncpg.Connection, batch: list[_Item]

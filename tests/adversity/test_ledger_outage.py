@@ -438,3 +438,80 @@ async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[...
         )
         assert settled is not None and settled["mdtrt_id"] == real and settled["acct_pay"] == 0
         assert await srv.check_ledger() == []
+
+
+async def test_one_till_at_a_time_on_a_dead_network_opens_the_breaker(
+    new_database: Callable[..., Any],
+) -> None:
+    """One till, one sale at a time, after the network to the ledger died (packets swallowed, no
+    reset): each sale times out, the breaker counts three and opens, and the next sale is a
+    deferred claim. A batch of the group commit stuck on the dead network used to keep its writer
+    and the pharmacy's share of the writers for good: from the third sale on every answer was
+    "busy", never counted as a timeout, and the breaker stayed closed."""
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger, pool_min=6) as srv:
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        try:
+            assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+            # Idle connections in the pool, as under load: a batch that takes one waits on it
+            # on the dead network (one that must connect afresh runs into the connect timeout
+            # instead, which the breaker did count).
+            assert await _gateway_connections(srv) >= 4
+            proxy.cut()
+            seen: list[str] = []
+            for n in range(1, 9):
+                answer = await pos.call("2102", _sale(pos, n))
+                if answer["infcode"] == 0:
+                    assert answer["output"]["setlinfo"]["setl_id"].startswith("DF"), seen
+                    break
+                seen.append(answer["err_msg"])
+            else:
+                raise AssertionError(f"no deferred claim after 8 sales: {seen}")
+        finally:
+            await proxy.close()
+        assert seen and all("暂时不可用" in text for text in seen), seen
+
+
+async def _gateway_connections(srv: Server) -> int:
+    """The gateway's connections to its database (the checker's own is not counted)."""
+    return int(
+        await srv.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+
+
+def _sale(pos: HisClient, n: int) -> dict[str, Any]:
+    return pos.drug_input(PERSONS[n % 3], "2026-07-04 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+
+
+async def test_a_call_cut_off_on_a_dead_network_frees_its_connection_at_its_deadline(
+    new_database: Callable[..., Any],
+) -> None:
+    """A query interrupted by its caller's deadline on a dead network: the leased connection is
+    dropped at the deadline, not after asyncpg's cancel request (sent on a second connection that
+    the dead network never answers), and the pool serves again once the network is back."""
+    from gateway.ledger import db
+
+    dsn = await new_database("leased")
+    proxy = Proxy(*_tcp(dsn))
+    await proxy.start()
+    pool = await db.create_pool(_through(dsn, proxy.port), min_size=1, max_size=2, timeout=3.0)
+    try:
+        async with db.leased(pool, 30.0) as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        proxy.cut()
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5), db.leased(pool, 30.0) as conn:
+                await conn.fetchval("SELECT 1")
+        took = time.monotonic() - began
+        assert took < 5.0, f"the interrupted call kept its connection {took:.1f} s"
+        proxy.restore()
+        async with db.leased(pool, 10.0) as conn:
+            assert await conn.fetchval("SELECT 2") == 2
+    finally:
+        pool.terminate()
+        await proxy.close()

@@ -120,6 +120,7 @@ async def running_gateway(
     *,
     serve_through: Callable[[str], Awaitable[str]] | None = None,
     journal_dir: Path | None = None,
+    pool_min: int = 2,
 ) -> AsyncIterator[Server]:
     """Migrated, demo-loaded database and a gateway serving it on 127.0.0.1.
 
@@ -131,7 +132,12 @@ async def running_gateway(
     gateway_dsn = dsn if serve_through is None else await serve_through(dsn)
     journal = journal_dir or Path(tempfile.mkdtemp(prefix="gw-journal-"))
     settings = Settings(
-        gateway_dsn, pool_max=24, config=config, redis_url=redis_url, journal_dir=journal
+        gateway_dsn,
+        pool_max=24,
+        pool_min=pool_min,
+        config=config,
+        redis_url=redis_url,
+        journal_dir=journal,
     )
     runner = web.AppRunner(build_app(settings), access_log=None)
     await runner.setup()
