@@ -214,6 +214,26 @@ class RedisConfig(Section, frozen=True):
                 raise ValueError(f"sentinel {address!r}: expected host:port")
 
 
+class LedgerCluster(Section, frozen=True):
+    """`[[ledger_clusters]]`: a ledger database (a Patroni cluster behind its DSN) holding the
+    persons, accounts, visits, settlements and msgid journal of the pooling regions it lists
+    (gateway.ledger.partitions). Regions no cluster lists stay in the main database, which also
+    holds every region's reference data; no clusters: one database holds everything."""
+
+    name: str
+    dsn: str
+    regions: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == "main" or not self.name.replace("-", "").isalnum():
+            raise ValueError(f"ledger cluster {self.name!r}: a name of letters, digits and -")
+        if not self.regions:
+            raise ValueError(f"ledger cluster {self.name}: no regions listed")
+        for region in self.regions:
+            if len(region) != 6 or not region.isdigit():
+                raise ValueError(f"ledger cluster {self.name}: {region!r} is not a 6-digit region")
+
+
 class GatewayConfig(Section, frozen=True):
     """The whole file, one field per table, named as the table is."""
 
@@ -236,6 +256,21 @@ class GatewayConfig(Section, frozen=True):
     login: LoginPolicy = msgspec.field(default_factory=LoginPolicy, name="console")
     dates: DateRules = msgspec.field(default_factory=DateRules)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    ledger_clusters: tuple[LedgerCluster, ...] = ()
+
+    def __post_init__(self) -> None:
+        names: set[str] = set()
+        owner: dict[str, str] = {}
+        for cluster in self.ledger_clusters:
+            if cluster.name in names:
+                raise ValueError(f"ledger cluster {cluster.name} is listed twice")
+            names.add(cluster.name)
+            for region in cluster.regions:
+                if region in owner:
+                    raise ValueError(
+                        f"region {region} is in two ledger clusters: {owner[region]}, {cluster.name}"
+                    )
+                owner[region] = cluster.name
 
 
 def decode_config(text: str | bytes, source: str = "the configuration") -> GatewayConfig:

@@ -26,6 +26,7 @@ from gateway.emergency.plan.rules import CLASSES, Action, Plan
 from gateway.emergency.triggers import InstitutionTriggers
 from gateway.ledger import db, idempotency, reference_store
 from gateway.ledger import plan as ledger_plan
+from gateway.ledger.partitions import MAIN, Partition, Partitions
 from gateway.ops import metrics
 from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
 from gateway.pipeline.grouped import Batches
@@ -91,8 +92,9 @@ class Gateway:
         "breakers",
         "catalog_poll_seconds",
         "config",
-        "group",
+        "groups",
         "journal",
+        "ledgers",
         "limiter",
         "plan",
         "pool",
@@ -112,10 +114,13 @@ class Gateway:
         snapshot: Snapshot,
         redis: Redis | None,
         group_commit: GroupCommitFactory | None,
+        ledgers: Partitions | None = None,
     ) -> None:
         config = settings.config
         self.config = config
-        self.pool = pool
+        self.pool = pool  # the main database: reference data, the plan, and the main ledger
+        # Which database holds a request's money (gateway.ledger.partitions); one, unless split.
+        self.ledgers = ledgers if ledgers is not None else Partitions(Partition(MAIN, pool))
         # Each institution's share of this pool's connections (gateway.pipeline.ledger_shares).
         share = config.ledger_pool.institution_share_percent
         self.shares = LedgerShares(share_of(pool.get_max_size(), share))
@@ -129,7 +134,12 @@ class Gateway:
         # Deferred claims while the ledger is unreachable; the segment is opened on first use.
         self.journal = Journal(settings.journal_dir)
         # Settlements committed in batches (None: each on its own, as the commands run them).
-        self.group = group_commit(pool, settings) if group_commit is not None else None
+        # One group commit per ledger database: a batch is one transaction, in one database.
+        self.groups = {
+            p.name: group
+            for p in self.ledgers.all
+            if group_commit is not None and (group := group_commit(p.pool, settings)) is not None
+        }
         breakers = config.breakers
         self.breakers: dict[str, Breaker] = {}
         for name, cfg in (
@@ -171,12 +181,19 @@ class Gateway:
             async with pool.acquire() as conn:
                 snapshot = await reference_store.read_snapshot(conn, reference)
                 plan = await ledger_plan.load(conn)
+            ledgers = await Partitions.open(
+                pool,
+                settings.config.ledger_clusters,
+                min_size=settings.pool_min,
+                max_size=settings.pool_max,
+                timeout=3.0,
+            )
         except BaseException:
             await pool.close()
             raise
         # Short timeouts: Redis is never worth a settlement's wait (the breaker takes over).
         redis = open_redis(settings.config.redis, settings.redis_url, timeout=0.2)
-        gw = cls(settings, pool, reference, snapshot, redis, group_commit)
+        gw = cls(settings, pool, reference, snapshot, redis, group_commit, ledgers)
         gw.set_plan(plan)
         return gw
 
@@ -185,6 +202,7 @@ class Gateway:
         self.journal.close()
         if self.redis is not None:
             await close_redis(self.redis)
+        await self.ledgers.close(POOL_CLOSE_SECONDS)
         await db.close_pool(self.pool, POOL_CLOSE_SECONDS)
 
     async def _trigger_rule(self, code: str, reason: str) -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -29,7 +30,7 @@ from gateway.emergency import hook as emergency
 from gateway.emergency import shadow as parallel_run
 from gateway.emergency.console import install as install_console
 from gateway.jobs import reconcile
-from gateway.ledger import db, reference_store
+from gateway.ledger import db, partitions, reference_store
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.auth import AuthError, Verifier, load_credentials
@@ -61,13 +62,22 @@ _PATH_INFNO = re.compile(r"[0-9]{4}[A-Z]?")
 
 
 async def prepare_database(settings: Settings) -> None:
-    """Migrate, and load the demo data set into an empty database."""
+    """Migrate the main database and every ledger cluster, and load the demo data set into an
+    empty main database; persons of a cluster's regions still in the main database (the demo
+    set is loaded whole) move into their cluster."""
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn)
             if settings.load_demo_if_empty and await reference_store.is_empty(conn):
                 await reference_store.load(conn, load_reference(settings.reference_dir))
+            for cluster in settings.config.ledger_clusters:
+                other = await asyncpg.connect(cluster.dsn)
+                try:
+                    await db.migrate(other)
+                    await partitions.place_persons(conn, other, cluster.regions)
+                finally:
+                    await other.close()
     finally:
         await pool.close()
 

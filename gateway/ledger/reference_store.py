@@ -32,6 +32,7 @@ _ALL_TABLES = (
     "sign_ins",
     "accounts",
     "persons",
+    "person_directory",
     "catalog_mappings",
     "catalog_entries",
     "selfpay_ratios",
@@ -112,6 +113,12 @@ async def load(conn: asyncpg.Connection, ref: Reference) -> None:
         await conn.copy_records_to_table(
             "accounts",
             records=[(p.psn_no, ref.balances.get(p.psn_no, 0)) for p in ref.persons],
+        )
+        await conn.copy_records_to_table(
+            "person_directory",
+            records=[
+                (p.psn_no, p.certno, p.mdtrt_cert_no_card, p.insuplc_admdvs) for p in ref.persons
+            ],
         )
         await bump_version(conn)
 

@@ -23,6 +23,8 @@ from gateway.core.model import Institution
 from gateway.emergency.breaker import loop_stalls
 from gateway.emergency.plan.rules import Decision
 from gateway.ledger import db, idempotency
+from gateway.ledger.partitions import Partition
+from gateway.pipeline.grouped import Batches
 from gateway.pipeline.outcome import Outcome as Outcome
 from gateway.pipeline.outcome import Result as Result
 from gateway.pipeline.outcome import failure as failure
@@ -135,15 +137,21 @@ async def handle(
     terminal = req.dev_no or req.opter or "-"
     try:
         tx, institution = await _admit(gw, req, terminal, authenticated)
-        routed = await _plan(gw, tx, req, institution, body, received)
+        ledgers = gw.ledgers
+        ledger = (
+            await ledgers.of_request(req, gw.config.deadlines.call_seconds)
+            if ledgers.split
+            else ledgers.main
+        )
+        routed = await _plan(gw, tx, req, institution, body, received, ledger)
         if isinstance(routed, Outcome):
             outcome = routed
         else:
             run, mode = routed
             if run.writes:
-                outcome = await _write(gw, run, req, institution, body, received, mode)
+                outcome = await _write(gw, run, req, institution, body, received, mode, ledger)
             else:
-                outcome = await _read(gw, run, req, institution, received, mode)
+                outcome = await _read(gw, run, req, institution, received, mode, ledger)
         outcome.terminal = terminal
     except Exception as exc:
         return _failed(gw, req, terminal, exc, received, received_clock)
@@ -183,6 +191,7 @@ async def _plan(
     institution: Institution,
     body: bytes,
     received: dt.datetime,
+    ledger: Partition,
 ) -> Outcome | tuple[Transaction, Mode]:
     """The emergency plan's say: an answer of its own, or the transaction (perhaps its
     deferred form) and the mode to run it in. A writing request the plan would take off the
@@ -193,7 +202,7 @@ async def _plan(
         if decision is None:
             continue
         if tx.writes:
-            earlier = await _earlier_answer(gw, req, fingerprint(req))
+            earlier = await _earlier_answer(gw, req, fingerprint(req), ledger)
             if earlier is not None:
                 return earlier
         detour = await hook.apply(decision, gw, tx, req, institution, body, received)
@@ -221,6 +230,7 @@ async def _write(
     body: bytes,
     received: dt.datetime,
     mode: Mode,
+    ledger: Partition,
 ) -> Outcome:
     """A writing transaction, journaled by msgid: in a group commit when it has a grouped form,
     else on its own transaction. Past the deadline it is abandoned (rolled back, or committed
@@ -231,11 +241,14 @@ async def _write(
     code = req.fixmedins_code
     body_hash = fingerprint(req)
     outcome = None
-    if tx.grouped is not None and mode is Mode.NORMAL and gw.group is not None:
-        outcome = await _grouped(gw, tx.grouped, req, institution, body_hash, received, expires)
+    group = gw.groups.get(ledger.name) if mode is Mode.NORMAL else None
+    if tx.grouped is not None and group is not None:
+        outcome = await _grouped(
+            group, tx.grouped, gw, req, institution, body_hash, received, expires
+        )
     if outcome is None:
         async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
-            outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode)
+            outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode, ledger)
     _observe(gw, code, True, False, started)
     if mode is Mode.DEFERRED and outcome.outcome is Result.OK:
         outcome.outcome = Result.DEFERRED
@@ -249,6 +262,7 @@ async def _read(
     institution: Institution,
     received: dt.datetime,
     mode: Mode,
+    ledger: Partition,
 ) -> Outcome:
     """A transaction that changes nothing: its handler on a pooled connection."""
     deadline = gw.config.deadlines.call_seconds
@@ -258,7 +272,7 @@ async def _read(
     async with (
         gw.shares.turn(code, expires),
         asyncio.timeout_at(expires),
-        db.leased(gw.pool, deadline) as conn,
+        db.leased(ledger.pool, deadline) as conn,
     ):
         answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
     _observe(gw, code, True, False, started)
@@ -321,7 +335,9 @@ def _failed(
     return Outcome(_fail(gw, received, bug), req.infno, Result.ERROR, req.msgid, code, terminal)
 
 
-async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcome | None:
+async def _earlier_answer(
+    gw: Gateway, req: Request, body_hash: bytes, ledger: Partition
+) -> Outcome | None:
     """The answer this msgid already got, looked up only when the plan is about to answer it
     otherwise: the normal path claims a fresh msgid in one round trip and finds a retry then.
 
@@ -338,18 +354,18 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
         return Outcome(
             idempotency.replay(stored, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
         )
-    ledger = gw.breakers["postgres"]
+    breaker = gw.breakers["postgres"]
     loop = asyncio.get_running_loop()
-    if not ledger.is_open:
+    if not breaker.is_open:
         budget = gw.config.deadlines.call_seconds
         expires = loop.time() + budget
         async with (
             gw.shares.turn(code, expires),
             asyncio.timeout_at(expires),
-            db.leased(gw.pool, budget) as conn,
+            db.leased(ledger.pool, budget) as conn,
         ):
             found = await idempotency.lookup(conn, code, msgid)
-    elif ledger.probe_failed:
+    elif breaker.probe_failed:
         return None
     else:
         budget = gw.config.journal.ledger_lookup_seconds
@@ -358,7 +374,7 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
             async with (
                 gw.shares.turn(code, expires),
                 asyncio.timeout_at(expires),
-                db.leased(gw.pool, budget) as conn,
+                db.leased(ledger.pool, budget) as conn,
             ):
                 found = await idempotency.lookup(conn, code, msgid)
         except (*db.UNAVAILABLE, asyncpg.PostgresError):
@@ -371,8 +387,9 @@ async def _earlier_answer(gw: Gateway, req: Request, body_hash: bytes) -> Outcom
 
 
 async def _grouped(
-    gw: Gateway,
+    group: Batches,
     prepare: Prepare,
+    gw: Gateway,
     req: Request,
     institution: Institution,
     body_hash: bytes,
@@ -384,8 +401,7 @@ async def _grouped(
         job = prepare(gw, req, institution, received)
     except GatewayError:
         return None  # refused before the ledger: the single path journals the refusal
-    group = gw.group
-    if group is None or job is None:
+    if job is None:
         return None
     return await group.submit(req, body_hash, received, job, expires)
 
@@ -401,12 +417,13 @@ async def _journaled(
     institution: Institution,
     body_hash: bytes,
     received: dt.datetime,
-    mode: Mode = Mode.NORMAL,
+    mode: Mode,
+    ledger: Partition,
 ) -> Outcome:
     code, msgid = req.fixmedins_code, req.msgid
     # Leased: a connection whose query the deadline cancels is dropped at once instead of
     # waiting for the server to confirm the cancel (forever on a dead network).
-    async with db.leased(gw.pool, gw.config.deadlines.call_seconds) as conn:
+    async with db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn:
         # No look-up first: a fresh msgid (the common case) is claimed in one round trip, and a
         # retry finds its key taken and is answered from the journal below.
         try:

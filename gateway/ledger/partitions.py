@@ -1,0 +1,175 @@
+"""The ledger split by pooling region: which database holds a request's money.
+
+Every settlement touches one pooling region's money, the insured's (`insuplc_admdvs`): its
+policy, the person's accumulators and account. So the ledger partitions by that region with no
+transaction across partitions. `[[ledger_clusters]]` in the configuration gives each cluster
+(a Patroni cluster behind its DSN) the regions it holds: their persons, accounts, visits, fee
+lines, settlements, deferred claims and msgid journal. The main database holds the reference data
+every region reads (catalog, mappings, institutions, plan, operators), the person directory, and
+the ledger of every region no cluster lists; with no clusters configured it holds everything,
+as `make run` does.
+
+A request goes to the cluster of the region it names in `insuplc_admdvs`. One that names the
+person (a psn_no, or a certificate for 1101) without the region is routed by the directory in
+the main database, one round trip more, taken only when the ledger is split. Anything else (a
+sign-in, a catalog upload, an institution's reconciliation) goes to the main database. A retry
+carries the same region, so it reaches the same cluster and its stored answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+
+from adapters.national.envelope import Request
+from gateway.app.config import LedgerCluster
+from gateway.ledger import db
+
+MAIN = "main"
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One ledger database: `regions` it holds (empty for the main one: every region not
+    listed elsewhere) and the process's pool of connections to it."""
+
+    name: str
+    pool: asyncpg.Pool
+    regions: frozenset[str] = frozenset()
+
+
+class Partitions:
+    """The process's ledger databases and the region -> database map."""
+
+    def __init__(self, main: Partition, clusters: Iterable[Partition] = ()) -> None:
+        self.main = main
+        self.clusters = tuple(clusters)
+        self.all = (main, *self.clusters)
+        self._by_region = {region: c for c in self.clusters for region in c.regions}
+        self.split = bool(self.clusters)
+
+    @classmethod
+    async def open(
+        cls, main: asyncpg.Pool, clusters: Iterable[LedgerCluster], **pool_kw: object
+    ) -> Partitions:
+        """The main pool and a pool per configured cluster (opened here, with `pool_kw`)."""
+        opened: list[Partition] = []
+        try:
+            for cluster in clusters:
+                pool = await db.create_pool(cluster.dsn, **pool_kw)  # type: ignore[arg-type]
+                opened.append(Partition(cluster.name, pool, frozenset(cluster.regions)))
+        except BaseException:
+            for p in opened:
+                p.pool.terminate()
+            raise
+        return cls(Partition(MAIN, main), opened)
+
+    def of_region(self, admdvs: str) -> Partition:
+        return self._by_region.get(admdvs, self.main)
+
+    async def of_request(self, req: Request, wait: float) -> Partition:
+        """The database holding this request's money (see the module's words)."""
+        if not self.split:
+            return self.main
+        if req.insuplc_admdvs:
+            return self.of_region(req.insuplc_admdvs)
+        who = _who(req.input)
+        if who is None:
+            return self.main
+        async with asyncio.timeout(wait), db.leased(self.main.pool, wait) as conn:
+            region = await region_of(conn, *who)
+        return self.main if region is None else self.of_region(region)
+
+    async def close(self, within: float) -> None:
+        """Close the clusters' pools (the main pool is its owner's to close)."""
+        await asyncio.gather(*(db.close_pool(c.pool, within) for c in self.clusters))
+
+
+class _Named(msgspec.Struct):
+    psn_no: str = ""
+    mdtrt_cert_type: str = ""
+    mdtrt_cert_no: str = ""
+
+
+class _Input(msgspec.Struct):
+    """The nodes in which the transactions name the person: `data` (1101, 2201, 2206/2207,
+    2303/2304, 2601 ...), `druginfo` (2101/2102), `mdtrtinfo` (2203, 2401), `feedetail` (2204,
+    2301)."""
+
+    data: _Named | None = None
+    druginfo: _Named | None = None
+    mdtrtinfo: _Named | None = None
+    feedetail: list[_Named] | None = None
+
+
+_input = msgspec.json.Decoder(_Input)
+
+
+def _who(raw: bytes) -> tuple[str, str, str] | None:
+    """(psn_no, certificate type, certificate number) the input names, if it names anyone."""
+    try:
+        node = _input.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    for named in (node.data, node.druginfo, node.mdtrtinfo, *(node.feedetail or ())[:1]):
+        if named is not None and (named.psn_no or named.mdtrt_cert_no):
+            return named.psn_no, named.mdtrt_cert_type, named.mdtrt_cert_no
+    return None
+
+
+# The directory columns a certificate type is matched against (as gateway.ledger.persons matches
+# persons): 01 e-voucher (psn_no or ID number), 02 ID number, 03 social-security card.
+_CERT_COLUMNS = {"01": ("psn_no", "certno"), "02": ("certno",), "03": ("mdtrt_cert_no_card",)}
+
+
+async def region_of(
+    conn: asyncpg.Connection, psn_no: str, cert_type: str, cert_no: str
+) -> str | None:
+    """The person's insured region from the directory; None when it does not know them (the
+    main database then answers, as it would for anyone unknown)."""
+    if psn_no:
+        found = await conn.fetchval(
+            "SELECT insuplc_admdvs FROM person_directory WHERE psn_no = $1", psn_no
+        )
+        return None if found is None else str(found)
+    columns = _CERT_COLUMNS.get(cert_type)
+    if columns is None:
+        return None
+    where = " OR ".join(f"{column} = $1" for column in columns)
+    found = await conn.fetchval(
+        f"SELECT insuplc_admdvs FROM person_directory WHERE {where} LIMIT 1", cert_no
+    )
+    return None if found is None else str(found)
+
+
+async def place_persons(
+    main: asyncpg.Connection, cluster: asyncpg.Connection, regions: Iterable[str]
+) -> int:
+    """Move the persons (and their accounts) of `regions` from the main database into their
+    cluster; returns how many moved. A split set up on a database loaded whole (the demo data).
+    The cluster commits first, then the main database lets go: interrupted between, the next run
+    finds the persons still in the main database and copies them again over the cluster's."""
+    wanted = sorted(regions)
+    persons = await main.fetch("SELECT * FROM persons WHERE insuplc_admdvs = ANY($1)", wanted)
+    if not persons:
+        return 0
+    numbers = [r["psn_no"] for r in persons]
+    accounts = await main.fetch("SELECT * FROM accounts WHERE psn_no = ANY($1)", numbers)
+    async with cluster.transaction():
+        await cluster.execute("DELETE FROM accounts WHERE psn_no = ANY($1)", numbers)
+        await cluster.execute("DELETE FROM persons WHERE psn_no = ANY($1)", numbers)
+        await cluster.copy_records_to_table(
+            "persons", records=[tuple(r) for r in persons], columns=list(persons[0].keys())
+        )
+        if accounts:
+            await cluster.copy_records_to_table(
+                "accounts", records=[tuple(r) for r in accounts], columns=list(accounts[0].keys())
+            )
+    async with main.transaction():
+        await main.execute("DELETE FROM accounts WHERE psn_no = ANY($1)", numbers)
+        await main.execute("DELETE FROM persons WHERE psn_no = ANY($1)", numbers)
+    return len(persons)

@@ -1,0 +1,224 @@
+"""The ledger split by pooling region: each region's money in its own database.
+
+Three databases on the test PostgreSQL stand for the main database and two ledger clusters
+(毕节 520500 in one, 温州 330300 in the other; 清远 441800 stays in the main one). The same
+requests are sent to a gateway over the split ledger and to one over a single database: the
+answers' money must be the same, and each settlement must be in its insured region's database
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+from msgspec.structs import replace
+
+from gateway.app.config import LedgerCluster
+from gateway.ledger import checker
+from tests.integration.conftest import GENEROUS, Server, running_gateway
+from tests.integration.emergency_helpers import (
+    DRUG_LINES,
+    DRUG_TOTAL,
+    OUTPATIENT_LINES,
+    OUTPATIENT_TOTAL,
+)
+from tests.integration.his_client import HisClient, decode
+
+pytestmark = pytest.mark.integration
+
+BIJIE, WENZHOU, QINGYUAN = "520500", "330300", "441800"
+BIJIE_WORKER = "520500000000000001"  # 800.00 in the account
+WENZHOU_RETIREE = "330300000000000001"  # ID 330302195209093333
+QINGYUAN_WORKER = "441800000000000001"
+PHARMACY_OF = {BIJIE: "P52050000001", WENZHOU: "P33030000001", QINGYUAN: "P44180000001"}
+# Money fields of a settlement answer that must not depend on where the ledger is.
+MONEY = ("medfee_sumamt", "fund_pay_sumamt", "hifp_pay", "acct_pay", "psn_cash_pay", "balc")
+
+
+@dataclass
+class Split:
+    srv: Server
+    clusters: dict[str, str]  # region -> its cluster's DSN
+
+    async def rows(self, dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    def everywhere(self) -> dict[str, str]:
+        """Each database by name: main and the clusters."""
+        return {"main": self.srv.dsn, **{f"cluster {r}": d for r, d in self.clusters.items()}}
+
+    async def holding(self, sql: str, *args: Any) -> list[str]:
+        """The databases in which `sql` (a count) is not zero."""
+        found = []
+        for name, dsn in self.everywhere().items():
+            if (await self.rows(dsn, sql, *args))[0][0]:
+                found.append(name)
+        return found
+
+
+@pytest.fixture(scope="module")
+async def split(new_database: Callable[..., Any]) -> AsyncIterator[Split]:
+    clusters = {BIJIE: await new_database("bijie"), WENZHOU: await new_database("wenzhou")}
+    config = replace(
+        GENEROUS,
+        ledger_clusters=(
+            LedgerCluster(name="bijie", dsn=clusters[BIJIE], regions=(BIJIE,)),
+            LedgerCluster(name="wenzhou", dsn=clusters[WENZHOU], regions=(WENZHOU,)),
+        ),
+    )
+    async with running_gateway(new_database, config) as srv:
+        yield Split(srv, clusters)
+
+
+@pytest.fixture(scope="module")
+async def single(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
+    async with running_gateway(new_database) as srv:
+        yield srv
+
+
+async def test_persons_live_in_their_regions_database_and_the_directory_knows_all(
+    split: Split,
+) -> None:
+    main = await split.rows(split.srv.dsn, "SELECT DISTINCT insuplc_admdvs FROM persons")
+    assert {r[0] for r in main} == {QINGYUAN}
+    for region, dsn in split.clusters.items():
+        held = await split.rows(dsn, "SELECT DISTINCT insuplc_admdvs FROM persons")
+        assert {r[0] for r in held} == {region}
+        accounts = await split.rows(dsn, "SELECT count(*) FROM accounts")
+        assert accounts[0][0] == 2
+    directory = await split.rows(
+        split.srv.dsn, "SELECT insuplc_admdvs, count(*) FROM person_directory GROUP BY 1"
+    )
+    assert dict((r[0], r[1]) for r in directory) == {QINGYUAN: 7, BIJIE: 2, WENZHOU: 2}
+
+
+def _sale(pos: HisClient, psn_no: str) -> dict[str, Any]:
+    return pos.drug_input(psn_no, "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES)
+
+
+async def _sell(srv: Server, region: str, psn_no: str, **kw: Any) -> dict[str, Any]:
+    pos = srv.client(PHARMACY_OF[region], region)
+    answer = await pos.ok("2102", _sale(pos, psn_no), **kw)
+    setlinfo = answer["setlinfo"]
+    assert isinstance(setlinfo, dict)
+    return setlinfo
+
+
+@pytest.mark.parametrize(
+    "region,psn_no",
+    [(BIJIE, BIJIE_WORKER), (WENZHOU, WENZHOU_RETIREE), (QINGYUAN, QINGYUAN_WORKER)],
+)
+async def test_a_sale_is_settled_in_its_insured_regions_database_with_the_same_money(
+    split: Split, single: Server, region: str, psn_no: str
+) -> None:
+    there = await _sell(split.srv, region, psn_no)
+    alone = await _sell(single, region, psn_no)
+    assert {k: there[k] for k in MONEY} == {k: alone[k] for k in MONEY}
+    where = await split.holding(
+        "SELECT count(*) FROM settlements WHERE setl_id = $1", there["setl_id"]
+    )
+    assert where == ["main" if region == QINGYUAN else f"cluster {region}"]
+    journaled = await split.holding(
+        "SELECT count(*) FROM idempotency WHERE fixmedins_code = $1", PHARMACY_OF[region]
+    )
+    assert journaled == where
+
+
+async def test_a_sale_without_the_insured_region_is_routed_by_the_directory(split: Split) -> None:
+    """A POS that leaves insuplc_admdvs empty: the person's region comes from the directory."""
+    setl = await _sell(split.srv, WENZHOU, WENZHOU_RETIREE, insuplc_admdvs="")
+    assert await split.holding(
+        "SELECT count(*) FROM settlements WHERE setl_id = $1", setl["setl_id"]
+    ) == [f"cluster {WENZHOU}"]
+
+
+async def test_1101_by_id_card_without_a_region_finds_the_person_in_their_cluster(
+    split: Split,
+) -> None:
+    his = split.srv.client("H44180000001")
+    ask = {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "330302195209093333"}}
+    out = await his.ok("1101", ask, insuplc_admdvs="")
+    assert out["baseinfo"]["psn_no"] == WENZHOU_RETIREE
+    assert out["insuinfo"][0]["insuplc_admdvs"] == WENZHOU
+
+
+async def _remote_visit(srv: Server, ipt_otp_no: str) -> dict[str, Any]:
+    """A 毕节 worker treated at a 清远 hospital: every call names the insured region 520500."""
+    his = srv.client("H44180000001")
+    remote = {"insuplc_admdvs": BIJIE}
+    begntime = "2026-07-02 09:00:00"
+    reg = await his.ok(
+        "2201",
+        {"data": {"psn_no": BIJIE_WORKER, "insutype": "310", "begntime": begntime,
+                  "mdtrt_cert_type": "01", "mdtrt_cert_no": BIJIE_WORKER,
+                  "ipt_otp_no": ipt_otp_no, "atddr_no": "D001", "dr_name": "医生",
+                  "dept_code": "K01", "dept_name": "内科", "caty": "A03"}},
+        **remote,
+    )  # fmt: skip
+    mdtrt_id = reg["data"]["mdtrt_id"]
+    rows = his.fee_rows(mdtrt_id, BIJIE_WORKER, OUTPATIENT_LINES, "2026-07-02 09:10:00", "B1")
+    await his.ok("2204", {"feedetail": rows}, **remote)
+    data = his.settle_data(
+        BIJIE_WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1"
+    )
+    out = await his.ok("2207", data, **remote)
+    setlinfo = out["setlinfo"]
+    assert isinstance(setlinfo, dict)
+    return setlinfo
+
+
+async def test_a_visit_away_from_home_commits_in_the_insured_regions_cluster(
+    split: Split, single: Server
+) -> None:
+    there = await _remote_visit(split.srv, "MZ-REMOTE-1")
+    alone = await _remote_visit(single, "MZ-REMOTE-1")
+    assert {k: there[k] for k in MONEY} == {k: alone[k] for k in MONEY}
+    for table, key, value in (
+        ("encounters", "mdtrt_id", there["mdtrt_id"]),
+        ("fee_lines", "mdtrt_id", there["mdtrt_id"]),
+        ("settlements", "setl_id", there["setl_id"]),
+    ):
+        held = await split.holding(f"SELECT count(*) FROM {table} WHERE {key} = $1", value)
+        assert held == [f"cluster {BIJIE}"], table
+
+
+async def test_a_retry_reaches_the_same_cluster_and_gets_its_stored_answer(split: Split) -> None:
+    pos = split.srv.client(PHARMACY_OF[BIJIE], BIJIE)
+    body = msgspec.json.encode(pos.envelope("2102", _sale(pos, BIJIE_WORKER)))
+    first = await pos.post_raw(body)
+    again = await pos.post_raw(body)
+    assert first[0] == again[0] == 200 and first[1] == again[1]
+    setl_id = decode(first[1])["output"]["setlinfo"]["setl_id"]
+    rows = await split.rows(
+        split.clusters[BIJIE], "SELECT count(*) FROM settlements WHERE setl_id = $1", setl_id
+    )
+    assert rows[0][0] == 1
+
+
+async def test_every_database_balances(split: Split) -> None:
+    """The checker over each database, with the institutions of the main one (a cluster holds
+    no reference data)."""
+    main = await asyncpg.connect(split.srv.dsn)
+    try:
+        rules = await checker.core_rules(main)
+    finally:
+        await main.close()
+    for name, dsn in split.everywhere().items():
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.set_type_codec(
+                "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+            )
+            assert await checker.check(conn, rules=rules) == [], name
+        finally:
+            await conn.close()
