@@ -41,6 +41,14 @@ log = logging.getLogger("gateway.catalog")
 # Builds the process's group commit from its pool and settings; None: no writers configured.
 GroupCommitFactory = Callable[[asyncpg.Pool, Settings], Batches | None]
 HELPER_THREAD_SLICE_SECONDS = 0.001
+
+
+def ledger_breaker_name(ledger: str) -> str:
+    """ "postgres" for the main database (as before the ledger could be split), else
+    "postgres:<cluster>"."""
+    return "postgres" if ledger == MAIN else f"postgres:{ledger}"
+
+
 # How long a stop waits for the ledger connections still held (a settlement's work outlives its
 # HTTP handler by up to its deadline) before closing them: past that, a stop would hang.
 POOL_CLOSE_SECONDS = 15.0
@@ -150,6 +158,12 @@ class Gateway:
             breaker = Breaker(name, cfg, on_change=_breaker_changed)
             metrics.prime_breaker(name)
             self.breakers[name] = breaker
+        # A breaker per ledger cluster, as for the main database: a cluster down takes only its
+        # regions off the normal path.
+        for cluster in self.ledgers.clusters:
+            name = ledger_breaker_name(cluster.name)
+            self.breakers[name] = Breaker(name, breakers.postgres, on_change=_breaker_changed)
+            metrics.prime_breaker(name)
         self.limiter = Limiter(config.rate_limit, redis)
         self.limiter.breaker = self.breakers["redis"]
         # Per institution: tripping writes its protective action as a plan rule.
@@ -272,6 +286,10 @@ class Gateway:
             await self.redis.publish(PLAN_CHANNEL, str(self.plan.version))
         except Exception:
             log.warning("plan change not published; other processes will poll")
+
+    def ledger_breaker(self, ledger: str) -> Breaker:
+        """The breaker of a ledger database, by its partition name."""
+        return self.breakers[ledger_breaker_name(ledger)]
 
     def breaker_states(self) -> list[dict[str, Any]]:
         """Every dependency breaker's state, and institutions whose trigger has tripped."""

@@ -29,6 +29,7 @@ from gateway.emergency.plan import store as plan_store
 from gateway.emergency.plan.rules import CLASSES, Action, Decision, TxClass
 from gateway.ledger import db, deferred, encounters, fees, persons
 from gateway.ledger.deferred import Entry
+from gateway.ledger.partitions import MAIN
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.dispatch import Detour
@@ -43,6 +44,9 @@ REJECT_MSG = (
     "医保系统按应急预案暂停办理此项业务（{why}）：请按全自费结算并保留票据，"
     "待系统恢复后按规定办理报销"
 )
+# The source of a decision made by a ledger database's breaker ("breaker:postgres" for the main
+# database, "breaker:postgres:<cluster>" for a cluster's).
+LEDGER_BREAKER = "breaker:postgres"
 LEDGER_DOWN_MSG = (
     "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
 )
@@ -65,16 +69,17 @@ def decide(
     institution: Institution,
     now: dt.datetime,
     category: str | None = None,
+    ledger: str = MAIN,
 ) -> Decision | None:
     """The action for this request: the ledger's breaker first, then the plan. `category`
     (`category_of` the request) lets scopes narrowed to a medical category apply; callers
     without a request pass none and see the plain scopes only, each saying why that is right."""
-    ledger = gw.breakers["postgres"]
-    if ledger.is_open:
+    breaker = gw.ledger_breaker(ledger)
+    if breaker.is_open:
         takes = tx.klass in (TxClass.SETTLEMENT, TxClass.ENCOUNTER)
-        action = ledger.config.plan_action if takes else Action.REJECT
+        action = breaker.config.plan_action if takes else Action.REJECT
         if action is not None:
-            return Decision(action, "global", tx.klass, "breaker:postgres", ledger.reason)
+            return Decision(action, "global", tx.klass, f"breaker:{breaker.name}", breaker.reason)
     if tx.klass not in CLASSES:
         return None
     plan = gw.plan
@@ -82,11 +87,16 @@ def decide(
 
 
 def detours(
-    gw: Gateway, tx: Transaction, req: Request, institution: Institution, now: dt.datetime
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    now: dt.datetime,
+    ledger: str = MAIN,
 ) -> Decision | None:
     """The decision when it takes this request off the normal path (dispatch then answers a
     retry from the msgid journals before `intercept` acts on it)."""
-    decision = decide(gw, tx, institution, now, category_of(gw, tx, req))
+    decision = decide(gw, tx, institution, now, category_of(gw, tx, req), ledger)
     if decision is not None and decision.action is Action.SELFPAY and not tx.admits:
         return None  # selfpay changes nothing but admissions
     if decision is not None and decision.action is Action.SHADOW:
@@ -103,7 +113,7 @@ async def intercept(
     body: bytes,
     received: dt.datetime,
 ) -> Detour | None:
-    ledger_down = decision.source == "breaker:postgres"
+    ledger_down = decision.source.startswith(LEDGER_BREAKER)
     if decision.action is Action.REJECT:
         raise RuleRejected(
             LEDGER_DOWN_MSG if ledger_down else REJECT_MSG.format(why=decision.reason)
@@ -476,9 +486,11 @@ def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
 # --------------------------------------------------------------------------------- observation
 
 
-def observe(gw: Gateway, fixmedins_code: str, ok: bool, timeout: bool, seconds: float) -> None:
-    """Feed the ledger's breaker (and the institution trigger) from every call that used it."""
-    gw.breakers["postgres"].record(ok, timeout=timeout, seconds=seconds)
+def observe(
+    gw: Gateway, fixmedins_code: str, ok: bool, timeout: bool, seconds: float, ledger: str = MAIN
+) -> None:
+    """Feed the breaker of the ledger database the call used (and the institution trigger)."""
+    gw.ledger_breaker(ledger).record(ok, timeout=timeout, seconds=seconds)
     gw.triggers.record(fixmedins_code, ok, timeout, seconds)
 
 
@@ -504,33 +516,60 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
         replay,  # replay imports the handlers, which import this module
     )
 
-    breaker = gw.breakers["postgres"]
     last_sweep = 0.0
     while True:
         await asyncio.sleep(every)
         loop_now = asyncio.get_running_loop().time()
-        try:
-            if breaker.is_open:
-                if breaker.probe_due():
-                    breaker.probe_result(await _probe(gw))
+        # Each ledger database on its own: a cluster down is probed, and drained into once it
+        # answers, while the others are swept as usual.
+        for ledger in gw.ledgers.all:
+            breaker = gw.ledger_breaker(ledger.name)
+            try:
+                if breaker.is_open and breaker.probe_due():
+                    breaker.probe_result(await _probe(ledger.pool))
                     if breaker.ready_to_close() and await _may_close(gw, breaker):
                         async with asyncio.timeout(30):
-                            await replay.drain(gw, gw.journal)
+                            await replay.drain(gw, gw.journal, _reachable(gw, ledger.name))
                         breaker.close("数据库恢复，暂存业务已转入账本")
-            elif loop_now - last_sweep >= 5.0:
-                last_sweep = loop_now
-                async with asyncio.timeout(10):
-                    # Claims appended while the previous drain ran, and segments of dead processes.
-                    if gw.journal.holds_anything or gw.journal.drainable_exists():
-                        await replay.drain(gw, gw.journal)
-                    async with db.leased(gw.pool, 2.0) as conn:
-                        waiting = await deferred.pending_claims(conn)
-                        await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC))
-                    metrics.DEFERRED_CLAIMS.set(waiting)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning(
+                    "ledger watch step failed", exc_info=True, extra={"ledger": ledger.name}
+                )
+        if loop_now - last_sweep < 5.0:
+            continue
+        last_sweep = loop_now
+        try:
+            async with asyncio.timeout(10):
+                # Claims appended while the previous drain ran, and segments of dead processes;
+                # not while a breaker is open (its closing drains what it can reach).
+                open_now = any(gw.ledger_breaker(p.name).is_open for p in gw.ledgers.all)
+                if not open_now and (gw.journal.holds_anything or gw.journal.drainable_exists()):
+                    await replay.drain(gw, gw.journal)
+                waiting = 0
+                for ledger in gw.ledgers.all:
+                    if gw.ledger_breaker(ledger.name).is_open:
+                        continue
+                    async with db.leased(ledger.pool, 2.0) as conn:
+                        waiting += await deferred.pending_claims(conn)
+                        if ledger is gw.ledgers.main:
+                            await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC))
+                metrics.DEFERRED_CLAIMS.set(waiting)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.warning("ledger watch step failed", exc_info=True)
+
+
+def _reachable(gw: Gateway, closing: str | None = None) -> Callable[[str], bool]:
+    """Whether to drain into a ledger database now: its breaker is closed, or it is the one
+    about to close (its probes answered)."""
+
+    def reachable(ledger: str) -> bool:
+        return ledger == closing or not gw.ledger_breaker(ledger).is_open
+
+    return reachable
 
 
 LEDGER_TRIGGER = "trigger:postgres"
@@ -563,9 +602,9 @@ async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
     return False
 
 
-async def _probe(gw: Gateway) -> bool:
+async def _probe(pool: asyncpg.Pool) -> bool:
     try:
-        async with asyncio.timeout(1.0), db.leased(gw.pool, 1.0) as conn:
+        async with asyncio.timeout(1.0), db.leased(pool, 1.0) as conn:
             await db.ping(conn)
         return True
     except (*db.UNAVAILABLE, asyncpg.PostgresError):

@@ -23,7 +23,7 @@ from gateway.core.model import Institution
 from gateway.emergency.breaker import loop_stalls
 from gateway.emergency.plan.rules import Decision
 from gateway.ledger import db, idempotency
-from gateway.ledger.partitions import Partition
+from gateway.ledger.partitions import MAIN, Partition
 from gateway.pipeline.grouped import Batches
 from gateway.pipeline.outcome import Outcome as Outcome
 from gateway.pipeline.outcome import Result as Result
@@ -56,7 +56,10 @@ class PlanHook:
     whatever the plan says now (docs/emergency.md, "Retries come first").
     """
 
-    decide: Callable[[Gateway, Transaction, Request, Institution, dt.datetime], Decision | None]
+    # The last argument: the ledger database holding the request's money (its breaker decides).
+    decide: Callable[
+        [Gateway, Transaction, Request, Institution, dt.datetime, str], Decision | None
+    ]
     apply: Callable[
         [Decision, Gateway, Transaction, Request, Institution, bytes, dt.datetime],
         Awaitable[Detour | None],
@@ -68,8 +71,8 @@ PLAN_HOOK: list[PlanHook] = []
 # (the rest being time the loop stood still).
 LEDGER_SHARE_OF_A_TIMEOUT = 0.9
 # Outcomes of calls that reached the ledger, for the breakers: (gw, fixmedins_code, ok, timeout,
-# seconds). Installed by gateway.emergency.hook too.
-OBSERVERS: list[Callable[[Gateway, str, bool, bool, float], None]] = []
+# seconds, the ledger database's name). Installed by gateway.emergency.hook too.
+OBSERVERS: list[Callable[[Gateway, str, bool, bool, float, str], None]] = []
 
 
 # Called with every answer made for a known transaction of a known institution (the table's
@@ -81,7 +84,9 @@ ANSWERED: list[
 ] = []
 
 
-def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) -> None:
+def _observe(
+    gw: Gateway, code: str, ok: bool, timeout: bool, started: float, ledger: str = MAIN
+) -> None:
     """Report a ledger call to the breakers, without the time the event loop stood still.
 
     A request that waited behind a blocked loop (a bug, a runaway parse) looks slow, or times out,
@@ -97,7 +102,7 @@ def _observe(gw: Gateway, code: str, ok: bool, timeout: bool, started: float) ->
         if timeout and seconds < LEDGER_SHARE_OF_A_TIMEOUT * gw.config.deadlines.call_seconds:
             return
     for observer in OBSERVERS:
-        observer(gw, code, ok, timeout, seconds)
+        observer(gw, code, ok, timeout, seconds, ledger)
 
 
 def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
@@ -135,9 +140,10 @@ async def handle(
     except GatewayError as exc:
         return Outcome(_fail(gw, received, exc), path_infno or "", Result.REJECTED)
     terminal = req.dev_no or req.opter or "-"
+    ledgers = gw.ledgers
+    ledger = ledgers.main
     try:
         tx, institution = await _admit(gw, req, terminal, authenticated)
-        ledgers = gw.ledgers
         ledger = (
             await ledgers.of_request(req, gw.config.deadlines.call_seconds)
             if ledgers.split
@@ -154,7 +160,7 @@ async def handle(
                 outcome = await _read(gw, run, req, institution, received, mode, ledger)
         outcome.terminal = terminal
     except Exception as exc:
-        return _failed(gw, req, terminal, exc, received, received_clock)
+        return _failed(gw, req, terminal, exc, received, received_clock, ledger.name)
     for answered in ANSWERED:
         try:
             answered(gw, tx, req, institution, body, outcome, received)
@@ -198,7 +204,7 @@ async def _plan(
     normal path is first looked up in the msgid journals: a retry gets its first answer."""
     mode = Mode.NORMAL
     for hook in PLAN_HOOK:
-        decision = hook.decide(gw, tx, req, institution, received)
+        decision = hook.decide(gw, tx, req, institution, received, ledger.name)
         if decision is None:
             continue
         if tx.writes:
@@ -249,7 +255,7 @@ async def _write(
     if outcome is None:
         async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
             outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode, ledger)
-    _observe(gw, code, True, False, started)
+    _observe(gw, code, True, False, started, ledger.name)
     if mode is Mode.DEFERRED and outcome.outcome is Result.OK:
         outcome.outcome = Result.DEFERRED
     return outcome
@@ -275,7 +281,7 @@ async def _read(
         db.leased(ledger.pool, deadline) as conn,
     ):
         answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
-    _observe(gw, code, True, False, started)
+    _observe(gw, code, True, False, started, ledger.name)
     if answer.raw is not None:
         return Outcome(
             answer.raw,
@@ -298,6 +304,7 @@ def _failed(
     exc: Exception,
     received: dt.datetime,
     received_clock: float,
+    ledger: str,
 ) -> Outcome:
     """Every failure in its envelope: a refusal as the clerk's message, busy as busy, a
     dependency's failure as "unavailable, retry the same msgid", a bug as an internal error
@@ -318,7 +325,7 @@ def _failed(
         )
     if isinstance(exc, db.UNAVAILABLE):
         log.error("dependency failure", exc_info=exc, extra=labels)
-        _observe(gw, code, False, isinstance(exc, TimeoutError), received_clock)
+        _observe(gw, code, False, isinstance(exc, TimeoutError), received_clock, ledger)
         down = Unavailable("医保结算服务暂时不可用，请稍后重试；如持续失败请按应急预案处理")
         return Outcome(
             _fail(gw, received, down),
@@ -354,7 +361,7 @@ async def _earlier_answer(
         return Outcome(
             idempotency.replay(stored, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
         )
-    breaker = gw.breakers["postgres"]
+    breaker = gw.ledger_breaker(ledger.name)
     loop = asyncio.get_running_loop()
     if not breaker.is_open:
         budget = gw.config.deadlines.call_seconds

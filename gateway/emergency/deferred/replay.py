@@ -23,6 +23,7 @@ from adapters.national import deferral
 from gateway.app.runtime import Gateway
 from gateway.emergency.deferred.journal import Journal, read_segment
 from gateway.ledger import deferred, fees, idempotency, settlements
+from gateway.ledger.partitions import Partition
 from gateway.protocol.errors import Conflict, GatewayError, NotFound
 from gateway.protocol.transaction import TRANSACTIONS, Call, Mode
 
@@ -34,29 +35,47 @@ _exact = msgspec.json.Decoder(float_hook=str)
 # ------------------------------------------------------------------------------------ draining
 
 
-async def drain(gw: Gateway, journal: Journal) -> int:
+async def drain(
+    gw: Gateway, journal: Journal, reachable: Callable[[str], bool] | None = None
+) -> int:
     """Move every segment no running process holds into the ledger; returns entries moved.
 
-    The process's own segment is rotated first so that it is drained too. Inserting is keyed by
-    (institution, msgid): a segment drained twice adds nothing twice.
+    The process's own segment is rotated first so that it is drained too. Each entry goes to the
+    ledger database of its request's region (gateway.ledger.partitions); those of a database
+    `reachable` says no to (its breaker open) stay, and so does their segment, whose other entries
+    are then inserted again next time. Inserting is keyed by (institution, msgid): a segment
+    drained twice adds nothing twice.
     """
     await journal.rotate()
     moved = 0
     for path, handle in journal.drainable():
         try:
             entries = list(read_segment(path))
-            async with gw.pool.acquire() as conn, conn.transaction():
-                for e in entries:
-                    moved += await _drain_one(conn, e)
-            path.unlink()
-            _fsync_dir(path.parent)
-            journal.forget(entries)
+            by_ledger: dict[str, tuple[Partition, list[deferred.Entry]]] = {}
+            for e in entries:
+                ledger = await gw.ledgers.of_request(deferral.request_of(e.body), LOOKUP_SECONDS)
+                by_ledger.setdefault(ledger.name, (ledger, []))[1].append(e)
+            whole = True
+            for name, (ledger, mine) in by_ledger.items():
+                if reachable is not None and not reachable(name):
+                    whole = False
+                    continue
+                async with ledger.pool.acquire() as conn, conn.transaction():
+                    for e in mine:
+                        moved += await _drain_one(conn, e)
+            if whole:
+                path.unlink()
+                _fsync_dir(path.parent)
+                journal.forget(entries)
         finally:
             handle.close()
     if moved:
         log.warning("journal drained into the ledger", extra={"entries": moved})
         await apply_calls(gw)
     return moved
+
+
+LOOKUP_SECONDS = 5.0  # a person-directory look-up for an entry without its region
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -115,9 +134,18 @@ async def _run(
 
 
 async def apply_calls(gw: Gateway) -> tuple[int, int]:
-    """Apply pending journaled encounter calls in the order received; (applied, failed)."""
+    """Apply pending journaled encounter calls in the order received, in every ledger database;
+    (applied, failed)."""
     applied = failed = 0
-    async with gw.pool.acquire() as conn:
+    for ledger in gw.ledgers.all:
+        done, refused = await _apply_calls(gw, ledger.pool)
+        applied, failed = applied + done, failed + refused
+    return applied, failed
+
+
+async def _apply_calls(gw: Gateway, pool: asyncpg.Pool) -> tuple[int, int]:
+    applied = failed = 0
+    async with pool.acquire() as conn:
         unfixed = await _unfixed(conn)
         while True:
             async with conn.transaction():
@@ -194,9 +222,23 @@ async def replay(gw: Gateway, on_progress: Callable[[Progress], None] | None = N
 
 
 async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | None) -> Progress:
+    """Every ledger database's claims, one database after the other (no claim spans two)."""
     progress = Progress()
-    async with gw.pool.acquire() as conn:
-        progress.total = await deferred.pending_claims(conn)
+    for ledger in gw.ledgers.all:
+        async with ledger.pool.acquire() as conn:
+            progress.total += await deferred.pending_claims(conn)
+    for ledger in gw.ledgers.all:
+        await _replay_claims_in(gw, ledger.pool, progress, on_progress)
+    return progress
+
+
+async def _replay_claims_in(
+    gw: Gateway,
+    pool: asyncpg.Pool,
+    progress: Progress,
+    on_progress: Callable[[Progress], None] | None,
+) -> None:
+    async with pool.acquire() as conn:
         while True:
             async with conn.transaction():
                 row = await deferred.next_pending(conn, "claim", "service_date, seq")
@@ -222,4 +264,3 @@ async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | 
                     )
             if on_progress is not None:
                 on_progress(progress)
-    return progress
