@@ -272,6 +272,9 @@ async def synthesize(
             ],
         )
         await conn.copy_records_to_table("accounts", records=[(p, balance_fen) for p in rows])
+        await conn.copy_records_to_table(
+            "person_directory", records=[(p, p, p, region) for p in rows]
+        )
     return len(rows)
 
 
