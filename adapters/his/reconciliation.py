@@ -3,6 +3,7 @@ requests of gateway.services.reconciliation."""
 
 from __future__ import annotations
 
+import asyncpg
 import msgspec
 
 from adapters.national.envelope import Amount, Code, decode_input, text
@@ -82,6 +83,13 @@ def _period(d: StmtTotal) -> reconciliation.StatementPeriod:
     )
 
 
+def _others(call: Call) -> list[asyncpg.Pool]:
+    """The ledger clusters, besides the main database this call runs in (dispatch keeps
+    reconciliations there; none unless the ledger is split by region): an institution's
+    settlements of patients insured in a cluster's regions are in that cluster."""
+    return [p.pool for p in call.gw.ledgers.clusters]
+
+
 @register("3201", "医药机构费用结算对总账", writes=True, klass=TxClass.RECONCILE, input=In3201)
 async def statement_total(call: Call) -> Answer:
     d = decode_input(call.req, In3201).data
@@ -97,7 +105,9 @@ async def statement_total(call: Call) -> Answer:
         fund_pay_sumamt=fen_required(d.fund_pay_sumamt, "data.fund_pay_sumamt", signed=True),
         acct_pay=fen_required(d.acct_pay, "data.acct_pay", signed=True),
     )
-    stmt = await reconciliation.statement_total(call.conn, Origin.of(call.req), p, declared)
+    stmt = await reconciliation.statement_total(
+        call.conn, Origin.of(call.req), p, declared, _others(call)
+    )
     return Answer(
         {
             "stmtinfo": {
@@ -146,7 +156,12 @@ async def statement_detail(call: Call) -> Answer:
     p = _period(d)
     file_no = required(d.file_qury_no, "data.file_qury_no")
     compared = await reconciliation.compare_detail(
-        call.conn, call.req.fixmedins_code, call.gw.config.reconcile_files, p, file_no
+        call.conn,
+        call.req.fixmedins_code,
+        call.gw.config.reconcile_files,
+        p,
+        file_no,
+        _others(call),
     )
     # The totals are read once the file is compared: a request wrong in both names the file.
     declared = reconciliation.StatementTotals(
@@ -156,7 +171,7 @@ async def statement_detail(call: Call) -> Answer:
         cash_payamt=fen_required(d.cash_payamt, "data.cash_payamt", signed=True),
     )
     stmt, result = await reconciliation.conclude_detail(
-        call.conn, Origin.of(call.req), call.now, compared, declared
+        call.conn, Origin.of(call.req), call.now, compared, declared, _others(call)
     )
     return Answer({"fileinfo": _stored(result)}, mismatch=not stmt.balanced)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 import msgspec
 
 from gateway.core.money import fen_text
+from gateway.ledger import db
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,37 @@ def _where(p: Period) -> tuple[str, list[object]]:
         " AND d.setl_id = settlements.setl_id)"
     )
     return " AND ".join(where), args
+
+
+async def centre_totals_everywhere(
+    conn: asyncpg.Connection, p: Period, others: Sequence[asyncpg.Pool], wait: float
+) -> Totals:
+    """`centre_totals` over the caller's database and every other ledger database (the ledger
+    split by region, gateway.ledger.partitions: an institution's patients of other regions are
+    settled there)."""
+    found = [await centre_totals(conn, p)]
+    for pool in others:
+        async with db.leased(pool, wait) as other:
+            found.append(await centre_totals(other, p))
+    return Totals(
+        count=sum(t.count for t in found),
+        medfee_sumamt=sum(t.medfee_sumamt for t in found),
+        fund_pay_sumamt=sum(t.fund_pay_sumamt for t in found),
+        acct_pay=sum(t.acct_pay for t in found),
+        cash_payamt=sum(t.cash_payamt for t in found),
+    )
+
+
+async def centre_rows_everywhere(
+    conn: asyncpg.Connection, p: Period, others: Sequence[asyncpg.Pool], wait: float
+) -> list[CentreRow]:
+    """`centre_rows` over every ledger database: the caller's first, then each other's, each in
+    settlement order."""
+    rows = await centre_rows(conn, p)
+    for pool in others:
+        async with db.leased(pool, wait) as other:
+            rows += await centre_rows(other, p)
+    return rows
 
 
 async def centre_totals(conn: asyncpg.Connection, p: Period) -> Totals:

@@ -21,7 +21,7 @@ from adapters.national.envelope import Request, decode_request, encode_response,
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
 from gateway.emergency.breaker import loop_stalls
-from gateway.emergency.plan.rules import Decision
+from gateway.emergency.plan.rules import Decision, TxClass
 from gateway.ledger import db, idempotency
 from gateway.ledger.partitions import MAIN, Partition
 from gateway.pipeline.grouped import Batches
@@ -144,11 +144,10 @@ async def handle(
     ledger = ledgers.main
     try:
         tx, institution = await _admit(gw, req, terminal, authenticated)
-        ledger = (
-            await ledgers.of_request(req, gw.config.deadlines.call_seconds)
-            if ledgers.split
-            else ledgers.main
-        )
+        # Catalog and reconciliation work is the institution's, kept in the main database (a
+        # reconciliation reads the other databases itself); the rest is a person's money.
+        if ledgers.split and tx.klass not in (TxClass.CATALOG, TxClass.RECONCILE):
+            ledger = await ledgers.of_request(req, gw.config.deadlines.call_seconds)
         routed = await _plan(gw, tx, req, institution, body, received, ledger)
         if isinstance(routed, Outcome):
             outcome = routed

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import asyncpg
 import msgspec
@@ -17,6 +18,9 @@ from gateway.protocol.errors import NotFound
 from gateway.protocol.origin import Origin
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
+# How long a reconciliation waits for a connection to another ledger database (the request's
+# own deadline bounds the whole).
+OTHERS_WAIT = 5.0
 
 
 class StatementPeriod(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -81,9 +85,14 @@ def _period(fixmedins_code: str, p: StatementPeriod) -> reconciliations.Period:
 
 
 async def statement_total(
-    conn: asyncpg.Connection, origin: Origin, p: StatementPeriod, declared: StatementTotals
+    conn: asyncpg.Connection,
+    origin: Origin,
+    p: StatementPeriod,
+    declared: StatementTotals,
+    others: Sequence[asyncpg.Pool] = (),
 ) -> Statement:
-    """3201: the declared totals against the ledger's, recorded."""
+    """3201: the declared totals against the ledger's, recorded. `others`: the ledger databases
+    besides the caller's, when the ledger is split by region (their settlements count too)."""
     period = _period(origin.fixmedins_code, p)
     totals = reconciliations.Totals(
         count=declared.fixmedins_setl_cnt,
@@ -92,7 +101,7 @@ async def statement_total(
         acct_pay=declared.acct_pay,
         cash_payamt=0,
     )
-    centre = await reconciliations.centre_totals(conn, period)
+    centre = await reconciliations.centre_totals_everywhere(conn, period, others, OTHERS_WAIT)
     rslt, dscr = reconcile.compare_totals(totals, centre)
     await reconciliations.record(conn, period, origin.infno, rslt, dscr, totals, centre)
     return Statement(stmt_rslt=rslt, stmt_rslt_dscr=dscr)
@@ -104,13 +113,15 @@ async def compare_detail(
     limits: FileLimits,
     p: StatementPeriod,
     file_qury_no: str,
+    others: Sequence[asyncpg.Pool] = (),
 ) -> DetailCompared:
-    """3202, first: the uploaded detail file (9101) against the ledger's settlements."""
+    """3202, first: the uploaded detail file (9101) against the ledger's settlements (those of
+    `others` too, as for 3201)."""
     found = await exchange_files.load_file(conn, fixmedins_code, file_qury_no)
     if found is None:
         raise NotFound(f"文件查询号{file_qury_no}不存在或不属于本机构，请先上传明细文件（9101）")
     period = _period(fixmedins_code, p)
-    centre_rows = await reconciliations.centre_rows(conn, period)
+    centre_rows = await reconciliations.centre_rows_everywhere(conn, period, others, OTHERS_WAIT)
     filename = f"{fixmedins_code}_{period.begndate:%Y%m%d}_{period.enddate:%Y%m%d}_result.zip"
     # Files stored before uploads were bounded are read under the same bounds, off the loop.
     rows, result = await reconcile.off_loop(
@@ -126,6 +137,7 @@ async def conclude_detail(
     now: dt.datetime,
     compared: DetailCompared,
     declared: StatementTotals,
+    others: Sequence[asyncpg.Pool] = (),
 ) -> tuple[Statement, StoredFile]:
     """3202, then: the declared totals against the ledger's (balanced only if every settlement
     is too), recorded; the result zip kept for download."""
@@ -137,7 +149,7 @@ async def conclude_detail(
         acct_pay=0,
         cash_payamt=declared.cash_payamt,
     )
-    centre = await reconciliations.centre_totals(conn, period)
+    centre = await reconciliations.centre_totals_everywhere(conn, period, others, OTHERS_WAIT)
     rslt, dscr = reconcile.compare_totals(totals, centre, with_cash=True)
     if rslt == reconcile.BALANCED and compared.mismatched:
         rslt, dscr = reconcile.INCONSISTENT, f"总额一致但有{compared.mismatched}笔明细不一致"

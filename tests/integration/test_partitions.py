@@ -9,6 +9,7 @@ and nowhere else.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pytest
 from msgspec.structs import replace
 
 from gateway.app.config import LedgerCluster
+from gateway.jobs.reconcile import BALANCED
 from gateway.ledger import checker
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import (
@@ -222,3 +224,55 @@ async def test_every_database_balances(split: Split) -> None:
             assert await checker.check(conn, rules=rules) == [], name
         finally:
             await conn.close()
+
+
+async def _local_visit(srv: Server, ipt_otp_no: str) -> None:
+    his = srv.client("H44180000001")
+    begntime = "2026-07-02 10:00:00"
+    mdtrt_id = await his.register(QINGYUAN_WORKER, "310", begntime, ipt_otp_no)
+    rows = his.fee_rows(mdtrt_id, QINGYUAN_WORKER, OUTPATIENT_LINES, begntime, "B1")
+    await his.ok("2204", {"feedetail": rows})
+    data = his.settle_data(
+        QINGYUAN_WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1"
+    )
+    await his.ok("2207", data)
+
+
+_TODAYS = (
+    "SELECT clr_optins, count(*), coalesce(sum(medfee_sumamt), 0), coalesce(sum(fund_pay_sumamt), 0),"
+    " coalesce(sum(acct_pay), 0) FROM settlements WHERE fixmedins_code = 'H44180000001'"
+    " AND insutype = '310' AND clr_type = '11' AND status = 'settled'"
+    " AND setl_time >= current_date GROUP BY clr_optins"
+)
+
+
+def _yuan(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+async def test_3201_counts_the_institutions_settlements_in_every_database(
+    split: Split, single: Server
+) -> None:
+    """An institution reconciles everything it settled, whichever database holds each patient's
+    money: the split gateway's answer is the single one's."""
+    for srv in (split.srv, single):
+        await _remote_visit(srv, "MZ-REMOTE-3201")
+        await _local_visit(srv, "MZ-LOCAL-3201")
+    totals: dict[str, list[int]] = {}
+    holding: set[str] = set()
+    for name, dsn in split.everywhere().items():
+        for r in await split.rows(dsn, _TODAYS):
+            holding.add(name)
+            sums = totals.setdefault(r[0], [0, 0, 0, 0])
+            for i in range(4):
+                sums[i] += int(r[i + 1])
+    assert len(holding) >= 2, holding  # the institution's settlements are in two databases
+    today = dt.date.today().isoformat()
+    for optins, (count, medfee, fund, acct) in totals.items():
+        stmt = {"data": {"insutype": "310", "clr_type": "11", "setl_optins": optins,
+                         "stmt_begndate": today, "stmt_enddate": today,
+                         "medfee_sumamt": _yuan(medfee), "fund_pay_sumamt": _yuan(fund),
+                         "acct_pay": _yuan(acct), "fixmedins_setl_cnt": str(count)}}  # fmt: skip
+        for srv in (split.srv, single):
+            out = await srv.client("H44180000001").ok("3201", stmt)
+            assert out["stmtinfo"]["stmt_rslt"] == BALANCED, (optins, out)
