@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import asyncpg
 import uvloop
 
 from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli
@@ -35,7 +36,7 @@ from gateway.app.server import serve as serve_app
 from gateway.core.money import fen_text
 from gateway.emergency.console import commands as console_commands
 from gateway.jobs import clearing, corrections
-from gateway.ledger import db, idempotency, reference_store
+from gateway.ledger import db, idempotency, partitions, reference_store
 from gateway.ops import logs
 
 
@@ -117,19 +118,31 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _synth(url: str, persons: int, region: str) -> int:
+async def _synth(url: str, persons: int, region: str, config_path: Path) -> int:
     pool = await db.create_pool(url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn)
-            return await reference_store.synthesize(conn, persons, region)
+            added = await reference_store.synthesize(conn, persons, region)
+            # A region of a ledger cluster: its persons go there (the directory stays here).
+            for cluster in load_config(config_path).ledger_clusters:
+                if region in cluster.regions:
+                    other = await asyncpg.connect(cluster.dsn)
+                    try:
+                        await db.migrate(other)
+                        await partitions.place_persons(conn, other, [region])
+                    finally:
+                        await other.close()
+            return added
     finally:
         await pool.close()
 
 
 def synth(args: argparse.Namespace) -> int:
     """demo synth: add synthetic insured employees so load spreads over many people."""
-    added = asyncio.run(_synth(database_url(args), args.persons, args.region))
+    added = asyncio.run(
+        _synth(database_url(args), args.persons, args.region, Path(args.config))
+    )
     print(f"added {added} synthetic persons in region {args.region}")
     return 0
 
@@ -287,6 +300,9 @@ def parser() -> argparse.ArgumentParser:
     ds = dsub.add_parser("synth", help="add N synthetic employees (psn_no S<region><12 digits>)")
     ds.add_argument("--persons", type=int, required=True)
     ds.add_argument("--region", default="441800")
+    ds.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="gateway.toml: its [[ledger_clusters]]"
+    )
     add_database(ds)
     ds.set_defaults(func=synth)
     dc = dsub.add_parser(

@@ -71,6 +71,9 @@ async def prepare_database(settings: Settings) -> None:
             await db.migrate(conn)
             if settings.load_demo_if_empty and await reference_store.is_empty(conn):
                 await reference_store.load(conn, load_reference(settings.reference_dir))
+            # Nodes starting together place persons one at a time (the lock is the main
+            # database's, held by this session until it closes).
+            await conn.execute("SELECT pg_advisory_lock($1)", partitions.PLACING_LOCK)
             for cluster in settings.config.ledger_clusters:
                 other = await asyncpg.connect(cluster.dsn)
                 try:
@@ -78,6 +81,7 @@ async def prepare_database(settings: Settings) -> None:
                     await partitions.place_persons(conn, other, cluster.regions)
                 finally:
                     await other.close()
+            await conn.execute("SELECT pg_advisory_unlock($1)", partitions.PLACING_LOCK)
     finally:
         await pool.close()
 
@@ -332,7 +336,7 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the ledger answers and a catalog snapshot is loaded."""
+    """Ready when the main database answers and a catalog snapshot is loaded."""
     gw = request.app[GATEWAY]
     checks: dict[str, object] = {"catalog_version": gw.snapshot.version}
     ok = True
@@ -345,6 +349,12 @@ async def readyz(request: web.Request) -> web.Response:
         ok = False
         checks["database"] = f"unreachable: {type(exc).__name__}"
     checks["redis"] = await gw.limiter.redis_status()
+    if gw.ledgers.split:
+        # Each cluster's breaker, for the duty team: a cluster down defers its regions only, so
+        # the node stays ready for every other region.
+        checks["ledger_clusters"] = {
+            c.name: gw.ledger_breaker(c.name).state for c in gw.ledgers.clusters
+        }
     checks["status"] = "ok" if ok else "unavailable"
     return web.json_response(checks, status=200 if ok else 503)
 

@@ -30,6 +30,8 @@ from gateway.app.config import LedgerCluster
 from gateway.ledger import db
 
 MAIN = "main"
+# The main database's advisory lock held while persons are placed into their clusters.
+PLACING_LOCK = 0x5E7717
 
 
 @dataclass(frozen=True, slots=True)

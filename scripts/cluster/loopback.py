@@ -1,19 +1,24 @@
-"""The loopback cluster: the production shape of one ledger region group on one machine.
+"""The loopback cluster: the production shape of a gateway over a ledger split by region.
 
     python scripts/cluster/loopback.py up       # `make cluster`: start everything, print where
     python scripts/cluster/loopback.py status   # members, roles, endpoints (JSON)
     python scripts/cluster/loopback.py primary  # the Patroni member that is the primary now
     python scripts/cluster/loopback.py kill pg1 # kill -9 a member (Patroni and its PostgreSQL),
+                                                # a plain ledger server (pg-bijie, pg-wenzhou),
                                                 # a gateway node (gw1, gw2) or a Redis
                                                 # (redis-master, redis-replica): failover drills
-    python scripts/cluster/loopback.py start pg1  # bring a killed member back (it rejoins)
+    python scripts/cluster/loopback.py start pg1  # bring a killed member or server back
     python scripts/cluster/loopback.py down     # `make cluster-down`: stop all, remove the data
 
 What `up` starts, each on a free port of 127.0.0.1, with its data and logs under one temporary
-directory: etcd; three Patroni members over PostgreSQL 15 (synchronous_mode_strict); HAProxy with
-a read-write listener checked on Patroni's /primary and a gateway listener checked on /readyz;
-Redis, its replica and a Sentinel; the demo data set loaded once; two gateway nodes whose ledger
-DSN is HAProxy's read-write listener and whose Redis is the master Sentinel names.
+directory: etcd; three Patroni members over PostgreSQL 15 (synchronous_mode_strict), the ledger
+cluster of region 441800 (清远); two plain PostgreSQL servers, the ledger clusters of 520500
+(毕节) and 330300 (温州); a plain PostgreSQL server for the main database (reference data, plan,
+person directory); HAProxy with a read-write listener checked on Patroni's /primary and a gateway
+listener checked on /readyz; Redis, its replica and a Sentinel; the demo data set loaded once; two
+gateway nodes whose main database is the plain server, whose [[ledger_clusters]] are the three
+clusters (441800's through HAProxy's read-write listener), and whose Redis is the master
+Sentinel names.
 
 Servers run as the `postgres` user when this runs as root (PostgreSQL refuses root; the others
 need no privilege either); gateway nodes run as the caller. The servers are started as that user
@@ -54,6 +59,11 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SCOPE = "ledger-a"  # the Patroni cluster of the one region group run here
 MASTER_NAME = "gateway"  # the Redis master's name in Sentinel
 MEMBERS = ("pg1", "pg2", "pg3")
+# Plain PostgreSQL servers: the main database, and a ledger cluster each for two region groups.
+MAIN_SERVER = "pg-main"
+PLAIN_CLUSTERS = {"pg-bijie": ("bijie", ("520500",)), "pg-wenzhou": ("wenzhou", ("330300",))}
+PLAIN = (MAIN_SERVER, *PLAIN_CLUSTERS)
+PATRONI_CLUSTER = ("qingyuan", ("441800",))  # the Patroni cluster's name and regions
 GATEWAYS = ("gw1", "gw2")
 REDISES = ("redis-master", "redis-replica")
 DATABASE = "gateway"
@@ -260,6 +270,8 @@ class Cluster:
             master = self.postmaster(name)
             if master is not None:
                 pids += [master, *_children(master)]
+        elif name in PLAIN and pid is not None:
+            pids += _children(pid)  # the backends die with their server
         for p in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
@@ -350,12 +362,30 @@ class Cluster:
         config = self.base / f"{member}.yml"
         self.spawn(member, ["patroni", str(config)], as_server=True, mark=str(config))
 
+    def start_plain(self, server: str) -> None:
+        """A plain PostgreSQL server (no Patroni), initialised on its first start."""
+        data = self.base / "pg" / server
+        if not data.exists():
+            user = _server_user()
+            subprocess.run(
+                [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                 "-E", "UTF8", "--no-sync"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+                extra_groups=[] if user else None,
+            )  # fmt: skip
+        argv = [
+            str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.ports[server]),
+            "-k", str(self.base / "sock"), "-c", "listen_addresses=127.0.0.1",
+        ]  # fmt: skip
+        self.spawn(server, argv, as_server=True, mark=str(data))
+
     def start_gateway(self, node: str) -> None:
         port = self.ports[node]
         config = self.base / "gateway-node.toml"
         argv = [
             sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--database-url", self.data["dsn"], "--config", str(config),
+            "--database-url", self.data["main_dsn"], "--config", str(config),
         ]  # fmt: skip
         self.spawn(node, argv, as_server=False, mark=str(config))
 
@@ -367,6 +397,8 @@ class Cluster:
         return {
             "base": str(self.base),
             "state": str(self.state_path),
+            "main_dsn": self.data["main_dsn"],
+            "clusters": self.data["clusters"],
             "dsn": self.data["dsn"],
             "multi_host_dsn": self.data["multi_host_dsn"],
             "gateway": f"http://127.0.0.1:{ports['haproxy_gateway']}",
@@ -388,6 +420,7 @@ class Cluster:
 PORT_NAMES = (
     "etcd_client", "etcd_peer",
     *(f"{m}_{kind}" for m in MEMBERS for kind in ("pg", "api")),
+    *PLAIN,
     "haproxy_rw", "haproxy_gateway", "haproxy_stats",
     "redis_master", "redis_replica", "sentinel",
     *GATEWAYS,
@@ -416,9 +449,26 @@ def up(state_path: Path, node_settings: Path | None) -> Cluster:
             "base": str(base),
             "ports": ports,
             "processes": {},
+            # The Patroni cluster's ledger (region 441800), through HAProxy's read-write listener.
             "dsn": f"postgresql://postgres@127.0.0.1:{rw}/{DATABASE}",
             "multi_host_dsn": f"postgresql://postgres@{hosts}/{DATABASE}"
             "?target_session_attrs=read-write",
+            # The main database (what the gateway nodes' --database-url names).
+            "main_dsn": f"postgresql://postgres@127.0.0.1:{ports[MAIN_SERVER]}/{DATABASE}",
+            # Every ledger cluster by name: its DSN and regions.
+            "clusters": {
+                PATRONI_CLUSTER[0]: {
+                    "dsn": f"postgresql://postgres@127.0.0.1:{rw}/{DATABASE}",
+                    "regions": list(PATRONI_CLUSTER[1]),
+                },
+                **{
+                    name: {
+                        "dsn": f"postgresql://postgres@127.0.0.1:{ports[server]}/{DATABASE}",
+                        "regions": list(regions),
+                    }
+                    for server, (name, regions) in PLAIN_CLUSTERS.items()
+                },
+            },
         },
     )
     cluster.save()
@@ -488,6 +538,10 @@ def _start_all(cluster: Cluster, node_settings: Path | None) -> None:
         running = all(m.get("state") in ("running", "streaming") for m in members)
         return len(members) == 3 and running and roles.count("sync_standby") >= 1
 
+    # The plain servers start while Patroni elects and clones.
+    for server in PLAIN:
+        cluster.start_plain(server)
+
     wait_for(
         "the Patroni cluster (a primary and a synchronous standby)", replicated, 180, base / "log"
     )
@@ -544,15 +598,18 @@ def _start_all(cluster: Cluster, node_settings: Path | None) -> None:
 
     wait_for("HAProxy's read-write listener on the primary alone", routed, 30, config)
 
-    # The ledger database, through HAProxy once it routes to the primary; then the schema and
-    # the demo data set, once (`make run` does the same on an empty database).
-    asyncio.run(_create_database(ports["haproxy_rw"]))
+    # The ledger databases (441800's through HAProxy once it routes to the primary) and the
+    # main one; then the schema and the demo data set into the main database, once (`make run`
+    # does the same on an empty database). The nodes move each cluster's persons into it.
+    for port in (ports["haproxy_rw"], *(ports[s] for s in PLAIN)):
+        asyncio.run(_create_database(port))
     subprocess.run(
-        [sys.executable, "-m", "gateway", "demo", "load", "--database-url", cluster.data["dsn"]],
+        [sys.executable, "-m", "gateway", "demo", "load", "--database-url",
+         cluster.data["main_dsn"]],
         check=True,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     node = render(
         "gateway-node.toml",
         base / "gateway-node.toml",
@@ -560,6 +617,13 @@ def _start_all(cluster: Cluster, node_settings: Path | None) -> None:
         sentinel_port=ports["sentinel"],
         master_name=MASTER_NAME,
     )
+    with node.open("a", encoding="utf-8") as f:
+        for name, entry in cluster.data["clusters"].items():
+            regions = ", ".join(f'"{r}"' for r in entry["regions"])
+            f.write(
+                f'\n[[ledger_clusters]]\nname = "{name}"\ndsn = "{entry["dsn"]}"\n'
+                f"regions = [{regions}]\n"
+            )
     if node_settings is not None:
         with node.open("a", encoding="utf-8") as f:
             f.write("\n" + node_settings.read_text(encoding="utf-8"))
@@ -584,9 +648,7 @@ async def _create_database(rw_port: int) -> None:
             break
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             if time.monotonic() > deadline:
-                raise ClusterError(
-                    "HAProxy's read-write listener never reached the primary"
-                ) from None
+                raise ClusterError(f"no PostgreSQL answered on port {rw_port}") from None
             await asyncio.sleep(0.5)
     try:
         await conn.execute(f"CREATE DATABASE {DATABASE}")
@@ -602,7 +664,8 @@ def down(state_path: Path) -> None:
     if not state_path.exists():
         return
     cluster = Cluster.load(state_path)
-    order = [*GATEWAYS, "haproxy", *MEMBERS, "sentinel", "redis-replica", "redis-master", "etcd"]
+    order = [*GATEWAYS, "haproxy", *MEMBERS, *PLAIN, "sentinel", "redis-replica", "redis-master",
+             "etcd"]  # fmt: skip
     names = [n for n in order if n in cluster.data["processes"]]
     names += [n for n in cluster.data["processes"] if n not in names]
     for name in names:
@@ -636,9 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser(
         "kill", help="kill -9 a member (pg1..pg3), a gateway node (gw1, gw2) or a Redis"
     )
-    k.add_argument("name", choices=[*MEMBERS, *GATEWAYS, *REDISES])
-    s = sub.add_parser("start", help="start a stopped member or gateway node again")
-    s.add_argument("name", choices=[*MEMBERS, *GATEWAYS])
+    k.add_argument("name", choices=[*MEMBERS, *PLAIN, *GATEWAYS, *REDISES])
+    s = sub.add_parser("start", help="start a stopped member, server or gateway node again")
+    s.add_argument("name", choices=[*MEMBERS, *PLAIN, *GATEWAYS])
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -662,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ClusterError(f"{args.name} is running")
             if args.name in MEMBERS:
                 cluster.start_member(args.name)
+            elif args.name in PLAIN:
+                cluster.start_plain(args.name)
             else:
                 cluster.start_gateway(args.name)
     except ClusterError as exc:

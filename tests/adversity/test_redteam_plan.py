@@ -33,6 +33,7 @@ from gateway.app.runtime import Gateway
 from gateway.app.server import GATEWAY, build_app
 from gateway.emergency.breaker import BreakerConfig
 from gateway.emergency.deferred import replay
+from gateway.ledger.partitions import MAIN
 from gateway.pipeline.ledger_shares import SHARE_BUSY
 from tests.integration import conftest
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -410,7 +411,7 @@ async def test_settlements_of_a_locked_visit_leave_group_commit_writers(rig: Rig
     """The group commit's path: one institution's settlements stuck behind a locked visit
     occupy its share of the writers, and another institution's sales are still committed."""
     his = rig.srv.client(LOCKED)
-    group = rig.gw.group
+    group = rig.gw.groups.get(MAIN)
     assert group is not None
     batches = tuple(f"B{n}" for n in range(1, group.writers + 2))
     mdtrt_id = await _visit(his, WORKER, "MZ-RT-GC", batches)

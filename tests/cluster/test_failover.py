@@ -1,5 +1,12 @@
 """The loopback cluster (`make cluster`) under load: the Patroni primary and then a gateway node
-killed with -9, and nothing acknowledged lost or doubled.
+killed with -9, and nothing acknowledged lost or doubled; then another region's ledger server
+killed, and only that region deferred.
+
+The ledger is split by region: 441800's in the Patroni cluster, 520500's and 330300's each in a
+plain PostgreSQL server, reference data and the person directory in a main database of its own.
+Each region's persons are in its cluster alone, and a 520500 worker treated at a 441800 hospital
+is settled in 520500's cluster. Pharmacies of 520500 and 330300 sell throughout the Patroni
+failover: none of their sales is deferred, and their p99 is reported.
 
 Pharmacy tills send durable 2102s through HAProxy to both gateway nodes, each msgid retried
 (same msgid, as a till does) until it is answered with infcode 0. The Redis master dies first:
@@ -44,7 +51,14 @@ from redis.asyncio import Redis
 
 from gateway.ledger import checker, db
 from gateway.ops.keys import PLAN_CHANNEL
-from tests.integration.emergency_helpers import cli, until
+from tests.integration.emergency_helpers import (
+    DRUG_LINES,
+    DRUG_TOTAL,
+    OUTPATIENT_LINES,
+    OUTPATIENT_TOTAL,
+    cli,
+    until,
+)
 from tests.integration.his_client import HisClient, decode
 from tests.ops.test_dashboard import PATRONI_METRICS
 
@@ -77,6 +91,8 @@ pytestmark = [
 ]
 
 PHARMACY = "P44180000001"
+# The breaker of the Patroni cluster's ledger (region 441800) on each node.
+LEDGER_BREAKER = 'sgw_breaker_state{dependency="postgres:qingyuan"}'
 PERSONS = 100  # synthetic employees, 1000.00 yuan each in the personal account
 SALE = [{"feedetl_sn": "1", "medins_list_codg": "YP0007", "pric": "9.9", "cnt": "2",
          "det_item_fee_sumamt": "19.80"}]  # fmt: skip
@@ -184,7 +200,7 @@ class Breakers:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with self.session.get(url + "/metrics") as r:
                         text = await r.text()
-                    state = _gauge(text, 'sgw_breaker_state{dependency="postgres"}')
+                    state = _gauge(text, LEDGER_BREAKER)
                     self.closed[node] = state == 0.0
                     if state != 0.0:
                         self.last_open[node] = time.monotonic()
@@ -192,6 +208,178 @@ class Breakers:
 
     async def all_closed(self) -> bool:
         return len(self.closed) == len(self.nodes) and all(self.closed.values())
+
+
+# Pharmacies of the two regions whose ledgers are plain servers, each selling to a demo person of
+# its region without the personal account (cash and fund only: the drill's account checks hold).
+OTHER_REGIONS = {
+    "520500": ("P52050000001", "520500000000000001"),
+    "330300": ("P33030000001", "330300000000000001"),
+}
+
+
+def _other_sale(pos: HisClient, psn_no: str) -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    return pos.drug_input(psn_no, now, DRUG_TOTAL, DRUG_LINES, acct_used_flag="0")
+
+
+def _kind(answer: dict[str, Any]) -> str:
+    if answer["infcode"] != 0:
+        return str(answer["err_msg"])[:40]
+    return "deferred" if answer["output"]["setlinfo"]["setl_id"].startswith("DF") else "ok"
+
+
+@dataclass
+class Elsewhere:
+    """Tills of the other regions, timed by phase (before, failover, after the Patroni kill)."""
+
+    url: str
+    session: aiohttp.ClientSession
+    phase: str = "before"
+    seen: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def mark(self, phase: str) -> None:
+        self.phase = phase
+
+    async def till(self, region: str) -> None:
+        pharmacy, person = OTHER_REGIONS[region]
+        pos = HisClient(self.session, self.url, pharmacy, region)
+        while not self.stop.is_set():
+            phase, began = self.phase, time.perf_counter()
+            try:
+                kind = _kind(await pos.call("2102", _other_sale(pos, person)))
+            except (aiohttp.ClientError, TimeoutError, AssertionError) as exc:
+                kind = f"connection: {type(exc).__name__}"
+            self.seen.setdefault(phase, []).append(((time.perf_counter() - began) * 1000, kind))
+            await asyncio.sleep(0.05)
+
+    def figures(self, phase: str) -> dict[str, Any]:
+        seen = self.seen.get(phase, [])
+        times = sorted(t for t, _ in seen)
+        if not times:
+            return {phase: {"answers": 0}}
+        return {
+            phase: {
+                "answers": len(times),
+                "p50_ms": round(times[len(times) // 2], 1),
+                "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 1),
+                "outcomes": dict(Counter(k for _, k in seen)),
+            }
+        }
+
+
+async def _rows(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def _persons_in_their_clusters(cluster: Any) -> None:
+    """Each region's persons in its cluster alone; the main database keeps the directory."""
+    for name, entry in cluster.data["clusters"].items():
+        held = await _rows(entry["dsn"], "SELECT DISTINCT insuplc_admdvs FROM persons")
+        assert {r[0] for r in held} == set(entry["regions"]), name
+    main = cluster.data["main_dsn"]
+    assert await _rows(main, "SELECT psn_no FROM persons") == []
+    directory = await _rows(main, "SELECT count(*) FROM person_directory")
+    assert directory[0][0] == 11 + PERSONS  # the demo set's and the synthetic ones
+
+
+async def _visit_away_from_home(
+    cluster: Any, session: aiohttp.ClientSession, gateway: str
+) -> dict[str, Any]:
+    """A 毕节 (520500) worker treated at a 清远 (441800) hospital: committed in 毕节's cluster
+    under its policy, nowhere else."""
+    his = HisClient(session, gateway, "H44180000001")
+    person, remote = "520500000000000001", {"insuplc_admdvs": "520500"}
+    begntime = time.strftime("%Y-%m-%d %H:%M:%S")
+    reg = await his.ok(
+        "2201",
+        {"data": {"psn_no": person, "insutype": "310", "begntime": begntime,
+                  "mdtrt_cert_type": "01", "mdtrt_cert_no": person, "ipt_otp_no": "MZ-AWAY-1",
+                  "atddr_no": "D001", "dr_name": "医生", "dept_code": "K01", "dept_name": "内科",
+                  "caty": "A03"}},
+        **remote,
+    )  # fmt: skip
+    mdtrt_id = reg["data"]["mdtrt_id"]
+    rows = his.fee_rows(mdtrt_id, person, OUTPATIENT_LINES, begntime, "B1")
+    await his.ok("2204", {"feedetail": rows}, **remote)
+    data = his.settle_data(person, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    setl = (await his.ok("2207", data, **remote))["setlinfo"]
+    where = []
+    for name, dsn in [("main", cluster.data["main_dsn"])] + [
+        (n, e["dsn"]) for n, e in cluster.data["clusters"].items()
+    ]:
+        found = await _rows(
+            dsn, "SELECT count(*) FROM settlements WHERE setl_id = $1", setl["setl_id"]
+        )
+        if found[0][0]:
+            where.append(name)
+    assert where == ["bijie"], where
+    return {"setl_id": setl["setl_id"], "fund_pay_sumamt": setl["fund_pay_sumamt"], "in": where}
+
+
+async def _one_cluster_down(
+    cluster: Any, session: aiohttp.ClientSession, gateway: str, state: Path, main: str, config: str
+) -> dict[str, Any]:
+    """温州's ledger server killed: its sales are deferred, 清远's and 毕节's settle in real time;
+    restarted, the claims drain into 温州's cluster and replay settles them there."""
+    wenzhou_dsn = cluster.data["clusters"]["wenzhou"]["dsn"]
+    pharmacy, person = OTHER_REGIONS["330300"]
+    pos = HisClient(session, gateway, pharmacy, "330300")
+    _run(["kill", "pg-wenzhou"], state)
+    down_at = time.monotonic()
+    claims: list[str] = []
+    kinds: Counter[str] = Counter()
+
+    async def deferring() -> bool:
+        answer = await pos.call("2102", _other_sale(pos, person))
+        kinds[_kind(answer)] += 1
+        if _kind(answer) == "deferred":
+            claims.append(answer["output"]["setlinfo"]["setl_id"])
+        return len(claims) >= 3
+
+    took = await until(deferring, within=60.0, seen=lambda: dict(kinds))
+    for region, (shop, who) in (("441800", (PHARMACY, "441800000000000001")),
+                                ("520500", OTHER_REGIONS["520500"])):  # fmt: skip
+        till = HisClient(session, gateway, shop, region)
+        answer = await till.call("2102", _other_sale(till, who))
+        assert _kind(answer) == "ok", (region, answer)
+    _run(["start", "pg-wenzhou"], state)
+
+    async def drained() -> bool:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            found = await _rows(
+                wenzhou_dsn,
+                "SELECT count(*) FROM deferred WHERE claim_id = ANY($1::text[])",
+                claims,
+            )
+            return bool(found[0][0] == len(claims))
+        return False
+
+    back = await until(drained, within=60.0)
+    replay = json.loads(
+        cli("deferred", "replay", "--json", "--database-url", main, "--config", config).stdout
+    )
+    assert replay["failed"] == []
+    settled = await _rows(
+        wenzhou_dsn,
+        "SELECT count(*) FROM deferred WHERE claim_id = ANY($1::text[]) AND status = 'settled'",
+        claims,
+    )
+    assert settled[0][0] == len(claims)
+    elsewhere = await _rows(main, "SELECT count(*) FROM deferred")
+    assert elsewhere[0][0] == 0  # no claim of 温州's in the main database
+    return {
+        "deferring_after_seconds": round(took, 1),
+        "claims": len(claims),
+        "answers_while_down": dict(kinds),
+        "drained_after_restart_seconds": round(back, 1),
+        "down_seconds": round(time.monotonic() - down_at, 1),
+    }
 
 
 async def _patroni_metrics(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
@@ -253,9 +441,12 @@ async def test_primary_and_gateway_killed_under_load(tmp_path: Path) -> None:
 
 async def _drill(cluster: Any, state: Path) -> None:
     ports = cluster.ports
-    dsn = cluster.data["dsn"]
+    dsn = cluster.data["dsn"]  # the Patroni cluster: region 441800's ledger
+    main = cluster.data["main_dsn"]  # reference data, plan, person directory
+    config = str(cluster.base / "gateway-node.toml")
     gateway = f"http://127.0.0.1:{ports['haproxy_gateway']}"
-    cli("demo", "synth", "--persons", str(PERSONS), "--database-url", dsn)
+    cli("demo", "synth", "--persons", str(PERSONS), "--database-url", main, "--config", config)
+    await _persons_in_their_clusters(cluster)
     conn = await asyncpg.connect(dsn)
     try:
         opening = {
@@ -272,11 +463,15 @@ async def _drill(cluster: Any, state: Path) -> None:
                 ready = await r.json()
             assert r.status == 200 and ready["redis"] == "ok", ready
 
+        remote = await _visit_away_from_home(cluster, session, gateway)
         nodes = {n: f"http://127.0.0.1:{ports[n]}" for n in loopback.GATEWAYS}
         breakers = Breakers(session, nodes)
         sampler = asyncio.create_task(breakers.sample())
         load = Load(gateway, session)
         tills = [asyncio.create_task(load.till(n)) for n in range(TILLS)]
+        # Pharmacies of the two other regions sell throughout; their clusters are not touched.
+        elsewhere = Elsewhere(gateway, session)
+        other_tills = [asyncio.create_task(elsewhere.till(r)) for r in OTHER_REGIONS]
         await asyncio.sleep(2.0)
 
         # --- the Redis master dies: Sentinel promotes its replica, both nodes follow ----------
@@ -309,7 +504,7 @@ async def _drill(cluster: Any, state: Path) -> None:
 
         await until(redis_followed, within=30.0, seen=lambda: (replica, followed))
         redis_failover = time.monotonic() - redis_killed_at
-        await _plan_change_announced_through_sentinel(cluster, dsn, replica)
+        await _plan_change_announced_through_sentinel(cluster, main, replica)
         before_kill = len(load.acknowledged())
         assert before_kill > 0
 
@@ -319,6 +514,7 @@ async def _drill(cluster: Any, state: Path) -> None:
         assert before["patroni_primary"] == 1
         _run(["kill", old], state)
         killed_at = time.monotonic()
+        elsewhere.mark("failover")
 
         async def promoted() -> bool:
             primary = await asyncio.to_thread(cluster.primary)
@@ -350,6 +546,7 @@ async def _drill(cluster: Any, state: Path) -> None:
         # The gateways settle again by themselves: no restart, no operator.
         await until(lambda: _holds(load.settled_since(killed_at + promotion)), within=60.0, seen=lambda: dict(load.interim))  # fmt: skip
         settling_again = time.monotonic() - killed_at
+        elsewhere.mark("after")
         # Each node has its own breaker, closing on its own schedule: until the last one closes,
         # a msgid deferred by one node can be settled by another (docs/deployment.md).
         await until(breakers.all_closed, within=60.0, seen=lambda: breakers.closed)
@@ -358,6 +555,12 @@ async def _drill(cluster: Any, state: Path) -> None:
 
         # --- one msgid, both nodes at once, on the new primary -------------------------------
         same = await _same_msgid_to_both_nodes(session, ports)
+        elsewhere.stop.set()
+        await asyncio.wait_for(asyncio.gather(*other_tills), timeout=60.0)
+        during = elsewhere.figures("failover")["failover"]
+        # The other regions' ledgers were never touched: nothing of theirs deferred.
+        assert "deferred" not in during.get("outcomes", {}), during
+        assert during.get("outcomes", {}).get("ok", 0) > 0, during
 
         # --- a gateway node dies under load --------------------------------------------------
         at_gateway_kill = len(load.acknowledged())
@@ -397,6 +600,8 @@ async def _drill(cluster: Any, state: Path) -> None:
         retried_at_gateway_kill = load.interim - retried_before
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(nodes["gw1"] + "/livez")
+        # --- one region's cluster stops: only its region defers -----------------------------
+        stopped = await _one_cluster_down(cluster, session, gateway, state, main, config)
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
@@ -407,7 +612,7 @@ async def _drill(cluster: Any, state: Path) -> None:
     internal = [m for m in load.interim if "内部错误" in m]
     assert internal == [], internal  # a failover is "unavailable, retry", never a bug
 
-    await _check_ledger(dsn, acked, deferred, opening, same)
+    await _check_ledger(dsn, main, config, acked, deferred, opening, same)
     # Of the burst cut off by the kill, those gw1 had begun writing before it died: committed,
     # never answered, and their retries through the other node got the stored answer.
     conn = await asyncpg.connect(dsn)
@@ -440,6 +645,10 @@ async def _drill(cluster: Any, state: Path) -> None:
         "of_them_committed_by_the_killed_node": committed_unanswered,
         "retry_answers_after_gateway_kill": dict(retried_at_gateway_kill),
         "haproxy_ready_nodes_at_gateway_kill": spread,
+        "other_regions_during_failover": elsewhere.figures("failover"),
+        "other_regions_otherwise": elsewhere.figures("before") | elsewhere.figures("after"),
+        "visit_away_from_home": remote,
+        "one_cluster_stopped": stopped,
     }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "cluster-failover.json").write_text(
@@ -502,13 +711,15 @@ async def _same_msgid_to_both_nodes(
         states = {}
         for n in loopback.GATEWAYS:
             async with session.get(f"http://127.0.0.1:{ports[n]}/metrics") as r:
-                states[n] = _gauge(await r.text(), 'sgw_breaker_state{dependency="postgres"}')
+                states[n] = _gauge(await r.text(), LEDGER_BREAKER)
         raise AssertionError((states, first.decode()[:600], second.decode()[:600]))
     return envelope["msgid"], first
 
 
 async def _check_ledger(
     dsn: str,
+    main: str,
+    config: str,
     acked: list[Sale],
     deferred: list[Sale],
     opening: dict[str, int],
@@ -527,7 +738,11 @@ async def _check_ledger(
 
         await until(drained, within=30.0)  # the journal drained into the new primary
         if claims:
-            replay = json.loads(cli("deferred", "replay", "--json", "--database-url", dsn).stdout)
+            replay = json.loads(
+                cli(
+                    "deferred", "replay", "--json", "--database-url", main, "--config", config
+                ).stdout
+            )
             assert replay["failed"] == []
         rows = await conn.fetch(
             "SELECT medins_setl_id, setl_id FROM settlements WHERE fixmedins_code = $1", PHARMACY
@@ -567,7 +782,12 @@ async def _check_ledger(
         await conn.set_type_codec(
             "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
         )
-        assert await checker.check(conn, opening) == []
+        reference = await asyncpg.connect(main)  # a cluster holds no reference data
+        try:
+            rules = await checker.core_rules(reference)
+        finally:
+            await reference.close()
+        assert await checker.check(conn, opening, rules=rules) == []
     finally:
         await conn.close()
 

@@ -276,3 +276,10 @@ async def test_3201_counts_the_institutions_settlements_in_every_database(
         for srv in (split.srv, single):
             out = await srv.client("H44180000001").ok("3201", stmt)
             assert out["stmtinfo"]["stmt_rslt"] == BALANCED, (optins, out)
+
+
+async def test_readiness_names_each_clusters_breaker(split: Split) -> None:
+    async with split.srv.session.get(split.srv.url + "/readyz") as r:
+        ready = await r.json()
+    assert r.status == 200
+    assert ready["ledger_clusters"] == {"bijie": "closed", "wenzhou": "closed"}
