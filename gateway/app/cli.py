@@ -140,9 +140,7 @@ async def _synth(url: str, persons: int, region: str, config_path: Path) -> int:
 
 def synth(args: argparse.Namespace) -> int:
     """demo synth: add synthetic insured employees so load spreads over many people."""
-    added = asyncio.run(
-        _synth(database_url(args), args.persons, args.region, Path(args.config))
-    )
+    added = asyncio.run(_synth(database_url(args), args.persons, args.region, Path(args.config)))
     print(f"added {added} synthetic persons in region {args.region}")
     return 0
 
