@@ -489,8 +489,18 @@ def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
 def observe(
     gw: Gateway, fixmedins_code: str, ok: bool, timeout: bool, seconds: float, ledger: str = MAIN
 ) -> None:
-    """Feed the breaker of the ledger database the call used (and the institution trigger)."""
-    gw.ledger_breaker(ledger).record(ok, timeout=timeout, seconds=seconds)
+    """Feed the breaker of the ledger database the call used, and the institution trigger with
+    what is not the database's failure.
+
+    A database that stops answering fails every institution's calls; its breaker sees them all
+    and opens first (or together). Those failures are not one institution's: fed to its trigger
+    as well, they would write an institution rule (manual recovery) for every institution that
+    happened to be busy, which outlives the outage — now that the rule lives in the main database
+    while a cluster is down, it would be written."""
+    breaker = gw.ledger_breaker(ledger)
+    breaker.record(ok, timeout=timeout, seconds=seconds)
+    if not ok and breaker.is_open:
+        return
     gw.triggers.record(fixmedins_code, ok, timeout, seconds)
 
 

@@ -17,7 +17,13 @@ import asyncpg
 import pytest
 from msgspec.structs import replace
 
-from gateway.app.config import Breakers, Deadlines, LedgerCluster
+from gateway.app.config import (
+    Breakers,
+    Deadlines,
+    InstitutionTrigger,
+    LedgerCluster,
+    Triggers,
+)
 from tests.adversity.proxy import Proxy
 from tests.adversity.test_ledger_outage import FAST_BREAKER, _tcp, _through
 from tests.integration.conftest import GENEROUS, running_gateway
@@ -50,6 +56,8 @@ async def test_a_cluster_down_defers_only_its_regions(
         GENEROUS,
         deadlines=Deadlines(call_seconds=2.0),
         breakers=Breakers(postgres=FAST_BREAKER),
+        # The institution trigger as quick as the cluster's breaker: the same failures reach both.
+        triggers=Triggers(institution=InstitutionTrigger(consecutive_failures=3, min_calls=5)),
         ledger_clusters=(
             LedgerCluster(name="bijie", dsn=_through(bijie, proxy.port), regions=("520500",)),
             LedgerCluster(name="wenzhou", dsn=wenzhou, regions=("330300",)),
@@ -104,6 +112,15 @@ async def test_a_cluster_down_defers_only_its_regions(
                 return n == len(claims)
 
             await until(drained, within=30.0)
+
+            # Back to real time for 毕节, and no institution was blamed for its cluster's outage
+            # (an institution rule, recovered by hand, would have kept the pharmacy deferring).
+            async def real_time() -> bool:
+                return not (await sell("520500")).startswith(("DF", "-1"))
+
+            await until(real_time, within=15.0)
+            rules = await srv.fetch("SELECT scope, operator FROM plan_rules")
+            assert rules == [], rules
         # Nowhere else: the claims are 毕节's money.
         for other in (srv.dsn, wenzhou):
             assert (

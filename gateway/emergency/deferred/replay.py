@@ -60,9 +60,14 @@ async def drain(
                 if reachable is not None and not reachable(name):
                     whole = False
                     continue
-                async with ledger.pool.acquire() as conn, conn.transaction():
-                    for e in mine:
-                        moved += await _drain_one(conn, e)
+                # In chunks, each committed: a segment of thousands of claims (a busy outage)
+                # drained in one transaction could not finish within the watcher's budget and
+                # would roll back whole every time. Draining again inserts nothing twice.
+                async with ledger.pool.acquire() as conn:
+                    for start in range(0, len(mine), DRAIN_CHUNK):
+                        async with conn.transaction():
+                            for e in mine[start : start + DRAIN_CHUNK]:
+                                moved += await _drain_one(conn, e)
             if whole:
                 path.unlink()
                 _fsync_dir(path.parent)
@@ -76,6 +81,7 @@ async def drain(
 
 
 LOOKUP_SECONDS = 5.0  # a person-directory look-up for an entry without its region
+DRAIN_CHUNK = 256  # journal entries per drain transaction
 
 
 def _fsync_dir(directory: Path) -> None:
