@@ -275,6 +275,11 @@ class Cluster:
         for p in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
+        # Dead before this returns: a server started again at once on the same data directory
+        # would otherwise find the old postmaster.pid's process still there and refuse to start.
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return pids
 
     def stop(self, name: str, grace: float = 15.0) -> None:
