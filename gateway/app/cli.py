@@ -130,6 +130,7 @@ async def _synth(url: str, persons: int, region: str, config_path: Path) -> int:
                     other = await asyncpg.connect(cluster.dsn)
                     try:
                         await db.migrate(other)
+                        await partitions.number_cluster(conn, other, cluster.name)
                         await partitions.place_persons(conn, other, [region])
                     finally:
                         await other.close()

@@ -78,6 +78,7 @@ async def prepare_database(settings: Settings) -> None:
                 other = await asyncpg.connect(cluster.dsn)
                 try:
                     await db.migrate(other)
+                    await partitions.number_cluster(conn, other, cluster.name)
                     await partitions.place_persons(conn, other, cluster.regions)
                 finally:
                     await other.close()

@@ -148,6 +148,28 @@ async def region_of(
     return None if found is None else str(found)
 
 
+# The ids a database draws from its sequences (就诊ID, 结算ID and sign-in serials among them:
+# 12 digits each after region and date) start at its number × ID_RANGE, the main database's at 0.
+ID_RANGE = 10**10
+NUMBERED_SEQUENCES = ("mdtrt_seq", "setl_seq", "sign_seq", "file_seq", "manual_claim_seq")
+
+
+async def number_cluster(main: asyncpg.Connection, cluster: asyncpg.Connection, name: str) -> int:
+    """The cluster's number, given once by the main database, and its sequences moved into its
+    range (never back: a sequence already past its floor is left alone)."""
+    await main.execute(
+        "INSERT INTO ledger_numbers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", name
+    )
+    number = int(await main.fetchval("SELECT number FROM ledger_numbers WHERE name = $1", name))
+    floor = number * ID_RANGE
+    for sequence in NUMBERED_SEQUENCES:
+        await cluster.execute(
+            f"SELECT setval('{sequence}', greatest((SELECT last_value FROM {sequence}), $1))",
+            floor,
+        )
+    return number
+
+
 async def place_persons(
     main: asyncpg.Connection, cluster: asyncpg.Connection, regions: Iterable[str]
 ) -> int:

@@ -379,6 +379,14 @@ class Cluster:
                 user=user.pw_uid if user else None, group=user.pw_gid if user else None,
                 extra_groups=[] if user else None,
             )  # fmt: skip
+        # A server killed with -9 leaves its postmaster.pid; while its process is a zombie not
+        # yet reaped (its parent, `up`, is gone), PostgreSQL takes it for a live server.
+        # So does its socket's lock file.
+        socket_lock = self.base / "sock" / f".s.PGSQL.{self.ports[server]}.lock"
+        for stale in (data / "postmaster.pid", socket_lock):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if not _alive(int(stale.read_text().split()[0])):
+                    stale.unlink()
         argv = [
             str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.ports[server]),
             "-k", str(self.base / "sock"), "-c", "listen_addresses=127.0.0.1",

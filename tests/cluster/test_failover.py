@@ -32,6 +32,7 @@ import datetime as dt
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -319,7 +320,11 @@ async def _visit_away_from_home(
         if found[0][0]:
             where.append(name)
     assert where == ["bijie"], where
-    return {"setl_id": setl["setl_id"], "fund_pay_sumamt": setl["fund_pay_sumamt"], "in": where}
+    return {
+        "setl_id": setl["setl_id"],
+        "fund_pay_sumamt": str(setl["fund_pay_sumamt"]),
+        "in": where,
+    }
 
 
 async def _one_cluster_down(
@@ -421,7 +426,15 @@ def _cluster(tmp: Path) -> Iterator[Any]:
             capture_output=True, text=True, timeout=240, cwd=ROOT,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-        yield loopback.Cluster.load(state)
+        cluster = loopback.Cluster.load(state)
+        try:
+            yield cluster
+        except BaseException:
+            # The logs of a failed drill outlive the cluster (down removes its directory).
+            kept = ARTIFACTS / "cluster-logs"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(cluster.base / "log", kept)
+            raise
     finally:
         subprocess.run([*script, "down"], timeout=90, cwd=ROOT, check=False)
 

@@ -283,3 +283,24 @@ async def test_readiness_names_each_clusters_breaker(split: Split) -> None:
         ready = await r.json()
     assert r.status == 200
     assert ready["ledger_clusters"] == {"bijie": "closed", "wenzhou": "closed"}
+
+
+async def test_ids_drawn_by_different_databases_never_collide(split: Split) -> None:
+    """Each cluster draws its 就诊ID and 结算ID serials from its own range (the main database
+    from 0): a 清远 hospital's visits of 清远 and 毕节 patients share its region and date."""
+    numbers = {
+        r[0]: r[1]
+        for r in await split.rows(split.srv.dsn, "SELECT name, number FROM ledger_numbers")
+    }
+    assert sorted(numbers) == ["bijie", "wenzhou"] and len(set(numbers.values())) == 2
+    seen: dict[str, list[str]] = {"setl_id": [], "mdtrt_id": []}
+    for name, dsn in split.everywhere().items():
+        cluster = name.removeprefix("cluster ")
+        number = 0 if name == "main" else numbers[{BIJIE: "bijie", WENZHOU: "wenzhou"}[cluster]]
+        for kind, table in (("setl_id", "settlements"), ("mdtrt_id", "encounters")):
+            ids = [r[0] for r in await split.rows(dsn, f"SELECT {kind} FROM {table}")]
+            assert ids, (name, kind)
+            assert all(i[14:16] == f"{number:02d}" for i in ids), (name, ids[:3])
+            seen[kind] += ids
+    for ids in seen.values():
+        assert len(ids) == len(set(ids))
