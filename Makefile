@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: cluster cluster-down demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
+.PHONY: cluster cluster-down demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-cluster bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -99,6 +99,9 @@ bench-wrk: install system-deps
 
 # Pharmacy load at half of saturation, quiet and attacked rounds in turn (9101 bombs, a console
 # log-in flood, unsigned 4 MB bodies): other institutions' p99 within 10%, no breaker open.
+bench-cluster: install system-deps
+	$(BIN)/python benchmarks/cluster_nodes.py --duration 10 --connections 64 --results benchmarks/RESULTS.md
+
 bench-adversity: install
 	$(BIN)/python benchmarks/adversity_load.py --duration 20 --rounds 3 --results benchmarks/RESULTS.md
 

@@ -71,18 +71,15 @@ async def prepare_database(settings: Settings) -> None:
             await db.migrate(conn)
             if settings.load_demo_if_empty and await reference_store.is_empty(conn):
                 await reference_store.load(conn, load_reference(settings.reference_dir))
-            # Nodes starting together place persons one at a time (the lock is the main
-            # database's, held by this session until it closes).
-            await conn.execute("SELECT pg_advisory_lock($1)", partitions.PLACING_LOCK)
-            for cluster in settings.config.ledger_clusters:
-                other = await asyncpg.connect(cluster.dsn)
-                try:
-                    await db.migrate(other)
-                    await partitions.number_cluster(conn, other, cluster.name)
-                    await partitions.place_persons(conn, other, cluster.regions)
-                finally:
-                    await other.close()
-            await conn.execute("SELECT pg_advisory_unlock($1)", partitions.PLACING_LOCK)
+            async with partitions.placing(conn):
+                for cluster in settings.config.ledger_clusters:
+                    other = await asyncpg.connect(cluster.dsn)
+                    try:
+                        await db.migrate(other)
+                        await partitions.number_cluster(conn, other, cluster.name)
+                        await partitions.place_persons(conn, other, cluster.regions)
+                    finally:
+                        await other.close()
     finally:
         await pool.close()
 

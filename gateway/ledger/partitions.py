@@ -19,7 +19,8 @@ carries the same region, so it reaches the same cluster and its stored answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import asyncpg
@@ -152,6 +153,17 @@ async def region_of(
 # 12 digits each after region and date) start at its number × ID_RANGE, the main database's at 0.
 ID_RANGE = 10**10
 NUMBERED_SEQUENCES = ("mdtrt_seq", "setl_seq", "sign_seq", "file_seq", "manual_claim_seq")
+
+
+@contextlib.asynccontextmanager
+async def placing(main: asyncpg.Connection) -> AsyncIterator[None]:
+    """One process at a time numbers clusters and places persons: nodes starting together would
+    otherwise copy the same persons into a cluster at once."""
+    await main.execute("SELECT pg_advisory_lock($1)", PLACING_LOCK)
+    try:
+        yield
+    finally:
+        await main.execute("SELECT pg_advisory_unlock($1)", PLACING_LOCK)
 
 
 async def number_cluster(main: asyncpg.Connection, cluster: asyncpg.Connection, name: str) -> int:
