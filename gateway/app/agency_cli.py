@@ -21,7 +21,7 @@ import asyncpg
 import msgspec
 
 from gateway.app.cli_args import month_arg
-from gateway.app.cli_database import database_url
+from gateway.app.cli_database import cluster_pools, database_url
 from gateway.app.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, load_config
 from gateway.app.reference import load_reference
 from gateway.core.catalog import Snapshot
@@ -258,7 +258,8 @@ def payouts_gather_clearing(args: argparse.Namespace) -> int:
 
     async def work(conn: asyncpg.Connection) -> int:
         payouts.check_month(args.month)  # before the report reads it
-        report = await clearing.monthly(conn, args.month, args.institution)
+        async with cluster_pools(Path(args.config)) as others:
+            report = await clearing.monthly(conn, args.month, args.institution, others)
         amounts = [(r.fixmedins_code, r.total.declared) for r in report.institutions]
         n = await payouts.gather_clearing(conn, args.month, amounts, _operator(args))
         doc = {
@@ -477,6 +478,9 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     )
     pg.add_argument("--month", required=True, type=month_arg, help="yyyy-MM")
     pg.add_argument("--institution", help="one institution only")
+    pg.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="gateway.toml: its [[ledger_clusters]]"
+    )
     common(pg)
     pg.set_defaults(func=payouts_gather_clearing)
     po = psub.add_parser("owed", help="what is owed, in a batch or paid")

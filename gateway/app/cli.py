@@ -20,7 +20,7 @@ import uvloop
 
 from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli
 from gateway.app.cli_args import month_arg
-from gateway.app.cli_database import add_database, database_url
+from gateway.app.cli_database import add_database, cluster_pools, database_url
 from gateway.app.config import (
     DEFAULT_CONFIG,
     DEFAULT_CREDENTIALS,
@@ -146,18 +146,22 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _clearing(url: str, month: str, institution: str | None) -> clearing.MonthlyReport:
+async def _clearing(
+    url: str, month: str, institution: str | None, config: Path
+) -> clearing.MonthlyReport:
     pool = await db.create_pool(url, min_size=1, max_size=1)
     try:
-        async with pool.acquire() as conn:
-            return await clearing.monthly(conn, month, institution)
+        async with cluster_pools(config) as others, pool.acquire() as conn:
+            return await clearing.monthly(conn, month, institution, others)
     finally:
         await pool.close()
 
 
 def clearing_monthly(args: argparse.Namespace) -> int:
     """clearing monthly: the month's clearing table (JSON, CSV, printable HTML)."""
-    report = asyncio.run(_clearing(database_url(args), args.month, args.institution))
+    report = asyncio.run(
+        _clearing(database_url(args), args.month, args.institution, Path(args.config))
+    )
     if args.csv:
         Path(args.csv).write_text(clearing.to_csv(report), encoding="utf-8")
     if args.html:
@@ -338,6 +342,9 @@ def parser() -> argparse.ArgumentParser:
     cm.add_argument("--json", action="store_true")
     cm.add_argument("--csv")
     cm.add_argument("--html")
+    cm.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="gateway.toml: its [[ledger_clusters]]"
+    )
     add_database(cm)
     cm.set_defaults(func=clearing_monthly)
     k = sub.add_parser("corrections", help="catalog-mapping corrections in bulk")

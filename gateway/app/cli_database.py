@@ -8,7 +8,12 @@ console's operators) can open the same database without importing the CLI that i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
 
 
 def database_url(args: argparse.Namespace) -> str:
@@ -20,6 +25,23 @@ def database_url(args: argparse.Namespace) -> str:
     from gateway.app.embedded import embedded_database_url
 
     return embedded_database_url()
+
+
+@contextlib.asynccontextmanager
+async def cluster_pools(config: Path) -> AsyncIterator[list[asyncpg.Pool]]:
+    """A small pool to each ledger cluster the configuration names (none unless the ledger is
+    split by region), for the commands that read every ledger database."""
+    from gateway.app.config import load_config
+    from gateway.ledger import db
+
+    pools: list[asyncpg.Pool] = []
+    try:
+        for cluster in load_config(config).ledger_clusters:
+            pools.append(await db.create_pool(cluster.dsn, min_size=1, max_size=1))
+        yield pools
+    finally:
+        for pool in pools:
+            await pool.close()
 
 
 def add_database(p: argparse.ArgumentParser) -> None:

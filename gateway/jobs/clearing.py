@@ -18,9 +18,12 @@ import datetime as dt
 import html
 import io
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 
 from gateway.core.money import fen_text
 from gateway.ledger import clearing
@@ -156,19 +159,66 @@ def month_bounds(month: str) -> tuple[dt.date, dt.date]:
     return first, following - dt.timedelta(days=1)
 
 
+OTHERS_WAIT = 10.0  # seconds to wait for a connection to a ledger cluster
+_S = TypeVar("_S", clearing.Settled, clearing.Corrected, clearing.Reimbursed)
+
+
+def _merged(found: list[list[_S]], key: Callable[[_S], tuple[str, ...]]) -> list[_S]:
+    """Rows of the same key read from several ledger databases, summed (their numbers; their
+    names are the same), in the first database's order, then the others'."""
+    out: dict[tuple[str, ...], _S] = {}
+    for rows in found:
+        for row in rows:
+            k = key(row)
+            had = out.get(k)
+            if had is None:
+                out[k] = row
+                continue
+            summed = {
+                f: getattr(had, f) + getattr(row, f)
+                for f in row.__struct_fields__
+                if isinstance(getattr(row, f), int)
+            }
+            out[k] = msgspec.structs.replace(had, **summed)
+    return list(out.values())
+
+
 async def monthly(
-    conn: asyncpg.Connection, month: str, institution: str | None = None
+    conn: asyncpg.Connection,
+    month: str,
+    institution: str | None = None,
+    others: Sequence[asyncpg.Pool] = (),
 ) -> MonthlyReport:
-    """The month's clearing table for every institution (or one)."""
+    """The month's clearing table for every institution (or one). `conn` is the main database's;
+    `others` the ledger clusters' pools when the ledger is split by region: an institution's
+    settlements, corrections and claims are summed over every database."""
     begn, end = month_bounds(month)
     since = dt.datetime.combine(begn, dt.time())
     until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
     reports: dict[str, InstitutionReport] = {}
+    names = await clearing.institution_names(conn)
+    settled: list[list[clearing.Settled]] = []
+    corrected: list[list[clearing.Corrected]] = []
+    reimbursed: list[list[clearing.Reimbursed]] = []
+    claimed: list[list[clearing.Reimbursed]] = []
+
+    async def read(db_conn: asyncpg.Connection) -> None:
+        settled.append(await clearing.settled(db_conn, since, until, institution, names))
+        corrected.append(await clearing.corrected(db_conn, since, until, institution, names))
+        reimbursed.append(await clearing.reimbursed(db_conn, since, until, institution, names))
+        claimed.append(await clearing.claimed(db_conn, since, until, institution, names))
+
+    await read(conn)
+    for pool in others:
+        async with pool.acquire(timeout=OTHERS_WAIT) as other:
+            await read(other)
 
     def report_of(code: str, name: str, admdvs: str) -> InstitutionReport:
         return reports.setdefault(code, InstitutionReport(code, name, admdvs))
 
-    for r in await clearing.settled(conn, since, until, institution):
+    by_code: Callable[[Any], tuple[str, ...]] = lambda r: (r.fixmedins_code,)  # noqa: E731
+    lines = _merged(settled, lambda r: (r.fixmedins_code, r.med_type))
+    for r in sorted(lines, key=lambda r: (r.fixmedins_code, r.med_type)):
         rep = report_of(r.fixmedins_code, r.fixmedins_name, r.admdvs)
         line = Line(
             med_type=r.med_type,
@@ -188,15 +238,15 @@ async def monthly(
         )
         rep.lines.append(line)
         rep.total.add(line)
-    for c in await clearing.corrected(conn, since, until, institution):
+    for c in _merged(corrected, by_code):
         rep = report_of(c.fixmedins_code, c.fixmedins_name, c.admdvs)
         rep.corrections = Corrections(
             c.settlements, c.fund_delta, c.acct_delta, c.patient_cash_delta
         )
-    for d in await clearing.reimbursed(conn, since, until, institution):
+    for d in _merged(reimbursed, by_code):
         rep = report_of(d.fixmedins_code, d.fixmedins_name, d.admdvs)
         rep.reimbursements = Reimbursements(d.claims, d.medfee_sumamt, d.to_patients)
-    for m in await clearing.claimed(conn, since, until, institution):
+    for m in _merged(claimed, by_code):
         rep = report_of(m.fixmedins_code, m.fixmedins_name, m.admdvs)
         rep.manual_claims = ManualClaims(m.claims, m.medfee_sumamt, m.to_patients)
     p = await clearing.paid_out(conn, since, until)

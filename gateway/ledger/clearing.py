@@ -8,6 +8,16 @@ import datetime as dt
 import asyncpg
 import msgspec
 
+# Each institution's (fixmedins_name, admdvs), read from the main database: the sums are read
+# from every ledger database (a ledger split by region), which holds no reference data.
+Names = dict[str, tuple[str, str]]
+
+
+async def institution_names(conn: asyncpg.Connection) -> Names:
+    """(fixmedins_name, admdvs) of every institution (the main database's reference data)."""
+    rows = await conn.fetch("SELECT fixmedins_code, fixmedins_name, admdvs FROM institutions")
+    return {r["fixmedins_code"]: (r["fixmedins_name"], r["admdvs"]) for r in rows}
+
 
 class Settled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """The sums of an institution's settlements in force of one med_type."""
@@ -30,7 +40,11 @@ class Settled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 
 async def settled(
-    conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
+    conn: asyncpg.Connection,
+    since: dt.datetime,
+    until: dt.datetime,
+    institution: str | None,
+    names: Names,
 ) -> list[Settled]:
     """Reads per institution and med_type the sums of settlements in force of [since, until)."""
     args: list[object] = [since, until]
@@ -44,20 +58,20 @@ async def settled(
         args.append(institution)
         where += " AND s.fixmedins_code = $3"
     rows = await conn.fetch(
-        "SELECT s.fixmedins_code, i.fixmedins_name, i.admdvs, s.med_type, count(*) AS visits,"
+        "SELECT s.fixmedins_code, s.med_type, count(*) AS visits,"
         " sum(medfee_sumamt) AS medfee_sumamt, sum(hifp_pay) AS hifp_pay, sum(hifob_pay) AS hifob_pay,"
         " sum(hifmi_pay) AS hifmi_pay, sum(cvlserv_pay) AS cvlserv_pay, sum(maf_pay) AS maf_pay,"
         " sum(acct_pay) AS acct_pay, sum(psn_cash_pay) AS psn_cash_pay, sum(inscp_scp_amt) AS inscp_scp_amt,"
         " sum(fund_pay_sumamt) AS fund_pay_sumamt"
-        f" FROM settlements s JOIN institutions i USING (fixmedins_code) WHERE {where}"
-        " GROUP BY s.fixmedins_code, i.fixmedins_name, i.admdvs, s.med_type ORDER BY s.fixmedins_code, s.med_type",
+        f" FROM settlements s WHERE {where}"
+        " GROUP BY s.fixmedins_code, s.med_type ORDER BY s.fixmedins_code, s.med_type",
         *args,
     )
     return [
         Settled(
             fixmedins_code=r["fixmedins_code"],
-            fixmedins_name=r["fixmedins_name"],
-            admdvs=r["admdvs"],
+            fixmedins_name=names.get(r["fixmedins_code"], ("", ""))[0],
+            admdvs=names.get(r["fixmedins_code"], ("", ""))[1],
             med_type=r["med_type"],
             visits=int(r["visits"]),
             medfee_sumamt=int(r["medfee_sumamt"]),
@@ -88,23 +102,27 @@ class Corrected(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 
 async def corrected(
-    conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
+    conn: asyncpg.Connection,
+    since: dt.datetime,
+    until: dt.datetime,
+    institution: str | None,
+    names: Names,
 ) -> list[Corrected]:
     """Reads per institution the corrections applied in [since, until) and the money moved."""
     corr_args: list[object] = [since, until] + ([institution] if institution else [])
     rows = await conn.fetch(
-        "SELECT c.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n, sum(fund_delta) AS fund,"
+        "SELECT c.fixmedins_code, count(*) AS n, sum(fund_delta) AS fund,"
         " sum(acct_delta) AS acct, sum(patient_cash_delta) AS cash FROM correction_items c"
-        " JOIN institutions i USING (fixmedins_code) WHERE applied_at >= $1 AND applied_at < $2"
+        " WHERE applied_at >= $1 AND applied_at < $2"
         + (" AND c.fixmedins_code = $3" if institution else "")
-        + " GROUP BY c.fixmedins_code, i.fixmedins_name, i.admdvs",
+        + " GROUP BY c.fixmedins_code",
         *corr_args,
     )
     return [
         Corrected(
             fixmedins_code=r["fixmedins_code"],
-            fixmedins_name=r["fixmedins_name"],
-            admdvs=r["admdvs"],
+            fixmedins_name=names.get(r["fixmedins_code"], ("", ""))[0],
+            admdvs=names.get(r["fixmedins_code"], ("", ""))[1],
             settlements=int(r["n"]),
             fund_delta=int(r["fund"]),
             acct_delta=int(r["acct"]),
@@ -127,24 +145,28 @@ class Reimbursed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 
 async def reimbursed(
-    conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
+    conn: asyncpg.Connection,
+    since: dt.datetime,
+    until: dt.datetime,
+    institution: str | None,
+    names: Names,
 ) -> list[Reimbursed]:
     """Reads per institution the deferred claims replayed in [since, until) and what they owe."""
     corr_args: list[object] = [since, until] + ([institution] if institution else [])
     rows = await conn.fetch(
-        "SELECT d.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n,"
+        "SELECT d.fixmedins_code, count(*) AS n,"
         " sum(d.medfee_sumamt) AS medfee, sum(d.reimbursement_fen) AS owed FROM deferred d"
-        " JOIN institutions i USING (fixmedins_code) WHERE d.kind = 'claim'"
+        " WHERE d.kind = 'claim'"
         " AND d.status = 'settled' AND d.replayed_at >= $1 AND d.replayed_at < $2"
         + (" AND d.fixmedins_code = $3" if institution else "")
-        + " GROUP BY d.fixmedins_code, i.fixmedins_name, i.admdvs",
+        + " GROUP BY d.fixmedins_code",
         *corr_args,
     )
     return [
         Reimbursed(
             fixmedins_code=r["fixmedins_code"],
-            fixmedins_name=r["fixmedins_name"],
-            admdvs=r["admdvs"],
+            fixmedins_name=names.get(r["fixmedins_code"], ("", ""))[0],
+            admdvs=names.get(r["fixmedins_code"], ("", ""))[1],
             claims=int(r["n"]),
             medfee_sumamt=int(r["medfee"]),
             to_patients=int(r["owed"]),
@@ -154,25 +176,28 @@ async def reimbursed(
 
 
 async def claimed(
-    conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime, institution: str | None
+    conn: asyncpg.Connection,
+    since: dt.datetime,
+    until: dt.datetime,
+    institution: str | None,
+    names: Names,
 ) -> list[Reimbursed]:
     """Reads per institution the manual claims whose settlement of [since, until) is in force."""
     args: list[object] = [since, until] + ([institution] if institution else [])
     rows = await conn.fetch(
-        "SELECT c.fixmedins_code, i.fixmedins_name, i.admdvs, count(*) AS n,"
+        "SELECT c.fixmedins_code, count(*) AS n,"
         " sum(c.medfee_sumamt) AS medfee, sum(c.reimbursement_fen) AS owed FROM manual_claims c"
         " JOIN settlements s ON s.setl_id = c.setl_id"
-        " JOIN institutions i ON i.fixmedins_code = c.fixmedins_code"
         " WHERE s.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
         + (" AND c.fixmedins_code = $3" if institution else "")
-        + " GROUP BY c.fixmedins_code, i.fixmedins_name, i.admdvs",
+        + " GROUP BY c.fixmedins_code",
         *args,
     )
     return [
         Reimbursed(
             fixmedins_code=r["fixmedins_code"],
-            fixmedins_name=r["fixmedins_name"],
-            admdvs=r["admdvs"],
+            fixmedins_name=names.get(r["fixmedins_code"], ("", ""))[0],
+            admdvs=names.get(r["fixmedins_code"], ("", ""))[1],
             claims=int(r["n"]),
             medfee_sumamt=int(r["medfee"]),
             to_patients=int(r["owed"]),

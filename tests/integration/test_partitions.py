@@ -13,6 +13,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -29,6 +30,7 @@ from tests.integration.emergency_helpers import (
     DRUG_TOTAL,
     OUTPATIENT_LINES,
     OUTPATIENT_TOTAL,
+    cli,
 )
 from tests.integration.his_client import HisClient, decode
 
@@ -136,9 +138,13 @@ async def test_a_sale_is_settled_in_its_insured_regions_database_with_the_same_m
     assert journaled == where
 
 
-async def test_a_sale_without_the_insured_region_is_routed_by_the_directory(split: Split) -> None:
+async def test_a_sale_without_the_insured_region_is_routed_by_the_directory(
+    split: Split, single: Server
+) -> None:
     """A POS that leaves insuplc_admdvs empty: the person's region comes from the directory."""
     setl = await _sell(split.srv, WENZHOU, WENZHOU_RETIREE, insuplc_admdvs="")
+    alone = await _sell(single, WENZHOU, WENZHOU_RETIREE, insuplc_admdvs="")
+    assert {k: setl[k] for k in MONEY} == {k: alone[k] for k in MONEY}
     assert await split.holding(
         "SELECT count(*) FROM settlements WHERE setl_id = $1", setl["setl_id"]
     ) == [f"cluster {WENZHOU}"]
@@ -194,11 +200,15 @@ async def test_a_visit_away_from_home_commits_in_the_insured_regions_cluster(
         assert held == [f"cluster {BIJIE}"], table
 
 
-async def test_a_retry_reaches_the_same_cluster_and_gets_its_stored_answer(split: Split) -> None:
+async def test_a_retry_reaches_the_same_cluster_and_gets_its_stored_answer(
+    split: Split, single: Server
+) -> None:
     pos = split.srv.client(PHARMACY_OF[BIJIE], BIJIE)
     body = msgspec.json.encode(pos.envelope("2102", _sale(pos, BIJIE_WORKER)))
     first = await pos.post_raw(body)
     again = await pos.post_raw(body)
+    # The same sale at the single-database gateway: both ledgers keep the same history.
+    assert (await single.client(PHARMACY_OF[BIJIE], BIJIE).post_raw(body))[0] == 200
     assert first[0] == again[0] == 200 and first[1] == again[1]
     setl_id = decode(first[1])["output"]["setlinfo"]["setl_id"]
     rows = await split.rows(
@@ -304,3 +314,34 @@ async def test_ids_drawn_by_different_databases_never_collide(split: Split) -> N
             seen[kind] += ids
     for ids in seen.values():
         assert len(ids) == len(set(ids))
+
+
+async def test_the_monthly_clearing_sums_every_database(
+    split: Split, single: Server, tmp_path: Path
+) -> None:
+    """The month's clearing table over the split ledger is the single ledger's: the same
+    settlements (each test here sends its requests to both gateways), summed across the
+    databases."""
+    for srv in (split.srv, single):
+        await _remote_visit(srv, "MZ-REMOTE-CLR")
+        await _sell(srv, BIJIE, BIJIE_WORKER)
+        await _sell(srv, WENZHOU, WENZHOU_RETIREE)
+    config = tmp_path / "split.toml"
+    config.write_text(
+        "".join(
+            f'[[ledger_clusters]]\nname = "{name}"\ndsn = "{split.clusters[region]}"\n'
+            f'regions = ["{region}"]\n'
+            for name, region in (("bijie", BIJIE), ("wenzhou", WENZHOU))
+        ),
+        encoding="utf-8",
+    )
+    month = dt.date.today().strftime("%Y-%m")
+    args = ("clearing", "monthly", "--month", month, "--json")
+    there = json.loads(cli(*args, "--database-url", split.srv.dsn, "--config", str(config)).stdout)
+    alone = json.loads(cli(*args, "--database-url", single.dsn).stdout)
+    differing = [
+        (a, b) for a, b in zip(there["institutions"], alone["institutions"], strict=False) if a != b
+    ]
+    assert there == alone, differing
+    codes = {r["fixmedins_code"] for r in there["institutions"]}
+    assert {"H44180000001", "P52050000001", "P33030000001"} <= codes
