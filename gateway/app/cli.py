@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -183,31 +184,48 @@ def clearing_monthly(args: argparse.Namespace) -> int:
 async def _corrections(
     args: argparse.Namespace, apply_it: bool
 ) -> tuple[corrections.Summary, int, list[tuple[str, str]]]:
+    """Over every ledger database (the main one, then each cluster of a ledger split by region),
+    with the main database's catalog: a wrong mapping was applied wherever the patients' money is."""
     url = database_url(args)
     pool = await db.create_pool(url, min_size=1, max_size=1)
+    summary = corrections.Summary()
+    failed: list[tuple[str, str]] = []
+    found_in_all = 0
     try:
-        async with pool.acquire() as conn:
+        async with cluster_pools(Path(args.config)) as others, pool.acquire() as conn:
             reference = await asyncio.to_thread(load_reference, Path(args.reference_dir))
             snapshot = await reference_store.read_snapshot(conn, reference)
             begn = dt.date.fromisoformat(args.date_from) if args.date_from else None
             end = dt.date.fromisoformat(args.date_to) if args.date_to else None
-            found = await corrections.targets(
-                conn, snapshot, args.institution, args.item, begn, end
-            )
-            failed: list[tuple[str, str]] = []
-            if apply_it:
-                run_id = dt.datetime.now().strftime("%Y%m%d%H%M%S")
-                bar = None if args.json else corrections.progress_bar()
-                summary, failed = await corrections.apply(
-                    conn, snapshot, found, args.item, run_id, limit=args.limit, progress=bar
-                )
-            else:
-                summary, failed = await corrections.plan(
-                    conn, snapshot, found, args.item, dt.datetime.now()
-                )
+            run_id = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+            left = getattr(args, "limit", None)
+            for ledger in [pool, *others]:
+                async with contextlib.AsyncExitStack() as stack:
+                    here = (
+                        conn
+                        if ledger is pool
+                        else await stack.enter_async_context(ledger.acquire())
+                    )
+                    found = await corrections.targets(
+                        here, snapshot, args.institution, args.item, begn, end
+                    )
+                    found_in_all += len(found)
+                    if apply_it:
+                        bar = None if args.json else corrections.progress_bar()
+                        done, failing = await corrections.apply(
+                            here, snapshot, found, args.item, run_id, limit=left, progress=bar
+                        )
+                        if left is not None:
+                            left = max(0, left - len(found))
+                    else:
+                        done, failing = await corrections.plan(
+                            here, snapshot, found, args.item, dt.datetime.now()
+                        )
+                    summary.items += done.items
+                    failed += failing
     finally:
         await pool.close()
-    return summary, len(found), failed
+    return summary, found_in_all, failed
 
 
 def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
@@ -367,6 +385,9 @@ def parser() -> argparse.ArgumentParser:
         kp.add_argument("--json", action="store_true")
         kp.add_argument("--csv", help="write the agency's CSV report here")
         kp.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
+        kp.add_argument(
+            "--config", default=str(DEFAULT_CONFIG), help="gateway.toml: its [[ledger_clusters]]"
+        )
         if name == "apply":
             kp.add_argument("--limit", type=int, help="stop after N settlements (work in batches)")
         add_database(kp)

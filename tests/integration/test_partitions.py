@@ -345,3 +345,68 @@ async def test_the_monthly_clearing_sums_every_database(
     assert there == alone, differing
     codes = {r["fixmedins_code"] for r in there["institutions"]}
     assert {"H44180000001", "P52050000001", "P33030000001"} <= codes
+
+
+# Last in the module: it changes a mapping of H44180000001 in both gateways.
+DRUG = "YP9003"  # the hospital's own code of 阿托伐他汀钙片 (class B)
+CLASS_B, WRONG_CLASS_A = "XC10AAA140A001010100003", "XA10BAA020A001010100004"
+
+
+def _drug_mapping(code: str) -> dict[str, Any]:
+    return {"data": {"fixmedins_hilist_id": DRUG, "fixmedins_hilist_name": "阿托伐他汀钙片",
+                     "list_type": "101", "med_list_codg": code, "begndate": "2026-01-01",
+                     "enddate": "2099-12-31"}}  # fmt: skip
+
+
+async def _drug_visit(srv: Server, psn_no: str, region: str, ipt_otp_no: str) -> str:
+    his = srv.client("H44180000001")
+    remote = {"insuplc_admdvs": region}
+    begntime = "2026-05-10 09:00:00"
+    reg = await his.ok(
+        "2201",
+        {"data": {"psn_no": psn_no, "insutype": "310", "begntime": begntime,
+                  "mdtrt_cert_type": "01", "mdtrt_cert_no": psn_no, "ipt_otp_no": ipt_otp_no,
+                  "atddr_no": "D001", "dr_name": "医生", "dept_code": "K01", "dept_name": "内科",
+                  "caty": "A03"}},
+        **remote,
+    )  # fmt: skip
+    mdtrt_id = reg["data"]["mdtrt_id"]
+    lines = [{"feedetl_sn": "1", "medins_list_codg": DRUG, "pric": "40", "cnt": "2",
+              "det_item_fee_sumamt": "80.00"}]  # fmt: skip
+    rows = his.fee_rows(mdtrt_id, psn_no, lines, "2026-05-10 09:10:00", "B1")
+    await his.ok("2204", {"feedetail": rows}, **remote)
+    data = his.settle_data(psn_no, mdtrt_id, "11", "80.00", "310", "1", chrg_bchno="B1")
+    out = await his.ok("2207", data, **remote)
+    return str(out["setlinfo"]["setl_id"])
+
+
+async def test_a_bulk_catalog_correction_reaches_every_database(
+    split: Split, single: Server, tmp_path: Path
+) -> None:
+    """A wrong mapping applied to a 清远 patient (main database) and a 毕节 patient (毕节's
+    cluster): the correction plans and re-settles both, as the single-database gateway does."""
+    config = tmp_path / "split.toml"
+    config.write_text(
+        "".join(
+            f'[[ledger_clusters]]\nname = "{name}"\ndsn = "{split.clusters[region]}"\n'
+            f'regions = ["{region}"]\n'
+            for name, region in (("bijie", BIJIE), ("wenzhou", WENZHOU))
+        ),
+        encoding="utf-8",
+    )
+    for srv in (split.srv, single):
+        await srv.client("H44180000001").ok("3301", _drug_mapping(WRONG_CLASS_A))
+        await _drug_visit(srv, QINGYUAN_WORKER, QINGYUAN, "MZ-CORR-1")
+        await _drug_visit(srv, BIJIE_WORKER, BIJIE, "MZ-CORR-2")
+        await srv.client("H44180000001").ok("3301", _drug_mapping(CLASS_B))
+    args = ("corrections", "plan", "--institution", "H44180000001", "--item", DRUG, "--json")
+    there = json.loads(cli(*args, "--database-url", split.srv.dsn, "--config", str(config)).stdout)
+    alone = json.loads(cli(*args, "--database-url", single.dsn).stdout)
+    assert len(there["settlements"]) == len(alone["settlements"]) == 2
+    assert there["funds"] == alone["funds"] and there["totals"] == alone["totals"]
+    cli("corrections", "apply", "--institution", "H44180000001", "--item", DRUG,
+        "--database-url", split.srv.dsn, "--config", str(config))  # fmt: skip
+    assert await split.holding("SELECT count(*) FROM correction_items") == [
+        "main",
+        f"cluster {BIJIE}",
+    ]
