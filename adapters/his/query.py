@@ -20,7 +20,12 @@ async def settlement_info(call: Call) -> Answer:
     a = settlement_queries.SettlementQuery(
         setl_id=text(data.setl_id), mdtrt_id=text(data.mdtrt_id), psn_no=text(data.psn_no)
     )
-    rec = await settlement_queries.settlement_info(call.conn, call.req.fixmedins_code, a)
+    ledgers = call.gw.ledgers
+    # Split by region, a query naming neither the region nor the person went to the main
+    # database; the settlement may be in a cluster.
+    anywhere = ledgers.split and not (call.req.insuplc_admdvs or a.psn_no)
+    elsewhere = [c.pool for c in ledgers.clusters] if anywhere else []
+    rec = await settlement_queries.settlement_info(call.conn, call.req.fixmedins_code, a, elsewhere)
     info = setlinfo(rec)
     info["refd_setl_flag"] = "1" if rec.status == "cancelled" else "0"
     # The 5203 table names the personal part and the cash psn_pay / cash_payamt (Dongguan's DLL

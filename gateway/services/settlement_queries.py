@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 import msgspec
 
-from gateway.ledger import settlements
+from gateway.ledger import db, settlements
 from gateway.ledger.settlements import Record as Record
 from gateway.protocol.errors import BadRequest, NotFound
+
+ELSEWHERE_WAIT = 2.0  # seconds for a connection to another ledger database
 
 
 class SettlementQuery(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -19,19 +23,33 @@ class SettlementQuery(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 
 async def settlement_info(
-    conn: asyncpg.Connection, fixmedins_code: str, a: SettlementQuery
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    a: SettlementQuery,
+    elsewhere: Sequence[asyncpg.Pool] = (),
 ) -> Record:
-    """The institution's settlement the query names (cancelled ones included)."""
+    """The institution's settlement the query names (cancelled ones included). Not in the
+    caller's database, it is looked for in `elsewhere`: the ledger databases of a ledger split by
+    region, for a query that named neither the insured region nor the person."""
     if not (a.setl_id or a.mdtrt_id):
         raise BadRequest("结算ID setl_id与就诊ID mdtrt_id至少填写一项")
-    found = await settlements.find(
-        conn,
-        fixmedins_code,
-        setl_id=a.setl_id,
-        mdtrt_id=a.mdtrt_id,
-        psn_no=a.psn_no,
-        limit=1,
-    )
+
+    async def find(db_conn: asyncpg.Connection) -> list[Record]:
+        return await settlements.find(
+            db_conn,
+            fixmedins_code,
+            setl_id=a.setl_id,
+            mdtrt_id=a.mdtrt_id,
+            psn_no=a.psn_no,
+            limit=1,
+        )
+
+    found = await find(conn)
+    for pool in elsewhere:
+        if found:
+            break
+        async with db.leased(pool, ELSEWHERE_WAIT) as other:
+            found = await find(other)
     if not found:
         raise NotFound("未查询到本机构的结算信息")
     return found[0]

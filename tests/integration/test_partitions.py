@@ -217,6 +217,21 @@ async def test_a_retry_reaches_the_same_cluster_and_gets_its_stored_answer(
     assert rows[0][0] == 1
 
 
+async def test_5203_by_setl_id_alone_finds_a_settlement_in_a_cluster(
+    split: Split, single: Server
+) -> None:
+    """A query naming neither the insured region nor the person: looked for in every database."""
+    setl = await _sell(split.srv, BIJIE, BIJIE_WORKER)
+    pos = split.srv.client(PHARMACY_OF[BIJIE], BIJIE)
+    ask = {"data": {"setl_id": setl["setl_id"], "mdtrt_id": "", "psn_no": ""}}
+    out = await pos.ok("5203", ask, insuplc_admdvs="")
+    assert out["setlinfo"]["setl_id"] == setl["setl_id"]
+    other = split.srv.client("P44180000001")
+    refused = await other.call("5203", ask, insuplc_admdvs="")  # not this pharmacy's
+    assert refused["infcode"] == -1 and "未查询到" in refused["err_msg"]
+    await _sell(single, BIJIE, BIJIE_WORKER)  # the same history in both ledgers
+
+
 async def test_every_database_balances(split: Split) -> None:
     """The checker over each database, with the institutions of the main one (a cluster holds
     no reference data)."""
