@@ -1,0 +1,104 @@
+"""Draining a big journal segment: progress is kept chunk by chunk.
+
+A busy outage leaves segments of thousands of claims. Drained in one transaction, a segment that
+could not finish within the watcher's budget rolled back whole, every time, and the breaker never
+closed (seen on the loopback cluster). Now each chunk commits: a drain interrupted half-way keeps
+what it committed, the next drain adds the rest, and nothing is added twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from adapters.national import deferral
+from adapters.national.envelope import decode_request, fingerprint
+from gateway.app.config import Settings
+from gateway.app.runtime import Gateway
+from gateway.emergency.deferred import replay
+from gateway.emergency.deferred.journal import Journal
+from gateway.ledger.deferred import Entry
+from tests.integration.conftest import GENEROUS, running_gateway
+from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL
+
+pytestmark = pytest.mark.integration
+
+PHARMACY = "P44180000001"
+PERSONS = ["441800000000000001", "441800000000000002", "441800000000000003"]
+CLAIMS = 12
+
+
+class _Interrupted(Exception):
+    pass
+
+
+async def test_an_interrupted_drain_keeps_its_committed_chunks(
+    new_database: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_gateway(new_database) as srv:
+        pos = srv.client(PHARMACY)
+        at = dt.datetime.now().replace(microsecond=0)
+        dead = tmp_path / "dead"
+        journal = Journal(dead)
+        claim_ids = []
+        for n in range(CLAIMS):
+            drug = pos.drug_input(PERSONS[n % 3], f"{at:%Y-%m-%d} 10:00:00", DRUG_TOTAL, DRUG_LINES)
+            req = decode_request(msgspec.json.encode(pos.envelope("2102", drug)))
+            claim_id = deferral.new_claim_id("441800", at)
+            claim_ids.append(claim_id)
+            await journal.append(
+                Entry(
+                    kind="claim",
+                    fixmedins_code=PHARMACY,
+                    msgid=req.msgid,
+                    infno="2102",
+                    psn_no=PERSONS[n % 3],
+                    mdtrt_id="",
+                    service_date=at.date(),
+                    medfee_sumamt=11500,
+                    body=deferral.stored_request(req),
+                    answer=b"{}",
+                    received_at=at,
+                    claim_id=claim_id,
+                    digest=fingerprint(req),
+                )
+            )
+        journal.close()  # its process is gone: the segment is free to drain
+        assert len(set(claim_ids)) == CLAIMS
+
+        gw = await Gateway.start(Settings(srv.dsn, config=GENEROUS, journal_dir=tmp_path / "own"))
+        try:
+            monkeypatch.setattr(replay, "DRAIN_CHUNK", 5)
+            drain_one = replay._drain_one
+            calls = 0
+
+            async def failing(conn: Any, e: Entry) -> int:
+                nonlocal calls
+                calls += 1
+                if calls == 8:  # in the second chunk: the first is committed by then
+                    raise _Interrupted
+                return await drain_one(conn, e)
+
+            monkeypatch.setattr(replay, "_drain_one", failing)
+            with pytest.raises(_Interrupted):
+                await replay.drain(gw, Journal(dead))
+            kept = await srv.fetchval("SELECT count(*) FROM deferred")
+            assert kept == 5  # the first chunk; the second rolled back
+            assert list(dead.glob("*.journal"))  # the segment stays until drained whole
+
+            monkeypatch.setattr(replay, "_drain_one", drain_one)
+            assert await replay.drain(gw, Journal(dead)) == CLAIMS - 5
+        finally:
+            await gw.close()
+        rows = await srv.fetch("SELECT claim_id FROM deferred ORDER BY claim_id")
+        assert [r["claim_id"] for r in rows] == sorted(claim_ids)  # each once
+        assert not list(dead.glob("*.journal"))
+        answered = await srv.fetchval(
+            "SELECT count(*) FROM idempotency WHERE fixmedins_code = $1", PHARMACY
+        )
+        assert answered == CLAIMS  # each msgid's answer journaled once
