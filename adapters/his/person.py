@@ -14,7 +14,14 @@ from gateway.services import persons
 _IDENTITY = {"dibao": ("10", "最低生活保障对象"), "tekun": ("11", "特困供养人员")}
 
 
-@register("1101", "人员信息获取", writes=False, klass=TxClass.ENCOUNTER, input=wire.In1101)
+@register(
+    "1101",
+    "人员信息获取",
+    writes=False,
+    klass=TxClass.ENCOUNTER,
+    input=wire.In1101,
+    by_person=True,
+)
 async def person_info(call: Call) -> Answer:
     data = decode_input(call.req, In1101).data
     if data is None:

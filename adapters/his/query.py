@@ -20,11 +20,11 @@ async def settlement_info(call: Call) -> Answer:
     a = settlement_queries.SettlementQuery(
         setl_id=text(data.setl_id), mdtrt_id=text(data.mdtrt_id), psn_no=text(data.psn_no)
     )
+    # Split by region, a query naming no region, or another than the insured's, reached a
+    # database that may not hold the settlement: not found there, it is looked for in the
+    # others (a false "not found" could make the counter settle again under a new msgid).
     ledgers = call.gw.ledgers
-    # Split by region, a query naming neither the region nor the person went to the main
-    # database; the settlement may be in a cluster.
-    anywhere = ledgers.split and not (call.req.insuplc_admdvs or a.psn_no)
-    elsewhere = [c.pool for c in ledgers.clusters] if anywhere else []
+    elsewhere = [p.pool for p in ledgers.all if p.name != call.ledger] if ledgers.split else []
     rec = await settlement_queries.settlement_info(call.conn, call.req.fixmedins_code, a, elsewhere)
     info = setlinfo(rec)
     info["refd_setl_flag"] = "1" if rec.status == "cancelled" else "0"

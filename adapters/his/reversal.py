@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from adapters.national.envelope import Code, base_infno, decode_input, encode_response
+from adapters.national.envelope import (
+    Code,
+    Request,
+    base_infno,
+    decode_input,
+    encode_response,
+    text,
+)
 from adapters.national.wire import Node, required
 from gateway.emergency.plan.rules import TxClass
-from gateway.protocol.errors import BadRequest
+from gateway.protocol.errors import BadRequest, GatewayError
 from gateway.protocol.transaction import Answer, Call, register
 from gateway.services import reversal
 
@@ -20,7 +27,17 @@ class In2601(Node):
     data: ReverseData | None = None
 
 
-@register("2601", "冲正交易", writes=True, klass=TxClass.SETTLEMENT, input=In2601)
+def _omsgid(req: Request) -> str:
+    """The original's msgid, where a split ledger looks for it ("" when the input lacks it:
+    the handler refuses that)."""
+    try:
+        d = decode_input(req, In2601).data
+    except GatewayError:
+        return ""
+    return text(d.omsgid) if d is not None else ""
+
+
+@register("2601", "冲正交易", writes=True, klass=TxClass.SETTLEMENT, input=In2601, acts_on=_omsgid)
 async def reverse(call: Call) -> Answer:
     d = decode_input(call.req, In2601).data
     if d is None:
@@ -46,5 +63,15 @@ async def reverse(call: Call) -> Answer:
         now=call.now,
         refusal=refusal,
     )
+    ledgers = call.gw.ledgers
+    if outcome == "tombstone" and ledgers.split:
+        await reversal.bar_elsewhere(
+            [p.pool for p in ledgers.all if p.name != call.ledger],
+            call.req.fixmedins_code,
+            omsgid,
+            base_infno(required(d.oinfno, "data.oinfno")),
+            refusal,
+            call.gw.config.deadlines.call_seconds,
+        )
     warn = "原交易未到达中心，已登记冲正，原交易到达时将被拒绝" if outcome == "tombstone" else None
     return Answer({}, warn_msg=warn)

@@ -28,7 +28,7 @@ import msgspec
 
 from adapters.national.envelope import Request
 from gateway.app.config import LedgerCluster
-from gateway.ledger import db
+from gateway.ledger import db, idempotency
 
 MAIN = "main"
 # The main database's advisory lock held while persons are placed into their clusters.
@@ -74,18 +74,35 @@ class Partitions:
     def of_region(self, admdvs: str) -> Partition:
         return self._by_region.get(admdvs, self.main)
 
-    async def of_request(self, req: Request, wait: float) -> Partition:
-        """The database holding this request's money (see the module's words)."""
+    async def of_request(self, req: Request, wait: float, by_person: bool = False) -> Partition:
+        """The database holding this request's money (see the module's words); `by_person`:
+        the directory first, the envelope's region only for a person it does not know."""
         if not self.split:
             return self.main
-        if req.insuplc_admdvs:
+        if req.insuplc_admdvs and not by_person:
             return self.of_region(req.insuplc_admdvs)
         who = _who(req.input)
-        if who is None:
-            return self.main
-        async with asyncio.timeout(wait), db.leased(self.main.pool, wait) as conn:
-            region = await region_of(conn, *who)
-        return self.main if region is None else self.of_region(region)
+        region: str | None = None
+        if who is not None:
+            async with asyncio.timeout(wait), db.leased(self.main.pool, wait) as conn:
+                region = await region_of(conn, *who)
+        if region is None:
+            region = req.insuplc_admdvs  # no one the directory knows: as the envelope says
+        return self.of_region(region) if region else self.main
+
+    async def holding(self, fixmedins_code: str, msgid: str, wait: float) -> Partition | None:
+        """The database whose msgid journal holds the institution's msgid, if any: where a 2601
+        of it must run. The one holding the msgid's own answer first; one holding only a bar (a
+        2601 that found the msgid nowhere bars it in every database) after."""
+        barred: Partition | None = None
+        for partition in self.all:
+            async with asyncio.timeout(wait), db.leased(partition.pool, wait) as conn:
+                found = await idempotency.lookup(conn, fixmedins_code, msgid)
+            if found is not None and not found.tombstone:
+                return partition
+            if found is not None and barred is None:
+                barred = partition
+        return barred
 
     async def close(self, within: float) -> None:
         """Close the clusters' pools (the main pool is its owner's to close)."""
@@ -100,16 +117,25 @@ class _Named(msgspec.Struct):
 
 class _Input(msgspec.Struct):
     """The nodes in which the transactions name the person: `data` (1101, 2201, 2206/2207,
-    2303/2304, 2601 ...), `druginfo` (2101/2102), `mdtrtinfo` (2203, 2401), `feedetail` (2204,
-    2301)."""
+    2303/2304, 2601 ...; an array in some clients' 2302), `druginfo` (2101/2102), `mdtrtinfo`
+    (2203, 2401), `dscginfo` (2402), `feedetail` (2204, 2301) and `purcinfo` (as objects or
+    arrays)."""
 
-    data: _Named | None = None
+    data: _Named | list[_Named] | None = None
     druginfo: _Named | None = None
     mdtrtinfo: _Named | None = None
-    feedetail: list[_Named] | None = None
+    dscginfo: _Named | None = None
+    feedetail: _Named | list[_Named] | None = None
+    purcinfo: _Named | list[_Named] | None = None
 
 
 _input = msgspec.json.Decoder(_Input)
+
+
+def _first(node: _Named | list[_Named] | None) -> _Named | None:
+    if isinstance(node, list):
+        return node[0] if node else None
+    return node
 
 
 def _who(raw: bytes) -> tuple[str, str, str] | None:
@@ -118,7 +144,14 @@ def _who(raw: bytes) -> tuple[str, str, str] | None:
         node = _input.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    for named in (node.data, node.druginfo, node.mdtrtinfo, *(node.feedetail or ())[:1]):
+    for named in (
+        _first(node.data),
+        node.druginfo,
+        node.mdtrtinfo,
+        node.dscginfo,
+        _first(node.feedetail),
+        _first(node.purcinfo),
+    ):
         if named is not None and (named.psn_no or named.mdtrt_cert_no):
             return named.psn_no, named.mdtrt_cert_type, named.mdtrt_cert_no
     return None

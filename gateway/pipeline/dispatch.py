@@ -147,7 +147,7 @@ async def handle(
         # Catalog and reconciliation work is the institution's, kept in the main database (a
         # reconciliation reads the other databases itself); the rest is a person's money.
         if ledgers.split and tx.klass not in (TxClass.CATALOG, TxClass.RECONCILE):
-            ledger = await ledgers.of_request(req, gw.config.deadlines.call_seconds)
+            ledger = await _ledger_of(gw, tx, req)
         routed = await _plan(gw, tx, req, institution, body, received, ledger)
         if isinstance(routed, Outcome):
             outcome = routed
@@ -166,6 +166,19 @@ async def handle(
         except Exception:  # an observer's bug must not cost the counter its answer
             log.exception("answer observer failed", extra={"infno": req.infno})
     return outcome
+
+
+async def _ledger_of(gw: Gateway, tx: Transaction, req: Request) -> Partition:
+    """The database of a split ledger that holds this request's money: that of the earlier
+    transaction it acts on, when it names one the journals hold; else its region's or person's."""
+    wait = gw.config.deadlines.call_seconds
+    if tx.acts_on is not None:
+        original = tx.acts_on(req)
+        if original:
+            found = await gw.ledgers.holding(req.fixmedins_code, original, wait)
+            if found is not None:
+                return found
+    return await gw.ledgers.of_request(req, wait, tx.by_person)
 
 
 async def _admit(
@@ -279,7 +292,7 @@ async def _read(
         asyncio.timeout_at(expires),
         db.leased(ledger.pool, deadline) as conn,
     ):
-        answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
+        answer = await tx.handler(Call(gw, req, conn, received, institution, mode, ledger.name))
     _observe(gw, code, True, False, started, ledger.name)
     if answer.raw is not None:
         return Outcome(
@@ -436,7 +449,9 @@ async def _journaled(
             async with conn.transaction():
                 if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
                     raise _Taken
-                answer = await tx.handler(Call(gw, req, conn, received, institution, mode))
+                answer = await tx.handler(
+                    Call(gw, req, conn, received, institution, mode, ledger.name)
+                )
                 out = encode_response(
                     region=gw.region,
                     received=received,

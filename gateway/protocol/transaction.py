@@ -71,6 +71,9 @@ class Call:
     now: dt.datetime
     institution: Institution
     mode: Mode = Mode.NORMAL
+    # The ledger database `conn` is on (gateway.ledger.partitions; "main" unless the ledger is
+    # split by region): a 2601 bars its unknown original in the others.
+    ledger: str = "main"
 
 
 @dataclass(slots=True)
@@ -115,6 +118,13 @@ class Transaction:
     dated: tuple[Dated, ...] = ()  # its service dates, judged when it is deferred
     # A claim's replay (Deferral.CLAIM of a visit); None: the handler settles the claim whole.
     settle_claim: ClaimSettle | None = None
+    # The msgid of the earlier transaction this one acts on (2601's omsgid): in a ledger split
+    # by region it runs in the database whose msgid journal holds that msgid, wherever the
+    # request's own region or person points.
+    acts_on: Callable[[Request], str] | None = None
+    # In a ledger split by region, routed by the person directory before the envelope's region:
+    # 1101 reads the card, and a HIS fills insuplc_admdvs from its answer, not before.
+    by_person: bool = False
 
     @property
     def admits(self) -> bool:
@@ -140,6 +150,8 @@ def register(
     journal_answer: JournalAnswer | None = None,
     dated: tuple[Dated, ...] = (),
     settle_claim: ClaimSettle | None = None,
+    acts_on: Callable[[Request], str] | None = None,
+    by_person: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
 
@@ -159,6 +171,8 @@ def register(
             journal_answer,
             dated,
             settle_claim,
+            acts_on,
+            by_person,
         )
         return handler
 

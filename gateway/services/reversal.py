@@ -11,12 +11,13 @@ cannot disagree. Each undo and its precondition: docs/reliability.md, "Undo and 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import asyncpg
 
 from gateway.core.model import Category
-from gateway.ledger import encounters, fees, reversals, settlements
-from gateway.protocol.errors import BadRequest, Conflict, NotFound
+from gateway.ledger import db, encounters, fees, idempotency, reversals, settlements
+from gateway.protocol.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.protocol.transaction import TRANSACTIONS, Kind, Transaction, Undo
 
 _CATEGORIES = {
@@ -37,7 +38,9 @@ async def reverse(
     now: dt.datetime,
     refusal: bytes,
 ) -> str:
-    """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone". Caller holds the tx."""
+    """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone". Caller holds the tx.
+    In a ledger split by region, the caller then bars a tombstoned original in the other
+    databases too (`bar_elsewhere`)."""
     original = TRANSACTIONS.get(oinfno)
     if original is None or original.undo is Undo.NONE:
         reversible = "、".join(
@@ -132,3 +135,26 @@ async def _undo_admission(conn: asyncpg.Connection, code: str, psn_no: str, omsg
     if await encounters.settled_count(conn, mdtrt_id) or await fees.has_lines(conn, mdtrt_id):
         raise Conflict("该住院已有费用明细或结算，请先撤销后再冲正入院")
     await encounters.update(conn, mdtrt_id, status="cancelled")
+
+
+async def bar_elsewhere(
+    pools: Sequence[asyncpg.Pool],
+    fixmedins_code: str,
+    omsgid: str,
+    oinfno: str,
+    refusal: bytes,
+    wait: float,
+) -> None:
+    """An original no database knows, barred in every other ledger database of a split ledger
+    (each committed on its own, before the 2601's own transaction): a late original is refused
+    wherever its region or person sends it. If one of them has the original by now (it arrived
+    meanwhile, routed there), the 2601 is refused as retryable: retried, it runs there."""
+    for pool in pools:
+        async with db.leased(pool, wait) as conn, conn.transaction():
+            if await reversals.bar(conn, fixmedins_code, omsgid, oinfno, refusal):
+                continue
+            found = await idempotency.lookup(conn, fixmedins_code, omsgid)
+            if found is not None and not found.tombstone:
+                raise Unavailable(
+                    f"原报文{omsgid}刚刚到达中心，冲正未生效，请使用相同报文ID重试冲正（2601）"
+                )

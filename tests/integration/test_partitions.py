@@ -13,6 +13,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -425,3 +426,115 @@ async def test_a_bulk_catalog_correction_reaches_every_database(
         "main",
         f"cluster {BIJIE}",
     ]
+
+
+async def _reverse(
+    srv: Server, pharmacy: str, psn_no: str, omsgid: str, region: str
+) -> dict[str, Any]:
+    pos = srv.client(pharmacy, region)
+    ask = {"data": {"psn_no": psn_no, "omsgid": omsgid, "oinfno": "2102"}}
+    return await pos.call("2601", ask, insuplc_admdvs=region)
+
+
+async def test_a_2601_reaches_its_original_whatever_region_it_names(split: Split) -> None:
+    """Found from outside: a 2601 sent with another region (or none and another person) went to
+    a database that did not know the original, barred it there and answered success, while the
+    sale stayed settled and the account charged. It runs where the original is now."""
+    pos = split.srv.client(PHARMACY_OF[BIJIE], BIJIE)
+    body = pos.envelope("2102", _sale(pos, BIJIE_WORKER))
+    sold = decode((await pos.post_raw(msgspec.json.encode(body)))[1])
+    assert sold["infcode"] == 0
+    setl_id = sold["output"]["setlinfo"]["setl_id"]
+    bijie = split.clusters[BIJIE]
+    before = (await split.rows(bijie, "SELECT balance_fen FROM accounts WHERE psn_no = $1", BIJIE_WORKER))[0][0]  # fmt: skip
+    # Another person, no region: the original is found, the person checked against it.
+    wrong = await _reverse(split.srv, PHARMACY_OF[BIJIE], QINGYUAN_WORKER, body["msgid"], "")
+    assert wrong["infcode"] == -1 and "不一致" in wrong["err_msg"], wrong
+    # The pharmacy's own region, not the patient's: reversed in 毕节's cluster all the same.
+    done = await _reverse(split.srv, PHARMACY_OF[BIJIE], BIJIE_WORKER, body["msgid"], QINGYUAN)
+    assert done["infcode"] == 0 and not done["warn_msg"], done
+    status = await split.rows(bijie, "SELECT status FROM settlements WHERE setl_id = $1", setl_id)
+    assert status[0][0] != "settled"
+    after = (await split.rows(bijie, "SELECT balance_fen FROM accounts WHERE psn_no = $1", BIJIE_WORKER))[0][0]  # fmt: skip
+    assert after - before == int(Decimal(sold["output"]["setlinfo"]["acct_pay"]) * 100)
+    assert (
+        await split.holding(
+            "SELECT count(*) FROM idempotency WHERE msgid = $1 AND tombstone", body["msgid"]
+        )
+        == []
+    )
+
+
+async def test_a_2601_of_an_unknown_original_bars_it_in_every_database(split: Split) -> None:
+    """Reversed before it arrived, sent under any region: the late original is refused wherever
+    its own region sends it, and nothing is settled."""
+    pos = split.srv.client(PHARMACY_OF[BIJIE], BIJIE)
+    late = pos.envelope("2102", _sale(pos, BIJIE_WORKER))
+    early = await _reverse(split.srv, PHARMACY_OF[BIJIE], BIJIE_WORKER, late["msgid"], QINGYUAN)
+    assert early["infcode"] == 0 and early["warn_msg"], early
+    barred = await split.holding(
+        "SELECT count(*) FROM idempotency WHERE msgid = $1 AND tombstone", late["msgid"]
+    )
+    assert barred == ["main", f"cluster {BIJIE}", f"cluster {WENZHOU}"]
+    answer = decode((await pos.post_raw(msgspec.json.encode(late)))[1])
+    assert answer["infcode"] == -1 and "已被冲正" in answer["err_msg"], answer
+    assert (
+        await split.holding(
+            "SELECT count(*) FROM settlements WHERE medins_setl_id = $1", late["msgid"]
+        )
+        == []
+    )
+
+
+async def test_1101_with_the_hospitals_own_region_finds_a_remote_patient(split: Split) -> None:
+    """Found from outside: a HIS that fills insuplc_admdvs with its own region before it has
+    read the card was told the 毕节 patient did not exist. 1101 is routed by the directory."""
+    his = split.srv.client("H44180000001")
+    for cert_type, cert_no in (("02", "520502198806061111"), ("01", BIJIE_WORKER)):
+        ask = {"data": {"mdtrt_cert_type": cert_type, "mdtrt_cert_no": cert_no}}
+        out = await his.ok("1101", ask, insuplc_admdvs=QINGYUAN)
+        assert out["baseinfo"]["psn_no"] == BIJIE_WORKER
+        assert out["insuinfo"][0]["insuplc_admdvs"] == BIJIE
+
+
+async def test_5203_with_the_wrong_region_still_finds_the_settlement(split: Split) -> None:
+    """Found from outside: "not found" for a settlement that exists (sent with the pharmacy's
+    wrong region) could make the counter settle again under a new msgid."""
+    setl = await _sell(split.srv, WENZHOU, WENZHOU_RETIREE)
+    pos = split.srv.client(PHARMACY_OF[WENZHOU], WENZHOU)
+    for region in (QINGYUAN, "999999", ""):
+        ask = {"data": {"setl_id": setl["setl_id"], "mdtrt_id": "", "psn_no": ""}}
+        out = await pos.ok("5203", ask, insuplc_admdvs=region)
+        assert out["setlinfo"]["setl_id"] == setl["setl_id"]
+
+
+async def test_an_inpatient_stay_without_a_region_is_discharged_and_settled(split: Split) -> None:
+    """Found from outside: 2402 names the person in `dscginfo`, which the routing did not read,
+    and a 2302 with `data` as an array was not routed either: both refused as 'visit unknown'."""
+    his = split.srv.client("H44180000001")
+    none = {"insuplc_admdvs": ""}
+    person, begn = WENZHOU_RETIREE, "2026-04-01 09:00:00"
+    adm = await his.ok(
+        "2401",
+        {"mdtrtinfo": {"psn_no": person, "insutype": "310", "med_type": "21",
+                       "begntime": begn, "mdtrt_cert_type": "01", "mdtrt_cert_no": person,
+                       "ipt_no": "ZY-SPLIT-1", "atddr_no": "D001", "chfpdr_name": "医生",
+                       "adm_diag_dscr": "肺炎", "adm_dept_codg": "K02", "adm_dept_name": "呼吸科",
+                       "adm_bed": "12", "dscg_maindiag_code": "J18.900",
+                       "dscg_maindiag_name": "肺炎"}},
+        **none,
+    )  # fmt: skip
+    mdtrt_id = adm["result"]["mdtrt_id"] if "result" in adm else adm["data"]["mdtrt_id"]
+    rows = his.fee_rows(mdtrt_id, person, OUTPATIENT_LINES, "2026-04-02 10:00:00", "B1")
+    await his.ok("2301", {"feedetail": rows}, **none)
+    withdraw = {"data": [{"feedetl_sn": "3", "mdtrt_id": mdtrt_id, "psn_no": person}]}
+    await his.ok("2302", withdraw, **none)
+    await his.ok(
+        "2402",
+        {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": person, "endtime": "2026-04-05 10:00:00",
+                      "dise_codg": "J18.900", "dise_name": "肺炎", "dscg_way": "1",
+                      "dscg_dept_codg": "K02", "dscg_dept_name": "呼吸科"}},
+        **none,
+    )  # fmt: skip
+    held = await split.holding("SELECT count(*) FROM encounters WHERE mdtrt_id = $1", mdtrt_id)
+    assert held == [f"cluster {WENZHOU}"]
