@@ -58,6 +58,19 @@ class Split:
         finally:
             await conn.close()
 
+    def config_file(self, folder: Path) -> Path:
+        """A gateway.toml naming the clusters, for the commands that read every database."""
+        path = folder / "split.toml"
+        path.write_text(
+            "".join(
+                f'[[ledger_clusters]]\nname = "{name}"\ndsn = "{self.clusters[region]}"\n'
+                f'regions = ["{region}"]\n'
+                for name, region in (("bijie", BIJIE), ("wenzhou", WENZHOU))
+            ),
+            encoding="utf-8",
+        )
+        return path
+
     def everywhere(self) -> dict[str, str]:
         """Each database by name: main and the clusters."""
         return {"main": self.srv.dsn, **{f"cluster {r}": d for r, d in self.clusters.items()}}
@@ -342,15 +355,7 @@ async def test_the_monthly_clearing_sums_every_database(
         await _remote_visit(srv, "MZ-REMOTE-CLR")
         await _sell(srv, BIJIE, BIJIE_WORKER)
         await _sell(srv, WENZHOU, WENZHOU_RETIREE)
-    config = tmp_path / "split.toml"
-    config.write_text(
-        "".join(
-            f'[[ledger_clusters]]\nname = "{name}"\ndsn = "{split.clusters[region]}"\n'
-            f'regions = ["{region}"]\n'
-            for name, region in (("bijie", BIJIE), ("wenzhou", WENZHOU))
-        ),
-        encoding="utf-8",
-    )
+    config = split.config_file(tmp_path)
     month = dt.date.today().strftime("%Y-%m")
     args = ("clearing", "monthly", "--month", month, "--json")
     there = json.loads(cli(*args, "--database-url", split.srv.dsn, "--config", str(config)).stdout)
@@ -401,15 +406,7 @@ async def test_a_bulk_catalog_correction_reaches_every_database(
 ) -> None:
     """A wrong mapping applied to a 清远 patient (main database) and a 毕节 patient (毕节's
     cluster): the correction plans and re-settles both, as the single-database gateway does."""
-    config = tmp_path / "split.toml"
-    config.write_text(
-        "".join(
-            f'[[ledger_clusters]]\nname = "{name}"\ndsn = "{split.clusters[region]}"\n'
-            f'regions = ["{region}"]\n'
-            for name, region in (("bijie", BIJIE), ("wenzhou", WENZHOU))
-        ),
-        encoding="utf-8",
-    )
+    config = split.config_file(tmp_path)
     for srv in (split.srv, single):
         await srv.client("H44180000001").ok("3301", _drug_mapping(WRONG_CLASS_A))
         await _drug_visit(srv, QINGYUAN_WORKER, QINGYUAN, "MZ-CORR-1")
