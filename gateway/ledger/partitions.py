@@ -91,18 +91,16 @@ class Partitions:
         return self.of_region(region) if region else self.main
 
     async def holding(self, fixmedins_code: str, msgid: str, wait: float) -> Partition | None:
-        """The database whose msgid journal holds the institution's msgid, if any: where a 2601
-        of it must run. The one holding the msgid's own answer first; one holding only a bar (a
-        2601 that found the msgid nowhere bars it in every database) after."""
-        barred: Partition | None = None
+        """The database whose msgid journal holds the institution's msgid as a message it
+        received (not a bar), if any: where a 2601 of it must run. A bar is not looked at: the
+        2601 that wrote it ran where its own region or person sends it, and so does its retry,
+        which must find its stored answer there."""
         for partition in self.all:
             async with asyncio.timeout(wait), db.leased(partition.pool, wait) as conn:
                 found = await idempotency.lookup(conn, fixmedins_code, msgid)
             if found is not None and not found.tombstone:
                 return partition
-            if found is not None and barred is None:
-                barred = partition
-        return barred
+        return None
 
     async def close(self, within: float) -> None:
         """Close the clusters' pools (the main pool is its owner's to close)."""

@@ -535,3 +535,19 @@ async def test_an_inpatient_stay_without_a_region_is_discharged_and_settled(spli
     )  # fmt: skip
     held = await split.holding("SELECT count(*) FROM encounters WHERE mdtrt_id = $1", mdtrt_id)
     assert held == [f"cluster {WENZHOU}"]
+
+
+async def test_a_retried_2601_that_barred_its_original_gets_its_stored_answer(
+    split: Split,
+) -> None:
+    """The 2601 ran in the database its region names (毕节's here) and barred the unknown
+    original everywhere; its retry, same msgid and body, must reach that database again and be
+    answered as the first time, not run anew where a bar merely stands ("already reversed")."""
+    pos = split.srv.client(PHARMACY_OF[BIJIE], BIJIE)
+    late = pos.envelope("2102", _sale(pos, BIJIE_WORKER))
+    ask = {"data": {"psn_no": BIJIE_WORKER, "omsgid": late["msgid"], "oinfno": "2102"}}
+    body = msgspec.json.encode(pos.envelope("2601", ask))
+    first = await pos.post_raw(body)
+    again = await pos.post_raw(body)
+    assert decode(first[1])["infcode"] == 0, first
+    assert first == again
