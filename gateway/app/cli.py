@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -16,7 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import asyncpg
 import uvloop
 
 from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli
@@ -126,15 +124,7 @@ async def _synth(url: str, persons: int, region: str, config_path: Path) -> int:
             await db.migrate(conn)
             added = await reference_store.synthesize(conn, persons, region)
             # A region of a ledger cluster: its persons go there (the directory stays here).
-            for cluster in load_config(config_path).ledger_clusters:
-                if region in cluster.regions:
-                    other = await asyncpg.connect(cluster.dsn)
-                    try:
-                        await db.migrate(other)
-                        await partitions.number_cluster(conn, other, cluster.name)
-                        await partitions.place_persons(conn, other, [region])
-                    finally:
-                        await other.close()
+            await partitions.prepare_clusters(conn, load_config(config_path).ledger_clusters)
             return added
     finally:
         await pool.close()
@@ -192,20 +182,16 @@ async def _corrections(
     failed: list[tuple[str, str]] = []
     found_in_all = 0
     try:
-        async with cluster_pools(Path(args.config)) as others, pool.acquire() as conn:
+        async with cluster_pools(Path(args.config)) as others:
             reference = await asyncio.to_thread(load_reference, Path(args.reference_dir))
-            snapshot = await reference_store.read_snapshot(conn, reference)
+            async with pool.acquire() as conn:
+                snapshot = await reference_store.read_snapshot(conn, reference)
             begn = dt.date.fromisoformat(args.date_from) if args.date_from else None
             end = dt.date.fromisoformat(args.date_to) if args.date_to else None
             run_id = dt.datetime.now().strftime("%Y%m%d%H%M%S")
             left = getattr(args, "limit", None)
             for ledger in [pool, *others]:
-                async with contextlib.AsyncExitStack() as stack:
-                    here = (
-                        conn
-                        if ledger is pool
-                        else await stack.enter_async_context(ledger.acquire())
-                    )
+                async with ledger.acquire() as here:
                     found = await corrections.targets(
                         here, snapshot, args.institution, args.item, begn, end
                     )

@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -71,15 +70,7 @@ async def prepare_database(settings: Settings) -> None:
             await db.migrate(conn)
             if settings.load_demo_if_empty and await reference_store.is_empty(conn):
                 await reference_store.load(conn, load_reference(settings.reference_dir))
-            async with partitions.placing(conn):
-                for cluster in settings.config.ledger_clusters:
-                    other = await asyncpg.connect(cluster.dsn)
-                    try:
-                        await db.migrate(other)
-                        await partitions.number_cluster(conn, other, cluster.name)
-                        await partitions.place_persons(conn, other, cluster.regions)
-                    finally:
-                        await other.close()
+            await partitions.prepare_clusters(conn, settings.config.ledger_clusters)
     finally:
         await pool.close()
 

@@ -572,7 +572,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
             log.warning("ledger watch step failed", exc_info=True)
 
 
-def _reachable(gw: Gateway, closing: str | None = None) -> Callable[[str], bool]:
+def _reachable(gw: Gateway, closing: str) -> Callable[[str], bool]:
     """Whether to drain into a ledger database now: its breaker is closed, or it is the one
     about to close (its probes answered)."""
 

@@ -186,6 +186,21 @@ ID_RANGE = 10**10
 NUMBERED_SEQUENCES = ("mdtrt_seq", "setl_seq", "sign_seq", "file_seq", "manual_claim_seq")
 
 
+async def prepare_clusters(main: asyncpg.Connection, clusters: Iterable[LedgerCluster]) -> None:
+    """Each cluster migrated and numbered, and the persons of its regions still in the main
+    database (the demo set and synthetic persons are loaded there) moved into it; one process
+    at a time."""
+    async with placing(main):
+        for cluster in clusters:
+            other = await asyncpg.connect(cluster.dsn)
+            try:
+                await db.migrate(other)
+                await number_cluster(main, other, cluster.name)
+                await place_persons(main, other, cluster.regions)
+            finally:
+                await other.close()
+
+
 @contextlib.asynccontextmanager
 async def placing(main: asyncpg.Connection) -> AsyncIterator[None]:
     """One process at a time numbers clusters and places persons: nodes starting together would

@@ -174,29 +174,40 @@ async def test_1101_by_id_card_without_a_region_finds_the_person_in_their_cluste
     assert out["insuinfo"][0]["insuplc_admdvs"] == WENZHOU
 
 
-async def _remote_visit(srv: Server, ipt_otp_no: str) -> dict[str, Any]:
-    """A 毕节 worker treated at a 清远 hospital: every call names the insured region 520500."""
+async def _hospital_visit(
+    srv: Server,
+    psn_no: str,
+    region: str,
+    ipt_otp_no: str,
+    day: str,
+    lines: list[dict[str, Any]],
+    total: str,
+) -> dict[str, Any]:
+    """2201 → 2204 → 2207 at a 清远 hospital, every call naming `region` as the insured's."""
     his = srv.client("H44180000001")
-    remote = {"insuplc_admdvs": BIJIE}
-    begntime = "2026-07-02 09:00:00"
+    remote = {"insuplc_admdvs": region}
     reg = await his.ok(
         "2201",
-        {"data": {"psn_no": BIJIE_WORKER, "insutype": "310", "begntime": begntime,
-                  "mdtrt_cert_type": "01", "mdtrt_cert_no": BIJIE_WORKER,
-                  "ipt_otp_no": ipt_otp_no, "atddr_no": "D001", "dr_name": "医生",
-                  "dept_code": "K01", "dept_name": "内科", "caty": "A03"}},
+        {"data": {"psn_no": psn_no, "insutype": "310", "begntime": f"{day} 09:00:00",
+                  "mdtrt_cert_type": "01", "mdtrt_cert_no": psn_no, "ipt_otp_no": ipt_otp_no,
+                  "atddr_no": "D001", "dr_name": "医生", "dept_code": "K01", "dept_name": "内科",
+                  "caty": "A03"}},
         **remote,
     )  # fmt: skip
     mdtrt_id = reg["data"]["mdtrt_id"]
-    rows = his.fee_rows(mdtrt_id, BIJIE_WORKER, OUTPATIENT_LINES, "2026-07-02 09:10:00", "B1")
+    rows = his.fee_rows(mdtrt_id, psn_no, lines, f"{day} 09:10:00", "B1")
     await his.ok("2204", {"feedetail": rows}, **remote)
-    data = his.settle_data(
-        BIJIE_WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1"
-    )
-    out = await his.ok("2207", data, **remote)
-    setlinfo = out["setlinfo"]
+    data = his.settle_data(psn_no, mdtrt_id, "11", total, "310", "1", chrg_bchno="B1")
+    setlinfo = (await his.ok("2207", data, **remote))["setlinfo"]
     assert isinstance(setlinfo, dict)
     return setlinfo
+
+
+async def _remote_visit(srv: Server, ipt_otp_no: str) -> dict[str, Any]:
+    """A 毕节 worker treated at a 清远 hospital: every call names the insured region 520500."""
+    return await _hospital_visit(
+        srv, BIJIE_WORKER, BIJIE, ipt_otp_no, "2026-07-02", OUTPATIENT_LINES, OUTPATIENT_TOTAL
+    )
 
 
 async def test_a_visit_away_from_home_commits_in_the_insured_regions_cluster(
@@ -380,25 +391,10 @@ def _drug_mapping(code: str) -> dict[str, Any]:
 
 
 async def _drug_visit(srv: Server, psn_no: str, region: str, ipt_otp_no: str) -> str:
-    his = srv.client("H44180000001")
-    remote = {"insuplc_admdvs": region}
-    begntime = "2026-05-10 09:00:00"
-    reg = await his.ok(
-        "2201",
-        {"data": {"psn_no": psn_no, "insutype": "310", "begntime": begntime,
-                  "mdtrt_cert_type": "01", "mdtrt_cert_no": psn_no, "ipt_otp_no": ipt_otp_no,
-                  "atddr_no": "D001", "dr_name": "医生", "dept_code": "K01", "dept_name": "内科",
-                  "caty": "A03"}},
-        **remote,
-    )  # fmt: skip
-    mdtrt_id = reg["data"]["mdtrt_id"]
     lines = [{"feedetl_sn": "1", "medins_list_codg": DRUG, "pric": "40", "cnt": "2",
               "det_item_fee_sumamt": "80.00"}]  # fmt: skip
-    rows = his.fee_rows(mdtrt_id, psn_no, lines, "2026-05-10 09:10:00", "B1")
-    await his.ok("2204", {"feedetail": rows}, **remote)
-    data = his.settle_data(psn_no, mdtrt_id, "11", "80.00", "310", "1", chrg_bchno="B1")
-    out = await his.ok("2207", data, **remote)
-    return str(out["setlinfo"]["setl_id"])
+    setlinfo = await _hospital_visit(srv, psn_no, region, ipt_otp_no, "2026-05-10", lines, "80.00")
+    return str(setlinfo["setl_id"])
 
 
 async def test_a_bulk_catalog_correction_reaches_every_database(
