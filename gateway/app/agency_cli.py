@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import getpass
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import asyncpg
 import msgspec
 
 from gateway.app.cli_args import month_arg
-from gateway.app.cli_database import cluster_pools, database_url
+from gateway.app.cli_database import database_url, ledger_databases
 from gateway.app.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, load_config
 from gateway.app.reference import load_reference
 from gateway.core.catalog import Snapshot
@@ -31,8 +32,9 @@ from gateway.jobs import clearing
 from gateway.ledger import db, reference_store
 from gateway.ledger import manual_claims as claim_store
 from gateway.ledger import payouts as payout_store
+from gateway.ledger.partitions import Partitions
 from gateway.protocol.errors import BadRequest, GatewayError
-from gateway.services import claim_form, manual_claims, payouts
+from gateway.services import agency_ledgers, claim_form, manual_claims, payouts
 
 
 def _operator(args: argparse.Namespace) -> str:
@@ -40,13 +42,16 @@ def _operator(args: argparse.Namespace) -> str:
     return str(args.operator or f"cli:{getpass.getuser()}")
 
 
-def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
+def _run(args: argparse.Namespace, work: Callable[[Partitions], Awaitable[int]]) -> int:
+    """`work` over the ledger databases: the main one, and the clusters `--config` names."""
+
     async def go() -> int:
         pool = await db.create_pool(database_url(args), min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn:
                 await db.migrate(conn)
-                return await work(conn)
+            async with ledger_databases(pool, Path(args.config)) as ledgers:
+                return await work(ledgers)
         finally:
             await pool.close()
 
@@ -57,9 +62,22 @@ def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitabl
         return 2
 
 
-async def _snapshot(conn: asyncpg.Connection, args: argparse.Namespace) -> Snapshot:
+async def _snapshot(ledgers: Partitions, args: argparse.Namespace) -> Snapshot:
     reference = await asyncio.to_thread(load_reference, Path(args.reference_dir))
-    return await reference_store.read_snapshot(conn, reference)
+    async with agency_ledgers.connection(ledgers.main) as conn:
+        return await reference_store.read_snapshot(conn, reference)
+
+
+@contextlib.asynccontextmanager
+async def _on_claim(ledgers: Partitions, claim_no: str) -> AsyncIterator[asyncpg.Connection]:
+    async with agency_ledgers.connection(await agency_ledgers.of_claim(ledgers, claim_no)) as c:
+        yield c
+
+
+@contextlib.asynccontextmanager
+async def _on_batch(ledgers: Partitions, batch_no: str) -> AsyncIterator[asyncpg.Connection]:
+    async with agency_ledgers.connection(await agency_ledgers.of_batch(ledgers, batch_no)) as c:
+        yield c
 
 
 def _when(text: str | None, what: str) -> dt.datetime | None:
@@ -87,7 +105,7 @@ def _claim_line(c: claim_store.Claim) -> str:
 
 
 def claims_register(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
+    async def work(ledgers: Partitions) -> int:
         begntime = _when(args.begntime, "就诊（入院）时间")
         assert begntime is not None  # required by the parser
         reg = manual_claims.Registration(
@@ -101,10 +119,21 @@ def claims_register(args: argparse.Namespace) -> int:
             acct_used=args.acct_used,
             invoice_nos=tuple(args.invoice),
         )
-        snapshot = await _snapshot(conn, args)
-        c = await manual_claims.register(
-            conn, snapshot, reg, _operator(args), dt.datetime.now(), dates=_dates()
-        )
+        snapshot = await _snapshot(ledgers, args)
+        home = await agency_ledgers.of_person(ledgers, "", reg.cert_type, reg.cert_no)
+        async with (
+            agency_ledgers.invoice_registry(ledgers, home) as invoices_held,
+            agency_ledgers.connection(home) as conn,
+        ):
+            c = await manual_claims.register(
+                conn,
+                snapshot,
+                reg,
+                _operator(args),
+                dt.datetime.now(),
+                dates=_dates(),
+                invoices_held=invoices_held,
+            )
         _print(args, manual_claims.view(c), _claim_line(c))
         return 0
 
@@ -126,13 +155,14 @@ def _lines_of(text: str) -> list[claim_store.Line]:
 
 
 def claims_lines(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
+    async def work(ledgers: Partitions) -> int:
         text = await asyncio.to_thread(Path(args.file).read_text, encoding="utf-8")
         lines = _lines_of(text)
-        snapshot = await _snapshot(conn, args)
-        c = await manual_claims.enter_lines(
-            conn, snapshot, args.claim_no, lines, _operator(args), dates=_dates()
-        )
+        snapshot = await _snapshot(ledgers, args)
+        async with _on_claim(ledgers, args.claim_no) as conn:
+            c = await manual_claims.enter_lines(
+                conn, snapshot, args.claim_no, lines, _operator(args), dates=_dates()
+            )
         _print(args, manual_claims.view(c), _claim_line(c))
         return 0
 
@@ -140,8 +170,9 @@ def claims_lines(args: argparse.Namespace) -> int:
 
 
 def claims_review(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        c = await manual_claims.review(conn, args.claim_no, _operator(args), refuse=args.refuse)
+    async def work(ledgers: Partitions) -> int:
+        async with _on_claim(ledgers, args.claim_no) as conn:
+            c = await manual_claims.review(conn, args.claim_no, _operator(args), refuse=args.refuse)
         _print(args, manual_claims.view(c), _claim_line(c))
         return 0
 
@@ -149,11 +180,12 @@ def claims_review(args: argparse.Namespace) -> int:
 
 
 def claims_settle(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        snapshot = await _snapshot(conn, args)
-        c = await manual_claims.settle(
-            conn, snapshot, args.claim_no, _operator(args), dt.datetime.now()
-        )
+    async def work(ledgers: Partitions) -> int:
+        snapshot = await _snapshot(ledgers, args)
+        async with _on_claim(ledgers, args.claim_no) as conn:
+            c = await manual_claims.settle(
+                conn, snapshot, args.claim_no, _operator(args), dt.datetime.now()
+            )
         _print(args, manual_claims.view(c), _claim_line(c))
         return 0
 
@@ -161,8 +193,8 @@ def claims_settle(args: argparse.Namespace) -> int:
 
 
 def claims_batch_review(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        done = await manual_claims.batch_review(conn, args.claim_nos, _operator(args))
+    async def work(ledgers: Partitions) -> int:
+        done = await agency_ledgers.batch_review(ledgers, args.claim_nos, _operator(args))
         _print(
             args,
             [manual_claims.view(c) for c in done],
@@ -174,8 +206,9 @@ def claims_batch_review(args: argparse.Namespace) -> int:
 
 
 def claims_withdraw(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        c = await manual_claims.withdraw(conn, args.claim_no, _operator(args), args.reason)
+    async def work(ledgers: Partitions) -> int:
+        async with _on_claim(ledgers, args.claim_no) as conn:
+            c = await manual_claims.withdraw(conn, args.claim_no, _operator(args), args.reason)
         _print(args, manual_claims.view(c), _claim_line(c))
         return 0
 
@@ -183,8 +216,8 @@ def claims_withdraw(args: argparse.Namespace) -> int:
 
 
 def claims_list(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        found = await claim_store.listing(conn, args.status)
+    async def work(ledgers: Partitions) -> int:
+        found = await agency_ledgers.claims(ledgers, args.status)
         _print(
             args,
             [manual_claims.view(c) for c in found],
@@ -198,8 +231,10 @@ def claims_list(args: argparse.Namespace) -> int:
 def claims_print(args: argparse.Namespace) -> int:
     """The settled claim's form (零星报销结算单): HTML, and PDF through headless Chromium."""
 
-    async def work(conn: asyncpg.Connection) -> int:
-        form = await claim_form.gather(conn, args.claim_no)
+    async def work(ledgers: Partitions) -> int:
+        snapshot = await _snapshot(ledgers, args)
+        async with _on_claim(ledgers, args.claim_no) as conn:
+            form = await claim_form.gather(conn, snapshot, args.claim_no)
         html = claim_form.to_html(form)
         if args.html:
             await asyncio.to_thread(Path(args.html).write_text, html, encoding="utf-8")
@@ -219,28 +254,15 @@ def claims_print(args: argparse.Namespace) -> int:
 
 
 def payouts_account(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        given = (args.bank_code, args.bank_name, args.account_no, args.holder)
-        if any(v is not None for v in given):
-            if any(v is None for v in given) or args.reason is None:
-                raise BadRequest(
-                    "变更收款账户须同时填写--bank-code、--bank-name、--account-no、--holder和--reason"
-                )
-            setter = payouts.set_institution_account if args.institution else payouts.set_account
-            shown = await setter(
-                conn,
-                args.psn_no,
-                bank_code=args.bank_code,
-                bank_name=args.bank_name,
-                account_no=args.account_no,
-                holder=args.holder,
-                operator=_operator(args),
-                reason=args.reason,
-            )
-        elif args.institution:
-            shown = await payouts.institution_account_of(conn, args.psn_no)
-        else:
-            shown = await payouts.account_of(conn, args.psn_no)
+    async def work(ledgers: Partitions) -> int:
+        # An institution's account beside its clearing amounts; a person's beside their money.
+        where = (
+            ledgers.main
+            if args.institution
+            else await agency_ledgers.of_person(ledgers, args.psn_no)
+        )
+        async with agency_ledgers.connection(where) as conn:
+            shown = await _account(conn, args)
         text = (
             f"{args.psn_no}: 未登记收款账户"
             if shown is None
@@ -252,16 +274,42 @@ def payouts_account(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+async def _account(conn: asyncpg.Connection, args: argparse.Namespace) -> dict[str, str] | None:
+    """The account shown, or changed when the bank's fields are given."""
+    given = (args.bank_code, args.bank_name, args.account_no, args.holder)
+    if any(v is not None for v in given):
+        if any(v is None for v in given) or args.reason is None:
+            raise BadRequest(
+                "变更收款账户须同时填写--bank-code、--bank-name、--account-no、--holder和--reason"
+            )
+        setter = payouts.set_institution_account if args.institution else payouts.set_account
+        shown = await setter(
+            conn,
+            args.psn_no,
+            bank_code=args.bank_code,
+            bank_name=args.bank_name,
+            account_no=args.account_no,
+            holder=args.holder,
+            operator=_operator(args),
+            reason=args.reason,
+        )
+        return shown
+    if args.institution:
+        return await payouts.institution_account_of(conn, args.psn_no)
+    return await payouts.account_of(conn, args.psn_no)
+
+
 def payouts_gather_clearing(args: argparse.Namespace) -> int:
     """The month's clearing amounts (the monthly clearing report's declared totals) recorded as
     owed to the institutions, once per institution and month."""
 
-    async def work(conn: asyncpg.Connection) -> int:
+    async def work(ledgers: Partitions) -> int:
         payouts.check_month(args.month)  # before the report reads it
-        async with cluster_pools(Path(args.config)) as others:
+        others = [c.pool for c in ledgers.clusters]
+        async with agency_ledgers.connection(ledgers.main) as conn:
             report = await clearing.monthly(conn, args.month, args.institution, others)
-        amounts = [(r.fixmedins_code, r.total.declared) for r in report.institutions]
-        n = await payouts.gather_clearing(conn, args.month, amounts, _operator(args))
+            amounts = [(r.fixmedins_code, r.total.declared) for r in report.institutions]
+            n = await payouts.gather_clearing(conn, args.month, amounts, _operator(args))
         doc = {
             "month": args.month,
             "recorded": n,
@@ -275,9 +323,12 @@ def payouts_gather_clearing(args: argparse.Namespace) -> int:
 
 
 def payouts_owed(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        await payouts.gather(conn)
-        rows = await payout_store.owed_rows(conn, args.status)
+    async def work(ledgers: Partitions) -> int:
+        async def owed(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+            await payouts.gather(conn)
+            return await payout_store.owed_rows(conn, args.status)
+
+        rows = [r for found in await agency_ledgers.across(ledgers, owed) for r in found]
         doc = [
             {
                 **r,
@@ -313,25 +364,27 @@ def _batch_text(view: dict[str, Any]) -> str:
 
 
 def payouts_batch(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        await payouts.gather(conn)
-        b = await payouts.create_batch(
-            conn, _operator(args), dt.datetime.now(), limit=args.limit, source=args.source
+    async def work(ledgers: Partitions) -> int:
+        made = await agency_ledgers.make_batches(
+            ledgers, _operator(args), dt.datetime.now(), args.limit, args.source
         )
-        view = await payouts.batch_view(conn, b.batch_no)
-        _print(args, view, _batch_text(view))
+        views = [view for _, view in made]
+        _print(args, views[0] if len(views) == 1 else views, "\n".join(map(_batch_text, views)))
         return 0
 
     return _run(args, work)
 
 
 def payouts_approve(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        if args.reject is not None:
-            b = await payouts.reject(conn, args.batch_no, args.level, _operator(args), args.reject)
-        else:
-            b = await payouts.approve(conn, args.batch_no, args.level, _operator(args))
-        view = await payouts.batch_view(conn, b.batch_no)
+    async def work(ledgers: Partitions) -> int:
+        async with _on_batch(ledgers, args.batch_no) as conn:
+            if args.reject is not None:
+                b = await payouts.reject(
+                    conn, args.batch_no, args.level, _operator(args), args.reject
+                )
+            else:
+                b = await payouts.approve(conn, args.batch_no, args.level, _operator(args))
+            view = await payouts.batch_view(conn, b.batch_no)
         _print(args, view, _batch_text(view))
         return 0
 
@@ -339,9 +392,9 @@ def payouts_approve(args: argparse.Namespace) -> int:
 
 
 def payouts_show(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
+    async def work(ledgers: Partitions) -> int:
         if args.batch_no is None:
-            found = await payout_store.batches(conn)
+            found = await agency_ledgers.batches(ledgers)
             doc = [
                 {
                     "batch_no": b.batch_no,
@@ -358,7 +411,8 @@ def payouts_show(args: argparse.Namespace) -> int:
             )
             _print(args, doc, text or "没有支付批次")
             return 0
-        view = await payouts.batch_view(conn, args.batch_no)
+        async with _on_batch(ledgers, args.batch_no) as conn:
+            view = await payouts.batch_view(conn, args.batch_no)
         _print(args, view, _batch_text(view))
         return 0
 
@@ -366,8 +420,9 @@ def payouts_show(args: argparse.Namespace) -> int:
 
 
 def payouts_export(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
-        name, body = await payouts.export(conn, args.batch_no, _operator(args))
+    async def work(ledgers: Partitions) -> int:
+        async with _on_batch(ledgers, args.batch_no) as conn:
+            name, body = await payouts.export(conn, args.batch_no, _operator(args))
         out = Path(args.out)
         target = out / name if await asyncio.to_thread(out.is_dir) else out
         await asyncio.to_thread(target.write_bytes, body)
@@ -378,9 +433,11 @@ def payouts_export(args: argparse.Namespace) -> int:
 
 
 def payouts_import(args: argparse.Namespace) -> int:
-    async def work(conn: asyncpg.Connection) -> int:
+    async def work(ledgers: Partitions) -> int:
         body = await asyncio.to_thread(Path(args.file).read_bytes)
-        s = await payouts.import_return(conn, body, _operator(args))
+        returned = await payouts.read_return(body)
+        async with _on_batch(ledgers, returned.batch_no) as conn:
+            s = await payouts.apply_return(conn, returned, _operator(args))
         doc = msgspec.to_builtins(s)
         doc["paid"] = fen_text(doc.pop("paid_fen"))
         doc["failed"] = fen_text(doc.pop("failed_fen"))
@@ -404,6 +461,11 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
 
     def common(p: argparse.ArgumentParser, *, reference: bool = False) -> None:
         add_database(p)
+        p.add_argument(
+            "--config",
+            default=str(DEFAULT_CONFIG),
+            help="gateway.toml: its [[ledger_clusters]], where claims and payouts live",
+        )
         p.add_argument("--operator", help="recorded with the step (default cli:<login>)")
         p.add_argument("--json", action="store_true")
         if reference:
@@ -456,7 +518,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     cp.add_argument("claim_no")
     cp.add_argument("--pdf", help="print to this PDF file (headless Chromium)")
     cp.add_argument("--html", help="write the printable page here")
-    common(cp)
+    common(cp, reference=True)
     cp.set_defaults(func=claims_print)
 
     p = sub.add_parser("payouts", help="payouts to patients' bank accounts (拨付)")
@@ -478,9 +540,6 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     )
     pg.add_argument("--month", required=True, type=month_arg, help="yyyy-MM")
     pg.add_argument("--institution", help="one institution only")
-    pg.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="gateway.toml: its [[ledger_clusters]]"
-    )
     common(pg)
     pg.set_defaults(func=payouts_gather_clearing)
     po = psub.add_parser("owed", help="what is owed, in a batch or paid")

@@ -12,8 +12,12 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from gateway.ledger.partitions import Partitions
 
 
 def database_url(args: argparse.Namespace) -> str:
@@ -42,6 +46,26 @@ async def cluster_pools(config: Path) -> AsyncIterator[list[asyncpg.Pool]]:
     finally:
         for pool in pools:
             await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def ledger_databases(main: asyncpg.Pool, config: Path) -> AsyncIterator[Partitions]:
+    """The main database's pool and a small one to each ledger cluster the configuration names,
+    as the gateway routes them (for the agency's commands, which find a claim, a batch or a
+    person's money wherever it lives)."""
+    from gateway.app.config import load_config
+    from gateway.ledger import db
+    from gateway.ledger.partitions import Partition, Partitions
+
+    clusters: list[Partition] = []
+    try:
+        for cluster in load_config(config).ledger_clusters:
+            pool = await db.create_pool(cluster.dsn, min_size=1, max_size=2)
+            clusters.append(Partition(cluster.name, pool, frozenset(cluster.regions)))
+        yield Partitions(Partition("main", main), clusters)
+    finally:
+        for c in clusters:
+            await c.pool.close()
 
 
 def add_database(p: argparse.ArgumentParser) -> None:

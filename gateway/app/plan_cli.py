@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import getpass
 import json
 import os
 import sys
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway.app.cli_database import database_url
+from gateway.app.cli_database import cluster_pools, database_url
 from gateway.app.config import (
     DEFAULT_CONFIG,
     DEFAULT_REFERENCE,
@@ -88,10 +89,19 @@ async def _announce(args: argparse.Namespace, version: int) -> None:
         await close_redis(client)
 
 
+@contextlib.asynccontextmanager
+async def _clusters(args: argparse.Namespace) -> AsyncIterator[list[asyncpg.Connection]]:
+    """A connection to each ledger cluster `--config` names (none unless the ledger is split):
+    deferred claims and open visits live in their region's database."""
+    async with cluster_pools(Path(args.config)) as pools, contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(p.acquire()) for p in pools]
+
+
 def plan_show(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
         plan = await ledger_plan.load(conn)
-        view = await status.overview(conn, plan, [], dt.datetime.now())
+        async with _clusters(args) as clusters:
+            view = await status.overview(conn, plan, [], dt.datetime.now(), clusters)
         view.pop("breakers")  # per process: see the console or sgw_breaker_state
         if args.json:
             print(json.dumps(view, ensure_ascii=False, indent=2))
@@ -195,7 +205,10 @@ def plan_windows(args: argparse.Namespace) -> int:
 def plan_inflight(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
         before = dt.datetime.fromisoformat(args.before)
-        found = await inflight.report(conn, before, args.institution)
+        async with _clusters(args) as clusters:
+            found = inflight.merged(
+                [await inflight.report(c, before, args.institution) for c in (conn, *clusters)]
+            )
         if args.json:
             print(json.dumps(found, ensure_ascii=False, indent=2))
             return 0
@@ -274,7 +287,8 @@ def deferred_replay(args: argparse.Namespace) -> int:
 
 def deferred_list(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
-        rows = await deferred.claims(conn)
+        async with _clusters(args) as clusters:
+            rows = [r for c in (conn, *clusters) for r in await deferred.claims(c)]
         if args.status:
             rows = [r for r in rows if r["status"] == args.status]
         if args.json:
@@ -341,8 +355,14 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     # The values, not the members: argparse names a wrong choice by the choices' repr.
     classes = [c.value for c in CLASSES]
 
-    def common(p: argparse.ArgumentParser, *, changes: bool = False) -> None:
+    def common(p: argparse.ArgumentParser, *, changes: bool = False, ledgers: bool = False) -> None:
         add_database(p)
+        if ledgers:
+            p.add_argument(
+                "--config",
+                default=str(DEFAULT_CONFIG),
+                help="gateway.toml: its [[ledger_clusters]] are read as well",
+            )
         if changes:
             p.add_argument("--operator", help="recorded in the audit log (default cli:<login>)")
             p.add_argument("--redis-url", default=os.environ.get("GATEWAY_REDIS_URL"))
@@ -356,7 +376,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     psub = p.add_subparsers(dest="plan_command", required=True)
     ps = psub.add_parser("show", help="every rule in force, windows, deferred claims")
     ps.add_argument("--json", action="store_true")
-    common(ps)
+    common(ps, ledgers=True)
     ps.set_defaults(func=plan_show)
     pset = psub.add_parser("set", help="put a scope/class into degraded mode")
     pset.add_argument(
@@ -384,7 +404,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     pi.add_argument("--before", required=True, help="window start, e.g. 2022-03-04T00:00")
     pi.add_argument("--institution")
     pi.add_argument("--json", action="store_true")
-    common(pi)
+    common(pi, ledgers=True)
     pi.set_defaults(func=plan_inflight)
 
     d = sub.add_parser("deferred", help="deferred claims (主动报)")
@@ -400,7 +420,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     dl = dsub.add_parser("list", help="every claim, its status, setlinfo and reimbursement")
     dl.add_argument("--json", action="store_true", help="one JSON object per line")
     dl.add_argument("--status", choices=("pending", "settled", "failed", "withdrawn"))
-    common(dl)
+    common(dl, ledgers=True)
     dl.set_defaults(func=deferred_list)
 
     a = sub.add_parser("audit", help="the hash-chained audit log")

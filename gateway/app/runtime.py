@@ -333,9 +333,10 @@ class Gateway:
         """Drop msgid answers past the retention, hourly; harmless when several workers do it."""
         while True:
             await asyncio.sleep(every_seconds)
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-                async with self.pool.acquire(timeout=60.0) as conn:
-                    await idempotency.purge(conn, self.config.idempotency.keep_days)
+            for ledger in self.ledgers.all:  # each database keeps its regions' answers
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+                    async with ledger.pool.acquire(timeout=60.0) as conn:
+                        await idempotency.purge(conn, self.config.idempotency.keep_days)
 
     async def announce_catalog_change(self) -> None:
         """Tell the other processes at once (best effort: polling still catches up)."""

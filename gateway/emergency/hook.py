@@ -558,13 +558,15 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                 if not open_now and (gw.journal.holds_anything or gw.journal.drainable_exists()):
                     await replay.drain(gw, gw.journal)
                 waiting = 0
-                for ledger in gw.ledgers.all:
-                    if gw.ledger_breaker(ledger.name).is_open:
-                        continue
-                    async with db.leased(ledger.pool, 2.0) as conn:
+                reachable = [p for p in gw.ledgers.all if not gw.ledger_breaker(p.name).is_open]
+                async with contextlib.AsyncExitStack() as stack:
+                    conns = [
+                        await stack.enter_async_context(db.leased(p.pool, 2.0)) for p in reachable
+                    ]
+                    for conn in conns:
                         waiting += await deferred.pending_claims(conn)
-                        if ledger is gw.ledgers.main:
-                            await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC))
+                    if len(conns) == len(gw.ledgers.all):  # a part would read as paid out
+                        await payouts.refresh_metrics(conns, dt.datetime.now(dt.UTC))
                 metrics.DEFERRED_CLAIMS.set(waiting)
         except asyncio.CancelledError:
             raise

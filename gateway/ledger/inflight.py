@@ -7,6 +7,7 @@ Admitted and not settled (discharge and settle, or turn self-pay), uploaded and 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -84,3 +85,17 @@ async def report(
     if institution is not None:
         return {k: v for k, v in out.items() if k == institution}
     return out
+
+
+def merged(
+    reports: Iterable[dict[str, dict[str, list[dict[str, Any]]]]],
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Reports of several ledger databases (a split ledger's) as one, per institution: an
+    institution's patients of several region groups are open in several databases."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for report in reports:
+        for code, parts in report.items():
+            mine = out.setdefault(code, {part: [] for part in parts})
+            for part, rows in parts.items():
+                mine[part] += rows
+    return dict(sorted(out.items()))

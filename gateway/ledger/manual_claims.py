@@ -115,6 +115,60 @@ async def hold_invoices(
     return True
 
 
+async def holds_invoice(
+    conn: asyncpg.Connection, fixmedins_code: str, invono: str, claim_no: str
+) -> bool:
+    """Whether the claim still holds the invoice here (it lets go when refused or withdrawn)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM manual_claim_invoices WHERE fixmedins_code = $1"
+            " AND invono = $2 AND claim_no = $3)",
+            fixmedins_code,
+            invono,
+            claim_no,
+        )
+    )
+
+
+async def register_invoice(
+    main: asyncpg.Connection, fixmedins_code: str, invono: str, claim_no: str
+) -> str:
+    """The split ledger's registry row for the invoice, written for the claim when there is none:
+    returns the claim the row names (this one, or the one already holding it). The row stays
+    locked until the caller's transaction ends: a second registration of the invoice waits."""
+    holder: str = await main.fetchval(
+        "INSERT INTO invoice_registry (fixmedins_code, invono, claim_no) VALUES ($1, $2, $3)"
+        # A no-op update: the row is locked and RETURNING names the claim already holding it.
+        " ON CONFLICT (fixmedins_code, invono) DO UPDATE SET claim_no = invoice_registry.claim_no"
+        " RETURNING claim_no",
+        fixmedins_code,
+        invono,
+        claim_no,
+    )
+    return holder
+
+
+async def take_over_invoice(
+    main: asyncpg.Connection, fixmedins_code: str, invono: str, claim_no: str
+) -> None:
+    """The registry row given to the claim (the one it named no longer holds the invoice)."""
+    await main.execute(
+        "UPDATE invoice_registry SET claim_no = $3 WHERE fixmedins_code = $1 AND invono = $2",
+        fixmedins_code,
+        invono,
+        claim_no,
+    )
+
+
+async def exists(conn: asyncpg.Connection, claim_no: str) -> bool:
+    """Whether this database holds the claim."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM manual_claims WHERE claim_no = $1)", claim_no
+        )
+    )
+
+
 async def release_invoices(conn: asyncpg.Connection, claim_no: str) -> None:
     """Deletes the claim's hold on its invoices (refused or withdrawn: the bill may be claimed
     again)."""
@@ -185,14 +239,6 @@ async def lines(conn: asyncpg.Connection, claim_no: str) -> list[Line]:
         claim_no,
     )
     return [Line(**{f: r[f] for f in Line.__struct_fields__}) for r in rows]
-
-
-async def institution_name(conn: asyncpg.Connection, fixmedins_code: str) -> str | None:
-    """Reads the institution's name from the reference data (for the claim form)."""
-    name: str | None = await conn.fetchval(
-        "SELECT fixmedins_name FROM institutions WHERE fixmedins_code = $1", fixmedins_code
-    )
-    return name
 
 
 async def payout_of(conn: asyncpg.Connection, claim_no: str) -> dict[str, Any] | None:

@@ -183,7 +183,15 @@ async def region_of(
 # The ids a database draws from its sequences (就诊ID, 结算ID and sign-in serials among them:
 # 12 digits each after region and date) start at its number × ID_RANGE, the main database's at 0.
 ID_RANGE = 10**10
-NUMBERED_SEQUENCES = ("mdtrt_seq", "setl_seq", "sign_seq", "file_seq", "manual_claim_seq")
+NUMBERED_SEQUENCES = (
+    "mdtrt_seq",
+    "setl_seq",
+    "sign_seq",
+    "file_seq",
+    "manual_claim_seq",  # 受理号: the agency finds a claim by it in any database
+    "payout_batch_seq",  # 支付批次号, likewise
+    "owed_lines_owed_id_seq",  # shown beside the others' in the owed list
+)
 
 
 async def prepare_clusters(main: asyncpg.Connection, clusters: Iterable[LedgerCluster]) -> None:

@@ -398,6 +398,15 @@ async def batch(conn: asyncpg.Connection, batch_no: str, *, lock: bool = False) 
     return _batch_of(r)
 
 
+async def batch_exists(conn: asyncpg.Connection, batch_no: str) -> bool:
+    """Whether this database holds the batch."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM payout_batches WHERE batch_no = $1)", batch_no
+        )
+    )
+
+
 async def batches(conn: asyncpg.Connection) -> list[Batch]:
     """Reads every batch, newest first."""
     rows = await conn.fetch(

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.core.catalog import Snapshot
 from gateway.core.money import cnt_text, fen_text, micro_text
 from gateway.ledger import manual_claims as store
 from gateway.ledger import persons, settlements
@@ -68,16 +69,18 @@ def _masked(certno: str) -> str:
     return certno if len(certno) <= 8 else f"{certno[:4]}{'*' * (len(certno) - 8)}{certno[-4:]}"
 
 
-async def gather(conn: asyncpg.Connection, claim_no: str) -> ClaimForm:
-    """The claim, its person, institution, lines and, once settled, its settlement and payout."""
+async def gather(conn: asyncpg.Connection, snapshot: Snapshot, claim_no: str) -> ClaimForm:
+    """The claim, its person, institution (named from the reference `snapshot`: a split
+    ledger's claim lives apart from the institutions), lines and, once settled, its settlement
+    and payout."""
     claim = await store.get(conn, claim_no)
+    institution = snapshot.institution(claim.fixmedins_code)
     person, _ = await persons.read(conn, claim.psn_no)
     form = ClaimForm(
         claim=claim,
         psn_name=person.psn_name,
         certno=_masked(person.certno),
-        fixmedins_name=await store.institution_name(conn, claim.fixmedins_code)
-        or claim.fixmedins_code,
+        fixmedins_name=claim.fixmedins_code if institution is None else institution.fixmedins_name,
         lines=await store.lines(conn, claim_no),
     )
     if claim.setl_id is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -53,6 +53,9 @@ from gateway.services.visit_settlement import VisitAsk, visit_job
 
 # The infno a manual claim's settlement records: the counter's settlement of the same kind.
 SETTLEMENT_INFNO = {"outpatient": "2207", "inpatient": "2304"}
+# Holds a new claim's invoices beyond its own database (claim_no, fixmedins_code, invoices), or
+# raises Conflict naming the claim that holds one.
+InvoiceGuard = Callable[[str, str, Sequence[str]], Awaitable[None]]
 STATUS_NAMES = {
     "registered": "已登记",
     "lines_entered": "明细已录入",
@@ -109,9 +112,11 @@ async def register(
     now: dt.datetime,
     *,
     dates: DateRules | None = None,
+    invoices_held: InvoiceGuard | None = None,
 ) -> Claim:
     """Register a claim; the same invoices registered again for the same person and
-    institution answer the claim they are held by."""
+    institution answer the claim they are held by. `invoices_held` (a split ledger's registry,
+    gateway.services.agency_ledgers) also holds them beyond this database, or refuses."""
     invoices = tuple(i.strip() for i in reg.invoice_nos)
     if not invoices or any(not i for i in invoices):
         raise BadRequest("零星报销须登记发票号invoice_nos（至少一张，不能为空）")
@@ -155,6 +160,8 @@ async def register(
         if held:
             again = await _registered_again(conn, held, invoices, person.psn_no, reg)
             if again is not None:
+                if invoices_held is not None:  # a registry row lost between two commits
+                    await invoices_held(again.claim_no, reg.fixmedins_code, invoices)
                 return again
             invono, claim_no = next(iter(sorted(held.items())))
             raise Conflict(f"发票号{invono}已在零星报销{claim_no}中登记，不能重复报销")
@@ -175,6 +182,8 @@ async def register(
         await store.insert(conn, claim)
         if not await store.hold_invoices(conn, reg.fixmedins_code, invoices, claim.claim_no):
             raise Conflict("发票号正被另一笔零星报销登记，请稍后查询后再办理")
+        if invoices_held is not None:
+            await invoices_held(claim.claim_no, reg.fixmedins_code, invoices)
         await _audit(conn, operator, "claim.register", claim, "零星报销登记")
         return claim
 

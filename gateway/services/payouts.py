@@ -29,7 +29,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -537,14 +537,35 @@ def _outcome(sent: Sequence[store.Item], lines: Sequence[_ReturnLine]) -> dict[i
     return {ln.seq: ln.reason.strip() for ln in lines if ln.result == FAILED}
 
 
+class ReturnFile(NamedTuple):
+    """A bank return file read and checked on its own: the batch it answers, its totals, lines
+    and digest."""
+
+    batch_no: str
+    line_count: int
+    total_fen: int
+    lines: list[_ReturnLine]
+    digest: str
+
+
+async def read_return(body: bytes) -> ReturnFile:
+    """The return file parsed and hashed off the event loop (a file of 100,000 lines)."""
+    return ReturnFile(*await asyncio.to_thread(_parsed, body))
+
+
 async def import_return(conn: asyncpg.Connection, body: bytes, operator: str) -> ReturnSummary:
-    """银行回盘处理: the bank's return file applied to its batch, whole or not at all. A file of
-    100,000 lines is parsed, hashed and checked off the event loop."""
-    batch_no, count, total, lines, digest = await asyncio.to_thread(_parsed, body)
+    """银行回盘处理: the bank's return file applied to its batch, whole or not at all."""
+    return await apply_return(conn, await read_return(body), operator)
+
+
+async def apply_return(
+    conn: asyncpg.Connection, returned: ReturnFile, operator: str
+) -> ReturnSummary:
+    """A read return file applied to its batch (in this database), whole or not at all."""
     try:
-        return await _import(conn, batch_no, count, total, lines, digest, operator)
+        return await _import(conn, *returned, operator)
     finally:
-        await _let_go(lines)
+        await _let_go(returned.lines)
 
 
 async def _import(
@@ -607,12 +628,21 @@ async def _summary(conn: asyncpg.Connection, b: Batch, *, again: bool) -> Return
 # ---------------------------------------------------------------------------------- metrics
 
 
-async def refresh_metrics(conn: asyncpg.Connection, now: dt.datetime) -> None:
-    """The payout gauges from the ledger: amounts and lines per state, the oldest owed age."""
-    for state, (n, fen) in (await store.totals(conn)).items():
+async def refresh_metrics(conns: Sequence[asyncpg.Connection], now: dt.datetime) -> None:
+    """The payout gauges from every ledger database (one per region group when the ledger is
+    split): amounts and lines per state, the oldest owed age."""
+    states: dict[str, tuple[int, int]] = {}
+    oldest: dt.datetime | None = None
+    for conn in conns:
+        for state, (n, fen) in (await store.totals(conn)).items():
+            had_n, had_fen = states.get(state, (0, 0))
+            states[state] = (had_n + n, had_fen + fen)
+        at = await store.oldest_owed(conn)
+        if at is not None and (oldest is None or at < oldest):
+            oldest = at
+    for state, (n, fen) in states.items():
         metrics.PAYOUT_LINES.labels(state).set(n)
         metrics.PAYOUT_YUAN.labels(state).set(fen / 100)  # a gauge, for dashboards only
-    oldest = await store.oldest_owed(conn)
     metrics.PAYOUT_OWED_OLDEST.set(0 if oldest is None else (now - oldest).total_seconds())
 
 

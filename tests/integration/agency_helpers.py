@@ -21,6 +21,7 @@ from gateway.core.money import to_cnt, to_fen, to_micro
 from gateway.ledger import db, reference_store
 from gateway.ledger.manual_claims import Claim, Line
 from gateway.services import manual_claims
+from tests.integration.conftest import Server
 
 HOSPITAL = "H44180000001"
 
@@ -137,3 +138,35 @@ async def settled_claim(
         if reviewed:
             [claim] = await manual_claims.batch_review(conn, [claim.claim_no], "reviewer2")
         return claim
+
+
+# ------------------------------------------------------------- the console's API over HTTP
+
+
+async def api_login(server: Server, login: str, password: str | None = None) -> str:
+    who = {"operator": login, "password": password or f"{login}-2026"}
+    async with server.session.post(server.url + "/api/console/login", json=who) as r:
+        assert r.status == 200, await r.text()
+        token = (await r.json())["token"]
+    assert isinstance(token, str)
+    return token
+
+
+async def api_post(server: Server, path: str, token: str, doc: dict[str, Any]) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with server.session.post(server.url + path, json=doc, headers=headers) as r:
+        if r.content_type == "application/json":
+            return r.status, await r.json()
+        return r.status, (await r.read(), r.headers.get("Content-Disposition", ""))
+
+
+async def api_get(server: Server, path: str, token: str) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with server.session.get(server.url + path, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def api_ok(server: Server, path: str, token: str, doc: dict[str, Any]) -> Any:
+    status, body = await api_post(server, path, token, doc)
+    assert status == 200, body
+    return body

@@ -9,6 +9,10 @@ from typing import Any
 
 import aiohttp
 
+from tests.integration.agency_helpers import api_get as _get
+from tests.integration.agency_helpers import api_login as _login
+from tests.integration.agency_helpers import api_ok as _ok
+from tests.integration.agency_helpers import api_post as _post
 from tests.integration.agency_helpers import bank_answers, with_checksum
 from tests.integration.conftest import Server
 from tests.integration.emergency_helpers import BIG_LINES
@@ -17,35 +21,6 @@ PERSON = "441800000000000001"
 HOSPITAL = "H44180000001"
 ACCOUNT = "6222020200000000011"
 APPROVERS = ("approver1", "approver2", "approver3", "approver4")
-
-
-async def _login(server: Server, login: str, password: str | None = None) -> str:
-    who = {"operator": login, "password": password or f"{login}-2026"}
-    async with server.session.post(server.url + "/api/console/login", json=who) as r:
-        assert r.status == 200, await r.text()
-        token = (await r.json())["token"]
-    assert isinstance(token, str)
-    return token
-
-
-async def _post(server: Server, path: str, token: str, doc: dict[str, Any]) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with server.session.post(server.url + path, json=doc, headers=headers) as r:
-        if r.content_type == "application/json":
-            return r.status, await r.json()
-        return r.status, (await r.read(), r.headers.get("Content-Disposition", ""))
-
-
-async def _get(server: Server, path: str, token: str) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with server.session.get(server.url + path, headers=headers) as r:
-        return r.status, await r.json()
-
-
-async def _ok(server: Server, path: str, token: str, doc: dict[str, Any]) -> Any:
-    status, body = await _post(server, path, token, doc)
-    assert status == 200, body
-    return body
 
 
 async def _refused(

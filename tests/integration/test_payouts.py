@@ -218,7 +218,7 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
     assert "6222020200000000022" not in json.dumps([dict(r) for r in changes], default=str)
     async with connect(dsn) as check_conn:
         assert await checker.check(check_conn) == []
-    await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC))
+    await payouts.refresh_metrics([conn], dt.datetime.now(dt.UTC))
     gauge = REGISTRY.get_sample_value
     assert gauge("sgw_payout_yuan", {"state": "paid"}) == owed_total / 100
     assert gauge("sgw_payout_yuan", {"state": "failed"}) == failed_fen / 100
@@ -278,7 +278,7 @@ async def test_rejection_releases_the_lines(new_database: Callable[..., Any]) ->
         again = await payouts.create_batch(conn, "maker", dt.datetime.now())
         assert (again.line_count, again.total_fen) == (1, claim.reimbursement_fen)
         assert await checker.check(conn) == []
-        await payouts.refresh_metrics(conn, dt.datetime.now(dt.UTC) + dt.timedelta(days=31))
+        await payouts.refresh_metrics([conn], dt.datetime.now(dt.UTC) + dt.timedelta(days=31))
         assert REGISTRY.get_sample_value("sgw_payout_lines", {"state": "batched"}) == 1
         oldest = REGISTRY.get_sample_value("sgw_payout_owed_oldest_seconds")
         assert oldest is not None and oldest > 30 * 86400  # unpaid past the alert's deadline

@@ -20,6 +20,7 @@ Gateway, the operators and the hasher on the application, under typed keys.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -35,6 +37,7 @@ from gateway.app.appkeys import GATEWAY
 from gateway.emergency import operators
 from gateway.emergency.console import agency, pages, parallel_run
 from gateway.emergency.plan import status, store
+from gateway.ledger import db
 from gateway.ops import audit
 from gateway.pipeline.edge import PACER
 from gateway.protocol.errors import BadRequest, GatewayError, NotFound
@@ -47,6 +50,8 @@ HASHER = web.AppKey("hasher", operators.Hasher)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A JSON API handler, given the session its guard found (gateway.emergency.console._guarded).
 ApiHandler = Callable[[web.Request, operators.Session], Awaitable[web.Response]]
+# How long the page waits for each ledger cluster's count of deferred claims.
+CLUSTER_WAIT = 2.0
 LOGIN_MAX_BODY = 4096  # a name and a password
 BUSY = "登录请求过多，请稍后再试"
 # Served with every console page and API answer: no scripts, no framing, forms post only here;
@@ -220,8 +225,23 @@ async def held(request: web.Request, refused: Refused) -> None:
 
 async def overview(request: web.Request) -> dict[str, Any]:
     gw = request.app[GATEWAY]
-    async with gw.pool.acquire(timeout=5.0) as conn:
-        return await status.overview(conn, gw.plan, gw.breaker_states(), dt.datetime.now())
+    async with contextlib.AsyncExitStack() as stack:
+        conn = await stack.enter_async_context(gw.pool.acquire(timeout=5.0))
+        clusters, unreachable = [], []
+        for cluster in gw.ledgers.clusters:
+            # A cluster whose breaker is open is the outage the team is looking at: the page
+            # says so instead of waiting on it.
+            try:
+                if gw.ledger_breaker(cluster.name).is_open:
+                    raise TimeoutError
+                clusters.append(
+                    await stack.enter_async_context(db.leased(cluster.pool, CLUSTER_WAIT))
+                )
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                unreachable.append(cluster.name)
+        return await status.overview(
+            conn, gw.plan, gw.breaker_states(), dt.datetime.now(), clusters, unreachable
+        )
 
 
 async def set_rule(

@@ -31,8 +31,9 @@ from gateway.emergency import operators
 from gateway.emergency.console import agency_pages
 from gateway.ledger import manual_claims as claim_store
 from gateway.ledger import payouts as payout_store
+from gateway.ledger.partitions import Partition, Partitions
 from gateway.protocol.errors import BadRequest, Conflict, GatewayError, NotFound
-from gateway.services import claim_form, manual_claims, payouts
+from gateway.services import agency_ledgers, claim_form, manual_claims, payouts
 
 CLERK, REVIEWER, APPROVER = "clerk", "reviewer", "approver"
 ROLE_NAMES = {
@@ -59,8 +60,16 @@ def _status_of(exc: GatewayError) -> int:
     return 400
 
 
-def _pool(request: web.Request) -> asyncpg.Pool:
-    return request.app[GATEWAY].pool
+def _ledgers(request: web.Request) -> Partitions:
+    return request.app[GATEWAY].ledgers
+
+
+async def _on_claim(request: web.Request, claim_no: str) -> Partition:
+    return await agency_ledgers.of_claim(_ledgers(request), claim_no)
+
+
+async def _on_batch(request: web.Request, batch_no: str) -> Partition:
+    return await agency_ledgers.of_batch(_ledgers(request), batch_no)
 
 
 def _text(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> str:
@@ -131,9 +140,19 @@ async def register(request: web.Request, s: operators.Session, v: Values) -> Don
         invoice_nos=tuple(_many(v, "invoice_nos")),
     )
     gw = request.app[GATEWAY]
-    async with gw.pool.acquire(timeout=5.0) as conn:
+    home = await agency_ledgers.of_person(gw.ledgers, "", reg.cert_type, reg.cert_no)
+    async with (
+        agency_ledgers.invoice_registry(gw.ledgers, home) as invoices_held,
+        agency_ledgers.connection(home) as conn,
+    ):
         c = await manual_claims.register(
-            conn, gw.snapshot, reg, s.login, dt.datetime.now(), dates=gw.config.dates
+            conn,
+            gw.snapshot,
+            reg,
+            s.login,
+            dt.datetime.now(),
+            dates=gw.config.dates,
+            invoices_held=invoices_held,
         )
     return _claim_done(c, f"零星报销{c.claim_no}已登记")
 
@@ -143,34 +162,32 @@ async def enter_lines(request: web.Request, s: operators.Session, v: Values) -> 
         lines = manual_claims.lines_from_rows(v["feedetail"])
     else:
         lines = manual_claims.lines_from_text(_text(v, "lines"))
-    gw = request.app[GATEWAY]
-    async with gw.pool.acquire(timeout=5.0) as conn:
+    gw, claim_no = request.app[GATEWAY], _text(v, "claim_no")
+    async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
         c = await manual_claims.enter_lines(
-            conn, gw.snapshot, _text(v, "claim_no"), lines, s.login, dates=gw.config.dates
+            conn, gw.snapshot, claim_no, lines, s.login, dates=gw.config.dates
         )
     return _claim_done(c, f"零星报销{c.claim_no}已录入明细{len(lines)}条")
 
 
 async def review(request: web.Request, s: operators.Session, v: Values) -> Done:
     refuse = _text(v, "refuse") if "refuse" in v else None
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        c = await manual_claims.review(conn, _text(v, "claim_no"), s.login, refuse=refuse)
+    claim_no = _text(v, "claim_no")
+    async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
+        c = await manual_claims.review(conn, claim_no, s.login, refuse=refuse)
     return _claim_done(c, f"零星报销{c.claim_no}{manual_claims.STATUS_NAMES[c.status]}")
 
 
 async def settle(request: web.Request, s: operators.Session, v: Values) -> Done:
-    gw = request.app[GATEWAY]
-    async with gw.pool.acquire(timeout=5.0) as conn:
-        c = await manual_claims.settle(
-            conn, gw.snapshot, _text(v, "claim_no"), s.login, dt.datetime.now()
-        )
+    gw, claim_no = request.app[GATEWAY], _text(v, "claim_no")
+    async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
+        c = await manual_claims.settle(conn, gw.snapshot, claim_no, s.login, dt.datetime.now())
     owed = fen_text(c.reimbursement_fen or 0)
     return _claim_done(c, f"零星报销{c.claim_no}已结算，应报销{owed}元")
 
 
 async def batch_review(request: web.Request, s: operators.Session, v: Values) -> Done:
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        done = await manual_claims.batch_review(conn, _many(v, "claim_nos"), s.login)
+    done = await agency_ledgers.batch_review(_ledgers(request), _many(v, "claim_nos"), s.login)
     where = f"/console/claims/{quote(done[0].claim_no)}" if len(done) == 1 else "/console/claims"
     return Done(
         where,
@@ -180,8 +197,9 @@ async def batch_review(request: web.Request, s: operators.Session, v: Values) ->
 
 
 async def withdraw(request: web.Request, s: operators.Session, v: Values) -> Done:
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        c = await manual_claims.withdraw(conn, _text(v, "claim_no"), s.login, _text(v, "reason"))
+    claim_no = _text(v, "claim_no")
+    async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
+        c = await manual_claims.withdraw(conn, claim_no, s.login, _text(v, "reason"))
     return _claim_done(c, f"零星报销{c.claim_no}已撤回")
 
 
@@ -190,7 +208,10 @@ async def set_account(request: web.Request, s: operators.Session, v: Values) -> 
     institution = _text(v, "fixmedins_code")
     psn_no = institution or _text(v, "psn_no")
     setter = payouts.set_institution_account if institution else payouts.set_account
-    async with _pool(request).acquire(timeout=5.0) as conn:
+    ledgers = _ledgers(request)
+    # An institution's account beside its clearing amounts (main); a person's beside their money.
+    where = ledgers.main if institution else await agency_ledgers.of_person(ledgers, psn_no)
+    async with agency_ledgers.connection(where) as conn:
         shown = await setter(
             conn,
             psn_no,
@@ -209,21 +230,19 @@ async def make_batch(request: web.Request, s: operators.Session, v: Values) -> D
     limit_text, source = _text(v, "limit"), _text(v, "source") or None
     if limit_text and not limit_text.isdigit():
         raise BadRequest("每批笔数须为正整数")
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        await payouts.gather(conn)
-        b = await payouts.create_batch(
-            conn,
-            s.login,
-            dt.datetime.now(),
-            limit=int(limit_text) if limit_text else None,
-            source=source,
-        )
-        view = await payouts.batch_view(conn, b.batch_no)
-    return Done(
-        f"/console/payouts/{quote(b.batch_no)}",
-        f"支付批次{b.batch_no}已制单：{b.line_count}笔，{fen_text(b.total_fen)}元",
-        view,
+    made = await agency_ledgers.make_batches(
+        _ledgers(request),
+        s.login,
+        dt.datetime.now(),
+        int(limit_text) if limit_text else None,
+        source,
     )
+    b, view = made[0]
+    said = "；".join(
+        f"支付批次{m.batch_no}已制单：{m.line_count}笔，{fen_text(m.total_fen)}元" for m, _ in made
+    )
+    where = f"/console/payouts/{quote(b.batch_no)}" if len(made) == 1 else "/console/payouts"
+    return Done(where, said, view if len(made) == 1 else [v for _, v in made])
 
 
 async def approve(request: web.Request, s: operators.Session, v: Values) -> Done:
@@ -231,7 +250,7 @@ async def approve(request: web.Request, s: operators.Session, v: Values) -> Done
     if not level_text.isdigit():
         raise BadRequest("审批级别只能为1（初审）、2（一级复核）、3（二级复核）、4（三级复核）")
     level = int(level_text)
-    async with _pool(request).acquire(timeout=5.0) as conn:
+    async with agency_ledgers.connection(await _on_batch(request, batch_no)) as conn:
         if "reject" in v:
             b = await payouts.reject(conn, batch_no, level, s.login, _text(v, "reject"))
             message = f"支付批次{batch_no}已在{payouts.LEVELS[level]}退回，款项已释放"
@@ -244,7 +263,7 @@ async def approve(request: web.Request, s: operators.Session, v: Values) -> Done
 
 async def export(request: web.Request, s: operators.Session, v: Values) -> Done:
     batch_no = _text(v, "batch_no")
-    async with _pool(request).acquire(timeout=5.0) as conn:
+    async with agency_ledgers.connection(await _on_batch(request, batch_no)) as conn:
         name, body = await payouts.export(conn, batch_no, s.login)
     return Done(f"/console/payouts/{quote(batch_no)}", f"报盘文件{name}", None, (name, body))
 
@@ -255,8 +274,9 @@ async def import_return(request: web.Request, s: operators.Session, v: Values) -
         body = body.encode()
     if not isinstance(body, bytes) or not body:
         raise BadRequest("请选择银行回盘文件")
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        summary = await payouts.import_return(conn, body, s.login)
+    returned = await payouts.read_return(body)
+    async with agency_ledgers.connection(await _on_batch(request, returned.batch_no)) as conn:
+        summary = await payouts.apply_return(conn, returned, s.login)
     doc = msgspec.to_builtins(summary)
     doc["paid"] = fen_text(doc.pop("paid_fen"))
     doc["failed"] = fen_text(doc.pop("failed_fen"))
@@ -420,28 +440,46 @@ async def _big_json(request: web.Request) -> dict[str, Any]:
 
 async def api_claims(request: web.Request, session: operators.Session) -> web.Response:
     status = request.query.get("status") or None
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        found = await claim_store.listing(conn, status)
+    try:
+        found = await agency_ledgers.claims(_ledgers(request), status)
+    except GatewayError as exc:
+        return web.json_response({"error": exc.err_msg}, status=_status_of(exc))
     return web.json_response([manual_claims.view(c) for c in found])
 
 
 async def api_claim(request: web.Request, session: operators.Session) -> web.Response:
     try:
-        async with _pool(request).acquire(timeout=5.0) as conn:
-            form = await claim_form.gather(conn, request.match_info["claim_no"])
+        form = await _claim_form(request)
     except GatewayError as exc:
         return web.json_response({"error": exc.err_msg}, status=_status_of(exc))
     return web.json_response(claim_form.as_json(form))
 
 
-async def _payouts_overview(conn: asyncpg.Connection) -> dict[str, Any]:
-    await payouts.gather(conn)
-    totals = await payout_store.totals(conn)
+async def _claim_form(request: web.Request) -> claim_form.ClaimForm:
+    claim_no = request.match_info["claim_no"]
+    async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
+        return await claim_form.gather(conn, request.app[GATEWAY].snapshot, claim_no)
+
+
+async def _payouts_overview(ledgers: Partitions) -> dict[str, Any]:
+    """What is owed, without an account and batched, over every database."""
+
+    async def each(conn: asyncpg.Connection) -> tuple[Any, ...]:
+        await payouts.gather(conn)
+        return await payout_store.totals(conn), await payout_store.owed_without_account(conn)
+
+    found = await agency_ledgers.across(ledgers, each)
+    totals: dict[str, tuple[int, int]] = {}
+    for part, _ in found:
+        for state, (n, fen) in part.items():
+            had = totals.get(state, (0, 0))
+            totals[state] = (had[0] + n, had[1] + fen)
+    without = sorted({p for _, part in found for p in part})
     return {
         "totals": {
             state: {"count": n, "amount": fen_text(fen)} for state, (n, fen) in totals.items()
         },
-        "without_account": await payout_store.owed_without_account(conn),
+        "without_account": without,
         "batches": [
             {
                 "batch_no": b.batch_no,
@@ -452,23 +490,30 @@ async def _payouts_overview(conn: asyncpg.Connection) -> dict[str, Any]:
                 "created_by": b.created_by,
                 "created_at": b.created_at.isoformat(),
             }
-            for b in await payout_store.batches(conn)
+            for b in await agency_ledgers.batches(ledgers)
         ],
     }
 
 
 async def api_payouts(request: web.Request, session: operators.Session) -> web.Response:
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        return web.json_response(await _payouts_overview(conn))
+    try:
+        return web.json_response(await _payouts_overview(_ledgers(request)))
+    except GatewayError as exc:
+        return web.json_response({"error": exc.err_msg}, status=_status_of(exc))
 
 
 async def api_batch(request: web.Request, session: operators.Session) -> web.Response:
     try:
-        async with _pool(request).acquire(timeout=5.0) as conn:
-            view = await payouts.batch_view(conn, request.match_info["batch_no"])
+        view = await _batch_view(request)
     except GatewayError as exc:
         return web.json_response({"error": exc.err_msg}, status=_status_of(exc))
     return web.json_response(view)
+
+
+async def _batch_view(request: web.Request) -> dict[str, Any]:
+    batch_no = request.match_info["batch_no"]
+    async with agency_ledgers.connection(await _on_batch(request, batch_no)) as conn:
+        return await payouts.batch_view(conn, batch_no)
 
 
 # ------------------------------------------------------------------------------- the pages
@@ -502,8 +547,7 @@ async def claims_page(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
     if status not in (None, *manual_claims.STATUS_NAMES):
         status = None
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        found = await claim_store.listing(conn, status)
+    found = await agency_ledgers.claims(_ledgers(request), status)
     html = agency_pages.claims(
         _chrome(request, session), [manual_claims.view(c) for c in found], status
     )
@@ -513,8 +557,7 @@ async def claims_page(request: web.Request) -> web.Response:
 async def claim_page(request: web.Request) -> web.Response:
     session = await _page_session(request)
     try:
-        async with _pool(request).acquire(timeout=5.0) as conn:
-            form = await claim_form.gather(conn, request.match_info["claim_no"])
+        form = await _claim_form(request)
     except NotFound as exc:
         raise web.HTTPNotFound(text=exc.err_msg) from None
     html = agency_pages.claim(_chrome(request, session), claim_form.as_json(form))
@@ -525,9 +568,7 @@ async def claim_print(request: web.Request) -> web.Response:
     """The printable claim form (零星报销结算单) of a settled claim."""
     await _page_session(request)
     try:
-        async with _pool(request).acquire(timeout=5.0) as conn:
-            form = await claim_form.gather(conn, request.match_info["claim_no"])
-        html = claim_form.to_html(form)
+        html = claim_form.to_html(await _claim_form(request))
     except NotFound as exc:
         raise web.HTTPNotFound(text=exc.err_msg) from None
     except GatewayError as exc:
@@ -537,8 +578,7 @@ async def claim_print(request: web.Request) -> web.Response:
 
 async def payouts_page(request: web.Request) -> web.Response:
     session = await _page_session(request)
-    async with _pool(request).acquire(timeout=5.0) as conn:
-        overview = await _payouts_overview(conn)
+    overview = await _payouts_overview(_ledgers(request))
     html = agency_pages.payouts(_chrome(request, session), overview)
     return web.Response(text=html, content_type="text/html")
 
@@ -546,8 +586,7 @@ async def payouts_page(request: web.Request) -> web.Response:
 async def batch_page(request: web.Request) -> web.Response:
     session = await _page_session(request)
     try:
-        async with _pool(request).acquire(timeout=5.0) as conn:
-            view = await payouts.batch_view(conn, request.match_info["batch_no"])
+        view = await _batch_view(request)
     except NotFound as exc:
         raise web.HTTPNotFound(text=exc.err_msg) from None
     html = agency_pages.batch(_chrome(request, session), view, payouts.LEVELS)

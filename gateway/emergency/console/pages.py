@@ -172,7 +172,13 @@ def console(
         f'<p id="deferred">待补结算 {d["claims_pending"]} 笔，已补结算 {d["claims_settled"]} 笔，'
         f"失败 {d['claims_failed']} 笔，已撤销 {d['claims_withdrawn']} 笔；待补办业务 {d['calls_pending']} 笔；"
         f"应支付参保人 {fen_text(d['reimbursement_fen'])} 元。</p>"
-        f'<p id="replay">补结算进度：{rp["done"]}/{rp["total"]}'
+        + (
+            f'<p id="deferred-unreachable" class="err">账务库{escape("、".join(gone))}暂时无法连接，'
+            "其暂存结算未计入以上数字。</p>"
+            if (gone := view.get("deferred_unreachable"))
+            else ""
+        )
+        + f'<p id="replay">补结算进度：{rp["done"]}/{rp["total"]}'
         f"{'（进行中）' if rp['running'] else ''}，失败 {rp['failed']} 笔。</p>"
     )
 

@@ -6,6 +6,7 @@ One function feeds the console page, its JSON API and `plan show`, so they never
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -41,14 +42,26 @@ def plan_view(plan: Plan, now: dt.datetime) -> dict[str, Any]:
 
 
 async def overview(
-    conn: asyncpg.Connection, plan: Plan, breakers: list[dict[str, Any]], now: dt.datetime
+    conn: asyncpg.Connection,
+    plan: Plan,
+    breakers: list[dict[str, Any]],
+    now: dt.datetime,
+    clusters: Sequence[asyncpg.Connection] = (),
+    unreachable: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Everything on the console page, from one connection."""
+    """Everything on the console page, from the main database's connection and, when the ledger
+    is split by region, one to each cluster that answers (deferred claims are counted where
+    they were drained: `unreachable` names the clusters left out)."""
     view = plan_view(plan, now)
     counts = await deferred.counts(conn)
+    for other in clusters:
+        for key, n in (await deferred.counts(other)).items():
+            counts[key] += n
     replaying = await deferred.replay_running(conn)
     view["breakers"] = breakers
     view["deferred"] = counts
+    if unreachable:
+        view["deferred_unreachable"] = list(unreachable)
     view["replay"] = {
         "running": replaying,
         "done": counts["claims_settled"] + counts["claims_failed"],

@@ -1,0 +1,330 @@
+"""The agency's desks over a ledger split by region: a manual claim (零星报销) lives and settles
+in the insured region's database, a payout batch pays from the database that owes, an invoice is
+claimed once whichever region claims it, and the emergency team's counts and lists read every
+database. Driven over real HTTP (the console's API) and the CLI, as the desks use them; the
+same claim at a gateway over one database gives the same money."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.agency_helpers import (
+    api_get,
+    api_login,
+    api_ok,
+    api_post,
+    bank_answers,
+)
+from tests.integration.conftest import Server, running_gateway
+from tests.integration.emergency_helpers import (
+    BIG_LINES,
+    BIG_TOTAL,
+    DRUG_LINES,
+    DRUG_TOTAL,
+    clear_rule,
+    cli,
+    set_rule,
+    until,
+)
+from tests.integration.split_helpers import (
+    BIJIE,
+    BIJIE_WORKER,
+    PHARMACY_OF,
+    QINGYUAN,
+    WENZHOU,
+    WENZHOU_RETIREE,
+    Split,
+    split_gateway,
+)
+
+pytestmark = pytest.mark.integration
+
+HOSPITAL = "H44180000001"  # a 清远 hospital treating patients of every region
+BIJIE_OTHER = "520500000000000002"  # a resident (390)
+WENZHOU_OTHER = "330300000000000002"
+QINGYUAN_PERSON = "441800000000000005"
+APPROVERS = ("approver1", "approver2", "approver3", "approver4")
+
+
+@pytest.fixture(scope="module")
+async def split(new_database: Callable[..., Any]) -> AsyncIterator[Split]:
+    async with split_gateway(new_database) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+async def single(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
+    async with running_gateway(new_database) as srv:
+        yield srv
+
+
+async def _register(srv: Server, psn_no: str, invoice: str, day: str) -> tuple[int, Any]:
+    clerk = await api_login(srv, "clerk1")
+    registration = {
+        "cert_type": "01",
+        "cert_no": psn_no,
+        "fixmedins_code": HOSPITAL,
+        "med_type": "11",
+        "begntime": f"{day} 08:30:00",
+        "invoice_nos": [invoice],
+    }
+    return await api_post(srv, "/api/console/claims/register", clerk, registration)
+
+
+async def _claim(srv: Server, psn_no: str, invoice: str, day: str) -> dict[str, Any]:
+    """A claim through every desk: registered, lines entered, reviewed, settled, batch-reviewed."""
+    clerk, reviewer = await api_login(srv, "clerk1"), await api_login(srv, "reviewer1")
+    status, claim = await _register(srv, psn_no, invoice, day)
+    assert status == 200, claim
+    no = claim["claim_no"]
+    feedetail = [{**ln, "fee_ocur_time": f"{day} 08:40:00"} for ln in BIG_LINES]
+    await api_ok(srv, "/api/console/claims/lines", clerk, {"claim_no": no, "feedetail": feedetail})
+    await api_ok(srv, "/api/console/claims/review", reviewer, {"claim_no": no})
+    settled = await api_ok(srv, "/api/console/claims/settle", clerk, {"claim_no": no})
+    [done] = await api_ok(srv, "/api/console/claims/batch-review", reviewer, {"claim_nos": [no]})
+    assert done["status"] == "batch_reviewed"
+    assert isinstance(settled, dict)
+    return settled
+
+
+async def _account(srv: Server, psn_no: str, account_no: str) -> None:
+    clerk = await api_login(srv, "clerk1")
+    account = {
+        "psn_no": psn_no,
+        "bank_code": "102100000001",
+        "bank_name": "工商银行",
+        "account_no": account_no,
+        "holder": "参保人",
+        "reason": "参保人申请",
+    }
+    await api_ok(srv, "/api/console/payouts/account", clerk, account)
+
+
+async def test_a_remote_patients_manual_claim_lives_and_settles_in_their_regions_database(
+    split: Split, single: Server, tmp_path: Path
+) -> None:
+    there = await _claim(split.srv, BIJIE_WORKER, "FP-SPLIT-1", "2026-06-03")
+    alone = await _claim(single, BIJIE_WORKER, "FP-SPLIT-1", "2026-06-03")
+    money = ("medfee_sumamt", "reimbursement")
+    assert {k: there[k] for k in money} == {k: alone[k] for k in money}
+    assert there["reimbursement"] != "0.00"
+    no, setl_id = there["claim_no"], there["setl_id"]
+    bijie = f"cluster {BIJIE}"
+    for sql, key in (
+        ("SELECT count(*) FROM manual_claims WHERE claim_no = $1", no),
+        ("SELECT count(*) FROM manual_claim_lines WHERE claim_no = $1", no),
+        ("SELECT count(*) FROM owed_lines WHERE source_ref = $1", no),
+        ("SELECT count(*) FROM settlements WHERE setl_id = $1", setl_id),
+        ("SELECT count(*) FROM audit_log WHERE target = 'manual_claim:' || $1", no),
+    ):
+        assert await split.holding(sql, key) == [bijie], sql
+    # Numbered in the cluster's own range: no other database draws the same claim number.
+    assert len(no) > len(alone["claim_no"])
+
+    watch = await api_login(split.srv, "watch", "watch-2026")
+    status, form = await api_get(split.srv, f"/api/console/claims/{no}", watch)
+    assert status == 200 and form["split"]["medfee_sumamt"] == BIG_TOTAL
+    assert form["fixmedins_name"] != HOSPITAL  # named from the reference data
+    local = await _claim(split.srv, QINGYUAN_PERSON, "FP-SPLIT-2", "2026-06-03")
+    status, listed = await api_get(split.srv, "/api/console/claims", watch)
+    numbers = [c["claim_no"] for c in listed]
+    assert {no, local["claim_no"]} <= set(numbers) and numbers == sorted(numbers)
+
+    # An institution cannot undo the agency's settlement there either (the guard joins the
+    # claim and its settlement in one database).
+    row = (
+        await split.rows(
+            split.clusters[BIJIE],
+            "SELECT setl_id, mdtrt_id, psn_no FROM settlements WHERE setl_id = $1",
+            setl_id,
+        )
+    )[0]
+    refused = await split.srv.client(HOSPITAL).call(
+        "2208", {"data": dict(row)}, insuplc_admdvs=BIJIE
+    )
+    assert refused["infcode"] == -1 and f"零星报销{no}的结算" in refused["err_msg"]
+
+    listed_cli = json.loads(
+        cli("claims", "list", "--json", "--database-url", split.srv.dsn,
+            "--config", str(split.config_file(tmp_path))).stdout
+    )  # fmt: skip
+    assert {no, local["claim_no"]} <= {c["claim_no"] for c in listed_cli}
+
+
+async def test_payout_batches_pay_from_the_database_that_owes(split: Split) -> None:
+    """A batch is made in each database owing something payable; each is approved, exported
+    and its bank return applied where it lives; the totals page adds them up."""
+    remote = await _claim(split.srv, WENZHOU_OTHER, "FP-PAY-1", "2026-06-04")
+    local = await _claim(split.srv, "441800000000000006", "FP-PAY-2", "2026-06-04")
+    await _account(split.srv, WENZHOU_OTHER, "6222020200000000021")
+    await _account(split.srv, "441800000000000006", "6222020200000000022")
+    assert await split.holding(
+        "SELECT count(*) FROM payout_accounts WHERE psn_no = $1", WENZHOU_OTHER
+    ) == [f"cluster {WENZHOU}"]
+
+    clerk = await api_login(split.srv, "clerk1")
+    made = await api_ok(split.srv, "/api/console/payouts/batch", clerk, {})
+    batches = made if isinstance(made, list) else [made]
+    by_payee = {item["psn_no"]: b for b in batches for item in b["items"]}
+    wenzhou_batch = by_payee[WENZHOU_OTHER]["batch_no"]
+    main_batch = by_payee["441800000000000006"]["batch_no"]
+    assert wenzhou_batch != main_batch
+    assert await split.holding(
+        "SELECT count(*) FROM payout_batches WHERE batch_no = $1", wenzhou_batch
+    ) == [f"cluster {WENZHOU}"]
+    assert await split.holding(
+        "SELECT count(*) FROM payout_batches WHERE batch_no = $1", main_batch
+    ) == ["main"]
+
+    approvers = [await api_login(split.srv, a) for a in APPROVERS]
+    for batch_no in (wenzhou_batch, main_batch):
+        for level, token in enumerate(approvers, 1):
+            await api_ok(
+                split.srv,
+                "/api/console/payouts/approve",
+                token,
+                {"batch_no": batch_no, "level": level},
+            )
+        status, (payment, _) = await api_post(
+            split.srv, "/api/console/payouts/export", clerk, {"batch_no": batch_no}
+        )
+        assert status == 200 and payment.startswith(f"H|PAY|{batch_no}|".encode())
+        answer = bank_answers(payment, {})
+        summary = await api_ok(
+            split.srv, "/api/console/payouts/return", clerk, {"file": answer.decode()}
+        )
+        assert summary["batch_no"] == batch_no and summary["failed_count"] == 0
+    paid = {
+        ref: await split.holding(
+            "SELECT count(*) FROM owed_lines WHERE source_ref = $1 AND status = 'paid'", ref
+        )
+        for ref in (remote["claim_no"], local["claim_no"])
+    }
+    assert paid == {remote["claim_no"]: [f"cluster {WENZHOU}"], local["claim_no"]: ["main"]}
+
+    watch = await api_login(split.srv, "watch", "watch-2026")
+    status, overview = await api_get(split.srv, "/api/console/payouts", watch)
+    shown = {b["batch_no"]: b["status"] for b in overview["batches"]}
+    assert shown[wenzhou_batch] == shown[main_batch] == "returned"
+    status, view = await api_get(split.srv, f"/api/console/payouts/{wenzhou_batch}", watch)
+    assert status == 200 and view["items"][0]["psn_no"] == WENZHOU_OTHER
+    assert await split.findings() == {}
+
+
+async def test_an_invoice_is_claimed_once_whichever_region_claims_it(split: Split) -> None:
+    """The same hospital invoice for a 温州 patient, then a 毕节 one: each claim would live in
+    its own cluster, and the second is refused as on a single ledger; once the first is
+    withdrawn the invoice is free again."""
+    status, first = await _register(split.srv, WENZHOU_RETIREE, "FP-ONCE-1", "2026-06-05")
+    assert status == 200, first
+    status, second = await _register(split.srv, BIJIE_OTHER, "FP-ONCE-1", "2026-06-05")
+    assert status == 409 and f"已在零星报销{first['claim_no']}中登记" in second["error"], second
+    assert (
+        await split.holding("SELECT count(*) FROM manual_claims WHERE psn_no = $1", BIJIE_OTHER)
+        == []
+    )
+
+    clerk = await api_login(split.srv, "clerk1")
+    await api_ok(
+        split.srv,
+        "/api/console/claims/withdraw",
+        clerk,
+        {"claim_no": first["claim_no"], "reason": "参保人撤回"},
+    )
+    status, again = await _register(split.srv, BIJIE_OTHER, "FP-ONCE-1", "2026-06-05")
+    assert status == 200, again
+    held = await split.rows(
+        split.srv.dsn,
+        "SELECT claim_no FROM invoice_registry WHERE fixmedins_code = $1 AND invono = $2",
+        HOSPITAL,
+        "FP-ONCE-1",
+    )
+    assert [r[0] for r in held] == [again["claim_no"]]
+    # The first claim's own region may not take it back now.
+    status, refused = await _register(split.srv, WENZHOU_RETIREE, "FP-ONCE-1", "2026-06-05")
+    assert status == 409 and again["claim_no"] in refused["error"]
+
+
+async def test_a_deferred_claim_is_counted_replayed_and_paid_in_its_regions_database(
+    split: Split, tmp_path: Path
+) -> None:
+    """Settlements at a 清远 hospital deferred: a 毕节 patient's claim is kept in 毕节's cluster, the emergency team's
+    page and `plan show` count it there, replay settles it there, and its reimbursement is
+    batched there: cancelling its settlement is then refused as on a single ledger."""
+    config = str(split.config_file(tmp_path))
+    # The rule's region is where patients are treated: the 清远 hospital's, whose 毕节 patient
+    # this is.
+    await set_rule(split.srv.dsn, f"region:{QINGYUAN}", "settlement", "defer", "演练主动报")
+    pos = split.srv.client(PHARMACY_OF[QINGYUAN], QINGYUAN)
+
+    async def in_force() -> bool:
+        drug = pos.drug_input(QINGYUAN_PERSON, "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES)
+        answer = await pos.call("2101", drug)
+        return "应急预案" in (answer["warn_msg"] or "")
+
+    await until(in_force)
+    his = split.srv.client(HOSPITAL)
+    remote = {"insuplc_admdvs": BIJIE}
+    day = "2026-06-06"
+    reg = await his.ok(
+        "2201",
+        {"data": {"psn_no": BIJIE_OTHER, "insutype": "390", "begntime": f"{day} 08:30:00",
+                  "mdtrt_cert_type": "01", "mdtrt_cert_no": BIJIE_OTHER, "ipt_otp_no": "MZ-DF-1",
+                  "atddr_no": "D001", "dr_name": "医生", "dept_code": "K01", "dept_name": "内科",
+                  "caty": "A03"}},
+        **remote,
+    )  # fmt: skip
+    mdtrt_id = reg["data"]["mdtrt_id"]
+    rows = his.fee_rows(mdtrt_id, BIJIE_OTHER, BIG_LINES, f"{day} 08:40:00", "B1")
+    await his.ok("2204", {"feedetail": rows}, **remote)
+    data = his.settle_data(BIJIE_OTHER, mdtrt_id, "11", BIG_TOTAL, "390", "0", chrg_bchno="B1")
+    answer = await his.ok("2207", data, **remote)
+    claim_id = answer["setlinfo"]["setl_id"]
+    assert claim_id.startswith("DF")
+
+    async def drained() -> bool:
+        found = await split.holding("SELECT count(*) FROM deferred WHERE claim_id = $1", claim_id)
+        return found == [f"cluster {BIJIE}"]
+
+    await until(drained, within=20)
+    watch = await api_login(split.srv, "watch", "watch-2026")
+    status, overview = await api_get(split.srv, "/api/plan", watch)
+    assert status == 200 and overview["deferred"]["claims_pending"] >= 1
+    shown = json.loads(
+        cli("plan", "show", "--json", "--database-url", split.srv.dsn, "--config", config).stdout
+    )
+    assert shown["deferred"]["claims_pending"] == overview["deferred"]["claims_pending"]
+    listed = cli("deferred", "list", "--json", "--database-url", split.srv.dsn, "--config", config)
+    assert claim_id in listed.stdout
+
+    await clear_rule(split.srv.dsn, f"region:{QINGYUAN}", "settlement")
+
+    async def lifted() -> bool:
+        return not await in_force()
+
+    await until(lifted)
+    replayed = json.loads(
+        cli("deferred", "replay", "--json", "--database-url", split.srv.dsn, "--config", config).stdout
+    )  # fmt: skip
+    assert replayed["failed"] == [] and replayed["settled"] >= 1
+    setl = await split.rows(
+        split.clusters[BIJIE],
+        "SELECT d.setl_id, s.mdtrt_id, s.psn_no FROM deferred d JOIN settlements s"
+        " USING (setl_id) WHERE d.claim_id = $1 AND d.status = 'settled'",
+        claim_id,
+    )
+    assert len(setl) == 1
+    await _account(split.srv, BIJIE_OTHER, "6222020200000000031")
+    clerk = await api_login(split.srv, "clerk1")
+    await api_ok(split.srv, "/api/console/payouts/batch", clerk, {"source": "deferred"})
+    assert await split.holding(
+        "SELECT count(*) FROM owed_lines WHERE source_ref = $1 AND status = 'batched'", claim_id
+    ) == [f"cluster {BIJIE}"]
+    refused = await his.call("2208", {"data": dict(setl[0])}, **remote)
+    assert refused["infcode"] == -1 and "已纳入支付批次" in refused["err_msg"], refused
+    assert await split.findings() == {}
