@@ -127,6 +127,10 @@ async def test_a_remote_patients_manual_claim_lives_and_settles_in_their_regions
     assert len(no) > len(alone["claim_no"])
 
     watch = await api_login(split.srv, "watch", "watch-2026")
+    # Audited where each step ran; the console's recent audit reads every database.
+    status, audited = await api_get(split.srv, "/api/audit?limit=200", watch)
+    assert status == 200
+    assert {r["ledger"] for r in audited if r["target"] == f"manual_claim:{no}"} == {"bijie"}
     status, form = await api_get(split.srv, f"/api/console/claims/{no}", watch)
     assert status == 200 and form["split"]["medfee_sumamt"] == BIG_TOTAL
     assert form["fixmedins_name"] != HOSPITAL  # named from the reference data

@@ -26,6 +26,8 @@ from gateway.ops import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "config" / "grafana" / "gateway.json"
+# The ledger clusters' own board: Patroni's series, and the gateway's breaker per database.
+CLUSTER_DASHBOARD = ROOT / "config" / "grafana" / "ledger-clusters.json"
 RULES_DIR = ROOT / "config" / "prometheus" / "rules"
 RULE_TESTS_DIR = ROOT / "config" / "prometheus" / "tests"
 DATASOURCE = "${DS_PROMETHEUS}"
@@ -200,14 +202,14 @@ def walk(node: Any) -> Iterator[dict[str, Any]]:
             yield from walk(value)
 
 
-def dashboard() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+def dashboard(path: Path = DASHBOARD) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
 
 
-def dashboard_exprs() -> list[tuple[str, str]]:
+def dashboard_exprs(path: Path = DASHBOARD) -> list[tuple[str, str]]:
     """(where, PromQL) of every panel target, annotation and variable query in the dashboard."""
-    data = dashboard()
+    data = dashboard(path)
     out: list[tuple[str, str]] = []
     for panel in walk(data.get("panels", [])):
         for target in panel.get("targets", []) if "gridPos" in panel else []:
@@ -349,8 +351,9 @@ def test_dashboard_covers_every_metric() -> None:
     assert not missing, f"not on the dashboard: {missing}"
 
 
-def test_dashboard_shape() -> None:
-    data = dashboard()
+@pytest.mark.parametrize("path", [DASHBOARD, CLUSTER_DASHBOARD], ids=lambda p: p.name)
+def test_dashboard_shape(path: Path) -> None:
+    data = dashboard(path)
     assert data["schemaVersion"] == 39
     variables = {v["name"]: v for v in data["templating"]["list"]}
     assert variables["DS_PROMETHEUS"]["type"] == "datasource"
@@ -365,9 +368,20 @@ def test_dashboard_shape() -> None:
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == DATASOURCE, panel["title"]
-    latency = [e for _, e in dashboard_exprs() if "histogram_quantile" in e]
-    assert any("histogram_quantile(0.5," in e for e in latency)
-    assert any("histogram_quantile(0.99," in e for e in latency)
+    if path == DASHBOARD:
+        latency = [e for _, e in dashboard_exprs() if "histogram_quantile" in e]
+        assert any("histogram_quantile(0.5," in e for e in latency)
+        assert any("histogram_quantile(0.99," in e for e in latency)
+
+
+def test_the_cluster_dashboard_shows_what_its_alerts_watch() -> None:
+    """Each Patroni series the ledger-cluster alerts read is on the clusters' board, beside the
+    gateway's breaker per ledger database; nothing else is named."""
+    used = {name for _, expr in dashboard_exprs(CLUSTER_DASHBOARD) for name in metric_names(expr)}
+    assert used >= PATRONI_METRICS
+    assert used - PATRONI_METRICS == {"sgw_breaker_state"}
+    titles = {p.get("title") for p in walk(dashboard(CLUSTER_DASHBOARD)["panels"])}
+    assert {"Replication lag of the slowest replica", "Failovers (timeline changes)"} <= titles
 
 
 def test_every_alert_has_labels_annotations_and_both_test_cases() -> None:
@@ -411,10 +425,11 @@ def test_promtool_test_rules() -> None:
     assert "FAILED" not in result.stdout + result.stderr
 
 
-def test_dashboard_expressions_parse(tmp_path: Path) -> None:
+@pytest.mark.parametrize("board", [DASHBOARD, CLUSTER_DASHBOARD], ids=lambda p: p.name)
+def test_dashboard_expressions_parse(tmp_path: Path, board: Path) -> None:
     """promtool parses every dashboard expression (as recording rules, variables replaced)."""
     rules = ["groups:", "  - name: dashboard", "    rules:"]
-    for i, (_, expr) in enumerate(dashboard_exprs()):
+    for i, (_, expr) in enumerate(dashboard_exprs(board)):
         rules += [f"      - record: dashboard:expr_{i}", f"        expr: {json.dumps(grafana_to_promql(expr))}"]  # fmt: skip
     path = tmp_path / "dashboard.yml"
     path.write_text("\n".join(rules) + "\n", encoding="utf-8")

@@ -24,9 +24,9 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 import asyncpg
@@ -42,6 +42,9 @@ from gateway.ops import audit
 from gateway.pipeline.edge import PACER
 from gateway.protocol.errors import BadRequest, GatewayError, NotFound
 from gateway.services import claim_form
+
+if TYPE_CHECKING:
+    from gateway.app.runtime import Gateway
 
 COOKIE = "sgw_console"
 CSRF_HEADER = "X-CSRF-Token"
@@ -225,23 +228,45 @@ async def held(request: web.Request, refused: Refused) -> None:
 
 async def overview(request: web.Request) -> dict[str, Any]:
     gw = request.app[GATEWAY]
+    async with gw.pool.acquire(timeout=5.0) as conn, _clusters(gw) as (clusters, unreachable):
+        return await status.overview(
+            conn,
+            gw.plan,
+            gw.breaker_states(),
+            dt.datetime.now(),
+            [c for _, c in clusters],
+            unreachable,
+        )
+
+
+@contextlib.asynccontextmanager
+async def _clusters(
+    gw: Gateway,
+) -> AsyncIterator[tuple[list[tuple[str, asyncpg.Connection]], list[str]]]:
+    """A connection to each ledger cluster that answers (none unless the ledger is split by
+    region), and the names of those that do not. A cluster whose breaker is open is the outage
+    the team is looking at: the page says so instead of waiting on it."""
     async with contextlib.AsyncExitStack() as stack:
-        conn = await stack.enter_async_context(gw.pool.acquire(timeout=5.0))
-        clusters, unreachable = [], []
+        reached, unreachable = [], []
         for cluster in gw.ledgers.clusters:
-            # A cluster whose breaker is open is the outage the team is looking at: the page
-            # says so instead of waiting on it.
             try:
                 if gw.ledger_breaker(cluster.name).is_open:
                     raise TimeoutError
-                clusters.append(
-                    await stack.enter_async_context(db.leased(cluster.pool, CLUSTER_WAIT))
-                )
+                conn = await stack.enter_async_context(db.leased(cluster.pool, CLUSTER_WAIT))
+                reached.append((cluster.name, conn))
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 unreachable.append(cluster.name)
-        return await status.overview(
-            conn, gw.plan, gw.breaker_states(), dt.datetime.now(), clusters, unreachable
-        )
+        yield reached, unreachable
+
+
+async def recent_audit(gw: Gateway, limit: int) -> list[dict[str, Any]]:
+    """The latest audit rows of every ledger database that answers, newest first: a desk's step
+    is audited in the database it ran in (each database keeps its own chain); `ledger` names it."""
+    async with gw.pool.acquire(timeout=5.0) as conn, _clusters(gw) as (clusters, _):
+        rows = []
+        for name, c in [("main", conn), *clusters]:
+            rows += [{**r, "ledger": name} for r in await audit.recent(c, limit)]
+    return sorted(rows, key=lambda r: str(r["at"]), reverse=True)[:limit]
 
 
 async def set_rule(
@@ -373,8 +398,7 @@ async def page(request: web.Request) -> web.Response:
     if session is None:
         raise web.HTTPSeeOther("/console/login")
     view = await overview(request)
-    async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
-        rows = await audit.recent(conn, 30)
+    rows = await recent_audit(request.app[GATEWAY], 30)
     html = pages.console(
         view,
         rows,
@@ -491,8 +515,7 @@ async def api_audit(request: web.Request, session: operators.Session) -> web.Res
         limit = max(1, min(int(request.query.get("limit", "50")), 500))
     except ValueError:
         limit = 50
-    async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
-        return web.json_response(await audit.recent(conn, limit))
+    return web.json_response(await recent_audit(request.app[GATEWAY], limit))
 
 
 async def api_lockouts(request: web.Request, session: operators.Session) -> web.Response:
