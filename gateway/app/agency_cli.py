@@ -368,7 +368,9 @@ def payouts_batch(args: argparse.Namespace) -> int:
         made = await agency_ledgers.make_batches(
             ledgers, _operator(args), dt.datetime.now(), args.limit, args.source
         )
-        views = [view for _, view in made]
+        if made.unreachable:
+            print(made.note(), file=sys.stderr)
+        views = [view for _, view in made.batches]
         _print(args, views[0] if len(views) == 1 else views, "\n".join(map(_batch_text, views)))
         return 0
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -163,24 +163,44 @@ async def batch_review(
     return done
 
 
+class Made(NamedTuple):
+    """The batches made (each with its view), and the databases that could not be reached."""
+
+    batches: list[tuple[payout_store.Batch, dict[str, Any]]]
+    unreachable: list[str]
+
+    def note(self) -> str:
+        """What the clerk is told besides the batches: the databases left for later."""
+        if not self.unreachable:
+            return ""
+        return f"（账务库{'、'.join(self.unreachable)}暂时无法连接，其待付款项未制单）"
+
+
 async def make_batches(
     ledgers: Partitions, operator: str, now: dt.datetime, limit: int | None, source: str | None
-) -> list[tuple[payout_store.Batch, dict[str, Any]]]:
+) -> Made:
     """银行报盘制单: a batch in each database owing something payable (clearing amounts in the
-    main one only), each with its view; refused as the service refuses when none does."""
+    main one only), each with its view; refused as the service refuses when none does. A
+    database that does not answer is left for a later batch (the others' payees need not wait
+    for one region group's outage)."""
     where = (ledgers.main,) if source == "clearing" else ledgers.all
-    made: list[tuple[payout_store.Batch, dict[str, Any]]] = []
+    made = Made([], [])
     refusal: NotFound | None = None
     for ledger in where:
-        async with connection(ledger) as conn:
-            await payouts.gather(conn)
-            try:
-                b = await payouts.create_batch(conn, operator, now, limit=limit, source=source)
-            except NotFound as exc:
-                refusal = refusal or exc
-                continue
-            made.append((b, await payouts.batch_view(conn, b.batch_no)))
-    if not made:
+        try:
+            async with connection(ledger) as conn:
+                await payouts.gather(conn)
+                try:
+                    b = await payouts.create_batch(conn, operator, now, limit=limit, source=source)
+                except NotFound as exc:
+                    refusal = refusal or exc
+                    continue
+                made.batches.append((b, await payouts.batch_view(conn, b.batch_no)))
+        except Unavailable:
+            made.unreachable.append(ledger.name)
+    if not made.batches:
+        if made.unreachable:
+            raise Unavailable(f"{UNREACHABLE}{made.note()}")
         assert refusal is not None
         raise refusal
     return made

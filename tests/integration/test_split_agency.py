@@ -6,6 +6,7 @@ same claim at a gateway over one database gives the same money."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from gateway.ledger import db
+from gateway.ledger.partitions import Partition, Partitions
+from gateway.protocol.errors import Unavailable
+from gateway.services import agency_ledgers
 from tests.integration.agency_helpers import (
     api_get,
     api_login,
@@ -332,3 +337,39 @@ async def test_a_deferred_claim_is_counted_replayed_and_paid_in_its_regions_data
     refused = await his.call("2208", {"data": dict(setl[0])}, **remote)
     assert refused["infcode"] == -1 and "已纳入支付批次" in refused["err_msg"], refused
     assert await split.findings() == {}
+
+
+async def test_a_database_that_does_not_answer_is_left_for_a_later_batch(split: Split) -> None:
+    """One region group's outage does not hold back the others' payees: batches are made where
+    the databases answer, and the clerk is told which one was left; with none answering, a
+    refusal the clerk can read."""
+    claim = await _claim(split.srv, BIJIE_WORKER, "FP-LATER-1", "2026-06-07")
+    await _account(split.srv, BIJIE_WORKER, "6222020200000000041")
+    pools = {
+        name: await db.create_pool(dsn, min_size=1, max_size=2)
+        for name, dsn in (("main", split.srv.dsn), ("bijie", split.clusters[BIJIE]),
+                          ("wenzhou", split.clusters[WENZHOU]))
+    }  # fmt: skip
+    await pools["wenzhou"].close()  # the outage: every acquire now fails
+    try:
+        ledgers = Partitions(
+            Partition("main", pools["main"]),
+            [
+                Partition("bijie", pools["bijie"], frozenset({BIJIE})),
+                Partition("wenzhou", pools["wenzhou"], frozenset({WENZHOU})),
+            ],
+        )
+        made = await agency_ledgers.make_batches(ledgers, "clerk9", dt.datetime.now(), None, None)
+        assert made.unreachable == ["wenzhou"] and "wenzhou" in made.note()
+        paid_here = {item["psn_no"] for _, view in made.batches for item in view["items"]}
+        assert BIJIE_WORKER in paid_here
+        assert await split.holding(
+            "SELECT count(*) FROM owed_lines WHERE source_ref = $1 AND status = 'batched'",
+            claim["claim_no"],
+        ) == [f"cluster {BIJIE}"]
+        gone = Partitions(Partition("main", pools["wenzhou"]))
+        with pytest.raises(Unavailable, match="暂时无法连接"):
+            await agency_ledgers.make_batches(gone, "clerk9", dt.datetime.now(), None, None)
+    finally:
+        for pool in pools.values():
+            await pool.close()

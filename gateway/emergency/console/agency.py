@@ -237,12 +237,14 @@ async def make_batch(request: web.Request, s: operators.Session, v: Values) -> D
         int(limit_text) if limit_text else None,
         source,
     )
-    b, view = made[0]
+    b, view = made.batches[0]
     said = "；".join(
-        f"支付批次{m.batch_no}已制单：{m.line_count}笔，{fen_text(m.total_fen)}元" for m, _ in made
+        f"支付批次{m.batch_no}已制单：{m.line_count}笔，{fen_text(m.total_fen)}元"
+        for m, _ in made.batches
     )
-    where = f"/console/payouts/{quote(b.batch_no)}" if len(made) == 1 else "/console/payouts"
-    return Done(where, said, view if len(made) == 1 else [v for _, v in made])
+    one = len(made.batches) == 1
+    where = f"/console/payouts/{quote(b.batch_no)}" if one else "/console/payouts"
+    return Done(where, said + made.note(), view if one else [v for _, v in made.batches])
 
 
 async def approve(request: web.Request, s: operators.Session, v: Values) -> Done:
