@@ -545,7 +545,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     common(pg)
     pg.set_defaults(func=payouts_gather_clearing)
     po = psub.add_parser("owed", help="what is owed, in a batch or paid")
-    po.add_argument("--status", choices=("owed", "batched", "paid"))
+    po.add_argument("--status", choices=("owed", "batched", "paid", "withdrawn"))
     common(po)
     po.set_defaults(func=payouts_owed)
     pb = psub.add_parser("batch", help="银行报盘制单: a batch of what is owed")

@@ -1,7 +1,8 @@
 """The agency side's invariants, for the ledger checker (gateway.ledger.checker).
 
 Every owed yuan is owed, in one open batch, or paid — once:
-- an owed line marked owed has no item pending or paid; batched, exactly one item pending in a
+- an owed line marked owed (or withdrawn: its settlement cancelled while it was owed) has no
+  item pending or paid; batched, exactly one item pending in a
   batch still open; paid, exactly one item paid (the unique index allows no more than one item
   pending or paid per line, this says the line's state agrees with it);
 - each batch's count and total are its items'; an open batch's items are all pending, a
@@ -31,7 +32,8 @@ async def payout_problems(conn: asyncpg.Connection) -> list[str]:
         " FROM owed_lines o LEFT JOIN payout_items i USING (owed_id)"
         " LEFT JOIN payout_batches b ON b.batch_no = i.batch_no"
         " GROUP BY o.owed_id, o.status HAVING"
-        " (o.status = 'owed' AND count(i.*) FILTER (WHERE i.status IN ('pending', 'paid')) > 0)"
+        " (o.status IN ('owed', 'withdrawn')"
+        "  AND count(i.*) FILTER (WHERE i.status IN ('pending', 'paid')) > 0)"
         " OR (o.status = 'batched' AND (count(i.*) FILTER (WHERE i.status = 'pending') <> 1"
         "   OR count(i.*) FILTER (WHERE i.status = 'pending' AND b.status IN " + _OPEN + ") <> 1))"
         " OR (o.status = 'paid' AND (count(i.*) FILTER (WHERE i.status = 'paid') <> 1"
@@ -77,8 +79,8 @@ async def payout_problems(conn: asyncpg.Connection) -> list[str]:
         "   OR c.reimbursement_fen <> o.amount_fen OR c.psn_no <> o.psn_no))"
         " OR (o.source = 'deferred' AND (d.claim_id IS NULL OR d.status <> 'settled'"
         "   OR d.reimbursement_fen <> o.amount_fen OR d.psn_no <> o.psn_no"
-        "   OR NOT EXISTS (SELECT 1 FROM settlements s WHERE s.setl_id = d.setl_id"
-        "    AND s.status = 'settled')))"
+        "   OR (o.status <> 'withdrawn' AND NOT EXISTS (SELECT 1 FROM settlements s"
+        "    WHERE s.setl_id = d.setl_id AND s.status = 'settled'))))"
         " OR (o.source = 'clearing' AND (NOT starts_with(o.source_ref, o.psn_no || ':')"
         "   OR substr(o.source_ref, length(o.psn_no) + 2) !~ '^[0-9]{4}-[0-9]{2}$'))"
     ):

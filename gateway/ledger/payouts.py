@@ -175,7 +175,12 @@ async def hold_for_cancel(
     replayed deferred claim's (主动报) may not be once its reimbursement is in a batch, paid, or
     was ever sent to the bank, nor be corrected at all (the claim's reimbursement would no
     longer be its settlement's); cancelled while merely owed, the owed line is withdrawn here
-    (it comes back with the settlement, should the cancellation be reversed)."""
+    (it comes back with the settlement, should the cancellation be reversed). A batch rejected
+    before its export sent nothing to the bank: its released items do not hold the line.
+
+    Called with the settlement's row locked FOR UPDATE (gateway.ledger.settlements.cancel):
+    `gather_deferred` locks the same row FOR SHARE before it writes a line, so a gather and a
+    cancellation of one settlement run one after the other, never across each other."""
     claim_no = await conn.fetchval("SELECT claim_no FROM manual_claims WHERE setl_id = $1", setl_id)
     if claim_no is not None:
         return (
@@ -185,6 +190,7 @@ async def hold_for_cancel(
     claim = await conn.fetchrow(
         "SELECT d.claim_id, o.owed_id, o.status,"
         " (SELECT i.batch_no FROM payout_items i WHERE i.owed_id = o.owed_id"
+        "   AND i.status <> 'released'"
         "   ORDER BY (i.status IN ('pending', 'paid')) DESC, i.batch_no DESC LIMIT 1) AS batch_no"
         " FROM deferred d LEFT JOIN owed_lines o"
         "  ON o.source = 'deferred' AND o.source_ref = d.claim_id"
@@ -209,7 +215,8 @@ async def hold_for_cancel(
     if claim["owed_id"] is not None:
         # A batch being made may take the line meanwhile: then it is no longer owed here.
         gone = await conn.fetchval(
-            "DELETE FROM owed_lines WHERE owed_id = $1 AND status = 'owed' RETURNING true",
+            "UPDATE owed_lines SET status = 'withdrawn' WHERE owed_id = $1"
+            " AND status IN ('owed', 'withdrawn') RETURNING true",
             claim["owed_id"],
         )
         if not gone:
@@ -236,14 +243,25 @@ async def gather_clearing(
 
 async def gather_deferred(conn: asyncpg.Connection) -> int:
     """Writes an owed line for every replayed deferred claim (主动报) with a reimbursement not
-    recorded yet, its settlement in force; returns how many."""
+    recorded yet (or withdrawn with a cancellation since reversed), its settlement in force;
+    returns how many.
+
+    The settlements are locked FOR SHARE: a cancellation holding one (FOR UPDATE) is waited for,
+    and its row read again once it commits (cancelled: left out). Reading the settlement's
+    state from the statement's snapshot alone let a gather racing a cancellation owe, and pay,
+    the reimbursement of a settlement cancelled meanwhile (found from outside)."""
     status = await conn.execute(
-        "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
-        " SELECT 'deferred', claim_id, psn_no, reimbursement_fen FROM deferred d"
-        " WHERE kind = 'claim' AND status = 'settled' AND reimbursement_fen > 0"
-        " AND claim_id IS NOT NULL AND EXISTS (SELECT 1 FROM settlements s"
-        "  WHERE s.setl_id = d.setl_id AND s.status = 'settled')"
-        " ON CONFLICT (source, source_ref) DO NOTHING"
+        "WITH live AS (SELECT d.claim_id, d.psn_no, d.reimbursement_fen"
+        "  FROM deferred d JOIN settlements s ON s.setl_id = d.setl_id"
+        "  WHERE d.kind = 'claim' AND d.status = 'settled' AND d.reimbursement_fen > 0"
+        "  AND d.claim_id IS NOT NULL AND s.status = 'settled'"
+        "  AND NOT EXISTS (SELECT 1 FROM owed_lines o WHERE o.source = 'deferred'"
+        "   AND o.source_ref = d.claim_id AND o.status <> 'withdrawn')"
+        "  FOR SHARE OF s)"
+        " INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
+        " SELECT 'deferred', claim_id, psn_no, reimbursement_fen FROM live"
+        " ON CONFLICT (source, source_ref) DO UPDATE SET status = 'owed', created_at = now()"
+        " WHERE owed_lines.status = 'withdrawn'"
     )
     return int(status.rsplit(" ", 1)[-1])
 
@@ -337,7 +355,8 @@ async def oldest_owed(conn: asyncpg.Connection) -> dt.datetime | None:
     """Reads when the oldest patient's line still owed (not paid) was recorded (the ageing
     alert is about claims; institutions' clearing amounts have their own calendar)."""
     at: dt.datetime | None = await conn.fetchval(
-        "SELECT min(created_at) FROM owed_lines WHERE status <> 'paid' AND source <> 'clearing'"
+        "SELECT min(created_at) FROM owed_lines WHERE status IN ('owed', 'batched')"
+        " AND source <> 'clearing'"
     )
     return at
 

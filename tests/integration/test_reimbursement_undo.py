@@ -16,7 +16,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from gateway.ledger import checker
+import pytest
+
+from gateway.core.model import Category
+from gateway.ledger import checker, settlements
 from gateway.services import payouts
 from tests.integration.agency_helpers import ledger_on, settled_claim
 from tests.integration.conftest import running_gateway
@@ -61,9 +64,9 @@ async def test_a_replayed_claims_reimbursement_follows_its_settlement(
             await his.ok("2208", _cancel(first))
             assert (
                 await conn.fetchval(
-                    "SELECT count(*) FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+                    "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
                 )
-                == 0
+                == "withdrawn"
             )
             batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
             assert (batch.line_count, batch.total_fen) == (1, second["reimbursement_fen"])
@@ -140,3 +143,95 @@ async def test_an_institution_cannot_undo_a_manual_claims_settlement(
             await srv.fetchval("SELECT status FROM settlements WHERE setl_id = $1", claim.setl_id)
             == "settled"
         )
+
+
+@pytest.mark.parametrize("gathered_first", [True, False], ids=["owed", "not-yet-gathered"])
+async def test_a_gather_racing_a_cancellation_never_owes_the_cancelled_claim(
+    new_database: Callable[..., Any], gathered_first: bool
+) -> None:
+    """Found from outside: a batch made while a 2208 of a replayed claim was committing took
+    the claim's reimbursement, which was then paid for a cancelled settlement. The gather that
+    precedes every batch read the settlement as in force from its snapshot and wrote the line
+    again once the cancellation's withdrawal committed (or, not gathered yet, wrote it beside
+    the cancellation). Here the cancellation is held open at its last step while a gather runs:
+    the gather waits for it and owes nothing for that claim, and the batch does not pay it."""
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)
+        await _plan_cleared(srv)
+        first, second = await _replayed(srv)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            await _accounts(conn)
+            if gathered_first:
+                assert await payouts.gather(conn) == 2
+            async with ledger.pool.acquire() as canceller:  # the pool's codecs (jsonb)
+                cancelling = canceller.transaction()
+                await cancelling.start()
+                await settlements.cancel(
+                    canceller,
+                    fixmedins_code=HOSPITAL,
+                    setl_id=first["setl_id"],
+                    mdtrt_id=first["mdtrt_id"],
+                    psn_no=first["psn_no"],
+                    msgid="RACE-2208",
+                    now=dt.datetime.now(),
+                    categories=frozenset(c.value for c in Category),
+                )
+                gathering = asyncio.create_task(payouts.gather(conn))
+                if gathered_first:
+                    # Its snapshot still sees the claim owed: it leaves it, waiting for nothing.
+                    await asyncio.wait_for(asyncio.shield(gathering), 30)
+                else:
+                    # The settlement's lock holds the gather until the cancellation's answer.
+                    await asyncio.sleep(0.5)
+                    assert not gathering.done()
+                await cancelling.commit()
+                await gathering
+            owed = await conn.fetch(
+                "SELECT source_ref, status FROM owed_lines WHERE status <> 'withdrawn'"
+            )
+            assert [r["source_ref"] for r in owed] == [second["claim_id"]]
+            batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+            assert (batch.line_count, batch.total_fen) == (1, second["reimbursement_fen"])
+            assert await checker.check(conn) == []
+
+
+async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: refused while its reimbursement was batched, the clerk is told to
+    have the batch rejected first; after that, the cancellation was still refused as "sent to
+    the bank" (nothing was: a rejected batch is never exported), and the owed line could not
+    have been deleted anyway (the released item names it). Now it stands and the line is
+    withdrawn; a 2601 of the cancellation puts the settlement back and a gather owes it again."""
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)
+        await _plan_cleared(srv)
+        first, _ = await _replayed(srv)
+        his = srv.client(HOSPITAL)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            await _accounts(conn)
+            await payouts.gather(conn)
+            batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+            refused = await his.call("2208", _cancel(first))
+            assert "请先由审批人退回该支付批次" in refused["err_msg"]
+            await payouts.reject(conn, batch.batch_no, 1, "approver1", "待核实")
+            cancelled = await his.call("2208", _cancel(first), msgid="UNDO-2208-REJECTED")
+            assert cancelled["infcode"] == 0, cancelled["err_msg"]
+            assert (
+                await conn.fetchval(
+                    "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+                )
+                == "withdrawn"
+            )
+            assert await checker.check(conn) == []
+            reversal = {"data": {"psn_no": first["psn_no"], "omsgid": "UNDO-2208-REJECTED",
+                                 "oinfno": "2208"}}  # fmt: skip
+            await his.ok("2601", reversal)
+            assert await payouts.gather(conn) == 1
+            assert (
+                await conn.fetchval(
+                    "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+                )
+                == "owed"
+            )
+            assert await checker.check(conn) == []

@@ -26,6 +26,7 @@ OWED_STATES = {
     "batched": "已制单",
     "paid": "已支付",
     "failed": "支付失败（累计）",
+    "withdrawn": "已撤回（结算已撤销）",
 }
 SPLIT_NAMES = {
     "medfee_sumamt": "医疗费总额",
