@@ -313,12 +313,21 @@ def deferred_list(args: argparse.Namespace) -> int:
 
 def audit_verify(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
-        verdict = await audit.verify(conn)
-        if verdict.broken_at is None:
-            print(f"audit log intact: {verdict.rows} rows")
-            return 0
-        print(f"audit log BROKEN at row {verdict.broken_at}: {verdict.problem}", file=sys.stderr)
-        return 1
+        # Each ledger database keeps its own chain (a desk's step is audited where it ran).
+        async with _clusters(args) as clusters:
+            broken = 0
+            named = [("main", conn), *((f"cluster {n}", c) for n, c in enumerate(clusters, 1))]
+            for name, c in named:
+                verdict = await audit.verify(c)
+                if verdict.broken_at is None:
+                    print(f"audit log intact ({name}): {verdict.rows} rows")
+                    continue
+                broken += 1
+                print(
+                    f"audit log BROKEN ({name}) at row {verdict.broken_at}: {verdict.problem}",
+                    file=sys.stderr,
+                )
+        return 1 if broken else 0
 
     return _run(args, work)
 
@@ -426,7 +435,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     a = sub.add_parser("audit", help="the hash-chained audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
     av = asub.add_parser("verify", help="recompute the chain; exit 1 when broken")
-    common(av)
+    common(av, ledgers=True)
     av.set_defaults(func=audit_verify)
 
     o = sub.add_parser("operators", help="the console's operators")

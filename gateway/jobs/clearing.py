@@ -201,8 +201,10 @@ async def monthly(
     corrected: list[list[clearing.Corrected]] = []
     reimbursed: list[list[clearing.Reimbursed]] = []
     claimed: list[list[clearing.Reimbursed]] = []
+    paid: list[clearing.PaidOut] = []  # each database pays its own region group's patients
 
     async def read(db_conn: asyncpg.Connection) -> None:
+        paid.append(await clearing.paid_out(db_conn, since, until))
         settled.append(await clearing.settled(db_conn, since, until, institution, names))
         corrected.append(await clearing.corrected(db_conn, since, until, institution, names))
         reimbursed.append(await clearing.reimbursed(db_conn, since, until, institution, names))
@@ -249,20 +251,19 @@ async def monthly(
     for m in _merged(claimed, by_code):
         rep = report_of(m.fixmedins_code, m.fixmedins_name, m.admdvs)
         rep.manual_claims = ManualClaims(m.claims, m.medfee_sumamt, m.to_patients)
-    p = await clearing.paid_out(conn, since, until)
     return MonthlyReport(
         month,
         begn,
         end,
         sorted(reports.values(), key=lambda r: r.fixmedins_code),
         Payouts(
-            p.batches,
-            p.batched_lines,
-            p.batched_fen,
-            p.paid_lines,
-            p.paid_fen,
-            p.failed_lines,
-            p.failed_fen,
+            sum(p.batches for p in paid),
+            sum(p.batched_lines for p in paid),
+            sum(p.batched_fen for p in paid),
+            sum(p.paid_lines for p in paid),
+            sum(p.paid_fen for p in paid),
+            sum(p.failed_lines for p in paid),
+            sum(p.failed_fen for p in paid),
         ),
     )
 

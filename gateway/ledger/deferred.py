@@ -292,10 +292,14 @@ async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 async def counts(conn: asyncpg.Connection) -> dict[str, int]:
-    """Reads deferred items counted by kind and status, and the reimbursements recorded (fen)."""
+    """Reads deferred items counted by kind and status, and the reimbursements recorded of those
+    whose settlement is in force (fen)."""
     rows = await conn.fetch(
-        "SELECT kind, status, count(*) AS n, coalesce(sum(reimbursement_fen), 0) AS r"
-        " FROM deferred GROUP BY kind, status"
+        # What the agency owes patients: the reimbursements of claims whose settlement is in
+        # force (a cancelled one owes nothing; its owed line is withdrawn).
+        "SELECT d.kind, d.status, count(*) AS n, coalesce(sum(d.reimbursement_fen)"
+        "  FILTER (WHERE s.status = 'settled'), 0) AS r"
+        " FROM deferred d LEFT JOIN settlements s USING (setl_id) GROUP BY d.kind, d.status"
     )
     out = {
         "claims_pending": 0,

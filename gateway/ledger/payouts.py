@@ -266,6 +266,14 @@ async def gather_deferred(conn: asyncpg.Connection) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+# A line the bank already refused to pay into the payee's account as it stands (o: the owed
+# line, a: the account): it waits for the account to be corrected, not for the same refusal.
+_REFUSED_BEFORE = (
+    "EXISTS (SELECT 1 FROM payout_items f WHERE f.owed_id = o.owed_id AND f.status = 'failed'"
+    " AND f.bank_code = a.bank_code AND f.account_no = a.account_no)"
+)
+
+
 async def make_batch(
     conn: asyncpg.Connection,
     batch_no: str,
@@ -288,6 +296,7 @@ async def make_batch(
         "  ON a.payee = o.psn_no AND a.institution = (o.source = 'clearing')"
         "  WHERE o.status = 'owed'"
         "  AND CASE WHEN $2::text IS NULL THEN o.source <> 'clearing' ELSE o.source = $2 END"
+        "  AND NOT " + _REFUSED_BEFORE + ""
         "  ORDER BY o.owed_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED),"
         " made AS (INSERT INTO payout_batches (batch_no, status, line_count, total_fen, created_by)"
         "  SELECT $3, 'pending', count(*), sum(amount_fen), $4 FROM taken HAVING count(*) > 0"
@@ -308,20 +317,20 @@ async def make_batch(
 
 
 async def owed_without_account(conn: asyncpg.Connection, source: str | None = None) -> list[str]:
-    """Reads the payees owed something who have no account yet: persons, or institutions for
+    """Reads the payees owed something who have no account yet, or whose account as it stands
+    the bank refused for a line they are owed (to be corrected): persons, or institutions for
     the clearing amounts."""
     if source == "clearing":
-        sql = (
-            "SELECT DISTINCT o.psn_no FROM owed_lines o WHERE o.status = 'owed'"
-            " AND o.source = 'clearing' AND NOT EXISTS (SELECT 1 FROM institution_accounts a"
-            " WHERE a.fixmedins_code = o.psn_no) ORDER BY o.psn_no"
-        )
+        accounts = "SELECT fixmedins_code AS payee, bank_code, account_no FROM institution_accounts"
+        which = "o.source = 'clearing'"
     else:
-        sql = (
-            "SELECT DISTINCT o.psn_no FROM owed_lines o WHERE o.status = 'owed'"
-            " AND o.source <> 'clearing' AND NOT EXISTS (SELECT 1 FROM payout_accounts a"
-            " WHERE a.psn_no = o.psn_no) ORDER BY o.psn_no"
-        )
+        accounts = "SELECT psn_no AS payee, bank_code, account_no FROM payout_accounts"
+        which = "o.source <> 'clearing'"
+    sql = (
+        f"SELECT DISTINCT o.psn_no FROM owed_lines o LEFT JOIN ({accounts}) a"
+        f" ON a.payee = o.psn_no WHERE o.status = 'owed' AND {which}"
+        f" AND (a.payee IS NULL OR {_REFUSED_BEFORE}) ORDER BY o.psn_no"
+    )
     return [r["psn_no"] for r in await conn.fetch(sql)]
 
 

@@ -53,6 +53,7 @@ from gateway.services.visit_settlement import VisitAsk, visit_job
 
 # The infno a manual claim's settlement records: the counter's settlement of the same kind.
 SETTLEMENT_INFNO = {"outpatient": "2207", "inpatient": "2304"}
+TEXT_MAX = 64  # an invoice number, a diagnosis code: longer is a typing or pasting mistake
 # Holds a new claim's invoices beyond its own database (claim_no, fixmedins_code, invoices), or
 # raises Conflict naming the claim that holds one.
 InvoiceGuard = Callable[[str, str, Sequence[str]], Awaitable[None]]
@@ -122,6 +123,8 @@ async def register(
         raise BadRequest("零星报销须登记发票号invoice_nos（至少一张，不能为空）")
     if len(set(invoices)) != len(invoices):
         raise BadRequest("发票号重复登记")
+    if any(len(i) > TEXT_MAX for i in invoices) or len(reg.dise_codg) > TEXT_MAX:
+        raise BadRequest(f"发票号、诊断代码均不能超过{TEXT_MAX}个字符")
     if reg.cert_type not in persons.CERT_TYPES:
         raise BadRequest("证件类型只能为01（电子凭证）、02（身份证）或03（社保卡）")
     institution = snapshot.institution(reg.fixmedins_code)

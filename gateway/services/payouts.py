@@ -285,9 +285,9 @@ async def create_batch(
         if not count:
             missing = await store.owed_without_account(conn, source)
             if source == "clearing":
-                extra = f"（{len(missing)}家机构待拨付但未登记收款账户）" if missing else ""
+                extra = f"（{len(missing)}家机构待拨付但未登记或需更正收款账户）" if missing else ""
                 raise NotFound(f"没有可拨付的定点机构月结算款项{extra}")
-            extra = f"（{len(missing)}人待付款但未登记收款账户）" if missing else ""
+            extra = f"（{len(missing)}人待付款但未登记收款账户或需更正收款账户）" if missing else ""
             raise NotFound(f"没有可支付的待付款项{extra}")
         made = await store.batch(conn, batch_no)
         await _audit(conn, operator, "payout.batch", made, "银行报盘制单")

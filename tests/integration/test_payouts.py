@@ -183,6 +183,12 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
         "failed": (1, failed_fen),
     }
 
+    # Not paid again to the account the bank refused (found from outside: it was re-batched
+    # unchanged): the line waits for a corrected account, and the refusal says so.
+    with pytest.raises(NotFound, match="需更正收款账户"):
+        await payouts.create_batch(conn, "maker", dt.datetime.now())
+    assert await store.owed_without_account(conn) == ["441800000000000002"]
+
     # The account is corrected; the failed line joins a later batch and is paid.
     await payouts.set_account(
         conn,
@@ -482,7 +488,10 @@ async def test_institutions_clearing_amounts_are_paid_in_batches_of_their_own(
             patients = await payouts.create_batch(conn, "maker", dt.datetime.now())
             assert (patients.line_count, patients.total_fen) == (1, claim.reimbursement_fen)
             missing = cli("payouts", "batch", "--source", "clearing", *db, check=False)
-            assert missing.returncode == 2 and "2家机构待拨付但未登记收款账户" in missing.stderr
+            assert (
+                missing.returncode == 2
+                and "2家机构待拨付但未登记或需更正收款账户" in missing.stderr
+            )
             for code, account in (
                 (HOSPITAL, "6217000000000000001"),
                 (PHARMACY, "6217000000000000002"),

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.core.model import Category
-from gateway.ledger import checker, settlements
+from gateway.ledger import checker, deferred, settlements
 from gateway.services import payouts
 from tests.integration.agency_helpers import ledger_on, settled_claim
 from tests.integration.conftest import running_gateway
@@ -190,6 +190,9 @@ async def test_a_gather_racing_a_cancellation_never_owes_the_cancelled_claim(
                 "SELECT source_ref, status FROM owed_lines WHERE status <> 'withdrawn'"
             )
             assert [r["source_ref"] for r in owed] == [second["claim_id"]]
+            # What the team's page says is owed to patients: the claim in force alone.
+            counts = await deferred.counts(conn)
+            assert counts["reimbursement_fen"] == second["reimbursement_fen"]
             batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
             assert (batch.line_count, batch.total_fen) == (1, second["reimbursement_fen"])
             assert await checker.check(conn) == []

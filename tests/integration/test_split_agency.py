@@ -81,8 +81,11 @@ async def _register(srv: Server, psn_no: str, invoice: str, day: str) -> tuple[i
     return await api_post(srv, "/api/console/claims/register", clerk, registration)
 
 
-async def _claim(srv: Server, psn_no: str, invoice: str, day: str) -> dict[str, Any]:
-    """A claim through every desk: registered, lines entered, reviewed, settled, batch-reviewed."""
+async def _claim(
+    srv: Server, psn_no: str, invoice: str, day: str, *, batch_reviewed: bool = True
+) -> dict[str, Any]:
+    """A claim through every desk: registered, lines entered, reviewed, settled, batch-reviewed
+    (unless not asked)."""
     clerk, reviewer = await api_login(srv, "clerk1"), await api_login(srv, "reviewer1")
     status, claim = await _register(srv, psn_no, invoice, day)
     assert status == 200, claim
@@ -91,9 +94,12 @@ async def _claim(srv: Server, psn_no: str, invoice: str, day: str) -> dict[str, 
     await api_ok(srv, "/api/console/claims/lines", clerk, {"claim_no": no, "feedetail": feedetail})
     await api_ok(srv, "/api/console/claims/review", reviewer, {"claim_no": no})
     settled = await api_ok(srv, "/api/console/claims/settle", clerk, {"claim_no": no})
-    [done] = await api_ok(srv, "/api/console/claims/batch-review", reviewer, {"claim_nos": [no]})
-    assert done["status"] == "batch_reviewed"
     assert isinstance(settled, dict)
+    if batch_reviewed:
+        [done] = await api_ok(
+            srv, "/api/console/claims/batch-review", reviewer, {"claim_nos": [no]}
+        )
+        assert done["status"] == "batch_reviewed"
     return settled
 
 
@@ -165,7 +171,7 @@ async def test_a_remote_patients_manual_claim_lives_and_settles_in_their_regions
     assert {no, local["claim_no"]} <= {c["claim_no"] for c in listed_cli}
 
 
-async def test_payout_batches_pay_from_the_database_that_owes(split: Split) -> None:
+async def test_payout_batches_pay_from_the_database_that_owes(split: Split, tmp_path: Path) -> None:
     """A batch is made in each database owing something payable; each is approved, exported
     and its bank return applied where it lives; the totals page adds them up."""
     remote = await _claim(split.srv, WENZHOU_OTHER, "FP-PAY-1", "2026-06-04")
@@ -178,7 +184,8 @@ async def test_payout_batches_pay_from_the_database_that_owes(split: Split) -> N
 
     clerk = await api_login(split.srv, "clerk1")
     made = await api_ok(split.srv, "/api/console/payouts/batch", clerk, {})
-    batches = made if isinstance(made, list) else [made]
+    batches = made["batches"]  # one per database owing; the first also at the top
+    assert made["batch_no"] == batches[0]["batch_no"]
     by_payee = {item["psn_no"]: b for b in batches for item in b["items"]}
     wenzhou_batch = by_payee[WENZHOU_OTHER]["batch_no"]
     main_batch = by_payee["441800000000000006"]["batch_no"]
@@ -204,6 +211,14 @@ async def test_payout_batches_pay_from_the_database_that_owes(split: Split) -> N
         )
         assert status == 200 and payment.startswith(f"H|PAY|{batch_no}|".encode())
         answer = bank_answers(payment, {})
+        other = main_batch if batch_no == wenzhou_batch else wenzhou_batch
+        status, refused = await api_post(
+            split.srv,
+            "/api/console/payouts/return",
+            clerk,
+            {"file": answer.decode(), "batch_no": other},
+        )
+        assert status == 400 and f"回盘文件属于支付批次{batch_no}" in refused["error"]
         summary = await api_ok(
             split.srv, "/api/console/payouts/return", clerk, {"file": answer.decode()}
         )
@@ -223,6 +238,20 @@ async def test_payout_batches_pay_from_the_database_that_owes(split: Split) -> N
     status, view = await api_get(split.srv, f"/api/console/payouts/{wenzhou_batch}", watch)
     assert status == 200 and view["items"][0]["psn_no"] == WENZHOU_OTHER
     assert await split.findings() == {}
+
+    # The month's clearing report counts the payouts of every database (found from outside:
+    # it read the main one's only).
+    month = dt.date.today().strftime("%Y-%m")
+    report = json.loads(
+        cli("clearing", "monthly", "--month", month, "--json", "--database-url", split.srv.dsn,
+            "--config", str(split.config_file(tmp_path))).stdout
+    )  # fmt: skip
+    paid_lines = 0
+    for dsn in split.everywhere().values():
+        paid_lines += (
+            await split.rows(dsn, "SELECT count(*) FROM payout_items WHERE status = 'paid'")
+        )[0][0]
+    assert report["payouts"]["paid"]["lines"] == paid_lines >= 2
 
 
 async def test_an_invoice_is_claimed_once_whichever_region_claims_it(split: Split) -> None:
@@ -337,6 +366,9 @@ async def test_a_deferred_claim_is_counted_replayed_and_paid_in_its_regions_data
     refused = await his.call("2208", {"data": dict(setl[0])}, **remote)
     assert refused["infcode"] == -1 and "已纳入支付批次" in refused["err_msg"], refused
     assert await split.findings() == {}
+    # Each database's audit chain, the clusters' included (the desks' steps there).
+    verified = cli("audit", "verify", "--database-url", split.srv.dsn, "--config", config)
+    assert verified.stdout.count("audit log intact") == 3
 
 
 async def test_a_database_that_does_not_answer_is_left_for_a_later_batch(split: Split) -> None:
@@ -373,3 +405,55 @@ async def test_a_database_that_does_not_answer_is_left_for_a_later_batch(split: 
     finally:
         for pool in pools.values():
             await pool.close()
+
+
+async def test_a_batch_review_across_databases_is_all_or_none(split: Split) -> None:
+    """Found from outside: claims of several region groups reviewed together, one of them not
+    settled, answered 409 while the others' databases had committed their part."""
+    bijie = await _claim(split.srv, BIJIE_WORKER, "FP-ALL-1", "2026-06-08", batch_reviewed=False)
+    wenzhou = await _claim(
+        split.srv, WENZHOU_RETIREE, "FP-ALL-2", "2026-06-08", batch_reviewed=False
+    )
+    status, pending = await _register(split.srv, WENZHOU_OTHER, "FP-ALL-3", "2026-06-08")
+    assert status == 200
+    reviewer = await api_login(split.srv, "reviewer1")
+    nos = [bijie["claim_no"], wenzhou["claim_no"], pending["claim_no"]]
+    status, refused = await api_post(
+        split.srv, "/api/console/claims/batch-review", reviewer, {"claim_nos": nos}
+    )
+    assert status == 409 and pending["claim_no"] in refused["error"]
+    for no in nos:
+        assert (
+            await split.holding(
+                "SELECT count(*) FROM manual_claims WHERE claim_no = $1 AND status = 'batch_reviewed'",
+                no,
+            )
+            == []
+        ), no
+        assert (
+            await split.holding("SELECT count(*) FROM owed_lines WHERE source_ref = $1", no) == []
+        )
+    done = await api_ok(
+        split.srv, "/api/console/claims/batch-review", reviewer, {"claim_nos": nos[:2]}
+    )
+    assert sorted(c["claim_no"] for c in done) == sorted(nos[:2])
+    assert {c["status"] for c in done} == {"batch_reviewed"}
+
+
+async def test_the_desks_refuse_malformed_fields_in_words(split: Split) -> None:
+    """Found from outside: a list where a number belongs was looked up as its own text (404),
+    a null claim number as "None", an unknown status filter answered an empty list."""
+    clerk = await api_login(split.srv, "clerk1")
+    reviewer = await api_login(split.srv, "reviewer1")
+    watch = await api_login(split.srv, "watch", "watch-2026")
+    for path, token, doc, words in (
+        ("/api/console/payouts/export", clerk, {"batch_no": ["ZF1"]}, "batch_no应为文本"),
+        ("/api/console/claims/settle", clerk, {"claim_no": None}, "claim_no应为文本"),
+        ("/api/console/claims/batch-review", reviewer, {"claim_nos": [None]}, "claim_nos应为"),
+    ):
+        status, body = await api_post(split.srv, path, token, doc)
+        assert (status, words in body["error"]) == (400, True), body
+    status, body = await api_get(split.srv, "/api/console/claims?status=bogus", watch)
+    assert status == 400 and "状态只能为" in body["error"]
+    status, body = await _register(split.srv, BIJIE_OTHER, "F" * 65, "2026-06-09")
+    assert status == 400 and "不能超过64个字符" in body["error"]

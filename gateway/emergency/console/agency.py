@@ -73,8 +73,14 @@ async def _on_batch(request: web.Request, batch_no: str) -> Partition:
 
 
 def _text(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> str:
+    """A text field (a JSON number taken as its digits); a list, an object or null is refused
+    (found from outside: a list of batch numbers was looked up as its own text)."""
     value = values.get(key, "")
-    return value.strip() if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise BadRequest(f"{key}应为文本")
 
 
 def _many(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> list[str]:
@@ -86,7 +92,9 @@ def _many(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> list[str]:
         got = raw if isinstance(raw, list) else [raw]
     out: list[str] = []
     for v in got:
-        out += str(v).replace("，", ",").replace(",", " ").split()
+        if not isinstance(v, str):
+            raise BadRequest(f"{key}应为文本或文本列表")
+        out += v.replace("，", ",").replace(",", " ").split()
     return out
 
 
@@ -244,7 +252,10 @@ async def make_batch(request: web.Request, s: operators.Session, v: Values) -> D
     )
     one = len(made.batches) == 1
     where = f"/console/payouts/{quote(b.batch_no)}" if one else "/console/payouts"
-    return Done(where, said + made.note(), view if one else [v for _, v in made.batches])
+    # One shape whatever the split: the first batch, and every batch made (one per database
+    # owing something payable) under `batches`.
+    doc = {**view, "batches": [v for _, v in made.batches]}
+    return Done(where, said + made.note(), doc)
 
 
 async def approve(request: web.Request, s: operators.Session, v: Values) -> Done:
@@ -277,6 +288,11 @@ async def import_return(request: web.Request, s: operators.Session, v: Values) -
     if not isinstance(body, bytes) or not body:
         raise BadRequest("请选择银行回盘文件")
     returned = await payouts.read_return(body)
+    meant = _text(v, "batch_no")  # the batch page's own, when the file came from there
+    if meant and meant != returned.batch_no:
+        raise BadRequest(
+            f"回盘文件属于支付批次{returned.batch_no}，不是支付批次{meant}，请核对后再导入"
+        )
     async with agency_ledgers.connection(await _on_batch(request, returned.batch_no)) as conn:
         summary = await payouts.apply_return(conn, returned, s.login)
     doc = msgspec.to_builtins(summary)
@@ -442,6 +458,9 @@ async def _big_json(request: web.Request) -> dict[str, Any]:
 
 async def api_claims(request: web.Request, session: operators.Session) -> web.Response:
     status = request.query.get("status") or None
+    if status not in (None, *manual_claims.STATUS_NAMES):
+        known = "、".join(manual_claims.STATUS_NAMES)
+        return web.json_response({"error": f"状态只能为{known}"}, status=400)
     try:
         found = await agency_ledgers.claims(_ledgers(request), status)
     except GatewayError as exc:

@@ -328,7 +328,7 @@ def payouts(c: Chrome, overview: Mapping[str, Any]) -> str:
     ]
     if overview["without_account"]:
         parts.append(
-            '<p id="without-account">待支付但未登记收款账户：'
+            '<p id="without-account">待支付但未登记收款账户或需更正收款账户：'
             + _e("、".join(overview["without_account"]))
             + "</p>"
         )
@@ -437,7 +437,7 @@ def batch(c: Chrome, v: Mapping[str, Any], levels: Mapping[int, str]) -> str:
             + _form(
                 c,
                 "/console/payouts/return",
-                '<input type="file" name="file" id="return-file"> '
+                hidden + '<input type="file" name="file" id="return-file"> '
                 '<button type="submit" id="import-return">导入回盘文件</button>',
                 "return-form",
                 upload=True,
