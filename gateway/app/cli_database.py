@@ -20,6 +20,23 @@ if TYPE_CHECKING:
     from gateway.ledger.partitions import Partitions
 
 
+# A database a command cannot reach (down, full, unknown): said in words, not a traceback
+# (found from outside: `deferred replay` against a server out of connections).
+UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
+def unreachable(exc: BaseException) -> str:
+    return f"无法连接数据库，请稍后再试或联系运维（{type(exc).__name__}: {exc}）"
+
+
 def database_url(args: argparse.Namespace) -> str:
     """--database-url, else GATEWAY_DATABASE_URL, else the embedded PostgreSQL under ./var/."""
     url: str | None = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")

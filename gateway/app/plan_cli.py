@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway.app.cli_database import cluster_pools, database_url
+from gateway.app.cli_database import UNREACHABLE, cluster_pools, database_url, unreachable
 from gateway.app.config import (
     DEFAULT_CONFIG,
     DEFAULT_REFERENCE,
@@ -62,6 +62,9 @@ def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitabl
         return asyncio.run(go())
     except GatewayError as exc:
         print(f"refused: {exc.err_msg}", file=sys.stderr)
+        return 2
+    except UNREACHABLE as exc:
+        print(f"refused: {unreachable(exc)}", file=sys.stderr)
         return 2
 
 

@@ -266,10 +266,11 @@ async def gather_deferred(conn: asyncpg.Connection) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-# A line the bank already refused to pay into the payee's account as it stands (o: the owed
-# line, a: the account): it waits for the account to be corrected, not for the same refusal.
+# A payee whose account as it stands the bank already refused, for this line or any other (o:
+# the owed line, a: the account; found from outside: a new line was batched to an account the
+# bank had reported closed): their lines wait for the account to be corrected.
 _REFUSED_BEFORE = (
-    "EXISTS (SELECT 1 FROM payout_items f WHERE f.owed_id = o.owed_id AND f.status = 'failed'"
+    "EXISTS (SELECT 1 FROM payout_items f WHERE f.psn_no = o.psn_no AND f.status = 'failed'"
     " AND f.bank_code = a.bank_code AND f.account_no = a.account_no)"
 )
 

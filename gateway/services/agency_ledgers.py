@@ -89,7 +89,11 @@ async def _find(
     key: str,
     missing: str,
 ) -> Partition:
-    """The database that `holds` the key: the only one when the ledger is whole."""
+    """The database that `holds` the key: the only one when the ledger is whole. A key with a
+    control character names nothing (and PostgreSQL's text cannot hold a NUL: the lookup failed
+    as if the database were down)."""
+    if not key.isprintable():
+        raise NotFound(missing)
     if not ledgers.split:
         return ledgers.main
     unreachable = False

@@ -569,3 +569,39 @@ async def test_one_person_under_another_spelling_is_still_one_approver(
         for alias in ("A1", "a1 "):
             with pytest.raises(Conflict, match="同一人不能再审批"):
                 await payouts.approve(conn, batch.batch_no, 2, alias)
+
+
+async def test_a_payee_whose_account_the_bank_refused_waits_for_its_correction(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: after the bank reported an account closed, a new claim's
+    reimbursement for the same person was batched to it. Every line owed to the payee waits
+    until the account changes; then both are paid to the new one."""
+    # Two claims within the year's outpatient cap, each with a share to reimburse.
+    small = [{"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "20",
+              "det_item_fee_sumamt": "800.00"}]  # fmt: skip
+    async with (
+        running_gateway(new_database) as srv,
+        ledger_on(srv.dsn) as ledger,
+        ledger.pool.acquire() as conn,
+    ):
+        person = "441800000000000005"
+        first = await settled_claim(ledger, person, "2026-06-04", small, "FP-BANK-1")
+        account = {"bank_code": "102100000001", "bank_name": "工商银行",
+                   "holder": "户名5", "operator": "clerk1", "reason": "登记"}  # fmt: skip
+        await payouts.set_account(conn, person, account_no="6222020200000000055", **account)
+        batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+        await _approved(conn, batch.batch_no)
+        _, payment = await payouts.export(conn, batch.batch_no, "maker")
+        await payouts.import_return(conn, bank_answers(payment, {1: "账户已销户"}), "cashier")
+        later = await settled_claim(ledger, person, "2026-06-05", small, "FP-BANK-2")
+        assert (first.reimbursement_fen or 0) > 0 and (later.reimbursement_fen or 0) > 0
+        with pytest.raises(NotFound, match="需更正收款账户"):
+            await payouts.create_batch(conn, "maker", dt.datetime.now())
+        assert await store.owed_without_account(conn) == [person]
+        await payouts.set_account(conn, person, account_no="6222020200000000056", **account)
+        second = await payouts.create_batch(conn, "maker", dt.datetime.now())
+        owed = (first.reimbursement_fen or 0) + (later.reimbursement_fen or 0)
+        assert (second.line_count, second.total_fen) == (2, owed)
+        async with connect(srv.dsn) as check_conn:
+            assert await checker.check(check_conn) == []

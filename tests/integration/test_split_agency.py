@@ -457,3 +457,29 @@ async def test_the_desks_refuse_malformed_fields_in_words(split: Split) -> None:
     assert status == 400 and "状态只能为" in body["error"]
     status, body = await _register(split.srv, BIJIE_OTHER, "F" * 65, "2026-06-09")
     assert status == 400 and "不能超过64个字符" in body["error"]
+
+    # A NUL anywhere (PostgreSQL's text cannot hold one): refused in words, not HTTP 500, and
+    # not "the database is unreachable".
+    status, body = await _register(split.srv, BIJIE_OTHER, "Q\x001", "2026-06-09")
+    assert status == 400 and "控制字符" in body["error"], body
+    duty = await api_login(split.srv, "duty", "duty-2026")
+    rule = {"scope": "global", "class": "settlement", "action": "defer", "reason": "x\x00"}
+    status, body = await api_post(split.srv, "/api/plan/rules", duty, rule)
+    assert status == 400 and "控制字符" in body["error"], body
+    for path in ("/api/console/claims/LX%00", "/api/console/payouts/ZF%00"):
+        status, body = await api_get(split.srv, path, watch)
+        assert status == 404 and "不存在" in body["error"], (path, body)
+    async with split.srv.session.get(
+        split.srv.url + "/console/claims/LX%00", headers={"Authorization": f"Bearer {watch}"}
+    ) as r:
+        assert r.status in (303, 404)
+
+
+def test_a_command_that_cannot_reach_its_database_says_so() -> None:
+    """Found from outside: `deferred replay` against a server out of connections ended in a
+    traceback. Any database a command cannot reach is a refusal in words, exit status 2."""
+    gone = "postgresql://postgres@127.0.0.1:5432/sgw_no_such_database"
+    for command in (("claims", "list"), ("deferred", "list"), ("plan", "show")):
+        done = cli(*command, "--database-url", gone, check=False)
+        assert done.returncode == 2 and "无法连接数据库" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

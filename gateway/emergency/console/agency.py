@@ -381,6 +381,8 @@ async def _read_form(request: web.Request, session: operators.Session) -> MultiD
         str(fields.get("csrf", "")).encode(), operators.csrf_token(session).encode()
     ):
         raise web.HTTPForbidden(text="表单已失效，请刷新页面后重试")
+    if console.has_nul({k: v for k, v in fields.items() if isinstance(v, str)}):
+        raise web.HTTPBadRequest(text=console.CONTROL)
     return MultiDictProxy(fields)
 
 
