@@ -307,7 +307,7 @@ def payouts_gather_clearing(args: argparse.Namespace) -> int:
     owed to the institutions, once per institution and month."""
 
     async def work(ledgers: Partitions) -> int:
-        payouts.check_month(args.month)  # before the report reads it
+        payouts.check_month_closed(args.month)  # before the report reads it
         others = [c.pool for c in ledgers.clusters]
         async with agency_ledgers.connection(ledgers.main) as conn:
             report = await clearing.monthly(conn, args.month, args.institution, others)

@@ -235,13 +235,23 @@ def check_month(month: str) -> None:
         raise BadRequest(str(exc)) from None
 
 
+def check_month_closed(month: str, today: dt.date | None = None) -> None:
+    """A 费款所属期 whose last day has passed, or a refusal: its clearing amounts are recorded
+    once, so recorded while the month runs they would leave the rest of it unpaid for good
+    (found from outside)."""
+    check_month(month)
+    _, last = clearing.month_bounds(month)
+    if last >= (today or dt.date.today()):
+        raise Conflict(f"费款所属期{month}尚未结束，月结算拨付须在月末之后登记")
+
+
 async def gather_clearing(
     conn: asyncpg.Connection, month: str, amounts: Sequence[tuple[str, int]], operator: str
 ) -> int:
     """Record as owed each institution's clearing amount of the month (its declared total from
     the monthly clearing report: what the funds and accounts pay it), once per institution and
     month: the report run again later does not change what was recorded. Returns how many."""
-    check_month(month)
+    check_month_closed(month)
     async with conn.transaction():
         n = await store.gather_clearing(conn, month, amounts)
         if n:

@@ -468,10 +468,18 @@ async def test_institutions_clearing_amounts_are_paid_in_batches_of_their_own(
         sale = pos.drug_input("441800000000000003", f"{today} 10:00:00", DRUG_TOTAL, DRUG_LINES)
         await pos.ok("2102", sale)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            # The month still runs: its amounts are recorded once, so not before it ends (found
+            # from outside: recorded mid-month, the rest of the month was never owed).
+            db = ("--database-url", srv.dsn)
+            early = cli("payouts", "gather-clearing", "--month", month, *db, check=False)
+            assert early.returncode == 2 and "尚未结束" in early.stderr
+            # Then the month ends: the same settlements, seen a month later (their time moved
+            # back a month, as the clock moving on would leave them).
+            await conn.execute("UPDATE settlements SET setl_time = setl_time - interval '1 month'")
+            month = (dt.date.today().replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
             report = await clearing.monthly(conn, month)
             declared = {r.fixmedins_code: r.total.declared for r in report.institutions}
             assert set(declared) == {HOSPITAL, PHARMACY} and all(declared.values())
-            db = ("--database-url", srv.dsn)
             got = json.loads(cli("payouts", "gather-clearing", "--month", month, "--json", "--operator", "clerk1", *db).stdout)  # fmt: skip
             assert got["recorded"] == 2
             assert got["amounts"] == {k: fen_text(v) for k, v in declared.items()}
