@@ -205,15 +205,15 @@ async def make_batches(
     for one region group's outage)."""
     where = (ledgers.main,) if source == "clearing" else ledgers.all
     made = Made([], [])
-    refusal: NotFound | None = None
+    waiting: list[str] = []  # payees without a usable account, in every database
     for ledger in where:
         try:
             async with connection(ledger) as conn:
                 await payouts.gather(conn)
                 try:
                     b = await payouts.create_batch(conn, operator, now, limit=limit, source=source)
-                except NotFound as exc:
-                    refusal = refusal or exc
+                except payouts.NothingToPay as exc:
+                    waiting += exc.missing
                     continue
                 made.batches.append((b, await payouts.batch_view(conn, b.batch_no)))
         except Unavailable:
@@ -221,8 +221,7 @@ async def make_batches(
     if not made.batches:
         if made.unreachable:
             raise Unavailable(f"{UNREACHABLE}{made.note()}")
-        assert refusal is not None
-        raise refusal
+        raise payouts.NothingToPay(source, waiting)
     return made
 
 

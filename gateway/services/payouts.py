@@ -273,6 +273,19 @@ async def gather(conn: asyncpg.Connection) -> int:
         return await store.gather_deferred(conn)
 
 
+class NothingToPay(NotFound):
+    """No line payable: the refusal names how many payees wait for an account (`missing`)."""
+
+    def __init__(self, source: str | None, missing: Sequence[str]) -> None:
+        self.source, self.missing = source, list(missing)
+        if source == "clearing":
+            extra = f"（{len(missing)}家机构待拨付但未登记或需更正收款账户）" if missing else ""
+            super().__init__(f"没有可拨付的定点机构月结算款项{extra}")
+        else:
+            extra = f"（{len(missing)}人待付款但未登记收款账户或需更正收款账户）" if missing else ""
+            super().__init__(f"没有可支付的待付款项{extra}")
+
+
 async def create_batch(
     conn: asyncpg.Connection,
     operator: str,
@@ -293,12 +306,7 @@ async def create_batch(
         batch_no = await store.new_batch_no(conn, now)
         count, _ = await store.make_batch(conn, batch_no, limit, source, operator)
         if not count:
-            missing = await store.owed_without_account(conn, source)
-            if source == "clearing":
-                extra = f"（{len(missing)}家机构待拨付但未登记或需更正收款账户）" if missing else ""
-                raise NotFound(f"没有可拨付的定点机构月结算款项{extra}")
-            extra = f"（{len(missing)}人待付款但未登记收款账户或需更正收款账户）" if missing else ""
-            raise NotFound(f"没有可支付的待付款项{extra}")
+            raise NothingToPay(source, await store.owed_without_account(conn, source))
         made = await store.batch(conn, batch_no)
         await _audit(conn, operator, "payout.batch", made, "银行报盘制单")
         return made

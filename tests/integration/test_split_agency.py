@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.ledger import db
+from gateway.ledger import payouts as payout_store
 from gateway.ledger.partitions import Partition, Partitions
 from gateway.protocol.errors import Unavailable
 from gateway.services import agency_ledgers
@@ -483,3 +484,23 @@ def test_a_command_that_cannot_reach_its_database_says_so() -> None:
         done = cli(*command, "--database-url", gone, check=False)
         assert done.returncode == 2 and "无法连接数据库" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+async def test_nothing_to_pay_counts_the_payees_waiting_in_every_database(split: Split) -> None:
+    """Found from outside: the refusal counted one database's payees without an account."""
+    await _claim(split.srv, WENZHOU_RETIREE, "FP-WAIT-1", "2026-06-10")
+    await _claim(split.srv, "441800000000000004", "FP-WAIT-2", "2026-06-10")
+    waiting: set[str] = set()
+    for dsn in split.everywhere().values():
+        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                waiting |= set(await payout_store.owed_without_account(conn, "deferred"))
+        finally:
+            await pool.close()
+    assert {WENZHOU_RETIREE, "441800000000000004"} <= waiting
+    clerk = await api_login(split.srv, "clerk1")
+    status, body = await api_post(
+        split.srv, "/api/console/payouts/batch", clerk, {"source": "deferred"}
+    )
+    assert status == 404 and f"（{len(waiting)}人待付款" in body["error"], body
