@@ -105,6 +105,10 @@ def view(c: Claim) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- 零星报销登记
 
 
+class _HeldMeanwhile(Conflict):
+    """Another registration took one of the invoices between the look-up and the hold."""
+
+
 async def register(
     conn: asyncpg.Connection,
     snapshot: Snapshot,
@@ -114,6 +118,25 @@ async def register(
     *,
     dates: DateRules | None = None,
     invoices_held: InvoiceGuard | None = None,
+) -> Claim:
+    """Register a claim (see `_register`). Two registrations of the same invoices at once (a
+    double-clicked form, a form sent to two workers): the second waits for the first's hold,
+    then looks again and answers the first's claim when it is the same registration (found
+    from outside: it was refused as if another claim held the invoice)."""
+    try:
+        return await _register(conn, snapshot, reg, operator, now, dates, invoices_held)
+    except _HeldMeanwhile:
+        return await _register(conn, snapshot, reg, operator, now, dates, invoices_held)
+
+
+async def _register(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    reg: Registration,
+    operator: str,
+    now: dt.datetime,
+    dates: DateRules | None,
+    invoices_held: InvoiceGuard | None,
 ) -> Claim:
     """Register a claim; the same invoices registered again for the same person and
     institution answer the claim they are held by. `invoices_held` (a split ledger's registry,
@@ -184,7 +207,7 @@ async def register(
         )
         await store.insert(conn, claim)
         if not await store.hold_invoices(conn, reg.fixmedins_code, invoices, claim.claim_no):
-            raise Conflict("发票号正被另一笔零星报销登记，请稍后查询后再办理")
+            raise _HeldMeanwhile("发票号正被另一笔零星报销登记，请稍后查询后再办理")
         if invoices_held is not None:
             await invoices_held(claim.claim_no, reg.fixmedins_code, invoices)
         await _audit(conn, operator, "claim.register", claim, "零星报销登记")

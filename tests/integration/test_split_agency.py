@@ -6,6 +6,7 @@ same claim at a gateway over one database gives the same money."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
@@ -504,3 +505,28 @@ async def test_nothing_to_pay_counts_the_payees_waiting_in_every_database(split:
         split.srv, "/api/console/payouts/batch", clerk, {"source": "deferred"}
     )
     assert status == 404 and f"（{len(waiting)}人待付款" in body["error"], body
+
+
+async def test_the_same_registration_sent_at_once_answers_one_claim(split: Split) -> None:
+    """Found from outside: of four identical registrations sent together, one was refused as if
+    another claim held the invoice; each is the same registration and gets the same claim."""
+    clerk = await api_login(split.srv, "clerk1")
+    registration = {
+        "cert_type": "01",
+        "cert_no": BIJIE_OTHER,
+        "fixmedins_code": HOSPITAL,
+        "med_type": "11",
+        "begntime": "2026-06-11 08:30:00",
+        "invoice_nos": ["FP-TWICE-1", "FP-TWICE-2"],
+    }
+    answers = await asyncio.gather(
+        *(
+            api_post(split.srv, "/api/console/claims/register", clerk, registration)
+            for _ in range(4)
+        )
+    )
+    assert {status for status, _ in answers} == {200}, answers
+    assert len({body["claim_no"] for _, body in answers}) == 1
+    assert await split.holding(
+        "SELECT count(*) FROM manual_claims WHERE $1 = ANY(invoice_nos)", "FP-TWICE-1"
+    ) == [f"cluster {BIJIE}"]
