@@ -319,7 +319,8 @@ def audit_verify(args: argparse.Namespace) -> int:
         # Each ledger database keeps its own chain (a desk's step is audited where it ran).
         async with _clusters(args) as clusters:
             broken = 0
-            named = [("main", conn), *((f"cluster {n}", c) for n, c in enumerate(clusters, 1))]
+            names = [c.name for c in load_config(Path(args.config)).ledger_clusters]
+            named = [("main", conn), *zip(names, clusters, strict=True)]
             for name, c in named:
                 verdict = await audit.verify(c)
                 if verdict.broken_at is None:

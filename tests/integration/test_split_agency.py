@@ -370,7 +370,7 @@ async def test_a_deferred_claim_is_counted_replayed_and_paid_in_its_regions_data
     assert await split.findings() == {}
     # Each database's audit chain, the clusters' included (the desks' steps there).
     verified = cli("audit", "verify", "--database-url", split.srv.dsn, "--config", config)
-    assert verified.stdout.count("audit log intact") == 3
+    assert verified.stdout.count("audit log intact") == 3 and "(bijie)" in verified.stdout
 
 
 async def test_a_database_that_does_not_answer_is_left_for_a_later_batch(split: Split) -> None:
