@@ -103,7 +103,7 @@ bench-cluster: install system-deps
 	$(BIN)/python benchmarks/cluster_nodes.py --duration 10 --connections 64 --results benchmarks/RESULTS.md
 
 bench-adversity: install
-	$(BIN)/python benchmarks/adversity_load.py --duration 20 --rounds 3 --results benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/adversity_load.py --duration 30 --rounds 4 --rate 100 --results benchmarks/RESULTS.md
 
 # The same run with py-spy on the gateway per scenario: var/profiles/<scenario>.txt.
 profile: install
