@@ -85,6 +85,21 @@ async def claim_row(
     )
 
 
+async def claim_named(
+    conn: asyncpg.Connection, fixmedins_code: str, claim_id: str, mdtrt_id: str
+) -> asyncpg.Record | None:
+    """Reads the institution's latest deferred claim by its number (the setl_id the counter
+    was given) or, with none given, by its visit: claim_id, status, setl_id."""
+    return await conn.fetchrow(
+        "SELECT claim_id, status, setl_id FROM deferred WHERE kind = 'claim'"
+        " AND fixmedins_code = $1 AND (claim_id = $2 OR ($2 = '' AND mdtrt_id = $3))"
+        " ORDER BY seq DESC LIMIT 1",
+        fixmedins_code,
+        claim_id,
+        mdtrt_id,
+    )
+
+
 async def pending_claims(conn: asyncpg.Connection) -> int:
     """Counts the claims still waiting for replay."""
     return int(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from gateway.ledger import db, settlements
+from gateway.ledger import db, deferred, settlements
 from gateway.ledger.settlements import Record as Record
 from gateway.protocol.errors import BadRequest, NotFound
 
@@ -50,6 +50,33 @@ async def settlement_info(
             break
         async with db.leased(pool, ELSEWHERE_WAIT) as other:
             found = await find(other)
-    if not found:
+    if found:
+        return found[0]
+    # Not a settlement: a claim the emergency plan deferred (主动报) under the number the
+    # counter was given, or on this visit? Answered "not found", the counter would take an
+    # acknowledged sale for one that never happened (found from outside).
+    claim = await deferred.claim_named(conn, fixmedins_code, a.setl_id, a.mdtrt_id)
+    for pool in elsewhere:
+        if claim is not None:
+            break
+        async with db.leased(pool, ELSEWHERE_WAIT) as other:
+            claim = await deferred.claim_named(other, fixmedins_code, a.setl_id, a.mdtrt_id)
+    if claim is None:
         raise NotFound("未查询到本机构的结算信息")
-    return found[0]
+    if claim["status"] == "settled" and claim["setl_id"]:
+        replayed = SettlementQuery(setl_id=claim["setl_id"], mdtrt_id="", psn_no=a.psn_no)
+        return await settlement_info(conn, fixmedins_code, replayed, elsewhere)
+    raise NotFound(
+        _DEFERRED_STATES.get(claim["status"], _DEFERRED_STATES["pending"]).format(
+            claim_id=claim["claim_id"]
+        )
+    )
+
+
+# What a 5203 is told of a deferred claim not (or no longer) to be settled.
+_DEFERRED_STATES = {
+    "pending": "{claim_id}为应急预案下的暂存结算（主动报），患者已按现金全额支付，待系统恢复后补结算；"
+    "补结算后可再次查询；如需撤销请以暂存结算单号{claim_id}办理撤销",
+    "withdrawn": "暂存结算{claim_id}已撤销，未进行医保结算",
+    "failed": "暂存结算{claim_id}补结算未成功，请联系医保经办机构处理",
+}

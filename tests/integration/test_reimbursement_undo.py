@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,8 @@ from gateway.ledger import checker, deferred, settlements
 from gateway.services import payouts
 from tests.integration.agency_helpers import ledger_on, settled_claim
 from tests.integration.conftest import running_gateway
-from tests.integration.emergency_helpers import BIG_LINES, clear_rule
+from tests.integration.emergency_helpers import BIG_LINES, clear_rule, cli, set_rule, until
+from tests.integration.his_client import HisClient
 from tests.integration.test_payouts import HOSPITAL, _accounts, _deferred_claims
 
 
@@ -238,3 +240,62 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
                 == "owed"
             )
             assert await checker.check(conn) == []
+
+
+async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a counter unsure of a 2207 queries it (5203) by the setl_id it was
+    given; for a deferred claim (DF…) the answer was "no settlement", as if the acknowledged
+    sale never happened. Pending, it says so with the claim's number; replayed, the claim's
+    number (or its visit) finds the real settlement; withdrawn, it says so."""
+    async with running_gateway(new_database) as srv:
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+        his: HisClient = srv.client(HOSPITAL)
+        pos: HisClient = srv.client("P44180000001")
+
+        async def in_force() -> bool:
+            drug = pos.drug_input("441800000000000001", "2026-06-05 10:00:00", "115.00", [
+                {"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2",
+                 "det_item_fee_sumamt": "80.00"},
+                {"feedetl_sn": "2", "medins_list_codg": "YP0010", "pric": "35", "cnt": "1",
+                 "det_item_fee_sumamt": "35.00"}])  # fmt: skip
+            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
+
+        await until(in_force)
+        claims: dict[str, tuple[str, str]] = {}
+        for n, psn_no in enumerate(("441800000000000001", "441800000000000002")):
+            day = f"2026-06-0{n + 2}"
+            mdtrt_id = await his.register(psn_no, "310", f"{day} 08:30:00", f"MZ-Q-{n}")
+            await his.visit_info(mdtrt_id, psn_no, "11", f"{day} 08:30:00")
+            rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{day} 08:40:00", "B1")
+            await his.ok("2204", {"feedetail": rows})
+            data = his.settle_data(psn_no, mdtrt_id, "11", "1625.00", "310", "0", chrg_bchno="B1")
+            claims[psn_no] = ((await his.ok("2207", data))["setlinfo"]["setl_id"], mdtrt_id)
+
+        def query(setl_id: str, mdtrt_id: str = "") -> dict[str, Any]:
+            return {"data": {"setl_id": setl_id, "mdtrt_id": mdtrt_id, "psn_no": ""}}
+
+        first, second = claims["441800000000000001"], claims["441800000000000002"]
+        for ask in (query(first[0]), query("", first[1])):
+            pending = await his.call("5203", ask)
+            assert (
+                pending["infcode"] == -1
+                and f"{first[0]}为应急预案下的暂存结算" in pending["err_msg"]
+            )
+        withdraw = {"data": {"setl_id": second[0], "mdtrt_id": second[1],
+                             "psn_no": "441800000000000002"}}  # fmt: skip
+        await his.ok("2208", withdraw)
+        gone = await his.call("5203", query(second[0]))
+        assert gone["infcode"] == -1 and f"暂存结算{second[0]}已撤销" in gone["err_msg"]
+
+        await _plan_cleared(srv)
+        replayed = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert replayed["settled"] == 1
+        real = await srv.fetchval("SELECT setl_id FROM deferred WHERE claim_id = $1", first[0])
+        for ask in (query(first[0]), query("", first[1])):
+            found = await his.ok("5203", ask)
+            assert found["setlinfo"]["setl_id"] == real != first[0]
+        assert (await his.call("5203", query("DF-NO-SUCH")))[
+            "err_msg"
+        ] == "未查询到本机构的结算信息"
