@@ -72,8 +72,9 @@ async def _approved(conn: asyncpg.Connection, batch_no: str) -> None:
         await payouts.approve(conn, batch_no, level, who)
 
 
-async def _deferred_claims(srv: Any) -> None:
-    """Two outpatient claims taken while settlement was deferred (主动报), then replayed."""
+async def _deferred_claims(srv: Any, *, replay: bool = True) -> dict[str, tuple[str, str]]:
+    """Two outpatient claims taken while settlement was deferred (主动报), then replayed (or
+    left pending, the plan still in force): each person's (claim number, mdtrt_id)."""
     await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
     his: HisClient = srv.client(HOSPITAL)
     pos: HisClient = srv.client(PHARMACY)
@@ -84,6 +85,7 @@ async def _deferred_claims(srv: Any) -> None:
         return "应急预案" in (answer["warn_msg"] or "")
 
     await until(in_force)
+    claims: dict[str, tuple[str, str]] = {}
     for n, psn_no in enumerate(("441800000000000001", "441800000000000002")):
         day = f"2026-06-0{n + 2}"
         mdtrt_id = await his.register(psn_no, "310", f"{day} 08:30:00", f"MZ-P-{n}")
@@ -93,8 +95,11 @@ async def _deferred_claims(srv: Any) -> None:
         data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
         answer = await his.ok("2207", data)
         assert answer["setlinfo"]["setl_id"].startswith("DF")
-    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-    assert summary["settled"] == 2
+        claims[psn_no] = (answer["setlinfo"]["setl_id"], mdtrt_id)
+    if replay:
+        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert summary["settled"] == 2
+    return claims
 
 
 async def test_full_payout_cycle(new_database: Callable[..., Any]) -> None:

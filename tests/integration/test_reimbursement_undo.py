@@ -24,8 +24,7 @@ from gateway.ledger import checker, deferred, settlements
 from gateway.services import payouts
 from tests.integration.agency_helpers import ledger_on, settled_claim
 from tests.integration.conftest import running_gateway
-from tests.integration.emergency_helpers import BIG_LINES, clear_rule, cli, set_rule, until
-from tests.integration.his_client import HisClient
+from tests.integration.emergency_helpers import BIG_LINES, clear_rule, cli
 from tests.integration.test_payouts import HOSPITAL, _accounts, _deferred_claims
 
 
@@ -250,28 +249,8 @@ async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(
     sale never happened. Pending, it says so with the claim's number; replayed, the claim's
     number (or its visit) finds the real settlement; withdrawn, it says so."""
     async with running_gateway(new_database) as srv:
-        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
-        his: HisClient = srv.client(HOSPITAL)
-        pos: HisClient = srv.client("P44180000001")
-
-        async def in_force() -> bool:
-            drug = pos.drug_input("441800000000000001", "2026-06-05 10:00:00", "115.00", [
-                {"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2",
-                 "det_item_fee_sumamt": "80.00"},
-                {"feedetl_sn": "2", "medins_list_codg": "YP0010", "pric": "35", "cnt": "1",
-                 "det_item_fee_sumamt": "35.00"}])  # fmt: skip
-            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
-
-        await until(in_force)
-        claims: dict[str, tuple[str, str]] = {}
-        for n, psn_no in enumerate(("441800000000000001", "441800000000000002")):
-            day = f"2026-06-0{n + 2}"
-            mdtrt_id = await his.register(psn_no, "310", f"{day} 08:30:00", f"MZ-Q-{n}")
-            await his.visit_info(mdtrt_id, psn_no, "11", f"{day} 08:30:00")
-            rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{day} 08:40:00", "B1")
-            await his.ok("2204", {"feedetail": rows})
-            data = his.settle_data(psn_no, mdtrt_id, "11", "1625.00", "310", "0", chrg_bchno="B1")
-            claims[psn_no] = ((await his.ok("2207", data))["setlinfo"]["setl_id"], mdtrt_id)
+        claims = await _deferred_claims(srv, replay=False)
+        his = srv.client(HOSPITAL)
 
         def query(setl_id: str, mdtrt_id: str = "") -> dict[str, Any]:
             return {"data": {"setl_id": setl_id, "mdtrt_id": mdtrt_id, "psn_no": ""}}
