@@ -559,11 +559,16 @@ async def batch_review(
 async def _audit(
     conn: asyncpg.Connection, operator: str, action: str, claim: Claim, reason: str
 ) -> None:
+    """The step's audit row: the claim's state before it (`claim`, as read when the step began;
+    none for its registration) and after it (found from outside: the row held the state before
+    only, so a registration read as coming from 'registered')."""
+    now = await store.get(conn, claim.claim_no)
     await audit.append(
         conn,
         operator=operator,
         action=action,
         target=f"manual_claim:{claim.claim_no}",
         reason=reason,
-        before={"status": claim.status},
+        before=None if action == "claim.register" else {"status": claim.status},
+        after={"status": now.status},
     )

@@ -177,6 +177,17 @@ async def test_a_claim_to_its_payment_through_the_api(server: Server) -> None:
         ("clerk1", "payout.export"),
         ("clerk1", "payout.return"),
     ]
+    # A claim's rows carry its state before and after each step.
+    steps = await server.fetch(
+        "SELECT before, after FROM audit_log WHERE action LIKE 'claim.%' ORDER BY audit_id"
+    )
+    assert [(r["before"], r["after"]) for r in steps] == [
+        (None, {"status": "registered"}),
+        ({"status": "registered"}, {"status": "lines_entered"}),
+        ({"status": "lines_entered"}, {"status": "reviewed"}),
+        ({"status": "reviewed"}, {"status": "settled"}),
+        ({"status": "settled"}, {"status": "batch_reviewed"}),
+    ]
     assert await server.check_ledger() == []
 
 
