@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -29,7 +28,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +35,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from http_harness import cpu_seconds, tree  # noqa: E402
 from wrk_harness import Load, run_wrk  # noqa: E402
+
+from scripts.cluster import loopback  # noqa: E402
 
 PY = sys.executable
 LOOPBACK = ROOT / "scripts" / "cluster" / "loopback.py"
@@ -48,17 +48,6 @@ institution_rate = 1000000.0
 institution_burst = 1000000
 """
 BEGIN, END = "<!-- cluster_nodes:begin -->", "<!-- cluster_nodes:end -->"
-
-
-def _loopback() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("loopback", LOOPBACK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-loopback = _loopback()
 
 
 def _servers(cluster: Any) -> list[int]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 if TYPE_CHECKING:
-    from gateway.ledger.partitions import Partitions
+    from gateway.ledger.partitions import Partition, Partitions
 
 
 # A database a command cannot reach (down, full, unknown): said in words, not a traceback
@@ -49,40 +49,40 @@ def database_url(args: argparse.Namespace) -> str:
 
 
 @contextlib.asynccontextmanager
-async def cluster_pools(config: Path) -> AsyncIterator[list[asyncpg.Pool]]:
-    """A small pool to each ledger cluster the configuration names (none unless the ledger is
-    split by region), for the commands that read every ledger database."""
+async def cluster_partitions(config: Path, max_size: int = 1) -> AsyncIterator[list[Partition]]:
+    """A small pool to each ledger cluster the configuration names, with its name and regions
+    (none unless the ledger is split by region), for the commands that read every ledger
+    database."""
     from gateway.app.config import load_config
     from gateway.ledger import db
-
-    pools: list[asyncpg.Pool] = []
-    try:
-        for cluster in load_config(config).ledger_clusters:
-            pools.append(await db.create_pool(cluster.dsn, min_size=1, max_size=1))
-        yield pools
-    finally:
-        for pool in pools:
-            await pool.close()
-
-
-@contextlib.asynccontextmanager
-async def ledger_databases(main: asyncpg.Pool, config: Path) -> AsyncIterator[Partitions]:
-    """The main database's pool and a small one to each ledger cluster the configuration names,
-    as the gateway routes them (for the agency's commands, which find a claim, a batch or a
-    person's money wherever it lives)."""
-    from gateway.app.config import load_config
-    from gateway.ledger import db
-    from gateway.ledger.partitions import Partition, Partitions
+    from gateway.ledger.partitions import Partition
 
     clusters: list[Partition] = []
     try:
         for cluster in load_config(config).ledger_clusters:
-            pool = await db.create_pool(cluster.dsn, min_size=1, max_size=2)
+            pool = await db.create_pool(cluster.dsn, min_size=1, max_size=max_size)
             clusters.append(Partition(cluster.name, pool, frozenset(cluster.regions)))
-        yield Partitions(Partition("main", main), clusters)
+        yield clusters
     finally:
         for c in clusters:
             await c.pool.close()
+
+
+@contextlib.asynccontextmanager
+async def cluster_pools(config: Path) -> AsyncIterator[list[asyncpg.Pool]]:
+    """The clusters' pools alone (`cluster_partitions`)."""
+    async with cluster_partitions(config) as clusters:
+        yield [c.pool for c in clusters]
+
+
+@contextlib.asynccontextmanager
+async def ledger_databases(main: asyncpg.Pool, config: Path) -> AsyncIterator[Partitions]:
+    """The main database's pool and the clusters', as the gateway routes them (for the agency's
+    commands, which find a claim, a batch or a person's money wherever it lives)."""
+    from gateway.ledger.partitions import MAIN, Partition, Partitions
+
+    async with cluster_partitions(config, max_size=2) as clusters:
+        yield Partitions(Partition(MAIN, main), clusters)
 
 
 def add_database(p: argparse.ArgumentParser) -> None:

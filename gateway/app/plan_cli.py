@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway.app.cli_database import UNREACHABLE, cluster_pools, database_url, unreachable
+from gateway.app.cli_database import (
+    UNREACHABLE,
+    cluster_partitions,
+    database_url,
+    unreachable,
+)
 from gateway.app.config import (
     DEFAULT_CONFIG,
     DEFAULT_REFERENCE,
@@ -93,18 +98,26 @@ async def _announce(args: argparse.Namespace, version: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _clusters(args: argparse.Namespace) -> AsyncIterator[list[asyncpg.Connection]]:
-    """A connection to each ledger cluster `--config` names (none unless the ledger is split):
-    deferred claims and open visits live in their region's database."""
-    async with cluster_pools(Path(args.config)) as pools, contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(p.acquire()) for p in pools]
+async def _clusters(
+    args: argparse.Namespace,
+) -> AsyncIterator[list[tuple[str, asyncpg.Connection]]]:
+    """A connection to each ledger cluster `--config` names, with its name (none unless the
+    ledger is split): deferred claims, open visits and desks' audit rows live in their region's
+    database."""
+    async with (
+        cluster_partitions(Path(args.config)) as clusters,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        yield [(c.name, await stack.enter_async_context(c.pool.acquire())) for c in clusters]
 
 
 def plan_show(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
         plan = await ledger_plan.load(conn)
         async with _clusters(args) as clusters:
-            view = await status.overview(conn, plan, [], dt.datetime.now(), clusters)
+            view = await status.overview(
+                conn, plan, [], dt.datetime.now(), [c for _, c in clusters]
+            )
         view.pop("breakers")  # per process: see the console or sgw_breaker_state
         if args.json:
             print(json.dumps(view, ensure_ascii=False, indent=2))
@@ -210,7 +223,10 @@ def plan_inflight(args: argparse.Namespace) -> int:
         before = dt.datetime.fromisoformat(args.before)
         async with _clusters(args) as clusters:
             found = inflight.merged(
-                [await inflight.report(c, before, args.institution) for c in (conn, *clusters)]
+                [
+                    await inflight.report(c, before, args.institution)
+                    for c in (conn, *(c for _, c in clusters))
+                ]
             )
         if args.json:
             print(json.dumps(found, ensure_ascii=False, indent=2))
@@ -291,7 +307,8 @@ def deferred_replay(args: argparse.Namespace) -> int:
 def deferred_list(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
         async with _clusters(args) as clusters:
-            rows = [r for c in (conn, *clusters) for r in await deferred.claims(c)]
+            every = (conn, *(c for _, c in clusters))
+            rows = [r for c in every for r in await deferred.claims(c)]
         if args.status:
             rows = [r for r in rows if r["status"] == args.status]
         if args.json:
@@ -319,8 +336,7 @@ def audit_verify(args: argparse.Namespace) -> int:
         # Each ledger database keeps its own chain (a desk's step is audited where it ran).
         async with _clusters(args) as clusters:
             broken = 0
-            names = [c.name for c in load_config(Path(args.config)).ledger_clusters]
-            named = [("main", conn), *zip(names, clusters, strict=True)]
+            named = [("main", conn), *clusters]
             for name, c in named:
                 verdict = await audit.verify(c)
                 if verdict.broken_at is None:

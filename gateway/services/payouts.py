@@ -27,7 +27,7 @@ import datetime as dt
 import hashlib
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -646,15 +646,22 @@ async def _summary(conn: asyncpg.Connection, b: Batch, *, again: bool) -> Return
 # ---------------------------------------------------------------------------------- metrics
 
 
+def summed(parts: Iterable[dict[str, tuple[int, int]]]) -> dict[str, tuple[int, int]]:
+    """(count, fen) per state of several ledger databases' `totals`, added up."""
+    out: dict[str, tuple[int, int]] = {}
+    for part in parts:
+        for state, (n, fen) in part.items():
+            had_n, had_fen = out.get(state, (0, 0))
+            out[state] = (had_n + n, had_fen + fen)
+    return out
+
+
 async def refresh_metrics(conns: Sequence[asyncpg.Connection], now: dt.datetime) -> None:
     """The payout gauges from every ledger database (one per region group when the ledger is
     split): amounts and lines per state, the oldest owed age."""
-    states: dict[str, tuple[int, int]] = {}
+    states = summed([await store.totals(conn) for conn in conns])
     oldest: dt.datetime | None = None
     for conn in conns:
-        for state, (n, fen) in (await store.totals(conn)).items():
-            had_n, had_fen = states.get(state, (0, 0))
-            states[state] = (had_n + n, had_fen + fen)
         at = await store.oldest_owed(conn)
         if at is not None and (oldest is None or at < oldest):
             oldest = at

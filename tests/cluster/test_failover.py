@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import re
 import shutil
@@ -41,7 +40,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -52,6 +50,7 @@ from redis.asyncio import Redis
 
 from gateway.ledger import checker, db
 from gateway.ops.keys import PLAN_CHANNEL
+from scripts.cluster import loopback
 from tests.integration.emergency_helpers import (
     DRUG_LINES,
     DRUG_TOTAL,
@@ -68,15 +67,6 @@ LOOPBACK = ROOT / "scripts" / "cluster" / "loopback.py"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
-def _loopback() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("loopback", LOOPBACK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-loopback = _loopback()
 LACKING = loopback.missing_tools()
 
 pytestmark = [

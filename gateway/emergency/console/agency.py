@@ -492,11 +492,7 @@ async def _payouts_overview(ledgers: Partitions) -> dict[str, Any]:
         return await payout_store.totals(conn), await payout_store.owed_without_account(conn)
 
     found = await agency_ledgers.across(ledgers, each)
-    totals: dict[str, tuple[int, int]] = {}
-    for part, _ in found:
-        for state, (n, fen) in part.items():
-            had = totals.get(state, (0, 0))
-            totals[state] = (had[0] + n, had[1] + fen)
+    totals = payouts.summed(part for part, _ in found)
     without = sorted({p for _, part in found for p in part})
     return {
         "totals": {
