@@ -31,6 +31,7 @@ from gateway.emergency.console import install as install_console
 from gateway.jobs import reconcile
 from gateway.ledger import db, partitions, reference_store
 from gateway.ops import metrics
+from gateway.ops.access_log import AccessLog
 from gateway.pipeline import dispatch
 from gateway.pipeline.auth import AuthError, Verifier, load_credentials
 from gateway.pipeline.edge import (
@@ -54,6 +55,7 @@ VERIFIER = web.AppKey("verifier", Verifier)
 ADMISSION = web.AppKey("admission", Admission)
 UPLOADS = web.AppKey("uploads", UploadBudget)
 SHADOW = web.AppKey("shadow", parallel_run.Shadow)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 access = logging.getLogger("gateway.access")
 ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
 CONSOLE_MAX_BODY = 64 * 1024
@@ -256,17 +258,14 @@ async def _admitted(
         outcome = dispatch.overdue(gw, path_infno or "")
     elapsed = time.perf_counter() - started
     observe(outcome, elapsed)
-    access.info(
-        "answered",
-        extra={
-            "request_id": request_id,
-            "infno": outcome.infno,
-            "msgid": outcome.msgid,
-            "fixmedins_code": outcome.fixmedins_code,
-            "terminal": outcome.terminal,
-            "outcome": outcome.outcome,
-            "ms": round(elapsed * 1000, 2),
-        },
+    request.app[ACCESS_LOG].answered(
+        request_id,
+        outcome.infno,
+        outcome.msgid,
+        outcome.fixmedins_code,
+        outcome.terminal,
+        outcome.outcome,
+        elapsed,
     )
     return web.Response(
         body=outcome.body, content_type=outcome.content_type, headers={"X-Request-Id": request_id}
@@ -421,8 +420,10 @@ def build_app(settings: Settings) -> web.Application:
                     await task
             reconcile.stop_readers()
             await gw.close()
+            app[ACCESS_LOG].flush()
 
     app.cleanup_ctx.append(resources)
+    app[ACCESS_LOG] = AccessLog(access)
     app[ADMISSION] = admission
     app[GUARD] = guard
     app[UPLOADS] = uploads

@@ -38,6 +38,8 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
     "asctime",
 }
 MASK = "***"
+# A record carrying lines already formatted and masked (gateway.ops.access_log's batches).
+LINES = "_lines"
 
 
 def mask(text: str) -> str:
@@ -62,6 +64,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, masked."""
 
     def format(self, record: logging.LogRecord) -> str:
+        lines = record.__dict__.get(LINES)
+        if isinstance(lines, str):
+            return lines
         out: dict[str, Any] = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
                 timespec="milliseconds"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -51,6 +52,11 @@ async def test_request_logs_are_json_and_masked(server: Server, captured: io.Str
         json.dumps({"certno": CERTNO, "psn_name": NAME, "mdtrt_cert_no": CARD}, ensure_ascii=False),
         extra={"certno": CERTNO, "payload": {"psn_name": NAME, "note": f"id {CERTNO}"}},
     )
+    # Access lines are written a batch at a time (gateway.ops.access_log): within its delay.
+    for _ in range(100):
+        if captured.getvalue().count('"msg":"answered"') >= 3:
+            break
+        await asyncio.sleep(0.02)
     text = captured.getvalue()
     assert CERTNO not in text and NAME not in text and CARD not in text
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]

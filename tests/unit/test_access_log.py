@@ -1,0 +1,110 @@
+"""The access log's batches: the same masked JSON lines, one write per batch, none lost."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.ops.access_log import AccessLog
+from gateway.ops.logs import JsonFormatter
+
+CERTNO = "441802199001011234"
+
+
+class Counting(logging.StreamHandler):  # type: ignore[type-arg]
+    def __init__(self, stream: io.StringIO) -> None:
+        super().__init__(stream)
+        self.emits = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.emits += 1
+        super().emit(record)
+
+
+@pytest.fixture
+def logged() -> Iterator[tuple[logging.Logger, Counting, io.StringIO]]:
+    stream = io.StringIO()
+    handler = Counting(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("gateway.access.test")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield logger, handler, stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def _answer(log: AccessLog, n: int, msgid: str | None = None) -> None:
+    log.answered(f"{n:016x}", "2102", msgid or f"M{n}", "P44180000001", "T1", "ok", n / 1000)
+
+
+async def test_lines_wait_for_the_timer_then_come_in_one_write(
+    logged: tuple[logging.Logger, Counting, io.StringIO],
+) -> None:
+    logger, handler, stream = logged
+    log = AccessLog(logger, delay=0.05)
+    for n in range(5):
+        _answer(log, n)
+    assert stream.getvalue() == ""  # nothing written per answer
+    await asyncio.sleep(0.15)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert handler.emits == 1
+    assert [(e["msgid"], e["ms"], e["outcome"]) for e in lines] == [
+        (f"M{n}", float(n), "ok") for n in range(5)
+    ]
+    first = lines[0]
+    assert list(first)[:4] == ["ts", "level", "logger", "msg"]
+    assert (first["level"], first["logger"], first["msg"]) == (
+        "info",
+        "gateway.access.test",
+        "answered",
+    )
+    assert first["request_id"] == f"{0:016x}" and first["fixmedins_code"] == "P44180000001"
+
+
+async def test_a_full_batch_is_written_at_once_and_flush_writes_the_rest(
+    logged: tuple[logging.Logger, Counting, io.StringIO],
+) -> None:
+    logger, handler, stream = logged
+    log = AccessLog(logger, delay=60, limit=3)
+    for n in range(4):
+        _answer(log, n)
+    assert handler.emits == 1 and len(stream.getvalue().splitlines()) == 3
+    log.flush()  # at shutdown: nothing gathered is lost
+    assert handler.emits == 2 and len(stream.getvalue().splitlines()) == 4
+    log.flush()
+    assert handler.emits == 2
+
+
+async def test_client_text_is_masked(
+    logged: tuple[logging.Logger, Counting, io.StringIO],
+) -> None:
+    logger, _, stream = logged
+    log = AccessLog(logger, delay=60)
+    _answer(log, 1, msgid=f"X{CERTNO}")
+    _answer(log, 2, msgid=f"{CERTNO}")
+    log.flush()
+    text = stream.getvalue()
+    # As every log line is masked (gateway.ops.logs.mask): an ID number standing alone.
+    assert [json.loads(line)["msgid"] for line in text.splitlines()] == [
+        f"X{CERTNO}",
+        "441802********4",
+    ]
+
+
+async def test_nothing_is_gathered_when_the_level_is_off(
+    logged: tuple[logging.Logger, Counting, io.StringIO],
+) -> None:
+    logger, handler, _ = logged
+    logger.setLevel(logging.WARNING)
+    log = AccessLog(logger, delay=0.01)
+    _answer(log, 1)
+    await asyncio.sleep(0.05)
+    assert handler.emits == 0
