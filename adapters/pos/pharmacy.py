@@ -186,10 +186,16 @@ def _job(
     )
 
 
+def _preview_job(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Job:
+    """2101 as a preview of the purchase build: whichever path reads it, the group read's
+    batches or `_pre_settle` alone."""
+    return _job(gw, req, institution, now, final=False)
+
+
 async def _pre_settle(call: Call) -> Answer:
     """2101: the same split as 2102 would make now, nothing locked or written."""
-    job = _job(call.gw, call.req, call.institution, call.now, final=False)
-    return Answer((await preview(call.conn, job)).output)
+    built = await preview(call.conn, _preview_job(call.gw, call.req, call.institution, call.now))
+    return Answer(built.output, warn_msg=built.warn_msg)
 
 
 async def _settle_alone(call: Call) -> Answer:
@@ -206,6 +212,7 @@ async def _settle_alone(call: Call) -> Answer:
     input=In2101,
     kind=Kind.PHARMACY,
     deferral=Deferral.PRESETTLEMENT,
+    previewed=_preview_job,
 )
 async def pre_settle(call: Call) -> Answer:
     return await _pre_settle(call)

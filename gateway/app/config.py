@@ -172,6 +172,14 @@ class GroupCommitConfig(Section, frozen=True):
     max_batch: int = 128
 
 
+class GroupReadConfig(Section, frozen=True):
+    """`[group_read]` (gateway.pipeline.group_read): reader tasks per ledger database in each
+    process, pre-settlements per batch; 0 readers: each pre-settlement reads on its own."""
+
+    readers: int = 2
+    max_batch: int = 128
+
+
 class LedgerPool(Section, frozen=True):
     """`[ledger_pool]`: the share, in percent, of the ledger pool's connections and of the group
     commit's writers one institution may hold at once (gateway.pipeline.ledger_shares); 0: no limit."""
@@ -248,6 +256,7 @@ class GatewayConfig(Section, frozen=True):
     reconcile_files: FileLimits = msgspec.field(default_factory=FileLimits)
     plan: PlanConfig = msgspec.field(default_factory=PlanConfig)
     group_commit: GroupCommitConfig = msgspec.field(default_factory=GroupCommitConfig)
+    group_read: GroupReadConfig = msgspec.field(default_factory=GroupReadConfig)
     ledger_pool: LedgerPool = msgspec.field(default_factory=LedgerPool)
     uploads: Uploads = msgspec.field(default_factory=Uploads)
     overload: Overload = msgspec.field(default_factory=Overload)

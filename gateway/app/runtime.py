@@ -29,7 +29,7 @@ from gateway.ledger import plan as ledger_plan
 from gateway.ledger.partitions import MAIN, Partition, Partitions
 from gateway.ops import metrics
 from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
-from gateway.pipeline.grouped import Batches
+from gateway.pipeline.grouped import Batches, Reads
 from gateway.pipeline.ledger_shares import LedgerShares, share_of
 from gateway.pipeline.ratelimit import Limiter
 
@@ -40,6 +40,7 @@ log = logging.getLogger("gateway.catalog")
 
 # Builds the process's group commit from its pool and settings; None: no writers configured.
 GroupCommitFactory = Callable[[asyncpg.Pool, Settings], Batches | None]
+GroupReadFactory = Callable[[asyncpg.Pool, Settings], Reads | None]
 HELPER_THREAD_SLICE_SECONDS = 0.001
 
 
@@ -106,6 +107,7 @@ class Gateway:
         "limiter",
         "plan",
         "pool",
+        "reads",
         "redis",
         "reference",
         "region",
@@ -122,6 +124,7 @@ class Gateway:
         snapshot: Snapshot,
         redis: Redis | None,
         group_commit: GroupCommitFactory | None,
+        group_read: GroupReadFactory | None = None,
         ledgers: Partitions | None = None,
     ) -> None:
         config = settings.config
@@ -148,6 +151,13 @@ class Gateway:
             for p in self.ledgers.all
             if group_commit is not None and (group := group_commit(p.pool, settings)) is not None
         }
+        # Pre-settlements read in batches, one reader set per ledger database (None: each
+        # reads on its own connection).
+        self.reads = {
+            p.name: reads
+            for p in self.ledgers.all
+            if group_read is not None and (reads := group_read(p.pool, settings)) is not None
+        }
         breakers = config.breakers
         self.breakers: dict[str, Breaker] = {}
         for name, cfg in (
@@ -173,11 +183,16 @@ class Gateway:
 
     @classmethod
     async def start(
-        cls, settings: Settings, *, group_commit: GroupCommitFactory | None = None
+        cls,
+        settings: Settings,
+        *,
+        group_commit: GroupCommitFactory | None = None,
+        group_read: GroupReadFactory | None = None,
     ) -> Gateway:
         """Open the pool (and Redis, when configured), read the reference files, the first
         snapshot and the plan: the whole process state, for the server and the CLI alike.
-        The server hands in its group commit (gateway.pipeline.group_commit.GroupCommit.for_process)."""
+        The server hands in its group commit (gateway.pipeline.group_commit.GroupCommit.for_process)
+        and group read (gateway.pipeline.group_read.GroupRead.for_process)."""
         # Helper threads (snapshot indexes, freeing a retired snapshot) must hand the
         # interpreter back to the event loop quickly: 1 ms instead of the default 5 ms keeps a
         # reload of 500,000 mappings under the 10 ms loop-block budget (P7). With one busy
@@ -207,7 +222,7 @@ class Gateway:
             raise
         # Short timeouts: Redis is never worth a settlement's wait (the breaker takes over).
         redis = open_redis(settings.config.redis, settings.redis_url, timeout=0.2)
-        gw = cls(settings, pool, reference, snapshot, redis, group_commit, ledgers)
+        gw = cls(settings, pool, reference, snapshot, redis, group_commit, group_read, ledgers)
         gw.set_plan(plan)
         return gw
 

@@ -47,6 +47,7 @@ from gateway.pipeline.edge import (
     read_body,
 )
 from gateway.pipeline.group_commit import GroupCommit
+from gateway.pipeline.group_read import GroupRead
 from gateway.pipeline.overload import SHED_MESSAGE, Admission, UploadBudget
 from gateway.protocol import transaction
 from gateway.protocol.errors import BadRequest, Busy
@@ -387,7 +388,9 @@ def build_app(settings: Settings) -> web.Application:
     pacer = Pacer(edge)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        gw = await Gateway.start(settings, group_commit=GroupCommit.for_process)
+        gw = await Gateway.start(
+            settings, group_commit=GroupCommit.for_process, group_read=GroupRead.for_process
+        )
         app[GATEWAY] = gw
         reconcile.start_readers(gw.config.reconcile_files)
         metrics.prime(

@@ -125,6 +125,11 @@ BREAKER_STATE = Gauge(
     multiprocess_mode="max",
 )
 
+GROUP_READ_BATCH_SIZE = Histogram(
+    "sgw_group_read_batch_size",
+    "Pre-settlements read together by the group read",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 GROUP_BATCH_SIZE = Histogram(
     "sgw_group_commit_batch_size",
     "Settlements committed together by the group commit",

@@ -98,3 +98,11 @@ class Batches(Protocol):
         expires: float | None = None,
     ) -> Outcome | None:
         """The settlement's answer, or None (take the single path)."""
+
+
+class Reads(Protocol):
+    """The group read of one ledger database (gateway.pipeline.group_read.GroupRead), held by
+    the runtime by this shape for the same reason as Batches."""
+
+    async def submit(self, job: Job, expires: float) -> Built | None:
+        """The job's build over the state as it is, or None (take the single path)."""

@@ -125,6 +125,10 @@ class Transaction:
     # In a ledger split by region, routed by the person directory before the envelope's region:
     # 1101 reads the card, and a HIS fills insuplc_admdvs from its answer, not before.
     by_person: bool = False
+    # A pre-settlement's read form: the Job whose build over the state as it is (no lock) is the
+    # answer; the group read (gateway.pipeline.group_read) reads such requests in batches. The
+    # handler must answer the same: it previews the same Job on its own connection.
+    previewed: Prepare | None = None
 
     @property
     def admits(self) -> bool:
@@ -152,6 +156,7 @@ def register(
     settle_claim: ClaimSettle | None = None,
     acts_on: Callable[[Request], str] | None = None,
     by_person: bool = False,
+    previewed: Prepare | None = None,
 ) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
 
@@ -173,6 +178,7 @@ def register(
             settle_claim,
             acts_on,
             by_person,
+            previewed,
         )
         return handler
 

@@ -21,7 +21,7 @@ from adapters.national import deferral
 from gateway.core.model import Accumulators, Person
 from gateway.ledger import deferred, encounters, fees, persons, settlements
 from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
-from gateway.protocol.errors import NotInsured
+from gateway.protocol.errors import GatewayError
 
 
 @dataclass(slots=True)
@@ -81,18 +81,32 @@ async def settle_alone(conn: asyncpg.Connection, job: Job) -> Built:
 
 async def preview(conn: asyncpg.Connection, job: Job) -> Built:
     """A job's build over the state as it is, nothing locked, drawn or written (a
-    pre-settlement: the answer a settlement would give now)."""
-    visits = await _visits(conn, [job.mdtrt_id] if job.mdtrt_id else [], lock=False)
-    year = _year(job, visits)
-    person: Person | None
-    try:
-        person, balance, acc = await persons.read_with_year(conn, job.psn_no, year)
-    except NotInsured:
-        # The build refuses an unknown person, after what it checks of the visit first.
-        person, balance, acc = None, 0, Accumulators()
+    pre-settlement: the answer a settlement would give now). A refusal is raised."""
+    (got,) = await preview_many(conn, [job])
+    if isinstance(got, GatewayError):
+        raise got
+    return got
+
+
+async def preview_many(conn: asyncpg.Connection, jobs: list[Job]) -> list[Built | GatewayError]:
+    """Each job's build over the state as it is, read for all of them at once (the group read,
+    gateway.pipeline.group_read; `preview` is a batch of one); a refusal is that job's own."""
+    visits = await _visits(conn, sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}), lock=False)
+    year_of = [_year(job, visits) for job in jobs]
+    found = await persons.read_with_year_many(
+        conn, sorted({(job.psn_no, year) for job, year in zip(jobs, year_of, strict=True)})
+    )
     await _other_stays(conn, visits)
-    visit = visits.get(job.mdtrt_id) if job.mdtrt_id else None
-    return job.build(Held(person, balance, acc, visit), 0, 0)
+    out: list[Built | GatewayError] = []
+    for job, year in zip(jobs, year_of, strict=True):
+        # An unknown person: the build refuses them, after what it checks of the visit first.
+        person, balance, acc = found.get((job.psn_no, year)) or (None, 0, Accumulators())
+        visit = visits.get(job.mdtrt_id) if job.mdtrt_id else None
+        try:
+            out.append(job.build(Held(person, balance, acc, visit), 0, 0))
+        except GatewayError as exc:
+            out.append(exc)
+    return out
 
 
 def _year(job: Job, visits: dict[str, VisitHeld]) -> int:
