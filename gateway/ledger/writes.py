@@ -3,15 +3,10 @@
 Settlement code stages its rows here instead of executing them one by one, so the same staging
 serves one request (a batch of one) and a group commit of many (`gateway.pipeline.group_commit`): the
 rules of what a settlement writes live in one place. A statement declared with
-`insert_statement` or `update_statement` has a second form taking all its rows as one JSON
-document (`json_to_recordset`): the rows a group commit staged for it are one execution in the
-database, not one per row (an `executemany` pipelines the round trips but PostgreSQL still plans,
-starts and finishes the statement for every row, which was most of its CPU per settlement).
-
-The rows travel as JSON rather than as one array per column (`unnest`): asyncpg checks every
-element of an array parameter against the collection ABCs in Python to find nested arrays, and
-that encoding was a fifth of the gateway's CPU per durable 2102 (the wrk harness's profile);
-msgspec writes the whole document in C. Other statements keep `executemany`.
+`insert_statement` or `update_statement` has a second form taking each column as an array (`unnest`): the rows a group commit
+staged for it are one execution in the database, not one per row (an `executemany` pipelines the
+round trips but PostgreSQL still plans, starts and finishes the statement for every row, which
+was most of its CPU per settlement). Other statements keep `executemany`.
 """
 
 from __future__ import annotations
@@ -24,13 +19,11 @@ import msgspec
 
 Column = tuple[str, str]  # (name, PostgreSQL type)
 
-_encode = msgspec.json.Encoder().encode
-
 
 @dataclass(frozen=True, slots=True)
 class Statement:
     """A statement for one row (`one`: what `execute` and `Writes.add` take) and `many`, the same
-    effect for many rows at once, its one parameter the rows as a JSON array of objects.
+    effect for many rows at once, its parameters the columns as arrays.
 
     `key_columns`: the leading columns naming the row written (an upsert's conflict target, an
     update's WHERE). Rows staged later for the same key carry the values as they stand after the
@@ -40,19 +33,21 @@ class Statement:
 
     one: str
     many: str
-    names: tuple[str, ...]
     key_columns: int = 0
+    json_columns: tuple[int, ...] = ()
 
-    def payload(self, rows: Sequence[tuple[object, ...]]) -> str:
-        """The parameter of `many` for these rows."""
+    def arrays(self, rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
+        """The parameters of `many` for these rows."""
         if self.key_columns:
             last = {row[: self.key_columns]: row for row in rows}
             if len(last) < len(rows):
                 rows = list(last.values())
-        names = self.names
-        # bytes as base64 (decoded by the statement), dates and times as ISO 8601, jsonb
-        # values as the JSON they are
-        return _encode([dict(zip(names, row, strict=True)) for row in rows]).decode()
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        for i in self.json_columns:  # jsonb travels as text: a JSON array would read as a dimension
+            columns[i] = [
+                None if v is None else msgspec.json.encode(v).decode() for v in columns[i]
+            ]
+        return columns
 
 
 # The statements declared below, by their one-row text (asyncpg takes exactly `str`, so modules
@@ -70,15 +65,15 @@ def many_form(sql: str) -> Statement | None:
     return _FORMS.get(sql)
 
 
-def _rows_of(columns: Sequence[Column]) -> str:
-    """The JSON rows as a relation `u`; bytea travels as base64 text (see `_picked`)."""
-    types = (f"{name} {'text' if t == 'bytea' else t}" for name, t in columns)
-    return f"json_to_recordset($1::json) AS u({', '.join(types)})"
+def _arrays(columns: Sequence[Column]) -> str:
+    # jsonb as text[] and cast per element (see Statement.arrays)
+    types = ("text" if t == "jsonb" else t for _, t in columns)
+    return ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
 
 
 def _picked(column: Column) -> str:
     name, type_ = column
-    return f"decode(u.{name}, 'base64')" if type_ == "bytea" else f"u.{name}"
+    return f"u.{name}::jsonb" if type_ == "jsonb" else f"u.{name}"
 
 
 def insert_statement(
@@ -89,9 +84,8 @@ def insert_statement(
     suffix: str = "",
     key_columns: int = 0,
 ) -> str:
-    """`INSERT INTO table (columns) VALUES ($1, …)`, declared with its many-row form; `fixed`:
-    columns set to an SQL constant; `suffix`: an ON CONFLICT clause (then name its key in
-    `key_columns`)."""
+    """`INSERT INTO table (columns) VALUES ($1, …)`, declared with its `unnest` form; `fixed`: columns set
+    to an SQL constant; `suffix`: an ON CONFLICT clause (then name its key in `key_columns`)."""
     names = [name for name, _ in columns]
     target = ", ".join([*names, *(name for name, _ in fixed)])
     constants = [value for _, value in fixed]
@@ -100,17 +94,19 @@ def insert_statement(
     return _declared(
         Statement(
             f"INSERT INTO {table} ({target}) VALUES ({values}){suffix}",
-            f"INSERT INTO {table} ({target}) SELECT {picks} FROM {_rows_of(columns)}{suffix}",
-            tuple(names),
+            f"INSERT INTO {table} ({target}) SELECT {picks}"
+            f" FROM unnest({_arrays(columns)}) AS u({', '.join(names)}){suffix}",
             key_columns=key_columns,
+            json_columns=tuple(i for i, (_, t) in enumerate(columns) if t == "jsonb"),
         )
     )
 
 
 def update_statement(table: str, keys: Sequence[Column], sets: Sequence[Column]) -> str:
     """`UPDATE table SET sets WHERE keys` (parameters: the keys, then the values), declared
-    with its many-row form."""
+    with its `unnest` form."""
     columns = [*keys, *sets]
+    names = ", ".join(name for name, _ in columns)
     first = len(keys) + 1
     return _declared(
         Statement(
@@ -120,10 +116,10 @@ def update_statement(table: str, keys: Sequence[Column], sets: Sequence[Column])
             + " AND ".join(f"{name} = ${i}" for i, (name, _) in enumerate(keys, 1)),
             f"UPDATE {table} AS t SET "
             + ", ".join(f"{name} = {_picked((name, t))}" for name, t in sets)
-            + f" FROM {_rows_of(columns)} WHERE "
+            + f" FROM unnest({_arrays(columns)}) AS u({names}) WHERE "
             + " AND ".join(f"t.{name} = u.{name}" for name, _ in keys),
-            tuple(name for name, _ in columns),
             key_columns=len(keys),
+            json_columns=tuple(i for i, (_, t) in enumerate(columns) if t == "jsonb"),
         )
     )
 
@@ -161,7 +157,7 @@ class Writes:
             if len(rows) == 1:
                 await conn.execute(sql, *rows[0])
             elif rows and (form := _FORMS.get(sql)) is not None:
-                await conn.execute(form.many, form.payload(rows))
+                await conn.execute(form.many, *form.arrays(rows))
             elif rows:
                 await conn.executemany(sql, rows)
         self._rows.clear()
