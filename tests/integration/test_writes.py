@@ -39,7 +39,7 @@ ROWS: list[tuple[object, ...]] = [
     ("b", None, [{"x": 1}, {"x": 2}], None, None, None, None, None, None),
     ("c", -9_000_000_000, [], AT + dt.timedelta(microseconds=1), False, b"", DAY, -1, ""),
     ("d", 9_007_199_254_740_993, "a JSON string", AT, True, b"\xff" * 300, DAY, 0, "null"),
-    ("e\"\\", 0, 12.5, AT, False, bytes(range(256)), DAY, 2_147_483_647, "{1,2}"),
+    ('e"\\', 0, 12.5, AT, False, bytes(range(256)), DAY, 2_147_483_647, "{1,2}"),
 ]
 
 
@@ -90,7 +90,9 @@ async def test_an_upsert_staged_twice_for_one_key_ends_as_the_last(
     suffix = " ON CONFLICT (k) DO UPDATE SET n = EXCLUDED.n, doc = EXCLUDED.doc"
     staged_rows = [ROWS[0], ROWS[1], (*ROWS[0][:1], 2, {"after": "second"}, *ROWS[0][3:])]
     for table in ("sequential", "batched"):
-        await conn.execute(f"INSERT INTO {table} VALUES ('a', 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'x')")
+        await conn.execute(
+            f"INSERT INTO {table} VALUES ('a', 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'x')"
+        )
     sequential = insert_statement("sequential", COLUMNS, fixed=[("state", "'y'")], suffix=suffix, key_columns=1)  # fmt: skip
     for row in staged_rows:
         await conn.execute(sequential, *row)
