@@ -23,14 +23,38 @@ class Stored(msgspec.Struct, frozen=True, gc=False):
 
 async def lookup(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> Stored | None:
     """The committed answer for this msgid, if any."""
-    row = await conn.fetchrow(
-        "SELECT body_sha256, answer, tombstone FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2",
-        fixmedins_code,
-        msgid,
-    )
-    if row is None or row["answer"] is None:
-        return None
-    return Stored(bytes(row["body_sha256"]), bytes(row["answer"]), bool(row["tombstone"]))
+    (found,) = await lookup_many(conn, [(fixmedins_code, msgid)])
+    return found
+
+
+_LOOKUP = (
+    "SELECT fixmedins_code, msgid, body_sha256, answer, tombstone FROM idempotency"
+    " WHERE fixmedins_code = $1 AND msgid = $2"
+)
+_LOOKUP_MANY = (
+    "SELECT i.fixmedins_code, i.msgid, i.body_sha256, i.answer, i.tombstone"
+    " FROM unnest($1::text[], $2::text[]) AS k(fixmedins_code, msgid)"
+    " JOIN idempotency i ON i.fixmedins_code = k.fixmedins_code AND i.msgid = k.msgid"
+)
+
+
+async def lookup_many(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> list[Stored | None]:
+    """`lookup` of several (fixmedins_code, msgid) in one query (the group read's batches), in
+    the order asked."""
+    if len(keys) == 1:  # one by equality: the plan of the common case stays an index look-up
+        rows = [await conn.fetchrow(_LOOKUP, *keys[0])]
+    else:
+        rows = await conn.fetch(_LOOKUP_MANY, [k[0] for k in keys], [k[1] for k in keys])
+    found = {
+        (row["fixmedins_code"], row["msgid"]): Stored(
+            bytes(row["body_sha256"]), bytes(row["answer"]), bool(row["tombstone"])
+        )
+        for row in rows
+        if row is not None and row["answer"] is not None
+    }
+    return [found.get(key) for key in keys]
 
 
 def replay(stored: Stored, body_sha256: bytes, msgid: str) -> bytes:

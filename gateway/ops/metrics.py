@@ -127,7 +127,8 @@ BREAKER_STATE = Gauge(
 
 GROUP_READ_BATCH_SIZE = Histogram(
     "sgw_group_read_batch_size",
-    "Pre-settlements read together by the group read",
+    "Reads done together by the group read (kind: preview, msgid)",
+    ["kind"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 GROUP_BATCH_SIZE = Histogram(

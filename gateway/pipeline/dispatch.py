@@ -24,7 +24,7 @@ from gateway.emergency.breaker import loop_stalls
 from gateway.emergency.plan.rules import Decision, TxClass
 from gateway.ledger import db, idempotency
 from gateway.ledger.partitions import MAIN, Partition
-from gateway.pipeline.grouped import Batches
+from gateway.pipeline.grouped import Batches, Unread
 from gateway.pipeline.outcome import Outcome as Outcome
 from gateway.pipeline.outcome import Result as Result
 from gateway.pipeline.outcome import failure as failure
@@ -290,7 +290,7 @@ async def _read(
     reads = gw.reads.get(ledger.name) if mode is Mode.NORMAL else None
     if tx.previewed is not None and reads is not None:
         job = tx.previewed(gw, req, institution, received)
-        built = None if job is None else await reads.submit(job, expires)
+        built = None if job is None else await reads.preview(job, expires)
         if built is not None:
             _observe(gw, code, True, False, started, ledger.name)
             out = encode_response(
@@ -388,12 +388,7 @@ async def _earlier_answer(
     if not breaker.is_open:
         budget = gw.config.deadlines.call_seconds
         expires = loop.time() + budget
-        async with (
-            gw.shares.turn(code, expires),
-            asyncio.timeout_at(expires),
-            db.leased(ledger.pool, budget) as conn,
-        ):
-            found = await idempotency.lookup(conn, code, msgid)
+        found = await _answered(gw, code, msgid, expires, ledger)
     elif breaker.probe_failed:
         return None
     else:
@@ -413,6 +408,25 @@ async def _earlier_answer(
     return Outcome(
         idempotency.replay(found, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
     )
+
+
+async def _answered(
+    gw: Gateway, code: str, msgid: str, expires: float, ledger: Partition
+) -> idempotency.Stored | None:
+    """The msgid journal's answer: in a group read's batch, or alone when there is none or the
+    batch failed."""
+    reads = gw.reads.get(ledger.name)
+    if reads is not None:
+        try:
+            return await reads.answer(code, msgid, expires)
+        except Unread:
+            pass
+    async with (
+        gw.shares.turn(code, expires),
+        asyncio.timeout_at(expires),
+        db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn,
+    ):
+        return await idempotency.lookup(conn, code, msgid)
 
 
 async def _grouped(

@@ -1,78 +1,84 @@
-"""Group read: concurrent pre-settlements share one connection and one query.
+"""Group read: concurrent reads of one kind share one connection and one query.
 
 A pharmacy pre-settlement (2101) reads one person's account and year and changes nothing; alone
 it leases a connection, runs one query and hands the connection back, and that round trip was
 over a third of the gateway's CPU per 2101 (the wrk harness's profile) and most of
-PostgreSQL's. Here a few reader tasks take every pre-settlement waiting and read their state
-together (`settlement_state.preview_many`: one query for all the persons, as a batch of one
-reads it), then build each: the same reads and the same build as the single path, so the
-answer is the one the single path gives for the state read.
+PostgreSQL's. A writing request the emergency plan answers otherwise (`reject`, `defer`) is first
+looked up in the msgid journal, one round trip each, and that was over a third of the gateway's
+CPU per refusal. Here a few reader tasks per kind take every read waiting and run them together:
+
+- previews (`settlement_state.preview_many`: one query for all the persons, then each build as a
+  batch of one builds it), so a pre-settlement answers as the single path would for the state
+  read;
+- msgid journal look-ups (`idempotency.lookup_many`).
 
 Nothing is locked or written, so a batch needs no order and holds nothing past its query. A
-batch that fails whole (a lost connection, a bug) answers None to each request, which then
-takes the single path on its own, as the group commit does; one request's refusal (an unknown
-person, the rules) is that request's alone.
+batch that fails whole (a lost connection, a bug) raises `Unread` to each request, which then
+reads on its own, as the group commit sends a failed batch down the single path; one request's
+refusal (an unknown person, the rules) is that request's alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import asyncpg
 
 from gateway.app.config import Settings
-from gateway.ledger import db
+from gateway.ledger import db, idempotency
 from gateway.ops import metrics
-from gateway.pipeline.grouped import Built, Job
+from gateway.pipeline.grouped import Built, Job, Unread
 from gateway.protocol.errors import GatewayError
 from gateway.services.settlement_state import preview_many
 
 log = logging.getLogger("gateway.pipeline.group_read")
 
+K = TypeVar("K")
+R = TypeVar("R")
+
 
 @dataclass(slots=True)
-class _Item:
-    job: Job
+class _Item(Generic[K, R]):
+    key: K
     expires: float
-    done: asyncio.Future[Built | GatewayError | None] = field(
+    done: asyncio.Future[R | GatewayError] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
-class GroupRead:
-    """The readers of one ledger database in one process."""
+ReadMany = Callable[[asyncpg.Connection, list[K]], Awaitable[list[R | GatewayError]]]
+
+
+class Batched(Generic[K, R]):
+    """The readers of one kind of read on one ledger database in one process."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, readers: int, max_batch: int, acquire_timeout: float
+        self,
+        pool: asyncpg.Pool,
+        kind: str,
+        read_many: ReadMany[K, R],
+        *,
+        readers: int,
+        max_batch: int,
+        acquire_timeout: float,
     ) -> None:
         self.pool = pool
+        self.kind = kind  # the batch-size metric's label
+        self.read_many = read_many
         self.readers = max(1, readers)
         self.max_batch = max(1, max_batch)
         self.acquire_timeout = acquire_timeout
-        self._waiting: list[_Item] = []
+        self._waiting: list[_Item[K, R]] = []
         self._running = 0
 
-    @classmethod
-    def for_process(cls, pool: asyncpg.Pool, settings: Settings) -> GroupRead | None:
-        """The process's readers from `[group_read]`; None when it has none (each
-        pre-settlement reads on its own connection)."""
-        config = settings.config
-        if not config.group_read.readers:
-            return None
-        return cls(
-            pool,
-            readers=config.group_read.readers,
-            max_batch=config.group_read.max_batch,
-            acquire_timeout=config.deadlines.call_seconds,
-        )
-
-    async def submit(self, job: Job, expires: float) -> Built | None:
-        """The job's build over the state as it is; None: take the single path. A refusal is
-        raised as the single path raises it; past `expires` (the event loop's clock),
-        TimeoutError as a slow ledger gives."""
-        item = _Item(job, expires)
+    async def submit(self, key: K, expires: float) -> R:
+        """The read's result. A refusal is raised as the single path raises it; past `expires`
+        (the event loop's clock), TimeoutError as a slow ledger gives; Unread: read it alone."""
+        item: _Item[K, R] = _Item(key, expires)
         self._waiting.append(item)
         if self._running < self.readers:
             self._running += 1
@@ -83,7 +89,7 @@ class GroupRead:
             raise got
         return got
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> list[_Item[K, R]]:
         # One whose caller gave up waiting is dropped: nothing is owed to it.
         waiting = [it for it in self._waiting if not it.done.done()]
         batch, self._waiting = waiting[: self.max_batch], waiting[self.max_batch :]
@@ -96,21 +102,79 @@ class GroupRead:
         finally:
             self._running -= 1
 
-    async def _answer(self, batch: list[_Item]) -> None:
-        metrics.GROUP_READ_BATCH_SIZE.observe(len(batch))
+    async def _answer(self, batch: list[_Item[K, R]]) -> None:
+        metrics.GROUP_READ_BATCH_SIZE.labels(self.kind).observe(len(batch))
         try:
             async with (
                 asyncio.timeout_at(max(it.expires for it in batch)),
                 db.leased(self.pool, self.acquire_timeout) as conn,
             ):
-                built = await preview_many(conn, [it.job for it in batch])
+                results = await self.read_many(conn, [it.key for it in batch])
         except Exception as exc:
             if not isinstance(exc, (*db.UNAVAILABLE, asyncpg.PostgresError, TimeoutError)):
-                log.exception("group read failed; its requests go one by one")
+                log.exception("group read failed; its requests read one by one")
             for item in batch:
                 if not item.done.done():
-                    item.done.set_result(None)
+                    item.done.set_exception(Unread())
+                    item.done.exception()  # retrieved: a caller gone by then is not an error
             return
-        for item, got in zip(batch, built, strict=True):
+        for item, got in zip(batch, results, strict=True):
             if not item.done.done():
                 item.done.set_result(got)
+
+
+async def _answers(
+    conn: asyncpg.Connection, keys: list[tuple[str, str]]
+) -> list[idempotency.Stored | GatewayError | None]:
+    return list(await idempotency.lookup_many(conn, keys))
+
+
+class GroupRead:
+    """The batched reads of one ledger database in one process."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, readers: int, max_batch: int, acquire_timeout: float
+    ) -> None:
+        self.previews: Batched[Job, Built] = Batched(
+            pool,
+            "preview",
+            preview_many,
+            readers=readers,
+            max_batch=max_batch,
+            acquire_timeout=acquire_timeout,
+        )
+        self.answers: Batched[tuple[str, str], idempotency.Stored | None] = Batched(
+            pool,
+            "msgid",
+            _answers,
+            readers=readers,
+            max_batch=max_batch,
+            acquire_timeout=acquire_timeout,
+        )
+
+    @classmethod
+    def for_process(cls, pool: asyncpg.Pool, settings: Settings) -> GroupRead | None:
+        """The process's readers from `[group_read]`; None when it has none (each read on its
+        own connection)."""
+        config = settings.config
+        if not config.group_read.readers:
+            return None
+        return cls(
+            pool,
+            readers=config.group_read.readers,
+            max_batch=config.group_read.max_batch,
+            acquire_timeout=config.deadlines.call_seconds,
+        )
+
+    async def preview(self, job: Job, expires: float) -> Built | None:
+        """The job's build over the state as it is; None: take the single path."""
+        try:
+            return await self.previews.submit(job, expires)
+        except Unread:
+            return None
+
+    async def answer(
+        self, fixmedins_code: str, msgid: str, expires: float
+    ) -> idempotency.Stored | None:
+        """The msgid journal's answer for this key, if any (Unread: look it up alone)."""
+        return await self.answers.submit((fixmedins_code, msgid), expires)

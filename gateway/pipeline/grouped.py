@@ -19,6 +19,7 @@ from gateway.core.model import Accumulators, FundRow, Person, Settlement
 from gateway.core.settle import apply
 from gateway.ledger import deferred, fees
 from gateway.ledger.encounters import Encounter
+from gateway.ledger.idempotency import Stored
 from gateway.ledger.writes import Writes
 from gateway.pipeline.outcome import Outcome
 
@@ -100,9 +101,16 @@ class Batches(Protocol):
         """The settlement's answer, or None (take the single path)."""
 
 
+class Unread(Exception):
+    """A group read's batch failed whole: read this one on its own."""
+
+
 class Reads(Protocol):
     """The group read of one ledger database (gateway.pipeline.group_read.GroupRead), held by
     the runtime by this shape for the same reason as Batches."""
 
-    async def submit(self, job: Job, expires: float) -> Built | None:
+    async def preview(self, job: Job, expires: float) -> Built | None:
         """The job's build over the state as it is, or None (take the single path)."""
+
+    async def answer(self, fixmedins_code: str, msgid: str, expires: float) -> Stored | None:
+        """The msgid journal's answer for this key, if any (Unread: look it up alone)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway.core.model import Accumulators
@@ -15,6 +16,8 @@ from gateway.pipeline.group_read import GroupRead
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol.errors import NotInsured
 from tests.integration.conftest import Server
+from tests.integration.emergency_helpers import clear_rule, set_rule, until
+from tests.integration.his_client import decode
 from tests.integration.test_pharmacy import EMPLOYEE, LINES, PHARMACY
 
 # Insured persons of several kinds, one not insured (psn_insu_stas 2), one nobody knows.
@@ -41,11 +44,13 @@ def _stable(answer: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _batches() -> tuple[float, float]:
-    """(pre-settlements read, batches) so far in this process."""
+def _batches(kind: str = "preview") -> tuple[float, float]:
+    """(reads of this kind, batches) so far in this process."""
     count = sum_ = 0.0
     for family in metrics.GROUP_READ_BATCH_SIZE.collect():
         for sample in family.samples:
+            if sample.labels.get("kind") != kind:
+                continue
             if sample.name.endswith("_count"):
                 count = sample.value
             elif sample.name.endswith("_sum"):
@@ -102,9 +107,9 @@ async def test_a_refusal_is_its_own_and_a_batch_that_fails_sends_each_its_own_wa
         want = await server.fetchval("SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE)
 
         got = await asyncio.gather(
-            reads.submit(_job(EMPLOYEE), expires),
-            reads.submit(_job("441800000000009999"), expires),
-            reads.submit(_job(EMPLOYEE), expires),
+            reads.preview(_job(EMPLOYEE), expires),
+            reads.preview(_job("441800000000009999"), expires),
+            reads.preview(_job(EMPLOYEE), expires),
             return_exceptions=True,
         )
         assert isinstance(got[1], NotInsured)
@@ -115,15 +120,67 @@ async def test_a_refusal_is_its_own_and_a_batch_that_fails_sends_each_its_own_wa
 
         # A failure that is not a refusal fails the batch: each request takes the single path.
         got = await asyncio.gather(
-            reads.submit(_job(EMPLOYEE), expires),
-            reads.submit(_job(EMPLOYEE, broken), expires),
+            reads.preview(_job(EMPLOYEE), expires),
+            reads.preview(_job(EMPLOYEE, broken), expires),
         )
         assert got == [None, None]
 
         # Past its deadline a request is answered TimeoutError, as a slow ledger's, and is not
         # read for anyone later.
         with pytest.raises(TimeoutError):
-            await reads.submit(_job(EMPLOYEE), asyncio.get_running_loop().time())
-        assert reads._take() == []
+            await reads.preview(_job(EMPLOYEE), asyncio.get_running_loop().time())
+        assert reads.previews._take() == []
     finally:
         await pool.close()
+
+
+async def test_retries_the_plan_refuses_are_looked_up_together_and_get_their_answers(
+    server: Server,
+) -> None:
+    """Under `reject` a writing request is first looked up in the msgid journal: looked up in
+    batches, each retry still gets its own stored answer byte for byte."""
+    pos = server.client(PHARMACY)
+    first: list[tuple[bytes, bytes]] = []
+    for _ in range(6):
+        body = msgspec.json.encode(
+            pos.envelope("2102", pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES))
+        )
+        status, answer = await pos.post_raw(body)
+        assert status == 200 and decode(answer)["infcode"] == 0
+        first.append((body, answer))
+    unknown = msgspec.json.encode(
+        pos.envelope("2102", pos.drug_input(PERSONS[-1], DATES[0], "144.70", LINES))
+    )
+    status, refusal = await pos.post_raw(unknown)
+    assert decode(refusal)["infcode"] == -1  # a refusal is journaled too
+    first.append((unknown, refusal))
+
+    await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "reject")
+
+    async def refused_fresh() -> bool:
+        fresh = pos.envelope("2102", pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES))
+        return bool((await pos.call("2102", fresh["input"]))["infcode"] == -1)
+
+    assert await until(refused_fresh, within=5.0)
+    looked_up, batches = _batches("msgid")
+    other_body = msgspec.json.encode(
+        {
+            **msgspec.json.decode(first[0][0]),
+            "input": pos.drug_input(EMPLOYEE, DATES[0], "80.00", LINES[:1]),
+        }
+    )
+    fresh = [
+        msgspec.json.encode(pos.envelope("2102", pos.drug_input(EMPLOYEE, DATES[0], "1", [])))
+        for _ in range(6)
+    ]
+    sent = [body for body, _ in first] * 2 + fresh + [other_body]
+    answers = await asyncio.gather(*(pos.post_raw(body) for body in sent))
+    assert all(status == 200 for status, _ in answers)
+    got = [answer for _, answer in answers]
+    assert got[: 2 * len(first)] == [answer for _, answer in first] * 2
+    assert all(decode(a)["infcode"] == -1 for a in got[2 * len(first) :])
+    assert "报文ID" in decode(got[-1])["err_msg"]  # the same msgid with another body
+    after, batches_after = _batches("msgid")
+    assert after - looked_up == len(sent)
+    assert batches_after - batches < after - looked_up
+    await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
