@@ -321,11 +321,18 @@ def run(args: argparse.Namespace) -> Harness:
             if scenario in ("reject", "defer"):
                 set_plan(dsn, scenario)
             try:
+                adjacent = None
+                if args.bare_each:
+                    adjacent = h.measure(
+                        bare_url, bare_load, args.bare_each, [procs[0].pid], postgres=False
+                    )
                 load = h.load(scenario, args.connections)
                 profiler = Profiler(args.profile, gateway.pid)
                 profiler.start(scenario, args.duration)
                 result = h.measure(gw_url, load, args.duration, gw_pids)
                 profiler.stop()
+                if adjacent is not None:
+                    result["bare"] = adjacent
                 h.rows.append((scenario, result))
                 if args.sweep:
                     h.sweep(scenario, gw_url, result)
@@ -392,7 +399,8 @@ def render(h: Harness, started: str, load_before: tuple[float, ...]) -> str:
         f"Command: `python benchmarks/wrk_harness.py --duration {a.duration:g}"
         f" --connections {a.connections} --threads {a.threads} --workers {a.workers}"
         f" --auth {a.auth} --persons {a.persons} --sweep {sweep}"
-        f" --sweep-duration {a.sweep_duration:g} --scenarios {','.join(a.scenarios)}`, {started}.  ",
+        f" --sweep-duration {a.sweep_duration:g} --bare-each {a.bare_each:g}"
+        f" --scenarios {','.join(a.scenarios)}`, {started}.  ",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()},"
         f" Python {platform.python_version()}, {wrk_version()}, signing in wrk: {signing};"
         " servers, wrk and PostgreSQL on the same cores, shared with"
@@ -406,6 +414,11 @@ def render(h: Harness, started: str, load_before: tuple[float, ...]) -> str:
     ]
     for scenario, r in h.rows:
         label = LABELS.get(scenario, scenario)
+        # The row's own ceiling when the bare handler was measured just before it (--bare-each).
+        bare_rate = (r.get("bare") or ceiling)["rate"] or 1.0
+        bare_cpu = (r.get("bare") or ceiling)["gateway_cpu_us"] or 1.0
+        if r.get("bare"):
+            label += f" (bare just before: {bare_rate:,.0f}/s, {bare_cpu:,.0f} µs)"
         if scenario == "overload":
             label += f", offered {r['offered_rate']:,.0f}/s"
         if scenario == "2206":
@@ -501,6 +514,13 @@ def main() -> None:
     )
     p.add_argument("--sweep", type=counts, default=[1, 2, 4, 8, 16, 32], help="'' for none")
     p.add_argument("--sweep-duration", type=float, default=3)
+    p.add_argument(
+        "--bare-each",
+        type=float,
+        default=0,
+        help="seconds of the bare handler measured just before each scenario, its row's ceiling"
+        " (a shared box's speed drifts within a run)",
+    )
     p.add_argument("--open-seconds", type=float, default=4, help="time to open 2206's visits")
     p.add_argument("--overload-rate", type=float, help="instead of the 2102 row's ok/s")
     add_server_arg(p)

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -114,3 +115,25 @@ async def test_every_wrk_script_gets_infcode_0_answers(
             "SELECT count(*) FROM settlements WHERE fixmedins_code LIKE 'H%'"
         )
         assert visits["visits"] <= settled_visits <= visits["visits"] + 3
+
+
+def test_the_harness_counts_deferred_answers_apart_from_settlements(
+    pg_server_url: str, tmp_path: Path
+) -> None:
+    """The harness itself, briefly: a 2102 row counts settlements, not the infcode-0 answers of
+    claims the plan deferred; the `defer` row counts its claims; each row has the bare handler
+    measured just before it."""
+    out = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "wrk_harness.py"), "--duration", "1",
+         "--connections", "8", "--persons", "300", "--sweep", "", "--bare-each", "1",
+         "--scenarios", "2102,defer", "--database-url", pg_server_url, "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = dict(json.loads(out.read_text())["rows"])
+    settled, deferred = rows["2102"], rows["defer"]
+    assert settled["ok"] > 0 and settled["deferred"] == 0
+    assert deferred["ok"] > 0 and deferred["deferred"] >= deferred["ok"]
+    assert settled["bare"]["rate"] > 0 and deferred["bare"]["rate"] > 0
+    assert "| 2102 pharmacy settlement, durable (bare just before:" in done.stdout
