@@ -177,6 +177,7 @@ async def cancel_fees(call: Call) -> Answer:
     input=wire.In2206,
     kind=Kind.OUTPATIENT,
     deferral=Deferral.PRESETTLEMENT,
+    previewed=settling.outpatient_preview_job,
 )
 async def pre_settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind=Kind.OUTPATIENT, final=False)

@@ -117,6 +117,18 @@ def outpatient_job(
     return visit_job(gw.snapshot, Origin.of(req), institution, now, a, output, kind=Kind.OUTPATIENT)
 
 
+def outpatient_preview_job(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> Job | None:
+    """2206 in a group read: the same job as the single path's pre-settlement, in a batch."""
+    a = asked_of(req, Kind.OUTPATIENT)
+    if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        return None  # an id handed out while the ledger was down: the single path resolves it
+    return visit_job(
+        gw.snapshot, Origin.of(req), institution, now, a, output, kind=Kind.OUTPATIENT, final=False
+    )
+
+
 async def cancel_settlement(call: Call, *, kind: Kind) -> Answer:
     """2208 / 2305: reverse a settlement; the answer is its amounts negated."""
     data = decode_input(call.req, In2208).data

@@ -162,18 +162,14 @@ async def stays_with_another_in_force(
     return [r["mdtrt_id"] for r in await conn.fetch(_OTHER_STAYS, list(mdtrt_ids))]
 
 
-async def note_presettlement(
-    conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str, infno: str, at: dt.datetime
-) -> None:
-    """The visit's latest pre-settlement (day-end and the console show it)."""
-    await conn.execute(
-        "INSERT INTO presettlements VALUES ($1, $2, $3, $4) ON CONFLICT (mdtrt_id)"
-        " DO UPDATE SET infno = EXCLUDED.infno, at = EXCLUDED.at",
-        mdtrt_id,
-        fixmedins_code,
-        infno,
-        at,
-    )
+# The visit's latest pre-settlement (day-end and the console show it): staged by a pre-settlement's
+# build, written by `preview_many` (gateway.services.settlement_state) for one or a batch.
+NOTE_PRESETTLEMENT = insert_statement(
+    "presettlements",
+    [("mdtrt_id", "text"), ("fixmedins_code", "text"), ("infno", "text"), ("at", "timestamp")],
+    suffix=" ON CONFLICT (mdtrt_id) DO UPDATE SET infno = EXCLUDED.infno, at = EXCLUDED.at",
+    key_columns=1,
+)
 
 
 def record_of(

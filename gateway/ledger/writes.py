@@ -146,6 +146,10 @@ class Writes:
         parents (visits, settlements) ahead of the rows that refer to them."""
         self._rows.setdefault(sql, []).extend(rows)
 
+    def __bool__(self) -> bool:
+        """Whether any row is staged."""
+        return any(self._rows.values())
+
     def merge(self, other: Writes) -> None:
         """Append another staging's rows after this one's."""
         for sql, rows in other._rows.items():

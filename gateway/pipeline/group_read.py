@@ -3,16 +3,18 @@
 A pharmacy pre-settlement (2101) reads one person's account and year and changes nothing; alone
 it leases a connection, runs one query and hands the connection back, and that round trip was
 over a third of the gateway's CPU per 2101 (the wrk harness's profile) and most of
-PostgreSQL's. A writing request the emergency plan answers otherwise (`reject`, `defer`) is first
+PostgreSQL's. An outpatient pre-settlement (2206) reads its visit's lines too, and notes itself
+on the visit: alone, a commit each. A writing request the emergency plan answers otherwise (`reject`, `defer`) is first
 looked up in the msgid journal, one round trip each, and that was over a third of the gateway's
 CPU per refusal. Here a few reader tasks per kind take every read waiting and run them together:
 
-- previews (`settlement_state.preview_many`: one query for all the persons, then each build as a
-  batch of one builds it), so a pre-settlement answers as the single path would for the state
-  read;
+- previews (`settlement_state.preview_many`: one query for all the visits, one for all the
+  persons, each build as a batch of one builds it, the visits' pre-settlements noted in one
+  statement), so a pre-settlement answers as the single path would for the state read;
 - msgid journal look-ups (`idempotency.lookup_many`).
 
-Nothing is locked or written, so a batch needs no order and holds nothing past its query. A
+Nothing is locked, and nothing written but the notes (an upsert per visit, the latest kept), so
+a batch needs no order and holds nothing past its statements. A
 batch that fails whole (a lost connection, a bug) raises `Unread` to each request, which then
 reads on its own, as the group commit sends a failed batch down the single path; one request's
 refusal (an unknown person, the rules) is that request's alone.
@@ -123,6 +125,13 @@ class Batched(Generic[K, R]):
                 item.done.set_result(got)
 
 
+NOTE_WAIT_SECONDS = 0.05  # see settlement_state.preview_many's note_wait
+
+
+async def _previews(conn: asyncpg.Connection, jobs: list[Job]) -> list[Built | GatewayError]:
+    return await preview_many(conn, jobs, note_wait=NOTE_WAIT_SECONDS)
+
+
 async def _answers(
     conn: asyncpg.Connection, keys: list[tuple[str, str]]
 ) -> list[idempotency.Stored | GatewayError | None]:
@@ -138,7 +147,7 @@ class GroupRead:
         self.previews: Batched[Job, Built] = Batched(
             pool,
             "preview",
-            preview_many,
+            _previews,
             readers=readers,
             max_batch=max_batch,
             acquire_timeout=acquire_timeout,

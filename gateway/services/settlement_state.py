@@ -20,6 +20,7 @@ import asyncpg
 from adapters.national import deferral
 from gateway.core.model import Accumulators, Person
 from gateway.ledger import deferred, encounters, fees, persons, settlements
+from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
 from gateway.protocol.errors import GatewayError
 
@@ -80,17 +81,26 @@ async def settle_alone(conn: asyncpg.Connection, job: Job) -> Built:
 
 
 async def preview(conn: asyncpg.Connection, job: Job) -> Built:
-    """A job's build over the state as it is, nothing locked, drawn or written (a
-    pre-settlement: the answer a settlement would give now). A refusal is raised."""
+    """A job's build over the state as it is, nothing locked or drawn (a pre-settlement: the
+    answer a settlement would give now), nothing written but what a pre-settlement's build
+    stages (a visit's pre-settlement noted). A refusal is raised."""
     (got,) = await preview_many(conn, [job])
     if isinstance(got, GatewayError):
         raise got
     return got
 
 
-async def preview_many(conn: asyncpg.Connection, jobs: list[Job]) -> list[Built | GatewayError]:
+async def preview_many(
+    conn: asyncpg.Connection, jobs: list[Job], *, note_wait: float | None = None
+) -> list[Built | GatewayError]:
     """Each job's build over the state as it is, read for all of them at once (the group read,
-    gateway.pipeline.group_read; `preview` is a batch of one); a refusal is that job's own."""
+    gateway.pipeline.group_read; `preview` is a batch of one); a refusal is that job's own.
+
+    `note_wait`: how long the notes may wait for a row lock before the whole call fails
+    (LockNotAvailable). A batch mixes institutions, so one visit's row held by a long
+    transaction must not hold everyone's pre-settlements: the group read gives up at once and
+    each request takes the single path, where the waiting is that institution's own, within
+    its share of the connections. None: wait as any statement waits."""
     visits = await _visits(conn, sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}), lock=False)
     year_of = [_year(job, visits) for job in jobs]
     found = await persons.read_with_year_many(
@@ -98,14 +108,26 @@ async def preview_many(conn: asyncpg.Connection, jobs: list[Job]) -> list[Built 
     )
     await _other_stays(conn, visits)
     out: list[Built | GatewayError] = []
+    noted = Writes()
     for job, year in zip(jobs, year_of, strict=True):
         # An unknown person: the build refuses them, after what it checks of the visit first.
         person, balance, acc = found.get((job.psn_no, year)) or (None, 0, Accumulators())
         visit = visits.get(job.mdtrt_id) if job.mdtrt_id else None
         try:
-            out.append(job.build(Held(person, balance, acc, visit), 0, 0))
+            built = job.build(Held(person, balance, acc, visit), 0, 0)
         except GatewayError as exc:
             out.append(exc)
+            continue
+        out.append(built)
+        noted.merge(built.writes)
+    # A preview's build stages only what a pre-settlement writes (a visit's pre-settlement
+    # noted): one statement for the batch, committed on its own.
+    if note_wait is None:
+        await noted.flush(conn)
+    elif noted:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(note_wait * 1000)}ms'")
+            await noted.flush(conn)
     return out
 
 

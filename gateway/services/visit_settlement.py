@@ -170,7 +170,8 @@ def visit_job(
     """A 2206/2207/2303/2304 as a Job: the visit and the person locked, the checks, the split
     and its writes in one pure build, whichever path runs it.
 
-    `final=False`: a pre-settlement (run by `preview`: the same answer, nothing written);
+    `final=False`: a pre-settlement (run by `preview`: the same answer, nothing written but the
+    visit's latest pre-settlement noted);
     `only`: just these of the lines (a deferred claim's, at replay, which settles the lines its
     pending claim holds: respect_claims=False).
     """
@@ -205,7 +206,16 @@ def visit_job(
             s = settle(snapshot, ctx.visit, person_state(held, visit), lines)
             settlements.check_declared(s, this.declared)
             rec = settlements.record_of(s, ctx, held.person, setl_id=None, setl_time=None)
-            return Built(encode(rec, ctx, this), Writes(), held.balance, held.year)
+            # All a pre-settlement writes: the visit's latest pre-settlement noted.
+            noted = Writes()
+            noted.add(
+                settlements.NOTE_PRESETTLEMENT,
+                a.mdtrt_id,
+                origin.fixmedins_code,
+                origin.infno,
+                now,
+            )
+            return Built(encode(rec, ctx, this), noted, held.balance, held.year)
         rec, s, writes = settle_lines(
             snapshot,
             ctx,
@@ -271,9 +281,5 @@ async def settle_visit(
         respect_claims=respect_claims,
     )
     if not final:
-        built = await preview(conn, job)
-        await settlements.note_presettlement(
-            conn, asked.mdtrt_id, origin.fixmedins_code, origin.infno, now
-        )
-        return built
+        return await preview(conn, job)  # the visit's pre-settlement noted with it
     return await settle_alone(conn, job)

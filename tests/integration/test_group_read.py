@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -16,14 +18,26 @@ from gateway.pipeline.group_read import GroupRead
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol.errors import NotInsured
 from tests.integration.conftest import Server
-from tests.integration.emergency_helpers import clear_rule, set_rule, until
-from tests.integration.his_client import decode
+from tests.integration.emergency_helpers import (
+    OUTPATIENT_LINES,
+    OUTPATIENT_TOTAL,
+    clear_rule,
+    set_rule,
+    until,
+)
+from tests.integration.his_client import HisClient, decode
 from tests.integration.test_pharmacy import EMPLOYEE, LINES, PHARMACY
 
 # Insured persons of several kinds, one not insured (psn_insu_stas 2), one nobody knows.
 PERSONS = [f"44180000000000000{n}" for n in range(1, 8)] + ["441800000000009999"]
 INSUTYPE = {"441800000000000004": "390", "441800000000000005": "390", "441800000000000006": "390"}
-DATES = ["2026-06-01 10:00:00", "2025-12-30 09:00:00"]  # two years: two accumulator rows
+DATES = ["2026-06-01 10:00:00", "2025-12-30 09:00:00"]
+HOSPITAL = "H44180000001"
+WORKERS = [
+    "441800000000000001",
+    "441800000000000002",
+    "441800000000000003",
+]  # two years: two accumulator rows
 VOLATILE = {"setl_time", "medins_setl_id"}  # when, and the request's own msgid
 
 
@@ -184,3 +198,87 @@ async def test_retries_the_plan_refuses_are_looked_up_together_and_get_their_ans
     assert after - looked_up == len(sent)
     assert batches_after - batches < after - looked_up
     await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
+
+    async def settling_again() -> bool:
+        drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
+        return bool((await pos.call("2101", drug))["infcode"] == 0)
+
+    assert await until(settling_again, within=5.0)  # the next tests share this gateway
+
+
+async def _open_visit(his: HisClient, psn_no: str, no: str) -> str:
+    """2201 + 2203 + 2204 (batch B1): a visit ready to pre-settle."""
+    mdtrt_id = await his.register(psn_no, "310", "2026-05-02 08:30:00", no)
+    await his.visit_info(mdtrt_id, psn_no, "11", "2026-05-02 08:30:00")
+    rows = his.fee_rows(mdtrt_id, psn_no, OUTPATIENT_LINES, "2026-05-02 08:40:00", "B1")
+    await his.ok("2204", {"feedetail": rows})
+    return mdtrt_id
+
+
+def _data(his: HisClient, psn_no: str, mdtrt_id: str) -> dict[str, Any]:
+    return his.settle_data(psn_no, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+
+
+async def test_outpatient_presettlements_read_together_answer_and_note_as_alone(
+    server: Server,
+) -> None:
+    his = server.client(HOSPITAL)
+    visits = [(psn, await _open_visit(his, psn, f"MZ-GR-{n}")) for n, psn in enumerate(WORKERS)]
+    # Refusals in the same batches: another person's visit, and a visit nobody opened.
+    asks = [*visits, (WORKERS[0], visits[1][1]), (WORKERS[0], "MISSING-VISIT")]
+    alone = [_stable(await his.call("2206", _data(his, psn, m))) for psn, m in asks]
+    assert [a[0] for a in alone] == [0] * len(visits) + [-1, -1], alone
+    noted_alone = await server.fetch("SELECT mdtrt_id, infno FROM presettlements ORDER BY 1")
+    assert sorted(m for _, m in visits) == [r["mdtrt_id"] for r in noted_alone]
+
+    read, batches = _batches()
+    for _ in range(3):
+        together = await asyncio.gather(
+            *(his.call("2206", _data(his, psn, m)) for psn, m in asks * 2)
+        )
+        assert [_stable(a) for a in together] == alone * 2
+    read_after, batches_after = _batches()
+    assert read_after - read == 3 * 2 * len(asks)
+    assert batches_after - batches < read_after - read
+    noted = await server.fetch("SELECT mdtrt_id, infno, at FROM presettlements ORDER BY 1")
+    assert [(r["mdtrt_id"], r["infno"]) for r in noted] == [
+        (r["mdtrt_id"], r["infno"]) for r in noted_alone
+    ]
+    # Each visit's note is its latest pre-settlement's.
+    before = {r["mdtrt_id"]: r["at"] for r in noted}
+    await his.ok("2206", _data(his, *visits[0]))
+    latest = await server.fetchval(
+        "SELECT at FROM presettlements WHERE mdtrt_id = $1", visits[0][1]
+    )
+    assert latest >= before[visits[0][1]]
+
+
+async def test_a_visit_whose_note_is_locked_holds_no_one_else(server: Server) -> None:
+    """A batch mixes institutions: one visit's pre-settlement row held by a long transaction
+    sends the batch's requests their own way instead of holding every pre-settlement."""
+    his = server.client(HOSPITAL)
+    pos = server.client(PHARMACY)
+    held = (WORKERS[0], await _open_visit(his, WORKERS[0], "MZ-GR-HELD"))
+    free = (WORKERS[1], await _open_visit(his, WORKERS[1], "MZ-GR-FREE"))
+    await his.ok("2206", _data(his, *held))  # its note row exists
+    holder = await asyncpg.connect(server.dsn)
+    try:
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT 1 FROM presettlements WHERE mdtrt_id = $1 FOR UPDATE", held[1])
+        stuck: list[asyncio.Task[dict[str, Any]]] = []
+        others: list[asyncio.Task[dict[str, Any]]] = []
+        started = time.monotonic()
+        for _ in range(6):  # interleaved, so that batches mix the held visit with the others
+            stuck.append(asyncio.create_task(his.call("2206", _data(his, *held))))
+            others.append(asyncio.create_task(his.call("2206", _data(his, *free))))
+            drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
+            others.append(asyncio.create_task(pos.call("2101", drug)))
+        answers = await asyncio.gather(*others)
+        assert [a["infcode"] for a in answers] == [0] * len(others), answers
+        assert time.monotonic() - started < 3.0  # not the call deadline the lock would cost
+        assert not any(task.done() for task in stuck)
+    finally:
+        await lock.rollback()
+        await holder.close()
+    assert [(await task)["infcode"] for task in stuck] == [0] * len(stuck)
