@@ -111,21 +111,24 @@ def outpatient_job(
     gw: Gateway, req: Request, institution: Institution, now: dt.datetime
 ) -> Job | None:
     """2207 in a group commit: the same job as the single path's, in a batch."""
-    a = asked_of(req, Kind.OUTPATIENT)
-    if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
-        return None  # an id handed out while the ledger was down: the single path resolves it
-    return visit_job(gw.snapshot, Origin.of(req), institution, now, a, output, kind=Kind.OUTPATIENT)
+    return _outpatient(gw, req, institution, now, final=True)
 
 
 def outpatient_preview_job(
     gw: Gateway, req: Request, institution: Institution, now: dt.datetime
 ) -> Job | None:
     """2206 in a group read: the same job as the single path's pre-settlement, in a batch."""
+    return _outpatient(gw, req, institution, now, final=False)
+
+
+def _outpatient(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime, *, final: bool
+) -> Job | None:
     a = asked_of(req, Kind.OUTPATIENT)
     if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return None  # an id handed out while the ledger was down: the single path resolves it
     return visit_job(
-        gw.snapshot, Origin.of(req), institution, now, a, output, kind=Kind.OUTPATIENT, final=False
+        gw.snapshot, Origin.of(req), institution, now, a, output, kind=Kind.OUTPATIENT, final=final
     )
 
 
