@@ -156,6 +156,12 @@ async def close_pool(pool: asyncpg.Pool, within: float) -> bool:
     return True
 
 
+async def wait_for_locks_at_most(conn: asyncpg.Connection, seconds: float) -> None:
+    """Within the caller's transaction: a statement waiting longer for a row lock fails with
+    LockNotAvailable instead of waiting on."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{max(1, int(seconds * 1000))}ms'")
+
+
 async def ping(conn: asyncpg.Connection) -> None:
     """Reads nothing: one round trip that proves the ledger answers."""
     await conn.fetchval("SELECT 1")

@@ -19,7 +19,7 @@ import asyncpg
 
 from adapters.national import deferral
 from gateway.core.model import Accumulators, Person
-from gateway.ledger import deferred, encounters, fees, persons, settlements
+from gateway.ledger import db, deferred, encounters, fees, persons, settlements
 from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
 from gateway.protocol.errors import GatewayError
@@ -126,7 +126,7 @@ async def preview_many(
         await noted.flush(conn)
     elif noted:
         async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{int(note_wait * 1000)}ms'")
+            await db.wait_for_locks_at_most(conn, note_wait)
             await noted.flush(conn)
     return out
 
