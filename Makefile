@@ -92,10 +92,11 @@ bench-http: install
 
 # The same scenarios driven by wrk (C; Lua scripts in benchmarks/wrk/) instead of a Python
 # generator whose own CPU was the ceiling: rates, p50/p99, CPU per answer of gateway, PostgreSQL
-# and wrk, ratios to the bare ceiling of the same run, and a latency sweep by connections.
+# and wrk, ratios to the bare ceiling measured just before each row (--bare-each), and a latency
+# sweep by connections.
 .PHONY: bench-wrk
 bench-wrk: install system-deps
-	$(BIN)/python benchmarks/wrk_harness.py --duration 8 --connections 64 --results benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/wrk_harness.py --duration 8 --connections 64 --bare-each 3 --results benchmarks/RESULTS.md
 
 # Pharmacy load at half of saturation, quiet and attacked rounds in turn (9101 bombs, a console
 # log-in flood, unsigned 4 MB bodies): other institutions' p99 within 10%, no breaker open.
