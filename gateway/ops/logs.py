@@ -83,9 +83,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is written, not to the stream it was when
+    the logs were configured: a line written later (the access log's batches) must not go to a
+    stream since closed (a test's captured output) and fail there."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+
 def configure(level: int = logging.INFO, stream: Any = None) -> None:
-    """Send every logger's lines through the JSON formatter."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Send every logger's lines through the JSON formatter (to `stream`, else to stderr as it
+    is at each line)."""
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -125,6 +125,7 @@ BREAKER_STATE = Gauge(
     multiprocess_mode="max",
 )
 
+GROUP_READ_KINDS = ("preview", "msgid")  # gateway.pipeline.group_read's kinds of read
 GROUP_READ_BATCH_SIZE = Histogram(
     "sgw_group_read_batch_size",
     "Reads done together by the group read (kind: preview, msgid)",
@@ -238,6 +239,8 @@ def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str])
             SHADOW_FAILURES.labels(system, kind)
         for mirrored in MIRROR_OUTCOMES:
             SHADOW_MIRRORED.labels(system, mirrored)
+    for kind in GROUP_READ_KINDS:
+        GROUP_READ_BATCH_SIZE.labels(kind)
 
 
 def prime_shadow(institutions: Iterable[tuple[str, str, str]]) -> None:

@@ -146,7 +146,7 @@ class GroupRead:
     ) -> None:
         self.previews: Batched[Job, Built] = Batched(
             pool,
-            "preview",
+            metrics.GROUP_READ_KINDS[0],
             _previews,
             readers=readers,
             max_batch=max_batch,
@@ -154,7 +154,7 @@ class GroupRead:
         )
         self.answers: Batched[tuple[str, str], idempotency.Stored | None] = Batched(
             pool,
-            "msgid",
+            metrics.GROUP_READ_KINDS[1],
             _answers,
             readers=readers,
             max_batch=max_batch,

@@ -6,12 +6,13 @@ import asyncio
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from gateway.ops.access_log import AccessLog
-from gateway.ops.logs import JsonFormatter
+from gateway.ops.logs import JsonFormatter, configure
 
 CERTNO = "441802199001011234"
 
@@ -108,3 +109,22 @@ async def test_nothing_is_gathered_when_the_level_is_off(
     _answer(log, 1)
     await asyncio.sleep(0.05)
     assert handler.emits == 0
+
+
+def test_lines_go_to_stderr_as_it_is_when_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch written after stderr was swapped (a test's captured output closed, a redirect)
+    goes to the stderr of that moment, not to the stream of when the logs were configured."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    first, then = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        configure()
+        logging.getLogger("gateway.test").info("one")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", then)
+        logging.getLogger("gateway.test").info("two")
+        assert json.loads(then.getvalue())["msg"] == "two"
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
