@@ -95,8 +95,8 @@ async def settle_visit(
         only=only,
         respect_claims=call.mode is Mode.NORMAL,
     )
-    if not final:
-        return Answer(built.output)
+    if not final:  # as the group read answers it (gateway.pipeline.dispatch._read)
+        return Answer(built.output, warn_msg=built.warn_msg)
     return Answer(built.output, paid=built.paid)
 
 

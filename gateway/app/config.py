@@ -173,8 +173,9 @@ class GroupCommitConfig(Section, frozen=True):
 
 
 class GroupReadConfig(Section, frozen=True):
-    """`[group_read]` (gateway.pipeline.group_read): reader tasks per ledger database in each
-    process, pre-settlements per batch; 0 readers: each pre-settlement reads on its own."""
+    """`[group_read]` (gateway.pipeline.group_read): reader tasks per kind of read and ledger
+    database in each process, reads per batch (pre-settlements, msgid look-ups); 0 readers:
+    each reads on its own connection."""
 
     readers: int = 2
     max_batch: int = 128

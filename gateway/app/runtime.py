@@ -151,8 +151,8 @@ class Gateway:
             for p in self.ledgers.all
             if group_commit is not None and (group := group_commit(p.pool, settings)) is not None
         }
-        # Pre-settlements read in batches, one reader set per ledger database (None: each
-        # reads on its own connection).
+        # Pre-settlements and msgid look-ups read in batches, one reader set per ledger
+        # database (none: each reads on its own connection).
         self.reads = {
             p.name: reads
             for p in self.ledgers.all
