@@ -22,6 +22,7 @@ from adapters.national.wire import (
 )
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
+from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.emergency.plan.rules import TxClass
 from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest
@@ -100,8 +101,8 @@ async def cancel_registration(call: Call) -> Answer:
     return Answer({})
 
 
-async def _visit_info(call: Call) -> Answer:
-    node = decode_input(call.req, In2203)
+def _info_of(req: Request) -> encounters.VisitInfo:
+    node = decode_input(req, In2203)
     info = node.mdtrtinfo
     if info is None:
         raise BadRequest("缺少输入节点mdtrtinfo")
@@ -109,7 +110,7 @@ async def _visit_info(call: Call) -> Answer:
     psn_no = required(info.psn_no, "mdtrtinfo.psn_no")
     med_type = required(info.med_type, "mdtrtinfo.med_type")
     when(info.begntime, "mdtrtinfo.begntime")
-    a = encounters.VisitInfo(
+    return encounters.VisitInfo(
         mdtrt_id=mdtrt_id,
         psn_no=psn_no,
         med_type=med_type,
@@ -120,7 +121,20 @@ async def _visit_info(call: Call) -> Answer:
             "diseinfo": msgspec.to_builtins(node.diseinfo),
         },
     )
-    await encounters.visit_info(call.conn, call.req.fixmedins_code, a)
+
+
+def _visit_info_job(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> Job | None:
+    """2203 in a group commit: the same build as the single path's, in a batch."""
+    a = _info_of(req)
+    if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        return None  # an id handed out while the ledger was down: the single path resolves it
+    return encounters.visit_info_job(req.fixmedins_code, a)
+
+
+async def _visit_info(call: Call) -> Answer:
+    await encounters.visit_info(call.conn, call.req.fixmedins_code, _info_of(call.req))
     return Answer({})
 
 
@@ -131,6 +145,7 @@ register(
     klass=TxClass.ENCOUNTER,
     input=wire.In2203,
     deferral=Deferral.CALL,
+    grouped=_visit_info_job,
 )(_visit_info)
 
 
@@ -143,6 +158,7 @@ register(
     deferral=Deferral.CALL,
     journal_answer=deferral.lines_taken,
     dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
+    grouped=uploads.outpatient_job,
 )
 async def upload_fees(call: Call) -> Answer:
     return await uploads.upload(call, kind=Kind.OUTPATIENT)

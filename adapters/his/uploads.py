@@ -3,7 +3,10 @@ answered with each line's split."""
 
 from __future__ import annotations
 
-from adapters.national.envelope import decode_input, text
+import datetime as dt
+from typing import Any
+
+from adapters.national.envelope import Request, decode_input, text
 from adapters.national.output import line_result
 from adapters.national.wire import (
     FeeDetail,
@@ -15,6 +18,10 @@ from adapters.national.wire import (
     when_required,
 )
 from adapters.national.wire import fen_required as amount_of
+from gateway.app.runtime import Gateway
+from gateway.core.model import Institution, LineSplit
+from gateway.emergency.deferred import PROVISIONAL_PREFIX
+from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest, LineRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Kind
@@ -51,21 +58,28 @@ def _line(row: FeeDetail, *, batch_required: bool, refunds: bool) -> StoredLine:
     )
 
 
-async def upload(call: Call, *, kind: Kind) -> Answer:
-    """Read every line, have them stored all or none, answer result[] in request order."""
-    rows = as_list(decode_input(call.req, In2204).feedetail)
+def _upload_of(req: Request, kind: Kind) -> fee_uploads.FeeUpload:
+    rows = as_list(decode_input(req, In2204).feedetail)
     if not rows:
         raise BadRequest("费用明细feedetail不能为空")
     if len(rows) > MAX_LINES:
         raise BadRequest(f"单次上传费用明细不能超过{MAX_LINES}条，请分批上传")
     # Only an inpatient upload (2301) carries refund lines, with negative cnt and amount.
-    a = fee_uploads.FeeUpload(
+    return fee_uploads.FeeUpload(
         kind=kind,
         feedetail=tuple(
             _line(r, batch_required=kind is Kind.OUTPATIENT, refunds=kind is Kind.INPATIENT)
             for r in rows
         ),
     )
+
+
+def _answer(splits: tuple[LineSplit, ...]) -> dict[str, Any]:
+    return {"result": [line_result(s) for s in splits]}
+
+
+async def upload(call: Call, *, kind: Kind) -> Answer:
+    """Read every line, have them stored all or none, answer result[] in request order."""
     splits = await fee_uploads.upload(
         call.conn,
         Origin.of(call.req),
@@ -74,6 +88,25 @@ async def upload(call: Call, *, kind: Kind) -> Answer:
         call.gw.config.uploads.max_unsettled_lines_per_visit,
         call.institution.admdvs,
         call.now,
-        a,
+        _upload_of(call.req, kind),
     )
-    return Answer({"result": [line_result(s) for s in splits]})
+    return Answer(_answer(splits))
+
+
+def outpatient_job(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> Job | None:
+    """2204 in a group commit: the same checks and split as the single path's, in a batch."""
+    a = _upload_of(req, Kind.OUTPATIENT)
+    if a.feedetail[0].mdtrt_id.startswith(PROVISIONAL_PREFIX):
+        return None  # an id handed out while the ledger was down: the single path resolves it
+    return fee_uploads.upload_job(
+        Origin.of(req),
+        gw.snapshot,
+        gw.config.dates,
+        gw.config.uploads.max_unsettled_lines_per_visit,
+        institution.admdvs,
+        now,
+        a,
+        _answer,
+    )

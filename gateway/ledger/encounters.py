@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
-from gateway.ledger.writes import insert_statement
+from gateway.ledger.writes import insert_statement, update_statement
 from gateway.protocol.errors import Conflict, NotFound
 
 
@@ -70,6 +70,12 @@ INSERT = insert_statement(
         ("selfpay", "bool"),
     ],
     fixed=[("status", "'open'")],
+)
+# 2203's diagnosis; `detail` keeps the request as sent.
+SET_INFO = update_statement(
+    "encounters",
+    [("mdtrt_id", "text")],
+    [("med_type", "text"), ("dise_codg", "text"), ("dise_name", "text"), ("detail", "jsonb")],
 )
 UPDATE_DEDUCTIBLE = (
     "UPDATE encounters SET adm_dedc_fen = $2, adm_dedc_used_fen = $3 WHERE mdtrt_id = $1"
@@ -156,9 +162,17 @@ async def get(
         mdtrt_id,
         fixmedins_code,
     )
-    if row is None:
+    return own(None if row is None else _of(row), mdtrt_id, fixmedins_code, psn_no)
+
+
+def own(
+    enc: Encounter | None, mdtrt_id: str, fixmedins_code: str, psn_no: str | None = None
+) -> Encounter:
+    """The visit as read, if it is the institution's own (and, given psn_no, that person's):
+    another institution's mdtrt_id is not found, not shown. Every path that reads a visit
+    answers these two faults in these words, whether it read the visit alone or in a batch."""
+    if enc is None or enc.fixmedins_code != fixmedins_code:
         raise NotFound(f"就诊ID{mdtrt_id}不存在或不属于本机构")
-    enc = _of(row)
     if psn_no is not None and psn_no != enc.psn_no:
         raise Conflict(f"人员编号{psn_no}与就诊ID{mdtrt_id}的参保人不一致")
     return enc

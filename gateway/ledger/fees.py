@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import asyncpg
 import msgspec
 
 from gateway.core.model import FeeLine
-from gateway.ledger.writes import Writes, insert_statement
+from gateway.ledger.writes import Writes, insert_statement, update_statement
 from gateway.protocol.errors import Conflict
 
 ALL = "0000"  # chrg_bchno / feedetl_sn "0000": every unsettled line of the visit
@@ -44,9 +44,17 @@ INSERT = insert_statement(
         ("setl_id", "text"),
     ],
 )
-MARK_SETTLED = (
-    "UPDATE fee_lines SET setl_id = $3 WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])"
+# One row per line (`settled_rows`): a batch's settlements mark all their lines in one statement.
+MARK_SETTLED = update_statement(
+    "fee_lines", [("mdtrt_id", "text"), ("feedetl_sn", "text")], [("setl_id", "text")]
 )
+
+
+def settled_rows(
+    mdtrt_id: str, feedetl_sns: Iterable[str], setl_id: str | None
+) -> list[tuple[object, ...]]:
+    """MARK_SETTLED's rows: the visit's lines attached to a settlement (None: released)."""
+    return [(mdtrt_id, sn, setl_id) for sn in feedetl_sns]
 
 
 def rows(
@@ -75,6 +83,9 @@ def rows(
     ]
 
 
+ALREADY_UPLOADED = "费用明细流水号已上传，请勿重复上传（如需修改请先撤销）"
+
+
 async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: str) -> None:
     """Store uploaded lines; a feedetl_sn already in force for the visit is refused."""
     staged = Writes()
@@ -82,7 +93,7 @@ async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: s
     try:
         await staged.flush(conn)  # one statement for the whole upload
     except asyncpg.UniqueViolationError as exc:
-        raise Conflict("费用明细流水号已上传，请勿重复上传（如需修改请先撤销）") from exc
+        raise Conflict(ALREADY_UPLOADED) from exc
 
 
 _LINE_COLUMNS = (
@@ -183,12 +194,9 @@ async def mark_settled(
     conn: asyncpg.Connection, mdtrt_id: str, feedetl_sns: Sequence[str], setl_id: str | None
 ) -> None:
     """Attach lines to a settlement, or release them (None) when it is cancelled."""
-    await conn.execute(
-        MARK_SETTLED,
-        mdtrt_id,
-        list(feedetl_sns),
-        setl_id,
-    )
+    staged = Writes()
+    staged.extend(MARK_SETTLED, settled_rows(mdtrt_id, feedetl_sns, setl_id))
+    await staged.flush(conn)
 
 
 async def release(conn: asyncpg.Connection, setl_id: str) -> None:

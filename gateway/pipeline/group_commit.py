@@ -8,8 +8,10 @@ settlements are waiting and settle them together:
     ->  read their accumulators and the visits' lines  ->  draw the ids  ->  compute each in
     arrival order (pure)  ->  flush the staged rows  ->  COMMIT  ->  answer each
 
-Pharmacy 2102, outpatient 2207 and the outpatient registration 2201 take this path (their
-`register(..., grouped=...)`).
+Pharmacy 2102 and the outpatient visit's writes (2201 registration, 2203 diagnosis, 2204 fee
+upload, 2207 settlement) take this path (their `register(..., grouped=...)`). A job on a visit
+an earlier job of the same batch changed goes to the single path after the commit
+(gateway.pipeline.grouped.unchanged).
 
 `synchronous_commit` stays on: no answer leaves before the commit that holds it. One person is
 still serialized: within a batch the second settlement is computed against the first's result,

@@ -22,6 +22,7 @@ from gateway.ledger.encounters import Encounter
 from gateway.ledger.idempotency import Stored
 from gateway.ledger.writes import Writes
 from gateway.pipeline.outcome import Outcome
+from gateway.protocol.errors import Unavailable
 
 
 @dataclass(slots=True)
@@ -37,6 +38,20 @@ class VisitHeld:
     # A stay: another stay of the person settled in the same year (the second admission's
     # deductible rule, settlement-rules §3).
     other_inpatient_in_force: bool = False
+    # Changed by an earlier job of the batch (a 2203's diagnosis, a 2204's lines): see
+    # `unchanged`.
+    changed: bool = False
+
+
+def unchanged(visit: VisitHeld) -> None:
+    """Refuse, retryably, a job on a visit an earlier job of the same batch changed: the batch
+    sends one statement per table in first-staged order, so a settlement staged after an
+    upload could mark its lines settled before they are inserted. Refused here, the request
+    takes the single path once the batch has committed and reads the visit as it is then. A
+    client waits for each answer before its next call, so this is a burst's oddity, never the
+    visit chain's common case."""
+    if visit.changed:
+        raise Unavailable("就诊信息正在更新，请稍后重试")
 
 
 @dataclass(slots=True)

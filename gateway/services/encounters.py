@@ -20,7 +20,7 @@ from gateway.core import eligibility
 from gateway.core.dates import DateRules
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.writes import Writes
-from gateway.pipeline.grouped import Built, Held, Job
+from gateway.pipeline.grouped import Built, Held, Job, unchanged
 from gateway.protocol.errors import Conflict, NotInsured, RuleRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
@@ -150,25 +150,37 @@ async def cancel_registration(conn: asyncpg.Connection, fixmedins_code: str, a: 
     await encounters.update(conn, a.mdtrt_id, status="cancelled")
 
 
+def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = None) -> Job:
+    """2203 as a build over the visit's locked state, whichever path runs it (the group commit,
+    or `visit_info` alone): the outpatient visit's med_type and diagnosis; a chronic-disease
+    visit only for a person filed for that disease. `mdtrt_id`: the visit a provisional id
+    sent as `a.mdtrt_id` became (the one locked and written)."""
+    real = mdtrt_id or a.mdtrt_id
+
+    def build(held: Held, _mdtrt_serial: int, _setl_serial: int) -> Built:
+        category = eligibility.category_for("outpatient", a.med_type, a.mdtrt_id)
+        visit = held.visit
+        enc = encounters.own(visit.encounter if visit else None, real, fixmedins_code, a.psn_no)
+        assert visit is not None
+        unchanged(visit)
+        _of_kind(enc, a.mdtrt_id, Kind.OUTPATIENT)
+        encounters.require_open(enc)
+        if category is eligibility.CHRONIC:
+            if held.person is None:
+                raise NotInsured(f"人员编号{a.psn_no}不存在，请重新读卡获取人员信息")
+            eligibility.require_chronic_filing(held.person, a.dise_codg)
+        writes = Writes()
+        writes.add(encounters.SET_INFO, real, a.med_type, a.dise_codg, a.dise_name, a.stored)
+        visit.changed = True
+        return Built({}, writes, held.balance, held.year)
+
+    return Job(psn_no=a.psn_no, year=None, build=build, mdtrt_id=real)
+
+
 async def visit_info(conn: asyncpg.Connection, fixmedins_code: str, a: VisitInfo) -> None:
-    """2203: the outpatient visit's med_type and diagnosis; a chronic-disease visit only for a
-    person filed for that disease."""
-    category = eligibility.category_for("outpatient", a.med_type, a.mdtrt_id)
-    enc = await _visit(
-        conn, fixmedins_code, VisitRef(mdtrt_id=a.mdtrt_id, psn_no=a.psn_no), Kind.OUTPATIENT
-    )
-    encounters.require_open(enc)
-    if category is eligibility.CHRONIC:
-        person, _ = await persons.read(conn, a.psn_no)
-        eligibility.require_chronic_filing(person, a.dise_codg)
-    await encounters.update(
-        conn,
-        a.mdtrt_id,
-        med_type=a.med_type,
-        dise_codg=a.dise_codg,
-        dise_name=a.dise_name,
-        detail=a.stored,
-    )
+    """2203 on the caller's transaction: its build as a batch of one."""
+    real = await encounters.real_id(conn, a.mdtrt_id)
+    await settle_alone(conn, visit_info_job(fixmedins_code, a, real))
 
 
 async def admit(
@@ -268,8 +280,12 @@ async def _visit(
 ) -> encounters.Encounter:
     """The institution's visit of this person and kind, locked."""
     enc = await encounters.get(conn, a.mdtrt_id, fixmedins_code, psn_no=a.psn_no, lock=True)
+    return _of_kind(enc, a.mdtrt_id, kind)
+
+
+def _of_kind(enc: encounters.Encounter, mdtrt_id: str, kind: Kind) -> encounters.Encounter:
     if enc.kind != kind:
         raise RuleRejected(
-            f"就诊ID{a.mdtrt_id}不是{'门诊' if kind is Kind.OUTPATIENT else '住院'}就诊"
+            f"就诊ID{mdtrt_id}不是{'门诊' if kind is Kind.OUTPATIENT else '住院'}就诊"
         )
     return enc

@@ -8,7 +8,8 @@ would make it now (`gateway.core.settle.split_lines`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -22,6 +23,8 @@ from gateway.core.settle import split_lines
 from gateway.ledger import deferred, encounters, fees
 from gateway.ledger.fees import ALL as ALL
 from gateway.ledger.fees import StoredLine as StoredLine
+from gateway.ledger.writes import Writes
+from gateway.pipeline.grouped import Built, Held, Job, unchanged
 from gateway.protocol.errors import BadRequest, Conflict, LineRejected, NotFound, RuleRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
@@ -64,6 +67,60 @@ async def upload(
 ) -> tuple[LineSplit, ...]:
     """Check every line, store them all or none; each line's split, in request order."""
     kind, lines = a.kind, a.feedetail
+    mdtrt_id = _lines_alone(kind, lines, dates, admdvs, now)
+    enc = await encounters.get(conn, mdtrt_id, origin.fixmedins_code, lock=True)
+    held = await fees.unsettled_count(conn, mdtrt_id)
+    _against_visit(enc, mdtrt_id, kind, lines, held, max_unsettled_lines)
+    if any(ln.cnt < 0 for ln in lines):
+        await _check_refunds(conn, mdtrt_id, lines)
+    splits = split_lines(snapshot, _visit(origin, mdtrt_id, enc), lines)
+    await fees.insert(conn, lines, origin.msgid)
+    return splits
+
+
+def upload_job(
+    origin: Origin,
+    snapshot: Snapshot,
+    dates: DateRules,
+    max_unsettled_lines: int,
+    admdvs: str,
+    now: dt.datetime,
+    a: FeeUpload,
+    answer: Callable[[tuple[LineSplit, ...]], Any],
+) -> Job | None:
+    """An upload in a group commit: the same checks as `upload`, over the visit the batch
+    locked and its unsettled lines; `answer(splits)` is the national answer's output. None
+    for an upload with refund lines (a stay's: they are checked against the visit's earlier
+    lines, which only `upload` reads)."""
+    kind, lines = a.kind, a.feedetail
+    mdtrt_id = _lines_alone(kind, lines, dates, admdvs, now)
+    if any(ln.cnt < 0 for ln in lines):
+        return None
+
+    def build(held: Held, _mdtrt_serial: int, _setl_serial: int) -> Built:
+        visit = held.visit
+        enc = encounters.own(visit.encounter if visit else None, mdtrt_id, origin.fixmedins_code)
+        assert visit is not None
+        unchanged(visit)
+        _against_visit(enc, mdtrt_id, kind, lines, len(visit.unsettled), max_unsettled_lines)
+        splits = split_lines(snapshot, _visit(origin, mdtrt_id, enc), lines)
+        # `upload` learns this from the primary key; a settled line's number still does, and
+        # then the batch fails whole and each request goes its own way (the same words).
+        unsettled = {ln.feedetl_sn for ln in visit.unsettled}
+        if any(ln.feedetl_sn in unsettled for ln in lines):
+            raise Conflict(fees.ALREADY_UPLOADED)
+        writes = Writes()
+        writes.extend(fees.INSERT, fees.rows(lines, origin.msgid))
+        visit.changed = True
+        return Built(answer(splits), writes, held.balance, held.year)
+
+    return Job(psn_no=lines[0].psn_no, year=None, build=build, mdtrt_id=mdtrt_id)
+
+
+def _lines_alone(
+    kind: Kind, lines: Sequence[StoredLine], dates: DateRules, admdvs: str, now: dt.datetime
+) -> str:
+    """The checks an upload's lines pass before the visit is read; the visit's mdtrt_id."""
     mdtrt_ids = {ln.mdtrt_id for ln in lines}
     if len(mdtrt_ids) != 1:
         raise BadRequest("一次上传的费用明细必须属于同一就诊ID")
@@ -78,15 +135,24 @@ async def upload(
             raise LineRejected(ln.feedetl_sn, "门诊费用明细数量不能为负数，退费请先撤销结算和明细")
     for ln in lines:
         dates.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=admdvs, now=now)
-    mdtrt_id = lines[0].mdtrt_id
-    enc = await encounters.get(conn, mdtrt_id, origin.fixmedins_code, lock=True)
+    return lines[0].mdtrt_id
+
+
+def _against_visit(
+    enc: encounters.Encounter,
+    mdtrt_id: str,
+    kind: Kind,
+    lines: Sequence[StoredLine],
+    held: int,
+    cap: int,
+) -> None:
+    """The checks of the lines against their visit (`mdtrt_id` as the lines name it; `held`:
+    its unsettled lines so far)."""
     if enc.kind != kind:
         raise RuleRejected(f"就诊ID{mdtrt_id}不是{'门诊' if kind == 'outpatient' else '住院'}就诊")
     encounters.require_open(enc)
     # Every pre-settlement and settlement of the visit reads all its unsettled lines: bounded,
     # so that one visit's bill cannot hold a ledger connection for seconds (the visit is locked).
-    cap = max_unsettled_lines
-    held = await fees.unsettled_count(conn, mdtrt_id)
     if cap and held + len(lines) > cap:
         raise BadRequest(
             f"就诊ID{mdtrt_id}待结算的费用明细已有{held}条，加上本次{len(lines)}条超过每次就诊"
@@ -113,9 +179,11 @@ async def upload(
                 "收费明细（数量为正）不能填写原费用流水号init_feedetl_sn，"
                 "只有退费明细（数量为负）填写被退的原费用流水号",
             )
-    if any(ln.cnt < 0 for ln in lines):
-        await _check_refunds(conn, mdtrt_id, lines)
-    visit = Visit(
+
+
+def _visit(origin: Origin, mdtrt_id: str, enc: encounters.Encounter) -> Visit:
+    """The visit as an upload's splits read it."""
+    return Visit(
         fixmedins_code=origin.fixmedins_code,
         mdtrt_id=mdtrt_id,
         med_type=enc.med_type,
@@ -123,9 +191,6 @@ async def upload(
         acct_used_flag=False,
         dise_codg=enc.dise_codg,
     )
-    splits = split_lines(snapshot, visit, lines)
-    await fees.insert(conn, lines, origin.msgid)
-    return splits
 
 
 class _Charge(msgspec.Struct, frozen=True, gc=False):

@@ -27,7 +27,7 @@ from gateway.ledger.settlements import Context as Context
 from gateway.ledger.settlements import Declared as Declared
 from gateway.ledger.settlements import Record as Record
 from gateway.ledger.writes import Writes
-from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
+from gateway.pipeline.grouped import Built, Held, Job, VisitHeld, unchanged
 from gateway.protocol.errors import Conflict, NotFound, NotInsured, RuleRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
@@ -179,13 +179,14 @@ def visit_job(
 
     def build(held: Held, _mdtrt_serial: int, setl_serial: int) -> Built:
         visit = held.visit
-        if visit is None or visit.encounter.fixmedins_code != origin.fixmedins_code:
-            raise NotFound(f"就诊ID{a.mdtrt_id}不存在或不属于本机构")
+        code = origin.fixmedins_code
+        encounters.own(visit.encounter if visit else None, a.mdtrt_id, code)
+        assert visit is not None
+        unchanged(visit)
         if final and respect_claims and only is None:
             deferral.refuse_if_held(visit.claimed, a.chrg_bchno)
-        enc = visit.encounter
-        if a.psn_no != enc.psn_no:
-            raise Conflict(f"人员编号{a.psn_no}与就诊ID{a.mdtrt_id}的参保人不一致")
+        # The person after the claims: a claim's holder is named whoever asks.
+        enc = encounters.own(visit.encounter, a.mdtrt_id, code, a.psn_no)
         this = admission_med_type(enc, a) if kind is Kind.INPATIENT and enc.kind == kind else a
         _check_visit(enc, kind, this, final=final)
         lines = visit.unsettled

@@ -40,6 +40,7 @@ class Server:
     url: str
     dsn: str
     session: aiohttp.ClientSession
+    app: web.Application | None = None  # the gateway's own, where a test looks inside it
 
     def client(self, fixmedins_code: str, region: str = "441800") -> HisClient:
         return HisClient(self.session, self.url, fixmedins_code, region)
@@ -146,7 +147,7 @@ async def running_gateway(
     port = runner.addresses[0][1]
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
     try:
-        yield Server(f"http://127.0.0.1:{port}", dsn, session)
+        yield Server(f"http://127.0.0.1:{port}", dsn, session, runner.app)
     finally:
         await session.close()
         await runner.cleanup()
