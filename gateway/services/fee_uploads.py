@@ -69,10 +69,14 @@ async def upload(
     kind, lines = a.kind, a.feedetail
     mdtrt_id = _lines_alone(kind, lines, dates, admdvs, now)
     enc = await encounters.get(conn, mdtrt_id, origin.fixmedins_code, lock=True)
-    held = await fees.unsettled_count(conn, mdtrt_id)
+    if enc.mdtrt_id != mdtrt_id:
+        # A provisional id (handed out while the ledger was down) the visit has replaced: the
+        # lines are the real visit's, counted, checked and stored under its id.
+        lines = tuple(msgspec.structs.replace(ln, mdtrt_id=enc.mdtrt_id) for ln in lines)
+    held = await fees.unsettled_count(conn, enc.mdtrt_id)
     _against_visit(enc, mdtrt_id, kind, lines, held, max_unsettled_lines)
     if any(ln.cnt < 0 for ln in lines):
-        await _check_refunds(conn, mdtrt_id, lines)
+        await _check_refunds(conn, enc.mdtrt_id, lines)
     splits = split_lines(snapshot, _visit(origin, mdtrt_id, enc), lines)
     await fees.insert(conn, lines, origin.msgid)
     return splits

@@ -9,6 +9,7 @@ locked account row while the requests queue behind it in a known order."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -17,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from adapters.national import deferral
 from gateway.app.appkeys import GATEWAY
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.test_group_commit import (
@@ -260,3 +262,31 @@ def _info(mdtrt_id: str, psn_no: str, med_type: str, dise_codg: str = "") -> dic
         },
         "diseinfo": [],
     }
+
+
+async def test_a_provisional_id_used_online_writes_the_visit_it_became(grouped: Server) -> None:
+    """A HIS that took a provisional id while the ledger was down may go on using it once the
+    visit is replayed: its 2203 and 2204 take the single path (the id is resolved there) and
+    must write the real visit. Both once failed: the 2203's UPDATE named the provisional id and
+    changed nothing, the 2204 stored its lines under it and was refused by the database."""
+    his = grouped.client(HOSPITAL)
+    mdtrt_id = await _visit(grouped, RETIREE, "MZ-GCV-PV")
+    provisional = deferral.new_provisional_id("441800", dt.datetime(2026, 3, 2, 9, 0))
+    await grouped.fetch(
+        "INSERT INTO deferred_ids (provisional_id, mdtrt_id) VALUES ($1, $2) RETURNING 1",
+        provisional,
+        mdtrt_id,
+    )
+    await his.visit_info(provisional, RETIREE, "14", VISIT_DAY, "M07800")
+    row = await grouped.fetchrow(
+        "SELECT med_type, dise_codg FROM encounters WHERE mdtrt_id = $1", mdtrt_id
+    )
+    assert row is not None and tuple(row) == ("14", "M07800")
+    uploaded = await his.ok("2204", _upload(grouped, RETIREE, provisional))
+    assert [r["feedetl_sn"] for r in uploaded["result"]] == ["1"]
+    again = await his.call("2204", _upload(grouped, RETIREE, provisional))
+    assert again["err_msg"] == "费用明细流水号已上传，请勿重复上传（如需修改请先撤销）"
+    settled = await his.ok("2207", _settle(grouped, RETIREE, provisional, "14"))
+    assert settled["setlinfo"]["mdtrt_id"] == mdtrt_id
+    assert Decimal(str(settled["setlinfo"]["medfee_sumamt"])) == Decimal("60.00")
+    assert await grouped.check_ledger() == []
