@@ -57,6 +57,7 @@ from http_harness import (
     wait_ready,
     with_db,
 )
+from pg_statements import StatementProfile
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "benchmarks" / "wrk"
@@ -305,6 +306,7 @@ def run(args: argparse.Namespace) -> Harness:
         procs.append(gateway)
         bare_url, gw_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{gw_port}"
         gw_pids = tree(gateway.pid)
+        statements = StatementProfile(args.profile, args.database_url, name)
 
         bare_load = h.load("bare", args.connections)
         ceiling = h.measure(bare_url, bare_load, args.duration, [procs[0].pid], postgres=False)
@@ -329,7 +331,9 @@ def run(args: argparse.Namespace) -> Harness:
                 load = h.load(scenario, args.connections)
                 profiler = Profiler(args.profile, gateway.pid)
                 profiler.start(scenario, args.duration)
+                statements.start(scenario)
                 result = h.measure(gw_url, load, args.duration, gw_pids)
+                statements.stop(int(result["answers"]))
                 profiler.stop()
                 if adjacent is not None:
                     result["bare"] = adjacent
@@ -525,7 +529,12 @@ def main() -> None:
     p.add_argument("--overload-rate", type=float, help="instead of the 2102 row's ok/s")
     add_server_arg(p)
     p.add_argument("--json", type=Path, help="also write the raw results here")
-    p.add_argument("--profile", type=Path, help="py-spy the gateway per scenario into this folder")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the gateway per scenario into this folder (and PostgreSQL's statements,"
+        " where the server loads pg_stat_statements: benchmarks/pg_statements.py)",
+    )
     p.add_argument("--results", type=Path, help="rewrite the wrk_harness block of this RESULTS.md")
     args = p.parse_args()
     wrk_binary()
