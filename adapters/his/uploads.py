@@ -26,7 +26,7 @@ from gateway.protocol.errors import BadRequest, LineRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Kind
 from gateway.services import fee_uploads
-from gateway.services.fee_uploads import MAX_LINES, StoredLine
+from gateway.services.fee_uploads import MAX_LINES, StoredLine, Uploading
 
 
 def _line(row: FeeDetail, *, batch_required: bool, refunds: bool) -> StoredLine:
@@ -78,18 +78,21 @@ def _answer(splits: tuple[LineSplit, ...]) -> dict[str, Any]:
     return {"result": [line_result(s) for s in splits]}
 
 
+def _uploading(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Uploading:
+    return Uploading(
+        Origin.of(req),
+        gw.snapshot,
+        gw.config.dates,
+        gw.config.uploads.max_unsettled_lines_per_visit,
+        institution.admdvs,
+        now,
+    )
+
+
 async def upload(call: Call, *, kind: Kind) -> Answer:
     """Read every line, have them stored all or none, answer result[] in request order."""
-    splits = await fee_uploads.upload(
-        call.conn,
-        Origin.of(call.req),
-        call.gw.snapshot,
-        call.gw.config.dates,
-        call.gw.config.uploads.max_unsettled_lines_per_visit,
-        call.institution.admdvs,
-        call.now,
-        _upload_of(call.req, kind),
-    )
+    at = _uploading(call.gw, call.req, call.institution, call.now)
+    splits = await fee_uploads.upload(call.conn, at, _upload_of(call.req, kind))
     return Answer(_answer(splits))
 
 
@@ -100,13 +103,4 @@ def outpatient_job(
     a = _upload_of(req, Kind.OUTPATIENT)
     if a.feedetail[0].mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return None  # an id handed out while the ledger was down: the single path resolves it
-    return fee_uploads.upload_job(
-        Origin.of(req),
-        gw.snapshot,
-        gw.config.dates,
-        gw.config.uploads.max_unsettled_lines_per_visit,
-        institution.admdvs,
-        now,
-        a,
-        _answer,
-    )
+    return fee_uploads.upload_job(_uploading(gw, req, institution, now), a, _answer)

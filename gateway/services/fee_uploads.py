@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,19 @@ from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 
 MAX_LINES = 5000  # one upload; larger bills are uploaded in several calls, as HIS do
+
+
+@dataclass(frozen=True, slots=True)
+class Uploading:
+    """Where and when an upload is taken: who sends it, the catalog and date rules it is checked
+    by, the per-visit cap on unsettled lines, the institution's region and the time taken."""
+
+    origin: Origin
+    snapshot: Snapshot
+    dates: DateRules
+    max_unsettled_lines: int
+    admdvs: str
+    now: dt.datetime
 
 
 class FeeUpload(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -55,49 +69,35 @@ class LineWithdrawal(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     psn_no: str
 
 
-async def upload(
-    conn: asyncpg.Connection,
-    origin: Origin,
-    snapshot: Snapshot,
-    dates: DateRules,
-    max_unsettled_lines: int,
-    admdvs: str,
-    now: dt.datetime,
-    a: FeeUpload,
-) -> tuple[LineSplit, ...]:
+async def upload(conn: asyncpg.Connection, at: Uploading, a: FeeUpload) -> tuple[LineSplit, ...]:
     """Check every line, store them all or none; each line's split, in request order."""
     kind, lines = a.kind, a.feedetail
-    mdtrt_id = _lines_alone(kind, lines, dates, admdvs, now)
+    origin = at.origin
+    mdtrt_id = _lines_alone(kind, lines, at)
     enc = await encounters.get(conn, mdtrt_id, origin.fixmedins_code, lock=True)
     if enc.mdtrt_id != mdtrt_id:
         # A provisional id (handed out while the ledger was down) the visit has replaced: the
         # lines are the real visit's, counted, checked and stored under its id.
         lines = tuple(msgspec.structs.replace(ln, mdtrt_id=enc.mdtrt_id) for ln in lines)
     held = await fees.unsettled_count(conn, enc.mdtrt_id)
-    _against_visit(enc, mdtrt_id, kind, lines, held, max_unsettled_lines)
+    _against_visit(enc, mdtrt_id, kind, lines, held, at.max_unsettled_lines)
     if any(ln.cnt < 0 for ln in lines):
         await _check_refunds(conn, enc.mdtrt_id, lines)
-    splits = split_lines(snapshot, _visit(origin, mdtrt_id, enc), lines)
+    splits = split_lines(at.snapshot, _visit(origin, mdtrt_id, enc), lines)
     await fees.insert(conn, lines, origin.msgid)
     return splits
 
 
 def upload_job(
-    origin: Origin,
-    snapshot: Snapshot,
-    dates: DateRules,
-    max_unsettled_lines: int,
-    admdvs: str,
-    now: dt.datetime,
-    a: FeeUpload,
-    answer: Callable[[tuple[LineSplit, ...]], Any],
+    at: Uploading, a: FeeUpload, answer: Callable[[tuple[LineSplit, ...]], Any]
 ) -> Job | None:
     """An upload in a group commit: the same checks as `upload`, over the visit the batch
     locked and its unsettled lines; `answer(splits)` is the national answer's output. None
     for an upload with refund lines (a stay's: they are checked against the visit's earlier
     lines, which only `upload` reads)."""
     kind, lines = a.kind, a.feedetail
-    mdtrt_id = _lines_alone(kind, lines, dates, admdvs, now)
+    origin = at.origin
+    mdtrt_id = _lines_alone(kind, lines, at)
     if any(ln.cnt < 0 for ln in lines):
         return None
 
@@ -106,8 +106,8 @@ def upload_job(
         enc = encounters.own(visit.encounter if visit else None, mdtrt_id, origin.fixmedins_code)
         assert visit is not None
         unchanged(visit)
-        _against_visit(enc, mdtrt_id, kind, lines, len(visit.unsettled), max_unsettled_lines)
-        splits = split_lines(snapshot, _visit(origin, mdtrt_id, enc), lines)
+        _against_visit(enc, mdtrt_id, kind, lines, len(visit.unsettled), at.max_unsettled_lines)
+        splits = split_lines(at.snapshot, _visit(origin, mdtrt_id, enc), lines)
         # `upload` learns this from the primary key; a settled line's number still does, and
         # then the batch fails whole and each request goes its own way (the same words).
         unsettled = {ln.feedetl_sn for ln in visit.unsettled}
@@ -121,9 +121,7 @@ def upload_job(
     return Job(psn_no=lines[0].psn_no, year=None, build=build, mdtrt_id=mdtrt_id)
 
 
-def _lines_alone(
-    kind: Kind, lines: Sequence[StoredLine], dates: DateRules, admdvs: str, now: dt.datetime
-) -> str:
+def _lines_alone(kind: Kind, lines: Sequence[StoredLine], at: Uploading) -> str:
     """The checks an upload's lines pass before the visit is read; the visit's mdtrt_id."""
     mdtrt_ids = {ln.mdtrt_id for ln in lines}
     if len(mdtrt_ids) != 1:
@@ -138,7 +136,7 @@ def _lines_alone(
         if ln.cnt < 0 and kind != "inpatient":
             raise LineRejected(ln.feedetl_sn, "门诊费用明细数量不能为负数，退费请先撤销结算和明细")
     for ln in lines:
-        dates.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=admdvs, now=now)
+        at.dates.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=at.admdvs, now=at.now)
     return lines[0].mdtrt_id
 
 
