@@ -71,7 +71,7 @@ class StatementProfile:
         if not self.available or self.out_dir is None:
             return
         rows = asyncio.run(self._run(_STATS, self.database))
-        text = render(self.label, rows, max(answers, 1))
+        text = render(self.label, rows, answers)
         (self.out_dir / f"{self.label}.pg.txt").write_text(text)
 
 
@@ -82,6 +82,7 @@ def _shape(query: str, width: int = 110) -> str:
 
 def render(label: str, rows: list[asyncpg.Record], answers: int, top: int = 20) -> str:
     """The statements by execution time: the top-level ones, then those fired inside them."""
+    answers = max(answers, 1)  # a scenario that got no answer still shows where the time went
     top_level = [r for r in rows if r["toplevel"]]
     total_ms = sum(float(r["total_exec_time"]) for r in top_level) or 1.0
     lines = [
