@@ -290,3 +290,18 @@ async def test_a_provisional_id_used_online_writes_the_visit_it_became(grouped: 
     assert settled["setlinfo"]["mdtrt_id"] == mdtrt_id
     assert Decimal(str(settled["setlinfo"]["medfee_sumamt"])) == Decimal("60.00")
     assert await grouped.check_ledger() == []
+
+
+async def test_a_diagnosis_wrong_twice_names_its_med_type_first_whatever_its_id(
+    grouped: Server,
+) -> None:
+    """The med_type is judged before the visit is looked up, under an ordinary id or a
+    provisional one not yet replayed."""
+    his = grouped.client(HOSPITAL)
+    mine = await _visit(grouped, RETIREE, "MZ-GCV-TWO")
+    unknown = deferral.new_provisional_id("441800", dt.datetime(2026, 3, 2, 9, 0))
+    for mdtrt_id in (mine, unknown, "NO-SUCH-VISIT"):
+        got = await his.call("2203", _info(mdtrt_id, RETIREE, "99"))
+        assert got["infcode"] == -1 and "不支持的医疗类别99" in got["err_msg"], mdtrt_id
+    pending = await his.call("2203", _info(unknown, RETIREE, "11"))
+    assert "临时编号" in pending["err_msg"]
