@@ -229,10 +229,10 @@ class GroupCommit:
         locked = await Locked.take(conn, [it.job for it in mine])
         writes = Writes()
         answers: dict[int, dispatch.Outcome | None] = {}
-        for n, item in enumerate(mine):
+        for item in mine:
             job, req = item.job, item.req
             try:
-                built = locked.build(job, n)
+                built = locked.build(job)
             except GatewayError as exc:
                 if exc.retryable:
                     writes.add(idempotency.RELEASE, req.fixmedins_code, req.msgid)

@@ -118,7 +118,14 @@ def upload_job(
         visit.changed = True
         return Built(answer(splits), writes, held.balance, held.year)
 
-    return Job(psn_no=lines[0].psn_no, year=None, build=build, mdtrt_id=mdtrt_id)
+    return Job(
+        psn_no=lines[0].psn_no,
+        year=None,
+        build=build,
+        mdtrt_id=mdtrt_id,
+        accumulates=False,
+        draws=False,
+    )
 
 
 def _lines_alone(kind: Kind, lines: Sequence[StoredLine], at: Uploading) -> str:

@@ -34,8 +34,8 @@ class Locked:
     persons: dict[str, tuple[Person, int]]
     balances: dict[str, int]
     year_of: dict[int, int]  # id(job) -> the year its accumulators are of
-    years: dict[tuple[str, int], Accumulators]
-    serials: list[tuple[int, int]]  # per job: (就诊ID serial, 结算ID serial)
+    years: dict[tuple[str, int], Accumulators]  # of the jobs that accumulate
+    serials: dict[int, tuple[int, int]]  # id(job) -> (就诊ID serial, 结算ID serial), if it draws
 
     @classmethod
     async def take(cls, conn: asyncpg.Connection, jobs: list[Job]) -> Locked:
@@ -43,10 +43,11 @@ class Locked:
         held = await persons.lock_many(conn, sorted({j.psn_no for j in jobs}))
         await _other_stays(conn, visits)
         year_of = {id(j): _year(j, visits) for j in jobs}
-        years = await persons.accumulators_many(
-            conn, sorted({(j.psn_no, year_of[id(j)]) for j in jobs})
-        )
-        serials = await settlements.draw_serials(conn, len(jobs))
+        keys = sorted({(j.psn_no, year_of[id(j)]) for j in jobs if j.accumulates})
+        years = await persons.accumulators_many(conn, keys) if keys else {}
+        drawing = [j for j in jobs if j.draws]
+        drawn = await settlements.draw_serials(conn, len(drawing)) if drawing else []
+        serials = {id(j): pair for j, pair in zip(drawing, drawn, strict=True)}
         return cls(
             visits=visits,
             persons=held,
@@ -56,26 +57,27 @@ class Locked:
             serials=serials,
         )
 
-    def build(self, job: Job, n: int) -> Built:
-        """The n-th job's build against the state so far; a success moves the state on."""
+    def build(self, job: Job) -> Built:
+        """The job's build against the state so far; a success moves the state on."""
         found = self.persons.get(job.psn_no)
         key = (job.psn_no, self.year_of[id(job)])
         held = Held(
             found[0] if found else None,
             self.balances.get(job.psn_no, 0),
-            self.years[key],
+            self.years[key] if job.accumulates else Accumulators(),
             self.visits.get(job.mdtrt_id) if job.mdtrt_id else None,
         )
-        built = job.build(held, *self.serials[n])
+        built = job.build(held, *self.serials.get(id(job), (0, 0)))
         self.balances[job.psn_no] = built.balance
-        self.years[key] = built.year
+        if job.accumulates:
+            self.years[key] = built.year
         return built
 
 
 async def settle_alone(conn: asyncpg.Connection, job: Job) -> Built:
     """A job on the caller's own transaction (the single path, replay, corrections): a batch of
     one, the same reads and build, its writes flushed. The caller holds the transaction."""
-    built = (await Locked.take(conn, [job])).build(job, 0)
+    built = (await Locked.take(conn, [job])).build(job)
     await built.writes.flush(conn)
     return built
 

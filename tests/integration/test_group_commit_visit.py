@@ -189,6 +189,8 @@ async def test_uploads_and_diagnoses_share_batches_and_are_answered_as_alone(
     ]
     alone = await _visit(grouped, RETIREE, "MZ-GCV-B-ALONE")
     expected = (await his.ok("2204", _upload(grouped, RETIREE, alone)))["result"]
+    serials = "SELECT (SELECT last_value FROM mdtrt_seq), (SELECT last_value FROM setl_seq)"
+    drawn_before = tuple(await grouped.fetchrow(serials) or ())
     written_before, batches_before = batches()
     await asyncio.gather(*(his.visit_info(m, p, "11", VISIT_DAY) for p, m in visits))
     answers = await asyncio.gather(*(his.ok("2204", _upload(grouped, p, m)) for p, m in visits))
@@ -196,6 +198,8 @@ async def test_uploads_and_diagnoses_share_batches_and_are_answered_as_alone(
     assert written - written_before == 48
     assert counted - batches_before < 48  # batches of more than one happened
     assert all(a["result"] == expected for a in answers)
+    # Neither draws a 就诊ID or 结算ID: their batches take no serials (nor accumulators).
+    assert tuple(await grouped.fetchrow(serials) or ()) == drawn_before
     stored = await grouped.fetchval(
         "SELECT count(*) FROM fee_lines WHERE mdtrt_id = ANY($1::text[])", [m for _, m in visits]
     )
