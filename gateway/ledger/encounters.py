@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
-from gateway.ledger.writes import insert_statement, update_statement
+from gateway.ledger.writes import insert_statement
 from gateway.protocol.errors import Conflict, NotFound
 
 
@@ -71,11 +71,13 @@ INSERT = insert_statement(
     ],
     fixed=[("status", "'open'")],
 )
-# 2203's diagnosis; `detail` keeps the request as sent.
-SET_INFO = update_statement(
-    "encounters",
-    [("mdtrt_id", "text")],
-    [("med_type", "text"), ("dise_codg", "text"), ("dise_name", "text"), ("detail", "jsonb")],
+# 2203's diagnosis; `detail` keeps the request as sent. One statement per visit (several in a
+# batch go as `executemany`): an equality on the key is planned as an index look-up however
+# small the table was when it was prepared, where a join to `unnest` arrays was planned as a
+# scan of the whole table on a fresh ledger (benchmarks/RESULTS.md).
+SET_INFO = (
+    "UPDATE encounters SET med_type = $2, dise_codg = $3, dise_name = $4, detail = $5"
+    " WHERE mdtrt_id = $1"
 )
 UPDATE_DEDUCTIBLE = (
     "UPDATE encounters SET adm_dedc_fen = $2, adm_dedc_used_fen = $3 WHERE mdtrt_id = $1"

@@ -327,7 +327,7 @@ def stage(
     writes.extend(persons.SET_BALANCE, [(person.psn_no, s.balc)] if s.acct_pay else [])
     if not lines_stored_settled:
         sns = [ln.feedetl_sn for ln in lines]
-        writes.extend(fees.MARK_SETTLED, fees.settled_rows(ctx.encounter.mdtrt_id, sns, setl_id))
+        writes.add(fees.MARK_SETTLED, ctx.encounter.mdtrt_id, sns, setl_id)
     if inpatient:
         writes.add(
             encounters.UPDATE_DEDUCTIBLE,

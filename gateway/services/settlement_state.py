@@ -39,7 +39,11 @@ class Locked:
 
     @classmethod
     async def take(cls, conn: asyncpg.Connection, jobs: list[Job]) -> Locked:
-        visits = await _visits(conn, sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}))
+        visits = await _visits(
+            conn,
+            sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}),
+            settling={j.mdtrt_id for j in jobs if j.mdtrt_id and j.accumulates},
+        )
         held = await persons.lock_many(conn, sorted({j.psn_no for j in jobs}))
         await _other_stays(conn, visits)
         year_of = {id(j): _year(j, visits) for j in jobs}
@@ -142,10 +146,15 @@ def _year(job: Job, visits: dict[str, VisitHeld]) -> int:
 
 
 async def _visits(
-    conn: asyncpg.Connection, mdtrt_ids: list[str], *, lock: bool = True
+    conn: asyncpg.Connection,
+    mdtrt_ids: list[str],
+    *,
+    lock: bool = True,
+    settling: set[str] | None = None,
 ) -> dict[str, VisitHeld]:
-    """The visits (locked in mdtrt_id order unless a preview) and what their settlements need;
-    a preview needs only their unsettled lines."""
+    """The visits (locked in mdtrt_id order unless a preview) and what their settlements need:
+    `settling` names the visits a job settles (None: all of them); the others (a preview's, a
+    diagnosis's, an upload's) need only their unsettled lines."""
     if not mdtrt_ids:
         return {}
     found = await encounters.lock_many(conn, mdtrt_ids, lock=lock)
@@ -153,7 +162,9 @@ async def _visits(
         return {}
     ids = sorted(found)
     lines = await fees.unsettled_many(conn, ids)
-    if not lock:
+    if lock:
+        ids = [m for m in ids if settling is None or m in settling]
+    if not lock or not ids:
         return {
             m: VisitHeld(
                 encounter=enc, unsettled=lines.get(m, []), settled_batches=set(), refunded={}
