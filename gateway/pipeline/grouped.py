@@ -98,11 +98,12 @@ class Job:
     year: int | None  # None: the year of the visit's service date
     build: Callable[[Held, int, int], Built]
     mdtrt_id: str | None = None  # a visit to lock and load with its unsettled lines
-    # What the build reads besides the locks: the person's accumulators of the year (a
-    # settlement's), and two fresh serials (a settlement's, a registration's). A job without
-    # them (a visit's diagnosis or fee upload) is built with zero accumulators and serials, and
-    # a batch that holds no job needing them skips their reads.
-    accumulates: bool = True
+    # What the build reads besides the locks. A settlement (`settles`) reads the person's
+    # accumulators of the year and its visit's settled batches, refunds and pending claims; a
+    # settlement or a registration (`draws`) takes two fresh serials. A job without them (a
+    # visit's diagnosis or fee upload) is built with zero accumulators and serials, and a batch
+    # that holds no job needing them skips their reads.
+    settles: bool = True
     draws: bool = True
 
 

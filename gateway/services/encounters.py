@@ -123,7 +123,7 @@ def registration_job(
         )
         return Built(answer(mdtrt_id), writes, held.balance, held.year)
 
-    return Job(psn_no=a.psn_no, year=a.begntime.year, build=build, accumulates=False)
+    return Job(psn_no=a.psn_no, year=a.begntime.year, build=build, settles=False)
 
 
 async def register(conn: asyncpg.Connection, job: Job, ipt_otp_no: str) -> Any:
@@ -174,9 +174,7 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
         visit.changed = True
         return Built({}, writes, held.balance, held.year)
 
-    return Job(
-        psn_no=a.psn_no, year=None, build=build, mdtrt_id=real, accumulates=False, draws=False
-    )
+    return Job(psn_no=a.psn_no, year=None, build=build, mdtrt_id=real, settles=False, draws=False)
 
 
 async def visit_info(conn: asyncpg.Connection, fixmedins_code: str, a: VisitInfo) -> None:

@@ -123,7 +123,7 @@ def upload_job(
         year=None,
         build=build,
         mdtrt_id=mdtrt_id,
-        accumulates=False,
+        settles=False,
         draws=False,
     )
 

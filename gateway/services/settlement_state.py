@@ -34,7 +34,7 @@ class Locked:
     persons: dict[str, tuple[Person, int]]
     balances: dict[str, int]
     year_of: dict[int, int]  # id(job) -> the year its accumulators are of
-    years: dict[tuple[str, int], Accumulators]  # of the jobs that accumulate
+    years: dict[tuple[str, int], Accumulators]  # of the jobs that settle
     serials: dict[int, tuple[int, int]]  # id(job) -> (就诊ID serial, 结算ID serial), if it draws
 
     @classmethod
@@ -42,12 +42,12 @@ class Locked:
         visits = await _visits(
             conn,
             sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}),
-            settling={j.mdtrt_id for j in jobs if j.mdtrt_id and j.accumulates},
+            settling={j.mdtrt_id for j in jobs if j.mdtrt_id and j.settles},
         )
         held = await persons.lock_many(conn, sorted({j.psn_no for j in jobs}))
         await _other_stays(conn, visits)
         year_of = {id(j): _year(j, visits) for j in jobs}
-        keys = sorted({(j.psn_no, year_of[id(j)]) for j in jobs if j.accumulates})
+        keys = sorted({(j.psn_no, year_of[id(j)]) for j in jobs if j.settles})
         years = await persons.accumulators_many(conn, keys) if keys else {}
         drawing = [j for j in jobs if j.draws]
         drawn = await settlements.draw_serials(conn, len(drawing)) if drawing else []
@@ -68,12 +68,12 @@ class Locked:
         held = Held(
             found[0] if found else None,
             self.balances.get(job.psn_no, 0),
-            self.years[key] if job.accumulates else Accumulators(),
+            self.years[key] if job.settles else Accumulators(),
             self.visits.get(job.mdtrt_id) if job.mdtrt_id else None,
         )
         built = job.build(held, *self.serials.get(id(job), (0, 0)))
         self.balances[job.psn_no] = built.balance
-        if job.accumulates:
+        if job.settles:
             self.years[key] = built.year
         return built
 

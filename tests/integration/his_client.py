@@ -146,31 +146,37 @@ class HisClient:
     ) -> None:
         """2203."""
         await self.ok(
-            "2203",
-            {
-                "mdtrtinfo": {
-                    "mdtrt_id": mdtrt_id,
-                    "psn_no": psn_no,
-                    "med_type": med_type,
-                    "begntime": begntime,
-                    "dise_codg": dise_codg,
-                    "dise_name": "",
-                },
-                "diseinfo": [
-                    {
-                        "diag_type": "1",
-                        "diag_srt_no": 1,
-                        "diag_code": "J06.900",
-                        "diag_name": "上呼吸道感染",
-                        "diag_dept": "内科",
-                        "dise_dor_no": "D001",
-                        "dise_dor_name": "医生",
-                        "diag_time": begntime,
-                        "vali_flag": "1",
-                    }
-                ],
-            },
+            "2203", self.visit_info_input(mdtrt_id, psn_no, med_type, begntime, dise_codg)
         )
+
+    @staticmethod
+    def visit_info_input(
+        mdtrt_id: str, psn_no: str, med_type: str, begntime: str, dise_codg: str = ""
+    ) -> dict[str, Any]:
+        """2203's input node."""
+        return {
+            "mdtrtinfo": {
+                "mdtrt_id": mdtrt_id,
+                "psn_no": psn_no,
+                "med_type": med_type,
+                "begntime": begntime,
+                "dise_codg": dise_codg,
+                "dise_name": "",
+            },
+            "diseinfo": [
+                {
+                    "diag_type": "1",
+                    "diag_srt_no": 1,
+                    "diag_code": "J06.900",
+                    "diag_name": "上呼吸道感染",
+                    "diag_dept": "内科",
+                    "dise_dor_no": "D001",
+                    "dise_dor_name": "医生",
+                    "diag_time": begntime,
+                    "vali_flag": "1",
+                }
+            ],
+        }
 
     @staticmethod
     def fee_rows(

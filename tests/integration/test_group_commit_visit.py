@@ -21,6 +21,7 @@ import pytest
 from adapters.national import deferral
 from gateway.app.appkeys import GATEWAY
 from tests.integration.conftest import Server, running_gateway
+from tests.integration.his_client import HisClient
 from tests.integration.test_group_commit import (
     DAY,
     EMPLOYEE,
@@ -255,17 +256,7 @@ async def test_refusals_in_a_batch_are_the_single_paths(grouped: Server) -> None
 
 
 def _info(mdtrt_id: str, psn_no: str, med_type: str, dise_codg: str = "") -> dict[str, Any]:
-    return {
-        "mdtrtinfo": {
-            "mdtrt_id": mdtrt_id,
-            "psn_no": psn_no,
-            "med_type": med_type,
-            "begntime": VISIT_DAY,
-            "dise_codg": dise_codg,
-            "dise_name": "",
-        },
-        "diseinfo": [],
-    }
+    return HisClient.visit_info_input(mdtrt_id, psn_no, med_type, VISIT_DAY, dise_codg)
 
 
 async def test_a_provisional_id_used_online_writes_the_visit_it_became(grouped: Server) -> None:
