@@ -89,7 +89,8 @@ SALE = [{"feedetl_sn": "1", "medins_list_codg": "YP0007", "pric": "9.9", "cnt": 
          "det_item_fee_sumamt": "19.80"}]  # fmt: skip
 SALE_TOTAL = "19.80"
 TILLS = 8
-BURST = 48  # sales sent straight to the gateway node that is then killed
+LANES = 16  # sales kept in flight straight to the gateway node that is then killed
+ANSWERED_BEFORE_KILL = 24  # of them answered before it is killed
 # Tills fire far above a counter's pace; every other setting is the nodes' default.
 NODE_SETTINGS = """
 [rate_limit]
@@ -570,24 +571,39 @@ async def _drill(cluster: Any, state: Path) -> None:
         retried_before = load.interim.copy()
         ready = cluster.haproxy_servers("gateway_ready")
         spread = {n: (r["status"], int(r["stot"])) for n, r in ready.items()}
-        # Besides the tills' traffic, a burst sent to gw1 itself, so that requests are surely in
-        # flight there when it dies; each one cut off is retried through HAProxy, same msgid.
+        # Besides the tills' traffic, sales sent straight to gw1 by lanes that each send the next
+        # as soon as the last is answered, so that requests are surely in its hands when it dies:
+        # a burst sent once can be answered whole by one group commit before the kill lands. Each
+        # one cut off is retried through HAProxy, same msgid.
         direct = HisClient(session, nodes["gw1"], PHARMACY)
-        burst = [load.new_sale(direct, n) for n in range(BURST)]
-        sent = [asyncio.create_task(direct.post_raw(sale.body)) for sale in burst]
-        # Killed once a few answers are out: the rest of the burst is in its hands, some
-        # committed (in the same group commit) and not yet answered, some not yet written.
-        for done in asyncio.as_completed(sent):
-            await done
-            if sum(t.done() for t in sent) >= BURST // 8:
-                break
+        burst: list[tuple[Sale, asyncio.Future[tuple[int, bytes]]]] = []
+        answered, killed = asyncio.Event(), asyncio.Event()
+
+        async def lane() -> None:
+            while not killed.is_set():
+                sale = load.new_sale(direct, len(burst))
+                sending = asyncio.ensure_future(direct.post_raw(sale.body))
+                burst.append((sale, sending))
+                with contextlib.suppress(Exception):
+                    await sending
+                if sum(s.done() for _, s in burst) >= ANSWERED_BEFORE_KILL:
+                    answered.set()
+
+        lanes = [asyncio.create_task(lane()) for _ in range(LANES)]
+        await answered.wait()
+        # The lanes answered last send their next before the kill: every lane has one in flight,
+        # some committed (in the same group commit) and not yet answered, some not yet written.
+        for _ in range(20):
+            await asyncio.sleep(0)
         # The script's own kill, in-process: starting the script takes longer than the burst.
         assert cluster.kill("gw1")  # the pid killed
+        killed.set()
         gw_killed_at, gw_killed_wall = time.monotonic(), dt.datetime.now(dt.UTC)
-        results = await asyncio.gather(*sent, return_exceptions=True)
+        await asyncio.gather(*lanes)
+        results = await asyncio.gather(*(s for _, s in burst), return_exceptions=True)
         via_haproxy = HisClient(session, gateway, PHARMACY)
         cut_off: list[Sale] = []
-        for sale, result in zip(burst, results, strict=True):
+        for (sale, _), result in zip(burst, results, strict=True):
             if isinstance(result, tuple) and result[0] == 200 and decode(result[1])["infcode"] == 0:
                 sale.tries, sale.raw, sale.acked_at = 1, result[1], time.monotonic()
                 sale.answer = decode(result[1])
