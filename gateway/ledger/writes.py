@@ -7,10 +7,17 @@ rules of what a settlement writes live in one place. A statement declared with
 staged for it are one execution in the database, not one per row (an `executemany` pipelines the
 round trips but PostgreSQL still plans, starts and finishes the statement for every row, which
 was most of its CPU per settlement). Other statements keep `executemany`.
+
+Declared statements staged one after another on different tables are sent together, as one
+statement of data-modifying CTEs (`combined`): a settlement's six or seven writes are one round
+trip, not one each. One statement sees one snapshot, so a table written twice starts a new one
+(the second write must see the first); foreign keys and statement triggers run at its end, when
+every part's rows are there.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +40,8 @@ class Statement:
 
     one: str
     many: str
+    table: str
+    params: int  # of `many`: one array per column
     key_columns: int = 0
     json_columns: tuple[int, ...] = ()
 
@@ -96,6 +105,8 @@ def insert_statement(
             f"INSERT INTO {table} ({target}) VALUES ({values}){suffix}",
             f"INSERT INTO {table} ({target}) SELECT {picks}"
             f" FROM unnest({_arrays(columns)}) AS u({', '.join(names)}){suffix}",
+            table,
+            len(columns),
             key_columns=key_columns,
             json_columns=tuple(i for i, (_, t) in enumerate(columns) if t == "jsonb"),
         )
@@ -118,10 +129,34 @@ def update_statement(table: str, keys: Sequence[Column], sets: Sequence[Column])
             + ", ".join(f"{name} = {_picked((name, t))}" for name, t in sets)
             + f" FROM unnest({_arrays(columns)}) AS u({names}) WHERE "
             + " AND ".join(f"t.{name} = u.{name}" for name, _ in keys),
+            table,
+            len(columns),
             key_columns=len(keys),
             json_columns=tuple(i for i, (_, t) in enumerate(columns) if t == "jsonb"),
         )
     )
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_COMBINED: dict[tuple[Statement, ...], str] = {}
+
+
+def combined(statements: tuple[Statement, ...]) -> str:
+    """The `many` forms of statements on different tables as one statement: each a CTE, its
+    parameters numbered after the previous ones'. PostgreSQL runs every part to completion
+    whether or not the final SELECT reads it."""
+    text = _COMBINED.get(statements)
+    if text is None:
+        parts, offset = [], 0
+        for i, statement in enumerate(statements):
+            parts.append(f"w{i} AS ({_shifted(statement.many, offset)})")
+            offset += statement.params
+        text = _COMBINED[statements] = "WITH " + ", ".join(parts) + " SELECT"
+    return text
+
+
+def _shifted(sql: str, by: int) -> str:
+    return _PLACEHOLDER.sub(lambda m: f"${int(m.group(1)) + by}", sql)
 
 
 class Writes:
@@ -156,12 +191,41 @@ class Writes:
             self.extend(sql, rows)
 
     async def flush(self, conn: asyncpg.Connection) -> None:
-        """Execute everything in order (the caller holds the transaction)."""
+        """Execute everything in order (the caller holds the transaction): runs of declared
+        statements on different tables as one statement each, the others one by one."""
+        run: list[tuple[Statement, list[tuple[object, ...]]]] = []
         for sql, rows in self._rows.items():
-            if len(rows) == 1:
-                await conn.execute(sql, *rows[0])
-            elif rows and (form := _FORMS.get(sql)) is not None:
-                await conn.execute(form.many, *form.arrays(rows))
-            elif rows:
-                await conn.executemany(sql, rows)
+            if not rows:
+                continue
+            form = _FORMS.get(sql)
+            if form is None or any(form.table == earlier.table for earlier, _ in run):
+                await _execute_run(conn, run)
+                run = []
+            if form is None:
+                await _execute(conn, sql, None, rows)
+            else:
+                run.append((form, rows))
+        await _execute_run(conn, run)
         self._rows.clear()
+
+
+async def _execute_run(
+    conn: asyncpg.Connection, run: list[tuple[Statement, list[tuple[object, ...]]]]
+) -> None:
+    if len(run) == 1:
+        form, rows = run[0]
+        await _execute(conn, form.one, form, rows)
+    elif run:
+        args = [column for form, rows in run for column in form.arrays(rows)]
+        await conn.execute(combined(tuple(form for form, _ in run)), *args)
+
+
+async def _execute(
+    conn: asyncpg.Connection, sql: str, form: Statement | None, rows: list[tuple[object, ...]]
+) -> None:
+    if len(rows) == 1:
+        await conn.execute(sql, *rows[0])
+    elif form is not None:
+        await conn.execute(form.many, *form.arrays(rows))
+    else:
+        await conn.executemany(sql, rows)

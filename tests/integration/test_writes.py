@@ -4,6 +4,7 @@ an upsert or update staged twice for one key (a person settling twice in one gro
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -132,3 +133,123 @@ async def test_a_duplicate_in_one_statement_is_refused_whole(conn: asyncpg.Conne
         async with conn.transaction():
             await staged.flush(conn)
     assert await _rows(conn, "lines_like") == []
+
+
+class _Sent:
+    """The statements the connection sent, as the server received them."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._queries: list[str] = []
+        conn.add_query_logger(lambda record: self._queries.append(record.query))
+
+    async def queries(self, naming: str) -> list[str]:
+        """Those naming a table of the test (not asyncpg's look-ups of types)."""
+        await asyncio.sleep(0)  # asyncpg calls its loggers soon after, not during, the query
+        return [q for q in self._queries if naming in q]
+
+
+PARENT = [("k", "text"), ("n", "int8")]
+CHILD = [("k", "text"), ("parent", "text"), ("doc", "jsonb")]
+
+
+async def _family(conn: asyncpg.Connection, prefix: str) -> tuple[str, str]:
+    """A parent table, a child table whose rows must name a parent, and a statement trigger
+    over the parent's transition table (as settlements' events are recorded)."""
+    await conn.execute(f"CREATE TABLE {prefix}_parent (k text PRIMARY KEY, n bigint)")
+    await conn.execute(
+        f"CREATE TABLE {prefix}_child (k text PRIMARY KEY,"
+        f" parent text NOT NULL REFERENCES {prefix}_parent, doc jsonb)"
+    )
+    await conn.execute(f"CREATE TABLE {prefix}_seen (k text, rows_then bigint)")
+    await conn.execute(
+        f"CREATE FUNCTION {prefix}_note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" INSERT INTO {prefix}_seen SELECT n.k, (SELECT count(*) FROM {prefix}_child)"
+        f" FROM inserted n; RETURN NULL; END $$"
+    )
+    await conn.execute(
+        f"CREATE TRIGGER {prefix}_noted AFTER INSERT ON {prefix}_parent"
+        f" REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION {prefix}_note()"
+    )
+    parent = insert_statement(f"{prefix}_parent", PARENT)
+    child = insert_statement(f"{prefix}_child", CHILD)
+    return parent, child
+
+
+async def _everything(conn: asyncpg.Connection, prefix: str) -> list[list[tuple[Any, ...]]]:
+    return [await _rows(conn, f"{prefix}_{t}") for t in ("parent", "child")] + [
+        sorted(tuple(r) for r in await conn.fetch(f"SELECT * FROM {prefix}_seen"))
+    ]
+
+
+async def test_writes_to_different_tables_go_as_one_statement(conn: asyncpg.Connection) -> None:
+    """A parent and the children naming it, staged together, are one round trip; the foreign
+    key and the statement trigger are checked at its end, with every row there, and what is
+    written equals the same rows sent one statement at a time."""
+    parents = [("p1", 1), ("p2", 2)]
+    children = [("c1", "p1", {"x": 1}), ("c2", "p2", [1, 2]), ("c3", "p1", None)]
+    written = []
+    for prefix, together in (("apart", False), ("together", True)):
+        parent, child = await _family(conn, prefix)
+        sent = _Sent(conn)
+        if together:
+            staged = Writes()
+            staged.extend(parent, parents)
+            staged.extend(child, children)
+            await staged.flush(conn)
+            queries = await sent.queries(prefix)
+            assert len(queries) == 1 and queries[0].startswith("WITH w0 AS (INSERT")
+        else:
+            for table, rows in ((parent, parents), (child, children)):
+                staged = Writes()
+                staged.extend(table, rows)
+                await staged.flush(conn)
+        written.append(await _everything(conn, prefix))
+    apart, together = written
+    assert apart[:2] == together[:2] and len(together[1]) == 3
+    # The trigger ran after the whole statement: it saw the children of the same statement.
+    assert together[2] == [("p1", 3), ("p2", 3)] and apart[2] == [("p1", 0), ("p2", 0)]
+
+
+async def test_a_table_written_twice_starts_another_statement(conn: asyncpg.Connection) -> None:
+    """One statement sees one snapshot: an update staged after an insert into the same table
+    must see the inserted row, so it is sent after it, as the rows were staged."""
+    parent, child = await _family(conn, "twice")
+    renamed = update_statement("twice_parent", [("k", "text")], [("n", "int8")])
+    staged = Writes()
+    staged.extend(parent, [("p1", 1)])
+    staged.extend(child, [("c1", "p1", None)])
+    staged.extend(renamed, [("p1", 10)])
+    sent = _Sent(conn)
+    await staged.flush(conn)
+    assert [q.split(" ", 3)[:3] for q in await sent.queries("twice_")] == [
+        ["WITH", "w0", "AS"],
+        ["UPDATE", "twice_parent", "SET"],
+    ]
+    assert await _rows(conn, "twice_parent") == [("p1", 10)]
+
+
+async def test_an_undeclared_statement_keeps_its_place(conn: asyncpg.Connection) -> None:
+    """A statement without an array form runs where it was staged: it sees what was staged
+    before it and nothing staged after."""
+    parent, child = await _family(conn, "between")
+    count = "INSERT INTO between_seen SELECT $1, count(*) FROM between_parent"
+    staged = Writes()
+    staged.extend(parent, [("p1", 1), ("p2", 2)])
+    staged.add(count, "counted")
+    staged.extend(child, [("c1", "p1", None)])
+    await staged.flush(conn)
+    seen = [tuple(r) for r in await conn.fetch("SELECT * FROM between_seen ORDER BY k")]
+    assert ("counted", 2) in seen
+    assert [r[0] for r in await _rows(conn, "between_child")] == ["c1"]
+
+
+async def test_a_fault_in_any_part_keeps_nothing(conn: asyncpg.Connection) -> None:
+    """A child naming no parent fails the one statement, and a statement is kept whole or not
+    at all: the parent staged with it is not kept either, even outside a transaction."""
+    parent, child = await _family(conn, "fault")
+    staged = Writes()
+    staged.extend(parent, [("p1", 1)])
+    staged.extend(child, [("c1", "p1", None), ("c2", "nobody", None)])
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await staged.flush(conn)
+    assert await _everything(conn, "fault") == [[], [], []]
