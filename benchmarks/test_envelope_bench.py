@@ -16,6 +16,7 @@ from adapters.national.envelope import (
     fingerprint,
 )
 from adapters.national.wire import In2206, SettleData, flag, required
+from adapters.pos.pharmacy import In2101
 from gateway.ledger import idempotency
 
 pytestmark = pytest.mark.benchmark
@@ -79,6 +80,50 @@ def decode_2207(body: bytes) -> tuple[Any, ...]:
 def test_decode_and_validate_2207(benchmark: Any) -> None:
     result = benchmark(decode_2207, ENVELOPE_2207)
     assert result[4].medfee_sumamt == 14000
+
+
+ENVELOPE_2102 = msgspec.json.encode(
+    {
+        **{k: v for k, v in msgspec.json.decode(ENVELOPE_2207).items() if k != "input"},
+        "infno": "2102",
+        "input": {
+            "druginfo": {
+                "psn_no": "441800000000000001",
+                "mdtrt_cert_type": "02",
+                "mdtrt_cert_no": "441802199001011234",
+                "begntime": "2026-03-01 08:30:00",
+                "medfee_sumamt": "100.00",
+                "insutype": "310",
+                "dise_codg": "",
+                "dise_name": "",
+                "acct_used_flag": "1",
+                "med_type": "41",
+            },
+            "drugdetail": [
+                {
+                    "feedetl_sn": f"F{i}",
+                    "rxno": "",
+                    "rx_circ_flag": "0",
+                    "fee_ocur_time": "2026-03-01 08:30:00",
+                    "med_list_codg": "",
+                    "medins_list_codg": f"YP{i:04d}",
+                    "det_item_fee_sumamt": "20.00",
+                    "cnt": "2",
+                    "pric": "10.00",
+                    "bilg_dr_codg": "D001",
+                    "bilg_dr_name": "医生",
+                }
+                for i in range(5)
+            ],
+        },
+    }
+)
+
+
+def test_decode_and_check_2102(benchmark: Any) -> None:
+    """A pharmacy sale of five lines decoded, every text within its field's length."""
+    node = benchmark(lambda: decode_input(decode_request(ENVELOPE_2102), In2101))
+    assert len(node.drugdetail) == 5 and node.druginfo is not None
 
 
 def test_encode_answer(benchmark: Any) -> None:
