@@ -6,7 +6,7 @@ unique key until the first commits, then finds the stored answer: one effect, tw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import asyncpg
 import msgspec
@@ -85,24 +85,41 @@ async def claim(
 
 
 async def claim_many(
-    conn: asyncpg.Connection, keys: Sequence[tuple[str, str, str, bytes]]
-) -> set[tuple[str, str]]:
-    """Take several keys (fixmedins_code, msgid, infno, digest) at once; returns those taken.
+    conn: asyncpg.Connection,
+    keys: Sequence[tuple[str, str, str, bytes]],
+    drawing: Collection[tuple[str, str]] = (),
+    serials: tuple[str, str] = ("NULL", "NULL"),
+) -> dict[tuple[str, str], tuple[int, int] | None]:
+    """Take several keys (fixmedins_code, msgid, infno, digest) at once; returns those taken,
+    each with the pair of `serials` (two SQL expressions, e.g. nextvals) drawn for it if it is
+    one of `drawing`: a batch's claim and its ids in one round trip, and no id drawn for a
+    request another one already answered.
 
     Keys are inserted in sorted order, so two batches claiming overlapping keys wait for each
     other in one order and never deadlock.
     """
     ordered = sorted(keys)
+    wanted = sorted(drawing)
     rows = await conn.fetch(
         "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])"
-        " ON CONFLICT DO NOTHING RETURNING fixmedins_code, msgid",
+        " ON CONFLICT DO NOTHING RETURNING fixmedins_code, msgid"
+        + "".join(
+            f", CASE WHEN (fixmedins_code, msgid) IN"
+            f" (SELECT * FROM unnest($5::text[], $6::text[])) THEN {expression} END AS {name}"
+            for name, expression in zip(("m", "s"), serials, strict=True)
+        ),
         [k[0] for k in ordered],
         [k[1] for k in ordered],
         [k[2] for k in ordered],
         [k[3] for k in ordered],
+        [k[0] for k in wanted],
+        [k[1] for k in wanted],
     )
-    return {(r["fixmedins_code"], r["msgid"]) for r in rows}
+    return {
+        (r["fixmedins_code"], r["msgid"]): None if r["m"] is None else (int(r["m"]), int(r["s"]))
+        for r in rows
+    }
 
 
 ANSWER = update_statement(

@@ -137,11 +137,15 @@ def check_declared(s: Settlement, declared: Declared) -> None:
             )
 
 
+# A fresh pair of serials (就诊ID, 结算ID) as SQL: the group commit draws its batch's with the
+# claim of its msgids (gateway.ledger.idempotency.claim_many), in the same round trip.
+SERIALS = ("nextval('mdtrt_seq')", "nextval('setl_seq')")
+
+
 async def draw_serials(conn: asyncpg.Connection, n: int) -> list[tuple[int, int]]:
     """n pairs of fresh serials (就诊ID, 结算ID), one round trip."""
     rows = await conn.fetch(
-        "SELECT nextval('mdtrt_seq') AS m, nextval('setl_seq') AS s FROM generate_series(1, $1)",
-        n,
+        f"SELECT {SERIALS[0]} AS m, {SERIALS[1]} AS s FROM generate_series(1, $1)", n
     )
     return [(int(r["m"]), int(r["s"])) for r in rows]
 

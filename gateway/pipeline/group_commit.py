@@ -40,7 +40,7 @@ import asyncpg
 
 from adapters.national.envelope import Request, encode_response
 from gateway.app.config import Settings
-from gateway.ledger import db, idempotency
+from gateway.ledger import db, idempotency, settlements
 from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
@@ -221,12 +221,15 @@ class GroupCommit:
                 (it.req.fixmedins_code, it.req.msgid, it.req.infno, it.body_hash)
                 for it in first.values()
             ],
+            drawing=[key for key, it in first.items() if it.job.draws],
+            serials=settlements.SERIALS,
         )
         mine = [it for key, it in first.items() if key in claimed]
         later += [it for key, it in first.items() if key not in claimed]
         if not mine:
             return {}, later
-        locked = await Locked.take(conn, [it.job for it in mine])
+        drawn = {id(it.job): pair for key, it in first.items() if (pair := claimed.get(key))}
+        locked = await Locked.take(conn, [it.job for it in mine], drawn)
         writes = Writes()
         answers: dict[int, dispatch.Outcome | None] = {}
         for item in mine:

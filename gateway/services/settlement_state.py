@@ -38,7 +38,14 @@ class Locked:
     serials: dict[int, tuple[int, int]]  # id(job) -> (就诊ID serial, 结算ID serial), if it draws
 
     @classmethod
-    async def take(cls, conn: asyncpg.Connection, jobs: list[Job]) -> Locked:
+    async def take(
+        cls,
+        conn: asyncpg.Connection,
+        jobs: list[Job],
+        drawn: dict[int, tuple[int, int]] | None = None,
+    ) -> Locked:
+        """`drawn`: the serials of the jobs that draw, by id(job), where the caller drew them
+        already (the group commit, with its claim); otherwise drawn here."""
         visits = await _visits(
             conn,
             sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}),
@@ -49,16 +56,17 @@ class Locked:
         year_of = {id(j): _year(j, visits) for j in jobs}
         keys = sorted({(j.psn_no, year_of[id(j)]) for j in jobs if j.settles})
         years = await persons.accumulators_many(conn, keys) if keys else {}
-        drawing = [j for j in jobs if j.draws]
-        drawn = await settlements.draw_serials(conn, len(drawing)) if drawing else []
-        serials = {id(j): pair for j, pair in zip(drawing, drawn, strict=True)}
+        if drawn is None:
+            drawing = [j for j in jobs if j.draws]
+            pairs = await settlements.draw_serials(conn, len(drawing)) if drawing else []
+            drawn = {id(j): pair for j, pair in zip(drawing, pairs, strict=True)}
         return cls(
             visits=visits,
             persons=held,
             balances={psn: balance for psn, (_, balance) in held.items()},
             year_of=year_of,
             years=years,
-            serials=serials,
+            serials=drawn,
         )
 
     def build(self, job: Job) -> Built:
