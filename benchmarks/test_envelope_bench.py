@@ -18,6 +18,7 @@ from adapters.national.envelope import (
 from adapters.national.wire import In2206, SettleData, flag, required
 from adapters.pos.pharmacy import In2101
 from gateway.ledger import idempotency
+from tests.integration.his_client import HisClient
 
 pytestmark = pytest.mark.benchmark
 
@@ -86,36 +87,21 @@ ENVELOPE_2102 = msgspec.json.encode(
     {
         **{k: v for k, v in msgspec.json.decode(ENVELOPE_2207).items() if k != "input"},
         "infno": "2102",
-        "input": {
-            "druginfo": {
-                "psn_no": "441800000000000001",
-                "mdtrt_cert_type": "02",
-                "mdtrt_cert_no": "441802199001011234",
-                "begntime": "2026-03-01 08:30:00",
-                "medfee_sumamt": "100.00",
-                "insutype": "310",
-                "dise_codg": "",
-                "dise_name": "",
-                "acct_used_flag": "1",
-                "med_type": "41",
-            },
-            "drugdetail": [
+        "input": HisClient.drug_input(
+            "441800000000000001",
+            "2026-03-01 08:30:00",
+            "100.00",
+            [
                 {
                     "feedetl_sn": f"F{i}",
-                    "rxno": "",
-                    "rx_circ_flag": "0",
-                    "fee_ocur_time": "2026-03-01 08:30:00",
-                    "med_list_codg": "",
                     "medins_list_codg": f"YP{i:04d}",
                     "det_item_fee_sumamt": "20.00",
                     "cnt": "2",
                     "pric": "10.00",
-                    "bilg_dr_codg": "D001",
-                    "bilg_dr_name": "医生",
                 }
                 for i in range(5)
             ],
-        },
+        ),
     }
 )
 
