@@ -136,29 +136,7 @@ class Script:
         p = visit.person
 
         def build(c: Counter) -> Any:
-            return {
-                "mdtrtinfo": {
-                    "mdtrt_id": c.mdtrt(v),
-                    "psn_no": p.psn_no,
-                    "med_type": med_type,
-                    "begntime": begntime,
-                    "dise_codg": "",
-                    "dise_name": "",
-                },
-                "diseinfo": [
-                    {
-                        "diag_type": "1",
-                        "diag_srt_no": 1,
-                        "diag_code": "J06.900",
-                        "diag_name": "上呼吸道感染",
-                        "diag_dept": "内科",
-                        "dise_dor_no": "D001",
-                        "dise_dor_name": "医生",
-                        "diag_time": begntime,
-                        "vali_flag": "1",
-                    }
-                ],
-            }
+            return HisClient.visit_info_input(c.mdtrt(v), p.psn_no, med_type, begntime)
 
         return self.step(f"{v}.2203", visit.code, "2203", build, person=p)
 
