@@ -3,10 +3,20 @@
 Settlement code stages its rows here instead of executing them one by one, so the same staging
 serves one request (a batch of one) and a group commit of many (`gateway.pipeline.group_commit`): the
 rules of what a settlement writes live in one place. A statement declared with
-`insert_statement` or `update_statement` has a second form taking each column as an array (`unnest`): the rows a group commit
-staged for it are one execution in the database, not one per row (an `executemany` pipelines the
-round trips but PostgreSQL still plans, starts and finishes the statement for every row, which
-was most of its CPU per settlement). Other statements keep `executemany`.
+`insert_statement` or `update_statement` has a second form taking all its rows at once: the rows
+a group commit staged for it are one execution in the database, not one per row (an
+`executemany` pipelines the round trips but PostgreSQL still plans, starts and finishes the
+statement for every row, which was most of its CPU per settlement). Other statements keep
+`executemany`.
+
+The rows travel as one array of JSON texts, a row per element, read back column by column in the
+statement, not as one array parameter per column: asyncpg checks every element of an array
+parameter against abstract base classes in Python, which cost the gateway more per settlement
+than the rest of the write (benchmarks/RESULTS.md); msgspec encodes a row in C, and PostgreSQL
+reads the rows as fast as it read the columns (bytea columns excepted: they keep arrays of their
+own, see `_rows`). The rows are still an array (`unnest`), not one JSON document, so the
+planner's count of them is what it was: an array's elements are counted, a document's rows are
+guessed at a hundred.
 
 Declared statements staged one after another on different tables are sent together, as one
 statement of data-modifying CTEs (`combined`): a settlement's six or seven writes are one round
@@ -25,38 +35,46 @@ import asyncpg
 import msgspec
 
 Column = tuple[str, str]  # (name, PostgreSQL type)
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
 class Statement:
     """A statement for one row (`one`: what `execute` and `Writes.add` take) and `many`, the same
-    effect for many rows at once, its parameters the columns as arrays.
+    effect for many rows at once, its parameters the rows (`arguments`).
 
     `key_columns`: the leading columns naming the row written (an upsert's conflict target, an
     update's WHERE). Rows staged later for the same key carry the values as they stand after the
     earlier ones (a person's accumulators after a second settlement in the batch), so only the
     last is sent: one statement cannot touch a row twice, and the outcome is the sequential one.
+    `binary_columns`: the bytea columns, sent as arrays of their own (see `_rows`).
     """
 
     one: str
     many: str
     table: str
-    params: int  # of `many`: one array per column
     key_columns: int = 0
-    json_columns: tuple[int, ...] = ()
+    binary_columns: tuple[int, ...] = ()
 
-    def arrays(self, rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
-        """The parameters of `many` for these rows."""
+    @property
+    def params(self) -> int:
+        """How many parameters `many` takes."""
+        return 1 + len(self.binary_columns)
+
+    def arguments(self, rows: Sequence[tuple[object, ...]]) -> list[object]:
+        """The parameters of `many` for these rows: each row a JSON array, a column per element
+        (text: asyncpg sends it as it is, whatever codec the connection has for jsonb), then each
+        bytea column as an array."""
         if self.key_columns:
             last = {row[: self.key_columns]: row for row in rows}
             if len(last) < len(rows):
                 rows = list(last.values())
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        for i in self.json_columns:  # jsonb travels as text: a JSON array would read as a dimension
-            columns[i] = [
-                None if v is None else msgspec.json.encode(v).decode() for v in columns[i]
-            ]
-        return columns
+        binary = self.binary_columns
+        if not binary:
+            return [[_encode(row).decode() for row in rows]]
+        keep = [i for i in range(len(rows[0])) if i not in binary]
+        texts = [_encode([row[i] for i in keep]).decode() for row in rows]
+        return [texts, *([row[i] for row in rows] for i in binary)]
 
 
 # The statements declared below, by their one-row text (asyncpg takes exactly `str`, so modules
@@ -74,15 +92,37 @@ def many_form(sql: str) -> Statement | None:
     return _FORMS.get(sql)
 
 
-def _arrays(columns: Sequence[Column]) -> str:
-    # jsonb as text[] and cast per element (see Statement.arrays)
-    types = ("text" if t == "jsonb" else t for _, t in columns)
-    return ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+def _rows(columns: Sequence[Column]) -> str:
+    """The rows of `Statement.arguments` as a table `u` with the columns' names and types. A JSON
+    null is SQL NULL in every column, jsonb ones included (as with one row at a time).
+
+    bytea columns (a stored answer, a body's hash) are arrays of their own, unnested beside the
+    rows: in JSON they would travel as base64, and decoding a few kilobytes of it cost PostgreSQL
+    eight times what the bytes cost as they are (benchmarks/RESULTS.md)."""
+    picks, unnested, names = [], ["$1::text[]"], ["t"]
+    element = 0
+    for name, type_ in columns:
+        if type_ == "bytea":
+            unnested.append(f"${len(unnested) + 1}::bytea[]")
+            names.append(f"b{len(names)}")
+            picks.append(f"r.{names[-1]} AS {name}")
+            continue
+        if type_ == "jsonb":
+            pick = f"NULLIF(r.e -> {element}, 'null')"
+        else:
+            pick = f"(r.e ->> {element})::{type_}"
+        picks.append(f"{pick} AS {name}")
+        element += 1
+    # OFFSET 0 keeps the inner query apart, so each row's text is parsed once, not per column.
+    rows = (
+        f"(SELECT x.t::jsonb AS e{''.join(f', x.{n}' for n in names[1:])}"
+        f" FROM unnest({', '.join(unnested)}) AS x({', '.join(names)}) OFFSET 0) AS r"
+    )
+    return f"(SELECT {', '.join(picks)} FROM {rows}) AS u"
 
 
-def _picked(column: Column) -> str:
-    name, type_ = column
-    return f"u.{name}::jsonb" if type_ == "jsonb" else f"u.{name}"
+def _binary(columns: Sequence[Column]) -> tuple[int, ...]:
+    return tuple(i for i, (_, type_) in enumerate(columns) if type_ == "bytea")
 
 
 def insert_statement(
@@ -99,16 +139,14 @@ def insert_statement(
     target = ", ".join([*names, *(name for name, _ in fixed)])
     constants = [value for _, value in fixed]
     values = ", ".join([*(f"${i}" for i in range(1, len(columns) + 1)), *constants])
-    picks = ", ".join([*(_picked(c) for c in columns), *constants])
+    picks = ", ".join([*(f"u.{name}" for name in names), *constants])
     return _declared(
         Statement(
             f"INSERT INTO {table} ({target}) VALUES ({values}){suffix}",
-            f"INSERT INTO {table} ({target}) SELECT {picks}"
-            f" FROM unnest({_arrays(columns)}) AS u({', '.join(names)}){suffix}",
+            f"INSERT INTO {table} ({target}) SELECT {picks} FROM {_rows(columns)}{suffix}",
             table,
-            len(columns),
             key_columns=key_columns,
-            json_columns=tuple(i for i, (_, t) in enumerate(columns) if t == "jsonb"),
+            binary_columns=_binary(columns),
         )
     )
 
@@ -116,8 +154,6 @@ def insert_statement(
 def update_statement(table: str, keys: Sequence[Column], sets: Sequence[Column]) -> str:
     """`UPDATE table SET sets WHERE keys` (parameters: the keys, then the values), declared
     with its `unnest` form."""
-    columns = [*keys, *sets]
-    names = ", ".join(name for name, _ in columns)
     first = len(keys) + 1
     return _declared(
         Statement(
@@ -126,13 +162,12 @@ def update_statement(table: str, keys: Sequence[Column], sets: Sequence[Column])
             + " WHERE "
             + " AND ".join(f"{name} = ${i}" for i, (name, _) in enumerate(keys, 1)),
             f"UPDATE {table} AS t SET "
-            + ", ".join(f"{name} = {_picked((name, t))}" for name, t in sets)
-            + f" FROM unnest({_arrays(columns)}) AS u({names}) WHERE "
+            + ", ".join(f"{name} = u.{name}" for name, _ in sets)
+            + f" FROM {_rows([*keys, *sets])} WHERE "
             + " AND ".join(f"t.{name} = u.{name}" for name, _ in keys),
             table,
-            len(columns),
             key_columns=len(keys),
-            json_columns=tuple(i for i, (_, t) in enumerate(columns) if t == "jsonb"),
+            binary_columns=_binary([*keys, *sets]),
         )
     )
 
@@ -216,7 +251,7 @@ async def _execute_run(
         form, rows = run[0]
         await _execute(conn, form.one, form, rows)
     elif run:
-        args = [column for form, rows in run for column in form.arrays(rows)]
+        args = [arg for form, rows in run for arg in form.arguments(rows)]
         await conn.execute(combined(tuple(form for form, _ in run)), *args)
 
 
@@ -226,6 +261,6 @@ async def _execute(
     if len(rows) == 1:
         await conn.execute(sql, *rows[0])
     elif form is not None:
-        await conn.execute(form.many, *form.arrays(rows))
+        await conn.execute(form.many, *form.arguments(rows))
     else:
         await conn.executemany(sql, rows)
