@@ -5,9 +5,10 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from gateway.core import money
 from gateway.core.money import (
     AmountError,
     apply_bp,
@@ -221,3 +222,28 @@ def test_micro_and_cnt_texts_round_trip(n: int) -> None:
     assert to_micro(micro_text(n)) == n
     assert to_cnt(cnt_text(n)) == n
     assert to_bp(bp_text(n)) == n
+
+
+@given(
+    st.from_regex(r"-?[0-9]{1,32}(\.[0-9]{0,12})?", fullmatch=True),
+    st.sampled_from([2, 4, 6]),
+)
+@example("9999999999999999.99", 2)  # the largest amount the ledger holds
+@example("10000000000000000", 2)  # one fen past it
+@example("-10000000000000000.00", 2)
+@example("99999999999999.9999", 4)
+@example("007.5000000", 2)
+@example("-0.000", 2)
+@example("12.", 2)
+@example("12.345", 2)
+def test_plain_text_reads_as_its_decimal(text: str, places: int) -> None:
+    """The digits route for plain texts gives what the Decimal route gives: the value, or the
+    same refusal (too many decimals, out of range)."""
+
+    def outcome(value: str | Decimal) -> int | str:
+        try:
+            return money._scaled(value, places, "金额")
+        except AmountError as exc:
+            return str(exc)
+
+    assert outcome(text) == outcome(Decimal(text))
