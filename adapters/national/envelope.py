@@ -332,15 +332,28 @@ _sequence = itertools.count(1)
 _PROCESS_TAG = os.getpid() % 1000
 
 
+def _seconds(now: dt.datetime) -> str:
+    """yyyyMMddHHmmss, three times an answer: strftime costs three times what %-formatting
+    does, and an f-string with six format specs twice."""
+    return "%04d%02d%02d%02d%02d%02d" % (  # noqa: UP031 (speed, see above)
+        now.year,
+        now.month,
+        now.day,
+        now.hour,
+        now.minute,
+        now.second,
+    )
+
+
 def ref_msgid(region: str, now: dt.datetime) -> str:
     """接收方报文ID: receiver region (6) + yyyyMMddHHmmss (14) + 10-digit serial."""
     serial = (_PROCESS_TAG * 10_000_000 + next(_sequence) % 10_000_000) % 10**10
-    return f"{(region or '000000')[:6]:0<6}{now:%Y%m%d%H%M%S}{serial:010d}"
+    return f"{(region or '000000')[:6]:0<6}{_seconds(now)}{serial:010d}"
 
 
 def stamp(now: dt.datetime) -> str:
     """yyyyMMddHHmmssSSS."""
-    return f"{now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d}"
+    return f"{_seconds(now)}{now.microsecond // 1000:03d}"
 
 
 def encode_response(

@@ -7,7 +7,10 @@ from decimal import Decimal
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from adapters.national import envelope
 from adapters.national.envelope import decode_input, decode_request, encode_response, ref_msgid
 from adapters.national.wire import In2206, fen, micro, quantity, when
 from gateway.protocol.errors import BadRequest
@@ -146,3 +149,13 @@ def test_response_envelope_shape() -> None:
 def test_ref_msgids_are_unique() -> None:
     now = dt.datetime.now()
     assert len({ref_msgid("441800", now) for _ in range(1000)}) == 1000
+
+
+@given(st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2999, 12, 31)))
+def test_answer_times_are_the_wire_forms(now: dt.datetime) -> None:
+    """refmsg_time/respond_time (yyyyMMddHHmmssSSS) and the receiver's msgid (region, then
+    yyyyMMddHHmmss, then a 10-digit serial), as strftime writes them."""
+    assert envelope.stamp(now) == now.strftime("%Y%m%d%H%M%S") + f"{now.microsecond // 1000:03d}"
+    ref = envelope.ref_msgid("4418", now)
+    assert ref[:6] == "441800" and ref[6:20] == now.strftime("%Y%m%d%H%M%S")
+    assert len(ref) == 30 and ref[20:].isdigit()
