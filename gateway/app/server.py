@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import re
 import secrets
@@ -17,7 +18,7 @@ from aiohttp import web
 
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
-from adapters.national.envelope import NOT_UTF8, base_infno, encode_response
+from adapters.national.envelope import NOT_UTF8, REVISIONS, base_infno, encode_response
 from gateway.app import heap
 from gateway.app.appkeys import GATEWAY
 from gateway.app.config import DEFAULT_REFERENCE as DEFAULT_REFERENCE
@@ -185,9 +186,24 @@ def _heavy_from_headers(request: web.Request, edge: EdgeConfig, path_infno: str 
     return declared is not None and declared > edge.body_limit_bytes
 
 
+@functools.cache
+def _upload_codes(upload_transactions: tuple[str, ...]) -> tuple[bytes, ...]:
+    """Every infno text that stands for an upload: the codes and their revisions' codes."""
+    codes = {*upload_transactions}
+    codes.update(rev for rev, base in REVISIONS.items() if base in upload_transactions)
+    return tuple(sorted(code.encode() for code in codes))
+
+
 def _names_upload(body: bytes, edge: EdgeConfig) -> bool:
     """Whether an envelope's own infno (decoded, not sniffed: an `infno` inside `input` must
     not hide it) is in the upload list."""
+    # Decoding reads the whole body, and this runs for every request on the national path. An
+    # infno that names an upload is written out in the body as its code's digits, unless the
+    # JSON spells characters as \u escapes: a body with neither cannot name one.
+    if b"\\u" not in body and not any(
+        code in body for code in _upload_codes(edge.upload_transactions)
+    ):
+        return False
     try:
         infno = _infno_only.decode(body).infno
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
