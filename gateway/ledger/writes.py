@@ -98,7 +98,7 @@ def _rows(columns: Sequence[Column]) -> str:
 
     bytea columns (a stored answer, a body's hash) are arrays of their own, unnested beside the
     rows: in JSON they would travel as base64, and decoding a few kilobytes of it cost PostgreSQL
-    eight times what the bytes cost as they are (benchmarks/RESULTS.md)."""
+    about ten times what the bytes cost as they are (benchmarks/RESULTS.md)."""
     picks, unnested, names = [], ["$1::text[]"], ["t"]
     element = 0
     for name, type_ in columns:
