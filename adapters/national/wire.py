@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from adapters.national.envelope import Amount, Code, text
-from gateway.core.money import AmountError, to_cnt, to_fen, to_micro
+from gateway.core.money import AmountError, from_digits, scaled
 from gateway.ledger.persons import CERT_TYPES, Certificate
 from gateway.protocol.errors import BadRequest
 
@@ -57,7 +57,7 @@ def flag(value: Code, name: str, default: str = "0") -> str:
 # where the field may be negative, a decimal point with digits on both sides. Whitespace,
 # full-width digits, "+", "1e2" (refused when decoded, see envelope.json_number) and the like are
 # refused rather than read into a value the clerk never typed.
-_DECIMAL = re.compile(r"(-?)[0-9]+(?:\.([0-9]+))?", re.ASCII)
+_DECIMAL = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 
 
 def _shown(literal: str) -> str:
@@ -81,9 +81,27 @@ def _decimal_text(value: Amount, name: str, places: int, signed: bool, label: st
         raise BadRequest(f"{label}{name}不能为负数（{literal}）")
     # More decimals are accepted only as trailing zeros: C# decimal arithmetic keeps the scale
     # (4.52 x 1.0000 serializes as 4.520000), and the value is still exact.
-    if len((m.group(2) or "").rstrip("0")) > places:
+    if len((m.group(3) or "").rstrip("0")) > places:
         raise BadRequest(f"{label}{name}最多{places}位小数")
     return literal
+
+
+def _number(value: Amount, name: str, places: int, signed: bool, label: str) -> int:
+    """The field's number scaled by `places` decimals; raises BadRequest naming the field.
+
+    A text (as nearly every till sends) is matched once, by the grammar, and read from the
+    parts the match gives; anything else, or a text the grammar refuses, takes the checks one
+    by one for the message that says which rule it broke."""
+    try:
+        if type(value) is str:
+            m = _DECIMAL.fullmatch(value)
+            if m is not None and (signed or not m.group(1)):
+                sign, whole, fraction = m.groups()
+                return from_digits(sign, whole, fraction, places, f"{label}{name}")
+        literal = _decimal_text(value, name, places, signed, label)
+        return scaled(literal, places, f"{label}{name}")
+    except AmountError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 def fen(value: Amount, name: str, *, optional: bool = False, signed: bool = False) -> int | None:
@@ -92,11 +110,7 @@ def fen(value: Amount, name: str, *, optional: bool = False, signed: bool = Fals
         if optional:
             return None
         raise BadRequest(f"缺少必填金额字段{name}")
-    literal = _decimal_text(value, name, 2, signed, "金额字段")
-    try:
-        return to_fen(literal, f"金额字段{name}")
-    except AmountError as exc:
-        raise BadRequest(str(exc)) from exc
+    return _number(value, name, 2, signed, "金额字段")
 
 
 def fen_required(value: Amount, name: str, *, signed: bool = False) -> int:
@@ -110,22 +124,14 @@ def micro(value: Amount, name: str) -> int:
     """A price (16,6) in micro-yuan; never negative (a refund line negates its quantity)."""
     if value is None or value == "" or isinstance(value, bool):
         raise BadRequest(f"缺少必填字段{name}")
-    literal = _decimal_text(value, name, 6, False, "字段")
-    try:
-        return to_micro(literal, f"字段{name}")
-    except AmountError as exc:
-        raise BadRequest(str(exc)) from exc
+    return _number(value, name, 6, False, "字段")
 
 
 def quantity(value: Amount, name: str, *, signed: bool = False) -> int:
     """A quantity (16,4) in 1/10000 units; negative only on refund lines (2301)."""
     if value is None or value == "" or isinstance(value, bool):
         raise BadRequest(f"缺少必填字段{name}")
-    literal = _decimal_text(value, name, 4, signed, "字段")
-    try:
-        return to_cnt(literal, f"字段{name}")
-    except AmountError as exc:
-        raise BadRequest(str(exc)) from exc
+    return _number(value, name, 4, signed, "字段")
 
 
 def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | None:

@@ -8,7 +8,7 @@ Conversion happens only at the protocol edge and always from the decimal text, n
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 BP = 10_000
 CNT_SCALE = 10_000  # cnt carries up to four decimals
@@ -52,25 +52,41 @@ def apply_bp(amount: int, bp: int) -> int:
 # A plain decimal text, as every amount on the wire is once its grammar has passed
 # (adapters.national.wire): read by its digits, which is a tenth of the Decimal route's cost
 # and gives the same value. Anything else (blanks, "+", exponents, "12.") takes that route.
-_PLAIN = re.compile(r"(-?)([0-9]{1,30})(?:\.([0-9]+))?", re.ASCII)
+_PLAIN = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 _LIMIT = 10**18  # beyond BIGINT in the ledger
+_LONGEST_WHOLE = 30  # more digits (leading zeros, or far out of range) go the Decimal route
 
 
-def _scaled(value: Decimal | int | str, places: int, what: str) -> int:
-    scale: int = 10**places
+def scaled(value: Decimal | int | str, places: int, what: str) -> int:
+    """A number with at most `places` decimals as an integer of that scale; more decimals or
+    a value past the ledger's range is an AmountError naming `what`."""
     if isinstance(value, int) and not isinstance(value, bool):
+        scale: int = 10**places
         return value * scale
     plain = _PLAIN.fullmatch(value) if type(value) is str else None
     if plain is not None:
         sign, whole, fraction = plain.groups()
-        # Trailing zeros beyond the allowed places ("12.500") are still exact.
-        fraction = fraction.rstrip("0") if fraction else ""
-        if len(fraction) > places:
-            raise AmountError(f"{what}最多{places}位小数")
-        digits: int = int(whole + fraction) * 10 ** (places - len(fraction))
-        if digits >= _LIMIT:
-            raise AmountError(f"{what}超出范围")
-        return -digits if sign else digits
+        return from_digits(sign, whole, fraction, places, what)
+    return _by_decimal(value, places, what)
+
+
+def from_digits(sign: str, whole: str, fraction: str | None, places: int, what: str) -> int:
+    """A plain decimal's parts (its sign, the digits before and after the point) scaled by
+    `places` decimals: the value, or the refusal the Decimal route would give. The wire reads
+    its amounts' parts with its own grammar and comes here without a second match."""
+    # Trailing zeros beyond the allowed places ("12.500") are still exact.
+    fraction = fraction.rstrip("0") if fraction else ""
+    if len(fraction) > places:
+        raise AmountError(f"{what}最多{places}位小数")
+    if len(whole) > _LONGEST_WHOLE:
+        return _by_decimal(f"{sign}{whole}.{fraction or 0}", places, what)
+    digits: int = int(whole + fraction) * 10 ** (places - len(fraction))
+    if digits >= _LIMIT:
+        raise AmountError(f"{what}超出范围")
+    return -digits if sign else digits
+
+
+def _by_decimal(value: Decimal | int | str, places: int, what: str) -> int:
     try:
         d = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except (InvalidOperation, ValueError) as exc:
@@ -79,36 +95,38 @@ def _scaled(value: Decimal | int | str, places: int, what: str) -> int:
         raise AmountError(f"{what}不是有效的数字")
     exponent = d.as_tuple().exponent
     assert isinstance(exponent, int)
-    # Trailing zeros beyond the allowed places ("12.500") are still exact.
-    d = d.normalize() if exponent < -places else d
+    # Trailing zeros beyond the allowed places ("12.500") are still exact. Dropped at the
+    # text's own precision: the default context's 28 digits would round a longer text first.
+    if exponent < -places:
+        d = d.normalize(Context(prec=max(1, len(d.as_tuple().digits))))
     exponent = d.as_tuple().exponent
     assert isinstance(exponent, int)
     if exponent < -places:
         raise AmountError(f"{what}最多{places}位小数")
-    scaled = d.scaleb(places)
-    if abs(scaled) >= _LIMIT:
+    result = d.scaleb(places)
+    if abs(result) >= _LIMIT:
         raise AmountError(f"{what}超出范围")
-    return int(scaled)
+    return int(result)
 
 
 def to_fen(value: Decimal | int | str, what: str = "金额") -> int:
     """Yuan with at most two decimals -> fen; more decimals is a bad request, not rounded."""
-    return _scaled(value, 2, what)
+    return scaled(value, 2, what)
 
 
 def to_micro(value: Decimal | int | str, what: str = "单价") -> int:
     """A price with at most six decimals -> micro-yuan."""
-    return _scaled(value, 6, what)
+    return scaled(value, 6, what)
 
 
 def to_cnt(value: Decimal | int | str, what: str = "数量") -> int:
     """A quantity with at most four decimals -> 1/10000 units."""
-    return _scaled(value, 4, what)
+    return scaled(value, 4, what)
 
 
 def to_bp(value: Decimal | int | str, what: str = "比例") -> int:
     """A ratio such as 0.10 -> basis points (1000)."""
-    return _scaled(value, 4, what)
+    return scaled(value, 4, what)
 
 
 def price_times_cnt_fen(price_micro: int, cnt: int) -> int:

@@ -7,12 +7,13 @@ from decimal import Decimal
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from adapters.national import envelope
+from adapters.national import envelope, wire
 from adapters.national.envelope import decode_input, decode_request, encode_response, ref_msgid
 from adapters.national.wire import In2206, fen, micro, quantity, when
+from gateway.core.money import AmountError, scaled
 from gateway.protocol.errors import BadRequest
 
 
@@ -129,6 +130,57 @@ def test_prices_quantities_and_times() -> None:
     assert when("2026-01-02 03:04:05", "t") == dt.datetime(2026, 1, 2, 3, 4, 5)
     with pytest.raises(BadRequest):
         when("02/01/2026", "t")
+
+
+def _one_by_one(value: str, name: str, places: int, signed: bool, label: str) -> int | str:
+    """An amount read as it was before the wire and the digits shared one match: the grammar's
+    checks, then the money rule's reading of the text; the value or the clerk's message."""
+    try:
+        literal = wire._decimal_text(value, name, places, signed, label)
+        return scaled(literal, places, f"{label}{name}")
+    except (BadRequest, AmountError) as exc:
+        return str(exc)
+
+
+@given(
+    st.one_of(
+        st.from_regex(r"-?[0-9]{1,34}(\.[0-9]{0,9})?", fullmatch=True),
+        st.text(alphabet="-0123456789.e+ ０", max_size=12),
+    ),
+    st.sampled_from([(fen, 2, "金额字段"), (micro, 6, "字段"), (quantity, 4, "字段")]),
+    st.booleans(),
+)
+@example("9999999999999999.99", (fen, 2, "金额字段"), False)  # the largest the ledger holds
+@example("10000000000000000", (fen, 2, "金额字段"), False)  # one fen past it
+@example("0" * 40 + "12.30", (fen, 2, "金额字段"), False)  # past 30 digits, by Decimal
+@example("0000010000000000000000000000000.001", (fen, 2, "金额字段"), False)
+@example("12.3400000", (micro, 6, "字段"), False)
+@example("-2.5", (quantity, 4, "字段"), True)
+@example("-2.5", (quantity, 4, "字段"), False)
+@example("-0", (fen, 2, "金额字段"), False)
+@example("12.", (fen, 2, "金额字段"), False)
+def test_an_amount_read_in_one_match_is_the_checks_one_by_one(
+    text: str, kind: tuple[object, int, str], signed: bool
+) -> None:
+    """The wire reads a text's parts from the grammar's one match; the value, or the refusal
+    with its words, is what the grammar's checks and the money rule give one after another."""
+    read, places, label = kind
+
+    def outcome() -> int | str:
+        try:
+            if read is fen:
+                got = fen(text, "x", signed=signed)
+                assert got is not None
+                return got
+            if read is quantity:
+                return quantity(text, "x", signed=signed)
+            return micro(text, "x")
+        except BadRequest as exc:
+            return str(exc)
+
+    if text == "":
+        return  # a missing field, refused before any number is read
+    assert outcome() == _one_by_one(text, "x", places, signed and read is not micro, label)
 
 
 def test_response_envelope_shape() -> None:
