@@ -35,6 +35,7 @@ from gateway.ops import metrics
 from gateway.ops.access_log import AccessLog
 from gateway.pipeline import dispatch
 from gateway.pipeline.auth import AuthError, Verifier, load_credentials
+from gateway.pipeline.deadlines import finished_within
 from gateway.pipeline.edge import (
     GUARD,
     PACER,
@@ -267,11 +268,10 @@ async def _admitted(
     # msgid); the work goes on in the background and either commits with its answer journaled
     # or rolls back.
     work = asyncio.ensure_future(dispatch.handle(gw, body, path_infno, authenticated))
-    try:
-        outcome = await asyncio.wait_for(
-            asyncio.shield(work), gw.config.deadlines.call_seconds + ANSWER_GRACE_SECONDS
-        )
-    except TimeoutError:
+    limit = gw.config.deadlines.call_seconds + ANSWER_GRACE_SECONDS
+    if await finished_within(work, limit):
+        outcome = work.result()
+    else:
         outcome = dispatch.overdue(gw, path_infno or "")
     elapsed = time.perf_counter() - started
     observe(outcome, elapsed)

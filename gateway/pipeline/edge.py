@@ -19,6 +19,7 @@ that never completes a request never reaches a handler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections import Counter
@@ -133,12 +134,21 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
     chunks: list[bytes] = []
     size = 0
     started = asyncio.get_running_loop().time()
+    reader = request.content
+    # A settlement's few KB usually arrive with the headers: with the whole body in hand
+    # nothing is waited for, and the deadline's timer (a timer per request) is not set.
+    waits = not reader.is_eof()
     try:
-        async with asyncio.timeout_at(_body_deadline(config, started, 0)) as deadline:
-            while chunk := await request.content.readany():
+        async with (
+            asyncio.timeout_at(_body_deadline(config, started, 0))
+            if waits
+            else contextlib.nullcontext()
+        ) as deadline:
+            while chunk := await reader.readany():
                 size += len(chunk)
                 chunks.append(chunk)
-                deadline.reschedule(_body_deadline(config, started, size))
+                if deadline is not None:
+                    deadline.reschedule(_body_deadline(config, started, size))
                 if size <= limit:
                     continue
                 if not known:

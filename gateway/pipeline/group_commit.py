@@ -44,6 +44,7 @@ from gateway.ledger import db, idempotency, settlements
 from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
+from gateway.pipeline.deadlines import awaited_by
 from gateway.pipeline.grouped import Job
 from gateway.pipeline.ledger_shares import SHARE_BUSY, share_of
 from gateway.protocol.errors import Busy, GatewayError, IdentityRejected
@@ -127,8 +128,7 @@ class GroupCommit:
             self._running += 1
             asyncio.get_running_loop().create_task(self._write())
         try:
-            async with asyncio.timeout_at(expires):
-                return await item.done
+            return await awaited_by(item.done, expires)
         except TimeoutError:
             if item.held_back and not item.taken:
                 raise Busy(SHARE_BUSY) from None

@@ -33,6 +33,7 @@ import asyncpg
 from gateway.app.config import Settings
 from gateway.ledger import db, idempotency
 from gateway.ops import metrics
+from gateway.pipeline.deadlines import awaited_by
 from gateway.pipeline.grouped import Built, Job, Unread
 from gateway.protocol.errors import GatewayError
 from gateway.services.settlement_state import preview_many
@@ -85,8 +86,7 @@ class Batched(Generic[K, R]):
         if self._running < self.readers:
             self._running += 1
             asyncio.get_running_loop().create_task(self._read())
-        async with asyncio.timeout_at(expires):
-            got = await item.done
+        got = await awaited_by(item.done, expires)
         if isinstance(got, GatewayError):
             raise got
         return got
