@@ -12,6 +12,7 @@ from tests.integration.his_client import decode
 
 PERSON = "441800000000000002"
 HOSPITAL = "H44180000003"
+PHARMACY = "P44180000001"
 
 
 async def _visit(server: Server, ipt: str) -> str:
@@ -187,3 +188,39 @@ async def test_a_retry_stamped_again_gets_the_stored_answer(server: Server) -> N
     _, refused = await his.post_raw(msgspec.json.encode(changed))
     answer = decode(refused)
     assert answer["infcode"] == -1 and "请先查询原交易结果" in answer["err_msg"]
+
+
+async def test_a_stored_answer_is_compressed_with_lz4_and_replays_byte_for_byte(
+    server: Server,
+) -> None:
+    """A pharmacy sale's answer (a line of detlcutinfo each) is past the size at which
+    PostgreSQL compresses a row; where the server has lz4 (022_answers_lz4.sql) it is stored so,
+    and a retry still gets the very bytes."""
+    pos = server.client(PHARMACY)
+    lines = [
+        {
+            "feedetl_sn": str(n),
+            "medins_list_codg": code,
+            "pric": "9.9",
+            "cnt": "1",
+            "det_item_fee_sumamt": "9.90",
+        }
+        for n, code in enumerate(("YP0007", "YP0003", "YP0010", "YP0002", "YP0009"), 1)
+    ]
+    env = pos.envelope("2102", pos.drug_input(PERSON, "2026-06-01 10:00:00", "49.50", lines))
+    body = msgspec.json.encode(env)
+    _, first = await pos.post_raw(body)
+    assert decode(first)["infcode"] == 0, decode(first)["err_msg"]
+    has_lz4 = await server.fetchval(
+        "SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+    )
+    stored = await server.fetchval(
+        "SELECT pg_column_compression(answer) FROM idempotency"
+        " WHERE fixmedins_code = $1 AND msgid = $2",
+        PHARMACY,
+        env["msgid"],
+    )
+    assert len(first) > 2100  # past the row size at which PostgreSQL compresses
+    assert stored == ("lz4" if has_lz4 else "pglz")
+    _, again = await pos.post_raw(body)
+    assert again == first
