@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
-from tests.integration.conftest import Server
+from tests.integration.conftest import Server, running_gateway
 from tests.integration.his_client import decode
 
 PERSON = "441800000000000002"
@@ -224,3 +227,42 @@ async def test_a_stored_answer_is_compressed_with_lz4_and_replays_byte_for_byte(
     assert stored == ("lz4" if has_lz4 else "pglz")
     _, again = await pos.post_raw(body)
     assert again == first
+
+
+async def test_answering_a_claim_stays_on_its_page(new_database: Callable[..., Any]) -> None:
+    """Each settlement claims its msgid and answers it in one transaction: the answer is an
+    update of the claim, and finds room on the claim's page (023), so no index gets a second
+    entry for it. Concurrent sales, so that the group commit claims many on a page at once."""
+    async with running_gateway(new_database) as srv:
+        pos = srv.client(PHARMACY)
+        lines = [
+            {
+                "feedetl_sn": str(n),
+                "medins_list_codg": code,
+                "pric": "1",
+                "cnt": "1",
+                "det_item_fee_sumamt": "1.00",
+            }
+            for n, code in enumerate(("YP0007", "YP0003", "YP0010", "YP0002", "YP0009"), 1)
+        ]
+        sales = 40
+        answers = await asyncio.gather(
+            *(
+                pos.call("2102", pos.drug_input(PERSON, "2026-06-01 10:00:00", "5.00", lines))
+                for _ in range(sales)
+            )
+        )
+        assert all(a["infcode"] == 0 for a in answers), [a["err_msg"] for a in answers]
+        # The backends report their counts within seconds of going idle.
+        deadline = time.monotonic() + 30
+        while True:
+            row = await srv.fetchrow(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE relname = 'idempotency'"
+            )
+            assert row is not None
+            if row["n_tup_upd"] >= sales or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert row["n_tup_upd"] >= sales
+        assert row["n_tup_hot_upd"] == row["n_tup_upd"]
