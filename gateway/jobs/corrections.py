@@ -217,7 +217,7 @@ async def resettle(
 ) -> Item:
     """Cancel one settlement and settle its lines again (the caller holds the transaction)."""
     row = await corrections.original(conn, setl_id)
-    sns = await fees.of_settlement(conn, setl_id)
+    sns = await fees.of_settlement(conn, row.mdtrt_id, setl_id)
     old, _ = await settlements.cancel(
         conn,
         fixmedins_code=row.fixmedins_code,

@@ -30,7 +30,8 @@ async def uses(
     """Reads the institution's settlements in force with a line of the item, in settlement order."""
     rows = await conn.fetch(
         "SELECT s.setl_id, s.psn_no, s.mdtrt_id, s.setl_time, fl.fee_ocur_time, ln->'mapping'->>'med_list_codg' AS used"
-        " FROM settlements s JOIN fee_lines fl ON fl.setl_id = s.setl_id AND fl.medins_list_codg = $2"
+        " FROM settlements s JOIN fee_lines fl ON fl.mdtrt_id = s.mdtrt_id AND fl.setl_id = s.setl_id"
+        " AND fl.medins_list_codg = $2"
         " CROSS JOIN LATERAL jsonb_array_elements(s.lines) ln"
         " WHERE s.fixmedins_code = $1 AND s.status = 'settled' AND ln->>'feedetl_sn' = fl.feedetl_sn"
         " AND ($3::date IS NULL OR s.setl_time >= $3::date) AND ($4::date IS NULL OR s.setl_time < $4::date + 1)"

@@ -193,15 +193,22 @@ async def mark_settled(
     await conn.execute(MARK_SETTLED, mdtrt_id, list(feedetl_sns), setl_id)
 
 
-async def release(conn: asyncpg.Connection, setl_id: str) -> None:
+# A settlement's lines are its visit's (mark_settled attaches them within it): found by the
+# visit, the key's first column, not by setl_id, which no index holds. By setl_id alone every
+# cancellation read the whole table, every line of every visit ever uploaded.
+RELEASE = (
+    "UPDATE fee_lines SET setl_id = NULL, released_from = $2 WHERE mdtrt_id = $1 AND setl_id = $2"
+)
+OF_SETTLEMENT = "SELECT feedetl_sn FROM fee_lines WHERE mdtrt_id = $1 AND setl_id = $2"
+
+
+async def release(conn: asyncpg.Connection, mdtrt_id: str, setl_id: str) -> None:
     """A cancelled settlement's lines become unsettled again (so 2205/2302 can remove them).
 
     Each line remembers the settlement it was released from: only those very rows, never
     deleted and re-uploaded meanwhile, can carry that settlement again (2601 of its cancellation).
     """
-    await conn.execute(
-        "UPDATE fee_lines SET setl_id = NULL, released_from = $1 WHERE setl_id = $1", setl_id
-    )
+    await conn.execute(RELEASE, mdtrt_id, setl_id)
 
 
 async def still_released(
@@ -253,12 +260,9 @@ async def batch_settled(conn: asyncpg.Connection, mdtrt_id: str, chrg_bchno: str
     )
 
 
-async def of_settlement(conn: asyncpg.Connection, setl_id: str) -> list[str]:
+async def of_settlement(conn: asyncpg.Connection, mdtrt_id: str, setl_id: str) -> list[str]:
     """Reads the feedetl_sn of a settlement's lines."""
-    return [
-        r["feedetl_sn"]
-        for r in await conn.fetch("SELECT feedetl_sn FROM fee_lines WHERE setl_id = $1", setl_id)
-    ]
+    return [r["feedetl_sn"] for r in await conn.fetch(OF_SETTLEMENT, mdtrt_id, setl_id)]
 
 
 async def set_national_code(

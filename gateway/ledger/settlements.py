@@ -493,7 +493,7 @@ async def cancel(
         now,
         msgid,
     )
-    await fees.release(conn, setl_id)
+    await fees.release(conn, mdtrt_id, setl_id)
     if row["category"] == Category.INPATIENT.value:
         left = await encounters.settled_count(conn, mdtrt_id)
         # The admission's deductible is forgotten once none of its settlements is in force.
