@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway.app import heap
 from gateway.app.config import Settings
 from gateway.app.redis_link import close_redis, open_redis
 from gateway.app.reference import Reference, load_reference
@@ -329,7 +328,6 @@ class Gateway:
                 snapshot = await reference_store.read_snapshot(conn, self.reference)
             retired = [self.snapshot]
             self.snapshot = snapshot  # one reference assignment: requests see old or new, whole
-            heap.settle_after_swap()
             log.info("catalog snapshot swapped", extra={"catalog_version": snapshot.version})
         # Not awaited: the caller (a 3301's answer, the poller) need not wait for the old one.
         asyncio.get_running_loop().run_in_executor(

@@ -11,11 +11,11 @@ from gateway.app import heap
 def test_nothing_is_frozen_unless_the_process_only_serves() -> None:
     before = gc.get_freeze_count()
     heap.settle_after_start()
-    heap.settle_after_swap()
+    heap.settle_built()
     assert gc.get_freeze_count() == before
 
 
-def test_a_serving_process_freezes_what_it_holds_after_start_and_after_a_swap() -> None:
+def test_a_serving_process_freezes_what_it_holds_after_start_and_after_a_build() -> None:
     kept = [[i] for i in range(1000)]  # long-lived: a snapshot's rows (lists: always tracked)
     try:
         heap.enable()
@@ -23,7 +23,7 @@ def test_a_serving_process_freezes_what_it_holds_after_start_and_after_a_swap() 
         after_start = gc.get_freeze_count()
         assert after_start >= len(kept)
         swapped = [[i] for i in range(500)]
-        heap.settle_after_swap()
+        heap.settle_built()
         assert gc.get_freeze_count() >= after_start + len(swapped)
     finally:
         heap._enabled = False
