@@ -146,8 +146,9 @@ async def current_version(conn: asyncpg.Connection) -> int:
 
 
 _T = TypeVar("_T")
-# How long the build's thread may hold the interpreter while the loop waits for it (the default
-# switch interval is 5 ms; the 10 ms bound of P7 is the loop's whole wait).
+# How long the build's thread may hold the interpreter while the loop waits for it, while it
+# builds: half the serving process's 1 ms (gateway.app.runtime), which left the loop's longest
+# wait over a reload at 10-22 ms against 8-9 ms with this (P7's bound is 10 ms).
 BUILD_SWITCH_SECONDS = 0.0005
 # Rows per cursor fetch: each chunk decodes and converts on the loop, in 1-2 ms at 500 (2,000
 # took 4-9 ms a chunk on this box, the reload's p99 wait of the loop 5 ms).
@@ -227,9 +228,8 @@ async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
 
     paused = gc.isenabled()
     gc.disable()
-    # The build's Python holds the interpreter for up to the switch interval (5 ms by default)
-    # each time the event loop asks for it back; a shorter one, only while the build runs,
-    # keeps the loop's wait for it to a fraction of a millisecond.
+    # The build's Python holds the interpreter for up to the switch interval each time the
+    # event loop asks for it back: shorter while the build runs, then as it was.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, BUILD_SWITCH_SECONDS))
     try:
