@@ -15,8 +15,8 @@ from adapters.national.envelope import (
     encode_response,
     fingerprint,
 )
-from adapters.national.wire import In2206, SettleData, flag, required
-from adapters.pos.pharmacy import In2101
+from adapters.national.wire import In2206, SettleData, fen_required, flag, required
+from adapters.pos.pharmacy import In2101, purchase_of
 from gateway.ledger import idempotency
 from tests.integration.his_client import HisClient
 
@@ -110,6 +110,17 @@ def test_decode_and_check_2102(benchmark: Any) -> None:
     """A pharmacy sale of five lines decoded, every text within its field's length."""
     node = benchmark(lambda: decode_input(decode_request(ENVELOPE_2102), In2101))
     assert len(node.drugdetail) == 5 and node.druginfo is not None
+
+
+def test_read_a_pharmacy_sale(benchmark: Any) -> None:
+    """The same sale as the settlement build reads it: decoded, lengths checked, its sixteen
+    amounts, prices and quantities read from their texts, its times parsed."""
+    ask = benchmark(lambda: purchase_of(decode_request(ENVELOPE_2102)))
+    assert ask.declared.medfee_sumamt == 10000 and len(ask.lines) == 5
+
+
+def test_read_one_amount(benchmark: Any) -> None:
+    assert benchmark(fen_required, "18.50", "drugdetail[1].det_item_fee_sumamt") == 1850
 
 
 def test_encode_answer(benchmark: Any) -> None:
