@@ -193,6 +193,20 @@ async def test_a_retry_stamped_again_gets_the_stored_answer(server: Server) -> N
     assert answer["infcode"] == -1 and "请先查询原交易结果" in answer["err_msg"]
 
 
+def _five_lines(price: str) -> list[dict[str, str]]:
+    """A pharmacy sale's five lines of one unit each at `price`."""
+    return [
+        {
+            "feedetl_sn": str(n),
+            "medins_list_codg": code,
+            "pric": price,
+            "cnt": "1",
+            "det_item_fee_sumamt": price,
+        }
+        for n, code in enumerate(("YP0007", "YP0003", "YP0010", "YP0002", "YP0009"), 1)
+    ]
+
+
 async def test_a_stored_answer_is_compressed_with_lz4_and_replays_byte_for_byte(
     server: Server,
 ) -> None:
@@ -200,17 +214,9 @@ async def test_a_stored_answer_is_compressed_with_lz4_and_replays_byte_for_byte(
     PostgreSQL compresses a row; where the server has lz4 (022_answers_lz4.sql) it is stored so,
     and a retry still gets the very bytes."""
     pos = server.client(PHARMACY)
-    lines = [
-        {
-            "feedetl_sn": str(n),
-            "medins_list_codg": code,
-            "pric": "9.9",
-            "cnt": "1",
-            "det_item_fee_sumamt": "9.90",
-        }
-        for n, code in enumerate(("YP0007", "YP0003", "YP0010", "YP0002", "YP0009"), 1)
-    ]
-    env = pos.envelope("2102", pos.drug_input(PERSON, "2026-06-01 10:00:00", "49.50", lines))
+    env = pos.envelope(
+        "2102", pos.drug_input(PERSON, "2026-06-01 10:00:00", "49.50", _five_lines("9.90"))
+    )
     body = msgspec.json.encode(env)
     _, first = await pos.post_raw(body)
     assert decode(first)["infcode"] == 0, decode(first)["err_msg"]
@@ -235,16 +241,7 @@ async def test_answering_a_claim_stays_on_its_page(new_database: Callable[..., A
     entry for it. Concurrent sales, so that the group commit claims many on a page at once."""
     async with running_gateway(new_database) as srv:
         pos = srv.client(PHARMACY)
-        lines = [
-            {
-                "feedetl_sn": str(n),
-                "medins_list_codg": code,
-                "pric": "1",
-                "cnt": "1",
-                "det_item_fee_sumamt": "1.00",
-            }
-            for n, code in enumerate(("YP0007", "YP0003", "YP0010", "YP0002", "YP0009"), 1)
-        ]
+        lines = _five_lines("1.00")
         sales = 40
         answers = await asyncio.gather(
             *(
