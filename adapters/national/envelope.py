@@ -307,9 +307,17 @@ def describe(exc: msgspec.ValidationError) -> str:
         field = f"{where}.{m.group('field')}" if where else m.group("field")
         return f"缺少必填字段{field}"
     m = _AT.match(msg)
-    if m:  # a refusal raised while decoding a value (json_number)
-        return f"字段{m.group('at') or '报文'}：{m.group('what')}"
+    if m:  # a refusal raised while decoding a value (json_number), or msgspec's own words
+        what = m.group("what")
+        return f"字段{m.group('at') or '报文'}：{_MSGSPEC_WORDS.get(what, what)}"
     return msg
+
+
+# msgspec's refusals of a value it cannot hold, in the clerk's words.
+_MSGSPEC_WORDS = {
+    "Integer value out of range": "数值超出范围（接口的数值最多16位数字）",
+    "Number out of range": "数值超出范围（接口的数值最多16位数字）",
+}
 
 
 # --------------------------------------------------------------------------- response

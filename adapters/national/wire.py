@@ -66,11 +66,23 @@ def _shown(literal: str) -> str:
     return cut if cut.isprintable() else ascii(cut)[1:-1]
 
 
+def _text_of(value: int | str | Decimal) -> str:
+    """The text a number was sent as. A JSON number arrives as the Decimal of its text
+    (envelope.json_number, which refuses an exponent), and str() writes one with digits past
+    the point in exponent form when they are many (0.0000000 as "0E-7"): those are written out
+    again. Any other exponent form cannot have come from the wire's text, and stays refused."""
+    if isinstance(value, Decimal):
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < 0:
+            return format(value, "f")
+    return str(value)
+
+
 def _decimal_text(value: Amount, name: str, places: int, signed: bool, label: str) -> str:
     """The field's decimal text after the grammar; raises BadRequest naming the field."""
     if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
         raise BadRequest(f"{label}{name}应为数字")
-    literal = str(value)
+    literal = _text_of(value)
     m = _DECIMAL.fullmatch(literal)
     if m is None:
         raise BadRequest(

@@ -53,7 +53,10 @@ def apply_bp(amount: int, bp: int) -> int:
 # (adapters.national.wire): read by its digits, which is a tenth of the Decimal route's cost
 # and gives the same value. Anything else (blanks, "+", exponents, "12.") takes that route.
 _PLAIN = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
-_LIMIT = 10**18  # beyond BIGINT in the ledger
+# The interface's numbers are decimal(16, p) (amounts 16,2, prices 16,6, quantities 16,4): at
+# most sixteen digits, so every one of them, scaled to its integer, is below 10**16. A larger
+# one is not a number the interface carries (a client reading doubles would lose its last fen).
+_LIMIT = 10**16
 _LONGEST_WHOLE = 30  # more digits (leading zeros, or far out of range) go the Decimal route
 
 
@@ -62,6 +65,8 @@ def scaled(value: Decimal | int | str, places: int, what: str) -> int:
     a value past the ledger's range is an AmountError naming `what`."""
     if isinstance(value, int) and not isinstance(value, bool):
         scale: int = 10**places
+        if abs(value) * scale >= _LIMIT:
+            raise AmountError(f"{what}超出范围")
         return value * scale
     plain = _PLAIN.fullmatch(value) if type(value) is str else None
     if plain is not None:

@@ -308,6 +308,21 @@ CASES: dict[str, tuple[Case, str]] = {
         ),
         "医疗类别",
     ),
+    "an amount past decimal(16,2)": (
+        lambda his, v: _send(
+            his,
+            his.envelope(
+                "2207",
+                {
+                    "data": {
+                        **_settle(his, v["mdtrt_id"])["data"],
+                        "medfee_sumamt": "999999999999000.01",
+                    }
+                },
+            ),
+        ),
+        "超出范围",
+    ),
     "bad infver": (
         lambda his, v: _send(his, {**his.envelope("1101", {}), "infver": "V9.9"}),
         "版本",

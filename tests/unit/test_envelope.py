@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from adapters.national import envelope, wire
 from adapters.national.envelope import decode_input, decode_request, encode_response, ref_msgid
 from adapters.national.wire import In2206, fen, micro, quantity, when
+from adapters.pos.pharmacy import In2101
 from gateway.core.money import AmountError, scaled
 from gateway.protocol.errors import BadRequest
 
@@ -150,8 +152,8 @@ def _one_by_one(value: str, name: str, places: int, signed: bool, label: str) ->
     st.sampled_from([(fen, 2, "金额字段"), (micro, 6, "字段"), (quantity, 4, "字段")]),
     st.booleans(),
 )
-@example("9999999999999999.99", (fen, 2, "金额字段"), False)  # the largest the ledger holds
-@example("10000000000000000", (fen, 2, "金额字段"), False)  # one fen past it
+@example("99999999999999.99", (fen, 2, "金额字段"), False)  # the largest 16,2 amount
+@example("100000000000000", (fen, 2, "金额字段"), False)  # one fen past it
 @example("0" * 40 + "12.30", (fen, 2, "金额字段"), False)  # past 30 digits, by Decimal
 @example("0000010000000000000000000000000.001", (fen, 2, "金额字段"), False)
 @example("12.3400000", (micro, 6, "字段"), False)
@@ -181,6 +183,47 @@ def test_an_amount_read_in_one_match_is_the_checks_one_by_one(
     if text == "":
         return  # a missing field, refused before any number is read
     assert outcome() == _one_by_one(text, "x", places, signed and read is not micro, label)
+
+
+@pytest.mark.parametrize(
+    ("read", "largest", "past"),
+    [
+        (fen, "99999999999999.99", "100000000000000.00"),  # 16,2
+        (micro, "9999999999.999999", "10000000000"),  # 16,6
+        (quantity, "999999999999.9999", "1000000000000"),  # 16,4
+    ],
+)
+def test_numbers_past_the_interfaces_sixteen_digits_are_refused(
+    read: Any, largest: str, past: str
+) -> None:
+    """decimal(16, p): sixteen digits at most. 999999999999000.01 (fifteen before the point) was
+    taken as an amount, and a client reading doubles loses its last fen of it."""
+    assert read(largest, "x") == 10**16 - 1
+    for too_large in (past, int(past.split(".")[0]), Decimal(past)):
+        with pytest.raises(BadRequest, match="超出范围"):
+            read(too_large, "x")
+
+
+def test_a_json_number_is_judged_by_its_text() -> None:
+    """A JSON number is read as the Decimal of its text; its verdict is the text's, whatever
+    form the Decimal prints in (0.0000000 prints as 0E-7, which reads as an exponent)."""
+    zero = envelope.json_number("0.0000000")
+    assert str(zero) == "0E-7"  # the form that was refused as scientific notation
+    assert fen(zero, "x") == fen("0.0000000", "x") == 0
+    with pytest.raises(BadRequest, match="最多6位小数"):
+        micro(envelope.json_number("0.0000001"), "pric")
+
+
+def test_a_number_msgspec_cannot_hold_is_refused_in_the_clerks_words() -> None:
+    body = _env(infno="2101", input={"druginfo": {}})
+    req = decode_request(
+        body.replace(b'"druginfo":{}', b'"druginfo":{"medfee_sumamt":' + b"9" * 5000 + b"}")
+    )
+    with pytest.raises(BadRequest) as refused:
+        decode_input(req, In2101)
+    message = str(refused.value)
+    assert "druginfo.medfee_sumamt" in message and "超出范围" in message
+    assert not any("a" <= ch.lower() <= "z" for ch in message.replace("druginfo.medfee_sumamt", ""))
 
 
 def test_response_envelope_shape() -> None:
