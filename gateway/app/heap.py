@@ -34,7 +34,7 @@ def settle_after_start() -> None:
 def settle_built() -> None:
     """After a snapshot's build, while the collector is still paused for it: freeze the new
     snapshot too. Resumed with it unfrozen, the first young collection walked all of it (half a
-    million mappings' containers: a 13-39 ms stall on the loop, P7's bound is 10 ms). No
+    million mappings' containers: a 13-22 ms stall on the loop, P7's bound is 10 ms). No
     collection first (it would walk everything); garbage frozen with the snapshot is freed by
     reference counting, as a retired snapshot is."""
     if _enabled:
