@@ -215,7 +215,7 @@ async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
         )
 
     def build() -> Snapshot:
-        return Snapshot.build(
+        snapshot = Snapshot.build(
             version=version,
             institutions=[Institution(**dict(r)) for r in institutions],
             catalog=[CatalogEntry(**dict(r)) for r in catalog],
@@ -225,6 +225,11 @@ async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
             policies=ref.policies,
             class_b_default_bp=ref.class_b_default_bp,
         )
+        # The list the snapshot copied, let go here in pieces: dropped whole when this
+        # function's caller returned, on the loop, it held it for 7-8 ms (P7).
+        while mappings:
+            del mappings[-MAPPING_CHUNK:]
+        return snapshot
 
     paused = gc.isenabled()
     gc.disable()
