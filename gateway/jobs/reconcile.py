@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import csv
 import io
 import multiprocessing
@@ -393,11 +394,23 @@ def start_readers(limits: FileLimits) -> None:
 
 
 def stop_readers() -> None:
+    """End the readers with the gateway: a parse still running is abandoned (its upload is
+    answered or retried by the same msgid), and the processes are ended, not waited for. Left to
+    finish, a reader kept the worker from exiting for as long as its parse ran, and once (a CI
+    run) the pool's own shutdown at interpreter exit waited on readers that never got their
+    stop signal: the worker never exited."""
     global _readers
     with _readers_lock:
         pool, _readers = _readers, None
-    if pool is not None:
-        pool[0].shutdown(wait=False, cancel_futures=True)
+    if pool is None:
+        return
+    executor = pool[0]
+    # The pool's processes (no public way to end them before Python 3.14's terminate_workers).
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
 
 
 READERS_HELD = "本机构已有对账文件正在读取，请待其处理完毕后使用相同报文ID重试"
