@@ -314,10 +314,8 @@ def describe(exc: msgspec.ValidationError) -> str:
 
 
 # msgspec's refusals of a value it cannot hold, in the clerk's words.
-_MSGSPEC_WORDS = {
-    "Integer value out of range": "数值超出范围（接口的数值最多16位数字）",
-    "Number out of range": "数值超出范围（接口的数值最多16位数字）",
-}
+_OUT_OF_RANGE = "数值超出范围（接口的数值最多16位数字）"
+_MSGSPEC_WORDS = {"Integer value out of range": _OUT_OF_RANGE, "Number out of range": _OUT_OF_RANGE}
 
 
 # --------------------------------------------------------------------------- response

@@ -62,7 +62,7 @@ _LONGEST_WHOLE = 30  # more digits (leading zeros, or far out of range) go the D
 
 def scaled(value: Decimal | int | str, places: int, what: str) -> int:
     """A number with at most `places` decimals as an integer of that scale; more decimals or
-    a value past the ledger's range is an AmountError naming `what`."""
+    a value past the interface's sixteen digits is an AmountError naming `what`."""
     if isinstance(value, int) and not isinstance(value, bool):
         scale: int = 10**places
         if abs(value) * scale >= _LIMIT:

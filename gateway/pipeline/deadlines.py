@@ -5,8 +5,9 @@ read) and, at the edge, for the whole of its work. `asyncio.timeout` and `asynci
 with `shield` do each of these in several Python frames, objects and callbacks; on a pre-
 settlement they were about a twentieth of the gateway's CPU. Here each wait is one future,
 one timer and, where the work must not be cancelled, one callback. The behaviour is theirs:
-past the deadline the waiter gets TimeoutError (or is told the work is still running), and a
-cancelled waiter cancels nothing it waited for.
+past the deadline the waiter gets TimeoutError (or is told the work is still running); a
+cancelled waiter leaves a batch item cancelled, as `asyncio.timeout` did, and the work it waited
+for at the edge running, as `shield` did.
 """
 
 from __future__ import annotations
