@@ -36,16 +36,22 @@ from gateway.core.money import fen_text
 from gateway.emergency.console import commands as console_commands
 from gateway.jobs import clearing, corrections
 from gateway.ledger import db, idempotency, partitions, reference_store
-from gateway.ops import logs
+from gateway.ops import logs, orphans
 
 
-def _serve_one(settings: Settings, host: str, port: int, reuse_port: bool) -> None:
+def _serve_one(settings: Settings, host: str, port: int, supervised: bool) -> None:
+    """One serving process: alone, or one of `serve --workers N` (supervised), which share the
+    port through SO_REUSEPORT."""
+    if supervised:
+        # A worker of `serve --workers N`: stopped (gracefully) when its supervisor is gone,
+        # not left answering on the shared port with settings nobody runs any more.
+        orphans.end_with_parent(orphans.stop_gracefully)
     logs.configure()
     uvloop.install()
     heap.enable()  # this process only serves: its long-lived heap is frozen once loaded
     # Not web.run_app: the edge's connection guard (request-head deadline, connections per
     # address) lives in the runner; graceful stop gives in-flight requests 10 s.
-    serve_app(settings, host, port, reuse_port=reuse_port)
+    serve_app(settings, host, port, reuse_port=supervised)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -70,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.workers <= 1:
-        _serve_one(settings, args.host, args.port, reuse_port=False)
+        _serve_one(settings, args.host, args.port, supervised=False)
         return 0
     # Several processes share the port through SO_REUSEPORT; the kernel spreads connections.
     # Their metrics meet in prometheus-client's multiprocess files, so any worker's /metrics

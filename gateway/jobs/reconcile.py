@@ -31,7 +31,7 @@ import msgspec
 
 from gateway.core.money import AmountError, fen_text, to_fen
 from gateway.ledger.reconciliations import CentreRow, Totals
-from gateway.ops import priority
+from gateway.ops import orphans, priority
 from gateway.protocol.errors import BadRequest, Busy
 
 T = TypeVar("T")
@@ -361,6 +361,13 @@ def _nothing() -> None:
     """Run once in each reader as it starts: the spawn and the imports are paid then."""
 
 
+def _reader_started() -> None:
+    """Each reader as it starts: at the lowest priority, and gone once its gateway is gone (a
+    worker killed outright runs no `stop_readers`)."""
+    priority.lower_this_process()
+    orphans.end_with_parent()
+
+
 def _reader_pool(size: int) -> tuple[ProcessPoolExecutor, threading.BoundedSemaphore]:
     global _readers
     with _readers_lock:
@@ -369,9 +376,7 @@ def _reader_pool(size: int) -> tuple[ProcessPoolExecutor, threading.BoundedSemap
             # spawn, not fork: the gateway has threads and an event loop a fork would copy.
             context = multiprocessing.get_context("spawn")
             _readers = (
-                ProcessPoolExecutor(
-                    size, mp_context=context, initializer=priority.lower_this_process
-                ),
+                ProcessPoolExecutor(size, mp_context=context, initializer=_reader_started),
                 threading.BoundedSemaphore(size),
             )
         return _readers

@@ -177,3 +177,75 @@ async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) 
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux's /proc children list)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            return [int(child) for child in listed.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        children = _children(todo.pop())
+        found.update(children)
+        todo.extend(children)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(
+    new_database: Callable[..., Any],
+) -> None:
+    """`serve --workers 2` killed outright (SIGKILL runs no handler): its workers, and their
+    upload readers, notice and stop, and the port is free again; left running they went on
+    answering on the shared port with the settings of a gateway nobody runs any more."""
+    dsn = await _fresh(new_database, "orphans")
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2",
+        "--database-url", dsn,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as session:
+            ready = 0
+            for _ in range(600):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        ready = r.status
+                except aiohttp.ClientError:
+                    pass
+                # Both workers have started their upload readers.
+                workers = [pid for pid in _children(proc.pid) if _children(pid)]
+                if ready == 200 and len(workers) == 2:
+                    break
+                await asyncio.sleep(0.1)
+        below = _descendants(proc.pid)
+        assert ready == 200 and len(workers) == 2
+        proc.kill()
+        await proc.wait()
+        for _ in range(300):
+            if not any(_running(pid) for pid in below):
+                break
+            await asyncio.sleep(0.1)
+        assert not [pid for pid in below if _running(pid)], "processes outlived the supervisor"
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, "something still answers on the port"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -4,8 +4,11 @@ shut itself down at interpreter exit once hung a worker's exit for good)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
+from typing import Any
 
 from gateway.jobs import reconcile
 
@@ -34,3 +37,42 @@ def test_a_reader_still_parsing_is_ended_with_the_gateway() -> None:
     while _alive(pid) and time.monotonic() - started < 10:
         time.sleep(0.05)
     assert not _alive(pid), "the reader outlived the stop"
+
+
+def _gateway_with_readers(pids: Any) -> None:
+    """A stand-in for a gateway worker: it starts its readers, says who they are, and waits to
+    be killed."""
+    limits = reconcile.FileLimits(parsers=2)
+    reconcile.start_readers(limits)
+    executor, _ = reconcile._reader_pool(limits.parsers)
+    found: set[int] = set()
+    while len(found) < 2:  # both readers, each busy a moment so that neither answers twice
+        found |= {f.result(timeout=60) for f in [executor.submit(_pid_after, 0.2) for _ in "ab"]}
+    pids.put(sorted(found))
+    time.sleep(600)
+
+
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_readers_end_when_their_gateway_is_killed_outright() -> None:
+    """A worker killed with SIGKILL runs no exit code: its readers notice their parent is gone
+    and end within a few seconds, instead of idling as orphans until the host restarts."""
+    context = multiprocessing.get_context("spawn")
+    pids: Any = context.Queue()
+    gateway = context.Process(target=_gateway_with_readers, args=(pids,))
+    gateway.start()
+    try:
+        readers = pids.get(timeout=120)
+        assert len(readers) == 2 and all(_alive(pid) for pid in readers)
+        os.kill(gateway.pid or 0, signal.SIGKILL)
+        gateway.join(10)
+        started = time.monotonic()
+        while any(_alive(pid) for pid in readers) and time.monotonic() - started < 10:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in readers), "a reader outlived its killed gateway"
+    finally:
+        if gateway.is_alive():
+            gateway.kill()
