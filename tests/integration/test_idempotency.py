@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.national.envelope import decode_request, fingerprint
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.his_client import decode
 
@@ -263,3 +264,30 @@ async def test_answering_a_claim_stays_on_its_page(new_database: Callable[..., A
             await asyncio.sleep(0.5)
         assert row["n_tup_upd"] >= sales
         assert row["n_tup_hot_upd"] == row["n_tup_upd"]
+
+
+async def test_a_retry_gets_its_answer_though_its_input_is_refused_now(server: Server) -> None:
+    """An answer stored before a stricter input rule (here: sixteen digits per amount, which
+    older code did not hold) is still the retry's answer: the msgid is claimed, and the retry
+    found, before the input is judged. Refused instead, the counter would be told to start over
+    for a sale that was settled."""
+    pos = server.client(PHARMACY)
+    lines = _five_lines("9.90")
+    lines[0] |= {"pric": "999999999999000.01", "det_item_fee_sumamt": "999999999999000.01"}
+    env = pos.envelope(
+        "2102", pos.drug_input(PERSON, "2026-06-01 10:00:00", "999999999999039.61", lines)
+    )
+    body = msgspec.json.encode(env)
+    _, refused = await pos.post_raw(msgspec.json.encode({**env, "msgid": env["msgid"] + "X"}))
+    assert "超出范围" in decode(refused)["err_msg"]  # the rule as it is today
+    stored = b'{"infcode":0,"output":{"setlinfo":{"setl_id":"S-EARLIER"}}}'
+    await server.fetchval(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
+        " VALUES ($1, $2, '2102', $3, $4, 0)",
+        PHARMACY,
+        env["msgid"],
+        fingerprint(decode_request(body)),
+        stored,
+    )
+    _, again = await pos.post_raw(body)
+    assert again == stored
