@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway.ledger import db, fees
+from gateway.ledger import db, fees, persons
 
 # (what it is, the statement, its arguments as SQL literals)
 PER_REQUEST = [
@@ -47,3 +47,35 @@ async def test_a_request_finds_its_rows_by_an_index(
         await conn.execute("DEALLOCATE probe")
     plan = "\n".join(r[0] for r in rows)
     assert "Seq Scan" not in plan, f"{what}: {plan}"
+
+
+# Reads of many keys at once whose plan must not depend on the table's statistics: run in every
+# batch of the group commit, their plan is made on a ledger's first requests (a fresh ledger, a
+# new year) and cached on the connection while the table grows.
+BATCH_READS = [
+    (
+        "a batch's accumulators (group commit)",
+        persons._ACC_READ_MANY,
+        ("ARRAY['441800000000000001', '441800000000000002']", "ARRAY[2026, 2026]"),
+        "accumulators",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "sql", "args", "table"), BATCH_READS, ids=[p[0] for p in BATCH_READS]
+)
+async def test_a_batch_read_goes_by_the_key_on_a_fresh_ledger(
+    conn: asyncpg.Connection, what: str, sql: str, args: tuple[str, ...], table: str
+) -> None:
+    """On the fresh ledger's empty table, with the plan made once for every later call (as
+    the connection's prepared statement ends up), the read still goes by the primary key."""
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute(f"PREPARE probe AS {sql}")
+    try:
+        rows = await conn.fetch(f"EXPLAIN EXECUTE probe({', '.join(args)})")
+    finally:
+        await conn.execute("DEALLOCATE probe")
+    plan = "\n".join(r[0] for r in rows)
+    assert f"Seq Scan on {table}" not in plan, f"{what}: {plan}"
+    assert f"Index Scan using {table}_pkey" in plan, f"{what}: {plan}"
