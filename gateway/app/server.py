@@ -86,12 +86,16 @@ def _envelope_error(message: str) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _refusal(outcome: dispatch.Outcome, started: float) -> web.Response:
+def _refusal(
+    outcome: dispatch.Outcome, started: float, *, keep_alive: bool = False
+) -> web.Response:
     """An answer given before the body was read: the connection is not reused, so a client
-    that is refused cannot keep the socket (what is left of its body is drained, not kept)."""
+    that is refused cannot keep the socket (what is left of its body is drained, not kept);
+    `keep_alive` where the body is all in already (nothing left to drain or to trickle)."""
     observe(outcome, time.perf_counter() - started)
     response = web.Response(body=outcome.body, content_type="application/json")
-    response.force_close()
+    if not keep_alive:
+        response.force_close()
     return response
 
 
@@ -115,7 +119,7 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
     if not admission.enter():
         # Past the in-flight limit a request waits behind all the others and its latency grows
         # without bound; a fast "busy" lets the counter retry (same msgid) or switch to plan B.
-        return _shed(gw, path_infno, started)
+        return _shed(request, gw, path_infno, started)
     uploader: str | None = None  # the institution an admitted heavy upload is charged to
     over_budget: web.Response | None = None
     try:
@@ -140,7 +144,7 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
             uploader = payer
         senders = _senders(request, authenticated)
         if not admission.start_body(senders):
-            return _shed(gw, path_infno, started)
+            return _shed(request, gw, path_infno, started)
         try:
             body = await read_body(request, gw.config.http, path_infno)
             if path_infno is None and len(body) > gw.config.http.body_limit_bytes:
@@ -216,12 +220,19 @@ def _over_budget(gw: Gateway, message: str, path_infno: str | None) -> dispatch.
     return dispatch.refused(gw, Busy(message), path_infno or "", outcome=dispatch.Result.BUSY)
 
 
-def _shed(gw: Gateway, path_infno: str | None, started: float) -> web.Response:
+def _shed(
+    request: web.Request, gw: Gateway, path_infno: str | None, started: float
+) -> web.Response:
+    """Busy. A request whose body has all arrived (a counter's, sent with its head in one
+    segment) keeps its connection: closed, every retry of a shed request paid for a new
+    connection, and at twice the saturated rate those reconnections took the CPU the accepted
+    settlements needed (benchmarks/RESULTS.md, P6). A body still arriving is not waited for:
+    that connection is closed, as any refusal's."""
     metrics.SHED.inc()
     outcome = dispatch.refused(
         gw, Busy(SHED_MESSAGE), path_infno or "", outcome=dispatch.Result.BUSY
     )
-    return _refusal(outcome, started)
+    return _refusal(outcome, started, keep_alive=request.content.is_eof())
 
 
 def _senders(request: web.Request, authenticated: str | None) -> tuple[str, ...]:

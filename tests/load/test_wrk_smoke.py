@@ -122,12 +122,13 @@ def test_the_harness_counts_deferred_answers_apart_from_settlements(
 ) -> None:
     """The harness itself, briefly: a 2102 row counts settlements, not the infcode-0 answers of
     claims the plan deferred; the `defer` row counts its claims; each row has the bare handler
-    measured just before it."""
+    measured just before it; the overload row has its accepted requests' latencies from the
+    gateway's own histogram."""
     out = tmp_path / "run.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "wrk_harness.py"), "--duration", "1",
          "--connections", "8", "--persons", "300", "--sweep", "", "--bare-each", "1",
-         "--scenarios", "2102,defer", "--database-url", pg_server_url, "--json", str(out)],
+         "--scenarios", "2102,defer,overload", "--database-url", pg_server_url, "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -137,3 +138,8 @@ def test_the_harness_counts_deferred_answers_apart_from_settlements(
     assert deferred["ok"] > 0 and deferred["deferred"] >= deferred["ok"]
     assert settled["bare"]["rate"] > 0 and deferred["bare"]["rate"] > 0
     assert "| 2102 pharmacy settlement, durable (bare just before:" in done.stdout
+    accepted = rows["overload"]["accepted"]
+    assert rows["overload"]["ok"] > 0
+    assert 0 < accepted["p50_ms"] <= accepted["p99_ms"]
+    assert 0 <= accepted["within_25ms"] <= accepted["within_50ms"] <= 1
+    assert "accepted 2102s by the gateway's own histogram" in done.stdout
