@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
+from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import insert_statement
 from gateway.protocol.errors import Conflict, NotFound
 
@@ -199,6 +200,12 @@ async def lock(conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str) -> 
     return await get(conn, mdtrt_id, fixmedins_code, lock=True)
 
 
+_LOCK_ONE = f"SELECT {_COLUMNS} FROM encounters WHERE mdtrt_id = $1 FOR UPDATE"
+_READ_ONE = f"SELECT {_COLUMNS} FROM encounters WHERE mdtrt_id = $1"
+_LOCK_MANY = per_key(_COLUMNS, "encounters", [("mdtrt_id", "text")], lock=True)
+_READ_MANY = per_key(_COLUMNS, "encounters", [("mdtrt_id", "text")])
+
+
 async def lock_many(
     conn: asyncpg.Connection, mdtrt_ids: list[str], *, lock: bool = True
 ) -> dict[str, Encounter]:
@@ -207,13 +214,11 @@ async def lock_many(
     asking."""
     # One visit (the single path, a pre-settlement) by equality: a plan PostgreSQL caches as
     # cheaply as the old single-visit read, where an array parameter costs more per call.
-    one = len(mdtrt_ids) == 1
-    where = "mdtrt_id = $1" if one else "mdtrt_id = ANY($1::text[])"
-    rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM encounters WHERE {where}"
-        + (" ORDER BY mdtrt_id FOR UPDATE" if lock else ""),
-        mdtrt_ids[0] if one else mdtrt_ids,
-    )
+    if len(mdtrt_ids) == 1:
+        sql = _LOCK_ONE if lock else _READ_ONE
+        rows = await conn.fetch(sql, mdtrt_ids[0])
+    else:
+        rows = await conn.fetch(_LOCK_MANY if lock else _READ_MANY, mdtrt_ids)
     return {r["mdtrt_id"]: _of(r) for r in rows}
 
 

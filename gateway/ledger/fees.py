@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from gateway.core.model import FeeLine
+from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import Writes, insert_statement
 from gateway.protocol.errors import Conflict
 
@@ -129,6 +130,22 @@ async def unsettled(
     return [_line_of(r) for r in rows]
 
 
+_UNSETTLED_MANY = per_key(
+    _LINE_COLUMNS,
+    "fee_lines",
+    [("mdtrt_id", "text")],
+    where="setl_id IS NULL",
+    order_by="mdtrt_id, feedetl_sn",
+)
+_SETTLED_BATCHES = (
+    "SELECT DISTINCT mdtrt_id, chrg_bchno FROM ("
+    + per_key(
+        "mdtrt_id, chrg_bchno", "fee_lines", [("mdtrt_id", "text")], where="setl_id IS NOT NULL"
+    )
+    + ") AS settled"
+)
+
+
 async def unsettled_many(
     conn: asyncpg.Connection, mdtrt_ids: Sequence[str]
 ) -> dict[str, list[StoredLine]]:
@@ -140,11 +157,7 @@ async def unsettled_many(
             mdtrt_ids[0],
         )
     else:
-        rows = await conn.fetch(
-            f"SELECT {_LINE_COLUMNS} FROM fee_lines WHERE mdtrt_id = ANY($1::text[])"
-            " AND setl_id IS NULL ORDER BY mdtrt_id, feedetl_sn",
-            list(mdtrt_ids),
-        )
+        rows = await conn.fetch(_UNSETTLED_MANY, list(mdtrt_ids))
     out: dict[str, list[StoredLine]] = {}
     for r in rows:
         out.setdefault(r["mdtrt_id"], []).append(_line_of(r))
@@ -155,11 +168,7 @@ async def settled_batches(
     conn: asyncpg.Connection, mdtrt_ids: Sequence[str]
 ) -> dict[str, set[str]]:
     """The charge batches of several visits that have settled lines."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT mdtrt_id, chrg_bchno FROM fee_lines WHERE mdtrt_id = ANY($1::text[])"
-        " AND setl_id IS NOT NULL",
-        list(mdtrt_ids),
-    )
+    rows = await conn.fetch(_SETTLED_BATCHES, list(mdtrt_ids))
     out: dict[str, set[str]] = {}
     for r in rows:
         out.setdefault(r["mdtrt_id"], set()).add(r["chrg_bchno"])

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from gateway.core.model import Accumulators, Person
+from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import insert_statement, update_statement
 from gateway.protocol.errors import IdentityRejected, NotInsured
 
@@ -25,16 +26,10 @@ _READ = f"{_SELECT} WHERE p.psn_no = $1"
 # Several persons at once, locked in psn_no order: two batches locking overlapping sets of
 # persons always queue in the same order, so they cannot deadlock.
 _LOCK_MANY = f"{_SELECT} WHERE p.psn_no = ANY($1::text[]) ORDER BY p.psn_no FOR UPDATE OF a"
-# Each key looked up by the primary key, whatever the planner thinks of the table: as a join
-# (`(psn_no, year) IN (SELECT * FROM unnest(…))`), a plan made while the table was small (a
-# fresh ledger, the first days of a year's rows) read it through with a hash join, and stayed
-# cached on the connection as it grew: 1.1 ms a batch at ten thousand rows, a seventh of
-# PostgreSQL's time per settlement (benchmarks/RESULTS.md). The lateral subquery, kept apart by
-# OFFSET 0, can only be run per key, and a key on the primary key is an index look-up.
-_ACC_READ_MANY = (
-    f"SELECT y.psn_no, y.year, {', '.join(f'y.{f}' for f in ACCUMULATOR_FIELDS)}"
-    " FROM unnest($1::text[], $2::int[]) AS k(psn_no, year) CROSS JOIN LATERAL"
-    " (SELECT * FROM accumulators a WHERE a.psn_no = k.psn_no AND a.year = k.year OFFSET 0) y"
+_ACC_READ_MANY = per_key(
+    f"psn_no, year, {', '.join(ACCUMULATOR_FIELDS)}",
+    "accumulators",
+    [("psn_no", "text"), ("year", "int4")],
 )
 # The person, the balance and one year's accumulators in one round trip (a missing year: NULLs).
 _WITH_YEAR_COLUMNS = f"{_PERSON_COLUMNS}, a.balance_fen, y.year AS acc_year, " + ", ".join(
