@@ -35,17 +35,22 @@ async def conn(new_database: Callable[..., Any]) -> Any:
         await c.close()
 
 
-@pytest.mark.parametrize(("what", "sql", "args"), PER_REQUEST, ids=[p[0] for p in PER_REQUEST])
-async def test_a_request_finds_its_rows_by_an_index(
-    conn: asyncpg.Connection, what: str, sql: str, args: tuple[str, ...]
-) -> None:
-    await conn.execute("SET enable_seqscan = off")
+async def _plan(conn: asyncpg.Connection, sql: str, args: tuple[str, ...]) -> str:
+    """The plan of the statement prepared, as a connection's cached statement runs it."""
     await conn.execute(f"PREPARE probe AS {sql}")
     try:
         rows = await conn.fetch(f"EXPLAIN EXECUTE probe({', '.join(args)})")
     finally:
         await conn.execute("DEALLOCATE probe")
-    plan = "\n".join(r[0] for r in rows)
+    return "\n".join(r[0] for r in rows)
+
+
+@pytest.mark.parametrize(("what", "sql", "args"), PER_REQUEST, ids=[p[0] for p in PER_REQUEST])
+async def test_a_request_finds_its_rows_by_an_index(
+    conn: asyncpg.Connection, what: str, sql: str, args: tuple[str, ...]
+) -> None:
+    await conn.execute("SET enable_seqscan = off")
+    plan = await _plan(conn, sql, args)
     assert "Seq Scan" not in plan, f"{what}: {plan}"
 
 
@@ -76,11 +81,6 @@ async def test_a_batch_read_goes_by_the_key_on_a_fresh_ledger(
     """On the fresh ledger's empty table, with the plan made once for every later call (as
     the connection's prepared statement ends up), the read still goes by the primary key."""
     await conn.execute("SET plan_cache_mode = force_generic_plan")
-    await conn.execute(f"PREPARE probe AS {sql}")
-    try:
-        rows = await conn.fetch(f"EXPLAIN EXECUTE probe({', '.join(args)})")
-    finally:
-        await conn.execute("DEALLOCATE probe")
-    plan = "\n".join(r[0] for r in rows)
+    plan = await _plan(conn, sql, args)
     assert f"Seq Scan on {table}" not in plan, f"{what}: {plan}"
     assert f"Index Scan using {table}_" in plan, f"{what}: {plan}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -13,7 +14,7 @@ from msgspec.structs import replace
 
 from gateway.app.config import Overload
 from gateway.ops import metrics
-from tests.integration.conftest import GENEROUS, running_gateway
+from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.his_client import CALL_SERVICE, decode
 
 PHARMACY = "P44180000001"
@@ -37,24 +38,35 @@ def shed_count() -> float:
     )
 
 
+@asynccontextmanager
+async def _both_slots_held(server: Server) -> AsyncIterator[list[asyncio.Future[Any]]]:
+    """With an in-flight bound of 2: two settlements for HELD, waiting on a lock of the
+    person's account row, hold both slots until the block ends (the lock is let go then)."""
+    pos = server.client(PHARMACY)
+    blocker = await asyncpg.connect(server.dsn)
+    tx = blocker.transaction()
+    await tx.start()
+    await blocker.execute("SELECT 1 FROM accounts WHERE psn_no = $1 FOR UPDATE", HELD)
+    try:
+        held = [
+            asyncio.ensure_future(pos.ok("2102", pos.drug_input(HELD, DAY, "9.90", LINE)))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.5)
+        assert not any(t.done() for t in held)
+        yield held
+    finally:
+        await tx.rollback()
+        await blocker.close()
+
+
 async def test_past_the_limit_requests_are_shed_fast_and_nothing_is_written(
     new_database: Callable[..., Any],
 ) -> None:
     config = replace(GENEROUS, overload=Overload(max_in_flight=2))
     async with running_gateway(new_database, config) as server:
         pos = server.client(PHARMACY)
-        # Hold the person's account row: the two settlements for them stay in flight.
-        blocker = await asyncpg.connect(server.dsn)
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM accounts WHERE psn_no = $1 FOR UPDATE", HELD)
-        try:
-            held = [
-                asyncio.ensure_future(pos.ok("2102", pos.drug_input(HELD, DAY, "9.90", LINE)))
-                for _ in range(2)
-            ]
-            await asyncio.sleep(0.5)
-            assert not any(t.done() for t in held)
+        async with _both_slots_held(server) as held:
             shed_before = shed_count()
             envelope = pos.envelope("2102", pos.drug_input(OTHER, DAY, "9.90", LINE))
             started = time.perf_counter()
@@ -67,9 +79,6 @@ async def test_past_the_limit_requests_are_shed_fast_and_nothing_is_written(
             assert elapsed < 0.5  # answered while the other two still wait on the lock
             assert shed_count() == shed_before + 1
             assert not any(t.done() for t in held)
-        finally:
-            await tx.rollback()
-            await blocker.close()
         outputs = await asyncio.gather(*held)
         assert all(o["setlinfo"]["setl_id"] for o in outputs)
         # The shed request did nothing: no visit, no settlement, no msgid journaled ...
@@ -115,19 +124,9 @@ async def test_a_shed_request_keeps_its_connection_when_its_body_is_in(
     config = replace(GENEROUS, overload=Overload(max_in_flight=2))
     async with running_gateway(new_database, config) as server:
         pos = server.client(PHARMACY)
-        blocker = await asyncpg.connect(server.dsn)
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM accounts WHERE psn_no = $1 FOR UPDATE", HELD)
         port = int(pos.base_url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            held = [
-                asyncio.ensure_future(pos.ok("2102", pos.drug_input(HELD, DAY, "9.90", LINE)))
-                for _ in range(2)
-            ]
-            await asyncio.sleep(0.5)
-            assert not any(t.done() for t in held)
+        async with _both_slots_held(server) as held:
             shed_before = shed_count()
             for _ in range(3):  # one connection, one busy answer after another
                 envelope = pos.envelope("2102", pos.drug_input(OTHER, DAY, "9.90", LINE))
@@ -147,9 +146,6 @@ async def test_a_shed_request_keeps_its_connection_when_its_body_is_in(
                 assert headers.get("connection", "").lower() == "close"
             finally:
                 late_writer.close()
-        finally:
-            await tx.rollback()
-            await blocker.close()
         await asyncio.gather(*held)
         # The kept connection serves the next request once there is room: it settles.
         envelope = pos.envelope("2102", pos.drug_input(OTHER, DAY, "9.90", LINE))
