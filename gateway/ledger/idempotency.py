@@ -11,6 +11,7 @@ from collections.abc import Collection, Sequence
 import asyncpg
 import msgspec
 
+from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import update_statement
 from gateway.protocol.errors import Conflict
 
@@ -31,10 +32,12 @@ _LOOKUP = (
     "SELECT fixmedins_code, msgid, body_sha256, answer, tombstone FROM idempotency"
     " WHERE fixmedins_code = $1 AND msgid = $2"
 )
-_LOOKUP_MANY = (
-    "SELECT i.fixmedins_code, i.msgid, i.body_sha256, i.answer, i.tombstone"
-    " FROM unnest($1::text[], $2::text[]) AS k(fixmedins_code, msgid)"
-    " JOIN idempotency i ON i.fixmedins_code = k.fixmedins_code AND i.msgid = k.msgid"
+# Key by key (gateway.ledger.keyed): a join's plan made while the journal was empty read it
+# through, and the journal grows by every request.
+_LOOKUP_MANY = per_key(
+    "fixmedins_code, msgid, body_sha256, answer, tombstone",
+    "idempotency",
+    [("fixmedins_code", "text"), ("msgid", "text")],
 )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from gateway.ledger import db, encounters, fees, persons
+from gateway.ledger import db, encounters, fees, idempotency, persons
 
 # (what it is, the statement, its arguments as SQL literals)
 PER_REQUEST = [
@@ -69,6 +69,12 @@ BATCH_READS = [
     ("a batch's visits (group read)", encounters._READ_MANY, TWO_VISITS, "encounters"),
     ("a batch's unsettled lines", fees._UNSETTLED_MANY, TWO_VISITS, "fee_lines"),
     ("a batch's settled charge batches", fees._SETTLED_BATCHES, TWO_VISITS, "fee_lines"),
+    (
+        "a batch's msgid journal look-ups (group read)",
+        idempotency._LOOKUP_MANY,
+        ("ARRAY['P1', 'P1']", "ARRAY['M1', 'M2']"),
+        "idempotency",
+    ),
 ]
 
 
