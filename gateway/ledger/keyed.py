@@ -28,7 +28,8 @@ def per_key(
 ) -> str:
     """`SELECT columns FROM table` for the rows of each distinct key, the keys given as one
     array parameter per key column ($1, $2, … in `keys`' order). `where`: a further condition
-    on the table's columns; `lock`: FOR UPDATE, taken key by key in the keys' sorted order (two
+    on the table's columns (the table's alias is `t`; a subquery in it is best kept per row
+    with OFFSET 0 too); `lock`: FOR UPDATE, taken key by key in the keys' sorted order (two
     batches locking overlapping keys queue in the same order); `order_by`: of the result, over
     `columns`' names."""
     names = [name for name, _ in keys]

@@ -43,6 +43,7 @@ from gateway.core.money import fen_text
 from gateway.core.settle import apply
 from gateway.ledger import encounters, fees, payouts, persons
 from gateway.ledger.encounters import Encounter
+from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import Writes, insert_statement
 from gateway.protocol.errors import Conflict, NotFound, RuleRejected
 
@@ -150,11 +151,15 @@ async def draw_serials(conn: asyncpg.Connection, n: int) -> list[tuple[int, int]
     return [(int(r["m"]), int(r["s"])) for r in rows]
 
 
-_OTHER_STAYS = (
-    "SELECT e.mdtrt_id FROM encounters e WHERE e.mdtrt_id = ANY($1::text[]) AND EXISTS ("
-    " SELECT 1 FROM settlements s WHERE s.psn_no = e.psn_no"
-    " AND s.year = EXTRACT(YEAR FROM e.begntime)::int AND s.category = 'inpatient'"
-    " AND s.status = 'settled' AND s.mdtrt_id <> e.mdtrt_id)"
+# Key by key, the EXISTS kept per visit by OFFSET 0 (gateway.ledger.keyed): as a join and a
+# semi-join, a plan made on a fresh ledger read both tables through.
+_OTHER_STAYS = per_key(
+    "mdtrt_id",
+    "encounters",
+    [("mdtrt_id", "text")],
+    where="EXISTS (SELECT 1 FROM settlements s WHERE s.psn_no = t.psn_no"
+    " AND s.year = EXTRACT(YEAR FROM t.begntime)::int AND s.category = 'inpatient'"
+    " AND s.status = 'settled' AND s.mdtrt_id <> t.mdtrt_id OFFSET 0)",
 )
 
 
@@ -343,10 +348,15 @@ def stage(
 
 
 _UNREPLACED_REFUNDS = (
-    "SELECT DISTINCT ON (s.mdtrt_id, s.chrg_bchno) s.mdtrt_id, s.chrg_bchno, s.setl_id"
-    " FROM settlements s WHERE s.mdtrt_id = ANY($1::text[]) AND s.status = 'cancelled'"
-    " AND NOT EXISTS (SELECT 1 FROM settlements r WHERE r.replaces_setl_id = s.setl_id)"
-    " ORDER BY s.mdtrt_id, s.chrg_bchno, s.cancel_setl_time DESC, s.setl_id DESC"
+    "SELECT DISTINCT ON (mdtrt_id, chrg_bchno) mdtrt_id, chrg_bchno, setl_id FROM ("
+    + per_key(
+        "mdtrt_id, chrg_bchno, setl_id, cancel_setl_time",
+        "settlements",
+        [("mdtrt_id", "text")],
+        where="status = 'cancelled' AND NOT EXISTS"
+        " (SELECT 1 FROM settlements r WHERE r.replaces_setl_id = t.setl_id OFFSET 0)",
+    )
+    + ") AS cancelled ORDER BY mdtrt_id, chrg_bchno, cancel_setl_time DESC, setl_id DESC"
 )
 
 
