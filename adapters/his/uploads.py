@@ -8,6 +8,7 @@ from typing import Any
 
 from adapters.national.envelope import Request, decode_input, text
 from adapters.national.output import line_result
+from adapters.national.paths import by_serial
 from adapters.national.wire import (
     FeeDetail,
     In2204,
@@ -31,7 +32,7 @@ from gateway.services.fee_uploads import MAX_LINES, StoredLine, Uploading
 
 def _line(row: FeeDetail, *, batch_required: bool, refunds: bool) -> StoredLine:
     sn = required(row.feedetl_sn, "feedetail.feedetl_sn")
-    at = f"feedetail[{sn}]"
+    at = by_serial("feedetail", sn)
     occurred = when_required(row.fee_ocur_time, f"{at}.fee_ocur_time")
     chrg_bchno = (
         required(row.chrg_bchno, f"{at}.chrg_bchno") if batch_required else text(row.chrg_bchno)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from adapters.national import lengths
+from adapters.national.paths import clerk_path
 from gateway.protocol.errors import BadRequest
 
 Code = str | int | None
@@ -144,7 +145,7 @@ def refuse_control_characters(raw: bytes) -> None:
         raise BadRequest(TOO_DEEP) from None
     if where is None:
         return  # the match was inside a number or key-less text the walk does not see
-    raise BadRequest(f"字段{where}含有不可见的控制字符（如NUL），请删除后重新发送")
+    raise BadRequest(f"字段{clerk_path(where)}含有不可见的控制字符（如NUL），请删除后重新发送")
 
 
 NOT_UTF8 = "报文不是合法的UTF-8 JSON（请以UTF-8编码发送，GBK、UTF-16等编码不受理）"
@@ -299,17 +300,17 @@ def describe(exc: msgspec.ValidationError) -> str:
     msg = str(exc)
     m = _EXPECTED.search(msg)
     if m:
-        at = m.group("at") or "报文"
+        at = clerk_path(m.group("at")) or "报文"
         return f"字段{at}应为{_cn_type(m.group('want'))}，实际为{_cn_type(m.group('got'))}"
     m = _MISSING.search(msg)
     if m:
-        where = m.group("at")
+        where = clerk_path(m.group("at") or "")
         field = f"{where}.{m.group('field')}" if where else m.group("field")
         return f"缺少必填字段{field}"
     m = _AT.match(msg)
     if m:  # a refusal raised while decoding a value (json_number), or msgspec's own words
         what = m.group("what")
-        return f"字段{m.group('at') or '报文'}：{_MSGSPEC_WORDS.get(what, what)}"
+        return f"字段{clerk_path(m.group('at')) or '报文'}：{_MSGSPEC_WORDS.get(what, what)}"
     return msg
 
 

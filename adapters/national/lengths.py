@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.national.paths import clerk_path
 from gateway.protocol.errors import BadRequest
 
 OTHER = 1000  # any text the interface gives no length, e.g. main_cond_dscr, a date-time
@@ -175,5 +176,5 @@ def _walk(value: Any, name: str, limit: int, at: str) -> None:
 
 def _too_long(value: str, at: str, limit: int) -> None:
     raise BadRequest(
-        f"字段{at}过长（{len(value)}个字符），接口规定最多{limit}个字符，请核对后重新发送"
+        f"字段{clerk_path(at)}过长（{len(value)}个字符），接口规定最多{limit}个字符，请核对后重新发送"
     )

@@ -14,6 +14,7 @@ import msgspec
 from adapters.national import deferral, wire
 from adapters.national.envelope import Amount, Code, Request, decode_input, text
 from adapters.national.output import line_result, setldetail, setlinfo
+from adapters.national.paths import by_serial
 from adapters.national.wire import (
     In2208,
     Node,
@@ -109,7 +110,7 @@ def purchase_of(req: Request) -> PurchaseAsk:
         if sn in seen:
             raise LineRejected(sn, "同一报文中费用明细流水号重复")
         seen.add(sn)
-        at = f"drugdetail[{sn}]"
+        at = by_serial("drugdetail", sn)
         occurred = when(row.fee_ocur_time, f"{at}.fee_ocur_time", optional=True) or begntime
         cnt = quantity(row.cnt, f"{at}.cnt")
         if cnt <= 0:

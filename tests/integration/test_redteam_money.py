@@ -244,7 +244,7 @@ async def test_overlong_text_is_refused_naming_the_field(grouped: Server) -> Non
     for field, at in [("feedetl_sn", "feedetl_sn"), ("chrg_bchno", "chrg_bchno")]:
         rows = his.fee_rows(mdtrt_id, YI, VISIT, f"{DAY} 08:20:00", "B2")
         rows[0][field] = "S" * 5000
-        cases.append(("2204", {"feedetail": rows}, f"feedetail[0].{at}"))
+        cases.append(("2204", {"feedetail": rows}, f"feedetail第1条.{at}"))
     for infno, input_, at in cases:
         answer = await his.call(infno, input_)
         assert answer["infcode"] == -1, (infno, at)
@@ -252,6 +252,36 @@ async def test_overlong_text_is_refused_naming_the_field(grouped: Server) -> Non
         assert len(answer["err_msg"]) < 200
     long_opter = await his.call("1101", {"data": cert("02", YI_CERTNO)}, opter="O" * 31)
     assert long_opter["infcode"] == -1 and "字段opter过长" in long_opter["err_msg"]
+    assert await grouped.ledger_fingerprint() == fingerprint
+
+
+async def test_a_refusal_names_the_line_the_clerk_sees(grouped: Server) -> None:
+    """Found from outside: a refusal named a line by its position counted from 0 when the
+    decoder refused it and by its serial number when a value check did, both as
+    `feedetail[1]`, so one of them pointed at the wrong line. Positions now count from 1
+    (第2条) and a serial number says so (流水号B2); every case here is the second line."""
+    his = grouped.client(HOSPITAL)
+    mdtrt_id = await open_visit(his, YI, "LINE-NAMES")
+    fingerprint = await grouped.ledger_fingerprint()
+
+    def rows_with(change: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = his.fee_rows(mdtrt_id, YI, VISIT, f"{DAY} 08:20:00", "B2")
+        rows = [rows[0], {**rows[0]}]
+        rows[0]["feedetl_sn"], rows[1]["feedetl_sn"] = "A1", "B2"
+        rows[1].update(change)
+        return rows
+
+    cases = [
+        ({"pric": "99999999999999.99"}, "字段feedetail(流水号B2).pric"),  # a value check
+        ({"fee_ocur_time": "2026-02-30 25:61:61"}, "字段feedetail(流水号B2).fee_ocur_time"),
+        ({"pric": 1e308}, "字段feedetail第2条.pric"),  # the decoder
+        ({"psn_no": ["x"]}, "字段feedetail第2条.psn_no"),
+        ({"feedetl_sn": "S" * 31}, "字段feedetail第2条.feedetl_sn"),  # the length check
+    ]
+    for change, named in cases:
+        answer = await his.call("2204", {"feedetail": rows_with(change)})
+        assert answer["infcode"] == -1 and named in answer["err_msg"], (change, answer)
+        assert "[" not in answer["err_msg"], answer
     assert await grouped.ledger_fingerprint() == fingerprint
     # At the interface's length exactly, the same fields are taken.
     data = registration(YI, cert("02", YI_CERTNO), "Z" * 30)

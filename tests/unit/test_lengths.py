@@ -1,6 +1,7 @@
 """The length check against a plain reading of its rule, over generated requests: the same
 verdict and, for a refusal, the same words (the first too-long text in the order decoded,
-named by its path: feedetail[2].feedetl_sn)."""
+named by its path, a list's items counted from 1 as the clerk counts lines:
+feedetail第3条.feedetl_sn)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _reference(node: Any, at: str = "") -> str | None:
             return None
         if isinstance(v, list):
             for i, item in enumerate(v):
-                if (found := value(item, name, f"{path}[{i}]")) is not None:
+                if (found := value(item, name, f"{path}第{i + 1}条")) is not None:
                     return found
             return None
         if isinstance(v, (msgspec.Struct, dict)):
@@ -97,9 +98,9 @@ class Body(msgspec.Struct, rename={"lines": "feedetail"}):
     ("body", "refused"),
     [
         (Body("p", [Line("1" * 30), Line("2", codes=["x"] * 3)]), None),
-        (Body("p", [Line("1"), Line("2" * 31)]), "feedetail[1].feedetl_sn"),
-        (Body("p", [Line("1", note="n" * 1001)]), "feedetail[0].note"),
-        (Body("p", [Line("1", codes=["c", "c" * 1001])]), "feedetail[0].codes[1]"),
+        (Body("p", [Line("1"), Line("2" * 31)]), "feedetail第2条.feedetl_sn"),
+        (Body("p", [Line("1", note="n" * 1001)]), "feedetail第1条.note"),
+        (Body("p", [Line("1", codes=["c", "c" * 1001])]), "feedetail第1条.codes第2条"),
         (Body("p" * 31, [Line("1" * 31)]), "psn_no"),
         (Body("p", [], "A" * 100_000), None),
     ],

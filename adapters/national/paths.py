@@ -1,0 +1,25 @@
+"""How a refusal names the field it refuses, as the counter's clerk reads it.
+
+A list's items are counted from 1 (第1条), as a clerk counts the lines on the screen. msgspec's
+paths and the length and control-character walks count from 0, and the value checks named a
+line by its serial number in the same brackets, so `feedetail[1]` was the first line in one
+refusal and the second in another (found from outside). A line named by its serial number says
+so: `feedetail(流水号7)`, as LineRejected's `费用明细流水号7`.
+"""
+
+from __future__ import annotations
+
+import re
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def clerk_path(path: str) -> str:
+    """A decoder's path with its list positions counted from 1: `feedetail[0].pric` →
+    `feedetail第1条.pric`."""
+    return _INDEX.sub(lambda m: f"第{int(m.group(1)) + 1}条", path)
+
+
+def by_serial(node: str, feedetl_sn: str) -> str:
+    """A line of `node` named by its serial number."""
+    return f"{node}(流水号{feedetl_sn})"
