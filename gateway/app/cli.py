@@ -10,14 +10,13 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
 
-from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli
+from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli, supervisor
 from gateway.app.cli_args import month_arg
 from gateway.app.cli_database import add_database, cluster_pools, database_url
 from gateway.app.config import (
@@ -39,19 +38,19 @@ from gateway.ledger import db, idempotency, partitions, reference_store
 from gateway.ops import logs, orphans
 
 
-def _serve_one(settings: Settings, host: str, port: int, supervised: bool) -> None:
-    """One serving process: alone, or one of `serve --workers N` (supervised), which share the
-    port through SO_REUSEPORT."""
-    if supervised:
+def _serve_one(settings: Settings, host: str, port: int, supervisor: int | None) -> None:
+    """One serving process: alone, or one of `serve --workers N` (its supervisor's pid given),
+    which share the port through SO_REUSEPORT."""
+    if supervisor is not None:
         # A worker of `serve --workers N`: stopped (gracefully) when its supervisor is gone,
         # not left answering on the shared port with settings nobody runs any more.
-        orphans.end_with_parent(orphans.stop_gracefully)
+        orphans.end_with_parent(supervisor, orphans.stop_gracefully)
     logs.configure()
     uvloop.install()
     heap.enable()  # this process only serves: its long-lived heap is frozen once loaded
     # Not web.run_app: the edge's connection guard (request-head deadline, connections per
     # address) lives in the runner; graceful stop gives in-flight requests 10 s.
-    serve_app(settings, host, port, reuse_port=supervised)
+    serve_app(settings, host, port, reuse_port=supervisor is not None)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -76,7 +75,7 @@ def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.workers <= 1:
-        _serve_one(settings, args.host, args.port, supervised=False)
+        _serve_one(settings, args.host, args.port, supervisor=None)
         return 0
     # Several processes share the port through SO_REUSEPORT; the kernel spreads connections.
     # Their metrics meet in prometheus-client's multiprocess files, so any worker's /metrics
@@ -85,23 +84,12 @@ def serve(args: argparse.Namespace) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
-    ctx = multiprocessing.get_context("spawn")
-    children = [
-        ctx.Process(target=_serve_one, args=(settings, args.host, args.port, True), daemon=False)
-        for _ in range(args.workers)
-    ]
-    for child in children:
-        child.start()
-
-    def stop(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.is_alive() and child.pid is not None:
-                os.kill(child.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for child in children:
-        child.join()
+    supervisor.run(
+        multiprocessing.get_context("spawn"),
+        _serve_one,
+        (settings, args.host, args.port, os.getpid()),
+        args.workers,
+    )
     shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 

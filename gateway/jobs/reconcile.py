@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io
 import multiprocessing
+import os
 import struct
 import threading
 import time
@@ -361,11 +362,11 @@ def _nothing() -> None:
     """Run once in each reader as it starts: the spawn and the imports are paid then."""
 
 
-def _reader_started() -> None:
-    """Each reader as it starts: at the lowest priority, and gone once its gateway is gone (a
-    worker killed outright runs no `stop_readers`)."""
+def _reader_started(gateway: int) -> None:
+    """Each reader as it starts: at the lowest priority, and gone once its gateway (the pid
+    that started it) is gone (a worker killed outright runs no `stop_readers`)."""
     priority.lower_this_process()
-    orphans.end_with_parent()
+    orphans.end_with_parent(gateway)
 
 
 def _reader_pool(size: int) -> tuple[ProcessPoolExecutor, threading.BoundedSemaphore]:
@@ -376,7 +377,12 @@ def _reader_pool(size: int) -> tuple[ProcessPoolExecutor, threading.BoundedSemap
             # spawn, not fork: the gateway has threads and an event loop a fork would copy.
             context = multiprocessing.get_context("spawn")
             _readers = (
-                ProcessPoolExecutor(size, mp_context=context, initializer=_reader_started),
+                ProcessPoolExecutor(
+                    size,
+                    mp_context=context,
+                    initializer=_reader_started,
+                    initargs=(os.getpid(),),
+                ),
                 threading.BoundedSemaphore(size),
             )
         return _readers

@@ -32,10 +32,11 @@ def stop_gracefully() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def end_with_parent(on_orphaned: Callable[[], None] = _exit_now) -> None:
+def end_with_parent(parent: int, on_orphaned: Callable[[], None] = _exit_now) -> None:
     """From now on, call `on_orphaned` (default: exit at once) once this process's parent is
-    gone. The parent is the one this process has now."""
-    parent = os.getppid()
+    gone. `parent` is the pid of the process that started this one, as it told it: read here,
+    a parent killed while this process was still importing (a spawned process takes about a
+    second) was already init, and the orphan watched init for good."""
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import signal
 import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -245,6 +248,63 @@ async def test_workers_stop_when_their_supervisor_is_killed(
         assert not [pid for pid in below if _running(pid)], "processes outlived the supervisor"
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, "something still answers on the port"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_killed_worker_is_replaced(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`serve --workers 2` with one worker killed outright: the supervisor starts another in
+    its place (the gateway was left a process short until restarted), the port keeps
+    answering, and SIGTERM still stops every process."""
+    dsn = await _fresh(new_database, "replace")
+    port = _free_port()
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as sink:  # a file, not a pipe: a full pipe would stop the gateway
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2",
+            "--database-url", dsn, stdout=asyncio.subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+
+    async def two_workers() -> list[int]:
+        for _ in range(600):
+            workers = [pid for pid in _children(proc.pid) if _children(pid)]
+            if len(workers) == 2:
+                return workers
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"workers: {_children(proc.pid)}")
+
+    try:
+        first = await two_workers()
+        readers = _children(first[0])  # the killed worker's: they must not outlive it
+        os.kill(first[0], signal.SIGKILL)
+        for _ in range(300):
+            now = [pid for pid in _children(proc.pid) if _children(pid)]
+            if len(now) == 2 and first[0] not in now:
+                break
+            await asyncio.sleep(0.1)
+        replaced = await two_workers()
+        assert first[0] not in replaced and first[1] in replaced
+        async with aiohttp.ClientSession() as session:
+            for _ in range(10):  # fresh connections, spread over both workers
+                async with session.get(
+                    f"http://127.0.0.1:{port}/readyz", headers={"Connection": "close"}
+                ) as r:
+                    assert r.status == 200
+        below = _descendants(proc.pid)
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+        assert proc.returncode == 0
+        logged = log.read_text(errors="replace")
+        assert f"worker {first[0]} exited" in logged and "another starts" in logged
+        for _ in range(100):
+            if not any(_running(pid) for pid in below):
+                break
+            await asyncio.sleep(0.1)
+        assert not [pid for pid in [*below, *readers] if _running(pid)]
     finally:
         if proc.returncode is None:
             proc.kill()

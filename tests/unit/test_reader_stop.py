@@ -76,3 +76,24 @@ def test_readers_end_when_their_gateway_is_killed_outright() -> None:
     finally:
         if gateway.is_alive():
             gateway.kill()
+
+
+def _orphaned_before_it_looked() -> None:
+    """A process told its parent's pid after that parent was gone (it died while this one was
+    still importing): the watch must end it, not take init for its parent."""
+    from gateway.ops import orphans
+
+    orphans.end_with_parent(os.getppid() + 1_000_000)  # not the parent it has now
+    time.sleep(60)
+
+
+def test_a_process_whose_parent_died_before_the_watch_began_ends() -> None:
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(target=_orphaned_before_it_looked)
+    child.start()
+    child.join(15)
+    try:
+        assert child.exitcode == 0, "the watch took the process's new parent for its own"
+    finally:
+        if child.is_alive():
+            child.kill()
