@@ -122,10 +122,15 @@ def run_wrk(load: Load, url: str, seconds: float) -> dict[str, Any]:
     return result
 
 
+def scrape(url: str) -> str:
+    """The gateway's /metrics page."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
 def answered_outcomes(url: str) -> dict[str, float]:
     """The gateway's answers so far by outcome (`sgw_requests_total`, every infno)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
+    text = scrape(url)
     found: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("sgw_requests_total{"):
@@ -139,8 +144,7 @@ def latency_buckets(url: str, infno: str) -> dict[float, float]:
     """The gateway's own histogram of answer times for one transaction, cumulative by bucket
     (`sgw_request_duration_seconds`): shed requests are answered before their infno is read
     and are not in it, so under overload it holds the accepted requests."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
+    text = scrape(url)
     found: dict[float, float] = {}
     prefix = "sgw_request_duration_seconds_bucket{"
     for line in text.splitlines():

@@ -64,8 +64,11 @@ def run(
                 slot.process = ctx.Process(target=target, args=args, daemon=False)
                 slot.process.start()
                 slot.started, slot.due = now, None
+                if stopping and slot.process.pid is not None:
+                    # SIGTERM came while it was starting: `stop` found it not yet alive.
+                    os.kill(slot.process.pid, signal.SIGTERM)
         running = {s.process.sentinel: s for s in slots if s.process is not None}
-        if not running and (stopping or all(s.due is None for s in slots)):
+        if stopping and not running:
             return
         pending = [s.due for s in slots if s.due is not None]
         timeout = max(0.0, min(pending) - now) if pending and not stopping else 1.0
