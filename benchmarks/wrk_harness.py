@@ -191,12 +191,24 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+@dataclass
+class Server:
+    """A server the harness started: its process (the parent of any workers) and its URL."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 def start_gateway(
-    dsn: str, port: int, args: argparse.Namespace, config: str
+    dsn: str, port: int, args: argparse.Namespace, config: str, workers: int | None = None
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [PY, "-m", "gateway", "serve", "--port", str(port), "--database-url", dsn,
-         "--workers", str(args.workers), "--config", str(ROOT / "config" / config),
+         "--workers", str(workers or args.workers), "--config", str(ROOT / "config" / config),
          "--pool-max", "32", "--auth", args.auth],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -276,13 +288,13 @@ class Harness:
             result["postgres_cpu_us"] = grown(before[1], per_process(pg)) / answers * 1e6
         return result
 
-    def sweep(self, scenario: str, url: str, main: dict[str, Any]) -> None:
+    def sweep(self, key: str, url: str, main: dict[str, Any], scenario: str | None = None) -> None:
         points = [{"connections": self.args.connections, **main}]
         for c in self.args.sweep:
             if c != self.args.connections:
-                r = run_wrk(self.load(scenario, c), url, self.args.sweep_duration)
+                r = run_wrk(self.load(scenario or key, c), url, self.args.sweep_duration)
                 points.append({"connections": c, **r})
-        self.sweeps[scenario] = sorted(points, key=lambda p: int(p["connections"]))
+        self.sweeps[key] = sorted(points, key=lambda p: int(p["connections"]))
 
     def open_visits(self, url: str) -> None:
         """2206's visits: 2201 → 2203 → 2204 per visit, by wrk too; not measured."""
@@ -295,6 +307,49 @@ class Harness:
         self.opened = opened
         if opened < self.args.connections:
             raise SystemExit(f"only {opened} visits opened for 2206: {r['first_refusal']}")
+
+    def scenario(
+        self,
+        scenario: str,
+        dsn: str,
+        gateway: Server,
+        bare: Server,
+        statements: StatementProfile,
+        workers: int | None = None,
+    ) -> dict[str, Any]:
+        """One scenario's row (and sweep) on this gateway, the bare handler measured just
+        before it when --bare-each asks; rows of --also-workers are named scenario@N."""
+        a = self.args
+        key = scenario if workers is None else f"{scenario}@{workers}"
+        gw_url, bare_url = gateway.url, bare.url
+        if scenario == "2206":
+            self.open_visits(gw_url)
+        if scenario in ("reject", "defer"):
+            set_plan(dsn, scenario)
+        try:
+            adjacent = None
+            if a.bare_each:
+                bare_load = self.load("bare", a.connections)
+                adjacent = self.measure(
+                    bare_url, bare_load, a.bare_each, tree(bare.proc.pid), postgres=False
+                )
+                adjacent["processes"] = workers or 1
+            load = self.load(scenario, a.connections)
+            profiler = Profiler(a.profile, gateway.proc.pid)
+            profiler.start(key.replace("@", "-w"), a.duration)
+            statements.start(key.replace("@", "-w"))
+            result = self.measure(gw_url, load, a.duration, tree(gateway.proc.pid))
+            statements.stop(int(result["answers"]))
+            profiler.stop()
+            if adjacent is not None:
+                result["bare"] = adjacent
+            self.rows.append((key, result))
+            if a.sweep:
+                self.sweep(key, gw_url, result, scenario)
+        finally:
+            if scenario in ("reject", "defer"):
+                set_plan(dsn, None)
+        return result
 
 
 async def postgres_backends(server: str, database: str) -> list[int]:
@@ -327,6 +382,20 @@ def run_token() -> str:
     return "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(3))
 
 
+def start_bare(port: int, workers: int) -> subprocess.Popen[bytes]:
+    """The bare handler in `workers` processes on one port, listening."""
+    proc = subprocess.Popen(
+        [PY, str(ROOT / "benchmarks" / "bare_server.py"), "--port", str(port),
+         "--workers", str(workers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port)
+    deadline = time.monotonic() + 30
+    while len(tree(proc.pid)) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc
+
+
 def run(args: argparse.Namespace) -> Harness:
     name = f"gwwrk_{uuid.uuid4().hex[:8]}"
     asyncio.run(create_db(args.database_url, name))
@@ -338,22 +407,14 @@ def run(args: argparse.Namespace) -> Harness:
         gateway_cli(dsn, "demo", "load")
         gateway_cli(dsn, "demo", "synth", "--persons", str(args.persons))
         bare_port, gw_port = free_port(), free_port()
-        procs.append(
-            subprocess.Popen(
-                [PY, str(ROOT / "benchmarks" / "bare_server.py"), "--port", str(bare_port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_port(bare_port)
-        gateway = start_gateway(dsn, gw_port, args, "bench.toml")
-        procs.append(gateway)
-        bare_url, gw_url = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{gw_port}"
-        gw_pids = tree(gateway.pid)
+        bare = Server(start_bare(bare_port, 1), bare_port)
+        gateway = Server(start_gateway(dsn, gw_port, args, "bench.toml"), gw_port)
+        procs += [bare.proc, gateway.proc]
+        bare_url = bare.url
         statements = StatementProfile(args.profile, args.database_url, name)
 
         bare_load = h.load("bare", args.connections)
-        ceiling = h.measure(bare_url, bare_load, args.duration, [procs[0].pid], postgres=False)
+        ceiling = h.measure(bare_url, bare_load, args.duration, tree(bare.proc.pid), postgres=False)
         h.rows.append(("bare", ceiling))
         if args.sweep:
             h.sweep("bare", bare_url, ceiling)
@@ -362,33 +423,20 @@ def run(args: argparse.Namespace) -> Harness:
             if scenario == "overload":
                 h.rows.append(("overload", overload(h, dsn, saturated)))
                 continue
-            if scenario == "2206":
-                h.open_visits(gw_url)
-            if scenario in ("reject", "defer"):
-                set_plan(dsn, scenario)
-            try:
-                adjacent = None
-                if args.bare_each:
-                    adjacent = h.measure(
-                        bare_url, bare_load, args.bare_each, [procs[0].pid], postgres=False
-                    )
-                load = h.load(scenario, args.connections)
-                profiler = Profiler(args.profile, gateway.pid)
-                profiler.start(scenario, args.duration)
-                statements.start(scenario)
-                result = h.measure(gw_url, load, args.duration, gw_pids)
-                statements.stop(int(result["answers"]))
-                profiler.stop()
-                if adjacent is not None:
-                    result["bare"] = adjacent
-                h.rows.append((scenario, result))
-                if args.sweep:
-                    h.sweep(scenario, gw_url, result)
-            finally:
-                if scenario in ("reject", "defer"):
-                    set_plan(dsn, None)
+            result = h.scenario(scenario, dsn, gateway, bare, statements)
             if scenario == "2102":
                 saturated = done_rate(scenario, result)
+        for workers in args.also_workers:
+            # The same scenarios on a gateway of `workers` processes, each row set against the
+            # bare handler in as many processes: like for like on the same cores.
+            for server in (gateway, bare):
+                stop(server.proc)
+                procs.remove(server.proc)
+            bare = Server(start_bare(bare_port, workers), bare_port)
+            gateway = Server(start_gateway(dsn, gw_port, args, "bench.toml", workers), gw_port)
+            procs += [bare.proc, gateway.proc]
+            for scenario in args.also_scenarios:
+                h.scenario(scenario, dsn, gateway, bare, statements, workers)
     finally:
         for proc in procs:
             stop(proc)
@@ -453,13 +501,19 @@ def render(h: Harness, started: str, load_before: tuple[float, ...]) -> str:
     load_after = os.getloadavg()
     sweep = ",".join(map(str, a.sweep)) or "''"
     during = [r.get("load1", 0.0) for _, r in h.rows]
+    also = (
+        f" --also-workers {','.join(map(str, a.also_workers))}"
+        f" --also-scenarios {','.join(a.also_scenarios)}"
+        if a.also_workers
+        else ""
+    )
     signing = ceiling.get("sha256", "?") if a.auth == "on" else "none (--auth off)"
     lines = [
         f"Command: `python benchmarks/wrk_harness.py --duration {a.duration:g}"
         f" --connections {a.connections} --threads {a.threads} --workers {a.workers}"
         f" --auth {a.auth} --persons {a.persons} --sweep {sweep}"
         f" --sweep-duration {a.sweep_duration:g} --bare-each {a.bare_each:g}"
-        f" --scenarios {','.join(a.scenarios)}`, {started}.  ",
+        f" --scenarios {','.join(a.scenarios)}{also}`, {started}.  ",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()},"
         f" Python {platform.python_version()}, {wrk_version()}, signing in wrk: {signing};"
         " servers, wrk and PostgreSQL on the same cores, shared with"
@@ -471,13 +525,18 @@ def render(h: Harness, started: str, load_before: tuple[float, ...]) -> str:
         " | CPU µs/answer: gateway, PostgreSQL, wrk | (gateway + PostgreSQL) ÷ bare |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for scenario, r in h.rows:
+    for key, r in h.rows:
+        scenario, _, workers = key.partition("@")
         label = LABELS.get(scenario, scenario)
+        if workers:
+            label = f"{workers} workers: {label}"
         # The row's own ceiling when the bare handler was measured just before it (--bare-each).
         bare_rate = (r.get("bare") or ceiling)["rate"] or 1.0
         bare_cpu = (r.get("bare") or ceiling)["gateway_cpu_us"] or 1.0
         if r.get("bare"):
-            label += f" (bare just before: {bare_rate:,.0f}/s, {bare_cpu:,.0f} µs)"
+            processes = r["bare"].get("processes", 1)
+            within = f" in {processes} processes" if processes > 1 else ""
+            label += f" (bare{within} just before: {bare_rate:,.0f}/s, {bare_cpu:,.0f} µs)"
         if scenario == "overload":
             label += f", offered {r['offered_rate']:,.0f}/s"
         if scenario == "2206":
@@ -573,6 +632,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="wrk threads (not for the visit chain)")
     p.add_argument("--persons", type=int, default=20000)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--also-workers",
+        type=counts,
+        default=[],
+        help="after the scenarios, --also-scenarios again on a gateway of each of these worker"
+        " counts, against the bare handler in as many processes",
+    )
+    p.add_argument(
+        "--also-scenarios", type=lambda s: s.split(","), default=["2101", "2102", "2206", "visit"]
+    )
     p.add_argument("--auth", choices=("on", "off"), default="on", help="signed requests")
     p.add_argument(
         "--scenarios",

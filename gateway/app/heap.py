@@ -12,6 +12,14 @@ from __future__ import annotations
 
 import gc
 
+# A young collection runs when tracked objects allocated minus those freed pass the threshold.
+# A request frees nearly all it allocates by reference counting, so the default (700) was
+# passed every ~18 pre-settlements, by what a batch or a connection held for a moment, and the
+# collections and the older generations' walks they set off cost 13-17 µs a request (5% of a
+# 2101; benchmarks/RESULTS.md). At 5,000 they come 25 times less often, each walking at most
+# 5,000 young objects (about a millisecond): far under P7's 10 ms bound on a blocked loop.
+YOUNG = 5_000
+
 # Only a process that serves and nothing else freezes its heap (`serve` turns it on): in a
 # process that starts and stops gateways (the tests) a frozen gateway, stopped, would never be
 # collected.
@@ -29,6 +37,7 @@ def settle_after_start() -> None:
     if _enabled:
         gc.collect()
         gc.freeze()
+        gc.set_threshold(YOUNG, *gc.get_threshold()[1:])
 
 
 def settle_built() -> None:

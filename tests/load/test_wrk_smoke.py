@@ -123,12 +123,14 @@ def test_the_harness_counts_deferred_answers_apart_from_settlements(
     """The harness itself, briefly: a 2102 row counts settlements, not the infcode-0 answers of
     claims the plan deferred; the `defer` row counts its claims; each row has the bare handler
     measured just before it; the overload row has its accepted requests' latencies from the
-    gateway's own histogram."""
+    gateway's own histogram; --also-workers runs a scenario again on a gateway of two workers,
+    against the bare handler in two processes."""
     out = tmp_path / "run.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "wrk_harness.py"), "--duration", "1",
          "--connections", "8", "--persons", "300", "--sweep", "", "--bare-each", "1",
-         "--scenarios", "2102,defer,overload", "--database-url", pg_server_url, "--json", str(out)],
+         "--scenarios", "2102,defer,overload", "--also-workers", "2", "--also-scenarios", "2101",
+         "--database-url", pg_server_url, "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -143,3 +145,9 @@ def test_the_harness_counts_deferred_answers_apart_from_settlements(
     assert 0 < accepted["p50_ms"] <= accepted["p99_ms"]
     assert 0 <= accepted["within_25ms"] <= accepted["within_50ms"] <= 1
     assert "accepted 2102s by the gateway's own histogram" in done.stdout
+    two = rows["2101@2"]
+    assert two["ok"] > 0 and two["answers"] == two["ok"], two["first_refusal"]
+    assert two["bare"]["processes"] == 2 and two["bare"]["rate"] > 0
+    assert (
+        "| 2 workers: 2101 pharmacy pre-settlement (no write) (bare in 2 processes" in done.stdout
+    )

@@ -9,10 +9,24 @@ from gateway.app import heap
 
 
 def test_nothing_is_frozen_unless_the_process_only_serves() -> None:
-    before = gc.get_freeze_count()
+    before, threshold = gc.get_freeze_count(), gc.get_threshold()
     heap.settle_after_start()
     heap.settle_built()
     assert gc.get_freeze_count() == before
+    assert gc.get_threshold() == threshold
+
+
+def test_a_serving_process_collects_its_young_objects_less_often() -> None:
+    threshold = gc.get_threshold()
+    try:
+        heap.enable()
+        heap.settle_after_start()
+        assert gc.get_threshold() == (heap.YOUNG, *threshold[1:])
+        assert threshold[0] < heap.YOUNG
+    finally:
+        heap._enabled = False
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def test_a_serving_process_freezes_what_it_holds_after_start_and_after_a_build() -> None:
