@@ -35,8 +35,9 @@ ACCEPTED_INFVER = frozenset({"V1.0", "1.0", "1.0.0", "1", "V1"})
 REVISIONS = {"2203A": "2203", "2206A": "2206", "2207A": "2207", "2304A": "2304", "2102A": "2102"}
 
 
-class Envelope(msgspec.Struct, kw_only=True):
-    """公共输入. Unknown regional fields are ignored, as real centres do."""
+class Envelope(msgspec.Struct, kw_only=True, metaclass=lengths.Bounded):
+    """公共输入. Unknown regional fields are ignored, as real centres do; code fields are
+    bounded by their names' lengths where they are decoded (adapters.national.lengths)."""
 
     infno: Code = None
     msgid: Code = None
@@ -182,7 +183,9 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
     try:
         env = _envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"公共输入参数格式错误：{describe(exc)}") from exc
+        raise lengths.refusal(exc, body) or BadRequest(
+            f"公共输入参数格式错误：{describe(exc)}"
+        ) from exc
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise undecodable(body, exc) from exc
     refuse_control_characters(body)
@@ -262,7 +265,9 @@ def decode_input(request: Request, kind: type[T]) -> T:
     try:
         result: T = decoder.decode(request.input)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"交易输入参数错误：{describe(exc)}") from exc
+        raise lengths.refusal(exc, request.input) or BadRequest(
+            f"交易输入参数错误：{describe(exc)}"
+        ) from exc
     except msgspec.DecodeError as exc:
         raise BadRequest("交易输入input不是有效的JSON") from exc
     except (UnicodeDecodeError, RecursionError) as exc:

@@ -13,14 +13,16 @@ from typing import Any
 
 import msgspec
 
+from adapters.national import lengths
 from adapters.national.envelope import Amount, Code, text
 from gateway.core.money import AmountError, from_digits, scaled
 from gateway.ledger.persons import CERT_TYPES, Certificate
 from gateway.protocol.errors import BadRequest
 
 
-class Node(msgspec.Struct, kw_only=True):
-    """Base of input nodes: unknown regional fields are ignored."""
+class Node(msgspec.Struct, kw_only=True, metaclass=lengths.Bounded):
+    """Base of input nodes: unknown regional fields are ignored; code fields are bounded by
+    their names' lengths where they are decoded (adapters.national.lengths)."""
 
 
 def required(value: Code, name: str) -> str:

@@ -5,6 +5,7 @@ feedetail第3条.feedetl_sn)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import msgspec
@@ -13,6 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.national import lengths
+from adapters.national.envelope import Envelope, decode_input, decode_request
+from adapters.national.wire import Node
+from adapters.pos.pharmacy import DrugDetail, DrugInfo, In2101
 from gateway.protocol.errors import BadRequest
 
 NAMES = ["msgid", "infno", "feedetl_sn", "psn_no", "in", "medins_list_codg", "unknown_field"]
@@ -111,3 +115,104 @@ def test_decoded_nodes_are_named_as_on_the_wire(body: Body, refused: str | None)
     assert (reference is None) == (refused is None)
     if refused is not None:
         assert reference is not None and reference.startswith(f"字段{refused}过长")
+
+
+# The decoded node types: code fields bounded where msgspec decodes them, the rest walked. -----
+
+
+def _node_types() -> list[type[Any]]:
+    import gateway.app.server  # noqa: F401  (every transaction's module, and so its node types)
+
+    found: list[type[Any]] = [Envelope]
+    pending: list[type[Any]] = [Node]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            found.append(sub)
+            pending.append(sub)
+    return found
+
+
+def test_every_code_field_of_every_node_type_is_bounded_by_its_wire_name() -> None:
+    """Bounded by the decoder, each with its own name's limit; every other field (amounts,
+    free-form values, nested nodes) left to the walk, but the raw input node."""
+    kinds = _node_types()
+    assert len(kinds) > 40
+    bounded = 0
+    for kind in kinds:
+        annotations = inspect.get_annotations(kind)
+        walked = [wire for _, wire, _ in lengths._left(kind)]
+        for attr, wire in zip(kind.__struct_fields__, kind.__struct_encode_fields__, strict=True):
+            written = annotations[attr]
+            if lengths._is_bounded(written):
+                bounded += 1
+                limits = [
+                    meta.max_length
+                    for member in written.__args__
+                    for meta in getattr(member, "__metadata__", ())
+                ]
+                assert limits == [lengths.limit_of(wire)], (kind, wire)
+                assert wire not in walked
+            else:
+                assert written not in ("Code", str | int | None), (kind, wire)
+                assert wire in walked or wire in ("input", "Input"), (kind, wire)
+    assert bounded > 190  # nearly two hundred code fields in the interface's nodes
+
+
+def _known(node: dict[str, Any], kind: type[Any]) -> dict[str, Any]:
+    """The fields of `node` that `kind` decodes (the others are ignored, as real centres do)."""
+    names = {f.encode_name for f in msgspec.structs.fields(kind)}
+    return {k: v for k, v in node.items() if k in names}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["envelope", "druginfo", "drugdetail"]),
+    st.sampled_from(
+        [
+            *("feedetl_sn", "medins_list_codg", "rxno", "pric", "cnt", "memo", "psn_no"),
+            *("opter_name", "dev_no", "medfee_sumamt", "fixmedins_name"),
+        ]
+    ),
+    st.integers(0, 2),
+    st.integers(-1, 1),
+)
+def test_a_decoded_sale_is_refused_as_the_rule_says(
+    where: str, name: str, line: int, past: int
+) -> None:
+    """One text around its field's length somewhere in a pharmacy sale (a code field the
+    decoder bounds, an amount the walk checks, a field the node does not have): the verdict and
+    the words are the plain rule's, read over the JSON as sent."""
+    text = "药" * (lengths.LENGTHS.get(name, lengths.OTHER) + past)
+    lines: list[dict[str, Any]] = [{"feedetl_sn": str(i + 1), "pric": "1.00"} for i in range(3)]
+    node: dict[str, Any] = {"druginfo": {"psn_no": "P"}, "drugdetail": lines}
+    envelope: dict[str, Any] = {"infno": "2101", "msgid": "M1", "fixmedins_code": "P1"}
+    if where == "envelope":
+        envelope[name] = text
+    elif where == "druginfo":
+        node["druginfo"][name] = text
+    else:
+        lines[line][name] = text
+    try:
+        decode_input(decode_request(msgspec.json.encode({**envelope, "input": node})), In2101)
+        verdict = None
+    except BadRequest as exc:
+        verdict = str(exc.args[0])
+    decoded = {
+        **_known(envelope, Envelope),
+        "druginfo": _known(node["druginfo"], DrugInfo),
+        "drugdetail": [_known(ln, DrugDetail) for ln in lines],
+    }
+    assert verdict == _reference(decoded)
+
+
+def test_a_field_sent_twice_is_refused_for_the_text_the_decoder_refused() -> None:
+    """JSON keeps the last of two equal keys; the decoder checks both. The refusal still names
+    the field and its limit, not a length the plain reading would contradict."""
+    raw = msgspec.json.encode({"infno": "2101", "msgid": "M1", "fixmedins_code": "P1"})
+    body = raw[:-1] + b',"input":{"druginfo":{"psn_no":"' + b"x" * 31 + b'","psn_no":"P"}}}'
+    with pytest.raises(BadRequest) as refused:
+        decode_input(decode_request(body), In2101)
+    assert (
+        str(refused.value.args[0])
+        == "字段druginfo.psn_no过长，接口规定最多30个字符，请核对后重新发送"
+    )
