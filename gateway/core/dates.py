@@ -17,13 +17,24 @@ receives its requests (`Call.now`); the gateway runs in the regions' time zone.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 import msgspec
 
 from gateway.protocol.errors import LineRejected, RuleRejected
 
 _SHOWN = "%Y-%m-%d %H:%M:%S"
+
+
+class DatedLine(Protocol):
+    """A fee line as its date is checked: its serial number and when it was incurred."""
+
+    @property
+    def feedetl_sn(self) -> str: ...
+
+    @property
+    def fee_ocur_time(self) -> dt.datetime: ...
 
 
 class DateRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -53,6 +64,20 @@ class DateRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 "已超过结算时限（跨年度费用须在规定年度内结算）"
             )
         return None
+
+    def bounds(self, admdvs: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        """[first, last]: the moments `reason` finds nothing against."""
+        first = self.earliest(admdvs, now)
+        latest = now + dt.timedelta(seconds=self.future_tolerance_seconds)
+        return dt.datetime(first.year, first.month, first.day), latest
+
+    def check_lines(self, lines: Iterable[DatedLine], *, admdvs: str, now: dt.datetime) -> None:
+        """`check_line` for each line, the bounds worked out once: a sale or an upload dates
+        every line, and all but a refused one are within them."""
+        first, last = self.bounds(admdvs, now)
+        for ln in lines:
+            if not first <= ln.fee_ocur_time <= last:
+                self.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=admdvs, now=now)
 
     def check(self, what: str, moment: dt.datetime, *, admdvs: str, now: dt.datetime) -> None:
         """Refuse a date out of bounds; `what` names it (e.g. "挂号时间begntime")."""

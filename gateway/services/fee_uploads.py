@@ -142,8 +142,7 @@ def _lines_alone(kind: Kind, lines: Sequence[StoredLine], at: Uploading) -> str:
             raise LineRejected(ln.feedetl_sn, "数量不能为0")
         if ln.cnt < 0 and kind != "inpatient":
             raise LineRejected(ln.feedetl_sn, "门诊费用明细数量不能为负数，退费请先撤销结算和明细")
-    for ln in lines:
-        at.dates.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=at.admdvs, now=at.now)
+    at.dates.check_lines(lines, admdvs=at.admdvs, now=at.now)
     return lines[0].mdtrt_id
 
 

@@ -378,9 +378,9 @@ async def enter_lines(
         check_lines(snapshot, claim, lines)
         institution = snapshot.institution(claim.fixmedins_code)
         rules, at = dates or DateRules(), now or dt.datetime.now()
-        for ln in lines:  # each line within the counter's bounds, as an upload's
-            admdvs = institution.admdvs if institution is not None else ""
-            rules.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=admdvs, now=at)
+        admdvs = institution.admdvs if institution is not None else ""
+        # each line within the counter's bounds, as an upload's
+        rules.check_lines(lines, admdvs=admdvs, now=at)
         await store.replace_lines(conn, claim_no, lines)
         await store.update(conn, claim_no, status="lines_entered", entered_by=operator)
         total = sum(ln.amount_fen for ln in lines)

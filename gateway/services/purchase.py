@@ -60,8 +60,8 @@ def check_dates(
     """The sale and each line dated between the late-billing bound and now, lines on the sale's
     day or after it (gateway.core.dates)."""
     rules.check("购药时间begntime", p.begntime, admdvs=institution.admdvs, now=now)
+    rules.check_lines(p.lines, admdvs=institution.admdvs, now=now)
     for ln in p.lines:
-        rules.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=institution.admdvs, now=now)
         within_visit(
             ln.feedetl_sn, ln.fee_ocur_time, begntime=p.begntime, endtime=None, start="购药"
         )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.app.config import load_config
 from gateway.core.dates import DateRules, within_visit
@@ -63,3 +66,45 @@ def test_the_shipped_configuration_and_unknown_keys(tmp_path: Path) -> None:
     path.write_text("[dates]\nlate_days = 30\n", encoding="utf-8")
     with pytest.raises(ValueError, match="late_days"):
         load_config(path)
+
+
+class _Line:
+    def __init__(self, feedetl_sn: str, fee_ocur_time: dt.datetime) -> None:
+        self.feedetl_sn, self.fee_ocur_time = feedetl_sn, fee_ocur_time
+
+
+# Moments around both bounds of 2026-12-02 12:00 with 2 years back and 10 minutes ahead.
+_moments = st.sampled_from(
+    [
+        dt.datetime(2023, 12, 31, 23, 59, 59),
+        dt.datetime(2024, 1, 1),
+        dt.datetime(2025, 6, 1, 8, 30),
+        NOW + dt.timedelta(minutes=10),
+        NOW + dt.timedelta(minutes=10, microseconds=1),
+    ]
+) | st.datetimes(min_value=dt.datetime(2023, 12, 1), max_value=dt.datetime(2026, 12, 3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_moments, max_size=6), st.sampled_from(["441800", "520500"]))
+def test_checking_a_batch_of_lines_is_checking_each(
+    moments: list[dt.datetime], admdvs: str
+) -> None:
+    """The bounds worked out once for a batch refuse the first line that checking each one by
+    one refuses, with the same words, and nothing else."""
+    rules = DateRules(late_years=2, late_years_by_region={"520500": 0})
+    lines = [_Line(str(i + 1), m) for i, m in enumerate(moments)]
+
+    def verdict(check: Callable[[], None]) -> str | None:
+        try:
+            check()
+        except LineRejected as exc:
+            return str(exc)
+        return None
+
+    def one_by_one() -> None:
+        for ln in lines:
+            rules.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=admdvs, now=NOW)
+
+    batch = verdict(lambda: rules.check_lines(lines, admdvs=admdvs, now=NOW))
+    assert batch == verdict(one_by_one)
