@@ -24,6 +24,9 @@ async def test_openapi_lists_every_transaction(server: Server) -> None:
     schemas = doc["components"]["schemas"]
     settle = schemas["SettleData"]["properties"]
     assert {"psn_no", "mdtrt_id", "medfee_sumamt", "chrg_bchno", "acct_used_flag"} <= set(settle)
+    # A code field's text states the length the decoder holds it to (adapters.national.lengths).
+    assert {"type": "string", "maxLength": 30} in settle["psn_no"]["anyOf"]
+    assert {"type": "string", "maxLength": 6} in settle["psn_setlway"]["anyOf"]
     op = doc["paths"]["/hsa/hgs/2207"]["post"]
     assert op["summary"] == "2207 门诊结算"
     assert _input_ref(op).endswith("/In2206")
