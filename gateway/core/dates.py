@@ -51,22 +51,22 @@ class DateRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def reason(self, moment: dt.datetime, *, admdvs: str, now: dt.datetime) -> str | None:
         """Why `moment` is out of bounds, in the clerk's words; None when it is within them."""
-        latest = now + dt.timedelta(seconds=self.future_tolerance_seconds)
+        first, latest = self.bounds(admdvs, now)
         if moment > latest:
             return (
                 f"（{moment:{_SHOWN}}）晚于当前时间{now:{_SHOWN}}"
                 f"（允许误差{self.future_tolerance_seconds // 60}分钟），不能办理未来日期的业务"
             )
-        first = self.earliest(admdvs, now)
-        if moment.date() < first:
+        if moment < first:
             return (
-                f"（{moment:{_SHOWN}}）早于本地区可补办结算的最早日期{first.isoformat()}，"
+                f"（{moment:{_SHOWN}}）早于本地区可补办结算的最早日期{first.date().isoformat()}，"
                 "已超过结算时限（跨年度费用须在规定年度内结算）"
             )
         return None
 
     def bounds(self, admdvs: str, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-        """[first, last]: the moments `reason` finds nothing against."""
+        """[first, last]: the moments `reason` finds nothing against (the first day of the
+        late-billing bound from midnight, now plus the counters' clock tolerance)."""
         first = self.earliest(admdvs, now)
         latest = now + dt.timedelta(seconds=self.future_tolerance_seconds)
         return dt.datetime(first.year, first.month, first.day), latest
