@@ -146,3 +146,10 @@ def test_idempotency_check(benchmark: Any) -> None:
         return idempotency.replay(stored, fingerprint(req), "M1")
 
     assert benchmark(check) == answer
+
+
+def test_repeated_key_check_of_a_sale(benchmark: Any) -> None:
+    """The refusal of a key sent twice, on the same five-line sale (part of decode_request)."""
+    from adapters.national.repeated_keys import refuse_repeated_keys
+
+    benchmark(refuse_repeated_keys, ENVELOPE_2102)

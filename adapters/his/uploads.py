@@ -30,8 +30,9 @@ from gateway.services import fee_uploads
 from gateway.services.fee_uploads import MAX_LINES, StoredLine, Uploading
 
 
-def _line(row: FeeDetail, *, batch_required: bool, refunds: bool) -> StoredLine:
-    sn = required(row.feedetl_sn, "feedetail.feedetl_sn")
+def _line(row: FeeDetail, index: int, *, batch_required: bool, refunds: bool) -> StoredLine:
+    # A line without its serial is named by its place (found from outside: named by neither).
+    sn = required(row.feedetl_sn, f"feedetail第{index + 1}条.feedetl_sn")
     at = by_serial("feedetail", sn)
     occurred = when_required(row.fee_ocur_time, f"{at}.fee_ocur_time")
     chrg_bchno = (
@@ -69,8 +70,8 @@ def _upload_of(req: Request, kind: Kind) -> fee_uploads.FeeUpload:
     return fee_uploads.FeeUpload(
         kind=kind,
         feedetail=tuple(
-            _line(r, batch_required=kind is Kind.OUTPATIENT, refunds=kind is Kind.INPATIENT)
-            for r in rows
+            _line(r, i, batch_required=kind is Kind.OUTPATIENT, refunds=kind is Kind.INPATIENT)
+            for i, r in enumerate(rows)
         ),
     )
 

@@ -19,6 +19,7 @@ import msgspec
 
 from adapters.national import lengths
 from adapters.national.paths import clerk_path
+from adapters.national.repeated_keys import refuse_repeated_keys
 from gateway.protocol.errors import BadRequest
 
 Code = str | int | None
@@ -180,6 +181,7 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
         raise BadRequest("请求报文为空")
     if body.startswith(b"\xef\xbb\xbf"):
         body = body[3:]  # a UTF-8 byte-order mark, as some Windows clients write one
+    refuse_repeated_keys(body)
     try:
         env = _envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -223,6 +225,7 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
         except msgspec.DecodeError as exc:
             raise BadRequest("交易输入input格式错误") from exc
         refuse_control_characters(raw)
+        refuse_repeated_keys(raw)
         stripped = raw.lstrip()
     if stripped in (b"", b"null"):
         raw = b"{}"
@@ -286,8 +289,10 @@ _TYPE_NAMES = {
     "float": "数字",
     "decimal": "数字",
 }
+# Without a place when the whole body is the wrong type (found from outside: `[]` was answered
+# in msgspec's English).
 _EXPECTED = re.compile(
-    r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)` - at `\$\.?(?P<at>[^`]*)`"
+    r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`(?: - at `\$\.?(?P<at>[^`]*)`)?"
 )
 _MISSING = re.compile(
     r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$\.?(?P<at>[^`]*)`)?"
@@ -305,8 +310,9 @@ def describe(exc: msgspec.ValidationError) -> str:
     msg = str(exc)
     m = _EXPECTED.search(msg)
     if m:
-        at = clerk_path(m.group("at")) or "报文"
-        return f"字段{at}应为{_cn_type(m.group('want'))}，实际为{_cn_type(m.group('got'))}"
+        where = clerk_path(m.group("at") or "")
+        subject = f"字段{where}" if where else "报文"
+        return f"{subject}应为{_cn_type(m.group('want'))}，实际为{_cn_type(m.group('got'))}"
     m = _MISSING.search(msg)
     if m:
         where = clerk_path(m.group("at") or "")
@@ -368,6 +374,19 @@ def stamp(now: dt.datetime) -> str:
     return f"{_seconds(now)}{now.microsecond // 1000:03d}"
 
 
+ERR_MSG_LENGTH = 200  # protocol.md §1.3: a HIS keeps err_msg in a column of this width
+
+
+def clipped(err_msg: str | None) -> str | None:
+    """A refusal's words within err_msg's length. Cut in the middle, where the value it quotes
+    is (人员编号…不存在): the head names the field, the tail says what to do. Found from outside:
+    a quoted 1,000-digit value made err_msg over 4,000 characters."""
+    if err_msg is None or len(err_msg) <= ERR_MSG_LENGTH:
+        return err_msg
+    head = ERR_MSG_LENGTH // 2
+    return f"{err_msg[:head]}…{err_msg[len(err_msg) - (ERR_MSG_LENGTH - head - 1) :]}"
+
+
 def encode_response(
     *,
     region: str,
@@ -386,7 +405,7 @@ def encode_response(
             inf_refmsgid=ref_msgid(region, received),
             refmsg_time=stamp(received),
             respond_time=stamp(answered),
-            err_msg=err_msg if failed else "成功",
+            err_msg=clipped(err_msg) if failed else "成功",
             output={} if output is None or failed else output,
             warn_msg=warn_msg,
         )

@@ -47,6 +47,8 @@ LENGTHS: dict[str, int] = {
     "sign_no": 30,
     # persons and certificates (§2.1, §2.2)
     "opter_no": 20,
+    "mac": 20,  # 9001 signIn
+    "ip": 20,
     "psn_no": 30,
     "mdtrt_cert_type": 3,
     "mdtrt_cert_no": 50,
@@ -110,6 +112,7 @@ LENGTHS: dict[str, int] = {
     "invono": 20,
     "omsgid": 40,
     "oinfno": 6,
+    "setl_optins": 6,  # 3201-3202 (§2.7)
     # catalog mappings (§2.8 3301): the descriptive columns are paragraphs in real catalogs
     "fixmedins_hilist_id": 30,
     "fixmedins_hilist_name": 200,
@@ -134,16 +137,34 @@ def limit_of(name: str) -> int:
     return _LIMITS.get(name, OTHER)
 
 
+# msgspec holds an int's bounds to int64: a code of 19 characters or more sent as a number is
+# held to the widest int64, 19 digits, which no client's code number reaches.
+_INT64 = 2**63 - 1
+# The wire names of every bounded code field: a number refused in one is worded as a length.
+_CODE_NAMES: set[str] = set()
+
+
+def _number(limit: int) -> Any:
+    """A code sent as a JSON number, held to its field's length in decimal text (the sign
+    counts): the gateway stores and echoes it as that text (envelope.text). Found from outside:
+    a 1,000-digit feedetl_sn sent as a number settled and came back in the answer."""
+    if limit >= 19:
+        return Annotated[int, msgspec.Meta(ge=-_INT64, le=_INT64)]
+    return Annotated[int, msgspec.Meta(ge=-(10 ** (limit - 1) - 1), le=10**limit - 1)]
+
+
 def bound(kind: type[Any]) -> None:
-    """Bound each code field of a node type by its wire name's length, where msgspec decodes
-    it. Before any decoder reads the type's annotations: msgspec resolves them once, when the
-    first decoder that reaches the type is built, and keeps what it found."""
+    """Bound each code field of a node type by its wire name's length, as text or number,
+    where msgspec decodes it. Before any decoder reads the type's annotations: msgspec resolves
+    them once, when the first decoder that reaches the type is built, and keeps what it found."""
     annotations = kind.__annotations__  # the type's own, changed in place
     for attr, wire in zip(kind.__struct_fields__, kind.__struct_encode_fields__, strict=True):
         written = annotations.get(attr)
         if written is not None and any(written == code for code in _CODE):
-            text = Annotated[str, msgspec.Meta(max_length=limit_of(wire))]
-            annotations[attr] = text | int | None
+            limit = limit_of(wire)
+            text = Annotated[str, msgspec.Meta(max_length=limit)]
+            annotations[attr] = text | _number(limit) | None
+            _CODE_NAMES.add(wire)
 
 
 class Bounded(msgspec.StructMeta):
@@ -242,16 +263,21 @@ def _refused(value: str, at: str, limit: int) -> BadRequest:
 
 
 _BOUND_BROKEN = re.compile(r"Expected `str` of length <= (?P<limit>\d+) - at `\$\.?(?P<at>[^`]*)`")
+# A code sent as a number past its bounds, or past what a number may be at all.
+_NUMBER_BROKEN = re.compile(
+    r"(?:Expected `int` [<>]= -?\d+|Integer value out of range) - at `\$\.?(?P<at>[^`]*)`"
+)
 _STEP = re.compile(r"\.?([^.\[]+)|\[(\d+)\]")
+_LAST = re.compile(r"([^.\[\]]+)(?:\[\d+\])*$")
 
 
 def refusal(exc: msgspec.ValidationError, raw: bytes) -> BadRequest | None:
-    """A bounded field's text over its length, in the walk's words; None for any other
-    complaint. The decoder says where and the limit, not how long the text was: that is read
-    from the raw JSON, on this path only (a refused request)."""
+    """A bounded field's text (or number) over its length, in the walk's words; None for any
+    other complaint. The decoder says where and the limit, not how long the text was: that is
+    read from the raw JSON, on this path only (a refused request)."""
     found = _BOUND_BROKEN.fullmatch(str(exc))
     if found is None:
-        return None
+        return _number_refusal(str(exc))
     at, limit = found["at"], int(found["limit"])
     try:
         value: Any = msgspec.json.decode(raw)
@@ -263,3 +289,16 @@ def refusal(exc: msgspec.ValidationError, raw: bytes) -> BadRequest | None:
         # A key sent twice: the decoder refused one text, a plain reading keeps the other.
         return BadRequest(f"字段{clerk_path(at)}过长，接口规定最多{limit}个字符，请核对后重新发送")
     return _refused(value, at, limit)
+
+
+def _number_refusal(complaint: str) -> BadRequest | None:
+    """A code field sent as a number too long for it: named with its limit and told to send
+    text. An amount out of range is not a length, and is left to the envelope's words."""
+    found = _NUMBER_BROKEN.fullmatch(complaint)
+    name = _LAST.search(found["at"]) if found is not None else None
+    if found is None or name is None or name[1] not in _CODE_NAMES:
+        return None
+    limit, where = limit_of(name[1]), clerk_path(found["at"])
+    if limit >= 19:  # within the field's length, past what a number holds
+        return BadRequest(f"字段{where}以数字发送时最多19位，请以文本（带引号）发送")
+    return BadRequest(f"字段{where}过长（以数字发送），接口规定最多{limit}个字符，请核对后重新发送")

@@ -105,8 +105,9 @@ def purchase_of(req: Request) -> PurchaseAsk:
         raise BadRequest(f"单次药品明细不能超过{MAX_LINES}条")
     lines: list[StoredLine] = []
     seen: set[str] = set()
-    for row in node.drugdetail:
-        sn = required(row.feedetl_sn, "drugdetail.feedetl_sn")
+    for index, row in enumerate(node.drugdetail, 1):
+        # A line without its serial is named by its place (found from outside: named by neither).
+        sn = required(row.feedetl_sn, f"drugdetail第{index}条.feedetl_sn")
         if sn in seen:
             raise LineRejected(sn, "同一报文中费用明细流水号重复")
         seen.add(sn)

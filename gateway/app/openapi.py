@@ -62,7 +62,7 @@ def openapi() -> dict[str, Any]:
             "inf_refmsgid": {"type": "string"},
             "refmsg_time": {"type": "string"},
             "respond_time": {"type": "string"},
-            "err_msg": {"type": ["string", "null"]},
+            "err_msg": {"type": ["string", "null"], "maxLength": 200},
             "warn_msg": {"type": ["string", "null"]},
             "output": {"type": "object"},
         },

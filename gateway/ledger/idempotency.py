@@ -65,11 +65,40 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str) -> bytes:
     if stored.tombstone:
         return stored.answer  # the refusal written by the 2601, whatever the late body says
     if stored.body_sha256 != body_sha256:
+        refused = _refusal_of(stored.answer)
+        if refused is not None:
+            # Found from outside: a clerk who corrected a refused sale and sent it again under
+            # its msgid was sent looking for a settlement that never happened.
+            raise Conflict(
+                f"报文ID{msgid}已用于一笔被拒绝的交易（{refused}），该交易未发生；"
+                "更正后请使用新的报文ID重新发送"
+            )
         raise Conflict(
             f"报文ID{msgid}已使用过且报文内容不同：该报文ID已有交易记录，请先查询原交易结果"
             "（如5203结算信息查询），确认未成功后再使用新的报文ID发起交易"
         )
     return stored.answer
+
+
+class _Answered(msgspec.Struct):
+    infcode: int | str = 0
+    err_msg: str | None = None
+
+
+_answered = msgspec.json.Decoder(_Answered)
+_QUOTED = 60  # of the earlier refusal's words, in the new one (err_msg holds 200)
+
+
+def _refusal_of(answer: bytes) -> str | None:
+    """The words of a stored refusal (infcode -1), cut to fit; None for a success."""
+    try:
+        stored = _answered.decode(answer)
+    except msgspec.DecodeError:
+        return None
+    if str(stored.infcode) == "0":
+        return None
+    words = stored.err_msg or "原因未记录"
+    return words if len(words) <= _QUOTED else f"{words[:_QUOTED]}…"
 
 
 async def claim(

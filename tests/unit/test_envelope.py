@@ -11,12 +11,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from adapters.his.uploads import _upload_of
 from adapters.national import envelope, wire
 from adapters.national.envelope import decode_input, decode_request, encode_response, ref_msgid
 from adapters.national.wire import In2206, fen, micro, quantity, when
-from adapters.pos.pharmacy import In2101
+from adapters.pos.pharmacy import In2101, purchase_of
 from gateway.core.money import AmountError, scaled
 from gateway.protocol.errors import BadRequest
+from gateway.protocol.transaction import Kind
 
 
 def _env(**kw: object) -> bytes:
@@ -254,3 +256,59 @@ def test_answer_times_are_the_wire_forms(now: dt.datetime) -> None:
     ref = envelope.ref_msgid("4418", now)
     assert ref[:6] == "441800" and ref[6:20] == now.strftime("%Y%m%d%H%M%S")
     assert len(ref) == 30 and ref[20:].isdigit()
+
+
+@pytest.mark.parametrize("length", [1, 180, 189, 190, 191, 4000])
+def test_err_msg_is_held_to_its_length_keeping_both_ends(length: int) -> None:
+    """protocol.md gives err_msg 200 characters. Found from outside: a refusal quoting a
+    1,000-digit value ran past 4,000; cut in the middle, the head still names the field and the
+    tail still says what to do."""
+    words = "人员编号" + "9" * length + "不存在，请核对"
+    answer = msgspec.json.decode(
+        encode_response(region="441800", received=dt.datetime.now(), output=None, err_msg=words)
+    )
+    shown = answer["err_msg"]
+    assert answer["infcode"] == -1 and len(shown) == min(len(words), 200)
+    assert shown.startswith("人员编号9") and shown.endswith("9不存在，请核对")
+    assert shown == words or "…" in shown
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"[]", "公共输入参数格式错误：报文应为对象，实际为数组"),
+        (b'"2101"', "公共输入参数格式错误：报文应为对象，实际为字符串"),
+        (b'{"infno":[]}', "公共输入参数格式错误：字段infno应为整数或字符串，实际为数组"),
+    ],
+)
+def test_a_body_of_the_wrong_type_is_refused_in_the_clerks_words(body: bytes, words: str) -> None:
+    """Found from outside: a body `[]` was answered in msgspec's English."""
+    with pytest.raises(BadRequest) as refused:
+        decode_request(body)
+    assert refused.value.args[0] == words
+
+
+@pytest.mark.parametrize(("infno", "node"), [("2101", "drugdetail"), ("2204", "feedetail")])
+def test_a_line_without_its_serial_is_named_by_its_place(infno: str, node: str) -> None:
+    """Found from outside: the refusal named neither the line's serial (it has none) nor its
+    place."""
+    line = {
+        "feedetl_sn": "1",
+        "cnt": "1",
+        "pric": "1",
+        "det_item_fee_sumamt": "1",
+        "medins_list_codg": "YP0001",
+        "mdtrt_id": "M",
+        "psn_no": "P",
+        "fee_ocur_time": "2026-01-01 10:00:00",
+        "chrg_bchno": "B1",
+    }
+    lines = [line, {k: v for k, v in line.items() if k != "feedetl_sn"}]
+    body = msgspec.json.encode(
+        {"infno": infno, "msgid": "M1", "fixmedins_code": "H1", "input": {node: lines,
+         "druginfo": {"psn_no": "P", "mdtrt_cert_type": "02", "mdtrt_cert_no": "1",
+                      "begntime": "2026-01-01 10:00:00"}}}
+    )  # fmt: skip
+    request = decode_request(body)
+    with pytest.raises(BadRequest, match=f"缺少必填字段{node}第2条.feedetl_sn"):
+        purchase_of(request) if infno == "2101" else _upload_of(request, Kind.OUTPATIENT)

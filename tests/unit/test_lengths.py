@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.national import lengths
-from adapters.national.envelope import Envelope, decode_input, decode_request
+from adapters.national.envelope import Envelope, decode_input, decode_request, text
 from adapters.national.wire import Node
 from adapters.pos.pharmacy import DrugDetail, DrugInfo, In2101
 from gateway.protocol.errors import BadRequest
@@ -145,12 +145,19 @@ def test_every_code_field_of_every_node_type_is_bounded_by_its_wire_name() -> No
             written = annotations[attr]
             if lengths._is_bounded(written):
                 bounded += 1
-                limits = [
-                    meta.max_length
+                limit = lengths.limit_of(wire)
+                metas = [
+                    (member.__origin__, meta)
                     for member in written.__args__
                     for meta in getattr(member, "__metadata__", ())
                 ]
-                assert limits == [lengths.limit_of(wire)], (kind, wire)
+                assert [m.max_length for t, m in metas if t is str] == [limit], (kind, wire)
+                # A number is held to as many characters as its decimal text, sign included,
+                # as far as msgspec's int64 bounds reach.
+                (held,) = [m for t, m in metas if t is int]
+                widest = 2**63 - 1
+                assert held.le == min(10**limit - 1 if limit < 19 else widest, widest)
+                assert held.ge == -(10 ** (limit - 1) - 1 if limit < 19 else widest)
                 assert wire not in walked
             else:
                 assert written not in ("Code", str | int | None), (kind, wire)
@@ -205,14 +212,69 @@ def test_a_decoded_sale_is_refused_as_the_rule_says(
     assert verdict == _reference(decoded)
 
 
-def test_a_field_sent_twice_is_refused_for_the_text_the_decoder_refused() -> None:
-    """JSON keeps the last of two equal keys; the decoder checks both. The refusal still names
-    the field and its limit, not a length the plain reading would contradict."""
+def test_a_field_sent_twice_is_refused_as_sent_twice() -> None:
+    """JSON keeps the last of two equal keys; the gateway reads neither (the refusal of repeats
+    has its own tests, in test_repeated_keys), whatever their lengths."""
     raw = msgspec.json.encode({"infno": "2101", "msgid": "M1", "fixmedins_code": "P1"})
     body = raw[:-1] + b',"input":{"druginfo":{"psn_no":"' + b"x" * 31 + b'","psn_no":"P"}}}'
     with pytest.raises(BadRequest) as refused:
         decode_input(decode_request(body), In2101)
-    assert (
-        str(refused.value.args[0])
-        == "字段druginfo.psn_no过长，接口规定最多30个字符，请核对后重新发送"
+    assert "psn_no在同一节点内出现了两次" in str(refused.value.args[0])
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "number", "words"),
+    [
+        ("line", "feedetl_sn", "1" + "0" * 30, "drugdetail第2条.feedetl_sn以数字发送时最多19位"),
+        ("line", "feedetl_sn", "1" + "0" * 1000, "drugdetail第2条.feedetl_sn以数字发送时最多19位"),
+        ("line", "feedetl_sn", "1" + "0" * 5000, "drugdetail第2条.feedetl_sn以数字发送时最多19位"),
+        ("envelope", "opter", "1" + "0" * 25, "字段opter以数字发送时最多19位"),
+        (
+            "envelope",
+            "mdtrtarea_admvs",
+            "1234567",
+            "mdtrtarea_admvs过长（以数字发送），接口规定最多6个",
+        ),
+        (
+            "envelope",
+            "mdtrtarea_admvs",
+            "-123456",
+            "mdtrtarea_admvs过长（以数字发送），接口规定最多6个",
+        ),
+        ("druginfo", "psn_no", "1" + "0" * 30, "druginfo.psn_no以数字发送时最多19位"),
+        ("druginfo", "insutype", "3100000", "druginfo.insutype过长（以数字发送），接口规定最多6个"),
+    ],
+)
+def test_a_code_sent_as_a_number_is_held_to_its_length(
+    where: str, name: str, number: str, words: str
+) -> None:
+    """`number` is the JSON number's digits (Python will not write one past 4,300). Found from
+    outside: a 1,000-digit feedetl_sn sent as a number settled and was echoed; past 4,300 digits
+    the refusal spoke of a number out of range, not of a code too long."""
+    lines: list[dict[str, Any]] = [{"feedetl_sn": str(i + 1), "pric": "1.00"} for i in range(3)]
+    node: dict[str, Any] = {"druginfo": {"psn_no": "P"}, "drugdetail": lines}
+    envelope: dict[str, Any] = {"infno": "2101", "msgid": "M1", "fixmedins_code": "P1"}
+    target = {"envelope": envelope, "druginfo": node["druginfo"], "line": lines[1]}[where]
+    target[name] = 7  # a placeholder of the same JSON type, swapped for the number's digits
+    body = msgspec.json.encode({**envelope, "input": node}).replace(
+        f'"{name}":7'.encode(), f'"{name}":{number}'.encode()
     )
+    with pytest.raises(BadRequest) as refused:
+        decode_input(decode_request(body), In2101)
+    assert words in str(refused.value.args[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "number"),
+    [("feedetl_sn", 10**18), ("feedetl_sn", -(10**18)), ("mdtrtarea_admvs", 441800),
+     ("mdtrtarea_admvs", -99999), ("opter", 2**63 - 1)],
+)  # fmt: skip
+def test_a_code_number_within_its_length_is_read_as_its_text(name: str, number: int) -> None:
+    lines: list[dict[str, Any]] = [{"feedetl_sn": "1", "pric": "1.00"}]
+    envelope: dict[str, Any] = {"infno": "2101", "msgid": "M1", "fixmedins_code": "P1"}
+    (lines[0] if name == "feedetl_sn" else envelope)[name] = number
+    body = msgspec.json.encode({**envelope, "input": {"druginfo": {}, "drugdetail": lines}})
+    request = decode_request(body)
+    sale = decode_input(request, In2101)
+    read = sale.drugdetail[0].feedetl_sn if name == "feedetl_sn" else getattr(request, name)
+    assert text(read) == str(number)
