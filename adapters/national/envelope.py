@@ -147,7 +147,10 @@ def refuse_control_characters(raw: bytes) -> None:
         raise BadRequest(TOO_DEEP) from None
     if where is None:
         return  # the match was inside a number or key-less text the walk does not see
-    raise BadRequest(f"字段{clerk_path(where)}含有不可见的控制字符（如NUL），请删除后重新发送")
+    # The path is shown with its control characters written out: found from outside, a NUL in
+    # a key's name went back raw, and a till that reads err_msg as a C string showed "字段app".
+    shown = _CONTROL_CHARS.sub(lambda ch: f"\\u{ord(ch[0]):04x}", clerk_path(where))
+    raise BadRequest(f"字段{shown}含有不可见的控制字符（如NUL），请删除后重新发送")
 
 
 NOT_UTF8 = "报文不是合法的UTF-8 JSON（请以UTF-8编码发送，GBK、UTF-16等编码不受理）"

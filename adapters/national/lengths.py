@@ -300,5 +300,5 @@ def _number_refusal(complaint: str) -> BadRequest | None:
         return None
     limit, where = limit_of(name[1]), clerk_path(found["at"])
     if limit >= 19:  # within the field's length, past what a number holds
-        return BadRequest(f"字段{where}以数字发送时最多19位，请以文本（带引号）发送")
+        return BadRequest(f"字段{where}以数字发送超出范围（最大{_INT64}），请以文本（带引号）发送")
     return BadRequest(f"字段{where}过长（以数字发送），接口规定最多{limit}个字符，请核对后重新发送")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import re
 from collections import Counter
@@ -27,9 +28,11 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_request import BaseRequest
 
+from adapters.national.envelope import encode_response
 from gateway.protocol.errors import BadRequest
 
 log = logging.getLogger("gateway.pipeline.edge")
@@ -159,10 +162,37 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
                 raise _too_large(limit)
     except TimeoutError:
         raise BodyRefused("请求报文接收超时，请检查网络后使用相同报文ID重试") from None
+    except RequestPayloadError as exc:
+        # Found from outside: a body its Content-Encoding does not decode (plain JSON sent as
+        # `br` or `deflate`, broken gzip) was answered as an internal failure, to retry.
+        # Ended here, the body is not read again after the answer (aiohttp's lingering read,
+        # which met the same failure and logged it as unhandled).
+        reader.feed_eof()
+        if isinstance(exc.__cause__, ContentEncodingError):
+            raise BodyRefused(
+                undecodable_encoding(request.headers.get("Content-Encoding"))
+            ) from None
+        raise BodyRefused("请求报文接收不完整，本次交易未处理") from None
     except (ConnectionError, HttpProcessingError):
         # The client hung up or broke the framing (a bad chunk, a short body): nothing to run.
         raise BodyRefused("请求报文接收不完整，本次交易未处理") from None
     return b"".join(chunks)
+
+
+# aiohttp's words: "…content-encoding: deflate", "…content-encoding: zstandard (zstd). …", or
+# the bare name ("deflate") where its C parser met the failure.
+_NAMED_ENCODING = re.compile(
+    r"content-encoding: (?:[^(\s]+ \((?P<named>[\w-]+)\)|(?P<plain>[\w-]+))|^(?P<bare>[\w-]+)$"
+)
+
+
+def undecodable_encoding(encoding: str | None) -> str:
+    """The refusal of a body its declared compression does not decode."""
+    named = f"（Content-Encoding: {encoding[:20]}）" if encoding else ""
+    return (
+        f"请求报文的压缩格式{named}无法解码，本次交易未处理："
+        "请以未压缩的UTF-8 JSON发送，或以gzip正确压缩"
+    )
 
 
 # ------------------------------------------------------------------------------ refusals
@@ -257,6 +287,33 @@ class GuardedHandler(RequestHandler):
     def request_started(self) -> None:
         self.in_request = True
         self._disarm()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A compression aiohttp cannot even start to decode (zstd without its library) is
+        refused while the head is read, before any handler: in the envelope, like every
+        other refusal of a body, not aiohttp's plain-text 400 naming a Python package."""
+        if not isinstance(exc, ContentEncodingError):
+            return super().handle_error(request, status, exc, message)
+        # The head is all aiohttp kept of the request, in its words (the request here has none).
+        named = _NAMED_ENCODING.search(exc.message)
+        now = dt.datetime.now()
+        body = encode_response(
+            region="000000",
+            received=now,
+            output=None,
+            err_msg=undecodable_encoding(
+                named["named"] or named["plain"] or named["bare"] if named else None
+            ),
+        )
+        response = web.Response(body=body, content_type="application/json")
+        response.force_close()  # as aiohttp's own: the rest of the body is not read
+        return response
 
     def request_finished(self) -> None:
         self.in_request = False

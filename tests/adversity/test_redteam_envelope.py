@@ -6,12 +6,15 @@ the envelope and replayed here over real loopback HTTP against the real ledger:
 - a code sent as a JSON number skipped its length: a 1,000-digit feedetl_sn settled and came back
   in the answer, and a refusal quoting such a value ran past 4,000 characters;
 - a sale refused for its input kept its msgid, and the corrected sale sent under it was told to
-  look the first one up (5203), as if it had settled.
+  look the first one up (5203), as if it had settled;
+- a body its Content-Encoding did not decode was answered as an internal failure to retry (that
+  refusal is tested against `gateway serve` itself, in test_http_edge).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +23,7 @@ import pytest
 
 from tests.integration.conftest import Server, server
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL
-from tests.integration.his_client import HisClient, decode
+from tests.integration.his_client import CALL_SERVICE, HisClient, decode
 
 __all__ = ["server"]
 
@@ -96,7 +99,7 @@ async def test_a_repeated_key_inside_a_sale_is_refused(
 
 @pytest.mark.parametrize(
     ("digits", "words"),
-    [(1000, "以数字发送时最多19位"), (5000, "以数字发送时最多19位"), (25, "以数字发送时最多19位")],
+    [(1000, "以数字发送超出范围"), (5000, "以数字发送超出范围"), (25, "以数字发送超出范围")],
 )
 async def test_a_code_sent_as_a_long_number_is_refused_not_settled(
     server: Server, digits: int, words: str
@@ -149,3 +152,15 @@ async def test_a_changed_body_under_a_settled_msgid_still_points_to_the_settleme
     assert (await pos.call("2102", _sale(pos), msgid=msgid))["infcode"] == 0
     again = await pos.call("2102", _sale(pos, cnt="3", det_item_fee_sumamt="120.00"), msgid=msgid)
     assert again["infcode"] == -1 and "请先查询原交易结果" in again["err_msg"]
+
+
+async def test_a_gzipped_sale_settles(server: Server) -> None:
+    """Compressed properly, a sale settles (what does not decode: test_http_edge)."""
+    pos = server.client(PHARMACY)
+    body = msgspec.json.encode(pos.envelope("2102", _sale(pos)))
+    headers = {**pos.headers(), "Content-Encoding": "gzip"}
+    async with pos.session.post(
+        server.url + CALL_SERVICE, data=gzip.compress(body), headers=headers
+    ) as resp:
+        answer = decode(await resp.read())
+    assert answer["infcode"] == 0, answer["err_msg"]

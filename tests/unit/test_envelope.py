@@ -312,3 +312,13 @@ def test_a_line_without_its_serial_is_named_by_its_place(infno: str, node: str) 
     request = decode_request(body)
     with pytest.raises(BadRequest, match=f"缺少必填字段{node}第2条.feedetl_sn"):
         purchase_of(request) if infno == "2101" else _upload_of(request, Kind.OUTPATIENT)
+
+
+def test_a_control_character_in_a_key_is_written_out_in_the_refusal() -> None:
+    """Found from outside: a NUL in a key's name went back raw in err_msg, and a till that reads
+    it as a C string showed the clerk only "字段app"."""
+    with pytest.raises(BadRequest) as refused:
+        decode_request(b'{"infno":"2101","msgid":"M1","app\\u0000id":1,"x\\u001fy":"\\u0001"}')
+    words = str(refused.value.args[0])
+    assert words == "字段app\\u0000id含有不可见的控制字符（如NUL），请删除后重新发送"
+    assert not any(ord(ch) < 32 for ch in words)

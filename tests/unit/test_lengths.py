@@ -225,10 +225,10 @@ def test_a_field_sent_twice_is_refused_as_sent_twice() -> None:
 @pytest.mark.parametrize(
     ("where", "name", "number", "words"),
     [
-        ("line", "feedetl_sn", "1" + "0" * 30, "drugdetail第2条.feedetl_sn以数字发送时最多19位"),
-        ("line", "feedetl_sn", "1" + "0" * 1000, "drugdetail第2条.feedetl_sn以数字发送时最多19位"),
-        ("line", "feedetl_sn", "1" + "0" * 5000, "drugdetail第2条.feedetl_sn以数字发送时最多19位"),
-        ("envelope", "opter", "1" + "0" * 25, "字段opter以数字发送时最多19位"),
+        ("line", "feedetl_sn", "1" + "0" * 30, "drugdetail第2条.feedetl_sn以数字发送超出范围"),
+        ("line", "feedetl_sn", "1" + "0" * 1000, "drugdetail第2条.feedetl_sn以数字发送超出范围"),
+        ("line", "feedetl_sn", "1" + "0" * 5000, "drugdetail第2条.feedetl_sn以数字发送超出范围"),
+        ("envelope", "opter", "1" + "0" * 25, "字段opter以数字发送超出范围"),
         (
             "envelope",
             "mdtrtarea_admvs",
@@ -241,7 +241,7 @@ def test_a_field_sent_twice_is_refused_as_sent_twice() -> None:
             "-123456",
             "mdtrtarea_admvs过长（以数字发送），接口规定最多6个",
         ),
-        ("druginfo", "psn_no", "1" + "0" * 30, "druginfo.psn_no以数字发送时最多19位"),
+        ("druginfo", "psn_no", "1" + "0" * 30, "druginfo.psn_no以数字发送超出范围"),
         ("druginfo", "insutype", "3100000", "druginfo.insutype过长（以数字发送），接口规定最多6个"),
     ],
 )
