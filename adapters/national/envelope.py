@@ -196,7 +196,9 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
     refuse_control_characters(body)
     lengths.check(env)
     infno = text(env.infno) or (path_infno or "")
-    if path_infno and text(env.infno) and text(env.infno) != path_infno:
+    # A revision's code and its base are one transaction, whichever of the two names it
+    # (found from outside: the body's 2102A under the path's 2102 was taken, the reverse not).
+    if path_infno and text(env.infno) and base_infno(text(env.infno)) != base_infno(path_infno):
         raise BadRequest(f"交易编号不一致：地址为{path_infno}，报文为{text(env.infno)}")
     if not infno:
         raise BadRequest("缺少交易编号infno")

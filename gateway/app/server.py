@@ -113,7 +113,9 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
     gw = request.app[GATEWAY]
     started = time.perf_counter()
     if path_infno is not None and not _PATH_INFNO.fullmatch(path_infno):
-        bad = BadRequest("地址中的交易编号格式错误（应为4位数字）")
+        bad = BadRequest(
+            "地址中的交易编号格式错误（应为4位数字，修订版本另加一位大写字母，如2207A）"
+        )
         return _refusal(dispatch.refused(gw, bad, ""), started)
     admission = request.app[ADMISSION]
     if not admission.enter():

@@ -451,6 +451,15 @@ async def find(
     return out
 
 
+# Each kind of settlement with the transaction that cancels it, for a refusal of another.
+_UNDONE_BY = {
+    "pharmacy": ("药店购药结算", "2103"),
+    "outpatient": ("门诊结算", "2208"),
+    "chronic": ("门诊结算", "2208"),
+    "inpatient": ("住院结算", "2305"),
+}
+
+
 async def cancel(
     conn: asyncpg.Connection,
     *,
@@ -472,8 +481,12 @@ async def cancel(
         setl_id,
         fixmedins_code,
     )
-    if found is None or found["category"] not in categories:
+    if found is None:
         raise NotFound(f"结算ID{setl_id}不存在或不属于本机构")
+    if found["category"] not in categories:
+        # Found from outside: a pharmacy's 2208 of its own sale was told the sale did not exist.
+        kind, undo = _UNDONE_BY[found["category"]]
+        raise Conflict(f"结算ID{setl_id}是{kind}，不能用本交易撤销，请用{undo}撤销")
     if found["mdtrt_id"] != mdtrt_id or found["psn_no"] != psn_no:
         raise Conflict(f"结算ID{setl_id}与就诊ID、人员编号不对应")
     # A settlement's visit and person never change: lock them in the module's order, then the row.

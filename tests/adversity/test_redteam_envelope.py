@@ -164,3 +164,25 @@ async def test_a_gzipped_sale_settles(server: Server) -> None:
     ) as resp:
         answer = decode(await resp.read())
     assert answer["infcode"] == 0, answer["err_msg"]
+
+
+async def test_a_sale_cancelled_by_the_wrong_transaction_is_named_with_the_right_one(
+    server: Server,
+) -> None:
+    """Found from outside: a pharmacy's 2208 of its own sale was told the settlement did not
+    exist or was not its own; it exists, and 2103 cancels it."""
+    pos = server.client(PHARMACY)
+    info = (await pos.ok("2102", _sale(pos)))["setlinfo"]
+    cancel = {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": WORKER}}
+    before = await server.ledger_fingerprint()
+    answer = await pos.call("2208", cancel)
+    assert answer["infcode"] == -1
+    assert (
+        answer["err_msg"]
+        == f"结算ID{info['setl_id']}是药店购药结算，不能用本交易撤销，请用2103撤销"
+    )
+    after = await server.ledger_fingerprint()
+    assert {k: v for k, v in after.items() if k != "idempotency"} == {
+        k: v for k, v in before.items() if k != "idempotency"
+    }
+    assert (await pos.call("2103", cancel))["infcode"] == 0

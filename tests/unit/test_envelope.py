@@ -322,3 +322,19 @@ def test_a_control_character_in_a_key_is_written_out_in_the_refusal() -> None:
     words = str(refused.value.args[0])
     assert words == "字段app\\u0000id含有不可见的控制字符（如NUL），请删除后重新发送"
     assert not any(ord(ch) < 32 for ch in words)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "refused"),
+    [("2102A", "2102", False), ("2102", "2102A", False), ("2207A", "2207", False),
+     ("2102A", "2101", True), ("2101", "2102", True)],
+)  # fmt: skip
+def test_a_revision_and_its_base_are_one_transaction_in_path_and_body(
+    path: str, body: str, refused: bool
+) -> None:
+    raw = msgspec.json.encode({"infno": body, "msgid": "M1", "fixmedins_code": "P1"})
+    if refused:
+        with pytest.raises(BadRequest, match="交易编号不一致"):
+            decode_request(raw, path)
+    else:
+        assert decode_request(raw, path).infno == envelope.base_infno(path)
