@@ -146,7 +146,9 @@ async def cancel_settlement(call: Call, *, kind: Kind) -> Answer:
         psn_no=required(data.psn_no, "data.psn_no"),
     )
     done = await cancellation.cancel(call.conn, Origin.of(call.req), call.now, kind, a)
-    rec = done.record
+    rec = done.at_counter()
     info: dict[str, Any] = setlinfo(rec, sign=-1, balc=done.balc)
     info["setl_time"] = call.now.strftime("%Y-%m-%d %H:%M:%S")
-    return Answer({"setlinfo": info, "setldetail": setldetail(rec.funds, -1)})
+    return Answer(
+        {"setlinfo": info, "setldetail": setldetail(rec.funds, -1)}, warn_msg=done.warning()
+    )

@@ -261,7 +261,7 @@ async def cancel(call: Call) -> Answer:
         psn_no=required(data.psn_no, "data.psn_no"),
     )
     done = await cancellation.cancel(call.conn, Origin.of(call.req), call.now, Kind.PHARMACY, a)
-    rec = done.record
+    rec = done.at_counter()
     full = setlinfo(rec, sign=-1, balc=done.balc)
     # The 2103 answer as pharmacy clients read it: psn_pay and cash_payamt, no person block.
     info: dict[str, Any] = {
@@ -294,4 +294,6 @@ async def cancel(call: Call) -> Answer:
     info["setl_time"] = call.now.strftime("%Y-%m-%d %H:%M:%S")
     info["psn_pay"] = full["psn_part_amt"]
     info["cash_payamt"] = full["psn_cash_pay"]
-    return Answer({"setlinfo": info, "setldetail": setldetail(rec.funds, -1)})
+    return Answer(
+        {"setlinfo": info, "setldetail": setldetail(rec.funds, -1)}, warn_msg=done.warning()
+    )

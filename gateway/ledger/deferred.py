@@ -85,6 +85,16 @@ async def claim_row(
     )
 
 
+async def replayed_claim(conn: asyncpg.Connection, setl_id: str) -> asyncpg.Record | None:
+    """The deferred claim a settlement was made from by replay (claim_id, reimbursement_fen),
+    or None: at the counter its patient paid the whole bill in cash under the claim."""
+    return await conn.fetchrow(
+        "SELECT claim_id, coalesce(reimbursement_fen, 0) AS reimbursement_fen FROM deferred"
+        " WHERE kind = 'claim' AND setl_id = $1",
+        setl_id,
+    )
+
+
 async def claim_named(
     conn: asyncpg.Connection, fixmedins_code: str, claim_id: str, mdtrt_id: str
 ) -> asyncpg.Record | None:

@@ -10,7 +10,8 @@ import asyncpg
 import msgspec
 
 from gateway.core import eligibility
-from gateway.ledger import settlements
+from gateway.core.money import fen_text
+from gateway.ledger import deferred, settlements
 from gateway.ledger.settlements import Record
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
@@ -24,11 +25,49 @@ class SettlementCancel(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     psn_no: str
 
 
+class Replayed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A settlement made by replaying a deferred claim: at the counter the patient paid the
+    whole bill in cash under `claim_id`; the fund's share was owed to the patient
+    (`reimbursement_fen`), and the cancellation withdrew it."""
+
+    claim_id: str
+    reimbursement_fen: int
+
+
 class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """The settlement reversed and the account balance after the refund (fen)."""
 
     record: Record
     balc: int
+    replayed: Replayed | None = None
+
+    def at_counter(self) -> Record:
+        """What the counter refunds: the settlement as the counter took it. For a replayed
+        claim that is the whole bill in cash, as the claim's answer said, not the replayed
+        split (found from outside: a HIS refunding the cancellation's psn_cash_pay gave back
+        only the cash part of the split, while the fund's share, owed to the patient, was
+        withdrawn — the patient lost it)."""
+        if self.replayed is None:
+            return self.record
+        bill = self.record.amounts
+        kept = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt")
+        amounts = {name: (bill[name] if name in kept else 0) for name in bill}
+        amounts["inscp_scp_amt"] = bill["inscp_scp_amt"]
+        amounts["psn_part_amt"] = amounts["psn_cash_pay"] = bill["medfee_sumamt"]
+        amounts["balc"] = bill["balc"]
+        return msgspec.structs.replace(self.record, amounts=amounts, funds=())
+
+    def warning(self) -> str | None:
+        """The clerk's instruction for a replayed claim's cancellation."""
+        if self.replayed is None:
+            return None
+        owed = self.replayed.reimbursement_fen
+        withdrawn = f"；应支付给参保人的报销款{fen_text(owed)}元已取消" if owed else ""
+        return (
+            f"结算ID{self.record.setl_id}由暂存结算{self.replayed.claim_id}补结算，患者在窗口"
+            f"已现金全额支付：请全额退还现金{fen_text(self.record.amounts['medfee_sumamt'])}元"
+            f"{withdrawn}"
+        )
 
 
 async def cancel(
@@ -46,4 +85,10 @@ async def cancel(
         now=now,
         categories=frozenset(c.value for c in eligibility.KIND_CATEGORIES[kind]),
     )
-    return Cancelled(record=rec, balc=balance_after)
+    claim = await deferred.replayed_claim(conn, a.setl_id)
+    replayed = (
+        None
+        if claim is None
+        else Replayed(claim_id=claim["claim_id"], reimbursement_fen=claim["reimbursement_fen"])
+    )
+    return Cancelled(record=rec, balc=balance_after, replayed=replayed)

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -278,3 +279,50 @@ async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(
         assert (await his.call("5203", query("DF-NO-SUCH")))[
             "err_msg"
         ] == "未查询到本机构的结算信息"
+
+
+async def test_a_replayed_claims_cancellation_refunds_the_whole_bill_in_cash(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: the cancellation answered the replayed split negated (fund −176.00,
+    cash −324.00 of a 500.00 bill) while the patient had paid all 500.00 in cash under the claim
+    and the fund's 176.00, owed to the patient, was withdrawn: a HIS refunding psn_cash_pay gave
+    back 324.00 and the patient lost 176.00. The counter refunds what the counter took."""
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)
+        await _plan_cleared(srv)
+        first, _ = await _replayed(srv)
+        assert first["reimbursement_fen"] > 0
+        medfee = await srv.fetchval(
+            "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", first["setl_id"]
+        )
+        answer = await srv.client(HOSPITAL).call("2208", _cancel(first))
+        assert answer["infcode"] == 0, answer["err_msg"]
+        info = answer["output"]["setlinfo"]
+        bill = f"-{medfee // 100}.{medfee % 100:02d}"
+        assert f"{Decimal(str(info['medfee_sumamt'])):.2f}" == bill
+        assert f"{Decimal(str(info['psn_cash_pay'])):.2f}" == bill
+        assert f"{Decimal(str(info['psn_part_amt'])):.2f}" == bill
+        for payer in ("fund_pay_sumamt", "hifp_pay", "cvlserv_pay", "acct_pay", "hosp_part_amt"):
+            assert Decimal(str(info[payer])) == 0, payer
+        assert answer["output"]["setldetail"] == []
+        owed = first["reimbursement_fen"]
+        assert answer["warn_msg"] == (
+            f"结算ID{first['setl_id']}由暂存结算{first['claim_id']}补结算，患者在窗口已现金全额"
+            f"支付：请全额退还现金{bill[1:]}元；应支付给参保人的报销款"
+            f"{owed // 100}.{owed % 100:02d}元已取消"
+        )
+        # The ledger reversed the replayed split itself, and the owed line is withdrawn.
+        assert (
+            await srv.fetchval(
+                "SELECT status FROM settlements WHERE setl_id = $1", first["setl_id"]
+            )
+            == "cancelled"
+        )
+        assert (
+            await srv.fetchval(
+                "SELECT count(*) FROM owed_lines WHERE source_ref = $1 AND status <> 'withdrawn'",
+                first["claim_id"],
+            )
+            == 0
+        )
