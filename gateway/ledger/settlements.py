@@ -460,6 +460,29 @@ _UNDONE_BY = {
 }
 
 
+async def replacement(conn: asyncpg.Connection, setl_id: str) -> str | None:
+    """Why a settlement a bulk correction replaced cannot be cancelled or reversed itself: the
+    words name the settlement now standing for it and how to cancel that one; None when no
+    correction replaced it. Found from outside: a 2601 of the corrected message's msgid was
+    told "已撤销，无需冲正" while its replacement still charged the patient's account."""
+    newer, status, category = setl_id, "", ""
+    while (
+        row := await conn.fetchrow(
+            "SELECT setl_id, status, category FROM settlements WHERE replaces_setl_id = $1", newer
+        )
+    ) is not None:
+        newer, status, category = row["setl_id"], row["status"], row["category"]
+    if newer == setl_id:
+        return None
+    if status != "settled":
+        return f"结算ID{setl_id}已因目录更正重新结算为{newer}，{newer}也已撤销，无需再撤销"
+    kind, undo = _UNDONE_BY[category]
+    return (
+        f"结算ID{setl_id}已因目录更正重新结算为{newer}（{kind}，仍有效），"
+        f"如需撤销请对结算ID{newer}发起{undo}"
+    )
+
+
 async def cancel(
     conn: asyncpg.Connection,
     *,
@@ -497,6 +520,9 @@ async def cancel(
     )
     assert row is not None  # settlements are never deleted
     if row["status"] != "settled":
+        replaced = await replacement(conn, setl_id)
+        if replaced is not None:
+            raise Conflict(replaced)
         raise AlreadyCancelled(f"结算ID{setl_id}已撤销，不能重复撤销")
     held = await payouts.hold_for_cancel(conn, setl_id, resettling=resettling)
     if held is not None:

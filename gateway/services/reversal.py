@@ -85,7 +85,8 @@ async def _undo_settlement(
     if row.psn_no != psn_no:
         raise Conflict("人员编号与原结算的参保人不一致")
     if row.status != "settled":
-        raise Conflict(f"原结算{row.setl_id}已撤销，无需冲正")
+        replaced = await settlements.replacement(conn, row.setl_id)
+        raise Conflict(replaced or f"原结算{row.setl_id}已撤销，无需冲正")
     kind = original.kind
     assert kind is not None
     try:

@@ -457,6 +457,40 @@ async def test_bulk_correction_plan_apply_resume(server: Server, tmp_path: Path)
     assert report_fund * 100 == ledger["fund"]
     assert ledger["fund"] < 0  # class B costs the fund: money is recovered from the pool
 
+    # The replaced settlement cannot be undone as itself: its replacement still stands for it,
+    # and both the cancellation and the reversal of its message say so (found from outside:
+    # told "已撤销", a hospital voided the visit while clearing still paid the replacement).
+    old = await server.fetch(
+        "SELECT o.setl_id, o.mdtrt_id, o.psn_no, o.medins_setl_id, n.setl_id AS new_setl_id"
+        " FROM settlements o JOIN settlements n ON n.replaces_setl_id = o.setl_id"
+        " WHERE o.setl_id = $1",
+        settled[0],
+    )
+    (first,) = old
+    standing = f"已因目录更正重新结算为{first['new_setl_id']}（门诊结算，仍有效）"
+    before = await server.ledger_fingerprint()
+    cancel = {
+        "data": {
+            "setl_id": first["setl_id"],
+            "mdtrt_id": first["mdtrt_id"],
+            "psn_no": first["psn_no"],
+        }
+    }
+    answer = await his.call("2208", cancel)
+    assert answer["infcode"] == -1
+    assert answer["err_msg"] == (
+        f"结算ID{first['setl_id']}{standing}，如需撤销请对结算ID{first['new_setl_id']}发起2208"
+    )
+    reversal = {
+        "data": {"psn_no": first["psn_no"], "omsgid": first["medins_setl_id"], "oinfno": "2207"}
+    }
+    answer = await his.call("2601", reversal)
+    assert answer["infcode"] == -1 and standing in answer["err_msg"], answer["err_msg"]
+    after = await server.ledger_fingerprint()
+    assert {k: v for k, v in after.items() if k not in ("idempotency",)} == {
+        k: v for k, v in before.items() if k not in ("idempotency",)
+    }
+
 
 async def test_monthly_clearing_lists_the_corrections(server: Server) -> None:
     month = await server.fetchval(
