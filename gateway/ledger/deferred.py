@@ -85,6 +85,18 @@ async def claim_row(
     )
 
 
+async def claim_of_message(
+    conn: asyncpg.Connection, fixmedins_code: str, msgid: str
+) -> asyncpg.Record | None:
+    """The deferred claim a message was answered with (claim_id, status, setl_id), or None."""
+    return await conn.fetchrow(
+        "SELECT claim_id, status, setl_id FROM deferred"
+        " WHERE kind = 'claim' AND fixmedins_code = $1 AND msgid = $2",
+        fixmedins_code,
+        msgid,
+    )
+
+
 async def replayed_claim(conn: asyncpg.Connection, setl_id: str) -> asyncpg.Record | None:
     """The deferred claim a settlement was made from by replay (claim_id, reimbursement_fen),
     or None: at the counter its patient paid the whole bill in cash under the claim."""

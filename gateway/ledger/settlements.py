@@ -452,7 +452,7 @@ async def find(
 
 
 # Each kind of settlement with the transaction that cancels it, for a refusal of another.
-_UNDONE_BY = {
+UNDONE_BY = {
     "pharmacy": ("药店购药结算", "2103"),
     "outpatient": ("门诊结算", "2208"),
     "chronic": ("门诊结算", "2208"),
@@ -476,7 +476,7 @@ async def replacement(conn: asyncpg.Connection, setl_id: str) -> str | None:
         return None
     if status != "settled":
         return f"结算ID{setl_id}已因目录更正重新结算为{newer}，{newer}也已撤销，无需再撤销"
-    kind, undo = _UNDONE_BY[category]
+    kind, undo = UNDONE_BY[category]
     return (
         f"结算ID{setl_id}已因目录更正重新结算为{newer}（{kind}，仍有效），"
         f"如需撤销请对结算ID{newer}发起{undo}"
@@ -508,7 +508,7 @@ async def cancel(
         raise NotFound(f"结算ID{setl_id}不存在或不属于本机构")
     if found["category"] not in categories:
         # Found from outside: a pharmacy's 2208 of its own sale was told the sale did not exist.
-        kind, undo = _UNDONE_BY[found["category"]]
+        kind, undo = UNDONE_BY[found["category"]]
         raise Conflict(f"结算ID{setl_id}是{kind}，不能用本交易撤销，请用{undo}撤销")
     if found["mdtrt_id"] != mdtrt_id or found["psn_no"] != psn_no:
         raise Conflict(f"结算ID{setl_id}与就诊ID、人员编号不对应")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from gateway.core.model import Category
-from gateway.ledger import db, encounters, fees, idempotency, reversals, settlements
+from gateway.ledger import db, deferred, encounters, fees, idempotency, reversals, settlements
 from gateway.protocol.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.protocol.transaction import TRANSACTIONS, Kind, Transaction, Undo
 
@@ -81,7 +81,7 @@ async def _undo_settlement(
 ) -> None:
     row = await reversals.settlement_of(conn, code, omsgid, original.infno)
     if row is None:
-        raise NotFound(f"未找到原报文{omsgid}的结算")
+        raise await _no_settlement(conn, code, omsgid, original)
     if row.psn_no != psn_no:
         raise Conflict("人员编号与原结算的参保人不一致")
     if row.status != "settled":
@@ -108,6 +108,29 @@ async def _undo_settlement(
         # 2102 opened the visit and stored its lines in the same stroke: undo those too.
         await fees.delete_unsettled(conn, row.mdtrt_id)
         await encounters.update(conn, row.mdtrt_id, status="cancelled")
+
+
+async def _no_settlement(
+    conn: asyncpg.Connection, code: str, omsgid: str, original: Transaction
+) -> Conflict | NotFound:
+    """Why a settling message that committed has no settlement to cancel: it was answered with
+    a deferred claim, still waiting for replay or withdrawn. Found from outside: told "未找到原
+    报文的结算", a clerk took the visit as never charged, and the replay settled it later."""
+    claim = await deferred.claim_of_message(conn, code, omsgid)
+    if claim is None:
+        return NotFound(f"未找到原报文{omsgid}的结算")
+    if claim["status"] == "withdrawn":
+        return Conflict(f"原报文{omsgid}的暂存结算{claim['claim_id']}已撤销，无需冲正")
+    assert original.kind is not None  # every settling transaction names its kind of visit
+    _, undo = settlements.UNDONE_BY[original.kind.value]
+    target = claim["setl_id"] or claim["claim_id"]
+    state = {"pending": "待补结算", "failed": "补结算未成功，待经办机构处理"}.get(
+        claim["status"], f"已补结算为{target}"
+    )
+    return Conflict(
+        f"原报文{omsgid}是应急期间的暂存结算{claim['claim_id']}（{state}），不能冲正；"
+        f"如需撤销请对结算ID{target}发起{undo}"
+    )
 
 
 async def _undo_cancellation(

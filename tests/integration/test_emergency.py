@@ -143,6 +143,24 @@ async def test_defer_answers_all_cash_and_replay_reimburses(server: Server) -> N
     assert raw == first == second
     assert await server.fetchval("SELECT count(*) FROM settlements") == settlements_before
     assert await server.fetchval("SELECT count(*) FROM deferred WHERE kind = 'claim'") == 1
+    # A 2601 of the claim's message is refused naming the claim and how to withdraw it (found
+    # from outside: told "未找到原报文的结算", the clerk took the visit as never charged, and the
+    # replay settled it later); nothing is barred, and the claim stays pending.
+    reversal = {"data": {"psn_no": EMPLOYEE, "omsgid": msgid, "oinfno": "2207"}}
+    refused = await his.call("2601", reversal)
+    assert refused["infcode"] == -1
+    assert refused["err_msg"] == (
+        f"原报文{msgid}是应急期间的暂存结算{claim_id}（待补结算），不能冲正；"
+        f"如需撤销请对结算ID{claim_id}发起2208"
+    )
+    marked = await server.fetch(
+        "SELECT tombstone, reversed_by FROM idempotency WHERE msgid = $1", msgid
+    )
+    assert [(r["tombstone"], r["reversed_by"]) for r in marked] == [(False, None)]
+    assert (
+        await server.fetchval("SELECT status FROM deferred WHERE claim_id = $1", claim_id)
+        == "pending"
+    )
 
     # A second claim, withdrawn at the counter before any replay.
     data2 = his.settle_data(
