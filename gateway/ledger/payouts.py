@@ -209,7 +209,11 @@ async def hold_for_cancel(
             "如确需撤销，请先由审批人退回该支付批次"
         )
     if claim["batch_no"] is not None:
-        return f"{what}的报销款曾报盘至银行（支付批次{claim['batch_no']}），不能撤销或重结算"
+        # Who can act, not only who cannot (found from outside): the money may have left.
+        return (
+            f"{what}的报销款曾报盘至银行（支付批次{claim['batch_no']}），不能在窗口撤销或重结算；"
+            "请联系医保经办机构核实该笔报销款的支付结果后处理"
+        )
     if resettling:
         return f"{what}的报销款由经办机构支付给参保人，不能批量纠错重结算"
     if claim["owed_id"] is not None:

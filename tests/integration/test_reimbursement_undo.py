@@ -23,10 +23,10 @@ import pytest
 from gateway.core.model import Category
 from gateway.ledger import checker, deferred, settlements
 from gateway.services import payouts
-from tests.integration.agency_helpers import ledger_on, settled_claim
+from tests.integration.agency_helpers import bank_answers, ledger_on, settled_claim
 from tests.integration.conftest import running_gateway
 from tests.integration.emergency_helpers import BIG_LINES, clear_rule, cli
-from tests.integration.test_payouts import HOSPITAL, _accounts, _deferred_claims
+from tests.integration.test_payouts import HOSPITAL, _accounts, _approved, _deferred_claims
 
 
 async def _plan_cleared(srv: Any) -> None:
@@ -326,3 +326,36 @@ async def test_a_replayed_claims_cancellation_refunds_the_whole_bill_in_cash(
             )
             == 0
         )
+
+
+async def test_a_reimbursement_the_bank_refused_is_referred_to_the_agency(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: the cancellation of a replayed claim whose reimbursement had been sent
+    to the bank (and refused there) said only that the counter could not act. It stays refused
+    (the money may have left, or may leave once the account is corrected) and says who acts."""
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)
+        await _plan_cleared(srv)
+        first, _ = await _replayed(srv)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            await _accounts(conn)
+            assert await payouts.gather(conn) == 2
+            batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+            await _approved(conn, batch.batch_no)
+            _, payment = await payouts.export(conn, batch.batch_no, "maker")
+            await payouts.import_return(
+                conn, bank_answers(payment, {1: "账户已销户", 2: "账户已销户"}), "cashier"
+            )
+        before = await srv.ledger_fingerprint()
+        refused = await srv.client(HOSPITAL).call("2208", _cancel(first))
+        assert refused["infcode"] == -1
+        assert refused["err_msg"] == (
+            f"结算ID{first['setl_id']}（暂存结算{first['claim_id']}补结算）的报销款曾报盘至银行"
+            f"（支付批次{batch.batch_no}），不能在窗口撤销或重结算；"
+            "请联系医保经办机构核实该笔报销款的支付结果后处理"
+        )
+        after = await srv.ledger_fingerprint()
+        assert {k: v for k, v in after.items() if k != "idempotency"} == {
+            k: v for k, v in before.items() if k != "idempotency"
+        }
