@@ -52,7 +52,7 @@ async def reverse(call: Call) -> Answer:
         output=None,
         err_msg=f"报文ID{omsgid}的交易已被冲正（2601），不再受理，请使用新的报文ID重新发起",
     )
-    outcome = await reversal.reverse(
+    outcome, instruction = await reversal.reverse(
         call.conn,
         fixmedins_code=call.req.fixmedins_code,
         psn_no=required(d.psn_no, "data.psn_no"),
@@ -73,5 +73,6 @@ async def reverse(call: Call) -> Answer:
             refusal,
             call.gw.config.deadlines.call_seconds,
         )
-    warn = "原交易未到达中心，已登记冲正，原交易到达时将被拒绝" if outcome == "tombstone" else None
-    return Answer({}, warn_msg=warn)
+    if outcome == "tombstone":
+        instruction = "原交易未到达中心，已登记冲正，原交易到达时将被拒绝"
+    return Answer({}, warn_msg=instruction)

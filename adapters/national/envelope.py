@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from adapters.national import lengths
-from adapters.national.paths import clerk_path
+from adapters.national.paths import clerk_path, printable
 from adapters.national.repeated_keys import refuse_repeated_keys
 from gateway.protocol.errors import BadRequest
 
@@ -149,7 +149,7 @@ def refuse_control_characters(raw: bytes) -> None:
         return  # the match was inside a number or key-less text the walk does not see
     # The path is shown with its control characters written out: found from outside, a NUL in
     # a key's name went back raw, and a till that reads err_msg as a C string showed "字段app".
-    shown = _CONTROL_CHARS.sub(lambda ch: f"\\u{ord(ch[0]):04x}", clerk_path(where))
+    shown = printable(clerk_path(where))
     raise BadRequest(f"字段{shown}含有不可见的控制字符（如NUL），请删除后重新发送")
 
 

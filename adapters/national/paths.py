@@ -23,3 +23,14 @@ def clerk_path(path: str) -> str:
 def by_serial(node: str, feedetl_sn: str) -> str:
     """A line of `node` named by its serial number."""
     return f"{node}(流水号{feedetl_sn})"
+
+
+# A control character can only come from an escape in the JSON (\u0000-\u001f, \u007f-\u009f).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(name: str) -> str:
+    """A name from the body as a refusal may quote it: each control character written out
+    (\u0000). Found from outside: a NUL or an escape sequence in a key went back raw, and a till
+    reading err_msg as a C string showed "字段app"; a terminal ran the escape."""
+    return _CONTROL.sub(lambda ch: f"\\u{ord(ch[0]):04x}", name)

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.national.paths import printable
 from gateway.protocol.errors import BadRequest
 
 _reader = msgspec.json.Decoder()
@@ -81,7 +82,7 @@ def _first_repeat(raw: bytes) -> str | None:
     try:
         json.loads(raw, object_pairs_hook=_pairs)
     except _Repeated as repeat:
-        key = str(repeat.args[0])
+        key = printable(str(repeat.args[0]))
         return key if len(key) <= 40 else f"{key[:40]}…"
     except (ValueError, RecursionError):
         return None

@@ -57,6 +57,12 @@ class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         amounts["balc"] = bill["balc"]
         return msgspec.structs.replace(self.record, amounts=amounts, funds=())
 
+    async def replayed_from(self, conn: asyncpg.Connection) -> str | None:
+        """The clerk's instruction when the cancelled settlement was a replayed claim's (a 2601
+        of the claim's message cancels it the same way as its 2208)."""
+        replayed = await _replayed(conn, str(self.record.setl_id))
+        return msgspec.structs.replace(self, replayed=replayed).warning()
+
     def warning(self) -> str | None:
         """The clerk's instruction for a replayed claim's cancellation."""
         if self.replayed is None:
@@ -85,10 +91,12 @@ async def cancel(
         now=now,
         categories=frozenset(c.value for c in eligibility.KIND_CATEGORIES[kind]),
     )
-    claim = await deferred.replayed_claim(conn, a.setl_id)
-    replayed = (
-        None
-        if claim is None
-        else Replayed(claim_id=claim["claim_id"], reimbursement_fen=claim["reimbursement_fen"])
-    )
-    return Cancelled(record=rec, balc=balance_after, replayed=replayed)
+    done = Cancelled(record=rec, balc=balance_after)
+    return msgspec.structs.replace(done, replayed=await _replayed(conn, a.setl_id))
+
+
+async def _replayed(conn: asyncpg.Connection, setl_id: str) -> Replayed | None:
+    claim = await deferred.replayed_claim(conn, setl_id)
+    if claim is None:
+        return None
+    return Replayed(claim_id=claim["claim_id"], reimbursement_fen=claim["reimbursement_fen"])

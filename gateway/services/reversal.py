@@ -19,6 +19,7 @@ from gateway.core.model import Category
 from gateway.ledger import db, deferred, encounters, fees, idempotency, reversals, settlements
 from gateway.protocol.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.protocol.transaction import TRANSACTIONS, Kind, Transaction, Undo
+from gateway.services import cancellation
 
 _CATEGORIES = {
     "pharmacy": frozenset({Category.PHARMACY.value}),
@@ -37,8 +38,10 @@ async def reverse(
     msgid: str,
     now: dt.datetime,
     refusal: bytes,
-) -> str:
-    """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone". Caller holds the tx.
+) -> tuple[str, str | None]:
+    """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone", with the clerk's
+    instruction where the undo needs one (a replayed deferred claim's settlement: the whole bill
+    is refunded in cash). Caller holds the tx.
     In a ledger split by region, the caller then bars a tombstoned original in the other
     databases too (`bar_elsewhere`)."""
     original = TRANSACTIONS.get(oinfno)
@@ -50,7 +53,7 @@ async def reverse(
     row = await reversals.lock_original(conn, fixmedins_code, omsgid)
     if row is None:
         if await reversals.bar(conn, fixmedins_code, omsgid, oinfno, refusal):
-            return "tombstone"
+            return "tombstone", None
         # The original committed while we waited on its key: reverse it after all.
         row = await reversals.lock_original(conn, fixmedins_code, omsgid)
         assert row is not None
@@ -58,16 +61,19 @@ async def reverse(
         raise Conflict(f"原报文{omsgid}已冲正，不能重复冲正")
     if row.infno != oinfno:
         raise BadRequest(f"原报文{omsgid}的交易编号为{row.infno}，与oinfno {oinfno}不符")
+    warning = None
     if row.infcode == 0:
         if original.undo is Undo.SETTLEMENT:
-            await _undo_settlement(conn, fixmedins_code, psn_no, omsgid, original, msgid, now)
+            warning = await _undo_settlement(
+                conn, fixmedins_code, psn_no, omsgid, original, msgid, now
+            )
         elif original.undo is Undo.CANCELLATION:
             await _undo_cancellation(conn, fixmedins_code, psn_no, omsgid, original.kind)
         else:
             await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
     # A failed original changed nothing; it is only marked, so it cannot be reversed twice.
     await reversals.mark_reversed(conn, fixmedins_code, omsgid, msgid)
-    return "reversed"
+    return "reversed", warning
 
 
 async def _undo_settlement(
@@ -78,7 +84,7 @@ async def _undo_settlement(
     original: Transaction,
     msgid: str,
     now: dt.datetime,
-) -> None:
+) -> str | None:
     row = await reversals.settlement_of(conn, code, omsgid, original.infno)
     if row is None:
         raise await _no_settlement(conn, code, omsgid, original)
@@ -90,7 +96,7 @@ async def _undo_settlement(
     kind = original.kind
     assert kind is not None
     try:
-        await settlements.cancel(
+        rec, balance = await settlements.cancel(
             conn,
             fixmedins_code=code,
             setl_id=row.setl_id,
@@ -108,6 +114,9 @@ async def _undo_settlement(
         # 2102 opened the visit and stored its lines in the same stroke: undo those too.
         await fees.delete_unsettled(conn, row.mdtrt_id)
         await encounters.update(conn, row.mdtrt_id, status="cancelled")
+    # A replayed deferred claim's settlement: the counter refunds the whole bill, as for its
+    # 2208 (found from outside: the 2601 answered 成功 alone, the withdrawn reimbursement unsaid).
+    return await cancellation.Cancelled(record=rec, balc=balance).replayed_from(conn)
 
 
 async def _no_settlement(

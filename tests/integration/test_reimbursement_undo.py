@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from gateway.core.model import Category
+from gateway.core.money import fen_text
 from gateway.ledger import checker, deferred, settlements
 from gateway.services import payouts
 from tests.integration.agency_helpers import bank_answers, ledger_on, settled_claim
@@ -359,3 +360,32 @@ async def test_a_reimbursement_the_bank_refused_is_referred_to_the_agency(
         assert {k: v for k, v in after.items() if k != "idempotency"} == {
             k: v for k, v in before.items() if k != "idempotency"
         }
+
+
+async def test_a_reversal_of_a_replayed_claims_message_says_to_refund_the_whole_bill(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a 2601 of the claim's message after replay cancelled the replayed
+    settlement and withdrew the reimbursement, answering 成功 alone; the counter was not told to
+    refund the whole bill it had taken in cash. It says what the 2208 says."""
+    async with running_gateway(new_database) as srv:
+        await _deferred_claims(srv)
+        await _plan_cleared(srv)
+        first, _ = await _replayed(srv)
+        medfee = await srv.fetchval(
+            "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", first["setl_id"]
+        )
+        reversal = {"data": {"psn_no": first["psn_no"], "omsgid": first["msgid"], "oinfno": "2207"}}
+        answer = await srv.client(HOSPITAL).call("2601", reversal)
+        assert answer["infcode"] == 0, answer["err_msg"]
+        owed = first["reimbursement_fen"]
+        assert answer["warn_msg"] == (
+            f"结算ID{first['setl_id']}由暂存结算{first['claim_id']}补结算，患者在窗口已现金全额"
+            f"支付：请全额退还现金{fen_text(medfee)}元；应支付给参保人的报销款{fen_text(owed)}元已取消"
+        )
+        assert (
+            await srv.fetchval(
+                "SELECT status FROM settlements WHERE setl_id = $1", first["setl_id"]
+            )
+            == "cancelled"
+        )

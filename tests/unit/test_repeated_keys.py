@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from adapters.national import repeated_keys
 from adapters.national.envelope import decode_request
+from adapters.national.paths import printable
 from adapters.national.repeated_keys import refuse_repeated_keys
 from gateway.protocol.errors import BadRequest
 
@@ -113,7 +114,10 @@ def test_the_refusal_is_the_rule(
     else:
         assert verdict is not None
         named = verdict.removeprefix("报文中字段").split("在同一节点内出现了两次")[0]
-        assert named in {k if len(k) <= 40 else f"{k[:40]}…" for k in repeats}
+        # Control characters written out (\u000a), as every refusal quotes a name.
+        shown = {printable(k) for k in repeats}
+        assert named in {k if len(k) <= 40 else f"{k[:40]}…" for k in shown}
+        assert not any(ord(ch) < 0x20 for ch in verdict)
 
 
 def test_a_body_that_is_not_json_is_left_to_the_decoder() -> None:
@@ -154,3 +158,11 @@ def test_equal_keys_in_different_nodes_are_not_repeats() -> None:
         {**_ENVELOPE, "msgid": "M1", "input": {"druginfo": {"msgid": "x"}, "drugdetail": lines}}
     )
     assert decode_request(body).msgid == "M1"
+
+
+def test_a_repeated_key_holding_a_control_character_is_written_out() -> None:
+    """Found from outside: the repeated key `a\u0000` went back with a raw NUL in err_msg, and
+    `\u001b[2J` as a terminal's clear-screen."""
+    for key, shown in ((b"a\\u0000", "a\\u0000"), (b"x\\u001b[2J", "x\\u001b[2J")):
+        body = b'{"' + key + b'":1,"' + key + b'":2}'
+        assert _verdict(body) == f"报文中字段{shown}在同一节点内出现了两次，请只发送一次后重新发送"
