@@ -45,6 +45,13 @@ async def _replayed(srv: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+async def _claims_replayed(srv: Any) -> list[dict[str, Any]]:
+    """Two outpatient claims taken under `defer`, the plan cleared, both replayed."""
+    await _deferred_claims(srv)
+    await _plan_cleared(srv)
+    return await _replayed(srv)
+
+
 def _cancel(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "data": {"setl_id": row["setl_id"], "mdtrt_id": row["mdtrt_id"], "psn_no": row["psn_no"]}
@@ -55,9 +62,7 @@ async def test_a_replayed_claims_reimbursement_follows_its_settlement(
     new_database: Callable[..., Any],
 ) -> None:
     async with running_gateway(new_database) as srv:
-        await _deferred_claims(srv)
-        await _plan_cleared(srv)
-        first, second = await _replayed(srv)
+        first, second = await _claims_replayed(srv)
         his = srv.client(HOSPITAL)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
             await _accounts(conn)
@@ -102,9 +107,7 @@ async def test_a_cancelled_claim_before_gathering_is_never_owed(
     new_database: Callable[..., Any],
 ) -> None:
     async with running_gateway(new_database) as srv:
-        await _deferred_claims(srv)
-        await _plan_cleared(srv)
-        first, _ = await _replayed(srv)
+        first, _ = await _claims_replayed(srv)
         await srv.client(HOSPITAL).ok("2208", _cancel(first))
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
             assert await payouts.gather(conn) == 1  # the other claim only
@@ -159,9 +162,7 @@ async def test_a_gather_racing_a_cancellation_never_owes_the_cancelled_claim(
     the cancellation). Here the cancellation is held open at its last step while a gather runs:
     the gather waits for it and owes nothing for that claim, and the batch does not pay it."""
     async with running_gateway(new_database) as srv:
-        await _deferred_claims(srv)
-        await _plan_cleared(srv)
-        first, second = await _replayed(srv)
+        first, second = await _claims_replayed(srv)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
             await _accounts(conn)
             if gathered_first:
@@ -210,9 +211,7 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
     have been deleted anyway (the released item names it). Now it stands and the line is
     withdrawn; a 2601 of the cancellation puts the settlement back and a gather owes it again."""
     async with running_gateway(new_database) as srv:
-        await _deferred_claims(srv)
-        await _plan_cleared(srv)
-        first, _ = await _replayed(srv)
+        first, _ = await _claims_replayed(srv)
         his = srv.client(HOSPITAL)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
             await _accounts(conn)
@@ -290,9 +289,7 @@ async def test_a_replayed_claims_cancellation_refunds_the_whole_bill_in_cash(
     and the fund's 176.00, owed to the patient, was withdrawn: a HIS refunding psn_cash_pay gave
     back 324.00 and the patient lost 176.00. The counter refunds what the counter took."""
     async with running_gateway(new_database) as srv:
-        await _deferred_claims(srv)
-        await _plan_cleared(srv)
-        first, _ = await _replayed(srv)
+        first, _ = await _claims_replayed(srv)
         assert first["reimbursement_fen"] > 0
         medfee = await srv.fetchval(
             "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", first["setl_id"]
@@ -336,9 +333,7 @@ async def test_a_reimbursement_the_bank_refused_is_referred_to_the_agency(
     to the bank (and refused there) said only that the counter could not act. It stays refused
     (the money may have left, or may leave once the account is corrected) and says who acts."""
     async with running_gateway(new_database) as srv:
-        await _deferred_claims(srv)
-        await _plan_cleared(srv)
-        first, _ = await _replayed(srv)
+        first, _ = await _claims_replayed(srv)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
             await _accounts(conn)
             assert await payouts.gather(conn) == 2
@@ -369,9 +364,7 @@ async def test_a_reversal_of_a_replayed_claims_message_says_to_refund_the_whole_
     settlement and withdrew the reimbursement, answering 成功 alone; the counter was not told to
     refund the whole bill it had taken in cash. It says what the 2208 says."""
     async with running_gateway(new_database) as srv:
-        await _deferred_claims(srv)
-        await _plan_cleared(srv)
-        first, _ = await _replayed(srv)
+        first, _ = await _claims_replayed(srv)
         medfee = await srv.fetchval(
             "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", first["setl_id"]
         )
