@@ -465,10 +465,14 @@ async def replacement(conn: asyncpg.Connection, setl_id: str) -> str | None:
     words name the settlement now standing for it and how to cancel that one; None when no
     correction replaced it. Found from outside: a 2601 of the corrected message's msgid was
     told "已撤销，无需冲正" while its replacement still charged the patient's account."""
+    # correction_items, not replaces_setl_id: a counter's own 2208 and new 2207 of the same
+    # lines link the two as well, and that settlement was cancelled, not replaced.
     newer, status, category = setl_id, "", ""
     while (
         row := await conn.fetchrow(
-            "SELECT setl_id, status, category FROM settlements WHERE replaces_setl_id = $1", newer
+            "SELECT s.setl_id, s.status, s.category FROM correction_items c"
+            " JOIN settlements s ON s.setl_id = c.new_setl_id WHERE c.old_setl_id = $1",
+            newer,
         )
     ) is not None:
         newer, status, category = row["setl_id"], row["status"], row["category"]
