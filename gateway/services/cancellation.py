@@ -34,6 +34,13 @@ class Replayed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     reimbursement_fen: int
 
 
+# What the bill was, kept in the counter's view of a replayed claim; who paid it is the counter's.
+_THE_BILL = frozenset(
+    ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt",
+     "balc")
+)  # fmt: skip
+
+
 class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """The settlement reversed and the account balance after the refund (fen)."""
 
@@ -50,18 +57,9 @@ class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         if self.replayed is None:
             return self.record
         bill = self.record.amounts
-        kept = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt")
-        amounts = {name: (bill[name] if name in kept else 0) for name in bill}
-        amounts["inscp_scp_amt"] = bill["inscp_scp_amt"]
+        amounts = {name: (bill[name] if name in _THE_BILL else 0) for name in bill}
         amounts["psn_part_amt"] = amounts["psn_cash_pay"] = bill["medfee_sumamt"]
-        amounts["balc"] = bill["balc"]
         return msgspec.structs.replace(self.record, amounts=amounts, funds=())
-
-    async def replayed_from(self, conn: asyncpg.Connection) -> str | None:
-        """The clerk's instruction when the cancelled settlement was a replayed claim's (a 2601
-        of the claim's message cancels it the same way as its 2208)."""
-        replayed = await _replayed(conn, str(self.record.setl_id))
-        return msgspec.structs.replace(self, replayed=replayed).warning()
 
     def warning(self) -> str | None:
         """The clerk's instruction for a replayed claim's cancellation."""
@@ -91,11 +89,11 @@ async def cancel(
         now=now,
         categories=frozenset(c.value for c in eligibility.KIND_CATEGORIES[kind]),
     )
-    done = Cancelled(record=rec, balc=balance_after)
-    return msgspec.structs.replace(done, replayed=await _replayed(conn, a.setl_id))
+    return Cancelled(record=rec, balc=balance_after, replayed=await replayed(conn, a.setl_id))
 
 
-async def _replayed(conn: asyncpg.Connection, setl_id: str) -> Replayed | None:
+async def replayed(conn: asyncpg.Connection, setl_id: str) -> Replayed | None:
+    """The deferred claim `setl_id` was replayed from, or None."""
     claim = await deferred.replayed_claim(conn, setl_id)
     if claim is None:
         return None

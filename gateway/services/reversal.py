@@ -116,7 +116,8 @@ async def _undo_settlement(
         await encounters.update(conn, row.mdtrt_id, status="cancelled")
     # A replayed deferred claim's settlement: the counter refunds the whole bill, as for its
     # 2208 (found from outside: the 2601 answered 成功 alone, the withdrawn reimbursement unsaid).
-    return await cancellation.Cancelled(record=rec, balc=balance).replayed_from(conn)
+    replayed = await cancellation.replayed(conn, row.setl_id)
+    return cancellation.Cancelled(record=rec, balc=balance, replayed=replayed).warning()
 
 
 async def _no_settlement(
