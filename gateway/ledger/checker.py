@@ -1,6 +1,8 @@
 """The ledger's invariants: what must hold after any run, faults included.
 
 Sums checked in SQL:
+- every fee line's visit, fund row's and event's settlement exists (no foreign key checks them
+  on each write: migration 024);
 - every settlement's identities hold (also CHECK constraints, so this guards against their removal);
 - fund rows sum to fund_pay_sumamt + acct_pay;
 - each person's yearly accumulators equal the sum of the deltas of their settlements in force;
@@ -299,12 +301,33 @@ async def check(
     rules: Rules | None = None,
 ) -> list[str]:
     """Every violation found, in words; an empty list means the ledger balances."""
-    problems = await _sums(conn, opening_balances)
+    problems = await _orphans(conn)
+    problems += await _sums(conn, opening_balances)
     problems += await line_problems(conn)
     problems += await replay_problems(
         conn, rules or await core_rules(conn), opening_balances=opening_balances
     )
     problems += await payout_checks.payout_problems(conn)  # the agency's owed and paid lines
+    return problems
+
+
+# Rows whose parent the database no longer checks on every write (migration 024): the staging
+# code writes both in one statement, and this is what would notice if it ever did not.
+_CHILDREN = (
+    ("fee line", "fee_lines", "mdtrt_id", "encounters", "visit"),
+    ("fund row", "settlement_funds", "setl_id", "settlements", "settlement"),
+    ("settlement event", "settlement_events", "setl_id", "settlements", "settlement"),
+)
+
+
+async def _orphans(conn: asyncpg.Connection) -> list[str]:
+    problems: list[str] = []
+    for what, table, key, parent, parent_name in _CHILDREN:
+        for row in await conn.fetch(
+            f"SELECT DISTINCT c.{key} AS k FROM {table} c"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{key} = c.{key}) ORDER BY 1"
+        ):
+            problems.append(f"{what} of {parent_name} {row['k']}: no such {parent_name}")
     return problems
 
 
