@@ -211,9 +211,9 @@ def _five_lines(price: str) -> list[dict[str, str]]:
 async def test_a_stored_answer_is_compressed_with_lz4_and_replays_byte_for_byte(
     server: Server,
 ) -> None:
-    """A pharmacy sale's answer (a line of detlcutinfo each) is past the size at which
-    PostgreSQL compresses a row; where the server has lz4 (022_answers_lz4.sql) it is stored so,
-    and a retry still gets the very bytes."""
+    """A pharmacy sale's answer (a line of detlcutinfo each) and its settlement's lines are past
+    the size at which PostgreSQL compresses a row; where the server has lz4 (022_answers_lz4.sql,
+    025_settlement_lines_lz4.sql) both are stored so, and a retry still gets the very bytes."""
     pos = server.client(PHARMACY)
     env = pos.envelope(
         "2102", pos.drug_input(PERSON, "2026-06-01 10:00:00", "49.50", _five_lines("9.90"))
@@ -230,8 +230,16 @@ async def test_a_stored_answer_is_compressed_with_lz4_and_replays_byte_for_byte(
         PHARMACY,
         env["msgid"],
     )
+    lines = await server.fetchrow(
+        "SELECT pg_column_compression(lines) AS how, octet_length(lines::text) AS size"
+        " FROM settlements WHERE fixmedins_code = $1 AND medins_setl_id = $2",
+        PHARMACY,
+        env["msgid"],
+    )
     assert len(first) > 2100  # past the row size at which PostgreSQL compresses
     assert stored == ("lz4" if has_lz4 else "pglz")
+    assert lines is not None and lines["size"] > 2100
+    assert lines["how"] == ("lz4" if has_lz4 else "pglz")
     _, again = await pos.post_raw(body)
     assert again == first
 
