@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: cluster cluster-down demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-cluster bench-reload bench-soak profile loadtest loadtest-rush loadtest-degraded clean
+.PHONY: cluster cluster-down demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-cluster bench-reload bench-write-replay bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -109,6 +109,12 @@ bench-adversity: install
 # The same run with py-spy on the gateway per scenario: var/profiles/<scenario>.txt.
 profile: install
 	$(BIN)/python benchmarks/http_harness.py --duration 8 --concurrency 64 --profile var/profiles
+
+# A group commit's write replayed against copies of one ledger, alternating batch by batch:
+# PostgreSQL's CPU a settlement, exactly enough to show a schema change (benchmarks/RESULTS.md).
+bench-write-replay: install system-deps
+	$(BIN)/python benchmarks/write_replay.py --seconds 8 --rounds 4 \
+	  --variant "pglz=ALTER TABLE settlements ALTER COLUMN lines SET COMPRESSION pglz"
 
 # P7/P8: a reload of 500,000 mappings against the event loop, and the memory it takes.
 bench-reload: install
