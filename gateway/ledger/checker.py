@@ -312,7 +312,8 @@ async def check(
 
 
 # Rows whose parent the database no longer checks on every write (migration 024): the staging
-# code writes both in one statement, and this is what would notice if it ever did not.
+# code writes the child with its parent, or to a visit its transaction holds locked, and this is
+# what would notice if it ever did not.
 _CHILDREN = (
     ("fee line", "fee_lines", "mdtrt_id", "encounters", "visit"),
     ("fund row", "settlement_funds", "setl_id", "settlements", "settlement"),

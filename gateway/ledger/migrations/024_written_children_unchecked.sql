@@ -1,7 +1,9 @@
--- Three foreign keys whose parent is written by the same statement, by the one staging code
--- (gateway/ledger/writes.py, settlements.stage), and never deleted: a visit's fee lines, a
--- settlement's fund rows and its standing's events (these written by the settlements trigger
--- from the rows it was given, 021). PostgreSQL checked each child row against its parent at
+-- Three foreign keys whose parent the one staging code (gateway/ledger/writes.py,
+-- settlements.stage) has in hand when it writes the child, and which is never deleted: a
+-- visit's fee lines (a pharmacy sale's visit is written in the same statement; a hospital's
+-- upload goes to a visit it has just read and locked), a settlement's fund rows (same
+-- statement) and its standing's events (written by the settlements trigger from the rows it was
+-- given, 021). PostgreSQL checked each child row against its parent at
 -- the end of the statement, a query and a row lock per row: on a five-line pharmacy sale seven
 -- or eight checks, about a tenth of PostgreSQL's time on the group commit's write (a replay of
 -- 300 recorded batches, alternating with and without, benchmarks/RESULTS.md). The ledger
