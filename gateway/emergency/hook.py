@@ -30,12 +30,15 @@ from gateway.emergency.plan.rules import CLASSES, Action, Decision, TxClass
 from gateway.ledger import db, deferred, encounters, fees, persons
 from gateway.ledger.deferred import Entry
 from gateway.ledger.partitions import MAIN
+from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.dispatch import Detour
+from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol.errors import Conflict, RuleRejected, Unavailable
-from gateway.protocol.transaction import Answer, Call, Deferral, Mode, Transaction
+from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction
 from gateway.services import payouts
+from gateway.services.settlement_state import settle_alone
 
 log = logging.getLogger("gateway.emergency.hook")
 
@@ -136,10 +139,14 @@ async def intercept(
     if role is Deferral.CLAIM:
         if ledger_down:
             return await _journal_claim(gw, req, institution, received)
-        return Detour(
-            tx=dataclasses.replace(tx, name="暂存结算", handler=_defer_claim, grouped=None),
-            mode=Mode.DEFERRED,
-        )
+        if deferral.kind_of(req.infno) is Kind.PHARMACY:
+            # A purchase's claim touches no visit: a job, grouped like the sales it stands for.
+            claim = dataclasses.replace(
+                tx, name="暂存结算", handler=_defer_purchase, grouped=_purchase_claim
+            )
+        else:
+            claim = dataclasses.replace(tx, name="暂存结算", handler=_defer_claim, grouped=None)
+        return Detour(tx=claim, mode=Mode.DEFERRED)
     if role is Deferral.CANCEL_CLAIM:
         setl_id, _, _ = deferral.withdrawal_ref(req)
         if not deferral.is_claim_id(setl_id):
@@ -170,8 +177,66 @@ def _check_dates(gw: Gateway, req: Request, institution: Institution, now: dt.da
         gw.config.dates.check(name, moment, admdvs=institution.admdvs, now=now)
 
 
+def _claim_of(
+    req: Request,
+    facts: deferral.ClaimFacts,
+    claim_id: str,
+    mdtrt_id: str,
+    service_date: dt.date,
+    now: dt.datetime,
+    lines: tuple[str, ...] | None = None,
+) -> tuple[dict[str, Any], Entry]:
+    """A ledger claim's answer and its row."""
+    output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, now)
+    entry = _entry(
+        "claim",
+        req,
+        now,
+        psn_no=facts.psn_no,
+        mdtrt_id=facts.mdtrt_id,
+        service_date=service_date,
+        medfee_sumamt=facts.medfee_sumamt,
+        claim_id=claim_id,
+        lines=lines,
+    )
+    return output, entry
+
+
+def _purchase_claim(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Job:
+    """A pharmacy purchase's claim as a job: the certificate checked against the person under
+    the batch's lock, the claim staged beside its answer. While settlements are deferred the
+    claims share the group commit's transactions as the sales they stand for did, instead of a
+    transaction and a commit each (benchmarks/RESULTS.md, `defer`). The single path runs the
+    same job alone (`_defer_purchase`)."""
+    facts = deferral.read_claim(req)
+    _check_dates(gw, req, institution, now)
+    claim_id = deferral.new_claim_id(institution.admdvs, now)
+    # The purchase's visit is made when the claim is replayed; until then the claim stands for it.
+    output, entry = _claim_of(req, facts, claim_id, claim_id, facts.service_date or now.date(), now)
+    warn_msg = deferral.DEFER_WARN.format(claim_id=claim_id)
+
+    def build(held: Held, _mdtrt_serial: int, _setl_serial: int) -> Built:
+        if facts.cert is not None:
+            if held.person is None:
+                raise persons.unknown(facts.psn_no)
+            persons.require_certificate(held.person, facts.cert)
+        writes = Writes()
+        deferred.stage(writes, entry, "ledger")
+        return Built(output, writes, held.balance, held.year, warn_msg=warn_msg)
+
+    return Job(psn_no=facts.psn_no, year=None, build=build, settles=False, draws=False)
+
+
+async def _defer_purchase(call: Call) -> Answer:
+    """A pharmacy purchase's claim on its own transaction (the group commit's job, alone)."""
+    job = _purchase_claim(call.gw, call.req, call.institution, call.now)
+    built = await settle_alone(call.conn, job)
+    return Answer(built.output, warn_msg=built.warn_msg)
+
+
 async def _defer_claim(call: Call) -> Answer:
-    """A claim journaled in the ledger, inside the msgid transaction (so retries replay it)."""
+    """A visit's claim journaled in the ledger, inside the msgid transaction (so retries replay
+    it); a pharmacy purchase's is `_purchase_claim`."""
     req = call.req
     facts = deferral.read_claim(req)
     _check_dates(call.gw, req, call.institution, call.now)
@@ -195,19 +260,8 @@ async def _defer_claim(call: Call) -> Answer:
         if scope[1] == fees.ALL and not visit.startswith(PROVISIONAL_PREFIX):
             lines = await _claimed_lines(call.conn, req.fixmedins_code, visit)
     claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
-    if not mdtrt_id:
-        mdtrt_id = claim_id  # a pharmacy purchase's visit is made at replay
-    output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, call.now)
-    entry = _entry(
-        "claim",
-        req,
-        call.now,
-        psn_no=facts.psn_no,
-        mdtrt_id=facts.mdtrt_id,
-        service_date=service_date or call.now.date(),
-        medfee_sumamt=facts.medfee_sumamt,
-        claim_id=claim_id,
-        lines=lines,
+    output, entry = _claim_of(
+        req, facts, claim_id, mdtrt_id, service_date or call.now.date(), call.now, lines
     )
     await deferred.insert(call.conn, entry, "ledger")
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))

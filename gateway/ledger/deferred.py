@@ -9,6 +9,8 @@ from typing import Any
 
 import asyncpg
 
+from gateway.ledger.writes import Writes, insert_statement
+
 REPLAY_LOCK = 0x2E91A7  # held by a running `deferred replay`; its presence means "replaying"
 
 
@@ -34,18 +36,38 @@ class Entry:
     lines: tuple[str, ...] | None = None
 
 
-async def insert(conn: asyncpg.Connection, e: Entry, source: str) -> bool:
-    """Add the entry (inside the caller's transaction); False when its msgid is already there."""
-    got = await conn.fetchval(
-        "INSERT INTO deferred (kind, claim_id, provisional_id, fixmedins_code, msgid, infno,"
-        " psn_no, mdtrt_id, service_date, medfee_sumamt, body, received_at, source, lines)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
-        " ON CONFLICT (fixmedins_code, msgid) DO NOTHING RETURNING true",
+# Declared for the group commit too: a pharmacy's deferred claim is staged with its answer.
+INSERT = insert_statement(
+    "deferred",
+    [
+        ("fixmedins_code", "text"),
+        ("msgid", "text"),
+        ("kind", "text"),
+        ("claim_id", "text"),
+        ("provisional_id", "text"),
+        ("infno", "text"),
+        ("psn_no", "text"),
+        ("mdtrt_id", "text"),
+        ("service_date", "date"),
+        ("medfee_sumamt", "int8"),
+        ("body", "bytea"),
+        ("received_at", "timestamp"),
+        ("source", "text"),
+        ("lines", "text[]"),
+    ],
+    suffix=" ON CONFLICT (fixmedins_code, msgid) DO NOTHING",
+    key_columns=2,
+)
+_INSERT_TOLD = INSERT + " RETURNING true"
+
+
+def _row(e: Entry, source: str) -> tuple[object, ...]:
+    return (
+        e.fixmedins_code,
+        e.msgid,
         e.kind,
         e.claim_id,
         e.provisional_id,
-        e.fixmedins_code,
-        e.msgid,
         e.infno,
         e.psn_no,
         e.mdtrt_id,
@@ -56,7 +78,16 @@ async def insert(conn: asyncpg.Connection, e: Entry, source: str) -> bool:
         source,
         None if e.lines is None else list(e.lines),
     )
-    return bool(got)
+
+
+async def insert(conn: asyncpg.Connection, e: Entry, source: str) -> bool:
+    """Add the entry (inside the caller's transaction); False when its msgid is already there."""
+    return bool(await conn.fetchval(_INSERT_TOLD, *_row(e, source)))
+
+
+def stage(writes: Writes, e: Entry, source: str) -> None:
+    """Stage the entry's insert (a msgid already there is left as it is, as `insert` leaves it)."""
+    writes.add(INSERT, *_row(e, source))
 
 
 async def withdraw(

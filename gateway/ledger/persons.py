@@ -91,8 +91,13 @@ async def read(conn: asyncpg.Connection, psn_no: str, *, lock: bool = False) -> 
     """
     row = await conn.fetchrow(_LOCK if lock else _READ, psn_no)
     if row is None:
-        raise NotInsured(f"人员编号{psn_no}不存在，请重新读卡获取人员信息")
+        raise unknown(psn_no)
     return person_of(row), int(row["balance_fen"])
+
+
+def unknown(psn_no: str) -> NotInsured:
+    """The refusal of a psn_no the directory does not hold."""
+    return NotInsured(f"人员编号{psn_no}不存在，请重新读卡获取人员信息")
 
 
 async def lock_many(

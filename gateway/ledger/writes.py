@@ -109,6 +109,12 @@ def _rows(columns: Sequence[Column]) -> str:
             continue
         if type_ == "jsonb":
             pick = f"NULLIF(r.e -> {element}, 'null')"
+        elif type_.endswith("[]"):
+            # A JSON array read back element by element (its text is not an array literal).
+            pick = (
+                f"CASE WHEN r.e -> {element} = 'null' THEN NULL ELSE"
+                f" ARRAY(SELECT jsonb_array_elements_text(r.e -> {element}))::{type_} END"
+            )
         else:
             pick = f"(r.e ->> {element})::{type_}"
         picks.append(f"{pick} AS {name}")

@@ -259,7 +259,10 @@ async def _write(
     code = req.fixmedins_code
     body_hash = fingerprint(req)
     outcome = None
-    group = gw.groups.get(ledger.name) if mode is Mode.NORMAL else None
+    # Grouped in a deferring mode only where the plan's detour gave a grouped form of its own
+    # (a pharmacy's deferred claim): a self-pay visit must not take the settlement's.
+    grouped_here = mode is Mode.NORMAL or (mode is Mode.DEFERRED and tx.grouped is not None)
+    group = gw.groups.get(ledger.name) if grouped_here else None
     if tx.grouped is not None and group is not None:
         outcome = await _grouped(
             group, tx.grouped, gw, req, institution, body_hash, received, expires

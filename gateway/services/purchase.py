@@ -27,7 +27,6 @@ from gateway.ledger.settlements import Declared as Declared
 from gateway.ledger.settlements import Record as Record
 from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job
-from gateway.protocol.errors import NotInsured
 from gateway.protocol.origin import Origin
 
 PHARMACY_MED_TYPE = "41"
@@ -123,7 +122,7 @@ def purchase_job(
 
     def build(held: Held, mdtrt_serial: int, setl_serial: int) -> Built:
         if held.person is None:
-            raise NotInsured(f"人员编号{p.psn_no}不存在，请重新读卡获取人员信息")
+            raise persons.unknown(p.psn_no)
         persons.require_certificate(held.person, p.cert)
         mdtrt_id = encounters.ledger_id(institution.admdvs, now, mdtrt_serial) if final else ""
         ctx = context(origin, institution, p, held.person, mdtrt_id)

@@ -277,3 +277,25 @@ async def test_bytes_beside_the_rows_keep_their_place_in_one_statement(
     for name in ("first", "second"):
         assert await _rows(conn, f"{name}_at_once") == await _rows(conn, f"{name}_by_row")
     assert (await _rows(conn, "second_at_once"))[4][5] == bytes(reversed(range(256)))
+
+
+async def test_array_columns_at_once_equal_one_by_one(conn: asyncpg.Connection) -> None:
+    """A text[] column (a deferred claim's lines) travels inside the row's JSON and is read
+    back as the array it was: NULL, empty, and elements that need quoting in an array literal."""
+    columns = [("k", "text"), ("lines", "text[]")]
+    for name in ("arrays_by_row", "arrays_at_once"):
+        await conn.execute(f"CREATE TABLE {name} (k text PRIMARY KEY, lines text[])")
+    rows: list[tuple[object, ...]] = [
+        ("a", None),
+        ("b", []),
+        ("c", ["1", "0002", 'a "b", {c}', "null", "药"]),
+    ]
+    by_row = insert_statement("arrays_by_row", columns)
+    for row in rows:
+        await conn.execute(by_row, *row)
+    staged = Writes()
+    staged.extend(insert_statement("arrays_at_once", columns), rows)
+    await staged.flush(conn)
+    written = await _rows(conn, "arrays_at_once")
+    assert written == await _rows(conn, "arrays_by_row")
+    assert written == [("a", None), ("b", []), ("c", ["1", "0002", 'a "b", {c}', "null", "药"])]

@@ -1,0 +1,159 @@
+"""A pharmacy's deferred claims go through the group commit, as its sales do: a burst of claims
+shares transactions, and each claim is answered and stored exactly as the single path answers
+and stores it (the group commit off), refusals included."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import msgspec
+import pytest
+from msgspec.structs import replace
+
+from gateway.app.config import GroupCommitConfig
+from tests.integration.conftest import GENEROUS, Server, running_gateway
+from tests.integration.emergency_helpers import set_rule, until
+from tests.integration.his_client import HisClient, decode
+from tests.integration.test_group_commit import basket, batches
+
+pytestmark = pytest.mark.integration
+
+PHARMACY = "P44180000001"
+PEOPLE = ["441800000000000001", "441800000000000002", "441800000000000003"]
+UNKNOWN = "441899999999999999"
+DAY = "2026-03-02 09:30:00"
+ONE_WRITER = replace(GENEROUS, group_commit=GroupCommitConfig(writers=1, max_batch=64))
+SINGLE = replace(GENEROUS, group_commit=GroupCommitConfig(writers=0, max_batch=64))
+
+
+@pytest.fixture(scope="module")
+async def paths(new_database: Callable[..., Any]) -> AsyncIterator[dict[str, Server]]:
+    async with AsyncExitStack() as stack:
+        servers = {
+            "grouped": await stack.enter_async_context(running_gateway(new_database, ONE_WRITER)),
+            "single": await stack.enter_async_context(running_gateway(new_database, SINGLE)),
+        }
+        for server in servers.values():
+            await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "defer")
+            pos = server.client(PHARMACY)
+
+            async def deferring(pos: HisClient = pos) -> bool:
+                answer = await pos.call(
+                    "2101", pos.drug_input(PEOPLE[0], DAY, "9.90", basket("9.90"))
+                )
+                return "应急预案" in str(answer.get("warn_msg") or "")
+
+            await until(deferring, within=5.0)
+        yield servers
+
+
+_CLAIM_ID = re.compile(r"DF[0-9A-F]+")
+
+
+def _normalised(raw: bytes) -> dict[str, Any]:
+    """An answer with what differs between two gateways by design taken out: the claim's own
+    number (drawn at random), the clocks."""
+    answer = decode(raw)
+    text = _CLAIM_ID.sub("DF…", msgspec.json.encode(answer).decode())
+    answer = msgspec.json.decode(text)
+    for key in ("refmsg_time", "respond_time", "inf_refmsgid"):
+        answer.pop(key, None)
+    info = (answer.get("output") or {}).get("setlinfo")
+    if info:
+        info["setl_time"] = None
+    return dict(answer)
+
+
+async def _send(pos: HisClient, msgid: str, input_: dict[str, Any]) -> bytes:
+    _, raw = await pos.post_raw(msgspec.json.encode(pos.envelope("2102", input_, msgid=msgid)))
+    return raw
+
+
+async def test_a_burst_of_claims_shares_transactions_and_answers_as_the_single_path(
+    paths: dict[str, Server],
+) -> None:
+    grouped, single = paths["grouped"], paths["single"]
+    sales = [
+        (f"DG{i:04d}", PEOPLE[i % 3], f"{10 + i}.00", basket(f"{10 + i}.00")) for i in range(30)
+    ]
+    before = batches()
+    answers = {}
+    for name, server in paths.items():
+        pos = server.client(PHARMACY)
+        sent = await asyncio.gather(
+            *(_send(pos, msgid, pos.drug_input(p, DAY, total, lines)) for msgid, p, total, lines in sales)
+        )  # fmt: skip
+        answers[name] = {msgid: raw for (msgid, *_), raw in zip(sales, sent, strict=True)}
+        if name == "grouped":
+            after = batches()
+            # 30 claims, fewer commits: the claims were batched (the single gateway is in the
+            # same process, but commits nothing through a group).
+            assert after[0] - before[0] == 30
+            assert after[1] - before[1] < 30
+    for msgid, *_ in sales:
+        one, other = decode(answers["grouped"][msgid]), decode(answers["single"][msgid])
+        assert one["infcode"] == 0, one["err_msg"]
+        assert _normalised(answers["grouped"][msgid]) == _normalised(answers["single"][msgid])
+        claim_id = one["output"]["setlinfo"]["setl_id"]
+        assert claim_id.startswith("DF") and claim_id in one["warn_msg"]
+        assert other["output"]["setlinfo"]["setl_id"].startswith("DF")
+    rows = {}
+    for name, server in paths.items():
+        rows[name] = [
+            tuple(r)
+            for r in await server.fetch(
+                "SELECT msgid, kind, psn_no, mdtrt_id, service_date, medfee_sumamt, source,"
+                " status, lines FROM deferred WHERE fixmedins_code = $1 AND msgid LIKE 'DG%'"
+                " ORDER BY msgid",
+                PHARMACY,
+            )
+        ]
+        stored = await server.fetch(
+            "SELECT d.msgid, d.claim_id, i.answer FROM deferred d JOIN idempotency i"
+            " ON i.fixmedins_code = d.fixmedins_code AND i.msgid = d.msgid"
+            " WHERE d.fixmedins_code = $1 AND d.msgid LIKE 'DG%'",
+            PHARMACY,
+        )
+        assert len(stored) == 30
+        for r in stored:
+            # The claim stored is the one answered, and a retry gets the very bytes.
+            assert bytes(r["answer"]) == answers[name][r["msgid"]]
+            assert decode(bytes(r["answer"]))["output"]["setlinfo"]["setl_id"] == r["claim_id"]
+        assert await server.fetchval("SELECT count(*) FROM settlements") == 0
+    assert rows["grouped"] == rows["single"] and len(rows["grouped"]) == 30
+    # A retry of a grouped claim: its stored answer, and still one claim.
+    pos = grouped.client(PHARMACY)
+    msgid, p, total, lines = sales[0]
+    assert (
+        await _send(pos, msgid, pos.drug_input(p, DAY, total, lines)) == answers["grouped"][msgid]
+    )
+    assert await grouped.fetchval("SELECT count(*) FROM deferred WHERE msgid = $1", msgid) == 1
+    assert await grouped.check_ledger() == []
+    assert await single.check_ledger() == []
+
+
+async def test_a_claim_for_an_unknown_person_or_certificate_is_refused_alike(
+    paths: dict[str, Server],
+) -> None:
+    """The certificate is checked against the person as the single path checks it: an unknown
+    psn_no, or a certificate of someone else, refused in the same words; nothing is claimed."""
+    refused: dict[str, list[dict[str, Any]]] = {}
+    for name, server in paths.items():
+        pos = server.client(PHARMACY)
+        unknown = pos.drug_input(UNKNOWN, DAY, "12.00", basket("12.00"))
+        wrong = pos.drug_input(PEOPLE[0], DAY, "12.00", basket("12.00"))
+        wrong["druginfo"]["mdtrt_cert_no"] = PEOPLE[1]
+        sent = await asyncio.gather(
+            _send(pos, "DGX-UNKNOWN", unknown), _send(pos, "DGX-WRONG", wrong)
+        )
+        refused[name] = [_normalised(raw) for raw in sent]
+        assert await server.fetchval("SELECT count(*) FROM deferred WHERE msgid LIKE 'DGX%'") == 0
+    assert refused["grouped"] == refused["single"]
+    unknown_answer, wrong_answer = refused["grouped"]
+    assert unknown_answer["infcode"] == -1 and UNKNOWN in unknown_answer["err_msg"]
+    assert "不存在" in unknown_answer["err_msg"]
+    assert wrong_answer["infcode"] == -1
