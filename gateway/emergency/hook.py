@@ -35,6 +35,7 @@ from gateway.ops import metrics
 from gateway.pipeline import dispatch
 from gateway.pipeline.dispatch import Detour
 from gateway.pipeline.grouped import Built, Held, Job
+from gateway.protocol import transaction
 from gateway.protocol.errors import Conflict, RuleRejected, Unavailable
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction
 from gateway.services import payouts
@@ -203,11 +204,18 @@ def _claim_of(
 
 
 def _purchase_claim(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Job:
-    """A pharmacy purchase's claim as a job: the certificate checked against the person under
-    the batch's lock, the claim staged beside its answer. While settlements are deferred the
-    claims share the group commit's transactions as the sales they stand for did, instead of a
-    transaction and a commit each (benchmarks/RESULTS.md, `defer`). The single path runs the
-    same job alone (`_defer_purchase`)."""
+    """A pharmacy purchase's claim as a job: the claim staged beside its answer, under the
+    batch's lock of the person. While settlements are deferred the claims share the group
+    commit's transactions as the sales they stand for did, instead of a transaction and a commit
+    each (benchmarks/RESULTS.md, `defer`). The single path runs the same job alone
+    (`_defer_purchase`).
+
+    The claim is refused for whatever the sale itself would be refused for now: its build runs
+    first, over the same locked person, and only its verdict is kept. Found from outside: a
+    claim of a lapsed person, of another insutype, or declaring a total its lines do not make
+    was answered with a claim number and the promise of a reimbursement that replay then
+    refused; with a wrong total the counter took the declared sum in cash."""
+    sale = _sale_of(gw, req, institution, now)
     facts = deferral.read_claim(req)
     _check_dates(gw, req, institution, now)
     claim_id = deferral.new_claim_id(institution.admdvs, now)
@@ -216,15 +224,21 @@ def _purchase_claim(gw: Gateway, req: Request, institution: Institution, now: dt
     warn_msg = deferral.DEFER_WARN.format(claim_id=claim_id)
 
     def build(held: Held, _mdtrt_serial: int, _setl_serial: int) -> Built:
-        if facts.cert is not None:
-            if held.person is None:
-                raise persons.unknown(facts.psn_no)
-            persons.require_certificate(held.person, facts.cert)
+        sale.build(held, 0, 0)  # its refusals are the claim's; nothing it stages is written
         writes = Writes()
         deferred.stage(writes, entry, "ledger")
         return Built(output, writes, held.balance, held.year, warn_msg=warn_msg)
 
-    return Job(psn_no=facts.psn_no, year=None, build=build, settles=False, draws=False)
+    return Job(psn_no=facts.psn_no, year=sale.year, build=build, settles=False, draws=False)
+
+
+def _sale_of(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Job:
+    """The real-time sale's own job for this request (its transaction's grouped form)."""
+    sale = transaction.of(req.infno)
+    job = None if sale is None or sale.grouped is None else sale.grouped(gw, req, institution, now)
+    if job is None:
+        raise Unavailable("暂存结算暂不可用，请稍后使用相同报文ID重试")
+    return job
 
 
 async def _defer_purchase(call: Call) -> Answer:

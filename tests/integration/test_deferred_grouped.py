@@ -157,3 +157,41 @@ async def test_a_claim_for_an_unknown_person_or_certificate_is_refused_alike(
     assert unknown_answer["infcode"] == -1 and UNKNOWN in unknown_answer["err_msg"]
     assert "不存在" in unknown_answer["err_msg"]
     assert wrong_answer["infcode"] == -1
+
+
+async def test_a_claim_is_refused_for_what_the_sale_would_be_refused_for(
+    paths: dict[str, Server],
+) -> None:
+    """Found from outside: a claim of a lapsed person, of an insutype the person does not hold,
+    or declaring a total its lines do not make, was answered with a claim number and the promise
+    of a reimbursement that replay then refused (with the wrong total the counter took the
+    declared sum in cash). Each is now refused as the sale itself is, in its words, by both
+    paths, and nothing is claimed."""
+    lapsed = "441800000000000007"
+    expected = {
+        "DGR-LAPSED": "参保状态异常",
+        "DGR-INSUTYPE": "险种类型390与参保人险种310不一致",
+        "DGR-TOTAL": "医疗费总额99.00与费用明细合计19.80不一致",
+    }
+    refused: dict[str, list[dict[str, Any]]] = {}
+    for name, server in paths.items():
+        pos = server.client(PHARMACY)
+        bodies = {
+            "DGR-LAPSED": pos.drug_input(lapsed, DAY, "19.80", basket("9.90", 2)),
+            "DGR-INSUTYPE": pos.drug_input(
+                PEOPLE[0], DAY, "19.80", basket("9.90", 2), insutype="390"
+            ),
+            "DGR-TOTAL": pos.drug_input(PEOPLE[0], DAY, "99.00", basket("9.90", 2)),
+        }
+        sent = await asyncio.gather(*(_send(pos, m, b) for m, b in bodies.items()))
+        refused[name] = [_normalised(raw) for raw in sent]
+        for (msgid, words), answer in zip(expected.items(), refused[name], strict=True):
+            assert answer["infcode"] == -1, (msgid, answer)
+            assert words in answer["err_msg"], (msgid, answer["err_msg"])
+        assert await server.fetchval("SELECT count(*) FROM deferred WHERE msgid LIKE 'DGR%'") == 0
+        # A claim the sale would take is still taken.
+        ok = decode(
+            await _send(pos, "DGR-OK", pos.drug_input(PEOPLE[0], DAY, "19.80", basket("9.90", 2)))
+        )
+        assert ok["infcode"] == 0 and ok["output"]["setlinfo"]["setl_id"].startswith("DF")
+    assert refused["grouped"] == refused["single"]
