@@ -311,20 +311,25 @@ def for_replay(req: Request, ids: dict[str, str]) -> Request:
 async def withdraw_claim(call: Call) -> Answer:
     """2208/2305/2103 of a claim number: a pending claim is withdrawn (the patient's cash is
     refunded at the counter); a claim already replayed must be cancelled as its settlement."""
-    setl_id, _, psn_no = withdrawal_ref(call.req)
+    setl_id, mdtrt_id, psn_no = withdrawal_ref(call.req)
     code = call.req.fixmedins_code
-    row = await deferred.withdraw(call.conn, setl_id, code, psn_no, call.req.msgid)
+    row = await deferred.withdraw(call.conn, setl_id, code, psn_no, call.req.msgid, mdtrt_id)
     if row is None:
         existing = await deferred.claim_row(call.conn, setl_id, code)
         if existing is None:
             raise NotFound(f"结算单号{setl_id}不存在或不属于本机构")
         if existing["psn_no"] != psn_no:
             raise Conflict(f"人员编号{psn_no}与暂存结算{setl_id}不一致")
+        if mdtrt_id and mdtrt_id != deferred.visit_of_claim(existing):
+            # Found from outside: withdrawn whatever visit was named, where a settlement's
+            # cancellation is refused for a visit it is not of.
+            raise Conflict(f"结算ID{setl_id}与就诊ID、人员编号不对应")
         if existing["status"] == "withdrawn":
             raise Conflict(f"暂存结算{setl_id}已撤销，不能重复撤销")
-        raise Conflict(
-            f"暂存结算{setl_id}已补结算为{existing['setl_id'] or '-'}，请按该结算单号撤销"
-        )
+        if existing["status"] == "settled" and existing["setl_id"]:
+            raise Conflict(f"暂存结算{setl_id}已补结算为{existing['setl_id']}，请按该结算单号撤销")
+        # Found from outside: a claim replay could not settle was "已补结算为-".
+        raise Conflict(deferred.unsettled_words(existing["status"], setl_id))
     return Answer(
         withdrawal_output(request_of(bytes(row["body"])), row, call.now),
         warn_msg=f"暂存结算{setl_id}已撤销",
@@ -337,7 +342,7 @@ def withdrawal_output(claim: Request, row: Any, at: dt.datetime) -> dict[str, An
     info = cash_setlinfo(
         facts,
         claim_id=row["claim_id"],
-        mdtrt_id=row["mdtrt_id"] or row["claim_id"],
+        mdtrt_id=deferred.visit_of_claim(row),
         msgid=row["msgid"],
         at=at,
         sign=-1,

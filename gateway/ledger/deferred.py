@@ -90,18 +90,45 @@ def stage(writes: Writes, e: Entry, source: str) -> None:
     writes.add(INSERT, *_row(e, source))
 
 
+# What the counter is told of a claim not (or no longer) to be settled (5203, a withdrawal).
+_UNSETTLED = {
+    "pending": "{claim_id}为应急预案下的暂存结算（主动报），患者已按现金全额支付，待系统恢复后补结算；"
+    "补结算后可再次查询；如需撤销请以暂存结算单号{claim_id}办理撤销",
+    "withdrawn": "暂存结算{claim_id}已撤销，未进行医保结算",
+    "failed": "暂存结算{claim_id}补结算未成功，请联系医保经办机构处理",
+}
+
+
+def unsettled_words(status: str, claim_id: str) -> str:
+    return _UNSETTLED.get(status, _UNSETTLED["pending"]).format(claim_id=claim_id)
+
+
+def visit_of_claim(row: Any) -> str:
+    """The 就诊ID a claim's answer gave: its visit's, or for a pharmacy purchase (whose visit
+    is made at replay) the claim's own number."""
+    return str(row["mdtrt_id"] or row["claim_id"])
+
+
 async def withdraw(
-    conn: asyncpg.Connection, claim_id: str, fixmedins_code: str, psn_no: str, msgid: str
+    conn: asyncpg.Connection,
+    claim_id: str,
+    fixmedins_code: str,
+    psn_no: str,
+    msgid: str,
+    mdtrt_id: str = "",
 ) -> asyncpg.Record | None:
-    """Withdraw a pending claim; returns the row as it was, or None when not pending here."""
+    """Withdraw a pending claim; returns the row as it was, or None when not pending here (or
+    `mdtrt_id`, when given, is not the 就诊ID the claim was answered with)."""
     return await conn.fetchrow(
         "UPDATE deferred SET status = 'withdrawn', withdrawn_msgid = $4"
         " WHERE claim_id = $1 AND fixmedins_code = $2 AND psn_no = $3 AND status = 'pending'"
+        " AND ($5 = '' OR $5 = coalesce(nullif(mdtrt_id, ''), claim_id))"
         " RETURNING *",
         claim_id,
         fixmedins_code,
         psn_no,
         msgid,
+        mdtrt_id,
     )
 
 

@@ -66,17 +66,4 @@ async def settlement_info(
     if claim["status"] == "settled" and claim["setl_id"]:
         replayed = SettlementQuery(setl_id=claim["setl_id"], mdtrt_id="", psn_no=a.psn_no)
         return await settlement_info(conn, fixmedins_code, replayed, elsewhere)
-    raise NotFound(
-        _DEFERRED_STATES.get(claim["status"], _DEFERRED_STATES["pending"]).format(
-            claim_id=claim["claim_id"]
-        )
-    )
-
-
-# What a 5203 is told of a deferred claim not (or no longer) to be settled.
-_DEFERRED_STATES = {
-    "pending": "{claim_id}为应急预案下的暂存结算（主动报），患者已按现金全额支付，待系统恢复后补结算；"
-    "补结算后可再次查询；如需撤销请以暂存结算单号{claim_id}办理撤销",
-    "withdrawn": "暂存结算{claim_id}已撤销，未进行医保结算",
-    "failed": "暂存结算{claim_id}补结算未成功，请联系医保经办机构处理",
-}
+    raise NotFound(deferred.unsettled_words(claim["status"], claim["claim_id"]))

@@ -195,3 +195,54 @@ async def test_a_claim_is_refused_for_what_the_sale_would_be_refused_for(
         )
         assert ok["infcode"] == 0 and ok["output"]["setlinfo"]["setl_id"].startswith("DF")
     assert refused["grouped"] == refused["single"]
+
+
+async def test_withdrawing_a_claim_names_its_visit_and_answers_the_refund_as_a_2103_does(
+    paths: dict[str, Server],
+) -> None:
+    """Found from outside: a 2103 naming another visit withdrew the claim (a sale's 2103 is
+    refused for a visit it is not of), and the withdrawal's answer had no cash_payamt, which a
+    POS reads the refund from."""
+    server = paths["grouped"]
+    pos = server.client(PHARMACY)
+    claim = decode(
+        await _send(pos, "DGW-1", pos.drug_input(PEOPLE[1], DAY, "23.00", basket("23.00")))
+    )
+    info = claim["output"]["setlinfo"]
+    claim_id, visit = info["setl_id"], info["mdtrt_id"]
+    assert visit == claim_id  # a purchase's visit is made at replay: the claim stands for it
+    wrong = await pos.call(
+        "2103", {"data": {"setl_id": claim_id, "mdtrt_id": "XYZ", "psn_no": PEOPLE[1]}}
+    )
+    assert wrong["infcode"] == -1
+    assert wrong["err_msg"] == f"结算ID{claim_id}与就诊ID、人员编号不对应"
+    status = "SELECT status FROM deferred WHERE claim_id = $1"
+    assert await server.fetchval(status, claim_id) == "pending"
+    back = await pos.ok(
+        "2103", {"data": {"setl_id": claim_id, "mdtrt_id": visit, "psn_no": PEOPLE[1]}}
+    )
+    refund = back["setlinfo"]
+    assert str(refund["cash_payamt"]) == str(refund["psn_cash_pay"]) == "-23.00"
+    assert str(refund["psn_pay"]) == "-23.00"
+    assert await server.fetchval(status, claim_id) == "withdrawn"
+
+
+async def test_withdrawing_a_claim_replay_could_not_settle_says_so(
+    paths: dict[str, Server],
+) -> None:
+    """Found from outside: a 2103 of a claim replay had marked failed was told the claim was
+    settled as "-" and to cancel by that number."""
+    server = paths["single"]
+    pos = server.client(PHARMACY)
+    claim = decode(
+        await _send(pos, "DGF-1", pos.drug_input(PEOPLE[2], DAY, "31.00", basket("31.00")))
+    )
+    claim_id = claim["output"]["setlinfo"]["setl_id"]
+    await server.fetch(
+        "UPDATE deferred SET status = 'failed', fail_reason = 'test' WHERE claim_id = $1", claim_id
+    )
+    again = await pos.call(
+        "2103", {"data": {"setl_id": claim_id, "mdtrt_id": claim_id, "psn_no": PEOPLE[2]}}
+    )
+    assert again["infcode"] == -1
+    assert again["err_msg"] == f"暂存结算{claim_id}补结算未成功，请联系医保经办机构处理"
