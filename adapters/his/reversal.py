@@ -11,7 +11,9 @@ from adapters.national.envelope import (
     text,
 )
 from adapters.national.wire import Node, required
-from gateway.emergency.plan.rules import TxClass
+from gateway.emergency import hook
+from gateway.emergency.plan.rules import Action, TxClass
+from gateway.protocol import transaction
 from gateway.protocol.errors import BadRequest, GatewayError
 from gateway.protocol.transaction import Answer, Call, register
 from gateway.services import reversal
@@ -52,16 +54,18 @@ async def reverse(call: Call) -> Answer:
         output=None,
         err_msg=f"报文ID{omsgid}的交易已被冲正（2601），不再受理，请使用新的报文ID重新发起",
     )
+    # A revision's code (2304A) names the same original as its base code.
+    oinfno = base_infno(required(d.oinfno, "data.oinfno"))
     outcome, instruction = await reversal.reverse(
         call.conn,
         fixmedins_code=call.req.fixmedins_code,
         psn_no=required(d.psn_no, "data.psn_no"),
         omsgid=omsgid,
-        # A revision's code (2304A) names the same original as its base code.
-        oinfno=base_infno(required(d.oinfno, "data.oinfno")),
+        oinfno=oinfno,
         msgid=call.req.msgid,
         now=call.now,
         refusal=refusal,
+        settlements_deferred=_deferred(call, oinfno),
     )
     ledgers = call.gw.ledgers
     if outcome == "tombstone" and ledgers.split:
@@ -76,3 +80,13 @@ async def reverse(call: Call) -> Answer:
     if outcome == "tombstone":
         instruction = "原交易未到达中心，已登记冲正，原交易到达时将被拒绝"
     return Answer({}, warn_msg=instruction)
+
+
+def _deferred(call: Call, oinfno: str) -> bool:
+    """Whether the plan defers the original's settlements at this institution now (its plain
+    scopes: the original's medical category is not in a 2601)."""
+    original = transaction.of(oinfno)
+    if original is None:
+        return False
+    decision = hook.decide(call.gw, original, call.institution, call.now, None, call.ledger)
+    return decision is not None and decision.action is Action.DEFER

@@ -38,7 +38,7 @@ from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol import transaction
 from gateway.protocol.errors import Conflict, RuleRejected, Unavailable
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction
-from gateway.services import payouts
+from gateway.services import cancellation, payouts
 from gateway.services.settlement_state import settle_alone
 
 log = logging.getLogger("gateway.emergency.hook")
@@ -54,7 +54,6 @@ LEDGER_BREAKER = "breaker:postgres"
 LEDGER_DOWN_MSG = (
     "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
 )
-CANCEL_REFUSED_MSG = "应急处置期间不能撤销已完成的医保结算，请待系统恢复后再办理撤销"
 LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
 
 
@@ -151,7 +150,7 @@ async def intercept(
     if role is Deferral.CANCEL_CLAIM:
         setl_id, _, _ = deferral.withdrawal_ref(req)
         if not deferral.is_claim_id(setl_id):
-            raise Conflict(CANCEL_REFUSED_MSG)
+            raise Conflict(cancellation.CANCEL_REFUSED_MSG)
         if ledger_down:
             return await _journal_withdrawal(gw, req, received)
         return None  # the cancellation handlers withdraw claims themselves (gateway.emergency.hook)

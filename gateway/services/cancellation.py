@@ -16,6 +16,10 @@ from gateway.ledger.settlements import Record
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 
+# While the emergency plan defers a settlement's class, the settlements in force stay as they
+# are: a cancellation (2208/2305/2103, or a 2601 of the sale) waits for the recovery.
+CANCEL_REFUSED_MSG = "应急处置期间不能撤销已完成的医保结算，请待系统恢复后再办理撤销"
+
 
 class SettlementCancel(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A 2208/2305/2103: the settlement, its visit and its person."""

@@ -38,10 +38,14 @@ async def reverse(
     msgid: str,
     now: dt.datetime,
     refusal: bytes,
+    settlements_deferred: bool = False,
 ) -> tuple[str, str | None]:
     """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone", with the clerk's
     instruction where the undo needs one (a replayed deferred claim's settlement: the whole bill
     is refunded in cash). Caller holds the tx.
+    `settlements_deferred`: the emergency plan defers the original's settlements now, and a
+    settlement in force is then neither cancelled nor put back, as by 2208/2103 (found from
+    outside: a 2601 cancelled what a 2103 of the same sale was refused).
     In a ledger split by region, the caller then bars a tombstoned original in the other
     databases too (`bar_elsewhere`)."""
     original = TRANSACTIONS.get(oinfno)
@@ -65,9 +69,11 @@ async def reverse(
     if row.infcode == 0:
         if original.undo is Undo.SETTLEMENT:
             warning = await _undo_settlement(
-                conn, fixmedins_code, psn_no, omsgid, original, msgid, now
+                conn, fixmedins_code, psn_no, omsgid, original, msgid, now, settlements_deferred
             )
         elif original.undo is Undo.CANCELLATION:
+            if settlements_deferred:
+                raise Conflict(REINSTATE_REFUSED_MSG)
             await _undo_cancellation(conn, fixmedins_code, psn_no, omsgid, original.kind)
         else:
             await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
@@ -84,6 +90,7 @@ async def _undo_settlement(
     original: Transaction,
     msgid: str,
     now: dt.datetime,
+    settlements_deferred: bool,
 ) -> str | None:
     row = await reversals.settlement_of(conn, code, omsgid, original.infno)
     if row is None:
@@ -93,6 +100,8 @@ async def _undo_settlement(
     if row.status != "settled":
         replaced = await settlements.replacement(conn, row.setl_id)
         raise Conflict(replaced or f"原结算{row.setl_id}已撤销，无需冲正")
+    if settlements_deferred:
+        raise Conflict(cancellation.CANCEL_REFUSED_MSG)
     kind = original.kind
     assert kind is not None
     try:
@@ -118,6 +127,9 @@ async def _undo_settlement(
     # 2208 (found from outside: the 2601 answered 成功 alone, the withdrawn reimbursement unsaid).
     replayed = await cancellation.replayed(conn, row.setl_id)
     return cancellation.Cancelled(record=rec, balc=balance, replayed=replayed).warning()
+
+
+REINSTATE_REFUSED_MSG = "应急处置期间不能冲正医保结算的撤销（恢复原结算），请待系统恢复后再办理冲正"
 
 
 async def _no_settlement(

@@ -16,7 +16,7 @@ from msgspec.structs import replace
 
 from gateway.app.config import GroupCommitConfig
 from tests.integration.conftest import GENEROUS, Server, running_gateway
-from tests.integration.emergency_helpers import set_rule, until
+from tests.integration.emergency_helpers import clear_rule, set_rule, until
 from tests.integration.his_client import HisClient, decode
 from tests.integration.test_group_commit import basket, batches
 
@@ -246,3 +246,80 @@ async def test_withdrawing_a_claim_replay_could_not_settle_says_so(
     )
     assert again["infcode"] == -1
     assert again["err_msg"] == f"暂存结算{claim_id}补结算未成功，请联系医保经办机构处理"
+
+
+async def _deferring(pos: HisClient, psn_no: str) -> bool:
+    answer = await pos.call("2101", pos.drug_input(psn_no, DAY, "9.90", basket("9.90")))
+    return "应急预案" in str(answer.get("warn_msg") or "")
+
+
+async def test_a_sale_in_force_is_neither_cancelled_nor_put_back_by_a_2601_while_deferring(
+    paths: dict[str, Server],
+) -> None:
+    """Found from outside: while the plan deferred the pharmacy's settlements, a 2103 of a sale
+    made before was refused, but a 2601 of the same sale cancelled it and refunded the account.
+    Both are refused now; after the plan the 2601 goes through."""
+    server = paths["single"]
+    pos = server.client(PHARMACY)
+    person = PEOPLE[0]
+    scope = f"institution:{PHARMACY}"
+    await clear_rule(server.dsn, scope, "settlement")
+    await until(lambda: _not(_deferring(pos, person)), within=5.0)
+    msgid = "DGC-SALE"
+    sale = decode(await _send(pos, msgid, pos.drug_input(person, DAY, "19.80", basket("9.90", 2))))
+    info = sale["output"]["setlinfo"]
+    assert sale["infcode"] == 0 and not info["setl_id"].startswith("DF")
+    balance = "SELECT balance_fen FROM accounts WHERE psn_no = $1"
+    after_sale = await server.fetchval(balance, person)
+    await set_rule(server.dsn, scope, "settlement", "defer")
+    await until(lambda: _deferring(pos, person), within=5.0)
+    refused = "应急处置期间不能撤销已完成的医保结算，请待系统恢复后再办理撤销"
+    cancel = {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": person}}
+    assert (await pos.call("2103", cancel))["err_msg"] == refused
+    reversal = {"data": {"psn_no": person, "omsgid": msgid, "oinfno": "2102"}}
+    answer = await pos.call("2601", reversal)
+    assert (answer["infcode"], answer["err_msg"]) == (-1, refused)
+    assert await server.fetchval(balance, person) == after_sale
+    status = "SELECT status FROM settlements WHERE setl_id = $1"
+    assert await server.fetchval(status, info["setl_id"]) == "settled"
+    # After the plan, the same reversal (a new message) cancels the sale.
+    await clear_rule(server.dsn, scope, "settlement")
+    await until(lambda: _not(_deferring(pos, person)), within=5.0)
+    assert (await pos.call("2601", reversal))["infcode"] == 0
+    assert await server.fetchval(status, info["setl_id"]) == "cancelled"
+    assert await server.check_ledger() == []
+    await set_rule(server.dsn, scope, "settlement", "defer")  # as the module's fixture left it
+    await until(lambda: _deferring(pos, person), within=5.0)
+
+
+async def test_a_cancelled_sale_is_not_put_back_by_a_2601_while_deferring(
+    paths: dict[str, Server],
+) -> None:
+    """A 2601 of a sale's 2103 puts the sale back in force, a settlement made again: refused
+    while the plan defers the pharmacy's settlements, as the cancellation itself would be."""
+    server = paths["grouped"]
+    pos = server.client(PHARMACY)
+    person = PEOPLE[2]
+    scope = f"institution:{PHARMACY}"
+    await clear_rule(server.dsn, scope, "settlement")
+    await until(lambda: _not(_deferring(pos, person)), within=5.0)
+    sale = decode(await _send(pos, "DGP-SALE", pos.drug_input(person, DAY, "9.90", basket("9.90"))))
+    info = sale["output"]["setlinfo"]
+    cancel = {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": person}}
+    cancel_msgid = "DGP-CANCEL"
+    _, raw = await pos.post_raw(
+        msgspec.json.encode(pos.envelope("2103", cancel, msgid=cancel_msgid))
+    )
+    assert decode(raw)["infcode"] == 0
+    await set_rule(server.dsn, scope, "settlement", "defer")
+    await until(lambda: _deferring(pos, person), within=5.0)
+    reversal = {"data": {"psn_no": person, "omsgid": cancel_msgid, "oinfno": "2103"}}
+    answer = await pos.call("2601", reversal)
+    assert answer["infcode"] == -1 and "应急处置期间不能冲正医保结算的撤销" in answer["err_msg"]
+    status = "SELECT status FROM settlements WHERE setl_id = $1"
+    assert await server.fetchval(status, info["setl_id"]) == "cancelled"
+    assert await server.check_ledger() == []
+
+
+async def _not(check: Any) -> bool:
+    return not await check
