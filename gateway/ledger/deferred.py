@@ -169,10 +169,13 @@ async def claim_named(
     conn: asyncpg.Connection, fixmedins_code: str, claim_id: str, mdtrt_id: str
 ) -> asyncpg.Record | None:
     """Reads the institution's latest deferred claim by its number (the setl_id the counter
-    was given) or, with none given, by its visit: claim_id, status, setl_id."""
+    was given) or, with none given, by the 就诊ID its answer gave (`visit_of_claim`: a
+    pharmacy claim's is its own number; found from outside, a 5203 by it answered "not
+    found"): claim_id, status, setl_id."""
     return await conn.fetchrow(
         "SELECT claim_id, status, setl_id FROM deferred WHERE kind = 'claim'"
-        " AND fixmedins_code = $1 AND (claim_id = $2 OR ($2 = '' AND mdtrt_id = $3))"
+        " AND fixmedins_code = $1 AND (claim_id = $2"
+        " OR ($2 = '' AND coalesce(nullif(mdtrt_id, ''), claim_id) = $3))"
         " ORDER BY seq DESC LIMIT 1",
         fixmedins_code,
         claim_id,

@@ -584,9 +584,11 @@ async def reinstate(
     cancel_msgid: str,
     psn_no: str,
     categories: frozenset[str],
+    refused: str | None = None,
 ) -> str:
     """2601 of a cancellation: the cancelled settlement in force again with exactly its amounts;
-    returns its setl_id.
+    returns its setl_id. `refused`: the refusal once the settlement is found (the emergency plan
+    defers settlements now); a message that cancelled none is told so first.
 
     Its delta was computed against the year's accumulators, the admission's deductible, the
     account and the lines as they were; adding it back is right only while none of that has
@@ -608,6 +610,8 @@ async def reinstate(
         raise NotFound(f"未找到原报文{cancel_msgid}撤销的结算")
     if found["psn_no"] != psn_no:
         raise Conflict("人员编号与原结算的参保人不一致")
+    if refused is not None:
+        raise Conflict(refused)
     setl_id, mdtrt_id = found["setl_id"], found["mdtrt_id"]
     enc = await encounters.lock(conn, mdtrt_id, fixmedins_code)
     person, balance = await persons.read(conn, psn_no, lock=True)

@@ -72,9 +72,9 @@ async def reverse(
                 conn, fixmedins_code, psn_no, omsgid, original, msgid, now, settlements_deferred
             )
         elif original.undo is Undo.CANCELLATION:
-            if settlements_deferred:
-                raise Conflict(REINSTATE_REFUSED_MSG)
-            await _undo_cancellation(conn, fixmedins_code, psn_no, omsgid, original.kind)
+            await _undo_cancellation(
+                conn, fixmedins_code, psn_no, omsgid, original.kind, settlements_deferred
+            )
         else:
             await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
     # A failed original changed nothing; it is only marked, so it cannot be reversed twice.
@@ -156,7 +156,12 @@ async def _no_settlement(
 
 
 async def _undo_cancellation(
-    conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str, kind: Kind | None
+    conn: asyncpg.Connection,
+    code: str,
+    psn_no: str,
+    omsgid: str,
+    kind: Kind | None,
+    settlements_deferred: bool,
 ) -> None:
     assert kind is not None  # every cancellation names the kind of visit it cancels
     setl_id = await settlements.reinstate(
@@ -165,6 +170,9 @@ async def _undo_cancellation(
         cancel_msgid=omsgid,
         psn_no=psn_no,
         categories=_CATEGORIES[kind],
+        # Found from outside: a 2601 of a claim's withdrawal was told to wait for the recovery,
+        # and after it that there was nothing to undo; the settlement is looked for first.
+        refused=REINSTATE_REFUSED_MSG if settlements_deferred else None,
     )
     if kind is Kind.PHARMACY:
         mdtrt_id = await settlements.visit_of(conn, setl_id)

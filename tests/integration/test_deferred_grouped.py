@@ -248,6 +248,23 @@ async def test_withdrawing_a_claim_replay_could_not_settle_says_so(
     assert again["err_msg"] == f"暂存结算{claim_id}补结算未成功，请联系医保经办机构处理"
 
 
+async def test_5203_by_the_visit_a_pharmacy_claim_was_answered_with_names_the_claim(
+    paths: dict[str, Server],
+) -> None:
+    """A pharmacy claim's answer gives its own number as the 就诊ID. Found from outside: a 5203
+    by that 就诊ID (no setl_id) answered "未查询到本机构的结算信息", as if nothing had been sold."""
+    server = paths["grouped"]
+    pos = server.client(PHARMACY)
+    sent = pos.drug_input(PEOPLE[0], DAY, "14.00", basket("14.00"))
+    claim = decode(await _send(pos, "DGQ-1", sent))
+    claim_id = claim["output"]["setlinfo"]["mdtrt_id"]
+    for setl_id in ("", None):
+        query = {"data": {"mdtrt_id": claim_id, "psn_no": PEOPLE[0], "setl_id": setl_id}}
+        answer = await pos.call("5203", query)
+        assert answer["infcode"] == -1
+        assert answer["err_msg"].startswith(f"{claim_id}为应急预案下的暂存结算（主动报）")
+
+
 async def _deferring(pos: HisClient, psn_no: str) -> bool:
     answer = await pos.call("2101", pos.drug_input(psn_no, DAY, "9.90", basket("9.90")))
     return "应急预案" in str(answer.get("warn_msg") or "")
@@ -318,6 +335,18 @@ async def test_a_cancelled_sale_is_not_put_back_by_a_2601_while_deferring(
     assert answer["infcode"] == -1 and "应急处置期间不能冲正医保结算的撤销" in answer["err_msg"]
     status = "SELECT status FROM settlements WHERE setl_id = $1"
     assert await server.fetchval(status, info["setl_id"]) == "cancelled"
+    # A 2103 that withdrew a claim cancelled no settlement: its 2601 is told so at once, not
+    # to wait for the recovery (found from outside).
+    claim = decode(
+        await _send(pos, "DGP-CLAIM", pos.drug_input(person, DAY, "9.90", basket("9.90")))
+    )
+    claim_id = claim["output"]["setlinfo"]["setl_id"]
+    withdraw = {"data": {"setl_id": claim_id, "mdtrt_id": claim_id, "psn_no": person}}
+    _, raw = await pos.post_raw(msgspec.json.encode(pos.envelope("2103", withdraw, msgid="DGP-WD")))
+    assert decode(raw)["infcode"] == 0
+    of_withdrawal = {"data": {"psn_no": person, "omsgid": "DGP-WD", "oinfno": "2103"}}
+    answer = await pos.call("2601", of_withdrawal)
+    assert (answer["infcode"], answer["err_msg"]) == (-1, "未找到原报文DGP-WD撤销的结算")
     assert await server.check_ledger() == []
 
 
