@@ -38,16 +38,7 @@ async def paths(new_database: Callable[..., Any]) -> AsyncIterator[dict[str, Ser
             "single": await stack.enter_async_context(running_gateway(new_database, SINGLE)),
         }
         for server in servers.values():
-            await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "defer")
-            pos = server.client(PHARMACY)
-
-            async def deferring(pos: HisClient = pos) -> bool:
-                answer = await pos.call(
-                    "2101", pos.drug_input(PEOPLE[0], DAY, "9.90", basket("9.90"))
-                )
-                return "应急预案" in str(answer.get("warn_msg") or "")
-
-            await until(deferring, within=5.0)
+            await _defer(server, server.client(PHARMACY), PEOPLE[0], on=True)
         yield servers
 
 
@@ -279,17 +270,14 @@ async def test_a_sale_in_force_is_neither_cancelled_nor_put_back_by_a_2601_while
     server = paths["single"]
     pos = server.client(PHARMACY)
     person = PEOPLE[0]
-    scope = f"institution:{PHARMACY}"
-    await clear_rule(server.dsn, scope, "settlement")
-    await until(lambda: _not(_deferring(pos, person)), within=5.0)
+    await _defer(server, pos, person, on=False)
     msgid = "DGC-SALE"
     sale = decode(await _send(pos, msgid, pos.drug_input(person, DAY, "19.80", basket("9.90", 2))))
     info = sale["output"]["setlinfo"]
     assert sale["infcode"] == 0 and not info["setl_id"].startswith("DF")
     balance = "SELECT balance_fen FROM accounts WHERE psn_no = $1"
     after_sale = await server.fetchval(balance, person)
-    await set_rule(server.dsn, scope, "settlement", "defer")
-    await until(lambda: _deferring(pos, person), within=5.0)
+    await _defer(server, pos, person, on=True)
     refused = "应急处置期间不能撤销已完成的医保结算，请待系统恢复后再办理撤销"
     cancel = {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": person}}
     assert (await pos.call("2103", cancel))["err_msg"] == refused
@@ -300,13 +288,11 @@ async def test_a_sale_in_force_is_neither_cancelled_nor_put_back_by_a_2601_while
     status = "SELECT status FROM settlements WHERE setl_id = $1"
     assert await server.fetchval(status, info["setl_id"]) == "settled"
     # After the plan, the same reversal (a new message) cancels the sale.
-    await clear_rule(server.dsn, scope, "settlement")
-    await until(lambda: _not(_deferring(pos, person)), within=5.0)
+    await _defer(server, pos, person, on=False)
     assert (await pos.call("2601", reversal))["infcode"] == 0
     assert await server.fetchval(status, info["setl_id"]) == "cancelled"
     assert await server.check_ledger() == []
-    await set_rule(server.dsn, scope, "settlement", "defer")  # as the module's fixture left it
-    await until(lambda: _deferring(pos, person), within=5.0)
+    await _defer(server, pos, person, on=True)  # as the module's fixture left it
 
 
 async def test_a_cancelled_sale_is_not_put_back_by_a_2601_while_deferring(
@@ -317,9 +303,7 @@ async def test_a_cancelled_sale_is_not_put_back_by_a_2601_while_deferring(
     server = paths["grouped"]
     pos = server.client(PHARMACY)
     person = PEOPLE[2]
-    scope = f"institution:{PHARMACY}"
-    await clear_rule(server.dsn, scope, "settlement")
-    await until(lambda: _not(_deferring(pos, person)), within=5.0)
+    await _defer(server, pos, person, on=False)
     sale = decode(await _send(pos, "DGP-SALE", pos.drug_input(person, DAY, "9.90", basket("9.90"))))
     info = sale["output"]["setlinfo"]
     cancel = {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": person}}
@@ -328,8 +312,7 @@ async def test_a_cancelled_sale_is_not_put_back_by_a_2601_while_deferring(
         msgspec.json.encode(pos.envelope("2103", cancel, msgid=cancel_msgid))
     )
     assert decode(raw)["infcode"] == 0
-    await set_rule(server.dsn, scope, "settlement", "defer")
-    await until(lambda: _deferring(pos, person), within=5.0)
+    await _defer(server, pos, person, on=True)
     reversal = {"data": {"psn_no": person, "omsgid": cancel_msgid, "oinfno": "2103"}}
     answer = await pos.call("2601", reversal)
     assert answer["infcode"] == -1 and "应急处置期间不能冲正医保结算的撤销" in answer["err_msg"]
@@ -350,5 +333,14 @@ async def test_a_cancelled_sale_is_not_put_back_by_a_2601_while_deferring(
     assert await server.check_ledger() == []
 
 
-async def _not(check: Any) -> bool:
-    return not await check
+async def _defer(server: Server, pos: HisClient, person: str, *, on: bool) -> None:
+    """The plan's defer for the pharmacy's settlements set or cleared, and in force."""
+    if on:
+        await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "defer")
+    else:
+        await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
+
+    async def in_force() -> bool:
+        return await _deferring(pos, person) == on
+
+    await until(in_force, within=5.0)
