@@ -39,7 +39,7 @@ from gateway.protocol import transaction
 from gateway.protocol.errors import Conflict, RuleRejected, Unavailable
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction
 from gateway.services import cancellation, payouts
-from gateway.services.settlement_state import settle_alone
+from gateway.services.settlement_state import preview, settle_alone
 
 log = logging.getLogger("gateway.emergency.hook")
 
@@ -272,12 +272,40 @@ async def _defer_claim(call: Call) -> Answer:
         await _refuse_claimed_twice(call.conn, req.fixmedins_code, visit, scope[1])
         if scope[1] == fees.ALL and not visit.startswith(PROVISIONAL_PREFIX):
             lines = await _claimed_lines(call.conn, req.fixmedins_code, visit)
+    if visit == facts.mdtrt_id and not visit.startswith(PROVISIONAL_PREFIX):
+        await _refuse_as_its_settlement(call)
     claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
     output, entry = _claim_of(
         req, facts, claim_id, mdtrt_id, service_date or call.now.date(), call.now, lines
     )
     await deferred.insert(call.conn, entry, "ledger")
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
+
+
+async def _refuse_as_its_settlement(call: Call) -> None:
+    """A visit's claim is refused for what its settlement would be refused for now (a lapsed
+    person, another insutype, totals its lines do not make), judged by the visit's
+    pre-settlement over the visit as it is, which writes nothing here. Found from outside for a
+    pharmacy's claims (`_purchase_claim`); a visit's is the same promise of a reimbursement.
+    Not judged where the kind has no pre-settlement job (2303), or while the institution's
+    calls journaled with the ledger away wait to be applied: their lines are not in the ledger
+    yet, and replay judges the claim after them."""
+    claim = transaction.of(call.req.infno)
+    presettle = next(
+        (
+            t
+            for t in transaction.TRANSACTIONS.values()
+            if claim is not None and t.deferral is Deferral.PRESETTLEMENT and t.kind is claim.kind
+        ),
+        None,
+    )
+    if presettle is None or presettle.previewed is None:
+        return
+    if await deferred.calls_waiting(call.conn, call.req.fixmedins_code):
+        return
+    job = presettle.previewed(call.gw, call.req, call.institution, call.now)
+    if job is not None:
+        await preview(call.conn, job, note=False)
 
 
 async def _claimed_lines(

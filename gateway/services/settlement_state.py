@@ -94,18 +94,23 @@ async def settle_alone(conn: asyncpg.Connection, job: Job) -> Built:
     return built
 
 
-async def preview(conn: asyncpg.Connection, job: Job) -> Built:
+async def preview(conn: asyncpg.Connection, job: Job, *, note: bool = True) -> Built:
     """A job's build over the state as it is, nothing locked or drawn (a pre-settlement: the
     answer a settlement would give now), nothing written but what a pre-settlement's build
-    stages (a visit's pre-settlement noted). A refusal is raised."""
-    (got,) = await preview_many(conn, [job])
+    stages (a visit's pre-settlement noted; `note=False`: not even that, a check only). A
+    refusal is raised."""
+    (got,) = await preview_many(conn, [job], note=note)
     if isinstance(got, GatewayError):
         raise got
     return got
 
 
 async def preview_many(
-    conn: asyncpg.Connection, jobs: list[Job], *, note_wait: float | None = None
+    conn: asyncpg.Connection,
+    jobs: list[Job],
+    *,
+    note_wait: float | None = None,
+    note: bool = True,
 ) -> list[Built | GatewayError]:
     """Each job's build over the state as it is, read for all of them at once (the group read,
     gateway.pipeline.group_read; `preview` is a batch of one); a refusal is that job's own.
@@ -136,9 +141,9 @@ async def preview_many(
         noted.merge(built.writes)
     # A preview's build stages only what a pre-settlement writes (a visit's pre-settlement
     # noted): one statement for the batch, committed on its own.
-    if note_wait is None:
+    if note and note_wait is None:
         await noted.flush(conn)
-    elif noted:
+    elif note and noted:
         async with conn.transaction():
             await db.wait_for_locks_at_most(conn, note_wait)
             await noted.flush(conn)

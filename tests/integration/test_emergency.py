@@ -563,3 +563,36 @@ async def test_a_rule_narrowed_to_a_medical_category_applies_to_that_category_on
     assert [tuple(r) for r in rows] == [("duty", "plan.set"), ("duty", "plan.clear")]
     await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))
     assert (await his.ok("2207", data))["setlinfo"]["setl_id"]
+
+
+async def test_a_visit_claim_is_refused_for_what_its_settlement_would_be_refused_for(
+    server: Server,
+) -> None:
+    """The class of a pharmacy claim's fault found from outside, for a visit's: a claim of an
+    insutype the person does not hold, or declaring a total its lines do not make, was answered
+    with a claim number and the promise of a reimbursement that replay would refuse. Refused
+    now in the settlement's words; nothing is claimed; the proper claim is still taken."""
+    his = server.client("H44180000003")
+    scope = "institution:H44180000003"
+    mdtrt_id = await _visit(his, WORKER, "2026-05-06", "MZ-DEF-CHECK")
+    await set_rule(server.dsn, scope, "settlement", "defer")
+    right = his.settle_data(WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+
+    async def deferring() -> bool:
+        return "应急预案" in str((await his.call("2206", right))["warn_msg"] or "")
+
+    await until(deferring)
+    claims = "SELECT count(*) FROM deferred WHERE fixmedins_code = 'H44180000003'"
+    before = await server.fetchval(claims)
+    other_insutype = dict(right["data"], insutype="390")
+    refused = await his.call("2207", {"data": other_insutype})
+    assert refused["infcode"] == -1 and "险种类型390与登记时的险种310不一致" in refused["err_msg"]
+    other_total = dict(right["data"], medfee_sumamt="999.00")
+    refused = await his.call("2207", {"data": other_total})
+    assert refused["infcode"] == -1
+    assert f"医疗费总额999.00与费用明细合计{OUTPATIENT_TOTAL}不一致" in refused["err_msg"]
+    assert await server.fetchval(claims) == before
+    taken = await his.ok("2207", right)
+    assert taken["setlinfo"]["setl_id"].startswith("DF")
+    assert await server.fetchval(claims) == before + 1
+    await clear_rule(server.dsn, scope, "settlement")
