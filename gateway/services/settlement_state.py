@@ -141,9 +141,11 @@ async def preview_many(
         noted.merge(built.writes)
     # A preview's build stages only what a pre-settlement writes (a visit's pre-settlement
     # noted): one statement for the batch, committed on its own.
-    if note and note_wait is None:
+    if not note:
+        return out  # a check only: the caller keeps the verdicts, writes nothing
+    if note_wait is None:
         await noted.flush(conn)
-    elif note and noted:
+    elif noted:
         async with conn.transaction():
             await db.wait_for_locks_at_most(conn, note_wait)
             await noted.flush(conn)
