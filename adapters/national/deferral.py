@@ -320,7 +320,9 @@ async def withdraw_claim(call: Call) -> Answer:
             raise NotFound(f"结算单号{setl_id}不存在或不属于本机构")
         if existing["psn_no"] != psn_no:
             raise Conflict(f"人员编号{psn_no}与暂存结算{setl_id}不一致")
-        if mdtrt_id and mdtrt_id != deferred.visit_of_claim(existing):
+        if mdtrt_id and mdtrt_id != deferred.visit_of_claim(
+            existing["mdtrt_id"], existing["claim_id"]
+        ):
             # Found from outside: withdrawn whatever visit was named, where a settlement's
             # cancellation is refused for a visit it is not of.
             raise Conflict(f"结算ID{setl_id}与就诊ID、人员编号不对应")
@@ -342,7 +344,7 @@ def withdrawal_output(claim: Request, row: Any, at: dt.datetime) -> dict[str, An
     info = cash_setlinfo(
         facts,
         claim_id=row["claim_id"],
-        mdtrt_id=deferred.visit_of_claim(row),
+        mdtrt_id=deferred.visit_of_claim(row["mdtrt_id"], row["claim_id"]),
         msgid=row["msgid"],
         at=at,
         sign=-1,

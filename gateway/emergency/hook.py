@@ -447,7 +447,7 @@ async def _journal_withdrawal(gw: Gateway, req: Request, received: dt.datetime) 
     if held is None or held.fixmedins_code != req.fixmedins_code or held.psn_no != psn_no:
         # Only a claim this process holds can be withdrawn while the ledger is away.
         raise Unavailable("医保结算数据库暂不可用，暂存结算请待系统恢复后再撤销")
-    if mdtrt_id and mdtrt_id != (held.mdtrt_id or setl_id):
+    if mdtrt_id and mdtrt_id != deferred.visit_of_claim(held.mdtrt_id, setl_id):
         raise Conflict(f"结算ID{setl_id}与就诊ID、人员编号不对应")
     if setl_id in journal.withdrawn:
         raise Conflict(f"暂存结算{setl_id}已撤销，不能重复撤销")

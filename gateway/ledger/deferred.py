@@ -103,10 +103,14 @@ def unsettled_words(status: str, claim_id: str) -> str:
     return _UNSETTLED.get(status, _UNSETTLED["pending"]).format(claim_id=claim_id)
 
 
-def visit_of_claim(row: Any) -> str:
+def visit_of_claim(mdtrt_id: str, claim_id: str) -> str:
     """The 就诊ID a claim's answer gave: its visit's, or for a pharmacy purchase (whose visit
-    is made at replay) the claim's own number."""
-    return str(row["mdtrt_id"] or row["claim_id"])
+    is made at replay, its row's mdtrt_id empty) the claim's own number."""
+    return mdtrt_id or claim_id
+
+
+# `visit_of_claim` over a row of the table.
+_VISIT_OF_CLAIM = "coalesce(nullif(mdtrt_id, ''), claim_id)"
 
 
 async def withdraw(
@@ -122,7 +126,7 @@ async def withdraw(
     return await conn.fetchrow(
         "UPDATE deferred SET status = 'withdrawn', withdrawn_msgid = $4"
         " WHERE claim_id = $1 AND fixmedins_code = $2 AND psn_no = $3 AND status = 'pending'"
-        " AND ($5 = '' OR $5 = coalesce(nullif(mdtrt_id, ''), claim_id))"
+        f" AND ($5 = '' OR $5 = {_VISIT_OF_CLAIM})"
         " RETURNING *",
         claim_id,
         fixmedins_code,
@@ -175,7 +179,7 @@ async def claim_named(
     return await conn.fetchrow(
         "SELECT claim_id, status, setl_id FROM deferred WHERE kind = 'claim'"
         " AND fixmedins_code = $1 AND (claim_id = $2"
-        " OR ($2 = '' AND coalesce(nullif(mdtrt_id, ''), claim_id) = $3))"
+        f" OR ($2 = '' AND {_VISIT_OF_CLAIM} = $3))"
         " ORDER BY seq DESC LIMIT 1",
         fixmedins_code,
         claim_id,
