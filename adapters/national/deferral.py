@@ -30,7 +30,7 @@ from adapters.national.wire import (
     when_required,
 )
 from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
-from gateway.ledger import deferred, fees
+from gateway.ledger import deferred, fees, persons
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
 from gateway.protocol.errors import BadRequest, Conflict, NotFound
@@ -164,9 +164,16 @@ def cash_setlinfo(
     mdtrt_id: str,
     msgid: str,
     at: dt.datetime,
+    balc: int,
     sign: int = 1,
 ) -> dict[str, Any]:
-    """结算信息 in which the patient pays everything in cash (negated for a withdrawal)."""
+    """结算信息 in which the patient pays everything in cash (negated for a withdrawal).
+
+    `balc` is the account balance the claim leaves, which is the balance before it (the account
+    is not touched): where the ledger holds the person, its balance; where the gateway cannot
+    read it (the ledger away, a pre-settlement, which reads nothing), 0. Found from outside: it
+    was null, which the interface marks required and numeric (a client binding it to a
+    non-nullable decimal fails to parse the whole answer, at the counter, during an outage)."""
     values = dict.fromkeys(AMOUNT_FIELDS, 0)
     values["medfee_sumamt"] = facts.medfee_sumamt
     if sum(facts.declared.values()) == facts.medfee_sumamt:
@@ -185,7 +192,7 @@ def cash_setlinfo(
             out[name] = amount(sign * values[name])
         if name == "hifp_pay":
             out["pool_prop_selfpay"] = ratio(0)
-    out["balc"] = None  # the account is not touched; its balance is not known here
+    out["balc"] = amount(balc)
     out["acct_mulaid_pay"] = amount(0)
     out["medins_setl_id"] = msgid
     out["clr_optins"] = None
@@ -198,10 +205,12 @@ def cash_setlinfo(
 
 
 def claim_output(
-    facts: ClaimFacts, claim_id: str, mdtrt_id: str, msgid: str, at: dt.datetime
+    facts: ClaimFacts, claim_id: str, mdtrt_id: str, msgid: str, at: dt.datetime, balc: int
 ) -> dict[str, Any]:
     return {
-        "setlinfo": cash_setlinfo(facts, claim_id=claim_id, mdtrt_id=mdtrt_id, msgid=msgid, at=at),
+        "setlinfo": cash_setlinfo(
+            facts, claim_id=claim_id, mdtrt_id=mdtrt_id, msgid=msgid, at=at, balc=balc
+        ),
         "setldetail": [],
     }
 
@@ -211,7 +220,12 @@ def presettle_output(req: Request) -> dict[str, Any]:
     facts = read_claim(req)  # a pre-settlement carries its settlement's nodes (same kind)
     return {
         "setlinfo": cash_setlinfo(
-            facts, claim_id=None, mdtrt_id=facts.mdtrt_id, msgid=req.msgid, at=dt.datetime.now()
+            facts,
+            claim_id=None,
+            mdtrt_id=facts.mdtrt_id,
+            msgid=req.msgid,
+            at=dt.datetime.now(),
+            balc=0,
         ),
         "setldetail": [],
     }
@@ -333,13 +347,16 @@ async def withdraw_claim(call: Call) -> Answer:
         # Found from outside: a claim replay could not settle was "已补结算为-".
         raise Conflict(deferred.unsettled_words(existing["status"], setl_id))
     return Answer(
-        withdrawal_output(request_of(bytes(row["body"])), row, call.now),
+        withdrawal_output(
+            request_of(bytes(row["body"])), row, call.now, await persons.balance(call.conn, psn_no)
+        ),
         warn_msg=f"暂存结算{setl_id}已撤销",
     )
 
 
-def withdrawal_output(claim: Request, row: Any, at: dt.datetime) -> dict[str, Any]:
-    """The claim's all-cash answer negated: the counter refunds the patient's cash."""
+def withdrawal_output(claim: Request, row: Any, at: dt.datetime, balc: int) -> dict[str, Any]:
+    """The claim's all-cash answer negated: the counter refunds the patient's cash (the account
+    was not touched: `balc` is its balance, 0 where the ledger cannot be read)."""
     facts = read_claim(claim)
     info = cash_setlinfo(
         facts,
@@ -347,6 +364,7 @@ def withdrawal_output(claim: Request, row: Any, at: dt.datetime) -> dict[str, An
         mdtrt_id=deferred.visit_of_claim(row["mdtrt_id"], row["claim_id"]),
         msgid=row["msgid"],
         at=at,
+        balc=balc,
         sign=-1,
     )
     info["setl_time"] = at.strftime("%Y-%m-%d %H:%M:%S")

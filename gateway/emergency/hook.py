@@ -177,7 +177,7 @@ def _check_dates(gw: Gateway, req: Request, institution: Institution, now: dt.da
         gw.config.dates.check(name, moment, admdvs=institution.admdvs, now=now)
 
 
-def _claim_of(
+def _claim_entry(
     req: Request,
     facts: deferral.ClaimFacts,
     claim_id: str,
@@ -185,10 +185,9 @@ def _claim_of(
     service_date: dt.date,
     now: dt.datetime,
     lines: tuple[str, ...] | None = None,
-) -> tuple[dict[str, Any], Entry]:
-    """A ledger claim's answer and its row."""
-    output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, now)
-    entry = _entry(
+) -> Entry:
+    """A ledger claim's row."""
+    return _entry(
         "claim",
         req,
         now,
@@ -199,7 +198,6 @@ def _claim_of(
         claim_id=claim_id,
         lines=lines,
     )
-    return output, entry
 
 
 def _purchase_claim(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Job:
@@ -219,13 +217,14 @@ def _purchase_claim(gw: Gateway, req: Request, institution: Institution, now: dt
     _check_dates(gw, req, institution, now)
     claim_id = deferral.new_claim_id(institution.admdvs, now)
     # The purchase's visit is made when the claim is replayed; until then the claim stands for it.
-    output, entry = _claim_of(req, facts, claim_id, claim_id, facts.service_date or now.date(), now)
+    entry = _claim_entry(req, facts, claim_id, claim_id, facts.service_date or now.date(), now)
     warn_msg = deferral.DEFER_WARN.format(claim_id=claim_id)
 
     def build(held: Held, _mdtrt_serial: int, _setl_serial: int) -> Built:
         sale.build(held, 0, 0)  # its refusals are the claim's; nothing it stages is written
         writes = Writes()
         deferred.stage(writes, entry, "ledger")
+        output = deferral.claim_output(facts, claim_id, claim_id, req.msgid, now, held.balance)
         return Built(output, writes, held.balance, held.year, warn_msg=warn_msg)
 
     return Job(psn_no=facts.psn_no, year=sale.year, build=build, settles=False, draws=False)
@@ -253,7 +252,8 @@ async def _defer_claim(call: Call) -> Answer:
     req = call.req
     facts = deferral.read_claim(req)
     _check_dates(call.gw, req, call.institution, call.now)
-    await persons.require_certificate_of(call.conn, facts.psn_no, facts.cert)
+    person, balance = await persons.read(call.conn, facts.psn_no)
+    persons.require_certificate(person, facts.cert)
     service_date = facts.service_date
     mdtrt_id = facts.mdtrt_id
     visit = mdtrt_id
@@ -275,10 +275,11 @@ async def _defer_claim(call: Call) -> Answer:
     if visit == facts.mdtrt_id and not visit.startswith(PROVISIONAL_PREFIX):
         await _refuse_as_its_settlement(call)
     claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
-    output, entry = _claim_of(
+    entry = _claim_entry(
         req, facts, claim_id, mdtrt_id, service_date or call.now.date(), call.now, lines
     )
     await deferred.insert(call.conn, entry, "ledger")
+    output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, call.now, balance)
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
 
 
@@ -388,7 +389,8 @@ async def _journal_claim(
     out = encode_response(
         region=gw.region,
         received=received,
-        output=deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, received),
+        # The ledger is away: the balance is not known (docs/protocol.md, `balc`).
+        output=deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, received, 0),
         warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id),
     )
     try:
@@ -455,7 +457,8 @@ async def _journal_withdrawal(gw: Gateway, req: Request, received: dt.datetime) 
     out = encode_response(
         region=gw.region,
         received=received,
-        output=deferral.withdrawal_output(deferral.request_of(held.body), row, received),
+        # The ledger is away: the balance is not known (docs/protocol.md, `balc`).
+        output=deferral.withdrawal_output(deferral.request_of(held.body), row, received, 0),
         warn_msg=f"暂存结算{setl_id}已撤销",
     )
     await _journal_append(

@@ -21,6 +21,7 @@ _PERSON_COLUMNS = (
 ACCUMULATOR_FIELDS: tuple[str, ...] = tuple(Accumulators.__struct_fields__)
 
 _SELECT = f"SELECT {_PERSON_COLUMNS}, a.balance_fen FROM persons p JOIN accounts a USING (psn_no)"
+_BALANCE = "SELECT balance_fen FROM accounts WHERE psn_no = $1"
 _LOCK = f"{_SELECT} WHERE p.psn_no = $1 FOR UPDATE OF a"
 _READ = f"{_SELECT} WHERE p.psn_no = $1"
 # Several persons at once, locked in psn_no order: two batches locking overlapping sets of
@@ -93,6 +94,13 @@ async def read(conn: asyncpg.Connection, psn_no: str, *, lock: bool = False) -> 
     if row is None:
         raise unknown(psn_no)
     return person_of(row), int(row["balance_fen"])
+
+
+async def balance(conn: asyncpg.Connection, psn_no: str) -> int:
+    """The account balance, 0 for a psn_no the directory does not hold (an answer that only
+    reports the balance, such as a deferred claim's withdrawal, must not fail for it)."""
+    found = await conn.fetchval(_BALANCE, psn_no)
+    return int(found) if found is not None else 0
 
 
 def unknown(psn_no: str) -> NotInsured:
@@ -212,16 +220,6 @@ def _masked(cert_no: str) -> str:
     if len(cert_no) <= 8:
         return cert_no[:2] + "*" * max(0, len(cert_no) - 2)
     return f"{cert_no[:4]}{'*' * (len(cert_no) - 8)}{cert_no[-4:]}"
-
-
-async def require_certificate_of(
-    conn: asyncpg.Connection, psn_no: str, cert: Certificate | None
-) -> None:
-    """`require_certificate` where the person is not read otherwise (a deferred claim)."""
-    if cert is None:
-        return
-    person, _ = await read(conn, psn_no)
-    require_certificate(person, cert)
 
 
 async def year_accumulators(conn: asyncpg.Connection, psn_no: str, year: int) -> Accumulators:

@@ -33,7 +33,7 @@ from gateway.emergency.breaker import BreakerConfig
 from tests.adversity.proxy import Proxy
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli, until
-from tests.integration.his_client import HisClient, decode
+from tests.integration.his_client import HisClient, amount_text, decode
 
 pytestmark = pytest.mark.integration
 
@@ -413,6 +413,9 @@ async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[...
             data = his.settle_data(person, provisional, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")  # fmt: skip
             claim = (await his.ok("2207", data))["setlinfo"]
             assert claim["setl_id"].startswith("DF") and claim["mdtrt_id"] == provisional
+            # The balance is not known with the ledger away: a number still (the interface
+            # requires one; null was found from outside), 0.00 as docs/protocol.md says.
+            assert amount_text(claim["balc"]) == "0.00"
             proxy.restore()
 
             async def applied() -> bool:

@@ -136,6 +136,9 @@ async def test_defer_answers_all_cash_and_replay_reimburses(server: Server) -> N
     assert amount_text(info["fund_pay_sumamt"]) == "0.00"
     assert amount_text(info["acct_pay"]) == "0.00"
     assert amount_text(info["psn_cash_pay"]) == BIG_TOTAL
+    # Found from outside: `balc` was null, where the interface requires a number (a client
+    # binding it to a non-nullable decimal cannot read the answer). The account is untouched.
+    assert amount_text(info["balc"]) == f"{Decimal(balance) / 100:.2f}"
     assert claim_id in answer["warn_msg"] and "主动报" in answer["warn_msg"]
     # The same message again: the same answer, byte for byte, and still one claim.
     _, first = await his.post_raw(body)
@@ -170,6 +173,7 @@ async def test_defer_answers_all_cash_and_replay_reimburses(server: Server) -> N
     cancel = {"data": {"setl_id": claim2, "mdtrt_id": withdrawn_visit, "psn_no": EMPLOYEE}}
     back = (await his.ok("2208", cancel))["setlinfo"]
     assert amount_text(back["psn_cash_pay"]) == f"-{OUTPATIENT_TOTAL}"
+    assert amount_text(back["balc"]) == f"{Decimal(balance) / 100:.2f}"
     again = await his.call("2208", cancel)
     assert again["infcode"] == -1 and "已撤销" in again["err_msg"]
 
