@@ -8,7 +8,7 @@ from typing import Any
 
 from adapters.national import deferral
 from adapters.national.envelope import Request, decode_input, text
-from adapters.national.output import setldetail, setlinfo
+from adapters.national.output import moment, setldetail, setlinfo
 from adapters.national.wire import (
     In2206,
     In2208,
@@ -148,7 +148,7 @@ async def cancel_settlement(call: Call, *, kind: Kind) -> Answer:
     done = await cancellation.cancel(call.conn, Origin.of(call.req), call.now, kind, a)
     rec = done.at_counter()
     info: dict[str, Any] = setlinfo(rec, sign=-1, balc=done.balc)
-    info["setl_time"] = call.now.strftime("%Y-%m-%d %H:%M:%S")
+    info["setl_time"] = moment(call.now)
     return Answer(
         {"setlinfo": info, "setldetail": setldetail(rec.funds, -1)}, warn_msg=done.warning()
     )

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from adapters.national.envelope import Amount, Code, Request, decode_input, text
-from adapters.national.output import amount, ratio
+from adapters.national.output import amount, moment, ratio
 from adapters.national.wire import (
     In2206,
     In2208,
@@ -29,6 +29,7 @@ from adapters.national.wire import (
     when,
     when_required,
 )
+from gateway.core.timestamps import second_digits
 from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
 from gateway.ledger import deferred, fees, persons
 from gateway.ledger.persons import Certificate
@@ -89,11 +90,11 @@ _decimal_json = msgspec.json.Decoder(float_hook=Decimal)
 
 def new_claim_id(admdvs: str, now: dt.datetime) -> str:
     """Unique without the ledger: the journal may be where it is first written."""
-    return f"{CLAIM_PREFIX}{admdvs[:6]}{now:%Y%m%d%H%M%S}{secrets.token_hex(4).upper()}"
+    return f"{CLAIM_PREFIX}{admdvs[:6]}{second_digits(now)}{secrets.token_hex(4).upper()}"
 
 
 def new_provisional_id(admdvs: str, now: dt.datetime) -> str:
-    return f"{PROVISIONAL_PREFIX}{admdvs[:6]}{now:%Y%m%d%H%M%S}{secrets.token_hex(4).upper()}"
+    return f"{PROVISIONAL_PREFIX}{admdvs[:6]}{second_digits(now)}{secrets.token_hex(4).upper()}"
 
 
 def is_claim_id(setl_id: str) -> bool:
@@ -184,7 +185,7 @@ def cash_setlinfo(
         "mdtrt_id": mdtrt_id,
         "setl_id": claim_id,
         "psn_no": facts.psn_no,
-        "setl_time": at.strftime("%Y-%m-%d %H:%M:%S") if claim_id else None,
+        "setl_time": moment(at) if claim_id else None,
         "med_type": facts.med_type,
     }
     for name in AMOUNT_FIELDS:
@@ -367,7 +368,7 @@ def withdrawal_output(claim: Request, row: Any, at: dt.datetime, balc: int) -> d
         balc=balc,
         sign=-1,
     )
-    info["setl_time"] = at.strftime("%Y-%m-%d %H:%M:%S")
+    info["setl_time"] = moment(at)
     return {"setlinfo": info, "setldetail": []}
 
 

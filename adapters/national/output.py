@@ -13,6 +13,7 @@ import msgspec
 
 from gateway.core.model import FundRow, LineSplit, Person
 from gateway.core.money import bp_text, cnt_text, fen_text, micro_text
+from gateway.core.timestamps import wire_moment
 from gateway.ledger.settlements import AMOUNT_FIELDS, Record
 
 NO_CAP = msgspec.Raw(b"999999.000000")  # "no cap", as Hebei's centre answers
@@ -35,7 +36,7 @@ def ratio(bp: int) -> msgspec.Raw:
 
 def moment(value: dt.datetime | None) -> str | None:
     """yyyy-MM-dd HH:mm:ss."""
-    return None if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+    return None if value is None else wire_moment(value)
 
 
 def age_on(brdy: dt.date, on: dt.date) -> msgspec.Raw:

@@ -13,7 +13,7 @@ import msgspec
 
 from adapters.national import deferral, wire
 from adapters.national.envelope import Amount, Code, Request, decode_input, text
-from adapters.national.output import line_result, setldetail, setlinfo
+from adapters.national.output import line_result, moment, setldetail, setlinfo
 from adapters.national.paths import by_serial
 from adapters.national.wire import (
     In2208,
@@ -297,7 +297,7 @@ async def cancel(call: Call) -> Answer:
             "medins_setl_id",
         )
     }
-    info["setl_time"] = call.now.strftime("%Y-%m-%d %H:%M:%S")
+    info["setl_time"] = moment(call.now)
     info["psn_pay"] = full["psn_part_amt"]
     info["cash_payamt"] = full["psn_cash_pay"]
     return Answer(

@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from gateway.core.timestamps import day_digits
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import insert_statement
@@ -44,7 +45,7 @@ def _of(row: Any) -> Encounter:
 
 def ledger_id(region: str, on: dt.datetime, serial: int) -> str:
     """就诊ID and 结算ID: region (6) + yyyyMMdd + 12-digit serial, unique across the ledger."""
-    return f"{region[:6]:0<6}{on:%Y%m%d}{serial:012d}"
+    return "%s%s%012d" % (region[:6].ljust(6, "0"), day_digits(on), serial)  # noqa: UP031
 
 
 async def new_mdtrt_id(conn: asyncpg.Connection, region: str, on: dt.datetime) -> str:
