@@ -29,7 +29,7 @@ async def uses(
 ) -> list[Use]:
     """Reads the institution's settlements in force with a line of the item, in settlement order."""
     rows = await conn.fetch(
-        "SELECT s.setl_id, s.psn_no, s.mdtrt_id, s.setl_time, fl.fee_ocur_time, ln->'mapping'->>'med_list_codg' AS used"
+        "SELECT s.setl_id, s.psn_no, s.mdtrt_id, s.setl_time, fl.fee_ocur_time, NULLIF(ln->>'med_list_codg', '') AS used"
         " FROM settlements s JOIN fee_lines fl ON fl.mdtrt_id = s.mdtrt_id AND fl.setl_id = s.setl_id"
         " AND fl.medins_list_codg = $2"
         " CROSS JOIN LATERAL jsonb_array_elements(s.lines) ln"
@@ -85,7 +85,7 @@ async def original(conn: asyncpg.Connection, setl_id: str) -> Original:
 async def codes_used(conn: asyncpg.Connection, setl_id: str) -> dict[str, str]:
     """Reads the national code each line of a settlement was settled with ("" when unmapped)."""
     rows = await conn.fetch(
-        "SELECT ln->>'feedetl_sn' AS sn, ln->'mapping'->>'med_list_codg' AS used"
+        "SELECT ln->>'feedetl_sn' AS sn, ln->>'med_list_codg' AS used"
         " FROM settlements s CROSS JOIN LATERAL jsonb_array_elements(s.lines) ln WHERE s.setl_id = $1",
         setl_id,
     )

@@ -205,18 +205,6 @@ def record_of(
     )
 
 
-def _lines_json(s: Settlement, snapshot: Snapshot, ctx: Context) -> list[dict[str, Any]]:
-    out = []
-    for ln in s.lines:
-        mapping = snapshot.mapping(
-            ctx.visit.fixmedins_code, ln.medins_list_codg, ctx.visit.service_date
-        )
-        row = msgspec.structs.asdict(ln)
-        row["mapping"] = None if mapping is None else msgspec.to_builtins(mapping)
-        out.append(row)
-    return out
-
-
 _TEXT = "text"
 
 
@@ -308,7 +296,12 @@ def stage(
         *(getattr(s, f) for f in AMOUNT_FIELDS),
         s.pool_prop_selfpay_bp,
         msgspec.to_builtins(s.delta),
-        _lines_json(s, snapshot, ctx),
+        # Each line's split as it was applied, with the national code it was resolved to on its
+        # own date (`med_list_codg`, "" when unmapped): what corrections compare with today's
+        # mapping. The mapping row itself is not copied (a third of the row's bytes); the copy
+        # was looked up on the visit's date, which for a stay's later lines was not the row
+        # that priced them.
+        s.lines,
         ctx.dev_no,
         ctx.opter,
         ctx.visit.acct_used_flag,

@@ -162,7 +162,7 @@ async def test_correction_resettles_lines_sent_with_the_old_national_code(server
         ("2", CONSULT, new_setl_id),
     ]
     used = await server.fetchval(
-        "SELECT lines->0->'mapping'->>'med_list_codg' FROM settlements WHERE setl_id = $1",
+        "SELECT lines->0->>'med_list_codg' FROM settlements WHERE setl_id = $1",
         new_setl_id,
     )
     assert used == CLASS_B
@@ -188,3 +188,45 @@ async def test_counter_upload_with_the_old_code_is_refused_naming_the_current_ma
     assert (
         await server.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", mdtrt_id) == 0
     )
+
+
+async def test_a_mapping_that_changed_during_a_visit_is_not_taken_for_a_wrong_one(
+    server: Server,
+) -> None:
+    """A line is priced by the mapping valid on its own date. Found from reading: each settled
+    line stored the mapping valid on the visit's date beside it, and corrections compared that
+    copy with today's mapping on the line's date, so a visit whose item changed its national code
+    between the registration and the line (a dated change, not a mistake) was taken for a wrong
+    mapping and would have been cancelled and settled again."""
+    his = server.client(HOSPITAL)
+    item = "YP9107"
+    for code, begndate, enddate in (
+        (CLASS_B, "2026-01-01", "2026-06-10"),
+        (WRONG_CLASS_A, "2026-06-11", "2099-12-31"),
+    ):
+        mapping = _mapping(code, item)
+        mapping["data"] |= {"begndate": begndate, "enddate": enddate}
+        await his.ok("3301", mapping)
+    mdtrt_id = await his.register(PSN, "310", "2026-06-10 23:30:00", "MZ-REMAP-DATED")
+    line = {
+        "feedetl_sn": "1",
+        "medins_list_codg": item,
+        "pric": "40",
+        "cnt": "2",
+        "det_item_fee_sumamt": "80.00",
+    }
+    rows = his.fee_rows(mdtrt_id, PSN, [line], "2026-06-11 00:10:00", "B1")
+    await his.ok("2204", {"feedetail": rows})
+    info = (
+        await his.ok(
+            "2207", his.settle_data(PSN, mdtrt_id, "11", "80.00", "310", "1", chrg_bchno="B1")
+        )
+    )["setlinfo"]
+    # Priced by the row of the line's date: the class-A code, no first self-pay.
+    assert Decimal(str(info["preselfpay_amt"])) == 0
+    code, out, err = await _cli(
+        "corrections", "plan", "--institution", HOSPITAL, "--item", item, "--json",
+        "--database-url", server.dsn,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["settlements"] == []

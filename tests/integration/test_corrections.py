@@ -217,7 +217,7 @@ async def test_correction_at_the_counter_links_the_new_settlement(server: Server
     )
     assert link == wrong["setl_id"]
     versions = await server.fetch(
-        "SELECT snapshot_version, lines->0->'mapping'->>'med_list_codg' AS used FROM settlements WHERE setl_id = ANY($1::text[]) ORDER BY setl_time",
+        "SELECT snapshot_version, lines->0->>'med_list_codg' AS used FROM settlements WHERE setl_id = ANY($1::text[]) ORDER BY setl_time",
         [wrong["setl_id"], right["setl_id"]],
     )
     assert versions[0]["used"] == WRONG_CLASS_A and versions[1]["used"] == CLASS_B
