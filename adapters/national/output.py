@@ -117,7 +117,7 @@ def setlinfo(
     out: dict[str, Any] = {
         "mdtrt_id": rec.mdtrt_id,
         "setl_id": rec.setl_id,
-        **person_fields(p, service_date or dt.date.today()),
+        **person_fields(p, service_date or rec.service_date or dt.date.today()),
         "insutype": p.insutype,
         "psn_type": p.psn_type,
         "cvlserv_flag": p.cvlserv_flag,

@@ -101,6 +101,10 @@ class Record(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     amounts: dict[str, int]
     funds: tuple[FundRow, ...]
     status: str = "settled"
+    # The visit's service date, where the record was read back from the ledger: an answer gives
+    # the person's age on it, as the settlement's own answer did (found from outside: a 5203
+    # gave the age on the day of the query).
+    service_date: dt.date | None = None
 
 
 class Context(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -367,7 +371,8 @@ async def refunded_predecessors(
 
 _SETTLEMENT_COLUMNS = (
     "setl_id, fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id, med_type, category, year,"
-    " clr_type, clr_optins, setl_time, status, pool_prop_bp, delta, " + ", ".join(AMOUNT_FIELDS)
+    " clr_type, clr_optins, setl_time, status, pool_prop_bp, delta, service_date, "
+    + ", ".join(AMOUNT_FIELDS)
 )
 
 
@@ -413,6 +418,7 @@ def _record_of_row(row: Any, person: Person, funds: tuple[FundRow, ...]) -> Reco
         amounts={f: int(row[f]) for f in AMOUNT_FIELDS},
         funds=funds,
         status=row["status"],
+        service_date=row["service_date"],
     )
 
 
@@ -425,7 +431,10 @@ async def find(
     psn_no: str = "",
     limit: int = 100,
 ) -> list[Record]:
-    """5203: the institution's settlements matching the given keys, newest first."""
+    """5203: the institution's settlements matching the given keys, those in force first, each
+    group newest first. Found from outside: by mdtrt_id a stay's cancelled mid-way settlement
+    was answered while an earlier one was still in force, so the clerk took the stay for
+    unsettled."""
     where = ["fixmedins_code = $1"]
     args: list[object] = [fixmedins_code]
     for column, value in (("setl_id", setl_id), ("mdtrt_id", mdtrt_id), ("psn_no", psn_no)):
@@ -434,7 +443,7 @@ async def find(
             where.append(f"{column} = ${len(args)}")
     rows = await conn.fetch(
         f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE {' AND '.join(where)}"
-        f" ORDER BY setl_time DESC, setl_id DESC LIMIT {int(limit)}",
+        f" ORDER BY status = 'settled' DESC, setl_time DESC, setl_id DESC LIMIT {int(limit)}",
         *args,
     )
     out = []

@@ -130,7 +130,8 @@ async def test_differential(pg_server_url: str) -> None:
                 for d, (e, v) in zip(reports, where, strict=True):
                     f.write(d.report(SEED, e, v) + "\n\n")
         detail = "\n\n".join(
-            d.report(SEED, e, v, width=1500) for d, (e, v) in zip(reports[:5], where, strict=True)
+            d.report(SEED, e, v, width=1500)
+            for d, (e, v) in zip(reports[:5], where[:5], strict=True)
         )
         message = "\n".join(summary) + "\n\n" + detail
         if all(c in KNOWN for c in categories):
