@@ -311,11 +311,13 @@ async def check(
     return problems
 
 
-# Rows whose parent the database no longer checks on every write (migration 024): the staging
-# code writes the child with its parent, or to a visit its transaction holds locked, and this is
-# what would notice if it ever did not.
+# Rows whose parent the database no longer checks on every write (migrations 024 and 026): the
+# staging code writes the child with its parent, or to a visit its transaction holds locked, and
+# this is what would notice if it ever did not.
 _CHILDREN = (
     ("fee line", "fee_lines", "mdtrt_id", "encounters", "visit"),
+    ("settlement", "settlements", "mdtrt_id", "encounters", "visit"),
+    ("settlement", "settlements", "psn_no", "persons", "person"),
     ("fund row", "settlement_funds", "setl_id", "settlements", "settlement"),
     ("settlement event", "settlement_events", "setl_id", "settlements", "settlement"),
 )
