@@ -62,8 +62,29 @@ async def settlement_info(
         async with db.leased(pool, ELSEWHERE_WAIT) as other:
             claim = await deferred.claim_named(other, fixmedins_code, a.setl_id, a.mdtrt_id)
     if claim is None:
+        if (
+            (a.mdtrt_id or a.psn_no)
+            and a.setl_id
+            and await _by_setl_id_alone(conn, fixmedins_code, a.setl_id, elsewhere)
+        ):
+            # Found from outside: a 结算ID with another visit's 就诊ID was "not found", which
+            # reads as "no such settlement" when only the pair is wrong.
+            raise NotFound(f"结算ID{a.setl_id}与就诊ID、人员编号不对应，请核对后查询")
         raise NotFound("未查询到本机构的结算信息")
     if claim["status"] == "settled" and claim["setl_id"]:
         replayed = SettlementQuery(setl_id=claim["setl_id"], mdtrt_id="", psn_no=a.psn_no)
         return await settlement_info(conn, fixmedins_code, replayed, elsewhere)
     raise NotFound(deferred.unsettled_words(claim["status"], claim["claim_id"]))
+
+
+async def _by_setl_id_alone(
+    conn: asyncpg.Connection, fixmedins_code: str, setl_id: str, elsewhere: Sequence[asyncpg.Pool]
+) -> bool:
+    """Whether the institution has a settlement of this 结算ID, whatever else the query named."""
+    if await settlements.find(conn, fixmedins_code, setl_id=setl_id, limit=1):
+        return True
+    for pool in elsewhere:
+        async with db.leased(pool, ELSEWHERE_WAIT) as other:
+            if await settlements.find(other, fixmedins_code, setl_id=setl_id, limit=1):
+                return True
+    return False

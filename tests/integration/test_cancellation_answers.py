@@ -74,3 +74,19 @@ async def test_5203_by_visit_names_the_settlement_in_force(server: Server) -> No
     )
     found = (await his.ok("5203", by_visit))["setlinfo"]
     assert found["setl_id"] == later["setl_id"] and found["refd_setl_flag"] == "1"
+
+
+async def test_5203_of_a_settlement_with_another_visit_says_the_pair_is_wrong(
+    server: Server,
+) -> None:
+    """A 结算ID sent with another visit's 就诊ID was answered "未查询到本机构的结算信息", which a
+    clerk reads as "no such settlement" (and may settle again) when only the pair is wrong."""
+    his = server.client(HOSPITAL)
+    one = (await _outpatient(his, "2025-04-01", "MZ-PAIR-1"))["setlinfo"]
+    other = (await _outpatient(his, "2025-04-02", "MZ-PAIR-2"))["setlinfo"]
+    wrong = {"data": {"setl_id": one["setl_id"], "mdtrt_id": other["mdtrt_id"], "psn_no": EMPLOYEE}}
+    answer = await his.call("5203", wrong)
+    assert answer["infcode"] == -1
+    assert answer["err_msg"] == f"结算ID{one['setl_id']}与就诊ID、人员编号不对应，请核对后查询"
+    unknown = {"data": {"setl_id": "NO-SUCH", "mdtrt_id": other["mdtrt_id"], "psn_no": EMPLOYEE}}
+    assert (await his.call("5203", unknown))["err_msg"] == "未查询到本机构的结算信息"
