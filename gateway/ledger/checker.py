@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
-import msgspec
 
 from gateway.app.reference import parse_policies
 from gateway.core.catalog import Snapshot
@@ -72,7 +71,7 @@ from gateway.core.model import (
     Visit,
 )
 from gateway.core.settle import apply, settle_splits
-from gateway.ledger import payout_checks
+from gateway.ledger import payout_checks, settlements
 from gateway.ledger.persons import ACCUMULATOR_FIELDS
 
 # What a settlement answered and stored; balc is the balance after it, so the account chain too.
@@ -413,13 +412,6 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-_SPLIT_FIELDS = frozenset(LineSplit.__struct_fields__)
-
-
-def _split_of(stored: dict[str, Any]) -> LineSplit:
-    return msgspec.convert({k: v for k, v in stored.items() if k in _SPLIT_FIELDS}, LineSplit)
-
-
 _LINE_TOTALS = (
     ("det_item_fee_sumamt", "medfee_sumamt"),
     ("fulamt_ownpay_amt", "fulamt_ownpay_amt"),
@@ -463,7 +455,7 @@ async def line_problems(
         )
     for row in settled:
         setl_id = row["setl_id"]
-        stored = [_split_of(ln) for ln in _json(row["lines"])]
+        stored = [settlements.split_of(ln) for ln in _json(row["lines"])]
         computed_on = {
             ln.feedetl_sn: (ln.medins_list_codg, ln.pric_micro, ln.cnt, ln.det_item_fee_sumamt)
             for ln in stored
@@ -542,7 +534,7 @@ async def replay_problems(
             service_date=r["service_date"],
             acct_used_flag=bool(r["acct_used_flag"]),
             dise_codg=r["dise_codg"],
-            lines=tuple(_split_of(ln) for ln in _json(r["lines"])),
+            lines=tuple(settlements.split_of(ln) for ln in _json(r["lines"])),
         )
         stored[r["setl_id"]] = Stored(facts, r["status"], {f: int(r[f]) for f in AMOUNT_FIELDS})
         by_person.setdefault(r["psn_no"], []).append(r["setl_id"])

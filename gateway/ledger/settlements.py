@@ -22,6 +22,7 @@ the group commit: visits, then persons, each in key order), cancelling (2103/220
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from gateway.core.model import (
     Category,
     FundRow,
     Institution,
+    LineSplit,
     Person,
     PersonState,
     Settlement,
@@ -451,6 +453,46 @@ async def find(
         person, _ = await persons.read(conn, row["psn_no"])
         out.append(_record_of_row(row, person, await _funds(conn, row["setl_id"])))
     return out
+
+
+_SPLIT_FIELDS = frozenset(LineSplit.__struct_fields__)
+
+
+def split_of(stored: dict[str, Any]) -> LineSplit:
+    """A line's split as a settlement stored it (older rows carry keys a split no longer has)."""
+    return msgspec.convert({k: v for k, v in stored.items() if k in _SPLIT_FIELDS}, LineSplit)
+
+
+class SettledLine(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """One line of a settlement: its split as settled, and what its upload said of it."""
+
+    split: LineSplit
+    fee_ocur_time: dt.datetime | None
+    chrg_bchno: str
+    hosp_appr_flag: str | None
+
+
+async def settled_lines(conn: asyncpg.Connection, setl_id: str) -> list[SettledLine]:
+    """5204: a settlement's lines in the order it settled them, cancelled or in force (the
+    split is the settlement's own; the upload's row is found by its visit and serial number,
+    whatever settlement holds it now)."""
+    rows = await conn.fetch(
+        "SELECT ln.value AS line, f.fee_ocur_time, f.chrg_bchno, f.hosp_appr_flag"
+        " FROM settlements s CROSS JOIN LATERAL jsonb_array_elements(s.lines)"
+        " WITH ORDINALITY AS ln(value, n)"
+        " LEFT JOIN fee_lines f ON f.mdtrt_id = s.mdtrt_id AND f.feedetl_sn = ln.value->>'feedetl_sn'"
+        " WHERE s.setl_id = $1 ORDER BY ln.n",
+        setl_id,
+    )
+    return [
+        SettledLine(
+            split=split_of(json.loads(r["line"]) if isinstance(r["line"], str) else r["line"]),
+            fee_ocur_time=r["fee_ocur_time"],
+            chrg_bchno=r["chrg_bchno"] or "",
+            hosp_appr_flag=r["hosp_appr_flag"],
+        )
+        for r in rows
+    ]
 
 
 # Each kind of settlement with the transaction that cancels it, for a refusal of another.

@@ -88,3 +88,26 @@ async def _by_setl_id_alone(
             if await settlements.find(other, fixmedins_code, setl_id=setl_id, limit=1):
                 return True
     return False
+
+
+async def fee_detail(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    a: SettlementQuery,
+    elsewhere: Sequence[asyncpg.Pool] = (),
+) -> tuple[Record, list[settlements.SettledLine]]:
+    """5204 费用明细查询: the settlement the query names, as 5203 finds it (a deferred claim's
+    number included, once replayed), and its lines as it settled them. Found from outside: a
+    HIS that reads every settlement's lines back after 2207/2304 (nhis-web) was refused 5204
+    and cancelled each settlement it had just made."""
+    if not a.setl_id:
+        raise BadRequest("缺少必填字段结算ID setl_id")
+    rec = await settlement_info(conn, fixmedins_code, a, elsewhere)
+    assert rec.setl_id is not None  # read back from the ledger
+    lines = await settlements.settled_lines(conn, rec.setl_id)
+    for pool in elsewhere:
+        if lines:
+            break
+        async with db.leased(pool, ELSEWHERE_WAIT) as other:
+            lines = await settlements.settled_lines(other, rec.setl_id)
+    return rec, lines

@@ -90,3 +90,62 @@ async def test_5203_of_a_settlement_with_another_visit_says_the_pair_is_wrong(
     assert answer["err_msg"] == f"结算ID{one['setl_id']}与就诊ID、人员编号不对应，请核对后查询"
     unknown = {"data": {"setl_id": "NO-SUCH", "mdtrt_id": other["mdtrt_id"], "psn_no": EMPLOYEE}}
     assert (await his.call("5203", unknown))["err_msg"] == "未查询到本机构的结算信息"
+
+
+async def test_5204_answers_a_settlements_lines_as_it_settled_them(server: Server) -> None:
+    """5204 费用明细查询 was refused as unknown; nhis-web reads every settlement's lines back
+    with it after 2207/2304 and cancels the settlement when it fails, so none survived. The
+    answer's `output` is the list of lines (that client reads it so), each with the split the
+    settlement applied: the same figures the upload's answer gave for each line."""
+    his = server.client(HOSPITAL)
+    mdtrt_id = await his.register(EMPLOYEE, "310", "2025-05-06 08:30:00", "MZ-5204-1")
+    await his.visit_info(mdtrt_id, EMPLOYEE, "11", "2025-05-06 08:30:00")
+    rows = his.fee_rows(mdtrt_id, EMPLOYEE, BIG_LINES, "2025-05-06 08:40:00", "B1")
+    uploaded = (await his.ok("2204", {"feedetail": rows}))["result"]
+    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+    info = (await his.ok("2207", data))["setlinfo"]
+    keys = {"data": {"psn_no": EMPLOYEE, "setl_id": info["setl_id"], "mdtrt_id": mdtrt_id}}
+    answer = await his.call("5204", keys)
+    assert answer["infcode"] == 0, answer["err_msg"]
+    lines = answer["output"]
+    assert isinstance(lines, list) and [ln["feedetl_sn"] for ln in lines] == ["1", "2"]
+    split = ("det_item_fee_sumamt", "fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt",
+             "inscp_scp_amt", "selfpay_prop", "chrgitm_lv", "med_chrgitm_type")  # fmt: skip
+    for got, up in zip(lines, uploaded, strict=True):
+        assert {k: str(got[k]) for k in split} == {k: str(up[k]) for k in split}
+        assert got["setl_id"] == info["setl_id"] and got["mdtrt_id"] == mdtrt_id
+        assert got["fee_ocur_time"] == "2025-05-06 08:40:00" and got["chrg_bchno"] == "B1"
+        assert got["med_type"] == "11" and got["hilist_code"] == got["med_list_codg"]
+    assert sum(Decimal(str(ln["det_item_fee_sumamt"])) for ln in lines) == Decimal(BIG_TOTAL)
+    assert lines[1]["medins_list_codg"] == "YP0003" and lines[1]["hilist_name"]
+    # Cancelled, the settlement's lines are still its own to read back.
+    await his.ok("2208", {"data": {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}})  # fmt: skip
+    again = await his.call("5204", keys)
+    assert again["infcode"] == 0 and again["output"] == lines
+    # Refusals in the clerk's words: no 结算ID, a pair that does not match, none at all.
+    missing = await his.call("5204", {"data": {"psn_no": EMPLOYEE, "setl_id": "", "mdtrt_id": mdtrt_id}})  # fmt: skip
+    assert missing["infcode"] == -1 and "setl_id" in missing["err_msg"]
+    other = await his.register(EMPLOYEE, "310", "2025-05-07 08:30:00", "MZ-5204-2")
+    wrong = {"data": {"psn_no": EMPLOYEE, "setl_id": info["setl_id"], "mdtrt_id": other}}
+    assert (await his.call("5204", wrong))["err_msg"].endswith("不对应，请核对后查询")
+    none = {"data": {"psn_no": EMPLOYEE, "setl_id": "NO-SUCH", "mdtrt_id": mdtrt_id}}
+    assert (await his.call("5204", none))["err_msg"] == "未查询到本机构的结算信息"
+
+
+async def test_5204_of_a_pharmacy_sale_gives_its_detlcutinfo(server: Server) -> None:
+    pos = server.client("P44180000001")
+    lines = [
+        {"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2",
+         "det_item_fee_sumamt": "80.00"},
+        {"feedetl_sn": "2", "medins_list_codg": "YP0007", "pric": "0.99", "cnt": "20",
+         "det_item_fee_sumamt": "19.80"},
+    ]  # fmt: skip
+    sale = await pos.ok("2102", pos.drug_input(EMPLOYEE, "2025-05-08 10:00:00", "99.80", lines))
+    info = sale["setlinfo"]
+    keys = {"data": {"psn_no": EMPLOYEE, "setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"]}}
+    answer = await pos.call("5204", keys)
+    assert answer["infcode"] == 0, answer["err_msg"]
+    got = answer["output"]
+    for row, cut in zip(got, sale["detlcutinfo"], strict=True):
+        assert {k: str(v) for k, v in cut.items()} == {k: str(row[k]) for k in cut}
+        assert row["fee_ocur_time"] == "2025-05-08 10:00:00"
