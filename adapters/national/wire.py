@@ -270,7 +270,10 @@ class MdtrtInfo(Node):
 
 class DiseInfo(Node):
     diag_type: Code = None
-    diag_srt_no: Code = None
+    # A serial number, but C# clients model it as `decimal` and Newtonsoft writes 1m as 1.0
+    # (TeaHZ/185 T2402/T2403; Java BigDecimal DTOs alike): found from outside, every such
+    # discharge was refused. Read by nothing; any number is taken.
+    diag_srt_no: Amount = None
     diag_code: Code = None
     diag_name: Code = None
     diag_dept: Code = None

@@ -33,6 +33,11 @@ def number(text: str) -> Decimal:
     return Decimal(text)
 
 
+def decimal_ordinal(n: int) -> Decimal:
+    """A whole number a C# `decimal` property holds, as Newtonsoft writes it: 1 as 1.0."""
+    return Decimal(n).quantize(Decimal("0.0"))
+
+
 def string(text: str) -> str:
     """An amount sent as a JSON string (C# string properties, Java String)."""
     return text
@@ -60,6 +65,9 @@ class Shape:
     path_per_infno: bool = False  # posts to /hsa/hgs/{infno} (Guangdong's x-tif gateway)
     card_no: str = ""  # the person's social-security card number (1101 with certificate 03)
     page: Callable[[int], Any] = int  # how 13xx page_num / page_size are written
+    # How a diagnosis's diag_srt_no is written: C# clients that model it as `decimal` send 1m
+    # as 1.0 (TeaHZ/185 Plat/Models/ZYDJ/T2402.cs, T2403.cs with Newtonsoft).
+    ordinal: Callable[[int], Any] = int
     page_size: int = 2
     query_filters: Mapping[str, Any] = field(default_factory=dict)  # 13xx filters sent empty
     upload_3301: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None

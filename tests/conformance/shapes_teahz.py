@@ -15,6 +15,7 @@ from tests.conformance.shapes import (
     SETLDETAIL_READS,
     TEXT,
     Shape,
+    decimal_ordinal,
     number,
     setlinfo_reads,
 )
@@ -37,6 +38,7 @@ SHAPE = Shape(
         "TeaHZ/185 Hos185/OnlineBusHos185_GJYB/Plat/Models/ZYJS/T2303.cs",
         "TeaHZ/185 Hos185/OnlineBusHos185_GJYB/Plat/Models/YDJS/T2103.cs",
         "TeaHZ/185 Hos185/OnlineBusHos185_GJYB/BusinessCSB/CSBHelper.cs",
+        "TeaHZ/185 Hos185/OnlineBusHos185_GJYB/Plat/Models/ZYDJ/T2402.cs",
     ),
     hospital="H44180000002",
     pharmacy="P44180000001",
@@ -53,6 +55,7 @@ SHAPE = Shape(
     },
     amount=number,
     line_amount=number,
+    ordinal=decimal_ordinal,
     split_amount=number,
     extras={
         "settle": {"dscgTime": "", "expContent": ""},

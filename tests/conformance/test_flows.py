@@ -268,7 +268,7 @@ async def _outpatient(c: Client, tag: str) -> tuple[str, dict[str, Any]]:
     dise = [
         {
             "diag_type": "1",
-            "diag_srt_no": 1,
+            "diag_srt_no": s.ordinal(1),
             "diag_code": "J06.900",
             "diag_name": "上呼吸道感染",
             "diag_dept": "内科",
@@ -424,7 +424,13 @@ async def test_inpatient_stay_midway_final_and_cancellation(server: Server, shap
         "dscg_dept_name": "呼吸科",
         "dscg_way": "1",
     }
-    assert await c.ok("2402", {"dscginfo": dscg, "diseinfo": []}) == {}
+    dise = {
+        "mdtrt_id": mdtrt_id, "psn_no": s.psn_no, "diag_type": "1", "maindiag_flag": "1",
+        "diag_srt_no": s.ordinal(1), "diag_code": "J18.900", "diag_name": "肺炎",
+        "diag_dept": "呼吸科", "dise_dor_no": "D001", "dise_dor_name": "医生",
+        "diag_time": at("10:00"),
+    }  # fmt: skip
+    assert await c.ok("2402", {"dscginfo": dscg, "diseinfo": [dise]}) == {}
     final_data = with_split(
         c, settle_data(c, mdtrt_id, Decimal("40.00"), mid_setl_flag="0", invono=""), second
     )
