@@ -68,6 +68,22 @@ async def test_a_nonce_is_accepted_once(server: Server) -> None:
     assert again["infcode"] == -1 and "nonce" in again["err_msg"]
 
 
+async def test_a_short_nonce_drawn_again_under_another_timestamp_is_not_a_replay(
+    server: Server,
+) -> None:
+    """A client drawing nonces of 1 to 10 random digits (binzhe12123/Medical) draws a one-digit
+    nonce again within the window every few dozen calls: refused as a replay, though its
+    signature, over another timestamp, only the secret's holder could have made. The same
+    headers again are still a replay."""
+    now = time.time()
+    first = _signed(nonce="7", now=now - 2)
+    assert (await _post(server, first))["infcode"] == 0
+    later = _signed(nonce="7", now=now)
+    assert (await _post(server, later))["infcode"] == 0
+    replayed = await _post(server, later)
+    assert replayed["infcode"] == -1 and "nonce" in replayed["err_msg"]
+
+
 async def test_an_institution_cannot_speak_for_another(server: Server) -> None:
     answer = await _post(server, _signed(), code="H44180000002")
     assert answer["infcode"] == -1 and "认证身份" in answer["err_msg"]
