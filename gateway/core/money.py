@@ -75,6 +75,23 @@ def scaled(value: Decimal | int | str, places: int, what: str) -> int:
     return _by_decimal(value, places, what)
 
 
+def typed(value: int | str, places: int, what: str) -> int:
+    """An amount a person typed (a clerk's line of a manual claim): a whole number, or text in
+    the plain grammar only. `scaled` reads reference files, whose cells may carry blanks, a
+    sign or an exponent; Decimal() beneath it also takes "６０" (full-width), "60." and "60_0"
+    (as 600: found from outside, a typing slip in a manual claim's line made a tenfold amount)."""
+    if isinstance(value, int):
+        return scaled(value, places, what)
+    if not value:
+        raise AmountError(f"{what}未填写")
+    plain = _PLAIN.fullmatch(value)
+    if plain is None:
+        shown = value[:20] if value[:20].isprintable() else ascii(value[:20])[1:-1]
+        raise AmountError(f"{what}格式错误（“{shown}”），应为半角阿拉伯数字，如12.30")
+    sign, whole, fraction = plain.groups()
+    return from_digits(sign, whole, fraction, places, what)
+
+
 def from_digits(sign: str, whole: str, fraction: str | None, places: int, what: str) -> int:
     """A plain decimal's parts (its sign, the digits before and after the point) scaled by
     `places` decimals: the value, or the refusal the Decimal route would give. The wire reads

@@ -30,7 +30,7 @@ from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
 from gateway.core.dates import DateRules, within_visit
 from gateway.core.model import PHARMACY_TYPE, Category, Visit, same_operator
-from gateway.core.money import AmountError, fen_text, to_cnt, to_fen, to_micro
+from gateway.core.money import AmountError, fen_text, typed
 from gateway.core.settle import split_lines
 from gateway.ledger import encounters, fees, payouts, persons, settlements
 from gateway.ledger import manual_claims as store
@@ -275,10 +275,11 @@ def lines_from_rows(rows: Any) -> list[Line]:
                     feedetl_sn=sn,
                     medins_list_codg=str(r.get("medins_list_codg") or ""),
                     med_list_codg=str(r.get("med_list_codg") or "") or None,
-                    pric_micro=to_micro(_number(r.get("pric")), f"费用明细{sn}单价pric"),
-                    cnt=to_cnt(_number(r.get("cnt")), f"费用明细{sn}数量cnt"),
-                    amount_fen=to_fen(
+                    pric_micro=typed(_number(r.get("pric")), 6, f"费用明细{sn}单价pric"),
+                    cnt=typed(_number(r.get("cnt")), 4, f"费用明细{sn}数量cnt"),
+                    amount_fen=typed(
                         _number(r.get("det_item_fee_sumamt")),
+                        2,
                         f"费用明细{sn}金额det_item_fee_sumamt",
                     ),
                     fee_ocur_time=_time(str(r.get("fee_ocur_time", "")), f"费用明细{sn}发生时间"),
