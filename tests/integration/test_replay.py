@@ -16,6 +16,7 @@ from tests.integration.emergency_helpers import (
     DRUG_TOTAL,
     OUTPATIENT_LINES,
     OUTPATIENT_TOTAL,
+    clear_rule,
     cli,
     set_rule,
     until,
@@ -130,3 +131,31 @@ async def test_replayed_claims_equal_online_settlement(new_database: Callable[..
         for inst in report["institutions"]:
             assert inst["total"]["declared"] == "0.00", inst
             assert inst["lines"] == []
+        # A replayed settlement cancelled since (its owed reimbursement withdrawn) is not
+        # reported: found from outside, it was still counted with what it no longer owes.
+        gone = await deferred.fetchrow(
+            "SELECT d.setl_id, d.reimbursement_fen, s.mdtrt_id, s.psn_no FROM deferred d"
+            " JOIN settlements s USING (setl_id) WHERE d.fixmedins_code = $1"
+            " AND d.reimbursement_fen > 0 ORDER BY d.setl_id LIMIT 1",
+            HOSPITAL,
+        )
+        assert gone is not None
+        await clear_rule(deferred.dsn, "region:441800", "settlement")
+
+        async def normal() -> bool:
+            return not await in_force()
+
+        await until(normal)
+        cancel = {
+            "setl_id": gone["setl_id"],
+            "mdtrt_id": gone["mdtrt_id"],
+            "psn_no": gone["psn_no"],
+        }
+        await his.ok("2208", {"data": cancel})
+        again = json.loads(cli("clearing", "monthly", "--month", month, "--json", "--database-url", deferred.dsn).stdout)  # fmt: skip
+        after = {r["fixmedins_code"]: r["deferred_reimbursements"] for r in again["institutions"]}
+        assert after[HOSPITAL]["claims"] == shown[HOSPITAL]["claims"] - 1
+        assert after[HOSPITAL]["to_patients"] == fen_text(
+            owed[HOSPITAL] - gone["reimbursement_fen"]
+        )
+        assert after[PHARMACY] == shown[PHARMACY]
