@@ -55,7 +55,16 @@ async def test_a_claim_to_its_payment_through_the_api(server: Server) -> None:
         server, "/api/console/claims/register", clerk, {**registration, "invoice_nos": []}, 400,
         "发票号",
     )  # fmt: skip
-    claim = await _ok(server, "/api/console/claims/register", clerk, registration)
+    # Found from outside: the number 1 and "yes" were read as "no account", silently.
+    for unclear in ("yes", 2, "是的"):
+        await _refused(
+            server, "/api/console/claims/register", clerk,
+            {**registration, "acct_used": unclear, "invoice_nos": ["FP-CON-X"]}, 400, "acct_used",
+        )  # fmt: skip
+    claim = await _ok(
+        server, "/api/console/claims/register", clerk, {**registration, "acct_used": 1}
+    )
+    assert claim["acct_used"] is True
     no = claim["claim_no"]
     assert (claim["status"], claim["psn_no"], claim["registered_by"]) == (
         "registered",

@@ -107,9 +107,24 @@ def _when(text: str, what: str) -> dt.datetime | None:
         raise BadRequest(f"{what}“{text}”不是有效的时间（如2026-06-01 08:30:00）") from None
 
 
+_YES = ("1", "on", "true")
+_NO = ("", "0", "off", "false")
+
+
 def _flag(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> bool:
+    """A yes/no field: a form's checkbox ("on", or absent), or the API's true/false, 1/0 or
+    their texts. Anything else is refused: found from outside, the number 1 and "yes" were read
+    as no, and a claim the clerk asked to pay from the account settled without it."""
     value = values.get(key, False)
-    return value is True or (isinstance(value, str) and value.lower() in ("1", "on", "true"))
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NO):
+        return False
+    if isinstance(value, str) and value.strip().lower() in _YES:
+        return True
+    raise BadRequest(f"{key}应为是或否（true/false、1/0），而不是“{str(value)[:20]}”")
 
 
 # ------------------------------------------------------------------------------- the steps
