@@ -252,3 +252,24 @@ async def payout_of(conn: asyncpg.Connection, claim_no: str) -> dict[str, Any] |
         claim_no,
     )
     return None if r is None else dict(r)
+
+
+async def same_bill(
+    conn: asyncpg.Connection, fixmedins_code: str, psn_no: str, day: dt.date, total_fen: int
+) -> tuple[str, str] | None:
+    """A bill of the person at the institution on the day, of the same total, that the funds
+    already pay or will (a settlement in force, real-time, replayed or another claim's; or a
+    主动报 claim still to be replayed): (its id, "settlement" or "claim"), or None."""
+    row = await conn.fetchrow(
+        "SELECT setl_id AS ref, 'settlement' AS what FROM settlements"
+        " WHERE psn_no = $2 AND fixmedins_code = $1 AND service_date = $3"
+        " AND medfee_sumamt = $4 AND status = 'settled'"
+        " UNION ALL SELECT claim_id, 'claim' FROM deferred WHERE kind = 'claim'"
+        " AND status = 'pending' AND psn_no = $2 AND fixmedins_code = $1"
+        " AND service_date = $3 AND medfee_sumamt = $4 LIMIT 1",
+        fixmedins_code,
+        psn_no,
+        day,
+        total_fen,
+    )
+    return None if row is None else (row["ref"], row["what"])

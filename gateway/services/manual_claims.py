@@ -443,6 +443,26 @@ def _record(rec: settlements.Record, _ctx: settlements.Context, _a: VisitAsk) ->
     return rec
 
 
+async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, total: int) -> None:
+    """A claim for a bill the funds already pay is refused before anything is written: the
+    person's bill at the same institution, on the same day, of the same total, settled (at the
+    counter, by a 主动报 claim's replay, or as another claim under other invoices) or waiting as
+    a 主动报 claim. Found from outside: such a claim was settled and its reimbursement paid, the
+    fund paying one bill twice. A second bill of exactly the same total on the same day is left
+    to the agency to settle by hand."""
+    day = claim.begntime.date()
+    found = await store.same_bill(conn, claim.fixmedins_code, claim.psn_no, day, total)
+    if found is None:
+        return
+    ref, what = found
+    held = f"医保结算{ref}" if what == "settlement" else f"待补结算的暂存结算{ref}（主动报）"
+    raise Conflict(
+        f"参保人{claim.psn_no}于{day.isoformat()}在{claim.fixmedins_code}已有金额相同的{held}"
+        f"（{fen_text(total)}元），疑为同一费用重复报销，不予结算；如确为另一笔费用，"
+        "请撤回本受理并由经办机构核实后处理"
+    )
+
+
 async def settle(
     conn: asyncpg.Connection,
     snapshot: Snapshot,
@@ -461,6 +481,7 @@ async def settle(
             raise NotFound(f"定点医药机构编号{claim.fixmedins_code}未登记")
         person, _ = await persons.read(conn, claim.psn_no)
         lines = await store.lines(conn, claim_no)
+        await _refuse_a_bill_paid_already(conn, claim, sum(ln.amount_fen for ln in lines))
         msgid = f"{claim_no}S"  # the visit's and the settlement's message: one per claim
         mdtrt_id = await encounters.new_mdtrt_id(conn, institution.admdvs, now)
         kind = Kind.INPATIENT if claim.kind == "inpatient" else Kind.OUTPATIENT

@@ -14,9 +14,22 @@ from gateway.ledger import checker, payouts, reconciliations
 from gateway.ledger import manual_claims as store
 from gateway.protocol.errors import Conflict, GatewayError, LineRejected, RuleRejected
 from gateway.services import manual_claims
-from tests.integration.agency_helpers import HOSPITAL, agency_ledger, lines_of, settled_claim
+from tests.integration.agency_helpers import (
+    HOSPITAL,
+    agency_ledger,
+    ledger_on,
+    lines_of,
+    settled_claim,
+)
 from tests.integration.conftest import running_gateway
-from tests.integration.emergency_helpers import BIG_LINES, BIG_TOTAL, OUTPATIENT_LINES, connect
+from tests.integration.emergency_helpers import (
+    BIG_LINES,
+    BIG_TOTAL,
+    OUTPATIENT_LINES,
+    connect,
+    set_rule,
+    until,
+)
 
 COMPARED = (
     "psn_no, service_date, medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay,"
@@ -324,3 +337,62 @@ async def test_a_claim_keeps_the_counters_dates_and_its_kind_of_institution(
             await manual_claims.enter_lines(
                 conn, agency.snapshot, claim.claim_no, lines_of(OUTPATIENT_LINES, tomorrow), "c"
             )
+
+
+async def test_a_bill_the_funds_already_pay_is_not_claimed_again(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a manual claim for a bill settled at the counter (or replayed from a
+    主动报 claim) was settled and its reimbursement owed, the fund paying one bill twice. The
+    same person's bill at the same institution on the same day and of the same total is refused
+    at 结算, naming the settlement, and nothing is written; another total that day is settled."""
+    async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
+        his = counter.client(HOSPITAL)
+        day = "2026-06-10"
+        mdtrt_id = await his.register(PERSON, "310", f"{day} 08:30:00", "MZ-TWICE-1")
+        await his.visit_info(mdtrt_id, PERSON, "11", f"{day} 08:30:00")
+        rows = his.fee_rows(mdtrt_id, PERSON, BIG_LINES, f"{day} 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        data = his.settle_data(PERSON, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+        setl_id = (await his.ok("2207", data))["setlinfo"]["setl_id"]
+        before = await counter.ledger_fingerprint()
+        with pytest.raises(Conflict) as refused:
+            await settled_claim(agency, PERSON, day, BIG_LINES, "FP-TWICE-1")
+        assert f"已有金额相同的医保结算{setl_id}" in str(refused.value)
+        assert "重复报销" in str(refused.value)
+        # The claim was registered, its lines entered and reviewed; no visit, line,
+        # settlement or owed line was written for it.
+        assert await counter.ledger_fingerprint() == before
+        assert await counter.fetchval("SELECT count(*) FROM settlements") == 1
+        assert await counter.fetchval("SELECT count(*) FROM owed_lines") == 0
+        # Another bill that day (another total) is the agency's to settle.
+        other = await settled_claim(agency, PERSON, day, OUTPATIENT_LINES, "FP-TWICE-2")
+        assert other.status == "batch_reviewed" and other.setl_id
+        async with connect(counter.dsn) as conn:
+            assert await checker.check(conn) == []
+
+
+async def test_a_bill_waiting_as_a_deferred_claim_is_not_claimed_again(
+    new_database: Callable[..., Any],
+) -> None:
+    """The same for a 主动报 claim not yet replayed: its replay will owe the reimbursement."""
+    async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
+        his = counter.client(HOSPITAL)
+        day = "2026-06-11"
+        mdtrt_id = await his.register(PERSON, "310", f"{day} 08:30:00", "MZ-TWICE-3")
+        await his.visit_info(mdtrt_id, PERSON, "11", f"{day} 08:30:00")
+        rows = his.fee_rows(mdtrt_id, PERSON, BIG_LINES, f"{day} 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        await set_rule(counter.dsn, f"institution:{HOSPITAL}", "settlement", "defer")
+        data = his.settle_data(PERSON, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+
+        async def deferred() -> bool:
+            return "应急预案" in str((await his.call("2206", data))["warn_msg"] or "")
+
+        await until(deferred)
+        claim_id = (await his.ok("2207", data))["setlinfo"]["setl_id"]
+        assert claim_id.startswith("DF")
+        with pytest.raises(Conflict) as refused:
+            await settled_claim(agency, PERSON, day, BIG_LINES, "FP-TWICE-3")
+        assert f"待补结算的暂存结算{claim_id}" in str(refused.value)
+        assert await counter.fetchval("SELECT count(*) FROM settlements") == 0
