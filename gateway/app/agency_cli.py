@@ -22,7 +22,13 @@ import asyncpg
 import msgspec
 
 from gateway.app.cli_args import month_arg
-from gateway.app.cli_database import UNREACHABLE, database_url, ledger_databases, unreachable
+from gateway.app.cli_database import (
+    NOT_UTF8,
+    UNREACHABLE,
+    database_url,
+    ledger_databases,
+    unreachable,
+)
 from gateway.app.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, load_config
 from gateway.app.reference import load_reference
 from gateway.core.catalog import Snapshot
@@ -62,6 +68,9 @@ def _run(args: argparse.Namespace, work: Callable[[Partitions], Awaitable[int]])
         return 2
     except UNREACHABLE as exc:
         print(f"refused: {unreachable(exc)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print(f"refused: {NOT_UTF8}", file=sys.stderr)
         return 2
 
 

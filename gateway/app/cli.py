@@ -18,7 +18,13 @@ import uvloop
 
 from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli, supervisor
 from gateway.app.cli_args import month_arg
-from gateway.app.cli_database import add_database, cluster_pools, database_url
+from gateway.app.cli_database import (
+    NOT_UTF8,
+    add_database,
+    cluster_pools,
+    database_url,
+    unreachable,
+)
 from gateway.app.config import (
     DEFAULT_CONFIG,
     DEFAULT_CREDENTIALS,
@@ -389,5 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A configuration the gateway cannot use stops it before anything is touched, in one
         # line naming the file, the key and its table.
         print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"gateway: {unreachable(exc)}", file=sys.stderr)  # a file the command was given
+        return 2
+    except UnicodeDecodeError:
+        print(f"gateway: {NOT_UTF8}", file=sys.stderr)
         return 2
     return result

@@ -34,7 +34,15 @@ UNREACHABLE = (
 
 
 def unreachable(exc: BaseException) -> str:
+    """The words for a database a command cannot reach, or for a file it cannot read or write
+    (an OSError naming a file: found from outside, a missing input file was reported as a
+    database that could not be reached)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"文件{exc.filename}无法读写：{exc.strerror or type(exc).__name__}"
     return f"无法连接数据库，请稍后再试或联系运维（{type(exc).__name__}: {exc}）"
+
+
+NOT_UTF8 = "文件不是UTF-8编码的文本（Excel等导出的GBK文件请另存为UTF-8后再读入）"
 
 
 def database_url(args: argparse.Namespace) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from gateway.app.cli_database import (
+    NOT_UTF8,
     UNREACHABLE,
     cluster_partitions,
     database_url,
@@ -70,6 +71,9 @@ def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitabl
         return 2
     except UNREACHABLE as exc:
         print(f"refused: {unreachable(exc)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print(f"refused: {NOT_UTF8}", file=sys.stderr)
         return 2
 
 

@@ -51,6 +51,26 @@ async def test_claim_to_payment_through_the_cli(
         {**ln, "fee_ocur_time": "2026-06-03 08:40:00", "pric": ln["pric"], "cnt": ln["cnt"]}
         for ln in BIG_LINES
     ]
+    # A file that is not there, or not UTF-8 (a GBK export), in words: found from outside, the
+    # first was "无法连接数据库", the second a traceback.
+    code, _, err = await _cli(
+        capsys, "claims", "lines", claim_no, "--file", str(tmp_path / "none.json"),
+        "--operator", "clerk1", *db,
+    )  # fmt: skip
+    assert code == 2 and f"文件{tmp_path / 'none.json'}无法读写" in err
+    gbk = tmp_path / "gbk.txt"
+    await asyncio.to_thread(
+        gbk.write_bytes, "1|ZL0001|25|1|25.00|2026-06-03 08:40:00 诊查费".encode("gbk")
+    )
+    code, _, err = await _cli(
+        capsys, "claims", "lines", claim_no, "--file", str(gbk), "--operator", "clerk1", *db
+    )
+    assert code == 2 and "不是UTF-8编码" in err and "Traceback" not in err
+    code, _, err = await _cli(
+        capsys, "clearing", "monthly", "--month", "2026-06", "--csv",
+        str(tmp_path / "no-such-dir" / "x.csv"), *db,
+    )  # fmt: skip
+    assert code == 2 and "无法读写" in err
     lines_file = tmp_path / "lines.json"
     await asyncio.to_thread(lines_file.write_text, json.dumps(rows), encoding="utf-8")
     await ok("claims", "lines", claim_no, "--file", str(lines_file), "--operator", "clerk1")
