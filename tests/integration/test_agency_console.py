@@ -99,17 +99,23 @@ async def test_a_claim_to_its_payment_through_the_api(server: Server) -> None:
     [done] = await _ok(server, "/api/console/claims/batch-review", reviewer, {"claim_nos": [no]})
     assert done["status"] == "batch_reviewed"
 
-    status, listed = await _get(server, "/api/console/claims", watch)
+    # The agency's records are its staff's: found from outside, the emergency team's viewer
+    # and operator read the patients' claims, bills and bank accounts.
+    for outsider in (watch, duty):
+        for path in ("/api/console/claims", f"/api/console/claims/{no}", "/api/console/payouts"):
+            refused, body = await _get(server, path, outsider)
+            assert refused == 403 and "不能办理" in body["error"], (path, body)
+    status, listed = await _get(server, "/api/console/claims", reviewer)
     assert status == 200 and [(c["claim_no"], c["status_name"]) for c in listed] == [
         (no, "结算已审核")
     ]
-    status, shown = await _get(server, f"/api/console/claims/{no}", watch)
+    status, shown = await _get(server, f"/api/console/claims/{no}", reviewer)
     assert status == 200 and [ln["det_item_fee_sumamt"] for ln in shown["lines"]] == [
         "25.00",
         "1600.00",
     ]
     assert shown["split"]["medfee_sumamt"] == "1625.00" and shown["payout"]["status"] == "owed"
-    assert (await _get(server, "/api/console/claims/LX404", watch))[0] == 404
+    assert (await _get(server, "/api/console/claims/LX404", reviewer))[0] == 404
 
     # Payouts: no account yet, then one (masked in the answer), a batch, four approvals.
     await _refused(server, "/api/console/payouts/batch", clerk, {}, 404, "未登记收款账户")
@@ -123,7 +129,7 @@ async def test_a_claim_to_its_payment_through_the_api(server: Server) -> None:
     }
     shown_account = await _ok(server, "/api/console/payouts/account", clerk, account)
     assert shown_account["account_no"] == "6222***********0011"
-    status, overview = await _get(server, "/api/console/payouts", watch)
+    status, overview = await _get(server, "/api/console/payouts", clerk)
     assert overview["totals"]["owed"] == {"count": 1, "amount": owed}
     batch = await _ok(server, "/api/console/payouts/batch", clerk, {})
     batch_no = batch["batch_no"]
@@ -165,7 +171,7 @@ async def test_a_claim_to_its_payment_through_the_api(server: Server) -> None:
     assert (await _ok(server, "/api/console/payouts/return", clerk, {"file": answer.decode()}))[
         "again"
     ]
-    status, overview = await _get(server, "/api/console/payouts", watch)
+    status, overview = await _get(server, "/api/console/payouts", clerk)
     assert overview["totals"]["paid"] == {"count": 1, "amount": owed}
     assert overview["batches"][0]["status_name"] == "已回盘"
 

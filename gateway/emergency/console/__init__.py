@@ -518,10 +518,10 @@ def _guarded(handler: ApiHandler, *, changes: bool, roles: tuple[str, ...] = ())
                 operators.csrf_token(session).encode(),
             ):
                 return web.json_response({"error": f"缺少或错误的{CSRF_HEADER}请求头"}, status=403)
-            if roles and session.role not in roles:
-                return web.json_response({"error": agency.refused_role(session)}, status=403)
             if not roles and not session.may_change:
                 return web.json_response({"error": "只读账号不能修改应急预案"}, status=403)
+        if roles and session.role not in roles:
+            return web.json_response({"error": agency.refused_role(session)}, status=403)
         return await handler(request, session)
 
     return guarded
@@ -632,7 +632,8 @@ class ApiRoute(NamedTuple):
     path: str
     handler: ApiHandler
     changes: bool
-    roles: tuple[str, ...] = ()  # who may change things here; () : the plan's operators
+    # Who may act here (a read too, where named); (): for a change, the plan's operators.
+    roles: tuple[str, ...] = ()
 
 
 ROUTES: tuple[Route | ApiRoute, ...] = (
@@ -662,10 +663,12 @@ ROUTES: tuple[Route | ApiRoute, ...] = (
         Route("POST", f"/console/{a.group}/{a.name}", agency.form_handler(a))
         for a in agency.ACTIONS
     ),
-    ApiRoute("GET", "/api/console/claims", agency.api_claims, changes=False),
-    ApiRoute("GET", "/api/console/claims/{claim_no}", agency.api_claim, changes=False),
-    ApiRoute("GET", "/api/console/payouts", agency.api_payouts, changes=False),
-    ApiRoute("GET", "/api/console/payouts/{batch_no}", agency.api_batch, changes=False),
+    # The agency's records (patients, their bills, bank accounts) are its staff's alone: found
+    # from outside, the emergency team's viewer and operator read them.
+    ApiRoute("GET", "/api/console/claims", agency.api_claims, False, agency.STAFF),
+    ApiRoute("GET", "/api/console/claims/{claim_no}", agency.api_claim, False, agency.STAFF),
+    ApiRoute("GET", "/api/console/payouts", agency.api_payouts, False, agency.STAFF),
+    ApiRoute("GET", "/api/console/payouts/{batch_no}", agency.api_batch, False, agency.STAFF),
     *(
         ApiRoute(
             "POST",

@@ -36,6 +36,7 @@ from gateway.protocol.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.services import agency_ledgers, claim_form, manual_claims, payouts
 
 CLERK, REVIEWER, APPROVER = "clerk", "reviewer", "approver"
+STAFF = (CLERK, REVIEWER, APPROVER)  # who reads the agency's claims and payouts
 ROLE_NAMES = {
     "viewer": "观察员",
     "operator": "应急值班员",
@@ -559,6 +560,8 @@ async def _page_session(request: web.Request) -> operators.Session:
     session = await console.session_of(request)
     if session is None:
         raise web.HTTPSeeOther("/console/login")
+    if session.role not in STAFF:
+        raise web.HTTPForbidden(text=refused_role(session))
     return session
 
 
