@@ -160,6 +160,23 @@ async def take_over_invoice(
     )
 
 
+def settlement_msgid(claim_no: str) -> str:
+    """The message id a claim's visit and settlement record: one per claim."""
+    return f"{claim_no}S"
+
+
+async def settled_under(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> str | None:
+    """The institution's claim whose settlement records this message id, or None."""
+    if not msgid.endswith("S"):
+        return None
+    found: str | None = await conn.fetchval(
+        "SELECT claim_no FROM manual_claims WHERE claim_no = $1 AND fixmedins_code = $2",
+        msgid[:-1],
+        fixmedins_code,
+    )
+    return found
+
+
 async def exists(conn: asyncpg.Connection, claim_no: str) -> bool:
     """Whether this database holds the claim."""
     return bool(

@@ -482,7 +482,7 @@ async def settle(
         person, _ = await persons.read(conn, claim.psn_no)
         lines = await store.lines(conn, claim_no)
         await _refuse_a_bill_paid_already(conn, claim, sum(ln.amount_fen for ln in lines))
-        msgid = f"{claim_no}S"  # the visit's and the settlement's message: one per claim
+        msgid = store.settlement_msgid(claim_no)
         mdtrt_id = await encounters.new_mdtrt_id(conn, institution.admdvs, now)
         kind = Kind.INPATIENT if claim.kind == "inpatient" else Kind.OUTPATIENT
         await encounters.create(

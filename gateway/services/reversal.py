@@ -16,7 +16,16 @@ from collections.abc import Sequence
 import asyncpg
 
 from gateway.core.model import Category
-from gateway.ledger import db, deferred, encounters, fees, idempotency, reversals, settlements
+from gateway.ledger import (
+    db,
+    deferred,
+    encounters,
+    fees,
+    idempotency,
+    manual_claims,
+    reversals,
+    settlements,
+)
 from gateway.protocol.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.protocol.transaction import TRANSACTIONS, Kind, Transaction, Undo
 from gateway.services import cancellation
@@ -56,6 +65,13 @@ async def reverse(
         raise BadRequest(f"原交易编号{oinfno}不可冲正（可冲正：{reversible}）")
     row = await reversals.lock_original(conn, fixmedins_code, omsgid)
     if row is None:
+        claim_no = await manual_claims.settled_under(conn, fixmedins_code, omsgid)
+        if claim_no is not None:
+            # Found from outside: a 2601 of a manual claim's settlement answered 成功 ("never
+            # arrived, barred") while the settlement stayed in force; it is the agency's own.
+            raise Conflict(
+                f"原报文{omsgid}是经办机构零星报销{claim_no}的结算，不是本机构发送的交易，不能冲正"
+            )
         if await reversals.bar(conn, fixmedins_code, omsgid, oinfno, refusal):
             return "tombstone", None
         # The original committed while we waited on its key: reverse it after all.

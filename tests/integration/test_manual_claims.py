@@ -368,6 +368,24 @@ async def test_a_bill_the_funds_already_pay_is_not_claimed_again(
         # Another bill that day (another total) is the agency's to settle.
         other = await settled_claim(agency, PERSON, day, OUTPATIENT_LINES, "FP-TWICE-2")
         assert other.status == "batch_reviewed" and other.setl_id
+        # Its settlement is the agency's: a 2601 of its message id from the institution is
+        # refused, and bars nothing (found from outside: answered 成功 with a tombstone).
+        omsgid = f"{other.claim_no}S"
+        reversal = {"data": {"psn_no": PERSON, "omsgid": omsgid, "oinfno": "2207"}}
+        answer = await his.call("2601", reversal)
+        assert answer["infcode"] == -1
+        assert answer["err_msg"] == (
+            f"原报文{omsgid}是经办机构零星报销{other.claim_no}的结算，不是本机构发送的交易，不能冲正"
+        )
+        assert (
+            await counter.fetchval("SELECT count(*) FROM idempotency WHERE msgid = $1", omsgid) == 0
+        )
+        assert (
+            await counter.fetchval(
+                "SELECT status FROM settlements WHERE setl_id = $1", other.setl_id
+            )
+            == "settled"
+        )
         async with connect(counter.dsn) as conn:
             assert await checker.check(conn) == []
 
