@@ -148,6 +148,13 @@ async def _register(
         raise BadRequest("发票号重复登记")
     if any(len(i) > TEXT_MAX for i in invoices) or len(reg.dise_codg) > TEXT_MAX:
         raise BadRequest(f"发票号、诊断代码均不能超过{TEXT_MAX}个字符")
+    # Found from outside: a control character or "|" (the files' separator) was stored.
+    for what, value in (
+        ("发票号invoice_nos", "".join(invoices)),
+        ("诊断代码dise_codg", reg.dise_codg),
+    ):
+        if not value.isprintable() or "|" in value:
+            raise BadRequest(f"{what}含有不可见的控制字符或“|”，请删除后重新登记")
     if reg.cert_type not in persons.CERT_TYPES:
         raise BadRequest("证件类型只能为01（电子凭证）、02（身份证）或03（社保卡）")
     institution = snapshot.institution(reg.fixmedins_code)

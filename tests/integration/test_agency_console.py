@@ -55,6 +55,12 @@ async def test_a_claim_to_its_payment_through_the_api(server: Server) -> None:
         server, "/api/console/claims/register", clerk, {**registration, "invoice_nos": []}, 400,
         "发票号",
     )  # fmt: skip
+    # Found from outside: an invoice with a control character or the files' separator "|".
+    for invoice in ("AB\x01C", "FP|1"):
+        await _refused(
+            server, "/api/console/claims/register", clerk,
+            {**registration, "invoice_nos": [invoice]}, 400, "控制字符或“|”",
+        )  # fmt: skip
     # Found from outside: the number 1 and "yes" were read as "no account", silently.
     for unclear in ("yes", 2, "是的"):
         await _refused(
