@@ -493,6 +493,17 @@ def _refused(why: str) -> BadRequest:
     return BadRequest(f"回盘文件不符，整批拒绝导入：{why}")
 
 
+def _is_day(text: str) -> bool:
+    """Whether the text is a date written yyyyMMdd."""
+    if len(text) != 8 or not text.isascii() or not text.isdigit():
+        return False
+    try:
+        dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return False
+    return True
+
+
 def parse_return(body: bytes) -> tuple[str, int, int, list[_ReturnLine]]:
     """A return file's batch number, count, total and lines, every check of the file itself
     made (shape, trailer, checksum); refused whole otherwise."""
@@ -508,6 +519,9 @@ def parse_return(body: bytes) -> tuple[str, int, int, list[_ReturnLine]]:
     head, trailer = rows[0].split(SEP), rows[-1].split(SEP)
     if len(head) != 6 or head[0] != "H" or head[1] != RETURN_MARK:
         raise _refused("表头格式不正确")
+    if not _is_day(head[3]):
+        # Found from outside: "2026-12-05" was taken where the format says yyyyMMdd.
+        raise _refused(f"表头日期“{head[3][:20]}”应为yyyyMMdd，如20261205")
     if len(trailer) != 4 or trailer[0] != "T":
         raise _refused("表尾格式不正确")
     covered = body[: len(body) - len((rows[-1] + "\n").encode())]

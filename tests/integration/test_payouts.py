@@ -166,6 +166,7 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
         (with_checksum(answer.replace(b"H|RET|ZF", b"H|RET|ZX", 1)), "不存在"),
         (with_checksum(_drop_line(answer)), "不一致"),
         (with_checksum(_change_amount(answer)), "不一致"),
+        (with_checksum(_dashed_day(answer)), "应为yyyyMMdd"),  # found from outside: taken
     ):
         with pytest.raises(BadRequest, match=why):
             await payouts.import_return(conn, bad, "cashier")
@@ -618,3 +619,12 @@ async def test_a_payee_whose_account_the_bank_refused_waits_for_its_correction(
         assert (second.line_count, second.total_fen) == (2, owed)
         async with connect(srv.dsn) as check_conn:
             assert await checker.check(check_conn) == []
+
+
+def _dashed_day(answer: bytes) -> bytes:
+    """The return file with its header's date written yyyy-MM-dd."""
+    head, rest = answer.split(b"\n", 1)
+    f = head.split(b"|")
+    day = f[3].decode()
+    f[3] = f"{day[:4]}-{day[4:6]}-{day[6:]}".encode()
+    return b"|".join(f) + b"\n" + rest
