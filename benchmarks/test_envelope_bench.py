@@ -83,24 +83,26 @@ def test_decode_and_validate_2207(benchmark: Any) -> None:
     assert result[4].medfee_sumamt == 14000
 
 
+def five_drug_lines(first: int = 0) -> list[dict[str, str]]:
+    """A pharmacy sale's five lines of 20.00 (2 × 10.00), item codes YP<first>… on."""
+    return [
+        {
+            "feedetl_sn": f"F{i}",
+            "medins_list_codg": f"YP{first + i:04d}",
+            "det_item_fee_sumamt": "20.00",
+            "cnt": "2",
+            "pric": "10.00",
+        }
+        for i in range(5)
+    ]
+
+
 ENVELOPE_2102 = msgspec.json.encode(
     {
         **{k: v for k, v in msgspec.json.decode(ENVELOPE_2207).items() if k != "input"},
         "infno": "2102",
         "input": HisClient.drug_input(
-            "441800000000000001",
-            "2026-03-01 08:30:00",
-            "100.00",
-            [
-                {
-                    "feedetl_sn": f"F{i}",
-                    "medins_list_codg": f"YP{i:04d}",
-                    "det_item_fee_sumamt": "20.00",
-                    "cnt": "2",
-                    "pric": "10.00",
-                }
-                for i in range(5)
-            ],
+            "441800000000000001", "2026-03-01 08:30:00", "100.00", five_drug_lines()
         ),
     }
 )

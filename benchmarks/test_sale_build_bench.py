@@ -16,6 +16,7 @@ import pytest
 from adapters.national.envelope import decode_request, encode_response
 from adapters.pos.pharmacy import output, purchase_of
 from benchmarks.test_core_bench import PERSON, SNAPSHOT
+from benchmarks.test_envelope_bench import five_drug_lines
 from gateway.core.dates import DateRules
 from gateway.core.model import Accumulators
 from gateway.pipeline.grouped import Held
@@ -42,20 +43,9 @@ SALE = msgspec.json.encode(
         "inf_time": "2026-03-01 08:30:00",
         "fixmedins_code": PHARMACY,
         "fixmedins_name": "清远演示药店",
+        # The pharmacy's mapped items YP0001–YP0005 (config/demo/mappings.csv).
         "input": HisClient.drug_input(
-            PERSON.psn_no,
-            "2026-03-01 08:30:00",
-            "100.00",
-            [
-                {
-                    "feedetl_sn": f"F{i}",
-                    "medins_list_codg": f"YP{i + 1:04d}",
-                    "det_item_fee_sumamt": "20.00",
-                    "cnt": "2",
-                    "pric": "10.00",
-                }
-                for i in range(5)
-            ],
+            PERSON.psn_no, "2026-03-01 08:30:00", "100.00", five_drug_lines(first=1)
         ),
     }
 )

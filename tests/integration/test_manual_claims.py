@@ -30,6 +30,7 @@ from tests.integration.emergency_helpers import (
     set_rule,
     until,
 )
+from tests.integration.his_client import HisClient
 
 COMPARED = (
     "psn_no, service_date, medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay,"
@@ -339,6 +340,15 @@ async def test_a_claim_keeps_the_counters_dates_and_its_kind_of_institution(
             )
 
 
+async def _bill_at_the_counter(his: HisClient, day: str, no: str) -> dict[str, Any]:
+    """A visit registered, described and its lines uploaded: its 2207's input, ready to send."""
+    mdtrt_id = await his.register(PERSON, "310", f"{day} 08:30:00", no)
+    await his.visit_info(mdtrt_id, PERSON, "11", f"{day} 08:30:00")
+    rows = his.fee_rows(mdtrt_id, PERSON, BIG_LINES, f"{day} 08:40:00", "B1")
+    await his.ok("2204", {"feedetail": rows})
+    return his.settle_data(PERSON, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+
+
 async def test_a_bill_the_funds_already_pay_is_not_claimed_again(
     new_database: Callable[..., Any],
 ) -> None:
@@ -349,11 +359,7 @@ async def test_a_bill_the_funds_already_pay_is_not_claimed_again(
     async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
         his = counter.client(HOSPITAL)
         day = "2026-06-10"
-        mdtrt_id = await his.register(PERSON, "310", f"{day} 08:30:00", "MZ-TWICE-1")
-        await his.visit_info(mdtrt_id, PERSON, "11", f"{day} 08:30:00")
-        rows = his.fee_rows(mdtrt_id, PERSON, BIG_LINES, f"{day} 08:40:00", "B1")
-        await his.ok("2204", {"feedetail": rows})
-        data = his.settle_data(PERSON, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+        data = await _bill_at_the_counter(his, day, "MZ-TWICE-1")
         setl_id = (await his.ok("2207", data))["setlinfo"]["setl_id"]
         before = await counter.ledger_fingerprint()
         with pytest.raises(Conflict) as refused:
@@ -397,12 +403,8 @@ async def test_a_bill_waiting_as_a_deferred_claim_is_not_claimed_again(
     async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
         his = counter.client(HOSPITAL)
         day = "2026-06-11"
-        mdtrt_id = await his.register(PERSON, "310", f"{day} 08:30:00", "MZ-TWICE-3")
-        await his.visit_info(mdtrt_id, PERSON, "11", f"{day} 08:30:00")
-        rows = his.fee_rows(mdtrt_id, PERSON, BIG_LINES, f"{day} 08:40:00", "B1")
-        await his.ok("2204", {"feedetail": rows})
+        data = await _bill_at_the_counter(his, day, "MZ-TWICE-3")
         await set_rule(counter.dsn, f"institution:{HOSPITAL}", "settlement", "defer")
-        data = his.settle_data(PERSON, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
 
         async def deferred() -> bool:
             return "应急预案" in str((await his.call("2206", data))["warn_msg"] or "")
