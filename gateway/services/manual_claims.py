@@ -54,6 +54,7 @@ from gateway.services.visit_settlement import VisitAsk, visit_job
 # The infno a manual claim's settlement records: the counter's settlement of the same kind.
 SETTLEMENT_INFNO = {"outpatient": "2207", "inpatient": "2304"}
 TEXT_MAX = 64  # an invoice number, a diagnosis code: longer is a typing or pasting mistake
+SERIAL_MAX = 30  # a line's feedetl_sn, as the interface bounds it (protocol.md)
 # Holds a new claim's invoices beyond its own database (claim_no, fixmedins_code, invoices), or
 # raises Conflict naming the claim that holds one.
 InvoiceGuard = Callable[[str, str, Sequence[str]], Awaitable[None]]
@@ -276,6 +277,13 @@ def lines_from_rows(rows: Any) -> list[Line]:
     out = []
     for r in rows:
         sn = str(r.get("feedetl_sn") or "")
+        # As an upload's (2204/2301) are: found from outside, a 200-character serial and a flag
+        # of "9" were taken.
+        if len(sn) > SERIAL_MAX or not sn.isprintable():
+            raise BadRequest(f"费用明细流水号feedetl_sn最长{SERIAL_MAX}位，且不能含控制字符")
+        appr = str(r.get("hosp_appr_flag") or "") or None
+        if appr is not None and appr not in ("0", "1", "2"):
+            raise LineRejected(sn, "医院审批标志hosp_appr_flag只能为0、1或2")
         try:
             out.append(
                 Line(
@@ -290,7 +298,7 @@ def lines_from_rows(rows: Any) -> list[Line]:
                         f"费用明细{sn}金额det_item_fee_sumamt",
                     ),
                     fee_ocur_time=_time(str(r.get("fee_ocur_time", "")), f"费用明细{sn}发生时间"),
-                    hosp_appr_flag=str(r.get("hosp_appr_flag") or "") or None,
+                    hosp_appr_flag=appr,
                 )
             )
         except AmountError as exc:

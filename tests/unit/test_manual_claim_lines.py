@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.protocol.errors import BadRequest
+from gateway.protocol.errors import BadRequest, GatewayError
 from gateway.services.manual_claims import lines_from_rows, lines_from_text
 
 
@@ -41,3 +41,13 @@ def test_plain_amounts_and_whole_numbers_are_read_exactly() -> None:
 def test_a_missing_amount_says_so() -> None:
     with pytest.raises(BadRequest, match="金额det_item_fee_sumamt未填写"):
         lines_from_rows([_row("")])
+
+
+def test_a_serial_and_an_approval_flag_are_held_as_an_uploads_are() -> None:
+    """Found from outside: a 200-character serial and hosp_appr_flag "9" were taken."""
+    with pytest.raises(BadRequest, match="最长30位"):
+        lines_from_rows([{**_row("60"), "feedetl_sn": "F" * 31}])
+    with pytest.raises(GatewayError, match="hosp_appr_flag只能为0、1或2"):
+        lines_from_rows([{**_row("60"), "hosp_appr_flag": "9"}])
+    (line,) = lines_from_rows([{**_row("60"), "feedetl_sn": "F" * 30, "hosp_appr_flag": "1"}])
+    assert line.hosp_appr_flag == "1"
