@@ -23,11 +23,11 @@ from gateway.app.runtime import Gateway
 from gateway.core.model import Institution, LineSplit
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.pipeline.grouped import Job
-from gateway.protocol.errors import BadRequest, LineRejected
+from gateway.protocol.errors import BadRequest
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Kind
 from gateway.services import fee_uploads
-from gateway.services.fee_uploads import MAX_LINES, StoredLine, Uploading
+from gateway.services.fee_uploads import MAX_LINES, StoredLine, Uploading, approval_flag
 
 
 def _line(row: FeeDetail, index: int, *, batch_required: bool, refunds: bool) -> StoredLine:
@@ -38,9 +38,7 @@ def _line(row: FeeDetail, index: int, *, batch_required: bool, refunds: bool) ->
     chrg_bchno = (
         required(row.chrg_bchno, f"{at}.chrg_bchno") if batch_required else text(row.chrg_bchno)
     )
-    hosp_appr = text(row.hosp_appr_flag) or None
-    if hosp_appr is not None and hosp_appr not in ("0", "1", "2"):
-        raise LineRejected(sn, "医院审批标志hosp_appr_flag只能为0、1或2")
+    hosp_appr = approval_flag(sn, text(row.hosp_appr_flag))
     return StoredLine(
         feedetl_sn=sn,
         medins_list_codg=required(row.medins_list_codg, f"{at}.medins_list_codg"),

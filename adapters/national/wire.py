@@ -15,7 +15,7 @@ import msgspec
 
 from adapters.national import lengths
 from adapters.national.envelope import Amount, Code, text
-from gateway.core.money import AmountError, from_digits, scaled
+from gateway.core.money import AmountError, from_digits, scaled, shown
 from gateway.ledger.persons import CERT_TYPES, Certificate
 from gateway.protocol.errors import BadRequest
 
@@ -62,12 +62,6 @@ def flag(value: Code, name: str, default: str = "0") -> str:
 _DECIMAL = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 
 
-def _shown(literal: str) -> str:
-    """The offending text as the clerk can read it: invisible characters escaped."""
-    cut = literal[:20]
-    return cut if cut.isprintable() else ascii(cut)[1:-1]
-
-
 def _text_of(value: int | str | Decimal) -> str:
     """The text a number was sent as. A JSON number arrives as the Decimal of its text
     (envelope.json_number, which refuses an exponent), and str() writes one with digits past
@@ -88,7 +82,7 @@ def _decimal_text(value: Amount, name: str, places: int, signed: bool, label: st
     m = _DECIMAL.fullmatch(literal)
     if m is None:
         raise BadRequest(
-            f"{label}{name}格式错误（“{_shown(literal)}”），"
+            f"{label}{name}格式错误（“{shown(literal)}”），"
             "应为半角阿拉伯数字，如12.30，不含空格和科学计数法"
         )
     if m.group(1) and not signed:

@@ -75,6 +75,13 @@ def scaled(value: Decimal | int | str, places: int, what: str) -> int:
     return _by_decimal(value, places, what)
 
 
+def shown(literal: str) -> str:
+    """The offending text as a clerk can read it: its first 20 characters, invisible ones
+    escaped."""
+    cut = literal[:20]
+    return cut if cut.isprintable() else ascii(cut)[1:-1]
+
+
 def typed(value: int | str, places: int, what: str) -> int:
     """An amount a person typed (a clerk's line of a manual claim): a whole number, or text in
     the plain grammar only. `scaled` reads reference files, whose cells may carry blanks, a
@@ -86,8 +93,7 @@ def typed(value: int | str, places: int, what: str) -> int:
         raise AmountError(f"{what}未填写")
     plain = _PLAIN.fullmatch(value)
     if plain is None:
-        shown = value[:20] if value[:20].isprintable() else ascii(value[:20])[1:-1]
-        raise AmountError(f"{what}格式错误（“{shown}”），应为半角阿拉伯数字，如12.30")
+        raise AmountError(f"{what}格式错误（“{shown(value)}”），应为半角阿拉伯数字，如12.30")
     sign, whole, fraction = plain.groups()
     return from_digits(sign, whole, fraction, places, what)
 

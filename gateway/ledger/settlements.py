@@ -22,7 +22,6 @@ the group commit: visits, then persons, each in key order), cancelling (2103/220
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -486,7 +485,7 @@ async def settled_lines(conn: asyncpg.Connection, setl_id: str) -> list[SettledL
     )
     return [
         SettledLine(
-            split=split_of(json.loads(r["line"]) if isinstance(r["line"], str) else r["line"]),
+            split=split_of(r["line"]),  # the pool's codec decodes jsonb (gateway.ledger.db)
             fee_ocur_time=r["fee_ocur_time"],
             chrg_bchno=r["chrg_bchno"] or "",
             hosp_appr_flag=r["hosp_appr_flag"],

@@ -31,6 +31,14 @@ from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 
 MAX_LINES = 5000  # one upload; larger bills are uploaded in several calls, as HIS do
+APPROVAL_FLAGS = ("0", "1", "2")  # hosp_appr_flag: 0 not approved, 1 approved, 2 self-pay
+
+
+def approval_flag(feedetl_sn: str, flag: str) -> str | None:
+    """A line's hosp_appr_flag as uploaded ("" for none sent), or the line's refusal."""
+    if flag and flag not in APPROVAL_FLAGS:
+        raise LineRejected(feedetl_sn, "医院审批标志hosp_appr_flag只能为0、1或2")
+    return flag or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from adapters.national import lengths
 from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
 from gateway.core.dates import DateRules, within_visit
@@ -47,14 +48,14 @@ from gateway.protocol.errors import (
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 from gateway.services.encounters import INPATIENT_MED_TYPES
-from gateway.services.fee_uploads import MAX_LINES  # as one upload
+from gateway.services.fee_uploads import MAX_LINES, approval_flag  # as one upload
 from gateway.services.settlement_state import settle_alone
 from gateway.services.visit_settlement import VisitAsk, visit_job
 
 # The infno a manual claim's settlement records: the counter's settlement of the same kind.
 SETTLEMENT_INFNO = {"outpatient": "2207", "inpatient": "2304"}
 TEXT_MAX = 64  # an invoice number, a diagnosis code: longer is a typing or pasting mistake
-SERIAL_MAX = 30  # a line's feedetl_sn, as the interface bounds it (protocol.md)
+SERIAL_MAX = lengths.limit_of("feedetl_sn")  # as the interface bounds a line's serial
 # Holds a new claim's invoices beyond its own database (claim_no, fixmedins_code, invoices), or
 # raises Conflict naming the claim that holds one.
 InvoiceGuard = Callable[[str, str, Sequence[str]], Awaitable[None]]
@@ -281,9 +282,7 @@ def lines_from_rows(rows: Any) -> list[Line]:
         # of "9" were taken.
         if len(sn) > SERIAL_MAX or not sn.isprintable():
             raise BadRequest(f"费用明细流水号feedetl_sn最长{SERIAL_MAX}位，且不能含控制字符")
-        appr = str(r.get("hosp_appr_flag") or "") or None
-        if appr is not None and appr not in ("0", "1", "2"):
-            raise LineRejected(sn, "医院审批标志hosp_appr_flag只能为0、1或2")
+        appr = approval_flag(sn, str(r.get("hosp_appr_flag") or ""))
         try:
             out.append(
                 Line(

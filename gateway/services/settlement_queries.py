@@ -1,8 +1,9 @@
-"""5203 结算信息查询: an institution reads back one of its own settlements."""
+"""5203 结算信息查询 and 5204 费用明细查询: an institution reads back one of its own settlements."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -12,6 +13,23 @@ from gateway.ledger.settlements import Record as Record
 from gateway.protocol.errors import BadRequest, NotFound
 
 ELSEWHERE_WAIT = 2.0  # seconds for a connection to another ledger database
+T = TypeVar("T")
+
+
+async def _here_or_elsewhere(
+    conn: asyncpg.Connection,
+    elsewhere: Sequence[asyncpg.Pool],
+    read: Callable[[asyncpg.Connection], Awaitable[T]],
+) -> T:
+    """What `read` finds in the caller's database or, found nothing there, in the first of
+    `elsewhere` (the ledger databases of a ledger split by region) where it finds something."""
+    found = await read(conn)
+    for pool in elsewhere:
+        if found:
+            break
+        async with db.leased(pool, ELSEWHERE_WAIT) as other:
+            found = await read(other)
+    return found
 
 
 class SettlementQuery(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -44,50 +62,33 @@ async def settlement_info(
             limit=1,
         )
 
-    found = await find(conn)
-    for pool in elsewhere:
-        if found:
-            break
-        async with db.leased(pool, ELSEWHERE_WAIT) as other:
-            found = await find(other)
+    found = await _here_or_elsewhere(conn, elsewhere, find)
     if found:
         return found[0]
     # Not a settlement: a claim the emergency plan deferred (主动报) under the number the
     # counter was given, or on this visit? Answered "not found", the counter would take an
     # acknowledged sale for one that never happened (found from outside).
-    claim = await deferred.claim_named(conn, fixmedins_code, a.setl_id, a.mdtrt_id)
-    for pool in elsewhere:
-        if claim is not None:
-            break
-        async with db.leased(pool, ELSEWHERE_WAIT) as other:
-            claim = await deferred.claim_named(other, fixmedins_code, a.setl_id, a.mdtrt_id)
+    claim = await _here_or_elsewhere(
+        conn,
+        elsewhere,
+        lambda c: deferred.claim_named(c, fixmedins_code, a.setl_id, a.mdtrt_id),
+    )
     if claim is None:
-        if (
-            (a.mdtrt_id or a.psn_no)
-            and a.setl_id
-            and await _by_setl_id_alone(conn, fixmedins_code, a.setl_id, elsewhere)
-        ):
-            # Found from outside: a 结算ID with another visit's 就诊ID was "not found", which
-            # reads as "no such settlement" when only the pair is wrong.
-            raise NotFound(f"结算ID{a.setl_id}与就诊ID、人员编号不对应，请核对后查询")
+        if (a.mdtrt_id or a.psn_no) and a.setl_id:
+            alone: list[Record] = await _here_or_elsewhere(
+                conn,
+                elsewhere,
+                lambda c: settlements.find(c, fixmedins_code, setl_id=a.setl_id, limit=1),
+            )
+            if alone:
+                # Found from outside: a 结算ID with another visit's 就诊ID was "not found",
+                # which reads as "no such settlement" when only the pair is wrong.
+                raise NotFound(f"结算ID{a.setl_id}与就诊ID、人员编号不对应，请核对后查询")
         raise NotFound("未查询到本机构的结算信息")
     if claim["status"] == "settled" and claim["setl_id"]:
         replayed = SettlementQuery(setl_id=claim["setl_id"], mdtrt_id="", psn_no=a.psn_no)
         return await settlement_info(conn, fixmedins_code, replayed, elsewhere)
     raise NotFound(deferred.unsettled_words(claim["status"], claim["claim_id"]))
-
-
-async def _by_setl_id_alone(
-    conn: asyncpg.Connection, fixmedins_code: str, setl_id: str, elsewhere: Sequence[asyncpg.Pool]
-) -> bool:
-    """Whether the institution has a settlement of this 结算ID, whatever else the query named."""
-    if await settlements.find(conn, fixmedins_code, setl_id=setl_id, limit=1):
-        return True
-    for pool in elsewhere:
-        async with db.leased(pool, ELSEWHERE_WAIT) as other:
-            if await settlements.find(other, fixmedins_code, setl_id=setl_id, limit=1):
-                return True
-    return False
 
 
 async def fee_detail(
@@ -104,10 +105,8 @@ async def fee_detail(
         raise BadRequest("缺少必填字段结算ID setl_id")
     rec = await settlement_info(conn, fixmedins_code, a, elsewhere)
     assert rec.setl_id is not None  # read back from the ledger
-    lines = await settlements.settled_lines(conn, rec.setl_id)
-    for pool in elsewhere:
-        if lines:
-            break
-        async with db.leased(pool, ELSEWHERE_WAIT) as other:
-            lines = await settlements.settled_lines(other, rec.setl_id)
+    setl_id = rec.setl_id
+    lines = await _here_or_elsewhere(
+        conn, elsewhere, lambda c: settlements.settled_lines(c, setl_id)
+    )
     return rec, lines
