@@ -112,6 +112,13 @@ async def test_guessing_locks_the_guesser_and_guards_the_name_until_the_duty_tea
         assert status == 200
         duty = body["token"]
         unlock = {"kind": "address", "key": "127.0.0.2", "reason": "演练结束"}
+        # A null reason is no reason (it was written down as "None" and taken).
+        async with desk.post(
+            url + "/api/console/lockouts/clear",
+            json={**unlock, "reason": None},
+            headers=_bearer(duty),
+        ) as r:
+            assert r.status == 400 and "reason应为文本" in (await r.json())["error"]
         async with desk.post(
             url + "/api/console/lockouts/clear", json=unlock, headers=_bearer(duty)
         ) as r:

@@ -74,6 +74,45 @@ async def test_login_roles_and_audited_changes(server: Server) -> None:
     assert latest["action"] == "plan.clear" and latest["before"]["action"] == "reject"
 
 
+async def test_a_reason_or_scope_that_is_not_text_is_refused(server: Server) -> None:
+    """Found from outside: a null or false reason was written down as "None" or "False", the
+    rule came into force, and every counter was told "（None）". Each field is text or refused,
+    and nothing is written."""
+    token = await _login(server, OPERATOR)
+    rule = {"scope": "region:520500", "class": "settlement", "action": "reject", "reason": "演练"}
+    before = await _counts(server)
+    for field, value in [
+        ("reason", None),
+        ("reason", False),
+        ("reason", ["演练"]),
+        ("reason", {"text": "演练"}),
+        ("scope", None),
+        ("action", True),
+    ]:
+        status, body = await _post(server, "/api/plan/rules", token, {**rule, field: value})
+        assert status == 400 and f"{field}应为文本" in body["error"], (field, value, body)
+        assert await _counts(server) == before, (field, value)
+    status, _ = await _post(server, "/api/plan/rules", token, rule)
+    assert status == 200
+    set_ = await _counts(server)
+    clear = {"scope": "region:520500", "class": "settlement"}
+    for value in (None, False):
+        status, body = await _post(
+            server, "/api/plan/rules/clear", token, {**clear, "reason": value}
+        )
+        assert status == 400 and "reason应为文本" in body["error"]
+    assert await _counts(server) == set_
+    status, _ = await _post(server, "/api/plan/rules/clear", token, {**clear, "reason": "结束"})
+    assert status == 200
+    reasons = [
+        r["reason"]
+        for r in await server.fetch(
+            "SELECT reason FROM audit_log WHERE audit_id > $1 ORDER BY audit_id", 0
+        )
+    ]
+    assert "None" not in reasons and "False" not in reasons
+
+
 async def test_pages_need_login_escape_values_and_logout_ends_the_session(server: Server) -> None:
     async with server.session.get(server.url + "/console", allow_redirects=False) as r:
         assert r.status == 303 and r.headers["Location"] == "/console/login"

@@ -331,8 +331,8 @@ async def lockout_list(request: web.Request) -> list[dict[str, Any]]:
 
 async def unlock(request: web.Request, session: operators.Session, values: dict[str, Any]) -> str:
     """Clear one name's or address's lock as this operator; raises GatewayError."""
-    kind, key = str(values.get("kind", "")), str(values.get("key", ""))
-    reason = str(values.get("reason", "")).strip()
+    kind, key = agency.text_field(values, "kind"), agency.text_field(values, "key")
+    reason = agency.text_field(values, "reason")
     if not reason:
         raise BadRequest("解除登录锁定必须填写原因")
     async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
@@ -556,6 +556,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 RuleChange = Callable[[web.Request, operators.Session, dict[str, str]], Awaitable[None]]
 
 
+_RULE_FIELDS = ("scope", "class", "action", "reason")
+
+
 async def _api_rule_change(
     request: web.Request, session: operators.Session, change: RuleChange
 ) -> web.Response:
@@ -565,7 +568,10 @@ async def _api_rule_change(
     except Refused as exc:
         return web.json_response({"error": exc.message}, status=exc.status)
     try:
-        await change(request, session, {k: str(v) for k, v in doc.items()})
+        # Each field as text: a null or false reason written down as "None" or "False" was
+        # taken (found from outside), and told every counter so.
+        values = {k: agency.text_field(doc, k) for k in _RULE_FIELDS if k in doc}
+        await change(request, session, values)
     except GatewayError as exc:
         return web.json_response({"error": exc.err_msg}, status=400)
     return web.json_response(await overview(request))

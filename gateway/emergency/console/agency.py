@@ -73,7 +73,7 @@ async def _on_batch(request: web.Request, batch_no: str) -> Partition:
     return await agency_ledgers.of_batch(_ledgers(request), batch_no)
 
 
-def _text(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> str:
+def text_field(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> str:
     """A text field (a JSON number taken as its digits); a list, an object or null is refused
     (found from outside: a list of batch numbers was looked up as its own text)."""
     value = values.get(key, "")
@@ -149,17 +149,17 @@ def _claim_done(c: claim_store.Claim, message: str) -> Done:
 
 
 async def register(request: web.Request, s: operators.Session, v: Values) -> Done:
-    begntime = _when(_text(v, "begntime"), "就诊（入院）时间")
+    begntime = _when(text_field(v, "begntime"), "就诊（入院）时间")
     if begntime is None:
         raise BadRequest("请填写就诊（入院）时间begntime")
     reg = manual_claims.Registration(
-        cert_type=_text(v, "cert_type"),
-        cert_no=_text(v, "cert_no"),
-        fixmedins_code=_text(v, "fixmedins_code"),
-        med_type=_text(v, "med_type"),
+        cert_type=text_field(v, "cert_type"),
+        cert_no=text_field(v, "cert_no"),
+        fixmedins_code=text_field(v, "fixmedins_code"),
+        med_type=text_field(v, "med_type"),
         begntime=begntime,
-        endtime=_when(_text(v, "endtime"), "出院时间"),
-        dise_codg=_text(v, "dise_codg"),
+        endtime=_when(text_field(v, "endtime"), "出院时间"),
+        dise_codg=text_field(v, "dise_codg"),
         acct_used=_flag(v, "acct_used"),
         invoice_nos=tuple(_many(v, "invoice_nos")),
     )
@@ -185,8 +185,8 @@ async def enter_lines(request: web.Request, s: operators.Session, v: Values) -> 
     if isinstance(v, dict) and "feedetail" in v:
         lines = manual_claims.lines_from_rows(v["feedetail"])
     else:
-        lines = manual_claims.lines_from_text(_text(v, "lines"))
-    gw, claim_no = request.app[GATEWAY], _text(v, "claim_no")
+        lines = manual_claims.lines_from_text(text_field(v, "lines"))
+    gw, claim_no = request.app[GATEWAY], text_field(v, "claim_no")
     async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
         c = await manual_claims.enter_lines(
             conn, gw.snapshot, claim_no, lines, s.login, dates=gw.config.dates
@@ -195,15 +195,15 @@ async def enter_lines(request: web.Request, s: operators.Session, v: Values) -> 
 
 
 async def review(request: web.Request, s: operators.Session, v: Values) -> Done:
-    refuse = _text(v, "refuse") if "refuse" in v else None
-    claim_no = _text(v, "claim_no")
+    refuse = text_field(v, "refuse") if "refuse" in v else None
+    claim_no = text_field(v, "claim_no")
     async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
         c = await manual_claims.review(conn, claim_no, s.login, refuse=refuse)
     return _claim_done(c, f"零星报销{c.claim_no}{manual_claims.STATUS_NAMES[c.status]}")
 
 
 async def settle(request: web.Request, s: operators.Session, v: Values) -> Done:
-    gw, claim_no = request.app[GATEWAY], _text(v, "claim_no")
+    gw, claim_no = request.app[GATEWAY], text_field(v, "claim_no")
     async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
         c = await manual_claims.settle(conn, gw.snapshot, claim_no, s.login, dt.datetime.now())
     owed = fen_text(c.reimbursement_fen or 0)
@@ -221,16 +221,16 @@ async def batch_review(request: web.Request, s: operators.Session, v: Values) ->
 
 
 async def withdraw(request: web.Request, s: operators.Session, v: Values) -> Done:
-    claim_no = _text(v, "claim_no")
+    claim_no = text_field(v, "claim_no")
     async with agency_ledgers.connection(await _on_claim(request, claim_no)) as conn:
-        c = await manual_claims.withdraw(conn, claim_no, s.login, _text(v, "reason"))
+        c = await manual_claims.withdraw(conn, claim_no, s.login, text_field(v, "reason"))
     return _claim_done(c, f"零星报销{c.claim_no}已撤回")
 
 
 async def set_account(request: web.Request, s: operators.Session, v: Values) -> Done:
     """A person's payout account, or (given fixmedins_code) an institution's clearing one."""
-    institution = _text(v, "fixmedins_code")
-    psn_no = institution or _text(v, "psn_no")
+    institution = text_field(v, "fixmedins_code")
+    psn_no = institution or text_field(v, "psn_no")
     setter = payouts.set_institution_account if institution else payouts.set_account
     ledgers = _ledgers(request)
     # An institution's account beside its clearing amounts (main); a person's beside their money.
@@ -239,19 +239,19 @@ async def set_account(request: web.Request, s: operators.Session, v: Values) -> 
         shown = await setter(
             conn,
             psn_no,
-            bank_code=_text(v, "bank_code"),
-            bank_name=_text(v, "bank_name"),
-            account_no=_text(v, "account_no"),
-            holder=_text(v, "holder"),
+            bank_code=text_field(v, "bank_code"),
+            bank_name=text_field(v, "bank_name"),
+            account_no=text_field(v, "account_no"),
+            holder=text_field(v, "holder"),
             operator=s.login,
-            reason=_text(v, "reason"),
+            reason=text_field(v, "reason"),
         )
     assert shown is not None
     return Done("/console/payouts", f"{psn_no}的收款账户已登记为{shown['account_no']}", shown)
 
 
 async def make_batch(request: web.Request, s: operators.Session, v: Values) -> Done:
-    limit_text, source = _text(v, "limit"), _text(v, "source") or None
+    limit_text, source = text_field(v, "limit"), text_field(v, "source") or None
     if limit_text and not limit_text.isdigit():
         raise BadRequest("每批笔数须为正整数")
     made = await agency_ledgers.make_batches(
@@ -275,13 +275,13 @@ async def make_batch(request: web.Request, s: operators.Session, v: Values) -> D
 
 
 async def approve(request: web.Request, s: operators.Session, v: Values) -> Done:
-    batch_no, level_text = _text(v, "batch_no"), _text(v, "level")
+    batch_no, level_text = text_field(v, "batch_no"), text_field(v, "level")
     if not level_text.isdigit():
         raise BadRequest("审批级别只能为1（初审）、2（一级复核）、3（二级复核）、4（三级复核）")
     level = int(level_text)
     async with agency_ledgers.connection(await _on_batch(request, batch_no)) as conn:
         if "reject" in v:
-            b = await payouts.reject(conn, batch_no, level, s.login, _text(v, "reject"))
+            b = await payouts.reject(conn, batch_no, level, s.login, text_field(v, "reject"))
             message = f"支付批次{batch_no}已在{payouts.LEVELS[level]}退回，款项已释放"
         else:
             b = await payouts.approve(conn, batch_no, level, s.login)
@@ -291,7 +291,7 @@ async def approve(request: web.Request, s: operators.Session, v: Values) -> Done
 
 
 async def export(request: web.Request, s: operators.Session, v: Values) -> Done:
-    batch_no = _text(v, "batch_no")
+    batch_no = text_field(v, "batch_no")
     async with agency_ledgers.connection(await _on_batch(request, batch_no)) as conn:
         name, body = await payouts.export(conn, batch_no, s.login)
     return Done(f"/console/payouts/{quote(batch_no)}", f"报盘文件{name}", None, (name, body))
@@ -304,7 +304,7 @@ async def import_return(request: web.Request, s: operators.Session, v: Values) -
     if not isinstance(body, bytes) or not body:
         raise BadRequest("请选择银行回盘文件")
     returned = await payouts.read_return(body)
-    meant = _text(v, "batch_no")  # the batch page's own, when the file came from there
+    meant = text_field(v, "batch_no")  # the batch page's own, when the file came from there
     if meant and meant != returned.batch_no:
         raise BadRequest(
             f"回盘文件属于支付批次{returned.batch_no}，不是支付批次{meant}，请核对后再导入"
@@ -413,7 +413,7 @@ def form_handler(action: Action) -> Callable[[web.Request], Awaitable[web.Stream
         if session is None:
             raise web.HTTPSeeOther("/console/login")
         values = await _read_form(request, session)
-        back = _text(values, "back") or f"/console/{action.group}"
+        back = text_field(values, "back") or f"/console/{action.group}"
         if not back.startswith("/console/"):
             back = f"/console/{action.group}"
         if session.role not in action.roles:
