@@ -60,10 +60,7 @@ async def test_diagnoses_and_settlements_update_their_rows_in_place(
             *(his.register(p, "310", VISIT_DAY, f"MZ-PG-{i}") for i, p in enumerate(people))
         )
         await asyncio.gather(
-            *(
-                his.visit_info(m, p, "11", VISIT_DAY)
-                for p, m in zip(people, visits, strict=True)
-            )
+            *(his.visit_info(m, p, "11", VISIT_DAY) for p, m in zip(people, visits, strict=True))
         )
         await asyncio.gather(
             *(
@@ -71,9 +68,7 @@ async def test_diagnoses_and_settlements_update_their_rows_in_place(
                 for p, m in zip(people, visits, strict=True)
             )
         )
-        pages = await srv.fetchval(
-            "SELECT count(DISTINCT (ctid::text::point)[0]) FROM fee_lines"
-        )
+        pages = await srv.fetchval("SELECT count(DISTINCT (ctid::text::point)[0]) FROM fee_lines")
         assert pages >= 3, "the lines must fill pages for the test to say anything"
         answers = await asyncio.gather(
             *(
