@@ -96,6 +96,7 @@ class Gateway:
     """
 
     __slots__ = (
+        "_plan_states",
         "_refresh_lock",
         "breakers",
         "catalog_poll_seconds",
@@ -141,6 +142,10 @@ class Gateway:
         self.catalog_poll_seconds = settings.catalog_poll_seconds
         self._refresh_lock = asyncio.Lock()
         self.plan = Plan(version=0)
+        # What each scope/class was last exported as (None before the first plan is set): a
+        # window opens and closes while the plan stays the same object, so a change is told
+        # against what was exported, not against the plan before.
+        self._plan_states: dict[tuple[str, str], tuple[str, str] | None] | None = None
         # Deferred claims while the ledger is unreachable; the segment is opened on first use.
         self.journal = Journal(settings.journal_dir)
         # Settlements committed in batches (None: each on its own, as the commands run them).
@@ -254,22 +259,25 @@ class Gateway:
     def set_plan(self, plan: Plan) -> None:
         """Swap the plan in force (one assignment) and export its state; every change of a
         scope/class's action (rule set or cleared, window opening or closing) is counted."""
-        before, self.plan = self.plan, plan
+        self.plan = plan
         now = _now()
+        exported = self._plan_states
         scopes = {"global", *(r.scope for r in plan.rules), *(w.scope for w in plan.windows)}
-        scopes |= {r.scope for r in before.rules} | {w.scope for w in before.windows}
+        if exported is not None:
+            scopes |= {scope for scope, _ in exported}
+        states: dict[tuple[str, str], tuple[str, str] | None] = {}
         for scope in scopes:
             for klass in CLASSES:
-                was = before.state_of(scope, klass, now)
                 is_ = plan.state_of(scope, klass, now)
                 # A parallel run where this gateway answers is normal service, not degraded.
                 degraded = is_ is not None and is_.action is not Action.SHADOW
                 metrics.PLAN_DEGRADED.labels(scope, klass).set(1 if degraded else 0)
-                old = (was.action, was.source) if was else None
                 new = (is_.action, is_.source) if is_ else None
-                if old != new and before.version:
-                    action = is_.action if is_ else "normal"
-                    metrics.PLAN_CHANGES.labels(scope, klass, action).inc()
+                if exported is not None and exported.get((scope, klass)) != new:
+                    metrics.PLAN_CHANGES.labels(scope, klass, new[0] if new else "normal").inc()
+                if new is not None:
+                    states[(scope, klass)] = new
+        self._plan_states = states
 
     async def reload_plan(self, *, force: bool = False) -> bool:
         """Re-read the plan when its version moved; True when swapped."""
