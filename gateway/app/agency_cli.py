@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway.app.cli_args import month_arg
+from gateway.app.cli_args import config_arg, month_arg
 from gateway.app.cli_database import (
     NOT_UTF8,
     UNREACHABLE,
@@ -478,6 +478,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
         p.add_argument(
             "--config",
             default=str(DEFAULT_CONFIG),
+            type=config_arg,
             help="gateway.toml: its [[ledger_clusters]], where claims and payouts live",
         )
         p.add_argument("--operator", help="recorded with the step (default cli:<login>)")

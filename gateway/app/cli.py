@@ -17,7 +17,7 @@ from pathlib import Path
 import uvloop
 
 from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli, supervisor
-from gateway.app.cli_args import month_arg
+from gateway.app.cli_args import config_arg, month_arg
 from gateway.app.cli_database import (
     NOT_UTF8,
     add_database,
@@ -285,7 +285,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
     s.add_argument("--region", default="441800", help="receiver region in inf_refmsgid")
     s.add_argument("--pool-max", type=int, default=16)
-    s.add_argument("--config", default=str(DEFAULT_CONFIG), help="gateway.toml (limits, retention)")
+    s.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        type=config_arg,
+        help="gateway.toml (limits, retention)",
+    )
     s.add_argument(
         "--auth",
         choices=("on", "off"),
@@ -308,7 +313,10 @@ def parser() -> argparse.ArgumentParser:
     ds.add_argument("--persons", type=int, required=True)
     ds.add_argument("--region", default="441800")
     ds.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="gateway.toml: its [[ledger_clusters]]"
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        type=config_arg,
+        help="gateway.toml: its [[ledger_clusters]]",
     )
     add_database(ds)
     ds.set_defaults(func=synth)
@@ -334,7 +342,7 @@ def parser() -> argparse.ArgumentParser:
     isub = i.add_subparsers(dest="idempotency_command", required=True)
     ip = isub.add_parser("purge", help="drop answers older than the retention (at least 7 days)")
     ip.add_argument("--keep-days", type=int)
-    ip.add_argument("--config", default=str(DEFAULT_CONFIG))
+    ip.add_argument("--config", default=str(DEFAULT_CONFIG), type=config_arg)
     add_database(ip)
     ip.set_defaults(func=purge)
 
@@ -347,7 +355,10 @@ def parser() -> argparse.ArgumentParser:
     cm.add_argument("--csv")
     cm.add_argument("--html")
     cm.add_argument(
-        "--config", default=str(DEFAULT_CONFIG), help="gateway.toml: its [[ledger_clusters]]"
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        type=config_arg,
+        help="gateway.toml: its [[ledger_clusters]]",
     )
     add_database(cm)
     cm.set_defaults(func=clearing_monthly)
@@ -372,7 +383,10 @@ def parser() -> argparse.ArgumentParser:
         kp.add_argument("--csv", help="write the agency's CSV report here")
         kp.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
         kp.add_argument(
-            "--config", default=str(DEFAULT_CONFIG), help="gateway.toml: its [[ledger_clusters]]"
+            "--config",
+            default=str(DEFAULT_CONFIG),
+            type=config_arg,
+            help="gateway.toml: its [[ledger_clusters]]",
         )
         if name == "apply":
             kp.add_argument("--limit", type=int, help="stop after N settlements (work in batches)")

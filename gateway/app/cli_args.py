@@ -4,7 +4,10 @@ never a traceback from deep inside a command."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+from pathlib import Path
 
+from gateway.app.config import DEFAULT_CONFIG
 from gateway.jobs.clearing import check_month
 
 
@@ -14,3 +17,38 @@ def month_arg(text: str) -> str:
         return check_month(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def config_arg(text: str) -> str:
+    """--config: a file named on the command line must be there (found from outside: a typo in
+    its name ran the command on every default, silently); the default file may be absent,
+    which means every default (`load_config`)."""
+    if text != str(DEFAULT_CONFIG) and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"找不到配置文件{text}")
+    return text
+
+
+def as_local(value: dt.datetime) -> dt.datetime:
+    """A time as the gateway's clocks read it (local, without an offset): one given with an
+    offset is converted, not compared with local times as it stands (which PostgreSQL refuses
+    and Python cannot do)."""
+    return value.astimezone().replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def local_time_arg(text: str) -> dt.datetime:
+    """A local date and time: 2022-03-04T00:00, with a space for the T, seconds or an offset
+    if wished."""
+    try:
+        return as_local(dt.datetime.fromisoformat(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"时间“{text[:40]}”无效，应为日期和时间，如2022-03-04T00:00"
+        ) from None
+
+
+def existing_dir_arg(text: str) -> str:
+    """A folder that must be there already (found from outside: `deferred replay` with a
+    mistyped journal folder drained nothing and said "settled 0 of 0")."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"找不到目录{text}")
+    return text

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from gateway.app.cli_args import as_local, config_arg, existing_dir_arg, local_time_arg
 from gateway.app.cli_database import (
     NOT_UTF8,
     UNREACHABLE,
@@ -38,7 +39,7 @@ from gateway.ledger import db, deferred, inflight
 from gateway.ledger import plan as ledger_plan
 from gateway.ops import audit
 from gateway.ops.keys import PLAN_CHANNEL
-from gateway.protocol.errors import GatewayError
+from gateway.protocol.errors import BadRequest, GatewayError
 from gateway.services import conversion
 
 if TYPE_CHECKING:
@@ -185,19 +186,10 @@ def plan_windows(args: argparse.Namespace) -> int:
             if not args.reason:
                 print("refused: --load needs --reason", file=sys.stderr)
                 return 2
-            text = await asyncio.to_thread(Path(args.load).read_text, encoding="utf-8")
-            doc = tomllib.loads(text)
-            for w in doc.get("window", []):
+            timetable = await asyncio.to_thread(_timetable, args.load)
+            for w in timetable:
                 version = await store.add_window(
-                    conn,
-                    name=w["name"],
-                    scope=w["scope"],
-                    classes=list(w["classes"]),
-                    action=w["action"],
-                    begins=w["begins"],
-                    ends=w["ends"],
-                    operator=_operator(args),
-                    reason=args.reason,
+                    conn, **w, operator=_operator(args), reason=args.reason
                 )
         if args.remove is not None:
             version = await store.remove_window(
@@ -222,9 +214,58 @@ def plan_windows(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+_WINDOW_TEXTS = ("name", "scope", "action")
+_WINDOW_TIMES = ("begins", "ends")
+
+
+def _timetable(path: str) -> list[dict[str, Any]]:
+    """The windows of a timetable file (`[[window]]` tables), each field of the kind
+    `store.add_window` takes; anything else is refused in words before one is written (found
+    from outside: a missing field, a date without its time, an offset or a file that is not
+    TOML ended in tracebacks)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadRequest(f"找不到时间窗文件{path}") from None
+    except OSError as exc:
+        raise BadRequest(f"无法读取时间窗文件{path}：{exc.strerror}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadRequest(f"时间窗文件{path}不是有效的TOML：{exc}") from None
+    windows = doc.get("window", [])
+    if not isinstance(windows, list) or not windows:
+        raise BadRequest(f"时间窗文件{path}中没有时间窗（每个写作一个[[window]]表）")
+    found = []
+    for n, w in enumerate(windows, 1):
+        at = f"第{n}个时间窗"
+        missing = [k for k in (*_WINDOW_TEXTS, "classes", *_WINDOW_TIMES) if k not in w]
+        if missing:
+            raise BadRequest(f"{at}缺少{'、'.join(missing)}")
+        for key in _WINDOW_TEXTS:
+            if not isinstance(w[key], str):
+                raise BadRequest(f"{at}的{key}应为文字")
+        classes = w["classes"]
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise BadRequest(f'{at}的classes应为交易类别的列表，如["settlement"]')
+        for key in _WINDOW_TIMES:
+            if not isinstance(w[key], dt.datetime):
+                raise BadRequest(
+                    f"{at}的{key}应为日期和时间，如2022-03-04T00:00:00（只写日期不知从几点起）"
+                )
+        found.append(
+            {
+                **{key: w[key] for key in _WINDOW_TEXTS},
+                "classes": list(classes),
+                **{key: as_local(w[key]) for key in _WINDOW_TIMES},
+            }
+        )
+    return found
+
+
 def plan_inflight(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
-        before = dt.datetime.fromisoformat(args.before)
+        before = args.before
         async with _clusters(args) as clusters:
             found = inflight.merged(
                 [
@@ -394,6 +435,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
             p.add_argument(
                 "--config",
                 default=str(DEFAULT_CONFIG),
+                type=config_arg,
                 help="gateway.toml: its [[ledger_clusters]] are read as well",
             )
         if changes:
@@ -402,6 +444,7 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
             p.add_argument(
                 "--config",
                 default=str(DEFAULT_CONFIG),
+                type=config_arg,
                 help="gateway.toml: the change is announced on its [redis] sentinels' master",
             )
 
@@ -434,7 +477,9 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     common(pw, changes=True)
     pw.set_defaults(func=plan_windows)
     pi = psub.add_parser("inflight", help="open work per institution before a window")
-    pi.add_argument("--before", required=True, help="window start, e.g. 2022-03-04T00:00")
+    pi.add_argument(
+        "--before", required=True, type=local_time_arg, help="window start, e.g. 2022-03-04T00:00"
+    )
     pi.add_argument("--institution")
     pi.add_argument("--json", action="store_true")
     common(pi, ledgers=True)
@@ -444,10 +489,12 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     dsub = d.add_subparsers(dest="deferred_command", required=True)
     dr = dsub.add_parser("replay", help="settle pending claims in service-date order")
     dr.add_argument("--json", action="store_true")
-    dr.add_argument("--config", default=str(DEFAULT_CONFIG))
+    dr.add_argument("--config", default=str(DEFAULT_CONFIG), type=config_arg)
     dr.add_argument("--reference-dir")
     dr.add_argument("--region", default="441800")
-    dr.add_argument("--journal-dir", help="drain journal segments left here first")
+    dr.add_argument(
+        "--journal-dir", type=existing_dir_arg, help="drain journal segments left here first"
+    )
     common(dr)
     dr.set_defaults(func=deferred_replay)
     dl = dsub.add_parser("list", help="every claim, its status, setlinfo and reimbursement")

@@ -502,3 +502,98 @@ async def test_a_rule_or_window_for_an_unknown_scope_is_refused_by_the_cli(
     )  # fmt: skip
     assert done.returncode == 2 and "region:999999" in done.stderr, done.stdout + done.stderr
     assert await _plan_rows(srv) == before
+
+
+_WINDOW = '[[window]]\nname = "切换"\nscope = "region:330300"\n'
+
+
+async def test_a_timetable_or_time_the_cli_cannot_take_is_refused_in_words(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Found from outside: a window without its classes, a date without its time, times with an
+    offset and a file that is not TOML ended in tracebacks; a self-pay window on settlements
+    (which `plan set` refuses) and a window from year 1 to 9999 (which refused every sale of
+    its scope) were taken. Each is refused in words, exit status 2, nothing written."""
+    srv = rig.srv
+    before = await _plan_rows(srv)
+    refused = {
+        "no classes": (
+            _WINDOW
+            + 'action = "reject"\nbegins = 2030-01-01T00:00:00\nends = 2030-01-02T00:00:00\n',
+            "缺少classes",
+        ),
+        "a date only": (
+            _WINDOW + 'classes = ["settlement"]\naction = "reject"\n'
+            "begins = 2030-01-01\nends = 2030-01-02T00:00:00\n",
+            "begins应为日期和时间",
+        ),
+        "not TOML": ("[[window]\nname = ", "不是有效的TOML"),
+        "classes as text": (
+            _WINDOW + 'classes = "settlement"\naction = "reject"\n'
+            "begins = 2030-01-01T00:00:00\nends = 2030-01-02T00:00:00\n",
+            "classes应为交易类别的列表",
+        ),
+        "selfpay on settlements": (
+            _WINDOW + 'classes = ["settlement"]\naction = "selfpay"\n'
+            "begins = 2030-01-01T00:00:00\nends = 2030-01-02T00:00:00\n",
+            "只适用于encounter类交易",
+        ),
+        "years long": (
+            _WINDOW + 'classes = ["settlement"]\naction = "reject"\n'
+            "begins = 0001-01-01T00:00:00\nends = 9999-12-31T23:59:59\n",
+            "时间窗最长31天",
+        ),
+    }
+    for what, (text, words) in refused.items():
+        path = tmp_path / "windows.toml"
+        path.write_text(text, encoding="utf-8")
+        done = cli(
+            "plan", "windows", "--load", str(path), "--reason", "演练", "--database-url", srv.dsn,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, (what, done.stdout + done.stderr)
+        assert words in done.stderr and "Traceback" not in done.stderr, (what, done.stderr)
+        assert await _plan_rows(srv) == before, what
+    missing = cli(
+        "plan", "windows", "--load", str(tmp_path / "none.toml"), "--reason", "演练",
+        "--database-url", srv.dsn, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "找不到时间窗文件" in missing.stderr, missing.stderr
+
+    for when in ("garbage", "2026-13-45T00:00"):
+        done = cli("plan", "inflight", "--before", when, "--database-url", srv.dsn, check=False)
+        assert done.returncode == 2 and "应为日期和时间" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    # An offset is converted to local time (the gateway's clocks), not refused by the database.
+    offset = cli(
+        "plan", "inflight", "--before", "2026-12-05T00:00+08:00", "--json",
+        "--database-url", srv.dsn, check=False,
+    )  # fmt: skip
+    assert offset.returncode == 0, offset.stderr
+
+    for argv, words in [
+        (("plan", "show", "--config", str(tmp_path / "none.toml")), "找不到配置文件"),
+        (("deferred", "replay", "--journal-dir", str(tmp_path / "none")), "找不到目录"),
+    ]:
+        done = cli(*argv, "--database-url", srv.dsn, check=False)
+        assert done.returncode == 2 and words in done.stderr, (argv, done.stderr)
+    assert await _plan_rows(srv) == before
+
+    # Times with an offset load as the local times they stand for.
+    path = tmp_path / "windows.toml"
+    path.write_text(
+        _WINDOW + 'classes = ["catalog"]\naction = "reject"\n'
+        "begins = 2030-01-01T08:00:00+08:00\nends = 2030-01-02T08:00:00+08:00\n",
+        encoding="utf-8",
+    )
+    cli("plan", "windows", "--load", str(path), "--reason", "演练", "--database-url", srv.dsn)
+    row = await srv.fetchrow(
+        "SELECT window_id, begins FROM plan_windows WHERE name = '切换' AND scope = 'region:330300'"
+    )
+    assert row is not None
+    begins = dt.datetime(2030, 1, 1, 8, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    assert row["begins"] == begins.astimezone().replace(tzinfo=None)
+    cli(
+        "plan", "windows", "--remove", str(row["window_id"]), "--reason", "演练",
+        "--database-url", srv.dsn,
+    )  # fmt: skip

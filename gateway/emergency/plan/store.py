@@ -51,6 +51,21 @@ def _reason(reason: str) -> str:
     return reason
 
 
+# A window is a cut-over's timetable: the longest seed is nine days. A stop longer than a month
+# is a rule, set and cleared by a person; a window of years (found from outside: 0001 to 9999
+# was taken, and refused every sale of its scope) is a typo.
+LONGEST_WINDOW = dt.timedelta(days=31)
+
+
+def _check_pairing(action: Action, klass: TxClass) -> None:
+    """The actions that mean something for one class of transactions only, whether a rule or a
+    window asks for them."""
+    if action is Action.SELFPAY and klass is not TxClass.ENCOUNTER:
+        raise BadRequest("selfpay（自费入院）只适用于encounter类交易")
+    if action in SHADOW_ACTIONS and klass is not TxClass.SETTLEMENT:
+        raise BadRequest(f"{action}（并行比对）只适用于settlement类交易")
+
+
 def rule_dict(rule: Rule | None) -> dict[str, Any] | None:
     if rule is None:
         return None
@@ -65,10 +80,7 @@ async def set_rule(
     tx_class = check_class(klass)
     rule_action = check_action(action)
     reason = _reason(reason)
-    if rule_action is Action.SELFPAY and tx_class is not TxClass.ENCOUNTER:
-        raise BadRequest("selfpay（自费入院）只适用于encounter类交易")
-    if rule_action in SHADOW_ACTIONS and tx_class is not TxClass.SETTLEMENT:
-        raise BadRequest(f"{rule_action}（并行比对）只适用于settlement类交易")
+    _check_pairing(rule_action, tx_class)
     async with conn.transaction():
         before = await plan.lock_rule(conn, scope, tx_class)
         await plan.put_rule(
@@ -131,8 +143,13 @@ async def add_window(
         raise BadRequest("时间窗至少包含一类交易")
     if ends <= begins:
         raise BadRequest("时间窗结束时间须晚于开始时间")
-    if window_action in SHADOW_ACTIONS and any(c is not TxClass.SETTLEMENT for c in window_classes):
-        raise BadRequest(f"{window_action}（并行比对）只适用于settlement类交易")
+    if ends - begins > LONGEST_WINDOW:
+        raise BadRequest(
+            f"时间窗最长{LONGEST_WINDOW.days}天（{begins:%Y-%m-%d %H:%M} – {ends:%Y-%m-%d %H:%M}），"
+            "更长的停用请设置应急规则（plan set）"
+        )
+    for window_class in window_classes:
+        _check_pairing(window_action, window_class)
     reason = _reason(reason)
     async with conn.transaction():
         before = await plan.lock_window(conn, name, scope)
