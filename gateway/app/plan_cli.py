@@ -187,10 +187,12 @@ def plan_windows(args: argparse.Namespace) -> int:
                 print("refused: --load needs --reason", file=sys.stderr)
                 return 2
             timetable = await asyncio.to_thread(_timetable, args.load)
-            for w in timetable:
-                version = await store.add_window(
-                    conn, **w, operator=_operator(args), reason=args.reason
-                )
+            # All or none: a refused window leaves the file's earlier ones unwritten too.
+            async with conn.transaction():
+                for w in timetable:
+                    version = await store.add_window(
+                        conn, **w, operator=_operator(args), reason=args.reason
+                    )
         if args.remove is not None:
             version = await store.remove_window(
                 conn, window_id=args.remove, operator=_operator(args), reason=args.reason or ""

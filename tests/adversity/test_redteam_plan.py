@@ -538,6 +538,13 @@ async def test_a_timetable_or_time_the_cli_cannot_take_is_refused_in_words(
             "begins = 2030-01-01T00:00:00\nends = 2030-01-02T00:00:00\n",
             "只适用于encounter类交易",
         ),
+        "a good window, then one for no known scope": (
+            _WINDOW + 'classes = ["catalog"]\naction = "reject"\n'
+            "begins = 2030-01-01T00:00:00\nends = 2030-01-02T00:00:00\n"
+            '[[window]]\nname = "切换"\nscope = "region:999999"\nclasses = ["catalog"]\n'
+            'action = "reject"\nbegins = 2030-01-01T00:00:00\nends = 2030-01-02T00:00:00\n',
+            "region:999999",
+        ),
         "years long": (
             _WINDOW + 'classes = ["settlement"]\naction = "reject"\n'
             "begins = 0001-01-01T00:00:00\nends = 9999-12-31T23:59:59\n",
