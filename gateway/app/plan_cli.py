@@ -363,11 +363,12 @@ def deferred_list(args: argparse.Namespace) -> int:
                 print(json.dumps(r, ensure_ascii=False))
             return 0
         for r in rows:
-            owed = (
-                ""
-                if r["reimbursement_fen"] is None
-                else f" reimburse {fen_text(r['reimbursement_fen'])}"
-            )
+            if r["settlement_status"] == "cancelled":
+                owed = " (settlement cancelled: nothing owed)"
+            elif r["owed_fen"] is None:
+                owed = ""
+            else:
+                owed = f" reimburse {fen_text(r['owed_fen'])}"
             print(
                 f"{r['claim_id']} {r['fixmedins_code']} {r['psn_no']} {r['mdtrt_id'] or '-'}"
                 f" {r['service_date']} {fen_text(r['medfee_sumamt'])} {r['status']}{owed}"

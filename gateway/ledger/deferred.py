@@ -367,8 +367,13 @@ async def mark_settled(
 
 async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     """Reads every claim, for `deferred list --json` and the reimbursement export."""
+    # With its settlement's status: a replayed claim whose settlement was cancelled since is
+    # still "settled" by replay, but nothing is owed on it (found from outside: listed with its
+    # reimbursement after the cancellation had told the counter it was withdrawn).
     rows = await conn.fetch(
-        "SELECT * FROM deferred WHERE kind = 'claim' ORDER BY service_date, seq"
+        "SELECT d.*, s.status AS settlement_status FROM deferred d"
+        " LEFT JOIN settlements s USING (setl_id)"
+        " WHERE d.kind = 'claim' ORDER BY d.service_date, d.seq"
     )
     return [
         {
@@ -386,7 +391,9 @@ async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             "status": r["status"],
             "setl_id": r["setl_id"],
             "setlinfo": r["setlinfo"],
+            "settlement_status": r["settlement_status"],
             "reimbursement_fen": r["reimbursement_fen"],
+            "owed_fen": r["reimbursement_fen"] if r["settlement_status"] == "settled" else None,
             "fail_reason": r["fail_reason"],
         }
         for r in rows

@@ -1,7 +1,9 @@
 """Before a cut-over window: the work still open per institution (清远 医院端 1, 毕节 (二), 温州 (三)).
 
 Admitted and not settled (discharge and settle, or turn self-pay), uploaded and not settled
-(cancel and upload again later), pre-settled and not settled (settle or abandon).
+(cancel and upload again later), pre-settled and not settled (settle or abandon). A pharmacy's
+sale stores its lines settled; they are unsettled again only by the sale's cancellation, which
+leaves nothing open (found from outside: cancelled sales were listed as uploads to finish).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ SELECT e.fixmedins_code, f.mdtrt_id, e.psn_no, count(*) AS lines, sum(f.amount_f
        min(f.fee_ocur_time) AS first_fee
 FROM fee_lines f JOIN encounters e USING (mdtrt_id)
 WHERE f.setl_id IS NULL AND f.fee_ocur_time < $1 AND e.status <> 'cancelled'
+  AND e.kind <> 'pharmacy'
 GROUP BY e.fixmedins_code, f.mdtrt_id, e.psn_no
 ORDER BY e.fixmedins_code, f.mdtrt_id
 """

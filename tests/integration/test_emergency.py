@@ -430,6 +430,32 @@ async def test_inflight_report_lists_open_work_before_a_window(server: Server) -
     assert earlier == {}
 
 
+async def test_a_cancelled_pharmacy_sale_is_not_work_in_flight(server: Server) -> None:
+    """A sale stores its lines settled; its cancellation (2103) unsettles them and leaves nothing
+    open. Found from outside: the report listed cancelled sales as uploads to finish before a
+    window."""
+    pos = server.client("P44180000001")
+    person = "441800000000000001"
+    sale = await pos.ok(
+        "2102", pos.drug_input(person, "2026-05-11 10:00:00", DRUG_TOTAL, DRUG_LINES)
+    )
+    info = sale["setlinfo"]
+    await pos.ok(
+        "2103",
+        {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": person}},
+    )
+    window = (dt.datetime.now() + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    found = json.loads(
+        cli("plan", "inflight", "--before", window, "--json", "--database-url", server.dsn).stdout
+    )
+    assert all(
+        r["mdtrt_id"] != info["mdtrt_id"]
+        for parts in found.values()
+        for key in ("admitted_not_settled", "uploaded_not_settled", "presettled_not_settled")
+        for r in parts[key]
+    ), found
+
+
 async def test_plan_change_reaches_every_process_through_redis(
     new_database: Callable[..., Any], redis_url: str
 ) -> None:

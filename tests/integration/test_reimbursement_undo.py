@@ -118,6 +118,25 @@ async def test_a_cancelled_claim_before_gathering_is_never_owed(
                 == 0
             )
             assert await checker.check(conn) == []
+        # The listing says so too (found from outside: still "settled reimburse 209.30").
+        listed = {
+            c["claim_id"]: c
+            for c in map(json.loads, cli("deferred", "list", "--json", "--database-url", srv.dsn)
+            .stdout.splitlines())
+        }  # fmt: skip
+        gone = listed[first["claim_id"]]
+        assert (gone["status"], gone["settlement_status"], gone["owed_fen"]) == (
+            "settled",
+            "cancelled",
+            None,
+        )
+        assert gone["reimbursement_fen"] == first["reimbursement_fen"]  # what replay recorded
+        kept = next(c for c in listed.values() if c["claim_id"] != first["claim_id"])
+        assert kept["settlement_status"] == "settled"
+        assert kept["owed_fen"] == kept["reimbursement_fen"] > 0
+        text = cli("deferred", "list", "--database-url", srv.dsn).stdout
+        line = next(x for x in text.splitlines() if x.startswith(first["claim_id"]))
+        assert "settlement cancelled: nothing owed" in line and "reimburse" not in line
 
 
 async def test_an_institution_cannot_undo_a_manual_claims_settlement(
