@@ -49,11 +49,20 @@ async def lock_chain(conn: asyncpg.Connection) -> None:
 
 
 async def last_link(conn: asyncpg.Connection) -> tuple[int, str] | None:
-    """Reads the id and hash of the chain's last row; None while the log is empty."""
-    last = await conn.fetchrow(
-        "SELECT audit_id, hash FROM audit_log ORDER BY audit_id DESC LIMIT 1"
+    """Reads the id and hash of the chain's head (its last row as written, migration 028);
+    None while the log is empty."""
+    head = await conn.fetchrow("SELECT audit_id, hash FROM audit_head")
+    return None if head is None else (int(head["audit_id"]), str(head["hash"]))
+
+
+async def set_head(conn: asyncpg.Connection, audit_id: int, hash_: str) -> None:
+    """Moves the chain's head to the row just written (in the same transaction)."""
+    await conn.execute(
+        "INSERT INTO audit_head (audit_id, hash) VALUES ($1, $2)"
+        " ON CONFLICT (only_row) DO UPDATE SET audit_id = $1, hash = $2",
+        audit_id,
+        hash_,
     )
-    return None if last is None else (int(last["audit_id"]), str(last["hash"]))
 
 
 async def insert(conn: asyncpg.Connection, row: Row) -> None:

@@ -1,7 +1,8 @@
 """The hash-chained audit log: who changed what, when, why, before and after.
 
 Each row's hash covers its content and the previous row's hash, so editing or deleting a row
-afterwards is seen by `python -m gateway audit verify`. Rows are appended under a transaction-level
+afterwards is seen by `python -m gateway audit verify`; the chain's head (the last row's id and
+hash, kept apart) shows the newest rows deleted too. Rows are appended under a transaction-level
 advisory lock: two changes at once still form one chain.
 """
 
@@ -55,6 +56,7 @@ async def append(
         "before": before,
         "after": after,
     }
+    hash_ = _hash(prev_hash, audit_id, at, fields)
     await audit_log.insert(
         conn,
         Row(
@@ -67,9 +69,10 @@ async def append(
             before=before,
             after=after,
             prev_hash=prev_hash,
-            hash=_hash(prev_hash, audit_id, at, fields),
+            hash=hash_,
         ),
     )
+    await audit_log.set_head(conn, audit_id, hash_)
     return audit_id
 
 
@@ -85,7 +88,11 @@ async def verify(conn: asyncpg.Connection) -> Verdict:
     prev = GENESIS
     expected_id = 1
     count = 0
-    async with conn.transaction(), aclosing(audit_log.in_order(conn)) as rows:
+    # One snapshot for the rows and the head: a change appended meanwhile is in neither.
+    async with (
+        conn.transaction(isolation="repeatable_read", readonly=True),
+        aclosing(audit_log.in_order(conn)) as rows,
+    ):
         async for r in rows:
             audit_id = r.audit_id
             if audit_id != expected_id:
@@ -97,6 +104,20 @@ async def verify(conn: asyncpg.Connection) -> Verdict:
             prev = str(r.hash)
             expected_id += 1
             count += 1
+        head = await audit_log.last_link(conn)
+    # The rows end where the head says: the newest rows deleted leave a chain that holds.
+    if head is None and count:
+        return Verdict(count, expected_id - 1, "the chain's head is missing")
+    if head is not None:
+        head_id, head_hash = head
+        if head_id >= expected_id:
+            return Verdict(
+                count,
+                expected_id,
+                f"row {expected_id} is missing (the chain ends at row {head_id})",
+            )
+        if (head_id, head_hash) != (expected_id - 1, prev):
+            return Verdict(count, head_id, "the chain's head does not match its last row")
     return Verdict(count, None)
 
 

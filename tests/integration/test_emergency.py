@@ -398,6 +398,41 @@ async def test_cli_changes_are_audited_in_a_chain_that_detects_tampering(server:
             )
 
 
+async def test_the_newest_audit_rows_deleted_are_seen(new_database: Callable[..., Any]) -> None:
+    """Found from outside: deleting the newest row left a shorter chain that verified intact,
+    and the next change took the deleted row's id, so the change it recorded was gone for good.
+    The chain's head is kept apart (028): verify names the missing rows, and the next change is
+    chained to the head, leaving the gap in sight."""
+    async with running_gateway(new_database) as srv:
+        await _tail_deleted(srv.dsn)
+
+
+async def _tail_deleted(dsn: str) -> None:
+    for reason in ("目录维护", "维护完成"):
+        action = ("set", "--action", "reject") if reason == "目录维护" else ("clear",)
+        cli("plan", action[0], "--scope", "region:520500", "--class", "catalog", *action[1:],
+            "--reason", reason, "--database-url", dsn)  # fmt: skip
+    assert "intact" in cli("audit", "verify", "--database-url", dsn).stdout
+    async with connect(dsn) as conn:
+        newest = await conn.fetchval("SELECT max(audit_id) FROM audit_log")
+        await conn.execute("DELETE FROM audit_log WHERE audit_id = $1", newest)
+    broken = cli("audit", "verify", "--database-url", dsn, check=False)
+    assert broken.returncode == 1, broken.stdout
+    assert f"row {newest} is missing" in broken.stderr + broken.stdout
+    # The next change does not take the deleted row's place.
+    cli("plan", "set", "--scope", "region:520500", "--class", "catalog", "--action", "reject",
+        "--reason", "再次维护", "--database-url", dsn)  # fmt: skip
+    async with connect(dsn) as conn:
+        assert await conn.fetchval("SELECT max(audit_id) FROM audit_log") == newest + 1
+    broken = cli("audit", "verify", "--database-url", dsn, check=False)
+    assert broken.returncode == 1 and f"row {newest} is missing" in broken.stderr + broken.stdout
+    # The head itself removed, with rows left: seen as well.
+    async with connect(dsn) as conn:
+        await conn.execute("DELETE FROM audit_head")
+    broken = cli("audit", "verify", "--database-url", dsn, check=False)
+    assert broken.returncode == 1
+
+
 async def test_inflight_report_lists_open_work_before_a_window(server: Server) -> None:
     his = server.client("H52050000001", region="520500")
     person = "520500000000000001"
