@@ -350,8 +350,11 @@ async def owed_rows(conn: asyncpg.Connection, status: str | None = None) -> list
 
 
 async def totals(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
-    """Reads (count, fen) of owed lines per state, and of failed payment attempts."""
-    out = {"owed": (0, 0), "batched": (0, 0), "paid": (0, 0), "failed": (0, 0)}
+    """Reads (count, fen) of owed lines per state, and of failed payment attempts. Every
+    state is named, with none in it as (0, 0): a gauge is set only for what is named, so a
+    state left out kept its last figure (found from outside: a withdrawn line owed again was
+    counted both withdrawn and owed)."""
+    out = {state: (0, 0) for state in ("owed", "batched", "paid", "withdrawn", "failed")}
     for r in await conn.fetch(
         "SELECT status, count(*) AS n, coalesce(sum(amount_fen), 0) AS fen"
         " FROM owed_lines GROUP BY status"

@@ -99,11 +99,12 @@ DEFERRED_CLAIMS = Gauge(
     "Deferred claims waiting for replay (ledger and local journal)",
     multiprocess_mode="max",
 )
-PAYOUT_STATES = ("owed", "batched", "paid", "failed")
+PAYOUT_STATES = ("owed", "batched", "paid", "withdrawn", "failed")
 PAYOUT_YUAN = Gauge(
     "sgw_payout_yuan",
-    "Reimbursements owed to patients by state: owed, batched (in a payout batch), paid, and"
-    " failed (payments the bank returned failed, each attempt counted)",
+    "Reimbursements owed to patients by state: owed, batched (in a payout batch), paid,"
+    " withdrawn (its settlement cancelled while only owed) and failed (payments the bank"
+    " returned failed, each attempt counted)",
     ["state"],
     multiprocess_mode="max",
 )

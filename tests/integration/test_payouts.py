@@ -186,6 +186,7 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
         "owed": (1, failed_fen),
         "batched": (0, 0),
         "paid": (3, owed_total - failed_fen),
+        "withdrawn": (0, 0),
         "failed": (1, failed_fen),
     }
 

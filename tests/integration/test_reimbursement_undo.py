@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.core.model import Category
 from gateway.core.money import fen_text
@@ -50,6 +51,10 @@ async def _claims_replayed(srv: Any) -> list[dict[str, Any]]:
     await _deferred_claims(srv)
     await _plan_cleared(srv)
     return await _replayed(srv)
+
+
+def _lines_gauge(state: str) -> float | None:
+    return REGISTRY.get_sample_value("sgw_payout_lines", {"state": state})
 
 
 def _cancel(row: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +253,8 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
                 == "withdrawn"
             )
             assert await checker.check(conn) == []
+            await payouts.refresh_metrics([conn], dt.datetime.now(dt.UTC))
+            assert _lines_gauge("withdrawn") == 1
             reversal = {"data": {"psn_no": first["psn_no"], "omsgid": "UNDO-2208-REJECTED",
                                  "oinfno": "2208"}}  # fmt: skip
             await his.ok("2601", reversal)
@@ -259,6 +266,12 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
                 == "owed"
             )
             assert await checker.check(conn) == []
+            # Owed again, it is no longer counted withdrawn (found from outside: the gauge
+            # kept its last figure once no line was withdrawn, so the line counted twice).
+            owed_before = _lines_gauge("owed")
+            await payouts.refresh_metrics([conn], dt.datetime.now(dt.UTC))
+            assert _lines_gauge("withdrawn") == 0
+            assert _lines_gauge("owed") == owed_before + 1
 
 
 async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(
