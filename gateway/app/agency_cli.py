@@ -93,12 +93,7 @@ async def _on_batch(ledgers: Partitions, batch_no: str) -> AsyncIterator[asyncpg
 
 
 def _when(text: str | None, what: str) -> dt.datetime | None:
-    if text is None:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise BadRequest(f"{what}“{text}”不是有效的时间（如2026-06-01 08:30:00）") from exc
+    return None if text is None else manual_claims.claim_time(text, what)
 
 
 def _print(args: argparse.Namespace, doc: Any, text: str) -> None:

@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 
 from gateway.app.config import DEFAULT_CONFIG
+from gateway.core.timestamps import as_local
 from gateway.jobs.clearing import check_month
 
 
@@ -26,13 +27,6 @@ def config_arg(text: str) -> str:
     if text != str(DEFAULT_CONFIG) and not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"找不到配置文件{text}")
     return text
-
-
-def as_local(value: dt.datetime) -> dt.datetime:
-    """A time as the gateway's clocks read it (local, without an offset): one given with an
-    offset is converted, not compared with local times as it stands (which PostgreSQL refuses
-    and Python cannot do)."""
-    return value.astimezone().replace(tzinfo=None) if value.tzinfo is not None else value
 
 
 def local_time_arg(text: str) -> dt.datetime:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway.app.cli_args import as_local, config_arg, existing_dir_arg, local_time_arg
+from gateway.app.cli_args import config_arg, existing_dir_arg, local_time_arg
 from gateway.app.cli_database import (
     NOT_UTF8,
     UNREACHABLE,
@@ -34,6 +34,7 @@ from gateway.app.config import (
 )
 from gateway.app.redis_link import close_redis, open_redis
 from gateway.core.money import fen_text
+from gateway.core.timestamps import as_local
 from gateway.emergency.plan import status, store
 from gateway.ledger import db, deferred, inflight
 from gateway.ledger import plan as ledger_plan

@@ -30,3 +30,10 @@ def second_digits(at: dt.datetime) -> str:
 def wire_moment(at: dt.datetime) -> str:
     """yyyy-MM-dd HH:mm:ss (a zone offset, were one attached, is not written)."""
     return at.isoformat(" ", "seconds")[:19]
+
+
+def as_local(value: dt.datetime) -> dt.datetime:
+    """A time as the gateway's clocks and the ledger read it (local, without an offset): one
+    given with an offset is converted, not compared with local times as it stands (which
+    Python cannot do and PostgreSQL refuses)."""
+    return value.astimezone().replace(tzinfo=None) if value.tzinfo is not None else value

@@ -33,6 +33,7 @@ from gateway.core.dates import DateRules, within_visit
 from gateway.core.model import PHARMACY_TYPE, Category, Visit, same_operator
 from gateway.core.money import AmountError, fen_text, typed
 from gateway.core.settle import split_lines
+from gateway.core.timestamps import as_local
 from gateway.ledger import encounters, fees, payouts, persons, settlements
 from gateway.ledger import manual_claims as store
 from gateway.ledger.manual_claims import Claim, Line
@@ -257,9 +258,12 @@ TEXT_COLUMNS = (
 )
 
 
-def _time(text: str, what: str) -> dt.datetime:
+def claim_time(text: str, what: str) -> dt.datetime:
+    """A time as a clerk types it (2026-06-01 08:30:00, or with a T; one with an offset is
+    converted to local time: found from outside, it reached the checks against local times
+    and failed there, an HTTP 500 at the desk and a traceback at the shell)."""
     try:
-        return dt.datetime.fromisoformat(text.strip())
+        return as_local(dt.datetime.fromisoformat(text.strip()))
     except ValueError as exc:
         raise BadRequest(f"{what}“{text}”不是有效的时间（如2026-06-01 08:30:00）") from exc
 
@@ -296,7 +300,9 @@ def lines_from_rows(rows: Any) -> list[Line]:
                         2,
                         f"费用明细{sn}金额det_item_fee_sumamt",
                     ),
-                    fee_ocur_time=_time(str(r.get("fee_ocur_time", "")), f"费用明细{sn}发生时间"),
+                    fee_ocur_time=claim_time(
+                        str(r.get("fee_ocur_time", "")), f"费用明细{sn}发生时间"
+                    ),
                     hosp_appr_flag=appr,
                 )
             )

@@ -47,6 +47,21 @@ async def test_claim_to_payment_through_the_cli(
     )  # fmt: skip
     claim_no = claim["claim_no"]
     assert claim["status"] == "registered" and claim["psn_no"] == "441800000000000001"
+    # A stay's times with offsets, as a clerk may paste them (found from outside: a
+    # traceback): taken as the local times they stand for.
+    stay = await ok(
+        "claims", "register", "--cert-type", "02", "--cert-no", "441802199001011234",
+        "--institution", HOSPITAL, "--med-type", "21", "--begntime", "2026-06-10T09:00:00+08:00",
+        "--endtime", "2026-06-12T01:00:00Z", "--invoice", "FP-CLI-TZ", "--operator", "clerk1",
+    )  # fmt: skip
+    assert stay["status"] == "registered"
+    code, _, err = await _cli(
+        capsys, "claims", "register", "--cert-type", "02", "--cert-no", "441802199001011234",
+        "--institution", HOSPITAL, "--med-type", "11", "--begntime", "2026-06-10 25:00",
+        "--invoice", "FP-CLI-BAD", "--operator", "clerk1", *db,
+    )  # fmt: skip
+    assert code == 2 and "不是有效的时间" in err and "Traceback" not in err
+    await ok("claims", "withdraw", stay["claim_no"], "--reason", "演练", "--operator", "clerk1")
     rows = [
         {**ln, "fee_ocur_time": "2026-06-03 08:40:00", "pric": ln["pric"], "cnt": ln["cnt"]}
         for ln in BIG_LINES

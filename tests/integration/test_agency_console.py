@@ -4,6 +4,7 @@ every step audited; the claim form printed."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -297,6 +298,44 @@ async def test_pages_show_each_role_its_steps_and_forms_need_the_token(server: S
     assert await server.fetchval("SELECT status FROM manual_claims WHERE claim_no = $1", no) == (
         "reviewed"
     )
+
+
+async def test_times_written_with_an_offset_are_the_local_times_they_stand_for(
+    server: Server,
+) -> None:
+    """Found from outside: a begntime, endtime or line time with an offset (+08:00, Z) met the
+    checks against local times and failed there: HTTP 500 at the API and the desk, a
+    traceback at the shell. It is converted to local time, as the gateway's clocks read it."""
+    clerk = await _login(server, "clerk1")
+    east8 = dt.timezone(dt.timedelta(hours=8))
+    registration = {
+        "cert_type": "01",
+        "cert_no": PERSON,
+        "fixmedins_code": HOSPITAL,
+        "med_type": "11",
+        "begntime": "2026-06-05T09:00:00+08:00",
+        "invoice_nos": ["FP-TZ-1"],
+    }
+    claim = await _ok(server, "/api/console/claims/register", clerk, registration)
+    stored = await server.fetchval(
+        "SELECT begntime FROM manual_claims WHERE claim_no = $1", claim["claim_no"]
+    )
+    assert stored == dt.datetime(2026, 6, 5, 9, tzinfo=east8).astimezone().replace(tzinfo=None)
+    # Half an hour into the visit, written in UTC: read back as the same local time.
+    fee_time = (stored + dt.timedelta(minutes=30)).astimezone().astimezone(dt.UTC)
+    feedetail = [{**ln, "fee_ocur_time": fee_time.isoformat()} for ln in BIG_LINES]
+    entered = await _ok(
+        server,
+        "/api/console/claims/lines",
+        clerk,
+        {"claim_no": claim["claim_no"], "feedetail": feedetail},
+    )
+    assert entered["status"] == "lines_entered"
+    times = await server.fetch(
+        "SELECT DISTINCT fee_ocur_time FROM manual_claim_lines WHERE claim_no = $1",
+        claim["claim_no"],
+    )
+    assert [r["fee_ocur_time"] for r in times] == [stored + dt.timedelta(minutes=30)]
 
 
 async def test_hostile_bodies_are_refused_in_words(server: Server) -> None:

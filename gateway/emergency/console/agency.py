@@ -100,12 +100,7 @@ def _many(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> list[str]:
 
 
 def _when(text: str, what: str) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("T", " "))
-    except ValueError:
-        raise BadRequest(f"{what}“{text}”不是有效的时间（如2026-06-01 08:30:00）") from None
+    return manual_claims.claim_time(text, what) if text else None
 
 
 _YES = ("1", "on", "true")
