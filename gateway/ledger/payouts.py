@@ -484,6 +484,21 @@ async def add_approval(
     )
 
 
+async def set_approval_decision(
+    conn: asyncpg.Connection, batch_no: str, level: int, decision: str, reason: str
+) -> None:
+    """Changes one level's decision (an approval withdrawn; the caller holds the batch's lock
+    and writes the audit row that keeps what it was)."""
+    await conn.execute(
+        "UPDATE payout_approvals SET decision = $3, reason = $4, at = now()"
+        " WHERE batch_no = $1 AND level = $2",
+        batch_no,
+        level,
+        decision,
+        reason,
+    )
+
+
 async def items(conn: asyncpg.Connection, batch_no: str) -> list[Item]:
     """Reads a batch's items in seq order."""
     rows = await conn.fetch(

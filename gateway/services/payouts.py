@@ -359,18 +359,34 @@ async def approve(conn: asyncpg.Connection, batch_no: str, level: int, operator:
 async def reject(
     conn: asyncpg.Connection, batch_no: str, level: int, operator: str, reason: str
 ) -> Batch:
-    """A rejection at its level: the batch is closed and its lines are owed again."""
+    """A rejection at its level: the batch is closed and its lines are owed again.
+
+    A batch approved at every level and not yet sent to the bank is returned by the approver
+    of one of its levels, who withdraws that approval: the counter is told to have an approver
+    return a batch before it cancels a settlement whose reimbursement is in it, and found from
+    outside, once all four had approved nobody could (the only way on was the bank)."""
     if not reason.strip():
         raise BadRequest("退回须填写原因")
     async with conn.transaction():
         b, done = await _approval_state(conn, batch_no, level)
         if b.status == "rejected":
             return b
-        _check_approver(b, done, level, operator)
-        await store.add_approval(conn, batch_no, level, operator, "rejected", reason)
+        if b.status == "approved":
+            step = done[level - 1]
+            if not same_operator(step.operator, operator):
+                raise Conflict(
+                    f"支付批次{b.batch_no}已审批完成，尚未报盘：只能由{LEVELS[level]}"
+                    f"审批人{step.operator}退回"
+                )
+            await store.set_approval_decision(conn, batch_no, level, "rejected", reason)
+            note = f"{LEVELS[level]}撤回审批并退回：{reason}"
+        else:
+            _check_approver(b, done, level, operator)
+            await store.add_approval(conn, batch_no, level, operator, "rejected", reason)
+            note = f"{LEVELS[level]}退回：{reason}"
         await store.release(conn, batch_no)
         await store.set_batch_status(conn, batch_no, "rejected")
-        await _audit(conn, operator, f"payout.reject.{level}", b, f"{LEVELS[level]}退回：{reason}")
+        await _audit(conn, operator, f"payout.reject.{level}", b, note)
         return await store.batch(conn, batch_no)
 
 

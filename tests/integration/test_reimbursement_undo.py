@@ -24,6 +24,8 @@ from prometheus_client import REGISTRY
 from gateway.core.model import Category
 from gateway.core.money import fen_text
 from gateway.ledger import checker, deferred, settlements
+from gateway.ledger import payouts as store
+from gateway.protocol.errors import Conflict
 from gateway.services import payouts
 from tests.integration.agency_helpers import bank_answers, ledger_on, settled_claim
 from tests.integration.conftest import running_gateway
@@ -272,6 +274,47 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
             await payouts.refresh_metrics([conn], dt.datetime.now(dt.UTC))
             assert _lines_gauge("withdrawn") == 0
             assert _lines_gauge("owed") == owed_before + 1
+
+
+async def test_an_approved_batch_not_yet_sent_is_returned_by_one_of_its_approvers(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: the counter is told to have an approver return the batch holding a
+    reimbursement before cancelling its settlement, but once all four levels had approved, no
+    one could (only the bank's file led on). The approver of one of its levels withdraws that
+    approval: the batch is rejected, its lines owed again, and the cancellation goes through."""
+    async with running_gateway(new_database) as srv:
+        first, _ = await _claims_replayed(srv)
+        his = srv.client(HOSPITAL)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            await _accounts(conn)
+            await payouts.gather(conn)
+            batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+            await _approved(conn, batch.batch_no)
+            refused = await his.call("2208", _cancel(first))
+            assert "请先由审批人退回该支付批次" in refused["err_msg"]
+            for level, who in ((1, "approver2"), (4, "stranger")):
+                with pytest.raises(Conflict, match=r"只能由.*审批人approver"):
+                    await payouts.reject(conn, batch.batch_no, level, who, "待核实")
+            assert (await store.batch(conn, batch.batch_no)).status == "approved"
+            rejected = await payouts.reject(conn, batch.batch_no, 1, "approver1", "账户待核实")
+            assert rejected.status == "rejected"
+            assert (
+                await conn.fetchval(
+                    "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+                )
+                == "owed"
+            )
+            audited = await conn.fetchrow(
+                "SELECT action, reason FROM audit_log ORDER BY audit_id DESC LIMIT 1"
+            )
+            assert audited["action"] == "payout.reject.1"
+            assert "撤回审批并退回" in audited["reason"]
+            with pytest.raises(Conflict):
+                await payouts.export(conn, batch.batch_no, "clerk1")
+            cancelled = await his.call("2208", _cancel(first), msgid="UNDO-2208-RETURNED")
+            assert cancelled["infcode"] == 0, cancelled["err_msg"]
+            assert await checker.check(conn) == []
 
 
 async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(

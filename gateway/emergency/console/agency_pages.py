@@ -420,6 +420,22 @@ def batch(c: Chrome, v: Mapping[str, Any], levels: Mapping[int, str]) -> str:
                 "reject-form",
             )
         )
+    mine = [a for a in v["approvals"] if a["operator"] == c.login]
+    if c.role == "approver" and status == "approved" and mine:
+        # Approved and not yet sent to the bank: its approvers may still return it.
+        step = f'<input type="hidden" name="level" value="{mine[0]["level"]}">'
+        parts.append(
+            "<h2>撤回审批并退回（尚未报盘）</h2>"
+            + _form(
+                c,
+                "/console/payouts/approve",
+                hidden
+                + step
+                + '<input type="text" name="reject" id="reject-reason" placeholder="退回原因（必填）"> '
+                '<button type="submit" id="reject">退回</button>',
+                "reject-form",
+            )
+        )
     if c.role == "clerk" and status in ("approved", "exported", "returned"):
         label = "报盘（下载银行支付文件）" if status == "approved" else "再次下载银行支付文件"
         parts.append(
