@@ -141,7 +141,9 @@ class MonthlyReport:
     payouts: Payouts = field(default_factory=Payouts)
 
 
-_MONTH = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+# Years 1900-2999: a month past 9998 has no following month to bound it (found from outside:
+# 9999-12 ended in a traceback), and the ledger holds nothing before 1900.
+_MONTH = re.compile(r"^(19|2[0-9])[0-9]{2}-(0[1-9]|1[0-2])$")
 
 
 def check_month(month: str) -> str:

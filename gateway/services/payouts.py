@@ -629,7 +629,8 @@ async def _import(
         try:
             b = await store.batch(conn, batch_no, lock=True)
         except NotFound as exc:
-            raise _refused(f"支付批次号{batch_no}不存在") from exc
+            # Unknown, as the API says of a batch it cannot find (404), in the return's words.
+            raise NotFound(f"回盘文件不符，整批拒绝导入：支付批次号{batch_no}不存在") from exc
         before = await store.return_digest(conn, batch_no)
         if before is not None:
             if before != digest:

@@ -173,6 +173,9 @@ async def test_a_claim_to_its_payment_through_the_api(server: Server) -> None:
     answer = bank_answers(payment, {})
     forged = with_checksum(answer.replace(owed.encode(), b"1.00"))
     await _refused(server, "/api/console/payouts/return", clerk, {"file": forged.decode()}, 400, "整批拒绝导入")  # fmt: skip
+    # A return for a batch there is none of: unknown, as the API says of any (404).
+    elsewhere = with_checksum(answer.replace(batch_no.encode(), b"ZF20260101999999"))
+    await _refused(server, "/api/console/payouts/return", clerk, {"file": elsewhere.decode()}, 404, "ZF20260101999999不存在")  # fmt: skip
     summary = await _ok(server, "/api/console/payouts/return", clerk, {"file": answer.decode()})
     assert (summary["paid_count"], summary["paid"], summary["failed_count"]) == (1, owed, 0)
     assert (await _ok(server, "/api/console/payouts/return", clerk, {"file": answer.decode()}))[

@@ -163,13 +163,17 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
     for bad, why in (
         (forged, "校验码"),
         (with_checksum(forged), "失败原因"),
-        (with_checksum(answer.replace(b"H|RET|ZF", b"H|RET|ZX", 1)), "不存在"),
         (with_checksum(_drop_line(answer)), "不一致"),
         (with_checksum(_change_amount(answer)), "不一致"),
         (with_checksum(_dashed_day(answer)), "应为yyyyMMdd"),  # found from outside: taken
     ):
         with pytest.raises(BadRequest, match=why):
             await payouts.import_return(conn, bad, "cashier")
+    # A batch there is none of: unknown (the API's 404), in the return's words.
+    with pytest.raises(NotFound, match=r"整批拒绝导入：支付批次号ZX.*不存在"):
+        await payouts.import_return(
+            conn, with_checksum(answer.replace(b"H|RET|ZF", b"H|RET|ZX", 1)), "cashier"
+        )
     assert {i.status for i in await store.items(conn, batch.batch_no)} == {"pending"}
 
     first = await payouts.import_return(conn, answer, "cashier")

@@ -12,7 +12,21 @@ from gateway.jobs.clearing import check_month, month_bounds
 
 
 @pytest.mark.parametrize(
-    "month", ["2026-13", "2026-00", "2026-3", "2026-03-01", "26-03", "", "２０２６-03"]
+    "month",
+    # The last three: no month after 9999-12 bounds it (found from outside: a traceback), and
+    # year 0 is no date.
+    [
+        "2026-13",
+        "2026-00",
+        "2026-3",
+        "2026-03-01",
+        "26-03",
+        "",
+        "２０２６-03",
+        "9999-12",
+        "0000-01",
+        "3000-01",
+    ],
 )
 def test_a_month_that_is_not_yyyy_mm_is_refused_in_words(month: str) -> None:
     with pytest.raises(ValueError, match="YYYY-MM"):
@@ -32,6 +46,8 @@ def test_month_bounds() -> None:
     [
         ["clearing", "monthly", "--month", "2026-13"],
         ["payouts", "gather-clearing", "--month", "2026-13"],
+        ["clearing", "monthly", "--month", "9999-12"],
+        ["payouts", "gather-clearing", "--month", "9999-12"],
     ],
 )
 def test_the_commands_answer_a_bad_month_with_usage_not_a_traceback(argv: list[str]) -> None:
