@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -144,7 +145,7 @@ async def _register(
     """Register a claim; the same invoices registered again for the same person and
     institution answer the claim they are held by. `invoices_held` (a split ledger's registry,
     gateway.services.agency_ledgers) also holds them beyond this database, or refuses."""
-    invoices = tuple(i.strip() for i in reg.invoice_nos)
+    invoices = tuple(invoice_number(i) for i in reg.invoice_nos)
     if not invoices or any(not i for i in invoices):
         raise BadRequest("零星报销须登记发票号invoice_nos（至少一张，不能为空）")
     if len(set(invoices)) != len(invoices):
@@ -256,6 +257,14 @@ TEXT_COLUMNS = (
     "det_item_fee_sumamt",
     "fee_ocur_time",
 )
+
+
+def invoice_number(text: str) -> str:
+    """An invoice number as it is held: its full-width characters as the half-width ones they
+    stand for, letters in capitals. An invoice is one paper whatever keyboard typed its number
+    (found from outside: "ＩＮＶ-Ａ001" and "inv-a001" were registered beside a live
+    "INV-A001"). Numbers registered before this are held as they were typed."""
+    return unicodedata.normalize("NFKC", text).strip().upper()
 
 
 def claim_time(text: str, what: str) -> dt.datetime:

@@ -12,7 +12,7 @@ import pytest
 from gateway.jobs import clearing
 from gateway.ledger import checker, payouts, reconciliations
 from gateway.ledger import manual_claims as store
-from gateway.protocol.errors import Conflict, GatewayError, LineRejected, RuleRejected
+from gateway.protocol.errors import BadRequest, Conflict, GatewayError, LineRejected, RuleRejected
 from gateway.services import manual_claims
 from tests.integration.agency_helpers import (
     HOSPITAL,
@@ -133,6 +133,25 @@ async def test_steps_are_checked_and_idempotent(new_database: Callable[..., Any]
         )
         with pytest.raises(Conflict, match="发票号INV-2已在零星报销"):
             await manual_claims.register(conn, agency.snapshot, other, "clerk1", now)
+        # One paper whatever keyboard typed its number (found from outside: each of these was
+        # registered beside the live INV-2).
+        for typed in ("inv-2", "ＩＮＶ－２", " ｉｎｖ-2 "):
+            with pytest.raises(Conflict, match="发票号INV-2已在零星报销"):
+                await manual_claims.register(
+                    conn,
+                    agency.snapshot,
+                    msgspec_replace(other, invoice_nos=(typed,)),
+                    "clerk1",
+                    now,
+                )
+        with pytest.raises(BadRequest, match="发票号重复登记"):
+            await manual_claims.register(
+                conn,
+                agency.snapshot,
+                msgspec_replace(other, invoice_nos=("INV-7", "inv-7")),
+                "clerk1",
+                now,
+            )
         with pytest.raises(GatewayError, match="未登记"):
             await manual_claims.register(
                 conn,
