@@ -80,10 +80,18 @@ def _masked(a: Account | None) -> dict[str, str] | None:
 # ------------------------------------------------------------------------------------ accounts
 
 
+# A field of a payment line: the longest name of a bank branch or an account holder (a company's
+# full name) is well under this; a 5,000-character holder was taken (found from outside) and
+# would have gone whole into the bank's file.
+FIELD_MAX = 100
+
+
 def _plain(value: str, what: str) -> str:
     value = value.strip()
     if not value:
         raise BadRequest(f"{what}不能为空")
+    if len(value) > FIELD_MAX:
+        raise BadRequest(f"{what}不能超过{FIELD_MAX}个字符")
     # Any character a reader may take for the end of a line (\v, \f, \x1c-\x1e, U+2028,
     # U+2029, NEL: str.splitlines() splits on all of them) or any other control character
     # would cut a payment line in the bank's file in two; a lone surrogate is a byte the

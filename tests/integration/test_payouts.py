@@ -571,6 +571,19 @@ async def test_an_accounts_fields_never_break_a_bank_file_line(
                     operator="clerk1",
                     reason="参保人申请登记",
                 )
+        # Nor does a field of 5,000 characters go whole into the bank's file.
+        for field in ("holder", "bank_name", "bank_code"):
+            account = {
+                "bank_code": "102100000001",
+                "bank_name": "工商银行",
+                "account_no": "6222020200000000011",
+                "holder": "张三",
+                field: "张" * 5000,
+            }
+            with pytest.raises(BadRequest, match="不能超过100个字符"):
+                await payouts.set_account(
+                    conn, "441800000000000001", **account, operator="clerk1", reason="登记"
+                )
         assert await conn.fetchval("SELECT count(*) FROM payout_accounts") == 0
 
 
