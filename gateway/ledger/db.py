@@ -33,6 +33,30 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.TargetServerAttributeNotMatched,
 )
 
+
+class RefusedConnection(ConnectionError):
+    """The server answered a new connection with a refusal that means "not now", not "never":
+    it does not accept connections to the database for the moment (55000: ALLOW_CONNECTIONS
+    off, a database being dropped or restored) or has none left (53300). An OSError, so the
+    ledger's breaker counts it and settlements go the plan's way, as for a dead network (found
+    from outside: 55000 was answered "internal error" to every counter and the breaker stayed
+    closed). Raised only while connecting: 55P03 (a lock not granted in time) is a subclass of
+    55000 and means something else."""
+
+
+_REFUSED_AT_CONNECT = ("55000", "53300")
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg's connect, its "not now" refusals raised as `RefusedConnection`."""
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate in _REFUSED_AT_CONNECT:
+            raise RefusedConnection(f"{exc.sqlstate}: {exc}") from exc
+        raise
+
+
 # Several workers start at once: one advisory lock makes migrations run exactly once.
 _MIGRATION_LOCK = 0x5E771E  # arbitrary, stable
 
@@ -114,7 +138,13 @@ async def create_pool(
     connects to whichever is the primary. Either way a connection lost in a failover is dropped
     by the pool and the next acquire connects afresh, to the new primary once it is promoted."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_reset, **kw
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        connect=_connect,
+        init=_init_connection,
+        reset=_reset,
+        **kw,
     )
     assert pool is not None
     return pool

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import msgspec
 import pytest
 
@@ -518,3 +519,38 @@ async def test_a_call_cut_off_on_a_dead_network_frees_its_connection_at_its_dead
     finally:
         pool.terminate()
         await proxy.close()
+
+
+async def test_a_ledger_that_refuses_connections_opens_the_breaker(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with the database refusing connections for the moment (55000, "not
+    currently accepting connections", as while it is being restored or moved; 53300 alike),
+    every sale was answered "internal error" and the breaker stayed closed, so no counter got
+    the plan's deferred claim for the whole outage. It is a ledger out of reach like a dead
+    network: "unavailable, retry", counted, and the breaker opens."""
+    async with running_gateway(new_database, CONFIG) as srv:
+        pos = srv.client(PHARMACY)
+        assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+        database = urlsplit(srv.dsn).path.lstrip("/")
+        admin = await asyncpg.connect(urlunsplit(urlsplit(srv.dsn)._replace(path="/postgres")))
+        try:
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+            seen: list[str] = []
+            for n in range(1, 9):
+                answer = await pos.call("2102", _sale(pos, n))
+                if answer["infcode"] == 0:
+                    assert answer["output"]["setlinfo"]["setl_id"].startswith("DF"), seen
+                    break
+                seen.append(answer["err_msg"])
+            else:
+                raise AssertionError(f"no deferred claim after 8 sales: {seen}")
+            assert seen and all("暂时不可用" in text for text in seen), seen
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+            await admin.close()
