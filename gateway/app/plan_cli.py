@@ -336,18 +336,30 @@ def deferred_replay(args: argparse.Namespace) -> int:
                     )
 
             progress = await replay.replay(gw, show)
+            kept = replay.kept_segments(gw.journal) if args.journal_dir else []
         finally:
             await gw.close()
         if not args.json:
             print(file=sys.stderr)
-        summary = {"total": progress.total, "settled": progress.settled, "failed": progress.failed}
+        summary = {
+            "total": progress.total,
+            "settled": progress.settled,
+            "failed": progress.failed,
+            "damaged_segments": [str(p) for p in kept],
+        }
         if args.json:
             print(json.dumps(summary, ensure_ascii=False, indent=2))
         else:
             print(f"settled {progress.settled} of {progress.total} deferred claims")
             for f in progress.failed:
                 print(f"failed {f['claim_id']} ({f['mdtrt_id']}): {f['reason']}")
-        return 1 if progress.failed else 0
+        for p in kept:
+            print(
+                f"journal segment {p} holds records that could not be read: kept for the "
+                "emergency team; their msgids, where legible, are refused on retry",
+                file=sys.stderr,
+            )
+        return 1 if progress.failed or kept else 0
 
     return _run(args, work)
 

@@ -8,6 +8,7 @@ what it committed, the next drain adds the rest, and nothing is added twice.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from gateway.emergency.deferred import replay
 from gateway.emergency.deferred.journal import Journal
 from gateway.ledger.deferred import Entry
 from tests.integration.conftest import GENEROUS, running_gateway
-from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL
+from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +103,69 @@ async def test_an_interrupted_drain_keeps_its_committed_chunks(
             "SELECT count(*) FROM idempotency WHERE fixmedins_code = $1", PHARMACY
         )
         assert answered == CLAIMS  # each msgid's answer journaled once
+
+
+async def test_a_damaged_record_keeps_its_segment_and_bars_its_msgid(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: four bytes overwritten in one record of six, the drain moved five,
+    deleted the segment and said nothing; the till's retry of the lost claim's msgid then
+    settled as a new sale and charged the patient's account, though the patient had paid the
+    whole bill in cash under the claim. Now the segment is kept (`.damaged`), the replay
+    command says so and exits 1, and the msgid's retry is refused in words."""
+    async with running_gateway(new_database) as srv:
+        pos = srv.client(PHARMACY)
+        at = dt.datetime.now().replace(microsecond=0)
+        dead = tmp_path / "dead"
+        journal = Journal(dead)
+        envelopes = []
+        for n in range(6):
+            drug = pos.drug_input(PERSONS[n % 3], f"{at:%Y-%m-%d} 10:00:00", DRUG_TOTAL, DRUG_LINES)
+            envelope = pos.envelope("2102", drug)
+            envelopes.append(envelope)
+            req = decode_request(msgspec.json.encode(envelope))
+            await journal.append(
+                Entry(
+                    kind="claim",
+                    fixmedins_code=PHARMACY,
+                    msgid=req.msgid,
+                    infno="2102",
+                    psn_no=PERSONS[n % 3],
+                    mdtrt_id="",
+                    service_date=at.date(),
+                    medfee_sumamt=11500,
+                    body=deferral.stored_request(req),
+                    answer=b"{}",
+                    received_at=at,
+                    claim_id=deferral.new_claim_id("441800", at),
+                    digest=fingerprint(req),
+                )
+            )
+        journal.close()
+        (segment,) = dead.glob("*.journal")
+        lines = segment.read_bytes().splitlines(keepends=True)
+        # Damage the third record past its msgid: the JSON no longer reads.
+        third = lines[2]
+        cut = third.index(b'"body"')
+        lines[2] = third[:cut] + b"\x00\x00\x00\x00" + third[cut + 4 :]
+        segment.write_bytes(b"".join(lines))
+        lost = envelopes[2]["msgid"]
+
+        done = await asyncio.to_thread(
+            cli, "deferred", "replay", "--journal-dir", str(dead), "--database-url", srv.dsn,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "could not be read" in done.stderr
+        assert not list(dead.glob("*.journal"))
+        (kept,) = dead.glob("*.damaged")
+        assert kept.read_bytes() == b"".join(lines)  # whole, as it was found
+        drained = await srv.fetchval("SELECT count(*) FROM deferred")
+        assert drained == 5
+
+        # The till retries the lost claim's msgid: refused, never a second charge.
+        settled = await srv.fetchval("SELECT count(*) FROM settlements")
+        answer = await pos.call("2102", envelopes[2]["input"], msgid=lost)
+        assert answer["infcode"] == -1
+        assert "请勿向参保人重复收费" in answer["err_msg"]
+        assert await srv.fetchval("SELECT count(*) FROM settlements") == settled

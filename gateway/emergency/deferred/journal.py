@@ -6,7 +6,11 @@ process that was killed) and may be drained into the ledger; draining inserts by
 msgid), so a segment drained twice (a crash between insert and unlink) adds nothing twice.
 
 Records are JSON lines. A record is acknowledged only after its line is on disk (fsync), so a
-torn last line after kill -9 belongs to a request that was never answered: it is skipped.
+torn last line after kill -9 belongs to a request that was never answered: it is skipped. A
+complete line that cannot be read is another matter: an acknowledged claim whose record the
+disk damaged. Its segment is never deleted (the drain keeps it as `<name>.damaged`, `KEPT`),
+and what can still be made out of the line (institution, msgid) is handed back, so that a
+retry of that msgid is refused instead of settled as new (the patient has paid in cash).
 """
 
 from __future__ import annotations
@@ -18,17 +22,35 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from gateway.ledger.deferred import Entry, Held
 
 log = logging.getLogger("gateway.journal")
 SUFFIX = ".journal"
+KEPT = ".damaged"  # a drained segment that held unreadable records, kept for the team
+
+
+class Damaged(NamedTuple):
+    """A complete record that could not be read: where, and what of it can be made out."""
+
+    segment: str
+    line: int
+    fixmedins_code: str | None
+    msgid: str | None
+    infno: str | None
+
+
+def _legible(line: bytes, key: str) -> str | None:
+    """A text field of a damaged record, where its bytes still read as the encoder wrote it."""
+    found = re.search(rb'"' + key.encode() + rb'":"([0-9A-Za-z_.-]{1,40})"', line)
+    return found.group(1).decode() if found else None
 
 
 def _encode(e: Entry) -> bytes:
@@ -71,8 +93,9 @@ def _decode(line: bytes) -> Entry:
     )
 
 
-def read_segment(path: Path) -> Iterator[Entry]:
-    """The complete records of a segment; a torn or corrupt line is skipped and logged."""
+def read_segment(path: Path, damaged: list[Damaged] | None = None) -> Iterator[Entry]:
+    """The complete records of a segment. A torn last line (never acknowledged) is skipped; a
+    complete line that cannot be read is logged and told to `damaged`."""
     with path.open("rb") as f:
         for n, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
@@ -82,6 +105,16 @@ def read_segment(path: Path) -> Iterator[Entry]:
                 yield _decode(line)
             except (ValueError, KeyError, TypeError):
                 log.error("unreadable journal record", extra={"segment": path.name, "line": n})
+                if damaged is not None:
+                    damaged.append(
+                        Damaged(
+                            path.name,
+                            n,
+                            _legible(line, "fixmedins_code"),
+                            _legible(line, "msgid"),
+                            _legible(line, "infno"),
+                        )
+                    )
 
 
 class Journal:

@@ -20,9 +20,10 @@ import asyncpg
 import msgspec
 
 from adapters.national import deferral
+from adapters.national.envelope import encode_response
 from gateway.app.runtime import Gateway
-from gateway.emergency.deferred.journal import Journal, read_segment
-from gateway.ledger import deferred, fees, idempotency, settlements
+from gateway.emergency.deferred.journal import KEPT, Damaged, Journal, read_segment
+from gateway.ledger import deferred, fees, idempotency, reversals, settlements
 from gateway.ledger.partitions import Partition
 from gateway.protocol.errors import Conflict, GatewayError, NotFound
 from gateway.protocol.transaction import TRANSACTIONS, Call, Mode
@@ -50,7 +51,8 @@ async def drain(
     moved = 0
     for path, handle in journal.drainable():
         try:
-            entries = list(read_segment(path))
+            damaged: list[Damaged] = []
+            entries = list(read_segment(path, damaged))
             by_ledger: dict[str, tuple[Partition, list[deferred.Entry]]] = {}
             for e in entries:
                 ledger = await gw.ledgers.of_request(deferral.request_of(e.body), LOOKUP_SECONDS)
@@ -68,7 +70,25 @@ async def drain(
                         async with conn.transaction():
                             for e in mine[start : start + DRAIN_CHUNK]:
                                 moved += await _drain_one(conn, e)
-            if whole:
+            if whole and damaged:
+                # An acknowledged claim the disk damaged: its segment is kept whole for the
+                # team (its readable entries are in the ledger; draining it again adds nothing
+                # twice), and each msgid still legible is barred, so that the till's retry is
+                # refused in words rather than settled as new (found from outside: the segment
+                # was deleted and the retry charged the patient's account a second time).
+                await _bar_damaged(gw, damaged)
+                path.rename(path.with_suffix(KEPT))
+                _fsync_dir(path.parent)
+                journal.forget(entries)
+                log.error(
+                    "journal segment with unreadable records kept",
+                    extra={
+                        "segment": path.with_suffix(KEPT).name,
+                        "lines": [d.line for d in damaged],
+                        "msgids": [d.msgid for d in damaged],
+                    },
+                )
+            elif whole:
                 path.unlink()
                 _fsync_dir(path.parent)
                 journal.forget(entries)
@@ -78,6 +98,35 @@ async def drain(
         log.warning("journal drained into the ledger", extra={"entries": moved})
         await apply_calls(gw)
     return moved
+
+
+def kept_segments(journal: Journal) -> list[Path]:
+    """Segments kept because records in them could not be read (`drain`), oldest first."""
+    if not journal.directory.exists():
+        return []
+    return sorted(journal.directory.glob(f"*{KEPT}"), key=lambda p: p.stat().st_mtime)
+
+
+async def _bar_damaged(gw: Gateway, damaged: list[Damaged]) -> None:
+    """Each damaged record whose institution and msgid can be made out: the msgid's retries
+    get a refusal that tells the counter not to charge again (kept where the institution's
+    region keeps its msgids; a msgid the ledger knows already keeps its answer)."""
+    for d in damaged:
+        if not d.fixmedins_code or not d.msgid:
+            continue
+        institution = gw.snapshot.institution(d.fixmedins_code)
+        ledger = gw.ledgers.of_region(institution.admdvs) if institution else gw.ledgers.main
+        refusal = encode_response(
+            region=gw.region,
+            received=dt.datetime.now(),
+            output=None,
+            err_msg=(
+                f"报文ID{d.msgid}的交易已在医保系统故障期间受理（主动报），其记录受损未能补办；"
+                "请勿向参保人重复收费，由医保经办机构核实后处理"
+            ),
+        )
+        async with ledger.pool.acquire() as conn:
+            await reversals.bar(conn, d.fixmedins_code, d.msgid, d.infno or "", refusal)
 
 
 LOOKUP_SECONDS = 5.0  # a person-directory look-up for an entry without its region
