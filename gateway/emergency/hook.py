@@ -372,10 +372,25 @@ async def _journal_append(gw: Gateway, e: Entry) -> None:
     await gw.journal.append(e)
 
 
+def _refuse_as_its_request(
+    gw: Gateway, req: Request, institution: Institution, received: dt.datetime
+) -> None:
+    """With the ledger away, a request is still read as the normal path reads it before the
+    ledger (its transaction's grouped job: every field, number and total its lines make), so
+    that what would be refused is refused now, not answered "taken" and failed at replay
+    (found from outside: a sale whose total its lines did not make was answered all-cash at
+    the wrong total, an exponent in a quantity, a 2201 without psn_no, a line without its
+    mdtrt_id were all taken)."""
+    tx = transaction.of(req.infno)
+    if tx is not None and tx.grouped is not None:
+        tx.grouped(gw, req, institution, received)
+
+
 async def _journal_claim(
     gw: Gateway, req: Request, institution: Institution, received: dt.datetime
 ) -> Detour:
     facts = deferral.read_claim(req)
+    _refuse_as_its_request(gw, req, institution, received)
     _check_dates(gw, req, institution, received)
     claim_id = deferral.new_claim_id(institution.admdvs, received)
     mdtrt_id = facts.mdtrt_id or claim_id
@@ -418,6 +433,7 @@ async def _journal_claim(
 async def _journal_call(
     gw: Gateway, req: Request, institution: Institution, received: dt.datetime
 ) -> Detour:
+    _refuse_as_its_request(gw, req, institution, received)
     _check_dates(gw, req, institution, received)
     provisional = None
     if deferral.opens_visit(req.infno):

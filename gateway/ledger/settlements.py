@@ -123,13 +123,18 @@ class Context(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     mdtrtarea_admvs: str = ""
 
 
-def check_declared(s: Settlement, declared: Declared) -> None:
-    """The request's totals must equal the uploaded lines' (settlement-rules §2)."""
-    if declared.medfee_sumamt != s.medfee_sumamt:
+def check_total(declared: int, lines_total: int) -> None:
+    """The request's medfee_sumamt must equal its lines' total (settlement-rules §2)."""
+    if declared != lines_total:
         raise RuleRejected(
-            f"医疗费总额{fen_text(declared.medfee_sumamt)}与费用明细合计{fen_text(s.medfee_sumamt)}不一致，"
+            f"医疗费总额{fen_text(declared)}与费用明细合计{fen_text(lines_total)}不一致，"
             "请核对上传的费用明细"
         )
+
+
+def check_declared(s: Settlement, declared: Declared) -> None:
+    """The request's totals must equal the uploaded lines' (settlement-rules §2)."""
+    check_total(declared.medfee_sumamt, s.medfee_sumamt)
     for name, label in (
         ("fulamt_ownpay_amt", "全自费金额"),
         ("overlmt_selfpay", "超限价自费金额"),

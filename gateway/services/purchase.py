@@ -119,6 +119,9 @@ def purchase_job(
     settlement and everything it changes, staged. Its dates are judged first, as the request
     is taken."""
     check_dates(dates, institution, p, now)
+    # Judged here too, before any person is read: the total needs only the lines, and a sale
+    # taken as a claim while the ledger is away must be refused as the sale would be.
+    settlements.check_total(p.declared.medfee_sumamt, sum(ln.det_item_fee_sumamt for ln in p.lines))
 
     def build(held: Held, mdtrt_serial: int, setl_serial: int) -> Built:
         if held.person is None:

@@ -408,6 +408,22 @@ async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[...
 
             await until(registered, within=20.0)
             assert provisional.startswith("PV")
+            # What the normal path refuses before the ledger is refused now too, and nothing
+            # is journaled for it (found from outside: each of these was answered as taken,
+            # the sale at a cash total its lines do not make, and failed at replay).
+            pos = srv.client(PHARMACY)
+            bad_count = [{**DRUG_LINES[0], "cnt": "1e2"}, *DRUG_LINES[1:]]
+            no_psn = {"data": {k: v for k, v in registration["data"].items() if k != "psn_no"}}
+            bad_rows = his.fee_rows(provisional, person, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
+            bad_rows[0]["mdtrt_id"] = None
+            for client, infno, body, words in [
+                (pos, "2102", pos.drug_input(person, f"{day} 09:00:00", "99.99", DRUG_LINES), "不一致"),
+                (pos, "2102", pos.drug_input(person, f"{day} 09:00:00", DRUG_TOTAL, bad_count), "cnt"),
+                (his, "2201", no_psn, "psn_no"),
+                (his, "2204", {"feedetail": bad_rows}, "mdtrt_id"),
+            ]:  # fmt: skip
+                answer = await client.call(infno, body)
+                assert answer["infcode"] == -1 and words in answer["err_msg"], (infno, answer)
             await his.visit_info(provisional, person, "11", f"{day} 08:30:00")
             rows = his.fee_rows(provisional, person, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
             await his.ok("2204", {"feedetail": rows})
@@ -435,6 +451,7 @@ async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[...
         assert await srv.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", real) == 3
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
         assert summary["settled"] == 1 and summary["failed"] == []
+        assert await srv.fetchval("SELECT count(*) FROM deferred") == 4  # 3 calls, 1 claim
         settled = await srv.fetchrow(
             "SELECT s.mdtrt_id, s.acct_pay FROM deferred d JOIN settlements s USING (setl_id)"
             " WHERE d.claim_id = $1",
