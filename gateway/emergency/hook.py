@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 
 from adapters.national import deferral
 from adapters.national.category import request_category
@@ -538,6 +539,13 @@ async def post_legacy(
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status
                 )
+            if not 200 <= resp.status < 300 or not _is_envelope(answer):
+                # Relayed byte for byte means an envelope relayed: an HTML error page or a
+                # proxy's text is no answer a counter can read (found from outside: the till
+                # got "<html>oops</html>"). A failed call, for the breaker too.
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status, message="not an envelope"
+                )
     except (aiohttp.ClientError, TimeoutError) as exc:
         timed_out = isinstance(exc, TimeoutError)
         _note(breaker, False, timed_out, started)
@@ -545,6 +553,15 @@ async def post_legacy(
         raise LegacyDown("timeout" if timed_out else "error") from None
     _note(breaker, True, False, started)
     return answer
+
+
+def _is_envelope(answer: bytes) -> bool:
+    """Whether the old system's answer is a JSON object carrying `infcode`."""
+    try:
+        doc = msgspec.json.decode(answer)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(doc, dict) and "infcode" in doc
 
 
 # How a forwarded request's visit numbers become the old system's (visit mirroring installs it,

@@ -290,6 +290,45 @@ async def legacy() -> AsyncIterator[tuple[str, list[bytes]]]:
     await runner.cleanup()
 
 
+async def test_route_legacy_relays_only_an_envelope(new_database: Callable[..., Any]) -> None:
+    """Found from outside: the old system's HTML error page (HTTP 200) went to the till as the
+    answer. Relayed byte for byte means an envelope relayed; anything else is the old system
+    failing, answered as such in the envelope."""
+    pages = [b"<html>oops</html>", b"", b'["infcode", 0]', b"Service Unavailable"]
+
+    async def call_service(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=pages[0], content_type="text/html")
+
+    app = web.Application()
+    app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/fsi/api/rsfComIfsService/callService"
+    try:
+        config = GatewayConfig(rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url))
+        async with running_gateway(new_database, config) as srv:
+            pos = srv.client("P44180000001")
+            await set_rule(srv.dsn, "region:441800", "settlement", "route_legacy")
+            drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+
+            async def routed() -> bool:
+                answer = await pos.call("2101", drug)
+                return "原医保系统" in (answer["err_msg"] or "")
+
+            await until(routed)
+            while pages:
+                status, raw = await pos.post_raw(msgspec.json.encode(pos.envelope("2101", drug)))
+                answer = msgspec.json.decode(raw)
+                assert status == 200 and answer["infcode"] == -1, (pages[0], raw)
+                assert "原医保系统" in answer["err_msg"]
+                pages.pop(0)
+    finally:
+        await runner.cleanup()
+
+
 async def test_route_legacy_forwards_unchanged_and_relays(
     new_database: Callable[..., Any], legacy: tuple[str, list[bytes]]
 ) -> None:
