@@ -92,6 +92,11 @@ async def test_a_reason_or_scope_that_is_not_text_is_refused(server: Server) -> 
         status, body = await _post(server, "/api/plan/rules", token, {**rule, field: value})
         assert status == 400 and f"{field}应为文本" in body["error"], (field, value, body)
         assert await _counts(server) == before, (field, value)
+    # Too short, or with a control character: said so, not "fill in a reason".
+    for reason, words in (("x", "过短"), ("演\x01练", "控制字符")):
+        status, body = await _post(server, "/api/plan/rules", token, {**rule, "reason": reason})
+        assert status == 400 and words in body["error"], (reason, body)
+        assert await _counts(server) == before
     status, _ = await _post(server, "/api/plan/rules", token, rule)
     assert status == 200
     set_ = await _counts(server)
