@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import msgspec
 
 from adapters.his import settling, uploads
 from adapters.national import deferral, wire
-from adapters.national.envelope import decode_input, text
+from adapters.national.envelope import Request, decode_input, text
 from adapters.national.wire import (
     In2202,
     In2302,
@@ -17,6 +19,8 @@ from adapters.national.wire import (
     required,
     when_required,
 )
+from gateway.app.runtime import Gateway
+from gateway.core.model import Institution
 from gateway.emergency.plan.rules import TxClass
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.origin import Origin
@@ -36,9 +40,27 @@ from gateway.services import encounters, fee_uploads
     opens_visit=True,
     journal_answer=deferral.opened_visit_result,
     dated=(("mdtrtinfo", "", "begntime", "入院时间begntime"),),
+    checked=lambda gw, req, institution, now: _admission_of(gw, req, institution, now),
 )
 async def admit(call: Call) -> Answer:
-    node = decode_input(call.req, In2401)
+    a = _admission_of(call.gw, call.req, call.institution, call.now)
+    selfpay = call.mode is Mode.SELFPAY
+    mdtrt_id = await encounters.admit(
+        call.conn, Origin.of(call.req), call.institution.admdvs, call.now, a, selfpay=selfpay
+    )
+    if selfpay:
+        return Answer(
+            {"result": {"mdtrt_id": mdtrt_id}},
+            warn_msg="应急预案：按自费办理入院，系统恢复后请办理自费转医保后再结算",
+        )
+    return Answer({"result": {"mdtrt_id": mdtrt_id}})
+
+
+def _admission_of(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> encounters.Admission:
+    """A 2401 as the admission reads it, before the ledger."""
+    node = decode_input(req, In2401)
     info = node.mdtrtinfo
     if info is None:
         raise BadRequest("缺少输入节点mdtrtinfo")
@@ -46,10 +68,8 @@ async def admit(call: Call) -> Answer:
     insutype = required(info.insutype, "mdtrtinfo.insutype")
     begntime = when_required(info.begntime, "mdtrtinfo.begntime")
     # Checked where it is read: a request wrong in more than one way names the same fault.
-    call.gw.config.dates.check(
-        "入院时间begntime", begntime, admdvs=call.institution.admdvs, now=call.now
-    )
-    a = encounters.Admission(
+    gw.config.dates.check("入院时间begntime", begntime, admdvs=institution.admdvs, now=now)
+    return encounters.Admission(
         psn_no=psn_no,
         insutype=insutype,
         begntime=begntime,
@@ -63,16 +83,6 @@ async def admit(call: Call) -> Answer:
             "diseinfo": msgspec.to_builtins(node.diseinfo),
         },
     )
-    selfpay = call.mode is Mode.SELFPAY
-    mdtrt_id = await encounters.admit(
-        call.conn, Origin.of(call.req), call.institution.admdvs, call.now, a, selfpay=selfpay
-    )
-    if selfpay:
-        return Answer(
-            {"result": {"mdtrt_id": mdtrt_id}},
-            warn_msg="应急预案：按自费办理入院，系统恢复后请办理自费转医保后再结算",
-        )
-    return Answer({"result": {"mdtrt_id": mdtrt_id}})
 
 
 @register(
@@ -149,6 +159,7 @@ async def cancel_discharge(call: Call) -> Answer:
     deferral=Deferral.CALL,
     journal_answer=deferral.lines_taken,
     dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
+    checked=uploads.inpatient_lines,
 )
 async def upload_fees(call: Call) -> Answer:
     return await uploads.upload(call, kind=Kind.INPATIENT)

@@ -74,6 +74,13 @@ def _upload_of(req: Request, kind: Kind) -> fee_uploads.FeeUpload:
     )
 
 
+def inpatient_lines(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> object:
+    """A 2301's lines as its upload reads them, before the ledger (`Transaction.checked`)."""
+    return _upload_of(req, Kind.INPATIENT)
+
+
 def _answer(splits: tuple[LineSplit, ...]) -> dict[str, Any]:
     return {"result": [line_result(s) for s in splits]}
 

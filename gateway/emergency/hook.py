@@ -383,8 +383,12 @@ def _refuse_as_its_request(
     the wrong total, an exponent in a quantity, a 2201 without psn_no, a line without its
     mdtrt_id were all taken)."""
     tx = transaction.of(req.infno)
-    if tx is not None and tx.grouped is not None:
+    if tx is None:
+        return
+    if tx.grouped is not None:
         tx.grouped(gw, req, institution, received)
+    elif tx.checked is not None:
+        tx.checked(gw, req, institution, received)
 
 
 async def _journal_claim(

@@ -91,6 +91,9 @@ Handler = Callable[[Call], Awaitable[Answer]]
 # then answers and journals the refusal), then a Job the batch locks, builds and commits.
 # None: this request takes the single path after all.
 Prepare = Callable[[Gateway, Request, Institution, dt.datetime], "Job | None"]
+# What a transaction reads of a request before the ledger, raising its refusal; its result is
+# not kept (a journaled call is read again when it is applied).
+Check = Callable[[Gateway, Request, Institution, dt.datetime], object]
 # A journaled call's answer while the ledger is down (its visit's provisional id, if it opens one).
 JournalAnswer = Callable[[Request, "str | None"], Any]
 # How replay settles a deferred claim of a visit's lines: exactly the lines (feedetl_sn) the
@@ -129,6 +132,10 @@ class Transaction:
     # answer; the group read (gateway.pipeline.group_read) reads such requests in batches. The
     # handler must answer the same: it previews the same Job on its own connection.
     previewed: Prepare | None = None
+    # For a transaction without a grouped form: its reading of the request before the ledger,
+    # run when it is journaled with the ledger away (gateway.emergency.hook), so that what the
+    # normal path refuses is refused then too.
+    checked: Check | None = None
 
     @property
     def admits(self) -> bool:
@@ -157,6 +164,7 @@ def register(
     acts_on: Callable[[Request], str] | None = None,
     by_person: bool = False,
     previewed: Prepare | None = None,
+    checked: Check | None = None,
 ) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
 
@@ -179,6 +187,7 @@ def register(
             acts_on,
             by_person,
             previewed,
+            checked,
         )
         return handler
 
