@@ -94,7 +94,12 @@ async def test_replayed_claims_equal_online_settlement(new_database: Callable[..
         summary = json.loads(
             cli("deferred", "replay", "--json", "--database-url", deferred.dsn).stdout
         )
-        assert summary == {"total": len(VISITS), "settled": len(VISITS), "failed": []}
+        assert summary == {
+            "total": len(VISITS),
+            "settled": len(VISITS),
+            "failed": [],
+            "damaged_segments": [],
+        }
 
         # The same visits settled online in service-date order, account not used.
         his2, pos2 = online.client(HOSPITAL), online.client(PHARMACY)

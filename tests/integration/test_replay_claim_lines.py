@@ -85,7 +85,7 @@ def _stay_settlement(his: HisClient, mdtrt_id: str, medfee: str, mid: str) -> di
 async def _closed_as_online(srv: Server, his: HisClient, mdtrt_id: str) -> None:
     """Replay settled the claim's lines; the closing 2304 at the counter takes the rest."""
     summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-    assert summary == {"total": 1, "settled": 1, "failed": []}
+    assert summary == {"total": 1, "settled": 1, "failed": [], "damaged_segments": []}
     final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
     rows = await srv.fetch(
         "SELECT setl_id, medfee_sumamt, mid_setl_flag FROM settlements WHERE mdtrt_id = $1"
@@ -186,7 +186,7 @@ async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
         assert await srv.fetchval("SELECT lines FROM deferred WHERE kind = 'claim'") == ["1", "2"]
         # Settled already by the run above; a second run finds nothing pending.
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-        assert summary == {"total": 0, "settled": 0, "failed": []}
+        assert summary == {"total": 0, "settled": 0, "failed": [], "damaged_segments": []}
         final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
         rows = await srv.fetch(
             "SELECT setl_id, medfee_sumamt FROM settlements WHERE mdtrt_id = $1"
