@@ -36,6 +36,7 @@ from tests.integration.emergency_helpers import (
     OUTPATIENT_TOTAL,
     clear_rule,
     connect,
+    old_system,
     set_rule,
     until,
 )
@@ -105,15 +106,8 @@ async def legacy() -> AsyncIterator[Legacy]:
         received.append(await request.read())
         return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
 
-    app = web.Application()
-    app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield Legacy(f"http://127.0.0.1:{port}/fsi/api/rsfComIfsService/callService", received)
-    await runner.cleanup()
+    async with old_system(call_service) as url:
+        yield Legacy(url, received)
 
 
 # The breaker opens on three failures and closes by itself ~3 s later once probes answer.

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 
 from gateway.emergency.plan import store
 
@@ -90,3 +91,23 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def yuan(value: Any) -> Decimal:
     return Decimal(str(value))
+
+
+OLD_SYSTEM_PATH = "/fsi/api/rsfComIfsService/callService"
+
+
+@asynccontextmanager
+async def old_system(
+    answer: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[str]:
+    """The old system behind route_legacy and the parallel run, on a free loopback port: its
+    callService answered by `answer`; yields its URL."""
+    app = web.Application()
+    app.router.add_post(OLD_SYSTEM_PATH, answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}{OLD_SYSTEM_PATH}"
+    finally:
+        await runner.cleanup()

@@ -26,6 +26,7 @@ from tests.integration.emergency_helpers import (
     clear_rule,
     cli,
     connect,
+    old_system,
     set_rule,
     until,
     yuan,
@@ -279,15 +280,8 @@ async def legacy() -> AsyncIterator[tuple[str, list[bytes]]]:
         received.append(await request.read())
         return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
 
-    app = web.Application()
-    app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}/fsi/api/rsfComIfsService/callService", received
-    await runner.cleanup()
+    async with old_system(call_service) as url:
+        yield url, received
 
 
 async def test_route_legacy_relays_only_an_envelope(new_database: Callable[..., Any]) -> None:
@@ -300,14 +294,7 @@ async def test_route_legacy_relays_only_an_envelope(new_database: Callable[..., 
         await request.read()
         return web.Response(body=pages[0], content_type="text/html")
 
-    app = web.Application()
-    app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/fsi/api/rsfComIfsService/callService"
-    try:
+    async with old_system(call_service) as url:
         config = GatewayConfig(rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url))
         async with running_gateway(new_database, config) as srv:
             pos = srv.client("P44180000001")
@@ -325,8 +312,6 @@ async def test_route_legacy_relays_only_an_envelope(new_database: Callable[..., 
                 assert status == 200 and answer["infcode"] == -1, (pages[0], raw)
                 assert "原医保系统" in answer["err_msg"]
                 pages.pop(0)
-    finally:
-        await runner.cleanup()
 
 
 async def test_route_legacy_forwards_unchanged_and_relays(

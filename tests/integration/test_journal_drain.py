@@ -38,6 +38,38 @@ class _Interrupted(Exception):
     pass
 
 
+def _drug(pos: Any, n: int, at: dt.datetime) -> dict[str, Any]:
+    return pos.drug_input(PERSONS[n % 3], f"{at:%Y-%m-%d} 10:00:00", DRUG_TOTAL, DRUG_LINES)
+
+
+async def _journaled_sales(pos: Any, directory: Path, count: int, at: dt.datetime) -> list[Entry]:
+    """`count` sales journaled as claims by a process that is gone (its segment closed, free
+    to drain), as the journal writes them."""
+    journal = Journal(directory)
+    entries = []
+    for n in range(count):
+        req = decode_request(msgspec.json.encode(pos.envelope("2102", _drug(pos, n, at))))
+        entry = Entry(
+            kind="claim",
+            fixmedins_code=PHARMACY,
+            msgid=req.msgid,
+            infno="2102",
+            psn_no=PERSONS[n % 3],
+            mdtrt_id="",
+            service_date=at.date(),
+            medfee_sumamt=11500,
+            body=deferral.stored_request(req),
+            answer=b"{}",
+            received_at=at,
+            claim_id=deferral.new_claim_id("441800", at),
+            digest=fingerprint(req),
+        )
+        await journal.append(entry)
+        entries.append(entry)
+    journal.close()
+    return entries
+
+
 async def test_an_interrupted_drain_keeps_its_committed_chunks(
     new_database: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -45,31 +77,8 @@ async def test_an_interrupted_drain_keeps_its_committed_chunks(
         pos = srv.client(PHARMACY)
         at = dt.datetime.now().replace(microsecond=0)
         dead = tmp_path / "dead"
-        journal = Journal(dead)
-        claim_ids = []
-        for n in range(CLAIMS):
-            drug = pos.drug_input(PERSONS[n % 3], f"{at:%Y-%m-%d} 10:00:00", DRUG_TOTAL, DRUG_LINES)
-            req = decode_request(msgspec.json.encode(pos.envelope("2102", drug)))
-            claim_id = deferral.new_claim_id("441800", at)
-            claim_ids.append(claim_id)
-            await journal.append(
-                Entry(
-                    kind="claim",
-                    fixmedins_code=PHARMACY,
-                    msgid=req.msgid,
-                    infno="2102",
-                    psn_no=PERSONS[n % 3],
-                    mdtrt_id="",
-                    service_date=at.date(),
-                    medfee_sumamt=11500,
-                    body=deferral.stored_request(req),
-                    answer=b"{}",
-                    received_at=at,
-                    claim_id=claim_id,
-                    digest=fingerprint(req),
-                )
-            )
-        journal.close()  # its process is gone: the segment is free to drain
+        entries = await _journaled_sales(pos, dead, CLAIMS, at)
+        claim_ids = [e.claim_id for e in entries]
         assert len(set(claim_ids)) == CLAIMS
 
         gw = await Gateway.start(Settings(srv.dsn, config=GENEROUS, journal_dir=tmp_path / "own"))
@@ -117,31 +126,7 @@ async def test_a_damaged_record_keeps_its_segment_and_bars_its_msgid(
         pos = srv.client(PHARMACY)
         at = dt.datetime.now().replace(microsecond=0)
         dead = tmp_path / "dead"
-        journal = Journal(dead)
-        envelopes = []
-        for n in range(6):
-            drug = pos.drug_input(PERSONS[n % 3], f"{at:%Y-%m-%d} 10:00:00", DRUG_TOTAL, DRUG_LINES)
-            envelope = pos.envelope("2102", drug)
-            envelopes.append(envelope)
-            req = decode_request(msgspec.json.encode(envelope))
-            await journal.append(
-                Entry(
-                    kind="claim",
-                    fixmedins_code=PHARMACY,
-                    msgid=req.msgid,
-                    infno="2102",
-                    psn_no=PERSONS[n % 3],
-                    mdtrt_id="",
-                    service_date=at.date(),
-                    medfee_sumamt=11500,
-                    body=deferral.stored_request(req),
-                    answer=b"{}",
-                    received_at=at,
-                    claim_id=deferral.new_claim_id("441800", at),
-                    digest=fingerprint(req),
-                )
-            )
-        journal.close()
+        entries = await _journaled_sales(pos, dead, 6, at)
         (segment,) = dead.glob("*.journal")
         lines = segment.read_bytes().splitlines(keepends=True)
         # Damage the third record past its msgid: the JSON no longer reads.
@@ -149,7 +134,7 @@ async def test_a_damaged_record_keeps_its_segment_and_bars_its_msgid(
         cut = third.index(b'"body"')
         lines[2] = third[:cut] + b"\x00\x00\x00\x00" + third[cut + 4 :]
         segment.write_bytes(b"".join(lines))
-        lost = envelopes[2]["msgid"]
+        lost = entries[2].msgid
 
         done = await asyncio.to_thread(
             cli, "deferred", "replay", "--journal-dir", str(dead), "--database-url", srv.dsn,
@@ -165,7 +150,7 @@ async def test_a_damaged_record_keeps_its_segment_and_bars_its_msgid(
 
         # The till retries the lost claim's msgid: refused, never a second charge.
         settled = await srv.fetchval("SELECT count(*) FROM settlements")
-        answer = await pos.call("2102", envelopes[2]["input"], msgid=lost)
+        answer = await pos.call("2102", _drug(pos, 2, at), msgid=lost)
         assert answer["infcode"] == -1
         assert "请勿向参保人重复收费" in answer["err_msg"]
         assert await srv.fetchval("SELECT count(*) FROM settlements") == settled

@@ -55,6 +55,22 @@ async def _claims_replayed(srv: Any) -> list[dict[str, Any]]:
     return await _replayed(srv)
 
 
+async def _batched_and_held(
+    conn: Any, his: Any, first: dict[str, Any], *, approved: bool = False
+) -> Any:
+    """The replayed claims' reimbursements owed and made a batch (approved at every level if
+    asked); the first claim's cancellation is then refused, the counter told to have an
+    approver return the batch."""
+    await _accounts(conn)
+    await payouts.gather(conn)
+    batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
+    if approved:
+        await _approved(conn, batch.batch_no)
+    refused = await his.call("2208", _cancel(first))
+    assert "请先由审批人退回该支付批次" in refused["err_msg"]
+    return batch
+
+
 def _lines_gauge(state: str) -> float | None:
     return REGISTRY.get_sample_value("sgw_payout_lines", {"state": state})
 
@@ -240,11 +256,7 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
         first, _ = await _claims_replayed(srv)
         his = srv.client(HOSPITAL)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
-            await _accounts(conn)
-            await payouts.gather(conn)
-            batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
-            refused = await his.call("2208", _cancel(first))
-            assert "请先由审批人退回该支付批次" in refused["err_msg"]
+            batch = await _batched_and_held(conn, his, first)
             await payouts.reject(conn, batch.batch_no, 1, "approver1", "待核实")
             cancelled = await his.call("2208", _cancel(first), msgid="UNDO-2208-REJECTED")
             assert cancelled["infcode"] == 0, cancelled["err_msg"]
@@ -287,12 +299,7 @@ async def test_an_approved_batch_not_yet_sent_is_returned_by_one_of_its_approver
         first, _ = await _claims_replayed(srv)
         his = srv.client(HOSPITAL)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
-            await _accounts(conn)
-            await payouts.gather(conn)
-            batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
-            await _approved(conn, batch.batch_no)
-            refused = await his.call("2208", _cancel(first))
-            assert "请先由审批人退回该支付批次" in refused["err_msg"]
+            batch = await _batched_and_held(conn, his, first, approved=True)
             for level, who in ((1, "approver2"), (4, "stranger")):
                 with pytest.raises(Conflict, match=r"只能由.*审批人approver"):
                     await payouts.reject(conn, batch.batch_no, level, who, "待核实")

@@ -74,6 +74,18 @@ def _form(c: Chrome, action: str, inner: str, ident: str, *, upload: bool = Fals
     )
 
 
+def _reject_form(c: Chrome, batch_and_level: str) -> str:
+    """A batch's return at one level, with its reason."""
+    return _form(
+        c,
+        "/console/payouts/approve",
+        batch_and_level
+        + '<input type="text" name="reject" id="reject-reason" placeholder="退回原因（必填）"> '
+        '<button type="submit" id="reject">退回</button>',
+        "reject-form",
+    )
+
+
 def _frame(c: Chrome, title: str, body: str) -> str:
     head = (
         '<form class="inline who" method="post" action="/console/logout">'
@@ -410,32 +422,13 @@ def batch(c: Chrome, v: Mapping[str, Any], levels: Mapping[int, str]) -> str:
                 + f'<button type="submit" id="approve">{_e(levels[level])}通过</button>',
                 "approve-form",
             )
-            + _form(
-                c,
-                "/console/payouts/approve",
-                hidden
-                + step
-                + '<input type="text" name="reject" id="reject-reason" placeholder="退回原因（必填）"> '
-                '<button type="submit" id="reject">退回</button>',
-                "reject-form",
-            )
+            + _reject_form(c, hidden + step)
         )
     mine = [a for a in v["approvals"] if a["operator"] == c.login]
     if c.role == "approver" and status == "approved" and mine:
         # Approved and not yet sent to the bank: its approvers may still return it.
         step = f'<input type="hidden" name="level" value="{mine[0]["level"]}">'
-        parts.append(
-            "<h2>撤回审批并退回（尚未报盘）</h2>"
-            + _form(
-                c,
-                "/console/payouts/approve",
-                hidden
-                + step
-                + '<input type="text" name="reject" id="reject-reason" placeholder="退回原因（必填）"> '
-                '<button type="submit" id="reject">退回</button>',
-                "reject-form",
-            )
-        )
+        parts.append("<h2>撤回审批并退回（尚未报盘）</h2>" + _reject_form(c, hidden + step))
     if c.role == "clerk" and status in ("approved", "exported", "returned"):
         label = "报盘（下载银行支付文件）" if status == "approved" else "再次下载银行支付文件"
         parts.append(
