@@ -61,6 +61,9 @@ def sign_headers(paasid: str, secret: str, nonce: str, now: float | None = None)
     }
 
 
+_SIGNED_HEADERS = ("x-tif-paasid", "x-tif-timestamp", "x-tif-nonce", "x-tif-signature")
+
+
 class Verifier:
     """Checks signatures and remembers nonces."""
 
@@ -74,6 +77,14 @@ class Verifier:
 
     async def verify(self, headers: Mapping[str, str], now: float | None = None) -> str:
         """The authenticated institution code; raises AuthError with a clear message."""
+        # A header sent twice is refused, as a key twice in the body is: the gateway read the
+        # first, and a proxy or log reading the last saw another institution or signature
+        # (found from outside).
+        getall = getattr(headers, "getall", None)
+        if getall is not None:
+            for name in _SIGNED_HEADERS:
+                if len(getall(name, ())) > 1:
+                    raise AuthError(f"签名校验失败：请求头{name}重复，每个只能发送一次")
         paasid = headers.get("x-tif-paasid", "")
         ts = headers.get("x-tif-timestamp", "")
         nonce = headers.get("x-tif-nonce", "")
@@ -96,7 +107,9 @@ class Verifier:
         if not _TIMESTAMP.fullmatch(ts):
             raise AuthError("签名校验失败：x-tif-timestamp应为Unix秒数")
         current = time.time() if now is None else now
-        if abs(current - int(ts)) > WINDOW_SECONDS:
+        # Whole seconds on both sides: against the clock's fraction, ts - 300 was always refused
+        # and ts + 300 always taken (found from outside).
+        if abs(int(current) - int(ts)) > WINDOW_SECONDS:
             raise AuthError("签名校验失败：请求时间戳超出允许范围（±300秒），请校准终端时间")
         if len(nonce) > 64:
             raise AuthError("签名校验失败：x-tif-nonce过长")

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.pipeline.auth import Verifier, sign_headers, signature
+from gateway.pipeline.auth import AuthError, Verifier, sign_headers, signature
 from tests.integration.conftest import Server
 from tests.integration.his_client import CREDENTIALS, decode
 
@@ -111,3 +111,37 @@ def test_signature_is_sha256_of_ts_secret_nonce_ts() -> None:
         signature("1700000000", "s3cret", "n1")
         == hashlib.sha256(b"1700000000s3cretn11700000000").hexdigest()
     )
+
+
+async def test_a_signed_header_sent_twice_is_refused(server: Server) -> None:
+    """Found from outside: a second x-tif-signature (or x-tif-paasid) after a good one was
+    ignored and the sale settled, the gateway reading the first copy where a proxy or a log
+    reading the last saw another signature or institution."""
+    client = server.client(CODE)
+    before = await server.ledger_fingerprint()
+    for name in ("x-tif-signature", "x-tif-paasid", "x-tif-nonce", "x-tif-timestamp"):
+        signed = _signed()
+        second = {"x-tif-paasid": "H44180000002", "x-tif-signature": "0" * 64}.get(name, "1")
+        headers = [*signed.items(), (name, second)]
+        body = msgspec.json.encode(client.envelope("1101", QUERY))
+        async with server.session.post(
+            server.url + "/fsi/api/rsfComIfsService/callService", data=body, headers=headers
+        ) as r:
+            assert r.status == 200
+            answer = decode(await r.read())
+        assert answer["infcode"] == -1 and f"请求头{name}重复" in answer["err_msg"], answer
+    assert await server.ledger_fingerprint() == before
+
+
+async def test_the_time_window_is_the_same_both_ways() -> None:
+    """Found from outside: a timestamp 300 s behind was always refused and one 300 s ahead
+    always taken, the whole-second timestamp compared with the clock's fraction."""
+    verifier = Verifier(CREDENTIALS)
+    now = 1_790_000_000.9
+    for offset in (-300, 300):
+        headers = sign_headers(CODE, CREDENTIALS[CODE], uuid.uuid4().hex, int(now) + offset)
+        assert await verifier.verify(headers, now=now) == CODE, offset
+    for offset in (-301, 301):
+        headers = sign_headers(CODE, CREDENTIALS[CODE], uuid.uuid4().hex, int(now) + offset)
+        with pytest.raises(AuthError, match="时间戳"):
+            await verifier.verify(headers, now=now)
