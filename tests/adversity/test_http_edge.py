@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import io
 import socket
 import sys
@@ -468,8 +469,26 @@ async def test_idle_sockets_from_one_address_are_capped(process: tuple[str, int,
         ("gzip", lambda b: b"\x1f\x8b" + b"junk" * 8),
         ("deflate", lambda b: b"\x78\x9c" + b"junk" * 8),
         ("zstd", lambda b: b),  # no zstd decoder installed: refused while the head is read
+        # Codings the reader does not decode went through as none (found from outside: plain
+        # JSON labelled so was settled, and gzip labelled so refused as "not UTF-8").
+        ("x-gzip", gzip.compress),
+        ("x-gzip", lambda b: b),
+        ("foo", lambda b: b),
+        ("gzip, gzip", lambda b: gzip.compress(gzip.compress(b))),
+        ("identity, gzip", gzip.compress),
     ],
-    ids=["br-plain", "deflate-plain", "gzip-junk", "deflate-junk", "zstd"],
+    ids=[
+        "br-plain",
+        "deflate-plain",
+        "gzip-junk",
+        "deflate-junk",
+        "zstd",
+        "x-gzip",
+        "x-gzip-plain",
+        "unknown",
+        "stacked",
+        "identity-stacked",
+    ],
 )
 async def test_a_body_its_compression_does_not_decode_is_refused_in_the_envelope(
     process: tuple[str, int, int], encoding: str, compress: Callable[[bytes], bytes]
