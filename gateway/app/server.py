@@ -467,7 +467,30 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_endpoint)
     install_console(app, settings.operators_path)
+    # Last: what no route above takes (their methods' and paths' neighbours).
+    app.router.add_route("*", "/fsi/api/rsfComIfsService/callService", not_an_interface)
+    app.router.add_route("*", "/hsa/hgs/{infno}", not_an_interface)
+    app.router.add_route("*", "/{tail:.*}", not_an_interface)
     return app
+
+
+async def not_an_interface(request: web.Request) -> web.Response:
+    """A path or method no interface answers, in the envelope: found from outside, a trailing
+    slash, a case change or a GET was answered aiohttp's plain-text 404/405, which a HIS reads
+    as a network failure (no infcode). The status stays 404/405, so that no health check or
+    proxy takes a wrong address for a live one."""
+    known = "tail" not in request.match_info  # an interface's address, asked the wrong way
+    path = request.path if len(request.path) <= 60 else request.path[:60] + "…"
+    body = encode_response(
+        region=request.app[GATEWAY].region,
+        received=dt.datetime.now(),
+        output=None,
+        err_msg=(
+            f"接口地址或请求方法错误（{request.method} {path}）：医保交易请以POST发送至"
+            "/fsi/api/rsfComIfsService/callService或/hsa/hgs/{交易编号}"
+        ),
+    )
+    return web.Response(body=body, content_type="application/json", status=405 if known else 404)
 
 
 async def _serve(app: web.Application, host: str, port: int, reuse_port: bool, idle: float) -> None:

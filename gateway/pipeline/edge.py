@@ -306,23 +306,35 @@ class GuardedHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """A compression aiohttp cannot even start to decode (zstd without its library) is
-        refused while the head is read, before any handler: in the envelope, like every
-        other refusal of a body, not aiohttp's plain-text 400 naming a Python package."""
-        if not isinstance(exc, ContentEncodingError):
-            return super().handle_error(request, status, exc, message)
-        # The head is all aiohttp kept of the request, in its words (the request here has none).
-        named = _NAMED_ENCODING.search(exc.message)
-        now = dt.datetime.now()
-        body = encode_response(
-            region="000000",
-            received=now,
-            output=None,
-            err_msg=undecodable_encoding(
+        """A compression aiohttp cannot even start to decode (zstd without its library), or a
+        request whose HTTP is broken, refused while the head is read, before any handler: in
+        the envelope, like every other refusal, not aiohttp's plain text."""
+        if isinstance(exc, ContentEncodingError):
+            # The head is all aiohttp kept of the request, in its words (the request has none).
+            named = _NAMED_ENCODING.search(exc.message)
+            words = undecodable_encoding(
                 named["named"] or named["plain"] or named["bare"] if named else None
-            ),
+            )
+        elif isinstance(exc, HttpProcessingError) and status < 500:
+            # A request whose HTTP itself is broken (two Content-Lengths, a 100 KB header, a
+            # bad chunk): the client's fault, said in the envelope and logged as one warning
+            # line. Found from outside: aiohttp answered plain text and logged each as an
+            # error with a traceback quoting the raw request, so that anyone, unsigned, could
+            # fill the error log and its alert.
+            log.warning(
+                "malformed HTTP request",
+                extra={"remote": request.remote, "error": str(exc)[:120]},
+            )
+            words = "HTTP请求格式错误，本次交易未处理：请检查请求行、请求头和报文长度后重新发送"
+        else:
+            return super().handle_error(request, status, exc, message)
+        body = encode_response(
+            region="000000", received=dt.datetime.now(), output=None, err_msg=words
         )
-        response = web.Response(body=body, content_type="application/json")
+        # The compression's refusal is a refusal of the body (200, as every other); a broken
+        # request keeps its 400 for the proxies in between.
+        code = 200 if isinstance(exc, ContentEncodingError) else status
+        response = web.Response(body=body, content_type="application/json", status=code)
         response.force_close()  # as aiohttp's own: the rest of the body is not read
         return response
 

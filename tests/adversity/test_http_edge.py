@@ -517,3 +517,55 @@ async def test_a_body_its_compression_does_not_decode_is_refused_in_the_envelope
         log.seek(logged)
         errors = [line for line in log if b'"level": "error"' in line]
     assert errors == []
+
+
+async def test_a_wrong_address_or_broken_http_is_answered_in_the_envelope(
+    process: tuple[str, int, int],
+) -> None:
+    """Found from outside: a trailing slash, a case change or a GET was answered aiohttp's
+    plain-text 404/405 (a HIS reads no infcode as a network failure), and broken HTTP (two
+    Content-Lengths, a 100 KB header) plain text too, each logged as an error with a traceback
+    quoting the raw request. The status stays, the body is the envelope, and the log gets one
+    warning line, never an error."""
+    url, port, _ = process
+    logged = LOGS["process"].stat().st_size
+    async with aiohttp.ClientSession() as session:
+        for method, path, status in [
+            ("POST", CALL_SERVICE + "/", 404),
+            ("POST", CALL_SERVICE.upper(), 404),
+            ("POST", "/hsa/hgs/2102/", 404),
+            ("GET", CALL_SERVICE, 405),
+            ("PUT", "/hsa/hgs/2102", 405),
+        ]:
+            async with session.request(method, url + path, data=b"{}") as r:
+                assert r.status == status, (method, path)
+                answer = decode(await r.read())
+            assert answer["infcode"] == -1 and "接口地址或请求方法错误" in answer["err_msg"], path
+        async with session.get(url + "/livez") as r:  # the routes that exist are untouched
+            assert r.status == 200
+    for head in (
+        b"POST " + CALL_SERVICE.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Content-Length: 3\r\n\r\n{}",
+        b"POST "
+        + CALL_SERVICE.encode()
+        + b" HTTP/1.1\r\nHost: x\r\nX-Big: "
+        + b"a" * 100_000
+        + b"\r\nContent-Length: 2\r\n\r\n{}",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head)
+            await writer.drain()
+            async with asyncio.timeout(10):
+                raw = await reader.read()
+        finally:
+            writer.close()
+        status_line, _, rest = raw.partition(b"\r\n")
+        assert status_line.split()[1].startswith(b"4"), raw[:200]  # HTTP/1.0: unparsed
+        answer = decode(rest.partition(b"\r\n\r\n")[2])
+        assert answer["infcode"] == -1 and "HTTP请求格式错误" in answer["err_msg"]
+    with LOGS["process"].open("rb") as log:
+        log.seek(logged)
+        lines = log.read().splitlines()
+    assert not [line for line in lines if b'"level": "error"' in line]
+    assert sum(b"malformed HTTP request" in line for line in lines) == 2
