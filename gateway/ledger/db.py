@@ -22,6 +22,10 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,  # class 08: connection exceptions
     asyncpg.InterfaceError,  # the connection was lost under a query
+    # A pooled connection the server ended (pg_terminate_backend, a restart) meets its next
+    # query in a state asyncpg cannot leave ("cannot switch to state …"): lost, like the above
+    # (seen when a database stopped taking connections: the first sale was "internal error").
+    asyncpg.InternalClientError,
     # 57P01-03: the server is shutting down (a switchover demotes the old primary) or is not yet
     # accepting connections (a standby being promoted, a restart).
     asyncpg.AdminShutdownError,
