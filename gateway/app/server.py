@@ -44,6 +44,8 @@ from gateway.pipeline.edge import (
     EdgeConfig,
     EdgeRunner,
     Pacer,
+    awaits_continue,
+    continue_when_read,
     declared_too_large,
     mark_requests,
     read_body,
@@ -460,17 +462,28 @@ def build_app(settings: Settings) -> web.Application:
     app[GUARD] = guard
     app[UPLOADS] = uploads
     app[PACER] = pacer
-    app.router.add_post("/fsi/api/rsfComIfsService/callService", call_service)
-    app.router.add_post("/hsa/hgs/{infno}", call_by_path)
+    app.router.add_post(
+        "/fsi/api/rsfComIfsService/callService", call_service, expect_handler=continue_when_read
+    )
+    app.router.add_post("/hsa/hgs/{infno}", call_by_path, expect_handler=continue_when_read)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_endpoint)
     install_console(app, settings.operators_path)
     # Last: what no route above takes (their methods' and paths' neighbours).
-    app.router.add_route("*", "/fsi/api/rsfComIfsService/callService", not_an_interface)
-    app.router.add_route("*", "/hsa/hgs/{infno}", not_an_interface)
-    app.router.add_route("*", "/{tail:.*}", not_an_interface)
+    # (A body they would never read is not invited either: `Expect` is answered with the
+    # envelope, not "100 Continue".)
+    app.router.add_route(
+        "*",
+        "/fsi/api/rsfComIfsService/callService",
+        not_an_interface,
+        expect_handler=continue_when_read,
+    )
+    app.router.add_route(
+        "*", "/hsa/hgs/{infno}", not_an_interface, expect_handler=continue_when_read
+    )
+    app.router.add_route("*", "/{tail:.*}", not_an_interface, expect_handler=continue_when_read)
     return app
 
 
@@ -490,7 +503,12 @@ async def not_an_interface(request: web.Request) -> web.Response:
             "/fsi/api/rsfComIfsService/callService或/hsa/hgs/{交易编号}"
         ),
     )
-    return web.Response(body=body, content_type="application/json", status=405 if known else 404)
+    response = web.Response(
+        body=body, content_type="application/json", status=405 if known else 404
+    )
+    if awaits_continue(request):
+        response.force_close()
+    return response
 
 
 async def _serve(app: web.Application, host: str, port: int, reuse_port: bool, idle: float) -> None:

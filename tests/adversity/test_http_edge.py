@@ -241,6 +241,70 @@ async def test_a_utf8_byte_order_mark_is_tolerated(server: Server) -> None:
     assert "JSON" not in (answer["err_msg"] or ""), answer
 
 
+# ------------------------------------------------------------------- Expect: 100-continue
+
+PERSON = {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "441802198203033456"}}
+
+
+async def _expecting(server: Server, headers: dict[str, str], length: int) -> tuple[Any, Any]:
+    """A client that sends its headers with `Expect: 100-continue` and holds its body back."""
+    head = _head(CALL_SERVICE, {**headers, "Content-Length": str(length), "Expect": "100-continue"})
+    return await _raw(_port(server), head)
+
+
+@pytest.mark.parametrize(
+    ("headers", "length", "words"),
+    [
+        ({}, 1000, "签名校验失败"),
+        ({"x-tif-signature": "0" * 64}, 1000, "签名不一致"),
+        ({}, 9 * MIB, "过大"),  # signed, but longer than any transaction may send
+    ],
+    ids=["unsigned", "wrong signature", "too large"],
+)
+async def test_a_body_held_for_100_continue_is_refused_before_it_is_invited(
+    server: Server, headers: dict[str, str], length: int, words: str
+) -> None:
+    # Found from outside: "100 Continue" came at once, before the signature was checked.
+    signed = {} if "x-tif-signature" not in headers and words != "过大" else _signed()
+    reader, writer = await _expecting(server, {**signed, **headers}, length)
+    try:
+        status, body = await _response(reader)  # the first thing answered
+    finally:
+        writer.close()
+    assert status == 200
+    answer = decode(body)
+    assert answer["infcode"] == -1 and words in answer["err_msg"], answer
+
+
+async def test_a_signed_request_is_invited_and_then_answered(server: Server) -> None:
+    body = msgspec.json.encode(_envelope("1101", PERSON, HOSPITAL))
+    reader, writer = await _expecting(server, _signed(HOSPITAL), len(body))
+    try:
+        async with asyncio.timeout(5.0):
+            assert await reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+            assert await reader.readline() == b"\r\n"
+        writer.write(body)
+        status, answer_bytes = await _response(reader)
+    finally:
+        writer.close()
+    answer = decode(answer_bytes)
+    assert status == 200 and answer["infcode"] == 0, answer
+    assert answer["output"]["baseinfo"]["psn_no"]
+
+
+async def test_an_expectation_other_than_100_continue_is_refused_in_the_envelope(
+    server: Server,
+) -> None:
+    head = _head(CALL_SERVICE, {**_signed(), "Content-Length": "1000", "Expect": "something-else"})
+    reader, writer = await _raw(_port(server), head)
+    try:
+        status, body = await _response(reader)
+    finally:
+        writer.close()
+    answer = decode(body)
+    assert status == 417 and answer["infcode"] == -1 and "Expect" in answer["err_msg"], answer
+
+
 @pytest.mark.parametrize(
     ("header", "value", "expected"),
     [
