@@ -156,6 +156,10 @@ class JournalConfig(Section, frozen=True):
     # While the ledger's breaker is open, how long a retry's msgid look-up may take before the
     # plan answers it from the local journal alone.
     ledger_lookup_seconds: float = 0.3
+    # Answers the ledger committed that each process keeps, newest first, for a retry that
+    # comes while the ledger is out of reach (gateway.pipeline.recent_answers): about 1.5 KB
+    # each, so 20,000 are ~30 MB and 15 s of a worker's busiest rate, minutes of a normal day.
+    recent_answers: int = 20_000
 
 
 class PlanConfig(Section, frozen=True):

@@ -31,6 +31,7 @@ from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
 from gateway.pipeline.grouped import Batches, Reads
 from gateway.pipeline.ledger_shares import LedgerShares, share_of
 from gateway.pipeline.ratelimit import Limiter
+from gateway.pipeline.recent_answers import RecentAnswers
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -108,6 +109,7 @@ class Gateway:
         "plan",
         "pool",
         "reads",
+        "recent",
         "redis",
         "reference",
         "region",
@@ -148,6 +150,8 @@ class Gateway:
         self._plan_states: dict[tuple[str, str], tuple[str, str] | None] | None = None
         # Deferred claims while the ledger is unreachable; the segment is opened on first use.
         self.journal = Journal(settings.journal_dir)
+        # Answers the ledger committed lately, for retries while it is out of reach.
+        self.recent = RecentAnswers(config.journal.recent_answers)
         # Settlements committed in batches (None: each on its own, as the commands run them).
         # One group commit per ledger database: a batch is one transaction, in one database.
         self.groups = {

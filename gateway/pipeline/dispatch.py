@@ -271,8 +271,12 @@ async def _write(
         async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
             outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode, ledger)
     _observe(gw, code, True, False, started, ledger.name)
-    if mode is Mode.DEFERRED and outcome.outcome is Result.OK:
-        outcome.outcome = Result.DEFERRED
+    if outcome.outcome is Result.OK:
+        if mode is Mode.NORMAL:
+            # Committed with its answer: a retry while the ledger is away gets it from here.
+            gw.recent.remember(code, req.msgid, body_hash, outcome.body)
+        elif mode is Mode.DEFERRED:
+            outcome.outcome = Result.DEFERRED
     return outcome
 
 
@@ -373,16 +377,18 @@ async def _earlier_answer(
     """The answer this msgid already got, looked up only when the plan is about to answer it
     otherwise: the normal path claims a fresh msgid in one round trip and finds a retry then.
 
-    The local journal (claims deferred by this process while the ledger was away) first, then the
-    ledger's msgid journal. While the ledger's breaker is open the look-up gets a short budget and
-    is skipped when the last probe failed; unreachable, the local journal is all there is, so a
-    request the ledger acknowledged before the outage can be deferred a second time. The drain
-    then files that claim as failed instead of settling it twice (gateway.emergency.deferred.replay).
+    The local journal (claims deferred by this process while the ledger was away) and the answers
+    this process gave from the ledger lately first, then the ledger's msgid journal. While the
+    ledger's breaker is open the look-up gets a short budget and is skipped when the last probe
+    failed; unreachable, what this process holds is all there is, so a request the ledger
+    acknowledged through another process, or long before, can be deferred a second time. The
+    drain then files that claim as failed instead of settling it twice
+    (gateway.emergency.deferred.replay).
     """
     code, msgid = req.fixmedins_code, req.msgid
     held = gw.journal.answered(code, msgid)
-    if held is not None:
-        stored = idempotency.Stored(*held)
+    stored = idempotency.Stored(*held) if held is not None else gw.recent.answered(code, msgid)
+    if stored is not None:
         return Outcome(
             idempotency.replay(stored, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
         )

@@ -490,6 +490,41 @@ async def test_one_till_at_a_time_on_a_dead_network_opens_the_breaker(
             await proxy.close()
 
 
+async def test_a_sale_this_process_answered_is_not_deferred_when_retried_in_the_outage(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a sale settled and answered, then retried by its till as the ledger
+    dropped away, became a deferred claim (the patient told to pay the whole bill in cash for a
+    sale the account had paid). The process that gave the answer gives it again, byte for byte;
+    a changed body under the msgid is refused; nothing is journaled for either."""
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger, pool_min=6) as srv:
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 0)))
+        try:
+            status, answer = await pos.post_raw(body)
+            assert status == 200 and decode(answer)["infcode"] == 0, answer
+            assert not decode(answer)["output"]["setlinfo"]["setl_id"].startswith("DF")
+            proxy.cut()
+            await _sales_until_deferred(pos)  # the breaker is open, the ledger out of reach
+            assert (await pos.post_raw(body))[1] == answer
+            changed = msgspec.json.decode(body)
+            changed["input"] = {**changed["input"], "memo": "乙"}
+            refusal = decode((await pos.post_raw(msgspec.json.encode(changed)))[1])
+            assert refusal["infcode"] == -1 and "报文内容不同" in refusal["err_msg"], refusal
+            proxy.restore()
+
+            async def drained() -> bool:
+                return bool(await srv.fetchval("SELECT count(*) FROM deferred") == 1)
+
+            await until(drained, within=20.0)  # the one sale deferred above, no other
+        finally:
+            await proxy.close()
+        msgid = msgspec.json.decode(body)["msgid"]
+        assert await srv.fetchval("SELECT count(*) FROM deferred WHERE msgid = $1", msgid) == 0
+
+
 async def _gateway_connections(srv: Server) -> int:
     """The gateway's connections to its database (the checker's own is not counted)."""
     return int(

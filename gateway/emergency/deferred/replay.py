@@ -153,9 +153,9 @@ async def _drain_one(conn: asyncpg.Connection, e: deferred.Entry) -> int:
         conn, e.fixmedins_code, e.msgid, infno, e.digest, e.answer
     )
     if not fresh and e.kind != "withdrawal":
-        # The ledger had answered this msgid before it became unreachable (a retry deferred
-        # while no look-up could reach it): replaying it would do it twice. The team settles
-        # the patient's cash against the original answer instead.
+        # The ledger answered this msgid besides the claim (before the outage, through another
+        # process or node, or during it): replaying it would do it twice. The team settles the
+        # patient's cash against the ledger's answer instead.
         await deferred.fail_answered(
             conn, e.fixmedins_code, e.msgid, DUPLICATE_REASON.format(msgid=e.msgid)
         )
@@ -163,8 +163,8 @@ async def _drain_one(conn: asyncpg.Connection, e: deferred.Entry) -> int:
 
 
 DUPLICATE_REASON = (
-    "报文ID{msgid}在数据库中断前已办结，本笔为重发报文被暂存，不再补结算；"
-    "请按原结算核对参保人已付现金并办理退还"
+    "报文ID{msgid}已由医保结算数据库办结（暂存之前，或暂存期间经其他网关进程/节点办结），"
+    "本笔暂存不再补结算；请按数据库中的原结算核对参保人已付现金并办理退还"
 )
 
 

@@ -1,0 +1,41 @@
+"""The answers this process gave from the ledger lately, for a retry that comes while the ledger
+is out of reach.
+
+Found from outside: a sale the ledger settled and this process answered, retried by its till a
+moment later as the ledger dropped away, found no answer (the ledger could not be asked, the
+local journal holds only deferred claims) and became a deferred claim, the patient told to pay
+in cash for a sale the account had already paid. An answer the ledger committed never changes,
+so the process keeps the latest of them, bounded by count, and the plan's detours look here
+before they defer, reject or forward a retry. Per process: a retry that reaches another worker
+or node is looked up in the ledger as before.
+"""
+
+from __future__ import annotations
+
+from gateway.ledger.idempotency import Stored
+
+
+class RecentAnswers:
+    """(institution, msgid) → the committed answer and its body's digest, the newest `capacity`."""
+
+    __slots__ = ("_answers", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._answers: dict[tuple[str, str], Stored] = {}
+
+    def remember(self, fixmedins_code: str, msgid: str, body_sha256: bytes, answer: bytes) -> None:
+        """An answer the ledger committed, as the counter was given it."""
+        if self.capacity <= 0:
+            return
+        answers = self._answers
+        answers[(fixmedins_code, msgid)] = Stored(body_sha256, answer)
+        if len(answers) > self.capacity:
+            del answers[next(iter(answers))]  # the oldest (dicts keep insertion order)
+
+    def answered(self, fixmedins_code: str, msgid: str) -> Stored | None:
+        """The committed answer of this msgid, if this process gave it lately."""
+        return self._answers.get((fixmedins_code, msgid))
+
+    def __len__(self) -> int:
+        return len(self._answers)
