@@ -172,11 +172,22 @@ def undecodable(body: bytes, exc: Exception) -> BadRequest:
     return BadRequest("请求报文不是有效的JSON")
 
 
+# Invisible characters a code picks up from a spreadsheet or a CSV written with a byte-order
+# mark (the first cell of the file): found from outside, "\ufeffT7Y001" was kept as a code of
+# its own, so the line matched no mapping and the patient paid what the fund should have.
+_INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"
+_INVISIBLE_EDGES = re.compile(f"^[\\s{_INVISIBLE}]+|[\\s{_INVISIBLE}]+$")
+
+
 def text(value: Code) -> str:
-    """A code field as text: numbers become their decimal text, null becomes ""."""
+    """A code field as text: numbers become their decimal text, null becomes "", blanks and
+    invisible characters around it are dropped."""
     if value is None:
         return ""
-    return str(value).strip()
+    t = str(value).strip()
+    if t and (t[0] in _INVISIBLE or t[-1] in _INVISIBLE):
+        t = _INVISIBLE_EDGES.sub("", t)
+    return t
 
 
 def decode_request(body: bytes, path_infno: str | None = None) -> Request:

@@ -201,6 +201,22 @@ async def _corrections(
                         done, failing = await corrections.apply(
                             here, snapshot, found, args.item, run_id, limit=left, progress=bar
                         )
+                        if done.elsewhere and left is None:
+                            # Replaced by a run beside this one: a replacement that still
+                            # resolved the item the old way is a target again.
+                            again = await corrections.targets(
+                                here, snapshot, args.institution, args.item, begn, end
+                            )
+                            tried = {setl_id for setl_id, _ in failing}
+                            more, failing_more = await corrections.apply(
+                                here,
+                                snapshot,
+                                [t for t in again if t.setl_id not in tried],
+                                args.item,
+                                run_id,
+                            )
+                            done.items += more.items
+                            failing += failing_more
                         if left is not None:
                             left = max(0, left - len(found))
                     else:
@@ -208,6 +224,7 @@ async def _corrections(
                             here, snapshot, found, args.item, dt.datetime.now()
                         )
                     summary.items += done.items
+                    summary.elsewhere += done.elsewhere
                     failed += failing
     finally:
         await pool.close()
@@ -232,6 +249,8 @@ def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
         for code, amount in doc["funds"].items():
             print(f"  fund {code}: {amount}")
         print(f"  patients owe in total: {doc['totals']['patient_owes']}")
+    for old, new in summary.elsewhere:
+        print(f"re-settled meanwhile by another run: {old} → {new}", file=sys.stderr)
     for setl_id, why in failed:
         print(f"{'failed' if apply_it else 'would fail'} {setl_id}: {why}", file=sys.stderr)
     return 1 if failed else 0

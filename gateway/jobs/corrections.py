@@ -99,6 +99,8 @@ class Item:
 @dataclass(slots=True)
 class Summary:
     items: list[Item] = field(default_factory=list)
+    # Targets another run replaced meanwhile: (old setl_id, its replacement).
+    elsewhere: list[tuple[str, str]] = field(default_factory=list)
 
     def persons(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -415,6 +417,7 @@ async def apply(
     for i, t in enumerate(todo, start=1):
         try:
             async with conn.transaction():
+                await corrections.hold(conn, t.setl_id)
                 done = await corrections.corrected_by(conn, t.setl_id)
                 if done is None:
                     summary.items.append(
@@ -422,6 +425,10 @@ async def apply(
                             conn, snapshot, t.setl_id, item_code, run_id, dt.datetime.now()
                         )
                     )
+                else:
+                    # Another run replaced it since the targets were read: its replacement is
+                    # judged again by `targets` (the caller's next pass), not re-settled blind.
+                    summary.elsewhere.append((t.setl_id, done))
         except GatewayError as exc:
             failed.append((t.setl_id, exc.err_msg))
         if progress is not None:

@@ -92,6 +92,16 @@ async def codes_used(conn: asyncpg.Connection, setl_id: str) -> dict[str, str]:
     return {r["sn"]: r["used"] or "" for r in rows}
 
 
+async def hold(conn: asyncpg.Connection, setl_id: str) -> None:
+    """Lock the settlement for this transaction: another run re-settling it now is waited for,
+    and what it did is then seen (found from outside: two runs at once, the second checked
+    before the first committed and reported each settlement as failed, "cancel the new one")."""
+    # An advisory lock that only correction runs take, first: the settlement's own row is locked
+    # after its visit and person (settlements.cancel's order), and taking it before them here
+    # could deadlock with a counter cancelling the same visit.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('correction:' || $1))", setl_id)
+
+
 async def corrected_by(conn: asyncpg.Connection, old_setl_id: str) -> str | None:
     """Reads the settlement that replaced a corrected one; None when it was not corrected."""
     new_setl_id: str | None = await conn.fetchval(

@@ -302,16 +302,25 @@ async def synthesize(
 async def upload_mappings(conn: asyncpg.Connection, rows: list[Mapping]) -> int:
     """3301: add mapping rows (a row for an item already mapped supersedes it from its begndate)."""
     codes = sorted({m.med_list_codg for m in rows})
-    known = {
-        r["med_list_codg"]
-        for r in await conn.fetch(
-            "SELECT DISTINCT med_list_codg FROM catalog_entries WHERE med_list_codg = ANY($1::text[])",
-            codes,
-        )
-    }
+    known: dict[str, set[str]] = {}
+    for r in await conn.fetch(
+        "SELECT DISTINCT med_list_codg, list_type FROM catalog_entries"
+        " WHERE med_list_codg = ANY($1::text[])",
+        codes,
+    ):
+        known.setdefault(r["med_list_codg"], set()).add(r["list_type"])
     missing = [c for c in codes if c not in known]
     if missing:
         raise RuleRejected(f"医保目录编码{missing[0]}不存在，请核对后重新上传对照")
+    for m in rows:
+        # Found from outside: a drug's code mapped as a service item (201 for a 101 code) was
+        # taken, and 1317 showed the item under a category its national code is not.
+        if m.list_type not in known[m.med_list_codg]:
+            kinds = "、".join(sorted(known[m.med_list_codg]))
+            raise RuleRejected(
+                f"项目{m.medins_list_codg}的目录类别list_type{m.list_type}与医保目录编码"
+                f"{m.med_list_codg}的目录类别{kinds}不一致，请核对后重新上传对照"
+            )
     await conn.executemany(
         "INSERT INTO catalog_mappings (fixmedins_code, medins_list_codg, fixmedins_hilist_name, list_type,"
         " med_list_codg, begndate, enddate) VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -18,6 +18,8 @@ from gateway.app.reference import load_reference
 from gateway.app.server import Settings, build_app
 from gateway.core.model import Accumulators, PersonState, Visit
 from gateway.core.settle import apply, settle
+from gateway.jobs import corrections
+from gateway.ledger import corrections as corrections_store
 from gateway.ledger import fees, persons, reference_store
 from gateway.ledger.db import create_pool
 from tests.integration.conftest import GENEROUS, Server
@@ -546,3 +548,39 @@ async def test_a_change_is_announced_through_redis(server: Server, redis_url: st
     finally:
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_two_runs_at_once_report_no_false_failures(server: Server) -> None:
+    """Found from outside: two apply runs at once over the same settlements, and the second,
+    having checked before the first committed, reported every settlement as failed and told
+    the operator to cancel the replacement (exit 1), though nothing was left undone. It waits
+    for the first run's settlement, sees the replacement and has nothing to do."""
+    item, psn = "YP8002", "441800000000000002"
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(WRONG_CLASS_A, item))
+    _, wrong = await _visit(server, psn, "MZ-RACE-1", item)
+    await his.ok("3301", _mapping(CLASS_B, item))
+    reference = load_reference(ROOT / "config" / "demo")
+    pool = await create_pool(server.dsn, min_size=2, max_size=2)
+    first, second = await pool.acquire(), await pool.acquire()
+    try:
+        snapshot = await reference_store.read_snapshot(first, reference)
+        found = await corrections.targets(second, snapshot, HOSPITAL, item)
+        assert [t.setl_id for t in found] == [wrong["setl_id"]]
+        running = first.transaction()
+        await running.start()  # the first run has re-settled it and not yet committed
+        ahead, _ = await corrections.apply(first, snapshot, found, item, "RUN-1")
+        assert len(ahead.items) == 1
+        beside = asyncio.create_task(corrections.apply(second, snapshot, found, item, "RUN-2"))
+        await asyncio.sleep(0.5)
+        assert not beside.done()  # waits for the first run
+        await running.commit()
+        summary, failed = await asyncio.wait_for(beside, 10)
+        assert failed == [] and summary.items == []
+        replaced = await corrections_store.corrected_by(second, wrong["setl_id"])
+        assert replaced is not None and summary.elsewhere == [(wrong["setl_id"], replaced)]
+        assert await corrections.targets(second, snapshot, HOSPITAL, item) == []
+    finally:
+        await pool.release(first)
+        await pool.release(second)
+        await pool.close()

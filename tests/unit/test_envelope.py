@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from adapters.his.uploads import _upload_of
 from adapters.national import envelope, wire
-from adapters.national.envelope import decode_input, decode_request, encode_response, ref_msgid
+from adapters.national.envelope import (
+    decode_input,
+    decode_request,
+    encode_response,
+    ref_msgid,
+    text,
+)
 from adapters.national.wire import In2206, fen, micro, quantity, when
 from adapters.pos.pharmacy import In2101, purchase_of
 from gateway.core.money import AmountError, scaled
@@ -338,3 +344,18 @@ def test_a_revision_and_its_base_are_one_transaction_in_path_and_body(
             decode_request(raw, path)
     else:
         assert decode_request(raw, path).infno == envelope.base_infno(path)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["\ufeffYP0001", "YP0001\ufeff", " \ufeff YP0001\u200b ", "\u2060YP0001", "\u3000YP0001\t"],
+    ids=["BOM first", "BOM last", "mixed", "word joiner", "blanks"],
+)
+def test_invisible_characters_around_a_code_are_dropped(sent: str) -> None:
+    # Found from outside: a code from the first cell of a CSV written with a byte-order mark
+    # kept it, matched no mapping, and the line was priced all self-pay.
+    assert text(sent) == "YP0001"
+
+
+def test_a_code_that_is_only_invisible_is_empty() -> None:
+    assert text("\ufeff\u200b") == ""
