@@ -179,6 +179,11 @@ def cash_setlinfo(
     values["medfee_sumamt"] = facts.medfee_sumamt
     if sum(facts.declared.values()) == facts.medfee_sumamt:
         values.update(facts.declared)  # the split the HIS sent, when it adds up
+    else:
+        # Not priced yet (replay prices it): the whole bill within the policy range, so that
+        # medfee = fulamt + overlmt + preselfpay + inscp holds on this answer too (found from
+        # outside: all four were 0.00 against the bill, which settlement-rules §6 forbids).
+        values["inscp_scp_amt"] = facts.medfee_sumamt
     values["psn_part_amt"] = facts.medfee_sumamt
     values["psn_cash_pay"] = facts.medfee_sumamt
     out: dict[str, Any] = {

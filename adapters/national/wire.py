@@ -155,12 +155,21 @@ def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | Non
             return dt.datetime.fromisoformat(s)
         except ValueError:
             pass
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return dt.datetime.strptime(s, fmt)
-        except ValueError:
-            continue
+    # strptime takes any Unicode digit and any run of blanks (found from outside: "２０２６-12-01"
+    # and "2026-12-01  10:00:00" opened visits); a date decides the policy year, so only the
+    # shapes themselves, in ASCII digits, are parsed.
+    if _TIME_SHAPES.fullmatch(s):
+        for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S"):
+            try:
+                return dt.datetime.strptime(s, fmt)
+            except ValueError:
+                continue
     raise BadRequest(f"字段{name}时间格式错误，应为yyyy-MM-dd HH:mm:ss")
+
+
+_TIME_SHAPES = re.compile(
+    r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[ T][0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2})?|[0-9]{14}"
+)
 
 
 def day(value: Code, name: str) -> dt.date:

@@ -271,8 +271,8 @@ async def _defer_claim(call: Call) -> Answer:
     lines: tuple[str, ...] | None = None
     if scope is not None:
         await _refuse_claimed_twice(call.conn, req.fixmedins_code, visit, scope[1])
-        if scope[1] == fees.ALL and not visit.startswith(PROVISIONAL_PREFIX):
-            lines = await _claimed_lines(call.conn, req.fixmedins_code, visit)
+        if not visit.startswith(PROVISIONAL_PREFIX):
+            lines = await _claimed_lines(call.conn, req.fixmedins_code, visit, scope[1])
     if visit == facts.mdtrt_id and not visit.startswith(PROVISIONAL_PREFIX):
         await _refuse_as_its_settlement(call)
     claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
@@ -311,15 +311,23 @@ async def _refuse_as_its_settlement(call: Call) -> None:
 
 
 async def _claimed_lines(
-    conn: asyncpg.Connection, fixmedins_code: str, visit: str
+    conn: asyncpg.Connection, fixmedins_code: str, visit: str, batch: str
 ) -> tuple[str, ...] | None:
-    """The lines a claim of the whole visit covers: those unsettled as it is taken, since lines
-    uploaded afterwards are settled by a later settlement (a mid-way 2304 followed by more fees).
-    None while the institution's deferred calls wait: their lines belong to the claim when they
-    came before it, and replay fixes the lines once it has applied them (in order)."""
+    """The lines a claim covers (of its charge batch, or of the whole visit): those unsettled as
+    it is taken, since lines uploaded afterwards are settled by a later settlement (a mid-way
+    2304 followed by more fees). Found from outside: a batch's claim named no lines, so a line
+    added to the batch after it made the claim's total wrong at replay, and the claim failed
+    with the patient's cash taken. None while the institution's deferred calls wait: their
+    lines belong to the claim when they came before it, and replay fixes the lines once it has
+    applied them (in order)."""
     if await deferred.calls_waiting(conn, fixmedins_code):
         return None
-    return tuple(ln.feedetl_sn for ln in await fees.unsettled(conn, visit))
+    return tuple(ln.feedetl_sn for ln in _of_batch(await fees.unsettled(conn, visit), batch))
+
+
+def _of_batch(lines: list[fees.StoredLine], batch: str) -> list[fees.StoredLine]:
+    """The lines of one charge batch, or all of them for a claim of the whole visit."""
+    return lines if batch == fees.ALL else [ln for ln in lines if ln.chrg_bchno == batch]
 
 
 async def _refuse_claimed_twice(

@@ -32,7 +32,7 @@ class Entry:
     claim_id: str | None = None
     provisional_id: str | None = None
     digest: bytes = b""  # sha256 of the HTTP body, for the msgid journal once drained
-    # feedetl_sn a claim of a whole visit covers, when known as it is taken (see claim_lines)
+    # feedetl_sn a claim covers (its batch's or its whole visit's), fixed as it is taken or at drain
     lines: tuple[str, ...] | None = None
 
 

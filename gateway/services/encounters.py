@@ -16,9 +16,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from adapters.national import deferral
 from gateway.core import eligibility
 from gateway.core.dates import DateRules
-from gateway.ledger import encounters, fees, persons, settlements
+from gateway.ledger import deferred, encounters, fees, persons, settlements
 from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job, unchanged
 from gateway.protocol.errors import Conflict, NotInsured, RuleRejected
@@ -275,6 +276,16 @@ async def cancel_discharge(conn: asyncpg.Connection, fixmedins_code: str, a: Vis
         raise Conflict(f"就诊ID{a.mdtrt_id}未办理出院，不能撤销出院")
     if await settlements.has_final(conn, a.mdtrt_id):
         raise Conflict("该住院已出院结算，请先撤销结算（2305）再撤销出院")
+    # Found from outside: a discharge cancelled under the stay's pending claim (the patient
+    # paid in cash, the fund's share owed) made the claim fail at replay, "not discharged".
+    held = deferral.held_lines(
+        await deferred.pending_on_visits(conn, [enc.mdtrt_id]), fixmedins_code
+    )
+    if held:
+        raise Conflict(
+            f"该住院的结算已按应急预案暂存（暂存结算单号{held[0].claim_id}），"
+            "请待恢复后由系统补结算，或先撤销暂存（2305），再撤销出院"
+        )
     await encounters.update(conn, a.mdtrt_id, status="open", endtime=None)
 
 

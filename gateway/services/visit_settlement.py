@@ -58,12 +58,24 @@ def check_med_type(enc: Encounter, med_type: str) -> Category:
     return eligibility.category_for(enc.kind, med_type, enc.mdtrt_id)
 
 
-def admission_med_type(enc: Encounter, a: VisitAsk) -> VisitAsk:
-    """The inpatient settlement's med_type is the admission's; one sent must agree with it."""
+def visit_med_type(enc: Encounter, a: VisitAsk) -> VisitAsk:
+    """The settlement's med_type is the one the visit recorded (the admission's, 2401; an
+    outpatient visit's information, 2203); one sent must agree with it. Found from outside: an
+    outpatient visit recorded as 14 (门诊慢特病) was settled as 11 when the 2206 said so, and one
+    recorded as 11 at 90% as 14, where a stay's differing med_type was refused."""
+    inpatient = enc.kind == Kind.INPATIENT
+    # An outpatient visit whose 2203 was not sent holds only the registration's default (11,
+    # no diagnosis): the settlement's own med_type stands.
+    if not enc.med_type or not (inpatient or enc.dise_codg or enc.med_type != "11"):
+        return a
     if a.med_type and a.med_type != enc.med_type:
+        if inpatient:
+            source, rule = "入院办理（2401）", "住院结算按入院时的医疗类别结算"
+        else:
+            source, rule = "就诊信息上传（2203）", "如需更改请重新上传就诊信息（2203）"
         raise RuleRejected(
-            f"医疗类别{a.med_type}与入院办理（2401）时的医疗类别{enc.med_type}不一致"
-            f"（就诊ID{enc.mdtrt_id}），住院结算按入院时的医疗类别结算"
+            f"医疗类别{a.med_type}与{source}时的医疗类别{enc.med_type}不一致"
+            f"（就诊ID{enc.mdtrt_id}），{rule}"
         )
     return msgspec.structs.replace(a, med_type=enc.med_type)
 
@@ -187,7 +199,7 @@ def visit_job(
             deferral.refuse_if_held(visit.claimed, a.chrg_bchno)
         # The person after the claims: a claim's holder is named whoever asks.
         enc = encounters.own(visit.encounter, a.mdtrt_id, code, a.psn_no)
-        this = admission_med_type(enc, a) if kind is Kind.INPATIENT and enc.kind == kind else a
+        this = visit_med_type(enc, a) if enc.kind == kind else a
         _check_visit(enc, kind, this, final=final)
         lines = visit.unsettled
         if this.chrg_bchno != fees.ALL:

@@ -263,6 +263,10 @@ async def test_a_stay_under_a_pending_claim_gets_neither_a_second_claim_nor_2304
         await rig.plan(scope, None)
     _refused_as_pending(await his.call("2304", data), claim_id)  # the single path
     assert await _settlements(rig.srv, mdtrt_id) == 0
+    # Found from outside: the discharge the claim settles could be cancelled under it, and
+    # the claim failed at replay ("not discharged") with the patient's cash taken.
+    undone = await his.call("2405", {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
+    assert undone["infcode"] == -1 and claim_id in undone["err_msg"], undone
     await his.ok("2305", _cancel(claim_id, mdtrt_id, RETIREE))
     settled = (await his.ok("2304", data))["setlinfo"]
     assert not settled["setl_id"].startswith("DF")

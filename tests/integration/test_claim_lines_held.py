@@ -9,7 +9,9 @@ batch of the same visit can."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from tests.integration.conftest import running_gateway
@@ -19,6 +21,7 @@ from tests.integration.emergency_helpers import (
     OUTPATIENT_LINES,
     OUTPATIENT_TOTAL,
     clear_rule,
+    cli,
     set_rule,
     until,
 )
@@ -75,3 +78,56 @@ async def test_a_claimed_batch_cannot_be_withdrawn_before_replay(
             )
             == 0
         )
+
+
+async def test_a_line_added_to_a_claimed_batch_is_not_the_claims(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a line uploaded into a batch after its claim made the claim's total
+    wrong at replay; the claim failed, and the batch, the claimed lines with it, was then
+    settled in real time (the patient's cash taken and the account charged). The claim names
+    its lines as it is taken, and replay settles exactly those."""
+    async with running_gateway(new_database) as srv:
+        his: HisClient = srv.client(HOSPITAL)
+        pos: HisClient = srv.client(PHARMACY)
+        mdtrt_id = await his.register(PERSON, "310", "2026-06-03 08:30:00", "MZ-HELD-2")
+        await his.visit_info(mdtrt_id, PERSON, "11", "2026-06-03 08:30:00")
+        rows = his.fee_rows(mdtrt_id, PERSON, OUTPATIENT_LINES, "2026-06-03 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        claimed = {r["feedetl_sn"] for r in rows}
+
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+        async def deferring() -> bool:
+            drug = pos.drug_input(PERSON, "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES)
+            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
+
+        await until(deferring)
+        data = his.settle_data(
+            PERSON, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+        )
+        info = (await his.ok("2207", data))["setlinfo"]
+        claim = info["setl_id"]
+        assert claim.startswith("DF")
+        # settlement-rules §6 on this answer too (found from outside: the four parts were 0.00).
+        parts = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+        assert sum(Decimal(str(info[k])) for k in parts) == Decimal(OUTPATIENT_TOTAL), info
+        extra = his.fee_rows(mdtrt_id, PERSON, OUTPATIENT_LINES[:1], "2026-06-03 09:00:00", "B1")
+        extra[0]["feedetl_sn"] = "B1-LATER"
+        await his.ok("2204", {"feedetail": extra})
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        await asyncio.sleep(2.5)  # every process polls the plan each second
+
+        done = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert done["settled"] == 1 and done["failed"] == [], done
+        settled = await srv.fetch(
+            "SELECT feedetl_sn FROM fee_lines f JOIN deferred d ON d.setl_id = f.setl_id"
+            " WHERE d.claim_id = $1",
+            claim,
+        )
+        assert {r["feedetl_sn"] for r in settled} == claimed
+        later = await srv.fetchval(
+            "SELECT setl_id FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = 'B1-LATER'",
+            mdtrt_id,
+        )
+        assert later is None  # not the claim's: the patient never paid it

@@ -359,3 +359,32 @@ def test_invisible_characters_around_a_code_are_dropped(sent: str) -> None:
 
 def test_a_code_that_is_only_invisible_is_empty() -> None:
     assert text("\ufeff\u200b") == ""
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "２０２６-12-01 10:00:00",
+        "٢٠٢٦-12-01 10:00:00",
+        "2026-12-01  10:00:00",
+        "2026-12-01\t10:00:00",
+    ],
+    ids=["full-width digits", "arabic-indic digits", "two spaces", "tab"],
+)
+def test_a_time_in_other_digits_or_blanks_is_refused(sent: str) -> None:
+    # Found from outside: strptime took any Unicode digit and any run of blanks, so visits were
+    # opened on such times, where amounts in the same digits are refused.
+    with pytest.raises(BadRequest, match="时间格式错误"):
+        when(sent, "begntime")
+
+
+def test_the_time_shapes_clients_send_are_read() -> None:
+    expected = dt.datetime(2026, 12, 1, 10, 0, 0)
+    for sent in (
+        "2026-12-01 10:00:00",
+        "20261201100000",
+        "2026-12-01T10:00:00",
+        "2026-12-1 10:0:0",
+    ):
+        assert when(sent, "t") == expected
+    assert when("2026-12-01", "t") == dt.datetime(2026, 12, 1)

@@ -224,27 +224,32 @@ async def _apply_calls(gw: Gateway, pool: asyncpg.Pool) -> tuple[int, int]:
     return applied, failed
 
 
-async def _unfixed(conn: asyncpg.Connection) -> list[tuple[int, str]]:
-    """(seq, mdtrt_id) of the pending claims of a whole visit that do not name their lines yet."""
-    out: list[tuple[int, str]] = []
+async def _unfixed(conn: asyncpg.Connection) -> list[tuple[int, str, str]]:
+    """(seq, mdtrt_id, charge batch or ALL) of the pending claims of a visit's lines that do not
+    name their lines yet."""
+    out: list[tuple[int, str, str]] = []
     of_lines = [t.infno for t in TRANSACTIONS.values() if t.settle_claim is not None]
     for r in await deferred.unfixed_claims(conn, of_lines):
         scope = deferral.claim_scope(deferral.request_of(bytes(r["body"])))
-        if scope is not None and scope[1] == fees.ALL:
-            out.append((int(r["seq"]), scope[0]))
+        if scope is not None:
+            out.append((int(r["seq"]), scope[0], scope[1]))
     return out
 
 
 async def _fix_lines(
-    conn: asyncpg.Connection, unfixed: list[tuple[int, str]], before: int | None
+    conn: asyncpg.Connection, unfixed: list[tuple[int, str, str]], before: int | None
 ) -> None:
-    """A claim covers the visit's lines uploaded before it in the order received: fixed once
-    every call before it is applied and none after it (`before`: the next call's seq)."""
+    """A claim covers its batch's (or the visit's) lines uploaded before it in the order
+    received: fixed once every call before it is applied and none after it (`before`: the next
+    call's seq). A line added to the batch later is not the bill the patient paid in cash."""
     while unfixed and (before is None or unfixed[0][0] < before):
-        seq, mdtrt_id = unfixed.pop(0)
+        seq, mdtrt_id, batch = unfixed.pop(0)
         visit = await deferred.visit_of(conn, mdtrt_id)
+        lines = await fees.unsettled(conn, visit)
         await deferred.fix_lines(
-            conn, seq, [ln.feedetl_sn for ln in await fees.unsettled(conn, visit)]
+            conn,
+            seq,
+            [ln.feedetl_sn for ln in lines if batch == fees.ALL or ln.chrg_bchno == batch],
         )
 
 
