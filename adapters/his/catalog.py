@@ -5,6 +5,7 @@ process settles with; the paging is the national shape's)."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -159,17 +160,19 @@ async def revoke(call: Call) -> Answer:
     )
 
 
+_PAGE_NUMBER = re.compile(r"0*[1-9][0-9]{0,8}")
+
+
 def _page(q: Query) -> tuple[int, int]:
     def number(value: Amount, name: str, default: int) -> int:
         if value is None or value == "":
             return default
-        try:
-            n = int(str(value))
-        except ValueError as exc:
-            raise BadRequest(f"字段{name}应为正整数") from exc
-        if n < 1:
-            raise BadRequest(f"字段{name}应为正整数")
-        return n
+        # ASCII digits, at most nine (found from outside: a page number of 21 digits was
+        # answered with an endRow past any 64-bit integer a client parses it into).
+        sent = "" if isinstance(value, bool) else str(value).strip()
+        if not _PAGE_NUMBER.fullmatch(sent):
+            raise BadRequest(f"字段{name}应为正整数（至多9位）")
+        return int(sent)
 
     return number(q.page_num, "page_num", 1), min(number(q.page_size, "page_size", 100), MAX_PAGE)
 
@@ -187,7 +190,7 @@ def _paged(q: Query, rows: Sequence[T], row_out: Callable[[T], dict[str, Any]]) 
             "lastPage": page_num >= pages,
             "size": len(chunk),
             "startRow": start + 1 if chunk else 0,
-            "endRow": start + len(chunk),
+            "endRow": start + len(chunk) if chunk else 0,
             "pageSize": page_size,
             "pageNum": page_num,
             "recordCounts": total,

@@ -3,6 +3,8 @@ requests of gateway.services.reconciliation."""
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 import msgspec
 
@@ -54,13 +56,16 @@ class In9102(Node):
     fsDownloadIn: DownloadIn | None = None
 
 
+_COUNT = re.compile(r"[0-9]{1,9}")
+
+
 def _count(value: Amount, name: str) -> int:
-    if isinstance(value, bool):
-        raise BadRequest(f"字段{name}应为整数")
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(f"字段{name}应为整数") from exc
+    """A number of settlements: ASCII digits, not negative (found from outside: -1 was taken
+    and answered "医药机构上报-1笔"; int() also takes "１２" and "1_0")."""
+    sent = "" if value is None or isinstance(value, bool) else str(value).strip()
+    if not _COUNT.fullmatch(sent):
+        raise BadRequest(f"字段{name}应为非负整数")
+    return int(sent)
 
 
 def _period(d: StmtTotal) -> reconciliation.StatementPeriod:

@@ -584,3 +584,32 @@ async def test_two_runs_at_once_report_no_false_failures(server: Server) -> None
         await pool.release(first)
         await pool.release(second)
         await pool.close()
+
+
+async def test_a_mapping_whose_list_type_is_not_its_codes_is_refused(server: Server) -> None:
+    """Found from outside: a drug's national code (list_type 101) was taken as a service item's
+    mapping (201), and 1317 listed the item under a category its code is not."""
+    his = server.client(HOSPITAL)
+    wrong = _mapping(CLASS_B, "YP8003")
+    wrong["data"]["list_type"] = "201"
+    refused = await his.call("3301", wrong)
+    assert refused["infcode"] == -1, refused
+    assert "list_type201" in refused["err_msg"] and "101" in refused["err_msg"]
+    assert (
+        await server.fetchval(
+            "SELECT count(*) FROM catalog_mappings WHERE medins_list_codg = 'YP8003'"
+        )
+        == 0
+    )
+    await his.ok("3301", _mapping(CLASS_B, "YP8003"))
+
+
+async def test_a_page_past_the_end_or_past_nine_digits(server: Server) -> None:
+    """Found from outside: page 10^20 was answered endRow 999999999999999999990, past the
+    64-bit integer a client parses it into, and above recordCounts."""
+    his = server.client(HOSPITAL)
+    huge = await his.call("1312", {"data": {"page_num": "1" + "0" * 20, "page_size": 10}})
+    assert huge["infcode"] == -1 and "page_num应为正整数" in huge["err_msg"], huge
+    past = await his.ok("1312", {"data": {"page_num": "999999999", "page_size": 10}})
+    assert past["size"] == 0 and past["startRow"] == 0 and past["endRow"] == 0
+    assert past["recordCounts"] > 0 and past["lastPage"] is True

@@ -106,6 +106,15 @@ async def test_a_day_reconciles(server: Server, day: list[dict[str, Any]]) -> No
     assert out["stmtinfo"]["setl_optins"] == "441800"
 
 
+@pytest.mark.parametrize("count", ["-1", "１", "1_0", "1.0", True])
+async def test_a_settlement_count_that_is_not_one_is_refused(
+    server: Server, day: list[dict[str, Any]], count: object
+) -> None:
+    # Found from outside: -1 was taken and answered "医药机构上报-1笔".
+    answer = await server.client(HOSPITAL).call("3201", _stmt(day, fixmedins_setl_cnt=count))
+    assert answer["infcode"] == -1 and "fixmedins_setl_cnt应为非负整数" in answer["err_msg"]
+
+
 async def test_a_missing_settlement_is_found_and_named(
     server: Server, day: list[dict[str, Any]]
 ) -> None:
