@@ -160,18 +160,19 @@ async def revoke(call: Call) -> Answer:
     )
 
 
-_PAGE_NUMBER = re.compile(r"0*[1-9][0-9]{0,8}")
+_PAGE_NUMBER = re.compile(r"0*[1-9][0-9]{0,9}")
 
 
 def _page(q: Query) -> tuple[int, int]:
     def number(value: Amount, name: str, default: int) -> int:
         if value is None or value == "":
             return default
-        # ASCII digits, at most nine (found from outside: a page number of 21 digits was
-        # answered with an endRow past any 64-bit integer a client parses it into).
+        # ASCII digits, at most ten (a Java client asks for every row with Integer.MAX_VALUE).
+        # Found from outside: a page number of 21 digits was answered with an endRow past any
+        # 64-bit integer a client parses it into.
         sent = "" if isinstance(value, bool) else str(value).strip()
         if not _PAGE_NUMBER.fullmatch(sent):
-            raise BadRequest(f"字段{name}应为正整数（至多9位）")
+            raise BadRequest(f"字段{name}应为正整数（至多10位）")
         return int(sent)
 
     return number(q.page_num, "page_num", 1), min(number(q.page_size, "page_size", 100), MAX_PAGE)
