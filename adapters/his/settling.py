@@ -149,6 +149,9 @@ async def cancel_settlement(call: Call, *, kind: Kind) -> Answer:
     rec = done.at_counter()
     info: dict[str, Any] = setlinfo(rec, sign=-1, balc=done.balc)
     info["setl_time"] = moment(call.now)
+    # The cancellation's own msgid, as for every answer (README): found from outside, the
+    # original's came back; the captured Hebei 2208 (clients.md A1) carries its own.
+    info["medins_setl_id"] = call.req.msgid
     return Answer(
         {"setlinfo": info, "setldetail": setldetail(rec.funds, -1)}, warn_msg=done.warning()
     )

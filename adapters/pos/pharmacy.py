@@ -298,6 +298,7 @@ async def cancel(call: Call) -> Answer:
         )
     }
     info["setl_time"] = moment(call.now)
+    info["medins_setl_id"] = call.req.msgid  # the cancellation's own, as a 2208's
     info["psn_pay"] = full["psn_part_amt"]
     info["cash_payamt"] = full["psn_cash_pay"]
     return Answer(

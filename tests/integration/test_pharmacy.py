@@ -93,7 +93,10 @@ async def test_cancellation_restores_account_and_accumulators_exactly(server: Se
     cancel = {
         "data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": EMPLOYEE}
     }
-    reversed_ = (await pos.ok("2103", cancel))["setlinfo"]
+    envelope = pos.envelope("2103", cancel)
+    reversed_ = (await pos.ok("2103", cancel, msgid=envelope["msgid"]))["setlinfo"]
+    # The cancellation's own msgid, not the sale's (found from outside).
+    assert reversed_["medins_setl_id"] == envelope["msgid"] != info["medins_setl_id"]
     assert Decimal(reversed_["psn_pay"]) == -Decimal(info["psn_part_amt"])
     assert Decimal(reversed_["cash_payamt"]) == -Decimal(info["psn_cash_pay"])
     assert Decimal(reversed_["balc"]) == Decimal(info["balc"]) + Decimal(info["acct_pay"])
