@@ -122,7 +122,7 @@ def setlinfo(
         "psn_type": p.psn_type,
         "cvlserv_flag": p.cvlserv_flag,
         "setl_time": moment(rec.setl_time),
-        "mdtrt_cert_type": mdtrt_cert_type,
+        "mdtrt_cert_type": mdtrt_cert_type or rec.mdtrt_cert_type,
         "med_type": rec.med_type,
     }
     for name in AMOUNT_FIELDS:

@@ -264,7 +264,7 @@ async def resettle(
             chrg_bchno=row.chrg_bchno,
             declared=declared,
             insutype="",
-            cert_type="",
+            cert_type=row.mdtrt_cert_type,  # as the settlement it replaces was made
             cert=None,
         )
         ctx = visit_settlement.context(origin, institution, enc, asked)

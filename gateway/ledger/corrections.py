@@ -70,13 +70,15 @@ class Original(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     opter: str
     mdtrtarea_admvs: str
     category: str
+    mdtrt_cert_type: str
 
 
 async def original(conn: asyncpg.Connection, setl_id: str) -> Original:
     """Reads the settlement a correction re-settles."""
     row = await conn.fetchrow(
         "SELECT fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id, chrg_bchno, mid_setl_flag, med_type,"
-        " acct_used_flag, dev_no, opter, mdtrtarea_admvs, category FROM settlements WHERE setl_id = $1",
+        " acct_used_flag, dev_no, opter, mdtrtarea_admvs, category, mdtrt_cert_type"
+        " FROM settlements WHERE setl_id = $1",
         setl_id,
     )
     return Original(**{f: row[f] for f in Original.__struct_fields__})

@@ -106,6 +106,7 @@ class Record(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     # the person's age on it, as the settlement's own answer did (found from outside: a 5203
     # gave the age on the day of the query).
     service_date: dt.date | None = None
+    mdtrt_cert_type: str = ""  # the certificate the settlement was made with ("" before 029)
 
 
 class Context(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -121,6 +122,7 @@ class Context(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     dev_no: str = ""
     opter: str = ""
     mdtrtarea_admvs: str = ""
+    mdtrt_cert_type: str = ""  # the request's, "" where it sent none
 
 
 def check_total(declared: int, lines_total: int) -> None:
@@ -212,6 +214,7 @@ def record_of(
         pool_prop_bp=s.pool_prop_selfpay_bp,
         amounts={f: getattr(s, f) for f in AMOUNT_FIELDS},
         funds=s.funds,
+        mdtrt_cert_type=ctx.mdtrt_cert_type,
     )
 
 
@@ -244,6 +247,7 @@ INSERT = insert_statement(
         ("acct_used_flag", "bool"),
         ("replaces_setl_id", _TEXT),
         ("adm_dedc_fen", "int8"),
+        ("mdtrt_cert_type", _TEXT),
     ],
     fixed=[("status", "'settled'")],
 )  # fmt: skip
@@ -317,6 +321,7 @@ def stage(
         ctx.visit.acct_used_flag,
         replaces,
         s.admission_dedc_fen if inpatient else None,
+        ctx.mdtrt_cert_type,
     )
     writes.extend(
         INSERT_FUND,
@@ -377,7 +382,7 @@ async def refunded_predecessors(
 
 _SETTLEMENT_COLUMNS = (
     "setl_id, fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id, med_type, category, year,"
-    " clr_type, clr_optins, setl_time, status, pool_prop_bp, delta, service_date, "
+    " clr_type, clr_optins, setl_time, status, pool_prop_bp, delta, service_date, mdtrt_cert_type, "
     + ", ".join(AMOUNT_FIELDS)
 )
 
@@ -425,6 +430,7 @@ def _record_of_row(row: Any, person: Person, funds: tuple[FundRow, ...]) -> Reco
         funds=funds,
         status=row["status"],
         service_date=row["service_date"],
+        mdtrt_cert_type=row["mdtrt_cert_type"],
     )
 
 

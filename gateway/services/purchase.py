@@ -101,6 +101,7 @@ def context(
         dev_no=origin.dev_no,
         opter=origin.opter,
         mdtrtarea_admvs=origin.mdtrtarea_admvs,
+        mdtrt_cert_type=p.cert_type,
     )
 
 

@@ -117,6 +117,7 @@ def context(
         dev_no=origin.dev_no,
         opter=origin.opter,
         mdtrtarea_admvs=origin.mdtrtarea_admvs,
+        mdtrt_cert_type=a.cert_type,
     )
 
 

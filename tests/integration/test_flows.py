@@ -72,12 +72,15 @@ async def test_outpatient_flow_and_refund_restores_everything(server: Server) ->
 
     found = await his.ok("5203", {"data": {"psn_no": EMPLOYEE, "setl_id": settled["setl_id"]}})
     assert found["setlinfo"]["setl_id"] == settled["setl_id"]
+    assert found["setlinfo"]["mdtrt_cert_type"] == settled["mdtrt_cert_type"] != ""
 
     # Refund: 2208 answers the amounts negated and puts the money back.
     cancel = {"data": {"setl_id": settled["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}}
     msgid = his.msgid()
     reversed_ = (await his.ok("2208", cancel, msgid=msgid))["setlinfo"]
     assert reversed_["medins_setl_id"] == msgid  # the cancellation's own (clients.md A1's 2208)
+    # The certificate the settlement was made with (found from outside: "").
+    assert reversed_["mdtrt_cert_type"] == settled["mdtrt_cert_type"] != ""
     for field in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay", "inscp_scp_amt"):
         assert Decimal(reversed_[field]) == -Decimal(settled[field]), field
     assert amount_text(reversed_["balc"]) == "3000.00"

@@ -97,6 +97,10 @@ async def test_cancellation_restores_account_and_accumulators_exactly(server: Se
     reversed_ = (await pos.ok("2103", cancel, msgid=envelope["msgid"]))["setlinfo"]
     # The cancellation's own msgid, not the sale's (found from outside).
     assert reversed_["medins_setl_id"] == envelope["msgid"] != info["medins_setl_id"]
+    # The certificate the sale was made with, in 5203 (found from outside: "").
+    assert info["mdtrt_cert_type"]
+    query = await pos.ok("5203", {"data": {"setl_id": info["setl_id"], "psn_no": EMPLOYEE}})
+    assert query["setlinfo"]["mdtrt_cert_type"] == info["mdtrt_cert_type"]
     assert Decimal(reversed_["psn_pay"]) == -Decimal(info["psn_part_amt"])
     assert Decimal(reversed_["cash_payamt"]) == -Decimal(info["psn_cash_pay"])
     assert Decimal(reversed_["balc"]) == Decimal(info["balc"]) + Decimal(info["acct_pay"])
