@@ -183,7 +183,7 @@ class Gateway:
             self.breakers[name] = Breaker(name, breakers.postgres, on_change=_breaker_changed)
             metrics.prime_breaker(name)
         self.limiter = Limiter(config.rate_limit, redis)
-        self.limiter.breaker = self.breakers["redis"]
+        self.limiter.gate.breaker = self.breakers["redis"]
         # Per institution: tripping writes its protective action as a plan rule.
         self.triggers = InstitutionTriggers(
             config.triggers.institution, self._trigger_rule, self._has_trigger_rule

@@ -260,3 +260,41 @@ def loop_stalls() -> LoopStalls:
     if stalls is None:
         stalls = _STALLS[loop] = LoopStalls()
     return stalls
+
+
+class SharedStoreGate:
+    """Whether a request may use Redis now, by the gateway's Redis breaker: closed, yes; open,
+    no (process-local memory instead), with one probe a second once the breaker's minimum open
+    time is past. Every caller that talks to Redis on a request's path holds one, so that a
+    Redis that hangs adds no latency once the breaker has opened (found from outside: the nonce
+    store waited for a stalled Redis on every request while the rate limiter had moved on)."""
+
+    PROBE_EVERY_SECONDS = 1.0
+
+    __slots__ = ("_last_probe", "breaker")
+
+    def __init__(self) -> None:
+        self.breaker: Breaker | None = None  # the gateway's Redis breaker, when it has one
+        self._last_probe = 0.0
+
+    def usable(self) -> bool:
+        b = self.breaker
+        if b is None or not b.is_open:
+            return True
+        now = time.monotonic()
+        if b.probe_due() and now - self._last_probe >= self.PROBE_EVERY_SECONDS:
+            self._last_probe = now
+            return True
+        return False
+
+    def note(self, ok: bool) -> None:
+        """What a use of Redis came to: counted by the breaker, or a probe's result."""
+        b = self.breaker
+        if b is None:
+            return
+        if b.is_open:
+            b.probe_result(ok)
+            if b.ready_to_close() and b.config.recover == "auto":
+                b.close("Redis恢复")
+        else:
+            b.record(ok)

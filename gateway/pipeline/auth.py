@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.emergency.breaker import SharedStoreGate
 from gateway.ops.keys import NONCE, NONCE_TTL_SECONDS
 from gateway.protocol.errors import BadRequest
 
@@ -67,13 +68,16 @@ _SIGNED_HEADERS = ("x-tif-paasid", "x-tif-timestamp", "x-tif-nonce", "x-tif-sign
 class Verifier:
     """Checks signatures and remembers nonces."""
 
-    __slots__ = ("_local", "_unknown_secret", "credentials", "redis")
+    __slots__ = ("_local", "_unknown_secret", "credentials", "gate", "redis")
 
     def __init__(self, credentials: Mapping[str, str], redis: Any | None = None) -> None:
         self.credentials = dict(credentials)
         self._unknown_secret = secrets.token_hex(32)
         self.redis = redis
         self._local: OrderedDict[str, float] = OrderedDict()
+        # The gateway's Redis breaker: while it is open nonces are this process's to remember
+        # (docs/emergency.md), without waiting for a Redis that hangs.
+        self.gate = SharedStoreGate()
 
     async def verify(self, headers: Mapping[str, str], now: float | None = None) -> str:
         """The authenticated institution code; raises AuthError with a clear message."""
@@ -129,11 +133,10 @@ class Verifier:
         return paasid
 
     async def _first_use(self, key: str, now: float) -> bool:
-        if self.redis is not None:
-            try:
-                return bool(await self.redis.set(NONCE + key, "1", nx=True, ex=NONCE_TTL_SECONDS))
-            except Exception:
-                log.warning("nonce store unavailable; using process-local memory")
+        """Whether the nonce is new: in Redis, shared by every process; while Redis is away
+        (its breaker open, or failing), in this process's memory, which is asked first even
+        once Redis is back, so that a nonce used during the outage is not taken again here
+        (found from outside; another process may still take it once, docs/emergency.md)."""
         while self._local and (
             len(self._local) >= MAX_LOCAL_NONCES
             or next(iter(self._local.values())) < now - NONCE_TTL_SECONDS
@@ -141,5 +144,14 @@ class Verifier:
             self._local.popitem(last=False)
         if key in self._local:
             return False
+        if self.redis is not None and self.gate.usable():
+            try:
+                first = bool(await self.redis.set(NONCE + key, "1", nx=True, ex=NONCE_TTL_SECONDS))
+            except Exception:
+                self.gate.note(False)
+                log.warning("nonce store unavailable; using process-local memory")
+            else:
+                self.gate.note(True)
+                return first
         self._local[key] = now
         return True

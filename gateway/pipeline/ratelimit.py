@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.emergency.breaker import Breaker
+from gateway.emergency.breaker import SharedStoreGate
 from gateway.ops.keys import RATE_INSTITUTION, RATE_TERMINAL, RATE_TTL_SECONDS
 from gateway.protocol.errors import Busy
 
@@ -84,18 +84,12 @@ class Limiter:
 
     __slots__ = (
         "_institutions",
-        "_last_probe",
         "_redis",
         "_script",
         "_terminals",
-        "breaker",
+        "gate",
         "limits",
     )
-
-    # After Redis failures the breaker opens and requests use local buckets instead of each
-    # waiting for a connect timeout: a Redis outage must not add latency to settlement. While it
-    # is open, one request a second tries Redis again.
-    PROBE_EVERY_SECONDS = 1.0
 
     def __init__(self, limits: Limits, redis: Any | None = None) -> None:
         self.limits = limits
@@ -105,8 +99,9 @@ class Limiter:
         )
         self._redis = redis
         self._script = redis.register_script(_LUA) if redis is not None else None
-        self._last_probe = 0.0
-        self.breaker: Breaker | None = None  # the gateway's Redis breaker, when it has one
+        # After Redis failures the breaker opens and requests use local buckets instead of each
+        # waiting for a connect timeout: a Redis outage must not add latency to settlement.
+        self.gate = SharedStoreGate()
 
     async def redis_status(self) -> str:
         """ "ok", "unreachable" or "not configured": reported by /readyz, never required."""
@@ -121,44 +116,21 @@ class Limiter:
     async def admit(self, fixmedins_code: str, terminal: str) -> None:
         """Raise Busy when the terminal or the institution is over its rate."""
         tkey = f"{fixmedins_code}|{terminal}"
-        if self._script is not None and self._shared_usable():
+        if self._script is not None and self.gate.usable():
             try:
                 await self._admit_shared(fixmedins_code, tkey)
-                self._note(True)
+                self.gate.note(True)
                 return
             except Busy:
-                self._note(True)
+                self.gate.note(True)
                 raise
             except Exception:
-                self._note(False)
+                self.gate.note(False)
                 log.warning("rate limit store unavailable; using process-local buckets")
         if not self._terminals.take(tkey):
             raise Busy(TERMINAL_BUSY)
         if not self._institutions.take(fixmedins_code):
             raise Busy(INSTITUTION_BUSY)
-
-    def _shared_usable(self) -> bool:
-        """Closed breaker: use Redis. Open: local buckets, with one probe a second after the
-        minimum open time."""
-        b = self.breaker
-        if b is None or not b.is_open:
-            return True
-        now = time.monotonic()
-        if b.probe_due() and now - self._last_probe >= self.PROBE_EVERY_SECONDS:
-            self._last_probe = now
-            return True
-        return False
-
-    def _note(self, ok: bool) -> None:
-        b = self.breaker
-        if b is None:
-            return
-        if b.is_open:
-            b.probe_result(ok)
-            if b.ready_to_close() and b.config.recover == "auto":
-                b.close("Redis恢复")
-        else:
-            b.record(ok)
 
     async def _admit_shared(self, fixmedins_code: str, tkey: str) -> None:
         assert self._script is not None

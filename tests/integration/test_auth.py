@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from gateway.emergency.breaker import Breaker, BreakerConfig
 from gateway.pipeline.auth import AuthError, Verifier, sign_headers, signature
 from tests.integration.conftest import Server
 from tests.integration.his_client import CREDENTIALS, decode
@@ -145,3 +147,55 @@ async def test_the_time_window_is_the_same_both_ways() -> None:
         headers = sign_headers(CODE, CREDENTIALS[CODE], uuid.uuid4().hex, int(now) + offset)
         with pytest.raises(AuthError, match="时间戳"):
             await verifier.verify(headers, now=now)
+
+
+class _Redis:
+    """A Redis as the verifier sees it: working (a set of keys), refusing, or hanging."""
+
+    def __init__(self) -> None:
+        self.mode = "up"
+        self.keys: set[str] = set()
+
+    async def set(self, key: str, _value: str, *, nx: bool, ex: int) -> bool:
+        if self.mode == "down":
+            raise ConnectionError("refused")
+        if self.mode == "hung":
+            await asyncio.Event().wait()
+        assert nx and ex > 0
+        if key in self.keys:
+            return False
+        self.keys.add(key)
+        return True
+
+
+def _redis_breaker() -> Breaker:
+    return Breaker("redis", BreakerConfig(consecutive_failures=1, min_open_seconds=60.0))
+
+
+async def test_a_hung_redis_is_not_waited_for_once_its_breaker_is_open() -> None:
+    """Found from outside: with Redis stalled (SIGSTOP) every request waited on the nonce store
+    for 0.2–0.4 s although the Redis breaker was open; the rate limiter had moved on."""
+    redis = _Redis()
+    verifier = Verifier(CREDENTIALS, redis)
+    verifier.gate.breaker = breaker = _redis_breaker()
+    breaker.record(False)  # opened, as by the failures the other callers saw
+    assert breaker.is_open
+    redis.mode = "hung"
+    async with asyncio.timeout(1.0):
+        assert await verifier.verify(_signed()) == CODE
+
+
+async def test_a_nonce_taken_while_redis_was_away_is_not_taken_again_after() -> None:
+    redis = _Redis()
+    verifier = Verifier(CREDENTIALS, redis)
+    verifier.gate.breaker = _redis_breaker()
+    headers = _signed()
+    redis.mode = "down"
+    assert await verifier.verify(headers) == CODE  # remembered by this process
+    redis.mode = "up"
+    verifier.gate.breaker = None  # Redis back and asked again
+    with pytest.raises(AuthError, match="nonce"):
+        await verifier.verify(headers)
+    fresh = _signed()
+    assert await verifier.verify(fresh) == CODE
+    assert any(fresh["x-tif-nonce"] in key for key in redis.keys)  # shared again
