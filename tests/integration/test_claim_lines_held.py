@@ -14,7 +14,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from tests.integration.conftest import running_gateway
+from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import (
     DRUG_LINES,
     DRUG_TOTAL,
@@ -32,6 +32,22 @@ PHARMACY = "P44180000001"
 PERSON = "441800000000000001"
 
 
+async def _claim_batch(srv: Server, his: HisClient, pos: HisClient, mdtrt_id: str) -> Any:
+    """The region's settlements deferred (seen at the pharmacy's counter), then batch B1 of the
+    visit claimed: the claim's setlinfo."""
+    await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+    async def deferring() -> bool:
+        drug = pos.drug_input(PERSON, "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES)
+        return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
+
+    await until(deferring)
+    data = his.settle_data(PERSON, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    info = (await his.ok("2207", data))["setlinfo"]
+    assert info["setl_id"].startswith("DF")
+    return info
+
+
 async def test_a_claimed_batch_cannot_be_withdrawn_before_replay(
     new_database: Callable[..., Any],
 ) -> None:
@@ -46,18 +62,7 @@ async def test_a_claimed_batch_cannot_be_withdrawn_before_replay(
                 row["feedetl_sn"] = f"{batch}-{n}"
             await his.ok("2204", {"feedetail": rows})
 
-        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
-
-        async def deferring() -> bool:
-            drug = pos.drug_input(PERSON, "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES)
-            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
-
-        await until(deferring)
-        data = his.settle_data(
-            PERSON, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
-        )
-        claim = (await his.ok("2207", data))["setlinfo"]["setl_id"]
-        assert claim.startswith("DF")
+        claim = (await _claim_batch(srv, his, pos, mdtrt_id))["setl_id"]
         await clear_rule(srv.dsn, "region:441800", "settlement")
         await asyncio.sleep(2.5)  # every process polls the plan each second
 
@@ -96,19 +101,8 @@ async def test_a_line_added_to_a_claimed_batch_is_not_the_claims(
         await his.ok("2204", {"feedetail": rows})
         claimed = {r["feedetl_sn"] for r in rows}
 
-        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
-
-        async def deferring() -> bool:
-            drug = pos.drug_input(PERSON, "2026-06-05 10:00:00", DRUG_TOTAL, DRUG_LINES)
-            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
-
-        await until(deferring)
-        data = his.settle_data(
-            PERSON, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
-        )
-        info = (await his.ok("2207", data))["setlinfo"]
+        info = await _claim_batch(srv, his, pos, mdtrt_id)
         claim = info["setl_id"]
-        assert claim.startswith("DF")
         # settlement-rules §6 on this answer too (found from outside: the four parts were 0.00).
         parts = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
         assert sum(Decimal(str(info[k])) for k in parts) == Decimal(OUTPATIENT_TOTAL), info
