@@ -13,6 +13,7 @@ from adapters.national.wire import (
     In2206,
     In2208,
     SettleData,
+    cert_type_text,
     certificate_if_sent,
     fen,
     fen_required,
@@ -64,7 +65,7 @@ def asked_of(req: Request, kind: Kind) -> VisitAsk:
         chrg_bchno=required(data.chrg_bchno, "data.chrg_bchno") if kind is Kind.OUTPATIENT else ALL,
         declared=declared,
         insutype=text(data.insutype),
-        cert_type=text(data.mdtrt_cert_type),
+        cert_type=cert_type_text(data.mdtrt_cert_type),
         cert=certificate_if_sent(data.mdtrt_cert_type, data.mdtrt_cert_no, "data"),
     )
 

@@ -50,7 +50,7 @@ class Envelope(msgspec.Struct, kw_only=True, metaclass=lengths.Bounded):
     dev_safe_info: Code = None
     cainfo: Code = None
     signtype: Code = None
-    infver: Code = None
+    infver: Code | float = None  # 1.0 as a number, as some clients write it
     opter_type: Code = None
     opter: Code = None
     opter_name: Code = None
@@ -225,7 +225,7 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
     fixmedins_code = text(env.fixmedins_code)
     if not fixmedins_code:
         raise BadRequest("缺少定点医药机构编号fixmedins_code")
-    infver = text(env.infver)
+    infver = str(env.infver) if isinstance(env.infver, float) else text(env.infver)
     if infver and infver not in ACCEPTED_INFVER:
         raise BadRequest(f"不支持的接口版本号{infver}")
     raw = bytes(env.input)
@@ -243,6 +243,13 @@ def decode_request(body: bytes, path_infno: str | None = None) -> Request:
             raise BadRequest("交易输入input格式错误") from exc
         refuse_control_characters(raw)
         refuse_repeated_keys(raw)
+        # Read whole here, as an object-form input is with the envelope: found from outside,
+        # a string-form input that was not JSON was refused later, inside the transaction, and
+        # the refusal kept its msgid, where the same fault in an object kept nothing.
+        try:
+            msgspec.json.decode(raw, type=msgspec.Raw)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise BadRequest("交易输入input不是有效的JSON") from exc
         stripped = raw.lstrip()
     if stripped in (b"", b"null"):
         raw = b"{}"

@@ -33,9 +33,18 @@ def required(value: Code, name: str) -> str:
     return s
 
 
+def cert_type_text(value: Code) -> str:
+    """mdtrt_cert_type as text: a code sent as a number (1, 2, 3) lost its leading zero on the
+    way, and is the code it was (found from outside: `"mdtrt_cert_type": 2` was refused,
+    where the README takes codes as strings or numbers)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10:
+        return f"{value:02d}"
+    return text(value)
+
+
 def certificate(cert_type: Code, cert_no: Code, node: str) -> Certificate:
     """就诊凭证 of a request: mdtrt_cert_type 01/02/03 and mdtrt_cert_no, both required."""
-    kind = required(cert_type, f"{node}.mdtrt_cert_type")
+    kind = required(cert_type_text(cert_type), f"{node}.mdtrt_cert_type")
     if kind not in CERT_TYPES:
         raise BadRequest(f"就诊凭证类型{kind}无效，应为01电子凭证、02身份证或03社保卡")
     return Certificate(kind, required(cert_no, f"{node}.mdtrt_cert_no"))

@@ -18,6 +18,7 @@ from adapters.national.paths import by_serial
 from adapters.national.wire import (
     In2208,
     Node,
+    cert_type_text,
     certificate,
     fen_required,
     flag,
@@ -141,7 +142,7 @@ def purchase_of(req: Request) -> PurchaseAsk:
     return PurchaseAsk(
         psn_no=psn_no,
         cert=cert,
-        cert_type=text(info.mdtrt_cert_type),
+        cert_type=cert_type_text(info.mdtrt_cert_type),
         begntime=begntime,
         acct_used=flag(info.acct_used_flag, "druginfo.acct_used_flag") == "1",
         insutype=text(info.insutype),

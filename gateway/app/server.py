@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
 
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
@@ -390,7 +391,12 @@ async def answer_always(request: web.Request, handler: Any) -> web.StreamRespons
     try:
         response: web.StreamResponse = await handler(request)
         return response
-    except web.HTTPException:
+    except web.HTTPException as exc:
+        if isinstance(request.match_info, MatchInfoError) and exc.status in (404, 405):
+            # No route could take it at all (`OPTIONS *`, a path without its leading slash):
+            # the catch-all routes never saw it, and it got aiohttp's plain text (found from
+            # outside).
+            return _wrong_address(request, exc.status)
         raise
     except Exception:
         access.exception("unhandled failure", extra={"path": request.path})
@@ -494,6 +500,10 @@ async def not_an_interface(request: web.Request) -> web.Response:
     as a network failure (no infcode). The status stays 404/405, so that no health check or
     proxy takes a wrong address for a live one."""
     known = "tail" not in request.match_info  # an interface's address, asked the wrong way
+    return _wrong_address(request, 405 if known else 404)
+
+
+def _wrong_address(request: web.Request, status: int) -> web.Response:
     path = request.path if len(request.path) <= 60 else request.path[:60] + "…"
     body = encode_response(
         region=request.app[GATEWAY].region,
@@ -504,9 +514,7 @@ async def not_an_interface(request: web.Request) -> web.Response:
             "/fsi/api/rsfComIfsService/callService或/hsa/hgs/{交易编号}"
         ),
     )
-    response = web.Response(
-        body=body, content_type="application/json", status=405 if known else 404
-    )
+    response = web.Response(body=body, content_type="application/json", status=status)
     if awaits_continue(request):
         response.force_close()
     return response

@@ -355,7 +355,11 @@ def _failed(
     if isinstance(exc, db.UNAVAILABLE):
         log.error("dependency failure", exc_info=exc, extra=labels)
         _observe(gw, code, False, isinstance(exc, TimeoutError), received_clock, ledger)
-        down = Unavailable("医保结算服务暂时不可用，请稍后重试；如持续失败请按应急预案处理")
+        # "The same msgid": found from outside, a clerk told only "retry later" may send a new
+        # msgid, and a request that did commit would then be paid twice.
+        down = Unavailable(
+            "医保结算服务暂时不可用，请稍后使用相同报文ID重试；如持续失败请按应急预案处理"
+        )
         return Outcome(
             _fail(gw, received, down),
             req.infno,

@@ -607,6 +607,16 @@ async def test_a_wrong_address_or_broken_http_is_answered_in_the_envelope(
             assert answer["infcode"] == -1 and "接口地址或请求方法错误" in answer["err_msg"], path
         async with session.get(url + "/livez") as r:  # the routes that exist are untouched
             assert r.status == 200
+    # No route can take these at all (found from outside: plain text "404: Not Found").
+    for line in (b"OPTIONS * HTTP/1.1",):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(line + b"\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            status, body = await _response(reader)
+        finally:
+            writer.close()
+        assert status == 404, line
+        assert decode(body)["infcode"] == -1 and "接口地址" in decode(body)["err_msg"], line
     for head in (
         b"POST " + CALL_SERVICE.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
         b"Content-Length: 3\r\n\r\n{}",

@@ -36,7 +36,7 @@ async def test_a_read_only_ledger_is_unavailable_not_a_bug(
         # locally), as it would for a ledger that cannot be reached at all.
         for answer in answers[:5]:
             assert answer["infcode"] == -1
-            assert answer["err_msg"].startswith("医保结算服务暂时不可用，请稍后重试")
+            assert answer["err_msg"].startswith("医保结算服务暂时不可用，请稍后使用相同报文ID重试")
         assert answers[5]["infcode"] == 0
         assert answers[5]["output"]["setlinfo"]["setl_id"].startswith("DF")
         assert await srv.ledger_fingerprint() == before

@@ -14,7 +14,7 @@ HOSPITAL = "H52050000001"
 PERSON = "520500000000000002"  # Bijie resident
 
 
-@pytest.mark.parametrize("infver", ["V1.0", "1.0", "1", 1])
+@pytest.mark.parametrize("infver", ["V1.0", "1.0", "1", 1, 1.0])
 async def test_infver_variants(server: Server, infver: object) -> None:
     his = server.client(HOSPITAL, "520500")
     env = his.envelope(
@@ -103,3 +103,37 @@ async def test_single_object_feedetail(server: Server) -> None:
     )[0]
     out = await his.ok("2204", {"feedetail": row})
     assert len(out["result"]) == 1
+
+
+@pytest.mark.parametrize("cert_type", [2, "02"])
+async def test_a_certificate_type_sent_as_a_number_is_its_code(
+    server: Server, cert_type: object
+) -> None:
+    """Found from outside: `"mdtrt_cert_type": 2` was refused as an invalid type; a code sent as
+    a number lost its leading zero, and codes may be numbers (README)."""
+    his = server.client(HOSPITAL, "520500")
+    out = await his.ok(
+        "1101", {"data": {"mdtrt_cert_type": cert_type, "mdtrt_cert_no": "520502200102022222"}}
+    )
+    assert out["baseinfo"]["psn_no"] == PERSON
+
+
+async def test_a_string_input_that_is_not_json_keeps_nothing(server: Server) -> None:
+    """Found from outside: `input` sent as a string holding broken JSON was refused inside the
+    transaction and its refusal kept the msgid, where the same fault in an object keeps
+    nothing; corrected, the message under the same msgid is answered."""
+    his = server.client(HOSPITAL, "520500")
+    good = {"data": {"psn_no": PERSON, "insutype": "390", "begntime": "2026-05-03 09:00:00",
+                     "mdtrt_cert_type": "02", "mdtrt_cert_no": "520502200102022222",
+                     "ipt_otp_no": "MZ-LENIENT-STR", "atddr_no": "D001", "dr_name": "医生",
+                     "dept_code": "K01", "dept_name": "内科", "caty": "A03"}}  # fmt: skip
+    env = his.envelope("2201", good)  # a writing transaction: its answer is kept by msgid
+    msgid = env["msgid"]
+    for broken in (msgspec.json.encode(good).decode() + " xyz", '{"data": {"a": NaN}}', "{bad"):
+        _, body = await his.post_raw(msgspec.json.encode({**env, "input": broken}))
+        answer = decode(body)
+        assert answer["infcode"] == -1 and "不是有效的JSON" in answer["err_msg"], answer
+    kept = await server.fetchval("SELECT count(*) FROM idempotency WHERE msgid = $1", msgid)
+    assert kept == 0
+    _, body = await his.post_raw(msgspec.json.encode(env))
+    assert decode(body)["infcode"] == 0
