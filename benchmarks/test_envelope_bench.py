@@ -18,6 +18,7 @@ from adapters.national.envelope import (
 from adapters.national.wire import In2206, SettleData, fen_required, flag, required
 from adapters.pos.pharmacy import In2101, purchase_of
 from gateway.ledger import idempotency
+from gateway.pipeline.recent_answers import RecentAnswers
 from tests.integration.his_client import HisClient
 
 pytestmark = pytest.mark.benchmark
@@ -155,3 +156,20 @@ def test_repeated_key_check_of_a_sale(benchmark: Any) -> None:
     from adapters.national.repeated_keys import refuse_repeated_keys
 
     benchmark(refuse_repeated_keys, ENVELOPE_2102)
+
+
+def test_remembering_an_answer_at_capacity(benchmark: Any) -> None:
+    """What each committed answer costs the process that keeps it for retries during an outage
+    (gateway.pipeline.recent_answers), at its bound: the oldest evicted each time. A plain dict's
+    eviction cost 4.2 µs here (it walks the slots earlier evictions emptied); 0.6 µs ordered."""
+    recent = RecentAnswers(20_000)
+    answer, digest = b"x" * 1300, b"d" * 32
+    serial = iter(range(10**9))
+    for _ in range(30_000):
+        recent.remember("P44180000001", f"P44180000001{next(serial):018d}", digest, answer)
+
+    def remember() -> None:
+        recent.remember("P44180000001", f"P44180000001{next(serial):018d}", digest, answer)
+
+    benchmark(remember)
+    assert len(recent) == 20_000
