@@ -157,8 +157,9 @@ class JournalConfig(Section, frozen=True):
     # plan answers it from the local journal alone.
     ledger_lookup_seconds: float = 0.3
     # Answers the ledger committed that each process keeps, newest first, for a retry that
-    # comes while the ledger is out of reach (gateway.pipeline.recent_answers): about 1.5 KB
-    # each, so 20,000 are ~30 MB and 15 s of a worker's busiest rate, minutes of a normal day.
+    # comes while the ledger is out of reach (gateway.pipeline.recent_answers): about 1.6 KB
+    # each, so 20,000 are ~32 MB, 10 s of a worker's busiest rate, minutes of a normal day, and
+    # ~12 µs of gateway CPU a settlement (benchmarks/RESULTS.md); 0 keeps none.
     recent_answers: int = 20_000
 
 
