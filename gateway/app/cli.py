@@ -72,7 +72,20 @@ def serve(args: argparse.Namespace) -> int:
         auth=args.auth == "on",
         credentials_path=Path(args.credentials),
     )
-    asyncio.run(prepare_database(settings))
+    try:
+        asyncio.run(_prepared(settings, args.start_timeout))
+    except _START_FAILURES as exc:
+        # Found from outside: started while the database was out of reach (a restart during an
+        # outage), the process waited without a deadline, listened nowhere, and died with a
+        # traceback the moment the database came back. It needs the database for its catalog
+        # and plan, so it says so in one line and stops; a supervisor starts it again.
+        why = "no answer" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        print(
+            f"gateway: 无法连接数据库，网关未启动（{args.start_timeout:g}秒内{why}）；"
+            "数据库恢复后重新启动，或由进程管理器自动重启",
+            file=sys.stderr,
+        )
+        return 2
     logging.getLogger("gateway").info(
         "serving on %s:%s with %s worker(s)", args.host, args.port, args.workers
     )
@@ -98,6 +111,19 @@ def serve(args: argparse.Namespace) -> int:
     )
     shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+# How long `serve` waits for its database at start: it cannot answer without the catalog and
+# the plan it reads there.
+START_DATABASE_SECONDS = 30.0
+
+
+_START_FAILURES: tuple[type[Exception], ...] = (TimeoutError, *db.UNAVAILABLE)
+
+
+async def _prepared(settings: Settings, within: float) -> None:
+    async with asyncio.timeout(within):
+        await prepare_database(settings)
 
 
 async def _demo_load(url: str, reference_dir: Path) -> None:
@@ -318,6 +344,12 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--credentials", default=str(DEFAULT_CREDENTIALS), help="institution secrets (TOML)"
+    )
+    s.add_argument(
+        "--start-timeout",
+        type=float,
+        default=START_DATABASE_SECONDS,
+        help="seconds to reach the database at start before giving up (exit status 2)",
     )
     add_database(s)
     s.set_defaults(func=serve)

@@ -309,3 +309,26 @@ async def test_a_killed_worker_is_replaced(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_serve_without_its_database_stops_in_one_line() -> None:
+    """Found from outside: started while the database was out of reach (a restart during an
+    outage, the network swallowing packets), `serve` waited without a deadline, listened
+    nowhere, and died with a traceback when the database came back. It gives up after
+    --start-timeout in one line, exit status 2, for a supervisor to start it again; a port that
+    refuses is told at once."""
+    with socket.socket() as silent, socket.socket() as closed:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections complete in the kernel and are never answered
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        for sock, within in ((silent, 30), (closed, 30)):
+            port = sock.getsockname()[1]
+            done = subprocess.run(
+                [sys.executable, "-m", "gateway", "serve", "--port", "0",
+                 "--database-url", f"postgresql://postgres@127.0.0.1:{port}/none",
+                 "--start-timeout", "2"],
+                capture_output=True, text=True, timeout=within, check=False,
+            )  # fmt: skip
+            assert done.returncode == 2, done.stderr
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1 and "无法连接数据库，网关未启动" in lines[0], done.stderr
