@@ -8,6 +8,7 @@ snapshot or per request and never mutated.
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from enum import StrEnum
 
 import msgspec
@@ -25,11 +26,18 @@ PHARMACY_TYPE = "2"  # fixmedins_type of a retail pharmacy (定点零售药店)
 
 def same_operator(a: str | None, b: str | None) -> bool:
     """Whether two operator names are one person's, for the rules that want different people
-    at each step: " clerk1", "Clerk1" and "clerk1" are one (found from outside: case and
-    spaces let one person approve a payout batch at three levels)."""
+    at each step: " clerk1", "Clerk1", "ｃｌｅｒｋ１" and "clerk1" are one (found from outside:
+    case and spaces, and then full-width letters, let one person approve a payout batch at
+    two or three levels)."""
     if a is None or b is None:
         return False
-    return a.strip().casefold() == b.strip().casefold()
+    return _person(a) == _person(b)
+
+
+def _person(name: str) -> str:
+    """A name as a person is told apart: compatibility forms folded (full-width, ligatures),
+    case folded, blanks around it and inside it dropped."""
+    return "".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
 class Institution(Record, frozen=True, gc=False, kw_only=True):

@@ -590,7 +590,8 @@ async def test_an_accounts_fields_never_break_a_bank_file_line(
 async def test_one_person_under_another_spelling_is_still_one_approver(
     new_database: Callable[..., Any],
 ) -> None:
-    """Found from outside: "a1", "A1" and "a1 " were taken for three people at three levels."""
+    """Found from outside: "a1", "A1" and "a1 " were taken for three people at three levels,
+    and after that "ａ１" (full-width) for a second person at the last level."""
     async with agency_ledger(new_database) as ledger, ledger.pool.acquire() as conn:
         await settled_claim(ledger, "441800000000000003", "2026-06-04", BIG_LINES, "FP-S")
         await _accounts(conn)
@@ -598,7 +599,7 @@ async def test_one_person_under_another_spelling_is_still_one_approver(
         with pytest.raises(Conflict, match="不能审批本人制作"):
             await payouts.approve(conn, batch.batch_no, 1, " Maker")
         await payouts.approve(conn, batch.batch_no, 1, "a1")
-        for alias in ("A1", "a1 "):
+        for alias in ("A1", "a1 ", "ａ１", "Ａ 1"):
             with pytest.raises(Conflict, match="同一人不能再审批"):
                 await payouts.approve(conn, batch.batch_no, 2, alias)
 
