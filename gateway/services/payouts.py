@@ -506,6 +506,9 @@ class _ReturnLine(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
+_SEQ = re.compile(r"[1-9][0-9]{0,8}")
+
+
 def _amount(text: str, where: str) -> int:
     if not _AMOUNT.match(text):
         raise BadRequest(f"回盘文件{where}金额“{text}”格式不正确（须为两位小数的元）")
@@ -554,7 +557,10 @@ def parse_return(body: bytes) -> tuple[str, int, int, list[_ReturnLine]]:
     lines: list[_ReturnLine] = []
     for n, row in enumerate(rows[1:-1], 2):
         f = row.split(SEP)
-        if len(f) != 6 or f[0] != "D" or not f[1].isdigit():
+        # The seq as it was sent: ASCII digits without leading zeros (found from outside: "01"
+        # was read as 1, where an amount "0130.00" is refused as malformed; isdigit() also
+        # takes "١" and "²").
+        if len(f) != 6 or f[0] != "D" or not _SEQ.fullmatch(f[1]):
             raise _refused(f"第{n}行明细格式不正确")
         if f[4] not in (PAID, FAILED):
             raise _refused(f"第{n}行处理结果只能为{PAID}（成功）或{FAILED}（失败）")

@@ -166,6 +166,7 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
         (with_checksum(_drop_line(answer)), "不一致"),
         (with_checksum(_change_amount(answer)), "不一致"),
         (with_checksum(_dashed_day(answer)), "应为yyyyMMdd"),  # found from outside: taken
+        (with_checksum(_padded_seq(answer)), "明细格式不正确"),  # found from outside: "01"
     ):
         with pytest.raises(BadRequest, match=why):
             await payouts.import_return(conn, bad, "cashier")
@@ -647,3 +648,11 @@ def _dashed_day(answer: bytes) -> bytes:
     day = f[3].decode()
     f[3] = f"{day[:4]}-{day[4:6]}-{day[6:]}".encode()
     return b"|".join(f) + b"\n" + rest
+
+
+def _padded_seq(answer: bytes) -> bytes:
+    """The return file with its first line's seq written with a leading zero ("01" for 1)."""
+    head, first, rest = answer.split(b"\n", 2)
+    f = first.split(b"|")
+    f[1] = b"0" + f[1]
+    return head + b"\n" + b"|".join(f) + b"\n" + rest
