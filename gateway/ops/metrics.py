@@ -76,17 +76,17 @@ RECONCILE_MISMATCHES = Counter(
     ["fixmedins_code"],
 )
 CATALOG_VERSION = Gauge(
-    "sgw_catalog_version", "Catalog snapshot version in use", multiprocess_mode="max"
+    "sgw_catalog_version", "Catalog snapshot version in use", multiprocess_mode="livemax"
 )
 DB_POOL_SIZE = Gauge(
-    "sgw_db_pool_connections", "Ledger pool connections", ["state"], multiprocess_mode="sum"
+    "sgw_db_pool_connections", "Ledger pool connections", ["state"], multiprocess_mode="livesum"
 )
 
 PLAN_DEGRADED = Gauge(
     "sgw_plan_degraded",
     "1 while a degraded action (reject/defer/selfpay/route_legacy) applies to the scope and class",
     ["scope", "class"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 PLAN_CHANGES = Counter(
     "sgw_plan_changes",
@@ -97,7 +97,7 @@ PLAN_CHANGES = Counter(
 DEFERRED_CLAIMS = Gauge(
     "sgw_deferred_claims",
     "Deferred claims waiting for replay (ledger and local journal)",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 PAYOUT_STATES = ("owed", "batched", "paid", "withdrawn", "failed")
 PAYOUT_YUAN = Gauge(
@@ -106,24 +106,24 @@ PAYOUT_YUAN = Gauge(
     " withdrawn (its settlement cancelled while only owed) and failed (payments the bank"
     " returned failed, each attempt counted)",
     ["state"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 PAYOUT_LINES = Gauge(
     "sgw_payout_lines",
     "Owed lines (reimbursements) by the same states as sgw_payout_yuan",
     ["state"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 PAYOUT_OWED_OLDEST = Gauge(
     "sgw_payout_owed_oldest_seconds",
     "Age of the oldest reimbursement recorded as owed and not paid yet (0: none)",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 BREAKER_STATE = Gauge(
     "sgw_breaker_state",
     "Breaker per dependency: 0 closed, 1 half-open, 2 open",
     ["dependency"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 
 GROUP_READ_KINDS = ("preview", "msgid")  # gateway.pipeline.group_read's kinds of read
