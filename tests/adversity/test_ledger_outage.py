@@ -27,6 +27,7 @@ import aiohttp
 import asyncpg
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.app.config import Breakers, Deadlines, GatewayConfig
 from gateway.app.server import Settings, prepare_database
@@ -514,6 +515,12 @@ async def test_a_sale_this_process_answered_is_not_deferred_when_retried_in_the_
             assert not decode(answer)["output"]["setlinfo"]["setl_id"].startswith("DF")
             proxy.cut()
             await _sales_until_deferred(pos)  # the breaker is open, the ledger out of reach
+
+            async def counted() -> bool:
+                # Found from outside: the gauge said 0 while claims waited in the journal.
+                return (REGISTRY.get_sample_value("sgw_deferred_claims") or 0) >= 1
+
+            await until(counted, within=15.0)
             assert (await pos.post_raw(body))[1] == answer
             changed = msgspec.json.decode(body)
             changed["input"] = {**changed["input"], "memo": "乙"}

@@ -193,6 +193,11 @@ class Journal:
     def holds_anything(self) -> bool:
         return bool(self.answers)
 
+    @property
+    def claims_waiting(self) -> int:
+        """Claims journaled here, not withdrawn, and not yet drained into the ledger."""
+        return len(self.claims.keys() - self.withdrawn)
+
     async def rotate(self) -> None:
         """Close the current segment so that it can be drained; the next append opens another."""
         async with self._lock:
