@@ -295,7 +295,10 @@ async def _admitted(
         request_id,
         outcome.infno,
         outcome.msgid,
-        outcome.fixmedins_code,
+        # The signer, where the request was signed: found from outside, a refused
+        # impersonation was logged under the institution it named, and a body refused before
+        # its envelope was read under none.
+        authenticated or outcome.fixmedins_code,
         outcome.terminal,
         outcome.outcome,
         elapsed,

@@ -88,3 +88,23 @@ def test_mask(raw: str, hidden: str) -> None:
 def test_mask_keeps_what_is_not_personal() -> None:
     text = "msgid H44180000001202611221300000001 psn_no 441800000000000001 setl 12345"
     assert mask(text) == text
+
+
+async def test_a_refused_request_is_logged_under_its_signer(
+    server: Server, captured: io.StringIO
+) -> None:
+    """Found from outside: a request signed by one institution naming another was logged under
+    the one it named, and a body refused before its envelope was read under none."""
+    signer = server.client("H44180000001")
+    impostor = signer.envelope("1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": CERTNO}})
+    impostor["fixmedins_code"] = "H44180000002"
+    for body in (json.dumps(impostor).encode(), b"{not json"):
+        status, raw = await signer.post_raw(body)
+        assert status == 200 and json.loads(raw)["infcode"] == -1
+    for _ in range(100):
+        if captured.getvalue().count('"msg":"answered"') >= 2:
+            break
+        await asyncio.sleep(0.02)
+    lines = [json.loads(line) for line in captured.getvalue().splitlines() if line.strip()]
+    answered = [entry for entry in lines if entry["msg"] == "answered"]
+    assert [entry["fixmedins_code"] for entry in answered] == ["H44180000001"] * 2, answered
