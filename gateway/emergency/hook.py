@@ -322,12 +322,7 @@ async def _claimed_lines(
     applied them (in order)."""
     if await deferred.calls_waiting(conn, fixmedins_code):
         return None
-    return tuple(ln.feedetl_sn for ln in _of_batch(await fees.unsettled(conn, visit), batch))
-
-
-def _of_batch(lines: list[fees.StoredLine], batch: str) -> list[fees.StoredLine]:
-    """The lines of one charge batch, or all of them for a claim of the whole visit."""
-    return lines if batch == fees.ALL else [ln for ln in lines if ln.chrg_bchno == batch]
+    return tuple(ln.feedetl_sn for ln in fees.of_batch(await fees.unsettled(conn, visit), batch))
 
 
 async def _refuse_claimed_twice(

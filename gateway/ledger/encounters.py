@@ -14,6 +14,9 @@ from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import insert_statement
 from gateway.protocol.errors import Conflict, NotFound
 
+# An outpatient visit's med_type from its registration (2201 names none) until its 2203 says.
+REGISTRATION_MED_TYPE = "11"
+
 
 class Encounter(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A visit; the defaults are a newly opened one's."""

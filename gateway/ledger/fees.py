@@ -26,6 +26,11 @@ class StoredLine(FeeLine, frozen=True, gc=False, kw_only=True):
     fee_ocur_time: dt.datetime
 
 
+def of_batch(lines: list[StoredLine], batch: str) -> list[StoredLine]:
+    """The lines of one charge batch, or all of them for ALL (a whole visit's)."""
+    return lines if batch == ALL else [ln for ln in lines if ln.chrg_bchno == batch]
+
+
 INSERT = insert_statement(
     "fee_lines",
     [

@@ -139,14 +139,16 @@ async def continue_when_read(request: web.Request) -> web.StreamResponse | None:
     if request.headers.get("Expect", "").strip().lower() == "100-continue":
         request[_CONTINUE] = True
         return None
-    body = encode_response(
-        region="000000",
-        received=dt.datetime.now(),
-        output=None,
-        err_msg="请求头Expect只支持100-continue，请去掉该请求头后重发",
-    )
-    response = web.Response(body=body, content_type="application/json", status=417)
-    response.force_close()  # its body, if any follows, is not read
+    # Its body, if any follows, is not read.
+    return _closing_refusal("请求头Expect只支持100-continue，请去掉该请求头后重发", 417)
+
+
+def _closing_refusal(words: str, status: int) -> web.Response:
+    """A refusal in the envelope given before the request's body is read, on a connection that
+    is then closed (what is left of the body is not taken for a next request)."""
+    body = encode_response(region="000000", received=dt.datetime.now(), output=None, err_msg=words)
+    response = web.Response(body=body, content_type="application/json", status=status)
+    response.force_close()
     return response
 
 
@@ -174,7 +176,9 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
     too_large = declared_too_large(request, config, path_infno)
     if too_large is not None:
         raise too_large
-    if request.pop(_CONTINUE, False):
+    # The header first: a request's mapping answers a missing key by raising inside (350 ns
+    # on every request), the header look-up costs a quarter of that.
+    if "Expect" in request.headers and request.pop(_CONTINUE, False):
         # Everything the headers could refuse has passed: now the client may send.
         await request.writer.write(_CONTINUE_LINE)
         request.writer.output_size = 0  # the interim line is not the answer's size
@@ -366,15 +370,9 @@ class GuardedHandler(RequestHandler):
             words = "HTTP请求格式错误，本次交易未处理：请检查请求行、请求头和报文长度后重新发送"
         else:
             return super().handle_error(request, status, exc, message)
-        body = encode_response(
-            region="000000", received=dt.datetime.now(), output=None, err_msg=words
-        )
         # The compression's refusal is a refusal of the body (200, as every other); a broken
-        # request keeps its 400 for the proxies in between.
-        code = 200 if isinstance(exc, ContentEncodingError) else status
-        response = web.Response(body=body, content_type="application/json", status=code)
-        response.force_close()  # as aiohttp's own: the rest of the body is not read
-        return response
+        # request keeps its 400 for the proxies in between. Closed, as aiohttp's own answer.
+        return _closing_refusal(words, 200 if isinstance(exc, ContentEncodingError) else status)
 
     def request_finished(self) -> None:
         self.in_request = False

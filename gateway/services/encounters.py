@@ -113,7 +113,7 @@ def registration_job(
                     psn_no=a.psn_no,
                     insutype=a.insutype,
                     kind=Kind.OUTPATIENT,
-                    med_type="11",
+                    med_type=encounters.REGISTRATION_MED_TYPE,
                     begntime=a.begntime,
                     ipt_otp_no=a.ipt_otp_no,
                     insuplc_admdvs=person.insuplc_admdvs,

@@ -66,7 +66,8 @@ def visit_med_type(enc: Encounter, a: VisitAsk) -> VisitAsk:
     inpatient = enc.kind == Kind.INPATIENT
     # An outpatient visit whose 2203 was not sent holds only the registration's default (11,
     # no diagnosis): the settlement's own med_type stands.
-    if not enc.med_type or not (inpatient or enc.dise_codg or enc.med_type != "11"):
+    recorded = inpatient or enc.dise_codg or enc.med_type != encounters.REGISTRATION_MED_TYPE
+    if not enc.med_type or not recorded:
         return a
     if a.med_type and a.med_type != enc.med_type:
         if inpatient:
@@ -202,9 +203,7 @@ def visit_job(
         enc = encounters.own(visit.encounter, a.mdtrt_id, code, a.psn_no)
         this = visit_med_type(enc, a) if enc.kind == kind else a
         _check_visit(enc, kind, this, final=final)
-        lines = visit.unsettled
-        if this.chrg_bchno != fees.ALL:
-            lines = [ln for ln in lines if ln.chrg_bchno == this.chrg_bchno]
+        lines = fees.of_batch(visit.unsettled, this.chrg_bchno)
         if only is not None:
             lines = _claimed(lines, only)
         if not lines:

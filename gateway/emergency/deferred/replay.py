@@ -245,12 +245,8 @@ async def _fix_lines(
     while unfixed and (before is None or unfixed[0][0] < before):
         seq, mdtrt_id, batch = unfixed.pop(0)
         visit = await deferred.visit_of(conn, mdtrt_id)
-        lines = await fees.unsettled(conn, visit)
-        await deferred.fix_lines(
-            conn,
-            seq,
-            [ln.feedetl_sn for ln in lines if batch == fees.ALL or ln.chrg_bchno == batch],
-        )
+        lines = fees.of_batch(await fees.unsettled(conn, visit), batch)
+        await deferred.fix_lines(conn, seq, [ln.feedetl_sn for ln in lines])
 
 
 # --------------------------------------------------------------------------------------- claims
