@@ -23,7 +23,7 @@ from adapters.national import deferral
 from adapters.national.category import request_category
 from adapters.national.envelope import Request, encode_response, fingerprint
 from gateway.app.runtime import Gateway
-from gateway.core.model import Institution
+from gateway.core.model import Category, Institution
 from gateway.emergency.breaker import Breaker, loop_stalls
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.emergency.plan import store as plan_store
@@ -698,6 +698,8 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                 open_now = any(gw.ledger_breaker(p.name).is_open for p in gw.ledgers.all)
                 if not open_now and (gw.journal.holds_anything or gw.journal.drainable_exists()):
                     await replay.drain(gw, gw.journal)
+                if not open_now:
+                    await replay.apply_released_calls(gw, lambda code: _defers_calls(gw, code))
                 waiting = 0
                 reachable = [p for p in gw.ledgers.all if not gw.ledger_breaker(p.name).is_open]
                 async with contextlib.AsyncExitStack() as stack:
@@ -717,6 +719,20 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
         # (found from outside: the gauge said 0 through a whole outage, the claims at risk in
         # the journal, and read the ledger's count only once it was drained).
         metrics.DEFERRED_CLAIMS.set(in_ledgers + gw.journal.claims_waiting)
+
+
+def _defers_calls(gw: Gateway, fixmedins_code: str) -> bool:
+    """Whether the plan defers the institution's encounter calls now, in any medical category."""
+    institution = gw.snapshot.institution(fixmedins_code)
+    if institution is None:
+        return False  # no longer known: applied, and its handler answers for it
+    now = dt.datetime.now()
+    return any(
+        (d := gw.plan.decide(fixmedins_code, institution.admdvs, TxClass.ENCOUNTER, now, c))
+        is not None
+        and d.action is Action.DEFER
+        for c in (None, *(category.value for category in Category))
+    )
 
 
 def _reachable(gw: Gateway, closing: str) -> Callable[[str], bool]:

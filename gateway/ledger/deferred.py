@@ -4,6 +4,7 @@ and the lock a running replay holds."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,6 +217,14 @@ async def fix_lines(conn: asyncpg.Connection, seq: int, lines: list[str]) -> Non
     )
 
 
+async def institutions_with_calls(conn: asyncpg.Connection) -> list[str]:
+    """The institutions whose encounter calls wait to be applied."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT fixmedins_code FROM deferred WHERE status = 'pending' AND kind = 'call'"
+    )
+    return [r["fixmedins_code"] for r in rows]
+
+
 async def calls_waiting(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
     """Whether encounter calls of the institution wait to be applied (their lines are not in
     the ledger yet)."""
@@ -312,12 +321,16 @@ class Pending:
     medfee_sumamt: int
 
 
-async def next_pending(conn: asyncpg.Connection, kind: str, order: str) -> Pending | None:
-    """Reads and locks the next pending item of a kind in `order`, skipping those locked elsewhere."""
+async def next_pending(
+    conn: asyncpg.Connection, kind: str, order: str, held: Sequence[str] = ()
+) -> Pending | None:
+    """Reads and locks the next pending item of a kind in `order`, skipping those locked
+    elsewhere and those of the institutions `held` (the plan still defers their calls)."""
     r = await conn.fetchrow(
-        f"SELECT * FROM deferred WHERE kind = $1 AND status = 'pending' ORDER BY {order}"
-        " LIMIT 1 FOR UPDATE SKIP LOCKED",
+        f"SELECT * FROM deferred WHERE kind = $1 AND status = 'pending'"
+        f" AND fixmedins_code <> ALL($2::text[]) ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED",
         kind,
+        list(held),
     )
     if r is None:
         return None

@@ -12,7 +12,7 @@ from gateway.core.timestamps import day_digits
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import insert_statement
-from gateway.protocol.errors import Conflict, NotFound
+from gateway.protocol.errors import Conflict, NotFound, NotYetApplied
 
 # An outpatient visit's med_type from its registration (2201 names none) until its 2203 says.
 REGISTRATION_MED_TYPE = "11"
@@ -190,12 +190,25 @@ async def real_id(conn: asyncpg.Connection, mdtrt_id: str) -> str:
     it is. One not applied yet is refused: the visit exists only in the deferred journal."""
     if not mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return mdtrt_id
-    real = await conn.fetchval(
-        "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
+    found = await conn.fetchrow(
+        "SELECT i.mdtrt_id, d.status, d.fail_reason FROM (SELECT $1::text AS id) AS p"
+        " LEFT JOIN deferred_ids i ON i.provisional_id = p.id"
+        " LEFT JOIN deferred d ON d.provisional_id = p.id AND d.kind = 'call'",
+        mdtrt_id,
     )
-    if real is None:
-        raise NotFound(f"就诊ID{mdtrt_id}为应急期间的临时编号，尚未补办，请稍后重试")
-    return str(real)
+    assert found is not None  # one row whatever is found
+    if found["mdtrt_id"] is not None:
+        return str(found["mdtrt_id"])
+    if found["status"] == "failed":
+        # Never to be applied: a retry would be told to wait for good.
+        raise NotFound(
+            f"就诊ID{mdtrt_id}为应急期间的临时编号，其就诊登记补办失败（{found['fail_reason']}），"
+            "请重新办理就诊登记"
+        )
+    # Pending in the ledger, or still in a gateway's local journal (the ledger was away).
+    raise NotYetApplied(
+        f"就诊ID{mdtrt_id}为应急期间的临时编号，尚未补办，请待补办后使用相同报文ID重试"
+    )
 
 
 async def lock(conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str) -> Encounter:

@@ -12,6 +12,7 @@ their msgid, so a retry after an outage is not answered with the outage.
     │   │   └── IdentityRejected the card / e-voucher does not identify the person (terminal fault signal)
     │   └── LineRejected         one fee line fails its checks (names feedetl_sn)
     ├── NotFound                 the mdtrt_id / setl_id / batch does not exist for this institution
+    │   └── NotYetApplied        a provisional visit id still waiting to be applied (retryable)
     ├── Conflict                 the state forbids it: settled twice, cancelled twice, msgid reused
     ├── Busy                     shed under overload or rate limit; retry shortly (retryable)
     └── Unavailable              a dependency failed or timed out (retryable)
@@ -56,6 +57,15 @@ class LineRejected(RuleRejected):
 
 class NotFound(GatewayError):
     """The referenced visit, batch or settlement does not exist for this institution."""
+
+
+class NotYetApplied(NotFound):
+    """A provisional visit id (handed out under the emergency plan) whose registration is still
+    waiting to be applied: the same request succeeds once it is, so its refusal is not kept
+    against the msgid (found from outside: kept, every retry of a 2207 on such a visit got
+    "retry later" back, even after the registration was applied)."""
+
+    retryable = True
 
 
 class Conflict(GatewayError):

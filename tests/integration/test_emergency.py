@@ -685,3 +685,124 @@ async def test_a_visit_claim_is_refused_for_what_its_settlement_would_be_refused
     assert taken["setlinfo"]["setl_id"].startswith("DF")
     assert await server.fetchval(claims) == before + 1
     await clear_rule(server.dsn, scope, "settlement")
+
+
+async def test_visit_calls_the_plan_deferred_are_applied_once_it_stops_and_the_settlement_waits(
+    server: Server,
+) -> None:
+    """Found from outside: under an encounter-class `defer` with the ledger up, a visit's calls
+    were kept with a provisional id and waited for a person to run `deferred replay`; the 2207 on
+    that id was refused "retry later" and the refusal was kept against its msgid, so every retry
+    of it, after the calls were applied too, got the same refusal. The refusal is not kept now,
+    and the calls are applied by the gateway once no rule defers them."""
+    his = server.client("H44180000001")
+    scope = "institution:H44180000001"
+    await set_rule(server.dsn, scope, "encounter", "defer")
+    day = "2026-05-06"
+    registered: list[str] = []
+
+    async def provisional() -> bool:
+        # Each try a visit of its own: those answered before the rule took effect are real.
+        registered.append(
+            await his.register(EMPLOYEE, "310", f"{day} 08:30:00", f"MZ-PV-{len(registered)}")
+        )
+        return registered[-1].startswith("PV")
+
+    await until(provisional)
+    mdtrt_id = registered[-1]
+    assert mdtrt_id.startswith("PV")
+    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{day} 08:30:00")
+    await his.ok(
+        "2204",
+        {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")},
+    )
+    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    msgid = his.msgid()
+    body = msgspec.json.encode(his.envelope("2207", data, msgid=msgid))
+    _, raw = await his.post_raw(body)
+    refused = decode(raw)
+    assert refused["infcode"] == -1
+    assert "尚未补办" in refused["err_msg"] and "相同报文ID" in refused["err_msg"]
+    # Nothing kept against the msgid: its retry is judged again.
+    kept = "SELECT count(*) FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2"
+    assert await server.fetchval(kept, "H44180000001", msgid) == 0
+    calls = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
+    # The registration, the diagnosis and the fees, held while the rule stands.
+    assert await server.fetchval(calls) == 3
+
+    await clear_rule(server.dsn, scope, "encounter")
+
+    async def applied() -> bool:
+        return await server.fetchval(calls) == 0
+
+    await until(applied, within=15.0, seen=lambda: "calls still pending")
+    assert await server.fetchval("SELECT count(*) FROM deferred WHERE status = 'failed'") == 0
+    real = await server.fetchval(
+        "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
+    )
+    assert real is not None and not str(real).startswith("PV")
+    # The till's retry of the same message now settles the visit the calls made.
+    _, raw = await his.post_raw(body)
+    settled = decode(raw)
+    assert settled["infcode"] == 0, settled["err_msg"]
+    info = settled["output"]["setlinfo"]
+    assert amount_text(info["medfee_sumamt"]) == OUTPATIENT_TOTAL
+    assert (
+        await server.fetchval(
+            "SELECT count(*) FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'", real
+        )
+        == 1
+    )
+
+
+async def test_a_settlement_on_a_provisional_visit_whose_registration_failed_is_told_so(
+    server: Server,
+) -> None:
+    """The other side of the retryable refusal above: a registration kept under the plan that
+    failed when applied (here, a person the ledger does not know) will never be applied, so the
+    2207 on its provisional id is told to register again, not to wait."""
+    his = server.client("H44180000001")
+    scope = "institution:H44180000001"
+    await set_rule(server.dsn, scope, "encounter", "defer")
+    unknown = "441800000000009999"
+    registered: list[str] = []
+
+    async def provisional() -> bool:
+        answer = await his.call(
+            "2201",
+            {
+                "data": {
+                    "psn_no": unknown,
+                    "insutype": "310",
+                    "begntime": "2026-05-07 08:30:00",
+                    "mdtrt_cert_type": "02",
+                    "mdtrt_cert_no": unknown,
+                    "ipt_otp_no": f"MZ-PVX-{len(registered)}",
+                    "atddr_no": "D001",
+                    "dr_name": "医生",
+                    "dept_code": "K01",
+                    "dept_name": "内科",
+                    "caty": "A03",
+                }
+            },
+        )
+        if answer["infcode"] != 0:
+            registered.append("")
+            return False
+        registered.append(str(answer["output"]["data"]["mdtrt_id"]))
+        return registered[-1].startswith("PV")
+
+    await until(provisional)
+    mdtrt_id = registered[-1]
+    await clear_rule(server.dsn, scope, "encounter")
+    failed = "SELECT fail_reason FROM deferred WHERE provisional_id = $1 AND status = 'failed'"
+
+    async def applied() -> bool:
+        return await server.fetchval(failed, mdtrt_id) is not None
+
+    await until(applied, within=15.0)
+    data = his.settle_data(unknown, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    answer = await his.call("2207", data)
+    assert answer["infcode"] == -1
+    assert "补办失败" in answer["err_msg"] and "重新办理就诊登记" in answer["err_msg"]
+    assert "稍后" not in answer["err_msg"]

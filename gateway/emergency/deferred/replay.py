@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,23 +188,58 @@ async def _run(
     return _exact.decode(msgspec.json.encode(answer.output))
 
 
-async def apply_calls(gw: Gateway) -> tuple[int, int]:
-    """Apply pending journaled encounter calls in the order received, in every ledger database;
-    (applied, failed)."""
+async def apply_calls(gw: Gateway, held: Sequence[str] = ()) -> tuple[int, int]:
+    """Apply pending journaled encounter calls in the order received, in every ledger database,
+    but those of the institutions `held`; (applied, failed)."""
     applied = failed = 0
     for ledger in gw.ledgers.all:
-        done, refused = await _apply_calls(gw, ledger.pool)
+        done, refused = await _apply_calls(gw, ledger.pool, held)
         applied, failed = applied + done, failed + refused
     return applied, failed
 
 
-async def _apply_calls(gw: Gateway, pool: asyncpg.Pool) -> tuple[int, int]:
+async def apply_released_calls(
+    gw: Gateway, still_deferred: Callable[[str], bool]
+) -> tuple[int, int]:
+    """The encounter calls the plan deferred while the ledger answered, applied once no rule
+    defers them any more (`still_deferred(fixmedins_code)`); (applied, failed). Found from
+    outside: they waited for a person to run `deferred replay`, and a 2207 on a visit they
+    registered was told to retry until then. One gateway applies at a time (the replay lock):
+    two would take a visit's calls out of order."""
+    codes: set[str] = set()
+    for ledger in gw.ledgers.all:
+        async with ledger.pool.acquire() as conn:
+            codes.update(await deferred.institutions_with_calls(conn))
+    held = sorted(c for c in codes if still_deferred(c))
+    if len(held) == len(codes):
+        return 0, 0
+    async with gw.pool.acquire() as lock_conn:
+        if not await deferred.try_lock_replay(lock_conn):
+            return 0, 0  # another gateway, or `deferred replay`, is applying them
+        try:
+            done = await apply_calls(gw, held)
+        finally:
+            try:
+                await deferred.unlock_replay(lock_conn)
+            except BaseException:
+                lock_conn.terminate()  # as in `replay`: a session lock is not reset by the pool
+                raise
+    if done != (0, 0):
+        log.warning(
+            "deferred encounter calls applied", extra={"applied": done[0], "failed": done[1]}
+        )
+    return done
+
+
+async def _apply_calls(
+    gw: Gateway, pool: asyncpg.Pool, held: Sequence[str] = ()
+) -> tuple[int, int]:
     applied = failed = 0
     async with pool.acquire() as conn:
         unfixed = await _unfixed(conn)
         while True:
             async with conn.transaction():
-                row = await deferred.next_pending(conn, "call", "seq")
+                row = await deferred.next_pending(conn, "call", "seq", held)
                 await _fix_lines(conn, unfixed, None if row is None else row.seq)
                 if row is None:
                     break
