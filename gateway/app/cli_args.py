@@ -38,11 +38,3 @@ def local_time_arg(text: str) -> dt.datetime:
         raise argparse.ArgumentTypeError(
             f"时间“{text[:40]}”无效，应为日期和时间，如2022-03-04T00:00"
         ) from None
-
-
-def existing_dir_arg(text: str) -> str:
-    """A folder that must be there already (found from outside: `deferred replay` with a
-    mistyped journal folder drained nothing and said "settled 0 of 0")."""
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"找不到目录{text}")
-    return text

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway.app.cli_args import config_arg, existing_dir_arg, local_time_arg
+from gateway.app.cli_args import config_arg, local_time_arg
 from gateway.app.cli_database import (
     NOT_UTF8,
     UNREACHABLE,
@@ -46,6 +46,7 @@ from gateway.services import conversion
 if TYPE_CHECKING:
     from gateway.app.runtime import Gateway
 
+PROGRESS_EVERY = 100  # claims between progress lines when stderr is not a terminal
 WINDOWS_EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "plan" / "windows.toml"
 
 
@@ -153,6 +154,7 @@ def plan_show(args: argparse.Namespace) -> int:
 
 def plan_set(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
+        store.check_routable(args.action, load_config(Path(args.config)).legacy.url)
         version = await store.set_rule(
             conn,
             scope=args.scope,
@@ -318,6 +320,21 @@ async def _gateway(args: argparse.Namespace) -> Gateway:
 def deferred_replay(args: argparse.Namespace) -> int:
     from gateway.emergency.deferred import replay
 
+    if args.journal_dir and not Path(args.journal_dir).is_dir():
+        configured = load_config(Path(args.config)).journal.dir
+        if Path(args.journal_dir).resolve() != Path(configured).resolve():
+            # Found from outside: a mistyped folder drained nothing and said "settled 0 of 0".
+            print(f"refused: 找不到目录{args.journal_dir}", file=sys.stderr)
+            return 2
+        # The gateway's own journal folder, never made: no outage wrote to it (found from
+        # outside: the documented command failed on a box that had had none).
+        print(
+            f"no journal folder {args.journal_dir} yet (no outage wrote to it): nothing to drain",
+            file=sys.stderr,
+        )
+        args.journal_dir = None
+    interactive = sys.stderr.isatty()
+
     async def work(conn: asyncpg.Connection) -> int:
         gw = await _gateway(args)
         try:
@@ -326,20 +343,22 @@ def deferred_replay(args: argparse.Namespace) -> int:
                 await replay.drain(gw, gw.journal)
 
             def show(p: replay.Progress) -> None:
-                if not args.json:
-                    done = p.settled + len(p.failed)
-                    print(
-                        f"\rreplayed {done}/{p.total} ({len(p.failed)} failed)",
-                        end="",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                if args.json:
+                    return
+                done = p.settled + len(p.failed)
+                line = f"replayed {done}/{p.total} ({len(p.failed)} failed)"
+                if interactive:
+                    print(f"\r{line}", end="", file=sys.stderr, flush=True)
+                elif done % PROGRESS_EVERY == 0 or done == p.total:
+                    # Redirected to a file: a line now and then, not one line of every count
+                    # overwritten by carriage returns (found from outside: 60 KB on one line).
+                    print(line, file=sys.stderr, flush=True)
 
             progress = await replay.replay(gw, show)
             kept = replay.kept_segments(gw.journal) if args.journal_dir else []
         finally:
             await gw.close()
-        if not args.json:
+        if not args.json and interactive:
             print(file=sys.stderr)
         summary = {
             "total": progress.total,
@@ -509,7 +528,8 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     dr.add_argument("--reference-dir")
     dr.add_argument("--region", default="441800")
     dr.add_argument(
-        "--journal-dir", type=existing_dir_arg, help="drain journal segments left here first"
+        "--journal-dir",
+        help="drain journal segments left here first ([journal] dir of --config may not exist yet)",
     )
     common(dr)
     dr.set_defaults(func=deferred_replay)

@@ -591,7 +591,12 @@ async def _route_legacy(
     the way out and back to ours in its answer, so the counter keeps one number per visit. With
     the ledger down the map cannot be read: the envelope goes unchanged (docs/emergency.md)."""
     if not gw.config.legacy.url:
-        raise Unavailable("应急预案要求转原系统办理，但未配置原系统地址，请联系运维")
+        # A rule set from a gateway with another configuration: the transaction is not done,
+        # and the clerk is told what the plan's reject would say, as well as to retry.
+        raise Unavailable(
+            "应急预案要求转原系统办理，但本网关未配置原系统地址，本笔未办理：请稍后使用相同报文ID重试，"
+            "如持续失败请按全自费结算并保留票据，并联系运维"
+        )
     back: list[Renumber] = []
     if not ledger_down:
         for visits in ROUTED_VISITS:

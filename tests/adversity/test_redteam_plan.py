@@ -608,3 +608,58 @@ async def test_a_timetable_or_time_the_cli_cannot_take_is_refused_in_words(
         "plan", "windows", "--remove", str(row["window_id"]), "--reason", "演练",
         "--database-url", srv.dsn,
     )  # fmt: skip
+
+
+async def test_a_route_to_the_old_system_without_its_address_is_refused(rig: Rig) -> None:
+    """Found from outside: `route_legacy` was taken with `[legacy] url` empty, and every sale of
+    its scope was refused until someone cleared it. The CLI (its --config, here the shipped
+    one, which names no old system) and the console (the serving gateway's own configuration)
+    refuse it, writing nothing."""
+    srv = rig.srv
+    assert not rig.gw.config.legacy.url
+    before = await _plan_rows(srv)
+    for action in ("route_legacy", "route_legacy_shadow"):
+        done = cli(
+            "plan", "set", "--scope", "institution:P44180000001", "--class", "settlement",
+            "--action", action, "--reason", "演练", "--database-url", srv.dsn, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "[legacy] url" in done.stderr and "refused" in done.stderr
+    async with srv.session.post(srv.url + "/api/console/login", json=OPERATOR) as r:
+        assert r.status == 200, await r.text()
+        headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    rule = {
+        "scope": "institution:P44180000001",
+        "class": "settlement",
+        "action": "route_legacy",
+        "reason": "演练",
+    }
+    async with srv.session.post(srv.url + "/api/plan/rules", json=rule, headers=headers) as r:
+        body = await r.json()
+        assert r.status == 400, body
+    assert "[legacy] url" in body["error"]
+    assert await _plan_rows(srv) == before
+
+
+async def test_replay_takes_the_configured_journal_folder_before_any_outage_made_it(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Found from outside: `deferred replay --journal-dir var/journal`, as the docs write it,
+    exited 2 on a box where no outage had made the folder. The configured folder may be
+    missing (nothing to drain); any other missing folder is still refused (a mistyped one
+    drained nothing and reported success)."""
+    journal = tmp_path / "journal"
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[journal]\ndir = "{journal}"\n', encoding="utf-8")
+    done = cli(
+        "deferred", "replay", "--journal-dir", str(journal), "--config", str(config),
+        "--database-url", rig.srv.dsn, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "nothing to drain" in done.stderr and "\r" not in done.stderr
+    assert not journal.exists()
+    typo = cli(
+        "deferred", "replay", "--journal-dir", str(tmp_path / "jounral"), "--config",
+        str(config), "--database-url", rig.srv.dsn, check=False,
+    )  # fmt: skip
+    assert typo.returncode == 2 and "找不到目录" in typo.stderr, typo.stderr

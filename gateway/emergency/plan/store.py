@@ -73,6 +73,17 @@ def _check_pairing(action: Action, klass: TxClass) -> None:
         raise BadRequest(f"{action}（并行比对）只适用于settlement类交易")
 
 
+def check_routable(action: str, legacy_url: str) -> None:
+    """A rule that forwards to the old system needs its address (`[legacy] url`): found from
+    outside, one was taken without it and every sale of its scope was refused until it was
+    cleared. Checked where the setter has the gateway's configuration (the CLI's `--config`,
+    the console's own)."""
+    if action in (Action.ROUTE_LEGACY.value, Action.ROUTE_LEGACY_SHADOW.value) and not legacy_url:
+        raise BadRequest(
+            f"{action}（转原系统）需要原系统地址，配置文件的[legacy] url未填写：请先配置并重启网关"
+        )
+
+
 def rule_dict(rule: Rule | None) -> dict[str, Any] | None:
     if rule is None:
         return None
