@@ -501,8 +501,16 @@ class ResultRow:
 
 
 def compare_details(detail: list[DetailRow], centre: list[CentreRow]) -> list[ResultRow]:
-    """One result row per settlement on either side, named by setl_id."""
-    mine = {r.setl_id: r for r in detail}
+    """One result row per settlement on either side, named by setl_id, and one for each time
+    the file lists a settlement again (found from outside: a row listed twice vanished from the
+    result, every row read 对平, and the file's count was one more than the centre's)."""
+    mine: dict[str, DetailRow] = {}
+    repeated: list[DetailRow] = []
+    for r in detail:
+        if r.setl_id in mine:
+            repeated.append(r)
+        else:
+            mine[r.setl_id] = r
     out: list[ResultRow] = []
     for c in centre:
         flag = "1" if c.refunded else "0"
@@ -547,6 +555,21 @@ def compare_details(detail: list[DetailRow], centre: list[CentreRow]) -> list[Re
                 INSTITUTION_MORE,
                 d.refd_setl_flag,
                 "医药机构有此结算，中心没有",
+                0,
+                0,
+                0,
+            )
+        )
+    for d in repeated:
+        out.append(
+            ResultRow(
+                d.psn_no,
+                d.mdtrt_id,
+                d.setl_id,
+                "",
+                INSTITUTION_MORE,
+                d.refd_setl_flag,
+                "医药机构明细文件重复列出此结算，多出的一笔中心没有",
                 0,
                 0,
                 0,

@@ -272,3 +272,71 @@ async def test_monthly_report_equals_the_ledger_and_prints(
     await asyncio.wait_for(shot.communicate(), 90)
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 10_000  # a rendered page, not an empty canvas
+
+
+async def _detail_compared(
+    server: Server, rows: list[dict[str, Any]], declared: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """9101 a detail file of `rows`, 3202 with the totals of `declared`: the 3202 output and
+    the result file's rows (9102)."""
+    import msgspec
+
+    his = server.client(HOSPITAL)
+    detail = "".join(
+        f"{r['setl_id']}\t{r['mdtrt_id']}\t{r['psn_no']}\t{r['medfee_sumamt']}\t{r['fund_pay_sumamt']}\t{r['acct_pay']}\t0\n"
+        for r in rows
+    )
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as zf:
+        zf.writestr("detail.txt", detail)
+    up = await his.ok(
+        "9101",
+        {
+            "fsUploadIn": {
+                "in": base64.b64encode(packed.getvalue()).decode(),
+                "filename": "detail.zip",
+                "fixmedins_code": HOSPITAL,
+            }
+        },
+    )
+    out = await his.ok("3202", _stmt(declared, file_qury_no=up["file_qury_no"]))
+    info = out["fileinfo"]
+    env = his.envelope(
+        "9102",
+        {"fsDownloadIn": {"file_qury_no": info["file_qury_no"], "filename": info["filename"]}},
+    )
+    status, body = await his.post_raw(msgspec.json.encode(env))
+    assert status == 200 and body[:2] == b"PK"
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        text = zf.read(zf.namelist()[0]).decode()
+    return out, list(csv.DictReader(io.StringIO(text), delimiter="\t"))
+
+
+async def test_a_settlement_listed_twice_is_reported_not_dropped(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: a detail file listing one settlement twice, with totals that count it
+    twice, was answered 成功 with every row 对平 and the repeat gone from the result."""
+    listed = [*day, day[0]]
+    out, rows = await _detail_compared(server, listed, listed)
+    assert len(rows) == len(listed)
+    again = [r for r in rows if r["setl_id"] == day[0]["setl_id"]]
+    assert sorted(r["stmt_rslt"] for r in again) == ["0", "2"]
+    assert any("重复" in r["memo"] for r in again)
+    # The whole comparison's result, beside the file, as 3201 words it.
+    stmt = out["stmtinfo"]
+    assert stmt["stmt_rslt"] == "2" and stmt["setl_optins"] == "441800"
+    assert stmt["stmt_rslt_dscr"]
+
+
+async def test_totals_the_file_does_not_make_are_told_in_the_answer(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: a right file with totals declaring one settlement more was answered
+    成功, the mismatch recorded where the institution could not see it."""
+    extra = {**day[0], "setl_id": "NOT-IN-THE-FILE"}
+    out, rows = await _detail_compared(server, day, [*day, extra])
+    assert all(r["stmt_rslt"] == "0" for r in rows)
+    assert out["stmtinfo"]["stmt_rslt"] == "2", out["stmtinfo"]
+    balanced, _ = await _detail_compared(server, day, day)
+    assert balanced["stmtinfo"]["stmt_rslt"] == "0", balanced["stmtinfo"]
