@@ -98,9 +98,15 @@ async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: s
         raise Conflict(ALREADY_UPLOADED) from exc
 
 
+# `charged_at`: a refund line is priced as the charge it takes back was, on the charge's date
+# (found from outside: a refund dated after a 3301 remapped its item was split by the new class,
+# and the fund, or the patient, kept paying for an item given back). Looked up only for refund
+# lines (the CASE runs its subquery for them alone), by the table's primary key.
 _LINE_COLUMNS = (
     "mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no, medins_list_codg,"
-    " med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time, hosp_appr_flag"
+    " med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time, hosp_appr_flag,"
+    " CASE WHEN t.init_feedetl_sn <> '' THEN (SELECT o.fee_ocur_time FROM fee_lines o"
+    " WHERE o.mdtrt_id = t.mdtrt_id AND o.feedetl_sn = t.init_feedetl_sn) END AS charged_at"
 )
 
 
@@ -117,7 +123,7 @@ def _line_of(r: asyncpg.Record) -> StoredLine:
         cnt=int(r["cnt"]),
         det_item_fee_sumamt=int(r["amount_fen"]),
         fee_ocur_time=r["fee_ocur_time"],
-        fee_date=r["fee_ocur_time"].date(),
+        fee_date=(r["charged_at"] or r["fee_ocur_time"]).date(),
         hosp_appr_flag=r["hosp_appr_flag"],
     )
 
@@ -126,7 +132,7 @@ async def unsettled(
     conn: asyncpg.Connection, mdtrt_id: str, chrg_bchno: str = ALL
 ) -> list[StoredLine]:
     """Unsettled lines of the visit, or of one charge batch, in upload order of feedetl_sn."""
-    sql = f"SELECT {_LINE_COLUMNS} FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL"
+    sql = f"SELECT {_LINE_COLUMNS} FROM fee_lines t WHERE mdtrt_id = $1 AND setl_id IS NULL"
     args: list[object] = [mdtrt_id]
     if chrg_bchno != ALL:
         sql += " AND chrg_bchno = $2"
@@ -157,7 +163,7 @@ async def unsettled_many(
     """Every unsettled line of several visits, per visit in feedetl_sn order."""
     if len(mdtrt_ids) == 1:  # one visit by equality (see encounters.lock_many)
         rows = await conn.fetch(
-            f"SELECT {_LINE_COLUMNS} FROM fee_lines WHERE mdtrt_id = $1"
+            f"SELECT {_LINE_COLUMNS} FROM fee_lines t WHERE mdtrt_id = $1"
             " AND setl_id IS NULL ORDER BY feedetl_sn",
             mdtrt_ids[0],
         )
@@ -315,10 +321,12 @@ class Charged(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     cnt: int
     amount_fen: int
     init_feedetl_sn: str
+    fee_date: dt.date
 
 
 _ORIGINALS = (
-    "SELECT feedetl_sn, medins_list_codg, pric_micro, cnt, amount_fen, init_feedetl_sn"
+    "SELECT feedetl_sn, medins_list_codg, pric_micro, cnt, amount_fen, init_feedetl_sn,"
+    " fee_ocur_time"
     " FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = ANY($2::text[])"
 )
 # Refund lines in force: a withdrawn one (2302) is deleted, a cancelled settlement's come back
@@ -340,6 +348,7 @@ async def cited(conn: asyncpg.Connection, mdtrt_id: str, feedetl_sns: list[str])
             cnt=int(r["cnt"]),
             amount_fen=int(r["amount_fen"]),
             init_feedetl_sn=r["init_feedetl_sn"],
+            fee_date=r["fee_ocur_time"].date(),
         )
         for r in await conn.fetch(_ORIGINALS, mdtrt_id, feedetl_sns)
     ]

@@ -89,9 +89,18 @@ async def upload(conn: asyncpg.Connection, at: Uploading, a: FeeUpload) -> tuple
         lines = tuple(msgspec.structs.replace(ln, mdtrt_id=enc.mdtrt_id) for ln in lines)
     held = await fees.unsettled_count(conn, enc.mdtrt_id)
     _against_visit(enc, mdtrt_id, kind, lines, held, at.max_unsettled_lines)
+    priced: dict[str, dt.date] = {}
     if any(ln.cnt < 0 for ln in lines):
-        await _check_refunds(conn, enc.mdtrt_id, lines)
-    splits = split_lines(at.snapshot, _visit(origin, mdtrt_id, enc), lines)
+        priced = await _check_refunds(conn, enc.mdtrt_id, lines)
+    # A refund line is split as its charge was, on the charge's date (as a settlement reads it
+    # back: gateway.ledger.fees); it is stored with its own time.
+    as_priced = [
+        msgspec.structs.replace(ln, fee_date=priced[ln.feedetl_sn])
+        if ln.feedetl_sn in priced
+        else ln
+        for ln in lines
+    ]
+    splits = split_lines(at.snapshot, _visit(origin, mdtrt_id, enc), as_priced)
     await fees.insert(conn, lines, origin.msgid)
     return splits
 
@@ -217,11 +226,12 @@ class _Charge(msgspec.Struct, frozen=True, gc=False):
     cnt: int
     amount: int
     refund: bool  # itself a refund line
+    fee_date: dt.date  # a refund of it is priced on this date (gateway.ledger.fees)
 
 
 async def _check_refunds(
     conn: asyncpg.Connection, mdtrt_id: str, lines: Sequence[StoredLine]
-) -> None:
+) -> dict[str, dt.date]:
     """A refund line (退单, negative cnt) takes back part of one charge of the same admission:
     the same item at the same price, never another refund, and never more, with every refund in
     force, than the charge's quantity and amount. Anything else would only be found at the
@@ -234,6 +244,7 @@ async def _check_refunds(
             r.cnt,
             r.amount_fen,
             r.cnt < 0 or bool(r.init_feedetl_sn),
+            r.fee_date,
         )
         for r in await fees.cited(conn, mdtrt_id, cited)
     }
@@ -246,6 +257,7 @@ async def _check_refunds(
                 ln.cnt,
                 ln.det_item_fee_sumamt,
                 ln.cnt < 0 or bool(ln.init_feedetl_sn),
+                ln.fee_date,
             ),
         )
     # Refund lines in force: a withdrawn one (2302) is deleted, a cancelled settlement's come
@@ -254,6 +266,7 @@ async def _check_refunds(
         init: [cnt, amount]
         for init, (cnt, amount) in (await fees.refunded(conn, mdtrt_id, cited)).items()
     }
+    priced: dict[str, dt.date] = {}
     for ln in lines:
         if ln.cnt > 0:
             continue
@@ -285,6 +298,8 @@ async def _check_refunds(
                 f"{fen_text(-total[1])}超过原收费数量{_plain(cnt_text(charge.cnt))}、金额"
                 f"{fen_text(charge.amount)}（含已上传的退费明细），不能重复或超额退费",
             )
+        priced[sn] = charge.fee_date
+    return priced
 
 
 def _plain(decimal_text: str) -> str:

@@ -453,3 +453,69 @@ async def test_discharge_before_an_uploaded_fee_line_is_refused(server: Server) 
 
 async def test_ledger_balances_after_everything(server: Server) -> None:
     assert await server.check_ledger() == []
+
+
+async def test_a_refund_line_is_priced_as_the_charge_it_takes_back(server: Server) -> None:
+    """Found from outside: a refund line dated after a 3301 remapped its item (class A to class
+    C) was split by the new class, so the class-A charge stayed in the fund's share while its
+    refund came off the patient's self-pay; with no other self-pay line the stay could not be
+    settled at all (a negative self-pay). A refund is resolved on its charge's fee date, at its
+    upload and at the settlement."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    charged = (BASE - dt.timedelta(days=2)).replace(hour=8, minute=0, second=0)
+    refunded = charged + dt.timedelta(days=1)
+    item = f"TREF{next(_serial)}"
+
+    def mapping(code: str, begndate: dt.date) -> dict[str, Any]:
+        return {
+            "data": {
+                "fixmedins_hilist_id": item,
+                "fixmedins_hilist_name": "退费测试药品",
+                "list_type": "101",
+                "med_list_codg": code,
+                "begndate": begndate.isoformat(),
+                "enddate": "2099-12-31",
+            }
+        }
+
+    await his.ok("3301", mapping("XA10BAA020A001010100004", dt.date(2020, 1, 1)))  # class A
+    stay = await _admission(his, psn, "390", _at(charged))
+    rows = his.fee_rows(
+        stay, psn, [_line("1", "500.00", item), _line("2", "1000.00", "ZL0003")], _at(charged), ""
+    )
+    await his.ok("2301", {"feedetail": rows})
+    # From the next day the item maps to a class-C drug.
+    await his.ok("3301", mapping("XS01XAA990A001010100010", refunded.date()))
+    refund = his.fee_rows(
+        stay,
+        psn,
+        [{**_line("3", "-500.00", item), "pric": "500.00", "cnt": "-1", "init_feedetl_sn": "1"}],
+        _at(refunded),
+        "",
+    )
+    (line,) = (await his.ok("2301", {"feedetail": refund}))["result"]
+    assert line["chrgitm_lv"] == "01", line
+    assert Decimal(str(line["inscp_scp_amt"])) == Decimal("-500.00")
+    assert Decimal(str(line["fulamt_ownpay_amt"])) == Decimal("0.00")
+    await his.ok("2402", _discharge(stay, psn, _at(refunded + dt.timedelta(hours=1))))
+    data = his.settle_data(psn, stay, "21", "1000.00", "390", "0", mid_setl_flag="0")
+    pre = (await his.ok("2303", data))["setlinfo"]
+    settled = (await his.ok("2304", data))["setlinfo"]
+    # The charge and its refund cancel out whole: what is left is the other line's split.
+    alone = await _person(server, RESIDENT)
+    other = await _admission(his, alone, "390", _at(charged))
+    rows = his.fee_rows(other, alone, [_line("2", "1000.00", "ZL0003")], _at(charged), "")
+    await his.ok("2301", {"feedetail": rows})
+    await his.ok("2402", _discharge(other, alone, _at(refunded + dt.timedelta(hours=1))))
+    expected = (
+        await his.ok(
+            "2303", his.settle_data(alone, other, "21", "1000.00", "390", "0", mid_setl_flag="0")
+        )
+    )["setlinfo"]
+    for info in (pre, settled):
+        for name in (
+            "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt",
+            "inscp_scp_amt", "act_pay_dedc", "hifp_pay", "psn_part_amt",
+        ):  # fmt: skip
+            assert Decimal(str(info[name])) == Decimal(str(expected[name])), name

@@ -1085,6 +1085,7 @@ class Stay:
                         fee_date=day,
                         hosp_appr_flag=u.line.hosp_appr_flag,
                         init_feedetl_sn=u.line.feedetl_sn,
+                        charged_on=u.line.fee_date,
                     )
                 )
                 e.counts["refund of a settled line" if u.settled_by else "refund line"] += 1

@@ -92,6 +92,9 @@ class FeeLine:
     hosp_appr_flag: str | None = None  # None: the line carries none (pharmacy drugdetail)
     med_list_codg: str = ""
     init_feedetl_sn: str = ""
+    # A refund line's charge's fee date: the refund is resolved on it (DISAGREEMENTS.md, "A
+    # refund line is priced as its charge").
+    charged_on: dt.date | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,8 @@ class Model:
         # §1.1 "Check |round(pric × cnt) − S| ≤ 1 fen; otherwise the line is rejected"
         if abs(line_total_fen(line.pric, line.cnt) - s) > 1:
             raise Rejected(f"明细{line.feedetl_sn}金额与单价数量不符")
-        mapping = self.data.mapping(fixmedins_code, line.medins_list_codg, line.fee_date)
+        on = line.charged_on or line.fee_date
+        mapping = self.data.mapping(fixmedins_code, line.medins_list_codg, on)
         # "If the request also sends med_list_codg and it differs from the registered mapping,
         # reject the line": the line's own med_list_codg against the mapping registered when it
         # is resolved, at its upload and again at its settlement (a 3301 in between makes the
@@ -221,7 +225,7 @@ class Model:
             and line.med_list_codg != mapping.national_code
         ):
             raise Rejected(f"明细{line.feedetl_sn}目录对照不一致")
-        item = self.data.item(mapping.national_code, line.fee_date) if mapping else None
+        item = self.data.item(mapping.national_code, on) if mapping else None
         if mapping is None or item is None:
             # §1.2 "No mapping → the whole line is self-pay (fulamt_ownpay_amt = S, class 03,
             # memo 未对照)". A mapping to a code with no catalog entry on the date is read the
@@ -232,7 +236,7 @@ class Model:
         if item.level == "03" or flag == "2" or (item.restricted and flag != "1"):
             # Example 4 line 4: a class-02 line made self-pay answers selfpay_prop 1.0000.
             return LineSplit(line.feedetl_sn, s, item.level, BP, s, 0, 0, 0, item.code, "")
-        cap = self.data.cap_text(item.code, inst.region, line.fee_date)
+        cap = self.data.cap_text(item.code, inst.region, on)
         overlmt = 0
         if cap is not None:
             allowed = abs(line_total_fen(Decimal(cap), line.cnt))
@@ -242,7 +246,7 @@ class Model:
         if item.level == "01":
             bp = 0
         else:
-            found = self.data.selfpay_bp(item.code, inst.region, line.fee_date)
+            found = self.data.selfpay_bp(item.code, inst.region, on)
             bp = self.data.default_class_b_bp if found is None else found
         pre = ratio(base, bp)
         return LineSplit(line.feedetl_sn, s, item.level, bp, 0, overlmt, pre, base - pre, item.code)
