@@ -500,7 +500,9 @@ class ResultRow:
     acct_pay: int
 
 
-def compare_details(detail: list[DetailRow], centre: list[CentreRow]) -> list[ResultRow]:
+def compare_details(
+    detail: list[DetailRow], centre: list[CentreRow], why: dict[str, str] | None = None
+) -> list[ResultRow]:
     """One result row per settlement on either side, named by setl_id, and one for each time
     the file lists a settlement again (found from outside: a row listed twice vanished from the
     result, every row read 对平, and the file's count was one more than the centre's)."""
@@ -554,7 +556,7 @@ def compare_details(detail: list[DetailRow], centre: list[CentreRow]) -> list[Re
                 "",
                 INSTITUTION_MORE,
                 d.refd_setl_flag,
-                "医药机构有此结算，中心没有",
+                (why or {}).get(d.setl_id, "医药机构有此结算，中心没有"),
                 0,
                 0,
                 0,
@@ -605,9 +607,9 @@ def result_file(rows: list[ResultRow], filename: str) -> bytes:
 
 
 def detail_result(
-    content: bytes, centre: list[CentreRow], filename: str, limits: FileLimits
+    detail: list[DetailRow], centre: list[CentreRow], filename: str, why: dict[str, str]
 ) -> tuple[list[ResultRow], bytes]:
-    """3202's work on the file: read it, compare it with the ledger's rows, write the result zip
-    (in a parser thread: every step grows with the file)."""
-    rows = compare_details(read_detail_file(content, limits), centre)
+    """3202's work on the file once read (`read_detail_file`): compare it with the ledger's
+    rows, write the result zip (in a parser thread: every step grows with the file)."""
+    rows = compare_details(detail, centre, why)
     return rows, result_file(rows, filename)

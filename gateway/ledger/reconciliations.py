@@ -121,6 +121,48 @@ async def centre_rows_everywhere(
     return rows
 
 
+async def why_not_counted(
+    conn: asyncpg.Connection, p: Period, setl_ids: Sequence[str]
+) -> dict[str, str]:
+    """For the institution's own settlement ids (and deferred claim numbers) a detail file
+    lists but the period does not count, why not, in the clerk's words (found from outside:
+    every such row read "中心没有" although the centre held it, cancelled, of another day or
+    group, or replayed from a claim). Ids the ledger does not hold for the institution are
+    left out: they are the centre's "没有", and another institution's stay unnamed."""
+    why: dict[str, str] = {}
+    for r in await conn.fetch(
+        "SELECT setl_id, status, setl_time::date AS day, insutype, clr_type, clr_optins"
+        " FROM settlements WHERE fixmedins_code = $1 AND setl_id = ANY($2::text[])",
+        p.fixmedins_code,
+        list(setl_ids),
+    ):
+        if r["status"] != "settled" and not p.include_refunded:
+            why[r["setl_id"]] = "中心此结算已撤销，不计入对账（退费结算标志为0）"
+        elif not p.begndate <= r["day"] <= p.enddate:
+            why[r["setl_id"]] = f"中心此结算的结算日期为{r['day']:%Y-%m-%d}，不在本次对账期间"
+        else:
+            why[r["setl_id"]] = (
+                f"中心此结算为险种{r['insutype']}、清算类别{r['clr_type']}、清算经办机构"
+                f"{r['clr_optins']}，不在本次对账范围"
+            )
+    for r in await conn.fetch(
+        "SELECT claim_id, status, setl_id FROM deferred WHERE kind = 'claim'"
+        " AND fixmedins_code = $1 AND claim_id = ANY($2::text[])",
+        p.fixmedins_code,
+        list(setl_ids),
+    ):
+        replayed = (
+            f"；已补结算为{r['setl_id']}，基金支付部分由经办机构报销给参保人"
+            if r["status"] == "settled"
+            else ""
+        )
+        why[r["claim_id"]] = (
+            f"{r['claim_id']}是应急期间的暂存结算（主动报）号，参保人已现金全额支付，"
+            f"不是医药机构的医保结算，不计入对账{replayed}"
+        )
+    return why
+
+
 async def centre_totals(conn: asyncpg.Connection, p: Period) -> Totals:
     """Reads the totals of the settlements the period counts."""
     where, args = _where(p)

@@ -124,8 +124,12 @@ async def compare_detail(
     centre_rows = await reconciliations.centre_rows_everywhere(conn, period, others, OTHERS_WAIT)
     filename = f"{fixmedins_code}_{period.begndate:%Y%m%d}_{period.enddate:%Y%m%d}_result.zip"
     # Files stored before uploads were bounded are read under the same bounds, off the loop.
+    detail = await reconcile.off_loop(limits, reconcile.read_detail_file, found[1], limits)
+    counted = {c.setl_id for c in centre_rows}
+    unmatched = sorted({d.setl_id for d in detail} - counted)
+    why = await reconciliations.why_not_counted(conn, period, unmatched) if unmatched else {}
     rows, result = await reconcile.off_loop(
-        limits, reconcile.detail_result, found[1], centre_rows, filename, limits
+        limits, reconcile.detail_result, detail, centre_rows, filename, why
     )
     mismatched = sum(1 for r in rows if r.stmt_rslt != reconcile.BALANCED)
     return DetailCompared(period=p, mismatched=mismatched, filename=filename, result=result)

@@ -340,3 +340,29 @@ async def test_totals_the_file_does_not_make_are_told_in_the_answer(
     assert out["stmtinfo"]["stmt_rslt"] == "2", out["stmtinfo"]
     balanced, _ = await _detail_compared(server, day, day)
     assert balanced["stmtinfo"]["stmt_rslt"] == "0", balanced["stmtinfo"]
+
+
+async def test_a_listed_settlement_the_period_does_not_count_is_told_why(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: a cancelled settlement listed in the file was "医药机构有此结算，中心
+    没有", though the centre holds it; so was any settlement of another day or group. The memo
+    says why it is not counted; an id the centre does not hold keeps the old words."""
+    his = server.client(HOSPITAL)
+    cancelled = await _visit(his, EMPLOYEES[0], 90, "33.50")
+    await his.ok(
+        "2208",
+        {
+            "data": {
+                "setl_id": cancelled["setl_id"],
+                "mdtrt_id": cancelled["mdtrt_id"],
+                "psn_no": cancelled["psn_no"],
+            }
+        },
+    )
+    unknown = {**day[0], "setl_id": "441800NOSUCHSETTLEMENT"}
+    _, rows = await _detail_compared(server, [*day, cancelled, unknown], day)
+    memo = {r["setl_id"]: (r["stmt_rslt"], r["memo"]) for r in rows}
+    assert memo[cancelled["setl_id"]][0] == "2"
+    assert "已撤销" in memo[cancelled["setl_id"]][1]
+    assert memo[unknown["setl_id"]] == ("2", "医药机构有此结算，中心没有")
