@@ -547,37 +547,19 @@ def compare_details(
                 c.acct_pay,
             )
         )
-    for d in mine.values():
-        out.append(
-            ResultRow(
-                d.psn_no,
-                d.mdtrt_id,
-                d.setl_id,
-                "",
-                INSTITUTION_MORE,
-                d.refd_setl_flag,
-                (why or {}).get(d.setl_id, "医药机构有此结算，中心没有"),
-                0,
-                0,
-                0,
-            )
-        )
-    for d in repeated:
-        out.append(
-            ResultRow(
-                d.psn_no,
-                d.mdtrt_id,
-                d.setl_id,
-                "",
-                INSTITUTION_MORE,
-                d.refd_setl_flag,
-                "医药机构明细文件重复列出此结算，多出的一笔中心没有",
-                0,
-                0,
-                0,
-            )
-        )
+    out += [
+        _only_here(d, (why or {}).get(d.setl_id, "医药机构有此结算，中心没有"))
+        for d in mine.values()
+    ]
+    out += [_only_here(d, "医药机构明细文件重复列出此结算，多出的一笔中心没有") for d in repeated]
     return out
+
+
+def _only_here(d: DetailRow, memo: str) -> ResultRow:
+    """A row of the institution's file the centre's side does not match (医药机构多)."""
+    return ResultRow(
+        d.psn_no, d.mdtrt_id, d.setl_id, "", INSTITUTION_MORE, d.refd_setl_flag, memo, 0, 0, 0
+    )
 
 
 def result_file(rows: list[ResultRow], filename: str) -> bytes:

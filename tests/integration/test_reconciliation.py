@@ -125,24 +125,7 @@ async def test_a_missing_settlement_is_found_and_named(
     totals = await his.ok("3201", _stmt(kept))
     assert totals["stmtinfo"]["stmt_rslt"] == "1"  # 中心多
     assert "中心" in totals["stmtinfo"]["stmt_rslt_dscr"]
-    # The detail file, as the HIS writes it: tab-separated, zipped, Base64 in fsUploadIn.in.
-    detail = "".join(
-        f"{r['setl_id']}\t{r['mdtrt_id']}\t{r['psn_no']}\t{r['medfee_sumamt']}\t{r['fund_pay_sumamt']}\t{r['acct_pay']}\t0\n"
-        for r in kept
-    )
-    packed = io.BytesIO()
-    with zipfile.ZipFile(packed, "w") as zf:
-        zf.writestr("detail.txt", detail)
-    up = await his.ok(
-        "9101",
-        {
-            "fsUploadIn": {
-                "in": base64.b64encode(packed.getvalue()).decode(),
-                "filename": "detail.zip",
-                "fixmedins_code": HOSPITAL,
-            }
-        },
-    )
+    up = await _upload_detail(his, kept)
     stmt = _stmt(kept, file_qury_no=up["file_qury_no"])
     info = (await his.ok("3202", stmt))["fileinfo"]
     # 9102 answers the zip itself, not an envelope.
@@ -274,14 +257,9 @@ async def test_monthly_report_equals_the_ledger_and_prints(
     assert png.stat().st_size > 10_000  # a rendered page, not an empty canvas
 
 
-async def _detail_compared(
-    server: Server, rows: list[dict[str, Any]], declared: list[dict[str, Any]]
-) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """9101 a detail file of `rows`, 3202 with the totals of `declared`: the 3202 output and
-    the result file's rows (9102)."""
-    import msgspec
-
-    his = server.client(HOSPITAL)
+async def _upload_detail(his: HisClient, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """9101 of a detail file of `rows`, as the HIS writes it: tab-separated, zipped, Base64 in
+    fsUploadIn.in; the upload's output."""
     detail = "".join(
         f"{r['setl_id']}\t{r['mdtrt_id']}\t{r['psn_no']}\t{r['medfee_sumamt']}\t{r['fund_pay_sumamt']}\t{r['acct_pay']}\t0\n"
         for r in rows
@@ -289,7 +267,7 @@ async def _detail_compared(
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as zf:
         zf.writestr("detail.txt", detail)
-    up = await his.ok(
+    return await his.ok(
         "9101",
         {
             "fsUploadIn": {
@@ -299,6 +277,17 @@ async def _detail_compared(
             }
         },
     )
+
+
+async def _detail_compared(
+    server: Server, rows: list[dict[str, Any]], declared: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """9101 a detail file of `rows`, 3202 with the totals of `declared`: the 3202 output and
+    the result file's rows (9102)."""
+    import msgspec
+
+    his = server.client(HOSPITAL)
+    up = await _upload_detail(his, rows)
     out = await his.ok("3202", _stmt(declared, file_qury_no=up["file_qury_no"]))
     info = out["fileinfo"]
     env = his.envelope(
