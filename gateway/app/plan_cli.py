@@ -145,7 +145,9 @@ def plan_show(args: argparse.Namespace) -> int:
         d = view["deferred"]
         print(
             f"  deferred claims: {d['claims_pending']} waiting, {d['claims_settled']} settled,"
-            f" {d['claims_failed']} failed, {d['claims_withdrawn']} withdrawn"
+            f" {d['claims_failed']} failed, {d['claims_withdrawn']} withdrawn;"
+            # Found from outside: the visit calls a rule kept were in the console only.
+            f" deferred visit calls: {d['calls_pending']} waiting, {d['calls_failed']} failed"
         )
         return 0
 

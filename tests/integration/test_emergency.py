@@ -3,6 +3,7 @@ a 温州-style window, propagation within 2 s, the audit log, the in-flight repo
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
@@ -727,8 +728,11 @@ async def test_visit_calls_the_plan_deferred_are_applied_once_it_stops_and_the_s
     kept = "SELECT count(*) FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2"
     assert await server.fetchval(kept, "H44180000001", msgid) == 0
     calls = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
-    # The registration, the diagnosis and the fees, held while the rule stands.
+    # The registration, the diagnosis and the fees, held while the rule stands, and counted
+    # where the team looks (the console had them, `plan show` not).
     assert await server.fetchval(calls) == 3
+    shown = await asyncio.to_thread(cli, "plan", "show", "--database-url", server.dsn)
+    assert "deferred visit calls: 3 waiting" in shown.stdout, shown.stdout
 
     await clear_rule(server.dsn, scope, "encounter")
 
