@@ -29,16 +29,20 @@ class CatalogQuery(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     lmt_used_flag: str = ""
 
 
-def _valid_on(q: CatalogQuery, begn: dt.date, end: dt.date) -> bool:
-    # Read for each row it is asked of: a query no row reaches is answered, whatever its date.
+def _query_day(q: CatalogQuery) -> dt.date | None:
     day = q.query_date
     if not day:
-        return True
+        return None
     try:
-        on = dt.date.fromisoformat(day[:10])
+        return dt.date.fromisoformat(day[:10])
     except ValueError as exc:
         raise BadRequest("字段query_date日期格式错误") from exc
-    return begn <= on <= end
+
+
+def _valid_on(q: CatalogQuery, begn: dt.date, end: dt.date) -> bool:
+    # Read for each row it is asked of: a query no row reaches is answered, whatever its date.
+    on = _query_day(q)
+    return on is None or begn <= on <= end
 
 
 def _match(value: str, wanted: str) -> bool:
@@ -78,6 +82,13 @@ def mappings(snapshot: Snapshot, fixmedins_code: str, q: CatalogQuery) -> list[M
         and _match(m.med_list_codg, q.med_list_codg)
         and _valid_on(q, m.begndate, m.enddate)
     ]
+    on = _query_day(q)
+    if on is not None:
+        # On a date, the row a settlement uses, not every row whose dates cover it: found from
+        # outside, an item uploaded twice (the later upload from an earlier begndate) showed
+        # both rows valid, and a HIS that sent the other row's code had its sale refused as
+        # "目录对照不一致".
+        rows = [m for m in rows if snapshot.mapping(owner, m.medins_list_codg, on) is m]
     return sorted(rows, key=lambda m: (m.medins_list_codg, m.begndate))
 
 

@@ -613,3 +613,33 @@ async def test_a_page_past_the_end_or_past_nine_digits(server: Server) -> None:
     past = await his.ok("1312", {"data": {"page_num": "2147483647", "page_size": 10}})
     assert past["size"] == 0 and past["startRow"] == 0 and past["endRow"] == 0
     assert past["recordCounts"] > 0 and past["lastPage"] is True
+
+
+async def test_1317_on_a_date_lists_the_row_a_settlement_uses(server: Server) -> None:
+    """Found from outside: an item uploaded twice, the later upload valid from an earlier date,
+    was listed by 1317 with both rows valid on a date both cover, so a HIS that took the other
+    row's code had its sale refused ("目录对照不一致"). On a date, 1317 lists the row in force
+    (the later upload, as a settlement resolves it); without a date, every row."""
+    his = server.client(HOSPITAL)
+    item = "ZZ1317"
+
+    def row(code: str, begndate: str) -> dict[str, Any]:
+        return {
+            "data": {
+                "fixmedins_hilist_id": item,
+                "fixmedins_hilist_name": "阿托伐他汀钙片",
+                "list_type": "101",
+                "med_list_codg": code,
+                "begndate": begndate,
+                "enddate": "2099-12-31",
+            }
+        }
+
+    await his.ok("3301", row(WRONG_CLASS_A, "2026-12-01"))
+    await his.ok("3301", row(CLASS_B, "2026-11-01"))
+    query = {"medins_list_codg": item, "page_num": 1, "page_size": 10}
+    on = await his.ok("1317", {"data": {**query, "query_date": "2026-12-05"}})
+    assert [r["med_list_codg"] for r in on["data"]] == [CLASS_B]
+    assert on["recordCounts"] == 1
+    every = await his.ok("1317", {"data": query})
+    assert sorted(r["med_list_codg"] for r in every["data"]) == sorted([CLASS_B, WRONG_CLASS_A])
