@@ -56,6 +56,12 @@ LEDGER_DOWN_MSG = (
     "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
 )
 LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
+# Sent to the old system and not answered: it may have done it. Kept against the msgid, so that
+# no retry, whatever the plan says by then, settles it here a second time.
+LEGACY_UNKNOWN_MSG = (
+    "本笔已按应急预案转原医保系统办理，但原系统未在时限内答复，办理结果未知：请在原系统查询该报文ID"
+    "的结果，切勿在本系统重复结算；确认原系统未办理后，请使用新的报文ID重新发送"
+)
 
 
 def category_of(gw: Gateway, tx: Transaction, req: Request) -> str | None:
@@ -507,11 +513,13 @@ async def _journal_withdrawal(gw: Gateway, req: Request, received: dt.datetime) 
 
 class LegacyDown(Exception):
     """The old system gave no answer: `kind` is "timeout", "error" (a failed call or a 5xx), or
-    "unavailable" (its breaker is open, or no `[legacy] url`)."""
+    "unavailable" (its breaker is open, or no `[legacy] url`). `reached`: the request may have
+    reached it (it may have done it), which is not so for a connection never made."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, reached: bool = False) -> None:
         super().__init__(kind)
         self.kind = kind
+        self.reached = reached
 
 
 async def post_legacy(
@@ -557,7 +565,8 @@ async def post_legacy(
         timed_out = isinstance(exc, TimeoutError)
         _note(breaker, False, timed_out, started)
         log.warning("legacy endpoint failed", extra={"infno": infno, "error": repr(exc)})
-        raise LegacyDown("timeout" if timed_out else "error") from None
+        reached = not isinstance(exc, aiohttp.ClientConnectorError)  # a connection never made
+        raise LegacyDown("timeout" if timed_out else "error", reached=reached) from None
     _note(breaker, True, False, started)
     return answer
 
@@ -605,11 +614,19 @@ async def _route_legacy(
                 back.append(renumber)
     try:
         answer = await post_legacy(gw, body, gw.config.legacy.timeout_seconds, infno=req.infno)
-    except LegacyDown:
-        raise Unavailable(LEGACY_DOWN_MSG) from None
+    except LegacyDown as exc:
+        if not exc.reached:
+            raise Unavailable(LEGACY_DOWN_MSG) from None
+        # It reached the old system, which may have done it (found from outside: a sale the
+        # old system settled after the gateway gave up was settled here too when the counter
+        # retried after the plan changed). An answer of its own, kept for the msgid.
+        unknown = encode_response(
+            region=gw.region, received=received, output=None, err_msg=LEGACY_UNKNOWN_MSG
+        )
+        return Detour(answer=unknown, outcome=dispatch.Result.REJECTED, keep=True)
     for renumber in back:
         answer = renumber(answer)
-    return Detour(answer=answer, outcome=dispatch.Result.LEGACY)
+    return Detour(answer=answer, outcome=dispatch.Result.LEGACY, keep=True)
 
 
 def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:

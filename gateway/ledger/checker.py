@@ -383,7 +383,8 @@ async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
             f"admission {row['mdtrt_id']}: used deductible differs from its settlements"
         )
     # An acknowledged settlement exists exactly once; an acknowledged deferred claim exists once
-    # as a claim, and once as a settlement after it was replayed (none while pending/withdrawn).
+    # as a claim, and once as a settlement after it was replayed (none while pending/withdrawn);
+    # one the old system answered (route_legacy) is that system's, and none exists here.
     # The settling transactions are named here, not read from the transaction table: the
     # checker audits the ledger on its own reading of the rules, whatever code registered.
     for row in await conn.fetch(
@@ -392,7 +393,7 @@ async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         " AND NOT EXISTS (SELECT 1 FROM correction_items c WHERE c.new_setl_id = s.setl_id)"
         " LEFT JOIN deferred d ON d.fixmedins_code = i.fixmedins_code AND d.msgid = i.msgid"
         " AND d.kind = 'claim'"
-        " WHERE i.infcode = 0 AND i.infno IN ('2207', '2304', '2102')"
+        " WHERE i.infcode = 0 AND i.infno IN ('2207', '2304', '2102') AND NOT i.answered_elsewhere"
         " GROUP BY i.fixmedins_code, i.msgid, d.status"
         " HAVING count(s.setl_id) <> CASE WHEN d.status IS NULL OR d.status = 'settled' THEN 1 ELSE 0 END"
     ):

@@ -65,7 +65,7 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str) -> bytes:
     if stored.tombstone:
         return stored.answer  # the refusal written by the 2601, whatever the late body says
     if stored.body_sha256 != body_sha256:
-        refused = _refusal_of(stored.answer)
+        refused = refusal_of(stored.answer)
         if refused is not None:
             # Found from outside: a clerk who corrected a refused sale and sent it again under
             # its msgid was sent looking for a settlement that never happened.
@@ -89,7 +89,7 @@ _answered = msgspec.json.Decoder(_Answered)
 _QUOTED = 60  # of the earlier refusal's words, in the new one (err_msg holds 200)
 
 
-def _refusal_of(answer: bytes) -> str | None:
+def refusal_of(answer: bytes) -> str | None:
     """The words of a stored refusal (infcode -1), cut to fit; None for a success."""
     try:
         stored = _answered.decode(answer)
@@ -217,6 +217,31 @@ async def tombstone(
         TOMBSTONE_DIGEST,
         answer,
     )
+
+
+async def keep_answer(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    msgid: str,
+    infno: str,
+    body_sha256: bytes,
+    answer: bytes,
+    infcode: int,
+) -> bool:
+    """Keeps an answer another system gave (the old system's, relayed) for the msgid's
+    retries; False when the msgid had a key already (the first answer stays)."""
+    fresh = await conn.fetchval(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode,"
+        " answered_elsewhere) VALUES ($1,$2,$3,$4,$5,$6,true) ON CONFLICT DO NOTHING"
+        " RETURNING true",
+        fixmedins_code,
+        msgid,
+        infno,
+        body_sha256,
+        answer,
+        infcode,
+    )
+    return bool(fresh)
 
 
 async def record_deferred(

@@ -16,6 +16,7 @@ class Original(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     infcode: int | None  # None while the original is still running
     tombstone: bool
     reversed_by: str | None
+    answered_elsewhere: bool = False  # the old system's answer, relayed (route_legacy)
 
 
 async def lock_original(
@@ -23,7 +24,7 @@ async def lock_original(
 ) -> Original | None:
     """Reads and locks the original message's key; None when it never arrived."""
     row = await conn.fetchrow(
-        "SELECT infno, infcode, tombstone, reversed_by FROM idempotency"
+        "SELECT infno, infcode, tombstone, reversed_by, answered_elsewhere FROM idempotency"
         " WHERE fixmedins_code = $1 AND msgid = $2 FOR UPDATE",
         fixmedins_code,
         omsgid,
@@ -35,6 +36,7 @@ async def lock_original(
         infcode=row["infcode"],
         tombstone=row["tombstone"],
         reversed_by=row["reversed_by"],
+        answered_elsewhere=row["answered_elsewhere"],
     )
 
 

@@ -43,6 +43,9 @@ class Detour:
     outcome: Result = Result.DEFERRED
     mode: Mode = Mode.NORMAL  # handed to the handler's Call
     content_type: str = "application/json"
+    # The answer is kept against the msgid of a writing request (the old system's, relayed):
+    # a retry gets it whatever the plan says by then, and is never settled here a second time.
+    keep: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,8 @@ async def _plan(
         if detour is None:
             continue
         if detour.answer is not None:
+            if detour.keep and tx.writes:
+                await _keep(gw, req, detour.answer, ledger)
             return Outcome(
                 detour.answer,
                 req.infno,
@@ -238,6 +243,23 @@ async def _plan(
         tx = detour.tx or tx
         mode = detour.mode
     return tx, mode
+
+
+async def _keep(gw: Gateway, req: Request, answer: bytes, ledger: Partition) -> None:
+    """Keep an answer the plan gave (the old system's) against the msgid, as a settlement's is
+    kept; the first answer kept wins. With the ledger out of reach it is not kept (logged):
+    the plan routes there while its breaker is open, and the old system answers a retry."""
+    infcode = 0 if idempotency.refusal_of(answer) is None else -1
+    try:
+        async with db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn:
+            await idempotency.keep_answer(
+                conn, req.fixmedins_code, req.msgid, req.infno, fingerprint(req), answer, infcode
+            )
+    except (*db.UNAVAILABLE, asyncpg.PostgresError):
+        log.warning(
+            "answer from the old system not kept",
+            extra={"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code},
+        )
 
 
 async def _write(

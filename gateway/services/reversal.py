@@ -77,6 +77,9 @@ async def reverse(
         # The original committed while we waited on its key: reverse it after all.
         row = await reversals.lock_original(conn, fixmedins_code, omsgid)
         assert row is not None
+    if row.answered_elsewhere:
+        # Its answer was the old system's (route_legacy): whatever it did is there.
+        raise Conflict(f"原报文{omsgid}已按应急预案转原医保系统办理，请在原系统冲正")
     if row.tombstone or row.reversed_by is not None:
         raise Conflict(f"原报文{omsgid}已冲正，不能重复冲正")
     if row.infno != oinfno:

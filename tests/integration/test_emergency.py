@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from gateway.app.appkeys import GATEWAY
 from gateway.app.config import GatewayConfig, Legacy, PlanConfig
 from gateway.emergency.plan import store
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -38,6 +39,12 @@ EMPLOYEE = "441800000000000003"
 WORKER = "441800000000000001"
 RETIREE = "441800000000000002"
 PHARMACY_441800 = "P44180000001"
+
+
+async def _reload_plan(srv: Server) -> None:
+    """The serving process reads the plan now (it polls every second otherwise)."""
+    assert srv.app is not None
+    await srv.app[GATEWAY].reload_plan(force=True)
 
 
 async def _visit(
@@ -336,6 +343,20 @@ async def test_route_legacy_forwards_unchanged_and_relays(
         assert answer == b'{"infcode":0,"output":{"legacy":true},"err_msg":null}'
         assert received[-1] == body
         assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
+        # Found from outside: the same message retried once the plan no longer routed it was
+        # settled here too, the sale paid by two systems. Its relayed answer is kept.
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        await _reload_plan(srv)
+        status, again = await pos.post_raw(body)
+        assert (status, again) == (200, answer)
+        assert received.count(body) == 1
+        assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
+        # Undone where it was done: a 2601 of it here would have barred it as never arrived.
+        omsgid = msgspec.json.decode(body)["msgid"]
+        reversal = {"data": {"psn_no": EMPLOYEE, "omsgid": omsgid, "oinfno": "2102"}}
+        refused = await pos.call("2601", reversal)
+        assert refused["infcode"] == -1 and "原系统冲正" in refused["err_msg"], refused
+        assert await srv.check_ledger() == []
         # Encounter calls are another class: still served here.
         assert (
             await pos.call(
@@ -810,3 +831,46 @@ async def test_a_settlement_on_a_provisional_visit_whose_registration_failed_is_
     assert answer["infcode"] == -1
     assert "补办失败" in answer["err_msg"] and "重新办理就诊登记" in answer["err_msg"]
     assert "稍后" not in answer["err_msg"]
+
+
+async def test_a_sale_the_old_system_may_have_done_is_never_settled_here(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a sale forwarded under route_legacy that the old system answered
+    after the gateway gave up (it did settle it there) was settled here too when the counter
+    retried after the plan changed. Sent and unanswered, its outcome is unknown: the counter is
+    told to look in the old system, and that answer is kept for every retry."""
+    sent: list[bytes] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        sent.append(await request.read())
+        await asyncio.sleep(2.0)
+        return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
+
+    async with old_system(slow) as url:
+        config = GatewayConfig(
+            rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url, timeout_seconds=0.5)
+        )
+        async with running_gateway(new_database, config) as srv:
+            pos = srv.client("P44180000001")
+            scope = "institution:P44180000001"
+            await set_rule(srv.dsn, scope, "settlement", "route_legacy")
+            await _reload_plan(srv)
+            drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+            body = msgspec.json.encode(pos.envelope("2102", drug))
+            status, answer = await pos.post_raw(body)
+            first = decode(answer)
+            assert status == 200 and first["infcode"] == -1
+            assert "结果未知" in first["err_msg"] and "原系统" in first["err_msg"]
+            assert sent == [body]
+            balance = await srv.fetchval(
+                "SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE
+            )
+            await clear_rule(srv.dsn, scope, "settlement")
+            await _reload_plan(srv)
+            status, again = await pos.post_raw(body)
+            assert (status, again) == (200, answer)
+            assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
+            assert balance == await srv.fetchval(
+                "SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE
+            )

@@ -949,7 +949,10 @@ async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_o
                 msgid,
             )
         assert there == "2304"
-        assert await srv.fetchval("SELECT count(*) FROM idempotency WHERE msgid = $1", msgid) == 0
+        # Its answer is kept here as the old system's (a retry after the run gets it, and is
+        # never settled here: found from outside), with nothing settled here.
+        kept = await srv.fetch("SELECT answered_elsewhere FROM idempotency WHERE msgid = $1", msgid)
+        assert [r["answered_elsewhere"] for r in kept] == [True]
         assert (
             await srv.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", early) == 0
         )
