@@ -65,6 +65,7 @@ SETTLEMENT_AMOUNTS = (
     "maf_pay",
     "oth_pay",
     "fund_pay_sumamt",
+    "psn_part_amt",
     "psn_pay",
     "acct_pay",
     "psn_cash_pay",
@@ -86,7 +87,14 @@ _TOTAL_OF_LINES = {
 # Funds past the pool: each follows from what the pool left, under its own rules.
 _LATER_FUNDS = ("cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay", "maf_pay", "oth_pay")
 # What the patient pays and the totals: consequences of everything above.
-_CONSEQUENCES = ("fund_pay_sumamt", "psn_pay", "psn_cash_pay", "medfee_sumamt", "hosp_part_amt")
+_CONSEQUENCES = (
+    "fund_pay_sumamt",
+    "psn_part_amt",
+    "psn_pay",
+    "psn_cash_pay",
+    "medfee_sumamt",
+    "hosp_part_amt",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +218,16 @@ def _same_number(a: Any, b: Any) -> bool:
 
 
 def refused(envelope: Mapping[str, Any]) -> bool:
-    """An answer that settled nothing: infcode other than 0, or no output."""
+    """An answer that settled nothing: infcode other than 0, or no output, or an output without
+    its settlement (found from outside: an old system's `"output": {}` was scored as one fund's
+    small difference, every total it left out taken as agreeing)."""
     code = _decimal(envelope.get("infcode"))
-    return code != 0 or not isinstance(envelope.get("output"), Mapping)
+    output = envelope.get("output")
+    return (
+        code != 0
+        or not isinstance(output, Mapping)
+        or not isinstance(output.get("setlinfo"), Mapping)
+    )
 
 
 def items_of(request_input: Any) -> dict[str, str]:
@@ -414,5 +429,7 @@ def _line_order(a: Mapping[str, Any], b: Mapping[str, Any]) -> Any:
 def _refusal_text(envelope: Mapping[str, Any]) -> str:
     if not refused(envelope):
         return "0"
+    if _decimal(envelope.get("infcode")) == 0:
+        return "0 无结算信息(setlinfo)"
     message = envelope.get("err_msg")
     return f"{_text(envelope.get('infcode'))} {message or ''}".strip()

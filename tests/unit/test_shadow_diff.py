@@ -204,6 +204,29 @@ def test_one_refusal_is_a_refusal_and_two_agree() -> None:
     assert not compare(no, dict(no, err_msg="另一个说法"), ITEMS).differs
 
 
+def test_a_success_without_its_settlement_is_not_taken_as_agreeing() -> None:
+    """Found from outside: an old system's `infcode 0` with `"output": {}` was scored as one
+    fund's small difference, every total it left out taken as agreeing."""
+    a = _answer()
+    empty = {"infcode": 0, "err_msg": None, "output": {}}
+    d = compare(a, empty, ITEMS)
+    assert d.causes == (Cause.REFUSAL,)
+    assert d.differences[0].shadowed == "0 无结算信息(setlinfo)"
+    assert d.differences[0].answered == "0"
+
+
+def test_the_patients_part_is_compared() -> None:
+    """Found from outside: a difference in psn_part_amt alone (the visit answers' name for what
+    the patient pays; pharmacy answers here say psn_pay) went unreported."""
+    a = _answer()
+    a["output"]["setlinfo"]["psn_part_amt"] = D("61.50")
+    b = _set(copy.deepcopy(a), psn_part_amt=D("60.50"))
+    d = compare(a, b, ITEMS)
+    assert [(x.field, x.answered, x.shadowed) for x in d.differences] == [
+        ("psn_part_amt", "61.50", "60.50")
+    ]
+
+
 def test_a_line_only_one_side_lists_is_other() -> None:
     a = _answer()
     b = copy.deepcopy(a)
