@@ -84,6 +84,11 @@ _TOTAL_OF_LINES = {
     "overlmt_selfpay": Cause.PRICE_CAP,
     "inscp_scp_amt": Cause.OTHER,
 }
+# What a fund one side did not list paid, written as the wire writes an amount (found from
+# outside: stored as "0" beside the other side's "0.00").
+_NOTHING = Decimal("0.00")
+
+
 # Funds past the pool: each follows from what the pool left, under its own rules.
 _LATER_FUNDS = ("cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay", "maf_pay", "oth_pay")
 # What the patient pays and the totals: consequences of everything above.
@@ -403,7 +408,7 @@ def compare(
     funds_a, funds_b = _funds(out_a), _funds(out_b)
     for code in sorted(set(funds_a) | set(funds_b)):
         # A fund one side did not list paid nothing there.
-        a, b = funds_a.get(code, Decimal(0)), funds_b.get(code, Decimal(0))
+        a, b = funds_a.get(code, _NOTHING), funds_b.get(code, _NOTHING)
         if not _same_number(a, b):
             found.append(
                 Difference(

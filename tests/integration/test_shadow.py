@@ -189,7 +189,7 @@ async def _in_force(srv: Server, pos: Any, drug: dict[str, Any]) -> None:
 
 
 def _rate(differing: int, compared: int) -> str:
-    bp = differing * 10000 // compared
+    bp = (differing * 20000 + compared) // (2 * compared)  # to the nearest basis point
     return f"{bp // 10000}.{bp % 10000:04d}"
 
 

@@ -193,6 +193,9 @@ def test_the_account_alone() -> None:
     d = compare(a, b, ITEMS)
     assert d.causes == (Cause.ACCOUNT,)
     assert {x.place for x in d.differences} == {"setlinfo", "setldetail:310200"}
+    # The fund the shadow did not list paid nothing, written as an amount.
+    (fund,) = [x for x in d.differences if x.place == "setldetail:310200"]
+    assert (fund.answered, fund.shadowed) == ("61.50", "0.00")
 
 
 def test_one_refusal_is_a_refusal_and_two_agree() -> None:
@@ -323,3 +326,13 @@ def test_the_shadow_is_asked_the_same_bytes_under_the_pre_settlement_number() ->
         "msgid": "M1",
         "infno": "2101",
     }
+
+
+def test_a_difference_rate_is_rounded_to_the_nearest_basis_point() -> None:
+    """Found from outside: 7 differing of 9 compared read 77.77%."""
+    from gateway.ledger.shadow import Rate
+
+    assert Rate("x", 9, 7).rate_bp == 7778
+    assert Rate("x", 3, 1).rate_bp == 3333
+    assert Rate("x", 8, 1).rate_bp == 1250
+    assert Rate("x", 0, 0).rate_bp == 0

@@ -76,7 +76,9 @@ async def view(request: web.Request, begins: dt.datetime, ends: dt.datetime) -> 
         "by_cause": [{**_rate(r), "name": _cause_name(r.key)} for r in by_cause],
         "by_hour": [
             {
-                "hour": b.hour.isoformat(),
+                # In local time, as the CLI's report and the query's from/to (found from
+                # outside: the API's hours were UTC).
+                "hour": b.hour.astimezone().isoformat(),
                 "category": b.category,
                 "compared": b.compared,
                 "differing": b.differing,
