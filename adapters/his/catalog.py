@@ -225,7 +225,14 @@ def _query(call: Call) -> tuple[Query, catalog_queries.CatalogQuery]:
         chrgitm_lv=text(q.chrgitm_lv),
         med_chrgitm_type=text(q.med_chrgitm_type),
         lmt_used_flag=text(q.lmt_used_flag),
+        vali_flag=_vali_flag(q.vali_flag),
     )
+
+
+def _vali_flag(value: Code) -> str:
+    """ "0" asks for invalid rows only; any other value (clients send "1", "", null) for every
+    row held, which are all valid."""
+    return "0" if text(value) == "0" else ""
 
 
 @register("1312", "医保目录信息查询", writes=False, klass=TxClass.CATALOG, input=In13xx)

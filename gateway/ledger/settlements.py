@@ -145,8 +145,11 @@ def check_declared(s: Settlement, declared: Declared) -> None:
     ):
         sent = getattr(declared, name)
         if sent is not None and sent != getattr(s, name):
+            # What the clerk does next (found from outside: after a 3301 changed an item's
+            # mapping between the 2206 and the 2207, the words said only that they differed).
             raise RuleRejected(
                 f"{label}{fen_text(sent)}与中心计算结果{fen_text(getattr(s, name))}不一致"
+                "（目录对照或待遇政策可能已变更），请重新预结算后按预结算结果结算"
             )
 
 

@@ -27,6 +27,7 @@ class CatalogQuery(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     chrgitm_lv: str = ""
     med_chrgitm_type: str = ""
     lmt_used_flag: str = ""
+    vali_flag: str = ""  # "1", "0" or "" (either)
 
 
 def _query_day(q: CatalogQuery) -> dt.date | None:
@@ -41,6 +42,10 @@ def _query_day(q: CatalogQuery) -> dt.date | None:
 
 def _valid_on(q: CatalogQuery, begn: dt.date, end: dt.date) -> bool:
     # Read for each row it is asked of: a query no row reaches is answered, whatever its date.
+    if q.vali_flag == "0":
+        # Every row the snapshot holds is in force (a revoked mapping is gone from it): a query
+        # for invalid rows gets none (found from outside: it got the valid ones).
+        return False
     on = _query_day(q)
     return on is None or begn <= on <= end
 

@@ -643,3 +643,17 @@ async def test_1317_on_a_date_lists_the_row_a_settlement_uses(server: Server) ->
     assert on["recordCounts"] == 1
     every = await his.ok("1317", {"data": query})
     assert sorted(r["med_list_codg"] for r in every["data"]) == sorted([CLASS_B, WRONG_CLASS_A])
+
+
+async def test_a_query_for_invalid_rows_gets_none(server: Server) -> None:
+    """Found from outside: vali_flag "0" on 1312 and 1317 returned the valid rows. Every row
+    held is in force, so it gets none; "1" and no flag get them all."""
+    his = server.client(HOSPITAL)
+    for infno in ("1312", "1317", "1318", "1319"):
+        page = {"page_num": 1, "page_size": 5}
+        every = await his.ok(infno, {"data": page})
+        valid = await his.ok(infno, {"data": {**page, "vali_flag": "1"}})
+        invalid = await his.ok(infno, {"data": {**page, "vali_flag": "0"}})
+        assert every["recordCounts"] > 0, infno
+        assert valid["recordCounts"] == every["recordCounts"], infno
+        assert (invalid["recordCounts"], invalid["data"]) == (0, []), infno

@@ -519,3 +519,30 @@ async def test_a_refund_line_is_priced_as_the_charge_it_takes_back(server: Serve
             "inscp_scp_amt", "act_pay_dedc", "hifp_pay", "psn_part_amt",
         ):  # fmt: skip
             assert Decimal(str(info[name])) == Decimal(str(expected[name])), name
+
+
+async def test_a_declared_split_the_lines_do_not_make_is_refused_saying_what_to_do(
+    server: Server,
+) -> None:
+    """A 2207 whose declared split (as its 2206 answered, before a 3301 changed an item's
+    mapping) is not what its lines make now is refused, nothing written, and the clerk is told
+    to pre-settle again (found from outside: the words said only that the two differed)."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, EMPLOYEE, balance_fen=100_000)
+    mdtrt_id = await his.register(psn, "310", DAY, f"MZ-SPLIT-{next(_serial)}")
+    rows = his.fee_rows(mdtrt_id, psn, [_line("1", "40.00")], FEE_TIME, "B1")
+    await his.ok("2204", {"feedetail": rows})
+    base = his.settle_data(psn, mdtrt_id, "11", "40.00", "310", "1", chrg_bchno="B1")
+    pre = (await his.ok("2206", base))["setlinfo"]
+    declared = {
+        **base["data"],
+        "fulamt_ownpay_amt": str(pre["fulamt_ownpay_amt"]),
+        "overlmt_selfpay": str(pre["overlmt_selfpay"]),
+        "preselfpay_amt": f"{Decimal(str(pre['preselfpay_amt'])) + Decimal('1.00'):.2f}",
+        "inscp_scp_amt": str(pre["inscp_scp_amt"]),
+    }
+    before = await server.fetchval("SELECT count(*) FROM settlements")
+    answer = await his.call("2207", {"data": declared})
+    assert answer["infcode"] == -1
+    assert "与中心计算结果" in answer["err_msg"] and "请重新预结算" in answer["err_msg"]
+    assert await server.fetchval("SELECT count(*) FROM settlements") == before
