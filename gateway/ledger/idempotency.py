@@ -178,16 +178,7 @@ async def store_failure(
     answer: bytes,
 ) -> Stored | None:
     """Keep a refusal's answer for replays; returns the earlier answer if one won the race."""
-    got = await conn.fetchval(
-        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
-        " VALUES ($1,$2,$3,$4,$5,-1) ON CONFLICT DO NOTHING RETURNING true",
-        fixmedins_code,
-        msgid,
-        infno,
-        body_sha256,
-        answer,
-    )
-    if got:
+    if await keep_answer(conn, fixmedins_code, msgid, infno, body_sha256, answer, -1):
         return None
     return await lookup(conn, fixmedins_code, msgid)
 
@@ -219,31 +210,6 @@ async def tombstone(
     )
 
 
-async def keep_answer(
-    conn: asyncpg.Connection,
-    fixmedins_code: str,
-    msgid: str,
-    infno: str,
-    body_sha256: bytes,
-    answer: bytes,
-    infcode: int,
-) -> bool:
-    """Keeps an answer another system gave (the old system's, relayed) for the msgid's
-    retries; False when the msgid had a key already (the first answer stays)."""
-    fresh = await conn.fetchval(
-        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode,"
-        " answered_elsewhere) VALUES ($1,$2,$3,$4,$5,$6,true) ON CONFLICT DO NOTHING"
-        " RETURNING true",
-        fixmedins_code,
-        msgid,
-        infno,
-        body_sha256,
-        answer,
-        infcode,
-    )
-    return bool(fresh)
-
-
 async def record_deferred(
     conn: asyncpg.Connection,
     fixmedins_code: str,
@@ -253,13 +219,32 @@ async def record_deferred(
     answer: bytes,
 ) -> bool:
     """Writes a deferred request's answer for its retries; False when the msgid had a key already."""
+    return await keep_answer(conn, fixmedins_code, msgid, infno, body_sha256, answer, 0)
+
+
+async def keep_answer(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    msgid: str,
+    infno: str,
+    body_sha256: bytes,
+    answer: bytes,
+    infcode: int,
+    *,
+    elsewhere: bool = False,
+) -> bool:
+    """A key written with its answer at once (`elsewhere`: another system gave it, the old
+    system's under route_legacy); False when the msgid had a key already (the first stays)."""
     fresh = await conn.fetchval(
-        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
-        " VALUES ($1,$2,$3,$4,$5,0) ON CONFLICT DO NOTHING RETURNING true",
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode,"
+        " answered_elsewhere) VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING"
+        " RETURNING true",
         fixmedins_code,
         msgid,
         infno,
         body_sha256,
         answer,
+        infcode,
+        elsewhere,
     )
     return bool(fresh)

@@ -253,7 +253,14 @@ async def _keep(gw: Gateway, req: Request, answer: bytes, ledger: Partition) -> 
     try:
         async with db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn:
             await idempotency.keep_answer(
-                conn, req.fixmedins_code, req.msgid, req.infno, fingerprint(req), answer, infcode
+                conn,
+                req.fixmedins_code,
+                req.msgid,
+                req.infno,
+                fingerprint(req),
+                answer,
+                infcode,
+                elsewhere=True,
             )
     except (*db.UNAVAILABLE, asyncpg.PostgresError):
         log.warning(

@@ -31,14 +31,14 @@ WRONG_CLASS_A = "XA10BAA020A001010100004"  # 盐酸二甲双胍片, class A: the
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _mapping(code: str, item: str = DRUG) -> dict[str, Any]:
+def _mapping(code: str, item: str = DRUG, begndate: str = "2026-01-01") -> dict[str, Any]:
     return {
         "data": {
             "fixmedins_hilist_id": item,
             "fixmedins_hilist_name": "阿托伐他汀钙片",
             "list_type": "101",
             "med_list_codg": code,
-            "begndate": "2026-01-01",
+            "begndate": begndate,
             "enddate": "2099-12-31",
         }
     }
@@ -622,21 +622,8 @@ async def test_1317_on_a_date_lists_the_row_a_settlement_uses(server: Server) ->
     (the later upload, as a settlement resolves it); without a date, every row."""
     his = server.client(HOSPITAL)
     item = "ZZ1317"
-
-    def row(code: str, begndate: str) -> dict[str, Any]:
-        return {
-            "data": {
-                "fixmedins_hilist_id": item,
-                "fixmedins_hilist_name": "阿托伐他汀钙片",
-                "list_type": "101",
-                "med_list_codg": code,
-                "begndate": begndate,
-                "enddate": "2099-12-31",
-            }
-        }
-
-    await his.ok("3301", row(WRONG_CLASS_A, "2026-12-01"))
-    await his.ok("3301", row(CLASS_B, "2026-11-01"))
+    await his.ok("3301", _mapping(WRONG_CLASS_A, item, "2026-12-01"))
+    await his.ok("3301", _mapping(CLASS_B, item, "2026-11-01"))
     query = {"medins_list_codg": item, "page_num": 1, "page_size": 10}
     on = await his.ok("1317", {"data": {**query, "query_date": "2026-12-05"}})
     assert [r["med_list_codg"] for r in on["data"]] == [CLASS_B]

@@ -720,18 +720,9 @@ async def test_visit_calls_the_plan_deferred_are_applied_once_it_stops_and_the_s
     his = server.client("H44180000001")
     scope = "institution:H44180000001"
     await set_rule(server.dsn, scope, "encounter", "defer")
+    await _reload_plan(server)
     day = "2026-05-06"
-    registered: list[str] = []
-
-    async def provisional() -> bool:
-        # Each try a visit of its own: those answered before the rule took effect are real.
-        registered.append(
-            await his.register(EMPLOYEE, "310", f"{day} 08:30:00", f"MZ-PV-{len(registered)}")
-        )
-        return registered[-1].startswith("PV")
-
-    await until(provisional)
-    mdtrt_id = registered[-1]
+    mdtrt_id = await his.register(EMPLOYEE, "310", f"{day} 08:30:00", "MZ-PV-1")
     assert mdtrt_id.startswith("PV")
     await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{day} 08:30:00")
     await his.ok(
@@ -789,36 +780,10 @@ async def test_a_settlement_on_a_provisional_visit_whose_registration_failed_is_
     his = server.client("H44180000001")
     scope = "institution:H44180000001"
     await set_rule(server.dsn, scope, "encounter", "defer")
+    await _reload_plan(server)
     unknown = "441800000000009999"
-    registered: list[str] = []
-
-    async def provisional() -> bool:
-        answer = await his.call(
-            "2201",
-            {
-                "data": {
-                    "psn_no": unknown,
-                    "insutype": "310",
-                    "begntime": "2026-05-07 08:30:00",
-                    "mdtrt_cert_type": "02",
-                    "mdtrt_cert_no": unknown,
-                    "ipt_otp_no": f"MZ-PVX-{len(registered)}",
-                    "atddr_no": "D001",
-                    "dr_name": "医生",
-                    "dept_code": "K01",
-                    "dept_name": "内科",
-                    "caty": "A03",
-                }
-            },
-        )
-        if answer["infcode"] != 0:
-            registered.append("")
-            return False
-        registered.append(str(answer["output"]["data"]["mdtrt_id"]))
-        return registered[-1].startswith("PV")
-
-    await until(provisional)
-    mdtrt_id = registered[-1]
+    mdtrt_id = await his.register(unknown, "310", "2026-05-07 08:30:00", "MZ-PVX-1")
+    assert mdtrt_id.startswith("PV")
     await clear_rule(server.dsn, scope, "encounter")
     failed = "SELECT fail_reason FROM deferred WHERE provisional_id = $1 AND status = 'failed'"
 
