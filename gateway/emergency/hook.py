@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,7 +38,7 @@ from gateway.pipeline import dispatch
 from gateway.pipeline.dispatch import Detour
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol import transaction
-from gateway.protocol.errors import Conflict, RuleRejected, Unavailable
+from gateway.protocol.errors import Conflict, GatewayError, RuleRejected, Unavailable
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction
 from gateway.services import cancellation, payouts
 from gateway.services.settlement_state import preview, settle_alone
@@ -56,6 +57,7 @@ LEDGER_DOWN_MSG = (
     "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
 )
 LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
+KEEP_SECONDS = 0.25  # of a routed call's deadline, left to keep the old system's answer
 # Sent to the old system and not answered: it may have done it. Kept against the msgid, so that
 # no retry, whatever the plan says by then, settles it here a second time.
 LEGACY_UNKNOWN_MSG = (
@@ -129,6 +131,8 @@ async def intercept(
             LEDGER_DOWN_MSG if ledger_down else REJECT_MSG.format(why=decision.reason)
         )
     if decision.action in (Action.ROUTE_LEGACY, Action.ROUTE_LEGACY_SHADOW):
+        if not ledger_down and await _this_gateways(gw, tx, req):
+            return None  # undone, or settled, where it was done: here
         return await _route_legacy(gw, req, body, received, ledger_down)
     if decision.action is Action.SELFPAY:
         return Detour(mode=Mode.SELFPAY) if tx.admits else None
@@ -612,8 +616,14 @@ async def _route_legacy(
             body, renumber = await visits(gw, req, body, received)
             if renumber is not None:
                 back.append(renumber)
+    # Within the call's own deadline, with a moment left to keep the outcome: found from outside,
+    # a forward still waiting (the old system's 10 s) when the call's 5 s ran out was answered
+    # "retry the same msgid", the retry was settled here once the plan changed, and the old
+    # system settled it too.
+    left = gw.config.deadlines.call_seconds - (dt.datetime.now() - received).total_seconds()
+    timeout = max(0.1, min(gw.config.legacy.timeout_seconds, left - KEEP_SECONDS))
     try:
-        answer = await post_legacy(gw, body, gw.config.legacy.timeout_seconds, infno=req.infno)
+        answer = await post_legacy(gw, body, timeout, infno=req.infno)
     except LegacyDown as exc:
         if not exc.reached:
             raise Unavailable(LEGACY_DOWN_MSG) from None
@@ -627,6 +637,48 @@ async def _route_legacy(
     for renumber in back:
         answer = renumber(answer)
     return Detour(answer=answer, outcome=dispatch.Result.LEGACY, keep=True)
+
+
+# A provisional visit id (handed out here under the plan) as a JSON string in a request's input.
+_PROVISIONAL_VISIT = re.compile(rb'"' + PROVISIONAL_PREFIX.encode() + rb"[0-9]{6}")
+
+
+async def _this_gateways(gw: Gateway, tx: Transaction, req: Request) -> bool:
+    """Whether a request the plan would route to the old system acts on what this gateway did:
+    a cancellation of its settlement or deferred claim, a 2601 of a message it answered, a
+    settlement of a visit it numbered provisionally. Those stay here (found from outside: under
+    route_legacy they went to the old system, which never had them, and its answer was kept;
+    the clerk was told "cancelled" while this ledger kept the sale, and a withdrawn claim was
+    replayed)."""
+    if _PROVISIONAL_VISIT.search(req.input):
+        return True
+    if tx.acts_on is not None:
+        omsgid = tx.acts_on(req)
+        if not omsgid:
+            return False
+        sql = (
+            "SELECT EXISTS (SELECT 1 FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2"
+            " AND NOT answered_elsewhere)"
+        )
+        ref = omsgid
+    elif tx.deferral is Deferral.CANCEL_CLAIM:
+        try:
+            ref = deferral.withdrawal_ref(req)[0]
+        except GatewayError:
+            return True  # refused here, in the words the handler uses
+        if deferral.is_claim_id(ref):
+            return True
+        sql = "SELECT EXISTS (SELECT 1 FROM settlements WHERE fixmedins_code = $1 AND setl_id = $2)"
+    else:
+        return False
+    wait = gw.config.journal.ledger_lookup_seconds
+    try:
+        ledger = await gw.ledgers.of_request(req, wait)
+        async with asyncio.timeout(wait), db.leased(ledger.pool, wait) as conn:
+            return bool(await conn.fetchval(sql, req.fixmedins_code, ref))
+    except (TimeoutError, *db.UNAVAILABLE, asyncpg.PostgresError):
+        # Not known: the old system answers for what it holds, and refuses the rest.
+        return False
 
 
 def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:

@@ -798,8 +798,18 @@ async def test_a_settlement_on_a_provisional_visit_whose_registration_failed_is_
     assert "稍后" not in answer["err_msg"]
 
 
+@pytest.mark.parametrize(
+    ("legacy_timeout", "answers_after"),
+    [
+        (0.5, 2.0),
+        # Its own timeout past the call's deadline (the shipped 10 s against 5 s): found from
+        # outside, the call's deadline answered "retry the same msgid" while the forward still
+        # waited, and the retry was settled here once the plan changed.
+        (10.0, 8.0),
+    ],
+)
 async def test_a_sale_the_old_system_may_have_done_is_never_settled_here(
-    new_database: Callable[..., Any],
+    new_database: Callable[..., Any], legacy_timeout: float, answers_after: float
 ) -> None:
     """Found from outside: a sale forwarded under route_legacy that the old system answered
     after the gateway gave up (it did settle it there) was settled here too when the counter
@@ -809,12 +819,13 @@ async def test_a_sale_the_old_system_may_have_done_is_never_settled_here(
 
     async def slow(request: web.Request) -> web.Response:
         sent.append(await request.read())
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(answers_after)
         return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
 
     async with old_system(slow) as url:
         config = GatewayConfig(
-            rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url, timeout_seconds=0.5)
+            rate_limit=GENEROUS.rate_limit,
+            legacy=Legacy(url=url, timeout_seconds=legacy_timeout),
         )
         async with running_gateway(new_database, config) as srv:
             pos = srv.client("P44180000001")
@@ -839,3 +850,32 @@ async def test_a_sale_the_old_system_may_have_done_is_never_settled_here(
             assert balance == await srv.fetchval(
                 "SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE
             )
+
+
+async def test_what_this_gateway_did_is_undone_here_under_route_legacy(
+    new_database: Callable[..., Any], legacy: tuple[str, list[bytes]]
+) -> None:
+    """Found from outside: under route_legacy a 2103 and a 2601 of sales this gateway settled
+    went to the old system, which never had them; its answer was kept, the clerk told
+    "cancelled" while this ledger kept the sale. An undo of what was done here is done here."""
+    url, received = legacy
+    config = GatewayConfig(rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url))
+    async with running_gateway(new_database, config) as srv:
+        pos = srv.client("P44180000001")
+        drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+        sold = (await pos.ok("2102", drug))["setlinfo"]
+        second = pos.msgid()
+        await pos.ok("2102", drug, msgid=second)
+        await set_rule(srv.dsn, "institution:P44180000001", "settlement", "route_legacy")
+        await _reload_plan(srv)
+        cancel = {
+            "data": {"setl_id": sold["setl_id"], "mdtrt_id": sold["mdtrt_id"], "psn_no": EMPLOYEE}
+        }
+        cancelled = await pos.call("2103", cancel)
+        assert cancelled["infcode"] == 0, cancelled["err_msg"]
+        reversal = {"data": {"psn_no": EMPLOYEE, "omsgid": second, "oinfno": "2102"}}
+        reversed_ = await pos.call("2601", reversal)
+        assert reversed_["infcode"] == 0, reversed_["err_msg"]
+        assert received == []  # the old system was asked nothing
+        assert await srv.fetchval("SELECT count(*) FROM settlements WHERE status = 'settled'") == 0
+        assert await srv.check_ledger() == []
