@@ -183,6 +183,18 @@ async def store_failure(
     return await lookup(conn, fixmedins_code, msgid)
 
 
+async def answered_here(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> bool:
+    """Whether this ledger holds the msgid's key as its own (not an answer another system gave)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2"
+            " AND NOT answered_elsewhere)",
+            fixmedins_code,
+            msgid,
+        )
+    )
+
+
 async def purge(conn: asyncpg.Connection, keep_days: int) -> int:
     """Drop keys older than the retention (at least 7 days by policy)."""
     status = await conn.execute(

@@ -125,6 +125,17 @@ class Context(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     mdtrt_cert_type: str = ""  # the request's, "" where it sent none
 
 
+async def held(conn: asyncpg.Connection, fixmedins_code: str, setl_id: str) -> bool:
+    """Whether the institution's settlement `setl_id` is in this ledger, whatever its status."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM settlements WHERE fixmedins_code = $1 AND setl_id = $2)",
+            fixmedins_code,
+            setl_id,
+        )
+    )
+
+
 def check_total(declared: int, lines_total: int) -> None:
     """The request's medfee_sumamt must equal its lines' total (settlement-rules §2)."""
     if declared != lines_total:

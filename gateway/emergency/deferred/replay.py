@@ -23,7 +23,7 @@ from adapters.national import deferral
 from adapters.national.envelope import encode_response
 from gateway.app.runtime import Gateway
 from gateway.emergency.deferred.journal import KEPT, Damaged, Journal, read_segment
-from gateway.ledger import deferred, fees, idempotency, reversals, settlements
+from gateway.ledger import db, deferred, fees, idempotency, reversals, settlements
 from gateway.ledger.partitions import Partition
 from gateway.protocol.errors import Conflict, GatewayError, NotFound
 from gateway.protocol.transaction import TRANSACTIONS, Call, Mode
@@ -198,6 +198,9 @@ async def apply_calls(gw: Gateway, held: Sequence[str] = ()) -> tuple[int, int]:
     return applied, failed
 
 
+CALLS_LOOKUP_SECONDS = 2.0  # the watcher's look for released calls, each ledger database
+
+
 async def apply_released_calls(
     gw: Gateway, still_deferred: Callable[[str], bool]
 ) -> tuple[int, int]:
@@ -208,7 +211,7 @@ async def apply_released_calls(
     two would take a visit's calls out of order."""
     codes: set[str] = set()
     for ledger in gw.ledgers.all:
-        async with ledger.pool.acquire() as conn:
+        async with db.leased(ledger.pool, CALLS_LOOKUP_SECONDS) as conn:
             codes.update(await deferred.institutions_with_calls(conn))
     held = sorted(c for c in codes if still_deferred(c))
     if len(held) == len(codes):
