@@ -634,10 +634,12 @@ async def _route_legacy(
         unknown = encode_response(
             region=gw.region, received=received, output=None, err_msg=LEGACY_UNKNOWN_MSG
         )
-        return Detour(answer=unknown, outcome=dispatch.Result.REJECTED, keep=True)
+        return Detour(answer=unknown, outcome=dispatch.Result.REJECTED, keep=not ledger_down)
     for renumber in back:
         answer = renumber(answer)
-    return Detour(answer=answer, outcome=dispatch.Result.LEGACY, keep=True)
+    # Not kept with the ledger known down (the breaker's route): the attempt would hold every
+    # routed answer on a pool that cannot serve it.
+    return Detour(answer=answer, outcome=dispatch.Result.LEGACY, keep=not ledger_down)
 
 
 # A provisional visit id (handed out here under the plan) as a JSON string in a request's input.

@@ -621,3 +621,49 @@ async def test_a_ledger_that_refuses_connections_opens_the_breaker(
         finally:
             await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
             await admin.close()
+
+
+async def test_routed_to_the_old_system_by_the_breaker_no_answer_waits_on_the_ledger(
+    new_database: Callable[..., Any],
+) -> None:
+    """With the ledger's breaker routing to the old system, its answers are relayed at once:
+    keeping them against the msgid (as a plan rule's routing does) is not tried on a ledger
+    known to be down, where the lease would hold every answer until the call's deadline."""
+    from aiohttp import web
+
+    from gateway.app.config import Legacy
+    from tests.integration.emergency_helpers import old_system
+
+    relayed = b'{"infcode":0,"output":{"legacy":true},"err_msg":null}'
+
+    async def call_service(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=relayed)
+
+    routing = msgspec.structs.replace(FAST_BREAKER, action="route_legacy")
+    async with old_system(call_service) as url:
+        config = msgspec.structs.replace(
+            CONFIG, breakers=Breakers(postgres=routing), legacy=Legacy(url=url)
+        )
+        ledger = ProxiedLedger()
+        async with running_gateway(new_database, config, serve_through=ledger) as srv:
+            proxy = ledger.started()
+            pos = srv.client(PHARMACY)
+            try:
+                proxy.cut()
+                for n in range(1, 9):  # until the breaker opens and routes
+                    if (
+                        await pos.post_raw(msgspec.json.encode(pos.envelope("2102", _sale(pos, n))))
+                    )[1] == relayed:
+                        break
+                else:
+                    raise AssertionError("the breaker never routed to the old system")
+                started = time.monotonic()
+                _, answer = await pos.post_raw(
+                    msgspec.json.encode(pos.envelope("2102", _sale(pos, 9)))
+                )
+                took = time.monotonic() - started
+                assert answer == relayed
+                assert took < CONFIG.deadlines.call_seconds / 2, took
+            finally:
+                await proxy.close()
