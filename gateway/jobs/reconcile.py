@@ -3,7 +3,9 @@
 Which settlements count: the institution's settlements with `clr_optins` = the requested
 `setl_optins`, settled on a day of [stmt_begndate, stmt_enddate]. With `refd_setl_flag` 0 (the
 default) only settlements in force count; with 1, refunded (cancelled) ones are counted too, with
-their original amounts, as the Hunan centre's REFD_SETL_FLAG does.
+their original amounts, as the Hunan centre's REFD_SETL_FLAG does, except those a 2601
+reversed: a reversal (冲正) undoes the message as if it never came, so the institution's HIS has
+no record of that settlement to count.
 """
 
 from __future__ import annotations

@@ -57,6 +57,14 @@ class CentreRow:
     refunded: bool
 
 
+# The settlement was cancelled by the 2601 that reversed the message that made it.
+_REVERSED = (
+    "(status = 'cancelled' AND EXISTS (SELECT 1 FROM idempotency o"
+    " WHERE o.fixmedins_code = settlements.fixmedins_code"
+    " AND o.msgid = settlements.medins_setl_id AND o.reversed_by = settlements.cancel_msgid))"
+)
+
+
 def _where(p: Period) -> tuple[str, list[object]]:
     where = [
         "fixmedins_code = $1",
@@ -78,6 +86,11 @@ def _where(p: Period) -> tuple[str, list[object]]:
         where.append(f"clr_type = ${len(args)}")
     if not p.include_refunded:
         where.append("status = 'settled'")
+    else:
+        # A settlement a 2601 reversed never happened for the institution (冲正 puts both sides
+        # back as they were: its HIS keeps no record of it), so it is not a refunded settlement
+        # either (found from outside: with refd_setl_flag 1 it was counted, "中心多").
+        where.append(f"NOT {_REVERSED}")
     # A manual claim's settlement (零星报销) is the agency's with the patient, not the
     # institution's: the institution never made it and is not cleared for it.
     where.append("NOT EXISTS (SELECT 1 FROM manual_claims c WHERE c.setl_id = settlements.setl_id)")
@@ -131,12 +144,15 @@ async def why_not_counted(
     left out: they are the centre's "没有", and another institution's stay unnamed."""
     why: dict[str, str] = {}
     for r in await conn.fetch(
-        "SELECT setl_id, status, setl_time::date AS day, insutype, clr_type, clr_optins"
+        "SELECT setl_id, status, setl_time::date AS day, insutype, clr_type, clr_optins,"
+        f" {_REVERSED} AS reversed"
         " FROM settlements WHERE fixmedins_code = $1 AND setl_id = ANY($2::text[])",
         p.fixmedins_code,
         list(setl_ids),
     ):
-        if r["status"] != "settled" and not p.include_refunded:
+        if r["reversed"]:
+            why[r["setl_id"]] = "中心此结算已冲正（2601），视为未发生，不计入对账"
+        elif r["status"] != "settled" and not p.include_refunded:
             why[r["setl_id"]] = "中心此结算已撤销，不计入对账（退费结算标志为0）"
         elif not p.begndate <= r["day"] <= p.enddate:
             why[r["setl_id"]] = f"中心此结算的结算日期为{r['day']:%Y-%m-%d}，不在本次对账期间"

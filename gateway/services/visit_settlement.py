@@ -168,6 +168,15 @@ def settle_lines(
     return rec, s, writes
 
 
+def _nothing_to_settle_in_stay(any_settled: bool) -> Conflict | NotFound:
+    """A stay's settlement that finds no fee line waiting, in the clerk's terms."""
+    if any_settled:
+        return Conflict(
+            "本次住院的费用明细已全部结算，请勿重复结算；如需重新结算，请先撤销原结算（2305）"
+        )
+    return NotFound("本次住院没有待结算的费用明细，请先上传住院费用明细（2301）")
+
+
 def visit_job(
     snapshot: Snapshot,
     origin: Origin,
@@ -207,6 +216,10 @@ def visit_job(
         if only is not None:
             lines = _claimed(lines, only)
         if not lines:
+            if kind is Kind.INPATIENT:
+                # A stay has no charge batch to check (found from outside: a second 2304 on a
+                # settled stay was told to check its 收费批次号, an outpatient field).
+                raise _nothing_to_settle_in_stay(bool(visit.settled_batches))
             if final and this.chrg_bchno in visit.settled_batches:
                 raise Conflict(f"收费批次{this.chrg_bchno}已结算，请勿重复结算")
             raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")

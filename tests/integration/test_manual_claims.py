@@ -103,6 +103,27 @@ async def test_manual_claim_settles_as_the_counter_does(new_database: Callable[.
         assert sorted((o["source_ref"], o["amount_fen"]) for o in owed) == sorted(
             (c.claim_no, c.reimbursement_fen) for c in claims if c.reimbursement_fen
         )
+        # A settled claim keeps its invoice (found from outside, asked: every step past
+        # registration was thought to free it). An invoice is its institution's paper: the
+        # same number from another hospital is another paper.
+        again = manual_claims.Registration(
+            cert_type="01",
+            cert_no=PERSON,
+            fixmedins_code=HOSPITAL,
+            med_type="11",
+            begntime=dt.datetime(2026, 6, 2, 8, 30),  # another visit's claim, not the same again
+            invoice_nos=("fp0",),
+        )
+        async with agency.pool.acquire() as conn:
+            with pytest.raises(Conflict, match=f"发票号FP0已在零星报销{claims[0].claim_no}"):
+                await manual_claims.register(
+                    conn, agency.snapshot, again, "clerk1", dt.datetime.now()
+                )
+            elsewhere = msgspec_replace(again, fixmedins_code="H44180000002")
+            taken = await manual_claims.register(
+                conn, agency.snapshot, elsewhere, "clerk1", dt.datetime.now()
+            )
+            assert taken.claim_no != claims[0].claim_no and taken.invoice_nos == ["FP0"]
         async with connect(agency.dsn) as conn:
             assert await checker.check(conn) == []
 

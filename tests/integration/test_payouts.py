@@ -637,6 +637,14 @@ async def test_a_payee_whose_account_the_bank_refused_waits_for_its_correction(
         second = await payouts.create_batch(conn, "maker", dt.datetime.now())
         owed = (first.reimbursement_fen or 0) + (later.reimbursement_fen or 0)
         assert (second.line_count, second.total_fen) == (2, owed)
+        # Its lines batched to the corrected account, the payee no longer waits for one: the
+        # next refusal counts only who does (asked from outside: it read "2人" with one).
+        waiting = "441800000000000006"
+        await settled_claim(ledger, waiting, "2026-06-06", small, "FP-BANK-3")
+        with pytest.raises(payouts.NothingToPay) as refused:
+            await payouts.create_batch(conn, "maker", dt.datetime.now())
+        assert refused.value.missing == [waiting]
+        assert "（1人待付款但未登记收款账户或需更正收款账户）" in str(refused.value)
         async with connect(srv.dsn) as check_conn:
             assert await checker.check(check_conn) == []
 

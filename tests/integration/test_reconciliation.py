@@ -26,7 +26,9 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 EMPLOYEES = ["441800000000000001", "441800000000000003"]
 
 
-async def _visit(his: HisClient, psn_no: str, n: int, price: str) -> dict[str, Any]:
+async def _visit(
+    his: HisClient, psn_no: str, n: int, price: str, msgid: str | None = None
+) -> dict[str, Any]:
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
     mdtrt_id = await his.register(psn_no, "310", now, f"MZ-REC-{n}")
     lines = [
@@ -40,7 +42,9 @@ async def _visit(his: HisClient, psn_no: str, n: int, price: str) -> dict[str, A
     ]
     await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, psn_no, lines, now, "B1")})
     out = await his.ok(
-        "2207", his.settle_data(psn_no, mdtrt_id, "11", price, "310", "1", chrg_bchno="B1")
+        "2207",
+        his.settle_data(psn_no, mdtrt_id, "11", price, "310", "1", chrg_bchno="B1"),
+        msgid=msgid,
     )
     info = out["setlinfo"]
     assert isinstance(info, dict)
@@ -355,3 +359,32 @@ async def test_a_listed_settlement_the_period_does_not_count_is_told_why(
     assert memo[cancelled["setl_id"]][0] == "2"
     assert "已撤销" in memo[cancelled["setl_id"]][1]
     assert memo[unknown["setl_id"]] == ("2", "医药机构有此结算，中心没有")
+
+
+async def test_a_reversed_settlement_is_not_counted_as_refunded(server: Server) -> None:
+    """Found from outside: with refd_setl_flag 1, a 2207 a 2601 reversed was counted beside the
+    refunded ones ("中心多"), though a reversal (冲正) undoes the message as if it never came and
+    the HIS keeps no record of it. A 2208's cancellation is still counted with flag 1."""
+    his = server.client("H44180000003")
+    kept = await _visit(his, EMPLOYEES[0], 70, "41.50")
+    refunded = await _visit(his, EMPLOYEES[1], 71, "52.50")
+    await his.ok(
+        "2208",
+        {
+            "data": {
+                "setl_id": refunded["setl_id"],
+                "mdtrt_id": refunded["mdtrt_id"],
+                "psn_no": refunded["psn_no"],
+            }
+        },
+    )
+    msgid = his.msgid()
+    reversed_ = await _visit(his, EMPLOYEES[0], 72, "63.50", msgid=msgid)
+    await his.ok("2601", {"data": {"psn_no": EMPLOYEES[0], "omsgid": msgid, "oinfno": "2207"}})
+    in_force = await his.ok("3201", _stmt([kept], refd_setl_flag="0"))
+    assert in_force["stmtinfo"]["stmt_rslt"] == "0", in_force["stmtinfo"]
+    with_refunds = await his.ok("3201", _stmt([kept, refunded], refd_setl_flag="1"))
+    assert with_refunds["stmtinfo"]["stmt_rslt"] == "0", with_refunds["stmtinfo"]
+    # Counted, the reversed one would make the centre's side the larger.
+    counted = await his.ok("3201", _stmt([kept, refunded, reversed_], refd_setl_flag="1"))
+    assert counted["stmtinfo"]["stmt_rslt"] == "2", counted["stmtinfo"]

@@ -546,3 +546,26 @@ async def test_a_declared_split_the_lines_do_not_make_is_refused_saying_what_to_
     assert answer["infcode"] == -1
     assert "与中心计算结果" in answer["err_msg"] and "请重新预结算" in answer["err_msg"]
     assert await server.fetchval("SELECT count(*) FROM settlements") == before
+
+
+async def test_a_stay_with_nothing_to_settle_is_told_in_a_stays_terms(server: Server) -> None:
+    """Found from outside: a second 2304 on a settled stay was told to check its 收费批次号, an
+    outpatient field a stay does not have. It is told the stay is settled and how to settle it
+    again; a stay with no line uploaded is told to upload its lines (2301)."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    mdtrt_id, _ = await _stay(his, psn, "390", "800.00")
+    data = his.settle_data(psn, mdtrt_id, "21", "800.00", "390", "0", mid_setl_flag="0")
+    before = await server.ledger_fingerprint()
+    again = await his.call("2304", data)
+    assert again["infcode"] == -1
+    assert "已全部结算" in again["err_msg"] and "2305" in again["err_msg"]
+    assert "收费批次" not in again["err_msg"]
+    assert await server.ledger_fingerprint() == before
+    other = await _person(server, RESIDENT)
+    empty = await _admission(his, other, "390")
+    await his.ok("2402", _discharge(empty, other))
+    data = his.settle_data(other, empty, "21", "0.00", "390", "0", mid_setl_flag="0")
+    nothing = await his.call("2304", data)
+    assert nothing["infcode"] == -1
+    assert "2301" in nothing["err_msg"] and "收费批次" not in nothing["err_msg"], nothing
