@@ -289,12 +289,8 @@ def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
         else:
             print(json.dumps(doc, ensure_ascii=False, indent=2))
     else:
-        doc = summary.to_json()
         verb = "re-settled" if apply_it else "would re-settle"
-        print(f"{verb} {len(summary.items)} of {found} settlements using {args.item}")
-        for code, amount in doc["funds"].items():
-            print(f"  fund {code}: {amount}")
-        print(f"  patients owe in total: {doc['totals']['patient_owes']}")
+        print("\n".join(summary.to_text(verb, found, args.item)))
     for old, new in summary.elsewhere:
         print(f"re-settled meanwhile by another run: {old} → {new}", file=sys.stderr)
     for setl_id, why in failed:

@@ -65,6 +65,16 @@ class Item:
         return self.new["psn_cash_pay"] - self.old["psn_cash_pay"]
 
     @property
+    def patient_collect(self) -> int:
+        """What the counter collects from the patient (0 when it refunds)."""
+        return max(0, self.patient_cash_delta)
+
+    @property
+    def patient_refund(self) -> int:
+        """What the counter pays back to the patient (0 when it collects)."""
+        return max(0, -self.patient_cash_delta)
+
+    @property
     def acct_delta(self) -> int:
         return self.new["acct_pay"] - self.old["acct_pay"]
 
@@ -81,6 +91,9 @@ class Item:
             "old_setlinfo": {k: fen_text(v) for k, v in self.old.items()},
             "new_setlinfo": {k: fen_text(v) for k, v in self.new.items()},
             "patient_owes": fen_text(self.patient_cash_delta),
+            # Found from outside: a refund read as a negative "owes", easily misread.
+            "patient_collect": fen_text(self.patient_collect),
+            "patient_refund": fen_text(self.patient_refund),
             "account_delta": fen_text(self.acct_delta),
             "fund_delta": fen_text(self.fund_delta),
             "fund_deltas": {k: fen_text(v) for k, v in self.fund_deltas.items()},
@@ -105,9 +118,17 @@ class Summary:
     def persons(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for it in self.items:
-            p = out.setdefault(it.psn_no, {"settlements": 0, "patient_owes": 0, "account_delta": 0})
+            p = out.setdefault(
+                it.psn_no,
+                dict.fromkeys(
+                    ("settlements", "patient_owes", "collect", "refund", "account_delta"), 0
+                ),
+            )
             p["settlements"] += 1
             p["patient_owes"] += it.patient_cash_delta
+            # Not netted: each visit's refund and charge is its own business at the counter.
+            p["collect"] += it.patient_collect
+            p["refund"] += it.patient_refund
             p["account_delta"] += it.acct_delta
         return out
 
@@ -125,6 +146,8 @@ class Summary:
                 k: {
                     "settlements": v["settlements"],
                     "patient_owes": fen_text(v["patient_owes"]),
+                    "patient_collect": fen_text(v["collect"]),
+                    "patient_refund": fen_text(v["refund"]),
                     "account_delta": fen_text(v["account_delta"]),
                 }
                 for k, v in self.persons().items()
@@ -133,6 +156,8 @@ class Summary:
             "totals": {
                 "settlements": len(self.items),
                 "patient_owes": fen_text(sum(it.patient_cash_delta for it in self.items)),
+                "patient_collect": fen_text(sum(it.patient_collect for it in self.items)),
+                "patient_refund": fen_text(sum(it.patient_refund for it in self.items)),
                 "account_delta": fen_text(sum(it.acct_delta for it in self.items)),
                 "fund_delta": fen_text(sum(it.fund_delta for it in self.items)),
             },
@@ -156,6 +181,8 @@ class Summary:
                 "old_psn_cash_pay",
                 "new_psn_cash_pay",
                 "patient_owes",
+                "patient_collect",
+                "patient_refund",
                 "fund_delta",
                 *(f"delta_{c}" for c in FUND_CODES),
                 "code_changes",
@@ -176,6 +203,8 @@ class Summary:
                     fen_text(it.old["psn_cash_pay"]),
                     fen_text(it.new["psn_cash_pay"]),
                     fen_text(it.patient_cash_delta),
+                    fen_text(it.patient_collect),
+                    fen_text(it.patient_refund),
                     fen_text(it.fund_delta),
                     *(fen_text(it.fund_deltas.get(c, 0)) for c in FUND_CODES),
                     " ".join(
@@ -184,6 +213,53 @@ class Summary:
                 ]
             )
         return buf.getvalue()
+
+    def to_text(self, verb: str, found: int, item_code: str) -> list[str]:
+        """The clerk's report: each settlement, each person, each fund, the totals."""
+        out = [f"{verb} {len(self.items)} of {found} settlements using {item_code}"]
+        for it in self.items:
+            new = it.new_setl_id or "(new number given when applied)"
+            funds = " ".join(f"{c} {fen_text(v)}" for c, v in it.fund_deltas.items() if v)
+            out.append(f"  {it.old_setl_id} → {new}  person {it.psn_no}  visit {it.mdtrt_id}")
+            out.append(
+                f"    fund {fen_text(it.fund_delta)}{f' ({funds})' if funds else ''}"
+                f"  account {fen_text(it.acct_delta)}  {_patient_words(it.patient_cash_delta)}"
+            )
+            if it.codes:
+                out.append(
+                    "    lines "
+                    + " ".join(
+                        f"{sn} {item}: {old or 'unmapped'} → {new_code or 'unmapped'}"
+                        for sn, item, old, new_code in it.codes
+                    )
+                )
+        persons = self.persons()
+        if persons:
+            out.append("per person:")
+        for psn_no, v in persons.items():
+            out.append(
+                f"  {psn_no}  {v['settlements']} settlements  collect {fen_text(v['collect'])}"
+                f"  refund {fen_text(v['refund'])}  account {fen_text(v['account_delta'])}"
+            )
+        by_fund = self.funds()
+        if by_fund:
+            out.append("per fund:")
+        for code, amount in by_fund.items():
+            out.append(f"  {code}: {fen_text(amount)}")
+        collect = sum(it.patient_collect for it in self.items)
+        refund = sum(it.patient_refund for it in self.items)
+        out.append(
+            f"  patients: collect {fen_text(collect)} in total, refund {fen_text(refund)} in total"
+        )
+        return out
+
+
+def _patient_words(delta: int) -> str:
+    if delta > 0:
+        return f"patient: collect {fen_text(delta)}"
+    if delta < 0:
+        return f"patient: refund {fen_text(-delta)}"
+    return "patient: nothing to collect or refund"
 
 
 async def targets(
@@ -372,9 +448,12 @@ async def plan(
             for t in found:
                 try:
                     async with conn.transaction():
-                        summary.items.append(
-                            await resettle(conn, snapshot, t.setl_id, item_code, "PLAN", now)
-                        )
+                        it = await resettle(conn, snapshot, t.setl_id, item_code, "PLAN", now)
+                    # The number it took is rolled back with the plan; apply draws its own
+                    # (found from outside: a clerk noting the plan's number found no such
+                    # settlement afterwards).
+                    it.new_setl_id = ""
+                    summary.items.append(it)
                 except GatewayError as exc:
                     failed.append((t.setl_id, exc.err_msg))
             raise _Rollback

@@ -62,7 +62,7 @@ async def _settled_visit(server: Server, ipt: str, drug_code: str) -> tuple[str,
     return mdtrt_id, out["setlinfo"]
 
 
-async def _correct(server: Server, verb: str) -> tuple[int, str, str]:
+async def _correct(server: Server, verb: str, *, as_json: bool = True) -> tuple[int, str, str]:
     return await _cli(
         "corrections",
         verb,
@@ -70,7 +70,7 @@ async def _correct(server: Server, verb: str) -> tuple[int, str, str]:
         HOSPITAL,
         "--item",
         DRUG,
-        "--json",
+        *(("--json",) if as_json else ()),
         "--database-url",
         server.dsn,
     )
@@ -142,6 +142,24 @@ async def test_correction_resettles_lines_sent_with_the_old_national_code(server
     ]
     # Class B at 10% in 441800 on 80.00: 8.00 first self-pay, as a fresh settlement would give.
     assert Decimal(item["new_setlinfo"]["preselfpay_amt"]) == Decimal("8.00")
+    # Found from outside: the plan showed a new settlement number apply never gave, and a
+    # refund only as a negative "owes".
+    assert item["new_setl_id"] == ""
+    owes = Decimal(item["patient_owes"])
+    assert (Decimal(item["patient_collect"]), Decimal(item["patient_refund"])) == (
+        max(owes, Decimal(0)),
+        max(-owes, Decimal(0)),
+    )
+    # Within the deductible, the account paid the whole visit both ways: no money moves.
+    assert (owes, Decimal(item["account_delta"])) == (0, 0)
+    # Without --json, the clerk's report names each settlement, its person and what the
+    # counter collects or refunds, not only the totals.
+    code, text, err = await _correct(server, "plan", as_json=False)
+    assert code == 0, err
+    assert f"{wrong['setl_id']} → (new number given when applied)  person {PSN}" in text
+    assert "account 0.00  patient: nothing to collect or refund" in text
+    assert f"1 {DRUG}: {WRONG_CLASS_A} → {CLASS_B}" in text
+    assert f"per person:\n  {PSN}  1 settlements  collect 0.00  refund 0.00  account 0.00" in text
 
     code, out, err = await _correct(server, "apply")
     assert code == 0, err  # nothing refused

@@ -1,0 +1,59 @@
+"""The bulk correction's report as a clerk reads it: each settlement, each person, each fund;
+what the counter collects and what it refunds, never netted into a negative "owes"."""
+
+from __future__ import annotations
+
+from gateway.jobs.corrections import Item, Summary
+
+AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
+
+
+def _item(old_setl_id: str, psn_no: str, cash: tuple[int, int], fund: tuple[int, int]) -> Item:
+    old = dict.fromkeys(AMOUNTS, 0) | {"psn_cash_pay": cash[0], "fund_pay_sumamt": fund[0]}
+    new = dict.fromkeys(AMOUNTS, 0) | {"psn_cash_pay": cash[1], "fund_pay_sumamt": fund[1]}
+    return Item(
+        old_setl_id=old_setl_id,
+        new_setl_id="",
+        psn_no=psn_no,
+        mdtrt_id=f"V{old_setl_id}",
+        old=old,
+        new=new,
+        fund_deltas={"310100": fund[1] - fund[0]},
+        codes=[("1", "YP9002", "XA-OLD", "XC-NEW")],
+    )
+
+
+def test_a_refund_and_a_charge_of_one_person_are_told_apart() -> None:
+    summary = Summary(
+        items=[
+            _item("S1", "P1", (1000, 500), (0, 500)),  # cap freed: 5.00 back to the patient
+            _item("S2", "P1", (0, 7614), (7614, 0)),  # class C now: 76.14 to collect
+            _item("S3", "P2", (100, 100), (0, 0)),
+        ]
+    )
+    text = "\n".join(summary.to_text("would re-settle", 3, "YP9002"))
+    assert text.startswith("would re-settle 3 of 3 settlements using YP9002\n")
+    assert "  S1 → (new number given when applied)  person P1  visit VS1" in text
+    assert "patient: refund 5.00" in text and "patient: collect 76.14" in text
+    assert "patient: nothing to collect or refund" in text
+    assert "lines 1 YP9002: XA-OLD → XC-NEW" in text
+    assert "  P1  2 settlements  collect 76.14  refund 5.00  account 0.00" in text
+    assert "per fund:\n  310100: -71.14" in text
+    assert text.endswith("patients: collect 76.14 in total, refund 5.00 in total")
+    doc = summary.to_json()
+    assert doc["persons"]["P1"]["patient_owes"] == "71.14"  # the net, kept for old readers
+    assert (doc["persons"]["P1"]["patient_collect"], doc["persons"]["P1"]["patient_refund"]) == (
+        "76.14",
+        "5.00",
+    )
+    first = doc["settlements"][0]
+    assert (first["patient_owes"], first["patient_collect"], first["patient_refund"]) == (
+        "-5.00",
+        "0.00",
+        "5.00",
+    )
+    header = summary.to_csv().splitlines()[0].split(",")
+    assert header[header.index("patient_owes") + 1 : header.index("patient_owes") + 3] == [
+        "patient_collect",
+        "patient_refund",
+    ]
