@@ -19,6 +19,7 @@ import uvloop
 from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli, supervisor
 from gateway.app.cli_args import config_arg, month_arg
 from gateway.app.cli_database import (
+    CONNECTING,
     NOT_UTF8,
     add_database,
     cluster_pools,
@@ -476,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A configuration the gateway cannot use stops it before anything is touched, in one
         # line naming the file, the key and its table.
         print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except CONNECTING as exc:
+        print(f"refused: {unreachable(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.filename is None:

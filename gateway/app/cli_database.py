@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,17 @@ UNREACHABLE = (
     asyncpg.InvalidCatalogNameError,
     asyncpg.InvalidAuthorizationSpecificationError,
     asyncpg.ConnectionDoesNotExistError,
+)
+
+
+# The same, narrowed to what only a connection raises: what any command that met no handler of
+# its own says in one line (found from outside: `idempotency purge`, `clearing monthly`,
+# `corrections plan`, `shadow report` and `demo load` printed a traceback).
+CONNECTING = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    *(e for e in UNREACHABLE if issubclass(e, asyncpg.PostgresError | asyncpg.InterfaceError)),
 )
 
 

@@ -154,6 +154,42 @@ async def claim_many(
     }
 
 
+class _Probed(Exception):
+    """Rolls the probe's transaction back."""
+
+
+async def held_by_another(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    msgid: str,
+    infno: str,
+    body_sha256: bytes,
+    wait_ms: int = 100,
+) -> bool:
+    """Whether a transaction still open holds this msgid's key: an earlier attempt of the same
+    request whose commit has not completed, and may yet (found from outside: with both
+    synchronous standbys gone, a sale's commit waited for them past its deadline, its retries
+    were deferred as all-cash claims, and the sale then committed, the account paid too). The
+    key is taken in a transaction rolled back at once: the insert waits for the holder, and
+    past `wait_ms` it is held. A committed key is `lookup`'s; this sees only open ones."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = {int(wait_ms)}")
+            await conn.execute(
+                "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                fixmedins_code,
+                msgid,
+                infno,
+                body_sha256,
+            )
+            raise _Probed
+    except asyncpg.LockNotAvailableError:
+        return True
+    except _Probed:
+        return False
+
+
 ANSWER = update_statement(
     "idempotency",
     [("fixmedins_code", "text"), ("msgid", "text")],

@@ -70,6 +70,12 @@ class PlanHook:
 
 
 PLAN_HOOK: list[PlanHook] = []
+# A retry while an earlier attempt of the same msgid may still commit: neither deferred (the
+# patient would pay cash for a sale the ledger then settles) nor refused for good.
+STILL_SETTLING_MSG = (
+    "同一报文ID的上一次结算仍在医保结算数据库中等待完成，结果待定：请勿按现金收费，"
+    "请稍后使用相同报文ID重试查询结果"
+)
 # A timeout is counted against the ledger when the ledger had at least this share of the deadline
 # (the rest being time the loop stood still).
 LEDGER_SHARE_OF_A_TIMEOUT = 0.9
@@ -436,6 +442,7 @@ async def _earlier_answer(
     else:
         budget = gw.config.journal.ledger_lookup_seconds
         expires = loop.time() + budget
+        pending = False
         try:
             async with (
                 gw.shares.turn(code, expires),
@@ -443,8 +450,16 @@ async def _earlier_answer(
                 db.leased(ledger.pool, budget) as conn,
             ):
                 found = await idempotency.lookup(conn, code, msgid)
+                if found is None:
+                    # The ledger answers but its breaker is open: commits may be what hangs (a
+                    # synchronous standby lost), an earlier attempt still waiting on its own.
+                    pending = await idempotency.held_by_another(
+                        conn, code, msgid, req.infno, body_hash
+                    )
         except (*db.UNAVAILABLE, asyncpg.PostgresError):
             return None
+        if pending:
+            raise Unavailable(STILL_SETTLING_MSG)
     if found is None:
         return None
     return Outcome(

@@ -667,3 +667,34 @@ async def test_routed_to_the_old_system_by_the_breaker_no_answer_waits_on_the_le
                 assert took < CONFIG.deadlines.call_seconds / 2, took
             finally:
                 await proxy.close()
+
+
+async def test_the_console_says_the_database_is_down_instead_of_failing(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with the ledger stopped, the console page, its API and its log-in
+    answered HTTP 500 with a traceback in the log each. They answer 503 in the caller's terms:
+    the page says why and shows this process's breakers; the API a JSON error."""
+    from gateway.emergency.console import COOKIE, LEDGER_DOWN_MSG
+
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
+        login = {"operator": "duty", "password": "duty-2026"}
+        async with srv.session.post(f"{srv.url}/api/console/login", json=login) as r:
+            assert r.status == 200
+            token = (await r.json())["token"]
+        await proxy.close()  # the database stopped: pooled connections reset, new ones refused
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with srv.session.get(f"{srv.url}/api/plan", headers=bearer) as r:
+            assert r.status == 503
+            assert (await r.json())["error"] == LEDGER_DOWN_MSG
+        async with srv.session.post(f"{srv.url}/api/console/login", json=login) as r:
+            assert r.status == 503
+            assert (await r.json())["error"] == LEDGER_DOWN_MSG
+        cookie = {"Cookie": f"{COOKIE}={token}"}
+        async with srv.session.get(f"{srv.url}/console", headers=cookie) as r:
+            assert r.status == 503 and r.content_type == "text/html"
+            page = await r.text()
+        assert 'id="ledger-down"' in page and "数据库暂时无法连接" in page
+        assert 'id="breakers"' in page and "postgres" in page

@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -40,7 +41,7 @@ from gateway.emergency.plan import status, store
 from gateway.ledger import db
 from gateway.ops import audit
 from gateway.pipeline.edge import PACER
-from gateway.protocol.errors import BadRequest, GatewayError, NotFound
+from gateway.protocol.errors import BadRequest, GatewayError, NotFound, Unavailable
 from gateway.services import claim_form
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ COOKIE = "sgw_console"
 CSRF_HEADER = "X-CSRF-Token"
 OPERATORS = web.AppKey("operators", dict[str, operators.Operator])  # by log-in name
 HASHER = web.AppKey("hasher", operators.Hasher)
+log = logging.getLogger("gateway.emergency.console")
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A JSON API handler, given the session its guard found (gateway.emergency.console._guarded).
 ApiHandler = Callable[[web.Request, operators.Session], Awaitable[web.Response]]
@@ -702,6 +705,41 @@ async def stop_hasher(app: web.Application) -> None:
     app[HASHER].close()
 
 
+# Found from outside: with the ledger stopped, the console page, its API and its log-in
+# answered HTTP 500 and logged a traceback each, at the moment the team needed them most.
+LEDGER_DOWN_MSG = (
+    "医保结算数据库暂时无法连接：应急预案、登录会话和审计记录都保存在数据库中，暂不能查看或变更；"
+    "熔断器按配置自动执行保护动作（见下表）。请稍后刷新，或在命令行执行 python -m gateway plan show"
+)
+
+
+_DOWN: tuple[type[Exception], ...] = (*db.UNAVAILABLE, Unavailable)
+
+
+def _ledger_answers(handler: Handler) -> Handler:
+    """The handler, with an unreachable database answered 503 in the caller's terms: the page
+    says why and shows this process's breakers; the API a JSON error."""
+
+    async def answered(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _DOWN as exc:
+            log.warning(
+                "console: database unreachable",
+                extra={"path": request.path, "error": type(exc).__name__},
+            )
+            if request.path.startswith("/api/"):
+                return web.json_response({"error": LEDGER_DOWN_MSG}, status=503)
+            gw = request.app[GATEWAY]
+            return web.Response(
+                text=pages.ledger_down(LEDGER_DOWN_MSG, gw.breaker_states()),
+                content_type="text/html",
+                status=503,
+            )
+
+    return answered
+
+
 def install(app: web.Application, operators_path: Path) -> None:
     """Add the console's routes, its security headers and its hasher to the application."""
     app[OPERATORS] = operators.load_operators(operators_path)
@@ -710,7 +748,7 @@ def install(app: web.Application, operators_path: Path) -> None:
     app.on_startup.append(warm_hasher)
     app.on_cleanup.append(stop_hasher)
     for route in ROUTES:
-        handler = (
+        handler = _ledger_answers(
             _guarded(route.handler, changes=route.changes, roles=route.roles)
             if isinstance(route, ApiRoute)
             else route.handler

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.app.cli_database import database_url
+from gateway.app.cli_database import UNREACHABLE, database_url, unreachable
 from gateway.app.config import DEFAULT_CONFIG, load_config
 from gateway.emergency import operators
 from gateway.ledger import db
@@ -34,7 +34,13 @@ def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitabl
         finally:
             await pool.close()
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except UNREACHABLE as exc:
+        # Found from outside: with the ledger stopped, `operators lockouts` printed a traceback
+        # where every other command says it in one line.
+        print(f"refused: {unreachable(exc)}", file=sys.stderr)
+        return 2
 
 
 def lockouts(args: argparse.Namespace) -> int:

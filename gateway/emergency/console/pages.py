@@ -60,6 +60,26 @@ def login(error: str = "") -> str:
     )
 
 
+def ledger_down(words: str, breakers: list[dict[str, Any]]) -> str:
+    """What the console can still say while the database holding the plan, the sessions and the
+    audit cannot be reached: why, and this process's own breakers."""
+    rows = "".join(
+        f"<tr><td>{escape(str(b.get('dependency') or b.get('fixmedins_code') or ''))}</td>"
+        f'<td><span class="state {escape(str(b.get("state", "")))}">'
+        f"{escape(str(b.get('state', '')))}</span></td>"
+        f"<td>{escape(str(b.get('action', '')))}</td><td>{escape(str(b.get('reason') or ''))}</td></tr>"
+        for b in breakers
+    )
+    return _page(
+        "应急控制台 · 数据库不可用",
+        "<h1>医保结算网关 · 应急控制台</h1>"
+        f'<p class="flash err" id="ledger-down">{escape(words)}</p>'
+        "<h2>本进程的熔断状态</h2>"
+        '<table id="breakers"><tr><th>依赖</th><th>状态</th><th>保护动作</th><th>原因</th></tr>'
+        f"{rows}</table>",
+    )
+
+
 _V = TypeVar("_V", bound=str)  # a class or an action: text, whatever its enum
 
 

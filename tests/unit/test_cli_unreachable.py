@@ -1,0 +1,55 @@
+"""Every command that works on the database says in one line that it cannot reach it: no
+traceback (found from outside: `operators lockouts` printed one while the ledger was down, and
+so did `idempotency purge`, `clearing monthly`, `corrections plan`, `shadow report` and `demo
+load` against a closed port)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+DOWN = "postgresql://nobody@127.0.0.1:1/x"  # nothing listens there
+COMMANDS = [
+    ["operators", "lockouts"],
+    ["operators", "lockouts", "--json"],
+    ["operators", "unlock", "--login", "duty", "--reason", "演练"],
+    ["plan", "show"],
+    ["deferred", "list"],
+    ["audit", "verify"],
+    ["idempotency", "purge"],
+    ["payouts", "owed"],
+    ["claims", "list"],
+    ["shadow", "report", "--from", "2026-12-01", "--to", "2026-12-02"],
+    ["clearing", "monthly", "--month", "2026-11"],
+    ["corrections", "plan", "--institution", "H44180000001", "--item", "YP0001"],
+    ["demo", "load"],
+]
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *argv, "--database-url", DOWN],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def answers() -> dict[str, subprocess.CompletedProcess[str]]:
+    with ThreadPoolExecutor(4) as pool:
+        return dict(zip((" ".join(c) for c in COMMANDS), pool.map(_run, COMMANDS), strict=True))
+
+
+@pytest.mark.parametrize("command", [" ".join(c) for c in COMMANDS])
+def test_a_command_says_the_database_is_unreachable_in_one_line(
+    answers: dict[str, subprocess.CompletedProcess[str]], command: str
+) -> None:
+    done = answers[command]
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("refused: 无法连接数据库"), done.stderr
