@@ -19,7 +19,7 @@ import asyncpg
 
 from adapters.national.envelope import Request, decode_request, encode_response, fingerprint
 from gateway.app.runtime import Gateway
-from gateway.core.model import Institution
+from gateway.core.model import PHARMACY_TYPE, Institution
 from gateway.emergency.breaker import loop_stalls
 from gateway.emergency.plan.rules import Decision, TxClass
 from gateway.ledger import db, idempotency
@@ -28,8 +28,15 @@ from gateway.pipeline.grouped import Batches, Unread
 from gateway.pipeline.outcome import Outcome as Outcome
 from gateway.pipeline.outcome import Result as Result
 from gateway.pipeline.outcome import failure as failure
-from gateway.protocol.errors import BadRequest, Busy, GatewayError, IdentityRejected, Unavailable
-from gateway.protocol.transaction import TRANSACTIONS, Call, Mode, Prepare, Transaction
+from gateway.protocol.errors import (
+    BadRequest,
+    Busy,
+    GatewayError,
+    IdentityRejected,
+    RuleRejected,
+    Unavailable,
+)
+from gateway.protocol.transaction import TRANSACTIONS, Call, Kind, Mode, Prepare, Transaction
 
 log = logging.getLogger("gateway.pipeline.dispatch")
 
@@ -190,6 +197,10 @@ async def _ledger_of(gw: Gateway, tx: Transaction, req: Request) -> Partition:
     return await gw.ledgers.of_request(req, wait, tx.by_person)
 
 
+# The visits a retail pharmacy does not hold: its sales are 2101/2102 (protocol §2.0).
+_VISITS = {Kind.OUTPATIENT: "门诊", Kind.INPATIENT: "住院"}
+
+
 async def _admit(
     gw: Gateway, req: Request, terminal: str, authenticated: str | None
 ) -> tuple[Transaction, Institution]:
@@ -205,6 +216,13 @@ async def _admit(
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
+    if institution.fixmedins_type == PHARMACY_TYPE and tx.kind in _VISITS:
+        # Found from outside: a pharmacy admitted, discharged and settled a stay (and settled
+        # a clinic visit), the pool fund paying what its own sales (2102) never pay.
+        raise RuleRejected(
+            f"{req.fixmedins_code}为定点零售药店，不能办理{_VISITS[tx.kind]}业务（{req.infno}）；"
+            "药店购药请使用药店预结算和结算（2101、2102）"
+        )
     # The limiter stays ahead of the journal look-up: its refusal says "retry the same msgid",
     # which is true for a retry too, and a retry storm must not reach the ledger it protects.
     await gw.limiter.admit(req.fixmedins_code, terminal)

@@ -170,6 +170,26 @@ async def test_registration_and_admission_need_the_persons_certificate(server: S
     await his.ok("2401", admission(YI, cert("03", YI_CARD), "ZY-OK"))
 
 
+async def test_a_pharmacy_opens_no_visit_and_no_stay(server: Server) -> None:
+    """Found from outside: a retail pharmacy admitted, discharged and settled a stay, and
+    settled a clinic visit, the pool fund paying what its own sales never pay. Its sales are
+    2101/2102 (protocol §2.0); a visit's and a stay's transactions are refused, nothing written."""
+    pos = server.client(PHARMACY)
+    before = await server.ledger_fingerprint()
+    for infno, body in (
+        ("2201", registration(YI, cert("02", YI_CERTNO), "MZ-POS")),
+        ("2401", admission(YI, cert("02", YI_CERTNO), "ZY-POS")),
+    ):
+        refused = await pos.call(infno, body)
+        assert refused["infcode"] == -1, refused
+        assert "定点零售药店" in refused["err_msg"] and "2101、2102" in refused["err_msg"]
+    # Nor may it act on a visit of its own making through the other calls.
+    settle = pos.settle_data(YI, "44180020260101000000000001", "11", "1.00", "310", "0")
+    refused = await pos.call("2207", settle)
+    assert refused["infcode"] == -1 and "门诊" in refused["err_msg"]
+    assert await server.ledger_fingerprint() == before
+
+
 async def test_an_outpatient_settlement_checks_a_certificate_it_carries(server: Server) -> None:
     his = server.client(HOSPITAL)
     mdtrt_id = await open_visit(his, YI, f"S{next(_visits)}")
