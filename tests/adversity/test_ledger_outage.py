@@ -698,3 +698,23 @@ async def test_the_console_says_the_database_is_down_instead_of_failing(
             page = await r.text()
         assert 'id="ledger-down"' in page and "数据库暂时无法连接" in page
         assert 'id="breakers"' in page and "postgres" in page
+
+
+# A connection attempt cut short by the bound is left to the collector by asyncpg, which warns.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_readyz_answers_within_a_load_balancers_check_when_the_ledger_hangs(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with the database hung /readyz took 2-4 s to say 503, past HAProxy's
+    `timeout check 1s`; a probe that gave up first saw a hang. It bounds its look at 0.6 s."""
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
+        proxy.cut()  # packets dropped: connections hang, nothing is refused
+        proxy.drop()  # the pooled ones too
+        for _ in range(3):
+            started = time.monotonic()
+            async with srv.session.get(f"{srv.url}/readyz") as r:
+                status, body = r.status, await r.json()
+            assert status == 503 and body["database"].startswith("unreachable")
+            assert time.monotonic() - started < 1.5  # 2.0 s at least before
