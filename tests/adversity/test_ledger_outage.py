@@ -700,8 +700,6 @@ async def test_the_console_says_the_database_is_down_instead_of_failing(
         assert 'id="breakers"' in page and "postgres" in page
 
 
-# A connection attempt cut short by the bound is left to the collector by asyncpg, which warns.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_readyz_answers_within_a_load_balancers_check_when_the_ledger_hangs(
     new_database: Callable[..., Any],
 ) -> None:
@@ -718,3 +716,4 @@ async def test_readyz_answers_within_a_load_balancers_check_when_the_ledger_hang
                 status, body = r.status, await r.json()
             assert status == 503 and body["database"].startswith("unreachable")
             assert time.monotonic() - started < 1.5  # 2.0 s at least before
+        await proxy.close()
