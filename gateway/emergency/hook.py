@@ -745,7 +745,10 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
     )
 
     last_sweep = 0.0
-    in_ledgers = 0  # claims pending in the ledger databases, as last read
+    # Claims pending in each ledger database, as last read: one out of reach keeps its last
+    # count (found from outside: the gauge fell from 179 to 4 when the ledger stopped, the
+    # claims still pending there left out while only the local journal was counted).
+    pending_in: dict[str, int] = {}
     while True:
         await asyncio.sleep(every)
         loop_now = asyncio.get_running_loop().time()
@@ -776,15 +779,13 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                 open_now = any(gw.ledger_breaker(p.name).is_open for p in gw.ledgers.all)
                 if not open_now and (gw.journal.holds_anything or gw.journal.drainable_exists()):
                     await replay.drain(gw, gw.journal)
-                waiting = 0
                 reachable = [p for p in gw.ledgers.all if not gw.ledger_breaker(p.name).is_open]
                 async with contextlib.AsyncExitStack() as stack:
                     conns = [
                         await stack.enter_async_context(db.leased(p.pool, 2.0)) for p in reachable
                     ]
-                    for conn in conns:
-                        waiting += await deferred.pending_claims(conn)
-                    in_ledgers = waiting
+                    for p, conn in zip(reachable, conns, strict=True):
+                        pending_in[p.name] = await deferred.pending_claims(conn)
                     if len(conns) == len(gw.ledgers.all):  # a part would read as paid out
                         await payouts.refresh_metrics(conns, dt.datetime.now(dt.UTC))
         except asyncio.CancelledError:
@@ -804,7 +805,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
         # The claims this process holds in its local journal count too, read or not the ledger
         # (found from outside: the gauge said 0 through a whole outage, the claims at risk in
         # the journal, and read the ledger's count only once it was drained).
-        metrics.DEFERRED_CLAIMS.set(in_ledgers + gw.journal.claims_waiting)
+        metrics.DEFERRED_CLAIMS.set(sum(pending_in.values()) + gw.journal.claims_waiting)
 
 
 def _defers_calls(gw: Gateway, fixmedins_code: str) -> bool:

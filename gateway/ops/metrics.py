@@ -40,6 +40,7 @@ LATENCY_BUCKETS = (
 )
 OUTCOMES = ("ok", "rejected", "replayed", "busy", "error", "deferred", "legacy")
 MAX_TERMINALS = 2000  # distinct terminal label values per process before folding into "other"
+MAX_TERMINALS_PER_INSTITUTION = 200  # of those, one institution's
 OTHER_TERMINAL = "other"
 
 REQUESTS = Counter(
@@ -202,6 +203,7 @@ SHADOW_CAUSE_NAMES = (
 )
 
 _terminals: set[str] = set()
+_per_institution: dict[str, int] = {}
 
 
 def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str]) -> None:
@@ -269,12 +271,17 @@ def prime_breaker(dependency: str) -> None:
 
 
 def terminal_label(fixmedins_code: str, terminal: str) -> str:
-    """Bound the terminal label: past the cap, new terminals count as "other"."""
+    """Bound the terminal label: past the cap, new terminals count as "other". One institution
+    takes at most its own share of the labels (found from outside: a client sending a made-up
+    `dev_no` with each request added a series per request, and could have taken every label
+    from the other institutions' real terminals)."""
     key = f"{fixmedins_code}|{terminal}"
     if key in _terminals:
         return terminal
-    if len(_terminals) < MAX_TERMINALS:
+    held = _per_institution.get(fixmedins_code, 0)
+    if len(_terminals) < MAX_TERMINALS and held < MAX_TERMINALS_PER_INSTITUTION:
         _terminals.add(key)
+        _per_institution[fixmedins_code] = held + 1
         return terminal
     return OTHER_TERMINAL
 

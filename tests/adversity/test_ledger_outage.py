@@ -717,3 +717,48 @@ async def test_readyz_answers_within_a_load_balancers_check_when_the_ledger_hang
             assert status == 503 and body["database"].startswith("unreachable")
             assert time.monotonic() - started < 1.5  # 2.0 s at least before
         await proxy.close()
+
+
+async def test_the_claims_gauge_keeps_the_ledgers_claims_while_it_is_out_of_reach(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with claims pending in the ledger (the plan's defer, no replay yet),
+    `sgw_deferred_claims` fell from 179 to 4 when the ledger stopped: only the local journal was
+    counted. The ledger's count as last read stays in it, the journal's claims added."""
+    from tests.integration.emergency_helpers import set_rule
+
+    def gauge() -> float:
+        return REGISTRY.get_sample_value("sgw_deferred_claims") or 0.0
+
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger, pool_min=6) as srv:
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        try:
+            await set_rule(srv.dsn, f"institution:{PHARMACY}", "settlement", "defer")
+            claims = 0
+            for n in range(100):  # the rule reaches the gateway within its poll (1 s)
+                answer = await pos.call("2102", _sale(pos, n))
+                if answer["output"]["setlinfo"]["setl_id"].startswith("DF"):
+                    claims += 1
+                    if claims == 3:
+                        break
+                else:
+                    await asyncio.sleep(0.1)
+            assert claims == 3
+
+            async def in_the_ledger() -> bool:
+                return gauge() >= 3
+
+            await until(in_the_ledger, within=15.0, seen=gauge)
+            proxy.cut()
+            await _sales_until_deferred(pos)  # the breaker open: one more claim, in the journal
+
+            async def with_the_journal() -> bool:
+                return gauge() >= 4
+
+            await until(with_the_journal, within=15.0, seen=gauge)
+            await asyncio.sleep(6.0)  # another sweep, the ledger still out of reach
+            assert gauge() >= 4
+        finally:
+            await proxy.close()
