@@ -137,17 +137,24 @@ def fen_required(value: Amount, name: str, *, signed: bool = False) -> int:
     return amount
 
 
+def _present(value: Amount, name: str) -> None:
+    """A mandatory number is there, and is not a boolean (found from outside: `"cnt": true`
+    was told the field was missing, where it was sent)."""
+    if isinstance(value, bool):
+        raise BadRequest(f"字段{name}应为数字，实际为布尔值")
+    if value is None or value == "":
+        raise BadRequest(f"缺少必填字段{name}")
+
+
 def micro(value: Amount, name: str) -> int:
     """A price (16,6) in micro-yuan; never negative (a refund line negates its quantity)."""
-    if value is None or value == "" or isinstance(value, bool):
-        raise BadRequest(f"缺少必填字段{name}")
+    _present(value, name)
     return _number(value, name, 6, False, "字段")
 
 
 def quantity(value: Amount, name: str, *, signed: bool = False) -> int:
     """A quantity (16,4) in 1/10000 units; negative only on refund lines (2301)."""
-    if value is None or value == "" or isinstance(value, bool):
-        raise BadRequest(f"缺少必填字段{name}")
+    _present(value, name)
     return _number(value, name, 4, signed, "字段")
 
 

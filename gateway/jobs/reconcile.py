@@ -92,7 +92,7 @@ def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False)
         )
     )
     if declared.count == centre.count and same_amounts:
-        return BALANCED, f"对平：{centre.describe()}"
+        return BALANCED, f"对平：{centre.describe(with_cash=with_cash)}"
     if centre.count > declared.count:
         rslt = CENTRE_MORE
     elif centre.count < declared.count:
@@ -101,7 +101,8 @@ def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False)
         rslt = INCONSISTENT
     return (
         rslt,
-        f"{RESULT_NAMES[rslt]}：中心{centre.describe()}；医药机构上报{declared.describe()}。请下载明细对账（3202）核对",
+        f"{RESULT_NAMES[rslt]}：中心{centre.describe(with_cash=with_cash)}；"
+        f"医药机构上报{declared.describe(with_cash=with_cash)}。请下载明细对账（3202）核对",
     )
 
 

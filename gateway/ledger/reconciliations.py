@@ -23,10 +23,18 @@ class Totals:
     acct_pay: int
     cash_payamt: int
 
-    def describe(self) -> str:
+    def describe(self, *, with_cash: bool = False) -> str:
+        """In words, with the figure compared besides the two totals: the account's (3201), or
+        the cash (3202 declares `cash_payamt`, no account: found from outside, its answer said
+        the institution reported an account total of 0.00 it never sent)."""
+        last = (
+            f"现金支付{fen_text(self.cash_payamt)}"
+            if with_cash
+            else f"个人账户{fen_text(self.acct_pay)}"
+        )
         return (
-            f"{self.count}笔，医疗费总额{fen_text(self.medfee_sumamt)}，基金支付{fen_text(self.fund_pay_sumamt)}，"
-            f"个人账户{fen_text(self.acct_pay)}"
+            f"{self.count}笔，医疗费总额{fen_text(self.medfee_sumamt)}，"
+            f"基金支付{fen_text(self.fund_pay_sumamt)}，{last}"
         )
 
 

@@ -331,6 +331,12 @@ async def test_totals_the_file_does_not_make_are_told_in_the_answer(
     out, rows = await _detail_compared(server, day, [*day, extra])
     assert all(r["stmt_rslt"] == "0" for r in rows)
     assert out["stmtinfo"]["stmt_rslt"] == "2", out["stmtinfo"]
+    # 3202 declares cash, not the account (found from outside: its words gave the institution
+    # an account total of 0.00 it never sent).
+    words = out["stmtinfo"]["stmt_rslt_dscr"]
+    cash = _totals([*day, extra])["cash_payamt"]
+    assert f"医药机构上报{len(day) + 1}笔" in words and f"现金支付{cash}" in words, words
+    assert "个人账户" not in words
     balanced, _ = await _detail_compared(server, day, day)
     assert balanced["stmtinfo"]["stmt_rslt"] == "0", balanced["stmtinfo"]
 

@@ -142,6 +142,15 @@ def test_prices_quantities_and_times() -> None:
         when("02/01/2026", "t")
 
 
+def test_a_boolean_price_or_quantity_is_told_as_one_not_as_missing() -> None:
+    """Found from outside: `"cnt": true` was told the field was missing, where it was sent."""
+    for read in (micro, quantity):
+        with pytest.raises(BadRequest, match="字段cnt应为数字，实际为布尔值"):
+            read(True, "cnt")
+        with pytest.raises(BadRequest, match="缺少必填字段cnt"):
+            read(None, "cnt")
+
+
 def _one_by_one(value: str, name: str, places: int, signed: bool, label: str) -> int | str:
     """An amount read as it was before the wire and the digits shared one match: the grammar's
     checks, then the money rule's reading of the text; the value or the clerk's message."""
