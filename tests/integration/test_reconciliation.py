@@ -51,22 +51,19 @@ async def _visit(
     return info
 
 
+async def _cancel(his: HisClient, settled: dict[str, Any]) -> None:
+    """2208 of a settlement `_visit` made."""
+    keys = ("setl_id", "mdtrt_id", "psn_no")
+    await his.ok("2208", {"data": {k: settled[k] for k in keys}})
+
+
 @pytest.fixture(scope="module")
 async def day(server: Server) -> list[dict[str, Any]]:
     """A day at one hospital: six settlements, one of them refunded (its record removed)."""
     his = server.client(HOSPITAL)
     settled = [await _visit(his, EMPLOYEES[i % 2], i, f"{60 + i * 7}.50") for i in range(6)]
     gone = settled.pop(2)
-    await his.ok(
-        "2208",
-        {
-            "data": {
-                "setl_id": gone["setl_id"],
-                "mdtrt_id": gone["mdtrt_id"],
-                "psn_no": gone["psn_no"],
-            }
-        },
-    )
+    await _cancel(his, gone)
     return settled
 
 
@@ -349,16 +346,7 @@ async def test_a_listed_settlement_the_period_does_not_count_is_told_why(
     says why it is not counted; an id the centre does not hold keeps the old words."""
     his = server.client(HOSPITAL)
     cancelled = await _visit(his, EMPLOYEES[0], 90, "33.50")
-    await his.ok(
-        "2208",
-        {
-            "data": {
-                "setl_id": cancelled["setl_id"],
-                "mdtrt_id": cancelled["mdtrt_id"],
-                "psn_no": cancelled["psn_no"],
-            }
-        },
-    )
+    await _cancel(his, cancelled)
     unknown = {**day[0], "setl_id": "441800NOSUCHSETTLEMENT"}
     _, rows = await _detail_compared(server, [*day, cancelled, unknown], day)
     memo = {r["setl_id"]: (r["stmt_rslt"], r["memo"]) for r in rows}
@@ -374,16 +362,7 @@ async def test_a_reversed_settlement_is_not_counted_as_refunded(server: Server) 
     his = server.client("H44180000003")
     kept = await _visit(his, EMPLOYEES[0], 70, "41.50")
     refunded = await _visit(his, EMPLOYEES[1], 71, "52.50")
-    await his.ok(
-        "2208",
-        {
-            "data": {
-                "setl_id": refunded["setl_id"],
-                "mdtrt_id": refunded["mdtrt_id"],
-                "psn_no": refunded["psn_no"],
-            }
-        },
-    )
+    await _cancel(his, refunded)
     msgid = his.msgid()
     reversed_ = await _visit(his, EMPLOYEES[0], 72, "63.50", msgid=msgid)
     await his.ok("2601", {"data": {"psn_no": EMPLOYEES[0], "omsgid": msgid, "oinfno": "2207"}})
