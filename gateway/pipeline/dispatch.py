@@ -36,7 +36,15 @@ from gateway.protocol.errors import (
     RuleRejected,
     Unavailable,
 )
-from gateway.protocol.transaction import TRANSACTIONS, Call, Kind, Mode, Prepare, Transaction
+from gateway.protocol.transaction import (
+    TRANSACTIONS,
+    Call,
+    Kind,
+    Mode,
+    Prepare,
+    Transaction,
+    Undo,
+)
 
 log = logging.getLogger("gateway.pipeline.dispatch")
 
@@ -216,7 +224,12 @@ async def _admit(
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
-    if institution.fixmedins_type == PHARMACY_TYPE and tx.kind in _VISITS:
+    if (
+        institution.fixmedins_type == PHARMACY_TYPE
+        and tx.kind in _VISITS
+        # A cancellation's handler names the transaction that cancels a pharmacy's sale.
+        and tx.undo is not Undo.CANCELLATION
+    ):
         # Found from outside: a pharmacy admitted, discharged and settled a stay (and settled
         # a clinic visit), the pool fund paying what its own sales (2102) never pay.
         raise RuleRejected(
