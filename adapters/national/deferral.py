@@ -67,6 +67,10 @@ CALL_WARN = "医保系统应急处置中，本笔业务已暂存（{ref}），�
 PENDING_MSG = (
     "{what}已按应急预案暂存为待结算（暂存结算单号{claim_id}），请待恢复后由系统补结算或先撤销暂存"
 )
+FAILED_HELD_MSG = (
+    "{what}已按应急预案暂存（暂存结算单号{claim_id}），补结算未成功，参保人已按现金全额支付："
+    "请先以该暂存结算单号办理撤销（退还现金）后重新结算，或联系医保经办机构处理"
+)
 
 
 class _DrugClaim(Node):
@@ -406,13 +410,15 @@ def held_lines(claims: list[deferred.PendingClaim], fixmedins_code: str) -> list
         if c.fixmedins_code != fixmedins_code:
             continue
         scope = claim_scope(request_of(c.body))
-        out.append(deferred.Held(c.claim_id, c.infno, scope[1] if scope else fees.ALL))
+        lines = scope[1] if scope else fees.ALL
+        out.append(deferred.Held(c.claim_id, c.infno, lines, failed=c.failed))
     return out
 
 
 def refuse_if_held(held: list[deferred.Held], lines: str) -> None:
-    """A second claim or a real-time settlement of lines a pending claim covers is refused: the
-    patient has paid them in full in cash under the claim, and replay settles them."""
+    """A second claim or a real-time settlement of lines a claim covers is refused: the patient
+    has paid them in full in cash under the claim, and replay settles them; a claim replay could
+    not settle holds them until it is withdrawn (its cash refunded) or the agency settles it."""
     for h in held:
         if h.lines == lines or fees.ALL in (h.lines, lines):
             if h.lines != fees.ALL:
@@ -421,4 +427,5 @@ def refuse_if_held(held: list[deferred.Held], lines: str) -> None:
                 what = (
                     "本次住院费用" if kind_of(h.infno) is Kind.INPATIENT else "本次就诊的待结算费用"
                 )
-            raise Conflict(PENDING_MSG.format(what=what, claim_id=h.claim_id))
+            words = FAILED_HELD_MSG if h.failed else PENDING_MSG
+            raise Conflict(words.format(what=what, claim_id=h.claim_id))

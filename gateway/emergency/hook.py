@@ -40,7 +40,7 @@ from gateway.pipeline.dispatch import Detour
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol import transaction
 from gateway.protocol.errors import Conflict, GatewayError, RuleRejected, Unavailable
-from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction
+from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction, Undo
 from gateway.services import cancellation, payouts
 from gateway.services.settlement_state import preview, settle_alone
 
@@ -50,6 +50,11 @@ log = logging.getLogger("gateway.emergency.hook")
 REJECT_MSG = (
     "医保系统按应急预案暂停办理此项业务（{why}）：请按全自费结算并保留票据，"
     "待系统恢复后按规定办理报销"
+)
+# The same for a cancellation (2103/2208/2305): there is nothing to settle as self-pay, the
+# settlement stands (found from outside: a 2305 under `reject` was told to settle as self-pay).
+CANCEL_REJECT_MSG = (
+    "医保系统按应急预案暂停办理此项业务（{why}）：原结算仍然有效，未退费；请待系统恢复后再办理撤销"
 )
 # The source of a decision made by a ledger database's breaker ("breaker:postgres" for the main
 # database, "breaker:postgres:<cluster>" for a cluster's).
@@ -128,9 +133,10 @@ async def intercept(
 ) -> Detour | None:
     ledger_down = decision.source.startswith(LEDGER_BREAKER)
     if decision.action is Action.REJECT:
-        raise RuleRejected(
-            LEDGER_DOWN_MSG if ledger_down else REJECT_MSG.format(why=decision.reason)
-        )
+        if ledger_down:
+            raise RuleRejected(LEDGER_DOWN_MSG)
+        words = CANCEL_REJECT_MSG if tx.undo is Undo.CANCELLATION else REJECT_MSG
+        raise RuleRejected(words.format(why=decision.reason))
     if decision.action in (Action.ROUTE_LEGACY, Action.ROUTE_LEGACY_SHADOW):
         if not ledger_down and await _this_gateways(gw, tx, req):
             return None  # undone, or settled, where it was done: here

@@ -96,7 +96,8 @@ _UNSETTLED = {
     "pending": "{claim_id}为应急预案下的暂存结算（主动报），患者已按现金全额支付，待系统恢复后补结算；"
     "补结算后可再次查询；如需撤销请以暂存结算单号{claim_id}办理撤销",
     "withdrawn": "暂存结算{claim_id}已撤销，未进行医保结算",
-    "failed": "暂存结算{claim_id}补结算未成功，请联系医保经办机构处理",
+    "failed": "暂存结算{claim_id}补结算未成功：请以暂存结算单号{claim_id}办理撤销（退还参保人已付现金）"
+    "后重新结算，或联系医保经办机构处理",
 }
 
 
@@ -122,11 +123,14 @@ async def withdraw(
     msgid: str,
     mdtrt_id: str = "",
 ) -> asyncpg.Record | None:
-    """Withdraw a pending claim; returns the row as it was, or None when not pending here (or
-    `mdtrt_id`, when given, is not the 就诊ID the claim was answered with)."""
+    """Withdraw a claim not settled (pending, or failed at replay: the counter refunds the cash
+    the patient paid under it, and the lines it held are free to settle); returns the row as it
+    was, or None when there is no such claim here (or `mdtrt_id`, when given, is not the 就诊ID
+    the claim was answered with)."""
     return await conn.fetchrow(
         "UPDATE deferred SET status = 'withdrawn', withdrawn_msgid = $4"
-        " WHERE claim_id = $1 AND fixmedins_code = $2 AND psn_no = $3 AND status = 'pending'"
+        " WHERE claim_id = $1 AND fixmedins_code = $2 AND psn_no = $3"
+        " AND status IN ('pending', 'failed')"
         f" AND ($5 = '' OR $5 = {_VISIT_OF_CLAIM})"
         " RETURNING *",
         claim_id,
@@ -239,37 +243,50 @@ async def calls_waiting(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """Lines of a visit a pending claim covers: a charge batch, or all of them (fees.ALL)."""
+    """Lines of a visit a claim covers (pending, or failed at replay): a charge batch, or all of
+    them (fees.ALL)."""
 
     claim_id: str
     infno: str
     lines: str
+    failed: bool = False  # replay could not settle it: the counter may withdraw it
 
 
 @dataclass(frozen=True, slots=True)
 class PendingClaim:
-    """A claim still waiting for replay, on the visit the ledger knows it by."""
+    """A claim that holds its lines, on the visit the ledger knows it by: waiting for replay, or
+    failed at replay (the patient paid its lines in cash; found from outside: once it failed
+    they were settled again in real time, the cash never refunded, the claim still listed)."""
 
     claim_id: str
     fixmedins_code: str
     mdtrt_id: str  # a provisional id already resolved to its visit
     infno: str
     body: bytes
+    failed: bool = False
 
 
 async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> list[PendingClaim]:
-    """Pending claims of these visits, including those filed under a provisional id that became
-    one of them. The pending set is small (an outage's worth), so this stays cheap."""
+    """The claims holding lines of these visits (pending, or failed at replay and not withdrawn),
+    including those filed under a provisional id that became one of them. The set is small (an
+    outage's worth), so this stays cheap."""
     rows = await conn.fetch(
         "SELECT d.claim_id, d.fixmedins_code, coalesce(i.mdtrt_id, d.mdtrt_id) AS visit,"
-        " d.infno, d.body FROM deferred d"
+        " d.infno, d.body, d.status FROM deferred d"
         " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
-        " WHERE d.kind = 'claim' AND d.status = 'pending' AND d.mdtrt_id <> ''"
+        " WHERE d.kind = 'claim' AND d.status IN ('pending', 'failed') AND d.mdtrt_id <> ''"
         " AND coalesce(i.mdtrt_id, d.mdtrt_id) = ANY($1::text[])",
         mdtrt_ids,
     )
     return [
-        PendingClaim(r["claim_id"], r["fixmedins_code"], r["visit"], r["infno"], bytes(r["body"]))
+        PendingClaim(
+            r["claim_id"],
+            r["fixmedins_code"],
+            r["visit"],
+            r["infno"],
+            bytes(r["body"]),
+            failed=r["status"] == "failed",
+        )
         for r in rows
     ]
 

@@ -165,7 +165,7 @@ async def _no_settlement(
     assert original.kind is not None  # every settling transaction names its kind of visit
     _, undo = settlements.UNDONE_BY[original.kind.value]
     target = claim["setl_id"] or claim["claim_id"]
-    state = {"pending": "待补结算", "failed": "补结算未成功，待经办机构处理"}.get(
+    state = {"pending": "待补结算", "failed": "补结算未成功"}.get(
         claim["status"], f"已补结算为{target}"
     )
     return Conflict(

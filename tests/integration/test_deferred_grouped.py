@@ -223,11 +223,13 @@ async def test_withdrawing_a_claim_names_its_visit_and_answers_the_refund_as_a_2
     assert await server.fetchval(status, claim_id) == "withdrawn"
 
 
-async def test_withdrawing_a_claim_replay_could_not_settle_says_so(
+async def test_a_claim_replay_could_not_settle_is_withdrawn_at_the_counter(
     paths: dict[str, Server],
 ) -> None:
     """Found from outside: a 2103 of a claim replay had marked failed was told the claim was
-    settled as "-" and to cancel by that number."""
+    settled as "-" and to cancel by that number; then, that such a claim was the agency's alone,
+    while its lines were free to be settled again in real time, the cash paid under it never
+    refunded. The counter withdraws it as a pending one, refunding the cash."""
     server = paths["single"]
     pos = server.client(PHARMACY)
     claim = decode(
@@ -237,11 +239,14 @@ async def test_withdrawing_a_claim_replay_could_not_settle_says_so(
     await server.fetch(
         "UPDATE deferred SET status = 'failed', fail_reason = 'test' WHERE claim_id = $1", claim_id
     )
-    again = await pos.call(
-        "2103", {"data": {"setl_id": claim_id, "mdtrt_id": claim_id, "psn_no": PEOPLE[2]}}
-    )
+    ref = {"data": {"setl_id": claim_id, "mdtrt_id": claim_id, "psn_no": PEOPLE[2]}}
+    back = await pos.ok("2103", ref)
+    assert str(back["setlinfo"]["psn_cash_pay"]) == "-31.00"
+    status = "SELECT status FROM deferred WHERE claim_id = $1"
+    assert await server.fetchval(status, claim_id) == "withdrawn"
+    again = await pos.call("2103", ref)
     assert again["infcode"] == -1
-    assert again["err_msg"] == f"暂存结算{claim_id}补结算未成功，请联系医保经办机构处理"
+    assert again["err_msg"] == f"暂存结算{claim_id}已撤销，不能重复撤销"
 
 
 async def test_5203_by_the_visit_a_pharmacy_claim_was_answered_with_names_the_claim(

@@ -90,6 +90,11 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     server: Server,
 ) -> None:
     his = server.client("H44180000002")
+    settled_visit = await _visit(his, WORKER, "2026-05-02", "MZ-REJ-0")
+    settled = await his.ok(
+        "2207",
+        his.settle_data(WORKER, settled_visit, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"),
+    )
     mdtrt_id = await _visit(his, WORKER, "2026-05-02", "MZ-REJ-1")
     data = his.settle_data(WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")
     before = await server.ledger_fingerprint()
@@ -104,6 +109,14 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     assert answer["infcode"] == -1
     assert "应急预案" in answer["err_msg"] and "全自费结算" in answer["err_msg"]
     assert not answer["output"]
+    # A cancellation has nothing to settle as self-pay (found from outside: it was told to).
+    cancel = {
+        "data": {"setl_id": settled["setlinfo"]["setl_id"], "mdtrt_id": settled_visit,
+                 "psn_no": WORKER}
+    }  # fmt: skip
+    refused = await his.call("2208", cancel)
+    assert refused["infcode"] == -1 and "原结算仍然有效，未退费" in refused["err_msg"]
+    assert "全自费结算" not in refused["err_msg"]
     assert await server.ledger_fingerprint() == before
     assert await server.fetchval("SELECT count(*) FROM deferred") == 0
     # Other institutions are not touched by an institution-scoped rule.

@@ -142,6 +142,56 @@ async def test_a_midway_claim_settles_the_lines_it_was_taken_for(
         await _closed_as_online(srv, his, mdtrt_id)
 
 
+async def test_a_claim_replay_could_not_settle_holds_its_lines_until_withdrawn(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a stay's claim replay could not settle held nothing; the counter
+    settled its lines again in real time, the cash paid under the claim never refunded and the
+    claim still listed for the agency. The lines stay the claim's until the counter withdraws
+    it (the cash refunded) or the agency settles it; then they settle as online."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
+        await his.ok("2402", _discharge(mdtrt_id))
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+        closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
+
+        async def deferring() -> bool:
+            answer = await his.call("2303", closing)
+            return "应急预案" in (answer["warn_msg"] or "")
+
+        await until(deferring)
+        claim_id = (await his.ok("2304", closing))["setlinfo"]["setl_id"]
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+
+        async def normal() -> bool:
+            answer = await his.call("2303", closing)
+            return answer["infcode"] == 0 and "应急预案" not in (answer["warn_msg"] or "")
+
+        await until(normal)
+        # What replay does with a claim the rules refuse (the tester's: a refund line uploaded
+        # under the plan left a negative first self-pay).
+        await srv.fetch(
+            "UPDATE deferred SET status = 'failed', fail_reason = '演练' WHERE claim_id = $1",
+            claim_id,
+        )
+
+        before = await srv.ledger_fingerprint()
+        refused = await his.call("2304", closing)
+        assert refused["infcode"] == -1 and "补结算未成功" in refused["err_msg"], refused
+        assert "办理撤销（退还现金）" in refused["err_msg"]
+        assert await srv.ledger_fingerprint() == before
+        ref = {"data": {"setl_id": claim_id, "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+        back = await his.ok("2305", ref)
+        assert str(back["setlinfo"]["psn_cash_pay"]) == f"-{total(BEFORE)}"  # the cash refunded
+        settled = await his.ok("2304", closing)
+        assert not settled["setlinfo"]["setl_id"].startswith("DF")
+        status = "SELECT status FROM deferred WHERE claim_id = $1"
+        assert await srv.fetchval(status, claim_id) == "withdrawn"
+        assert await srv.check_ledger() == []
+
+
 async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
     new_database: Callable[..., Any], tmp_path: Path
 ) -> None:
