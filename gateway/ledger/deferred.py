@@ -207,8 +207,9 @@ async def unfixed_claims(conn: asyncpg.Connection, infnos: list[str]) -> list[as
     the visit's own calls waited to be applied)."""
     return list(
         await conn.fetch(
-            "SELECT seq, body FROM deferred WHERE kind = 'claim' AND status = 'pending'"
-            " AND lines IS NULL AND infno = ANY($1::text[]) ORDER BY seq",
+            "SELECT seq, body, received_at FROM deferred WHERE kind = 'claim'"
+            " AND status = 'pending' AND lines IS NULL AND infno = ANY($1::text[])"
+            " ORDER BY received_at, seq",
             infnos,
         )
     )
@@ -337,17 +338,29 @@ class Pending:
     received_at: dt.datetime
     medfee_sumamt: int
 
+    @property
+    def key(self) -> tuple[dt.datetime, int]:
+        """Its place in the order the gateways received their requests."""
+        return (self.received_at, self.seq)
+
 
 async def next_pending(
-    conn: asyncpg.Connection, kind: str, order: str, held: Sequence[str] = ()
+    conn: asyncpg.Connection,
+    kind: str,
+    order: str,
+    held: Sequence[str] = (),
+    waiting: Sequence[int] = (),
 ) -> Pending | None:
     """Reads and locks the next pending item of a kind in `order`, skipping those locked
-    elsewhere and those of the institutions `held` (the plan still defers their calls)."""
+    elsewhere, those of the institutions `held` (the plan still defers their calls) and the
+    items `waiting` (by seq) for a visit not applied yet."""
     r = await conn.fetchrow(
         f"SELECT * FROM deferred WHERE kind = $1 AND status = 'pending'"
-        f" AND fixmedins_code <> ALL($2::text[]) ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED",
+        f" AND fixmedins_code <> ALL($2::text[]) AND seq <> ALL($3::bigint[])"
+        f" ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED",
         kind,
         list(held),
+        list(waiting),
     )
     if r is None:
         return None

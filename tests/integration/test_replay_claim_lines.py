@@ -253,3 +253,78 @@ async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
             == "settled"
         )
         assert await srv.check_ledger() == []
+
+
+async def test_a_visit_split_across_two_gateways_journals_is_applied_in_the_order_received(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found in a failover drill (two gateway nodes, round robin, the ledger's commits hung): a
+    visit's 2201/2203/2204 went to one node's journal and its 2207 claim to the other's. The
+    claim's journal drained first: its lines were fixed before the visit existed (none), and it
+    failed at replay, the patient's cash never reimbursed; the 2203/2204 applied before their
+    registration were filed failed, though answered 成功. Calls wait for their registration,
+    claims for their visit, and both go in the order the gateways received them."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        at = dt.datetime.now().replace(microsecond=0)
+        visit = deferral.new_provisional_id("441800", at)
+        node_a, node_b = Journal(tmp_path / "a"), Journal(tmp_path / "b")
+        day = f"{at:%Y-%m-%d %H:%M:%S}"
+        lines = [line("1", "ZL0003", "60", 1)]  # 60.00
+
+        async def journaled(
+            journal: Journal, seconds: int, kind: str, infno: str, input_: Any, **fields: Any
+        ) -> None:
+            req = decode_request(msgspec.json.encode(his.envelope(infno, input_)))
+            await journal.append(
+                Entry(
+                    kind=kind,
+                    fixmedins_code=HOSPITAL,
+                    msgid=req.msgid,
+                    infno=infno,
+                    psn_no=RETIREE if kind == "claim" else "",
+                    mdtrt_id=visit if kind == "claim" else "",
+                    service_date=at.date(),
+                    medfee_sumamt=6000 if kind == "claim" else 0,
+                    body=deferral.stored_request(req),
+                    answer=b"{}",
+                    received_at=at + dt.timedelta(seconds=seconds),
+                    **fields,
+                )
+            )
+
+        registration = {
+            "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
+                     **certificate(RETIREE), "ipt_otp_no": "MZ-2N-1", "atddr_no": "D001",
+                     "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}
+        }  # fmt: skip
+        await journaled(node_b, 1, "call", "2201", registration, provisional_id=visit)
+        info = his.visit_info_input(visit, RETIREE, "11", day)
+        await journaled(node_b, 2, "call", "2203", info)
+        rows = his.fee_rows(visit, RETIREE, lines, day, "B1")
+        await journaled(node_b, 3, "call", "2204", {"feedetail": rows})
+        settle = his.settle_data(RETIREE, visit, "11", total(lines), "310", "0", chrg_bchno="B1")
+        claim_id = deferral.new_claim_id("441800", at)
+        await journaled(node_a, 4, "claim", "2207", settle, claim_id=claim_id)
+        node_a.close()
+        node_b.close()
+
+        # Node A's journal drains first; node B's only later.
+        cli("deferred", "replay", "--journal-dir", str(tmp_path / "a"), "--database-url", srv.dsn)
+        status = "SELECT status FROM deferred WHERE claim_id = $1"
+        assert await srv.fetchval(status, claim_id) == "pending"  # waits for its visit
+        cli("deferred", "replay", "--journal-dir", str(tmp_path / "b"), "--database-url", srv.dsn)
+        calls = await srv.fetch("SELECT infno, status FROM deferred WHERE kind = 'call'")
+        assert sorted((r["infno"], r["status"]) for r in calls) == [
+            ("2201", "applied"),
+            ("2203", "applied"),
+            ("2204", "applied"),
+        ]
+        claim = await srv.fetchrow("SELECT * FROM deferred WHERE claim_id = $1", claim_id)
+        assert claim is not None
+        assert (claim["status"], claim["lines"]) == ("settled", ["1"]), claim["fail_reason"]
+        settled = await srv.fetchrow(
+            "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", claim["setl_id"]
+        )
+        assert settled is not None and settled["medfee_sumamt"] == 6000
+        assert await srv.check_ledger() == []
