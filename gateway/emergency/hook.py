@@ -62,6 +62,7 @@ LEDGER_BREAKER = "breaker:postgres"
 LEDGER_DOWN_MSG = (
     "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
 )
+LEDGER_DOWN_QUERY_MSG = "医保结算数据库暂不可用，暂不能查询，请稍后使用相同报文ID重试"
 LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
 KEEP_SECONDS = 0.25  # of a routed call's deadline, left to keep the old system's answer
 # Sent to the old system and not answered: it may have done it. Kept against the msgid, so that
@@ -122,6 +123,16 @@ def detours(
     return decision
 
 
+def _ledger_down_words(tx: Transaction) -> str:
+    """What the ledger's breaker answers, in the words of what was asked (found from outside: a
+    2601 and a 5203 were told to settle as self-pay, as a sale would be)."""
+    if tx.infno == "2601" or tx.undo is Undo.CANCELLATION:
+        return cancellation.CANCEL_REFUSED_MSG
+    if tx.klass is TxClass.QUERY:
+        return LEDGER_DOWN_QUERY_MSG
+    return LEDGER_DOWN_MSG
+
+
 async def intercept(
     decision: Decision,
     gw: Gateway,
@@ -134,7 +145,7 @@ async def intercept(
     ledger_down = decision.source.startswith(LEDGER_BREAKER)
     if decision.action is Action.REJECT:
         if ledger_down:
-            raise RuleRejected(LEDGER_DOWN_MSG)
+            raise RuleRejected(_ledger_down_words(tx))
         words = CANCEL_REJECT_MSG if tx.undo is Undo.CANCELLATION else REJECT_MSG
         raise RuleRejected(words.format(why=decision.reason))
     if decision.action in (Action.ROUTE_LEGACY, Action.ROUTE_LEGACY_SHADOW):
@@ -180,7 +191,7 @@ async def intercept(
             mode=Mode.DEFERRED,
         )
     if ledger_down:
-        raise Unavailable(LEDGER_DOWN_MSG)
+        raise Unavailable(_ledger_down_words(tx))
     if tx.klass in (TxClass.CATALOG, TxClass.RECONCILE):
         raise RuleRejected(REJECT_MSG.format(why=decision.reason))
     return None  # reads (1101, sign-in) go on as normal while the ledger answers

@@ -521,6 +521,16 @@ async def test_a_sale_this_process_answered_is_not_deferred_when_retried_in_the_
                 return (REGISTRY.get_sample_value("sgw_deferred_claims") or 0) >= 1
 
             await until(counted, within=15.0)
+            # What cannot be done now is said in its own words (found from outside: a 2601 and
+            # a 5203 were told to settle as self-pay).
+            sale = decode(answer)["output"]["setlinfo"]
+            omsgid = msgspec.json.decode(body)["msgid"]
+            rev = {"data": {"psn_no": PERSONS[0], "omsgid": omsgid, "oinfno": "2102"}}
+            refused = await pos.call("2601", rev)
+            assert refused["infcode"] == -1 and "应急处置期间不能撤销" in refused["err_msg"]
+            query = {"data": {"psn_no": PERSONS[0], "setl_id": sale["setl_id"], "mdtrt_id": ""}}
+            refused = await pos.call("5203", query)
+            assert refused["infcode"] == -1 and "暂不能查询" in refused["err_msg"], refused
             assert (await pos.post_raw(body))[1] == answer
             changed = msgspec.json.decode(body)
             changed["input"] = {**changed["input"], "memo": "乙"}
@@ -689,6 +699,7 @@ async def test_the_console_says_the_database_is_down_instead_of_failing(
         async with srv.session.get(f"{srv.url}/api/plan", headers=bearer) as r:
             assert r.status == 503
             assert (await r.json())["error"] == LEDGER_DOWN_MSG
+            assert "见下表" not in LEDGER_DOWN_MSG and "plan show" not in LEDGER_DOWN_MSG
         async with srv.session.post(f"{srv.url}/api/console/login", json=login) as r:
             assert r.status == 503
             assert (await r.json())["error"] == LEDGER_DOWN_MSG

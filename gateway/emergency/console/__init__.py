@@ -708,9 +708,12 @@ async def stop_hasher(app: web.Application) -> None:
 # Found from outside: with the ledger stopped, the console page, its API and its log-in
 # answered HTTP 500 and logged a traceback each, at the moment the team needed them most.
 LEDGER_DOWN_MSG = (
-    "医保结算数据库暂时无法连接：应急预案、登录会话和审计记录都保存在数据库中，暂不能查看或变更；"
-    "熔断器按配置自动执行保护动作（见下表）。请稍后刷新，或在命令行执行 python -m gateway plan show"
+    "医保结算数据库暂时无法连接：应急预案、登录会话和审计记录都保存在数据库中，暂不能查看或变更"
+    "（命令行同样需要数据库）；各网关的熔断器按配置自动执行保护动作，请稍后刷新"
 )
+# The page adds what this process knows without the database (found from outside: the words
+# sent the officer to a command that needs the same database, and the API's to a table).
+LEDGER_DOWN_PAGE_MSG = LEDGER_DOWN_MSG + "；本进程的熔断状态见下表"
 
 
 _DOWN: tuple[type[Exception], ...] = (*db.UNAVAILABLE, Unavailable)
@@ -732,7 +735,7 @@ def _ledger_answers(handler: Handler) -> Handler:
                 return web.json_response({"error": LEDGER_DOWN_MSG}, status=503)
             gw = request.app[GATEWAY]
             return web.Response(
-                text=pages.ledger_down(LEDGER_DOWN_MSG, gw.breaker_states()),
+                text=pages.ledger_down(LEDGER_DOWN_PAGE_MSG, gw.breaker_states()),
                 content_type="text/html",
                 status=503,
             )
