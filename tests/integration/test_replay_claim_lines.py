@@ -82,6 +82,47 @@ def _stay_settlement(his: HisClient, mdtrt_id: str, medfee: str, mid: str) -> di
     return data
 
 
+def _entry(
+    his: HisClient,
+    visit: str,
+    received: dt.datetime,
+    kind: str,
+    infno: str,
+    input_: Any,
+    claim_fen: int,
+    **fields: Any,
+) -> Entry:
+    """A journal record of a call, or of a claim of `claim_fen` on the provisional `visit`, as a
+    gateway that took it while the ledger was down wrote it."""
+    req = decode_request(msgspec.json.encode(his.envelope(infno, input_)))
+    return Entry(
+        kind=kind,
+        fixmedins_code=HOSPITAL,
+        msgid=req.msgid,
+        infno=infno,
+        psn_no=RETIREE if kind == "claim" else "",
+        mdtrt_id=visit if kind == "claim" else "",
+        service_date=received.date(),
+        medfee_sumamt=claim_fen if kind == "claim" else 0,
+        body=deferral.stored_request(req),
+        answer=b"{}",
+        received_at=received,
+        **fields,
+    )
+
+
+async def _deferred_claim(srv: Server, his: HisClient, settlement: dict[str, Any]) -> Any:
+    """The plan's `defer` set for the region; once in force, the 2304 as a claim: its setlinfo."""
+    await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+    async def deferring() -> bool:
+        answer = await his.call("2303", settlement)
+        return "应急预案" in (answer["warn_msg"] or "")
+
+    await until(deferring)
+    return (await his.ok("2304", settlement))["setlinfo"]
+
+
 async def _closed_as_online(srv: Server, his: HisClient, mdtrt_id: str) -> None:
     """Replay settled the claim's lines; the closing 2304 at the counter takes the rest."""
     summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
@@ -120,16 +161,9 @@ async def test_a_midway_claim_settles_the_lines_it_was_taken_for(
         his = srv.client(HOSPITAL)
         mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
         await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
-        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
         midway = _stay_settlement(his, mdtrt_id, total(BEFORE), "1")
-
-        async def deferring() -> bool:
-            answer = await his.call("2303", midway)
-            return "应急预案" in (answer["warn_msg"] or "")
-
-        await until(deferring)
-        claim = await his.ok("2304", midway)
-        assert claim["setlinfo"]["setl_id"].startswith("DF")
+        claim = await _deferred_claim(srv, his, midway)
+        assert claim["setl_id"].startswith("DF")
         await his.ok("2301", _upload(mdtrt_id, AFTER, "2025-07-05 10:00:00"))
         await his.ok("2402", _discharge(mdtrt_id))
         await clear_rule(srv.dsn, "region:441800", "settlement")
@@ -154,15 +188,8 @@ async def test_a_claim_replay_could_not_settle_holds_its_lines_until_withdrawn(
         mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
         await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
         await his.ok("2402", _discharge(mdtrt_id))
-        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
         closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
-
-        async def deferring() -> bool:
-            answer = await his.call("2303", closing)
-            return "应急预案" in (answer["warn_msg"] or "")
-
-        await until(deferring)
-        claim_id = (await his.ok("2304", closing))["setlinfo"]["setl_id"]
+        claim_id = (await _deferred_claim(srv, his, closing))["setl_id"]
         await clear_rule(srv.dsn, "region:441800", "settlement")
 
         async def normal() -> bool:
@@ -204,24 +231,8 @@ async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
         journal = Journal(tmp_path)
 
         async def journaled(kind: str, infno: str, input_: Any, **fields: Any) -> None:
-            body = msgspec.json.encode(his.envelope(infno, input_))
-            req = decode_request(body)
-            await journal.append(
-                Entry(
-                    kind=kind,
-                    fixmedins_code=HOSPITAL,
-                    msgid=req.msgid,
-                    infno=infno,
-                    psn_no=RETIREE if kind == "claim" else "",
-                    mdtrt_id=visit if kind == "claim" else "",
-                    service_date=at.date(),
-                    medfee_sumamt=100000 if kind == "claim" else 0,
-                    body=deferral.stored_request(req),
-                    answer=b"{}",
-                    received_at=at,
-                    **fields,
-                )
-            )
+            entry = _entry(his, visit, at, kind, infno, input_, 100000, **fields)
+            await journal.append(entry)
 
         await journaled("call", "2401", _admission(), provisional_id=visit)
         await journaled("call", "2301", _upload(visit, BEFORE, "2025-07-02 10:00:00"))
@@ -275,23 +286,8 @@ async def test_a_visit_split_across_two_gateways_journals_is_applied_in_the_orde
         async def journaled(
             journal: Journal, seconds: int, kind: str, infno: str, input_: Any, **fields: Any
         ) -> None:
-            req = decode_request(msgspec.json.encode(his.envelope(infno, input_)))
-            await journal.append(
-                Entry(
-                    kind=kind,
-                    fixmedins_code=HOSPITAL,
-                    msgid=req.msgid,
-                    infno=infno,
-                    psn_no=RETIREE if kind == "claim" else "",
-                    mdtrt_id=visit if kind == "claim" else "",
-                    service_date=at.date(),
-                    medfee_sumamt=6000 if kind == "claim" else 0,
-                    body=deferral.stored_request(req),
-                    answer=b"{}",
-                    received_at=at + dt.timedelta(seconds=seconds),
-                    **fields,
-                )
-            )
+            received = at + dt.timedelta(seconds=seconds)
+            await journal.append(_entry(his, visit, received, kind, infno, input_, 6000, **fields))
 
         registration = {
             "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
