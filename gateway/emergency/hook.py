@@ -126,7 +126,7 @@ def detours(
 def _ledger_down_words(tx: Transaction) -> str:
     """What the ledger's breaker answers, in the words of what was asked (found from outside: a
     2601 and a 5203 were told to settle as self-pay, as a sale would be)."""
-    if tx.infno == "2601" or tx.undo is Undo.CANCELLATION:
+    if tx.acts_on is not None or tx.undo is Undo.CANCELLATION:  # a 2601, a cancellation
         return cancellation.CANCEL_REFUSED_MSG
     if tx.klass is TxClass.QUERY:
         return LEDGER_DOWN_QUERY_MSG
