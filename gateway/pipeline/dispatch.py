@@ -172,7 +172,18 @@ async def handle(
         # reconciliation reads the other databases itself); the rest is a person's money.
         if ledgers.split and tx.klass not in (TxClass.CATALOG, TxClass.RECONCILE):
             ledger = await _ledger_of(gw, tx, req)
-        routed = await _plan(gw, tx, req, institution, body, received, ledger)
+        refusal = _not_its_kind(institution, tx, req)
+        if refusal is not None:
+            # After the msgid journal, as the plan's refusals: a retry of a message answered
+            # before the refusal existed gets its answer, not the refusal.
+            earlier = (
+                await _earlier_answer(gw, req, fingerprint(req), ledger) if tx.writes else None
+            )
+            if earlier is None:
+                raise refusal
+            routed: Outcome | tuple[Transaction, Mode] = earlier
+        else:
+            routed = await _plan(gw, tx, req, institution, body, received, ledger)
         if isinstance(routed, Outcome):
             outcome = routed
         else:
@@ -209,6 +220,23 @@ async def _ledger_of(gw: Gateway, tx: Transaction, req: Request) -> Partition:
 _VISITS = {Kind.OUTPATIENT: "门诊", Kind.INPATIENT: "住院"}
 
 
+def _not_its_kind(institution: Institution, tx: Transaction, req: Request) -> RuleRejected | None:
+    """The refusal of a transaction the institution's kind does not hold, or None."""
+    if (
+        institution.fixmedins_type == PHARMACY_TYPE
+        and tx.kind in _VISITS
+        # A cancellation's handler names the transaction that cancels a pharmacy's sale.
+        and tx.undo is not Undo.CANCELLATION
+    ):
+        # Found from outside: a pharmacy admitted, discharged and settled a stay (and settled
+        # a clinic visit), the pool fund paying what its own sales (2102) never pay.
+        return RuleRejected(
+            f"{req.fixmedins_code}为定点零售药店，不能办理{_VISITS[tx.kind]}业务（{req.infno}）；"
+            "药店购药请使用药店预结算和结算（2101、2102）"
+        )
+    return None
+
+
 async def _admit(
     gw: Gateway, req: Request, terminal: str, authenticated: str | None
 ) -> tuple[Transaction, Institution]:
@@ -224,18 +252,6 @@ async def _admit(
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
-    if (
-        institution.fixmedins_type == PHARMACY_TYPE
-        and tx.kind in _VISITS
-        # A cancellation's handler names the transaction that cancels a pharmacy's sale.
-        and tx.undo is not Undo.CANCELLATION
-    ):
-        # Found from outside: a pharmacy admitted, discharged and settled a stay (and settled
-        # a clinic visit), the pool fund paying what its own sales (2102) never pay.
-        raise RuleRejected(
-            f"{req.fixmedins_code}为定点零售药店，不能办理{_VISITS[tx.kind]}业务（{req.infno}）；"
-            "药店购药请使用药店预结算和结算（2101、2102）"
-        )
     # The limiter stays ahead of the journal look-up: its refusal says "retry the same msgid",
     # which is true for a retry too, and a retry storm must not reach the ledger it protects.
     await gw.limiter.admit(req.fixmedins_code, terminal)

@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 from msgspec.structs import replace
 
+from adapters.national.envelope import decode_request, fingerprint
 from gateway.app.config import GroupCommitConfig
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import set_rule, until
@@ -188,6 +190,25 @@ async def test_a_pharmacy_opens_no_visit_and_no_stay(server: Server) -> None:
     refused = await pos.call("2207", settle)
     assert refused["infcode"] == -1 and "门诊" in refused["err_msg"]
     assert await server.ledger_fingerprint() == before
+
+
+async def test_a_pharmacys_visit_answered_before_the_refusal_is_replayed(server: Server) -> None:
+    """A retry gets its stored answer whatever has changed since: a registration a pharmacy
+    was answered before visits were refused to it is answered again as it was, not refused."""
+    pos = server.client(PHARMACY)
+    envelope = pos.envelope("2201", registration(YI, cert("02", YI_CERTNO), "MZ-POS-OLD"))
+    body = msgspec.json.encode(envelope)
+    stored = b'{"infcode":0,"err_msg":"ok","output":{"data":{"mdtrt_id":"OLD"}}}'
+    await server.fetch(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode)"
+        " VALUES ($1, $2, '2201', $3, $4, 0)",
+        PHARMACY,
+        envelope["msgid"],
+        fingerprint(decode_request(body)),
+        stored,
+    )
+    status, answer = await pos.post_raw(body)
+    assert (status, answer) == (200, stored)
 
 
 async def test_an_outpatient_settlement_checks_a_certificate_it_carries(server: Server) -> None:
