@@ -198,6 +198,7 @@ async def cancel_fees(call: Call) -> Answer:
     input=wire.In2206,
     kind=Kind.INPATIENT,
     deferral=Deferral.PRESETTLEMENT,
+    previewed=settling.inpatient_preview_job,
 )
 async def pre_settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind=Kind.INPATIENT, final=False)

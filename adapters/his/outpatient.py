@@ -101,7 +101,9 @@ async def cancel_registration(call: Call) -> Answer:
     return Answer({})
 
 
-def _info_of(req: Request) -> encounters.VisitInfo:
+def _info_of(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> encounters.VisitInfo:
     node = decode_input(req, In2203)
     info = node.mdtrtinfo
     if info is None:
@@ -109,8 +111,12 @@ def _info_of(req: Request) -> encounters.VisitInfo:
     mdtrt_id = required(info.mdtrt_id, "mdtrtinfo.mdtrt_id")
     psn_no = required(info.psn_no, "mdtrtinfo.psn_no")
     med_type = required(info.med_type, "mdtrtinfo.med_type")
-    when(info.begntime, "mdtrtinfo.begntime")
+    begntime = when(info.begntime, "mdtrtinfo.begntime")
+    if begntime is not None:
+        # Within bounds as the registration's (found from outside: days ahead was taken).
+        gw.config.dates.check("就诊时间begntime", begntime, admdvs=institution.admdvs, now=now)
     return encounters.VisitInfo(
+        begntime=begntime,
         mdtrt_id=mdtrt_id,
         psn_no=psn_no,
         med_type=med_type,
@@ -127,14 +133,15 @@ def _visit_info_job(
     gw: Gateway, req: Request, institution: Institution, now: dt.datetime
 ) -> Job | None:
     """2203 in a group commit: the same build as the single path's, in a batch."""
-    a = _info_of(req)
+    a = _info_of(gw, req, institution, now)
     if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return None  # an id handed out while the ledger was down: the single path resolves it
     return encounters.visit_info_job(req.fixmedins_code, a)
 
 
 async def _visit_info(call: Call) -> Answer:
-    await encounters.visit_info(call.conn, call.req.fixmedins_code, _info_of(call.req))
+    info = _info_of(call.gw, call.req, call.institution, call.now)
+    await encounters.visit_info(call.conn, call.req.fixmedins_code, info)
     return Answer({})
 
 
@@ -145,6 +152,7 @@ register(
     klass=TxClass.ENCOUNTER,
     input=wire.In2203,
     deferral=Deferral.CALL,
+    dated=(("mdtrtinfo", "", "begntime", "就诊时间begntime"),),
     grouped=_visit_info_job,
 )(_visit_info)
 

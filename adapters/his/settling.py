@@ -122,14 +122,34 @@ def outpatient_preview_job(
     return _outpatient(gw, req, institution, now, final=False)
 
 
+def inpatient_preview_job(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> Job | None:
+    """2303 in a group read, and the judge of a 2304 taken as a claim under the plan: the same
+    job as the single path's pre-settlement."""
+    return _visit(gw, req, institution, now, kind=Kind.INPATIENT, final=False)
+
+
 def _outpatient(
     gw: Gateway, req: Request, institution: Institution, now: dt.datetime, *, final: bool
 ) -> Job | None:
-    a = asked_of(req, Kind.OUTPATIENT)
+    return _visit(gw, req, institution, now, kind=Kind.OUTPATIENT, final=final)
+
+
+def _visit(
+    gw: Gateway,
+    req: Request,
+    institution: Institution,
+    now: dt.datetime,
+    *,
+    kind: Kind,
+    final: bool,
+) -> Job | None:
+    a = asked_of(req, kind)
     if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return None  # an id handed out while the ledger was down: the single path resolves it
     return visit_job(
-        gw.snapshot, Origin.of(req), institution, now, a, output, kind=Kind.OUTPATIENT, final=final
+        gw.snapshot, Origin.of(req), institution, now, a, output, kind=kind, final=final
     )
 
 

@@ -39,6 +39,7 @@ from gateway.app.reference import load_reference
 from gateway.app.server import prepare_database
 from gateway.app.server import serve as serve_app
 from gateway.core.money import fen_text
+from gateway.core.timestamps import zone_warning
 from gateway.emergency.console import commands as console_commands
 from gateway.jobs import clearing, corrections
 from gateway.ledger import db, idempotency, partitions, reference_store
@@ -58,23 +59,6 @@ def _serve_one(settings: Settings, host: str, port: int, supervisor: int | None)
     # Not web.run_app: the edge's connection guard (request-head deadline, connections per
     # address) lives in the runner; graceful stop gives in-flight requests 10 s.
     serve_app(settings, host, port, reuse_port=supervisor is not None)
-
-
-BEIJING_OFFSET = dt.timedelta(hours=8)
-
-
-def zone_warning() -> str | None:
-    """What to tell the team when this process's local time is not Beijing time: found from
-    outside (twice), on a host kept in UTC a HIS's Beijing-time begntime was refused as in the
-    future and settlement days turned at 08:00. The gateway dates everything in its process's
-    local time (TZ); it says so at start rather than guess a zone."""
-    offset = dt.datetime.now().astimezone().utcoffset() or dt.timedelta(0)
-    if offset == BEIJING_OFFSET:
-        return None
-    return (
-        f"this process's local time is UTC{offset.total_seconds() / 3600:+g}; the national"
-        " interface's times are Beijing time (UTC+8): set TZ=Asia/Shanghai (or TZ=CST-8)"
-    )
 
 
 def serve(args: argparse.Namespace) -> int:

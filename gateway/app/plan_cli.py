@@ -34,7 +34,7 @@ from gateway.app.config import (
 )
 from gateway.app.redis_link import close_redis, open_redis
 from gateway.core.money import fen_text
-from gateway.core.timestamps import as_local
+from gateway.core.timestamps import as_beijing, zone_warning
 from gateway.emergency.plan import status, store
 from gateway.ledger import db, deferred, inflight
 from gateway.ledger import plan as ledger_plan
@@ -207,8 +207,16 @@ def plan_windows(args: argparse.Namespace) -> int:
         plan = await ledger_plan.load(conn)
         now = dt.datetime.now()
         rows = [{**store.window_dict(w), "active": w.active(now)} for w in plan.windows]
+        different = zone_warning()
+        if different:
+            # Found from outside: from a shell kept in UTC a window given with +00:00 was
+            # stored as UTC wall time, which a gateway in Beijing time enforced 8 hours off,
+            # and the listing called active what the gateway was not enforcing.
+            print(f"warning: {different}; {WINDOW_TIMES_NOTE}", file=sys.stderr)
         if args.json:
             print(json.dumps(rows, ensure_ascii=False, indent=2))
+        elif not rows:
+            print("no cut-over window")
         else:
             for w in rows:
                 flag = "ACTIVE" if w["active"] else ""
@@ -221,6 +229,11 @@ def plan_windows(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+WINDOW_TIMES_NOTE = (
+    "a window's times with an offset are converted to Beijing time, the gateway's; times"
+    " without one are taken as Beijing time as written, and ACTIVE is judged by this"
+    " command's clock"
+)
 _WINDOW_TEXTS = ("name", "scope", "action")
 _WINDOW_TIMES = ("begins", "ends")
 
@@ -264,7 +277,7 @@ def _timetable(path: str) -> list[dict[str, Any]]:
             {
                 **{key: w[key] for key in _WINDOW_TEXTS},
                 "classes": list(classes),
-                **{key: as_local(w[key]) for key in _WINDOW_TIMES},
+                **{key: as_beijing(w[key]) for key in _WINDOW_TIMES},
             }
         )
     return found

@@ -37,3 +37,29 @@ def as_local(value: dt.datetime) -> dt.datetime:
     given with an offset is converted, not compared with local times as it stands (which
     Python cannot do and PostgreSQL refuses)."""
     return value.astimezone().replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+BEIJING_OFFSET = dt.timedelta(hours=8)
+
+
+def zone_warning() -> str | None:
+    """What to tell the team when this process's local time is not Beijing time: found from
+    outside (twice), on a host kept in UTC a HIS's Beijing-time begntime was refused as in the
+    future and settlement days turned at 08:00. The gateway dates everything in its process's
+    local time (TZ); it says so at start rather than guess a zone."""
+    offset = dt.datetime.now().astimezone().utcoffset() or dt.timedelta(0)
+    if offset == BEIJING_OFFSET:
+        return None
+    return (
+        f"this process's local time is UTC{offset.total_seconds() / 3600:+g}; the national"
+        " interface's times are Beijing time (UTC+8): set TZ=Asia/Shanghai (or TZ=CST-8)"
+    )
+
+
+BEIJING = dt.timezone(BEIJING_OFFSET)
+
+
+def as_beijing(value: dt.datetime) -> dt.datetime:
+    """A time as the gateway reads it, the gateway running in Beijing time (README, `TZ`): one
+    given with an offset is converted to Beijing time, one without is taken as written."""
+    return value.astimezone(BEIJING).replace(tzinfo=None) if value.tzinfo is not None else value

@@ -39,7 +39,13 @@ from gateway.pipeline import dispatch
 from gateway.pipeline.dispatch import Detour
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol import transaction
-from gateway.protocol.errors import Conflict, GatewayError, RuleRejected, Unavailable
+from gateway.protocol.errors import (
+    Conflict,
+    GatewayError,
+    RuleRejected,
+    SelfPayStay,
+    Unavailable,
+)
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction, Undo
 from gateway.services import cancellation, payouts
 from gateway.services.settlement_state import preview, settle_alone
@@ -317,9 +323,10 @@ async def _refuse_as_its_settlement(call: Call) -> None:
     person, another insutype, totals its lines do not make), judged by the visit's
     pre-settlement over the visit as it is, which writes nothing here. Found from outside for a
     pharmacy's claims (`_purchase_claim`); a visit's is the same promise of a reimbursement.
-    Not judged where the kind has no pre-settlement job (2303), or while the institution's
-    calls journaled with the ledger away wait to be applied: their lines are not in the ledger
-    yet, and replay judges the claim after them."""
+    A stay's 2304 by its 2303 (found from outside: one taken unjudged failed at replay, the
+    patient's cash already paid). Not judged while the institution's calls journaled with the
+    ledger away wait to be applied: their lines are not in the ledger yet, and replay judges
+    the claim after them."""
     claim = transaction.of(call.req.infno)
     presettle = next(
         (
@@ -334,8 +341,14 @@ async def _refuse_as_its_settlement(call: Call) -> None:
     if await deferred.calls_waiting(call.conn, call.req.fixmedins_code):
         return
     job = presettle.previewed(call.gw, call.req, call.institution, call.now)
-    if job is not None:
+    if job is None:
+        return
+    try:
         await preview(call.conn, job, note=False)
+    except SelfPayStay:
+        # Admitted self-pay under the plan: its claim is what the plan promises (all cash now,
+        # reimbursed once the stay is converted, 自费转医保); replay judges it then.
+        return
 
 
 async def _claimed_lines(

@@ -39,6 +39,10 @@ class RuleRejected(GatewayError):
     """Well-formed, but the settlement rules refuse it."""
 
 
+class SelfPayStay(RuleRejected):
+    """A stay admitted as self-pay under the plan (自费入院), not yet converted to insurance."""
+
+
 class NotInsured(RuleRejected):
     """Unknown person, or not in insured status."""
 

@@ -74,6 +74,7 @@ class VisitInfo(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     dise_codg: str
     dise_name: str
     stored: dict[str, Any]
+    begntime: dt.datetime | None = None  # 就诊时间 as sent (optional)
 
 
 class Discharge(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -166,6 +167,13 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
         unchanged(visit)
         _of_kind(enc, a.mdtrt_id, Kind.OUTPATIENT)
         encounters.require_open(enc)
+        if a.begntime is not None and a.begntime.date() < enc.begntime.date():
+            # Found from outside: a visit's information dated the day before its registration
+            # (in another year) was taken. Whole days, as for its fee lines (core.dates).
+            raise RuleRejected(
+                f"就诊时间begntime {a.begntime:%Y-%m-%d %H:%M:%S}早于挂号时间"
+                f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对日期"
+            )
         if category is eligibility.CHRONIC:
             if held.person is None:
                 raise NotInsured(f"人员编号{a.psn_no}不存在，请重新读卡获取人员信息")

@@ -179,7 +179,21 @@ async def _visits(
     lines = await fees.unsettled_many(conn, ids)
     if lock:
         ids = [m for m in ids if settling is None or m in settling]
-    if not lock or not ids:
+    if not lock:
+        # A pre-settlement is refused as its settlement would be for lines a claim holds
+        # (found from outside: a stay's 2303 priced the claim's lines, which its 2304 refuses).
+        claims = await deferred.pending_on_visits(conn, ids)
+        return {
+            m: VisitHeld(
+                encounter=enc,
+                unsettled=lines.get(m, []),
+                settled_batches=set(),
+                refunded={},
+                claimed=_held(claims, m, enc.fixmedins_code),
+            )
+            for m, enc in found.items()
+        }
+    if not ids:
         return {
             m: VisitHeld(
                 encounter=enc, unsettled=lines.get(m, []), settled_batches=set(), refunded={}
@@ -195,10 +209,16 @@ async def _visits(
             unsettled=lines.get(m, []),
             settled_batches=settled.get(m, set()),
             refunded=refunded.get(m, {}),
-            claimed=deferral.held_lines([c for c in claims if c.mdtrt_id == m], enc.fixmedins_code),
+            claimed=_held(claims, m, enc.fixmedins_code),
         )
         for m, enc in found.items()
     }
+
+
+def _held(
+    claims: list[deferred.PendingClaim], mdtrt_id: str, fixmedins_code: str
+) -> list[deferred.Held]:
+    return deferral.held_lines([c for c in claims if c.mdtrt_id == mdtrt_id], fixmedins_code)
 
 
 async def _other_stays(conn: asyncpg.Connection, visits: dict[str, VisitHeld]) -> None:

@@ -28,7 +28,7 @@ from gateway.ledger.settlements import Declared as Declared
 from gateway.ledger.settlements import Record as Record
 from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job, VisitHeld, unchanged
-from gateway.protocol.errors import Conflict, NotFound, NotInsured, RuleRejected
+from gateway.protocol.errors import Conflict, NotFound, NotInsured, RuleRejected, SelfPayStay
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 from gateway.services.settlement_state import preview, settle_alone
@@ -89,7 +89,7 @@ def _check_visit(enc: Encounter, kind: Kind, a: VisitAsk, *, final: bool) -> Non
         )
     encounters.require_open(enc)
     if enc.selfpay:
-        raise RuleRejected(f"就诊ID{a.mdtrt_id}为应急期间自费入院，请先办理自费转医保后再结算")
+        raise SelfPayStay(f"就诊ID{a.mdtrt_id}为应急期间自费入院，请先办理自费转医保后再结算")
     eligibility.require_insutype(a.insutype, enc.insutype, held_as="登记时的险种")
     check_med_type(enc, a.med_type)
     if kind is Kind.INPATIENT and final and a.mid_setl_flag == "0" and enc.status != "discharged":
@@ -206,7 +206,7 @@ def visit_job(
         encounters.own(visit.encounter if visit else None, a.mdtrt_id, code)
         assert visit is not None
         unchanged(visit)
-        if final and respect_claims and only is None:
+        if respect_claims and only is None:
             deferral.refuse_if_held(visit.claimed, a.chrg_bchno)
         # The person after the claims: a claim's holder is named whoever asks.
         enc = encounters.own(visit.encounter, a.mdtrt_id, code, a.psn_no)

@@ -590,24 +590,37 @@ async def test_a_timetable_or_time_the_cli_cannot_take_is_refused_in_words(
         assert done.returncode == 2 and words in done.stderr, (argv, done.stderr)
     assert await _plan_rows(srv) == before
 
-    # Times with an offset load as the local times they stand for.
+    # Times with an offset load as the Beijing times they stand for, the gateway's, whatever
+    # the operator's shell runs in (found from outside: from a shell in UTC a window given in
+    # +00:00 was stored as UTC wall time, and a gateway in Beijing time enforced it 8 hours
+    # off); a shell not in Beijing time is told how its times are read.
     path = tmp_path / "windows.toml"
     path.write_text(
         _WINDOW + 'classes = ["catalog"]\naction = "reject"\n'
-        "begins = 2030-01-01T08:00:00+08:00\nends = 2030-01-02T08:00:00+08:00\n",
+        "begins = 2030-01-01T10:00:00+00:00\nends = 2030-01-01T18:00:00+00:00\n",
         encoding="utf-8",
     )
-    cli("plan", "windows", "--load", str(path), "--reason", "演练", "--database-url", srv.dsn)
+    loaded = cli(
+        "plan", "windows", "--load", str(path), "--reason", "演练", "--database-url", srv.dsn,
+        tz="UTC0",
+    )  # fmt: skip
+    assert "Beijing time" in loaded.stderr and "2030-01-01 18:00:00" in loaded.stdout, loaded
     row = await srv.fetchrow(
-        "SELECT window_id, begins FROM plan_windows WHERE name = '切换' AND scope = 'region:330300'"
+        "SELECT window_id, begins, ends FROM plan_windows WHERE name = '切换'"
+        " AND scope = 'region:330300'"
     )
     assert row is not None
-    begins = dt.datetime(2030, 1, 1, 8, tzinfo=dt.timezone(dt.timedelta(hours=8)))
-    assert row["begins"] == begins.astimezone().replace(tzinfo=None)
-    cli(
+    assert (row["begins"], row["ends"]) == (
+        dt.datetime(2030, 1, 1, 18),
+        dt.datetime(2030, 1, 2, 2),
+    )  # 18:00 to 02:00 Beijing time, across midnight
+    listed = cli("plan", "windows", "--database-url", srv.dsn, tz="CST-8")
+    assert listed.stderr == ""  # in Beijing time nothing to warn of
+    removed = cli(
         "plan", "windows", "--remove", str(row["window_id"]), "--reason", "演练",
-        "--database-url", srv.dsn,
+        "--database-url", srv.dsn, tz="CST-8",
     )  # fmt: skip
+    assert removed.stdout.strip() == "no cut-over window"  # not silence
 
 
 async def test_a_route_to_the_old_system_without_its_address_is_refused(rig: Rig) -> None:

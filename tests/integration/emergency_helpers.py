@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -75,14 +76,16 @@ async def until(
     return time.monotonic() - started
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`python -m gateway …` as an operator runs it."""
+def cli(*args: str, check: bool = True, tz: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway …` as an operator runs it (`tz`: in a shell with that TZ)."""
+    env = None if tz is None else {**os.environ, "TZ": tz}
     done = subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env=env,
     )
     if check:
         assert done.returncode == 0, done.stderr + done.stdout

@@ -123,6 +123,21 @@ async def _deferred_claim(srv: Server, his: HisClient, settlement: dict[str, Any
     return (await his.ok("2304", settlement))["setlinfo"]
 
 
+async def _lifted(his: HisClient, settlement: dict[str, Any], claim_id: str) -> None:
+    """Once the plan is lifted, the stay's pre-settlement is refused as its settlement is while
+    the claim holds the lines, naming the claim (found from outside: the 2303 priced the claim's
+    lines, as if the patient had not paid them in cash already)."""
+    seen: list[Any] = []
+
+    async def refused_as_held() -> bool:
+        answer = await his.call("2303", settlement)
+        seen[:] = [answer]
+        return "应急预案" not in (answer["warn_msg"] or "") and answer["infcode"] == -1
+
+    await until(refused_as_held, seen=lambda: seen)
+    assert claim_id in seen[0]["err_msg"] and "暂存结算" in seen[0]["err_msg"], seen
+
+
 async def _closed_as_online(srv: Server, his: HisClient, mdtrt_id: str) -> None:
     """Replay settled the claim's lines; the closing 2304 at the counter takes the rest."""
     summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
@@ -167,12 +182,7 @@ async def test_a_midway_claim_settles_the_lines_it_was_taken_for(
         await his.ok("2301", _upload(mdtrt_id, AFTER, "2025-07-05 10:00:00"))
         await his.ok("2402", _discharge(mdtrt_id))
         await clear_rule(srv.dsn, "region:441800", "settlement")
-
-        async def normal() -> bool:
-            answer = await his.call("2303", _stay_settlement(his, mdtrt_id, "1200.00", "0"))
-            return answer["infcode"] == 0 and "应急预案" not in (answer["warn_msg"] or "")
-
-        await until(normal)
+        await _lifted(his, _stay_settlement(his, mdtrt_id, "1200.00", "0"), claim["setl_id"])
         await _closed_as_online(srv, his, mdtrt_id)
 
 
@@ -191,12 +201,7 @@ async def test_a_claim_replay_could_not_settle_holds_its_lines_until_withdrawn(
         closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
         claim_id = (await _deferred_claim(srv, his, closing))["setl_id"]
         await clear_rule(srv.dsn, "region:441800", "settlement")
-
-        async def normal() -> bool:
-            answer = await his.call("2303", closing)
-            return answer["infcode"] == 0 and "应急预案" not in (answer["warn_msg"] or "")
-
-        await until(normal)
+        await _lifted(his, closing, claim_id)
         # What replay does with a claim the rules refuse (the tester's: a refund line uploaded
         # under the plan left a negative first self-pay).
         await srv.fetch(
@@ -323,4 +328,42 @@ async def test_a_visit_split_across_two_gateways_journals_is_applied_in_the_orde
             "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", claim["setl_id"]
         )
         assert settled is not None and settled["medfee_sumamt"] == 6000
+        assert await srv.check_ledger() == []
+
+
+async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused_for(
+    new_database: Callable[..., Any],
+) -> None:
+    """A stay's 2304 taken as a claim under the plan is judged as a visit's 2207 is, by its
+    pre-settlement over the stay as it is (it was taken unjudged: a total its lines do not make
+    was answered with a claim number, the patient paid in cash, and replay refused it)."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
+        await his.ok("2402", _discharge(mdtrt_id))
+        closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+        async def deferring() -> bool:
+            answer = await his.call("2303", closing)
+            return "应急预案" in (answer["warn_msg"] or "")
+
+        await until(deferring)
+        before = await srv.ledger_fingerprint()
+        wrong = _stay_settlement(his, mdtrt_id, "999.00", "0")
+        refused = await his.call("2304", wrong)
+        assert refused["infcode"] == -1, refused
+        assert f"医疗费总额999.00与费用明细合计{total(BEFORE)}不一致" in refused["err_msg"]
+        other_insutype = {"data": dict(closing["data"], insutype="390")}
+        refused = await his.call("2304", other_insutype)
+        assert refused["infcode"] == -1 and "险种类型390" in refused["err_msg"], refused
+        assert await srv.ledger_fingerprint() == before
+        assert await srv.fetchval("SELECT count(*) FROM deferred") == 0
+        taken = (await his.ok("2304", closing))["setlinfo"]
+        assert taken["setl_id"].startswith("DF")
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        await _lifted(his, closing, taken["setl_id"])
+        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert summary == {"total": 1, "settled": 1, "failed": [], "damaged_segments": []}
         assert await srv.check_ledger() == []

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.app.cli import zone_warning
+from gateway.core.timestamps import zone_warning
 
 
 @pytest.fixture
