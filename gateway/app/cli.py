@@ -124,11 +124,24 @@ START_DATABASE_SECONDS = 30.0
 
 
 _START_FAILURES: tuple[type[Exception], ...] = (TimeoutError, *db.UNAVAILABLE)
+START_RETRY_SECONDS = 0.5
 
 
 async def _prepared(settings: Settings, within: float) -> None:
-    async with asyncio.timeout(within):
-        await prepare_database(settings)
+    """The database prepared, trying again until `within` seconds have passed: found from
+    outside, a refused connection (a database restarting) ended the start at once, though the
+    message said it had waited, and a gateway started seconds before its database stayed down."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                await prepare_database(settings)
+            return
+        except db.UNAVAILABLE:
+            if loop.time() + START_RETRY_SECONDS >= deadline:
+                raise
+            await asyncio.sleep(START_RETRY_SECONDS)
 
 
 async def _demo_load(url: str, reference_dir: Path) -> None:

@@ -443,6 +443,7 @@ def build_app(settings: Settings) -> web.Application:
             settings, group_commit=GroupCommit.for_process, group_read=GroupRead.for_process
         )
         app[GATEWAY] = gw
+        await gw.recall_answers()
         reconcile.start_readers(gw.config.reconcile_files)
         metrics.prime(
             transaction.TRANSACTIONS,

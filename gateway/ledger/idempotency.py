@@ -60,6 +60,25 @@ async def lookup_many(
     return [found.get(key) for key in keys]
 
 
+_NEWEST = (
+    "SELECT fixmedins_code, msgid, body_sha256, answer, tombstone FROM idempotency"
+    " WHERE answer IS NOT NULL ORDER BY created_at DESC LIMIT $1"
+)
+
+
+async def newest(conn: asyncpg.Connection, limit: int) -> list[tuple[str, str, Stored]]:
+    """The latest `limit` committed answers, newest first (a starting process's recent answers)."""
+    rows = await conn.fetch(_NEWEST, limit)
+    return [
+        (
+            r["fixmedins_code"],
+            r["msgid"],
+            Stored(bytes(r["body_sha256"]), bytes(r["answer"]), bool(r["tombstone"])),
+        )
+        for r in rows
+    ]
+
+
 def replay(stored: Stored, body_sha256: bytes, msgid: str) -> bytes:
     """The stored answer for the same body; a different body under the same msgid is refused."""
     if stored.tombstone:

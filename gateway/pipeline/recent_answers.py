@@ -7,7 +7,8 @@ local journal holds only deferred claims) and became a deferred claim, the patie
 in cash for a sale the account had already paid. An answer the ledger committed never changes,
 so the process keeps the latest of them, bounded by count, and the plan's detours look here
 before they defer, reject or forward a retry. Per process: a retry that reaches another worker
-or node is looked up in the ledger as before.
+or node is looked up in the ledger as before. A serving process starts with the ledger's newest
+answers (`recall`), so a restart does not forget what was answered before it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ class RecentAnswers:
         answers[(fixmedins_code, msgid)] = Stored(body_sha256, answer)
         if len(answers) > self.capacity:
             answers.popitem(last=False)  # the oldest
+
+    def recall(self, newest_first: list[tuple[str, str, Stored]]) -> None:
+        """What the ledger answered before this process started, newest first (found from
+        outside: a gateway restarted, then the ledger dropped away, and a till's retry of a sale
+        settled before the restart became a claim, the patient told to pay it again in cash).
+        Answers this process gives itself stay newer than these."""
+        answers = self._answers
+        for fixmedins_code, msgid, stored in newest_first[: self.capacity]:
+            key = (fixmedins_code, msgid)
+            if key in answers:
+                continue  # this process's own, newer
+            answers[key] = stored
+            answers.move_to_end(key, last=False)  # each older than the one before
+        while len(answers) > self.capacity:
+            answers.popitem(last=False)
 
     def answered(self, fixmedins_code: str, msgid: str) -> Stored | None:
         """The committed answer of this msgid, if this process gave it lately."""

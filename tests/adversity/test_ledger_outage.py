@@ -773,3 +773,56 @@ async def test_the_claims_gauge_keeps_the_ledgers_claims_while_it_is_out_of_reac
             assert gauge() >= 4
         finally:
             await proxy.close()
+
+
+@contextlib.asynccontextmanager
+async def _another_process(dsn: str, journal: Path) -> AsyncIterator[tuple[str, Any]]:
+    """A gateway started afresh on the same ledger (a restart): its URL and its Gateway."""
+    from aiohttp import web
+
+    from gateway.app.server import GATEWAY, build_app
+
+    settings = Settings(dsn, pool_max=8, pool_min=1, config=CONFIG, journal_dir=journal)
+    runner = web.AppRunner(build_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", runner.app[GATEWAY]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_restarted_gateway_answers_a_retry_of_a_sale_settled_before_it(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: a gateway was restarted, the ledger then dropped away, and the tills'
+    retries of sales settled before the restart became all-cash claims (the patient told to pay
+    again for a sale the ledger had settled): the process had lost its recent answers, and the
+    ledger could not be asked. A serving process starts knowing the answers the ledger
+    committed lately."""
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
+        try:
+            pos = srv.client(PHARMACY)
+            drug = pos.drug_input(PERSONS[0], "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+            body = msgspec.json.encode(pos.envelope("2102", drug))
+            status, first = await pos.post_raw(body)
+            assert status == 200 and decode(first)["infcode"] == 0, first
+            journal = tmp_path / "restarted"
+            async with _another_process(_through(srv.dsn, proxy.port), journal) as (url, gw):
+                await proxy.close()  # the ledger refuses every connection from now on
+                breaker = gw.breakers["postgres"]
+                for _ in range(FAST_BREAKER.consecutive_failures):
+                    breaker.record(False)
+                assert breaker.is_open
+                async with srv.session.post(
+                    f"{url}/fsi/api/rsfComIfsService/callService",
+                    data=body,
+                    headers=pos.headers(),
+                ) as resp:
+                    again = await resp.read()
+                assert again == first, decode(again)  # not a claim: the answer it was given
+        finally:
+            await proxy.close()

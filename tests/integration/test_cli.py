@@ -316,7 +316,8 @@ def test_serve_without_its_database_stops_in_one_line() -> None:
     outage, the network swallowing packets), `serve` waited without a deadline, listened
     nowhere, and died with a traceback when the database came back. It gives up after
     --start-timeout in one line, exit status 2, for a supervisor to start it again; a port that
-    refuses is told at once."""
+    refuses is tried again until then (found from outside: it ended at once, its line saying it
+    had waited)."""
     with socket.socket() as silent, socket.socket() as closed:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # connections complete in the kernel and are never answered
@@ -332,3 +333,55 @@ def test_serve_without_its_database_stops_in_one_line() -> None:
             assert done.returncode == 2, done.stderr
             lines = done.stderr.strip().splitlines()
             assert len(lines) == 1 and "无法连接数据库，网关未启动" in lines[0], done.stderr
+
+
+async def test_serve_starts_once_its_database_answers_within_the_start_timeout(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: a gateway started five seconds before its database came back had
+    already given up (a refused connection ended the start at once); without a process manager
+    the site stayed down after the database recovered. It keeps trying until --start-timeout."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from tests.adversity.proxy import Proxy
+
+    dsn = await _fresh(new_database, "late")
+    parts = urlsplit(dsn)
+    if not parts.hostname or parts.hostname.startswith("/"):
+        return  # reached by a Unix socket: nothing to put in between
+    port = _free_port()  # nothing listens there yet: connections are refused
+    netloc = parts.netloc.rsplit("@", 1)
+    auth = netloc[0] + "@" if len(netloc) == 2 else ""
+    late = urlunsplit((parts.scheme, f"{auth}127.0.0.1:{port}", parts.path, parts.query, ""))
+    http = _free_port()
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--port", str(http),
+            "--database-url", late, "--start-timeout", "20",
+            stdout=asyncio.subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+    proxy = Proxy(parts.hostname, parts.port or 5432)
+    try:
+        await asyncio.sleep(2.0)
+        assert proc.returncode is None, log.read_text(errors="replace")  # still trying
+        await proxy.start(port)  # the database answers now
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{http}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert proc.returncode is None, log.read_text(errors="replace")
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(log.read_text(errors="replace"))
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proxy.close()

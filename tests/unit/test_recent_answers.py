@@ -27,3 +27,23 @@ def test_zero_keeps_nothing() -> None:
     recent = RecentAnswers(0)
     recent.remember("P1", "m", b"d" * 32, b"one")
     assert len(recent) == 0 and recent.answered("P1", "m") is None
+
+
+def test_recalled_answers_are_older_than_the_process_own_and_forgotten_first() -> None:
+    """A starting process recalls the ledger's latest answers (newest first); its own answers
+    stay newer, and a full store forgets the oldest recalled ones first."""
+    from gateway.ledger.idempotency import Stored
+
+    recent = RecentAnswers(3)
+    recent.remember("P1", "own", b"o" * 32, b"own answer")
+    recent.recall(
+        [("P1", f"r{n}", Stored(b"r" * 32, f"recalled {n}".encode())) for n in (9, 8, 7, 6)]
+        + [("P1", "own", Stored(b"x" * 32, b"older copy"))]
+    )
+    assert len(recent) == 3
+    own = recent.answered("P1", "own")
+    assert own is not None and own.answer == b"own answer"  # not replaced by the older copy
+    kept = [m for m in ("r9", "r8", "r7", "r6") if recent.answered("P1", m) is not None]
+    assert kept == ["r9", "r8"]  # the newest of the recalled
+    recent.remember("P1", "later", b"l" * 32, b"later answer")
+    assert recent.answered("P1", "r8") is None and recent.answered("P1", "r9") is not None
