@@ -8,7 +8,7 @@ recovery. The journaled encounter calls of the same visits get provisional ids.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
+import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -29,7 +29,7 @@ from adapters.national.wire import (
     when,
     when_required,
 )
-from gateway.core.timestamps import second_digits
+from gateway.core.timestamps import day_digits
 from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
 from gateway.ledger import deferred, fees, persons
 from gateway.ledger.persons import Certificate
@@ -92,13 +92,23 @@ class _Purchase(Node):
 _decimal_json = msgspec.json.Decoder(float_hook=Decimal)
 
 
-def new_claim_id(admdvs: str, now: dt.datetime) -> str:
-    """Unique without the ledger: the journal may be where it is first written."""
-    return f"{CLAIM_PREFIX}{admdvs[:6]}{second_digits(now)}{secrets.token_hex(4).upper()}"
+def new_claim_id(admdvs: str, now: dt.datetime, fixmedins_code: str, msgid: str) -> str:
+    """Unique without the ledger (the journal may be where it is first written), and the same
+    for the same message wherever it is taken: found from outside, a till's retry that reached
+    another worker while the ledger was away was given a second claim number, and the one on
+    the patient's receipt vanished when the journals were drained (one claim per msgid)."""
+    return f"{CLAIM_PREFIX}{admdvs[:6]}{day_digits(now)}{_of_message(fixmedins_code, msgid)}"
 
 
-def new_provisional_id(admdvs: str, now: dt.datetime) -> str:
-    return f"{PROVISIONAL_PREFIX}{admdvs[:6]}{second_digits(now)}{secrets.token_hex(4).upper()}"
+def new_provisional_id(admdvs: str, now: dt.datetime, fixmedins_code: str, msgid: str) -> str:
+    """A visit's id while its registration waits, the same for the same message (as above)."""
+    return f"{PROVISIONAL_PREFIX}{admdvs[:6]}{day_digits(now)}{_of_message(fixmedins_code, msgid)}"
+
+
+def _of_message(fixmedins_code: str, msgid: str) -> str:
+    """14 hex digits of the message's key: 30 characters in all, as the ids were."""
+    key = f"{fixmedins_code}\x00{msgid}".encode()
+    return hashlib.sha256(key).hexdigest()[:14].upper()
 
 
 def is_claim_id(setl_id: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import sys
 import time
@@ -104,6 +105,7 @@ class Gateway:
         "config",
         "groups",
         "journal",
+        "ledger_claims",
         "ledgers",
         "limiter",
         "plan",
@@ -166,6 +168,11 @@ class Gateway:
             for p in self.ledgers.all
             if group_read is not None and (reads := group_read(p.pool, settings)) is not None
         }
+        # Per ledger database, whether it held a claim at the watcher's last count (absent:
+        # not counted yet, or a claim taken since): pre-settlements read claims only then.
+        self.ledger_claims: dict[str, bool] = {}
+        for name, reads in self.reads.items():
+            reads.claims_held = functools.partial(self.may_hold_claims, name)
         breakers = config.breakers
         self.breakers: dict[str, Breaker] = {}
         for name, cfg in (
@@ -233,6 +240,10 @@ class Gateway:
         gw = cls(settings, pool, reference, snapshot, redis, group_commit, group_read, ledgers)
         gw.set_plan(plan)
         return gw
+
+    def may_hold_claims(self, ledger: str) -> bool:
+        """Whether the ledger database may hold a claim holding lines (see `ledger_claims`)."""
+        return self.ledger_claims.get(ledger, True)
 
     async def recall_answers(self) -> None:
         """A serving process starts knowing the answers every ledger database committed lately,

@@ -250,7 +250,7 @@ def _purchase_claim(gw: Gateway, req: Request, institution: Institution, now: dt
     sale = _sale_of(gw, req, institution, now)
     facts = deferral.read_claim(req)
     _check_dates(gw, req, institution, now)
-    claim_id = deferral.new_claim_id(institution.admdvs, now)
+    claim_id = deferral.new_claim_id(institution.admdvs, now, req.fixmedins_code, req.msgid)
     # The purchase's visit is made when the claim is replayed; until then the claim stands for it.
     entry = _claim_entry(req, facts, claim_id, claim_id, facts.service_date or now.date(), now)
     warn_msg = deferral.DEFER_WARN.format(claim_id=claim_id)
@@ -309,11 +309,14 @@ async def _defer_claim(call: Call) -> Answer:
             lines = await _claimed_lines(call.conn, req.fixmedins_code, visit, scope[1])
     if visit == facts.mdtrt_id and not visit.startswith(PROVISIONAL_PREFIX):
         await _refuse_as_its_settlement(call)
-    claim_id = deferral.new_claim_id(call.institution.admdvs, call.now)
+    claim_id = deferral.new_claim_id(
+        call.institution.admdvs, call.now, call.req.fixmedins_code, call.req.msgid
+    )
     entry = _claim_entry(
         req, facts, claim_id, mdtrt_id, service_date or call.now.date(), call.now, lines
     )
     await deferred.insert(call.conn, entry, "ledger")
+    call.gw.ledger_claims.clear()  # pre-settlements read claims again until the next count
     output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, call.now, balance)
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
 
@@ -383,9 +386,12 @@ async def _defer_call(call: Call) -> Answer:
     _check_dates(call.gw, req, call.institution, call.now)
     provisional = None
     if deferral.opens_visit(req.infno):
-        provisional = deferral.new_provisional_id(call.institution.admdvs, call.now)
+        provisional = deferral.new_provisional_id(
+            call.institution.admdvs, call.now, req.fixmedins_code, req.msgid
+        )
     entry = _entry("call", req, call.now, provisional_id=provisional)
     await deferred.insert(call.conn, entry, "ledger")
+    call.gw.ledger_claims.clear()  # pre-settlements read claims again until the next count
     ref = provisional or req.msgid
     return Answer(
         deferral.call_output(req, provisional), warn_msg=deferral.CALL_WARN.format(ref=ref)
@@ -441,7 +447,7 @@ async def _journal_claim(
     facts = deferral.read_claim(req)
     _refuse_as_its_request(gw, req, institution, received)
     _check_dates(gw, req, institution, received)
-    claim_id = deferral.new_claim_id(institution.admdvs, received)
+    claim_id = deferral.new_claim_id(institution.admdvs, received, req.fixmedins_code, req.msgid)
     mdtrt_id = facts.mdtrt_id or claim_id
     journal = gw.journal
     scope = deferral.claim_scope(req)
@@ -486,7 +492,9 @@ async def _journal_call(
     _check_dates(gw, req, institution, received)
     provisional = None
     if deferral.opens_visit(req.infno):
-        provisional = deferral.new_provisional_id(institution.admdvs, received)
+        provisional = deferral.new_provisional_id(
+            institution.admdvs, received, req.fixmedins_code, req.msgid
+        )
     out = encode_response(
         region=gw.region,
         received=received,
@@ -816,6 +824,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                     ]
                     for p, conn in zip(reachable, conns, strict=True):
                         pending_in[p.name] = await deferred.pending_claims(conn)
+                        gw.ledger_claims[p.name] = await deferred.holding_claims(conn)
                     if len(conns) == len(gw.ledgers.all):  # a part would read as paid out
                         await payouts.refresh_metrics(conns, dt.datetime.now(dt.UTC))
         except asyncio.CancelledError:

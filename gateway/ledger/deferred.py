@@ -201,6 +201,16 @@ async def pending_claims(conn: asyncpg.Connection) -> int:
     )
 
 
+async def holding_claims(conn: asyncpg.Connection) -> bool:
+    """Whether any claim holds lines (pending, or failed at replay and not withdrawn)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM deferred WHERE kind = 'claim'"
+            " AND status IN ('pending', 'failed'))"
+        )
+    )
+
+
 async def unfixed_claims(conn: asyncpg.Connection, infnos: list[str]) -> list[asyncpg.Record]:
     """Pending claims of these transactions (those settling a visit's lines) that do not name
     their lines yet, in the order they were received (journaled claims, and those taken while

@@ -128,8 +128,8 @@ class Batched(Generic[K, R]):
 NOTE_WAIT_SECONDS = 0.05  # see settlement_state.preview_many's note_wait
 
 
-async def _previews(conn: asyncpg.Connection, jobs: list[Job]) -> list[Built | GatewayError]:
-    return await preview_many(conn, jobs, note_wait=NOTE_WAIT_SECONDS)
+def _maybe() -> bool:
+    return True
 
 
 async def _answers(
@@ -144,10 +144,18 @@ class GroupRead:
     def __init__(
         self, pool: asyncpg.Pool, *, readers: int, max_batch: int, acquire_timeout: float
     ) -> None:
+        # Whether the ledger may hold claims (the process's last count; True until counted).
+        self.claims_held: Callable[[], bool] = _maybe
+
+        async def previews(conn: asyncpg.Connection, jobs: list[Job]) -> list[Built | GatewayError]:
+            return await preview_many(
+                conn, jobs, note_wait=NOTE_WAIT_SECONDS, claims=self.claims_held()
+            )
+
         self.previews: Batched[Job, Built] = Batched(
             pool,
             metrics.GROUP_READ_KINDS[0],
-            _previews,
+            previews,
             readers=readers,
             max_batch=max_batch,
             acquire_timeout=acquire_timeout,

@@ -131,6 +131,8 @@ class Reads(Protocol):
     """The group read of one ledger database (gateway.pipeline.group_read.GroupRead), held by
     the runtime by this shape for the same reason as Batches."""
 
+    claims_held: Callable[[], bool]  # whether its previews read the claims holding lines
+
     async def preview(self, job: Job, expires: float) -> Built | None:
         """The job's build over the state as it is, or None (take the single path)."""
 

@@ -242,13 +242,19 @@ def visit_job(
                 now,
             )
             return Built(encode(rec, ctx, this), noted, held.balance, held.year)
+        declared = this.declared
+        if only is not None:
+            # A claim at replay: the patient paid its bill in cash, and the split is the rules'
+            # now (found from outside: a HIS filled a claim's 2207 split from the 2204 answer
+            # the outage left empty, and replay refused every such claim, never reimbursed).
+            declared = settlements.Declared(medfee_sumamt=declared.medfee_sumamt)
         rec, s, writes = settle_lines(
             snapshot,
             ctx,
             held,
             visit,
             lines,
-            this.declared,
+            declared,
             now,
             setl_serial=setl_serial,
             replaces=visit.refunded.pop(ctx.chrg_bchno, None),

@@ -826,3 +826,54 @@ async def test_a_restarted_gateway_answers_a_retry_of_a_sale_settled_before_it(
                 assert again == first, decode(again)  # not a claim: the answer it was given
         finally:
             await proxy.close()
+
+
+async def test_a_claim_retried_on_another_worker_keeps_its_number(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside (two workers, the ledger refusing): a till's retry that reached the
+    other worker was given a second claim number; draining the journals kept one claim per
+    msgid, and the number on the patient's receipt vanished (5203 of it: no settlement). The
+    number is the message's: every worker gives the same one, and it is the one kept."""
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
+        port = proxy.port
+        try:
+            pos = srv.client(PHARMACY)
+            drug = pos.drug_input(PERSONS[1], "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+            body = msgspec.json.encode(pos.envelope("2102", drug))
+            dsn = _through(srv.dsn, port)
+            async with (
+                _another_process(dsn, tmp_path / "a") as (url_a, gw_a),
+                _another_process(dsn, tmp_path / "b") as (url_b, gw_b),
+            ):
+                await proxy.close()  # refused from now on
+                for gw in (gw_a, gw_b):
+                    breaker = gw.breakers["postgres"]
+                    for _ in range(FAST_BREAKER.consecutive_failures):
+                        breaker.record(False)
+                numbers = []
+                for url in (url_a, url_b, url_a):
+                    async with srv.session.post(
+                        f"{url}/fsi/api/rsfComIfsService/callService",
+                        data=body,
+                        headers=pos.headers(),
+                    ) as resp:
+                        answer = decode(await resp.read())
+                    assert answer["infcode"] == 0, answer
+                    numbers.append(answer["output"]["setlinfo"]["setl_id"])
+                assert numbers[0].startswith("DF") and len(set(numbers)) == 1, numbers
+                await proxy.start(port)  # the ledger is back: both journals drain into it
+                kept = "SELECT claim_id FROM deferred WHERE kind = 'claim' AND msgid = $1"
+                msgid = msgspec.json.decode(body)["msgid"]
+
+                async def drained() -> bool:
+                    return await srv.fetchval(kept, msgid) is not None
+
+                await until(drained, within=30.0)
+                assert await srv.fetchval(kept, msgid) == numbers[0]
+                claims = "SELECT count(*) FROM deferred WHERE kind = 'claim'"
+                assert await srv.fetchval(claims) == 1
+        finally:
+            await proxy.close()

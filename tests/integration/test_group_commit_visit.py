@@ -266,7 +266,9 @@ async def test_a_provisional_id_used_online_writes_the_visit_it_became(grouped: 
     changed nothing, the 2204 stored its lines under it and was refused by the database."""
     his = grouped.client(HOSPITAL)
     mdtrt_id = await _visit(grouped, RETIREE, "MZ-GCV-PV")
-    provisional = deferral.new_provisional_id("441800", dt.datetime(2026, 3, 2, 9, 0))
+    provisional = deferral.new_provisional_id(
+        "441800", dt.datetime(2026, 3, 2, 9, 0), "H44180000001", "MSG-PROVISIONAL"
+    )
     await grouped.fetch(
         "INSERT INTO deferred_ids (provisional_id, mdtrt_id) VALUES ($1, $2) RETURNING 1",
         provisional,
@@ -294,7 +296,9 @@ async def test_a_diagnosis_wrong_twice_names_its_med_type_first_whatever_its_id(
     provisional one not yet replayed."""
     his = grouped.client(HOSPITAL)
     mine = await _visit(grouped, RETIREE, "MZ-GCV-TWO")
-    unknown = deferral.new_provisional_id("441800", dt.datetime(2026, 3, 2, 9, 0))
+    unknown = deferral.new_provisional_id(
+        "441800", dt.datetime(2026, 3, 2, 9, 0), "H44180000001", "MSG-UNKNOWN"
+    )
     for mdtrt_id in (mine, unknown, "NO-SUCH-VISIT"):
         got = await his.call("2203", _info(mdtrt_id, RETIREE, "99"))
         assert got["infcode"] == -1 and "不支持的医疗类别99" in got["err_msg"], mdtrt_id

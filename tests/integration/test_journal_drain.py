@@ -61,7 +61,7 @@ async def _journaled_sales(pos: Any, directory: Path, count: int, at: dt.datetim
             body=deferral.stored_request(req),
             answer=b"{}",
             received_at=at,
-            claim_id=deferral.new_claim_id("441800", at),
+            claim_id=deferral.new_claim_id("441800", at, req.fixmedins_code, req.msgid),
             digest=fingerprint(req),
         )
         await journal.append(entry)

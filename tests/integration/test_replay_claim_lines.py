@@ -17,10 +17,18 @@ import pytest
 
 from adapters.national import deferral
 from adapters.national.envelope import decode_request
+from gateway.app.server import GATEWAY
 from gateway.emergency.deferred.journal import Journal
 from gateway.ledger.deferred import Entry
 from tests.integration.conftest import Server, running_gateway
-from tests.integration.emergency_helpers import clear_rule, cli, set_rule, until
+from tests.integration.emergency_helpers import (
+    OUTPATIENT_LINES,
+    OUTPATIENT_TOTAL,
+    clear_rule,
+    cli,
+    set_rule,
+    until,
+)
 from tests.integration.his_client import HisClient, certificate
 from tests.integration.parity_helpers import line, total
 
@@ -232,7 +240,7 @@ async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
     async with running_gateway(new_database) as srv:
         his = srv.client(HOSPITAL)
         at = dt.datetime.now().replace(microsecond=0)
-        visit = deferral.new_provisional_id("441800", at)
+        visit = deferral.new_provisional_id("441800", at, HOSPITAL, "JOURNALED-2401")
         journal = Journal(tmp_path)
 
         async def journaled(kind: str, infno: str, input_: Any, **fields: Any) -> None:
@@ -242,7 +250,12 @@ async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
         await journaled("call", "2401", _admission(), provisional_id=visit)
         await journaled("call", "2301", _upload(visit, BEFORE, "2025-07-02 10:00:00"))
         midway = _stay_settlement(his, visit, total(BEFORE), "1")
-        await journaled("claim", "2304", midway, claim_id=deferral.new_claim_id("441800", at))
+        await journaled(
+            "claim",
+            "2304",
+            midway,
+            claim_id=deferral.new_claim_id("441800", at, HOSPITAL, "JOURNALED-2304"),
+        )
         await journaled("call", "2301", _upload(visit, AFTER, "2025-07-05 10:00:00"))
         await journaled("call", "2402", _discharge(visit))
         journal.close()  # the process is gone: its segment is free to drain
@@ -283,7 +296,7 @@ async def test_a_visit_split_across_two_gateways_journals_is_applied_in_the_orde
     async with running_gateway(new_database) as srv:
         his = srv.client(HOSPITAL)
         at = dt.datetime.now().replace(microsecond=0)
-        visit = deferral.new_provisional_id("441800", at)
+        visit = deferral.new_provisional_id("441800", at, HOSPITAL, "JOURNALED-2401")
         node_a, node_b = Journal(tmp_path / "a"), Journal(tmp_path / "b")
         day = f"{at:%Y-%m-%d %H:%M:%S}"
         lines = [line("1", "ZL0003", "60", 1)]  # 60.00
@@ -305,7 +318,7 @@ async def test_a_visit_split_across_two_gateways_journals_is_applied_in_the_orde
         rows = his.fee_rows(visit, RETIREE, lines, day, "B1")
         await journaled(node_b, 3, "call", "2204", {"feedetail": rows})
         settle = his.settle_data(RETIREE, visit, "11", total(lines), "310", "0", chrg_bchno="B1")
-        claim_id = deferral.new_claim_id("441800", at)
+        claim_id = deferral.new_claim_id("441800", at, HOSPITAL, "JOURNALED-2207")
         await journaled(node_a, 4, "claim", "2207", settle, claim_id=claim_id)
         node_a.close()
         node_b.close()
@@ -366,4 +379,60 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         await _lifted(his, closing, taken["setl_id"])
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
         assert summary == {"total": 1, "settled": 1, "failed": [], "damaged_segments": []}
+        assert await srv.check_ledger() == []
+
+
+async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_at_replay(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with the visit's calls kept under the plan, a 2204 is answered with
+    no priced lines, and a HIS that fills its 2207's split (全自费, 超限价, 先行自付, 符合政策范围)
+    from that answer declares zeros. The claim was taken, and replay refused it ("先行自付金额0.00
+    与中心计算结果…不一致"), the fund's share never reimbursed. At replay a claim's bill is its
+    total; the split is the rules'."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        scope = f"institution:{HOSPITAL}"
+        await set_rule(srv.dsn, scope, "encounter", "defer", "演练主动报")
+        await set_rule(srv.dsn, scope, "settlement", "defer", "演练主动报")
+        assert srv.app is not None
+        await srv.app[GATEWAY].reload_plan(force=True)
+        day = "2026-05-06"
+        mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-CLAIM-ZEROS")
+        assert mdtrt_id.startswith("PV")
+        await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+        uploaded = await his.ok(
+            "2204",
+            {
+                "feedetail": his.fee_rows(
+                    mdtrt_id, RETIREE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1"
+                )
+            },
+        )
+        assert uploaded["result"] == []  # nothing priced to fill the split from
+        zeros = {
+            name: "0.00"
+            for name in ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+        }
+        data = his.settle_data(
+            RETIREE, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1", **zeros
+        )
+        claim = (await his.ok("2207", data))["setlinfo"]
+        assert claim["setl_id"].startswith("DF")
+        await clear_rule(srv.dsn, scope, "encounter")
+        await clear_rule(srv.dsn, scope, "settlement")
+        calls = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
+
+        async def applied() -> bool:
+            return await srv.fetchval(calls) == 0
+
+        await until(applied, within=15.0)
+        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert summary == {"total": 1, "settled": 1, "failed": [], "damaged_segments": []}
+        row = await srv.fetchrow(
+            "SELECT s.preselfpay_amt, s.inscp_scp_amt, s.hifp_pay FROM deferred d"
+            " JOIN settlements s ON s.setl_id = d.setl_id WHERE d.claim_id = $1",
+            claim["setl_id"],
+        )
+        assert row is not None and row["preselfpay_amt"] > 0 and row["inscp_scp_amt"] > 0
         assert await srv.check_ledger() == []

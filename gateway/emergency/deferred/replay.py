@@ -50,6 +50,8 @@ async def drain(
     """
     await journal.rotate()
     moved = 0
+    if journal.holds_anything or journal.drainable_exists():
+        gw.ledger_claims.clear()  # claims may reach the ledger: pre-settlements read them
     for path, handle in journal.drainable():
         try:
             damaged: list[Damaged] = []
