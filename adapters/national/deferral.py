@@ -67,6 +67,10 @@ CALL_WARN = "医保系统应急处置中，本笔业务已暂存（{ref}），�
 PENDING_MSG = (
     "{what}已按应急预案暂存为待结算（暂存结算单号{claim_id}），请待恢复后由系统补结算或先撤销暂存"
 )
+ELSEWHERE_MSG = (
+    "{what}已在应急预案转原系统期间由原系统结算（原系统结算ID{setl_id}），不能在本系统重复结算："
+    "如需重新结算，请先撤销原系统的该笔结算（转原系统期间以2208/2305办理）或联系医保经办机构"
+)
 FAILED_HELD_MSG = (
     "{what}已按应急预案暂存（暂存结算单号{claim_id}），补结算未成功，参保人已按现金全额支付："
     "请先以该暂存结算单号办理撤销（退还现金）后重新结算，或联系医保经办机构处理"
@@ -251,6 +255,31 @@ def presettle_output(req: Request) -> dict[str, Any]:
     }
 
 
+class _SetlInfo(msgspec.Struct):
+    setl_id: Any = None
+
+
+class _SettledOutput(msgspec.Struct):
+    setlinfo: _SetlInfo | None = None
+
+
+class _SettledAnswer(msgspec.Struct):
+    output: _SettledOutput | None = None
+
+
+_settled_answer = msgspec.json.Decoder(_SettledAnswer)
+
+
+def answered_setl_id(answer: bytes) -> str:
+    """The setl_id another system's settlement answer gives (output.setlinfo), or ""."""
+    try:
+        got = _settled_answer.decode(answer)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+    info = got.output.setlinfo if got.output is not None else None
+    return text(info.setl_id) if info is not None else ""
+
+
 def withdrawal_ref(req: Request) -> tuple[str, str, str]:
     """(setl_id, mdtrt_id, psn_no) of a 2208/2305/2103."""
     data = decode_input(req, In2208).data
@@ -419,6 +448,9 @@ def held_lines(claims: list[deferred.PendingClaim], fixmedins_code: str) -> list
     for c in claims:
         if c.fixmedins_code != fixmedins_code:
             continue
+        if c.elsewhere_lines is not None:
+            out.append(deferred.Held(c.claim_id, c.infno, c.elsewhere_lines, elsewhere=True))
+            continue
         scope = claim_scope(request_of(c.body))
         lines = scope[1] if scope else fees.ALL
         out.append(deferred.Held(c.claim_id, c.infno, lines, failed=c.failed))
@@ -437,5 +469,7 @@ def refuse_if_held(held: list[deferred.Held], lines: str) -> None:
                 what = (
                     "本次住院费用" if kind_of(h.infno) is Kind.INPATIENT else "本次就诊的待结算费用"
                 )
+            if h.elsewhere:
+                raise Conflict(ELSEWHERE_MSG.format(what=what, setl_id=h.claim_id))
             words = FAILED_HELD_MSG if h.failed else PENDING_MSG
             raise Conflict(words.format(what=what, claim_id=h.claim_id))

@@ -30,7 +30,16 @@ from gateway.emergency.breaker import Breaker, loop_stalls
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.emergency.plan import store as plan_store
 from gateway.emergency.plan.rules import CLASSES, Action, Decision, TxClass
-from gateway.ledger import db, deferred, encounters, fees, idempotency, persons, settlements
+from gateway.ledger import (
+    db,
+    deferred,
+    encounters,
+    fees,
+    idempotency,
+    legacy_settlements,
+    persons,
+    settlements,
+)
 from gateway.ledger.deferred import Entry
 from gateway.ledger.partitions import MAIN
 from gateway.ledger.writes import Writes
@@ -157,7 +166,7 @@ async def intercept(
     if decision.action in (Action.ROUTE_LEGACY, Action.ROUTE_LEGACY_SHADOW):
         if not ledger_down and await _this_gateways(gw, tx, req):
             return None  # undone, or settled, where it was done: here
-        return await _route_legacy(gw, req, body, received, ledger_down)
+        return await _route_legacy(gw, tx, req, body, received, ledger_down)
     if decision.action is Action.SELFPAY:
         return Detour(mode=Mode.SELFPAY) if tx.admits else None
     if decision.action is not Action.DEFER:
@@ -636,7 +645,12 @@ ROUTED_VISITS: list[RoutedVisits] = []
 
 
 async def _route_legacy(
-    gw: Gateway, req: Request, body: bytes, received: dt.datetime, ledger_down: bool
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    body: bytes,
+    received: dt.datetime,
+    ledger_down: bool,
 ) -> Detour:
     """Forward the envelope and relay the old system's answer: unchanged, but for the numbers
     of visits opened here and mirrored there (ROUTED_VISITS), rewritten to the old system's on
@@ -677,7 +691,44 @@ async def _route_legacy(
         answer = renumber(answer)
     # Not kept with the ledger known down (the breaker's route): the attempt would hold every
     # routed answer on a pool that cannot serve it.
-    return Detour(answer=answer, outcome=dispatch.Result.LEGACY, keep=not ledger_down)
+    return Detour(
+        answer=answer,
+        outcome=dispatch.Result.LEGACY,
+        keep=not ledger_down,
+        kept=_settled_elsewhere(tx, req, answer),
+    )
+
+
+def _settled_elsewhere(
+    tx: Transaction, req: Request, answer: bytes
+) -> Callable[[asyncpg.Connection], Awaitable[None]] | None:
+    """What the old system's answer does to a visit's lines here: a settlement of them (2207/
+    2304 answered 成功 with its setl_id) holds them, its cancellation (2208/2305) frees them."""
+    if idempotency.refusal_of(answer) is not None:
+        return None
+    if tx.settle_claim is not None:
+        scope = deferral.claim_scope(req)
+        setl_id = deferral.answered_setl_id(answer)
+        if scope is None or not setl_id:
+            return None
+        return functools.partial(
+            legacy_settlements.record,
+            fixmedins_code=req.fixmedins_code,
+            setl_id=setl_id,
+            mdtrt_id=scope[0],
+            lines=scope[1],
+            infno=req.infno,
+            msgid=req.msgid,
+        )
+    if tx.undo is Undo.CANCELLATION and tx.kind in (Kind.OUTPATIENT, Kind.INPATIENT):
+        try:
+            setl_id = deferral.withdrawal_ref(req)[0]
+        except GatewayError:
+            return None
+        return functools.partial(
+            legacy_settlements.cancel, fixmedins_code=req.fixmedins_code, setl_id=setl_id
+        )
+    return None
 
 
 # A provisional visit id (handed out here under the plan) as a JSON string in a request's input.
@@ -708,9 +759,7 @@ async def _this_gateways(gw: Gateway, tx: Transaction, req: Request) -> bool:
             return True  # refused here, in the words the handler uses
         if deferral.is_claim_id(setl_id):
             return True
-        lookup = functools.partial(
-            settlements.held, setl_id=setl_id, fixmedins_code=req.fixmedins_code
-        )
+        lookup = functools.partial(_held_here, setl_id=setl_id, fixmedins_code=req.fixmedins_code)
     else:
         return False
     wait = gw.config.journal.ledger_lookup_seconds
@@ -721,6 +770,14 @@ async def _this_gateways(gw: Gateway, tx: Transaction, req: Request) -> bool:
     except (TimeoutError, *db.UNAVAILABLE, asyncpg.PostgresError):
         # Not known: the old system answers for what it holds, and refuses the rest.
         return False
+
+
+async def _held_here(conn: asyncpg.Connection, *, setl_id: str, fixmedins_code: str) -> bool:
+    """A settlement of this ledger, not the old system's kept under route_legacy (the two
+    systems' numbers may coincide)."""
+    if await legacy_settlements.in_force(conn, fixmedins_code=fixmedins_code, setl_id=setl_id):
+        return False
+    return await settlements.held(conn, fixmedins_code, setl_id)
 
 
 def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:

@@ -202,11 +202,13 @@ async def pending_claims(conn: asyncpg.Connection) -> int:
 
 
 async def holding_claims(conn: asyncpg.Connection) -> bool:
-    """Whether any claim holds lines (pending, or failed at replay and not withdrawn)."""
+    """Whether any claim holds lines (pending, or failed at replay and not withdrawn), or an
+    old system's settlement made under route_legacy does."""
     return bool(
         await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM deferred WHERE kind = 'claim'"
             " AND status IN ('pending', 'failed'))"
+            " OR EXISTS (SELECT 1 FROM legacy_settlements WHERE cancelled_at IS NULL)"
         )
     )
 
@@ -261,6 +263,7 @@ class Held:
     infno: str
     lines: str
     failed: bool = False  # replay could not settle it: the counter may withdraw it
+    elsewhere: bool = False  # the old system's settlement (route_legacy), not a claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,18 +278,25 @@ class PendingClaim:
     infno: str
     body: bytes
     failed: bool = False
+    # The old system's settlement of these lines under route_legacy (claim_id its setl_id):
+    # its lines as recorded, no body.
+    elsewhere_lines: str | None = None
 
 
 async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> list[PendingClaim]:
     """The claims holding lines of these visits (pending, or failed at replay and not withdrawn),
-    including those filed under a provisional id that became one of them. The set is small (an
-    outage's worth), so this stays cheap."""
+    including those filed under a provisional id that became one of them, and the old system's
+    settlements of them in force (gateway.ledger.legacy_settlements), in the same round trip.
+    The sets are small (an outage's worth, a cut-over's), so this stays cheap."""
     rows = await conn.fetch(
         "SELECT d.claim_id, d.fixmedins_code, coalesce(i.mdtrt_id, d.mdtrt_id) AS visit,"
-        " d.infno, d.body, d.status FROM deferred d"
+        " d.infno, d.body, d.status, NULL::text AS lines FROM deferred d"
         " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
         " WHERE d.kind = 'claim' AND d.status IN ('pending', 'failed') AND d.mdtrt_id <> ''"
-        " AND coalesce(i.mdtrt_id, d.mdtrt_id) = ANY($1::text[])",
+        " AND coalesce(i.mdtrt_id, d.mdtrt_id) = ANY($1::text[])"
+        " UNION ALL SELECT l.setl_id, l.fixmedins_code, l.mdtrt_id, l.infno, NULL, 'elsewhere',"
+        " l.lines FROM legacy_settlements l"
+        " WHERE l.cancelled_at IS NULL AND l.mdtrt_id = ANY($1::text[])",
         mdtrt_ids,
     )
     return [
@@ -295,8 +305,9 @@ async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> l
             r["fixmedins_code"],
             r["visit"],
             r["infno"],
-            bytes(r["body"]),
+            b"" if r["body"] is None else bytes(r["body"]),
             failed=r["status"] == "failed",
+            elsewhere_lines=r["lines"],
         )
         for r in rows
     ]

@@ -61,6 +61,9 @@ class Detour:
     # The answer is kept against the msgid of a writing request (the old system's, relayed):
     # a retry gets it whatever the plan says by then, and is never settled here a second time.
     keep: bool = False
+    # What else is written with the kept answer, in its transaction, when it is the first kept
+    # (the old system's settlement of a visit's lines, or its cancellation).
+    kept: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +287,7 @@ async def _plan(
             continue
         if detour.answer is not None:
             if detour.keep and tx.writes:
-                await _keep(gw, req, detour.answer, ledger)
+                await _keep(gw, req, detour.answer, ledger, detour.kept)
             return Outcome(
                 detour.answer,
                 req.infno,
@@ -298,14 +301,23 @@ async def _plan(
     return tx, mode
 
 
-async def _keep(gw: Gateway, req: Request, answer: bytes, ledger: Partition) -> None:
+async def _keep(
+    gw: Gateway,
+    req: Request,
+    answer: bytes,
+    ledger: Partition,
+    kept: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> None:
     """Keep an answer the plan gave (the old system's) against the msgid, as a settlement's is
     kept; the first answer kept wins. With the ledger out of reach it is not kept (logged):
     the plan routes there while its breaker is open, and the old system answers a retry."""
     infcode = 0 if idempotency.refusal_of(answer) is None else -1
     try:
-        async with db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn:
-            await idempotency.keep_answer(
+        async with (
+            db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn,
+            conn.transaction(),
+        ):
+            fresh = await idempotency.keep_answer(
                 conn,
                 req.fixmedins_code,
                 req.msgid,
@@ -315,6 +327,9 @@ async def _keep(gw: Gateway, req: Request, answer: bytes, ledger: Partition) -> 
                 infcode,
                 elsewhere=True,
             )
+            if fresh and kept is not None:
+                await kept(conn)
+                gw.ledger_claims.clear()  # lines held elsewhere: pre-settlements read them
     except (*db.UNAVAILABLE, asyncpg.PostgresError):
         log.warning(
             "answer from the old system not kept",

@@ -289,6 +289,7 @@ async def cancel_discharge(conn: asyncpg.Connection, fixmedins_code: str, a: Vis
     held = deferral.held_lines(
         await deferred.pending_on_visits(conn, [enc.mdtrt_id]), fixmedins_code
     )
+    held = [h for h in held if not h.elsewhere]  # a claim's, not the old system's settlement
     if held:
         raise Conflict(
             f"该住院的结算已按应急预案暂存（暂存结算单号{held[0].claim_id}），"

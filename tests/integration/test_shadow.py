@@ -935,6 +935,7 @@ async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_o
         answer = await _settled_there(his, body)
         assert answer["infcode"] == 0, answer["err_msg"]
         assert answer["output"]["setlinfo"]["mdtrt_id"] == early
+        early_there = answer["output"]["setlinfo"]["setl_id"]
         theirs = await _shadow_id(srv, early)
         assert theirs != early
         async with connect(old_system.dsn) as old:
@@ -997,3 +998,33 @@ async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_o
         row = await _next_comparison(srv, seen)
         assert (row["answered_by"], row["category"], row["differs"]) == ("gateway", "inpatient", True)  # fmt: skip
         assert scope not in await rules()
+
+        # The stay the old system settled is not settled here again under a new msgid (found
+        # from outside: a HIS sends a settlement again as a new message, and the fund paid the
+        # stay twice, once in each system), nor priced: both name the old system's settlement.
+        closing = his.settle_data(EMPLOYEE, early, "21", "175.00", "310", "0", mid_setl_flag="0")
+        for infno in ("2303", "2304"):
+            refused = await his.call(infno, closing)
+            assert refused["infcode"] == -1, (infno, refused)
+            assert "由原系统结算" in refused["err_msg"] and early_there in refused["err_msg"]
+        assert (
+            await srv.fetchval("SELECT count(*) FROM settlements WHERE mdtrt_id = $1", early) == 0
+        )
+        # Cancelled at the old system through the gateway (the stays routed there again), the
+        # stay is the gateway's to settle once the rule is cleared.
+        await set_rule(srv.dsn, scope, "settlement", "route_legacy", "撤销原系统结算")
+        await asyncio.sleep(2.5)
+        back = {"data": {"setl_id": early_there, "mdtrt_id": early, "psn_no": EMPLOYEE}}
+        cancelled = await his.call("2305", back)
+        assert cancelled["infcode"] == 0, cancelled["err_msg"]
+        async with connect(old_system.dsn) as old:
+            status = await old.fetchval(
+                "SELECT status FROM settlements WHERE setl_id = $1", early_there
+            )
+        assert status == "cancelled"
+        await clear_rule(srv.dsn, scope, "settlement", "原系统结算已撤销")
+        await asyncio.sleep(2.5)
+        settled_here = (await his.ok("2304", closing))["setlinfo"]["setl_id"]
+        here = "SELECT setl_id FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
+        assert [r["setl_id"] for r in await srv.fetch(here, early)] == [settled_here]
+        assert await srv.check_ledger() == []

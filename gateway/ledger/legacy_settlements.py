@@ -1,0 +1,55 @@
+"""Visits' settlements the old system made under the plan's route_legacy (migration 031).
+
+Written with the relayed answer kept against its msgid, in the same transaction; read with the
+deferred claims that hold a visit's lines (gateway.ledger.deferred.pending_on_visits), so a
+settlement here of the same lines is refused without another round trip.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+
+async def record(
+    conn: asyncpg.Connection,
+    *,
+    fixmedins_code: str,
+    setl_id: str,
+    mdtrt_id: str,
+    lines: str,
+    infno: str,
+    msgid: str,
+) -> None:
+    """The old system settled these lines of the visit (its answer said so)."""
+    await conn.execute(
+        "INSERT INTO legacy_settlements (fixmedins_code, setl_id, mdtrt_id, lines, infno, msgid)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        fixmedins_code,
+        setl_id,
+        mdtrt_id,
+        lines,
+        infno,
+        msgid,
+    )
+
+
+async def cancel(conn: asyncpg.Connection, *, fixmedins_code: str, setl_id: str) -> None:
+    """The old system cancelled its settlement (a 2208/2305 relayed and answered 成功)."""
+    await conn.execute(
+        "UPDATE legacy_settlements SET cancelled_at = now() WHERE fixmedins_code = $1"
+        " AND setl_id = $2 AND cancelled_at IS NULL",
+        fixmedins_code,
+        setl_id,
+    )
+
+
+async def in_force(conn: asyncpg.Connection, *, fixmedins_code: str, setl_id: str) -> bool:
+    """Whether `setl_id` is the old system's settlement of the institution, not cancelled."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM legacy_settlements WHERE fixmedins_code = $1"
+            " AND setl_id = $2 AND cancelled_at IS NULL)",
+            fixmedins_code,
+            setl_id,
+        )
+    )
