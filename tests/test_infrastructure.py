@@ -67,6 +67,14 @@ async def main(dsn):
 
 asyncio.run(main(embedded_database_url(Path(sys.argv[1]), "gw_embedded")))
 """
+# Asked from within a running loop, as a command's own coroutine asks (found from outside:
+# `plan set` without --database-url ended in "asyncio.run() cannot be called from a running
+# event loop").
+EMBEDDED_IN_LOOP = EMBEDDED.replace(
+    'asyncio.run(main(embedded_database_url(Path(sys.argv[1]), "gw_embedded")))',
+    'async def asked():\n    await main(embedded_database_url(Path(sys.argv[1]), "gw_embedded"))\n'
+    "asyncio.run(asked())",
+)
 
 
 async def test_embedded_database_url_serves_and_stops_at_exit() -> None:
@@ -76,18 +84,21 @@ async def test_embedded_database_url_serves_and_stops_at_exit() -> None:
     data = tmp / "var" / "pg"
     try:
         # A child process, as `serve` is one: the server must stop when it exits.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            EMBEDDED,
-            str(data),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-        assert out.decode().strip() == "gw_embedded"
-        assert (data / "PG_VERSION").exists()
-        assert not (data / "postmaster.pid").exists(), "the embedded server outlived its process"
+        for script in (EMBEDDED, EMBEDDED_IN_LOOP):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                script,
+                str(data),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+            assert out.decode().strip() == "gw_embedded"
+            assert (data / "PG_VERSION").exists()
+            assert not (data / "postmaster.pid").exists(), (
+                "the embedded server outlived its process"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

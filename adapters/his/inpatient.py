@@ -214,6 +214,7 @@ async def pre_settle(call: Call) -> Answer:
     deferral=Deferral.CLAIM,
     undo=Undo.SETTLEMENT,
     settle_claim=settling.settle_claim,
+    judged=settling.inpatient_job,
 )
 async def settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind=Kind.INPATIENT, final=True)

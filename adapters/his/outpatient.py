@@ -115,6 +115,16 @@ def _info_of(
     if begntime is not None:
         # Within bounds as the registration's (found from outside: days ahead was taken).
         gw.config.dates.check("就诊时间begntime", begntime, admdvs=institution.admdvs, now=now)
+    for n, dise in enumerate(node.diseinfo, 1):
+        # A diagnosis dated ahead too (found from outside: three days ahead was taken); one in
+        # a shape not read stays as it was, unread (the field was never read before).
+        try:
+            diag_time = when(dise.diag_time, f"diseinfo[{n}].diag_time", optional=True)
+        except BadRequest:
+            continue
+        if diag_time is not None:
+            label = f"第{n}条诊断的诊断时间diag_time"
+            gw.config.dates.check_not_ahead(label, diag_time, now=now)
     return encounters.VisitInfo(
         begntime=begntime,
         mdtrt_id=mdtrt_id,
@@ -218,6 +228,7 @@ async def pre_settle(call: Call) -> Answer:
     undo=Undo.SETTLEMENT,
     grouped=settling.outpatient_job,
     settle_claim=settling.settle_claim,
+    judged=settling.outpatient_job,
 )
 async def settle(call: Call) -> Answer:
     return await settling.settle_visit(call, kind=Kind.OUTPATIENT, final=True)

@@ -122,11 +122,17 @@ def outpatient_preview_job(
     return _outpatient(gw, req, institution, now, final=False)
 
 
+def inpatient_job(
+    gw: Gateway, req: Request, institution: Institution, now: dt.datetime
+) -> Job | None:
+    """2304 as its settlement's job: the judge of its claim under the plan (no group commit)."""
+    return _visit(gw, req, institution, now, kind=Kind.INPATIENT, final=True)
+
+
 def inpatient_preview_job(
     gw: Gateway, req: Request, institution: Institution, now: dt.datetime
 ) -> Job | None:
-    """2303 in a group read, and the judge of a 2304 taken as a claim under the plan: the same
-    job as the single path's pre-settlement."""
+    """2303 in a group read: the same job as the single path's pre-settlement."""
     return _visit(gw, req, institution, now, kind=Kind.INPATIENT, final=False)
 
 

@@ -10,7 +10,9 @@ on port 5432.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import warnings
@@ -38,7 +40,17 @@ def embedded_database_url(data_dir: Path = Path("var/pg"), database: str = "gate
     The server stops when this process exits (unless another live process still holds it).
     """
     server = start_embedded(data_dir, cleanup_mode="stop")
-    asyncio.run(_create_if_missing(socket_dsn(server, "postgres"), database))
+    create = functools.partial(_create_if_missing, socket_dsn(server, "postgres"), database)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(create())
+    else:
+        # Asked from within a running loop (a command's own): found from outside, `plan set`
+        # without --database-url ended in a traceback. The database is made on a loop of its
+        # own, in a thread, while the caller waits (a command's start, not a server's).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: asyncio.run(create())).result()
     return socket_dsn(server, database)
 
 

@@ -58,8 +58,12 @@ def _operator(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitable[int]]) -> int:
     """Open the database, run one command; a refusal prints its message and exits 2."""
 
+    # Resolved before the loop runs: the embedded server's start runs a loop of its own (found
+    # from outside: with no --database-url, `plan set` ended in a traceback).
+    url = database_url(args)
+
     async def go() -> int:
-        pool = await db.create_pool(database_url(args), min_size=1, max_size=2)
+        pool = await db.create_pool(url, min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn:
                 await db.migrate(conn)
@@ -126,6 +130,7 @@ def plan_show(args: argparse.Namespace) -> int:
                 conn, plan, [], dt.datetime.now(), [c for _, c in clusters]
             )
         view.pop("breakers")  # per process: see the console or sgw_breaker_state
+        _warn_of_zone()  # found from outside: from a UTC shell it said normal while W1 stood
         if args.json:
             print(json.dumps(view, ensure_ascii=False, indent=2))
             return 0
@@ -207,12 +212,10 @@ def plan_windows(args: argparse.Namespace) -> int:
         plan = await ledger_plan.load(conn)
         now = dt.datetime.now()
         rows = [{**store.window_dict(w), "active": w.active(now)} for w in plan.windows]
-        different = zone_warning()
-        if different:
-            # Found from outside: from a shell kept in UTC a window given with +00:00 was
-            # stored as UTC wall time, which a gateway in Beijing time enforced 8 hours off,
-            # and the listing called active what the gateway was not enforcing.
-            print(f"warning: {different}; {WINDOW_TIMES_NOTE}", file=sys.stderr)
+        # Found from outside: from a shell kept in UTC a window given with +00:00 was stored
+        # as UTC wall time, which a gateway in Beijing time enforced 8 hours off, and the
+        # listing called active what the gateway was not enforcing.
+        _warn_of_zone()
         if args.json:
             print(json.dumps(rows, ensure_ascii=False, indent=2))
         elif not rows:
@@ -229,10 +232,17 @@ def plan_windows(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def _warn_of_zone() -> None:
+    """On stderr, where this command's clock is not Beijing time, the gateway's."""
+    different = zone_warning()
+    if different:
+        print(f"warning: {different}; {WINDOW_TIMES_NOTE}", file=sys.stderr)
+
+
 WINDOW_TIMES_NOTE = (
     "a window's times with an offset are converted to Beijing time, the gateway's; times"
-    " without one are taken as Beijing time as written, and ACTIVE is judged by this"
-    " command's clock"
+    " without one are taken as Beijing time as written, and what is in force now (ACTIVE,"
+    " the plan's state) is judged by this command's clock"
 )
 _WINDOW_TEXTS = ("name", "scope", "action")
 _WINDOW_TIMES = ("begins", "ends")
@@ -452,7 +462,10 @@ def encounter_convert(args: argparse.Namespace) -> int:
         psn_no = await conversion.convert(
             conn, args.mdtrt_id, operator=_operator(args), reason=args.reason
         )
-        print(f"{args.mdtrt_id}: converted to insured ({psn_no}); settle it with 2303/2304")
+        print(
+            f"{args.mdtrt_id}: converted to insured ({psn_no}); settle it with 2303/2304, or, if"
+            " its 2304 was taken as a claim under the plan, `deferred replay` settles the claim"
+        )
         return 0
 
     return _run(args, work)

@@ -79,6 +79,16 @@ class DateRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if not first <= ln.fee_ocur_time <= last:
                 self.check_line(ln.feedetl_sn, ln.fee_ocur_time, admdvs=admdvs, now=now)
 
+    def check_not_ahead(self, what: str, moment: dt.datetime, *, now: dt.datetime) -> None:
+        """Refuse a date after now (with the counters' tolerance); any date before is a fact of
+        the past, such as a chronic disease's first diagnosis, and is not billed by itself."""
+        if moment > now + dt.timedelta(seconds=self.future_tolerance_seconds):
+            raise RuleRejected(
+                f"{what}（{moment:{_SHOWN}}）晚于当前时间{now:{_SHOWN}}"
+                f"（允许误差{self.future_tolerance_seconds // 60}分钟），不能办理未来日期的业务，"
+                "请核对日期"
+            )
+
     def check(self, what: str, moment: dt.datetime, *, admdvs: str, now: dt.datetime) -> None:
         """Refuse a date out of bounds; `what` names it (e.g. "挂号时间begntime")."""
         why = self.reason(moment, admdvs=admdvs, now=now)

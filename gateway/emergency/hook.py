@@ -83,7 +83,7 @@ KEEP_SECONDS = 0.25  # of a routed call's deadline, left to keep the old system'
 # Sent to the old system and not answered: it may have done it. Kept against the msgid, so that
 # no retry, whatever the plan says by then, settles it here a second time.
 LEGACY_UNKNOWN_MSG = (
-    "本笔已按应急预案转原医保系统办理，但原系统未在时限内答复，办理结果未知：请在原系统查询该报文ID"
+    "本笔已按应急预案转原医保系统办理，但原系统未在时限内正常答复（超时或答复异常），办理结果未知：请在原系统查询该报文ID"
     "的结果，切勿在本系统重复结算；确认原系统未办理后，请使用新的报文ID重新发送"
 )
 
@@ -332,27 +332,19 @@ async def _defer_claim(call: Call) -> Answer:
 
 async def _refuse_as_its_settlement(call: Call) -> None:
     """A visit's claim is refused for what its settlement would be refused for now (a lapsed
-    person, another insutype, totals its lines do not make), judged by the visit's
-    pre-settlement over the visit as it is, which writes nothing here. Found from outside for a
-    pharmacy's claims (`_purchase_claim`); a visit's is the same promise of a reimbursement.
-    A stay's 2304 by its 2303 (found from outside: one taken unjudged failed at replay, the
-    patient's cash already paid). Not judged while the institution's calls journaled with the
-    ledger away wait to be applied: their lines are not in the ledger yet, and replay judges
-    the claim after them."""
+    person, another insutype, totals its lines do not make, a stay not discharged settled as
+    final), judged by the settlement's own build over the visit as it is, which writes nothing
+    here. Found from outside for a pharmacy's claims (`_purchase_claim`); a visit's is the same
+    promise of a reimbursement; a stay's 2304 was taken unjudged, then judged by its 2303, which
+    prices a stay still in hospital: both failed at replay, the patient's cash already paid. Not
+    judged while the institution's calls journaled with the ledger away wait to be applied:
+    their lines are not in the ledger yet, and replay judges the claim after them."""
     claim = transaction.of(call.req.infno)
-    presettle = next(
-        (
-            t
-            for t in transaction.TRANSACTIONS.values()
-            if claim is not None and t.deferral is Deferral.PRESETTLEMENT and t.kind is claim.kind
-        ),
-        None,
-    )
-    if presettle is None or presettle.previewed is None:
+    if claim is None or claim.judged is None:
         return
     if await deferred.calls_waiting(call.conn, call.req.fixmedins_code):
         return
-    job = presettle.previewed(call.gw, call.req, call.institution, call.now)
+    job = claim.judged(call.gw, call.req, call.institution, call.now)
     if job is None:
         return
     try:

@@ -132,6 +132,9 @@ class Transaction:
     # answer; the group read (gateway.pipeline.group_read) reads such requests in batches. The
     # handler must answer the same: it previews the same Job on its own connection.
     previewed: Prepare | None = None
+    # A visit's settlement (2207/2304): its own Job, final, whose build over the state as it is
+    # (nothing written) judges the claim taken for it under the plan's `defer`.
+    judged: Prepare | None = None
     # For a transaction without a grouped form: its reading of the request before the ledger,
     # run when it is journaled with the ledger away (gateway.emergency.hook), so that what the
     # normal path refuses is refused then too.
@@ -164,6 +167,7 @@ def register(
     acts_on: Callable[[Request], str] | None = None,
     by_person: bool = False,
     previewed: Prepare | None = None,
+    judged: Prepare | None = None,
     checked: Check | None = None,
 ) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
@@ -187,6 +191,7 @@ def register(
             acts_on,
             by_person,
             previewed,
+            judged,
             checked,
         )
         return handler

@@ -11,17 +11,23 @@ import asyncpg
 
 from gateway.ledger import encounters, persons
 from gateway.ops import audit
-from gateway.protocol.errors import Conflict, NotFound
+from gateway.protocol.errors import BadRequest, Conflict, NotFound
 
 
 async def convert(conn: asyncpg.Connection, mdtrt_id: str, *, operator: str, reason: str) -> str:
     """Mark the self-pay visit insured, after checking the person is insured; returns psn_no."""
+    if not reason.strip():
+        # Audited with its reason, as every plan change is (found from outside: "" was taken).
+        raise BadRequest("请填写转医保原因")
     async with conn.transaction():
         row = await encounters.lock_for_conversion(conn, mdtrt_id)
         if row is None:
             raise NotFound(f"就诊ID{mdtrt_id}不存在")
         if not row.selfpay:
-            raise Conflict(f"就诊ID{mdtrt_id}不是自费入院，无需转医保")
+            # Found from outside: said of a stay converted a moment before, as if it never was.
+            raise Conflict(
+                f"就诊ID{mdtrt_id}不是待转医保的自费入院（未按自费入院，或已转医保），无需转医保"
+            )
         if row.status == "cancelled":
             raise Conflict(f"就诊ID{mdtrt_id}已撤销")
         # The visit alone is locked (nothing of the person changes here): no lock-order concern.

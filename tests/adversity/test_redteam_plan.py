@@ -616,6 +616,11 @@ async def test_a_timetable_or_time_the_cli_cannot_take_is_refused_in_words(
     )  # 18:00 to 02:00 Beijing time, across midnight
     listed = cli("plan", "windows", "--database-url", srv.dsn, tz="CST-8")
     assert listed.stderr == ""  # in Beijing time nothing to warn of
+    # `plan show` judges what is in force by its clock too, and says so from a UTC shell (found
+    # from outside: it said "normal" there while a window stood at the gateway).
+    shown = cli("plan", "show", "--database-url", srv.dsn, tz="UTC0")
+    assert "Beijing time" in shown.stderr and "plan's state" in shown.stderr, shown.stderr
+    assert cli("plan", "show", "--database-url", srv.dsn, tz="CST-8").stderr == ""
     removed = cli(
         "plan", "windows", "--remove", str(row["window_id"]), "--reason", "演练",
         "--database-url", srv.dsn, tz="CST-8",

@@ -371,6 +371,16 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         other_insutype = {"data": dict(closing["data"], insutype="390")}
         refused = await his.call("2304", other_insutype)
         assert refused["infcode"] == -1 and "险种类型390" in refused["err_msg"], refused
+        # A stay still in hospital settled as final (mid_setl_flag 0): its 2303 prices it, its
+        # 2304 refuses it, and so is its claim (found from outside: taken, failed at replay).
+        admission = _admission()
+        admission["mdtrtinfo"]["ipt_no"] = "ZY-CL-IN"
+        in_hospital = (await his.ok("2401", admission))["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(in_hospital, BEFORE, "2025-07-02 10:00:00"))
+        before = await srv.ledger_fingerprint()
+        final = _stay_settlement(his, in_hospital, total(BEFORE), "0")
+        refused = await his.call("2304", final)
+        assert refused["infcode"] == -1 and "尚未办理出院" in refused["err_msg"], refused
         assert await srv.ledger_fingerprint() == before
         assert await srv.fetchval("SELECT count(*) FROM deferred") == 0
         taken = (await his.ok("2304", closing))["setlinfo"]
@@ -435,4 +445,47 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
             claim["setl_id"],
         )
         assert row is not None and row["preselfpay_amt"] > 0 and row["inscp_scp_amt"] > 0
+        assert await srv.check_ledger() == []
+
+
+async def test_a_self_pay_stays_claim_waits_for_its_conversion(
+    new_database: Callable[..., Any],
+) -> None:
+    """A stay admitted self-pay under the plan (自费入院) and settled as a claim: replay before
+    its conversion (自费转医保) leaves the claim waiting, and the replay after settles it (found
+    from outside: filed failed, and the conversion afterwards did not bring it back)."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        await set_rule(srv.dsn, "region:441800", "encounter", "selfpay", "演练自费入院")
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+        assert srv.app is not None
+        await srv.app[GATEWAY].reload_plan(force=True)
+        admitted = await his.ok("2401", _admission())
+        mdtrt_id = admitted["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
+        await his.ok("2402", _discharge(mdtrt_id))
+        claim = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(BEFORE), "0"))
+        claim_id = claim["setlinfo"]["setl_id"]
+        assert claim_id.startswith("DF")
+        await clear_rule(srv.dsn, "region:441800", "encounter")
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+
+        def replay() -> Any:
+            return json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+
+        early = replay()
+        assert (early["settled"], early["failed"]) == (0, []), early
+        status = "SELECT status FROM deferred WHERE claim_id = $1"
+        assert await srv.fetchval(status, claim_id) == "pending"
+        unexplained = cli("encounter", "convert", "--mdtrt-id", mdtrt_id, "--reason", " ",
+                          "--database-url", srv.dsn, check=False)  # fmt: skip
+        assert unexplained.returncode == 2 and "请填写转医保原因" in unexplained.stderr
+        cli("encounter", "convert", "--mdtrt-id", mdtrt_id, "--reason", "演练恢复",
+            "--database-url", srv.dsn)  # fmt: skip
+        again = cli("encounter", "convert", "--mdtrt-id", mdtrt_id, "--reason", "演练恢复",
+                    "--database-url", srv.dsn, check=False)  # fmt: skip
+        assert again.returncode == 2 and "或已转医保" in again.stderr, again.stderr
+        late = replay()
+        assert (late["settled"], late["failed"]) == (1, []), late
+        assert await srv.fetchval(status, claim_id) == "settled"
         assert await srv.check_ledger() == []

@@ -323,6 +323,8 @@ async def test_we_answer_and_the_old_system_shadows(
         report = json.loads(done.stdout)
         compared = len(await _comparisons(srv))
         assert (report["compared"], report["differing"]) == (compared, 2)
+        # The whole run's rate rounded as each row's (found from outside: it was cut off).
+        assert report["rate"] == _rate(2, compared)
         assert {r["cause"]: r["settlements"] for r in report["by_cause"]} == {
             "catalog_class": 1,
             "pool_ratio": 1,

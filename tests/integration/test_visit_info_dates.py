@@ -36,6 +36,17 @@ async def test_a_visit_info_out_of_its_dates_is_refused_and_nothing_kept(server:
     )
     assert await server.fetchrow(info, mdtrt_id) == before
 
+    # A diagnosis dated ahead is refused too (found from outside: three days ahead was taken);
+    # one years back is the past (a chronic disease's first diagnosis), not billed by itself.
+    ahead_diagnosis = his.visit_info_input(mdtrt_id, PSN, "11", registered.strftime(_SHOWN))
+    ahead_diagnosis["diseinfo"][0]["diag_time"] = ahead
+    refused = await his.call("2203", ahead_diagnosis)
+    assert refused["infcode"] == -1 and "第1条诊断的诊断时间diag_time" in refused["err_msg"]
+    assert await server.fetchrow(info, mdtrt_id) == before
+    long_ago = his.visit_info_input(mdtrt_id, PSN, "11", registered.strftime(_SHOWN))
+    long_ago["diseinfo"][0]["diag_time"] = "2015-03-02 09:00:00"
+    await his.ok("2203", long_ago)
+
     # Earlier the same day, as HIS send a bare date for it, is the visit's own day.
     same_day = registered.replace(hour=0, minute=0, second=0).strftime(_SHOWN)
     await his.visit_info(mdtrt_id, PSN, "11", same_day)

@@ -26,7 +26,13 @@ from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.emergency.deferred.journal import KEPT, Damaged, Journal, read_segment
 from gateway.ledger import db, deferred, fees, idempotency, reversals, settlements
 from gateway.ledger.partitions import Partition
-from gateway.protocol.errors import Conflict, GatewayError, NotFound, NotYetApplied
+from gateway.protocol.errors import (
+    Conflict,
+    GatewayError,
+    NotFound,
+    NotYetApplied,
+    SelfPayStay,
+)
 from gateway.protocol.transaction import TRANSACTIONS, Call, Mode
 
 log = logging.getLogger("gateway.replay")
@@ -380,9 +386,11 @@ async def _replay_claims_in(
                     owed = row.medfee_sumamt - cash
                     await deferred.mark_settled(conn, row.seq, info["setl_id"], info, owed)
                     progress.settled += 1
-                except NotYetApplied:
+                except (NotYetApplied, SelfPayStay):
                     # Its visit's calls are not all in the ledger yet (a gateway's journal not
-                    # drained): it stays pending for the next replay, never failed for that.
+                    # drained), or its stay, admitted self-pay under the plan, is not converted
+                    # yet (自费转医保; found from outside: filed failed, and the conversion
+                    # afterwards did not bring it back): it stays pending for the next replay.
                     waiting.append(row.seq)
                 except GatewayError as exc:
                     await deferred.fail(conn, row.seq, exc.err_msg)
