@@ -172,12 +172,22 @@ async def intercept(
     if decision.action is not Action.DEFER:
         return None
     role = tx.deferral
+    if role is Deferral.PRESETTLEMENT and not ledger_down and _claim_of(tx) is not None:
+        # A visit's pre-settlement says what its claim would be told (found from outside: one
+        # of lines a claim held, or of a total its lines do not make, was priced all-cash, and
+        # the claim after it refused).
+        return Detour(
+            tx=dataclasses.replace(
+                tx, name="暂存预结算", handler=_presettle_as_claim, grouped=None, previewed=None
+            ),
+            mode=Mode.DEFERRED,
+        )
     if role is Deferral.PRESETTLEMENT:
         out = encode_response(
             region=gw.region,
             received=received,
             output=deferral.presettle_output(req),
-            warn_msg="医保实时结算暂停（应急预案），本次费用须由参保人全额现金支付",
+            warn_msg=PRESETTLE_DEFER_MSG,
         )
         return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
     if role is Deferral.CLAIM:
@@ -330,7 +340,35 @@ async def _defer_claim(call: Call) -> Answer:
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
 
 
-async def _refuse_as_its_settlement(call: Call) -> None:
+PRESETTLE_DEFER_MSG = "医保实时结算暂停（应急预案），本次费用须由参保人全额现金支付"
+
+
+def _claim_of(presettlement: Transaction) -> Transaction | None:
+    """The settlement whose claim a visit's pre-settlement stands for (2206: 2207, 2303: 2304)."""
+    return next(
+        (
+            t
+            for t in transaction.TRANSACTIONS.values()
+            if t.deferral is Deferral.CLAIM
+            and t.judged is not None
+            and t.kind is presettlement.kind
+        ),
+        None,
+    )
+
+
+async def _presettle_as_claim(call: Call) -> Answer:
+    """A visit's pre-settlement under `defer` with the ledger reachable: refused for what its
+    claim would be refused for (lines a claim holds, a total they do not make, a person or an
+    insutype that does not fit), else the all-cash figures, nothing written."""
+    tx = transaction.of(call.req.infno)
+    claim = _claim_of(tx) if tx is not None else None
+    if claim is not None:
+        await _refuse_as_its_settlement(call, claim)
+    return Answer(deferral.presettle_output(call.req), warn_msg=PRESETTLE_DEFER_MSG)
+
+
+async def _refuse_as_its_settlement(call: Call, claim: Transaction | None = None) -> None:
     """A visit's claim is refused for what its settlement would be refused for now (a lapsed
     person, another insutype, totals its lines do not make, a stay not discharged settled as
     final), judged by the settlement's own build over the visit as it is, which writes nothing
@@ -339,7 +377,7 @@ async def _refuse_as_its_settlement(call: Call) -> None:
     prices a stay still in hospital: both failed at replay, the patient's cash already paid. Not
     judged while the institution's calls journaled with the ledger away wait to be applied:
     their lines are not in the ledger yet, and replay judges the claim after them."""
-    claim = transaction.of(call.req.infno)
+    claim = claim or transaction.of(call.req.infno)
     if claim is None or claim.judged is None:
         return
     if await deferred.calls_waiting(call.conn, call.req.fixmedins_code):

@@ -131,19 +131,16 @@ async def _deferred_claim(srv: Server, his: HisClient, settlement: dict[str, Any
     return (await his.ok("2304", settlement))["setlinfo"]
 
 
-async def _lifted(his: HisClient, settlement: dict[str, Any], claim_id: str) -> None:
+async def _lifted(srv: Server, his: HisClient, settlement: dict[str, Any], claim_id: str) -> None:
     """Once the plan is lifted, the stay's pre-settlement is refused as its settlement is while
     the claim holds the lines, naming the claim (found from outside: the 2303 priced the claim's
-    lines, as if the patient had not paid them in cash already)."""
-    seen: list[Any] = []
-
-    async def refused_as_held() -> bool:
-        answer = await his.call("2303", settlement)
-        seen[:] = [answer]
-        return "应急预案" not in (answer["warn_msg"] or "") and answer["infcode"] == -1
-
-    await until(refused_as_held, seen=lambda: seen)
-    assert claim_id in seen[0]["err_msg"] and "暂存结算" in seen[0]["err_msg"], seen
+    lines, as if the patient had not paid them in cash already; under the plan too, priced all
+    cash)."""
+    assert srv.app is not None
+    await srv.app[GATEWAY].reload_plan(force=True)  # the rule cleared is out of force here
+    answer = await his.call("2303", settlement)
+    assert answer["infcode"] == -1 and not answer["warn_msg"], answer
+    assert claim_id in answer["err_msg"] and "暂存结算" in answer["err_msg"], answer
 
 
 async def _closed_as_online(srv: Server, his: HisClient, mdtrt_id: str) -> None:
@@ -190,7 +187,7 @@ async def test_a_midway_claim_settles_the_lines_it_was_taken_for(
         await his.ok("2301", _upload(mdtrt_id, AFTER, "2025-07-05 10:00:00"))
         await his.ok("2402", _discharge(mdtrt_id))
         await clear_rule(srv.dsn, "region:441800", "settlement")
-        await _lifted(his, _stay_settlement(his, mdtrt_id, "1200.00", "0"), claim["setl_id"])
+        await _lifted(srv, his, _stay_settlement(his, mdtrt_id, "1200.00", "0"), claim["setl_id"])
         await _closed_as_online(srv, his, mdtrt_id)
 
 
@@ -209,7 +206,7 @@ async def test_a_claim_replay_could_not_settle_holds_its_lines_until_withdrawn(
         closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
         claim_id = (await _deferred_claim(srv, his, closing))["setl_id"]
         await clear_rule(srv.dsn, "region:441800", "settlement")
-        await _lifted(his, closing, claim_id)
+        await _lifted(srv, his, closing, claim_id)
         # What replay does with a claim the rules refuse (the tester's: a refund line uploaded
         # under the plan left a negative first self-pay).
         await srv.fetch(
@@ -365,9 +362,10 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         await until(deferring)
         before = await srv.ledger_fingerprint()
         wrong = _stay_settlement(his, mdtrt_id, "999.00", "0")
-        refused = await his.call("2304", wrong)
-        assert refused["infcode"] == -1, refused
-        assert f"医疗费总额999.00与费用明细合计{total(BEFORE)}不一致" in refused["err_msg"]
+        for infno in ("2303", "2304"):  # the pre-settlement says what the claim would be told
+            refused = await his.call(infno, wrong)
+            assert refused["infcode"] == -1, (infno, refused)
+            assert f"医疗费总额999.00与费用明细合计{total(BEFORE)}不一致" in refused["err_msg"]
         other_insutype = {"data": dict(closing["data"], insutype="390")}
         refused = await his.call("2304", other_insutype)
         assert refused["infcode"] == -1 and "险种类型390" in refused["err_msg"], refused
@@ -385,8 +383,12 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         assert await srv.fetchval("SELECT count(*) FROM deferred") == 0
         taken = (await his.ok("2304", closing))["setlinfo"]
         assert taken["setl_id"].startswith("DF")
+        # Under the plan still, the claimed lines' pre-settlement names the claim (found from
+        # outside: priced all cash again, 9431.00 for a stay the claim held).
+        held = await his.call("2303", closing)
+        assert held["infcode"] == -1 and taken["setl_id"] in held["err_msg"], held
         await clear_rule(srv.dsn, "region:441800", "settlement")
-        await _lifted(his, closing, taken["setl_id"])
+        await _lifted(srv, his, closing, taken["setl_id"])
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
         assert summary == {"total": 1, "settled": 1, "failed": [], "damaged_segments": []}
         assert await srv.check_ledger() == []
