@@ -232,11 +232,17 @@ def plan_windows(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
-def _warn_of_zone() -> None:
+def _warn_of_zone(note: str | None = None) -> None:
     """On stderr, where this command's clock is not Beijing time, the gateway's."""
     different = zone_warning()
     if different:
-        print(f"warning: {different}; {WINDOW_TIMES_NOTE}", file=sys.stderr)
+        print(f"warning: {different}; {note or WINDOW_TIMES_NOTE}", file=sys.stderr)
+
+
+REPLAY_TIMES_NOTE = (
+    "replayed settlements are dated by this command's clock, never before their claims were"
+    " taken: run it in the gateway's time zone"
+)
 
 
 WINDOW_TIMES_NOTE = (
@@ -361,6 +367,7 @@ def deferred_replay(args: argparse.Namespace) -> int:
     interactive = sys.stderr.isatty()
 
     async def work(conn: asyncpg.Connection) -> int:
+        _warn_of_zone(REPLAY_TIMES_NOTE)  # found from outside: run from UTC, it failed sales
         gw = await _gateway(args)
         try:
             if args.journal_dir:

@@ -11,7 +11,7 @@ import msgspec
 
 from gateway.core import eligibility
 from gateway.core.money import fen_text
-from gateway.ledger import deferred, settlements
+from gateway.ledger import deferred, encounters, settlements
 from gateway.ledger.settlements import Record
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
@@ -83,6 +83,10 @@ async def cancel(
 ) -> Cancelled:
     """Reverse the institution's settlement, only by the kind of visit it belongs to (an
     outpatient cancellation never reverses a stay's settlement)."""
+    # The visit as the counter knows it: a provisional id handed out under the plan names the
+    # visit it became (found from outside: a till that only ever had the PV… id was told the
+    # replayed settlement was not of its visit).
+    a = msgspec.structs.replace(a, mdtrt_id=await encounters.real_id(conn, a.mdtrt_id))
     rec, balance_after = await settlements.cancel(
         conn,
         fixmedins_code=origin.fixmedins_code,

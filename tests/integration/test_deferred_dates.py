@@ -7,9 +7,17 @@ acknowledged with a cash answer would only fail at replay, after the patient had
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from tests.integration.conftest import Server
-from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, clear_rule, set_rule, until
+from tests.integration.emergency_helpers import (
+    DRUG_LINES,
+    DRUG_TOTAL,
+    clear_rule,
+    cli,
+    set_rule,
+    until,
+)
 
 HOSPITAL = "H44180000001"
 PHARMACY = "P44180000001"
@@ -61,3 +69,39 @@ async def test_future_dated_requests_are_refused_not_deferred(server: Server) ->
     finally:
         await clear_rule(server.dsn, "region:441800", "settlement")
         await clear_rule(server.dsn, "region:441800", "encounter")
+
+
+async def test_a_replay_run_from_a_clock_behind_the_gateways_settles_the_claims(
+    server: Server,
+) -> None:
+    """Found from outside: `deferred replay` run from a shell in UTC, the gateway in Beijing
+    time, judged every sale's begntime to be in the future and filed all of them failed, beyond
+    retrying. A claim is replayed no earlier than it was taken; the command warns of its zone."""
+    pos = server.client(PHARMACY)
+    await set_rule(server.dsn, "region:441800", "settlement", "defer", "演练主动报")
+    now = dt.datetime.now().replace(microsecond=0)
+    sold = (now - dt.timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+
+        async def in_force() -> bool:
+            answer = await pos.call("2101", pos.drug_input(PSN, sold, DRUG_TOTAL, DRUG_LINES))
+            return "应急预案" in (answer["warn_msg"] or "")
+
+        await until(in_force)
+        claim = await pos.ok("2102", pos.drug_input(PSN, sold, DRUG_TOTAL, DRUG_LINES))
+        claim_id = claim["setlinfo"]["setl_id"]
+        assert claim_id.startswith("DF")
+    finally:
+        await clear_rule(server.dsn, "region:441800", "settlement")
+    # A shell eight hours behind the gateway's clock (POSIX: "XXX+8" is UTC-8).
+    done = cli("deferred", "replay", "--json", "--database-url", server.dsn, tz="XXX+8")
+    summary = json.loads(done.stdout)
+    assert summary["failed"] == [] and summary["settled"] >= 1, summary
+    assert "gateway's time zone" in done.stderr, done.stderr
+    status = "SELECT status, setl_id FROM deferred WHERE claim_id = $1"
+    row = await server.fetchrow(status, claim_id)
+    assert row is not None and row["status"] == "settled"
+    setl_time = await server.fetchval(
+        "SELECT setl_time FROM settlements WHERE setl_id = $1", row["setl_id"]
+    )
+    assert setl_time >= now - dt.timedelta(minutes=1)  # not dated by the slow clock

@@ -447,6 +447,14 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
             claim["setl_id"],
         )
         assert row is not None and row["preselfpay_amt"] > 0 and row["inscp_scp_amt"] > 0
+        # The till knows the visit by its provisional id only: its 2208 of the replayed
+        # settlement names that id (found from outside: refused as not of the visit).
+        replayed = await srv.fetchval(
+            "SELECT setl_id FROM deferred WHERE claim_id = $1", claim["setl_id"]
+        )
+        ref = {"data": {"setl_id": replayed, "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+        back = await his.ok("2208", ref)
+        assert str(back["setlinfo"]["psn_cash_pay"]) == f"-{OUTPATIENT_TOTAL}"
         assert await srv.check_ledger() == []
 
 

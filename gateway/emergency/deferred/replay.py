@@ -379,7 +379,10 @@ async def _replay_claims_in(
                     break
                 try:
                     async with conn.transaction():
-                        output = await _run(gw, conn, row, dt.datetime.now())
+                        # Never before the claim was taken: found from outside, a replay run
+                        # from a shell in UTC judged every sale's Beijing-time begntime to be
+                        # in the future and filed all of them failed, beyond retrying.
+                        output = await _run(gw, conn, row, max(dt.datetime.now(), row.received_at))
                         info = output["setlinfo"]
                         _, cash = await settlements.paid(conn, info["setl_id"])
                     # The patient paid the whole bill in cash; what they owe now is psn_cash_pay.
