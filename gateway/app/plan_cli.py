@@ -443,6 +443,41 @@ def deferred_list(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def deferred_retry(args: argparse.Namespace) -> int:
+    """A claim replay could not settle, pending again once its cause is mended (found from
+    outside: every sale's claim of an outage filed failed by a replay run in the wrong time
+    zone, and nothing but a withdrawal at each counter left to do)."""
+    reason = args.reason.strip()
+    if not reason:
+        print("refused: 请填写重新补结算的原因", file=sys.stderr)
+        return 2
+
+    async def work(conn: asyncpg.Connection) -> int:
+        async with _clusters(args) as clusters:
+            for here in (conn, *(c for _, c in clusters)):
+                async with here.transaction():
+                    was = await deferred.reopen(here, args.claim_id)
+                    if was is None:
+                        continue
+                    await audit.append(
+                        here,
+                        operator=_operator(args),
+                        action="deferred.retry",
+                        target=f"{was['fixmedins_code']}/{args.claim_id}",
+                        reason=reason,
+                        before={"status": "failed", "fail_reason": was["fail_reason"]},
+                        after={"status": "pending"},
+                    )
+                print(
+                    f"{args.claim_id} is pending again (was failed: {was['fail_reason']});"
+                    " `deferred replay` settles it"
+                )
+                return 0
+        raise BadRequest(f"没有补结算未成功（failed）的暂存结算{args.claim_id}")
+
+    return _run(args, work)
+
+
 def audit_verify(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
         # Each ledger database keeps its own chain (a desk's step is audited where it ran).
@@ -568,6 +603,12 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     )
     common(dr)
     dr.set_defaults(func=deferred_replay)
+    dt_ = dsub.add_parser("retry", help="a claim replay could not settle, pending again")
+    dt_.add_argument("--claim-id", required=True)
+    dt_.add_argument("--reason", required=True)
+    dt_.add_argument("--operator", help="recorded in the audit log (default cli:<login>)")
+    common(dt_, ledgers=True)
+    dt_.set_defaults(func=deferred_retry)
     dl = dsub.add_parser("list", help="every claim, its status, setlinfo and reimbursement")
     dl.add_argument("--json", action="store_true", help="one JSON object per line")
     dl.add_argument("--status", choices=("pending", "settled", "failed", "withdrawn"))

@@ -407,6 +407,18 @@ async def fail(conn: asyncpg.Connection, seq: int, reason: str) -> None:
     )
 
 
+async def reopen(conn: asyncpg.Connection, claim_id: str) -> asyncpg.Record | None:
+    """A claim replay could not settle, pending again (the caller audits it): its row as it was
+    (fixmedins_code, fail_reason), or None when no claim of that number is failed here."""
+    return await conn.fetchrow(
+        "WITH was AS (SELECT seq, fixmedins_code, fail_reason FROM deferred"
+        " WHERE claim_id = $1 AND kind = 'claim' AND status = 'failed' FOR UPDATE)"
+        " UPDATE deferred d SET status = 'pending', fail_reason = NULL, replayed_at = NULL"
+        " FROM was WHERE d.seq = was.seq RETURNING was.fixmedins_code, was.fail_reason",
+        claim_id,
+    )
+
+
 async def mark_applied(conn: asyncpg.Connection, seq: int) -> None:
     """Marks a journaled call applied."""
     await conn.execute(

@@ -499,3 +499,46 @@ async def test_a_self_pay_stays_claim_waits_for_its_conversion(
         assert (late["settled"], late["failed"]) == (1, []), late
         assert await srv.fetchval(status, claim_id) == "settled"
         assert await srv.check_ledger() == []
+
+
+async def test_a_failed_claim_is_replayed_again_once_its_cause_is_mended(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a replay run in the wrong time zone filed every sale's claim of an
+    outage failed, and nothing but a withdrawal at each counter was left. `deferred retry`
+    puts a failed claim back to pending, audited; the next replay settles it, once."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
+        await his.ok("2402", _discharge(mdtrt_id))
+        closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
+        claim_id = (await _deferred_claim(srv, his, closing))["setl_id"]
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        await srv.fetch(
+            "UPDATE deferred SET status = 'failed', fail_reason = '演练' WHERE claim_id = $1",
+            claim_id,
+        )
+
+        def retry(*more: str) -> Any:
+            return cli("deferred", "retry", "--database-url", srv.dsn, *more, check=False)
+
+        unexplained = retry("--claim-id", claim_id, "--reason", " ")
+        assert unexplained.returncode == 2 and "原因" in unexplained.stderr
+        unknown = retry("--claim-id", "DF000000", "--reason", "时区已更正")
+        assert unknown.returncode == 2 and "DF000000" in unknown.stderr
+        done = retry("--claim-id", claim_id, "--reason", "时区已更正", "--operator", "agency")
+        assert done.returncode == 0 and "pending again" in done.stdout, done.stderr
+        status = "SELECT status FROM deferred WHERE claim_id = $1"
+        assert await srv.fetchval(status, claim_id) == "pending"
+        audited = await srv.fetchrow(
+            "SELECT operator, action, reason FROM audit_log WHERE action = 'deferred.retry'"
+        )
+        assert audited is not None
+        assert tuple(audited) == ("agency", "deferred.retry", "时区已更正")
+        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert (summary["settled"], summary["failed"]) == (1, []), summary
+        assert await srv.fetchval(status, claim_id) == "settled"
+        again = retry("--claim-id", claim_id, "--reason", "时区已更正")
+        assert again.returncode == 2  # settled: nothing to retry
+        assert await srv.check_ledger() == []
