@@ -197,6 +197,14 @@ def plan_windows(args: argparse.Namespace) -> int:
                 print("refused: --load needs --reason", file=sys.stderr)
                 return 2
             timetable = await asyncio.to_thread(_timetable, args.load)
+            # As `plan set` refuses it (found from outside: a route_legacy window was loaded
+            # without the old system's address).
+            legacy_url = load_config(Path(args.config)).legacy.url
+            for n, w in enumerate(timetable, 1):
+                try:
+                    store.check_routable(w["action"], legacy_url)
+                except BadRequest as exc:
+                    raise BadRequest(f"第{n}个时间窗：{exc.err_msg}") from None
             # All or none: a refused window leaves the file's earlier ones unwritten too.
             async with conn.transaction():
                 for w in timetable:

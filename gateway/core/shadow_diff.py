@@ -222,6 +222,28 @@ def _same_number(a: Any, b: Any) -> bool:
     return da == db
 
 
+# A price cap at or above this is "no cap" (this gateway answers 999999.000000, as Hebei's centre
+# does); 0 or nothing is "no cap" too (found from outside: an old system answering "0" for an
+# uncapped item made every comparison differ, blamed on price_cap, which the protective action
+# counts).
+_NO_CAP_FROM = 999999
+
+
+def _same_cap(a: Any, b: Any) -> bool:
+    """Price caps equal, every spelling of "no cap" alike."""
+    if a is None or b is None:
+        return True
+
+    def cap(value: Any) -> Any:
+        d = _decimal(value)
+        if d is None:
+            shown = _text(value) or ""
+            return None if not shown.strip() else shown
+        return None if d <= 0 or d >= _NO_CAP_FROM else d
+
+    return bool(cap(a) == cap(b))
+
+
 def refused(envelope: Mapping[str, Any]) -> bool:
     """An answer that settled nothing: infcode other than 0, or no output, or an output without
     its settlement (found from outside: an old system's `"output": {}` was scored as one fund's
@@ -289,7 +311,9 @@ def _compare_line(
     lv_a, lv_b = _line_class(a), _line_class(b)
     if lv_a is not None and lv_b is not None and lv_a != lv_b:
         fields.append(("chrgitm_lv", lv_a, lv_b))
-    for name in ("selfpay_prop", "pric_uplmt_amt", *LINE_AMOUNTS):
+    if not _same_cap(a.get("pric_uplmt_amt"), b.get("pric_uplmt_amt")):
+        fields.append(("pric_uplmt_amt", a.get("pric_uplmt_amt"), b.get("pric_uplmt_amt")))
+    for name in ("selfpay_prop", *LINE_AMOUNTS):
         if not _same_number(a.get(name), b.get(name)):
             fields.append((name, a.get(name), b.get(name)))
     if not fields:

@@ -43,13 +43,17 @@ async def cancel(conn: asyncpg.Connection, *, fixmedins_code: str, setl_id: str)
     )
 
 
-async def in_force(conn: asyncpg.Connection, *, fixmedins_code: str, setl_id: str) -> bool:
-    """Whether `setl_id` is the old system's settlement of the institution, not cancelled."""
+async def in_force(
+    conn: asyncpg.Connection, *, fixmedins_code: str, setl_id: str, mdtrt_id: str | None = None
+) -> bool:
+    """Whether `setl_id` is the old system's settlement of the institution, not cancelled (of
+    that visit, where one is named: the two systems' numbers may coincide)."""
     return bool(
         await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM legacy_settlements WHERE fixmedins_code = $1"
-            " AND setl_id = $2 AND cancelled_at IS NULL)",
+            " AND setl_id = $2 AND cancelled_at IS NULL AND ($3::text IS NULL OR mdtrt_id = $3))",
             fixmedins_code,
             setl_id,
+            mdtrt_id,
         )
     )

@@ -11,14 +11,19 @@ import msgspec
 
 from gateway.core import eligibility
 from gateway.core.money import fen_text
-from gateway.ledger import deferred, encounters, settlements
+from gateway.ledger import deferred, encounters, legacy_settlements, settlements
 from gateway.ledger.settlements import Record
+from gateway.protocol.errors import Conflict
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 
 # While the emergency plan defers a settlement's class, the settlements in force stay as they
 # are: a cancellation (2208/2305/2103, or a 2601 of the sale) waits for the recovery.
 CANCEL_REFUSED_MSG = "应急处置期间不能撤销已完成的医保结算，请待系统恢复后再办理撤销"
+LEGACY_CANCEL_MSG = (
+    "结算ID{setl_id}是应急预案转原系统期间由原系统办理的结算，不在本系统：请在原系统办理撤销，"
+    "或请应急小组为本机构设置转原系统（route_legacy）后以相同交易撤销"
+)
 
 
 class SettlementCancel(msgspec.Struct, frozen=True, gc=False, kw_only=True):
@@ -87,6 +92,12 @@ async def cancel(
     # visit it became (found from outside: a till that only ever had the PV… id was told the
     # replayed settlement was not of its visit).
     a = msgspec.structs.replace(a, mdtrt_id=await encounters.real_id(conn, a.mdtrt_id))
+    if await legacy_settlements.in_force(
+        conn, fixmedins_code=origin.fixmedins_code, setl_id=a.setl_id, mdtrt_id=a.mdtrt_id
+    ):
+        # Found from outside: told "does not exist" of a settlement the gateway itself names
+        # when it refuses to settle those lines again.
+        raise Conflict(LEGACY_CANCEL_MSG.format(setl_id=a.setl_id))
     rec, balance_after = await settlements.cancel(
         conn,
         fixmedins_code=origin.fixmedins_code,

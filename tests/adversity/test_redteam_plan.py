@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -643,6 +644,18 @@ async def test_a_route_to_the_old_system_without_its_address_is_refused(rig: Rig
         )  # fmt: skip
         assert done.returncode == 2, done.stdout + done.stderr
         assert "[legacy] url" in done.stderr and "refused" in done.stderr
+    # A timetable's window too (found from outside: loaded, where `plan set` refuses it).
+    timetable = Path(tempfile.mkdtemp(prefix="windows-")) / "windows.toml"
+    timetable.write_text(
+        _WINDOW + 'classes = ["settlement"]\naction = "route_legacy"\n'
+        "begins = 2030-01-01T08:00:00\nends = 2030-01-02T08:00:00\n",
+        encoding="utf-8",
+    )
+    done = cli(
+        "plan", "windows", "--load", str(timetable), "--reason", "演练", "--database-url", srv.dsn,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "第1个时间窗" in done.stderr and "[legacy] url" in done.stderr
     async with srv.session.post(srv.url + "/api/console/login", json=OPERATOR) as r:
         assert r.status == 200, await r.text()
         headers = {"Authorization": f"Bearer {(await r.json())['token']}"}

@@ -201,6 +201,10 @@ async def test_we_answer_and_the_old_system_shadows(
         await set_rule(srv.dsn, "region:441800", "settlement", "shadow", "切换后并行比对")
         unchanged = pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED)
         await _in_force(srv, pos, unchanged)
+        # Normal service, as sgw_plan_degraded says (found from outside: `plan show` said
+        # degraded with this rule alone).
+        shown = json.loads(cli("plan", "show", "--json", "--database-url", srv.dsn).stdout)
+        assert shown["state"] == "normal" and [r["state"] for r in shown["rules"]] == ["normal"]
         agreeing = await _comparisons(srv)
         assert {r["differs"] for r in agreeing} == {False}  # an item mapped alike agrees
         assert agreeing[0]["answered_by"] == "gateway"
@@ -1014,9 +1018,15 @@ async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_o
         )
         # Cancelled at the old system through the gateway (the stays routed there again), the
         # stay is the gateway's to settle once the rule is cleared.
+        back = {"data": {"setl_id": early_there, "mdtrt_id": early, "psn_no": EMPLOYEE}}
+        # Without the route, its cancellation is told where the settlement is (found from
+        # outside: "不存在或不属于本机构"), nothing written.
+        before = await srv.ledger_fingerprint()
+        refused = await his.call("2305", back)
+        assert refused["infcode"] == -1 and "由原系统办理的结算" in refused["err_msg"], refused
+        assert await srv.ledger_fingerprint() == before
         await set_rule(srv.dsn, scope, "settlement", "route_legacy", "撤销原系统结算")
         await asyncio.sleep(2.5)
-        back = {"data": {"setl_id": early_there, "mdtrt_id": early, "psn_no": EMPLOYEE}}
         cancelled = await his.call("2305", back)
         assert cancelled["infcode"] == 0, cancelled["err_msg"]
         async with connect(old_system.dsn) as old:

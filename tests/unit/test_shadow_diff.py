@@ -154,6 +154,20 @@ def test_a_different_price_cap() -> None:
     assert d.lines == ("1",)
 
 
+def test_every_spelling_of_no_cap_agrees() -> None:
+    """Found from outside: an old system answering "0" for an uncapped item (this gateway
+    answers 999999.000000) made every comparison differ, blamed on price_cap."""
+    a = _answer()
+    for spelling in (D("0"), "0", "", D("999999.000000"), D("9999999")):
+        b = copy.deepcopy(a)
+        b["output"]["detlcutinfo"][0]["pric_uplmt_amt"] = spelling
+        a["output"]["detlcutinfo"][0]["pric_uplmt_amt"] = D("999999.000000")
+        assert compare(a, b, ITEMS).causes == (), spelling
+    b = copy.deepcopy(a)
+    b["output"]["detlcutinfo"][0]["pric_uplmt_amt"] = D("30.000000")  # a cap against none
+    assert compare(a, b, ITEMS).causes == (Cause.PRICE_CAP,)
+
+
 def test_a_different_deductible() -> None:
     a = _answer()
     b = _set(copy.deepcopy(a), act_pay_dedc=D("50.00"), hifp_pay=D("28.50"))
