@@ -31,7 +31,7 @@ from adapters.national.wire import (
 )
 from gateway.core.timestamps import day_digits
 from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
-from gateway.ledger import deferred, fees, persons
+from gateway.ledger import deferred, fees, persons, settlements
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
 from gateway.protocol.errors import BadRequest, Conflict, NotFound
@@ -392,7 +392,14 @@ async def withdraw_claim(call: Call) -> Answer:
         if existing["status"] == "withdrawn":
             raise Conflict(f"暂存结算{setl_id}已撤销，不能重复撤销")
         if existing["status"] == "settled" and existing["setl_id"]:
-            raise Conflict(f"暂存结算{setl_id}已补结算为{existing['setl_id']}，请按该结算单号撤销")
+            replayed = existing["setl_id"]
+            if await settlements.status_of(call.conn, replayed) == "cancelled":
+                # Found from outside: pointed to a settlement already cancelled.
+                raise Conflict(
+                    f"暂存结算{setl_id}已补结算为{replayed}，该结算已撤销（现金已全额退还），"
+                    "无需再撤销"
+                )
+            raise Conflict(f"暂存结算{setl_id}已补结算为{replayed}，请按该结算单号撤销")
         # Found from outside: a claim replay could not settle was "已补结算为-".
         raise Conflict(deferred.unsettled_words(existing["status"], setl_id))
     return Answer(

@@ -207,10 +207,15 @@ def plan_windows(args: argparse.Namespace) -> int:
                     raise BadRequest(f"第{n}个时间窗：{exc.err_msg}") from None
             # All or none: a refused window leaves the file's earlier ones unwritten too.
             async with conn.transaction():
-                for w in timetable:
-                    version = await store.add_window(
-                        conn, **w, operator=_operator(args), reason=args.reason
-                    )
+                for n, w in enumerate(timetable, 1):
+                    try:
+                        version = await store.add_window(
+                            conn, **w, operator=_operator(args), reason=args.reason
+                        )
+                    except BadRequest as exc:
+                        # The refusal names its window, as the file's checks do (found from
+                        # outside: ends-before-begins named none).
+                        raise BadRequest(f"第{n}个时间窗：{exc.err_msg}") from None
         if args.remove is not None:
             version = await store.remove_window(
                 conn, window_id=args.remove, operator=_operator(args), reason=args.reason or ""
@@ -294,9 +299,16 @@ def _timetable(path: str) -> list[dict[str, Any]]:
             raise BadRequest(f'{at}的classes应为交易类别的列表，如["settlement"]')
         for key in _WINDOW_TIMES:
             if not isinstance(w[key], dt.datetime):
-                raise BadRequest(
-                    f"{at}的{key}应为日期和时间，如2022-03-04T00:00:00（只写日期不知从几点起）"
+                # What is missing, in the clerk's words (found from outside: a bare time was
+                # told it was a date).
+                lacks = (
+                    "只写时间不知是哪一天"
+                    if isinstance(w[key], dt.time)
+                    else "只写日期不知从几点起"
+                    if isinstance(w[key], dt.date)
+                    else "应写日期和时间"
                 )
+                raise BadRequest(f"{at}的{key}应为日期和时间，如2022-03-04T00:00:00（{lacks}）")
         found.append(
             {
                 **{key: w[key] for key in _WINDOW_TEXTS},

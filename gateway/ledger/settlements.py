@@ -757,6 +757,14 @@ async def paid(conn: asyncpg.Connection, setl_id: str) -> tuple[int, int]:
     return int(row["medfee_sumamt"]), int(row["psn_cash_pay"])
 
 
+async def status_of(conn: asyncpg.Connection, setl_id: str) -> str | None:
+    """A settlement's status ("settled", "cancelled"), None when there is none of that id."""
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM settlements WHERE setl_id = $1", setl_id
+    )
+    return status
+
+
 async def visit_of(conn: asyncpg.Connection, setl_id: str) -> str:
     """Reads the visit (mdtrt_id) a settlement belongs to."""
     mdtrt_id: str = await conn.fetchval(

@@ -530,7 +530,20 @@ async def test_a_timetable_or_time_the_cli_cannot_take_is_refused_in_words(
         "a date only": (
             _WINDOW + 'classes = ["settlement"]\naction = "reject"\n'
             "begins = 2030-01-01\nends = 2030-01-02T00:00:00\n",
-            "begins应为日期和时间",
+            "只写日期不知从几点起",
+        ),
+        "a time only": (
+            _WINDOW + 'classes = ["settlement"]\naction = "reject"\n'
+            "begins = 10:00:00\nends = 2030-01-02T00:00:00\n",
+            "只写时间不知是哪一天",
+        ),
+        "ends before begins, in the second window": (
+            _WINDOW + 'classes = ["catalog"]\naction = "reject"\n'
+            "begins = 2030-01-01T00:00:00\nends = 2030-01-02T00:00:00\n"
+            + _WINDOW
+            + 'classes = ["catalog"]\naction = "reject"\n'
+            "begins = 2030-01-02T00:00:00\nends = 2030-01-01T00:00:00\n",
+            "第2个时间窗",
         ),
         "not TOML": ("[[window]\nname = ", "不是有效的TOML"),
         "classes as text": (

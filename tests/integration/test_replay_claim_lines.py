@@ -455,6 +455,10 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
         ref = {"data": {"setl_id": replayed, "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
         back = await his.ok("2208", ref)
         assert str(back["setlinfo"]["psn_cash_pay"]) == f"-{OUTPATIENT_TOTAL}"
+        # The claim number afterwards: not pointed to a settlement already cancelled.
+        by_claim = {"data": {"setl_id": claim["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+        told = await his.call("2208", by_claim)
+        assert told["infcode"] == -1 and "该结算已撤销" in told["err_msg"], told
         assert await srv.check_ledger() == []
 
 
