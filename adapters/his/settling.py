@@ -32,13 +32,20 @@ from gateway.services.visit_settlement import ALL, Context, Declared, Record, Vi
 
 
 def declared_of(data: SettleData) -> Declared:
-    """The totals the client sent."""
+    """The totals the client sent, signed: a HIS adding up its unsettled lines, refunds of lines
+    settled earlier among them, sends a negative component (found from outside: told the field
+    could not be negative, where the settlement's own refusal names the component and the way
+    out; those words come first now, as for a request that sends no split)."""
     return Declared(
-        medfee_sumamt=fen_required(data.medfee_sumamt, "data.medfee_sumamt"),
-        fulamt_ownpay_amt=fen(data.fulamt_ownpay_amt, "data.fulamt_ownpay_amt", optional=True),
-        overlmt_selfpay=fen(data.overlmt_selfpay, "data.overlmt_selfpay", optional=True),
-        preselfpay_amt=fen(data.preselfpay_amt, "data.preselfpay_amt", optional=True),
-        inscp_scp_amt=fen(data.inscp_scp_amt, "data.inscp_scp_amt", optional=True),
+        medfee_sumamt=fen_required(data.medfee_sumamt, "data.medfee_sumamt", signed=True),
+        fulamt_ownpay_amt=fen(
+            data.fulamt_ownpay_amt, "data.fulamt_ownpay_amt", optional=True, signed=True
+        ),
+        overlmt_selfpay=fen(
+            data.overlmt_selfpay, "data.overlmt_selfpay", optional=True, signed=True
+        ),
+        preselfpay_amt=fen(data.preselfpay_amt, "data.preselfpay_amt", optional=True, signed=True),
+        inscp_scp_amt=fen(data.inscp_scp_amt, "data.inscp_scp_amt", optional=True, signed=True),
     )
 
 

@@ -434,10 +434,16 @@ async def test_refund_of_a_self_pay_line_settled_mid_way_names_the_negative_comp
     refused = await his.call("2301", {"feedetail": over})
     assert refused["infcode"] == -1 and "超过原收费数量1" in refused["err_msg"]
     final = his.settle_data(YI, stay, "21", "1900.00", "310", "0", mid_setl_flag="1")
-    answer = await his.call("2303", final)
-    assert answer["infcode"] == -1
-    assert "全自费金额fulamt_ownpay_amt为-100.00" in answer["err_msg"]
-    assert "2305" in answer["err_msg"]
+    # Also as a HIS sends it with its own sums of the unsettled lines, the refund's negative
+    # component among them (found from outside: told the field could not be negative).
+    summed = his.settle_data(
+        YI, stay, "21", "1900.00", "310", "0", mid_setl_flag="1", fulamt_ownpay_amt="-100.00"
+    )
+    for request in (final, summed):
+        answer = await his.call("2303", request)
+        assert answer["infcode"] == -1
+        assert "全自费金额fulamt_ownpay_amt为-100.00" in answer["err_msg"], answer
+        assert "2305" in answer["err_msg"]
     # The way out it names: cancel the mid-way settlement, then settle everything at once.
     await his.ok("2305", {"data": {"mdtrt_id": stay, "psn_no": YI, "setl_id": settled["setl_id"]}})
     whole = his.settle_data(YI, stay, "21", "2000.00", "310", "0", mid_setl_flag="1")
