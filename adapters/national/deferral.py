@@ -430,13 +430,14 @@ def withdrawal_output(claim: Request, row: Any, at: dt.datetime, balc: int) -> d
 # ------------------------------------------------------------------ lines under a pending claim
 
 
-def claim_scope(req: Request) -> tuple[str, str] | None:
+def claim_scope(req: Request, *, priced: bool = False) -> tuple[str, str] | None:
     """(mdtrt_id, lines) a 2207/2304 settles or claims: its charge batch, or every unsettled
     line of the visit (a 2304, or chrg_bchno 0000). None for a pharmacy purchase, which has no
     batch (another msgid is another purchase), and for a request too incomplete to settle, which
-    its handler refuses."""
+    its handler refuses. `priced`: a 2206/2303's too, the lines it prices."""
     kind = kind_of(req.infno)
-    if role(req.infno) is not Deferral.CLAIM or kind is Kind.PHARMACY:
+    roles = (Deferral.CLAIM, Deferral.PRESETTLEMENT) if priced else (Deferral.CLAIM,)
+    if role(req.infno) not in roles or kind is Kind.PHARMACY:
         return None
     data = decode_input(req, In2206).data
     if data is None:

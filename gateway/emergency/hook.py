@@ -361,6 +361,11 @@ async def _presettle_as_claim(call: Call) -> Answer:
     """A visit's pre-settlement under `defer` with the ledger reachable: refused for what its
     claim would be refused for (lines a claim holds, a total they do not make, a person or an
     insutype that does not fit), else the all-cash figures, nothing written."""
+    scope = deferral.claim_scope(call.req, priced=True)
+    if scope is not None:
+        # Lines a claim holds first, judged or not (found from outside: with the institution's
+        # calls waiting to be applied, a 2206 of a claimed batch was priced all cash again).
+        await _refuse_claimed_twice(call.conn, call.req.fixmedins_code, scope[0], scope[1])
     tx = transaction.of(call.req.infno)
     claim = _claim_of(tx) if tx is not None else None
     if claim is not None:
@@ -559,8 +564,13 @@ async def _journal_withdrawal(gw: Gateway, req: Request, received: dt.datetime) 
     journal = gw.journal
     held = journal.claims.get(setl_id)
     if held is None or held.fixmedins_code != req.fixmedins_code or held.psn_no != psn_no:
-        # Only a claim this process holds can be withdrawn while the ledger is away.
-        raise Unavailable("医保结算数据库暂不可用，暂存结算请待系统恢复后再撤销")
+        # Only a claim this process holds can be withdrawn while the ledger is away; another
+        # worker may hold it (found from outside: the same msgid withdrew it there), so the
+        # counter is told to retry as well as to wait.
+        raise Unavailable(
+            "医保结算数据库暂不可用，暂未能撤销该暂存结算：请稍后使用相同报文ID重试，"
+            "或待系统恢复后再撤销"
+        )
     if mdtrt_id and mdtrt_id != deferred.visit_of_claim(held.mdtrt_id, setl_id):
         raise Conflict(f"结算ID{setl_id}与就诊ID、人员编号不对应")
     if setl_id in journal.withdrawn:

@@ -145,11 +145,11 @@ async def cancel_registration(conn: asyncpg.Connection, fixmedins_code: str, a: 
         raise Conflict(f"门诊号{a.ipt_otp_no}与就诊ID{a.mdtrt_id}不对应")
     if enc.status == "cancelled":
         raise Conflict(f"就诊ID{a.mdtrt_id}已撤销，不能重复撤销")
-    if await encounters.settled_count(conn, a.mdtrt_id):
+    if await encounters.settled_count(conn, enc.mdtrt_id):
         raise Conflict("该就诊存在未撤销的结算，请先撤销结算（2208）")
-    if await fees.has_lines(conn, a.mdtrt_id):
+    if await fees.has_lines(conn, enc.mdtrt_id):
         raise Conflict("该就诊存在已上传的费用明细，请先撤销费用明细（2205）")
-    await encounters.update(conn, a.mdtrt_id, status="cancelled")
+    await encounters.update(conn, enc.mdtrt_id, status="cancelled")
 
 
 def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = None) -> Job:
@@ -256,13 +256,13 @@ async def discharge(
             f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于入院时间"
             f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对日期"
         )
-    last_fee = await fees.latest_fee_time(conn, a.mdtrt_id)
+    last_fee = await fees.latest_fee_time(conn, enc.mdtrt_id)
     if last_fee is not None and last_fee.date() > endtime.date():
         raise RuleRejected(
             f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于已上传费用明细的发生时间"
             f"{last_fee:%Y-%m-%d %H:%M:%S}，请核对出院时间或先撤销该费用明细（2302）"
         )
-    await encounters.update(conn, a.mdtrt_id, status="discharged", endtime=endtime)
+    await encounters.update(conn, enc.mdtrt_id, status="discharged", endtime=endtime)
 
 
 async def cancel_admission(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:
@@ -270,11 +270,11 @@ async def cancel_admission(conn: asyncpg.Connection, fixmedins_code: str, a: Vis
     enc = await _visit(conn, fixmedins_code, a, Kind.INPATIENT)
     if enc.status != "open":
         raise Conflict(f"就诊ID{a.mdtrt_id}当前状态不能撤销入院（{_STATUS[enc.status]}）")
-    if await encounters.settled_count(conn, a.mdtrt_id):
+    if await encounters.settled_count(conn, enc.mdtrt_id):
         raise Conflict("该住院存在未撤销的结算，请先撤销结算（2305）")
-    if await fees.has_lines(conn, a.mdtrt_id):
+    if await fees.has_lines(conn, enc.mdtrt_id):
         raise Conflict("该住院存在已上传的费用明细，请先撤销费用明细（2302）")
-    await encounters.update(conn, a.mdtrt_id, status="cancelled")
+    await encounters.update(conn, enc.mdtrt_id, status="cancelled")
 
 
 async def cancel_discharge(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:
@@ -282,7 +282,7 @@ async def cancel_discharge(conn: asyncpg.Connection, fixmedins_code: str, a: Vis
     enc = await _visit(conn, fixmedins_code, a, Kind.INPATIENT)
     if enc.status != "discharged":
         raise Conflict(f"就诊ID{a.mdtrt_id}未办理出院，不能撤销出院")
-    if await settlements.has_final(conn, a.mdtrt_id):
+    if await settlements.has_final(conn, enc.mdtrt_id):
         raise Conflict("该住院已出院结算，请先撤销结算（2305）再撤销出院")
     # Found from outside: a discharge cancelled under the stay's pending claim (the patient
     # paid in cash, the fund's share owed) made the claim fail at replay, "not discharged".
@@ -295,13 +295,16 @@ async def cancel_discharge(conn: asyncpg.Connection, fixmedins_code: str, a: Vis
             f"该住院的结算已按应急预案暂存（暂存结算单号{held[0].claim_id}），"
             "请待恢复后由系统补结算，或先撤销暂存（2305），再撤销出院"
         )
-    await encounters.update(conn, a.mdtrt_id, status="open", endtime=None)
+    await encounters.update(conn, enc.mdtrt_id, status="open", endtime=None)
 
 
 async def _visit(
     conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef, kind: Kind
 ) -> encounters.Encounter:
-    """The institution's visit of this person and kind, locked."""
+    """The institution's visit of this person and kind, locked. Its `mdtrt_id` is the visit's
+    own: a provisional id the client still sends names the visit it became, and every read and
+    write after this goes by the visit's (found from outside: a 2402 naming the PV… id answered
+    成功 and discharged nothing, its update matching no row)."""
     enc = await encounters.get(conn, a.mdtrt_id, fixmedins_code, psn_no=a.psn_no, lock=True)
     return _of_kind(enc, a.mdtrt_id, kind)
 

@@ -431,6 +431,10 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
         )
         claim = (await his.ok("2207", data))["setlinfo"]
         assert claim["setl_id"].startswith("DF")
+        # Under the plan still, with the visit's calls waiting: its 2206 names the claim (found
+        # from outside: priced all cash again, the claim not judged while calls wait).
+        held = await his.call("2206", data)
+        assert held["infcode"] == -1 and claim["setl_id"] in held["err_msg"], held
         await clear_rule(srv.dsn, scope, "encounter")
         await clear_rule(srv.dsn, scope, "settlement")
         calls = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
@@ -545,4 +549,80 @@ async def test_a_failed_claim_is_replayed_again_once_its_cause_is_mended(
         assert await srv.fetchval(status, claim_id) == "settled"
         again = retry("--claim-id", claim_id, "--reason", "时区已更正")
         assert again.returncode == 2  # settled: nothing to retry
+        assert await srv.check_ledger() == []
+
+
+async def test_a_claim_drained_before_its_lines_upload_waits_for_them(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside (two workers, the database cut half-way through a visit registered
+    before it): the 2204 went to one worker's journal, the 2207 claim to the other's, which
+    drained first; the claim was fixed with no line and failed at replay, its fund share never
+    reimbursed, and `deferred retry` could not mend it. A claim whose lines are not in the
+    ledger yet waits for them; once they are, it covers them and replay settles it."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        at = dt.datetime.now().replace(microsecond=0) - dt.timedelta(minutes=5)
+        day = f"{at:%Y-%m-%d %H:%M:%S}"
+        visit = await his.register(RETIREE, "310", day, "MZ-2W-1")  # before the cut
+        node_a, node_b = Journal(tmp_path / "a"), Journal(tmp_path / "b")
+        lines = [line("1", "ZL0003", "60", 1)]  # 60.00
+
+        async def journaled(
+            journal: Journal, seconds: int, kind: str, infno: str, input_: Any, **fields: Any
+        ) -> None:
+            received = at + dt.timedelta(seconds=seconds)
+            await journal.append(_entry(his, visit, received, kind, infno, input_, 6000, **fields))
+
+        rows = his.fee_rows(visit, RETIREE, lines, day, "B1")
+        await journaled(node_b, 1, "call", "2204", {"feedetail": rows})
+        settle = his.settle_data(RETIREE, visit, "11", total(lines), "310", "0", chrg_bchno="B1")
+        claim_id = deferral.new_claim_id("441800", at, HOSPITAL, "JOURNALED-2W-2207")
+        await journaled(node_a, 2, "claim", "2207", settle, claim_id=claim_id)
+        node_a.close()
+        node_b.close()
+
+        cli("deferred", "replay", "--journal-dir", str(tmp_path / "a"), "--database-url", srv.dsn)
+        row = "SELECT status, lines FROM deferred WHERE claim_id = $1"
+        waiting = await srv.fetchrow(row, claim_id)
+        assert waiting is not None and (waiting["status"], waiting["lines"]) == ("pending", None)
+        cli("deferred", "replay", "--journal-dir", str(tmp_path / "b"), "--database-url", srv.dsn)
+        claim = await srv.fetchrow("SELECT * FROM deferred WHERE claim_id = $1", claim_id)
+        assert claim is not None
+        assert (claim["status"], claim["lines"]) == ("settled", ["1"]), claim["fail_reason"]
+        assert await srv.check_ledger() == []
+
+
+async def test_a_stays_provisional_id_works_for_its_later_calls(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: after a stay's calls kept under the plan were applied, a 2402 and a
+    2405 naming its provisional id answered 成功 and did nothing (their writes went by the PV…
+    id, which matches no row); the closing 2304 was then refused as not discharged."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        scope = f"institution:{HOSPITAL}"
+        await set_rule(srv.dsn, scope, "encounter", "defer", "演练主动报")
+        assert srv.app is not None
+        await srv.app[GATEWAY].reload_plan(force=True)
+        pv = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+        assert pv.startswith("PV")
+        await clear_rule(srv.dsn, scope, "encounter")
+        await srv.app[GATEWAY].reload_plan(force=True)
+        real = "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1"
+
+        async def applied() -> bool:
+            return await srv.fetchval(real, pv) is not None
+
+        await until(applied, within=15.0)
+        visit = await srv.fetchval(real, pv)
+        await his.ok("2301", _upload(pv, BEFORE, "2025-07-02 10:00:00"))
+        status = "SELECT status FROM encounters WHERE mdtrt_id = $1"
+        await his.ok("2402", _discharge(pv))
+        assert await srv.fetchval(status, visit) == "discharged"
+        await his.ok("2405", {"data": {"mdtrt_id": pv, "psn_no": RETIREE}})
+        assert await srv.fetchval(status, visit) == "open"
+        await his.ok("2402", _discharge(pv))
+        settled = await his.ok("2304", _stay_settlement(his, pv, total(BEFORE), "0"))
+        assert settled["setlinfo"]["setl_id"]
         assert await srv.check_ledger() == []

@@ -288,6 +288,21 @@ async def _apply_calls(
 Unfixed = tuple[tuple[dt.datetime, int], str, str]  # ((received_at, seq), mdtrt_id, batch)
 
 
+async def _settled_already(conn: asyncpg.Connection, visit: str, batch: str) -> bool:
+    """Whether the lines a claim names were uploaded and are settled (a claim of them fails at
+    replay, with its reason), as against not in the ledger yet (it waits for them)."""
+    if batch == fees.ALL:
+        return await fees.has_lines(conn, visit)
+    return await fees.batch_settled(conn, visit, batch)
+
+
+def _of_lines(row: deferred.Pending) -> bool:
+    """A claim settling a visit's uploaded lines (2207/2304), not a purchase carrying its own."""
+    if row.kind != "claim":
+        return False
+    return deferral.claim_scope(deferral.request_of(row.body)) is not None
+
+
 async def _unfixed(conn: asyncpg.Connection) -> list[Unfixed]:
     """((received_at, seq), mdtrt_id, charge batch or ALL) of the pending claims of a visit's
     lines that do not name their lines yet, in the order received."""
@@ -319,6 +334,12 @@ async def _fix_lines(
             kept.append(claim)
             continue
         lines = fees.of_batch(await fees.unsettled(conn, visit), batch)
+        if not lines and not await _settled_already(conn, visit, batch):
+            # Its lines are in a journal not drained yet (found from outside: two workers, the
+            # 2204 in one's journal, the claim in the other's, drained first and fixed with no
+            # line; replay failed it, the fund's share never reimbursed): it waits for them.
+            kept.append(claim)
+            continue
         await deferred.fix_lines(conn, place[1], [ln.feedetl_sn for ln in lines])
     unfixed[:0] = kept
 
@@ -377,6 +398,11 @@ async def _replay_claims_in(
                 )
                 if row is None:
                     break
+                if row.lines is None and _of_lines(row):
+                    # A visit's claim whose lines are not in the ledger yet (their upload in a
+                    # journal not drained): it stays pending, listed, for the next replay.
+                    waiting.append(row.seq)
+                    continue
                 try:
                     async with conn.transaction():
                         # Never before the claim was taken: found from outside, a replay run
