@@ -51,12 +51,8 @@ def _operator(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace, work: Callable[[Partitions], Awaitable[int]]) -> int:
     """`work` over the ledger databases: the main one, and the clusters `--config` names."""
 
-    # Resolved before the loop runs: the embedded server's start runs a loop of its own (found
-    # from outside: with no --database-url, `plan set` ended in a traceback).
-    url = database_url(args)
-
     async def go() -> int:
-        pool = await db.create_pool(url, min_size=1, max_size=2)
+        pool = await db.create_pool(database_url(args), min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn:
                 await db.migrate(conn)

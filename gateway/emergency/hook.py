@@ -435,7 +435,6 @@ async def _defer_call(call: Call) -> Answer:
         )
     entry = _entry("call", req, call.now, provisional_id=provisional)
     await deferred.insert(call.conn, entry, "ledger")
-    call.gw.ledger_claims.clear()  # pre-settlements read claims again until the next count
     ref = provisional or req.msgid
     return Answer(
         deferral.call_output(req, provisional), warn_msg=deferral.CALL_WARN.format(ref=ref)
@@ -794,12 +793,17 @@ async def _this_gateways(gw: Gateway, tx: Transaction, req: Request) -> bool:
         )
     elif tx.deferral is Deferral.CANCEL_CLAIM:
         try:
-            setl_id = deferral.withdrawal_ref(req)[0]
+            setl_id, visit, _ = deferral.withdrawal_ref(req)
         except GatewayError:
             return True  # refused here, in the words the handler uses
         if deferral.is_claim_id(setl_id):
             return True
-        lookup = functools.partial(_held_here, setl_id=setl_id, fixmedins_code=req.fixmedins_code)
+        lookup = functools.partial(
+            _held_here,
+            setl_id=setl_id,
+            mdtrt_id=visit or None,
+            fixmedins_code=req.fixmedins_code,
+        )
     else:
         return False
     wait = gw.config.journal.ledger_lookup_seconds
@@ -812,10 +816,14 @@ async def _this_gateways(gw: Gateway, tx: Transaction, req: Request) -> bool:
         return False
 
 
-async def _held_here(conn: asyncpg.Connection, *, setl_id: str, fixmedins_code: str) -> bool:
+async def _held_here(
+    conn: asyncpg.Connection, *, setl_id: str, mdtrt_id: str | None, fixmedins_code: str
+) -> bool:
     """A settlement of this ledger, not the old system's kept under route_legacy (the two
-    systems' numbers may coincide)."""
-    if await legacy_settlements.in_force(conn, fixmedins_code=fixmedins_code, setl_id=setl_id):
+    systems' numbers may coincide: the visit named tells them apart, as the cancellation does)."""
+    if await legacy_settlements.in_force(
+        conn, fixmedins_code=fixmedins_code, setl_id=setl_id, mdtrt_id=mdtrt_id
+    ):
         return False
     return await settlements.held(conn, fixmedins_code, setl_id)
 

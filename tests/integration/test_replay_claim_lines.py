@@ -119,6 +119,19 @@ def _entry(
     )
 
 
+def _two_nodes(his: HisClient, visit: str, at: dt.datetime) -> Callable[..., Any]:
+    """What a gateway node journaled with the ledger away: `seconds` after `at`, a call or a
+    claim of 60.00 on `visit`, in that node's journal."""
+
+    async def journaled(
+        journal: Journal, seconds: int, kind: str, infno: str, input_: Any, **fields: Any
+    ) -> None:
+        received = at + dt.timedelta(seconds=seconds)
+        await journal.append(_entry(his, visit, received, kind, infno, input_, 6000, **fields))
+
+    return journaled
+
+
 async def _deferred_claim(srv: Server, his: HisClient, settlement: dict[str, Any]) -> Any:
     """The plan's `defer` set for the region; once in force, the 2304 as a claim: its setlinfo."""
     await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
@@ -298,11 +311,7 @@ async def test_a_visit_split_across_two_gateways_journals_is_applied_in_the_orde
         day = f"{at:%Y-%m-%d %H:%M:%S}"
         lines = [line("1", "ZL0003", "60", 1)]  # 60.00
 
-        async def journaled(
-            journal: Journal, seconds: int, kind: str, infno: str, input_: Any, **fields: Any
-        ) -> None:
-            received = at + dt.timedelta(seconds=seconds)
-            await journal.append(_entry(his, visit, received, kind, infno, input_, 6000, **fields))
+        journaled = _two_nodes(his, visit, at)
 
         registration = {
             "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
@@ -568,11 +577,7 @@ async def test_a_claim_drained_before_its_lines_upload_waits_for_them(
         node_a, node_b = Journal(tmp_path / "a"), Journal(tmp_path / "b")
         lines = [line("1", "ZL0003", "60", 1)]  # 60.00
 
-        async def journaled(
-            journal: Journal, seconds: int, kind: str, infno: str, input_: Any, **fields: Any
-        ) -> None:
-            received = at + dt.timedelta(seconds=seconds)
-            await journal.append(_entry(his, visit, received, kind, infno, input_, 6000, **fields))
+        journaled = _two_nodes(his, visit, at)
 
         rows = his.fee_rows(visit, RETIREE, lines, day, "B1")
         await journaled(node_b, 1, "call", "2204", {"feedetail": rows})
