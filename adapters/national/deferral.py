@@ -346,6 +346,45 @@ def service_times(req: Request) -> list[tuple[str, dt.datetime]]:
     return out
 
 
+def purchase_codes(req: Request, otherwise: dt.date) -> list[tuple[str, str, dt.date]]:
+    """(item code, national code, day) of each line a pharmacy claim carries that names both
+    codes; the day its fee occurred, or the sale's, or `otherwise`."""
+    node = _decimal_json.decode(req.input or b"{}")
+    if not isinstance(node, dict):
+        return []
+    info, rows = node.get("druginfo"), node.get("drugdetail")
+    sale = _day(info.get("begntime") if isinstance(info, dict) else None) or otherwise
+    out: list[tuple[str, str, dt.date]] = []
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict):
+            item, code = text(row.get("medins_list_codg")), text(row.get("med_list_codg"))
+            if item and code:
+                out.append((item, code, _day(row.get("fee_ocur_time")) or sale))
+    return out
+
+
+def _day(value: Any) -> dt.date | None:
+    try:
+        moment = when(value, "", optional=True)
+    except BadRequest:
+        return None  # the sale's own handler says what is wrong with it
+    return None if moment is None else moment.date()
+
+
+def with_purchase_codes(req: Request, corrected: dict[tuple[str, str], str]) -> Request:
+    """The pharmacy claim with each line's national code replaced where `corrected` names its
+    (item code, national code): what a catalog correction since the sale made of it."""
+    if not corrected:
+        return req
+    node = _decimal_json.decode(req.input or b"{}")  # amounts stay exact
+    for row in node.get("drugdetail") or []:
+        if isinstance(row, dict):
+            key = (text(row.get("medins_list_codg")), text(row.get("med_list_codg")))
+            if key in corrected:
+                row["med_list_codg"] = corrected[key]
+    return msgspec.structs.replace(req, input=msgspec.json.encode(node))
+
+
 def stored_request(req: Request) -> bytes:
     """What is kept of a deferred request: every envelope field the gateway reads, and the
     input node exactly as sent. Replay decodes it with `request_of`."""

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import gc
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 import asyncpg
@@ -339,6 +339,21 @@ async def upload_mappings(conn: asyncpg.Connection, rows: list[Mapping]) -> int:
     )
     await bump_version(conn)
     return len(rows)
+
+
+async def ever_mapped(
+    conn: asyncpg.Connection, fixmedins_code: str, items: Sequence[str]
+) -> set[tuple[str, str]]:
+    """(item code, national code) of every mapping the institution ever uploaded for these
+    items, superseded and revoked ones included: which national codes a client could have sent
+    with an item in good faith."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT medins_list_codg, med_list_codg FROM catalog_mappings"
+        " WHERE fixmedins_code = $1 AND medins_list_codg = ANY($2::text[])",
+        fixmedins_code,
+        list(items),
+    )
+    return {(r["medins_list_codg"], r["med_list_codg"]) for r in rows}
 
 
 async def revoke_mapping(

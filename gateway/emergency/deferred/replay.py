@@ -20,11 +20,11 @@ import asyncpg
 import msgspec
 
 from adapters.national import deferral
-from adapters.national.envelope import encode_response
+from adapters.national.envelope import Request, encode_response
 from gateway.app.runtime import Gateway
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.emergency.deferred.journal import KEPT, Damaged, Journal, read_segment
-from gateway.ledger import db, deferred, fees, idempotency, reversals, settlements
+from gateway.ledger import db, deferred, fees, idempotency, reference_store, reversals, settlements
 from gateway.ledger.partitions import Partition
 from gateway.protocol.errors import (
     Conflict,
@@ -181,13 +181,20 @@ DUPLICATE_REASON = (
 
 
 async def _run(
-    gw: Gateway, conn: asyncpg.Connection, row: deferred.Pending, now: dt.datetime
+    gw: Gateway,
+    conn: asyncpg.Connection,
+    row: deferred.Pending,
+    now: dt.datetime,
+    pool: asyncpg.Pool | None = None,
 ) -> Any:
-    """Run a stored request through its transaction's handler; returns the handler's output."""
+    """Run a stored request through its transaction's handler; returns the handler's output.
+    `pool`: the ledger database's a claim is replayed in (`conn` is one of its connections)."""
     req = deferral.for_replay(deferral.request_of(row.body), await deferred.provisional_ids(conn))
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise NotFound(f"定点医药机构编号{req.fixmedins_code}未登记")
+    if row.kind == "claim":
+        req = await _corrected(gw, conn, row, req, conn if pool is gw.pool else None)
     call = Call(gw, req, conn, now, institution, Mode.REPLAY)
     tx = TRANSACTIONS[req.infno]
     if row.kind == "claim" and row.lines is not None and tx.settle_claim is not None:
@@ -195,6 +202,67 @@ async def _run(
     else:
         answer = await tx.handler(call)
     return _exact.decode(msgspec.json.encode(answer.output))
+
+
+async def _corrected(
+    gw: Gateway,
+    conn: asyncpg.Connection,
+    row: deferred.Pending,
+    req: Request,
+    main: asyncpg.Connection | None,
+) -> Request:
+    """The claim with its lines' national codes as the catalog maps their item codes now,
+    where the code sent was once the institution's own mapping of the item.
+
+    Found from outside: a mapping corrected after the claim was taken (the documented repair of
+    a wrong mapping) left every claim of that item unable to replay, its lines refused as
+    "目录对照不一致" against the code they were uploaded with, and `deferred retry` could not
+    mend it. A claim is settled with the catalog in force (settlement-rules §7) and the lines
+    are resolved again by their item codes, as a bulk correction does; a code the institution
+    never mapped the item to stays, and is refused as a counter's would be. `main`: a
+    connection to the main database (the catalog's) where `conn` is one, None where the claim
+    is in a ledger cluster's (replay holds one of the main pool's few connections already).
+    """
+    code = req.fixmedins_code
+    scope = deferral.claim_scope(req)
+    if scope is not None and row.lines is not None:
+        mine = set(row.lines)
+        lines = [ln for ln in await fees.unsettled(conn, scope[0]) if ln.feedetl_sn in mine]
+        sent = [(ln.medins_list_codg, ln.med_list_codg or "", ln.fee_date) for ln in lines]
+        now = await _now_mapped(gw, main, code, sent)
+        for ln in lines:
+            if new := now.get((ln.medins_list_codg, ln.med_list_codg or "", ln.fee_date)):
+                await fees.set_national_code(conn, ln.mdtrt_id, ln.feedetl_sn, new)
+        return req
+    if scope is None and row.lines is None:
+        sold = deferral.purchase_codes(req, row.received_at.date())
+        now = await _now_mapped(gw, main, code, sold)
+        return deferral.with_purchase_codes(req, {(i, c): new for (i, c, _), new in now.items()})
+    return req
+
+
+async def _now_mapped(
+    gw: Gateway,
+    main: asyncpg.Connection | None,
+    fixmedins_code: str,
+    sent: list[tuple[str, str, dt.date]],
+) -> dict[tuple[str, str, dt.date], str]:
+    """For each (item code, national code sent, date) the catalog now maps to another code on
+    that date, and which the institution once mapped the item to: the code it maps to now."""
+    stale: dict[tuple[str, str, dt.date], str] = {}
+    for item, sent_code, on in sent:
+        mapping = gw.snapshot.mapping(fixmedins_code, item, on)
+        if sent_code and mapping is not None and mapping.med_list_codg != sent_code:
+            stale[(item, sent_code, on)] = mapping.med_list_codg
+    if not stale:
+        return {}
+    items = sorted({key[0] for key in stale})
+    if main is not None:
+        once = await reference_store.ever_mapped(main, fixmedins_code, items)
+    else:
+        async with gw.pool.acquire() as ref:
+            once = await reference_store.ever_mapped(ref, fixmedins_code, items)
+    return {key: new for key, new in stale.items() if key[:2] in once}
 
 
 async def apply_calls(gw: Gateway, held: Sequence[str] = ()) -> tuple[int, int]:
@@ -408,7 +476,8 @@ async def _replay_claims_in(
                         # Never before the claim was taken: found from outside, a replay run
                         # from a shell in UTC judged every sale's Beijing-time begntime to be
                         # in the future and filed all of them failed, beyond retrying.
-                        output = await _run(gw, conn, row, max(dt.datetime.now(), row.received_at))
+                        when = max(dt.datetime.now(), row.received_at)
+                        output = await _run(gw, conn, row, when, pool)
                         info = output["setlinfo"]
                         _, cash = await settlements.paid(conn, info["setl_id"])
                     # The patient paid the whole bill in cash; what they owe now is psn_cash_pay.
