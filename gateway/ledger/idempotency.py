@@ -140,6 +140,7 @@ async def claim_many(
     keys: Sequence[tuple[str, str, str, bytes]],
     drawing: Collection[tuple[str, str]] = (),
     serials: tuple[str, str] = ("NULL", "NULL"),
+    lock_wait_ms: int | None = None,
 ) -> dict[tuple[str, str], tuple[int, int] | None]:
     """Take several keys (fixmedins_code, msgid, infno, digest) at once; returns those taken,
     each with the pair of `serials` (two SQL expressions, e.g. nextvals) drawn for it if it is
@@ -148,13 +149,24 @@ async def claim_many(
 
     Keys are inserted in sorted order, so two batches claiming overlapping keys wait for each
     other in one order and never deadlock.
+
+    `lock_wait_ms`: from this statement to the end of the transaction, a wait for a row lock
+    longer than this fails (LockNotAvailable) instead of going on; set by the statement itself
+    (`set_config`, evaluated once before the first key is taken), not by one more round trip.
     """
     ordered = sorted(keys)
     wanted = sorted(drawing)
+    bounded = (
+        ""
+        if lock_wait_ms is None
+        else f" WHERE (SELECT set_config('lock_timeout', '{max(1, int(lock_wait_ms))}ms', true))"
+        " IS NOT NULL"
+    )
     rows = await conn.fetch(
         "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])"
-        " ON CONFLICT DO NOTHING RETURNING fixmedins_code, msgid"
+        + bounded
+        + " ON CONFLICT DO NOTHING RETURNING fixmedins_code, msgid"
         + "".join(
             f", CASE WHEN (fixmedins_code, msgid) IN"
             f" (SELECT * FROM unnest($5::text[], $6::text[])) THEN {expression} END AS {name}"

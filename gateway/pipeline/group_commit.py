@@ -51,6 +51,12 @@ from gateway.protocol.errors import Busy, GatewayError, IdentityRejected
 from gateway.services.settlement_state import Locked
 
 log = logging.getLogger("gateway.pipeline.group_commit")
+# A batch mixes institutions: one waiting on a row another transaction holds (a person's, a
+# visit's, a msgid's key) gives up after this and its requests go the single path, each waiting
+# for its own locks within its own deadline. Found from outside: one region's persons held by a
+# long transaction timed out another institution's sales batched with one of them, counted
+# against that institution's fault trigger. A batch's own locks are held for milliseconds.
+LOCK_WAIT_SECONDS = 0.25
 
 
 @dataclass(slots=True)
@@ -223,6 +229,7 @@ class GroupCommit:
             ],
             drawing=[key for key, it in first.items() if it.job.draws],
             serials=settlements.SERIALS,
+            lock_wait_ms=int(LOCK_WAIT_SECONDS * 1000),
         )
         mine = [it for key, it in first.items() if key in claimed]
         later += [it for key, it in first.items() if key not in claimed]
