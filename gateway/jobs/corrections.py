@@ -23,6 +23,7 @@ from msgspec.structs import replace
 
 from gateway.core.catalog import Snapshot
 from gateway.core.money import fen_text
+from gateway.core.settle import ACCOUNT
 from gateway.ledger import corrections, fees, persons, settlements
 from gateway.ledger.settlements import AMOUNT_FIELDS, Record
 from gateway.pipeline.grouped import Built, Held, Job
@@ -219,7 +220,11 @@ class Summary:
         out = [f"{verb} {len(self.items)} of {found} settlements using {item_code}"]
         for it in self.items:
             new = it.new_setl_id or "(new number given when applied)"
-            funds = " ".join(f"{c} {fen_text(v)}" for c, v in it.fund_deltas.items() if v)
+            # The account is told apart (found from outside: listed among the funds, the
+            # parenthesis netted to nothing under a fund figure of -227.04).
+            funds = " ".join(
+                f"{c} {fen_text(v)}" for c, v in it.fund_deltas.items() if v and c != ACCOUNT
+            )
             out.append(f"  {it.old_setl_id} → {new}  person {it.psn_no}  visit {it.mdtrt_id}")
             out.append(
                 f"    fund {fen_text(it.fund_delta)}{f' ({funds})' if funds else ''}"
@@ -245,7 +250,9 @@ class Summary:
         if by_fund:
             out.append("per fund:")
         for code, amount in by_fund.items():
-            out.append(f"  {code}: {fen_text(amount)}")
+            out.append(
+                f"  {code}{' (personal account)' if code == ACCOUNT else ''}: {fen_text(amount)}"
+            )
         collect = sum(it.patient_collect for it in self.items)
         refund = sum(it.patient_refund for it in self.items)
         out.append(

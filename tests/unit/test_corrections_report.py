@@ -57,3 +57,14 @@ def test_a_refund_and_a_charge_of_one_person_are_told_apart() -> None:
         "patient_collect",
         "patient_refund",
     ]
+
+
+def test_the_account_is_told_apart_from_the_funds() -> None:
+    """Found from outside: "fund -227.04 (310100 -180.60 320100 -46.44 310200 227.04)": the
+    account listed among the funds, the parenthesis netting to nothing under its headline."""
+    item = _item("S1", "P1", (0, 0), (22704, 0))
+    item.fund_deltas = {"310100": -18060, "320100": -4644, "310200": 22704}
+    item.new["acct_pay"] = 22704
+    text = "\n".join(Summary(items=[item]).to_text("would re-settle", 1, "YP9002"))
+    assert "    fund -227.04 (310100 -180.60 320100 -46.44)  account 227.04" in text
+    assert "  310200 (personal account): 227.04" in text
