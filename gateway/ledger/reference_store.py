@@ -387,6 +387,14 @@ async def institution_known(conn: asyncpg.Connection, fixmedins_code: str) -> bo
     )
 
 
+async def institution_type(conn: asyncpg.Connection, fixmedins_code: str) -> str | None:
+    """The institution's fixmedins_type (1 hospital, 2 pharmacy); None when not registered."""
+    found = await conn.fetchval(
+        "SELECT fixmedins_type FROM institutions WHERE fixmedins_code = $1", fixmedins_code
+    )
+    return None if found is None else str(found)
+
+
 async def region_known(conn: asyncpg.Connection, admdvs: str) -> bool:
     """Whether the reference data holds an institution of the region."""
     return bool(

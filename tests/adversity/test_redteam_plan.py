@@ -483,6 +483,74 @@ async def test_a_rule_for_an_unknown_scope_is_refused_by_the_console_api(rig: Ri
     await rig.plan("region:330300", None, "catalog")
 
 
+async def test_a_rule_that_could_never_act_as_shown_is_refused(rig: Rig, tmp_path: Path) -> None:
+    """Found from outside: `defer` was taken for the catalog's and reconciliation's classes (the
+    console said 暂存（主动报）, counters were refused as under reject, nothing kept); a
+    pharmacy's inpatient rule was taken and listed, matching nothing; and the console's API read
+    the second of a key sent twice, the audit keeping that one."""
+    srv = rig.srv
+    async with srv.session.post(srv.url + "/api/console/login", json=OPERATOR) as r:
+        assert r.status == 200, await r.text()
+        headers = {"Authorization": f"Bearer {(await r.json())['token']}"}
+    before = await _plan_rows(srv)
+    refused = [
+        (
+            {"scope": "global", "class": "catalog", "action": "defer"},
+            "只适用于settlement和encounter",
+        ),
+        ({"scope": "global", "class": "reconcile", "action": "defer"}, "请改用reject"),
+        (
+            {
+                "scope": "institution:P44180000001:inpatient",
+                "class": "settlement",
+                "action": "reject",
+            },
+            "定点零售药店",
+        ),
+    ]
+    for rule, words in refused:
+        async with srv.session.post(
+            srv.url + "/api/plan/rules", json={**rule, "reason": "演练"}, headers=headers
+        ) as r:
+            body = await r.json()
+            assert r.status == 400 and words in body["error"], (rule, body)
+        done = cli(
+            "plan", "set", "--scope", rule["scope"], "--class", rule["class"], "--action",
+            rule["action"], "--reason", "演练", "--database-url", srv.dsn, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2 and words in done.stderr, done.stdout + done.stderr
+    twice = '{"scope": "global", "class": "encounter", "action": "reject", "reason": "ab",' + (
+        ' "reason": "重复键"}'
+    )
+    async with srv.session.post(
+        srv.url + "/api/plan/rules",
+        data=twice.encode(),
+        headers={**headers, "Content-Type": "application/json"},
+    ) as r:
+        body = await r.json()
+        assert r.status == 400 and "reason" in body["error"], body
+    windows = tmp_path / "windows.toml"
+    windows.write_text(
+        _WINDOW + 'classes = ["catalog"]\naction = "defer"\n'
+        "begins = 2030-01-01T00:00:00\nends = 2030-01-02T00:00:00\n",
+        encoding="utf-8",
+    )
+    done = cli(
+        "plan", "windows", "--load", str(windows), "--reason", "演练", "--database-url", srv.dsn,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "请改用reject" in done.stderr, done.stdout + done.stderr
+    assert await _plan_rows(srv) == before
+    allowed = {"scope": "institution:P44180000001:pharmacy", "class": "settlement"}
+    async with srv.session.post(
+        srv.url + "/api/plan/rules",
+        json={**allowed, "action": "reject", "reason": "演练"},
+        headers=headers,
+    ) as r:
+        assert r.status == 200, await r.text()
+    await rig.plan(allowed["scope"], None, "settlement")
+
+
 async def test_a_rule_or_window_for_an_unknown_scope_is_refused_by_the_cli(
     rig: Rig, tmp_path: Path
 ) -> None:

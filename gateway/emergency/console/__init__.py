@@ -34,6 +34,7 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
+from adapters.national.repeated_keys import refuse_repeated_keys
 from gateway.app.appkeys import GATEWAY
 from gateway.emergency import operators
 from gateway.emergency.console import agency, pages, parallel_run
@@ -145,6 +146,12 @@ def _decode_json(body: bytes) -> Any:
         raise Refused(400, "请求体不是合法的UTF-8 JSON") from None
     if has_nul(doc):
         raise Refused(400, CONTROL)
+    try:
+        # As the national envelope: which of two values of a key is read must not be a question
+        # (found from outside: a reason sent twice, the second one audited).
+        refuse_repeated_keys(body)
+    except BadRequest as exc:
+        raise Refused(400, exc.err_msg) from None
     return doc
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.core.model import PHARMACY_TYPE
 from gateway.emergency.plan.rules import (
     SHADOW_ACTIONS,
     Action,
@@ -34,11 +35,18 @@ async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
     made during an emergency is refused here rather than silently doing nothing. A scope
     narrowed to a medical category is checked on its base (the category is the grammar's)."""
     check_scope(scope)
-    base, _ = split_scope(scope)
+    base, category = split_scope(scope)
     kind, _, code = base.partition(":")
     if kind == "institution":
-        if not await reference_store.institution_known(conn, code):
+        found = await reference_store.institution_type(conn, code)
+        if found is None:
             raise BadRequest(f"范围{scope}无效：定点医药机构编号{code}未登记，请核对机构编号")
+        if found == PHARMACY_TYPE and category not in (None, "pharmacy"):
+            # Found from outside: a pharmacy's inpatient rule was taken and listed, matching
+            # nothing ever (a pharmacy is refused every visit's transaction).
+            raise BadRequest(
+                f"范围{scope}无效：{code}是定点零售药店，只有pharmacy（药店购药）类业务"
+            )
     elif kind == "region" and not await reference_store.region_known(conn, code):
         raise BadRequest(f"范围{scope}无效：医保区划{code}下没有登记的定点医药机构，请核对区划代码")
     return scope
@@ -71,6 +79,13 @@ def _check_pairing(action: Action, klass: TxClass) -> None:
         raise BadRequest("selfpay（自费入院）只适用于encounter类交易")
     if action in SHADOW_ACTIONS and klass is not TxClass.SETTLEMENT:
         raise BadRequest(f"{action}（并行比对）只适用于settlement类交易")
+    if action is Action.DEFER and klass not in (TxClass.SETTLEMENT, TxClass.ENCOUNTER):
+        # Found from outside: taken for the catalog's and reconciliation's transactions, which
+        # nothing keeps for later: the console said "暂存（主动报）" while counters were refused.
+        raise BadRequest(
+            f"defer（暂存，主动报）只适用于settlement和encounter类交易；{klass}类交易无法暂存，"
+            "请改用reject"
+        )
 
 
 def check_routable(action: str, legacy_url: str) -> None:
