@@ -128,19 +128,21 @@ bench-soak: install
 # spreads the load): the full mix, the rush-hour shape, and the mix under the plan's `defer`.
 loadtest: install
 	mkdir -p var/locust
-	SGW_SYNTH_PERSONS=$${SGW_SYNTH_PERSONS:-20000} $(BIN)/locust --config loadtest/locust.conf
+	SGW_SYNTH_PERSONS=$${SGW_SYNTH_PERSONS:-20000} $(BIN)/locust --config loadtest/locust.conf \
+		--host http://$(HOST):$(PORT)
 
 loadtest-rush: install
 	mkdir -p var/locust
 	SGW_SYNTH_PERSONS=$${SGW_SYNTH_PERSONS:-20000} $(BIN)/locust --config loadtest/locust.conf \
-		-f loadtest/locustfile.py,loadtest/shapes.py --csv var/locust/rush
+		--host http://$(HOST):$(PORT) -f loadtest/locustfile.py,loadtest/shapes.py --csv var/locust/rush
 
 loadtest-degraded: install
 	mkdir -p var/locust
 	$(BIN)/python -m gateway plan set --scope global --class settlement --action defer \
 		--reason "load test: degraded mode"
 	SGW_SYNTH_PERSONS=$${SGW_SYNTH_PERSONS:-20000} $(BIN)/locust --config loadtest/locust.conf \
-		--run-time 2m --csv var/locust/degraded PharmacyCounter; status=$$?; \
+		--host http://$(HOST):$(PORT) --run-time $${LOCUST_RUN_TIME:-2m} --csv var/locust/degraded \
+		PharmacyCounter; status=$$?; \
 	$(BIN)/python -m gateway plan clear --scope global --class settlement \
 		--reason "load test over"; exit $$status
 

@@ -42,7 +42,7 @@ from gateway.core.money import fen_text
 from gateway.core.timestamps import zone_warning
 from gateway.emergency.console import commands as console_commands
 from gateway.jobs import clearing, corrections
-from gateway.ledger import db, idempotency, partitions, reference_store
+from gateway.ledger import checker, db, idempotency, partitions, reference_store
 from gateway.ops import logs, orphans
 
 
@@ -327,6 +327,37 @@ def purge(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _check(url: str, config: Path) -> list[tuple[str, str]]:
+    """(database, finding) over the main ledger database and each cluster's."""
+    pool = await db.create_pool(url, min_size=1, max_size=1)
+    found: list[tuple[str, str]] = []
+    try:
+        async with cluster_pools(config) as others:
+            for name, ledger in [
+                ("main", pool),
+                *((f"cluster {i}", o) for i, o in enumerate(others, 1)),
+            ]:
+                async with ledger.acquire() as conn:
+                    found += [(name, problem) for problem in await checker.check(conn)]
+    finally:
+        await pool.close()
+    return found
+
+
+def check_ledger(args: argparse.Namespace) -> int:
+    """ledger check: the bank-style checker (every settlement's identities, fund rows, lines,
+    accumulators and balances against the settlements, replayed with the rules); after a load
+    test or a drill. Exit status 1 when anything is found."""
+    found = asyncio.run(_check(database_url(args), Path(args.config)))
+    for where, problem in found:
+        print(f"{where}: {problem}")
+    if found:
+        print(f"{len(found)} findings", file=sys.stderr)
+        return 1
+    print("the ledger balances: no finding")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command tree."""
     p = argparse.ArgumentParser(
@@ -410,6 +441,14 @@ def parser() -> argparse.ArgumentParser:
     ip.add_argument("--config", default=str(DEFAULT_CONFIG), type=config_arg)
     add_database(ip)
     ip.set_defaults(func=purge)
+    lg = sub.add_parser("ledger", help="the ledger's own checks")
+    lsub = lg.add_subparsers(dest="ledger_command", required=True)
+    lc = lsub.add_parser(
+        "check", help="every settlement, accumulator and balance checked (exit 1 on a finding)"
+    )
+    lc.add_argument("--config", default=str(DEFAULT_CONFIG), type=config_arg)
+    add_database(lc)
+    lc.set_defaults(func=check_ledger)
 
     c = sub.add_parser("clearing", help="monthly clearing reports")
     csub = c.add_subparsers(dest="clearing_command", required=True)

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-SHED_MESSAGE = "医保结算服务繁忙，请稍候使用相同报文ID重试（本次交易未处理）"
+# Refused before the body is read, so a retry of a sale settled earlier gets it too: found from
+# outside, "本次交易未处理" alone reads as "the sale did not happen" to a clerk whose retry it was.
+SHED_MESSAGE = (
+    "医保结算服务繁忙，本次请求未受理，请稍候使用相同报文ID重试"
+    "（此前已结算成功的报文，重试时返回原结算结果；请勿换新报文ID重新结算）"
+)
 
 
 class Admission:
