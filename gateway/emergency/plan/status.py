@@ -71,7 +71,12 @@ async def overview(
     degrading = [
         r for r in [*view["rules"], *view["windows_active"]] if _state_of(r["action"]) != "normal"
     ]
-    view["state"] = "recovering" if replaying else ("degraded" if degrading else "normal")
+    # Recovering while there is something to recover: the gateways' own sweep takes the replay
+    # lock every few seconds to look for calls to apply (found from outside: `plan show` said
+    # "recovering" just after a clear with nothing waiting).
+    waiting = counts["claims_pending"] + counts["calls_pending"]
+    recovering = replaying and waiting > 0
+    view["state"] = "recovering" if recovering else ("degraded" if degrading else "normal")
     return view
 
 

@@ -1,0 +1,42 @@
+"""The plan's overall state as `plan show` and the console give it: "recovering" only while a
+replay has something to recover (found from outside: said just after a clear with nothing
+waiting, the gateways' own sweep holding the replay lock for a moment)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.ledger import deferred
+from tests.integration.conftest import running_gateway
+from tests.integration.emergency_helpers import cli
+
+pytestmark = pytest.mark.integration
+
+
+def _state(dsn: str) -> str:
+    shown = cli("plan", "show", "--json", "--database-url", dsn)
+    return str(json.loads(shown.stdout)["state"])
+
+
+async def test_recovering_only_while_something_waits_for_the_replay(
+    new_database: Callable[..., Any],
+) -> None:
+    async with running_gateway(new_database) as srv:
+        sweep = await asyncpg.connect(srv.dsn)
+        try:
+            assert await deferred.try_lock_replay(sweep)  # a replay, or the sweep, looking
+            assert _state(srv.dsn) == "normal"  # nothing deferred: nothing to recover
+            await srv.fetch(
+                "INSERT INTO deferred (kind, fixmedins_code, msgid, infno, psn_no, mdtrt_id,"
+                " service_date, medfee_sumamt, body, received_at, source)"
+                " VALUES ('call', 'H44180000001', 'M1', '2201', '', '', current_date, 0,"
+                " convert_to('{}', 'UTF8'), now(), 'journal')"
+            )
+            assert _state(srv.dsn) == "recovering"
+        finally:
+            await sweep.close()
