@@ -38,7 +38,6 @@ from gateway.app.config import (
 from gateway.app.reference import load_reference
 from gateway.app.server import prepare_database
 from gateway.app.server import serve as serve_app
-from gateway.core.money import fen_text
 from gateway.core.timestamps import zone_warning
 from gateway.emergency.console import commands as console_commands
 from gateway.jobs import clearing, corrections
@@ -204,14 +203,7 @@ def clearing_monthly(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(clearing.to_json(report), ensure_ascii=False, indent=2))
     else:
-        for r in report.institutions:
-            print(
-                f"{r.fixmedins_code} {r.fixmedins_name}: {r.total.visits} 人次, 申报金额 {fen_text(r.total.declared)}"
-            )
-            for ln in r.lines:
-                print(
-                    f"  {ln.name}: {ln.visits} 人次, 实际费用 {fen_text(ln.medfee_sumamt)}, 统筹 {fen_text(ln.hifp_pay)}"
-                )
+        print("\n".join(clearing.to_text(report)))
     return 0
 
 

@@ -379,6 +379,50 @@ def to_json(report: MonthlyReport) -> dict[str, object]:
     }
 
 
+def to_text(report: MonthlyReport) -> list[str]:
+    """The clerk's reading of the month: what `--json` holds, in lines (found from outside: the
+    manual claims, the reimbursements of deferred claims and the payouts were in the JSON only,
+    and a month with nothing printed nothing at all)."""
+    out = [f"费款所属期 {report.month}（{report.begndate:%Y-%m-%d}～{report.enddate:%Y-%m-%d}）"]
+    if not report.institutions:
+        out.append("  本月没有结算、零星报销或目录更正")
+    for r in report.institutions:
+        out.append(
+            f"{r.fixmedins_code} {r.fixmedins_name}: {r.total.visits} 人次, "
+            f"申报金额 {fen_text(r.total.declared)}"
+        )
+        for ln in r.lines:
+            out.append(
+                f"  {ln.name}: {ln.visits} 人次, 实际费用 {fen_text(ln.medfee_sumamt)}, "
+                f"统筹 {fen_text(ln.hifp_pay)}"
+            )
+        c = r.corrections
+        if c.settlements:
+            out.append(
+                f"  目录更正: {c.settlements} 笔, 基金 {fen_text(c.fund_delta)}, "
+                f"个人账户 {fen_text(c.acct_delta)}, 参保人现金 {fen_text(c.patient_cash_delta)}"
+            )
+        d = r.reimbursements
+        if d.claims:
+            out.append(
+                f"  应急补结算（主动报）: {d.claims} 笔, 实际费用 {fen_text(d.medfee_sumamt)}, "
+                f"应退参保人 {fen_text(d.to_patients)}"
+            )
+        m = r.manual_claims
+        if m.claims:
+            out.append(
+                f"  零星报销: {m.claims} 笔, 实际费用 {fen_text(m.medfee_sumamt)}, "
+                f"应付参保人 {fen_text(m.to_patients)}"
+            )
+    p = report.payouts
+    if p.batches or p.paid_lines or p.failed_lines:
+        out.append(
+            f"本月拨付: {p.batches} 批, 批入 {p.batched_lines} 笔 {fen_text(p.batched)}, "
+            f"已付 {p.paid_lines} 笔 {fen_text(p.paid)}, 失败 {p.failed_lines} 笔 {fen_text(p.failed)}"
+        )
+    return out
+
+
 def to_csv(report: MonthlyReport) -> str:
     """One row per institution and 医疗类别, plus each institution's total, for the agency."""
     buf = io.StringIO()
