@@ -325,12 +325,15 @@ async def _check(url: str, config: Path) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     try:
         async with cluster_pools(config) as others:
-            for name, ledger in [
-                ("main", pool),
-                *((f"cluster {i}", o) for i, o in enumerate(others, 1)),
-            ]:
+            # The rules from the main database, the reference data's home: a cluster's own
+            # institutions table is empty (found from outside: every settlement of a split
+            # ledger was reported refused, "定点医药机构…未登记").
+            async with pool.acquire() as conn:
+                rules = await checker.core_rules(conn)
+            ledgers = [("main", pool), *((f"cluster {i}", o) for i, o in enumerate(others, 1))]
+            for name, ledger in ledgers:
                 async with ledger.acquire() as conn:
-                    found += [(name, problem) for problem in await checker.check(conn)]
+                    found += [(name, p) for p in await checker.check(conn, rules=rules)]
     finally:
         await pool.close()
     return found

@@ -7,7 +7,7 @@
                                                 # a plain ledger server (pg-bijie, pg-wenzhou),
                                                 # a gateway node (gw1, gw2) or a Redis
                                                 # (redis-master, redis-replica): failover drills
-    python scripts/cluster/loopback.py start pg1  # bring a killed member or server back
+    python scripts/cluster/loopback.py start pg1  # bring a killed member, server, node or Redis back
     python scripts/cluster/loopback.py down     # `make cluster-down`: stop all, remove the data
 
 What `up` starts, each on a free port of 127.0.0.1, with its data and logs under one temporary
@@ -214,14 +214,22 @@ class Cluster:
 
     # --------------------------------------------------------------------- processes
 
-    def spawn(self, name: str, argv: list[str], *, as_server: bool, mark: str) -> int:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        as_server: bool,
+        mark: str,
+        environment: dict[str, str] | None = None,
+    ) -> int:
         """Start one process in a session of its own, output to log/<name>.log; its pid and
         a mark (a string its command line must hold, so a reused pid is never killed) are
         saved at once."""
         log = self.base / "log" / f"{name}.log"
         user = _server_user() if as_server else None
         extra: dict[str, Any] = {}
-        env = dict(os.environ)
+        env = {**os.environ, **(environment or {})}
         if user is not None:
             extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
@@ -407,7 +415,18 @@ class Cluster:
             sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--database-url", self.data["main_dsn"], "--config", str(config),
         ]  # fmt: skip
-        self.spawn(node, argv, as_server=False, mark=str(config))
+        # The national interface's times are Beijing time, whatever the shell's zone (found
+        # from outside: the nodes started in UTC and dated settlements 8 hours back).
+        self.spawn(
+            node, argv, as_server=False, mark=str(config), environment={"TZ": "Asia/Shanghai"}
+        )
+
+    def start_redis(self, name: str) -> None:
+        """Redis's master or replica, again from the file `up` wrote (Sentinel makes a server
+        that comes back a replica of whichever is master now)."""
+        port = self.ports["redis_master" if name == "redis-master" else "redis_replica"]
+        conf = self.base / name / "redis.conf"
+        self.spawn(name, ["redis-server", str(conf)], as_server=True, mark=f":{port}")
 
     def gateway_ready(self, node: str) -> bool:
         return http_get(f"http://127.0.0.1:{self.ports[node]}/readyz")[0] == 200
@@ -723,8 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         "kill", help="kill -9 a member (pg1..pg3), a gateway node (gw1, gw2) or a Redis"
     )
     k.add_argument("name", choices=[*MEMBERS, *PLAIN, *GATEWAYS, *REDISES])
-    s = sub.add_parser("start", help="start a stopped member, server or gateway node again")
-    s.add_argument("name", choices=[*MEMBERS, *PLAIN, *GATEWAYS])
+    s = sub.add_parser("start", help="start a stopped member, server, gateway node or Redis again")
+    s.add_argument("name", choices=[*MEMBERS, *PLAIN, *GATEWAYS, *REDISES])
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -750,6 +769,8 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.start_member(args.name)
             elif args.name in PLAIN:
                 cluster.start_plain(args.name)
+            elif args.name in REDISES:
+                cluster.start_redis(args.name)
             else:
                 cluster.start_gateway(args.name)
     except ClusterError as exc:

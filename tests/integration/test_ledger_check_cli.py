@@ -4,12 +4,14 @@ or a drill (found from outside: the docs named it, no command ran it)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import running_gateway
 from tests.integration.emergency_helpers import cli
+from tests.integration.split_helpers import BIJIE, BIJIE_WORKER, PHARMACY_OF, split_gateway
 from tests.integration.test_group_commit import basket
 
 pytestmark = pytest.mark.integration
@@ -36,3 +38,25 @@ async def test_ledger_check_says_whether_the_ledger_balances(
         assert found.returncode == 1, found.stdout + found.stderr
         assert f"main: settlement {setl_id}: fund rows do not sum to the totals" in found.stdout
         assert "Traceback" not in found.stderr
+
+
+async def test_ledger_check_over_a_ledger_split_by_region(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside (the failover drill): over a split ledger every cluster's settlement
+    was reported refused ("定点医药机构…未登记"), the rules read from the cluster's own
+    institutions table, which only the main database fills."""
+    async with split_gateway(new_database) as split:
+        pos = split.srv.client(PHARMACY_OF[BIJIE], BIJIE)  # sent with its insured region
+        sale = pos.drug_input(BIJIE_WORKER, "2026-03-02 09:30:00", "19.80", basket("9.90", 2))
+        setl_id = (await pos.ok("2102", sale))["setlinfo"]["setl_id"]
+        held = await split.rows(
+            split.clusters[BIJIE], "SELECT 1 FROM settlements WHERE setl_id = $1", setl_id
+        )
+        assert len(held) == 1  # in the Bijie cluster's database
+        done = cli(
+            "ledger", "check", "--database-url", split.srv.dsn,
+            "--config", str(split.config_file(tmp_path)), check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "the ledger balances" in done.stdout
