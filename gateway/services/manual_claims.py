@@ -508,6 +508,11 @@ async def settle(
         institution = snapshot.institution(claim.fixmedins_code)
         if institution is None:
             raise NotFound(f"定点医药机构编号{claim.fixmedins_code}未登记")
+        # The person's lock before the look for a bill paid already: every settlement of the
+        # person takes it, so the look sees any that committed meanwhile. Found from outside:
+        # two claims of one bill settled by two clerks at the same moment were both paid. The
+        # visit this opens is new, so taking the person first cannot reverse the lock order.
+        await persons.lock_many(conn, [claim.psn_no])
         person, _ = await persons.read(conn, claim.psn_no)
         lines = await store.lines(conn, claim_no)
         await _refuse_a_bill_paid_already(conn, claim, sum(ln.amount_fen for ln in lines))

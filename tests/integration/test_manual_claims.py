@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -456,3 +457,51 @@ async def test_a_bill_waiting_as_a_deferred_claim_is_not_claimed_again(
             await settled_claim(agency, PERSON, day, BIG_LINES, "FP-TWICE-3")
         assert f"待补结算的暂存结算{claim_id}" in str(refused.value)
         assert await counter.fetchval("SELECT count(*) FROM settlements") == 0
+
+
+async def test_one_bill_claimed_twice_at_once_is_settled_once(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: two claims of the same bill (two invoices, one visit's total) settled
+    at the same moment by two clerks were both settled, the reimbursement owed twice: the check
+    for a bill already paid read the ledger before the person's lock. It runs under it now."""
+    async with agency_ledger(new_database) as agency:
+        day, now = "2026-06-12", dt.datetime.now()
+        numbers = []
+        async with agency.pool.acquire() as conn:
+            for invoice in ("FP-RACE-1", "FP-RACE-2"):
+                claim = await manual_claims.register(
+                    conn,
+                    agency.snapshot,
+                    manual_claims.Registration(
+                        cert_type="01",
+                        cert_no=PERSON,
+                        fixmedins_code=HOSPITAL,
+                        med_type="11",
+                        begntime=dt.datetime.fromisoformat(f"{day} 08:30:00"),
+                        acct_used=False,
+                        invoice_nos=(invoice,),
+                    ),
+                    "clerk1",
+                    now,
+                )
+                lines = lines_of(BIG_LINES, f"{day} 08:40:00")
+                await manual_claims.enter_lines(
+                    conn, agency.snapshot, claim.claim_no, lines, "clerk1"
+                )
+                await manual_claims.review(conn, claim.claim_no, "reviewer1")
+                numbers.append(claim.claim_no)
+
+        async def settle(claim_no: str, clerk: str) -> Any:
+            async with agency.pool.acquire() as conn:
+                try:
+                    return await manual_claims.settle(conn, agency.snapshot, claim_no, clerk, now)
+                except Conflict as exc:
+                    return exc
+
+        done = await asyncio.gather(settle(numbers[0], "clerk2"), settle(numbers[1], "clerk3"))
+        refused = [d for d in done if isinstance(d, Conflict)]
+        assert len(refused) == 1 and "重复报销" in str(refused[0]), done
+        async with agency.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM settlements") == 1
+            assert await checker.check(conn) == []
