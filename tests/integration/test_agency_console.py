@@ -389,3 +389,23 @@ async def test_hostile_bodies_are_refused_in_words(server: Server) -> None:
         assert r.status == 400 and "JSON" in (await r.json())["error"]
     assert await server.ledger_fingerprint() == before
     assert await server.fetchval("SELECT count(*) FROM audit_log") == audit_rows
+
+
+async def test_an_element_of_a_json_list_is_one_invoice(server: Server) -> None:
+    """Found from outside: "NO 52001" in a JSON list was held as two invoices, "NO" and
+    "52001", and another claim's "52001" was refused as claimed already."""
+    clerk = await _login(server, "clerk1")
+    registration = {
+        "cert_type": "01",
+        "cert_no": "441800000000000003",
+        "fixmedins_code": HOSPITAL,
+        "med_type": "11",
+        "begntime": "2026-06-02 08:30:00",
+        "invoice_nos": ["NO 52001, A"],
+    }
+    spaced = await _ok(server, "/api/console/claims/register", clerk, registration)
+    assert spaced["invoice_nos"] == ["NO 52001, A"], spaced
+    other = {**registration, "begntime": "2026-06-05 08:30:00", "invoice_nos": ["52001"]}
+    assert (await _ok(server, "/api/console/claims/register", clerk, other))["invoice_nos"] == [
+        "52001"
+    ]

@@ -85,17 +85,25 @@ def text_field(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> str:
 
 
 def _many(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> list[str]:
-    """A list field: a JSON list, repeated form fields, or text separated by commas or spaces."""
+    """A list field: a JSON list (each element one value, as sent), or text (a form's field, a
+    JSON string) separated by commas or spaces. Found from outside: an invoice number "NO 52001"
+    in a JSON list was held as two invoices, and refused another claim's "52001"."""
     if isinstance(values, MultiDictProxy):
         got: list[Any] = values.getall(key, [])
+        listed = False
     else:
         raw = values.get(key, [])
-        got = raw if isinstance(raw, list) else [raw]
+        listed = isinstance(raw, list)
+        got = raw if listed else [raw]
     out: list[str] = []
     for v in got:
         if not isinstance(v, str):
             raise BadRequest(f"{key}应为文本或文本列表")
-        out += v.replace("，", ",").replace(",", " ").split()
+        if listed:
+            if v.strip():
+                out.append(v.strip())
+        else:
+            out += v.replace("，", ",").replace(",", " ").split()
     return out
 
 
