@@ -463,9 +463,10 @@ def deferred_retry(args: argparse.Namespace) -> int:
     """A claim replay could not settle, pending again once its cause is mended (found from
     outside: every sale's claim of an outage filed failed by a replay run in the wrong time
     zone, and nothing but a withdrawal at each counter left to do)."""
-    reason = args.reason.strip()
-    if not reason:
-        print("refused: 请填写重新补结算的原因", file=sys.stderr)
+    try:
+        reason = audit.reason_given(args.reason, "请填写重新补结算的原因")
+    except BadRequest as exc:
+        print(f"refused: {exc.err_msg}", file=sys.stderr)
         return 2
 
     async def work(conn: asyncpg.Connection) -> int:

@@ -11,14 +11,13 @@ import asyncpg
 
 from gateway.ledger import encounters, persons
 from gateway.ops import audit
-from gateway.protocol.errors import BadRequest, Conflict, NotFound
+from gateway.protocol.errors import Conflict, NotFound
 
 
 async def convert(conn: asyncpg.Connection, mdtrt_id: str, *, operator: str, reason: str) -> str:
     """Mark the self-pay visit insured, after checking the person is insured; returns psn_no."""
-    if not reason.strip():
-        # Audited with its reason, as every plan change is (found from outside: "" was taken).
-        raise BadRequest("请填写转医保原因")
+    # Audited with its reason, as every plan change is (found from outside: "" was taken).
+    reason = audit.reason_given(reason, "请填写转医保原因")
     async with conn.transaction():
         row = await encounters.lock_for_conversion(conn, mdtrt_id)
         if row is None:

@@ -436,8 +436,7 @@ async def review(
         if any(same_operator(operator, by) for by in (claim.entered_by, claim.registered_by)):
             raise Conflict("明细审核须由登记、录入以外的经办人办理，不能审核本人经办的报销")
         if refuse is not None:
-            if not refuse.strip():
-                raise BadRequest("拒付须填写原因")
+            refuse = audit.reason_given(refuse, "拒付须填写原因")
             await store.update(
                 conn, claim_no, status="refused", reviewed_by=operator, closed_reason=refuse
             )
@@ -451,8 +450,7 @@ async def review(
 
 async def withdraw(conn: asyncpg.Connection, claim_no: str, operator: str, reason: str) -> Claim:
     """The claim withdrawn before it is settled (its invoices may be claimed again)."""
-    if not reason.strip():
-        raise BadRequest("撤回须填写原因")
+    reason = audit.reason_given(reason, "撤回须填写原因")
     async with conn.transaction():
         claim = await store.get(conn, claim_no, lock=True)
         if claim.status == "withdrawn":

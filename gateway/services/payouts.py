@@ -198,8 +198,7 @@ async def _change_account(
 ) -> dict[str, str] | None:
     """One payee's account set, with an audit row (numbers masked); the same again changes
     nothing."""
-    if not reason.strip():
-        raise BadRequest("变更收款账户须填写原因")
+    reason = audit.reason_given(reason, "变更收款账户须填写原因")
     payee = new.psn_no
     async with conn.transaction():
         if not await payees.known(conn, payee):
@@ -373,8 +372,7 @@ async def reject(
     of one of its levels, who withdraws that approval: the counter is told to have an approver
     return a batch before it cancels a settlement whose reimbursement is in it, and found from
     outside, once all four had approved nobody could (the only way on was the bank)."""
-    if not reason.strip():
-        raise BadRequest("退回须填写原因")
+    reason = audit.reason_given(reason, "退回须填写原因")
     async with conn.transaction():
         b, done = await _approval_state(conn, batch_no, level)
         if b.status == "rejected":

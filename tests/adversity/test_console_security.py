@@ -125,6 +125,14 @@ async def test_guessing_locks_the_guesser_and_guards_the_name_until_the_duty_tea
             headers=_bearer(duty),
         ) as r:
             assert r.status == 400 and "reason应为文本" in (await r.json())["error"]
+        # As a plan change's (found from outside: "x" and invisible characters were taken).
+        for reason, words in (("x", "过短"), ("\u202e\u202e", "控制字符")):
+            async with desk.post(
+                url + "/api/console/lockouts/clear",
+                json={**unlock, "reason": reason},
+                headers=_bearer(duty),
+            ) as r:
+                assert r.status == 400 and words in (await r.json())["error"], reason
         async with desk.post(
             url + "/api/console/lockouts/clear", json=unlock, headers=_bearer(duty)
         ) as r:

@@ -343,9 +343,7 @@ async def lockout_list(request: web.Request) -> list[dict[str, Any]]:
 async def unlock(request: web.Request, session: operators.Session, values: dict[str, Any]) -> str:
     """Clear one name's or address's lock as this operator; raises GatewayError."""
     kind, key = agency.text_field(values, "kind"), agency.text_field(values, "key")
-    reason = agency.text_field(values, "reason")
-    if not reason:
-        raise BadRequest("解除登录锁定必须填写原因")
+    reason = audit.reason_given(agency.text_field(values, "reason"), "解除登录锁定必须填写原因")
     async with request.app[GATEWAY].pool.acquire(timeout=5.0) as conn:
         try:
             await operators.clear_lockout(conn, kind, key, operator=session.login, reason=reason)

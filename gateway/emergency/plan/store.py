@@ -54,16 +54,9 @@ async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
 
 def _reason(reason: str) -> str:
     """Why, in words: every counter the rule touches is told it, and the audit keeps it."""
-    reason = reason.strip()
-    if not reason:
-        raise BadRequest("请填写变更原因")
     # Found from outside: "x" was refused as if no reason had been given, and one with a
     # control character was stored and shown to counters.
-    if len(reason) < 2:
-        raise BadRequest(f"变更原因“{reason}”过短，请写明原因（至少2个字）")
-    if not reason.isprintable():
-        raise BadRequest("变更原因含有不可见的控制字符，请删除后重新填写")
-    return reason
+    return audit.reason_given(reason, "请填写变更原因")
 
 
 # A window is a cut-over's timetable: the longest seed is nine days. A stop longer than a month
