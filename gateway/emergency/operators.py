@@ -212,14 +212,14 @@ async def reserve_attempt(
             )
             if next_at > now and not (policy.trusted(address) or await is_desk(conn, name, addr)):
                 refusal = Lockout("operator", name, held["operator"].failures, next_at)
-        # A refused attempt still counts against its address: hammering a locked name, or trying
-        # name after name, locks the address too.
-        counted = ("address",) if refusal is not None else ("operator", "pair", "address")
-        for kind in counted:
-            key, limit = limits[kind]
-            failures, until = await _count_failure(conn, policy, counts.get(kind), kind, key, now)
-            if refusal is not None and failures == limit and until is not None:
-                await _audit_lock(conn, policy, kind, key, limit, until)
+        # A refused attempt counts nothing: its password is never checked, so it teaches a
+        # guesser nothing, and a guesser trying name after name is counted by the attempts that
+        # are checked. Found from outside: a locked-out operator retrying with the right password
+        # raised the address's count until every operator at that desk (behind one NAT address)
+        # was locked out too.
+        if refusal is None:
+            for kind, (key, _) in limits.items():
+                await _count_failure(conn, policy, counts.get(kind), kind, key, now)
         # A count whose window has passed, with no lock in force, is the same as no row: names
         # made up by guessers do not pile up.
         await ledger.forget_stale(conn, now - dt.timedelta(seconds=policy.window_seconds), now)

@@ -89,6 +89,16 @@ async def test_guessing_locks_the_guesser_and_guards_the_name_until_the_duty_tea
         assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
         status, body = await _login(attacker, url, DUTY)  # the right password, while locked
         assert status == 429 and "token" not in body and "锁定" in body["error"]
+        # The refused attempts were never checked and count nothing; the guesser locks its
+        # address by guessing at other names, twenty checked guesses in all.
+        others = [
+            (await _login(attacker, url, {"operator": name, "password": f"guess-{n}"}))[0]
+            for name in ("ghost-a", "ghost-b", "ghost-c")
+            for n in range(5)
+        ]
+        assert others == [401] * 15, others
+        status, body = await _login(attacker, url, WATCH)  # another name, the right password
+        assert status == 429 and "本机地址已锁定" in body["error"], body
         # Elsewhere the name is not locked, only slowed down (one attempt per guarded interval;
         # the last guess that was checked came moments ago).
         status, body = await _login(desk, url, DUTY)
@@ -137,7 +147,9 @@ async def test_guessing_locks_the_guesser_and_guards_the_name_until_the_duty_tea
             url + "/api/console/lockouts/clear", json=unlock, headers=_bearer(duty)
         ) as r:
             assert r.status == 200
-            assert [x for x in await r.json() if x["locked_until"] is not None] == []
+            still = {(x["kind"], x["key"]) for x in await r.json() if x["locked_until"]}
+            # Only the made-up names the guesser tried stay guarded, at no real operator's cost.
+            assert {key.split("@")[0] for _, key in still} <= {f"ghost-{c}" for c in "abc"}, still
         status, _ = await _login(attacker, url, DUTY)
         assert status == 200
 
@@ -403,3 +415,23 @@ async def test_a_deep_body_to_a_console_change_gets_a_json_refusal(server: Serve
         headers={**_bearer(token), "Content-Type": "application/json"},
     ) as r:
         assert r.status == 400 and "嵌套" in (await r.json())["error"]
+
+
+async def test_an_operator_retrying_while_locked_out_does_not_lock_the_desk(
+    server: Server,
+) -> None:
+    """Found from outside: five wrong passwords locked the name at the desk's address, as they
+    should; its owner's retries with the right password, refused while locked, then counted
+    against the address until every operator behind that NAT address was locked out too."""
+    url = server.url
+    async with _from("127.0.0.4") as desk:
+        for n in range(5):
+            status, _ = await _login(desk, url, {"operator": "clerk1", "password": f"wrong-{n}"})
+            assert status == 401
+        for _ in range(25):  # the right password, again and again, while locked
+            status, body = await _login(
+                desk, url, {"operator": "clerk1", "password": "clerk1-2026"}
+            )
+            assert status == 429 and "锁定" in body["error"], body
+        status, body = await _login(desk, url, {"operator": "clerk2", "password": "clerk2-2026"})
+        assert status == 200, body  # the rest of the desk still gets in
