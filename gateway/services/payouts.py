@@ -102,7 +102,9 @@ def _plain(value: str, what: str) -> str:
 
 
 def _unprintable(c: str) -> bool:
-    return unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
+    # Cf: invisible format characters (found from outside: a holder "\u202e丁", a
+    # right-to-left override, was taken for the bank file).
+    return unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")
 
 
 def _account(payee: str, bank_code: str, bank_name: str, account_no: str, holder: str) -> Account:

@@ -254,6 +254,19 @@ async def test_pages_show_each_role_its_steps_and_forms_need_the_token(server: S
             assert r.url.path.startswith("/console/claims/LX")
         assert "已登记" in page and "FP-PAGE-1、FP-PAGE-2" in page and 'id="lines-form"' in page
         no = r.url.path.rsplit("/", 1)[1]
+        # Escaped bytes that are not UTF-8 (found from outside: stored as "��ABC").
+        before_bad = await server.fetchval("SELECT count(*) FROM manual_claims")
+        raw = f"csrf={csrf.group(1)}&cert_type=01&cert_no=441800000000000002" + (
+            f"&fixmedins_code={HOSPITAL}&med_type=11&begntime=2026-06-06+09:00:00"
+            "&invoice_nos=%FF%FEabc"
+        )
+        async with browser.post(
+            server.url + "/console/claims/register",
+            data=raw.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ) as r:
+            assert r.status == 400 and "UTF-8" in await r.text()
+        assert await server.fetchval("SELECT count(*) FROM manual_claims") == before_bad
         # A refusal comes back to the page as the service's Chinese message, escaped.
         async with browser.post(
             server.url + "/console/claims/lines",

@@ -46,7 +46,7 @@ async def test_login_roles_and_audited_changes(server: Server) -> None:
     before = await _counts(server)
     rule = {"scope": "region:520500", "class": "settlement", "action": "reject", "reason": "演练"}
     status, body = await _post(server, "/api/plan/rules", viewer, rule)
-    assert status == 403 and "只读" in body["error"]
+    assert status == 403 and "只有应急值班账号" in body["error"]
     assert await _counts(server) == before  # nothing written
 
     token = await _login(server, OPERATOR)

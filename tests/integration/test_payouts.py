@@ -560,6 +560,8 @@ async def test_an_accounts_fields_never_break_a_bank_file_line(
             "张\u0085三",
             "张\udcff三",
             "张|三",
+            "\u202e丁",  # a right-to-left override (found from outside)
+            "张\u200b三",
         ):
             with pytest.raises(BadRequest, match="户名不能包含"):
                 await payouts.set_account(

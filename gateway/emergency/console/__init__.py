@@ -402,6 +402,8 @@ async def form_of(request: web.Request, session: operators.Session) -> dict[str,
         form = await request.post()
     except (ValueError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="表单无法识别") from None
+    if any(isinstance(v, str) and agency.UNREADABLE in v for v in form.values()):
+        raise web.HTTPBadRequest(text=agency.UNREADABLE_FORM)
     if not hmac.compare_digest(
         str(form.get("csrf", "")).encode(), operators.csrf_token(session).encode()
     ):
@@ -442,6 +444,13 @@ async def page(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
+# Found from outside: an agency clerk clearing a log-in lock was told it was read-only and that
+# the plan could not be changed: neither was what it had asked.
+NOT_THE_DUTY_TEAM = (
+    "只有应急值班账号（operator）能修改应急预案或解除登录锁定，当前账号（只读或经办）不能办理"
+)
+
+
 async def changing_form(request: web.Request) -> tuple[operators.Session, dict[str, str]]:
     """The session and fields of a form that changes something; a visitor without a session
     is sent to log in, a viewer is refused."""
@@ -449,7 +458,7 @@ async def changing_form(request: web.Request) -> tuple[operators.Session, dict[s
     if session is None:
         raise web.HTTPSeeOther("/console/login")
     if not session.may_change:
-        raise web.HTTPForbidden(text="只读账号不能修改应急预案")
+        raise web.HTTPForbidden(text=NOT_THE_DUTY_TEAM)
     return session, await form_of(request, session)
 
 
@@ -528,7 +537,7 @@ def _guarded(handler: ApiHandler, *, changes: bool, roles: tuple[str, ...] = ())
             ):
                 return web.json_response({"error": f"缺少或错误的{CSRF_HEADER}请求头"}, status=403)
             if not roles and not session.may_change:
-                return web.json_response({"error": "只读账号不能修改应急预案"}, status=403)
+                return web.json_response({"error": NOT_THE_DUTY_TEAM}, status=403)
         if roles and session.role not in roles:
             return web.json_response({"error": agency.refused_role(session)}, status=403)
         return await handler(request, session)

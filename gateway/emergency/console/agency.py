@@ -84,6 +84,12 @@ def text_field(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> str:
     raise BadRequest(f"{key}应为文本")
 
 
+# What a form's percent-escaped bytes that are not UTF-8 decode to (aiohttp replaces them): found
+# from outside, "%FF%FEabc" was stored as an invoice number "��ABC".
+UNREADABLE = "\ufffd"
+UNREADABLE_FORM = "表单含有无法识别的字符（不是UTF-8编码），请检查后重新填写"
+
+
 def _many(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> list[str]:
     """A list field: a JSON list (each element one value, as sent), or text (a form's field, a
     JSON string) separated by commas or spaces. Found from outside: an invoice number "NO 52001"
@@ -396,6 +402,8 @@ async def _read_form(request: web.Request, session: operators.Session) -> MultiD
                 fields.add(k, str(val))
     except (ValueError, UnicodeDecodeError, AssertionError):
         raise web.HTTPBadRequest(text="表单无法识别") from None
+    if any(isinstance(v, str) and UNREADABLE in v for v in fields.values()):
+        raise web.HTTPBadRequest(text=UNREADABLE_FORM)
     if not hmac.compare_digest(
         str(fields.get("csrf", "")).encode(), operators.csrf_token(session).encode()
     ):
