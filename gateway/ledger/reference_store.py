@@ -380,11 +380,7 @@ async def revoke_mapping(
 
 async def institution_known(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
     """Whether the reference data holds the institution."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM institutions WHERE fixmedins_code = $1)", fixmedins_code
-        )
-    )
+    return await institution_type(conn, fixmedins_code) is not None
 
 
 async def institution_type(conn: asyncpg.Connection, fixmedins_code: str) -> str | None:

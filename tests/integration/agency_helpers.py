@@ -100,6 +100,40 @@ def lines_of(rows: list[dict[str, Any]], fee_time: str) -> list[Line]:
     ]
 
 
+async def reviewed_claim(
+    conn: asyncpg.Connection,
+    ledger: Ledger,
+    psn_no: str,
+    day: str,
+    rows: list[dict[str, Any]],
+    invoice: str,
+    *,
+    acct_used: bool = False,
+    med_type: str = "11",
+) -> Claim:
+    """A claim registered and its lines entered by one clerk, reviewed by another: ready to
+    settle."""
+    claim = await manual_claims.register(
+        conn,
+        ledger.snapshot,
+        manual_claims.Registration(
+            cert_type="01",
+            cert_no=psn_no,
+            fixmedins_code=HOSPITAL,
+            med_type=med_type,
+            begntime=dt.datetime.fromisoformat(f"{day} 08:30:00"),
+            acct_used=acct_used,
+            invoice_nos=(invoice,),
+        ),
+        "clerk1",
+        dt.datetime.now(),
+    )
+    await manual_claims.enter_lines(
+        conn, ledger.snapshot, claim.claim_no, lines_of(rows, f"{day} 08:40:00"), "clerk1"
+    )
+    return await manual_claims.review(conn, claim.claim_no, "reviewer1")
+
+
 async def settled_claim(
     ledger: Ledger,
     psn_no: str,
@@ -115,25 +149,9 @@ async def settled_claim(
     different clerks, as the agency does it."""
     now = dt.datetime.now()
     async with ledger.pool.acquire() as conn:
-        claim = await manual_claims.register(
-            conn,
-            ledger.snapshot,
-            manual_claims.Registration(
-                cert_type="01",
-                cert_no=psn_no,
-                fixmedins_code=HOSPITAL,
-                med_type=med_type,
-                begntime=dt.datetime.fromisoformat(f"{day} 08:30:00"),
-                acct_used=acct_used,
-                invoice_nos=(invoice,),
-            ),
-            "clerk1",
-            now,
+        claim = await reviewed_claim(
+            conn, ledger, psn_no, day, rows, invoice, acct_used=acct_used, med_type=med_type
         )
-        await manual_claims.enter_lines(
-            conn, ledger.snapshot, claim.claim_no, lines_of(rows, f"{day} 08:40:00"), "clerk1"
-        )
-        await manual_claims.review(conn, claim.claim_no, "reviewer1")
         claim = await manual_claims.settle(conn, ledger.snapshot, claim.claim_no, "clerk2", now)
         if reviewed:
             [claim] = await manual_claims.batch_review(conn, [claim.claim_no], "reviewer2")

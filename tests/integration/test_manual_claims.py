@@ -20,6 +20,7 @@ from tests.integration.agency_helpers import (
     agency_ledger,
     ledger_on,
     lines_of,
+    reviewed_claim,
     settled_claim,
 )
 from tests.integration.conftest import running_gateway
@@ -467,30 +468,11 @@ async def test_one_bill_claimed_twice_at_once_is_settled_once(
     for a bill already paid read the ledger before the person's lock. It runs under it now."""
     async with agency_ledger(new_database) as agency:
         day, now = "2026-06-12", dt.datetime.now()
-        numbers = []
         async with agency.pool.acquire() as conn:
-            for invoice in ("FP-RACE-1", "FP-RACE-2"):
-                claim = await manual_claims.register(
-                    conn,
-                    agency.snapshot,
-                    manual_claims.Registration(
-                        cert_type="01",
-                        cert_no=PERSON,
-                        fixmedins_code=HOSPITAL,
-                        med_type="11",
-                        begntime=dt.datetime.fromisoformat(f"{day} 08:30:00"),
-                        acct_used=False,
-                        invoice_nos=(invoice,),
-                    ),
-                    "clerk1",
-                    now,
-                )
-                lines = lines_of(BIG_LINES, f"{day} 08:40:00")
-                await manual_claims.enter_lines(
-                    conn, agency.snapshot, claim.claim_no, lines, "clerk1"
-                )
-                await manual_claims.review(conn, claim.claim_no, "reviewer1")
-                numbers.append(claim.claim_no)
+            numbers = [
+                (await reviewed_claim(conn, agency, PERSON, day, BIG_LINES, invoice)).claim_no
+                for invoice in ("FP-RACE-1", "FP-RACE-2")
+            ]
 
         async def settle(claim_no: str, clerk: str) -> Any:
             async with agency.pool.acquire() as conn:

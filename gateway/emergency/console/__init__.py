@@ -402,8 +402,7 @@ async def form_of(request: web.Request, session: operators.Session) -> dict[str,
         form = await request.post()
     except (ValueError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="表单无法识别") from None
-    if any(isinstance(v, str) and agency.UNREADABLE in v for v in form.values()):
-        raise web.HTTPBadRequest(text=agency.UNREADABLE_FORM)
+    agency.refuse_unreadable(form)
     if not hmac.compare_digest(
         str(form.get("csrf", "")).encode(), operators.csrf_token(session).encode()
     ):

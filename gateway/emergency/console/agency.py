@@ -86,8 +86,13 @@ def text_field(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> str:
 
 # What a form's percent-escaped bytes that are not UTF-8 decode to (aiohttp replaces them): found
 # from outside, "%FF%FEabc" was stored as an invoice number "��ABC".
-UNREADABLE = "\ufffd"
 UNREADABLE_FORM = "表单含有无法识别的字符（不是UTF-8编码），请检查后重新填写"
+
+
+def refuse_unreadable(fields: MultiDictProxy[Any] | MultiDict[Any]) -> None:
+    """A form whose fields hold what aiohttp made of bytes that are not UTF-8 is refused."""
+    if any(isinstance(v, str) and "\ufffd" in v for v in fields.values()):
+        raise web.HTTPBadRequest(text=UNREADABLE_FORM)
 
 
 def _many(values: MultiDictProxy[Any] | dict[str, Any], key: str) -> list[str]:
@@ -402,8 +407,7 @@ async def _read_form(request: web.Request, session: operators.Session) -> MultiD
                 fields.add(k, str(val))
     except (ValueError, UnicodeDecodeError, AssertionError):
         raise web.HTTPBadRequest(text="表单无法识别") from None
-    if any(isinstance(v, str) and UNREADABLE in v for v in fields.values()):
-        raise web.HTTPBadRequest(text=UNREADABLE_FORM)
+    refuse_unreadable(fields)
     if not hmac.compare_digest(
         str(fields.get("csrf", "")).encode(), operators.csrf_token(session).encode()
     ):
