@@ -10,7 +10,7 @@ WORKERS ?= 1
 SOURCES := gateway adapters tests benchmarks loadtest
 BENCH := $(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-storage=file://./.benchmarks -q
 
-.PHONY: cluster cluster-down demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-cluster bench-reload bench-write-replay bench-soak profile loadtest loadtest-rush loadtest-degraded clean
+.PHONY: cluster cluster-down demo differential stateful fuzz install run test test-subject check lint lint-docker typecheck promtool unit integration system-deps bench bench-baseline bench-compare bench-http bench-adversity bench-cluster bench-reload bench-write-replay bench-replay bench-soak profile loadtest loadtest-rush loadtest-degraded clean
 
 install: $(STAMP)
 
@@ -115,6 +115,10 @@ profile: install
 bench-write-replay: install system-deps
 	$(BIN)/python benchmarks/write_replay.py --seconds 8 --rounds 4 \
 	  --variant "pglz=ALTER TABLE settlements ALTER COLUMN lines SET COMPRESSION pglz"
+
+# An outage's backlog of deferred claims replayed (`deferred replay`), at two sizes on one ledger.
+bench-replay: install system-deps
+	$(BIN)/python benchmarks/replay_rate.py --fill 4,12
 
 # P7/P8: a reload of 500,000 mappings against the event loop, and the memory it takes.
 bench-reload: install

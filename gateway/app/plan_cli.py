@@ -352,12 +352,14 @@ async def _gateway(args: argparse.Namespace) -> Gateway:
     import adapters.his.transactions
     import adapters.pos.pharmacy  # noqa: F401 - the handlers replay runs
     from gateway.app.runtime import Gateway
+    from gateway.emergency.deferred.replay import REPLAY_LANES
 
     settings = Settings(
         database_url(args),
         reference_dir=Path(args.reference_dir) if args.reference_dir else DEFAULT_REFERENCE,
         region=args.region,
-        pool_max=2,
+        # The replay lock, and a connection for each of replay's lanes.
+        pool_max=1 + REPLAY_LANES,
         config_path=Path(args.config),
         journal_dir=Path(args.journal_dir) if args.journal_dir else None,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.emergency.deferred import PROVISIONAL_ID_LENGTH, PROVISIONAL_PREFIX
 from gateway.ledger.writes import Writes, insert_statement
 
 REPLAY_LOCK = 0x2E91A7  # held by a running `deferred replay`; its presence means "replaying"
@@ -287,13 +288,25 @@ async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> l
     """The claims holding lines of these visits (pending, or failed at replay and not withdrawn),
     including those filed under a provisional id that became one of them, and the old system's
     settlements of them in force (gateway.ledger.legacy_settlements), in the same round trip.
-    The sets are small (an outage's worth, a cut-over's), so this stays cheap."""
+
+    Every settlement of a visit asks this while any claim holds lines, so it goes by the
+    visits' ids (migration 033): found measuring a long outage's aftermath, it read every
+    claim pending or failed for each settlement (1.5 ms at 2,500 claims, growing with the
+    backlog for as long as replay took)."""
     rows = await conn.fetch(
-        "SELECT d.claim_id, d.fixmedins_code, coalesce(i.mdtrt_id, d.mdtrt_id) AS visit,"
+        "SELECT d.claim_id, d.fixmedins_code, d.mdtrt_id AS visit,"
         " d.infno, d.body, d.status, NULL::text AS lines FROM deferred d"
-        " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
         " WHERE d.kind = 'claim' AND d.status IN ('pending', 'failed') AND d.mdtrt_id <> ''"
-        " AND coalesce(i.mdtrt_id, d.mdtrt_id) = ANY($1::text[])"
+        " AND d.mdtrt_id = ANY($1::text[])"
+        " AND NOT EXISTS (SELECT 1 FROM deferred_ids i WHERE i.provisional_id = d.mdtrt_id)"
+        # Filed under a provisional id that became one of these visits: the ids first (a
+        # join left to the planner walked every claim while deferred_ids looked empty to it).
+        " UNION ALL SELECT d.claim_id, d.fixmedins_code,"
+        " (SELECT i.mdtrt_id FROM deferred_ids i WHERE i.provisional_id = d.mdtrt_id),"
+        " d.infno, d.body, d.status, NULL FROM deferred d"
+        " WHERE d.kind = 'claim' AND d.status IN ('pending', 'failed')"
+        " AND d.mdtrt_id = ANY(ARRAY(SELECT i.provisional_id FROM deferred_ids i"
+        " WHERE i.mdtrt_id = ANY($1::text[])))"
         " UNION ALL SELECT l.setl_id, l.fixmedins_code, l.mdtrt_id, l.infno, NULL, 'elsewhere',"
         " l.lines FROM legacy_settlements l"
         " WHERE l.cancelled_at IS NULL AND l.mdtrt_id = ANY($1::text[])",
@@ -334,10 +347,32 @@ async def fail_answered(
     )
 
 
-async def provisional_ids(conn: asyncpg.Connection) -> dict[str, str]:
-    """Reads every provisional id applied so far, with the visit it became."""
-    rows = await conn.fetch("SELECT provisional_id, mdtrt_id FROM deferred_ids")
+async def provisional_ids(conn: asyncpg.Connection, body: bytes) -> dict[str, str]:
+    """The provisional ids `body` names that are applied, each with the visit it became.
+
+    Only those it names: found measuring a long outage's replay, reading every id applied so
+    far for each claim (and replacing each in its body) cost each claim in proportion to the
+    outage's visits."""
+    named = provisional_ids_in(body)
+    if not named:
+        return {}
+    rows = await conn.fetch(
+        "SELECT provisional_id, mdtrt_id FROM deferred_ids WHERE provisional_id = ANY($1::text[])",
+        named,
+    )
     return {r["provisional_id"]: r["mdtrt_id"] for r in rows}
+
+
+def provisional_ids_in(body: bytes) -> list[str]:
+    """Every text of a provisional id's length that starts with its prefix in `body` (each id
+    the body holds is one of them, wherever it stands)."""
+    prefix = PROVISIONAL_PREFIX.encode()
+    found: set[str] = set()
+    at = body.find(prefix)
+    while at >= 0:
+        found.add(body[at : at + PROVISIONAL_ID_LENGTH].decode("ascii", "replace"))
+        at = body.find(prefix, at + 1)
+    return sorted(found)
 
 
 async def record_provisional(conn: asyncpg.Connection, provisional_id: str, mdtrt_id: str) -> None:
@@ -365,23 +400,40 @@ class Pending:
         return (self.received_at, self.seq)
 
 
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One of `of` lanes that divide the persons between them (by a hash of psn_no): every
+    item of one person is in one lane, so a lane taking its items in order takes each person's
+    in order, whatever the other lanes do meanwhile."""
+
+    number: int
+    of: int
+
+
+ONE_LANE = Lane(0, 1)
+
+
 async def next_pending(
     conn: asyncpg.Connection,
     kind: str,
     order: str,
     held: Sequence[str] = (),
     waiting: Sequence[int] = (),
+    lane: Lane = ONE_LANE,
 ) -> Pending | None:
     """Reads and locks the next pending item of a kind in `order`, skipping those locked
     elsewhere, those of the institutions `held` (the plan still defers their calls) and the
-    items `waiting` (by seq) for a visit not applied yet."""
+    items `waiting` (by seq) for a visit not applied yet; of the persons of `lane` only."""
     r = await conn.fetchrow(
         f"SELECT * FROM deferred WHERE kind = $1 AND status = 'pending'"
         f" AND fixmedins_code <> ALL($2::text[]) AND seq <> ALL($3::bigint[])"
+        f" AND (hashtext(psn_no) & 2147483647) % $4 = $5"
         f" ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED",
         kind,
         list(held),
         list(waiting),
+        lane.of,
+        lane.number,
     )
     if r is None:
         return None

@@ -8,6 +8,7 @@ replay interrupted anywhere and run again settles nothing twice.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -189,7 +190,8 @@ async def _run(
 ) -> Any:
     """Run a stored request through its transaction's handler; returns the handler's output.
     `pool`: the ledger database's a claim is replayed in (`conn` is one of its connections)."""
-    req = deferral.for_replay(deferral.request_of(row.body), await deferred.provisional_ids(conn))
+    req = deferral.request_of(row.body)
+    req = deferral.for_replay(req, await deferred.provisional_ids(conn, req.input))
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise NotFound(f"定点医药机构编号{req.fixmedins_code}未登记")
@@ -451,9 +453,47 @@ async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | 
     return progress
 
 
+# Claims replayed at once, each lane a connection taking its persons' claims in order. A claim
+# is a dozen round trips and a commit, mostly waited for: found measuring a long outage's
+# backlog, one at a time replayed about 60 claims a second on a box that settles 2,000 sales a
+# second online (a day's outage of a busy region would take hours to pay back).
+REPLAY_LANES = 4
+
+
+def lanes_for(pool: asyncpg.Pool, main: asyncpg.Pool) -> int:
+    """How many lanes a ledger database's pool can run: one connection each, the main pool's
+    replay lock holding one of its own."""
+    room = int(pool.get_max_size()) - (1 if pool is main else 0)
+    return max(1, min(REPLAY_LANES, room))
+
+
 async def _replay_claims_in(
     gw: Gateway,
     pool: asyncpg.Pool,
+    progress: Progress,
+    on_progress: Callable[[Progress], None] | None,
+) -> None:
+    """The claims of one ledger database, in lanes by person (each person's claims in service
+    date order, as one at a time would take them; no claim of one person is replayed while
+    another of theirs is); the first lane's failure stops the others."""
+    count = lanes_for(pool, gw.pool)
+    lanes = [
+        asyncio.create_task(_replay_lane(gw, pool, deferred.Lane(n, count), progress, on_progress))
+        for n in range(count)
+    ]
+    try:
+        await asyncio.gather(*lanes)
+    except BaseException:
+        for lane in lanes:
+            lane.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        raise
+
+
+async def _replay_lane(
+    gw: Gateway,
+    pool: asyncpg.Pool,
+    lane: deferred.Lane,
     progress: Progress,
     on_progress: Callable[[Progress], None] | None,
 ) -> None:
@@ -462,7 +502,7 @@ async def _replay_claims_in(
         while True:
             async with conn.transaction():
                 row = await deferred.next_pending(
-                    conn, "claim", "service_date, received_at, seq", waiting=waiting
+                    conn, "claim", "service_date, received_at, seq", waiting=waiting, lane=lane
                 )
                 if row is None:
                     break
