@@ -317,13 +317,21 @@ def payouts_gather_clearing(args: argparse.Namespace) -> int:
             report = await clearing.monthly(conn, args.month, args.institution, others)
             amounts = [(r.fixmedins_code, r.total.declared) for r in report.institutions]
             n = await payouts.gather_clearing(conn, args.month, amounts, _operator(args))
+        # A month whose cancellations of earlier months' settlements outweigh its own: nothing
+        # is owed, and what the institution owes back is said, not dropped in silence.
+        short = {code: fen_text(-fen) for code, fen in amounts if fen < 0}
         doc = {
             "month": args.month,
             "recorded": n,
             "amounts": {code: fen_text(fen) for code, fen in amounts if fen > 0},
+            "owed_back": short,
         }
         text = "\n".join(f"{code} {fen_text(fen)}" for code, fen in amounts if fen > 0)
-        _print(args, doc, f"{args.month} 月结算拨付登记{n}家\n{text}".rstrip())
+        back = "\n".join(
+            f"{code} 本月冲减多于本月结算，应由机构退回{fen}元，未登记拨付：请另行追回"
+            for code, fen in short.items()
+        )
+        _print(args, doc, f"{args.month} 月结算拨付登记{n}家\n{text}\n{back}".strip())
         return 0
 
     return _run(args, work)

@@ -200,6 +200,7 @@ async def monthly(
     reports: dict[str, InstitutionReport] = {}
     names = await clearing.institution_names(conn)
     settled: list[list[clearing.Settled]] = []
+    taken_back: list[list[clearing.Settled]] = []  # earlier months' settlements cancelled in this
     corrected: list[list[clearing.Corrected]] = []
     reimbursed: list[list[clearing.Reimbursed]] = []
     claimed: list[list[clearing.Reimbursed]] = []
@@ -208,6 +209,9 @@ async def monthly(
     async def read(db_conn: asyncpg.Connection) -> None:
         paid.append(await clearing.paid_out(db_conn, since, until))
         settled.append(await clearing.settled(db_conn, since, until, institution, names))
+        taken_back.append(
+            await clearing.settled(db_conn, since, until, institution, names, taken_back=True)
+        )
         corrected.append(await clearing.corrected(db_conn, since, until, institution, names))
         reimbursed.append(await clearing.reimbursed(db_conn, since, until, institution, names))
         claimed.append(await clearing.claimed(db_conn, since, until, institution, names))
@@ -221,24 +225,27 @@ async def monthly(
         return reports.setdefault(code, InstitutionReport(code, name, admdvs))
 
     by_code: Callable[[Any], tuple[str, ...]] = lambda r: (r.fixmedins_code,)  # noqa: E731
-    lines = _merged(settled, lambda r: (r.fixmedins_code, r.med_type))
-    for r in sorted(lines, key=lambda r: (r.fixmedins_code, r.med_type)):
+    by_type: Callable[[Any], tuple[str, ...]] = lambda r: (r.fixmedins_code, r.med_type)  # noqa: E731
+    lines = [(r, 1) for r in _merged(settled, by_type)]
+    lines += [(r, -1) for r in _merged(taken_back, by_type)]
+    for r, sign in sorted(lines, key=lambda x: (x[0].fixmedins_code, x[0].med_type, -x[1])):
         rep = report_of(r.fixmedins_code, r.fixmedins_name, r.admdvs)
+        name = MED_TYPE_NAMES.get(r.med_type, r.med_type)
         line = Line(
             med_type=r.med_type,
-            name=MED_TYPE_NAMES.get(r.med_type, r.med_type),
-            visits=r.visits,
-            medfee_sumamt=r.medfee_sumamt,
-            hifp_pay=r.hifp_pay,
-            hifob_pay=r.hifob_pay,
-            hifmi_pay=r.hifmi_pay,
-            cvlserv_pay=r.cvlserv_pay,
-            maf_pay=r.maf_pay,
-            acct_pay=r.acct_pay,
-            psn_cash_pay=r.psn_cash_pay,
-            inscp_scp_amt=r.inscp_scp_amt,
-            out_of_scope=r.medfee_sumamt - r.inscp_scp_amt,
-            declared=r.fund_pay_sumamt + r.acct_pay,
+            name=name if sign > 0 else f"{name}（前月结算本月撤销，冲减）",
+            visits=sign * r.visits,
+            medfee_sumamt=sign * r.medfee_sumamt,
+            hifp_pay=sign * r.hifp_pay,
+            hifob_pay=sign * r.hifob_pay,
+            hifmi_pay=sign * r.hifmi_pay,
+            cvlserv_pay=sign * r.cvlserv_pay,
+            maf_pay=sign * r.maf_pay,
+            acct_pay=sign * r.acct_pay,
+            psn_cash_pay=sign * r.psn_cash_pay,
+            inscp_scp_amt=sign * r.inscp_scp_amt,
+            out_of_scope=sign * (r.medfee_sumamt - r.inscp_scp_amt),
+            declared=sign * (r.fund_pay_sumamt + r.acct_pay),
         )
         rep.lines.append(line)
         rep.total.add(line)

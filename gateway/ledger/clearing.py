@@ -45,10 +45,29 @@ async def settled(
     until: dt.datetime,
     institution: str | None,
     names: Names,
+    *,
+    taken_back: bool = False,
 ) -> list[Settled]:
-    """Reads per institution and med_type the sums of settlements in force of [since, until)."""
+    """Reads per institution and med_type the sums of the settlements of [since, until) in force
+    at its end; `taken_back`: of those of earlier months cancelled within it instead.
+
+    A month's clearing counts what was in force when the month ended, and a settlement
+    cancelled afterwards is taken back in the month of its cancellation: found from outside, a
+    November settlement cancelled in December dropped out of November's report after November's
+    amount was recorded as owed to the institution, and December's never took it back (the fund
+    paid the institution for a bill it had refunded). A month's figures no longer change once it
+    has ended, whenever the report is run."""
     args: list[object] = [since, until]
-    where = "s.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
+    if taken_back:
+        where = (
+            "s.status = 'cancelled' AND s.cancel_setl_time >= $1 AND s.cancel_setl_time < $2"
+            " AND s.setl_time < $1"
+        )
+    else:
+        where = (
+            "s.setl_time >= $1 AND s.setl_time < $2"
+            " AND (s.status = 'settled' OR s.cancel_setl_time >= $2)"
+        )
     # A manual claim's settlement (零星报销), and a deferred claim's settled by replay (主动报:
     # the patient paid the institution in full), are paid to the patient, not cleared to the
     # institution: cleared as well, the fund would pay their share twice.

@@ -1,0 +1,88 @@
+"""A month's clearing counts what was in force at its end; a settlement cancelled in a later
+month is taken back in that month (found from outside: a November settlement cancelled in
+December dropped out of November's report after November's amount was recorded as owed to the
+hospital, and December's never took it back: the fund paid for a bill it had refunded)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+from gateway.core.money import fen_text, to_fen
+from gateway.jobs import clearing
+from tests.integration.agency_helpers import ledger_on
+from tests.integration.conftest import running_gateway
+from tests.integration.emergency_helpers import BIG_LINES, BIG_TOTAL, cli
+from tests.integration.his_client import HisClient
+
+HOSPITAL = "H44180000001"
+
+
+def _fen(setlinfo: dict[str, Any], name: str) -> int:
+    """An answer's amount (a JSON number with two decimals) in fen, read by its text."""
+    return to_fen(str(setlinfo[name]))
+
+
+async def test_a_settlement_cancelled_after_its_month_is_taken_back_in_the_month_of_cancelling(
+    new_database: Callable[..., Any],
+) -> None:
+    this_month = dt.date.today().strftime("%Y-%m")
+    last_month = (dt.date.today().replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+    served = dt.date.today() - dt.timedelta(days=1)
+    async with running_gateway(new_database) as srv:
+        his: HisClient = srv.client(HOSPITAL)
+        visits: list[tuple[str, str, dict[str, Any]]] = []
+        for n, psn_no in enumerate(("441800000000000001", "441800000000000002")):
+            mdtrt_id = await his.register(psn_no, "310", f"{served} 08:30:00", f"MZ-M-{n}")
+            await his.visit_info(mdtrt_id, psn_no, "11", f"{served} 08:30:00")
+            rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{served} 08:40:00", "B1")
+            await his.ok("2204", {"feedetail": rows})
+            data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+            visits.append((psn_no, mdtrt_id, (await his.ok("2207", data))["setlinfo"]))
+        db = ("--database-url", srv.dsn)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            # Both settled last month (their time moved back, as the clock moving on would
+            # leave them); the month's amount recorded as owed to the hospital.
+            await conn.execute("UPDATE settlements SET setl_time = setl_time - interval '1 month'")
+            before = await clearing.monthly(conn, last_month, HOSPITAL)
+            [hospital] = before.institutions
+            owed = hospital.total.declared
+            expected = sum(
+                _fen(info, "fund_pay_sumamt") + _fen(info, "acct_pay") for *_, info in visits
+            )
+            assert owed == expected and hospital.total.visits == 2
+            recorded = json.loads(cli("payouts", "gather-clearing", "--month", last_month, "--json", *db).stdout)  # fmt: skip
+            assert recorded["amounts"] == {HOSPITAL: fen_text(owed)}
+
+            # This month the hospital refunds the first patient (2208).
+            psn_no, mdtrt_id, info = visits[0]
+            keys = {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": psn_no}
+            await his.ok("2208", {"data": keys})
+            refunded = _fen(info, "fund_pay_sumamt") + _fen(info, "acct_pay")
+
+            # Last month's report is what was recorded: it has ended.
+            [again] = (await clearing.monthly(conn, last_month, HOSPITAL)).institutions
+            assert (again.total.declared, again.total.visits) == (owed, 2)
+            # This month's takes the refunded settlement back, in a line of its own.
+            [now] = (await clearing.monthly(conn, this_month, HOSPITAL)).institutions
+            [line] = now.lines
+            assert "冲减" in line.name and line.med_type == "11"
+            assert (line.visits, line.declared) == (-1, -refunded)
+            assert line.medfee_sumamt == -_fen(info, "medfee_sumamt")
+            assert now.total.declared == -refunded
+            text = cli("clearing", "monthly", "--month", this_month, *db).stdout
+            assert "冲减" in text and f"-{fen_text(refunded)}" in text
+
+            # A settlement made and cancelled within one month is in no month's clearing.
+            psn_no, mdtrt_id, info = visits[1]
+            await conn.execute(
+                "UPDATE settlements SET setl_time = now()::timestamp WHERE setl_id = $1",
+                info["setl_id"],
+            )
+            keys = {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": psn_no}
+            await his.ok("2208", {"data": keys})
+            [now] = (await clearing.monthly(conn, this_month, HOSPITAL)).institutions
+            assert [ln.visits for ln in now.lines] == [-1]
+            assert now.total.declared == -refunded
