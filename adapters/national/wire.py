@@ -16,6 +16,7 @@ import msgspec
 from adapters.national import lengths
 from adapters.national.envelope import Amount, Code, text
 from gateway.core.money import AmountError, from_digits, scaled, shown
+from gateway.core.timestamps import as_local
 from gateway.ledger.persons import CERT_TYPES, Certificate
 from gateway.protocol.errors import BadRequest
 
@@ -180,7 +181,34 @@ def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | Non
                 return dt.datetime.strptime(s, fmt)
             except ValueError:
                 continue
+    if stamped := _STAMPED.fullmatch(s):
+        # A .NET or Java client's serialized time (found from outside: a HIS whose 1101 sends
+        # DateTime.Now as "2026-12-05T23:49:23.1083330+08:00" could read no person). The
+        # fraction is dropped (never rounded up past the second the clerk saw); an offset is
+        # converted to the gateway's local time, which is Beijing time.
+        try:
+            seconds = dt.datetime.strptime(stamped["time"], "%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            pass
+        else:
+            zone = stamped["zone"]
+            if not zone:
+                return seconds
+            if zone == "Z":
+                return as_local(seconds.replace(tzinfo=dt.UTC))
+            sign = -1 if zone[0] == "-" else 1
+            hours, minutes = int(zone[1:3]), int(zone[-2:])
+            if hours <= 14 and minutes < 60:
+                offset = dt.timedelta(hours=hours, minutes=minutes) * sign
+                return as_local(seconds.replace(tzinfo=dt.timezone(offset)))
     raise BadRequest(f"字段{name}时间格式错误，应为yyyy-MM-dd HH:mm:ss")
+
+
+# ISO 8601 as serializers write it: a fraction of up to nine digits, a zone offset, or both.
+_STAMPED = re.compile(
+    r"(?P<time>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"(?:\.[0-9]{1,9})?(?P<zone>Z|[+-][0-9]{2}:?[0-9]{2})?"
+)
 
 
 _TIME_SHAPES = re.compile(

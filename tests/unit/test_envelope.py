@@ -23,6 +23,7 @@ from adapters.national.envelope import (
 from adapters.national.wire import In2206, fen, micro, quantity, when
 from adapters.pos.pharmacy import In2101, purchase_of
 from gateway.core.money import AmountError, scaled
+from gateway.core.timestamps import as_local
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Kind
 
@@ -383,6 +384,41 @@ def test_a_code_that_is_only_invisible_is_empty() -> None:
 def test_a_time_in_other_digits_or_blanks_is_refused(sent: str) -> None:
     # Found from outside: strptime took any Unicode digit and any run of blanks, so visits were
     # opened on such times, where amounts in the same digits are refused.
+    with pytest.raises(BadRequest, match="时间格式错误"):
+        when(sent, "begntime")
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ("2026-12-05T23:49:23.1083330+08:00", dt.datetime(2026, 12, 5, 23, 49, 23)),
+        ("2026-12-05T23:50:00+08:00", dt.datetime(2026, 12, 5, 23, 50, 0)),
+        ("2026-12-05T23:50:00.123", dt.datetime(2026, 12, 5, 23, 50, 0)),
+        ("2026-12-05T15:50:00Z", dt.datetime(2026, 12, 5, 23, 50, 0)),
+        ("2026-12-05T23:50:00.999999999+0800", dt.datetime(2026, 12, 5, 23, 50, 0)),
+        ("2026-12-05T10:50:00-05:00", dt.datetime(2026, 12, 5, 23, 50, 0)),
+    ],
+    ids=[".NET DateTime.Now", "offset", "fraction", "UTC", "nanoseconds", "another zone"],
+)
+def test_a_serialized_time_is_read_as_the_same_moment_in_beijing_time(
+    sent: str, expected: dt.datetime
+) -> None:
+    # Found from outside: a HIS serializing DateTime.Now (binzhe's 1101 begntime) was refused.
+    # The fraction is dropped, never rounded up; an offset is the same moment in local time
+    # (the gateway runs in Beijing time; the expectation is converted as the gateway does).
+    beijing = dt.timezone(dt.timedelta(hours=8))
+    zoned = sent.endswith("Z") or sent[-6] in "+-" or sent[-5] in "+-"
+    # A time without a zone is the gateway's local time as it stands.
+    assert when(sent, "begntime") == (
+        as_local(expected.replace(tzinfo=beijing)) if zoned else expected
+    )
+
+
+@pytest.mark.parametrize(
+    "sent",
+    ["2026-12-05T23:50:00+25:00", "2026-12-05T23:50:00.+08:00", "2026-12-05T23:50:00 +08:00"],
+)
+def test_a_serialized_time_with_an_impossible_zone_is_refused(sent: str) -> None:
     with pytest.raises(BadRequest, match="时间格式错误"):
         when(sent, "begntime")
 
