@@ -139,7 +139,10 @@ def setlinfo(
     out["medins_setl_id"] = rec.medins_setl_id
     out["clr_optins"] = rec.clr_optins if rec.setl_id else None
     out["clr_way"] = "1" if rec.setl_id else None
-    out["clr_type"] = rec.clr_type if rec.setl_id else None
+    # Known before settling (protocol.md §2.3 names only setl_id, setl_time, clr_optins and
+    # clr_way null in a pre-settlement; found from outside: a HIS filing its trial result by
+    # clr_type, as Hebei's 2206 answers it, read null).
+    out["clr_type"] = rec.clr_type
     if sign < 0:
         # The spec table spells it pdn_cash_pay for 2208; real centres answer psn_cash_pay.
         out["pdn_cash_pay"] = out["psn_cash_pay"]

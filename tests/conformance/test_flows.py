@@ -290,6 +290,9 @@ async def _outpatient(c: Client, tag: str) -> tuple[str, dict[str, Any]]:
     data = settle_data(c, mdtrt_id, medfee, med_type="11", chrg_bchno="B1")
     pre = (await c.ok("2206", data))["setlinfo"]
     assert pre["setl_id"] is None and pre["setl_time"] is None and pre["clr_optins"] is None
+    # Only those four (and clr_way) are null in a pre-settlement (protocol.md §2.3): the clearing
+    # category is known, and a real centre's 2206 answers it (Hebei's sample: "11").
+    assert pre["clr_type"] == "11"
     identities(pre)
     data["data"]["invono"] = f"FP{tag}"
     settled = (await c.ok("2207", with_split(c, data, results)))["setlinfo"]

@@ -27,7 +27,6 @@ SETTLEMENT_ONLY = {
     "setl_time",
     "clr_optins",
     "clr_way",
-    "clr_type",
     "mdtrt_id",
     "medins_setl_id",
 }
