@@ -161,7 +161,11 @@ async def why_not_counted(
         if r["reversed"]:
             why[r["setl_id"]] = "中心此结算已冲正（2601），视为未发生，不计入对账"
         elif r["status"] != "settled" and not p.include_refunded:
-            why[r["setl_id"]] = "中心此结算已撤销，不计入对账（退费结算标志为0）"
+            # The request's flag, named as such: found from outside, the row's own flag read 1
+            # beside words saying 0.
+            why[r["setl_id"]] = (
+                "中心此结算已撤销，本次对账请求的退费结算标志（refd_setl_flag）为0，不计入已撤销的结算"
+            )
         elif not p.begndate <= r["day"] <= p.enddate:
             why[r["setl_id"]] = f"中心此结算的结算日期为{r['day']:%Y-%m-%d}，不在本次对账期间"
         else:

@@ -352,6 +352,9 @@ async def test_a_listed_settlement_the_period_does_not_count_is_told_why(
     memo = {r["setl_id"]: (r["stmt_rslt"], r["memo"]) for r in rows}
     assert memo[cancelled["setl_id"]][0] == "2"
     assert "已撤销" in memo[cancelled["setl_id"]][1]
+    # The flag it names is the request's, said so (found from outside: "（退费结算标志为0）"
+    # beside the row's own flag 1 read as a contradiction).
+    assert "对账请求的退费结算标志（refd_setl_flag）为0" in memo[cancelled["setl_id"]][1]
     assert memo[unknown["setl_id"]] == ("2", "医药机构有此结算，中心没有")
 
 
