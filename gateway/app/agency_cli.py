@@ -331,7 +331,10 @@ def payouts_gather_clearing(args: argparse.Namespace) -> int:
             f"{code} 本月冲减多于本月结算，应由机构退回{fen}元，未登记拨付：请另行追回"
             for code, fen in short.items()
         )
-        _print(args, doc, f"{args.month} 月结算拨付登记{n}家\n{text}\n{back}".strip())
+        # The month's amounts, whether recorded now or before (found from outside: a second
+        # run said "登记0家" above amounts that read as recorded now).
+        head = f"{args.month} 月结算拨付本次登记{n}家（已登记的不再登记）；本月申报金额："
+        _print(args, doc, f"{head}\n{text}\n{back}".strip())
         return 0
 
     return _run(args, work)

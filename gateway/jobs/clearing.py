@@ -424,7 +424,9 @@ def to_text(report: MonthlyReport) -> list[str]:
     p = report.payouts
     if p.batches or p.paid_lines or p.failed_lines:
         out.append(
-            f"本月拨付: {p.batches} 批, 批入 {p.batched_lines} 笔 {fen_text(p.batched)}, "
+            # Every batch of the month, whichever institutions its lines are for: found from
+            # outside, a report of one institution showed them as if they were its own.
+            f"本月拨付（全部支付批次，不分机构）: {p.batches} 批, 批入 {p.batched_lines} 笔 {fen_text(p.batched)}, "
             f"已付 {p.paid_lines} 笔 {fen_text(p.paid)}, 失败 {p.failed_lines} 笔 {fen_text(p.failed)}"
         )
     return out
@@ -562,7 +564,7 @@ def to_html(report: MonthlyReport) -> str:
         parts.append("<p>本月没有结算。</p>")
     p = report.payouts
     parts.append(
-        '<section id="payouts"><h2>本月拨付（参保人报销款）</h2>'
+        '<section id="payouts"><h2>本月拨付（全部支付批次：参保人报销款与机构清算款，不分机构）</h2>'
         "<table><thead><tr><th>项目</th><th>笔数</th><th>金额</th></tr></thead><tbody>"
         f'<tr><td>制单（{p.batches}个支付批次）</td><td class="n">{p.batched_lines}</td>'
         f'<td class="n">{fen_text(p.batched)}</td></tr>'

@@ -321,6 +321,19 @@ async def make_batch(
     return (0, 0) if r is None else (int(r["line_count"]), int(r["total_fen"]))
 
 
+async def refused_since(conn: asyncpg.Connection, batch_no: str) -> list[str]:
+    """The payees of a batch whose account in it the bank has refused for another line since
+    the batch was made (a return file of another batch)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT i.psn_no FROM payout_items i WHERE i.batch_no = $1 AND EXISTS"
+        " (SELECT 1 FROM payout_items f WHERE f.batch_no <> $1 AND f.status = 'failed'"
+        " AND f.psn_no = i.psn_no AND f.bank_code = i.bank_code"
+        " AND f.account_no = i.account_no) ORDER BY i.psn_no",
+        batch_no,
+    )
+    return [r["psn_no"] for r in rows]
+
+
 async def owed_without_account(conn: asyncpg.Connection, source: str | None = None) -> list[str]:
     """Reads the payees owed something who have no account yet, or whose account as it stands
     the bank refused for a line they are owed (to be corrected): persons, or institutions for

@@ -417,7 +417,10 @@ def payment_file(b: Batch, items: Sequence[store.Item]) -> bytes:
             "H",
             PAYMENT_MARK,
             b.batch_no,
-            f"{b.created_at:%Y%m%d}",
+            # The batch's day as its number says it (Beijing time, when it was made): found
+            # from outside, the header took created_at's UTC date, a day before the number's
+            # for a batch made between 00:00 and 08:00.
+            b.batch_no[2:10],
             str(b.line_count),
             fen_text(b.total_fen),
         )
@@ -475,6 +478,15 @@ async def export(conn: asyncpg.Connection, batch_no: str, operator: str) -> tupl
         if b.status != "approved":
             raise Conflict(
                 f"支付批次{batch_no}{STATUS_NAMES[b.status]}，须完成初审和三级复核后才能报盘"
+            )
+        refused = await store.refused_since(conn, batch_no)
+        if refused:
+            # Found from outside: a batch made while another was at the bank went out to an
+            # account that other batch's return file had just refused.
+            named = "、".join(refused[:5]) + ("等" if len(refused) > 5 else "")
+            raise Conflict(
+                f"支付批次{batch_no}中{len(refused)}个收款人（{named}）的收款账户已被银行退回"
+                "（另一批次回盘失败），不能报盘：请由审批人退回该支付批次，更正收款账户后重新制单"
             )
         items = await store.items_chunked(conn, batch_no)
         # A batch may hold 100,000 lines: the file is built and hashed off the event loop.

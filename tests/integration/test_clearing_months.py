@@ -55,6 +55,10 @@ async def test_a_settlement_cancelled_after_its_month_is_taken_back_in_the_month
             assert owed == expected and hospital.total.visits == 2
             recorded = json.loads(cli("payouts", "gather-clearing", "--month", last_month, "--json", *db).stdout)  # fmt: skip
             assert recorded["amounts"] == {HOSPITAL: fen_text(owed)}
+            again = cli("payouts", "gather-clearing", "--month", last_month, *db).stdout
+            # Run again, nothing is recorded, and the amounts are said to be the month's.
+            assert "本次登记0家（已登记的不再登记）；本月申报金额" in again
+            assert f"{HOSPITAL} {fen_text(owed)}" in again
 
             # This month the hospital refunds the first patient (2208).
             psn_no, mdtrt_id, info = visits[0]

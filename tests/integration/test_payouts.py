@@ -651,6 +651,47 @@ async def test_a_payee_whose_account_the_bank_refused_waits_for_its_correction(
             assert await checker.check(check_conn) == []
 
 
+async def test_a_batch_made_before_the_bank_refused_an_account_is_not_sent_to_it(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a second batch made while the first was at the bank went out to the
+    account the first one's return file had just refused. Its export is refused until the
+    batch is returned, the account corrected and the lines batched again."""
+    small = [{"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "20",
+              "det_item_fee_sumamt": "800.00"}]  # fmt: skip
+    async with (
+        running_gateway(new_database) as srv,
+        ledger_on(srv.dsn) as ledger,
+        ledger.pool.acquire() as conn,
+    ):
+        person = "441800000000000005"
+        account = {"bank_code": "102100000001", "bank_name": "工商银行",
+                   "holder": "户名5", "operator": "clerk1", "reason": "登记"}  # fmt: skip
+        await payouts.set_account(conn, person, account_no="6222020200000000055", **account)
+        await settled_claim(ledger, person, "2026-06-04", small, "FP-BANK-A")
+        first = await payouts.create_batch(conn, "maker", dt.datetime.now())
+        await _approved(conn, first.batch_no)
+        _, payment = await payouts.export(conn, first.batch_no, "maker")
+        later = await settled_claim(ledger, person, "2026-06-05", small, "FP-BANK-B")
+        second = await payouts.create_batch(conn, "maker", dt.datetime.now())
+        await _approved(conn, second.batch_no)
+        await payouts.import_return(conn, bank_answers(payment, {1: "账户已销户"}), "cashier")
+        with pytest.raises(Conflict, match="收款账户已被银行退回") as refused:
+            await payouts.export(conn, second.batch_no, "maker")
+        assert person in str(refused.value) and "退回该支付批次" in str(refused.value)
+        assert (await store.batch(conn, second.batch_no)).status == "approved"  # nothing sent
+        await payouts.reject(conn, second.batch_no, 4, APPROVERS[3], "账户被银行退回")
+        await payouts.set_account(conn, person, account_no="6222020200000000056", **account)
+        third = await payouts.create_batch(conn, "maker", dt.datetime.now())
+        await _approved(conn, third.batch_no)
+        _, sent = await payouts.export(conn, third.batch_no, "maker")
+        accounts = {line.split("|")[5] for line in sent.decode().splitlines()[1:-1]}
+        assert accounts == {"6222020200000000056"}
+        assert third.total_fen == (later.reimbursement_fen or 0) + first.total_fen
+        async with connect(srv.dsn) as check_conn:
+            assert await checker.check(check_conn) == []
+
+
 def _dashed_day(answer: bytes) -> bytes:
     """The return file with its header's date written yyyy-MM-dd."""
     head, rest = answer.split(b"\n", 1)
