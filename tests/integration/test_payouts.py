@@ -43,6 +43,11 @@ from tests.integration.emergency_helpers import (
 from tests.integration.his_client import HisClient
 
 HOSPITAL = "H44180000001"
+# A claim within the year's outpatient cap with a share to reimburse, and person 5's account.
+SMALL = [{"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "20",
+          "det_item_fee_sumamt": "800.00"}]  # fmt: skip
+ACCOUNT_5 = {"bank_code": "102100000001", "bank_name": "工商银行",
+             "holder": "户名5", "operator": "clerk1", "reason": "登记"}  # fmt: skip
 PHARMACY = "P44180000001"
 APPROVERS = ("approver1", "approver2", "approver3", "approver4")
 ACCOUNTS = {
@@ -614,8 +619,7 @@ async def test_a_payee_whose_account_the_bank_refused_waits_for_its_correction(
     reimbursement for the same person was batched to it. Every line owed to the payee waits
     until the account changes; then both are paid to the new one."""
     # Two claims within the year's outpatient cap, each with a share to reimburse.
-    small = [{"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "20",
-              "det_item_fee_sumamt": "800.00"}]  # fmt: skip
+    small = SMALL
     async with (
         running_gateway(new_database) as srv,
         ledger_on(srv.dsn) as ledger,
@@ -623,8 +627,7 @@ async def test_a_payee_whose_account_the_bank_refused_waits_for_its_correction(
     ):
         person = "441800000000000005"
         first = await settled_claim(ledger, person, "2026-06-04", small, "FP-BANK-1")
-        account = {"bank_code": "102100000001", "bank_name": "工商银行",
-                   "holder": "户名5", "operator": "clerk1", "reason": "登记"}  # fmt: skip
+        account = ACCOUNT_5
         await payouts.set_account(conn, person, account_no="6222020200000000055", **account)
         batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
         await _approved(conn, batch.batch_no)
@@ -657,16 +660,14 @@ async def test_a_batch_made_before_the_bank_refused_an_account_is_not_sent_to_it
     """Found from outside: a second batch made while the first was at the bank went out to the
     account the first one's return file had just refused. Its export is refused until the
     batch is returned, the account corrected and the lines batched again."""
-    small = [{"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "20",
-              "det_item_fee_sumamt": "800.00"}]  # fmt: skip
+    small = SMALL
     async with (
         running_gateway(new_database) as srv,
         ledger_on(srv.dsn) as ledger,
         ledger.pool.acquire() as conn,
     ):
         person = "441800000000000005"
-        account = {"bank_code": "102100000001", "bank_name": "工商银行",
-                   "holder": "户名5", "operator": "clerk1", "reason": "登记"}  # fmt: skip
+        account = ACCOUNT_5
         await payouts.set_account(conn, person, account_no="6222020200000000055", **account)
         await settled_claim(ledger, person, "2026-06-04", small, "FP-BANK-A")
         first = await payouts.create_batch(conn, "maker", dt.datetime.now())
