@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import msgspec
 
-from gateway.core.money import AmountError, fen_text, to_fen
+from gateway.core.money import AmountError, fen_text, shown, typed
 from gateway.ledger.reconciliations import CentreRow, Totals
 from gateway.ops import orphans, priority
 from gateway.protocol.errors import BadRequest, Busy
@@ -165,7 +165,12 @@ def read_upload(encoded: str, limits: FileLimits, max_file_bytes: int) -> bytes:
     if len(encoded) > (max_file_bytes + 2) // 3 * 4:
         raise BadRequest(f"上传文件超过{max_file_bytes // (1024 * 1024)}MB")
     try:
-        content = base64.b64decode(encoded, validate=True)
+        try:
+            content = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            # MIME-style Base64, a line break every 76 characters (Java's MIME encoder; found
+            # from outside: refused as not Base64): the breaks and blanks are not the content.
+            content = base64.b64decode("".join(encoded.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequest("文件内容in不是有效的Base64编码") from exc
     if not content:
@@ -306,17 +311,34 @@ def _rows(raw: bytes | bytearray, limits: FileLimits, deadline: float) -> list[D
                     f"明细文件第{n}行字段数不足，应为{len(DETAIL_COLUMNS)}列（制表符分隔）"
                 )
             f = [x.strip() for x in fields] + [""] * len(DETAIL_COLUMNS)
-            try:
-                rows.append(
-                    DetailRow(
-                        f[0], f[1], f[2], to_fen(f[3]), to_fen(f[4]), to_fen(f[5]), f[6] or "0"
-                    )
-                )
-            except AmountError as exc:
-                raise BadRequest(f"明细文件第{n}行金额格式错误：{exc}") from exc
+            rows.append(_detail_row(n, f))
     except csv.Error as exc:
         raise BadRequest(f"明细文件格式错误：{exc}") from exc
     return rows
+
+
+_SETL_ID_LENGTH = 30  # protocol.md: setl_id (30)
+
+
+def _detail_row(n: int, f: list[str]) -> DetailRow:
+    """Line `n`'s row, its fields as the interface defines them. Found from outside: amounts in
+    full-width digits or with an exponent, a flag of 2, an empty or 200-character setl_id and
+    a normal settlement's negative total were stored and compared as if they were figures."""
+    setl_id, flag = f[0], f[6] or "0"
+    if not setl_id or len(setl_id) > _SETL_ID_LENGTH:
+        raise BadRequest(f"明细文件第{n}行结算ID（setl_id）{'为空' if not setl_id else '超过30位'}")
+    if flag not in ("0", "1"):
+        raise BadRequest(
+            f"明细文件第{n}行退费结算标志（refd_setl_flag）为“{shown(flag)}”，应为0（正常结算）"
+            "或1（退费）"
+        )
+    try:
+        medfee, fund, acct = (typed(f[i], 2, DETAIL_COLUMNS[i]) for i in (3, 4, 5))
+    except AmountError as exc:
+        raise BadRequest(f"明细文件第{n}行金额格式错误：{exc}") from exc
+    if flag == "0" and min(medfee, fund, acct) < 0:
+        raise BadRequest(f"明细文件第{n}行为正常结算（退费结算标志0），金额不能为负数；退费请标1")
+    return DetailRow(setl_id, f[1], f[2], medfee, fund, acct, flag)
 
 
 _parsers: tuple[ThreadPoolExecutor, threading.BoundedSemaphore] | None = None

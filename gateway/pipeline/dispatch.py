@@ -491,7 +491,11 @@ async def _earlier_answer(
     stored = idempotency.Stored(*held) if held is not None else gw.recent.answered(code, msgid)
     if stored is not None:
         return Outcome(
-            idempotency.replay(stored, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
+            idempotency.replay(stored, body_hash, msgid, req.infno),
+            req.infno,
+            Result.REPLAYED,
+            msgid,
+            code,
         )
     breaker = gw.ledger_breaker(ledger.name)
     loop = asyncio.get_running_loop()
@@ -525,7 +529,11 @@ async def _earlier_answer(
     if found is None:
         return None
     return Outcome(
-        idempotency.replay(found, body_hash, msgid), req.infno, Result.REPLAYED, msgid, code
+        idempotency.replay(found, body_hash, msgid, req.infno),
+        req.infno,
+        Result.REPLAYED,
+        msgid,
+        code,
     )
 
 
@@ -615,7 +623,7 @@ async def _journaled(
             if stored is None:  # the other request rolled back after all: let the client retry
                 raise Unavailable("同一报文ID的交易正在处理中，请稍后重试") from None
             return Outcome(
-                idempotency.replay(stored, body_hash, msgid),
+                idempotency.replay(stored, body_hash, msgid, req.infno),
                 req.infno,
                 Result.REPLAYED,
                 msgid,
@@ -629,7 +637,7 @@ async def _journaled(
             earlier = await idempotency.store_failure(conn, code, msgid, req.infno, body_hash, out)
             if earlier is not None:
                 return Outcome(
-                    idempotency.replay(earlier, body_hash, msgid),
+                    idempotency.replay(earlier, body_hash, msgid, req.infno),
                     req.infno,
                     Result.REPLAYED,
                     msgid,

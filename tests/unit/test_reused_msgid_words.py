@@ -1,0 +1,26 @@
+"""A msgid used again with another body is refused in words that fit its transaction: the
+settlement query (5203) only where it tells the outcome (found from outside: a 9101 upload
+under a used msgid was sent to 5203)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.ledger import idempotency
+from gateway.protocol.errors import Conflict
+
+STORED = idempotency.Stored(b"\x01" * 32, b'{"infcode":0,"output":{}}')
+
+
+@pytest.mark.parametrize("infno", ["9101", "3202", "2201", "1101"])
+def test_a_file_upload_or_a_visit_call_is_told_to_send_the_original_again(infno: str) -> None:
+    with pytest.raises(Conflict) as refused:
+        idempotency.replay(STORED, b"\x02" * 32, "M1", infno)
+    assert "5203" not in refused.value.err_msg
+    assert "以原报文内容和该报文ID重发即返回原交易的应答" in refused.value.err_msg
+
+
+@pytest.mark.parametrize("infno", ["2207", "2102", "2304", "2207A"])
+def test_a_settlement_is_told_to_query_it(infno: str) -> None:
+    with pytest.raises(Conflict, match="5203结算信息查询"):
+        idempotency.replay(STORED, b"\x02" * 32, "M1", infno)
