@@ -268,7 +268,8 @@ async def _corrections(
 
 
 def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
-    summary, found, failed = asyncio.run(_corrections(args, apply_it))
+    # uvloop, as the server and `deferred replay` run (a bulk re-settlement is its round trips).
+    summary, found, failed = uvloop.run(_corrections(args, apply_it))
     if args.csv:
         Path(args.csv).write_text(summary.to_csv(), encoding="utf-8")
     if args.json:
