@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -460,6 +461,18 @@ async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[...
             "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", provisional
         )
         assert real and not real.startswith("PV")
+
+        # Taken with the ledger away, the claim could only be dated by the day it arrived; its
+        # visit applied, it is dated by the visit, for replay's service-date order (found from
+        # outside: a person's later visit replayed before an earlier one, the deductible taken
+        # by the wrong one).
+        async def dated() -> bool:
+            on = await srv.fetchval(
+                "SELECT service_date FROM deferred WHERE claim_id = $1", claim["setl_id"]
+            )
+            return bool(on == dt.date.fromisoformat(day))
+
+        await until(dated, within=10.0)
         assert await srv.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", real) == 3
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
         assert summary["settled"] == 1 and summary["failed"] == []

@@ -352,6 +352,8 @@ async def _apply_calls(
                 except GatewayError as exc:
                     await deferred.fail(conn, row.seq, exc.err_msg)
                     failed += 1
+        # The visits are in the ledger now: their claims are dated by them, for replay's order.
+        await deferred.date_by_visits(conn)
     return applied, failed
 
 
