@@ -113,6 +113,46 @@ async def discharge(call: Call) -> Answer:
     return Answer({})
 
 
+@register(
+    "2403",
+    "住院信息变更",
+    writes=True,
+    klass=TxClass.ENCOUNTER,
+    input=wire.In2403,
+    deferral=Deferral.CALL,
+    dated=(("adminfo", "", "begntime", "入院时间begntime"),),
+)
+async def change_admission(call: Call) -> Answer:
+    """Found from outside: real HIS code sends 2403 (TeaHZ/185, nhis-web's
+    saveZyHpRegRelationship) and was told the transaction was not supported."""
+    node = decode_input(call.req, wire.In2403)
+    info = node.adminfo
+    if info is None:
+        raise BadRequest("缺少输入节点adminfo")
+    # Empty texts, as clients send the fields they leave alone, change nothing.
+    a = encounters.AdmissionChange(
+        mdtrt_id=required(info.mdtrt_id, "adminfo.mdtrt_id"),
+        psn_no=required(info.psn_no, "adminfo.psn_no"),
+        med_type=text(info.med_type) or None,
+        begntime=wire.when(info.begntime, "adminfo.begntime", optional=True),
+        dise_codg=text(info.dise_codg) or None,
+        dise_name=text(info.dise_name) or None,
+        stored={
+            "adminfo": msgspec.to_builtins(info),
+            **({"diseinfo": msgspec.to_builtins(node.diseinfo)} if node.diseinfo else {}),
+        },
+    )
+    await encounters.change_admission(
+        call.conn,
+        call.req.fixmedins_code,
+        call.gw.config.dates,
+        call.institution.admdvs,
+        call.now,
+        a,
+    )
+    return Answer({})
+
+
 def _visit_ref(call: Call) -> encounters.VisitRef:
     """The stay a 2404/2405 names."""
     data = decode_input(call.req, In2202).data

@@ -431,6 +431,17 @@ class In2401(Node):
     diseinfo: list[DiseInfo] = []
 
 
+class AdmissionChange(Admission):
+    """A 2403's `adminfo`: the stay it names, and what of it changes (fields not sent stay)."""
+
+    mdtrt_id: Code = None
+
+
+class In2403(Node):
+    adminfo: AdmissionChange | None = None
+    diseinfo: list[DiseInfo] = []
+
+
 class Discharge(Node):
     mdtrt_id: Code = None
     psn_no: Code = None

@@ -253,6 +253,14 @@ async def latest_fee_time(conn: asyncpg.Connection, mdtrt_id: str) -> dt.datetim
     return value if isinstance(value, dt.datetime) else None
 
 
+async def earliest_fee_time(conn: asyncpg.Connection, mdtrt_id: str) -> dt.datetime | None:
+    """When the visit's earliest uploaded line occurred (None without lines)."""
+    value = await conn.fetchval(
+        "SELECT min(fee_ocur_time) FROM fee_lines WHERE mdtrt_id = $1", mdtrt_id
+    )
+    return value if isinstance(value, dt.datetime) else None
+
+
 async def has_lines(conn: asyncpg.Connection, mdtrt_id: str) -> bool:
     """Whether the visit has any uploaded line, settled or not."""
     return bool(

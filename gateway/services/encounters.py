@@ -77,6 +77,18 @@ class VisitInfo(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     begntime: dt.datetime | None = None  # 就诊时间 as sent (optional)
 
 
+class AdmissionChange(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A 2403: the stay, and what it sends of it (None: left as it is)."""
+
+    mdtrt_id: str
+    psn_no: str
+    med_type: str | None
+    begntime: dt.datetime | None
+    dise_codg: str | None
+    dise_name: str | None
+    stored: dict[str, Any]
+
+
 class Discharge(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A 2402."""
 
@@ -263,6 +275,55 @@ async def discharge(
             f"{last_fee:%Y-%m-%d %H:%M:%S}，请核对出院时间或先撤销该费用明细（2302）"
         )
     await encounters.update(conn, enc.mdtrt_id, status="discharged", endtime=endtime)
+
+
+async def change_admission(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    dates: DateRules,
+    admdvs: str,
+    now: dt.datetime,
+    a: AdmissionChange,
+) -> None:
+    """2403: an open stay's information as the hospital corrects it. Its diagnosis and the rest
+    it keeps as sent change freely; its med_type and admission time only while nothing on it
+    is settled (a settlement in force, a mid-stay one too, was made under them: the hospital
+    cancels it first), the med_type only to another inpatient one, the time within the date
+    bounds and never after a charge already uploaded (the stay's lines are judged by it)."""
+    enc = await _visit(
+        conn, fixmedins_code, VisitRef(mdtrt_id=a.mdtrt_id, psn_no=a.psn_no), Kind.INPATIENT
+    )
+    if enc.status != "open":
+        raise Conflict(
+            f"就诊ID{a.mdtrt_id}当前状态不能变更住院信息（{_STATUS[enc.status]}）"
+            + ("，请先撤销出院（2405）" if enc.status == "discharged" else "")
+        )
+    med_type = a.med_type or enc.med_type
+    begntime = a.begntime or enc.begntime
+    if med_type != enc.med_type and med_type not in INPATIENT_MED_TYPES:
+        raise RuleRejected(f"医疗类别{med_type}不是住院类别")
+    changes_rules = (med_type, begntime) != (enc.med_type, enc.begntime)
+    if changes_rules and await encounters.settled_count(conn, enc.mdtrt_id):
+        raise Conflict(
+            "该住院存在未撤销的结算（含中途结算），不能变更医疗类别或入院时间；请先撤销结算（2305）"
+        )
+    if begntime != enc.begntime:
+        dates.check("入院时间begntime", begntime, admdvs=admdvs, now=now)
+        first_fee = await fees.earliest_fee_time(conn, enc.mdtrt_id)
+        if first_fee is not None and first_fee.date() < begntime.date():
+            raise RuleRejected(
+                f"入院时间begntime {begntime:%Y-%m-%d %H:%M:%S}晚于已上传费用明细的发生时间"
+                f"{first_fee:%Y-%m-%d %H:%M:%S}，请核对入院时间或先撤销该费用明细（2302）"
+            )
+    await conn.execute(
+        encounters.CHANGE_ADMISSION,
+        enc.mdtrt_id,
+        med_type,
+        begntime,
+        enc.dise_codg if a.dise_codg is None else a.dise_codg,
+        enc.dise_name if a.dise_name is None else a.dise_name,
+        a.stored,
+    )
 
 
 async def cancel_admission(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:

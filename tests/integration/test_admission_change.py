@@ -1,0 +1,113 @@
+"""2403 住院信息变更 (found from outside: real HIS code sends it, TeaHZ/185 and nhis-web's
+saveZyHpRegRelationship, and was told the transaction was not supported). An open stay's
+diagnosis changes freely; its med_type and admission time only while nothing on it is settled
+and never past a charge already uploaded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tests.integration.conftest import Server
+from tests.integration.emergency_helpers import OUTPATIENT_LINES
+from tests.integration.his_client import HisClient, certificate, decode
+
+HOSPITAL = "H44180000001"
+OTHER_HOSPITAL = "H44180000002"
+PSN = "441800000000000001"
+DAY = "2026-11-18"
+
+
+async def _stay(his: HisClient, ipt_no: str) -> str:
+    admission = {
+        "mdtrtinfo": {
+            "psn_no": PSN, "insutype": "310", "begntime": f"{DAY} 07:00:00", **certificate(PSN),
+            "med_type": "21", "ipt_no": ipt_no, "atddr_no": "D1", "chfpdr_name": "医生",
+            "adm_diag_dscr": "肺炎", "adm_dept_codg": "K1", "adm_dept_name": "内科",
+            "adm_bed": "3", "dise_codg": "J18.9", "dise_name": "肺炎",
+        },
+        "diseinfo": [],
+    }  # fmt: skip
+    answer = await his.ok("2401", admission)
+    return str(answer["result"]["mdtrt_id"])
+
+
+def _change(mdtrt_id: str, **fields: Any) -> dict[str, Any]:
+    # As TeaHZ-style clients send it: every field, the ones left alone as empty texts.
+    adminfo = {"mdtrt_id": mdtrt_id, "psn_no": PSN, "coner_name": "", "tel": "", "begntime": "",
+               "med_type": "", "ipt_no": "", "adm_bed": "", "dise_codg": "", "dise_name": ""}  # fmt: skip
+    adminfo.update(fields)
+    return {"adminfo": adminfo, "diseinfo": [{"diag_type": "1", "diag_srt_no": 1.0,
+            "diag_code": "J18.9", "diag_name": "肺炎", "maindiag_flag": "1"}]}  # fmt: skip
+
+
+async def _row(server: Server, mdtrt_id: str) -> dict[str, Any]:
+    [row] = await server.fetch(
+        "SELECT med_type, begntime::text AS begntime, dise_codg, dise_name, detail"
+        " FROM encounters WHERE mdtrt_id = $1",
+        mdtrt_id,
+    )
+    return dict(row)
+
+
+async def test_an_open_stays_information_is_changed_and_kept(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    stay = await _stay(his, "ZY-CHG-1")
+    body = _change(stay, dise_codg="J15.9", dise_name="细菌性肺炎", adm_bed="12",
+                   begntime=f"{DAY} 06:30:00", med_type="24")  # fmt: skip
+    sent = msgspec.json.encode(his.envelope("2403", body))
+    status, first = await his.post_raw(sent)
+    assert status == 200 and decode(first)["infcode"] == 0, first
+    row = await _row(server, stay)
+    assert (row["med_type"], row["begntime"]) == ("24", f"{DAY} 06:30:00")
+    assert (row["dise_codg"], row["dise_name"]) == ("J15.9", "细菌性肺炎")
+    assert "adminfo" in row["detail"] and "mdtrtinfo" in row["detail"]  # the admission's kept
+    # Sent again under its msgid: the same answer, nothing applied twice.
+    assert await his.post_raw(sent) == (200, first)
+    # Fields sent empty change nothing.
+    await his.ok("2403", _change(stay, adm_bed="14"))
+    row = await _row(server, stay)
+    assert (row["med_type"], row["dise_codg"]) == ("24", "J15.9")
+    # The stay settles under its new med_type, not the old one.
+    rows = his.fee_rows(stay, PSN, OUTPATIENT_LINES, f"{DAY} 09:00:00", "")
+    await his.ok("2301", {"feedetail": rows})
+    refused = await his.call("2303", his.settle_data(PSN, stay, "21", "140.00", "310", "0"))
+    assert refused["infcode"] == -1
+    await his.ok("2303", his.settle_data(PSN, stay, "24", "140.00", "310", "0"))
+
+
+async def test_what_a_settlement_was_made_under_is_not_changed_beneath_it(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    stay = await _stay(his, "ZY-CHG-2")
+    rows = his.fee_rows(stay, PSN, OUTPATIENT_LINES, f"{DAY} 09:00:00", "")
+    await his.ok("2301", {"feedetail": rows})
+    # The admission time never after a charge already uploaded.
+    late = await his.call("2403", _change(stay, begntime=f"{DAY[:-2]}19 08:00:00"))
+    assert late["infcode"] == -1 and "晚于已上传费用明细的发生时间" in late["err_msg"]
+    mid = his.settle_data(PSN, stay, "21", "140.00", "310", "0", mid_setl_flag="1")
+    await his.ok("2304", mid)
+    for fields in ({"med_type": "24"}, {"begntime": f"{DAY} 06:00:00"}):
+        refused = await his.call("2403", _change(stay, **fields))
+        assert refused["infcode"] == -1 and "请先撤销结算（2305）" in refused["err_msg"]
+    assert (await _row(server, stay))["med_type"] == "21"
+    # The diagnosis may still be corrected.
+    await his.ok("2403", _change(stay, dise_codg="J15.9", dise_name="细菌性肺炎"))
+    assert (await _row(server, stay))["dise_codg"] == "J15.9"
+
+
+async def test_a_stay_that_cannot_be_changed_is_refused_in_words(server: Server) -> None:
+    his = server.client(HOSPITAL)
+    stay = await _stay(his, "ZY-CHG-3")
+    outpatient = await his.call("2403", _change(stay, med_type="11"))
+    assert outpatient["infcode"] == -1 and "不是住院类别" in outpatient["err_msg"]
+    elsewhere = await server.client(OTHER_HOSPITAL).call("2403", _change(stay, adm_bed="1"))
+    assert elsewhere["infcode"] == -1 and "不存在或不属于本机构" in elsewhere["err_msg"]
+    missing = await his.call("2403", {"diseinfo": []})
+    assert missing["infcode"] == -1 and "adminfo" in missing["err_msg"]
+    await his.ok("2402", {"dscginfo": {"mdtrt_id": stay, "psn_no": PSN, "insutype": "310",
+                                       "endtime": f"{DAY} 18:00:00"}, "diseinfo": []})  # fmt: skip
+    discharged = await his.call("2403", _change(stay, adm_bed="9"))
+    assert discharged["infcode"] == -1 and "请先撤销出院（2405）" in discharged["err_msg"]
+    visit = await his.register(PSN, "310", f"{DAY} 08:00:00", "MZ-CHG-1")
+    assert (await his.call("2403", _change(visit, adm_bed="1")))["infcode"] == -1
