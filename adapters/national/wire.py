@@ -404,6 +404,9 @@ class In2208(Node):
 
 
 class Admission(Node):
+    """2401's `mdtrtinfo` and 2403's `adminfo` (which names its stay by mdtrt_id)."""
+
+    mdtrt_id: Code = None
     psn_no: Code = None
     insutype: Code = None
     coner_name: Code = None
@@ -431,14 +434,8 @@ class In2401(Node):
     diseinfo: list[DiseInfo] = []
 
 
-class AdmissionChange(Admission):
-    """A 2403's `adminfo`: the stay it names, and what of it changes (fields not sent stay)."""
-
-    mdtrt_id: Code = None
-
-
 class In2403(Node):
-    adminfo: AdmissionChange | None = None
+    adminfo: Admission | None = None
     diseinfo: list[DiseInfo] = []
 
 
