@@ -333,7 +333,9 @@ class DiseInfo(Node):
 
 class In2203(Node):
     mdtrtinfo: MdtrtInfo | None = None
-    diseinfo: list[DiseInfo] = []
+    # null where a client has no diagnosis to send (found from outside: Newtonsoft writes an
+    # unset list as null, nhis-web passes its map's missing key as null): as none sent.
+    diseinfo: list[DiseInfo] | None = None
 
 
 class FeeDetail(Node):
@@ -431,12 +433,16 @@ class Admission(Node):
 
 class In2401(Node):
     mdtrtinfo: Admission | None = None
-    diseinfo: list[DiseInfo] = []
+    # null where a client has no diagnosis to send (found from outside: Newtonsoft writes an
+    # unset list as null, nhis-web passes its map's missing key as null): as none sent.
+    diseinfo: list[DiseInfo] | None = None
 
 
 class In2403(Node):
     adminfo: Admission | None = None
-    diseinfo: list[DiseInfo] = []
+    # null where a client has no diagnosis to send (found from outside: Newtonsoft writes an
+    # unset list as null, nhis-web passes its map's missing key as null): as none sent.
+    diseinfo: list[DiseInfo] | None = None
 
 
 class Discharge(Node):
@@ -453,7 +459,9 @@ class Discharge(Node):
 
 class In2402(Node):
     dscginfo: Discharge | None = None
-    diseinfo: list[DiseInfo] = []
+    # null where a client has no diagnosis to send (found from outside: Newtonsoft writes an
+    # unset list as null, nhis-web passes its map's missing key as null): as none sent.
+    diseinfo: list[DiseInfo] | None = None
 
 
 class FeeLineRef(Node):

@@ -425,8 +425,11 @@ async def _refuse_claimed_twice(
 
 
 async def _defer_call(call: Call) -> Answer:
-    """An encounter call stored to be applied at recovery; a new visit gets a provisional id."""
+    """An encounter call stored to be applied at recovery; a new visit gets a provisional id.
+    What the request alone refuses is refused now, as with the ledger away (found from outside:
+    a 2403 to an outpatient med_type was answered as kept, then failed unseen when applied)."""
     req = call.req
+    _refuse_as_its_request(call.gw, req, call.institution, call.now)
     _check_dates(call.gw, req, call.institution, call.now)
     provisional = None
     if deferral.opens_visit(req.infno):

@@ -84,9 +84,13 @@ SET_INFO = (
     "UPDATE encounters SET med_type = $2, dise_codg = $3, dise_name = $4, detail = $5"
     " WHERE mdtrt_id = $1"
 )
+# A 2403's fields merged over what earlier ones sent (`adminfo`), its diagnoses replacing the
+# kept ones when it sends any.
 CHANGE_ADMISSION = (
     "UPDATE encounters SET med_type = $2, begntime = $3, dise_codg = $4, dise_name = $5,"
-    " detail = coalesce(detail, '{}'::jsonb) || $6::jsonb WHERE mdtrt_id = $1"
+    " detail = coalesce(detail, '{}'::jsonb)"
+    " || jsonb_build_object('adminfo', coalesce(detail -> 'adminfo', '{}'::jsonb)"
+    " || ($6::jsonb -> 'adminfo')) || ($6::jsonb - 'adminfo') WHERE mdtrt_id = $1"
 )
 UPDATE_DEDUCTIBLE = (
     "UPDATE encounters SET adm_dedc_fen = $2, adm_dedc_used_fen = $3 WHERE mdtrt_id = $1"

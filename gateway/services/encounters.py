@@ -294,14 +294,20 @@ async def change_admission(
         conn, fixmedins_code, VisitRef(mdtrt_id=a.mdtrt_id, psn_no=a.psn_no), Kind.INPATIENT
     )
     if enc.status != "open":
-        raise Conflict(
-            f"就诊ID{a.mdtrt_id}当前状态不能变更住院信息（{_STATUS[enc.status]}）"
-            + ("，请先撤销出院（2405）" if enc.status == "discharged" else "")
-        )
+        hint = ""
+        if enc.status == "discharged":
+            # Found from outside: a stay settled at discharge was sent to 2405, which sent
+            # the clerk to 2305.
+            final = await settlements.has_final(conn, enc.mdtrt_id)
+            hint = (
+                "，请先撤销出院结算（2305）再撤销出院（2405）"
+                if final
+                else "，请先撤销出院（2405）"
+            )
+        raise Conflict(f"就诊ID{a.mdtrt_id}当前状态不能变更住院信息（{_STATUS[enc.status]}）{hint}")
     med_type = a.med_type or enc.med_type
     begntime = a.begntime or enc.begntime
-    if med_type != enc.med_type and med_type not in INPATIENT_MED_TYPES:
-        raise RuleRejected(f"医疗类别{med_type}不是住院类别")
+    # (a med_type sent is an inpatient one: the request's own check, adapters.his.inpatient)
     changes_rules = (med_type, begntime) != (enc.med_type, enc.begntime)
     if changes_rules and await encounters.settled_count(conn, enc.mdtrt_id):
         raise Conflict(

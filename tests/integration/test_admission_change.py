@@ -5,12 +5,13 @@ and never past a charge already uploaded."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from tests.integration.conftest import Server
-from tests.integration.emergency_helpers import OUTPATIENT_LINES
+from tests.integration.conftest import Server, running_gateway
+from tests.integration.emergency_helpers import OUTPATIENT_LINES, set_rule, until
 from tests.integration.his_client import HisClient, certificate, decode
 
 HOSPITAL = "H44180000001"
@@ -111,3 +112,56 @@ async def test_a_stay_that_cannot_be_changed_is_refused_in_words(server: Server)
     assert discharged["infcode"] == -1 and "请先撤销出院（2405）" in discharged["err_msg"]
     visit = await his.register(PSN, "310", f"{DAY} 08:00:00", "MZ-CHG-1")
     assert (await his.call("2403", _change(visit, adm_bed="1")))["infcode"] == -1
+
+
+async def test_what_clients_send_as_null_is_as_not_sent_and_the_record_keeps_each_field(
+    server: Server,
+) -> None:
+    """Found from outside: `diseinfo: null` (Newtonsoft's unset list, nhis-web's missing key)
+    was refused on 2401 and 2403, and a bed changed by one 2403 was lost from the record by the
+    next, which sent it null."""
+    his = server.client(HOSPITAL)
+    stay = await _stay(his, "ZY-CHG-4")
+    await his.ok("2403", {**_change(stay, adm_bed="77"), "diseinfo": None})
+    await his.ok("2403", {**_change(stay, adm_bed=None, adm_dept_name="骨科"), "diseinfo": None})
+    kept = (await _row(server, stay))["detail"]["adminfo"]
+    assert (kept["adm_bed"], kept["adm_dept_name"]) == ("77", "骨科")
+    admission = {"mdtrtinfo": {"psn_no": PSN, "insutype": "310", "begntime": f"{DAY} 07:00:00",
+                               **certificate(PSN), "med_type": "21", "ipt_no": "ZY-CHG-5"},
+                 "diseinfo": None}  # fmt: skip
+    await his.ok("2401", admission)
+
+
+async def test_a_stay_settled_at_discharge_is_sent_to_cancel_its_settlement_first(
+    server: Server,
+) -> None:
+    his = server.client(HOSPITAL)
+    stay = await _stay(his, "ZY-CHG-6")
+    rows = his.fee_rows(stay, PSN, OUTPATIENT_LINES, f"{DAY} 09:00:00", "")
+    await his.ok("2301", {"feedetail": rows})
+    await his.ok("2402", {"dscginfo": {"mdtrt_id": stay, "psn_no": PSN, "insutype": "310",
+                                       "endtime": f"{DAY} 18:00:00"}, "diseinfo": []})  # fmt: skip
+    await his.ok("2304", his.settle_data(PSN, stay, "21", "140.00", "310", "0"))
+    refused = await his.call("2403", _change(stay, adm_bed="9"))
+    assert refused["infcode"] == -1
+    assert "请先撤销出院结算（2305）再撤销出院（2405）" in refused["err_msg"]
+
+
+async def test_under_the_plan_a_change_the_request_itself_refuses_is_refused_at_once(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with the encounter class deferred, a 2403 to med_type 11 was
+    answered as kept and failed unseen when applied."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        stay = await _stay(his, "ZY-CHG-7")
+        await set_rule(srv.dsn, f"institution:{HOSPITAL}", "encounter", "defer", "演练")
+
+        async def deferring() -> bool:
+            answer = await his.call("2403", _change(stay, adm_bed="5"))
+            return "暂存" in str(answer.get("warn_msg") or "")
+
+        await until(deferring)
+        refused = await his.call("2403", _change(stay, med_type="11"))
+        assert refused["infcode"] == -1 and "不是住院类别" in refused["err_msg"]
+        assert await srv.fetchval("SELECT count(*) FROM deferred WHERE kind = 'call'") == 1
