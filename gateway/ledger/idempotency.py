@@ -79,14 +79,10 @@ async def newest(conn: asyncpg.Connection, limit: int) -> list[tuple[str, str, S
     ]
 
 
-# Transactions whose outcome a settlement query (5203) tells; for the others the way to learn
-# it is to send the original message again under its msgid.
-_SETTLING = frozenset({"2102", "2103", "2207", "2208", "2304", "2305", "2601"})
-
-
-def replay(stored: Stored, body_sha256: bytes, msgid: str, infno: str = "") -> bytes:
+def replay(stored: Stored, body_sha256: bytes, msgid: str, settling: bool = True) -> bytes:
     """The stored answer for the same body; a different body under the same msgid is refused
-    (`infno`: the new request's, for the words)."""
+    (`settling`: whether the request's transaction is one a settlement query (5203) tells the
+    outcome of; for the others the way to learn it is to send the original again)."""
     if stored.tombstone:
         return stored.answer  # the refusal written by the 2601, whatever the late body says
     if stored.body_sha256 != body_sha256:
@@ -98,7 +94,7 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str, infno: str = "") -> b
                 f"报文ID{msgid}已用于一笔被拒绝的交易（{refused}），该交易未发生；"
                 "更正后请使用新的报文ID重新发送"
             )
-        if infno and infno[:4] not in _SETTLING:
+        if not settling:
             # Found from outside: a 9101 file upload was sent to the settlement query.
             raise Conflict(
                 f"报文ID{msgid}已使用过且报文内容不同：该报文ID已有交易记录，以原报文内容和该"

@@ -136,6 +136,13 @@ def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
     return failure(gw.region, received, exc)
 
 
+def settling(infno: str) -> bool:
+    """Whether a settlement query (5203) tells the outcome of this transaction: the words of
+    a msgid used again with another body (found from outside: a 9101 upload was sent to 5203)."""
+    tx = TRANSACTIONS.get(infno)
+    return tx is None or tx.klass is TxClass.SETTLEMENT
+
+
 def overdue(gw: Gateway, infno: str) -> Outcome:
     """The answer to a request still stuck past its deadline; it counts as a dependency timeout."""
     _observe(gw, "", False, True, time.perf_counter() - gw.config.deadlines.call_seconds)
@@ -491,7 +498,7 @@ async def _earlier_answer(
     stored = idempotency.Stored(*held) if held is not None else gw.recent.answered(code, msgid)
     if stored is not None:
         return Outcome(
-            idempotency.replay(stored, body_hash, msgid, req.infno),
+            idempotency.replay(stored, body_hash, msgid, settling(req.infno)),
             req.infno,
             Result.REPLAYED,
             msgid,
@@ -529,7 +536,7 @@ async def _earlier_answer(
     if found is None:
         return None
     return Outcome(
-        idempotency.replay(found, body_hash, msgid, req.infno),
+        idempotency.replay(found, body_hash, msgid, settling(req.infno)),
         req.infno,
         Result.REPLAYED,
         msgid,
@@ -623,7 +630,7 @@ async def _journaled(
             if stored is None:  # the other request rolled back after all: let the client retry
                 raise Unavailable("同一报文ID的交易正在处理中，请稍后重试") from None
             return Outcome(
-                idempotency.replay(stored, body_hash, msgid, req.infno),
+                idempotency.replay(stored, body_hash, msgid, settling(req.infno)),
                 req.infno,
                 Result.REPLAYED,
                 msgid,
@@ -637,7 +644,7 @@ async def _journaled(
             earlier = await idempotency.store_failure(conn, code, msgid, req.infno, body_hash, out)
             if earlier is not None:
                 return Outcome(
-                    idempotency.replay(earlier, body_hash, msgid, req.infno),
+                    idempotency.replay(earlier, body_hash, msgid, settling(req.infno)),
                     req.infno,
                     Result.REPLAYED,
                     msgid,

@@ -281,7 +281,7 @@ async def _replay(conn: asyncpg.Connection, item: _Item) -> dispatch.Outcome | N
     stored = await idempotency.lookup(conn, req.fixmedins_code, req.msgid)
     if stored is None or (stored.body_sha256 != item.body_hash and not stored.tombstone):
         return None
-    body = idempotency.replay(stored, item.body_hash, req.msgid, req.infno)
+    body = idempotency.replay(stored, item.body_hash, req.msgid, dispatch.settling(req.infno))
     return dispatch.Outcome(
         body, req.infno, dispatch.Result.REPLAYED, req.msgid, req.fixmedins_code
     )

@@ -462,20 +462,17 @@ async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[...
         )
         assert real and not real.startswith("PV")
 
-        # Taken with the ledger away, the claim could only be dated by the day it arrived; its
-        # visit applied, it is dated by the visit, for replay's service-date order (found from
-        # outside: a person's later visit replayed before an earlier one, the deductible taken
-        # by the wrong one).
-        async def dated() -> bool:
-            on = await srv.fetchval(
-                "SELECT service_date FROM deferred WHERE claim_id = $1", claim["setl_id"]
-            )
-            return bool(on == dt.date.fromisoformat(day))
-
-        await until(dated, within=10.0)
         assert await srv.fetchval("SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1", real) == 3
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
         assert summary["settled"] == 1 and summary["failed"] == []
+        # Taken with the ledger away, the claim could only be dated by the day it arrived; its
+        # visit applied (replay applies every call before it takes a claim), it is dated by the
+        # visit, for replay's service-date order (found from outside: a person's later visit
+        # replayed before an earlier one, the deductible taken by the wrong one).
+        dated = await srv.fetchval(
+            "SELECT service_date FROM deferred WHERE claim_id = $1", claim["setl_id"]
+        )
+        assert dated == dt.date.fromisoformat(day)
         assert await srv.fetchval("SELECT count(*) FROM deferred") == 4  # 3 calls, 1 claim
         settled = await srv.fetchrow(
             "SELECT s.mdtrt_id, s.acct_pay FROM deferred d JOIN settlements s USING (setl_id)"

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+import gateway.app.server  # noqa: F401 - registers every transaction
 from gateway.ledger import idempotency
+from gateway.pipeline.dispatch import settling
 from gateway.protocol.errors import Conflict
 
 STORED = idempotency.Stored(b"\x01" * 32, b'{"infcode":0,"output":{}}')
@@ -15,12 +17,12 @@ STORED = idempotency.Stored(b"\x01" * 32, b'{"infcode":0,"output":{}}')
 @pytest.mark.parametrize("infno", ["9101", "3202", "2201", "1101"])
 def test_a_file_upload_or_a_visit_call_is_told_to_send_the_original_again(infno: str) -> None:
     with pytest.raises(Conflict) as refused:
-        idempotency.replay(STORED, b"\x02" * 32, "M1", infno)
+        idempotency.replay(STORED, b"\x02" * 32, "M1", settling(infno))
     assert "5203" not in refused.value.err_msg
     assert "以原报文内容和该报文ID重发即返回原交易的应答" in refused.value.err_msg
 
 
-@pytest.mark.parametrize("infno", ["2207", "2102", "2304", "2207A"])
+@pytest.mark.parametrize("infno", ["2207", "2102", "2304", "2208", "2103"])
 def test_a_settlement_is_told_to_query_it(infno: str) -> None:
     with pytest.raises(Conflict, match="5203结算信息查询"):
-        idempotency.replay(STORED, b"\x02" * 32, "M1", infno)
+        idempotency.replay(STORED, b"\x02" * 32, "M1", settling(infno))
