@@ -126,7 +126,6 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--persons", type=int, default=20000)
     p.add_argument("--json", type=Path)
-    p.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--profile", type=Path, help="py-spy the replays: DIR/replay-N.collapsed")
     args = p.parse_args()
     args.workers, args.auth = 1, "on"
@@ -153,8 +152,6 @@ def main() -> None:
             set_plan(dsn, None)
             waiting = asyncio.run(pending(dsn))
             looked_up = asyncio.run(lookup_us(dsn))
-            if args.hold:
-                input(f"{waiting} claims pending; Enter to replay")
             profile = None
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from adapters.national.wire import (
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
 from gateway.emergency.plan.rules import TxClass
-from gateway.protocol.errors import BadRequest, RuleRejected
+from gateway.protocol.errors import BadRequest
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Undo, register
 from gateway.services import encounters, fee_uploads
@@ -147,8 +147,8 @@ def _change_of(req: Request) -> encounters.AdmissionChange:
     if info is None:
         raise BadRequest("缺少输入节点adminfo")
     med_type = text(info.med_type) or None
-    if med_type is not None and med_type not in encounters.INPATIENT_MED_TYPES:
-        raise RuleRejected(f"医疗类别{med_type}不是住院类别")
+    if med_type is not None:
+        encounters.require_inpatient(med_type)
     # Empty texts and nulls, as clients send the fields they leave alone, change nothing, and
     # are not kept over what an earlier message sent (found from outside: a bed changed by
     # one 2403 was lost from the record by the next, which sent the bed null).

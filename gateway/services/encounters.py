@@ -28,6 +28,14 @@ from gateway.protocol.transaction import Kind
 from gateway.services.settlement_state import settle_alone
 
 INPATIENT_MED_TYPES = frozenset({"21", "22", "23", "24"})
+
+
+def require_inpatient(med_type: str) -> None:
+    """A stay's med_type (2401, 2403) is an inpatient one."""
+    if med_type not in INPATIENT_MED_TYPES:
+        raise RuleRejected(f"医疗类别{med_type}不是住院类别")
+
+
 # What a visit's status is called to the clerk.
 _STATUS = {"open": "在院", "discharged": "已出院", "cancelled": "已撤销"}
 
@@ -218,8 +226,7 @@ async def admit(
 ) -> str:
     """2401: open a stay; `selfpay` (the emergency plan's 自费入院) opens it uninsured, its
     insurance checked when it is converted (自费转医保). Its 就诊ID."""
-    if a.med_type not in INPATIENT_MED_TYPES:
-        raise RuleRejected(f"医疗类别{a.med_type}不是住院类别")
+    require_inpatient(a.med_type)
     person, _ = await persons.read(conn, a.psn_no)
     persons.require_certificate(person, a.cert)
     if not selfpay:
@@ -307,7 +314,7 @@ async def change_admission(
         raise Conflict(f"就诊ID{a.mdtrt_id}当前状态不能变更住院信息（{_STATUS[enc.status]}）{hint}")
     med_type = a.med_type or enc.med_type
     begntime = a.begntime or enc.begntime
-    # (a med_type sent is an inpatient one: the request's own check, adapters.his.inpatient)
+    # (a med_type sent is an inpatient one: require_inpatient, the request's own check)
     changes_rules = (med_type, begntime) != (enc.med_type, enc.begntime)
     if changes_rules and await encounters.settled_count(conn, enc.mdtrt_id):
         raise Conflict(
