@@ -407,7 +407,7 @@ def deferred_replay(args: argparse.Namespace) -> int:
                     # overwritten by carriage returns (found from outside: 60 KB on one line).
                     print(line, file=sys.stderr, flush=True)
 
-            progress = await replay.replay(gw, show)
+            progress = await replay.replay(gw, show, args.wait)
             kept = replay.kept_segments(gw.journal) if args.journal_dir else []
         finally:
             await gw.close()
@@ -619,6 +619,13 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     dr.add_argument("--config", default=str(DEFAULT_CONFIG), type=config_arg)
     dr.add_argument("--reference-dir")
     dr.add_argument("--region", default="441800")
+    dr.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for another replay, or a gateway applying deferred calls, to end",
+    )
     dr.add_argument(
         "--journal-dir",
         help="drain journal segments left here first ([journal] dir of --config may not exist yet)",

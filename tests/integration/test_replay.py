@@ -3,12 +3,16 @@ settling the same visits online, in service-date order, with the account not use
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
+
 from gateway.core.money import fen_text
+from gateway.ledger import deferred
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import (
     BIG_LINES,
@@ -164,3 +168,32 @@ async def test_replayed_claims_equal_online_settlement(new_database: Callable[..
             owed[HOSPITAL] - gone["reimbursement_fen"]
         )
         assert after[PHARMACY] == shown[PHARMACY]
+
+
+async def test_a_replay_waits_for_the_lock_a_gateway_holds_while_it_applies_calls(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found in CI: `deferred replay` run the moment a recovery's calls were applied was refused
+    as a second replay, the gateway still holding the replay lock it applies them under. It
+    waits for a lock held for a moment, and refuses one held past `--wait`."""
+    async with running_gateway(new_database) as srv:
+        holder = await asyncpg.connect(srv.dsn)
+        try:
+            assert await deferred.try_lock_replay(holder)
+            run = asyncio.create_task(
+                asyncio.to_thread(cli, "deferred", "replay", "--json", "--database-url", srv.dsn)
+            )
+            await asyncio.sleep(2.0)
+            assert not run.done()  # waiting, not refused
+            await deferred.unlock_replay(holder)
+            done = await asyncio.wait_for(run, 60)
+            assert json.loads(done.stdout)["total"] == 0
+
+            assert await deferred.try_lock_replay(holder)
+            refused = await asyncio.to_thread(
+                cli, "deferred", "replay", "--wait", "1", "--database-url", srv.dsn, check=False
+            )
+            assert refused.returncode == 2, refused.stderr
+            assert "已等待1秒仍未结束：请勿重复启动" in refused.stderr, refused.stderr
+        finally:
+            await holder.close()

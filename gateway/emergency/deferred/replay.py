@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,11 +427,29 @@ class Progress:
     failed: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def replay(gw: Gateway, on_progress: Callable[[Progress], None] | None = None) -> Progress:
+# How long a replay waits for the replay lock before it refuses. A gateway that applies the
+# encounter calls a rule deferred takes the same lock for the moment it applies them (found in
+# CI: `deferred replay` run right after a recovery was told another replay was running, while
+# the gateway was applying the last calls); another `deferred replay` holds it for its whole run.
+LOCK_WAIT_SECONDS = 30.0
+LOCK_POLL_SECONDS = 0.2
+
+
+async def replay(
+    gw: Gateway,
+    on_progress: Callable[[Progress], None] | None = None,
+    wait: float = LOCK_WAIT_SECONDS,
+) -> Progress:
     """Settle every pending claim in service-date order; safe to interrupt and run again."""
     async with gw.pool.acquire() as lock_conn:
-        if not await deferred.try_lock_replay(lock_conn):
-            raise Conflict("已有补结算（deferred replay）正在进行，请勿重复启动")
+        deadline = time.monotonic() + wait
+        while not await deferred.try_lock_replay(lock_conn):
+            if time.monotonic() >= deadline:
+                raise Conflict(
+                    f"另一补结算（deferred replay）或网关补报就诊登记正在进行，已等待{wait:g}秒"
+                    "仍未结束：请勿重复启动，稍后再试"
+                )
+            await asyncio.sleep(LOCK_POLL_SECONDS)
         try:
             await apply_calls(gw)
             return await _replay_claims(gw, on_progress)
