@@ -24,9 +24,11 @@ import msgspec
 from gateway.app.cli_args import config_arg, month_arg
 from gateway.app.cli_database import (
     NOT_UTF8,
+    OUTPUT_CLOSED,
     UNREACHABLE,
     database_url,
     ledger_databases,
+    output_closed,
     unreachable,
 )
 from gateway.app.config import DEFAULT_CONFIG, DEFAULT_REFERENCE, load_config
@@ -67,6 +69,8 @@ def _run(args: argparse.Namespace, work: Callable[[Partitions], Awaitable[int]])
         print(f"refused: {exc.err_msg}", file=sys.stderr)
         return 2
     except UNREACHABLE as exc:
+        if output_closed(exc):
+            return OUTPUT_CLOSED
         print(f"refused: {unreachable(exc)}", file=sys.stderr)
         return 2
     except UnicodeDecodeError:

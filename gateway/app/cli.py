@@ -21,9 +21,11 @@ from gateway.app.cli_args import config_arg, month_arg
 from gateway.app.cli_database import (
     CONNECTING,
     NOT_UTF8,
+    OUTPUT_CLOSED,
     add_database,
     cluster_pools,
     database_url,
+    output_closed,
     unreachable,
 )
 from gateway.app.config import (
@@ -511,9 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     except CONNECTING as exc:
+        if output_closed(exc):
+            return OUTPUT_CLOSED
         print(f"refused: {unreachable(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
+        if output_closed(exc):
+            return OUTPUT_CLOSED
         if exc.filename is None:
             raise
         print(f"gateway: {unreachable(exc)}", file=sys.stderr)  # a file the command was given

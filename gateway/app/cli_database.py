@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +54,32 @@ def unreachable(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"文件{exc.filename}无法读写：{exc.strerror or type(exc).__name__}"
     return f"无法连接数据库，请稍后再试或联系运维（{type(exc).__name__}: {exc}）"
+
+
+# The exit status of a command whose reader went away (`… | head -1`), as a shell reports one
+# that SIGPIPE ended: 128 + 13.
+OUTPUT_CLOSED = 141
+
+
+def output_closed(exc: BaseException) -> bool:
+    """Whether `exc` is the command's own output closed under it (found from outside: `deferred
+    list --json | head -1` said the database could not be reached). Then nothing more is
+    written: stdout goes to /dev/null, so the interpreter's last flush does not fail again."""
+    if not isinstance(exc, BrokenPipeError):
+        return False
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return False
+    if not any(ev & select.POLLERR for _, ev in events):
+        return False  # stdout is fine: the broken pipe was a socket's
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 NOT_UTF8 = "文件不是UTF-8编码的文本（Excel等导出的GBK文件请另存为UTF-8后再读入）"

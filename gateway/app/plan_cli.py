@@ -21,9 +21,11 @@ import uvloop
 from gateway.app.cli_args import config_arg, local_time_arg
 from gateway.app.cli_database import (
     NOT_UTF8,
+    OUTPUT_CLOSED,
     UNREACHABLE,
     cluster_partitions,
     database_url,
+    output_closed,
     unreachable,
 )
 from gateway.app.config import (
@@ -76,6 +78,8 @@ def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitabl
         print(f"refused: {exc.err_msg}", file=sys.stderr)
         return 2
     except UNREACHABLE as exc:
+        if output_closed(exc):
+            return OUTPUT_CLOSED
         print(f"refused: {unreachable(exc)}", file=sys.stderr)
         return 2
     except UnicodeDecodeError:

@@ -17,7 +17,13 @@ from typing import Any
 
 import asyncpg
 
-from gateway.app.cli_database import UNREACHABLE, database_url, unreachable
+from gateway.app.cli_database import (
+    OUTPUT_CLOSED,
+    UNREACHABLE,
+    database_url,
+    output_closed,
+    unreachable,
+)
 from gateway.app.config import DEFAULT_CONFIG, load_config
 from gateway.emergency import operators
 from gateway.ledger import db
@@ -39,6 +45,8 @@ def _run(args: argparse.Namespace, work: Callable[[asyncpg.Connection], Awaitabl
     except UNREACHABLE as exc:
         # Found from outside: with the ledger stopped, `operators lockouts` printed a traceback
         # where every other command says it in one line.
+        if output_closed(exc):
+            return OUTPUT_CLOSED
         print(f"refused: {unreachable(exc)}", file=sys.stderr)
         return 2
 
