@@ -301,6 +301,18 @@ def call_output(req: Request, provisional_id: str | None) -> Any:
     return tx.journal_answer(req, provisional_id)
 
 
+def call_person(req: Request) -> str:
+    """The psn_no a kept visit call names (its first node that carries one: `data`, `mdtrtinfo`,
+    `adminfo`, a fee line), for the list a clerk reads; "" when it names none. Read as the call
+    was sent: the call itself is judged when it is applied."""
+    doc = _decimal_json.decode(req.input or b"{}")
+    for node in doc.values() if isinstance(doc, dict) else ():
+        row = node[0] if isinstance(node, list) and node else node
+        if isinstance(row, dict) and isinstance(row.get("psn_no"), str):
+            return str(row["psn_no"])
+    return ""
+
+
 def opened_visit_data(req: Request, provisional_id: str | None) -> Any:
     """A registration's answer: the visit in `data`, with the patient and the clinic number."""
     data = _decimal_json.decode(req.input or b"{}").get("data") or {}

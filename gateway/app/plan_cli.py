@@ -444,12 +444,23 @@ def deferred_list(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
         async with _clusters(args) as clusters:
             every = (conn, *(c for _, c in clusters))
-            rows = [r for c in every for r in await deferred.claims(c)]
+            read = deferred.calls if args.calls else deferred.claims
+            rows = [r for c in every for r in await read(c)]
         if args.status:
             rows = [r for r in rows if r["status"] == args.status]
         if args.json:
             for r in rows:
                 print(json.dumps(r, ensure_ascii=False))
+            return 0
+        if args.calls:
+            for r in rows:
+                visit = r["provisional_id"] or r["mdtrt_id"] or "-"
+                print(
+                    f"{r['infno']} {r['fixmedins_code']} {r['msgid']} {r['psn_no'] or '-'}"
+                    f" {visit}{' → ' + r['applied_as'] if r['applied_as'] else ''}"
+                    f" {r['received_at']} {r['status']}"
+                    + (f" ({r['fail_reason']})" if r["fail_reason"] else "")
+                )
             return 0
         for r in rows:
             if r["settlement_status"] == "cancelled":
@@ -644,7 +655,12 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     dt_.set_defaults(func=deferred_retry)
     dl = dsub.add_parser("list", help="every claim, its status, setlinfo and reimbursement")
     dl.add_argument("--json", action="store_true", help="one JSON object per line")
-    dl.add_argument("--status", choices=("pending", "settled", "failed", "withdrawn"))
+    dl.add_argument("--status", choices=("pending", "settled", "applied", "failed", "withdrawn"))
+    dl.add_argument(
+        "--calls",
+        action="store_true",
+        help="the visit calls kept instead (2201, 2203, 2204, 2401, …): applied, pending or failed",
+    )
     common(dl, ledgers=True)
     dl.set_defaults(func=deferred_list)
 

@@ -436,7 +436,9 @@ async def _defer_call(call: Call) -> Answer:
         provisional = deferral.new_provisional_id(
             call.institution.admdvs, call.now, req.fixmedins_code, req.msgid
         )
-    entry = _entry("call", req, call.now, provisional_id=provisional)
+    entry = _entry(
+        "call", req, call.now, provisional_id=provisional, psn_no=deferral.call_person(req)
+    )
     await deferred.insert(call.conn, entry, "ledger")
     ref = provisional or req.msgid
     return Answer(
@@ -556,6 +558,7 @@ async def _journal_call(
             answer=out,
             digest=fingerprint(req),
             provisional_id=provisional,
+            psn_no=deferral.call_person(req),
         ),
     )
     return Detour(answer=out, outcome=dispatch.Result.DEFERRED)

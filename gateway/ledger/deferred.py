@@ -545,6 +545,33 @@ async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     ]
 
 
+async def calls(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Reads every visit call kept under the plan or journaled, for `deferred list --calls`: the
+    provisional id the counter was given, the real one it became, and why one failed (found from
+    outside: a registration that failed when applied was listed nowhere a clerk looks)."""
+    rows = await conn.fetch(
+        "SELECT d.*, i.mdtrt_id AS applied_as FROM deferred d"
+        " LEFT JOIN deferred_ids i ON i.provisional_id = d.provisional_id"
+        " WHERE d.kind = 'call' ORDER BY d.received_at, d.seq"
+    )
+    return [
+        {
+            "fixmedins_code": r["fixmedins_code"],
+            "msgid": r["msgid"],
+            "infno": r["infno"],
+            "psn_no": r["psn_no"],
+            "mdtrt_id": r["mdtrt_id"],
+            "provisional_id": r["provisional_id"],
+            "applied_as": r["applied_as"],
+            "received_at": r["received_at"].isoformat(sep=" "),
+            "source": r["source"],
+            "status": r["status"],
+            "fail_reason": r["fail_reason"],
+        }
+        for r in rows
+    ]
+
+
 async def counts(conn: asyncpg.Connection) -> dict[str, int]:
     """Reads deferred items counted by kind and status, and the reimbursements recorded of those
     whose settlement is in force (fen)."""

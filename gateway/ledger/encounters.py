@@ -170,7 +170,7 @@ async def get(
     """The institution's own visit; another institution's mdtrt_id is not found, not shown.
 
     A provisional id handed out while the ledger was down names the visit it became."""
-    mdtrt_id = await real_id(conn, mdtrt_id)
+    mdtrt_id = await real_id(conn, mdtrt_id, fixmedins_code)
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM encounters WHERE mdtrt_id = $1 AND fixmedins_code = $2"
         + (" FOR UPDATE" if lock else ""),
@@ -193,20 +193,25 @@ def own(
     return enc
 
 
-async def real_id(conn: asyncpg.Connection, mdtrt_id: str) -> str:
+async def real_id(conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str) -> str:
     """The visit a provisional id handed out while the ledger was down became; any other id as
-    it is. One not applied yet is refused: the visit exists only in the deferred journal."""
+    it is. One not applied yet is refused: the visit exists only in the deferred journal. A
+    provisional id another institution was given is not found, as a visit of theirs is (found
+    from outside: told to retry until the other institution's call was applied)."""
     if not mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return mdtrt_id
     found = await conn.fetchrow(
-        "SELECT i.mdtrt_id, d.status, d.fail_reason FROM (SELECT $1::text AS id) AS p"
+        "SELECT i.mdtrt_id, d.status, d.fail_reason, d.fixmedins_code"
+        " FROM (SELECT $1::text AS id) AS p"
         " LEFT JOIN deferred_ids i ON i.provisional_id = p.id"
         " LEFT JOIN deferred d ON d.provisional_id = p.id AND d.kind = 'call'",
         mdtrt_id,
     )
     assert found is not None  # one row whatever is found
     if found["mdtrt_id"] is not None:
-        return str(found["mdtrt_id"])
+        return str(found["mdtrt_id"])  # whose visit it is, the visit's own row says
+    if found["fixmedins_code"] not in (None, fixmedins_code):
+        raise NotFound(f"就诊ID{mdtrt_id}不存在或不属于本机构")
     if found["status"] == "failed":
         # Never to be applied: a retry would be told to wait for good.
         raise NotFound(

@@ -91,7 +91,9 @@ async def cancel(
     # The visit as the counter knows it: a provisional id handed out under the plan names the
     # visit it became (found from outside: a till that only ever had the PV… id was told the
     # replayed settlement was not of its visit).
-    a = msgspec.structs.replace(a, mdtrt_id=await encounters.real_id(conn, a.mdtrt_id))
+    a = msgspec.structs.replace(
+        a, mdtrt_id=await encounters.real_id(conn, a.mdtrt_id, origin.fixmedins_code)
+    )
     if await legacy_settlements.in_force(
         conn, fixmedins_code=origin.fixmedins_code, setl_id=a.setl_id, mdtrt_id=a.mdtrt_id
     ):

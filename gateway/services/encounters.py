@@ -211,7 +211,7 @@ async def visit_info(conn: asyncpg.Connection, fixmedins_code: str, a: VisitInfo
     # The med_type is judged before the visit is looked up, as the build judges it first: a
     # request wrong in both ways names the same fault whether or not its id is provisional.
     eligibility.category_for("outpatient", a.med_type, a.mdtrt_id)
-    real = await encounters.real_id(conn, a.mdtrt_id)
+    real = await encounters.real_id(conn, a.mdtrt_id, fixmedins_code)
     await settle_alone(conn, visit_info_job(fixmedins_code, a, real))
 
 

@@ -297,7 +297,7 @@ async def settle_visit(
     """Pre-settle (final=False: the answer a settlement would give now, nothing locked or
     written but the visit's latest pre-settlement noted) or settle the visit's unsettled lines
     on the caller's own transaction; `only`: just these of them (a deferred claim's, at replay)."""
-    real = await encounters.real_id(conn, asked.mdtrt_id)
+    real = await encounters.real_id(conn, asked.mdtrt_id, origin.fixmedins_code)
     if real != asked.mdtrt_id:
         asked = msgspec.structs.replace(asked, mdtrt_id=real)  # a provisional id, now its visit
     job = visit_job(

@@ -809,6 +809,41 @@ async def test_a_settlement_on_a_provisional_visit_whose_registration_failed_is_
     assert answer["infcode"] == -1
     assert "补办失败" in answer["err_msg"] and "重新办理就诊登记" in answer["err_msg"]
     assert "稍后" not in answer["err_msg"]
+    # And the clerk finds it where kept calls are listed (found from outside: listed nowhere).
+    reason = await server.fetchval(failed, mdtrt_id)
+    listed = cli("deferred", "list", "--calls", "--json", "--database-url", server.dsn).stdout
+    [row] = [json.loads(line) for line in listed.splitlines()]
+    assert (row["infno"], row["psn_no"], row["provisional_id"]) == ("2201", unknown, mdtrt_id)
+    assert (row["status"], row["fail_reason"], row["applied_as"]) == ("failed", reason, None)
+    shown = cli("deferred", "list", "--calls", "--status", "failed", "--database-url", server.dsn)
+    assert f"2201 H44180000001 {row['msgid']} {unknown} {mdtrt_id}" in shown.stdout, shown.stdout
+    assert f"failed ({reason})" in shown.stdout, shown.stdout
+    assert cli("deferred", "list", "--database-url", server.dsn).stdout == ""  # no claim
+
+
+async def test_another_institutions_provisional_visit_is_not_found_not_waited_for(
+    server: Server,
+) -> None:
+    """Found from outside: a call on a provisional id another institution was given, not applied
+    yet, was told to retry once it was applied, and then was told it was not found: a visit
+    that is not the institution's own is not found, whether applied or not."""
+    his, other = server.client("H44180000001"), server.client("H44180000002")
+    scope = "institution:H44180000001"
+    await set_rule(server.dsn, scope, "encounter", "defer")
+    await _reload_plan(server)
+    psn_no = "441800000000000001"
+    mdtrt_id = await his.register(psn_no, "310", "2026-05-07 08:30:00", "MZ-PVO-1")
+    assert mdtrt_id.startswith("PV")
+    info = other.visit_info_input(mdtrt_id, psn_no, "11", "2026-05-07 08:30:00")
+    data = other.settle_data(psn_no, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    for infno, body in (("2203", info), ("2206", data), ("2207", data)):
+        answer = await other.call(infno, body)
+        assert answer["infcode"] == -1, (infno, answer)
+        assert f"就诊ID{mdtrt_id}不存在或不属于本机构" in answer["err_msg"], (infno, answer)
+    # The institution that was given it is still told to wait for it.
+    mine = his.settle_data(psn_no, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    own = await his.call("2207", mine)
+    assert own["infcode"] == -1 and "尚未补办" in own["err_msg"], own
 
 
 @pytest.mark.parametrize(
