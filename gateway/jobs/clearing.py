@@ -201,6 +201,7 @@ async def monthly(
     names = await clearing.institution_names(conn)
     settled: list[list[clearing.Settled]] = []
     taken_back: list[list[clearing.Settled]] = []  # earlier months' settlements cancelled in this
+    put_back: list[list[clearing.Settled]] = []  # earlier months' cancellations undone in this
     corrected: list[list[clearing.Corrected]] = []
     reimbursed: list[list[clearing.Reimbursed]] = []
     claimed: list[list[clearing.Reimbursed]] = []
@@ -209,9 +210,13 @@ async def monthly(
     async def read(db_conn: asyncpg.Connection) -> None:
         paid.append(await clearing.paid_out(db_conn, since, until))
         settled.append(await clearing.settled(db_conn, since, until, institution, names))
-        taken_back.append(
-            await clearing.settled(db_conn, since, until, institution, names, taken_back=True)
-        )
+        for change, into in (
+            (clearing.Change.TAKEN_BACK, taken_back),
+            (clearing.Change.PUT_BACK, put_back),
+        ):
+            into.append(
+                await clearing.settled(db_conn, since, until, institution, names, change=change)
+            )
         corrected.append(await clearing.corrected(db_conn, since, until, institution, names))
         reimbursed.append(await clearing.reimbursed(db_conn, since, until, institution, names))
         claimed.append(await clearing.claimed(db_conn, since, until, institution, names))
@@ -226,14 +231,20 @@ async def monthly(
 
     by_code: Callable[[Any], tuple[str, ...]] = lambda r: (r.fixmedins_code,)  # noqa: E731
     by_type: Callable[[Any], tuple[str, ...]] = lambda r: (r.fixmedins_code, r.med_type)  # noqa: E731
-    lines = [(r, 1) for r in _merged(settled, by_type)]
-    lines += [(r, -1) for r in _merged(taken_back, by_type)]
-    for r, sign in sorted(lines, key=lambda x: (x[0].fixmedins_code, x[0].med_type, -x[1])):
+    # (rows, sign, what the line's name adds, its order within a med_type)
+    parts = (
+        (settled, 1, "", 0),
+        (put_back, 1, "（前月撤销本月恢复，补记）", 1),
+        (taken_back, -1, "（前月结算本月撤销，冲减）", 2),
+    )
+    lines = [
+        (r, sign, tag, order) for rows, sign, tag, order in parts for r in _merged(rows, by_type)
+    ]
+    for r, sign, tag, _ in sorted(lines, key=lambda x: (x[0].fixmedins_code, x[0].med_type, x[3])):
         rep = report_of(r.fixmedins_code, r.fixmedins_name, r.admdvs)
-        name = MED_TYPE_NAMES.get(r.med_type, r.med_type)
         line = Line(
             med_type=r.med_type,
-            name=name if sign > 0 else f"{name}（前月结算本月撤销，冲减）",
+            name=MED_TYPE_NAMES.get(r.med_type, r.med_type) + tag,
             visits=sign * r.visits,
             medfee_sumamt=sign * r.medfee_sumamt,
             hifp_pay=sign * r.hifp_pay,

@@ -4,6 +4,7 @@ and deferred claims replayed, over [since, until)."""
 from __future__ import annotations
 
 import datetime as dt
+import enum
 
 import asyncpg
 import msgspec
@@ -39,6 +40,24 @@ class Settled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     fund_pay_sumamt: int
 
 
+class Change(enum.Enum):
+    """Which of a month's settlements a clearing line sums."""
+
+    SETTLED = "settled"  # made in the month, in force at its end
+    TAKEN_BACK = "taken_back"  # made before it, in force at its start, not at its end
+    PUT_BACK = "put_back"  # made before it, not in force at its start, in force at its end
+
+
+# Whether a settlement was in force just before a moment: its last change of standing before it
+# (settlement_events, each dated by the gateway when it happened, its first coming into force
+# by its setl_time; migration 034).
+_IN_FORCE_BEFORE = (
+    "coalesce((SELECT e.kind = 'in_force' FROM settlement_events e"
+    " WHERE e.setl_id = s.setl_id AND coalesce(e.at, s.setl_time) < {moment}"
+    " ORDER BY e.seq DESC LIMIT 1), false)"
+)
+
+
 async def settled(
     conn: asyncpg.Connection,
     since: dt.datetime,
@@ -46,28 +65,34 @@ async def settled(
     institution: str | None,
     names: Names,
     *,
-    taken_back: bool = False,
+    change: Change = Change.SETTLED,
 ) -> list[Settled]:
     """Reads per institution and med_type the sums of the settlements of [since, until) in force
-    at its end; `taken_back`: of those of earlier months cancelled within it instead.
+    at its end; of earlier months' settlements whose standing the month changed: those it took
+    out of force (`TAKEN_BACK`), those it put back in force (`PUT_BACK`, a 2601 of a
+    cancellation).
 
-    A month's clearing counts what was in force when the month ended, and a settlement
-    cancelled afterwards is taken back in the month of its cancellation: found from outside, a
-    November settlement cancelled in December dropped out of November's report after November's
-    amount was recorded as owed to the institution, and December's never took it back (the fund
-    paid the institution for a bill it had refunded). A month's figures no longer change once it
-    has ended, whenever the report is run."""
+    A month's clearing counts what was in force when the month ended, and a later change of
+    standing is cleared in the month it happens: found from outside, a November settlement
+    cancelled in December dropped out of November's report after November's amount was recorded
+    as owed to the institution, and December's never took it back (the fund paid the institution
+    for a bill it had refunded); and a cancellation reversed in a later month rewrote the ended
+    month that had taken it back, and no month paid it again. Standing is read from every change
+    with its moment, not from the row (which keeps only the last), so a month's figures no
+    longer change once it has ended, whenever the report is run."""
     args: list[object] = [since, until]
-    if taken_back:
-        where = (
-            "s.status = 'cancelled' AND s.cancel_setl_time >= $1 AND s.cancel_setl_time < $2"
-            " AND s.setl_time < $1"
-        )
+    at_start = _IN_FORCE_BEFORE.format(moment="$1")
+    at_end = _IN_FORCE_BEFORE.format(moment="$2")
+    if change is Change.SETTLED:
+        where = f"s.setl_time >= $1 AND s.setl_time < $2 AND {at_end}"
     else:
-        where = (
-            "s.setl_time >= $1 AND s.setl_time < $2"
-            " AND (s.status = 'settled' OR s.cancel_setl_time >= $2)"
-        )
+        # Changed since the month began: the row's last change (a cancellation, or the 2601
+        # that reinstated it) is at or after its start; the events say whether within it.
+        where = "s.setl_time < $1 AND greatest(s.cancel_setl_time, s.reinstated_at) >= $1"
+        if change is Change.TAKEN_BACK:
+            where += f" AND {at_start} AND NOT {at_end}"
+        else:
+            where += f" AND NOT {at_start} AND {at_end}"
     # A manual claim's settlement (零星报销), and a deferred claim's settled by replay (主动报:
     # the patient paid the institution in full), are paid to the patient, not cleared to the
     # institution: cleared as well, the fund would pay their share twice.

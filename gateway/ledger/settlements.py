@@ -648,6 +648,7 @@ _AGAIN = "不能冲正撤销交易，请重新结算"
 async def reinstate(
     conn: asyncpg.Connection,
     *,
+    now: dt.datetime,
     fixmedins_code: str,
     cancel_msgid: str,
     psn_no: str,
@@ -735,8 +736,10 @@ async def reinstate(
     await fees.mark_settled(conn, mdtrt_id, sns, setl_id)
     await conn.execute(
         "UPDATE settlements SET status = 'settled', cancel_setl_time = NULL, cancel_msgid = NULL,"
-        " cancel_seq = NULL, in_force_seq = nextval('settlement_event_seq') WHERE setl_id = $1",
+        " cancel_seq = NULL, in_force_seq = nextval('settlement_event_seq'), reinstated_at = $2"
+        " WHERE setl_id = $1",
         setl_id,
+        now,
     )
     if inpatient:
         await encounters.update(

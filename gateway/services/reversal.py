@@ -92,7 +92,7 @@ async def reverse(
             )
         elif original.undo is Undo.CANCELLATION:
             await _undo_cancellation(
-                conn, fixmedins_code, psn_no, omsgid, original.kind, settlements_deferred
+                conn, fixmedins_code, psn_no, omsgid, original.kind, now, settlements_deferred
             )
         else:
             await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
@@ -180,11 +180,13 @@ async def _undo_cancellation(
     psn_no: str,
     omsgid: str,
     kind: Kind | None,
+    now: dt.datetime,
     settlements_deferred: bool,
 ) -> None:
     assert kind is not None  # every cancellation names the kind of visit it cancels
     setl_id = await settlements.reinstate(
         conn,
+        now=now,
         fixmedins_code=code,
         cancel_msgid=omsgid,
         psn_no=psn_no,

@@ -90,3 +90,78 @@ async def test_a_settlement_cancelled_after_its_month_is_taken_back_in_the_month
             [now] = (await clearing.monthly(conn, this_month, HOSPITAL)).institutions
             assert [ln.visits for ln in now.lines] == [-1]
             assert now.total.declared == -refunded
+
+
+async def test_a_cancellation_undone_in_a_later_month_is_put_back_in_that_month(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: an August settlement cancelled in September (taken back in
+    September's clearing, which was paid net of it) and the cancellation undone by a 2601 in
+    November: September's ended report changed (the take-back gone) and November's never paid
+    the settlement again, so the hospital was short its fund share for good. Every month's
+    report stays as it ended, and the month of the 2601 puts the settlement back."""
+    this_month = dt.date.today().strftime("%Y-%m")
+    served = dt.date.today() - dt.timedelta(days=1)
+    psn_no = "441800000000000001"
+    async with running_gateway(new_database) as srv:
+        his: HisClient = srv.client(HOSPITAL)
+        mdtrt_id = await his.register(psn_no, "310", f"{served} 08:30:00", "MZ-U-1")
+        await his.visit_info(mdtrt_id, psn_no, "11", f"{served} 08:30:00")
+        rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{served} 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+        info = (await his.ok("2207", data))["setlinfo"]
+        declared = _fen(info, "fund_pay_sumamt") + _fen(info, "acct_pay")
+        keys = {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": psn_no}
+        cancelling = his.msgid()
+        await his.ok("2208", {"data": keys}, msgid=cancelling)
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            # Settled two months ago, cancelled last month: as the clock moving on leaves them.
+            await conn.execute(
+                "UPDATE settlements SET setl_time = setl_time - interval '2 months',"
+                " cancel_setl_time = cancel_setl_time - interval '1 month'"
+            )
+            await conn.execute(
+                "UPDATE settlement_events SET at = at - interval '1 month' WHERE kind = 'cancelled'"
+            )
+            row = await conn.fetchrow("SELECT setl_time, cancel_setl_time FROM settlements")
+            settled_in, cancelled_in = (
+                f"{row[n]:%Y-%m}" for n in ("setl_time", "cancel_setl_time")
+            )
+
+            async def reports() -> dict[str, Any]:
+                return {
+                    m: clearing.to_json(await clearing.monthly(conn, m, HOSPITAL))
+                    for m in (settled_in, cancelled_in, this_month)
+                }
+
+            before = await reports()
+            [first] = (await clearing.monthly(conn, settled_in, HOSPITAL)).institutions
+            assert (first.total.visits, first.total.declared) == (1, declared)
+            [taken] = (await clearing.monthly(conn, cancelled_in, HOSPITAL)).institutions
+            assert [(ln.visits, ln.declared) for ln in taken.lines] == [(-1, -declared)]
+            assert (await clearing.monthly(conn, this_month, HOSPITAL)).institutions == []
+
+            # This month the cancellation is undone: the settlement is in force again.
+            undo = {"psn_no": psn_no, "omsgid": cancelling, "oinfno": "2208"}
+            await his.ok("2601", {"data": undo})
+            after = await reports()
+            assert after[settled_in] == before[settled_in]  # ended months are as they ended
+            assert after[cancelled_in] == before[cancelled_in]
+            [now] = (await clearing.monthly(conn, this_month, HOSPITAL)).institutions
+            [line] = now.lines
+            assert "补记" in line.name and line.med_type == "11"
+            assert (line.visits, line.declared) == (1, declared)
+            assert line.medfee_sumamt == _fen(info, "medfee_sumamt")
+            db = ("--database-url", srv.dsn)
+            text = cli("clearing", "monthly", "--month", this_month, *db).stdout
+            assert "前月撤销本月恢复，补记" in text and fen_text(declared) in text
+
+            # Cancelled again within the same month: in force at neither end, no line at all.
+            await his.ok("2208", {"data": keys})
+            assert (await clearing.monthly(conn, this_month, HOSPITAL)).institutions == []
+            final = await reports()
+            assert (final[settled_in], final[cancelled_in]) == (
+                before[settled_in],
+                before[cancelled_in],
+            )
