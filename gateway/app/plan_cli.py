@@ -390,9 +390,12 @@ def deferred_replay(args: argparse.Namespace) -> int:
         )
         args.journal_dir = None
     interactive = sys.stderr.isatty()
+    # The folder serving gateways journal into: the one given, else the configuration's.
+    watched = Path(args.journal_dir or load_config(Path(args.config)).journal.dir)
 
     async def work(conn: asyncpg.Connection) -> int:
         _warn_of_zone(REPLAY_TIMES_NOTE)  # found from outside: run from UTC, it failed sales
+        await replay.wait_for_journals(watched, args.wait)
         gw = await _gateway(args)
         try:
             if args.journal_dir:
@@ -639,7 +642,8 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="how long to wait for another replay, or a gateway applying deferred calls, to end",
+        help="how long to wait for another replay, a gateway applying deferred calls, or a"
+        " serving gateway's journal to drain",
     )
     dr.add_argument(
         "--journal-dir",

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -197,3 +199,33 @@ async def test_a_replay_waits_for_the_lock_a_gateway_holds_while_it_applies_call
             assert "已等待1秒仍未结束：请勿重复启动" in refused.stderr, refused.stderr
         finally:
             await holder.close()
+
+
+async def test_a_replay_waits_for_a_serving_gateways_journal_to_drain(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: `deferred replay` run the moment the ledger came back settled a
+    person's later visits while a serving gateway's journal still held an earlier one (drained
+    seconds later), so the deductible fell on the wrong visit. While a running process holds a
+    segment with records in the journal folder, replay waits for it, and refuses past `--wait`."""
+    dsn = await new_database("journals")
+    segment = tmp_path / "host-1234-abcd.journal"
+    segment.write_bytes(b'{"kind": "claim"}\n')  # what it holds is the serving gateway's to read
+    holder = segment.open("rb")
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a serving gateway's segment
+    try:
+        argv = ["deferred", "replay", "--journal-dir", str(tmp_path), "--database-url", dsn]
+        refused = await asyncio.to_thread(cli, *argv, "--wait", "1", check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert "仍有1个应急日志段未并入账本（host-1234-abcd.journal）" in refused.stderr
+        assert not (tmp_path / "host-1234-abcd.damaged").exists()  # not drained from under it
+
+        run = asyncio.create_task(asyncio.to_thread(cli, *argv, "--json"))
+        await asyncio.sleep(2.0)
+        assert not run.done()  # waiting
+        segment.unlink()  # the serving gateway drains it and lets it go
+        fcntl.flock(holder.fileno(), fcntl.LOCK_UN)
+        done = await asyncio.wait_for(run, 60)
+        assert json.loads(done.stdout)["total"] == 0
+    finally:
+        holder.close()

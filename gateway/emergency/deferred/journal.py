@@ -117,6 +117,27 @@ def read_segment(path: Path, damaged: list[Damaged] | None = None) -> Iterator[E
                     )
 
 
+def held_elsewhere(directory: Path) -> list[Path]:
+    """Segments in `directory` that a running process holds open, with records in them: what a
+    serving gateway took while the ledger was away and has not drained yet (it drains them
+    within seconds of the ledger answering)."""
+    if not directory.is_dir():
+        return []
+    held: list[Path] = []
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            if path.stat().st_size == 0:
+                continue
+            with path.open("rb") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    held.append(path)
+        except FileNotFoundError:
+            continue  # drained and removed meanwhile
+    return held
+
+
 class Journal:
     """This process's segment, and the index of what it holds (for retries of the same msgid)."""
 

@@ -25,7 +25,7 @@ from adapters.national import deferral
 from adapters.national.envelope import Request, encode_response
 from gateway.app.runtime import Gateway
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
-from gateway.emergency.deferred.journal import KEPT, Damaged, Journal, read_segment
+from gateway.emergency.deferred.journal import KEPT, Damaged, Journal, held_elsewhere, read_segment
 from gateway.ledger import db, deferred, fees, idempotency, reference_store, reversals, settlements
 from gateway.ledger.partitions import Partition
 from gateway.protocol.errors import (
@@ -433,6 +433,24 @@ class Progress:
 # the gateway was applying the last calls); another `deferred replay` holds it for its whole run.
 LOCK_WAIT_SECONDS = 30.0
 LOCK_POLL_SECONDS = 0.2
+JOURNAL_POLL_SECONDS = 0.5
+
+
+async def wait_for_journals(directory: Path | None, wait: float = LOCK_WAIT_SECONDS) -> None:
+    """Waits until no serving gateway holds undrained records in `directory`; refuses after
+    `wait` seconds. Found from outside: replay run the moment the ledger came back settled a
+    person's later visits while the serving gateway's journal still held the earlier one (it
+    drained it seconds later), so the deductible fell on the wrong visit: claims are settled
+    in service-date order only among those in the ledger."""
+    deadline = time.monotonic() + wait
+    while held := held_elsewhere(directory) if directory is not None else []:
+        if time.monotonic() >= deadline:
+            names = "、".join(p.name for p in held)
+            raise Conflict(
+                f"运行中的网关仍有{len(held)}个应急日志段未并入账本（{names}），已等待{wait:g}秒："
+                "请待其自动并入（账本恢复后数秒内）后再补结算，以免同一参保人的就诊未按时间顺序结算"
+            )
+        await asyncio.sleep(JOURNAL_POLL_SECONDS)
 
 
 async def replay(
