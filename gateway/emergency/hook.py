@@ -183,6 +183,12 @@ async def intercept(
             mode=Mode.DEFERRED,
         )
     if role is Deferral.PRESETTLEMENT:
+        scope = deferral.claim_scope(req, priced=True) if ledger_down else None
+        if scope is not None:
+            # With the ledger away only this process's journal is known; a claim it holds on
+            # these lines refuses their pre-settlement as it refuses their settlement (found
+            # from outside: priced all cash, as if the lines were free to settle).
+            deferral.refuse_if_held(gw.journal.held_on(req.fixmedins_code, scope[0]), scope[1])
         out = encode_response(
             region=gw.region,
             received=received,

@@ -291,6 +291,9 @@ async def test_the_local_journal_gives_one_batch_one_claim(rig: Rig) -> None:
     claim_id = first["setlinfo"]["setl_id"]
     assert claim_id.startswith("DF")
     _refused_as_pending(await his.call("2207", _settle(his, EMPLOYEE, mdtrt_id)), claim_id)
+    # Its pre-settlement too (found from outside: priced all cash with the ledger away, as if
+    # the lines were free to settle).
+    _refused_as_pending(await his.call("2206", _settle(his, EMPLOYEE, mdtrt_id)), claim_id)
     await until(closed, within=15.0)  # the journal is drained into the ledger before it closes
 
     rows = await _claims(rig.srv, mdtrt_id)
