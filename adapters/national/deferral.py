@@ -475,6 +475,12 @@ def withdrawal_output(claim: Request, row: Any, at: dt.datetime, balc: int) -> d
         sign=-1,
     )
     info["setl_time"] = moment(at)
+    if kind_of(claim.infno) is Kind.PHARMACY:
+        # A POS reads the refund from psn_pay and cash_payamt, as in the 2103 of a sale; in
+        # this one answer whichever path withdrew it (found from outside: the withdrawal with
+        # the ledger away, from the local journal, answered neither).
+        info["psn_pay"] = info["psn_part_amt"]
+        info["cash_payamt"] = info["psn_cash_pay"]
     return {"setlinfo": info, "setldetail": []}
 
 

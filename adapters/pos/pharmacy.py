@@ -255,13 +255,7 @@ async def cancel(call: Call) -> Answer:
     if data is None:
         raise BadRequest("缺少输入节点data")
     if deferral.is_claim_id(text(data.setl_id)):
-        withdrawn = await deferral.withdraw_claim(call)
-        # Found from outside: a POS reads the refund from cash_payamt, which the 2103 of a
-        # sale carries and the withdrawal of a claim did not.
-        refund = withdrawn.output["setlinfo"]
-        refund["psn_pay"] = refund["psn_part_amt"]
-        refund["cash_payamt"] = refund["psn_cash_pay"]
-        return withdrawn
+        return await deferral.withdraw_claim(call)  # psn_pay and cash_payamt as a sale's 2103
     a = cancellation.SettlementCancel(
         setl_id=required(data.setl_id, "data.setl_id"),
         mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),

@@ -305,6 +305,37 @@ async def test_the_local_journal_gives_one_batch_one_claim(rig: Rig) -> None:
     await his.ok("2208", _cancel(claim_id, mdtrt_id, EMPLOYEE))
 
 
+async def test_a_pharmacy_claim_withdrawn_from_the_local_journal_answers_as_a_2103(
+    rig: Rig,
+) -> None:
+    """Found from outside: a pharmacy's 2103 withdrawing a claim with the ledger away (from this
+    process's journal) answered no `psn_pay` or `cash_payamt`, which a POS reads the refund
+    from, where the same withdrawal with the ledger up does."""
+    pos = rig.srv.client("P44180000001")
+    breaker = rig.gw.breakers["postgres"]
+
+    async def closed() -> bool:
+        return not breaker.is_open
+
+    await until(closed, within=15.0)
+    for _ in range(BREAKER.consecutive_failures):
+        breaker.record(False)
+    assert breaker.is_open
+    sale = pos.drug_input(WORKER, f"{TODAY} 10:00:00", DRUG_TOTAL, DRUG_LINES)
+    claim = (await pos.ok("2102", sale))["setlinfo"]
+    assert claim["setl_id"].startswith("DF")
+    refund = (await pos.ok("2103", _cancel(claim["setl_id"], claim["mdtrt_id"], WORKER)))[
+        "setlinfo"
+    ]
+    assert str(refund["cash_payamt"]) == str(refund["psn_cash_pay"]) == f"-{DRUG_TOTAL}"
+    assert str(refund["psn_pay"]) == str(refund["psn_part_amt"]) == f"-{DRUG_TOTAL}"
+    await until(closed, within=15.0)  # drained: the withdrawn claim is in the ledger as such
+    row = await rig.srv.fetchrow(
+        "SELECT status FROM deferred WHERE claim_id = $1", claim["setl_id"]
+    )
+    assert row is not None and row["status"] == "withdrawn"
+
+
 # --------------------------------------------------------------------------------------- D3
 
 
