@@ -15,6 +15,7 @@ from adapters.national.wire import (
     In2202,
     In2203,
     In2205,
+    as_list,
     certificate,
     required,
     when,
@@ -115,7 +116,7 @@ def _info_of(
     if begntime is not None:
         # Within bounds as the registration's (found from outside: days ahead was taken).
         gw.config.dates.check("就诊时间begntime", begntime, admdvs=institution.admdvs, now=now)
-    for n, dise in enumerate(node.diseinfo or [], 1):
+    for n, dise in enumerate(as_list(node.diseinfo), 1):
         # A diagnosis dated ahead too (found from outside: three days ahead was taken); one in
         # a shape not read stays as it was, unread (the field was never read before).
         try:
@@ -134,7 +135,7 @@ def _info_of(
         dise_name=text(info.dise_name),
         stored={
             "mdtrtinfo": msgspec.to_builtins(info),
-            "diseinfo": msgspec.to_builtins(node.diseinfo or []),
+            "diseinfo": msgspec.to_builtins(as_list(node.diseinfo)),
         },
     )
 

@@ -334,8 +334,10 @@ class DiseInfo(Node):
 class In2203(Node):
     mdtrtinfo: MdtrtInfo | None = None
     # null where a client has no diagnosis to send (found from outside: Newtonsoft writes an
-    # unset list as null, nhis-web passes its map's missing key as null): as none sent.
-    diseinfo: list[DiseInfo] | None = None
+    # unset list as null, nhis-web passes its map's missing key as null): as none sent. One
+    # diagnosis as an object, not an array, as Shenyang's 2401 sends it: read as a list of one
+    # (`as_list`), as feedetail is.
+    diseinfo: list[DiseInfo] | DiseInfo | None = None
 
 
 class FeeDetail(Node):
@@ -434,15 +436,19 @@ class Admission(Node):
 class In2401(Node):
     mdtrtinfo: Admission | None = None
     # null where a client has no diagnosis to send (found from outside: Newtonsoft writes an
-    # unset list as null, nhis-web passes its map's missing key as null): as none sent.
-    diseinfo: list[DiseInfo] | None = None
+    # unset list as null, nhis-web passes its map's missing key as null): as none sent. One
+    # diagnosis as an object, not an array, as Shenyang's 2401 sends it: read as a list of one
+    # (`as_list`), as feedetail is.
+    diseinfo: list[DiseInfo] | DiseInfo | None = None
 
 
 class In2403(Node):
     adminfo: Admission | None = None
     # null where a client has no diagnosis to send (found from outside: Newtonsoft writes an
-    # unset list as null, nhis-web passes its map's missing key as null): as none sent.
-    diseinfo: list[DiseInfo] | None = None
+    # unset list as null, nhis-web passes its map's missing key as null): as none sent. One
+    # diagnosis as an object, not an array, as Shenyang's 2401 sends it: read as a list of one
+    # (`as_list`), as feedetail is.
+    diseinfo: list[DiseInfo] | DiseInfo | None = None
 
 
 class Discharge(Node):
@@ -460,8 +466,10 @@ class Discharge(Node):
 class In2402(Node):
     dscginfo: Discharge | None = None
     # null where a client has no diagnosis to send (found from outside: Newtonsoft writes an
-    # unset list as null, nhis-web passes its map's missing key as null): as none sent.
-    diseinfo: list[DiseInfo] | None = None
+    # unset list as null, nhis-web passes its map's missing key as null): as none sent. One
+    # diagnosis as an object, not an array, as Shenyang's 2401 sends it: read as a list of one
+    # (`as_list`), as feedetail is.
+    diseinfo: list[DiseInfo] | DiseInfo | None = None
 
 
 class FeeLineRef(Node):

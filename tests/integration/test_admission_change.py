@@ -132,6 +132,33 @@ async def test_what_clients_send_as_null_is_as_not_sent_and_the_record_keeps_eac
     await his.ok("2401", admission)
 
 
+async def test_one_diagnosis_sent_as_an_object_is_a_list_of_one(server: Server) -> None:
+    """Found from outside: Shenyang's 2401 sends `diseinfo` as one object, not an array, and was
+    refused on 2401, 2403 and 2203 (`字段diseinfo应为数组`); read as a list of one, as a single
+    feedetail is, and kept as a list."""
+    his = server.client(HOSPITAL)
+    dise = {"psn_no": PSN, "diag_type": "1", "maindiag_flag": "1", "diag_srt_no": "1",
+            "diag_code": "G40.900", "diag_name": "癫痫", "diag_time": f"{DAY} 07:00:00",
+            "vali_flag": "1"}  # fmt: skip
+    admission = {"mdtrtinfo": {"psn_no": PSN, "insutype": "310", "begntime": f"{DAY} 07:00:00",
+                               **certificate(PSN), "med_type": "21", "ipt_no": "ZY-CHG-OBJ",
+                               "dise_codg": "G40.900", "dise_name": "癫痫"},
+                 "diseinfo": dise}  # fmt: skip
+    stay = str((await his.ok("2401", admission))["result"]["mdtrt_id"])
+
+    async def diagnoses(mdtrt_id: str) -> list[str]:
+        return [d["diag_code"] for d in (await _row(server, mdtrt_id))["detail"]["diseinfo"]]
+
+    assert await diagnoses(stay) == ["G40.900"]
+    changed = {**dise, "diag_code": "G40.901"}
+    await his.ok("2403", {**_change(stay, adm_bed="9"), "diseinfo": changed})
+    assert await diagnoses(stay) == ["G40.901"]
+    mdtrt_id = await his.register(PSN, "310", f"{DAY} 08:30:00", "MZ-CHG-OBJ")
+    info = his.visit_info_input(mdtrt_id, PSN, "11", f"{DAY} 08:30:00")
+    await his.ok("2203", {**info, "diseinfo": {**dise, "diag_time": f"{DAY} 08:40:00"}})
+    assert await diagnoses(mdtrt_id) == ["G40.900"]
+
+
 async def test_a_stay_settled_at_discharge_is_sent_to_cancel_its_settlement_first(
     server: Server,
 ) -> None:
