@@ -187,7 +187,7 @@ def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | Non
         # fraction is dropped (never rounded up past the second the clerk saw); an offset is
         # converted to the gateway's local time, which is Beijing time.
         try:
-            seconds = dt.datetime.strptime(stamped["time"], "%Y-%m-%dT%H:%M:%S")
+            seconds = dt.datetime.strptime(stamped["time"].replace(" ", "T"), "%Y-%m-%dT%H:%M:%S")
         except ValueError:
             pass
         else:
@@ -197,17 +197,20 @@ def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | Non
             if zone == "Z":
                 return as_local(seconds.replace(tzinfo=dt.UTC))
             sign = -1 if zone[0] == "-" else 1
-            hours, minutes = int(zone[1:3]), int(zone[-2:])
+            hours, minutes = int(zone[1:3]), int(zone[-2:]) if len(zone) > 3 else 0
             if hours <= 14 and minutes < 60:
                 offset = dt.timedelta(hours=hours, minutes=minutes) * sign
                 return as_local(seconds.replace(tzinfo=dt.timezone(offset)))
     raise BadRequest(f"字段{name}时间格式错误，应为yyyy-MM-dd HH:mm:ss")
 
 
-# ISO 8601 as serializers write it: a fraction of up to nine digits, a zone offset, or both.
+# ISO 8601 as serializers write it: a fraction of up to nine digits, a zone offset (hours, or
+# hours and minutes), or both; the date and time apart by a T or, as Java's Timestamp.toString
+# and Python's str(datetime) write them, a space (found from outside: "2026-12-05
+# 23:49:23.108" was refused).
 _STAMPED = re.compile(
-    r"(?P<time>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})"
-    r"(?:\.[0-9]{1,9})?(?P<zone>Z|[+-][0-9]{2}:?[0-9]{2})?"
+    r"(?P<time>[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"(?:\.[0-9]{1,9})?(?P<zone>Z|[+-][0-9]{2}(?::?[0-9]{2})?)?"
 )
 
 

@@ -397,8 +397,21 @@ def test_a_time_in_other_digits_or_blanks_is_refused(sent: str) -> None:
         ("2026-12-05T15:50:00Z", dt.datetime(2026, 12, 5, 23, 50, 0)),
         ("2026-12-05T23:50:00.999999999+0800", dt.datetime(2026, 12, 5, 23, 50, 0)),
         ("2026-12-05T10:50:00-05:00", dt.datetime(2026, 12, 5, 23, 50, 0)),
+        ("2026-12-05 23:49:23.108", dt.datetime(2026, 12, 5, 23, 49, 23)),
+        ("2026-12-05T23:49:23.108+08", dt.datetime(2026, 12, 5, 23, 49, 23)),
+        ("2026-12-05 23:49:23.5+08:00", dt.datetime(2026, 12, 5, 23, 49, 23)),
     ],
-    ids=[".NET DateTime.Now", "offset", "fraction", "UTC", "nanoseconds", "another zone"],
+    ids=[
+        ".NET DateTime.Now",
+        "offset",
+        "fraction",
+        "UTC",
+        "nanoseconds",
+        "another zone",
+        "Java Timestamp.toString",
+        "hours-only offset",
+        "space, fraction and offset",
+    ],
 )
 def test_a_serialized_time_is_read_as_the_same_moment_in_beijing_time(
     sent: str, expected: dt.datetime
@@ -407,7 +420,7 @@ def test_a_serialized_time_is_read_as_the_same_moment_in_beijing_time(
     # The fraction is dropped, never rounded up; an offset is the same moment in local time
     # (the gateway runs in Beijing time; the expectation is converted as the gateway does).
     beijing = dt.timezone(dt.timedelta(hours=8))
-    zoned = sent.endswith("Z") or sent[-6] in "+-" or sent[-5] in "+-"
+    zoned = sent.endswith("Z") or any(sent[-n] in "+-" for n in (3, 5, 6))
     # A time without a zone is the gateway's local time as it stands.
     assert when(sent, "begntime") == (
         as_local(expected.replace(tzinfo=beijing)) if zoned else expected
