@@ -148,12 +148,18 @@ def check_total(declared: int, lines_total: int) -> None:
 def check_declared(s: Settlement, declared: Declared) -> None:
     """The request's totals must equal the uploaded lines' (settlement-rules §2)."""
     check_total(declared.medfee_sumamt, s.medfee_sumamt)
-    for name, label in (
+    split = (
         ("fulamt_ownpay_amt", "全自费金额"),
         ("overlmt_selfpay", "超限价自费金额"),
         ("preselfpay_amt", "先行自付金额"),
         ("inscp_scp_amt", "符合政策范围金额"),
-    ):
+    )
+    if s.medfee_sumamt and not any(getattr(declared, name) for name, _ in split):
+        # All four left at zero (found from outside: a client that does not copy them from
+        # the 2206 answer sends zeros): they make the bill, so zeros on a bill of more than
+        # nothing are no split at all, and are read as not sent.
+        return
+    for name, label in split:
         sent = getattr(declared, name)
         if sent is not None and sent != getattr(s, name):
             # What the clerk does next (found from outside: after a 3301 changed an item's

@@ -521,6 +521,9 @@ async def test_a_refund_line_is_priced_as_the_charge_it_takes_back(server: Serve
             assert Decimal(str(info[name])) == Decimal(str(expected[name])), name
 
 
+SPLIT = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+
+
 async def test_a_declared_split_the_lines_do_not_make_is_refused_saying_what_to_do(
     server: Server,
 ) -> None:
@@ -546,6 +549,28 @@ async def test_a_declared_split_the_lines_do_not_make_is_refused_saying_what_to_
     assert answer["infcode"] == -1
     assert "与中心计算结果" in answer["err_msg"] and "请重新预结算" in answer["err_msg"]
     assert await server.fetchval("SELECT count(*) FROM settlements") == before
+
+
+async def test_a_declared_split_left_at_zero_is_not_declared(server: Server) -> None:
+    """Found from outside: a 2207 whose client leaves the four split fields at zero (it does
+    not copy them from the 2206 answer) was refused as a split the lines do not make. Zeros
+    on a bill of more than nothing cannot be a split (the four make the bill); they are read as
+    not sent, and the settlement is the lines' own."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, EMPLOYEE, balance_fen=100_000)
+    mdtrt_id = await his.register(psn, "310", DAY, f"MZ-ZERO-{next(_serial)}")
+    rows = his.fee_rows(mdtrt_id, psn, [_line("1", "40.00")], FEE_TIME, "B1")
+    await his.ok("2204", {"feedetail": rows})
+    base = his.settle_data(psn, mdtrt_id, "11", "40.00", "310", "1", chrg_bchno="B1")
+    pre = (await his.ok("2206", base))["setlinfo"]
+    assert Decimal(str(pre["inscp_scp_amt"])) > 0  # zero is not what the lines make
+    zeros = {name: "0.00" for name in SPLIT}
+    # One of them sent apart from zero is a declaration, held against the lines.
+    answer = await his.call("2206", {"data": {**base["data"], **zeros, "preselfpay_amt": "1.00"}})
+    assert answer["infcode"] == -1 and "与中心计算结果" in answer["err_msg"], answer
+    settled = (await his.ok("2207", {"data": {**base["data"], **zeros}}))["setlinfo"]
+    for name in (*SPLIT, "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
+        assert Decimal(str(settled[name])) == Decimal(str(pre[name])), name
 
 
 async def test_a_stay_with_nothing_to_settle_is_told_in_a_stays_terms(server: Server) -> None:
