@@ -554,6 +554,16 @@ def compare_details(
                 f"金额不一致：医药机构医疗费总额{fen_text(d.medfee_sumamt)}、基金{fen_text(d.fund_pay_sumamt)}、"
                 f"账户{fen_text(d.acct_pay)}"
             )
+            if c.refunded and (d.medfee_sumamt, d.fund_pay_sumamt, d.acct_pay) == (
+                -c.medfee_sumamt,
+                -c.fund_pay_sumamt,
+                -c.acct_pay,
+            ):
+                # The refund booked as negative amounts (found from outside: a HIS following
+                # the file's rule for refund rows could never balance): the centre counts a
+                # refunded settlement by its original amounts, flagged 1; said so, not left as
+                # a bare difference.
+                memo += "（中心按原结算金额计退费结算，退费标志为1的行请填写原结算的正数金额）"
         elif d.psn_no != c.psn_no or d.mdtrt_id != c.mdtrt_id:
             rslt, memo = INCONSISTENT, "人员编号或就诊ID不一致"
         else:

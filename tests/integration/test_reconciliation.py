@@ -262,7 +262,7 @@ async def _upload_detail(his: HisClient, rows: list[dict[str, Any]]) -> dict[str
     """9101 of a detail file of `rows`, as the HIS writes it: tab-separated, zipped, Base64 in
     fsUploadIn.in; the upload's output."""
     detail = "".join(
-        f"{r['setl_id']}\t{r['mdtrt_id']}\t{r['psn_no']}\t{r['medfee_sumamt']}\t{r['fund_pay_sumamt']}\t{r['acct_pay']}\t0\n"
+        f"{r['setl_id']}\t{r['mdtrt_id']}\t{r['psn_no']}\t{r['medfee_sumamt']}\t{r['fund_pay_sumamt']}\t{r['acct_pay']}\t{r.get('refd_setl_flag', '0')}\n"
         for r in rows
     )
     packed = io.BytesIO()
@@ -281,7 +281,7 @@ async def _upload_detail(his: HisClient, rows: list[dict[str, Any]]) -> dict[str
 
 
 async def _detail_compared(
-    server: Server, rows: list[dict[str, Any]], declared: list[dict[str, Any]]
+    server: Server, rows: list[dict[str, Any]], declared: list[dict[str, Any]], **extra: Any
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """9101 a detail file of `rows`, 3202 with the totals of `declared`: the 3202 output and
     the result file's rows (9102)."""
@@ -289,7 +289,7 @@ async def _detail_compared(
 
     his = server.client(HOSPITAL)
     up = await _upload_detail(his, rows)
-    out = await his.ok("3202", _stmt(declared, file_qury_no=up["file_qury_no"]))
+    out = await his.ok("3202", _stmt(declared, file_qury_no=up["file_qury_no"], **extra))
     info = out["fileinfo"]
     env = his.envelope(
         "9102",
@@ -356,6 +356,33 @@ async def test_a_listed_settlement_the_period_does_not_count_is_told_why(
     # beside the row's own flag 1 read as a contradiction).
     assert "对账请求的退费结算标志（refd_setl_flag）为0" in memo[cancelled["setl_id"]][1]
     assert memo[unknown["setl_id"]] == ("2", "医药机构有此结算，中心没有")
+
+
+async def test_a_refund_booked_as_negative_amounts_is_told_how_the_centre_counts_it(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: a HIS writing a refunded settlement's row as negative amounts, as
+    the file's rule for rows flagged 1 allows, was told only that its amounts differed: with
+    refd_setl_flag 1 the centre counts a refunded settlement once, by its original amounts, and
+    the memo says so. Written with the original amounts, the row balances."""
+    his = server.client(HOSPITAL)
+    refunded = await _visit(his, EMPLOYEES[1], 91, "44.50")
+    await _cancel(his, refunded)
+    negative = {
+        **refunded,
+        "refd_setl_flag": "1",
+        **{k: f"-{refunded[k]}" for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")},
+    }
+    _, rows = await _detail_compared(server, [*day, negative], [*day, refunded], refd_setl_flag="1")
+    [row] = [r for r in rows if r["setl_id"] == refunded["setl_id"]]
+    assert (row["stmt_rslt"], row["refd_setl_flag"]) == ("3", "1"), row
+    assert "退费标志为1的行请填写原结算的正数金额" in row["memo"], row
+    as_counted = {**refunded, "refd_setl_flag": "1"}
+    _, rows = await _detail_compared(
+        server, [*day, as_counted], [*day, refunded], refd_setl_flag="1"
+    )
+    [row] = [r for r in rows if r["setl_id"] == refunded["setl_id"]]
+    assert (row["stmt_rslt"], row["memo"]) == ("0", ""), row
 
 
 async def test_a_reversed_settlement_is_not_counted_as_refunded(server: Server) -> None:
