@@ -22,6 +22,9 @@ from tests.integration.conftest import Server
 from tests.integration.his_client import HisClient
 
 HOSPITAL = "H44180000002"
+# An institution of their own for the tests that upload files (each institution's uploads are
+# paced) and whose day's totals no other test reads.
+UPLOADER = REFUNDER = "H44180000001"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 EMPLOYEES = ["441800000000000001", "441800000000000003"]
 
@@ -258,7 +261,9 @@ async def test_monthly_report_equals_the_ledger_and_prints(
     assert png.stat().st_size > 10_000  # a rendered page, not an empty canvas
 
 
-async def _upload_detail(his: HisClient, rows: list[dict[str, Any]]) -> dict[str, Any]:
+async def _upload_detail(
+    his: HisClient, rows: list[dict[str, Any]], owner: str = HOSPITAL
+) -> dict[str, Any]:
     """9101 of a detail file of `rows`, as the HIS writes it: tab-separated, zipped, Base64 in
     fsUploadIn.in; the upload's output."""
     detail = "".join(
@@ -268,27 +273,32 @@ async def _upload_detail(his: HisClient, rows: list[dict[str, Any]]) -> dict[str
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as zf:
         zf.writestr("detail.txt", detail)
-    return await his.ok(
-        "9101",
-        {
-            "fsUploadIn": {
-                "in": base64.b64encode(packed.getvalue()).decode(),
-                "filename": "detail.zip",
-                "fixmedins_code": HOSPITAL,
-            }
-        },
-    )
+    upload = {
+        "fsUploadIn": {
+            "in": base64.b64encode(packed.getvalue()).decode(),
+            "filename": "detail.zip",
+            "fixmedins_code": owner,
+        }
+    }
+    if owner in (his.fixmedins_code, "441800"):
+        return await his.ok("9101", upload)
+    return await his.call("9101", upload)
 
 
 async def _detail_compared(
-    server: Server, rows: list[dict[str, Any]], declared: list[dict[str, Any]], **extra: Any
+    server: Server,
+    rows: list[dict[str, Any]],
+    declared: list[dict[str, Any]],
+    institution: str = HOSPITAL,
+    **extra: Any,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """9101 a detail file of `rows`, 3202 with the totals of `declared`: the 3202 output and
-    the result file's rows (9102)."""
+    the result file's rows (9102). Each institution's uploads are paced (at least 1 MiB each,
+    a burst of 8): a test with uploads of its own takes an institution of its own."""
     import msgspec
 
-    his = server.client(HOSPITAL)
-    up = await _upload_detail(his, rows)
+    his = server.client(institution)
+    up = await _upload_detail(his, rows, owner=institution)
     out = await his.ok("3202", _stmt(declared, file_qury_no=up["file_qury_no"], **extra))
     info = out["fileinfo"]
     env = his.envelope(
@@ -358,6 +368,23 @@ async def test_a_listed_settlement_the_period_does_not_count_is_told_why(
     assert memo[unknown["setl_id"]] == ("2", "医药机构有此结算，中心没有")
 
 
+async def test_a_file_owned_by_the_institutions_region_is_its_own(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: openhis fills fsUploadIn.fixmedins_code with its setl_optins (the
+    region's code) and every upload was refused; the region of the institution sending it names
+    no other institution. Another institution's code is still refused."""
+    his = server.client(UPLOADER)
+    mine = [await _visit(his, EMPLOYEES[0], 95, "21.50")]
+    up = await _upload_detail(his, mine, owner="441800")
+    out = await his.ok("3202", _stmt(mine, file_qury_no=up["file_qury_no"]))
+    # Compared as the institution's own file (the day holds the other tests' settlements too).
+    assert out["fileinfo"]["file_qury_no"] and out["stmtinfo"]["setl_optins"] == "441800"
+    for other in (HOSPITAL, "520500"):
+        refused = await _upload_detail(his, mine, owner=other)
+        assert refused["infcode"] == -1 and "文件所属机构" in refused["err_msg"], refused
+
+
 async def test_a_refund_booked_as_negative_amounts_is_told_how_the_centre_counts_it(
     server: Server, day: list[dict[str, Any]]
 ) -> None:
@@ -365,7 +392,7 @@ async def test_a_refund_booked_as_negative_amounts_is_told_how_the_centre_counts
     the file's rule for rows flagged 1 allows, was told only that its amounts differed: with
     refd_setl_flag 1 the centre counts a refunded settlement once, by its original amounts, and
     the memo says so. Written with the original amounts, the row balances."""
-    his = server.client(HOSPITAL)
+    his = server.client(REFUNDER)
     refunded = await _visit(his, EMPLOYEES[1], 91, "44.50")
     await _cancel(his, refunded)
     negative = {
@@ -373,14 +400,12 @@ async def test_a_refund_booked_as_negative_amounts_is_told_how_the_centre_counts
         "refd_setl_flag": "1",
         **{k: f"-{refunded[k]}" for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")},
     }
-    _, rows = await _detail_compared(server, [*day, negative], [*day, refunded], refd_setl_flag="1")
+    _, rows = await _detail_compared(server, [negative], [refunded], REFUNDER, refd_setl_flag="1")
     [row] = [r for r in rows if r["setl_id"] == refunded["setl_id"]]
     assert (row["stmt_rslt"], row["refd_setl_flag"]) == ("3", "1"), row
     assert "退费标志为1的行请填写原结算的正数金额" in row["memo"], row
     as_counted = {**refunded, "refd_setl_flag": "1"}
-    _, rows = await _detail_compared(
-        server, [*day, as_counted], [*day, refunded], refd_setl_flag="1"
-    )
+    _, rows = await _detail_compared(server, [as_counted], [refunded], REFUNDER, refd_setl_flag="1")
     [row] = [r for r in rows if r["setl_id"] == refunded["setl_id"]]
     assert (row["stmt_rslt"], row["memo"]) == ("0", ""), row
 
