@@ -668,8 +668,9 @@ async def reinstate(
     Its delta was computed against the year's accumulators, the admission's deductible, the
     account and the lines as they were; adding it back is right only while none of that has
     changed since the cancellation. So it is refused, and the counter settles again, when
-    - a settlement of the person in the same year and accumulator group came into force after the
-      cancellation (it was computed without this one: both would pay against one cap);
+    - a settlement of the person in the same year and accumulator group that came into force
+      after the cancellation is in force now (it was computed without this one: both would pay
+      against one cap; one cancelled since left the accumulators as they were);
     - any of its lines is no longer the very row it released (deleted, re-uploaded under the same
       feedetl_sn, settled again);
     - the account no longer holds its account payment; the person is no longer insured;
