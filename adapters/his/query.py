@@ -1,17 +1,20 @@
-"""5203 结算信息查询 and 5204 费用明细查询."""
+"""5201 就诊信息查询, 5202 诊断信息查询, 5203 结算信息查询 and 5204 费用明细查询."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from asyncpg import Pool
 
 from adapters.national import wire
 from adapters.national.envelope import decode_input, text
-from adapters.national.output import line_result, moment, setldetail, setlinfo
-from adapters.national.wire import In5203
+from adapters.national.output import line_result, moment, person_fields, setldetail, setlinfo
+from adapters.national.wire import In5201, In5202, In5203, required, when_required
+from gateway.core.model import Person
 from gateway.emergency.plan.rules import TxClass
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Answer, Call, register
-from gateway.services import settlement_queries
+from gateway.services import settlement_queries, visit_queries
 
 
 @register("5203", "结算信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5203)
@@ -81,3 +84,84 @@ async def fee_detail(call: Call) -> Answer:
             }
         )
     return Answer(rows)
+
+
+# What a visit's calls kept as sent that 5201's row carries (texts only; the rest is the
+# ledger's own columns). 2201 keeps its `data` flat; 2203 and 2401 `mdtrtinfo`; 2403 `adminfo`.
+_SENT_FIELDS = (
+    "mdtrt_cert_type",
+    "medrcdno",
+    "atddr_no",
+    "chfpdr_name",
+    "adm_dept_codg",
+    "adm_dept_name",
+    "adm_bed",
+    "main_cond_dscr",
+    "coner_name",
+    "tel",
+)
+
+
+def _visit_row(person: Person, enc: visit_queries.Encounter, detail: dict[str, Any]) -> dict[str, Any]:
+    """A 5201 mdtrtinfo row: the person as on the visit's day, the visit as the ledger holds it,
+    and what its calls sent."""
+    sent = {**detail, **(detail.get("mdtrtinfo") or {}), **(detail.get("adminfo") or {})}
+    row: dict[str, Any] = {
+        "mdtrt_id": enc.mdtrt_id,
+        **person_fields(person, enc.begntime.date()),
+        "insutype": enc.insutype,
+        "psn_type": person.psn_type,
+        "cvlserv_flag": person.cvlserv_flag,
+        "insu_optins": enc.insuplc_admdvs,
+        "begntime": moment(enc.begntime),
+        "endtime": moment(enc.endtime),
+        "med_type": enc.med_type,
+        "ipt_otp_no": enc.ipt_otp_no,
+        "dise_codg": enc.dise_codg,
+        "dise_name": enc.dise_name,
+        # 在院状态 of a stay: 1 in hospital, 0 discharged; an outpatient visit has none.
+        "inhosp_stas": None if enc.kind != "inpatient" else "1" if enc.status == "open" else "0",
+    }
+    for name in _SENT_FIELDS:
+        value = sent.get(name)
+        row[name] = value if isinstance(value, str) else None
+    return row
+
+
+@register(
+    "5201", "就诊信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5201, by_person=True
+)
+async def visit_info(call: Call) -> Answer:
+    """The person's visits and stays at the institution begun within the range: `mdtrtinfo[]`
+    (none is an empty list)."""
+    data = decode_input(call.req, In5201).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    q = visit_queries.VisitQuery(
+        psn_no=required(data.psn_no, "data.psn_no"),
+        begntime=when_required(data.begntime, "data.begntime"),
+        endtime=when_required(data.endtime, "data.endtime"),
+        med_type=text(data.med_type),
+        mdtrt_id=text(data.mdtrt_id),
+    )
+    person, found = await visit_queries.visits(call.conn, call.req.fixmedins_code, q)
+    return Answer({"mdtrtinfo": [_visit_row(person, enc, detail) for enc, detail in found]})
+
+
+@register("5202", "诊断信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5202)
+async def diagnosis_info(call: Call) -> Answer:
+    """A visit's diagnoses as its latest 2203/2401/2403 sent them: `diseinfo[]`."""
+    data = decode_input(call.req, In5202).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    enc, detail = await visit_queries.diagnoses(
+        call.conn,
+        call.req.fixmedins_code,
+        required(data.mdtrt_id, "data.mdtrt_id"),
+        text(data.psn_no),
+        _elsewhere(call),
+    )
+    rows = [d for d in detail.get("diseinfo") or [] if isinstance(d, dict)]
+    return Answer(
+        {"diseinfo": [{"mdtrt_id": enc.mdtrt_id, "psn_no": enc.psn_no, **d} for d in rows]}
+    )

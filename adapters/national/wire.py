@@ -496,6 +496,31 @@ class In5203(Node):
     data: SettlementQuery | None = None
 
 
+class VisitQuery(Node):
+    """5201 就诊信息查询: a person's visits at the institution over a time range."""
+
+    psn_no: Code = None
+    begntime: Code = None
+    endtime: Code = None
+    med_type: Code = None
+    mdtrt_id: Code = None
+
+
+class In5201(Node):
+    data: VisitQuery | None = None
+
+
+class DiagnosisQuery(Node):
+    """5202 诊断信息查询: one visit's diagnoses."""
+
+    psn_no: Code = None
+    mdtrt_id: Code = None
+
+
+class In5202(Node):
+    data: DiagnosisQuery | None = None
+
+
 def as_list(value: Any) -> list[Any]:
     """A node that some clients send as an object and others as an array."""
     if value is None:

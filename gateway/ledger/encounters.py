@@ -224,6 +224,44 @@ async def real_id(conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str) 
     )
 
 
+# Visits a 5201 answers at most: a range of years of a frequent patient is still one answer.
+VISITS_LISTED = 500
+
+
+async def of_person(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    psn_no: str,
+    begn: dt.datetime,
+    end: dt.datetime,
+    med_type: str = "",
+) -> list[tuple[Encounter, dict[str, Any]]]:
+    """The institution's visits and stays of the person begun within [begn, end] (of one
+    med_type, "" for any), not cancelled, in the order they began; each with what its calls kept
+    as sent (`detail`). A pharmacy sale is not a visit (5203 finds it)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS}, detail FROM encounters WHERE psn_no = $1 AND fixmedins_code = $2"
+        " AND begntime >= $3 AND begntime <= $4 AND ($5 = '' OR med_type = $5)"
+        " AND kind <> 'pharmacy' AND status <> 'cancelled'"
+        f" ORDER BY begntime, mdtrt_id LIMIT {VISITS_LISTED}",
+        psn_no,
+        fixmedins_code,
+        begn,
+        end,
+        med_type,
+    )
+    return [(_of(r), dict(r["detail"] or {})) for r in rows]
+
+
+async def with_detail(
+    conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str, psn_no: str | None = None
+) -> tuple[Encounter, dict[str, Any]]:
+    """The institution's own visit, as `get` finds it, with what its calls kept as sent."""
+    enc = await get(conn, mdtrt_id, fixmedins_code, psn_no=psn_no)
+    detail = await conn.fetchval("SELECT detail FROM encounters WHERE mdtrt_id = $1", enc.mdtrt_id)
+    return enc, dict(detail or {})
+
+
 async def lock(conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str) -> Encounter:
     """The institution's visit, locked: the first lock of every path that takes more than one
     (gateway.ledger.settlements has the order)."""

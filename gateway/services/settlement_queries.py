@@ -16,7 +16,7 @@ ELSEWHERE_WAIT = 2.0  # seconds for a connection to another ledger database
 T = TypeVar("T")
 
 
-async def _here_or_elsewhere(
+async def here_or_elsewhere(
     conn: asyncpg.Connection,
     elsewhere: Sequence[asyncpg.Pool],
     read: Callable[[asyncpg.Connection], Awaitable[T]],
@@ -62,20 +62,20 @@ async def settlement_info(
             limit=1,
         )
 
-    found = await _here_or_elsewhere(conn, elsewhere, find)
+    found = await here_or_elsewhere(conn, elsewhere, find)
     if found:
         return found[0]
     # Not a settlement: a claim the emergency plan deferred (主动报) under the number the
     # counter was given, or on this visit? Answered "not found", the counter would take an
     # acknowledged sale for one that never happened (found from outside).
-    claim = await _here_or_elsewhere(
+    claim = await here_or_elsewhere(
         conn,
         elsewhere,
         lambda c: deferred.claim_named(c, fixmedins_code, a.setl_id, a.mdtrt_id),
     )
     if claim is None:
         if (a.mdtrt_id or a.psn_no) and a.setl_id:
-            alone: list[Record] = await _here_or_elsewhere(
+            alone: list[Record] = await here_or_elsewhere(
                 conn,
                 elsewhere,
                 lambda c: settlements.find(c, fixmedins_code, setl_id=a.setl_id, limit=1),
@@ -106,7 +106,7 @@ async def fee_detail(
     rec = await settlement_info(conn, fixmedins_code, a, elsewhere)
     assert rec.setl_id is not None  # read back from the ledger
     setl_id = rec.setl_id
-    lines = await _here_or_elsewhere(
+    lines = await here_or_elsewhere(
         conn, elsewhere, lambda c: settlements.settled_lines(c, setl_id)
     )
     return rec, lines
