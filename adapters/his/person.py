@@ -1,15 +1,15 @@
-"""1101 人员信息获取."""
+"""1101 人员信息获取 and 2001 人员待遇享受检查."""
 
 from __future__ import annotations
 
 from adapters.national import wire
 from adapters.national.envelope import decode_input, text
 from adapters.national.output import amount, person_fields
-from adapters.national.wire import In1101, certificate, when
+from adapters.national.wire import In1101, In2001, certificate, required, when
 from gateway.emergency.plan.rules import TxClass
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Answer, Call, register
-from gateway.services import persons
+from gateway.services import persons, treatment_check
 
 _IDENTITY = {"dibao": ("10", "最低生活保障对象"), "tekun": ("11", "特困供养人员")}
 
@@ -64,5 +64,47 @@ async def person_info(call: Call) -> Answer:
                     "endtime": None,
                 }
             ],
+        }
+    )
+
+
+@register(
+    "2001",
+    "人员待遇享受检查",
+    writes=False,
+    klass=TxClass.ENCOUNTER,
+    input=wire.In2001,
+    by_person=True,
+)
+async def treatment(call: Call) -> Answer:
+    """Whether the pool fund pays for the person's visit: `trtinfo[]`, its row flagged 1 (享受)
+    or 0 with the reason (`trt_chk_rslt`) in the words a settlement would be refused with."""
+    data = decode_input(call.req, In2001).data
+    if data is None:
+        raise BadRequest("缺少输入节点data")
+    begntime = when(data.begntime, "data.begntime", optional=True)
+    endtime = when(data.endtime, "data.endtime", optional=True)
+    on = (begntime or call.now).date()
+    ask = treatment_check.TreatmentAsk(
+        psn_no=required(data.psn_no, "data.psn_no"),
+        insutype=text(data.insutype),
+        med_type=text(data.med_type),
+        on=on,
+        dise_codg=text(data.dise_codg),
+    )
+    person, verdict = await treatment_check.check(call.conn, call.gw.snapshot, ask)
+    return Answer(
+        {
+            "trtinfo": [
+                {
+                    "psn_no": person.psn_no,
+                    "trt_chk_type": "1",  # 基本医疗保险待遇检查
+                    "fund_pay_type": verdict.fund_pay_type,
+                    "trt_enjymnt_flag": "1" if verdict.enjoys else "0",
+                    "begndate": on.isoformat(),
+                    "enddate": (endtime or begntime or call.now).date().isoformat(),
+                    "trt_chk_rslt": verdict.why,
+                }
+            ]
         }
     )

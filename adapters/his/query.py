@@ -102,7 +102,9 @@ _SENT_FIELDS = (
 )
 
 
-def _visit_row(person: Person, enc: visit_queries.Encounter, detail: dict[str, Any]) -> dict[str, Any]:
+def _visit_row(
+    person: Person, enc: visit_queries.Encounter, detail: dict[str, Any]
+) -> dict[str, Any]:
     """A 5201 mdtrtinfo row: the person as on the visit's day, the visit as the ledger holds it,
     and what its calls sent."""
     sent = {**detail, **(detail.get("mdtrtinfo") or {}), **(detail.get("adminfo") or {})}

@@ -496,6 +496,27 @@ class In5203(Node):
     data: SettlementQuery | None = None
 
 
+class TreatmentCheck(Node):
+    """2001 人员待遇享受检查."""
+
+    psn_no: Code = None
+    insutype: Code = None
+    fixmedins_code: Code = None
+    med_type: Code = None
+    begntime: Code = None
+    endtime: Code = None
+    dise_codg: Code = None
+    dise_name: Code = None
+    oprn_oprt_code: Code = None
+    oprn_oprt_name: Code = None
+    matn_type: Code = None
+    birctrl_type: Code = None
+
+
+class In2001(Node):
+    data: TreatmentCheck | None = None
+
+
 class VisitQuery(Node):
     """5201 就诊信息查询: a person's visits at the institution over a time range."""
 

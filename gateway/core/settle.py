@@ -173,14 +173,16 @@ def apply(acc: Accumulators, delta: Accumulators, sign: int = 1) -> Accumulators
     return Accumulators(**{f: getattr(acc, f) + sign * getattr(delta, f) for f in _ACC_FIELDS})
 
 
-def _policy(snapshot: Snapshot, admdvs: str, on: dt.date) -> Policy:
+def policy_on(snapshot: Snapshot, admdvs: str, on: dt.date) -> Policy:
+    """The insured region's policy in force on a day; refused where there is none."""
     policy = snapshot.policy(admdvs, on)
     if policy is None:
         raise RuleRejected(f"参保地{admdvs}在{on.isoformat()}没有有效的医保待遇政策")
     return policy
 
 
-def _side(policy: Policy, insutype: str) -> SidePolicy:
+def side_of(policy: Policy, insutype: str) -> SidePolicy:
+    """The policy's side of an insutype (310 employee, 390 resident); others are refused."""
     if insutype == EMPLOYEE:
         return policy.employee
     if insutype == RESIDENT:
@@ -263,11 +265,11 @@ def _settle(
     )
     person = state.person
     insutype = person.insutype
-    policy = snapshot.policy(person.insuplc_admdvs, visit.service_date) or _policy(
+    policy = snapshot.policy(person.insuplc_admdvs, visit.service_date) or policy_on(
         snapshot, person.insuplc_admdvs, visit.service_date
     )
     employee = insutype == EMPLOYEE
-    side = policy.employee if employee else _side(policy, insutype)
+    side = policy.employee if employee else side_of(policy, insutype)
     if category is CHRONIC:
         eligibility.require_chronic_filing(person, visit.dise_codg)
 
