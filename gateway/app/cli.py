@@ -17,7 +17,7 @@ from pathlib import Path
 import uvloop
 
 from gateway.app import agency_cli, demo_client, heap, plan_cli, shadow_cli, supervisor
-from gateway.app.cli_args import config_arg, month_arg
+from gateway.app.cli_args import config_arg, count_arg, date_arg, month_arg
 from gateway.app.cli_database import (
     CONNECTING,
     NOT_UTF8,
@@ -45,6 +45,7 @@ from gateway.emergency.console import commands as console_commands
 from gateway.jobs import clearing, corrections
 from gateway.ledger import checker, db, idempotency, partitions, reference_store
 from gateway.ops import logs, orphans
+from gateway.protocol.errors import BadRequest, GatewayError
 
 
 def _serve_one(settings: Settings, host: str, port: int, supervisor: int | None) -> None:
@@ -224,8 +225,12 @@ async def _corrections(
             reference = await asyncio.to_thread(load_reference, Path(args.reference_dir))
             async with pool.acquire() as conn:
                 snapshot = await reference_store.read_snapshot(conn, reference)
-            begn = dt.date.fromisoformat(args.date_from) if args.date_from else None
-            end = dt.date.fromisoformat(args.date_to) if args.date_to else None
+            begn, end = args.date_from, args.date_to
+            if snapshot.institution(args.institution) is None:
+                # Found from outside: a mistyped code was told there was nothing to correct.
+                raise BadRequest(f"定点医药机构{args.institution}不存在")
+            if begn and end and end < begn:
+                raise BadRequest(f"--to {end}早于--from {begn}")
             run_id = dt.datetime.now().strftime("%Y%m%d%H%M%S")
             left = getattr(args, "limit", None)
             for ledger in [pool, *others]:
@@ -271,7 +276,11 @@ async def _corrections(
 
 def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
     # uvloop, as the server and `deferred replay` run (a bulk re-settlement is its round trips).
-    summary, found, failed = uvloop.run(_corrections(args, apply_it))
+    try:
+        summary, found, failed = uvloop.run(_corrections(args, apply_it))
+    except GatewayError as exc:
+        print(f"refused: {exc.err_msg}", file=sys.stderr)
+        return 2
     if args.csv:
         Path(args.csv).write_text(summary.to_csv(), encoding="utf-8")
     if args.json:
@@ -479,8 +488,8 @@ def parser() -> argparse.ArgumentParser:
         kp.add_argument(
             "--item", required=True, help="the institution's own item code (medins_list_codg)"
         )
-        kp.add_argument("--from", dest="date_from")
-        kp.add_argument("--to", dest="date_to")
+        kp.add_argument("--from", dest="date_from", type=date_arg)
+        kp.add_argument("--to", dest="date_to", type=date_arg)
         kp.add_argument("--json", action="store_true")
         kp.add_argument("--csv", help="write the agency's CSV report here")
         kp.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
@@ -491,7 +500,9 @@ def parser() -> argparse.ArgumentParser:
             help="gateway.toml: its [[ledger_clusters]]",
         )
         if name == "apply":
-            kp.add_argument("--limit", type=int, help="stop after N settlements (work in batches)")
+            kp.add_argument(
+                "--limit", type=count_arg, help="stop after N settlements (work in batches)"
+            )
         add_database(kp)
         kp.set_defaults(func=func)
     plan_cli.add_commands(sub, add_database)

@@ -38,3 +38,26 @@ def local_time_arg(text: str) -> dt.datetime:
         raise argparse.ArgumentTypeError(
             f"时间“{text[:40]}”无效，应为日期和时间，如2022-03-04T00:00"
         ) from None
+
+
+def date_arg(text: str) -> dt.date:
+    """A date: 2026-12-01 (found from outside: `corrections plan --from 2026-13-01` printed a
+    traceback)."""
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"日期“{text[:40]}”无效，应为yyyy-MM-dd，如2026-12-01"
+        ) from None
+
+
+def count_arg(text: str) -> int:
+    """A count of one or more (`--limit`): 0 or a negative number would do nothing and say so
+    as if there were nothing to do."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"“{text[:40]}”应为正整数")
+    return n

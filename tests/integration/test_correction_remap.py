@@ -248,3 +248,22 @@ async def test_a_mapping_that_changed_during_a_visit_is_not_taken_for_a_wrong_on
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["settlements"] == []
+
+
+async def test_what_the_correction_commands_cannot_take_is_refused_in_one_line(
+    server: Server,
+) -> None:
+    """Found from outside: `corrections plan --from 2026-13-01` printed a traceback, and a
+    mistyped institution was told there was nothing to correct ("0 of 0", exit 0)."""
+    db = ("--database-url", server.dsn)
+    base = ("--institution", HOSPITAL, "--item", DRUG, *db)
+    for argv, words in (
+        (("corrections", "plan", *base, "--from", "2026-13-01"), "日期“2026-13-01”无效"),
+        (("corrections", "plan", *base, "--from", "2026-12-05", "--to", "2026-12-01"), "早于"),
+        (("corrections", "apply", *base, "--limit", "0"), "应为正整数"),
+        (("corrections", "plan", "--institution", "H99999999999", "--item", DRUG, *db),
+         "定点医药机构H99999999999不存在"),
+    ):  # fmt: skip
+        code, out, err = await _cli(*argv)
+        assert code == 2, (argv, err, out)
+        assert words in err and "Traceback" not in err, (argv, err)
