@@ -37,12 +37,20 @@ def free_port() -> int:
         return port
 
 
-def wait_ready(url: str, timeout: float = 60) -> None:
+class Exited(RuntimeError):
+    """The process waited for ended before it was ready (a port taken meanwhile, a bad config)."""
+
+
+def wait_ready(url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until `url` answers 200; Exited as soon as `proc` (the server) has ended (found in CI: a
+    gateway that could not start was waited for a whole minute and reported only as not ready)."""
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise Exited(f"{url}: the server exited with {proc.returncode} before it was ready")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:

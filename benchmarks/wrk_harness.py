@@ -46,6 +46,7 @@ from typing import Any
 
 import asyncpg
 from http_harness import (
+    Exited,
     Profiler,
     add_server_arg,
     cpu_seconds,
@@ -212,8 +213,29 @@ def start_gateway(
          "--pool-max", "32", "--auth", args.auth],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_ready(f"http://127.0.0.1:{port}/readyz")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc=proc)
+    except Exited:
+        raise
+    except RuntimeError:
+        stop(proc)
+        raise
     return proc
+
+
+def start_gateway_on_a_free_port(
+    dsn: str, args: argparse.Namespace, config: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A gateway on a port free when chosen; chosen again if another process took it before the
+    gateway bound it (found in CI, on a box shared with other gateways)."""
+    for attempt in range(3):
+        port = free_port()
+        try:
+            return start_gateway(dsn, port, args, config), port
+        except Exited:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 40) -> float:
@@ -449,8 +471,7 @@ def overload(h: Harness, dsn: str, saturated: float) -> dict[str, Any]:
     """A second gateway over the same ledger with the in-flight bound of
     config/bench-overload.toml, offered twice the rate the first one settled at."""
     args = h.args
-    port = free_port()
-    shedding = start_gateway(dsn, port, args, "bench-overload.toml")
+    shedding, port = start_gateway_on_a_free_port(dsn, args, "bench-overload.toml")
     try:
         rate = 2 * (args.overload_rate or saturated or 1000.0)
         threads = max(args.threads, 1)
