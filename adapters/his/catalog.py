@@ -272,7 +272,7 @@ async def query_mappings(call: Call) -> Answer:
             "med_list_codg": m.med_list_codg,
             "begndate": _day_time(m.begndate),
             "enddate": _day_time(m.enddate),
-            "vali_flag": "1",
+            "vali_flag": filters.vali_flag or "1",  # "0": superseded, never used
         },
     )
 

@@ -72,11 +72,14 @@ def catalog(snapshot: Snapshot, q: CatalogQuery) -> list[CatalogEntry]:
 
 
 def mappings(snapshot: Snapshot, fixmedins_code: str, q: CatalogQuery) -> list[Mapping]:
-    """1317: the asking institution's own mappings, never another's."""
+    """1317: the asking institution's own mappings, never another's: those a settlement uses
+    (on the query's date, or, without one, on some day), or, asked for invalid rows
+    (vali_flag 0), those it never uses."""
     owner = q.fixmedins_code or fixmedins_code
     if owner != fixmedins_code:
         raise BadRequest("只能查询本机构的目录对照")
     name = q.medins_list_name
+    on = _query_day(q)
     rows = [
         m
         for m in snapshot.mappings
@@ -85,15 +88,20 @@ def mappings(snapshot: Snapshot, fixmedins_code: str, q: CatalogQuery) -> list[M
         and (not name or name in m.fixmedins_hilist_name)
         and _match(m.list_type, q.list_type)
         and _match(m.med_list_codg, q.med_list_codg)
-        and _valid_on(q, m.begndate, m.enddate)
+        and (on is None or m.begndate <= on <= m.enddate)
     ]
-    on = _query_day(q)
-    if on is not None:
+
+    def used(m: Mapping) -> bool:
         # On a date, the row a settlement uses, not every row whose dates cover it: found from
         # outside, an item uploaded twice (the later upload from an earlier begndate) showed
         # both rows valid, and a HIS that sent the other row's code had its sale refused as
-        # "目录对照不一致".
-        rows = [m for m in rows if snapshot.mapping(owner, m.medins_list_codg, on) is m]
+        # "目录对照不一致". Without a date, a row superseded from its first day (a later upload
+        # from the same or an earlier begndate) is never used: found from outside, it was
+        # listed valid beside the row that replaced it.
+        return snapshot.mapping(owner, m.medins_list_codg, on or m.begndate) is m
+
+    invalid = q.vali_flag == "0"
+    rows = [m for m in rows if used(m) != invalid]
     return sorted(rows, key=lambda m: (m.medins_list_codg, m.begndate))
 
 

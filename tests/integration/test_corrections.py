@@ -152,6 +152,28 @@ async def test_catalog_queries_and_revoke(server: Server) -> None:
     assert again["infcode"] == -1
 
 
+async def test_a_mapping_superseded_from_its_first_day_is_not_listed_as_valid(
+    server: Server,
+) -> None:
+    """Found from outside: an item mapped again from the same begndate (the correction of a
+    wrong mapping) showed both rows valid in a 1317 without query_date; the replaced one is
+    never used, so it is listed only to a query for invalid rows (vali_flag 0), flagged 0. A
+    row replaced only from a later day is still used before it, and still listed."""
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(WRONG_CLASS_A, "ZZ0009"))
+    await his.ok("3301", _mapping(CLASS_B, "ZZ0009"))  # the same begndate: replaces it whole
+    query = {"medins_list_codg": "ZZ0009", "page_num": 1, "page_size": 10}
+    page = await his.ok("1317", {"data": query})
+    assert [(r["med_list_codg"], r["vali_flag"]) for r in page["data"]] == [(CLASS_B, "1")]
+    old = await his.ok("1317", {"data": {**query, "vali_flag": "0"}})
+    assert [(r["med_list_codg"], r["vali_flag"]) for r in old["data"]] == [(WRONG_CLASS_A, "0")]
+    await his.ok("3301", _mapping(WRONG_CLASS_A, "ZZ0009", begndate="2026-07-01"))
+    both = await his.ok("1317", {"data": query})
+    assert [r["med_list_codg"] for r in both["data"]] == [CLASS_B, WRONG_CLASS_A]
+    on = await his.ok("1317", {"data": {**query, "query_date": "2026-06-30"}})
+    assert [r["med_list_codg"] for r in on["data"]] == [CLASS_B]
+
+
 async def test_a_change_reaches_another_process_within_two_seconds(server: Server) -> None:
     # A second gateway on the same database, with its own snapshot, as another worker has.
     runner = web.AppRunner(build_app(Settings(server.dsn, config=GENEROUS)), access_log=None)
@@ -619,7 +641,8 @@ async def test_1317_on_a_date_lists_the_row_a_settlement_uses(server: Server) ->
     """Found from outside: an item uploaded twice, the later upload valid from an earlier date,
     was listed by 1317 with both rows valid on a date both cover, so a HIS that took the other
     row's code had its sale refused ("目录对照不一致"). On a date, 1317 lists the row in force
-    (the later upload, as a settlement resolves it); without a date, every row."""
+    (the later upload, as a settlement resolves it); without a date, every row a settlement
+    uses on some day: not the earlier upload, replaced from before its first day."""
     his = server.client(HOSPITAL)
     item = "ZZ1317"
     await his.ok("3301", _mapping(WRONG_CLASS_A, item, "2026-12-01"))
@@ -629,12 +652,15 @@ async def test_1317_on_a_date_lists_the_row_a_settlement_uses(server: Server) ->
     assert [r["med_list_codg"] for r in on["data"]] == [CLASS_B]
     assert on["recordCounts"] == 1
     every = await his.ok("1317", {"data": query})
-    assert sorted(r["med_list_codg"] for r in every["data"]) == sorted([CLASS_B, WRONG_CLASS_A])
+    assert [r["med_list_codg"] for r in every["data"]] == [CLASS_B]
+    never = await his.ok("1317", {"data": {**query, "vali_flag": "0"}})
+    assert [(r["med_list_codg"], r["vali_flag"]) for r in never["data"]] == [(WRONG_CLASS_A, "0")]
 
 
 async def test_a_query_for_invalid_rows_gets_none(server: Server) -> None:
-    """Found from outside: vali_flag "0" on 1312 and 1317 returned the valid rows. Every row
-    held is in force, so it gets none; "1" and no flag get them all."""
+    """Found from outside: vali_flag "0" on 1312 and 1317 returned the valid rows. Every
+    catalog, cap and ratio row held is in force, so it gets none; "1" and no flag get them all.
+    A mapping replaced from before its first day is never used: 1317 lists it to "0" only."""
     his = server.client(HOSPITAL)
     for infno in ("1312", "1317", "1318", "1319"):
         page = {"page_num": 1, "page_size": 5}
@@ -643,4 +669,14 @@ async def test_a_query_for_invalid_rows_gets_none(server: Server) -> None:
         invalid = await his.ok(infno, {"data": {**page, "vali_flag": "0"}})
         assert every["recordCounts"] > 0, infno
         assert valid["recordCounts"] == every["recordCounts"], infno
-        assert (invalid["recordCounts"], invalid["data"]) == (0, []), infno
+        if infno != "1317":
+            assert (invalid["recordCounts"], invalid["data"]) == (0, []), infno
+            continue
+        assert all(r["vali_flag"] == "0" for r in invalid["data"]), invalid
+        everything = {"page_num": 1, "page_size": 1000}
+        used = (await his.ok(infno, {"data": everything}))["data"]
+        unused = (await his.ok(infno, {"data": {**everything, "vali_flag": "0"}}))["data"]
+        key = [(r["medins_list_codg"], r["med_list_codg"], r["begndate"]) for r in used]
+        assert not {
+            (r["medins_list_codg"], r["med_list_codg"], r["begndate"]) for r in unused
+        } & set(key)
