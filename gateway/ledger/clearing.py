@@ -267,11 +267,17 @@ class PaidOut(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 
 async def paid_out(conn: asyncpg.Connection, since: dt.datetime, until: dt.datetime) -> PaidOut:
-    """Reads the payouts of [since, until) (local time, as settlement times are)."""
+    """Reads the payouts of [since, until) (local time, as settlement times are).
+
+    A batch's and a return's moments are PostgreSQL's (timestamptz), compared as moments with
+    the month's bounds in the gateway's local time: read as the server's session time zone
+    (UTC on a server left as installed), a batch made between 00:00 and 08:00 Beijing time on
+    the first of a month was counted in the month before (found from outside)."""
+    since, until = since.astimezone(), until.astimezone()
     made = await conn.fetchrow(
         "SELECT count(*) AS n, coalesce(sum(line_count), 0) AS lines,"
         " coalesce(sum(total_fen), 0) AS fen FROM payout_batches"
-        " WHERE status <> 'rejected' AND created_at::timestamp >= $1 AND created_at::timestamp < $2",
+        " WHERE status <> 'rejected' AND created_at >= $1 AND created_at < $2",
         since,
         until,
     )
@@ -280,7 +286,7 @@ async def paid_out(conn: asyncpg.Connection, since: dt.datetime, until: dt.datet
         for r in await conn.fetch(
             "SELECT i.status, count(*) AS n, sum(i.amount_fen) AS fen FROM payout_items i"
             " JOIN payout_returns r USING (batch_no) WHERE i.status IN ('paid', 'failed')"
-            " AND r.imported_at::timestamp >= $1 AND r.imported_at::timestamp < $2"
+            " AND r.imported_at >= $1 AND r.imported_at < $2"
             " GROUP BY i.status",
             since,
             until,

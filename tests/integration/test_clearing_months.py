@@ -165,3 +165,25 @@ async def test_a_cancellation_undone_in_a_later_month_is_put_back_in_that_month(
                 before[settled_in],
                 before[cancelled_in],
             )
+
+
+async def test_a_batch_made_early_on_the_first_is_the_new_months(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: the report's payouts compared PostgreSQL's moments as the server's
+    session time zone (UTC as installed) with the month's bounds in Beijing time, so a batch
+    made at 02:00 on 1 December (18:00 UTC on 30 November) was November's."""
+    async with running_gateway(new_database) as srv:
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO payout_batches (batch_no, status, line_count, total_fen, created_by,"
+                " created_at) VALUES ('ZF20261201000001', 'pending', 1, 12345, 'test',"
+                " '2026-11-30 18:00:00+00')"
+            )
+        db = ("--database-url", srv.dsn)
+
+        def batched(month: str) -> Any:
+            shown = cli("clearing", "monthly", "--month", month, "--json", *db, tz="Asia/Shanghai")
+            return json.loads(shown.stdout)["payouts"]["batched"]["amount"]
+
+        assert (batched("2026-11"), batched("2026-12")) == ("0.00", "123.45")
