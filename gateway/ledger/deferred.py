@@ -515,10 +515,17 @@ async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     # With its settlement's status: a replayed claim whose settlement was cancelled since is
     # still "settled" by replay, but nothing is owed on it (found from outside: listed with its
     # reimbursement after the cancellation had told the counter it was withdrawn).
+    # With the visit the claim is of, once in the ledger: a claim taken with the ledger away, or
+    # on a provisional visit, and withdrawn before replay, kept the day it arrived and the
+    # provisional id (found from outside: listed on the day of the outage, not of the visit).
     rows = await conn.fetch(
-        "SELECT d.*, s.status AS settlement_status FROM deferred d"
+        "SELECT d.*, s.status AS settlement_status, e.mdtrt_id AS visit_id,"
+        " e.begntime::date AS visit_day FROM deferred d"
         " LEFT JOIN settlements s USING (setl_id)"
-        " WHERE d.kind = 'claim' ORDER BY d.service_date, d.seq"
+        " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
+        " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, d.mdtrt_id)"
+        " AND e.kind <> 'pharmacy'"
+        " WHERE d.kind = 'claim' ORDER BY coalesce(e.begntime::date, d.service_date), d.seq"
     )
     return [
         {
@@ -527,8 +534,9 @@ async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             "msgid": r["msgid"],
             "infno": r["infno"],
             "mdtrt_id": r["mdtrt_id"],
+            "visit_id": r["visit_id"],
             "psn_no": r["psn_no"],
-            "service_date": r["service_date"].isoformat(),
+            "service_date": (r["visit_day"] or r["service_date"]).isoformat(),
             "medfee_sumamt": r["medfee_sumamt"],
             "lines": r["lines"],
             "received_at": r["received_at"].isoformat(sep=" "),

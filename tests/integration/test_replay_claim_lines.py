@@ -631,3 +631,45 @@ async def test_a_stays_provisional_id_works_for_its_later_calls(
         settled = await his.ok("2304", _stay_settlement(his, pv, total(BEFORE), "0"))
         assert settled["setlinfo"]["setl_id"]
         assert await srv.check_ledger() == []
+
+
+async def test_a_withdrawn_claim_of_a_provisional_visit_is_listed_by_its_visit(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a claim on a provisional visit, withdrawn before replay, was listed by
+    `deferred list` on the day it arrived and under the provisional id, after the visit's calls
+    were applied and its settled neighbours were listed by their visits' days."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        scope = f"institution:{HOSPITAL}"
+        await set_rule(srv.dsn, scope, "encounter", "defer", "演练主动报")
+        await set_rule(srv.dsn, scope, "settlement", "defer", "演练主动报")
+        assert srv.app is not None
+        await srv.app[GATEWAY].reload_plan(force=True)
+        day = "2026-05-07"
+        mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-CLAIM-WD")
+        assert mdtrt_id.startswith("PV")
+        await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+        rows = his.fee_rows(mdtrt_id, RETIREE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        data = his.settle_data(
+            RETIREE, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+        )
+        claim = (await his.ok("2207", data))["setlinfo"]["setl_id"]
+        keys = {"setl_id": claim, "mdtrt_id": mdtrt_id, "psn_no": RETIREE}
+        await his.ok("2208", {"data": keys})
+        await clear_rule(srv.dsn, scope, "encounter")
+        await clear_rule(srv.dsn, scope, "settlement")
+        calls = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
+
+        async def applied() -> bool:
+            return await srv.fetchval(calls) == 0
+
+        await until(applied, within=15.0)
+        real = await srv.fetchval(
+            "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
+        )
+        listed = cli("deferred", "list", "--json", "--database-url", srv.dsn).stdout
+        [row] = [json.loads(line) for line in listed.splitlines()]
+        assert (row["claim_id"], row["status"]) == (claim, "withdrawn")
+        assert (row["service_date"], row["mdtrt_id"], row["visit_id"]) == (day, mdtrt_id, real)
