@@ -263,15 +263,15 @@ async def query_mappings(call: Call) -> Answer:
     return _paged(
         q,
         catalog_queries.mappings(call.gw.snapshot, call.req.fixmedins_code, filters),
-        lambda m: {
-            "fixmedins_code": m.fixmedins_code,
-            "medins_list_codg": m.medins_list_codg,
-            "medins_list_name": m.fixmedins_hilist_name,
+        lambda row: {
+            "fixmedins_code": row[0].fixmedins_code,
+            "medins_list_codg": row[0].medins_list_codg,
+            "medins_list_name": row[0].fixmedins_hilist_name,
             "insu_admdvs": call.institution.admdvs,
-            "list_type": m.list_type,
-            "med_list_codg": m.med_list_codg,
-            "begndate": _day_time(m.begndate),
-            "enddate": _day_time(m.enddate),
+            "list_type": row[0].list_type,
+            "med_list_codg": row[0].med_list_codg,
+            "begndate": _day_time(row[0].begndate),
+            "enddate": _day_time(row[1]),  # the last day a settlement uses it
             "vali_flag": filters.vali_flag or "1",  # "0": superseded, never used
         },
     )

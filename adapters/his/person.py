@@ -82,6 +82,10 @@ async def treatment(call: Call) -> Answer:
     data = decode_input(call.req, In2001).data
     if data is None:
         raise BadRequest("缺少输入节点data")
+    owner = text(data.fixmedins_code)
+    if owner and owner != call.req.fixmedins_code:
+        # Another institution's treatment is not this one's to ask (as a 9101 file's owner).
+        raise BadRequest(f"定点医药机构编号fixmedins_code {owner}与报文机构编号不一致")
     begntime = when(data.begntime, "data.begntime", optional=True)
     endtime = when(data.endtime, "data.endtime", optional=True)
     on = (begntime or call.now).date()
@@ -89,10 +93,17 @@ async def treatment(call: Call) -> Answer:
         psn_no=required(data.psn_no, "data.psn_no"),
         insutype=text(data.insutype),
         med_type=text(data.med_type),
-        on=on,
+        begntime=begntime,
         dise_codg=text(data.dise_codg),
     )
-    person, verdict = await treatment_check.check(call.conn, call.gw.snapshot, ask)
+    person, verdict = await treatment_check.check(
+        call.conn,
+        call.gw.snapshot,
+        ask,
+        dates=call.gw.config.dates,
+        admdvs=call.institution.admdvs,
+        now=call.now,
+    )
     return Answer(
         {
             "trtinfo": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from asyncpg import Pool
@@ -90,6 +91,7 @@ async def fee_detail(call: Call) -> Answer:
 # ledger's own columns). 2201 keeps its `data` flat; 2203 and 2401 `mdtrtinfo`; 2403 `adminfo`.
 _SENT_FIELDS = (
     "mdtrt_cert_type",
+    "adm_diag_dscr",
     "medrcdno",
     "atddr_no",
     "chfpdr_name",
@@ -139,10 +141,15 @@ async def visit_info(call: Call) -> Answer:
     data = decode_input(call.req, In5201).data
     if data is None:
         raise BadRequest("缺少输入节点data")
+    endtime = when_required(data.endtime, "data.endtime")
+    if len(text(data.endtime)) <= len("yyyy-MM-dd"):
+        # A bare date ends the range with its day, not at its first moment (found from outside:
+        # visits "to today" by date answered none of today's).
+        endtime += dt.timedelta(days=1, microseconds=-1)
     q = visit_queries.VisitQuery(
         psn_no=required(data.psn_no, "data.psn_no"),
         begntime=when_required(data.begntime, "data.begntime"),
-        endtime=when_required(data.endtime, "data.endtime"),
+        endtime=endtime,
         med_type=text(data.med_type),
         mdtrt_id=text(data.mdtrt_id),
     )
@@ -164,6 +171,24 @@ async def diagnosis_info(call: Call) -> Answer:
         _elsewhere(call),
     )
     rows = [d for d in detail.get("diseinfo") or [] if isinstance(d, dict)]
-    return Answer(
-        {"diseinfo": [{"mdtrt_id": enc.mdtrt_id, "psn_no": enc.psn_no, **d} for d in rows]}
-    )
+    return Answer({"diseinfo": [_diagnosis_row(enc, n, d) for n, d in enumerate(rows, start=1)]})
+
+
+def _diagnosis_row(enc: visit_queries.Encounter, n: int, sent: dict[str, Any]) -> dict[str, Any]:
+    """A diagnosis as its call sent it, typed as the interface types it whichever call sent it
+    (found from outside: `diag_srt_no` a number from 2203 and a text from 2403 in one list,
+    `vali_flag` null where the call left it out): `diag_srt_no` a number (its place in the list
+    where none was sent), `vali_flag` 1 where none was sent."""
+    number: Any = sent.get("diag_srt_no")
+    whole = isinstance(number, float) and number.is_integer()
+    if whole or (isinstance(number, str) and number.strip().isdigit()):
+        number = int(number)
+    elif not isinstance(number, int | float):
+        number = n
+    return {
+        "mdtrt_id": enc.mdtrt_id,
+        "psn_no": enc.psn_no,
+        **sent,
+        "diag_srt_no": number,
+        "vali_flag": sent.get("vali_flag") or "1",
+    }

@@ -71,21 +71,28 @@ def catalog(snapshot: Snapshot, q: CatalogQuery) -> list[CatalogEntry]:
     return sorted(rows, key=lambda e: (e.med_list_codg, e.begndate))
 
 
-def mappings(snapshot: Snapshot, fixmedins_code: str, q: CatalogQuery) -> list[Mapping]:
+def mappings(
+    snapshot: Snapshot, fixmedins_code: str, q: CatalogQuery
+) -> list[tuple[Mapping, dt.date]]:
     """1317: the asking institution's own mappings, never another's: those a settlement uses
-    (on the query's date, or, without one, on some day), or, asked for invalid rows
-    (vali_flag 0), those it never uses."""
+    (on the query's date, or, without one, on some day), each with the last day it is used
+    (its enddate, or the day before a later upload replaces it); or, asked for invalid rows
+    (vali_flag 0), those it never uses, with their own enddate."""
     owner = q.fixmedins_code or fixmedins_code
     if owner != fixmedins_code:
         raise BadRequest("只能查询本机构的目录对照")
     name = q.medins_list_name
     on = _query_day(q)
+    items: dict[str, list[Mapping]] = {}
+    for m in snapshot.mappings:
+        if m.fixmedins_code == owner:
+            items.setdefault(m.medins_list_codg, []).append(m)
     rows = [
         m
-        for m in snapshot.mappings
-        if m.fixmedins_code == owner
-        and _match(m.medins_list_codg, q.medins_list_codg)
-        and (not name or name in m.fixmedins_hilist_name)
+        for code, held in items.items()
+        if _match(code, q.medins_list_codg)
+        for m in held
+        if (not name or name in m.fixmedins_hilist_name)
         and _match(m.list_type, q.list_type)
         and _match(m.med_list_codg, q.med_list_codg)
         and (on is None or m.begndate <= on <= m.enddate)
@@ -100,9 +107,20 @@ def mappings(snapshot: Snapshot, fixmedins_code: str, q: CatalogQuery) -> list[M
         # listed valid beside the row that replaced it.
         return snapshot.mapping(owner, m.medins_list_codg, on or m.begndate) is m
 
+    def last_day(m: Mapping) -> dt.date:
+        # Found from outside: a row replaced from a later day was listed to 2099 beside the row
+        # replacing it, two valid rows for one item to a client mirroring the table.
+        later = [
+            r.begndate
+            for r in items[m.medins_list_codg]
+            if r.begndate > m.begndate
+            and snapshot.mapping(owner, r.medins_list_codg, r.begndate) is r
+        ]
+        return min([m.enddate, *(d - dt.timedelta(days=1) for d in later)])
+
     invalid = q.vali_flag == "0"
-    rows = [m for m in rows if used(m) != invalid]
-    return sorted(rows, key=lambda m: (m.medins_list_codg, m.begndate))
+    listed = [(m, m.enddate if invalid else last_day(m)) for m in rows if used(m) != invalid]
+    return sorted(listed, key=lambda row: (row[0].medins_list_codg, row[0].begndate))
 
 
 def caps(snapshot: Snapshot, q: CatalogQuery) -> list[PriceCap]:

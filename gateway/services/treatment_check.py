@@ -18,19 +18,22 @@ import msgspec
 
 from gateway.core import eligibility, settle
 from gateway.core.catalog import Snapshot
+from gateway.core.dates import DateRules
 from gateway.core.model import Category, Person
 from gateway.ledger import persons
 from gateway.protocol.errors import RuleRejected
 
+POOL_FUNDS = {settle.EMPLOYEE: settle.EMPLOYEE_POOL, settle.RESIDENT: settle.RESIDENT_POOL}
+
 
 class TreatmentAsk(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A 2001: the person, the insutype ("" for the person's), the med_type ("" for none), the
-    day, the disease (for 门慢门特)."""
+    visit's time (None: now), the disease (for 门慢门特)."""
 
     psn_no: str
     insutype: str
     med_type: str
-    on: dt.date
+    begntime: dt.datetime | None
     dise_codg: str
 
 
@@ -43,19 +46,33 @@ class Verdict(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 
 async def check(
-    conn: asyncpg.Connection, snapshot: Snapshot, ask: TreatmentAsk
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    ask: TreatmentAsk,
+    *,
+    dates: DateRules,
+    admdvs: str,
+    now: dt.datetime,
 ) -> tuple[Person, Verdict]:
-    """The person and the pool fund's verdict (an unknown person is refused, not judged)."""
+    """The person and the pool fund's verdict (an unknown person is refused, not judged);
+    `admdvs` the institution's region, whose date bounds a registration there is held to."""
     person, _ = await persons.read(conn, ask.psn_no)
-    insutype = ask.insutype or person.insutype
-    fund = settle.EMPLOYEE_POOL if insutype == settle.EMPLOYEE else settle.RESIDENT_POOL
+    # The fund of the insutype asked, or of the person's where the one asked is none the
+    # gateway settles (found from outside: 320 was answered with the residents' fund).
+    insutype = ask.insutype if ask.insutype in POOL_FUNDS else person.insutype
+    fund = POOL_FUNDS.get(insutype, settle.RESIDENT_POOL)
     try:
         persons.require_insured(person)
         eligibility.require_insutype(ask.insutype, person.insutype)
         if ask.med_type and eligibility.category_of(ask.med_type) is Category.CHRONIC:
             eligibility.require_chronic_filing(person, ask.dise_codg)
-        policy = settle.policy_on(snapshot, person.insuplc_admdvs, ask.on)
-        settle.side_of(policy, insutype)
+        when = ask.begntime or now
+        if ask.begntime is not None:
+            # A registration on that day would be refused by the date bounds first (found from
+            # outside: a day 40 days ahead was answered "enjoys").
+            dates.check("就诊时间begntime", ask.begntime, admdvs=admdvs, now=now)
+        policy = settle.policy_on(snapshot, person.insuplc_admdvs, when.date())
+        settle.side_of(policy, ask.insutype or person.insutype)
     except RuleRejected as refused:  # NotInsured too
         return person, Verdict(fund_pay_type=fund, enjoys=False, why=refused.err_msg)
     return person, Verdict(fund_pay_type=fund, enjoys=True, why="")

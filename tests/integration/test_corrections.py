@@ -169,7 +169,12 @@ async def test_a_mapping_superseded_from_its_first_day_is_not_listed_as_valid(
     assert [(r["med_list_codg"], r["vali_flag"]) for r in old["data"]] == [(WRONG_CLASS_A, "0")]
     await his.ok("3301", _mapping(WRONG_CLASS_A, "ZZ0009", begndate="2026-07-01"))
     both = await his.ok("1317", {"data": query})
-    assert [r["med_list_codg"] for r in both["data"]] == [CLASS_B, WRONG_CLASS_A]
+    # The earlier row up to the day before the later one replaces it (found from outside:
+    # listed to 2099 beside it, two valid rows for one item to a client mirroring the table).
+    assert [(r["med_list_codg"], r["begndate"], r["enddate"]) for r in both["data"]] == [
+        (CLASS_B, "2026-01-01 00:00:00", "2026-06-30 00:00:00"),
+        (WRONG_CLASS_A, "2026-07-01 00:00:00", "2099-12-31 00:00:00"),
+    ]
     on = await his.ok("1317", {"data": {**query, "query_date": "2026-06-30"}})
     assert [r["med_list_codg"] for r in on["data"]] == [CLASS_B]
 

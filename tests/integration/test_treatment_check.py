@@ -4,6 +4,7 @@ a settlement applies first, in the words a settlement would be refused with; not
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -11,6 +12,11 @@ import pytest
 from tests.integration.conftest import Server
 
 HOSPITAL = "H44180000001"
+# Forty days ahead: a registration then is refused by the date bounds (found from outside: a
+# 2001 for it was answered "enjoys").
+AHEAD = (dt.datetime.now() + dt.timedelta(days=40)).strftime("%Y-%m-%d %H:%M:%S")
+# A visit's time within the bounds whatever day the suite runs: yesterday.
+YESTERDAY = (dt.datetime.now() - dt.timedelta(days=1)).strftime("%Y-%m-%d 08:00:00")
 
 
 def _ask(psn_no: str, **fields: Any) -> dict[str, Any]:
@@ -20,7 +26,7 @@ def _ask(psn_no: str, **fields: Any) -> dict[str, Any]:
             "insutype": "",
             "fixmedins_code": HOSPITAL,
             "med_type": "11",
-            "begntime": "2026-11-20 08:00:00",
+            "begntime": YESTERDAY,
             "endtime": "",
             "dise_codg": "",
             "dise_name": "",
@@ -39,10 +45,12 @@ def _ask(psn_no: str, **fields: Any) -> dict[str, Any]:
         ("441800000000000002", {"med_type": "14", "dise_codg": "M07800"}, "310100", "1", ""),
         ("441800000000000001", {"med_type": "14", "dise_codg": "M07800"}, "310100", "0", "门诊慢特病备案"),
         ("441800000000000001", {"med_type": "51"}, "310100", "0", "不支持的医疗类别51"),
-        ("441800000000000001", {"begntime": "2019-01-01 08:00:00"}, "310100", "0", "没有有效的医保待遇政策"),
+        ("441800000000000001", {"begntime": "2019-01-01 08:00:00"}, "310100", "0", "就诊时间begntime"),
+        ("441800000000000001", {"begntime": AHEAD}, "310100", "0", "就诊时间begntime"),
+        ("441800000000000003", {"insutype": "320"}, "310100", "0", "险种类型320与参保人险种310不一致"),
     ],
     ids=["employee", "resident", "suspended", "other insutype", "chronic filed", "chronic not filed",
-         "unsupported med_type", "no policy that day"],
+         "unsupported med_type", "long ago", "ahead", "an insutype not settled here"],
 )  # fmt: skip
 async def test_the_pool_funds_verdict_is_the_settlements_own(
     server: Server, psn_no: str, fields: dict[str, Any], fund: str, enjoys: str, why: str
@@ -52,7 +60,7 @@ async def test_the_pool_funds_verdict_is_the_settlements_own(
     [row] = (await his.ok("2001", _ask(psn_no, **fields)))["trtinfo"]
     assert (row["psn_no"], row["fund_pay_type"], row["trt_enjymnt_flag"]) == (psn_no, fund, enjoys)
     assert why in row["trt_chk_rslt"] and (enjoys == "0") == bool(row["trt_chk_rslt"]), row
-    assert row["begndate"] == fields.get("begntime", "2026-11-20 08:00:00")[:10]
+    assert row["begndate"] == fields.get("begntime", YESTERDAY)[:10]
     assert await server.ledger_fingerprint() == before  # a question, nothing written
 
 
@@ -64,3 +72,6 @@ async def test_what_is_not_a_question_is_refused(server: Server) -> None:
     assert missing["infcode"] == -1 and "psn_no" in missing["err_msg"], missing
     badtime = await his.call("2001", _ask("441800000000000001", begntime="2026-13-01"))
     assert badtime["infcode"] == -1 and "begntime" in badtime["err_msg"], badtime
+    # Another institution's treatment is not this one's to ask (found from outside: answered).
+    other = await his.call("2001", _ask("441800000000000001", fixmedins_code="H44180000002"))
+    assert other["infcode"] == -1 and "fixmedins_code" in other["err_msg"], other

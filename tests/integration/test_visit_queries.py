@@ -40,7 +40,7 @@ async def _stay(his: HisClient, ipt_no: str, begntime: str = f"{DAY}12 07:00:00"
         "mdtrtinfo": {
             "psn_no": PSN, "insutype": "390", "begntime": begntime, **certificate(PSN),
             "med_type": "21", "ipt_no": ipt_no, "atddr_no": "D1", "chfpdr_name": "主治医生",
-            "adm_dept_codg": "K1", "adm_dept_name": "内科", "adm_bed": "3",
+            "adm_dept_codg": "K1", "adm_dept_name": "内科", "adm_bed": "3", "adm_diag_dscr": "发热咳嗽三天",
             "dise_codg": "J18.9", "dise_name": "肺炎",
         },
         "diseinfo": [_dise("J18.9", "肺炎")],
@@ -76,6 +76,7 @@ async def test_an_institution_reads_back_its_visits_of_a_person(server: Server) 
         "1",
     )
     assert (second["adm_bed"], second["chfpdr_name"], second["endtime"]) == ("12", "主治医生", None)
+    assert (second["adm_diag_dscr"], first["adm_diag_dscr"]) == ("发热咳嗽三天", None)
 
     # Narrowed by med_type, by mdtrt_id; an empty range is an empty list, not a refusal.
     stays = (await his.ok("5201", _query(med_type="21")))["mdtrtinfo"]
@@ -86,6 +87,10 @@ async def test_an_institution_reads_back_its_visits_of_a_person(server: Server) 
         "5201", _query(begntime="2026-09-01 00:00:00", endtime="2026-09-30 23:59:59")
     )
     assert none["mdtrtinfo"] == []
+    # A bare date ends the range with its whole day (found from outside: "to today" by date
+    # answered none of today's).
+    that_day = await his.ok("5201", _query(begntime=f"{DAY}10", endtime=f"{DAY}10"))
+    assert [r["mdtrt_id"] for r in that_day["mdtrtinfo"]] == [visit]
     # Discharged, the stay is no longer in hospital.
     await his.ok("2402", {"dscginfo": {"mdtrt_id": stay, "psn_no": PSN, "insutype": "390",
                                        "endtime": f"{DAY}15 10:00:00", "dscg_way": "1"}})  # fmt: skip
@@ -118,6 +123,14 @@ async def test_a_visits_diagnoses_are_those_it_last_sent(server: Server) -> None
         ("J15.9", "1"),
         ("I10", "0"),
     ]
+    # Typed as the interface types them whichever call sent them (found from outside: a number
+    # from 2203 and a text from 2403 in one list; vali_flag null where a call left it out).
+    assert [(d["diag_srt_no"], d["vali_flag"]) for d in changed["diseinfo"]] == [(1, "1"), (2, "1")]
+    await his.ok("2403", {"adminfo": {"mdtrt_id": stay, "psn_no": PSN},
+                          "diseinfo": [{"diag_type": "1", "diag_code": "J18.0", "diag_name": "支气管肺炎",
+                                        "maindiag_flag": "1", "diag_srt_no": 1.0}]})  # fmt: skip
+    typed = await his.ok("5202", {"data": {"mdtrt_id": stay}})
+    assert [(d["diag_srt_no"], d["vali_flag"]) for d in typed["diseinfo"]] == [(1, "1")]
     foreign = await server.client(OTHER).call("5202", {"data": {"mdtrt_id": stay, "psn_no": PSN}})
     assert foreign["infcode"] == -1 and "不存在或不属于本机构" in foreign["err_msg"], foreign
     other_person = await his.call(
