@@ -320,20 +320,30 @@ def payouts_gather_clearing(args: argparse.Namespace) -> int:
         async with agency_ledgers.connection(ledgers.main) as conn:
             report = await clearing.monthly(conn, args.month, args.institution, others)
             amounts = [(r.fixmedins_code, r.total.declared) for r in report.institutions]
-            n = await payouts.gather_clearing(conn, args.month, amounts, _operator(args))
+            done = await payouts.gather_clearing(conn, args.month, amounts, _operator(args))
+        n = done.recorded
         # A month whose cancellations of earlier months' settlements outweigh its own: nothing
-        # is owed, and what the institution owes back is said, not dropped in silence.
-        short = {code: fen_text(-fen) for code, fen in amounts if fen < 0}
+        # is owed, what the institution owes back is recorded and kept back from its next
+        # months (found from outside: said, recorded nowhere, and the next month paid whole).
         doc = {
             "month": args.month,
             "recorded": n,
             "amounts": {code: fen_text(fen) for code, fen in amounts if fen > 0},
-            "owed_back": short,
+            "netted": {code: fen_text(fen) for code, fen in done.netted.items()},
+            "owed_back": {code: fen_text(fen) for code, fen in done.owed_back.items()},
         }
         text = "\n".join(f"{code} {fen_text(fen)}" for code, fen in amounts if fen > 0)
         back = "\n".join(
-            f"{code} 本月冲减多于本月结算，应由机构退回{fen}元，未登记拨付：请另行追回"
-            for code, fen in short.items()
+            [
+                *(
+                    f"{code} 已抵扣以前月份应退回款{fen_text(fen)}元"
+                    for code, fen in done.netted.items()
+                ),
+                *(
+                    f"{code} 尚应退回{fen_text(fen)}元，将从其以后月份的月结算拨付中抵扣"
+                    for code, fen in done.owed_back.items()
+                ),
+            ]
         )
         # The month's amounts, whether recorded now or before (found from outside: a second
         # run said "登记0家" above amounts that read as recorded now).

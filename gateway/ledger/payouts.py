@@ -228,21 +228,91 @@ async def hold_for_cancel(
     return None
 
 
+class Gathered(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """What recording a month's clearing did: owed lines written, and per institution what was
+    kept back against earlier recoveries (`netted`) and what it owes back now (`owed_back`:
+    every recovery outstanding once the month is recorded)."""
+
+    recorded: int
+    netted: dict[str, int]
+    owed_back: dict[str, int]
+
+
 async def gather_clearing(
     conn: asyncpg.Connection, month: str, amounts: Sequence[tuple[str, int]]
-) -> int:
-    """Writes an owed line for each institution's clearing amount of the month (fixmedins_code,
-    fen), once per institution and month; returns how many were new."""
-    status = await conn.execute(
-        "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
-        " SELECT 'clearing', a.code || ':' || $1, a.code, a.fen"
-        " FROM unnest($2::text[], $3::bigint[]) AS a(code, fen) WHERE a.fen > 0"
-        " ON CONFLICT (source, source_ref) DO NOTHING",
-        month,
-        [code for code, _ in amounts],
-        [fen for _, fen in amounts],
+) -> Gathered:
+    """Records each institution's clearing total of the month (fixmedins_code, fen), once per
+    institution and month: a negative total as a recovery owed back; a positive one as owed,
+    net of the recoveries outstanding, oldest first (each kept back recorded against its
+    recovery). Run in the caller's transaction; institutions locked one by one in code order,
+    so two gatherings never net one recovery twice."""
+    recorded = 0
+    netted: dict[str, int] = {}
+    for code, fen in sorted(amounts):
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('clearing:' || $1))", code)
+        done = await conn.fetchval(
+            "SELECT 1 FROM clearing_gathered WHERE fixmedins_code = $1 AND month = $2", code, month
+        )
+        if done:
+            continue
+        kept = 0
+        if fen < 0:
+            await conn.execute(
+                "INSERT INTO clearing_recoveries (fixmedins_code, month, amount_fen)"
+                " VALUES ($1, $2, $3)",
+                code,
+                month,
+                -fen,
+            )
+        elif fen > 0:
+            for r in await conn.fetch(
+                "SELECT month, amount_fen - recovered_fen AS left FROM clearing_recoveries"
+                " WHERE fixmedins_code = $1 AND recovered_fen < amount_fen ORDER BY month",
+                code,
+            ):
+                take = min(int(r["left"]), fen - kept)
+                if take <= 0:
+                    break
+                await conn.execute(
+                    "UPDATE clearing_recoveries SET recovered_fen = recovered_fen + $3"
+                    " WHERE fixmedins_code = $1 AND month = $2",
+                    code,
+                    r["month"],
+                    take,
+                )
+                kept += take
+        owed = max(fen, 0) - kept
+        if owed > 0:
+            await conn.execute(
+                "INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
+                " VALUES ('clearing', $1 || ':' || $2, $1, $3)",
+                code,
+                month,
+                owed,
+            )
+            recorded += 1
+        if kept:
+            netted[code] = kept
+        await conn.execute(
+            "INSERT INTO clearing_gathered"
+            " (fixmedins_code, month, declared_fen, netted_fen, owed_fen)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            code,
+            month,
+            fen,
+            kept,
+            owed,
+        )
+    return Gathered(recorded=recorded, netted=netted, owed_back=await recoveries_left(conn))
+
+
+async def recoveries_left(conn: asyncpg.Connection) -> dict[str, int]:
+    """What each institution still owes back (fen), of every month's recovery."""
+    rows = await conn.fetch(
+        "SELECT fixmedins_code, sum(amount_fen - recovered_fen) AS left FROM clearing_recoveries"
+        " WHERE recovered_fen < amount_fen GROUP BY fixmedins_code ORDER BY fixmedins_code"
     )
-    return int(status.rsplit(" ", 1)[-1])
+    return {r["fixmedins_code"]: int(r["left"]) for r in rows}
 
 
 async def gather_deferred(conn: asyncpg.Connection) -> int:

@@ -256,24 +256,30 @@ def check_month_closed(month: str, today: dt.date | None = None) -> None:
 
 async def gather_clearing(
     conn: asyncpg.Connection, month: str, amounts: Sequence[tuple[str, int]], operator: str
-) -> int:
-    """Record as owed each institution's clearing amount of the month (its declared total from
-    the monthly clearing report: what the funds and accounts pay it), once per institution and
-    month: the report run again later does not change what was recorded. Returns how many."""
+) -> store.Gathered:
+    """Record each institution's clearing amount of the month (its declared total from the
+    monthly clearing report: what the funds and accounts pay it), once per institution and
+    month: the report run again later does not change what was recorded. A negative total is
+    recorded as owed back, and kept back from the institution's next positive months."""
     check_month_closed(month)
     async with conn.transaction():
-        n = await store.gather_clearing(conn, month, amounts)
-        if n:
+        before = await store.recoveries_left(conn)
+        done = await store.gather_clearing(conn, month, amounts)
+        if done.recorded or done.netted or done.owed_back != before:
             await audit.append(
                 conn,
                 operator=operator,
                 action="payout.gather_clearing",
                 target=f"clearing:{month}",
-                reason=f"定点机构月结算拨付登记{n}家",
-                before=None,
-                after={code: fen_text(fen) for code, fen in amounts if fen > 0},
+                reason=f"定点机构月结算拨付登记{done.recorded}家",
+                before={"owed_back": {c: fen_text(f) for c, f in before.items()}},
+                after={
+                    "amounts": {code: fen_text(fen) for code, fen in amounts if fen > 0},
+                    "netted": {c: fen_text(f) for c, f in done.netted.items()},
+                    "owed_back": {c: fen_text(f) for c, f in done.owed_back.items()},
+                },
             )
-        return n
+        return done
 
 
 async def gather(conn: asyncpg.Connection) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.core.money import fen_text, to_fen
 from gateway.jobs import clearing
+from gateway.services import payouts
 from tests.integration.agency_helpers import ledger_on
 from tests.integration.conftest import running_gateway
 from tests.integration.emergency_helpers import BIG_LINES, BIG_TOTAL, cli
@@ -187,3 +188,48 @@ async def test_a_batch_made_early_on_the_first_is_the_new_months(
             return json.loads(shown.stdout)["payouts"]["batched"]["amount"]
 
         assert (batched("2026-11"), batched("2026-12")) == ("0.00", "123.45")
+
+
+async def test_what_an_institution_owes_back_is_kept_back_from_its_next_months(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a month whose take-backs outweighed its settlements said what the
+    institution owed back and recorded nothing, and its next month was paid in full, so the
+    fund paid the refunded bills for good unless someone recovered them by hand. The owed-back
+    amount is recorded and kept back from the institution's next months, oldest first, once."""
+    other = "H44180000002"
+    async with running_gateway(new_database) as srv:
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+
+            async def gather(month: str, amounts: list[tuple[str, int]]) -> Any:
+                return await payouts.gather_clearing(conn, month, amounts, "agency-test")
+
+            async def owed() -> dict[str, int]:
+                rows = await conn.fetch(
+                    "SELECT source_ref, amount_fen FROM owed_lines WHERE source = 'clearing'"
+                )
+                return {r["source_ref"]: r["amount_fen"] for r in rows}
+
+            july = await gather("2026-07", [(HOSPITAL, -10_000)])
+            assert (july.recorded, july.netted, july.owed_back) == (0, {}, {HOSPITAL: 10_000})
+            august = await gather("2026-08", [(HOSPITAL, 3_000), (other, 4_000)])
+            assert (august.recorded, august.netted) == (1, {HOSPITAL: 3_000})
+            assert august.owed_back == {HOSPITAL: 7_000}
+            september = await gather("2026-09", [(HOSPITAL, 20_000)])
+            assert (september.netted, september.owed_back) == ({HOSPITAL: 7_000}, {})
+            # Run again, nothing is recorded or kept back twice.
+            again = await gather("2026-09", [(HOSPITAL, 20_000)])
+            assert (again.recorded, again.netted, again.owed_back) == (0, {}, {})
+            await gather("2026-10", [(HOSPITAL, 5_000)])
+            assert await owed() == {
+                f"{other}:2026-08": 4_000,
+                f"{HOSPITAL}:2026-09": 13_000,
+                f"{HOSPITAL}:2026-10": 5_000,
+            }
+            # What is still owed back is said by the command, with what it keeps back.
+            await gather("2026-11", [(other, -2_500)])
+        shown = cli("payouts", "gather-clearing", "--month", "2026-06", "--json",
+                    "--database-url", srv.dsn)  # fmt: skip
+        assert json.loads(shown.stdout)["owed_back"] == {other: "25.00"}
+        text = cli("payouts", "gather-clearing", "--month", "2026-06", "--database-url", srv.dsn)
+        assert f"{other} 尚应退回25.00元，将从其以后月份的月结算拨付中抵扣" in text.stdout
