@@ -400,6 +400,14 @@ async def refunded_predecessors(
     return out
 
 
+# Whether a cancelled settlement was cancelled by the 2601 that reversed the message that made
+# it (its msgid journal row names the reversal that is its cancellation).
+_REVERSED_BY_ITS_2601 = (
+    "SELECT EXISTS (SELECT 1 FROM settlements s JOIN idempotency o"
+    " ON o.fixmedins_code = s.fixmedins_code AND o.msgid = s.medins_setl_id"
+    " WHERE s.fixmedins_code = $1 AND s.setl_id = $2 AND o.reversed_by = s.cancel_msgid)"
+)
+
 _SETTLEMENT_COLUMNS = (
     "setl_id, fixmedins_code, mdtrt_id, psn_no, infno, medins_setl_id, med_type, category, year,"
     " clr_type, clr_optins, setl_time, status, pool_prop_bp, delta, service_date, mdtrt_cert_type, "
@@ -601,6 +609,12 @@ async def cancel(
         replaced = await replacement(conn, setl_id)
         if replaced is not None:
             raise Conflict(replaced)
+        if await conn.fetchval(_REVERSED_BY_ITS_2601, fixmedins_code, setl_id):
+            # Found from outside: a 2103 of a sale a 2601 had reversed was told it was already
+            # cancelled, and the clerk looked for a 2103 nobody had sent.
+            raise AlreadyCancelled(
+                f"结算ID{setl_id}已冲正（2601，原报文{row['medins_setl_id']}），视为未发生，无需撤销"
+            )
         raise AlreadyCancelled(f"结算ID{setl_id}已撤销，不能重复撤销")
     held = await payouts.hold_for_cancel(conn, setl_id, resettling=resettling)
     if held is not None:

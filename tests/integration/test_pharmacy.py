@@ -177,3 +177,25 @@ async def test_a_retry_storm_is_throttled_while_other_terminals_settle(tight: Se
         drug = calm.drug_input("441800000000000001", "2026-06-03 11:00:00", "144.70", LINES)
         answer = await calm.call("2102", drug)
         assert answer["infcode"] == 0, (i, answer["err_msg"])
+
+
+async def test_a_2103_of_a_reversed_sale_says_it_was_reversed(server: Server) -> None:
+    """Found from outside: a 2103 of a sale a 2601 had reversed was told "已撤销，不能重复撤销",
+    and the clerk looked for a 2103 nobody had sent. It says the sale was reversed (冲正) and
+    names its message; a 2103 of a sale a 2103 cancelled keeps its words."""
+    pos = server.client(PHARMACY)
+    msgid = pos.msgid()
+    drug = pos.drug_input(EMPLOYEE, "2026-06-02 10:00:00", "144.70", LINES)
+    sold = (await pos.ok("2102", drug, msgid=msgid))["setlinfo"]
+    await pos.ok("2601", {"data": {"psn_no": EMPLOYEE, "omsgid": msgid, "oinfno": "2102"}})
+    cancel = {
+        "data": {"setl_id": sold["setl_id"], "mdtrt_id": sold["mdtrt_id"], "psn_no": EMPLOYEE}
+    }
+    refused = await pos.call("2103", cancel)
+    assert refused["infcode"] == -1, refused
+    assert f"已冲正（2601，原报文{msgid}）" in refused["err_msg"], refused["err_msg"]
+    other = await pos.ok("2102", pos.drug_input(EMPLOYEE, "2026-06-02 11:00:00", "144.70", LINES))
+    keys = {"setl_id": other["setlinfo"]["setl_id"], "mdtrt_id": other["setlinfo"]["mdtrt_id"]}
+    await pos.ok("2103", {"data": {**keys, "psn_no": EMPLOYEE}})
+    twice = await pos.call("2103", {"data": {**keys, "psn_no": EMPLOYEE}})
+    assert "已撤销，不能重复撤销" in twice["err_msg"] and "冲正" not in twice["err_msg"], twice
