@@ -233,3 +233,7 @@ async def test_what_an_institution_owes_back_is_kept_back_from_its_next_months(
         assert json.loads(shown.stdout)["owed_back"] == {other: "25.00"}
         text = cli("payouts", "gather-clearing", "--month", "2026-06", "--database-url", srv.dsn)
         assert f"{other} 尚应退回25.00元，将从其以后月份的月结算拨付中抵扣" in text.stdout
+        # A mistyped institution is refused, not answered "recorded 0" (found from outside).
+        unknown = cli("payouts", "gather-clearing", "--month", "2026-06", "--institution", "X123",
+                      "--database-url", srv.dsn, check=False)  # fmt: skip
+        assert unknown.returncode == 2 and "定点医药机构X123不存在" in unknown.stderr, unknown
