@@ -271,6 +271,30 @@ async def payout_of(conn: asyncpg.Connection, claim_no: str) -> dict[str, Any] |
     return None if r is None else dict(r)
 
 
+async def reimbursed_on(
+    conn: asyncpg.Connection, visits: Sequence[tuple[str, str, dt.date]]
+) -> dict[tuple[str, str, dt.date], list[tuple[str, int]]]:
+    """For each (psn_no, fixmedins_code, day), the manual claims whose settlement is in force
+    for a bill of the person at the institution on that day: (claim_no, medfee_sumamt)."""
+    if not visits:
+        return {}
+    rows = await conn.fetch(
+        "SELECT c.claim_no, c.psn_no, c.fixmedins_code, s.service_date, s.medfee_sumamt"
+        " FROM manual_claims c JOIN settlements s ON s.setl_id = c.setl_id"
+        " WHERE c.setl_id IS NOT NULL AND s.status = 'settled'"
+        " AND (c.psn_no, c.fixmedins_code, s.service_date) IN"
+        " (SELECT * FROM unnest($1::text[], $2::text[], $3::date[]))",
+        [v[0] for v in visits],
+        [v[1] for v in visits],
+        [v[2] for v in visits],
+    )
+    out: dict[tuple[str, str, dt.date], list[tuple[str, int]]] = {}
+    for r in rows:
+        key = (r["psn_no"], r["fixmedins_code"], r["service_date"])
+        out.setdefault(key, []).append((r["claim_no"], int(r["medfee_sumamt"])))
+    return out
+
+
 async def same_bill(
     conn: asyncpg.Connection, fixmedins_code: str, psn_no: str, day: dt.date, total_fen: int
 ) -> tuple[str, str] | None:

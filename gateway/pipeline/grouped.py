@@ -35,6 +35,9 @@ class VisitHeld:
     refunded: dict[str, str]  # chrg_bchno -> its latest refunded settlement nothing replaces yet
     # Lines under the institution's pending deferred claims: settled by replay, not here.
     claimed: list[deferred.Held] = field(default_factory=list)
+    # Bills of the person at the institution on the visit's day the agency reimbursed as manual
+    # claims, in force: (claim_no, medfee_sumamt). A settlement of the same total is refused.
+    reimbursed: list[tuple[str, int]] = field(default_factory=list)
     # A stay: another stay of the person settled in the same year (the second admission's
     # deductible rule, settlement-rules §3).
     other_inpatient_in_force: bool = False

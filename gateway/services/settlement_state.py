@@ -19,7 +19,8 @@ import asyncpg
 
 from adapters.national import deferral
 from gateway.core.model import Accumulators, Person
-from gateway.ledger import db, deferred, encounters, fees, persons, settlements
+from gateway.ledger import db, deferred, encounters, fees, manual_claims, persons, settlements
+from gateway.ledger.encounters import Encounter
 from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job, VisitHeld
 from gateway.protocol.errors import GatewayError
@@ -187,6 +188,7 @@ async def _visits(
     lines = await fees.unsettled_many(conn, ids)
     if lock:
         ids = [m for m in ids if settling is None or m in settling]
+    paid = await _reimbursed(conn, [found[m] for m in ids])
     if not lock:
         # A pre-settlement is refused as its settlement would be for lines a claim holds
         # (found from outside: a stay's 2303 priced the claim's lines, which its 2304 refuses).
@@ -198,6 +200,7 @@ async def _visits(
                 settled_batches=set(),
                 refunded={},
                 claimed=_held(held, m, enc.fixmedins_code),
+                reimbursed=paid.get(m, []),
             )
             for m, enc in found.items()
         }
@@ -218,8 +221,26 @@ async def _visits(
             settled_batches=settled.get(m, set()),
             refunded=refunded.get(m, {}),
             claimed=_held(pending, m, enc.fixmedins_code),
+            reimbursed=paid.get(m, []),
         )
         for m, enc in found.items()
+    }
+
+
+async def _reimbursed(
+    conn: asyncpg.Connection, visits: list[Encounter]
+) -> dict[str, list[tuple[str, int]]]:
+    """For each visit to settle (a pharmacy sale is no manual claim's), the manual claims that
+    reimbursed a bill of its person at its institution on its day (found from outside: a bill
+    the agency had reimbursed was settled again at the counter, the funds paying it twice)."""
+    wanted = [e for e in visits if e.kind != "pharmacy"]
+    found = await manual_claims.reimbursed_on(
+        conn, [(e.psn_no, e.fixmedins_code, e.begntime.date()) for e in wanted]
+    )
+    return {
+        e.mdtrt_id: paid
+        for e in wanted
+        if (paid := found.get((e.psn_no, e.fixmedins_code, e.begntime.date())))
     }
 
 

@@ -19,6 +19,7 @@ from adapters.national import deferral
 from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
 from gateway.core.model import Category, Institution, PersonState, Settlement, Visit
+from gateway.core.money import fen_text
 from gateway.core.settle import settle
 from gateway.ledger import encounters, fees, persons, settlements
 from gateway.ledger.encounters import Encounter
@@ -168,6 +169,21 @@ def settle_lines(
     return rec, s, writes
 
 
+def refuse_reimbursed(visit: VisitHeld, enc: encounters.Encounter, total: int) -> None:
+    """A bill the agency already reimbursed as a manual claim (零星报销: the person, the
+    institution, the day and the total the same) is not settled again (found from outside: it
+    was, and the funds paid one bill twice). The reverse, a claim of a bill settled here, is
+    refused by the claim's settlement (gateway.services.manual_claims). A second bill of
+    exactly the same total on the same day is for the agency to settle by hand, as there."""
+    for claim_no, medfee in visit.reimbursed:
+        if medfee == total:
+            raise Conflict(
+                f"参保人{enc.psn_no}于{enc.begntime.date().isoformat()}在本机构金额相同的费用"
+                f"（{fen_text(total)}元）已由经办机构零星报销（受理号{claim_no}），"
+                "疑为同一费用重复结算，不予结算；如确为另一笔费用，请联系经办机构核实后处理"
+            )
+
+
 def _nothing_to_settle_in_stay(any_settled: bool) -> Conflict | NotFound:
     """A stay's settlement that finds no fee line waiting, in the clerk's terms."""
     if any_settled:
@@ -225,6 +241,7 @@ def visit_job(
             raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
         if held.person is None:
             raise NotInsured(f"人员编号{this.psn_no}不存在，请重新读卡获取人员信息")
+        refuse_reimbursed(visit, enc, sum(ln.det_item_fee_sumamt for ln in lines))
         persons.require_certificate(held.person, this.cert)
         persons.require_insured(held.person)
         ctx = context(origin, institution, enc, this)

@@ -28,6 +28,7 @@ from tests.integration.emergency_helpers import (
     BIG_LINES,
     BIG_TOTAL,
     OUTPATIENT_LINES,
+    OUTPATIENT_TOTAL,
     connect,
     set_rule,
     until,
@@ -436,6 +437,45 @@ async def test_a_bill_the_funds_already_pay_is_not_claimed_again(
         )
         async with connect(counter.dsn) as conn:
             assert await checker.check(conn) == []
+
+
+async def test_a_bill_the_agency_reimbursed_is_not_settled_again_at_the_counter(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a bill the agency had reimbursed as a manual claim was settled again
+    at the counter afterwards (the same person, institution, day and total), and the funds paid
+    it twice. Its 2206 and 2207 are refused naming the claim, nothing written; a bill of another
+    total that day settles; once the claim's settlement is cancelled by the agency's undo, the
+    bill may be settled (tested at the ledger: the claim's settlement cancelled)."""
+    async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
+        his = counter.client(HOSPITAL)
+        day = "2026-06-12"
+        claim = await settled_claim(agency, PERSON, day, BIG_LINES, "FP-COUNTER-1")
+        data = await _bill_at_the_counter(his, day, "MZ-COUNTER-1")
+        before = await counter.ledger_fingerprint()
+        for infno in ("2206", "2207"):
+            answer = await his.call(infno, data)
+            assert answer["infcode"] == -1, (infno, answer)
+            assert f"已由经办机构零星报销（受理号{claim.claim_no}）" in answer["err_msg"], answer
+        after = await counter.ledger_fingerprint()
+        assert {k: v for k, v in after.items() if k != "idempotency"} == {
+            k: v for k, v in before.items() if k != "idempotency"
+        }  # the refusal's answer kept against its msgid, nothing else
+        # Another bill that day, of another total, is the counter's to settle.
+        mdtrt_id = await his.register(PERSON, "310", f"{day} 10:30:00", "MZ-COUNTER-2")
+        await his.visit_info(mdtrt_id, PERSON, "11", f"{day} 10:30:00")
+        rows = his.fee_rows(mdtrt_id, PERSON, OUTPATIENT_LINES, f"{day} 10:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        other = his.settle_data(
+            PERSON, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+        )
+        assert (await his.ok("2207", other))["setlinfo"]["setl_id"]
+        # The claim's settlement no longer in force: the bill is the counter's again.
+        await counter.fetchval(
+            "UPDATE settlements SET status = 'cancelled' WHERE setl_id = $1 RETURNING 1",
+            claim.setl_id,
+        )
+        assert (await his.ok("2207", data))["setlinfo"]["setl_id"]
 
 
 async def test_a_bill_waiting_as_a_deferred_claim_is_not_claimed_again(
