@@ -187,5 +187,6 @@ async def cancel_settlement(call: Call, *, kind: Kind) -> Answer:
     # original's came back; the captured Hebei 2208 (clients.md A1) carries its own.
     info["medins_setl_id"] = call.req.msgid
     return Answer(
-        {"setlinfo": info, "setldetail": setldetail(rec.funds, -1)}, warn_msg=done.warning()
+        {"setlinfo": info, "setldetail": setldetail(rec.funds, -1, done.limits(call.gw.snapshot))},
+        warn_msg=done.warning(),
     )

@@ -88,14 +88,18 @@ def line_result(ln: LineSplit, *, with_lmt_flag: bool = True) -> dict[str, Any]:
     return row
 
 
-def setldetail(funds: tuple[FundRow, ...], sign: int = 1) -> list[dict[str, Any]]:
-    """结算基金分项信息 rows (negated for a cancellation)."""
+def setldetail(
+    funds: tuple[FundRow, ...], sign: int = 1, limits: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """结算基金分项信息 rows (negated for a cancellation, whose `limits` are each capped fund's
+    remaining limit after the refund; a limit is never negated)."""
+    left = limits or {}
     return [
         {
             "fund_pay_type": f.fund_pay_type,
             "fund_pay_type_name": f.fund_pay_type_name,
             "inscp_scp_amt": amount(sign * f.inscp_scp_amt),
-            "crt_payb_lmt_amt": amount(f.crt_payb_lmt_amt),
+            "crt_payb_lmt_amt": amount(left.get(f.fund_pay_type, f.crt_payb_lmt_amt)),
             "fund_payamt": amount(sign * f.fund_payamt),
             "setl_proc_info": "",
         }

@@ -297,5 +297,6 @@ async def cancel(call: Call) -> Answer:
     info["psn_pay"] = full["psn_part_amt"]
     info["cash_payamt"] = full["psn_cash_pay"]
     return Answer(
-        {"setlinfo": info, "setldetail": setldetail(rec.funds, -1)}, warn_msg=done.warning()
+        {"setlinfo": info, "setldetail": setldetail(rec.funds, -1, done.limits(call.gw.snapshot))},
+        warn_msg=done.warning(),
     )

@@ -22,6 +22,7 @@ from gateway.core.model import (
     Institution,
     LineSplit,
     MiSegment,
+    Person,
     PersonState,
     Policy,
     Settlement,
@@ -188,6 +189,32 @@ def side_of(policy: Policy, insutype: str) -> SidePolicy:
     if insutype == RESIDENT:
         return policy.resident
     raise RuleRejected(f"险种类型{insutype}不在本网关支持的结算范围（310职工、390居民）")
+
+
+def limits_after(
+    snapshot: Snapshot, person: Person, service_date: dt.date, med_type: str, acc: Accumulators
+) -> dict[str, int]:
+    """Each capped fund's remaining annual limit (crt_payb_lmt_amt) for a settlement of this
+    med_type, given the year's accumulators as they stand after it: what `settle` writes on its
+    fund rows (held to it by tests/unit/test_properties.py), for an answer that changes the
+    accumulators without settling, a cancellation's (found from outside: a 2208 repeated the
+    original's limit, as if the refund had left the fund's year as it was)."""
+    policy = policy_on(snapshot, person.insuplc_admdvs, service_date)
+    employee = person.insutype == EMPLOYEE
+    side = policy.employee if employee else side_of(policy, person.insutype)
+    category = category_of(med_type)
+    if category is OUTPATIENT:
+        cap, paid = side.outpatient.cap_fen, acc.pool_outpatient
+    elif category is CHRONIC or category is INPATIENT:
+        cap, paid = side.inpatient.cap_fen, acc.pool_inpatient
+    else:
+        cap, paid = side.pharmacy.cap_fen, acc.pool_pharmacy
+    return {
+        EMPLOYEE_POOL if employee else RESIDENT_POOL: 0 if cap is None else max(0, cap - paid),
+        LARGE_AMOUNT: max(0, side.ob_cap_fen - acc.hifob),
+        CRITICAL_ILLNESS: max(0, side.mi_cap_fen - acc.hifmi),
+        ASSISTANCE: max(0, policy.assistance.cap_fen - acc.maf),
+    }
 
 
 def _fund(code: str, amount: int, inscp: int, limit_left: int) -> FundRow:

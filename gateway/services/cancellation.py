@@ -9,11 +9,13 @@ import datetime as dt
 import asyncpg
 import msgspec
 
-from gateway.core import eligibility
+from gateway.core import eligibility, settle
+from gateway.core.catalog import Snapshot
+from gateway.core.model import Accumulators
 from gateway.core.money import fen_text
-from gateway.ledger import deferred, encounters, legacy_settlements, settlements
+from gateway.ledger import deferred, encounters, legacy_settlements, persons, settlements
 from gateway.ledger.settlements import Record
-from gateway.protocol.errors import Conflict
+from gateway.protocol.errors import Conflict, RuleRejected
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 
@@ -56,6 +58,24 @@ class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     record: Record
     balc: int
     replayed: Replayed | None = None
+    # The person's year as the cancellation left it: what each fund's remaining limit is read
+    # from (`limits`).
+    year_after: Accumulators | None = None
+
+    def limits(self, snapshot: Snapshot) -> dict[str, int]:
+        """Each capped fund's remaining annual limit after the refund (crt_payb_lmt_amt of the
+        cancellation's fund rows: found from outside, the original's, as if the refund had left
+        the fund's year as it was). Empty where it cannot be read: the rows keep the original's
+        then, never failing a cancellation already made."""
+        rec = self.record
+        if self.year_after is None or rec.service_date is None:
+            return {}
+        try:
+            return settle.limits_after(
+                snapshot, rec.person, rec.service_date, rec.med_type, self.year_after
+            )
+        except RuleRejected:
+            return {}
 
     def at_counter(self) -> Record:
         """What the counter refunds: the settlement as the counter took it. For a replayed
@@ -110,7 +130,13 @@ async def cancel(
         now=now,
         categories=frozenset(c.value for c in eligibility.KIND_CATEGORIES[kind]),
     )
-    return Cancelled(record=rec, balc=balance_after, replayed=await replayed(conn, a.setl_id))
+    year = rec.service_date.year if rec.service_date is not None else now.year
+    return Cancelled(
+        record=rec,
+        balc=balance_after,
+        replayed=await replayed(conn, a.setl_id),
+        year_after=await persons.year_accumulators(conn, rec.person.psn_no, year),
+    )
 
 
 async def replayed(conn: asyncpg.Connection, setl_id: str) -> Replayed | None:

@@ -149,3 +149,28 @@ async def test_5204_of_a_pharmacy_sale_gives_its_detlcutinfo(server: Server) -> 
     for row, cut in zip(got, sale["detlcutinfo"], strict=True):
         assert {k: str(v) for k, v in cut.items()} == {k: str(row[k]) for k in cut}
         assert row["fee_ocur_time"] == "2025-05-08 10:00:00"
+
+
+def _limit(answer: dict[str, Any], fund: str) -> Decimal:
+    [row] = [r for r in answer["setldetail"] if r["fund_pay_type"] == fund]
+    return Decimal(str(row["crt_payb_lmt_amt"]))
+
+
+async def test_a_cancellations_limit_is_the_funds_year_after_the_refund(server: Server) -> None:
+    """Found from outside (five testers): a 2208's fund rows repeated the original settlement's
+    remaining annual limit, as if the refund had left the fund's year as it was. It is the limit
+    after the refund: the original's, plus what it drew, less what settlements since drew."""
+    his = server.client(HOSPITAL)
+    day = "2025-05-21"  # a year of its own for the person in this module
+    first = await _outpatient(his, day, "MZ-LMT-1")
+    second = await _outpatient(his, day, "MZ-LMT-2")
+    pool = "310100"
+    drew = [Decimal(str(a["setlinfo"]["hifp_pay"])) for a in (first, second)]
+    assert drew[0] > 0 and drew[1] > 0
+    assert _limit(second, pool) == _limit(first, pool) - drew[1]
+    info = first["setlinfo"]
+    keys = {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": EMPLOYEE}
+    cancelled = await his.ok("2208", {"data": keys})
+    # The first's draw is back; the second's, made since, is still drawn.
+    assert _limit(cancelled, pool) == _limit(second, pool) + drew[0]
+    assert Decimal(str(cancelled["setldetail"][0]["fund_payamt"])) == -drew[0]

@@ -18,7 +18,7 @@ import pytest
 from gateway.app.reference import load_reference, snapshot_of
 from gateway.core.model import Accumulators, FeeLine, LineSplit, PersonState, Settlement, Visit
 from gateway.core.money import bp_text, fen_text, to_cnt, to_fen, to_micro
-from gateway.core.settle import apply, settle
+from gateway.core.settle import apply, limits_after, settle
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES: list[dict[str, Any]] = json.loads(
@@ -37,6 +37,7 @@ class MemoryLedger:
         self.years: dict[tuple[str, int], Accumulators] = {}
         self.admissions: dict[str, tuple[int, int]] = {}  # mdtrt_id -> (deductible, used)
         self.in_force: dict[tuple[str, int], set[str]] = {}  # inpatient mdtrt_ids settled
+        self.limits: list[dict[str, int]] = []  # each example's limits_after, in order
 
     def run(self, req: dict[str, Any]) -> Settlement:
         day = dt.date.fromisoformat(req["service_date"])
@@ -75,6 +76,13 @@ class MemoryLedger:
         s = settle(self.snapshot, visit, state, lines)
         self.balances[psn] = s.balc
         self.years[(psn, day.year)] = apply(state.year, s.delta)
+        # What a cancellation's answer would compute over the same accumulators (see
+        # test_a_funds_limit_is_what_a_cancellation_reads).
+        self.limits.append(
+            limits_after(
+                self.snapshot, state.person, day, req["med_type"], self.years[(psn, day.year)]
+            )
+        )
         if s.admission_dedc_fen is not None:
             self.admissions[mdtrt_id] = (
                 s.admission_dedc_fen,
@@ -85,9 +93,28 @@ class MemoryLedger:
 
 
 @pytest.fixture(scope="module")
-def results() -> list[Settlement]:
-    ledger = MemoryLedger()
+def ledger() -> MemoryLedger:
+    return MemoryLedger()
+
+
+@pytest.fixture(scope="module")
+def results(ledger: MemoryLedger) -> list[Settlement]:
     return [ledger.run(ex["request"]) for ex in EXAMPLES]
+
+
+def test_a_funds_limit_is_what_a_cancellation_reads(
+    ledger: MemoryLedger, results: list[Settlement]
+) -> None:
+    """Every capped fund row of every example (pool, large-amount, critical illness,
+    assistance) carries the limit `limits_after` computes over the year after it: the one
+    computation a cancellation's answer uses."""
+    seen = set()
+    for s, limits in zip(results, ledger.limits, strict=True):
+        for f in s.funds:
+            if f.fund_pay_type in limits:
+                seen.add(f.fund_pay_type)
+                assert f.crt_payb_lmt_amt == limits[f.fund_pay_type], (f, limits)
+    assert len(seen) >= 3, seen  # the examples reach beyond the pool
 
 
 def setlinfo_text(s: Settlement, field: str) -> str:

@@ -20,7 +20,7 @@ from gateway.core.model import (
     Visit,
 )
 from gateway.core.money import price_times_cnt_fen
-from gateway.core.settle import apply, settle, split_lines
+from gateway.core.settle import apply, limits_after, settle, split_lines
 from gateway.protocol.errors import RuleRejected
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -317,3 +317,20 @@ def test_delta_records_what_was_paid_and_cancels_exactly(case: Case) -> None:
     # ... and a cancellation subtracts exactly the delta: the accumulators come back unchanged.
     after = apply(state.year, d)
     assert apply(after, d, -1) == state.year
+
+
+@PROPS
+@given(cases())
+def test_each_funds_limit_is_its_cap_less_the_year_after_the_settlement(case: Case) -> None:
+    """The limits a cancellation's answer gives (`limits_after`, over the accumulators after
+    it) are computed as `settle` computes its fund rows' crt_payb_lmt_amt: over the
+    accumulators after a settlement, the same figures."""
+    visit, state, _ = case
+    s = settled(case)
+    if s is None:
+        return
+    limits = limits_after(SNAPSHOT, state.person, visit.service_date, visit.med_type,
+                          apply(state.year, s.delta))  # fmt: skip
+    for f in s.funds:
+        if f.fund_pay_type in limits:
+            assert f.crt_payb_lmt_amt == limits[f.fund_pay_type], (f, limits)
