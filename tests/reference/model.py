@@ -164,14 +164,29 @@ class Settlement:
     admission_deductible: int | None  # inpatient: the admission's (fixed) deductible
     # Which rules this settlement exercised (for the differential run's coverage figures).
     features: frozenset[str] = frozenset()
+    # Each capped fund's annual cap (None: none) and the Year field it is counted in: what a
+    # cancellation's remaining limits are read against.
+    caps: tuple[tuple[str, int | None, str], ...] = ()
 
-    def negated(self, balc: int) -> Settlement:
-        """The cancellation answer: the same fields negated, `balc` the balance after."""
+    def negated(self, balc: int, year_after: Year | None = None) -> Settlement:
+        """The cancellation answer: the same fields negated, `balc` the balance after. The
+        ratio (pool_prop_selfpay) is not an amount and is repeated; a fund's remaining limit
+        (§6 "the fund's remaining annual limit after") is the cap less the year as the
+        cancellation leaves it (`year_after`)."""
         amounts = {k: -v for k, v in self.amounts.items()}
         amounts["balc"] = balc
-        # Ratios (pool_prop_selfpay) and the funds' remaining limits are not amounts: the
-        # cancellation repeats them as the settlement answered them.
-        funds = tuple(replace(f, amount=-f.amount, inscp=-f.inscp) for f in self.funds)
+        left = (
+            {
+                code: 0 if cap is None else cap - getattr(year_after, counted)
+                for code, cap, counted in self.caps
+            }
+            if year_after is not None
+            else {}
+        )
+        funds = tuple(
+            replace(f, amount=-f.amount, inscp=-f.inscp, limit_left=left.get(f.code, f.limit_left))
+            for f in self.funds
+        )
         return replace(self, amounts=amounts, funds=funds)
 
 
@@ -512,6 +527,12 @@ class Model:
             effects,
             admission_deductible,
             frozenset(features),
+            (
+                (POOL_EMPLOYEE if person.employee else POOL_RESIDENT, cap, "pool"),
+                (LARGE_AMOUNT, side.get("ob_cap_fen"), "large_amount"),
+                (CRITICAL_ILLNESS, side.get("mi_cap_fen"), "critical_illness"),
+                (ASSISTANCE, assistance.get("cap_fen"), "assistance"),
+            ),
         )
 
     # ---------------------------------------------------------------- §7 apply, cancel
@@ -548,7 +569,7 @@ class Model:
                 adm.forgotten, adm.deductible = adm.deductible, None
         self._add(e, -1)
         self.cancelled.add(key)
-        return s.negated(self.balances[e.psn_no])
+        return s.negated(self.balances[e.psn_no], self.years[(e.psn_no, e.year, e.group)])
 
     def _add(self, e: Effects, sign: int) -> None:
         y = self.years.setdefault((e.psn_no, e.year, e.group), Year())
