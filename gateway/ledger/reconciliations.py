@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 
 from gateway.core.money import fen_text
-from gateway.ledger import db
+from gateway.ledger import db, settlements
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +65,7 @@ class CentreRow:
     refunded: bool
 
 
-# The settlement was cancelled by the 2601 that reversed the message that made it.
-_REVERSED = (
-    "(status = 'cancelled' AND EXISTS (SELECT 1 FROM idempotency o"
-    " WHERE o.fixmedins_code = settlements.fixmedins_code"
-    " AND o.msgid = settlements.medins_setl_id AND o.reversed_by = settlements.cancel_msgid))"
-)
+_REVERSED = settlements.REVERSED
 
 
 def _where(p: Period) -> tuple[str, list[object]]:

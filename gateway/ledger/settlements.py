@@ -400,12 +400,12 @@ async def refunded_predecessors(
     return out
 
 
-# Whether a cancelled settlement was cancelled by the 2601 that reversed the message that made
-# it (its msgid journal row names the reversal that is its cancellation).
-_REVERSED_BY_ITS_2601 = (
-    "SELECT EXISTS (SELECT 1 FROM settlements s JOIN idempotency o"
-    " ON o.fixmedins_code = s.fixmedins_code AND o.msgid = s.medins_setl_id"
-    " WHERE s.fixmedins_code = $1 AND s.setl_id = $2 AND o.reversed_by = s.cancel_msgid)"
+# The settlement was cancelled by the 2601 that reversed the message that made it (its msgid
+# journal row names the reversal that is its cancellation): a condition on a `settlements` row.
+REVERSED = (
+    "(status = 'cancelled' AND EXISTS (SELECT 1 FROM idempotency o"
+    " WHERE o.fixmedins_code = settlements.fixmedins_code"
+    " AND o.msgid = settlements.medins_setl_id AND o.reversed_by = settlements.cancel_msgid))"
 )
 
 _SETTLEMENT_COLUMNS = (
@@ -609,7 +609,11 @@ async def cancel(
         replaced = await replacement(conn, setl_id)
         if replaced is not None:
             raise Conflict(replaced)
-        if await conn.fetchval(_REVERSED_BY_ITS_2601, fixmedins_code, setl_id):
+        if await conn.fetchval(
+            f"SELECT {REVERSED} FROM settlements WHERE fixmedins_code = $1 AND setl_id = $2",
+            fixmedins_code,
+            setl_id,
+        ):
             # Found from outside: a 2103 of a sale a 2601 had reversed was told it was already
             # cancelled, and the clerk looked for a 2103 nobody had sent.
             raise AlreadyCancelled(
