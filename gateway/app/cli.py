@@ -381,7 +381,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--redis-url", default=os.environ.get("GATEWAY_REDIS_URL"))
     s.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
     s.add_argument("--region", default="441800", help="receiver region in inf_refmsgid")
-    s.add_argument("--pool-max", type=int, default=16)
+    s.add_argument(
+        "--pool-max",
+        type=int,
+        default=16,
+        help="PostgreSQL connections each worker opens at start and keeps (default 16)",
+    )
     s.add_argument(
         "--config",
         default=str(DEFAULT_CONFIG),

@@ -17,8 +17,30 @@ from gateway.core.catalog import Snapshot
 from gateway.core.model import CatalogEntry, Institution, Mapping, PriceCap, SelfpayRatio
 from gateway.protocol.errors import RuleRejected
 
-# Everything a demo reload resets, children first.
+# Everything a demo reload resets, children first: the ledger and everything that reads it
+# (found from outside: a reload kept pending deferred claims, which a replay then settled into
+# the fresh ledger, and manual claims, payouts and clearing built on settlements no longer
+# there). Kept: the number counters (a running gateway holds blocks of them; restarting them
+# would hand out ids it already gave), the plan and its audit trail, the console's operators,
+# and the institutions' bank accounts, which staff enter by hand.
 _ALL_TABLES = (
+    "payout_returns",
+    "payout_files",
+    "payout_approvals",
+    "payout_items",
+    "payout_batches",
+    "owed_lines",
+    "clearing_gathered",
+    "clearing_recoveries",
+    "manual_claim_lines",
+    "manual_claim_invoices",
+    "manual_claims",
+    "invoice_registry",
+    "deferred",
+    "presettlements",
+    "legacy_settlements",
+    "shadow_mirror_calls",
+    "shadow_mirror_visits",
     "shadow_differences",
     "shadow_comparisons",
     "correction_items",

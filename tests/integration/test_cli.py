@@ -385,3 +385,45 @@ async def test_serve_starts_once_its_database_answers_within_the_start_timeout(
             proc.kill()
             await proc.wait()
         await proxy.close()
+
+
+async def test_demo_load_resets_what_reads_the_ledger_too(new_database: Callable[..., Any]) -> None:
+    """Found from outside: `demo load` reset the settlements but kept the deferred claims (and the
+    manual claims, payouts and clearing built on settlements), so a replay after the reload
+    settled a claim from before it into the fresh ledger."""
+    from tests.integration.conftest import GENEROUS, running_gateway
+    from tests.integration.emergency_helpers import clear_rule, set_rule
+    from tests.integration.test_group_commit import basket
+
+    pharmacy, person = "P44180000001", "441800000000000001"
+    async with running_gateway(new_database, GENEROUS) as server:
+        pos = server.client(pharmacy)
+        await set_rule(server.dsn, f"institution:{pharmacy}", "settlement", "defer")
+        for _ in range(50):
+            answer = await pos.call(
+                "2102", pos.drug_input(person, "2026-03-02 09:30:00", "9.90", basket("9.90"))
+            )
+            if str(answer["output"]["setlinfo"]["setl_id"]).startswith("DF"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the plan's defer never came into force")
+        await clear_rule(server.dsn, f"institution:{pharmacy}", "settlement")
+        assert await server.fetchval("SELECT count(*) FROM deferred") >= 1
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "demo",
+            "load",
+            "--database-url",
+            server.dsn,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+        assert await server.fetchval("SELECT count(*) FROM deferred") == 0
+        assert await server.fetchval("SELECT count(*) FROM settlements") == 0
+        # The plan is the emergency team's, not the ledger's: a reload keeps it and its trail.
+        assert await server.fetchval("SELECT count(*) FROM audit_log") >= 2
