@@ -37,7 +37,6 @@ from gateway.core.catalog import Snapshot
 from gateway.core.dates import DateRules
 from gateway.core.money import fen_text
 from gateway.jobs import clearing
-from gateway.ledger import clearing as clearing_store
 from gateway.ledger import db, reference_store
 from gateway.ledger import manual_claims as claim_store
 from gateway.ledger import payouts as payout_store
@@ -319,12 +318,8 @@ def payouts_gather_clearing(args: argparse.Namespace) -> int:
         payouts.check_month_closed(args.month)  # before the report reads it
         others = [c.pool for c in ledgers.clusters]
         async with agency_ledgers.connection(ledgers.main) as conn:
-            if args.institution and args.institution not in await clearing_store.institution_names(
-                conn
-            ):
-                # Found from outside: a mistyped code was answered "recorded 0", as if the
-                # institution had nothing to be paid.
-                raise BadRequest(f"定点医药机构{args.institution}不存在")
+            # Found from outside: a mistyped code was answered "recorded 0", as if the
+            # institution had nothing to be paid (the report refuses an unknown code).
             report = await clearing.monthly(conn, args.month, args.institution, others)
             amounts = [(r.fixmedins_code, r.total.declared) for r in report.institutions]
             done = await payouts.gather_clearing(conn, args.month, amounts, _operator(args))

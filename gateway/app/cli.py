@@ -196,9 +196,13 @@ async def _clearing(
 
 def clearing_monthly(args: argparse.Namespace) -> int:
     """clearing monthly: the month's clearing table (JSON, CSV, printable HTML)."""
-    report = asyncio.run(
-        _clearing(database_url(args), args.month, args.institution, Path(args.config))
-    )
+    try:
+        report = asyncio.run(
+            _clearing(database_url(args), args.month, args.institution, Path(args.config))
+        )
+    except GatewayError as exc:
+        print(f"refused: {exc.err_msg}", file=sys.stderr)
+        return 2
     if args.csv:
         Path(args.csv).write_text(clearing.to_csv(report), encoding="utf-8")
     if args.html:

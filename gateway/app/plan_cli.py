@@ -199,6 +199,9 @@ def plan_windows(args: argparse.Namespace) -> int:
             if not args.reason:
                 print("refused: --load needs --reason", file=sys.stderr)
                 return 2
+            # The reason is the command's, not a window's: checked before them, so a short one
+            # is not told as the file's first window's fault (found from outside).
+            audit.reason_given(args.reason, "请填写变更原因")
             timetable = await asyncio.to_thread(_timetable, args.load)
             # As `plan set` refuses it (found from outside: a route_legacy window was loaded
             # without the old system's address).

@@ -27,6 +27,7 @@ import msgspec
 
 from gateway.core.money import fen_text
 from gateway.ledger import clearing
+from gateway.protocol.errors import BadRequest
 
 MED_TYPE_NAMES = {
     "11": "普通门诊",
@@ -199,6 +200,10 @@ async def monthly(
     until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
     reports: dict[str, InstitutionReport] = {}
     names = await clearing.institution_names(conn)
+    if institution is not None and institution not in names:
+        # Found from outside: a mistyped code printed an empty month, as if the institution had
+        # settled nothing.
+        raise BadRequest(f"定点医药机构{institution}不存在")
     settled: list[list[clearing.Settled]] = []
     taken_back: list[list[clearing.Settled]] = []  # earlier months' settlements cancelled in this
     put_back: list[list[clearing.Settled]] = []  # earlier months' cancellations undone in this

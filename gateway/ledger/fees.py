@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 
 import asyncpg
@@ -86,6 +87,17 @@ def rows(
 
 
 ALREADY_UPLOADED = "费用明细流水号已上传，请勿重复上传（如需修改请先撤销）"
+# PostgreSQL's words for the key a line repeats: "Key (mdtrt_id, feedetl_sn)=(<visit>, <sn>)
+# already exists." (a visit id holds no comma, so the serial number is what follows the first).
+_REPEATED_KEY = re.compile(r"\)=\([^,]*, (.*)\) already exists\.$", re.DOTALL)
+
+
+def already_uploaded(feedetl_sn: str | None) -> Conflict:
+    """The refusal of a line whose serial number the visit already holds, naming it where known
+    (found from outside: a clerk was told a line was uploaded twice, not which)."""
+    if feedetl_sn is None:
+        return Conflict(ALREADY_UPLOADED)
+    return Conflict(f"费用明细流水号{feedetl_sn}已上传，请勿重复上传（如需修改请先撤销）")
 
 
 async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: str) -> None:
@@ -95,7 +107,8 @@ async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: s
     try:
         await staged.flush(conn)  # one statement for the whole upload
     except asyncpg.UniqueViolationError as exc:
-        raise Conflict(ALREADY_UPLOADED) from exc
+        repeated = _REPEATED_KEY.search(getattr(exc, "detail", None) or "")
+        raise already_uploaded(repeated.group(1) if repeated else None) from exc
 
 
 # `charged_at`: a refund line is priced as the charge it takes back was, on the charge's date

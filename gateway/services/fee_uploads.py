@@ -128,8 +128,9 @@ def upload_job(
         # `upload` learns this from the primary key; a settled line's number still does, and
         # then the batch fails whole and each request goes its own way (the same words).
         unsettled = {ln.feedetl_sn for ln in visit.unsettled}
-        if any(ln.feedetl_sn in unsettled for ln in lines):
-            raise Conflict(fees.ALREADY_UPLOADED)
+        repeated = next((ln.feedetl_sn for ln in lines if ln.feedetl_sn in unsettled), None)
+        if repeated is not None:
+            raise fees.already_uploaded(repeated)
         writes = Writes()
         writes.extend(fees.INSERT, fees.rows(lines, origin.msgid))
         visit.changed = True

@@ -237,3 +237,8 @@ async def test_what_an_institution_owes_back_is_kept_back_from_its_next_months(
         unknown = cli("payouts", "gather-clearing", "--month", "2026-06", "--institution", "X123",
                       "--database-url", srv.dsn, check=False)  # fmt: skip
         assert unknown.returncode == 2 and "定点医药机构X123不存在" in unknown.stderr, unknown
+        # So is the month's report for one (found from outside: it printed an empty month).
+        report = cli("clearing", "monthly", "--month", "2026-06", "--institution", "X123",
+                     "--database-url", srv.dsn, check=False)  # fmt: skip
+        assert report.returncode == 2 and "定点医药机构X123不存在" in report.stderr, report
+        assert not report.stdout

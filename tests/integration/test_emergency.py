@@ -597,6 +597,13 @@ async def test_redis_down_never_stops_settlement_and_its_breaker_opens(
 
 
 async def test_seed_timetables_load_as_windows(server: Server) -> None:
+    # A reason too short is the command's fault, not the file's first window's (found from
+    # outside), and nothing is loaded.
+    short = cli("plan", "windows", "--load", "config/plan/windows.toml", "--reason", "t",
+                "--database-url", server.dsn, check=False)  # fmt: skip
+    assert short.returncode == 2 and "原因“t”过短" in short.stderr, short.stderr
+    assert "时间窗" not in short.stderr
+    assert not json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)
     cli("plan", "windows", "--load", "config/plan/windows.toml", "--reason", "导入切换公告时间表",
         "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
     windows = json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)

@@ -165,6 +165,14 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
     )["setlinfo"]
     dedc_first = Decimal(mid["act_pay_dedc"])
     assert dedc_first > 0
+    # A settled line's serial number sent again is refused by name (found from outside: the
+    # clerk was told a line was uploaded twice, not which).
+    again = await his.call(
+        "2301", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, first[1:], "2026-04-02 10:00:00", "")}
+    )
+    assert again["err_msg"] == (
+        f"费用明细流水号{first[1]['feedetl_sn']}已上传，请勿重复上传（如需修改请先撤销）"
+    ), again
     # A refund line (negative cnt) and a new charge, then discharge and the final settlement.
     second = [
         {
