@@ -348,7 +348,9 @@ def describe(exc: msgspec.ValidationError) -> str:
     if m:  # a refusal raised while decoding a value (json_number), or msgspec's own words
         what = m.group("what")
         return f"字段{clerk_path(m.group('at')) or '报文'}：{_MSGSPEC_WORDS.get(what, what)}"
-    return msg
+    # A refusal of the whole body names no place (found from outside: a body of 1e400 was told
+    # "Number out of range", in English).
+    return _MSGSPEC_WORDS.get(msg, msg)
 
 
 # msgspec's refusals of a value it cannot hold, in the clerk's words.

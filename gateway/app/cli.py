@@ -127,6 +127,7 @@ START_DATABASE_SECONDS = 30.0
 
 _START_FAILURES: tuple[type[Exception], ...] = (TimeoutError, *db.UNAVAILABLE)
 START_RETRY_SECONDS = 0.5
+URL_HELP = f"the gateway to call (default {demo_client.DEFAULT_URL}, as make run serves)"
 
 
 async def _prepared(settings: Settings, within: float) -> None:
@@ -330,6 +331,13 @@ def purge(args: argparse.Namespace) -> int:
         if args.keep_days is not None
         else load_config(Path(args.config)).idempotency.keep_days
     )
+    if keep < MIN_KEEP_DAYS:
+        # Found from outside: the floor was applied without a word.
+        print(
+            f"note: --keep-days {keep} is below the {MIN_KEEP_DAYS}-day floor (a till may retry"
+            f" a message for days); keeping {MIN_KEEP_DAYS} days",
+            file=sys.stderr,
+        )
     removed = asyncio.run(_purge(database_url(args), keep))
     print(f"removed {removed} msgid answers older than {max(keep, MIN_KEEP_DAYS)} days")
     return 0
@@ -440,7 +448,7 @@ def parser() -> argparse.ArgumentParser:
     dc.add_argument(
         "--institution", help="fixmedins_code (default: the demo hospital, or pharmacy for 210x)"
     )
-    dc.add_argument("--url", default=demo_client.DEFAULT_URL)
+    dc.add_argument("--url", default=demo_client.DEFAULT_URL, help=URL_HELP)
     dc.set_defaults(func=lambda a: demo_client.call_command(a.infno, a.input, a.institution, a.url))
     for flow, helptext in (
         ("visit", "a whole outpatient visit, 1101 to 2207 and 9002"),
@@ -448,7 +456,7 @@ def parser() -> argparse.ArgumentParser:
         ("pharmacy", "a pharmacy sale and its cancellation"),
     ):
         df = dsub.add_parser(flow, help=helptext + ", each call shown by its infno")
-        df.add_argument("--url", default=demo_client.DEFAULT_URL)
+        df.add_argument("--url", default=demo_client.DEFAULT_URL, help=URL_HELP)
         df.set_defaults(func=lambda a, flow=flow: demo_client.flow_command(flow, a.url))
     i = sub.add_parser("idempotency", help="the msgid journal")
     isub = i.add_subparsers(dest="idempotency_command", required=True)

@@ -54,6 +54,10 @@ class DemoError(Exception):
     """The gateway refused a step, or could not be reached; the message says which."""
 
 
+class NotAnswered(DemoError):
+    """Nothing was answered: the gateway could not be reached, or `--url` names no gateway."""
+
+
 def default_institution(infno: str) -> str:
     """The pharmacy for pharmacy transactions, the hospital otherwise."""
     return PHARMACY if infno in PHARMACY_INFNOS else HOSPITAL
@@ -159,8 +163,13 @@ class DemoClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+            # Found from outside: `--url localhost:8080` (no scheme) printed a traceback.
+            raise NotAnswered(
+                f"网关地址 {self.url} 无效：应写作 http://主机:端口，如 {DEFAULT_URL}"
+            ) from exc
         except aiohttp.ClientConnectionError as exc:
-            raise DemoError(
+            raise NotAnswered(
                 f"无法连接网关 {self.url}（{exc.__class__.__name__}）：请先在另一个终端运行 make run"
             ) from exc
         if status != 200:
@@ -573,5 +582,5 @@ def flow_command(name: str, url: str) -> int:
         asyncio.run(run_flow(name, url, lambda step: print(step.line(), flush=True)))
     except DemoError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, NotAnswered) else 1
     return 0

@@ -456,7 +456,15 @@ def deferred_list(args: argparse.Namespace) -> int:
             rows = [r for r in rows if r["status"] == args.status]
         if args.json:
             for r in rows:
+                if not args.calls:
+                    # The national field's name, so its unit: yuan text, as in `setlinfo` (found
+                    # from outside: fen here beside yuan there); the `_fen` fields stay fen.
+                    r = {**r, "medfee_sumamt": fen_text(r["medfee_sumamt"])}
                 print(json.dumps(r, ensure_ascii=False))
+            return 0
+        if not rows:
+            # Found from outside: an empty list printed nothing, as if the command had not run.
+            print("没有暂存的就诊调用" if args.calls else "没有暂存的结算（主动报）")
             return 0
         if args.calls:
             for r in rows:

@@ -425,5 +425,19 @@ async def test_demo_load_resets_what_reads_the_ledger_too(new_database: Callable
         assert proc.returncode == 0, out.decode()
         assert await server.fetchval("SELECT count(*) FROM deferred") == 0
         assert await server.fetchval("SELECT count(*) FROM settlements") == 0
+        # An empty list says so in words (found from outside: it printed nothing); its JSON
+        # lines are none.
+        async def listed(*argv: str) -> str:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "deferred", "list", *argv,
+                "--database-url", server.dsn, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0
+            return out.decode()
+
+        assert (await listed()).strip() == "没有暂存的结算（主动报）"
+        assert (await listed("--calls")).strip() == "没有暂存的就诊调用"
+        assert await listed("--json") == ""
         # The plan is the emergency team's, not the ledger's: a reload keeps it and its trail.
         assert await server.fetchval("SELECT count(*) FROM audit_log") >= 2

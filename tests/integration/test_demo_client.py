@@ -102,8 +102,14 @@ async def test_no_gateway_and_bad_input_are_explained_not_tracebacks(server: Ser
     assert "make run" in err and "Traceback" not in err
     code, out, err = await _cli("demo", "call", "1101", "--input", "{data:", "--url", server.url)
     assert code == 2 and "--input is not JSON" in err and "Traceback" not in err
+    # A flow that reached no gateway answered nothing: 2, as `demo call` (README).
     code, _, err = await _cli("demo", "visit", "--url", closed)
-    assert code == 1 and "make run" in err and "Traceback" not in err
+    assert code == 2 and "make run" in err and "Traceback" not in err
+    # Found from outside: an address without its scheme, or not http, printed a traceback.
+    for url in ("localhost:8080", "htp:/x", "http://127.0.0.1:99999"):
+        for argv in (("call", "1101", "--input", "{}"), ("pharmacy",)):
+            code, out, err = await _cli("demo", *argv, "--url", url)
+            assert code == 2 and f"网关地址 {url} 无效" in err and "Traceback" not in err, err
 
 
 async def test_visit_settles_today_from_the_account(server: Server) -> None:

@@ -129,9 +129,12 @@ async def test_answers_are_kept_seven_days_then_purged(server: Server) -> None:
         "--database-url",
         server.dsn,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await proc.communicate()
+    out, err = await proc.communicate()
     assert proc.returncode == 0 and b"removed 1" in out
+    # The floor is said, not applied silently (found from outside).
+    assert "--keep-days 1 is below the 7-day floor" in err.decode(), err
     kept = {
         r["msgid"]
         for r in await server.fetch(

@@ -154,6 +154,9 @@ async def test_a_cancelled_claim_before_gathering_is_never_owed(
             None,
         )
         assert gone["reimbursement_fen"] == first["reimbursement_fen"]  # what replay recorded
+        # The bill in yuan, as its setlinfo says it (found from outside: fen here, yuan there).
+        assert isinstance(gone["medfee_sumamt"], str)
+        assert Decimal(gone["medfee_sumamt"]) == Decimal(str(gone["setlinfo"]["medfee_sumamt"]))
         kept = next(c for c in listed.values() if c["claim_id"] != first["claim_id"])
         assert kept["settlement_status"] == "settled"
         assert kept["owed_fen"] == kept["reimbursement_fen"] > 0

@@ -65,6 +65,8 @@ def test_codes_may_be_numbers() -> None:
         (_env(input=[1]), "对象"),
         (_env(input=True), "对象"),
         (_env(input="not json"), "input"),
+        # The whole body a number too large to hold: told in Chinese, not msgspec's English.
+        (b"1e400", "公共输入参数格式错误：数值超出范围"),
     ],
 )
 def test_bad_envelopes(body: bytes, fragment: str) -> None:
