@@ -425,6 +425,7 @@ async def test_demo_load_resets_what_reads_the_ledger_too(new_database: Callable
         assert proc.returncode == 0, out.decode()
         assert await server.fetchval("SELECT count(*) FROM deferred") == 0
         assert await server.fetchval("SELECT count(*) FROM settlements") == 0
+
         # An empty list says so in words (found from outside: it printed nothing); its JSON
         # lines are none.
         async def listed(*argv: str) -> str:
