@@ -524,7 +524,13 @@ def add_commands(sub: Any, add_database: Callable[[argparse.ArgumentParser], Non
     cr.set_defaults(func=claims_register)
     cl = csub.add_parser("lines", help="明细录入 from a JSON feedetail list")
     cl.add_argument("claim_no")
-    cl.add_argument("--file", required=True)
+    cl.add_argument(
+        "--file",
+        required=True,
+        help="a JSON array of fee lines with the national field names (feedetl_sn,"
+        " medins_list_codg, pric, cnt, det_item_fee_sumamt, fee_ocur_time, optional"
+        " hosp_appr_flag), amounts as decimal text; the console takes one line a row instead",
+    )
     common(cl, reference=True)
     cl.set_defaults(func=claims_lines)
     cv = csub.add_parser("review", help="明细审核 (or --refuse REASON)")

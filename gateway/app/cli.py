@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import errno
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,8 +65,31 @@ def _serve_one(settings: Settings, host: str, port: int, supervisor: int | None)
     serve_app(settings, host, port, reuse_port=supervisor is not None)
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on, or None. Found from outside: a gateway left running
+    on the port (an earlier one, or another program) made `serve` die in a traceback, and with
+    `--workers N` its workers were restarted every 30 s for good, each failing the same way. A
+    plain bind fails on any listener there, workers' shared (SO_REUSEPORT) sockets included."""
+    try:
+        probe = socket.create_server((host, port))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            return exc.strerror or str(exc)
+        return None  # anything else is the server's own start to report
+    probe.close()
+    return None
+
+
 def serve(args: argparse.Namespace) -> int:
     """Migrate, load the demo set into an empty database, and serve."""
+    taken = _port_taken(args.host, args.port)
+    if taken is not None:
+        print(
+            f"gateway: 无法在{args.host}:{args.port}上监听（{taken}）：该端口可能已有网关或其他程序"
+            "在运行，请先停止它或用 --port 换一个端口",
+            file=sys.stderr,
+        )
+        return 2
     settings = Settings(
         database_url(args),
         reference_dir=Path(args.reference_dir),

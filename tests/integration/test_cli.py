@@ -442,3 +442,23 @@ async def test_demo_load_resets_what_reads_the_ledger_too(new_database: Callable
         assert await listed("--json") == ""
         # The plan is the emergency team's, not the ledger's: a reload keeps it and its trail.
         assert await server.fetchval("SELECT count(*) FROM audit_log") >= 2
+
+
+async def test_serve_on_a_port_in_use_says_so_and_stops(new_database: Callable[..., Any]) -> None:
+    """Found from outside: a gateway left listening on the port made `serve` die in a traceback,
+    and with `--workers 2` its workers were started again every 30 s for good."""
+    dsn = await _fresh(new_database, "busyport")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for workers in ("1", "2"):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "serve", "--port", str(port),
+                "--workers", workers, "--database-url", dsn,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+            words = err.decode()
+            assert proc.returncode == 2, words
+            assert f"无法在127.0.0.1:{port}上监听" in words and "Traceback" not in words, words
