@@ -194,6 +194,11 @@ NUMBERED_SEQUENCES = (
 )
 
 
+# The sequences that step by 2, by the parity of their ids' serials past a cluster's floor:
+# a 就诊ID and a 结算ID are never the same text (migration 037).
+PARITY = {"mdtrt_seq": 1, "setl_seq": 2}
+
+
 async def prepare_clusters(main: asyncpg.Connection, clusters: Iterable[LedgerCluster]) -> None:
     """Each cluster migrated and numbered, and the persons of its regions still in the main
     database (the demo set and synthetic persons are loaded there) moved into it; one process
@@ -229,9 +234,12 @@ async def number_cluster(main: asyncpg.Connection, cluster: asyncpg.Connection, 
     number = int(await main.fetchval("SELECT number FROM ledger_numbers WHERE name = $1", name))
     floor = number * ID_RANGE
     for sequence in NUMBERED_SEQUENCES:
+        # Visits take odd serials and settlements even ones (migration 037): the floor is moved
+        # to one of the sequence's own parity, so its next ids keep it (ID_RANGE is even).
+        start = floor + PARITY.get(sequence, 0)
         await cluster.execute(
             f"SELECT setval('{sequence}', greatest((SELECT last_value FROM {sequence}), $1))",
-            floor,
+            start,
         )
     return number
 

@@ -44,16 +44,18 @@ async def test_pairs_for_the_claimed_that_draw_and_no_others(ledger: asyncpg.Con
     assert set(claimed) == {k[:2] for k in keys}
     pairs = [claimed[k] for k in drawing]
     assert claimed[keys[2][:2]] is None and claimed[keys[3][:2]] is None
-    assert sorted(p[0] for p in pairs if p) == [before[0] + 1, before[0] + 2]
-    assert sorted(p[1] for p in pairs if p) == [before[1] + 1, before[1] + 2]
-    assert await _drawn(ledger) == (before[0] + 2, before[1] + 2)
+    # Each sequence steps by 2: visits' serials odd, settlements' even (migration 037).
+    assert sorted(p[0] for p in pairs if p) == [before[0] + 2, before[0] + 4]
+    assert sorted(p[1] for p in pairs if p) == [before[1] + 2, before[1] + 4]
+    assert all(p[0] % 2 == 1 and p[1] % 2 == 0 for p in pairs if p)
+    assert await _drawn(ledger) == (before[0] + 4, before[1] + 4)
 
     # The same requests again, with one new: only the new one is claimed, and it takes the next
     # pair; the retries drew nothing.
     again = await idempotency.claim_many(
         ledger, [*keys, _key(9)], [*drawing, _key(9)[:2]], settlements.SERIALS
     )
-    assert again == {_key(9)[:2]: (before[0] + 3, before[1] + 3)}
+    assert again == {_key(9)[:2]: (before[0] + 6, before[1] + 6)}
 
 
 async def test_a_claim_without_serials_draws_none(ledger: asyncpg.Connection) -> None:

@@ -308,3 +308,20 @@ async def test_guangdong_path_endpoint(server: Server) -> None:
 
 async def test_ledger_balances_after_the_flows(server: Server) -> None:
     assert await server.check_ledger() == []
+
+
+async def test_no_visits_id_is_a_settlements_id(server: Server) -> None:
+    """Found from outside: a stay's mdtrt_id was also the setl_id of an unrelated settlement
+    (two sequences, one way of writing them). Visits take odd serials, settlements even."""
+    pos = server.client("P44180000001")
+    lines = [{"feedetl_sn": "1", "medins_list_codg": "YP0007", "pric": "9.9", "cnt": "1",
+              "det_item_fee_sumamt": "9.90"}]  # fmt: skip
+    for _ in range(3):
+        drug = pos.drug_input("441800000000000001", "2026-05-06 12:00:00", "9.90", lines)
+        await pos.ok("2102", drug)
+    visits = {r[0] for r in await server.fetch("SELECT mdtrt_id FROM encounters")}
+    settlements = {r[0] for r in await server.fetch("SELECT setl_id FROM settlements")}
+    assert len(visits) >= 3 and len(settlements) >= 3
+    assert not visits & settlements
+    assert all(int(v[-12:]) % 2 == 1 for v in visits), visits
+    assert all(int(s[-12:]) % 2 == 0 for s in settlements), settlements

@@ -289,9 +289,13 @@ async def test_ids_drawn_by_different_databases_never_collide(split: Split) -> N
             ids = [r[0] for r in await split.rows(dsn, f"SELECT {kind} FROM {table}")]
             assert ids, (name, kind)
             assert all(i[14:16] == f"{number:02d}" for i in ids), (name, ids[:3])
+            # In every database a visit's serial is odd and a settlement's even (migration 037).
+            odd = kind == "mdtrt_id"
+            assert all(int(i[-12:]) % 2 == odd for i in ids), (name, kind, ids[:3])
             seen[kind] += ids
     for ids in seen.values():
         assert len(ids) == len(set(ids))
+    assert not set(seen["setl_id"]) & set(seen["mdtrt_id"])
 
 
 async def test_the_monthly_clearing_sums_every_database(
