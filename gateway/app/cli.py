@@ -62,7 +62,18 @@ def _serve_one(settings: Settings, host: str, port: int, supervisor: int | None)
     heap.enable()  # this process only serves: its long-lived heap is frozen once loaded
     # Not web.run_app: the edge's connection guard (request-head deadline, connections per
     # address) lives in the runner; graceful stop gives in-flight requests 10 s.
-    serve_app(settings, host, port, reuse_port=supervisor is not None)
+    try:
+        serve_app(settings, host, port, reuse_port=supervisor is not None)
+    except _START_FAILURES as exc:
+        # Found from outside: a worker started again while the ledger was away (its supervisor
+        # replaces one that died) wrote a forty-line traceback each time, in a log of one JSON
+        # object a line. One line, and the supervisor's own says when the next one starts.
+        logging.getLogger("gateway").error(
+            "serving process stopped: the database is out of reach (%s: %s)",
+            type(exc).__name__,
+            exc,
+        )
+        raise SystemExit(2) from None
 
 
 def _port_taken(host: str, port: int) -> str | None:
@@ -78,6 +89,22 @@ def _port_taken(host: str, port: int) -> str | None:
         return None  # anything else is the server's own start to report
     probe.close()
     return None
+
+
+def _remove_dead_metrics(var: Path) -> None:
+    """The metrics folders of gateways no longer running (found from outside: one was left per
+    `kill -9`, holding the files of every worker it had, for good). A folder is named after its
+    supervisor's pid; one whose process is alive (another gateway here) is left alone."""
+    for folder in var.glob("prometheus-*"):
+        pid = folder.name.removeprefix("prometheus-")
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -131,6 +158,7 @@ def serve(args: argparse.Namespace) -> int:
     # Several processes share the port through SO_REUSEPORT; the kernel spreads connections.
     # Their metrics meet in prometheus-client's multiprocess files, so any worker's /metrics
     # reports the whole gateway.
+    _remove_dead_metrics(Path("var"))
     metrics_dir = Path("var") / f"prometheus-{os.getpid()}"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import signal
 import socket
@@ -462,3 +463,41 @@ async def test_serve_on_a_port_in_use_says_so_and_stops(new_database: Callable[.
             words = err.decode()
             assert proc.returncode == 2, words
             assert f"无法在127.0.0.1:{port}上监听" in words and "Traceback" not in words, words
+
+
+_WORKER_WITHOUT_LEDGER = """
+import multiprocessing, os, sys
+from gateway.app.cli import _serve_one
+from gateway.app.config import Settings
+
+if __name__ == "__main__":
+    settings = Settings(sys.argv[1])
+    worker = multiprocessing.get_context("spawn").Process(
+        target=_serve_one, args=(settings, "127.0.0.1", int(sys.argv[2]), os.getpid())
+    )
+    worker.start()
+    worker.join(60)
+    print(worker.exitcode)
+"""
+
+
+async def test_a_worker_started_while_the_ledger_is_away_says_so_in_one_line() -> None:
+    """Found from outside: each worker the supervisor started again during an outage wrote a
+    multi-line traceback into a log of one JSON object a line."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WORKER_WITHOUT_LEDGER,
+        f"postgresql://postgres@127.0.0.1:{closed}/none", str(_free_port()),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert out.decode().strip() == "2", (out, err)
+    lines = err.decode().splitlines()
+    assert "Traceback" not in err.decode(), err.decode()
+    logged = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [r["msg"] for r in logged if r["level"] == "error"] == [
+        next(r["msg"] for r in logged if "database is out of reach" in r["msg"])
+    ], lines
+    assert all(line.startswith("{") for line in lines if line.strip()), lines
