@@ -32,6 +32,16 @@ async def _fresh(new_database: Callable[..., Any], prefix: str) -> str:
     return dsn
 
 
+async def _gateway(*argv: str) -> tuple[int | None, str, str]:
+    """`python -m gateway ARGV` as a process: its exit status, output and error output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    return proc.returncode, out.decode(), err.decode()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,19 +52,8 @@ def _free_port() -> int:
 async def test_demo_load_resets_to_the_demo_set(new_database: Callable[..., Any]) -> None:
     dsn = await _fresh(new_database, "cli")
     for _ in range(2):  # a reload replaces, it does not duplicate
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "demo",
-            "load",
-            "--database-url",
-            dsn,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0, out.decode()
+        code, out, err = await _gateway("demo", "load", "--database-url", dsn)
+        assert code == 0, out + err
     conn = await asyncpg.connect(dsn)
     try:
         assert await conn.fetchval("SELECT count(*) FROM persons") == 11
@@ -411,32 +410,17 @@ async def test_demo_load_resets_what_reads_the_ledger_too(new_database: Callable
             raise AssertionError("the plan's defer never came into force")
         await clear_rule(server.dsn, f"institution:{pharmacy}", "settlement")
         assert await server.fetchval("SELECT count(*) FROM deferred") >= 1
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "demo",
-            "load",
-            "--database-url",
-            server.dsn,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0, out.decode()
+        code, out, err = await _gateway("demo", "load", "--database-url", server.dsn)
+        assert code == 0, out + err
         assert await server.fetchval("SELECT count(*) FROM deferred") == 0
         assert await server.fetchval("SELECT count(*) FROM settlements") == 0
 
         # An empty list says so in words (found from outside: it printed nothing); its JSON
         # lines are none.
         async def listed(*argv: str) -> str:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "deferred", "list", *argv,
-                "--database-url", server.dsn, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await proc.communicate()
-            assert proc.returncode == 0
-            return out.decode()
+            code, out, err = await _gateway("deferred", "list", *argv, "--database-url", server.dsn)
+            assert code == 0, err
+            return out
 
         assert (await listed()).strip() == "没有暂存的结算（主动报）"
         assert (await listed("--calls")).strip() == "没有暂存的就诊调用"
@@ -454,14 +438,10 @@ async def test_serve_on_a_port_in_use_says_so_and_stops(new_database: Callable[.
         held.listen()
         port = held.getsockname()[1]
         for workers in ("1", "2"):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "serve", "--port", str(port),
-                "--workers", workers, "--database-url", dsn,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-            words = err.decode()
-            assert proc.returncode == 2, words
+            code, _, words = await _gateway(
+                "serve", "--port", str(port), "--workers", workers, "--database-url", dsn
+            )
+            assert code == 2, words
             assert f"无法在127.0.0.1:{port}上监听" in words and "Traceback" not in words, words
 
 
