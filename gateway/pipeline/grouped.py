@@ -108,6 +108,9 @@ class Job:
     # that holds no job needing them skips their reads.
     settles: bool = True
     draws: bool = True
+    # A job that reads its visit's settled batches without settling (an outpatient fee upload,
+    # which a settled batch refuses); a settlement reads them anyway.
+    reads_batches: bool = False
 
 
 class Batches(Protocol):

@@ -89,6 +89,9 @@ async def upload(conn: asyncpg.Connection, at: Uploading, a: FeeUpload) -> tuple
         lines = tuple(msgspec.structs.replace(ln, mdtrt_id=enc.mdtrt_id) for ln in lines)
     held = await fees.unsettled_count(conn, enc.mdtrt_id)
     _against_visit(enc, mdtrt_id, kind, lines, held, at.max_unsettled_lines)
+    if kind == "outpatient":
+        settled = await fees.settled_batches(conn, [enc.mdtrt_id])
+        _not_into_settled_batches(lines, settled.get(enc.mdtrt_id, set()))
     priced: dict[str, dt.date] = {}
     if any(ln.cnt < 0 for ln in lines):
         priced = await _check_refunds(conn, enc.mdtrt_id, lines)
@@ -124,6 +127,8 @@ def upload_job(
         assert visit is not None
         unchanged(visit)
         _against_visit(enc, mdtrt_id, kind, lines, len(visit.unsettled), at.max_unsettled_lines)
+        if kind == "outpatient":
+            _not_into_settled_batches(lines, visit.settled_batches)
         splits = split_lines(at.snapshot, _visit(origin, mdtrt_id, enc), lines)
         # `upload` learns this from the primary key; a settled line's number still does, and
         # then the batch fails whole and each request goes its own way (the same words).
@@ -143,7 +148,22 @@ def upload_job(
         mdtrt_id=mdtrt_id,
         settles=False,
         draws=False,
+        reads_batches=kind == "outpatient",
     )
+
+
+def _not_into_settled_batches(lines: Sequence[StoredLine], settled: set[str]) -> None:
+    """An outpatient charge batch (收费批次) is settled whole, once: a line sent into one with a
+    settlement in force is refused. Found from outside: such a line was taken, and a second
+    2207 of the batch then settled it as a second settlement of the same batch (or, refused
+    "已结算", it stayed unsettled for good)."""
+    for ln in lines:
+        if ln.chrg_bchno in settled:
+            raise LineRejected(
+                ln.feedetl_sn,
+                f"收费批次{ln.chrg_bchno}已结算，不能再上传该批次的费用明细：新发生的费用请使用"
+                "新的收费批次号上传并结算；如需更改该批次，请先撤销其结算（2208）",
+            )
 
 
 def _lines_alone(kind: Kind, lines: Sequence[StoredLine], at: Uploading) -> str:

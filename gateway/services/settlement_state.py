@@ -51,6 +51,7 @@ class Locked:
             conn,
             sorted({j.mdtrt_id for j in jobs if j.mdtrt_id}),
             settling={j.mdtrt_id for j in jobs if j.mdtrt_id and j.settles},
+            batches={j.mdtrt_id for j in jobs if j.mdtrt_id and (j.settles or j.reads_batches)},
         )
         held = await persons.lock_many(conn, sorted({j.psn_no for j in jobs}))
         await _other_stays(conn, visits)
@@ -174,11 +175,13 @@ async def _visits(
     *,
     lock: bool = True,
     settling: set[str] | None = None,
+    batches: set[str] | None = None,
     claims: bool = True,
 ) -> dict[str, VisitHeld]:
     """The visits (locked in mdtrt_id order unless a preview) and what their settlements need:
     `settling` names the visits a job settles (None: all of them); the others (a preview's, a
-    diagnosis's, an upload's) need only their unsettled lines."""
+    diagnosis's, an upload's) need only their unsettled lines, and `batches` (None: those
+    settling) the visits whose settled charge batches are read too (an outpatient upload's)."""
     if not mdtrt_ids:
         return {}
     found = await encounters.lock_many(conn, mdtrt_ids, lock=lock)
@@ -204,14 +207,18 @@ async def _visits(
             )
             for m, enc in found.items()
         }
+    wanted = sorted(set(ids) | ((batches or set()) & found.keys()))
+    settled = await fees.settled_batches(conn, wanted) if wanted else {}
     if not ids:
         return {
             m: VisitHeld(
-                encounter=enc, unsettled=lines.get(m, []), settled_batches=set(), refunded={}
+                encounter=enc,
+                unsettled=lines.get(m, []),
+                settled_batches=settled.get(m, set()),
+                refunded={},
             )
             for m, enc in found.items()
         }
-    settled = await fees.settled_batches(conn, ids)
     refunded = await settlements.refunded_predecessors(conn, ids)
     pending = await deferred.pending_on_visits(conn, ids)
     return {

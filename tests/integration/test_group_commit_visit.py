@@ -17,9 +17,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from msgspec.structs import replace
 
 from adapters.national import deferral
 from gateway.app.appkeys import GATEWAY
+from gateway.app.config import GroupCommitConfig
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.his_client import HisClient
 from tests.integration.test_group_commit import (
@@ -305,3 +307,47 @@ async def test_a_diagnosis_wrong_twice_names_its_med_type_first_whatever_its_id(
         assert got["infcode"] == -1 and "不支持的医疗类别99" in got["err_msg"], mdtrt_id
     pending = await his.call("2203", _info(unknown, RETIREE, "11"))
     assert "临时编号" in pending["err_msg"]
+
+
+@pytest.fixture(scope="module")
+async def single(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
+    async with running_gateway(
+        new_database, replace(ONE_WRITER, group_commit=GroupCommitConfig(writers=0, max_batch=64))
+    ) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("path", ["grouped", "single"])
+async def test_a_line_sent_into_a_settled_batch_is_refused(
+    path: str, grouped: Server, single: Server
+) -> None:
+    """Found from outside (twice): a 2204 into a charge batch already settled was taken, and a
+    second 2207 of the batch settled the new line as a second settlement of the same batch. The
+    upload is refused naming the line and the batch, by the grouped path and the single one
+    alike, and nothing is written; another batch, or the batch once its settlement is
+    cancelled, takes lines as before."""
+    server = grouped if path == "grouped" else single
+    his = server.client(HOSPITAL)
+    mdtrt_id = await _visit(server, RETIREE, f"MZ-GCV-SETTLED-{path}")
+    await his.ok("2204", _upload(server, RETIREE, mdtrt_id))
+    settled = (await his.ok("2207", _settle(server, RETIREE, mdtrt_id)))["setlinfo"]
+    late = [dict(VISIT_LINES[0], feedetl_sn="9")]
+    rows = his.fee_rows(mdtrt_id, RETIREE, late, VISIT_DAY, "B1")
+    refused = await his.call("2204", {"feedetail": rows})
+    assert refused["infcode"] == -1
+    assert refused["err_msg"].startswith("费用明细流水号9：收费批次B1已结算，不能再上传"), refused
+    count = "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1"
+    assert await server.fetchval(count, mdtrt_id) == len(VISIT_LINES)
+    # Another batch takes it; so does the first once its settlement is cancelled.
+    other = his.fee_rows(mdtrt_id, RETIREE, late, VISIT_DAY, "B2")
+    assert [r["feedetl_sn"] for r in (await his.ok("2204", {"feedetail": other}))["result"]] == [
+        "9"
+    ]
+    await his.ok(
+        "2208", {"data": {"setl_id": settled["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+    )
+    again = his.fee_rows(
+        mdtrt_id, RETIREE, [dict(VISIT_LINES[0], feedetl_sn="10")], VISIT_DAY, "B1"
+    )
+    assert (await his.call("2204", {"feedetail": again}))["infcode"] == 0
+    assert await server.check_ledger() == []
