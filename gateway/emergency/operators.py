@@ -264,15 +264,18 @@ async def _audit_lock(
     limit: int,
     until: dt.datetime,
 ) -> None:
+    # In the gateway's local time, as the log-in page and the console's tables say it (found from
+    # outside: the audit row said "+0000" beside a page's Beijing time).
+    until = until.astimezone()
     if kind == "operator":
         action = "console.login.guarded"
         reason = (
-            f"连续{limit}次登录失败，至{until:%Y-%m-%d %H:%M:%S%z}前限速："
+            f"连续{limit}次登录失败，至{until:%Y-%m-%d %H:%M:%S}前限速："
             f"未失败过的地址每{policy.guarded_interval_seconds:g}秒受理一次，常用登录地址不受限"
         )
     else:
         action = "console.login.locked"
-        reason = f"连续{limit}次登录失败，锁定至{until:%Y-%m-%d %H:%M:%S%z}"
+        reason = f"连续{limit}次登录失败，锁定至{until:%Y-%m-%d %H:%M:%S}"
     await audit.append(
         conn,
         operator="system:console-login",

@@ -154,10 +154,14 @@ async def test_guessing_locks_the_guesser_and_guards_the_name_until_the_duty_tea
         assert status == 200
 
     rows = await server.fetch(
-        "SELECT operator, action, target FROM audit_log WHERE action LIKE 'console.login.%'"
-        " ORDER BY audit_id"
+        "SELECT operator, action, target, reason FROM audit_log"
+        " WHERE action LIKE 'console.login.%' ORDER BY audit_id"
     )
     seen = [(r["operator"], r["action"], r["target"]) for r in rows]
+    # The lock's time in the words of the audit row is local, as the page says it (found from
+    # outside: "+0000" beside the page's Beijing time).
+    locks = [r["reason"] for r in rows if r["action"] == "console.login.locked"]
+    assert locks and all(re.search(r"锁定至\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", w) for w in locks)
     assert ("system:console-login", "console.login.guarded", "operator:duty") in seen
     assert ("system:console-login", "console.login.locked", "pair:duty@127.0.0.2") in seen
     assert ("system:console-login", "console.login.locked", "address:127.0.0.2") in seen

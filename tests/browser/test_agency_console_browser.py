@@ -196,6 +196,7 @@ def _drive(url: str, downloads: Path) -> dict[str, Any]:
 
         desk.log_in("clerk1")
         desk.open(f"/console/payouts/{batch_no}")
+        seen["batch_line"] = desk.by_id("batch").text
         desk.by_id("export").click()
         target = downloads / f"{batch_no}.txt"
         deadline = time.monotonic() + 20
@@ -241,6 +242,12 @@ async def test_agency_console_in_headless_chromium(
         assert seen["split"]["medfee_sumamt"] == "1625.00"
         assert seen["account"] == f"message:{PERSON}的收款账户已登记为6222***********0011"
         assert seen["made"] == f"message:支付批次{batch_no}已制单：1笔，{owed}元"
+        # Made when the page says, in the gateway's local time as every page says a time (found
+        # from outside: the batch's time was UTC, cut from its text, beside a Beijing batch no.).
+        made_at = await srv.fetchval(
+            "SELECT created_at FROM payout_batches WHERE batch_no = $1", batch_no
+        )
+        assert f"制单 clerk1 {made_at.astimezone():%Y-%m-%d %H:%M:%S}" in seen["batch_line"]
         assert not seen["clerk_may_approve"]
         assert seen["twice"] == ("error:approver1已办理本批次的初审，同一人不能再审批其他级别")
         assert seen["approvals"] == [

@@ -126,7 +126,7 @@ def claims(c: Chrome, found: list[dict[str, Any]], status: str | None) -> str:
         f'<tr class="claim" data-claim="{_e(v["claim_no"])}" data-status="{_e(v["status"])}">'
         f'<td><a href="/console/claims/{quote(v["claim_no"])}">{_e(v["claim_no"])}</a></td>'
         f"<td>{_e(v['psn_no'])}</td><td>{_e(v['fixmedins_code'])}</td><td>{_e(v['med_type'])}</td>"
-        f"<td>{_e(str(v['begntime'])[:16])}</td><td>{_e(v['status_name'])}</td>"
+        f"<td>{_e(pages.local_time(v['begntime']))}</td><td>{_e(v['status_name'])}</td>"
         f"<td>{_e(v['medfee_sumamt'] or '')}</td><td>{_e(v['reimbursement'] or '')}</td></tr>"
         for v in found
     ]
@@ -379,7 +379,7 @@ def payouts(c: Chrome, overview: Mapping[str, Any]) -> str:
                 f'<tr class="batch" data-batch="{_e(b["batch_no"])}" data-status="{_e(b["status"])}">'
                 f'<td><a href="/console/payouts/{quote(b["batch_no"])}">{_e(b["batch_no"])}</a></td>'
                 f"<td>{_e(b['status_name'])}</td><td>{int(b['count'])}</td><td>{_e(b['total'])}</td>"
-                f"<td>{_e(b['created_by'])}</td><td>{_e(b['created_at'][:19])}</td></tr>"
+                f"<td>{_e(b['created_by'])}</td><td>{_e(pages.local_time(b['created_at']))}</td></tr>"
                 for b in overview["batches"]
             ],
             "没有支付批次",
@@ -393,7 +393,7 @@ def batch(c: Chrome, v: Mapping[str, Any], levels: Mapping[int, str]) -> str:
     parts = [
         f'<p id="batch" data-status="{_e(status)}">支付批次 {_e(no)}：{_e(v["status_name"])}，'
         f"{int(v['count'])}笔，{_e(v['total'])}元；制单 {_e(v['created_by'])}"
-        f" {_e(v['created_at'][:19])}</p>",
+        f" {_e(pages.local_time(v['created_at']))}</p>",
         "<h2>审批</h2>",
         _table(
             "approvals",
@@ -401,7 +401,7 @@ def batch(c: Chrome, v: Mapping[str, Any], levels: Mapping[int, str]) -> str:
             [
                 f'<tr class="approval"><td>{_e(a["name"])}</td><td>{_e(a["operator"])}</td>'
                 f"<td>{'通过' if a['decision'] == 'approved' else '退回'}</td>"
-                f"<td>{_e(a['reason'])}</td><td>{_e(a['at'][:19])}</td></tr>"
+                f"<td>{_e(a['reason'])}</td><td>{_e(pages.local_time(a['at']))}</td></tr>"
                 for a in v["approvals"]
             ],
             "尚未审批",

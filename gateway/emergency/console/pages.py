@@ -137,7 +137,7 @@ def console(
             f"<td>{escape(r['scope'])}</td><td>{escape(r['class'])}</td>"
             f"<td>{escape(r['action'])} · {escape(ACTION_NAMES.get(r['action'], ''))}</td>"
             f"<td>{escape(r['reason'])}</td><td>{escape(r['operator'])}</td>"
-            f"<td>{escape(_local(r['set_at']))}</td><td>{clear}</td></tr>"
+            f"<td>{escape(local_time(r['set_at']))}</td><td>{clear}</td></tr>"
         )
     parts.append(
         '<table id="rules"><thead><tr><th>范围</th><th>交易类别</th><th>处置</th><th>原因</th>'
@@ -219,7 +219,7 @@ def console(
         lock_rows.append(
             f'<tr class="lockout"><td>{escape(LOCK_KINDS.get(lock["kind"], lock["kind"]))}</td>'
             f"<td>{escape(lock['key'])}</td><td>{int(lock['failures'])}</td>"
-            f"<td>{escape(_local(lock['locked_until']) or '未锁定')}</td><td>{clear}</td></tr>"
+            f"<td>{escape(local_time(lock['locked_until']) or '未锁定')}</td><td>{clear}</td></tr>"
         )
     parts.append(
         '<table id="lockouts"><thead><tr><th>类别</th><th>账号或地址</th><th>失败次数</th>'
@@ -233,7 +233,7 @@ def console(
         '<table id="audit"><thead><tr><th>#</th><th>时间</th><th>操作人</th><th>操作</th>'
         "<th>对象</th><th>原因</th><th>变更前</th><th>变更后</th></tr></thead><tbody>"
         + "".join(
-            f'<tr class="audit-row"><td>{a["audit_id"]}</td><td>{escape(_local(a["at"]))}</td>'
+            f'<tr class="audit-row"><td>{a["audit_id"]}</td><td>{escape(local_time(a["at"]))}</td>'
             f"<td>{escape(a['operator'])}</td><td>{escape(a['action'])}</td>"
             f"<td>{escape(a['target'])}</td><td>{escape(a['reason'])}</td>"
             f"<td>{escape(_brief(a['before']))}</td><td>{escape(_brief(a['after']))}</td></tr>"
@@ -244,7 +244,7 @@ def console(
     return _page("应急控制台", "".join(parts))
 
 
-def _local(moment: Any) -> str:
+def local_time(moment: Any) -> str:
     """A time as the page shows every time: the gateway's local time, as its windows and the
     lock-out refusals say it (found from outside: rules and audit rows read in UTC beside
     windows in local time). The API keeps the offset."""
