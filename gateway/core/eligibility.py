@@ -62,9 +62,16 @@ def category_for(kind: str, med_type: str, mdtrt_id: str) -> Category:
     return category
 
 
-def require_chronic_filing(person: Person, dise_codg: str) -> None:
-    """A chronic-disease (门慢门特) visit needs the disease filed for the person."""
+# A settlement reads the disease from the visit: its request has no field to send it in.
+FROM_THE_VISIT = "门诊慢特病结算须先在就诊信息上传（2203）中填写病种编码dise_codg"
+
+
+def require_chronic_filing(
+    person: Person, dise_codg: str, missing: str = "门诊慢特病就诊须填写病种编码dise_codg"
+) -> None:
+    """A chronic-disease (门慢门特) visit needs the disease filed for the person (`missing`: the
+    refusal when none is named, in the words of where it is sent)."""
     if not dise_codg:
-        raise RuleRejected("门诊慢特病就诊须填写病种编码dise_codg")
+        raise RuleRejected(missing)
     if dise_codg not in person.chronic_dise_codg:
         raise RuleRejected(f"参保人未办理病种{dise_codg}的门诊慢特病备案，不能按门慢门特结算")

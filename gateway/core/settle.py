@@ -298,7 +298,8 @@ def _settle(
     employee = insutype == EMPLOYEE
     side = policy.employee if employee else side_of(policy, insutype)
     if category is CHRONIC:
-        eligibility.require_chronic_filing(person, visit.dise_codg)
+        # Found from outside: a 2207 was told to fill in dise_codg, a field 2207 does not have.
+        eligibility.require_chronic_filing(person, visit.dise_codg, eligibility.FROM_THE_VISIT)
 
     # §1–2 lines and their sums
     code = inst.fixmedins_code

@@ -351,3 +351,15 @@ async def test_a_line_sent_into_a_settled_batch_is_refused(
     )
     assert (await his.call("2204", {"feedetail": again}))["infcode"] == 0
     assert await server.check_ledger() == []
+
+
+async def test_a_chronic_settlement_without_the_disease_is_sent_to_2203(grouped: Server) -> None:
+    """Found from outside: a 2207 of med_type 14 on a visit whose 2203 named no disease was told
+    to fill in dise_codg, a field 2207 does not have."""
+    his = grouped.client(HOSPITAL)
+    mdtrt_id = await _visit(grouped, RETIREE, "MZ-GCV-NODISE")
+    await his.ok("2204", _upload(grouped, RETIREE, mdtrt_id))
+    refused = await his.call("2207", _settle(grouped, RETIREE, mdtrt_id, "14"))
+    assert refused["err_msg"] == "门诊慢特病结算须先在就诊信息上传（2203）中填写病种编码dise_codg"
+    await his.visit_info(mdtrt_id, RETIREE, "14", VISIT_DAY, "M07800")
+    assert (await his.call("2207", _settle(grouped, RETIREE, mdtrt_id, "14")))["infcode"] == 0

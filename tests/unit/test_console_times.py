@@ -23,7 +23,7 @@ def beijing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.mark.usefixtures("beijing")
 def test_a_utc_time_is_shown_in_local_time() -> None:
-    assert pages._local("2026-12-05T07:38:53+00:00") == "2026-12-05 15:38:53"
-    assert pages._local("2026-12-05T07:38:53.123456+00:00") == "2026-12-05 15:38:53"
-    assert pages._local("2026-12-05T16:17:19") == "2026-12-05 16:17:19"  # already local
-    assert pages._local(None) == "" and pages._local("不是时间") == "不是时间"
+    assert pages.local_time("2026-12-05T07:38:53+00:00") == "2026-12-05 15:38:53"
+    assert pages.local_time("2026-12-05T07:38:53.123456+00:00") == "2026-12-05 15:38:53"
+    assert pages.local_time("2026-12-05T16:17:19") == "2026-12-05 16:17:19"  # already local
+    assert pages.local_time(None) == "" and pages.local_time("不是时间") == "不是时间"
