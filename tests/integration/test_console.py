@@ -133,6 +133,9 @@ async def test_pages_need_login_escape_values_and_logout_ends_the_session(server
             html = await r.text()
         assert "<script>alert(1)</script>" not in html
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        # The role in the words every page uses (found from outside: "operator" here, where
+        # the agency's pages said 经办员 and the like).
+        assert f"{OPERATOR['operator']}（应急值班员）" in html, html[:400]
         # A form without the session's CSRF token is refused, and changes nothing.
         before = await _counts(server)
         async with browser.post(
@@ -155,3 +158,28 @@ async def test_pages_need_login_escape_values_and_logout_ends_the_session(server
     status, _ = await _post(server, "/api/plan/rules/clear", token,
                             {"scope": "institution:H44180000003", "class": "catalog", "reason": "收尾"})  # fmt: skip
     assert status == 200
+
+
+async def test_a_viewer_refused_an_agency_step_is_told_on_a_page_it_may_read(
+    server: Server,
+) -> None:
+    """Found from outside: a viewer's refused claim registration was sent to the claims list,
+    which answers a viewer 403; it is told on the console's own page."""
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        async with browser.post(server.url + "/console/login", data=VIEWER) as r:
+            assert r.status == 200
+        async with browser.get(server.url + "/console") as r:
+            csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', await r.text())
+        assert csrf is not None
+        async with browser.post(
+            server.url + "/console/claims/register",
+            data={"csrf": csrf.group(1), "cert_no": "441800000000000001"},
+            headers={"Origin": server.url},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 303, await r.text()
+            where = r.headers["Location"]
+        assert where.startswith("/console?err="), where
+        async with browser.get(server.url + where) as r:
+            assert r.status == 200 and "当前账号（观察员）不能办理此项业务" in await r.text()

@@ -28,7 +28,7 @@ from multidict import MultiDict, MultiDictProxy
 from gateway.app.appkeys import GATEWAY
 from gateway.core.money import fen_text
 from gateway.emergency import operators
-from gateway.emergency.console import agency_pages
+from gateway.emergency.console import agency_pages, pages
 from gateway.ledger import manual_claims as claim_store
 from gateway.ledger import payouts as payout_store
 from gateway.ledger.partitions import Partition, Partitions
@@ -37,13 +37,7 @@ from gateway.services import agency_ledgers, claim_form, manual_claims, payouts
 
 CLERK, REVIEWER, APPROVER = "clerk", "reviewer", "approver"
 STAFF = (CLERK, REVIEWER, APPROVER)  # who reads the agency's claims and payouts
-ROLE_NAMES = {
-    "viewer": "观察员",
-    "operator": "应急值班员",
-    CLERK: "经办员",
-    REVIEWER: "审核员",
-    APPROVER: "审批员",
-}
+ROLE_NAMES = pages.ROLE_NAMES
 # The bank's return file of a large batch is bigger than a console form (64 KiB): its upload
 # is read here, in pieces, up to this.
 RETURN_MAX_BYTES = 32 * 1024 * 1024
@@ -432,7 +426,10 @@ def form_handler(action: Action) -> Callable[[web.Request], Awaitable[web.Stream
         if not back.startswith("/console/"):
             back = f"/console/{action.group}"
         if session.role not in action.roles:
-            raise _flash_to(session, back, "err", refused_role(session))
+            # Someone outside the agency's staff cannot read its pages either: told on the
+            # console's own page (found from outside: a viewer was sent to a page answering 403).
+            where = back if session.role in STAFF else "/console"
+            raise _flash_to(session, where, "err", refused_role(session))
         try:
             done = await action.step(request, session, values)
         except GatewayError as exc:

@@ -12,6 +12,16 @@ from typing import Any, TypeVar
 from gateway.core.money import fen_text
 from gateway.emergency.plan.rules import ACTIONS, CLASSES, Action
 
+# Every role as the pages name it (found from outside: the emergency page said "clerk" where the
+# agency's pages said 经办员).
+ROLE_NAMES = {
+    "viewer": "观察员",
+    "operator": "应急值班员",
+    "clerk": "经办员",
+    "reviewer": "审核员",
+    "approver": "审批员",
+}
+
 _CSS = """
 body { font-family: "Noto Sans CJK SC", "Noto Sans SC", sans-serif; margin: 20px; color: #111; }
 h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 15px; margin: 22px 0 6px; }
@@ -108,7 +118,8 @@ def console(
     parts = [
         '<form class="inline who" method="post" action="/console/logout">'
         f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
-        f'{escape(login_name)}（{escape(role)}） <button type="submit">退出</button></form>',
+        f"{escape(login_name)}（{escape(ROLE_NAMES.get(role, role))}）"
+        ' <button type="submit">退出</button></form>',
         "<h1>医保结算网关 · 应急控制台</h1>",
         f'<p>总体状态：<span id="state" class="state {escape(state)}">{escape(state)}'
         f" · {escape(STATE_NAMES.get(state, state))}</span>　预案版本 {int(view['version'])}</p>",
