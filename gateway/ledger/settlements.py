@@ -512,13 +512,19 @@ class SettledLine(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 async def settled_lines(conn: asyncpg.Connection, setl_id: str) -> list[SettledLine]:
     """5204: a settlement's lines in the order it settled them, cancelled or in force (the
-    split is the settlement's own; the upload's row is found by its visit and serial number,
-    whatever settlement holds it now)."""
+    split is the settlement's own). What the upload said of a line (its time, batch, approval)
+    is read from the very row the settlement settled: the one it holds, or the one its
+    cancellation released and nothing has settled or released since. Found from outside: a row
+    withdrawn and sent again under the same serial number lent its new time to the old
+    settlement. A row gone (withdrawn, or taken by later settlements) gives no time or
+    approval; the batch is then the one the settlement was asked for."""
     rows = await conn.fetch(
-        "SELECT ln.value AS line, f.fee_ocur_time, f.chrg_bchno, f.hosp_appr_flag"
+        "SELECT ln.value AS line, f.fee_ocur_time, f.hosp_appr_flag,"
+        " coalesce(f.chrg_bchno, NULLIF(s.chrg_bchno, '0000')) AS chrg_bchno"
         " FROM settlements s CROSS JOIN LATERAL jsonb_array_elements(s.lines)"
         " WITH ORDINALITY AS ln(value, n)"
         " LEFT JOIN fee_lines f ON f.mdtrt_id = s.mdtrt_id AND f.feedetl_sn = ln.value->>'feedetl_sn'"
+        " AND (f.setl_id = s.setl_id OR f.released_from = s.setl_id)"
         " WHERE s.setl_id = $1 ORDER BY ln.n",
         setl_id,
     )

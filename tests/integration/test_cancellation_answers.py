@@ -122,6 +122,18 @@ async def test_5204_answers_a_settlements_lines_as_it_settled_them(server: Serve
     await his.ok("2208", {"data": {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}})  # fmt: skip
     again = await his.call("5204", keys)
     assert again["infcode"] == 0 and again["output"] == lines
+    # Its lines withdrawn and one sent again, changed, under the same serial number: the
+    # settlement's record is what it settled, never the new upload's (found from outside: the
+    # new line's time showed beside the old amounts, and a withdrawn line lost its batch).
+    await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "B1", "psn_no": EMPLOYEE}})
+    changed = his.fee_rows(mdtrt_id, EMPLOYEE, BIG_LINES[:1], "2025-05-06 09:10:00", "B7")
+    await his.ok("2204", {"feedetail": changed})
+    later = await his.call("5204", keys)
+    assert later["infcode"] == 0
+    for got, before in zip(later["output"], lines, strict=True):
+        assert {k: str(got[k]) for k in split} == {k: str(before[k]) for k in split}
+        assert got["fee_ocur_time"] in (before["fee_ocur_time"], None), got
+        assert got["chrg_bchno"] == "B1", got
     # Refusals in the clerk's words: no 结算ID, a pair that does not match, none at all.
     missing = await his.call("5204", {"data": {"psn_no": EMPLOYEE, "setl_id": "", "mdtrt_id": mdtrt_id}})  # fmt: skip
     assert missing["infcode"] == -1 and "setl_id" in missing["err_msg"]
