@@ -513,18 +513,23 @@ class SettledLine(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 async def settled_lines(conn: asyncpg.Connection, setl_id: str) -> list[SettledLine]:
     """5204: a settlement's lines in the order it settled them, cancelled or in force (the
     split is the settlement's own). What the upload said of a line (its time, batch, approval)
-    is read from the very row the settlement settled: the one it holds, or the one its
-    cancellation released and nothing has settled or released since. Found from outside: a row
-    withdrawn and sent again under the same serial number lent its new time to the old
-    settlement. A row gone (withdrawn, or taken by later settlements) gives no time or
-    approval; the batch is then the one the settlement was asked for."""
+    is read from the row of its visit and serial number where that is the charge it settled:
+    the row it holds or its cancellation released, or one of the same item, price, quantity and
+    amount (settled and released again since, by later settlements or a 2601). Found from
+    outside: a line withdrawn and sent again changed under the same serial number lent its new
+    time to the old settlement. A charge no longer there gives no time or approval; the batch
+    is then the one the settlement was asked for."""
     rows = await conn.fetch(
         "SELECT ln.value AS line, f.fee_ocur_time, f.hosp_appr_flag,"
         " coalesce(f.chrg_bchno, NULLIF(s.chrg_bchno, '0000')) AS chrg_bchno"
         " FROM settlements s CROSS JOIN LATERAL jsonb_array_elements(s.lines)"
         " WITH ORDINALITY AS ln(value, n)"
         " LEFT JOIN fee_lines f ON f.mdtrt_id = s.mdtrt_id AND f.feedetl_sn = ln.value->>'feedetl_sn'"
-        " AND (f.setl_id = s.setl_id OR f.released_from = s.setl_id)"
+        " AND (f.setl_id = s.setl_id OR f.released_from = s.setl_id"
+        " OR (f.medins_list_codg = ln.value->>'medins_list_codg'"
+        " AND f.pric_micro = (ln.value->>'pric_micro')::bigint"
+        " AND f.cnt = (ln.value->>'cnt')::bigint"
+        " AND f.amount_fen = (ln.value->>'det_item_fee_sumamt')::bigint))"
         " WHERE s.setl_id = $1 ORDER BY ln.n",
         setl_id,
     )
