@@ -9,6 +9,7 @@ import functools
 import logging
 import re
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -535,15 +536,29 @@ def _wrong_address(request: web.Request, status: int) -> web.Response:
     return response
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def _serve(app: web.Application, host: str, port: int, reuse_port: bool, idle: float) -> None:
+    # The stop signals set an event, not aiohttp's GracefulExit: raised from the loop's signal
+    # callback, that left the loop at once, and asyncio.run then cancelled every task, the
+    # requests in flight among them, whose tills were reset mid-sale (found from outside, on
+    # every stop and every deploy). Here the runner's cleanup runs first, in the loop: the
+    # listening sockets close, requests in flight get `shutdown_timeout` to be answered.
     runner = EdgeRunner(
-        app, access_log=None, handle_signals=True, shutdown_timeout=10, keepalive_timeout=idle
+        app, access_log=None, handle_signals=False, shutdown_timeout=10, keepalive_timeout=idle
     )
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
-        await asyncio.Event().wait()  # until SIGTERM/SIGINT raise GracefulExit
+        await stop.wait()
     finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
         await runner.cleanup()  # graceful: in-flight requests get shutdown_timeout to finish
 
 

@@ -481,3 +481,70 @@ async def test_a_worker_started_while_the_ledger_is_away_says_so_in_one_line() -
         next(r["msg"] for r in logged if "database is out of reach" in r["msg"])
     ], lines
     assert all(line.startswith("{") for line in lines if line.strip()), lines
+
+
+async def _ready(port: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the gateway never became ready")
+
+
+async def test_a_stop_signal_answers_the_requests_in_flight(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: SIGTERM (and SIGINT) reset every request in flight at once, on every
+    stop and deploy; the tills' retries then settled them afresh. The listening socket closes,
+    and a sale waiting for the ledger at the signal is answered before the process ends."""
+    dsn = await _fresh(new_database, "drain")
+    code, out, err = await _gateway("demo", "load", "--database-url", dsn)
+    assert code == 0, out + err
+    person = "441800000000000001"
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        port = _free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--port", str(port), "--pool-max", "4",
+            "--database-url", dsn,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await _ready(port)
+            holder = await asyncpg.connect(dsn)
+            held = holder.transaction()
+            await held.start()
+            # The sale waits on its person's account row, held here past the signal.
+            await holder.execute("SELECT 1 FROM accounts WHERE psn_no = $1 FOR UPDATE", person)
+            async with aiohttp.ClientSession() as session:
+                pos = HisClient(session, f"http://127.0.0.1:{port}", "P44180000001")
+                drug = pos.drug_input(person, "2026-03-02 10:00:00", "80.00", [
+                    {"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2", "det_item_fee_sumamt": "80.00"}
+                ])  # fmt: skip
+                sale = asyncio.create_task(pos.call("2102", drug))
+                for _ in range(200):
+                    waiting = await holder.fetchval(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                        " WHERE NOT l.granted AND a.datname = current_database()"
+                    )
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    done = sale.result() if sale.done() else "still waiting"
+                    raise AssertionError(f"the sale never reached the ledger: {done}")
+                proc.send_signal(sig)
+                await asyncio.sleep(1.0)
+                await held.rollback()
+                await holder.close()
+                answer = await asyncio.wait_for(sale, timeout=30)
+            assert answer["infcode"] == 0, answer
+            assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
