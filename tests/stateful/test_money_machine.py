@@ -553,6 +553,12 @@ class MoneyMachine(RuleBasedStateMachine):
             rows.append(row)
         infno = "2204" if stay.kind == "outpatient" else "2301"
         answer = self.call(stay.code, infno, {"feedetail": rows}, stay.psn)
+        if stay.kind == "outpatient" and stay.settled_by:
+            # A charge batch is settled once, whole (README): the machine's one batch, B1, with
+            # a settlement in force takes no more lines until that settlement is cancelled.
+            self.refused(answer, infno, "a line into a settled charge batch")
+            assert "收费批次B1已结算" in answer["err_msg"], answer["err_msg"]
+            return False
         # A charge may be refunded once, in whole (the machine's refunds take all its quantity):
         # docs/reliability.md, D8.
         refunded = {ln.init_feedetl_sn for ln in stay.lines.values() if ln.init_feedetl_sn}
