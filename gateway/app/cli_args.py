@@ -51,6 +51,17 @@ def date_arg(text: str) -> dt.date:
         ) from None
 
 
+def port_arg(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535. Found from outside: 99999 died in a traceback."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"“{text[:40]}”不是有效的端口号（0–65535）")
+    return n
+
+
 def count_arg(text: str) -> int:
     """A count of one or more (`--limit`): 0 or a negative number would do nothing and say so
     as if there were nothing to do."""

@@ -10,7 +10,7 @@ naming the file, the key and its table (`ConfigError`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -291,13 +291,51 @@ class GatewayConfig(Section, frozen=True):
 def decode_config(text: str | bytes, source: str = "the configuration") -> GatewayConfig:
     """The TOML text as a GatewayConfig; ConfigError (one line) when it cannot be."""
     try:
-        return msgspec.toml.decode(text, type=GatewayConfig)
+        config = msgspec.toml.decode(text, type=GatewayConfig)
     except msgspec.ValidationError as exc:
         # msgspec names the key and where it sits: "Object contains unknown field `foo` - at
         # `$.http`", "Expected `float`, got `str` - at `$.deadlines.call_seconds`".
         raise ConfigError(f"{source}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    # Found from outside: a negative limit, rate or deadline was taken, and the gateway then
+    # answered every request busy, rate-limited or timed out while /readyz said ok.
+    wrong = _out_of_range(config, "")
+    if wrong is not None:
+        raise ConfigError(f"{source}: {wrong}")
+    return config
+
+
+# Numbers that must be above zero, not merely not negative: a zero would refuse everything.
+_POSITIVE = {"deadlines.call_seconds"}
+_AT_MOST_ONE = ("error_ratio", "timeout_ratio", "overload.share")  # shares
+
+
+def _out_of_range(node: Any, at: str) -> str | None:
+    """The first number of the configuration no setting can mean, in words; None when none."""
+    if isinstance(node, msgspec.Struct):
+        for name in node.__struct_fields__:
+            wrong = _out_of_range(getattr(node, name), f"{at}.{name}" if at else name)
+            if wrong is not None:
+                return wrong
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            wrong = _out_of_range(item, f"{at}.{key}")
+            if wrong is not None:
+                return wrong
+    elif isinstance(node, tuple | list):
+        for i, item in enumerate(node):
+            wrong = _out_of_range(item, f"{at}[{i}]")
+            if wrong is not None:
+                return wrong
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        if node < 0:
+            return f"{at} = {node}: a negative value means nothing here"
+        if node == 0 and at in _POSITIVE:
+            return f"{at} = {node}: must be above zero"
+        if node > 1 and at.endswith(_AT_MOST_ONE):
+            return f"{at} = {node}: a share, at most 1"
+    return None
 
 
 def load_config(path: Path = DEFAULT_CONFIG) -> GatewayConfig:

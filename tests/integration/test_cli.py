@@ -548,3 +548,18 @@ async def test_a_stop_signal_answers_the_requests_in_flight(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_serve_with_a_journal_folder_it_cannot_write_says_so_and_stops(
+    tmp_path: Path,
+) -> None:
+    """Found from outside: a journal folder that could not be written was found out only when
+    the ledger went away, the plan's deferrals then failing as "unavailable"."""
+    config = tmp_path / "gateway.toml"
+    config.write_text('[journal]\ndir = "/proc/no-such-folder/journal"\n', encoding="utf-8")
+    code, _, err = await _gateway(
+        "serve", "--config", str(config), "--port", str(_free_port()),
+        "--database-url", "postgresql://postgres@127.0.0.1:1/none",
+    )  # fmt: skip
+    assert code == 2, err
+    assert "应急暂存目录/proc/no-such-folder/journal不可写" in err and "Traceback" not in err

@@ -3,6 +3,7 @@ defaults the shipped file states."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -237,3 +238,26 @@ def test_the_protective_action_scope_and_category_are_checked() -> None:
         decode_config('[shadow]\nprotect_by_category = "yes"\n')
     with pytest.raises(ConfigError, match="protect_min_compared: at least 1"):
         decode_config("[shadow]\nprotect_min_compared = 0\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        # Found from outside: each was taken, and the gateway then answered every request
+        # busy, rate-limited or timed out while /readyz said ok.
+        ("[overload]\nmax_in_flight = -5\n", "overload.max_in_flight = -5"),
+        ("[rate_limit]\nterminal_rate = -1.0\n", "rate_limit.terminal_rate = -1.0"),
+        ("[deadlines]\ncall_seconds = -1.0\n", "deadlines.call_seconds = -1.0"),
+        ("[deadlines]\ncall_seconds = 0\n", "deadlines.call_seconds = 0.0: must be above zero"),
+        ("[breakers.postgres]\nerror_ratio = 5.0\n", "breakers.postgres.error_ratio = 5.0"),
+        ("[group_commit]\nmax_batch = -1\n", "group_commit.max_batch = -1"),
+    ],
+)
+def test_a_number_no_setting_can_mean_is_refused_naming_it(text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        decode_config(text)
+
+
+def test_zero_where_it_means_off_is_taken() -> None:
+    """`max_in_flight = 0` turns shedding off, as the shipped file says."""
+    assert decode_config("[overload]\nmax_in_flight = 0\n").overload.max_in_flight == 0
