@@ -33,7 +33,8 @@ async def here_or_elsewhere(
 
 
 class SettlementQuery(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """A 5203: by setl_id or mdtrt_id (at least one), psn_no narrowing; "" where not sent."""
+    """A 5203: by setl_id or mdtrt_id, psn_no narrowing, or by psn_no alone (the person's
+    latest settlement here); "" where not sent."""
 
     setl_id: str
     mdtrt_id: str
@@ -49,8 +50,8 @@ async def settlement_info(
     """The institution's settlement the query names (cancelled ones included). Not in the
     caller's database, it is looked for in `elsewhere`: the ledger databases of a ledger split by
     region, for a query that named neither the insured region nor the person."""
-    if not (a.setl_id or a.mdtrt_id):
-        raise BadRequest("结算ID setl_id与就诊ID mdtrt_id至少填写一项")
+    if not (a.setl_id or a.mdtrt_id or a.psn_no):
+        raise BadRequest("结算ID setl_id、就诊ID mdtrt_id与人员编号psn_no至少填写一项")
 
     async def find(db_conn: asyncpg.Connection) -> list[Record]:
         return await settlements.find(
@@ -65,6 +66,11 @@ async def settlement_info(
     found = await here_or_elsewhere(conn, elsewhere, find)
     if found:
         return found[0]
+    if not (a.setl_id or a.mdtrt_id):
+        # By the person alone (protocol §6.2: a till whose sale timed out knows the person and
+        # its msgid, to match `medins_setl_id`, not the ids its answer would have carried;
+        # found from outside: refused). Their latest settlement here, in force first.
+        raise NotFound("未查询到本机构该人员的结算信息")
     # Not a settlement: a claim the emergency plan deferred (主动报) under the number the
     # counter was given, or on this visit? Answered "not found", the counter would take an
     # acknowledged sale for one that never happened (found from outside).

@@ -165,6 +165,17 @@ async def test_5204_of_a_pharmacy_sale_gives_its_detlcutinfo(server: Server) -> 
     answer = await pos.call("5204", keys)
     assert answer["infcode"] == 0, answer["err_msg"]
     got = answer["output"]
+    # A till whose sale timed out knows the person and its msgid, not the ids (protocol §6.2):
+    # 5203 by the person alone answers their latest settlement here (found from outside:
+    # refused), to be matched by medins_setl_id.
+    by_person = {"data": {"psn_no": EMPLOYEE, "setl_id": "", "mdtrt_id": ""}}
+    latest = (await pos.ok("5203", by_person))["setlinfo"]
+    assert latest["setl_id"] == info["setl_id"]
+    assert latest["medins_setl_id"] == info["medins_setl_id"]
+    nobody = {"data": {"psn_no": "441899999999999999", "setl_id": "", "mdtrt_id": ""}}
+    assert (await pos.call("5203", nobody))["err_msg"] == "未查询到本机构该人员的结算信息"
+    none = {"data": {"psn_no": "", "setl_id": "", "mdtrt_id": ""}}
+    assert "至少填写一项" in (await pos.call("5203", none))["err_msg"]
     for row, cut in zip(got, sale["detlcutinfo"], strict=True):
         assert {k: str(v) for k, v in cut.items()} == {k: str(row[k]) for k in cut}
         assert row["fee_ocur_time"] == "2025-05-08 10:00:00"
