@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from gateway.app.config import GatewayConfig
+from gateway.pipeline.ratelimit import Limits
 from tests.integration.conftest import running_gateway
 
 pytestmark = pytest.mark.integration
@@ -111,3 +113,36 @@ async def test_the_locust_mix_passes_its_thresholds(new_database: Callable[..., 
         assert int(rows["2102"]["Request Count"]) > 0
         claims = await server.fetchval("SELECT count(*) FROM deferred WHERE status = 'pending'")
         assert claims > 0
+
+
+async def test_the_desks_keep_within_the_per_terminal_rate_of_the_shipped_settings(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: an outpatient desk sent its visit's five calls back to back, 56/s,
+    and `make loadtest` failed against a healthy gateway on its shipped settings (50/s per
+    terminal) with "本终端交易过于频繁". Every terminal's sends are spaced under the rate: here
+    a gateway allowing 10 a second and a burst of 3 (a visit's calls back to back exceed it at
+    once), the load told to keep to 8 (SGW_TERMINAL_RATE)."""
+    slow = GatewayConfig(
+        rate_limit=Limits(
+            terminal_rate=10.0, terminal_burst=3, institution_rate=1e6, institution_burst=10**6
+        )
+    )
+    async with running_gateway(new_database, slow) as server:
+        await _run(
+            sys.executable, "-m", "gateway", "demo", "synth", "--persons", "200",
+            "--database-url", server.dsn,
+        )  # fmt: skip
+        ARTIFACTS.mkdir(exist_ok=True)
+        prefix = ARTIFACTS / "locust-paced"
+        log = await _run(
+            sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
+            "-u", "6", "-r", "6", "-t", "8s", "--host", server.url, "--csv", str(prefix),
+            "--only-summary", "--exit-code-on-error", "0", "OutpatientDesk", "RefundDesk",
+            env={"SGW_SYNTH_PERSONS": "200", "SGW_TERMINAL_RATE": "8"},
+            limit=90,
+        )  # fmt: skip
+        total = (await asyncio.to_thread(stats, Path(f"{prefix}_stats.csv")))["Aggregated"]
+        failed = await asyncio.to_thread(Path(f"{prefix}_failures.csv").read_text)
+        assert int(total["Failure Count"]) == 0, failed
+        assert int(total["Request Count"]) >= 50, log[-2000:]
