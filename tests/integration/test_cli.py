@@ -87,15 +87,8 @@ async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) 
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
+        await _ready(port)
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
             body = msgspec.json.encode(
                 {
                     "infno": "1101",
