@@ -359,18 +359,7 @@ async def test_serve_starts_once_its_database_answers_within_the_start_timeout(
         await asyncio.sleep(2.0)
         assert proc.returncode is None, log.read_text(errors="replace")  # still trying
         await proxy.start(port)  # the database answers now
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"http://127.0.0.1:{http}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert proc.returncode is None, log.read_text(errors="replace")
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(log.read_text(errors="replace"))
+        await _ready(http, proc, log)
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
     finally:
@@ -476,7 +465,15 @@ async def test_a_worker_started_while_the_ledger_is_away_says_so_in_one_line() -
     assert all(line.startswith("{") for line in lines if line.strip()), lines
 
 
-async def _ready(port: int) -> None:
+async def _ready(
+    port: int, proc: asyncio.subprocess.Process | None = None, log: Path | None = None
+) -> None:
+    """Until the gateway on `port` answers /readyz 200; a failure names its `log`, at once
+    where its `proc` has exited."""
+
+    def said() -> str:
+        return log.read_text(errors="replace") if log else "the gateway never became ready"
+
     async with aiohttp.ClientSession() as session:
         for _ in range(300):
             try:
@@ -485,8 +482,9 @@ async def _ready(port: int) -> None:
                         return
             except aiohttp.ClientError:
                 pass
+            assert proc is None or proc.returncode is None, said()
             await asyncio.sleep(0.1)
-    raise AssertionError("the gateway never became ready")
+    raise AssertionError(said())
 
 
 async def test_a_stop_signal_answers_the_requests_in_flight(
