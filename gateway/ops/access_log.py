@@ -23,6 +23,40 @@ _Entry = tuple[float, str, str, str, str, str, str, float]
 _encode = msgspec.json.Encoder().encode
 
 
+class _Line(msgspec.Struct):
+    """One line, its keys in the order every log line has them (gateway.ops.logs)."""
+
+    ts: str
+    level: str
+    logger: str
+    msg: str
+    request_id: str
+    infno: str
+    msgid: str
+    fixmedins_code: str
+    terminal: str
+    outcome: str
+    ms: float
+
+
+def _masked(label: str) -> str:
+    """A label as it may be logged: the client's own text (a msgid may hold an ID number),
+    masked as any log line is (`mask`), each value before it is written into its line.
+
+    Most labels are one run of ASCII letters and digits (a msgid, an institution's code, a
+    terminal's): such a run holds no quoted field, and holds an ID number, which stands alone
+    between characters that are neither, only when it is the whole run, 18 long. Those pass
+    without the two expressions, which cost the access log more than writing its lines did
+    (a tenth of a `reject`'s CPU with the line's formatting).
+    """
+    if label.isascii() and label.isalnum() and len(label) != _ID_LENGTH:
+        return label
+    return mask(label)
+
+
+_ID_LENGTH = 18
+
+
 class AccessLog:
     """The answered requests of one process, written to `logger` in batches."""
 
@@ -64,24 +98,22 @@ class AccessLog:
         name = self.logger.name
         lines = [
             _encode(
-                {
-                    "ts": dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="milliseconds"),
-                    "level": "info",
-                    "logger": name,
-                    "msg": "answered",
-                    "request_id": request_id,
-                    "infno": infno,
-                    "msgid": msgid,
-                    "fixmedins_code": fixmedins_code,
-                    "terminal": terminal,
-                    "outcome": outcome,
-                    "ms": round(seconds * 1000, 2),
-                }
-            ).decode()
+                _Line(
+                    dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="milliseconds"),
+                    "info",
+                    name,
+                    "answered",
+                    request_id,
+                    _masked(infno),
+                    _masked(msgid),
+                    _masked(fixmedins_code),
+                    _masked(terminal),
+                    outcome,
+                    round(seconds * 1000, 2),
+                )
+            )
             for at, request_id, infno, msgid, fixmedins_code, terminal, outcome, seconds in pending
         ]
-        # The labels are the client's own text (a msgid may hold an ID number): masked as any
-        # log line is, once over the batch.
         record = self.logger.makeRecord(
             name,
             logging.INFO,
@@ -90,6 +122,6 @@ class AccessLog:
             "answered",
             (),
             None,
-            extra={LINES: mask("\n".join(lines))},
+            extra={LINES: b"\n".join(lines).decode()},
         )
         self.logger.handle(record)

@@ -128,3 +128,41 @@ def test_lines_go_to_stderr_as_it_is_when_written(monkeypatch: pytest.MonkeyPatc
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        f"\n{CERTNO}",  # after a line break: written `\n` in the line, masked as the text it is
+        f"T-{CERTNO}",
+        f"终端{CERTNO}",
+        f"{CERTNO[:17]}X",
+        f'{{"certno": "{CERTNO[:10]}"}}',
+        f"{CERTNO} ",
+    ],
+)
+async def test_an_id_number_in_any_label_is_masked_wherever_it_stands(
+    logged: tuple[logging.Logger, Counting, io.StringIO], label: str
+) -> None:
+    """Each label is masked as the client sent it: an ID number beside characters that are not
+    letters or digits, in the terminal or the msgid, never reaches the line."""
+    logger, _, stream = logged
+    log = AccessLog(logger, delay=60)
+    log.answered("0" * 16, "2102", label, "P44180000001", label, "rejected", 0.001)
+    log.flush()
+    entry = json.loads(stream.getvalue())
+    for key in ("msgid", "terminal"):
+        assert CERTNO[6:14] not in entry[key] and CERTNO[:10] not in entry[key]
+
+
+async def test_labels_that_hold_no_id_number_are_written_as_sent(
+    logged: tuple[logging.Logger, Counting, io.StringIO],
+) -> None:
+    logger, _, stream = logged
+    log = AccessLog(logger, delay=60)
+    labels = ["P44180000001202612060000000001", "POS-01", "收费窗口3", "A" * 18, "1" * 18, ""]
+    for label in labels:
+        log.answered("0" * 16, "2101", label, "P44180000001", label, "ok", 0.0)
+    log.flush()
+    written = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["msgid"], e["terminal"]) for e in written] == [(x, x) for x in labels]
