@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import itertools
 import logging
 import re
 import secrets
@@ -64,6 +65,7 @@ UPLOADS = web.AppKey("uploads", UploadBudget)
 SHADOW = web.AppKey("shadow", parallel_run.Shadow)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 access = logging.getLogger("gateway.access")
+log = logging.getLogger("gateway.app.server")
 ANSWER_GRACE_SECONDS = 1.0  # past the call deadline, the counter is answered regardless
 CONSOLE_MAX_BODY = 64 * 1024
 _PATH_INFNO = re.compile(r"[0-9]{4}[A-Z]?")
@@ -279,7 +281,7 @@ async def _admitted(
     authenticated: str | None,
     started: float,
 ) -> web.Response:
-    request_id = secrets.token_hex(8)
+    request_id = f"{_REQUEST_TAG}{next(_request_serial) & _SERIAL_MASK:010x}"
     # Shielded: a client that hangs up must not cut a settlement's commit in half. Bounded: a
     # request stuck on a dead dependency past its deadline is still answered (retry the same
     # msgid); the work goes on in the background and either commits with its answer journaled
@@ -309,11 +311,31 @@ async def _admitted(
     )
 
 
+# A request's id (X-Request-Id, the access log): 16 hex digits, a tag drawn once per process
+# and the process's serial. Drawn from the kernel's random source for each request, it cost a
+# system call on every answer; workers are spawned, so each draws its own tag.
+_REQUEST_TAG = secrets.token_hex(3)
+_request_serial = itertools.count(1)
+_SERIAL_MASK = (1 << 40) - 1
+
+
+# Each answer's two series by (infno, outcome), looked up once: prometheus_client's labels()
+# takes a lock and builds its key on every call. Both labels come from closed sets (the
+# transaction table and the outcomes), so the map stays small.
+_answer_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def observe(outcome: dispatch.Outcome, seconds: float) -> None:
     """Metrics for one answer; the infno label only takes values from the transaction table."""
     infno = outcome.infno if outcome.infno in transaction.TRANSACTIONS else "unknown"
-    metrics.REQUESTS.labels(infno, outcome.outcome).inc()
-    metrics.DURATION.labels(infno).observe(seconds)
+    series = _answer_series.get((infno, outcome.outcome))
+    if series is None:
+        series = _answer_series[(infno, outcome.outcome)] = (
+            metrics.REQUESTS.labels(infno, outcome.outcome),
+            metrics.DURATION.labels(infno),
+        )
+    series[0].inc()
+    series[1].observe(seconds)
     if outcome.outcome is dispatch.Result.REPLAYED:
         metrics.REPLAYS.inc()
     if outcome.outcome is dispatch.Result.ERROR and outcome.fixmedins_code:
@@ -551,15 +573,27 @@ async def _serve(app: web.Application, host: str, port: int, reuse_port: bool, i
     await runner.setup()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def stopping(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping, sig)
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
         await stop.wait()
+        # Said in the log (found from outside: a clean stop and a kill left the same silence).
+        log.warning(
+            "stopping: the requests in flight are answered first",
+            extra={"signal": received[0].name, "in_flight": app[ADMISSION].in_flight},
+        )
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         await runner.cleanup()  # graceful: in-flight requests get shutdown_timeout to finish
+    log.warning("stopped", extra={"signal": received[0].name})
 
 
 def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False) -> None:

@@ -535,6 +535,16 @@ async def test_a_stop_signal_answers_the_requests_in_flight(
                 answer = await asyncio.wait_for(sale, timeout=30)
             assert answer["infcode"] == 0, answer
             assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
+            assert proc.stderr is not None
+            lines = (await proc.stderr.read()).decode().splitlines()
+            said = [json.loads(x) for x in lines if x.startswith("{")]
+            stops = [
+                (x["msg"], x.get("signal")) for x in said if x.get("logger", "").endswith("server")
+            ]
+            assert stops == [
+                ("stopping: the requests in flight are answered first", sig.name),
+                ("stopped", sig.name),
+            ], said[-5:]
         finally:
             if proc.returncode is None:
                 proc.kill()
