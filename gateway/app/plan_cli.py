@@ -401,9 +401,10 @@ def deferred_replay(args: argparse.Namespace) -> int:
         await replay.wait_for_journals(watched, args.wait)
         gw = await _gateway(args)
         try:
+            drained: list[dict[str, Any]] = []  # claims failed as their calls were applied
             if args.journal_dir:
                 # Segments left by gateways that are gone are drained before the replay.
-                await replay.drain(gw, gw.journal)
+                await replay.drain(gw, gw.journal, claims_failed=drained)
 
             def show(p: replay.Progress) -> None:
                 if args.json:
@@ -417,7 +418,7 @@ def deferred_replay(args: argparse.Namespace) -> int:
                     # overwritten by carriage returns (found from outside: 60 KB on one line).
                     print(line, file=sys.stderr, flush=True)
 
-            progress = await replay.replay(gw, show, args.wait)
+            progress = await replay.replay(gw, show, args.wait, drained)
             kept = replay.kept_segments(gw.journal) if args.journal_dir else []
         finally:
             await gw.close()
@@ -427,6 +428,7 @@ def deferred_replay(args: argparse.Namespace) -> int:
             "total": progress.total,
             "settled": progress.settled,
             "failed": progress.failed,
+            "waiting": progress.waiting,
             "damaged_segments": [str(p) for p in kept],
         }
         if args.json:
@@ -435,6 +437,8 @@ def deferred_replay(args: argparse.Namespace) -> int:
             print(f"settled {progress.settled} of {progress.total} deferred claims")
             for f in progress.failed:
                 print(f"failed {f['claim_id']} ({f['mdtrt_id']}): {f['reason']}")
+            for w in progress.waiting:
+                print(f"waiting {w['claim_id']} ({w['mdtrt_id']}): {w['reason']}")
         for p in kept:
             print(
                 f"journal segment {p} holds records that could not be read: kept for the "

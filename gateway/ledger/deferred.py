@@ -237,11 +237,42 @@ async def unfixed_claims(conn: asyncpg.Connection, infnos: list[str]) -> list[as
     the visit's own calls waited to be applied)."""
     return list(
         await conn.fetch(
-            "SELECT seq, body, received_at FROM deferred WHERE kind = 'claim'"
+            "SELECT seq, claim_id, fixmedins_code, body, received_at FROM deferred"
+            " WHERE kind = 'claim'"
             " AND status = 'pending' AND lines IS NULL AND infno = ANY($1::text[])"
             " ORDER BY received_at, seq",
             infnos,
         )
+    )
+
+
+async def failed_calls(
+    conn: asyncpg.Connection, fixmedins_code: str, before: tuple[dt.datetime, int]
+) -> list[asyncpg.Record]:
+    """The institution's calls received before `before` (received_at, seq) that failed when
+    applied, in the order received: few, an outage's refusals."""
+    return list(
+        await conn.fetch(
+            "SELECT infno, msgid, fail_reason, provisional_id, body FROM deferred"
+            " WHERE kind = 'call' AND status = 'failed' AND fixmedins_code = $1"
+            " AND (received_at, seq) < ($2, $3) ORDER BY received_at, seq",
+            fixmedins_code,
+            before[0],
+            before[1],
+        )
+    )
+
+
+async def failed_registration(
+    conn: asyncpg.Connection, provisional_ids: list[str]
+) -> asyncpg.Record | None:
+    """The call that opened one of these provisional visit ids, where it failed when applied
+    (the visit will never be in the ledger). An id is the gateway's, made of its institution's
+    code and msgid: no other institution's call opens it."""
+    return await conn.fetchrow(
+        "SELECT infno, msgid, fail_reason FROM deferred WHERE kind = 'call' AND status = 'failed'"
+        " AND provisional_id = ANY($1::text[]) ORDER BY received_at, seq LIMIT 1",
+        provisional_ids,
     )
 
 

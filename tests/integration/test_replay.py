@@ -104,6 +104,7 @@ async def test_replayed_claims_equal_online_settlement(new_database: Callable[..
             "total": len(VISITS),
             "settled": len(VISITS),
             "failed": [],
+            "waiting": [],
             "damaged_segments": [],
         }
 

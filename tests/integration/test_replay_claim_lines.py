@@ -159,7 +159,13 @@ async def _lifted(srv: Server, his: HisClient, settlement: dict[str, Any], claim
 async def _closed_as_online(srv: Server, his: HisClient, mdtrt_id: str) -> None:
     """Replay settled the claim's lines; the closing 2304 at the counter takes the rest."""
     summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-    assert summary == {"total": 1, "settled": 1, "failed": [], "damaged_segments": []}
+    assert summary == {
+        "total": 1,
+        "settled": 1,
+        "failed": [],
+        "waiting": [],
+        "damaged_segments": [],
+    }
     final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
     rows = await srv.fetch(
         "SELECT setl_id, medfee_sumamt, mid_setl_flag FROM settlements WHERE mdtrt_id = $1"
@@ -275,7 +281,13 @@ async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
         assert await srv.fetchval("SELECT lines FROM deferred WHERE kind = 'claim'") == ["1", "2"]
         # Settled already by the run above; a second run finds nothing pending.
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-        assert summary == {"total": 0, "settled": 0, "failed": [], "damaged_segments": []}
+        assert summary == {
+            "total": 0,
+            "settled": 0,
+            "failed": [],
+            "waiting": [],
+            "damaged_segments": [],
+        }
         final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
         rows = await srv.fetch(
             "SELECT setl_id, medfee_sumamt FROM settlements WHERE mdtrt_id = $1"
@@ -399,7 +411,13 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         await clear_rule(srv.dsn, "region:441800", "settlement")
         await _lifted(srv, his, closing, taken["setl_id"])
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-        assert summary == {"total": 1, "settled": 1, "failed": [], "damaged_segments": []}
+        assert summary == {
+            "total": 1,
+            "settled": 1,
+            "failed": [],
+            "waiting": [],
+            "damaged_segments": [],
+        }
         assert await srv.check_ledger() == []
 
 
@@ -453,7 +471,13 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
 
         await until(applied, within=15.0)
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-        assert summary == {"total": 1, "settled": 1, "failed": [], "damaged_segments": []}
+        assert summary == {
+            "total": 1,
+            "settled": 1,
+            "failed": [],
+            "waiting": [],
+            "damaged_segments": [],
+        }
         row = await srv.fetchrow(
             "SELECT s.preselfpay_amt, s.inscp_scp_amt, s.hifp_pay FROM deferred d"
             " JOIN settlements s ON s.setl_id = d.setl_id WHERE d.claim_id = $1",
@@ -673,3 +697,126 @@ async def test_a_withdrawn_claim_of_a_provisional_visit_is_listed_by_its_visit(
         [row] = [json.loads(line) for line in listed.splitlines()]
         assert (row["claim_id"], row["status"]) == (claim, "withdrawn")
         assert (row["service_date"], row["mdtrt_id"], row["visit_id"]) == (day, mdtrt_id, real)
+
+
+async def _claim_on_a_kept_visit(
+    srv: Server, his: HisClient, psn_no: str, stale: bool
+) -> tuple[str, str]:
+    """Under the plan's `defer` for the hospital's visits and settlements: a visit registered,
+    its lines uploaded (with a national code its mapping does not hold when `stale`) and its
+    2207 taken as a claim, every call kept for recovery; the rules cleared and the calls
+    applied. (provisional visit id, claim id)."""
+    scope = f"institution:{HOSPITAL}"
+    await set_rule(srv.dsn, scope, "encounter", "defer", "演练主动报")
+    await set_rule(srv.dsn, scope, "settlement", "defer", "演练主动报")
+    assert srv.app is not None
+    await srv.app[GATEWAY].reload_plan(force=True)
+    day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+    visit = await his.register(psn_no, "310", f"{day} 08:30:00", f"MZ-FAILED-{psn_no[-2:]}")
+    assert visit.startswith("PV")
+    await his.visit_info(visit, psn_no, "11", f"{day} 08:30:00")
+    lines = [dict(ln) for ln in OUTPATIENT_LINES]
+    if stale:
+        lines[1]["med_list_codg"] = "009999999999999"  # a national code no mapping holds
+    rows = his.fee_rows(visit, psn_no, lines, f"{day} 08:40:00", "B1")
+    await his.ok("2204", {"feedetail": rows})
+    data = his.settle_data(psn_no, visit, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    claim_id = str((await his.ok("2207", data))["setlinfo"]["setl_id"])
+    assert claim_id.startswith("DF")
+    await clear_rule(srv.dsn, scope, "encounter")
+    await clear_rule(srv.dsn, scope, "settlement")
+    pending = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
+
+    async def applied() -> bool:
+        return await srv.fetchval(pending) == 0
+
+    await until(applied, within=15.0)
+    return visit, claim_id
+
+
+@pytest.mark.parametrize(
+    ("psn_no", "stale", "failed_call"),
+    [
+        (RETIREE, True, "2204"),  # a line its mapping refuses: the batch never in the ledger
+        ("441800000000000007", False, "2201"),  # a lapsed person: the visit never registered
+    ],
+)
+async def test_a_claim_whose_visit_failed_to_apply_fails_with_that_calls_reason(
+    new_database: Callable[..., Any], psn_no: str, stale: bool, failed_call: str
+) -> None:
+    """Found from outside: a visit's 2204 (or 2201) kept under the plan failed when applied,
+    and its claim stayed pending for good: replay said "settled 0 of 1" and nothing else, the
+    agency could not retry it, and a manual claim of the bill was refused as one still waiting.
+    The claim is failed, naming the call and its reason; the counter may withdraw it (the cash
+    refunded), as any claim replay could not settle."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        _, claim_id = await _claim_on_a_kept_visit(srv, his, psn_no, stale)
+        calls = await srv.fetch(
+            "SELECT infno, status FROM deferred WHERE kind = 'call' AND status = 'failed'"
+            " ORDER BY received_at, seq"
+        )
+        assert [r["infno"] for r in calls][:1] == [failed_call]
+        claim = await srv.fetchrow("SELECT * FROM deferred WHERE claim_id = $1", claim_id)
+        assert claim is not None and claim["status"] == "failed", dict(claim or {})
+        assert f"补报交易{failed_call}" in claim["fail_reason"]
+        assert "手工报销" in claim["fail_reason"]
+        # Nothing left waiting: replay has nothing to do, and says so.
+        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert summary == {
+            "total": 0,
+            "settled": 0,
+            "failed": [],
+            "waiting": [],
+            "damaged_segments": [],
+        }
+        listed = cli("deferred", "list", "--status", "failed", "--database-url", srv.dsn).stdout
+        assert claim_id in listed and f"补报交易{failed_call}" in listed
+        assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
+        assert await srv.check_ledger() == []
+
+
+async def test_replay_fails_a_journaled_claim_whose_lines_failed_and_names_what_waits(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """`deferred replay` over journals: a claim whose visit's upload failed when applied is
+    listed failed with the upload's reason; a claim whose visit is in a journal not drained yet
+    is listed waiting, with why (found from outside: "settled 0 of 2", nothing named)."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        at = dt.datetime.now().replace(microsecond=0)
+        day = f"{at:%Y-%m-%d %H:%M:%S}"
+        registration = {
+            "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
+                     **certificate(RETIREE), "ipt_otp_no": "MZ-J-1", "atddr_no": "D001",
+                     "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}
+        }  # fmt: skip
+        failing = deferral.new_provisional_id("441800", at, HOSPITAL, "JOURNALED-2201-A")
+        elsewhere = deferral.new_provisional_id("441800", at, HOSPITAL, "JOURNALED-2201-B")
+        here, later = Journal(tmp_path / "a"), Journal(tmp_path / "b")
+        lines = [line("1", "ZL0003", "60", 1, med_list_codg="009999999999999")]  # 60.00
+        claims = {}
+        for visit, node, tag in ((failing, here, "A"), (elsewhere, later, "B")):
+            journaled = _two_nodes(his, visit, at)
+            await journaled(node, 1, "call", "2201", registration, provisional_id=visit)
+            rows = his.fee_rows(visit, RETIREE, lines, day, "B1")
+            await journaled(node, 2, "call", "2204", {"feedetail": rows})
+            settle = his.settle_data(
+                RETIREE, visit, "11", total(lines), "310", "0", chrg_bchno="B1"
+            )
+            claims[tag] = deferral.new_claim_id("441800", at, HOSPITAL, f"JOURNALED-2207-{tag}")
+            await journaled(here, 3, "claim", "2207", settle, claim_id=claims[tag])
+        here.close()
+        later.close()
+
+        out = cli("deferred", "replay", "--journal-dir", str(tmp_path / "a"), "--json",
+                  "--database-url", srv.dsn, check=False)  # fmt: skip
+        summary = json.loads(out.stdout)
+        assert summary["total"] == 2 and summary["settled"] == 0, summary
+        assert [f["claim_id"] for f in summary["failed"]] == [claims["A"]]
+        assert "补报交易2204" in summary["failed"][0]["reason"]
+        assert [w["claim_id"] for w in summary["waiting"]] == [claims["B"]]
+        assert "尚未入账" in summary["waiting"][0]["reason"]
+        assert out.returncode == 1
+        text = cli("deferred", "replay", "--database-url", srv.dsn).stdout
+        assert f"waiting {claims['B']} ({elsewhere})" in text

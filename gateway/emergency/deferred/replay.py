@@ -46,7 +46,10 @@ _exact = msgspec.json.Decoder(float_hook=str)
 
 
 async def drain(
-    gw: Gateway, journal: Journal, reachable: Callable[[str], bool] | None = None
+    gw: Gateway,
+    journal: Journal,
+    reachable: Callable[[str], bool] | None = None,
+    claims_failed: list[dict[str, Any]] | None = None,
 ) -> int:
     """Move every segment no running process holds into the ledger; returns entries moved.
 
@@ -107,7 +110,7 @@ async def drain(
             handle.close()
     if moved:
         log.warning("journal drained into the ledger", extra={"entries": moved})
-        await apply_calls(gw)
+        await apply_calls(gw, claims_failed=claims_failed)
     return moved
 
 
@@ -268,12 +271,16 @@ async def _now_mapped(
     return {key: new for key, new in stale.items() if key[:2] in once}
 
 
-async def apply_calls(gw: Gateway, held: Sequence[str] = ()) -> tuple[int, int]:
+async def apply_calls(
+    gw: Gateway, held: Sequence[str] = (), claims_failed: list[dict[str, Any]] | None = None
+) -> tuple[int, int]:
     """Apply pending journaled encounter calls in the order received, in every ledger database,
-    but those of the institutions `held`; (applied, failed)."""
+    but those of the institutions `held`; (applied, failed). The claims failed on the way (their
+    visit's registration or lines failed to apply) are added to `claims_failed`."""
     applied = failed = 0
+    claims = [] if claims_failed is None else claims_failed
     for ledger in gw.ledgers.all:
-        done, refused = await _apply_calls(gw, ledger.pool, held)
+        done, refused = await _apply_calls(gw, ledger.pool, held, claims)
         applied, failed = applied + done, failed + refused
     return applied, failed
 
@@ -323,7 +330,7 @@ RECEIVED = "received_at, seq"
 
 
 async def _apply_calls(
-    gw: Gateway, pool: asyncpg.Pool, held: Sequence[str] = ()
+    gw: Gateway, pool: asyncpg.Pool, held: Sequence[str], claims_failed: list[dict[str, Any]]
 ) -> tuple[int, int]:
     applied = failed = 0
     waiting: list[int] = []  # calls on a visit whose registration is not in the ledger yet
@@ -332,7 +339,7 @@ async def _apply_calls(
         while True:
             async with conn.transaction():
                 row = await deferred.next_pending(conn, "call", RECEIVED, held, waiting)
-                await _fix_lines(conn, unfixed, None if row is None else row.key)
+                await _fix_lines(conn, unfixed, None if row is None else row.key, claims_failed)
                 if row is None:
                     break
                 try:
@@ -349,7 +356,17 @@ async def _apply_calls(
                     # Its visit's registration is in another gateway's journal, not drained
                     # yet: it stays pending for a later round (found in a failover drill:
                     # acknowledged 2203/2204 were filed failed, the fee lines never recorded).
-                    waiting.append(row.seq)
+                    # Unless that registration failed when applied: the visit will never be
+                    # (found from outside: a lapsed person's 2201 failed, and the visit's
+                    # calls and claim stayed pending for good).
+                    opened = await deferred.failed_registration(
+                        conn, deferred.provisional_ids_in(deferral.request_of(row.body).input)
+                    )
+                    if opened is None:
+                        waiting.append(row.seq)
+                        continue
+                    await deferred.fail(conn, row.seq, _unapplied(opened, "就诊登记"))
+                    failed += 1
                 except GatewayError as exc:
                     await deferred.fail(conn, row.seq, exc.err_msg)
                     failed += 1
@@ -358,7 +375,15 @@ async def _apply_calls(
     return applied, failed
 
 
-Unfixed = tuple[tuple[dt.datetime, int], str, str]  # ((received_at, seq), mdtrt_id, batch)
+@dataclass(frozen=True, slots=True)
+class Unfixed:
+    """A pending claim of a visit's lines that does not name its lines yet."""
+
+    place: tuple[dt.datetime, int]  # (received_at, seq)
+    mdtrt_id: str  # as the claim names it: a provisional id, or the visit's
+    batch: str  # its charge batch, or fees.ALL
+    fixmedins_code: str
+    claim_id: str
 
 
 async def _settled_already(conn: asyncpg.Connection, visit: str, batch: str) -> bool:
@@ -377,14 +402,15 @@ def _of_lines(row: deferred.Pending) -> bool:
 
 
 async def _unfixed(conn: asyncpg.Connection) -> list[Unfixed]:
-    """((received_at, seq), mdtrt_id, charge batch or ALL) of the pending claims of a visit's
-    lines that do not name their lines yet, in the order received."""
+    """The pending claims of a visit's lines that do not name their lines yet, in the order
+    received."""
     out: list[Unfixed] = []
     of_lines = [t.infno for t in TRANSACTIONS.values() if t.settle_claim is not None]
     for r in await deferred.unfixed_claims(conn, of_lines):
         scope = deferral.claim_scope(deferral.request_of(bytes(r["body"])))
         if scope is not None:
-            out.append(((r["received_at"], int(r["seq"])), scope[0], scope[1]))
+            place = (r["received_at"], int(r["seq"]))
+            out.append(Unfixed(place, scope[0], scope[1], r["fixmedins_code"], r["claim_id"]))
     return out
 
 
@@ -392,32 +418,72 @@ async def _fix_lines(
     conn: asyncpg.Connection,
     unfixed: list[Unfixed],
     before: tuple[dt.datetime, int] | None,
+    claims_failed: list[dict[str, Any]],
 ) -> None:
     """A claim covers its batch's (or the visit's) lines uploaded before it in the order
     received: fixed once every call received before it is applied and none after it (`before`:
     the next call's place). A line added to the batch later is not the bill the patient paid in
     cash. A claim on a visit whose registration is not in the ledger yet (another gateway's
-    journal) is left for a later round: fixed now it would cover nothing."""
+    journal) is left for a later round: fixed now it would cover nothing. One whose visit's
+    registration or lines failed to apply is failed with that call's reason: its lines will
+    never be in the ledger."""
     kept: list[Unfixed] = []
-    while unfixed and (before is None or unfixed[0][0] < before):
+    while unfixed and (before is None or unfixed[0].place < before):
         claim = unfixed.pop(0)
-        place, mdtrt_id, batch = claim
-        visit = await deferred.visit_of(conn, mdtrt_id)
-        if visit == mdtrt_id and mdtrt_id.startswith(PROVISIONAL_PREFIX):
-            kept.append(claim)
+        visit = await deferred.visit_of(conn, claim.mdtrt_id)
+        provisional = visit == claim.mdtrt_id and claim.mdtrt_id.startswith(PROVISIONAL_PREFIX)
+        lines = [] if provisional else fees.of_batch(await fees.unsettled(conn, visit), claim.batch)
+        if not lines and (provisional or not await _settled_already(conn, visit, claim.batch)):
+            # Found from outside: a visit's 2204 (or 2201) that failed when applied left its
+            # claim pending for good, the cash never reimbursed, and a manual claim of the
+            # bill refused as one still waiting. A call of the visit that failed says the lines
+            # are not coming; without one they may be in a journal not drained yet (found
+            # from outside: two workers, the 2204 in one's journal, the claim in the other's,
+            # drained first and fixed with no line): it waits for them.
+            if not await _failed_for_its_visit(conn, claim, visit, claims_failed):
+                kept.append(claim)
             continue
-        lines = fees.of_batch(await fees.unsettled(conn, visit), batch)
-        if not lines and not await _settled_already(conn, visit, batch):
-            # Its lines are in a journal not drained yet (found from outside: two workers, the
-            # 2204 in one's journal, the claim in the other's, drained first and fixed with no
-            # line; replay failed it, the fund's share never reimbursed): it waits for them.
-            kept.append(claim)
-            continue
-        await deferred.fix_lines(conn, place[1], [ln.feedetl_sn for ln in lines])
+        await deferred.fix_lines(conn, claim.place[1], [ln.feedetl_sn for ln in lines])
     unfixed[:0] = kept
 
 
-# --------------------------------------------------------------------------------------- claims
+def _names(stored: bytes, ids: set[str]) -> bool:
+    """Whether a kept call's input names one of these visit ids."""
+    sent = deferral.request_of(bytes(stored)).input
+    return any(mdtrt_id.encode() in sent for mdtrt_id in ids)
+
+
+def _unapplied(call: Any, what: str) -> str:
+    """The words of a call of the visit that failed when applied."""
+    return f"本就诊的{what}{call['infno']}（报文ID{call['msgid']}）未成功：{call['fail_reason']}"
+
+
+async def _failed_for_its_visit(
+    conn: asyncpg.Connection, claim: Unfixed, visit: str, claims_failed: list[dict[str, Any]]
+) -> bool:
+    """Fails the claim when a call of its visit sent before it failed to apply."""
+    ids = {claim.mdtrt_id, visit}
+    call = next(
+        (
+            call
+            for call in await deferred.failed_calls(conn, claim.fixmedins_code, claim.place)
+            if call["provisional_id"] in ids or _names(call["body"], ids)
+        ),
+        None,
+    )
+    if call is None:
+        return False
+    reason = _unapplied(call, "补报交易") + (
+        "；本暂存结算的费用未能入账，无法补结算：请医疗机构办理撤销（退还现金）后按实重新结算，"
+        "或由经办机构核实后按手工报销办理"
+    )
+    await deferred.fail(conn, claim.place[1], reason)
+    log.warning(
+        "deferred claim failed: a call of its visit failed",
+        extra={"claim_id": claim.claim_id, "mdtrt_id": claim.mdtrt_id, "call": call["msgid"]},
+    )
+    claims_failed.append({"claim_id": claim.claim_id, "mdtrt_id": claim.mdtrt_id, "reason": reason})
+    return True
 
 
 @dataclass(slots=True)
@@ -425,6 +491,18 @@ class Progress:
     total: int = 0
     settled: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    # Claims left pending for a later replay, each with why (found from outside: "settled 1 of
+    # 3" named neither the claims left nor the reason).
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Why a claim is left pending, in the agency's words.
+LINES_NOT_IN = "本就诊的费用明细尚未入账（仍在某网关的应急日志中），待其并入账本后再次补结算"
+CALLS_NOT_IN = "本就诊的登记或其他补报交易尚未全部入账，待其并入账本后再次补结算"
+
+
+def _waiting(row: deferred.Pending, reason: str) -> dict[str, Any]:
+    return {"claim_id": row.claim_id, "mdtrt_id": row.mdtrt_id, "reason": reason}
 
 
 # How long a replay waits for the replay lock before it refuses. A gateway that applies the
@@ -457,8 +535,11 @@ async def replay(
     gw: Gateway,
     on_progress: Callable[[Progress], None] | None = None,
     wait: float = LOCK_WAIT_SECONDS,
+    failed_already: Sequence[dict[str, Any]] = (),
 ) -> Progress:
-    """Settle every pending claim in service-date order; safe to interrupt and run again."""
+    """Settle every pending claim in service-date order; safe to interrupt and run again.
+    `failed_already`: claims the same run failed before (draining a journal), reported with
+    those failed here."""
     async with gw.pool.acquire() as lock_conn:
         deadline = time.monotonic() + wait
         while not await deferred.try_lock_replay(lock_conn):
@@ -469,8 +550,11 @@ async def replay(
                 )
             await asyncio.sleep(LOCK_POLL_SECONDS)
         try:
-            await apply_calls(gw)
-            return await _replay_claims(gw, on_progress)
+            refused = list(failed_already)
+            await apply_calls(gw, claims_failed=refused)
+            return await _replay_claims(
+                gw, on_progress, Progress(total=len(refused), failed=refused)
+            )
         finally:
             try:
                 await deferred.unlock_replay(lock_conn)
@@ -481,9 +565,10 @@ async def replay(
                 raise
 
 
-async def _replay_claims(gw: Gateway, on_progress: Callable[[Progress], None] | None) -> Progress:
+async def _replay_claims(
+    gw: Gateway, on_progress: Callable[[Progress], None] | None, progress: Progress
+) -> Progress:
     """Every ledger database's claims, one database after the other (no claim spans two)."""
-    progress = Progress()
     for ledger in gw.ledgers.all:
         async with ledger.pool.acquire() as conn:
             progress.total += await deferred.pending_claims(conn)
@@ -549,6 +634,7 @@ async def _replay_lane(
                     # A visit's claim whose lines are not in the ledger yet (their upload in a
                     # journal not drained): it stays pending, listed, for the next replay.
                     waiting.append(row.seq)
+                    progress.waiting.append(_waiting(row, LINES_NOT_IN))
                     continue
                 try:
                     async with conn.transaction():
@@ -563,12 +649,14 @@ async def _replay_lane(
                     owed = row.medfee_sumamt - cash
                     await deferred.mark_settled(conn, row.seq, info["setl_id"], info, owed)
                     progress.settled += 1
-                except (NotYetApplied, SelfPayStay):
+                except (NotYetApplied, SelfPayStay) as exc:
                     # Its visit's calls are not all in the ledger yet (a gateway's journal not
                     # drained), or its stay, admitted self-pay under the plan, is not converted
                     # yet (自费转医保; found from outside: filed failed, and the conversion
                     # afterwards did not bring it back): it stays pending for the next replay.
                     waiting.append(row.seq)
+                    why = exc.err_msg if isinstance(exc, SelfPayStay) else CALLS_NOT_IN
+                    progress.waiting.append(_waiting(row, why))
                 except GatewayError as exc:
                     await deferred.fail(conn, row.seq, exc.err_msg)
                     progress.failed.append(
