@@ -812,6 +812,16 @@ async def visit_of(conn: asyncpg.Connection, setl_id: str) -> str:
     return mdtrt_id
 
 
+async def final_of(conn: asyncpg.Connection, mdtrt_id: str) -> str | None:
+    """The setl_id of the visit's closing (not mid-way) settlement in force, if any."""
+    found = await conn.fetchval(
+        "SELECT setl_id FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
+        " AND mid_setl_flag = '0' ORDER BY setl_time DESC, setl_id DESC LIMIT 1",
+        mdtrt_id,
+    )
+    return None if found is None else str(found)
+
+
 async def has_final(conn: asyncpg.Connection, mdtrt_id: str) -> bool:
     """Whether the visit has a closing (not mid-way) settlement in force."""
     return bool(

@@ -21,12 +21,19 @@ from gateway.core.dates import DateRules, within_visit
 from gateway.core.model import LineSplit, Visit
 from gateway.core.money import cnt_text, fen_text, micro_text
 from gateway.core.settle import split_lines
-from gateway.ledger import deferred, encounters, fees
+from gateway.ledger import deferred, encounters, fees, settlements
 from gateway.ledger.fees import ALL as ALL
 from gateway.ledger.fees import StoredLine as StoredLine
 from gateway.ledger.writes import Writes
 from gateway.pipeline.grouped import Built, Held, Job, unchanged
-from gateway.protocol.errors import BadRequest, Conflict, LineRejected, NotFound, RuleRejected
+from gateway.protocol.errors import (
+    BadRequest,
+    Conflict,
+    LineRejected,
+    NotFound,
+    RuleRejected,
+    Unavailable,
+)
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
 
@@ -92,6 +99,8 @@ async def upload(conn: asyncpg.Connection, at: Uploading, a: FeeUpload) -> tuple
     if kind == "outpatient":
         settled = await fees.settled_batches(conn, [enc.mdtrt_id])
         _not_into_settled_batches(lines, settled.get(enc.mdtrt_id, set()))
+    elif enc.status == "discharged":
+        _not_into_a_closed_stay(await settlements.final_of(conn, enc.mdtrt_id))
     priced: dict[str, dt.date] = {}
     if any(ln.cnt < 0 for ln in lines):
         priced = await _check_refunds(conn, enc.mdtrt_id, lines)
@@ -129,6 +138,10 @@ def upload_job(
         _against_visit(enc, mdtrt_id, kind, lines, len(visit.unsettled), at.max_unsettled_lines)
         if kind == "outpatient":
             _not_into_settled_batches(lines, visit.settled_batches)
+        elif enc.status == "discharged":
+            # Whether its closing settlement is in force is read on the single path: a
+            # discharged stay's late charges are few, and the batch does not read it.
+            raise Unavailable("住院费用明细上传需按单笔处理，请稍后重试")
         splits = split_lines(at.snapshot, _visit(origin, mdtrt_id, enc), lines)
         # `upload` learns this from the primary key; a settled line's number still does, and
         # then the batch fails whole and each request goes its own way (the same words).
@@ -164,6 +177,18 @@ def _not_into_settled_batches(lines: Sequence[StoredLine], settled: set[str]) ->
                 f"收费批次{ln.chrg_bchno}已结算，不能再上传该批次的费用明细：新发生的费用请使用"
                 "新的收费批次号上传并结算；如需更改该批次，请先撤销其结算（2208）",
             )
+
+
+def _not_into_a_closed_stay(final: str | None) -> None:
+    """A stay's closing settlement ends it: lines sent after it are refused until that
+    settlement is cancelled (protocol §2.0: 2402 → 2303 → 2304; a change after it, 2305 first).
+    Found from outside: charges sent after the closing 2304 were taken, and a second closing
+    2304 settled them, the stay then holding two closing settlements in force."""
+    if final is not None:
+        raise Conflict(
+            f"该住院已办理出院结算（结算ID{final}），不能再上传费用明细：如需补录或退费，"
+            "请先撤销该结算（2305）后重新上传并结算"
+        )
 
 
 def _lines_alone(kind: Kind, lines: Sequence[StoredLine], at: Uploading) -> str:

@@ -222,12 +222,28 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
     assert await server.fetchval(
         "SELECT adm_dedc_used_fen FROM encounters WHERE mdtrt_id = $1", mdtrt_id
     ) == int(total_dedc * 100)
+    # The closing settlement ends the stay: a late charge, or a refund, is refused naming it
+    # until it is cancelled (found from outside: taken, and a second closing 2304 settled it).
+    late = [dict(second[1], feedetl_sn="5", det_item_fee_sumamt="30.00", cnt="1")]
+    refund = [dict(second[0], feedetl_sn="6", init_feedetl_sn="4", cnt="-1")]
+    refund[0]["det_item_fee_sumamt"] = "-20.00"
+    before = await server.ledger_fingerprint()
+    for lines in (late, refund):
+        rows = his.fee_rows(mdtrt_id, RETIREE, lines, "2026-04-06 09:00:00", "")
+        closed = await his.call("2301", {"feedetail": rows})
+        assert closed["infcode"] == -1 and final["setl_id"] in closed["err_msg"], closed
+        assert "请先撤销该结算（2305）" in closed["err_msg"]
+    assert await server.ledger_fingerprint() == before
     # 2405 is refused while the final settlement stands; after 2305 it works.
     blocked = await his.call("2405", {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
     assert blocked["infcode"] == -1
     await his.ok(
         "2305", {"data": {"setl_id": final["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
     )
+    # Cancelled, the stay takes the late charge again (its closing settlement settles it).
+    rows = his.fee_rows(mdtrt_id, RETIREE, late, "2026-04-06 09:00:00", "")
+    await his.ok("2301", {"feedetail": rows})
+    await his.ok("2302", {"data": {"feedetl_sn": "5", "mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
     await his.ok("2405", {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
     await his.ok(
         "2305", {"data": {"setl_id": mid["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
