@@ -20,8 +20,8 @@ from gateway.protocol.errors import Busy
 
 log = logging.getLogger("gateway.pipeline.ratelimit")
 
-TERMINAL_BUSY = "本终端交易过于频繁，请稍候几秒后重试"
-INSTITUTION_BUSY = "本机构当前交易量超过限额，请稍候几秒后重试"
+TERMINAL_BUSY = "本终端交易过于频繁，请稍候几秒后使用相同报文ID重试"
+INSTITUTION_BUSY = "本机构当前交易量超过限额，请稍候几秒后使用相同报文ID重试"
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
