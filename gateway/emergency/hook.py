@@ -50,7 +50,9 @@ from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol import transaction
 from gateway.protocol.errors import (
     Conflict,
+    DependencyDown,
     GatewayError,
+    LedgerDownRefusal,
     RuleRejected,
     SelfPayStay,
     Unavailable,
@@ -160,7 +162,7 @@ async def intercept(
     ledger_down = decision.source.startswith(LEDGER_BREAKER)
     if decision.action is Action.REJECT:
         if ledger_down:
-            raise RuleRejected(_ledger_down_words(tx))
+            raise LedgerDownRefusal(_ledger_down_words(tx))
         words = CANCEL_REJECT_MSG if tx.undo is Undo.CANCELLATION else REJECT_MSG
         raise RuleRejected(words.format(why=decision.reason))
     if decision.action in (Action.ROUTE_LEGACY, Action.ROUTE_LEGACY_SHADOW):
@@ -222,7 +224,7 @@ async def intercept(
             mode=Mode.DEFERRED,
         )
     if ledger_down:
-        raise Unavailable(_ledger_down_words(tx))
+        raise DependencyDown(_ledger_down_words(tx))
     if tx.klass in (TxClass.CATALOG, TxClass.RECONCILE):
         raise RuleRejected(REJECT_MSG.format(why=decision.reason))
     return None  # reads (1101, sign-in) go on as normal while the ledger answers
@@ -730,7 +732,7 @@ async def _route_legacy(
         answer = await post_legacy(gw, body, timeout, infno=req.infno)
     except LegacyDown as exc:
         if not exc.reached:
-            raise Unavailable(LEGACY_DOWN_MSG) from None
+            raise DependencyDown(LEGACY_DOWN_MSG) from None
         # It reached the old system, which may have done it (found from outside: a sale the
         # old system settled after the gateway gave up was settled here too when the counter
         # retried after the plan changed). An answer of its own, kept for the msgid.

@@ -450,7 +450,7 @@ def _failed(
         return Outcome(
             _fail(gw, received, exc),
             req.infno,
-            Result.REJECTED,
+            Result.ERROR if exc.counts_as_error else Result.REJECTED,
             req.msgid,
             code,
             terminal,

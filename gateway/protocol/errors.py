@@ -16,6 +16,12 @@ their msgid, so a retry after an outage is not answered with the outage.
     ├── Conflict                 the state forbids it: settled twice, cancelled twice, msgid reused
     ├── Busy                     shed under overload or rate limit; retry shortly (retryable)
     └── Unavailable              a dependency failed or timed out (retryable)
+        └── DependencyDown       refused without trying: the ledger's or the old system's
+                                 breaker is open
+
+``counts_as_error`` says whether the metrics count the refusal as a failed request (outcome
+``error``, the institution's errors) rather than a refusal of what was asked: true of every
+refusal a dependency out of reach causes (DependencyDown, LedgerDownRefusal).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ class GatewayError(Exception):
     """Base of the tree; carries the clerk-facing message."""
 
     retryable = False
+    counts_as_error = False
 
     def __init__(self, err_msg: str) -> None:
         super().__init__(err_msg)
@@ -86,3 +93,19 @@ class Unavailable(GatewayError):
     """A dependency failed or timed out."""
 
     retryable = True
+
+
+class DependencyDown(Unavailable):
+    """Refused without trying, its dependency out of reach (the ledger's breaker open, the old
+    system's): counted as a failed request, as the timeouts that opened the breaker were. Found
+    from outside: counted as a refusal of bad input, the error-ratio alert read 0.08 while every
+    1101 failed, and an institution's error alerts cleared with the ledger still down."""
+
+    counts_as_error = True
+
+
+class LedgerDownRefusal(RuleRejected):
+    """The plan's `reject` while the ledger's breaker is open: final for the counter (it settles
+    as self-pay), and a failed request for the metrics, as DependencyDown is."""
+
+    counts_as_error = True
