@@ -147,8 +147,8 @@ class Verifier:
         if self.redis is not None and self.gate.usable():
             try:
                 first = bool(await self.redis.set(NONCE + key, "1", nx=True, ex=NONCE_TTL_SECONDS))
-            except Exception:
-                self.gate.note(False)
+            except Exception as exc:
+                self.gate.note(False, exc)
                 log.warning("nonce store unavailable; using process-local memory")
             else:
                 self.gate.note(True)

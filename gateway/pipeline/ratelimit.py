@@ -124,8 +124,8 @@ class Limiter:
             except Busy:
                 self.gate.note(True)
                 raise
-            except Exception:
-                self.gate.note(False)
+            except Exception as exc:
+                self.gate.note(False, exc)
                 log.warning("rate limit store unavailable; using process-local buckets")
         if not self._terminals.take(tkey):
             raise Busy(TERMINAL_BUSY)

@@ -23,7 +23,7 @@ import msgspec
 import pytest
 
 from gateway.app.config import Breakers, Deadlines, GatewayConfig
-from gateway.app.server import Settings, prepare_database
+from gateway.app.server import GATEWAY, Settings, prepare_database
 from gateway.emergency.breaker import BreakerConfig
 from tests.adversity.proxy import Proxy
 from tests.adversity.test_ledger_outage import CONFIG_TOML, ProxiedLedger, _free_port
@@ -161,6 +161,31 @@ async def test_redis_cut_under_load_never_stops_settlement(
             await _exactly_once(srv, load)
     finally:
         await proxy.close()
+
+
+async def test_a_burst_of_requests_leaves_a_healthy_redis_breaker_closed(
+    new_database: Callable[..., Any], redis_url: str
+) -> None:
+    """Found from outside: a burst of 1,000 signed requests (256 in flight) opened the Redis
+    breaker of a healthy Redis every time, paging the team: each request's nonce and rate
+    bucket took a connection of their own, and every use past the pool's hundred failed at
+    once ("Too many connections"). The uses share a bounded pool and wait for a connection;
+    one that finds none is this process's shortage, not Redis's failure."""
+    async with running_gateway(new_database, GENEROUS, redis_url) as srv:
+        assert srv.app is not None
+        breaker = srv.app[GATEWAY].breakers["redis"]
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            pos = HisClient(session, srv.url, "P44180000001")
+            drug = pos.drug_input(
+                "441800000000000001", "2026-07-04 10:00:00", DRUG_TOTAL, DRUG_LINES
+            )
+            answers = await asyncio.gather(*(pos.call("2101", drug) for _ in range(400)))
+        settled = [a for a in answers if a["infcode"] == 0]
+        assert settled and all(a["infcode"] == 0 or "繁忙" in a["err_msg"] for a in answers), {
+            a["err_msg"] for a in answers
+        }
+        assert (breaker.state, breaker.reason) == ("closed", ""), breaker.reason
 
 
 def _workers(pid: int) -> list[int]:

@@ -9,11 +9,20 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
 
 from adapters.national.category import request_category
 from adapters.national.envelope import Request
 from gateway.app.config import DEFAULT_CONFIG, load_config
-from gateway.emergency.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerConfig
+from gateway.emergency.breaker import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    Breaker,
+    BreakerConfig,
+    SharedStoreGate,
+)
 from gateway.emergency.console.pages import ACTION_NAMES
 from gateway.emergency.plan.rules import (
     ACTIONS,
@@ -228,6 +237,65 @@ def test_breaker_trips_on_consecutive_failures_and_never_flaps() -> None:
     assert b.ready_to_close()
     b.close("ok")
     assert b.state == CLOSED and not b.is_open
+
+
+def _pool_wait_out() -> Exception:
+    """What redis-py's BlockingConnectionPool raises when no connection frees up in time."""
+    try:
+        try:
+            raise TimeoutError
+        except TimeoutError as err:
+            raise RedisConnectionError("No connection available.") from err
+    except RedisConnectionError as exc:
+        return exc
+
+
+def _redis_gate(clock: Clock) -> tuple[SharedStoreGate, Breaker]:
+    config = BreakerConfig(consecutive_failures=3, min_open_seconds=5.0, action="none")
+    gate = SharedStoreGate()
+    gate.breaker = Breaker("redis", config, clock)
+    return gate, gate.breaker
+
+
+def test_a_redis_use_begun_before_the_breaker_opened_is_not_its_probe() -> None:
+    """Found from outside: uses of Redis in flight when its breaker opened, ending after,
+    were taken as probes and moved it to half-open in 7–109 ms, past a 5 s minimum."""
+    clock = Clock()
+    gate, breaker = _redis_gate(clock)
+    for _ in range(3):
+        gate.note(False, ConnectionError("reset"))
+    assert breaker.state == OPEN
+    for _ in range(20):  # the requests that were waiting on Redis meanwhile
+        gate.note(True)
+    clock.t += 4.9
+    gate.note(True)
+    assert breaker.state == OPEN
+    clock.t += 0.1
+    assert gate.usable()  # the probe, once the minimum open time is past
+    gate.note(True)
+    assert breaker.state == HALF_OPEN
+
+
+@pytest.mark.parametrize(
+    "shortage",
+    [
+        MaxConnectionsError("Too many connections"),
+        _pool_wait_out(),
+    ],
+    ids=["past-the-pool", "no-connection-in-time"],
+)
+def test_a_use_that_found_no_connection_in_this_process_is_not_redis_failing(
+    shortage: Exception,
+) -> None:
+    """Found from outside: a burst past the pool's connections failed every use beyond them at
+    once, and a healthy Redis's breaker opened and paged. A real failure still counts."""
+    gate, breaker = _redis_gate(Clock())
+    for _ in range(10):
+        gate.note(False, shortage)
+    assert breaker.state == CLOSED
+    for _ in range(3):
+        gate.note(False, RedisConnectionError("Connection refused"))
+    assert breaker.state == OPEN
 
 
 def test_breaker_ratios_need_the_minimum_count_within_the_window() -> None:
