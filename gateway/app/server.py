@@ -137,6 +137,9 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
             try:
                 authenticated = await verifier.verify(request.headers)
             except AuthError as exc:
+                # Counted by whom it claims to be and why (found from outside: a wrong key, a
+                # terminal's clock off and a replay were one count under infno "unknown").
+                metrics.AUTH_FAILURES.labels(verifier.claimed(request.headers), exc.reason).inc()
                 return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
         # A body that can never pass is told so (send it in parts), not to come back later.
         too_large = declared_too_large(request, gw.config.http, path_infno)

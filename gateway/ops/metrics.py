@@ -61,6 +61,14 @@ LOOP_STALLED = Counter(
     "the breakers do not count this time against the ledger",
 )
 REPLAYS = Counter("sgw_idempotent_replays", "Answers replayed from the msgid journal")
+AUTH_REASONS = ("missing", "malformed", "timestamp", "signature", "nonce")
+UNREGISTERED = "unregistered"
+AUTH_FAILURES = Counter(
+    "sgw_auth_failures",
+    "Requests refused by the signature check, by the institution they named (a registered"
+    " code, else unregistered) and why (missing, malformed, timestamp, signature, nonce)",
+    ["fixmedins_code", "reason"],
+)
 INSTITUTION_ERRORS = Counter(
     "sgw_institution_errors",
     "Failed requests per institution: timeouts and dependency errors (kind=timeout|error)",
@@ -227,6 +235,9 @@ def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str])
         RECONCILE_MISMATCHES.labels(code)
         # Terminals are not known in advance; the fold-over label is, and the alert ignores it.
         IDENTITY_FAILURES.labels(code, OTHER_TERMINAL)
+    for code in (*institutions, UNREGISTERED):
+        for reason in AUTH_REASONS:
+            AUTH_FAILURES.labels(code, reason)
     for fund in fund_types:
         FUND_PAID.labels(fund)
     for klass in CLASSES:

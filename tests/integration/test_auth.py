@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.emergency.breaker import Breaker, BreakerConfig
 from gateway.pipeline.auth import AuthError, Verifier, sign_headers, signature
@@ -43,31 +44,46 @@ async def test_a_signed_request_is_answered(server: Server) -> None:
 # Headers are built when the test runs, not when it is collected: a timestamp 400 s off taken at
 # collection is within the 300 s window by the time a slow suite reaches the test.
 @pytest.mark.parametrize(
-    ("make_headers", "fragment"),
+    ("make_headers", "fragment", "counted"),
     [
-        (lambda: {}, "缺少"),
-        (lambda: {**_signed(), "x-tif-signature": "0" * 64}, "签名不一致"),
-        (lambda: _signed(secret="wrong-secret"), "签名不一致"),
-        (lambda: _signed(now=time.time() - 400), "时间戳"),
-        (lambda: _signed(now=time.time() + 400), "时间戳"),
-        (lambda: {**_signed(), "x-tif-paasid": "H99999999999"}, "签名不一致"),
-        (lambda: {**_signed(), "x-tif-timestamp": "yesterday"}, "Unix"),
+        (lambda: {}, "缺少", ("unregistered", "missing")),
+        (lambda: {**_signed(), "x-tif-signature": "0" * 64}, "签名不一致", (CODE, "signature")),
+        (lambda: _signed(secret="wrong-secret"), "签名不一致", (CODE, "signature")),
+        (lambda: _signed(now=time.time() - 400), "时间戳", (CODE, "timestamp")),
+        (lambda: _signed(now=time.time() + 400), "时间戳", (CODE, "timestamp")),
+        (
+            lambda: {**_signed(), "x-tif-paasid": "H99999999999"},
+            "签名不一致",
+            ("unregistered", "signature"),
+        ),
+        (lambda: {**_signed(), "x-tif-timestamp": "yesterday"}, "Unix", (CODE, "malformed")),
     ],
 )
 async def test_bad_signatures_are_refused(
-    server: Server, make_headers: Callable[[], dict[str, str]], fragment: str
+    server: Server,
+    make_headers: Callable[[], dict[str, str]],
+    fragment: str,
+    counted: tuple[str, str],
 ) -> None:
+    """Refused, nothing written, and counted by the institution named and why (found from
+    outside: a wrong key, a clock off and a replay were one count under infno "unknown")."""
     before = await server.ledger_fingerprint()
+    labels = dict(zip(("fixmedins_code", "reason"), counted, strict=True))
+    counted_before = REGISTRY.get_sample_value("sgw_auth_failures_total", labels) or 0.0
     answer = await _post(server, make_headers())
     assert answer["infcode"] == -1 and fragment in answer["err_msg"], answer["err_msg"]
     assert await server.ledger_fingerprint() == before
+    assert REGISTRY.get_sample_value("sgw_auth_failures_total", labels) == counted_before + 1
 
 
 async def test_a_nonce_is_accepted_once(server: Server) -> None:
     headers = _signed(nonce="reused-nonce-1")
     assert (await _post(server, headers))["infcode"] == 0
+    replays = {"fixmedins_code": CODE, "reason": "nonce"}
+    before = REGISTRY.get_sample_value("sgw_auth_failures_total", replays) or 0.0
     again = await _post(server, headers)
     assert again["infcode"] == -1 and "nonce" in again["err_msg"]
+    assert REGISTRY.get_sample_value("sgw_auth_failures_total", replays) == before + 1
 
 
 async def test_a_short_nonce_drawn_again_under_another_timestamp_is_not_a_replay(
