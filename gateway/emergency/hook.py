@@ -963,7 +963,18 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
         # The claims this process holds in its local journal count too, read or not the ledger
         # (found from outside: the gauge said 0 through a whole outage, the claims at risk in
         # the journal, and read the ledger's count only once it was drained).
-        metrics.DEFERRED_CLAIMS.set(sum(pending_in.values()) + gw.journal.claims_waiting)
+        # Two gauges: the ledger's and dead workers' segments are the same for every worker,
+        # each one's own journal is its own (metrics.DEFERRED_CLAIMS). A killed worker's claims
+        # count until drained (found from outside: they dropped out of the figure at the kill).
+        unheld = 0
+        if gw.journal.drainable_exists():
+            try:
+                dead = await asyncio.to_thread(gw.journal.unheld_claims)
+                unheld = len(dead - gw.journal.claims.keys())
+            except OSError:
+                log.warning("journal segments not counted this round", exc_info=True)
+        metrics.DEFERRED_CLAIMS.set(sum(pending_in.values()) + unheld)
+        metrics.JOURNALED_CLAIMS.set(gw.journal.claims_waiting)
 
 
 def _defers_calls(gw: Gateway, fixmedins_code: str) -> bool:

@@ -103,10 +103,21 @@ PLAN_CHANGES = Counter(
     " breakers (scope breaker:<dependency>, action = the breaker's new state)",
     ["scope", "class", "action"],
 )
+# Deferred claims waiting for replay, in two parts, since workers see them differently: every
+# worker reads the same ledger (and the same segments of dead workers), so that part is the
+# largest any live worker read; each holds its own journal, so that part is their sum (found from
+# outside: one gauge of both, taken as the largest, showed one worker's share of an outage's
+# claims with two). The total is max(sgw_deferred_claims) + sum(sgw_deferred_claims_journaled).
 DEFERRED_CLAIMS = Gauge(
     "sgw_deferred_claims",
-    "Deferred claims waiting for replay (ledger and local journal)",
+    "Deferred claims waiting for replay in the ledger, and in journal segments no running"
+    " process holds (a killed worker's); with sgw_deferred_claims_journaled, all of them",
     multiprocess_mode="livemax",
+)
+JOURNALED_CLAIMS = Gauge(
+    "sgw_deferred_claims_journaled",
+    "Deferred claims in this process's own local journal, not yet drained into the ledger",
+    multiprocess_mode="livesum",
 )
 PAYOUT_STATES = ("owed", "batched", "paid", "withdrawn", "failed")
 PAYOUT_YUAN = Gauge(
@@ -244,6 +255,7 @@ def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str])
         for action in (*ACTIONS, "normal"):
             PLAN_CHANGES.labels("global", klass, action)
     DEFERRED_CLAIMS.set(0)
+    JOURNALED_CLAIMS.set(0)
     for state in PAYOUT_STATES:
         PAYOUT_YUAN.labels(state).set(0)
         PAYOUT_LINES.labels(state).set(0)

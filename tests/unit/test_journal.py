@@ -38,3 +38,45 @@ def _torn_tail_is_skipped(tmp_path: Path) -> None:
     assert [p for p, _ in found] == [segment]
     for _, handle in found:
         handle.close()
+
+
+async def test_the_claims_a_dead_worker_left_are_counted_until_drained(tmp_path: Path) -> None:
+    """Found from outside: a worker killed with kill -9 during an outage took its claims out
+    of the claims gauge until they were drained. A live worker counts the claims of segments no
+    process holds, less those withdrawn there; its own segment is its own gauge's."""
+    dead = Journal(tmp_path)
+    for n in range(3):
+        await dead.append(entry(n))
+    await dead.append(
+        Entry(
+            kind="withdrawal", fixmedins_code="P1", msgid="w1", infno="2103", psn_no="p",
+            mdtrt_id="", service_date=dt.date(2026, 7, 1), medfee_sumamt=0, body=b"{}",
+            answer=b"{}", received_at=dt.datetime(2026, 7, 1, 10, 5), claim_id="DF1",
+        )
+    )  # fmt: skip
+    (segment,) = _segments(tmp_path)
+    alive = Journal(tmp_path)
+    await alive.append(entry(7))
+    assert alive.unheld_claims() == frozenset()  # the other process is running: its own count
+    dead.close()  # killed: its lock goes with it
+    _tear(segment)
+    assert alive.unheld_claims() == {"DF0", "DF2"}
+    assert alive.unheld_claims() == {"DF0", "DF2"}  # counted again from what it kept
+    for path, handle in alive.drainable():  # drained: gone from the count
+        handle.close()
+        _drained(path)
+    assert alive.unheld_claims() == frozenset()
+    alive.close()
+
+
+def _tear(segment: Path) -> None:
+    with segment.open("ab") as f:
+        f.write(b'{"kind":"claim","fixmedins_')  # killed mid-write, never answered
+
+
+def _segments(directory: Path) -> list[Path]:
+    return list(directory.glob("*.journal"))
+
+
+def _drained(segment: Path) -> None:
+    segment.unlink()

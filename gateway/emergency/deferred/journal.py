@@ -93,17 +93,25 @@ def _decode(line: bytes) -> Entry:
     )
 
 
-def read_segment(path: Path, damaged: list[Damaged] | None = None) -> Iterator[Entry]:
+def read_segment(
+    path: Path, damaged: list[Damaged] | None = None, *, quiet: bool = False
+) -> Iterator[Entry]:
     """The complete records of a segment. A torn last line (never acknowledged) is skipped; a
-    complete line that cannot be read is logged and told to `damaged`."""
+    complete line that cannot be read is logged and told to `damaged` (`quiet`: read only to
+    count, nothing logged: the drain says it)."""
     with path.open("rb") as f:
         for n, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
-                log.warning("torn journal record skipped", extra={"segment": path.name, "line": n})
+                if not quiet:
+                    log.warning(
+                        "torn journal record skipped", extra={"segment": path.name, "line": n}
+                    )
                 continue
             try:
                 yield _decode(line)
             except (ValueError, KeyError, TypeError):
+                if quiet:
+                    continue
                 log.error("unreadable journal record", extra={"segment": path.name, "line": n})
                 if damaged is not None:
                     damaged.append(
@@ -153,6 +161,8 @@ class Journal:
         # claim_id -> (institution, mdtrt_id, lines) of claims pending here: a second claim of
         # the same lines is refused while the ledger cannot be asked.
         self._held: dict[str, tuple[str, str, Held]] = {}
+        # Segments no process holds: (size, claim ids) as last counted (unheld_claims).
+        self._unheld: dict[Path, tuple[int, frozenset[str]]] = {}
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
@@ -253,6 +263,34 @@ class Journal:
                 continue
             out.append((path, f))
         return out
+
+    def unheld_claims(self) -> frozenset[str]:
+        """The claims, not withdrawn, in the segments no running process holds (a killed
+        worker's, until one drains them; this process's own once rotated, which `claims` still
+        counts). Read from disk: call it off the event loop. A segment no longer grows, so what
+        it holds is kept by its size."""
+        found: set[str] = set()
+        seen: set[Path] = set()
+        for path, handle in self.drainable():
+            try:
+                size = os.fstat(handle.fileno()).st_size
+                known = self._unheld.get(path)
+                if known is None or known[0] != size:
+                    claims: set[str] = set()
+                    withdrawn: set[str] = set()
+                    for e in read_segment(path, quiet=True):
+                        if e.claim_id and e.kind == "claim":
+                            claims.add(e.claim_id)
+                        elif e.claim_id and e.kind == "withdrawal":
+                            withdrawn.add(e.claim_id)
+                    known = self._unheld[path] = (size, frozenset(claims - withdrawn))
+            finally:
+                handle.close()
+            seen.add(path)
+            found |= known[1]
+        for gone in self._unheld.keys() - seen:
+            del self._unheld[gone]
+        return frozenset(found)
 
     def drainable_exists(self) -> bool:
         """Cheap check before a drain: segments other than this process's open one."""
