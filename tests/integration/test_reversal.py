@@ -93,6 +93,27 @@ async def test_reversing_a_cancellation_reinstates_the_settlement(server: Server
         assert found["setlinfo"][field] == info[field]
 
 
+async def test_reversing_a_refused_message_says_nothing_was_put_back(server: Server) -> None:
+    """Found from outside: a 2601 of a cancellation that had been refused ("已撤销") answered
+    成功 with nothing else, read by the clerk as the settlement put back in force. It changes
+    nothing, and says so."""
+    his = server.client(HOSPITAL)
+    mdtrt_id, info, _ = await _outpatient(his, "MZ-REV-9")
+    ref = {"data": {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}}
+    await his.ok("2208", ref)
+    cancelled = await _state(server, EMPLOYEE)
+    again = his.msgid()
+    refused = await his.call("2208", ref, msgid=again)
+    assert refused["infcode"] == -1 and "已撤销" in refused["err_msg"], refused
+    reversed_ = await his.call("2601", _reverse(EMPLOYEE, again, "2208"))
+    assert reversed_["infcode"] == 0 and reversed_["output"] == {}, reversed_
+    assert f"原报文{again}当时未办理成功" in reversed_["warn_msg"]
+    assert "原业务状态不变" in reversed_["warn_msg"]
+    assert await _state(server, EMPLOYEE) == cancelled
+    found = await his.ok("5203", {"data": {"setl_id": info["setl_id"]}})
+    assert found["setlinfo"]["refd_setl_flag"] == "1"  # still cancelled
+
+
 async def test_reversing_pharmacy_sale_and_admission(server: Server) -> None:
     pos = server.client("P44180000001")
     before = await _state(server, EMPLOYEE)
