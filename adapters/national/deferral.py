@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import msgspec
 
 from adapters.national.envelope import Amount, Code, Request, decode_input, text
@@ -29,9 +30,10 @@ from adapters.national.wire import (
     when,
     when_required,
 )
+from gateway.core.money import fen_text
 from gateway.core.timestamps import day_digits
 from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
-from gateway.ledger import deferred, fees, persons, settlements
+from gateway.ledger import deferred, fees, manual_claims, persons, settlements
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
 from gateway.protocol.errors import BadRequest, Conflict, NotFound
@@ -427,6 +429,7 @@ async def withdraw_claim(call: Call) -> Answer:
     refunded at the counter); a claim already replayed must be cancelled as its settlement."""
     setl_id, mdtrt_id, psn_no = withdrawal_ref(call.req)
     code = call.req.fixmedins_code
+    await _not_reimbursed_by_hand(call.conn, setl_id, code, psn_no)
     row = await deferred.withdraw(call.conn, setl_id, code, psn_no, call.req.msgid, mdtrt_id)
     if row is None:
         existing = await deferred.claim_row(call.conn, setl_id, code)
@@ -459,6 +462,36 @@ async def withdraw_claim(call: Call) -> Answer:
         ),
         warn_msg=f"暂存结算{setl_id}已撤销",
     )
+
+
+async def _not_reimbursed_by_hand(
+    conn: asyncpg.Connection, setl_id: str, fixmedins_code: str, psn_no: str
+) -> None:
+    """A claim replay could not settle may be settled by the agency as a manual claim (零星报销)
+    instead of withdrawn: once it is, the counter's withdrawal, which refunds the patient's cash,
+    is refused (found from outside: withdrawn after the agency had reimbursed the bill, the
+    patient got the cash back and the reimbursement too). The manual claim is matched as the
+    agency's duplicate check matches bills: the person, the institution, the day and the total;
+    the day is the claim's, its visit's, or the day its registration named where that failed."""
+    row = await deferred.claim_row(conn, setl_id, fixmedins_code)
+    if row is None or row["status"] not in ("pending", "failed") or row["psn_no"] != psn_no:
+        return  # withdrawn, replayed, someone else's: the withdrawal's own words say so
+    days = {row["service_date"], row["received_at"].date()}
+    visit = str(row["mdtrt_id"] or "")
+    if visit.startswith(PROVISIONAL_PREFIX):
+        opened = await deferred.registration_of(conn, visit)
+        if opened is not None:
+            days.update(moment.date() for _, moment in service_times(request_of(opened)))
+    found = await manual_claims.reimbursed_on(
+        conn, [(psn_no, fixmedins_code, day) for day in sorted(days)]
+    )
+    total = int(row["medfee_sumamt"])
+    for claim_no, medfee in (paid for bills in found.values() for paid in bills):
+        if medfee == total:
+            raise Conflict(
+                f"暂存结算{setl_id}的费用（{fen_text(total)}元）已由经办机构零星报销"
+                f"（受理号{claim_no}），不能再撤销退还现金；如有疑问请联系经办机构"
+            )
 
 
 def withdrawal_output(claim: Request, row: Any, at: dt.datetime, balc: int) -> dict[str, Any]:

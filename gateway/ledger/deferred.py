@@ -153,6 +153,14 @@ async def claim_row(
     )
 
 
+async def registration_of(conn: asyncpg.Connection, provisional_id: str) -> bytes | None:
+    """The kept request that opened a provisional visit id (its 2201/2401), applied or not."""
+    body = await conn.fetchval(
+        "SELECT body FROM deferred WHERE kind = 'call' AND provisional_id = $1", provisional_id
+    )
+    return None if body is None else bytes(body)
+
+
 async def claim_of_message(
     conn: asyncpg.Connection, fixmedins_code: str, msgid: str
 ) -> asyncpg.Record | None:
@@ -434,6 +442,7 @@ class Pending:
 
     seq: int
     kind: str  # claim | call
+    fixmedins_code: str
     claim_id: str | None
     provisional_id: str | None
     mdtrt_id: str
@@ -488,6 +497,7 @@ async def next_pending(
     return Pending(
         seq=int(r["seq"]),
         kind=r["kind"],
+        fixmedins_code=r["fixmedins_code"],
         claim_id=r["claim_id"],
         provisional_id=r["provisional_id"],
         mdtrt_id=r["mdtrt_id"],

@@ -20,6 +20,7 @@ from adapters.national.envelope import decode_request
 from gateway.app.server import GATEWAY
 from gateway.emergency.deferred.journal import Journal
 from gateway.ledger.deferred import Entry
+from tests.integration.agency_helpers import ledger_on, settled_claim
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import (
     OUTPATIENT_LINES,
@@ -700,7 +701,7 @@ async def test_a_withdrawn_claim_of_a_provisional_visit_is_listed_by_its_visit(
 
 
 async def _claim_on_a_kept_visit(
-    srv: Server, his: HisClient, psn_no: str, stale: bool
+    srv: Server, his: HisClient, psn_no: str, stale: bool, ipt: str | None = None
 ) -> tuple[str, str]:
     """Under the plan's `defer` for the hospital's visits and settlements: a visit registered,
     its lines uploaded (with a national code its mapping does not hold when `stale`) and its
@@ -712,7 +713,7 @@ async def _claim_on_a_kept_visit(
     assert srv.app is not None
     await srv.app[GATEWAY].reload_plan(force=True)
     day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
-    visit = await his.register(psn_no, "310", f"{day} 08:30:00", f"MZ-FAILED-{psn_no[-2:]}")
+    visit = await his.register(psn_no, "310", f"{day} 08:30:00", ipt or f"MZ-FAILED-{psn_no[-2:]}")
     assert visit.startswith("PV")
     await his.visit_info(visit, psn_no, "11", f"{day} 08:30:00")
     lines = [dict(ln) for ln in OUTPATIENT_LINES]
@@ -820,3 +821,91 @@ async def test_replay_fails_a_journaled_claim_whose_lines_failed_and_names_what_
         assert out.returncode == 1
         text = cli("deferred", "replay", "--database-url", srv.dsn).stdout
         assert f"waiting {claims['B']} ({elsewhere})" in text
+
+
+@pytest.mark.parametrize("registered_before", [False, True], ids=["line-refused", "number-taken"])
+async def test_a_failed_claim_the_agency_reimbursed_is_not_withdrawn_for_its_cash(
+    new_database: Callable[..., Any], registered_before: bool
+) -> None:
+    """Found from outside: a claim replay could not settle was settled by the agency as a
+    manual claim (零星报销), then withdrawn at the counter, which refunded the patient's cash:
+    the patient had the cash back and the reimbursement too. Once the agency has reimbursed the
+    bill (the person, the institution, the day and the total), the withdrawal is refused naming
+    the manual claim; the day is the visit's, also where its registration failed (its 门诊号
+    already taken) and the claim kept the day it arrived."""
+    async with running_gateway(new_database) as srv, ledger_on(srv.dsn) as agency:
+        his = srv.client(HOSPITAL)
+        ipt = "MZ-AGENCY-1"
+        if registered_before:
+            earlier = dt.date.today() - dt.timedelta(days=2)
+            await his.register(RETIREE, "310", f"{earlier} 07:00:00", ipt)
+        visit, claim_id = await _claim_on_a_kept_visit(
+            srv, his, RETIREE, stale=not registered_before, ipt=ipt
+        )
+        status = "SELECT status FROM deferred WHERE claim_id = $1"
+        assert await srv.fetchval(status, claim_id) == "failed"
+        day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+        manual = await settled_claim(agency, RETIREE, day, OUTPATIENT_LINES, "FP-AGENCY-1")
+        before = await srv.ledger_fingerprint()
+        ref = {"data": {"setl_id": claim_id, "mdtrt_id": visit, "psn_no": RETIREE}}
+        refused = await his.call("2208", ref)
+        assert refused["infcode"] == -1, refused
+        assert f"已由经办机构零星报销（受理号{manual.claim_no}）" in refused["err_msg"], refused
+        after = await srv.ledger_fingerprint()
+        assert {k: v for k, v in after.items() if k != "idempotency"} == {
+            k: v for k, v in before.items() if k != "idempotency"
+        }
+        assert await srv.fetchval(status, claim_id) == "failed"
+
+
+async def test_a_claim_refused_at_replay_names_the_failed_call_of_its_visit(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: a chronic visit's claim failed at replay telling the clerk to fill in
+    the disease in its 2203, which had sent it; the 2203 itself had failed when applied (no
+    chronic registration), as only `deferred list --calls` said. The claim's reason names the
+    failed call first."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        at = dt.datetime.now().replace(microsecond=0)
+        day = f"{at:%Y-%m-%d %H:%M:%S}"
+        visit = deferral.new_provisional_id("441800", at, HOSPITAL, "JOURNALED-2201-C")
+        node = Journal(tmp_path)
+        journaled = _two_nodes(his, visit, at)
+        registration = {
+            "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
+                     **certificate(RETIREE), "ipt_otp_no": "MZ-J-CHRONIC", "atddr_no": "D001",
+                     "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}
+        }  # fmt: skip
+        await journaled(node, 1, "call", "2201", registration, provisional_id=visit)
+        # The retiree is registered for M07800 only.
+        chronic = his.visit_info_input(visit, RETIREE, "14", day, dise_codg="E11900")
+        await journaled(node, 2, "call", "2203", chronic)
+        lines = [line("1", "ZL0003", "60", 1)]
+        await journaled(
+            node, 3, "call", "2204", {"feedetail": his.fee_rows(visit, RETIREE, lines, day, "B1")}
+        )
+        settle = his.settle_data(RETIREE, visit, "14", total(lines), "310", "0", chrg_bchno="B1")
+        claim_id = deferral.new_claim_id("441800", at, HOSPITAL, "JOURNALED-2207-C")
+        await journaled(node, 4, "claim", "2207", settle, claim_id=claim_id)
+        node.close()
+
+        out = cli("deferred", "replay", "--journal-dir", str(tmp_path), "--json",
+                  "--database-url", srv.dsn, check=False)  # fmt: skip
+        summary = json.loads(out.stdout)
+        calls = await srv.fetch(
+            "SELECT infno, status FROM deferred WHERE kind = 'call' ORDER BY received_at, seq"
+        )
+        assert [(r["infno"], r["status"]) for r in calls] == [
+            ("2201", "applied"),
+            ("2203", "failed"),
+            ("2204", "applied"),
+        ]
+        assert [f["claim_id"] for f in summary["failed"]] == [claim_id], summary
+        reason = summary["failed"][0]["reason"]
+        assert reason.startswith("本就诊的补报交易2203"), reason
+        assert "本暂存结算因此未能补结算" in reason
+        stored = await srv.fetchval(
+            "SELECT fail_reason FROM deferred WHERE claim_id = $1", claim_id
+        )
+        assert stored == reason

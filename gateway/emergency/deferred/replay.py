@@ -458,18 +458,45 @@ def _unapplied(call: Any, what: str) -> str:
     return f"本就诊的{what}{call['infno']}（报文ID{call['msgid']}）未成功：{call['fail_reason']}"
 
 
+async def _with_the_visits_failure(
+    conn: asyncpg.Connection, row: deferred.Pending, refusal: str
+) -> str:
+    """A claim's refusal at replay, after the failure of a call of its visit sent before it,
+    where one failed (found from outside: a chronic visit's claim was told to fill in the
+    disease its 2203 had sent, the 2203 itself refused for want of a chronic registration)."""
+    if not row.mdtrt_id:
+        return refusal
+    ids = {row.mdtrt_id, await deferred.visit_of(conn, row.mdtrt_id)}
+    call = await _failed_call_naming(conn, row.fixmedins_code, ids, row.key)
+    if call is None:
+        return refusal
+    return f"{_unapplied(call, '补报交易')}；本暂存结算因此未能补结算：{refusal}"
+
+
+async def _failed_call_naming(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    ids: set[str],
+    before: tuple[dt.datetime, int],
+) -> Any:
+    """The first call of the institution received before `before` that failed when applied and
+    opened or names one of these visit ids."""
+    return next(
+        (
+            call
+            for call in await deferred.failed_calls(conn, fixmedins_code, before)
+            if call["provisional_id"] in ids or _names(call["body"], ids)
+        ),
+        None,
+    )
+
+
 async def _failed_for_its_visit(
     conn: asyncpg.Connection, claim: Unfixed, visit: str, claims_failed: list[dict[str, Any]]
 ) -> bool:
     """Fails the claim when a call of its visit sent before it failed to apply."""
-    ids = {claim.mdtrt_id, visit}
-    call = next(
-        (
-            call
-            for call in await deferred.failed_calls(conn, claim.fixmedins_code, claim.place)
-            if call["provisional_id"] in ids or _names(call["body"], ids)
-        ),
-        None,
+    call = await _failed_call_naming(
+        conn, claim.fixmedins_code, {claim.mdtrt_id, visit}, claim.place
     )
     if call is None:
         return False
@@ -658,13 +685,10 @@ async def _replay_lane(
                     why = exc.err_msg if isinstance(exc, SelfPayStay) else CALLS_NOT_IN
                     progress.waiting.append(_waiting(row, why))
                 except GatewayError as exc:
-                    await deferred.fail(conn, row.seq, exc.err_msg)
+                    reason = await _with_the_visits_failure(conn, row, exc.err_msg)
+                    await deferred.fail(conn, row.seq, reason)
                     progress.failed.append(
-                        {
-                            "claim_id": row.claim_id,
-                            "mdtrt_id": row.mdtrt_id,
-                            "reason": exc.err_msg,
-                        }
+                        {"claim_id": row.claim_id, "mdtrt_id": row.mdtrt_id, "reason": reason}
                     )
             if on_progress is not None:
                 on_progress(progress)
