@@ -405,6 +405,25 @@ async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         " AND (s.setl_id IS NULL OR s.status <> 'settled' AND s.cancel_msgid IS NULL)"
     ):
         problems.append(f"claim {row['claim_id']}: settled but its settlement is missing")
+    # A deferred claim withdrawn at the counter (the patient's cash refunded) whose bill the
+    # agency also reimbursed as a manual claim in force: the person, the institution, the day and
+    # the total the same (found from outside: the withdrawal came after the manual claim, and the
+    # patient had the cash back and the reimbursement too; it is refused now, and the other order
+    # may be a second bill of the same total that day, which is for a person to look at).
+    for row in await conn.fetch(
+        "SELECT DISTINCT d.claim_id, c.claim_no FROM deferred d"
+        " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
+        " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, nullif(d.mdtrt_id, ''))"
+        " JOIN manual_claims c ON c.psn_no = d.psn_no AND c.fixmedins_code = d.fixmedins_code"
+        " JOIN settlements s ON s.setl_id = c.setl_id AND s.status = 'settled'"
+        " AND s.medfee_sumamt = d.medfee_sumamt"
+        " AND s.service_date IN (d.service_date, d.received_at::date, e.begntime::date)"
+        " WHERE d.kind = 'claim' AND d.status = 'withdrawn' ORDER BY d.claim_id, c.claim_no"
+    ):
+        problems.append(
+            f"claim {row['claim_id']}: withdrawn (its cash refunded) while manual claim"
+            f" {row['claim_no']} reimburses a bill of the same person, day and total"
+        )
     return problems
 
 

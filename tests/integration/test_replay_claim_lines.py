@@ -909,3 +909,24 @@ async def test_a_claim_refused_at_replay_names_the_failed_call_of_its_visit(
             "SELECT fail_reason FROM deferred WHERE claim_id = $1", claim_id
         )
         assert stored == reason
+
+
+async def test_the_checker_names_a_withdrawn_claim_the_agency_reimbursed_too(
+    new_database: Callable[..., Any],
+) -> None:
+    """The other order: the counter withdrew the failed claim first (the cash refunded), then
+    the agency reimbursed the same bill by hand. Not refused (it may be a second bill of the same
+    total that day, or one the patient paid again), but `ledger check` names it for a person to
+    look at (found from outside: the check said nothing of a bill paid twice)."""
+    async with running_gateway(new_database) as srv, ledger_on(srv.dsn) as agency:
+        his = srv.client(HOSPITAL)
+        visit, claim_id = await _claim_on_a_kept_visit(srv, his, RETIREE, stale=True, ipt="MZ-CK")
+        ref = {"data": {"setl_id": claim_id, "mdtrt_id": visit, "psn_no": RETIREE}}
+        await his.ok("2208", ref)
+        assert await srv.check_ledger() == []
+        day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+        manual = await settled_claim(agency, RETIREE, day, OUTPATIENT_LINES, "FP-AGENCY-2")
+        assert await srv.check_ledger() == [
+            f"claim {claim_id}: withdrawn (its cash refunded) while manual claim"
+            f" {manual.claim_no} reimburses a bill of the same person, day and total"
+        ]
