@@ -625,22 +625,29 @@ async def test_a_ledger_that_refuses_connections_opens_the_breaker(
     every sale was answered "internal error" and the breaker stayed closed, so no counter got
     the plan's deferred claim for the whole outage. It is a ledger out of reach like a dead
     network: "unavailable, retry", counted, and the breaker opens."""
-    async with running_gateway(new_database, CONFIG) as srv:
-        pos = srv.client(PHARMACY)
-        assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
-        database = urlsplit(srv.dsn).path.lstrip("/")
-        admin = await asyncpg.connect(urlunsplit(urlsplit(srv.dsn)._replace(path="/postgres")))
-        try:
-            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                database,
-            )
-            await _sales_until_deferred(pos)
-        finally:
-            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
-            await admin.close()
+    async with running_gateway(new_database, CONFIG) as srv, _refusing_connections(srv) as pos:
+        await _sales_until_deferred(pos)
+
+
+@contextlib.asynccontextmanager
+async def _refusing_connections(srv: Server) -> AsyncIterator[HisClient]:
+    """The pharmacy's till, once a sale has settled, with the gateway's database refusing
+    connections (and its open ones ended) until the block ends."""
+    pos = srv.client(PHARMACY)
+    assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+    database = urlsplit(srv.dsn).path.lstrip("/")
+    admin = await asyncpg.connect(urlunsplit(urlsplit(srv.dsn)._replace(path="/postgres")))
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        yield pos
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+        await admin.close()
 
 
 def _claims_gauges() -> float:
@@ -662,35 +669,18 @@ async def test_what_the_open_breaker_refuses_counts_as_failed_requests(
     a refused request (bad input), so the error-ratio alert read 0.08 while every 1101 failed,
     and the institution's error alerts cleared with the ledger still down, its errors no longer
     counted once the breaker opened. Refusals the outage causes are failed requests."""
-    async with running_gateway(new_database, CONFIG) as srv:
-        pos = srv.client(PHARMACY)
-        assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
-        database = urlsplit(srv.dsn).path.lstrip("/")
-        admin = await asyncpg.connect(urlunsplit(urlsplit(srv.dsn)._replace(path="/postgres")))
-        try:
-            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                database,
-            )
-            await _sales_until_deferred(pos)  # the breaker is open
-            errors = ("sgw_requests_total", {"infno": "1101", "outcome": "error"})
-            refused = ("sgw_requests_total", {"infno": "1101", "outcome": "rejected"})
-            failed = (
-                "sgw_institution_errors_total",
-                {"fixmedins_code": PHARMACY, "kind": "error"},
-            )
-            before = [_sample(name, **labels) for name, labels in (errors, refused, failed)]
-            query = {"data": {"mdtrt_cert_type": "01", "mdtrt_cert_no": PERSONS[0]}}
-            for _ in range(3):
-                answer = await pos.call("1101", query)
-                assert answer["infcode"] == -1 and "暂不可用" in answer["err_msg"], answer
-            after = [_sample(name, **labels) for name, labels in (errors, refused, failed)]
-            assert [b - a for a, b in zip(before, after, strict=True)] == [3, 0, 3]
-        finally:
-            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
-            await admin.close()
+    async with running_gateway(new_database, CONFIG) as srv, _refusing_connections(srv) as pos:
+        await _sales_until_deferred(pos)  # the breaker is open
+        errors = ("sgw_requests_total", {"infno": "1101", "outcome": "error"})
+        refused = ("sgw_requests_total", {"infno": "1101", "outcome": "rejected"})
+        failed = ("sgw_institution_errors_total", {"fixmedins_code": PHARMACY, "kind": "error"})
+        before = [_sample(name, **labels) for name, labels in (errors, refused, failed)]
+        query = {"data": {"mdtrt_cert_type": "01", "mdtrt_cert_no": PERSONS[0]}}
+        for _ in range(3):
+            answer = await pos.call("1101", query)
+            assert answer["infcode"] == -1 and "暂不可用" in answer["err_msg"], answer
+        after = [_sample(name, **labels) for name, labels in (errors, refused, failed)]
+        assert [b - a for a, b in zip(before, after, strict=True)] == [3, 0, 3]
 
 
 async def test_routed_to_the_old_system_by_the_breaker_no_answer_waits_on_the_ledger(

@@ -432,11 +432,7 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
     total; the split is the rules'."""
     async with running_gateway(new_database) as srv:
         his = srv.client(HOSPITAL)
-        scope = f"institution:{HOSPITAL}"
-        await set_rule(srv.dsn, scope, "encounter", "defer", "演练主动报")
-        await set_rule(srv.dsn, scope, "settlement", "defer", "演练主动报")
-        assert srv.app is not None
-        await srv.app[GATEWAY].reload_plan(force=True)
+        await _keep_the_hospitals_visits(srv)
         day = "2026-05-06"
         mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-CLAIM-ZEROS")
         assert mdtrt_id.startswith("PV")
@@ -463,14 +459,7 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
         # from outside: priced all cash again, the claim not judged while calls wait).
         held = await his.call("2206", data)
         assert held["infcode"] == -1 and claim["setl_id"] in held["err_msg"], held
-        await clear_rule(srv.dsn, scope, "encounter")
-        await clear_rule(srv.dsn, scope, "settlement")
-        calls = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
-
-        async def applied() -> bool:
-            return await srv.fetchval(calls) == 0
-
-        await until(applied, within=15.0)
+        await _release_the_hospitals_visits(srv)
         summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
         assert summary == {
             "total": 1,
@@ -666,11 +655,7 @@ async def test_a_withdrawn_claim_of_a_provisional_visit_is_listed_by_its_visit(
     were applied and its settled neighbours were listed by their visits' days."""
     async with running_gateway(new_database) as srv:
         his = srv.client(HOSPITAL)
-        scope = f"institution:{HOSPITAL}"
-        await set_rule(srv.dsn, scope, "encounter", "defer", "演练主动报")
-        await set_rule(srv.dsn, scope, "settlement", "defer", "演练主动报")
-        assert srv.app is not None
-        await srv.app[GATEWAY].reload_plan(force=True)
+        await _keep_the_hospitals_visits(srv)
         day = "2026-05-07"
         mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-CLAIM-WD")
         assert mdtrt_id.startswith("PV")
@@ -683,14 +668,7 @@ async def test_a_withdrawn_claim_of_a_provisional_visit_is_listed_by_its_visit(
         claim = (await his.ok("2207", data))["setlinfo"]["setl_id"]
         keys = {"setl_id": claim, "mdtrt_id": mdtrt_id, "psn_no": RETIREE}
         await his.ok("2208", {"data": keys})
-        await clear_rule(srv.dsn, scope, "encounter")
-        await clear_rule(srv.dsn, scope, "settlement")
-        calls = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
-
-        async def applied() -> bool:
-            return await srv.fetchval(calls) == 0
-
-        await until(applied, within=15.0)
+        await _release_the_hospitals_visits(srv)
         real = await srv.fetchval(
             "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", mdtrt_id
         )
@@ -700,6 +678,28 @@ async def test_a_withdrawn_claim_of_a_provisional_visit_is_listed_by_its_visit(
         assert (row["service_date"], row["mdtrt_id"], row["visit_id"]) == (day, mdtrt_id, real)
 
 
+async def _keep_the_hospitals_visits(srv: Server) -> None:
+    """The plan's `defer` for the hospital's visits and settlements, in force here now."""
+    scope = f"institution:{HOSPITAL}"
+    await set_rule(srv.dsn, scope, "encounter", "defer", "演练主动报")
+    await set_rule(srv.dsn, scope, "settlement", "defer", "演练主动报")
+    assert srv.app is not None
+    await srv.app[GATEWAY].reload_plan(force=True)
+
+
+async def _release_the_hospitals_visits(srv: Server) -> None:
+    """The rules cleared, and every call they kept applied (or failed) by the gateway."""
+    scope = f"institution:{HOSPITAL}"
+    await clear_rule(srv.dsn, scope, "encounter")
+    await clear_rule(srv.dsn, scope, "settlement")
+    pending = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
+
+    async def applied() -> bool:
+        return await srv.fetchval(pending) == 0
+
+    await until(applied, within=15.0)
+
+
 async def _claim_on_a_kept_visit(
     srv: Server, his: HisClient, psn_no: str, stale: bool, ipt: str | None = None
 ) -> tuple[str, str]:
@@ -707,11 +707,7 @@ async def _claim_on_a_kept_visit(
     its lines uploaded (with a national code its mapping does not hold when `stale`) and its
     2207 taken as a claim, every call kept for recovery; the rules cleared and the calls
     applied. (provisional visit id, claim id)."""
-    scope = f"institution:{HOSPITAL}"
-    await set_rule(srv.dsn, scope, "encounter", "defer", "演练主动报")
-    await set_rule(srv.dsn, scope, "settlement", "defer", "演练主动报")
-    assert srv.app is not None
-    await srv.app[GATEWAY].reload_plan(force=True)
+    await _keep_the_hospitals_visits(srv)
     day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
     visit = await his.register(psn_no, "310", f"{day} 08:30:00", ipt or f"MZ-FAILED-{psn_no[-2:]}")
     assert visit.startswith("PV")
@@ -724,14 +720,7 @@ async def _claim_on_a_kept_visit(
     data = his.settle_data(psn_no, visit, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
     claim_id = str((await his.ok("2207", data))["setlinfo"]["setl_id"])
     assert claim_id.startswith("DF")
-    await clear_rule(srv.dsn, scope, "encounter")
-    await clear_rule(srv.dsn, scope, "settlement")
-    pending = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
-
-    async def applied() -> bool:
-        return await srv.fetchval(pending) == 0
-
-    await until(applied, within=15.0)
+    await _release_the_hospitals_visits(srv)
     return visit, claim_id
 
 
