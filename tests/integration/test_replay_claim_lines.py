@@ -120,6 +120,15 @@ def _entry(
     )
 
 
+def _registration(day: str, ipt_otp_no: str) -> dict[str, Any]:
+    """The retiree's 2201 input as a journal keeps it."""
+    return {
+        "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
+                 **certificate(RETIREE), "ipt_otp_no": ipt_otp_no, "atddr_no": "D001",
+                 "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}
+    }  # fmt: skip
+
+
 def _two_nodes(his: HisClient, visit: str, at: dt.datetime) -> Callable[..., Any]:
     """What a gateway node journaled with the ledger away: `seconds` after `at`, a call or a
     claim of 60.00 on `visit`, in that node's journal."""
@@ -326,11 +335,7 @@ async def test_a_visit_split_across_two_gateways_journals_is_applied_in_the_orde
 
         journaled = _two_nodes(his, visit, at)
 
-        registration = {
-            "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
-                     **certificate(RETIREE), "ipt_otp_no": "MZ-2N-1", "atddr_no": "D001",
-                     "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}
-        }  # fmt: skip
+        registration = _registration(day, "MZ-2N-1")
         await journaled(node_b, 1, "call", "2201", registration, provisional_id=visit)
         info = his.visit_info_input(visit, RETIREE, "11", day)
         await journaled(node_b, 2, "call", "2203", info)
@@ -776,11 +781,7 @@ async def test_replay_fails_a_journaled_claim_whose_lines_failed_and_names_what_
         his = srv.client(HOSPITAL)
         at = dt.datetime.now().replace(microsecond=0)
         day = f"{at:%Y-%m-%d %H:%M:%S}"
-        registration = {
-            "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
-                     **certificate(RETIREE), "ipt_otp_no": "MZ-J-1", "atddr_no": "D001",
-                     "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}
-        }  # fmt: skip
+        registration = _registration(day, "MZ-J-1")
         failing = deferral.new_provisional_id("441800", at, HOSPITAL, "JOURNALED-2201-A")
         elsewhere = deferral.new_provisional_id("441800", at, HOSPITAL, "JOURNALED-2201-B")
         here, later = Journal(tmp_path / "a"), Journal(tmp_path / "b")
@@ -861,11 +862,7 @@ async def test_a_claim_refused_at_replay_names_the_failed_call_of_its_visit(
         visit = deferral.new_provisional_id("441800", at, HOSPITAL, "JOURNALED-2201-C")
         node = Journal(tmp_path)
         journaled = _two_nodes(his, visit, at)
-        registration = {
-            "data": {"psn_no": RETIREE, "insutype": "310", "begntime": day,
-                     **certificate(RETIREE), "ipt_otp_no": "MZ-J-CHRONIC", "atddr_no": "D001",
-                     "dr_name": "医生", "dept_code": "K01", "dept_name": "内科", "caty": "A03"}
-        }  # fmt: skip
+        registration = _registration(day, "MZ-J-CHRONIC")
         await journaled(node, 1, "call", "2201", registration, provisional_id=visit)
         # The retiree is registered for M07800 only.
         chronic = his.visit_info_input(visit, RETIREE, "14", day, dise_codg="E11900")
