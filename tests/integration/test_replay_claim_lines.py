@@ -120,6 +120,18 @@ def _entry(
     )
 
 
+def _replayed(dsn: str, *, settled: int) -> None:
+    """`deferred replay --json` settled this many claims, all it found, nothing else to say."""
+    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", dsn).stdout)
+    assert summary == {
+        "total": settled,
+        "settled": settled,
+        "failed": [],
+        "waiting": [],
+        "damaged_segments": [],
+    }
+
+
 def _registration(day: str, ipt_otp_no: str) -> dict[str, Any]:
     """The retiree's 2201 input as a journal keeps it."""
     return {
@@ -168,14 +180,7 @@ async def _lifted(srv: Server, his: HisClient, settlement: dict[str, Any], claim
 
 async def _closed_as_online(srv: Server, his: HisClient, mdtrt_id: str) -> None:
     """Replay settled the claim's lines; the closing 2304 at the counter takes the rest."""
-    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-    assert summary == {
-        "total": 1,
-        "settled": 1,
-        "failed": [],
-        "waiting": [],
-        "damaged_segments": [],
-    }
+    _replayed(srv.dsn, settled=1)
     final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
     rows = await srv.fetch(
         "SELECT setl_id, medfee_sumamt, mid_setl_flag FROM settlements WHERE mdtrt_id = $1"
@@ -290,14 +295,7 @@ async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
         mdtrt_id = await srv.fetchval("SELECT mdtrt_id FROM deferred_ids")
         assert await srv.fetchval("SELECT lines FROM deferred WHERE kind = 'claim'") == ["1", "2"]
         # Settled already by the run above; a second run finds nothing pending.
-        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-        assert summary == {
-            "total": 0,
-            "settled": 0,
-            "failed": [],
-            "waiting": [],
-            "damaged_segments": [],
-        }
+        _replayed(srv.dsn, settled=0)
         final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
         rows = await srv.fetch(
             "SELECT setl_id, medfee_sumamt FROM settlements WHERE mdtrt_id = $1"
@@ -416,14 +414,7 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         assert held["infcode"] == -1 and taken["setl_id"] in held["err_msg"], held
         await clear_rule(srv.dsn, "region:441800", "settlement")
         await _lifted(srv, his, closing, taken["setl_id"])
-        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-        assert summary == {
-            "total": 1,
-            "settled": 1,
-            "failed": [],
-            "waiting": [],
-            "damaged_segments": [],
-        }
+        _replayed(srv.dsn, settled=1)
         assert await srv.check_ledger() == []
 
 
@@ -465,14 +456,7 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
         held = await his.call("2206", data)
         assert held["infcode"] == -1 and claim["setl_id"] in held["err_msg"], held
         await _release_the_hospitals_visits(srv)
-        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-        assert summary == {
-            "total": 1,
-            "settled": 1,
-            "failed": [],
-            "waiting": [],
-            "damaged_segments": [],
-        }
+        _replayed(srv.dsn, settled=1)
         row = await srv.fetchrow(
             "SELECT s.preselfpay_amt, s.inscp_scp_amt, s.hifp_pay FROM deferred d"
             " JOIN settlements s ON s.setl_id = d.setl_id WHERE d.claim_id = $1",
@@ -757,14 +741,7 @@ async def test_a_claim_whose_visit_failed_to_apply_fails_with_that_calls_reason(
         assert f"补报交易{failed_call}" in claim["fail_reason"]
         assert "手工报销" in claim["fail_reason"]
         # Nothing left waiting: replay has nothing to do, and says so.
-        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
-        assert summary == {
-            "total": 0,
-            "settled": 0,
-            "failed": [],
-            "waiting": [],
-            "damaged_segments": [],
-        }
+        _replayed(srv.dsn, settled=0)
         listed = cli("deferred", "list", "--status", "failed", "--database-url", srv.dsn).stdout
         assert claim_id in listed and f"补报交易{failed_call}" in listed
         assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
