@@ -19,8 +19,10 @@ from contextlib import asynccontextmanager
 
 from gateway.protocol.errors import Busy
 
+# "Or the database slow": found from outside, the first sales of a ledger outage were told only
+# that the institution sent too much, and ops and the clerk looked for a load that was not there.
 SHARE_BUSY = (
-    "本机构同时办理的医保业务过多，已占满本机构可用的结算通道，"
+    "本机构同时办理的医保业务过多或医保结算数据库响应缓慢，已占满本机构可用的结算通道，"
     "请稍候使用相同报文ID重试（本次交易未处理）"
 )
 
