@@ -634,6 +634,8 @@ async def cancel(
     held = await payouts.hold_for_cancel(conn, setl_id, resettling=resettling)
     if held is not None:
         raise Conflict(held)
+    if not resettling and enc.kind == "inpatient":
+        await _not_under_the_closing_one(conn, enc.mdtrt_id, setl_id)
     delta = Accumulators(**row["delta"])
     year = int(row["year"])
     acc = await persons.year_accumulators(conn, psn_no, year)
@@ -810,6 +812,20 @@ async def visit_of(conn: asyncpg.Connection, setl_id: str) -> str:
         "SELECT mdtrt_id FROM settlements WHERE setl_id = $1", setl_id
     )
     return mdtrt_id
+
+
+async def _not_under_the_closing_one(conn: asyncpg.Connection, mdtrt_id: str, setl_id: str) -> None:
+    """A stay's mid-way settlement is not cancelled (2305, or a 2601 of its 2304) while a closing
+    settlement of the stay is in force: its lines, unsettled again, could only be settled by a
+    second closing settlement (found from outside: the stay then held two in force). The closing
+    one is cancelled first, as a HIS does (the latest settlement first). A bulk correction, which
+    settles each again at once, is not held by this."""
+    final = await final_of(conn, mdtrt_id)
+    if final is not None and final != setl_id:
+        raise Conflict(
+            f"该住院已办理出院结算（结算ID{final}），不能单独撤销中途结算{setl_id}："
+            "请先撤销出院结算（2305），再撤销中途结算"
+        )
 
 
 async def final_of(conn: asyncpg.Connection, mdtrt_id: str) -> str | None:

@@ -233,6 +233,12 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
         closed = await his.call("2301", {"feedetail": rows})
         assert closed["infcode"] == -1 and final["setl_id"] in closed["err_msg"], closed
         assert "请先撤销该结算（2305）" in closed["err_msg"]
+    # Nor is its mid-way settlement cancelled on its own, by 2305 or a 2601 of its 2304 (found
+    # from outside: its lines, released, were settled by a second closing settlement).
+    midway = {"data": {"setl_id": mid["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+    first_closing = await his.call("2305", midway)
+    assert first_closing["infcode"] == -1 and final["setl_id"] in first_closing["err_msg"]
+    assert "请先撤销出院结算（2305）" in first_closing["err_msg"], first_closing
     assert await server.ledger_fingerprint() == before
     # 2405 is refused while the final settlement stands; after 2305 it works.
     blocked = await his.call("2405", {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}})

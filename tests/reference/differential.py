@@ -757,6 +757,16 @@ class Epoch:
             )
             self.refused(again, infno + " a second time", "already cancelled")
 
+    def _under_a_closing_one(self, setl_id: str, held: InForce) -> bool:
+        """A stay's mid-way settlement (no resettle of its own) with a closing one in force."""
+        if held.cancel_infno != "2305" or held.resettle is not None:
+            return False
+        return any(
+            other.mdtrt_id == held.mdtrt_id and other.cancel_infno == "2305" and other.resettle
+            for key, other in self.in_force.items()
+            if key != setl_id
+        )
+
     async def late_cancel(self) -> None:
         """Cancel a settlement made visits ago (later settlements of the person stay as they
         are, §7) and, mostly, settle it again: the admission's deductible, the repeat-admission
@@ -770,6 +780,24 @@ class Epoch:
             setl_id = self.rng.choice(sorted(self.in_force))
         held = self.in_force[setl_id]
         self.counts["visit:late cancel"] += 1
+        if self._under_a_closing_one(setl_id, held):
+            # A stay's mid-way settlement is cancelled after its closing one, not under it: its
+            # lines could then only be settled by a second closing settlement (README, 2305).
+            answer = await self.call(
+                held.code,
+                "2305",
+                {
+                    "data": {
+                        "setl_id": setl_id,
+                        "mdtrt_id": held.mdtrt_id,
+                        "psn_no": held.person.psn_no,
+                    }
+                },
+                held.person.region,
+            )
+            self.refused(answer, "2305 of a mid-way settlement", "closing settlement in force")
+            self.counts["refused: mid-way under its closing settlement"] += 1
+            return
         await self.cancel(
             held.person,
             held.code,

@@ -840,6 +840,11 @@ class MoneyMachine(RuleBasedStateMachine):
             body = {
                 "data": {"setl_id": s.setl_id, "mdtrt_id": s.stay.mdtrt_id, "psn_no": psn.psn_no}
             }
+        if s.infno == "2304" and not s.final and self._closing_in_force(s.stay):
+            # A stay's mid-way settlement under its closing one in force: the closing one first.
+            answer = self.call(s.stay.code, infno, body, psn, msgid=msgid)
+            self.refused(answer, infno, "a mid-way settlement under the stay's closing one")
+            return
         out = self.ok(self.call(s.stay.code, infno, body, psn, msgid=msgid), infno)
         self.went_out(s, "" if infno == "2601" else msgid)
         if infno == "2601":
@@ -850,6 +855,9 @@ class MoneyMachine(RuleBasedStateMachine):
         else:
             info = out["setlinfo"]
             assert _fen(info["balc"]) == self.model.balances[psn.psn_no], (infno, info["balc"])
+
+    def _closing_in_force(self, stay: Stay) -> bool:
+        return any(o.stay is stay and o.final and o.status == "settled" for o in self.setls)
 
     def _cancellations(self) -> list[Setl]:
         return [
