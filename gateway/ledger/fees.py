@@ -281,6 +281,16 @@ async def has_lines(conn: asyncpg.Connection, mdtrt_id: str) -> bool:
     )
 
 
+async def settled_by(conn: asyncpg.Connection, mdtrt_id: str, feedetl_sn: str) -> str | None:
+    """The settlement that settled the visit's line, if it is uploaded and settled."""
+    found = await conn.fetchval(
+        "SELECT setl_id FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = $2",
+        mdtrt_id,
+        feedetl_sn,
+    )
+    return None if found is None else str(found)
+
+
 async def unsettled_count(conn: asyncpg.Connection, mdtrt_id: str) -> int:
     """Counts the visit's unsettled lines."""
     held = await conn.fetchval(

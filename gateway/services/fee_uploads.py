@@ -382,12 +382,25 @@ async def withdraw_lines(
         touched.add(enc.mdtrt_id)
         n = await fees.delete_unsettled(conn, enc.mdtrt_id, feedetl_sn=row.feedetl_sn)
         if not n and row.feedetl_sn != ALL:
-            raise NotFound(f"费用明细流水号{row.feedetl_sn}不存在或已结算，不能撤销")
+            raise _not_withdrawn(
+                row.feedetl_sn, await fees.settled_by(conn, enc.mdtrt_id, row.feedetl_sn)
+            )
         removed += n
     if not removed:
         raise NotFound("没有可撤销的未结算费用明细（已结算的明细须先撤销结算）")
     for mdtrt_id in sorted(touched):
         await _no_orphan_refunds(conn, mdtrt_id)
+
+
+def _not_withdrawn(feedetl_sn: str, settled_by: str | None) -> NotFound | Conflict:
+    """Why a stay's line was not withdrawn, and what the clerk does instead (found from outside:
+    "不存在或已结算" said neither which nor what next)."""
+    if settled_by is None:
+        return NotFound(f"费用明细流水号{feedetl_sn}不存在或已结算，不能撤销")
+    return Conflict(
+        f"费用明细流水号{feedetl_sn}已由结算{settled_by}结算，不能撤销：如需退费，请上传退费明细"
+        f"（数量为负，原费用明细流水号init_feedetl_sn填{feedetl_sn}），或先撤销该结算（2305）"
+    )
 
 
 async def _not_under_a_claim(

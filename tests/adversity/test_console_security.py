@@ -124,6 +124,12 @@ async def test_guessing_locks_the_guesser_and_guards_the_name_until_the_duty_tea
         assert done.returncode == 0, done.stderr
         listed = _cli("operators", "lockouts", "--json", "--database-url", server.dsn)
         assert '"127.0.0.2"' in listed.stdout and "duty" not in listed.stdout
+        # The text in local time, as the refusal says it (found from outside: UTC, and "locked
+        # until not locked" for an entry not locked).
+        text = _cli("operators", "lockouts", "--database-url", server.dsn).stdout
+        locked = next(line for line in text.splitlines() if "127.0.0.2" in line)
+        assert re.search(r"locked until \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", locked), text
+        assert "+00:00" not in text and "until not locked" not in text
         status, body = await _login(desk, url, DUTY)
         assert status == 200
         duty = body["token"]

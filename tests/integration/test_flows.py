@@ -173,6 +173,12 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
     assert again["err_msg"] == (
         f"费用明细流水号{first[1]['feedetl_sn']}已上传，请勿重复上传（如需修改请先撤销）"
     ), again
+    # A line settled mid-way is not withdrawn, and the clerk is told what to do instead (found
+    # from outside: "不存在或已结算" said neither which nor what next).
+    settled_line = {"data": {"feedetl_sn": "1", "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+    kept = await his.call("2302", settled_line)
+    assert kept["infcode"] == -1 and f"已由结算{mid['setl_id']}结算" in kept["err_msg"], kept
+    assert "init_feedetl_sn填1" in kept["err_msg"] and "2305" in kept["err_msg"]
     # A refund line (negative cnt) and a new charge, then discharge and the final settlement.
     second = [
         {

@@ -26,6 +26,7 @@ from gateway.app.cli_database import (
 )
 from gateway.app.config import DEFAULT_CONFIG, load_config
 from gateway.emergency import operators
+from gateway.emergency.console.pages import local_time
 from gateway.ledger import db
 
 
@@ -63,8 +64,14 @@ def lockouts(args: argparse.Namespace) -> int:
         if not found:
             print("no lockouts")
         for lock in found:
-            until = lock.locked_until.isoformat() if lock.locked_until else "not locked"
-            print(f"{lock.kind:8} {lock.key:24} failures {lock.failures:3}  locked until {until}")
+            # In local time, as the console and the 429's words say it (found from outside: UTC
+            # here, Beijing time in the refusal; and "locked until not locked").
+            state = (
+                f"locked until {local_time(lock.locked_until.isoformat())}"
+                if lock.locked_until
+                else "not locked"
+            )
+            print(f"{lock.kind:8} {lock.key:24} failures {lock.failures:3}  {state}")
         return 0
 
     return _run(args, work)
