@@ -398,7 +398,7 @@ def _not_withdrawn(feedetl_sn: str, settled_by: str | None) -> NotFound | Confli
     if settled_by is None:
         return NotFound(f"费用明细流水号{feedetl_sn}不存在或已结算，不能撤销")
     return Conflict(
-        f"费用明细流水号{feedetl_sn}已由结算{settled_by}结算，不能撤销：如需退费，请上传退费明细"
+        f"费用明细流水号{feedetl_sn}已结算（结算ID{settled_by}），不能撤销：如需退费，请上传退费明细"
         f"（数量为负，原费用明细流水号init_feedetl_sn填{feedetl_sn}），或先撤销该结算（2305）"
     )
 

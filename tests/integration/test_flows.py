@@ -177,7 +177,7 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
     # from outside: "不存在或已结算" said neither which nor what next).
     settled_line = {"data": {"feedetl_sn": "1", "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
     kept = await his.call("2302", settled_line)
-    assert kept["infcode"] == -1 and f"已由结算{mid['setl_id']}结算" in kept["err_msg"], kept
+    assert kept["infcode"] == -1 and f"已结算（结算ID{mid['setl_id']}）" in kept["err_msg"], kept
     assert "init_feedetl_sn填1" in kept["err_msg"] and "2305" in kept["err_msg"]
     # A refund line (negative cnt) and a new charge, then discharge and the final settlement.
     second = [
