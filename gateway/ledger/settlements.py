@@ -840,10 +840,4 @@ async def final_of(conn: asyncpg.Connection, mdtrt_id: str) -> str | None:
 
 async def has_final(conn: asyncpg.Connection, mdtrt_id: str) -> bool:
     """Whether the visit has a closing (not mid-way) settlement in force."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
-            " AND mid_setl_flag = '0')",
-            mdtrt_id,
-        )
-    )
+    return await final_of(conn, mdtrt_id) is not None

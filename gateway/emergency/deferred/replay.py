@@ -439,8 +439,12 @@ async def _fix_lines(
             # bill refused as one still waiting. A call of the visit that failed says the lines
             # are not coming; without one they may be in a journal not drained yet (found
             # from outside: two workers, the 2204 in one's journal, the claim in the other's,
-            # drained first and fixed with no line): it waits for them.
-            if not await _failed_for_its_visit(conn, claim, visit, claims_failed):
+            # drained first and fixed with no line): it waits for them. Looked for once the
+            # round's calls are all applied (`before` None), not again at every call for each
+            # claim still waiting.
+            if before is not None or not await _failed_for_its_visit(
+                conn, claim, visit, claims_failed
+            ):
                 kept.append(claim)
             continue
         await deferred.fix_lines(conn, claim.place[1], [ln.feedetl_sn for ln in lines])
