@@ -66,6 +66,7 @@ async def reverse(call: Call) -> Answer:
         now=call.now,
         refusal=refusal,
         settlements_deferred=_deferred(call, oinfno),
+        owner=_owner(call, omsgid),
     )
     ledgers = call.gw.ledgers
     if outcome == "tombstone" and ledgers.split:
@@ -80,6 +81,15 @@ async def reverse(call: Call) -> Answer:
     if outcome == "tombstone":
         instruction = "原交易未到达中心，已登记冲正，原交易到达时将被拒绝"
     return Answer({}, warn_msg=instruction)
+
+
+def _owner(call: Call, omsgid: str) -> str | None:
+    """Another registered institution whose code the msgid begins with, if any."""
+    code = call.req.fixmedins_code
+    head = omsgid[: len(code)]
+    if head == code or call.gw.snapshot.institution(head) is None:
+        return None
+    return head
 
 
 def _deferred(call: Call, oinfno: str) -> bool:

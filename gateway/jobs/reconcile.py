@@ -33,7 +33,7 @@ from typing import TypeVar
 import msgspec
 
 from gateway.core.money import AmountError, fen_text, shown, typed
-from gateway.ledger.reconciliations import CentreRow, Totals
+from gateway.ledger.reconciliations import CentreRow, Totals, Uncounted
 from gateway.ops import orphans, priority
 from gateway.protocol.errors import BadRequest, Busy
 
@@ -99,10 +99,13 @@ def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False)
         rslt = INSTITUTION_MORE
     else:
         rslt = INCONSISTENT
+    # 3202's own header points at its result file, not at 3202 (found from outside: a clerk
+    # who had just run 3202 was told to run it).
+    then = "请下载本次对账结果文件（9102）逐笔核对" if with_cash else "请下载明细对账（3202）核对"
     return (
         rslt,
         f"{RESULT_NAMES[rslt]}：中心{centre.describe(with_cash=with_cash)}；"
-        f"医药机构上报{declared.describe(with_cash=with_cash)}。请下载明细对账（3202）核对",
+        f"医药机构上报{declared.describe(with_cash=with_cash)}。{then}",
     )
 
 
@@ -526,7 +529,7 @@ class ResultRow:
 
 
 def compare_details(
-    detail: list[DetailRow], centre: list[CentreRow], why: dict[str, str] | None = None
+    detail: list[DetailRow], centre: list[CentreRow], why: dict[str, Uncounted] | None = None
 ) -> list[ResultRow]:
     """One result row per settlement on either side, named by setl_id, and one for each time
     the file lists a settlement again (found from outside: a row listed twice vanished from the
@@ -583,17 +586,30 @@ def compare_details(
             )
         )
     out += [
-        _only_here(d, (why or {}).get(d.setl_id, "医药机构有此结算，中心没有"))
+        _only_here(d, (why or {}).get(d.setl_id, Uncounted("医药机构有此结算，中心没有")))
         for d in mine.values()
     ]
-    out += [_only_here(d, "医药机构明细文件重复列出此结算，多出的一笔中心没有") for d in repeated]
+    out += [
+        _only_here(d, Uncounted("医药机构明细文件重复列出此结算，多出的一笔中心没有"))
+        for d in repeated
+    ]
     return out
 
 
-def _only_here(d: DetailRow, memo: str) -> ResultRow:
-    """A row of the institution's file the centre's side does not match (医药机构多)."""
+def _only_here(d: DetailRow, found: Uncounted) -> ResultRow:
+    """A row of the institution's file the centre's side does not match (医药机构多), with what
+    the centre holds for it where it holds the settlement uncounted."""
     return ResultRow(
-        d.psn_no, d.mdtrt_id, d.setl_id, "", INSTITUTION_MORE, d.refd_setl_flag, memo, 0, 0, 0
+        d.psn_no,
+        d.mdtrt_id,
+        d.setl_id,
+        found.msgid,
+        INSTITUTION_MORE,
+        d.refd_setl_flag,
+        found.memo,
+        found.medfee_sumamt,
+        found.fund_pay_sumamt,
+        found.acct_pay,
     )
 
 
@@ -624,7 +640,7 @@ def result_file(rows: list[ResultRow], filename: str) -> bytes:
 
 
 def detail_result(
-    detail: list[DetailRow], centre: list[CentreRow], filename: str, why: dict[str, str]
+    detail: list[DetailRow], centre: list[CentreRow], filename: str, why: dict[str, Uncounted]
 ) -> tuple[list[ResultRow], bytes]:
     """3202's work on the file once read (`read_detail_file`): compare it with the ledger's
     rows, write the result zip (in a parser thread: every step grows with the file)."""

@@ -65,6 +65,19 @@ class CentreRow:
     refunded: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Uncounted:
+    """A settlement (or claim number) of the institution's own that a detail file lists and the
+    period does not count: why not, in the clerk's words, and what the centre holds for it (a
+    claim number has no settlement: no msgid, no amounts)."""
+
+    memo: str
+    msgid: str = ""
+    medfee_sumamt: int = 0
+    fund_pay_sumamt: int = 0
+    acct_pay: int = 0
+
+
 _REVERSED = settlements.REVERSED
 
 
@@ -139,32 +152,37 @@ async def centre_rows_everywhere(
 
 async def why_not_counted(
     conn: asyncpg.Connection, p: Period, setl_ids: Sequence[str]
-) -> dict[str, str]:
+) -> dict[str, Uncounted]:
     """For the institution's own settlement ids (and deferred claim numbers) a detail file
     lists but the period does not count, why not, in the clerk's words (found from outside:
     every such row read "中心没有" although the centre held it, cancelled, of another day or
     group, or replayed from a claim). Ids the ledger does not hold for the institution are
-    left out: they are the centre's "没有", and another institution's stay unnamed."""
-    why: dict[str, str] = {}
+    left out: they are the centre's "没有", and another institution's stay unnamed.
+    A settlement's msgid and amounts come with it (found from outside: its result row had an
+    empty msgid and 0.00s, though protocol §2.7's rows carry both and the centre holds them)."""
+    memos: dict[str, str] = {}
+    held: dict[str, asyncpg.Record] = {}
     for r in await conn.fetch(
         "SELECT setl_id, status, setl_time::date AS day, insutype, clr_type, clr_optins,"
+        " medins_setl_id, medfee_sumamt, fund_pay_sumamt, acct_pay,"
         f" {_REVERSED} AS reversed"
         " FROM settlements WHERE fixmedins_code = $1 AND setl_id = ANY($2::text[])",
         p.fixmedins_code,
         list(setl_ids),
     ):
+        held[r["setl_id"]] = r
         if r["reversed"]:
-            why[r["setl_id"]] = "中心此结算已冲正（2601），视为未发生，不计入对账"
+            memos[r["setl_id"]] = "中心此结算已冲正（2601），视为未发生，不计入对账"
         elif r["status"] != "settled" and not p.include_refunded:
             # The request's flag, named as such: found from outside, the row's own flag read 1
             # beside words saying 0.
-            why[r["setl_id"]] = (
+            memos[r["setl_id"]] = (
                 "中心此结算已撤销，本次对账请求的退费结算标志（refd_setl_flag）为0，不计入已撤销的结算"
             )
         elif not p.begndate <= r["day"] <= p.enddate:
-            why[r["setl_id"]] = f"中心此结算的结算日期为{r['day']:%Y-%m-%d}，不在本次对账期间"
+            memos[r["setl_id"]] = f"中心此结算的结算日期为{r['day']:%Y-%m-%d}，不在本次对账期间"
         else:
-            why[r["setl_id"]] = (
+            memos[r["setl_id"]] = (
                 f"中心此结算为险种{r['insutype']}、清算类别{r['clr_type']}、清算经办机构"
                 f"{r['clr_optins']}，不在本次对账范围"
             )
@@ -179,11 +197,22 @@ async def why_not_counted(
             if r["status"] == "settled"
             else ""
         )
-        why[r["claim_id"]] = (
+        memos[r["claim_id"]] = (
             f"{r['claim_id']}是应急期间的暂存结算（主动报）号，参保人已现金全额支付，"
             f"不是医药机构的医保结算，不计入对账{replayed}"
         )
-    return why
+    return {
+        key: Uncounted(memo)
+        if (r := held.get(key)) is None
+        else Uncounted(
+            memo,
+            r["medins_setl_id"] or "",
+            int(r["medfee_sumamt"]),
+            int(r["fund_pay_sumamt"]),
+            int(r["acct_pay"]),
+        )
+        for key, memo in memos.items()
+    }
 
 
 async def centre_totals(conn: asyncpg.Connection, p: Period) -> Totals:

@@ -48,6 +48,7 @@ async def reverse(
     now: dt.datetime,
     refusal: bytes,
     settlements_deferred: bool = False,
+    owner: str | None = None,
 ) -> tuple[str, str | None]:
     """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone", with the clerk's
     instruction where the undo needs one (a replayed deferred claim's settlement: the whole bill
@@ -56,7 +57,10 @@ async def reverse(
     settlement in force is then neither cancelled nor put back, as by 2208/2103 (found from
     outside: a 2601 cancelled what a 2103 of the same sale was refused).
     In a ledger split by region, the caller then bars a tombstoned original in the other
-    databases too (`bar_elsewhere`)."""
+    databases too (`bar_elsewhere`).
+    `owner`: another institution whose code the original's msgid begins with (protocol §1.4: an
+    institution's msgid is its own code, the time and a serial); such an original that this
+    institution never sent is that institution's, and is refused, not barred."""
     original = TRANSACTIONS.get(oinfno)
     if original is None or original.undo is Undo.NONE:
         reversible = "、".join(
@@ -71,6 +75,14 @@ async def reverse(
             # arrived, barred") while the settlement stayed in force; it is the agency's own.
             raise Conflict(
                 f"原报文{omsgid}是经办机构零星报销{claim_no}的结算，不是本机构发送的交易，不能冲正"
+            )
+        if owner is not None:
+            # Found from outside (twice): a pharmacy's 2601 of another's sale answered 成功,
+            # "barred when it arrives", read at the counter as the sale reversed; nothing of the
+            # other institution's changes, and no tombstone is wanted in this one's messages.
+            raise NotFound(
+                f"原报文{omsgid}不是本机构的报文（报文ID以定点医药机构编号{owner}开头），"
+                "本机构没有该交易，未冲正任何交易；其他机构的交易只能由该机构冲正"
             )
         if await reversals.bar(conn, fixmedins_code, omsgid, oinfno, refusal):
             return "tombstone", None

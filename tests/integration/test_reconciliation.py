@@ -344,6 +344,8 @@ async def test_totals_the_file_does_not_make_are_told_in_the_answer(
     cash = _totals([*day, extra])["cash_payamt"]
     assert f"医药机构上报{len(day) + 1}笔" in words and f"现金支付{cash}" in words, words
     assert "个人账户" not in words
+    # It points at its own result file, not at 3202 (found from outside).
+    assert "9102" in words and "3202" not in words, words
     balanced, _ = await _detail_compared(server, day, day)
     assert balanced["stmtinfo"]["stmt_rslt"] == "0", balanced["stmtinfo"]
 
@@ -366,6 +368,17 @@ async def test_a_listed_settlement_the_period_does_not_count_is_told_why(
     # beside the row's own flag 1 read as a contradiction).
     assert "对账请求的退费结算标志（refd_setl_flag）为0" in memo[cancelled["setl_id"]][1]
     assert memo[unknown["setl_id"]] == ("2", "医药机构有此结算，中心没有")
+    # The centre holds the cancelled settlement: its row carries its msgid and the amounts the
+    # centre holds (found from outside: an empty msgid and 0.00s, protocol §2.7's row says
+    # both); an id the centre does not hold has neither.
+    held = {r["setl_id"]: r for r in rows}
+    assert held[cancelled["setl_id"]]["msgid"] == cancelled["medins_setl_id"]
+    assert cancelled["medins_setl_id"].startswith(HOSPITAL)
+    centre_amounts = [k for k in held[cancelled["setl_id"]] if k.endswith("medfee_sumamt")]
+    assert len(centre_amounts) == 1, held[cancelled["setl_id"]]
+    assert Decimal(held[cancelled["setl_id"]][centre_amounts[0]]) == cancelled["medfee_sumamt"]
+    assert held[unknown["setl_id"]]["msgid"] == ""
+    assert held[unknown["setl_id"]][centre_amounts[0]] == "0.00"
 
 
 async def test_a_file_owned_by_the_institutions_region_is_its_own(

@@ -201,16 +201,43 @@ async def test_unknown_original_gets_a_tombstone_and_is_refused_late(server: Ser
 
 
 async def test_another_institution_cannot_reverse(server: Server) -> None:
+    """Found from outside (twice): another institution's 2601 of a sale answered 成功 with "the
+    original will be refused when it arrives", read at its counter as the sale reversed. A msgid
+    that begins with another registered institution's code is that institution's (protocol
+    §1.4): refused, naming it, and nothing is written."""
     his = server.client(HOSPITAL)
     _, info, msgid = await _outpatient(his, "MZ-REV-4")
     other = server.client("H44180000002")
+    before = await server.ledger_fingerprint()
+    tombstones = await server.fetchval("SELECT count(*) FROM idempotency WHERE tombstone")
     answer = await other.call("2601", _reverse(EMPLOYEE, msgid, "2207"))
-    assert answer["infcode"] == 0  # it only bars that msgid in its own institution's key space
+    assert answer["infcode"] == -1
+    assert f"原报文{msgid}不是本机构的报文" in answer["err_msg"]
+    assert HOSPITAL in answer["err_msg"] and "未冲正" in answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+    assert await server.fetchval("SELECT count(*) FROM idempotency WHERE tombstone") == tombstones
     assert (
         await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", info["setl_id"])
         == "settled"
     )
     assert Decimal(info["medfee_sumamt"]) == Decimal("280.00")
+    # The owner's own 2601 still reverses it.
+    await his.ok("2601", _reverse(EMPLOYEE, msgid, "2207"))
+    assert (
+        await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", info["setl_id"])
+        != "settled"
+    )
+
+
+async def test_an_unseen_msgid_of_no_registered_institution_is_still_barred(
+    server: Server,
+) -> None:
+    """Only a registered institution's code makes a msgid another's: an original of this
+    institution's own that never arrived, whatever its msgid begins with, is barred as before."""
+    other = server.client("H44180000002")
+    lost = "X99999999999" + other.msgid()[12:]
+    answer = await other.call("2601", _reverse(EMPLOYEE, lost, "2207"))
+    assert answer["infcode"] == 0 and "原交易到达时将被拒绝" in answer["warn_msg"]
 
 
 async def test_ledger_balances_after_reversals(server: Server) -> None:
