@@ -65,6 +65,9 @@ if command -v apt-get >/dev/null 2>&1; then
     # shellcheck disable=SC2086  # one word per package
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $pkgs \
         || echo "warning: apt-get could not install $pkgs" >&2
+    # Fonts just installed can be missing from fc-list until the cache is rebuilt (seen on a
+    # fresh machine: the CJK fonts were reported missing right after their install).
+    if command -v fc-cache >/dev/null 2>&1; then $SUDO fc-cache -f >/dev/null 2>&1 || true; fi
     if [ -n "$guard" ]; then
         $SUDO rm -f "$guard"
         if command -v systemctl >/dev/null 2>&1; then
