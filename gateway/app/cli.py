@@ -605,10 +605,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# The commands that date what they write or read by settlement day, as `serve` does: found from
+# outside, `corrections apply` from a shell in UTC dated its re-settlements 8 hours behind the
+# counter's, unwarned (between 00:00 and 08:00 Beijing time, on the day before).
+DATED_COMMANDS = frozenset(
+    {"clearing", "corrections", "deferred", "encounter", "claims", "payouts"}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     logs.configure()
     args = parser().parse_args(argv)
+    if args.command in DATED_COMMANDS and (warning := zone_warning()) is not None:
+        print(
+            f"gateway: warning: {warning}; this command dates what it writes in this local time",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         result: int = args.func(args)
     except ConfigError as exc:

@@ -5,6 +5,7 @@ load` against a closed port)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -53,3 +54,36 @@ def test_a_command_says_the_database_is_unreachable_in_one_line(
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("refused: 无法连接数据库"), done.stderr
+
+
+def _run_in(zone: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *argv, "--database-url", DOWN],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TZ": zone},
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["corrections", "plan", "--institution", "H44180000001", "--item", "YP0001"],
+        ["payouts", "owed"],
+        ["deferred", "list"],
+    ],
+)
+def test_a_command_that_dates_what_it_writes_warns_off_beijing_time(argv: list[str]) -> None:
+    """Found from outside: `corrections apply` from a shell in UTC dated its re-settlements 8
+    hours behind the counter's, with nothing said; `serve` warned, these did not."""
+    off = _run_in("UTC", argv)
+    assert "warning: this process's local time is UTC+0" in off.stderr, off.stderr
+    assert "TZ=CST-8" in off.stderr
+    beijing = _run_in("CST-8", argv)
+    assert "warning" not in beijing.stderr, beijing.stderr
+
+
+def test_a_command_that_dates_nothing_does_not_warn() -> None:
+    done = _run_in("UTC", ["operators", "lockouts"])
+    assert "warning" not in done.stderr, done.stderr
