@@ -228,7 +228,7 @@ class Summary:
             out.append(f"  {it.old_setl_id} → {new}  person {it.psn_no}  visit {it.mdtrt_id}")
             out.append(
                 f"    fund {fen_text(it.fund_delta)}{f' ({funds})' if funds else ''}"
-                f"  account {fen_text(it.acct_delta)}  {_patient_words(it.patient_cash_delta)}"
+                f"  {_account_words(it.acct_delta)}  {_patient_words(it.patient_cash_delta)}"
             )
             if it.codes:
                 out.append(
@@ -244,7 +244,7 @@ class Summary:
         for psn_no, v in persons.items():
             out.append(
                 f"  {psn_no}  {v['settlements']} settlements  collect {fen_text(v['collect'])}"
-                f"  refund {fen_text(v['refund'])}  account {fen_text(v['account_delta'])}"
+                f"  refund {fen_text(v['refund'])}  {_account_words(v['account_delta'])}"
             )
         by_fund = self.funds()
         if by_fund:
@@ -259,6 +259,16 @@ class Summary:
             f"  patients: collect {fen_text(collect)} in total, refund {fen_text(refund)} in total"
         )
         return out
+
+
+def _account_words(delta: int) -> str:
+    """The personal account's change in words: found from outside, "account -2061.20" (the
+    change in what the account pays) was readable as 2061.20 taken from the account."""
+    if delta > 0:
+        return f"account: pays {fen_text(delta)} more"
+    if delta < 0:
+        return f"account: pays {fen_text(-delta)} less, back to the account"
+    return "account: unchanged"
 
 
 def _patient_words(delta: int) -> str:

@@ -157,9 +157,12 @@ async def test_correction_resettles_lines_sent_with_the_old_national_code(server
     code, text, err = await _correct(server, "plan", as_json=False)
     assert code == 0, err
     assert f"{wrong['setl_id']} → (new number given when applied)  person {PSN}" in text
-    assert "account 0.00  patient: nothing to collect or refund" in text
+    assert "account: unchanged  patient: nothing to collect or refund" in text
     assert f"1 {DRUG}: {WRONG_CLASS_A} → {CLASS_B}" in text
-    assert f"per person:\n  {PSN}  1 settlements  collect 0.00  refund 0.00  account 0.00" in text
+    assert (
+        f"per person:\n  {PSN}  1 settlements  collect 0.00  refund 0.00  account: unchanged"
+        in text
+    )
 
     code, out, err = await _correct(server, "apply")
     assert code == 0, err  # nothing refused

@@ -37,7 +37,7 @@ def test_a_refund_and_a_charge_of_one_person_are_told_apart() -> None:
     assert "patient: refund 5.00" in text and "patient: collect 76.14" in text
     assert "patient: nothing to collect or refund" in text
     assert "lines 1 YP9002: XA-OLD → XC-NEW" in text
-    assert "  P1  2 settlements  collect 76.14  refund 5.00  account 0.00" in text
+    assert "  P1  2 settlements  collect 76.14  refund 5.00  account: unchanged" in text
     assert "per fund:\n  310100: -71.14" in text
     assert text.endswith("patients: collect 76.14 in total, refund 5.00 in total")
     doc = summary.to_json()
@@ -66,5 +66,15 @@ def test_the_account_is_told_apart_from_the_funds() -> None:
     item.fund_deltas = {"310100": -18060, "320100": -4644, "310200": 22704}
     item.new["acct_pay"] = 22704
     text = "\n".join(Summary(items=[item]).to_text("would re-settle", 1, "YP9002"))
-    assert "    fund -227.04 (310100 -180.60 320100 -46.44)  account 227.04" in text
+    assert "    fund -227.04 (310100 -180.60 320100 -46.44)  account: pays 227.04 more" in text
     assert "  310200 (personal account): 227.04" in text
+
+
+def test_an_account_paying_less_is_said_to_get_it_back() -> None:
+    """Found from outside: "account -2061.20" read as taken from the account, where the account
+    pays 2061.20 less and gets it back."""
+    item = _item("S1", "P1", (0, 0), (0, 0))
+    item.old["acct_pay"] = 206120
+    text = "\n".join(Summary(items=[item]).to_text("would re-settle", 1, "YP9002"))
+    assert "account: pays 2061.20 less, back to the account" in text, text
+    assert "account -2061.20" not in text
