@@ -68,6 +68,13 @@ REJECT_MSG = (
     "医保系统按应急预案暂停办理此项业务（{why}）：请按全自费结算并保留票据，"
     "待系统恢复后按规定办理报销"
 )
+# An inpatient settlement (2303/2304) is told what the cut-over notices tell hospitals (毕节's,
+# item 十): the stay is discharged and settled once the system is back; self-pay only if the
+# patient chooses it (found from outside: told to settle as self-pay, the outpatient advice).
+INPATIENT_REJECT_MSG = (
+    "医保系统按应急预案暂停办理此项业务（{why}）：住院费用暂不结算，患者可先办理出院，"
+    "待系统恢复后再通知患者结算；患者自愿选择自费结算的，请保留票据及相关材料回参保地经办机构报销"
+)
 # The same for a cancellation (2103/2208/2305): there is nothing to settle as self-pay, the
 # settlement stands (found from outside: a 2305 under `reject` was told to settle as self-pay).
 CANCEL_REJECT_MSG = (
@@ -140,6 +147,15 @@ def detours(
     return decision
 
 
+def _reject_words(tx: Transaction) -> str:
+    """What `reject` answers, in the words of what was asked."""
+    if tx.undo is Undo.CANCELLATION:
+        return CANCEL_REJECT_MSG
+    if tx.kind is Kind.INPATIENT and tx.klass is TxClass.SETTLEMENT:
+        return INPATIENT_REJECT_MSG
+    return REJECT_MSG
+
+
 def _ledger_down_words(tx: Transaction) -> str:
     """What the ledger's breaker answers, in the words of what was asked (found from outside: a
     2601 and a 5203 were told to settle as self-pay, as a sale would be)."""
@@ -163,8 +179,7 @@ async def intercept(
     if decision.action is Action.REJECT:
         if ledger_down:
             raise LedgerDownRefusal(_ledger_down_words(tx))
-        words = CANCEL_REJECT_MSG if tx.undo is Undo.CANCELLATION else REJECT_MSG
-        raise RuleRejected(words.format(why=decision.reason))
+        raise RuleRejected(_reject_words(tx).format(why=decision.reason))
     if decision.action in (Action.ROUTE_LEGACY, Action.ROUTE_LEGACY_SHADOW):
         if not ledger_down and await _this_gateways(gw, tx, req):
             return None  # undone, or settled, where it was done: here

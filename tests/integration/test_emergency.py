@@ -119,6 +119,18 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     assert "全自费结算" not in refused["err_msg"]
     assert await server.ledger_fingerprint() == before
     assert await server.fetchval("SELECT count(*) FROM deferred") == 0
+    # An inpatient settlement is told what the cut-over notices tell hospitals (毕节's, item
+    # 十): discharge, settle once the system is back (found from outside: told to settle as
+    # self-pay, the outpatient advice).
+    stay = {"data": {"psn_no": WORKER, "mdtrt_id": "441800NOSUCHSTAY", "mid_setl_flag": "0",
+                     "medfee_sumamt": "120.00", "insutype": "310", "acct_used_flag": "0",
+                     "mdtrt_cert_type": "02", "mdtrt_cert_no": WORKER}}  # fmt: skip
+    for infno in ("2303", "2304"):
+        inpatient = await his.call(infno, stay)
+        assert inpatient["infcode"] == -1, inpatient
+        assert "住院费用暂不结算" in inpatient["err_msg"], inpatient
+        assert "待系统恢复后再通知患者结算" in inpatient["err_msg"]
+    assert await server.ledger_fingerprint() == before
     # Other institutions are not touched by an institution-scoped rule.
     other = server.client("H44180000001")
     assert (await other.call("2206", {"data": {}}))["err_msg"] != answer["err_msg"]
