@@ -4,7 +4,9 @@ framing and hostile bodies, over real loopback HTTP."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import re
 import socket
 import subprocess
@@ -445,3 +447,40 @@ async def test_an_operator_retrying_while_locked_out_does_not_lock_the_desk(
             assert status == 429 and "锁定" in body["error"], body
         status, body = await _login(desk, url, {"operator": "clerk2", "password": "clerk2-2026"})
         assert status == 200, body  # the rest of the desk still gets in
+
+
+async def _page_styles_allowed(client: aiohttp.ClientSession, url: str) -> None:
+    async with client.get(url) as r:
+        assert r.status == 200, (url, r.status)
+        csp = r.headers.get("Content-Security-Policy", "")
+        page = await r.text()
+    styles = re.findall(r"<style>(.*?)</style>", page, re.S)
+    assert styles, url
+    allowed = set(re.findall(r"'(sha256-[A-Za-z0-9+/=]+)'", csp))
+    for css in styles:
+        digest = "sha256-" + base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+        assert digest in allowed, (url, digest, csp)
+    # No style attribute either: the policy allows none.
+    assert not re.search(r"<[^>]+\sstyle=", page), url
+
+
+async def test_every_console_pages_style_is_allowed_by_its_policy(server: Server) -> None:
+    """Found from outside, in a real browser: the parallel-run page's style was not in the
+    policy, and the page showed unstyled. Each page's inline style is allowed by its hash."""
+    async with aiohttp.ClientSession() as anonymous:
+        await _page_styles_allowed(anonymous, server.url + "/console/login")
+    browser, _ = await _cookie_session(server)
+    try:
+        for path in ("/console", "/console/parallel-run"):
+            await _page_styles_allowed(browser, server.url + path)
+    finally:
+        await browser.close()
+    clerk = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    try:
+        login = {"operator": "clerk1", "password": "clerk1-2026"}
+        async with clerk.post(server.url + "/console/login", data=login) as r:
+            assert r.status == 200, await r.text()
+        for path in ("/console/claims", "/console/payouts"):
+            await _page_styles_allowed(clerk, server.url + path)
+    finally:
+        await clerk.close()

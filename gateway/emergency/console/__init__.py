@@ -62,10 +62,11 @@ CLUSTER_WAIT = 2.0
 LOGIN_MAX_BODY = 4096  # a name and a password
 BUSY = "登录请求过多，请稍后再试"
 # Served with every console page and API answer: no scripts, no framing, forms post only here;
-# the page's one inline style is allowed by its hash.
+# each page's one inline style is allowed by its hash.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        f"default-src 'none'; style-src '{pages.STYLE_HASH}' '{claim_form.STYLE_HASH}';"
+        f"default-src 'none'; style-src '{pages.STYLE_HASH}' '{claim_form.STYLE_HASH}'"
+        f" '{parallel_run.STYLE_HASH}';"
         " form-action 'self';"
         " frame-ancestors 'none'; base-uri 'none'"
     ),
