@@ -208,8 +208,11 @@ class Summary:
                     fen_text(it.patient_refund),
                     fen_text(it.fund_delta),
                     *(fen_text(it.fund_deltas.get(c, 0)) for c in FUND_CODES),
-                    " ".join(
-                        f"{sn}:{old or '未对照'}→{new or '未对照'}" for sn, _, old, new in it.codes
+                    _cell(
+                        " ".join(
+                            f"{sn}:{old or '未对照'}→{new or '未对照'}"
+                            for sn, _, old, new in it.codes
+                        )
                     ),
                 ]
             )
@@ -217,7 +220,7 @@ class Summary:
 
     def to_text(self, verb: str, found: int, item_code: str) -> list[str]:
         """The clerk's report: each settlement, each person, each fund, the totals."""
-        out = [f"{verb} {len(self.items)} of {found} settlements using {item_code}"]
+        out = [f"{verb} {len(self.items)} of {found} settlements using {_plain(item_code)}"]
         for it in self.items:
             new = it.new_setl_id or "(new number given when applied)"
             # The account is told apart (found from outside: listed among the funds, the
@@ -234,7 +237,8 @@ class Summary:
                 out.append(
                     "    lines "
                     + " ".join(
-                        f"{sn} {item}: {old or 'unmapped'} → {new_code or 'unmapped'}"
+                        f"{_plain(sn)} {_plain(item)}: {_plain(old) or 'unmapped'}"
+                        f" → {_plain(new_code) or 'unmapped'}"
                         for sn, item, old, new_code in it.codes
                     )
                 )
@@ -259,6 +263,19 @@ class Summary:
             f"  patients: collect {fen_text(collect)} in total, refund {fen_text(refund)} in total"
         )
         return out
+
+
+def _plain(text: str) -> str:
+    """A HIS's text as the report prints it: found from outside, a line break in an uploaded
+    serial number or item code printed lines of its own ("patients: refund 9999.00") in the
+    clerk's report. Invisible characters are escaped."""
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
+def _cell(text: str) -> str:
+    """A HIS's text as a spreadsheet cell: one that would start a formula is given a leading
+    apostrophe (found from outside: an uploaded serial number "+SUM(1,1)" began the cell)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _account_words(delta: int) -> str:

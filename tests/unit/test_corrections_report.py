@@ -3,6 +3,9 @@ what the counter collects and what it refunds, never netted into a negative "owe
 
 from __future__ import annotations
 
+import csv
+import io
+
 from gateway.jobs.corrections import Item, Summary
 
 AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
@@ -78,3 +81,20 @@ def test_an_account_paying_less_is_said_to_get_it_back() -> None:
     text = "\n".join(Summary(items=[item]).to_text("would re-settle", 1, "YP9002"))
     assert "account: pays 2061.20 less, back to the account" in text, text
     assert "account -2061.20" not in text
+
+
+def test_a_his_text_cannot_print_lines_of_its_own_or_start_a_formula() -> None:
+    """Found from outside: a line break in an uploaded serial number or item code printed lines
+    of its own in the clerk's report ("patients: refund 9999.00"), and a serial number
+    "+SUM(1,1)" began the CSV's cell."""
+    item = _item("S1", "P1", (0, 0), (0, 0))
+    item.codes = [("+SUM(1,1)\n  patients: refund 9999.00", "Z\nper person:", "XA-OLD", "XC-NEW")]
+    summary = Summary(items=[item])
+    text = summary.to_text("would re-settle", 1, "Z\n  patients: refund 9999.00")
+    lines = text if isinstance(text, list) else text.splitlines()
+    assert not [x for x in lines if x.startswith("  patients: refund 9999.00")], lines
+    assert sum(1 for x in lines if x.startswith("per person:")) == 1, lines
+    joined = "\n".join(lines)
+    assert "using Z\\n  patients: refund 9999.00" in joined
+    row = next(csv.DictReader(io.StringIO(summary.to_csv())))
+    assert row["code_changes"].startswith("'+SUM(1,1)"), row["code_changes"]
