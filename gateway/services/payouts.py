@@ -60,6 +60,7 @@ RETURN_MARK = "RET"
 PAID, FAILED = "S", "F"
 _AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,15})\.[0-9]{2}$")
 _ACCOUNT = re.compile(r"^[0-9]{8,32}$")
+_BANK_CODE = re.compile(r"[0-9]{3,12}")
 
 
 def mask(account_no: str) -> str:
@@ -111,9 +112,13 @@ def _account(payee: str, bank_code: str, bank_name: str, account_no: str, holder
     account_no = account_no.replace(" ", "")
     if not _ACCOUNT.match(account_no):
         raise BadRequest("银行账号须为8至32位数字")
+    bank_code = _plain(bank_code, "开户行行号")
+    # Digits only (found from outside: "=1+1" was taken into the bank's file as a bank code).
+    if not _BANK_CODE.fullmatch(bank_code):
+        raise BadRequest("开户行行号须为3至12位数字（如12位联行号）")
     return Account(
         psn_no=payee,
-        bank_code=_plain(bank_code, "开户行行号"),
+        bank_code=bank_code,
         bank_name=_plain(bank_name, "开户行名称"),
         account_no=account_no,
         holder=_plain(holder, "户名"),

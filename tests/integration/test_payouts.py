@@ -592,6 +592,19 @@ async def test_an_accounts_fields_never_break_a_bank_file_line(
                 await payouts.set_account(
                     conn, "441800000000000001", **account, operator="clerk1", reason="登记"
                 )
+        # A bank code is digits (found from outside: "=1+1" went into the bank's file).
+        for code in ("=1+1", "ICBC", "12", "1021000000011"):
+            with pytest.raises(BadRequest, match="开户行行号须为3至12位数字"):
+                await payouts.set_account(
+                    conn,
+                    "441800000000000001",
+                    bank_code=code,
+                    bank_name="工商银行",
+                    account_no="6222020200000000011",
+                    holder="张三",
+                    operator="clerk1",
+                    reason="登记",
+                )
         assert await conn.fetchval("SELECT count(*) FROM payout_accounts") == 0
 
 
