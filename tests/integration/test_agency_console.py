@@ -254,6 +254,17 @@ async def test_pages_show_each_role_its_steps_and_forms_need_the_token(server: S
             assert r.url.path.startswith("/console/claims/LX")
         assert "已登记" in page and "FP-PAGE-1、FP-PAGE-2" in page and 'id="lines-form"' in page
         no = r.url.path.rsplit("/", 1)[1]
+        # A refusal goes back to the page alone (found from outside: a `back` with a query and
+        # a fragment put the refusal after the "#", where it was never shown).
+        for back in ("/console/claims?x=1#<script>", "//evil.example/console/", "/console/../x"):
+            async with browser.post(
+                server.url + "/console/claims/register",
+                data={**form, "csrf": csrf.group(1), "begntime": "bad", "back": back},
+                allow_redirects=False,
+            ) as r:
+                assert r.status == 303, back
+                where = r.headers["Location"]
+                assert where.startswith("/console/claims?err=") and "#" not in where, where
         # Escaped bytes that are not UTF-8 (found from outside: stored as "��ABC").
         before_bad = await server.fetchval("SELECT count(*) FROM manual_claims")
         raw = f"csrf={csrf.group(1)}&cert_type=01&cert_no=441800000000000002" + (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
@@ -367,6 +368,17 @@ def _download(name: str, body: bytes) -> web.Response:
 # ------------------------------------------------------------------------------- the forms
 
 
+_PAGE_PATH = re.compile(r"/console/[A-Za-z0-9/_-]*")
+
+
+def _page_path(back: str | None, default: str) -> str:
+    """A form's `back`: a console page's path alone. Its query and fragment are dropped (found
+    from outside: `…?x=1#…` put the step's refusal after the fragment, where it was never
+    shown); anything but a console path is the default."""
+    path = (back or "").split("#", 1)[0].split("?", 1)[0]
+    return path if _PAGE_PATH.fullmatch(path) else default
+
+
 def _flash_to(session: operators.Session, where: str, kind: str, text: str) -> web.HTTPSeeOther:
     from gateway.emergency import console  # the package imports this module
 
@@ -422,9 +434,7 @@ def form_handler(action: Action) -> Callable[[web.Request], Awaitable[web.Stream
         if session is None:
             raise web.HTTPSeeOther("/console/login")
         values = await _read_form(request, session)
-        back = text_field(values, "back") or f"/console/{action.group}"
-        if not back.startswith("/console/"):
-            back = f"/console/{action.group}"
+        back = _page_path(text_field(values, "back"), f"/console/{action.group}")
         if session.role not in action.roles:
             # Someone outside the agency's staff cannot read its pages either: told on the
             # console's own page (found from outside: a viewer was sent to a page answering 403).
