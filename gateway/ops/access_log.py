@@ -17,7 +17,7 @@ import time
 
 import msgspec
 
-from gateway.ops.logs import LINES, mask
+from gateway.ops.logs import LINES, mask, one_line
 
 _Entry = tuple[float, str, str, str, str, str, str, float]
 _encode = msgspec.json.Encoder().encode
@@ -122,6 +122,6 @@ class AccessLog:
             "answered",
             (),
             None,
-            extra={LINES: b"\n".join(lines).decode()},
+            extra={LINES: one_line(b"\n".join(lines).decode())},
         )
         self.logger.handle(record)

@@ -60,6 +60,20 @@ def _clean(key: str, value: Any) -> Any:
     return value
 
 
+# Characters JSON leaves raw in a string that Python's `splitlines()` (and log shippers that use
+# it) take for the end of a line: escaped, so that a client's text cannot start a forged line
+# (found from outside: a dev_no holding U+2028 then a JSON object read as a line of its own).
+_LINE_ENDS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+_ESCAPE_LINE_ENDS = str.maketrans(_LINE_ENDS)
+
+
+def one_line(text: str) -> str:
+    """JSON text with no character a reader may split a line on besides its own end."""
+    if any(c in text for c in _LINE_ENDS):
+        return text.translate(_ESCAPE_LINE_ENDS)
+    return text
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, masked."""
 
@@ -80,7 +94,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = _clean(key, value)
         if record.exc_info:
             out["exc"] = mask(self.formatException(record.exc_info))
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return one_line(json.dumps(out, ensure_ascii=False, default=str))
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]

@@ -166,3 +166,25 @@ async def test_labels_that_hold_no_id_number_are_written_as_sent(
     log.flush()
     written = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(e["msgid"], e["terminal"]) for e in written] == [(x, x) for x in labels]
+
+
+@pytest.mark.parametrize("end", ["\u2028", "\u2029", "\x85"])
+async def test_a_clients_text_cannot_start_a_line_of_its_own(
+    logged: tuple[logging.Logger, Counting, io.StringIO], end: str
+) -> None:
+    """Found from outside: a dev_no holding U+2028 and then a JSON object was written raw, and a
+    reader splitting lines as Python does read a forged line `{"level":"error",…}`. Such
+    characters are escaped, in the access log's lines and in every other log line."""
+    logger, _, stream = logged
+    forged = end + '{"level":"error","msg":"FORGED"}'
+    log = AccessLog(logger, delay=10)
+    log.answered("r1", "2201", "M1", "H44180000001", "T" + forged, "refused", 0.001)
+    log.answered("r2", "2201", "M2", "H44180000001", "T2", "ok", 0.001)
+    log.flush()
+    logger.warning("refused", extra={"dev_no": "D" + forged})
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    parsed = [json.loads(line) for line in lines]
+    assert parsed[0]["terminal"] == "T" + forged
+    assert parsed[2]["dev_no"] == "D" + forged
+    assert not [p for p in parsed if p.get("msg") == "FORGED"]
