@@ -315,6 +315,18 @@ def call_person(req: Request) -> str:
     return ""
 
 
+def call_visit(req: Request) -> str:
+    """The mdtrt_id a kept visit call names (its first node that carries one), "" when none (a
+    registration: its id is the provisional one it is given). Read as the call was sent: a
+    settlement on a provisional id waits while a call naming that id waits to be applied."""
+    doc = _decimal_json.decode(req.input or b"{}")
+    for node in doc.values() if isinstance(doc, dict) else ():
+        row = node[0] if isinstance(node, list) and node else node
+        if isinstance(row, dict) and isinstance(row.get("mdtrt_id"), str):
+            return str(row["mdtrt_id"])
+    return ""
+
+
 def opened_visit_data(req: Request, provisional_id: str | None) -> Any:
     """A registration's answer: the visit in `data`, with the patient and the clinic number."""
     data = _decimal_json.decode(req.input or b"{}").get("data") or {}

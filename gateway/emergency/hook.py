@@ -460,7 +460,12 @@ async def _defer_call(call: Call) -> Answer:
             call.institution.admdvs, call.now, req.fixmedins_code, req.msgid
         )
     entry = _entry(
-        "call", req, call.now, provisional_id=provisional, psn_no=deferral.call_person(req)
+        "call",
+        req,
+        call.now,
+        provisional_id=provisional,
+        psn_no=deferral.call_person(req),
+        mdtrt_id=deferral.call_visit(req),
     )
     await deferred.insert(call.conn, entry, "ledger")
     ref = provisional or req.msgid
@@ -582,6 +587,7 @@ async def _journal_call(
             digest=fingerprint(req),
             provisional_id=provisional,
             psn_no=deferral.call_person(req),
+            mdtrt_id=deferral.call_visit(req),
         ),
     )
     return Detour(answer=out, outcome=dispatch.Result.DEFERRED)

@@ -225,6 +225,27 @@ async def real_id(conn: asyncpg.Connection, mdtrt_id: str, fixmedins_code: str) 
     )
 
 
+async def calls_waiting(conn: asyncpg.Connection, fixmedins_code: str, provisional_id: str) -> bool:
+    """Whether calls kept under the plan on a provisional id (a 2203, a 2204) still wait to be
+    applied to the visit it became: its registration is applied first, each call then in turn."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM deferred WHERE kind = 'call' AND status = 'pending'"
+            " AND fixmedins_code = $1 AND mdtrt_id = $2)",
+            fixmedins_code,
+            provisional_id,
+        )
+    )
+
+
+def calls_not_yet_applied(provisional_id: str) -> NotYetApplied:
+    """The retryable refusal of a settlement asked while such calls wait."""
+    return NotYetApplied(
+        f"就诊ID{provisional_id}为应急期间的临时编号，其此前的业务（就诊信息、费用明细等）尚未全部补办，"
+        "请待补办后使用相同报文ID重试"
+    )
+
+
 # Visits a 5201 answers at most: a range of years of a frequent patient is still one answer.
 VISITS_LISTED = 500
 

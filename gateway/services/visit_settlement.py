@@ -316,6 +316,14 @@ async def settle_visit(
     on the caller's own transaction; `only`: just these of them (a deferred claim's, at replay)."""
     real = await encounters.real_id(conn, asked.mdtrt_id, origin.fixmedins_code)
     if real != asked.mdtrt_id:
+        # Found from outside (a failover drill): a 2207 retried between its visit's registration
+        # and its fees being applied settled nothing, "没有待结算的费用明细", and that refusal
+        # was kept against its msgid. At the counter it waits, unkept, for the visit's calls;
+        # at replay the claim's own order is the journal's.
+        if respect_claims and await encounters.calls_waiting(
+            conn, origin.fixmedins_code, asked.mdtrt_id
+        ):
+            raise encounters.calls_not_yet_applied(asked.mdtrt_id)
         asked = msgspec.structs.replace(asked, mdtrt_id=real)  # a provisional id, now its visit
     job = visit_job(
         snapshot,

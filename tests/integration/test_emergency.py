@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
@@ -801,6 +802,66 @@ async def test_visit_calls_the_plan_deferred_are_applied_once_it_stops_and_the_s
         )
         == 1
     )
+
+
+async def test_a_settlement_between_its_visits_calls_being_applied_waits_unkept(
+    server: Server,
+) -> None:
+    """Found from outside (a failover drill): a 2207 on a provisional id, retried after the
+    visit's registration was applied and before its fees were, was refused "没有待结算的费用明细"
+    and the refusal kept against its msgid, though the 2204 had been acknowledged: every retry
+    got it, and the visit stayed open. It is told to wait, unkept, and its retry settles once
+    the calls are applied."""
+    his = server.client("H44180000001")
+    scope = "institution:H44180000001"
+    await set_rule(server.dsn, scope, "encounter", "defer")
+    await _reload_plan(server)
+    day = "2026-05-08"
+    mdtrt_id = await his.register(EMPLOYEE, "310", f"{day} 08:30:00", "MZ-PV-MID")
+    assert mdtrt_id.startswith("PV")
+    await his.ok(
+        "2204",
+        {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")},
+    )
+    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    msgid = his.msgid()
+    body = msgspec.json.encode(his.envelope("2207", data, msgid=msgid))
+    # The fees' call is held where the gateway applying the calls must update it: the
+    # registration is applied, the fees wait.
+    holder = await asyncpg.connect(server.dsn)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute(
+            "SELECT 1 FROM deferred WHERE kind = 'call' AND infno = '2204'"
+            " AND fixmedins_code = 'H44180000001' AND status = 'pending' FOR UPDATE",
+        )
+        await clear_rule(server.dsn, scope, "encounter")
+        became = "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1"
+
+        async def registered() -> bool:
+            return await server.fetchval(became, mdtrt_id) is not None
+
+        await until(registered, within=15.0, seen=lambda: "registration not applied")
+        _, raw = await his.post_raw(body)
+        waiting = decode(raw)
+        assert waiting["infcode"] == -1, waiting
+        assert "尚未全部补办" in waiting["err_msg"] and "相同报文ID" in waiting["err_msg"]
+        kept = "SELECT count(*) FROM idempotency WHERE fixmedins_code = $1 AND msgid = $2"
+        assert await server.fetchval(kept, "H44180000001", msgid) == 0
+        await held.rollback()
+    finally:
+        await holder.close()
+    calls = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
+
+    async def applied() -> bool:
+        return await server.fetchval(calls) == 0
+
+    await until(applied, within=15.0, seen=lambda: "calls still pending")
+    _, raw = await his.post_raw(body)
+    settled = decode(raw)
+    assert settled["infcode"] == 0, settled["err_msg"]
+    assert amount_text(settled["output"]["setlinfo"]["medfee_sumamt"]) == OUTPATIENT_TOTAL
 
 
 async def test_a_settlement_on_a_provisional_visit_whose_registration_failed_is_told_so(
