@@ -307,23 +307,23 @@ def call_person(req: Request) -> str:
     """The psn_no a kept visit call names (its first node that carries one: `data`, `mdtrtinfo`,
     `adminfo`, a fee line), for the list a clerk reads; "" when it names none. Read as the call
     was sent: the call itself is judged when it is applied."""
-    doc = _decimal_json.decode(req.input or b"{}")
-    for node in doc.values() if isinstance(doc, dict) else ():
-        row = node[0] if isinstance(node, list) and node else node
-        if isinstance(row, dict) and isinstance(row.get("psn_no"), str):
-            return str(row["psn_no"])
-    return ""
+    return _first_named(req, "psn_no")
 
 
 def call_visit(req: Request) -> str:
     """The mdtrt_id a kept visit call names (its first node that carries one), "" when none (a
     registration: its id is the provisional one it is given). Read as the call was sent: a
     settlement on a provisional id waits while a call naming that id waits to be applied."""
+    return _first_named(req, "mdtrt_id")
+
+
+def _first_named(req: Request, key: str) -> str:
+    """The text `key` holds in the first node of the call's input that carries one."""
     doc = _decimal_json.decode(req.input or b"{}")
     for node in doc.values() if isinstance(doc, dict) else ():
         row = node[0] if isinstance(node, list) and node else node
-        if isinstance(row, dict) and isinstance(row.get("mdtrt_id"), str):
-            return str(row["mdtrt_id"])
+        if isinstance(row, dict) and isinstance(row.get(key), str):
+            return str(row[key])
     return ""
 
 
