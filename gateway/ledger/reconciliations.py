@@ -160,8 +160,7 @@ async def why_not_counted(
     left out: they are the centre's "没有", and another institution's stay unnamed.
     A settlement's msgid and amounts come with it (found from outside: its result row had an
     empty msgid and 0.00s, though protocol §2.7's rows carry both and the centre holds them)."""
-    memos: dict[str, str] = {}
-    held: dict[str, asyncpg.Record] = {}
+    why: dict[str, Uncounted] = {}
     for r in await conn.fetch(
         "SELECT setl_id, status, setl_time::date AS day, insutype, clr_type, clr_optins,"
         " medins_setl_id, medfee_sumamt, fund_pay_sumamt, acct_pay,"
@@ -170,22 +169,26 @@ async def why_not_counted(
         p.fixmedins_code,
         list(setl_ids),
     ):
-        held[r["setl_id"]] = r
         if r["reversed"]:
-            memos[r["setl_id"]] = "中心此结算已冲正（2601），视为未发生，不计入对账"
+            memo = "中心此结算已冲正（2601），视为未发生，不计入对账"
         elif r["status"] != "settled" and not p.include_refunded:
             # The request's flag, named as such: found from outside, the row's own flag read 1
             # beside words saying 0.
-            memos[r["setl_id"]] = (
-                "中心此结算已撤销，本次对账请求的退费结算标志（refd_setl_flag）为0，不计入已撤销的结算"
-            )
+            memo = "中心此结算已撤销，本次对账请求的退费结算标志（refd_setl_flag）为0，不计入已撤销的结算"
         elif not p.begndate <= r["day"] <= p.enddate:
-            memos[r["setl_id"]] = f"中心此结算的结算日期为{r['day']:%Y-%m-%d}，不在本次对账期间"
+            memo = f"中心此结算的结算日期为{r['day']:%Y-%m-%d}，不在本次对账期间"
         else:
-            memos[r["setl_id"]] = (
+            memo = (
                 f"中心此结算为险种{r['insutype']}、清算类别{r['clr_type']}、清算经办机构"
                 f"{r['clr_optins']}，不在本次对账范围"
             )
+        why[r["setl_id"]] = Uncounted(
+            memo,
+            r["medins_setl_id"] or "",
+            int(r["medfee_sumamt"]),
+            int(r["fund_pay_sumamt"]),
+            int(r["acct_pay"]),
+        )
     for r in await conn.fetch(
         "SELECT claim_id, status, setl_id FROM deferred WHERE kind = 'claim'"
         " AND fixmedins_code = $1 AND claim_id = ANY($2::text[])",
@@ -197,22 +200,11 @@ async def why_not_counted(
             if r["status"] == "settled"
             else ""
         )
-        memos[r["claim_id"]] = (
+        why[r["claim_id"]] = Uncounted(
             f"{r['claim_id']}是应急期间的暂存结算（主动报）号，参保人已现金全额支付，"
             f"不是医药机构的医保结算，不计入对账{replayed}"
         )
-    return {
-        key: Uncounted(memo)
-        if (r := held.get(key)) is None
-        else Uncounted(
-            memo,
-            r["medins_setl_id"] or "",
-            int(r["medfee_sumamt"]),
-            int(r["fund_pay_sumamt"]),
-            int(r["acct_pay"]),
-        )
-        for key, memo in memos.items()
-    }
+    return why
 
 
 async def centre_totals(conn: asyncpg.Connection, p: Period) -> Totals:

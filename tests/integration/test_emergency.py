@@ -742,6 +742,26 @@ async def test_a_visit_claim_is_refused_for_what_its_settlement_would_be_refused
     await clear_rule(server.dsn, scope, "settlement")
 
 
+async def _kept_visit(
+    server: Server, his: HisClient, day: str, ipt: str, *, info: bool
+) -> tuple[str, str, bytes]:
+    """A visit whose calls the institution's encounter `defer` keeps (its registration, its
+    2203 where `info`, its fees): its provisional id, and the msgid and body of its 2207."""
+    await set_rule(server.dsn, "institution:H44180000001", "encounter", "defer")
+    await _reload_plan(server)
+    mdtrt_id = await his.register(EMPLOYEE, "310", f"{day} 08:30:00", ipt)
+    assert mdtrt_id.startswith("PV")
+    if info:
+        await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{day} 08:30:00")
+    await his.ok(
+        "2204",
+        {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")},
+    )
+    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
+    msgid = his.msgid()
+    return mdtrt_id, msgid, msgspec.json.encode(his.envelope("2207", data, msgid=msgid))
+
+
 async def test_visit_calls_the_plan_deferred_are_applied_once_it_stops_and_the_settlement_waits(
     server: Server,
 ) -> None:
@@ -752,19 +772,7 @@ async def test_visit_calls_the_plan_deferred_are_applied_once_it_stops_and_the_s
     and the calls are applied by the gateway once no rule defers them."""
     his = server.client("H44180000001")
     scope = "institution:H44180000001"
-    await set_rule(server.dsn, scope, "encounter", "defer")
-    await _reload_plan(server)
-    day = "2026-05-06"
-    mdtrt_id = await his.register(EMPLOYEE, "310", f"{day} 08:30:00", "MZ-PV-1")
-    assert mdtrt_id.startswith("PV")
-    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{day} 08:30:00")
-    await his.ok(
-        "2204",
-        {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")},
-    )
-    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
-    msgid = his.msgid()
-    body = msgspec.json.encode(his.envelope("2207", data, msgid=msgid))
+    mdtrt_id, msgid, body = await _kept_visit(server, his, "2026-05-06", "MZ-PV-1", info=True)
     _, raw = await his.post_raw(body)
     refused = decode(raw)
     assert refused["infcode"] == -1
@@ -814,18 +822,7 @@ async def test_a_settlement_between_its_visits_calls_being_applied_waits_unkept(
     the calls are applied."""
     his = server.client("H44180000001")
     scope = "institution:H44180000001"
-    await set_rule(server.dsn, scope, "encounter", "defer")
-    await _reload_plan(server)
-    day = "2026-05-08"
-    mdtrt_id = await his.register(EMPLOYEE, "310", f"{day} 08:30:00", "MZ-PV-MID")
-    assert mdtrt_id.startswith("PV")
-    await his.ok(
-        "2204",
-        {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")},
-    )
-    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
-    msgid = his.msgid()
-    body = msgspec.json.encode(his.envelope("2207", data, msgid=msgid))
+    mdtrt_id, msgid, body = await _kept_visit(server, his, "2026-05-08", "MZ-PV-MID", info=False)
     # The fees' call is held where the gateway applying the calls must update it: the
     # registration is applied, the fees wait.
     holder = await asyncpg.connect(server.dsn)
