@@ -15,7 +15,9 @@ TOOLS=(
     "chromium optional command -v chromium"
     # The console's browser test drives Chromium through Selenium with Debian's matching driver.
     "chromium-driver optional command -v chromedriver"
-    "fonts-noto-cjk optional fc-list 2>/dev/null | grep -qi 'noto sans cjk'"
+    # grep reads all of fc-list's output (no -q): stopping at the first match cut fc-list off
+    # mid-write, and under pipefail its SIGPIPE read as "missing".
+    "fonts-noto-cjk optional fc-list 2>/dev/null | grep -i 'noto sans cjk' >/dev/null"
     # `make promtool` checks and unit-tests the alert rules; Debian ships promtool in prometheus.
     "prometheus optional command -v promtool"
     # `make bench-wrk` and tests/load/test_wrk_smoke.py drive the gateway with wrk (C, LuaJIT).

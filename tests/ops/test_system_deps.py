@@ -111,3 +111,21 @@ def test_a_ready_machine_installs_nothing(tmp_path: Path) -> None:
     done, calls = _run(tmp_path, bin_dir)
     assert done.returncode == 0, done.stderr
     assert calls == []
+
+
+def test_a_ready_machine_with_many_fonts_installs_nothing(tmp_path: Path) -> None:
+    """A machine with the CJK fonts listed first among many: a check that stops reading at the
+    first match cuts fc-list off mid-write, and under pipefail that SIGPIPE read as "missing"
+    (seen on a fresh machine: "still missing fonts-noto-cjk" right after installing it)."""
+    cjk = "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc: Noto Sans CJK SC:style=Regular"
+    bin_dir = _machine(tmp_path, tools=EVERY_TOOL, fonts=cjk)
+    # fc-list writes the match, then far more than a pipe holds.
+    other = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf: DejaVu Sans:style=Book"
+    _stub(
+        bin_dir / "fc-list",
+        f"printf '%s\\n' '{cjk}'; i=0; while [ $i -lt 4000 ]; do printf '%s\\n' '{other}'; i=$((i+1)); done",
+    )
+    done, calls = _run(tmp_path, bin_dir)
+    assert done.returncode == 0, done.stderr
+    assert calls == [], calls
+    assert "still missing" not in done.stderr
