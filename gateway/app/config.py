@@ -207,6 +207,9 @@ class Overload(Section, frozen=True):
     # Requests in flight per process past which new ones are answered busy at once (0: no
     # limit), so latency stays bounded instead of growing with the backlog.
     max_in_flight: int = 0
+    # With a target, the bound moves below max_in_flight to keep 99 in 100 admitted requests
+    # answered within it (gateway.pipeline.overload.Admission); 0: the bound is max_in_flight.
+    latency_target_ms: float = 0.0
     # Of that bound, the requests still receiving their body that one client address or one
     # institution may hold: slow bodies cannot stall everyone else.
     share: float = 0.25

@@ -184,7 +184,8 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
             uploader = payer
         return await _admitted(request, gw, body, path_infno, authenticated, started)
     finally:
-        admission.leave()
+        # An upload's time is its size's, not the load's: not judged against the target.
+        admission.leave(None if uploader is not None else time.perf_counter() - started)
         if uploader is not None:
             budget.release(uploader)
         if over_budget is not None:
@@ -454,7 +455,7 @@ def build_app(settings: Settings) -> web.Application:
     )
     emergency.install()
     overload, edge = settings.config.overload, settings.config.http
-    admission = Admission(overload.max_in_flight, overload.share)
+    admission = Admission(overload.max_in_flight, overload.share, overload.latency_target_ms / 1000)
     guard = ConnectionGuard(edge)
     uploads = UploadBudget(
         per_institution=edge.uploads_per_institution,

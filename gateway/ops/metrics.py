@@ -158,6 +158,12 @@ GROUP_BATCH_SIZE = Histogram(
     "Settlements committed together by the group commit",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+ADMISSION_LIMIT = Gauge(
+    "sgw_admission_limit",
+    "Requests the process admits at once now: [overload] max_in_flight, or below it while a"
+    " latency target holds it lower (0: no bound)",
+    multiprocess_mode="livesum",
+)
 SHED = Counter(
     "sgw_shed_requests",
     "Requests answered busy at once because the process was at its in-flight limit",

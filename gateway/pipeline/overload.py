@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from gateway.ops import metrics
+
 # Refused before the body is read, so a retry of a sale settled earlier gets it too: found from
 # outside, "本次交易未处理" alone reads as "the sale did not happen" to a clerk whose retry it was.
 SHED_MESSAGE = (
@@ -25,32 +27,87 @@ SHED_MESSAGE = (
 
 
 class Admission:
-    """Counts requests in flight; `limit` 0 admits everything."""
+    """Counts requests in flight; `limit` 0 admits everything.
 
-    __slots__ = ("in_flight", "limit", "receiving", "share")
+    With a latency target (`target_seconds`), the bound is found, not guessed: `limit` moves
+    between `floor` and the configured bound (`ceiling`) by what the answered requests took. A
+    window in which more than one in a hundred took longer than the target lowers it by a
+    quarter; a window in which the bound turned requests away and the target held raises it by
+    a tenth. A static bound is right for one speed of the machine only: on a shared box the same
+    bound kept accepted requests within 50 ms at one moment and let them take 97 ms at another
+    (benchmarks/RESULTS.md, P6), and throughput x latency cannot be known before deployment.
+    """
 
-    def __init__(self, limit: int, share: float) -> None:
+    __slots__ = (
+        "_answered",
+        "_late",
+        "_turned_away",
+        "ceiling",
+        "floor",
+        "in_flight",
+        "limit",
+        "receiving",
+        "share",
+        "target",
+    )
+
+    WINDOW = 100  # answers judged together
+    LATE_ALLOWED = 1  # of them, past the target: the 99th percentile is within it
+
+    def __init__(
+        self, limit: int, share: float, target_seconds: float = 0.0, floor: int = 4
+    ) -> None:
+        self.ceiling = limit
         self.limit = limit
         self.share = share
+        self.target = target_seconds if limit else 0.0
+        self.floor = max(1, min(floor, limit)) if limit else 0
         self.in_flight = 0
         self.receiving: Counter[str] = Counter()  # requests still receiving a body, per key
+        self._answered = 0
+        self._late = 0
+        self._turned_away = False
+        metrics.ADMISSION_LIMIT.set(limit)
 
     @property
     def share_limit(self) -> int:
-        """Bodies one address or one institution may be sending at once (0: no bound)."""
-        if not self.limit:
+        """Bodies one address or one institution may be sending at once (0: no bound). Of the
+        configured bound, not the moving one: a slow sender's share is not squeezed by load."""
+        if not self.ceiling:
             return 0
-        return max(1, int(self.limit * self.share))
+        return max(1, int(self.ceiling * self.share))
 
     def enter(self) -> bool:
         """Admit one request, or False when the process is at its limit."""
         if self.limit and self.in_flight >= self.limit:
+            self._turned_away = True
             return False
         self.in_flight += 1
         return True
 
-    def leave(self) -> None:
+    def leave(self, seconds: float | None = None) -> None:
+        """One admitted request answered, after `seconds` (None: not judged, e.g. an upload,
+        whose time is its size's, not the load's)."""
         self.in_flight -= 1
+        if self.target and seconds is not None:
+            self._answered += 1
+            if seconds > self.target:
+                self._late += 1
+            if self._answered >= self.WINDOW:
+                self._judge()
+
+    def _judge(self) -> None:
+        was = self.limit
+        if self._late > self.LATE_ALLOWED:
+            self.limit = max(self.floor, self.limit * 3 // 4)
+        elif self._turned_away:
+            # A tenth at a time (at least one): back from the floor in tens of windows, not
+            # hundreds, once whatever made answers late has passed.
+            self.limit = min(self.ceiling, self.limit + max(1, self.limit // 10))
+        self._answered = self._late = 0
+        self._turned_away = False
+        if self.limit != was:
+            metrics.ADMISSION_LIMIT.set(self.limit)
 
     def start_body(self, keys: tuple[str, ...]) -> bool:
         """Let an admitted request receive its body, or False when one of its keys (its address,

@@ -38,10 +38,17 @@ def shed_count() -> float:
     )
 
 
+def admission_limit() -> float:
+    return next(s.value for f in metrics.ADMISSION_LIMIT.collect() for s in f.samples)
+
+
 @asynccontextmanager
-async def _both_slots_held(server: Server) -> AsyncIterator[list[asyncio.Future[Any]]]:
-    """With an in-flight bound of 2: two settlements for HELD, waiting on a lock of the
-    person's account row, hold both slots until the block ends (the lock is let go then)."""
+async def _both_slots_held(
+    server: Server, slots: int = 2
+) -> AsyncIterator[list[asyncio.Future[Any]]]:
+    """With an in-flight bound of 2 (or `slots`): as many settlements for HELD, waiting on a
+    lock of the person's account row, hold every slot until the block ends (the lock is let go
+    then)."""
     pos = server.client(PHARMACY)
     blocker = await asyncpg.connect(server.dsn)
     tx = blocker.transaction()
@@ -50,7 +57,7 @@ async def _both_slots_held(server: Server) -> AsyncIterator[list[asyncio.Future[
     try:
         held = [
             asyncio.ensure_future(pos.ok("2102", pos.drug_input(HELD, DAY, "9.90", LINE)))
-            for _ in range(2)
+            for _ in range(slots)
         ]
         await asyncio.sleep(0.5)
         assert not any(t.done() for t in held)
@@ -155,3 +162,28 @@ async def test_a_shed_request_keeps_its_connection_when_its_body_is_in(
         _, raw = await _answer(reader)
         assert decode(raw)["infcode"] == 0, decode(raw)["err_msg"]
         writer.close()
+
+
+async def test_with_a_latency_target_late_answers_lower_the_bound(
+    new_database: Callable[..., Any],
+) -> None:
+    """A target no answer can meet (a microsecond): each window of 100 answers lowers the bound
+    by a quarter, 8 to 6 to 4, and then four requests in flight make the next one busy where the
+    configured bound would have taken it; the gauge says the bound in force."""
+    config = replace(GENEROUS, overload=Overload(max_in_flight=8, latency_target_ms=0.001))
+    async with running_gateway(new_database, config) as server:
+        pos = server.client(PHARMACY)
+        assert admission_limit() == 8
+        for _ in range(200):
+            output = await pos.ok("2101", pos.drug_input(OTHER, DAY, "9.90", LINE))
+            assert str(output["setlinfo"]["medfee_sumamt"]) == "9.90"
+        assert admission_limit() == 4
+        async with _both_slots_held(server, slots=4) as held:
+            shed_before = shed_count()
+            status, raw = await pos.post_raw(
+                msgspec.json.encode(pos.envelope("2101", pos.drug_input(OTHER, DAY, "9.90", LINE)))
+            )
+            assert status == 200 and "繁忙" in decode(raw)["err_msg"]
+            assert shed_count() == shed_before + 1
+        outputs = await asyncio.gather(*held)
+        assert all(o["setlinfo"]["setl_id"] for o in outputs)

@@ -1,0 +1,110 @@
+"""The in-flight bound (gateway.pipeline.overload.Admission): fixed, or moved by a latency target
+between a floor and the configured bound, window by window of answered requests."""
+
+from __future__ import annotations
+
+from gateway.ops import metrics
+from gateway.pipeline.overload import Admission
+
+TARGET = 0.050
+
+
+def _gauge() -> float:
+    return next(s.value for f in metrics.ADMISSION_LIMIT.collect() for s in f.samples)
+
+
+def _fill(admission: Admission) -> int:
+    """Admit until turned away; how many were admitted."""
+    taken = 0
+    while admission.enter():
+        taken += 1
+    return taken
+
+
+def _window(admission: Admission, late: int, *, turned_away: bool) -> None:
+    """One window of answers, `late` of them past the target; the bound turned requests away
+    during it when `turned_away`."""
+    if turned_away:
+        held = _fill(admission)
+        for _ in range(held):
+            admission.leave(None)  # let them go unjudged; the window's answers follow
+    for i in range(Admission.WINDOW):
+        assert admission.enter()
+        admission.leave(TARGET * 2 if i < late else TARGET / 2)
+
+
+def test_without_a_target_the_bound_is_the_configured_one_whatever_the_latency() -> None:
+    admission = Admission(20, 0.25)
+    for _ in range(5):
+        _window(admission, late=Admission.WINDOW, turned_away=True)
+    assert admission.limit == 20
+    assert _fill(admission) == 20
+
+
+def test_late_windows_lower_the_bound_by_a_quarter_down_to_the_floor() -> None:
+    admission = Admission(64, 0.25, TARGET, floor=4)
+    _window(admission, late=2, turned_away=False)
+    assert admission.limit == 48
+    assert _gauge() == 48
+    assert _fill(admission) == 48  # requests past it are turned away
+    for _ in range(48):
+        admission.leave(None)
+    for _ in range(20):
+        _window(admission, late=50, turned_away=False)
+    assert admission.limit == 4
+
+
+def test_one_late_answer_in_a_window_is_the_99th_percentile_within_the_target() -> None:
+    admission = Admission(64, 0.25, TARGET)
+    _window(admission, late=Admission.LATE_ALLOWED, turned_away=False)
+    assert admission.limit == 64
+
+
+def test_a_window_within_the_target_that_turned_requests_away_raises_it_by_a_tenth() -> None:
+    admission = Admission(64, 0.25, TARGET, floor=4)
+    for _ in range(20):
+        _window(admission, late=10, turned_away=False)
+    assert admission.limit == 4
+    _window(admission, late=0, turned_away=True)
+    assert admission.limit == 5  # at least one
+    for _ in range(12):
+        _window(admission, late=0, turned_away=True)
+    assert 10 < admission.limit < 64
+    for _ in range(40):
+        _window(admission, late=0, turned_away=True)
+    assert admission.limit == 64  # never past the configured bound
+    assert _gauge() == 64
+
+
+def test_a_window_within_the_target_that_turned_nobody_away_leaves_it() -> None:
+    """A bound nobody reached says nothing about whether more would stay fast."""
+    admission = Admission(64, 0.25, TARGET)
+    _window(admission, late=3, turned_away=False)
+    assert admission.limit == 48
+    _window(admission, late=0, turned_away=False)
+    assert admission.limit == 48
+
+
+def test_unjudged_answers_do_not_count() -> None:
+    """An upload's time is its size's: however long, it is not a late answer."""
+    admission = Admission(64, 0.25, TARGET)
+    for _ in range(3 * Admission.WINDOW):
+        assert admission.enter()
+        admission.leave(None)
+    assert admission.limit == 64
+    assert admission.in_flight == 0
+
+
+def test_a_slow_senders_share_is_of_the_configured_bound() -> None:
+    admission = Admission(64, 0.25, TARGET)
+    for _ in range(20):
+        _window(admission, late=50, turned_away=False)
+    assert admission.limit == 4
+    assert admission.share_limit == 16
+
+
+def test_no_bound_means_no_target() -> None:
+    admission = Admission(0, 0.25, TARGET)
+    for _ in range(3):
+        _window(admission, late=Admission.WINDOW, turned_away=False)
+    assert admission.limit == 0 and admission.share_limit == 0
