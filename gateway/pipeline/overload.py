@@ -33,7 +33,9 @@ class Admission:
     between `floor` and the configured bound (`ceiling`) by what the answered requests took. A
     window in which more than one in a hundred took longer than the target lowers it by a
     quarter; a window in which the bound turned requests away and the target held raises it by
-    a tenth. A static bound is right for one speed of the machine only: on a shared box the same
+    a tenth. It starts at the floor and climbs: started at the configured bound, the first
+    windows admitted far more than the machine could answer within the target, and those answers
+    alone were past the 99th percentile of an eight-second overload run. A static bound is right for one speed of the machine only: on a shared box the same
     bound kept accepted requests within 50 ms at one moment and let them take 97 ms at another
     (benchmarks/RESULTS.md, P6), and throughput x latency cannot be known before deployment.
     """
@@ -58,16 +60,16 @@ class Admission:
         self, limit: int, share: float, target_seconds: float = 0.0, floor: int = 4
     ) -> None:
         self.ceiling = limit
-        self.limit = limit
         self.share = share
         self.target = target_seconds if limit else 0.0
         self.floor = max(1, min(floor, limit)) if limit else 0
+        self.limit = self.floor if self.target else limit
         self.in_flight = 0
         self.receiving: Counter[str] = Counter()  # requests still receiving a body, per key
         self._answered = 0
         self._late = 0
         self._turned_away = False
-        metrics.ADMISSION_LIMIT.set(limit)
+        metrics.ADMISSION_LIMIT.set(self.limit)
 
     @property
     def share_limit(self) -> int:

@@ -41,8 +41,32 @@ def test_without_a_target_the_bound_is_the_configured_one_whatever_the_latency()
     assert _fill(admission) == 20
 
 
-def test_late_windows_lower_the_bound_by_a_quarter_down_to_the_floor() -> None:
+def _raised(admission: Admission) -> Admission:
+    """Windows within the target, each turning requests away, until the configured bound."""
+    while admission.limit < admission.ceiling:
+        _window(admission, late=0, turned_away=True)
+    return admission
+
+
+def test_with_a_target_it_starts_at_the_floor_and_climbs_while_requests_are_turned_away() -> None:
     admission = Admission(64, 0.25, TARGET, floor=4)
+    assert admission.limit == 4 and _gauge() == 4
+    assert _fill(admission) == 4
+    for _ in range(4):
+        admission.leave(TARGET / 2)
+    _window(admission, late=0, turned_away=True)
+    assert admission.limit == 5  # at least one
+    for _ in range(12):
+        _window(admission, late=0, turned_away=True)
+    assert 10 < admission.limit < 64  # a tenth at a time past ten
+    _raised(admission)
+    assert admission.limit == 64  # never past the configured bound
+    _window(admission, late=0, turned_away=True)
+    assert admission.limit == 64 and _gauge() == 64
+
+
+def test_late_windows_lower_the_bound_by_a_quarter_down_to_the_floor() -> None:
+    admission = _raised(Admission(64, 0.25, TARGET, floor=4))
     _window(admission, late=2, turned_away=False)
     assert admission.limit == 48
     assert _gauge() == 48
@@ -55,30 +79,14 @@ def test_late_windows_lower_the_bound_by_a_quarter_down_to_the_floor() -> None:
 
 
 def test_one_late_answer_in_a_window_is_the_99th_percentile_within_the_target() -> None:
-    admission = Admission(64, 0.25, TARGET)
+    admission = _raised(Admission(64, 0.25, TARGET))
     _window(admission, late=Admission.LATE_ALLOWED, turned_away=False)
     assert admission.limit == 64
 
 
-def test_a_window_within_the_target_that_turned_requests_away_raises_it_by_a_tenth() -> None:
-    admission = Admission(64, 0.25, TARGET, floor=4)
-    for _ in range(20):
-        _window(admission, late=10, turned_away=False)
-    assert admission.limit == 4
-    _window(admission, late=0, turned_away=True)
-    assert admission.limit == 5  # at least one
-    for _ in range(12):
-        _window(admission, late=0, turned_away=True)
-    assert 10 < admission.limit < 64
-    for _ in range(40):
-        _window(admission, late=0, turned_away=True)
-    assert admission.limit == 64  # never past the configured bound
-    assert _gauge() == 64
-
-
 def test_a_window_within_the_target_that_turned_nobody_away_leaves_it() -> None:
     """A bound nobody reached says nothing about whether more would stay fast."""
-    admission = Admission(64, 0.25, TARGET)
+    admission = _raised(Admission(64, 0.25, TARGET))
     _window(admission, late=3, turned_away=False)
     assert admission.limit == 48
     _window(admission, late=0, turned_away=False)
@@ -87,7 +95,7 @@ def test_a_window_within_the_target_that_turned_nobody_away_leaves_it() -> None:
 
 def test_unjudged_answers_do_not_count() -> None:
     """An upload's time is its size's: however long, it is not a late answer."""
-    admission = Admission(64, 0.25, TARGET)
+    admission = _raised(Admission(64, 0.25, TARGET))
     for _ in range(3 * Admission.WINDOW):
         assert admission.enter()
         admission.leave(None)
