@@ -80,7 +80,7 @@ def _admission_of(
         dise_name=text(info.dise_name),
         stored={
             "mdtrtinfo": msgspec.to_builtins(info),
-            "diseinfo": msgspec.to_builtins(as_list(node.diseinfo)),
+            "diseinfo": msgspec.to_builtins(wire.diagnoses(node.diseinfo)),
         },
     )
 
@@ -153,7 +153,7 @@ def _change_of(req: Request) -> encounters.AdmissionChange:
     # are not kept over what an earlier message sent (found from outside: a bed changed by
     # one 2403 was lost from the record by the next, which sent the bed null).
     sent = {k: v for k, v in msgspec.to_builtins(info).items() if v not in (None, "")}
-    diagnoses = as_list(node.diseinfo)
+    diagnoses = wire.diagnoses(node.diseinfo)
     return encounters.AdmissionChange(
         mdtrt_id=required(info.mdtrt_id, "adminfo.mdtrt_id"),
         psn_no=required(info.psn_no, "adminfo.psn_no"),

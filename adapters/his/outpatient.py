@@ -15,7 +15,6 @@ from adapters.national.wire import (
     In2202,
     In2203,
     In2205,
-    as_list,
     certificate,
     required,
     when,
@@ -116,7 +115,8 @@ def _info_of(
     if begntime is not None:
         # Within bounds as the registration's (found from outside: days ahead was taken).
         gw.config.dates.check("就诊时间begntime", begntime, admdvs=institution.admdvs, now=now)
-    for n, dise in enumerate(as_list(node.diseinfo), 1):
+    sent = wire.diagnoses(node.diseinfo)
+    for n, dise in enumerate(sent, 1):
         # A diagnosis dated ahead too (found from outside: three days ahead was taken); one in
         # a shape not read stays as it was, unread (the field was never read before).
         try:
@@ -133,9 +133,11 @@ def _info_of(
         med_type=med_type,
         dise_codg=text(info.dise_codg),
         dise_name=text(info.dise_name),
+        # No diagnosis sent (none, null, or only blank ones): the visit keeps those an earlier
+        # 2203 sent (encounters.SET_INFO).
         stored={
             "mdtrtinfo": msgspec.to_builtins(info),
-            "diseinfo": msgspec.to_builtins(as_list(node.diseinfo)),
+            **({"diseinfo": msgspec.to_builtins(sent)} if sent else {}),
         },
     )
 

@@ -547,3 +547,14 @@ def as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list) else [value]
+
+
+def diagnoses(value: list[DiseInfo] | DiseInfo | None) -> list[DiseInfo]:
+    """A `diseinfo` node's diagnoses, leaving out those with neither a code nor a name: a
+    client's empty template of the node (every field "") is no diagnosis, and kept as sent it
+    replaced the visit's real one (found from outside: 5202 then answered only blanks)."""
+    return [d for d in as_list(value) if not (_blank(d.diag_code) and _blank(d.diag_name))]
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())

@@ -81,8 +81,11 @@ INSERT = insert_statement(
 # batch go as `executemany`): an equality on the key is planned as an index look-up however
 # small the table was when it was prepared, where a join to `unnest` arrays was planned as a
 # scan of the whole table on a fresh ledger (benchmarks/RESULTS.md).
+# A 2203 sending no diagnosis keeps those an earlier one sent.
 SET_INFO = (
-    "UPDATE encounters SET med_type = $2, dise_codg = $3, dise_name = $4, detail = $5"
+    "UPDATE encounters SET med_type = $2, dise_codg = $3, dise_name = $4,"
+    " detail = CASE WHEN $5::jsonb ? 'diseinfo' OR NOT coalesce(detail ? 'diseinfo', false)"
+    " THEN $5::jsonb ELSE $5::jsonb || jsonb_build_object('diseinfo', detail -> 'diseinfo') END"
     " WHERE mdtrt_id = $1"
 )
 # A 2403's fields merged over what earlier ones sent (`adminfo`), its diagnoses replacing the

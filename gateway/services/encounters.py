@@ -192,7 +192,7 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
             # (in another year) was taken. Whole days, as for its fee lines (core.dates).
             raise RuleRejected(
                 f"就诊时间begntime {a.begntime:%Y-%m-%d %H:%M:%S}早于挂号时间"
-                f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对日期"
+                f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对出院时间，或以住院信息变更（2403）更正入院时间"
             )
         if category is eligibility.CHRONIC:
             if held.person is None:
@@ -273,7 +273,7 @@ async def discharge(
     if endtime < enc.begntime:
         raise RuleRejected(
             f"出院时间endtime {endtime:%Y-%m-%d %H:%M:%S}早于入院时间"
-            f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对日期"
+            f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对出院时间，或以住院信息变更（2403）更正入院时间"
         )
     last_fee = await fees.latest_fee_time(conn, enc.mdtrt_id)
     if last_fee is not None and last_fee.date() > endtime.date():

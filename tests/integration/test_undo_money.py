@@ -413,7 +413,11 @@ async def test_fee_lines_belong_to_their_visit(server: Server) -> None:
 
     stay = await _admission(his, psn, "390")
     answer = await his.call("2402", _discharge(stay, psn, _at(BASE - dt.timedelta(hours=1))))
-    assert answer["infcode"] == -1 and "早于入院时间" in answer["err_msg"]
+    assert (
+        answer["infcode"] == -1
+        and "早于入院时间" in answer["err_msg"]
+        and "2403" in answer["err_msg"]
+    )
 
     # A stay of two days ago, discharged that day: a charge dated the next day is not its own.
     # (Fee times are compared by date, so the stay starts early in its day: BASE late in the

@@ -147,3 +147,48 @@ async def test_a_pharmacy_sale_is_not_a_visit(server: Server) -> None:
         "2102", pos.drug_input(PSN, f"{DAY}20 10:00:00", DRUG_TOTAL, DRUG_LINES, "0", "390")
     )
     assert (await pos.ok("5201", _query()))["mdtrtinfo"] == []
+
+
+BLANK = {"diag_type": "", "diag_srt_no": "", "diag_code": "", "diag_name": "", "diag_dept": "",
+         "dise_dor_no": "", "dise_dor_name": "", "diag_time": "", "vali_flag": ""}  # fmt: skip
+
+
+async def test_a_blank_diagnosis_is_none_and_does_not_replace_the_visits_own(
+    server: Server,
+) -> None:
+    """Found from outside: a 2203 whose diseinfo was a client's empty template (every field "")
+    was kept as sent, and 5202 then answered only blanks, the visit's J06.900 gone. A diagnosis
+    with neither a code nor a name is none; a 2203 or 2403 sending none keeps the earlier ones."""
+    his = server.client(HOSPITAL)
+    visit = await his.register(PSN, "390", "2026-07-10 08:30:00", "MZ-Q-B1")
+    info = his.visit_info_input(visit, PSN, "11", "2026-07-10 08:30:00", "J06.900")
+
+    async def codes(mdtrt_id: str) -> list[str]:
+        listed = await his.ok("5202", {"data": {"mdtrt_id": mdtrt_id, "psn_no": PSN}})
+        return [d["diag_code"] for d in listed["diseinfo"]]
+
+    await his.ok("2203", {**info, "diseinfo": [_dise("J06.900", "上呼吸道感染")]})
+    for blank in ([BLANK], BLANK, [{**BLANK, "diag_code": " "}], None, []):
+        await his.ok("2203", {**info, "diseinfo": blank})
+        assert await codes(visit) == ["J06.900"], blank
+    # A real one sent with a blank beside it: the real one, alone.
+    await his.ok("2203", {**info, "diseinfo": [_dise("J02.900", "急性咽炎"), BLANK]})
+    assert await codes(visit) == ["J02.900"]
+
+    stay = await _stay(his, "ZY-Q-B1", "2026-07-12 07:00:00")
+    await his.ok("2403", {"adminfo": {"mdtrt_id": stay, "psn_no": PSN}, "diseinfo": [BLANK]})
+    assert await codes(stay) == ["J18.9"]
+    blank_admission = await his.ok("2401", {"mdtrtinfo": {
+        "psn_no": "441800000000000001", "insutype": "310", "begntime": "2026-07-13 07:00:00",
+        **certificate("441800000000000001"), "med_type": "21", "ipt_no": "ZY-Q-B2",
+        "dise_codg": "J18.9", "dise_name": "肺炎"}, "diseinfo": [BLANK]})  # fmt: skip
+    listed = await his.ok(
+        "5202",
+        {
+            "data": {
+                "mdtrt_id": blank_admission["result"]["mdtrt_id"],
+                "psn_no": "441800000000000001",
+            }
+        },
+    )
+    assert [d["diag_code"] for d in listed["diseinfo"]] == []
