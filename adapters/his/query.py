@@ -15,7 +15,7 @@ from gateway.core.model import Person
 from gateway.emergency.plan.rules import TxClass
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Answer, Call, register
-from gateway.services import settlement_queries, visit_queries
+from gateway.services import cancellation, settlement_queries, visit_queries
 
 
 @register("5203", "结算信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5203)
@@ -23,16 +23,24 @@ async def settlement_info(call: Call) -> Answer:
     data = decode_input(call.req, In5203).data
     if data is None:
         raise BadRequest("缺少输入节点data")
+    elsewhere = _elsewhere(call)
     rec = await settlement_queries.settlement_info(
-        call.conn, call.req.fixmedins_code, _query(data), _elsewhere(call)
+        call.conn, call.req.fixmedins_code, _query(data), elsewhere
     )
-    info = setlinfo(rec)
+    # A replayed claim's settlement as the counter took it (the whole bill in cash), with who
+    # pays the fund's share: its split is the agency's, paid to the patient.
+    replayed = await settlement_queries.replayed_from(call.conn, rec.setl_id, elsewhere)
+    shown = rec if replayed is None else cancellation.as_paid_at_counter(rec)
+    info = setlinfo(shown)
     info["refd_setl_flag"] = "1" if rec.status == "cancelled" else "0"
     # The 5203 table names the personal part and the cash psn_pay / cash_payamt (Dongguan's DLL
     # reads both as doubles); the setlinfo names stay for clients that share one parser.
     info["psn_pay"] = info["psn_part_amt"]
     info["cash_payamt"] = info["psn_cash_pay"]
-    return Answer({"setlinfo": info, "setldetail": setldetail(rec.funds)})
+    return Answer(
+        {"setlinfo": info, "setldetail": setldetail(shown.funds)},
+        warn_msg=None if replayed is None else cancellation.replayed_words(rec, replayed),
+    )
 
 
 def _query(data: wire.SettlementQuery) -> settlement_queries.SettlementQuery:

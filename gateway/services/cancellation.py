@@ -85,10 +85,7 @@ class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         withdrawn — the patient lost it)."""
         if self.replayed is None:
             return self.record
-        bill = self.record.amounts
-        amounts = {name: (bill[name] if name in _THE_BILL else 0) for name in bill}
-        amounts["psn_part_amt"] = amounts["psn_cash_pay"] = bill["medfee_sumamt"]
-        return msgspec.structs.replace(self.record, amounts=amounts, funds=())
+        return as_paid_at_counter(self.record)
 
     def warning(self) -> str | None:
         """The clerk's instruction for a replayed claim's cancellation."""
@@ -137,6 +134,33 @@ async def cancel(
         replayed=await replayed(conn, a.setl_id),
         year_after=await persons.year_accumulators(conn, rec.person.psn_no, year),
     )
+
+
+def as_paid_at_counter(rec: Record) -> Record:
+    """A replayed claim's settlement as its counter took it: the whole bill in cash, no fund,
+    no account (the claim's own answer); the split it was replayed at is the agency's, paid to
+    the patient, not the institution's."""
+    bill = rec.amounts
+    amounts = {name: (bill[name] if name in _THE_BILL else 0) for name in bill}
+    amounts["psn_part_amt"] = amounts["psn_cash_pay"] = bill["medfee_sumamt"]
+    return msgspec.structs.replace(rec, amounts=amounts, funds=())
+
+
+def replayed_words(rec: Record, replayed: Replayed) -> str:
+    """What a query of a replayed claim's settlement tells the counter (found from outside: a
+    5203 of it read as an ordinary settlement, the fund's share as cash the counter took too
+    much of; a clerk refunding it would pay the patient that share a second time)."""
+    bill = fen_text(rec.amounts["medfee_sumamt"])
+    head = f"结算ID{rec.setl_id}由应急期间暂存结算{replayed.claim_id}补结算，参保人已在窗口现金全额支付{bill}元"
+    if rec.status == "cancelled":
+        return f"{head}；该结算已撤销，现金应已全额退还，报销款已取消"
+    owed = replayed.reimbursement_fen
+    share = (
+        f"基金应支付部分{fen_text(owed)}元由医保经办机构直接支付给参保人"
+        if owed
+        else "医保基金无支付"
+    )
+    return f"{head}；{share}，本机构无需退费"
 
 
 async def replayed(conn: asyncpg.Connection, setl_id: str) -> Replayed | None:

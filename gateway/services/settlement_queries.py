@@ -11,6 +11,7 @@ import msgspec
 from gateway.ledger import db, deferred, settlements
 from gateway.ledger.settlements import Record as Record
 from gateway.protocol.errors import BadRequest, NotFound
+from gateway.services import cancellation
 
 ELSEWHERE_WAIT = 2.0  # seconds for a connection to another ledger database
 T = TypeVar("T")
@@ -95,6 +96,15 @@ async def settlement_info(
         replayed = SettlementQuery(setl_id=claim["setl_id"], mdtrt_id="", psn_no=a.psn_no)
         return await settlement_info(conn, fixmedins_code, replayed, elsewhere)
     raise NotFound(deferred.unsettled_words(claim["status"], claim["claim_id"]))
+
+
+async def replayed_from(
+    conn: asyncpg.Connection, setl_id: str | None, elsewhere: Sequence[asyncpg.Pool] = ()
+) -> cancellation.Replayed | None:
+    """The deferred claim the settlement `setl_id` was made from by replay, or None."""
+    if not setl_id:
+        return None
+    return await here_or_elsewhere(conn, elsewhere, lambda c: cancellation.replayed(c, setl_id))
 
 
 async def fee_detail(

@@ -358,9 +358,31 @@ async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(
         replayed = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
         assert replayed["settled"] == 1
         real = await srv.fetchval("SELECT setl_id FROM deferred WHERE claim_id = $1", first[0])
-        for ask in (query(first[0]), query("", first[1])):
-            found = await his.ok("5203", ask)
-            assert found["setlinfo"]["setl_id"] == real != first[0]
+        medfee, fund = await srv.fetchrow(
+            "SELECT medfee_sumamt, fund_pay_sumamt FROM settlements WHERE setl_id = $1", real
+        )
+        owed = await srv.fetchval(
+            "SELECT reimbursement_fen FROM deferred WHERE claim_id = $1", first[0]
+        )
+        assert fund > 0 and owed == fund
+        # Found from outside: the replayed split read as an ordinary settlement, the fund's
+        # share as cash the counter took too much of; a clerk refunding it paid the patient
+        # twice. Shown as the counter took it (the claim's answer), with who pays the share.
+        for ask in (query(first[0]), query("", first[1]), query(real)):
+            found = await his.call("5203", ask)
+            assert found["infcode"] == 0, found
+            info = found["output"]["setlinfo"]
+            assert info["setl_id"] == real != first[0]
+            assert Decimal(str(info["psn_cash_pay"])) * 100 == medfee
+            assert Decimal(str(info["cash_payamt"])) * 100 == medfee
+            for payer in ("fund_pay_sumamt", "hifp_pay", "acct_pay"):
+                assert Decimal(str(info[payer])) == 0, payer
+            assert found["output"]["setldetail"] == []
+            assert found["warn_msg"] == (
+                f"结算ID{real}由应急期间暂存结算{first[0]}补结算，参保人已在窗口现金全额支付"
+                f"{fen_text(medfee)}元；基金应支付部分{fen_text(owed)}元由医保经办机构直接支付"
+                "给参保人，本机构无需退费"
+            )
         assert (await his.call("5203", query("DF-NO-SUCH")))[
             "err_msg"
         ] == "未查询到本机构的结算信息"
