@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import tomllib
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -391,14 +393,37 @@ async def test_route_legacy_forwards_unchanged_and_relays(
         )["infcode"] == 0
 
 
+def _seed_windows() -> list[dict[str, Any]]:
+    path = Path(__file__).resolve().parents[2] / "config" / "plan" / "windows.toml"
+    windows: list[dict[str, Any]] = tomllib.loads(path.read_text(encoding="utf-8"))["window"]
+    return windows
+
+
 async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Server) -> None:
+    """温州's seed timetable (config/plan/windows.toml) as it stands, moved to now: outpatient
+    and pharmacy settlements are deferred (主动报), a stay's settlement is refused with the
+    in-patient words (paid in full and claimed where insured, or settled once back: (三)4;
+    found from outside, one region-wide `defer` promised discharged in-patients the reverse),
+    and registrations, visit information and uploads go on."""
     now = dt.datetime.now()
+    rows = [w for w in _seed_windows() if w["name"].startswith("温州实时结算停机") and w["classes"] == ["settlement"]]  # fmt: skip
+    assert len(rows) == 4
+    his = server.client("H33030000001", region="330300")
+    person = "330300000000000001"
+    # A stay admitted before the stop, discharged in it.
+    admitted = {"mdtrtinfo": {"psn_no": person, "insutype": "310", "begntime": "2026-05-08 09:00:00",
+                              "mdtrt_cert_type": "01", "mdtrt_cert_no": person, "med_type": "21",
+                              "ipt_no": "ZY-WZ-1"}, "diseinfo": []}  # fmt: skip
+    stay = (await his.ok("2401", admitted))["result"]["mdtrt_id"]
+    await his.ok("2301", {"feedetail": his.fee_rows(stay, person, OUTPATIENT_LINES, "2026-05-08 10:00:00", "")})  # fmt: skip
+    await his.ok("2402", {"dscginfo": {"mdtrt_id": stay, "psn_no": person, "endtime": "2026-05-09 09:00:00"}})  # fmt: skip
     async with connect(server.dsn) as conn:
-        await store.add_window(
-            conn, name="温州实时结算停机(演练)", scope="region:330300", classes=["settlement"],
-            action="defer", begins=now - dt.timedelta(hours=1), ends=now + dt.timedelta(hours=1),
-            operator="test", reason="演练温州第二时间窗",
-        )  # fmt: skip
+        for w in rows:
+            await store.add_window(
+                conn, name=f"{w['name']}(演练)", scope=w["scope"], classes=w["classes"],
+                action=w["action"], begins=now - dt.timedelta(hours=1),
+                ends=now + dt.timedelta(hours=1), operator="test", reason="演练温州第二时间窗",
+            )  # fmt: skip
     his = server.client("H33030000001", region="330300")
     pos = server.client("P33030000001", region="330300")
     person = "330300000000000001"
@@ -417,17 +442,22 @@ async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Se
     claim = (await his.ok("2207", his.settle_data(person, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")))["setlinfo"]  # fmt: skip
     bought = (await pos.ok("2102", drug))["setlinfo"]
     assert claim["setl_id"].startswith("DF") and bought["setl_id"].startswith("DF")
+    closing = await his.call("2304", his.settle_data(person, stay, "21", OUTPATIENT_TOTAL, "310", "0", mid_setl_flag="0"))  # fmt: skip
+    assert closing["infcode"] == -1, closing
+    assert "住院费用暂不结算" in closing["err_msg"] and "回参保地经办机构报销" in closing["err_msg"]
+    assert "温州实时结算停机-住院" in closing["err_msg"]
     assert (
         await server.fetchval("SELECT count(*) FROM settlements WHERE fixmedins_code LIKE '%3303%'")
         == 0
     )
     windows = json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)
     active = [w for w in windows if w["active"]]
-    assert [w["name"] for w in active] == ["温州实时结算停机(演练)"]
+    assert sorted(w["name"] for w in active) == sorted(f"{w['name']}(演练)" for w in rows)
     async with connect(server.dsn) as conn:
-        await store.remove_window(
-            conn, window_id=active[0]["window_id"], operator="test", reason="演练结束"
-        )
+        for window in active:
+            await store.remove_window(
+                conn, window_id=window["window_id"], operator="test", reason="演练结束"
+            )
     summary = json.loads(cli("deferred", "replay", "--json", "--database-url", server.dsn).stdout)
     assert summary["failed"] == []
     states = {r["setl_id"] for r in await server.fetch("SELECT setl_id FROM deferred WHERE claim_id = ANY($1) AND status = 'settled'", [claim["setl_id"], bought["setl_id"]])}  # fmt: skip
@@ -621,9 +651,23 @@ async def test_seed_timetables_load_as_windows(server: Server) -> None:
         "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
     windows = json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)
     by_name = {w["name"]: w for w in windows}
-    wz = by_name["温州实时结算停机"]
-    assert (wz["scope"], wz["classes"], wz["action"]) == ("region:330300", ["settlement"], "defer")
-    assert (wz["begins"], wz["ends"]) == ("2022-03-04 00:00:00", "2022-03-07 00:00:00")
+    # 温州's 主动报 is of outpatient fees at local institutions; a stay discharged during the
+    # stop is paid in full and claimed by hand (found from outside: one region-wide `defer`
+    # promised discharged in-patients the reverse).
+    wz = {
+        w["scope"]: w["action"]
+        for w in windows
+        if w["name"].startswith("温州实时结算停机") and w["classes"] == ["settlement"]
+    }
+    assert wz == {
+        "region:330300:outpatient": "defer",
+        "region:330300:chronic": "defer",
+        "region:330300:pharmacy": "defer",
+        "region:330300:inpatient": "reject",
+    }
+    stop = by_name["温州实时结算停机-住院"]
+    assert (stop["begins"], stop["ends"]) == ("2022-03-04 00:00:00", "2022-03-07 00:00:00")
+    assert by_name["温州实时结算停机-入院"]["action"] == "selfpay"
     assert by_name["温州业务经办停机"]["begins"] == "2022-02-26 00:00:00"
     assert by_name["清远切换-结算"]["ends"] == "2021-03-18 08:00:00"
     assert by_name["毕节切换-入院"]["action"] == "selfpay"
@@ -631,12 +675,12 @@ async def test_seed_timetables_load_as_windows(server: Server) -> None:
     audited = await server.fetchval(
         "SELECT count(*) FROM audit_log WHERE action = 'window.set' AND reason = '导入切换公告时间表'"
     )
-    assert audited == len(windows) == 7
+    assert audited == len(windows) == 10
     # Loading again reschedules the same windows (by name and scope), it does not add more.
     cli("plan", "windows", "--load", "config/plan/windows.toml", "--reason", "再次导入",
         "--database-url", server.dsn)  # fmt: skip
     assert (
-        len(json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)) == 7
+        len(json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)) == 10
     )
 
 
