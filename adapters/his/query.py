@@ -97,7 +97,9 @@ async def fee_detail(call: Call) -> Answer:
 
 # What a visit's calls kept as sent that 5201's row carries (texts only; the rest is the
 # ledger's own columns). 2201 keeps its `data` flat; 2203 and 2401 `mdtrtinfo`; 2403 `adminfo`.
-_SENT_FIELDS = (
+# What 5201 answers of what a visit's calls sent (of a registration's, once the visit's 2203 is
+# in, those in encounters.REGISTRATION_SHOWN).
+SENT_FIELDS = (
     "mdtrt_cert_type",
     "adm_diag_dscr",
     "medrcdno",
@@ -117,7 +119,14 @@ def _visit_row(
 ) -> dict[str, Any]:
     """A 5201 mdtrtinfo row: the person as on the visit's day, the visit as the ledger holds it,
     and what its calls sent."""
-    sent = {**detail, **(detail.get("mdtrtinfo") or {}), **(detail.get("adminfo") or {})}
+    # The registration's (2201's) first, each later call's over it: found from outside, the
+    # certificate type and doctor 2201 sent were left out.
+    sent = {
+        **detail,
+        **(detail.get("registration") or {}),
+        **(detail.get("mdtrtinfo") or {}),
+        **(detail.get("adminfo") or {}),
+    }
     row: dict[str, Any] = {
         "mdtrt_id": enc.mdtrt_id,
         **person_fields(person, enc.begntime.date()),
@@ -134,7 +143,7 @@ def _visit_row(
         # 在院状态 of a stay: 1 in hospital, 0 discharged; an outpatient visit has none.
         "inhosp_stas": None if enc.kind != "inpatient" else "1" if enc.status == "open" else "0",
     }
-    for name in _SENT_FIELDS:
+    for name in SENT_FIELDS:
         value = sent.get(name)
         row[name] = value if isinstance(value, str) else None
     return row

@@ -81,11 +81,22 @@ INSERT = insert_statement(
 # batch go as `executemany`): an equality on the key is planned as an index look-up however
 # small the table was when it was prepared, where a join to `unnest` arrays was planned as a
 # scan of the whole table on a fresh ledger (benchmarks/RESULTS.md).
-# A 2203 sending no diagnosis keeps those an earlier one sent.
+# What a visit's registration (2201) sent that 5201 answers: kept beside a 2203's information
+# (found from outside: 5201 lost the certificate type and doctor 2201 sent, the 2203's
+# replacing them). Only these: the row is written again in place while its page has room for
+# the second version (migration 027), and the whole 2201 kept beside the 2203's took that room.
+REGISTRATION_SHOWN = ("mdtrt_cert_type", "atddr_no")
+_KEPT_REGISTRATION = ", ".join(
+    f"'{name}', detail #> '{{registration,{name}}}'" for name in REGISTRATION_SHOWN
+)
+# The 2203's information replaces the last one's; one sending no diagnosis keeps those an
+# earlier one sent.
 SET_INFO = (
-    "UPDATE encounters SET med_type = $2, dise_codg = $3, dise_name = $4,"
-    " detail = CASE WHEN $5::jsonb ? 'diseinfo' OR NOT coalesce(detail ? 'diseinfo', false)"
-    " THEN $5::jsonb ELSE $5::jsonb || jsonb_build_object('diseinfo', detail -> 'diseinfo') END"
+    "UPDATE encounters SET med_type = $2, dise_codg = $3, dise_name = $4, detail = $5::jsonb"
+    " || CASE WHEN $5::jsonb ? 'diseinfo' OR NOT coalesce(detail ? 'diseinfo', false)"
+    " THEN '{}'::jsonb ELSE jsonb_build_object('diseinfo', detail -> 'diseinfo') END"
+    " || CASE WHEN detail ? 'registration' THEN jsonb_build_object('registration',"
+    f" jsonb_strip_nulls(jsonb_build_object({_KEPT_REGISTRATION}))) ELSE '{{}}'::jsonb END"
     " WHERE mdtrt_id = $1"
 )
 # A 2403's fields merged over what earlier ones sent (`adminfo`), its diagnoses replacing the

@@ -70,6 +70,9 @@ async def test_an_institution_reads_back_its_visits_of_a_person(server: Server) 
     )  # fmt: skip
     assert (first["psn_no"], first["insutype"], first["inhosp_stas"]) == (PSN, "390", None)
     assert first["psn_name"] and first["certno"] and first["dise_codg"] == "J06.900"
+    # What 2201 sent, still there after the 2203 (found from outside: the 2203's information
+    # replaced the registration's, the certificate type and doctor null).
+    assert (first["mdtrt_cert_type"], first["atddr_no"]) == ("01", "D001")
     assert (second["med_type"], second["ipt_otp_no"], second["inhosp_stas"]) == (
         "21",
         "ZY-Q-1",
