@@ -64,6 +64,8 @@ class Detour:
     # What else is written with the kept answer, in its transaction, when it is the first kept
     # (the old system's settlement of a visit's lines, or its cancellation).
     kept: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+    # The kept answer is another system's (the old one's); False for the plan's own.
+    elsewhere: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +296,19 @@ async def _plan(
             continue
         if detour.answer is not None:
             if detour.keep and tx.writes:
-                await _keep(gw, req, detour.answer, ledger, detour.kept)
+                first = await _keep(
+                    gw, req, detour.answer, ledger, detour.kept, elsewhere=detour.elsewhere
+                )
+                if first is not None:
+                    # An earlier attempt of the same msgid committed first (it held the key
+                    # until then): its answer, not the plan's.
+                    return Outcome(
+                        idempotency.replay(first, fingerprint(req), req.msgid, settling(req.infno)),
+                        req.infno,
+                        Result.REPLAYED,
+                        req.msgid,
+                        req.fixmedins_code,
+                    )
             return Outcome(
                 detour.answer,
                 req.infno,
@@ -314,11 +328,16 @@ async def _keep(
     answer: bytes,
     ledger: Partition,
     kept: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
-) -> None:
-    """Keep an answer the plan gave (the old system's) against the msgid, as a settlement's is
-    kept; the first answer kept wins. With the ledger out of reach it is not kept (logged):
-    the plan routes there while its breaker is open, and the old system answers a retry."""
+    *,
+    elsewhere: bool = True,
+) -> idempotency.Stored | None:
+    """Keep an answer the plan gave (the old system's, or its own refusal that told the counter
+    to take the bill in cash) against the msgid, as a settlement's is kept; the first answer
+    kept wins, and is returned when it is not this one. With the ledger out of reach it is not
+    kept (logged): the plan routes there while its breaker is open, and the old system answers
+    a retry."""
     infcode = 0 if idempotency.refusal_of(answer) is None else -1
+    earlier: idempotency.Stored | None = None
     try:
         async with (
             db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn,
@@ -332,16 +351,19 @@ async def _keep(
                 fingerprint(req),
                 answer,
                 infcode,
-                elsewhere=True,
+                elsewhere=elsewhere,
             )
             if fresh and kept is not None:
                 await kept(conn)
                 gw.ledger_claims.clear()  # lines held elsewhere: pre-settlements read them
+            if not fresh:
+                earlier = await idempotency.lookup(conn, req.fixmedins_code, req.msgid)
     except (*db.UNAVAILABLE, asyncpg.PostgresError):
         log.warning(
-            "answer from the old system not kept",
+            "answer of the plan not kept",
             extra={"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code},
         )
+    return earlier
 
 
 async def _write(

@@ -108,9 +108,12 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     # process reports the new version, the very next call is refused.
     await _plan_version_in_force(server, version)
     assert (await his.call("2206", data))["infcode"] == -1
-    answer = await his.call("2207", data)
-    assert answer["infcode"] == -1
+    envelope = his.envelope("2207", data)
+    status, refusal = await his.post_raw(msgspec.json.encode(envelope))
+    answer = decode(refusal)
+    assert status == 200 and answer["infcode"] == -1
     assert "应急预案" in answer["err_msg"] and "全自费结算" in answer["err_msg"]
+    assert "本报文ID不再办理医保结算" in answer["err_msg"]
     assert not answer["output"]
     # A cancellation has nothing to settle as self-pay (found from outside: it was told to).
     cancel = {
@@ -140,8 +143,13 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
 
     await clear_rule(server.dsn, "institution:H44180000002", "settlement")
     await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))
+    # The refused settlement's msgid keeps its refusal: the counter took the bill in cash on it
+    # (found from outside: sent again once the rule was cleared, it settled too, the account
+    # paying what the patient had paid in cash).
+    assert await his.post_raw(msgspec.json.encode(envelope)) == (200, refusal)
+    assert await server.ledger_fingerprint() == before
     assert (await his.call("2206", data))["infcode"] == 0
-    await his.ok("2207", data)
+    await his.ok("2207", data)  # a new msgid settles it
 
 
 async def test_defer_answers_all_cash_and_replay_reimburses(server: Server) -> None:
