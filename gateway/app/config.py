@@ -214,6 +214,14 @@ class Overload(Section, frozen=True):
     # institution may hold: slow bodies cannot stall everyone else.
     share: float = 0.25
 
+    def __post_init__(self) -> None:
+        # A target moves the bound below max_in_flight; with no bound it would do nothing.
+        if self.latency_target_ms and not self.max_in_flight:
+            raise ValueError(
+                f"latency_target_ms = {self.latency_target_ms:g}: needs max_in_flight, the bound"
+                " it moves under (0 admits everything)"
+            )
+
 
 class RedisConfig(Section, frozen=True):
     """`[redis]`: Redis behind Sentinel. With `sentinels` listed, the gateway asks them for the

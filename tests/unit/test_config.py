@@ -258,6 +258,16 @@ def test_a_number_no_setting_can_mean_is_refused_naming_it(text: str, named: str
         decode_config(text)
 
 
+def test_a_latency_target_without_a_bound_is_refused_naming_both() -> None:
+    """A target moves the in-flight bound below max_in_flight; with none it would do nothing."""
+    with pytest.raises(ConfigError, match="latency_target_ms = 30: needs max_in_flight"):
+        decode_config("[overload]\nlatency_target_ms = 30.0\n")
+    with pytest.raises(ConfigError, match=re.escape("overload.latency_target_ms = -5.0")):
+        decode_config("[overload]\nmax_in_flight = 10\nlatency_target_ms = -5.0\n")
+    taken = decode_config("[overload]\nmax_in_flight = 10\nlatency_target_ms = 30.0\n")
+    assert taken.overload.latency_target_ms == 30.0
+
+
 def test_zero_where_it_means_off_is_taken() -> None:
     """`max_in_flight = 0` turns shedding off, as the shipped file says."""
     assert decode_config("[overload]\nmax_in_flight = 0\n").overload.max_in_flight == 0
