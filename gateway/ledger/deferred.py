@@ -183,6 +183,21 @@ async def replayed_claim(conn: asyncpg.Connection, setl_id: str) -> asyncpg.Reco
     )
 
 
+async def claims_answered(
+    conn: asyncpg.Connection, fixmedins_code: str, begndate: dt.date, enddate: dt.date
+) -> int:
+    """The deferred claims (DF…) the institution was answered with on those days and did not
+    withdraw: settlements to its counter, none to the centre's reconciliation."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM deferred WHERE kind = 'claim' AND fixmedins_code = $1"
+        " AND status <> 'withdrawn' AND received_at >= $2 AND received_at < $3",
+        fixmedins_code,
+        dt.datetime.combine(begndate, dt.time()),
+        dt.datetime.combine(enddate + dt.timedelta(days=1), dt.time()),
+    )
+    return int(count or 0)
+
+
 async def claim_named(
     conn: asyncpg.Connection, fixmedins_code: str, claim_id: str, mdtrt_id: str
 ) -> asyncpg.Record | None:

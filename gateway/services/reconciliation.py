@@ -13,7 +13,7 @@ import msgspec
 
 from gateway.jobs import reconcile
 from gateway.jobs.reconcile import FileLimits
-from gateway.ledger import exchange_files, reconciliations
+from gateway.ledger import db, deferred, exchange_files, reconciliations
 from gateway.protocol.errors import NotFound
 from gateway.protocol.origin import Origin
 
@@ -103,8 +103,33 @@ async def statement_total(
     )
     centre = await reconciliations.centre_totals_everywhere(conn, period, others, OTHERS_WAIT)
     rslt, dscr = reconcile.compare_totals(totals, centre)
+    if rslt != reconcile.BALANCED:
+        dscr += await _claims_words(conn, period, others)
     await reconciliations.record(conn, period, origin.infno, rslt, dscr, totals, centre)
     return Statement(stmt_rslt=rslt, stmt_rslt_dscr=dscr)
+
+
+async def _claims_words(
+    conn: asyncpg.Connection, period: reconciliations.Period, others: Sequence[asyncpg.Pool]
+) -> str:
+    """A 3201 that does not balance, in a period the institution was answered deferred claims
+    in: counted by a HIS that books its DF… answers, they are the difference (found from
+    outside: every institution was told it disagreed on the first day after a 温州-style
+    window, with nothing but "see 3202")."""
+    count = await deferred.claims_answered(
+        conn, period.fixmedins_code, period.begndate, period.enddate
+    )
+    for pool in others:
+        async with db.leased(pool, OTHERS_WAIT) as other:
+            count += await deferred.claims_answered(
+                other, period.fixmedins_code, period.begndate, period.enddate
+            )
+    if not count:
+        return ""
+    return (
+        f"本机构该期间另有{count}笔应急预案暂存结算（结算ID以DF开头，参保人现金全额支付），"
+        "不计入中心对账，如已计入请剔除后再对账"
+    )
 
 
 async def compare_detail(

@@ -470,6 +470,22 @@ async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Se
     assert summary["failed"] == []
     states = {r["setl_id"] for r in await server.fetch("SELECT setl_id FROM deferred WHERE claim_id = ANY($1) AND status = 'settled'", [claim["setl_id"], bought["setl_id"]])}  # fmt: skip
     assert len(states) == 2
+    # The pharmacy's day: a till that booked its DF answer declares one sale the centre does
+    # not count, and is told that is why (found from outside: told only "see 3202").
+    today = dt.date.today().isoformat()
+    period = {"insutype": "310", "clr_type": "41", "setl_optins": "330300",
+              "stmt_begndate": today, "stmt_enddate": today}  # fmt: skip
+    booked = await pos.ok("3201", {"data": {**period, "medfee_sumamt": bought["medfee_sumamt"],
+                                            "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
+                                            "fixmedins_setl_cnt": "1"}})  # fmt: skip
+    words = booked["stmtinfo"]["stmt_rslt_dscr"]
+    assert booked["stmtinfo"]["stmt_rslt"] != "0", words
+    assert "另有1笔应急预案暂存结算（结算ID以DF开头" in words and len(words) <= 200, words
+    left_out = await pos.ok("3201", {"data": {**period, "medfee_sumamt": "0.00",
+                                              "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
+                                              "fixmedins_setl_cnt": "0"}})  # fmt: skip
+    assert left_out["stmtinfo"]["stmt_rslt"] == "0", left_out["stmtinfo"]["stmt_rslt_dscr"]
+    assert "暂存结算" not in left_out["stmtinfo"]["stmt_rslt_dscr"]
     assert await server.check_ledger() == []
 
 
