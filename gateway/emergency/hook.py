@@ -157,7 +157,9 @@ def detours(
 
 def _reject_words(tx: Transaction) -> str:
     """What `reject` answers, in the words of what was asked."""
-    if tx.undo is Undo.CANCELLATION:
+    if tx.acts_on is not None or tx.undo is Undo.CANCELLATION:  # a 2601, a cancellation
+        # Found from outside: a 2601 was told to settle as self-pay, as a sale would be, while
+        # the sale it reversed stood (the account had paid it).
         return CANCEL_REJECT_MSG
     if tx.kind is Kind.INPATIENT and tx.klass is TxClass.SETTLEMENT:
         return INPATIENT_REJECT_MSG
@@ -188,7 +190,7 @@ async def intercept(
         if ledger_down:
             raise LedgerDownRefusal(_ledger_down_words(tx))
         words = _reject_words(tx)
-        if words is REJECT_MSG and tx.writes and tx.klass is TxClass.SETTLEMENT:
+        if words is REJECT_MSG and tx.writes and tx.undo is Undo.SETTLEMENT:
             refused = RuleRejected(REJECT_KEPT_MSG.format(why=decision.reason))
             return Detour(
                 answer=dispatch.failure(gw.region, received, refused),

@@ -123,6 +123,18 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     refused = await his.call("2208", cancel)
     assert refused["infcode"] == -1 and "原结算仍然有效，未退费" in refused["err_msg"]
     assert "全自费结算" not in refused["err_msg"]
+    # Nor a reversal (2601) of the sale's message (found from outside: told to settle as
+    # self-pay while the sale it reversed stood, and that refusal kept against its msgid).
+    omsgid = await server.fetchval(
+        "SELECT medins_setl_id FROM settlements WHERE setl_id = $1", settled["setlinfo"]["setl_id"]
+    )
+    reversal = his.envelope(
+        "2601", {"data": {"psn_no": WORKER, "omsgid": omsgid, "oinfno": "2207"}}
+    )
+    reversed_under_rule = decode((await his.post_raw(msgspec.json.encode(reversal)))[1])
+    assert reversed_under_rule["infcode"] == -1, reversed_under_rule
+    assert "原结算仍然有效，未退费" in reversed_under_rule["err_msg"]
+    assert "全自费结算" not in reversed_under_rule["err_msg"]
     assert await server.ledger_fingerprint() == before
     assert await server.fetchval("SELECT count(*) FROM deferred") == 0
     # An inpatient settlement is told what the cut-over notices tell hospitals (毕节's, item
@@ -148,6 +160,15 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     # paying what the patient had paid in cash).
     assert await his.post_raw(msgspec.json.encode(envelope)) == (200, refusal)
     assert await server.ledger_fingerprint() == before
+    # The reversal's refusal is not kept: sent again, it reverses the sale.
+    reversed_after = decode((await his.post_raw(msgspec.json.encode(reversal)))[1])
+    assert reversed_after["infcode"] == 0, reversed_after
+    assert (
+        await server.fetchval(
+            "SELECT status FROM settlements WHERE setl_id = $1", settled["setlinfo"]["setl_id"]
+        )
+        == "cancelled"
+    )
     assert (await his.call("2206", data))["infcode"] == 0
     await his.ok("2207", data)  # a new msgid settles it
 
