@@ -111,6 +111,12 @@ async def cancel(
     a = msgspec.structs.replace(
         a, mdtrt_id=await encounters.real_id(conn, a.mdtrt_id, origin.fixmedins_code)
     )
+    claim = await deferred.replayed_claim(conn, a.setl_id)
+    if claim is not None and a.mdtrt_id == claim["claim_id"]:
+        # A pharmacy claim's answer gave its number as the sale's 就诊ID too; its visit is made
+        # at replay, under an id the till never saw (found from outside: told to cancel by the
+        # replayed setl_id, the till was then told that 就诊ID did not match it).
+        a = msgspec.structs.replace(a, mdtrt_id=await settlements.visit_of(conn, a.setl_id))
     if await legacy_settlements.in_force(
         conn, fixmedins_code=origin.fixmedins_code, setl_id=a.setl_id, mdtrt_id=a.mdtrt_id
     ):

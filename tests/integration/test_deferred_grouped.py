@@ -5,6 +5,7 @@ and stores it (the group commit off), refusals included."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -17,7 +18,7 @@ from msgspec.structs import replace
 
 from gateway.app.config import GroupCommitConfig
 from tests.integration.conftest import GENEROUS, Server, running_gateway
-from tests.integration.emergency_helpers import clear_rule, set_rule, until
+from tests.integration.emergency_helpers import clear_rule, cli, set_rule, until
 from tests.integration.his_client import HisClient, decode
 from tests.integration.test_group_commit import basket, batches
 
@@ -354,3 +355,44 @@ async def _defer(server: Server, pos: HisClient, person: str, *, on: bool) -> No
         return await _deferring(pos, person) == on
 
     await until(in_force, within=5.0)
+
+
+async def test_a_replayed_pharmacy_claim_is_cancelled_with_the_ids_its_till_was_given(
+    paths: dict[str, Server],
+) -> None:
+    """A pharmacy claim's answer gives its DF number as both setl_id and 就诊ID; its visit is
+    made at replay under an id the till never saw. Found from outside: told to cancel by the
+    replayed setl_id, the till sent that with the DF 就诊ID and was told they did not match; only
+    the real 就诊ID, which it could learn from 5203 alone, cancelled it."""
+    server = paths["grouped"]
+    pos = server.client(PHARMACY)
+    claim = decode(
+        await _send(pos, "DGR-1", pos.drug_input(PEOPLE[1], DAY, "27.00", basket("27.00")))
+    )
+    claim_id = claim["output"]["setlinfo"]["setl_id"]
+    assert claim["output"]["setlinfo"]["mdtrt_id"] == claim_id
+    await _defer(server, pos, PEOPLE[1], on=False)
+    try:
+        replayed = json.loads(
+            cli("deferred", "replay", "--json", "--database-url", server.dsn).stdout
+        )
+        assert replayed["failed"] == []
+        real = await server.fetchval("SELECT setl_id FROM deferred WHERE claim_id = $1", claim_id)
+        assert real
+        by_claim = await pos.call(
+            "2103", {"data": {"setl_id": claim_id, "mdtrt_id": claim_id, "psn_no": PEOPLE[1]}}
+        )
+        assert by_claim["infcode"] == -1 and real in by_claim["err_msg"], by_claim
+        cancelled = await pos.ok(
+            "2103", {"data": {"setl_id": real, "mdtrt_id": claim_id, "psn_no": PEOPLE[1]}}
+        )
+        # The till refunds what it took: the whole bill in cash.
+        assert str(cancelled["setlinfo"]["cash_payamt"]) == "-27.00"
+        assert str(cancelled["setlinfo"]["psn_pay"]) == "-27.00"
+        assert (
+            await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", real)
+            == "cancelled"
+        )
+        assert await server.check_ledger() == []
+    finally:
+        await _defer(server, pos, PEOPLE[0], on=True)
