@@ -9,6 +9,7 @@ naming the file, the key and its table (`ConfigError`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -340,6 +341,10 @@ def _out_of_range(node: Any, at: str) -> str | None:
             if wrong is not None:
                 return wrong
     elif isinstance(node, int | float) and not isinstance(node, bool):
+        if isinstance(node, float) and not math.isfinite(node):
+            # Found from outside: nan and inf were taken (TOML has both), every comparison with
+            # them meaningless.
+            return f"{at} = {node}: not a number a setting can mean"
         if node < 0:
             return f"{at} = {node}: a negative value means nothing here"
         if node == 0 and at in _POSITIVE:

@@ -68,13 +68,17 @@ REJECT_MSG = (
     "医保系统按应急预案暂停办理此项业务（{why}）：请按全自费结算并保留票据，"
     "待系统恢复后按规定办理报销"
 )
-# The same for a settlement (2207, 2102): kept against its msgid, since the counter takes the
-# bill in cash on it. Found from outside: not kept, a retry of the same msgid after the rule was
+# Added to a settlement's (2207, 2102) refusal, which is kept against its msgid, since the
+# counter takes the bill in cash on it. Found from outside: not kept, a retry of the same msgid after the rule was
 # cleared settled the sale too (the account paid what the patient had paid in cash), so a till
 # that sends unanswered or refused messages again once the system is back charged twice.
-REJECT_KEPT_MSG = (
-    "医保系统按应急预案暂停办理此项业务（{why}）：请按全自费结算并保留票据，"
-    "待系统恢复后按规定办理报销；本报文ID不再办理医保结算，恢复后如需医保结算请使用新的报文ID"
+KEPT_TAIL = "；本报文ID不再办理医保结算，恢复后如需医保结算请使用新的报文ID"
+# A pharmacy's sale (2101/2102): a purchase is not reimbursed by hand (the agency refuses a
+# pharmacy's receipts, gateway.services.manual_claims), so the counter is not told it will be
+# (found from outside: the words sent the patient to a claim the agency then refused).
+PHARMACY_REJECT_MSG = (
+    "医保系统按应急预案暂停办理此项业务（{why}）：药店购药暂不能使用医保结算，参保人可全自费购药"
+    "（药店购药不办理零星报销），或待系统恢复后再使用医保结算"
 )
 # An inpatient settlement (2303/2304) is told what the cut-over notices tell hospitals (毕节's,
 # item 十): the stay is discharged and settled once the system is back; self-pay only if the
@@ -93,6 +97,10 @@ CANCEL_REJECT_MSG = (
 LEDGER_BREAKER = "breaker:postgres"
 LEDGER_DOWN_MSG = (
     "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
+)
+LEDGER_DOWN_PHARMACY_MSG = (
+    "医保结算数据库暂不可用，此项业务暂停办理：药店购药暂不能使用医保结算，参保人可全自费购药"
+    "（药店购药不办理零星报销），或待恢复后再使用医保结算"
 )
 LEDGER_DOWN_QUERY_MSG = "医保结算数据库暂不可用，暂不能查询，请稍后使用相同报文ID重试"
 LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
@@ -163,6 +171,8 @@ def _reject_words(tx: Transaction) -> str:
         return CANCEL_REJECT_MSG
     if tx.kind is Kind.INPATIENT and tx.klass is TxClass.SETTLEMENT:
         return INPATIENT_REJECT_MSG
+    if tx.kind is Kind.PHARMACY and tx.klass is TxClass.SETTLEMENT:
+        return PHARMACY_REJECT_MSG
     return REJECT_MSG
 
 
@@ -173,6 +183,8 @@ def _ledger_down_words(tx: Transaction) -> str:
         return cancellation.CANCEL_REFUSED_MSG
     if tx.klass is TxClass.QUERY:
         return LEDGER_DOWN_QUERY_MSG
+    if tx.kind is Kind.PHARMACY and tx.klass is TxClass.SETTLEMENT:
+        return LEDGER_DOWN_PHARMACY_MSG
     return LEDGER_DOWN_MSG
 
 
@@ -190,8 +202,8 @@ async def intercept(
         if ledger_down:
             raise LedgerDownRefusal(_ledger_down_words(tx))
         words = _reject_words(tx)
-        if words is REJECT_MSG and tx.writes and tx.undo is Undo.SETTLEMENT:
-            refused = RuleRejected(REJECT_KEPT_MSG.format(why=decision.reason))
+        if words in (REJECT_MSG, PHARMACY_REJECT_MSG) and tx.writes and tx.undo is Undo.SETTLEMENT:
+            refused = RuleRejected(words.format(why=decision.reason) + KEPT_TAIL)
             return Detour(
                 answer=dispatch.failure(gw.region, received, refused),
                 outcome=dispatch.Result.REJECTED,

@@ -30,19 +30,30 @@ class Admission:
     """Counts requests in flight; `limit` 0 admits everything.
 
     With a latency target (`target_seconds`), the bound is found, not guessed: `limit` moves
-    between `floor` and the configured bound (`ceiling`) by what the answered requests took. A
-    window in which more than one in a hundred took longer than the target lowers it by a
-    quarter; a window in which the bound turned requests away and the target held raises it by
-    a tenth. It starts at the floor and climbs: started at the configured bound, the first
-    windows admitted far more than the machine could answer within the target, and those answers
-    alone were past the 99th percentile of an eight-second overload run. A static bound is right for one speed of the machine only: on a shared box the same
-    bound kept accepted requests within 50 ms at one moment and let them take 97 ms at another
-    (benchmarks/RESULTS.md, P6), and throughput x latency cannot be known before deployment.
+    between `floor` and the configured bound (`ceiling`) by what the answered requests took,
+    judged a window of `WINDOW` answers at a time. A static bound is right for one speed of the
+    machine only: on a shared box the same bound kept accepted requests within 50 ms at one
+    moment and let them take 97-149 ms at another (benchmarks/RESULTS.md, P6).
+
+    - A window with more than one answer in a hundred past the target lowers the bound by a
+      quarter, where requests queued behind one another in the process are what made them late.
+    - A lowering that bought nothing (the next window as late, or the floor reached and still
+      late) is given back, a tenth at a time, and no lowering is tried for `HOLD` windows: what
+      makes answers late then is not how many are admitted (an event loop busy with the busy
+      answers themselves, a slow ledger), and admitting fewer would only settle fewer. Found
+      from outside: without this the bound sat at its floor under a load that kept answers late
+      at any bound, and settled a sixth of what a fixed bound of 24 did on the same box.
+    - A window that turned requests away and held the target raises it by a tenth.
+    It starts at the floor and climbs: started at the configured bound, the first windows
+    admitted far more than the machine could answer within the target, and those answers alone
+    were past the 99th percentile of an eight-second overload run.
     """
 
     __slots__ = (
         "_answered",
+        "_held",
         "_late",
+        "_late_before",
         "_turned_away",
         "ceiling",
         "floor",
@@ -55,6 +66,7 @@ class Admission:
 
     WINDOW = 100  # answers judged together
     LATE_ALLOWED = 1  # of them, past the target: the 99th percentile is within it
+    HOLD = 10  # windows without a lowering, once one bought nothing
 
     def __init__(
         self, limit: int, share: float, target_seconds: float = 0.0, floor: int = 4
@@ -68,16 +80,19 @@ class Admission:
         self.receiving: Counter[str] = Counter()  # requests still receiving a body, per key
         self._answered = 0
         self._late = 0
+        self._late_before = -1  # late answers in the window before a lowering; -1: none made
+        self._held = 0  # windows left without a lowering
         self._turned_away = False
         metrics.ADMISSION_LIMIT.set(self.limit)
 
     @property
     def share_limit(self) -> int:
-        """Bodies one address or one institution may be sending at once (0: no bound). Of the
-        configured bound, not the moving one: a slow sender's share is not squeezed by load."""
-        if not self.ceiling:
+        """Bodies one address or one institution may be sending at once (0: no bound): a share
+        of the bound in force, at least one (found from outside: a share of the configured
+        bound let four slow bodies from one address hold a bound lowered to four)."""
+        if not self.limit:
             return 0
-        return max(1, int(self.ceiling * self.share))
+        return max(1, int(self.limit * self.share))
 
     def enter(self) -> bool:
         """Admit one request, or False when the process is at its limit."""
@@ -100,12 +115,20 @@ class Admission:
 
     def _judge(self) -> None:
         was = self.limit
-        if self._late > self.LATE_ALLOWED:
+        late = self._late > self.LATE_ALLOWED
+        lowered, self._late_before = self._late_before, -1
+        if late and (self.limit <= self.floor or 0 <= lowered <= self._late):
+            self._held = self.HOLD  # lowering buys nothing now
+        if late and not self._held:
+            self._late_before = self._late
             self.limit = max(self.floor, self.limit * 3 // 4)
-        elif self._turned_away:
+        elif late or self._turned_away:
             # A tenth at a time (at least one): back from the floor in tens of windows, not
-            # hundreds, once whatever made answers late has passed.
+            # hundreds, once whatever made answers late has passed, or once lowering did not
+            # help.
             self.limit = min(self.ceiling, self.limit + max(1, self.limit // 10))
+        if self._held:
+            self._held -= 1
         self._answered = self._late = 0
         self._turned_away = False
         if self.limit != was:

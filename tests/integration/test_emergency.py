@@ -173,6 +173,31 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     await his.ok("2207", data)  # a new msgid settles it
 
 
+async def test_reject_tells_a_pharmacy_to_sell_for_cash_without_a_claim_to_come(
+    server: Server,
+) -> None:
+    """A pharmacy's purchase is not reimbursed by hand (the agency refuses a pharmacy's
+    receipts): found from outside, `reject` told the till to sell for cash and claim later."""
+    pos = server.client(PHARMACY_441800)
+    drug = pos.drug_input(EMPLOYEE, "2026-05-21 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+    await set_rule(server.dsn, f"institution:{PHARMACY_441800}", "settlement", "reject")
+    try:
+        await _plan_version_in_force(
+            server, await server.fetchval("SELECT version FROM plan_version")
+        )
+        for infno, kept in (("2101", False), ("2102", True)):
+            answer = await pos.call(infno, drug)
+            assert answer["infcode"] == -1, answer
+            words = answer["err_msg"]
+            assert "药店购药不办理零星报销" in words and "办理报销" not in words, words
+            assert ("本报文ID不再办理医保结算" in words) is kept, words
+    finally:
+        await clear_rule(server.dsn, f"institution:{PHARMACY_441800}", "settlement")
+        await _plan_version_in_force(
+            server, await server.fetchval("SELECT version FROM plan_version")
+        )
+
+
 async def test_defer_answers_all_cash_and_replay_reimburses(server: Server) -> None:
     his = server.client("H44180000001")
     scope = "institution:H44180000001"

@@ -251,6 +251,16 @@ def test_the_protective_action_scope_and_category_are_checked() -> None:
         ("[deadlines]\ncall_seconds = 0\n", "deadlines.call_seconds = 0.0: must be above zero"),
         ("[breakers.postgres]\nerror_ratio = 5.0\n", "breakers.postgres.error_ratio = 5.0"),
         ("[group_commit]\nmax_batch = -1\n", "group_commit.max_batch = -1"),
+        # Found from outside: taken, and every comparison with them meaningless.
+        (
+            "[overload]\nmax_in_flight = 8\nlatency_target_ms = nan\n",
+            "overload.latency_target_ms = nan",
+        ),
+        (
+            "[overload]\nmax_in_flight = 8\nlatency_target_ms = inf\n",
+            "overload.latency_target_ms = inf",
+        ),
+        ("[rate_limit]\nterminal_rate = nan\n", "rate_limit.terminal_rate = nan"),
     ],
 )
 def test_a_number_no_setting_can_mean_is_refused_naming_it(text: str, named: str) -> None:
