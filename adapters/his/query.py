@@ -64,9 +64,13 @@ async def fee_detail(call: Call) -> Answer:
     data = decode_input(call.req, In5203).data
     if data is None:
         raise BadRequest("缺少输入节点data")
+    elsewhere = _elsewhere(call)
     rec, lines = await settlement_queries.fee_detail(
-        call.conn, call.req.fixmedins_code, _query(data), _elsewhere(call)
+        call.conn, call.req.fixmedins_code, _query(data), elsewhere
     )
+    # A replayed claim's lines carry the split it was replayed at, which the agency pays the
+    # patient: said so, as 5203 says it (found from outside: 5204 of it said nothing).
+    replayed = await settlement_queries.replayed_from(call.conn, rec.setl_id, elsewhere)
     snapshot = call.gw.snapshot
     code = call.req.fixmedins_code
     on = rec.service_date or call.now.date()
@@ -92,13 +96,14 @@ async def fee_detail(call: Call) -> Answer:
                 "chrg_bchno": ln.chrg_bchno,
             }
         )
-    return Answer(rows)
+    return Answer(
+        rows, warn_msg=None if replayed is None else cancellation.replayed_words(rec, replayed)
+    )
 
 
 # What a visit's calls kept as sent that 5201's row carries (texts only; the rest is the
-# ledger's own columns). 2201 keeps its `data` flat; 2203 and 2401 `mdtrtinfo`; 2403 `adminfo`.
-# What 5201 answers of what a visit's calls sent (of a registration's, once the visit's 2203 is
-# in, those in encounters.REGISTRATION_SHOWN).
+# ledger's own columns). 2201 keeps its `data` as `registration` (once the visit's 2203 is in,
+# only encounters.REGISTRATION_SHOWN of it); 2203 and 2401 `mdtrtinfo`; 2403 `adminfo`.
 SENT_FIELDS = (
     "mdtrt_cert_type",
     "adm_diag_dscr",

@@ -383,6 +383,11 @@ async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(
                 f"{fen_text(medfee)}元；基金应支付部分{fen_text(owed)}元由医保经办机构直接支付"
                 "给参保人，本机构无需退费"
             )
+        # 5204 says the same of the lines, which carry the split it was replayed at.
+        for setl_id in (first[0], real):
+            lines = await his.call("5204", query(setl_id))
+            assert lines["infcode"] == 0 and lines["output"], lines
+            assert lines["warn_msg"] == found["warn_msg"]
         assert (await his.call("5203", query("DF-NO-SUCH")))[
             "err_msg"
         ] == "未查询到本机构的结算信息"
