@@ -61,9 +61,12 @@ def opens_visit(infno: str) -> bool:
     return tx is not None and tx.opens_visit
 
 
+# The fund's share only, and it may be none (found from outside: a pharmacy sale, whose fund pays
+# nothing and whose account is not used at replay, was promised a reimbursement of 0).
 DEFER_WARN = (
     "医保实时结算暂停（应急预案·主动报）：本次费用由参保人全额现金支付，结算单号{claim_id}；"
-    "系统恢复后医保基金应支付部分将主动报销给参保人，无需参保人申请"
+    "系统恢复后按规定计算医保基金应支付部分（个人账户不参与；无基金支付的则无报销），主动报销给参保人，"
+    "无需参保人申请"
 )
 CALL_WARN = "医保系统应急处置中，本笔业务已暂存（{ref}），系统恢复后自动补办"
 PENDING_MSG = (

@@ -68,6 +68,12 @@ REJECT_MSG = (
     "医保系统按应急预案暂停办理此项业务（{why}）：请按全自费结算并保留票据，"
     "待系统恢复后按规定办理报销"
 )
+# A catalog or reconciliation call (13xx, 3301/3302, 3201/3202, 9101/9102) has no patient to
+# settle as self-pay (found from outside: a 3201 was told to settle in cash).
+BUSINESS_REJECT_MSG = (
+    "医保系统按应急预案暂停办理此项业务（{why}）："
+    "本次业务未办理，请待系统恢复后使用相同报文ID重新发送"
+)
 # Added to a settlement's (2207, 2102) refusal, which is kept against its msgid, since the
 # counter takes the bill in cash on it. Found from outside: not kept, a retry of the same msgid after the rule was
 # cleared settled the sale too (the account paid what the patient had paid in cash), so a till
@@ -169,6 +175,8 @@ def _reject_words(tx: Transaction) -> str:
         # Found from outside: a 2601 was told to settle as self-pay, as a sale would be, while
         # the sale it reversed stood (the account had paid it).
         return CANCEL_REJECT_MSG
+    if tx.klass in (TxClass.CATALOG, TxClass.RECONCILE):
+        return BUSINESS_REJECT_MSG
     if tx.kind is Kind.INPATIENT and tx.klass is TxClass.SETTLEMENT:
         return INPATIENT_REJECT_MSG
     if tx.kind is Kind.PHARMACY and tx.klass is TxClass.SETTLEMENT:
@@ -272,7 +280,7 @@ async def intercept(
     if ledger_down:
         raise DependencyDown(_ledger_down_words(tx))
     if tx.klass in (TxClass.CATALOG, TxClass.RECONCILE):
-        raise RuleRejected(REJECT_MSG.format(why=decision.reason))
+        raise RuleRejected(BUSINESS_REJECT_MSG.format(why=decision.reason))
     return None  # reads (1101, sign-in) go on as normal while the ledger answers
 
 

@@ -187,10 +187,13 @@ async def claims_answered(
     conn: asyncpg.Connection, fixmedins_code: str, begndate: dt.date, enddate: dt.date
 ) -> int:
     """The deferred claims (DF…) the institution was answered with on those days and did not
-    withdraw: settlements to its counter, none to the centre's reconciliation."""
+    withdraw, nor cancel once replayed (the cash refunded: found from outside, counted all the
+    same): settlements to its counter, none to the centre's reconciliation."""
     count = await conn.fetchval(
-        "SELECT count(*) FROM deferred WHERE kind = 'claim' AND fixmedins_code = $1"
-        " AND status <> 'withdrawn' AND received_at >= $2 AND received_at < $3",
+        "SELECT count(*) FROM deferred d WHERE d.kind = 'claim' AND d.fixmedins_code = $1"
+        " AND d.status <> 'withdrawn' AND d.received_at >= $2 AND d.received_at < $3"
+        " AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.setl_id = d.setl_id"
+        " AND s.status = 'cancelled')",
         fixmedins_code,
         dt.datetime.combine(begndate, dt.time()),
         dt.datetime.combine(enddate + dt.timedelta(days=1), dt.time()),

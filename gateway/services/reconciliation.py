@@ -127,7 +127,7 @@ async def _claims_words(
     if not count:
         return ""
     return (
-        f"本机构该期间另有{count}笔应急预案暂存结算（结算ID以DF开头，参保人现金全额支付），"
+        f"；本机构该期间另有{count}笔应急预案暂存结算（结算ID以DF开头，参保人现金全额支付），"
         "不计入中心对账，如已计入请剔除后再对账"
     )
 

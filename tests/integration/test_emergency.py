@@ -526,13 +526,51 @@ async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Se
                                             "fixmedins_setl_cnt": "1"}})  # fmt: skip
     words = booked["stmtinfo"]["stmt_rslt_dscr"]
     assert booked["stmtinfo"]["stmt_rslt"] != "0", words
-    assert "另有1笔应急预案暂存结算（结算ID以DF开头" in words and len(words) <= 200, words
+    assert "核对；本机构该期间另有1笔应急预案暂存结算（结算ID以DF开头" in words, words
+    assert len(words) <= 200, words
     left_out = await pos.ok("3201", {"data": {**period, "medfee_sumamt": "0.00",
                                               "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
                                               "fixmedins_setl_cnt": "0"}})  # fmt: skip
     assert left_out["stmtinfo"]["stmt_rslt"] == "0", left_out["stmtinfo"]["stmt_rslt_dscr"]
     assert "暂存结算" not in left_out["stmtinfo"]["stmt_rslt_dscr"]
+    # Cancelled once replayed, the cash refunded, the claim is not one of them (found from
+    # outside: counted all the same).
+    real = await server.fetchval(
+        "SELECT setl_id FROM deferred WHERE claim_id = $1", bought["setl_id"]
+    )
+    await pos.ok(
+        "2103", {"data": {"setl_id": real, "mdtrt_id": bought["setl_id"], "psn_no": person}}
+    )
+    refunded = await pos.ok("3201", {"data": {**period, "medfee_sumamt": bought["medfee_sumamt"],
+                                              "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
+                                              "fixmedins_setl_cnt": "1"}})  # fmt: skip
+    assert refunded["stmtinfo"]["stmt_rslt"] != "0"
+    assert "暂存结算" not in refunded["stmtinfo"]["stmt_rslt_dscr"], refunded["stmtinfo"]
     assert await server.check_ledger() == []
+
+
+async def test_reject_tells_a_reconciliation_to_come_back_not_to_settle_in_cash(
+    server: Server,
+) -> None:
+    """Found from outside: a 3201 under `reject` was told to settle the patient as self-pay."""
+    his = server.client("H44180000002")
+    await set_rule(server.dsn, "institution:H44180000002", "reconcile", "reject")
+    try:
+        await _plan_version_in_force(
+            server, await server.fetchval("SELECT version FROM plan_version")
+        )
+        query = {"data": {"insutype": "310", "clr_type": "11", "setl_optins": "441800",
+                          "stmt_begndate": "2026-01-01", "stmt_enddate": "2026-01-31",
+                          "medfee_sumamt": "0", "fund_pay_sumamt": "0", "acct_pay": "0",
+                          "fixmedins_setl_cnt": "0"}}  # fmt: skip
+        answer = await his.call("3201", query)
+        assert answer["infcode"] == -1, answer
+        assert "本次业务未办理" in answer["err_msg"] and "自费" not in answer["err_msg"], answer
+    finally:
+        await clear_rule(server.dsn, "institution:H44180000002", "reconcile")
+        await _plan_version_in_force(
+            server, await server.fetchval("SELECT version FROM plan_version")
+        )
 
 
 async def test_cli_changes_are_audited_in_a_chain_that_detects_tampering(server: Server) -> None:
