@@ -104,6 +104,9 @@ LEDGER_BREAKER = "breaker:postgres"
 LEDGER_DOWN_MSG = (
     "医保结算数据库暂不可用，此项业务暂停办理：请按全自费结算并保留票据，待恢复后办理报销"
 )
+LEDGER_DOWN_BUSINESS_MSG = (
+    "医保结算数据库暂不可用，此项业务暂停办理：本次业务未办理，请待恢复后使用相同报文ID重新发送"
+)
 LEDGER_DOWN_PHARMACY_MSG = (
     "医保结算数据库暂不可用，此项业务暂停办理：药店购药暂不能使用医保结算，参保人可全自费购药"
     "（药店购药不办理零星报销），或待恢复后再使用医保结算"
@@ -193,6 +196,8 @@ def _ledger_down_words(tx: Transaction) -> str:
         return LEDGER_DOWN_QUERY_MSG
     if tx.kind is Kind.PHARMACY and tx.klass is TxClass.SETTLEMENT:
         return LEDGER_DOWN_PHARMACY_MSG
+    if tx.klass in (TxClass.CATALOG, TxClass.RECONCILE):
+        return LEDGER_DOWN_BUSINESS_MSG
     return LEDGER_DOWN_MSG
 
 

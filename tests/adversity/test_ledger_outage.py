@@ -541,6 +541,15 @@ async def test_a_sale_this_process_answered_is_not_deferred_when_retried_in_the_
             query = {"data": {"psn_no": PERSONS[0], "setl_id": sale["setl_id"], "mdtrt_id": ""}}
             refused = await pos.call("5203", query)
             assert refused["infcode"] == -1 and "暂不能查询" in refused["err_msg"], refused
+            # A reconciliation is told to come back, not to settle in cash (found from
+            # outside, under the plan's `reject`: the same words as a sale's).
+            day = {"insutype": "310", "clr_type": "41", "setl_optins": "441800",
+                   "stmt_begndate": "2026-01-01", "stmt_enddate": "2026-01-31",
+                   "medfee_sumamt": "0", "fund_pay_sumamt": "0", "acct_pay": "0",
+                   "fixmedins_setl_cnt": "0"}  # fmt: skip
+            refused = await pos.call("3201", {"data": day})
+            assert refused["infcode"] == -1 and "本次业务未办理" in refused["err_msg"], refused
+            assert "自费" not in refused["err_msg"]
             assert (await pos.post_raw(body))[1] == answer
             changed = msgspec.json.decode(body)
             changed["input"] = {**changed["input"], "memo": "乙"}
