@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from adapters.national.envelope import decode_request, fingerprint
 from gateway.app.appkeys import GATEWAY
 from gateway.app.config import GatewayConfig, Legacy, PlanConfig
 from gateway.emergency.plan import store
@@ -171,6 +172,44 @@ async def test_reject_answers_self_pay_within_two_seconds_and_writes_nothing(
     )
     assert (await his.call("2206", data))["infcode"] == 0
     await his.ok("2207", data)  # a new msgid settles it
+
+
+async def test_a_kept_refusal_racing_the_first_attempts_commit_answers_the_first(
+    server: Server,
+) -> None:
+    """A retry under `reject` whose first attempt still holds the msgid's key (its commit not
+    yet done): the refusal the plan would keep waits for the key, and the first attempt's
+    answer, committed, is the one given; the refusal is not kept over it."""
+    pos = server.client(PHARMACY_441800)
+    drug = pos.drug_input(EMPLOYEE, "2026-05-22 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+    envelope = pos.envelope("2102", drug)
+    body = msgspec.json.encode(envelope)
+    first = b'{"infcode":0,"output":{"note":"the first attempt"}}'
+    await set_rule(server.dsn, f"institution:{PHARMACY_441800}", "settlement", "reject")
+    try:
+        await _plan_version_in_force(
+            server, await server.fetchval("SELECT version FROM plan_version")
+        )
+        async with connect(server.dsn) as holder:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute(
+                "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer,"
+                " infcode) VALUES ($1, $2, '2102', $3, $4, 0)",
+                PHARMACY_441800, envelope["msgid"], fingerprint(decode_request(body)), first,
+            )  # fmt: skip
+            retry = asyncio.ensure_future(pos.post_raw(body))
+            await asyncio.sleep(0.5)
+            assert not retry.done()  # waiting for the key
+            await tx.commit()
+        status, answer = await retry
+        assert status == 200 and answer == first
+        assert await pos.post_raw(body) == (200, first)
+    finally:
+        await clear_rule(server.dsn, f"institution:{PHARMACY_441800}", "settlement")
+        await _plan_version_in_force(
+            server, await server.fetchval("SELECT version FROM plan_version")
+        )
 
 
 async def test_reject_tells_a_pharmacy_to_sell_for_cash_without_a_claim_to_come(
