@@ -184,7 +184,9 @@ async def test_a_kept_refusal_racing_the_first_attempts_commit_answers_the_first
     drug = pos.drug_input(EMPLOYEE, "2026-05-22 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
     envelope = pos.envelope("2102", drug)
     body = msgspec.json.encode(envelope)
-    first = b'{"infcode":0,"output":{"note":"the first attempt"}}'
+    # A refusal stands for the first attempt's answer: an acknowledged one with no settlement
+    # behind it would be the module's shared ledger's finding for every test after this one.
+    first = b'{"infcode":-1,"err_msg":"the first attempt"}'
     await set_rule(server.dsn, f"institution:{PHARMACY_441800}", "settlement", "reject")
     try:
         await _plan_version_in_force(
@@ -195,7 +197,7 @@ async def test_a_kept_refusal_racing_the_first_attempts_commit_answers_the_first
             await tx.start()
             await holder.execute(
                 "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer,"
-                " infcode) VALUES ($1, $2, '2102', $3, $4, 0)",
+                " infcode) VALUES ($1, $2, '2102', $3, $4, -1)",
                 PHARMACY_441800, envelope["msgid"], fingerprint(decode_request(body)), first,
             )  # fmt: skip
             retry = asyncio.ensure_future(pos.post_raw(body))
