@@ -104,7 +104,7 @@ async def fee_detail(call: Call) -> Answer:
 # What a visit's calls kept as sent that 5201's row carries (texts only; the rest is the
 # ledger's own columns). 2201 keeps its `data` as `registration` (once the visit's 2203 is in,
 # only encounters.REGISTRATION_SHOWN of it); 2203 and 2401 `mdtrtinfo`; 2403 `adminfo`.
-SENT_FIELDS = (
+_SENT_FIELDS = (
     "mdtrt_cert_type",
     "adm_diag_dscr",
     "medrcdno",
@@ -148,7 +148,7 @@ def _visit_row(
         # 在院状态 of a stay: 1 in hospital, 0 discharged; an outpatient visit has none.
         "inhosp_stas": None if enc.kind != "inpatient" else "1" if enc.status == "open" else "0",
     }
-    for name in SENT_FIELDS:
+    for name in _SENT_FIELDS:
         value = sent.get(name)
         row[name] = value if isinstance(value, str) else None
     return row

@@ -553,8 +553,4 @@ def diagnoses(value: list[DiseInfo] | DiseInfo | None) -> list[DiseInfo]:
     """A `diseinfo` node's diagnoses, leaving out those with neither a code nor a name: a
     client's empty template of the node (every field "") is no diagnosis, and kept as sent it
     replaced the visit's real one (found from outside: 5202 then answered only blanks)."""
-    return [d for d in as_list(value) if not (_blank(d.diag_code) and _blank(d.diag_name))]
-
-
-def _blank(value: object) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
+    return [d for d in as_list(value) if text(d.diag_code) or text(d.diag_name)]

@@ -215,7 +215,9 @@ async def intercept(
         if ledger_down:
             raise LedgerDownRefusal(_ledger_down_words(tx))
         words = _reject_words(tx)
-        if words in (REJECT_MSG, PHARMACY_REJECT_MSG) and tx.writes and tx.undo is Undo.SETTLEMENT:
+        # A sale's or a visit's settlement, which the counter then takes in cash; a stay's is
+        # told to wait for the system instead (INPATIENT_REJECT_MSG), and keeps nothing.
+        if tx.writes and tx.undo is Undo.SETTLEMENT and tx.kind is not Kind.INPATIENT:
             refused = RuleRejected(words.format(why=decision.reason) + KEPT_TAIL)
             return Detour(
                 answer=dispatch.failure(gw.region, received, refused),

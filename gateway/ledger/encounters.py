@@ -77,10 +77,6 @@ INSERT = insert_statement(
     ],
     fixed=[("status", "'open'")],
 )
-# 2203's diagnosis; `detail` keeps the request as sent. One statement per visit (several in a
-# batch go as `executemany`): an equality on the key is planned as an index look-up however
-# small the table was when it was prepared, where a join to `unnest` arrays was planned as a
-# scan of the whole table on a fresh ledger (benchmarks/RESULTS.md).
 # What a visit's registration (2201) sent that 5201 answers: kept beside a 2203's information
 # (found from outside: 5201 lost the certificate type and doctor 2201 sent, the 2203's
 # replacing them). Only these: the row is written again in place while its page has room for
@@ -89,8 +85,11 @@ REGISTRATION_SHOWN = ("mdtrt_cert_type", "atddr_no")
 _KEPT_REGISTRATION = ", ".join(
     f"'{name}', detail #> '{{registration,{name}}}'" for name in REGISTRATION_SHOWN
 )
-# The 2203's information replaces the last one's; one sending no diagnosis keeps those an
-# earlier one sent.
+# 2203's diagnosis; `detail` keeps the request as sent: its information replaces the last
+# one's, and one sending no diagnosis keeps those an earlier one sent. One statement per visit
+# (several in a batch go as `executemany`): an equality on the key is planned as an index
+# look-up however small the table was when it was prepared, where a join to `unnest` arrays was
+# planned as a scan of the whole table on a fresh ledger (benchmarks/RESULTS.md).
 SET_INFO = (
     "UPDATE encounters SET med_type = $2, dise_codg = $3, dise_name = $4, detail = $5::jsonb"
     " || CASE WHEN $5::jsonb ? 'diseinfo' OR NOT coalesce(detail ? 'diseinfo', false)"

@@ -111,8 +111,9 @@ async def cancel(
     a = msgspec.structs.replace(
         a, mdtrt_id=await encounters.real_id(conn, a.mdtrt_id, origin.fixmedins_code)
     )
-    claim = await deferred.replayed_claim(conn, a.setl_id)
-    if claim is not None and a.mdtrt_id == claim["claim_id"]:
+    # Read before the cancel: payouts.hold_for_cancel changes the owed line, not the claim.
+    claim = await replayed(conn, a.setl_id)
+    if claim is not None and a.mdtrt_id == claim.claim_id:
         # A pharmacy claim's answer gave its number as the sale's 就诊ID too; its visit is made
         # at replay, under an id the till never saw (found from outside: told to cancel by the
         # replayed setl_id, the till was then told that 就诊ID did not match it).
@@ -137,7 +138,7 @@ async def cancel(
     return Cancelled(
         record=rec,
         balc=balance_after,
-        replayed=await replayed(conn, a.setl_id),
+        replayed=claim,
         year_after=await persons.year_accumulators(conn, rec.person.psn_no, year),
     )
 
