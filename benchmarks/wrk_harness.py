@@ -109,7 +109,10 @@ def run_wrk(load: Load, url: str, seconds: float) -> dict[str, Any]:
     meanwhile (the servers are reaped at the very end).
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(load.command(url, seconds), capture_output=True, text=True)
+    # The first refusal's sample is cut at a byte count, perhaps inside a character.
+    done = subprocess.run(
+        load.command(url, seconds), capture_output=True, text=True, errors="replace"
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_JSON "):

@@ -143,6 +143,16 @@ async def claim(
     return bool(got)
 
 
+def _bounded(lock_wait_ms: int | None) -> str:
+    """The WHERE of an `INSERT … SELECT` that bounds, from that statement to the end of its
+    transaction, a wait for a row lock (`set_config`, evaluated once before the first row is
+    inserted: no round trip of its own)."""
+    if lock_wait_ms is None:
+        return ""
+    wait = max(1, int(lock_wait_ms))
+    return f" WHERE (SELECT set_config('lock_timeout', '{wait}ms', true)) IS NOT NULL"
+
+
 async def claim_many(
     conn: asyncpg.Connection,
     keys: Sequence[tuple[str, str, str, bytes]],
@@ -164,16 +174,10 @@ async def claim_many(
     """
     ordered = sorted(keys)
     wanted = sorted(drawing)
-    bounded = (
-        ""
-        if lock_wait_ms is None
-        else f" WHERE (SELECT set_config('lock_timeout', '{max(1, int(lock_wait_ms))}ms', true))"
-        " IS NOT NULL"
-    )
     rows = await conn.fetch(
         "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])"
-        + bounded
+        + _bounded(lock_wait_ms)
         + " ON CONFLICT DO NOTHING RETURNING fixmedins_code, msgid"
         + "".join(
             f", CASE WHEN (fixmedins_code, msgid) IN"
@@ -307,6 +311,52 @@ async def record_deferred(
 ) -> bool:
     """Writes a deferred request's answer for its retries; False when the msgid had a key already."""
     return await keep_answer(conn, fixmedins_code, msgid, infno, body_sha256, answer, 0)
+
+
+class Kept(msgspec.Struct, frozen=True, gc=False):
+    """An answer to be written with its key at once (`keep_answer`'s arguments)."""
+
+    fixmedins_code: str
+    msgid: str
+    infno: str
+    body_sha256: bytes
+    answer: bytes
+    infcode: int
+    elsewhere: bool = False
+
+
+async def keep_many(
+    conn: asyncpg.Connection, kept: Sequence[Kept], lock_wait_ms: int | None = None
+) -> list[Stored | None]:
+    """`keep_answer` of several keys in one statement (committed by itself: call it outside a
+    transaction), then the earlier answers of the keys that had one. For each, in the order
+    given: None where its answer is now the key's (or the key has none to give), else the
+    answer the key had. A key given twice is kept once, by its first; the second gets it.
+
+    Keys are inserted in sorted order, as `claim_many` takes them, so batches never deadlock;
+    `lock_wait_ms` bounds the wait for a key an open transaction holds (LockNotAvailable)."""
+    first: dict[tuple[str, str], int] = {}  # each key's first place in `kept`
+    for at, one in enumerate(kept):
+        first.setdefault((one.fixmedins_code, one.msgid), at)
+    ordered = [kept[first[key]] for key in sorted(first)]
+    rows = await conn.fetch(
+        "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode,"
+        " answered_elsewhere) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::bytea[], $5::bytea[], $6::int4[], $7::bool[])"
+        + _bounded(lock_wait_ms)
+        + " ON CONFLICT DO NOTHING RETURNING fixmedins_code, msgid",
+        [k.fixmedins_code for k in ordered],
+        [k.msgid for k in ordered],
+        [k.infno for k in ordered],
+        [k.body_sha256 for k in ordered],
+        [k.answer for k in ordered],
+        [k.infcode for k in ordered],
+        [k.elsewhere for k in ordered],
+    )
+    mine = {first[(r["fixmedins_code"], r["msgid"])] for r in rows}
+    others = [(k.fixmedins_code, k.msgid) for at, k in enumerate(kept) if at not in mine]
+    found = dict(zip(others, await lookup_many(conn, others), strict=True)) if others else {}
+    return [None if at in mine else found[(k.fixmedins_code, k.msgid)] for at, k in enumerate(kept)]
 
 
 async def keep_answer(

@@ -146,10 +146,11 @@ BREAKER_STATE = Gauge(
     multiprocess_mode="livemax",
 )
 
-GROUP_READ_KINDS = ("preview", "msgid")  # gateway.pipeline.group_read's kinds of read
+# gateway.pipeline.group_read's kinds of batch (kept: refusals the plan keeps, written)
+GROUP_READ_KINDS = ("preview", "msgid", "kept")
 GROUP_READ_BATCH_SIZE = Histogram(
     "sgw_group_read_batch_size",
-    "Reads done together by the group read (kind: preview, msgid)",
+    "Reads done together by the group read (kind: preview, msgid; kept: the plan's refusals kept)",
     ["kind"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )

@@ -338,6 +338,21 @@ async def _keep(
     a retry."""
     infcode = 0 if idempotency.refusal_of(answer) is None else -1
     earlier: idempotency.Stored | None = None
+    reads = gw.reads.get(ledger.name) if kept is None else None
+    if reads is not None:
+        # With nothing else to write beside it, in a batch: one statement and one commit for
+        # every refusal waiting (gateway.pipeline.group_read).
+        one = idempotency.Kept(
+            req.fixmedins_code, req.msgid, req.infno, fingerprint(req), answer, infcode, elsewhere
+        )
+        expires = asyncio.get_running_loop().time() + gw.config.deadlines.call_seconds
+        try:
+            return await reads.keep(one, expires)
+        except Unread:
+            pass  # the batch failed whole: kept alone below
+        except TimeoutError:
+            _not_kept(req)
+            return None
     try:
         async with (
             db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn,
@@ -359,11 +374,15 @@ async def _keep(
             if not fresh:
                 earlier = await idempotency.lookup(conn, req.fixmedins_code, req.msgid)
     except (*db.UNAVAILABLE, asyncpg.PostgresError):
-        log.warning(
-            "answer of the plan not kept",
-            extra={"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code},
-        )
+        _not_kept(req)
     return earlier
+
+
+def _not_kept(req: Request) -> None:
+    log.warning(
+        "answer of the plan not kept",
+        extra={"infno": req.infno, "msgid": req.msgid, "fixmedins_code": req.fixmedins_code},
+    )
 
 
 async def _write(

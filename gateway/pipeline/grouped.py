@@ -19,7 +19,7 @@ from gateway.core.model import Accumulators, FundRow, Person, Settlement
 from gateway.core.settle import apply
 from gateway.ledger import deferred, fees
 from gateway.ledger.encounters import Encounter
-from gateway.ledger.idempotency import Stored
+from gateway.ledger.idempotency import Kept, Stored
 from gateway.ledger.writes import Writes
 from gateway.pipeline.outcome import Outcome
 from gateway.protocol.errors import Unavailable
@@ -144,3 +144,7 @@ class Reads(Protocol):
 
     async def answer(self, fixmedins_code: str, msgid: str, expires: float) -> Stored | None:
         """The msgid journal's answer for this key, if any (Unread: look it up alone)."""
+
+    async def keep(self, kept: Kept, expires: float) -> Stored | None:
+        """Keep an answer against its key; the earlier one, if the key had one (Unread: keep
+        it alone)."""

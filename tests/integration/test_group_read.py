@@ -11,17 +11,18 @@ import msgspec
 import pytest
 
 from gateway.core.model import Accumulators
-from gateway.ledger import db
+from gateway.ledger import db, idempotency
 from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 from gateway.pipeline.group_read import GroupRead
-from gateway.pipeline.grouped import Built, Held, Job
+from gateway.pipeline.grouped import Built, Held, Job, Unread
 from gateway.protocol.errors import NotInsured
 from tests.integration.conftest import Server
 from tests.integration.emergency_helpers import (
     OUTPATIENT_LINES,
     OUTPATIENT_TOTAL,
     clear_rule,
+    connect,
     set_rule,
     until,
 )
@@ -206,6 +207,126 @@ async def test_retries_the_plan_refuses_are_looked_up_together_and_get_their_ans
         return bool((await pos.call("2101", drug))["infcode"] == 0)
 
     assert await until(settling_again, within=5.0)  # the next tests share this gateway
+
+
+def _kept(msgid: str, answer: bytes, *, elsewhere: bool = False) -> idempotency.Kept:
+    return idempotency.Kept(
+        "KEEPTEST0001", msgid, "2102", msgid.encode().ljust(32, b"-"), answer, -1, elsewhere
+    )
+
+
+async def test_refusals_kept_together_are_each_kept_once_and_the_first_answer_wins(
+    server: Server,
+) -> None:
+    """`keep_many`: each key written with its answer once, by the first that gives it; a key
+    that had an answer keeps it and hands it back; one an open transaction holds past the
+    bound fails the whole statement, nothing of it kept, and the group read's batch then sends
+    each refusal to be kept alone."""
+    run = f"K{time.time_ns()}"
+    a, b, c, d = (f"{run}-{n}" for n in "abcd")
+    async with connect(server.dsn) as conn:
+        got = await idempotency.keep_many(
+            conn, [_kept(a, b"A1"), _kept(b, b"B1", elsewhere=True), _kept(a, b"A2")]
+        )
+        assert got[:2] == [None, None]
+        assert isinstance(got[2], idempotency.Stored) and got[2].answer == b"A1"
+        got = await idempotency.keep_many(conn, [_kept(c, b"C1"), _kept(a, b"A3")])
+        assert got[0] is None
+        assert isinstance(got[1], idempotency.Stored) and got[1].answer == b"A1"
+        rows = await conn.fetch(
+            "SELECT msgid, answer, infcode, answered_elsewhere FROM idempotency"
+            " WHERE fixmedins_code = 'KEEPTEST0001' AND msgid LIKE $1 ORDER BY msgid",
+            f"{run}-%",
+        )
+        assert [tuple(r) for r in rows] == [
+            (a, b"A1", -1, False),
+            (b, b"B1", -1, True),
+            (c, b"C1", -1, False),
+        ]
+
+        async with connect(server.dsn) as holder:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute(
+                "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256)"
+                " VALUES ('KEEPTEST0001', $1, '2102', $2)",
+                f"{run}-held", b"h" * 32,
+            )  # fmt: skip
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await idempotency.keep_many(
+                    conn, [_kept(d, b"D1"), _kept(f"{run}-held", b"H1")], lock_wait_ms=50
+                )
+            pool = await db.create_pool(server.dsn, min_size=1, max_size=2)
+            try:
+                reads = GroupRead(pool, readers=1, max_batch=64, acquire_timeout=5)
+                expires = asyncio.get_running_loop().time() + 5
+                with pytest.raises(Unread):
+                    await reads.keep(_kept(f"{run}-held", b"H2"), expires)
+                # Kept in a batch of its own, a refusal with no key held is kept.
+                assert await reads.keep(_kept(d, b"D2"), expires) is None
+            finally:
+                await pool.close()
+            await tx.rollback()
+        assert await conn.fetchval(
+            "SELECT answer FROM idempotency WHERE fixmedins_code = 'KEEPTEST0001' AND msgid = $1",
+            d,
+        ) == b"D2"  # fmt: skip
+        await conn.execute("DELETE FROM idempotency WHERE fixmedins_code = 'KEEPTEST0001'")
+
+
+async def test_refusals_reject_keeps_are_kept_in_batches_each_once(server: Server) -> None:
+    """Under `reject` a sale's refusal is kept against its msgid (the counter takes the bill in
+    cash): kept in batches, each msgid once, sent twice at once answered the same bytes both
+    times, and the same after the rule is cleared; nothing settled."""
+    pos = server.client(PHARMACY)
+    await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "reject")
+    try:
+
+        async def refused_fresh() -> bool:
+            drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
+            return bool((await pos.call("2101", drug))["infcode"] == -1)
+
+        assert await until(refused_fresh, within=5.0)
+        settled = await server.fetchval("SELECT count(*) FROM settlements")
+        kept, batches = _batches("kept")
+        bodies = [
+            msgspec.json.encode(
+                pos.envelope("2102", pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES))
+            )
+            for _ in range(24)
+        ]
+        answers = await asyncio.gather(*(pos.post_raw(body) for body in bodies + bodies))
+        assert all(status == 200 for status, _ in answers)
+        got = [answer for _, answer in answers]
+        assert got[:24] == got[24:]  # each msgid's two copies: one answer
+        assert len(set(got[:24])) == 24
+        assert all("本报文ID不再办理医保结算" in decode(a)["err_msg"] for a in got)
+        kept_after, batches_after = _batches("kept")
+        # Every msgid went through a batch (its second copy too, where the first was not yet
+        # kept when it was looked up), fewer batches than refusals kept.
+        assert 24 <= kept_after - kept <= 48
+        assert batches_after - batches < kept_after - kept
+        msgids = [decode(body)["msgid"] for body in bodies]
+        rows = await server.fetch(
+            "SELECT msgid, answer, infcode FROM idempotency"
+            " WHERE fixmedins_code = $1 AND msgid = ANY($2::text[])",
+            PHARMACY,
+            msgids,
+        )
+        assert sorted((r["msgid"], bytes(r["answer"]), r["infcode"]) for r in rows) == sorted(
+            zip(msgids, got[:24], [-1] * 24, strict=True)
+        )
+    finally:
+        await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
+
+    async def settling_again() -> bool:
+        drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
+        return bool((await pos.call("2101", drug))["infcode"] == 0)
+
+    assert await until(settling_again, within=5.0)
+    again = await asyncio.gather(*(pos.post_raw(body) for body in bodies))
+    assert [answer for _, answer in again] == got[:24]
+    assert await server.fetchval("SELECT count(*) FROM settlements") == settled
 
 
 async def _open_visit(his: HisClient, psn_no: str, no: str) -> str:
