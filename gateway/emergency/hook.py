@@ -201,6 +201,20 @@ def _ledger_down_words(tx: Transaction) -> str:
     return LEDGER_DOWN_MSG
 
 
+def keeps_refusal(decision: Decision, tx: Transaction) -> bool:
+    """Whether `intercept` answers with a refusal kept against the msgid: `reject` of a sale's or
+    a visit's settlement, which the counter then takes in cash. A stay's is told to wait for the
+    system instead (INPATIENT_REJECT_MSG) and keeps nothing; so does anything the ledger's
+    breaker refuses (the ledger may not be there to keep it)."""
+    return (
+        decision.action is Action.REJECT
+        and not decision.source.startswith(LEDGER_BREAKER)
+        and tx.writes
+        and tx.undo is Undo.SETTLEMENT
+        and tx.kind is not Kind.INPATIENT
+    )
+
+
 async def intercept(
     decision: Decision,
     gw: Gateway,
@@ -215,9 +229,7 @@ async def intercept(
         if ledger_down:
             raise LedgerDownRefusal(_ledger_down_words(tx))
         words = _reject_words(tx)
-        # A sale's or a visit's settlement, which the counter then takes in cash; a stay's is
-        # told to wait for the system instead (INPATIENT_REJECT_MSG), and keeps nothing.
-        if tx.writes and tx.undo is Undo.SETTLEMENT and tx.kind is not Kind.INPATIENT:
+        if keeps_refusal(decision, tx):
             refused = RuleRejected(words.format(why=decision.reason) + KEPT_TAIL)
             return Detour(
                 answer=dispatch.failure(gw.region, received, refused),
@@ -1107,7 +1119,7 @@ async def _probe(pool: asyncpg.Pool) -> bool:
         return False
 
 
-PLAN = dispatch.PlanHook(detours, intercept)
+PLAN = dispatch.PlanHook(detours, intercept, keeps_refusal)
 
 
 def install() -> None:

@@ -87,6 +87,10 @@ class PlanHook:
         [Decision, Gateway, Transaction, Request, Institution, bytes, dt.datetime],
         Awaitable[Detour | None],
     ]
+    # Whether `apply` answers the decision with a refusal of its own kept against the msgid and
+    # nothing else (`reject` of a settlement the counter takes in cash): the keep finds the
+    # ledger's earlier answer itself, so the ledger's journal is not read before (no I/O).
+    keeps_refusal: Callable[[Decision, Transaction], bool]
 
 
 PLAN_HOOK: list[PlanHook] = []
@@ -287,8 +291,14 @@ async def _plan(
         decision = hook.decide(gw, tx, req, institution, received, ledger.name)
         if decision is None:
             continue
+        body_hash = fingerprint(req)
         if tx.writes:
-            earlier = await _earlier_answer(gw, req, fingerprint(req), ledger)
+            earlier = (
+                # Its keep finds the ledger's earlier answer itself, in the same statement.
+                _answered_here(gw, req, body_hash)
+                if hook.keeps_refusal(decision, tx)
+                else await _earlier_answer(gw, req, body_hash, ledger)
+            )
             if earlier is not None:
                 return earlier
         detour = await hook.apply(decision, gw, tx, req, institution, body, received)
@@ -297,13 +307,19 @@ async def _plan(
         if detour.answer is not None:
             if detour.keep and tx.writes:
                 first = await _keep(
-                    gw, req, detour.answer, ledger, detour.kept, elsewhere=detour.elsewhere
+                    gw,
+                    req,
+                    body_hash,
+                    detour.answer,
+                    ledger,
+                    detour.kept,
+                    elsewhere=detour.elsewhere,
                 )
                 if first is not None:
                     # An earlier attempt of the same msgid committed first (it held the key
-                    # until then): its answer, not the plan's.
+                    # until then), or answered long before: its answer, not the plan's.
                     return Outcome(
-                        idempotency.replay(first, fingerprint(req), req.msgid, settling(req.infno)),
+                        idempotency.replay(first, body_hash, req.msgid, settling(req.infno)),
                         req.infno,
                         Result.REPLAYED,
                         req.msgid,
@@ -325,6 +341,7 @@ async def _plan(
 async def _keep(
     gw: Gateway,
     req: Request,
+    body_hash: bytes,
     answer: bytes,
     ledger: Partition,
     kept: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
@@ -343,7 +360,7 @@ async def _keep(
         # With nothing else to write beside it, in a batch: one statement and one commit for
         # every refusal waiting (gateway.pipeline.group_read).
         one = idempotency.Kept(
-            req.fixmedins_code, req.msgid, req.infno, fingerprint(req), answer, infcode, elsewhere
+            req.fixmedins_code, req.msgid, req.infno, body_hash, answer, infcode, elsewhere
         )
         expires = asyncio.get_running_loop().time() + gw.config.deadlines.call_seconds
         try:
@@ -363,7 +380,7 @@ async def _keep(
                 req.fixmedins_code,
                 req.msgid,
                 req.infno,
-                fingerprint(req),
+                body_hash,
                 answer,
                 infcode,
                 elsewhere=elsewhere,
@@ -520,6 +537,23 @@ def _failed(
     return Outcome(_fail(gw, received, bug), req.infno, Result.ERROR, req.msgid, code, terminal)
 
 
+def _answered_here(gw: Gateway, req: Request, body_hash: bytes) -> Outcome | None:
+    """The answer this msgid got that this process holds: a claim its local journal deferred
+    while the ledger was away (not in the ledger until drained), or an answer it gave lately."""
+    code, msgid = req.fixmedins_code, req.msgid
+    held = gw.journal.answered(code, msgid)
+    stored = idempotency.Stored(*held) if held is not None else gw.recent.answered(code, msgid)
+    if stored is None:
+        return None
+    return Outcome(
+        idempotency.replay(stored, body_hash, msgid, settling(req.infno)),
+        req.infno,
+        Result.REPLAYED,
+        msgid,
+        code,
+    )
+
+
 async def _earlier_answer(
     gw: Gateway, req: Request, body_hash: bytes, ledger: Partition
 ) -> Outcome | None:
@@ -534,17 +568,10 @@ async def _earlier_answer(
     drain then files that claim as failed instead of settling it twice
     (gateway.emergency.deferred.replay).
     """
+    held = _answered_here(gw, req, body_hash)
+    if held is not None:
+        return held
     code, msgid = req.fixmedins_code, req.msgid
-    held = gw.journal.answered(code, msgid)
-    stored = idempotency.Stored(*held) if held is not None else gw.recent.answered(code, msgid)
-    if stored is not None:
-        return Outcome(
-            idempotency.replay(stored, body_hash, msgid, settling(req.infno)),
-            req.infno,
-            Result.REPLAYED,
-            msgid,
-            code,
-        )
     breaker = gw.ledger_breaker(ledger.name)
     loop = asyncio.get_running_loop()
     if not breaker.is_open:

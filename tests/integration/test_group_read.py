@@ -10,12 +10,14 @@ import asyncpg
 import msgspec
 import pytest
 
+from gateway.app.appkeys import GATEWAY
 from gateway.core.model import Accumulators
 from gateway.ledger import db, idempotency
 from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 from gateway.pipeline.group_read import GroupRead
 from gateway.pipeline.grouped import Built, Held, Job, Unread
+from gateway.pipeline.recent_answers import RecentAnswers
 from gateway.protocol.errors import NotInsured
 from tests.integration.conftest import Server
 from tests.integration.emergency_helpers import (
@@ -152,9 +154,11 @@ async def test_a_refusal_is_its_own_and_a_batch_that_fails_sends_each_its_own_wa
 async def test_retries_the_plan_refuses_are_looked_up_together_and_get_their_answers(
     server: Server,
 ) -> None:
-    """Under `reject` a writing request is first looked up in the msgid journal: looked up in
-    batches, each retry still gets its own stored answer byte for byte. The retries of the
-    sales this process answered are answered from its recent answers, without the ledger."""
+    """Under `reject` a writing request gets the answer its msgid already has: a sale's retry
+    from the refusal's own keep (in batches: the keep's statement finds the earlier answer), a
+    cancellation's, which keeps nothing, from the msgid journal looked up in batches; each
+    retry gets its own stored answer byte for byte. The retries of the sales this process
+    answered are answered from its recent answers, without the ledger."""
     pos = server.client(PHARMACY)
     first: list[tuple[bytes, bytes]] = []
     for _ in range(6):
@@ -178,7 +182,7 @@ async def test_retries_the_plan_refuses_are_looked_up_together_and_get_their_ans
         return bool((await pos.call("2102", fresh["input"]))["infcode"] == -1)
 
     assert await until(refused_fresh, within=5.0)
-    looked_up, batches = _batches("msgid")
+    kept, batches = _batches("kept")
     other_body = msgspec.json.encode(
         {
             **msgspec.json.decode(first[0][0]),
@@ -196,9 +200,24 @@ async def test_retries_the_plan_refuses_are_looked_up_together_and_get_their_ans
     assert got[: 2 * len(first)] == [answer for _, answer in first] * 2
     assert all(decode(a)["infcode"] == -1 for a in got[2 * len(first) :])
     assert "报文ID" in decode(got[-1])["err_msg"]  # the same msgid with another body
-    after, batches_after = _batches("msgid")
+    after, batches_after = _batches("kept")
     remembered = 2 * (len(first) - 1) + 1  # the sales' retries, and the other body under one
-    assert after - looked_up == len(sent) - remembered
+    assert after - kept == len(sent) - remembered
+    assert batches_after - batches < after - kept
+
+    # A cancellation keeps nothing under `reject`: its msgid is looked up first, in batches.
+    cancels = []
+    for _body, answer in first[:6]:
+        setl = decode(answer)["output"]["setlinfo"]
+        ref = {
+            "data": {"setl_id": setl["setl_id"], "mdtrt_id": setl["mdtrt_id"], "psn_no": EMPLOYEE}
+        }
+        cancels.append(msgspec.json.encode(pos.envelope("2103", ref)))
+    looked_up, batches = _batches("msgid")
+    refused = await asyncio.gather(*(pos.post_raw(body) for body in cancels + cancels))
+    assert all(decode(a)["infcode"] == -1 and "未退费" in decode(a)["err_msg"] for _, a in refused)
+    after, batches_after = _batches("msgid")
+    assert after - looked_up == 2 * len(cancels)
     assert batches_after - batches < after - looked_up
     await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
 
@@ -279,6 +298,18 @@ async def test_refusals_reject_keeps_are_kept_in_batches_each_once(server: Serve
     cash): kept in batches, each msgid once, sent twice at once answered the same bytes both
     times, and the same after the rule is cleared; nothing settled."""
     pos = server.client(PHARMACY)
+    sold = []
+    for _ in range(4):
+        body = msgspec.json.encode(
+            pos.envelope("2102", pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES))
+        )
+        status, answer = await pos.post_raw(body)
+        assert status == 200 and decode(answer)["infcode"] == 0
+        sold.append((body, answer))
+    # As if another process had answered them: the retries' answers come from the ledger.
+    assert server.app is not None
+    gw = server.app[GATEWAY]
+    gw.recent = RecentAnswers(gw.recent.capacity)
     await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "reject")
     try:
 
@@ -295,16 +326,19 @@ async def test_refusals_reject_keeps_are_kept_in_batches_each_once(server: Serve
             )
             for _ in range(24)
         ]
-        answers = await asyncio.gather(*(pos.post_raw(body) for body in bodies + bodies))
+        retries = [body for body, _ in sold]
+        answers = await asyncio.gather(*(pos.post_raw(body) for body in bodies + bodies + retries))
         assert all(status == 200 for status, _ in answers)
-        got = [answer for _, answer in answers]
+        # A retry of a sale settled before the rule gets its settlement, byte for byte.
+        assert [answer for _, answer in answers[48:]] == [answer for _, answer in sold]
+        got = [answer for _, answer in answers[:48]]
         assert got[:24] == got[24:]  # each msgid's two copies: one answer
         assert len(set(got[:24])) == 24
         assert all("本报文ID不再办理医保结算" in decode(a)["err_msg"] for a in got)
         kept_after, batches_after = _batches("kept")
-        # Every msgid went through a batch (its second copy too, where the first was not yet
-        # kept when it was looked up), fewer batches than refusals kept.
-        assert 24 <= kept_after - kept <= 48
+        # Every copy went through a batch (the second copy's keep finds the first's answer),
+        # fewer batches than refusals kept.
+        assert kept_after - kept == 48 + len(sold)
         assert batches_after - batches < kept_after - kept
         msgids = [decode(body)["msgid"] for body in bodies]
         rows = await server.fetch(
