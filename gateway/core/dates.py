@@ -111,11 +111,14 @@ def within_visit(
     begntime: dt.datetime,
     endtime: dt.datetime | None,
     start: str,
+    stay: bool = True,
 ) -> None:
     """A fee line belongs to its visit: not on a day before the registration or admission, nor
     on a day after the discharge. Whole days, because HIS send bare dates (midnight) for fee
     lines and discharge medication is charged after the discharge time on the same day.
-    `start` names the visit's beginning for the clerk: 挂号, 入院, 购药."""
+    `start` names the visit's beginning for the clerk: 挂号, 入院, 购药; `stay`: whether its end
+    is a discharge (a manual claim's outpatient visit ends too, and has none: found from
+    outside, its clerk was told of a discharge and a stay)."""
     if moment.date() < begntime.date():
         raise LineRejected(
             feedetl_sn,
@@ -123,8 +126,9 @@ def within_visit(
             f"费用须发生在{start}之后",
         )
     if endtime is not None and moment.date() > endtime.date():
+        end, visit = ("出院", "住院") if stay else ("就诊结束", "就诊")
         raise LineRejected(
             feedetl_sn,
-            f"费用发生时间{moment:{_SHOWN}}晚于出院时间{endtime:{_SHOWN}}，"
-            "出院后的费用不能记入本次住院",
+            f"费用发生时间{moment:{_SHOWN}}晚于{end}时间{endtime:{_SHOWN}}，"
+            f"{end}后的费用不能记入本次{visit}",
         )

@@ -239,6 +239,7 @@ def _against_visit(
             # A refund line may be entered after the discharge, before the closing settlement.
             endtime=enc.endtime if ln.cnt > 0 else None,
             start="入院" if kind == "inpatient" else "挂号",
+            stay=kind == "inpatient",
         )
         if ln.cnt < 0 and not ln.init_feedetl_sn:
             raise LineRejected(

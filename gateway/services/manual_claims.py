@@ -379,6 +379,7 @@ def check_lines(snapshot: Snapshot, claim: Claim, lines: Sequence[Line]) -> None
             begntime=claim.begntime,
             endtime=claim.endtime,
             start="入院" if claim.kind == "inpatient" else "就诊",
+            stay=claim.kind == "inpatient",
         )
     visit = Visit(
         fixmedins_code=claim.fixmedins_code,

@@ -54,6 +54,10 @@ class Locked:
             batches={j.mdtrt_id for j in jobs if j.mdtrt_id and (j.settles or j.reads_batches)},
         )
         held = await persons.lock_many(conn, sorted({j.psn_no for j in jobs}))
+        # Under the persons' locks, which the agency's 结算 of a manual claim takes too: read
+        # before, a claim of the same bill settled while this waited for the person was not
+        # seen, and the funds paid the bill twice (found from outside).
+        await _note_reimbursed(conn, visits, {j.mdtrt_id for j in jobs if j.settles})
         await _other_stays(conn, visits)
         year_of = {id(j): _year(j, visits) for j in jobs}
         keys = sorted({(j.psn_no, year_of[id(j)]) for j in jobs if j.settles})
@@ -191,8 +195,8 @@ async def _visits(
     lines = await fees.unsettled_many(conn, ids)
     if lock:
         ids = [m for m in ids if settling is None or m in settling]
-    paid = await _reimbursed(conn, [found[m] for m in ids])
     if not lock:
+        paid = await _reimbursed(conn, [found[m] for m in ids])
         # A pre-settlement is refused as its settlement would be for lines a claim holds
         # (found from outside: a stay's 2303 priced the claim's lines, which its 2304 refuses).
         held = await deferred.pending_on_visits(conn, ids) if claims else []
@@ -228,10 +232,18 @@ async def _visits(
             settled_batches=settled.get(m, set()),
             refunded=refunded.get(m, {}),
             claimed=_held(pending, m, enc.fixmedins_code),
-            reimbursed=paid.get(m, []),
         )
         for m, enc in found.items()
     }
+
+
+async def _note_reimbursed(
+    conn: asyncpg.Connection, visits: dict[str, VisitHeld], settling: set[str | None]
+) -> None:
+    """The manual claims reimbursing the bills of the visits a batch settles, on each visit."""
+    paid = await _reimbursed(conn, [v.encounter for m, v in visits.items() if m in settling])
+    for mdtrt_id, claims in paid.items():
+        visits[mdtrt_id].reimbursed = claims
 
 
 async def _reimbursed(

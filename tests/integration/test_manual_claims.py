@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from gateway.jobs import clearing
-from gateway.ledger import checker, payouts, reconciliations
+from gateway.ledger import checker, payouts, persons, reconciliations
 from gateway.ledger import manual_claims as store
 from gateway.protocol.errors import BadRequest, Conflict, GatewayError, LineRejected, RuleRejected
 from gateway.services import manual_claims
@@ -476,6 +476,56 @@ async def test_a_bill_the_agency_reimbursed_is_not_settled_again_at_the_counter(
             claim.setl_id,
         )
         assert (await his.ok("2207", data))["setlinfo"]["setl_id"]
+
+
+async def test_a_bill_settled_at_the_counter_while_the_agency_settles_its_claim_is_paid_once(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: the counter's 2207 of a bill and the agency's 结算 of a manual claim
+    for the same bill, at the same moment, both went through, the funds paying the bill twice:
+    the counter read the claims that reimbursed its bill before taking the person's lock, and
+    the claim committed while it waited there. The agency's settlement is held open here,
+    holding the person, until the counter's 2207 waits for the person; the 2207 is then
+    refused naming the claim, and one settlement stands."""
+    async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
+        his = counter.client(HOSPITAL)
+        day = "2026-06-13"
+        data = await _bill_at_the_counter(his, day, "MZ-RACE-1")
+        async with agency.pool.acquire() as conn:
+            claim = await reviewed_claim(conn, agency, PERSON, day, BIG_LINES, "FP-RACE-9")
+        async with agency.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await persons.lock_many(conn, [PERSON])  # the claim's 结算 has begun
+                at_the_counter = asyncio.ensure_future(his.call("2207", data))
+
+                async def waiting_for_the_person() -> bool:
+                    return bool(
+                        await counter.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND query LIKE '%FOR UPDATE OF a%'"
+                        )
+                    )
+
+                await until(waiting_for_the_person, within=5.0)
+                await asyncio.sleep(0.3)  # past the batch's bounded wait: the single path's
+                await until(waiting_for_the_person, within=5.0)
+                settled = await manual_claims.settle(
+                    conn, agency.snapshot, claim.claim_no, "clerk2", dt.datetime.now()
+                )
+                assert settled.status == "settled"
+            finally:
+                await tx.commit()
+            answer = await at_the_counter
+        assert answer["infcode"] == -1, answer
+        assert f"已由经办机构零星报销（受理号{claim.claim_no}）" in answer["err_msg"], answer
+        assert await counter.fetchval(
+            "SELECT count(*) FROM settlements WHERE psn_no = $1 AND status = 'settled'"
+            " AND service_date = $2",
+            PERSON,
+            dt.date.fromisoformat(day),
+        ) == 1  # fmt: skip
 
 
 async def test_a_bill_waiting_as_a_deferred_claim_is_not_claimed_again(

@@ -52,6 +52,14 @@ def test_a_fee_line_lies_within_its_visit_by_whole_days() -> None:
         )
     with pytest.raises(LineRejected, match="晚于出院时间"):
         within_visit("1", dt.datetime(2026, 11, 6), begntime=begun, endtime=ended, start="入院")
+    # An outpatient visit that ends (a manual claim's) has no discharge: found from outside,
+    # its clerk was told the fee could not go on "this stay".
+    with pytest.raises(LineRejected) as refused:
+        within_visit(
+            "1", dt.datetime(2026, 11, 6), begntime=begun, endtime=ended, start="就诊", stay=False
+        )
+    assert "晚于就诊结束时间" in str(refused.value) and "出院" not in str(refused.value)
+    assert "住院" not in str(refused.value)
 
 
 def test_the_shipped_configuration_and_unknown_keys(tmp_path: Path) -> None:
