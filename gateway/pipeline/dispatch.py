@@ -318,13 +318,7 @@ async def _plan(
                 if first is not None:
                     # An earlier attempt of the same msgid committed first (it held the key
                     # until then), or answered long before: its answer, not the plan's.
-                    return Outcome(
-                        idempotency.replay(first, body_hash, req.msgid, settling(req.infno)),
-                        req.infno,
-                        Result.REPLAYED,
-                        req.msgid,
-                        req.fixmedins_code,
-                    )
+                    return _replayed(req, first, body_hash)
             return Outcome(
                 detour.answer,
                 req.infno,
@@ -543,14 +537,17 @@ def _answered_here(gw: Gateway, req: Request, body_hash: bytes) -> Outcome | Non
     code, msgid = req.fixmedins_code, req.msgid
     held = gw.journal.answered(code, msgid)
     stored = idempotency.Stored(*held) if held is not None else gw.recent.answered(code, msgid)
-    if stored is None:
-        return None
+    return None if stored is None else _replayed(req, stored, body_hash)
+
+
+def _replayed(req: Request, stored: idempotency.Stored, body_hash: bytes) -> Outcome:
+    """The answer a msgid already has, given again (or refused, for another body)."""
     return Outcome(
-        idempotency.replay(stored, body_hash, msgid, settling(req.infno)),
+        idempotency.replay(stored, body_hash, req.msgid, settling(req.infno)),
         req.infno,
         Result.REPLAYED,
-        msgid,
-        code,
+        req.msgid,
+        req.fixmedins_code,
     )
 
 
@@ -601,15 +598,7 @@ async def _earlier_answer(
             return None
         if pending:
             raise Unavailable(STILL_SETTLING_MSG)
-    if found is None:
-        return None
-    return Outcome(
-        idempotency.replay(found, body_hash, msgid, settling(req.infno)),
-        req.infno,
-        Result.REPLAYED,
-        msgid,
-        code,
-    )
+    return None if found is None else _replayed(req, found, body_hash)
 
 
 async def _answered(

@@ -76,6 +76,16 @@ def test_bad_envelopes(body: bytes, fragment: str) -> None:
     assert fragment in err.value.err_msg
 
 
+def test_blanks_around_a_msgid_are_not_part_of_it() -> None:
+    """docs/protocol.md: a code or id is read without the blanks around it (a fixed-width field
+    padded with spaces), so the padded and the bare msgid are one message's; the journal keys
+    and fingerprints them alike."""
+    bare = decode_request(_env())
+    padded = decode_request(_env(msgid=" H44180000001202601010000000001 "))
+    assert padded.msgid == bare.msgid == "H44180000001202601010000000001"
+    assert envelope.fingerprint(padded) == envelope.fingerprint(bare)
+
+
 def test_path_infno_must_agree() -> None:
     assert decode_request(_env(infno=None), "1101").infno == "1101"
     with pytest.raises(BadRequest):
