@@ -444,8 +444,14 @@ async def withdraw_claim(call: Call) -> Answer:
     refunded at the counter); a claim already replayed must be cancelled as its settlement."""
     setl_id, mdtrt_id, psn_no = withdrawal_ref(call.req)
     code = call.req.fixmedins_code
-    await _not_reimbursed_by_hand(call.conn, setl_id, code, psn_no)
     row = await deferred.withdraw(call.conn, setl_id, code, psn_no, call.req.msgid, mdtrt_id)
+    if row is not None:
+        # Under the person's lock, which the agency's 结算 of a manual claim takes too, taken
+        # after the claim's row as replay takes them: either the claim settled first and this
+        # is refused (rolled back), or this commits first and the claim's 结算 sees the bill
+        # withdrawn. Found from outside: looked at before any lock, both went through.
+        await persons.lock_many(call.conn, [psn_no])
+        await _not_reimbursed_by_hand(call.conn, row)
     if row is None:
         existing = await deferred.claim_row(call.conn, setl_id, code)
         if existing is None:
@@ -479,18 +485,15 @@ async def withdraw_claim(call: Call) -> Answer:
     )
 
 
-async def _not_reimbursed_by_hand(
-    conn: asyncpg.Connection, setl_id: str, fixmedins_code: str, psn_no: str
-) -> None:
+async def _not_reimbursed_by_hand(conn: asyncpg.Connection, row: asyncpg.Record) -> None:
     """A claim replay could not settle may be settled by the agency as a manual claim (零星报销)
     instead of withdrawn: once it is, the counter's withdrawal, which refunds the patient's cash,
     is refused (found from outside: withdrawn after the agency had reimbursed the bill, the
     patient got the cash back and the reimbursement too). The manual claim is matched as the
     agency's duplicate check matches bills: the person, the institution, the day and the total;
-    the day is the claim's, its visit's, or the day its registration named where that failed."""
-    row = await deferred.claim_row(conn, setl_id, fixmedins_code)
-    if row is None or row["status"] not in ("pending", "failed") or row["psn_no"] != psn_no:
-        return  # withdrawn, replayed, someone else's: the withdrawal's own words say so
+    the day is the claim's, its visit's, or the day its registration named where that failed.
+    `row`: the claim as withdrawn, in the caller's transaction (a refusal rolls it back)."""
+    setl_id, fixmedins_code, psn_no = row["claim_id"], row["fixmedins_code"], row["psn_no"]
     days = {row["service_date"], row["received_at"].date()}
     visit = str(row["mdtrt_id"] or "")
     if visit.startswith(PROVISIONAL_PREFIX):

@@ -6,6 +6,7 @@ plan's `defer`), once from the local journal of a process that deferred while th
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from adapters.national import deferral
 from adapters.national.envelope import decode_request
 from gateway.app.server import GATEWAY
 from gateway.emergency.deferred.journal import Journal
+from gateway.ledger import persons
 from gateway.ledger.deferred import Entry
-from tests.integration.agency_helpers import ledger_on, settled_claim
+from gateway.services import manual_claims
+from tests.integration.agency_helpers import ledger_on, reviewed_claim, settled_claim
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import (
     OUTPATIENT_LINES,
@@ -823,6 +826,52 @@ async def test_a_failed_claim_the_agency_reimbursed_is_not_withdrawn_for_its_cas
             k: v for k, v in before.items() if k != "idempotency"
         }
         assert await srv.fetchval(status, claim_id) == "failed"
+
+
+async def test_a_failed_claim_withdrawn_while_the_agency_settles_it_by_hand_is_not_both(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: the counter's withdrawal of a claim replay could not settle (its
+    cash refunded) and the agency's 结算 of a manual claim for the same bill, at the same
+    moment, both went through: the withdrawal looked for the manual claim before any lock.
+    It looks under the person's lock, which the 结算 takes too: the agency's settlement, held
+    open here until the withdrawal waits for the person, commits first, and the withdrawal is
+    refused naming it, the claim still failed."""
+    async with running_gateway(new_database) as srv, ledger_on(srv.dsn) as agency:
+        his = srv.client(HOSPITAL)
+        visit, claim_id = await _claim_on_a_kept_visit(srv, his, RETIREE, stale=True, ipt="MZ-RW")
+        status = "SELECT status FROM deferred WHERE claim_id = $1"
+        assert await srv.fetchval(status, claim_id) == "failed"
+        day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+        async with agency.pool.acquire() as conn:
+            claim = await reviewed_claim(conn, agency, RETIREE, day, OUTPATIENT_LINES, "FP-RW-1")
+        ref = {"data": {"setl_id": claim_id, "mdtrt_id": visit, "psn_no": RETIREE}}
+        async with agency.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await persons.lock_many(conn, [RETIREE])  # the agency's 结算 has begun
+                withdrawal = asyncio.ensure_future(his.call("2208", ref))
+
+                async def waiting_or_done() -> bool:
+                    waiting = await srv.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%FOR UPDATE OF a%'"
+                    )
+                    return bool(waiting) or withdrawal.done()
+
+                await until(waiting_or_done, within=5.0)
+                settled = await manual_claims.settle(
+                    conn, agency.snapshot, claim.claim_no, "clerk2", dt.datetime.now()
+                )
+                assert settled.status == "settled"
+            finally:
+                await tx.commit()
+            refused = await withdrawal
+        assert refused["infcode"] == -1, refused
+        assert f"已由经办机构零星报销（受理号{claim.claim_no}）" in refused["err_msg"], refused
+        assert await srv.fetchval(status, claim_id) == "failed"
+        assert await srv.check_ledger() == []
 
 
 async def test_a_claim_refused_at_replay_names_the_failed_call_of_its_visit(
