@@ -215,6 +215,23 @@ def keeps_refusal(decision: Decision, tx: Transaction) -> bool:
     )
 
 
+def answers_retries(decision: Decision, tx: Transaction) -> bool:
+    """Whether the request's path under this decision finds its msgid's earlier answer itself,
+    so that the ledger's msgid journal need not be read first: a refusal kept (its keep's
+    statement hands back the key's answer), or a settlement deferred as a claim and an
+    encounter call kept for recovery, whose transactions claim the msgid before anything else
+    (a retry finds it taken and is given its answer). With the ledger's breaker open they go to
+    the local journal instead, after the journal's own look-up."""
+    if keeps_refusal(decision, tx):
+        return True
+    return (
+        decision.action is Action.DEFER
+        and not decision.source.startswith(LEDGER_BREAKER)
+        and tx.writes
+        and tx.deferral in (Deferral.CLAIM, Deferral.CALL)
+    )
+
+
 async def intercept(
     decision: Decision,
     gw: Gateway,
@@ -1119,7 +1136,7 @@ async def _probe(pool: asyncpg.Pool) -> bool:
         return False
 
 
-PLAN = dispatch.PlanHook(detours, intercept, keeps_refusal)
+PLAN = dispatch.PlanHook(detours, intercept, answers_retries)
 
 
 def install() -> None:

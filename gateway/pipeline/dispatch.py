@@ -87,10 +87,10 @@ class PlanHook:
         [Decision, Gateway, Transaction, Request, Institution, bytes, dt.datetime],
         Awaitable[Detour | None],
     ]
-    # Whether `apply` answers the decision with a refusal of its own kept against the msgid and
-    # nothing else (`reject` of a settlement the counter takes in cash): the keep finds the
-    # ledger's earlier answer itself, so the ledger's journal is not read before (no I/O).
-    keeps_refusal: Callable[[Decision, Transaction], bool]
+    # Whether the request's path under the decision finds the msgid's earlier answer itself (a
+    # refusal kept against it, whose keep hands back the key's answer; a transaction that claims
+    # the msgid first), so the ledger's journal is not read before (no I/O).
+    answers_retries: Callable[[Decision, Transaction], bool]
 
 
 PLAN_HOOK: list[PlanHook] = []
@@ -294,9 +294,10 @@ async def _plan(
         body_hash = fingerprint(req)
         if tx.writes:
             earlier = (
-                # Its keep finds the ledger's earlier answer itself, in the same statement.
+                # What this process holds first (not all of it is in the ledger yet); the
+                # ledger's answer is found on the way, by the keep or the msgid's claim.
                 _answered_here(gw, req, body_hash)
-                if hook.keeps_refusal(decision, tx)
+                if hook.answers_retries(decision, tx)
                 else await _earlier_answer(gw, req, body_hash, ledger)
             )
             if earlier is not None:

@@ -363,6 +363,63 @@ async def test_refusals_reject_keeps_are_kept_in_batches_each_once(server: Serve
     assert await server.fetchval("SELECT count(*) FROM settlements") == settled
 
 
+async def test_retries_under_defer_find_their_answers_where_their_msgid_is_claimed(
+    server: Server,
+) -> None:
+    """Under `defer` a sale becomes a claim whose transaction claims the msgid first, so the
+    msgid journal is not read before: a retry of a sale settled before the rule (not in the
+    process's recent answers) still gets its settlement byte for byte, a retry of a claim its
+    claim, and nothing is claimed twice."""
+    pos = server.client(PHARMACY)
+    sold = []
+    for _ in range(4):
+        body = msgspec.json.encode(
+            pos.envelope("2102", pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES))
+        )
+        status, answer = await pos.post_raw(body)
+        assert status == 200 and decode(answer)["infcode"] == 0
+        sold.append((body, answer))
+    assert server.app is not None
+    gw = server.app[GATEWAY]
+    gw.recent = RecentAnswers(gw.recent.capacity)
+    await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "defer")
+    try:
+
+        async def deferring() -> bool:
+            drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
+            return "应急预案" in str((await pos.call("2101", drug)).get("warn_msg") or "")
+
+        assert await until(deferring, within=5.0)
+        claims = [
+            msgspec.json.encode(
+                pos.envelope("2102", pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES))
+            )
+            for _ in range(6)
+        ]
+        first = await asyncio.gather(*(pos.post_raw(body) for body in claims))
+        assert all(decode(a)["output"]["setlinfo"]["setl_id"].startswith("DF") for _, a in first)
+        looked_up, _ = _batches("msgid")
+        gw.recent = RecentAnswers(gw.recent.capacity)
+        retries = [body for body, _ in sold] + claims
+        again = await asyncio.gather(*(pos.post_raw(body) for body in retries + retries))
+        want = [answer for _, answer in sold] + [answer for _, answer in first]
+        assert [answer for _, answer in again] == want + want
+        assert _batches("msgid")[0] == looked_up  # the journal was not read first
+        held = await server.fetchval(
+            "SELECT count(*) FROM deferred WHERE kind = 'claim' AND msgid = ANY($1::text[])",
+            [decode(body)["msgid"] for body in claims + [b for b, _ in sold]],
+        )
+        assert held == len(claims)  # one claim each, none for the settled sales
+    finally:
+        await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
+
+    async def settling_again() -> bool:
+        drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
+        return bool((await pos.call("2101", drug))["infcode"] == 0)
+
+    assert await until(settling_again, within=5.0)
+
+
 async def _open_visit(his: HisClient, psn_no: str, no: str) -> str:
     """2201 + 2203 + 2204 (batch B1): a visit ready to pre-settle."""
     mdtrt_id = await his.register(psn_no, "310", "2026-05-02 08:30:00", no)
