@@ -300,14 +300,25 @@ async def same_bill(
 ) -> tuple[str, str] | None:
     """A bill of the person at the institution on the day, of the same total, that the funds
     already pay or will (a settlement in force, real-time, replayed or another claim's; or a
-    主动报 claim still to be replayed): (its id, "settlement" or "claim"), or None."""
+    主动报 claim still to be replayed), or whose cash the counter refunded by withdrawing its
+    主动报 claim (found from outside, twice: reimbursed after that, the patient had the refund
+    and the reimbursement, and the counter could not settle the bill again; `ledger check`
+    names that state). A withdrawn claim's day is matched as the checker matches it: the
+    claim's, the day it arrived, or its visit's. (its id, "settlement", "claim" or
+    "withdrawn"), or None."""
     row = await conn.fetchrow(
         "SELECT setl_id AS ref, 'settlement' AS what FROM settlements"
         " WHERE psn_no = $2 AND fixmedins_code = $1 AND service_date = $3"
         " AND medfee_sumamt = $4 AND status = 'settled'"
         " UNION ALL SELECT claim_id, 'claim' FROM deferred WHERE kind = 'claim'"
         " AND status = 'pending' AND psn_no = $2 AND fixmedins_code = $1"
-        " AND service_date = $3 AND medfee_sumamt = $4 LIMIT 1",
+        " AND service_date = $3 AND medfee_sumamt = $4"
+        " UNION ALL SELECT d.claim_id, 'withdrawn' FROM deferred d"
+        " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
+        " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, nullif(d.mdtrt_id, ''))"
+        " WHERE d.kind = 'claim' AND d.status = 'withdrawn' AND d.psn_no = $2"
+        " AND d.fixmedins_code = $1 AND d.medfee_sumamt = $4"
+        " AND $3 IN (d.service_date, d.received_at::date, e.begntime::date) LIMIT 1",
         fixmedins_code,
         psn_no,
         day,

@@ -475,15 +475,20 @@ async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, to
     """A claim for a bill the funds already pay is refused before anything is written: the
     person's bill at the same institution, on the same day, of the same total, settled (at the
     counter, by a 主动报 claim's replay, or as another claim under other invoices) or waiting as
-    a 主动报 claim. Found from outside: such a claim was settled and its reimbursement paid, the
-    fund paying one bill twice. A second bill of exactly the same total on the same day is left
-    to the agency to settle by hand."""
+    a 主动报 claim, or withdrawn as one (its cash refunded at the counter). Found from outside:
+    such a claim was settled and its reimbursement paid, the fund paying one bill twice (after a
+    withdrawal: the patient had the refund and the reimbursement). A second bill of exactly the
+    same total on the same day is left to the agency to settle by hand."""
     day = claim.begntime.date()
     found = await store.same_bill(conn, claim.fixmedins_code, claim.psn_no, day, total)
     if found is None:
         return
     ref, what = found
-    held = f"医保结算{ref}" if what == "settlement" else f"待补结算的暂存结算{ref}（主动报）"
+    held = {
+        "settlement": f"医保结算{ref}",
+        "claim": f"待补结算的暂存结算{ref}（主动报）",
+        "withdrawn": f"暂存结算{ref}（主动报，已由医疗机构撤销并退还现金）",
+    }[what]
     raise Conflict(
         f"参保人{claim.psn_no}于{day.isoformat()}在{claim.fixmedins_code}已有金额相同的{held}"
         f"（{fen_text(total)}元），疑为同一费用重复报销，不予结算；如确为另一笔费用，"

@@ -22,6 +22,7 @@ from gateway.app.server import GATEWAY
 from gateway.emergency.deferred.journal import Journal
 from gateway.ledger import persons
 from gateway.ledger.deferred import Entry
+from gateway.protocol.errors import Conflict
 from gateway.services import manual_claims
 from tests.integration.agency_helpers import ledger_on, reviewed_claim, settled_claim
 from tests.integration.conftest import Server, running_gateway
@@ -923,13 +924,15 @@ async def test_a_claim_refused_at_replay_names_the_failed_call_of_its_visit(
         assert stored == reason
 
 
-async def test_the_checker_names_a_withdrawn_claim_the_agency_reimbursed_too(
+async def test_a_bill_whose_claim_the_counter_withdrew_is_not_reimbursed_by_hand(
     new_database: Callable[..., Any],
 ) -> None:
     """The other order: the counter withdrew the failed claim first (the cash refunded), then
-    the agency reimbursed the same bill by hand. Not refused (it may be a second bill of the same
-    total that day, or one the patient paid again), but `ledger check` names it for a person to
-    look at (found from outside: the check said nothing of a bill paid twice)."""
+    the agency settled a manual claim for the same bill. Found from outside, twice: it went
+    through, the patient had the refund and the reimbursement, and the counter's settlement of
+    the bill afterwards was refused as reimbursed. 结算 is refused naming the withdrawn claim,
+    nothing written. `ledger check` still names the state where it stands (written before this
+    rule: here, the claim marked withdrawn behind the manual claim's back)."""
     async with running_gateway(new_database) as srv, ledger_on(srv.dsn) as agency:
         his = srv.client(HOSPITAL)
         visit, claim_id = await _claim_on_a_kept_visit(srv, his, RETIREE, stale=True, ipt="MZ-CK")
@@ -937,7 +940,22 @@ async def test_the_checker_names_a_withdrawn_claim_the_agency_reimbursed_too(
         await his.ok("2208", ref)
         assert await srv.check_ledger() == []
         day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
-        manual = await settled_claim(agency, RETIREE, day, OUTPATIENT_LINES, "FP-AGENCY-2")
+        before = await srv.ledger_fingerprint()
+        with pytest.raises(Conflict) as refused:
+            await settled_claim(agency, RETIREE, day, OUTPATIENT_LINES, "FP-AGENCY-2")
+        assert f"暂存结算{claim_id}（主动报，已由医疗机构撤销并退还现金）" in str(refused.value)
+        after = await srv.ledger_fingerprint()
+        assert after == before  # the claim registered and reviewed; nothing of its 结算
+        assert await srv.check_ledger() == []
+
+        # The state itself, as a ledger from before the rule may hold it.
+        await srv.fetchval(
+            "UPDATE deferred SET status = 'failed' WHERE claim_id = $1 RETURNING 1", claim_id
+        )
+        manual = await settled_claim(agency, RETIREE, day, OUTPATIENT_LINES, "FP-AGENCY-3")
+        await srv.fetchval(
+            "UPDATE deferred SET status = 'withdrawn' WHERE claim_id = $1 RETURNING 1", claim_id
+        )
         assert await srv.check_ledger() == [
             f"claim {claim_id}: withdrawn (its cash refunded) while manual claim"
             f" {manual.claim_no} reimburses a bill of the same person, day and total"
