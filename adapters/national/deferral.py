@@ -445,13 +445,6 @@ async def withdraw_claim(call: Call) -> Answer:
     setl_id, mdtrt_id, psn_no = withdrawal_ref(call.req)
     code = call.req.fixmedins_code
     row = await deferred.withdraw(call.conn, setl_id, code, psn_no, call.req.msgid, mdtrt_id)
-    if row is not None:
-        # Under the person's lock, which the agency's 结算 of a manual claim takes too, taken
-        # after the claim's row as replay takes them: either the claim settled first and this
-        # is refused (rolled back), or this commits first and the claim's 结算 sees the bill
-        # withdrawn. Found from outside: looked at before any lock, both went through.
-        await persons.lock_many(call.conn, [psn_no])
-        await _not_reimbursed_by_hand(call.conn, row)
     if row is None:
         existing = await deferred.claim_row(call.conn, setl_id, code)
         if existing is None:
@@ -477,6 +470,12 @@ async def withdraw_claim(call: Call) -> Answer:
             raise Conflict(f"暂存结算{setl_id}已补结算为{replayed}，请按该结算单号撤销")
         # Found from outside: a claim replay could not settle was "已补结算为-".
         raise Conflict(deferred.unsettled_words(existing["status"], setl_id))
+    # Under the person's lock, which the agency's 结算 of a manual claim takes too, taken after
+    # the claim's row as replay takes them: either the manual claim settled first and this is
+    # refused (rolled back), or this commits first and 结算 sees the claim withdrawn. Found from
+    # outside: looked at before any lock, both went through.
+    await persons.lock_many(call.conn, [psn_no])
+    await _not_reimbursed_by_hand(call.conn, row)
     return Answer(
         withdrawal_output(
             request_of(bytes(row["body"])), row, call.now, await persons.balance(call.conn, psn_no)

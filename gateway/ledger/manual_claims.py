@@ -296,7 +296,12 @@ async def reimbursed_on(
 
 
 async def same_bill(
-    conn: asyncpg.Connection, fixmedins_code: str, psn_no: str, day: dt.date, total_fen: int
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    psn_no: str,
+    day: dt.date,
+    total_fen: int,
+    infno: str,
 ) -> tuple[str, str] | None:
     """A bill of the person at the institution on the day, of the same total, that the funds
     already pay or will (a settlement in force, real-time, replayed or another claim's; or a
@@ -304,7 +309,9 @@ async def same_bill(
     主动报 claim (found from outside, twice: reimbursed after that, the patient had the refund
     and the reimbursement, and the counter could not settle the bill again; `ledger check`
     names that state). A withdrawn claim's day is matched as the checker matches it: the
-    claim's, the day it arrived, or its visit's. (its id, "settlement", "claim" or
+    claim's, the day it arrived, or its visit's; and its settling transaction is the claim's
+    own (`infno`: 2207 or 2304; found from outside, a stay's claim was refused for a withdrawn
+    outpatient claim of the same total that day). (its id, "settlement", "claim" or
     "withdrawn"), or None."""
     row = await conn.fetchrow(
         "SELECT setl_id AS ref, 'settlement' AS what FROM settlements"
@@ -317,11 +324,12 @@ async def same_bill(
         " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
         " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, nullif(d.mdtrt_id, ''))"
         " WHERE d.kind = 'claim' AND d.status = 'withdrawn' AND d.psn_no = $2"
-        " AND d.fixmedins_code = $1 AND d.medfee_sumamt = $4"
+        " AND d.fixmedins_code = $1 AND d.medfee_sumamt = $4 AND d.infno = $5"
         " AND $3 IN (d.service_date, d.received_at::date, e.begntime::date) LIMIT 1",
         fixmedins_code,
         psn_no,
         day,
         total_fen,
+        infno,
     )
     return None if row is None else (row["ref"], row["what"])

@@ -291,7 +291,7 @@ async def _plan(
         decision = hook.decide(gw, tx, req, institution, received, ledger.name)
         if decision is None:
             continue
-        body_hash = fingerprint(req)
+        body_hash = fingerprint(req) if tx.writes else b""  # a read is kept nowhere
         if tx.writes:
             earlier = (
                 # What this process holds first (not all of it is in the ledger yet); the

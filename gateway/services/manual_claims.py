@@ -480,7 +480,9 @@ async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, to
     withdrawal: the patient had the refund and the reimbursement). A second bill of exactly the
     same total on the same day is left to the agency to settle by hand."""
     day = claim.begntime.date()
-    found = await store.same_bill(conn, claim.fixmedins_code, claim.psn_no, day, total)
+    found = await store.same_bill(
+        conn, claim.fixmedins_code, claim.psn_no, day, total, SETTLEMENT_INFNO[claim.kind]
+    )
     if found is None:
         return
     ref, what = found
@@ -489,10 +491,12 @@ async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, to
         "claim": f"待补结算的暂存结算{ref}（主动报）",
         "withdrawn": f"暂存结算{ref}（主动报，已由医疗机构撤销并退还现金）",
     }[what]
+    # Found from outside: a pending claim's words did not say it will be paid back by itself.
+    waits = "该暂存结算待系统补结算后自动报销，无需零星报销；" if what == "claim" else ""
     raise Conflict(
         f"参保人{claim.psn_no}于{day.isoformat()}在{claim.fixmedins_code}已有金额相同的{held}"
-        f"（{fen_text(total)}元），疑为同一费用重复报销，不予结算；如确为另一笔费用，"
-        "请撤回本受理并由经办机构核实后处理"
+        f"（{fen_text(total)}元），疑为同一费用重复报销，不予结算；{waits}如确为另一笔费用，"
+        "请撤回本受理，在系统外按手工报销办理（系统无法区分同日金额相同的费用）"
     )
 
 

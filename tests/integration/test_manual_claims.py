@@ -547,6 +547,7 @@ async def test_a_bill_waiting_as_a_deferred_claim_is_not_claimed_again(
         with pytest.raises(Conflict) as refused:
             await settled_claim(agency, PERSON, day, BIG_LINES, "FP-TWICE-3")
         assert f"待补结算的暂存结算{claim_id}" in str(refused.value)
+        assert "待系统补结算后自动报销，无需零星报销" in str(refused.value)  # the clerk waits
         assert await counter.fetchval("SELECT count(*) FROM settlements") == 0
 
 

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from adapters.national import deferral
 from adapters.national.envelope import decode_request
 from gateway.app.server import GATEWAY
 from gateway.emergency.deferred.journal import Journal
+from gateway.ledger import manual_claims as manual_store
 from gateway.ledger import persons
 from gateway.ledger.deferred import Entry
 from gateway.protocol.errors import Conflict
@@ -944,6 +946,14 @@ async def test_a_bill_whose_claim_the_counter_withdrew_is_not_reimbursed_by_hand
         with pytest.raises(Conflict) as refused:
             await settled_claim(agency, RETIREE, day, OUTPATIENT_LINES, "FP-AGENCY-2")
         assert f"暂存结算{claim_id}（主动报，已由医疗机构撤销并退还现金）" in str(refused.value)
+        assert "在系统外按手工报销办理" in str(refused.value)  # the way on for another bill
+        # A stay's bill is not an outpatient claim's (found from outside: one of the same total
+        # that day was refused for it).
+        async with agency.pool.acquire() as conn:
+            fen = int(Decimal(OUTPATIENT_TOTAL) * 100)
+            bill = (HOSPITAL, RETIREE, dt.date.fromisoformat(day), fen)
+            assert await manual_store.same_bill(conn, *bill, "2207") == (claim_id, "withdrawn")
+            assert await manual_store.same_bill(conn, *bill, "2304") is None
         after = await srv.ledger_fingerprint()
         assert after == before  # the claim registered and reviewed; nothing of its 结算
         assert await srv.check_ledger() == []
