@@ -293,11 +293,9 @@ async def test_refusals_kept_together_are_each_kept_once_and_the_first_answer_wi
         await conn.execute("DELETE FROM idempotency WHERE fixmedins_code = 'KEEPTEST0001'")
 
 
-async def test_refusals_reject_keeps_are_kept_in_batches_each_once(server: Server) -> None:
-    """Under `reject` a sale's refusal is kept against its msgid (the counter takes the bill in
-    cash): kept in batches, each msgid once, sent twice at once answered the same bytes both
-    times, and the same after the rule is cleared; nothing settled."""
-    pos = server.client(PHARMACY)
+async def _sold_and_forgotten(server: Server, pos: HisClient) -> list[tuple[bytes, bytes]]:
+    """Four sales settled, as bodies and answers, and forgotten by the process's recent answers,
+    as if another process had answered them: their retries' answers come from the ledger."""
     sold = []
     for _ in range(4):
         body = msgspec.json.encode(
@@ -306,10 +304,18 @@ async def test_refusals_reject_keeps_are_kept_in_batches_each_once(server: Serve
         status, answer = await pos.post_raw(body)
         assert status == 200 and decode(answer)["infcode"] == 0
         sold.append((body, answer))
-    # As if another process had answered them: the retries' answers come from the ledger.
     assert server.app is not None
     gw = server.app[GATEWAY]
     gw.recent = RecentAnswers(gw.recent.capacity)
+    return sold
+
+
+async def test_refusals_reject_keeps_are_kept_in_batches_each_once(server: Server) -> None:
+    """Under `reject` a sale's refusal is kept against its msgid (the counter takes the bill in
+    cash): kept in batches, each msgid once, sent twice at once answered the same bytes both
+    times, and the same after the rule is cleared; nothing settled."""
+    pos = server.client(PHARMACY)
+    sold = await _sold_and_forgotten(server, pos)
     await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "reject")
     try:
 
@@ -371,17 +377,9 @@ async def test_retries_under_defer_find_their_answers_where_their_msgid_is_claim
     process's recent answers) still gets its settlement byte for byte, a retry of a claim its
     claim, and nothing is claimed twice."""
     pos = server.client(PHARMACY)
-    sold = []
-    for _ in range(4):
-        body = msgspec.json.encode(
-            pos.envelope("2102", pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES))
-        )
-        status, answer = await pos.post_raw(body)
-        assert status == 200 and decode(answer)["infcode"] == 0
-        sold.append((body, answer))
+    sold = await _sold_and_forgotten(server, pos)
     assert server.app is not None
     gw = server.app[GATEWAY]
-    gw.recent = RecentAnswers(gw.recent.capacity)
     await set_rule(server.dsn, f"institution:{PHARMACY}", "settlement", "defer")
     try:
 
