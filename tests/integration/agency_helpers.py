@@ -188,3 +188,18 @@ async def api_ok(server: Server, path: str, token: str, doc: dict[str, Any]) -> 
     status, body = await api_post(server, path, token, doc)
     assert status == 200, body
     return body
+
+
+async def waiting_for_a_person(dsn: str) -> bool:
+    """Whether a transaction waits for a person's lock (the account row, `persons.lock_many`):
+    the race tests hold one until the other side waits there."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%FOR UPDATE OF a%'"
+            )
+        )
+    finally:
+        await conn.close()

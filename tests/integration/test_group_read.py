@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -151,6 +152,17 @@ async def test_a_refusal_is_its_own_and_a_batch_that_fails_sends_each_its_own_wa
         await pool.close()
 
 
+def _settling_again(pos: HisClient) -> Callable[[], Awaitable[bool]]:
+    """Whether the pharmacy's sales are settled again (the rule cleared has reached the
+    process)."""
+
+    async def settling() -> bool:
+        drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
+        return bool((await pos.call("2101", drug))["infcode"] == 0)
+
+    return settling
+
+
 async def test_retries_the_plan_refuses_are_looked_up_together_and_get_their_answers(
     server: Server,
 ) -> None:
@@ -221,11 +233,7 @@ async def test_retries_the_plan_refuses_are_looked_up_together_and_get_their_ans
     assert batches_after - batches < after - looked_up
     await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
 
-    async def settling_again() -> bool:
-        drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
-        return bool((await pos.call("2101", drug))["infcode"] == 0)
-
-    assert await until(settling_again, within=5.0)  # the next tests share this gateway
+    assert await until(_settling_again(pos), within=5.0)  # the next tests share this gateway
 
 
 def _kept(msgid: str, answer: bytes, *, elsewhere: bool = False) -> idempotency.Kept:
@@ -359,11 +367,7 @@ async def test_refusals_reject_keeps_are_kept_in_batches_each_once(server: Serve
     finally:
         await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
 
-    async def settling_again() -> bool:
-        drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
-        return bool((await pos.call("2101", drug))["infcode"] == 0)
-
-    assert await until(settling_again, within=5.0)
+    assert await until(_settling_again(pos), within=5.0)
     again = await asyncio.gather(*(pos.post_raw(body) for body in bodies))
     assert [answer for _, answer in again] == got[:24]
     assert await server.fetchval("SELECT count(*) FROM settlements") == settled
@@ -411,11 +415,7 @@ async def test_retries_under_defer_find_their_answers_where_their_msgid_is_claim
     finally:
         await clear_rule(server.dsn, f"institution:{PHARMACY}", "settlement")
 
-    async def settling_again() -> bool:
-        drug = pos.drug_input(EMPLOYEE, DATES[0], "144.70", LINES)
-        return bool((await pos.call("2101", drug))["infcode"] == 0)
-
-    assert await until(settling_again, within=5.0)
+    assert await until(_settling_again(pos), within=5.0)
 
 
 async def _open_visit(his: HisClient, psn_no: str, no: str) -> str:

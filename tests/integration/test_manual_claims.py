@@ -22,6 +22,7 @@ from tests.integration.agency_helpers import (
     lines_of,
     reviewed_claim,
     settled_claim,
+    waiting_for_a_person,
 )
 from tests.integration.conftest import running_gateway
 from tests.integration.emergency_helpers import (
@@ -501,12 +502,7 @@ async def test_a_bill_settled_at_the_counter_while_the_agency_settles_its_claim_
                 at_the_counter = asyncio.ensure_future(his.call("2207", data))
 
                 async def waiting_for_the_person() -> bool:
-                    return bool(
-                        await counter.fetchval(
-                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                            " AND query LIKE '%FOR UPDATE OF a%'"
-                        )
-                    )
+                    return await waiting_for_a_person(counter.dsn)
 
                 await until(waiting_for_the_person, within=5.0)
                 await asyncio.sleep(0.3)  # past the batch's bounded wait: the single path's

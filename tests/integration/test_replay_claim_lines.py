@@ -26,7 +26,12 @@ from gateway.ledger import persons
 from gateway.ledger.deferred import Entry
 from gateway.protocol.errors import Conflict
 from gateway.services import manual_claims
-from tests.integration.agency_helpers import ledger_on, reviewed_claim, settled_claim
+from tests.integration.agency_helpers import (
+    ledger_on,
+    reviewed_claim,
+    settled_claim,
+    waiting_for_a_person,
+)
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import (
     OUTPATIENT_LINES,
@@ -857,11 +862,7 @@ async def test_a_failed_claim_withdrawn_while_the_agency_settles_it_by_hand_is_n
                 withdrawal = asyncio.ensure_future(his.call("2208", ref))
 
                 async def waiting_or_done() -> bool:
-                    waiting = await srv.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND query LIKE '%FOR UPDATE OF a%'"
-                    )
-                    return bool(waiting) or withdrawal.done()
+                    return withdrawal.done() or await waiting_for_a_person(srv.dsn)
 
                 await until(waiting_or_done, within=5.0)
                 settled = await manual_claims.settle(
