@@ -71,7 +71,7 @@ from gateway.core.model import (
     Visit,
 )
 from gateway.core.settle import apply, settle_splits
-from gateway.ledger import payout_checks, settlements
+from gateway.ledger import deferred, payout_checks, settlements
 from gateway.ledger.persons import ACCUMULATOR_FIELDS
 
 # What a settlement answered and stored; balc is the balance after it, so the account chain too.
@@ -407,17 +407,15 @@ async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         problems.append(f"claim {row['claim_id']}: settled but its settlement is missing")
     # A deferred claim withdrawn at the counter (the patient's cash refunded) whose bill the
     # agency also reimbursed as a manual claim in force: the person, the institution, the day and
-    # the total the same (found from outside: the withdrawal came after the manual claim, and the
-    # patient had the cash back and the reimbursement too; it is refused now, and the other order
-    # may be a second bill of the same total that day, which is for a person to look at).
+    # the total the same (found from outside, in both orders: the patient had the cash back and
+    # the reimbursement too). Both orders are refused now (the withdrawal of a reimbursed
+    # claim, the 结算 of a withdrawn one's bill); a ledger from before may still hold either.
     for row in await conn.fetch(
-        "SELECT DISTINCT d.claim_id, c.claim_no FROM deferred d"
-        " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
-        " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, nullif(d.mdtrt_id, ''))"
+        f"SELECT DISTINCT d.claim_id, c.claim_no FROM {deferred.CLAIM_WITH_VISIT}"
         " JOIN manual_claims c ON c.psn_no = d.psn_no AND c.fixmedins_code = d.fixmedins_code"
         " JOIN settlements s ON s.setl_id = c.setl_id AND s.status = 'settled'"
         " AND s.medfee_sumamt = d.medfee_sumamt"
-        " AND s.service_date IN (d.service_date, d.received_at::date, e.begntime::date)"
+        f" AND s.service_date IN {deferred.CLAIM_DAYS}"
         " WHERE d.kind = 'claim' AND d.status = 'withdrawn' ORDER BY d.claim_id, c.claim_no"
     ):
         problems.append(

@@ -115,6 +115,16 @@ def visit_of_claim(mdtrt_id: str, claim_id: str) -> str:
 # `visit_of_claim` over a row of the table.
 _VISIT_OF_CLAIM = "coalesce(nullif(mdtrt_id, ''), claim_id)"
 
+# A claim `d` with its visit `e` where the ledger holds one (its provisional id applied or not),
+# and the days a bill of the claim's may be dated: the claim's own, the day it arrived, its
+# visit's. The agency's look for a bill a withdrawn claim refunded (manual_claims.same_bill) and
+# the checker's finding of one reimbursed anyway match on the same days.
+CLAIM_WITH_VISIT = (
+    "deferred d LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
+    " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, nullif(d.mdtrt_id, ''))"
+)
+CLAIM_DAYS = "(d.service_date, d.received_at::date, e.begntime::date)"
+
 
 async def withdraw(
     conn: asyncpg.Connection,

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from gateway.ledger import deferred
 from gateway.protocol.errors import NotFound
 
 
@@ -320,12 +321,10 @@ async def same_bill(
         " UNION ALL SELECT claim_id, 'claim' FROM deferred WHERE kind = 'claim'"
         " AND status = 'pending' AND psn_no = $2 AND fixmedins_code = $1"
         " AND service_date = $3 AND medfee_sumamt = $4"
-        " UNION ALL SELECT d.claim_id, 'withdrawn' FROM deferred d"
-        " LEFT JOIN deferred_ids i ON i.provisional_id = d.mdtrt_id"
-        " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, nullif(d.mdtrt_id, ''))"
+        f" UNION ALL SELECT d.claim_id, 'withdrawn' FROM {deferred.CLAIM_WITH_VISIT}"
         " WHERE d.kind = 'claim' AND d.status = 'withdrawn' AND d.psn_no = $2"
         " AND d.fixmedins_code = $1 AND d.medfee_sumamt = $4 AND d.infno = $5"
-        " AND $3 IN (d.service_date, d.received_at::date, e.begntime::date) LIMIT 1",
+        f" AND $3 IN {deferred.CLAIM_DAYS} LIMIT 1",
         fixmedins_code,
         psn_no,
         day,

@@ -14,8 +14,8 @@ CPU per refusal. Here a few reader tasks per kind take every read waiting and ru
 - msgid journal look-ups (`idempotency.lookup_many`);
 - refusals the plan keeps against their msgid (`reject` of a sale or a visit's settlement, which
   the counter then takes in cash: `idempotency.keep_many`, one statement and one commit a
-  batch). Kept one by one, each refusal was a transaction of its own, and `reject` went at 0.15 ×
-  the bare handler where it had gone at 0.23 × before its refusals were kept.
+  batch). Kept one by one, each refusal was a transaction and a commit of its own, and `reject`
+  lost half its rate to them (benchmarks/RESULTS.md, 2026-12-06 11:22–).
 
 Nothing is locked, and nothing written but the notes (an upsert per visit, the latest kept) and
 the kept refusals (each a key of its own, inserted in sorted order and waiting at most

@@ -3,9 +3,10 @@ manual claims taken through every step."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,10 +19,11 @@ from gateway.app.reference import load_reference
 from gateway.app.server import Settings, prepare_database
 from gateway.core.catalog import Snapshot
 from gateway.core.money import to_cnt, to_fen, to_micro
-from gateway.ledger import db, reference_store
+from gateway.ledger import db, persons, reference_store
 from gateway.ledger.manual_claims import Claim, Line
 from gateway.services import manual_claims
 from tests.integration.conftest import Server
+from tests.integration.emergency_helpers import until
 
 HOSPITAL = "H44180000001"
 
@@ -188,6 +190,36 @@ async def api_ok(server: Server, path: str, token: str, doc: dict[str, Any]) -> 
     status, body = await api_post(server, path, token, doc)
     assert status == 200, body
     return body
+
+
+async def settled_while_the_counter_waits(
+    ledger: Ledger,
+    psn_no: str,
+    claim_no: str,
+    counter_call: Awaitable[dict[str, Any]],
+    waits: Callable[[asyncio.Future[dict[str, Any]]], Awaitable[bool]],
+) -> dict[str, Any]:
+    """The agency's 结算 of a claim begun (the person's lock taken, as it takes it), the
+    counter's call sent, and the 结算 carried out and committed once `waits` says the call has
+    come to where it waits for the person (or has answered); the call's answer."""
+    async with ledger.pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await persons.lock_many(conn, [psn_no])
+            call = asyncio.ensure_future(counter_call)
+
+            async def ready() -> bool:
+                return await waits(call)
+
+            await until(ready, within=5.0)
+            settled = await manual_claims.settle(
+                conn, ledger.snapshot, claim_no, "clerk2", dt.datetime.now()
+            )
+            assert settled.status == "settled"
+        finally:
+            await tx.commit()
+        return await call
 
 
 async def waiting_for_a_person(dsn: str) -> bool:

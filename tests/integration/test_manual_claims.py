@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from gateway.jobs import clearing
-from gateway.ledger import checker, payouts, persons, reconciliations
+from gateway.ledger import checker, payouts, reconciliations
 from gateway.ledger import manual_claims as store
 from gateway.protocol.errors import BadRequest, Conflict, GatewayError, LineRejected, RuleRejected
 from gateway.services import manual_claims
@@ -22,6 +22,7 @@ from tests.integration.agency_helpers import (
     lines_of,
     reviewed_claim,
     settled_claim,
+    settled_while_the_counter_waits,
     waiting_for_a_person,
 )
 from tests.integration.conftest import running_gateway
@@ -494,26 +495,16 @@ async def test_a_bill_settled_at_the_counter_while_the_agency_settles_its_claim_
         data = await _bill_at_the_counter(his, day, "MZ-RACE-1")
         async with agency.pool.acquire() as conn:
             claim = await reviewed_claim(conn, agency, PERSON, day, BIG_LINES, "FP-RACE-9")
-        async with agency.pool.acquire() as conn:
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                await persons.lock_many(conn, [PERSON])  # the claim's 结算 has begun
-                at_the_counter = asyncio.ensure_future(his.call("2207", data))
 
-                async def waiting_for_the_person() -> bool:
-                    return await waiting_for_a_person(counter.dsn)
+        async def the_single_path_waits(_call: object) -> bool:
+            if not await waiting_for_a_person(counter.dsn):
+                return False
+            await asyncio.sleep(0.3)  # past the batch's bounded wait: the single path's
+            return await waiting_for_a_person(counter.dsn)
 
-                await until(waiting_for_the_person, within=5.0)
-                await asyncio.sleep(0.3)  # past the batch's bounded wait: the single path's
-                await until(waiting_for_the_person, within=5.0)
-                settled = await manual_claims.settle(
-                    conn, agency.snapshot, claim.claim_no, "clerk2", dt.datetime.now()
-                )
-                assert settled.status == "settled"
-            finally:
-                await tx.commit()
-            answer = await at_the_counter
+        answer = await settled_while_the_counter_waits(
+            agency, PERSON, claim.claim_no, his.call("2207", data), the_single_path_waits
+        )
         assert answer["infcode"] == -1, answer
         assert f"已由经办机构零星报销（受理号{claim.claim_no}）" in answer["err_msg"], answer
         assert await counter.fetchval(

@@ -22,14 +22,13 @@ from adapters.national.envelope import decode_request
 from gateway.app.server import GATEWAY
 from gateway.emergency.deferred.journal import Journal
 from gateway.ledger import manual_claims as manual_store
-from gateway.ledger import persons
 from gateway.ledger.deferred import Entry
 from gateway.protocol.errors import Conflict
-from gateway.services import manual_claims
 from tests.integration.agency_helpers import (
     ledger_on,
     reviewed_claim,
     settled_claim,
+    settled_while_the_counter_waits,
     waiting_for_a_person,
 )
 from tests.integration.conftest import Server, running_gateway
@@ -854,24 +853,13 @@ async def test_a_failed_claim_withdrawn_while_the_agency_settles_it_by_hand_is_n
         async with agency.pool.acquire() as conn:
             claim = await reviewed_claim(conn, agency, RETIREE, day, OUTPATIENT_LINES, "FP-RW-1")
         ref = {"data": {"setl_id": claim_id, "mdtrt_id": visit, "psn_no": RETIREE}}
-        async with agency.pool.acquire() as conn:
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                await persons.lock_many(conn, [RETIREE])  # the agency's 结算 has begun
-                withdrawal = asyncio.ensure_future(his.call("2208", ref))
 
-                async def waiting_or_done() -> bool:
-                    return withdrawal.done() or await waiting_for_a_person(srv.dsn)
+        async def waiting_or_done(withdrawal: asyncio.Future[dict[str, Any]]) -> bool:
+            return withdrawal.done() or await waiting_for_a_person(srv.dsn)
 
-                await until(waiting_or_done, within=5.0)
-                settled = await manual_claims.settle(
-                    conn, agency.snapshot, claim.claim_no, "clerk2", dt.datetime.now()
-                )
-                assert settled.status == "settled"
-            finally:
-                await tx.commit()
-            refused = await withdrawal
+        refused = await settled_while_the_counter_waits(
+            agency, RETIREE, claim.claim_no, his.call("2208", ref), waiting_or_done
+        )
         assert refused["infcode"] == -1, refused
         assert f"已由经办机构零星报销（受理号{claim.claim_no}）" in refused["err_msg"], refused
         assert await srv.fetchval(status, claim_id) == "failed"
