@@ -416,7 +416,11 @@ async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         " JOIN settlements s ON s.setl_id = c.setl_id AND s.status = 'settled'"
         " AND s.medfee_sumamt = d.medfee_sumamt"
         f" AND s.service_date IN {deferred.CLAIM_DAYS}"
-        " WHERE d.kind = 'claim' AND d.status = 'withdrawn' ORDER BY d.claim_id, c.claim_no"
+        # Of the claim's kind, as 结算 matches it: a stay is not a visit's bill.
+        " AND d.infno = CASE c.kind WHEN 'inpatient' THEN $1 ELSE $2 END"
+        " WHERE d.kind = 'claim' AND d.status = 'withdrawn' ORDER BY d.claim_id, c.claim_no",
+        deferred.CLAIM_INFNO["inpatient"],
+        deferred.CLAIM_INFNO["outpatient"],
     ):
         problems.append(
             f"claim {row['claim_id']}: withdrawn (its cash refunded) while manual claim"

@@ -124,6 +124,9 @@ CLAIM_WITH_VISIT = (
     " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, nullif(d.mdtrt_id, ''))"
 )
 CLAIM_DAYS = "(d.service_date, d.received_at::date, e.begntime::date)"
+# The transaction that settles a manual claim of `kind` (a visit's, a stay's), which a withdrawn
+# claim of the same bill must have been.
+CLAIM_INFNO = {"outpatient": "2207", "inpatient": "2304"}
 
 
 async def withdraw(

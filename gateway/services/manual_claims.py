@@ -35,7 +35,7 @@ from gateway.core.model import PHARMACY_TYPE, Category, Visit, same_operator
 from gateway.core.money import AmountError, fen_text, typed
 from gateway.core.settle import split_lines
 from gateway.core.timestamps import as_local
-from gateway.ledger import encounters, fees, payouts, persons, settlements
+from gateway.ledger import deferred, encounters, fees, payouts, persons, settlements
 from gateway.ledger import manual_claims as store
 from gateway.ledger.manual_claims import Claim, Line
 from gateway.ops import audit
@@ -55,7 +55,7 @@ from gateway.services.settlement_state import settle_alone
 from gateway.services.visit_settlement import VisitAsk, visit_job
 
 # The infno a manual claim's settlement records: the counter's settlement of the same kind.
-SETTLEMENT_INFNO = {"outpatient": "2207", "inpatient": "2304"}
+SETTLEMENT_INFNO = deferred.CLAIM_INFNO  # by the claim's kind
 TEXT_MAX = 64  # an invoice number, a diagnosis code: longer is a typing or pasting mistake
 SERIAL_MAX = lengths.limit_of("feedetl_sn")  # as the interface bounds a line's serial
 # Holds a new claim's invoices beyond its own database (claim_no, fixmedins_code, invoices), or
