@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import datetime as dt
 import json
 import sys
@@ -19,6 +18,7 @@ from gateway.core.money import bp_text
 from gateway.core.shadow_diff import CAUSE_NAMES, Cause
 from gateway.ledger import db
 from gateway.ledger import shadow as shadow_store
+from gateway.ops import spreadsheet
 
 CSV_COLUMNS = (
     "compared_at",
@@ -142,7 +142,7 @@ def report(args: argparse.Namespace) -> int:
     result = asyncio.run(_report(database_url(args), begins, ends, args.limit))
     if args.csv:
         with open(args.csv, "w", encoding="utf-8-sig", newline="") as f:
-            writer = csv.writer(f)
+            writer = spreadsheet.Writer(f)
             writer.writerow(CSV_COLUMNS)
             for row in result["differences"]:
                 writer.writerow([row[c] if row[c] is not None else "" for c in CSV_COLUMNS])

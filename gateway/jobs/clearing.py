@@ -13,7 +13,6 @@ month the payouts to patients batched, paid and failed (the bank's return files 
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import html
 import io
@@ -27,6 +26,7 @@ import msgspec
 
 from gateway.core.money import fen_text
 from gateway.ledger import clearing
+from gateway.ops import spreadsheet
 from gateway.protocol.errors import BadRequest
 
 MED_TYPE_NAMES = {
@@ -451,7 +451,7 @@ def to_text(report: MonthlyReport) -> list[str]:
 def to_csv(report: MonthlyReport) -> str:
     """One row per institution and 医疗类别, plus each institution's total, for the agency."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = spreadsheet.Writer(buf)
     w.writerow(
         [
             "费款所属期",

@@ -10,7 +10,6 @@ settlement already corrected has a record and is skipped, so an interrupted run 
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 import sys
@@ -26,6 +25,7 @@ from gateway.core.money import fen_text
 from gateway.core.settle import ACCOUNT
 from gateway.ledger import corrections, fees, persons, settlements
 from gateway.ledger.settlements import AMOUNT_FIELDS, Record
+from gateway.ops import spreadsheet
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol.errors import GatewayError, NotFound
 from gateway.protocol.origin import Origin
@@ -167,7 +167,7 @@ class Summary:
     def to_csv(self) -> str:
         """The agency's report: one row per corrected settlement."""
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = spreadsheet.Writer(buf)
         w.writerow(
             [
                 "old_setl_id",
@@ -208,11 +208,10 @@ class Summary:
                     fen_text(it.patient_refund),
                     fen_text(it.fund_delta),
                     *(fen_text(it.fund_deltas.get(c, 0)) for c in FUND_CODES),
-                    _cell(
-                        " ".join(
-                            f"{sn}:{old or '未对照'}→{new or '未对照'}"
-                            for sn, _, old, new in it.codes
-                        )
+                    # A HIS's serial numbers and codes: the writer keeps a formula out (found
+                    # from outside: an uploaded serial number "+SUM(1,1)" began the cell).
+                    " ".join(
+                        f"{sn}:{old or '未对照'}→{new or '未对照'}" for sn, _, old, new in it.codes
                     ),
                 ]
             )
@@ -270,12 +269,6 @@ def _plain(text: str) -> str:
     serial number or item code printed lines of its own ("patients: refund 9999.00") in the
     clerk's report. Invisible characters are escaped."""
     return text if text.isprintable() else ascii(text)[1:-1]
-
-
-def _cell(text: str) -> str:
-    """A HIS's text as a spreadsheet cell: one that would start a formula is given a leading
-    apostrophe (found from outside: an uploaded serial number "+SUM(1,1)" began the cell)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _account_words(delta: int) -> str:
