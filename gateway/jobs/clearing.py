@@ -448,8 +448,17 @@ def to_text(report: MonthlyReport) -> list[str]:
     return out
 
 
+# The CSV's columns after the settlements' money: what the month holds besides them, on rows of
+# their own (found from outside: the sheet left out the manual claims and the payouts that the
+# text, JSON and HTML showed, and a desk reconciling from it saw nothing of them).
+_EXTRA_COLUMNS = ("基金差额", "应付参保人", "拨付金额")
+
+
 def to_csv(report: MonthlyReport) -> str:
-    """One row per institution and 医疗类别, plus each institution's total, for the agency."""
+    """One row per institution and 医疗类别, then its total; after it, on rows named in the
+    医疗类别 column, the month's catalog corrections, reimbursements of deferred claims and manual
+    claims of its patients (paid to them by the agency, not in its 申报金额); last, the month's
+    payouts (every batch, not per institution)."""
     buf = io.StringIO()
     w = spreadsheet.Writer(buf)
     w.writerow(
@@ -461,21 +470,73 @@ def to_csv(report: MonthlyReport) -> str:
             "医疗类别",
             "人次",
             *(n for _, n in MONEY_COLUMNS),
+            *_EXTRA_COLUMNS,
         ]
     )
+    empty = [""] * len(MONEY_COLUMNS)
+    at = {c: i for i, (c, _) in enumerate(MONEY_COLUMNS)}
+
+    def money(**amounts: int) -> list[str]:
+        cells = list(empty)
+        for column, fen in amounts.items():
+            cells[at[column]] = fen_text(fen)
+        return cells
+
+    def extra(fund_delta: str = "", to_patients: str = "", paid_out: str = "") -> list[str]:
+        return [fund_delta, to_patients, paid_out]
+
     for r in report.institutions:
+        head = [report.month, r.fixmedins_code, r.fixmedins_name, r.admdvs]
         for ln in [*r.lines, r.total]:
             w.writerow(
                 [
-                    report.month,
-                    r.fixmedins_code,
-                    r.fixmedins_name,
-                    r.admdvs,
+                    *head,
                     ln.name,
                     ln.visits,
                     *(fen_text(getattr(ln, c)) for c, _ in MONEY_COLUMNS),
+                    *extra(),
                 ]
             )
+        c, d, m = r.corrections, r.reimbursements, r.manual_claims
+        if c.settlements:
+            w.writerow(
+                [
+                    *head,
+                    "目录更正（正数参保人应补缴，负数应退还）",
+                    c.settlements,
+                    *money(acct_pay=c.acct_delta, psn_cash_pay=c.patient_cash_delta),
+                    *extra(fund_delta=fen_text(c.fund_delta)),
+                ]
+            )
+        if d.claims:
+            w.writerow(
+                [
+                    *head,
+                    "应急补结算（主动报，经办机构支付给参保人）",
+                    d.claims,
+                    *money(medfee_sumamt=d.medfee_sumamt),
+                    *extra(to_patients=fen_text(d.to_patients)),
+                ]
+            )
+        if m.claims:
+            w.writerow(
+                [
+                    *head,
+                    "零星报销（经办机构支付给参保人）",
+                    m.claims,
+                    *money(medfee_sumamt=m.medfee_sumamt),
+                    *extra(to_patients=fen_text(m.to_patients)),
+                ]
+            )
+    p = report.payouts
+    if p.batches or p.paid_lines or p.failed_lines:
+        whole = [report.month, "", "全部支付批次（不分机构）", ""]
+        for name, lines, fen in (
+            (f"本月拨付：制单（{p.batches}个支付批次）", p.batched_lines, p.batched),
+            ("本月拨付：银行回盘支付成功", p.paid_lines, p.paid),
+            ("本月拨付：银行回盘支付失败（退回待支付）", p.failed_lines, p.failed),
+        ):
+            w.writerow([*whole, name, lines, *empty, *extra(paid_out=fen_text(fen))])
     return buf.getvalue()
 
 

@@ -486,6 +486,13 @@ async def export(conn: asyncpg.Connection, batch_no: str, operator: str) -> tupl
             stored = await store.file_of(conn, batch_no)
             assert stored is not None  # exported: its file was stored with the status
             return stored
+        if b.status == "rejected":
+            # Found from outside: a returned batch was told to finish its approvals, which it
+            # can no longer take; its lines are owed again and go out in a new batch.
+            raise Conflict(
+                f"支付批次{batch_no}已被审批人退回，不能报盘：其明细已退回待支付，"
+                "请更正后重新制作支付批次"
+            )
         if b.status != "approved":
             raise Conflict(
                 f"支付批次{batch_no}{STATUS_NAMES[b.status]}，须完成初审和三级复核后才能报盘"
@@ -574,6 +581,12 @@ def parse_return(body: bytes) -> tuple[str, int, int, list[_ReturnLine]]:
         raise _refused(f"表头日期“{head[3][:20]}”应为yyyyMMdd，如20261205")
     if len(trailer) != 4 or trailer[0] != "T":
         raise _refused("表尾格式不正确")
+    if "\r" in text:
+        # Found from outside: a file saved with Windows line endings was told its checksum did
+        # not match, "perhaps modified", where only its line endings were not the format's.
+        raise _refused(
+            "文件行尾为回车换行（CRLF，Windows格式），应为换行（LF）：请导入银行原样发回的文件"
+        )
     covered = body[: len(body) - len((rows[-1] + "\n").encode())]
     if not body.endswith(b"\n") or _digest(covered) != trailer[3]:
         raise _refused("校验码（SHA-256）不一致，文件可能被修改")

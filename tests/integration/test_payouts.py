@@ -5,7 +5,10 @@ reconciling; never paid twice."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
+import hashlib
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -172,6 +175,9 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
         (with_checksum(_change_amount(answer)), "不一致"),
         (with_checksum(_dashed_day(answer)), "应为yyyyMMdd"),  # found from outside: taken
         (with_checksum(_padded_seq(answer)), "明细格式不正确"),  # found from outside: "01"
+        # Found from outside: Windows line endings, the checksum taken over them, were told the
+        # file had perhaps been modified.
+        (_windows_lines(answer), "回车换行（CRLF"),
     ):
         with pytest.raises(BadRequest, match=why):
             await payouts.import_return(conn, bad, "cashier")
@@ -270,6 +276,31 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
     assert (
         "本月零星报销结算2笔" in page and '<td>银行回盘：支付成功</td><td class="n">4</td>' in page
     )
+    # The sheet a desk reconciles from carries the same (found from outside: it held only the
+    # settlements' rows, zeros for this month).
+    sheet = list(csv.DictReader(io.StringIO(clearing.to_csv(await clearing.monthly(conn, month)))))
+    by_kind = {(r["机构编码"], r["医疗类别"]): r for r in sheet}
+    manual_row = by_kind[(HOSPITAL, "零星报销（经办机构支付给参保人）")]
+    assert (manual_row["人次"], manual_row["实际费用总额"], manual_row["应付参保人"]) == (
+        "2",
+        fen_text(2 * 162500),
+        fen_text(sum(c.reimbursement_fen or 0 for c in manual)),
+    )
+    assert manual_row["申报金额"] == ""  # not the institution's to declare
+    paid_out = {r["医疗类别"]: (r["人次"], r["拨付金额"]) for r in sheet if r["机构编码"] == ""}
+    assert paid_out == {
+        "本月拨付：制单（2个支付批次）": ("5", fen_text(owed_total + failed_fen)),
+        "本月拨付：银行回盘支付成功": ("4", fen_text(owed_total)),
+        "本月拨付：银行回盘支付失败（退回待支付）": ("1", fen_text(failed_fen)),
+    }
+
+
+def _windows_lines(answer: bytes) -> bytes:
+    """The return file saved with CR LF line endings, its checksum taken over them."""
+    rows = answer.decode().splitlines()
+    covered = "".join(f"{r}\r\n" for r in rows[:-1]).encode()
+    t = rows[-1].split("|")
+    return covered + "|".join((*t[:3], hashlib.sha256(covered).hexdigest())).encode() + b"\r\n"
 
 
 def _drop_line(answer: bytes) -> bytes:
@@ -297,6 +328,9 @@ async def test_rejection_releases_the_lines(new_database: Callable[..., Any]) ->
         assert rejected.status == "rejected"
         with pytest.raises(Conflict, match="已退回"):
             await payouts.approve(conn, batch.batch_no, 2, "approver3")
+        # Found from outside: its export was told to finish the approvals it can no longer take.
+        with pytest.raises(Conflict, match=r"已被审批人退回，不能报盘.*重新制作支付批次"):
+            await payouts.export(conn, batch.batch_no, "maker")
         assert (await store.totals(conn))["owed"] == (1, claim.reimbursement_fen)
         again = await payouts.create_batch(conn, "maker", dt.datetime.now())
         assert (again.line_count, again.total_fen) == (1, claim.reimbursement_fen)
