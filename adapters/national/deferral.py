@@ -76,6 +76,12 @@ ELSEWHERE_MSG = (
     "{what}已在应急预案转原系统期间由原系统结算（原系统结算ID{setl_id}），不能在本系统重复结算："
     "如需重新结算，请先撤销原系统的该笔结算（转原系统期间以2208/2305办理）或联系医保经办机构"
 )
+# Found from outside: a batch settled by a claim's replay was told only "已结算", and a clerk
+# could take it that the fund or the account had paid at the counter.
+SETTLED_MSG = (
+    "收费批次{batch}已结算，请勿重复结算：如该批次曾按应急预案暂存、现已补结算，参保人已全额现金"
+    "支付，报销款由经办机构支付给参保人，无需再收或退款；结算信息请用5203查询"
+)
 FAILED_HELD_MSG = (
     "{what}已按应急预案暂存（暂存结算单号{claim_id}），补结算未成功，参保人已按现金全额支付："
     "请先以该暂存结算单号办理撤销（退还现金）后重新结算，或联系医保经办机构处理"
@@ -570,6 +576,11 @@ def held_lines(claims: list[deferred.PendingClaim], fixmedins_code: str) -> list
         lines = scope[1] if scope else fees.ALL
         out.append(deferred.Held(c.claim_id, c.infno, lines, failed=c.failed))
     return out
+
+
+def settled_already(batch: str) -> Conflict:
+    """A charge batch settled before, by the counter or by a claim's replay."""
+    return Conflict(SETTLED_MSG.format(batch=batch))
 
 
 def refuse_if_held(held: list[deferred.Held], lines: str) -> None:

@@ -519,7 +519,7 @@ async def _refuse_claimed_twice(
     claims = await deferred.pending_on_visits(conn, [await deferred.visit_of(conn, visit)])
     deferral.refuse_if_held(deferral.held_lines(claims, fixmedins_code), lines)
     if lines != fees.ALL and await fees.batch_settled(conn, visit, lines):
-        raise Conflict(f"收费批次{lines}已结算，请勿重复结算")
+        raise deferral.settled_already(lines)
 
 
 async def _defer_call(call: Call) -> Answer:

@@ -237,7 +237,7 @@ def visit_job(
                 # settled stay was told to check its 收费批次号, an outpatient field).
                 raise _nothing_to_settle_in_stay(bool(visit.settled_batches))
             if final and this.chrg_bchno in visit.settled_batches:
-                raise Conflict(f"收费批次{this.chrg_bchno}已结算，请勿重复结算")
+                raise deferral.settled_already(this.chrg_bchno)
             raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
         if held.person is None:
             raise NotInsured(f"人员编号{this.psn_no}不存在，请重新读卡获取人员信息")

@@ -184,6 +184,7 @@ async def test_a_batch_under_a_pending_claim_gets_no_second_claim(rig: Rig) -> N
     try:
         late = await his.call("2207", _settle(his, EMPLOYEE, mdtrt_id))
         assert late["infcode"] == -1 and "已结算" in late["err_msg"], late
+        _told_how_it_was_paid(late)
     finally:
         await rig.plan(scope, None)
     assert len(await _claims(rig.srv, mdtrt_id)) == 1
@@ -221,7 +222,16 @@ async def test_a_batch_under_a_pending_claim_is_not_settled_in_real_time(rig: Ri
     assert await _settlements(rig.srv, kept) == 1
     again = await his.call("2207", _settle(his, WORKER, kept))
     assert again["infcode"] == -1 and "已结算" in again["err_msg"]
+    _told_how_it_was_paid(again)
     assert await _settlements(rig.srv, kept) == 1
+
+
+def _told_how_it_was_paid(answer: dict[str, Any]) -> None:
+    """Found from outside: a batch settled by its claim's replay was told only "已结算", and a
+    clerk could take it that the fund or the account had paid at the counter."""
+    words = answer["err_msg"]
+    assert "参保人已全额现金支付" in words and "报销款由经办机构支付给参保人" in words, words
+    assert "5203" in words, words
 
 
 async def _stay(his: HisClient, psn_no: str, ipt_no: str) -> tuple[str, dict[str, Any]]:
