@@ -77,10 +77,13 @@ ELSEWHERE_MSG = (
     "如需重新结算，请先撤销原系统的该笔结算（转原系统期间以2208/2305办理）或联系医保经办机构"
 )
 # Found from outside: a batch settled by a claim's replay was told only "已结算", and a clerk
-# could take it that the fund or the account had paid at the counter.
+# could take it that the fund or the account had paid at the counter. The refusal cannot tell
+# which it was (the build holds the batch's settled lines, not their settlement's origin), so
+# the replayed case is said as a case, after the plain meaning: found from outside, said as the
+# headline it read as if every settled batch had been paid in cash.
 SETTLED_MSG = (
-    "收费批次{batch}已结算，请勿重复结算：如该批次曾按应急预案暂存、现已补结算，参保人已全额现金"
-    "支付，报销款由经办机构支付给参保人，无需再收或退款；结算信息请用5203查询"
+    "收费批次{batch}已结算，请勿重复结算，结算信息请用5203查询（仅当该批次曾按应急预案暂存、"
+    "事后补结算时：参保人已全额现金支付，报销款由经办机构支付给参保人，无需再收或退款）"
 )
 FAILED_HELD_MSG = (
     "{what}已按应急预案暂存（暂存结算单号{claim_id}），补结算未成功，参保人已按现金全额支付："

@@ -232,6 +232,9 @@ def _told_how_it_was_paid(answer: dict[str, Any]) -> None:
     words = answer["err_msg"]
     assert "参保人已全额现金支付" in words and "报销款由经办机构支付给参保人" in words, words
     assert "5203" in words, words
+    # The plain meaning first, the replayed case as a case (found from outside: said first, it
+    # read as if every settled batch had been paid in cash).
+    assert words.index("请勿重复结算") < words.index("仅当该批次曾按应急预案暂存"), words
 
 
 async def _stay(his: HisClient, psn_no: str, ipt_no: str) -> tuple[str, dict[str, Any]]:
