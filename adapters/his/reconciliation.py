@@ -3,6 +3,7 @@ requests of gateway.services.reconciliation."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import asyncpg
@@ -10,7 +11,10 @@ import msgspec
 
 from adapters.national.envelope import Amount, Code, decode_input, text
 from adapters.national.wire import Node, day, fen_required, required
+from gateway.core.money import shown
+from gateway.core.settle import EMPLOYEE, RESIDENT
 from gateway.emergency.plan.rules import TxClass
+from gateway.ledger.settlements import CLR_TYPE
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, register
@@ -56,20 +60,69 @@ class In9102(Node):
     fsDownloadIn: DownloadIn | None = None
 
 
-_COUNT = re.compile(r"[0-9]{1,9}")
+_COUNT = re.compile(r"[0-9]+")
+_COUNT_DIGITS = 10  # protocol.md §2.7: fixmedins_setl_cnt 数值 10
 
 
 def _count(value: Amount, name: str) -> int:
     """A number of settlements: ASCII digits, not negative (found from outside: -1 was taken
-    and answered "医药机构上报-1笔"; int() also takes "１２" and "1_0")."""
+    and answered "医药机构上报-1笔"; int() also takes "１２" and "1_0"), at most 10 of them
+    (found from outside: 11 digits were told "应为非负整数")."""
     sent = "" if value is None or isinstance(value, bool) else str(value).strip()
     if not _COUNT.fullmatch(sent):
         raise BadRequest(f"字段{name}应为非负整数")
+    if len(sent) > _COUNT_DIGITS:
+        raise BadRequest(f"字段{name}有{len(sent)}位数字，超过接口规定的{_COUNT_DIGITS}位")
     return int(sent)
 
 
-def _period(d: StmtTotal) -> reconciliation.StatementPeriod:
+def _codes(name: str, sent: str, valid: dict[str, str]) -> None:
+    """`sent`, one of the codes the ledger's settlements carry ("" where not sent); another,
+    for which the institution declares settlements, is refused naming them: none could count
+    under it (found from outside: answered "医药机构多：中心0笔"). A day-end that walks every
+    险种 or 清算类别 of its own and declares nothing under one the centre does not settle is
+    balanced, as before: refusing it would stop that institution's day-end."""
+    if sent and sent not in valid:
+        listed = "、".join(f"{code}{words}" for code, words in valid.items())
+        raise BadRequest(f"{name}为“{shown(sent)}”，本中心的结算只有{listed}")
+
+
+def _declared_under_settled_codes(p: reconciliation.StatementPeriod, count: int) -> None:
+    if count:
+        _codes("险种类型insutype", p.insutype, _INSUTYPES)
+        _codes("清算类别clr_type", p.clr_type, _CLR_TYPES)
+
+
+# What the ledger's settlements carry: the insutypes the rules settle (gateway.core.settle)
+# and the clearing types the ledger writes (gateway.ledger.settlements.CLR_TYPE).
+_INSUTYPES = {EMPLOYEE: "（职工）", RESIDENT: "（居民）"}
+_CLR_NAMES = {"11": "（门诊）", "21": "（住院）", "41": "（药店）"}
+_CLR_TYPES = {code: _CLR_NAMES.get(code, "") for code in sorted(set(CLR_TYPE.values()))}
+
+
+def _setl_optins(call: Call, sent: str) -> str:
+    """The clearing agency asked for: a settlement's `clr_optins` is its insured region
+    (gateway.ledger.settlements), so the institution's own region or another whose insured the
+    centre settles (a region with a policy: an institution's patients from 毕节 are cleared by
+    520500). Another names no settlement of any institution (found from outside: answered
+    "医药机构多：中心0笔"); refused naming the institution's own."""
+    own = call.institution.admdvs
+    if sent != own and sent not in {p.admdvs for p in call.gw.snapshot.policies}:
+        raise BadRequest(
+            f"结算经办机构setl_optins“{shown(sent)}”不是本中心的清算经办机构：本机构所在地的"
+            f"清算经办机构为{own}（异地参保人的结算按其参保地对账）"
+        )
+    return sent
+
+
+def _period(call: Call, d: StmtTotal) -> reconciliation.StatementPeriod:
+    setl_optins = _setl_optins(call, required(d.setl_optins, "data.setl_optins"))
     begn = day(d.stmt_begndate, "data.stmt_begndate")
+    # A period that has not begun holds nothing to compare: refused as the counter's future
+    # dates are (found from outside: answered as a mismatch).
+    call.gw.config.dates.check_not_ahead(
+        "对账开始日期stmt_begndate", dt.datetime.combine(begn, dt.time()), now=call.now
+    )
     end = day(d.stmt_enddate, "data.stmt_enddate")
     if end < begn:
         raise BadRequest("对账结束日期不能早于开始日期")
@@ -79,7 +132,7 @@ def _period(d: StmtTotal) -> reconciliation.StatementPeriod:
     if flag not in ("0", "1"):
         raise BadRequest("退费结算标志refd_setl_flag只能为0或1")
     return reconciliation.StatementPeriod(
-        setl_optins=required(d.setl_optins, "data.setl_optins"),
+        setl_optins=setl_optins,
         stmt_begndate=begn,
         stmt_enddate=end,
         insutype=text(d.insutype),
@@ -102,7 +155,7 @@ async def statement_total(call: Call) -> Answer:
         raise BadRequest("缺少输入节点data")
     required(d.insutype, "data.insutype")
     required(d.clr_type, "data.clr_type")
-    p = _period(d)
+    p = _period(call, d)
     # Totals may be negative: with refd_setl_flag 1 the period's refunds are counted.
     declared = reconciliation.StatementTotals(
         fixmedins_setl_cnt=_count(d.fixmedins_setl_cnt, "data.fixmedins_setl_cnt"),
@@ -110,6 +163,7 @@ async def statement_total(call: Call) -> Answer:
         fund_pay_sumamt=fen_required(d.fund_pay_sumamt, "data.fund_pay_sumamt", signed=True),
         acct_pay=fen_required(d.acct_pay, "data.acct_pay", signed=True),
     )
+    _declared_under_settled_codes(p, declared.fixmedins_setl_cnt)
     stmt = await reconciliation.statement_total(
         call.conn, Origin.of(call.req), p, declared, _others(call)
     )
@@ -151,7 +205,7 @@ async def statement_detail(call: Call) -> Answer:
     d = decode_input(call.req, In3201).data
     if d is None:
         raise BadRequest("缺少输入节点data")
-    p = _period(d)
+    p = _period(call, d)
     file_no = required(d.file_qury_no, "data.file_qury_no")
     compared = await reconciliation.compare_detail(
         call.conn,
@@ -168,6 +222,7 @@ async def statement_detail(call: Call) -> Answer:
         fund_pay_sumamt=fen_required(d.fund_pay_sumamt, "data.fund_pay_sumamt", signed=True),
         cash_payamt=fen_required(d.cash_payamt, "data.cash_payamt", signed=True),
     )
+    _declared_under_settled_codes(p, declared.fixmedins_setl_cnt)
     stmt, result = await reconciliation.conclude_detail(
         call.conn, Origin.of(call.req), call.now, compared, declared, _others(call)
     )

@@ -80,8 +80,11 @@ class DetailRow:
     refd_setl_flag: str
 
 
-def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False) -> tuple[str, str]:
-    """stmt_rslt and its explanation for a totals check (3201, and 3202's header)."""
+def compare_totals(
+    declared: Totals, centre: Totals, *, with_cash: bool = False, mismatched: int = 0
+) -> tuple[str, str]:
+    """stmt_rslt and its explanation for a totals check (3201, and 3202's header: `mismatched`,
+    its detail rows that differ, make even equal totals 数据不一致)."""
     same_amounts = (
         declared.medfee_sumamt == centre.medfee_sumamt
         and declared.fund_pay_sumamt == centre.fund_pay_sumamt
@@ -91,7 +94,18 @@ def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False)
             else declared.acct_pay == centre.acct_pay
         )
     )
+    # 3202's own header points at its result file, not at 3202 (found from outside: a clerk
+    # who had just run 3202 was told to run it).
+    then = "请下载本次对账结果文件（9102）逐笔核对" if with_cash else "请下载明细对账（3202）核对"
     if declared.count == centre.count and same_amounts:
+        if mismatched:
+            # Worded as the rest (found from outside: "总额一致但有8笔明细不一致" alone, no
+            # totals and no word of the result file).
+            return (
+                INCONSISTENT,
+                f"{RESULT_NAMES[INCONSISTENT]}：总额一致（中心与医药机构上报均为"
+                f"{centre.describe(with_cash=with_cash)}），但有{mismatched}笔明细不一致。{then}",
+            )
         return BALANCED, f"对平：{centre.describe(with_cash=with_cash)}"
     if centre.count > declared.count:
         rslt = CENTRE_MORE
@@ -99,9 +113,6 @@ def compare_totals(declared: Totals, centre: Totals, *, with_cash: bool = False)
         rslt = INSTITUTION_MORE
     else:
         rslt = INCONSISTENT
-    # 3202's own header points at its result file, not at 3202 (found from outside: a clerk
-    # who had just run 3202 was told to run it).
-    then = "请下载本次对账结果文件（9102）逐笔核对" if with_cash else "请下载明细对账（3202）核对"
     return (
         rslt,
         f"{RESULT_NAMES[rslt]}：中心{centre.describe(with_cash=with_cash)}；"
@@ -189,7 +200,8 @@ def read_detail_file(content: bytes, limits: FileLimits | None = None) -> list[D
     """
     limits = limits or FileLimits()
     deadline = time.monotonic() + limits.parse_seconds
-    return _rows(_unpacked(content, limits, deadline), limits, deadline)
+    zipped = content[:2] == b"PK"
+    return _rows(_unpacked(content, limits, deadline), limits, deadline, zipped=zipped)
 
 
 def _unpacked(content: bytes, limits: FileLimits, deadline: float) -> bytes | bytearray:
@@ -280,7 +292,30 @@ def _too_long(n: int, limits: FileLimits) -> BadRequest:
     return BadRequest(f"明细文件第{n}行超过{limits.max_line_bytes}字节，不是对账明细格式")
 
 
-def _rows(raw: bytes | bytearray, limits: FileLimits, deadline: float) -> list[DetailRow]:
+# The seventh column, refd_setl_flag, came with later revisions of the interface (protocol.md
+# §2.7: 3201's own flag is CQ's and DG's): a file of six columns is read as normal settlements.
+MIN_COLUMNS = len(DETAIL_COLUMNS) - 1
+
+
+def _short(n: int, fields: list[str], *, zipped: bool, first: bool) -> BadRequest:
+    """A line of too few columns; the file's first line of a file that is not a zip says so
+    (found from outside: the Base64 of "hello" was told only of its columns, though the
+    interface's upload is a zip holding a .txt)."""
+    if first and not zipped:
+        return BadRequest(
+            "上传文件不是zip压缩包（9101应上传内含制表符分隔.txt明细文件的zip压缩包），"
+            f"按明细文本读取，第{n}行只有{len(fields)}列，不是对账明细"
+        )
+    return BadRequest(
+        f"明细文件第{n}行字段数不足：有{len(fields)}列，应为{len(DETAIL_COLUMNS)}列"
+        f"（制表符分隔，依次为{'、'.join(DETAIL_COLUMNS)}；"
+        "最后一列退费结算标志可省略，省略按0）"
+    )
+
+
+def _rows(
+    raw: bytes | bytearray, limits: FileLimits, deadline: float, *, zipped: bool = True
+) -> list[DetailRow]:
     if raw.count(b"\n") >= limits.max_rows:
         raise _too_many_rows(limits)
     start = 0
@@ -309,10 +344,8 @@ def _rows(raw: bytes | bytearray, limits: FileLimits, deadline: float) -> list[D
                 continue
             if fields[0].strip() == "setl_id":
                 continue  # a header line
-            if len(fields) < len(DETAIL_COLUMNS) - 1:
-                raise BadRequest(
-                    f"明细文件第{n}行字段数不足，应为{len(DETAIL_COLUMNS)}列（制表符分隔）"
-                )
+            if len(fields) < MIN_COLUMNS:
+                raise _short(n, fields, zipped=zipped, first=not rows)
             f = [x.strip() for x in fields] + [""] * len(DETAIL_COLUMNS)
             rows.append(_detail_row(n, f))
     except csv.Error as exc:
@@ -547,30 +580,9 @@ def compare_details(
         d = mine.pop(c.setl_id, None)
         if d is None:
             rslt, memo = CENTRE_MORE, "中心有此结算，医药机构明细中没有"
-        elif (d.medfee_sumamt, d.fund_pay_sumamt, d.acct_pay) != (
-            c.medfee_sumamt,
-            c.fund_pay_sumamt,
-            c.acct_pay,
-        ):
-            rslt = INCONSISTENT
-            memo = (
-                f"金额不一致：医药机构医疗费总额{fen_text(d.medfee_sumamt)}、基金{fen_text(d.fund_pay_sumamt)}、"
-                f"账户{fen_text(d.acct_pay)}"
-            )
-            if c.refunded and (d.medfee_sumamt, d.fund_pay_sumamt, d.acct_pay) == (
-                -c.medfee_sumamt,
-                -c.fund_pay_sumamt,
-                -c.acct_pay,
-            ):
-                # The refund booked as negative amounts (found from outside: a HIS following
-                # the file's rule for refund rows could never balance): the centre counts a
-                # refunded settlement by its original amounts, flagged 1; said so, not left as
-                # a bare difference.
-                memo += "（中心按原结算金额计退费结算，退费标志为1的行请填写原结算的正数金额）"
-        elif d.psn_no != c.psn_no or d.mdtrt_id != c.mdtrt_id:
-            rslt, memo = INCONSISTENT, "人员编号或就诊ID不一致"
         else:
-            rslt, memo = BALANCED, ""
+            memo = "；".join(_differences(d, c))
+            rslt = INCONSISTENT if memo else BALANCED
         out.append(
             ResultRow(
                 c.psn_no,
@@ -594,6 +606,54 @@ def compare_details(
         for d in repeated
     ]
     return out
+
+
+# A row's flag against the centre's state (found from outside: with the request's flag 1, the
+# centre's cancelled settlements listed as normal ones read 对平, and the hospital went on
+# believing them in force). The amounts are compared as the centre counts the settlement, by
+# its original amounts whatever its flag; the flag says whether it is in force, and a flag that
+# disagrees is a difference of its own, whichever way.
+CANCELLED_LISTED_IN_FORCE = (
+    "中心此结算已撤销（退费），医药机构明细记为正常结算（退费结算标志0，未退费）："
+    "请核对并登记退费，明细中此行退费结算标志填1"
+)
+IN_FORCE_LISTED_CANCELLED = (
+    "中心此结算为正常结算（未撤销），医药机构明细记为退费（退费结算标志1）："
+    "如已为参保人退费，须向中心办理结算撤销；未退费请将此行退费结算标志改为0"
+)
+
+
+def _differences(d: DetailRow, c: CentreRow) -> list[str]:
+    """What differs between the institution's row and the centre's settlement, in the clerk's
+    words; empty where they agree."""
+    found: list[str] = []
+    if (d.medfee_sumamt, d.fund_pay_sumamt, d.acct_pay) != (
+        c.medfee_sumamt,
+        c.fund_pay_sumamt,
+        c.acct_pay,
+    ):
+        memo = (
+            f"金额不一致：医药机构医疗费总额{fen_text(d.medfee_sumamt)}、基金{fen_text(d.fund_pay_sumamt)}、"
+            f"账户{fen_text(d.acct_pay)}"
+        )
+        if (d.medfee_sumamt, d.fund_pay_sumamt, d.acct_pay) == (
+            -c.medfee_sumamt,
+            -c.fund_pay_sumamt,
+            -c.acct_pay,
+        ) and (c.refunded or d.refd_setl_flag == "1"):
+            # The refund booked as negative amounts (found from outside: a HIS following
+            # the file's rule for refund rows could never balance): the centre counts a
+            # refunded settlement by its original amounts, flagged 1; said so, not left as
+            # a bare difference.
+            memo += "（中心按原结算金额计退费结算，退费标志为1的行请填写原结算的正数金额）"
+        found.append(memo)
+    if c.refunded and d.refd_setl_flag == "0":
+        found.append(CANCELLED_LISTED_IN_FORCE)
+    elif not c.refunded and d.refd_setl_flag == "1":
+        found.append(IN_FORCE_LISTED_CANCELLED)
+    if d.psn_no != c.psn_no or d.mdtrt_id != c.mdtrt_id:
+        found.append("人员编号或就诊ID不一致")
+    return found
 
 
 def _only_here(d: DetailRow, found: Uncounted) -> ResultRow:

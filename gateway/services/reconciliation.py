@@ -179,9 +179,9 @@ async def conclude_detail(
         cash_payamt=declared.cash_payamt,
     )
     centre = await reconciliations.centre_totals_everywhere(conn, period, others, OTHERS_WAIT)
-    rslt, dscr = reconcile.compare_totals(totals, centre, with_cash=True)
-    if rslt == reconcile.BALANCED and compared.mismatched:
-        rslt, dscr = reconcile.INCONSISTENT, f"总额一致但有{compared.mismatched}笔明细不一致"
+    rslt, dscr = reconcile.compare_totals(
+        totals, centre, with_cash=True, mismatched=compared.mismatched
+    )
     await reconciliations.record(conn, period, origin.infno, rslt, dscr, totals, centre)
     result_no, deadline = await exchange_files.store_file(
         conn,

@@ -441,3 +441,163 @@ async def test_a_reversed_settlement_is_not_counted_as_refunded(server: Server) 
     # Counted, the reversed one would make the centre's side the larger.
     counted = await his.ok("3201", _stmt([kept, refunded, reversed_], refd_setl_flag="1"))
     assert counted["stmtinfo"]["stmt_rslt"] == "2", counted["stmtinfo"]
+
+
+async def _as_the_centre_counts(
+    server: Server, institution: str, *, refunded: bool
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The institution's day as the centre counts it for `_stmt`'s period (the rows of a detail
+    file listing each settlement as the centre holds it, flagged as the centre does), and the
+    totals of that period, as 3202 declares them."""
+    import asyncpg
+
+    from gateway.ledger import reconciliations
+
+    today = dt.date.today()
+    period = reconciliations.Period(
+        institution, "441800", today, today, "310", "11", include_refunded=refunded
+    )
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        rows = await reconciliations.centre_rows(conn, period)
+        totals = await reconciliations.centre_totals(conn, period)
+    finally:
+        await conn.close()
+
+    def yuan(fen: int) -> str:
+        return f"{Decimal(fen) / 100:.2f}"
+
+    listed = [
+        {
+            "setl_id": r.setl_id,
+            "mdtrt_id": r.mdtrt_id,
+            "psn_no": r.psn_no,
+            "medfee_sumamt": yuan(r.medfee_sumamt),
+            "fund_pay_sumamt": yuan(r.fund_pay_sumamt),
+            "acct_pay": yuan(r.acct_pay),
+            "refd_setl_flag": "1" if r.refunded else "0",
+        }
+        for r in rows
+    ]
+    declared = {
+        "fixmedins_setl_cnt": str(totals.count),
+        "medfee_sumamt": yuan(totals.medfee_sumamt),
+        "fund_pay_sumamt": yuan(totals.fund_pay_sumamt),
+        "cash_payamt": yuan(totals.cash_payamt),
+    }
+    return listed, declared
+
+
+async def test_cancelled_settlements_listed_as_in_force_are_not_balanced(server: Server) -> None:
+    """Found from outside: with refd_setl_flag 1, two settlements the centre had cancelled
+    (2208) listed in the file as normal ones (flag 0, their amounts: the hospital believes them
+    in force) were answered 对平, every row 0 with an empty memo. Each is 数据不一致, its memo
+    telling the clerk to book the refund, and the whole answer does not say balanced. A row
+    flagged 1 for a settlement in force is told the other way round."""
+    his = server.client(REFUNDER)
+    kept = await _visit(his, EMPLOYEES[0], 80, "31.50")
+    gone = [await _visit(his, EMPLOYEES[i % 2], 81 + i, f"3{i}.50") for i in range(2)]
+    for settled in gone:
+        await _cancel(his, settled)
+    listed, declared = await _as_the_centre_counts(server, REFUNDER, refunded=True)
+    cancelled = {r["setl_id"] for r in gone}
+    as_the_hospital_has_it = [
+        {**r, "refd_setl_flag": "0"} if r["setl_id"] in cancelled else r for r in listed
+    ]
+    out, rows = await _detail_compared(
+        server, as_the_hospital_has_it, [], REFUNDER, refd_setl_flag="1", **declared
+    )
+    by_setl = {r["setl_id"]: r for r in rows}
+    for setl_id in cancelled:
+        row = by_setl[setl_id]
+        assert (row["stmt_rslt"], row["refd_setl_flag"]) == ("3", "1"), row
+        assert "中心此结算已撤销" in row["memo"] and "登记退费" in row["memo"], row
+    assert by_setl[kept["setl_id"]]["stmt_rslt"] == "0", by_setl[kept["setl_id"]]
+    stmt = out["stmtinfo"]
+    assert stmt["stmt_rslt"] == "3", stmt
+    assert "对平" not in stmt["stmt_rslt_dscr"] and "2笔明细不一致" in stmt["stmt_rslt_dscr"], stmt
+    # The other way round: a settlement in force, listed as refunded.
+    flagged = [
+        {**r, "refd_setl_flag": "1"} if r["setl_id"] == kept["setl_id"] else r for r in listed
+    ]
+    out, rows = await _detail_compared(
+        server, flagged, [], REFUNDER, refd_setl_flag="1", **declared
+    )
+    [row] = [r for r in rows if r["setl_id"] == kept["setl_id"]]
+    assert (row["stmt_rslt"], row["refd_setl_flag"]) == ("3", "0"), row
+    assert "中心此结算为正常结算" in row["memo"], row
+    assert out["stmtinfo"]["stmt_rslt"] == "3", out["stmtinfo"]
+    # Listed as the centre holds them, they balance.
+    out, rows = await _detail_compared(server, listed, [], REFUNDER, refd_setl_flag="1", **declared)
+    assert all(r["stmt_rslt"] == "0" for r in rows), rows
+    assert out["stmtinfo"]["stmt_rslt"] == "0", out["stmtinfo"]
+
+
+async def test_equal_totals_with_differing_rows_give_the_totals_and_the_result_file(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: 3202 with flag 0 answered only "总额一致但有8笔明细不一致"; its
+    stmtinfo words the whole comparison as 3201 does and sends the clerk to 9102."""
+    listed, declared = await _as_the_centre_counts(server, HOSPITAL, refunded=False)
+    assert len(listed) >= len(day)
+    wrong = [{**r, "mdtrt_id": "MZ-NOT-THIS-ONE"} for r in listed]
+    out, rows = await _detail_compared(server, wrong, [], HOSPITAL, **declared)
+    assert all(r["stmt_rslt"] == "3" for r in rows), rows
+    stmt = out["stmtinfo"]
+    words = stmt["stmt_rslt_dscr"]
+    assert stmt["stmt_rslt"] == "3", stmt
+    assert f"{len(listed)}笔明细不一致" in words and "9102" in words, words
+    assert f"现金支付{declared['cash_payamt']}" in words, words
+    assert f"医疗费总额{declared['medfee_sumamt']}" in words, words
+
+
+def _refused(answer: dict[str, Any]) -> str:
+    assert answer["infcode"] == -1, answer
+    message = answer["err_msg"]
+    assert isinstance(message, str)
+    return message
+
+
+async def test_a_period_or_agency_no_settlement_can_be_in_is_refused(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: setl_optins of no region the centre clears, a period beginning after
+    today and codes the ledger never writes were answered "医药机构多：中心0笔". Another region
+    whose insured the centre settles is a clearing agency of the institution's (clr_optins is
+    the insured region): answered."""
+    his = server.client(HOSPITAL)
+    before = await server.fetchval("SELECT count(*) FROM reconciliations")
+    message = _refused(await his.call("3201", _stmt(day, setl_optins="110000")))
+    assert "setl_optins“110000”" in message and "441800" in message, message
+    remote = await his.ok("3201", _stmt([], setl_optins="520500"))
+    assert remote["stmtinfo"]["stmt_rslt"] == "0", remote["stmtinfo"]
+    tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+    ahead = _stmt(day, stmt_begndate=tomorrow, stmt_enddate=tomorrow)
+    message = _refused(await his.call("3201", ahead))
+    assert f"对账开始日期stmt_begndate（{tomorrow} 00:00:00）晚于当前时间" in message, message
+    message = _refused(await his.call("3201", _stmt(day, insutype="999")))
+    assert "险种类型insutype为“999”" in message and "310" in message, message
+    message = _refused(await his.call("3201", _stmt(day, clr_type="9902")))
+    assert "清算类别clr_type为“9902”" in message and "11" in message, message
+    # A day-end that walks every 险种 and 清算类别 of its own declares nothing under one the
+    # centre does not settle: balanced, not refused (its day-end would stop there).
+    for code in ({"insutype": "320"}, {"clr_type": "9902"}):
+        nothing = await his.ok("3201", _stmt([], **code))
+        assert nothing["stmtinfo"]["stmt_rslt"] == "0", nothing["stmtinfo"]
+    # 3202 reads its period first (before its file).
+    detail = _stmt(day, file_qury_no="NO-SUCH-FILE", setl_optins="110000")
+    message = _refused(await his.call("3202", detail))
+    assert "setl_optins“110000”" in message, message
+    # Nothing written for a refused request; the answered one is recorded.
+    assert await server.fetchval("SELECT count(*) FROM reconciliations") == before + 3
+
+
+async def test_a_settlement_count_of_too_many_digits_names_the_length(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: 11 digits were refused "应为非负整数"; the interface's count has 10."""
+    his = server.client(HOSPITAL)
+    message = _refused(await his.call("3201", _stmt(day, fixmedins_setl_cnt="99999999999")))
+    assert "fixmedins_setl_cnt" in message and "超过接口规定的10位" in message, message
+    answered = await his.ok("3201", _stmt(day, fixmedins_setl_cnt="9999999999"))
+    assert answered["stmtinfo"]["stmt_rslt"] == "2", answered["stmtinfo"]
