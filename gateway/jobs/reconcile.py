@@ -116,8 +116,25 @@ def compare_totals(
     return (
         rslt,
         f"{RESULT_NAMES[rslt]}：中心{centre.describe(with_cash=with_cash)}；"
-        f"医药机构上报{declared.describe(with_cash=with_cash)}。{then}",
+        f"医药机构上报{declared.describe(with_cash=with_cash)}；"
+        f"{_gaps(declared, centre, with_cash=with_cash)}。{then}",
     )
+
+
+def _gaps(declared: Totals, centre: Totals, *, with_cash: bool) -> str:
+    """Which of the compared figures differ, and by how much, from the institution's side
+    (found from outside: both sides' totals were given, and a fen's difference in one of them
+    had to be found by eye)."""
+    last = ("现金支付", "cash_payamt") if with_cash else ("个人账户", "acct_pay")
+    gaps = []
+    if declared.count != centre.count:
+        more = "多" if declared.count > centre.count else "少"
+        gaps.append(f"笔数医药机构{more}{abs(declared.count - centre.count)}笔")
+    for name, field in (("医疗费总额", "medfee_sumamt"), ("基金支付", "fund_pay_sumamt"), last):
+        gap = getattr(declared, field) - getattr(centre, field)
+        if gap:
+            gaps.append(f"{name}医药机构{'多' if gap > 0 else '少'}{fen_text(abs(gap))}")
+    return "差异：" + "，".join(gaps)
 
 
 class FileLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -77,6 +77,21 @@ def test_equal_totals_with_differing_rows_are_worded_as_the_rest() -> None:
     assert reconcile.compare_totals(totals, totals, with_cash=True)[0] == reconcile.BALANCED
 
 
+def test_a_mismatch_names_the_figures_that_differ_and_by_how_much() -> None:
+    """Found from outside: both sides' totals were given, and a fen's difference in one of
+    them had to be found by eye."""
+    centre = Totals(3, 140800, 35367, 105433, 0)
+    rslt, words = reconcile.compare_totals(Totals(3, 140800, 35368, 105433, 0), centre)
+    assert rslt == reconcile.INCONSISTENT
+    assert words.endswith("差异：基金支付医药机构多0.01。请下载明细对账（3202）核对"), words
+    _, words = reconcile.compare_totals(Totals(2, 130000, 35367, 94633, 0), centre)
+    assert "差异：笔数医药机构少1笔，医疗费总额医药机构少108.00，个人账户医药机构少108.00" in words
+    _, words = reconcile.compare_totals(
+        Totals(3, 140800, 35367, 0, 100), Totals(3, 140800, 35367, 0, 0), with_cash=True
+    )
+    assert "差异：现金支付医药机构多1.00" in words and "9102" in words, words
+
+
 def test_an_upload_that_is_not_a_zip_is_told_so() -> None:
     """Found from outside: the Base64 of "hello" was refused "第1行字段数不足，应为7列"."""
     with pytest.raises(BadRequest) as refused:
