@@ -40,6 +40,14 @@ def amount_text(value: Any) -> str:
     return f"{Decimal(value):.2f}" if value is not None else "None"
 
 
+def refusal_words(answer: dict[str, Any]) -> str:
+    """A refused answer's err_msg (asserting the refusal)."""
+    assert answer["infcode"] == -1, answer
+    message = answer["err_msg"]
+    assert isinstance(message, str)
+    return message
+
+
 class HisClient:
     """One institution's HIS (or pharmacy POS) talking to the gateway."""
 

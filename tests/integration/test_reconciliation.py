@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Server
-from tests.integration.his_client import HisClient
+from tests.integration.his_client import HisClient, refusal_words
 
 HOSPITAL = "H44180000002"
 # An institution of their own for the tests that upload files (each institution's uploads are
@@ -111,7 +111,7 @@ async def test_a_day_reconciles(server: Server, day: list[dict[str, Any]]) -> No
 
 
 @pytest.mark.parametrize("count", ["-1", "１", "1_0", "1.0", True])
-async def test_a_settlement_count_that_is_not_one_is_refused(
+async def test_a_settlement_count_that_is_not_one_isrefusal_words(
     server: Server, day: list[dict[str, Any]], count: object
 ) -> None:
     # Found from outside: -1 was taken and answered "医药机构上报-1笔".
@@ -551,14 +551,7 @@ async def test_equal_totals_with_differing_rows_give_the_totals_and_the_result_f
     assert f"医疗费总额{declared['medfee_sumamt']}" in words, words
 
 
-def _refused(answer: dict[str, Any]) -> str:
-    assert answer["infcode"] == -1, answer
-    message = answer["err_msg"]
-    assert isinstance(message, str)
-    return message
-
-
-async def test_a_period_or_agency_no_settlement_can_be_in_is_refused(
+async def test_a_period_or_agency_no_settlement_can_be_in_isrefusal_words(
     server: Server, day: list[dict[str, Any]]
 ) -> None:
     """Found from outside: setl_optins of no region the centre clears, a period beginning after
@@ -567,17 +560,17 @@ async def test_a_period_or_agency_no_settlement_can_be_in_is_refused(
     the insured region): answered."""
     his = server.client(HOSPITAL)
     before = await server.fetchval("SELECT count(*) FROM reconciliations")
-    message = _refused(await his.call("3201", _stmt(day, setl_optins="110000")))
+    message = refusal_words(await his.call("3201", _stmt(day, setl_optins="110000")))
     assert "setl_optins“110000”" in message and "441800" in message, message
     remote = await his.ok("3201", _stmt([], setl_optins="520500"))
     assert remote["stmtinfo"]["stmt_rslt"] == "0", remote["stmtinfo"]
     tomorrow = (dt.date.today() + dt.timedelta(days=1)).isoformat()
     ahead = _stmt(day, stmt_begndate=tomorrow, stmt_enddate=tomorrow)
-    message = _refused(await his.call("3201", ahead))
+    message = refusal_words(await his.call("3201", ahead))
     assert f"对账开始日期stmt_begndate（{tomorrow} 00:00:00）晚于当前时间" in message, message
-    message = _refused(await his.call("3201", _stmt(day, insutype="999")))
+    message = refusal_words(await his.call("3201", _stmt(day, insutype="999")))
     assert "险种类型insutype为“999”" in message and "310" in message, message
-    message = _refused(await his.call("3201", _stmt(day, clr_type="9902")))
+    message = refusal_words(await his.call("3201", _stmt(day, clr_type="9902")))
     assert "清算类别clr_type为“9902”" in message and "11" in message, message
     # A day-end that walks every 险种 and 清算类别 of its own declares nothing under one the
     # centre does not settle: balanced, not refused (its day-end would stop there).
@@ -586,7 +579,7 @@ async def test_a_period_or_agency_no_settlement_can_be_in_is_refused(
         assert nothing["stmtinfo"]["stmt_rslt"] == "0", nothing["stmtinfo"]
     # 3202 reads its period first (before its file).
     detail = _stmt(day, file_qury_no="NO-SUCH-FILE", setl_optins="110000")
-    message = _refused(await his.call("3202", detail))
+    message = refusal_words(await his.call("3202", detail))
     assert "setl_optins“110000”" in message, message
     # Nothing written for a refused request; the answered one is recorded.
     assert await server.fetchval("SELECT count(*) FROM reconciliations") == before + 3
@@ -597,7 +590,7 @@ async def test_a_settlement_count_of_too_many_digits_names_the_length(
 ) -> None:
     """Found from outside: 11 digits were refused "应为非负整数"; the interface's count has 10."""
     his = server.client(HOSPITAL)
-    message = _refused(await his.call("3201", _stmt(day, fixmedins_setl_cnt="99999999999")))
+    message = refusal_words(await his.call("3201", _stmt(day, fixmedins_setl_cnt="99999999999")))
     assert "fixmedins_setl_cnt" in message and "超过接口规定的10位" in message, message
     answered = await his.ok("3201", _stmt(day, fixmedins_setl_cnt="9999999999"))
     assert answered["stmtinfo"]["stmt_rslt"] == "2", answered["stmtinfo"]

@@ -5,20 +5,12 @@ the first fault to the clerk, who corrects it and sends again."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tests.integration.conftest import Server
+from tests.integration.his_client import refusal_words
 
 HOSPITAL = "H44180000001"
 RETIREE = "441800000000000002"
 FUTURE = "2099-06-05 10:00:00"
-
-
-def _refused(answer: dict[str, Any]) -> str:
-    assert answer["infcode"] == -1, answer
-    message = answer["err_msg"]
-    assert isinstance(message, str)
-    return message
 
 
 async def test_a_registration_dated_in_the_future_is_refused_for_its_date_first(
@@ -26,7 +18,7 @@ async def test_a_registration_dated_in_the_future_is_refused_for_its_date_first(
 ) -> None:
     his = server.client(HOSPITAL)
     # The date is read before the visit number, which is missing too.
-    message = _refused(
+    message = refusal_words(
         await his.call(
             "2201",
             {
@@ -48,7 +40,7 @@ async def test_an_admission_dated_in_the_future_is_refused_for_its_date_first(
     server: Server,
 ) -> None:
     his = server.client(HOSPITAL)
-    message = _refused(
+    message = refusal_words(
         await his.call(
             "2401",
             {
@@ -89,10 +81,10 @@ async def test_a_line_withdrawal_names_the_first_row_that_fails(server: Server) 
         {"mdtrt_id": stay, "feedetl_sn": "NOPE", "psn_no": RETIREE},
         {"mdtrt_id": stay, "feedetl_sn": "2"},
     ]
-    message = _refused(await his.call("2302", {"data": rows}))
+    message = refusal_words(await his.call("2302", {"data": rows}))
     assert "费用明细流水号NOPE不存在或已结算，不能撤销" in message, message
     # The other way round, the unreadable row is named.
-    message = _refused(await his.call("2302", {"data": rows[::-1]}))
+    message = refusal_words(await his.call("2302", {"data": rows[::-1]}))
     assert "psn_no" in message and "NOPE" not in message, message
 
 
@@ -102,9 +94,9 @@ async def test_a_mapping_revocation_names_the_first_row_that_fails(server: Serve
         {"fixmedins_hilist_id": "NOSUCH", "med_list_codg": "XX0001"},
         {"fixmedins_hilist_id": "NOSUCH2"},  # no med_list_codg
     ]
-    message = _refused(await his.call("3302", {"data": rows}))
+    message = refusal_words(await his.call("3302", {"data": rows}))
     assert "本机构目录NOSUCH与医保目录XX0001的有效对照不存在" in message, message
-    message = _refused(await his.call("3302", {"data": rows[::-1]}))
+    message = refusal_words(await his.call("3302", {"data": rows[::-1]}))
     assert "med_list_codg" in message and "NOSUCH2" not in message, message
 
 
@@ -119,5 +111,5 @@ async def test_a_detail_reconciliation_names_a_missing_file_before_its_totals(
         "file_qury_no": "NO-SUCH-FILE",
         # fixmedins_setl_cnt, medfee_sumamt, fund_pay_sumamt and cash_payamt missing
     }
-    message = _refused(await his.call("3202", {"data": data}))
+    message = refusal_words(await his.call("3202", {"data": data}))
     assert "文件查询号NO-SUCH-FILE不存在或不属于本机构" in message, message
