@@ -772,6 +772,34 @@ async def post_legacy(
     return answer
 
 
+LEGACY_PROBE_SECONDS = 2.0
+
+
+async def probe_legacy(gw: Gateway) -> None:
+    """The old system's breaker, probed while open and due. Found from outside: requests were
+    its only probes, so once nothing was routed to it (the rule cleared, the parallel run over)
+    its breaker stayed open, `SgwBreakerOpen` paging, for a system back for minutes. A GET of
+    the interface's address answered below 500 (a POST-only endpoint answers 405) is the old
+    system reachable and serving; nothing is sent that it would act on."""
+    breaker = gw.breakers["legacy"]
+    url = gw.config.legacy.url
+    if not url or not breaker.is_open or not breaker.probe_due():
+        return
+    timeout = aiohttp.ClientTimeout(
+        total=min(gw.config.legacy.timeout_seconds, LEGACY_PROBE_SECONDS)
+    )
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+            ok = resp.status < 500
+    except (aiohttp.ClientError, TimeoutError):
+        ok = False
+    if not breaker.is_open:
+        return  # a request's outcome closed it meanwhile
+    breaker.probe_result(ok)
+    if breaker.ready_to_close():
+        breaker.close("原系统恢复")
+
+
 def _is_envelope(answer: bytes) -> bool:
     """Whether the old system's answer is a JSON object carrying `infcode`."""
     try:
@@ -976,7 +1004,8 @@ def observe(
 
 
 async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
-    """Probe the ledger while its breaker is open; drain the journal, then close.
+    """Probe the ledger while its breaker is open; drain the journal, then close (and the old
+    system's breaker, in a task of its own: `probe_legacy`).
 
     Also drains segments left by processes that died (their locks are gone), and exports the
     number of claims waiting. The breakers discount time the loop stood still: the ticker that
@@ -984,12 +1013,27 @@ async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
     stalls = loop_stalls()
     stalls.on_stall = metrics.LOOP_STALLED.inc
     ticker = asyncio.create_task(stalls.run())
+    # Its own task: a probe of an old system that does not answer waits its timeout, which
+    # must not hold the ledger's watch.
+    legacy = asyncio.create_task(_watch_legacy(gw, every))
     try:
         await _watch_ledger(gw, every)
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in (ticker, legacy):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _watch_legacy(gw: Gateway, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await probe_legacy(gw)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("legacy probe failed", exc_info=True)
 
 
 async def _watch_ledger(gw: Gateway, every: float) -> None:

@@ -102,11 +102,14 @@ OLD_SYSTEM_PATH = "/fsi/api/rsfComIfsService/callService"
 @asynccontextmanager
 async def old_system(
     answer: Callable[[web.Request], Awaitable[web.Response]],
+    *,
+    every_method: bool = False,
 ) -> AsyncIterator[str]:
     """The old system behind route_legacy and the parallel run, on a free loopback port: its
-    callService answered by `answer`; yields its URL."""
+    callService answered by `answer` (its POSTs, or with `every_method` its breaker's probes
+    too); yields its URL."""
     app = web.Application()
-    app.router.add_post(OLD_SYSTEM_PATH, answer)
+    app.router.add_route("*" if every_method else "POST", OLD_SYSTEM_PATH, answer)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

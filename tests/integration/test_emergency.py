@@ -16,10 +16,12 @@ import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from adapters.national.envelope import decode_request, fingerprint
 from gateway.app.appkeys import GATEWAY
-from gateway.app.config import GatewayConfig, Legacy, PlanConfig
+from gateway.app.config import Breakers, GatewayConfig, Legacy, PlanConfig
+from gateway.emergency.breaker import BreakerConfig
 from gateway.emergency.plan import store
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import (
@@ -1199,3 +1201,65 @@ async def test_what_this_gateway_did_is_undone_here_under_route_legacy(
         assert received == []  # the old system was asked nothing
         assert await srv.fetchval("SELECT count(*) FROM settlements WHERE status = 'settled'") == 0
         assert await srv.check_ledger() == []
+
+
+async def test_the_old_systems_breaker_closes_once_it_is_back_with_nothing_routed_to_it(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: requests were the old system's breaker's only probes, so once the
+    route_legacy rule was cleared its breaker stayed open (`SgwBreakerOpen` paging) for a
+    system back for minutes. It is probed while open, without a request and without sending
+    the old system anything it would act on."""
+    down = True
+    posts: list[bytes] = []
+    probes: list[str] = []
+
+    async def old(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            posts.append(await request.read())
+        else:
+            probes.append(request.method)
+        if down:
+            return web.Response(status=500, text="down")
+        if request.method != "POST":
+            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+        return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
+
+    quick = BreakerConfig(
+        consecutive_failures=2, min_open_seconds=0.5, half_open_probes=2, healthy_seconds=0.5
+    )
+    async with old_system(old, every_method=True) as url:
+        config = GatewayConfig(
+            rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url), breakers=Breakers(legacy=quick)
+        )
+        async with running_gateway(new_database, config) as srv:
+            assert srv.app is not None
+            breaker = srv.app[GATEWAY].breakers["legacy"]
+            pos = srv.client("P44180000001")
+            scope = "institution:P44180000001"
+            await set_rule(srv.dsn, scope, "settlement", "route_legacy")
+            await _reload_plan(srv)
+            drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+            for _ in range(2):
+                answer = await pos.call("2101", drug)
+                assert answer["infcode"] == -1 and "原" in answer["err_msg"], answer
+            assert breaker.state == "open"
+            await clear_rule(srv.dsn, scope, "settlement")
+            await _reload_plan(srv)
+            sent = len(posts)
+            # Still down: probed, and kept open.
+            await until(lambda: _at_least(probes, 2), within=5.0)
+            assert breaker.state == "open"
+            down = False
+
+            async def closed() -> bool:
+                return breaker.state == "closed"
+
+            await until(closed, within=10.0)
+            gauge = REGISTRY.get_sample_value("sgw_breaker_state", {"dependency": "legacy"})
+            assert gauge == 0
+            assert len(posts) == sent  # probes sent nothing it would act on
+
+
+async def _at_least(items: list[str], n: int) -> bool:
+    return len(items) >= n
