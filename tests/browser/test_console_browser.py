@@ -18,6 +18,7 @@ import pytest
 from gateway.jobs import clearing
 from tests.browser.glyphs import cjk_glyphs
 from tests.integration.conftest import running_gateway
+from tests.integration.emergency_helpers import set_rule
 from tests.integration.his_client import HisClient
 
 pytestmark = pytest.mark.integration
@@ -45,8 +46,9 @@ def _driver(env: Mapping[str, str] | None = None) -> Any:
     return webdriver.Chrome(service=Service(executable_path=chromedriver, env=env), options=options)
 
 
-def _drive(url: str) -> dict[str, Any]:
-    """Blocking browser work (run in a thread so the in-process gateway keeps serving)."""
+def _drive(url: str, behind_the_page: Callable[[], None]) -> dict[str, Any]:
+    """Blocking browser work (run in a thread so the in-process gateway keeps serving);
+    `behind_the_page` changes the rule the page shows, as another operator would."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -88,6 +90,19 @@ def _drive(url: str) -> dict[str, Any]:
         row.find_element(By.CSS_SELECTOR, "button").click()
         wait.until(ec.presence_of_element_located((By.ID, "error")))
         seen["clear_without_reason"] = driver.find_element(By.ID, "error").text
+        # Another operator changes the rule while this page shows `defer`: its clear is refused
+        # (found from outside: it cleared the other's `reject` and said "已恢复正常").
+        behind_the_page()
+        row = driver.find_element(By.CSS_SELECTOR, '#rules tr.rule[data-scope="region:330300"]')
+        row.find_element(By.NAME, "reason").send_keys("以为仍是暂存")
+        row.find_element(By.CSS_SELECTOR, "button").click()
+        wait.until(ec.staleness_of(row))  # the answer's page, not this one's earlier error
+        wait.until(ec.presence_of_element_located((By.ID, "error")))
+        seen["clear_stale"] = driver.find_element(By.ID, "error").text
+        seen["rules_after_stale"] = [
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in driver.find_elements(By.CSS_SELECTOR, "#rules tr.rule")
+        ]
         row = driver.find_element(By.CSS_SELECTOR, '#rules tr.rule[data-scope="region:330300"]')
         row.find_element(By.NAME, "reason").send_keys("演练结束")
         row.find_element(By.CSS_SELECTOR, "button").click()
@@ -104,7 +119,15 @@ def _drive(url: str) -> dict[str, Any]:
 
 async def test_console_in_headless_chromium(new_database: Callable[..., Any]) -> None:
     async with running_gateway(new_database) as srv:
-        seen = await asyncio.to_thread(_drive, srv.url)
+        loop = asyncio.get_running_loop()
+
+        def behind_the_page() -> None:
+            changed = set_rule(
+                srv.dsn, "region:330300", "settlement", "reject", "另一值班员改为拒绝"
+            )
+            asyncio.run_coroutine_threadsafe(changed, loop).result(timeout=15)
+
+        seen = await asyncio.to_thread(_drive, srv.url, behind_the_page)
         assert seen["redirected_to_login"]
         assert seen["glyphs"]["rendered"], f"Chinese drawn as boxes: {seen['glyphs']}"
         assert seen["state_before"].startswith("normal")
@@ -122,6 +145,10 @@ async def test_console_in_headless_chromium(new_database: Callable[..., Any]) ->
             "温州实时结算停机演练",
         ]
         assert "原因" in seen["clear_without_reason"]
+        stale = seen["clear_stale"]
+        assert "已于" in stale and "由test改为reject" in stale and "请刷新页面" in stale, stale
+        (rule,) = seen["rules_after_stale"]  # refused: the other's rule stands, shown now
+        assert rule[2].startswith("reject") and rule[3] == "另一值班员改为拒绝", rule
         assert seen["state_after_clear"].startswith("normal")
         newest = seen["audit_after_clear"][0]
         assert newest[2:6] == ["duty", "plan.clear", "region:330300/settlement", "演练结束"]
@@ -129,6 +156,7 @@ async def test_console_in_headless_chromium(new_database: Callable[..., Any]) ->
         rows = await srv.fetch("SELECT action, operator, reason FROM audit_log ORDER BY audit_id")
         assert [tuple(r.values()) for r in rows] == [
             ("plan.set", "duty", "温州实时结算停机演练"),
+            ("plan.set", "test", "另一值班员改为拒绝"),
             ("plan.clear", "duty", "演练结束"),
         ]
         assert await srv.fetchval("SELECT count(*) FROM plan_rules") == 0

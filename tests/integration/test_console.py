@@ -65,6 +65,14 @@ async def test_login_roles_and_audited_changes(server: Server) -> None:
     clear = {"scope": "region:520500", "class": "settlement"}
     status, body = await _post(server, "/api/plan/rules/clear", token, clear)
     assert status == 400 and "原因" in body["error"]
+    # A clear that says which rule it saw is refused once another was set in its place (found
+    # from outside: a page left open cleared another operator's newer rule, unsaid).
+    seen = {"action": "defer", "set_at": shown[0]["set_at"]}
+    status, body = await _post(
+        server, "/api/plan/rules/clear", token, {**clear, **seen, "reason": "结束"}
+    )
+    assert status == 409 and "改为reject" in body["error"] and "请刷新页面" in body["error"]
+    assert await server.fetchval("SELECT count(*) FROM plan_rules WHERE scope = 'region:520500'")
     status, body = await _post(server, "/api/plan/rules/clear", token, {**clear, "reason": "结束"})
     assert status == 200 and not [r for r in body["rules"] if r["scope"] == "region:520500"]
     async with server.session.get(

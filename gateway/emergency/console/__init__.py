@@ -42,7 +42,7 @@ from gateway.emergency.plan import status, store
 from gateway.ledger import db
 from gateway.ops import audit
 from gateway.pipeline.edge import PACER
-from gateway.protocol.errors import BadRequest, GatewayError, NotFound, Unavailable
+from gateway.protocol.errors import BadRequest, Conflict, GatewayError, NotFound, Unavailable
 from gateway.services import claim_form
 
 if TYPE_CHECKING:
@@ -322,14 +322,25 @@ async def clear_rule(
 ) -> None:
     """Clear a rule as this operator; raises GatewayError with a clerk's message."""
     gw = request.app[GATEWAY]
-    async with gw.pool.acquire(timeout=5.0) as conn:
-        await store.clear_rule(
-            conn,
-            scope=values.get("scope", "").strip(),
-            klass=values.get("class", ""),
-            reason=values.get("reason", ""),
-            operator=session.login,
-        )
+    # The rule as the page showed it, where the request says (the console's form does; an API
+    # caller may): cleared only if it is still that rule.
+    action, set_at = values.get("action"), values.get("set_at")
+    shown = (action, set_at) if action and set_at else None
+    try:
+        async with gw.pool.acquire(timeout=5.0) as conn:
+            await store.clear_rule(
+                conn,
+                scope=values.get("scope", "").strip(),
+                klass=values.get("class", ""),
+                reason=values.get("reason", ""),
+                operator=session.login,
+                shown=shown,
+            )
+    except Conflict:
+        # Refused as out of date: the page that answers shows the rule as it is now, not the
+        # process's copy of the plan from before the other operator's change.
+        await gw.reload_plan(force=True)
+        raise
     await gw.reload_plan(force=True)
     await gw.announce_plan_change()
 
@@ -574,7 +585,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 RuleChange = Callable[[web.Request, operators.Session, dict[str, str]], Awaitable[None]]
 
 
-_RULE_FIELDS = ("scope", "class", "action", "reason")
+_RULE_FIELDS = ("scope", "class", "action", "reason", "set_at")
 
 
 async def _api_rule_change(
@@ -590,6 +601,8 @@ async def _api_rule_change(
         # taken (found from outside), and told every counter so.
         values = {k: agency.text_field(doc, k) for k in _RULE_FIELDS if k in doc}
         await change(request, session, values)
+    except Conflict as exc:  # the rule changed since the caller saw it
+        return web.json_response({"error": exc.err_msg}, status=409)
     except GatewayError as exc:
         return web.json_response({"error": exc.err_msg}, status=400)
     return web.json_response(await overview(request))

@@ -146,6 +146,8 @@ def console(
                 f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
                 f'<input type="hidden" name="scope" value="{escape(r["scope"])}">'
                 f'<input type="hidden" name="class" value="{escape(r["class"])}">'
+                f'<input type="hidden" name="action" value="{escape(r["action"])}">'
+                f'<input type="hidden" name="set_at" value="{escape(r["set_at"])}">'
                 '<input type="text" name="reason" placeholder="恢复原因（必填）">'
                 ' <button type="submit">恢复正常</button></form>'
             )

@@ -16,10 +16,6 @@ from gateway.emergency.plan.rules import Action, Plan
 from gateway.ledger import deferred
 
 
-def _iso(t: dt.datetime) -> str:
-    return t.isoformat(sep=" ", timespec="seconds")
-
-
 def plan_view(plan: Plan, now: dt.datetime) -> dict[str, Any]:
     """Rules in force, and windows active and coming, as plain values."""
     return {
@@ -31,7 +27,7 @@ def plan_view(plan: Plan, now: dt.datetime) -> dict[str, Any]:
                 "action": r.action,
                 "reason": r.reason,
                 "operator": r.operator,
-                "set_at": _iso(r.set_at),
+                "set_at": store.shown_at(r.set_at),
                 "state": _state_of(r.action),
             }
             for r in plan.rules

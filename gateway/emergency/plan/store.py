@@ -26,7 +26,7 @@ from gateway.emergency.plan.rules import (
 )
 from gateway.ledger import plan, reference_store
 from gateway.ops import audit
-from gateway.protocol.errors import BadRequest, NotFound
+from gateway.protocol.errors import BadRequest, Conflict, NotFound
 
 
 async def check_known_scope(conn: asyncpg.Connection, scope: str) -> str:
@@ -125,10 +125,25 @@ async def set_rule(
         return await plan.bump(conn)
 
 
+def shown_at(set_at: dt.datetime) -> str:
+    """A rule's time of setting as the console shows it and sends it back (`clear_rule`'s
+    `shown`): to the second, as stored."""
+    return set_at.isoformat(sep=" ", timespec="seconds")
+
+
 async def clear_rule(
-    conn: asyncpg.Connection, *, scope: str, klass: str, reason: str, operator: str
+    conn: asyncpg.Connection,
+    *,
+    scope: str,
+    klass: str,
+    reason: str,
+    operator: str,
+    shown: tuple[str, str] | None = None,
 ) -> int:
-    """Back to normal for this scope/class; returns the new plan version."""
+    """Back to normal for this scope/class; returns the new plan version. `shown`: the rule's
+    action and time of setting as the operator's page showed them; cleared only if it is still
+    that rule (found from outside: a page left open cleared the `reject` another operator had
+    just set in place of the `defer` it showed, and said only "已恢复正常")."""
     check_scope(scope)
     tx_class = check_class(klass)
     reason = _reason(reason)
@@ -136,6 +151,12 @@ async def clear_rule(
         before = await plan.lock_rule(conn, scope, tx_class)
         if before is None:
             raise NotFound(f"{scope}/{klass}没有生效的应急规则")
+        if shown is not None and shown != (before.action.value, shown_at(before.set_at)):
+            local = before.set_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            raise Conflict(
+                f"{scope}/{klass}的应急规则已于{local}由{before.operator}改为{before.action.value}"
+                f"（原因：{before.reason}），与页面所示不同，未作变更：请刷新页面核对后再操作"
+            )
         await plan.delete_rule(conn, scope, tx_class)
         await audit.append(
             conn,
