@@ -25,11 +25,12 @@ $(STAMP): pyproject.toml
 run: install
 	TZ="$${TZ:-CST-8}" $(BIN)/python -m gateway serve --host $(HOST) --port $(PORT) --workers $(WORKERS) --pool-max $(POOL_MAX)
 
-# The three demo flows, signed with the demo credentials, against `make run` in another terminal.
+# The three demo flows, signed with the demo credentials, against `make run` in another terminal,
+# in the same time zone as `make run` (a HIS sends Beijing time, whatever its machine's zone).
 demo: install
-	$(BIN)/python -m gateway demo visit --url http://$(HOST):$(PORT)
-	$(BIN)/python -m gateway demo stay --url http://$(HOST):$(PORT)
-	$(BIN)/python -m gateway demo pharmacy --url http://$(HOST):$(PORT)
+	TZ="$${TZ:-CST-8}" $(BIN)/python -m gateway demo visit --url http://$(HOST):$(PORT)
+	TZ="$${TZ:-CST-8}" $(BIN)/python -m gateway demo stay --url http://$(HOST):$(PORT)
+	TZ="$${TZ:-CST-8}" $(BIN)/python -m gateway demo pharmacy --url http://$(HOST):$(PORT)
 
 system-deps:
 	./scripts/system-deps.sh

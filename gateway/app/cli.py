@@ -613,6 +613,11 @@ DATED_COMMANDS = frozenset(
 )
 
 
+def _sends_dated_calls(args: argparse.Namespace) -> bool:
+    """The demo's flows and calls, which date the requests they send by this process's clock."""
+    return args.command == "demo" and args.demo_command in ("visit", "stay", "pharmacy", "call")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     logs.configure()
@@ -620,6 +625,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in DATED_COMMANDS and (warning := zone_warning()) is not None:
         print(
             f"gateway: warning: {warning}; this command dates what it writes in this local time",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif _sends_dated_calls(args) and (warning := zone_warning()) is not None:
+        # Found from outside: `make demo` on a machine kept in UTC dated its fees eight hours
+        # back against `make run`'s Beijing-time gateway, and ahead of Beijing was refused.
+        print(
+            f"gateway: warning: {warning}; the demo dates what it sends in this local time"
+            " (`make demo` runs it in Beijing time, as `make run` runs the gateway)",
             file=sys.stderr,
             flush=True,
         )

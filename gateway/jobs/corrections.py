@@ -219,7 +219,19 @@ class Summary:
 
     def to_text(self, verb: str, found: int, item_code: str) -> list[str]:
         """The clerk's report: each settlement, each person, each fund, the totals."""
-        out = [f"{verb} {len(self.items)} of {found} settlements using {_plain(item_code)}"]
+        # Of the settlements whose lines used a mapping of the item other than the one in force
+        # (found from outside: "of 0 settlements using YP0003" read as if none had used the
+        # item, where none had used it under another mapping).
+        item = _plain(item_code)
+        out = [
+            f"{verb} {len(self.items)} of {found} settlements that used {item} under a mapping"
+            " other than the one in force now"
+        ]
+        if not found:
+            out.append(
+                f"  nothing to correct: every settlement using {item} used the mapping in force;"
+                " upload the corrected mapping first (3301), then plan again"
+            )
         for it in self.items:
             new = it.new_setl_id or "(new number given when applied)"
             # The account is told apart (found from outside: listed among the funds, the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import socket
 import sys
 from decimal import Decimal
@@ -18,14 +19,16 @@ from tests.integration.conftest import Server
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
+async def _cli(*args: str, tz: str | None = None) -> tuple[int, str, str]:
     """`python -m gateway …` as a newcomer types it (awaited, so the gateway keeps serving)."""
+    env = None if tz is None else {**os.environ, "TZ": tz}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway",
         *args,
         cwd=ROOT,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -202,3 +205,20 @@ async def test_pharmacy_sale_and_cancellation_leave_the_balance_as_it_was(
         )
         == before
     )
+
+
+async def test_the_demo_says_when_it_dates_its_requests_outside_beijing_time() -> None:
+    """Found from outside: `make demo` on a machine kept in UTC dated its fees eight hours back
+    against `make run`'s Beijing-time gateway, silently; `make demo` now runs in Beijing time
+    as `make run` does, and the demo run by hand in another zone says so."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    _, _, err = await _cli("demo", "call", "1101", "--input", "{}", "--url", closed, tz="UTC0")
+    assert "UTC+0" in err and "the demo dates what it sends in this local time" in err, err
+    _, _, err = await _cli("demo", "call", "1101", "--input", "{}", "--url", closed, tz="CST-8")
+    assert "dates what it sends" not in err, err
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    flows = [line for line in demo.splitlines() if "gateway demo" in line]
+    assert len(flows) == 3 and all('TZ="$${TZ:-CST-8}"' in line for line in flows), flows

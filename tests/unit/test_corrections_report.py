@@ -35,7 +35,11 @@ def test_a_refund_and_a_charge_of_one_person_are_told_apart() -> None:
         ]
     )
     text = "\n".join(summary.to_text("would re-settle", 3, "YP9002"))
-    assert text.startswith("would re-settle 3 of 3 settlements using YP9002\n")
+    assert text.startswith(
+        "would re-settle 3 of 3 settlements that used YP9002 under a mapping other than the one"
+        " in force now\n"
+    )
+    assert "nothing to correct" not in text
     assert "  S1 → (new number given when applied)  person P1  visit VS1" in text
     assert "patient: refund 5.00" in text and "patient: collect 76.14" in text
     assert "patient: nothing to collect or refund" in text
@@ -95,6 +99,17 @@ def test_a_his_text_cannot_print_lines_of_its_own_or_start_a_formula() -> None:
     assert not [x for x in lines if x.startswith("  patients: refund 9999.00")], lines
     assert sum(1 for x in lines if x.startswith("per person:")) == 1, lines
     joined = "\n".join(lines)
-    assert "using Z\\n  patients: refund 9999.00" in joined
+    assert "used Z\\n  patients: refund 9999.00 under a mapping" in joined
     row = next(csv.DictReader(io.StringIO(summary.to_csv())))
     assert row["code_changes"].startswith("'+SUM(1,1)"), row["code_changes"]
+
+
+def test_nothing_to_correct_says_why_not_that_the_item_was_unused() -> None:
+    """Found from outside: "would re-settle 0 of 0 settlements using YP0003" read as if no
+    settlement had used the item, where each had used it under the mapping still in force."""
+    text = Summary(items=[]).to_text("would re-settle", 0, "YP0003")
+    assert text[0] == (
+        "would re-settle 0 of 0 settlements that used YP0003 under a mapping other than the one"
+        " in force now"
+    )
+    assert "upload the corrected mapping first (3301)" in text[1], text
