@@ -27,6 +27,7 @@ from gateway.app.cli_database import (
     OUTPUT_CLOSED,
     add_database,
     cluster_pools,
+    database_named,
     database_url,
     output_closed,
     unreachable,
@@ -168,7 +169,8 @@ def serve(args: argparse.Namespace) -> int:
         "serving on %s:%s with %s worker(s)", args.host, args.port, args.workers
     )
     print(
-        f"gateway listening on http://{args.host}:{args.port} ({args.workers} worker(s))",
+        f"gateway listening on http://{args.host}:{args.port} ({args.workers} worker(s));"
+        f" database: {database_named(args)}",
         flush=True,
     )
     warning = zone_warning()

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -83,6 +84,17 @@ def output_closed(exc: BaseException) -> bool:
 
 
 NOT_UTF8 = "文件不是UTF-8编码的文本（Excel等导出的GBK文件请另存为UTF-8后再读入）"
+
+
+def database_named(args: argparse.Namespace) -> str:
+    """Which database `database_url` gives, in words for the start-up line, without a password
+    (found from outside: `make run` never said it used the embedded server, or where)."""
+    url: str | None = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+    if not url:
+        return "the embedded PostgreSQL in var/pg (no --database-url or GATEWAY_DATABASE_URL)"
+    parts = urlsplit(url)
+    where = parts.netloc.rpartition("@")[2] or "the local socket"
+    return f"PostgreSQL at {where}{parts.path}"
 
 
 def database_url(args: argparse.Namespace) -> str:
