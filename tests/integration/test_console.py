@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import aiohttp
+import asyncpg
+import pytest
 
+from gateway.emergency import console
 from tests.integration.conftest import Server
 
 OPERATOR = {"operator": "duty", "password": "duty-2026"}
@@ -191,3 +195,38 @@ async def test_a_viewer_refused_an_agency_step_is_told_on_a_page_it_may_read(
         assert where.startswith("/console?err="), where
         async with browser.get(server.url + where) as r:
             assert r.status == 200 and "当前账号（观察员）不能办理此项业务" in await r.text()
+
+
+async def test_a_page_or_a_read_answers_when_the_database_is_slow(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: with the plan's tables locked the console page waited as long as
+    the lock (19 s), saying nothing, while the counters were served. A page or a read answers
+    within its deadline that the database is slow; nothing is written."""
+    monkeypatch.setattr(console, "READ_SECONDS", 1.0)
+    token = await _login(server, OPERATOR)
+    locker = await asyncpg.connect(server.dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute(
+                "LOCK TABLE plan_rules, audit_log, operator_sessions IN ACCESS EXCLUSIVE MODE"
+            )
+            started = time.monotonic()
+            async with server.session.get(
+                server.url + "/api/plan", headers={"Authorization": f"Bearer {token}"}
+            ) as r:
+                api = (r.status, await r.json())
+            async with server.session.get(
+                server.url + "/console", headers={"Cookie": f"{console.COOKIE}={token}"}
+            ) as r:
+                page = (r.status, await r.text())
+            waited = time.monotonic() - started
+    finally:
+        await locker.close()
+    assert api[0] == 503 and "数据库繁忙" in api[1]["error"], api
+    assert page[0] == 503 and "数据库繁忙" in page[1] and "熔断" in page[1], page
+    assert waited < 5.0, waited  # two deadlines of a second, not the lock's length
+    async with server.session.get(
+        server.url + "/api/plan", headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        assert r.status == 200  # the lock gone, read as usual
