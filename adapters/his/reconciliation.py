@@ -14,7 +14,6 @@ from adapters.national.wire import Node, day, fen_required, required
 from gateway.core.money import shown
 from gateway.core.settle import EMPLOYEE, RESIDENT
 from gateway.emergency.plan.rules import TxClass
-from gateway.ledger.settlements import CLR_TYPE
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Answer, Call, register
@@ -94,10 +93,10 @@ def _declared_under_settled_codes(p: reconciliation.StatementPeriod, count: int)
 
 
 # What the ledger's settlements carry: the insutypes the rules settle (gateway.core.settle)
-# and the clearing types the ledger writes (gateway.ledger.settlements.CLR_TYPE).
+# and the clearing types the ledger writes (reconciliation.SETTLED_CLR_TYPES).
 _INSUTYPES = {EMPLOYEE: "（职工）", RESIDENT: "（居民）"}
 _CLR_NAMES = {"11": "（门诊）", "21": "（住院）", "41": "（药店）"}
-_CLR_TYPES = {code: _CLR_NAMES.get(code, "") for code in sorted(set(CLR_TYPE.values()))}
+_CLR_TYPES = {code: _CLR_NAMES.get(code, "") for code in reconciliation.SETTLED_CLR_TYPES}
 
 
 def _setl_optins(call: Call, sent: str) -> str:

@@ -14,8 +14,13 @@ import msgspec
 from gateway.jobs import reconcile
 from gateway.jobs.reconcile import FileLimits
 from gateway.ledger import db, deferred, exchange_files, reconciliations
+from gateway.ledger.settlements import CLR_TYPE
 from gateway.protocol.errors import NotFound
 from gateway.protocol.origin import Origin
+
+# The clearing types the ledger's settlements carry: a 3201/3202 declaring settlements under
+# another names none the centre holds.
+SETTLED_CLR_TYPES: tuple[str, ...] = tuple(sorted(set(CLR_TYPE.values())))
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 # How long a reconciliation waits for a connection to another ledger database (the request's
