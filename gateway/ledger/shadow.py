@@ -151,15 +151,22 @@ async def worst_items(
 
 
 async def differing(
-    conn: asyncpg.Connection, begins: dt.datetime, ends: dt.datetime, limit: int = 1000
+    conn: asyncpg.Connection,
+    begins: dt.datetime,
+    ends: dt.datetime,
+    limit: int = 1000,
+    *,
+    newest_first: bool = False,
 ) -> list[dict[str, Any]]:
-    """Reads the differing comparisons of [begins, ends), oldest first, with both answers."""
+    """Reads the differing comparisons of [begins, ends) with both answers: the first `limit`,
+    oldest first, or with `newest_first` the latest `limit`, newest first."""
+    order = "DESC" if newest_first else "ASC"
     rows = await conn.fetch(
         "SELECT comparison_id, compared_at, answered_by, fixmedins_code, admdvs, infno,"
         " shadow_infno, msgid, med_type, category, cause, item, request, answer, shadow_answer,"
         " diagnosis FROM shadow_comparisons"
         " WHERE differs AND compared_at >= $1 AND compared_at < $2"
-        " ORDER BY compared_at, comparison_id LIMIT $3",
+        f" ORDER BY compared_at {order}, comparison_id {order} LIMIT $3",
         begins,
         ends,
         limit,

@@ -15,8 +15,9 @@ import json
 import re
 import shutil
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import pytest
 from gateway.app.config import DEFAULT_REFERENCE, GatewayConfig, Legacy, Settings, Shadow
 from gateway.app.server import prepare_database
 from gateway.emergency.plan import store
+from gateway.ledger import db
+from gateway.ledger import shadow as comparisons
 from gateway.protocol.errors import BadRequest
 from tests.adversity.proxy import Proxy
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -41,6 +44,7 @@ from tests.integration.emergency_helpers import (
     until,
 )
 from tests.integration.his_client import CALL_SERVICE, HisClient, decode
+from tests.integration.test_console import OPERATOR, _login
 
 pytestmark = pytest.mark.integration
 
@@ -1040,3 +1044,188 @@ async def test_past_the_bound_per_category_only_that_category_goes_back_to_the_o
         here = "SELECT setl_id FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
         assert [r["setl_id"] for r in await srv.fetch(here, early)] == [settled_here]
         assert await srv.check_ledger() == []
+
+
+def _stored(n: int, *, differs: bool, admdvs: str) -> comparisons.Comparison:
+    cause = ("catalog_class", "pool_ratio")[n % 2] if differs else None
+    return comparisons.Comparison(
+        answered_by="gateway", fixmedins_code=PHARMACY, admdvs=admdvs, infno="2102",
+        shadow_infno="2101", msgid=f"M{n:02d}", med_type="41", category="pharmacy",
+        differs=differs, cause=cause, item="YP0003" if differs else None,
+        request="{}" if differs else None, answer="{}" if differs else None,
+        shadow_answer="{}" if differs else None,
+        diagnosis={"summary": "不一致"} if differs else None,
+        differences=((cause, "line:1", "YP0003", "chrgitm_lv", "02", "01"),) if cause else (),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def beijing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process in Beijing time, as the gateway runs (its console is in-process here)."""
+    monkeypatch.setenv("TZ", "CST-8")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.fixture(scope="module")
+async def run_of_52(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
+    """A gateway whose run found 52 differing settlements in region 441800 (M01 the oldest,
+    M52 the newest; catalog_class and pool_ratio 26 each) and 8 agreeing ones in 441802."""
+    async with running_gateway(new_database) as srv:
+        pool = await db.create_pool(srv.dsn, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                for n in range(1, 53):
+                    await comparisons.insert(conn, _stored(n, differs=True, admdvs="441800"))
+                for n in range(53, 61):
+                    await comparisons.insert(conn, _stored(n, differs=False, admdvs="441802"))
+        finally:
+            await pool.close()
+        yield srv
+
+
+async def _parallel_run(srv: Server, **query: str) -> tuple[int, Any]:
+    token = await _login(srv, OPERATOR)
+    async with srv.session.get(
+        srv.url + "/api/parallel-run", headers={"Authorization": f"Bearer {token}"}, params=query
+    ) as r:
+        return r.status, await r.json()
+
+
+WIDEST = ("--from", "1900-01-01", "--to", "9999-12-31")
+
+
+def _report(srv: Server, *args: str) -> dict[str, Any]:
+    done = cli("shadow", "report", *WIDEST, "--json", *args, "--database-url", srv.dsn, tz="CST-8")
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+async def test_the_console_shows_the_latest_50_differences_newest_first(
+    run_of_52: Server,
+) -> None:
+    """Found from outside: the oldest 50 were shown, the two newest of 52 missing."""
+    status, view = await _parallel_run(run_of_52)
+    assert status == 200, view
+    msgids = [d["msgid"] for d in view["differences"]]
+    assert msgids == [f"M{n:02d}" for n in range(52, 2, -1)]
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        async with browser.post(run_of_52.url + "/console/login", data=OPERATOR) as r:
+            assert r.status == 200
+        async with browser.get(run_of_52.url + "/console/parallel-run") as r:
+            html = await r.text()
+    assert html.index("报文M52 ") < html.index("报文M51 ") and "报文M02 " not in html
+    # The report for the meeting keeps its differences oldest first.
+    assert [d["msgid"] for d in _report(run_of_52)["differences"]][:2] == ["M01", "M02"]
+
+
+async def test_differences_are_timed_in_local_time_as_the_period(
+    run_of_52: Server, beijing: None, tmp_path: Path
+) -> None:
+    """Found from outside: the differences' times were UTC beside a local period and hours."""
+    status, view = await _parallel_run(run_of_52)
+    assert status == 200 and view["from"].endswith("+08:00")
+    assert all(d["compared_at"].endswith("+08:00") for d in view["differences"])
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+        async with browser.post(run_of_52.url + "/console/login", data=OPERATOR) as r:
+            assert r.status == 200
+        async with browser.get(run_of_52.url + "/console/parallel-run") as r:
+            assert "+08:00 P44180000001 报文M52" in await r.text()
+    sheet = tmp_path / "differences.csv"
+    report = _report(run_of_52, "--csv", str(sheet))
+    assert report["from"].endswith("+08:00")
+    assert all(d["compared_at"].endswith("+08:00") for d in report["differences"])
+    with sheet.open(encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 52 and all(row["compared_at"].endswith("+08:00") for row in rows)
+
+
+async def test_a_causes_row_is_its_count_as_in_the_report(run_of_52: Server) -> None:
+    """Found from outside: each cause read `compared` its own count and a rate of 100%."""
+    status, view = await _parallel_run(run_of_52)
+    assert status == 200
+    assert [(r["key"], r["differing"]) for r in view["by_cause"]] == [
+        ("catalog_class", 26),
+        ("pool_ratio", 26),
+    ]
+    assert all(set(r) == {"key", "differing", "name"} for r in view["by_cause"])
+    report = _report(run_of_52)
+    assert report["compared"] == 60
+    assert {r["cause"]: r["settlements"] for r in report["by_cause"]} == {
+        r["key"]: r["differing"] for r in view["by_cause"]
+    }
+
+
+async def test_the_text_report_has_the_regions(run_of_52: Server) -> None:
+    """Found from outside: `--json` had `by_region`, the text had no region."""
+    text = cli("shadow", "report", *WIDEST, "--database-url", run_of_52.dsn, tz="CST-8").stdout
+    assert "按统筹区" in text, text
+    region = text[text.index("按统筹区") :]
+    assert re.search(r"441800 +比对 +52 +不一致 +52 +差异率 1\.0000", region), text
+    assert re.search(r"441802 +比对 +8 +不一致 +0 +差异率 0\.0000", region), text
+
+
+@pytest.mark.parametrize("limit", ["-1", "0"])
+async def test_a_report_limit_below_one_is_refused_in_one_line(
+    run_of_52: Server, limit: str
+) -> None:
+    """Found from outside: `--limit -1` died in a traceback from PostgreSQL (exit 1)."""
+    done = cli(
+        "shadow", "report", *WIDEST, "--limit", limit, "--database-url", run_of_52.dsn,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "应为正整数" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+async def test_a_period_past_the_years_it_can_read_names_them(
+    run_of_52: Server, beijing: None
+) -> None:
+    """Found from outside: 0001-01-01 was refused "应为YYYY-MM-DD…", the form it was in."""
+    status, body = await _parallel_run(run_of_52, **{"from": "0001-01-01", "to": "9999-12-31"})
+    assert status == 400 and "1900-01-01至9999-12-31" in body["error"], body
+    done = cli(
+        "shadow", "report", "--from", "0001-01-01", "--to", "9999-12-31",
+        "--database-url", run_of_52.dsn, check=False, tz="CST-8",
+    )  # fmt: skip
+    assert done.returncode == 2 and "1900-01-01至9999-12-31" in done.stderr, done.stderr
+    assert "无效" not in done.stderr
+    # The widest period it can read is read.
+    status, view = await _parallel_run(run_of_52, **{"from": "1900-01-01", "to": "9999-12-31"})
+    assert status == 200 and sum(r["compared"] for r in view["by_category"]) == 60
+    assert _report(run_of_52)["compared"] == 60
+
+
+async def test_shadow_is_refused_without_the_old_systems_address(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: `plan set --action shadow` was taken with `[legacy] url` empty (the
+    old system prices in the shadow: nothing could be compared), where route_legacy and
+    route_legacy_shadow are refused. The CLI (the shipped configuration names no old system)
+    and the console's API (the serving gateway's own) refuse it, writing nothing."""
+    async with running_gateway(new_database) as srv:
+        before = await srv.fetchval("SELECT count(*) FROM audit_log")
+        done = cli(
+            "plan", "set", "--scope", f"institution:{PHARMACY}", "--class", "settlement",
+            "--action", "shadow", "--reason", "无配置测试", "--database-url", srv.dsn, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "需要原系统地址，配置文件的[legacy] url未填写" in done.stderr
+        token = await _login(srv, OPERATOR)
+        rule = {
+            "scope": f"institution:{PHARMACY}",
+            "class": "settlement",
+            "action": "shadow",
+            "reason": "无配置测试",
+        }
+        async with srv.session.post(
+            srv.url + "/api/plan/rules", json=rule, headers={"Authorization": f"Bearer {token}"}
+        ) as r:
+            body = await r.json()
+            assert r.status == 400 and "[legacy] url" in body["error"], body
+        assert await srv.fetchval("SELECT count(*) FROM plan_rules") == 0
+        assert await srv.fetchval("SELECT count(*) FROM audit_log") == before

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.app.appkeys import GATEWAY
 from gateway.core.shadow_diff import CAUSE_NAMES, Cause
+from gateway.emergency import shadow_period
 from gateway.emergency.console.pages import style_hash
 from gateway.ledger import shadow as store
 
@@ -33,9 +34,9 @@ def period(query: Any, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
         if not text:
             return default
         try:
-            return dt.datetime.fromisoformat(text).astimezone()
-        except ValueError:
-            raise PeriodRefused(f"时间{text}无效：应为YYYY-MM-DD或YYYY-MM-DDTHH:MM") from None
+            return shadow_period.moment(text)
+        except shadow_period.MomentRefused as exc:
+            raise PeriodRefused(str(exc)) from None
 
     ends = moment("to", now)
     begins = moment("from", ends - dt.timedelta(hours=DEFAULT_HOURS))
@@ -68,13 +69,19 @@ async def view(request: web.Request, begins: dt.datetime, ends: dt.datetime) -> 
         by_cause = await store.rates(conn, begins, ends, "cause")
         hours = await store.rates_by_hour(conn, begins, ends)
         items = await store.worst_items(conn, begins, ends, 20)
-        recent = await store.differing(conn, begins, ends, RECENT)
+        # The latest, newest first: what a desk watching the run looks for (found from
+        # outside: the oldest 50 were shown, the newest missing).
+        recent = await store.differing(conn, begins, ends, RECENT, newest_first=True)
     return {
         "from": begins.isoformat(),
         "to": ends.isoformat(),
         "by_category": [_rate(r) for r in by_category],
         "by_institution": [_rate(r) for r in by_institution],
-        "by_cause": [{**_rate(r), "name": _cause_name(r.key)} for r in by_cause],
+        # A cause's count only, as the CLI's report gives it: its rows hold differing
+        # settlements alone, so their own "compared" and rate read 100% (found from outside).
+        "by_cause": [
+            {"key": r.key, "differing": r.differing, "name": _cause_name(r.key)} for r in by_cause
+        ],
         "by_hour": [
             {
                 # In local time, as the CLI's report and the query's from/to (found from
@@ -101,7 +108,7 @@ async def view(request: web.Request, begins: dt.datetime, ends: dt.datetime) -> 
         ],
         "differences": [
             {
-                "compared_at": d["compared_at"].isoformat(),
+                "compared_at": d["compared_at"].astimezone().isoformat(),  # local, as by_hour
                 "answered_by": d["answered_by"],
                 "fixmedins_code": d["fixmedins_code"],
                 "msgid": d["msgid"],
@@ -191,7 +198,7 @@ def render(v: dict[str, Any]) -> str:
                 for i in v["worst_items"]
             ],
         ),
-        f"<h2>最近的不一致（最多{RECENT}笔，两边应答对照）</h2>",
+        f"<h2>最近的不一致（最新的{RECENT}笔，新的在前，两边应答对照）</h2>",
     ]
     for d in v["differences"]:
         mine, theirs = (

@@ -81,14 +81,25 @@ def _check_pairing(action: Action, klass: TxClass) -> None:
         )
 
 
+# What each action needing the old system asks of it, for the refusal.
+_NEEDS_LEGACY = {
+    Action.ROUTE_LEGACY.value: "转原系统",
+    Action.ROUTE_LEGACY_SHADOW.value: "转原系统",
+    # The old system prices every settlement in its shadow (found from outside: it was taken
+    # without the address while the two routes were refused).
+    Action.SHADOW.value: "原系统并行比对",
+}
+
+
 def check_routable(action: str, legacy_url: str) -> None:
-    """A rule that forwards to the old system needs its address (`[legacy] url`): found from
-    outside, one was taken without it and every sale of its scope was refused until it was
-    cleared. Checked where the setter has the gateway's configuration (the CLI's `--config`,
-    the console's own)."""
-    if action in (Action.ROUTE_LEGACY.value, Action.ROUTE_LEGACY_SHADOW.value) and not legacy_url:
+    """A rule that needs the old system (forwards to it, or has it price in the shadow) needs
+    its address (`[legacy] url`): found from outside, one was taken without it and every sale
+    of its scope was refused until it was cleared. Checked where the setter has the gateway's
+    configuration (the CLI's `--config`, the console's own)."""
+    if action in _NEEDS_LEGACY and not legacy_url:
         raise BadRequest(
-            f"{action}（转原系统）需要原系统地址，配置文件的[legacy] url未填写：请先配置并重启网关"
+            f"{action}（{_NEEDS_LEGACY[action]}）需要原系统地址，配置文件的[legacy] url未填写："
+            "请先配置并重启网关"
         )
 
 
