@@ -20,7 +20,8 @@ HOSPITAL = "H44180000001"
 
 def _comparison(msgid: str, *, code: str, category: str, differs: bool) -> store.Comparison:
     answer = json.dumps({"output": {"setlinfo": {"hifp_pay": "12.00", "note": "<b>x</b>"}}})
-    theirs = json.dumps({"output": {"setlinfo": {"hifp_pay": "6.00"}}})
+    # An amount as a JSON number with its two decimals, as centres write them.
+    theirs = '{"output": {"setlinfo": {"hifp_pay": "6.00", "medfee_sumamt": 19.80}}}'
     return store.Comparison(
         answered_by="gateway",
         fixmedins_code=code,
@@ -112,4 +113,6 @@ async def test_the_parallel_run_page_and_its_json(server: Server) -> None:
     # Both answers side by side, escaped.
     assert html.count('<div class="pair">') == 1
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
+    # Its numbers as they were written (found from outside: 19.80 was shown as 19.8).
+    assert "&quot;medfee_sumamt&quot;: 19.80" in html, html
     assert dt.date.today().isoformat()[:4] in html

@@ -6,10 +6,10 @@ JSON (`GET /api/parallel-run?from=…&to=…`), read-only for every role."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from html import escape
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from gateway.app.appkeys import GATEWAY
@@ -139,12 +139,14 @@ def _table(head: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
 
 
 def _answer(text: str | None) -> str:
-    """An answer as sent, pretty-printed when it is JSON."""
+    """An answer as sent, laid out when it is JSON: its numbers written as they were (found
+    from outside: decoded and written again, 19.80 showed as 19.8, an amount the clerk could
+    not find in the stored text)."""
     if not text:
         return ""
     try:
-        return json.dumps(json.loads(text), ensure_ascii=False, indent=1)
-    except ValueError:
+        return msgspec.json.format(text, indent=1)
+    except msgspec.DecodeError:
         return text
 
 
