@@ -863,7 +863,14 @@ async def _route_legacy(
         unknown = encode_response(
             region=gw.region, received=received, output=None, err_msg=LEGACY_UNKNOWN_MSG
         )
-        return Detour(answer=unknown, outcome=dispatch.Result.REJECTED, keep=not ledger_down)
+        # Counted as the old system's failure, by kind (found from outside: its timeouts and
+        # 5xx answers were counted as refusals, and the error alerts never saw them).
+        return Detour(
+            answer=unknown,
+            outcome=dispatch.Result.ERROR,
+            keep=not ledger_down,
+            timeout=exc.kind == "timeout",
+        )
     for renumber in back:
         answer = renumber(answer)
     # Not kept with the ledger known down (the breaker's route): the attempt would hold every

@@ -66,6 +66,8 @@ class Detour:
     kept: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
     # The kept answer is another system's (the old one's); False for the plan's own.
     elsewhere: bool = True
+    # An ERROR outcome's dependency timed out (metrics: the institution's errors by kind).
+    timeout: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +328,7 @@ async def _plan(
                 detour.outcome,
                 req.msgid,
                 req.fixmedins_code,
+                timeout=detour.timeout,
                 content_type=detour.content_type,
             )
         tx = detour.tx or tx

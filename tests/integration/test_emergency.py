@@ -1156,10 +1156,14 @@ async def test_a_sale_the_old_system_may_have_done_is_never_settled_here(
             await _reload_plan(srv)
             drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
             body = msgspec.json.encode(pos.envelope("2102", drug))
+            errors = _legacy_errors()
             status, answer = await pos.post_raw(body)
             first = decode(answer)
             assert status == 200 and first["infcode"] == -1
             assert "结果未知" in first["err_msg"] and "原系统" in first["err_msg"]
+            # Counted as the old system's failure, a timeout (found from outside: counted as a
+            # refusal, so the error alerts never saw an old system that stopped answering).
+            assert _legacy_errors() == (errors[0] + 1, errors[1] + 1, errors[2])
             assert sent == [body]
             balance = await srv.fetchval(
                 "SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE
@@ -1172,6 +1176,21 @@ async def test_a_sale_the_old_system_may_have_done_is_never_settled_here(
             assert balance == await srv.fetchval(
                 "SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE
             )
+
+
+def _legacy_errors() -> tuple[float, float, float]:
+    """The pharmacy's 2102 errors, its institution's timeouts, and its 2102 refusals."""
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    return (
+        sample("sgw_requests_total", {"infno": "2102", "outcome": "error"}),
+        sample(
+            "sgw_institution_errors_total", {"fixmedins_code": "P44180000001", "kind": "timeout"}
+        ),
+        sample("sgw_requests_total", {"infno": "2102", "outcome": "rejected"}),
+    )
 
 
 async def test_what_this_gateway_did_is_undone_here_under_route_legacy(
