@@ -146,7 +146,7 @@ async def test_console_in_headless_chromium(new_database: Callable[..., Any]) ->
         ]
         assert "原因" in seen["clear_without_reason"]
         stale = seen["clear_stale"]
-        assert "已于" in stale and "由test改为reject" in stale and "请刷新页面" in stale, stale
+        assert "已于" in stale and "由test设为reject" in stale and "请刷新页面" in stale, stale
         (rule,) = seen["rules_after_stale"]  # refused: the other's rule stands, shown now
         assert rule[2].startswith("reject") and rule[3] == "另一值班员改为拒绝", rule
         assert seen["state_after_clear"].startswith("normal")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from typing import Any
@@ -71,13 +72,30 @@ async def test_login_roles_and_audited_changes(server: Server) -> None:
     assert status == 400 and "原因" in body["error"]
     # A clear that says which rule it saw is refused once another was set in its place (found
     # from outside: a page left open cleared another operator's newer rule, unsaid).
-    seen = {"action": "defer", "set_at": shown[0]["set_at"]}
+    set_at = shown[0]["set_at"]
+    earlier = (dt.datetime.fromisoformat(set_at) - dt.timedelta(seconds=1)).isoformat()
+    # Either field alone is held to as well (found from outside: an action alone was ignored).
+    for seen in (
+        {"action": "defer", "set_at": set_at},
+        {"action": "defer"},
+        {"set_at": earlier},
+    ):
+        status, body = await _post(
+            server, "/api/plan/rules/clear", token, {**clear, **seen, "reason": "结束"}
+        )
+        assert status == 409 and "设为reject" in body["error"], (seen, body)
+        assert "请刷新页面" in body["error"]
+    assert await server.fetchval("SELECT count(*) FROM plan_rules WHERE scope = 'region:520500'")
+    status, body = await _post(
+        server, "/api/plan/rules/clear", token, {**clear, "set_at": "yesterday", "reason": "结束"}
+    )
+    assert status == 400 and "不是时间" in body["error"], body
+    # The same moment however written (found from outside: with a T it was refused as changed).
+    same = dt.datetime.fromisoformat(set_at).astimezone(dt.timezone(dt.timedelta(hours=8)))
+    seen = {"action": "reject", "set_at": same.isoformat()}
     status, body = await _post(
         server, "/api/plan/rules/clear", token, {**clear, **seen, "reason": "结束"}
     )
-    assert status == 409 and "改为reject" in body["error"] and "请刷新页面" in body["error"]
-    assert await server.fetchval("SELECT count(*) FROM plan_rules WHERE scope = 'region:520500'")
-    status, body = await _post(server, "/api/plan/rules/clear", token, {**clear, "reason": "结束"})
     assert status == 200 and not [r for r in body["rules"] if r["scope"] == "region:520500"]
     async with server.session.get(
         server.url + "/api/audit?limit=1", headers={"Authorization": f"Bearer {token}"}

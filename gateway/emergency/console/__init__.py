@@ -324,9 +324,7 @@ async def clear_rule(
     """Clear a rule as this operator; raises GatewayError with a clerk's message."""
     gw = request.app[GATEWAY]
     # The rule as the page showed it, where the request says (the console's form does; an API
-    # caller may): cleared only if it is still that rule.
-    action, set_at = values.get("action"), values.get("set_at")
-    shown = (action, set_at) if action and set_at else None
+    # caller may, either or both): cleared only if it is still that rule.
     try:
         async with gw.pool.acquire(timeout=5.0) as conn:
             await store.clear_rule(
@@ -335,7 +333,8 @@ async def clear_rule(
                 klass=values.get("class", ""),
                 reason=values.get("reason", ""),
                 operator=session.login,
-                shown=shown,
+                shown_action=values.get("action") or None,
+                shown_set_at=values.get("set_at") or None,
             )
     except Conflict:
         # Refused as out of date: the page that answers shows the rule as it is now, not the

@@ -138,8 +138,23 @@ async def set_rule(
 
 def shown_at(set_at: dt.datetime) -> str:
     """A rule's time of setting as the console shows it and sends it back (`clear_rule`'s
-    `shown`): to the second, as stored."""
+    `shown_set_at`): to the second, with its offset."""
     return set_at.isoformat(sep=" ", timespec="seconds")
+
+
+def _same_second(text: str, set_at: dt.datetime) -> bool:
+    """Whether `text` names the moment `set_at` to the second, however it is written (a `T` or
+    a space, any offset; without one, local time). Found from outside: the same moment written
+    with a `T` was told another operator had changed the rule."""
+    try:
+        named = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadRequest(
+            f"set_at“{text[:40]}”不是时间：请按GET /api/plan所示原样填写（如{shown_at(set_at)}）"
+        ) from None
+    if named.tzinfo is None:
+        named = named.astimezone()
+    return named.replace(microsecond=0) == set_at.replace(microsecond=0)
 
 
 async def clear_rule(
@@ -149,12 +164,14 @@ async def clear_rule(
     klass: str,
     reason: str,
     operator: str,
-    shown: tuple[str, str] | None = None,
+    shown_action: str | None = None,
+    shown_set_at: str | None = None,
 ) -> int:
-    """Back to normal for this scope/class; returns the new plan version. `shown`: the rule's
-    action and time of setting as the operator's page showed them; cleared only if it is still
-    that rule (found from outside: a page left open cleared the `reject` another operator had
-    just set in place of the `defer` it showed, and said only "已恢复正常")."""
+    """Back to normal for this scope/class; returns the new plan version. `shown_action`,
+    `shown_set_at`: the rule as the operator's page showed it, each where given; cleared only if
+    it is still that rule (found from outside: a page left open cleared the `reject` another
+    operator had just set in place of the `defer` it showed, and said only "已恢复正常"; and a
+    clear naming only the action it meant was taken whatever the rule's action)."""
     check_scope(scope)
     tx_class = check_class(klass)
     reason = _reason(reason)
@@ -162,10 +179,13 @@ async def clear_rule(
         before = await plan.lock_rule(conn, scope, tx_class)
         if before is None:
             raise NotFound(f"{scope}/{klass}没有生效的应急规则")
-        if shown is not None and shown != (before.action.value, shown_at(before.set_at)):
-            local = before.set_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        other_action = shown_action is not None and shown_action != before.action.value
+        if other_action or (
+            shown_set_at is not None and not _same_second(shown_set_at, before.set_at)
+        ):
+            local = shown_at(before.set_at.astimezone())
             raise Conflict(
-                f"{scope}/{klass}的应急规则已于{local}由{before.operator}改为{before.action.value}"
+                f"{scope}/{klass}的应急规则已于{local}由{before.operator}设为{before.action.value}"
                 f"（原因：{before.reason}），与页面所示不同，未作变更：请刷新页面核对后再操作"
             )
         await plan.delete_rule(conn, scope, tx_class)
