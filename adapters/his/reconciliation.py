@@ -60,6 +60,7 @@ class In9102(Node):
 
 
 _COUNT = re.compile(r"[0-9]+")
+_REGION = re.compile(r"[0-9]{6}")  # a 医保区划 (admdvs)
 _COUNT_DIGITS = 10  # protocol.md §2.7: fixmedins_setl_cnt 数值 10
 
 
@@ -176,10 +177,14 @@ async def upload_file(call: Call) -> Answer:
         raise BadRequest("缺少输入节点fsUploadIn")
     filename = required(node.filename, "fsUploadIn.filename")
     owner = text(node.fixmedins_code)
-    # openhis fills it with the institution's 清算经办机构 (its setl_optins, the region code):
-    # that names no other institution (found from outside: its uploads were refused).
-    if owner and owner not in (call.req.fixmedins_code, call.institution.admdvs):
-        raise BadRequest("文件所属机构与报文机构编号不一致")
+    # Refused where it names another institution or another region's agency: openhis fills it
+    # with its 清算经办机构 (its region's code) in one version and with the 3202's clr_type
+    # ("11") in another, neither a claim on anyone else's file (found from outside, twice: its
+    # uploads were refused).
+    if owner not in ("", call.req.fixmedins_code, call.institution.admdvs) and (
+        call.gw.snapshot.institution(owner) is not None or _REGION.fullmatch(owner)
+    ):
+        raise BadRequest(f"文件所属机构{owner}与报文机构编号{call.req.fixmedins_code}不一致")
     stored = await reconciliation.upload_file(
         call.conn,
         call.req.fixmedins_code,

@@ -396,6 +396,11 @@ async def test_a_file_owned_by_the_institutions_region_is_its_own(
     for other in (HOSPITAL, "520500"):
         refused = await _upload_detail(his, mine, owner=other)
         assert refused["infcode"] == -1 and "文件所属机构" in refused["err_msg"], refused
+    # An older openhis sends the 3202's clr_type there (found from outside: refused): it names
+    # no one else's file. (Another hospital of the region: each upload is charged to its
+    # institution's upload budget, which this one's four have used.)
+    up = await _upload_detail(server.client("H44180000003"), mine, owner="11")
+    assert up["infcode"] == 0 and up["output"]["file_qury_no"], up
 
 
 async def test_a_refund_booked_as_negative_amounts_is_told_how_the_centre_counts_it(
