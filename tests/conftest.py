@@ -198,3 +198,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from tests import subjects
 
     subjects.mark(items)
+
+
+@pytest.fixture
+def beijing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process in Beijing time, as the gateway runs: a console or a report served in
+    process reads the local zone."""
+    monkeypatch.setenv("TZ", "CST-8")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

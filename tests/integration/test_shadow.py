@@ -15,9 +15,8 @@ import json
 import re
 import shutil
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1057,16 +1056,6 @@ def _stored(n: int, *, differs: bool, admdvs: str) -> comparisons.Comparison:
         diagnosis={"summary": "不一致"} if differs else None,
         differences=((cause, "line:1", "YP0003", "chrgitm_lv", "02", "01"),) if cause else (),
     )  # fmt: skip
-
-
-@pytest.fixture
-def beijing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """This process in Beijing time, as the gateway runs (its console is in-process here)."""
-    monkeypatch.setenv("TZ", "CST-8")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 @pytest.fixture(scope="module")

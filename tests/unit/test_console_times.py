@@ -4,21 +4,9 @@ time, eight hours apart on a Beijing-time gateway). The API keeps ISO times with
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import pytest
 
 from gateway.emergency.console import pages
-
-
-@pytest.fixture
-def beijing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "CST-8")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 @pytest.mark.usefixtures("beijing")
