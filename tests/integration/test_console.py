@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -239,8 +241,13 @@ async def test_a_page_or_a_read_answers_when_the_database_is_slow(
             ) as r:
                 page = (r.status, await r.text())
             waited = time.monotonic() - started
+            # Many reads at once hold at most the console's share of the pool (found from
+            # outside: four reads waiting on the lock took a small pool's every connection, and
+            # the counters' calls and /readyz failed).
+            most = await _most_waiting_while(server, locker, _reads(server, token, 6))
     finally:
         await locker.close()
+    assert most <= console.CONSOLE_CONNECTIONS, most
     assert api[0] == 503 and "数据库繁忙" in api[1]["error"], api
     assert page[0] == 503 and "数据库繁忙" in page[1] and "熔断" in page[1], page
     assert waited < 5.0, waited  # two deadlines of a second, not the lock's length
@@ -248,3 +255,29 @@ async def test_a_page_or_a_read_answers_when_the_database_is_slow(
         server.url + "/api/plan", headers={"Authorization": f"Bearer {token}"}
     ) as r:
         assert r.status == 200  # the lock gone, read as usual
+
+
+async def _reads(server: Server, token: str, n: int) -> list[int]:
+    async def read() -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with server.session.get(server.url + "/api/plan", headers=headers) as r:
+            return r.status
+
+    return list(await asyncio.gather(*(read() for _ in range(n))))
+
+
+async def _most_waiting_while(
+    server: Server, locker: asyncpg.Connection, reads: Awaitable[list[int]]
+) -> int:
+    """The most of the gateway's connections waiting on a lock while `reads` run."""
+    task = asyncio.ensure_future(reads)
+    most = 0
+    while not task.done():
+        waiting = await locker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        most = max(most, waiting)
+        await asyncio.sleep(0.05)
+    assert set(await task) == {503}
+    return int(most)

@@ -53,6 +53,12 @@ COOKIE = "sgw_console"
 CSRF_HEADER = "X-CSRF-Token"
 OPERATORS = web.AppKey("operators", dict[str, operators.Operator])  # by log-in name
 HASHER = web.AppKey("hasher", operators.Hasher)
+# The console's requests hold at most this many of the pool's connections at once: found from
+# outside, four console reads waiting on locked tables took every connection of a small pool,
+# and a counter's 1101 and /readyz failed while the page said the counters were unaffected.
+CONSOLE_CONNECTIONS = 2
+LOGIN_PATHS = ("/console/login", "/api/console/login")
+SLOTS = web.AppKey("console_slots", asyncio.Semaphore)
 log = logging.getLogger("gateway.emergency.console")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -752,22 +758,26 @@ _DOWN: tuple[type[Exception], ...] = (*db.UNAVAILABLE, Unavailable)
 # waits for it).
 READ_SECONDS = 10.0
 LEDGER_SLOW_MSG = (
-    f"医保结算数据库繁忙：{READ_SECONDS:g}秒内未能读出应急预案、登录会话或审计记录，请稍后刷新"
-    "（柜台结算不受本页影响；各网关的熔断器按配置自动执行保护动作）"
+    "医保结算数据库繁忙：未能在时限内读出应急预案、登录会话或审计记录，请稍后刷新"
+    "（本控制台最多占用数据库连接池中的两个连接，不影响柜台结算；各网关的熔断器按配置自动执行保护动作）"
 )
 
 
-def _ledger_answers(handler: Handler) -> Handler:
+def _ledger_answers(handler: Handler, *, slotted: bool = True) -> Handler:
     """The handler, with an unreachable or slow database answered 503 in the caller's terms:
     the page says why and shows this process's breakers; the API a JSON error."""
 
     async def answered(request: web.Request) -> web.StreamResponse:
         deadline = asyncio.timeout(READ_SECONDS if request.method in ("GET", "HEAD") else None)
+        slots = request.app[SLOTS] if slotted else contextlib.nullcontext()
         try:
-            async with deadline:
+            async with deadline, slots:
                 return await handler(request)
         except _DOWN as exc:
-            slow = deadline.expired()
+            # Past the read's deadline, or no connection free within the pool's wait: the
+            # database is busy, not out of reach (found from outside: a pool held by waiting
+            # reads was told "暂时无法连接").
+            slow = deadline.expired() or type(exc) is TimeoutError
             log.warning(
                 "console: database slow" if slow else "console: database unreachable",
                 extra={"path": request.path, "error": type(exc).__name__},
@@ -790,6 +800,7 @@ def install(app: web.Application, operators_path: Path) -> None:
     """Add the console's routes, its security headers and its hasher to the application."""
     app[OPERATORS] = operators.load_operators(operators_path)
     app[HASHER] = operators.Hasher()
+    app[SLOTS] = asyncio.Semaphore(CONSOLE_CONNECTIONS)
     app.on_response_prepare.append(security_headers)
     app.on_startup.append(warm_hasher)
     app.on_cleanup.append(stop_hasher)
@@ -797,7 +808,10 @@ def install(app: web.Application, operators_path: Path) -> None:
         handler = _ledger_answers(
             _guarded(route.handler, changes=route.changes, roles=route.roles)
             if isinstance(route, ApiRoute)
-            else route.handler
+            else route.handler,
+            # A log-in hashes between its two short reads; the hashing budget bounds how many
+            # run at once, and a page waiting on a slot must not wait on a hash.
+            slotted=route.path not in LOGIN_PATHS,
         )
         if route.method == "GET":
             app.router.add_get(route.path, handler)  # HEAD too, as aiohttp's GET routes have

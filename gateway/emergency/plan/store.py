@@ -137,15 +137,17 @@ async def set_rule(
 
 
 def shown_at(set_at: dt.datetime) -> str:
-    """A rule's time of setting as the console shows it and sends it back (`clear_rule`'s
-    `shown_set_at`): to the second, with its offset."""
-    return set_at.isoformat(sep=" ", timespec="seconds")
+    """A rule's time of setting as the console's API gives it and its form sends it back
+    (`clear_rule`'s `shown_set_at`): to the microsecond, as stored (found from outside: to the
+    second, a rule cleared and set again within one second read as the one the page showed)."""
+    return set_at.isoformat(sep=" ", timespec="microseconds")
 
 
-def _same_second(text: str, set_at: dt.datetime) -> bool:
-    """Whether `text` names the moment `set_at` to the second, however it is written (a `T` or
-    a space, any offset; without one, local time). Found from outside: the same moment written
-    with a `T` was told another operator had changed the rule."""
+def _same_moment(text: str, set_at: dt.datetime) -> bool:
+    """Whether `text` names the moment `set_at`, however it is written (a `T` or a space, any
+    offset; without one, local time): to the microsecond, or to the second where it is written
+    to the second. Found from outside: the same moment written with a `T` was told another
+    operator had changed the rule."""
     try:
         named = dt.datetime.fromisoformat(text.strip())
     except ValueError:
@@ -154,7 +156,9 @@ def _same_second(text: str, set_at: dt.datetime) -> bool:
         ) from None
     if named.tzinfo is None:
         named = named.astimezone()
-    return named.replace(microsecond=0) == set_at.replace(microsecond=0)
+    if named.microsecond or "." in text:
+        return named == set_at
+    return named == set_at.replace(microsecond=0)
 
 
 async def clear_rule(
@@ -181,9 +185,9 @@ async def clear_rule(
             raise NotFound(f"{scope}/{klass}没有生效的应急规则")
         other_action = shown_action is not None and shown_action != before.action.value
         if other_action or (
-            shown_set_at is not None and not _same_second(shown_set_at, before.set_at)
+            shown_set_at is not None and not _same_moment(shown_set_at, before.set_at)
         ):
-            local = shown_at(before.set_at.astimezone())
+            local = before.set_at.astimezone().isoformat(sep=" ", timespec="seconds")
             raise Conflict(
                 f"{scope}/{klass}的应急规则已于{local}由{before.operator}设为{before.action.value}"
                 f"（原因：{before.reason}），与页面所示不同，未作变更：请刷新页面核对后再操作"
