@@ -112,13 +112,17 @@ LEDGER_DOWN_PHARMACY_MSG = (
     "（药店购药不办理零星报销），或待恢复后再使用医保结算"
 )
 LEDGER_DOWN_QUERY_MSG = "医保结算数据库暂不可用，暂不能查询，请稍后使用相同报文ID重试"
-LEGACY_DOWN_MSG = "原医保系统接口暂不可用，请稍后重试；如持续失败请按全自费结算"
+# Found from outside: "retry" without the msgid left the clerk to send it as a new one.
+LEGACY_DOWN_MSG = (
+    "原医保系统接口暂不可用，本笔未办理：请稍后使用相同报文ID重试；如持续失败请按全自费结算"
+)
 KEEP_SECONDS = 0.25  # of a routed call's deadline, left to keep the old system's answer
 # Sent to the old system and not answered: it may have done it. Kept against the msgid, so that
 # no retry, whatever the plan says by then, settles it here a second time.
 LEGACY_UNKNOWN_MSG = (
-    "本笔已按应急预案转原医保系统办理，但原系统未在时限内正常答复（超时或答复异常），办理结果未知：请在原系统查询该报文ID"
-    "的结果，切勿在本系统重复结算；确认原系统未办理后，请使用新的报文ID重新发送"
+    f"本笔已按应急预案转原医保系统办理，但原系统未在时限内正常答复（超时或答复异常），"
+    f"{idempotency.UNKNOWN_OUTCOME}：请在原系统查询该报文ID的结果，切勿在本系统重复结算；"
+    "确认原系统未办理后，请使用新的报文ID重新发送"
 )
 
 
@@ -855,7 +859,10 @@ async def _route_legacy(
     try:
         answer = await post_legacy(gw, body, timeout, infno=req.infno)
     except LegacyDown as exc:
-        if not exc.reached:
+        if not exc.reached or not tx.writes:
+            # Never reached, or a read (a pre-settlement, a query) that did nothing there
+            # either way (found from outside: a 2101 was told its outcome was unknown and not to
+            # settle it here): retry the same msgid.
             raise DependencyDown(LEGACY_DOWN_MSG) from None
         # It reached the old system, which may have done it (found from outside: a sale the
         # old system settled after the gateway gave up was settled here too when the counter

@@ -87,6 +87,14 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str, settling: bool = True
         return stored.answer  # the refusal written by the 2601, whatever the late body says
     if stored.body_sha256 != body_sha256:
         refused = refusal_of(stored.answer)
+        if refused is not None and UNKNOWN_OUTCOME in (_words_of(stored.answer) or ""):
+            # Forwarded to the old system, which may have done it: found from outside, a till
+            # that rebuilt the sale under its msgid was told it had not happened and to send it
+            # under a new one, to the old system again.
+            raise Conflict(
+                f"报文ID{msgid}的交易已转原医保系统办理，{UNKNOWN_OUTCOME}：请在原系统查询该报文ID"
+                "的结果，切勿在本系统重复结算；确认原系统未办理后，再使用新的报文ID重新发送"
+            )
         if refused is not None:
             # Found from outside: a clerk who corrected a refused sale and sent it again under
             # its msgid was sent looking for a settlement that never happened.
@@ -116,15 +124,27 @@ _answered = msgspec.json.Decoder(_Answered)
 _QUOTED = 60  # of the earlier refusal's words, in the new one (err_msg holds 200)
 
 
-def refusal_of(answer: bytes) -> str | None:
-    """The words of a stored refusal (infcode -1), cut to fit; None for a success."""
+# The words of an answer kept for a message forwarded to the old system that did not answer
+# in time: it may have done it (gateway.emergency.hook's LEGACY_UNKNOWN_MSG holds them).
+UNKNOWN_OUTCOME = "办理结果未知"
+
+
+def _words_of(answer: bytes) -> str | None:
+    """A stored refusal's whole words (infcode -1); None for a success."""
     try:
         stored = _answered.decode(answer)
     except msgspec.DecodeError:
         return None
     if str(stored.infcode) == "0":
         return None
-    words = stored.err_msg or "原因未记录"
+    return stored.err_msg or "原因未记录"
+
+
+def refusal_of(answer: bytes) -> str | None:
+    """The words of a stored refusal (infcode -1), cut to fit; None for a success."""
+    words = _words_of(answer)
+    if words is None:
+        return None
     return words if len(words) <= _QUOTED else f"{words[:_QUOTED]}…"
 
 

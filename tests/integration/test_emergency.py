@@ -1164,7 +1164,19 @@ async def test_a_sale_the_old_system_may_have_done_is_never_settled_here(
             # Counted as the old system's failure, a timeout (found from outside: counted as a
             # refusal, so the error alerts never saw an old system that stopped answering).
             assert _legacy_errors() == (errors[0] + 1, errors[1] + 1, errors[2])
+            # The msgid sent again with its body rebuilt is told the outcome is unknown, not that
+            # nothing happened (found from outside: told to use a new msgid, which would have
+            # sent the sale to the old system a second time).
+            rebuilt = {**drug, "druginfo": {**drug["druginfo"], "begntime": "2026-05-08 10:00:01"}}
+            again = await pos.call("2102", rebuilt, msgid=decode_request(body).msgid)
+            assert again["infcode"] == -1 and "办理结果未知" in again["err_msg"], again
+            assert "该交易未发生" not in again["err_msg"] and "原系统查询" in again["err_msg"]
             assert sent == [body]
+            # A pre-settlement did nothing there either way: retry the same msgid (found from
+            # outside: it was told its outcome was unknown and not to settle it here).
+            read = await pos.call("2101", drug)
+            assert read["infcode"] == -1 and "相同报文ID重试" in read["err_msg"], read
+            assert "办理结果未知" not in read["err_msg"]
             balance = await srv.fetchval(
                 "SELECT balance_fen FROM accounts WHERE psn_no = $1", EMPLOYEE
             )

@@ -314,6 +314,19 @@ def test_breaker_ratios_need_the_minimum_count_within_the_window() -> None:
     assert slow.state == OPEN and "慢于" in slow.reason
 
 
+def test_a_call_answered_well_does_not_open_the_breaker() -> None:
+    """Found from outside: a healed old system's first answer, the window's fifth call beside
+    four failures, opened its breaker for half a minute. The next failure still does."""
+    config = BreakerConfig(window_seconds=30, min_calls=5, error_ratio=0.5, consecutive_failures=9)
+    b = Breaker("legacy", config, Clock())
+    for _ in range(4):
+        b.record(False)
+    b.record(True)
+    assert b.state == CLOSED
+    b.record(False)
+    assert b.state == OPEN and "失败5/6" in b.reason
+
+
 async def test_institution_trigger_writes_one_rule_and_rearms_after_it_is_cleared() -> None:
     clock = Clock()
     written: list[tuple[str, str]] = []

@@ -30,9 +30,12 @@ def zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 @pytest.mark.parametrize("action", ["route_legacy", "route_legacy_shadow", "shadow"])
 def test_every_action_needing_the_old_system_needs_its_address(action: str) -> None:
     """Found from outside: `shadow` was taken with `[legacy] url` empty, the others refused."""
-    with pytest.raises(BadRequest, match=r"需要原系统地址，配置文件的\[legacy\] url未填写"):
-        store.check_routable(action, "")
+    # Blank, or not an address, is none either (found from outside: both were taken).
+    for none in ("", "  ", "not a url", "old.example/fsi", "ftp://old.example/x"):
+        with pytest.raises(BadRequest, match=r"需要原系统地址，配置文件的\[legacy\] url未填写"):
+            store.check_routable(action, none)
     store.check_routable(action, "http://old.example/fsi/api/rsfComIfsService/callService")
+    store.check_routable(action, " https://10.0.0.5:8443/fsi/api/rsfComIfsService/callService ")
 
 
 @pytest.mark.parametrize("action", ["reject", "defer", "selfpay", ""])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -91,12 +92,20 @@ _NEEDS_LEGACY = {
 }
 
 
+def _an_address(url: str) -> bool:
+    """Whether `url` is an http(s) address with a host."""
+    parts = urlsplit(url.strip())
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def check_routable(action: str, legacy_url: str) -> None:
     """A rule that needs the old system (forwards to it, or has it price in the shadow) needs
     its address (`[legacy] url`): found from outside, one was taken without it and every sale
     of its scope was refused until it was cleared. Checked where the setter has the gateway's
     configuration (the CLI's `--config`, the console's own)."""
-    if action in _NEEDS_LEGACY and not legacy_url:
+    if action in _NEEDS_LEGACY and not _an_address(legacy_url):
+        # Blank or not an address at all is none either (found from outside: "  " and "not a
+        # url" were taken, and every request of the scope would then have failed).
         raise BadRequest(
             f"{action}（{_NEEDS_LEGACY[action]}）需要原系统地址，配置文件的[legacy] url未填写："
             "请先配置并重启网关"
