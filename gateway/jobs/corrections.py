@@ -115,6 +115,9 @@ class Summary:
     items: list[Item] = field(default_factory=list)
     # Targets another run replaced meanwhile: (old setl_id, its replacement).
     elsewhere: list[tuple[str, str]] = field(default_factory=list)
+    # Targets the rules refused to re-settle: (setl_id, why). In the JSON and the CSV as in the
+    # text (found from outside: the CSV held only its header where the text named a failure).
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
     def persons(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -154,6 +157,7 @@ class Summary:
                 for k, v in self.persons().items()
             },
             "funds": {k: fen_text(v) for k, v in self.funds().items()},
+            "failed": [{"setl_id": setl_id, "why": why} for setl_id, why in self.failed],
             "totals": {
                 "settlements": len(self.items),
                 "patient_owes": fen_text(sum(it.patient_cash_delta for it in self.items)),
@@ -168,27 +172,27 @@ class Summary:
         """The agency's report: one row per corrected settlement."""
         buf = io.StringIO()
         w = spreadsheet.Writer(buf)
-        w.writerow(
-            [
-                "old_setl_id",
-                "new_setl_id",
-                "psn_no",
-                "mdtrt_id",
-                "old_medfee_sumamt",
-                "old_fund_pay_sumamt",
-                "new_fund_pay_sumamt",
-                "old_acct_pay",
-                "new_acct_pay",
-                "old_psn_cash_pay",
-                "new_psn_cash_pay",
-                "patient_owes",
-                "patient_collect",
-                "patient_refund",
-                "fund_delta",
-                *(f"delta_{c}" for c in FUND_CODES),
-                "code_changes",
-            ]
-        )
+        header = [
+            "old_setl_id",
+            "new_setl_id",
+            "psn_no",
+            "mdtrt_id",
+            "old_medfee_sumamt",
+            "old_fund_pay_sumamt",
+            "new_fund_pay_sumamt",
+            "old_acct_pay",
+            "new_acct_pay",
+            "old_psn_cash_pay",
+            "new_psn_cash_pay",
+            "patient_owes",
+            "patient_collect",
+            "patient_refund",
+            "fund_delta",
+            *(f"delta_{c}" for c in FUND_CODES),
+            "code_changes",
+            "not_corrected",
+        ]
+        w.writerow(header)
         for it in self.items:
             w.writerow(
                 [
@@ -213,8 +217,11 @@ class Summary:
                     " ".join(
                         f"{sn}:{old or '未对照'}→{new or '未对照'}" for sn, _, old, new in it.codes
                     ),
+                    "",
                 ]
             )
+        for setl_id, why in self.failed:
+            w.writerow([setl_id, *[""] * (len(header) - 2), why])
         return buf.getvalue()
 
     def to_text(self, verb: str, found: int, item_code: str) -> list[str]:
@@ -498,6 +505,7 @@ async def plan(
             raise _Rollback
     except _Rollback:
         pass
+    summary.failed = failed
     return summary, failed
 
 
@@ -551,4 +559,5 @@ async def apply(
             failed.append((t.setl_id, exc.err_msg))
         if progress is not None:
             progress(i, len(todo))
+    summary.failed = failed
     return summary, failed

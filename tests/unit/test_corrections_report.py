@@ -113,3 +113,19 @@ def test_nothing_to_correct_says_why_not_that_the_item_was_unused() -> None:
         " in force now"
     )
     assert "upload the corrected mapping first (3301)" in text[1], text
+
+
+def test_a_settlement_the_rules_refused_to_re_settle_is_in_the_csv_and_the_json() -> None:
+    """Found from outside: the text named a failure ("would fail …: 是零星报销…的结算"), the CSV
+    held only its header, though the README says the JSON and the CSV carry the same."""
+    summary = Summary(items=[_item("S1", "P1", (0, 500), (500, 0))])
+    summary.failed = [("S2", "是零星报销LX2026120600000003的结算，不能撤销或重结算")]
+    rows = list(csv.DictReader(io.StringIO(summary.to_csv())))
+    assert [(r["old_setl_id"], r["not_corrected"]) for r in rows] == [
+        ("S1", ""),
+        ("S2", "是零星报销LX2026120600000003的结算，不能撤销或重结算"),
+    ]
+    assert rows[1]["patient_collect"] == ""  # nothing computed for it
+    assert summary.to_json()["failed"] == [
+        {"setl_id": "S2", "why": "是零星报销LX2026120600000003的结算，不能撤销或重结算"}
+    ]
