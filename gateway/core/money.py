@@ -60,13 +60,21 @@ _LIMIT = 10**16
 _LONGEST_WHOLE = 30  # more digits (leading zeros, or far out of range) go the Decimal route
 
 
+def _out_of_range(what: str, places: int) -> AmountError:
+    """Past the interface's sixteen digits, said with the digits it allows before the point
+    (found from outside: "超出范围" alone, and the clerk could not tell what to correct)."""
+    return AmountError(
+        f"{what}超出范围：接口的数值最多16位数字，其中{places}位小数，整数部分最多{16 - places}位"
+    )
+
+
 def scaled(value: Decimal | int | str, places: int, what: str) -> int:
     """A number with at most `places` decimals as an integer of that scale; more decimals or
     a value past the interface's sixteen digits is an AmountError naming `what`."""
     if isinstance(value, int) and not isinstance(value, bool):
         scale: int = 10**places
         if abs(value) * scale >= _LIMIT:
-            raise AmountError(f"{what}超出范围")
+            raise _out_of_range(what, places)
         return value * scale
     plain = _PLAIN.fullmatch(value) if type(value) is str else None
     if plain is not None:
@@ -110,7 +118,7 @@ def from_digits(sign: str, whole: str, fraction: str | None, places: int, what: 
         return _by_decimal(f"{sign}{whole}.{fraction or 0}", places, what)
     digits: int = int(whole + fraction) * 10 ** (places - len(fraction))
     if digits >= _LIMIT:
-        raise AmountError(f"{what}超出范围")
+        raise _out_of_range(what, places)
     return -digits if sign else digits
 
 
@@ -133,7 +141,7 @@ def _by_decimal(value: Decimal | int | str, places: int, what: str) -> int:
         raise AmountError(f"{what}最多{places}位小数")
     result = d.scaleb(places)
     if abs(result) >= _LIMIT:
-        raise AmountError(f"{what}超出范围")
+        raise _out_of_range(what, places)
     return int(result)
 
 

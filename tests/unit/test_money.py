@@ -19,6 +19,7 @@ from gateway.core.money import (
     micro_text,
     price_times_cnt_fen,
     round_div,
+    scaled,
     to_bp,
     to_cnt,
     to_fen,
@@ -248,3 +249,18 @@ def test_plain_text_reads_as_its_decimal(text: str, places: int) -> None:
             return str(exc)
 
     assert outcome(text) == outcome(Decimal(text))
+
+
+@pytest.mark.parametrize(
+    ("value", "places", "whole"),
+    [("99999999999999999999.00", 2, 14), ("100000000000000", 2, 14), (10**11, 6, 10)],
+)
+def test_a_number_past_sixteen_digits_is_told_how_many_it_may_have(
+    value: str | int, places: int, whole: int
+) -> None:
+    """Found from outside: "…pric超出范围" alone, and the clerk could not tell what to correct."""
+    with pytest.raises(
+        AmountError,
+        match=f"超出范围：接口的数值最多16位数字，其中{places}位小数，整数部分最多{whole}位",
+    ):
+        scaled(value, places, "pric")
