@@ -86,10 +86,16 @@ def output_closed(exc: BaseException) -> bool:
 NOT_UTF8 = "文件不是UTF-8编码的文本（Excel等导出的GBK文件请另存为UTF-8后再读入）"
 
 
+def _given_url(args: argparse.Namespace) -> str | None:
+    """--database-url, else GATEWAY_DATABASE_URL; None: the embedded server."""
+    url: str | None = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+    return url
+
+
 def database_named(args: argparse.Namespace) -> str:
     """Which database `database_url` gives, in words for the start-up line, without a password
     (found from outside: `make run` never said it used the embedded server, or where)."""
-    url: str | None = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+    url = _given_url(args)
     if not url:
         return "the embedded PostgreSQL in var/pg (no --database-url or GATEWAY_DATABASE_URL)"
     parts = urlsplit(url)
@@ -99,7 +105,7 @@ def database_named(args: argparse.Namespace) -> str:
 
 def database_url(args: argparse.Namespace) -> str:
     """--database-url, else GATEWAY_DATABASE_URL, else the embedded PostgreSQL under ./var/."""
-    url: str | None = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+    url = _given_url(args)
     if url:
         return url
     # Imported here: the embedded server's wheel is loaded only when no URL is given.

@@ -86,8 +86,9 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str, settling: bool = True
     if stored.tombstone:
         return stored.answer  # the refusal written by the 2601, whatever the late body says
     if stored.body_sha256 != body_sha256:
-        refused = refusal_of(stored.answer)
-        if refused is not None and UNKNOWN_OUTCOME in (_words_of(stored.answer) or ""):
+        words = _words_of(stored.answer)
+        refused = None if words is None else _cut(words)
+        if words is not None and UNKNOWN_OUTCOME in words:
             # Forwarded to the old system, which may have done it: found from outside, a till
             # that rebuilt the sale under its msgid was told it had not happened and to send it
             # under a new one, to the old system again.
@@ -140,12 +141,14 @@ def _words_of(answer: bytes) -> str | None:
     return stored.err_msg or "原因未记录"
 
 
+def _cut(words: str) -> str:
+    return words if len(words) <= _QUOTED else f"{words[:_QUOTED]}…"
+
+
 def refusal_of(answer: bytes) -> str | None:
     """The words of a stored refusal (infcode -1), cut to fit; None for a success."""
     words = _words_of(answer)
-    if words is None:
-        return None
-    return words if len(words) <= _QUOTED else f"{words[:_QUOTED]}…"
+    return None if words is None else _cut(words)
 
 
 async def claim(

@@ -759,7 +759,8 @@ _DOWN: tuple[type[Exception], ...] = (*db.UNAVAILABLE, Unavailable)
 READ_SECONDS = 10.0
 LEDGER_SLOW_MSG = (
     "医保结算数据库繁忙：未能在时限内读出应急预案、登录会话或审计记录，请稍后刷新"
-    "（本控制台最多占用数据库连接池中的两个连接，不影响柜台结算；各网关的熔断器按配置自动执行保护动作）"
+    f"（本控制台最多占用数据库连接池中的{CONSOLE_CONNECTIONS}个连接，不影响柜台结算；"
+    "各网关的熔断器按配置自动执行保护动作）"
 )
 
 
