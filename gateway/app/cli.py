@@ -48,17 +48,21 @@ from gateway.core.timestamps import zone_warning
 from gateway.emergency.console import commands as console_commands
 from gateway.jobs import clearing, corrections
 from gateway.ledger import checker, db, idempotency, partitions, reference_store
-from gateway.ops import logs, orphans
+from gateway.ops import logs, metrics, orphans
 from gateway.protocol.errors import BadRequest, GatewayError
 
 
-def _serve_one(settings: Settings, host: str, port: int, supervisor: int | None) -> None:
-    """One serving process: alone, or one of `serve --workers N` (its supervisor's pid given),
-    which share the port through SO_REUSEPORT."""
+def _serve_one(
+    settings: Settings, host: str, port: int, supervisor: int | None, worker: int = 0
+) -> None:
+    """One serving process: alone, or worker `worker` of `serve --workers N` (its supervisor's
+    pid given), which share the port through SO_REUSEPORT."""
     if supervisor is not None:
         # A worker of `serve --workers N`: stopped (gracefully) when its supervisor is gone,
         # not left answering on the shared port with settings nobody runs any more.
         orphans.end_with_parent(supervisor, orphans.stop_gracefully)
+    if worker:
+        metrics.leave_plan_changes_to_the_first_worker()
     logs.configure()
     uvloop.install()
     heap.enable()  # this process only serves: its long-lived heap is frozen once loaded

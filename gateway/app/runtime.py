@@ -301,7 +301,7 @@ class Gateway:
                 metrics.PLAN_DEGRADED.labels(scope, klass).set(1 if degraded else 0)
                 new = (is_.action, is_.source) if is_ else None
                 if exported is not None and exported.get((scope, klass)) != new:
-                    metrics.PLAN_CHANGES.labels(scope, klass, new[0] if new else "normal").inc()
+                    metrics.plan_changed(scope, klass, new[0] if new else "normal")
                 if new is not None:
                     states[(scope, klass)] = new
         self._plan_states = states

@@ -42,8 +42,9 @@ class _Slot:
 def run(
     ctx: SpawnContext, target: Callable[..., None], args: tuple[object, ...], workers: int
 ) -> None:
-    """Run `workers` processes of `target(*args)` until SIGTERM or SIGINT, then stop them all
-    (each drains its requests on its own SIGTERM) and return when every one has exited."""
+    """Run `workers` processes of `target(*args, index)` until SIGTERM or SIGINT, then stop them
+    all (each drains its requests on its own SIGTERM) and return when every one has exited.
+    `index` is the worker's place, 0 to `workers` - 1, the same for its replacement."""
     slots = [_Slot() for _ in range(workers)]
     stopping = False
 
@@ -59,9 +60,9 @@ def run(
     signal.signal(signal.SIGINT, stop)
     while True:
         now = time.monotonic()
-        for slot in slots:
+        for index, slot in enumerate(slots):
             if not stopping and slot.due is not None and slot.due <= now:
-                slot.process = ctx.Process(target=target, args=args, daemon=False)
+                slot.process = ctx.Process(target=target, args=(*args, index), daemon=False)
                 slot.process.start()
                 slot.started, slot.due = now, None
                 if stopping and slot.process.pid is not None:

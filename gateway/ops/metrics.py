@@ -99,10 +99,30 @@ PLAN_DEGRADED = Gauge(
 )
 PLAN_CHANGES = Counter(
     "sgw_plan_changes",
-    "Emergency-plan state changes seen by this process: rules, windows opening and closing,"
-    " breakers (scope breaker:<dependency>, action = the breaker's new state)",
+    "Emergency-plan state changes: rules set and cleared, windows opening and closing (once per"
+    " gateway), breakers (each process's own; scope breaker:<dependency>, action = the breaker's"
+    " new state)",
     ["scope", "class", "action"],
 )
+# A rule or a window is the whole gateway's, and every worker reads it from the ledger and sees it
+# change: counted by each, the summed counter said two changes for one under `--workers 2` (found
+# from outside). Worker 0 counts them (its replacement too, from where it starts); a breaker is
+# its own process's, so every worker counts its breakers' changes.
+_counts_plan_changes = True
+
+
+def leave_plan_changes_to_the_first_worker() -> None:
+    """This process is a later worker: the plan's changes are counted by worker 0."""
+    global _counts_plan_changes
+    _counts_plan_changes = False
+
+
+def plan_changed(scope: str, klass: str, action: str) -> None:
+    """A rule or window changed what applies to (scope, class)."""
+    if _counts_plan_changes:
+        PLAN_CHANGES.labels(scope, klass, action).inc()
+
+
 # Deferred claims waiting for replay, in two parts, since workers see them differently: every
 # worker reads the same ledger (and the same segments of dead workers), so that part is the
 # largest any live worker read; each holds its own journal, so that part is their sum (found from
