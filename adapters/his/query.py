@@ -113,6 +113,10 @@ _SENT_FIELDS = (
     "adm_dept_codg",
     "adm_dept_name",
     "adm_bed",
+    # 住院主诊断, which 2401 requires and 2403 may change (found from outside: a HIS reading a
+    # stay back by 5201 found no main diagnosis; public clients' 5201 rows carry it).
+    "dscg_maindiag_code",
+    "dscg_maindiag_name",
     "main_cond_dscr",
     "coner_name",
     "tel",

@@ -41,7 +41,8 @@ async def _stay(his: HisClient, ipt_no: str, begntime: str = f"{DAY}12 07:00:00"
             "psn_no": PSN, "insutype": "390", "begntime": begntime, **certificate(PSN),
             "med_type": "21", "ipt_no": ipt_no, "atddr_no": "D1", "chfpdr_name": "主治医生",
             "adm_dept_codg": "K1", "adm_dept_name": "内科", "adm_bed": "3", "adm_diag_dscr": "发热咳嗽三天",
-            "dise_codg": "J18.9", "dise_name": "肺炎",
+            "dise_codg": "J18.9", "dise_name": "肺炎", "dscg_maindiag_code": "J18.9",
+            "dscg_maindiag_name": "肺炎",
         },
         "diseinfo": [_dise("J18.9", "肺炎")],
     }  # fmt: skip
@@ -80,6 +81,9 @@ async def test_an_institution_reads_back_its_visits_of_a_person(server: Server) 
     )
     assert (second["adm_bed"], second["chfpdr_name"], second["endtime"]) == ("12", "主治医生", None)
     assert (second["adm_diag_dscr"], first["adm_diag_dscr"]) == ("发热咳嗽三天", None)
+    # The stay's main diagnosis as 2401 sent it (found from outside: 5201 left it out).
+    assert (second["dscg_maindiag_code"], second["dscg_maindiag_name"]) == ("J18.9", "肺炎")
+    assert first["dscg_maindiag_code"] is None
 
     # Narrowed by med_type, by mdtrt_id; an empty range is an empty list, not a refusal.
     stays = (await his.ok("5201", _query(med_type="21")))["mdtrtinfo"]
