@@ -936,3 +936,58 @@ async def test_a_claim_retried_on_another_worker_keeps_its_number(
                 assert await srv.fetchval(claims) == 1
         finally:
             await proxy.close()
+
+
+async def test_a_claim_retried_in_a_later_outage_gets_its_answer_again(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: a claim answered in one outage, drained into the ledger once it was
+    back, then retried by its till in a second outage, was made a claim again: the same number,
+    but its setl_time the retry's (the journal had forgotten it once drained, and the ledger
+    could not be asked). The answer the ledger now keeps is the process's to give, byte for
+    byte."""
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
+        port = proxy.port
+        try:
+            pos = srv.client(PHARMACY)
+            drug = pos.drug_input(PERSONS[2], "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+            body = msgspec.json.encode(pos.envelope("2102", drug))
+            msgid = msgspec.json.decode(body)["msgid"]
+            async with _another_process(_through(srv.dsn, port), tmp_path / "j") as (url, gw):
+                breaker = gw.breakers["postgres"]
+
+                async def sent() -> bytes:
+                    async with srv.session.post(
+                        f"{url}/fsi/api/rsfComIfsService/callService",
+                        data=body,
+                        headers=pos.headers(),
+                    ) as resp:
+                        return await resp.read()
+
+                await proxy.close()  # the first outage
+                for _ in range(FAST_BREAKER.consecutive_failures):
+                    breaker.record(False)
+                first = await sent()
+                claim = decode(first)["output"]["setlinfo"]["setl_id"]
+                assert claim.startswith("DF"), decode(first)
+                await proxy.start(port)  # back: the journal drains into the ledger
+
+                async def drained() -> bool:
+                    kept = await srv.fetchval(
+                        "SELECT claim_id FROM deferred WHERE msgid = $1", msgid
+                    )
+                    return kept == claim and gw.journal.answered(PHARMACY, msgid) is None
+
+                await until(drained, within=30.0)
+                await asyncio.sleep(1.1)  # a retry made a claim again would have another time
+                await proxy.close()  # the second outage
+                for _ in range(FAST_BREAKER.consecutive_failures):
+                    breaker.record(False)
+                assert breaker.is_open
+                again = await sent()
+                assert again == first, (decode(again), decode(first))
+                assert gw.journal.answered(PHARMACY, msgid) is None  # nothing journaled again
+        finally:
+            await proxy.close()

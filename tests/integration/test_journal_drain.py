@@ -87,12 +87,12 @@ async def test_an_interrupted_drain_keeps_its_committed_chunks(
             drain_one = replay._drain_one
             calls = 0
 
-            async def failing(conn: Any, e: Entry) -> int:
+            async def failing(conn: Any, e: Entry, answered: list[Entry]) -> int:
                 nonlocal calls
                 calls += 1
                 if calls == 8:  # in the second chunk: the first is committed by then
                     raise _Interrupted
-                return await drain_one(conn, e)
+                return await drain_one(conn, e, answered)
 
             monkeypatch.setattr(replay, "_drain_one", failing)
             with pytest.raises(_Interrupted):
@@ -101,8 +101,16 @@ async def test_an_interrupted_drain_keeps_its_committed_chunks(
             assert kept == 5  # the first chunk; the second rolled back
             assert list(dead.glob("*.journal"))  # the segment stays until drained whole
 
+            def remembered() -> list[bytes]:
+                found = (gw.recent.answered(PHARMACY, e.msgid) for e in entries)
+                return [stored.answer for stored in found if stored is not None]
+
+            # What the ledger committed, the process answers while it is away again; what rolled
+            # back it does not hold as committed.
+            assert len(remembered()) == 5
             monkeypatch.setattr(replay, "_drain_one", drain_one)
             assert await replay.drain(gw, Journal(dead)) == CLAIMS - 5
+            assert sorted(remembered()) == sorted(e.answer for e in entries)
         finally:
             await gw.close()
         rows = await srv.fetch("SELECT claim_id FROM deferred ORDER BY claim_id")

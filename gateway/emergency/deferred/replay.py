@@ -81,9 +81,16 @@ async def drain(
                 # would roll back whole every time. Draining again inserts nothing twice.
                 async with ledger.pool.acquire() as conn:
                     for start in range(0, len(mine), DRAIN_CHUNK):
+                        answered: list[deferred.Entry] = []
                         async with conn.transaction():
                             for e in mine[start : start + DRAIN_CHUNK]:
-                                moved += await _drain_one(conn, e)
+                                moved += await _drain_one(conn, e, answered)
+                        # The journal forgets them below, and the ledger answers their retries:
+                        # while it is away again, this process still does, byte for byte (found
+                        # from outside: a claim's retry in a later outage was made a claim again,
+                        # its setl_time the retry's).
+                        for e in answered:
+                            gw.recent.remember(e.fixmedins_code, e.msgid, e.digest, e.answer)
             if whole and damaged:
                 # An acknowledged claim the disk damaged: its segment is kept whole for the
                 # team (its readable entries are in the ledger; draining it again adds nothing
@@ -155,7 +162,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-async def _drain_one(conn: asyncpg.Connection, e: deferred.Entry) -> int:
+async def _drain_one(
+    conn: asyncpg.Connection, e: deferred.Entry, answered: list[deferred.Entry]
+) -> int:
+    """Move one entry into the ledger; `answered` gets it when its answer is now its msgid's."""
     infno = e.infno
     if e.kind == "withdrawal":
         assert e.claim_id is not None
@@ -166,7 +176,9 @@ async def _drain_one(conn: asyncpg.Connection, e: deferred.Entry) -> int:
     fresh = await idempotency.record_deferred(
         conn, e.fixmedins_code, e.msgid, infno, e.digest, e.answer
     )
-    if not fresh and e.kind != "withdrawal":
+    if fresh:
+        answered.append(e)
+    elif e.kind != "withdrawal":
         # The ledger answered this msgid besides the claim (before the outage, through another
         # process or node, or during it): replaying it would do it twice. The team settles the
         # patient's cash against the ledger's answer instead.
