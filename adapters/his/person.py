@@ -20,7 +20,6 @@ _IDENTITY = {"dibao": ("10", "最低生活保障对象"), "tekun": ("11", "特�
     writes=False,
     klass=TxClass.ENCOUNTER,
     input=wire.In1101,
-    by_person=True,
 )
 async def person_info(call: Call) -> Answer:
     data = decode_input(call.req, In1101).data
@@ -74,7 +73,6 @@ async def person_info(call: Call) -> Answer:
     writes=False,
     klass=TxClass.ENCOUNTER,
     input=wire.In2001,
-    by_person=True,
 )
 async def treatment(call: Call) -> Answer:
     """Whether the pool fund pays for the person's visit: `trtinfo[]`, its row flagged 1 (享受)

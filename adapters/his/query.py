@@ -158,9 +158,7 @@ def _visit_row(
     return row
 
 
-@register(
-    "5201", "就诊信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5201, by_person=True
-)
+@register("5201", "就诊信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5201)
 async def visit_info(call: Call) -> Answer:
     """The person's visits and stays at the institution begun within the range: `mdtrtinfo[]`
     (none is an empty list)."""

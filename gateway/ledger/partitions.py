@@ -9,11 +9,17 @@ every region reads (catalog, mappings, institutions, plan, operators), the perso
 the ledger of every region no cluster lists; with no clusters configured it holds everything,
 as `make run` does.
 
-A request goes to the cluster of the region it names in `insuplc_admdvs`. One that names the
-person (a psn_no, or a certificate for 1101) without the region is routed by the directory in
-the main database, one round trip more, taken only when the ledger is split. Anything else (a
-sign-in, a catalog upload, an institution's reconciliation) goes to the main database. A retry
-carries the same region, so it reaches the same cluster and its stored answer.
+A request that names the person (a psn_no, or a certificate) goes to the cluster of the person's
+region as the directory in the main database has it: one round trip more the first time a
+process meets the person, taken only when the ledger is split. Found from outside: routed by the
+envelope's `insuplc_admdvs` first, a HIS that fills it with its own region (as some do before
+they have read the card, and go on doing) had every 毕节 patient's registration and sale refused
+as "no such person" in its 清远 ledger, though 1101 found them; a single database settles them.
+The envelope's region routes a person the directory does not know, and any request while the
+directory cannot be asked (a person lives in one database only, so a request routed elsewhere
+is refused, never settled twice). Anything else (a sign-in, a catalog upload, an institution's
+reconciliation) goes to the database of the envelope's region, or the main one. A retry names
+the same person and region, so it reaches the same cluster and its stored answer.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from gateway.app.config import LedgerCluster
 from gateway.ledger import db, idempotency
 
 MAIN = "main"
+# Persons whose region a process keeps (about 200 bytes each).
+REGIONS_KEPT = 100_000
+# How long a request whose envelope names a region waits for the directory before it goes there.
+DIRECTORY_SECONDS = 0.5
 # The main database's advisory lock held while persons are placed into their clusters.
 PLACING_LOCK = 0x5E7717
 
@@ -54,6 +64,10 @@ class Partitions:
         self.all = (main, *self.clusters)
         self._by_region = {region: c for c in self.clusters for region in c.regions}
         self.split = bool(self.clusters)
+        # (psn_no, certificate type, number) -> the region the directory gave. A person's
+        # region moves only when persons are placed into their clusters at a server's start, so
+        # a process keeps what it read (emptied when full, a bound on its memory).
+        self._regions: dict[tuple[str, str, str], str] = {}
 
     @classmethod
     async def open(
@@ -74,18 +88,27 @@ class Partitions:
     def of_region(self, admdvs: str) -> Partition:
         return self._by_region.get(admdvs, self.main)
 
-    async def of_request(self, req: Request, wait: float, by_person: bool = False) -> Partition:
-        """The database holding this request's money (see the module's words); `by_person`:
-        the directory first, the envelope's region only for a person it does not know."""
+    async def of_request(self, req: Request, wait: float) -> Partition:
+        """The database holding this request's money (see the module's words): the directory's
+        region of the person it names, the envelope's for anyone else."""
         if not self.split:
             return self.main
-        if req.insuplc_admdvs and not by_person:
-            return self.of_region(req.insuplc_admdvs)
         who = _who(req.input)
-        region: str | None = None
-        if who is not None:
-            async with asyncio.timeout(wait), db.leased(self.main.pool, wait) as conn:
-                region = await region_of(conn, *who)
+        region = None if who is None else self._regions.get(who)
+        if who is not None and region is None:
+            # With the envelope's region to fall back on, a main database that hangs delays a
+            # cluster's request by a moment, not its whole deadline.
+            asked = min(wait, DIRECTORY_SECONDS) if req.insuplc_admdvs else wait
+            try:
+                async with asyncio.timeout(asked), db.leased(self.main.pool, asked) as conn:
+                    region = await region_of(conn, *who)
+            except db.UNAVAILABLE:  # a timeout among them
+                if not req.insuplc_admdvs:
+                    raise
+            if region is not None:
+                if len(self._regions) >= REGIONS_KEPT:
+                    self._regions.clear()
+                self._regions[who] = region
         if region is None:
             region = req.insuplc_admdvs  # no one the directory knows: as the envelope says
         return self.of_region(region) if region else self.main

@@ -231,7 +231,7 @@ async def _ledger_of(gw: Gateway, tx: Transaction, req: Request) -> Partition:
             found = await gw.ledgers.holding(req.fixmedins_code, original, wait)
             if found is not None:
                 return found
-    return await gw.ledgers.of_request(req, wait, tx.by_person)
+    return await gw.ledgers.of_request(req, wait)
 
 
 # The visits a retail pharmacy does not hold: its sales are 2101/2102 (protocol §2.0).

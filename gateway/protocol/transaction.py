@@ -125,9 +125,6 @@ class Transaction:
     # by region it runs in the database whose msgid journal holds that msgid, wherever the
     # request's own region or person points.
     acts_on: Callable[[Request], str] | None = None
-    # In a ledger split by region, routed by the person directory before the envelope's region:
-    # 1101 reads the card, and a HIS fills insuplc_admdvs from its answer, not before.
-    by_person: bool = False
     # A pre-settlement's read form: the Job whose build over the state as it is (no lock) is the
     # answer; the group read (gateway.pipeline.group_read) reads such requests in batches. The
     # handler must answer the same: it previews the same Job on its own connection.
@@ -165,7 +162,6 @@ def register(
     dated: tuple[Dated, ...] = (),
     settle_claim: ClaimSettle | None = None,
     acts_on: Callable[[Request], str] | None = None,
-    by_person: bool = False,
     previewed: Prepare | None = None,
     judged: Prepare | None = None,
     checked: Check | None = None,
@@ -189,7 +185,6 @@ def register(
             dated,
             settle_claim,
             acts_on,
-            by_person,
             previewed,
             judged,
             checked,

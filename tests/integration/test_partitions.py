@@ -178,6 +178,40 @@ async def test_a_visit_away_from_home_commits_in_the_insured_regions_cluster(
         assert held == [f"cluster {BIJIE}"], table
 
 
+@pytest.mark.parametrize("named", [QINGYUAN, "999999", "abcdef"])
+async def test_a_remote_patients_visit_under_another_region_settles_in_their_cluster(
+    split: Split, single: Server, named: str
+) -> None:
+    """Found from outside: a HIS that fills insuplc_admdvs with its own region (or a wrong one)
+    had a 毕节 patient's registration refused as "人员编号…不存在，请重新读卡" by the split
+    ledger, though 1101 had found them and one database settles them. A request naming a
+    person goes to the person's region."""
+    args = (BIJIE_WORKER, named, f"MZ-NAMED-{named}", "2026-07-03")
+    there = await _hospital_visit(split.srv, *args, OUTPATIENT_LINES, OUTPATIENT_TOTAL)
+    alone = await _hospital_visit(single, *args, OUTPATIENT_LINES, OUTPATIENT_TOTAL)
+    assert {k: there[k] for k in MONEY} == {k: alone[k] for k in MONEY}
+    held = await split.holding(
+        "SELECT count(*) FROM settlements WHERE setl_id = $1", there["setl_id"]
+    )
+    assert held == [f"cluster {BIJIE}"]
+
+
+async def test_a_sale_under_another_region_settles_once_and_its_retry_finds_it(
+    split: Split, single: Server
+) -> None:
+    pos = split.srv.client(PHARMACY_OF[WENZHOU], WENZHOU)
+    body = msgspec.json.encode(
+        pos.envelope("2102", _sale(pos, WENZHOU_RETIREE), insuplc_admdvs=QINGYUAN)
+    )
+    first = await pos.post_raw(body)
+    again = await pos.post_raw(body)
+    assert (await single.client(PHARMACY_OF[WENZHOU], WENZHOU).post_raw(body))[0] == 200
+    assert first[0] == again[0] == 200 and first[1] == again[1], decode(first[1])
+    setl_id = decode(first[1])["output"]["setlinfo"]["setl_id"]
+    held = await split.holding("SELECT count(*) FROM settlements WHERE setl_id = $1", setl_id)
+    assert held == [f"cluster {WENZHOU}"]
+
+
 async def test_a_retry_reaches_the_same_cluster_and_gets_its_stored_answer(
     split: Split, single: Server
 ) -> None:
