@@ -3,7 +3,6 @@ requests of gateway.services.reconciliation."""
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 
 import asyncpg
@@ -11,6 +10,7 @@ import msgspec
 
 from adapters.national.envelope import Amount, Code, decode_input, text
 from adapters.national.wire import Node, day, fen_required, required
+from gateway.core.dates import DateRules
 from gateway.core.money import shown
 from gateway.core.settle import EMPLOYEE, RESIDENT
 from gateway.emergency.plan.rules import TxClass
@@ -120,9 +120,7 @@ def _period(call: Call, d: StmtTotal) -> reconciliation.StatementPeriod:
     begn = day(d.stmt_begndate, "data.stmt_begndate")
     # A period that has not begun holds nothing to compare: refused as the counter's future
     # dates are (found from outside: answered as a mismatch).
-    call.gw.config.dates.check_not_ahead(
-        "对账开始日期stmt_begndate", dt.datetime.combine(begn, dt.time()), now=call.now
-    )
+    DateRules.check_day_not_ahead("对账开始日期stmt_begndate", begn, now=call.now)
     end = day(d.stmt_enddate, "data.stmt_enddate")
     if end < begn:
         raise BadRequest("对账结束日期不能早于开始日期")

@@ -26,6 +26,19 @@ def test_a_moment_up_to_the_tolerance_ahead_is_accepted() -> None:
         )
 
 
+def test_a_day_after_today_is_refused_even_minutes_before_midnight() -> None:
+    """Found from outside: a 3201 of tomorrow, sent in the last ten minutes of today, was
+    answered; the moments' tolerance carried the day's midnight into it."""
+    late = dt.datetime(2026, 12, 2, 23, 55, 0)
+    DateRules.check_day_not_ahead("对账开始日期stmt_begndate", dt.date(2026, 12, 2), now=late)
+    with pytest.raises(RuleRejected) as refused:
+        DateRules.check_day_not_ahead("对账开始日期stmt_begndate", dt.date(2026, 12, 3), now=late)
+    assert str(refused.value) == (
+        "对账开始日期stmt_begndate（2026-12-03）晚于今天（2026-12-02），"
+        "不能办理未来日期的业务，请核对日期"
+    )
+
+
 def test_the_late_bound_is_the_first_of_january_years_back() -> None:
     rules = DateRules(late_years=2)
     assert rules.earliest("441800", NOW) == dt.date(2024, 1, 1)
