@@ -155,6 +155,17 @@ async def withdraw(
     )
 
 
+async def withdrawn_by(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> str | None:
+    """The claim the institution's message `msgid` withdrew, if it withdrew one (a rare look-up,
+    on a refusal's path: no index)."""
+    found = await conn.fetchval(
+        "SELECT claim_id FROM deferred WHERE fixmedins_code = $1 AND withdrawn_msgid = $2",
+        fixmedins_code,
+        msgid,
+    )
+    return None if found is None else str(found)
+
+
 async def claim_row(
     conn: asyncpg.Connection, claim_id: str, fixmedins_code: str
 ) -> asyncpg.Record | None:

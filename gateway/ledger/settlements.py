@@ -42,7 +42,7 @@ from gateway.core.model import (
 )
 from gateway.core.money import fen_text
 from gateway.core.settle import apply
-from gateway.ledger import encounters, fees, payouts, persons
+from gateway.ledger import deferred, encounters, fees, payouts, persons
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import Writes, insert_statement
@@ -713,6 +713,15 @@ async def reinstate(
         fixmedins_code,
         cancel_msgid,
     )
+    if found is None:
+        claim_id = await deferred.withdrawn_by(conn, fixmedins_code, cancel_msgid)
+        if claim_id is not None:
+            # Found from outside: told the message had cancelled nothing, when it had withdrawn
+            # a claim the patient was refunded for.
+            raise Conflict(
+                f"原报文{cancel_msgid}撤销的是应急预案暂存结算{claim_id}（参保人现金应已全额退还），"
+                "暂存结算撤销后不能冲正恢复；如需医保结算，请使用新的报文ID重新结算"
+            )
     if found is None or found["category"] not in categories:
         raise NotFound(f"未找到原报文{cancel_msgid}撤销的结算")
     if found["psn_no"] != psn_no:

@@ -330,7 +330,8 @@ async def test_a_cancelled_sale_is_not_put_back_by_a_2601_while_deferring(
     status = "SELECT status FROM settlements WHERE setl_id = $1"
     assert await server.fetchval(status, info["setl_id"]) == "cancelled"
     # A 2103 that withdrew a claim cancelled no settlement: its 2601 is told so at once, not
-    # to wait for the recovery (found from outside).
+    # to wait for the recovery (found from outside), naming the claim it withdrew (found from
+    # outside: "未找到原报文…撤销的结算" read as if the message had done nothing).
     claim = decode(
         await _send(pos, "DGP-CLAIM", pos.drug_input(person, DAY, "9.90", basket("9.90")))
     )
@@ -340,7 +341,11 @@ async def test_a_cancelled_sale_is_not_put_back_by_a_2601_while_deferring(
     assert decode(raw)["infcode"] == 0
     of_withdrawal = {"data": {"psn_no": person, "omsgid": "DGP-WD", "oinfno": "2103"}}
     answer = await pos.call("2601", of_withdrawal)
-    assert (answer["infcode"], answer["err_msg"]) == (-1, "未找到原报文DGP-WD撤销的结算")
+    assert (answer["infcode"], answer["err_msg"]) == (
+        -1,
+        f"原报文DGP-WD撤销的是应急预案暂存结算{claim_id}（参保人现金应已全额退还），"
+        "暂存结算撤销后不能冲正恢复；如需医保结算，请使用新的报文ID重新结算",
+    )
     assert await server.check_ledger() == []
 
 
