@@ -30,8 +30,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -443,6 +445,40 @@ async def test_primary_and_gateway_killed_under_load(tmp_path: Path) -> None:
         await _drill(cluster, tmp_path / "state.json")
 
 
+# Past the leader key's ttl (config/cluster/patroni.yml): without failsafe mode the primary
+# demotes itself then.
+ETCD_PAUSE_SECONDS = 15.0
+
+
+async def _etcd_paused(cluster: Any, load: Load, breakers: Breakers, primary: str) -> None:
+    """etcd stopped (SIGSTOP: a hung store, or one cut off) longer than the leader key lives,
+    every member up: found from outside, Patroni demoted the primary and 441800's settlements
+    were deferred for 22 s. In failsafe mode the primary keeps its role while the members answer
+    it, and no node's breaker opens."""
+    etcd = cluster.pid("etcd")
+    assert etcd is not None
+    opened_before = dict(breakers.last_open)
+    os.kill(etcd, signal.SIGSTOP)
+    paused_at = time.monotonic()
+    try:
+        seen: list[str | None] = []
+        while time.monotonic() - paused_at < ETCD_PAUSE_SECONDS:
+            seen.append(await asyncio.to_thread(cluster.primary))
+            await asyncio.sleep(1.0)
+    finally:
+        os.kill(etcd, signal.SIGCONT)
+    assert set(seen) == {primary}, seen
+    assert breakers.last_open == opened_before, (breakers.last_open, opened_before)
+    real_time = [
+        s
+        for s in load.acknowledged()
+        if s.acked_at > paused_at
+        and s.answer is not None
+        and not s.answer["output"]["setlinfo"]["setl_id"].startswith("DF")
+    ]
+    assert len(real_time) >= ETCD_PAUSE_SECONDS, len(real_time)  # a till's sale a second, at least
+
+
 async def _drill(cluster: Any, state: Path) -> None:
     ports = cluster.ports
     dsn = cluster.data["dsn"]  # the Patroni cluster: region 441800's ledger
@@ -565,6 +601,9 @@ async def _drill(cluster: Any, state: Path) -> None:
         # The other regions' ledgers were never touched: nothing of theirs deferred.
         assert "deferred" not in during.get("outcomes", {}), during
         assert during.get("outcomes", {}).get("ok", 0) > 0, during
+
+        # --- etcd stops answering, no member lost: the primary stays, settling goes on -------
+        await _etcd_paused(cluster, load, breakers, new)
 
         # --- a gateway node dies under load --------------------------------------------------
         at_gateway_kill = len(load.acknowledged())
