@@ -852,6 +852,21 @@ async def _another_process(dsn: str, journal: Path) -> AsyncIterator[tuple[str, 
         await runner.cleanup()
 
 
+def _sale(srv: Server, person: str) -> tuple[HisClient, bytes]:
+    """A pharmacy's cash-and-fund sale to `person` (no account), as its till sends it."""
+    pos = srv.client(PHARMACY)
+    drug = pos.drug_input(person, "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+    return pos, msgspec.json.encode(pos.envelope("2102", drug))
+
+
+def _opened(gw: Any) -> None:
+    """The ledger's breaker open, as the failures of a ledger that refuses connections open it."""
+    breaker = gw.breakers["postgres"]
+    for _ in range(FAST_BREAKER.consecutive_failures):
+        breaker.record(False)
+    assert breaker.is_open
+
+
 async def test_a_restarted_gateway_answers_a_retry_of_a_sale_settled_before_it(
     new_database: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -864,18 +879,13 @@ async def test_a_restarted_gateway_answers_a_retry_of_a_sale_settled_before_it(
     async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
         proxy = ledger.started()
         try:
-            pos = srv.client(PHARMACY)
-            drug = pos.drug_input(PERSONS[0], "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
-            body = msgspec.json.encode(pos.envelope("2102", drug))
+            pos, body = _sale(srv, PERSONS[0])
             status, first = await pos.post_raw(body)
             assert status == 200 and decode(first)["infcode"] == 0, first
             journal = tmp_path / "restarted"
             async with _another_process(_through(srv.dsn, proxy.port), journal) as (url, gw):
                 await proxy.close()  # the ledger refuses every connection from now on
-                breaker = gw.breakers["postgres"]
-                for _ in range(FAST_BREAKER.consecutive_failures):
-                    breaker.record(False)
-                assert breaker.is_open
+                _opened(gw)
                 async with srv.session.post(
                     f"{url}/fsi/api/rsfComIfsService/callService",
                     data=body,
@@ -899,9 +909,7 @@ async def test_a_claim_retried_on_another_worker_keeps_its_number(
         proxy = ledger.started()
         port = proxy.port
         try:
-            pos = srv.client(PHARMACY)
-            drug = pos.drug_input(PERSONS[1], "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
-            body = msgspec.json.encode(pos.envelope("2102", drug))
+            pos, body = _sale(srv, PERSONS[1])
             dsn = _through(srv.dsn, port)
             async with (
                 _another_process(dsn, tmp_path / "a") as (url_a, gw_a),
@@ -909,9 +917,7 @@ async def test_a_claim_retried_on_another_worker_keeps_its_number(
             ):
                 await proxy.close()  # refused from now on
                 for gw in (gw_a, gw_b):
-                    breaker = gw.breakers["postgres"]
-                    for _ in range(FAST_BREAKER.consecutive_failures):
-                        breaker.record(False)
+                    _opened(gw)
                 numbers = []
                 for url in (url_a, url_b, url_a):
                     async with srv.session.post(
@@ -951,12 +957,9 @@ async def test_a_claim_retried_in_a_later_outage_gets_its_answer_again(
         proxy = ledger.started()
         port = proxy.port
         try:
-            pos = srv.client(PHARMACY)
-            drug = pos.drug_input(PERSONS[2], "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
-            body = msgspec.json.encode(pos.envelope("2102", drug))
+            pos, body = _sale(srv, PERSONS[2])
             msgid = msgspec.json.decode(body)["msgid"]
             async with _another_process(_through(srv.dsn, port), tmp_path / "j") as (url, gw):
-                breaker = gw.breakers["postgres"]
 
                 async def sent() -> bytes:
                     async with srv.session.post(
@@ -967,8 +970,7 @@ async def test_a_claim_retried_in_a_later_outage_gets_its_answer_again(
                         return await resp.read()
 
                 await proxy.close()  # the first outage
-                for _ in range(FAST_BREAKER.consecutive_failures):
-                    breaker.record(False)
+                _opened(gw)
                 first = await sent()
                 claim = decode(first)["output"]["setlinfo"]["setl_id"]
                 assert claim.startswith("DF"), decode(first)
@@ -983,9 +985,7 @@ async def test_a_claim_retried_in_a_later_outage_gets_its_answer_again(
                 await until(drained, within=30.0)
                 await asyncio.sleep(1.1)  # a retry made a claim again would have another time
                 await proxy.close()  # the second outage
-                for _ in range(FAST_BREAKER.consecutive_failures):
-                    breaker.record(False)
-                assert breaker.is_open
+                _opened(gw)
                 again = await sent()
                 assert again == first, (decode(again), decode(first))
                 assert gw.journal.answered(PHARMACY, msgid) is None  # nothing journaled again
