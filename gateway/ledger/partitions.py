@@ -15,9 +15,10 @@ process meets the person, taken only when the ledger is split. Found from outsid
 envelope's `insuplc_admdvs` first, a HIS that fills it with its own region (as some do before
 they have read the card, and go on doing) had every 毕节 patient's registration and sale refused
 as "no such person" in its 清远 ledger, though 1101 found them; a single database settles them.
-The envelope's region routes a person the directory does not know, and any request while the
-directory cannot be asked (a person lives in one database only, so a request routed elsewhere
-is refused, never settled twice). Anything else (a sign-in, a catalog upload, an institution's
+The envelope's region routes a person the directory does not know, and, while the directory
+cannot be asked, a request to a database that holds the person it names; one whose region does
+not hold them is told to retry (sent there, its refusal would be kept against its msgid, and
+the retry would settle where the person is: two answers to one message). Anything else (a sign-in, a catalog upload, an institution's
 reconciliation) goes to the database of the envelope's region, or the main one. A retry names
 the same person and region, so it reaches the same cluster and its stored answer.
 """
@@ -103,8 +104,14 @@ class Partitions:
                 async with asyncio.timeout(asked), db.leased(self.main.pool, asked) as conn:
                     region = await region_of(conn, *who)
             except db.UNAVAILABLE:  # a timeout among them
-                if not req.insuplc_admdvs:
+                # The envelope's region only where the person is: a request sent there for
+                # someone who is not would keep a refusal ("no such person") against its msgid
+                # in that database, and its retry, the directory back, would settle in the
+                # person's (found from outside: two answers to one message).
+                guessed = self.of_region(req.insuplc_admdvs) if req.insuplc_admdvs else None
+                if guessed is None or not await _holds(guessed, who[0], wait):
                     raise
+                return guessed
             if region is not None:
                 if len(self._regions) >= REGIONS_KEPT:
                     self._regions.clear()
@@ -176,6 +183,18 @@ def _who(raw: bytes) -> tuple[str, str, str] | None:
         if named is not None and (named.psn_no or named.mdtrt_cert_no):
             return named.psn_no, named.mdtrt_cert_type, named.mdtrt_cert_no
     return None
+
+
+async def _holds(partition: Partition, psn_no: str, wait: float) -> bool:
+    """Whether the person is in the database (False when it cannot be asked either)."""
+    if not psn_no:
+        return False  # a certificate alone: the directory reads those
+    try:
+        async with asyncio.timeout(wait), db.leased(partition.pool, wait) as conn:
+            found = await conn.fetchval("SELECT 1 FROM persons WHERE psn_no = $1", psn_no)
+    except db.UNAVAILABLE:
+        return False
+    return found is not None
 
 
 # The directory columns a certificate type is matched against (as gateway.ledger.persons matches

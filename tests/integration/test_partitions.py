@@ -19,7 +19,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from adapters.national.envelope import Request, decode_request
 from gateway.jobs.reconcile import BALANCED
+from gateway.ledger import db
+from gateway.ledger.partitions import Partition, Partitions
 from tests.integration.conftest import Server, running_gateway
 from tests.integration.emergency_helpers import (
     DRUG_LINES,
@@ -210,6 +213,43 @@ async def test_a_sale_under_another_region_settles_once_and_its_retry_finds_it(
     setl_id = decode(first[1])["output"]["setlinfo"]["setl_id"]
     held = await split.holding("SELECT count(*) FROM settlements WHERE setl_id = $1", setl_id)
     assert held == [f"cluster {WENZHOU}"]
+
+
+async def test_with_the_directory_away_a_request_goes_only_where_its_person_is(
+    split: Split,
+) -> None:
+    """Found from outside: the main database away, a sale sent with another region's
+    insuplc_admdvs for a person the process had not met was refused as "no such person" in that
+    region's database, the refusal kept; the main database back, its retry settled in the
+    person's: two answers to one message. The envelope's region takes a request only where the
+    person is; elsewhere the directory's outage is the caller's to retry."""
+    pools = {
+        name: await db.create_pool(dsn, min_size=1, max_size=2)
+        for name, dsn in (("main", split.srv.dsn), ("bijie", split.clusters[BIJIE]),
+                          ("wenzhou", split.clusters[WENZHOU]))
+    }  # fmt: skip
+    await pools["main"].close()  # the main database's outage: every acquire fails
+    try:
+        ledgers = Partitions(
+            Partition("main", pools["main"]),
+            [
+                Partition("bijie", pools["bijie"], frozenset({BIJIE})),
+                Partition("wenzhou", pools["wenzhou"], frozenset({WENZHOU})),
+            ],
+        )
+        pos = split.srv.client(PHARMACY_OF[BIJIE], BIJIE)
+
+        def sale(region: str) -> Request:
+            body = pos.envelope("2102", _sale(pos, BIJIE_WORKER), insuplc_admdvs=region)
+            return decode_request(msgspec.json.encode(body))
+
+        assert (await ledgers.of_request(sale(BIJIE), 1.0)).name == "bijie"
+        for elsewhere in (WENZHOU, QINGYUAN):
+            with pytest.raises(db.UNAVAILABLE):
+                await ledgers.of_request(sale(elsewhere), 1.0)
+    finally:
+        for pool in pools.values():
+            await pool.close()
 
 
 async def test_a_retry_reaches_the_same_cluster_and_gets_its_stored_answer(
