@@ -261,7 +261,10 @@ async def _synth(url: str, persons: int, region: str, config_path: Path) -> int:
 def synth(args: argparse.Namespace) -> int:
     """demo synth: add synthetic insured employees so load spreads over many people."""
     added = asyncio.run(_synth(database_url(args), args.persons, args.region, Path(args.config)))
-    print(f"added {added} synthetic persons in region {args.region}")
+    print(
+        f"added {added} synthetic persons in region {args.region}"
+        f" ({args.persons} in all with those already there)"
+    )
     return 0
 
 
@@ -511,7 +514,11 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))
     add_database(dl)
     dl.set_defaults(func=demo)
-    ds = dsub.add_parser("synth", help="add N synthetic employees (psn_no S<region><12 digits>)")
+    ds = dsub.add_parser(
+        "synth",
+        help="the region's synthetic employees (psn_no S<region><12 digits>) made up to N,"
+        " those already there kept",
+    )
     ds.add_argument("--persons", type=int, required=True)
     ds.add_argument("--region", default="441800")
     ds.add_argument(

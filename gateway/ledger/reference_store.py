@@ -271,11 +271,16 @@ async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
 async def synthesize(
     conn: asyncpg.Connection, persons: int, region: str, balance_fen: int = 100_000
 ) -> int:
-    """Add N insured employees (psn_no = certno = "S" + region + 12 digits) for load tests.
+    """The region's insured employees for load tests (psn_no = certno = "S" + region + 12
+    digits) made up to N: those already there are kept, the missing indexes added.
 
-    Existing synthetic persons of the region are kept; only the missing indexes are added.
+    Counted in the directory, which knows every person: a ledger cluster's persons leave the
+    main database's `persons` (found from outside: a second synth for a split region started
+    again at 1 and failed on the directory's key).
     """
-    start = await conn.fetchval("SELECT count(*) FROM persons WHERE psn_no LIKE $1", f"S{region}%")
+    start = await conn.fetchval(
+        "SELECT count(*) FROM person_directory WHERE psn_no LIKE $1", f"S{region}%"
+    )
     rows = [f"S{region}{i:012d}" for i in range(int(start) + 1, persons + 1)]
     if not rows:
         return 0

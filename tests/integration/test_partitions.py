@@ -252,6 +252,22 @@ async def test_with_the_directory_away_a_request_goes_only_where_its_person_is(
             await pool.close()
 
 
+async def test_synthetic_persons_of_a_cluster_are_made_up_to_their_number(
+    split: Split, tmp_path: Path
+) -> None:
+    """Found from outside: a second `demo synth` for a split region counted the region's persons
+    in the main database, which its cluster had taken, and failed on the directory's key."""
+    config = str(split.config_file(tmp_path))
+    args = ("demo", "synth", "--region", BIJIE, "--database-url", split.srv.dsn, "--config", config)
+    assert "added 3 synthetic" in cli(*args, "--persons", "3").stdout
+    assert "added 2 synthetic" in cli(*args, "--persons", "5").stdout
+    assert "added 0 synthetic" in cli(*args, "--persons", "5").stdout
+    held = await split.rows(
+        split.clusters[BIJIE], "SELECT count(*) FROM persons WHERE psn_no LIKE 'S520500%'"
+    )
+    assert held[0][0] == 5
+
+
 async def test_a_retry_reaches_the_same_cluster_and_gets_its_stored_answer(
     split: Split, single: Server
 ) -> None:
