@@ -429,7 +429,7 @@ def to_text(report: MonthlyReport) -> list[str]:
         if d.claims:
             out.append(
                 f"  应急补结算（主动报）: {d.claims} 笔, 实际费用 {fen_text(d.medfee_sumamt)}, "
-                f"应退参保人 {fen_text(d.to_patients)}"
+                f"应付参保人 {fen_text(d.to_patients)}"
             )
         m = r.manual_claims
         if m.claims:

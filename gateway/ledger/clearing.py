@@ -195,16 +195,19 @@ async def reimbursed(
     institution: str | None,
     names: Names,
 ) -> list[Reimbursed]:
-    """Reads per institution the deferred claims replayed in [since, until) whose settlement is
-    in force, and what they owe: found from outside, a replayed settlement cancelled since (its
-    owed reimbursement withdrawn) was still counted, as a manual claim's is not (`claimed`)."""
+    """Reads per institution the deferred claims whose replayed settlement was made in [since,
+    until) and is in force, and what they owe: found from outside, a replayed settlement
+    cancelled since (its owed reimbursement withdrawn) was still counted, as a manual claim's is
+    not (`claimed`). The month is the settlement's time, as every other figure of the report's
+    (found from outside: the replay's row stamped by the database's clock put a claim replayed
+    after midnight on New Year's Day into the month before, once the two clocks differed)."""
     corr_args: list[object] = [since, until] + ([institution] if institution else [])
     rows = await conn.fetch(
         "SELECT d.fixmedins_code, count(*) AS n,"
         " sum(d.medfee_sumamt) AS medfee, sum(d.reimbursement_fen) AS owed FROM deferred d"
         " JOIN settlements s ON s.setl_id = d.setl_id"
         " WHERE d.kind = 'claim' AND s.status = 'settled'"
-        " AND d.status = 'settled' AND d.replayed_at >= $1 AND d.replayed_at < $2"
+        " AND d.status = 'settled' AND s.setl_time >= $1 AND s.setl_time < $2"
         + (" AND d.fixmedins_code = $3" if institution else "")
         + " GROUP BY d.fixmedins_code",
         *corr_args,

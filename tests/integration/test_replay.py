@@ -143,6 +143,14 @@ async def test_replayed_claims_equal_online_settlement(new_database: Callable[..
         for inst in report["institutions"]:
             assert inst["total"]["declared"] == "0.00", inst
             assert inst["lines"] == []
+        # The month is the replayed settlement's time, as every figure of the report's, whatever
+        # the database's clock stamped the replay's row with (found from outside: clocks apart
+        # put a claim replayed just after New Year's midnight into the month before).
+        await deferred.fetch("UPDATE deferred SET replayed_at = replayed_at - interval '40 days'")
+        moved = json.loads(cli("clearing", "monthly", "--month", month, "--json", "--database-url", deferred.dsn).stdout)  # fmt: skip
+        assert {
+            r["fixmedins_code"]: r["deferred_reimbursements"] for r in moved["institutions"]
+        } == shown
         # A replayed settlement cancelled since (its owed reimbursement withdrawn) is not
         # reported: found from outside, it was still counted with what it no longer owes.
         gone = await deferred.fetchrow(
