@@ -24,7 +24,7 @@ MAX_ROWS = 1000
 MAX_PAGE = 1000
 # A 3301 row without enddate is in force until revoked or superseded (Guangzhou's client, IBORN
 # `RequestGzsiModel3301`, leaves it unset); the catalog marks open-ended rows with this date.
-OPEN_END = dt.date(2099, 12, 31)
+OPEN_END = catalog_mappings.OPEN_END
 T = TypeVar("T")
 
 
@@ -97,6 +97,13 @@ async def upload(call: Call) -> Answer:
     if len(rows) > MAX_ROWS:
         raise BadRequest(f"单次上传目录对照不能超过{MAX_ROWS}条，请分批上传")
     decoded = []
+    # An item mapped twice from one day in one upload: which applies would be the row order's,
+    # silently (found from outside: two national codes from the same begndate, the last one won
+    # and the first stayed to come back on a revoke). The same row sent twice is written once
+    # (else the second replaced the first from its first day, and 1317 listed the one row as
+    # both valid and replaced).
+    first_of: dict[tuple[str, dt.date], tuple[int, str]] = {}
+    written: set[catalog_mappings.MappingRow] = set()
     for i, row in enumerate(rows, start=1):
         at = f"第{i}条"
         owner = text(row.fixmedins_code)
@@ -106,18 +113,26 @@ async def upload(call: Call) -> Answer:
         end = day(row.enddate, f"{at}enddate") if text(row.enddate) else OPEN_END
         if end < begn:
             raise BadRequest(f"{at}：结束日期早于开始日期")
-        decoded.append(
-            catalog_mappings.MappingRow(
-                fixmedins_hilist_id=required(row.fixmedins_hilist_id, f"{at}fixmedins_hilist_id"),
-                fixmedins_hilist_name=required(
-                    row.fixmedins_hilist_name, f"{at}fixmedins_hilist_name"
-                ),
-                list_type=required(row.list_type, f"{at}list_type"),
-                med_list_codg=required(row.med_list_codg, f"{at}med_list_codg"),
-                begndate=begn,
-                enddate=end,
-            )
+        mapping = catalog_mappings.MappingRow(
+            fixmedins_hilist_id=required(row.fixmedins_hilist_id, f"{at}fixmedins_hilist_id"),
+            fixmedins_hilist_name=required(row.fixmedins_hilist_name, f"{at}fixmedins_hilist_name"),
+            list_type=required(row.list_type, f"{at}list_type"),
+            med_list_codg=required(row.med_list_codg, f"{at}med_list_codg"),
+            begndate=begn,
+            enddate=end,
         )
+        earlier = first_of.setdefault(
+            (mapping.fixmedins_hilist_id, begn), (i, mapping.med_list_codg)
+        )
+        if earlier[1] != mapping.med_list_codg:
+            raise BadRequest(
+                f"{at}与第{earlier[0]}条对照同一项目{mapping.fixmedins_hilist_id}、同一开始日期"
+                f"{begn:%Y-%m-%d}，医保目录编码却不同（{earlier[1]}、"
+                f"{mapping.med_list_codg}），请只上传正确的一条"
+            )
+        if mapping not in written:
+            written.add(mapping)
+            decoded.append(mapping)
     count = await catalog_mappings.upload(call.conn, call.req.fixmedins_code, decoded)
     return Answer({"result": {"count": count}}, catalog_changed=True)
 
@@ -144,6 +159,7 @@ async def revoke(call: Call) -> Answer:
     revoked = await catalog_mappings.revoke(
         call.conn, code, (_revocation(code, row) for row in rows)
     )
+    left = await catalog_mappings.left_words(call.conn, code, revoked)
     return Answer(
         {
             "sucessData": [
@@ -156,6 +172,7 @@ async def revoke(call: Call) -> Answer:
                 for r in revoked
             ]
         },
+        warn_msg=left,
         catalog_changed=True,
     )
 

@@ -405,6 +405,21 @@ async def revoke_mapping(
     return n
 
 
+async def mappings_in_force(
+    conn: asyncpg.Connection, fixmedins_code: str, items: list[str]
+) -> list[asyncpg.Record]:
+    """The items' mapping rows not revoked, the latest upload first."""
+    return list(
+        await conn.fetch(
+            "SELECT medins_list_codg, med_list_codg, begndate, enddate FROM catalog_mappings"
+            " WHERE fixmedins_code = $1 AND medins_list_codg = ANY($2::text[])"
+            " AND revoked_at IS NULL ORDER BY mapping_id DESC",
+            fixmedins_code,
+            items,
+        )
+    )
+
+
 async def institution_known(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
     """Whether the reference data holds the institution."""
     return await institution_type(conn, fixmedins_code) is not None

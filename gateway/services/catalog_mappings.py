@@ -15,6 +15,9 @@ from gateway.core.model import Mapping
 from gateway.ledger import reference_store
 from gateway.protocol.errors import NotFound
 
+# A row uploaded without an end date: open-ended.
+OPEN_END = dt.date(2099, 12, 31)
+
 
 class MappingRow(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """One row of a 3301 (its dates read and in order)."""
@@ -70,3 +73,34 @@ async def revoke(
             )
         revoked.append(r)
     return revoked
+
+
+async def left_words(
+    conn: asyncpg.Connection, fixmedins_code: str, revoked: Sequence[Revocation]
+) -> str:
+    """What each item revoked is mapped by now, for the 3302's warn_msg. A revoke takes its rows
+    away as if never uploaded: an earlier row they had replaced applies again (found from
+    outside: a row 1317 showed as replaced came back unannounced and priced the lines), so the
+    answer names it; or says the item's lines are now unmapped."""
+    items = list(dict.fromkeys(r.fixmedins_hilist_id for r in revoked))
+    rows = await reference_store.mappings_in_force(conn, fixmedins_code, items)
+    words = []
+    for item in items:
+        left = [r for r in rows if r["medins_list_codg"] == item]
+        if not left:
+            words.append(
+                f"项目{item}已无有效对照，其费用按未对照全额自费；如需医保结算请重新上传对照（3301）"
+            )
+            continue
+        kept = "、".join(
+            f"{r['med_list_codg']}（{r['begndate']:%Y-%m-%d}起"
+            + ("" if r["enddate"] >= OPEN_END else f"至{r['enddate']:%Y-%m-%d}")
+            + "）"
+            for r in left[:3]
+        )
+        more = f"等{len(left)}条" if len(left) > 3 else ""
+        words.append(
+            f"项目{item}撤销后按本机构此前上传、仍未撤销的对照结算：{kept}{more}"
+            "（后上传的优先）；如不应再适用，请一并撤销"
+        )
+    return "；".join(words)

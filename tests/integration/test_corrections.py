@@ -125,8 +125,8 @@ async def test_catalog_queries_and_revoke(server: Server) -> None:
         "1317", {"data": {"fixmedins_code": HOSPITAL, "page_num": 1, "page_size": 5}}
     )
     assert other["infcode"] == -1
-    # 3302 revokes: the item is unmapped again at once.
-    await his.ok(
+    # 3302 revokes: the item is unmapped again at once, and the answer says so.
+    revoked = await his.call(
         "3302",
         {
             "data": {
@@ -136,6 +136,10 @@ async def test_catalog_queries_and_revoke(server: Server) -> None:
                 "med_list_codg": WRONG_CLASS_A,
             }
         },
+    )
+    assert revoked["infcode"] == 0, revoked
+    assert revoked["warn_msg"] == (
+        "项目ZZ0001已无有效对照，其费用按未对照全额自费；如需医保结算请重新上传对照（3301）"
     )
     gone = await his.ok(
         "1317", {"data": {"medins_list_codg": "ZZ0001", "page_num": 1, "page_size": 10}}
@@ -152,6 +156,43 @@ async def test_catalog_queries_and_revoke(server: Server) -> None:
         },
     )
     assert again["infcode"] == -1
+
+
+async def test_a_revoke_names_the_mapping_that_applies_again(server: Server) -> None:
+    """Found from outside: revoking the row that had replaced another from before its first day
+    brought that one back (1317 had shown it replaced) and priced the lines by it, unannounced.
+    A revoke takes its rows away as if never uploaded; its answer names what applies now."""
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(WRONG_CLASS_A, "ZZ0011", begndate="2026-06-01"))
+    await his.ok("3301", _mapping(CLASS_B, "ZZ0011", begndate="2026-05-01"))
+    revoke = {"fixmedins_hilist_id": "ZZ0011", "list_type": "101", "med_list_codg": CLASS_B}
+    answer = await his.call("3302", {"data": revoke})
+    assert answer["infcode"] == 0, answer
+    assert answer["warn_msg"] == (
+        f"项目ZZ0011撤销后按本机构此前上传、仍未撤销的对照结算：{WRONG_CLASS_A}（2026-06-01起）"
+        "（后上传的优先）；如不应再适用，请一并撤销"
+    )
+    query = {"medins_list_codg": "ZZ0011", "page_num": 1, "page_size": 10}
+    page = await his.ok("1317", {"data": query})
+    assert [(r["med_list_codg"], r["vali_flag"]) for r in page["data"]] == [(WRONG_CLASS_A, "1")]
+
+
+async def test_an_item_mapped_twice_from_one_day_in_one_upload_is_refused(server: Server) -> None:
+    """Found from outside: two national codes for one item from the same begndate in one
+    upload were both taken, the last silently winning. The same row twice is one row."""
+    his = server.client(HOSPITAL)
+    one, other = _mapping(WRONG_CLASS_A, "ZZ0012")["data"], _mapping(CLASS_B, "ZZ0012")["data"]
+    refused = await his.call("3301", {"data": [one, other]})
+    assert refused["infcode"] == -1
+    assert refused["err_msg"] == (
+        f"第2条与第1条对照同一项目ZZ0012、同一开始日期2026-01-01，医保目录编码却不同"
+        f"（{WRONG_CLASS_A}、{CLASS_B}），请只上传正确的一条"
+    )
+    page = await his.ok(
+        "1317", {"data": {"medins_list_codg": "ZZ0012", "page_num": 1, "page_size": 5}}
+    )
+    assert page["recordCounts"] == 0  # nothing written
+    assert (await his.ok("3301", {"data": [one, one]}))["result"]["count"] == 1
 
 
 async def test_a_mapping_superseded_from_its_first_day_is_not_listed_as_valid(
