@@ -108,9 +108,9 @@ class Partitions:
                 # someone who is not would keep a refusal ("no such person") against its msgid
                 # in that database, and its retry, the directory back, would settle in the
                 # person's (found from outside: two answers to one message).
-                guessed = self.of_region(req.insuplc_admdvs) if req.insuplc_admdvs else None
-                if guessed is None or not await _holds(guessed, who[0], wait):
-                    raise
+                guessed = self.of_region(req.insuplc_admdvs) if req.insuplc_admdvs else self.main
+                if guessed is self.main or not await _holds(guessed, who[0], wait):
+                    raise  # the main database is the one that did not answer
                 return guessed
             if region is not None:
                 if len(self._regions) >= REGIONS_KEPT:
