@@ -432,10 +432,11 @@ async def _write(
             outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode, ledger)
     _observe(gw, code, True, False, started, ledger.name)
     if outcome.outcome is Result.OK:
-        if mode is Mode.NORMAL:
-            # Committed with its answer: a retry while the ledger is away gets it from here.
-            gw.recent.remember(code, req.msgid, body_hash, outcome.body)
-        elif mode is Mode.DEFERRED:
+        # Committed with its answer: a retry while the ledger is away gets it from here, a claim
+        # the plan deferred into the ledger as a settlement (found from outside: a claim's retry
+        # in a later outage was made a claim again, its balc and times rebuilt).
+        gw.recent.remember(code, req.msgid, body_hash, outcome.body)
+        if mode is Mode.DEFERRED:
             outcome.outcome = Result.DEFERRED
     return outcome
 

@@ -35,7 +35,7 @@ from gateway.app.server import Settings, prepare_database
 from gateway.emergency.breaker import BreakerConfig
 from tests.adversity.proxy import Proxy
 from tests.integration.conftest import GENEROUS, Server, running_gateway
-from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli, until
+from tests.integration.emergency_helpers import DRUG_LINES, DRUG_TOTAL, cli, set_rule, until
 from tests.integration.his_client import HisClient, amount_text, decode
 
 pytestmark = pytest.mark.integration
@@ -989,5 +989,43 @@ async def test_a_claim_retried_in_a_later_outage_gets_its_answer_again(
                 again = await sent()
                 assert again == first, (decode(again), decode(first))
                 assert gw.journal.answered(PHARMACY, msgid) is None  # nothing journaled again
+        finally:
+            await proxy.close()
+
+
+async def test_a_claim_the_plan_deferred_into_the_ledger_is_answered_again_in_an_outage(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: a sale the plan's `defer` made a claim in the ledger (the ledger up),
+    retried by its till once the ledger had dropped away, was made a claim again: the same
+    number, but its balc 0.00 and its times the retry's. The process keeps every answer the
+    ledger committed, a claim's too."""
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
+        try:
+            pos, body = _sale(srv, PERSONS[1])
+            async with _another_process(_through(srv.dsn, proxy.port), tmp_path / "j") as (
+                url,
+                gw,
+            ):
+
+                async def sent() -> bytes:
+                    async with srv.session.post(
+                        f"{url}/fsi/api/rsfComIfsService/callService",
+                        data=body,
+                        headers=pos.headers(),
+                    ) as resp:
+                        return await resp.read()
+
+                await set_rule(srv.dsn, f"institution:{PHARMACY}", "settlement", "defer")
+                await gw.reload_plan(force=True)
+                first = await sent()
+                assert decode(first)["output"]["setlinfo"]["setl_id"].startswith("DF")
+                await asyncio.sleep(1.1)  # a claim made again would have another time
+                await proxy.close()  # the ledger away
+                _opened(gw)
+                again = await sent()
+                assert again == first, (decode(again), decode(first))
         finally:
             await proxy.close()
