@@ -245,26 +245,33 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _synth(url: str, persons: int, region: str, config_path: Path) -> int:
+async def _synth(url: str, persons: int, region: str, config_path: Path) -> tuple[int, int]:
     pool = await db.create_pool(url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn)
-            added = await reference_store.synthesize(conn, persons, region)
+            made = await reference_store.synthesize(conn, persons, region)
             # A region of a ledger cluster: its persons go there (the directory stays here).
             await partitions.prepare_clusters(conn, load_config(config_path).ledger_clusters)
-            return added
+            return made
     finally:
         await pool.close()
 
 
 def synth(args: argparse.Namespace) -> int:
     """demo synth: add synthetic insured employees so load spreads over many people."""
-    added = asyncio.run(_synth(database_url(args), args.persons, args.region, Path(args.config)))
-    print(
-        f"added {added} synthetic persons in region {args.region}"
-        f" ({args.persons} in all with those already there)"
-    )
+    try:
+        added, there = asyncio.run(
+            _synth(database_url(args), args.persons, args.region, Path(args.config))
+        )
+    except reference_store.UnknownRegion:
+        print(
+            f"refused: region {args.region} is not one the reference data knows"
+            " (no institution in it, no person insured in it)",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"added {added} synthetic persons in region {args.region} ({there} there now)")
     return 0
 
 
@@ -519,7 +526,7 @@ def parser() -> argparse.ArgumentParser:
         help="the region's synthetic employees (psn_no S<region><12 digits>) made up to N,"
         " those already there kept",
     )
-    ds.add_argument("--persons", type=int, required=True)
+    ds.add_argument("--persons", type=count_arg, required=True)
     ds.add_argument("--region", default="441800")
     ds.add_argument(
         "--config",

@@ -268,22 +268,37 @@ async def read_snapshot(conn: asyncpg.Connection, ref: Reference) -> Snapshot:
             gc.enable()
 
 
+class UnknownRegion(Exception):
+    """A region no institution is in and no person insured in."""
+
+
 async def synthesize(
     conn: asyncpg.Connection, persons: int, region: str, balance_fen: int = 100_000
-) -> int:
+) -> tuple[int, int]:
     """The region's insured employees for load tests (psn_no = certno = "S" + region + 12
     digits) made up to N: those already there are kept, the missing indexes added.
 
     Counted in the directory, which knows every person: a ledger cluster's persons leave the
     main database's `persons` (found from outside: a second synth for a split region started
-    again at 1 and failed on the directory's key).
+    again at 1 and failed on the directory's key). Returns (added, how many there are now).
+    A region the reference data does not know is refused (found from outside: persons of a
+    region with no policy were made, then refused at every counter).
     """
-    start = await conn.fetchval(
-        "SELECT count(*) FROM person_directory WHERE psn_no LIKE $1", f"S{region}%"
+    known = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM institutions WHERE admdvs = $1)"
+        " OR EXISTS (SELECT 1 FROM person_directory WHERE insuplc_admdvs = $1)",
+        region,
     )
-    rows = [f"S{region}{i:012d}" for i in range(int(start) + 1, persons + 1)]
+    if not known:
+        raise UnknownRegion(region)
+    start = int(
+        await conn.fetchval(
+            "SELECT count(*) FROM person_directory WHERE psn_no LIKE $1", f"S{region}%"
+        )
+    )
+    rows = [f"S{region}{i:012d}" for i in range(start + 1, persons + 1)]
     if not rows:
-        return 0
+        return 0, start
     async with conn.transaction():
         await conn.copy_records_to_table(
             "persons",
@@ -323,7 +338,7 @@ async def synthesize(
         await conn.copy_records_to_table(
             "person_directory", records=[(p, p, p, region) for p in rows]
         )
-    return len(rows)
+    return len(rows), persons
 
 
 async def upload_mappings(conn: asyncpg.Connection, rows: list[Mapping]) -> int:

@@ -256,12 +256,40 @@ async def test_synthetic_persons_of_a_cluster_are_made_up_to_their_number(
     split: Split, tmp_path: Path
 ) -> None:
     """Found from outside: a second `demo synth` for a split region counted the region's persons
-    in the main database, which its cluster had taken, and failed on the directory's key."""
+    in the main database, which its cluster had taken, and failed on the directory's key; it
+    said "N in all" where more were there; it made persons of a region nothing knows, and took
+    a negative number."""
     config = str(split.config_file(tmp_path))
     args = ("demo", "synth", "--region", BIJIE, "--database-url", split.srv.dsn, "--config", config)
-    assert "added 3 synthetic" in cli(*args, "--persons", "3").stdout
-    assert "added 2 synthetic" in cli(*args, "--persons", "5").stdout
-    assert "added 0 synthetic" in cli(*args, "--persons", "5").stdout
+    assert (
+        "added 3 synthetic persons in region 520500 (3 there now)"
+        in cli(*args, "--persons", "3").stdout
+    )
+    assert (
+        "added 2 synthetic persons in region 520500 (5 there now)"
+        in cli(*args, "--persons", "5").stdout
+    )
+    assert (
+        "added 0 synthetic persons in region 520500 (5 there now)"
+        in cli(*args, "--persons", "4").stdout
+    )
+    nowhere = cli(
+        "demo",
+        "synth",
+        "--region",
+        "999999",
+        "--persons",
+        "2",
+        "--database-url",
+        split.srv.dsn,
+        check=False,
+    )
+    assert (
+        nowhere.returncode == 2
+        and "region 999999 is not one the reference data knows" in nowhere.stderr
+    )
+    negative = cli(*args, "--persons", "-5", check=False)
+    assert negative.returncode == 2 and "应为正整数" in negative.stderr
     held = await split.rows(
         split.clusters[BIJIE], "SELECT count(*) FROM persons WHERE psn_no LIKE 'S520500%'"
     )
