@@ -83,7 +83,7 @@ class Verifier:
         self._local: OrderedDict[str, float] = OrderedDict()
         # The gateway's Redis breaker: while it is open nonces are this process's to remember
         # (docs/emergency.md), without waiting for a Redis that hangs.
-        self.gate = SharedStoreGate()
+        self.gate = SharedStoreGate(None if redis is None else redis.ping)
 
     def claimed(self, headers: Mapping[str, str]) -> str:
         """The institution a request names in x-tif-paasid, for the metrics: a registered code,
@@ -167,6 +167,11 @@ class Verifier:
                 log.warning("nonce store unavailable; using process-local memory")
             else:
                 self.gate.note(True)
+                if first:
+                    # Remembered here too: while Redis is away this process still knows the
+                    # nonces it took through Redis (found from outside: one taken a moment
+                    # before the outage was taken again by the same worker during it).
+                    self._local[key] = now
                 return first
         self._local[key] = now
         return True

@@ -101,7 +101,7 @@ class Limiter:
         self._script = redis.register_script(_LUA) if redis is not None else None
         # After Redis failures the breaker opens and requests use local buckets instead of each
         # waiting for a connect timeout: a Redis outage must not add latency to settlement.
-        self.gate = SharedStoreGate()
+        self.gate = SharedStoreGate(None if redis is None else redis.ping)
 
     async def redis_status(self) -> str:
         """ "ok", "unreachable" or "not configured": reported by /readyz, never required."""

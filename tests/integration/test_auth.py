@@ -183,6 +183,13 @@ class _Redis:
         self.keys.add(key)
         return True
 
+    async def ping(self) -> bool:
+        if self.mode == "down":
+            raise ConnectionError("refused")
+        if self.mode == "hung":
+            await asyncio.Event().wait()
+        return True
+
 
 def _redis_breaker() -> Breaker:
     return Breaker("redis", BreakerConfig(consecutive_failures=1, min_open_seconds=60.0))
@@ -199,6 +206,39 @@ async def test_a_hung_redis_is_not_waited_for_once_its_breaker_is_open() -> None
     redis.mode = "hung"
     async with asyncio.timeout(1.0):
         assert await verifier.verify(_signed()) == CODE
+
+
+async def test_no_request_waits_on_the_probe_of_a_hung_redis() -> None:
+    """Found from outside: with Redis hung and its breaker open, one request a second per worker
+    was the breaker's probe and waited the Redis timeout (0.2-0.4 s) all through the outage. The
+    probe is a PING in the background; requests go on with this process's memory."""
+    redis = _Redis()
+    verifier = Verifier(CREDENTIALS, redis)
+    verifier.gate.breaker = breaker = Breaker(
+        "redis", BreakerConfig(consecutive_failures=1, min_open_seconds=0.0)
+    )
+    breaker.record(False)
+    assert breaker.is_open and breaker.probe_due()
+    redis.mode = "hung"
+    async with asyncio.timeout(0.5):
+        for _ in range(3):
+            assert await verifier.verify(_signed()) == CODE
+    assert breaker.is_open  # the probe still waits on the hung Redis
+
+
+async def test_a_nonce_taken_through_redis_is_not_taken_again_while_it_is_away() -> None:
+    """Found from outside: a nonce taken through Redis a moment before it went away was taken
+    again by the same worker during the outage: only what was checked in memory was known."""
+    redis = _Redis()
+    verifier = Verifier(CREDENTIALS, redis)
+    verifier.gate.breaker = breaker = _redis_breaker()
+    headers = _signed()
+    assert await verifier.verify(headers) == CODE
+    redis.mode = "down"
+    breaker.record(False)
+    assert breaker.is_open
+    with pytest.raises(AuthError, match="nonce"):
+        await verifier.verify(headers)
 
 
 async def test_a_nonce_taken_while_redis_was_away_is_not_taken_again_after() -> None:
