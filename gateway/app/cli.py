@@ -137,7 +137,7 @@ def serve(args: argparse.Namespace) -> int:
         )
         return 2
     settings = Settings(
-        database_url(args),
+        database_url(args, say_embedded=False),
         reference_dir=Path(args.reference_dir),
         region=args.region,
         pool_max=args.pool_max,

@@ -103,14 +103,24 @@ def database_named(args: argparse.Namespace) -> str:
     return f"PostgreSQL at {where}{parts.path}"
 
 
-def database_url(args: argparse.Namespace) -> str:
-    """--database-url, else GATEWAY_DATABASE_URL, else the embedded PostgreSQL under ./var/."""
+def database_url(args: argparse.Namespace, *, say_embedded: bool = True) -> str:
+    """--database-url, else GATEWAY_DATABASE_URL, else the embedded PostgreSQL under ./var/,
+    which an operator's command says it uses (`say_embedded`; `serve` names its database in its
+    start-up line): found from outside, a `plan set` run without the variable refused an
+    institution "not registered", having asked an empty embedded database."""
     url = _given_url(args)
     if url:
         return url
     # Imported here: the embedded server's wheel is loaded only when no URL is given.
     from gateway.app.embedded import embedded_database_url
 
+    if say_embedded:
+        print(
+            "gateway: no --database-url or GATEWAY_DATABASE_URL: using the embedded PostgreSQL"
+            " in var/pg",
+            file=sys.stderr,
+            flush=True,
+        )
     return embedded_database_url()
 
 

@@ -164,7 +164,12 @@ class Verifier:
                 first = bool(await self.redis.set(NONCE + key, "1", nx=True, ex=NONCE_TTL_SECONDS))
             except Exception as exc:
                 self.gate.note(False, exc)
-                log.warning("nonce store unavailable; using process-local memory")
+                # What failed, for the team (found from outside: a burst opened the breaker of a
+                # healthy Redis, and the log did not say why).
+                log.warning(
+                    "nonce store unavailable; using process-local memory",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
             else:
                 self.gate.note(True)
                 if first:

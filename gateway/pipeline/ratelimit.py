@@ -126,7 +126,10 @@ class Limiter:
                 raise
             except Exception as exc:
                 self.gate.note(False, exc)
-                log.warning("rate limit store unavailable; using process-local buckets")
+                log.warning(
+                    "rate limit store unavailable; using process-local buckets",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
         if not self._terminals.take(tkey):
             raise Busy(TERMINAL_BUSY)
         if not self._institutions.take(fixmedins_code):

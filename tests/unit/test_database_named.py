@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from gateway.app.cli_database import database_named
+from gateway.app.cli_database import database_named, database_url
 
 
 def test_the_embedded_server_is_named_with_where_it_lives(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,3 +23,21 @@ def test_a_server_is_named_without_its_password(monkeypatch: pytest.MonkeyPatch)
     several = "postgresql://gateway@pg1:5432,pg2:5432/gateway?target_session_attrs=read-write"
     said = database_named(argparse.Namespace(database_url=several))
     assert said == "PostgreSQL at pg1:5432,pg2:5432/gateway"
+
+
+def test_an_operators_command_says_it_uses_the_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found from outside: `plan set` run without GATEWAY_DATABASE_URL asked an empty embedded
+    database and refused an institution as not registered, never saying which database it was."""
+    from gateway.app import embedded
+
+    monkeypatch.delenv("GATEWAY_DATABASE_URL", raising=False)
+    monkeypatch.setattr(embedded, "embedded_database_url", lambda: "postgresql:///embedded")
+    none = argparse.Namespace(database_url=None)
+    assert database_url(none) == "postgresql:///embedded"
+    assert "using the embedded PostgreSQL in var/pg" in capsys.readouterr().err
+    assert database_url(none, say_embedded=False) == "postgresql:///embedded"  # serve's own line
+    given = argparse.Namespace(database_url="postgresql://db1/ledger")
+    assert database_url(given) == "postgresql://db1/ledger"
+    assert capsys.readouterr().err == ""
