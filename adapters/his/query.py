@@ -37,10 +37,18 @@ async def settlement_info(call: Call) -> Answer:
     # reads both as doubles); the setlinfo names stay for clients that share one parser.
     info["psn_pay"] = info["psn_part_amt"]
     info["cash_payamt"] = info["psn_cash_pay"]
-    return Answer(
-        {"setlinfo": info, "setldetail": setldetail(shown.funds)},
-        warn_msg=None if replayed is None else cancellation.replayed_words(rec, replayed),
-    )
+    if replayed is not None:
+        warn = cancellation.replayed_words(rec, replayed)
+    elif rec.status == "cancelled":
+        # Found from outside: a settlement undone by 2601 read like one in force, but for
+        # refd_setl_flag.
+        warn = CANCELLED_WORDS.format(setl_id=rec.setl_id)
+    else:
+        warn = None
+    return Answer({"setlinfo": info, "setldetail": setldetail(shown.funds)}, warn_msg=warn)
+
+
+CANCELLED_WORDS = "结算ID{setl_id}已撤销（refd_setl_flag为1），所列为原结算金额，已不再有效"
 
 
 def _query(data: wire.SettlementQuery) -> settlement_queries.SettlementQuery:

@@ -109,9 +109,13 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str, settling: bool = True
                 f"报文ID{msgid}已使用过且报文内容不同：该报文ID已有交易记录，以原报文内容和该"
                 "报文ID重发即返回原交易的应答；需要发起新的交易请使用新的报文ID"
             )
+        # The settlement it names is the one whose medins_setl_id is this msgid (found from
+        # outside: two clerks' msgids collided, and a 5203 by the second patient showed that
+        # patient's earlier, unrelated settlement, read as this message's).
         raise Conflict(
             f"报文ID{msgid}已使用过且报文内容不同：该报文ID已有交易记录，请先查询原交易结果"
-            "（如5203结算信息查询），确认未成功后再使用新的报文ID发起交易"
+            f"（如5203结算信息查询，medins_setl_id为{msgid}的结算才是该报文的结果），"
+            "确认未成功后再使用新的报文ID发起交易"
         )
     return stored.answer
 

@@ -188,7 +188,10 @@ def _nothing_to_settle_in_stay(any_settled: bool) -> Conflict | NotFound:
     """A stay's settlement that finds no fee line waiting, in the clerk's terms."""
     if any_settled:
         return Conflict(
-            "本次住院的费用明细已全部结算，请勿重复结算；如需重新结算，请先撤销原结算（2305）"
+            # Where a timed-out settlement's amounts are (found from outside: only the undo
+            # was named).
+            "本次住院的费用明细已全部结算，请勿重复结算，结算信息请用5203查询；"
+            "如需重新结算，请先撤销原结算（2305）"
         )
     return NotFound("本次住院没有待结算的费用明细，请先上传住院费用明细（2301）")
 

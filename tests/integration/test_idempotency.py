@@ -195,6 +195,9 @@ async def test_a_retry_stamped_again_gets_the_stored_answer(server: Server) -> N
     _, refused = await his.post_raw(msgspec.json.encode(changed))
     answer = decode(refused)
     assert answer["infcode"] == -1 and "请先查询原交易结果" in answer["err_msg"]
+    # Which settlement is the message's (found from outside: a 5203 by the patient showed
+    # another, unrelated one).
+    assert "medins_setl_id为" in answer["err_msg"]
 
 
 def _five_lines(price: str) -> list[dict[str, str]]:

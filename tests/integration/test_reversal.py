@@ -110,8 +110,12 @@ async def test_reversing_a_refused_message_says_nothing_was_put_back(server: Ser
     assert f"原报文{again}当时未办理成功" in reversed_["warn_msg"]
     assert "原业务状态不变" in reversed_["warn_msg"]
     assert await _state(server, EMPLOYEE) == cancelled
-    found = await his.ok("5203", {"data": {"setl_id": info["setl_id"]}})
-    assert found["setlinfo"]["refd_setl_flag"] == "1"  # still cancelled
+    found = await his.call("5203", {"data": {"setl_id": info["setl_id"]}})
+    assert found["output"]["setlinfo"]["refd_setl_flag"] == "1"  # still cancelled
+    # And said in words (found from outside: a settlement undone read like one in force).
+    assert found["warn_msg"] == (
+        f"结算ID{info['setl_id']}已撤销（refd_setl_flag为1），所列为原结算金额，已不再有效"
+    )
 
 
 async def test_reversing_pharmacy_sale_and_admission(server: Server) -> None:

@@ -589,6 +589,7 @@ async def test_a_stay_with_nothing_to_settle_is_told_in_a_stays_terms(server: Se
     again = await his.call("2304", data)
     assert again["infcode"] == -1
     assert "已全部结算" in again["err_msg"] and "2305" in again["err_msg"]
+    assert "结算信息请用5203查询" in again["err_msg"]  # where a lost answer's amounts are
     assert "收费批次" not in again["err_msg"]
     assert await server.ledger_fingerprint() == before
     other = await _person(server, RESIDENT)
