@@ -852,7 +852,7 @@ async def _another_process(dsn: str, journal: Path) -> AsyncIterator[tuple[str, 
         await runner.cleanup()
 
 
-def _sale(srv: Server, person: str) -> tuple[HisClient, bytes]:
+def _till_sale(srv: Server, person: str) -> tuple[HisClient, bytes]:
     """A pharmacy's cash-and-fund sale to `person` (no account), as its till sends it."""
     pos = srv.client(PHARMACY)
     drug = pos.drug_input(person, "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
@@ -879,7 +879,7 @@ async def test_a_restarted_gateway_answers_a_retry_of_a_sale_settled_before_it(
     async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
         proxy = ledger.started()
         try:
-            pos, body = _sale(srv, PERSONS[0])
+            pos, body = _till_sale(srv, PERSONS[0])
             status, first = await pos.post_raw(body)
             assert status == 200 and decode(first)["infcode"] == 0, first
             journal = tmp_path / "restarted"
@@ -909,7 +909,7 @@ async def test_a_claim_retried_on_another_worker_keeps_its_number(
         proxy = ledger.started()
         port = proxy.port
         try:
-            pos, body = _sale(srv, PERSONS[1])
+            pos, body = _till_sale(srv, PERSONS[1])
             dsn = _through(srv.dsn, port)
             async with (
                 _another_process(dsn, tmp_path / "a") as (url_a, gw_a),
@@ -957,7 +957,7 @@ async def test_a_claim_retried_in_a_later_outage_gets_its_answer_again(
         proxy = ledger.started()
         port = proxy.port
         try:
-            pos, body = _sale(srv, PERSONS[2])
+            pos, body = _till_sale(srv, PERSONS[2])
             msgid = msgspec.json.decode(body)["msgid"]
             async with _another_process(_through(srv.dsn, port), tmp_path / "j") as (url, gw):
 
@@ -1004,7 +1004,7 @@ async def test_a_claim_the_plan_deferred_into_the_ledger_is_answered_again_in_an
     async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
         proxy = ledger.started()
         try:
-            pos, body = _sale(srv, PERSONS[1])
+            pos, body = _till_sale(srv, PERSONS[1])
             async with _another_process(_through(srv.dsn, proxy.port), tmp_path / "j") as (
                 url,
                 gw,
