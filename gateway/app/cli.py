@@ -628,8 +628,10 @@ def parser() -> argparse.ArgumentParser:
 # The commands that date what they write or read by settlement day, as `serve` does: found from
 # outside, `corrections apply` from a shell in UTC dated its re-settlements 8 hours behind the
 # counter's, unwarned (between 00:00 and 08:00 Beijing time, on the day before).
+# `shadow` reads its report's --from/--to in local time (found from outside: on a UTC machine
+# its periods were 8 hours off the console's, with nothing said).
 DATED_COMMANDS = frozenset(
-    {"clearing", "corrections", "deferred", "encounter", "claims", "payouts"}
+    {"clearing", "corrections", "deferred", "encounter", "claims", "payouts", "shadow"}
 )
 
 
@@ -644,7 +646,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command in DATED_COMMANDS and (warning := zone_warning()) is not None:
         print(
-            f"gateway: warning: {warning}; this command dates what it writes in this local time",
+            f"gateway: warning: {warning}; this command dates what it writes and reads"
+            " in this local time",
             file=sys.stderr,
             flush=True,
         )

@@ -72,6 +72,7 @@ def _run_in(zone: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
         ["corrections", "plan", "--institution", "H44180000001", "--item", "YP0001"],
         ["payouts", "owed"],
         ["deferred", "list"],
+        ["shadow", "report", "--from", "2026-12-01", "--to", "2026-12-02"],
     ],
 )
 def test_a_command_that_dates_what_it_writes_warns_off_beijing_time(argv: list[str]) -> None:
