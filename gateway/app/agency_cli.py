@@ -334,7 +334,9 @@ def payouts_gather_clearing(args: argparse.Namespace) -> int:
             "netted": {code: fen_text(fen) for code, fen in done.netted.items()},
             "owed_back": {code: fen_text(fen) for code, fen in done.owed_back.items()},
         }
-        text = "\n".join(f"{code} {fen_text(fen)}" for code, fen in amounts if fen > 0)
+        # A month with nothing declared says so (found from outside: the sentence ended at its
+        # colon).
+        text = "\n".join(f"{code} {fen_text(fen)}" for code, fen in amounts if fen > 0) or "无"
         back = "\n".join(
             [
                 *(

@@ -60,6 +60,10 @@ async def test_a_settlement_cancelled_after_its_month_is_taken_back_in_the_month
             # Run again, nothing is recorded, and the amounts are said to be the month's.
             assert "本次登记0家（已登记的不再登记）；本月申报金额" in again
             assert f"{HOSPITAL} {fen_text(owed)}" in again
+            # A month with nothing declared says so (found from outside: the sentence stopped
+            # at its colon).
+            nothing = cli("payouts", "gather-clearing", "--month", "2020-01", *db).stdout
+            assert nothing.strip().endswith("本月申报金额：\n无"), nothing
 
             # This month the hospital refunds the first patient (2208).
             psn_no, mdtrt_id, info = visits[0]
