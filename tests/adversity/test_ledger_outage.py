@@ -859,6 +859,14 @@ def _till_sale(srv: Server, person: str) -> tuple[HisClient, bytes]:
     return pos, msgspec.json.encode(pos.envelope("2102", drug))
 
 
+async def _sent(srv: Server, url: str, pos: HisClient, body: bytes) -> bytes:
+    """The till's body sent to the gateway at `url`, newly signed: its answer's bytes."""
+    async with srv.session.post(
+        f"{url}/fsi/api/rsfComIfsService/callService", data=body, headers=pos.headers()
+    ) as resp:
+        return await resp.read()
+
+
 def _opened(gw: Any) -> None:
     """The ledger's breaker open, as the failures of a ledger that refuses connections open it."""
     breaker = gw.breakers["postgres"]
@@ -960,18 +968,9 @@ async def test_a_claim_retried_in_a_later_outage_gets_its_answer_again(
             pos, body = _till_sale(srv, PERSONS[2])
             msgid = msgspec.json.decode(body)["msgid"]
             async with _another_process(_through(srv.dsn, port), tmp_path / "j") as (url, gw):
-
-                async def sent() -> bytes:
-                    async with srv.session.post(
-                        f"{url}/fsi/api/rsfComIfsService/callService",
-                        data=body,
-                        headers=pos.headers(),
-                    ) as resp:
-                        return await resp.read()
-
                 await proxy.close()  # the first outage
                 _opened(gw)
-                first = await sent()
+                first = await _sent(srv, url, pos, body)
                 claim = decode(first)["output"]["setlinfo"]["setl_id"]
                 assert claim.startswith("DF"), decode(first)
                 await proxy.start(port)  # back: the journal drains into the ledger
@@ -986,7 +985,7 @@ async def test_a_claim_retried_in_a_later_outage_gets_its_answer_again(
                 await asyncio.sleep(1.1)  # a retry made a claim again would have another time
                 await proxy.close()  # the second outage
                 _opened(gw)
-                again = await sent()
+                again = await _sent(srv, url, pos, body)
                 assert again == first, (decode(again), decode(first))
                 assert gw.journal.answered(PHARMACY, msgid) is None  # nothing journaled again
         finally:
@@ -1009,23 +1008,14 @@ async def test_a_claim_the_plan_deferred_into_the_ledger_is_answered_again_in_an
                 url,
                 gw,
             ):
-
-                async def sent() -> bytes:
-                    async with srv.session.post(
-                        f"{url}/fsi/api/rsfComIfsService/callService",
-                        data=body,
-                        headers=pos.headers(),
-                    ) as resp:
-                        return await resp.read()
-
                 await set_rule(srv.dsn, f"institution:{PHARMACY}", "settlement", "defer")
                 await gw.reload_plan(force=True)
-                first = await sent()
+                first = await _sent(srv, url, pos, body)
                 assert decode(first)["output"]["setlinfo"]["setl_id"].startswith("DF")
                 await asyncio.sleep(1.1)  # a claim made again would have another time
                 await proxy.close()  # the ledger away
                 _opened(gw)
-                again = await sent()
+                again = await _sent(srv, url, pos, body)
                 assert again == first, (decode(again), decode(first))
         finally:
             await proxy.close()
