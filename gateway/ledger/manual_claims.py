@@ -296,6 +296,35 @@ async def reimbursed_on(
     return out
 
 
+async def stays_reimbursed(
+    conn: asyncpg.Connection, stays: Sequence[tuple[str, str, dt.datetime, dt.datetime | None]]
+) -> dict[tuple[str, str, dt.datetime], list[tuple[str, dt.datetime, dt.datetime]]]:
+    """For each stay (psn_no, fixmedins_code, admitted, discharged or None), the inpatient
+    manual claims in force of the person at the institution whose stay overlaps it:
+    (claim_no, begntime, endtime)."""
+    if not stays:
+        return {}
+    rows = await conn.fetch(
+        "SELECT c.claim_no, c.psn_no, c.fixmedins_code, c.begntime, c.endtime, u.begn"
+        " FROM unnest($1::text[], $2::text[], $3::timestamp[], $4::timestamp[])"
+        " AS u(psn_no, fixmedins_code, begn, endn)"
+        " JOIN manual_claims c ON c.psn_no = u.psn_no AND c.fixmedins_code = u.fixmedins_code"
+        " JOIN settlements s ON s.setl_id = c.setl_id"
+        " WHERE c.kind = 'inpatient' AND c.setl_id IS NOT NULL AND s.status = 'settled'"
+        " AND c.begntime::date <= coalesce(u.endn, 'infinity')::date"
+        " AND c.endtime::date >= u.begn::date",
+        [s[0] for s in stays],
+        [s[1] for s in stays],
+        [s[2] for s in stays],
+        [s[3] for s in stays],
+    )
+    out: dict[tuple[str, str, dt.datetime], list[tuple[str, dt.datetime, dt.datetime]]] = {}
+    for r in rows:
+        key = (r["psn_no"], r["fixmedins_code"], r["begn"])
+        out.setdefault(key, []).append((r["claim_no"], r["begntime"], r["endtime"]))
+    return out
+
+
 async def same_bill(
     conn: asyncpg.Connection,
     fixmedins_code: str,

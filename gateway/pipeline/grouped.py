@@ -38,6 +38,11 @@ class VisitHeld:
     # Bills of the person at the institution on the visit's day the agency reimbursed as manual
     # claims, in force: (claim_no, medfee_sumamt). A settlement of the same total is refused.
     reimbursed: list[tuple[str, int]] = field(default_factory=list)
+    # A stay: the agency's inpatient manual claims in force for a stay of the person at the
+    # institution overlapping this one: (claim_no, admitted, discharged). Refused whatever the
+    # total (found from outside: the hospital's bill of one more line than the claim's settled,
+    # and the funds paid the stay twice).
+    stay_reimbursed: list[tuple[str, dt.datetime, dt.datetime]] = field(default_factory=list)
     # A stay: another stay of the person settled in the same year (the second admission's
     # deductible rule, settlement-rules §3).
     other_inpatient_in_force: bool = False

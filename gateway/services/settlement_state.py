@@ -13,6 +13,7 @@ read before it, a settlement committing meanwhile would not be seen.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import asyncpg
@@ -197,6 +198,7 @@ async def _visits(
         ids = [m for m in ids if settling is None or m in settling]
     if not lock:
         paid = await _reimbursed(conn, [found[m] for m in ids])
+        stays_paid = await _stays_reimbursed(conn, [found[m] for m in ids])
         # A pre-settlement is refused as its settlement would be for lines a claim holds
         # (found from outside: a stay's 2303 priced the claim's lines, which its 2304 refuses).
         held = await deferred.pending_on_visits(conn, ids) if claims else []
@@ -208,6 +210,7 @@ async def _visits(
                 refunded={},
                 claimed=_held(held, m, enc.fixmedins_code),
                 reimbursed=paid.get(m, []),
+                stay_reimbursed=stays_paid.get(m, []),
             )
             for m, enc in found.items()
         }
@@ -241,9 +244,12 @@ async def _note_reimbursed(
     conn: asyncpg.Connection, visits: dict[str, VisitHeld], settling: set[str | None]
 ) -> None:
     """The manual claims reimbursing the bills of the visits a batch settles, on each visit."""
-    paid = await _reimbursed(conn, [v.encounter for m, v in visits.items() if m in settling])
+    settled = [v.encounter for m, v in visits.items() if m in settling]
+    paid = await _reimbursed(conn, settled)
     for mdtrt_id, claims in paid.items():
         visits[mdtrt_id].reimbursed = claims
+    for mdtrt_id, stays in (await _stays_reimbursed(conn, settled)).items():
+        visits[mdtrt_id].stay_reimbursed = stays
 
 
 async def _reimbursed(
@@ -260,6 +266,25 @@ async def _reimbursed(
         e.mdtrt_id: paid
         for e in wanted
         if (paid := found.get((e.psn_no, e.fixmedins_code, e.begntime.date())))
+    }
+
+
+async def _stays_reimbursed(
+    conn: asyncpg.Connection, visits: list[Encounter]
+) -> dict[str, list[tuple[str, dt.datetime, dt.datetime]]]:
+    """For each stay to settle, the agency's inpatient manual claims in force for a stay of its
+    person at its institution overlapping it (found from outside: a bill of one more line than
+    the claim's settled again, the funds paying the stay twice)."""
+    stays = [e for e in visits if e.kind == "inpatient"]
+    if not stays:
+        return {}
+    found = await manual_claims.stays_reimbursed(
+        conn, [(e.psn_no, e.fixmedins_code, e.begntime, e.endtime) for e in stays]
+    )
+    return {
+        e.mdtrt_id: claims
+        for e in stays
+        if (claims := found.get((e.psn_no, e.fixmedins_code, e.begntime)))
     }
 
 

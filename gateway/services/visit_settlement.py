@@ -174,7 +174,14 @@ def refuse_reimbursed(visit: VisitHeld, enc: encounters.Encounter, total: int) -
     institution, the day and the total the same) is not settled again (found from outside: it
     was, and the funds paid one bill twice). The reverse, a claim of a bill settled here, is
     refused by the claim's settlement (gateway.services.manual_claims). A second bill of
-    exactly the same total on the same day is for the agency to settle by hand, as there."""
+    exactly the same total on the same day is for the agency to settle by hand, as there.
+    A stay overlapping one the agency reimbursed is refused whatever its total."""
+    for claim_no, admitted, discharged in visit.stay_reimbursed:
+        raise Conflict(
+            f"参保人{enc.psn_no}在本机构{admitted:%Y-%m-%d}至{discharged:%Y-%m-%d}的住院已由经办机构"
+            f"零星报销（受理号{claim_no}），与本次住院时间重叠，疑为同一次住院重复结算，不予结算；"
+            "如确为另一次住院，请联系经办机构核实后处理"
+        )
     for claim_no, medfee in visit.reimbursed:
         if medfee == total:
             raise Conflict(

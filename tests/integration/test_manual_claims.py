@@ -35,7 +35,7 @@ from tests.integration.emergency_helpers import (
     set_rule,
     until,
 )
-from tests.integration.his_client import HisClient
+from tests.integration.his_client import HisClient, certificate
 
 COMPARED = (
     "psn_no, service_date, medfee_sumamt, fulamt_ownpay_amt, overlmt_selfpay,"
@@ -565,3 +565,83 @@ async def test_one_bill_claimed_twice_at_once_is_settled_once(
         async with agency.pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM settlements") == 1
             assert await checker.check(conn) == []
+
+
+async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_total(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a stay the agency had reimbursed as a manual claim was billed by the
+    hospital afterwards with one line more than the claim's, and its 2304 settled: the funds
+    paid one stay twice (the guard matched the exact total only). A stay overlapping one the
+    agency reimbursed at the same institution is refused naming the claim; a stay after it
+    settles."""
+    async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
+        his = counter.client(HOSPITAL)
+        async with agency.pool.acquire() as conn:
+            claim = await manual_claims.register(
+                conn,
+                agency.snapshot,
+                manual_claims.Registration(
+                    cert_type="01",
+                    cert_no=PERSON,
+                    fixmedins_code=HOSPITAL,
+                    med_type="21",
+                    begntime=dt.datetime(2026, 6, 20, 8, 30),
+                    endtime=dt.datetime(2026, 6, 23, 10, 0),
+                    invoice_nos=("FP-STAY-1",),
+                ),
+                "clerk1",
+                dt.datetime.now(),
+            )
+            await manual_claims.enter_lines(
+                conn,
+                agency.snapshot,
+                claim.claim_no,
+                lines_of(BIG_LINES, "2026-06-21 09:00:00"),
+                "clerk1",
+            )
+            await manual_claims.review(conn, claim.claim_no, "reviewer1")
+            await manual_claims.settle(
+                conn, agency.snapshot, claim.claim_no, "clerk2", dt.datetime.now()
+            )
+
+        async def stay(begntime: str, ipt_no: str, fee_day: str, endtime: str) -> str:
+            admission = {
+                "mdtrtinfo": {
+                    "psn_no": PERSON, "insutype": "310", "begntime": begntime, **certificate(PERSON),
+                    "med_type": "21", "ipt_no": ipt_no, "atddr_no": "D1", "chfpdr_name": "医生",
+                    "adm_dept_codg": "K1", "adm_dept_name": "内科", "adm_bed": "3",
+                    "adm_diag_dscr": "肺炎", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎",
+                },
+                "diseinfo": [],
+            }  # fmt: skip
+            mdtrt_id = str((await his.ok("2401", admission))["result"]["mdtrt_id"])
+            extra = {"feedetl_sn": "3", "medins_list_codg": "ZL0001", "pric": "12.5", "cnt": "1", "det_item_fee_sumamt": "12.50"}  # fmt: skip
+            rows = his.fee_rows(mdtrt_id, PERSON, [*BIG_LINES, extra], f"{fee_day} 09:00:00", "0")
+            await his.ok("2301", {"feedetail": rows})
+            discharge = {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "insutype": "310",
+                                      "endtime": endtime, "dscg_way": "1"}}  # fmt: skip
+            await his.ok("2402", discharge)
+            return mdtrt_id
+
+        same = await stay("2026-06-20 09:00:00", "ZY-AGAIN-1", "2026-06-21", "2026-06-23 09:00:00")
+        data = his.settle_data(PERSON, same, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        before = await counter.ledger_fingerprint()
+        for infno in ("2303", "2304"):
+            answer = await his.call(infno, data)
+            assert answer["infcode"] == -1, (infno, answer)
+            assert answer["err_msg"] == (
+                f"参保人{PERSON}在本机构2026-06-20至2026-06-23的住院已由经办机构零星报销（受理号"
+                f"{claim.claim_no}），与本次住院时间重叠，疑为同一次住院重复结算，不予结算；"
+                "如确为另一次住院，请联系经办机构核实后处理"
+            ), answer
+        after = await counter.ledger_fingerprint()
+        assert {k: v for k, v in after.items() if k != "idempotency"} == {
+            k: v for k, v in before.items() if k != "idempotency"
+        }
+        # A stay after the reimbursed one is the hospital's to settle.
+        later = await stay("2026-06-25 09:00:00", "ZY-AGAIN-2", "2026-06-26", "2026-06-27 09:00:00")
+        settled = await his.ok(
+            "2304", his.settle_data(PERSON, later, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        )
+        assert settled["setlinfo"]["setl_id"]
