@@ -311,8 +311,9 @@ async def stays_reimbursed(
         " JOIN manual_claims c ON c.psn_no = u.psn_no AND c.fixmedins_code = u.fixmedins_code"
         " JOIN settlements s ON s.setl_id = c.setl_id"
         " WHERE c.kind = 'inpatient' AND c.setl_id IS NOT NULL AND s.status = 'settled'"
-        " AND c.begntime::date <= coalesce(u.endn, 'infinity')::date"
-        " AND c.endtime::date >= u.begn::date",
+        # By the moment, not the day: a patient discharged in the morning may be admitted again
+        # that afternoon, a stay of its own.
+        " AND c.begntime < coalesce(u.endn, 'infinity') AND c.endtime > u.begn",
         [s[0] for s in stays],
         [s[1] for s in stays],
         [s[2] for s in stays],

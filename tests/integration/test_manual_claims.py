@@ -639,8 +639,9 @@ async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_to
         assert {k: v for k, v in after.items() if k != "idempotency"} == {
             k: v for k, v in before.items() if k != "idempotency"
         }
-        # A stay after the reimbursed one is the hospital's to settle.
-        later = await stay("2026-06-25 09:00:00", "ZY-AGAIN-2", "2026-06-26", "2026-06-27 09:00:00")
+        # A stay after the reimbursed one is the hospital's to settle, one begun the afternoon of
+        # its discharge too.
+        later = await stay("2026-06-23 15:00:00", "ZY-AGAIN-2", "2026-06-24", "2026-06-27 09:00:00")
         settled = await his.ok(
             "2304", his.settle_data(PERSON, later, "21", "1637.50", "310", "0", mid_setl_flag="0")
         )
