@@ -312,8 +312,15 @@ async def stays_reimbursed(
         " JOIN settlements s ON s.setl_id = c.setl_id"
         " WHERE c.kind = 'inpatient' AND c.setl_id IS NOT NULL AND s.status = 'settled'"
         # By the moment, not the day: a patient discharged in the morning may be admitted again
-        # that afternoon, a stay of its own.
-        " AND c.begntime < coalesce(u.endn, 'infinity') AND c.endtime > u.begn",
+        # that afternoon, a stay of its own. A claim registered by dates alone (midnight) is
+        # known to the day only: it overlaps a stay that ends on a later day than it began, or
+        # begins on an earlier day than it ended (found from outside: a claim of 12-05 to 12-06
+        # by dates refused the stay discharged on 12-05 at nine).
+        " AND CASE WHEN c.begntime = date_trunc('day', c.begntime)"
+        " THEN c.begntime::date < coalesce(u.endn, 'infinity')::date"
+        " ELSE c.begntime < coalesce(u.endn, 'infinity') END"
+        " AND CASE WHEN c.endtime = date_trunc('day', c.endtime)"
+        " THEN c.endtime::date > u.begn::date ELSE c.endtime > u.begn END",
         [s[0] for s in stays],
         [s[1] for s in stays],
         [s[2] for s in stays],

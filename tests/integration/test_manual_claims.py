@@ -646,3 +646,46 @@ async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_to
             "2304", his.settle_data(PERSON, later, "21", "1637.50", "310", "0", mid_setl_flag="0")
         )
         assert settled["setlinfo"]["setl_id"]
+
+        # A claim registered by dates alone is known to the day: the stay it claims began on
+        # 07-01 (time unknown), so a stay discharged on 07-01 is not it (found from outside: a
+        # claim of 12-05 to 12-06 by dates refused the stay discharged on 12-05 at nine).
+        async with agency.pool.acquire() as conn:
+            by_dates = await manual_claims.register(
+                conn,
+                agency.snapshot,
+                manual_claims.Registration(
+                    cert_type="01",
+                    cert_no=PERSON,
+                    fixmedins_code=HOSPITAL,
+                    med_type="21",
+                    begntime=dt.datetime(2026, 7, 1),
+                    endtime=dt.datetime(2026, 7, 3),
+                    invoice_nos=("FP-STAY-2",),
+                ),
+                "clerk1",
+                dt.datetime.now(),
+            )
+            await manual_claims.enter_lines(
+                conn,
+                agency.snapshot,
+                by_dates.claim_no,
+                lines_of(BIG_LINES, "2026-07-01 15:00:00"),
+                "clerk1",
+            )
+            await manual_claims.review(conn, by_dates.claim_no, "reviewer1")
+            await manual_claims.settle(
+                conn, agency.snapshot, by_dates.claim_no, "clerk2", dt.datetime.now()
+            )
+        before_it = await stay(
+            "2026-06-29 08:00:00", "ZY-AGAIN-3", "2026-06-30", "2026-07-01 09:00:00"
+        )
+        data = his.settle_data(PERSON, before_it, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        assert (await his.ok("2304", data))["setlinfo"]["setl_id"]
+        # The same stay billed by the hospital with its times is the claim's.
+        again = await stay("2026-07-01 14:00:00", "ZY-AGAIN-4", "2026-07-02", "2026-07-03 10:00:00")
+        data = his.settle_data(PERSON, again, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        refused = await his.call("2304", data)
+        assert refused["infcode"] == -1 and f"受理号{by_dates.claim_no}" in refused["err_msg"], (
+            refused
+        )
