@@ -567,6 +567,37 @@ async def test_one_bill_claimed_twice_at_once_is_settled_once(
             assert await checker.check(conn) == []
 
 
+async def _stay_claim(
+    agency: Any, begntime: dt.datetime, endtime: dt.datetime, invoice: str
+) -> Any:
+    """An inpatient manual claim of PERSON at HOSPITAL, its lines on the stay's first day at 15:00,
+    settled by the agency."""
+    async with agency.pool.acquire() as conn:
+        claim = await manual_claims.register(
+            conn,
+            agency.snapshot,
+            manual_claims.Registration(
+                cert_type="01",
+                cert_no=PERSON,
+                fixmedins_code=HOSPITAL,
+                med_type="21",
+                begntime=begntime,
+                endtime=endtime,
+                invoice_nos=(invoice,),
+            ),
+            "clerk1",
+            dt.datetime.now(),
+        )
+        fee_time = f"{begntime:%Y-%m-%d} 15:00:00"
+        await manual_claims.enter_lines(
+            conn, agency.snapshot, claim.claim_no, lines_of(BIG_LINES, fee_time), "clerk1"
+        )
+        await manual_claims.review(conn, claim.claim_no, "reviewer1")
+        return await manual_claims.settle(
+            conn, agency.snapshot, claim.claim_no, "clerk2", dt.datetime.now()
+        )
+
+
 async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_total(
     new_database: Callable[..., Any],
 ) -> None:
@@ -577,33 +608,9 @@ async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_to
     settles."""
     async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
         his = counter.client(HOSPITAL)
-        async with agency.pool.acquire() as conn:
-            claim = await manual_claims.register(
-                conn,
-                agency.snapshot,
-                manual_claims.Registration(
-                    cert_type="01",
-                    cert_no=PERSON,
-                    fixmedins_code=HOSPITAL,
-                    med_type="21",
-                    begntime=dt.datetime(2026, 6, 20, 8, 30),
-                    endtime=dt.datetime(2026, 6, 23, 10, 0),
-                    invoice_nos=("FP-STAY-1",),
-                ),
-                "clerk1",
-                dt.datetime.now(),
-            )
-            await manual_claims.enter_lines(
-                conn,
-                agency.snapshot,
-                claim.claim_no,
-                lines_of(BIG_LINES, "2026-06-21 09:00:00"),
-                "clerk1",
-            )
-            await manual_claims.review(conn, claim.claim_no, "reviewer1")
-            await manual_claims.settle(
-                conn, agency.snapshot, claim.claim_no, "clerk2", dt.datetime.now()
-            )
+        claim = await _stay_claim(
+            agency, dt.datetime(2026, 6, 20, 8, 30), dt.datetime(2026, 6, 23, 10), "FP-STAY-1"
+        )
 
         async def stay(begntime: str, ipt_no: str, fee_day: str, endtime: str) -> str:
             admission = {
@@ -650,33 +657,9 @@ async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_to
         # A claim registered by dates alone is known to the day: the stay it claims began on
         # 07-01 (time unknown), so a stay discharged on 07-01 is not it (found from outside: a
         # claim of 12-05 to 12-06 by dates refused the stay discharged on 12-05 at nine).
-        async with agency.pool.acquire() as conn:
-            by_dates = await manual_claims.register(
-                conn,
-                agency.snapshot,
-                manual_claims.Registration(
-                    cert_type="01",
-                    cert_no=PERSON,
-                    fixmedins_code=HOSPITAL,
-                    med_type="21",
-                    begntime=dt.datetime(2026, 7, 1),
-                    endtime=dt.datetime(2026, 7, 3),
-                    invoice_nos=("FP-STAY-2",),
-                ),
-                "clerk1",
-                dt.datetime.now(),
-            )
-            await manual_claims.enter_lines(
-                conn,
-                agency.snapshot,
-                by_dates.claim_no,
-                lines_of(BIG_LINES, "2026-07-01 15:00:00"),
-                "clerk1",
-            )
-            await manual_claims.review(conn, by_dates.claim_no, "reviewer1")
-            await manual_claims.settle(
-                conn, agency.snapshot, by_dates.claim_no, "clerk2", dt.datetime.now()
-            )
+        by_dates = await _stay_claim(
+            agency, dt.datetime(2026, 7, 1), dt.datetime(2026, 7, 3), "FP-STAY-2"
+        )
         before_it = await stay(
             "2026-06-29 08:00:00", "ZY-AGAIN-3", "2026-06-30", "2026-07-01 09:00:00"
         )
