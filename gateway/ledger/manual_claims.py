@@ -311,16 +311,7 @@ async def stays_reimbursed(
         " JOIN manual_claims c ON c.psn_no = u.psn_no AND c.fixmedins_code = u.fixmedins_code"
         " JOIN settlements s ON s.setl_id = c.setl_id"
         " WHERE c.kind = 'inpatient' AND c.setl_id IS NOT NULL AND s.status = 'settled'"
-        # By the moment, not the day: a patient discharged in the morning may be admitted again
-        # that afternoon, a stay of its own. A claim registered by dates alone (midnight) is
-        # known to the day only: it overlaps a stay that ends on a later day than it began, or
-        # begins on an earlier day than it ended (found from outside: a claim of 12-05 to 12-06
-        # by dates refused the stay discharged on 12-05 at nine).
-        " AND CASE WHEN c.begntime = date_trunc('day', c.begntime)"
-        " THEN c.begntime::date < coalesce(u.endn, 'infinity')::date"
-        " ELSE c.begntime < coalesce(u.endn, 'infinity') END"
-        " AND CASE WHEN c.endtime = date_trunc('day', c.endtime)"
-        " THEN c.endtime::date > u.begn::date ELSE c.endtime > u.begn END",
+        f" AND {_claim_overlaps_stay('c.begntime', 'c.endtime', 'u.begn', 'u.endn')}",
         [s[0] for s in stays],
         [s[1] for s in stays],
         [s[2] for s in stays],
@@ -331,6 +322,58 @@ async def stays_reimbursed(
         key = (r["psn_no"], r["fixmedins_code"], r["begn"])
         out.setdefault(key, []).append((r["claim_no"], r["begntime"], r["endtime"]))
     return out
+
+
+def _claim_overlaps_stay(claim_begn: str, claim_end: str, stay_begn: str, stay_end: str) -> str:
+    """Whether a manual claim's stay and a hospital's stay (its end NULL while the patient is
+    in) overlap, as SQL over the four expressions. By the moment, not the day: a patient
+    discharged in the morning may be admitted again that afternoon, a stay of its own. A claim
+    registered by dates alone (midnight) is known to the day only: it overlaps a stay that ends
+    on a later day than it began, or begins on an earlier day than it ended (found from
+    outside: a claim of 12-05 to 12-06 by dates refused the stay discharged on 12-05 at nine).
+    The agency's check before reimbursing a stay and the counter's before settling one ask the
+    same question from either side."""
+    until = f"coalesce({stay_end}, 'infinity')"
+    return (
+        f"CASE WHEN {claim_begn} = date_trunc('day', {claim_begn})"
+        f" THEN {claim_begn}::date < {until}::date ELSE {claim_begn} < {until} END"
+        f" AND CASE WHEN {claim_end} = date_trunc('day', {claim_end})"
+        f" THEN {claim_end}::date > {stay_begn}::date ELSE {claim_end} > {stay_begn} END"
+    )
+
+
+async def stay_settled(
+    conn: asyncpg.Connection,
+    psn_no: str,
+    fixmedins_code: str,
+    begntime: dt.datetime,
+    endtime: dt.datetime,
+) -> tuple[str, str, dt.datetime, dt.datetime | None] | None:
+    """A stay of the person at the institution overlapping a manual claim's (`begntime` to
+    `endtime`) that the funds already pay or will: a settlement in force of it (the counter's
+    2303/2304, a 主动报 claim's replay, another manual claim's), or a 主动报 2304 claim of it
+    waiting to be replayed. (what: "settlement" or "claim", its id, the stay's admission and
+    discharge), or None."""
+    row = await conn.fetchrow(
+        "SELECT 'settlement' AS what, s.setl_id AS ref, e.begntime, e.endtime"
+        " FROM encounters e JOIN settlements s ON s.mdtrt_id = e.mdtrt_id"
+        " WHERE e.psn_no = $1 AND e.fixmedins_code = $2 AND e.kind = 'inpatient'"
+        " AND e.status <> 'cancelled' AND s.status = 'settled'"
+        f" AND {_claim_overlaps_stay('$3::timestamp', '$4::timestamp', 'e.begntime', 'e.endtime')}"
+        " UNION ALL SELECT 'claim', d.claim_id, e.begntime, e.endtime"
+        f" FROM {deferred.CLAIM_WITH_VISIT}"
+        " WHERE d.kind = 'claim' AND d.status = 'pending' AND d.infno = '2304'"
+        " AND d.psn_no = $1 AND d.fixmedins_code = $2 AND e.kind = 'inpatient'"
+        f" AND {_claim_overlaps_stay('$3::timestamp', '$4::timestamp', 'e.begntime', 'e.endtime')}"
+        " LIMIT 1",
+        psn_no,
+        fixmedins_code,
+        begntime,
+        endtime,
+    )
+    if row is None:
+        return None
+    return row["what"], row["ref"], row["begntime"], row["endtime"]
 
 
 async def same_bill(

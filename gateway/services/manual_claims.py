@@ -500,6 +500,30 @@ async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, to
     )
 
 
+async def _refuse_a_stay_paid_already(conn: asyncpg.Connection, claim: Claim) -> None:
+    """An inpatient claim whose stay overlaps one of the person at the institution that the
+    funds already pay (settled by the hospital, by a 主动报 claim's replay or as another claim)
+    or will (a 主动报 2304 claim waiting) is refused, whatever its total. Found from outside:
+    the agency reimbursed a stay the hospital had settled with another total (the exact-total
+    check let it through), the funds paying one stay twice; the counter's side refuses the
+    same overlap the other way round (`visit_settlement.refuse_reimbursed`)."""
+    if claim.kind != "inpatient":
+        return
+    found = await store.stay_settled(
+        conn, claim.psn_no, claim.fixmedins_code, claim.begntime, claim.endtime or dt.datetime.max
+    )
+    if found is None:
+        return
+    what, ref, begntime, endtime = found
+    held = f"医保结算{ref}" if what == "settlement" else f"待补结算的暂存结算{ref}（主动报）"
+    stay = f"{begntime:%Y-%m-%d %H:%M}至{f'{endtime:%Y-%m-%d %H:%M}' if endtime else '今'}"
+    raise Conflict(
+        f"参保人{claim.psn_no}在{claim.fixmedins_code}{stay}的住院已有{held}，与本受理的住院时间"
+        "重叠，疑为同一次住院重复报销，不予结算；如确为另一次住院，请核实入出院时间后重新受理，"
+        "或在系统外按手工报销办理"
+    )
+
+
 async def settle(
     conn: asyncpg.Connection,
     snapshot: Snapshot,
@@ -524,6 +548,7 @@ async def settle(
         person, _ = await persons.read(conn, claim.psn_no)
         lines = await store.lines(conn, claim_no)
         await _refuse_a_bill_paid_already(conn, claim, sum(ln.amount_fen for ln in lines))
+        await _refuse_a_stay_paid_already(conn, claim)
         msgid = store.settlement_msgid(claim_no)
         mdtrt_id = await encounters.new_mdtrt_id(conn, institution.admdvs, now)
         kind = Kind.INPATIENT if claim.kind == "inpatient" else Kind.OUTPATIENT

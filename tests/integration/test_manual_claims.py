@@ -567,11 +567,11 @@ async def test_one_bill_claimed_twice_at_once_is_settled_once(
             assert await checker.check(conn) == []
 
 
-async def _stay_claim(
+async def _reviewed_stay_claim(
     agency: Any, begntime: dt.datetime, endtime: dt.datetime, invoice: str
 ) -> Any:
     """An inpatient manual claim of PERSON at HOSPITAL, its lines on the stay's first day at 15:00,
-    settled by the agency."""
+    reviewed and ready for 结算."""
     async with agency.pool.acquire() as conn:
         claim = await manual_claims.register(
             conn,
@@ -592,10 +592,47 @@ async def _stay_claim(
         await manual_claims.enter_lines(
             conn, agency.snapshot, claim.claim_no, lines_of(BIG_LINES, fee_time), "clerk1"
         )
-        await manual_claims.review(conn, claim.claim_no, "reviewer1")
+        return await manual_claims.review(conn, claim.claim_no, "reviewer1")
+
+
+async def _settled_claim(agency: Any, claim_no: str) -> Any:
+    async with agency.pool.acquire() as conn:
         return await manual_claims.settle(
-            conn, agency.snapshot, claim.claim_no, "clerk2", dt.datetime.now()
+            conn, agency.snapshot, claim_no, "clerk2", dt.datetime.now()
         )
+
+
+async def _stay_claim(
+    agency: Any, begntime: dt.datetime, endtime: dt.datetime, invoice: str
+) -> Any:
+    """An inpatient manual claim of PERSON at HOSPITAL, its lines on the stay's first day at 15:00,
+    settled by the agency."""
+    claim = await _reviewed_stay_claim(agency, begntime, endtime, invoice)
+    return await _settled_claim(agency, claim.claim_no)
+
+
+async def _hospital_stay(
+    his: HisClient, begntime: str, ipt_no: str, fee_day: str, endtime: str
+) -> str:
+    """A stay of PERSON at the hospital: admitted, BIG_LINES and one line more uploaded on
+    `fee_day`, discharged; its mdtrt_id (unsettled)."""
+    admission = {
+        "mdtrtinfo": {
+            "psn_no": PERSON, "insutype": "310", "begntime": begntime, **certificate(PERSON),
+            "med_type": "21", "ipt_no": ipt_no, "atddr_no": "D1", "chfpdr_name": "医生",
+            "adm_dept_codg": "K1", "adm_dept_name": "内科", "adm_bed": "3",
+            "adm_diag_dscr": "肺炎", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎",
+        },
+        "diseinfo": [],
+    }  # fmt: skip
+    mdtrt_id = str((await his.ok("2401", admission))["result"]["mdtrt_id"])
+    extra = {"feedetl_sn": "3", "medins_list_codg": "ZL0001", "pric": "12.5", "cnt": "1", "det_item_fee_sumamt": "12.50"}  # fmt: skip
+    rows = his.fee_rows(mdtrt_id, PERSON, [*BIG_LINES, extra], f"{fee_day} 09:00:00", "0")
+    await his.ok("2301", {"feedetail": rows})
+    discharge = {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "insutype": "310",
+                              "endtime": endtime, "dscg_way": "1"}}  # fmt: skip
+    await his.ok("2402", discharge)
+    return mdtrt_id
 
 
 async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_total(
@@ -612,26 +649,9 @@ async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_to
             agency, dt.datetime(2026, 6, 20, 8, 30), dt.datetime(2026, 6, 23, 10), "FP-STAY-1"
         )
 
-        async def stay(begntime: str, ipt_no: str, fee_day: str, endtime: str) -> str:
-            admission = {
-                "mdtrtinfo": {
-                    "psn_no": PERSON, "insutype": "310", "begntime": begntime, **certificate(PERSON),
-                    "med_type": "21", "ipt_no": ipt_no, "atddr_no": "D1", "chfpdr_name": "医生",
-                    "adm_dept_codg": "K1", "adm_dept_name": "内科", "adm_bed": "3",
-                    "adm_diag_dscr": "肺炎", "dscg_maindiag_code": "J18.9", "dscg_maindiag_name": "肺炎",
-                },
-                "diseinfo": [],
-            }  # fmt: skip
-            mdtrt_id = str((await his.ok("2401", admission))["result"]["mdtrt_id"])
-            extra = {"feedetl_sn": "3", "medins_list_codg": "ZL0001", "pric": "12.5", "cnt": "1", "det_item_fee_sumamt": "12.50"}  # fmt: skip
-            rows = his.fee_rows(mdtrt_id, PERSON, [*BIG_LINES, extra], f"{fee_day} 09:00:00", "0")
-            await his.ok("2301", {"feedetail": rows})
-            discharge = {"dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": PERSON, "insutype": "310",
-                                      "endtime": endtime, "dscg_way": "1"}}  # fmt: skip
-            await his.ok("2402", discharge)
-            return mdtrt_id
-
-        same = await stay("2026-06-20 09:00:00", "ZY-AGAIN-1", "2026-06-21", "2026-06-23 09:00:00")
+        same = await _hospital_stay(
+            his, "2026-06-20 09:00:00", "ZY-AGAIN-1", "2026-06-21", "2026-06-23 09:00:00"
+        )
         data = his.settle_data(PERSON, same, "21", "1637.50", "310", "0", mid_setl_flag="0")
         before = await counter.ledger_fingerprint()
         for infno in ("2303", "2304"):
@@ -648,7 +668,9 @@ async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_to
         }
         # A stay after the reimbursed one is the hospital's to settle, one begun the afternoon of
         # its discharge too.
-        later = await stay("2026-06-23 15:00:00", "ZY-AGAIN-2", "2026-06-24", "2026-06-27 09:00:00")
+        later = await _hospital_stay(
+            his, "2026-06-23 15:00:00", "ZY-AGAIN-2", "2026-06-24", "2026-06-27 09:00:00"
+        )
         settled = await his.ok(
             "2304", his.settle_data(PERSON, later, "21", "1637.50", "310", "0", mid_setl_flag="0")
         )
@@ -660,15 +682,101 @@ async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_to
         by_dates = await _stay_claim(
             agency, dt.datetime(2026, 7, 1), dt.datetime(2026, 7, 3), "FP-STAY-2"
         )
-        before_it = await stay(
-            "2026-06-29 08:00:00", "ZY-AGAIN-3", "2026-06-30", "2026-07-01 09:00:00"
+        before_it = await _hospital_stay(
+            his, "2026-06-29 08:00:00", "ZY-AGAIN-3", "2026-06-30", "2026-07-01 09:00:00"
         )
         data = his.settle_data(PERSON, before_it, "21", "1637.50", "310", "0", mid_setl_flag="0")
         assert (await his.ok("2304", data))["setlinfo"]["setl_id"]
         # The same stay billed by the hospital with its times is the claim's.
-        again = await stay("2026-07-01 14:00:00", "ZY-AGAIN-4", "2026-07-02", "2026-07-03 10:00:00")
+        again = await _hospital_stay(
+            his, "2026-07-01 14:00:00", "ZY-AGAIN-4", "2026-07-02", "2026-07-03 10:00:00"
+        )
         data = his.settle_data(PERSON, again, "21", "1637.50", "310", "0", mid_setl_flag="0")
         refused = await his.call("2304", data)
         assert refused["infcode"] == -1 and f"受理号{by_dates.claim_no}" in refused["err_msg"], (
             refused
         )
+
+
+async def test_a_stay_the_hospital_settled_is_not_reimbursed_again_whatever_its_total(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside, the other way round from the test above: a stay the hospital had
+    settled (2304, one line more than the agency's bill) was reimbursed as a manual claim, the
+    exact-total check letting it through, and the funds paid the stay twice. 结算 of an
+    inpatient claim overlapping a stay of the person at the institution that the funds pay is
+    refused naming the settlement, nothing written; once the hospital cancels its settlement
+    the claim settles; a claim by dates alone is known to the day."""
+    async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
+        his = counter.client(HOSPITAL)
+        stay = await _hospital_stay(
+            his, "2026-08-01 09:00:00", "ZY-PAID-1", "2026-08-02", "2026-08-05 10:00:00"
+        )
+        settle = his.settle_data(PERSON, stay, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        setl_id = (await his.ok("2304", settle))["setlinfo"]["setl_id"]
+
+        claim = await _reviewed_stay_claim(
+            agency, dt.datetime(2026, 8, 1), dt.datetime(2026, 8, 5), "FP-PAID-1"
+        )
+        before = await counter.ledger_fingerprint()
+        with pytest.raises(Conflict) as refused:
+            await _settled_claim(agency, claim.claim_no)
+        assert str(refused.value) == (
+            f"参保人{PERSON}在{HOSPITAL}2026-08-01 09:00至2026-08-05 10:00的住院已有医保结算"
+            f"{setl_id}，与本受理的住院时间重叠，疑为同一次住院重复报销，不予结算；如确为另一次"
+            "住院，请核实入出院时间后重新受理，或在系统外按手工报销办理"
+        )
+        assert await counter.ledger_fingerprint() == before
+        async with agency.pool.acquire() as conn:
+            assert (await store.get(conn, claim.claim_no)).status == "reviewed"
+
+        # The hospital cancels its settlement: the funds no longer pay the stay, the claim does.
+        cancel = {"data": {"setl_id": setl_id, "mdtrt_id": stay, "psn_no": PERSON}}
+        await his.ok("2305", cancel)
+        assert (await _settled_claim(agency, claim.claim_no)).status == "settled"
+
+        # A stay discharged at ten on 08-12 and a claim by dates beginning 08-12: another stay
+        # (its admission that day, time unknown). The same claim by the moment of 09:00 is not.
+        later = await _hospital_stay(
+            his, "2026-08-10 09:00:00", "ZY-PAID-2", "2026-08-11", "2026-08-12 10:00:00"
+        )
+        settle = his.settle_data(PERSON, later, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        later_setl = (await his.ok("2304", settle))["setlinfo"]["setl_id"]
+        by_moment = await _reviewed_stay_claim(
+            agency, dt.datetime(2026, 8, 12, 9), dt.datetime(2026, 8, 14, 10), "FP-PAID-2"
+        )
+        with pytest.raises(Conflict) as refused:
+            await _settled_claim(agency, by_moment.claim_no)
+        assert f"医保结算{later_setl}" in str(refused.value)
+        by_dates = await _reviewed_stay_claim(
+            agency, dt.datetime(2026, 8, 12), dt.datetime(2026, 8, 14), "FP-PAID-3"
+        )
+        assert (await _settled_claim(agency, by_dates.claim_no)).status == "settled"
+
+
+async def test_a_stay_waiting_as_a_deferred_claim_is_not_reimbursed_whatever_its_total(
+    new_database: Callable[..., Any],
+) -> None:
+    """The same for a stay whose 2304 the plan deferred as a 主动报 claim: its replay will pay
+    the stay, so the agency's claim of it, of another total, is refused naming the claim."""
+    async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
+        his = counter.client(HOSPITAL)
+        stay = await _hospital_stay(
+            his, "2026-08-20 09:00:00", "ZY-WAIT-1", "2026-08-21", "2026-08-22 10:00:00"
+        )
+        await set_rule(counter.dsn, f"institution:{HOSPITAL}", "settlement", "defer")
+        data = his.settle_data(PERSON, stay, "21", "1637.50", "310", "0", mid_setl_flag="0")
+
+        async def deferred() -> bool:
+            return "应急预案" in str((await his.call("2303", data))["warn_msg"] or "")
+
+        await until(deferred)
+        claim_id = (await his.ok("2304", data))["setlinfo"]["setl_id"]
+        assert claim_id.startswith("DF")
+        claim = await _reviewed_stay_claim(
+            agency, dt.datetime(2026, 8, 20), dt.datetime(2026, 8, 22), "FP-WAIT-1"
+        )
+        with pytest.raises(Conflict) as refused:
+            await _settled_claim(agency, claim.claim_no)
+        assert f"已有待补结算的暂存结算{claim_id}（主动报）" in str(refused.value)
+        assert await counter.fetchval("SELECT count(*) FROM settlements") == 0
