@@ -342,6 +342,15 @@ async def change_admission(
 async def cancel_admission(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:
     """2404: cancel a stay still open with nothing settled or uploaded on it."""
     enc = await _visit(conn, fixmedins_code, a, Kind.INPATIENT)
+    if enc.status == "discharged":
+        # Found from outside: a settled stay was told only that it is discharged; the clerk
+        # needs the steps back, in their order.
+        if await settlements.has_final(conn, enc.mdtrt_id):
+            raise Conflict(
+                f"就诊ID{a.mdtrt_id}已出院结算，不能撤销入院；"
+                "请先撤销结算（2305），再撤销出院（2405）"
+            )
+        raise Conflict(f"就诊ID{a.mdtrt_id}已出院，不能撤销入院；请先撤销出院（2405）")
     if enc.status != "open":
         raise Conflict(f"就诊ID{a.mdtrt_id}当前状态不能撤销入院（{_STATUS[enc.status]}）")
     if await encounters.settled_count(conn, enc.mdtrt_id):

@@ -249,9 +249,18 @@ async def test_inpatient_flow_with_midway_settlement(server: Server) -> None:
     # 2405 is refused while the final settlement stands; after 2305 it works.
     blocked = await his.call("2405", {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}})
     assert blocked["infcode"] == -1
+    # 2404 of the settled stay names the steps back in their order (found from outside: it
+    # said only that the patient was discharged).
+    visit = {"data": {"mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+    settled = await his.call("2404", visit)
+    assert settled["infcode"] == -1 and settled["err_msg"] == (
+        f"就诊ID{mdtrt_id}已出院结算，不能撤销入院；请先撤销结算（2305），再撤销出院（2405）"
+    ), settled
     await his.ok(
         "2305", {"data": {"setl_id": final["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
     )
+    discharged = await his.call("2404", visit)
+    assert discharged["err_msg"] == f"就诊ID{mdtrt_id}已出院，不能撤销入院；请先撤销出院（2405）"
     # Cancelled, the stay takes the late charge again (its closing settlement settles it).
     rows = his.fee_rows(mdtrt_id, RETIREE, late, "2026-04-06 09:00:00", "")
     await his.ok("2301", {"feedetail": rows})
