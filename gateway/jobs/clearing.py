@@ -60,6 +60,11 @@ MONEY_COLUMNS = (
 class Line:
     med_type: str
     name: str
+    # The insured's region of the line's settlements (3201's setl_optins): a hospital's 异地
+    # patients are a line of their own, cleared with their region's pool, not with the
+    # institution's (found from outside: they were summed into the institution's region's line,
+    # which no 3201 under that region could match). "" on totals.
+    clr_optins: str = ""
     visits: int = 0
     medfee_sumamt: int = 0
     hifp_pay: int = 0
@@ -235,7 +240,11 @@ async def monthly(
         return reports.setdefault(code, InstitutionReport(code, name, admdvs))
 
     by_code: Callable[[Any], tuple[str, ...]] = lambda r: (r.fixmedins_code,)  # noqa: E731
-    by_type: Callable[[Any], tuple[str, ...]] = lambda r: (r.fixmedins_code, r.med_type)  # noqa: E731
+    by_type: Callable[[Any], tuple[str, ...]] = lambda r: (  # noqa: E731
+        r.fixmedins_code,
+        r.med_type,
+        r.clr_optins,
+    )
     # (rows, sign, what the line's name adds, its order within a med_type)
     parts = (
         (settled, 1, "", 0),
@@ -245,11 +254,25 @@ async def monthly(
     lines = [
         (r, sign, tag, order) for rows, sign, tag, order in parts for r in _merged(rows, by_type)
     ]
-    for r, sign, tag, _ in sorted(lines, key=lambda x: (x[0].fixmedins_code, x[0].med_type, x[3])):
+
+    def elsewhere(r: Any) -> bool:
+        return bool(r.clr_optins) and r.clr_optins != r.admdvs
+
+    # Within a med_type: the institution's own region's patients first, then each other region's.
+    order = lambda x: (  # noqa: E731
+        x[0].fixmedins_code,
+        x[0].med_type,
+        elsewhere(x[0]),
+        x[0].clr_optins,
+        x[3],
+    )
+    for r, sign, tag, _ in sorted(lines, key=order):
         rep = report_of(r.fixmedins_code, r.fixmedins_name, r.admdvs)
+        insured = f"（异地就医，参保地{r.clr_optins}）" if elsewhere(r) else ""
         line = Line(
             med_type=r.med_type,
-            name=MED_TYPE_NAMES.get(r.med_type, r.med_type) + tag,
+            name=MED_TYPE_NAMES.get(r.med_type, r.med_type) + insured + tag,
+            clr_optins=r.clr_optins,
             visits=sign * r.visits,
             medfee_sumamt=sign * r.medfee_sumamt,
             hifp_pay=sign * r.hifp_pay,
@@ -455,7 +478,8 @@ _EXTRA_COLUMNS = ("基金差额", "应付参保人", "拨付金额")
 
 
 def to_csv(report: MonthlyReport) -> str:
-    """One row per institution and 医疗类别, then its total; after it, on rows named in the
+    """One row per institution, 医疗类别 and the patients' 参保地 (the institution's own region's
+    patients, then each other region's: 异地就医), then its total; after it, on rows named in the
     医疗类别 column, the month's catalog corrections, reimbursements of deferred claims and manual
     claims of its patients (paid to them by the agency, not in its 申报金额); last, the month's
     payouts (every batch, not per institution)."""
@@ -467,6 +491,7 @@ def to_csv(report: MonthlyReport) -> str:
             "机构编码",
             "机构名称",
             "清算统筹区",
+            "参保地区划",
             "医疗类别",
             "人次",
             *(n for _, n in MONEY_COLUMNS),
@@ -486,11 +511,13 @@ def to_csv(report: MonthlyReport) -> str:
         return [fund_delta, to_patients, paid_out]
 
     for r in report.institutions:
-        head = [report.month, r.fixmedins_code, r.fixmedins_name, r.admdvs]
+        institution = [report.month, r.fixmedins_code, r.fixmedins_name, r.admdvs]
+        head = [*institution, ""]  # rows of the institution, not of one region's patients
         for ln in [*r.lines, r.total]:
             w.writerow(
                 [
-                    *head,
+                    *institution,
+                    ln.clr_optins,
                     ln.name,
                     ln.visits,
                     *(fen_text(getattr(ln, c)) for c, _ in MONEY_COLUMNS),
@@ -530,7 +557,7 @@ def to_csv(report: MonthlyReport) -> str:
             )
     p = report.payouts
     if p.batches or p.paid_lines or p.failed_lines:
-        whole = [report.month, "", "全部支付批次（不分机构）", ""]
+        whole = [report.month, "", "全部支付批次（不分机构）", "", ""]
         for name, lines, fen in (
             (f"本月拨付：制单（{p.batches}个支付批次）", p.batched_lines, p.batched),
             ("本月拨付：银行回盘支付成功", p.paid_lines, p.paid),

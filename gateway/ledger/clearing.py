@@ -27,6 +27,7 @@ class Settled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     fixmedins_name: str
     admdvs: str
     med_type: str
+    clr_optins: str  # the insured's region (3201's setl_optins): 异地 patients' apart
     visits: int
     medfee_sumamt: int
     hifp_pay: int
@@ -102,13 +103,14 @@ async def settled(
         args.append(institution)
         where += " AND s.fixmedins_code = $3"
     rows = await conn.fetch(
-        "SELECT s.fixmedins_code, s.med_type, count(*) AS visits,"
+        "SELECT s.fixmedins_code, s.med_type, s.clr_optins, count(*) AS visits,"
         " sum(medfee_sumamt) AS medfee_sumamt, sum(hifp_pay) AS hifp_pay, sum(hifob_pay) AS hifob_pay,"
         " sum(hifmi_pay) AS hifmi_pay, sum(cvlserv_pay) AS cvlserv_pay, sum(maf_pay) AS maf_pay,"
         " sum(acct_pay) AS acct_pay, sum(psn_cash_pay) AS psn_cash_pay, sum(inscp_scp_amt) AS inscp_scp_amt,"
         " sum(fund_pay_sumamt) AS fund_pay_sumamt"
         f" FROM settlements s WHERE {where}"
-        " GROUP BY s.fixmedins_code, s.med_type ORDER BY s.fixmedins_code, s.med_type",
+        " GROUP BY s.fixmedins_code, s.med_type, s.clr_optins"
+        " ORDER BY s.fixmedins_code, s.med_type, s.clr_optins",
         *args,
     )
     return [
@@ -117,6 +119,7 @@ async def settled(
             fixmedins_name=names.get(r["fixmedins_code"], ("", ""))[0],
             admdvs=names.get(r["fixmedins_code"], ("", ""))[1],
             med_type=r["med_type"],
+            clr_optins=r["clr_optins"],
             visits=int(r["visits"]),
             medfee_sumamt=int(r["medfee_sumamt"]),
             hifp_pay=int(r["hifp_pay"]),

@@ -518,7 +518,7 @@ async def _refuse_a_stay_paid_already(conn: asyncpg.Connection, claim: Claim) ->
     held = f"医保结算{ref}" if what == "settlement" else f"待补结算的暂存结算{ref}（主动报）"
     stay = f"{begntime:%Y-%m-%d %H:%M}至{f'{endtime:%Y-%m-%d %H:%M}' if endtime else '今'}"
     raise Conflict(
-        f"参保人{claim.psn_no}在{claim.fixmedins_code}{stay}的住院已有{held}，与本受理的住院时间"
+        f"参保人{claim.psn_no}在{claim.fixmedins_code}的住院（{stay}）已有{held}，与本受理的住院时间"
         "重叠，疑为同一次住院重复报销，不予结算；如确为另一次住院，请核实入出院时间后重新受理，"
         "或在系统外按手工报销办理"
     )

@@ -246,3 +246,45 @@ async def test_what_an_institution_owes_back_is_kept_back_from_its_next_months(
                      "--database-url", srv.dsn, check=False)  # fmt: skip
         assert report.returncode == 2 and "定点医药机构X123不存在" in report.stderr, report
         assert not report.stdout
+
+
+async def test_a_hospitals_patients_of_another_region_are_a_line_of_their_own(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a 清远 hospital's 毕节 patients were summed into its 普通门诊 line
+    under 清算统筹区 441800, which no 3201 could match (3201 keeps them apart, under 520500).
+    Each 医疗类别 has a line per insured region, the institution's own first; the total is all."""
+    month = dt.date.today().strftime("%Y-%m")
+    served = dt.date.today()
+    async with running_gateway(new_database) as srv:
+        his: HisClient = srv.client(HOSPITAL)
+        answers: dict[str, dict[str, Any]] = {}
+        for n, psn_no in enumerate(("441800000000000001", "520500000000000001")):
+            mdtrt_id = await his.register(psn_no, "310", f"{served} 08:30:00", f"MZ-YD-{n}")
+            await his.visit_info(mdtrt_id, psn_no, "11", f"{served} 08:30:00")
+            rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{served} 08:40:00", "B1")
+            await his.ok("2204", {"feedetail": rows})
+            data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+            answers[psn_no[:6]] = (await his.ok("2207", data))["setlinfo"]
+        async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
+            [hospital] = (await clearing.monthly(conn, month, HOSPITAL)).institutions
+        assert hospital.admdvs == "441800"
+        assert [(ln.name, ln.clr_optins, ln.visits) for ln in hospital.lines] == [
+            ("普通门诊", "441800", 1),
+            ("普通门诊（异地就医，参保地520500）", "520500", 1),
+        ]
+        for line, region in zip(hospital.lines, ("441800", "520500"), strict=True):
+            info = answers[region]
+            assert info["clr_optins"] == region
+            assert line.declared == _fen(info, "fund_pay_sumamt") + _fen(info, "acct_pay")
+            assert line.medfee_sumamt == _fen(info, "medfee_sumamt")
+        assert hospital.total.declared == sum(ln.declared for ln in hospital.lines)
+        table = cli("clearing", "monthly", "--month", month, "--csv", "/dev/stdout",
+                    "--institution", HOSPITAL, "--database-url", srv.dsn).stdout  # fmt: skip
+        rows = [r.split(",") for r in table.splitlines()]
+        assert rows[0][3:6] == ["清算统筹区", "参保地区划", "医疗类别"]
+        assert [r[3:6] for r in rows[1:4]] == [
+            ["441800", "441800", "普通门诊"],
+            ["441800", "520500", "普通门诊（异地就医，参保地520500）"],
+            ["441800", "", "合计"],
+        ]

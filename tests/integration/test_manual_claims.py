@@ -722,7 +722,7 @@ async def test_a_stay_the_hospital_settled_is_not_reimbursed_again_whatever_its_
         with pytest.raises(Conflict) as refused:
             await _settled_claim(agency, claim.claim_no)
         assert str(refused.value) == (
-            f"参保人{PERSON}在{HOSPITAL}2026-08-01 09:00至2026-08-05 10:00的住院已有医保结算"
+            f"参保人{PERSON}在{HOSPITAL}的住院（2026-08-01 09:00至2026-08-05 10:00）已有医保结算"
             f"{setl_id}，与本受理的住院时间重叠，疑为同一次住院重复报销，不予结算；如确为另一次"
             "住院，请核实入出院时间后重新受理，或在系统外按手工报销办理"
         )
