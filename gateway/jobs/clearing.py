@@ -145,6 +145,10 @@ class MonthlyReport:
     enddate: dt.date
     institutions: list[InstitutionReport]
     payouts: Payouts = field(default_factory=Payouts)
+    # Whether the month had ended when the report was made: a running month's figures still
+    # change (found from outside: printed with nothing to say so, while the payouts refuse to
+    # record it until it ends).
+    ended: bool = True
 
 
 # Years 1900-2999: a month past 9998 has no following month to bound it (found from outside:
@@ -313,7 +317,11 @@ async def monthly(
             sum(p.failed_lines for p in paid),
             sum(p.failed_fen for p in paid),
         ),
+        ended=end < dt.date.today(),
     )
+
+
+RUNNING_MONTH = "注意：本月尚未结束，表中数字截至出表时，月末之后请重新出表再申报"
 
 
 _DIGITS = "零壹贰叁肆伍陆柒捌玖"
@@ -383,6 +391,7 @@ def to_json(report: MonthlyReport) -> dict[str, object]:
         "month": report.month,
         "begndate": report.begndate.isoformat(),
         "enddate": report.enddate.isoformat(),
+        "ended": report.ended,
         "institutions": [
             {
                 "fixmedins_code": r.fixmedins_code,
@@ -430,6 +439,8 @@ def to_text(report: MonthlyReport) -> list[str]:
     manual claims, the reimbursements of deferred claims and the payouts were in the JSON only,
     and a month with nothing printed nothing at all)."""
     out = [f"费款所属期 {report.month}（{report.begndate:%Y-%m-%d}～{report.enddate:%Y-%m-%d}）"]
+    if not report.ended:
+        out.append(f"  {RUNNING_MONTH}")
     if not report.institutions:
         out.append("  本月没有结算、零星报销或目录更正")
     for r in report.institutions:
@@ -616,6 +627,7 @@ def to_html(report: MonthlyReport) -> str:
         f"<title>定点医药机构费用月结算 {report.month}</title><style>{_CSS}</style></head><body>",
         f"<h1>定点医药机构费用月结算汇总（{report.month}）</h1>",
         f'<p class="meta">费款所属期：{report.begndate:%Y年%m月%d日}～{report.enddate:%Y年%m月%d日}　单位：元、人次</p>',
+        "" if report.ended else f'<p class="meta running">{RUNNING_MONTH}</p>',
         "<h2>各基金支付</h2>",
         _chart(report),
     ]

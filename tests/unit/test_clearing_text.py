@@ -12,6 +12,8 @@ from gateway.jobs.clearing import (
     MonthlyReport,
     Payouts,
     Reimbursements,
+    to_html,
+    to_json,
     to_text,
 )
 
@@ -44,3 +46,14 @@ def test_manual_claims_reimbursements_and_payouts_are_printed() -> None:
         "本月拨付（全部支付批次，不分机构）: 2 批, 批入 7 笔 79440.02, 已付 6 笔 43617.94, 失败 1 笔 35822.08"
         in text
     )
+
+
+def test_a_month_not_ended_says_its_figures_still_change() -> None:
+    """Found from outside: the running month's report printed figures with nothing to say so,
+    while recording its clearing amounts is refused until it ends."""
+    running = MonthlyReport("2026-12", BEGIN, END, [], ended=False)
+    text = to_text(running)
+    assert text[1] == "  注意：本月尚未结束，表中数字截至出表时，月末之后请重新出表再申报"
+    assert "本月尚未结束" in to_html(running) and to_json(running)["ended"] is False
+    ended = MonthlyReport("2026-11", dt.date(2026, 11, 1), dt.date(2026, 11, 30), [])
+    assert "本月尚未结束" not in "\n".join(to_text(ended)) + to_html(ended)
