@@ -618,11 +618,31 @@ def compare_details(
         _only_here(d, (why or {}).get(d.setl_id, Uncounted("医药机构有此结算，中心没有")))
         for d in mine.values()
     ]
-    out += [
-        _only_here(d, Uncounted("医药机构明细文件重复列出此结算，多出的一笔中心没有"))
-        for d in repeated
-    ]
+    listed = {c.setl_id: c for c in centre}
+    out += [_only_here(d, _listed_again(d, listed.get(d.setl_id))) for d in repeated]
     return out
+
+
+REFUND_ROW_LISTED_AGAIN = (
+    "医药机构明细文件重复列出此结算：此行为退费冲销行（负数金额），中心按原结算金额计一笔退费结算"
+    "（退费标志1、正数金额），请删除冲销行，并将原结算行的退费标志改为1"
+)
+
+
+def _listed_again(d: DetailRow, c: CentreRow | None) -> Uncounted:
+    """A row of a settlement the file lists again. A refunded settlement listed as its original
+    row and then a refund row of negative amounts flagged 1 (a HIS's own book of it) is told how
+    the centre counts it (found from outside: told only that the row was listed twice, where
+    the same row listed alone, or first, was told to write the original amounts)."""
+    if (
+        c is not None
+        and c.refunded
+        and d.refd_setl_flag == "1"
+        and (d.medfee_sumamt, d.fund_pay_sumamt, d.acct_pay)
+        == (-c.medfee_sumamt, -c.fund_pay_sumamt, -c.acct_pay)
+    ):
+        return Uncounted(REFUND_ROW_LISTED_AGAIN)
+    return Uncounted("医药机构明细文件重复列出此结算，多出的一笔中心没有")
 
 
 # A row's flag against the centre's state (found from outside: with the request's flag 1, the

@@ -600,3 +600,29 @@ async def test_a_settlement_count_of_too_many_digits_names_the_length(
     assert "fixmedins_setl_cnt" in message and "超过接口规定的10位" in message, message
     answered = await his.ok("3201", _stmt(day, fixmedins_setl_cnt="9999999999"))
     assert answered["stmtinfo"]["stmt_rslt"] == "2", answered["stmtinfo"]
+
+
+async def test_a_refund_booked_as_a_second_row_is_told_how_the_centre_counts_it(
+    server: Server,
+) -> None:
+    """A HIS's own book of a refunded settlement: its original row (flag 0), then its refund
+    row of negative amounts (flag 1). Found from outside: the refund row was told only that
+    the settlement was listed twice (alone, or first, it was told to write the original
+    amounts); it is told how the centre counts the refund, the original row that its flag must
+    be 1. (Last in the module: its visit would count in the earlier tests' days of H44180000003,
+    taken because uploads are paced per institution.)"""
+    his = server.client("H44180000003")
+    refunded = await _visit(his, EMPLOYEES[0], 93, "44.50")
+    await _cancel(his, refunded)
+    negative = {
+        **refunded,
+        "refd_setl_flag": "1",
+        **{k: f"-{refunded[k]}" for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")},
+    }
+    original = {**refunded, "refd_setl_flag": "0"}
+    _, rows = await _detail_compared(
+        server, [original, negative], [refunded], "H44180000003", refd_setl_flag="1"
+    )
+    first, again = [r for r in rows if r["setl_id"] == refunded["setl_id"]]
+    assert "退费结算标志填1" in first["memo"], first
+    assert again["memo"].startswith("医药机构明细文件重复列出此结算：此行为退费冲销行"), again
