@@ -49,7 +49,12 @@ PATRONI_METRICS = frozenset(
         "patroni_xlog_replayed_location",
     }
 )
-OTHER_EXPORTERS: dict[str, frozenset[str]] = {"ledger-cluster.yml": PATRONI_METRICS}
+# The gateway nodes' liveness reads Prometheus's own series of each scrape (no exporter).
+SCRAPE_METRICS = frozenset({"up"})
+OTHER_EXPORTERS: dict[str, frozenset[str]] = {
+    "ledger-cluster.yml": PATRONI_METRICS,
+    "gateway-nodes.yml": SCRAPE_METRICS,
+}
 
 # Sample names each metric type puts in the exposition (what PromQL can select).
 SUFFIXES = {
