@@ -21,6 +21,18 @@ from tests.integration.his_client import HisClient
 HOSPITAL = "H44180000001"
 
 
+async def _outpatient_visit(
+    his: HisClient, psn_no: str, day: dt.date, ipt_otp_no: str
+) -> tuple[str, dict[str, Any]]:
+    """A visit of BIG_LINES on `day` at the hospital, settled (2207): its mdtrt_id and setlinfo."""
+    mdtrt_id = await his.register(psn_no, "310", f"{day} 08:30:00", ipt_otp_no)
+    await his.visit_info(mdtrt_id, psn_no, "11", f"{day} 08:30:00")
+    rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{day} 08:40:00", "B1")
+    await his.ok("2204", {"feedetail": rows})
+    data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+    return mdtrt_id, (await his.ok("2207", data))["setlinfo"]
+
+
 def _fen(setlinfo: dict[str, Any], name: str) -> int:
     """An answer's amount (a JSON number with two decimals) in fen, read by its text."""
     return to_fen(str(setlinfo[name]))
@@ -36,12 +48,8 @@ async def test_a_settlement_cancelled_after_its_month_is_taken_back_in_the_month
         his: HisClient = srv.client(HOSPITAL)
         visits: list[tuple[str, str, dict[str, Any]]] = []
         for n, psn_no in enumerate(("441800000000000001", "441800000000000002")):
-            mdtrt_id = await his.register(psn_no, "310", f"{served} 08:30:00", f"MZ-M-{n}")
-            await his.visit_info(mdtrt_id, psn_no, "11", f"{served} 08:30:00")
-            rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{served} 08:40:00", "B1")
-            await his.ok("2204", {"feedetail": rows})
-            data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
-            visits.append((psn_no, mdtrt_id, (await his.ok("2207", data))["setlinfo"]))
+            mdtrt_id, info = await _outpatient_visit(his, psn_no, served, f"MZ-M-{n}")
+            visits.append((psn_no, mdtrt_id, info))
         db = ("--database-url", srv.dsn)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
             # Both settled last month (their time moved back, as the clock moving on would
@@ -254,18 +262,15 @@ async def test_a_hospitals_patients_of_another_region_are_a_line_of_their_own(
     """Found from outside: a 清远 hospital's 毕节 patients were summed into its 普通门诊 line
     under 清算统筹区 441800, which no 3201 could match (3201 keeps them apart, under 520500).
     Each 医疗类别 has a line per insured region, the institution's own first; the total is all."""
+    # Settled now (the clearing month is the settlement time's); served yesterday, at hours
+    # that are never in the future.
     month = dt.date.today().strftime("%Y-%m")
-    served = dt.date.today()
+    served = dt.date.today() - dt.timedelta(days=1)
     async with running_gateway(new_database) as srv:
         his: HisClient = srv.client(HOSPITAL)
         answers: dict[str, dict[str, Any]] = {}
         for n, psn_no in enumerate(("441800000000000001", "520500000000000001")):
-            mdtrt_id = await his.register(psn_no, "310", f"{served} 08:30:00", f"MZ-YD-{n}")
-            await his.visit_info(mdtrt_id, psn_no, "11", f"{served} 08:30:00")
-            rows = his.fee_rows(mdtrt_id, psn_no, BIG_LINES, f"{served} 08:40:00", "B1")
-            await his.ok("2204", {"feedetail": rows})
-            data = his.settle_data(psn_no, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
-            answers[psn_no[:6]] = (await his.ok("2207", data))["setlinfo"]
+            _, answers[psn_no[:6]] = await _outpatient_visit(his, psn_no, served, f"MZ-YD-{n}")
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
             [hospital] = (await clearing.monthly(conn, month, HOSPITAL)).institutions
         assert hospital.admdvs == "441800"
