@@ -3,6 +3,7 @@ time (found from outside: on a UTC host a Beijing-time begntime was refused as i
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.core.timestamps import zone_warning
+from gateway.emergency.plan import store
 
 
 @pytest.fixture
@@ -38,3 +40,14 @@ def test_beijing_time_is_not_warned(zone: None, tz: str) -> None:
     if tz == "Asia/Shanghai" and time.timezone != -8 * 3600:
         pytest.skip("this machine has no zone files")
     assert zone_warning() is None
+
+
+def test_a_rules_time_of_setting_is_given_in_local_time(zone: None) -> None:
+    """Found from outside: GET /api/plan gave set_at in UTC from a gateway on Beijing time,
+    where its pages show local time. Given with its offset, it is read back as the same moment."""
+    os.environ["TZ"] = "CST-8"
+    time.tzset()
+    stored = dt.datetime(2026, 12, 6, 20, 22, 30, 959356, tzinfo=dt.UTC)
+    shown = store.shown_at(stored)
+    assert shown == "2026-12-07 04:22:30.959356+08:00"
+    assert dt.datetime.fromisoformat(shown) == stored

@@ -148,8 +148,10 @@ async def set_rule(
 def shown_at(set_at: dt.datetime) -> str:
     """A rule's time of setting as the console's API gives it and its form sends it back
     (`clear_rule`'s `shown_set_at`): to the microsecond, as stored (found from outside: to the
-    second, a rule cleared and set again within one second read as the one the page showed)."""
-    return set_at.isoformat(sep=" ", timespec="microseconds")
+    second, a rule cleared and set again within one second read as the one the page showed). In
+    the process's local time with its offset, as the pages show it (found from outside: UTC from a
+    gateway running on Beijing time); any offset is read back as the same moment."""
+    return set_at.astimezone().isoformat(sep=" ", timespec="microseconds")
 
 
 def _same_moment(text: str, set_at: dt.datetime) -> bool:
