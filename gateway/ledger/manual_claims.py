@@ -330,15 +330,20 @@ def _claim_overlaps_stay(claim_begn: str, claim_end: str, stay_begn: str, stay_e
     discharged in the morning may be admitted again that afternoon, a stay of its own. A claim
     registered by dates alone (midnight) is known to the day only: it overlaps a stay that ends
     on a later day than it began, or begins on an earlier day than it ended (found from
-    outside: a claim of 12-05 to 12-06 by dates refused the stay discharged on 12-05 at nine).
-    The agency's check before reimbursing a stay and the counter's before settling one ask the
-    same question from either side."""
+    outside: a claim of 12-05 to 12-06 by dates refused the stay discharged on 12-05 at nine),
+    and a stay admitted on its first day or discharged on its last (found from outside: a claim
+    of 12-07 to 12-07 by dates reimbursed the stay admitted and discharged on 12-07 that the
+    hospital had settled). The agency's check before reimbursing a stay and the counter's before
+    settling one ask the same question from either side."""
     until = f"coalesce({stay_end}, 'infinity')"
+    by_date = {t: f"{t} = date_trunc('day', {t})" for t in (claim_begn, claim_end)}
     return (
-        f"CASE WHEN {claim_begn} = date_trunc('day', {claim_begn})"
+        f"((CASE WHEN {by_date[claim_begn]}"
         f" THEN {claim_begn}::date < {until}::date ELSE {claim_begn} < {until} END"
-        f" AND CASE WHEN {claim_end} = date_trunc('day', {claim_end})"
-        f" THEN {claim_end}::date > {stay_begn}::date ELSE {claim_end} > {stay_begn} END"
+        f" AND CASE WHEN {by_date[claim_end]}"
+        f" THEN {claim_end}::date > {stay_begn}::date ELSE {claim_end} > {stay_begn} END)"
+        f" OR ({by_date[claim_begn]} AND {claim_begn}::date = {stay_begn}::date)"
+        f" OR ({by_date[claim_end]} AND {claim_end}::date = {stay_end}::date))"
     )
 
 

@@ -753,6 +753,29 @@ async def test_a_stay_the_hospital_settled_is_not_reimbursed_again_whatever_its_
         )
         assert (await _settled_claim(agency, by_dates.claim_no)).status == "settled"
 
+        # A stay admitted and discharged within one day, and a claim of that day by dates: the
+        # same stay (found from outside: reimbursed, the funds paying it twice), both ways.
+        one_day = await _hospital_stay(
+            his, "2026-08-20 05:00:00", "ZY-PAID-3", "2026-08-20", "2026-08-20 18:00:00"
+        )
+        settle = his.settle_data(PERSON, one_day, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        one_day_setl = (await his.ok("2304", settle))["setlinfo"]["setl_id"]
+        that_day = await _reviewed_stay_claim(
+            agency, dt.datetime(2026, 8, 20), dt.datetime(2026, 8, 20), "FP-PAID-4"
+        )
+        with pytest.raises(Conflict) as refused:
+            await _settled_claim(agency, that_day.claim_no)
+        assert f"医保结算{one_day_setl}" in str(refused.value)
+        claimed = await _stay_claim(
+            agency, dt.datetime(2026, 8, 25), dt.datetime(2026, 8, 25), "FP-PAID-5"
+        )
+        billed = await _hospital_stay(
+            his, "2026-08-25 06:00:00", "ZY-PAID-4", "2026-08-25", "2026-08-25 17:00:00"
+        )
+        settle = his.settle_data(PERSON, billed, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        answer = await his.call("2304", settle)
+        assert answer["infcode"] == -1 and f"受理号{claimed.claim_no}" in answer["err_msg"], answer
+
 
 async def test_a_stay_waiting_as_a_deferred_claim_is_not_reimbursed_whatever_its_total(
     new_database: Callable[..., Any],
