@@ -25,7 +25,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import demo_client
-from tests.ops.test_dashboard import dashboard_exprs, metric_names, rule_exprs, rule_files
+from tests.ops.test_dashboard import (
+    SCRAPE_METRICS,
+    dashboard_exprs,
+    metric_names,
+    rule_exprs,
+    rule_files,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +44,7 @@ def selected_names() -> set[str]:
     names: set[str] = set()
     for expr in exprs:
         names |= metric_names(expr)
-    return names
+    return names - SCRAPE_METRICS  # Prometheus's own, not in an exposition
 
 
 def samples(exposition: str) -> dict[str, list[tuple[dict[str, str], float]]]:
