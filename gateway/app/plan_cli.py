@@ -497,6 +497,17 @@ def deferred_list(args: argparse.Namespace) -> int:
     return _run(args, work)
 
 
+def _not_failed(claim_id: str, status: str, setl_id: str | None) -> str:
+    """Why `deferred retry` does not take a claim that did not fail, by where it stands."""
+    if status == "settled":
+        return f"暂存结算{claim_id}已补结算（结算ID{setl_id}），无需重新补结算"
+    if status == "withdrawn":
+        return f"暂存结算{claim_id}已由医药机构撤销，不能补结算"
+    if status == "pending":
+        return f"暂存结算{claim_id}正待补结算，`deferred replay`即会结算，无需重试"
+    return f"暂存结算{claim_id}当前状态为{status}，只有补结算未成功（failed）的才能重新补结算"
+
+
 def deferred_retry(args: argparse.Namespace) -> int:
     """A claim replay could not settle, pending again once its cause is mended (found from
     outside: every sale's claim of an outage filed failed by a replay run in the wrong time
@@ -528,7 +539,16 @@ def deferred_retry(args: argparse.Namespace) -> int:
                     " `deferred replay` settles it"
                 )
                 return 0
-        raise BadRequest(f"没有补结算未成功（failed）的暂存结算{args.claim_id}")
+            # Found from outside: a settled claim and a withdrawn one were told alike that no
+            # failed claim has the number; the clerk is told where it stands.
+            for here in (conn, *(c for _, c in clusters)):
+                row = await here.fetchrow(
+                    "SELECT status, setl_id FROM deferred WHERE claim_id = $1 AND kind = 'claim'",
+                    args.claim_id,
+                )
+                if row is not None:
+                    raise BadRequest(_not_failed(args.claim_id, row["status"], row["setl_id"]))
+        raise BadRequest(f"暂存结算{args.claim_id}不存在，请核对暂存结算单号（DF开头）")
 
     return _run(args, work)
 

@@ -556,7 +556,7 @@ async def test_a_failed_claim_is_replayed_again_once_its_cause_is_mended(
         unexplained = retry("--claim-id", claim_id, "--reason", " ")
         assert unexplained.returncode == 2 and "原因" in unexplained.stderr
         unknown = retry("--claim-id", "DF000000", "--reason", "时区已更正")
-        assert unknown.returncode == 2 and "DF000000" in unknown.stderr
+        assert unknown.returncode == 2 and "暂存结算DF000000不存在" in unknown.stderr
         done = retry("--claim-id", claim_id, "--reason", "时区已更正", "--operator", "agency")
         assert done.returncode == 0 and "pending again" in done.stdout, done.stderr
         status = "SELECT status FROM deferred WHERE claim_id = $1"
@@ -570,7 +570,11 @@ async def test_a_failed_claim_is_replayed_again_once_its_cause_is_mended(
         assert (summary["settled"], summary["failed"]) == (1, []), summary
         assert await srv.fetchval(status, claim_id) == "settled"
         again = retry("--claim-id", claim_id, "--reason", "时区已更正")
-        assert again.returncode == 2  # settled: nothing to retry
+        # Settled: nothing to retry, and the clerk is told so, with its settlement (found from
+        # outside: told only that no failed claim had the number).
+        setl_id = await srv.fetchval("SELECT setl_id FROM deferred WHERE claim_id = $1", claim_id)
+        assert again.returncode == 2
+        assert f"暂存结算{claim_id}已补结算（结算ID{setl_id}），无需重新补结算" in again.stderr
         assert await srv.check_ledger() == []
 
 
