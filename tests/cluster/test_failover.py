@@ -346,11 +346,23 @@ async def _one_cluster_down(
         till = HisClient(session, gateway, shop, region)
         answer = await till.call("2102", _other_sale(till, who))
         if _kind(answer) != "ok":
-            # Why, for whoever reads a failure: the answer's words and the plan in force (a
-            # rule an earlier step's failures triggered would defer it).
-            shown = cli("plan", "show", "--database-url", main, "--config", config, check=False)
+            # Why, for whoever reads a failure: the answer's words, the plan's rules as the main
+            # database holds them (a rule an earlier step's failures triggered would defer it;
+            # `plan show` cannot read them while a cluster it names is down) and the breakers of
+            # the node that answered.
+            rules = await _rows(
+                main, "SELECT scope, class, action, operator, reason FROM plan_rules"
+            )
+            async with session.get(gateway + "/readyz") as r:
+                ready = await r.text()
             raise AssertionError(
-                (region, answer.get("warn_msg"), answer.get("err_msg"), shown.stdout)
+                (
+                    region,
+                    answer.get("warn_msg"),
+                    answer.get("err_msg"),
+                    [tuple(r) for r in rules],
+                    ready,
+                )
             )
     _run(["start", "pg-wenzhou"], state)
 
