@@ -176,7 +176,15 @@ def when(value: Code, name: str, *, optional: bool = False) -> dt.datetime | Non
     # and "2026-12-01  10:00:00" opened visits); a date decides the policy year, so only the
     # shapes themselves, in ASCII digits, are parsed.
     if _TIME_SHAPES.fullmatch(s):
-        for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S"):
+        # `yyyyMMdd`: nhis-web's registration-fee line sends fee_ocur_time so (found from
+        # outside: refused); a bare date is midnight, as `yyyy-MM-dd` is.
+        for fmt in (
+            "%Y-%m-%d %H:%M:%S",
+            "%Y-%m-%d",
+            "%Y%m%d%H%M%S",
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y%m%d",
+        ):
             try:
                 return dt.datetime.strptime(s, fmt)
             except ValueError:
@@ -215,7 +223,7 @@ _STAMPED = re.compile(
 
 
 _TIME_SHAPES = re.compile(
-    r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[ T][0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2})?|[0-9]{14}"
+    r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[ T][0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2})?|[0-9]{14}|[0-9]{8}"
 )
 
 

@@ -458,3 +458,8 @@ def test_the_time_shapes_clients_send_are_read() -> None:
     ):
         assert when(sent, "t") == expected
     assert when("2026-12-01", "t") == dt.datetime(2026, 12, 1)
+    # nhis-web's registration-fee line (NationalInsuranceService.insuBillUpload: fee_ocur_time
+    # is its yyyyMMddHHmmss cut to 8 digits). Found from outside: refused.
+    assert when("20261201", "t") == dt.datetime(2026, 12, 1)
+    with pytest.raises(BadRequest, match="时间格式错误"):
+        when("20261301", "t")
