@@ -542,12 +542,9 @@ def deferred_retry(args: argparse.Namespace) -> int:
             # Found from outside: a settled claim and a withdrawn one were told alike that no
             # failed claim has the number; the clerk is told where it stands.
             for here in (conn, *(c for _, c in clusters)):
-                row = await here.fetchrow(
-                    "SELECT status, setl_id FROM deferred WHERE claim_id = $1 AND kind = 'claim'",
-                    args.claim_id,
-                )
-                if row is not None:
-                    raise BadRequest(_not_failed(args.claim_id, row["status"], row["setl_id"]))
+                found = await deferred.claim_standing(here, args.claim_id)
+                if found is not None:
+                    raise BadRequest(_not_failed(args.claim_id, *found))
         raise BadRequest(f"暂存结算{args.claim_id}不存在，请核对暂存结算单号（DF开头）")
 
     return _run(args, work)

@@ -129,6 +129,15 @@ CLAIM_DAYS = "(d.service_date, d.received_at::date, e.begntime::date)"
 CLAIM_INFNO = {"outpatient": "2207", "inpatient": "2304"}
 
 
+async def claim_standing(conn: asyncpg.Connection, claim_id: str) -> tuple[str, str | None] | None:
+    """A claim's status and, once settled, its settlement's id; None where this database holds
+    no claim of that number."""
+    row = await conn.fetchrow(
+        "SELECT status, setl_id FROM deferred WHERE claim_id = $1 AND kind = 'claim'", claim_id
+    )
+    return None if row is None else (row["status"], row["setl_id"])
+
+
 async def withdraw(
     conn: asyncpg.Connection,
     claim_id: str,
