@@ -112,9 +112,12 @@ async def reviewed_claim(
     *,
     acct_used: bool = False,
     med_type: str = "11",
+    stay: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> Claim:
     """A claim registered and its lines entered by one clerk, reviewed by another: ready to
-    settle."""
+    settle. A visit's on `day` at 08:30, its lines at 08:40; `stay`: an inpatient claim's
+    admission and discharge, its lines on `day` at 15:00."""
+    begntime, endtime = stay or (dt.datetime.fromisoformat(f"{day} 08:30:00"), None)
     claim = await manual_claims.register(
         conn,
         ledger.snapshot,
@@ -123,15 +126,17 @@ async def reviewed_claim(
             cert_no=psn_no,
             fixmedins_code=HOSPITAL,
             med_type=med_type,
-            begntime=dt.datetime.fromisoformat(f"{day} 08:30:00"),
+            begntime=begntime,
+            endtime=endtime,
             acct_used=acct_used,
             invoice_nos=(invoice,),
         ),
         "clerk1",
         dt.datetime.now(),
     )
+    fee_time = f"{day} 15:00:00" if stay else f"{day} 08:40:00"
     await manual_claims.enter_lines(
-        conn, ledger.snapshot, claim.claim_no, lines_of(rows, f"{day} 08:40:00"), "clerk1"
+        conn, ledger.snapshot, claim.claim_no, lines_of(rows, fee_time), "clerk1"
     )
     return await manual_claims.review(conn, claim.claim_no, "reviewer1")
 

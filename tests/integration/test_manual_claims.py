@@ -573,26 +573,10 @@ async def _reviewed_stay_claim(
     """An inpatient manual claim of PERSON at HOSPITAL, its lines on the stay's first day at 15:00,
     reviewed and ready for 结算."""
     async with agency.pool.acquire() as conn:
-        claim = await manual_claims.register(
-            conn,
-            agency.snapshot,
-            manual_claims.Registration(
-                cert_type="01",
-                cert_no=PERSON,
-                fixmedins_code=HOSPITAL,
-                med_type="21",
-                begntime=begntime,
-                endtime=endtime,
-                invoice_nos=(invoice,),
-            ),
-            "clerk1",
-            dt.datetime.now(),
-        )
-        fee_time = f"{begntime:%Y-%m-%d} 15:00:00"
-        await manual_claims.enter_lines(
-            conn, agency.snapshot, claim.claim_no, lines_of(BIG_LINES, fee_time), "clerk1"
-        )
-        return await manual_claims.review(conn, claim.claim_no, "reviewer1")
+        return await reviewed_claim(
+            conn, agency, PERSON, f"{begntime:%Y-%m-%d}", BIG_LINES, invoice,
+            med_type="21", stay=(begntime, endtime),
+        )  # fmt: skip
 
 
 async def _settled_claim(agency: Any, claim_no: str) -> Any:
@@ -633,6 +617,16 @@ async def _hospital_stay(
                               "endtime": endtime, "dscg_way": "1"}}  # fmt: skip
     await his.ok("2402", discharge)
     return mdtrt_id
+
+
+async def _hospital_settled_stay(
+    his: HisClient, begntime: str, ipt_no: str, fee_day: str, endtime: str
+) -> tuple[str, str]:
+    """A stay of PERSON at the hospital (`_hospital_stay`) settled by the hospital (2304): its
+    mdtrt_id and setl_id."""
+    mdtrt_id = await _hospital_stay(his, begntime, ipt_no, fee_day, endtime)
+    settle = his.settle_data(PERSON, mdtrt_id, "21", "1637.50", "310", "0", mid_setl_flag="0")
+    return mdtrt_id, (await his.ok("2304", settle))["setlinfo"]["setl_id"]
 
 
 async def test_a_stay_the_agency_reimbursed_is_not_settled_again_whatever_its_total(
@@ -709,11 +703,9 @@ async def test_a_stay_the_hospital_settled_is_not_reimbursed_again_whatever_its_
     the claim settles; a claim by dates alone is known to the day."""
     async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
         his = counter.client(HOSPITAL)
-        stay = await _hospital_stay(
+        stay, setl_id = await _hospital_settled_stay(
             his, "2026-08-01 09:00:00", "ZY-PAID-1", "2026-08-02", "2026-08-05 10:00:00"
         )
-        settle = his.settle_data(PERSON, stay, "21", "1637.50", "310", "0", mid_setl_flag="0")
-        setl_id = (await his.ok("2304", settle))["setlinfo"]["setl_id"]
 
         claim = await _reviewed_stay_claim(
             agency, dt.datetime(2026, 8, 1), dt.datetime(2026, 8, 5), "FP-PAID-1"
@@ -737,11 +729,9 @@ async def test_a_stay_the_hospital_settled_is_not_reimbursed_again_whatever_its_
 
         # A stay discharged at ten on 08-12 and a claim by dates beginning 08-12: another stay
         # (its admission that day, time unknown). The same claim by the moment of 09:00 is not.
-        later = await _hospital_stay(
+        _, later_setl = await _hospital_settled_stay(
             his, "2026-08-10 09:00:00", "ZY-PAID-2", "2026-08-11", "2026-08-12 10:00:00"
         )
-        settle = his.settle_data(PERSON, later, "21", "1637.50", "310", "0", mid_setl_flag="0")
-        later_setl = (await his.ok("2304", settle))["setlinfo"]["setl_id"]
         by_moment = await _reviewed_stay_claim(
             agency, dt.datetime(2026, 8, 12, 9), dt.datetime(2026, 8, 14, 10), "FP-PAID-2"
         )
@@ -755,11 +745,9 @@ async def test_a_stay_the_hospital_settled_is_not_reimbursed_again_whatever_its_
 
         # A stay admitted and discharged within one day, and a claim of that day by dates: the
         # same stay (found from outside: reimbursed, the funds paying it twice), both ways.
-        one_day = await _hospital_stay(
+        _, one_day_setl = await _hospital_settled_stay(
             his, "2026-08-20 05:00:00", "ZY-PAID-3", "2026-08-20", "2026-08-20 18:00:00"
         )
-        settle = his.settle_data(PERSON, one_day, "21", "1637.50", "310", "0", mid_setl_flag="0")
-        one_day_setl = (await his.ok("2304", settle))["setlinfo"]["setl_id"]
         that_day = await _reviewed_stay_claim(
             agency, dt.datetime(2026, 8, 20), dt.datetime(2026, 8, 20), "FP-PAID-4"
         )
