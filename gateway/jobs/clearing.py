@@ -171,6 +171,12 @@ def month_bounds(month: str) -> tuple[dt.date, dt.date]:
     return first, following - dt.timedelta(days=1)
 
 
+def month_ended(month: str, today: dt.date | None = None) -> bool:
+    """Whether the month's last day has passed: its figures no longer change, and its clearing
+    amounts may be recorded (gateway.services.payouts)."""
+    return month_bounds(month)[1] < (today or dt.date.today())
+
+
 OTHERS_WAIT = 10.0  # seconds to wait for a connection to a ledger cluster
 _S = TypeVar("_S", clearing.Settled, clearing.Corrected, clearing.Reimbursed)
 
@@ -317,7 +323,7 @@ async def monthly(
             sum(p.failed_lines for p in paid),
             sum(p.failed_fen for p in paid),
         ),
-        ended=end < dt.date.today(),
+        ended=month_ended(month),
     )
 
 

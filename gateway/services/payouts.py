@@ -254,8 +254,7 @@ def check_month_closed(month: str, today: dt.date | None = None) -> None:
     once, so recorded while the month runs they would leave the rest of it unpaid for good
     (found from outside)."""
     check_month(month)
-    _, last = clearing.month_bounds(month)
-    if last >= (today or dt.date.today()):
+    if not clearing.month_ended(month, today):
         raise Conflict(f"费款所属期{month}尚未结束，月结算拨付须在月末之后登记")
 
 
