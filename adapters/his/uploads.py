@@ -55,6 +55,8 @@ def _line(row: FeeDetail, index: int, *, batch_required: bool, refunds: bool) ->
         init_feedetl_sn=text(row.init_feedetl_sn),
         psn_no=required(row.psn_no, f"{at}.psn_no"),
         fee_ocur_time=occurred,
+        # An outpatient batch's disease (2204); a stay's lines (2301) are the admission's.
+        dise_codg=text(row.dise_codg) if batch_required else "",
     )
 
 

@@ -359,6 +359,7 @@ class FeeDetail(Node):
     mdtrt_id: Code = None
     psn_no: Code = None
     chrg_bchno: Code = None
+    dise_codg: Code = None
     med_type: Code = None
     fee_ocur_time: Code = None
     med_list_codg: Code = None

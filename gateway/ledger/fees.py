@@ -25,6 +25,9 @@ class StoredLine(FeeLine, frozen=True, gc=False, kw_only=True):
     init_feedetl_sn: str
     psn_no: str
     fee_ocur_time: dt.datetime
+    # 病种编码 of an outpatient line (2204), "" where none was sent: one per charge batch, the
+    # visit's own (gateway.services.fee_uploads.one_disease).
+    dise_codg: str = ""
 
 
 def of_batch(lines: list[StoredLine], batch: str) -> list[StoredLine]:
@@ -49,6 +52,7 @@ INSERT = insert_statement(
         ("hosp_appr_flag", "text"),
         ("uploaded_msgid", "text"),
         ("setl_id", "text"),
+        ("dise_codg", "text"),
     ],
 )
 # One row per settlement, its lines as an array: an equality on the visit, which PostgreSQL
@@ -81,6 +85,7 @@ def rows(
             ln.hosp_appr_flag,
             msgid,
             setl_id,
+            ln.dise_codg or None,
         )
         for ln in lines
     ]
@@ -117,7 +122,7 @@ async def insert(conn: asyncpg.Connection, lines: Sequence[StoredLine], msgid: s
 # lines (the CASE runs its subquery for them alone), by the table's primary key.
 _LINE_COLUMNS = (
     "mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no, medins_list_codg,"
-    " med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time, hosp_appr_flag,"
+    " med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time, hosp_appr_flag, dise_codg,"
     " CASE WHEN t.init_feedetl_sn <> '' THEN (SELECT o.fee_ocur_time FROM fee_lines o"
     " WHERE o.mdtrt_id = t.mdtrt_id AND o.feedetl_sn = t.init_feedetl_sn) END AS charged_at"
 )
@@ -138,6 +143,7 @@ def _line_of(r: asyncpg.Record) -> StoredLine:
         fee_ocur_time=r["fee_ocur_time"],
         fee_date=(r["charged_at"] or r["fee_ocur_time"]).date(),
         hosp_appr_flag=r["hosp_appr_flag"],
+        dise_codg=r["dise_codg"] or "",
     )
 
 

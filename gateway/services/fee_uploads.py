@@ -99,6 +99,8 @@ async def upload(conn: asyncpg.Connection, at: Uploading, a: FeeUpload) -> tuple
     if kind == "outpatient":
         settled = await fees.settled_batches(conn, [enc.mdtrt_id])
         _not_into_settled_batches(lines, settled.get(enc.mdtrt_id, set()))
+        if any(ln.dise_codg for ln in lines):
+            one_disease(enc, lines, await fees.unsettled(conn, enc.mdtrt_id))
     elif enc.status == "discharged":
         _not_into_a_closed_stay(await settlements.final_of(conn, enc.mdtrt_id))
     priced: dict[str, dt.date] = {}
@@ -138,6 +140,7 @@ def upload_job(
         _against_visit(enc, mdtrt_id, kind, lines, len(visit.unsettled), at.max_unsettled_lines)
         if kind == "outpatient":
             _not_into_settled_batches(lines, visit.settled_batches)
+            one_disease(enc, lines, visit.unsettled)
         elif enc.status == "discharged":
             # Whether its closing settlement is in force is read on the single path: a
             # discharged stay's late charges are few, and the batch does not read it.
@@ -176,6 +179,42 @@ def _not_into_settled_batches(lines: Sequence[StoredLine], settled: set[str]) ->
                 ln.feedetl_sn,
                 f"收费批次{ln.chrg_bchno}已结算，不能再上传该批次的费用明细：新发生的费用请使用"
                 "新的收费批次号上传并结算；如需更改该批次，请先撤销其结算（2208）",
+            )
+
+
+def one_disease(
+    enc: encounters.Encounter,
+    lines: Sequence[StoredLine],
+    earlier: Sequence[StoredLine] = (),
+) -> None:
+    """One charge batch, one disease (protocol §2.3, 2204 chrg_bchno: "同一收费批次号病种编号必须
+    一致"), and that the visit's where its information (2203) named one: an outpatient batch is
+    settled whole under the visit's med_type and 病种, so a line of another disease would be paid
+    as the visit's. Found from outside: a 门慢 visit's batch holding lines of an unregistered
+    disease was settled whole at the chronic ratio. `earlier`: the visit's unsettled lines
+    already uploaded (at settlement, the batch itself). A line sending none is the batch's."""
+    named: dict[str, StoredLine] = {}
+    for ln in earlier:
+        if ln.dise_codg:
+            named.setdefault(ln.chrg_bchno, ln)
+    for ln in lines:
+        if not ln.dise_codg:
+            continue
+        if enc.dise_codg and ln.dise_codg != enc.dise_codg:
+            raise LineRejected(
+                ln.feedetl_sn,
+                f"病种编码{ln.dise_codg}与就诊信息（2203）的病种编码{enc.dise_codg}不一致：门诊"
+                "费用按就诊的病种结算，其他病种的费用请另行挂号就诊上传（已上传的先以2205撤销）；"
+                "如就诊病种有误，请先以"
+                "2203更正",
+            )
+        first = named.setdefault(ln.chrg_bchno, ln)
+        if first.dise_codg != ln.dise_codg:
+            raise LineRejected(
+                ln.feedetl_sn,
+                f"同一收费批次号病种编码必须一致：收费批次{ln.chrg_bchno}中明细{first.feedetl_sn}"
+                f"的病种编码为{first.dise_codg}，本条为{ln.dise_codg}；不同病种的费用请使用不同的"
+                "收费批次号上传",
             )
 
 

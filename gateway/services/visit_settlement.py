@@ -32,6 +32,7 @@ from gateway.pipeline.grouped import Built, Held, Job, VisitHeld, unchanged
 from gateway.protocol.errors import Conflict, NotFound, NotInsured, RuleRejected, SelfPayStay
 from gateway.protocol.origin import Origin
 from gateway.protocol.transaction import Kind
+from gateway.services.fee_uploads import one_disease
 from gateway.services.settlement_state import preview, settle_alone
 
 
@@ -249,6 +250,9 @@ def visit_job(
             if final and this.chrg_bchno in visit.settled_batches:
                 raise deferral.settled_already(this.chrg_bchno)
             raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
+        if kind is Kind.OUTPATIENT:
+            # The visit's 病种 may have changed (2203) since the batch's lines were taken.
+            one_disease(enc, lines)
         if held.person is None:
             raise NotInsured(f"人员编号{this.psn_no}不存在，请重新读卡获取人员信息")
         refuse_reimbursed(visit, enc, sum(ln.det_item_fee_sumamt for ln in lines))
