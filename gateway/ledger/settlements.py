@@ -705,7 +705,8 @@ async def reinstate(
     - any of its lines is no longer the very row it released (deleted, re-uploaded under the same
       feedetl_sn, settled again);
     - the account no longer holds its account payment; the person is no longer insured;
-    - the visit was cancelled, or a closing inpatient settlement's discharge was cancelled.
+    - the visit was cancelled, or a closing inpatient settlement's discharge was cancelled, or
+      a mid-way settlement of its stay was cancelled after it.
     """
     found = await conn.fetchrow(
         "SELECT setl_id, mdtrt_id, psn_no, category FROM settlements WHERE fixmedins_code = $1"
@@ -748,8 +749,10 @@ async def reinstate(
     if enc.status == "cancelled":
         raise Conflict(f"就诊ID{mdtrt_id}已撤销，{_AGAIN}")
     inpatient = row["category"] == Category.INPATIENT.value
-    if inpatient and row["mid_setl_flag"] == "0" and enc.status != "discharged":
-        raise Conflict(f"就诊ID{mdtrt_id}已撤销出院，原出院结算{_AGAIN}")
+    if inpatient and row["mid_setl_flag"] == "0":
+        if enc.status != "discharged":
+            raise Conflict(f"就诊ID{mdtrt_id}已撤销出院，原出院结算{_AGAIN}")
+        await _no_mid_way_undone_since(conn, mdtrt_id, setl_id, row["cancel_seq"])
     persons.require_insured(person)
     year = int(row["year"])
     later = await conn.fetchval(
@@ -796,6 +799,29 @@ async def reinstate(
             adm_dedc_used_fen=enc.adm_dedc_used_fen + int(row["act_pay_dedc"]),
         )
     return str(setl_id)
+
+
+async def _no_mid_way_undone_since(
+    conn: asyncpg.Connection, mdtrt_id: str, setl_id: str, cancel_seq: int | None
+) -> None:
+    """A closing settlement is computed over the stay's mid-way settlements in force (their
+    deductible paid, their lines settled): one cancelled after it leaves its lines unsettled and
+    the stay's deductible unpaid, so the closing settlement cannot stand again over it. Found
+    from outside: 2305 of the closing settlement, 2305 of the mid-way one, then 2601 of the
+    first 2305 put the closing settlement back in force above four unsettled lines, and a new
+    mid-way settlement was then taken under it."""
+    undone = await conn.fetchval(
+        "SELECT setl_id FROM settlements WHERE mdtrt_id = $1 AND setl_id <> $2"
+        " AND status = 'cancelled' AND cancel_seq > $3 ORDER BY cancel_seq LIMIT 1",
+        mdtrt_id,
+        setl_id,
+        cancel_seq or 0,
+    )
+    if undone is not None:
+        raise Conflict(
+            f"原出院结算{setl_id}撤销后，该住院的中途结算{undone}也已撤销，其费用已回到待结算，"
+            f"原出院结算{_AGAIN}：请以出院结算（2304，mid_setl_flag=0）结算全部费用"
+        )
 
 
 async def paid(conn: asyncpg.Connection, setl_id: str) -> tuple[int, int]:

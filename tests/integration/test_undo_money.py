@@ -257,6 +257,72 @@ async def test_undoing_an_inpatient_cancellation_after_the_discharge_was_undone(
     assert answer["infcode"] == -1 and "已撤销出院" in answer["err_msg"]
 
 
+async def test_a_closing_settlement_is_not_undone_over_a_mid_way_one_cancelled_since(
+    server: Server,
+) -> None:
+    """Found from outside: 2305 of the closing settlement, 2305 of the mid-way one, then 2601 of
+    the first 2305 put the closing settlement back above the mid-way's unsettled lines."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    stay = await _admission(his, psn, "390")
+    first = his.fee_rows(stay, psn, [_line("1", "500.00", "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": first})
+    mid_way = his.settle_data(psn, stay, "21", "500.00", "390", "0", mid_setl_flag="1")
+    mid = (await his.ok("2304", mid_way))["setlinfo"]
+    second = his.fee_rows(stay, psn, [_line("2", "1000.00", "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": second})
+    await his.ok("2402", _discharge(stay, psn))
+    closing = his.settle_data(psn, stay, "21", "1000.00", "390", "0", mid_setl_flag="0")
+    final = (await his.ok("2304", closing))["setlinfo"]
+    closing_cancelled = await _cancel(his, "2305", psn, stay, final["setl_id"])
+    mid_cancelled = await _cancel(his, "2305", psn, stay, mid["setl_id"])
+    before = await server.ledger_fingerprint()
+    answer = await his.call("2601", _reverse(psn, closing_cancelled, "2305"))
+    assert answer["infcode"] == -1, answer
+    assert mid["setl_id"] in answer["err_msg"] and "2304" in answer["err_msg"], answer
+    assert await server.ledger_fingerprint() == before
+
+    assert (
+        await server.fetchval(
+            "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", stay
+        )
+        == 2
+    )  # both lines wait for the stay's settlement
+    # With the mid-way one back, the closing one is still not: it was computed before that.
+    await his.ok("2601", _reverse(psn, mid_cancelled, "2305"))
+    answer = await his.call("2601", _reverse(psn, closing_cancelled, "2305"))
+    assert answer["infcode"] == -1 and mid["setl_id"] in answer["err_msg"], answer
+    assert await _pool_in_force(server, psn) == mid["hifp_pay"]
+    assert await server.check_ledger() == []
+
+
+async def test_a_stay_whose_mid_way_settlement_was_cancelled_settles_whole_again(
+    server: Server,
+) -> None:
+    """The way the refusal above points: one closing settlement of every line."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    stay = await _admission(his, psn, "390")
+    first = his.fee_rows(stay, psn, [_line("1", "500.00", "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": first})
+    mid_way = his.settle_data(psn, stay, "21", "500.00", "390", "0", mid_setl_flag="1")
+    mid = (await his.ok("2304", mid_way))["setlinfo"]
+    second = his.fee_rows(stay, psn, [_line("2", "1000.00", "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": second})
+    await his.ok("2402", _discharge(stay, psn))
+    closing = his.settle_data(psn, stay, "21", "1000.00", "390", "0", mid_setl_flag="0")
+    final = (await his.ok("2304", closing))["setlinfo"]
+    closing_cancelled = await _cancel(his, "2305", psn, stay, final["setl_id"])
+    await _cancel(his, "2305", psn, stay, mid["setl_id"])
+    whole = his.settle_data(psn, stay, "21", "1500.00", "390", "0", mid_setl_flag="0")
+    again = (await his.ok("2304", whole))["setlinfo"]
+    assert again["medfee_sumamt"] == Decimal("1500.00")
+    assert await _pool_in_force(server, psn) == again["hifp_pay"]
+    answer = await his.call("2601", _reverse(psn, closing_cancelled, "2305"))
+    assert answer["infcode"] == -1, answer  # its lines are settled again
+    assert await server.check_ledger() == []
+
+
 async def test_undoing_a_pharmacy_cancellation_after_the_account_was_spent(
     server: Server,
 ) -> None:
