@@ -338,7 +338,14 @@ async def _corrections(
                     if apply_it:
                         bar = None if args.json else corrections.progress_bar()
                         done, failing = await corrections.apply(
-                            here, snapshot, found, args.item, run_id, limit=left, progress=bar
+                            here,
+                            snapshot,
+                            found,
+                            args.item,
+                            run_id,
+                            limit=left,
+                            progress=bar,
+                            committed=_json_line if args.json else None,
                         )
                         if done.elsewhere and left is None:
                             # Replaced by a run beside this one: a replacement that still
@@ -353,6 +360,7 @@ async def _corrections(
                                 [t for t in again if t.setl_id not in tried],
                                 args.item,
                                 run_id,
+                                committed=_json_line if args.json else None,
                             )
                             done.items += more.items
                             failing += failing_more
@@ -370,6 +378,13 @@ async def _corrections(
     return summary, found_in_all, failed
 
 
+def _json_line(item: corrections.Item) -> None:
+    """One applied correction as its JSON line, written out at once: found from outside, a run
+    killed after 39 of 44 corrections had committed left its `--json` output empty (buffered),
+    the run's own account of what it did lost."""
+    print(json.dumps(item.row(), ensure_ascii=False), flush=True)
+
+
 def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
     # uvloop, as the server and `deferred replay` run (a bulk re-settlement is its round trips).
     try:
@@ -380,12 +395,8 @@ def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
     if args.csv:
         Path(args.csv).write_text(summary.to_csv(), encoding="utf-8")
     if args.json:
-        doc = summary.to_json()
-        if apply_it:
-            for row in doc["settlements"]:
-                print(json.dumps(row, ensure_ascii=False))
-        else:
-            print(json.dumps(doc, ensure_ascii=False, indent=2))
+        if not apply_it:  # apply's lines were written as each correction committed
+            print(json.dumps(summary.to_json(), ensure_ascii=False, indent=2))
     else:
         verb = "re-settled" if apply_it else "would re-settle"
         print("\n".join(summary.to_text(verb, found, args.item)))
@@ -601,8 +612,19 @@ def parser() -> argparse.ArgumentParser:
         kp.add_argument(
             "--item", required=True, help="the institution's own item code (medins_list_codg)"
         )
-        kp.add_argument("--from", dest="date_from", type=date_arg)
-        kp.add_argument("--to", dest="date_to", type=date_arg)
+        kp.add_argument(
+            "--from",
+            dest="date_from",
+            type=date_arg,
+            help="only settlements made on or after this day (YYYY-MM-DD; the settlement's date,"
+            " not the service date: the mapping's begndate already picks the lines)",
+        )
+        kp.add_argument(
+            "--to",
+            dest="date_to",
+            type=date_arg,
+            help="only settlements made on or before this day (the settlement's date)",
+        )
         kp.add_argument("--json", action="store_true")
         kp.add_argument("--csv", help="write the agency's CSV report here")
         kp.add_argument("--reference-dir", default=str(DEFAULT_REFERENCE))

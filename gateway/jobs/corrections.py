@@ -535,8 +535,10 @@ async def apply(
     *,
     limit: int | None = None,
     progress: Progress | None = None,
+    committed: Callable[[Item], None] | None = None,
 ) -> tuple[Summary, list[tuple[str, str]]]:
-    """Correct each target in its own transaction; returns what was done and what failed (why)."""
+    """Correct each target in its own transaction; returns what was done and what failed (why).
+    `committed(item)` is told each correction once its transaction has committed."""
     summary = Summary()
     failed: list[tuple[str, str]] = []
     todo = found if limit is None else found[:limit]
@@ -546,17 +548,19 @@ async def apply(
                 await corrections.hold(conn, t.setl_id)
                 done = await corrections.corrected_by(conn, t.setl_id)
                 if done is None:
-                    summary.items.append(
-                        await resettle(
-                            conn, snapshot, t.setl_id, item_code, run_id, dt.datetime.now()
-                        )
+                    item = await resettle(
+                        conn, snapshot, t.setl_id, item_code, run_id, dt.datetime.now()
                     )
+                    summary.items.append(item)
                 else:
                     # Another run replaced it since the targets were read: its replacement is
                     # judged again by `targets` (the caller's next pass), not re-settled blind.
                     summary.elsewhere.append((t.setl_id, done))
         except GatewayError as exc:
             failed.append((t.setl_id, exc.err_msg))
+        else:
+            if done is None and committed is not None:
+                committed(item)
         if progress is not None:
             progress(i, len(todo))
     summary.failed = failed

@@ -59,6 +59,24 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
+async def _apply_killed_after_its_first_line(dsn: str) -> list[dict[str, Any]]:
+    """`corrections apply --json` killed (SIGKILL) as soon as its first line arrives: the lines
+    it wrote before it died."""
+    command = [sys.executable, "-m", "gateway", "corrections", "apply", "--institution", HOSPITAL,
+               "--item", DRUG, "--json", "--database-url", dsn]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert proc.stdout is not None
+    try:
+        first = await proc.stdout.readline()
+    finally:
+        proc.kill()
+    rest = await proc.stdout.read()
+    await proc.wait()
+    return [json.loads(line) for line in (first + rest).decode().splitlines() if line.strip()]
+
+
 async def _visit(
     server: Server, psn_no: str, ipt: str, item: str = DRUG
 ) -> tuple[str, dict[str, Any]]:
@@ -428,7 +446,13 @@ async def test_bulk_correction_plan_apply_resume(server: Server, tmp_path: Path)
             " WHERE acc.year = 2026 AND a.psn_no LIKE 'S%'"
         )
     }
-    # Interrupted after 70, then resumed: nothing is settled twice.
+    # Killed mid-run: each correction it committed had its line written out first (found from
+    # outside: killed after 39 of 44, a run's `--json` output was empty, buffered to the end).
+    killed = await _apply_killed_after_its_first_line(server.dsn)
+    first_run = await server.fetchval("SELECT count(*) FROM correction_items")
+    assert 1 <= len(killed) <= first_run <= len(killed) + 1 and first_run < 200
+    assert [r["old_setl_id"] for r in killed] == settled[: len(killed)]
+    # Interrupted after 70 more, then resumed: nothing is settled twice.
     code, out, err = await _cli(
         "corrections",
         "apply",
@@ -442,7 +466,7 @@ async def test_bulk_correction_plan_apply_resume(server: Server, tmp_path: Path)
         server.dsn,
     )
     assert code == 0, err
-    assert await server.fetchval("SELECT count(*) FROM correction_items") == 70
+    assert await server.fetchval("SELECT count(*) FROM correction_items") == first_run + 70
     report = tmp_path / "corrections.csv"
     code, out, err = await _cli(
         "corrections",
@@ -459,7 +483,7 @@ async def test_bulk_correction_plan_apply_resume(server: Server, tmp_path: Path)
     )
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-    assert len(rows) == 130
+    assert len(rows) == 130 - first_run
     assert await server.fetchval("SELECT count(*) FROM correction_items") == 200
     code, out, _ = await _cli(
         "corrections",
@@ -498,14 +522,14 @@ async def test_bulk_correction_plan_apply_resume(server: Server, tmp_path: Path)
     assert [it["old_setl_id"] for it in items] == settled
     # The plan announced what apply did.
     applied = {r["old_setl_id"]: r for r in rows}
-    for p in planned["settlements"][70:]:
+    for p in planned["settlements"][first_run + 70 :]:
         assert applied[p["old_setl_id"]]["new_setlinfo"] == p["new_setlinfo"]
     await _expected_resettlements(server.dsn, items, opening)
     assert await server.check_ledger() == []
 
     # The agency's report equals the ledger's deltas.
     csv_rows = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))
-    assert len(csv_rows) == 130
+    assert len(csv_rows) == 130 - first_run
     ledger = (
         await server.fetch(
             "SELECT sum(n.fund_pay_sumamt - o.fund_pay_sumamt) AS fund, sum(n.psn_cash_pay - o.psn_cash_pay) AS cash,"
@@ -524,7 +548,7 @@ async def test_bulk_correction_plan_apply_resume(server: Server, tmp_path: Path)
         ledger["acct"],
     )
     report_fund = sum(Decimal(r["fund_delta"]) for r in csv_rows) + sum(
-        Decimal(r["fund_delta"]) for r in planned["settlements"][:70]
+        Decimal(r["fund_delta"]) for r in planned["settlements"][: first_run + 70]
     )
     assert report_fund * 100 == ledger["fund"]
     assert ledger["fund"] < 0  # class B costs the fund: money is recovered from the pool
