@@ -292,8 +292,10 @@ async def gather(conn: asyncpg.Connection) -> int:
         return await store.gather_deferred(conn)
 
 
-class NothingToPay(NotFound):
-    """No line payable: the refusal names how many payees wait for an account (`missing`)."""
+class NothingToPay(Conflict):
+    """No line payable: the refusal names how many payees wait for an account (`missing`). A
+    state that forbids a batch now (409), not an unknown thing (404): found from outside, a
+    clerk batching at the same moment as another was told 404."""
 
     def __init__(self, source: str | None, missing: Sequence[str]) -> None:
         self.source, self.missing = source, list(missing)

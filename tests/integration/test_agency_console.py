@@ -125,7 +125,7 @@ async def test_a_claim_to_its_payment_through_the_api(server: Server) -> None:
     assert (await _get(server, "/api/console/claims/LX404", reviewer))[0] == 404
 
     # Payouts: no account yet, then one (masked in the answer), a batch, four approvals.
-    await _refused(server, "/api/console/payouts/batch", clerk, {}, 404, "未登记收款账户")
+    await _refused(server, "/api/console/payouts/batch", clerk, {}, 409, "未登记收款账户")
     account = {
         "psn_no": PERSON,
         "bank_code": "102100000001",

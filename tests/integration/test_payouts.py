@@ -137,7 +137,7 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
 
     batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
     assert (batch.line_count, batch.total_fen) == (4, owed_total)
-    with pytest.raises(NotFound, match="没有可支付"):  # every owed line is in the open batch
+    with pytest.raises(Conflict, match="没有可支付"):  # every owed line is in the open batch
         await payouts.create_batch(conn, "maker", dt.datetime.now())
     # Maker-checker, in order, four distinct operators.
     with pytest.raises(Conflict, match="不能审批本人制作"):
@@ -208,7 +208,7 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
 
     # Not paid again to the account the bank refused (found from outside: it was re-batched
     # unchanged): the line waits for a corrected account, and the refusal says so.
-    with pytest.raises(NotFound, match="需更正收款账户"):
+    with pytest.raises(payouts.NothingToPay, match="需更正收款账户"):
         await payouts.create_batch(conn, "maker", dt.datetime.now())
     assert await store.owed_without_account(conn) == ["441800000000000002"]
 
@@ -233,7 +233,7 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
     totals = await store.totals(conn)
     assert totals["owed"] == (0, 0) and totals["paid"] == (4, owed_total)
     assert first.paid_fen + done.paid_fen == owed_total  # every owed fen paid, once
-    with pytest.raises(NotFound):
+    with pytest.raises(payouts.NothingToPay):
         await payouts.create_batch(conn, "maker", dt.datetime.now())
 
     # Masked everywhere shown; every account change audited, masked.
@@ -289,7 +289,10 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
     assert manual_row["申报金额"] == ""  # not the institution's to declare
     paid_out = {r["医疗类别"]: (r["人次"], r["拨付金额"]) for r in sheet if r["机构编码"] == ""}
     assert paid_out == {
-        "本月拨付：制单（2个支付批次）": ("5", fen_text(owed_total + failed_fen)),
+        f"本月拨付：制单（2个支付批次，{clearing.REBATCHED}）": (
+            "5",
+            fen_text(owed_total + failed_fen),
+        ),
         "本月拨付：银行回盘支付成功": ("4", fen_text(owed_total)),
         "本月拨付：银行回盘支付失败（退回待支付）": ("1", fen_text(failed_fen)),
     }
@@ -390,7 +393,7 @@ async def test_concurrent_batches_never_share_a_line(new_database: Callable[...,
                 return_exceptions=True,
             )
             made = [g for g in got if not isinstance(g, BaseException)]
-            assert all(isinstance(g, NotFound) for g in got if isinstance(g, BaseException))
+            assert all(isinstance(g, payouts.NothingToPay) for g in got if isinstance(g, BaseException))
             taken = [i.owed_id for m in made for i in await store.items(a, m.batch_no)]
             assert sorted(taken) == sorted(owed)
             # Even past the skip-locked read, the unique index refuses a line in two open batches.
@@ -682,7 +685,7 @@ async def test_a_payee_whose_account_the_bank_refused_waits_for_its_correction(
         await payouts.import_return(conn, bank_answers(payment, {1: "账户已销户"}), "cashier")
         later = await settled_claim(ledger, person, "2026-06-05", small, "FP-BANK-2")
         assert (first.reimbursement_fen or 0) > 0 and (later.reimbursement_fen or 0) > 0
-        with pytest.raises(NotFound, match="需更正收款账户"):
+        with pytest.raises(payouts.NothingToPay, match="需更正收款账户"):
             await payouts.create_batch(conn, "maker", dt.datetime.now())
         assert await store.owed_without_account(conn) == [person]
         await payouts.set_account(conn, person, account_no="6222020200000000056", **account)

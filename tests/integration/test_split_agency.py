@@ -510,7 +510,7 @@ async def test_nothing_to_pay_counts_the_payees_waiting_in_every_database(split:
     status, body = await api_post(
         split.srv, "/api/console/payouts/batch", clerk, {"source": "deferred"}
     )
-    assert status == 404 and f"（{len(waiting)}人待付款" in body["error"], body
+    assert status == 409 and f"（{len(waiting)}人待付款" in body["error"], body
 
 
 async def test_the_same_registration_sent_at_once_answers_one_claim(split: Split) -> None:

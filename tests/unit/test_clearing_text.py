@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 from gateway.jobs.clearing import (
+    REBATCHED,
     InstitutionReport,
     ManualClaims,
     MonthlyReport,
@@ -43,8 +44,8 @@ def test_manual_claims_reimbursements_and_payouts_are_printed() -> None:
     assert "  应急补结算（主动报）: 2 笔, 实际费用 300.00, 应付参保人 120.00" in text
     assert "  零星报销: 1 笔, 实际费用 1200.00, 应付参保人 500.00" in text
     assert (
-        "本月拨付（全部支付批次，不分机构）: 2 批, 批入 7 笔 79440.02, 已付 6 笔 43617.94, 失败 1 笔 35822.08"
-        in text
+        "本月拨付（全部支付批次，不分机构）: 2 批, 批入 7 笔 79440.02"
+        f"（{REBATCHED}）, 已付 6 笔 43617.94, 失败 1 笔 35822.08" in text
     )
 
 
