@@ -487,7 +487,11 @@ async def withdraw_claim(call: Call) -> Answer:
     await _not_reimbursed_by_hand(call.conn, row)
     return Answer(
         withdrawal_output(
-            request_of(bytes(row["body"])), row, call.now, await persons.balance(call.conn, psn_no)
+            request_of(bytes(row["body"])),
+            row,
+            call.now,
+            await persons.balance(call.conn, psn_no),
+            call.req.msgid,
         ),
         warn_msg=f"暂存结算{setl_id}已撤销",
     )
@@ -520,15 +524,19 @@ async def _not_reimbursed_by_hand(conn: asyncpg.Connection, row: asyncpg.Record)
             )
 
 
-def withdrawal_output(claim: Request, row: Any, at: dt.datetime, balc: int) -> dict[str, Any]:
+def withdrawal_output(
+    claim: Request, row: Any, at: dt.datetime, balc: int, msgid: str
+) -> dict[str, Any]:
     """The claim's all-cash answer negated: the counter refunds the patient's cash (the account
-    was not touched: `balc` is its balance, 0 where the ledger cannot be read)."""
+    was not touched: `balc` is its balance, 0 where the ledger cannot be read). `msgid`: the
+    withdrawal's own, its `medins_setl_id` as a 2103/2208 of a settlement answers it (protocol
+    §3.1; found from outside: the claim's 2102 msgid was answered instead)."""
     facts = read_claim(claim)
     info = cash_setlinfo(
         facts,
         claim_id=row["claim_id"],
         mdtrt_id=deferred.visit_of_claim(row["mdtrt_id"], row["claim_id"]),
-        msgid=row["msgid"],
+        msgid=msgid,
         at=at,
         balc=balc,
         sign=-1,

@@ -141,12 +141,15 @@ def setlinfo(
     # Later revisions' disabled-veterans fund (TeaHZ/185 T2304 reads it): none in these rules.
     out["hifdm_pay"] = amount(0)
     out["medins_setl_id"] = rec.medins_setl_id
-    out["clr_optins"] = rec.clr_optins if rec.setl_id else None
-    out["clr_way"] = "1" if rec.setl_id else None
+    # None where nothing is cleared with the institution (a replayed claim's settlement as the
+    # counter took it, gateway.services.cancellation.as_paid_at_counter), as in a claim's answer.
+    cleared = bool(rec.setl_id and rec.clr_optins)
+    out["clr_optins"] = rec.clr_optins if cleared else None
+    out["clr_way"] = "1" if cleared else None
     # Known before settling (protocol.md §2.3 names only setl_id, setl_time, clr_optins and
     # clr_way null in a pre-settlement; found from outside: a HIS filing its trial result by
     # clr_type, as Hebei's 2206 answers it, read null).
-    out["clr_type"] = rec.clr_type
+    out["clr_type"] = rec.clr_type or None
     if sign < 0:
         # The spec table spells it pdn_cash_pay for 2208; real centres answer psn_cash_pay.
         out["pdn_cash_pay"] = out["psn_cash_pay"]

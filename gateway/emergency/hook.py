@@ -693,7 +693,9 @@ async def _journal_withdrawal(gw: Gateway, req: Request, received: dt.datetime) 
         region=gw.region,
         received=received,
         # The ledger is away: the balance is not known (docs/protocol.md, `balc`).
-        output=deferral.withdrawal_output(deferral.request_of(held.body), row, received, 0),
+        output=deferral.withdrawal_output(
+            deferral.request_of(held.body), row, received, 0, req.msgid
+        ),
         warn_msg=f"暂存结算{setl_id}已撤销",
     )
     await _journal_append(

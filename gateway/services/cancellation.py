@@ -146,11 +146,16 @@ async def cancel(
 def as_paid_at_counter(rec: Record) -> Record:
     """A replayed claim's settlement as its counter took it: the whole bill in cash, no fund,
     no account (the claim's own answer); the split it was replayed at is the agency's, paid to
-    the patient, not the institution's."""
+    the patient, not the institution's. Nothing of it is cleared with the institution either,
+    so it carries no clearing fields and no fund ratio, as the claim's answer carried none (found
+    from outside: a 2208 of one answered clr_type 11 and clr_optins, which a HIS books into its
+    3201 totals, and the centre's leave out)."""
     bill = rec.amounts
     amounts = {name: (bill[name] if name in _THE_BILL else 0) for name in bill}
     amounts["psn_part_amt"] = amounts["psn_cash_pay"] = bill["medfee_sumamt"]
-    return msgspec.structs.replace(rec, amounts=amounts, funds=())
+    return msgspec.structs.replace(
+        rec, amounts=amounts, funds=(), clr_optins="", clr_type="", pool_prop_bp=0
+    )
 
 
 def replayed_words(rec: Record, replayed: Replayed) -> str:

@@ -350,7 +350,11 @@ async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(
             )
         withdraw = {"data": {"setl_id": second[0], "mdtrt_id": second[1],
                              "psn_no": "441800000000000002"}}  # fmt: skip
-        await his.ok("2208", withdraw)
+        withdrawal = his.msgid()
+        withdrawn = await his.ok("2208", withdraw, msgid=withdrawal)
+        # The withdrawal's own msgid, as a 2208 of a settlement answers (found from outside:
+        # the claim's 2207 msgid was answered).
+        assert withdrawn["setlinfo"]["medins_setl_id"] == withdrawal
         gone = await his.call("5203", query(second[0]))
         assert gone["infcode"] == -1 and f"暂存结算{second[0]}已撤销" in gone["err_msg"]
 
@@ -375,8 +379,10 @@ async def test_5203_of_a_deferred_claim_tells_the_counter_where_it_stands(
             assert info["setl_id"] == real != first[0]
             assert Decimal(str(info["psn_cash_pay"])) * 100 == medfee
             assert Decimal(str(info["cash_payamt"])) * 100 == medfee
-            for payer in ("fund_pay_sumamt", "hifp_pay", "acct_pay"):
+            for payer in ("fund_pay_sumamt", "hifp_pay", "acct_pay", "pool_prop_selfpay"):
                 assert Decimal(str(info[payer])) == 0, payer
+            # Nothing of it is cleared with the institution, as the claim's answer said.
+            assert (info["clr_type"], info["clr_optins"], info["clr_way"]) == (None, None, None)
             assert found["output"]["setldetail"] == []
             assert found["warn_msg"] == (
                 f"结算ID{real}由应急期间暂存结算{first[0]}补结算，参保人已在窗口现金全额支付"
@@ -406,7 +412,9 @@ async def test_a_replayed_claims_cancellation_refunds_the_whole_bill_in_cash(
         medfee = await srv.fetchval(
             "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", first["setl_id"]
         )
-        answer = await srv.client(HOSPITAL).call("2208", _cancel(first))
+        his = srv.client(HOSPITAL)
+        msgid = his.msgid()
+        answer = await his.call("2208", _cancel(first), msgid=msgid)
         assert answer["infcode"] == 0, answer["err_msg"]
         info = answer["output"]["setlinfo"]
         bill = f"-{medfee // 100}.{medfee % 100:02d}"
@@ -415,6 +423,10 @@ async def test_a_replayed_claims_cancellation_refunds_the_whole_bill_in_cash(
         assert f"{Decimal(str(info['psn_part_amt'])):.2f}" == bill
         for payer in ("fund_pay_sumamt", "hifp_pay", "cvlserv_pay", "acct_pay", "hosp_part_amt"):
             assert Decimal(str(info[payer])) == 0, payer
+        # Found from outside: answered clr_type 11 and clr_optins, which a HIS books into its
+        # day-end totals (3201), where the centre leaves a claim's settlement out.
+        assert (info["clr_type"], info["clr_optins"], info["pool_prop_selfpay"]) == (None, None, 0)
+        assert info["medins_setl_id"] == msgid  # the cancellation's own (protocol §3.1)
         assert answer["output"]["setldetail"] == []
         owed = first["reimbursement_fen"]
         assert answer["warn_msg"] == (
