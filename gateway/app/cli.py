@@ -162,7 +162,7 @@ def serve(args: argparse.Namespace) -> int:
         # outage), the process waited without a deadline, listened nowhere, and died with a
         # traceback the moment the database came back. It needs the database for its catalog
         # and plan, so it says so in one line and stops; a supervisor starts it again.
-        why = "no answer" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        why = "无应答" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
         print(
             f"gateway: 无法连接数据库，网关未启动（{args.start_timeout:g}秒内{why}）；"
             "数据库恢复后重新启动，或由进程管理器自动重启",

@@ -79,6 +79,11 @@ async def newest(conn: asyncpg.Connection, limit: int) -> list[tuple[str, str, S
     ]
 
 
+# A cancellation's answer (2208, 2305, 2103; a claim's withdrawal) marks its setlinfo so: the
+# answers are msgspec's compact JSON, so the bytes are these.
+_CANCELLATION = b'"setl_type":"2"'
+
+
 def replay(stored: Stored, body_sha256: bytes, msgid: str, settling: bool = True) -> bytes:
     """The stored answer for the same body; a different body under the same msgid is refused
     (`settling`: whether the request's transaction is one a settlement query (5203) tells the
@@ -108,6 +113,13 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str, settling: bool = True
             raise Conflict(
                 f"报文ID{msgid}已使用过且报文内容不同：该报文ID已有交易记录，以原报文内容和该"
                 "报文ID重发即返回原交易的应答；需要发起新的交易请使用新的报文ID"
+            )
+        if _CANCELLATION in stored.answer:
+            # Found from outside: a 2207 sent under the msgid of a 2208 was sent to 5203 for a
+            # settlement of that medins_setl_id, which a cancellation never makes.
+            raise Conflict(
+                f"报文ID{msgid}已用于一笔结算撤销（该撤销已成功），不能再用于其他交易：以原报文"
+                "内容和该报文ID重发即返回原撤销的应答；需要发起新的交易请使用新的报文ID"
             )
         # The settlement it names is the one whose medins_setl_id is this msgid (found from
         # outside: two clerks' msgids collided, and a 5203 by the second patient showed that

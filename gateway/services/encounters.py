@@ -191,8 +191,11 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
             # Found from outside: a visit's information dated the day before its registration
             # (in another year) was taken. Whole days, as for its fee lines (core.dates).
             raise RuleRejected(
+                # An outpatient visit's words (found from outside: told to check a discharge
+                # time and to use 2403, which a visit has neither of).
                 f"就诊时间begntime {a.begntime:%Y-%m-%d %H:%M:%S}早于挂号时间"
-                f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对出院时间，或以住院信息变更（2403）更正入院时间"
+                f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对就诊时间（不能早于挂号当日）；挂号"
+                "时间有误的，请撤销挂号（2202）后重新挂号"
             )
         if category is eligibility.CHRONIC:
             if held.person is None:

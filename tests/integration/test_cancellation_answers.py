@@ -204,3 +204,25 @@ async def test_a_cancellations_limit_is_the_funds_year_after_the_refund(server: 
     # The first's draw is back; the second's, made since, is still drawn.
     assert _limit(cancelled, pool) == _limit(second, pool) + drew[0]
     assert Decimal(str(cancelled["setldetail"][0]["fund_payamt"])) == -drew[0]
+
+
+async def test_a_msgid_a_cancellation_used_is_told_as_a_cancellations(server: Server) -> None:
+    """Found from outside: a 2207 sent under the msgid a 2208 had used was told to find, by
+    5203, the settlement whose medins_setl_id is that msgid; a cancellation makes none."""
+    his = server.client(HOSPITAL)
+    settled = (await _outpatient(his, "2025-03-21", "MZ-MSGID-1"))["setlinfo"]
+    keys = {"setl_id": settled["setl_id"], "mdtrt_id": settled["mdtrt_id"], "psn_no": EMPLOYEE}
+    cancel_msgid = his.msgid()
+    await his.ok("2208", {"data": keys}, msgid=cancel_msgid)
+    data = his.settle_data(
+        EMPLOYEE, settled["mdtrt_id"], "11", BIG_TOTAL, "310", "0", chrg_bchno="B1"
+    )
+    reused = await his.call("2207", data, msgid=cancel_msgid)
+    assert reused["infcode"] == -1, reused
+    words = str(reused["err_msg"])
+    assert "结算撤销" in words and "新的报文ID" in words and "medins_setl_id" not in words, words
+    # A settlement's msgid used again still points to the settlement it made.
+    again = await _outpatient(his, "2025-03-21", "MZ-MSGID-2")
+    medins = again["setlinfo"]["medins_setl_id"]
+    other = await his.call("2207", data, msgid=medins)
+    assert f"medins_setl_id为{medins}的结算" in str(other["err_msg"]), other

@@ -393,7 +393,9 @@ async def test_concurrent_batches_never_share_a_line(new_database: Callable[...,
                 return_exceptions=True,
             )
             made = [g for g in got if not isinstance(g, BaseException)]
-            assert all(isinstance(g, payouts.NothingToPay) for g in got if isinstance(g, BaseException))
+            assert all(
+                isinstance(g, payouts.NothingToPay) for g in got if isinstance(g, BaseException)
+            )
             taken = [i.owed_id for m in made for i in await store.items(a, m.batch_no)]
             assert sorted(taken) == sorted(owed)
             # Even past the skip-locked read, the unique index refuses a line in two open batches.

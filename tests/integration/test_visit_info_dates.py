@@ -34,6 +34,8 @@ async def test_a_visit_info_out_of_its_dates_is_refused_and_nothing_kept(server:
         f"就诊时间begntime {day_before}早于挂号时间{registered.strftime(_SHOWN)}"
         in (refused["err_msg"])
     )
+    # An outpatient visit's words: no discharge, no 2403 (found from outside).
+    assert "出院" not in refused["err_msg"] and "2403" not in refused["err_msg"], refused
     assert await server.fetchrow(info, mdtrt_id) == before
 
     # A diagnosis dated ahead is refused too (found from outside: three days ahead was taken);
