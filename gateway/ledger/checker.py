@@ -524,7 +524,7 @@ async def replay_problems(
     rows = await conn.fetch(
         "SELECT s.setl_id, s.psn_no, s.mdtrt_id, s.fixmedins_code, s.med_type, s.category,"
         " s.service_date, s.insutype, s.clr_optins, s.acct_used_flag, s.status, s.lines,"
-        f" {', '.join('s.' + f for f in AMOUNT_FIELDS)}, e.dise_codg, p.psn_type, p.cvlserv_flag,"
+        f" {', '.join('s.' + f for f in AMOUNT_FIELDS)}, coalesce(s.dise_codg, e.dise_codg) AS dise_codg, p.psn_type, p.cvlserv_flag,"
         " p.maf_class, p.chronic_dise_codg FROM settlements s JOIN encounters e USING (mdtrt_id)"
         f" JOIN persons p ON p.psn_no = s.psn_no{where}",
         *args,

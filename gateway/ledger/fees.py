@@ -264,6 +264,22 @@ async def still_released(
     return int(n) == len(set(feedetl_sns))
 
 
+async def unsettled_besides(
+    conn: asyncpg.Connection, mdtrt_id: str, feedetl_sns: Sequence[str], chrg_bchno: str | None
+) -> str | None:
+    """An unsettled line of the visit (of one charge batch, where named) other than these: the
+    first by serial number, None when there is none."""
+    sn: str | None = await conn.fetchval(
+        "SELECT feedetl_sn FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL"
+        " AND NOT (feedetl_sn = ANY($2::text[])) AND ($3::text IS NULL OR chrg_bchno = $3)"
+        " ORDER BY feedetl_sn LIMIT 1",
+        mdtrt_id,
+        list(feedetl_sns),
+        chrg_bchno,
+    )
+    return sn
+
+
 async def latest_fee_time(conn: asyncpg.Connection, mdtrt_id: str) -> dt.datetime | None:
     """When the visit's latest uploaded line occurred (None without lines)."""
     value = await conn.fetchval(

@@ -268,6 +268,7 @@ INSERT = insert_statement(
         ("replaces_setl_id", _TEXT),
         ("adm_dedc_fen", "int8"),
         ("mdtrt_cert_type", _TEXT),
+        ("dise_codg", _TEXT),
     ],
     fixed=[("status", "'settled'")],
 )  # fmt: skip
@@ -342,6 +343,7 @@ def stage(
         replaces,
         s.admission_dedc_fen if inpatient else None,
         ctx.mdtrt_cert_type,
+        ctx.visit.dise_codg or None,
     )
     writes.extend(
         INSERT_FUND,
@@ -734,7 +736,8 @@ async def reinstate(
     person, balance = await persons.read(conn, psn_no, lock=True)
     row = await conn.fetchrow(
         "SELECT status, cancel_msgid, cancel_seq, year, category, mid_setl_flag, acct_pay,"
-        " act_pay_dedc, delta, lines, adm_dedc_fen FROM settlements WHERE setl_id = $1 FOR UPDATE",
+        " act_pay_dedc, delta, lines, adm_dedc_fen, med_type, dise_codg, chrg_bchno"
+        " FROM settlements WHERE setl_id = $1 FOR UPDATE",
         setl_id,
     )
     assert row is not None  # settlements are never deleted
@@ -749,7 +752,8 @@ async def reinstate(
     if enc.status == "cancelled":
         raise Conflict(f"就诊ID{mdtrt_id}已撤销，{_AGAIN}")
     inpatient = row["category"] == Category.INPATIENT.value
-    if inpatient and row["mid_setl_flag"] == "0":
+    final = inpatient and row["mid_setl_flag"] == "0"
+    if final:
         if enc.status != "discharged":
             raise Conflict(f"就诊ID{mdtrt_id}已撤销出院，原出院结算{_AGAIN}")
         await _no_mid_way_undone_since(conn, mdtrt_id, setl_id, row["cancel_seq"])
@@ -774,6 +778,19 @@ async def reinstate(
         raise Conflict(
             f"原结算{setl_id}的费用明细撤销后已被删除、重新上传或重新结算，费用明细已变更，{_AGAIN}"
         )
+    _visit_as_settled(enc, setl_id, row["med_type"], row["dise_codg"])
+    if row["category"] != Category.PHARMACY.value and (not inpatient or final):
+        # An outpatient batch is settled once, whole, and a stay's closing settlement ends it:
+        # neither stands again over lines uploaded since (found from outside: 2208, a new line
+        # into the batch, 2601 of the 2208, and a second 2207 then settled the batch again).
+        batch = None if inpatient else (row["chrg_bchno"] or None)
+        since = await fees.unsettled_besides(conn, mdtrt_id, sns, batch)
+        if since is not None:
+            where = f"收费批次{batch}" if batch else f"就诊ID{mdtrt_id}"
+            raise Conflict(
+                f"原结算{setl_id}撤销后，{where}已上传新的费用明细（流水号{since}），{_AGAIN}"
+                f"（{'2207' if batch else '2304'}将一并结算）"
+            )
     acct_pay = int(row["acct_pay"])
     if balance < acct_pay:
         raise RuleRejected(
@@ -799,6 +816,25 @@ async def reinstate(
             adm_dedc_used_fen=enc.adm_dedc_used_fen + int(row["act_pay_dedc"]),
         )
     return str(setl_id)
+
+
+def _visit_as_settled(
+    enc: encounters.Encounter, setl_id: str, med_type: str, dise_codg: str | None
+) -> None:
+    """The visit is still what the settlement was made for: its med_type and 病种 (a chronic
+    settlement is paid at the chronic ratio for a registered disease). Found from outside: 2208,
+    2203 correcting the visit to ordinary (11) with another disease, then 2601 of the 2208 put
+    the chronic settlement back in force at 90%. `dise_codg` None: a settlement from before the
+    ledger kept it, judged by med_type alone."""
+    changed = enc.med_type != med_type or (
+        dise_codg is not None and (enc.dise_codg or "") != dise_codg
+    )
+    if changed:
+        raise Conflict(
+            f"原结算{setl_id}撤销后，就诊的医疗类别或病种已更改（原结算为医疗类别{med_type}"
+            f"{'、病种' + dise_codg if dise_codg else ''}，现为医疗类别{enc.med_type}"
+            f"{'、病种' + enc.dise_codg if enc.dise_codg else ''}），{_AGAIN}"
+        )
 
 
 async def _no_mid_way_undone_since(

@@ -197,6 +197,18 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
                 f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对就诊时间（不能早于挂号当日）；挂号"
                 "时间有误的，请撤销挂号（2202）后重新挂号"
             )
+        if visit.settled_batches and (
+            a.med_type != enc.med_type or a.dise_codg != (enc.dise_codg or "")
+        ):
+            # As a stay's med_type (2403) changes only while nothing on it is settled. Found
+            # from outside: a visit's chronic settlement stood in force at 90% after its 2203
+            # made the visit ordinary (11) with another disease.
+            raise Conflict(
+                f"就诊ID{a.mdtrt_id}已有结算（收费批次{'、'.join(sorted(visit.settled_batches))}），"
+                f"不能更改医疗类别或病种（现为医疗类别{enc.med_type}"
+                f"{'、病种' + enc.dise_codg if enc.dise_codg else ''}）：如需更改，请先撤销"
+                "结算（2208）"
+            )
         if category is eligibility.CHRONIC:
             if held.person is None:
                 raise NotInsured(f"人员编号{a.psn_no}不存在，请重新读卡获取人员信息")
@@ -206,7 +218,15 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
         visit.changed = True
         return Built({}, writes, held.balance, held.year)
 
-    return Job(psn_no=a.psn_no, year=None, build=build, mdtrt_id=real, settles=False, draws=False)
+    return Job(
+        psn_no=a.psn_no,
+        year=None,
+        build=build,
+        mdtrt_id=real,
+        settles=False,
+        draws=False,
+        reads_batches=True,
+    )
 
 
 async def visit_info(conn: asyncpg.Connection, fixmedins_code: str, a: VisitInfo) -> None:

@@ -18,7 +18,8 @@ import msgspec
 from adapters.national import deferral
 from gateway.core.catalog import Snapshot
 from gateway.core.dates import DateRules, within_visit
-from gateway.core.model import LineSplit, Visit
+from gateway.core.eligibility import CATEGORY_OF
+from gateway.core.model import Category, LineSplit, Visit
 from gateway.core.money import cnt_text, fen_text, micro_text
 from gateway.core.settle import split_lines
 from gateway.ledger import deferred, encounters, fees, settlements
@@ -188,11 +189,14 @@ def one_disease(
     earlier: Sequence[StoredLine] = (),
 ) -> None:
     """One charge batch, one disease (protocol §2.3, 2204 chrg_bchno: "同一收费批次号病种编号必须
-    一致"), and that the visit's where its information (2203) named one: an outpatient batch is
-    settled whole under the visit's med_type and 病种, so a line of another disease would be paid
-    as the visit's. Found from outside: a 门慢 visit's batch holding lines of an unregistered
+    一致"), and on a chronic (门慢门特, 14) visit the visit's own: its batch is settled whole at
+    the chronic ratio for the disease its 2203 named, so a line of another disease would be paid
+    as that one. Found from outside: a 门慢 visit's batch holding lines of an unregistered
     disease was settled whole at the chronic ratio. `earlier`: the visit's unsettled lines
     already uploaded (at settlement, the batch itself). A line sending none is the batch's."""
+    # An ordinary visit's 2203 often carries an ICD diagnosis as its dise_codg (YiBinActive's
+    # client does), which prices nothing: only a chronic visit's disease binds its lines.
+    chronic = bool(enc.dise_codg) and CATEGORY_OF.get(enc.med_type) is Category.CHRONIC
     named: dict[str, StoredLine] = {}
     for ln in earlier:
         if ln.dise_codg:
@@ -200,7 +204,7 @@ def one_disease(
     for ln in lines:
         if not ln.dise_codg:
             continue
-        if enc.dise_codg and ln.dise_codg != enc.dise_codg:
+        if chronic and ln.dise_codg != enc.dise_codg:
             raise LineRejected(
                 ln.feedetl_sn,
                 f"病种编码{ln.dise_codg}与就诊信息（2203）的病种编码{enc.dise_codg}不一致：门诊"

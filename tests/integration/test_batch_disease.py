@@ -125,26 +125,41 @@ async def test_a_batch_holds_one_disease_across_its_uploads(server: Server) -> N
     assert await _unsettled(server, mdtrt_id) == ["a1", "a2", "a3"]
 
 
-async def test_a_batch_of_another_disease_than_the_visit_now_names_is_not_settled(
+async def test_a_batch_of_another_disease_than_the_chronic_visit_now_names_is_not_settled(
     server: Server,
 ) -> None:
     his = server.client(HOSPITAL)
-    mdtrt_id = await _visit(his, EMPLOYEE, "BD-3", "11", "J06.900")
-    lines = _rows(his, mdtrt_id, EMPLOYEE, "MX", [("c1", "J06.900"), ("c2", "")])
+    # Filed for two chronic diseases: the visit's 2203 may name either before it settles.
+    await server.fetch(
+        "UPDATE persons SET chronic_dise_codg = $2 WHERE psn_no = $1", RETIREE, [CHRONIC, OTHER]
+    )
+    mdtrt_id = await _visit(his, RETIREE, "BD-3", "14", CHRONIC)
+    lines = _rows(his, mdtrt_id, RETIREE, "MX", [("c1", CHRONIC), ("c2", "")])
     assert (await his.call("2204", {"feedetail": lines}))["infcode"] == 0
-    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{DAY} 09:00:00", OTHER)  # corrected since
-    refused = await _presettle(his, EMPLOYEE, mdtrt_id, "11", "91.00")
+    await his.visit_info(mdtrt_id, RETIREE, "14", f"{DAY} 09:00:00", OTHER)  # corrected since
+    refused = await _presettle(his, RETIREE, mdtrt_id, "14", "91.00")
     assert refused["infcode"] == -1, refused
     words = str(refused["err_msg"])
     assert "c1" in words and "2205" in words and OTHER in words, words
     settled = await his.call(
-        "2207", his.settle_data(EMPLOYEE, mdtrt_id, "11", "91.00", "310", "0", chrg_bchno="MX")
+        "2207", his.settle_data(RETIREE, mdtrt_id, "14", "91.00", "310", "0", chrg_bchno="MX")
     )
     assert settled["infcode"] == -1, settled
     assert await _unsettled(server, mdtrt_id) == ["c1", "c2"]  # nothing settled
 
     # Withdrawn and sent again under the visit's disease, the batch settles.
-    await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "MX", "psn_no": EMPLOYEE}})
-    again = _rows(his, mdtrt_id, EMPLOYEE, "MX", [("c1", OTHER), ("c2", "")])
+    await his.ok("2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "MX", "psn_no": RETIREE}})
+    again = _rows(his, mdtrt_id, RETIREE, "MX", [("c1", OTHER), ("c2", "")])
     assert (await his.call("2204", {"feedetail": again}))["infcode"] == 0
-    assert (await _presettle(his, EMPLOYEE, mdtrt_id, "11", "91.00"))["infcode"] == 0
+    assert (await _presettle(his, RETIREE, mdtrt_id, "14", "91.00"))["infcode"] == 0
+
+
+async def test_an_ordinary_visits_lines_are_not_held_to_its_diagnosis_code(server: Server) -> None:
+    """An ordinary (11) visit's 2203 dise_codg often holds an ICD diagnosis (YiBinActive's client
+    sends one), which prices nothing: its lines' own code is only held to their batch."""
+    his = server.client(HOSPITAL)
+    mdtrt_id = await _visit(his, EMPLOYEE, "BD-4", "11", "N05.900x003")
+    lines = _rows(his, mdtrt_id, EMPLOYEE, "MX", [("o1", "J06.900"), ("o2", "")])
+    assert (await his.call("2204", {"feedetail": lines}))["infcode"] == 0
+    answer = await _presettle(his, EMPLOYEE, mdtrt_id, "11", "91.00")
+    assert answer["infcode"] == 0, answer
