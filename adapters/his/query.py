@@ -30,7 +30,7 @@ async def settlement_info(call: Call) -> Answer:
     # A replayed claim's settlement as the counter took it (the whole bill in cash), with who
     # pays the fund's share: its split is the agency's, paid to the patient.
     replayed = await settlement_queries.replayed_from(call.conn, rec.setl_id, elsewhere)
-    shown = rec if replayed is None else cancellation.as_paid_at_counter(rec)
+    shown = rec if replayed is None else cancellation.as_paid_at_counter(rec, replayed)
     info = setlinfo(shown)
     info["refd_setl_flag"] = "1" if rec.status == "cancelled" else "0"
     # The 5203 table names the personal part and the cash psn_pay / cash_payamt (Dongguan's DLL

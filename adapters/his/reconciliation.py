@@ -8,7 +8,7 @@ import re
 import asyncpg
 import msgspec
 
-from adapters.national.envelope import Amount, Code, decode_input, text
+from adapters.national.envelope import Amount, Code, clipped, decode_input, text
 from adapters.national.wire import Node, day, fen_required, required
 from gateway.core.dates import DateRules
 from gateway.core.money import shown
@@ -242,7 +242,9 @@ def _statement(setl_optins: str, stmt: reconciliation.Statement) -> dict[str, st
     return {
         "setl_optins": setl_optins,
         "stmt_rslt": stmt.stmt_rslt,
-        "stmt_rslt_dscr": stmt.stmt_rslt_dscr[:200],
+        # Cut as err_msg is, in the middle: the head says what differs, the tail what to do
+        # (found from outside: cut at its end, the instruction was lost).
+        "stmt_rslt_dscr": clipped(stmt.stmt_rslt_dscr) or "",
     }
 
 

@@ -207,29 +207,51 @@ async def claim_of_message(
 
 
 async def replayed_claim(conn: asyncpg.Connection, setl_id: str) -> asyncpg.Record | None:
-    """The deferred claim a settlement was made from by replay (claim_id, reimbursement_fen),
-    or None: at the counter its patient paid the whole bill in cash under the claim."""
+    """The deferred claim a settlement was made from by replay (claim_id, reimbursement_fen,
+    and `counter_visit`, the 就诊ID its answer gave: `visit_of_claim`), or None: at the counter
+    its patient paid the whole bill in cash under the claim."""
     return await conn.fetchrow(
-        "SELECT claim_id, coalesce(reimbursement_fen, 0) AS reimbursement_fen FROM deferred"
-        " WHERE kind = 'claim' AND setl_id = $1",
+        "SELECT claim_id, coalesce(reimbursement_fen, 0) AS reimbursement_fen,"
+        f" {_VISIT_OF_CLAIM} AS counter_visit FROM deferred WHERE kind = 'claim' AND setl_id = $1",
         setl_id,
     )
 
 
+# The day-end reconciliation's clr_type of a claim, by the transaction it was answered for.
+_CLR_TYPE_INFNOS = {"41": ["2102"], "11": ["2207"], "21": ["2304"]}
+
+
 async def claims_answered(
-    conn: asyncpg.Connection, fixmedins_code: str, begndate: dt.date, enddate: dt.date
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    begndate: dt.date,
+    enddate: dt.date,
+    *,
+    insutype: str = "",
+    clr_type: str = "",
+    setl_optins: str = "",
 ) -> int:
     """The deferred claims (DF…) the institution was answered with on those days and did not
     withdraw, nor cancel once replayed (the cash refunded: found from outside, counted all the
-    same): settlements to its counter, none to the centre's reconciliation."""
+    same): settlements to its counter, none to the centre's reconciliation. Of one insutype,
+    clr_type and clearing region where named, as a 3201 asks (found from outside: every
+    insutype's 3201 was told the institution's whole count). A claim whose person the database
+    does not hold is counted whatever its insutype and region."""
     count = await conn.fetchval(
-        "SELECT count(*) FROM deferred d WHERE d.kind = 'claim' AND d.fixmedins_code = $1"
+        "SELECT count(*) FROM deferred d LEFT JOIN persons p ON p.psn_no = d.psn_no"
+        " WHERE d.kind = 'claim' AND d.fixmedins_code = $1"
         " AND d.status <> 'withdrawn' AND d.received_at >= $2 AND d.received_at < $3"
         " AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.setl_id = d.setl_id"
-        " AND s.status = 'cancelled')",
+        " AND s.status = 'cancelled')"
+        " AND ($4::text[] IS NULL OR left(d.infno, 4) = ANY($4::text[]))"
+        " AND ($5 = '' OR p.psn_no IS NULL OR p.insutype = $5)"
+        " AND ($6 = '' OR p.psn_no IS NULL OR p.insuplc_admdvs = $6)",
         fixmedins_code,
         dt.datetime.combine(begndate, dt.time()),
         dt.datetime.combine(enddate + dt.timedelta(days=1), dt.time()),
+        _CLR_TYPE_INFNOS.get(clr_type, []) if clr_type else None,
+        insutype,
+        setl_optins,
     )
     return int(count or 0)
 

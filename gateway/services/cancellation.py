@@ -43,6 +43,9 @@ class Replayed(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
     claim_id: str
     reimbursement_fen: int
+    # The 就诊ID the claim's answer gave the counter (a pharmacy claim's is its own number: its
+    # visit is made at replay, and the till never saw that one).
+    counter_visit: str = ""
 
 
 # What the bill was, kept in the counter's view of a replayed claim; who paid it is the counter's.
@@ -85,7 +88,7 @@ class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         withdrawn — the patient lost it)."""
         if self.replayed is None:
             return self.record
-        return as_paid_at_counter(self.record)
+        return as_paid_at_counter(self.record, self.replayed)
 
     def warning(self) -> str | None:
         """The clerk's instruction for a replayed claim's cancellation."""
@@ -143,7 +146,7 @@ async def cancel(
     )
 
 
-def as_paid_at_counter(rec: Record) -> Record:
+def as_paid_at_counter(rec: Record, claim: Replayed) -> Record:
     """A replayed claim's settlement as its counter took it: the whole bill in cash, no fund,
     no account (the claim's own answer); the split it was replayed at is the agency's, paid to
     the patient, not the institution's. Nothing of it is cleared with the institution either,
@@ -153,8 +156,16 @@ def as_paid_at_counter(rec: Record) -> Record:
     bill = rec.amounts
     amounts = {name: (bill[name] if name in _THE_BILL else 0) for name in bill}
     amounts["psn_part_amt"] = amounts["psn_cash_pay"] = bill["medfee_sumamt"]
+    # Under the 就诊ID the counter was given (found from outside: a pharmacy till's 2103 and
+    # 5203 answered the visit replay made, which the till had never seen).
     return msgspec.structs.replace(
-        rec, amounts=amounts, funds=(), clr_optins="", clr_type="", pool_prop_bp=0
+        rec,
+        amounts=amounts,
+        funds=(),
+        clr_optins="",
+        clr_type="",
+        pool_prop_bp=0,
+        mdtrt_id=claim.counter_visit or rec.mdtrt_id,
     )
 
 
@@ -180,4 +191,8 @@ async def replayed(conn: asyncpg.Connection, setl_id: str) -> Replayed | None:
     claim = await deferred.replayed_claim(conn, setl_id)
     if claim is None:
         return None
-    return Replayed(claim_id=claim["claim_id"], reimbursement_fen=claim["reimbursement_fen"])
+    return Replayed(
+        claim_id=claim["claim_id"],
+        reimbursement_fen=claim["reimbursement_fen"],
+        counter_visit=claim["counter_visit"],
+    )

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import asyncpg
 import msgspec
@@ -108,7 +108,11 @@ async def statement_total(
     )
     centre = await reconciliations.centre_totals_everywhere(conn, period, others, OTHERS_WAIT)
     rslt, dscr = reconcile.compare_totals(totals, centre)
-    if rslt != reconcile.BALANCED:
+    if rslt != reconcile.BALANCED and (
+        totals.count > centre.count or totals.medfee_sumamt > centre.medfee_sumamt
+    ):
+        # Only where the institution counts more than the centre could its DF… answers be
+        # the difference (found from outside: told of them when it had counted less).
         dscr += await _claims_words(conn, period, others)
     await reconciliations.record(conn, period, origin.infno, rslt, dscr, totals, centre)
     return Statement(stmt_rslt=rslt, stmt_rslt_dscr=dscr)
@@ -121,14 +125,22 @@ async def _claims_words(
     in: counted by a HIS that books its DF… answers, they are the difference (found from
     outside: every institution was told it disagreed on the first day after a 温州-style
     window, with nothing but "see 3202")."""
-    count = await deferred.claims_answered(
-        conn, period.fixmedins_code, period.begndate, period.enddate
-    )
+
+    def answered(c: asyncpg.Connection) -> Awaitable[int]:
+        return deferred.claims_answered(
+            c,
+            period.fixmedins_code,
+            period.begndate,
+            period.enddate,
+            insutype=period.insutype,
+            clr_type=period.clr_type,
+            setl_optins=period.setl_optins,
+        )
+
+    count = await answered(conn)
     for pool in others:
         async with db.leased(pool, OTHERS_WAIT) as other:
-            count += await deferred.claims_answered(
-                other, period.fixmedins_code, period.begndate, period.enddate
-            )
+            count += await answered(other)
     if not count:
         return ""
     return (

@@ -571,6 +571,21 @@ async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Se
     assert booked["stmtinfo"]["stmt_rslt"] != "0", words
     assert "核对；本机构该期间另有1笔应急预案暂存结算（结算ID以DF开头" in words, words
     assert len(words) <= 200, words
+    assert words.endswith("如已计入请剔除后再对账"), words  # cut in the middle, if at all
+    # Counted by the 3201's own insutype and clr_type (found from outside: each was told the
+    # institution's whole count), and only where the institution counts more than the centre.
+    other_insutype = await pos.ok("3201", {"data": {**period, "insutype": "390",
+                                                    "medfee_sumamt": bought["medfee_sumamt"],
+                                                    "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
+                                                    "fixmedins_setl_cnt": "1"}})  # fmt: skip
+    assert other_insutype["stmtinfo"]["stmt_rslt"] != "0"
+    assert "暂存结算" not in other_insutype["stmtinfo"]["stmt_rslt_dscr"]
+    hospital = {**period, "clr_type": "21", "medfee_sumamt": "99999.00",
+                "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "fixmedins_setl_cnt": "999"}  # fmt: skip
+    stays = await his.ok("3201", {"data": hospital})
+    assert "暂存结算" not in stays["stmtinfo"]["stmt_rslt_dscr"], stays["stmtinfo"]
+    visits = await his.ok("3201", {"data": {**hospital, "clr_type": "11"}})
+    assert "另有1笔应急预案暂存结算" in visits["stmtinfo"]["stmt_rslt_dscr"], visits["stmtinfo"]
     left_out = await pos.ok("3201", {"data": {**period, "medfee_sumamt": "0.00",
                                               "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
                                               "fixmedins_setl_cnt": "0"}})  # fmt: skip
@@ -581,9 +596,14 @@ async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Se
     real = await server.fetchval(
         "SELECT setl_id FROM deferred WHERE claim_id = $1", bought["setl_id"]
     )
-    await pos.ok(
+    queried = await pos.ok("5203", {"data": {"setl_id": bought["setl_id"], "psn_no": person}})
+    cancelled = await pos.ok(
         "2103", {"data": {"setl_id": real, "mdtrt_id": bought["setl_id"], "psn_no": person}}
     )
+    # Under the 就诊ID the till was given, the claim's number (found from outside: answered
+    # the visit replay made, which the till never saw).
+    for answer in (queried, cancelled):
+        assert answer["setlinfo"]["mdtrt_id"] == bought["mdtrt_id"] == bought["setl_id"], answer
     refunded = await pos.ok("3201", {"data": {**period, "medfee_sumamt": bought["medfee_sumamt"],
                                               "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
                                               "fixmedins_setl_cnt": "1"}})  # fmt: skip
