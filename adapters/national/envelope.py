@@ -396,7 +396,12 @@ def clipped(err_msg: str | None) -> str | None:
     """A refusal's words within err_msg's length. Cut in the middle, where the value it quotes
     is (人员编号…不存在): the head names the field, the tail says what to do. Found from outside:
     a quoted 1,000-digit value made err_msg over 4,000 characters."""
-    if err_msg is None or len(err_msg) <= ERR_MSG_LENGTH:
+    if err_msg is None:
+        return None
+    # A value it quotes from the request may hold a control character: written out, whatever
+    # check quoted it (the gateway's own words hold none).
+    err_msg = printable(err_msg)
+    if len(err_msg) <= ERR_MSG_LENGTH:
         return err_msg
     head = ERR_MSG_LENGTH // 2
     return f"{err_msg[:head]}…{err_msg[len(err_msg) - (ERR_MSG_LENGTH - head - 1) :]}"

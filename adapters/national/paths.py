@@ -25,8 +25,10 @@ def by_serial(node: str, feedetl_sn: str) -> str:
     return f"{node}(流水号{feedetl_sn})"
 
 
-# A control character can only come from an escape in the JSON (\u0000-\u001f, \u007f-\u009f).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A control character can only come from an escape in the JSON (\u0000-\u001f, \u007f-\u009f);
+# the bidirectional controls (found from outside: U+202E in an infno turned the clerk's err_msg
+# around on screen) and the invisible format characters are written out too.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def printable(name: str) -> str:

@@ -104,6 +104,14 @@ async def test_login_roles_and_audited_changes(server: Server) -> None:
     ) as r:
         latest = (await r.json())[0]
     assert latest["action"] == "plan.clear" and latest["before"]["action"] == "reject"
+    # A limit that is not 1–500 is refused in words (found from outside: answered 200).
+    for bad in ("abc", "-1", "0", "501", "1" + "0" * 20, "１"):
+        async with server.session.get(
+            server.url + "/api/audit",
+            params={"limit": bad},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r:
+            assert r.status == 400 and "limit" in (await r.json())["error"], bad
 
 
 async def test_a_reason_or_scope_that_is_not_text_is_refused(server: Server) -> None:
