@@ -36,7 +36,7 @@ from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
 from gateway.ledger import deferred, fees, manual_claims, persons, settlements
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
-from gateway.protocol.errors import BadRequest, Conflict, NotFound
+from gateway.protocol.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.protocol.transaction import TRANSACTIONS, Answer, Call, Deferral, Kind, Transaction
 
 
@@ -431,6 +431,18 @@ def stored_request(req: Request) -> bytes:
 
 def request_of(stored: bytes) -> Request:
     return msgspec.json.decode(stored, type=Request)
+
+
+def closes_stay(claim: deferred.PendingClaim) -> bool:
+    """Whether a claim is a stay's closing settlement deferred (a 2304 not sent as mid-way, as
+    2304 reads mid_setl_flag: absent is closing)."""
+    if kind_of(claim.infno) is not Kind.INPATIENT or not claim.body:
+        return False
+    try:
+        data = decode_input(request_of(claim.body), In2206).data
+    except (GatewayError, msgspec.DecodeError):
+        return False
+    return data is not None and text(data.mid_setl_flag) != "1"
 
 
 def for_replay(req: Request, ids: dict[str, str]) -> Request:

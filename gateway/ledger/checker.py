@@ -303,6 +303,7 @@ async def check(
     problems = await _orphans(conn)
     problems += await _sums(conn, opening_balances)
     problems += await line_problems(conn)
+    problems += await stay_problems(conn)
     problems += await replay_problems(
         conn, rules or await core_rules(conn), opening_balances=opening_balances
     )
@@ -441,6 +442,37 @@ _LINE_TOTALS = (
     ("preselfpay_amt", "preselfpay_amt"),
     ("inscp_scp_amt", "inscp_scp_amt"),
 )
+
+
+async def stay_problems(conn: asyncpg.Connection) -> list[str]:
+    """A stay's closing settlement ends it: at most one in force, no line of the stay waiting
+    under it, and no mid-way settlement of the stay that came into force after it (found from
+    outside: a closing put back over a line uploaded after its cancellation let a second
+    closing, or a mid-way, settlement follow it, and this checker saw nothing)."""
+    problems: list[str] = []
+    for row in await conn.fetch(
+        "SELECT c.mdtrt_id, array_agg(c.setl_id ORDER BY c.setl_id) AS closings,"
+        " (SELECT min(l.feedetl_sn) FROM fee_lines l WHERE l.mdtrt_id = c.mdtrt_id"
+        "  AND l.setl_id IS NULL) AS waiting,"
+        " (SELECT min(m.setl_id) FROM settlements m WHERE m.mdtrt_id = c.mdtrt_id"
+        "  AND m.status = 'settled' AND m.mid_setl_flag = '1'"
+        "  AND m.in_force_seq > min(c.in_force_seq)) AS mid_way_after"
+        " FROM settlements c WHERE c.status = 'settled' AND c.mid_setl_flag = '0'"
+        " AND c.category = 'inpatient' GROUP BY c.mdtrt_id"
+    ):
+        stay, closings = row["mdtrt_id"], row["closings"]
+        if len(closings) > 1:
+            problems.append(f"stay {stay}: {len(closings)} closing settlements in force {closings}")
+        if row["waiting"] is not None:
+            problems.append(
+                f"stay {stay}: line {row['waiting']} unsettled under its closing settlement"
+            )
+        if row["mid_way_after"] is not None:
+            problems.append(
+                f"stay {stay}: mid-way settlement {row['mid_way_after']} came into force after"
+                " its closing settlement"
+            )
+    return problems
 
 
 async def line_problems(

@@ -118,8 +118,8 @@ def replay(stored: Stored, body_sha256: bytes, msgid: str, settling: bool = True
             # Found from outside: a 2207 sent under the msgid of a 2208 was sent to 5203 for a
             # settlement of that medins_setl_id, which a cancellation never makes.
             raise Conflict(
-                f"报文ID{msgid}已用于一笔结算撤销（该撤销已成功），不能再用于其他交易：以原报文"
-                "内容和该报文ID重发即返回原撤销的应答；需要发起新的交易请使用新的报文ID"
+                f"报文ID{msgid}已使用过且报文内容不同：该报文ID已用于一笔结算撤销（该撤销已成功），"
+                "以原报文内容和该报文ID重发即返回原撤销的应答；需要发起新的交易请使用新的报文ID"
             )
         # The settlement it names is the one whose medins_setl_id is this msgid (found from
         # outside: two clerks' msgids collided, and a 5203 by the second patient showed that

@@ -909,6 +909,19 @@ async def final_of(conn: asyncpg.Connection, mdtrt_id: str) -> str | None:
     return None if found is None else str(found)
 
 
+async def finals_of(conn: asyncpg.Connection, mdtrt_ids: Sequence[str]) -> dict[str, str]:
+    """The closing settlement in force of each of these stays that has one."""
+    if not mdtrt_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (mdtrt_id) mdtrt_id, setl_id FROM settlements"
+        " WHERE mdtrt_id = ANY($1::text[]) AND status = 'settled' AND mid_setl_flag = '0'"
+        " ORDER BY mdtrt_id, setl_time DESC, setl_id DESC",
+        list(mdtrt_ids),
+    )
+    return {r["mdtrt_id"]: r["setl_id"] for r in rows}
+
+
 async def has_final(conn: asyncpg.Connection, mdtrt_id: str) -> bool:
     """Whether the visit has a closing (not mid-way) settlement in force."""
     return await final_of(conn, mdtrt_id) is not None

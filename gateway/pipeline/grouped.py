@@ -46,6 +46,8 @@ class VisitHeld:
     # A stay: another stay of the person settled in the same year (the second admission's
     # deductible rule, settlement-rules §3).
     other_inpatient_in_force: bool = False
+    # A stay: its closing settlement in force, if any (nothing more is settled on it then).
+    closing: str | None = None
     # Changed by an earlier job of the batch (a 2203's diagnosis, a 2204's lines): see
     # `unchanged`.
     changed: bool = False

@@ -104,6 +104,7 @@ async def upload(conn: asyncpg.Connection, at: Uploading, a: FeeUpload) -> tuple
             one_disease(enc, lines, await fees.unsettled(conn, enc.mdtrt_id))
     elif enc.status == "discharged":
         _not_into_a_closed_stay(await settlements.final_of(conn, enc.mdtrt_id))
+        await _not_under_a_closing_claim(conn, enc.mdtrt_id)
     priced: dict[str, dt.date] = {}
     if any(ln.cnt < 0 for ln in lines):
         priced = await _check_refunds(conn, enc.mdtrt_id, lines)
@@ -232,6 +233,19 @@ def _not_into_a_closed_stay(final: str | None) -> None:
             f"该住院已办理出院结算（结算ID{final}），不能再上传费用明细：如需补录或退费，"
             "请先撤销该结算（2305）后重新上传并结算"
         )
+
+
+async def _not_under_a_closing_claim(conn: asyncpg.Connection, mdtrt_id: str) -> None:
+    """A stay's closing settlement deferred as a claim ends it as the settlement would: replay
+    settles the lines the claim holds, closing the stay, and a line sent meanwhile would wait
+    under that closing settlement for good (found from outside: a late line uploaded while the
+    claim waited was left unsettled when replay closed the stay)."""
+    for claim in await deferred.pending_on_visits(conn, [mdtrt_id]):
+        if deferral.closes_stay(claim):
+            raise Conflict(
+                f"该住院的出院结算已按应急预案暂存（暂存结算{claim.claim_id}），不能再上传费用"
+                "明细：请待补结算后撤销（2305）再补录，或先撤销暂存结算（2305）后重新上传并结算"
+            )
 
 
 def _lines_alone(kind: Kind, lines: Sequence[StoredLine], at: Uploading) -> str:

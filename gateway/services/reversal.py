@@ -225,6 +225,10 @@ async def _undo_admission(conn: asyncpg.Connection, code: str, psn_no: str, omsg
         raise Conflict(f"入院登记{mdtrt_id}已撤销，无需冲正")
     if await encounters.settled_count(conn, mdtrt_id) or await fees.has_lines(conn, mdtrt_id):
         raise Conflict("该住院已有费用明细或结算，请先撤销后再冲正入院")
+    if enc.status == "discharged":
+        # As 2404 (docs/reliability.md: the same preconditions); found from outside, an empty
+        # discharged stay refused 2404 and took the 2601 of its 2401.
+        raise Conflict(f"就诊ID{mdtrt_id}已出院，不能冲正入院；请先撤销出院（2405）")
     await encounters.update(conn, mdtrt_id, status="cancelled")
 
 

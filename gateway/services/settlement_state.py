@@ -202,6 +202,7 @@ async def _visits(
         # A pre-settlement is refused as its settlement would be for lines a claim holds
         # (found from outside: a stay's 2303 priced the claim's lines, which its 2304 refuses).
         held = await deferred.pending_on_visits(conn, ids) if claims else []
+        closings = await _closings(conn, found, ids)
         return {
             m: VisitHeld(
                 encounter=enc,
@@ -211,6 +212,7 @@ async def _visits(
                 claimed=_held(held, m, enc.fixmedins_code),
                 reimbursed=paid.get(m, []),
                 stay_reimbursed=stays_paid.get(m, []),
+                closing=closings.get(m),
             )
             for m, enc in found.items()
         }
@@ -228,6 +230,7 @@ async def _visits(
         }
     refunded = await settlements.refunded_predecessors(conn, ids)
     pending = await deferred.pending_on_visits(conn, ids)
+    closings = await _closings(conn, found, ids)
     return {
         m: VisitHeld(
             encounter=enc,
@@ -235,9 +238,19 @@ async def _visits(
             settled_batches=settled.get(m, set()),
             refunded=refunded.get(m, {}),
             claimed=_held(pending, m, enc.fixmedins_code),
+            closing=closings.get(m),
         )
         for m, enc in found.items()
     }
+
+
+async def _closings(
+    conn: asyncpg.Connection, found: dict[str, Encounter], ids: list[str]
+) -> dict[str, str]:
+    """The closing settlement in force of each stay among `ids` (an outpatient batch reads
+    nothing for it)."""
+    stays = [m for m in ids if found[m].kind == "inpatient"]
+    return await settlements.finals_of(conn, stays) if stays else {}
 
 
 async def _note_reimbursed(

@@ -239,6 +239,14 @@ def visit_job(
         enc = encounters.own(visit.encounter, a.mdtrt_id, code, a.psn_no)
         this = visit_med_type(enc, a) if enc.kind == kind else a
         _check_visit(enc, kind, this, final=final)
+        if kind is Kind.INPATIENT and visit.closing is not None:
+            # A stay's closing settlement ends it: nothing is settled on it, mid-way or closing,
+            # while one is in force (found from outside: a closing put back over a line uploaded
+            # after its 2305 let a mid-way, or a second closing, settlement follow it).
+            raise Conflict(
+                f"本次住院已办理出院结算（结算ID{visit.closing}），费用明细已全部结算，请勿重复"
+                "结算，结算信息请用5203查询；如需重新结算，请先撤销原结算（2305）"
+            )
         lines = fees.of_batch(visit.unsettled, this.chrg_bchno)
         if only is not None:
             lines = _claimed(lines, only)

@@ -235,6 +235,31 @@ async def test_a_midway_claim_settles_the_lines_it_was_taken_for(
         await _closed_as_online(srv, his, mdtrt_id)
 
 
+async def test_a_stays_closing_claim_takes_no_line_after_it(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a line uploaded while a stay's closing claim waited was left
+    unsettled under the closing settlement replay made, for good. Refused while the claim
+    waits, as under the closing settlement itself; the mid-way claim above takes later lines."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
+        await his.ok("2402", _discharge(mdtrt_id))
+        closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
+        claim = await _deferred_claim(srv, his, closing)
+        late = await his.call("2301", _upload(mdtrt_id, AFTER[1:], "2025-07-05 10:00:00"))
+        assert late["infcode"] == -1, late
+        assert claim["setl_id"] in late["err_msg"] and "2305" in late["err_msg"], late
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        _replayed(srv.dsn, settled=1)
+        waiting = await srv.fetchval(
+            "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
+        )
+        assert waiting == 0
+        assert await srv.check_ledger() == []
+
+
 async def test_a_claim_replay_could_not_settle_holds_its_lines_until_withdrawn(
     new_database: Callable[..., Any],
 ) -> None:

@@ -296,6 +296,60 @@ async def test_a_closing_settlement_is_not_undone_over_a_mid_way_one_cancelled_s
     assert await server.check_ledger() == []
 
 
+async def test_a_closing_settlement_is_not_undone_over_lines_uploaded_since(
+    server: Server,
+) -> None:
+    """Found from outside: 2305 of the closing settlement, a new line, 2601 of the 2305 put the
+    closing settlement back over the new line, and a second 2304 (closing or mid-way) then
+    settled it: two closing settlements in force on one stay, or a mid-way after its closing."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    stay, final = await _stay(his, psn, "390", "800.00")
+    cancelled = await _cancel(his, "2305", psn, stay, final["setl_id"])
+    late = his.fee_rows(stay, psn, [_line("2", "40.00", "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": late})
+    before = await server.ledger_fingerprint()
+    answer = await his.call("2601", _reverse(psn, cancelled, "2305"))
+    assert answer["infcode"] == -1, answer
+    assert f"就诊ID{stay}" in answer["err_msg"] and "流水号2" in answer["err_msg"], answer
+    assert await server.ledger_fingerprint() == before
+    whole = his.settle_data(psn, stay, "21", "840.00", "390", "0", mid_setl_flag="0")
+    again = (await his.ok("2304", whole))["setlinfo"]
+    assert await _pool_in_force(server, psn) == again["hifp_pay"]
+    closings = await server.fetchval(
+        "SELECT count(*) FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
+        " AND mid_setl_flag = '0'",
+        stay,
+    )
+    assert closings == 1
+    assert await server.check_ledger() == []
+
+
+async def test_nothing_is_settled_on_a_stay_under_its_closing_settlement(server: Server) -> None:
+    """The state the test above no longer lets arise (a ledger may hold it from before): an
+    unsettled line under a closing settlement in force. Neither a mid-way nor a second closing
+    settlement, nor their pre-settlements, is taken over it."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    stay, final = await _stay(his, psn, "390", "800.00")
+    await server.fetch(
+        "INSERT INTO fee_lines (mdtrt_id, feedetl_sn, chrg_bchno, init_feedetl_sn, psn_no,"
+        " medins_list_codg, med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time,"
+        " hosp_appr_flag, uploaded_msgid) SELECT mdtrt_id, 'X', chrg_bchno, '', psn_no,"
+        " medins_list_codg, med_list_codg, pric_micro, cnt, amount_fen, fee_ocur_time,"
+        " hosp_appr_flag, uploaded_msgid FROM fee_lines WHERE mdtrt_id = $1 LIMIT 1",
+        stay,
+    )
+    before = await server.ledger_fingerprint()
+    for infno in ("2303", "2304"):
+        for flag in ("1", "0"):
+            data = his.settle_data(psn, stay, "21", "800.00", "390", "0", mid_setl_flag=flag)
+            answer = await his.call(infno, data)
+            assert answer["infcode"] == -1, (infno, flag, answer)
+            assert final["setl_id"] in answer["err_msg"] and "2305" in answer["err_msg"]
+    assert await server.ledger_fingerprint() == before
+
+
 async def test_a_stay_whose_mid_way_settlement_was_cancelled_settles_whole_again(
     server: Server,
 ) -> None:
@@ -383,6 +437,27 @@ async def test_undoing_an_admission_with_a_settlement_in_force_is_refused(
     assert await server.fetchval("SELECT status FROM encounters WHERE mdtrt_id = $1", stay) == (
         "open"
     )
+
+
+async def test_undoing_a_discharged_admission_is_refused_as_2404_is(server: Server) -> None:
+    """Found from outside: an empty discharged stay refused 2404 and took 2601 of its 2401."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    admit_msgid = his.msgid()
+    out = await his.ok("2401", _admission_input(psn, "390", DAY), msgid=admit_msgid)
+    stay = out["result"]["mdtrt_id"]
+    await his.ok("2402", _discharge(stay, psn))
+    for infno, data in (
+        ("2404", {"data": {"mdtrt_id": stay, "psn_no": psn}}),
+        ("2601", _reverse(psn, admit_msgid, "2401")),
+    ):
+        answer = await his.call(infno, data)
+        assert answer["infcode"] == -1 and "2405" in answer["err_msg"], (infno, answer)
+    assert await server.fetchval("SELECT status FROM encounters WHERE mdtrt_id = $1", stay) == (
+        "discharged"
+    )
+    await his.ok("2405", {"data": {"mdtrt_id": stay, "psn_no": psn}})
+    await his.ok("2601", _reverse(psn, admit_msgid, "2401"))
 
 
 async def test_a_self_pay_admission_converts_only_under_its_own_insutype(server: Server) -> None:
