@@ -19,6 +19,7 @@ from msgspec.structs import replace
 from gateway.app.config import GroupCommitConfig
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.his_client import HisClient
+from tests.integration.parity_helpers import line
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +43,7 @@ async def server(
 
 
 def _line(sn: str) -> dict[str, Any]:
-    return {
-        "feedetl_sn": sn,
-        "medins_list_codg": "YP0003",
-        "pric": "45.5",
-        "cnt": "1",
-        "det_item_fee_sumamt": "45.50",
-    }
+    return line(sn, "YP0003", "45.5", 1)
 
 
 def _rows(

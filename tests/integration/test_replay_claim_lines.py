@@ -176,6 +176,18 @@ async def _deferred_claim(srv: Server, his: HisClient, settlement: dict[str, Any
     return (await his.ok("2304", settlement))["setlinfo"]
 
 
+async def _closing_claim(srv: Server) -> tuple[HisClient, str, dict[str, Any], str]:
+    """A stay admitted, charged (BEFORE), discharged and its closing 2304 deferred as a claim:
+    the client, the stay, the 2304's input and the claim's number."""
+    his = srv.client(HOSPITAL)
+    mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+    await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
+    await his.ok("2402", _discharge(mdtrt_id))
+    closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
+    claim_id = (await _deferred_claim(srv, his, closing))["setl_id"]
+    return his, mdtrt_id, closing, claim_id
+
+
 async def _lifted(srv: Server, his: HisClient, settlement: dict[str, Any], claim_id: str) -> None:
     """Once the plan is lifted, the stay's pre-settlement is refused as its settlement is while
     the claim holds the lines, naming the claim (found from outside: the 2303 priced the claim's
@@ -242,15 +254,10 @@ async def test_a_stays_closing_claim_takes_no_line_after_it(
     unsettled under the closing settlement replay made, for good. Refused while the claim
     waits, as under the closing settlement itself; the mid-way claim above takes later lines."""
     async with running_gateway(new_database) as srv:
-        his = srv.client(HOSPITAL)
-        mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
-        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
-        await his.ok("2402", _discharge(mdtrt_id))
-        closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
-        claim = await _deferred_claim(srv, his, closing)
+        his, mdtrt_id, _, claim_id = await _closing_claim(srv)
         late = await his.call("2301", _upload(mdtrt_id, AFTER[1:], "2025-07-05 10:00:00"))
         assert late["infcode"] == -1, late
-        assert claim["setl_id"] in late["err_msg"] and "2305" in late["err_msg"], late
+        assert claim_id in late["err_msg"] and "2305" in late["err_msg"], late
         await clear_rule(srv.dsn, "region:441800", "settlement")
         _replayed(srv.dsn, settled=1)
         waiting = await srv.fetchval(
@@ -268,12 +275,7 @@ async def test_a_claim_replay_could_not_settle_holds_its_lines_until_withdrawn(
     claim still listed for the agency. The lines stay the claim's until the counter withdraws
     it (the cash refunded) or the agency settles it; then they settle as online."""
     async with running_gateway(new_database) as srv:
-        his = srv.client(HOSPITAL)
-        mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
-        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
-        await his.ok("2402", _discharge(mdtrt_id))
-        closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
-        claim_id = (await _deferred_claim(srv, his, closing))["setl_id"]
+        his, mdtrt_id, closing, claim_id = await _closing_claim(srv)
         await clear_rule(srv.dsn, "region:441800", "settlement")
         await _lifted(srv, his, closing, claim_id)
         # What replay does with a claim the rules refuse (the tester's: a refund line uploaded

@@ -257,11 +257,9 @@ async def test_undoing_an_inpatient_cancellation_after_the_discharge_was_undone(
     assert answer["infcode"] == -1 and "已撤销出院" in answer["err_msg"]
 
 
-async def test_a_closing_settlement_is_not_undone_over_a_mid_way_one_cancelled_since(
-    server: Server,
-) -> None:
-    """Found from outside: 2305 of the closing settlement, 2305 of the mid-way one, then 2601 of
-    the first 2305 put the closing settlement back above the mid-way's unsettled lines."""
+async def _both_cancelled(server: Server) -> tuple[HisClient, str, str, dict[str, Any], str]:
+    """A stay settled mid-way (500.00), then closed (1000.00), and its closing settlement
+    cancelled: the client, the person, the stay, the mid-way setlinfo, the 2305's msgid."""
     his = server.client(HOSPITAL)
     psn = await _person(server, RESIDENT)
     stay = await _admission(his, psn, "390")
@@ -275,6 +273,15 @@ async def test_a_closing_settlement_is_not_undone_over_a_mid_way_one_cancelled_s
     closing = his.settle_data(psn, stay, "21", "1000.00", "390", "0", mid_setl_flag="0")
     final = (await his.ok("2304", closing))["setlinfo"]
     closing_cancelled = await _cancel(his, "2305", psn, stay, final["setl_id"])
+    return his, psn, stay, mid, closing_cancelled
+
+
+async def test_a_closing_settlement_is_not_undone_over_a_mid_way_one_cancelled_since(
+    server: Server,
+) -> None:
+    """Found from outside: 2305 of the closing settlement, 2305 of the mid-way one, then 2601 of
+    the first 2305 put the closing settlement back above the mid-way's unsettled lines."""
+    his, psn, stay, mid, closing_cancelled = await _both_cancelled(server)
     mid_cancelled = await _cancel(his, "2305", psn, stay, mid["setl_id"])
     before = await server.ledger_fingerprint()
     answer = await his.call("2601", _reverse(psn, closing_cancelled, "2305"))
@@ -348,25 +355,35 @@ async def test_nothing_is_settled_on_a_stay_under_its_closing_settlement(server:
             assert answer["infcode"] == -1, (infno, flag, answer)
             assert final["setl_id"] in answer["err_msg"] and "2305" in answer["err_msg"]
     assert await server.ledger_fingerprint() == before
+    # The checker names the state (found from outside: it said nothing of it).
+    assert f"stay {stay}: line X unsettled under its closing settlement" in (
+        await server.check_ledger()
+    )
+    await server.fetch("DELETE FROM fee_lines WHERE mdtrt_id = $1 AND feedetl_sn = 'X'", stay)
+    # A second settlement in force on the stay after its closing one, closing or mid-way.
+    for flag, words in (
+        ("0", f"stay {stay}: 2 closing settlements in force"),
+        ("1", f"stay {stay}: mid-way settlement COPY came into force after its closing"),
+    ):
+        await server.fetch(
+            "INSERT INTO settlements SELECT (jsonb_populate_record(NULL::settlements,"
+            " to_jsonb(s) || jsonb_build_object('setl_id', 'COPY', 'medins_setl_id', 'COPY',"
+            " 'mid_setl_flag', $2::text, 'in_force_seq', nextval('settlement_event_seq')))).*"
+            " FROM settlements s WHERE setl_id = $1",
+            final["setl_id"],
+            flag,
+        )
+        found = await server.check_ledger()
+        await server.fetch("DELETE FROM settlement_events WHERE setl_id = 'COPY'")
+        await server.fetch("DELETE FROM settlements WHERE setl_id = 'COPY'")
+        assert any(problem.startswith(words) for problem in found), found
 
 
 async def test_a_stay_whose_mid_way_settlement_was_cancelled_settles_whole_again(
     server: Server,
 ) -> None:
     """The way the refusal above points: one closing settlement of every line."""
-    his = server.client(HOSPITAL)
-    psn = await _person(server, RESIDENT)
-    stay = await _admission(his, psn, "390")
-    first = his.fee_rows(stay, psn, [_line("1", "500.00", "ZL0003")], FEE_TIME, "")
-    await his.ok("2301", {"feedetail": first})
-    mid_way = his.settle_data(psn, stay, "21", "500.00", "390", "0", mid_setl_flag="1")
-    mid = (await his.ok("2304", mid_way))["setlinfo"]
-    second = his.fee_rows(stay, psn, [_line("2", "1000.00", "ZL0003")], FEE_TIME, "")
-    await his.ok("2301", {"feedetail": second})
-    await his.ok("2402", _discharge(stay, psn))
-    closing = his.settle_data(psn, stay, "21", "1000.00", "390", "0", mid_setl_flag="0")
-    final = (await his.ok("2304", closing))["setlinfo"]
-    closing_cancelled = await _cancel(his, "2305", psn, stay, final["setl_id"])
+    his, psn, stay, mid, closing_cancelled = await _both_cancelled(server)
     await _cancel(his, "2305", psn, stay, mid["setl_id"])
     whole = his.settle_data(psn, stay, "21", "1500.00", "390", "0", mid_setl_flag="0")
     again = (await his.ok("2304", whole))["setlinfo"]

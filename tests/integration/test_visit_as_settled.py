@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.conftest import Server
 from tests.integration.his_client import HisClient
+from tests.integration.parity_helpers import line
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +28,7 @@ DAY = "2026-06-09"
 
 
 def _line(sn: str) -> dict[str, Any]:
-    return {
-        "feedetl_sn": sn,
-        "medins_list_codg": "YP0003",
-        "pric": "45.5",
-        "cnt": "1",
-        "det_item_fee_sumamt": "45.50",
-    }
+    return line(sn, "YP0003", "45.5", 1)
 
 
 async def _settled_visit(
