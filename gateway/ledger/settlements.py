@@ -901,12 +901,7 @@ async def _not_under_the_closing_one(conn: asyncpg.Connection, mdtrt_id: str, se
 
 async def final_of(conn: asyncpg.Connection, mdtrt_id: str) -> str | None:
     """The setl_id of the visit's closing (not mid-way) settlement in force, if any."""
-    found = await conn.fetchval(
-        "SELECT setl_id FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
-        " AND mid_setl_flag = '0' ORDER BY setl_time DESC, setl_id DESC LIMIT 1",
-        mdtrt_id,
-    )
-    return None if found is None else str(found)
+    return (await finals_of(conn, [mdtrt_id])).get(mdtrt_id)
 
 
 async def finals_of(conn: asyncpg.Connection, mdtrt_ids: Sequence[str]) -> dict[str, str]:
