@@ -29,6 +29,7 @@ import asyncpg
 import msgspec
 
 from gateway.core.catalog import Snapshot
+from gateway.core.eligibility import CATEGORY_OF
 from gateway.core.model import (
     Accumulators,
     Category,
@@ -826,8 +827,9 @@ def _visit_as_settled(
     2203 correcting the visit to ordinary (11) with another disease, then 2601 of the 2208 put
     the chronic settlement back in force at 90%. `dise_codg` None: a settlement from before the
     ledger kept it, judged by med_type alone."""
+    chronic = CATEGORY_OF.get(med_type) is Category.CHRONIC  # an ordinary one's prices nothing
     changed = enc.med_type != med_type or (
-        dise_codg is not None and (enc.dise_codg or "") != dise_codg
+        chronic and dise_codg is not None and (enc.dise_codg or "") != dise_codg
     )
     if changed:
         raise Conflict(

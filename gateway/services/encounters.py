@@ -198,11 +198,13 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
                 "时间有误的，请撤销挂号（2202）后重新挂号"
             )
         if visit.settled_batches and (
-            a.med_type != enc.med_type or a.dise_codg != (enc.dise_codg or "")
+            a.med_type != enc.med_type
+            or (category is eligibility.CHRONIC and a.dise_codg != (enc.dise_codg or ""))
         ):
             # As a stay's med_type (2403) changes only while nothing on it is settled. Found
             # from outside: a visit's chronic settlement stood in force at 90% after its 2203
-            # made the visit ordinary (11) with another disease.
+            # made the visit ordinary (11) with another disease. An ordinary visit's dise_codg
+            # prices nothing (HIS fill it from the main ICD diagnosis, which may be corrected).
             raise Conflict(
                 f"就诊ID{a.mdtrt_id}已有结算（收费批次{'、'.join(sorted(visit.settled_batches))}），"
                 f"不能更改医疗类别或病种（现为医疗类别{enc.med_type}"

@@ -82,6 +82,25 @@ async def test_a_visits_med_type_and_disease_stand_while_a_settlement_of_it_does
     assert await server.check_ledger() == []
 
 
+async def test_an_ordinary_visits_diagnosis_code_may_be_corrected_after_it_settled(
+    server: Server,
+) -> None:
+    """An ordinary visit's dise_codg prices nothing; HIS fill it from the main ICD diagnosis,
+    which a doctor may correct after the bill is settled (found from outside: refused)."""
+    his = server.client(HOSPITAL)
+    info = await _settled_visit(his, EMPLOYEE, "VS-3", "11", "J06.900")
+    mdtrt_id = info["mdtrt_id"]
+    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{DAY} 09:00:00", "J20.900")
+    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{DAY} 09:00:00", "")
+    chronic = his.visit_info_input(mdtrt_id, EMPLOYEE, "14", f"{DAY} 09:00:00", "M07800")
+    assert (await his.call("2203", chronic))["infcode"] == -1  # its med_type stands
+    # Cancelled and put back: the diagnosis code it was settled under is not asked for.
+    cancelled = await _cancel(his, info, EMPLOYEE)
+    await his.visit_info(mdtrt_id, EMPLOYEE, "11", f"{DAY} 09:00:00", "J20.900")
+    await his.ok("2601", _reverse(EMPLOYEE, cancelled))
+    assert await server.check_ledger() == []
+
+
 async def test_a_batch_given_lines_since_its_cancellation_is_not_put_back(server: Server) -> None:
     his = server.client(HOSPITAL)
     info = await _settled_visit(his, EMPLOYEE, "VS-2", "11", "")
