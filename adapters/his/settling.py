@@ -53,6 +53,14 @@ def asked_of(req: Request, kind: Kind) -> VisitAsk:
     """A 2206/2207/2303/2304 as the settlement build reads it; refuses what cannot be one."""
     data = decode_input(req, In2206).data
     if data is None:
+        if b'"mdtrtinfo"' in req.input:
+            # Guangzhou's pilot 2206/2207 (IBORN RequestGzsiModel2206/2207): another shape,
+            # refused (docs/protocol.md), in words that say which (found from outside: told only
+            # that data was missing).
+            raise BadRequest(
+                "缺少输入节点data：结算类交易按国家接口的data节点发送，广州试点报文的mdtrtinfo"
+                "节点格式不受支持"
+            )
         raise BadRequest("缺少输入节点data")
     mid_setl_flag = flag(data.mid_setl_flag, "data.mid_setl_flag")
     declared = declared_of(data)

@@ -75,7 +75,10 @@ LENGTHS: dict[str, int] = {
     "adm_bed": 30,
     "adm_diag_dscr": 200,
     "coner_name": 50,
-    "caty": 6,
+    # 科别 is a 6-character code, but binzhe's HIS fills it with the department's name
+    # (SYBController.GH2201: `caty = department.name`; found from outside: "中医内科门诊部"
+    # refused its registration); the settlement reads none of it: the department name's room.
+    "caty": 100,
     "med_type": 6,
     "dise_codg": 30,
     "dise_name": 500,

@@ -550,10 +550,17 @@ def _replayed(req: Request, stored: idempotency.Stored, body_hash: bytes) -> Out
     return Outcome(
         idempotency.replay(stored, body_hash, req.msgid, settling(req.infno)),
         req.infno,
-        Result.REPLAYED,
+        replay_result(stored),
         req.msgid,
         req.fixmedins_code,
     )
+
+
+def replay_result(stored: idempotency.Stored) -> Result:
+    """What answering from the journal is, for the metrics and the access log: a replay, but
+    for a 2601's tombstone, which refuses a late original the client is sending for the first
+    time (found from outside: logged and counted as a replay)."""
+    return Result.REJECTED if stored.tombstone else Result.REPLAYED
 
 
 async def _earlier_answer(
@@ -694,7 +701,7 @@ async def _journaled(
             return Outcome(
                 idempotency.replay(stored, body_hash, msgid, settling(req.infno)),
                 req.infno,
-                Result.REPLAYED,
+                replay_result(stored),
                 msgid,
                 code,
             )
@@ -708,7 +715,7 @@ async def _journaled(
                 return Outcome(
                     idempotency.replay(earlier, body_hash, msgid, settling(req.infno)),
                     req.infno,
-                    Result.REPLAYED,
+                    replay_result(earlier),
                     msgid,
                     code,
                 )

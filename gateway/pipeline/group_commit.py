@@ -283,5 +283,5 @@ async def _replay(conn: asyncpg.Connection, item: _Item) -> dispatch.Outcome | N
         return None
     body = idempotency.replay(stored, item.body_hash, req.msgid, dispatch.settling(req.infno))
     return dispatch.Outcome(
-        body, req.infno, dispatch.Result.REPLAYED, req.msgid, req.fixmedins_code
+        body, req.infno, dispatch.replay_result(stored), req.msgid, req.fixmedins_code
     )

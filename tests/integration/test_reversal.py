@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -189,6 +190,7 @@ async def test_unknown_original_gets_a_tombstone_and_is_refused_late(server: Ser
         "2204", {"feedetail": his.fee_rows(mdtrt_id, EMPLOYEE, lines, "2026-07-04 09:10:00", "B1")}
     )
     before = await server.ledger_fingerprint()
+    counted = await _replays_and_refusals(server)
     late = msgspec.json.encode(
         his.envelope(
             "2207",
@@ -202,6 +204,24 @@ async def test_unknown_original_gets_a_tombstone_and_is_refused_late(server: Ser
     assert await server.ledger_fingerprint() == before
     _, again = await his.post_raw(late)
     assert again == first
+    # Refusals both, not replays: the client sent this original for the first time (found from
+    # outside: logged and counted as a replay).
+    replays, refusals = await _replays_and_refusals(server)
+    assert (replays, refusals) == (counted[0], counted[1] + 2)
+
+
+async def _replays_and_refusals(server: Server) -> tuple[float, float]:
+    """sgw_replays_total and the 2207 refusals counted so far."""
+    async with server.session.get(server.url + "/metrics") as r:
+        text = await r.text()
+    replays = re.search(r"^sgw_replays_total (\S+)$", text, re.M)
+    refused = re.search(
+        r'^sgw_requests_total\{infno="2207",outcome="rejected"\} (\S+)$', text, re.M
+    )
+    return (
+        float(replays.group(1)) if replays else 0.0,
+        float(refused.group(1)) if refused else 0.0,
+    )
 
 
 async def test_another_institution_cannot_reverse(server: Server) -> None:
