@@ -862,6 +862,18 @@ async def _no_mid_way_undone_since(
         )
 
 
+async def visit_cancelled_by(
+    conn: asyncpg.Connection, fixmedins_code: str, cancel_msgid: str
+) -> str | None:
+    """The visit of the settlement the institution's message `cancel_msgid` cancelled, if any."""
+    found: str | None = await conn.fetchval(
+        "SELECT mdtrt_id FROM settlements WHERE fixmedins_code = $1 AND cancel_msgid = $2",
+        fixmedins_code,
+        cancel_msgid,
+    )
+    return found
+
+
 async def paid(conn: asyncpg.Connection, setl_id: str) -> tuple[int, int]:
     """Reads a settlement's medfee_sumamt and psn_cash_pay."""
     row = await conn.fetchrow(

@@ -121,6 +121,8 @@ async def cancel(
         # at replay, under an id the till never saw (found from outside: told to cancel by the
         # replayed setl_id, the till was then told that 就诊ID did not match it).
         a = msgspec.structs.replace(a, mdtrt_id=await settlements.visit_of(conn, a.setl_id))
+    if kind is Kind.INPATIENT:
+        await no_claim_waiting(conn, a.mdtrt_id, "撤销该住院的结算")
     if await legacy_settlements.in_force(
         conn, fixmedins_code=origin.fixmedins_code, setl_id=a.setl_id, mdtrt_id=a.mdtrt_id
     ):
@@ -144,6 +146,20 @@ async def cancel(
         replayed=claim,
         year_after=await persons.year_accumulators(conn, rec.person.psn_no, year),
     )
+
+
+async def no_claim_waiting(conn: asyncpg.Connection, mdtrt_id: str, doing: str) -> None:
+    """Nothing is undone or put back on a visit while a deferred claim holds its lines (pending,
+    or failed at replay): the claim was taken over the visit as it stood, and replay settles
+    exactly its lines. Found from outside: a stay's mid-way settlement cancelled under its
+    closing claim left a line unsettled under the closing settlement replay made; a cancelled
+    one put back (2601 of its 2305) took a line the claim held, and replay failed."""
+    for claim in await deferred.pending_on_visits(conn, [mdtrt_id]):
+        if claim.elsewhere_lines is None:
+            raise Conflict(
+                f"该就诊有应急预案暂存结算{claim.claim_id}尚未补结算，暂不能{doing}：请待补结算"
+                "后再办理，或先撤销该暂存结算"
+            )
 
 
 def as_paid_at_counter(rec: Record, claim: Replayed) -> Record:

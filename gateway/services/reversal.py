@@ -139,6 +139,8 @@ async def _undo_settlement(
         raise Conflict(cancellation.CANCEL_REFUSED_MSG)
     kind = original.kind
     assert kind is not None
+    if kind is Kind.INPATIENT:
+        await cancellation.no_claim_waiting(conn, row.mdtrt_id, "冲正该住院的结算")
     try:
         rec, balance = await settlements.cancel(
             conn,
@@ -200,6 +202,10 @@ async def _undo_cancellation(
     settlements_deferred: bool,
 ) -> None:
     assert kind is not None  # every cancellation names the kind of visit it cancels
+    if kind is not Kind.PHARMACY and not settlements_deferred:
+        mdtrt_id = await settlements.visit_cancelled_by(conn, code, omsgid)
+        if mdtrt_id is not None:
+            await cancellation.no_claim_waiting(conn, mdtrt_id, "冲正恢复原结算")
     setl_id = await settlements.reinstate(
         conn,
         now=now,

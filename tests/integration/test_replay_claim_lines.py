@@ -267,6 +267,60 @@ async def test_a_stays_closing_claim_takes_no_line_after_it(
         assert await srv.check_ledger() == []
 
 
+async def test_nothing_of_a_stay_is_undone_or_put_back_under_its_closing_claim(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a stay's mid-way settlement cancelled (2305, or 2601 of its 2304)
+    while its closing claim waited left its line unsettled under the closing settlement replay
+    made; a mid-way settlement cancelled before the claim and put back (2601 of its 2305) took a
+    line the claim held, and replay failed. Both refused naming the claim."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        for undo_first in (False, True):
+            mdtrt_id = (await his.ok("2401", {**_admission(), "mdtrtinfo": {
+                **_admission()["mdtrtinfo"], "ipt_no": f"ZY-CL-U{int(undo_first)}"}}))[
+                "result"]["mdtrt_id"]  # fmt: skip
+            await his.ok("2301", _upload(mdtrt_id, BEFORE[:1], "2025-07-02 10:00:00"))
+            mid_msgid = his.msgid()
+            mid = (
+                await his.ok(
+                    "2304", _stay_settlement(his, mdtrt_id, total(BEFORE[:1]), "1"), msgid=mid_msgid
+                )
+            )["setlinfo"]
+            keys = {"data": {"setl_id": mid["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": RETIREE}}
+            cancel_msgid = his.msgid()
+            if undo_first:
+                await his.ok("2305", keys, msgid=cancel_msgid)
+            await his.ok("2301", _upload(mdtrt_id, BEFORE[1:], "2025-07-03 10:00:00"))
+            await his.ok("2402", _discharge(mdtrt_id))
+            claimed = BEFORE if undo_first else BEFORE[1:]
+            closing = _stay_settlement(his, mdtrt_id, total(claimed), "0")
+            claim_id = (await _deferred_claim(srv, his, closing))["setl_id"]
+            await clear_rule(srv.dsn, "region:441800", "settlement")
+            assert srv.app is not None
+            await srv.app[GATEWAY].reload_plan(force=True)
+            before = await srv.ledger_fingerprint()
+            undos = (
+                [("2601", {"data": {"psn_no": RETIREE, "omsgid": cancel_msgid, "oinfno": "2305"}})]
+                if undo_first
+                else [
+                    ("2305", keys),
+                    ("2601", {"data": {"psn_no": RETIREE, "omsgid": mid_msgid, "oinfno": "2304"}}),
+                ]
+            )
+            for infno, undo in undos:
+                answer = await his.call(infno, undo)
+                assert answer["infcode"] == -1, (infno, answer)
+                assert claim_id in answer["err_msg"], (infno, answer)
+            assert await srv.ledger_fingerprint() == before
+            _replayed(srv.dsn, settled=1)
+            waiting = await srv.fetchval(
+                "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
+            )
+            assert waiting == 0
+            assert await srv.check_ledger() == []
+
+
 async def test_a_claim_replay_could_not_settle_holds_its_lines_until_withdrawn(
     new_database: Callable[..., Any],
 ) -> None:
