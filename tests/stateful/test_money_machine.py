@@ -345,6 +345,19 @@ class MoneyMachine(RuleBasedStateMachine):
             return "lines changed"
         if any(sn in s.stay.settled_by for sn in s.sns):
             return "lines settled again"
+        # A batch is settled once, whole; a stay's closing settlement ends it: neither stands
+        # again over lines uploaded since (docs/reliability.md, "Undo and dates").
+        if (s.stay.kind == "outpatient" or s.final) and any(
+            ln.feedetl_sn not in s.sns for ln in s.stay.unsettled()
+        ):
+            return "lines since"
+        if s.final and any(
+            other.stay is s.stay
+            and other.status == "cancelled"
+            and other.cancelled_at > s.cancelled_at
+            for other in self.setls
+        ):
+            return "mid-way cancelled since"
         for other in self.setls:
             if (
                 other.status == "settled"
