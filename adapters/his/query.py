@@ -82,6 +82,9 @@ async def fee_detail(call: Call) -> Answer:
     snapshot = call.gw.snapshot
     code = call.req.fixmedins_code
     on = rec.service_date or call.now.date()
+    # Under the 就诊ID the counter was given, as 5203 shows it (found from outside: a replayed
+    # pharmacy claim's lines carried the visit replay made, which the till never saw).
+    mdtrt_id = (replayed.counter_visit if replayed is not None else "") or rec.mdtrt_id
     rows = []
     for ln in lines:
         sp = ln.split
@@ -89,7 +92,7 @@ async def fee_detail(call: Call) -> Answer:
         entry = snapshot.entry(sp.med_list_codg, on) if sp.med_list_codg else None
         rows.append(
             {
-                "mdtrt_id": rec.mdtrt_id,
+                "mdtrt_id": mdtrt_id,
                 "setl_id": rec.setl_id,
                 "med_type": rec.med_type,
                 "fee_ocur_time": moment(ln.fee_ocur_time),

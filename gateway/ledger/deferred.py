@@ -647,7 +647,9 @@ async def claims(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             "fixmedins_code": r["fixmedins_code"],
             "msgid": r["msgid"],
             "infno": r["infno"],
-            "mdtrt_id": r["mdtrt_id"],
+            # As the counter was answered (a pharmacy claim's own number: found from outside,
+            # listed empty as the docs say it is not).
+            "mdtrt_id": visit_of_claim(r["mdtrt_id"], r["claim_id"]),
             "visit_id": r["visit_id"],
             "psn_no": r["psn_no"],
             "service_date": (r["visit_day"] or r["service_date"]).isoformat(),

@@ -190,19 +190,25 @@ async def why_not_counted(
             int(r["acct_pay"]),
         )
     for r in await conn.fetch(
-        "SELECT claim_id, status, setl_id FROM deferred WHERE kind = 'claim'"
-        " AND fixmedins_code = $1 AND claim_id = ANY($2::text[])",
+        "SELECT d.claim_id, d.status, d.setl_id, s.status AS replayed_status FROM deferred d"
+        " LEFT JOIN settlements s ON s.setl_id = d.setl_id WHERE d.kind = 'claim'"
+        " AND d.fixmedins_code = $1 AND d.claim_id = ANY($2::text[])",
         p.fixmedins_code,
         list(setl_ids),
     ):
-        replayed = (
-            f"；已补结算为{r['setl_id']}，基金支付部分由经办机构报销给参保人"
-            if r["status"] == "settled"
-            else ""
-        )
+        # What became of it, as 5203 tells it (found from outside: a withdrawn claim's row said
+        # the patient had paid in cash, a replayed-then-cancelled one that the agency pays).
+        if r["status"] == "withdrawn":
+            since = "，已撤销，现金已全额退还"
+        elif r["status"] == "settled" and r["replayed_status"] == "cancelled":
+            since = f"；已补结算为{r['setl_id']}，该结算已撤销，现金已全额退还，报销款已取消"
+        elif r["status"] == "settled":
+            since = f"；已补结算为{r['setl_id']}，基金支付部分由经办机构报销给参保人"
+        else:
+            since = "，参保人已现金全额支付"
         why[r["claim_id"]] = Uncounted(
-            f"{r['claim_id']}是应急期间的暂存结算（主动报）号，参保人已现金全额支付，"
-            f"不是医药机构的医保结算，不计入对账{replayed}"
+            f"{r['claim_id']}是应急期间的暂存结算（主动报）号，不是医药机构的医保结算，"
+            f"不计入对账{since}"
         )
     return why
 

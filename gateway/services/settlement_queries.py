@@ -80,6 +80,16 @@ async def settlement_info(
         elsewhere,
         lambda c: deferred.claim_named(c, fixmedins_code, a.setl_id, a.mdtrt_id),
     )
+    if claim is None and a.setl_id and a.mdtrt_id:
+        # The settlement replay made, with the 就诊ID the claim's answer gave (a pharmacy
+        # claim's own number; found from outside: 5204 of that pair was "not corresponding").
+        by_visit = await here_or_elsewhere(
+            conn,
+            elsewhere,
+            lambda c: deferred.claim_named(c, fixmedins_code, "", a.mdtrt_id),
+        )
+        if by_visit is not None and by_visit["setl_id"] == a.setl_id:
+            claim = by_visit
     if claim is None:
         if (a.mdtrt_id or a.psn_no) and a.setl_id:
             alone: list[Record] = await here_or_elsewhere(

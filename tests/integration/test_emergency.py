@@ -40,6 +40,7 @@ from tests.integration.emergency_helpers import (
     yuan,
 )
 from tests.integration.his_client import HisClient, amount_text, decode
+from tests.integration.test_reconciliation import _detail_compared
 
 EMPLOYEE = "441800000000000003"
 WORKER = "441800000000000001"
@@ -559,6 +560,12 @@ async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Se
     assert summary["failed"] == []
     states = {r["setl_id"] for r in await server.fetch("SELECT setl_id FROM deferred WHERE claim_id = ANY($1) AND status = 'settled'", [claim["setl_id"], bought["setl_id"]])}  # fmt: skip
     assert len(states) == 2
+    # Listed under the 就诊ID each counter was answered (found from outside: a pharmacy
+    # claim's was empty), its visit beside it.
+    listed = [json.loads(x) for x in cli("deferred", "list", "--json", "--database-url", server.dsn).stdout.splitlines()]  # fmt: skip
+    by_claim = {r["claim_id"]: r for r in listed}
+    assert by_claim[bought["setl_id"]]["mdtrt_id"] == bought["mdtrt_id"] == bought["setl_id"]
+    assert by_claim[claim["setl_id"]]["mdtrt_id"] == mdtrt_id
     # The pharmacy's day: a till that booked its DF answer declares one sale the centre does
     # not count, and is told that is why (found from outside: told only "see 3202").
     today = dt.date.today().isoformat()
@@ -601,9 +608,24 @@ async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Se
         "2103", {"data": {"setl_id": real, "mdtrt_id": bought["setl_id"], "psn_no": person}}
     )
     # Under the 就诊ID the till was given, the claim's number (found from outside: answered
-    # the visit replay made, which the till never saw).
+    # the visit replay made, which the till never saw), and asked by it with the real setl_id.
     for answer in (queried, cancelled):
         assert answer["setlinfo"]["mdtrt_id"] == bought["mdtrt_id"] == bought["setl_id"], answer
+    pair = {"data": {"setl_id": real, "mdtrt_id": bought["setl_id"], "psn_no": person}}
+    listed = await pos.call("5204", pair)
+    assert listed["infcode"] == 0, listed["err_msg"]
+    lines = listed["output"]  # 5204's output is the list itself
+    assert lines and all(row["mdtrt_id"] == bought["setl_id"] for row in lines), lines
+    # The detail file's row of the claim's number says what became of it (found from outside:
+    # "the agency reimburses the fund's share" of a settlement cancelled, its cash refunded).
+    row = {"setl_id": bought["setl_id"], "mdtrt_id": bought["setl_id"], "psn_no": person,
+           "medfee_sumamt": bought["medfee_sumamt"], "fund_pay_sumamt": "0.00",
+           "acct_pay": "0.00", "psn_cash_pay": bought["medfee_sumamt"]}  # fmt: skip
+    _, detail = await _detail_compared(
+        server, [row], [row], institution="P33030000001", clr_type="41", setl_optins="330300"
+    )
+    (told,) = detail
+    assert "已撤销" in told["memo"] and "报销给参保人" not in told["memo"], told
     refunded = await pos.ok("3201", {"data": {**period, "medfee_sumamt": bought["medfee_sumamt"],
                                               "fund_pay_sumamt": "0.00", "acct_pay": "0.00",
                                               "fixmedins_setl_cnt": "1"}})  # fmt: skip
