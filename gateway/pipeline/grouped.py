@@ -118,6 +118,9 @@ class Job:
     # A job that reads its visit's settled batches without settling (an outpatient fee upload,
     # which a settled batch refuses); a settlement reads them anyway.
     reads_batches: bool = False
+    # A job that reads the deferred claims holding its visit's lines without settling (a
+    # visit's information, which does not change under one); a settlement reads them anyway.
+    reads_claims: bool = False
 
 
 class Batches(Protocol):

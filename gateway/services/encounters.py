@@ -197,10 +197,19 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
                 f"{enc.begntime:%Y-%m-%d %H:%M:%S}，请核对就诊时间（不能早于挂号当日）；挂号"
                 "时间有误的，请撤销挂号（2202）后重新挂号"
             )
-        if visit.settled_batches and (
-            a.med_type != enc.med_type
-            or (category is eligibility.CHRONIC and a.dise_codg != (enc.dise_codg or ""))
-        ):
+        changes = a.med_type != enc.med_type or (
+            category is eligibility.CHRONIC and a.dise_codg != (enc.dise_codg or "")
+        )
+        claim = next((c.claim_id for c in visit.claimed if not c.elsewhere), None)
+        if changes and claim is not None:
+            # A claim is settled at replay under the visit as it was taken (found from outside:
+            # a 2203 changing the med_type under a pending claim was taken, and the claim failed
+            # at replay, the patient's cash paid under it).
+            raise Conflict(
+                f"就诊ID{a.mdtrt_id}有应急预案暂存结算{claim}待补结算，不能更改医疗类别或病种："
+                "请待补结算后再更改，或先撤销该暂存结算"
+            )
+        if visit.settled_batches and changes:
             # As a stay's med_type (2403) changes only while nothing on it is settled. Found
             # from outside: a visit's chronic settlement stood in force at 90% after its 2203
             # made the visit ordinary (11) with another disease. An ordinary visit's dise_codg
@@ -228,6 +237,7 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
         settles=False,
         draws=False,
         reads_batches=True,
+        reads_claims=True,
     )
 
 

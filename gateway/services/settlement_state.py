@@ -59,6 +59,11 @@ class Locked:
         # before, a claim of the same bill settled while this waited for the person was not
         # seen, and the funds paid the bill twice (found from outside).
         await _note_reimbursed(conn, visits, {j.mdtrt_id for j in jobs if j.settles})
+        await _note_claims(
+            conn,
+            visits,
+            {j.mdtrt_id for j in jobs if j.mdtrt_id and j.reads_claims and not j.settles},
+        )
         await _other_stays(conn, visits)
         year_of = {id(j): _year(j, visits) for j in jobs}
         keys = sorted({(j.psn_no, year_of[id(j)]) for j in jobs if j.settles})
@@ -251,6 +256,19 @@ async def _closings(
     nothing for it)."""
     stays = [m for m in ids if found[m].kind == "inpatient"]
     return await settlements.finals_of(conn, stays) if stays else {}
+
+
+async def _note_claims(
+    conn: asyncpg.Connection, visits: dict[str, VisitHeld], reading: set[str]
+) -> None:
+    """The deferred claims holding the lines of the visits a job reads them for (a settling
+    visit has them already); one query, only for a batch that holds such a job."""
+    ids = sorted(m for m in reading if m in visits)
+    if not ids:
+        return
+    pending = await deferred.pending_on_visits(conn, ids)
+    for m in ids:
+        visits[m].claimed = _held(pending, m, visits[m].encounter.fixmedins_code)
 
 
 async def _note_reimbursed(

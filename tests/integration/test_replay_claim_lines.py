@@ -321,6 +321,37 @@ async def test_nothing_of_a_stay_is_undone_or_put_back_under_its_closing_claim(
             assert await srv.check_ledger() == []
 
 
+async def test_a_visits_med_type_stands_while_a_claim_holds_its_lines(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a 2203 changing a visit's med_type (11 to 14) while its 2207 waited
+    as a claim was taken, and the claim failed at replay, the patient's cash paid under it."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        day = "2025-07-08 09:00:00"
+        mdtrt_id = await his.register(RETIREE, "310", day, "MZ-CL-MT")
+        await his.visit_info(mdtrt_id, RETIREE, "11", day)
+        rows = his.fee_rows(mdtrt_id, RETIREE, OUTPATIENT_LINES, "2025-07-08 09:10:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        data = his.settle_data(
+            RETIREE, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+        )
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+        async def deferring() -> bool:
+            return "应急预案" in ((await his.call("2206", data))["warn_msg"] or "")
+
+        await until(deferring)
+        claim_id = (await his.ok("2207", data))["setlinfo"]["setl_id"]
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        chronic = his.visit_info_input(mdtrt_id, RETIREE, "14", day, "M07800")
+        refused = await his.call("2203", chronic)
+        assert refused["infcode"] == -1 and claim_id in refused["err_msg"], refused
+        await his.visit_info(mdtrt_id, RETIREE, "11", day)  # sent again as it was: taken
+        _replayed(srv.dsn, settled=1)
+        assert (await his.call("2203", chronic))["infcode"] == -1  # now under its settlement
+
+
 async def test_a_claim_replay_could_not_settle_holds_its_lines_until_withdrawn(
     new_database: Callable[..., Any],
 ) -> None:
