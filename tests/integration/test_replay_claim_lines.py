@@ -176,6 +176,16 @@ async def _deferred_claim(srv: Server, his: HisClient, settlement: dict[str, Any
     return (await his.ok("2304", settlement))["setlinfo"]
 
 
+async def _replayed_whole(srv: Server, mdtrt_id: str) -> None:
+    """Replay settled the one claim, every line of the stay is settled, the ledger balances."""
+    _replayed(srv.dsn, settled=1)
+    waiting = await srv.fetchval(
+        "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
+    )
+    assert waiting == 0
+    assert await srv.check_ledger() == []
+
+
 async def _closing_claim(srv: Server) -> tuple[HisClient, str, dict[str, Any], str]:
     """A stay admitted, charged (BEFORE), discharged and its closing 2304 deferred as a claim:
     the client, the stay, the 2304's input and the claim's number."""
@@ -259,12 +269,7 @@ async def test_a_stays_closing_claim_takes_no_line_after_it(
         assert late["infcode"] == -1, late
         assert claim_id in late["err_msg"] and "2305" in late["err_msg"], late
         await clear_rule(srv.dsn, "region:441800", "settlement")
-        _replayed(srv.dsn, settled=1)
-        waiting = await srv.fetchval(
-            "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
-        )
-        assert waiting == 0
-        assert await srv.check_ledger() == []
+        await _replayed_whole(srv, mdtrt_id)
 
 
 async def test_nothing_of_a_stay_is_undone_or_put_back_under_its_closing_claim(
@@ -313,12 +318,7 @@ async def test_nothing_of_a_stay_is_undone_or_put_back_under_its_closing_claim(
                 assert answer["infcode"] == -1, (infno, answer)
                 assert claim_id in answer["err_msg"], (infno, answer)
             assert await srv.ledger_fingerprint() == before
-            _replayed(srv.dsn, settled=1)
-            waiting = await srv.fetchval(
-                "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
-            )
-            assert waiting == 0
-            assert await srv.check_ledger() == []
+            await _replayed_whole(srv, mdtrt_id)
 
 
 async def test_a_visits_med_type_stands_while_a_claim_holds_its_lines(
