@@ -164,7 +164,7 @@ def plan_show(args: argparse.Namespace) -> int:
 
 def plan_set(args: argparse.Namespace) -> int:
     async def work(conn: asyncpg.Connection) -> int:
-        store.check_routable(args.action, load_config(Path(args.config)).legacy.url)
+        store.check_routable(args.action, load_config(Path(args.config)).legacy.url, args.klass)
         version = await store.set_rule(
             conn,
             scope=args.scope,
@@ -467,8 +467,13 @@ def deferred_list(args: argparse.Namespace) -> int:
                 print(json.dumps(r, ensure_ascii=False))
             return 0
         if not rows:
-            # Found from outside: an empty list printed nothing, as if the command had not run.
-            print("没有暂存的就诊调用" if args.calls else "没有暂存的结算（主动报）")
+            # Found from outside: an empty list printed nothing, as if the command had not run;
+            # and with a --status filter it said there were none at all.
+            if args.status:
+                what = "暂存就诊调用" if args.calls else "暂存结算（主动报）"
+                print(f"没有状态为{args.status}的{what}")
+            else:
+                print("没有暂存的就诊调用" if args.calls else "没有暂存的结算（主动报）")
             return 0
         if args.calls:
             for r in rows:

@@ -410,6 +410,10 @@ async def test_demo_load_resets_what_reads_the_ledger_too(new_database: Callable
 
         assert (await listed()).strip() == "没有暂存的结算（主动报）"
         assert (await listed("--calls")).strip() == "没有暂存的就诊调用"
+        # Filtered, it says of which (found from outside: "none at all" with settled ones there).
+        assert (
+            await listed("--status", "failed")
+        ).strip() == "没有状态为failed的暂存结算（主动报）"
         assert await listed("--json") == ""
         # The plan is the emergency team's, not the ledger's: a reload keeps it and its trail.
         assert await server.fetchval("SELECT count(*) FROM audit_log") >= 2

@@ -43,6 +43,15 @@ def test_the_other_actions_need_no_old_system(action: str) -> None:
     store.check_routable(action, "")
 
 
+def test_an_action_its_class_cannot_take_is_told_so_before_the_address() -> None:
+    """Found from outside: `shadow` on encounter was sent to configure the old system's address,
+    after which it would still have been refused."""
+    with pytest.raises(BadRequest, match=r"shadow（并行比对）只适用于settlement类交易"):
+        store.check_routable("shadow", "", "encounter")
+    with pytest.raises(BadRequest, match=r"需要原系统地址"):
+        store.check_routable("shadow", "", "settlement")
+
+
 @pytest.mark.parametrize("limit", ["-1", "0", "many"])
 def test_a_limit_below_one_is_refused_in_one_line(
     limit: str, capsys: pytest.CaptureFixture[str]

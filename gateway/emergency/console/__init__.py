@@ -310,7 +310,7 @@ async def set_rule(
 ) -> None:
     """Set a rule as this operator; raises GatewayError with a clerk's message."""
     gw = request.app[GATEWAY]
-    store.check_routable(values.get("action", ""), gw.config.legacy.url)
+    store.check_routable(values.get("action", ""), gw.config.legacy.url, values.get("class", ""))
     async with gw.pool.acquire(timeout=5.0) as conn:
         await store.set_rule(
             conn,

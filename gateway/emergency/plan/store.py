@@ -98,11 +98,20 @@ def _an_address(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def check_routable(action: str, legacy_url: str) -> None:
+def check_routable(action: str, legacy_url: str, klass: str | None = None) -> None:
     """A rule that needs the old system (forwards to it, or has it price in the shadow) needs
     its address (`[legacy] url`): found from outside, one was taken without it and every sale
     of its scope was refused until it was cleared. Checked where the setter has the gateway's
-    configuration (the CLI's `--config`, the console's own)."""
+    configuration (the CLI's `--config`, the console's own). With the rule's `klass`, an action
+    that class cannot take is told so first (found from outside: `shadow` on encounter was sent
+    to configure the old system's address, which would not have made it valid)."""
+    if klass is not None:
+        try:
+            paired = (check_action(action), check_class(klass))
+        except BadRequest:
+            paired = None  # `set_rule` names what is wrong with either
+        if paired is not None:
+            _check_pairing(*paired)
     if action in _NEEDS_LEGACY and not _an_address(legacy_url):
         # Blank or not an address at all is none either (found from outside: "  " and "not a
         # url" were taken, and every request of the scope would then have failed).
