@@ -650,12 +650,7 @@ async def test_a_failed_claim_is_replayed_again_once_its_cause_is_mended(
     outage failed, and nothing but a withdrawal at each counter was left. `deferred retry`
     puts a failed claim back to pending, audited; the next replay settles it, once."""
     async with running_gateway(new_database) as srv:
-        his = srv.client(HOSPITAL)
-        mdtrt_id = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
-        await his.ok("2301", _upload(mdtrt_id, BEFORE, "2025-07-02 10:00:00"))
-        await his.ok("2402", _discharge(mdtrt_id))
-        closing = _stay_settlement(his, mdtrt_id, total(BEFORE), "0")
-        claim_id = (await _deferred_claim(srv, his, closing))["setl_id"]
+        _, _, _, claim_id = await _closing_claim(srv)
         await clear_rule(srv.dsn, "region:441800", "settlement")
         await srv.fetch(
             "UPDATE deferred SET status = 'failed', fail_reason = '演练' WHERE claim_id = $1",

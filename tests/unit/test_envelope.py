@@ -301,29 +301,23 @@ def test_err_msg_is_held_to_its_length_keeping_both_ends(length: int) -> None:
     assert shown == words or "…" in shown
 
 
+def _err_msg(words: str) -> str:
+    answer = encode_response(
+        region="441800", received=dt.datetime.now(), output=None, err_msg=words
+    )
+    shown: str = msgspec.json.decode(answer)["err_msg"]
+    return shown
+
+
 def test_a_control_character_quoted_in_err_msg_is_written_out() -> None:
     """Found from outside: U+202E and an emoji sent in infno came back raw in err_msg, and the
     clerk's screen showed the words reversed. Written out, as a NUL already was."""
     body = '{"infno": "21\u202e😀", "msgid": "M1", "input": {}}'.encode()
-    answer = msgspec.json.decode(
-        encode_response(
-            region="441800",
-            received=dt.datetime.now(),
-            output=None,
-            err_msg=f"交易编号{msgspec.json.decode(body)['infno']}格式错误",
-        )
-    )
-    assert answer["err_msg"] == "交易编号21\\u202e😀格式错误"
+    infno = msgspec.json.decode(body)["infno"]
+    assert _err_msg(f"交易编号{infno}格式错误") == "交易编号21\\u202e😀格式错误"
     for invisible in ("\u200b", "\u2066", "\ufeff", "\x1b"):
-        words = msgspec.json.decode(
-            encode_response(
-                region="441800",
-                received=dt.datetime.now(),
-                output=None,
-                err_msg=f"人员编号{invisible.encode().decode('unicode_escape')}1不存在",
-            )
-        )["err_msg"]
-        assert words.isprintable() and "1不存在" in words, words
+        shown = _err_msg(f"人员编号{invisible}1不存在")
+        assert shown == f"人员编号\\u{ord(invisible):04x}1不存在", shown
 
 
 @pytest.mark.parametrize(
