@@ -12,7 +12,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -22,6 +22,7 @@ from aiohttp.web_urldispatcher import MatchInfoError
 import adapters.his.transactions
 import adapters.pos.pharmacy  # noqa: F401 - registers the pharmacy transactions
 from adapters.national.envelope import NOT_UTF8, REVISIONS, base_infno, encode_response
+from adapters.national.service_paths import SERVICE_PATHS
 from gateway.app import heap
 from gateway.app.appkeys import GATEWAY
 from gateway.app.config import DEFAULT_REFERENCE as DEFAULT_REFERENCE
@@ -381,6 +382,16 @@ async def call_by_path(request: web.Request) -> web.Response:
     return await _answer(request, request.match_info["infno"])
 
 
+def _by_service_path(infno: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """POST to one service's own path (Hebei's shape, adapters.national.service_paths): the
+    path names the transaction, as /hsa/hgs/{infno} does."""
+
+    async def call_by_service_path(request: web.Request) -> web.Response:
+        return await _answer(request, infno)
+
+    return call_by_service_path
+
+
 async def livez(request: web.Request) -> web.Response:
     """The process is alive and its loop turns."""
     return web.json_response({"status": "ok"})
@@ -515,6 +526,8 @@ def build_app(settings: Settings) -> web.Application:
         "/fsi/api/rsfComIfsService/callService", call_service, expect_handler=continue_when_read
     )
     app.router.add_post("/hsa/hgs/{infno}", call_by_path, expect_handler=continue_when_read)
+    for path, infno in SERVICE_PATHS.items():
+        app.router.add_post(path, _by_service_path(infno), expect_handler=continue_when_read)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -532,6 +545,8 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_route(
         "*", "/hsa/hgs/{infno}", not_an_interface, expect_handler=continue_when_read
     )
+    for path in SERVICE_PATHS:
+        app.router.add_route("*", path, not_an_interface, expect_handler=continue_when_read)
     app.router.add_route("*", "/{tail:.*}", not_an_interface, expect_handler=continue_when_read)
     return app
 
@@ -553,7 +568,8 @@ def _wrong_address(request: web.Request, status: int) -> web.Response:
         output=None,
         err_msg=(
             f"接口地址或请求方法错误（{request.method} {path}）：医保交易请以POST发送至"
-            "/fsi/api/rsfComIfsService/callService或/hsa/hgs/{交易编号}"
+            "/fsi/api/rsfComIfsService/callService、/hsa/hgs/{交易编号}或该交易的服务地址"
+            "（如1101：/fsi/api/fsiPsnInfoService/queryPsnInfo）"
         ),
     )
     response = web.Response(body=body, content_type="application/json", status=status)
