@@ -737,7 +737,7 @@ async def reinstate(
     person, balance = await persons.read(conn, psn_no, lock=True)
     row = await conn.fetchrow(
         "SELECT status, cancel_msgid, cancel_seq, year, category, mid_setl_flag, acct_pay,"
-        " act_pay_dedc, delta, lines, adm_dedc_fen, med_type, dise_codg, chrg_bchno"
+        " act_pay_dedc, delta, lines, adm_dedc_fen, med_type, dise_codg, chrg_bchno, service_date"
         " FROM settlements WHERE setl_id = $1 FOR UPDATE",
         setl_id,
     )
@@ -779,7 +779,7 @@ async def reinstate(
         raise Conflict(
             f"原结算{setl_id}的费用明细撤销后已被删除、重新上传或重新结算，费用明细已变更，{_AGAIN}"
         )
-    _visit_as_settled(enc, setl_id, row["med_type"], row["dise_codg"])
+    _visit_as_settled(enc, setl_id, row["med_type"], row["dise_codg"], row["service_date"])
     if row["category"] != Category.PHARMACY.value and (not inpatient or final):
         # An outpatient batch is settled once, whole, and a stay's closing settlement ends it:
         # neither stands again over lines uploaded since (found from outside: 2208, a new line
@@ -820,13 +820,28 @@ async def reinstate(
 
 
 def _visit_as_settled(
-    enc: encounters.Encounter, setl_id: str, med_type: str, dise_codg: str | None
+    enc: encounters.Encounter,
+    setl_id: str,
+    med_type: str,
+    dise_codg: str | None,
+    service_date: dt.date,
 ) -> None:
     """The visit is still what the settlement was made for: its med_type and 病种 (a chronic
     settlement is paid at the chronic ratio for a registered disease). Found from outside: 2208,
     2203 correcting the visit to ordinary (11) with another disease, then 2601 of the 2208 put
     the chronic settlement back in force at 90%. `dise_codg` None: a settlement from before the
-    ledger kept it, judged by med_type alone."""
+    ledger kept it, judged by med_type alone.
+
+    And its service date, which picks the policy version and the year whose caps and
+    deductible pay (settlement-rules §3): found from outside, 2305 of a stay's mid-way
+    settlement, 2403 moving the admission from January 2026 to December 2025, then 2601 of the
+    2305 stood a 2026 settlement on a 2025 stay, whose closing settlement then owed no
+    deductible in 2025 and was paid from two years' funds."""
+    if enc.begntime.date() != service_date:
+        raise Conflict(
+            f"原结算{setl_id}撤销后，就诊的开始时间已更改（原结算按{service_date.isoformat()}"
+            f"结算，现为{enc.begntime.date().isoformat()}），{_AGAIN}"
+        )
     chronic = CATEGORY_OF.get(med_type) is Category.CHRONIC  # an ordinary one's prices nothing
     changed = enc.med_type != med_type or (
         chronic and dise_codg is not None and (enc.dise_codg or "") != dise_codg

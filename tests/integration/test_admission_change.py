@@ -97,6 +97,37 @@ async def test_what_a_settlement_was_made_under_is_not_changed_beneath_it(server
     assert (await _row(server, stay))["dise_codg"] == "J15.9"
 
 
+async def test_a_settlement_cancelled_is_not_put_back_on_a_stay_dated_anew(server: Server) -> None:
+    """Found from outside: 2305 of a stay's mid-way settlement, 2403 moving the admission from
+    January 2026 into December 2025, then 2601 of the 2305 stood a 2026 settlement on a 2025
+    stay; its closing settlement then owed no deductible in 2025 and was paid from two years'
+    funds. The service date picks the policy and the year: a cancellation made before the
+    admission was re-dated is not undone after it."""
+    his = server.client(HOSPITAL)
+    stay = await _stay(his, "ZY-CHG-9")
+    rows = his.fee_rows(stay, PSN, OUTPATIENT_LINES, f"{DAY} 09:00:00", "")
+    await his.ok("2301", {"feedetail": rows})
+    mid = his.settle_data(PSN, stay, "21", "140.00", "310", "0", mid_setl_flag="1")
+    setl_id = (await his.ok("2304", mid))["setlinfo"]["setl_id"]
+    cancel = his.msgid()
+    keys = {"setl_id": setl_id, "mdtrt_id": stay, "psn_no": PSN}
+    await his.ok("2305", {"data": keys}, msgid=cancel)
+    undo = {"data": {"psn_no": PSN, "omsgid": cancel, "oinfno": "2305"}}
+    for moved in ("2025-12-30 08:00:00", f"{DAY[:-2]}02 08:00:00"):  # another year; another day
+        await his.ok("2403", _change(stay, begntime=moved))
+        before = await server.ledger_fingerprint()
+        refused = await his.call("2601", undo)
+        assert refused["infcode"] == -1, refused
+        words = refused["err_msg"]
+        assert "开始时间已更改" in words and DAY in words and moved[:10] in words, words
+        assert await server.ledger_fingerprint() == before
+    # Dated back to its day (another hour of it), the settlement stands again, as it was.
+    await his.ok("2403", _change(stay, begntime=f"{DAY} 06:00:00"))
+    await his.ok("2601", undo)
+    status = await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", setl_id)
+    assert status == "settled"
+
+
 async def test_a_stay_that_cannot_be_changed_is_refused_in_words(server: Server) -> None:
     his = server.client(HOSPITAL)
     stay = await _stay(his, "ZY-CHG-3")

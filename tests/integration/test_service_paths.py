@@ -39,16 +39,14 @@ class ServicePathHis(HisClient):
 
 
 def test_every_service_path_names_a_transaction_the_gateway_serves() -> None:
-    import adapters.his.transactions  # noqa: F401 - registers the transactions
-    import adapters.pos.pharmacy  # noqa: F401
+    # The server's module registers every transaction (the HIS's and the pharmacy's).
+    import gateway.app.server  # noqa: F401
 
     for path, infno in SERVICE_PATHS.items():
         assert path.startswith("/fsi/api/"), path
         assert base_infno(infno) in TRANSACTIONS, (path, infno)
     # The table's two paths for one code are the base and its revision, never two bases.
-    assert len({base for base in map(base_infno, SERVICE_PATHS.values())}) + 3 == len(
-        SERVICE_PATHS
-    )
+    assert len({base for base in map(base_infno, SERVICE_PATHS.values())}) + 3 == len(SERVICE_PATHS)
 
 
 async def test_a_visit_settles_and_is_cancelled_through_its_services_paths(
