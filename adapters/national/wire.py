@@ -228,12 +228,24 @@ _TIME_SHAPES = re.compile(
 
 
 def day(value: Code, name: str) -> dt.date:
-    """A mandatory `yyyy-MM-dd` (a date-time is cut to its date)."""
+    """A mandatory `yyyy-MM-dd`; a date-time in any shape `when` reads is its day in Beijing
+    time. Found from outside: a date cut to its first ten characters kept the written day of
+    "2026-11-30T16:00:00.000+0000" (a Java client's UTC midnight of 1 December), so a 3301
+    mapping took effect a day early and a 3201 counted the day before the one meant, where the
+    same text as a `begntime` was 1 December; and "2026-11-30xyz" was 30 November."""
     s = required(value, name)
+    wrong = f"字段{name}日期格式错误，应为yyyy-MM-dd"
+    if len(s) == 10:
+        try:
+            return dt.date.fromisoformat(s)
+        except ValueError as exc:
+            raise BadRequest(wrong) from exc
     try:
-        return dt.date.fromisoformat(s[:10])
-    except ValueError as exc:
-        raise BadRequest(f"字段{name}日期格式错误，应为yyyy-MM-dd") from exc
+        moment = when(s, name)
+    except BadRequest as exc:
+        raise BadRequest(wrong) from exc
+    assert moment is not None
+    return moment.date()
 
 
 def when_required(value: Code, name: str) -> dt.datetime:

@@ -110,6 +110,24 @@ async def test_a_day_reconciles(server: Server, day: list[dict[str, Any]]) -> No
     assert out["stmtinfo"]["setl_optins"] == "441800"
 
 
+async def test_a_day_sent_as_a_utc_moment_is_that_moments_day(
+    server: Server, day: list[dict[str, Any]]
+) -> None:
+    """Found from outside: a date was its first ten characters, so a Java client's midnight
+    of today in Beijing written in UTC ("…T16:00:00.000+0000" of yesterday) reconciled
+    yesterday. Here the moment is early today in the gateway's zone, written in a zone where
+    it is still yesterday."""
+    his = server.client(HOSPITAL)
+    early = dt.datetime.combine(dt.date.today(), dt.time(0, 30)).astimezone()
+    behind = early.astimezone(dt.timezone(dt.timedelta(hours=-10)))
+    assert behind.date() < early.date()
+    sent = behind.strftime("%Y-%m-%dT%H:%M:%S.000-1000")
+    out = await his.ok("3201", _stmt(day, stmt_begndate=sent, stmt_enddate=sent))
+    assert out["stmtinfo"]["stmt_rslt"] == "0", out["stmtinfo"]["stmt_rslt_dscr"]
+    junk = await his.call("3201", _stmt(day, stmt_begndate=f"{dt.date.today()}xyz"))
+    assert junk["infcode"] == -1 and "stmt_begndate" in junk["err_msg"], junk
+
+
 @pytest.mark.parametrize("count", ["-1", "１", "1_0", "1.0", True])
 async def test_a_settlement_count_that_is_not_one_isrefusal_words(
     server: Server, day: list[dict[str, Any]], count: object

@@ -20,7 +20,7 @@ from adapters.national.envelope import (
     ref_msgid,
     text,
 )
-from adapters.national.wire import In2206, fen, micro, quantity, when
+from adapters.national.wire import In2206, day, fen, micro, quantity, when
 from adapters.pos.pharmacy import In2101, purchase_of
 from gateway.core.money import AmountError, scaled
 from gateway.core.timestamps import as_local
@@ -482,3 +482,33 @@ def test_the_time_shapes_clients_send_are_read() -> None:
     assert when("20261201", "t") == dt.datetime(2026, 12, 1)
     with pytest.raises(BadRequest, match="时间格式错误"):
         when("20261301", "t")
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ("2026-12-01", dt.date(2026, 12, 1)),
+        ("20261201", dt.date(2026, 12, 1)),
+        ("2026-12-01 23:59:59", dt.date(2026, 12, 1)),
+        ("2026-11-30T16:00:00.000+0000", dt.date(2026, 12, 1)),
+        ("2026-11-30T16:00:00Z", dt.date(2026, 12, 1)),
+        ("2026-11-30 23:00:00-01:00", dt.date(2026, 12, 1)),
+        ("2026-12-01T23:59:59+08:00", dt.date(2026, 12, 1)),
+        ("2099-12-31T15:59:59.000+0000", dt.date(2099, 12, 31)),
+    ],
+    ids=["date", "compact", "time", "Java UTC", "Z", "another zone", "Beijing", "open end"],
+)
+def test_a_date_field_is_the_day_of_the_moment_sent_in_beijing_time(
+    beijing: None, sent: str, expected: dt.date
+) -> None:
+    # Found from outside: a date was its first ten characters, so "2026-11-30T16:00:00.000+0000"
+    # (a Java client's UTC midnight of 1 December) was 30 November as a 3301 begndate or a
+    # 3201 stmt_begndate, and 1 December as a begntime.
+    assert day(sent, "begndate") == expected
+    assert day(sent, "begndate") == when(sent, "begntime").date()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("sent", ["2026-11-30xyz", "2026-13-01", "2026/12/01", "", "2026-12-01T"])
+def test_a_date_field_in_no_shape_a_client_sends_is_refused(sent: str) -> None:
+    with pytest.raises(BadRequest, match="begndate"):
+        day(sent, "begndate")
