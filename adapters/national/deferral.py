@@ -194,7 +194,7 @@ def cash_setlinfo(
     facts: ClaimFacts,
     *,
     claim_id: str | None,
-    mdtrt_id: str,
+    mdtrt_id: str | None,
     msgid: str,
     at: dt.datetime,
     balc: int,
@@ -260,7 +260,9 @@ def presettle_output(req: Request) -> dict[str, Any]:
         "setlinfo": cash_setlinfo(
             facts,
             claim_id=None,
-            mdtrt_id=facts.mdtrt_id,
+            # A pharmacy sale has no visit until it settles: null, as its 2101 answers outside
+            # the plan (found from outside: "" under `defer`, null otherwise).
+            mdtrt_id=facts.mdtrt_id or None,
             msgid=req.msgid,
             at=dt.datetime.now(),
             balc=0,

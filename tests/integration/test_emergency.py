@@ -531,6 +531,8 @@ async def test_wenzhou_window_defers_settlement_while_encounters_work(server: Se
         return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
 
     assert await until(deferred) < 2.0
+    # A sale has no visit before it settles: null, as outside the plan (found from outside: "").
+    assert (await pos.ok("2101", drug))["setlinfo"]["mdtrt_id"] is None
     # Registration, visit information and fee uploads go on as normal in the window.
     mdtrt_id = await _visit(his, person, "2026-05-09", "WZ-1")
     assert not mdtrt_id.startswith("PV")
