@@ -77,7 +77,7 @@ def _registering(
 )
 async def register_visit(call: Call) -> Answer:
     a, job = _registering(call.gw, call.req, call.institution, call.now)
-    return Answer(await encounters.register(call.conn, job, a.ipt_otp_no))
+    return Answer(await encounters.register(call.conn, job, call.req.fixmedins_code, a.ipt_otp_no))
 
 
 @register(

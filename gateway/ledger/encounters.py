@@ -151,26 +151,51 @@ async def create(
 ) -> None:
     """Open a visit; the institution's visit number must not be open already."""
     try:
-        await conn.execute(
-            INSERT,
-            mdtrt_id,
-            fixmedins_code,
-            psn_no,
-            insutype,
-            kind,
-            med_type,
-            begntime,
-            ipt_otp_no,
-            dise_codg,
-            dise_name,
-            insuplc_admdvs,
-            detail or {},
-            msgid,
-            selfpay,
-        )
+        # A savepoint: after a clash the transaction still reads the visit that holds the number.
+        async with conn.transaction():
+            await conn.execute(
+                INSERT,
+                mdtrt_id,
+                fixmedins_code,
+                psn_no,
+                insutype,
+                kind,
+                med_type,
+                begntime,
+                ipt_otp_no,
+                dise_codg,
+                dise_name,
+                insuplc_admdvs,
+                detail or {},
+                msgid,
+                selfpay,
+            )
     except asyncpg.UniqueViolationError as exc:
-        label = "住院号" if kind == "inpatient" else "门诊号"
-        raise Conflict(f"{label}{ipt_otp_no}已登记且未撤销，请勿重复登记") from exc
+        raise await number_taken(conn, fixmedins_code, kind, ipt_otp_no) from exc
+
+
+async def number_taken(
+    conn: asyncpg.Connection, fixmedins_code: str, kind: str, ipt_otp_no: str
+) -> Conflict:
+    """The refusal of a visit number already open, naming the visit that holds it (found from
+    outside: a HIS that lost its 2201's answer and registered again under a new msgid was told
+    only that the number was taken, with no 就诊ID to carry on with). The caller's transaction
+    must still be usable: the clash inside a savepoint."""
+    held = await conn.fetchrow(
+        "SELECT mdtrt_id, psn_no FROM encounters WHERE fixmedins_code = $1 AND kind = $2"
+        " AND ipt_otp_no = $3 AND status <> 'cancelled'",
+        fixmedins_code,
+        kind,
+        ipt_otp_no,
+    )
+    label = "住院号" if kind == "inpatient" else "门诊号"
+    undo = "2404" if kind == "inpatient" else "2202"
+    if held is None:  # cancelled since, by a request beside this one
+        return Conflict(f"{label}{ipt_otp_no}已登记且未撤销，请勿重复登记")
+    return Conflict(
+        f"{label}{ipt_otp_no}已登记且未撤销（就诊ID{held['mdtrt_id']}，人员编号{held['psn_no']}），"
+        f"请勿重复登记；继续办理请使用该就诊ID，重新登记请先撤销（{undo}）"
+    )
 
 
 async def get(

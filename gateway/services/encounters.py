@@ -148,14 +148,17 @@ def registration_job(
     return Job(psn_no=a.psn_no, year=a.begntime.year, build=build, settles=False)
 
 
-async def register(conn: asyncpg.Connection, job: Job, ipt_otp_no: str) -> Any:
+async def register(conn: asyncpg.Connection, job: Job, fixmedins_code: str, ipt_otp_no: str) -> Any:
     """2201 on the caller's transaction: the registration's build as a batch of one; its
     answer's output. (In a group commit the same visit number taken twice fails the batch, and
     each request then comes here and is answered one by one.)"""
     try:
-        return (await settle_alone(conn, job)).output
+        async with conn.transaction():  # a savepoint: the refusal reads the visit it clashed with
+            return (await settle_alone(conn, job)).output
     except asyncpg.UniqueViolationError as exc:
-        raise Conflict(f"门诊号{ipt_otp_no}已登记且未撤销，请勿重复登记") from exc
+        raise await encounters.number_taken(
+            conn, fixmedins_code, Kind.OUTPATIENT, ipt_otp_no
+        ) from exc
 
 
 async def cancel_registration(conn: asyncpg.Connection, fixmedins_code: str, a: VisitRef) -> None:

@@ -21,7 +21,12 @@ DAY = "2026-11-18"
 
 
 async def _stay(his: HisClient, ipt_no: str) -> str:
-    admission = {
+    answer = await his.ok("2401", _admission(ipt_no))
+    return str(answer["result"]["mdtrt_id"])
+
+
+def _admission(ipt_no: str) -> dict[str, Any]:
+    return {
         "mdtrtinfo": {
             "psn_no": PSN, "insutype": "310", "begntime": f"{DAY} 07:00:00", **certificate(PSN),
             "med_type": "21", "ipt_no": ipt_no, "atddr_no": "D1", "chfpdr_name": "医生",
@@ -30,8 +35,6 @@ async def _stay(his: HisClient, ipt_no: str) -> str:
         },
         "diseinfo": [],
     }  # fmt: skip
-    answer = await his.ok("2401", admission)
-    return str(answer["result"]["mdtrt_id"])
 
 
 def _change(mdtrt_id: str, **fields: Any) -> dict[str, Any]:
@@ -223,3 +226,19 @@ async def test_under_the_plan_a_change_the_request_itself_refuses_is_refused_at_
         refused = await his.call("2403", _change(stay, med_type="11"))
         assert refused["infcode"] == -1 and "不是住院类别" in refused["err_msg"]
         assert await srv.fetchval("SELECT count(*) FROM deferred WHERE kind = 'call'") == 1
+
+
+async def test_an_admission_number_taken_names_the_stay_that_holds_it(server: Server) -> None:
+    """Found from outside: a second 2401 of an open 住院号 (a HIS that lost the first answer,
+    sending again under a new msgid) was told only that the number was taken."""
+    his = server.client(HOSPITAL)
+    stay = await _stay(his, "ZY-DUP-1")
+    before = await server.ledger_fingerprint()
+    again = await his.call("2401", _admission("ZY-DUP-1"))
+    assert again["infcode"] == -1, again
+    words = again["err_msg"]
+    assert "住院号ZY-DUP-1已登记且未撤销" in words and f"就诊ID{stay}" in words, words
+    assert PSN in words and "2404" in words, words
+    assert await server.ledger_fingerprint() == before
+    # The stay goes on under the id it was named by.
+    await his.ok("2403", _change(stay, adm_bed="9"))

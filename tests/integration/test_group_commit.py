@@ -371,6 +371,12 @@ async def test_one_visit_number_registered_twice_in_a_burst_opens_one_visit(
     twice, others = answers[:3], answers[3:]
     assert sorted(a["infcode"] for a in twice) == [-1, -1, 0]
     assert all("已登记且未撤销" in a["err_msg"] for a in twice if a["infcode"] == -1)
+    # Each refusal names the visit that holds the number (found from outside: a HIS that lost
+    # its first answer had no 就诊ID to carry on with).
+    [opened] = [a["output"]["data"]["mdtrt_id"] for a in twice if a["infcode"] == 0]
+    for refused in (a for a in twice if a["infcode"] == -1):
+        assert f"就诊ID{opened}" in refused["err_msg"] and RETIREE in refused["err_msg"], refused
+        assert "2202" in refused["err_msg"], refused
     assert all(a["infcode"] == 0 for a in others)
     assert await grouped.fetchval(
         "SELECT count(*) FROM encounters WHERE ipt_otp_no = 'MZ-REG-TWICE'"
