@@ -154,7 +154,34 @@ def refuse_control_characters(raw: bytes) -> None:
     raise BadRequest(f"字段{shown}含有不可见的控制字符（如NUL），请删除后重新发送")
 
 
-NOT_UTF8 = "报文不是合法的UTF-8 JSON（请以UTF-8编码发送，GBK、UTF-16等编码不受理）"
+NOT_UTF8 = "报文编码无法识别，不是合法的UTF-8（或GBK）JSON（请以UTF-8编码发送；UTF-16等编码不受理）"
+
+
+def as_utf8(body: bytes) -> bytes | None:
+    """The body as UTF-8: itself where it is, or a GBK (GB18030) body written out again in
+    UTF-8; None for anything else (UTF-16 and other encodings, bytes neither reads).
+
+    Found from outside: newtouch-cloud/openhis (`ClassHelper.YBHttpRequest`) and
+    daxiaochengzi/YiBinActive (`Form3.PostWebRequest`) write their envelopes with
+    `Encoding.Default.GetBytes`, which on a Chinese Windows .NET Framework is GBK; every such
+    request was refused at its first Chinese character. The whole body is decoded before the
+    JSON is read (a GBK character's second byte may be a backslash), so the envelope is read as
+    its text. A body with a NUL byte is never GBK text (UTF-16 writes one beside every ASCII
+    character): refused, as before."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        return body
+    if b"\x00" in body:
+        return None
+    try:
+        return body.decode("gb18030").encode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 TOO_DEEP = "报文JSON嵌套层数过多，不是合法的接口报文"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
