@@ -538,11 +538,18 @@ async def apply(
     committed: Callable[[Item], None] | None = None,
 ) -> tuple[Summary, list[tuple[str, str]]]:
     """Correct each target in its own transaction; returns what was done and what failed (why).
-    `committed(item)` is told each correction once its transaction has committed."""
+    `committed(item)` is told each correction once its transaction has committed.
+
+    `limit` bounds the corrections made, not the settlements tried: found from outside, a
+    settlement the rules always refuse (a manual claim's, the oldest) used up `--limit 1` on
+    every run, and a clerk working through a correction in slices never got past it."""
     summary = Summary()
     failed: list[tuple[str, str]] = []
-    todo = found if limit is None else found[:limit]
-    for i, t in enumerate(todo, start=1):
+    for i, t in enumerate(found, start=1):
+        if limit is not None and len(summary.items) >= limit:
+            if progress is not None:
+                progress(i - 1, i - 1)  # this run's share is done: the bar ends where it stopped
+            break
         try:
             async with conn.transaction():
                 await corrections.hold(conn, t.setl_id)
@@ -562,6 +569,6 @@ async def apply(
             if done is None and committed is not None:
                 committed(item)
         if progress is not None:
-            progress(i, len(todo))
+            progress(i, len(found))
     summary.failed = failed
     return summary, failed

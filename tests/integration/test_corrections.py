@@ -23,6 +23,7 @@ from gateway.jobs import corrections
 from gateway.ledger import corrections as corrections_store
 from gateway.ledger import fees, persons, reference_store
 from gateway.ledger.db import create_pool
+from tests.integration.agency_helpers import ledger_on, settled_claim
 from tests.integration.conftest import GENEROUS, Server
 
 HOSPITAL = "H44180000001"
@@ -752,3 +753,54 @@ async def test_a_query_for_invalid_rows_gets_none(server: Server) -> None:
         assert not {
             (r["medins_list_codg"], r["med_list_codg"], r["begndate"]) for r in unused
         } & set(key)
+
+
+async def test_a_settlement_the_rules_refuse_is_reported_and_never_holds_up_the_rest(
+    server: Server, tmp_path: Path
+) -> None:
+    """Found from outside: a manual claim's settlement (which no correction may re-settle),
+    the oldest of a correction's targets, was named on stderr by `plan` while its `--json` said
+    `"failed": []` and its `--csv` had no `not_corrected` row; and it used up `apply --limit 1`
+    on every run, so a clerk correcting in slices never got past it."""
+    item = "YP9103"  # a code of this test's own: no other test's settlements use it
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(WRONG_CLASS_A, item=item))
+    async with ledger_on(server.dsn) as ledger:
+        line = {"feedetl_sn": "1", "medins_list_codg": item, "pric": "40", "cnt": "2",
+                "det_item_fee_sumamt": "80.00"}  # fmt: skip
+        claim = await settled_claim(ledger, "441800000000000002", "2026-05-09", [line], "FP-9103")
+    claimed = claim.setl_id
+    assert claimed
+    visits = [
+        (await _visit(server, "441800000000000001", f"MZ-LIMIT-{n}", item))[1]["setl_id"]
+        for n in range(2)
+    ]
+    await his.ok("3301", _mapping(CLASS_B, item=item))
+
+    def args(verb: str, *more: str) -> list[str]:
+        return ["corrections", verb, "--institution", HOSPITAL, "--item", item, *more,
+                "--database-url", server.dsn]  # fmt: skip
+
+    report = tmp_path / "plan.csv"
+    code, out, err = await _cli(*args("plan", "--json", "--csv", str(report)))
+    assert code == 1 and f"would fail {claimed}" in err, (code, err)
+    planned = json.loads(out)
+    assert [r["old_setl_id"] for r in planned["settlements"]] == visits
+    assert [f["setl_id"] for f in planned["failed"]] == [claimed], planned["failed"]
+    assert "零星报销" in planned["failed"][0]["why"]
+    rows = list(csv.DictReader(io.StringIO(report.read_text(encoding="utf-8"))))
+    assert [(r["old_setl_id"], bool(r["not_corrected"])) for r in rows] == [
+        (visits[0], False),
+        (visits[1], False),
+        (claimed, True),
+    ]
+    # In slices of one: each run corrects one, the refused one named each time.
+    for n, setl_id in enumerate(visits, start=1):
+        code, out, err = await _cli(*args("apply", "--limit", "1", "--json"))
+        assert code == 1 and f"failed {claimed}" in err, (code, err)
+        done = [json.loads(x) for x in out.splitlines() if x.strip()]
+        assert [r["old_setl_id"] for r in done] == [setl_id], done
+        corrected = "SELECT count(*) FROM correction_items WHERE old_setl_id = ANY($1::text[])"
+        assert await server.fetchval(corrected, visits) == n
+    code, out, err = await _cli(*args("apply", "--limit", "1", "--json"))
+    assert code == 1 and out.strip() == "" and f"failed {claimed}" in err
