@@ -304,6 +304,7 @@ async def check(
     problems += await _sums(conn, opening_balances)
     problems += await line_problems(conn)
     problems += await stay_problems(conn)
+    problems += await date_problems(conn)
     problems += await replay_problems(
         conn, rules or await core_rules(conn), opening_balances=opening_balances
     )
@@ -473,6 +474,23 @@ async def stay_problems(conn: asyncpg.Connection) -> list[str]:
                 " its closing settlement"
             )
     return problems
+
+
+async def date_problems(conn: asyncpg.Connection) -> list[str]:
+    """A settlement in force was made for its visit's service date, which picks the policy and
+    the year that pays (settlement-rules §3); a visit re-dated beneath it would leave it paid
+    from another year's caps (found from outside: a cancelled 2026 settlement put back by 2601
+    on a stay 2403 had moved into 2025)."""
+    return [
+        f"settlement {row['setl_id']}: in force for {row['service_date']}, but its visit"
+        f" {row['mdtrt_id']} is dated {row['visit_date']}"
+        for row in await conn.fetch(
+            "SELECT s.setl_id, s.mdtrt_id, s.service_date, e.begntime::date AS visit_date"
+            " FROM settlements s JOIN encounters e ON e.mdtrt_id = s.mdtrt_id"
+            " WHERE s.status = 'settled' AND s.service_date <> e.begntime::date"
+            " ORDER BY s.setl_id"
+        )
+    ]
 
 
 async def line_problems(

@@ -257,3 +257,28 @@ async def test_a_raised_payment_with_its_fund_row_and_accumulators_is_found(
         assert any(f"settlement {setl_id}: hifp_pay 20000 (rules: 15000)" in p for p in found), (
             found
         )
+
+
+async def test_a_settlement_in_force_on_a_visit_dated_otherwise_is_found(server: Server) -> None:
+    """Found from outside: 2601 put a cancelled 2026 settlement back on a stay 2403 had moved
+    into 2025 (refused now); the checker had nothing to say of the state it left."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    mdtrt_id, settled = await _visit(his, psn, "390", "100.00")
+    conn = await _conn(server)
+    try:
+        assert await checker.date_problems(conn) == []
+        await conn.execute(
+            "UPDATE encounters SET begntime = begntime - interval '1 year' WHERE mdtrt_id = $1",
+            mdtrt_id,
+        )
+        found = await checker.date_problems(conn)
+        assert len(found) == 1 and settled["setl_id"] in found[0] and mdtrt_id in found[0], found
+        assert found[0] in await checker.check(conn)
+    finally:
+        # Dated back, for the module's later checks of the whole ledger.
+        await conn.execute(
+            "UPDATE encounters SET begntime = begntime + interval '1 year' WHERE mdtrt_id = $1",
+            mdtrt_id,
+        )
+        await conn.close()
