@@ -181,6 +181,13 @@ async def test_national_path_limit_follows_the_envelopes_infno(server: Server) -
     async with server.session.post(server.url + CALL_SERVICE, data=sale, headers=_signed()) as r:
         answer = decode(await r.read())
     assert "过大" in answer["err_msg"]
+    # Nor in GBK (read as its text since 2026-12-07): the limit is the sale's, on the bytes sent.
+    gbk = msgspec.json.encode(_envelope("2101", {"pad": "药" * (200 * KIB)})).decode()
+    async with server.session.post(
+        server.url + CALL_SERVICE, data=gbk.encode("gbk"), headers=_signed()
+    ) as r:
+        answer = decode(await r.read())
+    assert "过大" in answer["err_msg"], answer
     # Naming an upload inside `input` before the envelope's own infno does not buy the limit.
     rest = {k: v for k, v in _envelope("2101", {}).items() if k != "input"}
     inner = msgspec.json.encode({"infno": "2204", "pad": pad})
