@@ -157,7 +157,11 @@ def refuse_control_characters(raw: bytes) -> None:
 NOT_UTF8 = "报文编码无法识别，不是合法的UTF-8（或GBK）JSON（请以UTF-8编码发送；UTF-16等编码不受理）"
 
 
-def as_utf8(body: bytes) -> bytes | None:
+# The charsets a Content-Type may declare for GBK text (GB18030 reads all of them).
+GBK_CHARSETS = frozenset({"gbk", "gb2312", "gb18030", "cp936", "x-gbk"})
+
+
+def as_utf8(body: bytes, charset: str | None = None) -> bytes | None:
     """The body as UTF-8: itself where it is, or a GBK (GB18030) body written out again in
     UTF-8; None for anything else (UTF-16 and other encodings, bytes neither reads).
 
@@ -167,7 +171,16 @@ def as_utf8(body: bytes) -> bytes | None:
     request was refused at its first Chinese character. The whole body is decoded before the
     JSON is read (a GBK character's second byte may be a backslash), so the envelope is read as
     its text. A body with a NUL byte is never GBK text (UTF-16 writes one beside every ASCII
-    character): refused, as before."""
+    character): refused, as before.
+
+    A body declared GBK (`charset` from its Content-Type) is read as GBK first: some GBK text is
+    also valid UTF-8 (鏂囦腑's bytes spell 文中), and found from outside, such a body was read as
+    the other text though its client had said which it was."""
+    if charset is not None and charset.lower() in GBK_CHARSETS and b"\x00" not in body:
+        try:
+            return body.decode("gb18030").encode("utf-8")
+        except UnicodeDecodeError:
+            pass
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:

@@ -171,7 +171,7 @@ async def _answer(request: web.Request, path_infno: str | None) -> web.Response:
             return _refusal(dispatch.refused(gw, exc, path_infno or ""), started)
         finally:
             admission.end_body(senders)
-        utf8 = as_utf8(body)
+        utf8 = as_utf8(body, request.charset)
         if utf8 is None:
             return _refusal(dispatch.refused(gw, BadRequest(NOT_UTF8), path_infno or ""), started)
         body = utf8

@@ -66,3 +66,34 @@ async def test_a_body_neither_utf8_nor_gbk_is_refused_writing_nothing(server: Se
         assert status == 200 and answer["infcode"] == -1, answer
         assert "UTF-8" in answer["err_msg"] and "GBK" in answer["err_msg"], answer
     assert await server.ledger_fingerprint() == before
+
+
+async def test_a_body_declared_gbk_is_read_as_gbk_where_utf8_would_read_too(
+    server: Server,
+) -> None:
+    """Found from outside: 鏂囦腑 in GBK is also valid UTF-8 (文中); sent with
+    `charset=GBK` it was read as UTF-8 and stored as the other text."""
+    his = server.client(HOSPITAL)
+    name = "鏂囦腑"
+    assert name.encode("gbk").decode("utf-8") == "文中"
+    for ipt, charset, stored in (("GBK-3", "GBK", name), ("GBK-4", None, "文中")):
+        envelope = _registration(his, ipt)
+        # Every other text ASCII: the body's only non-ASCII bytes are the name's, valid both ways.
+        envelope.update(opter_name="op", fixmedins_name="H1")
+        data = envelope["input"]["data"]  # type: ignore[index]
+        data.update(dept_name=name, dr_name="dr")
+        body = msgspec.json.encode(envelope).decode().encode("gbk")
+        headers = his.headers()
+        if charset:
+            headers["Content-Type"] = f"application/json; charset={charset}"
+        async with server.session.post(
+            server.url + "/fsi/api/rsfComIfsService/callService", data=body, headers=headers
+        ) as r:
+            answer = decode(await r.read())
+        assert answer["infcode"] == 0, answer
+        dept = await server.fetchval(
+            "SELECT detail->'registration'->>'dept_name' FROM encounters WHERE mdtrt_id = $1",
+            answer["output"]["data"]["mdtrt_id"],
+        )
+        # Undeclared, the bytes are UTF-8 and read as such: no reading can tell the two apart.
+        assert dept == stored, (charset, dept)
