@@ -171,30 +171,46 @@ async def create(
                 selfpay,
             )
     except asyncpg.UniqueViolationError as exc:
-        raise await number_taken(conn, fixmedins_code, kind, ipt_otp_no) from exc
+        raise await number_taken(conn, fixmedins_code, kind, ipt_otp_no, psn_no) from exc
 
 
 async def number_taken(
-    conn: asyncpg.Connection, fixmedins_code: str, kind: str, ipt_otp_no: str
+    conn: asyncpg.Connection, fixmedins_code: str, kind: str, ipt_otp_no: str, psn_no: str
 ) -> Conflict:
-    """The refusal of a visit number already open, naming the visit that holds it (found from
+    """The refusal of a visit number already held (the number is unique in the institution,
+    protocol §6.3), naming the visit that holds it and the way on from there (found from
     outside: a HIS that lost its 2201's answer and registered again under a new msgid was told
-    only that the number was taken, with no 就诊ID to carry on with). The caller's transaction
-    must still be usable: the clash inside a savepoint."""
+    only that the number was taken, with no 就诊ID to carry on with). Another person's visit is
+    named without its person, and a finished visit is not sent to an undo it cannot take. The
+    caller's transaction must still be usable: the clash inside a savepoint."""
     held = await conn.fetchrow(
-        "SELECT mdtrt_id, psn_no FROM encounters WHERE fixmedins_code = $1 AND kind = $2"
-        " AND ipt_otp_no = $3 AND status <> 'cancelled'",
+        "SELECT e.mdtrt_id, e.psn_no, e.status, EXISTS (SELECT 1 FROM settlements s"
+        "  WHERE s.mdtrt_id = e.mdtrt_id AND s.status = 'settled') AS settled"
+        " FROM encounters e WHERE e.fixmedins_code = $1 AND e.kind = $2"
+        " AND e.ipt_otp_no = $3 AND e.status <> 'cancelled'",
         fixmedins_code,
         kind,
         ipt_otp_no,
     )
     label = "住院号" if kind == "inpatient" else "门诊号"
-    undo = "2404" if kind == "inpatient" else "2202"
+    taken = f"{label}{ipt_otp_no}已登记且未撤销"
     if held is None:  # cancelled since, by a request beside this one
-        return Conflict(f"{label}{ipt_otp_no}已登记且未撤销，请勿重复登记")
+        return Conflict(f"{taken}，请勿重复登记")
+    visit = held["mdtrt_id"]
+    if held["psn_no"] != psn_no:
+        return Conflict(
+            f"{taken}（另一参保人的就诊，就诊ID{visit}），{label}在本机构内唯一，"
+            f"请核对{label}，或使用新的{label}登记"
+        )
+    if held["settled"] or held["status"] == "discharged":
+        return Conflict(
+            f"{taken}（就诊ID{visit}，已结算或已出院），{label}在本机构内唯一，"
+            f"新的就诊请使用新的{label}登记"
+        )
+    undo = "2404" if kind == "inpatient" else "2202"
     return Conflict(
-        f"{label}{ipt_otp_no}已登记且未撤销（就诊ID{held['mdtrt_id']}，人员编号{held['psn_no']}），"
-        f"请勿重复登记；继续办理请使用该就诊ID，重新登记请先撤销（{undo}）"
+        f"{taken}（就诊ID{visit}），请勿重复登记；继续办理请使用该就诊ID，"
+        f"重新登记请先撤销（{undo}）"
     )
 
 

@@ -157,7 +157,7 @@ async def register(conn: asyncpg.Connection, job: Job, fixmedins_code: str, ipt_
             return (await settle_alone(conn, job)).output
     except asyncpg.UniqueViolationError as exc:
         raise await encounters.number_taken(
-            conn, fixmedins_code, Kind.OUTPATIENT, ipt_otp_no
+            conn, fixmedins_code, Kind.OUTPATIENT, ipt_otp_no, job.psn_no
         ) from exc
 
 

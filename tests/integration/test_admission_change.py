@@ -17,6 +17,7 @@ from tests.integration.his_client import HisClient, certificate, decode
 HOSPITAL = "H44180000001"
 OTHER_HOSPITAL = "H44180000002"
 PSN = "441800000000000001"
+OTHER_PSN = "441800000000000002"
 DAY = "2026-11-18"
 
 
@@ -230,7 +231,9 @@ async def test_under_the_plan_a_change_the_request_itself_refuses_is_refused_at_
 
 async def test_an_admission_number_taken_names_the_stay_that_holds_it(server: Server) -> None:
     """Found from outside: a second 2401 of an open 住院号 (a HIS that lost the first answer,
-    sending again under a new msgid) was told only that the number was taken."""
+    sending again under a new msgid) was told only that the number was taken; then, named, the
+    words sent another person's clerk to carry on under a stay not theirs (showing its person),
+    and a finished stay's to an undo (2404) it could not take."""
     his = server.client(HOSPITAL)
     stay = await _stay(his, "ZY-DUP-1")
     before = await server.ledger_fingerprint()
@@ -238,7 +241,18 @@ async def test_an_admission_number_taken_names_the_stay_that_holds_it(server: Se
     assert again["infcode"] == -1, again
     words = again["err_msg"]
     assert "住院号ZY-DUP-1已登记且未撤销" in words and f"就诊ID{stay}" in words, words
-    assert PSN in words and "2404" in words, words
+    assert "继续办理请使用该就诊ID" in words and "2404" in words, words
+    # Another person's admission under the number: not theirs to carry on, nor their person.
+    other = _admission("ZY-DUP-1")
+    other["mdtrtinfo"].update(psn_no=OTHER_PSN, **certificate(OTHER_PSN))
+    words = (await his.call("2401", other))["err_msg"]
+    assert "另一参保人" in words and f"就诊ID{stay}" in words, words
+    assert PSN not in words and "继续办理" not in words, words
     assert await server.ledger_fingerprint() == before
-    # The stay goes on under the id it was named by.
+    # The stay goes on under the id it was named by; discharged, its number sends to a new one.
     await his.ok("2403", _change(stay, adm_bed="9"))
+    await his.ok("2402", {"dscginfo": {"mdtrt_id": stay, "psn_no": PSN,
+                                       "endtime": f"{DAY} 12:00:00", "dscg_way": "1"},
+                          "diseinfo": []})  # fmt: skip
+    words = (await his.call("2401", _admission("ZY-DUP-1")))["err_msg"]
+    assert "已结算或已出院" in words and "新的住院号" in words and "2404" not in words, words
