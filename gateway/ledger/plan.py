@@ -51,6 +51,11 @@ async def load(conn: asyncpg.Connection) -> Plan:
     )
 
 
+async def bound_waits(conn: asyncpg.Connection, seconds: float) -> None:
+    """This transaction waits at most `seconds` for any lock (then fails, changing nothing)."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{max(1, int(seconds * 1000))}ms'")
+
+
 async def bump(conn: asyncpg.Connection) -> int:
     """Writes the next plan version; returns it."""
     return int(

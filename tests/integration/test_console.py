@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from gateway.emergency import console
+from gateway.emergency.plan import store
 from tests.integration.conftest import Server
 
 OPERATOR = {"operator": "duty", "password": "duty-2026"}
@@ -289,3 +290,41 @@ async def _most_waiting_while(
         await asyncio.sleep(0.05)
     assert set(await task) == {503}
     return int(most)
+
+
+async def test_a_change_waits_a_bounded_time_for_the_plans_locks_and_the_same_rule_is_none(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: with the plan's tables locked, a rule set through the API waited the
+    whole lock (23 s), where reads answer 503 within their deadline; and the same rule posted
+    again counted as a change (a new version, an audit row, a page). A change waits for its
+    locks a bounded time and is then refused whole, said so; the same rule again changes
+    nothing."""
+    monkeypatch.setattr(store, "CHANGE_WAIT_SECONDS", 1.0)
+    token = await _login(server, OPERATOR)
+    rule = {"scope": "region:330300", "class": "settlement", "action": "reject", "reason": "演练"}
+    status, _ = await _post(server, "/api/plan/rules", token, rule)
+    assert status == 200
+    version = "SELECT version FROM plan_version"
+    before, then = await _counts(server), await server.fetchval(version)
+    status, body = await _post(server, "/api/plan/rules", token, rule)
+    assert status == 200 and [r["action"] for r in body["rules"] if r["scope"] == rule["scope"]]
+    assert (await _counts(server), await server.fetchval(version)) == (before, then)
+    locker = await asyncpg.connect(server.dsn)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE plan_rules, audit_log IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            status, body = await _post(
+                server, "/api/plan/rules", token, {**rule, "action": "defer", "reason": "改为暂存"}
+            )
+            waited = time.monotonic() - started
+    finally:
+        await locker.close()
+    assert status == 503 and "本次变更未执行" in body["error"], (status, body)
+    assert waited < 5.0, waited
+    assert (await _counts(server), await server.fetchval(version)) == (before, then)
+    kept = "SELECT action FROM plan_rules WHERE scope = 'region:330300'"
+    assert await server.fetchval(kept) == "reject"
+    status, _ = await _post(server, "/api/plan/rules/clear", token, {**rule, "reason": "演练结束"})
+    assert status == 200

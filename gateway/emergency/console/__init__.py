@@ -611,6 +611,8 @@ async def _api_rule_change(
         await change(request, session, values)
     except Conflict as exc:  # the rule changed since the caller saw it
         return web.json_response({"error": exc.err_msg}, status=409)
+    except Unavailable as exc:  # the plan's tables held past the change's wait: not done
+        return web.json_response({"error": exc.err_msg}, status=503)
     except GatewayError as exc:
         return web.json_response({"error": exc.err_msg}, status=400)
     return web.json_response(await overview(request))
