@@ -61,11 +61,18 @@ class Deadlines(Section, frozen=True):
     call_seconds: float = 5.0  # a request not answered by then is answered "unavailable"
 
 
+class LedgerBreaker(BreakerConfig, frozen=True, forbid_unknown_fields=True):
+    """`[breakers.postgres]`: a dependency's breaker that also opens on a run of failed writes
+    from two institutions (a table the settlements write hung while reads answer)."""
+
+    write_run_institutions: int = 2
+
+
 class Breakers(Section, frozen=True):
     """`[breakers.<dependency>]`: when each dependency's breaker opens and what the plan does.
     A table for another name is refused (a misspelt dependency would otherwise go unwatched)."""
 
-    postgres: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    postgres: LedgerBreaker = msgspec.field(default_factory=LedgerBreaker)
     redis: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     legacy: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
 

@@ -1002,7 +1002,13 @@ def _note(breaker: Breaker, ok: bool, timeout: bool, started: float) -> None:
 
 
 def observe(
-    gw: Gateway, fixmedins_code: str, ok: bool, timeout: bool, seconds: float, ledger: str = MAIN
+    gw: Gateway,
+    fixmedins_code: str,
+    ok: bool,
+    timeout: bool,
+    seconds: float,
+    ledger: str = MAIN,
+    settles: bool = False,
 ) -> None:
     """Feed the breaker of the ledger database the call used, and the institution trigger with
     what is not the database's failure.
@@ -1013,7 +1019,7 @@ def observe(
     happened to be busy, which outlives the outage — now that the rule lives in the main database
     while a cluster is down, it would be written."""
     breaker = gw.ledger_breaker(ledger)
-    breaker.record(ok, timeout=timeout, seconds=seconds)
+    breaker.record(ok, timeout=timeout, seconds=seconds, write=settles, who=fixmedins_code)
     if not ok and breaker.is_open:
         return
     gw.triggers.record(fixmedins_code, ok, timeout, seconds)
@@ -1188,9 +1194,11 @@ async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
 
 
 async def _probe(pool: asyncpg.Pool) -> bool:
+    """The ledger answers and its settlement tables can be written (a probe that only read
+    closed the breaker over a locked table)."""
     try:
         async with asyncio.timeout(1.0), db.leased(pool, 1.0) as conn:
-            await db.ping(conn)
+            await db.ping_writes(conn, 0.5)
         return True
     except (*db.UNAVAILABLE, asyncpg.PostgresError):
         return False

@@ -199,3 +199,22 @@ async def wait_for_locks_at_most(conn: asyncpg.Connection, seconds: float) -> No
 async def ping(conn: asyncpg.Connection) -> None:
     """Reads nothing: one round trip that proves the ledger answers."""
     await conn.fetchval("SELECT 1")
+
+
+# The tables a settlement writes (its answer, visit, lines, row, funds, events, the person's year
+# and account).
+SETTLEMENT_TABLES = (
+    "idempotency, encounters, fee_lines, settlements, settlement_funds, settlement_events,"
+    " accumulators, accounts"
+)
+
+
+async def ping_writes(conn: asyncpg.Connection, wait: float) -> None:
+    """The tables a settlement writes can be written now: each taken in the lock a write takes
+    (ROW EXCLUSIVE) within `wait` seconds, then let go, nothing written. A table held in a lock
+    that stops writes (LOCK TABLE, most DDL, VACUUM FULL) fails it as it fails settlements:
+    found from outside, the ledger breaker's probe (SELECT 1) closed the breaker while the
+    settlements table was still locked, and the next sale waited on the lock."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{max(1, int(wait * 1000))}ms'")
+        await conn.execute(f"LOCK TABLE {SETTLEMENT_TABLES} IN ROW EXCLUSIVE MODE")

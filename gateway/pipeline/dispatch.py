@@ -106,8 +106,9 @@ STILL_SETTLING_MSG = (
 # (the rest being time the loop stood still).
 LEDGER_SHARE_OF_A_TIMEOUT = 0.9
 # Outcomes of calls that reached the ledger, for the breakers: (gw, fixmedins_code, ok, timeout,
-# seconds, the ledger database's name). Installed by gateway.emergency.hook too.
-OBSERVERS: list[Callable[[Gateway, str, bool, bool, float, str], None]] = []
+# seconds, the ledger database's name, whether the call settles: a settlement-class write).
+# Installed by gateway.emergency.hook too.
+OBSERVERS: list[Callable[[Gateway, str, bool, bool, float, str, bool], None]] = []
 
 
 # Called with every answer made for a known transaction of a known institution (the table's
@@ -120,7 +121,13 @@ ANSWERED: list[
 
 
 def _observe(
-    gw: Gateway, code: str, ok: bool, timeout: bool, started: float, ledger: str = MAIN
+    gw: Gateway,
+    code: str,
+    ok: bool,
+    timeout: bool,
+    started: float,
+    ledger: str = MAIN,
+    settles: bool = False,
 ) -> None:
     """Report a ledger call to the breakers, without the time the event loop stood still.
 
@@ -137,7 +144,14 @@ def _observe(
         if timeout and seconds < LEDGER_SHARE_OF_A_TIMEOUT * gw.config.deadlines.call_seconds:
             return
     for observer in OBSERVERS:
-        observer(gw, code, ok, timeout, seconds, ledger)
+        observer(gw, code, ok, timeout, seconds, ledger, settles)
+
+
+def _settles(tx: Transaction | None) -> bool:
+    """A settlement-class write (a settlement, its cancellation): what the ledger breaker's run
+    of failed writes counts. Registrations and uploads write other tables, and answer while the
+    settlements' are hung."""
+    return tx is not None and tx.writes and tx.klass is TxClass.SETTLEMENT
 
 
 def _fail(gw: Gateway, received: dt.datetime, exc: GatewayError) -> bytes:
@@ -153,7 +167,10 @@ def settling(infno: str) -> bool:
 
 def overdue(gw: Gateway, infno: str) -> Outcome:
     """The answer to a request still stuck past its deadline; it counts as a dependency timeout."""
-    _observe(gw, "", False, True, time.perf_counter() - gw.config.deadlines.call_seconds)
+    settles = _settles(TRANSACTIONS.get(infno))
+    _observe(
+        gw, "", False, True, time.perf_counter() - gw.config.deadlines.call_seconds, MAIN, settles
+    )
     exc = Unavailable("医保结算服务响应超时，请使用相同报文ID重试；如持续失败请按应急预案处理")
     return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, timeout=True)
 
@@ -430,7 +447,7 @@ async def _write(
     if outcome is None:
         async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
             outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode, ledger)
-    _observe(gw, code, True, False, started, ledger.name)
+    _observe(gw, code, True, False, started, ledger.name, _settles(tx))
     if outcome.outcome is Result.OK:
         # Committed with its answer: a retry while the ledger is away gets it from here, a claim
         # the plan deferred into the ledger as a settlement (found from outside: a claim's retry
@@ -515,7 +532,8 @@ def _failed(
         )
     if isinstance(exc, db.UNAVAILABLE):
         log.error("dependency failure", exc_info=exc, extra=labels)
-        _observe(gw, code, False, isinstance(exc, TimeoutError), received_clock, ledger)
+        settles = _settles(TRANSACTIONS.get(req.infno))
+        _observe(gw, code, False, isinstance(exc, TimeoutError), received_clock, ledger, settles)
         # "The same msgid": found from outside, a clerk told only "retry later" may send a new
         # msgid, and a request that did commit would then be paid twice.
         down = Unavailable(

@@ -30,7 +30,7 @@ import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.app.config import Breakers, Deadlines, GatewayConfig
+from gateway.app.config import Breakers, Deadlines, GatewayConfig, LedgerBreaker
 from gateway.app.server import Settings, prepare_database
 from gateway.emergency.breaker import BreakerConfig
 from tests.adversity.proxy import Proxy
@@ -1019,3 +1019,90 @@ async def test_a_claim_the_plan_deferred_into_the_ledger_is_answered_again_in_an
                 assert again == first, (decode(again), decode(first))
         finally:
             await proxy.close()
+
+
+LOCKED_TABLE_CONFIG = GatewayConfig(
+    rate_limit=GENEROUS.rate_limit,
+    deadlines=Deadlines(call_seconds=1.0),
+    # The window's ratios out of reach (the reads beside the hung writes keep them low, as they
+    # did from outside): only the run of failed settlements can open it here.
+    breakers=Breakers(
+        postgres=LedgerBreaker(
+            window_seconds=10.0,
+            min_calls=5,
+            error_ratio=0.95,
+            timeout_ratio=0.95,
+            slow_ratio=0.95,
+            consecutive_failures=3,
+            min_open_seconds=1.0,
+            half_open_probes=2,
+            healthy_seconds=1.0,
+            action="defer",
+            write_run_institutions=2,
+        )
+    ),
+)
+
+
+async def test_a_locked_settlements_table_opens_the_breaker_while_reads_answer(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: the settlements table held in a lock (`LOCK TABLE … ACCESS
+    EXCLUSIVE` for 90 s) timed out every sale while 1101s answered; the ledger breaker never
+    opened, institution triggers put two pharmacies into `defer` until a person cleared them,
+    and when the breaker did open its probe (SELECT 1) closed it over the locked table. A run
+    of failed sales from two pharmacies opens it; it stays open while the table is locked; it
+    closes once the lock is gone; no institution rule is written."""
+    async with running_gateway(new_database, LOCKED_TABLE_CONFIG, pool_min=6) as srv:
+        tills = [
+            (srv.client(PHARMACY), PERSONS[0]),
+            (srv.client("P52050000001", region="520500"), "520500000000000001"),
+        ]
+        reader = srv.client("H44180000002")
+
+        def sale(n: int) -> dict[str, Any]:
+            pos, person = tills[n % 2]
+            return pos.drug_input(person, "2026-07-05 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+
+        for n in range(2):
+            assert (await tills[n][0].call("2102", sale(n)))["infcode"] == 0
+        query = {"data": {"mdtrt_cert_type": "01", "mdtrt_cert_no": PERSONS[1]}}
+        admin = await asyncpg.connect(srv.dsn)
+        locked = admin.transaction()
+        await locked.start()
+        try:
+            await admin.execute("LOCK TABLE settlements IN ACCESS EXCLUSIVE MODE")
+            seen: list[str] = []
+            for n in range(2, 14):
+                for _ in range(3):  # reads answering beside the hung writes, till it opens
+                    if _sample("sgw_breaker_state", dependency="postgres") == 0:
+                        assert (await reader.call("1101", query))["infcode"] == 0
+                answer = await tills[n % 2][0].call("2102", sale(n))
+                if answer["infcode"] == 0:
+                    assert answer["output"]["setlinfo"]["setl_id"].startswith("DF"), answer
+                    break
+                seen.append(answer["err_msg"])
+            else:
+                raise AssertionError(f"the breaker never opened: {seen}")
+            assert 3 <= len(seen) <= 6 and all("暂时不可用" in s for s in seen), seen
+            assert _sample("sgw_breaker_state", dependency="postgres") == 2
+            # Past its minimum open time and its probes' healthy time, the table still locked:
+            # the probe takes the settlements' locks, so the breaker stays open.
+            await asyncio.sleep(3.5)
+            later = await tills[0][0].call("2102", sale(20))
+            assert later["output"]["setlinfo"]["setl_id"].startswith("DF"), later
+        finally:
+            await locked.rollback()
+            await admin.close()
+
+        async def settles_again() -> bool:
+            answer = await tills[1][0].call("2102", sale(21))
+            return answer["infcode"] == 0 and not answer["output"]["setlinfo"][
+                "setl_id"
+            ].startswith("DF")
+
+        await until(settles_again, within=15.0)
+        rules = await srv.fetchval(
+            "SELECT count(*) FROM plan_rules WHERE scope LIKE 'institution:%'"
+        )
+        assert rules == 0

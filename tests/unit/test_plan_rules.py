@@ -385,3 +385,40 @@ def test_a_requests_category_comes_from_its_kind_or_its_med_type() -> None:
     ]:
         assert request_category(kind, _req("2207", node)) is None, node
     assert request_category("outpatient", Request("2207", "M1", "H1", "", "", "", "", "", "", "", b"[")) is None  # fmt: skip
+
+
+def test_a_run_of_failed_settlements_opens_the_ledger_breaker_whatever_the_reads_did() -> None:
+    """Found from outside: the settlements table locked for 90 s timed out every sale while the
+    reads of other tables answered; they broke every run and kept the window's timeout ratio
+    low, so the ledger breaker never opened and institution triggers deferred two pharmacies
+    until a person cleared them. A run of failed settlement writes from two institutions opens
+    it; one institution's own, however many, does not (an upload too large for its deadline is
+    not the ledger's failure)."""
+    config = msgspec.structs.replace(CFG, write_run_institutions=2)
+
+    def hung_write(b: Breaker, who: str) -> None:
+        for _ in range(4):  # 1101s answering beside it: the window's ratio stays at 20 %
+            b.record(True)
+        b.record(False, timeout=True, write=True, who=who)
+
+    b = Breaker("postgres", config, Clock())
+    for n in range(5):
+        assert b.state == CLOSED, n
+        hung_write(b, "P1" if n % 3 else "P2")
+    assert b.state == OPEN and "写入连续5次失败（2家机构）" in b.reason, b.reason
+    alone = Breaker("postgres", config, Clock())
+    for _ in range(20):
+        hung_write(alone, "P1")
+    assert alone.state == CLOSED
+    # A settlement answered ends the run; reads between never do; 0 turns the rule off.
+    again = Breaker("postgres", config, Clock())
+    for n in range(4):
+        hung_write(again, f"P{n}")
+    again.record(True, write=True, who="P9")
+    for n in range(4):
+        hung_write(again, f"P{n}")
+    assert again.state == CLOSED
+    off = Breaker("postgres", CFG, Clock())
+    for n in range(10):
+        hung_write(off, f"P{n}")
+    assert off.state == CLOSED
