@@ -480,6 +480,7 @@ def build_app(settings: Settings) -> web.Application:
         )
         app[GATEWAY] = gw
         await gw.recall_answers()
+        await emergency.take_over_dead_segments(gw)
         reconcile.start_readers(gw.config.reconcile_files)
         metrics.prime(
             transaction.TRANSACTIONS,

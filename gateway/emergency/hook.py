@@ -1025,6 +1025,34 @@ def observe(
     gw.triggers.record(fixmedins_code, ok, timeout, seconds)
 
 
+# How long a starting process drains dead processes' segments before it serves (the watcher
+# drains what is left).
+START_DRAIN_SECONDS = 10.0
+
+
+async def take_over_dead_segments(gw: Gateway) -> None:
+    """Before the first request: the claims of processes that died holding journal segments
+    (kill -9, a crash) are answered by this one, and drained into the ledger if it can be
+    within START_DRAIN_SECONDS. Found from outside: a restarted gateway served before its
+    watcher drained the dead process's segment, and retries of the acknowledged claims in
+    that second (patients who had paid in cash) were settled again, for real."""
+    from gateway.emergency.deferred import (
+        replay,  # replay imports the handlers, which import this module
+    )
+
+    if not gw.journal.drainable_exists():
+        return
+    await asyncio.to_thread(gw.journal.unheld_claims)  # their answers adopted
+    try:
+        async with asyncio.timeout(START_DRAIN_SECONDS):
+            await replay.drain(gw, gw.journal)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Answered from the adopted claims meanwhile; the watcher drains them.
+        log.warning("journal not drained at start", exc_info=True)
+
+
 async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
     """Probe the ledger while its breaker is open; drain the journal, then close (and the old
     system's breaker, in a task of its own: `probe_legacy`).
@@ -1088,6 +1116,13 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                 log.warning(
                     "ledger watch step failed", exc_info=True, extra={"ledger": ledger.name}
                 )
+        if gw.journal.drainable_exists():
+            # A worker that died holding claims: their retries are answered here from now on,
+            # not settled for real before the sweep drains them (journal.unheld_claims).
+            try:
+                await asyncio.to_thread(gw.journal.unheld_claims)
+            except OSError:
+                log.warning("journal segments not read this round", exc_info=True)
         if loop_now - last_sweep < 5.0:
             continue
         last_sweep = loop_now

@@ -217,6 +217,15 @@ async def handle(
             if earlier is None:
                 raise refusal
             routed: Outcome | tuple[Transaction, Mode] = earlier
+        elif (
+            tx.writes
+            and gw.journal.holds_anything
+            and (held := _answered_here(gw, req, fingerprint(req)))
+        ):
+            # Claims this process holds that are not in the ledger yet (its own, appended while
+            # a drain ran; a dead process's, adopted at start or when it died): found from
+            # outside, a restarted gateway settled the retry of such a claim for real.
+            routed = held
         else:
             routed = await _plan(gw, tx, req, institution, body, received, ledger)
         if isinstance(routed, Outcome):

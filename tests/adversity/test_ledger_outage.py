@@ -114,6 +114,7 @@ class Load:
 
     clients: list[HisClient]
     answers: list[tuple[float, dict[str, Any], bytes]] = field(default_factory=list)
+    sent: dict[str, bytes] = field(default_factory=dict)  # msgid -> the body sent under it
     failures: list[str] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -124,7 +125,9 @@ class Load:
             i += 1
             person = PERSONS[(n + i) % len(PERSONS)]
             drug = pos.drug_input(person, "2026-07-01 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
-            body = msgspec.json.encode(pos.envelope("2102", drug))
+            envelope = pos.envelope("2102", drug)
+            body = msgspec.json.encode(envelope)
+            self.sent[envelope["msgid"]] = body
             try:
                 status, raw = await pos.post_raw(body)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -1106,3 +1109,73 @@ async def test_a_locked_settlements_table_opens_the_breaker_while_reads_answer(
             "SELECT count(*) FROM plan_rules WHERE scope LIKE 'institution:%'"
         )
         assert rules == 0
+
+
+async def test_a_restarted_gateway_answers_a_dead_processs_claims_from_its_first_request(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: killed (-9) while deferring, then restarted with the ledger back, the
+    gateway served before its watcher drained the dead process's journal segment, and the
+    tills' retries in that second got new, real settlements (the patients had paid in cash;
+    the account was charged again) where their claims' answers were due. From its first
+    request a restarted gateway gives each acknowledged claim its answer, byte for byte."""
+    dsn = await new_database("restart")
+    await prepare_database(Settings(dsn))
+    proxy = Proxy(*_tcp(dsn))
+    await proxy.start()
+    journal = tmp_path / "journal"
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG_TOML.format(journal=journal), encoding="utf-8")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    load = Load([HisClient(session, url, PHARMACY)])
+    try:
+        async with _gateway_process(_through(dsn, proxy.port), config, port) as proc:
+
+            async def ready() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url + "/readyz") as r:
+                        return r.status == 200
+                return False
+
+            await until(ready, within=30.0)
+            proxy.cut()
+            workers = [asyncio.create_task(load.counter(n)) for n in range(6)]
+
+            async def deferring() -> bool:
+                return len(load.deferred()) >= 10
+
+            await until(deferring, within=60.0)
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            load.stop.set()
+            await asyncio.gather(*workers)
+        acked = {
+            a["output"]["setlinfo"]["medins_setl_id"]: raw  # a claim's: its own msgid
+            for _, a, raw in load.answers
+            if a["infcode"] == 0 and a["output"]["setlinfo"]["setl_id"].startswith("DF")
+        }
+        assert len(acked) >= 10 and list(journal.glob("*.journal"))
+        proxy.restore()
+        pos = HisClient(session, url, PHARMACY)
+        async with _gateway_process(_through(dsn, proxy.port), config, port):
+
+            async def listening() -> bool:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(url + "/livez") as r:
+                        return r.status == 200
+                return False
+
+            await until(listening, within=30.0)
+            again = await asyncio.gather(*(pos.post_raw(load.sent[m]) for m in acked))
+            assert [raw for _, raw in again] == list(acked.values())
+        server = Server("", dsn, session)
+        settled = await server.fetchval(
+            "SELECT count(*) FROM settlements WHERE medins_setl_id = ANY($1::text[])", list(acked)
+        )
+        assert settled == 0  # none settled for real: each is a claim, waiting for replay
+        assert await server.check_ledger() == []
+    finally:
+        await session.close()
+        await proxy.close()

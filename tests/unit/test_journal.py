@@ -80,3 +80,32 @@ def _segments(directory: Path) -> list[Path]:
 
 def _drained(segment: Path) -> None:
     segment.unlink()
+
+
+async def test_a_dead_processs_claims_are_answered_here_until_their_segment_is_drained(
+    tmp_path: Path,
+) -> None:
+    """Found from outside: a gateway restarted after kill -9 served before the dead process's
+    segment was drained, and its claims' retries were settled for real. Counting a segment no
+    process holds adopts its answers (this process answers their retries, byte for byte); once
+    the segment is gone (drained, here or by another worker), the ledger answers them."""
+    dead = Journal(tmp_path)
+    for n in range(2):
+        await dead.append(entry(n))
+    alive = Journal(tmp_path)
+    await alive.append(entry(7))
+    alive.unheld_claims()
+    assert alive.answered("P1", "m0") is None  # the other process lives: its retries are its own
+    dead.close()  # killed
+    alive.unheld_claims()
+    assert alive.answered("P1", "m0") == (b"\x01" * 32, b"{}")
+    assert alive.answered("P1", "m1") is not None and alive.holds_anything
+    for path, handle in alive.drainable():  # locked by a drain under way: still answered here
+        alive.unheld_claims()
+        assert alive.answered("P1", "m0") is not None
+        handle.close()
+        _drained(path)
+    alive.unheld_claims()
+    assert alive.answered("P1", "m0") is None and alive.answered("P1", "m1") is None
+    assert alive.answered("P1", "m7") is not None  # its own, until its own drain
+    alive.close()

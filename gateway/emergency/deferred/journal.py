@@ -163,6 +163,8 @@ class Journal:
         self._held: dict[str, tuple[str, str, Held]] = {}
         # Segments no process holds: (size, claim ids) as last counted (unheld_claims).
         self._unheld: dict[Path, tuple[int, frozenset[str]]] = {}
+        # The (institution, msgid) keys whose answers were adopted from each of them.
+        self._adopted: dict[Path, set[tuple[str, str]]] = {}
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
@@ -268,7 +270,12 @@ class Journal:
         """The claims, not withdrawn, in the segments no running process holds (a killed
         worker's, until one drains them; this process's own once rotated, which `claims` still
         counts). Read from disk: call it off the event loop. A segment no longer grows, so what
-        it holds is kept by its size."""
+        it holds is kept by its size.
+
+        Their answers are adopted as this process's own (`answered`) until the segment is
+        drained: found from outside, a gateway restarted after kill -9 served before it had
+        drained the dead process's segment, and the tills' retries of acknowledged claims (the
+        patients had paid in cash) were settled a second time, for real."""
         found: set[str] = set()
         seen: set[Path] = set()
         for path, handle in self.drainable():
@@ -278,11 +285,17 @@ class Journal:
                 if known is None or known[0] != size:
                     claims: set[str] = set()
                     withdrawn: set[str] = set()
+                    adopted = self._adopted.setdefault(path, set())
                     for e in read_segment(path, quiet=True):
                         if e.claim_id and e.kind == "claim":
                             claims.add(e.claim_id)
                         elif e.claim_id and e.kind == "withdrawal":
                             withdrawn.add(e.claim_id)
+                        key = (e.fixmedins_code, e.msgid)
+                        if key not in self.answers:
+                            self.answers[key] = e.answer
+                            self.digests[key] = e.digest
+                            adopted.add(key)
                     known = self._unheld[path] = (size, frozenset(claims - withdrawn))
             finally:
                 handle.close()
@@ -290,6 +303,13 @@ class Journal:
             found |= known[1]
         for gone in self._unheld.keys() - seen:
             del self._unheld[gone]
+        for gone in [p for p in self._adopted.keys() - seen if not p.exists()]:
+            # Drained (by this process, whose drain forgot them already, or by another): the
+            # ledger answers their retries now. One being drained right now is locked, not
+            # listed, and still on disk: kept until its file is gone.
+            for key in self._adopted.pop(gone):
+                self.answers.pop(key, None)
+                self.digests.pop(key, None)
         return frozenset(found)
 
     def drainable_exists(self) -> bool:
