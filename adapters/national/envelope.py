@@ -465,7 +465,10 @@ def encode_response(
             inf_refmsgid=ref_msgid(region, received),
             refmsg_time=stamp(received),
             respond_time=stamp(answered),
-            err_msg=clipped(err_msg) if failed else "成功",
+            # null on success, as the centres' captured answers have it (openhis's Hebei and
+            # Shanghai logs): found from outside, the Hubei clients (yinhai yh_hb_call's
+            # callers) show any non-empty err_msg as an error and stop, and took "成功" for one.
+            err_msg=clipped(err_msg) if failed else None,
             output={} if output is None or failed else output,
             warn_msg=warn_msg,
         )

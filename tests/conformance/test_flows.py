@@ -94,6 +94,10 @@ class Client:
     async def ok(self, infno: str, input_: Any) -> dict[str, Any]:
         answer = await self.call(infno, input_)
         assert answer["infcode"] == 0, (self.shape.name, infno, answer["err_msg"])
+        # Empty on success: the Hubei clients (yinhai yh_hb_call's callers, e.g. the sibling
+        # files of `UserInfoResponseModel`) show any non-empty err_msg as an error and stop,
+        # as `string.IsNullOrEmpty(yBResponse.err_msg)` reads it (found from outside: "成功").
+        assert not answer["err_msg"], (self.shape.name, infno, answer["err_msg"])
         output = answer["output"]
         for node, fields in self.shape.reads.get(infno, {}).items():
             if node == "":  # the output node itself (13xx paged answers)
