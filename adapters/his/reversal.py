@@ -80,6 +80,8 @@ async def reverse(call: Call) -> Answer:
         )
     if outcome == "tombstone":
         instruction = "原交易未到达中心，已登记冲正，原交易到达时将被拒绝"
+    else:
+        call.gw.recent.forget(call.req.fixmedins_code, omsgid)  # its retries are refused now
     return Answer({}, warn_msg=instruction)
 
 

@@ -57,14 +57,18 @@ async def bar(
 
 
 async def mark_reversed(
-    conn: asyncpg.Connection, fixmedins_code: str, omsgid: str, msgid: str
+    conn: asyncpg.Connection, fixmedins_code: str, omsgid: str, msgid: str, refusal: bytes
 ) -> None:
-    """Writes the 2601's msgid on the original's key: it cannot be reversed twice."""
+    """Writes the 2601's msgid on the original's key (it cannot be reversed twice), and has the
+    key answer its retries with `refusal`, as a late original is answered (the answer it was
+    given kept beside it, migration 040)."""
     await conn.execute(
-        "UPDATE idempotency SET reversed_by = $3 WHERE fixmedins_code = $1 AND msgid = $2",
+        "UPDATE idempotency SET reversed_by = $3, reversed_answer = answer, answer = $4,"
+        " tombstone = true WHERE fixmedins_code = $1 AND msgid = $2",
         fixmedins_code,
         omsgid,
         msgid,
+        refusal,
     )
 
 

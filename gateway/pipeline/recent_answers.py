@@ -53,6 +53,10 @@ class RecentAnswers:
         while len(answers) > self.capacity:
             answers.popitem(last=False)
 
+    def forget(self, fixmedins_code: str, msgid: str) -> None:
+        """Its answer no longer stands (a 2601 reversed it): the ledger answers its retries."""
+        self._answers.pop((fixmedins_code, msgid), None)
+
     def answered(self, fixmedins_code: str, msgid: str) -> Stored | None:
         """The committed answer of this msgid, if this process gave it lately."""
         return self._answers.get((fixmedins_code, msgid))

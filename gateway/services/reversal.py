@@ -113,7 +113,8 @@ async def reverse(
         # clerk as the settlement put back in force).
         warning = f"原报文{omsgid}当时未办理成功（已被拒绝），未产生费用，本次冲正仅作登记，原业务状态不变"
     # A failed original changed nothing; it is only marked, so it cannot be reversed twice.
-    await reversals.mark_reversed(conn, fixmedins_code, omsgid, msgid)
+    # Either way its retries are refused from now on, in the words a late original gets.
+    await reversals.mark_reversed(conn, fixmedins_code, omsgid, msgid, refusal)
     return "reversed", warning
 
 

@@ -94,6 +94,69 @@ async def test_reversing_a_cancellation_reinstates_the_settlement(server: Server
         assert found["setlinfo"][field] == info[field]
 
 
+async def test_a_retry_of_a_reversed_message_is_refused_as_reversed(server: Server) -> None:
+    """Found from outside (four testers): a till resending a 2102, a 2103, a 2207 under its
+    msgid after its own 2601 had reversed it was told 成功 with the old amounts (a sale paid by
+    the account, a refund made), where the ledger held the opposite. Its key now answers as a
+    late original's does, byte for byte on every retry; the 2601's own retry keeps its 成功;
+    nothing is settled or refunded again."""
+    his = server.client(HOSPITAL)
+    mdtrt_id, info, settle_msgid = await _outpatient(his, "MZ-REV-R1")
+    settle = msgspec.json.encode(
+        his.envelope(
+            "2207",
+            his.settle_data(EMPLOYEE, mdtrt_id, "11", "280.00", "310", "1", chrg_bchno="B1"),
+            msgid=settle_msgid,
+        )
+    )
+    # A cancellation reversed: its retry refused, the settlement in force as it was.
+    cancel_msgid = his.msgid()
+    keys = {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}
+    cancel = msgspec.json.encode(his.envelope("2208", {"data": keys}, msgid=cancel_msgid))
+    _, cancelled = await his.post_raw(cancel)
+    assert decode(cancelled)["infcode"] == 0
+    undo = msgspec.json.encode(his.envelope("2601", _reverse(EMPLOYEE, cancel_msgid, "2208")))
+    _, undone = await his.post_raw(undo)
+    assert decode(undone)["infcode"] == 0
+    settled_state = await _state(server, EMPLOYEE)
+    _, retried = await his.post_raw(cancel)
+    answer = decode(retried)
+    assert answer["infcode"] == -1, answer
+    assert f"报文ID{cancel_msgid}的交易已被冲正（2601）" in answer["err_msg"], answer
+    assert await his.post_raw(cancel) == (200, retried)  # the same refusal, byte for byte
+    assert await his.post_raw(undo) == (200, undone)  # the 2601's own answer stands
+    assert await _state(server, EMPLOYEE) == settled_state
+    # The settlement itself reversed: its retry refused, nothing settled again.
+    await his.ok("2601", _reverse(EMPLOYEE, settle_msgid, "2207"))
+    before = await _state(server, EMPLOYEE)
+    _, retried = await his.post_raw(settle)
+    assert decode(retried)["infcode"] == -1 and "已被冲正（2601）" in decode(retried)["err_msg"]
+    assert await _state(server, EMPLOYEE) == before
+    count = "SELECT count(*) FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
+    assert await server.fetchval(count, mdtrt_id) == 0
+    # A pharmacy sale and its refund alike.
+    pos = server.client("P44180000001")
+    lines = [{"feedetl_sn": "1", "medins_list_codg": "YP0007", "pric": "9.9", "cnt": "1",
+              "det_item_fee_sumamt": "9.90"}]  # fmt: skip
+    sale_msgid = pos.msgid()
+    drug = pos.drug_input(EMPLOYEE, "2026-07-02 10:00:00", "9.90", lines)
+    sale = msgspec.json.encode(pos.envelope("2102", drug, msgid=sale_msgid))
+    sold = decode((await pos.post_raw(sale))[1])["output"]["setlinfo"]
+    refund_msgid = pos.msgid()
+    ref = {"data": {"setl_id": sold["setl_id"], "mdtrt_id": sold["mdtrt_id"], "psn_no": EMPLOYEE}}
+    refund = msgspec.json.encode(pos.envelope("2103", ref, msgid=refund_msgid))
+    assert decode((await pos.post_raw(refund))[1])["infcode"] == 0
+    await pos.ok("2601", _reverse(EMPLOYEE, refund_msgid, "2103"))
+    sold_state = await _state(server, EMPLOYEE)
+    retried_refund = decode((await pos.post_raw(refund))[1])
+    assert retried_refund["infcode"] == -1 and "已被冲正" in retried_refund["err_msg"]
+    assert await _state(server, EMPLOYEE) == sold_state  # the sale stands, nothing refunded
+    await pos.ok("2601", _reverse(EMPLOYEE, sale_msgid, "2102"))
+    retried_sale = decode((await pos.post_raw(sale))[1])
+    assert retried_sale["infcode"] == -1 and "已被冲正" in retried_sale["err_msg"]
+    assert await _state(server, EMPLOYEE) == before
+
+
 async def test_reversing_a_refused_message_says_nothing_was_put_back(server: Server) -> None:
     """Found from outside: a 2601 of a cancellation that had been refused ("已撤销") answered
     成功 with nothing else, read by the clerk as the settlement put back in force. It changes
