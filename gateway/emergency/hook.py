@@ -1031,9 +1031,10 @@ START_DRAIN_SECONDS = 10.0
 
 
 async def take_over_dead_segments(gw: Gateway) -> None:
-    """Before the first request: the claims of processes that died holding journal segments
-    (kill -9, a crash) are answered by this one, and drained into the ledger if it can be
-    within START_DRAIN_SECONDS. Found from outside: a restarted gateway served before its
+    """Before the first request: the claims in other processes' journal segments (those that
+    died holding them, kill -9 or a crash, and a live sibling's not yet drained) are answered
+    by this one, and dead ones' drained into the ledger if it can be within
+    START_DRAIN_SECONDS. Found from outside: a restarted gateway served before its
     watcher drained the dead process's segment, and retries of the acknowledged claims in
     that second (patients who had paid in cash) were settled again, for real."""
     from gateway.emergency.deferred import (
@@ -1042,7 +1043,7 @@ async def take_over_dead_segments(gw: Gateway) -> None:
 
     if not gw.journal.drainable_exists():
         return
-    await asyncio.to_thread(gw.journal.unheld_claims)  # their answers adopted
+    await asyncio.to_thread(gw.journal.adopt_siblings)  # their answers, and a live sibling's
     try:
         async with asyncio.timeout(START_DRAIN_SECONDS):
             await replay.drain(gw, gw.journal)
@@ -1117,10 +1118,10 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                     "ledger watch step failed", exc_info=True, extra={"ledger": ledger.name}
                 )
         if gw.journal.drainable_exists():
-            # A worker that died holding claims: their retries are answered here from now on,
-            # not settled for real before the sweep drains them (journal.unheld_claims).
+            # Other processes' claims, a dead worker's or a live one's not yet drained: their
+            # retries are answered here too, never settled for real (journal.adopt_siblings).
             try:
-                await asyncio.to_thread(gw.journal.unheld_claims)
+                await asyncio.to_thread(gw.journal.adopt_siblings)
             except OSError:
                 log.warning("journal segments not read this round", exc_info=True)
         if loop_now - last_sweep < 5.0:

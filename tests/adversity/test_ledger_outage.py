@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1176,6 +1176,73 @@ async def test_a_restarted_gateway_answers_a_dead_processs_claims_from_its_first
         )
         assert settled == 0  # none settled for real: each is a claim, waiting for replay
         assert await server.check_ledger() == []
+    finally:
+        await session.close()
+        await proxy.close()
+
+
+async def test_a_live_siblings_claims_are_answered_by_a_process_that_never_saw_them(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: with two workers, one killed in an outage and started again by the
+    supervisor, the new worker met its live sibling's journaled claims (the ledger back, the
+    sibling not yet drained) as new requests: retries were settled for real, a journaled
+    registration registered again and its claim failed. A process answers every other
+    process's claims from their segments until they are drained. Here the sibling keeps its
+    claims (its breaker waits long to close) while a second gateway, started after the ledger
+    came back, takes the retries."""
+    dsn = await new_database("sibling")
+    await prepare_database(Settings(dsn))
+    proxy = Proxy(*_tcp(dsn))
+    await proxy.start()
+    journal = tmp_path / "journal"
+    config = tmp_path / "gateway.toml"
+    slow_to_close = CONFIG_TOML.replace("healthy_seconds = 1.0", "healthy_seconds = 300.0")
+    config.write_text(slow_to_close.format(journal=journal), encoding="utf-8")
+    first, second = _free_port(), _free_port()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    def ready(url: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url + "/readyz") as r:
+                    return r.status == 200
+            return False
+
+        return check
+
+    load = Load([HisClient(session, f"http://127.0.0.1:{first}", PHARMACY)])
+    try:
+        async with _gateway_process(_through(dsn, proxy.port), config, first):
+            await until(ready(f"http://127.0.0.1:{first}"), within=30.0)
+            proxy.cut()
+            workers = [asyncio.create_task(load.counter(n)) for n in range(4)]
+
+            async def deferring() -> bool:
+                return len(load.deferred()) >= 8
+
+            await until(deferring, within=60.0)
+            load.stop.set()
+            await asyncio.gather(*workers)
+            proxy.restore()
+            acked = {
+                a["output"]["setlinfo"]["medins_setl_id"]: raw
+                for _, a, raw in load.answers
+                if a["infcode"] == 0 and a["output"]["setlinfo"]["setl_id"].startswith("DF")
+            }
+            assert len(acked) >= 8
+            async with _gateway_process(_through(dsn, proxy.port), config, second):
+                url = f"http://127.0.0.1:{second}"
+                await until(ready(url), within=30.0)
+                pos = HisClient(session, url, PHARMACY)
+                again = await asyncio.gather(*(pos.post_raw(load.sent[m]) for m in acked))
+                assert [raw for _, raw in again] == list(acked.values())
+            server = Server("", dsn, session)
+            settled = await server.fetchval(
+                "SELECT count(*) FROM settlements WHERE medins_setl_id = ANY($1::text[])",
+                list(acked),
+            )
+            assert settled == 0  # each a claim still, in its process's journal
     finally:
         await session.close()
         await proxy.close()

@@ -82,30 +82,34 @@ def _drained(segment: Path) -> None:
     segment.unlink()
 
 
-async def test_a_dead_processs_claims_are_answered_here_until_their_segment_is_drained(
+async def test_other_processes_claims_are_answered_here_until_their_segment_is_drained(
     tmp_path: Path,
 ) -> None:
-    """Found from outside: a gateway restarted after kill -9 served before the dead process's
-    segment was drained, and its claims' retries were settled for real. Counting a segment no
-    process holds adopts its answers (this process answers their retries, byte for byte); once
-    the segment is gone (drained, here or by another worker), the ledger answers them."""
-    dead = Journal(tmp_path)
+    """Found from outside, twice: a gateway restarted after kill -9, and a worker started in
+    place of a killed one beside a live sibling, met the claims journaled by another process
+    (not yet drained) as new requests, and settled their retries for real. Every process
+    answers the claims of every other segment, a live one's as it grows, until the segment is
+    gone (drained, here or by its owner)."""
+    sibling = Journal(tmp_path)
     for n in range(2):
-        await dead.append(entry(n))
+        await sibling.append(entry(n))
     alive = Journal(tmp_path)
     await alive.append(entry(7))
-    alive.unheld_claims()
-    assert alive.answered("P1", "m0") is None  # the other process lives: its retries are its own
-    dead.close()  # killed
-    alive.unheld_claims()
-    assert alive.answered("P1", "m0") == (b"\x01" * 32, b"{}")
-    assert alive.answered("P1", "m1") is not None and alive.holds_anything
-    for path, handle in alive.drainable():  # locked by a drain under way: still answered here
-        alive.unheld_claims()
-        assert alive.answered("P1", "m0") is not None
+    alive.adopt_siblings()
+    assert alive.answered("P1", "m0") == (b"\x01" * 32, b"{}")  # a live sibling's claim
+    await sibling.append(entry(2))
+    (segment,) = [p for p in _segments(tmp_path) if p != alive._path]
+    with segment.open("ab") as f:
+        f.write(b'{"kind":"claim","fixmedins_')  # a line being written: read when complete
+    alive.adopt_siblings()
+    assert alive.answered("P1", "m2") is not None and alive.holds_anything
+    sibling.close()  # killed: its segment stays until drained
+    alive.adopt_siblings()
+    assert alive.answered("P1", "m1") is not None
+    for path, handle in alive.drainable():
         handle.close()
         _drained(path)
-    alive.unheld_claims()
-    assert alive.answered("P1", "m0") is None and alive.answered("P1", "m1") is None
+    alive.adopt_siblings()
+    assert [alive.answered("P1", f"m{n}") for n in range(3)] == [None, None, None]
     assert alive.answered("P1", "m7") is not None  # its own, until its own drain
     alive.close()

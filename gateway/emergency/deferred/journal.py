@@ -163,8 +163,10 @@ class Journal:
         self._held: dict[str, tuple[str, str, Held]] = {}
         # Segments no process holds: (size, claim ids) as last counted (unheld_claims).
         self._unheld: dict[Path, tuple[int, frozenset[str]]] = {}
-        # The (institution, msgid) keys whose answers were adopted from each of them.
+        # Other processes' segments: the (institution, msgid) keys whose answers were adopted
+        # from each, and how far each has been read (adopt_siblings).
         self._adopted: dict[Path, set[tuple[str, str]]] = {}
+        self._read_to: dict[Path, int] = {}
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
@@ -270,12 +272,7 @@ class Journal:
         """The claims, not withdrawn, in the segments no running process holds (a killed
         worker's, until one drains them; this process's own once rotated, which `claims` still
         counts). Read from disk: call it off the event loop. A segment no longer grows, so what
-        it holds is kept by its size.
-
-        Their answers are adopted as this process's own (`answered`) until the segment is
-        drained: found from outside, a gateway restarted after kill -9 served before it had
-        drained the dead process's segment, and the tills' retries of acknowledged claims (the
-        patients had paid in cash) were settled a second time, for real."""
+        it holds is kept by its size."""
         found: set[str] = set()
         seen: set[Path] = set()
         for path, handle in self.drainable():
@@ -285,17 +282,11 @@ class Journal:
                 if known is None or known[0] != size:
                     claims: set[str] = set()
                     withdrawn: set[str] = set()
-                    adopted = self._adopted.setdefault(path, set())
                     for e in read_segment(path, quiet=True):
                         if e.claim_id and e.kind == "claim":
                             claims.add(e.claim_id)
                         elif e.claim_id and e.kind == "withdrawal":
                             withdrawn.add(e.claim_id)
-                        key = (e.fixmedins_code, e.msgid)
-                        if key not in self.answers:
-                            self.answers[key] = e.answer
-                            self.digests[key] = e.digest
-                            adopted.add(key)
                     known = self._unheld[path] = (size, frozenset(claims - withdrawn))
             finally:
                 handle.close()
@@ -303,14 +294,54 @@ class Journal:
             found |= known[1]
         for gone in self._unheld.keys() - seen:
             del self._unheld[gone]
-        for gone in [p for p in self._adopted.keys() - seen if not p.exists()]:
+        return frozenset(found)
+
+    def adopt_siblings(self) -> None:
+        """The answers in every other segment of the directory, a live process's or a dead
+        one's, answered by this process too until the segment is gone (drained): read from
+        where each was read last, complete lines only. Read from disk: call it off the event
+        loop.
+
+        Found from outside, twice: a gateway restarted after kill -9 served before it had
+        drained the dead process's segment, and a worker the supervisor started in place of a
+        killed one met its live sibling's claims, not yet drained, as new requests; in both the
+        tills' retries of acknowledged claims (the patients had paid in cash) were settled again,
+        for real, and a journaled registration registered again, its claim then failing."""
+        if not self.directory.exists():
+            return
+        own = self._path if self._file is not None else None
+        present: set[Path] = set()
+        for path in self.directory.glob(f"*{SUFFIX}"):
+            if path == own:
+                continue
+            present.add(path)
+            start = self._read_to.get(path, 0)
+            try:
+                with path.open("rb") as f:
+                    f.seek(start)
+                    chunk = f.read()
+            except FileNotFoundError:
+                continue
+            end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next read
+            adopted = self._adopted.setdefault(path, set())
+            for line in chunk[:end].splitlines():
+                try:
+                    e = _decode(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # the drain tells of it
+                key = (e.fixmedins_code, e.msgid)
+                if key not in self.answers:
+                    self.answers[key] = e.answer
+                    self.digests[key] = e.digest
+                    adopted.add(key)
+            self._read_to[path] = start + end
+        for gone in [p for p in self._adopted if p not in present and not p.exists()]:
             # Drained (by this process, whose drain forgot them already, or by another): the
-            # ledger answers their retries now. One being drained right now is locked, not
-            # listed, and still on disk: kept until its file is gone.
+            # ledger answers their retries now.
+            self._read_to.pop(gone, None)
             for key in self._adopted.pop(gone):
                 self.answers.pop(key, None)
                 self.digests.pop(key, None)
-        return frozenset(found)
 
     def drainable_exists(self) -> bool:
         """Cheap check before a drain: segments other than this process's open one."""
