@@ -255,6 +255,18 @@ async def _gateway_process(
         await proc.wait()
 
 
+def _ready(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[bool]]:
+    """Whether the gateway at `url` answers /readyz with 200 (not yet listening: no)."""
+
+    async def check() -> bool:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(url + "/readyz") as r:
+                return r.status == 200
+        return False
+
+    return check
+
+
 async def test_kill_9_while_deferring_loses_no_claim(
     new_database: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -271,13 +283,7 @@ async def test_kill_9_while_deferring_loses_no_claim(
         async with _gateway_process(_through(dsn, proxy.port), config, port) as proc:
             url = f"http://127.0.0.1:{port}"
 
-            async def ready() -> bool:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(url + "/readyz") as r:
-                        return r.status == 200
-                return False
-
-            await until(ready, within=30.0)
+            await until(_ready(session, url), within=30.0)
             proxy.cut()
             load = Load([HisClient(session, url, PHARMACY)])
             workers = [asyncio.create_task(load.counter(n)) for n in range(12)]
@@ -1132,14 +1138,7 @@ async def test_a_restarted_gateway_answers_a_dead_processs_claims_from_its_first
     load = Load([HisClient(session, url, PHARMACY)])
     try:
         async with _gateway_process(_through(dsn, proxy.port), config, port) as proc:
-
-            async def ready() -> bool:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(url + "/readyz") as r:
-                        return r.status == 200
-                return False
-
-            await until(ready, within=30.0)
+            await until(_ready(session, url), within=30.0)
             proxy.cut()
             workers = [asyncio.create_task(load.counter(n)) for n in range(6)]
 
@@ -1202,19 +1201,10 @@ async def test_a_live_siblings_claims_are_answered_by_a_process_that_never_saw_t
     first, second = _free_port(), _free_port()
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
-    def ready(url: str) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url + "/readyz") as r:
-                    return r.status == 200
-            return False
-
-        return check
-
     load = Load([HisClient(session, f"http://127.0.0.1:{first}", PHARMACY)])
     try:
         async with _gateway_process(_through(dsn, proxy.port), config, first):
-            await until(ready(f"http://127.0.0.1:{first}"), within=30.0)
+            await until(_ready(session, f"http://127.0.0.1:{first}"), within=30.0)
             proxy.cut()
             workers = [asyncio.create_task(load.counter(n)) for n in range(4)]
 
@@ -1233,7 +1223,7 @@ async def test_a_live_siblings_claims_are_answered_by_a_process_that_never_saw_t
             assert len(acked) >= 8
             async with _gateway_process(_through(dsn, proxy.port), config, second):
                 url = f"http://127.0.0.1:{second}"
-                await until(ready(url), within=30.0)
+                await until(_ready(session, url), within=30.0)
                 pos = HisClient(session, url, PHARMACY)
                 again = await asyncio.gather(*(pos.post_raw(load.sent[m]) for m in acked))
                 assert [raw for _, raw in again] == list(acked.values())
