@@ -111,7 +111,10 @@ async def reverse(
     else:
         # Said so (found from outside: 成功 alone, after a refused cancellation, read to the
         # clerk as the settlement put back in force).
-        warning = f"原报文{omsgid}当时未办理成功（已被拒绝），未产生费用，本次冲正仅作登记，原业务状态不变"
+        warning = (
+            f"原报文{omsgid}当时未办理成功（已被拒绝），未产生费用，本次冲正仅作登记，原业务状态不变；"
+            "该报文ID再次发送将答复已被冲正"
+        )
     # A failed original changed nothing; it is only marked, so it cannot be reversed twice.
     # Either way its retries are refused from now on, in the words a late original gets.
     await reversals.mark_reversed(conn, fixmedins_code, omsgid, msgid, refusal)

@@ -173,6 +173,11 @@ async def test_reversing_a_refused_message_says_nothing_was_put_back(server: Ser
     assert reversed_["infcode"] == 0 and reversed_["output"] == {}, reversed_
     assert f"原报文{again}当时未办理成功" in reversed_["warn_msg"]
     assert "原业务状态不变" in reversed_["warn_msg"]
+    # Its retries are refused from now on, and it says so (found from outside: "仅作登记, 原业务
+    # 状态不变" alone, where the msgid's answer had changed).
+    assert "再次发送将答复已被冲正" in reversed_["warn_msg"], reversed_
+    retried = await his.call("2208", ref, msgid=again)
+    assert retried["infcode"] == -1 and "已被冲正（2601）" in retried["err_msg"], retried
     assert await _state(server, EMPLOYEE) == cancelled
     found = await his.call("5203", {"data": {"setl_id": info["setl_id"]}})
     assert found["output"]["setlinfo"]["refd_setl_flag"] == "1"  # still cancelled
