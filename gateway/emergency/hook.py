@@ -1067,13 +1067,30 @@ async def watch_ledger(gw: Gateway, every: float = 0.5) -> None:
     # Its own task: a probe of an old system that does not answer waits its timeout, which
     # must not hold the ledger's watch.
     legacy = asyncio.create_task(_watch_legacy(gw, every))
+    # Its own task too: the watch's sweeps take seconds, and a sibling's claims must be known
+    # within half a second of their segment appearing (`journal.siblings`).
+    siblings = asyncio.create_task(_watch_siblings(gw, every))
     try:
         await _watch_ledger(gw, every)
     finally:
-        for task in (ticker, legacy):
+        for task in (ticker, legacy, siblings):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _watch_siblings(gw: Gateway, every: float) -> None:
+    """Other processes' journal segments read as they appear and grow: their claims' retries
+    are answered here, never settled for real (journal.adopt_siblings)."""
+    while True:
+        await asyncio.sleep(every)
+        if not gw.journal.drainable_exists():
+            gw.journal.siblings = False
+            continue
+        try:
+            await asyncio.to_thread(gw.journal.adopt_siblings)
+        except OSError:
+            log.warning("journal segments not read this round", exc_info=True)
 
 
 async def _watch_legacy(gw: Gateway, every: float) -> None:
@@ -1117,13 +1134,6 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                 log.warning(
                     "ledger watch step failed", exc_info=True, extra={"ledger": ledger.name}
                 )
-        if gw.journal.drainable_exists():
-            # Other processes' claims, a dead worker's or a live one's not yet drained: their
-            # retries are answered here too, never settled for real (journal.adopt_siblings).
-            try:
-                await asyncio.to_thread(gw.journal.adopt_siblings)
-            except OSError:
-                log.warning("journal segments not read this round", exc_info=True)
         if loop_now - last_sweep < 5.0:
             continue
         last_sweep = loop_now

@@ -217,14 +217,10 @@ async def handle(
             if earlier is None:
                 raise refusal
             routed: Outcome | tuple[Transaction, Mode] = earlier
-        elif (
-            tx.writes
-            and gw.journal.holds_anything
-            and (held := _answered_here(gw, req, fingerprint(req)))
-        ):
-            # Claims this process holds that are not in the ledger yet (its own, appended while
-            # a drain ran; a dead process's, adopted at start or when it died): found from
-            # outside, a restarted gateway settled the retry of such a claim for real.
+        elif tx.writes and (held := await _held_in_journals(gw, req)):
+            # Claims not in the ledger yet: this process's own (appended while a drain ran),
+            # a dead process's, a live sibling's. Found from outside: a restarted gateway, and a
+            # worker started beside a sibling still deferring, settled such retries for real.
             routed = held
         else:
             routed = await _plan(gw, tx, req, institution, body, received, ledger)
@@ -561,6 +557,21 @@ def _failed(
     log.error("unexpected failure", exc_info=exc, extra=labels)
     bug = Unavailable("医保结算服务内部错误，交易未生效，请稍后重试")
     return Outcome(_fail(gw, received, bug), req.infno, Result.ERROR, req.msgid, code, terminal)
+
+
+async def _held_in_journals(gw: Gateway, req: Request) -> Outcome | None:
+    """The answer a local journal holds for this msgid, its own or a sibling's segment's.
+    While another process's segment is in the directory (an outage, or just after one), the
+    segments are read up to now first: a sibling journals a claim before it answers, so the
+    till's retry, wherever it lands, finds it (found from outside: read every half second by
+    the watcher, whose sweeps took seconds, a retry 2 s after its claim was settled for real by
+    the worker beside it). Otherwise nothing is read: a bool and a stat of the directory."""
+    journal = gw.journal
+    if journal.siblings or journal.listing_changed():
+        await asyncio.to_thread(journal.adopt_siblings)
+    if not journal.holds_anything:
+        return None
+    return _answered_here(gw, req, fingerprint(req))
 
 
 def _answered_here(gw: Gateway, req: Request, body_hash: bytes) -> Outcome | None:

@@ -1236,3 +1236,55 @@ async def test_a_live_siblings_claims_are_answered_by_a_process_that_never_saw_t
     finally:
         await session.close()
         await proxy.close()
+
+
+async def test_a_claim_a_sibling_just_journaled_is_answered_at_once_by_the_process_beside_it(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: a worker answering from the ledger beside a sibling still deferring
+    read the sibling's segment only every half second, and in practice every few seconds (its
+    watcher's sweeps), so a till's retry 0.2–2 s after its claim was settled for real there (a
+    withdrawn claim's too: the account charged for a sale the counter had cancelled). Here one
+    gateway defers (its ledger cut) while another serves from the ledger, sharing the journal
+    directory; every claim's retry goes to the second the moment its answer comes back."""
+    dsn = await new_database("beside")
+    await prepare_database(Settings(dsn))
+    proxy = Proxy(*_tcp(dsn))
+    await proxy.start()
+    journal = tmp_path / "journal"
+    config = tmp_path / "gateway.toml"
+    slow_to_close = CONFIG_TOML.replace("healthy_seconds = 1.0", "healthy_seconds = 300.0")
+    config.write_text(slow_to_close.format(journal=journal), encoding="utf-8")
+    cut, direct = _free_port(), _free_port()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    deferring = HisClient(session, f"http://127.0.0.1:{cut}", PHARMACY)
+    serving = HisClient(session, f"http://127.0.0.1:{direct}", PHARMACY)
+    try:
+        async with (
+            _gateway_process(_through(dsn, proxy.port), config, cut),
+            _gateway_process(dsn, config, direct),
+        ):
+            await until(_ready(session, f"http://127.0.0.1:{cut}"), within=30.0)
+            await until(_ready(session, f"http://127.0.0.1:{direct}"), within=30.0)
+            proxy.cut()
+            claims = 0
+            for n in range(40):
+                drug = deferring.drug_input(
+                    PERSONS[n % 3], "2026-07-06 10:00:00", DRUG_TOTAL, DRUG_LINES, "0"
+                )
+                body = msgspec.json.encode(deferring.envelope("2102", drug))
+                _, first = await deferring.post_raw(body)
+                answer = decode(first)
+                if answer["infcode"] != 0:
+                    continue  # told to retry while the breaker opens
+                assert answer["output"]["setlinfo"]["setl_id"].startswith("DF"), answer
+                claims += 1
+                assert await serving.post_raw(body) == (200, first), n  # at once, beside it
+                if claims >= 5:
+                    break
+            assert claims >= 5
+        server = Server("", dsn, session)
+        assert await server.fetchval("SELECT count(*) FROM settlements") == 0
+    finally:
+        await session.close()
+        await proxy.close()

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -167,6 +168,11 @@ class Journal:
         # from each, and how far each has been read (adopt_siblings).
         self._adopted: dict[Path, set[tuple[str, str]]] = {}
         self._read_to: dict[Path, int] = {}
+        # Whether another process's segment was in the directory when last looked (each
+        # writing request then reads them first: dispatch._held_in_journals).
+        self.siblings = False
+        self._adopting = threading.Lock()  # requests and the watcher read them in threads
+        self._listed_at: int | None = None  # the directory's mtime when last listed
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
@@ -296,6 +302,19 @@ class Journal:
             del self._unheld[gone]
         return frozenset(found)
 
+    def listing_changed(self) -> bool:
+        """Whether a segment appeared in (or left) the directory since it was last listed: one
+        stat, cheap enough for every writing request (a sibling's first claim is answered
+        beside it before the watcher has looked)."""
+        try:
+            listed = os.stat(self.directory).st_mtime_ns
+        except OSError:
+            return False  # no directory: no segment anywhere
+        if listed == self._listed_at:
+            return False
+        self._listed_at = listed
+        return True
+
     def adopt_siblings(self) -> None:
         """The answers in every other segment of the directory, a live process's or a dead
         one's, answered by this process too until the segment is gone (drained): read from
@@ -307,7 +326,12 @@ class Journal:
         killed one met its live sibling's claims, not yet drained, as new requests; in both the
         tills' retries of acknowledged claims (the patients had paid in cash) were settled again,
         for real, and a journaled registration registered again, its claim then failing."""
+        with self._adopting:
+            self._adopt_siblings()
+
+    def _adopt_siblings(self) -> None:
         if not self.directory.exists():
+            self.siblings = False
             return
         own = self._path if self._file is not None else None
         present: set[Path] = set()
@@ -335,6 +359,7 @@ class Journal:
                     self.digests[key] = e.digest
                     adopted.add(key)
             self._read_to[path] = start + end
+        self.siblings = bool(present)
         for gone in [p for p in self._adopted if p not in present and not p.exists()]:
             # Drained (by this process, whose drain forgot them already, or by another): the
             # ledger answers their retries now.
