@@ -19,7 +19,13 @@ from gateway.protocol.errors import Conflict
 class Stored(msgspec.Struct, frozen=True, gc=False):
     body_sha256: bytes
     answer: bytes
-    tombstone: bool = False
+    tombstone: bool = False  # answers the reversal's refusal: a bar, or an original reversed
+
+    @property
+    def barred(self) -> bool:
+        """A bar: a 2601 of an original this ledger never received (`tombstone`), where a
+        reversed original keeps its own body's digest."""
+        return self.tombstone and self.body_sha256 == TOMBSTONE_DIGEST
 
 
 async def lookup(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> Stored | None:

@@ -510,6 +510,10 @@ async def test_a_2601_reaches_its_original_whatever_region_it_names(split: Split
     assert status[0][0] != "settled"
     after = (await split.rows(bijie, "SELECT balance_fen FROM accounts WHERE psn_no = $1", BIJIE_WORKER))[0][0]  # fmt: skip
     assert after - before == int(Decimal(sold["output"]["setlinfo"]["acct_pay"]) * 100)
+    # Reversed, it is still found where it is: a second 2601 naming another person and no
+    # region goes there and is refused, barring nothing anywhere (checked below).
+    twice = await _reverse(split.srv, PHARMACY_OF[BIJIE], QINGYUAN_WORKER, body["msgid"], "")
+    assert twice["infcode"] == -1, twice
     assert (
         await split.holding(
             # A bar (a tombstone of an original never seen) in no database: the original's own
