@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from adapters.national import deferral
 from adapters.national.envelope import Request, decode_request, encode_response, fingerprint
 from gateway.app.runtime import Gateway
 from gateway.core.model import PHARMACY_TYPE, Institution
 from gateway.emergency.breaker import loop_stalls
+from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.emergency.plan.rules import Decision, TxClass
 from gateway.ledger import db, idempotency
 from gateway.ledger.partitions import MAIN, Partition
@@ -33,12 +35,14 @@ from gateway.protocol.errors import (
     Busy,
     GatewayError,
     IdentityRejected,
+    NotYetApplied,
     RuleRejected,
     Unavailable,
 )
 from gateway.protocol.transaction import (
     TRANSACTIONS,
     Call,
+    Deferral,
     Kind,
     Mode,
     Prepare,
@@ -229,6 +233,7 @@ async def handle(
         else:
             run, mode = routed
             if run.writes:
+                _wait_for_journaled(gw, tx, req)
                 outcome = await _write(gw, run, req, institution, body, received, mode, ledger)
             else:
                 outcome = await _read(gw, run, req, institution, received, mode, ledger)
@@ -572,6 +577,33 @@ async def _held_in_journals(gw: Gateway, req: Request) -> Outcome | None:
     if not journal.holds_anything:
         return None
     return _answered_here(gw, req, fingerprint(req))
+
+
+def _wait_for_journaled(gw: Gateway, tx: Transaction, req: Request) -> None:
+    """Refuse, to be retried, a write to the ledger on a visit or claim a journal segment
+    still holds calls or claims of (this process's, just after an outage, or a sibling's):
+    without them the ledger would settle the visit short or not find the claim. Found from
+    outside: beside a worker still deferring, a 2207 on a visit whose 2203/2204 that worker had
+    journaled was refused "no fees", and the withdrawal of its journaled claim "not found".
+    Visits numbered under the plan wait in the ledger's own way (encounters.NotYetApplied)."""
+    journal = gw.journal
+    if not journal.names_anything:
+        return
+    if tx.deferral is Deferral.CANCEL_CLAIM:
+        setl_id, visit, _ = deferral.withdrawal_ref(req)
+        if journal.pending(req.fixmedins_code, (setl_id,)):
+            raise NotYetApplied(
+                f"暂存结算{setl_id}为数据库中断期间暂存的业务，尚未补录入账，"
+                "请稍后使用相同报文ID重试"
+            )
+    else:
+        visit = deferral.call_visit(req)
+    provisional = visit.startswith(PROVISIONAL_PREFIX)
+    if visit and not provisional and journal.pending(req.fixmedins_code, (visit,)):
+        raise NotYetApplied(
+            f"就诊ID{visit}尚有数据库中断期间暂存的业务（就诊信息、费用明细或结算）未补录入账，"
+            "请稍后使用相同报文ID重试"
+        )
 
 
 def _answered_here(gw: Gateway, req: Request, body_hash: bytes) -> Outcome | None:

@@ -1288,3 +1288,78 @@ async def test_a_claim_a_sibling_just_journaled_is_answered_at_once_by_the_proce
     finally:
         await session.close()
         await proxy.close()
+
+
+async def test_what_a_sibling_journaled_waits_for_its_drain_on_the_process_beside_it(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: beside a worker still deferring, the worker serving from the ledger
+    refused the withdrawal (2103) of a sale the other had journaled as "not found", and a 2207
+    on a visit whose 2203/2204 the other had journaled as "no fees": the clerk, told the claim
+    did not exist, could not cancel it. Each is told to retry the same msgid until the journal
+    is drained, and nothing is written for it; a settlement on a visit the journals do not
+    name goes on."""
+    from tests.integration.emergency_helpers import OUTPATIENT_LINES, OUTPATIENT_TOTAL
+
+    dsn = await new_database("wait_drain")
+    await prepare_database(Settings(dsn))
+    proxy = Proxy(*_tcp(dsn))
+    await proxy.start()
+    journal = tmp_path / "journal"
+    config = tmp_path / "gateway.toml"
+    slow_to_close = CONFIG_TOML.replace("healthy_seconds = 1.0", "healthy_seconds = 300.0")
+    config.write_text(slow_to_close.format(journal=journal), encoding="utf-8")
+    cut, direct = _free_port(), _free_port()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    urls = f"http://127.0.0.1:{cut}", f"http://127.0.0.1:{direct}"
+    pos, pos_beside = (HisClient(session, url, PHARMACY) for url in urls)
+    his, his_beside = (HisClient(session, url, "H44180000001") for url in urls)
+    day = "2026-07-07"
+    try:
+        async with (
+            _gateway_process(_through(dsn, proxy.port), config, cut),
+            _gateway_process(dsn, config, direct),
+        ):
+            for url in urls:
+                await until(_ready(session, url), within=30.0)
+            journaled_visit = await his.register(PERSONS[0], "310", f"{day} 08:30:00", "MZ-J-1")
+            other_visit = await his.register(PERSONS[1], "310", f"{day} 08:31:00", "MZ-J-2")
+            proxy.cut()
+            claim: dict[str, Any] = {}
+
+            async def deferred() -> bool:
+                drug = pos.drug_input(PERSONS[2], f"{day} 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+                answer = await pos.call("2102", drug)
+                if answer["infcode"] == 0:
+                    claim.update(answer["output"]["setlinfo"])
+                return bool(claim)
+
+            await until(deferred, within=30.0)
+            assert claim["setl_id"].startswith("DF"), claim
+            await his.visit_info(journaled_visit, PERSONS[0], "11", f"{day} 08:30:00")
+            rows = his.fee_rows(journaled_visit, PERSONS[0], OUTPATIENT_LINES, f"{day} 08:40:00", "B1")  # fmt: skip
+            await his.ok("2204", {"feedetail": rows})
+
+            server = Server("", dsn, session)
+            before = await server.fetchval("SELECT count(*) FROM idempotency")
+            cancel = {"data": {"setl_id": claim["setl_id"], "mdtrt_id": claim["mdtrt_id"],
+                               "psn_no": PERSONS[2]}}  # fmt: skip
+            settle = his.settle_data(PERSONS[0], journaled_visit, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")  # fmt: skip
+            for client, infno, body in [(pos_beside, "2103", cancel), (his_beside, "2207", settle)]:
+                answer = await client.call(infno, body)
+                assert answer["infcode"] == -1, (infno, answer)
+                assert "未补录入账" in answer["err_msg"], answer
+                assert "相同报文ID重试" in answer["err_msg"], answer
+            assert await server.fetchval("SELECT count(*) FROM idempotency") == before
+            assert await server.fetchval("SELECT count(*) FROM settlements") == 0
+
+            # A visit no journal names is served from the ledger as ever.
+            await his_beside.visit_info(other_visit, PERSONS[1], "11", f"{day} 08:31:00")
+            rows = his_beside.fee_rows(other_visit, PERSONS[1], OUTPATIENT_LINES, f"{day} 08:41:00", "B2")  # fmt: skip
+            await his_beside.ok("2204", {"feedetail": rows})
+            data = his_beside.settle_data(PERSONS[1], other_visit, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B2")  # fmt: skip
+            settled = (await his_beside.ok("2207", data))["setlinfo"]
+            assert not settled["setl_id"].startswith("DF")
+    finally:
+        await session.close()
+        await proxy.close()

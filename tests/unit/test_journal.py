@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -113,3 +114,31 @@ async def test_other_processes_claims_are_answered_here_until_their_segment_is_d
     assert [alive.answered("P1", f"m{n}") for n in range(3)] == [None, None, None]
     assert alive.answered("P1", "m7") is not None  # its own, until its own drain
     alive.close()
+
+
+async def test_the_visits_and_claims_a_journal_names_are_pending_until_drained(
+    tmp_path: Path,
+) -> None:
+    """What the ledger cannot see yet waits: a visit whose calls, or a claim, a segment holds
+    (this process's or a sibling's) is pending until that segment's entries are drained; a
+    withdrawal names nothing of its own, and another institution's same number is not it."""
+    call = dataclasses.replace(entry(1), kind="call", infno="2204", mdtrt_id="V1", claim_id=None)
+    own = Journal(tmp_path)
+    assert not own.names_anything
+    await own.append(call)
+    assert own.names_anything and own.pending("P1", ("V1",))
+    assert not own.pending("P2", ("V1",)) and not own.pending("P1", ("V2",))
+    sibling = Journal(tmp_path)
+    await sibling.append(entry(2))
+    await sibling.append(dataclasses.replace(entry(3), kind="withdrawal", claim_id="DF9"))
+    own.adopt_siblings()
+    assert own.pending("P1", ("DF2",)) and not own.pending("P1", ("DF9",))
+    own.forget([call])
+    assert not own.pending("P1", ("V1",)) and own.pending("P1", ("V2", "DF2"))
+    sibling.close()
+    for path, handle in own.drainable():
+        handle.close()
+        _drained(path)
+    own.adopt_siblings()
+    assert not own.names_anything
+    own.close()

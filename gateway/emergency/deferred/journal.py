@@ -147,6 +147,14 @@ def held_elsewhere(directory: Path) -> list[Path]:
     return held
 
 
+def _refs(e: Entry) -> tuple[tuple[str, str], ...]:
+    """The visit and the claim an entry names, by institution (nothing for a withdrawal: the
+    claim it withdraws is named by that claim's entry)."""
+    if e.kind == "withdrawal":
+        return ()
+    return tuple((e.fixmedins_code, ref) for ref in (e.mdtrt_id, e.claim_id) if ref)
+
+
 class Journal:
     """This process's segment, and the index of what it holds (for retries of the same msgid)."""
 
@@ -172,6 +180,12 @@ class Journal:
         # writing request then reads them first: dispatch._held_in_journals).
         self.siblings = False
         self._adopting = threading.Lock()  # requests and the watcher read them in threads
+        # What the journals hold, not yet drained, names: (institution, mdtrt_id or claim id),
+        # this process's own counted, each sibling segment's by its path. A request the ledger
+        # would answer without them (a settlement of a visit whose fees are journaled, the
+        # withdrawal of a journaled claim) waits for the drain (`pending`).
+        self._own_refs: dict[tuple[str, str], int] = {}
+        self._sibling_refs: dict[Path, set[tuple[str, str]]] = {}
         self._listed_at: int | None = None  # the directory's mtime when last listed
 
     def _open(self) -> IO[bytes]:
@@ -207,6 +221,22 @@ class Journal:
             self.claims[e.claim_id] = e
         if e.kind == "withdrawal" and e.claim_id:
             self.withdrawn.add(e.claim_id)
+        for ref in _refs(e):
+            self._own_refs[ref] = self._own_refs.get(ref, 0) + 1
+
+    @property
+    def names_anything(self) -> bool:
+        """Whether any segment holds a visit's or claim's entry not yet drained (`pending`)."""
+        return bool(self._own_refs) or any(self._sibling_refs.values())
+
+    def pending(self, fixmedins_code: str, refs: tuple[str, ...]) -> bool:
+        """Whether a journal segment, this process's or another's, holds an entry not yet
+        drained that names one of these visits or claims of the institution."""
+        for ref in refs:
+            key = (fixmedins_code, ref)
+            if key in self._own_refs or any(key in held for held in self._sibling_refs.values()):
+                return True
+        return False
 
     def held_on(self, fixmedins_code: str, mdtrt_id: str) -> list[Held]:
         """What this process's pending claims of the visit cover."""
@@ -252,6 +282,10 @@ class Journal:
         for e in entries:
             self.answers.pop((e.fixmedins_code, e.msgid), None)
             self.digests.pop((e.fixmedins_code, e.msgid), None)
+            for ref in _refs(e):
+                left = self._own_refs.pop(ref, 0) - 1
+                if left > 0:
+                    self._own_refs[ref] = left
             if e.claim_id:
                 self.claims.pop(e.claim_id, None)
                 self.withdrawn.discard(e.claim_id)
@@ -348,11 +382,13 @@ class Journal:
                 continue
             end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next read
             adopted = self._adopted.setdefault(path, set())
+            named = self._sibling_refs.setdefault(path, set())
             for line in chunk[:end].splitlines():
                 try:
                     e = _decode(line)
                 except (ValueError, KeyError, TypeError):
                     continue  # the drain tells of it
+                named.update(_refs(e))
                 key = (e.fixmedins_code, e.msgid)
                 if key not in self.answers:
                     self.answers[key] = e.answer
@@ -364,6 +400,7 @@ class Journal:
             # Drained (by this process, whose drain forgot them already, or by another): the
             # ledger answers their retries now.
             self._read_to.pop(gone, None)
+            self._sibling_refs.pop(gone, None)
             for key in self._adopted.pop(gone):
                 self.answers.pop(key, None)
                 self.digests.pop(key, None)
