@@ -177,6 +177,11 @@ async def test_pages_need_login_escape_values_and_logout_ends_the_session(server
         # The role in the words every page uses (found from outside: "operator" here, where
         # the agency's pages said 经办员 and the like).
         assert f"{OPERATOR['operator']}（应急值班员）" in html, html[:400]
+        # The replayed claims' reimbursements are a sum, paid ones too, not what is still owed
+        # (found from outside: "应支付参保人 2206.11 元" beside 2067.98 owed on the payouts page).
+        owed = re.search(r'<p id="deferred">[^<]*', html)
+        assert owed is not None and "补结算报销参保人合计" in owed.group(0), html
+        assert "应支付参保人" not in owed.group(0) and "含已支付" in owed.group(0)
         # A form without the session's CSRF token is refused, and changes nothing.
         before = await _counts(server)
         async with browser.post(

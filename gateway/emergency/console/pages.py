@@ -211,7 +211,10 @@ def console(
         "<h2>暂存结算（主动报）与补结算</h2>"
         f'<p id="deferred">待补结算 {d["claims_pending"]} 笔，已补结算 {d["claims_settled"]} 笔，'
         f"失败 {d['claims_failed']} 笔，已撤销 {d['claims_withdrawn']} 笔；待补办业务 {d['calls_pending']} 笔；"
-        f"应支付参保人 {fen_text(d['reimbursement_fen'])} 元。</p>"
+        # Found from outside: "应支付参保人" read as still owed, where the sum counts what the
+        # payout batches have paid too; what is still to pay is the payouts page's.
+        f"补结算报销参保人合计 {fen_text(d['reimbursement_fen'])} 元（含已支付；"
+        '待支付见<a href="/console/payouts">支付批次</a>）。</p>'
         + (
             f'<p id="deferred-unreachable" class="err">账务库{escape("、".join(gone))}暂时无法连接，'
             "其暂存结算未计入以上数字。</p>"
