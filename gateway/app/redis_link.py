@@ -10,7 +10,10 @@ master fail meanwhile, which the Redis breaker already absorbs.
 from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.app.config import RedisConfig
 
@@ -33,6 +36,7 @@ def open_redis(config: RedisConfig, url: str | None, *, timeout: float) -> Redis
             db=config.db,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            retry=_once_more(),
         )
         return master
     if url:
@@ -46,9 +50,19 @@ def open_redis(config: RedisConfig, url: str | None, *, timeout: float) -> Redis
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            retry=_once_more(),
         )
         return Redis.from_pool(pool)
     return None
+
+
+def _once_more() -> Retry:
+    """A command that meets a closed connection is sent once more, on a new one: a connection
+    Redis closed while it sat in the pool (a restart) is found closed only by the next command
+    on it (found from outside: after a Redis restart the first nonce checks failed so, opening
+    the breaker again). Once: a server that is gone fails at once, for the breaker to count; a
+    timeout is not sent again, which would double the wait of every command while Redis hangs."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 # A command takes a fraction of a millisecond: a few dozen connections carry thousands of
