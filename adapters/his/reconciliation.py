@@ -139,11 +139,17 @@ def _period(call: Call, d: StmtTotal) -> reconciliation.StatementPeriod:
     )
 
 
-def _others(call: Call) -> list[asyncpg.Pool]:
+def _others(call: Call, setl_optins: str | None = None) -> list[asyncpg.Pool]:
     """The ledger clusters, besides the main database this call runs in (dispatch keeps
     reconciliations there; none unless the ledger is split by region): an institution's
-    settlements of patients insured in a cluster's regions are in that cluster."""
-    return [p.pool for p in call.gw.ledgers.clusters]
+    settlements of patients insured in a cluster's regions are in that cluster. With the
+    period's `setl_optins` (its patients' insured region, each settlement's `clr_optins`), only
+    the cluster of that region: found from outside, one region's database down refused every
+    3201, of the other regions' patients too."""
+    clusters = call.gw.ledgers.clusters
+    if setl_optins is not None:
+        clusters = tuple(c for c in clusters if setl_optins in c.regions)
+    return [p.pool for p in clusters]
 
 
 @register("3201", "医药机构费用结算对总账", writes=True, klass=TxClass.RECONCILE, input=In3201)
@@ -163,7 +169,7 @@ async def statement_total(call: Call) -> Answer:
     )
     _declared_under_settled_codes(p, declared.fixmedins_setl_cnt)
     stmt = await reconciliation.statement_total(
-        call.conn, Origin.of(call.req), p, declared, _others(call)
+        call.conn, Origin.of(call.req), p, declared, _others(call, p.setl_optins)
     )
     return Answer({"stmtinfo": _statement(p.setl_optins, stmt)}, mismatch=not stmt.balanced)
 

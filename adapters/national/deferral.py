@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -30,7 +31,10 @@ from adapters.national.wire import (
     when,
     when_required,
 )
-from gateway.core.money import fen_text
+from gateway.core.catalog import Snapshot
+from gateway.core.model import FeeLine
+from gateway.core.money import fen_text, to_fen
+from gateway.core.settle import split_line
 from gateway.core.timestamps import day_digits
 from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
 from gateway.ledger import deferred, fees, manual_claims, persons, settlements
@@ -199,8 +203,12 @@ def cash_setlinfo(
     at: dt.datetime,
     balc: int,
     sign: int = 1,
+    priced: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """结算信息 in which the patient pays everything in cash (negated for a withdrawal).
+
+    `priced`: the four parts of the bill (全自费, 超限价, 先自付, 符合范围) as its lines split
+    where the gateway has them (`priced_split`), when the HIS sent no split that adds up.
 
     `balc` is the account balance the claim leaves, which is the balance before it (the account
     is not touched): where the ledger holds the person, its balance; where the gateway cannot
@@ -211,6 +219,10 @@ def cash_setlinfo(
     values["medfee_sumamt"] = facts.medfee_sumamt
     if sum(facts.declared.values()) == facts.medfee_sumamt:
         values.update(facts.declared)  # the split the HIS sent, when it adds up
+    elif priced is not None and sum(priced.values()) == facts.medfee_sumamt:
+        # The lines' split as the settlement would make it (found from outside: a wholly
+        # self-pay line answered as within the policy range, which a HIS keeps).
+        values.update(priced)
     else:
         # Not priced yet (replay prices it): the whole bill within the policy range, so that
         # medfee = fulamt + overlmt + preselfpay + inscp holds on this answer too (found from
@@ -242,12 +254,60 @@ def cash_setlinfo(
     return out
 
 
+# The parts of a bill settlement-rules §6 sums to its total, by their setlinfo names.
+SPLIT_FIELDS = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+
+
+def priced_split(
+    snapshot: Snapshot, fixmedins_code: str, lines: Sequence[FeeLine] | None
+) -> dict[str, int] | None:
+    """The parts of a claim's bill as its lines split under the catalog in force on each line's
+    day (rules §1–2); None where the lines are not known or no longer split (a mapping changed
+    since they were uploaded: replay says how)."""
+    if not lines:
+        return None
+    parts = dict.fromkeys(SPLIT_FIELDS, 0)
+    try:
+        for ln in lines:
+            split = split_line(snapshot, fixmedins_code, ln)
+            parts["fulamt_ownpay_amt"] += split.fulamt_ownpay_amt
+            parts["overlmt_selfpay"] += split.overlmt_amt
+            parts["preselfpay_amt"] += split.preselfpay_amt
+            parts["inscp_scp_amt"] += split.inscp_scp_amt
+    except GatewayError:
+        return None
+    return parts
+
+
+def sale_split(output: Any) -> dict[str, int] | None:
+    """The four parts of a built sale's answer (its `setlinfo`), in fen; None if it has none."""
+    info = output.get("setlinfo") if isinstance(output, dict) else None
+    if not isinstance(info, dict):
+        return None
+    try:
+        return {name: to_fen(bytes(info[name]).decode()) for name in SPLIT_FIELDS}
+    except (KeyError, TypeError, ValueError, GatewayError):
+        return None
+
+
 def claim_output(
-    facts: ClaimFacts, claim_id: str, mdtrt_id: str, msgid: str, at: dt.datetime, balc: int
+    facts: ClaimFacts,
+    claim_id: str,
+    mdtrt_id: str,
+    msgid: str,
+    at: dt.datetime,
+    balc: int,
+    priced: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     return {
         "setlinfo": cash_setlinfo(
-            facts, claim_id=claim_id, mdtrt_id=mdtrt_id, msgid=msgid, at=at, balc=balc
+            facts,
+            claim_id=claim_id,
+            mdtrt_id=mdtrt_id,
+            msgid=msgid,
+            at=at,
+            balc=balc,
+            priced=priced,
         ),
         "setldetail": [],
     }

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger("gateway.catalog")
+breaker_log = logging.getLogger("gateway.emergency.breaker")
 
 # Builds the process's group commit from its pool and settings; None: no writers configured.
 GroupCommitFactory = Callable[[asyncpg.Pool, Settings], Batches | None]
@@ -98,6 +99,7 @@ class Gateway:
     """
 
     __slots__ = (
+        "_confirming",
         "_plan_states",
         "_refresh_lock",
         "breakers",
@@ -189,6 +191,12 @@ class Gateway:
             name = ledger_breaker_name(cluster.name)
             self.breakers[name] = Breaker(name, breakers.postgres, on_change=_breaker_changed)
             metrics.prime_breaker(name)
+        # A ledger breaker's verdict on one institution's failures is confirmed by the probe.
+        self._confirming: set[asyncio.Task[None]] = set()
+        for partition in self.ledgers.all:
+            self.ledger_breaker(partition.name).suspect = functools.partial(
+                self._suspect, partition.pool
+            )
         self.limiter = Limiter(config.rate_limit, redis)
         self.limiter.gate.breaker = self.breakers["redis"]
         # Per institution: tripping writes its protective action as a plan rule.
@@ -335,6 +343,23 @@ class Gateway:
             await self.redis.publish(PLAN_CHANNEL, str(self.plan.version))
         except Exception:
             log.warning("plan change not published; other processes will poll")
+
+    def _suspect(self, pool: asyncpg.Pool, breaker: Breaker) -> None:
+        """Probe the ledger database now: one institution's failures open its breaker only if
+        the database fails the probe too (gateway.emergency.breaker, `suspect`)."""
+        task = asyncio.get_running_loop().create_task(self._confirm(pool, breaker))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, pool: asyncpg.Pool, breaker: Breaker) -> None:
+        suspected = breaker.suspected
+        ok = await db.writable(pool)
+        if ok:
+            breaker_log.warning(
+                "ledger answered its probe: one institution's failures kept the breaker closed",
+                extra={"breaker": breaker.name, "reason": suspected},
+            )
+        breaker.confirmed(ok)
 
     def ledger_breaker(self, ledger: str) -> Breaker:
         """The breaker of a ledger database, by its partition name."""

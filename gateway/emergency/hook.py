@@ -377,10 +377,15 @@ def _purchase_claim(gw: Gateway, req: Request, institution: Institution, now: dt
     warn_msg = deferral.DEFER_WARN.format(claim_id=claim_id)
 
     def build(held: Held, _mdtrt_serial: int, _setl_serial: int) -> Built:
-        sale.build(held, 0, 0)  # its refusals are the claim's; nothing it stages is written
+        # Its refusals are the claim's; nothing it stages is written. Its lines' split is the
+        # claim's answer's (found from outside: a wholly self-pay line answered as within the
+        # policy range).
+        priced = deferral.sale_split(sale.build(held, 0, 0).output)
         writes = Writes()
         deferred.stage(writes, entry, "ledger")
-        output = deferral.claim_output(facts, claim_id, claim_id, req.msgid, now, held.balance)
+        output = deferral.claim_output(
+            facts, claim_id, claim_id, req.msgid, now, held.balance, priced=priced
+        )
         return Built(output, writes, held.balance, held.year, warn_msg=warn_msg)
 
     return Job(psn_no=facts.psn_no, year=sale.year, build=build, settles=False, draws=False)
@@ -423,11 +428,12 @@ async def _defer_claim(call: Call) -> Answer:
         service_date = enc.begntime.date()
         visit = enc.mdtrt_id
     scope = deferral.claim_scope(req)
-    lines: tuple[str, ...] | None = None
+    claimed: list[fees.StoredLine] | None = None
     if scope is not None:
         await _refuse_claimed_twice(call.conn, req.fixmedins_code, visit, scope[1])
         if not visit.startswith(PROVISIONAL_PREFIX):
-            lines = await _claimed_lines(call.conn, req.fixmedins_code, visit, scope[1])
+            claimed = await _claimed_lines(call.conn, req.fixmedins_code, visit, scope[1])
+    lines = None if claimed is None else tuple(ln.feedetl_sn for ln in claimed)
     if visit == facts.mdtrt_id and not visit.startswith(PROVISIONAL_PREFIX):
         await _refuse_as_its_settlement(call)
     claim_id = deferral.new_claim_id(
@@ -438,7 +444,10 @@ async def _defer_claim(call: Call) -> Answer:
     )
     await deferred.insert(call.conn, entry, "ledger")
     call.gw.ledger_claims.clear()  # pre-settlements read claims again until the next count
-    output = deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, call.now, balance)
+    priced = deferral.priced_split(call.gw.snapshot, req.fixmedins_code, claimed)
+    output = deferral.claim_output(
+        facts, claim_id, mdtrt_id, req.msgid, call.now, balance, priced=priced
+    )
     return Answer(output, warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id))
 
 
@@ -502,7 +511,7 @@ async def _refuse_as_its_settlement(call: Call, claim: Transaction | None = None
 
 async def _claimed_lines(
     conn: asyncpg.Connection, fixmedins_code: str, visit: str, batch: str
-) -> tuple[str, ...] | None:
+) -> list[fees.StoredLine] | None:
     """The lines a claim covers (of its charge batch, or of the whole visit): those unsettled as
     it is taken, since lines uploaded afterwards are settled by a later settlement (a mid-way
     2304 followed by more fees). Found from outside: a batch's claim named no lines, so a line
@@ -512,7 +521,7 @@ async def _claimed_lines(
     applied them (in order)."""
     if await deferred.calls_waiting(conn, fixmedins_code):
         return None
-    return tuple(ln.feedetl_sn for ln in fees.of_batch(await fees.unsettled(conn, visit), batch))
+    return fees.of_batch(await fees.unsettled(conn, visit), batch)
 
 
 async def _refuse_claimed_twice(
@@ -1123,7 +1132,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
             breaker = gw.ledger_breaker(ledger.name)
             try:
                 if breaker.is_open and breaker.probe_due():
-                    breaker.probe_result(await _probe(ledger.pool))
+                    breaker.probe_result(await db.writable(ledger.pool))
                     if breaker.ready_to_close() and await _may_close(gw, breaker):
                         async with asyncio.timeout(30):
                             await replay.drain(gw, gw.journal, _reachable(gw, ledger.name))
@@ -1237,17 +1246,6 @@ async def _may_close(gw: Gateway, breaker: Breaker) -> bool:
     await gw.announce_plan_change()
     breaker.reason = "待人工恢复：" + breaker.reason
     return False
-
-
-async def _probe(pool: asyncpg.Pool) -> bool:
-    """The ledger answers and its settlement tables can be written (a probe that only read
-    closed the breaker over a locked table)."""
-    try:
-        async with asyncio.timeout(1.0), db.leased(pool, 1.0) as conn:
-            await db.ping_writes(conn, 0.5)
-        return True
-    except (*db.UNAVAILABLE, asyncpg.PostgresError):
-        return False
 
 
 PLAN = dispatch.PlanHook(detours, intercept, answers_retries)

@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from gateway.protocol.errors import LedgerDown
+
 log = logging.getLogger("gateway.ledger.db")
 
 # What a ledger call may fail with when the ledger is unreachable or is no longer the primary
@@ -176,6 +178,42 @@ async def leased(pool: asyncpg.Pool, wait: float) -> AsyncIterator[asyncpg.Conne
         await pool.release(conn, timeout=wait)
 
 
+# Each ledger database's pool by its name (gateway.ledger.partitions), for `elsewhere`: keyed by
+# id, the pool kept beside it so that a new pool at a freed address is not taken for it.
+_NAMES: dict[int, tuple[asyncpg.Pool, str]] = {}
+
+
+def name_pool(pool: asyncpg.Pool, name: str) -> None:
+    """Register the ledger database a pool reaches, for the failures `elsewhere` names."""
+    _NAMES[id(pool)] = (pool, name)
+
+
+def pool_name(pool: asyncpg.Pool) -> str:
+    entry = _NAMES.get(id(pool))
+    return entry[1] if entry is not None and entry[0] is pool else ""
+
+
+ELSEWHERE_MSG = (
+    "参保地医保结算数据库暂时不可用，暂不能完成本交易，请稍后使用相同报文ID重试；"
+    "如持续失败请按应急预案处理"
+)
+
+
+@contextlib.asynccontextmanager
+async def elsewhere(pool: asyncpg.Pool, wait: float) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a ledger database other than the one the request runs in (the ledger
+    split by region: a reconciliation's other regions, a query or a 2601 looking for what
+    another holds), within `wait`. Its failure is that database's, named (`LedgerDown`), not
+    the request's own: found from outside, one region's database down made every 3201, 5203
+    and 2601 that looked there count against the main database's breaker, which opened and
+    deferred every other region's settlements."""
+    try:
+        async with asyncio.timeout(wait), leased(pool, wait) as conn:
+            yield conn
+    except UNAVAILABLE as exc:
+        raise LedgerDown(ELSEWHERE_MSG, pool_name(pool), isinstance(exc, TimeoutError)) from exc
+
+
 async def close_pool(pool: asyncpg.Pool, within: float) -> bool:
     """Close the pool once its connections are released, but not wait longer than `within`
     seconds: then terminate it (a stop must not hang on a connection some background task still
@@ -207,6 +245,17 @@ SETTLEMENT_TABLES = (
     "idempotency, encounters, fee_lines, settlements, settlement_funds, settlement_events,"
     " accumulators, accounts"
 )
+
+
+async def writable(pool: asyncpg.Pool) -> bool:
+    """The ledger's probe: it answers, and its settlement tables can be written (`ping_writes`:
+    a probe that only read closed the breaker over a locked table)."""
+    try:
+        async with asyncio.timeout(1.0), leased(pool, 1.0) as conn:
+            await ping_writes(conn, 0.5)
+        return True
+    except (*UNAVAILABLE, asyncpg.PostgresError):
+        return False
 
 
 async def ping_writes(conn: asyncpg.Connection, wait: float) -> None:

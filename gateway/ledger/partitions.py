@@ -65,6 +65,8 @@ class Partitions:
         self.all = (main, *self.clusters)
         self._by_region = {region: c for c in self.clusters for region in c.regions}
         self.split = bool(self.clusters)
+        for partition in self.all:
+            db.name_pool(partition.pool, partition.name)
         # (psn_no, certificate type, number) -> the region the directory gave. A person's
         # region moves only when persons are placed into their clusters at a server's start, so
         # a process keeps what it read (emptied when full, a bound on its memory).
@@ -126,7 +128,7 @@ class Partitions:
         2601 that wrote it ran where its own region or person sends it, and so does its retry,
         which must find its stored answer there."""
         for partition in self.all:
-            async with asyncio.timeout(wait), db.leased(partition.pool, wait) as conn:
+            async with db.elsewhere(partition.pool, wait) as conn:
                 found = await idempotency.lookup(conn, fixmedins_code, msgid)
             # A reversed original is held here too (found in review: skipped as a bar, a second
             # 2601 of it went to the envelope's region and barred it there, answered 成功).

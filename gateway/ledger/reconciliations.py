@@ -127,7 +127,7 @@ async def centre_totals_everywhere(
     settled there)."""
     found = [await centre_totals(conn, p)]
     for pool in others:
-        async with db.leased(pool, wait) as other:
+        async with db.elsewhere(pool, wait) as other:
             found.append(await centre_totals(other, p))
     return Totals(
         count=sum(t.count for t in found),
@@ -145,7 +145,7 @@ async def centre_rows_everywhere(
     settlement order."""
     rows = await centre_rows(conn, p)
     for pool in others:
-        async with db.leased(pool, wait) as other:
+        async with db.elsewhere(pool, wait) as other:
             rows += await centre_rows(other, p)
     return rows
 

@@ -35,6 +35,7 @@ from gateway.protocol.errors import (
     Busy,
     GatewayError,
     IdentityRejected,
+    LedgerDown,
     NotYetApplied,
     RuleRejected,
     Unavailable,
@@ -530,6 +531,10 @@ def _failed(
     code = req.fixmedins_code
     if isinstance(exc, Busy):
         return Outcome(_fail(gw, received, exc), req.infno, Result.BUSY, req.msgid, code, terminal)
+    if isinstance(exc, LedgerDown) and exc.ledger:
+        # Another region's database, named: its breaker counts it, not this request's ledger's.
+        log.error("ledger database unavailable", exc_info=exc.__cause__, extra=labels)
+        _observe(gw, code, False, exc.timeout, received_clock, exc.ledger, False)
     if isinstance(exc, GatewayError):
         return Outcome(
             _fail(gw, received, exc),

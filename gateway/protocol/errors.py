@@ -16,6 +16,7 @@ their msgid, so a retry after an outage is not answered with the outage.
     ├── Conflict                 the state forbids it: settled twice, cancelled twice, msgid reused
     ├── Busy                     shed under overload or rate limit; retry shortly (retryable)
     └── Unavailable              a dependency failed or timed out (retryable)
+        ├── LedgerDown           another region's ledger database did not answer (named)
         └── DependencyDown       refused without trying: the ledger's or the old system's
                                  breaker is open
 
@@ -93,6 +94,18 @@ class Unavailable(GatewayError):
     """A dependency failed or timed out."""
 
     retryable = True
+
+
+class LedgerDown(Unavailable):
+    """A ledger database other than the request's own did not answer (the ledger split by
+    region, gateway.ledger.db.elsewhere): its breaker counts it, not the request's ledger's."""
+
+    counts_as_error = True
+
+    def __init__(self, message: str, ledger: str, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.ledger = ledger
+        self.timeout = timeout
 
 
 class DependencyDown(Unavailable):

@@ -139,7 +139,7 @@ async def _claims_words(
 
     count = await answered(conn)
     for pool in others:
-        async with db.leased(pool, OTHERS_WAIT) as other:
+        async with db.elsewhere(pool, OTHERS_WAIT) as other:
             count += await answered(other)
     if not count:
         return ""

@@ -255,7 +255,7 @@ async def bar_elsewhere(
     wherever its region or person sends it. If one of them has the original by now (it arrived
     meanwhile, routed there), the 2601 is refused as retryable: retried, it runs there."""
     for pool in pools:
-        async with db.leased(pool, wait) as conn, conn.transaction():
+        async with db.elsewhere(pool, wait) as conn, conn.transaction():
             if await reversals.bar(conn, fixmedins_code, omsgid, oinfno, refusal):
                 continue
             found = await idempotency.lookup(conn, fixmedins_code, omsgid)

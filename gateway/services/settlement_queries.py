@@ -28,7 +28,7 @@ async def here_or_elsewhere(
     for pool in elsewhere:
         if found:
             break
-        async with db.leased(pool, ELSEWHERE_WAIT) as other:
+        async with db.elsewhere(pool, ELSEWHERE_WAIT) as other:
             found = await read(other)
     return found
 

@@ -9,6 +9,7 @@ into 毕节's cluster, exactly once, and replay settles them there.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -148,5 +149,63 @@ async def test_a_cluster_down_defers_only_its_regions(
             claims,
         )
         assert settled == len(claims)
+    finally:
+        await proxy.close()
+
+
+async def test_what_looks_into_a_cluster_that_is_down_is_not_the_main_databases_failure(
+    new_database: Callable[..., Any], tmp_path: Any
+) -> None:
+    """Found from outside: with only 毕节's cluster down, five 3201s, 5203s or 2601s from 清远's
+    hospitals (each looking into every region's database: a reconciliation, a settlement not
+    found where it was asked, a 2601 of a message never seen) counted against the main
+    database's breaker, which opened: 清远's own patients' sales became cash claims. A failure
+    in another region's database is that database's; a 3201 of 清远's patients reads only
+    theirs."""
+    bijie, wenzhou = await new_database("bijie_q"), await new_database("wenzhou_q")
+    proxy = Proxy(*_tcp(bijie))
+    await proxy.start()
+    config = replace(
+        GENEROUS,
+        deadlines=Deadlines(call_seconds=2.0),
+        breakers=Breakers(postgres=FAST_BREAKER),
+        ledger_clusters=(
+            LedgerCluster(name="bijie", dsn=_through(bijie, proxy.port), regions=("520500",)),
+            LedgerCluster(name="wenzhou", dsn=wenzhou, regions=("330300",)),
+        ),
+    )
+    try:
+        async with running_gateway(new_database, config, journal_dir=tmp_path) as srv:
+            his = srv.client("H44180000001")
+            pharmacy, person = SALES["441800"]
+            pos = srv.client(pharmacy)
+            proxy.cut()
+            today = dt.date.today().isoformat()
+            period = {"insutype": "310", "clr_type": "11", "stmt_begndate": today,
+                      "stmt_enddate": today, "medfee_sumamt": "0.00", "fund_pay_sumamt": "0.00",
+                      "acct_pay": "0.00", "fixmedins_setl_cnt": "0"}  # fmt: skip
+            for n in range(3):
+                # 清远's patients' reconciliation reads 清远's database only: answered.
+                own = await his.ok("3201", {"data": {**period, "setl_optins": "441800"}})
+                assert own["stmtinfo"]["stmt_rslt"] == "0", own
+                # 毕节's patients' needs 毕节's: retry, the same msgid.
+                for infno, data in [
+                    ("3201", {**period, "setl_optins": "520500"}),
+                    ("2601", {"psn_no": person, "omsgid": f"H44180000001{n:018d}",
+                              "oinfno": "2207"}),
+                    ("5203", {"setl_id": f"5205002026070500000000009{n}", "psn_no": ""}),
+                ]:  # fmt: skip
+                    answer = await his.call(infno, {"data": data})
+                    assert answer["infcode"] == -1, (infno, answer)
+                    assert "相同报文ID重试" in answer["err_msg"], (infno, answer)
+            async with srv.session.get(srv.url + "/metrics") as r:
+                text = await r.text()
+            states = [ln for ln in text.splitlines() if ln.startswith("sgw_breaker_state")]
+            assert 'sgw_breaker_state{dependency="postgres"} 0' in text, states
+            # 清远's sales settle in real time.
+            drug = pos.drug_input(person, "2026-07-05 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
+            sold = await pos.ok("2102", drug)
+            assert not sold["setlinfo"]["setl_id"].startswith("DF"), sold
+            proxy.restore()
     finally:
         await proxy.close()

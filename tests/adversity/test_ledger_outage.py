@@ -1363,3 +1363,43 @@ async def test_what_a_sibling_journaled_waits_for_its_drain_on_the_process_besid
     finally:
         await session.close()
         await proxy.close()
+
+
+async def test_one_persons_locked_rows_do_not_open_the_ledger_breaker_for_everyone(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: one person's account row held by a long transaction, one
+    pharmacy's tills timed out on that person's sales five times in a row and opened the
+    ledger's breaker; every other institution's sales became cash claims (the employees paid in
+    cash what their accounts would have paid), and the breaker flapped while the lock lasted.
+    One institution's failures open it only if the database fails the breaker's probe too."""
+    async with running_gateway(new_database, CONFIG) as srv:
+        pos = srv.client(PHARMACY)
+        bystander = srv.client("P52050000001", "520500")
+        locker = await asyncpg.connect(srv.dsn)
+        try:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("SELECT 1 FROM accounts WHERE psn_no = $1 FOR UPDATE", PERSONS[1])
+            for _ in range(3):  # several consecutive runs of the pharmacy's timeouts
+                drugs = [
+                    pos.drug_input(PERSONS[1], "2026-07-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+                    for _ in range(4)
+                ]
+                answers = await asyncio.gather(*(pos.call("2102", d) for d in drugs))
+                for answer in answers:
+                    assert answer["infcode"] == -1, answer
+                    assert "相同报文ID重试" in answer["err_msg"], answer
+            await asyncio.sleep(1.5)  # the probe's answer
+            async with srv.session.get(srv.url + "/metrics") as r:
+                text = await r.text()
+            states = [ln for ln in text.splitlines() if ln.startswith("sgw_breaker_state")]
+            assert 'sgw_breaker_state{dependency="postgres"} 0' in text, states
+            drug = bystander.drug_input(
+                "520500000000000001", "2026-07-08 10:05:00", DRUG_TOTAL, DRUG_LINES
+            )
+            sold = await bystander.ok("2102", drug)
+            assert not sold["setlinfo"]["setl_id"].startswith("DF"), sold
+            await lock.rollback()
+        finally:
+            await locker.close()

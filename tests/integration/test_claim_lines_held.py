@@ -98,7 +98,7 @@ async def test_a_line_added_to_a_claimed_batch_is_not_the_claims(
         mdtrt_id = await his.register(PERSON, "310", "2026-06-03 08:30:00", "MZ-HELD-2")
         await his.visit_info(mdtrt_id, PERSON, "11", "2026-06-03 08:30:00")
         rows = his.fee_rows(mdtrt_id, PERSON, OUTPATIENT_LINES, "2026-06-03 08:40:00", "B1")
-        await his.ok("2204", {"feedetail": rows})
+        uploaded = (await his.ok("2204", {"feedetail": rows}))["result"]
         claimed = {r["feedetl_sn"] for r in rows}
 
         info = await _claim_batch(srv, his, pos, mdtrt_id)
@@ -106,6 +106,12 @@ async def test_a_line_added_to_a_claimed_batch_is_not_the_claims(
         # settlement-rules §6 on this answer too (found from outside: the four parts were 0.00).
         parts = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
         assert sum(Decimal(str(info[k])) for k in parts) == Decimal(OUTPATIENT_TOTAL), info
+        # ... and as the lines split (found from outside: the whole bill within the policy
+        # range, a wholly self-pay class-C line included, which a HIS keeps from this answer).
+        by_line = ("fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt", "inscp_scp_amt")
+        split = [sum(Decimal(str(r[k])) for r in uploaded) for k in by_line]
+        assert [Decimal(str(info[k])) for k in parts] == split, (info, uploaded)
+        assert Decimal(str(info["fulamt_ownpay_amt"])) == Decimal("35.00")  # YP0010, class C
         extra = his.fee_rows(mdtrt_id, PERSON, OUTPATIENT_LINES[:1], "2026-06-03 09:00:00", "B1")
         extra[0]["feedetl_sn"] = "B1-LATER"
         await his.ok("2204", {"feedetail": extra})
@@ -125,3 +131,30 @@ async def test_a_line_added_to_a_claimed_batch_is_not_the_claims(
             mdtrt_id,
         )
         assert later is None  # not the claim's: the patient never paid it
+
+
+async def test_a_pharmacy_claim_answers_the_split_its_sale_would_have(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a claim's answer put the whole bill within the policy range, a
+    wholly self-pay line included. A pharmacy's claim answers the four parts its sale would
+    have had (the patient still pays it all in cash)."""
+    parts = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+    async with running_gateway(new_database) as srv:
+        pos: HisClient = srv.client(PHARMACY)
+        day = "2026-06-06 10:00:00"
+        priced = await pos.ok("2101", pos.drug_input(PERSON, day, DRUG_TOTAL, DRUG_LINES))
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+        async def deferring() -> bool:
+            drug = pos.drug_input(PERSON, day, DRUG_TOTAL, DRUG_LINES)
+            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
+
+        await until(deferring)
+        claim = await pos.ok("2102", pos.drug_input(PERSON, day, DRUG_TOTAL, DRUG_LINES))
+        info = claim["setlinfo"]
+        assert info["setl_id"].startswith("DF"), info
+        expected = [Decimal(str(priced["setlinfo"][k])) for k in parts]
+        assert [Decimal(str(info[k])) for k in parts] == expected, (info, priced)
+        assert expected[0] == Decimal("35.00")  # YP0010, class C: wholly self-pay
+        assert Decimal(str(info["psn_cash_pay"])) == Decimal(DRUG_TOTAL)

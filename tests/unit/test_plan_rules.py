@@ -422,3 +422,55 @@ def test_a_run_of_failed_settlements_opens_the_ledger_breaker_whatever_the_reads
     for n in range(10):
         hung_write(off, f"P{n}")
     assert off.state == CLOSED
+
+
+def test_one_institutions_failures_open_the_ledger_breaker_only_if_its_probe_fails() -> None:
+    """Found from outside: one person's rows locked, five of one pharmacy's sales timed out in a
+    row and opened the ledger's breaker; every other region's sales became cash claims, and it
+    flapped while the lock lasted. A verdict on one institution's failures alone asks for a
+    probe first (once, however many more fail meanwhile) and opens only if the probe fails;
+    two institutions', or failures whose institution is not known, open it at once."""
+    asked: list[str] = []
+
+    def watched() -> Breaker:
+        b = Breaker("postgres", CFG, Clock())
+        b.suspect = lambda breaker: asked.append(breaker.suspected)
+        return b
+
+    b = watched()
+    for _ in range(9):
+        b.record(False, timeout=True, who="P1")
+    assert b.state == CLOSED and asked == ["连续5次失败"], asked
+    b.confirmed(True)  # the database answered: the pharmacy's own trouble
+    assert b.state == CLOSED and not b.suspected
+    for _ in range(4):
+        b.record(False, timeout=True, who="P1")
+    assert b.state == CLOSED and len(asked) == 1  # counted afresh
+    b.record(False, timeout=True, who="P1")
+    assert len(asked) == 2
+    b.confirmed(False)  # the probe failed too: the database's
+    assert b.state == OPEN and "连续5次失败" in b.reason
+
+    asked.clear()
+    two = watched()
+    for n in range(5):
+        two.record(False, timeout=True, who=f"P{n % 2}")
+    assert two.state == OPEN and asked == []
+    unknown = watched()
+    for _ in range(5):
+        unknown.record(False, timeout=True)
+    assert unknown.state == OPEN and asked == []
+    # While a probe is out, a second institution's failure opens it without waiting.
+    racing = watched()
+    for _ in range(5):
+        racing.record(False, timeout=True, who="P1")
+    assert racing.suspected and racing.state == CLOSED
+    racing.record(False, timeout=True, who="P2")
+    assert racing.state == OPEN
+    racing.confirmed(True)  # too late to matter
+    assert racing.state == OPEN
+    # Without a probe to ask (Redis, the old system), one caller's failures open it as before.
+    plain = Breaker("redis", CFG, Clock())
+    for _ in range(5):
+        plain.record(False, who="P1")
+    assert plain.state == OPEN
