@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from adapters.national.envelope import (
     Code,
     Request,
@@ -67,6 +70,7 @@ async def reverse(call: Call) -> Answer:
         refusal=refusal,
         settlements_deferred=_deferred(call, oinfno),
         owner=_owner(call, omsgid),
+        undo_refusal=_undo_refusal(call, oinfno),
     )
     ledgers = call.gw.ledgers
     if outcome == "tombstone" and ledgers.split:
@@ -92,6 +96,17 @@ def _owner(call: Call, omsgid: str) -> str | None:
     if head == code or call.gw.snapshot.institution(head) is None:
         return None
     return head
+
+
+def _undo_refusal(call: Call, oinfno: str) -> Callable[[str], GatewayError | None] | None:
+    """What refuses undoing the original's settlement, by its medical category, while a plan
+    scope narrowed to a category holds (hook.undo_refusal); None while none does."""
+    original = transaction.of(oinfno)
+    if original is None or not call.gw.plan.categorized:
+        return None
+    return functools.partial(
+        hook.undo_refusal, call.gw, original, call.institution, call.now, ledger=call.ledger
+    )
 
 
 def _deferred(call: Call, oinfno: str) -> bool:

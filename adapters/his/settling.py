@@ -22,6 +22,7 @@ from adapters.national.wire import (
 )
 from gateway.app.runtime import Gateway
 from gateway.core.model import Institution
+from gateway.emergency import hook
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest
@@ -182,6 +183,14 @@ async def cancel_settlement(call: Call, *, kind: Kind) -> Answer:
     setl_id = required(data.setl_id, "data.setl_id")
     if deferral.is_claim_id(setl_id):
         return await deferral.withdraw_claim(call)
+    if call.gw.plan.categorized:
+        # Its category is its settlement's (a cancellation names no med_type): a scope narrowed
+        # to it refuses the undo as the plain scopes do before the handler.
+        category = await cancellation.category_of(call.conn, call.req.fixmedins_code, setl_id)
+        tx = TRANSACTIONS[call.req.infno]
+        refused = hook.undo_refusal(call.gw, tx, call.institution, call.now, category, call.ledger)
+        if refused is not None:
+            raise refused
     a = cancellation.SettlementCancel(
         setl_id=setl_id,
         mdtrt_id=required(data.mdtrt_id, "data.mdtrt_id"),

@@ -158,6 +158,32 @@ def decide(
     return plan.decide(institution.fixmedins_code, institution.admdvs, tx.klass, now, category)
 
 
+def undo_refusal(
+    gw: Gateway,
+    original: Transaction,
+    institution: Institution,
+    now: dt.datetime,
+    category: str | None,
+    ledger: str = MAIN,
+) -> GatewayError | None:
+    """The refusal of undoing (2208, or a 2601) a settlement of this medical category while a
+    plan scope narrowed to the category takes its settlements off the normal path, as the plain
+    scopes refuse it before the handler (a cancellation names no med_type, so only its
+    settlement tells the category). Found from outside: under the 温州 timetable, whose
+    settlement rules are per category, a 2208 and 2601s refunded settlements made before the
+    stop while the 2103 of a sale beside them was refused."""
+    if category is None or not gw.plan.categorized:
+        return None
+    decision = decide(gw, original, institution, now, category, ledger)
+    if decision is None:
+        return None
+    if decision.action is Action.DEFER:
+        return Conflict(cancellation.CANCEL_REFUSED_MSG)
+    if decision.action is Action.REJECT:
+        return RuleRejected(CANCEL_REJECT_MSG.format(why=decision.reason))
+    return None
+
+
 def detours(
     gw: Gateway,
     tx: Transaction,

@@ -79,6 +79,7 @@ class Settled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     mdtrt_id: str
     psn_no: str
     status: str
+    category: str = ""
 
 
 async def settlement_of(
@@ -86,7 +87,8 @@ async def settlement_of(
 ) -> Settled | None:
     """Reads the settlement the counter's original made (not a correction's re-settlement of it)."""
     row = await conn.fetchrow(
-        "SELECT setl_id, mdtrt_id, psn_no, status FROM settlements WHERE fixmedins_code = $1"
+        "SELECT setl_id, mdtrt_id, psn_no, status, category FROM settlements"
+        " WHERE fixmedins_code = $1"
         " AND medins_setl_id = $2 AND infno = $3"
         # A bulk correction's re-settlement carries the original's msgid; the original is the one
         # the counter sent. A counter's own re-settlement after a refund has a msgid of its own.
@@ -98,5 +100,9 @@ async def settlement_of(
     if row is None:
         return None
     return Settled(
-        setl_id=row["setl_id"], mdtrt_id=row["mdtrt_id"], psn_no=row["psn_no"], status=row["status"]
+        setl_id=row["setl_id"],
+        mdtrt_id=row["mdtrt_id"],
+        psn_no=row["psn_no"],
+        status=row["status"],
+        category=row["category"],
     )

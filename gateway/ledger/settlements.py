@@ -906,6 +906,16 @@ async def status_of(conn: asyncpg.Connection, setl_id: str) -> str | None:
     return status
 
 
+async def category_of(conn: asyncpg.Connection, fixmedins_code: str, setl_id: str) -> str | None:
+    """The medical category of the institution's settlement, None if it has none by that id."""
+    category: str | None = await conn.fetchval(
+        "SELECT category FROM settlements WHERE fixmedins_code = $1 AND setl_id = $2",
+        fixmedins_code,
+        setl_id,
+    )
+    return category
+
+
 async def visit_of(conn: asyncpg.Connection, setl_id: str) -> str:
     """Reads the visit (mdtrt_id) a settlement belongs to."""
     mdtrt_id: str = await conn.fetchval(

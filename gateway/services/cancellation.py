@@ -103,6 +103,12 @@ class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         )
 
 
+async def category_of(conn: asyncpg.Connection, fixmedins_code: str, setl_id: str) -> str | None:
+    """The medical category of the settlement a cancellation names (the plan's scopes narrowed
+    to a category judge the cancellation by it: gateway.emergency.hook.undo_refusal)."""
+    return await settlements.category_of(conn, fixmedins_code, setl_id)
+
+
 async def cancel(
     conn: asyncpg.Connection, origin: Origin, now: dt.datetime, kind: Kind, a: SettlementCancel
 ) -> Cancelled:

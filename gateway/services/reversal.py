@@ -11,7 +11,7 @@ cannot disagree. Each undo and its precondition: docs/reliability.md, "Undo and 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -26,7 +26,7 @@ from gateway.ledger import (
     reversals,
     settlements,
 )
-from gateway.protocol.errors import BadRequest, Conflict, NotFound, Unavailable
+from gateway.protocol.errors import BadRequest, Conflict, GatewayError, NotFound, Unavailable
 from gateway.protocol.transaction import TRANSACTIONS, Kind, Transaction, Undo
 from gateway.services import cancellation
 
@@ -49,6 +49,7 @@ async def reverse(
     refusal: bytes,
     settlements_deferred: bool = False,
     owner: str | None = None,
+    undo_refusal: Callable[[str], GatewayError | None] | None = None,
 ) -> tuple[str, str | None]:
     """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone", with the clerk's
     instruction where the undo needs one (a replayed deferred claim's settlement: the whole bill
@@ -60,7 +61,9 @@ async def reverse(
     databases too (`bar_elsewhere`).
     `owner`: another institution whose code the original's msgid begins with (protocol §1.4: an
     institution's msgid is its own code, the time and a serial); such an original that this
-    institution never sent is that institution's, and is refused, not barred."""
+    institution never sent is that institution's, and is refused, not barred.
+    `undo_refusal`: by the settlement's medical category, the plan's refusal of undoing it now
+    (scopes narrowed to a category, which the 2601 itself does not name)."""
     original = TRANSACTIONS.get(oinfno)
     if original is None or original.undo is Undo.NONE:
         reversible = "、".join(
@@ -100,7 +103,15 @@ async def reverse(
     if row.infcode == 0:
         if original.undo is Undo.SETTLEMENT:
             warning = await _undo_settlement(
-                conn, fixmedins_code, psn_no, omsgid, original, msgid, now, settlements_deferred
+                conn,
+                fixmedins_code,
+                psn_no,
+                omsgid,
+                original,
+                msgid,
+                now,
+                settlements_deferred,
+                undo_refusal,
             )
         elif original.undo is Undo.CANCELLATION:
             await _undo_cancellation(
@@ -130,6 +141,7 @@ async def _undo_settlement(
     msgid: str,
     now: dt.datetime,
     settlements_deferred: bool,
+    undo_refusal: Callable[[str], GatewayError | None] | None = None,
 ) -> str | None:
     row = await reversals.settlement_of(conn, code, omsgid, original.infno)
     if row is None:
@@ -141,6 +153,8 @@ async def _undo_settlement(
         raise Conflict(replaced or f"原结算{row.setl_id}已撤销，无需冲正")
     if settlements_deferred:
         raise Conflict(cancellation.CANCEL_REFUSED_MSG)
+    if undo_refusal is not None and (refused := undo_refusal(row.category)) is not None:
+        raise refused
     kind = original.kind
     assert kind is not None
     if kind is Kind.INPATIENT:

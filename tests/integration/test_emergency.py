@@ -1338,3 +1338,57 @@ async def test_the_old_systems_breaker_closes_once_it_is_back_with_nothing_route
 
 async def _at_least(items: list[str], n: int) -> bool:
     return len(items) >= n
+
+
+async def test_a_rule_narrowed_to_a_category_refuses_undoing_that_categorys_settlements(
+    server: Server,
+) -> None:
+    """Found from outside: under the 温州 timetable, whose settlement rules are per medical
+    category, a 2208 and 2601s refunded outpatient and pharmacy settlements made before the stop,
+    while the 2103 of a sale beside them was refused (a cancellation and a 2601 name no
+    med_type; they saw the plain scopes only). A settlement of the category is not undone while
+    its category's settlements are deferred (or rejected), in the words of the plain scopes;
+    another category's is; nothing is written for a refusal."""
+    his = server.client("H44180000001")
+    pos = server.client(PHARMACY_441800)
+    visits = [await _visit(his, WORKER, "2026-05-11", f"MZ-UNDO-{n}") for n in range(2)]
+    settled = []
+    for mdtrt_id in visits:
+        data = his.settle_data(WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")  # fmt: skip
+        body = his.envelope("2207", data)
+        answer = decode((await his.post_raw(msgspec.json.encode(body)))[1])
+        assert answer["infcode"] == 0, answer
+        settled.append((body["msgid"], answer["output"]["setlinfo"]))
+    sale = pos.envelope("2102", pos.drug_input(WORKER, "2026-05-11 10:00:00", DRUG_TOTAL, DRUG_LINES))  # fmt: skip
+    assert decode((await pos.post_raw(msgspec.json.encode(sale)))[1])["infcode"] == 0
+    for scope, action, words in [
+        ("region:441800:outpatient", "defer", "应急处置期间不能撤销已完成的医保结算"),
+        ("region:441800:pharmacy", "defer", "应急处置期间不能撤销已完成的医保结算"),
+        ("region:441800:outpatient", "reject", "原结算仍然有效，未退费"),
+    ]:
+        cli("plan", "set", "--scope", scope, "--class", "settlement", "--action", action,
+            "--reason", "演练切换", "--database-url", server.dsn)  # fmt: skip
+        await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))  # fmt: skip
+        before = await server.fetchval("SELECT count(*) FROM settlements WHERE status = 'settled'")
+        msgid, info = settled[0]
+        undos = [
+            (pos, "2601", {"data": {"psn_no": WORKER, "omsgid": sale["msgid"], "oinfno": "2102"}}),
+        ] if scope.endswith("pharmacy") else [
+            (his, "2208", {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": WORKER}}),
+            (his, "2601", {"data": {"psn_no": WORKER, "omsgid": msgid, "oinfno": "2207"}}),
+        ]  # fmt: skip
+        for client, infno, data in undos:
+            answer = await client.call(infno, data)
+            assert answer["infcode"] == -1 and words in answer["err_msg"], (scope, infno, answer)
+        after = await server.fetchval("SELECT count(*) FROM settlements WHERE status = 'settled'")
+        assert after == before
+        if scope.endswith("pharmacy"):
+            # Another category's settlement is undone as ever.
+            msgid, info = settled[1]
+            cancel = {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": WORKER}}  # fmt: skip
+            assert (await his.ok("2208", cancel))["setlinfo"]["setl_id"]
+        cli("plan", "clear", "--scope", scope, "--class", "settlement", "--reason", "演练结束",
+            "--database-url", server.dsn)  # fmt: skip
+    await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))
+    msgid, info = settled[0]
+    assert (await his.ok("2601", {"data": {"psn_no": WORKER, "omsgid": msgid, "oinfno": "2207"}})) == {}  # fmt: skip
