@@ -565,6 +565,11 @@ def _failed(
         )
     # A bug must still answer in the envelope: the counter sees a clear message, ops the log.
     log.error("unexpected failure", exc_info=exc, extra=labels)
+    if gw.snapshot.institution(code) is not None:
+        # The institution's failure for its trigger, as its timeouts are (found from outside:
+        # a database trigger refusing one pharmacy's settlements failed 192 of 192 sales and no
+        # rule was set); not the ledger's, whose breaker counts the dependency's failures only.
+        gw.triggers.record(code, False, False, time.perf_counter() - received_clock)
     bug = Unavailable("医保结算服务内部错误，交易未生效，请稍后重试")
     return Outcome(_fail(gw, received, bug), req.infno, Result.ERROR, req.msgid, code, terminal)
 

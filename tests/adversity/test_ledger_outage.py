@@ -1403,3 +1403,51 @@ async def test_one_persons_locked_rows_do_not_open_the_ledger_breaker_for_everyo
             await lock.rollback()
         finally:
             await locker.close()
+
+
+async def test_an_institutions_failures_that_are_not_timeouts_trip_its_trigger(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a database trigger refusing one pharmacy's settlements failed 192 of
+    its 192 sales ("内部错误") and no plan rule was ever set: only timeouts reached the
+    institution's trigger. Its failures of every kind count; the ledger's breaker, which counts
+    the dependency's own failures, stays closed, and other institutions settle as ever."""
+    from gateway.app.config import InstitutionTrigger, Triggers
+
+    config = msgspec.structs.replace(
+        CONFIG,
+        triggers=Triggers(institution=InstitutionTrigger(consecutive_failures=3, min_calls=5)),
+    )
+    async with running_gateway(new_database, config) as srv:
+        await srv.fetch(
+            "CREATE FUNCTION refuse_p5205() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.fixmedins_code = 'P52050000001' THEN RAISE EXCEPTION 'refused'; END IF;"
+            " RETURN NEW; END $$"
+        )
+        await srv.fetch(
+            "CREATE TRIGGER refuse_p5205 BEFORE INSERT ON settlements"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_p5205()"
+        )
+        failing = srv.client("P52050000001", "520500")
+        for n in range(6):
+            drug = failing.drug_input(
+                "520500000000000001", "2026-07-09 10:00:00", DRUG_TOTAL, DRUG_LINES
+            )
+            answer = await failing.call("2102", drug)
+            if answer["infcode"] == 0:
+                break  # deferred by the rule the trigger set
+            assert "内部错误" in answer["err_msg"], (n, answer)
+
+        async def ruled() -> bool:
+            rows = await srv.fetch(
+                "SELECT operator, action FROM plan_rules WHERE scope = 'institution:P52050000001'"
+            )
+            return [tuple(r) for r in rows] == [("trigger:institution", "defer")]
+
+        await until(ruled, within=10.0)
+        assert await srv.fetchval("SELECT count(*) FROM plan_rules") == 1
+        async with srv.session.get(srv.url + "/metrics") as r:
+            assert 'sgw_breaker_state{dependency="postgres"} 0' in await r.text()
+        pos = srv.client(PHARMACY)
+        sold = await pos.ok("2102", pos.drug_input(PERSONS[0], "2026-07-09 10:05:00", DRUG_TOTAL, DRUG_LINES))  # fmt: skip
+        assert not sold["setlinfo"]["setl_id"].startswith("DF"), sold
