@@ -1055,7 +1055,10 @@ def observe(
     while a cluster is down, it would be written."""
     breaker = gw.ledger_breaker(ledger)
     breaker.record(ok, timeout=timeout, seconds=seconds, write=settles, who=fixmedins_code)
-    if not ok and breaker.is_open:
+    if not ok and (breaker.is_open or breaker.suspected):
+        # While the breaker's probe decides whose they are, they are nobody's yet (found by a
+        # test: an institution alone on a dead cluster got an institution rule, which outlived
+        # the outage, before the probe had opened the cluster's breaker).
         return
     gw.triggers.record(fixmedins_code, ok, timeout, seconds)
 
