@@ -98,7 +98,7 @@ def _owner(call: Call, omsgid: str) -> str | None:
     return head
 
 
-def _undo_refusal(call: Call, oinfno: str) -> Callable[[str], GatewayError | None] | None:
+def _undo_refusal(call: Call, oinfno: str) -> Callable[..., GatewayError | None] | None:
     """What refuses undoing the original's settlement, by its medical category, while a plan
     scope narrowed to a category holds (hook.undo_refusal); None while none does."""
     original = transaction.of(oinfno)

@@ -165,6 +165,9 @@ def undo_refusal(
     now: dt.datetime,
     category: str | None,
     ledger: str = MAIN,
+    *,
+    deferred_words: str = cancellation.CANCEL_REFUSED_MSG,
+    rejected_words: str = CANCEL_REJECT_MSG,
 ) -> GatewayError | None:
     """The refusal of undoing (2208, or a 2601) a settlement of this medical category while a
     plan scope narrowed to the category takes its settlements off the normal path, as the plain
@@ -178,9 +181,9 @@ def undo_refusal(
     if decision is None:
         return None
     if decision.action is Action.DEFER:
-        return Conflict(cancellation.CANCEL_REFUSED_MSG)
+        return Conflict(deferred_words)
     if decision.action is Action.REJECT:
-        return RuleRejected(CANCEL_REJECT_MSG.format(why=decision.reason))
+        return RuleRejected(rejected_words.format(why=decision.reason))
     return None
 
 

@@ -889,6 +889,19 @@ async def visit_cancelled_by(
     return found
 
 
+async def category_cancelled_by(
+    conn: asyncpg.Connection, fixmedins_code: str, cancel_msgid: str
+) -> str | None:
+    """The medical category of the settlement the institution's message `cancel_msgid`
+    cancelled, if any."""
+    found: str | None = await conn.fetchval(
+        "SELECT category FROM settlements WHERE fixmedins_code = $1 AND cancel_msgid = $2",
+        fixmedins_code,
+        cancel_msgid,
+    )
+    return found
+
+
 async def paid(conn: asyncpg.Connection, setl_id: str) -> tuple[int, int]:
     """Reads a settlement's medfee_sumamt and psn_cash_pay."""
     row = await conn.fetchrow(

@@ -49,7 +49,7 @@ async def reverse(
     refusal: bytes,
     settlements_deferred: bool = False,
     owner: str | None = None,
-    undo_refusal: Callable[[str], GatewayError | None] | None = None,
+    undo_refusal: Callable[..., GatewayError | None] | None = None,
 ) -> tuple[str, str | None]:
     """Reverse (fixmedins_code, omsgid); returns "reversed" or "tombstone", with the clerk's
     instruction where the undo needs one (a replayed deferred claim's settlement: the whole bill
@@ -62,8 +62,9 @@ async def reverse(
     `owner`: another institution whose code the original's msgid begins with (protocol §1.4: an
     institution's msgid is its own code, the time and a serial); such an original that this
     institution never sent is that institution's, and is refused, not barred.
-    `undo_refusal`: by the settlement's medical category, the plan's refusal of undoing it now
-    (scopes narrowed to a category, which the 2601 itself does not name)."""
+    `undo_refusal`: by the settlement's medical category (and the words a deferral refuses in),
+    the plan's refusal of undoing it, or of putting a cancelled one back, now (scopes narrowed
+    to a category, which the 2601 itself does not name)."""
     original = TRANSACTIONS.get(oinfno)
     if original is None or original.undo is Undo.NONE:
         reversible = "、".join(
@@ -115,7 +116,14 @@ async def reverse(
             )
         elif original.undo is Undo.CANCELLATION:
             await _undo_cancellation(
-                conn, fixmedins_code, psn_no, omsgid, original.kind, now, settlements_deferred
+                conn,
+                fixmedins_code,
+                psn_no,
+                omsgid,
+                original.kind,
+                now,
+                settlements_deferred,
+                undo_refusal,
             )
         else:
             await _undo_admission(conn, fixmedins_code, psn_no, omsgid)
@@ -141,7 +149,7 @@ async def _undo_settlement(
     msgid: str,
     now: dt.datetime,
     settlements_deferred: bool,
-    undo_refusal: Callable[[str], GatewayError | None] | None = None,
+    undo_refusal: Callable[..., GatewayError | None] | None = None,
 ) -> str | None:
     row = await reversals.settlement_of(conn, code, omsgid, original.infno)
     if row is None:
@@ -153,8 +161,10 @@ async def _undo_settlement(
         raise Conflict(replaced or f"原结算{row.setl_id}已撤销，无需冲正")
     if settlements_deferred:
         raise Conflict(cancellation.CANCEL_REFUSED_MSG)
-    if undo_refusal is not None and (refused := undo_refusal(row.category)) is not None:
-        raise refused
+    if undo_refusal is not None:
+        refused = undo_refusal(row.category, deferred_words=cancellation.CANCEL_REFUSED_MSG)
+        if refused is not None:
+            raise refused
     kind = original.kind
     assert kind is not None
     if kind is Kind.INPATIENT:
@@ -185,6 +195,9 @@ async def _undo_settlement(
 
 
 REINSTATE_REFUSED_MSG = "应急处置期间不能冲正医保结算的撤销（恢复原结算），请待系统恢复后再办理冲正"
+REINSTATE_REJECT_MSG = (
+    "医保系统按应急预案暂停办理此项业务（{why}）：原结算已撤销，未恢复；请待系统恢复后再办理冲正"
+)
 
 
 async def _no_settlement(
@@ -218,8 +231,18 @@ async def _undo_cancellation(
     kind: Kind | None,
     now: dt.datetime,
     settlements_deferred: bool,
+    undo_refusal: Callable[..., GatewayError | None] | None = None,
 ) -> None:
     assert kind is not None  # every cancellation names the kind of visit it cancels
+    if undo_refusal is not None and not settlements_deferred:
+        # Putting a cancelled settlement back in force is undoing too (found from outside: under
+        # a category's rule a 2601 of a 2208 put the settlement back, the account paying again).
+        category = await settlements.category_cancelled_by(conn, code, omsgid)
+        refused = undo_refusal(
+            category, deferred_words=REINSTATE_REFUSED_MSG, rejected_words=REINSTATE_REJECT_MSG
+        )
+        if refused is not None:
+            raise refused
     if kind is not Kind.PHARMACY and not settlements_deferred:
         mdtrt_id = await settlements.visit_cancelled_by(conn, code, omsgid)
         if mdtrt_id is not None:

@@ -1392,3 +1392,46 @@ async def test_a_rule_narrowed_to_a_category_refuses_undoing_that_categorys_sett
     await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))
     msgid, info = settled[0]
     assert (await his.ok("2601", {"data": {"psn_no": WORKER, "omsgid": msgid, "oinfno": "2207"}})) == {}  # fmt: skip
+
+
+async def test_a_rule_narrowed_to_a_category_refuses_putting_its_cancelled_settlements_back(
+    server: Server,
+) -> None:
+    """Found from outside: under a category's rule (defer or reject, rule or window), a 2601 of
+    a 2208, 2103 or 2305 put the cancelled settlement back in force, the account paying again,
+    where the plain scopes refuse it. Refused now by the cancelled settlement's category;
+    another category's is put back."""
+    his = server.client("H44180000001")
+    pos = server.client(PHARMACY_441800)
+    cancels = []
+    for n in range(3):
+        mdtrt_id = await _visit(his, WORKER, "2026-05-12", f"MZ-BACK-{n}")
+        data = his.settle_data(WORKER, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")  # fmt: skip
+        info = (await his.ok("2207", data))["setlinfo"]
+        body = his.envelope("2208", {"data": {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": WORKER}})  # fmt: skip
+        answer = decode((await his.post_raw(msgspec.json.encode(body)))[1])
+        assert answer["infcode"] == 0, answer
+        cancels.append((body["msgid"], info["setl_id"]))
+    bought = await pos.ok("2102", pos.drug_input(WORKER, "2026-05-12 10:00:00", DRUG_TOTAL, DRUG_LINES))  # fmt: skip
+    sale = bought["setlinfo"]
+    back = pos.envelope("2103", {"data": {"setl_id": sale["setl_id"], "mdtrt_id": sale["mdtrt_id"], "psn_no": WORKER}})  # fmt: skip
+    assert decode((await pos.post_raw(msgspec.json.encode(back)))[1])["infcode"] == 0
+    for scope, action, client, (msgid, setl_id), oinfno, words in [
+        ("region:441800:outpatient", "defer", his, cancels[0], "2208", "不能冲正医保结算的撤销（恢复原结算）"),
+        ("region:441800:outpatient", "reject", his, cancels[1], "2208", "原结算已撤销，未恢复"),
+        ("region:441800:pharmacy", "defer", pos, (back["msgid"], sale["setl_id"]), "2103", "不能冲正医保结算的撤销（恢复原结算）"),
+    ]:  # fmt: skip
+        cli("plan", "set", "--scope", scope, "--class", "settlement", "--action", action,
+            "--reason", "演练切换", "--database-url", server.dsn)  # fmt: skip
+        await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))  # fmt: skip
+        answer = await client.call("2601", {"data": {"psn_no": WORKER, "omsgid": msgid, "oinfno": oinfno}})  # fmt: skip
+        assert answer["infcode"] == -1 and words in answer["err_msg"], (scope, answer)
+        status = await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", setl_id)
+        assert status != "settled", (scope, status)
+        if scope.endswith("pharmacy"):
+            # An outpatient cancellation is put back under a pharmacy rule.
+            msgid, setl_id = cancels[2]
+            assert (await his.ok("2601", {"data": {"psn_no": WORKER, "omsgid": msgid, "oinfno": "2208"}})) == {}  # fmt: skip
+            assert await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", setl_id) == "settled"  # fmt: skip
+        cli("plan", "clear", "--scope", scope, "--class", "settlement", "--reason", "演练结束",
+            "--database-url", server.dsn)  # fmt: skip
