@@ -391,6 +391,12 @@ def call_visit(req: Request) -> str:
     return _first_named(req, "mdtrt_id")
 
 
+def call_settlement(req: Request) -> str:
+    """The setl_id a request names in its first node that carries one (a 5203, a 2208), ""
+    when none."""
+    return _first_named(req, "setl_id")
+
+
 def _first_named(req: Request, key: str) -> str:
     """The text `key` holds in the first node of the call's input that carries one."""
     doc = _decimal_json.decode(req.input or b"{}")

@@ -233,8 +233,8 @@ async def handle(
             outcome = routed
         else:
             run, mode = routed
+            _wait_for_journaled(gw, tx, req)
             if run.writes:
-                _wait_for_journaled(gw, tx, req)
                 outcome = await _write(gw, run, req, institution, body, received, mode, ledger)
             else:
                 outcome = await _read(gw, run, req, institution, received, mode, ledger)
@@ -590,24 +590,36 @@ async def _held_in_journals(gw: Gateway, req: Request) -> Outcome | None:
 
 
 def _wait_for_journaled(gw: Gateway, tx: Transaction, req: Request) -> None:
-    """Refuse, to be retried, a write to the ledger on a visit or claim a journal segment
-    still holds calls or claims of (this process's, just after an outage, or a sibling's):
-    without them the ledger would settle the visit short or not find the claim. Found from
-    outside: beside a worker still deferring, a 2207 on a visit whose 2203/2204 that worker had
-    journaled was refused "no fees", and the withdrawal of its journaled claim "not found".
-    Visits numbered under the plan wait in the ledger's own way (encounters.NotYetApplied)."""
+    """Refuse, to be retried, a request to the ledger on a visit, a claim or a message that a
+    journal segment still holds calls or claims of (this process's, just after an outage, or a
+    sibling's): without them the ledger would settle the visit short, not find the claim, price
+    lines a claim holds, or bar a claim's message as never received. Found from outside: beside
+    a worker still deferring, a 2207 on a visit whose 2203/2204 that worker had journaled was
+    refused "no fees", the withdrawal of its journaled claim "not found", a 5203 of it "no
+    settlement", and a 2601 of its message was taken as of a message never received (the claim
+    then failed at the drain, its cash never reimbursed). Visits numbered under the plan wait
+    in the ledger's own way (encounters.NotYetApplied)."""
     journal = gw.journal
+    if not journal.holds_anything and not journal.names_anything:
+        return
+    code = req.fixmedins_code
+    if tx.acts_on is not None:
+        original = tx.acts_on(req)
+        if original and journal.answered(code, original) is not None:
+            raise NotYetApplied(
+                f"原报文{original}为数据库中断期间暂存的业务，尚未补录入账，"
+                "请稍后使用相同报文ID重试"
+            )
     if not journal.names_anything:
         return
     if tx.deferral is Deferral.CANCEL_CLAIM:
         setl_id, visit, _ = deferral.withdrawal_ref(req)
-        if journal.pending(req.fixmedins_code, (setl_id,)):
-            raise NotYetApplied(
-                f"暂存结算{setl_id}为数据库中断期间暂存的业务，尚未补录入账，"
-                "请稍后使用相同报文ID重试"
-            )
     else:
-        visit = deferral.call_visit(req)
+        setl_id, visit = deferral.call_settlement(req), deferral.call_visit(req)
+    if setl_id and journal.pending(code, (setl_id,)):
+        raise NotYetApplied(
+            f"暂存结算{setl_id}为数据库中断期间暂存的业务，尚未补录入账，请稍后使用相同报文ID重试"
+        )
     provisional = visit.startswith(PROVISIONAL_PREFIX)
     if visit and not provisional and journal.pending(req.fixmedins_code, (visit,)):
         raise NotYetApplied(

@@ -1329,9 +1329,10 @@ async def test_what_a_sibling_journaled_waits_for_its_drain_on_the_process_besid
 
             async def deferred() -> bool:
                 drug = pos.drug_input(PERSONS[2], f"{day} 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
-                answer = await pos.call("2102", drug)
+                body = pos.envelope("2102", drug)
+                answer = decode((await pos.post_raw(msgspec.json.encode(body)))[1])
                 if answer["infcode"] == 0:
-                    claim.update(answer["output"]["setlinfo"])
+                    claim.update(answer["output"]["setlinfo"], msgid=body["msgid"])
                 return bool(claim)
 
             await until(deferred, within=30.0)
@@ -1345,11 +1346,22 @@ async def test_what_a_sibling_journaled_waits_for_its_drain_on_the_process_besid
             cancel = {"data": {"setl_id": claim["setl_id"], "mdtrt_id": claim["mdtrt_id"],
                                "psn_no": PERSONS[2]}}  # fmt: skip
             settle = his.settle_data(PERSONS[0], journaled_visit, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1")  # fmt: skip
-            for client, infno, body in [(pos_beside, "2103", cancel), (his_beside, "2207", settle)]:
+            # A 2601 of the claim's message (found from outside: taken as of a message never
+            # received, the claim then failed at the drain), a 5203 of the claim ("no
+            # settlement") and a 2206 of the visit's journaled lines (priced in real time) too.
+            reverse = {"data": {"psn_no": PERSONS[2], "omsgid": claim["msgid"], "oinfno": "2102"}}
+            query = {"data": {"setl_id": claim["setl_id"], "psn_no": PERSONS[2]}}
+            for client, infno, body in [
+                (pos_beside, "2103", cancel),
+                (his_beside, "2207", settle),
+                (pos_beside, "2601", reverse),
+                (pos_beside, "5203", query),
+                (his_beside, "2206", settle),
+            ]:
                 answer = await client.call(infno, body)
                 assert answer["infcode"] == -1, (infno, answer)
-                assert "未补录入账" in answer["err_msg"], answer
-                assert "相同报文ID重试" in answer["err_msg"], answer
+                assert "未补录入账" in answer["err_msg"], (infno, answer)
+                assert "相同报文ID重试" in answer["err_msg"], (infno, answer)
             assert await server.fetchval("SELECT count(*) FROM idempotency") == before
             assert await server.fetchval("SELECT count(*) FROM settlements") == 0
 
