@@ -313,8 +313,9 @@ def claim_output(
     }
 
 
-def presettle_output(req: Request) -> dict[str, Any]:
-    """A pre-settlement while settlements are deferred: what the patient will pay (all of it)."""
+def presettle_output(req: Request, priced: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """A pre-settlement while settlements are deferred: what the patient will pay (all of it),
+    the bill's parts as its claim will answer them (`priced`, where the lines are known)."""
     facts = read_claim(req)  # a pre-settlement carries its settlement's nodes (same kind)
     return {
         "setlinfo": cash_setlinfo(
@@ -326,6 +327,7 @@ def presettle_output(req: Request) -> dict[str, Any]:
             msgid=req.msgid,
             at=dt.datetime.now(),
             balc=0,
+            priced=priced,
         ),
         "setldetail": [],
     }

@@ -510,7 +510,14 @@ async def _presettle_as_claim(call: Call) -> Answer:
     claim = _claim_of(tx) if tx is not None else None
     if claim is not None:
         await _refuse_as_its_settlement(call, claim)
-    return Answer(deferral.presettle_output(call.req), warn_msg=PRESETTLE_DEFER_MSG)
+    # The parts its claim will answer (found from outside: the whole bill within the policy
+    # range, and a HIS that copied them into its 2207 was refused, the lines splitting else).
+    priced = None
+    if scope is not None and not scope[0].startswith(PROVISIONAL_PREFIX):
+        code = call.req.fixmedins_code
+        lines = await _claimed_lines(call.conn, code, scope[0], scope[1])
+        priced = deferral.priced_split(call.gw.snapshot, code, lines)
+    return Answer(deferral.presettle_output(call.req, priced), warn_msg=PRESETTLE_DEFER_MSG)
 
 
 async def _refuse_as_its_settlement(call: Call, claim: Transaction | None = None) -> None:

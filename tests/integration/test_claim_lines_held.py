@@ -158,3 +158,38 @@ async def test_a_pharmacy_claim_answers_the_split_its_sale_would_have(
         assert [Decimal(str(info[k])) for k in parts] == expected, (info, priced)
         assert expected[0] == Decimal("35.00")  # YP0010, class C: wholly self-pay
         assert Decimal(str(info["psn_cash_pay"])) == Decimal(DRUG_TOTAL)
+
+
+async def test_a_deferred_pre_settlement_answers_the_split_its_claim_takes(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: under `defer` a 2206 answered the whole bill within the policy range,
+    and a HIS that copied its four parts into the 2207 (as HIS clients do) was refused, the
+    lines splitting otherwise ("全自费金额0.00与中心计算结果…不一致"). The pre-settlement
+    answers the parts as the lines split, and the 2207 carrying them is taken as a claim."""
+    parts = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+    async with running_gateway(new_database) as srv:
+        his: HisClient = srv.client(HOSPITAL)
+        pos: HisClient = srv.client(PHARMACY)
+        mdtrt_id = await his.register(PERSON, "310", "2026-06-07 08:30:00", "MZ-HELD-4")
+        await his.visit_info(mdtrt_id, PERSON, "11", "2026-06-07 08:30:00")
+        rows = his.fee_rows(mdtrt_id, PERSON, OUTPATIENT_LINES, "2026-06-07 08:40:00", "B1")
+        uploaded = (await his.ok("2204", {"feedetail": rows}))["result"]
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+        async def deferring() -> bool:
+            drug = pos.drug_input(PERSON, "2026-06-07 10:00:00", DRUG_TOTAL, DRUG_LINES)
+            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
+
+        await until(deferring)
+        data = his.settle_data(
+            PERSON, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+        )
+        priced = (await his.ok("2206", data))["setlinfo"]
+        by_line = ("fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt", "inscp_scp_amt")
+        split = [sum(Decimal(str(r[k])) for r in uploaded) for k in by_line]
+        assert [Decimal(str(priced[k])) for k in parts] == split, (priced, uploaded)
+        copied = {k: f"{Decimal(str(priced[k])):.2f}" for k in parts}
+        claim = (await his.ok("2207", {"data": {**data["data"], **copied}}))["setlinfo"]
+        assert claim["setl_id"].startswith("DF"), claim
+        assert [Decimal(str(claim[k])) for k in parts] == split
