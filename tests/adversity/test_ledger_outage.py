@@ -1463,3 +1463,50 @@ async def test_an_institutions_failures_that_are_not_timeouts_trip_its_trigger(
         pos = srv.client(PHARMACY)
         sold = await pos.ok("2102", pos.drug_input(PERSONS[0], "2026-07-09 10:05:00", DRUG_TOTAL, DRUG_LINES))  # fmt: skip
         assert not sold["setlinfo"]["setl_id"].startswith("DF"), sold
+
+
+async def test_a_claim_of_a_visit_whose_fees_never_came_says_what_to_do(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with the ledger away, a visit's 2204 was refused at the counter (kept
+    nowhere), its 2207 taken as a claim all the same; after recovery every replay left the claim
+    waiting "its lines are still in a gateway's journal", which no journal held. It still waits
+    (another node's journal may hold them), and its words say what to do if none does."""
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger) as srv:
+        proxy = ledger.started()
+        his = srv.client("H44180000001")
+        person, day = PERSONS[1], "2026-07-10"
+        registration = {"data": {"psn_no": person, "insutype": "310", "begntime": f"{day} 08:30:00",
+                                 "mdtrt_cert_type": "01", "mdtrt_cert_no": person, "ipt_otp_no": "MZ-NOFEE-1"}}  # fmt: skip
+        try:
+            proxy.cut()
+            provisional = ""
+
+            async def registered() -> bool:
+                nonlocal provisional
+                answer = await his.call("2201", registration)
+                if answer["infcode"] == 0:
+                    provisional = answer["output"]["data"]["mdtrt_id"]
+                return bool(provisional)
+
+            await until(registered, within=20.0)
+            await his.visit_info(provisional, person, "11", f"{day} 08:30:00")
+            data = his.settle_data(person, provisional, "11", "25.00", "310", "1", chrg_bchno="B1")
+            claim = (await his.ok("2207", data))["setlinfo"]["setl_id"]
+            proxy.restore()
+
+            async def applied() -> bool:
+                done = await srv.fetchval(
+                    "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'applied'"
+                )
+                return bool(done == 2)
+
+            await until(applied, within=20.0)
+        finally:
+            await proxy.close()
+        summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+        assert summary["settled"] == 0 and summary["failed"] == [], summary
+        (waiting,) = summary["waiting"]
+        assert waiting["claim_id"] == claim, summary
+        assert "以暂存结算单号撤销（退还现金）" in waiting["reason"], waiting

@@ -540,7 +540,14 @@ class Progress:
 
 
 # Why a claim is left pending, in the agency's words.
-LINES_NOT_IN = "本就诊的费用明细尚未入账（仍在某网关的应急日志中），待其并入账本后再次补结算"
+# Found from outside: a visit whose 2204 the counter's own refusal kept out of every journal was
+# said to have its lines "still in a gateway's journal", for good; which it is cannot be told
+# from here (another node's journal), so both are said, with what to do in each.
+LINES_NOT_IN = (
+    "本就诊在暂存结算之前没有已入账的费用明细：如仍有网关的应急日志未并入账本，待其并入后再次"
+    "补结算；如各网关的应急日志均已并入（费用明细上传未成功），请医疗机构以暂存结算单号撤销"
+    "（退还现金）后按实重新结算，或由经办机构核实后按手工报销办理"
+)
 CALLS_NOT_IN = "本就诊的登记或其他补报交易尚未全部入账，待其并入账本后再次补结算"
 
 
