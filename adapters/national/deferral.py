@@ -40,7 +40,7 @@ from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
 from gateway.ledger import deferred, fees, manual_claims, persons, settlements
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
-from gateway.protocol.errors import BadRequest, Conflict, GatewayError, NotFound
+from gateway.protocol.errors import BadRequest, BatchSettled, Conflict, GatewayError, NotFound
 from gateway.protocol.transaction import TRANSACTIONS, Answer, Call, Deferral, Kind, Transaction
 
 
@@ -671,9 +671,9 @@ def held_lines(claims: list[deferred.PendingClaim], fixmedins_code: str) -> list
     return out
 
 
-def settled_already(batch: str) -> Conflict:
+def settled_already(batch: str) -> BatchSettled:
     """A charge batch settled before, by the counter or by a claim's replay."""
-    return Conflict(SETTLED_MSG.format(batch=batch))
+    return BatchSettled(SETTLED_MSG.format(batch=batch), batch)
 
 
 def refuse_if_held(held: list[deferred.Held], lines: str) -> None:

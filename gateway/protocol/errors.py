@@ -84,6 +84,15 @@ class Conflict(GatewayError):
     """The current state forbids the operation."""
 
 
+class BatchSettled(Conflict):
+    """A charge batch settled before: a second settlement or claim of it is refused (`batch`
+    names it, for the words a replayed claim of it is failed in)."""
+
+    def __init__(self, message: str, batch: str) -> None:
+        super().__init__(message)
+        self.batch = batch
+
+
 class Busy(GatewayError):
     """Shed under overload or rate limit."""
 

@@ -313,8 +313,11 @@ def _claimed(lines: list[fees.StoredLine], only: frozenset[str]) -> list[fees.St
     taken = [ln for ln in lines if ln.feedetl_sn in only]
     gone = sorted(only - {ln.feedetl_sn for ln in taken})
     if gone:
+        # What is owed (found from outside: a claim of lines settled meanwhile at a counter
+        # was failed in words that did not say the patient had paid twice).
         raise Conflict(
-            f"暂存结算所含费用明细{'、'.join(gone)}已撤销或已结算，不能按暂存时的费用补结算"
+            f"暂存结算所含费用明细{'、'.join(gone)}已撤销或已结算，不能按暂存时的费用补结算："
+            "参保人就本暂存结算已全额支付的现金应予退还，请医疗机构以暂存结算单号办理撤销（退还现金）"
         )
     return taken
 

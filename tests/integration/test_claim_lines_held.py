@@ -193,3 +193,38 @@ async def test_a_deferred_pre_settlement_answers_the_split_its_claim_takes(
         claim = (await his.ok("2207", {"data": {**data["data"], **copied}}))["setlinfo"]
         assert claim["setl_id"].startswith("DF"), claim
         assert [Decimal(str(claim[k])) for k in parts] == split
+
+
+async def test_a_claim_of_a_batch_settled_meanwhile_fails_saying_its_cash_is_owed_back(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with two workers, the same charge batch claimed at one (its ledger
+    away) and settled in real time at the other at the same moment; replay failed the claim in
+    the words a counter is given ("…无需再收或退款"), while the patient had paid the bill twice,
+    once in cash for the claim. The claim's failure says its cash is owed back, and how."""
+    async with running_gateway(new_database) as srv:
+        his: HisClient = srv.client(HOSPITAL)
+        pos: HisClient = srv.client(PHARMACY)
+        mdtrt_id = await his.register(PERSON, "310", "2026-06-08 08:30:00", "MZ-HELD-5")
+        await his.visit_info(mdtrt_id, PERSON, "11", "2026-06-08 08:30:00")
+        rows = his.fee_rows(mdtrt_id, PERSON, OUTPATIENT_LINES, "2026-06-08 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        claim = (await _claim_batch(srv, his, pos, mdtrt_id))["setl_id"]
+        await clear_rule(srv.dsn, "region:441800", "settlement")
+        await asyncio.sleep(2.5)  # every process polls the plan each second
+        # The race, as it ends: the batch settled in real time while the claim was taken.
+        await srv.fetch("UPDATE deferred SET status = 'withdrawn' WHERE claim_id = $1", claim)
+        data = his.settle_data(
+            PERSON, mdtrt_id, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+        )
+        assert not (await his.ok("2207", data))["setlinfo"]["setl_id"].startswith("DF")
+        await srv.fetch("UPDATE deferred SET status = 'pending' WHERE claim_id = $1", claim)
+
+        ran = cli("deferred", "replay", "--json", "--database-url", srv.dsn, check=False)
+        assert ran.returncode == 1, ran.stderr  # a claim failed
+        done = json.loads(ran.stdout)
+        (failed,) = done["failed"]
+        assert failed["claim_id"] == claim, done
+        assert "现金应予退还" in failed["reason"], failed
+        assert "办理撤销（退还现金）" in failed["reason"], failed
+        assert "无需再收或退款" not in failed["reason"], failed

@@ -1075,3 +1075,35 @@ async def test_a_bill_whose_claim_the_counter_withdrew_is_not_reimbursed_by_hand
             "UPDATE deferred SET infno = '2304' WHERE claim_id = $1 RETURNING 1", claim_id
         )
         assert await srv.check_ledger() == []
+
+
+async def test_a_claim_of_a_batch_another_node_settled_fails_saying_its_cash_is_owed_back(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: the same charge batch claimed at one node (its ledger away) and
+    settled in real time at another at the same moment; replay failed the claim in the words a
+    counter is given ("…无需再收或退款"), while the patient had paid the bill twice, once in cash
+    for the claim. Its failure says the claim's cash is owed back, and by which number."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        at = dt.datetime.now().replace(microsecond=0)
+        day = f"{at:%Y-%m-%d %H:%M:%S}"
+        mdtrt_id = await his.register(RETIREE, "310", day, "MZ-TWICE-1")
+        await his.visit_info(mdtrt_id, RETIREE, "11", day)
+        lines = [line("1", "ZL0003", "60", 1)]  # 60.00
+        await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, lines, day, "B1")})
+        settle = his.settle_data(RETIREE, mdtrt_id, "11", total(lines), "310", "0", chrg_bchno="B1")
+        assert not (await his.ok("2207", settle))["setlinfo"]["setl_id"].startswith("DF")
+        journal = Journal(tmp_path)
+        claim_id = deferral.new_claim_id("441800", at, HOSPITAL, "TWICE-2207")
+        await journal.append(
+            _entry(his, mdtrt_id, at, "claim", "2207", settle, 6000, claim_id=claim_id)
+        )
+        journal.close()  # the other node's segment, free to drain
+
+        ran = cli("deferred", "replay", "--journal-dir", str(tmp_path), "--json",
+                  "--database-url", srv.dsn, check=False)  # fmt: skip
+        (failed,) = json.loads(ran.stdout)["failed"]
+        assert failed["claim_id"] == claim_id, ran.stdout
+        assert "已另行结算" in failed["reason"] and "无需再收或退款" not in failed["reason"], failed
+        assert f"以暂存结算单号{claim_id}办理撤销（退还现金）" in failed["reason"], failed

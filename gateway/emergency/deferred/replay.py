@@ -29,6 +29,7 @@ from gateway.emergency.deferred.journal import KEPT, Damaged, Journal, held_else
 from gateway.ledger import db, deferred, fees, idempotency, reference_store, reversals, settlements
 from gateway.ledger.partitions import Partition
 from gateway.protocol.errors import (
+    BatchSettled,
     Conflict,
     GatewayError,
     NotFound,
@@ -543,6 +544,10 @@ class Progress:
 # Found from outside: a visit whose 2204 the counter's own refusal kept out of every journal was
 # said to have its lines "still in a gateway's journal", for good; which it is cannot be told
 # from here (another node's journal), so both are said, with what to do in each.
+SETTLED_BATCH_CLAIM = (
+    "收费批次{batch}已另行结算，本暂存结算不再补结算：参保人就本暂存结算已全额支付的现金应予退还，"
+    "请医疗机构以暂存结算单号{claim_id}办理撤销（退还现金），结算信息请用5203查询"
+)
 LINES_NOT_IN = (
     "本就诊在暂存结算之前没有已入账的费用明细：如仍有网关的应急日志未并入账本，待其并入后再次"
     "补结算；如各网关的应急日志均已并入（费用明细上传未成功），请医疗机构以暂存结算单号撤销"
@@ -708,7 +713,14 @@ async def _replay_lane(
                     why = exc.err_msg if isinstance(exc, SelfPayStay) else CALLS_NOT_IN
                     progress.waiting.append(_waiting(row, why))
                 except GatewayError as exc:
-                    reason = await _with_the_visits_failure(conn, row, exc.err_msg)
+                    if isinstance(exc, BatchSettled):
+                        # Settled at a counter meanwhile (another process, the plan over): the
+                        # claim's cash is owed back (found from outside: failed in the words a
+                        # counter is given, "no need to collect or refund").
+                        words = SETTLED_BATCH_CLAIM.format(batch=exc.batch, claim_id=row.claim_id)
+                    else:
+                        words = exc.err_msg
+                    reason = await _with_the_visits_failure(conn, row, words)
                     await deferred.fail(conn, row.seq, reason)
                     progress.failed.append(
                         {"claim_id": row.claim_id, "mdtrt_id": row.mdtrt_id, "reason": reason}
