@@ -353,10 +353,11 @@ class Gateway:
 
     async def _confirm(self, pool: asyncpg.Pool, breaker: Breaker) -> None:
         suspected = breaker.suspected
-        ok = await db.writable(pool)
+        # A pool with no free connection is no verdict (db.writable_or_busy): not opened.
+        ok = await db.writable_or_busy(pool) is not False
         if ok:
             breaker_log.warning(
-                "ledger answered its probe: one institution's failures kept the breaker closed",
+                "ledger answered its probe: the breaker stays closed",
                 extra={"breaker": breaker.name, "reason": suspected},
             )
         breaker.confirmed(ok)

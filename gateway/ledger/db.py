@@ -258,6 +258,27 @@ async def writable(pool: asyncpg.Pool) -> bool:
         return False
 
 
+async def writable_or_busy(pool: asyncpg.Pool) -> bool | None:
+    """`writable`, or None when no pooled connection was free within the probe's second: every
+    one busy (a load the gateway is shedding) says nothing of the database, and a probe that
+    took that for a failure would defer everyone's settlements under load."""
+    try:
+        conn = await pool.acquire(timeout=1.0)
+    except TimeoutError:
+        return None
+    except (*UNAVAILABLE, asyncpg.PostgresError):
+        return False
+    try:
+        async with asyncio.timeout(1.0):
+            await ping_writes(conn, 0.5)
+        return True
+    except (*UNAVAILABLE, asyncpg.PostgresError):
+        conn.terminate()
+        return False
+    finally:
+        await pool.release(conn, timeout=1.0)
+
+
 async def ping_writes(conn: asyncpg.Connection, wait: float) -> None:
     """The tables a settlement writes can be written now: each taken in the lock a write takes
     (ROW EXCLUSIVE) within `wait` seconds, then let go, nothing written. A table held in a lock

@@ -1510,3 +1510,31 @@ async def test_a_claim_of_a_visit_whose_fees_never_came_says_what_to_do(
         (waiting,) = summary["waiting"]
         assert waiting["claim_id"] == claim, summary
         assert "以暂存结算单号撤销（退还现金）" in waiting["reason"], waiting
+
+
+async def test_one_till_alone_on_a_hung_ledger_is_deferred_after_one_deadline(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: one till, one sale at a time, on a ledger that accepts and never
+    answers waited out five deadlines (28 s with the shipped 5 s) before its sales were
+    deferred, against R5's 10 s. A call past its deadline has the breaker probe the database at
+    once: its first retry after one deadline (and the probe's second) is a claim."""
+    slow_to_judge = msgspec.structs.replace(
+        CONFIG,
+        breakers=Breakers(postgres=LedgerBreaker(**{
+            **msgspec.structs.asdict(FAST_BREAKER), "consecutive_failures": 5, "min_calls": 50
+        })),
+    )  # fmt: skip
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, slow_to_judge, serve_through=ledger, pool_min=6) as srv:  # fmt: skip
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        try:
+            assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+            proxy.cut()
+            started = time.monotonic()
+            await _sales_until_deferred(pos)
+            # One 2 s deadline, the probe's second, the retry: well before five deadlines.
+            assert time.monotonic() - started < 6.0
+        finally:
+            await proxy.close()

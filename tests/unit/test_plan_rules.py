@@ -439,14 +439,14 @@ def test_one_institutions_failures_open_the_ledger_breaker_only_if_its_probe_fai
 
     b = watched()
     for _ in range(9):
-        b.record(False, timeout=True, who="P1")
+        b.record(False, who="P1")
     assert b.state == CLOSED and asked == ["连续5次失败"], asked
     b.confirmed(True)  # the database answered: the pharmacy's own trouble
     assert b.state == CLOSED and not b.suspected
     for _ in range(4):
-        b.record(False, timeout=True, who="P1")
+        b.record(False, who="P1")
     assert b.state == CLOSED and len(asked) == 1  # counted afresh
-    b.record(False, timeout=True, who="P1")
+    b.record(False, who="P1")
     assert len(asked) == 2
     b.confirmed(False)  # the probe failed too: the database's
     assert b.state == OPEN and "连续5次失败" in b.reason
@@ -454,18 +454,18 @@ def test_one_institutions_failures_open_the_ledger_breaker_only_if_its_probe_fai
     asked.clear()
     two = watched()
     for n in range(5):
-        two.record(False, timeout=True, who=f"P{n % 2}")
+        two.record(False, who=f"P{n % 2}")
     assert two.state == OPEN and asked == []
     unknown = watched()
     for _ in range(5):
-        unknown.record(False, timeout=True)
+        unknown.record(False)
     assert unknown.state == OPEN and asked == []
     # While a probe is out, a second institution's failure opens it without waiting.
     racing = watched()
     for _ in range(5):
-        racing.record(False, timeout=True, who="P1")
+        racing.record(False, who="P1")
     assert racing.suspected and racing.state == CLOSED
-    racing.record(False, timeout=True, who="P2")
+    racing.record(False, who="P2")
     assert racing.state == OPEN
     racing.confirmed(True)  # too late to matter
     assert racing.state == OPEN
@@ -474,3 +474,28 @@ def test_one_institutions_failures_open_the_ledger_breaker_only_if_its_probe_fai
     for _ in range(5):
         plain.record(False, who="P1")
     assert plain.state == OPEN
+
+
+def test_a_call_past_its_deadline_asks_the_probe_at_once() -> None:
+    """Found from outside: one till alone on a hung ledger waited out five deadlines (28 s)
+    before its sales were deferred, against R5's 10 s. A timeout asks the probe at once: the
+    breaker opens if the database fails it, and the counts stand as they were if it answers
+    (one person's locked row)."""
+    asked: list[str] = []
+    b = Breaker("postgres", CFG, Clock())
+    b.suspect = lambda breaker: asked.append(breaker.suspected)
+    b.record(False, timeout=True, who="P1")
+    assert asked == ["调用超时，数据库探测失败"] and b.state == CLOSED
+    b.record(False, timeout=True, who="P1")
+    assert len(asked) == 1  # one probe at a time
+    b.confirmed(True)
+    assert b.state == CLOSED and b._consecutive == 2  # counted on
+    b.record(False, timeout=True, who="P1")
+    assert len(asked) == 2
+    b.confirmed(False)
+    assert b.state == OPEN and "探测失败" in b.reason
+    # A failure that is not a timeout waits for the thresholds, as before.
+    quiet = Breaker("postgres", CFG, Clock())
+    quiet.suspect = lambda breaker: asked.append(breaker.suspected)
+    quiet.record(False, who="P1")
+    assert len(asked) == 2 and quiet.state == CLOSED
