@@ -353,8 +353,8 @@ class Gateway:
 
     async def _confirm(self, pool: asyncpg.Pool, breaker: Breaker) -> None:
         suspected = breaker.suspected
-        # A pool with no free connection is no verdict (db.writable_or_busy): not opened.
-        ok = await db.writable_or_busy(pool) is not False
+        # On a connection of its own: the pool's may all be busy with the load (db.writable_afresh).
+        ok = await db.writable_afresh(pool)
         if ok:
             breaker_log.warning(
                 "ledger answered its probe: the breaker stays closed",

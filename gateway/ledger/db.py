@@ -153,7 +153,13 @@ async def create_pool(
         **kw,
     )
     assert pool is not None
+    _DSNS[id(pool)] = (pool, dsn)
     return pool
+
+
+# The DSN each pool was made from (`writable_afresh` connects on its own), kept with the pool
+# so that a new pool at a freed address is not taken for it.
+_DSNS: dict[int, tuple[asyncpg.Pool, str]] = {}
 
 
 @contextlib.asynccontextmanager
@@ -219,6 +225,8 @@ async def close_pool(pool: asyncpg.Pool, within: float) -> bool:
     seconds: then terminate it (a stop must not hang on a connection some background task still
     holds). Safe for the ledger: an answer leaves only after its commit, so what a terminated
     connection loses was never acknowledged. False when it had to terminate."""
+    _DSNS.pop(id(pool), None)
+    _NAMES.pop(id(pool), None)
     try:
         await asyncio.wait_for(pool.close(), within)
     except TimeoutError:
@@ -258,25 +266,25 @@ async def writable(pool: asyncpg.Pool) -> bool:
         return False
 
 
-async def writable_or_busy(pool: asyncpg.Pool) -> bool | None:
-    """`writable`, or None when no pooled connection was free within the probe's second: every
-    one busy (a load the gateway is shedding) says nothing of the database, and a probe that
-    took that for a failure would defer everyone's settlements under load."""
+async def writable_afresh(pool: asyncpg.Pool) -> bool:
+    """`writable` over a connection of its own, made for the probe (within a second) and let
+    go: the pool's may all be busy with the load, which says nothing of the database (a probe
+    waiting for one of them would open the breaker under load), while a database that takes no
+    new connection, or never answers one, fails this as it fails the next request."""
+    entry = _DSNS.get(id(pool))
+    if entry is None or entry[0] is not pool:
+        return await writable(pool)
+    conn: asyncpg.Connection | None = None
     try:
-        conn = await pool.acquire(timeout=1.0)
-    except TimeoutError:
-        return None
-    except (*UNAVAILABLE, asyncpg.PostgresError):
-        return False
-    try:
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(1.5):
+            conn = await _connect(entry[1], timeout=1.0)
             await ping_writes(conn, 0.5)
         return True
     except (*UNAVAILABLE, asyncpg.PostgresError):
-        conn.terminate()
         return False
     finally:
-        await pool.release(conn, timeout=1.0)
+        if conn is not None:
+            conn.terminate()  # never waits on the network, as a close would
 
 
 async def ping_writes(conn: asyncpg.Connection, wait: float) -> None:

@@ -929,6 +929,13 @@ async def category_of(conn: asyncpg.Connection, fixmedins_code: str, setl_id: st
     return category
 
 
+async def exists(conn: asyncpg.Connection, setl_id: str) -> bool:
+    """Whether this ledger database holds the settlement `setl_id`."""
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM settlements WHERE setl_id = $1)", setl_id)
+    )
+
+
 async def visit_of(conn: asyncpg.Connection, setl_id: str) -> str:
     """Reads the visit (mdtrt_id) a settlement belongs to."""
     mdtrt_id: str = await conn.fetchval(

@@ -114,7 +114,21 @@ async def replayed_from(
     """The deferred claim the settlement `setl_id` was made from by replay, or None."""
     if not setl_id:
         return None
-    return await here_or_elsewhere(conn, elsewhere, lambda c: cancellation.replayed(c, setl_id))
+    return await here_or_elsewhere(
+        conn, await _holding(conn, setl_id, elsewhere), lambda c: cancellation.replayed(c, setl_id)
+    )
+
+
+async def _holding(
+    conn: asyncpg.Connection, setl_id: str, elsewhere: Sequence[asyncpg.Pool]
+) -> Sequence[asyncpg.Pool]:
+    """Where else to look for what goes with a settlement found already: nowhere when the
+    caller's database holds it (its claim and lines are beside it). Found from outside: every
+    5203 looked for a claim in every other database, and with one region's down none was
+    answered, of any region."""
+    if not elsewhere or await settlements.exists(conn, setl_id):
+        return ()
+    return elsewhere
 
 
 async def fee_detail(
@@ -133,6 +147,8 @@ async def fee_detail(
     assert rec.setl_id is not None  # read back from the ledger
     setl_id = rec.setl_id
     lines = await here_or_elsewhere(
-        conn, elsewhere, lambda c: settlements.settled_lines(c, setl_id)
+        conn,
+        await _holding(conn, setl_id, elsewhere),
+        lambda c: settlements.settled_lines(c, setl_id),
     )
     return rec, lines

@@ -206,6 +206,13 @@ async def test_what_looks_into_a_cluster_that_is_down_is_not_the_main_databases_
             drug = pos.drug_input(person, "2026-07-05 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
             sold = await pos.ok("2102", drug)
             assert not sold["setlinfo"]["setl_id"].startswith("DF"), sold
+            # ... and are queried (found from outside: every 5203/5204 looked for a replayed
+            # claim in every database, and none was answered, of any region).
+            named = {"setl_id": sold["setlinfo"]["setl_id"], "psn_no": person}
+            shown = await pos.ok("5203", {"data": named})
+            assert shown["setlinfo"]["setl_id"] == named["setl_id"], shown
+            lines = await pos.call("5204", {"data": named})
+            assert lines["infcode"] == 0 and lines["output"], lines
             proxy.restore()
     finally:
         await proxy.close()
