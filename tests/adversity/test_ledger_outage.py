@@ -1093,7 +1093,9 @@ async def test_a_locked_settlements_table_opens_the_breaker_while_reads_answer(
                 seen.append(answer["err_msg"])
             else:
                 raise AssertionError(f"the breaker never opened: {seen}")
-            assert 3 <= len(seen) <= 6 and all("暂时不可用" in s for s in seen), seen
+            # From the first timeout on, the breaker's probe (which takes the settlements'
+            # locks) may open it: a sale or two told to retry, not a run of them.
+            assert 1 <= len(seen) <= 6 and all("暂时不可用" in s for s in seen), seen
             assert _sample("sgw_breaker_state", dependency="postgres") == 2
             # Past its minimum open time and its probes' healthy time, the table still locked:
             # the probe takes the settlements' locks, so the breaker stays open.

@@ -905,7 +905,7 @@ async def test_replay_fails_a_journaled_claim_whose_lines_failed_and_names_what_
         assert [f["claim_id"] for f in summary["failed"]] == [claims["A"]]
         assert "补报交易2204" in summary["failed"][0]["reason"]
         assert [w["claim_id"] for w in summary["waiting"]] == [claims["B"]]
-        assert "尚未入账" in summary["waiting"][0]["reason"]
+        assert "应急日志未并入账本" in summary["waiting"][0]["reason"]
         assert out.returncode == 1
         text = cli("deferred", "replay", "--database-url", srv.dsn).stdout
         assert f"waiting {claims['B']} ({elsewhere})" in text
