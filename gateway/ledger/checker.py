@@ -364,7 +364,17 @@ async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         )
     for row in await conn.fetch("SELECT psn_no FROM accounts WHERE balance_fen < 0"):
         problems.append(f"person {row['psn_no']}: balance below zero")
-    if opening_balances is not None:
+    if opening_balances is None:
+        # Held to the balance each account was opened with (migration 041).
+        for row in await conn.fetch(
+            "SELECT a.psn_no FROM accounts a LEFT JOIN (SELECT psn_no, sum(acct_pay) AS paid"
+            " FROM settlements WHERE status = 'settled' GROUP BY psn_no) s USING (psn_no)"
+            " WHERE a.opening_fen IS NOT NULL AND a.balance_fen <> a.opening_fen - coalesce(s.paid, 0)"
+        ):
+            problems.append(
+                f"person {row['psn_no']}: balance is not opening minus account payments"
+            )
+    else:
         rows = await conn.fetch(
             "SELECT a.psn_no, a.balance_fen, coalesce(sum(s.acct_pay) FILTER (WHERE s.status = 'settled'), 0)"
             " AS paid FROM accounts a LEFT JOIN settlements s USING (psn_no) GROUP BY a.psn_no, a.balance_fen"

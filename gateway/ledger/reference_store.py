@@ -23,6 +23,8 @@ from gateway.protocol.errors import RuleRejected
 # there). Kept: the number counters (a running gateway holds blocks of them; restarting them
 # would hand out ids it already gave), the plan and its audit trail, the console's operators,
 # and the institutions' bank accounts, which staff enter by hand.
+# The columns an account is loaded with (its opening balance is set from the balance).
+ACCOUNT_COLUMNS = ["psn_no", "balance_fen"]
 _ALL_TABLES = (
     "payout_returns",
     "payout_files",
@@ -137,6 +139,7 @@ async def load(conn: asyncpg.Connection, ref: Reference) -> None:
         await conn.copy_records_to_table(
             "accounts",
             records=[(p.psn_no, ref.balances.get(p.psn_no, 0)) for p in ref.persons],
+            columns=ACCOUNT_COLUMNS,  # the opening balance is set from it (migration 041)
         )
         await conn.copy_records_to_table(
             "person_directory",
@@ -334,7 +337,9 @@ async def synthesize(
                 for p in rows
             ],
         )
-        await conn.copy_records_to_table("accounts", records=[(p, balance_fen) for p in rows])
+        await conn.copy_records_to_table(
+            "accounts", records=[(p, balance_fen) for p in rows], columns=ACCOUNT_COLUMNS
+        )
         await conn.copy_records_to_table(
             "person_directory", records=[(p, p, p, region) for p in rows]
         )

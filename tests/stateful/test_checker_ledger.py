@@ -282,3 +282,31 @@ async def test_a_settlement_in_force_on_a_visit_dated_otherwise_is_found(server:
             mdtrt_id,
         )
         await conn.close()
+
+
+async def test_an_account_balance_changed_by_a_fen_is_found(server: Server) -> None:
+    """Found from outside: a balance changed by one fen by hand was not found (the checker knew
+    no opening balance: only the stateful suite's model gave it one). An account keeps the
+    balance it was opened with, and the balance is held to it less the account payments of the
+    settlements in force, cancellations included."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, EMPLOYEE, balance_fen=100000)
+    mdtrt_id, settled = await _visit(his, psn, "310", "100.00", acct="1")
+    assert Decimal(str(settled["acct_pay"])) > 0
+    _, kept = await _visit(his, psn, "310", "60.00", acct="1")
+    await _cancel(his, "2208", psn, mdtrt_id, settled["setl_id"])
+    conn = await _conn(server)
+    try:
+        mine = [p for p in await checker.check(conn) if psn in p]
+        assert mine == [], mine
+        await conn.execute(
+            "UPDATE accounts SET balance_fen = balance_fen + 1 WHERE psn_no = $1", psn
+        )
+        mine = [p for p in await checker.check(conn) if psn in p]
+        assert mine == [f"person {psn}: balance is not opening minus account payments"], mine
+    finally:
+        await conn.execute(
+            "UPDATE accounts SET balance_fen = balance_fen - 1 WHERE psn_no = $1", psn
+        )
+        await conn.close()
+    assert Decimal(str(kept["acct_pay"])) > 0
