@@ -26,6 +26,7 @@ from gateway.app.cli_database import (
     NOT_UTF8,
     OUTPUT_CLOSED,
     add_database,
+    cluster_partitions,
     cluster_pools,
     database_named,
     database_url,
@@ -453,13 +454,14 @@ async def _check(url: str, config: Path) -> list[tuple[str, str]]:
     pool = await db.create_pool(url, min_size=1, max_size=1)
     found: list[tuple[str, str]] = []
     try:
-        async with cluster_pools(config) as others:
+        async with cluster_partitions(config) as clusters:
             # The rules from the main database, the reference data's home: a cluster's own
             # institutions table is empty (found from outside: every settlement of a split
             # ledger was reported refused, "定点医药机构…未登记").
             async with pool.acquire() as conn:
                 rules = await checker.core_rules(conn)
-            ledgers = [("main", pool), *((f"cluster {i}", o) for i, o in enumerate(others, 1))]
+            # Each by its configured name (found from outside: "cluster 1").
+            ledgers = [("main", pool), *((f"cluster {c.name}", c.pool) for c in clusters)]
             for name, ledger in ledgers:
                 async with ledger.acquire() as conn:
                     found += [(name, p) for p in await checker.check(conn, rules=rules)]
@@ -478,7 +480,11 @@ def check_ledger(args: argparse.Namespace) -> int:
     if found:
         print(f"{len(found)} findings", file=sys.stderr)
         return 1
-    print("the ledger balances: no finding")
+    # Which databases that covers (found from outside: without --config the clusters went
+    # unchecked, unsaid).
+    clusters = load_config(Path(args.config)).ledger_clusters
+    covered = "the main database" + "".join(f", cluster {c.name}" for c in clusters)
+    print(f"the ledger balances: no finding ({covered})")
     return 0
 
 

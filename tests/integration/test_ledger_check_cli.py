@@ -59,4 +59,23 @@ async def test_ledger_check_over_a_ledger_split_by_region(
             "--config", str(split.config_file(tmp_path)), check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "the ledger balances" in done.stdout
+        # Which databases it read, each by its configured name (found from outside: the
+        # clusters went unsaid, and a finding named "cluster 1").
+        assert (
+            "the ledger balances: no finding (the main database, cluster bijie, cluster wenzhou)"
+            in done.stdout
+        ), done.stdout
+        await split.rows(
+            split.clusters[BIJIE],
+            "UPDATE accounts SET balance_fen = balance_fen + 1 WHERE psn_no = $1",
+            BIJIE_WORKER,
+        )
+        found = cli(
+            "ledger", "check", "--database-url", split.srv.dsn,
+            "--config", str(split.config_file(tmp_path)), check=False,
+        )  # fmt: skip
+        assert found.returncode == 1, found.stdout
+        assert (
+            f"cluster bijie: person {BIJIE_WORKER}: balance is not opening minus account payments"
+            in found.stdout
+        ), found.stdout
