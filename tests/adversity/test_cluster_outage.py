@@ -47,23 +47,32 @@ async def _count(dsn: str, sql: str, *args: Any) -> int:
         await conn.close()
 
 
-async def test_a_cluster_down_defers_only_its_regions(
-    new_database: Callable[..., Any], tmp_path: Any
-) -> None:
-    bijie, wenzhou = await new_database("bijie"), await new_database("wenzhou")
+async def _split_behind_a_proxy(
+    new_database: Callable[..., Any], suffix: str
+) -> tuple[str, str, Proxy, Any]:
+    """毕节's cluster (behind a started proxy) and 温州's, their DSNs, the proxy and the
+    configuration naming them. The institution trigger as quick as the cluster's breaker: the
+    same failures reach both."""
+    bijie, wenzhou = await new_database(f"bijie{suffix}"), await new_database(f"wenzhou{suffix}")
     proxy = Proxy(*_tcp(bijie))
     await proxy.start()
     config = replace(
         GENEROUS,
         deadlines=Deadlines(call_seconds=2.0),
         breakers=Breakers(postgres=FAST_BREAKER),
-        # The institution trigger as quick as the cluster's breaker: the same failures reach both.
         triggers=Triggers(institution=InstitutionTrigger(consecutive_failures=3, min_calls=5)),
         ledger_clusters=(
             LedgerCluster(name="bijie", dsn=_through(bijie, proxy.port), regions=("520500",)),
             LedgerCluster(name="wenzhou", dsn=wenzhou, regions=("330300",)),
         ),
     )
+    return bijie, wenzhou, proxy, config
+
+
+async def test_a_cluster_down_defers_only_its_regions(
+    new_database: Callable[..., Any], tmp_path: Any
+) -> None:
+    bijie, wenzhou, proxy, config = await _split_behind_a_proxy(new_database, "")
     try:
         async with running_gateway(new_database, config, journal_dir=tmp_path) as srv:
 
@@ -162,18 +171,7 @@ async def test_what_looks_into_a_cluster_that_is_down_is_not_the_main_databases_
     database's breaker, which opened: 清远's own patients' sales became cash claims. A failure
     in another region's database is that database's; a 3201 of 清远's patients reads only
     theirs."""
-    bijie, wenzhou = await new_database("bijie_q"), await new_database("wenzhou_q")
-    proxy = Proxy(*_tcp(bijie))
-    await proxy.start()
-    config = replace(
-        GENEROUS,
-        deadlines=Deadlines(call_seconds=2.0),
-        breakers=Breakers(postgres=FAST_BREAKER),
-        ledger_clusters=(
-            LedgerCluster(name="bijie", dsn=_through(bijie, proxy.port), regions=("520500",)),
-            LedgerCluster(name="wenzhou", dsn=wenzhou, regions=("330300",)),
-        ),
-    )
+    _, _, proxy, config = await _split_behind_a_proxy(new_database, "_q")
     try:
         async with running_gateway(new_database, config, journal_dir=tmp_path) as srv:
             his = srv.client("H44180000001")

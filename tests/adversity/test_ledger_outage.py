@@ -399,6 +399,22 @@ async def test_manual_recovery_waits_for_plan_clear(new_database: Callable[..., 
         assert journaled >= 1  # the claims taken while the ledger was away are in it
 
 
+async def _registered_while_down(his: HisClient, registration: dict[str, Any]) -> str:
+    """The 2201 sent until it is journaled (the breaker opening on the dead ledger): the
+    provisional visit id its answer gives."""
+    provisional = ""
+
+    async def registered() -> bool:
+        nonlocal provisional
+        answer = await his.call("2201", registration)
+        if answer["infcode"] == 0:
+            provisional = answer["output"]["data"]["mdtrt_id"]
+        return bool(provisional)
+
+    await until(registered, within=20.0)
+    return provisional
+
+
 async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[..., Any]) -> None:
     """Registration, visit information, fees and settlement of one outpatient visit, all while
     the ledger is unreachable: provisional visit id, journaled calls, a claim; after recovery the
@@ -414,16 +430,7 @@ async def test_a_whole_visit_while_the_ledger_is_down(new_database: Callable[...
                                  "mdtrt_cert_type": "01", "mdtrt_cert_no": person, "ipt_otp_no": "MZ-DOWN-1"}}  # fmt: skip
         try:
             proxy.cut()
-            provisional = ""
-
-            async def registered() -> bool:
-                nonlocal provisional
-                answer = await his.call("2201", registration)
-                if answer["infcode"] == 0:
-                    provisional = answer["output"]["data"]["mdtrt_id"]
-                return bool(provisional)
-
-            await until(registered, within=20.0)
+            provisional = await _registered_while_down(his, registration)
             assert provisional.startswith("PV")
             # What the normal path refuses before the ledger is refused now too, and nothing
             # is journaled for it (found from outside: each of these was answered as taken,
@@ -1483,16 +1490,7 @@ async def test_a_claim_of_a_visit_whose_fees_never_came_says_what_to_do(
                                  "mdtrt_cert_type": "01", "mdtrt_cert_no": person, "ipt_otp_no": "MZ-NOFEE-1"}}  # fmt: skip
         try:
             proxy.cut()
-            provisional = ""
-
-            async def registered() -> bool:
-                nonlocal provisional
-                answer = await his.call("2201", registration)
-                if answer["infcode"] == 0:
-                    provisional = answer["output"]["data"]["mdtrt_id"]
-                return bool(provisional)
-
-            await until(registered, within=20.0)
+            provisional = await _registered_while_down(his, registration)
             await his.visit_info(provisional, person, "11", f"{day} 08:30:00")
             data = his.settle_data(person, provisional, "11", "25.00", "310", "1", chrg_bchno="B1")
             claim = (await his.ok("2207", data))["setlinfo"]["setl_id"]
