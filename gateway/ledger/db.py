@@ -292,7 +292,13 @@ async def ping_writes(conn: asyncpg.Connection, wait: float) -> None:
     (ROW EXCLUSIVE) within `wait` seconds, then let go, nothing written. A table held in a lock
     that stops writes (LOCK TABLE, most DDL, VACUUM FULL) fails it as it fails settlements:
     found from outside, the ledger breaker's probe (SELECT 1) closed the breaker while the
-    settlements table was still locked, and the next sale waited on the lock."""
+    settlements table was still locked, and the next sale waited on the lock. A server that
+    takes no writes fails it too."""
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{max(1, int(wait * 1000))}ms'")
         await conn.execute(f"LOCK TABLE {SETTLEMENT_TABLES} IN ROW EXCLUSIVE MODE")
+        # A server that takes no writes (a standby, a demoted primary) grants these locks to a
+        # read-only transaction as well: asked, it fails the probe as it fails settlements
+        # (found by a test: the breaker's probe passed over a read-only ledger).
+        if await conn.fetchval("SELECT current_setting('transaction_read_only')") == "on":
+            raise asyncpg.ReadOnlySQLTransactionError("the ledger takes no writes now")
