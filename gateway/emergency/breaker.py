@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -77,24 +77,21 @@ class Breaker:
     reason: str = ""
     opened_at: float = 0.0
     changed_at: float = 0.0
-    _events: deque[tuple[float, bool, bool, bool, str]] = field(default_factory=deque)
+    _events: deque[tuple[float, bool, bool, bool]] = field(default_factory=deque)
     # Running totals over _events (failures, timeouts, slow calls): every request records an
     # outcome, so the verdict must not rescan a window that holds thousands of them.
     _failures: int = 0
     _timeouts: int = 0
     _slow: int = 0
     _consecutive: int = 0
-    # Whose the failures were ("" when not known): in the window, and in the consecutive run.
-    _failing_by: Counter[str] = field(default_factory=Counter)
-    _consecutive_by: set[str] = field(default_factory=set)
-    # A verdict reached on one institution's failures alone is confirmed before it opens the
-    # breaker for everyone: `suspect` is called once (it probes the dependency), and the probe's
-    # answer comes back through `confirmed`. Found from outside: one person's rows locked, five
-    # of one pharmacy's sales timed out in a row and opened the ledger's breaker, every other
-    # region's sales became cash claims, and it flapped while the lock lasted. None: opens at
-    # once (Redis, the old system, an institution's own trigger).
+    # A verdict is confirmed by a probe of the dependency before it opens the breaker for
+    # everyone: `suspect` is called once (it probes), and the probe's answer comes back through
+    # `confirmed`. Found from outside: one person's rows locked (a patient buying at two
+    # pharmacies, or at one), their sales timed out in a row and opened the ledger's breaker,
+    # every other institution's sales became cash claims, and it flapped while the lock lasted.
+    # None: opens at once (Redis, the old system, an institution's own trigger).
     suspect: Callable[[Breaker], None] | None = None
-    suspected: str = ""
+    suspected: str = ""  # the verdict a probe out now is to confirm
     # A call past its deadline is asked about at once too (found from outside: one till alone on
     # a hung ledger waited five deadlines, 28 s, before its sales were deferred); the probe's
     # "it answers" then leaves the counts as they were.
@@ -119,13 +116,7 @@ class Breaker:
     def _trim(self, now: float) -> None:
         horizon = now - self.config.window_seconds
         while self._events and self._events[0][0] < horizon:
-            _, ok, timeout, slow, who = self._events.popleft()
-            if not ok:
-                left = self._failing_by[who] - 1
-                if left > 0:
-                    self._failing_by[who] = left
-                else:
-                    del self._failing_by[who]
+            _, ok, timeout, slow = self._events.popleft()
             self._failures -= not ok
             self._timeouts -= timeout
             self._slow -= slow
@@ -147,21 +138,15 @@ class Breaker:
             if not ok:
                 self._healthy_since = None
             return  # while open, only probes decide
-        self._events.append((now, ok, timeout, slow, who))
+        self._events.append((now, ok, timeout, slow))
         self._failures += not ok
         self._timeouts += timeout
         self._slow += slow
-        if ok:
-            self._consecutive = 0
-            self._consecutive_by.clear()
-        else:
-            self._consecutive += 1
-            self._consecutive_by.add(who)
-            self._failing_by[who] += 1
-            if timeout and self.suspect is not None and not self.suspected:
-                self.suspected = "调用超时，数据库探测失败"
-                self._counted_on = True
-                self.suspect(self)
+        self._consecutive = 0 if ok else self._consecutive + 1
+        if timeout and not ok and self.suspect is not None and not self.suspected:
+            self.suspected = "调用超时"
+            self._counted_on = True
+            self.suspect(self)
         if write:
             if ok:
                 self._write_run = 0
@@ -176,47 +161,42 @@ class Breaker:
             # it (found from outside: a healed old system's first answer, the window's fifth
             # call beside four failures, opened it for half a minute).
             return
-        reason, whose = self._verdict()
+        reason = self._verdict()
         if not reason:
             return
-        if self.suspect is not None and len(whose) == 1 and "" not in whose:
-            if not self.suspected:
-                self.suspected = reason
-                self._counted_on = False
-                self.suspect(self)
-            return
-        self._trip(reason)
+        if self.suspect is None:
+            self._trip(reason)
+        elif not self.suspected:
+            self.suspected = reason
+            self._counted_on = False
+            self.suspect(self)
+        elif self._counted_on:
+            # A timeout's probe is out: its answer decides the verdict too, and "it answers"
+            # then starts the count afresh.
+            self.suspected = reason
+            self._counted_on = False
 
-    def _verdict(self) -> tuple[str, set[str] | Counter[str]]:
-        """Why the breaker opens, if it does, and whose failures say so (unknown: every
-        institution's; a slow call need not have failed)."""
+    def _verdict(self) -> str:
         c = self.config
-        everyone: set[str] = {""}
         if self._consecutive >= c.consecutive_failures:
-            return f"连续{self._consecutive}次失败", self._consecutive_by
+            return f"连续{self._consecutive}次失败"
         if (
             c.write_run_institutions
             and self._write_run >= c.consecutive_failures
             and len(self._write_run_by) >= c.write_run_institutions
         ):
-            return (
-                f"写入连续{self._write_run}次失败（{len(self._write_run_by)}家机构）",
-                self._write_run_by,
-            )
+            return f"写入连续{self._write_run}次失败（{len(self._write_run_by)}家机构）"
         n = len(self._events)
         if n < c.min_calls:
-            return "", everyone
+            return ""
         errors, timeouts, slow = self._failures, self._timeouts, self._slow
         if timeouts / n >= c.timeout_ratio:
-            return f"{c.window_seconds:g}秒内超时{timeouts}/{n}", self._failing_by
+            return f"{c.window_seconds:g}秒内超时{timeouts}/{n}"
         if errors / n >= c.error_ratio:
-            return f"{c.window_seconds:g}秒内失败{errors}/{n}", self._failing_by
+            return f"{c.window_seconds:g}秒内失败{errors}/{n}"
         if slow / n >= c.slow_ratio:
-            return (
-                f"{c.window_seconds:g}秒内{slow}/{n}次慢于{c.latency_target_seconds:g}秒",
-                everyone,
-            )
-        return "", everyone
+            return f"{c.window_seconds:g}秒内{slow}/{n}次慢于{c.latency_target_seconds:g}秒"
+        return ""
 
     def confirmed(self, ok: bool) -> None:
         """The answer of the probe `suspect` started: the dependency failed it too (open), or it
@@ -227,7 +207,7 @@ class Breaker:
         if not reason or self.state != CLOSED:
             return
         if not ok:
-            self._trip(reason)
+            self._trip(f"{reason}，数据库探测失败")
         elif not counted_on:
             self._reset()
 
@@ -236,8 +216,6 @@ class Breaker:
         self._events.clear()
         self._failures = self._timeouts = self._slow = 0
         self._consecutive = 0
-        self._failing_by.clear()
-        self._consecutive_by.clear()
         self.suspected = ""
         self._write_run = 0
         self._write_run_by.clear()

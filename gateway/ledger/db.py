@@ -256,49 +256,72 @@ SETTLEMENT_TABLES = (
 
 
 async def writable(pool: asyncpg.Pool) -> bool:
-    """The ledger's probe: it answers, and its settlement tables can be written (`ping_writes`:
-    a probe that only read closed the breaker over a locked table)."""
+    """The ledger's probe over a pooled connection (the breaker's watcher, the breaker open and
+    the pool idle): `ping_writes` within the probe's time."""
     try:
-        async with asyncio.timeout(1.0), leased(pool, 1.0) as conn:
-            await ping_writes(conn, 0.5)
-        return True
+        conn = await pool.acquire(timeout=PROBE_SECONDS)
     except (*UNAVAILABLE, asyncpg.PostgresError):
         return False
+    try:
+        return await _pinged(conn)
+    finally:
+        await pool.release(conn, timeout=PROBE_SECONDS)
 
 
 async def writable_afresh(pool: asyncpg.Pool) -> bool:
-    """`writable` over a connection of its own, made for the probe (within a second) and let
-    go: the pool's may all be busy with the load, which says nothing of the database (a probe
-    waiting for one of them would open the breaker under load), while a database that takes no
-    new connection, or never answers one, fails this as it fails the next request."""
+    """`writable` over a connection of its own, made for the probe and let go: the pool's may
+    all be busy with the load, which says nothing of the database (a probe waiting for one of
+    them would open the breaker under load), while a database that takes no new connection, or
+    never answers one, fails this as it fails the next request."""
     entry = _DSNS.get(id(pool))
     if entry is None or entry[0] is not pool:
         return await writable(pool)
-    conn: asyncpg.Connection | None = None
     try:
-        async with asyncio.timeout(1.5):
-            conn = await _connect(entry[1], timeout=1.0)
+        async with asyncio.timeout(PROBE_SECONDS):
+            conn = await _connect(entry[1], timeout=PROBE_SECONDS)
+    except (*UNAVAILABLE, asyncpg.PostgresError):
+        return False
+    try:
+        return await _pinged(conn)
+    finally:
+        conn.terminate()  # never waits on the network, as a close would
+
+
+# How long the probe may take, each of its connection and its ping: a ledger 200 ms away
+# (targets R1) connects in about six round trips and answers the ping in one; a hung one fails
+# it, one deadline and this after the first timeout, within R5's 10 s (found from outside: a
+# probe of a second in all failed on a ledger 150 ms away, and opened the breaker).
+PROBE_SECONDS = 2.5
+
+
+async def _pinged(conn: asyncpg.Connection) -> bool:
+    """`ping_writes` on this connection within the probe's time; a connection it failed on is
+    dropped (its transaction may be left aborted, or its query still running)."""
+    try:
+        async with asyncio.timeout(PROBE_SECONDS):
             await ping_writes(conn, 0.5)
         return True
     except (*UNAVAILABLE, asyncpg.PostgresError):
+        conn.terminate()
         return False
-    finally:
-        if conn is not None:
-            conn.terminate()  # never waits on the network, as a close would
 
 
 async def ping_writes(conn: asyncpg.Connection, wait: float) -> None:
-    """The tables a settlement writes can be written now: each taken in the lock a write takes
-    (ROW EXCLUSIVE) within `wait` seconds, then let go, nothing written. A table held in a lock
-    that stops writes (LOCK TABLE, most DDL, VACUUM FULL) fails it as it fails settlements:
-    found from outside, the ledger breaker's probe (SELECT 1) closed the breaker while the
-    settlements table was still locked, and the next sale waited on the lock. A server that
-    takes no writes fails it too."""
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{max(1, int(wait * 1000))}ms'")
-        await conn.execute(f"LOCK TABLE {SETTLEMENT_TABLES} IN ROW EXCLUSIVE MODE")
-        # A server that takes no writes (a standby, a demoted primary) grants these locks to a
-        # read-only transaction as well: asked, it fails the probe as it fails settlements
-        # (found by a test: the breaker's probe passed over a read-only ledger).
-        if await conn.fetchval("SELECT current_setting('transaction_read_only')") == "on":
-            raise asyncpg.ReadOnlySQLTransactionError("the ledger takes no writes now")
+    """The ledger can settle now, asked in one round trip: the tables a settlement writes, each
+    taken in the lock a write takes (ROW EXCLUSIVE) within `wait` seconds; the server taking
+    writes; a transaction id drawn and committed (a commit waits on the WAL's flush and the
+    synchronous standby as a settlement's does). Nothing is written to any table.
+
+    Found from outside: the ledger breaker's probe (SELECT 1) closed the breaker while the
+    settlements table was still locked, and the next sale waited on the lock. Found by a test:
+    a server that takes no writes grants these locks to its read-only transactions, and the
+    probe passed over it."""
+    await conn.execute(
+        "BEGIN;"
+        f" SET LOCAL lock_timeout = '{max(1, int(wait * 1000))}ms';"
+        f" LOCK TABLE {SETTLEMENT_TABLES} IN ROW EXCLUSIVE MODE;"
+        " DO $$ BEGIN IF current_setting('transaction_read_only') = 'on' THEN"
+        " RAISE EXCEPTION 'the ledger takes no writes' USING ERRCODE = '25006'; END IF; END $$;"
+        " SELECT txid_current();"
+        " COMMIT"
+    )

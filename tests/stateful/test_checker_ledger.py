@@ -304,6 +304,13 @@ async def test_an_account_balance_changed_by_a_fen_is_found(server: Server) -> N
         )
         mine = [p for p in await checker.check(conn) if psn in p]
         assert mine == [f"person {psn}: balance is not opening minus account payments"], mine
+        # An account deleted, its balance gone, is found too (rolled back after).
+        gone = conn.transaction()
+        await gone.start()
+        await conn.execute("DELETE FROM accounts WHERE psn_no = $1", psn)
+        mine = [p for p in await checker.check(conn) if psn in p]
+        await gone.rollback()
+        assert f"person {psn}: no account" in mine, mine
     finally:
         await conn.execute(
             "UPDATE accounts SET balance_fen = balance_fen - 1 WHERE psn_no = $1", psn

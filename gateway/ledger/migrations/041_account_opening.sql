@@ -10,6 +10,9 @@ UPDATE accounts a SET opening_fen = a.balance_fen + coalesce(
     (SELECT sum(s.acct_pay) FROM settlements s WHERE s.psn_no = a.psn_no AND s.status = 'settled'),
     0
 );
+-- Never without one (found from outside: an account whose opening was emptied by hand went
+-- unchecked).
+ALTER TABLE accounts ALTER COLUMN opening_fen SET NOT NULL;
 
 CREATE FUNCTION accounts_opening() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
