@@ -305,6 +305,8 @@ def _trip(rig: Rig) -> None:
     breaker = rig.gw.breakers["postgres"]
     for _ in range(BREAKER.consecutive_failures):
         breaker.record(False)
+    if breaker.suspected:
+        breaker.confirmed(False)  # its probe failing, as a failing ledger answers it
     assert breaker.is_open
 
 
