@@ -50,6 +50,9 @@ class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # cleared them. Two institutions: one institution's own slow writes (an upload too large
     # for its deadline) never open the shared ledger's breaker for everyone.
     write_run_institutions: int = 0
+    # With a probe to ask (the ledger's breaker), a call past its deadline asks it at once, and
+    # a failed probe opens the breaker whatever the counts (false: the counts alone decide).
+    probe_on_timeout: bool = True
     # What the plan applies while open (settlement/encounter classes): an Action's value, or
     # NO_ACTION ("none" is no Action); `plan_action` is the Action.
     action: str = Action.DEFER.value
@@ -143,7 +146,13 @@ class Breaker:
         self._timeouts += timeout
         self._slow += slow
         self._consecutive = 0 if ok else self._consecutive + 1
-        if timeout and not ok and self.suspect is not None and not self.suspected:
+        if (
+            timeout
+            and not ok
+            and self.suspect is not None
+            and not self.suspected
+            and self.config.probe_on_timeout
+        ):
             self.suspected = "调用超时"
             self._counted_on = True
             self.suspect(self)

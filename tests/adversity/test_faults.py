@@ -22,9 +22,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from gateway.app.config import Breakers, Deadlines, GatewayConfig
+from gateway.app.config import Breakers, Deadlines, GatewayConfig, LedgerBreaker
 from gateway.app.server import GATEWAY, Settings, prepare_database
-from gateway.emergency.breaker import BreakerConfig
 from tests.adversity.proxy import Proxy
 from tests.adversity.test_ledger_outage import CONFIG_TOML, ProxiedLedger, _free_port
 from tests.integration.conftest import GENEROUS, Server, running_gateway
@@ -110,7 +109,9 @@ async def _exactly_once(srv: Server, load: Retrying) -> None:
 SLOW = GatewayConfig(
     rate_limit=GENEROUS.rate_limit,
     deadlines=Deadlines(call_seconds=10.0),
-    breakers=Breakers(postgres=BreakerConfig(min_calls=10**6, consecutive_failures=10**6)),
+    breakers=Breakers(
+        postgres=LedgerBreaker(min_calls=10**6, consecutive_failures=10**6, probe_on_timeout=False)
+    ),
 )
 
 

@@ -477,3 +477,25 @@ def test_a_call_past_its_deadline_asks_the_probe_at_once() -> None:
     quiet.suspect = lambda breaker: asked.append(breaker.suspected)
     quiet.record(False, who="P1")
     assert len(asked) == 2 and quiet.state == CLOSED
+
+
+async def test_an_institution_answered_slowly_is_not_tripped() -> None:
+    """Found from outside: a healthy ledger 100 ms away answered every sale in 1.2–2.0 s, and
+    every pharmacy's trigger tripped on "20/20次慢于1秒", putting them all into `defer` for good
+    (an institution rule is cleared by hand). Slowness is the ledger's or the network's, shared
+    by every institution, for the ledger's breaker to judge; an institution's trigger counts its
+    failures and timeouts."""
+    written: list[str] = []
+
+    async def apply(code: str, reason: str) -> None:
+        written.append(reason)
+
+    triggers = InstitutionTriggers(CFG, apply, lambda code: False, Clock())
+    for _ in range(50):
+        triggers.record("P44180000001", True, False, 2.0)  # answered, in two seconds
+    await asyncio.sleep(0)
+    assert written == [] and triggers.states() == []
+    for _ in range(CFG.consecutive_failures):
+        triggers.record("P44180000001", False, True, 5.0)
+    await asyncio.sleep(0)
+    assert len(written) == 1 and "连续" in written[0], written
