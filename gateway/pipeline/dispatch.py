@@ -233,8 +233,20 @@ async def handle(
             outcome = routed
         else:
             run, mode = routed
-            _wait_for_journaled(gw, tx, req)
-            if run.writes:
+            try:
+                _wait_for_journaled(gw, tx, req)
+            except NotYetApplied:
+                # A retry of a message the ledger answered gets its stored answer, whatever a
+                # journal holds now; only a new one waits for the drain.
+                earlier = (
+                    await _earlier_answer(gw, req, fingerprint(req), ledger) if tx.writes else None
+                )
+                if earlier is None:
+                    raise
+                routed = earlier
+            if isinstance(routed, Outcome):
+                outcome = routed
+            elif run.writes:
                 outcome = await _write(gw, run, req, institution, body, received, mode, ledger)
             else:
                 outcome = await _read(gw, run, req, institution, received, mode, ledger)
