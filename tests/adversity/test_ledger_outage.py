@@ -1335,6 +1335,12 @@ async def test_what_a_sibling_journaled_waits_for_its_drain_on_the_process_besid
                 await until(_ready(session, url), within=30.0)
             journaled_visit = await his.register(PERSONS[0], "310", f"{day} 08:30:00", "MZ-J-1")
             other_visit = await his.register(PERSONS[1], "310", f"{day} 08:31:00", "MZ-J-2")
+            # A message the ledger answered on the visit the journal will name (found by review:
+            # its retry was told to wait for the drain instead of being given its answer).
+            info = his.visit_info_input(journaled_visit, PERSONS[0], "11", f"{day} 08:30:00")
+            answered = msgspec.json.encode(his.envelope("2203", info))
+            first_answer = await his.post_raw(answered)
+            assert decode(first_answer[1])["infcode"] == 0, first_answer
             proxy.cut()
             claim: dict[str, Any] = {}
 
@@ -1373,6 +1379,8 @@ async def test_what_a_sibling_journaled_waits_for_its_drain_on_the_process_besid
                 assert answer["infcode"] == -1, (infno, answer)
                 assert "未补录入账" in answer["err_msg"], (infno, answer)
                 assert "相同报文ID重试" in answer["err_msg"], (infno, answer)
+            # The ledger's answer to a message it acknowledged is given again, byte for byte.
+            assert await his_beside.post_raw(answered) == first_answer
             assert await server.fetchval("SELECT count(*) FROM idempotency") == before
             assert await server.fetchval("SELECT count(*) FROM settlements") == 0
 
