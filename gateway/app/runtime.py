@@ -19,7 +19,7 @@ from gateway.app.redis_link import close_redis, open_redis
 from gateway.app.reference import Reference, load_reference
 from gateway.core.catalog import Snapshot
 from gateway.emergency import triggers
-from gateway.emergency.breaker import STATE_VALUE, Breaker
+from gateway.emergency.breaker import OPEN, STATE_VALUE, Breaker
 from gateway.emergency.deferred.journal import Journal
 from gateway.emergency.plan import store as plan_store
 from gateway.emergency.plan.rules import CLASSES, Action, Plan
@@ -31,6 +31,7 @@ from gateway.ops import metrics
 from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
 from gateway.pipeline.grouped import Batches, Reads
 from gateway.pipeline.ledger_shares import LedgerShares, share_of
+from gateway.pipeline.ledger_waits import LedgerWaits
 from gateway.pipeline.ratelimit import Limiter
 from gateway.pipeline.recent_answers import RecentAnswers
 
@@ -91,6 +92,17 @@ def _breaker_changed(b: Breaker) -> None:
     )
 
 
+def _ledger_breaker_changed(waits: LedgerWaits, ledger: str, b: Breaker) -> None:
+    _breaker_changed(b)
+    if b.state == OPEN:
+        released = waits.release(ledger)
+        if released:
+            breaker_log.warning(
+                "requests waiting on the ledger answered: its breaker opened",
+                extra={"breaker": b.name, "requests": released},
+            )
+
+
 class Gateway:
     """Process state shared by all requests; the snapshot is swapped, never mutated.
 
@@ -120,6 +132,7 @@ class Gateway:
         "shares",
         "snapshot",
         "triggers",
+        "waits",
     )
 
     def __init__(
@@ -191,6 +204,12 @@ class Gateway:
             name = ledger_breaker_name(cluster.name)
             self.breakers[name] = Breaker(name, breakers.postgres, on_change=_breaker_changed)
             metrics.prime_breaker(name)
+        # The requests at the edge waiting on a ledger are answered when its breaker opens.
+        self.waits = LedgerWaits()
+        for partition in self.ledgers.all:
+            self.ledger_breaker(partition.name).on_change = functools.partial(
+                _ledger_breaker_changed, self.waits, partition.name
+            )
         # A ledger breaker's verdict on one institution's failures is confirmed by the probe.
         self._confirming: set[asyncio.Task[None]] = set()
         for partition in self.ledgers.all:

@@ -289,12 +289,19 @@ async def _admitted(
     # request stuck on a dead dependency past its deadline is still answered (retry the same
     # msgid); the work goes on in the background and either commits with its answer journaled
     # or rolls back.
-    work = asyncio.ensure_future(dispatch.handle(gw, body, path_infno, authenticated))
-    limit = gw.config.deadlines.call_seconds + ANSWER_GRACE_SECONDS
-    if await finished_within(work, limit):
-        outcome = work.result()
-    else:
-        outcome = dispatch.overdue(gw, path_infno or "")
+    waits = gw.waits
+    wait = waits.begin()
+    try:
+        work = asyncio.ensure_future(dispatch.handle(gw, body, path_infno, authenticated, wait))
+        limit = gw.config.deadlines.call_seconds + ANSWER_GRACE_SECONDS
+        if await finished_within(work, limit, wait):
+            outcome = work.result()
+        elif wait.released:
+            outcome = dispatch.released(gw, path_infno or "")
+        else:
+            outcome = dispatch.overdue(gw, path_infno or "")
+    finally:
+        waits.end(wait)
     elapsed = time.perf_counter() - started
     observe(outcome, elapsed)
     request.app[ACCESS_LOG].answered(

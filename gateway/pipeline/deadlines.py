@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from gateway.pipeline.ledger_waits import Wait
 
 T = TypeVar("T")
 
@@ -37,13 +40,19 @@ def _expire(fut: asyncio.Future[Any]) -> None:
         fut.set_exception(TimeoutError())
 
 
-async def finished_within(work: asyncio.Future[Any], seconds: float) -> bool:
+async def finished_within(
+    work: asyncio.Future[Any], seconds: float, wait: Wait | None = None
+) -> bool:
     """Whether `work` finished within `seconds`. It is never cancelled, neither by the deadline
-    nor by a cancelled waiter: a client that hangs up must not cut a commit in half."""
+    nor by a cancelled waiter: a client that hangs up must not cut a commit in half. `wait`:
+    the request's place among those waiting on a ledger, which wakes this one early when that
+    ledger's breaker opens (gateway.pipeline.ledger_waits)."""
     if work.done():
         return True
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
+    if wait is not None:
+        wait.waiter = waiter
     wake = functools.partial(_wake, waiter)
     work.add_done_callback(wake)
     timer = loop.call_later(seconds, _wake, waiter, None)

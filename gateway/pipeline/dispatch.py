@@ -27,6 +27,7 @@ from gateway.emergency.plan.rules import Decision, TxClass
 from gateway.ledger import db, idempotency
 from gateway.ledger.partitions import MAIN, Partition
 from gateway.pipeline.grouped import Batches, Unread
+from gateway.pipeline.ledger_waits import Wait
 from gateway.pipeline.outcome import Outcome as Outcome
 from gateway.pipeline.outcome import Result as Result
 from gateway.pipeline.outcome import failure as failure
@@ -180,6 +181,16 @@ def overdue(gw: Gateway, infno: str) -> Outcome:
     return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, timeout=True)
 
 
+def released(gw: Gateway, infno: str) -> Outcome:
+    """The answer to a request waiting on a ledger whose breaker opened: as a deadline's (its
+    work goes on, and commits with its answer journaled or rolls back), but at once, and not
+    counted again against the breaker that has just judged it."""
+    exc = Unavailable(
+        "医保结算服务暂时不可用（数据库无响应），已启用应急预案，请立即使用相同报文ID重试"
+    )
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR)
+
+
 def refused(
     gw: Gateway, exc: GatewayError, infno: str, outcome: Result = Result.REJECTED
 ) -> Outcome:
@@ -188,11 +199,17 @@ def refused(
 
 
 async def handle(
-    gw: Gateway, body: bytes, path_infno: str | None = None, authenticated: str | None = None
+    gw: Gateway,
+    body: bytes,
+    path_infno: str | None = None,
+    authenticated: str | None = None,
+    wait: Wait | None = None,
 ) -> Outcome:
     """Answer one request; never raises for anything a client can send.
 
-    `authenticated` is the institution the request's signature proved, when signing is on.
+    `authenticated` is the institution the request's signature proved, when signing is on;
+    `wait`, the request's place at the edge, told which ledger it goes to (its edge answers it
+    at once if that ledger's breaker opens meanwhile: gateway.pipeline.ledger_waits).
     The steps: decode, admit (who, what, rate), the emergency plan's say (after the msgid
     journal for a retry), then the write (grouped or single) or the read; every failure is
     mapped to its envelope in `_failed`.
@@ -212,6 +229,8 @@ async def handle(
         # reconciliation reads the other databases itself); the rest is a person's money.
         if ledgers.split and tx.klass not in (TxClass.CATALOG, TxClass.RECONCILE):
             ledger = await _ledger_of(gw, tx, req)
+        if wait is not None:
+            wait.ledger = ledger.name
         refusal = _not_its_kind(institution, tx, req)
         if refusal is not None:
             # After the msgid journal, as the plan's refusals: a retry of a message answered

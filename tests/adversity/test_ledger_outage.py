@@ -1550,3 +1550,37 @@ async def test_one_till_alone_on_a_hung_ledger_is_deferred_after_one_deadline(
             assert time.monotonic() - started < 8.5
         finally:
             await proxy.close()
+
+
+async def test_one_till_alone_on_a_hung_ledger_is_protected_within_r5_at_the_shipped_deadline(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with the shipped 5 s deadline one till alone on a hung ledger was
+    deferred after about 12.5 s, against R5's 10 s: the retry it sent after the first deadline
+    went back to the hung ledger and waited out a deadline of its own while the breaker's probe
+    failed beside it. When the breaker opens, a request waiting on that ledger is answered at
+    once (retry the same msgid), and the retry is the plan's: a claim within 10 s."""
+    shipped = msgspec.structs.replace(
+        CONFIG,
+        deadlines=Deadlines(call_seconds=5.0),
+        breakers=Breakers(postgres=LedgerBreaker(**{
+            **msgspec.structs.asdict(FAST_BREAKER), "consecutive_failures": 5, "min_calls": 50
+        })),
+    )  # fmt: skip
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, shipped, serve_through=ledger, pool_min=6) as srv:
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        try:
+            assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+            proxy.cut()
+            started = time.monotonic()
+            await _sales_until_deferred(pos)
+            # The first deadline (5 s), the probe (2.5 s), then at once the retry's answer and
+            # the next sale's claim.
+            assert time.monotonic() - started < 10.0
+            async with srv.session.get(srv.url + "/metrics") as r:
+                text = await r.text()
+            assert 'sgw_breaker_state{dependency="postgres"} 2' in text
+        finally:
+            await proxy.close()

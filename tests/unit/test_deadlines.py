@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from gateway.pipeline.deadlines import awaited_by, finished_within
+from gateway.pipeline.ledger_waits import LedgerWaits
 
 
 async def _soon(fut: asyncio.Future[str], value: str, after: float) -> None:
@@ -127,3 +128,32 @@ async def test_a_failing_work_is_done_and_its_error_kept_for_the_caller() -> Non
     assert await finished_within(work, 5) is True
     with pytest.raises(RuntimeError):
         work.result()
+
+
+async def test_a_ledgers_opening_breaker_wakes_only_the_requests_waiting_on_it() -> None:
+    """gateway.pipeline.ledger_waits: when one ledger's breaker opens, the edge stops waiting
+    for the requests on that ledger (their work goes on), and not for those on another ledger
+    of a split one, nor for a request whose ledger is not known yet."""
+    loop = asyncio.get_running_loop()
+    waits = LedgerWaits()
+    works = {name: loop.create_future() for name in ("bijie", "qingyuan", "unknown")}
+    places = {name: waits.begin() for name in works}
+    places["bijie"].ledger, places["qingyuan"].ledger = "bijie", "qingyuan"
+    waiting = {
+        name: asyncio.create_task(finished_within(work, 5.0, places[name]))
+        for name, work in works.items()
+    }
+    await asyncio.sleep(0)
+    assert waits.release("bijie") == 1
+    assert await asyncio.wait_for(waiting["bijie"], 1.0) is False
+    assert places["bijie"].released and not works["bijie"].done()
+    assert not waiting["qingyuan"].done() and not waiting["unknown"].done()
+    assert waits.release("bijie") == 0  # answered already
+    works["qingyuan"].set_result(None)
+    assert await waiting["qingyuan"] is True and not places["qingyuan"].released
+    for name in works:
+        waits.end(places[name])
+    assert len(waits) == 0
+    works["unknown"].set_result(None)
+    assert await waiting["unknown"] is True
+    works["bijie"].set_result(None)
