@@ -212,7 +212,7 @@ async def cancel_discharge(call: Call) -> Answer:
     klass=TxClass.ENCOUNTER,
     input=wire.In2204,
     deferral=Deferral.CALL,
-    journal_answer=deferral.lines_taken,
+    journal_answer=uploads.journaled_inpatient,
     dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
     checked=uploads.inpatient_lines,
 )

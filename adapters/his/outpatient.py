@@ -177,7 +177,7 @@ register(
     klass=TxClass.ENCOUNTER,
     input=wire.In2204,
     deferral=Deferral.CALL,
-    journal_answer=deferral.lines_taken,
+    journal_answer=uploads.journaled_outpatient,
     dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
     grouped=uploads.outpatient_job,
 )

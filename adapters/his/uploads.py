@@ -20,7 +20,9 @@ from adapters.national.wire import (
 )
 from adapters.national.wire import fen_required as amount_of
 from gateway.app.runtime import Gateway
+from gateway.core.catalog import Snapshot
 from gateway.core.model import Institution, LineSplit
+from gateway.core.settle import split_line
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest
@@ -85,6 +87,27 @@ def inpatient_lines(
 
 def _answer(splits: tuple[LineSplit, ...]) -> dict[str, Any]:
     return {"result": [line_result(s) for s in splits]}
+
+
+def journaled_outpatient(req: Request, _provisional_id: str | None, snapshot: Snapshot) -> Any:
+    """A 2204 taken while the ledger is away (`Transaction.journal_answer`)."""
+    return _journaled(req, snapshot, Kind.OUTPATIENT)
+
+
+def journaled_inpatient(req: Request, _provisional_id: str | None, snapshot: Snapshot) -> Any:
+    """A 2301 taken while the ledger is away (`Transaction.journal_answer`)."""
+    return _journaled(req, snapshot, Kind.INPATIENT)
+
+
+def _journaled(req: Request, snapshot: Snapshot, kind: Kind) -> dict[str, Any]:
+    """Each line's split by the catalog in memory, as the ledger's path answers it; a line the
+    ledger's path would refuse by itself (its price times its quantity not its amount, another
+    catalog code than the institution's mapping) is refused now. Found from outside: such an
+    upload was answered `result: []`, a HIS that records each line's split from the answer
+    recorded none, and a line refused only when applied at recovery, the counter long gone. A
+    refund line (a stay's) is split on its own date: its charge's is in the ledger."""
+    code = req.fixmedins_code
+    return _answer(tuple(split_line(snapshot, code, ln) for ln in _upload_of(req, kind).feedetail))
 
 
 def _uploading(gw: Gateway, req: Request, institution: Institution, now: dt.datetime) -> Uploading:

@@ -370,13 +370,14 @@ def withdrawal_ref(req: Request) -> tuple[str, str, str]:
     )
 
 
-def call_output(req: Request, provisional_id: str | None) -> Any:
+def call_output(req: Request, provisional_id: str | None, snapshot: Snapshot) -> Any:
     """The answer to a journaled encounter call (its entry's `journal_answer`); a visit opened
-    gets its provisional id."""
+    gets its provisional id, uploaded lines their splits by the catalog in memory. Raises the
+    refusal of a call the ledger's path would refuse by its lines alone."""
     tx = _tx(req.infno)
     if tx is None or tx.journal_answer is None:
         return {}
-    return tx.journal_answer(req, provisional_id)
+    return tx.journal_answer(req, provisional_id, snapshot)
 
 
 def call_person(req: Request) -> str:
@@ -409,7 +410,7 @@ def _first_named(req: Request, key: str) -> str:
     return ""
 
 
-def opened_visit_data(req: Request, provisional_id: str | None) -> Any:
+def opened_visit_data(req: Request, provisional_id: str | None, _snapshot: Snapshot) -> Any:
     """A registration's answer: the visit in `data`, with the patient and the clinic number."""
     data = _decimal_json.decode(req.input or b"{}").get("data") or {}
     return {
@@ -421,14 +422,9 @@ def opened_visit_data(req: Request, provisional_id: str | None) -> Any:
     }
 
 
-def opened_visit_result(_req: Request, provisional_id: str | None) -> Any:
+def opened_visit_result(_req: Request, provisional_id: str | None, _snapshot: Snapshot) -> Any:
     """An admission's answer: the visit in `result`."""
     return {"result": {"mdtrt_id": provisional_id}}
-
-
-def lines_taken(_req: Request, _provisional_id: str | None) -> Any:
-    """A fee upload's answer: its line results come when it is applied."""
-    return {"result": []}
 
 
 def service_times(req: Request) -> list[tuple[str, dt.datetime]]:

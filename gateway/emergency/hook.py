@@ -583,6 +583,7 @@ async def _defer_call(call: Call) -> Answer:
         provisional = deferral.new_provisional_id(
             call.institution.admdvs, call.now, req.fixmedins_code, req.msgid
         )
+    output = deferral.call_output(req, provisional, call.gw.snapshot)  # may refuse it
     entry = _entry(
         "call",
         req,
@@ -593,9 +594,7 @@ async def _defer_call(call: Call) -> Answer:
     )
     await deferred.insert(call.conn, entry, "ledger")
     ref = provisional or req.msgid
-    return Answer(
-        deferral.call_output(req, provisional), warn_msg=deferral.CALL_WARN.format(ref=ref)
-    )
+    return Answer(output, warn_msg=deferral.CALL_WARN.format(ref=ref))
 
 
 def _entry(kind: str, req: Request, received: dt.datetime, **fields: Any) -> Entry:
@@ -698,7 +697,7 @@ async def _journal_call(
     out = encode_response(
         region=gw.region,
         received=received,
-        output=deferral.call_output(req, provisional),
+        output=deferral.call_output(req, provisional, gw.snapshot),
         warn_msg=deferral.CALL_WARN.format(ref=provisional or req.msgid),
     )
     await _journal_append(

@@ -22,6 +22,7 @@ from gateway.core.model import FundRow, Institution
 from gateway.emergency.plan.rules import TxClass
 
 if TYPE_CHECKING:
+    from gateway.core.catalog import Snapshot
     from gateway.pipeline.grouped import Job
 
 
@@ -94,8 +95,10 @@ Prepare = Callable[[Gateway, Request, Institution, dt.datetime], "Job | None"]
 # What a transaction reads of a request before the ledger, raising its refusal; its result is
 # not kept (a journaled call is read again when it is applied).
 Check = Callable[[Gateway, Request, Institution, dt.datetime], object]
-# A journaled call's answer while the ledger is down (its visit's provisional id, if it opens one).
-JournalAnswer = Callable[[Request, "str | None"], Any]
+# A journaled call's answer while the ledger is down (its visit's provisional id, if it opens one;
+# the catalog held in memory, to price uploaded lines as the ledger's path would). Raising
+# refuses the call: nothing is journaled.
+JournalAnswer = Callable[[Request, "str | None", "Snapshot"], Any]
 # How replay settles a deferred claim of a visit's lines: exactly the lines (feedetl_sn) the
 # claim was taken for, not whatever the visit holds unsettled by then.
 ClaimSettle = Callable[[Call, frozenset[str]], Awaitable[Answer]]

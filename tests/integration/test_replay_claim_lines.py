@@ -540,6 +540,43 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         assert await srv.check_ledger() == []
 
 
+async def test_a_fee_upload_the_plan_keeps_is_answered_with_its_lines_priced(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a 2204 kept under the plan (its visit's calls applied at recovery)
+    was answered `result: []`, and a HIS that records each line's split from the answer (and
+    fills its 2207's 全自费, 超限价, 先行自付 and 符合政策范围 from them) recorded none. Kept, it is
+    answered each line's split by the catalog in memory, as the ledger's path answers the same
+    lines; a line that path refuses by itself (its price times its quantity not its amount) is
+    refused now and nothing is kept."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        day = "2026-05-06"
+        served = await his.register(RETIREE, "310", f"{day} 08:20:00", "MZ-PRICED-1")
+        await his.visit_info(served, RETIREE, "11", f"{day} 08:20:00")
+        rows = his.fee_rows(served, RETIREE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
+        normal = (await his.ok("2204", {"feedetail": rows}))["result"]
+        await _keep_the_hospitals_visits(srv)
+        kept_visit = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-PRICED-2")
+        assert kept_visit.startswith("PV")
+        await his.visit_info(kept_visit, RETIREE, "11", f"{day} 08:30:00")
+        rows = his.fee_rows(kept_visit, RETIREE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
+        kept = await his.call("2204", {"feedetail": rows})
+        assert kept["infcode"] == 0 and kept["warn_msg"], kept
+        assert kept["output"]["result"] == normal
+        assert all(float(r["det_item_fee_sumamt"]) > 0 for r in normal), normal
+        calls = "SELECT count(*) FROM deferred WHERE kind = 'call'"
+        before = await srv.fetchval(calls)
+        wrong = [dict(r) for r in rows]
+        wrong[0]["feedetl_sn"] = "9"
+        wrong[0]["det_item_fee_sumamt"] = str(Decimal(str(wrong[0]["det_item_fee_sumamt"])) + 1)
+        refused = await his.call("2204", {"feedetail": wrong})
+        assert refused["infcode"] == -1 and "单价×数量与明细金额不符" in refused["err_msg"], refused
+        assert await srv.fetchval(calls) == before
+        await _release_the_hospitals_visits(srv)
+        assert await srv.check_ledger() == []
+
+
 async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_at_replay(
     new_database: Callable[..., Any],
 ) -> None:
@@ -563,7 +600,7 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
                 )
             },
         )
-        assert uploaded["result"] == []  # nothing priced to fill the split from
+        assert len(uploaded["result"]) == len(OUTPATIENT_LINES)  # priced, yet the HIS sends zeros
         zeros = {
             name: "0.00"
             for name in ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
