@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from adapters.national.envelope import Amount, Code, Request, decode_input, text
-from adapters.national.output import amount, moment, ratio
+from adapters.national.output import amount, line_result, moment, ratio
 from adapters.national.wire import (
     In2206,
     In2208,
@@ -32,7 +32,7 @@ from adapters.national.wire import (
     when_required,
 )
 from gateway.core.catalog import Snapshot
-from gateway.core.model import FeeLine
+from gateway.core.model import FeeLine, LineSplit
 from gateway.core.money import fen_text, to_fen
 from gateway.core.settle import split_line
 from gateway.core.timestamps import day_digits
@@ -266,17 +266,36 @@ def priced_split(
     since they were uploaded: replay says how)."""
     if not lines:
         return None
-    parts = dict.fromkeys(SPLIT_FIELDS, 0)
     try:
-        for ln in lines:
-            split = split_line(snapshot, fixmedins_code, ln)
-            parts["fulamt_ownpay_amt"] += split.fulamt_ownpay_amt
-            parts["overlmt_selfpay"] += split.overlmt_amt
-            parts["preselfpay_amt"] += split.preselfpay_amt
-            parts["inscp_scp_amt"] += split.inscp_scp_amt
+        return _parts([split_line(snapshot, fixmedins_code, ln) for ln in lines])
     except GatewayError:
         return None
+
+
+def _parts(splits: Sequence[LineSplit]) -> dict[str, int]:
+    parts = dict.fromkeys(SPLIT_FIELDS, 0)
+    for split in splits:
+        parts["fulamt_ownpay_amt"] += split.fulamt_ownpay_amt
+        parts["overlmt_selfpay"] += split.overlmt_amt
+        parts["preselfpay_amt"] += split.preselfpay_amt
+        parts["inscp_scp_amt"] += split.inscp_scp_amt
     return parts
+
+
+def carried_split(
+    req: Request, snapshot: Snapshot
+) -> tuple[dict[str, int] | None, list[Any] | None]:
+    """The parts of the bill and the `detlcutinfo` rows of the lines a request carries (a
+    pharmacy purchase's, `Transaction.carried_lines`), split by the catalog as its sale splits
+    them; (None, None) for a request that carries none. Raises what its sale would refuse its
+    lines for. Found from outside: with the ledger away a purchase's claim answered the whole
+    bill within the policy range, a wholly self-pay drug included, and no `detlcutinfo`, which
+    a POS reading the sale's answer into a list of lines takes as missing."""
+    tx = _tx(req.infno)
+    if tx is None or tx.carried_lines is None:
+        return None, None
+    splits = tx.carried_lines(req, snapshot)
+    return _parts(splits), [line_result(s, with_lmt_flag=False) for s in splits]
 
 
 def sale_split(output: Any) -> dict[str, int] | None:
@@ -298,8 +317,10 @@ def claim_output(
     at: dt.datetime,
     balc: int,
     priced: Mapping[str, int] | None = None,
+    lines: list[Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A claim's answer; `lines`, a purchase's `detlcutinfo` (its sale's answer has them)."""
+    out: dict[str, Any] = {
         "setlinfo": cash_setlinfo(
             facts,
             claim_id=claim_id,
@@ -311,13 +332,19 @@ def claim_output(
         ),
         "setldetail": [],
     }
+    if lines is not None:
+        out["detlcutinfo"] = lines
+    return out
 
 
-def presettle_output(req: Request, priced: Mapping[str, int] | None = None) -> dict[str, Any]:
+def presettle_output(
+    req: Request, priced: Mapping[str, int] | None = None, lines: list[Any] | None = None
+) -> dict[str, Any]:
     """A pre-settlement while settlements are deferred: what the patient will pay (all of it),
-    the bill's parts as its claim will answer them (`priced`, where the lines are known)."""
+    the bill's parts as its claim will answer them (`priced`, where the lines are known), a
+    purchase's `detlcutinfo` (`lines`)."""
     facts = read_claim(req)  # a pre-settlement carries its settlement's nodes (same kind)
-    return {
+    out: dict[str, Any] = {
         "setlinfo": cash_setlinfo(
             facts,
             claim_id=None,
@@ -331,6 +358,9 @@ def presettle_output(req: Request, priced: Mapping[str, int] | None = None) -> d
         ),
         "setldetail": [],
     }
+    if lines is not None:
+        out["detlcutinfo"] = lines
+    return out
 
 
 class _SetlInfo(msgspec.Struct):

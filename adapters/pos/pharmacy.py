@@ -29,7 +29,9 @@ from adapters.national.wire import (
     when_required,
 )
 from gateway.app.runtime import Gateway
-from gateway.core.model import Institution, Settlement
+from gateway.core.catalog import Snapshot
+from gateway.core.model import Institution, LineSplit, Settlement
+from gateway.core.settle import split_line
 from gateway.emergency.plan.rules import TxClass
 from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest, LineRejected, RuleRejected
@@ -173,6 +175,13 @@ def output(
     }
 
 
+def carried_lines(req: Request, snapshot: Snapshot) -> tuple[LineSplit, ...]:
+    """A 2101/2102's lines split by the catalog, as its sale splits them (rules §1–2 depend on
+    the catalog alone): its claim's and pre-settlement's lines while settlements are deferred."""
+    code = req.fixmedins_code
+    return tuple(split_line(snapshot, code, ln) for ln in purchase_of(req).lines)
+
+
 def _job(
     gw: Gateway, req: Request, institution: Institution, now: dt.datetime, *, final: bool = True
 ) -> Job:
@@ -216,6 +225,7 @@ async def _settle_alone(call: Call) -> Answer:
     kind=Kind.PHARMACY,
     deferral=Deferral.PRESETTLEMENT,
     previewed=_preview_job,
+    carried_lines=carried_lines,
 )
 async def pre_settle(call: Call) -> Answer:
     return await _pre_settle(call)
@@ -235,6 +245,7 @@ async def pre_settle(call: Call) -> Answer:
         ("drugdetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),
     ),
     grouped=_job,
+    carried_lines=carried_lines,
 )
 async def settle_purchase(call: Call) -> Answer:
     return await _settle_alone(call)

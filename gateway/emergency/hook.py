@@ -314,10 +314,11 @@ async def intercept(
             # these lines refuses their pre-settlement as it refuses their settlement (found
             # from outside: priced all cash, as if the lines were free to settle).
             deferral.refuse_if_held(gw.journal.held_on(req.fixmedins_code, scope[0]), scope[1])
+        priced, lines = deferral.carried_split(req, gw.snapshot)
         out = encode_response(
             region=gw.region,
             received=received,
-            output=deferral.presettle_output(req),
+            output=deferral.presettle_output(req, priced, lines),
             warn_msg=PRESETTLE_DEFER_MSG,
         )
         return Detour(answer=out, outcome=dispatch.Result.DEFERRED)
@@ -409,11 +410,18 @@ def _purchase_claim(gw: Gateway, req: Request, institution: Institution, now: dt
         # Its refusals are the claim's; nothing it stages is written. Its lines' split is the
         # claim's answer's (found from outside: a wholly self-pay line answered as within the
         # policy range).
-        priced = deferral.sale_split(sale.build(held, 0, 0).output)
+        sold = sale.build(held, 0, 0).output
         writes = Writes()
         deferred.stage(writes, entry, "ledger")
         output = deferral.claim_output(
-            facts, claim_id, claim_id, req.msgid, now, held.balance, priced=priced
+            facts,
+            claim_id,
+            claim_id,
+            req.msgid,
+            now,
+            held.balance,
+            priced=deferral.sale_split(sold),
+            lines=sold.get("detlcutinfo") if isinstance(sold, dict) else None,
         )
         return Built(output, writes, held.balance, held.year, warn_msg=warn_msg)
 
@@ -512,12 +520,14 @@ async def _presettle_as_claim(call: Call) -> Answer:
         await _refuse_as_its_settlement(call, claim)
     # The parts its claim will answer (found from outside: the whole bill within the policy
     # range, and a HIS that copied them into its 2207 was refused, the lines splitting else).
-    priced = None
+    priced, carried = deferral.carried_split(call.req, call.gw.snapshot)  # a purchase's
     if scope is not None and not scope[0].startswith(PROVISIONAL_PREFIX):
         code = call.req.fixmedins_code
         lines = await _claimed_lines(call.conn, code, scope[0], scope[1])
         priced = deferral.priced_split(call.gw.snapshot, code, lines)
-    return Answer(deferral.presettle_output(call.req, priced), warn_msg=PRESETTLE_DEFER_MSG)
+    return Answer(
+        deferral.presettle_output(call.req, priced, carried), warn_msg=PRESETTLE_DEFER_MSG
+    )
 
 
 async def _refuse_as_its_settlement(call: Call, claim: Transaction | None = None) -> None:
@@ -646,6 +656,8 @@ async def _journal_claim(
     facts = deferral.read_claim(req)
     _refuse_as_its_request(gw, req, institution, received)
     _check_dates(gw, req, institution, received)
+    # A purchase's lines are in the request: its parts and lines as its sale splits them.
+    priced, lines = deferral.carried_split(req, gw.snapshot)
     claim_id = deferral.new_claim_id(institution.admdvs, received, req.fixmedins_code, req.msgid)
     mdtrt_id = facts.mdtrt_id or claim_id
     journal = gw.journal
@@ -659,7 +671,9 @@ async def _journal_claim(
         region=gw.region,
         received=received,
         # The ledger is away: the balance is not known (docs/protocol.md, `balc`).
-        output=deferral.claim_output(facts, claim_id, mdtrt_id, req.msgid, received, 0),
+        output=deferral.claim_output(
+            facts, claim_id, mdtrt_id, req.msgid, received, 0, priced=priced, lines=lines
+        ),
         warn_msg=deferral.DEFER_WARN.format(claim_id=claim_id),
     )
     try:

@@ -23,6 +23,7 @@ from gateway.emergency.plan.rules import TxClass
 
 if TYPE_CHECKING:
     from gateway.core.catalog import Snapshot
+    from gateway.core.model import LineSplit
     from gateway.pipeline.grouped import Job
 
 
@@ -99,6 +100,10 @@ Check = Callable[[Gateway, Request, Institution, dt.datetime], object]
 # the catalog held in memory, to price uploaded lines as the ledger's path would). Raising
 # refuses the call: nothing is journaled.
 JournalAnswer = Callable[[Request, "str | None", "Snapshot"], Any]
+# The lines a request carries (a pharmacy purchase's), split by the catalog in memory: what a
+# claim or pre-settlement of it answers line by line while settlements are deferred, the ledger
+# away or not. Raising refuses the request, as its settlement would.
+CarriedLines = Callable[[Request, "Snapshot"], "tuple[LineSplit, ...]"]
 # How replay settles a deferred claim of a visit's lines: exactly the lines (feedetl_sn) the
 # claim was taken for, not whatever the visit holds unsettled by then.
 ClaimSettle = Callable[[Call, frozenset[str]], Awaitable[Answer]]
@@ -139,6 +144,8 @@ class Transaction:
     # run when it is journaled with the ledger away (gateway.emergency.hook), so that what the
     # normal path refuses is refused then too.
     checked: Check | None = None
+    # A purchase's lines split by the catalog, for its claim's and pre-settlement's answers.
+    carried_lines: CarriedLines | None = None
 
     @property
     def admits(self) -> bool:
@@ -168,6 +175,7 @@ def register(
     previewed: Prepare | None = None,
     judged: Prepare | None = None,
     checked: Check | None = None,
+    carried_lines: CarriedLines | None = None,
 ) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
 
@@ -191,6 +199,7 @@ def register(
             previewed,
             judged,
             checked,
+            carried_lines,
         )
         return handler
 

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -1582,5 +1583,39 @@ async def test_one_till_alone_on_a_hung_ledger_is_protected_within_r5_at_the_shi
             async with srv.session.get(srv.url + "/metrics") as r:
                 text = await r.text()
             assert 'sgw_breaker_state{dependency="postgres"} 2' in text
+        finally:
+            await proxy.close()
+
+
+async def test_a_pharmacy_claim_with_the_ledger_away_answers_its_lines_as_its_sale(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with the ledger away a purchase's claim (and its pre-settlement)
+    answered the whole bill within the policy range, a wholly self-pay drug included, and no
+    `detlcutinfo` (a POS reading the sale's answer into a list of lines takes it as missing).
+    The lines are in the request and split by the catalog alone: the claim answers the parts
+    and lines its sale would have, the patient still paying it all in cash."""
+    parts = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, CONFIG, serve_through=ledger, pool_min=6) as srv:
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        day = "2026-07-04 10:00:00"
+        try:
+            priced = await pos.ok("2101", pos.drug_input(PERSONS[0], day, DRUG_TOTAL, DRUG_LINES))
+            proxy.cut()
+            await _sales_until_deferred(pos)
+            claim = await pos.ok("2102", pos.drug_input(PERSONS[0], day, DRUG_TOTAL, DRUG_LINES))
+            info = claim["setlinfo"]
+            assert info["setl_id"].startswith("DF"), info
+            expected = [Decimal(str(priced["setlinfo"][k])) for k in parts]
+            assert expected[0] > 0  # a wholly self-pay drug
+            assert [Decimal(str(info[k])) for k in parts] == expected, (info, priced)
+            assert Decimal(str(info["psn_cash_pay"])) == Decimal(DRUG_TOTAL)
+            assert claim["detlcutinfo"] == priced["detlcutinfo"]
+            drug = pos.drug_input(PERSONS[0], day, DRUG_TOTAL, DRUG_LINES)
+            again = await pos.ok("2101", drug)
+            assert [Decimal(str(again["setlinfo"][k])) for k in parts] == expected
+            assert again["detlcutinfo"] == priced["detlcutinfo"]
         finally:
             await proxy.close()

@@ -158,6 +158,13 @@ async def test_a_pharmacy_claim_answers_the_split_its_sale_would_have(
         assert [Decimal(str(info[k])) for k in parts] == expected, (info, priced)
         assert expected[0] == Decimal("35.00")  # YP0010, class C: wholly self-pay
         assert Decimal(str(info["psn_cash_pay"])) == Decimal(DRUG_TOTAL)
+        # Its lines as the sale's answer has them (found from outside: no detlcutinfo, which a
+        # POS reading the sale's answer into a list of lines takes as missing); the deferred
+        # pre-settlement's too.
+        assert claim["detlcutinfo"] == priced["detlcutinfo"] and len(priced["detlcutinfo"]) > 1
+        again = await pos.ok("2101", pos.drug_input(PERSON, day, DRUG_TOTAL, DRUG_LINES))
+        assert again["detlcutinfo"] == priced["detlcutinfo"]
+        assert [Decimal(str(again["setlinfo"][k])) for k in parts] == expected
 
 
 async def test_a_deferred_pre_settlement_answers_the_split_its_claim_takes(
