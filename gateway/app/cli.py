@@ -33,6 +33,7 @@ from gateway.app.cli_database import (
     output_closed,
     unreachable,
 )
+from gateway.app.cli_output import patient_stdout
 from gateway.app.config import (
     DEFAULT_CONFIG,
     DEFAULT_CREDENTIALS,
@@ -673,6 +674,7 @@ def _sends_dated_calls(args: argparse.Namespace) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
+    patient_stdout()
     logs.configure()
     args = parser().parse_args(argv)
     if args.command in DATED_COMMANDS and (warning := zone_warning()) is not None:

@@ -52,6 +52,7 @@ from gateway.protocol.errors import (
     Conflict,
     DependencyDown,
     GatewayError,
+    HeldByPlan,
     LedgerDownRefusal,
     RuleRejected,
     SelfPayStay,
@@ -181,9 +182,9 @@ def undo_refusal(
     if decision is None:
         return None
     if decision.action is Action.DEFER:
-        return Conflict(deferred_words)
+        return HeldByPlan(deferred_words)
     if decision.action is Action.REJECT:
-        return RuleRejected(rejected_words.format(why=decision.reason))
+        return HeldByPlan(rejected_words.format(why=decision.reason))
     return None
 
 
@@ -336,7 +337,7 @@ async def intercept(
     if role is Deferral.CANCEL_CLAIM:
         setl_id, _, _ = deferral.withdrawal_ref(req)
         if not deferral.is_claim_id(setl_id):
-            raise Conflict(cancellation.CANCEL_REFUSED_MSG)
+            raise HeldByPlan(cancellation.CANCEL_REFUSED_MSG)
         if ledger_down:
             return await _journal_withdrawal(gw, req, received)
         return None  # the cancellation handlers withdraw claims themselves (gateway.emergency.hook)

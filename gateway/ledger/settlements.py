@@ -47,7 +47,7 @@ from gateway.ledger import deferred, encounters, fees, payouts, persons
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.keyed import per_key
 from gateway.ledger.writes import Writes, insert_statement
-from gateway.protocol.errors import Conflict, NotFound, RuleRejected
+from gateway.protocol.errors import Conflict, HeldByPlan, NotFound, RuleRejected
 
 CLR_TYPE = {
     Category.OUTPATIENT: "11",
@@ -731,7 +731,7 @@ async def reinstate(
     if found["psn_no"] != psn_no:
         raise Conflict("人员编号与原结算的参保人不一致")
     if refused is not None:
-        raise Conflict(refused)
+        raise HeldByPlan(refused)
     setl_id, mdtrt_id = found["setl_id"], found["mdtrt_id"]
     enc = await encounters.lock(conn, mdtrt_id, fixmedins_code)
     person, balance = await persons.read(conn, psn_no, lock=True)

@@ -14,6 +14,7 @@ their msgid, so a retry after an outage is not answered with the outage.
     ├── NotFound                 the mdtrt_id / setl_id / batch does not exist for this institution
     │   └── NotYetApplied        a provisional visit id still waiting to be applied (retryable)
     ├── Conflict                 the state forbids it: settled twice, cancelled twice, msgid reused
+    │   └── HeldByPlan           an undo the emergency plan holds back while its rule lasts (retryable)
     ├── Busy                     shed under overload or rate limit; retry shortly (retryable)
     └── Unavailable              a dependency failed or timed out (retryable)
         ├── LedgerDown           another region's ledger database did not answer (named)
@@ -82,6 +83,16 @@ class NotYetApplied(NotFound):
 
 class Conflict(GatewayError):
     """The current state forbids the operation."""
+
+
+class HeldByPlan(Conflict):
+    """A cancellation or a 2601 the emergency plan refuses while a rule takes its settlements
+    off the normal path: the same request succeeds once the rule is cleared, so the refusal is
+    not kept against its msgid (found from outside: kept, a 2601 refused under a rule was refused
+    for good in the plan's words after it was cleared, as were a 2208 and a 2601 under a rule
+    narrowed to a medical category)."""
+
+    retryable = True
 
 
 class BatchSettled(Conflict):

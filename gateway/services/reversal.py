@@ -26,7 +26,14 @@ from gateway.ledger import (
     reversals,
     settlements,
 )
-from gateway.protocol.errors import BadRequest, Conflict, GatewayError, NotFound, Unavailable
+from gateway.protocol.errors import (
+    BadRequest,
+    Conflict,
+    GatewayError,
+    HeldByPlan,
+    NotFound,
+    Unavailable,
+)
 from gateway.protocol.transaction import TRANSACTIONS, Kind, Transaction, Undo
 from gateway.services import cancellation
 
@@ -160,7 +167,7 @@ async def _undo_settlement(
         replaced = await settlements.replacement(conn, row.setl_id)
         raise Conflict(replaced or f"原结算{row.setl_id}已撤销，无需冲正")
     if settlements_deferred:
-        raise Conflict(cancellation.CANCEL_REFUSED_MSG)
+        raise HeldByPlan(cancellation.CANCEL_REFUSED_MSG)
     if undo_refusal is not None:
         refused = undo_refusal(row.category, deferred_words=cancellation.CANCEL_REFUSED_MSG)
         if refused is not None:

@@ -1353,7 +1353,9 @@ async def test_a_rule_narrowed_to_a_category_refuses_undoing_that_categorys_sett
     while the 2103 of a sale beside them was refused (a cancellation and a 2601 name no
     med_type; they saw the plain scopes only). A settlement of the category is not undone while
     its category's settlements are deferred (or rejected), in the words of the plain scopes;
-    another category's is; nothing is written for a refusal."""
+    another category's is; nothing is written for a refusal. Found from outside again: those
+    refusals (and a plain scope's of a 2601) were kept against the msgid, and once the rule was
+    cleared the same message was refused for good in the plan's words: kept nothing now."""
     his = server.client("H44180000001")
     pos = server.client(PHARMACY_441800)
     visits = [await _visit(his, WORKER, "2026-05-11", f"MZ-UNDO-{n}") for n in range(2)]
@@ -1366,10 +1368,12 @@ async def test_a_rule_narrowed_to_a_category_refuses_undoing_that_categorys_sett
         settled.append((body["msgid"], answer["output"]["setlinfo"]))
     sale = pos.envelope("2102", pos.drug_input(WORKER, "2026-05-11 10:00:00", DRUG_TOTAL, DRUG_LINES))  # fmt: skip
     assert decode((await pos.post_raw(msgspec.json.encode(sale)))[1])["infcode"] == 0
+    refused: list[tuple[HisClient, bytes, str]] = []  # (client, body, the plan's words)
     for scope, action, words in [
         ("region:441800:outpatient", "defer", "应急处置期间不能撤销已完成的医保结算"),
         ("region:441800:pharmacy", "defer", "应急处置期间不能撤销已完成的医保结算"),
         ("region:441800:outpatient", "reject", "原结算仍然有效，未退费"),
+        ("region:441800", "defer", "应急处置期间不能撤销已完成的医保结算"),
     ]:
         cli("plan", "set", "--scope", scope, "--class", "settlement", "--action", action,
             "--reason", "演练切换", "--database-url", server.dsn)  # fmt: skip
@@ -1383,8 +1387,10 @@ async def test_a_rule_narrowed_to_a_category_refuses_undoing_that_categorys_sett
             (his, "2601", {"data": {"psn_no": WORKER, "omsgid": msgid, "oinfno": "2207"}}),
         ]  # fmt: skip
         for client, infno, data in undos:
-            answer = await client.call(infno, data)
+            body = msgspec.json.encode(client.envelope(infno, data))
+            answer = decode((await client.post_raw(body))[1])
             assert answer["infcode"] == -1 and words in answer["err_msg"], (scope, infno, answer)
+            refused.append((client, body, words))
         after = await server.fetchval("SELECT count(*) FROM settlements WHERE status = 'settled'")
         assert after == before
         if scope.endswith("pharmacy"):
@@ -1395,8 +1401,16 @@ async def test_a_rule_narrowed_to_a_category_refuses_undoing_that_categorys_sett
         cli("plan", "clear", "--scope", scope, "--class", "settlement", "--reason", "演练结束",
             "--database-url", server.dsn)  # fmt: skip
     await _plan_version_in_force(server, await server.fetchval("SELECT version FROM plan_version"))
-    msgid, info = settled[0]
-    assert (await his.ok("2601", {"data": {"psn_no": WORKER, "omsgid": msgid, "oinfno": "2207"}})) == {}  # fmt: skip
+    # The same messages once the rules are cleared: the first 2601 of each settlement reverses
+    # it, and no message is answered in the plan's words again.
+    outcomes = {}
+    for n, (client, body, words) in reversed(list(enumerate(refused))):
+        answer = decode((await client.post_raw(body))[1])
+        assert words not in (answer["err_msg"] or ""), answer
+        outcomes[n] = answer["infcode"]
+    # The plain scope's 2601 of the first visit (the last refused), the pharmacy's of the sale.
+    assert outcomes[len(refused) - 1] == 0 and outcomes[2] == 0, outcomes
+    assert await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", settled[0][1]["setl_id"]) != "settled"  # fmt: skip
 
 
 async def test_a_rule_narrowed_to_a_category_refuses_putting_its_cancelled_settlements_back(
