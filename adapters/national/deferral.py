@@ -586,7 +586,9 @@ async def withdraw_claim(call: Call) -> Answer:
                 )
             raise Conflict(f"暂存结算{setl_id}已补结算为{replayed}，请按该结算单号撤销")
         # Found from outside: a claim replay could not settle was "已补结算为-".
-        raise Conflict(deferred.unsettled_words(existing["status"], setl_id))
+        raise Conflict(
+            deferred.unsettled_words(existing["status"], setl_id, existing["fail_reason"])
+        )
     # Under the person's lock, which the agency's 结算 of a manual claim takes too, taken after
     # the claim's row as replay takes them: either the manual claim settled first and this is
     # refused (rolled back), or this commits first and 结算 sees the claim withdrawn. Found from

@@ -7,8 +7,10 @@ turned into integers here, at the edge, with a clerk-readable message naming the
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import msgspec
@@ -98,10 +100,48 @@ def _decimal_text(value: Amount, name: str, places: int, signed: bool, label: st
     if m.group(1) and not signed:
         raise BadRequest(f"{label}{name}不能为负数（{literal}）")
     # More decimals are accepted only as trailing zeros: C# decimal arithmetic keeps the scale
-    # (4.52 x 1.0000 serializes as 4.520000), and the value is still exact.
+    # (4.52 x 1.0000 serializes as 4.520000), and the value is still exact; or as a double's
+    # rounding noise (`without_float_noise`).
     if len((m.group(3) or "").rstrip("0")) > places:
-        raise BadRequest(f"{label}{name}最多{places}位小数")
+        plain = without_float_noise(m.group(2), m.group(3) or "", places)
+        if plain is None:
+            raise BadRequest(f"{label}{name}最多{places}位小数")
+        return f"{m.group(1)}{plain[0]}.{plain[1]}"
     return literal
+
+
+# The fewest significant digits a double's shortest text has when it carries rounding noise
+# (29.700000000000003 has 17): a number a clerk typed or a system kept in decimal has far fewer.
+_NOISE_DIGITS = 15
+# How far from the decimal it stands for, in units in the last place of that decimal as a double:
+# the few operations a client sums an order's lines with.
+_NOISE_ULPS = 16
+
+
+def without_float_noise(whole: str, fraction: str, places: int) -> tuple[str, str] | None:
+    """(whole, fraction) of the `places`-decimal number a text with more decimals stands for,
+    when the text is a double's rounding noise around it; None when it is a number of its own.
+
+    Found from outside: a Go pharmacy ERP (YingmoY/Pharmacy-ERP, `doMedicareSettle`) sums its
+    lines' prices as float64 and sends the sum's shortest text: 19.8 + 9.9 is sent as
+    29.700000000000003, refused as "at most 2 decimals" (17 of 91 two-item sales of common
+    prices could not be made at all). Such a text is read as the decimal it stands for only when
+    it has a double's full precision and lies within a few units in the last place of that
+    decimal; "29.701" or "29.7000001" stay refused. The value is exact integer arithmetic; the
+    double's unit in the last place only sizes the noise."""
+    digits = (whole + fraction).lstrip("0")
+    if len(digits) < _NOISE_DIGITS:
+        return None
+    scale = 10 ** len(fraction)
+    value = int(whole + fraction)  # the text's value times `scale`
+    step = 10 ** (len(fraction) - places)
+    nearest = (2 * value + step) // (2 * step)  # the value rounded to `places`, times 10^places
+    noise = abs(value - nearest * step)  # times `scale`
+    ulp = math.ulp(nearest / 10**places)  # a power of two: exact as a Fraction
+    if Fraction(noise, scale) > _NOISE_ULPS * Fraction(ulp):
+        return None
+    text = str(nearest).rjust(places + 1, "0")
+    return text[:-places] if places else text, text[-places:] if places else "0"
 
 
 def _number(value: Amount, name: str, places: int, signed: bool, label: str) -> int:
@@ -115,7 +155,8 @@ def _number(value: Amount, name: str, places: int, signed: bool, label: str) -> 
             m = _DECIMAL.fullmatch(value)
             if m is not None and (signed or not m.group(1)):
                 sign, whole, fraction = m.groups()
-                return from_digits(sign, whole, fraction, places, f"{label}{name}")
+                if fraction is None or len(fraction) <= places:
+                    return from_digits(sign, whole, fraction, places, f"{label}{name}")
         literal = _decimal_text(value, name, places, signed, label)
         return scaled(literal, places, f"{label}{name}")
     except AmountError as exc:

@@ -29,6 +29,7 @@ from gateway.ledger import plan as ledger_plan
 from gateway.ledger.partitions import MAIN, Partition, Partitions
 from gateway.ops import metrics
 from gateway.ops.keys import CATALOG_CHANNEL, PLAN_CHANNEL
+from gateway.pipeline.attempts import Attempts
 from gateway.pipeline.grouped import Batches, Reads
 from gateway.pipeline.ledger_shares import LedgerShares, share_of
 from gateway.pipeline.ledger_waits import LedgerWaits
@@ -92,17 +93,6 @@ def _breaker_changed(b: Breaker) -> None:
     )
 
 
-def _ledger_breaker_changed(waits: LedgerWaits, ledger: str, b: Breaker) -> None:
-    _breaker_changed(b)
-    if b.state == OPEN:
-        released = waits.release(ledger)
-        if released:
-            breaker_log.warning(
-                "requests waiting on the ledger answered: its breaker opened",
-                extra={"breaker": b.name, "requests": released},
-            )
-
-
 class Gateway:
     """Process state shared by all requests; the snapshot is swapped, never mutated.
 
@@ -114,6 +104,7 @@ class Gateway:
         "_confirming",
         "_plan_states",
         "_refresh_lock",
+        "attempts",
         "breakers",
         "catalog_poll_seconds",
         "config",
@@ -169,6 +160,8 @@ class Gateway:
         self.journal = Journal(settings.journal_dir)
         # Answers the ledger committed lately, for retries while it is out of reach.
         self.recent = RecentAnswers(config.journal.recent_answers)
+        # The writes at work against a ledger here, by message (gateway.pipeline.attempts).
+        self.attempts = Attempts()
         # Settlements committed in batches (None: each on its own, as the commands run them).
         # One group commit per ledger database: a batch is one transaction, in one database.
         self.groups = {
@@ -208,7 +201,7 @@ class Gateway:
         self.waits = LedgerWaits()
         for partition in self.ledgers.all:
             self.ledger_breaker(partition.name).on_change = functools.partial(
-                _ledger_breaker_changed, self.waits, partition.name
+                self._ledger_breaker_changed, partition.name
             )
         # A ledger breaker's verdict on one institution's failures is confirmed by the probe.
         self._confirming: set[asyncio.Task[None]] = set()
@@ -362,6 +355,22 @@ class Gateway:
             await self.redis.publish(PLAN_CHANNEL, str(self.plan.version))
         except Exception:
             log.warning("plan change not published; other processes will poll")
+
+    def _ledger_breaker_changed(self, ledger: str, b: Breaker) -> None:
+        """A ledger breaker's change; opened, the requests waiting on that ledger are answered
+        (gateway.pipeline.ledger_waits) and its running batches cut: their work must not commit
+        later, when a hung network heals, beside the claims their retries become."""
+        _breaker_changed(b)
+        if b.state != OPEN:
+            return
+        released = self.waits.release(ledger)
+        group = self.groups.get(ledger)
+        cut = group.abort() if group is not None else 0
+        if released or cut:
+            breaker_log.warning(
+                "requests waiting on the ledger answered, its batches cut: its breaker opened",
+                extra={"breaker": b.name, "requests": released, "batches": cut},
+            )
 
     def _suspect(self, pool: asyncpg.Pool, breaker: Breaker) -> None:
         """Probe the ledger database now: one institution's failures open its breaker only if

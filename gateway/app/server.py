@@ -297,6 +297,10 @@ async def _admitted(
         if await finished_within(work, limit, wait):
             outcome = work.result()
         elif wait.released:
+            # Its ledger's breaker opened: its work ends now, as at a deadline (a connection it
+            # holds is dropped, a batch not yet written drops it), so that it cannot commit when
+            # a hung network heals, beside the claim its retry becomes.
+            work.cancel()
             outcome = dispatch.released(gw, path_infno or "")
         else:
             outcome = dispatch.overdue(gw, path_infno or "")

@@ -102,7 +102,24 @@ _UNSETTLED = {
 }
 
 
-def unsettled_words(status: str, claim_id: str) -> str:
+# Why replay files a claim failed whose message the ledger had settled already (before the claim,
+# or beside it through another process): the settlement stands, the claim's cash is owed back.
+ANSWERED_IN_LEDGER = (
+    "报文ID{msgid}已由医保结算数据库办结（暂存之前，或暂存期间经其他网关进程/节点办结），"
+    "本笔暂存不再补结算；请按数据库中的原结算核对参保人已付现金并办理退还"
+)
+_ANSWERED_MARK = "本笔暂存不再补结算"
+
+
+def unsettled_words(status: str, claim_id: str, reason: str | None = None) -> str:
+    """What the counter is told of a claim not settled; `reason`, a failed claim's. Found from
+    outside: a claim failed because its message had been settled in the ledger was answered
+    "withdraw it and settle again", which would charge the account a second time."""
+    if status == "failed" and reason and _ANSWERED_MARK in reason:
+        return (
+            f"暂存结算{claim_id}未补结算：同一报文已由医保结算数据库办结，原结算保留，不要重新结算；"
+            f"请以暂存结算单号{claim_id}办理撤销，退还参保人已付现金"
+        )
     return _UNSETTLED.get(status, _UNSETTLED["pending"]).format(claim_id=claim_id)
 
 
@@ -262,9 +279,9 @@ async def claim_named(
     """Reads the institution's latest deferred claim by its number (the setl_id the counter
     was given) or, with none given, by the 就诊ID its answer gave (`visit_of_claim`: a
     pharmacy claim's is its own number; found from outside, a 5203 by it answered "not
-    found"): claim_id, status, setl_id."""
+    found"): claim_id, status, setl_id, fail_reason."""
     return await conn.fetchrow(
-        "SELECT claim_id, status, setl_id FROM deferred WHERE kind = 'claim'"
+        "SELECT claim_id, status, setl_id, fail_reason FROM deferred WHERE kind = 'claim'"
         " AND fixmedins_code = $1 AND (claim_id = $2"
         f" OR ($2 = '' AND {_VISIT_OF_CLAIM} = $3))"
         " ORDER BY seq DESC LIMIT 1",

@@ -229,8 +229,6 @@ async def handle(
         # reconciliation reads the other databases itself); the rest is a person's money.
         if ledgers.split and tx.klass not in (TxClass.CATALOG, TxClass.RECONCILE):
             ledger = await _ledger_of(gw, tx, req)
-        if wait is not None:
-            wait.ledger = ledger.name
         refusal = _not_its_kind(institution, tx, req)
         if refusal is not None:
             # After the msgid journal, as the plan's refusals: a retry of a message answered
@@ -266,8 +264,12 @@ async def handle(
             if isinstance(routed, Outcome):
                 outcome = routed
             elif run.writes:
+                if wait is not None:
+                    wait.ledger = ledger.name  # its edge answers it if that ledger's breaker opens
                 outcome = await _write(gw, run, req, institution, body, received, mode, ledger)
             else:
+                if wait is not None:
+                    wait.ledger = ledger.name
                 outcome = await _read(gw, run, req, institution, received, mode, ledger)
         outcome.terminal = terminal
     except Exception as exc:
@@ -352,6 +354,10 @@ async def _plan(
         decision = hook.decide(gw, tx, req, institution, received, ledger.name)
         if decision is None:
             continue
+        if tx.writes and gw.attempts.running((req.fixmedins_code, req.msgid)):
+            # An earlier attempt of this message is still at work here and may yet commit
+            # (gateway.pipeline.attempts): not a claim, nor a forward, beside it.
+            raise Unavailable(STILL_SETTLING_MSG)
         body_hash = fingerprint(req) if tx.writes else b""  # a read is kept nowhere
         if tx.writes:
             earlier = (
@@ -482,13 +488,20 @@ async def _write(
     # (a pharmacy's deferred claim): a self-pay visit must not take the settlement's.
     grouped_here = mode is Mode.NORMAL or (mode is Mode.DEFERRED and tx.grouped is not None)
     group = gw.groups.get(ledger.name) if grouped_here else None
-    if tx.grouped is not None and group is not None:
-        outcome = await _grouped(
-            group, tx.grouped, gw, req, institution, body_hash, received, expires
-        )
-    if outcome is None:
-        async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
-            outcome = await _journaled(gw, tx, req, institution, body_hash, received, mode, ledger)
+    attempts, key = gw.attempts, (code, req.msgid)
+    attempts.begin(key)
+    try:
+        if tx.grouped is not None and group is not None:
+            outcome = await _grouped(
+                group, tx.grouped, gw, req, institution, body_hash, received, expires
+            )
+        if outcome is None:
+            async with gw.shares.turn(code, expires), asyncio.timeout_at(expires):
+                outcome = await _journaled(
+                    gw, tx, req, institution, body_hash, received, mode, ledger
+                )
+    finally:
+        attempts.end(key)
     _observe(gw, code, True, False, started, ledger.name, _settles(tx))
     if outcome.outcome is Result.OK:
         # Committed with its answer: a retry while the ledger is away gets it from here, a claim
@@ -710,6 +723,8 @@ async def _earlier_answer(
         budget = gw.config.deadlines.call_seconds
         expires = loop.time() + budget
         found = await _answered(gw, code, msgid, expires, ledger)
+        if found is None and await _held_open(gw, req, body_hash, ledger, expires):
+            raise Unavailable(STILL_SETTLING_MSG)
     elif breaker.probe_failed:
         return None
     else:
@@ -729,11 +744,32 @@ async def _earlier_answer(
                     pending = await idempotency.held_by_another(
                         conn, code, msgid, req.infno, body_hash
                     )
-        except (*db.UNAVAILABLE, asyncpg.PostgresError):
+        except (*db.UNAVAILABLE, asyncpg.PostgresError, Busy):
+            # Busy: the institution's connections are all held by calls the outage hung; the
+            # look-up is the plan's best effort, not a reason to turn the till away (found from
+            # outside: right after the breaker opened, retries were told the institution was
+            # too busy, and protected only after 10 s).
             return None
         if pending:
             raise Unavailable(STILL_SETTLING_MSG)
     return None if found is None else _replayed(req, found, body_hash)
+
+
+async def _held_open(
+    gw: Gateway, req: Request, body_hash: bytes, ledger: Partition, expires: float
+) -> bool:
+    """Whether a transaction still open holds this msgid's key in the ledger: an attempt at work
+    in another process (this one's are gateway.pipeline.attempts'). Found from outside: under
+    `route_legacy`, a retry sent to a second worker while the first attempt waited on a lock
+    there was forwarded to the old system, which settled it, and the first attempt then
+    committed here too: the sale settled in both systems."""
+    code = req.fixmedins_code
+    async with (
+        gw.shares.turn(code, expires),
+        asyncio.timeout_at(expires),
+        db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn,
+    ):
+        return await idempotency.held_by_another(conn, code, req.msgid, req.infno, body_hash)
 
 
 async def _answered(
@@ -772,7 +808,7 @@ async def _grouped(
         return None  # refused before the ledger: the single path journals the refusal
     if job is None:
         return None
-    return await group.submit(req, body_hash, received, job, expires)
+    return await group.submit(req, body_hash, received, job, expires, gw.attempts)
 
 
 class _Taken(Exception):

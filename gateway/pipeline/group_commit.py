@@ -44,6 +44,7 @@ from gateway.ledger import db, idempotency, settlements
 from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
+from gateway.pipeline.attempts import Attempts
 from gateway.pipeline.deadlines import awaited_by
 from gateway.pipeline.grouped import Job
 from gateway.pipeline.ledger_shares import SHARE_BUSY, share_of
@@ -69,6 +70,7 @@ class _Item:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     expires: float | None = None  # the caller's deadline, the event loop's clock
+    attempts: Attempts | None = None  # told the message is at work while a batch holds it
     held_back: bool = False  # left waiting because its institution was in its share of batches
     taken: bool = False  # in a batch
 
@@ -99,6 +101,7 @@ class GroupCommit:
         self.share = share_of(self.writers, share_percent)  # running batches per institution
         self._waiting: list[_Item] = []
         self._running = 0
+        self._connections: set[asyncpg.Connection] = set()  # held by running batches
         self._in_batches: dict[str, int] = {}  # institution -> running batches holding it
 
     @classmethod
@@ -124,11 +127,14 @@ class GroupCommit:
         received: dt.datetime,
         job: Job,
         expires: float | None = None,
+        attempts: Attempts | None = None,
     ) -> dispatch.Outcome | None:
         """The settlement's answer, or None (take the single path). `expires` (the event loop's
         clock) is the caller's deadline; one held back for its institution's share past it is
-        refused busy, anything else past it raises TimeoutError as a slow ledger does."""
-        item = _Item(req, body_hash, received, job, expires=expires)
+        refused busy, anything else past it raises TimeoutError as a slow ledger does.
+        `attempts`: the message is at work there while a batch holds it, however long after
+        its waiter's deadline (gateway.pipeline.attempts)."""
+        item = _Item(req, body_hash, received, job, expires=expires, attempts=attempts)
         self._waiting.append(item)
         if self._running < self.writers:
             self._running += 1
@@ -188,10 +194,26 @@ class GroupCommit:
                 asyncio.timeout_at(self._last_deadline(batch)),
                 db.leased(self.pool, self.acquire_timeout) as conn,
             ):
-                async with conn.transaction():
-                    answers, later = await self._settle(conn, batch)
-                for item in later:  # the msgid was already taken: answer as its owner did
-                    answers[id(item)] = await _replay(conn, item)
+                # From here the batch's messages are at work (gateway.pipeline.attempts) until
+                # it is over, however long after their waiters' deadlines; one answered while
+                # the batch waited for its connection is dropped (`_settle`), not written.
+                held = [
+                    (attempts, it.key)
+                    for it in batch
+                    if not it.done.done() and (attempts := it.attempts) is not None
+                ]
+                for attempts, key in held:
+                    attempts.begin(key)
+                self._connections.add(conn)
+                try:
+                    async with conn.transaction():
+                        answers, later = await self._settle(conn, batch)
+                    for item in later:  # the msgid was already taken: answer as its owner did
+                        answers[id(item)] = await _replay(conn, item)
+                finally:
+                    self._connections.discard(conn)
+                    for attempts, key in held:
+                        attempts.end(key)
         except Exception as exc:
             if not isinstance(exc, (*db.UNAVAILABLE, asyncpg.PostgresError)):
                 log.exception("group commit failed; its requests go one by one")
@@ -202,6 +224,16 @@ class GroupCommit:
         for item in batch:
             if not item.done.done():
                 item.done.set_result(answers.get(id(item)))
+
+    def abort(self) -> int:
+        """Cut the running batches' connections (the ledger's breaker has opened): a batch whose
+        statements wait in a hung network must not commit when it heals, its requests answered
+        and their retries taken by the plan; without a COMMIT the server rolls it back. How many
+        were cut."""
+        cut = list(self._connections)
+        for conn in cut:
+            conn.terminate()
+        return len(cut)
 
     def _last_deadline(self, batch: list[_Item]) -> float:
         """The latest deadline of the batch's requests (the event loop's clock); one without its
@@ -217,10 +249,16 @@ class GroupCommit:
         first: dict[tuple[str, str], _Item] = {}
         later: list[_Item] = []
         for item in batch:
+            if item.done.done():
+                # Answered while the batch waited for its connection (its deadline, or its
+                # ledger's breaker opening): nothing is written for it; its retry starts afresh.
+                continue
             if item.key in first:
                 later.append(item)  # the same msgid twice in one batch: one effect
             else:
                 first[item.key] = item
+        if not first:
+            return {}, later
         claimed = await idempotency.claim_many(
             conn,
             [

@@ -21,6 +21,7 @@ from gateway.ledger import deferred, fees
 from gateway.ledger.encounters import Encounter
 from gateway.ledger.idempotency import Kept, Stored
 from gateway.ledger.writes import Writes
+from gateway.pipeline.attempts import Attempts
 from gateway.pipeline.outcome import Outcome
 from gateway.protocol.errors import Unavailable
 
@@ -135,8 +136,13 @@ class Batches(Protocol):
         received: dt.datetime,
         job: Job,
         expires: float | None = None,
+        attempts: Attempts | None = None,
     ) -> Outcome | None:
-        """The settlement's answer, or None (take the single path)."""
+        """The settlement's answer, or None (take the single path). `attempts`: where its
+        batch says the message is at work until the batch is over."""
+
+    def abort(self) -> int:
+        """Cut the running batches' connections; how many."""
 
 
 class Unread(Exception):

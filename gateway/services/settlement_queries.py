@@ -105,7 +105,9 @@ async def settlement_info(
     if claim["status"] == "settled" and claim["setl_id"]:
         replayed = SettlementQuery(setl_id=claim["setl_id"], mdtrt_id="", psn_no=a.psn_no)
         return await settlement_info(conn, fixmedins_code, replayed, elsewhere)
-    raise NotFound(deferred.unsettled_words(claim["status"], claim["claim_id"]))
+    raise NotFound(
+        deferred.unsettled_words(claim["status"], claim["claim_id"], claim["fail_reason"])
+    )
 
 
 async def replayed_from(

@@ -3,7 +3,9 @@
 `cut()` makes the dependency unreachable the way a dead network does: bytes are dropped, new
 connections are accepted and never answered (clients wait for their timeouts), nothing is reset.
 `restore()` drops the frozen connections (their protocol state is lost) and forwards again.
-`delay` adds latency each way; `drop()` resets the open connections.
+`delay` adds latency each way; `drop()` resets the open connections. `freeze()` hangs the
+network the way a stalled path does: nothing is lost, bytes wait (new connections too) and are
+delivered in order, a closed side's end after them, at `thaw()`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class Proxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+        self._thawed = asyncio.Event()
+        self._thawed.set()
 
     async def start(self, port: int = 0) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
@@ -32,6 +36,7 @@ class Proxy:
             if self.cut_now:
                 await self._swallow(reader)
                 return
+            await self._thawed.wait()
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             self._writers.add(up_writer)
             a = asyncio.create_task(self._pipe(reader, up_writer))
@@ -58,6 +63,7 @@ class Proxy:
             while data := await reader.read(65536):
                 if self.cut_now:
                     continue  # dropped on the floor, like packets to a dead host
+                await self._thawed.wait()
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 writer.write(data)
@@ -72,6 +78,12 @@ class Proxy:
     def cut(self) -> None:
         self.cut_now = True
 
+    def freeze(self) -> None:
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
     def restore(self) -> None:
         for w in list(self._writers):
             w.transport.abort()
@@ -79,6 +91,7 @@ class Proxy:
         self.cut_now = False
 
     async def close(self) -> None:
+        self.thaw()
         self.restore()
         for t in list(self._tasks):
             t.cancel()

@@ -1601,3 +1601,64 @@ async def test_a_pharmacy_claim_with_the_ledger_away_answers_its_lines_as_its_sa
             assert again["detlcutinfo"] == priced["detlcutinfo"]
         finally:
             await proxy.close()
+
+
+async def test_a_retry_taken_as_a_claim_in_a_hang_leaves_no_sale_to_commit_when_it_heals(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a ledger hung for ten seconds (nothing lost, bytes held), then
+    healed. A till's sale timed out (5 s), its retry was answered when the breaker opened (7.5
+    s), the next retry was taken as an all-cash claim, and the retry's own work, still within
+    its deadline, committed the sale when the network healed: one message both a claim (cash)
+    and a sale (the account), the drain filing the claim failed. The work of a request answered
+    when its ledger's breaker opens ends then (its batch's connection cut: no COMMIT reaches the
+    server), and no claim is taken while an attempt of the same message is still at work here
+    (it is told the outcome is pending). One effect: the claim, replayed once the ledger is
+    back."""
+    shipped = msgspec.structs.replace(
+        CONFIG,
+        deadlines=Deadlines(call_seconds=5.0),
+        breakers=Breakers(postgres=LedgerBreaker(**{
+            **msgspec.structs.asdict(FAST_BREAKER), "consecutive_failures": 5, "min_calls": 50
+        })),
+    )  # fmt: skip
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, shipped, serve_through=ledger, pool_min=6) as srv:
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        try:
+            assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+            body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
+            msgid = msgspec.json.decode(body)["msgid"]
+            proxy.freeze()
+            told: list[str] = []
+            claim = None
+            for _ in range(12):  # the till retries the same msgid, as it is told
+                answer = decode((await pos.post_raw(body))[1])
+                if answer["infcode"] == 0:
+                    claim = answer["output"]["setlinfo"]
+                    break
+                told.append(answer["err_msg"])
+                await asyncio.sleep(0.1)
+            assert claim is not None and claim["setl_id"].startswith("DF"), told
+            assert any("立即使用相同报文ID重试" in t for t in told), told  # the release
+            proxy.thaw()  # within the released retry's own deadline
+            # The claim is the message's one effect: replayed (before, the sale had committed
+            # first and the drain filed the claim failed, the patient's cash owed back).
+
+            async def drained() -> bool:
+                status = await srv.fetchval("SELECT status FROM deferred WHERE msgid = $1", msgid)
+                return status is not None
+
+            await until(drained, within=30.0)
+            summary = json.loads(
+                cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout
+            )
+            assert summary["settled"] == 1 and summary["failed"] == [], summary
+            row = await srv.fetchrow("SELECT status, fail_reason FROM deferred WHERE msgid = $1", msgid)  # fmt: skip
+            assert row is not None and row["status"] == "settled", dict(row or {})
+            assert await srv.check_ledger() == []
+            settled = "SELECT count(*) FROM settlements WHERE psn_no = $1 AND status = 'settled'"
+            assert await srv.fetchval(settled, PERSONS[1]) == 1  # the claim's, replayed
+        finally:
+            await proxy.close()

@@ -10,12 +10,14 @@ self-pay admission, a claim in the local journal) is the answer to its retries a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 from aiohttp import web
@@ -362,3 +364,49 @@ async def test_an_answer_given_under_the_plan_is_the_answer_after_it(rig: Rig) -
         assert refusal["infcode"] == -1 and REUSED in refusal["err_msg"], sent.infno
     assert await rig.srv.fetchval("SELECT count(*) FROM settlements") == settlements
     assert await rig.srv.fetchval("SELECT count(*) FROM deferred") == claims
+
+
+async def test_a_retry_beside_an_attempt_still_at_work_is_not_forwarded_to_the_old_system(
+    new_database: Callable[..., Any], legacy: Legacy
+) -> None:
+    """Found from outside: a sale held in the ledger (its msgid's key taken, waiting on a lock),
+    the plan then set to `route_legacy`, and its retry sent to a second gateway process: the
+    retry was forwarded to the old system, which settled it, and the first attempt committed
+    here as well: the fund and the account paid twice across the two systems. A retry whose
+    message an open transaction still holds is told the outcome is pending, and nothing is
+    forwarded; once the first attempt commits, the retry gets its answer."""
+    config = replace(
+        GENEROUS, legacy=LegacyConfig(url=legacy.url), breakers=Breakers(postgres=BREAKER)
+    )
+    async with running_gateway(new_database, config) as first_process:
+
+        async def the_same_ledger(_: str) -> str:
+            return first_process.dsn
+
+        async with running_gateway(new_database, config, serve_through=the_same_ledger) as other:
+            pos, pos_beside = first_process.client(PHARMACY), other.client(PHARMACY)
+            drug = pos.drug_input(WORKER, f"{TODAY} 11:00:00", DRUG_TOTAL, DRUG_LINES)
+            body = msgspec.json.encode(pos.envelope("2102", drug))
+            locker = await asyncpg.connect(first_process.dsn)
+            try:
+                lock = locker.transaction()
+                await lock.start()
+                await locker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+                attempt = asyncio.create_task(pos.post_raw(body))
+                await asyncio.sleep(1.0)  # its key taken, waiting on the lock
+                await set_rule(first_process.dsn, REGION, "settlement", "route_legacy")
+                for srv in (first_process, other):
+                    assert srv.app is not None
+                    await srv.app[GATEWAY].reload_plan(force=True)
+                forwarded = len(legacy.received)
+                retry = decode((await pos_beside.post_raw(body))[1])
+                assert retry["infcode"] == -1 and "结果待定" in retry["err_msg"], retry
+                assert len(legacy.received) == forwarded
+                await lock.rollback()
+                status, answer = await attempt
+                assert status == 200 and decode(answer)["infcode"] == 0, answer
+                assert (await pos_beside.post_raw(body))[1] == answer
+                assert len(legacy.received) == forwarded
+            finally:
+                await clear_rule(first_process.dsn, REGION, "settlement")
+                await locker.close()

@@ -235,3 +235,39 @@ async def test_a_claim_of_a_batch_settled_meanwhile_fails_saying_its_cash_is_owe
         assert "现金应予退还" in failed["reason"], failed
         assert "办理撤销（退还现金）" in failed["reason"], failed
         assert "无需再收或退款" not in failed["reason"], failed
+
+
+async def test_a_claim_failed_because_its_sale_stands_is_not_told_to_settle_again(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a claim that replay filed failed because the ledger had settled its
+    message (the first attempt committed in a hang that healed) was answered by 5203 "withdraw
+    it (the cash refunded) and settle again": settled again, the account would pay a second
+    time. Its words say the settlement stands, and to withdraw the claim for the cash only."""
+    from gateway.ledger import deferred
+
+    async with running_gateway(new_database) as srv:
+        pos: HisClient = srv.client(PHARMACY)
+        day = "2026-06-08 10:00:00"
+        await set_rule(srv.dsn, "region:441800", "settlement", "defer", "演练主动报")
+
+        async def deferring() -> bool:
+            drug = pos.drug_input(PERSON, day, DRUG_TOTAL, DRUG_LINES)
+            return "应急预案" in ((await pos.call("2101", drug))["warn_msg"] or "")
+
+        await until(deferring)
+        body = pos.envelope("2102", pos.drug_input(PERSON, day, DRUG_TOTAL, DRUG_LINES))
+        claim = (await pos.ok("2102", body["input"], msgid=body["msgid"]))["setlinfo"]
+        reason = deferred.ANSWERED_IN_LEDGER.format(msgid=body["msgid"])
+        # Replay's verdict on it (gateway.emergency.deferred.replay, the ledger's answer found).
+        await srv.fetchval(
+            "UPDATE deferred SET status = 'failed', fail_reason = $2 WHERE claim_id = $1"
+            " RETURNING claim_id",
+            claim["setl_id"],
+            reason,
+        )
+        told = await pos.call("5203", {"data": {"setl_id": claim["setl_id"], "psn_no": PERSON}})
+        assert told["infcode"] == -1, told
+        assert "原结算保留，不要重新结算" in told["err_msg"] and "后重新结算" not in told["err_msg"]
+        assert "退还参保人已付现金" in told["err_msg"] and "…" not in told["err_msg"], told
+        await clear_rule(srv.dsn, "region:441800", "settlement")

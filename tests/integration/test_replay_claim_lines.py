@@ -851,8 +851,10 @@ async def _claim_on_a_kept_visit(
     srv: Server, his: HisClient, psn_no: str, stale: bool, ipt: str | None = None
 ) -> tuple[str, str]:
     """Under the plan's `defer` for the hospital's visits and settlements: a visit registered,
-    its lines uploaded (with a national code its mapping does not hold when `stale`) and its
-    2207 taken as a claim, every call kept for recovery; the rules cleared and the calls
+    its lines uploaded and its 2207 taken as a claim, every call kept for recovery; with
+    `stale`, the institution's mapping of one line's item then changed (3301), so that the line's
+    national code is no longer its mapping's when the upload is applied (a code its mapping
+    does not hold at all is refused when the upload is kept); the rules cleared and the calls
     applied. (provisional visit id, claim id)."""
     await _keep_the_hospitals_visits(srv)
     day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
@@ -861,12 +863,17 @@ async def _claim_on_a_kept_visit(
     await his.visit_info(visit, psn_no, "11", f"{day} 08:30:00")
     lines = [dict(ln) for ln in OUTPATIENT_LINES]
     if stale:
-        lines[1]["med_list_codg"] = "009999999999999"  # a national code no mapping holds
+        lines[1]["med_list_codg"] = "XC10AAA140A001010100003"  # YP0003's mapping as it is now
     rows = his.fee_rows(visit, psn_no, lines, f"{day} 08:40:00", "B1")
     await his.ok("2204", {"feedetail": rows})
     data = his.settle_data(psn_no, visit, "11", OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1")
     claim_id = str((await his.ok("2207", data))["setlinfo"]["setl_id"])
     assert claim_id.startswith("DF")
+    if stale:
+        remap = {"fixmedins_hilist_id": "YP0003", "fixmedins_hilist_name": "药品", "list_type": "101",
+                 "med_list_codg": "XA10BAA020A001010100004", "begndate": "2020-01-01",
+                 "enddate": "2099-12-31"}  # fmt: skip
+        await his.ok("3301", {"data": remap})
     await _release_the_hospitals_visits(srv)
     return visit, claim_id
 

@@ -122,7 +122,7 @@ def test_negative_amounts_only_where_the_field_allows_them() -> None:
     "value",
     [
         "1.001",
-        Decimal("0.30000000000000004"),
+        Decimal("0.3000001"),  # more decimals, not a double's noise (that is read: below)
         True,
         [1],
         "NaN",
@@ -512,3 +512,39 @@ def test_a_date_field_is_the_day_of_the_moment_sent_in_beijing_time(
 def test_a_date_field_in_no_shape_a_client_sends_is_refused(sent: str) -> None:
     with pytest.raises(BadRequest, match="begndate"):
         day(sent, "begndate")
+
+
+# A Go till sums its lines' prices as float64 and sends the sum's shortest text (found from
+# outside: YingmoY/Pharmacy-ERP, 19.8 + 9.9 sent as 29.700000000000003).
+@pytest.mark.parametrize(
+    ("sent", "fen_value"),
+    [
+        ("29.700000000000003", 2970),
+        ("29.699999999999996", 2970),
+        ("0.30000000000000004", 30),
+        (Decimal("29.700000000000003"), 2970),  # a JSON number arrives as its Decimal
+        ("1234567.8900000001", 123456789),
+    ],
+)
+def test_a_doubles_rounding_noise_is_read_as_the_amount_it_stands_for(
+    sent: str | Decimal, fen_value: int
+) -> None:
+    assert fen(sent, "druginfo.medfee_sumamt") == fen_value
+
+
+@pytest.mark.parametrize("sent", ["29.701", "29.7000001", "29.705", "0.001", "12.3456789012"])
+def test_more_decimals_that_are_not_a_doubles_noise_stay_refused(sent: str) -> None:
+    with pytest.raises(BadRequest, match="最多2位小数"):
+        fen(sent, "druginfo.medfee_sumamt")
+
+
+@given(st.integers(min_value=1, max_value=10**9), st.integers(min_value=1, max_value=10**9))
+def test_every_doubles_sum_of_two_amounts_is_read_as_their_decimal_sum(a: int, b: int) -> None:
+    """Whatever two amounts a till sums as doubles, the sum's shortest text reads as the exact
+    sum when it is close to it, or is refused; never as another amount."""
+    total = a / 100 + b / 100
+    try:
+        read = fen(repr(total), "druginfo.medfee_sumamt")
+    except BadRequest:
+        return
+    assert read == a + b

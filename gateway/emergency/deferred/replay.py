@@ -184,15 +184,9 @@ async def _drain_one(
         # process or node, or during it): replaying it would do it twice. The team settles the
         # patient's cash against the ledger's answer instead.
         await deferred.fail_answered(
-            conn, e.fixmedins_code, e.msgid, DUPLICATE_REASON.format(msgid=e.msgid)
+            conn, e.fixmedins_code, e.msgid, deferred.ANSWERED_IN_LEDGER.format(msgid=e.msgid)
         )
     return 1
-
-
-DUPLICATE_REASON = (
-    "报文ID{msgid}已由医保结算数据库办结（暂存之前，或暂存期间经其他网关进程/节点办结），"
-    "本笔暂存不再补结算；请按数据库中的原结算核对参保人已付现金并办理退还"
-)
 
 
 # ------------------------------------------------------------------------------ journaled calls
