@@ -182,9 +182,10 @@ def overdue(gw: Gateway, infno: str) -> Outcome:
 
 
 def released(gw: Gateway, infno: str) -> Outcome:
-    """The answer to a request waiting on a ledger whose breaker opened: as a deadline's (its
-    work goes on, and commits with its answer journaled or rolls back), but at once, and not
-    counted again against the breaker that has just judged it."""
+    """The answer to a request waiting on a ledger whose breaker opened: as a deadline's, at
+    once, and not counted again against the breaker that has just judged it. Its edge ends its
+    work as a deadline would (gateway.app.server), so that nothing of it commits later beside the
+    claim its retry becomes."""
     exc = Unavailable(
         "医保结算服务暂时不可用（数据库无响应），已启用应急预案，请立即使用相同报文ID重试"
     )
