@@ -6,9 +6,12 @@ only after its probe has failed too, which is after the first deadline; a retry 
 went back to the hung ledger and waited out a deadline of its own. Found from outside: one
 till alone on a hung ledger, one sale at a time, was protected after about 12.5 s with the
 shipped 5 s deadline, against R5's 10 s. So when a ledger's breaker opens, every request
-waiting on that ledger is answered at once, in the words a deadline's answer has: its work
-goes on and either commits with its answer journaled or rolls back (as after a deadline), and
-its retry is answered by the plan.
+waiting on that ledger is answered at once, in the words a deadline's answer has, and its work
+is ended as a deadline ends it (gateway.app.server cancels it; the runtime cuts the group
+commit's running batches on that ledger): found from outside, a released retry's work, still
+within its deadline, committed the sale when the hung network healed, beside the claim its next
+retry had become. Its retry is answered by the plan (gateway.pipeline.attempts keeps a claim
+from being taken while any attempt of the message is still at work).
 """
 
 from __future__ import annotations
