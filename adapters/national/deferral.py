@@ -37,7 +37,7 @@ from gateway.core.money import fen_text, to_fen
 from gateway.core.settle import split_line
 from gateway.core.timestamps import day_digits
 from gateway.emergency.deferred import CLAIM_PREFIX, PROVISIONAL_PREFIX
-from gateway.ledger import deferred, fees, manual_claims, persons, settlements
+from gateway.ledger import deferred, fees, idempotency, manual_claims, persons, settlements
 from gateway.ledger.persons import Certificate
 from gateway.ledger.settlements import AMOUNT_FIELDS
 from gateway.protocol.errors import BadRequest, BatchSettled, Conflict, GatewayError, NotFound
@@ -595,6 +595,7 @@ async def withdraw_claim(call: Call) -> Answer:
     # outside: looked at before any lock, both went through.
     await persons.lock_many(call.conn, [psn_no])
     await _not_reimbursed_by_hand(call.conn, row)
+    claimed = await idempotency.lookup(call.conn, code, row["msgid"])
     return Answer(
         withdrawal_output(
             request_of(bytes(row["body"])),
@@ -602,6 +603,7 @@ async def withdraw_claim(call: Call) -> Answer:
             call.now,
             await persons.balance(call.conn, psn_no),
             call.req.msgid,
+            claimed.answer if claimed is not None else None,
         ),
         warn_msg=f"暂存结算{setl_id}已撤销",
     )
@@ -634,13 +636,54 @@ async def _not_reimbursed_by_hand(conn: asyncpg.Connection, row: asyncpg.Record)
             )
 
 
+class _AnsweredParts(msgspec.Struct):
+    fulamt_ownpay_amt: Decimal | None = None
+    overlmt_selfpay: Decimal | None = None
+    preselfpay_amt: Decimal | None = None
+    inscp_scp_amt: Decimal | None = None
+
+
+class _PartsOutput(msgspec.Struct):
+    setlinfo: _AnsweredParts | None = None
+
+
+class _PartsAnswer(msgspec.Struct):
+    output: _PartsOutput | None = None
+
+
+_parts_answer = msgspec.json.Decoder(_PartsAnswer)
+
+
+def answered_parts(answer: bytes | None) -> dict[str, int] | None:
+    """The four parts of the bill a claim's answer gave (its setlinfo), in fen; None where the
+    answer is not at hand or does not say them."""
+    if not answer:
+        return None
+    try:
+        got = _parts_answer.decode(answer)
+        info = got.output.setlinfo if got.output is not None else None
+        if info is None:
+            return None
+        parts = {name: getattr(info, name) for name in SPLIT_FIELDS}
+        return {name: to_fen(value) for name, value in parts.items() if value is not None}
+    except (msgspec.DecodeError, msgspec.ValidationError, GatewayError):
+        return None
+
+
 def withdrawal_output(
-    claim: Request, row: Any, at: dt.datetime, balc: int, msgid: str
+    claim: Request,
+    row: Any,
+    at: dt.datetime,
+    balc: int,
+    msgid: str,
+    claim_answer: bytes | None = None,
 ) -> dict[str, Any]:
     """The claim's all-cash answer negated: the counter refunds the patient's cash (the account
     was not touched: `balc` is its balance, 0 where the ledger cannot be read). `msgid`: the
     withdrawal's own, its `medins_setl_id` as a 2103/2208 of a settlement answers it (protocol
-    §3.1; found from outside: the claim's 2102 msgid was answered instead)."""
+    §3.1; found from outside: the claim's 2102 msgid was answered instead). `claim_answer`: the
+    claim's own answer, whose parts of the bill are negated (found from outside: a claim answered
+    先行自付 28.00 and 符合范围 252.00 was withdrawn as 0.00 and −280.00)."""
     facts = read_claim(claim)
     info = cash_setlinfo(
         facts,
@@ -650,6 +693,7 @@ def withdrawal_output(
         at=at,
         balc=balc,
         sign=-1,
+        priced=answered_parts(claim_answer),
     )
     info["setl_time"] = moment(at)
     if kind_of(claim.infno) is Kind.PHARMACY:

@@ -753,7 +753,7 @@ async def _journal_withdrawal(gw: Gateway, req: Request, received: dt.datetime) 
         received=received,
         # The ledger is away: the balance is not known (docs/protocol.md, `balc`).
         output=deferral.withdrawal_output(
-            deferral.request_of(held.body), row, received, 0, req.msgid
+            deferral.request_of(held.body), row, received, 0, req.msgid, held.answer
         ),
         warn_msg=f"暂存结算{setl_id}已撤销",
     )

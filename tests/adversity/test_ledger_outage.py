@@ -1599,6 +1599,12 @@ async def test_a_pharmacy_claim_with_the_ledger_away_answers_its_lines_as_its_sa
             again = await pos.ok("2101", drug)
             assert [Decimal(str(again["setlinfo"][k])) for k in parts] == expected
             assert again["detlcutinfo"] == priced["detlcutinfo"]
+            # Withdrawn from the journal, its parts negated (found from outside: the whole
+            # bill as within the range, negated).
+            ref = {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"],
+                            "psn_no": PERSONS[0]}}  # fmt: skip
+            back = (await pos.ok("2103", ref))["setlinfo"]
+            assert [Decimal(str(back[k])) for k in parts] == [-v for v in expected], back
         finally:
             await proxy.close()
 

@@ -165,6 +165,9 @@ async def test_a_pharmacy_claim_answers_the_split_its_sale_would_have(
         again = await pos.ok("2101", pos.drug_input(PERSON, day, DRUG_TOTAL, DRUG_LINES))
         assert again["detlcutinfo"] == priced["detlcutinfo"]
         assert [Decimal(str(again["setlinfo"][k])) for k in parts] == expected
+        ref = {"data": {"setl_id": info["setl_id"], "mdtrt_id": info["mdtrt_id"], "psn_no": PERSON}}
+        back = (await pos.ok("2103", ref))["setlinfo"]
+        assert [Decimal(str(back[k])) for k in parts] == [-v for v in expected], back
 
 
 async def test_a_deferred_pre_settlement_answers_the_split_its_claim_takes(
@@ -200,6 +203,11 @@ async def test_a_deferred_pre_settlement_answers_the_split_its_claim_takes(
         claim = (await his.ok("2207", {"data": {**data["data"], **copied}}))["setlinfo"]
         assert claim["setl_id"].startswith("DF"), claim
         assert [Decimal(str(claim[k])) for k in parts] == split
+        # Its withdrawal negates those parts (found from outside: the whole bill as within the
+        # policy range, negated, whatever the claim had answered).
+        ref = {"data": {"setl_id": claim["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": PERSON}}
+        back = (await his.ok("2208", ref))["setlinfo"]
+        assert [Decimal(str(back[k])) for k in parts] == [-v for v in split], back
 
 
 async def test_a_claim_of_a_batch_settled_meanwhile_fails_saying_its_cash_is_owed_back(
