@@ -58,7 +58,16 @@ from gateway.protocol.errors import (
     SelfPayStay,
     Unavailable,
 )
-from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Transaction, Undo
+from gateway.protocol.transaction import (
+    Answer,
+    Call,
+    Deferral,
+    Kind,
+    Mode,
+    Prepare,
+    Transaction,
+    Undo,
+)
 from gateway.services import cancellation, payouts
 from gateway.services.settlement_state import preview, settle_alone
 
@@ -517,8 +526,11 @@ async def _presettle_as_claim(call: Call) -> Answer:
         await _refuse_claimed_twice(call.conn, call.req.fixmedins_code, scope[0], scope[1])
     tx = transaction.of(call.req.infno)
     claim = _claim_of(tx) if tx is not None else None
-    if claim is not None:
-        await _refuse_as_its_settlement(call, claim)
+    if claim is not None and tx is not None:
+        # Judged as a pre-settlement: what its claim would be refused for, but for a stay not
+        # discharged yet, which a pre-settlement prices as it does online (found from outside: a
+        # 2303 before the 2402 was refused under `defer`, where online it is answered).
+        await _refuse_as_its_settlement(call, claim, tx.previewed)
     # The parts its claim will answer (found from outside: the whole bill within the policy
     # range, and a HIS that copied them into its 2207 was refused, the lines splitting else).
     priced, carried = deferral.carried_split(call.req, call.gw.snapshot)  # a purchase's
@@ -531,7 +543,9 @@ async def _presettle_as_claim(call: Call) -> Answer:
     )
 
 
-async def _refuse_as_its_settlement(call: Call, claim: Transaction | None = None) -> None:
+async def _refuse_as_its_settlement(
+    call: Call, claim: Transaction | None = None, judge: Prepare | None = None
+) -> None:
     """A visit's claim is refused for what its settlement would be refused for now (a lapsed
     person, another insutype, totals its lines do not make, a stay not discharged settled as
     final), judged by the settlement's own build over the visit as it is, which writes nothing
@@ -541,11 +555,12 @@ async def _refuse_as_its_settlement(call: Call, claim: Transaction | None = None
     judged while the institution's calls journaled with the ledger away wait to be applied:
     their lines are not in the ledger yet, and replay judges the claim after them."""
     claim = claim or transaction.of(call.req.infno)
-    if claim is None or claim.judged is None:
+    judge = judge or (claim.judged if claim is not None else None)
+    if judge is None:
         return
     if await deferred.calls_waiting(call.conn, call.req.fixmedins_code):
         return
-    job = claim.judged(call.gw, call.req, call.institution, call.now)
+    job = judge(call.gw, call.req, call.institution, call.now)
     if job is None:
         return
     try:

@@ -524,6 +524,10 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         await his.ok("2301", _upload(in_hospital, BEFORE, "2025-07-02 10:00:00"))
         before = await srv.ledger_fingerprint()
         final = _stay_settlement(his, in_hospital, total(BEFORE), "0")
+        # Its pre-settlement is answered, as online (found from outside: refused under `defer`
+        # "not discharged", where online a HIS pre-settles a stay before discharging it).
+        presettled = await his.call("2303", final)
+        assert presettled["infcode"] == 0 and "应急预案" in presettled["warn_msg"], presettled
         refused = await his.call("2304", final)
         assert refused["infcode"] == -1 and "尚未办理出院" in refused["err_msg"], refused
         assert await srv.ledger_fingerprint() == before
