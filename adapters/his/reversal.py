@@ -11,6 +11,7 @@ from adapters.national.envelope import (
     base_infno,
     decode_input,
     encode_response,
+    msgid_shaped,
     text,
 )
 from adapters.national.wire import Node, required
@@ -48,6 +49,10 @@ async def reverse(call: Call) -> Answer:
     if d is None:
         raise BadRequest("缺少输入节点data")
     omsgid = required(d.omsgid, "data.omsgid")
+    if not msgid_shaped(omsgid):
+        # Found from outside: an omsgid with blanks, full-width letters or "../" was answered
+        # "registered as reversed" (a bar recorded for a message that could never arrive).
+        raise BadRequest("原发送方报文ID data.omsgid格式错误（最长40位字母数字）")
     if omsgid == call.req.msgid:
         raise BadRequest("冲正报文不能冲正自身")
     # What a late original will be answered with, byte for byte, once it has been barred.

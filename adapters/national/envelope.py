@@ -83,6 +83,13 @@ class Request(msgspec.Struct, frozen=True, gc=False):
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _str_decoder = msgspec.json.Decoder(str)
 _MSGID = re.compile(r"^[0-9A-Za-z_\-]{1,40}$")
+
+
+def msgid_shaped(msgid: str) -> bool:
+    """Whether a text has a message id's shape (the envelope's `msgid`, a 2601's `omsgid`)."""
+    return _MSGID.match(msgid) is not None
+
+
 _INFNO = re.compile(r"^[0-9]{4}[A-Z]?$")
 # A control character can only be in a valid JSON body raw as DEL (0x7f) or a C1 character
 # (0xc2 0x80-0x9f), or escaped (\u0000-\u001f, \b, \f, \u007f-\u009f): so a body without a

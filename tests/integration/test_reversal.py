@@ -361,3 +361,19 @@ async def test_a_cancellation_committed_first_gets_the_reversals_own_refusal(
         await server.fetchval("SELECT status FROM settlements WHERE setl_id = $1", info["setl_id"])
         == "cancelled"
     )
+
+
+@pytest.mark.parametrize("omsgid", ["a b", "a\tb", "ｍｓｇ", "x;drop", "../x"])
+async def test_a_reversal_of_a_message_id_no_message_can_have_is_refused(
+    server: Server, omsgid: str
+) -> None:
+    """Found from outside: a 2601 whose omsgid no envelope could carry (blanks, full-width
+    letters, "../") was answered "the original never arrived, registered as reversed", a bar
+    recorded for a message that could never come. Refused now, as such a msgid is: only the
+    refusal is kept (against the 2601's own msgid), no bar."""
+    pos = server.client("P44180000001")
+    bars = "SELECT count(*) FROM idempotency WHERE fixmedins_code = $1"
+    before = await server.fetchval(bars, "P44180000001")
+    answer = await pos.call("2601", _reverse("441800000000000001", omsgid, "2102"))
+    assert answer["infcode"] == -1 and "omsgid格式错误" in answer["err_msg"], answer
+    assert await server.fetchval(bars, "P44180000001") == before + 1  # the refusal, kept
