@@ -87,6 +87,20 @@ async def insert(conn: asyncpg.Connection, e: Entry, source: str) -> bool:
     return bool(await conn.fetchval(_INSERT_TOLD, *_row(e, source)))
 
 
+async def present(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (institution, msgid) entries the table holds already."""
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        "SELECT d.fixmedins_code, d.msgid FROM deferred d"
+        " JOIN unnest($1::text[], $2::text[]) AS k(code, msgid)"
+        " ON d.fixmedins_code = k.code AND d.msgid = k.msgid",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["fixmedins_code"], r["msgid"]) for r in rows}
+
+
 def stage(writes: Writes, e: Entry, source: str) -> None:
     """Stage the entry's insert (a msgid already there is left as it is, as `insert` leaves it)."""
     writes.add(INSERT, *_row(e, source))

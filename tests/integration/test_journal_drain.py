@@ -162,3 +162,47 @@ async def test_a_damaged_record_keeps_its_segment_and_bars_its_msgid(
         assert answer["infcode"] == -1
         assert "请勿向参保人重复收费" in answer["err_msg"]
         assert await srv.fetchval("SELECT count(*) FROM settlements") == settled
+
+
+async def test_a_slow_ledger_drains_a_backlog_within_the_watchers_budgets(
+    new_database: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: a ledger 30 ms away each way never drained 211 journaled entries: the
+    watcher gives a drain 30 s, the one chunk of 256 took longer and rolled back whole at every
+    attempt, and the gateway deferred sales on a working ledger for more than a minute. Here each
+    entry costs 20 ms and the watcher's budget is 1 s, against 60 entries (1.2 s in all): every
+    chunk commits within a budget, a drain cut short keeps them, the next passes over them in one
+    round trip and moves the rest; each entry once."""
+    count = 60
+    async with running_gateway(new_database) as srv:
+        pos = srv.client(PHARMACY)
+        at = dt.datetime.now().replace(microsecond=0)
+        dead = tmp_path / "dead"
+        entries = await _journaled_sales(pos, dead, count, at)
+        gw = await Gateway.start(Settings(srv.dsn, config=GENEROUS, journal_dir=tmp_path / "own"))
+        try:
+            drain_one = replay._drain_one
+            tried: list[str] = []
+
+            async def far_away(conn: Any, e: Entry, answered: list[Entry]) -> int:
+                tried.append(e.msgid)
+                await asyncio.sleep(0.02)  # its round trips to a ledger 30 ms away
+                return await drain_one(conn, e, answered)
+
+            monkeypatch.setattr(replay, "_drain_one", far_away)
+            for _ in range(4):  # the watcher's steps, each with its budget
+                try:
+                    async with asyncio.timeout(1.0):
+                        await replay.drain(gw, Journal(dead))
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                moved = await srv.fetchval("SELECT count(*) FROM deferred")
+                raise AssertionError(f"never drained: {moved} of {count} moved")
+        finally:
+            await gw.close()
+        assert await srv.fetchval("SELECT count(*) FROM deferred") == count
+        assert not list(dead.glob("*.journal"))
+        assert len(tried) < 2 * count  # what a cut-short drain moved is not tried again
+        assert {e.msgid for e in entries} == set(tried)
