@@ -108,6 +108,18 @@ STILL_SETTLING_MSG = (
     "同一报文ID的上一次结算仍在医保结算数据库中等待完成，结果待定：请勿按现金收费，"
     "请稍后使用相同报文ID重试查询结果"
 )
+# The same for a write that settles nothing (a registration, an upload): no cash to speak of
+# (found from outside: a 2201 was told not to take cash).
+STILL_WORKING_MSG = (
+    "同一报文ID的上一次请求仍在医保结算数据库中等待完成，结果待定：请稍后使用相同报文ID重试"
+)
+
+
+def _still_at_work(infno: str) -> Unavailable:
+    """The refusal of a message an earlier attempt of which may yet commit, in its own words."""
+    return Unavailable(STILL_SETTLING_MSG if settling(infno) else STILL_WORKING_MSG)
+
+
 # A timeout is counted against the ledger when the ledger had at least this share of the deadline
 # (the rest being time the loop stood still).
 LEDGER_SHARE_OF_A_TIMEOUT = 0.9
@@ -358,7 +370,7 @@ async def _plan(
         if tx.writes and gw.attempts.running((req.fixmedins_code, req.msgid)):
             # An earlier attempt of this message is still at work here and may yet commit
             # (gateway.pipeline.attempts): not a claim, nor a forward, beside it.
-            raise Unavailable(STILL_SETTLING_MSG)
+            raise _still_at_work(req.infno)
         body_hash = fingerprint(req) if tx.writes else b""  # a read is kept nowhere
         if tx.writes:
             earlier = (
@@ -725,7 +737,7 @@ async def _earlier_answer(
         expires = loop.time() + budget
         found = await _answered(gw, code, msgid, expires, ledger)
         if found is None and await _held_open(gw, req, body_hash, ledger, expires):
-            raise Unavailable(STILL_SETTLING_MSG)
+            raise _still_at_work(req.infno)
     elif breaker.probe_failed:
         return None
     else:
@@ -752,7 +764,7 @@ async def _earlier_answer(
             # too busy, and protected only after 10 s).
             return None
         if pending:
-            raise Unavailable(STILL_SETTLING_MSG)
+            raise _still_at_work(req.infno)
     return None if found is None else _replayed(req, found, body_hash)
 
 

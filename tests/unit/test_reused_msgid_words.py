@@ -8,6 +8,7 @@ import pytest
 
 import gateway.app.server  # noqa: F401 - registers every transaction
 from gateway.ledger import idempotency
+from gateway.pipeline import dispatch
 from gateway.pipeline.dispatch import settling
 from gateway.protocol.errors import Conflict
 
@@ -26,3 +27,12 @@ def test_a_file_upload_or_a_visit_call_is_told_to_send_the_original_again(infno:
 def test_a_settlement_is_told_to_query_it(infno: str) -> None:
     with pytest.raises(Conflict, match="5203结算信息查询"):
         idempotency.replay(STORED, b"\x02" * 32, "M1", settling(infno))
+
+
+@pytest.mark.parametrize(("infno", "cash"), [("2102", True), ("2207", True), ("2201", False), ("2204", False)])  # fmt: skip
+def test_a_message_still_at_work_is_told_in_its_own_words(infno: str, cash: bool) -> None:
+    """Found from outside: a 2201 whose first attempt was still at work was told not to take the
+    bill in cash; only a settlement has cash to speak of."""
+    words = dispatch._still_at_work(infno).err_msg
+    assert "结果待定" in words and "相同报文ID重试" in words
+    assert ("请勿按现金收费" in words) is cash
