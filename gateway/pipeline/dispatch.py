@@ -367,51 +367,87 @@ async def _plan(
         decision = hook.decide(gw, tx, req, institution, received, ledger.name)
         if decision is None:
             continue
-        if tx.writes and gw.attempts.running((req.fixmedins_code, req.msgid)):
-            # An earlier attempt of this message is still at work here and may yet commit
-            # (gateway.pipeline.attempts): not a claim, nor a forward, beside it.
-            raise _still_at_work(req.infno)
-        body_hash = fingerprint(req) if tx.writes else b""  # a read is kept nowhere
-        if tx.writes:
-            earlier = (
-                # What this process holds first (not all of it is in the ledger yet); the
-                # ledger's answer is found on the way, by the keep or the msgid's claim.
-                _answered_here(gw, req, body_hash)
-                if hook.answers_retries(decision, tx)
-                else await _earlier_answer(gw, req, body_hash, ledger)
+        if not tx.writes:
+            taken = await _detour(
+                hook, decision, gw, tx, req, institution, body, received, b"", ledger
             )
-            if earlier is not None:
-                return earlier
-        detour = await hook.apply(decision, gw, tx, req, institution, body, received)
-        if detour is None:
-            continue
-        if detour.answer is not None:
-            if detour.keep and tx.writes:
-                first = await _keep(
-                    gw,
-                    req,
-                    body_hash,
-                    detour.answer,
-                    ledger,
-                    detour.kept,
-                    elsewhere=detour.elsewhere,
+        else:
+            key = (req.fixmedins_code, req.msgid)
+            if gw.attempts.running(key):
+                # An earlier attempt of this message is still at work here and may yet commit
+                # (gateway.pipeline.attempts): not a claim, nor a forward, beside it.
+                raise _still_at_work(req.infno)
+            # At work from now while it is looked up, forwarded, journaled or kept: another
+            # attempt of the message here is told to retry meanwhile (found from outside: under
+            # `route_legacy`, copies of one sale sent together were each forwarded to the old
+            # system, which settled each).
+            gw.attempts.begin(key)
+            try:
+                body_hash = fingerprint(req)
+                earlier = (
+                    # What this process holds first (not all of it is in the ledger yet); the
+                    # ledger's answer is found on the way, by the keep or the msgid's claim.
+                    _answered_here(gw, req, body_hash)
+                    if hook.answers_retries(decision, tx)
+                    else await _earlier_answer(gw, req, body_hash, ledger)
                 )
-                if first is not None:
-                    # An earlier attempt of the same msgid committed first (it held the key
-                    # until then), or answered long before: its answer, not the plan's.
-                    return _replayed(req, first, body_hash)
-            return Outcome(
-                detour.answer,
-                req.infno,
-                detour.outcome,
-                req.msgid,
-                req.fixmedins_code,
-                timeout=detour.timeout,
-                content_type=detour.content_type,
-            )
+                if earlier is not None:
+                    return earlier
+                taken = await _detour(
+                    hook, decision, gw, tx, req, institution, body, received, body_hash, ledger
+                )
+            finally:
+                gw.attempts.end(key)
+        if taken is None:
+            continue
+        if isinstance(taken, Outcome):
+            return taken
+        detour = taken
         tx = detour.tx or tx
         mode = detour.mode
     return tx, mode
+
+
+async def _detour(
+    hook: PlanHook,
+    decision: Decision,
+    gw: Gateway,
+    tx: Transaction,
+    req: Request,
+    institution: Institution,
+    body: bytes,
+    received: dt.datetime,
+    body_hash: bytes,
+    ledger: Partition,
+) -> Outcome | Detour | None:
+    """The plan's detour of this request: its own answer (kept against the msgid where it is
+    to be), or the transaction and mode to run (a Detour without an answer); None: none."""
+    detour = await hook.apply(decision, gw, tx, req, institution, body, received)
+    if detour is None or detour.answer is None:
+        return detour
+    if detour.keep and tx.writes:
+        first = await _keep(
+            gw,
+            req,
+            body_hash,
+            detour.answer,
+            ledger,
+            detour.kept,
+            elsewhere=detour.elsewhere,
+        )
+        if first is not None:
+            # An earlier attempt of the same msgid committed first (it held the key until
+            # then), or answered long before: its answer, not the plan's.
+            return _replayed(req, first, body_hash)
+    return Outcome(
+        detour.answer,
+        req.infno,
+        detour.outcome,
+        req.msgid,
+        req.fixmedins_code,
+        timeout=detour.timeout,
+        content_type=detour.content_type,
+    )
 
 
 async def _keep(

@@ -410,3 +410,40 @@ async def test_a_retry_beside_an_attempt_still_at_work_is_not_forwarded_to_the_o
             finally:
                 await clear_rule(first_process.dsn, REGION, "settlement")
                 await locker.close()
+
+
+async def test_duplicates_of_one_sale_at_one_process_are_forwarded_to_the_old_system_once(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: under `route_legacy`, copies of one sale sent together (a till's
+    retries) were each forwarded to the old system, which settled each under its own number;
+    the counter got one answer, the old system kept several settlements. While one attempt of
+    the message is being forwarded, the others are told the outcome is pending, and each retry
+    afterwards gets the relayed answer."""
+    received: list[bytes] = []
+
+    async def slow_old_system(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        await asyncio.sleep(1.0)
+        return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
+
+    async with old_system(slow_old_system) as url:
+        config = replace(
+            GENEROUS, legacy=LegacyConfig(url=url), breakers=Breakers(postgres=BREAKER)
+        )
+        async with running_gateway(new_database, config) as srv:
+            await set_rule(srv.dsn, REGION, "settlement", "route_legacy")
+            assert srv.app is not None
+            await srv.app[GATEWAY].reload_plan(force=True)
+            pos = srv.client(PHARMACY)
+            drug = pos.drug_input(WORKER, f"{TODAY} 11:30:00", DRUG_TOTAL, DRUG_LINES)
+            body = msgspec.json.encode(pos.envelope("2102", drug))
+            answers = await asyncio.gather(*(pos.post_raw(body) for _ in range(4)))
+            relayed = [a for _, a in answers if decode(a)["infcode"] == 0]
+            assert len(relayed) >= 1 and all(a == relayed[0] for a in relayed), answers
+            for _, answer in answers:
+                if decode(answer)["infcode"] != 0:
+                    assert "结果待定" in decode(answer)["err_msg"], answer
+            assert (await pos.post_raw(body))[1] == relayed[0]
+            assert len(received) == 1
+            await clear_rule(srv.dsn, REGION, "settlement")
