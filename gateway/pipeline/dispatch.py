@@ -373,31 +373,37 @@ async def _plan(
             )
         else:
             key = (req.fixmedins_code, req.msgid)
-            if gw.attempts.running(key):
-                # An earlier attempt of this message is still at work here and may yet commit
-                # (gateway.pipeline.attempts): not a claim, nor a forward, beside it.
-                raise _still_at_work(req.infno)
-            # At work from now while it is looked up, forwarded, journaled or kept: another
-            # attempt of the message here is told to retry meanwhile (found from outside: under
-            # `route_legacy`, copies of one sale sent together were each forwarded to the old
-            # system, which settled each).
-            gw.attempts.begin(key)
-            try:
-                body_hash = fingerprint(req)
-                earlier = (
-                    # What this process holds first (not all of it is in the ledger yet); the
-                    # ledger's answer is found on the way, by the keep or the msgid's claim.
-                    _answered_here(gw, req, body_hash)
-                    if hook.answers_retries(decision, tx)
-                    else await _earlier_answer(gw, req, body_hash, ledger)
-                )
-                if earlier is not None:
-                    return earlier
-                taken = await _detour(
+            body_hash = fingerprint(req)
+            if hook.answers_retries(decision, tx):
+                # Its own path claims the msgid in the ledger before anything else (a kept
+                # refusal, a claim deferred into the ledger), waiting for an attempt that holds
+                # it: a copy racing it, or an attempt still at work, is answered there.
+                taken = _answered_here(gw, req, body_hash) or await _detour(
                     hook, decision, gw, tx, req, institution, body, received, body_hash, ledger
                 )
-            finally:
-                gw.attempts.end(key)
+            else:
+                if gw.attempts.running(key):
+                    # An earlier attempt of this message is still at work here and may yet
+                    # commit (gateway.pipeline.attempts): not a claim in the journal, nor a
+                    # forward, beside it.
+                    raise _still_at_work(req.infno)
+                earlier = await _earlier_answer(gw, req, body_hash, ledger)
+                if earlier is not None:
+                    return earlier
+                if gw.attempts.running(key):
+                    # Another copy got past its look-up first, and is at work.
+                    raise _still_at_work(req.infno)
+                # At work while it is forwarded or journaled: another attempt of the message
+                # here is told to retry meanwhile (found from outside: under `route_legacy`,
+                # copies of one sale sent together were each forwarded to the old system, which
+                # settled each).
+                gw.attempts.begin(key)
+                try:
+                    taken = await _detour(
+                        hook, decision, gw, tx, req, institution, body, received, body_hash, ledger
+                    )
+                finally:
+                    gw.attempts.end(key)
         if taken is None:
             continue
         if isinstance(taken, Outcome):

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TEXT_BYTES = 400_000  # several times a pipe's capacity
 
@@ -27,15 +29,20 @@ print("@" * {TEXT_BYTES})
 WITHOUT = f'print("@" * {TEXT_BYTES})'
 
 
-def _read_slowly(code: str) -> tuple[int, bytes]:
-    """Run `code` with its stdout a non-blocking pipe, read it slowly; (exit status, output)."""
+def _read_slowly(code: str, unbuffered: bool = True) -> tuple[int, bytes]:
+    """Run `code` with its stdout a non-blocking pipe, read it slowly; (exit status, output).
+    `unbuffered`: PYTHONUNBUFFERED set, as on the machines CI runs on."""
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)  # the open file's mode, which the child shares
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     child = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=write_end,
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
+        env=env,
     )
     os.close(write_end)
     time.sleep(1.0)  # the child meets a full pipe
@@ -46,8 +53,11 @@ def _read_slowly(code: str) -> tuple[int, bytes]:
     return child.wait(timeout=60), b"".join(chunks)
 
 
-def test_the_whole_output_reaches_a_slow_reader_through_a_non_blocking_pipe() -> None:
-    status, out = _read_slowly(THROUGH_MAIN)
+@pytest.mark.parametrize("unbuffered", [True, False])
+def test_the_whole_output_reaches_a_slow_reader_through_a_non_blocking_pipe(
+    unbuffered: bool,
+) -> None:
+    status, out = _read_slowly(THROUGH_MAIN, unbuffered)
     assert status == 0
     assert out.count(b"@") == TEXT_BYTES
 
