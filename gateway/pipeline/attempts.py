@@ -40,6 +40,3 @@ class Attempts:
 
     def running(self, key: Key) -> bool:
         return key in self._running
-
-    def __len__(self) -> int:
-        return len(self._running)
