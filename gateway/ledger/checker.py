@@ -423,28 +423,33 @@ async def _sums(conn: asyncpg.Connection, opening_balances: dict[str, int] | Non
         " AND (s.setl_id IS NULL OR s.status <> 'settled' AND s.cancel_msgid IS NULL)"
     ):
         problems.append(f"claim {row['claim_id']}: settled but its settlement is missing")
-    # A deferred claim withdrawn at the counter (the patient's cash refunded) whose bill the
+    # A deferred claim withdrawn at the counter, or its replayed settlement cancelled there (the
+    # patient's cash refunded either way), whose bill the
     # agency also reimbursed as a manual claim in force: the person, the institution, the day and
     # the total the same (found from outside, in both orders: the patient had the cash back and
     # the reimbursement too). Both orders are refused now (the withdrawal of a reimbursed
     # claim, the 结算 of a withdrawn one's bill); a ledger from before may still hold either.
     for row in await conn.fetch(
-        f"SELECT DISTINCT d.claim_id, c.claim_no FROM {deferred.CLAIM_WITH_VISIT}"
+        f"SELECT DISTINCT d.claim_id, d.status, c.claim_no FROM {deferred.CLAIM_WITH_VISIT}"
         " JOIN manual_claims c ON c.psn_no = d.psn_no AND c.fixmedins_code = d.fixmedins_code"
         " JOIN settlements s ON s.setl_id = c.setl_id AND s.status = 'settled'"
         " AND s.medfee_sumamt = d.medfee_sumamt"
         f" AND s.service_date IN {deferred.CLAIM_DAYS}"
         # Of the claim's kind, as 结算 matches it: a stay is not a visit's bill.
         " AND d.infno = CASE c.kind WHEN 'inpatient' THEN $1 ELSE $2 END"
-        " WHERE d.kind = 'claim' AND d.status = 'withdrawn' ORDER BY d.claim_id, c.claim_no",
+        f" WHERE d.kind = 'claim' AND {deferred.CASH_REFUNDED} ORDER BY d.claim_id, c.claim_no",
         deferred.CLAIM_INFNO["inpatient"],
         deferred.CLAIM_INFNO["outpatient"],
     ):
         problems.append(
-            f"claim {row['claim_id']}: withdrawn (its cash refunded) while manual claim"
+            f"claim {row['claim_id']}: {_REFUNDED_AS[row['status']]} (its cash refunded) while manual claim"
             f" {row['claim_no']} reimburses a bill of the same person, day and total"
         )
     return problems
+
+
+# How the counter refunded a deferred claim's cash, by the claim's status.
+_REFUNDED_AS = {"withdrawn": "withdrawn", "settled": "replayed, its settlement cancelled"}
 
 
 def _json(value: Any) -> Any:

@@ -155,6 +155,13 @@ CLAIM_WITH_VISIT = (
     " LEFT JOIN encounters e ON e.mdtrt_id = coalesce(i.mdtrt_id, nullif(d.mdtrt_id, ''))"
 )
 CLAIM_DAYS = "(d.service_date, d.received_at::date, e.begntime::date)"
+# A claim whose cash the counter refunded in whole: withdrawn while it waited, or cancelled once
+# replay had settled it (the cancellation of a replayed claim refunds the whole bill in cash and
+# cancels the reimbursement: `cancellation.Cancelled.at_counter`).
+CASH_REFUNDED = (
+    "(d.status = 'withdrawn' OR d.status = 'settled' AND EXISTS (SELECT 1 FROM settlements r"
+    " WHERE r.setl_id = d.setl_id AND r.status = 'cancelled'))"
+)
 # The transaction that settles a manual claim of `kind` (a visit's, a stay's), which a withdrawn
 # claim of the same bill must have been.
 CLAIM_INFNO = {"outpatient": "2207", "inpatient": "2304"}

@@ -394,11 +394,13 @@ async def same_bill(
     主动报 claim still to be replayed), or whose cash the counter refunded by withdrawing its
     主动报 claim (found from outside, twice: reimbursed after that, the patient had the refund
     and the reimbursement, and the counter could not settle the bill again; `ledger check`
-    names that state). A withdrawn claim's day is matched as the checker matches it: the
+    names that state); or whose replayed settlement the counter cancelled, which refunds the
+    whole bill in cash too (found from outside: reimbursed by hand after that, the same).
+    A withdrawn claim's day is matched as the checker matches it: the
     claim's, the day it arrived, or its visit's; and its settling transaction is the claim's
     own (`infno`: 2207 or 2304; found from outside, a stay's claim was refused for a withdrawn
-    outpatient claim of the same total that day). (its id, "settlement", "claim" or
-    "withdrawn"), or None."""
+    outpatient claim of the same total that day). (its id, "settlement", "claim", "withdrawn"
+    or "settled": a replayed claim whose settlement was cancelled), or None."""
     row = await conn.fetchrow(
         "SELECT setl_id AS ref, 'settlement' AS what FROM settlements"
         " WHERE psn_no = $2 AND fixmedins_code = $1 AND service_date = $3"
@@ -406,8 +408,8 @@ async def same_bill(
         " UNION ALL SELECT claim_id, 'claim' FROM deferred WHERE kind = 'claim'"
         " AND status = 'pending' AND psn_no = $2 AND fixmedins_code = $1"
         " AND service_date = $3 AND medfee_sumamt = $4"
-        f" UNION ALL SELECT d.claim_id, 'withdrawn' FROM {deferred.CLAIM_WITH_VISIT}"
-        " WHERE d.kind = 'claim' AND d.status = 'withdrawn' AND d.psn_no = $2"
+        f" UNION ALL SELECT d.claim_id, d.status FROM {deferred.CLAIM_WITH_VISIT}"
+        f" WHERE d.kind = 'claim' AND {deferred.CASH_REFUNDED} AND d.psn_no = $2"
         " AND d.fixmedins_code = $1 AND d.medfee_sumamt = $4 AND d.infno = $5"
         f" AND $3 IN {deferred.CLAIM_DAYS} LIMIT 1",
         fixmedins_code,

@@ -475,7 +475,8 @@ async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, to
     """A claim for a bill the funds already pay is refused before anything is written: the
     person's bill at the same institution, on the same day, of the same total, settled (at the
     counter, by a 主动报 claim's replay, or as another claim under other invoices) or waiting as
-    a 主动报 claim, or withdrawn as one (its cash refunded at the counter). Found from outside:
+    a 主动报 claim, or withdrawn as one, or replayed and then cancelled at the counter (either
+    way its cash refunded at the counter). Found from outside:
     such a claim was settled and its reimbursement paid, the fund paying one bill twice (after a
     withdrawal: the patient had the refund and the reimbursement). A second bill of exactly the
     same total on the same day is left to the agency to settle by hand."""
@@ -490,6 +491,7 @@ async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, to
         "settlement": f"医保结算{ref}",
         "claim": f"待补结算的暂存结算{ref}（主动报）",
         "withdrawn": f"暂存结算{ref}（主动报，已由医疗机构撤销并退还现金）",
+        "settled": f"暂存结算{ref}（主动报，补结算后已由医疗机构撤销该结算并退还现金）",
     }[what]
     # Found from outside: a pending claim's words did not say it will be paid back by itself.
     waits = "该暂存结算待系统补结算后自动报销，无需零星报销；" if what == "claim" else ""

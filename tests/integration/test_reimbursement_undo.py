@@ -506,3 +506,45 @@ async def test_a_reversal_of_a_replayed_claims_message_says_to_refund_the_whole_
             )
             == "cancelled"
         )
+
+
+@pytest.mark.parametrize("undo", ["2208", "2601"])
+async def test_a_bill_whose_replayed_claim_the_counter_cancelled_is_not_reimbursed_by_hand(
+    new_database: Callable[..., Any], undo: str
+) -> None:
+    """Found from outside: the counter cancelled a replayed claim's settlement (2208 of its
+    setl_id, or 2601 of the claim's message), refunding the whole bill in cash, and the agency
+    then settled a manual claim (零星报销) of the same bill: the patient had the refund and the
+    reimbursement. 结算 is refused naming the claim, nothing of it written; `ledger check` names
+    the state where a ledger from before holds it."""
+    async with running_gateway(new_database) as srv:
+        first, _ = await _claims_replayed(srv)
+        his = srv.client(HOSPITAL)
+        if undo == "2208":
+            await his.ok("2208", _cancel(first))
+        else:
+            data = {"psn_no": first["psn_no"], "omsgid": first["msgid"], "oinfno": "2207"}
+            await his.ok("2601", {"data": data})
+        day = "2026-06-02"  # the first claim's visit (test_payouts._deferred_claims)
+        async with ledger_on(srv.dsn) as agency:
+            before = await srv.ledger_fingerprint()
+            with pytest.raises(Conflict) as refused:
+                await settled_claim(agency, first["psn_no"], day, BIG_LINES, "FP-UNDONE-1")
+            assert (
+                f"暂存结算{first['claim_id']}（主动报，补结算后已由医疗机构撤销该结算并退还现金）"
+                in (str(refused.value))
+            )
+            after = await srv.ledger_fingerprint()
+            assert after == before  # the claim registered and reviewed; nothing of its 结算
+            assert await srv.check_ledger() == []
+
+            # The state itself, as a ledger from before the rule may hold it.
+            status = "UPDATE deferred SET status = $2 WHERE claim_id = $1 RETURNING 1"
+            await srv.fetchval(status, first["claim_id"], "failed")
+            manual = await settled_claim(agency, first["psn_no"], day, BIG_LINES, "FP-UNDONE-2")
+            await srv.fetchval(status, first["claim_id"], "settled")
+            assert await srv.check_ledger() == [
+                f"claim {first['claim_id']}: replayed, its settlement cancelled (its cash"
+                f" refunded) while manual claim {manual.claim_no} reimburses a bill of the same"
+                " person, day and total"
+            ]
