@@ -204,6 +204,14 @@ async def hold_for_cancel(
     if claim["status"] == "paid":
         return f"{what}的报销款已由支付批次{claim['batch_no']}支付给参保人，不能撤销或重结算"
     if claim["status"] == "batched":
+        sent = "SELECT status = 'exported' FROM payout_batches WHERE batch_no = $1"
+        if await conn.fetchval(sent, claim["batch_no"]):
+            # Past its export no approver can return the batch (found from outside: the words
+            # sent the counter to one, who was refused): what is left is the bank's answer.
+            return (
+                f"{what}的报销款已随支付批次{claim['batch_no']}报盘至银行，不能撤销或重结算；"
+                "请待银行回盘后联系医保经办机构核实该笔报销款的支付结果后处理"
+            )
         return (
             f"{what}的报销款已纳入支付批次{claim['batch_no']}，不能撤销或重结算；"
             "如确需撤销，请先由审批人退回该支付批次"

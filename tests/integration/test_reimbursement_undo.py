@@ -455,7 +455,8 @@ async def test_a_reimbursement_the_bank_refused_is_referred_to_the_agency(
 ) -> None:
     """Found from outside: the cancellation of a replayed claim whose reimbursement had been sent
     to the bank (and refused there) said only that the counter could not act. It stays refused
-    (the money may have left, or may leave once the account is corrected) and says who acts."""
+    (the money may have left, or may leave once the account is corrected) and says who acts;
+    so does it while the bank has not answered yet."""
     async with running_gateway(new_database) as srv:
         first, _ = await _claims_replayed(srv)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
@@ -464,6 +465,20 @@ async def test_a_reimbursement_the_bank_refused_is_referred_to_the_agency(
             batch = await payouts.create_batch(conn, "maker", dt.datetime.now())
             await _approved(conn, batch.batch_no)
             _, payment = await payouts.export(conn, batch.batch_no, "maker")
+            # Sent, no answer back yet: found from outside, the counter was told to have an
+            # approver return the batch, which no approver can once it is exported.
+            for undo, data in (
+                ("2208", _cancel(first)["data"]),
+                ("2601", {"psn_no": first["psn_no"], "omsgid": first["msgid"], "oinfno": "2207"}),
+            ):
+                refused = await srv.client(HOSPITAL).call(undo, {"data": data})
+                assert refused["err_msg"] == (
+                    f"结算ID{first['setl_id']}（暂存结算{first['claim_id']}补结算）的报销款已随"
+                    f"支付批次{batch.batch_no}报盘至银行，不能撤销或重结算；"
+                    "请待银行回盘后联系医保经办机构核实该笔报销款的支付结果后处理"
+                ), undo
+            with pytest.raises(Conflict, match="已报盘"):
+                await payouts.reject(conn, batch.batch_no, 1, "approver1", "退回以便撤销")
             await payouts.import_return(
                 conn, bank_answers(payment, {1: "账户已销户", 2: "账户已销户"}), "cashier"
             )
