@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -182,6 +182,30 @@ async def leased(pool: asyncpg.Pool, wait: float) -> AsyncIterator[asyncpg.Conne
         raise
     finally:
         await pool.release(conn, timeout=wait)
+
+
+@contextlib.asynccontextmanager
+async def committing(
+    conn: asyncpg.Connection, sending: Callable[[], None], answered: Callable[[], None]
+) -> AsyncIterator[None]:
+    """`conn.transaction()`, telling `sending` just before its COMMIT goes out and `answered`
+    once the server replied to it: between the two the outcome is unknown. A COMMIT whose
+    reply never came (a deadline, a cut connection) may still land when a hung network heals,
+    where a statement without its COMMIT is rolled back by the server."""
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        yield
+    except BaseException:
+        await tr.rollback()
+        raise
+    sending()
+    try:
+        await tr.commit()
+    except asyncpg.PostgresError:  # the server's own answer: rolled back
+        answered()
+        raise
+    answered()
 
 
 # Each ledger database's pool by its name (gateway.ledger.partitions), for `elsewhere`: keyed by

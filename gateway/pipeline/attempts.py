@@ -13,18 +13,33 @@ process; otherwise the counter is told the outcome is pending and to retry the s
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 Key = tuple[str, str]  # (fixmedins_code, msgid)
+
+# Messages whose outcome is unknown kept at most (the oldest forgotten first): a till that never
+# retries leaves its message here, and a doubt only matters to the till's next retries.
+DOUBTS_KEPT = 100_000
 
 
 class Attempts:
     """How many attempts of each message are at work here: a request's write, from its start
     to its end, and a group commit's batch, from taking the message to committing or failing
-    (a batch outlives a waiter whose deadline passed)."""
+    (a batch outlives a waiter whose deadline passed).
 
-    __slots__ = ("_running",)
+    And the messages whose outcome is in doubt: an attempt that sent its COMMIT and ended
+    without the server's reply (its deadline, its ledger's breaker opening, the connection
+    cut). The COMMIT may be on its way in a hung network and land when it heals; found from
+    outside: a ledger frozen under load, 6 of the 8 sales in flight had their retries taken as
+    all-cash claims and were committed too, the account and the cash both paying. Such a
+    message stays at work until an attempt of it is answered by the ledger (`resolved`)."""
+
+    __slots__ = ("_doubts", "_running", "_sending")
 
     def __init__(self) -> None:
         self._running: dict[Key, int] = {}
+        self._sending: set[Key] = set()
+        self._doubts: OrderedDict[Key, None] = OrderedDict()
 
     def begin(self, key: Key) -> None:
         running = self._running
@@ -35,8 +50,30 @@ class Attempts:
         left = running.get(key, 0) - 1
         if left > 0:
             running[key] = left
-        else:
-            running.pop(key, None)
+            return
+        running.pop(key, None)
+        if key in self._sending:  # its COMMIT went out and no reply came back
+            self._sending.discard(key)
+            doubts = self._doubts
+            doubts[key] = None
+            doubts.move_to_end(key)
+            if len(doubts) > DOUBTS_KEPT:
+                doubts.popitem(last=False)
+
+    def committing(self, key: Key) -> None:
+        """The attempt's COMMIT is about to be sent."""
+        self._sending.add(key)
+
+    def committed(self, key: Key) -> None:
+        """The server answered the COMMIT (or nothing was sent after all): the outcome is known."""
+        self._sending.discard(key)
+
+    def resolved(self, key: Key) -> None:
+        """The ledger answered an attempt of the message: whatever the doubt, it is over."""
+        self._doubts.pop(key, None)
 
     def running(self, key: Key) -> bool:
-        return key in self._running
+        return key in self._running or key in self._doubts
+
+    def in_doubt(self, key: Key) -> bool:
+        return key in self._doubts and key not in self._running

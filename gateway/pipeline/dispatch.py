@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 
@@ -114,10 +115,23 @@ STILL_WORKING_MSG = (
     "同一报文ID的上一次请求仍在医保结算数据库中等待完成，结果待定：请稍后使用相同报文ID重试"
 )
 
+# A retry of a message whose earlier attempt sent its COMMIT and had no reply
+# (gateway.pipeline.attempts): only the ledger can tell, once it answers again.
+IN_DOUBT_SETTLING_MSG = (
+    "同一报文ID的上一次结算已提交医保结算数据库但未收到确认，结果须待数据库恢复后确认："
+    "请勿按现金收费，请稍后使用相同报文ID重试查询结果"
+)
+IN_DOUBT_MSG = (
+    "同一报文ID的上一次请求已提交医保结算数据库但未收到确认，结果须待数据库恢复后确认："
+    "请稍后使用相同报文ID重试"
+)
 
-def _still_at_work(infno: str) -> Unavailable:
+
+def _still_at_work(gw: Gateway, req: Request) -> Unavailable:
     """The refusal of a message an earlier attempt of which may yet commit, in its own words."""
-    return Unavailable(STILL_SETTLING_MSG if settling(infno) else STILL_WORKING_MSG)
+    if gw.attempts.in_doubt((req.fixmedins_code, req.msgid)):
+        return Unavailable(IN_DOUBT_SETTLING_MSG if settling(req.infno) else IN_DOUBT_MSG)
+    return Unavailable(STILL_SETTLING_MSG if settling(req.infno) else STILL_WORKING_MSG)
 
 
 # A timeout is counted against the ledger when the ledger had at least this share of the deadline
@@ -382,17 +396,18 @@ async def _plan(
                     hook, decision, gw, tx, req, institution, body, received, body_hash, ledger
                 )
             else:
-                if gw.attempts.running(key):
+                if gw.attempts.running(key) and not gw.attempts.in_doubt(key):
                     # An earlier attempt of this message is still at work here and may yet
                     # commit (gateway.pipeline.attempts): not a claim in the journal, nor a
                     # forward, beside it.
-                    raise _still_at_work(req.infno)
+                    raise _still_at_work(gw, req)
                 earlier = await _earlier_answer(gw, req, body_hash, ledger)
                 if earlier is not None:
+                    gw.attempts.resolved(key)  # its COMMIT, if in doubt, landed
                     return earlier
                 if gw.attempts.running(key):
                     # Another copy got past its look-up first, and is at work.
-                    raise _still_at_work(req.infno)
+                    raise _still_at_work(gw, req)
                 # At work while it is forwarded or journaled: another attempt of the message
                 # here is told to retry meanwhile (found from outside: under `route_legacy`,
                 # copies of one sale sent together were each forwarded to the old system, which
@@ -557,6 +572,7 @@ async def _write(
                 )
     finally:
         attempts.end(key)
+    attempts.resolved(key)  # the ledger answered it: no earlier attempt's COMMIT is in doubt
     _observe(gw, code, True, False, started, ledger.name, _settles(tx))
     if outcome.outcome is Result.OK:
         # Committed with its answer: a retry while the ledger is away gets it from here, a claim
@@ -779,7 +795,7 @@ async def _earlier_answer(
         expires = loop.time() + budget
         found = await _answered(gw, code, msgid, expires, ledger)
         if found is None and await _held_open(gw, req, body_hash, ledger, expires):
-            raise _still_at_work(req.infno)
+            raise _still_at_work(gw, req)
     elif breaker.probe_failed:
         return None
     else:
@@ -806,7 +822,7 @@ async def _earlier_answer(
             # too busy, and protected only after 10 s).
             return None
         if pending:
-            raise _still_at_work(req.infno)
+            raise _still_at_work(gw, req)
     return None if found is None else _replayed(req, found, body_hash)
 
 
@@ -886,8 +902,11 @@ async def _journaled(
     async with db.leased(ledger.pool, gw.config.deadlines.call_seconds) as conn:
         # No look-up first: a fresh msgid (the common case) is claimed in one round trip, and a
         # retry finds its key taken and is answered from the journal below.
+        key = (code, msgid)
         try:
-            async with conn.transaction():
+            async with db.committing(
+                conn, partial(gw.attempts.committing, key), partial(gw.attempts.committed, key)
+            ):
                 if not await idempotency.claim(conn, code, msgid, req.infno, body_hash):
                     raise _Taken
                 answer = await tx.handler(

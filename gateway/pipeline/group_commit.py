@@ -205,8 +205,17 @@ class GroupCommit:
                 for attempts, key in held:
                     attempts.begin(key)
                 self._connections.add(conn)
+
+                def sending() -> None:
+                    for attempts, key in held:
+                        attempts.committing(key)
+
+                def answered() -> None:
+                    for attempts, key in held:
+                        attempts.committed(key)
+
                 try:
-                    async with conn.transaction():
+                    async with db.committing(conn, sending, answered):
                         answers, later = await self._settle(conn, batch)
                     for item in later:  # the msgid was already taken: answer as its owner did
                         answers[id(item)] = await _replay(conn, item)

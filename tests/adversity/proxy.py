@@ -5,7 +5,8 @@ connections are accepted and never answered (clients wait for their timeouts), n
 `restore()` drops the frozen connections (their protocol state is lost) and forwards again.
 `delay` adds latency each way; `drop()` resets the open connections. `freeze()` hangs the
 network the way a stalled path does: nothing is lost, bytes wait (new connections too) and are
-delivered in order, a closed side's end after them, at `thaw()`.
+delivered in order, a closed side's end after them, at `thaw()`. `freeze_at(pattern)` freezes
+the network the moment the client sends bytes holding `pattern` (a COMMIT), before they pass.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Proxy:
         self.port = 0
         self._thawed = asyncio.Event()
         self._thawed.set()
+        self._freeze_at: bytes | None = None
 
     async def start(self, port: int = 0) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
@@ -39,7 +41,7 @@ class Proxy:
             await self._thawed.wait()
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             self._writers.add(up_writer)
-            a = asyncio.create_task(self._pipe(reader, up_writer))
+            a = asyncio.create_task(self._pipe(reader, up_writer, upstream=True))
             b = asyncio.create_task(self._pipe(up_reader, writer))
             self._tasks |= {a, b}
             await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
@@ -58,11 +60,16 @@ class Proxy:
         while await reader.read(65536):
             pass
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 if self.cut_now:
                     continue  # dropped on the floor, like packets to a dead host
+                if upstream and self._freeze_at is not None and self._freeze_at in data:
+                    self._freeze_at = None
+                    self.freeze()
                 await self._thawed.wait()
                 if self.delay:
                     await asyncio.sleep(self.delay)
@@ -80,6 +87,9 @@ class Proxy:
 
     def freeze(self) -> None:
         self._thawed.clear()
+
+    def freeze_at(self, pattern: bytes) -> None:
+        self._freeze_at = pattern
 
     def thaw(self) -> None:
         self._thawed.set()

@@ -1668,3 +1668,56 @@ async def test_a_retry_taken_as_a_claim_in_a_hang_leaves_no_sale_to_commit_when_
             assert await srv.fetchval(settled, PERSONS[1]) == 1  # the claim's, replayed
         finally:
             await proxy.close()
+
+
+async def test_a_sale_whose_commit_hangs_is_not_taken_as_a_claim_while_its_outcome_is_unknown(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: a ledger frozen under load just as a batch's COMMIT went out. The
+    sales were answered "retry" at their deadline, their retries taken as all-cash claims once
+    the breaker opened, and the COMMIT landed when the network healed: 6 of 8 sales both
+    settled (the account paid) and claimed (the patient paid cash). A message whose COMMIT went
+    out without a reply is in doubt: its retries are told the outcome is pending, not to take
+    cash, until the ledger answers; then they get the sale's own answer. One effect: the sale."""
+    shipped = msgspec.structs.replace(
+        CONFIG,
+        deadlines=Deadlines(call_seconds=2.0),
+        breakers=Breakers(postgres=LedgerBreaker(**{
+            **msgspec.structs.asdict(FAST_BREAKER), "consecutive_failures": 5, "min_calls": 50
+        })),
+    )  # fmt: skip
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, shipped, serve_through=ledger, pool_min=6) as srv:
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        try:
+            assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+            body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
+            msgid = msgspec.json.decode(body)["msgid"]
+            proxy.freeze_at(b"COMMIT")
+            told: list[str] = []
+            for _ in range(40):  # the till retries the same msgid, as it is told
+                answer = decode((await pos.post_raw(body))[1])
+                assert answer["infcode"] != 0, (answer["output"], told)  # no claim: no cash
+                told.append(answer["err_msg"])
+                if sum("已提交医保结算数据库但未收到确认" in t for t in told) >= 3:
+                    break
+                await asyncio.sleep(0.2)
+            assert "请勿按现金收费" in told[-1], told
+            assert sum("已提交医保结算数据库但未收到确认" in t for t in told) >= 3, told
+            proxy.thaw()  # the COMMIT lands
+
+            async def answered() -> bool:
+                again = decode((await pos.post_raw(body))[1])
+                told.append(again["err_msg"])
+                return again["infcode"] == 0
+
+            await until(answered, within=30.0)
+            again = decode((await pos.post_raw(body))[1])
+            assert not again["output"]["setlinfo"]["setl_id"].startswith("DF"), again
+            assert await srv.fetchval("SELECT count(*) FROM deferred WHERE msgid = $1", msgid) == 0
+            settled = "SELECT count(*) FROM settlements WHERE psn_no = $1 AND status = 'settled'"
+            assert await srv.fetchval(settled, PERSONS[1]) == 1
+            assert await srv.check_ledger() == []
+        finally:
+            await proxy.close()
