@@ -1191,6 +1191,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
     # count (found from outside: the gauge fell from 179 to 4 when the ledger stopped, the
     # claims still pending there left out while only the local journal was counted).
     pending_in: dict[str, int] = {}
+    failed_in: dict[str, int] = {}
     while True:
         await asyncio.sleep(every)
         loop_now = asyncio.get_running_loop().time()
@@ -1228,6 +1229,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
                     ]
                     for p, conn in zip(reachable, conns, strict=True):
                         pending_in[p.name] = await deferred.pending_claims(conn)
+                        failed_in[p.name] = await deferred.failed_claims(conn)
                         gw.ledger_claims[p.name] = await deferred.holding_claims(conn)
                     if len(conns) == len(gw.ledgers.all):  # a part would read as paid out
                         await payouts.refresh_metrics(conns, dt.datetime.now(dt.UTC))
@@ -1259,6 +1261,7 @@ async def _watch_ledger(gw: Gateway, every: float) -> None:
             except OSError:
                 log.warning("journal segments not counted this round", exc_info=True)
         metrics.DEFERRED_CLAIMS.set(sum(pending_in.values()) + unheld)
+        metrics.FAILED_CLAIMS.set(sum(failed_in.values()))
         metrics.JOURNALED_CLAIMS.set(gw.journal.claims_waiting)
 
 

@@ -338,6 +338,16 @@ async def pending_claims(conn: asyncpg.Connection) -> int:
     )
 
 
+async def failed_claims(conn: asyncpg.Connection) -> int:
+    """Counts the claims replay or the drain filed failed and nobody withdrew yet: each a
+    patient who paid in cash and is owed either a settlement or the cash back."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM deferred WHERE kind = 'claim' AND status = 'failed'"
+        )
+    )
+
+
 async def holding_claims(conn: asyncpg.Connection) -> bool:
     """Whether any claim holds lines (pending, or failed at replay and not withdrawn), or an
     old system's settlement made under route_legacy does."""

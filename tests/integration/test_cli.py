@@ -157,6 +157,7 @@ async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) 
                 'sgw_plan_changes_total{action="reject",class="reconcile",scope="global"} 1.0',
                 "sgw_deferred_claims",
                 "sgw_deferred_claims_journaled",
+                "sgw_deferred_claims_failed",
                 'sgw_breaker_state{dependency="postgres"} 0.0',
             )
             for _ in range(4):

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from adapters.national import deferral
 from adapters.national.envelope import decode_request
@@ -1074,6 +1075,10 @@ async def test_a_claim_refused_at_replay_names_the_failed_call_of_its_visit(
         assert stored == reason
 
 
+async def _failed_claims_counted(expected: int) -> bool:
+    return REGISTRY.get_sample_value("sgw_deferred_claims_failed") == expected
+
+
 async def test_a_bill_whose_claim_the_counter_withdrew_is_not_reimbursed_by_hand(
     new_database: Callable[..., Any],
 ) -> None:
@@ -1086,8 +1091,15 @@ async def test_a_bill_whose_claim_the_counter_withdrew_is_not_reimbursed_by_hand
     async with running_gateway(new_database) as srv, ledger_on(srv.dsn) as agency:
         his = srv.client(HOSPITAL)
         visit, claim_id = await _claim_on_a_kept_visit(srv, his, RETIREE, stale=True, ipt="MZ-CK")
+        # Filed failed, the claim is counted for ops (found from outside: only `deferred list`
+        # and `ledger check` showed such claims), and no longer once withdrawn.
+        assert await srv.fetchval("SELECT status FROM deferred WHERE claim_id = $1", claim_id) == (
+            "failed"
+        )
+        await until(lambda: _failed_claims_counted(1), within=15.0)
         ref = {"data": {"setl_id": claim_id, "mdtrt_id": visit, "psn_no": RETIREE}}
         await his.ok("2208", ref)
+        await until(lambda: _failed_claims_counted(0), within=15.0)
         assert await srv.check_ledger() == []
         day = (dt.date.today() - dt.timedelta(days=1)).isoformat()
         before = await srv.ledger_fingerprint()
