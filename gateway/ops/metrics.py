@@ -93,7 +93,9 @@ DB_POOL_SIZE = Gauge(
 
 PLAN_DEGRADED = Gauge(
     "sgw_plan_degraded",
-    "1 while a degraded action (reject/defer/selfpay/route_legacy) applies to the scope and class",
+    "1 while a rule or window of the plan applies a degraded action (reject/defer/selfpay/"
+    "route_legacy) to the scope and class; a breaker's own action (the ledger's: defer while"
+    " open or half-open) shows in sgw_breaker_state instead",
     ["scope", "class"],
     multiprocess_mode="livemax",
 )
