@@ -374,6 +374,7 @@ async def _corrections(
                         )
                     summary.items += done.items
                     summary.elsewhere += done.elsewhere
+                    summary.undone += done.undone
                     failed += failing
     finally:
         await pool.close()
@@ -407,6 +408,8 @@ def _report_corrections(args: argparse.Namespace, apply_it: bool) -> int:
         print("\n".join(summary.to_text(verb, found, args.item)))
     for old, new in summary.elsewhere:
         print(f"re-settled meanwhile by another run: {old} → {new}", file=sys.stderr)
+    for setl_id in summary.undone:
+        print(f"undone at the counter meanwhile, nothing to correct: {setl_id}", file=sys.stderr)
     for setl_id, why in failed:
         print(f"{'failed' if apply_it else 'would fail'} {setl_id}: {why}", file=sys.stderr)
     return 1 if failed else 0

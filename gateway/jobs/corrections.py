@@ -115,6 +115,8 @@ class Summary:
     items: list[Item] = field(default_factory=list)
     # Targets another run replaced meanwhile: (old setl_id, its replacement).
     elsewhere: list[tuple[str, str]] = field(default_factory=list)
+    # Targets the counter undid (cancelled, reversed) since they were read: nothing to correct.
+    undone: list[str] = field(default_factory=list)
     # Targets the rules refused to re-settle: (setl_id, why). In the JSON and the CSV as in the
     # text (found from outside: the CSV held only its header where the text named a failure).
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -554,7 +556,12 @@ async def apply(
             async with conn.transaction():
                 await corrections.hold(conn, t.setl_id)
                 done = await corrections.corrected_by(conn, t.setl_id)
-                if done is None:
+                # Undone at the counter since the targets were read (found from outside: a
+                # 2601 landing mid-run made the run fail, exit 1, over nothing to correct).
+                undone = done is None and await settlements.status_of(conn, t.setl_id) != "settled"
+                if undone:
+                    summary.undone.append(t.setl_id)
+                elif done is None:
                     item = await resettle(
                         conn, snapshot, t.setl_id, item_code, run_id, dt.datetime.now()
                     )
@@ -566,7 +573,7 @@ async def apply(
         except GatewayError as exc:
             failed.append((t.setl_id, exc.err_msg))
         else:
-            if done is None and committed is not None:
+            if done is None and not undone and committed is not None:
                 committed(item)
         if progress is not None:
             progress(i, len(found))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp import web
 
 from gateway.app.reference import load_reference
@@ -678,6 +679,44 @@ async def test_two_runs_at_once_report_no_false_failures(server: Server) -> None
     finally:
         await pool.release(first)
         await pool.release(second)
+        await pool.close()
+
+
+@pytest.mark.parametrize("undo", ["2208", "2601"])
+async def test_a_settlement_undone_at_the_counter_mid_run_is_not_a_failure(
+    server: Server, undo: str
+) -> None:
+    """Found from outside: a 2601 of a settlement landed while `apply` ran over it, and the run
+    reported it failed ("已冲正…视为未发生，无需撤销") and exited 1, over nothing left to
+    correct. A target the counter undid since the targets were read is passed over as undone,
+    written nowhere, and the run has no failure."""
+    item, psn = "YP8003", "441800000000000003"
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(WRONG_CLASS_A, item))
+    mdtrt_id, wrong = await _visit(server, psn, f"MZ-UNDONE-{undo}", item)
+    msgid = await server.fetchval(
+        "SELECT medins_setl_id FROM settlements WHERE setl_id = $1", wrong["setl_id"]
+    )
+    await his.ok("3301", _mapping(CLASS_B, item))
+    reference = load_reference(ROOT / "config" / "demo")
+    pool = await create_pool(server.dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            snapshot = await reference_store.read_snapshot(conn, reference)
+            found = await corrections.targets(conn, snapshot, HOSPITAL, item)
+            assert [t.setl_id for t in found] == [wrong["setl_id"]]
+            if undo == "2208":
+                data = {"setl_id": wrong["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": psn}
+            else:
+                data = {"psn_no": psn, "omsgid": msgid, "oinfno": "2207"}
+            await his.ok(undo, {"data": data})
+            before = await server.ledger_fingerprint()
+            summary, failed = await corrections.apply(conn, snapshot, found, item, "RUN-U")
+            assert failed == [] and summary.items == [] and summary.elsewhere == []
+            assert summary.undone == [wrong["setl_id"]]
+            assert await server.ledger_fingerprint() == before
+            assert await corrections.targets(conn, snapshot, HOSPITAL, item) == []
+    finally:
         await pool.close()
 
 
