@@ -412,6 +412,21 @@ async def refused_since(conn: asyncpg.Connection, batch_no: str) -> list[str]:
     return [r["psn_no"] for r in rows]
 
 
+async def refused_by_bank(
+    conn: asyncpg.Connection, payee: str, bank_code: str, account_no: str
+) -> str | None:
+    """The bank's reason, where it returned a payment to this payee's account failed; else
+    None. Such an account is never paid again (`_REFUSED_BEFORE`)."""
+    reason: str | None = await conn.fetchval(
+        "SELECT bank_reason FROM payout_items WHERE psn_no = $1 AND status = 'failed'"
+        " AND bank_code = $2 AND account_no = $3 ORDER BY batch_no DESC LIMIT 1",
+        payee,
+        bank_code,
+        account_no,
+    )
+    return reason
+
+
 async def owed_without_account(conn: asyncpg.Connection, source: str | None = None) -> list[str]:
     """Reads the payees owed something who have no account yet, or whose account as it stands
     the bank refused for a line they are owed (to be corrected): persons, or institutions for

@@ -211,6 +211,14 @@ async def _change_account(
         if not await payees.known(conn, payee):
             raise NotFound(payees.missing.format(payee=payee))
         old = await payees.read(conn, payee, lock=True)
+        refused = await store.refused_by_bank(conn, payee, new.bank_code, new.account_no)
+        if refused is not None:
+            # Never paid again (found from outside: entered again, it was answered as taken,
+            # and only the next batch said the payee still needed an account).
+            raise Conflict(
+                f"账户{mask(new.account_no)}曾被银行退回（{refused or '未注明原因'}），不能再作为"
+                "收款账户；请登记收款人的其他银行账户"
+            )
         if old == new:
             return _masked(new)
         await payees.put(conn, new, operator)

@@ -690,6 +690,12 @@ async def test_a_payee_whose_account_the_bank_refused_waits_for_its_correction(
         with pytest.raises(payouts.NothingToPay, match="需更正收款账户"):
             await payouts.create_batch(conn, "maker", dt.datetime.now())
         assert await store.owed_without_account(conn) == [person]
+        # The refused account entered again is refused at once, nothing written (found from
+        # outside: it was answered as taken, and only the next batch said otherwise).
+        for again in ("6222020200000000055", "6222 0202 0000 0000 055"):
+            with pytest.raises(Conflict, match="曾被银行退回（账户已销户），不能再作为收款账户"):
+                await payouts.set_account(conn, person, account_no=again, **account)
+        assert await store.owed_without_account(conn) == [person]
         await payouts.set_account(conn, person, account_no="6222020200000000056", **account)
         second = await payouts.create_batch(conn, "maker", dt.datetime.now())
         owed = (first.reimbursement_fen or 0) + (later.reimbursement_fen or 0)
