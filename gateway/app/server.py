@@ -301,9 +301,11 @@ async def _admitted(
             # holds is dropped, a batch not yet written drops it), so that it cannot commit when
             # a hung network heals, beside the claim its retry becomes.
             work.cancel()
-            outcome = dispatch.released(gw, path_infno or "")
+            # Named by the request it answers (found from outside: counted and logged under
+            # infno "unknown", no msgid, where the request had been read).
+            outcome = dispatch.released(gw, wait.infno or path_infno or "", wait.msgid)
         else:
-            outcome = dispatch.overdue(gw, path_infno or "")
+            outcome = dispatch.overdue(gw, wait.infno or path_infno or "", wait.msgid)
     finally:
         waits.end(wait)
     elapsed = time.perf_counter() - started

@@ -197,17 +197,17 @@ def settling(infno: str) -> bool:
     return tx is None or tx.klass is TxClass.SETTLEMENT
 
 
-def overdue(gw: Gateway, infno: str) -> Outcome:
+def overdue(gw: Gateway, infno: str, msgid: str = "") -> Outcome:
     """The answer to a request still stuck past its deadline; it counts as a dependency timeout."""
     settles = _settles(TRANSACTIONS.get(infno))
     _observe(
         gw, "", False, True, time.perf_counter() - gw.config.deadlines.call_seconds, MAIN, settles
     )
     exc = Unavailable("医保结算服务响应超时，请使用相同报文ID重试；如持续失败请按应急预案处理")
-    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, timeout=True)
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, msgid, timeout=True)
 
 
-def released(gw: Gateway, infno: str) -> Outcome:
+def released(gw: Gateway, infno: str, msgid: str = "") -> Outcome:
     """The answer to a request waiting on a ledger whose breaker opened: as a deadline's, at
     once, and not counted again against the breaker that has just judged it. Its edge ends its
     work as a deadline would (gateway.app.server), so that nothing of it commits later beside the
@@ -215,7 +215,7 @@ def released(gw: Gateway, infno: str) -> Outcome:
     exc = Unavailable(
         "医保结算服务暂时不可用（数据库无响应），已启用应急预案，请立即使用相同报文ID重试"
     )
-    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR)
+    return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, msgid)
 
 
 def refused(
@@ -293,10 +293,12 @@ async def handle(
             elif run.writes:
                 if wait is not None:
                     wait.ledger = ledger.name  # its edge answers it if that ledger's breaker opens
+                    wait.infno, wait.msgid = req.infno, req.msgid
                 outcome = await _write(gw, run, req, institution, body, received, mode, ledger)
             else:
                 if wait is not None:
                     wait.ledger = ledger.name
+                    wait.infno, wait.msgid = req.infno, req.msgid
                 outcome = await _read(gw, run, req, institution, received, mode, ledger)
         outcome.terminal = terminal
     except Exception as exc:

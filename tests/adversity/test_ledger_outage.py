@@ -609,6 +609,12 @@ async def _sales_until_deferred(pos: HisClient) -> None:
     assert seen and all("暂时不可用" in text for text in seen), seen
 
 
+def _requests(infno: str, outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("sgw_requests_total", {"infno": infno, "outcome": outcome}) or 0
+    )
+
+
 def _sale(pos: HisClient, n: int) -> dict[str, Any]:
     return pos.drug_input(PERSONS[n % 3], "2026-07-04 10:00:00", DRUG_TOTAL, DRUG_LINES, "0")
 
@@ -1558,6 +1564,7 @@ async def test_one_till_alone_on_a_hung_ledger_is_deferred_after_one_deadline(
         pos = srv.client(PHARMACY)
         try:
             assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+            errors = {n: _requests(n, "error") for n in ("2102", "unknown")}
             proxy.cut()
             started = time.monotonic()
             await _sales_until_deferred(pos)
@@ -1565,6 +1572,10 @@ async def test_one_till_alone_on_a_hung_ledger_is_deferred_after_one_deadline(
             async with srv.session.get(srv.url + "/metrics") as r:
                 text = await r.text()
             assert 'sgw_breaker_state{dependency="postgres"} 2' in text
+            # The deadline's answer and the release's are counted under the sale's infno
+            # (found from outside: under "unknown", and logged without their msgid).
+            assert _requests("2102", "error") >= errors["2102"] + 2
+            assert _requests("unknown", "error") == errors["unknown"]
         finally:
             await proxy.close()
 
