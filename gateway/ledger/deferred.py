@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from gateway.emergency.deferred import PROVISIONAL_ID_LENGTH, PROVISIONAL_PREFIX
-from gateway.ledger.writes import Writes, insert_statement
+from gateway.ledger.writes import Writes, form_of, insert_statement
 
 REPLAY_LOCK = 0x2E91A7  # held by a running `deferred replay`; its presence means "replaying"
 
@@ -85,6 +85,23 @@ def _row(e: Entry, source: str) -> tuple[object, ...]:
 async def insert(conn: asyncpg.Connection, e: Entry, source: str) -> bool:
     """Add the entry (inside the caller's transaction); False when its msgid is already there."""
     return bool(await conn.fetchval(_INSERT_TOLD, *_row(e, source)))
+
+
+_INSERT_MANY = form_of(INSERT)
+_INSERT_MANY_TOLD = _INSERT_MANY.many + " RETURNING fixmedins_code, msgid"
+
+
+async def insert_many(
+    conn: asyncpg.Connection, entries: Sequence[Entry], source: str
+) -> set[tuple[str, str]]:
+    """`insert` of several entries in one statement, in their order; the (institution, msgid)
+    of those added (a msgid already there is left as it is)."""
+    if not entries:
+        return set()
+    rows = await conn.fetch(
+        _INSERT_MANY_TOLD, *_INSERT_MANY.arguments([_row(e, source) for e in entries])
+    )
+    return {(r["fixmedins_code"], r["msgid"]) for r in rows}
 
 
 async def present(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:

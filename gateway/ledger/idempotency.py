@@ -383,7 +383,23 @@ async def keep_many(
     first: dict[tuple[str, str], int] = {}  # each key's first place in `kept`
     for at, one in enumerate(kept):
         first.setdefault((one.fixmedins_code, one.msgid), at)
-    ordered = [kept[first[key]] for key in sorted(first)]
+    fresh = await keep_fresh(conn, [kept[at] for at in first.values()], lock_wait_ms)
+    mine = {first[key] for key in fresh}
+    others = [(k.fixmedins_code, k.msgid) for at, k in enumerate(kept) if at not in mine]
+    found = dict(zip(others, await lookup_many(conn, others), strict=True)) if others else {}
+    return [None if at in mine else found[(k.fixmedins_code, k.msgid)] for at, k in enumerate(kept)]
+
+
+async def keep_fresh(
+    conn: asyncpg.Connection, kept: Sequence[Kept], lock_wait_ms: int | None = None
+) -> set[tuple[str, str]]:
+    """Each key written with its answer at once, in one statement; which keys were new (a
+    key already there keeps its first answer). Keys are inserted in sorted order, as
+    `claim_many` takes them, so batches never deadlock; a key given twice is kept once."""
+    firsts: dict[tuple[str, str], Kept] = {}
+    for one in kept:
+        firsts.setdefault((one.fixmedins_code, one.msgid), one)
+    ordered = [firsts[key] for key in sorted(firsts)]
     rows = await conn.fetch(
         "INSERT INTO idempotency (fixmedins_code, msgid, infno, body_sha256, answer, infcode,"
         " answered_elsewhere) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
@@ -398,10 +414,7 @@ async def keep_many(
         [k.infcode for k in ordered],
         [k.elsewhere for k in ordered],
     )
-    mine = {first[(r["fixmedins_code"], r["msgid"])] for r in rows}
-    others = [(k.fixmedins_code, k.msgid) for at, k in enumerate(kept) if at not in mine]
-    found = dict(zip(others, await lookup_many(conn, others), strict=True)) if others else {}
-    return [None if at in mine else found[(k.fixmedins_code, k.msgid)] for at, k in enumerate(kept)]
+    return {(r["fixmedins_code"], r["msgid"]) for r in rows}
 
 
 async def keep_answer(

@@ -92,6 +92,11 @@ def many_form(sql: str) -> Statement | None:
     return _FORMS.get(sql)
 
 
+def form_of(sql: str) -> Statement:
+    """`many_form` of a statement known to be declared here."""
+    return _FORMS[sql]
+
+
 def _rows(columns: Sequence[Column]) -> str:
     """The rows of `Statement.arguments` as a table `u` with the columns' names and types. A JSON
     null is SQL NULL in every column, jsonb ones included (as with one row at a time).

@@ -27,6 +27,7 @@ class Proxy:
         self._thawed = asyncio.Event()
         self._thawed.set()
         self._freeze_at: bytes | None = None
+        self.sent = 0  # chunks the client sent upstream (its messages, about one a round trip)
 
     async def start(self, port: int = 0) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
@@ -67,6 +68,8 @@ class Proxy:
             while data := await reader.read(65536):
                 if self.cut_now:
                     continue  # dropped on the floor, like packets to a dead host
+                if upstream:
+                    self.sent += 1
                 if upstream and self._freeze_at is not None and self._freeze_at in data:
                     self._freeze_at = None
                     self.freeze()

@@ -90,8 +90,9 @@ async def drain(
                     for start in range(0, len(mine), DRAIN_CHUNK):
                         answered: list[deferred.Entry] = []
                         async with conn.transaction():
-                            for e in mine[start : start + DRAIN_CHUNK]:
-                                moved += await _drain_one(conn, e, answered)
+                            moved += await _drain_chunk(
+                                conn, mine[start : start + DRAIN_CHUNK], answered
+                            )
                         # The journal forgets them below, and the ledger answers their retries:
                         # while it is away again, this process still does, byte for byte (found
                         # from outside: a claim's retry in a later outage was made a claim again,
@@ -173,30 +174,47 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-async def _drain_one(
-    conn: asyncpg.Connection, e: deferred.Entry, answered: list[deferred.Entry]
+async def _drain_chunk(
+    conn: asyncpg.Connection, chunk: list[deferred.Entry], answered: list[deferred.Entry]
 ) -> int:
-    """Move one entry into the ledger; `answered` gets it when its answer is now its msgid's."""
-    infno = e.infno
-    if e.kind == "withdrawal":
+    """Move a chunk of entries into the ledger (in the caller's transaction); how many were
+    moved. `answered` gets each whose answer is now its msgid's. The claims and calls go in
+    one statement per table, their order kept (found from outside: one round trip or two an
+    entry kept an outage's 3,000 claims draining, the breaker half-open and every sale a claim,
+    for about 20 s after the ledger was back); then the withdrawals, each after its claim."""
+    taken = [e for e in chunk if e.kind != "withdrawal"]
+    added = await deferred.insert_many(conn, taken, "journal")
+    taken = [e for e in taken if (e.fixmedins_code, e.msgid) in added]
+    # The msgid journal gets the answer the counter was given: a retry replays it.
+    fresh = await idempotency.keep_fresh(
+        conn,
+        [
+            idempotency.Kept(e.fixmedins_code, e.msgid, e.infno, e.digest, e.answer, 0)
+            for e in taken
+        ],
+    )
+    for e in taken:
+        if (e.fixmedins_code, e.msgid) in fresh:
+            answered.append(e)
+        else:
+            # The ledger answered this msgid besides the claim (before the outage, through
+            # another process or node, or during it): replaying it would do it twice. The team
+            # settles the patient's cash against the ledger's answer instead.
+            await deferred.fail_answered(
+                conn, e.fixmedins_code, e.msgid, deferred.ANSWERED_IN_LEDGER.format(msgid=e.msgid)
+            )
+    moved = len(taken)
+    for e in chunk:
+        if e.kind != "withdrawal":
+            continue
         assert e.claim_id is not None
         await deferred.withdraw(conn, e.claim_id, e.fixmedins_code, e.psn_no, e.msgid)
-    elif not await deferred.insert(conn, e, "journal"):
-        return 0
-    # The msgid journal gets the answer the counter was given: a retry replays it.
-    fresh = await idempotency.record_deferred(
-        conn, e.fixmedins_code, e.msgid, infno, e.digest, e.answer
-    )
-    if fresh:
-        answered.append(e)
-    elif e.kind != "withdrawal":
-        # The ledger answered this msgid besides the claim (before the outage, through another
-        # process or node, or during it): replaying it would do it twice. The team settles the
-        # patient's cash against the ledger's answer instead.
-        await deferred.fail_answered(
-            conn, e.fixmedins_code, e.msgid, deferred.ANSWERED_IN_LEDGER.format(msgid=e.msgid)
-        )
-    return 1
+        if await idempotency.record_deferred(
+            conn, e.fixmedins_code, e.msgid, e.infno, e.digest, e.answer
+        ):
+            answered.append(e)
+        moved += 1
+    return moved
 
 
 # ------------------------------------------------------------------------------ journaled calls
