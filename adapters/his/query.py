@@ -16,6 +16,7 @@ from gateway.emergency.plan.rules import TxClass
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Answer, Call, register
 from gateway.services import cancellation, settlement_queries, visit_queries
+from gateway.services.settlement_queries import SettledLine
 
 
 @register("5203", "结算信息查询", writes=False, klass=TxClass.QUERY, input=wire.In5203)
@@ -68,48 +69,64 @@ def _elsewhere(call: Call) -> list[Pool]:
 @register("5204", "费用明细查询", writes=False, klass=TxClass.QUERY, input=wire.In5203)
 async def fee_detail(call: Call) -> Answer:
     """The settlement's lines, each with its split as settled: `output` is the list itself, as
-    the interface answers 5204 (nhis-web reads `output` as a list of rows)."""
+    the interface answers 5204 (nhis-web reads `output` as a list of rows). Without a 结算ID,
+    the visit's lines (its settlements' in force and those not settled yet)."""
     data = decode_input(call.req, In5203).data
     if data is None:
         raise BadRequest("缺少输入节点data")
+    code = call.req.fixmedins_code
+    snapshot = call.gw.snapshot
+    if not text(data.setl_id) and text(data.mdtrt_id):
+        enc, lines = await settlement_queries.visit_fee_detail(
+            call.conn, snapshot, code, text(data.mdtrt_id), text(data.psn_no)
+        )
+        on = enc.begntime.date()
+        return Answer(
+            [_fee_row(call, ln.line, enc.mdtrt_id, ln.setl_id, enc.med_type, on) for ln in lines]
+        )
     elsewhere = _elsewhere(call)
-    rec, lines = await settlement_queries.fee_detail(
-        call.conn, call.req.fixmedins_code, _query(data), elsewhere
-    )
+    rec, settled = await settlement_queries.fee_detail(call.conn, code, _query(data), elsewhere)
     # A replayed claim's lines carry the split it was replayed at, which the agency pays the
     # patient: said so, as 5203 says it (found from outside: 5204 of it said nothing).
     replayed = await settlement_queries.replayed_from(call.conn, rec.setl_id, elsewhere)
-    snapshot = call.gw.snapshot
-    code = call.req.fixmedins_code
     on = rec.service_date or call.now.date()
     # Under the 就诊ID the counter was given, as 5203 shows it (found from outside: a replayed
     # pharmacy claim's lines carried the visit replay made, which the till never saw).
     mdtrt_id = (replayed.counter_visit if replayed is not None else "") or rec.mdtrt_id
-    rows = []
-    for ln in lines:
-        sp = ln.split
-        mapping = snapshot.mapping(code, sp.medins_list_codg, on)
-        entry = snapshot.entry(sp.med_list_codg, on) if sp.med_list_codg else None
-        rows.append(
-            {
-                "mdtrt_id": mdtrt_id,
-                "setl_id": rec.setl_id,
-                "med_type": rec.med_type,
-                "fee_ocur_time": moment(ln.fee_ocur_time),
-                **line_result(sp),
-                "hilist_code": sp.med_list_codg,
-                "hilist_name": entry.med_list_name if entry is not None else "",
-                "list_type": sp.list_type,
-                "med_list_codg": sp.med_list_codg,
-                "medins_list_codg": sp.medins_list_codg,
-                "medins_list_name": mapping.fixmedins_hilist_name if mapping is not None else "",
-                "hosp_appr_flag": ln.hosp_appr_flag or "",
-                "chrg_bchno": ln.chrg_bchno,
-            }
-        )
+    rows = [_fee_row(call, ln, mdtrt_id, rec.setl_id or "", rec.med_type, on) for ln in settled]
     return Answer(
         rows, warn_msg=None if replayed is None else cancellation.replayed_words(rec, replayed)
     )
+
+
+def _fee_row(
+    call: Call,
+    ln: SettledLine,
+    mdtrt_id: str,
+    setl_id: str,
+    med_type: str,
+    on: dt.date,
+) -> dict[str, Any]:
+    """One 5204 row: the line's split and what its upload said of it."""
+    snapshot = call.gw.snapshot
+    sp = ln.split
+    mapping = snapshot.mapping(call.req.fixmedins_code, sp.medins_list_codg, on)
+    entry = snapshot.entry(sp.med_list_codg, on) if sp.med_list_codg else None
+    return {
+        "mdtrt_id": mdtrt_id,
+        "setl_id": setl_id,
+        "med_type": med_type,
+        "fee_ocur_time": moment(ln.fee_ocur_time),
+        **line_result(sp),
+        "hilist_code": sp.med_list_codg,
+        "hilist_name": entry.med_list_name if entry is not None else "",
+        "list_type": sp.list_type,
+        "med_list_codg": sp.med_list_codg,
+        "medins_list_codg": sp.medins_list_codg,
+        "medins_list_name": mapping.fixmedins_hilist_name if mapping is not None else "",
+        "hosp_appr_flag": ln.hosp_appr_flag or "",
+        "chrg_bchno": ln.chrg_bchno,
+    }
 
 
 # What a visit's calls kept as sent that 5201's row carries (texts only; the rest is the

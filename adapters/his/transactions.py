@@ -2,6 +2,7 @@
 
 from adapters.his import (
     catalog,
+    dictionary,
     inpatient,
     outpatient,
     person,
@@ -13,6 +14,7 @@ from adapters.his import (
 
 __all__ = [
     "catalog",
+    "dictionary",
     "inpatient",
     "outpatient",
     "person",

@@ -558,6 +558,24 @@ class In5203(Node):
     data: SettlementQuery | None = None
 
 
+class DictionaryQuery(Node):
+    """1901 字典表下载, in both spellings public clients send (binzhe `In1901`: parentValue,
+    valiFlag; openhis `Input_1901`: vali_Flag)."""
+
+    type: Code = None
+    parentValue: Code = None
+    parent_value: Code = None
+    admdvs: Code = None
+    date: Code = None
+    valiFlag: Code = None
+    vali_Flag: Code = None
+    vali_flag: Code = None
+
+
+class In1901(Node):
+    data: DictionaryQuery | None = None
+
+
 class TreatmentCheck(Node):
     """2001 人员待遇享受检查."""
 

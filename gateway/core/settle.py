@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from msgspec.structs import replace
 
-from gateway.core import eligibility
+from gateway.core import dictionaries, eligibility
 from gateway.core.catalog import Snapshot
 from gateway.core.eligibility import CATEGORY_OF, category_of
 from gateway.core.model import (
@@ -63,13 +63,16 @@ CVLSERV, LARGE_AMOUNT, CRITICAL_ILLNESS, ASSISTANCE, ACCOUNT = (
     "310200",
 )
 FUND_NAMES = {
-    EMPLOYEE_POOL: "城镇职工基本医疗保险统筹基金",
-    RESIDENT_POOL: "城乡居民基本医疗保险基金",
-    CVLSERV: "公务员医疗补助基金",
-    LARGE_AMOUNT: "大额医疗费用补助基金",
-    CRITICAL_ILLNESS: "城乡居民大病医疗保险基金",
-    ASSISTANCE: "医疗救助基金",
-    ACCOUNT: "城镇职工基本医疗保险个人账户基金",
+    code: dictionaries.label_of("fund_pay_type", code)
+    for code in (
+        EMPLOYEE_POOL,
+        RESIDENT_POOL,
+        CVLSERV,
+        LARGE_AMOUNT,
+        CRITICAL_ILLNESS,
+        ASSISTANCE,
+        ACCOUNT,
+    )
 }
 
 

@@ -24,23 +24,13 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
+from gateway.core import dictionaries
 from gateway.core.money import fen_text
 from gateway.ledger import clearing
 from gateway.ops import spreadsheet
 from gateway.protocol.errors import BadRequest
 
-MED_TYPE_NAMES = {
-    "11": "普通门诊",
-    "12": "门诊挂号",
-    "13": "急诊",
-    "14": "门诊慢特病",
-    "19": "意外伤害门诊",
-    "21": "普通住院",
-    "22": "外伤住院",
-    "23": "转外诊治住院",
-    "24": "急诊转住院",
-    "41": "定点药店购药",
-}
+MED_TYPE_NAMES = dictionaries.labels("med_type")
 MONEY_COLUMNS = (
     ("medfee_sumamt", "实际费用总额"),
     ("hifp_pay", "统筹基金"),

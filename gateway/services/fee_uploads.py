@@ -116,7 +116,7 @@ async def upload(conn: asyncpg.Connection, at: Uploading, a: FeeUpload) -> tuple
         else ln
         for ln in lines
     ]
-    splits = split_lines(at.snapshot, _visit(origin, mdtrt_id, enc), as_priced)
+    splits = split_lines(at.snapshot, upload_visit(origin.fixmedins_code, mdtrt_id, enc), as_priced)
     await fees.insert(conn, lines, origin.msgid)
     return splits
 
@@ -147,7 +147,7 @@ def upload_job(
             # Whether its closing settlement is in force is read on the single path: a
             # discharged stay's late charges are few, and the batch does not read it.
             raise Unavailable("住院费用明细上传需按单笔处理，请稍后重试")
-        splits = split_lines(at.snapshot, _visit(origin, mdtrt_id, enc), lines)
+        splits = split_lines(at.snapshot, upload_visit(origin.fixmedins_code, mdtrt_id, enc), lines)
         # `upload` learns this from the primary key; a settled line's number still does, and
         # then the batch fails whole and each request goes its own way (the same words).
         unsettled = {ln.feedetl_sn for ln in visit.unsettled}
@@ -310,10 +310,10 @@ def _against_visit(
             )
 
 
-def _visit(origin: Origin, mdtrt_id: str, enc: encounters.Encounter) -> Visit:
-    """The visit as an upload's splits read it."""
+def upload_visit(fixmedins_code: str, mdtrt_id: str, enc: encounters.Encounter) -> Visit:
+    """The visit as an upload's splits read it (and a query of its unsettled lines, 5204)."""
     return Visit(
-        fixmedins_code=origin.fixmedins_code,
+        fixmedins_code=fixmedins_code,
         mdtrt_id=mdtrt_id,
         med_type=enc.med_type,
         service_date=enc.begntime.date(),

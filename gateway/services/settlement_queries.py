@@ -8,10 +8,13 @@ from typing import TypeVar
 import asyncpg
 import msgspec
 
-from gateway.ledger import db, deferred, settlements
+from gateway.core.catalog import Snapshot
+from gateway.core.settle import split_lines
+from gateway.ledger import db, deferred, encounters, fees, settlements
 from gateway.ledger.settlements import Record as Record
+from gateway.ledger.settlements import SettledLine as SettledLine
 from gateway.protocol.errors import BadRequest, NotFound
-from gateway.services import cancellation
+from gateway.services import cancellation, fee_uploads
 
 ELSEWHERE_WAIT = 2.0  # seconds for a connection to another ledger database
 T = TypeVar("T")
@@ -110,6 +113,49 @@ async def settlement_info(
     )
 
 
+class VisitLine(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """A line of a visit's fee detail: the settlement in force that holds it ("" for a line
+    not settled yet, split as its upload was answered)."""
+
+    setl_id: str
+    line: settlements.SettledLine
+
+
+async def visit_fee_detail(
+    conn: asyncpg.Connection,
+    snapshot: Snapshot,
+    fixmedins_code: str,
+    mdtrt_id: str,
+    psn_no: str,
+) -> tuple[encounters.Encounter, list[VisitLine]]:
+    """5204 by 就诊ID alone: every line of the institution's visit, those of its settlements in
+    force (each split as settled) and those not settled (split as their upload was answered,
+    by the catalog in use). Found from outside: a HIS whose 5204 names the visit, the
+    settlement optional (binzhe `In5204`: mdtrt_id required, setl_id not), was refused."""
+    enc = await encounters.get(conn, mdtrt_id, fixmedins_code, psn_no=psn_no or None)
+    out: list[VisitLine] = []
+    for rec in reversed(await settlements.find(conn, fixmedins_code, mdtrt_id=enc.mdtrt_id)):
+        if rec.status != "settled" or not rec.setl_id:
+            continue
+        setl_id = rec.setl_id
+        out += [
+            VisitLine(setl_id=setl_id, line=ln)
+            for ln in await settlements.settled_lines(conn, setl_id)
+        ]
+    waiting = await fees.unsettled(conn, enc.mdtrt_id)
+    if waiting:
+        visit = fee_uploads.upload_visit(fixmedins_code, enc.mdtrt_id, enc)
+        for ln, split in zip(waiting, split_lines(snapshot, visit, waiting), strict=True):
+            line = settlements.SettledLine(
+                split=split,
+                fee_ocur_time=ln.fee_ocur_time,
+                chrg_bchno=ln.chrg_bchno,
+                hosp_appr_flag=ln.hosp_appr_flag,
+            )
+            out.append(VisitLine(setl_id="", line=line))
+    return enc, out
+
+
 async def replayed_from(
     conn: asyncpg.Connection, setl_id: str | None, elsewhere: Sequence[asyncpg.Pool] = ()
 ) -> cancellation.Replayed | None:
@@ -144,7 +190,7 @@ async def fee_detail(
     HIS that reads every settlement's lines back after 2207/2304 (nhis-web) was refused 5204
     and cancelled each settlement it had just made."""
     if not a.setl_id:
-        raise BadRequest("缺少必填字段结算ID setl_id")
+        raise BadRequest("结算ID setl_id与就诊ID mdtrt_id至少填写一项")
     rec = await settlement_info(conn, fixmedins_code, a, elsewhere)
     assert rec.setl_id is not None  # read back from the ledger
     setl_id = rec.setl_id

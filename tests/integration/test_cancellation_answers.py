@@ -141,9 +141,8 @@ async def test_5204_answers_a_settlements_lines_as_it_settled_them(server: Serve
     for got, before in zip(later["output"], lines, strict=True):
         assert {k: str(got[k]) for k in split} == {k: str(before[k]) for k in split}
         assert got["fee_ocur_time"] is None and got["chrg_bchno"] == "B1", got
-    # Refusals in the clerk's words: no 结算ID, a pair that does not match, none at all.
-    missing = await his.call("5204", {"data": {"psn_no": EMPLOYEE, "setl_id": "", "mdtrt_id": mdtrt_id}})  # fmt: skip
-    assert missing["infcode"] == -1 and "setl_id" in missing["err_msg"]
+    # Refusals in the clerk's words: a pair that does not match, none at all (no 结算ID is
+    # the visit's lines: the test below).
     other = await his.register(EMPLOYEE, "310", "2025-05-07 08:30:00", "MZ-5204-2")
     wrong = {"data": {"psn_no": EMPLOYEE, "setl_id": info["setl_id"], "mdtrt_id": other}}
     assert (await his.call("5204", wrong))["err_msg"].endswith("不对应，请核对后查询")
@@ -226,3 +225,57 @@ async def test_a_msgid_a_cancellation_used_is_told_as_a_cancellations(server: Se
     medins = again["setlinfo"]["medins_setl_id"]
     other = await his.call("2207", data, msgid=medins)
     assert f"medins_setl_id为{medins}的结算" in str(other["err_msg"]), other
+
+
+@pytest.mark.parametrize("setl_id", ["", None], ids=["empty", "null"])
+async def test_5204_by_the_visit_alone_answers_its_lines_settled_or_not(
+    server: Server, setl_id: str | None
+) -> None:
+    """Found from outside: a 5204 naming the visit with its 结算ID empty or null was refused
+    ("缺少必填字段结算ID"), where the interface's table makes the 就诊ID required and the
+    结算ID optional (binzhe12123/Medical `SY.Com.Medical.Model/SYB/XXCX/FY5204.cs`, `In5204`).
+    By the visit alone it answers every line of it: those its settlement in force settled,
+    with that settlement's id and split, and those not settled yet, split as their upload was
+    answered, with no 结算ID; a cancelled settlement's lines are unsettled again."""
+    his = server.client(HOSPITAL)
+    mdtrt_id = await his.register(EMPLOYEE, "310", "2025-05-07 08:30:00", f"MZ-5204-V{setl_id}")
+    await his.visit_info(mdtrt_id, EMPLOYEE, "11", "2025-05-07 08:30:00")
+    first = his.fee_rows(mdtrt_id, EMPLOYEE, BIG_LINES, "2025-05-07 08:40:00", "B1")
+    uploaded = (await his.ok("2204", {"feedetail": first}))["result"]
+    data = his.settle_data(EMPLOYEE, mdtrt_id, "11", BIG_TOTAL, "310", "0", chrg_bchno="B1")
+    info = (await his.ok("2207", data))["setlinfo"]
+    later_line = dict(BIG_LINES[0], feedetl_sn="9")
+    second = his.fee_rows(mdtrt_id, EMPLOYEE, [later_line], "2025-05-07 09:00:00", "B2")
+    waiting = (await his.ok("2204", {"feedetail": second}))["result"]
+    keys = {"data": {"psn_no": EMPLOYEE, "setl_id": setl_id, "mdtrt_id": mdtrt_id}}
+    lines = await _rows_5204(his, keys)
+    assert [(ln["feedetl_sn"], ln["setl_id"], ln["chrg_bchno"]) for ln in lines] == [
+        ("1", info["setl_id"], "B1"),
+        ("2", info["setl_id"], "B1"),
+        ("9", "", "B2"),
+    ]
+    split = ("det_item_fee_sumamt", "fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt",
+             "inscp_scp_amt", "selfpay_prop", "chrgitm_lv", "med_chrgitm_type")  # fmt: skip
+    for got, up in zip(lines, [*uploaded, *waiting], strict=True):
+        assert {k: str(got[k]) for k in split} == {k: str(up[k]) for k in split}
+        assert got["mdtrt_id"] == mdtrt_id and got["med_type"] == "11"
+    assert lines[2]["fee_ocur_time"] == "2025-05-07 09:00:00"
+    # Cancelled, the settlement's lines are the visit's unsettled lines again.
+    await his.ok("2208", {"data": {"setl_id": info["setl_id"], "mdtrt_id": mdtrt_id, "psn_no": EMPLOYEE}})  # fmt: skip
+    after = await _rows_5204(his, keys)
+    assert [(ln["feedetl_sn"], ln["setl_id"]) for ln in after] == [("1", ""), ("2", ""), ("9", "")]
+    # Another person's pair, and neither id, are refused in words.
+    other = {"data": {"psn_no": "441800000000000002", "setl_id": setl_id, "mdtrt_id": mdtrt_id}}
+    refused = await his.call("5204", other)
+    assert refused["infcode"] == -1 and "参保人不一致" in refused["err_msg"]
+    neither = await his.call("5204", {"data": {"psn_no": EMPLOYEE, "setl_id": setl_id}})
+    assert neither["infcode"] == -1
+    assert neither["err_msg"] == "结算ID setl_id与就诊ID mdtrt_id至少填写一项"
+
+
+async def _rows_5204(his: HisClient, keys: dict[str, Any]) -> list[dict[str, Any]]:
+    answer = await his.call("5204", keys)
+    assert answer["infcode"] == 0, answer["err_msg"]
+    rows = answer["output"]
+    assert isinstance(rows, list)
+    return rows
