@@ -303,9 +303,9 @@ async def _admitted(
             work.cancel()
             # Named by the request it answers (found from outside: counted and logged under
             # infno "unknown", no msgid, where the request had been read).
-            outcome = dispatch.released(gw, wait.infno or path_infno or "", wait.msgid)
+            outcome = dispatch.released(gw, wait.infno or path_infno or "", wait.msgid, wait.code)
         else:
-            outcome = dispatch.overdue(gw, wait.infno or path_infno or "", wait.msgid)
+            outcome = dispatch.overdue(gw, wait.infno or path_infno or "", wait.msgid, wait.code)
     finally:
         waits.end(wait)
     elapsed = time.perf_counter() - started

@@ -197,25 +197,48 @@ def settling(infno: str) -> bool:
     return tx is None or tx.klass is TxClass.SETTLEMENT
 
 
-def overdue(gw: Gateway, infno: str, msgid: str = "") -> Outcome:
+def overdue(gw: Gateway, infno: str, msgid: str = "", code: str = "") -> Outcome:
     """The answer to a request still stuck past its deadline; it counts as a dependency timeout."""
     settles = _settles(TRANSACTIONS.get(infno))
     _observe(
         gw, "", False, True, time.perf_counter() - gw.config.deadlines.call_seconds, MAIN, settles
     )
-    exc = Unavailable("医保结算服务响应超时，请使用相同报文ID重试；如持续失败请按应急预案处理")
+    words = "医保结算服务响应超时，请使用相同报文ID重试；如持续失败请按应急预案处理"
+    exc = Unavailable(_retry_words(gw, code, msgid, infno, words))
     return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, msgid, timeout=True)
 
 
-def released(gw: Gateway, infno: str, msgid: str = "") -> Outcome:
+def released(gw: Gateway, infno: str, msgid: str = "", code: str = "") -> Outcome:
     """The answer to a request waiting on a ledger whose breaker opened: as a deadline's, at
     once, and not counted again against the breaker that has just judged it. Its edge ends its
     work as a deadline would (gateway.app.server), so that nothing of it commits later beside the
     claim its retry becomes."""
-    exc = Unavailable(
-        "医保结算服务暂时不可用（数据库无响应），已启用应急预案，请立即使用相同报文ID重试"
-    )
+    words = "医保结算服务暂时不可用（数据库无响应），已启用应急预案，请立即使用相同报文ID重试"
+    if settling(infno):
+        # Its COMMIT may be on its way: this answer is no bill to take in cash; the retry's
+        # is (a claim), or says the outcome is pending.
+        words = "医保结算服务暂时不可用（数据库无响应），已启用应急预案：本次请勿按现金收费，请立即使用相同报文ID重试"
+    # Its own attempt is still at work until the cancel reaches it: only a doubt left by an
+    # earlier one changes the words.
+    exc = Unavailable(_retry_words(gw, code, msgid, infno, words, at_work=False))
     return Outcome(_fail(gw, dt.datetime.now(), exc), infno, Result.ERROR, msgid)
+
+
+def _retry_words(
+    gw: Gateway, code: str, msgid: str, infno: str, words: str, *, at_work: bool = True
+) -> str:
+    """A dependency's "retry the same msgid", or, where an attempt of the message may yet
+    commit, words that say its outcome is pending and, for a settlement, not to take cash.
+    Found from outside: a sale whose COMMIT hung was answered "…如持续失败请按应急预案处理" at
+    each deadline, which a pharmacy reads as "take the bill in cash", and then committed."""
+    if not msgid:
+        return words
+    key = (code, msgid)
+    if gw.attempts.in_doubt(key):
+        return IN_DOUBT_SETTLING_MSG if settling(infno) else IN_DOUBT_MSG
+    if at_work and gw.attempts.running(key) and settling(infno):
+        return STILL_SETTLING_MSG
+    return words
 
 
 def refused(
@@ -293,12 +316,12 @@ async def handle(
             elif run.writes:
                 if wait is not None:
                     wait.ledger = ledger.name  # its edge answers it if that ledger's breaker opens
-                    wait.infno, wait.msgid = req.infno, req.msgid
+                    wait.code, wait.infno, wait.msgid = req.fixmedins_code, req.infno, req.msgid
                 outcome = await _write(gw, run, req, institution, body, received, mode, ledger)
             else:
                 if wait is not None:
                     wait.ledger = ledger.name
-                    wait.infno, wait.msgid = req.infno, req.msgid
+                    wait.code, wait.infno, wait.msgid = req.fixmedins_code, req.infno, req.msgid
                 outcome = await _read(gw, run, req, institution, received, mode, ledger)
         outcome.terminal = terminal
     except Exception as exc:
@@ -669,7 +692,13 @@ def _failed(
         # "The same msgid": found from outside, a clerk told only "retry later" may send a new
         # msgid, and a request that did commit would then be paid twice.
         down = Unavailable(
-            "医保结算服务暂时不可用，请稍后使用相同报文ID重试；如持续失败请按应急预案处理"
+            _retry_words(
+                gw,
+                code,
+                req.msgid,
+                req.infno,
+                "医保结算服务暂时不可用，请稍后使用相同报文ID重试；如持续失败请按应急预案处理",
+            )
         )
         return Outcome(
             _fail(gw, received, down),

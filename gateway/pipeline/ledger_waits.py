@@ -21,13 +21,14 @@ import asyncio
 
 class Wait:
     """One request at the edge: the ledger it went to (set once its ledger is known, with the
-    request's infno and msgid, which its edge's own answer carries) and the future its edge
-    waits on, woken early when that ledger's breaker opens."""
+    request's institution, infno and msgid, which its edge's own answer carries and words by)
+    and the future its edge waits on, woken early when that ledger's breaker opens."""
 
-    __slots__ = ("infno", "ledger", "msgid", "released", "waiter")
+    __slots__ = ("code", "infno", "ledger", "msgid", "released", "waiter")
 
     def __init__(self) -> None:
         self.ledger: str | None = None
+        self.code = ""
         self.infno = ""
         self.msgid = ""
         self.waiter: asyncio.Future[None] | None = None

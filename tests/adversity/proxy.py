@@ -6,7 +6,8 @@ connections are accepted and never answered (clients wait for their timeouts), n
 `delay` adds latency each way; `drop()` resets the open connections. `freeze()` hangs the
 network the way a stalled path does: nothing is lost, bytes wait (new connections too) and are
 delivered in order, a closed side's end after them, at `thaw()`. `freeze_at(pattern)` freezes
-the network the moment the client sends bytes holding `pattern` (a COMMIT), before they pass.
+the network the moment the client sends bytes holding `pattern` (a COMMIT), before they pass;
+with `alone`, only the connection that sent them (the others go on) until `thaw()`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Proxy:
         self._thawed = asyncio.Event()
         self._thawed.set()
         self._freeze_at: bytes | None = None
+        self._alone = False
+        self._gates: list[asyncio.Event] = []  # connections frozen alone
         self.sent = 0  # chunks the client sent upstream (its messages, about one a round trip)
 
     async def start(self, port: int = 0) -> None:
@@ -42,8 +45,10 @@ class Proxy:
             await self._thawed.wait()
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             self._writers.add(up_writer)
-            a = asyncio.create_task(self._pipe(reader, up_writer, upstream=True))
-            b = asyncio.create_task(self._pipe(up_reader, writer))
+            gate = asyncio.Event()
+            gate.set()
+            a = asyncio.create_task(self._pipe(reader, up_writer, gate, upstream=True))
+            b = asyncio.create_task(self._pipe(up_reader, writer, gate))
             self._tasks |= {a, b}
             await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
             for t in (a, b):
@@ -62,7 +67,11 @@ class Proxy:
             pass
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        gate: asyncio.Event,
+        upstream: bool = False,
     ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
@@ -72,8 +81,13 @@ class Proxy:
                     self.sent += 1
                 if upstream and self._freeze_at is not None and self._freeze_at in data:
                     self._freeze_at = None
-                    self.freeze()
+                    if self._alone:
+                        gate.clear()
+                        self._gates.append(gate)
+                    else:
+                        self.freeze()
                 await self._thawed.wait()
+                await gate.wait()
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 writer.write(data)
@@ -91,11 +105,14 @@ class Proxy:
     def freeze(self) -> None:
         self._thawed.clear()
 
-    def freeze_at(self, pattern: bytes) -> None:
-        self._freeze_at = pattern
+    def freeze_at(self, pattern: bytes, alone: bool = False) -> None:
+        self._freeze_at, self._alone = pattern, alone
 
     def thaw(self) -> None:
         self._thawed.set()
+        for gate in self._gates:
+            gate.set()
+        self._gates.clear()
 
     def restore(self) -> None:
         for w in list(self._writers):

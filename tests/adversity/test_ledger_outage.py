@@ -1732,3 +1732,51 @@ async def test_a_sale_whose_commit_hangs_is_not_taken_as_a_claim_while_its_outco
             assert await srv.check_ledger() == []
         finally:
             await proxy.close()
+
+
+async def test_a_sale_whose_commit_hangs_alone_is_never_told_to_take_cash(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: only the connection carrying a sale's COMMIT hung (the breaker's
+    probe passed and every other till settled). Each of the till's retries waited out its
+    deadline and was answered "…如持续失败请按应急预案处理", which a pharmacy reads as "take
+    the bill in cash"; then the COMMIT landed and the account paid too. While an attempt of
+    the message may yet commit, every answer says the outcome is pending and not to take
+    cash; once it lands, the retry gets the sale. One effect: the sale."""
+    two_seconds = msgspec.structs.replace(CONFIG, deadlines=Deadlines(call_seconds=2.0))
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, two_seconds, serve_through=ledger, pool_min=6) as srv:
+        proxy = ledger.started()
+        pos = srv.client(PHARMACY)
+        try:
+            assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+            body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
+            msgid = msgspec.json.decode(body)["msgid"]
+            proxy.freeze_at(b"COMMIT", alone=True)
+            told: list[str] = []
+            for _ in range(3):  # the till retries the same msgid, as it is told
+                answer = decode((await pos.post_raw(body))[1])
+                assert answer["infcode"] != 0, answer
+                told.append(answer["err_msg"])
+            # Beside it, another till's sale settles on the ledger's other connections.
+            other = await pos.call("2102", _sale(pos, 2))
+            assert other["infcode"] == 0, other
+            assert not other["output"]["setlinfo"]["setl_id"].startswith("DF")
+            assert all("请勿按现金收费" in t for t in told), told
+            assert not any("按应急预案处理" in t for t in told), told
+            proxy.thaw()  # the COMMIT lands
+
+            async def answered() -> bool:
+                again = decode((await pos.post_raw(body))[1])
+                told.append(again["err_msg"])
+                return again["infcode"] == 0
+
+            await until(answered, within=30.0)
+            again = decode((await pos.post_raw(body))[1])
+            assert not again["output"]["setlinfo"]["setl_id"].startswith("DF"), again
+            assert await srv.fetchval("SELECT count(*) FROM deferred WHERE msgid = $1", msgid) == 0
+            settled = "SELECT count(*) FROM settlements WHERE psn_no = $1 AND status = 'settled'"
+            assert await srv.fetchval(settled, PERSONS[1]) == 1
+            assert await srv.check_ledger() == []
+        finally:
+            await proxy.close()
