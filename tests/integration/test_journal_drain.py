@@ -246,3 +246,39 @@ async def test_a_backlog_drains_in_fewer_round_trips_than_entries(
             "SELECT count(*) FROM idempotency WHERE fixmedins_code = $1", PHARMACY
         )
         assert answered == count
+
+
+async def test_a_replay_lock_granted_to_an_interrupted_ask_is_not_kept(
+    new_database: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher asks for the replay lock within its step's timeout. Interrupted after the
+    server granted it, the session lock stayed on a pooled connection, and every later
+    `deferred replay` waited for it in vain ("…已等待30秒仍未结束", seen in a loaded run). The
+    connection that asked is dropped instead: the lock is free for the next replay."""
+    from gateway.app.server import prepare_database
+    from gateway.ledger import db, deferred
+
+    dsn = await new_database("replaylock")
+    await prepare_database(Settings(dsn))
+    pool = await db.create_pool(dsn, min_size=1, max_size=1)
+    real = deferred.try_lock_replay
+
+    async def granted_then_interrupted(conn: Any) -> bool:
+        await real(conn)
+        raise asyncio.CancelledError
+
+    try:
+        monkeypatch.setattr(deferred, "try_lock_replay", granted_then_interrupted)
+        async with pool.acquire() as conn:
+            with pytest.raises(asyncio.CancelledError):
+                await replay._try_lock(conn)
+        monkeypatch.undo()
+        other = await db.create_pool(dsn, min_size=1, max_size=1)
+        try:
+            async with other.acquire() as elsewhere:
+                assert await real(elsewhere)  # free: the next replay takes it
+                await deferred.unlock_replay(elsewhere)
+        finally:
+            await other.close()
+    finally:
+        await pool.close()

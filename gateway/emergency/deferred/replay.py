@@ -339,7 +339,7 @@ async def apply_released_calls(
     if len(held) == len(codes):
         return 0, 0
     async with gw.pool.acquire() as lock_conn:
-        if not await deferred.try_lock_replay(lock_conn):
+        if not await _try_lock(lock_conn):
             return 0, 0  # another gateway, or `deferred replay`, is applying them
         try:
             done = await apply_calls(gw, held)
@@ -354,6 +354,18 @@ async def apply_released_calls(
             "deferred encounter calls applied", extra={"applied": done[0], "failed": done[1]}
         )
     return done
+
+
+async def _try_lock(lock_conn: asyncpg.Connection) -> bool:
+    """The replay lock, if free. Interrupted while asking (the watcher's step runs within a
+    timeout), the server may have granted it with no one to hear: the connection is dropped,
+    which frees it, rather than handed back to the pool holding a session lock that every
+    later replay would wait for in vain."""
+    try:
+        return await deferred.try_lock_replay(lock_conn)
+    except BaseException:
+        lock_conn.terminate()
+        raise
 
 
 # Calls, and the fixing of claims' lines, in the order the gateways received them: with several
@@ -619,7 +631,7 @@ async def replay(
     those failed here."""
     async with gw.pool.acquire() as lock_conn:
         deadline = time.monotonic() + wait
-        while not await deferred.try_lock_replay(lock_conn):
+        while not await _try_lock(lock_conn):
             if time.monotonic() >= deadline:
                 raise Conflict(
                     f"另一补结算（deferred replay）或网关补报就诊登记正在进行，已等待{wait:g}秒"
