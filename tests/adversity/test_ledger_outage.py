@@ -596,7 +596,7 @@ async def _gateway_connections(srv: Server) -> int:
 
 async def _sales_until_deferred(pos: HisClient) -> None:
     """One sale at a time until one is a deferred claim: the breaker opened. Every sale before
-    it was told "unavailable, retry" (never "internal error"), and there was at least one."""
+    it was told to retry the same msgid (never "internal error"), and there was at least one."""
     seen: list[str] = []
     for n in range(1, 9):
         answer = await pos.call("2102", _sale(pos, n))
@@ -606,7 +606,9 @@ async def _sales_until_deferred(pos: HisClient) -> None:
         seen.append(answer["err_msg"])
     else:
         raise AssertionError(f"no deferred claim after 8 sales: {seen}")
-    assert seen and all("暂时不可用" in text for text in seen), seen
+    # "Retry the same msgid" in the words of what is known: unavailable, or still at work (its
+    # batch not over: the outcome pending, no cash), never "internal error".
+    assert seen and all("相同报文ID重试" in text and "内部错误" not in text for text in seen), seen
 
 
 def _requests(infno: str, outcome: str) -> float:
