@@ -33,6 +33,12 @@ import redis
 
 from gateway.app.embedded import socket_dsn, start_embedded
 
+# The suite runs in Beijing time, as every gateway command does (gateway.app.cli.in_beijing_time):
+# the gateways it runs in process and those it starts as commands read one clock with its own
+# clients, whatever zone the machine keeps. Tests of another zone set TZ for what they start.
+os.environ["TZ"] = "CST-8"
+time.tzset()
+
 PG_PROBE = os.environ.get("GATEWAY_TEST_PG_PROBE", "127.0.0.1:5432")
 REDIS_PROBE = os.environ.get("GATEWAY_TEST_REDIS_PROBE", "127.0.0.1:6379")
 # A claimed Redis database stays claimed this long if its session dies without releasing it.

@@ -42,18 +42,9 @@ def as_local(value: dt.datetime) -> dt.datetime:
 BEIJING_OFFSET = dt.timedelta(hours=8)
 
 
-def zone_warning() -> str | None:
-    """What to tell the team when this process's local time is not Beijing time: found from
-    outside (twice), on a host kept in UTC a HIS's Beijing-time begntime was refused as in the
-    future and settlement days turned at 08:00. The gateway dates everything in its process's
-    local time (TZ); it says so at start rather than guess a zone."""
-    offset = dt.datetime.now().astimezone().utcoffset() or dt.timedelta(0)
-    if offset == BEIJING_OFFSET:
-        return None
-    return (
-        f"this process's local time is UTC{offset.total_seconds() / 3600:+g}; the national"
-        " interface's times are Beijing time (UTC+8): set TZ=Asia/Shanghai (or TZ=CST-8)"
-    )
+def local_offset() -> dt.timedelta:
+    """This process's local time's offset from UTC now."""
+    return dt.datetime.now().astimezone().utcoffset() or dt.timedelta(0)
 
 
 BEIJING = dt.timezone(BEIJING_OFFSET)

@@ -573,3 +573,41 @@ async def test_serve_with_a_journal_folder_it_cannot_write_says_so_and_stops(
     )  # fmt: skip
     assert code == 2, err
     assert "应急暂存目录/proc/no-such-folder/journal不可写" in err and "Traceback" not in err
+
+
+async def test_serve_started_in_another_zone_runs_in_beijing_time(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: a gateway started on a host kept in UTC warned and served in UTC:
+    a till's sale dated by its Beijing clock was refused as in the future, the settlement it
+    did take was stamped 8 hours back, and a cut-over window began 8 hours late. Started in
+    another zone, it runs in Beijing time, the national interface's, and says so."""
+    import datetime as dt
+
+    dsn = await _fresh(new_database, "zone")
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--port", str(port), "--database-url", dsn,
+            stdout=out, stderr=out, env={**os.environ, "TZ": "UTC"},
+        )  # fmt: skip
+    try:
+        await _ready(port, proc, log)
+        assert "it runs in Beijing time (TZ=CST-8)" in log.read_text(), log.read_text()
+        beijing = dt.timezone(dt.timedelta(hours=8))
+        now = dt.datetime.now(beijing).replace(tzinfo=None, microsecond=0)
+        async with aiohttp.ClientSession() as session:
+            pos = HisClient(session, f"http://127.0.0.1:{port}", "P44180000001")
+            drug = pos.drug_input("441800000000000001", f"{now:%Y-%m-%d %H:%M:%S}", "80.00", [
+                {"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2", "det_item_fee_sumamt": "80.00"}
+            ])  # fmt: skip
+            answer = await pos.call("2102", drug)
+            assert answer["infcode"] == 0, answer["err_msg"]
+            stamped = dt.datetime.strptime(
+                answer["output"]["setlinfo"]["setl_time"], "%Y-%m-%d %H:%M:%S"
+            )
+            assert abs(stamped - now) < dt.timedelta(minutes=2), (stamped, now)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)

@@ -842,8 +842,12 @@ async def test_seed_timetables_load_as_windows(server: Server) -> None:
     assert short.returncode == 2 and "原因“t”过短" in short.stderr, short.stderr
     assert "时间窗" not in short.stderr
     assert not json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)
-    cli("plan", "windows", "--load", "config/plan/windows.toml", "--reason", "导入切换公告时间表",
-        "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
+    loaded = cli("plan", "windows", "--load", "config/plan/windows.toml", "--reason", "导入切换公告时间表",
+                 "--operator", "duty", "--database-url", server.dsn)  # fmt: skip
+    # Past windows are loaded, each named as one that will not apply (found from outside: a
+    # window of a wrong year loaded without a word).
+    assert loaded.stderr.count("不会生效：请核对年份和日期") == 10, loaded.stderr
+    assert "第1个时间窗（清远切换" in loaded.stderr, loaded.stderr
     windows = json.loads(cli("plan", "windows", "--json", "--database-url", server.dsn).stdout)
     by_name = {w["name"]: w for w in windows}
     # 温州's 主动报 is of outpatient fees at local institutions; a stay discharged during the

@@ -75,16 +75,18 @@ def _run_in(zone: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
         ["shadow", "report", "--from", "2026-12-01", "--to", "2026-12-02"],
     ],
 )
-def test_a_command_that_dates_what_it_writes_warns_off_beijing_time(argv: list[str]) -> None:
+def test_a_command_that_dates_what_it_writes_runs_in_beijing_time(argv: list[str]) -> None:
     """Found from outside: `corrections apply` from a shell in UTC dated its re-settlements 8
-    hours behind the counter's, with nothing said; `serve` warned, these did not."""
+    hours behind the counter's, with nothing said; then a warning was all (and `serve` served
+    on in UTC). A command started in another zone runs in Beijing time, and says so."""
     off = _run_in("UTC", argv)
-    assert "warning: this process's local time is UTC+0" in off.stderr, off.stderr
-    assert "TZ=CST-8" in off.stderr
+    assert "note: this process's local time was UTC+0" in off.stderr, off.stderr
+    assert "it runs in Beijing time (TZ=CST-8)" in off.stderr
     beijing = _run_in("CST-8", argv)
-    assert "warning" not in beijing.stderr, beijing.stderr
+    assert "note" not in beijing.stderr and "warning" not in beijing.stderr, beijing.stderr
 
 
-def test_a_command_that_dates_nothing_does_not_warn() -> None:
+def test_a_command_that_dates_nothing_runs_in_beijing_time_too() -> None:
     done = _run_in("UTC", ["operators", "lockouts"])
     assert "warning" not in done.stderr, done.stderr
+    assert "it runs in Beijing time" in done.stderr, done.stderr

@@ -1,5 +1,6 @@
-"""The gateway dates in its process's local time; at start it warns when that is not Beijing
-time (found from outside: on a UTC host a Beijing-time begntime was refused as in the future)."""
+"""The gateway dates in its process's local time; a command started in another zone runs in
+Beijing time (found from outside: on a UTC host a Beijing-time begntime was refused as in the
+future, and then a warning at start was all)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.core.timestamps import zone_warning
+from gateway.app.cli import in_beijing_time
+from gateway.core.timestamps import local_offset
 from gateway.emergency.plan import store
 
 
@@ -26,20 +28,23 @@ def zone() -> Iterator[None]:
 
 
 @pytest.mark.parametrize(("tz", "shown"), [("UTC0", "UTC+0"), ("EST5", "UTC-5")])
-def test_a_process_not_on_beijing_time_is_warned(zone: None, tz: str, shown: str) -> None:
+def test_a_process_not_on_beijing_time_runs_in_it(zone: None, tz: str, shown: str) -> None:
     os.environ["TZ"] = tz
     time.tzset()
-    warning = zone_warning()
-    assert warning is not None and shown in warning and "TZ=Asia/Shanghai" in warning
+    note = in_beijing_time()
+    assert note is not None and shown in note and "TZ=CST-8" in note
+    assert os.environ["TZ"] == "CST-8" and local_offset() == dt.timedelta(hours=8)
+    assert in_beijing_time() is None  # once is enough
 
 
 @pytest.mark.parametrize("tz", ["CST-8", "Asia/Shanghai"])
-def test_beijing_time_is_not_warned(zone: None, tz: str) -> None:
+def test_beijing_time_is_left_as_it_is(zone: None, tz: str) -> None:
     os.environ["TZ"] = tz
     time.tzset()
     if tz == "Asia/Shanghai" and time.timezone != -8 * 3600:
         pytest.skip("this machine has no zone files")
-    assert zone_warning() is None
+    assert in_beijing_time() is None
+    assert os.environ["TZ"] == tz
 
 
 def test_a_rules_time_of_setting_is_given_in_local_time(zone: None) -> None:
