@@ -1706,7 +1706,6 @@ async def test_a_sale_whose_commit_hangs_is_not_taken_as_a_claim_while_its_outco
         try:
             assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
             body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
-            msgid = msgspec.json.decode(body)["msgid"]
             proxy.freeze_at(b"COMMIT")
             told: list[str] = []
             for _ in range(40):  # the till retries the same msgid, as it is told
@@ -1719,19 +1718,7 @@ async def test_a_sale_whose_commit_hangs_is_not_taken_as_a_claim_while_its_outco
             assert "请勿按现金收费" in told[-1], told
             assert sum("已提交医保结算数据库但未收到确认" in t for t in told) >= 3, told
             proxy.thaw()  # the COMMIT lands
-
-            async def answered() -> bool:
-                again = decode((await pos.post_raw(body))[1])
-                told.append(again["err_msg"])
-                return again["infcode"] == 0
-
-            await until(answered, within=30.0)
-            again = decode((await pos.post_raw(body))[1])
-            assert not again["output"]["setlinfo"]["setl_id"].startswith("DF"), again
-            assert await srv.fetchval("SELECT count(*) FROM deferred WHERE msgid = $1", msgid) == 0
-            settled = "SELECT count(*) FROM settlements WHERE psn_no = $1 AND status = 'settled'"
-            assert await srv.fetchval(settled, PERSONS[1]) == 1
-            assert await srv.check_ledger() == []
+            await _the_sale_stands_alone(srv, pos, body, PERSONS[1])
         finally:
             await proxy.close()
 
@@ -1753,7 +1740,6 @@ async def test_a_sale_whose_commit_hangs_alone_is_never_told_to_take_cash(
         try:
             assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
             body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
-            msgid = msgspec.json.decode(body)["msgid"]
             proxy.freeze_at(b"COMMIT", alone=True)
             told: list[str] = []
             for _ in range(3):  # the till retries the same msgid, as it is told
@@ -1767,18 +1753,24 @@ async def test_a_sale_whose_commit_hangs_alone_is_never_told_to_take_cash(
             assert all("请勿按现金收费" in t for t in told), told
             assert not any("按应急预案处理" in t for t in told), told
             proxy.thaw()  # the COMMIT lands
-
-            async def answered() -> bool:
-                again = decode((await pos.post_raw(body))[1])
-                told.append(again["err_msg"])
-                return again["infcode"] == 0
-
-            await until(answered, within=30.0)
-            again = decode((await pos.post_raw(body))[1])
-            assert not again["output"]["setlinfo"]["setl_id"].startswith("DF"), again
-            assert await srv.fetchval("SELECT count(*) FROM deferred WHERE msgid = $1", msgid) == 0
-            settled = "SELECT count(*) FROM settlements WHERE psn_no = $1 AND status = 'settled'"
-            assert await srv.fetchval(settled, PERSONS[1]) == 1
-            assert await srv.check_ledger() == []
+            await _the_sale_stands_alone(srv, pos, body, PERSONS[1])
         finally:
             await proxy.close()
+
+
+async def _the_sale_stands_alone(srv: Server, pos: HisClient, body: bytes, psn_no: str) -> None:
+    """Once a hung COMMIT has landed: the till's retry of its message gets the sale (not a
+    claim) within 30 s, no claim holds the message, the person has that one settlement, and the
+    ledger checks clean."""
+    msgid = msgspec.json.decode(body)["msgid"]
+
+    async def answered() -> bool:
+        return decode((await pos.post_raw(body))[1])["infcode"] == 0
+
+    await until(answered, within=30.0)
+    again = decode((await pos.post_raw(body))[1])
+    assert not again["output"]["setlinfo"]["setl_id"].startswith("DF"), again
+    assert await srv.fetchval("SELECT count(*) FROM deferred WHERE msgid = $1", msgid) == 0
+    settled = "SELECT count(*) FROM settlements WHERE psn_no = $1 AND status = 'settled'"
+    assert await srv.fetchval(settled, psn_no) == 1
+    assert await srv.check_ledger() == []
