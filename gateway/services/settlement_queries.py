@@ -130,7 +130,7 @@ async def visit_fee_detail(
 ) -> tuple[encounters.Encounter, list[VisitLine]]:
     """5204 by 就诊ID alone: every line of the institution's visit, those of its settlements in
     force (each split as settled) and those not settled (split as their upload was answered,
-    by the catalog in use). Found from outside: a HIS whose 5204 names the visit, the
+    by the catalog in use; a pharmacy's sale has none such). Found from outside: a HIS whose 5204 names the visit, the
     settlement optional (binzhe `In5204`: mdtrt_id required, setl_id not), was refused."""
     enc = await encounters.get(conn, mdtrt_id, fixmedins_code, psn_no=psn_no or None)
     out: list[VisitLine] = []
@@ -142,7 +142,10 @@ async def visit_fee_detail(
             VisitLine(setl_id=setl_id, line=ln)
             for ln in await settlements.settled_lines(conn, setl_id)
         ]
-    waiting = await fees.unsettled(conn, enc.mdtrt_id)
+    # A pharmacy's sale has no lines of its own outside its settlement: those of a cancelled
+    # sale can never be settled, and are not the visit's fees to settle (found from outside:
+    # listed as waiting, a phantom bill of the refunded amount).
+    waiting = [] if enc.kind == "pharmacy" else await fees.unsettled(conn, enc.mdtrt_id)
     if waiting:
         visit = fee_uploads.upload_visit(fixmedins_code, enc.mdtrt_id, enc)
         for ln, split in zip(waiting, split_lines(snapshot, visit, waiting), strict=True):

@@ -279,3 +279,22 @@ async def _rows_5204(his: HisClient, keys: dict[str, Any]) -> list[dict[str, Any
     rows = answer["output"]
     assert isinstance(rows, list)
     return rows
+
+
+async def test_5204_by_a_pharmacy_sales_visit_lists_no_line_once_the_sale_is_cancelled(
+    server: Server,
+) -> None:
+    """Found from outside: after a sale's 2103, 5204 by its 就诊ID listed the sale's line as
+    waiting to be settled, a phantom bill of the refunded amount (a sale has no lines outside
+    its settlement, and a cancelled one can never be settled)."""
+    pos = server.client("P44180000001")
+    drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", "80.00", [
+        {"feedetl_sn": "1", "medins_list_codg": "YP0003", "pric": "40", "cnt": "2", "det_item_fee_sumamt": "80.00"}
+    ])  # fmt: skip
+    sale = (await pos.ok("2102", drug))["setlinfo"]
+    keys = {"data": {"psn_no": EMPLOYEE, "setl_id": "", "mdtrt_id": sale["mdtrt_id"]}}
+    lines = await _rows_5204(pos, keys)
+    assert [(ln["feedetl_sn"], ln["setl_id"]) for ln in lines] == [("1", sale["setl_id"])]
+    ref = {"setl_id": sale["setl_id"], "mdtrt_id": sale["mdtrt_id"], "psn_no": EMPLOYEE}
+    await pos.ok("2103", {"data": ref})
+    assert await _rows_5204(pos, keys) == []
