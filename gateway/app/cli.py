@@ -47,7 +47,7 @@ from gateway.app.config import (
 from gateway.app.reference import load_reference
 from gateway.app.server import prepare_database
 from gateway.app.server import serve as serve_app
-from gateway.core.timestamps import BEIJING_OFFSET, local_offset
+from gateway.core.timestamps import beijing_all_year, local_offset
 from gateway.emergency.console import commands as console_commands
 from gateway.jobs import clearing, corrections
 from gateway.ledger import checker, db, idempotency, partitions, reference_store
@@ -667,13 +667,14 @@ def in_beijing_time() -> str | None:
     window began 8 hours late, a settlement taken during the stop; a warning at start was
     printed and the gateway served on. `CST-8` needs no zone files."""
     offset = local_offset()
-    if offset == BEIJING_OFFSET:
+    if beijing_all_year():
         return None
     os.environ["TZ"] = "CST-8"
     time.tzset()
     return (
-        f"this process's local time was UTC{offset.total_seconds() / 3600:+g}; the national"
-        " interface's times are Beijing time (UTC+8): it runs in Beijing time (TZ=CST-8)"
+        f"this process's local time was not Beijing time (UTC{offset.total_seconds() / 3600:+g}"
+        " now; Beijing time is UTC+8 all year), the national interface's: it runs in Beijing"
+        " time (TZ=CST-8)"
     )
 
 

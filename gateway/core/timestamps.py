@@ -47,6 +47,17 @@ def local_offset() -> dt.timedelta:
     return dt.datetime.now().astimezone().utcoffset() or dt.timedelta(0)
 
 
+def beijing_all_year() -> bool:
+    """Whether this process's local time is UTC+8 in winter and in summer alike (found from
+    outside: a zone of UTC+8 with summer time passed in December, and a July time given with
+    an offset was stored an hour late, on the next day)."""
+    year = dt.date.today().year
+    return all(
+        dt.datetime(year, month, 1, 12).astimezone().utcoffset() == BEIJING_OFFSET
+        for month in (1, 7)
+    )
+
+
 BEIJING = dt.timezone(BEIJING_OFFSET)
 
 

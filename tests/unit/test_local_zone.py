@@ -27,7 +27,10 @@ def zone() -> Iterator[None]:
     time.tzset()
 
 
-@pytest.mark.parametrize(("tz", "shown"), [("UTC0", "UTC+0"), ("EST5", "UTC-5")])
+@pytest.mark.parametrize(
+    ("tz", "shown"),
+    [("UTC0", "UTC+0 now"), ("EST5", "UTC-5 now"), ("CST-8CDT,M3.2.0,M11.1.0", "not Beijing")],
+)
 def test_a_process_not_on_beijing_time_runs_in_it(zone: None, tz: str, shown: str) -> None:
     os.environ["TZ"] = tz
     time.tzset()
