@@ -202,6 +202,11 @@ async def committing(
     sending()
     try:
         await tr.commit()
+    except asyncpg.PostgresConnectionError:
+        # The connection lost, or cut by the breaker's opening (asyncpg counts it among the
+        # server's errors): no answer came, the COMMIT may yet land (found from outside: taken
+        # for an answer, a cut COMMIT's retry became an all-cash claim, and then it landed).
+        raise
     except asyncpg.PostgresError:  # the server's own answer: rolled back
         answered()
         raise
