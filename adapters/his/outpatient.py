@@ -149,12 +149,12 @@ def _visit_info_job(
     a = _info_of(gw, req, institution, now)
     if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return None  # an id handed out while the ledger was down: the single path resolves it
-    return encounters.visit_info_job(req.fixmedins_code, a)
+    return encounters.visit_info_job(req.fixmedins_code, a, received=now)
 
 
 async def _visit_info(call: Call) -> Answer:
     info = _info_of(call.gw, call.req, call.institution, call.now)
-    await encounters.visit_info(call.conn, call.req.fixmedins_code, info)
+    await encounters.visit_info(call.conn, call.req.fixmedins_code, info, call.now)
     return Answer({})
 
 

@@ -739,7 +739,9 @@ def held_lines(claims: list[deferred.PendingClaim], fixmedins_code: str) -> list
             continue
         scope = claim_scope(request_of(c.body))
         lines = scope[1] if scope else fees.ALL
-        out.append(deferred.Held(c.claim_id, c.infno, lines, failed=c.failed))
+        out.append(
+            deferred.Held(c.claim_id, c.infno, lines, failed=c.failed, received_at=c.received_at)
+        )
     return out
 
 

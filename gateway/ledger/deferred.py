@@ -459,6 +459,7 @@ class Held:
     lines: str
     failed: bool = False  # replay could not settle it: the counter may withdraw it
     elsewhere: bool = False  # the old system's settlement (route_legacy), not a claim
+    received_at: dt.datetime | None = None  # when the gateway took the claim (None: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +477,7 @@ class PendingClaim:
     # The old system's settlement of these lines under route_legacy (claim_id its setl_id):
     # its lines as recorded, no body.
     elsewhere_lines: str | None = None
+    received_at: dt.datetime | None = None  # when the gateway took the claim
 
 
 async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> list[PendingClaim]:
@@ -489,7 +491,7 @@ async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> l
     backlog for as long as replay took)."""
     rows = await conn.fetch(
         "SELECT d.claim_id, d.fixmedins_code, d.mdtrt_id AS visit,"
-        " d.infno, d.body, d.status, NULL::text AS lines FROM deferred d"
+        " d.infno, d.body, d.status, NULL::text AS lines, d.received_at FROM deferred d"
         " WHERE d.kind = 'claim' AND d.status IN ('pending', 'failed') AND d.mdtrt_id <> ''"
         " AND d.mdtrt_id = ANY($1::text[])"
         " AND NOT EXISTS (SELECT 1 FROM deferred_ids i WHERE i.provisional_id = d.mdtrt_id)"
@@ -497,12 +499,12 @@ async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> l
         # join left to the planner walked every claim while deferred_ids looked empty to it).
         " UNION ALL SELECT d.claim_id, d.fixmedins_code,"
         " (SELECT i.mdtrt_id FROM deferred_ids i WHERE i.provisional_id = d.mdtrt_id),"
-        " d.infno, d.body, d.status, NULL FROM deferred d"
+        " d.infno, d.body, d.status, NULL, d.received_at FROM deferred d"
         " WHERE d.kind = 'claim' AND d.status IN ('pending', 'failed')"
         " AND d.mdtrt_id = ANY(ARRAY(SELECT i.provisional_id FROM deferred_ids i"
         " WHERE i.mdtrt_id = ANY($1::text[])))"
         " UNION ALL SELECT l.setl_id, l.fixmedins_code, l.mdtrt_id, l.infno, NULL, 'elsewhere',"
-        " l.lines FROM legacy_settlements l"
+        " l.lines, NULL FROM legacy_settlements l"
         " WHERE l.cancelled_at IS NULL AND l.mdtrt_id = ANY($1::text[])",
         mdtrt_ids,
     )
@@ -515,6 +517,7 @@ async def pending_on_visits(conn: asyncpg.Connection, mdtrt_ids: list[str]) -> l
             b"" if r["body"] is None else bytes(r["body"]),
             failed=r["status"] == "failed",
             elsewhere_lines=r["lines"],
+            received_at=r["received_at"],
         )
         for r in rows
     ]

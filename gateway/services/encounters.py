@@ -175,11 +175,17 @@ async def cancel_registration(conn: asyncpg.Connection, fixmedins_code: str, a: 
     await encounters.update(conn, enc.mdtrt_id, status="cancelled")
 
 
-def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = None) -> Job:
+def visit_info_job(
+    fixmedins_code: str,
+    a: VisitInfo,
+    mdtrt_id: str | None = None,
+    received: dt.datetime | None = None,
+) -> Job:
     """2203 as a build over the visit's locked state, whichever path runs it (the group commit,
     or `visit_info` alone): the outpatient visit's med_type and diagnosis; a chronic-disease
     visit only for a person filed for that disease. `mdtrt_id`: the visit a provisional id
-    sent as `a.mdtrt_id` became (the one locked and written)."""
+    sent as `a.mdtrt_id` became (the one locked and written); `received`: when the 2203 was
+    taken (a kept one applied later, its own time)."""
     real = mdtrt_id or a.mdtrt_id
 
     def build(held: Held, _mdtrt_serial: int, _setl_serial: int) -> Built:
@@ -203,7 +209,18 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
         changes = a.med_type != enc.med_type or (
             category is eligibility.CHRONIC and a.dise_codg != (enc.dise_codg or "")
         )
-        claim = next((c.claim_id for c in visit.claimed if not c.elsewhere), None)
+        # Only a claim taken before this 2203 holds the visit as it was: found from outside,
+        # a kept chronic visit's first 2203, applied after the outage, was refused for the
+        # claim its own 2207 had become later, and the claim then failed for want of it.
+        claim = next(
+            (
+                c.claim_id
+                for c in visit.claimed
+                if not c.elsewhere
+                and (received is None or c.received_at is None or c.received_at <= received)
+            ),
+            None,
+        )
         if changes and claim is not None:
             # A claim is settled at replay under the visit as it was taken (found from outside:
             # a 2203 changing the med_type under a pending claim was taken, and the claim failed
@@ -244,13 +261,18 @@ def visit_info_job(fixmedins_code: str, a: VisitInfo, mdtrt_id: str | None = Non
     )
 
 
-async def visit_info(conn: asyncpg.Connection, fixmedins_code: str, a: VisitInfo) -> None:
+async def visit_info(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    a: VisitInfo,
+    received: dt.datetime | None = None,
+) -> None:
     """2203 on the caller's transaction: its build as a batch of one."""
     # The med_type is judged before the visit is looked up, as the build judges it first: a
     # request wrong in both ways names the same fault whether or not its id is provisional.
     eligibility.category_for("outpatient", a.med_type, a.mdtrt_id)
     real = await encounters.real_id(conn, a.mdtrt_id, fixmedins_code)
-    await settle_alone(conn, visit_info_job(fixmedins_code, a, real))
+    await settle_alone(conn, visit_info_job(fixmedins_code, a, real, received))
 
 
 async def admit(

@@ -1167,3 +1167,48 @@ async def test_a_claim_of_a_batch_another_node_settled_fails_saying_its_cash_is_
         assert failed["claim_id"] == claim_id, ran.stdout
         assert "已另行结算" in failed["reason"] and "无需再收或退款" not in failed["reason"], failed
         assert f"以暂存结算单号{claim_id}办理撤销（退还现金）" in failed["reason"], failed
+
+
+@pytest.mark.parametrize(("med_type", "dise_codg"), [("14", "M07800"), ("13", "")])
+async def test_a_kept_visits_first_2203_is_applied_before_the_claim_its_2207_became(
+    new_database: Callable[..., Any], med_type: str, dise_codg: str
+) -> None:
+    """Found from outside: under `defer` for visits and settlements, a chronic visit's 2203
+    (its first, sent before the 2207) was applied after the outage and refused as a change of
+    med_type under the claim its own 2207 had become ("有应急预案暂存结算…不能更改医疗类别或
+    病种"); the claim then failed at replay for want of the disease, 7 of 7 (and an emergency
+    visit's 2203 was filed failed too). A claim taken after the 2203 does not hold the visit
+    against it: the 2203 is applied, and the claim replays at the visit's med_type."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        await _keep_the_hospitals_visits(srv)
+        day = "2026-05-07"
+        visit = await his.register(RETIREE, "310", f"{day} 08:30:00", f"MZ-KEPT-{med_type}")
+        assert visit.startswith("PV")
+        info = his.visit_info_input(visit, RETIREE, med_type, f"{day} 08:30:00", dise_codg)
+        await his.ok("2203", info)
+        rows = his.fee_rows(visit, RETIREE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        data = his.settle_data(
+            RETIREE, visit, med_type, OUTPATIENT_TOTAL, "310", "0", chrg_bchno="B1"
+        )
+        claim = (await his.ok("2207", data))["setlinfo"]["setl_id"]
+        assert claim.startswith("DF")
+        await _release_the_hospitals_visits(srv)
+        calls = await srv.fetch(
+            "SELECT infno, status FROM deferred WHERE kind = 'call' ORDER BY received_at, seq"
+        )
+        assert [(r["infno"], r["status"]) for r in calls] == [
+            ("2201", "applied"),
+            ("2203", "applied"),
+            ("2204", "applied"),
+        ]
+        _replayed(srv.dsn, settled=1)
+        settled = await srv.fetchrow(
+            "SELECT s.med_type, e.dise_codg FROM deferred d JOIN settlements s USING (setl_id)"
+            " JOIN encounters e ON e.mdtrt_id = s.mdtrt_id WHERE d.claim_id = $1",
+            claim,
+        )
+        assert settled is not None and settled["med_type"] == med_type, settled
+        assert (settled["dise_codg"] or "") == dise_codg
+        assert await srv.check_ledger() == []
