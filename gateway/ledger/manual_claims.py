@@ -357,8 +357,9 @@ async def stay_settled(
     """A stay of the person at the institution overlapping a manual claim's (`begntime` to
     `endtime`) that the funds already pay or will: a settlement in force of it (the counter's
     2303/2304, a 主动报 claim's replay, another manual claim's), or a 主动报 2304 claim of it
-    waiting to be replayed. (what: "settlement" or "claim", its id, the stay's admission and
-    discharge), or None."""
+    waiting to be replayed, or one whose cash the counter refunded (withdrawn, or its replayed
+    settlement cancelled). (what: "settlement", "claim", "withdrawn" or "settled" as `same_bill`
+    names them, its id, the stay's admission and discharge), or None."""
     row = await conn.fetchrow(
         "SELECT 'settlement' AS what, s.setl_id AS ref, e.begntime, e.endtime"
         " FROM encounters e JOIN settlements s ON s.mdtrt_id = e.mdtrt_id"
@@ -368,6 +369,14 @@ async def stay_settled(
         " UNION ALL SELECT 'claim', d.claim_id, e.begntime, e.endtime"
         f" FROM {deferred.CLAIM_WITH_VISIT}"
         " WHERE d.kind = 'claim' AND d.status = 'pending' AND d.infno = '2304'"
+        " AND d.psn_no = $1 AND d.fixmedins_code = $2 AND e.kind = 'inpatient'"
+        f" AND {_claim_overlaps_stay('$3::timestamp', '$4::timestamp', 'e.begntime', 'e.endtime')}"
+        # Its cash refunded at the counter, withdrawn or its replay cancelled: the stay is the
+        # hospital's to settle again, not the agency's (found from outside: a claim of it with
+        # one line less was reimbursed, past the exact-total check).
+        " UNION ALL SELECT d.status, d.claim_id, e.begntime, e.endtime"
+        f" FROM {deferred.CLAIM_WITH_VISIT}"
+        f" WHERE d.kind = 'claim' AND d.infno = '2304' AND {deferred.CASH_REFUNDED}"
         " AND d.psn_no = $1 AND d.fixmedins_code = $2 AND e.kind = 'inpatient'"
         f" AND {_claim_overlaps_stay('$3::timestamp', '$4::timestamp', 'e.begntime', 'e.endtime')}"
         " LIMIT 1",

@@ -471,6 +471,17 @@ def _record(rec: settlements.Record, _ctx: settlements.Context, _a: VisitAsk) ->
     return rec
 
 
+def _held_words(what: str, ref: str) -> str:
+    """A settlement or 主动报 claim a manual claim's bill is refused for, in the clerk's words
+    (what `store.same_bill` and `store.stay_settled` name it)."""
+    return {
+        "settlement": f"医保结算{ref}",
+        "claim": f"待补结算的暂存结算{ref}（主动报）",
+        "withdrawn": f"暂存结算{ref}（主动报，已由医疗机构撤销并退还现金）",
+        "settled": f"暂存结算{ref}（主动报，补结算后已由医疗机构撤销该结算并退还现金）",
+    }[what]
+
+
 async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, total: int) -> None:
     """A claim for a bill the funds already pay is refused before anything is written: the
     person's bill at the same institution, on the same day, of the same total, settled (at the
@@ -487,12 +498,7 @@ async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, to
     if found is None:
         return
     ref, what = found
-    held = {
-        "settlement": f"医保结算{ref}",
-        "claim": f"待补结算的暂存结算{ref}（主动报）",
-        "withdrawn": f"暂存结算{ref}（主动报，已由医疗机构撤销并退还现金）",
-        "settled": f"暂存结算{ref}（主动报，补结算后已由医疗机构撤销该结算并退还现金）",
-    }[what]
+    held = _held_words(what, ref)
     # Found from outside: a pending claim's words did not say it will be paid back by itself.
     waits = "该暂存结算待系统补结算后自动报销，无需零星报销；" if what == "claim" else ""
     raise Conflict(
@@ -505,7 +511,8 @@ async def _refuse_a_bill_paid_already(conn: asyncpg.Connection, claim: Claim, to
 async def _refuse_a_stay_paid_already(conn: asyncpg.Connection, claim: Claim) -> None:
     """An inpatient claim whose stay overlaps one of the person at the institution that the
     funds already pay (settled by the hospital, by a 主动报 claim's replay or as another claim)
-    or will (a 主动报 2304 claim waiting) is refused, whatever its total. Found from outside:
+    or will (a 主动报 2304 claim waiting), or whose 主动报 claim's cash the counter refunded
+    (withdrawn, or its replay cancelled), is refused, whatever its total. Found from outside:
     the agency reimbursed a stay the hospital had settled with another total (the exact-total
     check let it through), the funds paying one stay twice; the counter's side refuses the
     same overlap the other way round (`visit_settlement.refuse_reimbursed`)."""
@@ -517,7 +524,7 @@ async def _refuse_a_stay_paid_already(conn: asyncpg.Connection, claim: Claim) ->
     if found is None:
         return
     what, ref, begntime, endtime = found
-    held = f"医保结算{ref}" if what == "settlement" else f"待补结算的暂存结算{ref}（主动报）"
+    held = _held_words(what, ref)
     stay = f"{begntime:%Y-%m-%d %H:%M}至{f'{endtime:%Y-%m-%d %H:%M}' if endtime else '今'}"
     raise Conflict(
         f"参保人{claim.psn_no}在{claim.fixmedins_code}的住院（{stay}）已有{held}，与本受理的住院时间"

@@ -791,3 +791,50 @@ async def test_a_stay_waiting_as_a_deferred_claim_is_not_reimbursed_whatever_its
             await _settled_claim(agency, claim.claim_no)
         assert f"已有待补结算的暂存结算{claim_id}（主动报）" in str(refused.value)
         assert await counter.fetchval("SELECT count(*) FROM settlements") == 0
+
+
+@pytest.mark.parametrize("undone", ["withdrawn", "replayed-then-cancelled"])
+async def test_a_stay_whose_claim_the_counter_refunded_is_not_reimbursed_with_a_line_less(
+    new_database: Callable[..., Any], undone: str
+) -> None:
+    """Found from outside: a stay's 主动报 claim (2304 under `defer`) that the counter withdrew,
+    or whose replayed settlement it cancelled, its whole cash refunded, was then reimbursed by
+    the agency as a manual claim of one line less (the exact-total check let it through), and
+    the hospital could no longer settle the stay. 结算 is refused naming the claim, whatever
+    the claim's total, as for a stay the funds pay."""
+    from gateway.app.server import GATEWAY
+    from tests.integration.emergency_helpers import clear_rule, cli
+
+    async with running_gateway(new_database) as counter, ledger_on(counter.dsn) as agency:
+        his = counter.client(HOSPITAL)
+        stay = await _hospital_stay(
+            his, "2026-09-01 09:00:00", "ZY-REFUNDED-1", "2026-09-02", "2026-09-04 10:00:00"
+        )
+        scope = f"institution:{HOSPITAL}"
+        await set_rule(counter.dsn, scope, "settlement", "defer", "演练主动报")
+        assert counter.app is not None
+        await counter.app[GATEWAY].reload_plan(force=True)
+        data = his.settle_data(PERSON, stay, "21", "1637.50", "310", "0", mid_setl_flag="0")
+        claim = (await his.ok("2304", data))["setlinfo"]["setl_id"]
+        assert claim.startswith("DF")
+        await clear_rule(counter.dsn, scope, "settlement")
+        await counter.app[GATEWAY].reload_plan(force=True)
+        if undone == "withdrawn":
+            await his.ok("2305", {"data": {"setl_id": claim, "mdtrt_id": stay, "psn_no": PERSON}})
+            words = f"暂存结算{claim}（主动报，已由医疗机构撤销并退还现金）"
+        else:
+            cli("deferred", "replay", "--json", "--database-url", counter.dsn)
+            setl_id = await counter.fetchval(
+                "SELECT setl_id FROM deferred WHERE claim_id = $1", claim
+            )
+            await his.ok("2305", {"data": {"setl_id": setl_id, "mdtrt_id": stay, "psn_no": PERSON}})
+            words = f"暂存结算{claim}（主动报，补结算后已由医疗机构撤销该结算并退还现金）"
+        # BIG_LINES: the stay's bill less its third line (1625.00, not 1637.50).
+        less = await _reviewed_stay_claim(
+            agency, dt.datetime(2026, 9, 1), dt.datetime(2026, 9, 4), "FP-REFUNDED-1"
+        )
+        before = await counter.ledger_fingerprint()
+        with pytest.raises(Conflict) as refused:
+            await _settled_claim(agency, less.claim_no)
+        assert words in str(refused.value) and "疑为同一次住院重复报销" in str(refused.value)
+        assert await counter.ledger_fingerprint() == before
