@@ -690,7 +690,7 @@ async def test_a_settlement_undone_at_the_counter_mid_run_is_not_a_failure(
     reported it failed ("已冲正…视为未发生，无需撤销") and exited 1, over nothing left to
     correct. A target the counter undid since the targets were read is passed over as undone,
     written nowhere, and the run has no failure."""
-    item, psn = "YP8003", "441800000000000003"
+    item, psn = {"2208": "YP8006", "2601": "YP8007"}[undo], "441800000000000003"
     his = server.client(HOSPITAL)
     await his.ok("3301", _mapping(WRONG_CLASS_A, item))
     mdtrt_id, wrong = await _visit(server, psn, f"MZ-UNDONE-{undo}", item)
