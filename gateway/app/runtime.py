@@ -35,6 +35,7 @@ from gateway.pipeline.ledger_shares import LedgerShares, share_of
 from gateway.pipeline.ledger_waits import LedgerWaits
 from gateway.pipeline.ratelimit import Limiter
 from gateway.pipeline.recent_answers import RecentAnswers
+from gateway.pipeline.shared_doubts import SharedDoubts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -160,8 +161,12 @@ class Gateway:
         self.journal = Journal(settings.journal_dir)
         # Answers the ledger committed lately, for retries while it is out of reach.
         self.recent = RecentAnswers(config.journal.recent_answers)
-        # The writes at work against a ledger here, by message (gateway.pipeline.attempts).
-        self.attempts = Attempts()
+        # The writes at work against a ledger here, by message (gateway.pipeline.attempts), and
+        # those the host's other workers hold (gateway.pipeline.shared_doubts), beside the
+        # journal all of them share.
+        doubts = SharedDoubts(settings.journal_dir)
+        doubts.sweep()
+        self.attempts = Attempts(doubts)
         # Settlements committed in batches (None: each on its own, as the commands run them).
         # One group commit per ledger database: a batch is one transaction, in one database.
         self.groups = {

@@ -9,13 +9,17 @@ in flight here, and that attempt then committed the sale when the network healed
 paid in cash and the account paid too. So the emergency plan takes a write off the normal path
 (a claim, the old system) only when no attempt of the same message is still in flight in this
 process; otherwise the counter is told the outcome is pending and to retry the same msgid.
+
+The till's retry may reach another worker of the host (`gateway.pipeline.shared_doubts`): a
+message still at work when its till is told to retry, or left in doubt, is written where the
+host's workers look before taking a message off the ledger's path.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-Key = tuple[str, str]  # (fixmedins_code, msgid)
+from gateway.pipeline.shared_doubts import AT_WORK, IN_DOUBT, Key, SharedDoubts
 
 # Messages whose outcome is unknown kept at most (the oldest forgotten first): a till that never
 # retries leaves its message here, and a doubt only matters to the till's next retries.
@@ -34,12 +38,16 @@ class Attempts:
     all-cash claims and were committed too, the account and the cash both paying. Such a
     message stays at work until an attempt of it is answered by the ledger (`resolved`)."""
 
-    __slots__ = ("_doubts", "_running", "_sending")
+    __slots__ = ("_doubts", "_files", "_running", "_sending", "shared")
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedDoubts | None = None) -> None:
         self._running: dict[Key, int] = {}
         self._sending: set[Key] = set()
         self._doubts: OrderedDict[Key, None] = OrderedDict()
+        self.shared = shared
+        # Messages with a file in `shared` that this process knows of: True where it wrote the
+        # file (its own attempt), False where a sibling did.
+        self._files: dict[Key, bool] = {}
 
     def begin(self, key: Key) -> None:
         running = self._running
@@ -59,6 +67,13 @@ class Attempts:
             doubts.move_to_end(key)
             if len(doubts) > DOUBTS_KEPT:
                 doubts.popitem(last=False)
+            if self.shared is not None:
+                self.shared.mark(key, IN_DOUBT)
+                self._files[key] = True
+        elif self._files.get(key):  # told to retry while at work, and over without a doubt
+            del self._files[key]
+            if self.shared is not None:
+                self.shared.clear(key)
 
     def committing(self, key: Key) -> None:
         """The attempt's COMMIT is about to be sent."""
@@ -71,6 +86,33 @@ class Attempts:
     def resolved(self, key: Key) -> None:
         """The ledger answered an attempt of the message: whatever the doubt, it is over."""
         self._doubts.pop(key, None)
+        if self._files and key in self._files:  # here or in a sibling: over for every worker
+            del self._files[key]
+            if self.shared is not None:
+                self.shared.clear(key)
+
+    def told_to_retry(self, key: Key) -> None:
+        """Its till has been told to retry while an attempt of the message may yet commit here:
+        the retry may come to another worker, which must not take it as a claim meanwhile."""
+        if self.shared is None or self._files.get(key):
+            return
+        if key in self._doubts and key not in self._running:
+            self.shared.mark(key, IN_DOUBT)
+        elif key in self._running:
+            self.shared.mark(key, AT_WORK)
+        else:
+            return
+        self._files[key] = True
+
+    def elsewhere(self, key: Key) -> str | None:
+        """Whether another worker of the host holds the message at work (AT_WORK) or in doubt
+        (IN_DOUBT), by its file; None when none does (or nothing is shared)."""
+        if self.shared is None or self._files.get(key):
+            return None
+        held = self.shared.held(key)
+        if held is not None:
+            self._files[key] = False
+        return held
 
     def running(self, key: Key) -> bool:
         return key in self._running or key in self._doubts

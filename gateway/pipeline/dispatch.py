@@ -32,6 +32,7 @@ from gateway.pipeline.ledger_waits import Wait
 from gateway.pipeline.outcome import Outcome as Outcome
 from gateway.pipeline.outcome import Result as Result
 from gateway.pipeline.outcome import failure as failure
+from gateway.pipeline.shared_doubts import IN_DOUBT
 from gateway.protocol.errors import (
     BadRequest,
     Busy,
@@ -127,9 +128,12 @@ IN_DOUBT_MSG = (
 )
 
 
-def _still_at_work(gw: Gateway, req: Request) -> Unavailable:
-    """The refusal of a message an earlier attempt of which may yet commit, in its own words."""
-    if gw.attempts.in_doubt((req.fixmedins_code, req.msgid)):
+def _still_at_work(gw: Gateway, req: Request, held: str | None = None) -> Unavailable:
+    """The refusal of a message an earlier attempt of which may yet commit, in its own words
+    (`held`: as another worker's file says, where that worker holds it)."""
+    key = (req.fixmedins_code, req.msgid)
+    gw.attempts.told_to_retry(key)
+    if held == IN_DOUBT or (held is None and gw.attempts.in_doubt(key)):
         return Unavailable(IN_DOUBT_SETTLING_MSG if settling(req.infno) else IN_DOUBT_MSG)
     return Unavailable(STILL_SETTLING_MSG if settling(req.infno) else STILL_WORKING_MSG)
 
@@ -235,9 +239,18 @@ def _retry_words(
         return words
     key = (code, msgid)
     if gw.attempts.in_doubt(key):
+        gw.attempts.told_to_retry(key)
         return IN_DOUBT_SETTLING_MSG if settling(infno) else IN_DOUBT_MSG
-    if at_work and gw.attempts.running(key) and settling(infno):
-        return STILL_SETTLING_MSG
+    if at_work and gw.attempts.running(key):
+        # The retry may reach another worker while this attempt is still at work.
+        gw.attempts.told_to_retry(key)
+        if settling(infno):
+            return STILL_SETTLING_MSG
+    elif (held := gw.attempts.elsewhere(key)) is not None:
+        # Another worker of the host holds an attempt of it: its words, not "take cash".
+        if held == IN_DOUBT:
+            return IN_DOUBT_SETTLING_MSG if settling(infno) else IN_DOUBT_MSG
+        return STILL_SETTLING_MSG if settling(infno) else STILL_WORKING_MSG
     return words
 
 
@@ -433,6 +446,12 @@ async def _plan(
                 if gw.attempts.running(key):
                     # Another copy got past its look-up first, and is at work.
                     raise _still_at_work(gw, req)
+                held = gw.attempts.elsewhere(key)
+                if held is not None:
+                    # Another worker of the host holds it at work or in doubt (found from
+                    # outside: a till's retry reached another worker and was taken as an
+                    # all-cash claim while the first worker's COMMIT landed).
+                    raise _still_at_work(gw, req, held)
                 # At work while it is forwarded or journaled: another attempt of the message
                 # here is told to retry meanwhile (found from outside: under `route_legacy`,
                 # copies of one sale sent together were each forwarded to the old system, which

@@ -1,12 +1,17 @@
 """Attempts: which messages may still commit, and which are in doubt (their COMMIT sent, no
-reply) until the ledger answers an attempt of them."""
+reply) until the ledger answers an attempt of them; and what the host's other workers see of
+them."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import pytest
 
 from gateway.pipeline import attempts as attempts_module
 from gateway.pipeline.attempts import Attempts
+from gateway.pipeline.shared_doubts import AT_WORK, IN_DOUBT, KEPT_SECONDS, SUBDIR, SharedDoubts
 
 KEY = ("P44180000001", "P4418000000120261207000000001")
 
@@ -53,3 +58,77 @@ def test_the_oldest_doubts_are_forgotten_past_the_bound(monkeypatch: pytest.Monk
         at.committing(key)
         at.end(key)
     assert [at.in_doubt(k) for k in keys] == [False, True, True]
+
+
+# The host's workers share the journal's directory, and with it the messages each holds.
+
+
+def _workers(tmp_path: Path) -> tuple[Attempts, Attempts]:
+    return Attempts(SharedDoubts(tmp_path)), Attempts(SharedDoubts(tmp_path))
+
+
+def test_a_doubt_is_seen_by_the_other_workers_until_the_ledger_answers(tmp_path: Path) -> None:
+    first, second = _workers(tmp_path)
+    first.begin(KEY)
+    first.committing(KEY)
+    first.end(KEY)
+    assert second.elsewhere(KEY) == IN_DOUBT and not second.running(KEY)
+    second.resolved(KEY)  # the ledger answered the retry there: over for every worker
+    assert first.elsewhere(KEY) is None and Attempts(SharedDoubts(tmp_path)).elsewhere(KEY) is None
+
+
+def test_a_message_at_work_whose_till_was_told_to_retry_is_seen_elsewhere_until_it_ends(
+    tmp_path: Path,
+) -> None:
+    first, second = _workers(tmp_path)
+    first.begin(KEY)
+    assert second.elsewhere(KEY) is None  # at work, its till not answered yet: nothing written
+    first.told_to_retry(KEY)
+    assert second.elsewhere(KEY) == AT_WORK
+    first.committing(KEY)
+    first.end(KEY)  # its COMMIT unanswered: now in doubt
+    assert Attempts(SharedDoubts(tmp_path)).elsewhere(KEY) == IN_DOUBT
+    first.resolved(KEY)
+    assert Attempts(SharedDoubts(tmp_path)).elsewhere(KEY) is None
+
+
+def test_an_attempt_over_without_a_doubt_clears_what_it_told(tmp_path: Path) -> None:
+    first, second = _workers(tmp_path)
+    first.begin(KEY)
+    first.told_to_retry(KEY)
+    first.committing(KEY)
+    first.committed(KEY)
+    first.end(KEY)
+    assert second.elsewhere(KEY) is None
+    assert not any((tmp_path / SUBDIR).iterdir())
+
+
+def test_a_worker_never_reads_its_own_hold_as_another_workers(tmp_path: Path) -> None:
+    first, _ = _workers(tmp_path)
+    first.begin(KEY)
+    first.told_to_retry(KEY)
+    assert first.elsewhere(KEY) is None and first.running(KEY)
+
+
+def test_a_message_neither_at_work_nor_in_doubt_is_not_written(tmp_path: Path) -> None:
+    first, _ = _workers(tmp_path)
+    first.told_to_retry(KEY)
+    assert not (tmp_path / SUBDIR).exists()
+
+
+def test_a_msgid_of_any_text_is_a_file_name(tmp_path: Path) -> None:
+    first, second = _workers(tmp_path)
+    key = ("H44180000001", "../../etc/passwd\x00/ 医保")
+    first.begin(key)
+    first.committing(key)
+    first.end(key)
+    assert second.elsewhere(key) == IN_DOUBT and second.elsewhere(KEY) is None
+    assert [p.parent for p in (tmp_path / SUBDIR).iterdir()] == [tmp_path / SUBDIR]
+
+
+def test_old_files_are_swept(tmp_path: Path) -> None:
+    doubts = SharedDoubts(tmp_path)
+    doubts.mark(KEY, IN_DOUBT)
+    assert doubts.sweep() == 0 and doubts.held(KEY) == IN_DOUBT
+    assert doubts.sweep(now=time.time() + KEPT_SECONDS + 60) == 1
+    assert doubts.held(KEY) is None

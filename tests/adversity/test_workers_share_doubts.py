@@ -1,0 +1,109 @@
+"""Two workers of one host, as `serve --workers 2` runs them: a till's retry comes on a new
+connection, which the kernel may hand to the other worker. Found from outside: a sale whose
+COMMIT hung in one worker was retried into the other, which took it as an all-cash claim once
+its breaker opened, and the first worker's COMMIT then landed: the patient paid in cash and the
+account paid too. A message one worker holds at work or in doubt is seen by every worker sharing
+its journal's directory (`gateway.pipeline.shared_doubts`), and is not taken off the ledger's
+path there either."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from gateway.app.appkeys import GATEWAY
+from gateway.app.config import Breakers, LedgerBreaker
+from gateway.app.server import Settings, build_app
+from gateway.ledger.partitions import MAIN
+from tests.adversity.test_ledger_outage import (
+    CONFIG,
+    FAST_BREAKER,
+    PERSONS,
+    PHARMACY,
+    ProxiedLedger,
+    _sale,
+    _the_sale_stands_alone,
+    _through,
+)
+from tests.integration.conftest import Server, running_gateway
+from tests.integration.his_client import decode
+
+# The first worker's breaker stays closed while its COMMIT hangs (as a worker that saw only
+# that sale); the second's opens on its first hung call, as under an outage.
+PATIENT = msgspec.structs.replace(
+    CONFIG,
+    breakers=Breakers(postgres=LedgerBreaker(**{
+        **msgspec.structs.asdict(FAST_BREAKER), "consecutive_failures": 50, "min_calls": 500,
+        "probe_on_timeout": False,
+    })),
+)  # fmt: skip
+
+
+@asynccontextmanager
+async def _second_worker(dsn: str, journal: Path) -> AsyncIterator[Server]:
+    """Another gateway process's state over the same database and journal directory."""
+    settings = Settings(dsn, pool_max=8, pool_min=2, config=CONFIG, journal_dir=journal)
+    runner = web.AppRunner(build_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    session = aiohttp.ClientSession()
+    try:
+        yield Server(f"http://127.0.0.1:{runner.addresses[0][1]}", dsn, session, runner.app)
+    finally:
+        await session.close()
+        await runner.cleanup()
+
+
+async def test_a_sale_in_doubt_in_one_worker_is_not_taken_as_a_claim_in_another(
+    new_database: Callable[..., Any],
+) -> None:
+    journal = Path(tempfile.mkdtemp(prefix="gw-journal-"))
+    ledger = ProxiedLedger()
+    async with running_gateway(
+        new_database, PATIENT, serve_through=ledger, journal_dir=journal, pool_min=4
+    ) as first:
+        proxy = ledger.started()
+        try:
+            async with _second_worker(_through(first.dsn, proxy.port), journal) as second:
+                try:
+                    pos, other = first.client(PHARMACY), second.client(PHARMACY)
+                    assert second.app is not None
+                    breaker = second.app[GATEWAY].ledger_breaker(MAIN)
+                    assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+                    assert (await other.call("2102", _sale(other, 2)))["infcode"] == 0
+                    body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
+                    proxy.freeze_at(b"COMMIT")
+                    answer = decode((await pos.post_raw(body))[1])  # its deadline, COMMIT hung
+                    assert answer["infcode"] != 0 and "请勿按现金收费" in answer["err_msg"], answer
+                    told: list[str] = []
+                    opened = False
+                    for _ in range(12):  # the till's retries, each on the other worker
+                        answer = decode((await other.post_raw(body))[1])
+                        assert answer["infcode"] != 0, (answer["output"], told)  # no claim: no cash
+                        told.append(answer["err_msg"])
+                        opened = opened or breaker.is_open
+                        if opened and len(told) >= 3:
+                            break
+                        await asyncio.sleep(0.3)
+                    # Its retries met the other worker's breaker open, where a claim was taken.
+                    assert opened, told
+                    assert all("请勿按现金收费" in t for t in told), told
+                    proxy.thaw()  # the COMMIT lands
+                    await _the_sale_stands_alone(first, pos, body, PERSONS[1])
+                    # And the other worker, asked again, answers the sale too.
+                    again = decode((await other.post_raw(body))[1])
+                    assert again["infcode"] == 0, again
+                    assert not again["output"]["setlinfo"]["setl_id"].startswith("DF"), again
+                finally:
+                    proxy.thaw()  # a failure above must not leave the workers hung at their ends
+        finally:
+            await proxy.close()
