@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from gateway.app.catalog_versions import CatalogVersions
 from gateway.app.config import Settings
 from gateway.app.redis_link import close_redis, open_redis
 from gateway.app.reference import Reference, load_reference
@@ -58,6 +59,9 @@ def ledger_breaker_name(ledger: str) -> str:
 # How long a stop waits for the ledger connections still held (a settlement's work outlives its
 # HTTP handler by up to its deadline) before closing them: past that, a stop would hang.
 POOL_CLOSE_SECONDS = 15.0
+# A catch-up with another worker's catalog change that failed (the ledger unreadable) is not
+# tried again by every request meanwhile, only after this pause.
+CATCH_UP_PAUSE_SECONDS = 1.0
 plan_log = logging.getLogger("gateway.emergency.plan")
 
 
@@ -102,12 +106,15 @@ class Gateway:
     """
 
     __slots__ = (
+        "_catch_up",
+        "_catch_up_after",
         "_confirming",
         "_plan_states",
         "_refresh_lock",
         "attempts",
         "breakers",
         "catalog_poll_seconds",
+        "catalog_versions",
         "config",
         "groups",
         "journal",
@@ -152,6 +159,12 @@ class Gateway:
         self.redis = redis  # shared fan-out when configured; never required
         self.catalog_poll_seconds = settings.catalog_poll_seconds
         self._refresh_lock = asyncio.Lock()
+        # The catalog versions the host's workers ask of each other (gateway.app.catalog_versions)
+        # and this process's catching up with them: one refresh at a time, none again within
+        # CATCH_UP_PAUSE_SECONDS of one that failed.
+        self.catalog_versions = CatalogVersions(settings.journal_dir, settings.database_url)
+        self._catch_up: asyncio.Future[bool] | None = None
+        self._catch_up_after = 0.0
         self.plan = Plan(version=0)
         # What each scope/class was last exported as (None before the first plan is set): a
         # window opens and closes while the plan stays the same object, so a change is told
@@ -285,6 +298,7 @@ class Gateway:
     async def close(self) -> None:
         """Release what `start` opened; the background tasks are the caller's to stop first."""
         self.journal.close()
+        self.catalog_versions.close()
         if self.redis is not None:
             await close_redis(self.redis)
         await self.ledgers.close(POOL_CLOSE_SECONDS)
@@ -428,6 +442,35 @@ class Gateway:
             None, _retire, retired, self.config.deadlines.call_seconds * 2
         )
         return True
+
+    def catalog_changed(self, fixmedins_code: str) -> None:
+        """This process swapped in an institution's catalog change, about to be answered: the
+        host's other workers price that institution's next requests with it too."""
+        self.catalog_versions.raise_to(fixmedins_code, self.snapshot.version)
+
+    async def catch_up_catalog(self, fixmedins_code: str) -> None:
+        """Before a request of this institution is priced: the snapshot another worker of the
+        host answered a change of its catalog with, if this one is older. Waits at most half a
+        deadline; a ledger that cannot be read leaves the snapshot as it is (the breaker and
+        the poll take it from there)."""
+        wanted = self.catalog_versions.wanted(fixmedins_code)
+        if wanted <= self.snapshot.version:
+            return
+        loop = asyncio.get_running_loop()
+        refresh = self._catch_up
+        if refresh is None or refresh.done():
+            if loop.time() < self._catch_up_after:
+                return
+            refresh = self._catch_up = asyncio.ensure_future(self.refresh_catalog())
+        try:
+            await asyncio.wait_for(asyncio.shield(refresh), self.config.deadlines.call_seconds / 2)
+        except Exception:  # whatever failed, the request goes on as before
+            self._catch_up_after = loop.time() + CATCH_UP_PAUSE_SECONDS
+            log.warning("catalog not caught up with another worker's change", exc_info=True)
+            return
+        if self.snapshot.version < wanted:
+            # The ledger holds less than asked: the slot outlived a database made afresh.
+            self.catalog_versions.lower_to(fixmedins_code, self.snapshot.version)
 
     async def watch_catalog(self) -> None:
         """Poll the reference version; runs for the life of the process."""

@@ -396,6 +396,11 @@ async def _admit(
     institution = gw.snapshot.institution(req.fixmedins_code)
     if institution is None:
         raise BadRequest(f"定点医药机构编号{req.fixmedins_code}未登记，请核对机构编号")
+    if gw.catalog_versions.wanted(req.fixmedins_code) > gw.snapshot.version:
+        # Another worker of the host answered a change of this institution's catalog that this
+        # one's snapshot does not hold yet (gateway.app.catalog_versions).
+        await gw.catch_up_catalog(req.fixmedins_code)
+        institution = gw.snapshot.institution(req.fixmedins_code) or institution
     # The limiter stays ahead of the journal look-up: its refusal says "retry the same msgid",
     # which is true for a retry too, and a retry storm must not reach the ledger it protects.
     await gw.limiter.admit(req.fixmedins_code, terminal)
@@ -973,6 +978,7 @@ async def _journaled(
                 # Committed: this process sees it at once, the others on the announcement
                 # (Redis) or within a poll (≤ 1 s).
                 await gw.refresh_catalog()
+                gw.catalog_changed(code)  # the host's other workers, before the answer
                 await gw.announce_catalog_change()
             return Outcome(
                 out, req.infno, Result.OK, msgid, code, paid=answer.paid, mismatch=answer.mismatch

@@ -153,6 +153,31 @@ async def running_gateway(
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def another_worker(
+    dsn: str, journal_dir: Path, config: GatewayConfig = GENEROUS, **settings: Any
+) -> AsyncIterator[Server]:
+    """Another gateway process's state over `dsn` (the first's, as `serve_through` gave it) and
+    the same journal directory, as `serve --workers 2` runs them on one host; its own port."""
+    runner = web.AppRunner(
+        build_app(
+            Settings(
+                dsn, pool_max=8, pool_min=2, config=config, journal_dir=journal_dir, **settings
+            )
+        ),
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    session = aiohttp.ClientSession()
+    try:
+        yield Server(f"http://127.0.0.1:{runner.addresses[0][1]}", dsn, session, runner.app)
+    finally:
+        await session.close()
+        await runner.cleanup()
+
+
 @pytest.fixture(scope="module")
 async def server(new_database: Callable[..., Any]) -> AsyncIterator[Server]:
     """A gateway of the module's own, over a fresh database."""

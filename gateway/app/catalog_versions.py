@@ -1,0 +1,111 @@
+"""Which catalog version each institution's requests need, shared by the workers of one host.
+
+A 3301 is answered once its process has swapped in the new snapshot; the host's other workers
+hear of it by Redis's announcement or their poll, and rebuild theirs, which takes a while. Found
+from outside: with two workers, sales sent right after a 3301 was answered, and handed by the
+kernel to the other worker, were settled on the replaced mapping (a class-03 item priced as
+class 01), and the ledger kept them so.
+
+So the process that answers a catalog change writes the snapshot version that holds it in the
+institution's slot of a small file every worker maps (beside the journal, which the workers of
+a host share), before it answers. Each request reads its institution's slot (one look into
+shared memory), and a worker whose snapshot is older catches up before it prices anything of
+that institution; the other institutions' requests go on with the snapshot they have.
+
+Institutions share a slot by hash: a change of one makes its neighbours' next requests wait for
+the same catch-up, never miss it. Another host's workers still hear of a change by Redis or the
+poll, as before.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("gateway.app.catalog_versions")
+
+SLOTS = 4096
+_SLOT = struct.Struct("<q")
+SIZE = SLOTS * _SLOT.size
+
+
+class CatalogVersions:
+    """The shared slots of one ledger (the file is named by its database, so that a journal
+    directory kept across databases never holds another one's versions)."""
+
+    def __init__(self, journal_dir: Path, database_url: str) -> None:
+        self._map: mmap.mmap | None = None
+        self._fd = -1
+        self._slots: dict[str, int] = {}
+        name = hashlib.sha256(database_url.encode()).hexdigest()[:16]
+        self.path = journal_dir / f"catalog-versions-{name}"
+        try:
+            journal_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    if os.fstat(fd).st_size < SIZE:
+                        os.ftruncate(fd, SIZE)  # zeros: no change asked of anyone
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                self._map = mmap.mmap(fd, SIZE)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+        except OSError:
+            # A read-only directory (a command run elsewhere): this process neither tells nor
+            # hears; Redis and the poll still carry changes.
+            log.warning("catalog versions not shared with other workers (%s)", self.path)
+
+    def _slot(self, fixmedins_code: str) -> int:
+        slot = self._slots.get(fixmedins_code)
+        if slot is None:
+            slot = (zlib.crc32(fixmedins_code.encode()) % SLOTS) * _SLOT.size
+            if len(self._slots) < 100_000:  # codes are checked against the snapshot first
+                self._slots[fixmedins_code] = slot
+        return slot
+
+    def wanted(self, fixmedins_code: str) -> int:
+        """The least snapshot version this institution's requests may be priced with."""
+        if self._map is None:
+            return 0
+        value: int = _SLOT.unpack_from(self._map, self._slot(fixmedins_code))[0]
+        return value
+
+    def raise_to(self, fixmedins_code: str, version: int) -> None:
+        """Requests of this institution need at least `version` from now on, in every worker."""
+        self._store(fixmedins_code, version, lambda old: version > old)
+
+    def lower_to(self, fixmedins_code: str, version: int) -> None:
+        """The slot asks for more than the ledger has (a database made afresh under the same
+        name): what the ledger has is what may be asked."""
+        self._store(fixmedins_code, version, lambda old: version < old)
+
+    def _store(self, fixmedins_code: str, version: int, replaces: Callable[[int], bool]) -> None:
+        if self._map is None:
+            return
+        slot = self._slot(fixmedins_code)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # one writer at a time: a lower value never wins
+        try:
+            old: int = _SLOT.unpack_from(self._map, slot)[0]
+            if replaces(old):
+                _SLOT.pack_into(self._map, slot, version)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
