@@ -369,7 +369,7 @@ def payouts_owed(args: argparse.Namespace) -> int:
             {
                 **r,
                 "amount": fen_text(r.pop("amount_fen")),
-                "created_at": r["created_at"].isoformat(),
+                "created_at": r["created_at"].astimezone().isoformat(),
             }
             for r in rows
         ]

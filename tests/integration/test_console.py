@@ -333,3 +333,30 @@ async def test_a_change_waits_a_bounded_time_for_the_plans_locks_and_the_same_ru
     assert await server.fetchval(kept) == "reject"
     status, _ = await _post(server, "/api/plan/rules/clear", token, {**rule, "reason": "演练结束"})
     assert status == 200
+
+
+async def test_the_apis_times_are_in_the_gateways_local_time_as_the_plans_are(
+    server: Server,
+) -> None:
+    """Found from outside: /api/audit and the log-in's expires_at were in UTC, /api/plan's
+    set_at in local time, so a duty officer comparing an audit row with the rule it set saw
+    eight hours between them. Every time the console's API gives carries the local offset."""
+    local = dt.datetime.now().astimezone().strftime("%z")
+    offset = f"{local[:3]}:{local[3:]}"
+    async with server.session.post(server.url + "/api/console/login", json=OPERATOR) as r:
+        login = await r.json()
+    assert login["expires_at"].endswith(offset), login
+    token = login["token"]
+    rule = {"scope": "region:520500", "class": "catalog", "action": "reject", "reason": "时区"}
+    status, body = await _post(server, "/api/plan/rules", token, rule)
+    assert status == 200, body
+    set_at = next(r["set_at"] for r in body["rules"] if r["scope"] == "region:520500")
+    async with server.session.get(
+        server.url + "/api/audit?limit=1", headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        latest = (await r.json())[0]
+    assert latest["at"].endswith(offset), latest
+    # The same moment, to the second, in both.
+    assert latest["at"].replace("T", " ")[:19] == set_at[:19], (latest["at"], set_at)
+    status, body = await _post(server, "/api/plan/rules/clear", token, {**rule, "reason": "结束"})
+    assert status == 200, body

@@ -525,7 +525,7 @@ async def api_login(request: web.Request) -> web.Response:
         {
             "token": session.token,
             "role": session.role,
-            "expires_at": session.expires_at.isoformat(),
+            "expires_at": session.expires_at.astimezone().isoformat(),  # local, as the plan's
         }
     )
 

@@ -545,7 +545,7 @@ async def _payouts_overview(ledgers: Partitions) -> dict[str, Any]:
                 "count": b.line_count,
                 "total": fen_text(b.total_fen),
                 "created_by": b.created_by,
-                "created_at": b.created_at.isoformat(),
+                "created_at": b.created_at.astimezone().isoformat(),
             }
             for b in await agency_ledgers.batches(ledgers)
         ],
