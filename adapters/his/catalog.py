@@ -287,8 +287,8 @@ async def query_mappings(call: Call) -> Answer:
             "insu_admdvs": call.institution.admdvs,
             "list_type": row[0].list_type,
             "med_list_codg": row[0].med_list_codg,
-            "begndate": _day_time(row[0].begndate),
-            "enddate": _day_time(row[1]),  # the last day a settlement uses it
+            "begndate": _day_time(row[1]),  # the first day of the period a settlement uses it
+            "enddate": _day_time(row[2]),  # and the last
             "vali_flag": filters.vali_flag or "1",  # "0": superseded, never used
         },
     )

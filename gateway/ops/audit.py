@@ -141,8 +141,7 @@ async def recent(conn: asyncpg.Connection, limit: int = 50) -> list[dict[str, An
     """The latest rows, newest first, for the console."""
     rows = await audit_log.latest(conn, limit)
     return [
-        {"audit_id": r.audit_id, "at": r.at.astimezone().isoformat(), **_fields(r)}
-        for r in rows
+        {"audit_id": r.audit_id, "at": r.at.astimezone().isoformat(), **_fields(r)} for r in rows
     ]
 
 

@@ -73,11 +73,10 @@ def catalog(snapshot: Snapshot, q: CatalogQuery) -> list[CatalogEntry]:
 
 def mappings(
     snapshot: Snapshot, fixmedins_code: str, q: CatalogQuery
-) -> list[tuple[Mapping, dt.date]]:
-    """1317: the asking institution's own mappings, never another's: those a settlement uses
-    (on the query's date, or, without one, on some day), each with the last day it is used
-    (its enddate, or the day before a later upload replaces it); or, asked for invalid rows
-    (vali_flag 0), those it never uses, with their own enddate."""
+) -> list[tuple[Mapping, dt.date, dt.date]]:
+    """1317: the asking institution's own mappings, never another's: each period a settlement
+    uses one (on the query's date, or, without one, every period), with its first and last day;
+    or, asked for invalid rows (vali_flag 0), those it never uses, with their own dates."""
     owner = q.fixmedins_code or fixmedins_code
     if owner != fixmedins_code:
         raise BadRequest("只能查询本机构的目录对照")
@@ -85,42 +84,59 @@ def mappings(
     on = _query_day(q)
     items: dict[str, list[Mapping]] = {}
     for m in snapshot.mappings:
-        if m.fixmedins_code == owner:
+        if m.fixmedins_code == owner and _match(m.medins_list_codg, q.medins_list_codg):
             items.setdefault(m.medins_list_codg, []).append(m)
-    rows = [
-        m
-        for code, held in items.items()
-        if _match(code, q.medins_list_codg)
-        for m in held
-        if (not name or name in m.fixmedins_hilist_name)
-        and _match(m.list_type, q.list_type)
-        and _match(m.med_list_codg, q.med_list_codg)
-        and (on is None or m.begndate <= on <= m.enddate)
-    ]
-
-    def used(m: Mapping) -> bool:
-        # On a date, the row a settlement uses, not every row whose dates cover it: found from
-        # outside, an item uploaded twice (the later upload from an earlier begndate) showed
-        # both rows valid, and a HIS that sent the other row's code had its sale refused as
-        # "目录对照不一致". Without a date, a row superseded from its first day (a later upload
-        # from the same or an earlier begndate) is never used: found from outside, it was
-        # listed valid beside the row that replaced it.
-        return snapshot.mapping(owner, m.medins_list_codg, on or m.begndate) is m
-
-    def last_day(m: Mapping) -> dt.date:
-        # Found from outside: a row replaced from a later day was listed to 2099 beside the row
-        # replacing it, two valid rows for one item to a client mirroring the table.
-        later = [
-            r.begndate
-            for r in items[m.medins_list_codg]
-            if r.begndate > m.begndate
-            and snapshot.mapping(owner, r.medins_list_codg, r.begndate) is r
-        ]
-        return min([m.enddate, *(d - dt.timedelta(days=1) for d in later)])
-
     invalid = q.vali_flag == "0"
-    listed = [(m, m.enddate if invalid else last_day(m)) for m in rows if used(m) != invalid]
-    return sorted(listed, key=lambda row: (row[0].medins_list_codg, row[0].begndate))
+    listed: list[tuple[Mapping, dt.date, dt.date]] = []
+    for code, held in items.items():
+        periods = _periods(snapshot, owner, code, held)
+        if invalid:
+            # Never used: a later upload replaced it from its first day (found from outside:
+            # it was listed valid beside the row that replaced it).
+            used = {id(m) for m, _, _ in periods}
+            listed += [(m, m.begndate, m.enddate) for m in held if id(m) not in used]
+        else:
+            listed += [
+                (m, first, last) for m, first, last in periods if on is None or first <= on <= last
+            ]
+    return sorted(
+        (
+            row
+            for row in listed
+            if (not name or name in row[0].fixmedins_hilist_name)
+            and _match(row[0].list_type, q.list_type)
+            and _match(row[0].med_list_codg, q.med_list_codg)
+        ),
+        key=lambda row: (row[0].medins_list_codg, row[1]),
+    )
+
+
+def _periods(
+    snapshot: Snapshot, owner: str, code: str, held: list[Mapping]
+) -> list[tuple[Mapping, dt.date, dt.date]]:
+    """The periods in which a settlement uses each of an item's rows, in order: the row the
+    snapshot picks on each day, runs of the same row joined. Found from outside: a row replaced
+    for five days by an upload with an enddate was listed as ending the day before them, though
+    settlements used it again from the sixth day, and a HIS mirroring the table from 1317 would
+    take the item for unmapped after them; and, before, a row replaced from a later day was
+    listed to 2099 beside the row replacing it."""
+    one_day = dt.timedelta(days=1)
+    starts = {m.begndate for m in held} | {
+        m.enddate + one_day for m in held if m.enddate < dt.date.max
+    }
+    last_of_all = max(m.enddate for m in held)
+    days = sorted(d for d in starts if d <= last_of_all)
+    periods: list[tuple[Mapping, dt.date, dt.date]] = []
+    for i, first in enumerate(days):
+        last = days[i + 1] - one_day if i + 1 < len(days) else last_of_all
+        used = snapshot.mapping(owner, code, first)
+        if used is None:
+            continue
+        if periods and periods[-1][0] is used and periods[-1][2] + one_day == first:
+            periods[-1] = (used, periods[-1][1], last)
+        else:
+            periods.append((used, first, last))
+    return periods
 
 
 def caps(snapshot: Snapshot, q: CatalogQuery) -> list[PriceCap]:

@@ -769,6 +769,37 @@ async def test_1317_on_a_date_lists_the_row_a_settlement_uses(server: Server) ->
     assert [(r["med_list_codg"], r["vali_flag"]) for r in never["data"]] == [(WRONG_CLASS_A, "0")]
 
 
+async def test_1317_lists_a_mapping_again_for_the_days_after_a_bounded_replacement(
+    server: Server,
+) -> None:
+    """Found from outside: a row replaced for five days by an upload with an enddate was listed
+    by 1317 as ending the day before them, on a query dated after them too, though settlements
+    used it again from the sixth day: a HIS mirroring its table from 1317 would take the item
+    for unmapped after the five days. 1317 lists each period a settlement uses a row."""
+    his = server.client(HOSPITAL)
+    item = "ZZ1318"
+    await his.ok("3301", _mapping(CLASS_B, item, "2026-01-01"))
+    window = _mapping(WRONG_CLASS_A, item, "2026-12-01")
+    window["data"]["enddate"] = "2026-12-05"
+    await his.ok("3301", window)
+    query = {"medins_list_codg": item, "page_num": 1, "page_size": 10}
+    every = await his.ok("1317", {"data": query})
+    assert [(r["med_list_codg"], r["begndate"], r["enddate"]) for r in every["data"]] == [
+        (CLASS_B, "2026-01-01 00:00:00", "2026-11-30 00:00:00"),
+        (WRONG_CLASS_A, "2026-12-01 00:00:00", "2026-12-05 00:00:00"),
+        (CLASS_B, "2026-12-06 00:00:00", "2099-12-31 00:00:00"),
+    ]
+    for day, code, begins in (
+        ("2026-11-30", CLASS_B, "2026-01-01 00:00:00"),
+        ("2026-12-03", WRONG_CLASS_A, "2026-12-01 00:00:00"),
+        ("2026-12-06", CLASS_B, "2026-12-06 00:00:00"),
+    ):
+        on = await his.ok("1317", {"data": {**query, "query_date": day}})
+        assert [(r["med_list_codg"], r["begndate"]) for r in on["data"]] == [(code, begins)], day
+    never = await his.ok("1317", {"data": {**query, "vali_flag": "0"}})
+    assert never["data"] == []  # each row is used on some day
+
+
 async def test_a_query_for_invalid_rows_gets_none(server: Server) -> None:
     """Found from outside: vali_flag "0" on 1312 and 1317 returned the valid rows. Every
     catalog, cap and ratio row held is in force, so it gets none; "1" and no flag get them all.
