@@ -6,6 +6,7 @@ from adapters.national import wire
 from adapters.national.envelope import decode_input, text
 from adapters.national.output import amount, person_fields
 from adapters.national.wire import In1101, In2001, certificate, required, when
+from gateway.core.dates import shown
 from gateway.emergency.plan.rules import TxClass
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.transaction import Answer, Call, register
@@ -86,7 +87,16 @@ async def treatment(call: Call) -> Answer:
         raise BadRequest(f"定点医药机构编号fixmedins_code {owner}与报文机构编号不一致")
     begntime = when(data.begntime, "data.begntime", optional=True)
     endtime = when(data.endtime, "data.endtime", optional=True)
+    if endtime is not None and endtime.year == 1:
+        # A .NET client's DateTime left unset (binzhe's RY2001): no end sent, not an end in
+        # year 1 (found from outside: answered "enjoys" from today to 0001-01-01).
+        endtime = None
     on = (begntime or call.now).date()
+    if endtime is not None and endtime.date() < on:
+        raise BadRequest(
+            f"结束时间endtime（{shown(endtime)}）早于待遇检查的开始日期{on.isoformat()}"
+            "（begntime，未传时为当天），请核对"
+        )
     ask = treatment_check.TreatmentAsk(
         psn_no=required(data.psn_no, "data.psn_no"),
         insutype=text(data.insutype),

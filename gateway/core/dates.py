@@ -24,7 +24,12 @@ import msgspec
 
 from gateway.protocol.errors import LineRejected, RuleRejected
 
-_SHOWN = "%Y-%m-%d %H:%M:%S"
+
+def shown(moment: dt.datetime) -> str:
+    """A time as a refusal quotes it, yyyy-MM-dd HH:mm:ss as the fields are written. The year
+    padded by hand: strftime writes year 1 (a .NET client's unset DateTime) as "1" (found from
+    outside: "1-01-01 00:00:00")."""
+    return f"{moment.year:04d}-{moment:%m-%d %H:%M:%S}"
 
 
 class DatedLine(Protocol):
@@ -54,12 +59,12 @@ class DateRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         first, latest = self.bounds(admdvs, now)
         if moment > latest:
             return (
-                f"（{moment:{_SHOWN}}）晚于当前时间{now:{_SHOWN}}"
+                f"（{shown(moment)}）晚于当前时间{shown(now)}"
                 f"（允许误差{self.future_tolerance_seconds // 60}分钟），不能办理未来日期的业务"
             )
         if moment < first:
             return (
-                f"（{moment:{_SHOWN}}）早于本地区可补办结算的最早日期{first.date().isoformat()}，"
+                f"（{shown(moment)}）早于本地区可补办结算的最早日期{first.date().isoformat()}，"
                 "已超过结算时限（跨年度费用须在规定年度内结算）"
             )
         return None
@@ -84,7 +89,7 @@ class DateRules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         the past, such as a chronic disease's first diagnosis, and is not billed by itself."""
         if moment > now + dt.timedelta(seconds=self.future_tolerance_seconds):
             raise RuleRejected(
-                f"{what}（{moment:{_SHOWN}}）晚于当前时间{now:{_SHOWN}}"
+                f"{what}（{shown(moment)}）晚于当前时间{shown(now)}"
                 f"（允许误差{self.future_tolerance_seconds // 60}分钟），不能办理未来日期的业务，"
                 "请核对日期"
             )
@@ -134,13 +139,12 @@ def within_visit(
     if moment.date() < begntime.date():
         raise LineRejected(
             feedetl_sn,
-            f"费用发生时间{moment:{_SHOWN}}早于{start}时间{begntime:{_SHOWN}}，"
-            f"费用须发生在{start}之后",
+            f"费用发生时间{shown(moment)}早于{start}时间{shown(begntime)}，费用须发生在{start}之后",
         )
     if endtime is not None and moment.date() > endtime.date():
         end, visit = ("出院", "住院") if stay else ("就诊结束", "就诊")
         raise LineRejected(
             feedetl_sn,
-            f"费用发生时间{moment:{_SHOWN}}晚于{end}时间{endtime:{_SHOWN}}，"
+            f"费用发生时间{shown(moment)}晚于{end}时间{shown(endtime)}，"
             f"{end}后的费用不能记入本次{visit}",
         )

@@ -75,3 +75,20 @@ async def test_what_is_not_a_question_is_refused(server: Server) -> None:
     # Another institution's treatment is not this one's to ask (found from outside: answered).
     other = await his.call("2001", _ask("441800000000000001", fixmedins_code="H44180000002"))
     assert other["infcode"] == -1 and "fixmedins_code" in other["err_msg"], other
+
+
+async def test_an_end_before_the_start_is_refused_and_a_dotnet_unset_end_is_none(
+    server: Server,
+) -> None:
+    """Found from outside: an endtime before the begntime was answered "enjoys" over the
+    backwards period (binzhe's RY2001 sends a DateTime it left unset, 0001-01-01T00:00:00, and a
+    clerk was shown entitlement to year 1); and a begntime of year 1 was quoted "1-01-01". The
+    unset .NET DateTime is no end sent; a real end before the start is refused naming it."""
+    his = server.client(HOSPITAL)
+    unset = await his.ok("2001", _ask("441800000000000003", endtime="0001-01-01T00:00:00"))
+    [row] = unset["trtinfo"]
+    assert row["trt_enjymnt_flag"] == "1" and row["enddate"] == YESTERDAY[:10], row
+    before = await his.call("2001", _ask("441800000000000003", endtime="2020-12-01T00:00:00"))
+    assert before["infcode"] == -1 and "结束时间endtime（2020-12-01 00:00:00）" in before["err_msg"]
+    year_one = await his.ok("2001", _ask("441800000000000003", begntime="0001-01-01T00:00:00"))
+    assert "（0001-01-01 00:00:00）早于" in year_one["trtinfo"][0]["trt_chk_rslt"], year_one
