@@ -42,7 +42,10 @@ class Attempts:
 
     def __init__(self, shared: SharedDoubts | None = None) -> None:
         self._running: dict[Key, int] = {}
-        self._sending: set[Key] = set()
+        # COMMITs sent and not answered, by message: counted per attempt, so that one attempt's
+        # answer does not stand for another's (found from outside: a retry's batch, which wrote
+        # nothing of the message, was answered and cleared the first attempt's unanswered COMMIT).
+        self._sending: dict[Key, int] = {}
         self._doubts: OrderedDict[Key, None] = OrderedDict()
         self.shared = shared
         # Messages with a file in `shared` that this process knows of: True where it wrote the
@@ -60,8 +63,7 @@ class Attempts:
             running[key] = left
             return
         running.pop(key, None)
-        if key in self._sending:  # its COMMIT went out and no reply came back
-            self._sending.discard(key)
+        if self._sending.pop(key, 0) > 0:  # a COMMIT of it went out and no reply came back
             doubts = self._doubts
             doubts[key] = None
             doubts.move_to_end(key)
@@ -70,18 +72,28 @@ class Attempts:
             if self.shared is not None:
                 self.shared.mark(key, IN_DOUBT)
                 self._files[key] = True
-        elif self._files.get(key):  # told to retry while at work, and over without a doubt
+        elif self._files.get(key) and key not in self._doubts:
+            # Told to retry while at work, and over without a doubt, this attempt or an earlier
+            # one's (found from outside: a retry's attempt ended and cleared the file its
+            # siblings read, the first attempt's COMMIT still in doubt, and a sibling took the
+            # next retry as a claim).
             del self._files[key]
             if self.shared is not None:
                 self.shared.clear(key)
 
     def committing(self, key: Key) -> None:
         """The attempt's COMMIT is about to be sent."""
-        self._sending.add(key)
+        sending = self._sending
+        sending[key] = sending.get(key, 0) + 1
 
     def committed(self, key: Key) -> None:
-        """The server answered the COMMIT (or nothing was sent after all): the outcome is known."""
-        self._sending.discard(key)
+        """The server answered that attempt's COMMIT: its outcome is known."""
+        sending = self._sending
+        left = sending.get(key, 0) - 1
+        if left > 0:
+            sending[key] = left
+        else:
+            sending.pop(key, None)
 
     def resolved(self, key: Key) -> None:
         """The ledger answered an attempt of the message: whatever the doubt, it is over."""
@@ -89,7 +101,7 @@ class Attempts:
         if self._files and key in self._files:  # here or in a sibling: over for every worker
             del self._files[key]
             if self.shared is not None:
-                self.shared.clear(key)
+                self.shared.clear_all(key)
 
     def told_to_retry(self, key: Key) -> None:
         """Its till has been told to retry while an attempt of the message may yet commit here:
@@ -107,11 +119,11 @@ class Attempts:
     def elsewhere(self, key: Key) -> str | None:
         """Whether another worker of the host holds the message at work (AT_WORK) or in doubt
         (IN_DOUBT), by its file; None when none does (or nothing is shared)."""
-        if self.shared is None or self._files.get(key):
+        if self.shared is None:
             return None
-        held = self.shared.held(key)
+        held = self.shared.held(key)  # the others' files, whatever this process holds
         if held is not None:
-            self._files[key] = False
+            self._files.setdefault(key, False)
         return held
 
     def running(self, key: Key) -> bool:

@@ -88,3 +88,51 @@ async def test_a_sale_in_doubt_in_one_worker_is_not_taken_as_a_claim_in_another(
                     proxy.thaw()  # a failure above must not leave the workers hung at their ends
         finally:
             await proxy.close()
+
+
+async def test_another_workers_own_attempt_of_the_message_does_not_clear_the_doubt(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside (tester 268, 2 of 2 runs): a sale's COMMIT held on its connection; the
+    till's next try, on the other worker, went to the ledger and waited there on the first
+    attempt's lock until it was answered "retry", which wrote the message's one shared file over
+    the first worker's doubt, and cleared it when that try's attempt ended. Once the ledger froze
+    the try after was taken there as an all-cash claim, and the COMMIT landed: cash and account
+    both paid. Each worker writes and clears its own file."""
+    journal = Path(tempfile.mkdtemp(prefix="gw-journal-"))
+    ledger = ProxiedLedger()
+    async with running_gateway(
+        new_database, PATIENT, serve_through=ledger, journal_dir=journal, pool_min=4
+    ) as first:
+        proxy = ledger.started()
+        try:
+            async with another_worker(_through(first.dsn, proxy.port), journal, CONFIG) as second:
+                try:
+                    pos, other = first.client(PHARMACY), second.client(PHARMACY)
+                    assert second.app is not None
+                    breaker = second.app[GATEWAY].ledger_breaker(MAIN)
+                    assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+                    assert (await other.call("2102", _sale(other, 2)))["infcode"] == 0
+                    body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
+                    proxy.freeze_at(b"COMMIT", alone=True)  # that COMMIT's connection alone
+                    told = [decode((await pos.post_raw(body))[1])]  # its deadline: in doubt
+                    # The next try, to the other worker: to the ledger, where the first
+                    # attempt's lock holds it until its own deadline.
+                    told.append(decode((await other.post_raw(body))[1]))
+                    assert not breaker.is_open  # its probe passed: only one connection hangs
+                    await asyncio.sleep(2.5)  # that attempt over, its connection dropped
+                    proxy.freeze()  # now the whole ledger
+                    for _ in range(12):  # the next tries, to the other worker again
+                        told.append(decode((await other.post_raw(body))[1]))
+                        if breaker.is_open and len(told) >= 5:
+                            break
+                        await asyncio.sleep(0.3)
+                    assert breaker.is_open, [a["err_msg"] for a in told]
+                    claims = [a for a in told if a["infcode"] == 0]
+                    assert not claims, [(a["infcode"], a["err_msg"]) for a in told]
+                    assert all("请勿按现金收费" in a["err_msg"] for a in told), told
+                finally:
+                    proxy.thaw()
+                await _the_sale_stands_alone(first, pos, body, PERSONS[1])
+        finally:
+            await proxy.close()

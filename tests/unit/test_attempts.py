@@ -127,8 +127,56 @@ def test_a_msgid_of_any_text_is_a_file_name(tmp_path: Path) -> None:
 
 
 def test_old_files_are_swept(tmp_path: Path) -> None:
-    doubts = SharedDoubts(tmp_path)
+    doubts, sibling = SharedDoubts(tmp_path), SharedDoubts(tmp_path)
     doubts.mark(KEY, IN_DOUBT)
-    assert doubts.sweep() == 0 and doubts.held(KEY) == IN_DOUBT
+    assert doubts.sweep() == 0 and sibling.held(KEY) == IN_DOUBT
     assert doubts.sweep(now=time.time() + KEPT_SECONDS + 60) == 1
-    assert doubts.held(KEY) is None
+    assert sibling.held(KEY) is None
+    assert not any((tmp_path / SUBDIR).iterdir())  # the message's folder too
+
+
+def test_one_attempts_answered_commit_does_not_stand_for_anothers() -> None:
+    """Found from outside: a retry's batch held the message beside the first attempt, its own
+    COMMIT (which wrote nothing of the message) was answered, and the first attempt's COMMIT,
+    still unanswered, was no longer counted: no doubt was left when both ended."""
+    at = Attempts()
+    at.begin(KEY)
+    at.committing(KEY)  # the first attempt's COMMIT, never answered
+    at.begin(KEY)
+    at.committing(KEY)
+    at.committed(KEY)  # the retry's batch, answered
+    at.end(KEY)
+    at.end(KEY)
+    assert at.in_doubt(KEY)
+
+
+def test_a_retry_over_without_a_doubt_leaves_an_earlier_doubt_told(tmp_path: Path) -> None:
+    """Found from outside: the retry's attempt ended, its worker cleared the file though the
+    first attempt's COMMIT was still in doubt there, and a sibling took the next try as a claim."""
+    first, second = _workers(tmp_path)
+    first.begin(KEY)
+    first.told_to_retry(KEY)
+    first.committing(KEY)
+    first.end(KEY)  # in doubt
+    first.begin(KEY)  # the second try, to the same worker
+    first.told_to_retry(KEY)
+    first.end(KEY)  # over without a COMMIT of its own
+    assert first.in_doubt(KEY)
+    assert second.elsewhere(KEY) == IN_DOUBT
+
+
+def test_a_sibling_holding_the_message_for_a_moment_leaves_the_doubt_told(tmp_path: Path) -> None:
+    """Found from outside: the other worker's own retry of the message was at work and told to
+    retry (writing the message's one file over the first worker's doubt), then ended and
+    cleared that file; its next try was taken as a claim while the first worker's COMMIT was
+    still in doubt. Each process writes and clears its own file."""
+    first, second = _workers(tmp_path)
+    first.begin(KEY)
+    first.committing(KEY)
+    first.end(KEY)  # in doubt in the first worker
+    second.begin(KEY)  # the retry, at work in the second
+    second.told_to_retry(KEY)
+    assert second.elsewhere(KEY) == IN_DOUBT  # its own file hides nothing of the first's
+    second.end(KEY)
+    assert second.elsewhere(KEY) == IN_DOUBT
+    assert Attempts(SharedDoubts(tmp_path)).elsewhere(KEY) == IN_DOUBT
