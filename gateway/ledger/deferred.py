@@ -140,6 +140,11 @@ ANSWERED_IN_LEDGER = (
     "本笔暂存不再补结算；请按数据库中的原结算核对参保人已付现金并办理退还"
 )
 _ANSWERED_MARK = "本笔暂存不再补结算"
+# The same for a journaled call (a registration, visit information, fees): no cash was taken.
+CALL_IN_LEDGER = (
+    "报文ID{msgid}已由医保结算数据库办结（暂存之前，或暂存期间经其他网关进程/节点办结），"
+    "本笔暂存业务不再补办，以数据库中的原业务为准"
+)
 
 
 def unsettled_words(status: str, claim_id: str, reason: str | None = None) -> str:
@@ -541,6 +546,17 @@ async def fail_answered(
         fixmedins_code,
         msgid,
         reason,
+    )
+
+
+async def applied_as_answered(conn: asyncpg.Connection, fixmedins_code: str, msgid: str) -> None:
+    """Marks applied the drained call whose msgid the ledger had answered with the same body:
+    the ledger's answer is the call's."""
+    await conn.execute(
+        "UPDATE deferred SET status = 'applied', replayed_at = now()"
+        " WHERE fixmedins_code = $1 AND msgid = $2",
+        fixmedins_code,
+        msgid,
     )
 
 

@@ -10,6 +10,7 @@ path there either."""
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.adversity.test_ledger_outage import (
     _through,
 )
 from tests.integration.conftest import another_worker, running_gateway
+from tests.integration.emergency_helpers import cli, until
 from tests.integration.his_client import decode
 
 # The first worker's breaker stays closed while its COMMIT hangs (as a worker that saw only
@@ -134,5 +136,93 @@ async def test_another_workers_own_attempt_of_the_message_does_not_clear_the_dou
                 finally:
                     proxy.thaw()
                 await _the_sale_stands_alone(first, pos, body, PERSONS[1])
+        finally:
+            await proxy.close()
+
+
+async def test_a_registration_claimed_on_another_node_while_its_commit_hung_is_the_visit(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside (tester 268): a 2201's COMMIT hung in one process; its retry reached
+    a node that does not share its files (another host), was taken with a provisional visit id
+    once that node's breaker opened, and the visit went on there: visit information, fees, and
+    a settlement taken as an all-cash claim that promised a reimbursement. The COMMIT landed when
+    the network healed; the drain filed the registration failed (its message answered in the
+    ledger), then the visit's calls and the claim with it, and nothing flagged it. The
+    registration the ledger holds under the same message and body is the visit the provisional
+    id stands for: the visit's calls and claim go on against it."""
+    from tests.integration.emergency_helpers import OUTPATIENT_LINES, OUTPATIENT_TOTAL
+
+    ledger = ProxiedLedger()
+    async with running_gateway(new_database, PATIENT, serve_through=ledger, pool_min=4) as first:
+        proxy = ledger.started()
+        other_disk = Path(tempfile.mkdtemp(prefix="gw-journal-"))
+        try:
+            async with another_worker(
+                _through(first.dsn, proxy.port), other_disk, CONFIG
+            ) as second:
+                person, day = PERSONS[2], "2026-07-03"
+                here, there = first.client("H44180000001"), second.client("H44180000001")
+                registration = {"data": {"psn_no": person, "insutype": "310",
+                                         "begntime": f"{day} 08:30:00", "mdtrt_cert_type": "01",
+                                         "mdtrt_cert_no": person, "ipt_otp_no": "MZ-DOUBT-1"}}  # fmt: skip
+                body = msgspec.json.encode(here.envelope("2201", registration))
+                try:
+                    proxy.freeze_at(b"COMMIT", alone=True)
+                    first_try = decode((await here.post_raw(body))[1])
+                    assert first_try["infcode"] != 0, first_try
+                    proxy.freeze()
+                    provisional = ""
+                    for _ in range(20):  # the retries, to the other node
+                        answer = decode((await there.post_raw(body))[1])
+                        if answer["infcode"] == 0:
+                            provisional = answer["output"]["data"]["mdtrt_id"]
+                            break
+                        await asyncio.sleep(0.3)
+                    assert provisional.startswith("PV"), answer
+                    await there.visit_info(provisional, person, "11", f"{day} 08:30:00")
+                    rows = there.fee_rows(
+                        provisional, person, OUTPATIENT_LINES, f"{day} 08:40:00", "B1"
+                    )
+                    await there.ok("2204", {"feedetail": rows})
+                    data = there.settle_data(
+                        person, provisional, "11", OUTPATIENT_TOTAL, "310", "1", chrg_bchno="B1"
+                    )
+                    claim = (await there.ok("2207", data))["setlinfo"]
+                    assert claim["setl_id"].startswith("DF")
+                finally:
+                    proxy.thaw()  # the registration's COMMIT lands
+
+                async def drained() -> bool:
+                    done = await first.fetchval(
+                        "SELECT count(*) FROM deferred WHERE kind = 'call'"
+                        " AND status IN ('applied', 'failed')"
+                    )
+                    return bool(done == 3)
+
+                await until(drained, within=30.0)
+            calls = await first.fetch(
+                "SELECT infno, status, fail_reason FROM deferred WHERE kind = 'call' ORDER BY seq"
+            )
+            assert [(c["infno"], c["status"]) for c in calls] == [
+                ("2201", "applied"), ("2203", "applied"), ("2204", "applied")
+            ], calls  # fmt: skip
+            real = await first.fetchval(
+                "SELECT mdtrt_id FROM encounters WHERE ipt_otp_no = 'MZ-DOUBT-1'"
+            )
+            assert real and await first.fetchval(
+                "SELECT mdtrt_id FROM deferred_ids WHERE provisional_id = $1", provisional
+            ) == real  # fmt: skip
+            summary = json.loads(
+                cli("deferred", "replay", "--json", "--database-url", first.dsn).stdout
+            )
+            assert summary["settled"] == 1 and summary["failed"] == [], summary
+            settled = await first.fetchval(
+                "SELECT s.mdtrt_id FROM deferred d JOIN settlements s USING (setl_id)"
+                " WHERE d.claim_id = $1",
+                claim["setl_id"],
+            )
+            assert settled == real
+            assert await first.check_ledger() == []
         finally:
             await proxy.close()

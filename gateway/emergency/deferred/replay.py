@@ -194,14 +194,15 @@ async def _drain_chunk(
         ],
     )
     for e in taken:
-        if (e.fixmedins_code, e.msgid) in fresh:
+        if (e.fixmedins_code, e.msgid) in fresh or await _adopt_registration(conn, e):
             answered.append(e)
         else:
             # The ledger answered this msgid besides the claim (before the outage, through
             # another process or node, or during it): replaying it would do it twice. The team
             # settles the patient's cash against the ledger's answer instead.
+            words = deferred.ANSWERED_IN_LEDGER if e.kind == "claim" else deferred.CALL_IN_LEDGER
             await deferred.fail_answered(
-                conn, e.fixmedins_code, e.msgid, deferred.ANSWERED_IN_LEDGER.format(msgid=e.msgid)
+                conn, e.fixmedins_code, e.msgid, words.format(msgid=e.msgid)
             )
     moved = len(taken)
     for e in chunk:
@@ -215,6 +216,32 @@ async def _drain_chunk(
             answered.append(e)
         moved += 1
     return moved
+
+
+async def _adopt_registration(conn: asyncpg.Connection, e: deferred.Entry) -> bool:
+    """A journaled registration (its provisional visit id) whose message the ledger settled
+    beside it, with the same body (its COMMIT in doubt in another process or node, landed when
+    the network healed): that registration is the visit the provisional id stands for, and the
+    visit's journaled calls and claim go on against it. Found from outside: the registration was
+    filed failed, then the visit's 2203 and 2204 with it, and its claim, which promised the
+    patient a reimbursement, failed at replay with nothing to flag it."""
+    if e.kind != "call" or not e.provisional_id:
+        return False
+    stored = await idempotency.lookup(conn, e.fixmedins_code, e.msgid)
+    if stored is None or stored.tombstone or stored.body_sha256 != e.digest:
+        return False
+    try:
+        answer = msgspec.json.decode(stored.answer)
+        output = answer.get("output") or {}
+        node = output.get("data") or output.get("result") or {}
+        mdtrt_id = node.get("mdtrt_id") if answer.get("infcode") == 0 else None
+    except (msgspec.DecodeError, AttributeError):
+        return False
+    if not isinstance(mdtrt_id, str) or not mdtrt_id:
+        return False
+    await deferred.record_provisional(conn, e.provisional_id, mdtrt_id)
+    await deferred.applied_as_answered(conn, e.fixmedins_code, e.msgid)
+    return True
 
 
 # ------------------------------------------------------------------------------ journaled calls
