@@ -107,23 +107,21 @@ PLAN_HOOK: list[PlanHook] = []
 # A retry while an earlier attempt of the same msgid may still commit: neither deferred (the
 # patient would pay cash for a sale the ledger then settles) nor refused for good.
 STILL_SETTLING_MSG = (
-    "同一报文ID的上一次结算仍在医保结算数据库中等待完成，结果待定：请勿按现金收费，"
+    "本报文ID的结算仍在医保结算数据库中等待完成，结果待定：请勿按现金收费，"
     "请稍后使用相同报文ID重试查询结果"
 )
 # The same for a write that settles nothing (a registration, an upload): no cash to speak of
 # (found from outside: a 2201 was told not to take cash).
-STILL_WORKING_MSG = (
-    "同一报文ID的上一次请求仍在医保结算数据库中等待完成，结果待定：请稍后使用相同报文ID重试"
-)
+STILL_WORKING_MSG = "本报文ID的请求仍在医保结算数据库中等待完成，结果待定：请稍后使用相同报文ID重试"
 
 # A retry of a message whose earlier attempt sent its COMMIT and had no reply
 # (gateway.pipeline.attempts): only the ledger can tell, once it answers again.
 IN_DOUBT_SETTLING_MSG = (
-    "同一报文ID的上一次结算已提交医保结算数据库但未收到确认，结果须待数据库恢复后确认："
+    "本报文ID的结算已提交医保结算数据库但未收到确认，结果须待数据库恢复后确认："
     "请勿按现金收费，请稍后使用相同报文ID重试查询结果"
 )
 IN_DOUBT_MSG = (
-    "同一报文ID的上一次请求已提交医保结算数据库但未收到确认，结果须待数据库恢复后确认："
+    "本报文ID的请求已提交医保结算数据库但未收到确认，结果须待数据库恢复后确认："
     "请稍后使用相同报文ID重试"
 )
 

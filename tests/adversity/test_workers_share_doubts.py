@@ -67,6 +67,9 @@ async def test_a_sale_in_doubt_in_one_worker_is_not_taken_as_a_claim_in_another(
                     proxy.freeze_at(b"COMMIT")
                     answer = decode((await pos.post_raw(body))[1])  # its deadline, COMMIT hung
                     assert answer["infcode"] != 0 and "请勿按现金收费" in answer["err_msg"], answer
+                    # The till's first try: no earlier attempt to speak of (found from outside:
+                    # it was told "the previous settlement of the same msgid" was at work).
+                    assert "上一次" not in answer["err_msg"], answer
                     told: list[str] = []
                     opened = False
                     for _ in range(12):  # the till's retries, each on the other worker
