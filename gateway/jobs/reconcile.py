@@ -18,6 +18,7 @@ import csv
 import io
 import multiprocessing
 import os
+import re
 import struct
 import threading
 import time
@@ -241,6 +242,16 @@ def _unpacked(content: bytes, limits: FileLimits, deadline: float) -> bytes | by
             for i in files:
                 if i.filename.lower().endswith(ARCHIVE_SUFFIXES):
                     raise BadRequest("明细文件压缩包内不能再嵌套压缩文件，请直接压缩明细文本文件")
+            # A Mac's archiver adds its resource forks beside the file: not the institution's.
+            files = [i for i in files if not i.filename.startswith("__MACOSX/")] or files
+            if len(files) > 1:
+                # Found from outside: a zip of two text files was taken, only the first read,
+                # and the second's settlements reported as missing from the institution's side.
+                names = "、".join(shown(i.filename) for i in files[:4])
+                raise BadRequest(
+                    f"明细文件压缩包内有{len(files)}个文件（{names}），应只含一个制表符分隔的"
+                    "明细文本文件：请合并为一个.txt后重新上传"
+                )
             info = files[0]
             if info.flag_bits & 0x1:
                 raise BadRequest("明细文件压缩包不能加密")
@@ -364,6 +375,13 @@ def _rows(
             if len(fields) < MIN_COLUMNS:
                 raise _short(n, fields, zipped=zipped, first=not rows)
             f = [x.strip() for x in fields] + [""] * len(DETAIL_COLUMNS)
+            for i, cell in enumerate(f[: len(DETAIL_COLUMNS)]):
+                if _CONTROL.search(cell):
+                    # Found from outside: a NUL inside psn_no was taken, and the row reported
+                    # as a mismatch the clerk could not see.
+                    raise BadRequest(
+                        f"明细文件第{n}行{DETAIL_COLUMNS[i]}含有控制字符，请删除后重新上传"
+                    )
             rows.append(_detail_row(n, f))
     except csv.Error as exc:
         raise BadRequest(f"明细文件格式错误：{exc}") from exc
@@ -371,6 +389,8 @@ def _rows(
 
 
 _SETL_ID_LENGTH = 30  # protocol.md: setl_id (30)
+# Within a cell (its tab and line ends are the file's own): as the envelope's texts are held.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _detail_row(n: int, f: list[str]) -> DetailRow:

@@ -38,8 +38,21 @@ def test_a_good_row_is_read() -> None:
         (0, "", "结算ID（setl_id）为空"),
         (0, "S" * 200, "结算ID（setl_id）超过30位"),
         (3, "-795.60", "正常结算（退费结算标志0），金额不能为负数"),
+        # Found from outside: a NUL in a cell was taken, the row a mismatch nobody could see.
+        (2, "441800000000000001\x00", "psn_no含有控制字符"),
+        (0, "4418002026\x1b[31m", "setl_id含有控制字符"),
     ],
-    ids=["exponent", "full-width", "empty", "flag 2", "no setl_id", "long setl_id", "negative"],
+    ids=[
+        "exponent",
+        "full-width",
+        "empty",
+        "flag 2",
+        "no setl_id",
+        "long setl_id",
+        "negative",
+        "NUL",
+        "escape",
+    ],
 )
 def test_a_row_the_interface_does_not_define_is_refused_naming_its_line(
     column: int, sent: str, words: str
@@ -67,3 +80,22 @@ def test_mime_base64_with_line_breaks_is_read() -> None:
     assert reconcile.read_upload(mime, limits, 8 * 1024 * 1024) == content
     with pytest.raises(BadRequest, match="不是有效的Base64编码"):
         reconcile.read_upload(mime.replace("A", "*", 1) + "!", limits, 8 * 1024 * 1024)
+
+
+def test_a_zip_of_two_text_files_is_refused_naming_them() -> None:
+    """Found from outside: a zip of a.txt and b.txt was taken, only a.txt read, and b.txt's
+    settlements reported as missing from the institution's side. A Mac's resource forks beside
+    the one text file are not files of the institution's."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.txt", GOOD.encode())
+        z.writestr("b.txt", GOOD.replace("0001\t", "0002\t", 1).encode())
+    with pytest.raises(BadRequest) as refused:
+        reconcile.read_detail_file(out.getvalue())
+    assert "压缩包内有2个文件（a.txt、b.txt）" in refused.value.err_msg
+    mac = io.BytesIO()
+    with zipfile.ZipFile(mac, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("scmxdz.txt", GOOD.encode())
+        z.writestr("__MACOSX/._scmxdz.txt", b"\x00\x05\x16\x07")
+    [row] = reconcile.read_detail_file(mac.getvalue())
+    assert row.acct_pay == 0
