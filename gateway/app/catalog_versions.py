@@ -43,11 +43,16 @@ class CatalogVersions:
     def __init__(self, journal_dir: Path, database_url: str) -> None:
         self._map: mmap.mmap | None = None
         self._fd = -1
+        self._opened = False  # mapped on first use: a command that serves nothing never does
         self._slots: dict[str, int] = {}
+        self._journal_dir = journal_dir
         name = hashlib.sha256(database_url.encode()).hexdigest()[:16]
         self.path = journal_dir / f"catalog-versions-{name}"
+
+    def _open(self) -> mmap.mmap | None:
+        self._opened = True
         try:
-            journal_dir.mkdir(parents=True, exist_ok=True)
+            self._journal_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -62,9 +67,10 @@ class CatalogVersions:
                 raise
             self._fd = fd
         except OSError:
-            # A read-only directory (a command run elsewhere): this process neither tells nor
-            # hears; Redis and the poll still carry changes.
+            # A read-only directory: this process neither tells nor hears; Redis and the poll
+            # still carry changes.
             log.warning("catalog versions not shared with other workers (%s)", self.path)
+        return self._map
 
     def _slot(self, fixmedins_code: str) -> int:
         slot = self._slots.get(fixmedins_code)
@@ -76,9 +82,10 @@ class CatalogVersions:
 
     def wanted(self, fixmedins_code: str) -> int:
         """The least snapshot version this institution's requests may be priced with."""
-        if self._map is None:
+        shared = self._map if self._opened else self._open()
+        if shared is None:
             return 0
-        value: int = _SLOT.unpack_from(self._map, self._slot(fixmedins_code))[0]
+        value: int = _SLOT.unpack_from(shared, self._slot(fixmedins_code))[0]
         return value
 
     def raise_to(self, fixmedins_code: str, version: int) -> None:
@@ -91,18 +98,20 @@ class CatalogVersions:
         self._store(fixmedins_code, version, lambda old: version < old)
 
     def _store(self, fixmedins_code: str, version: int, replaces: Callable[[int], bool]) -> None:
-        if self._map is None:
+        shared = self._map if self._opened else self._open()
+        if shared is None:
             return
         slot = self._slot(fixmedins_code)
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # one writer at a time: a lower value never wins
         try:
-            old: int = _SLOT.unpack_from(self._map, slot)[0]
+            old: int = _SLOT.unpack_from(shared, slot)[0]
             if replaces(old):
-                _SLOT.pack_into(self._map, slot, version)
+                _SLOT.pack_into(shared, slot, version)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
+        self._opened = True  # closed: never mapped again
         if self._map is not None:
             self._map.close()
             self._map = None

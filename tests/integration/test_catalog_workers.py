@@ -110,3 +110,12 @@ def test_a_directory_that_cannot_be_written_shares_nothing(tmp_path: Path) -> No
     versions.raise_to(PHARMACY, 9)
     assert versions.wanted(PHARMACY) == 0
     versions.close()
+
+
+def test_nothing_is_written_until_a_version_is_asked_or_told(tmp_path: Path) -> None:
+    """A command that serves nothing (a `ledger check` run from a read-only folder) neither
+    creates the journal's folder nor warns of it."""
+    journal = tmp_path / "journal"
+    versions = CatalogVersions(journal, "postgresql://h/db")
+    versions.close()
+    assert not journal.exists()
