@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 from adapters.national import deferral
-from adapters.national.envelope import Request, decode_input, text
+from adapters.national.envelope import Code, Request, decode_input, text
 from adapters.national.output import moment, setldetail, setlinfo
 from adapters.national.wire import (
     In2206,
@@ -21,7 +21,9 @@ from adapters.national.wire import (
     required,
 )
 from gateway.app.runtime import Gateway
+from gateway.core.dictionaries import labels
 from gateway.core.model import Institution
+from gateway.core.money import shown
 from gateway.emergency import hook
 from gateway.emergency.deferred import PROVISIONAL_PREFIX
 from gateway.pipeline.grouped import Job
@@ -64,6 +66,7 @@ def asked_of(req: Request, kind: Kind) -> VisitAsk:
             )
         raise BadRequest("缺少输入节点data")
     mid_setl_flag = flag(data.mid_setl_flag, "data.mid_setl_flag")
+    _check_settle_way(data.psn_setlway)
     declared = declared_of(data)
     # A stay's closing settlement may net to zero (its charges refunded after a mid-way one);
     # any other settlement of nothing is a mistake at the counter.
@@ -84,6 +87,21 @@ def asked_of(req: Request, kind: Kind) -> VisitAsk:
         cert_type=cert_type_text(data.mdtrt_cert_type),
         cert=certificate_if_sent(data.mdtrt_cert_type, data.mdtrt_cert_no, "data"),
     )
+
+
+# Local refinements of 02 the protocol names beside the national codes (单病种, 日间手术).
+_LOCAL_SETTLE_WAYS = {"0201": "单病种", "0202": "日间手术"}
+
+
+def _check_settle_way(value: Code) -> None:
+    """个人结算方式, where sent, one of the codes (protocol.md §4). Found from outside: "99"
+    settled like any other, where every other code field is held to its list. The split is by
+    item whichever is sent; one left empty is taken, as clients leave it."""
+    sent = text(value)
+    ways = labels("psn_setlway") | _LOCAL_SETTLE_WAYS
+    if sent and sent not in ways:
+        known = "、".join(f"{code}（{name}）" for code, name in ways.items())
+        raise BadRequest(f"个人结算方式psn_setlway为“{shown(sent)}”，应为{known}")
 
 
 def output(rec: Record, ctx: Context, a: VisitAsk) -> dict[str, Any]:

@@ -308,6 +308,16 @@ CASES: dict[str, tuple[Case, str]] = {
         ),
         "医疗类别",
     ),
+    # Found from outside: "99" settled like any other, where every code field is held to its list.
+    "unknown psn_setlway": (
+        lambda his, v: _send(
+            his,
+            his.envelope(
+                "2207", {"data": {**_settle(his, v["mdtrt_id"])["data"], "psn_setlway": "99"}}
+            ),
+        ),
+        "个人结算方式psn_setlway为“99”",
+    ),
     "an amount past decimal(16,2)": (
         lambda his, v: _send(
             his,
