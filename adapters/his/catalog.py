@@ -67,6 +67,7 @@ class In3302(Node):
 
 class Query(Node):
     query_date: Code = None
+    begndate: Code = None
     hilist_code: Code = None
     hilist_name: Code = None
     insu_admdvs: Code = None
@@ -230,7 +231,8 @@ def _query(call: Call) -> tuple[Query, catalog_queries.CatalogQuery]:
     if q is None:
         raise BadRequest("缺少输入节点data")
     return q, catalog_queries.CatalogQuery(
-        query_date=text(q.query_date),
+        query_date=_iso_day(q.query_date, "data.query_date"),
+        begndate=_iso_day(q.begndate, "data.begndate"),
         hilist_code=text(q.hilist_code),
         hilist_name=text(q.hilist_name),
         insu_admdvs=text(q.insu_admdvs),
@@ -244,6 +246,13 @@ def _query(call: Call) -> tuple[Query, catalog_queries.CatalogQuery]:
         lmt_used_flag=text(q.lmt_used_flag),
         vali_flag=_vali_flag(q.vali_flag),
     )
+
+
+def _iso_day(value: Code, name: str) -> str:
+    """A date filter as `yyyy-MM-dd` ("" when not sent), read as every date field is (found from
+    outside: "2025-2-15" was refused though a 3301 takes it, and a time with an offset was cut to
+    its first ten characters)."""
+    return day(value, name).isoformat() if text(value) else ""
 
 
 def _vali_flag(value: Code) -> str:

@@ -15,7 +15,8 @@ from gateway.protocol.errors import BadRequest
 class CatalogQuery(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """A 13xx query's filters as sent ("" where not sent: no filter)."""
 
-    query_date: str = ""
+    query_date: str = ""  # yyyy-MM-dd
+    begndate: str = ""  # yyyy-MM-dd: rows (1317: periods) beginning on or after it
     hilist_code: str = ""
     hilist_name: str = ""
     insu_admdvs: str = ""
@@ -38,6 +39,11 @@ def _query_day(q: CatalogQuery) -> dt.date | None:
         return dt.date.fromisoformat(day[:10])
     except ValueError as exc:
         raise BadRequest("字段query_date日期格式错误") from exc
+
+
+def _begins(q: CatalogQuery, first: dt.date) -> bool:
+    """The `begndate` filter: rows beginning on or after it (found from outside: ignored)."""
+    return not q.begndate or first >= dt.date.fromisoformat(q.begndate)
 
 
 def _valid_on(q: CatalogQuery, begn: dt.date, end: dt.date) -> bool:
@@ -67,6 +73,7 @@ def catalog(snapshot: Snapshot, q: CatalogQuery) -> list[CatalogEntry]:
         and _match(e.med_chrgitm_type, q.med_chrgitm_type)
         and _match(e.lmt_used_flag, q.lmt_used_flag)
         and _valid_on(q, e.begndate, e.enddate)
+        and _begins(q, e.begndate)
     ]
     return sorted(rows, key=lambda e: (e.med_list_codg, e.begndate))
 
@@ -106,6 +113,7 @@ def mappings(
             if (not name or name in row[0].fixmedins_hilist_name)
             and _match(row[0].list_type, q.list_type)
             and _match(row[0].med_list_codg, q.med_list_codg)
+            and _begins(q, row[1])
         ),
         key=lambda row: (row[0].medins_list_codg, row[1]),
     )
@@ -147,6 +155,7 @@ def caps(snapshot: Snapshot, q: CatalogQuery) -> list[PriceCap]:
         if _match(c.med_list_codg, q.hilist_code)
         and _match(c.insu_admdvs, q.insu_admdvs)
         and _valid_on(q, c.begndate, c.enddate)
+        and _begins(q, c.begndate)
     ]
     return sorted(rows, key=lambda c: (c.med_list_codg, c.insu_admdvs, c.begndate))
 
@@ -159,5 +168,6 @@ def ratios(snapshot: Snapshot, q: CatalogQuery) -> list[SelfpayRatio]:
         if _match(r.med_list_codg, q.hilist_code)
         and _match(r.insu_admdvs, q.insu_admdvs)
         and _valid_on(q, r.begndate, r.enddate)
+        and _begins(q, r.begndate)
     ]
     return sorted(rows, key=lambda r: (r.med_list_codg, r.insu_admdvs, r.begndate))

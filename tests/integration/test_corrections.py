@@ -798,6 +798,13 @@ async def test_1317_lists_a_mapping_again_for_the_days_after_a_bounded_replaceme
         assert [(r["med_list_codg"], r["begndate"]) for r in on["data"]] == [(code, begins)], day
     never = await his.ok("1317", {"data": {**query, "vali_flag": "0"}})
     assert never["data"] == []  # each row is used on some day
+    # query_date and begndate read as every date field is (found from outside: a one-digit day
+    # refused, an offset's time cut to its written day, and begndate ignored).
+    for sent in ("2026-12-6", "2026-12-05T16:30:00.000+0000", "20261206"):
+        on = await his.ok("1317", {"data": {**query, "query_date": sent}})
+        assert [r["begndate"] for r in on["data"]] == ["2026-12-06 00:00:00"], sent
+    since = await his.ok("1317", {"data": {**query, "begndate": "2026-12-1"}})
+    assert [r["begndate"] for r in since["data"]] == ["2026-12-01 00:00:00", "2026-12-06 00:00:00"]
 
 
 async def test_a_query_for_invalid_rows_gets_none(server: Server) -> None:
