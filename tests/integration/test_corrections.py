@@ -881,3 +881,57 @@ async def test_a_settlement_the_rules_refuse_is_reported_and_never_holds_up_the_
         assert await server.fetchval(corrected, visits) == n
     code, out, err = await _cli(*args("apply", "--limit", "1", "--json"))
     assert code == 1 and out.strip() == "" and f"failed {claimed}" in err
+
+
+async def test_a_mid_way_settlement_corrected_under_its_stays_closing_one_is_not_a_finding(
+    server: Server,
+) -> None:
+    """Found by CI's stateful run (seed 1698548396): a stay's mid-way settlement whose item was
+    remapped was corrected in bulk while the stay's closing settlement, its own lines unaffected,
+    stayed in force. The correction's re-settlement came into force after the closing one, and
+    the ledger check named it as a mid-way settlement taken under a closing one, which the
+    counter cannot do but a correction does by design (it settles the same lines again at once,
+    in the place of the one it replaces)."""
+    his = server.client(HOSPITAL)
+    item, psn = "YP8011", "441800000000000003"
+    await his.ok("3301", _mapping(WRONG_CLASS_A, item))
+    admission = {
+        "mdtrtinfo": {"psn_no": psn, "insutype": "310", "begntime": "2026-05-01 08:00:00",
+                      "mdtrt_cert_type": "01", "mdtrt_cert_no": psn, "med_type": "21",
+                      "ipt_no": "ZY-CORR-MID-1"},
+        "diseinfo": [],
+    }  # fmt: skip
+    mdtrt_id = (await his.ok("2401", admission))["result"]["mdtrt_id"]
+    drug = {"feedetl_sn": "1", "medins_list_codg": item, "pric": "40", "cnt": "10",
+            "det_item_fee_sumamt": "400.00"}  # fmt: skip
+    bed = {"feedetl_sn": "2", "medins_list_codg": "ZL0003", "pric": "300", "cnt": "1",
+           "det_item_fee_sumamt": "300.00"}  # fmt: skip
+    rows = his.fee_rows(mdtrt_id, psn, [drug], "2026-05-02 09:00:00", "")
+    await his.ok("2301", {"feedetail": rows})
+    data = his.settle_data(psn, mdtrt_id, "21", "400.00", "310", "0", mid_setl_flag="1")
+    mid_way = (await his.ok("2304", data))["setlinfo"]["setl_id"]
+    rows = his.fee_rows(mdtrt_id, psn, [bed], "2026-05-03 09:00:00", "")
+    await his.ok("2301", {"feedetail": rows})
+    discharge = {
+        "dscginfo": {"mdtrt_id": mdtrt_id, "psn_no": psn, "endtime": "2026-05-04 10:00:00"}
+    }
+    await his.ok("2402", discharge)
+    data = his.settle_data(psn, mdtrt_id, "21", "300.00", "310", "0", mid_setl_flag="0")
+    closing = (await his.ok("2304", data))["setlinfo"]["setl_id"]
+    await his.ok("3301", _mapping(CLASS_B, item))  # the correction of the mistake
+    code, out, err = await _cli(
+        "corrections", "apply", "--institution", HOSPITAL, "--item", item, "--json",
+        "--database-url", server.dsn,
+    )  # fmt: skip
+    assert code == 0, err
+    [done] = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert done["old_setl_id"] == mid_way
+    in_force = await server.fetch(
+        "SELECT setl_id, mid_setl_flag FROM settlements WHERE mdtrt_id = $1 AND status = 'settled'"
+        " ORDER BY in_force_seq",
+        mdtrt_id,
+    )
+    assert [(r["setl_id"], r["mid_setl_flag"]) for r in in_force] == [
+        (closing, "0"), (done["new_setl_id"], "1")
+    ]  # fmt: skip
+    assert await server.check_ledger() == []
