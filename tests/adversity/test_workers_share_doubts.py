@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ import msgspec
 
 from gateway.app.appkeys import GATEWAY
 from gateway.app.config import Breakers, LedgerBreaker
+from gateway.emergency.breaker import Breaker
 from gateway.ledger.partitions import MAIN
+from tests.adversity.proxy import Proxy
 from tests.adversity.test_ledger_outage import (
     CONFIG,
     FAST_BREAKER,
@@ -31,9 +35,9 @@ from tests.adversity.test_ledger_outage import (
     _the_sale_stands_alone,
     _through,
 )
-from tests.integration.conftest import another_worker, running_gateway
+from tests.integration.conftest import Server, another_worker, running_gateway
 from tests.integration.emergency_helpers import cli, until
-from tests.integration.his_client import decode
+from tests.integration.his_client import HisClient, decode
 
 # The first worker's breaker stays closed while its COMMIT hangs (as a worker that saw only
 # that sale); the second's opens on its first hung call, as under an outage.
@@ -46,9 +50,21 @@ PATIENT = msgspec.structs.replace(
 )  # fmt: skip
 
 
-async def test_a_sale_in_doubt_in_one_worker_is_not_taken_as_a_claim_in_another(
-    new_database: Callable[..., Any],
-) -> None:
+@dataclass
+class Workers:
+    """Two workers of one host over one ledger through a proxy, each having sold once; `sale`
+    the body of the sale the tests hang."""
+
+    first: Server
+    proxy: Proxy
+    pos: HisClient  # a till of the first worker
+    other: HisClient  # the same institution's till on the second
+    breaker: Breaker  # the second worker's ledger breaker
+    sale: bytes
+
+
+@asynccontextmanager
+async def _two_workers(new_database: Callable[..., Any]) -> AsyncIterator[Workers]:
     journal = Path(tempfile.mkdtemp(prefix="gw-journal-"))
     ledger = ProxiedLedger()
     async with running_gateway(
@@ -57,42 +73,49 @@ async def test_a_sale_in_doubt_in_one_worker_is_not_taken_as_a_claim_in_another(
         proxy = ledger.started()
         try:
             async with another_worker(_through(first.dsn, proxy.port), journal, CONFIG) as second:
+                pos, other = first.client(PHARMACY), second.client(PHARMACY)
+                assert second.app is not None
+                assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
+                assert (await other.call("2102", _sale(other, 2)))["infcode"] == 0
+                sale = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
+                breaker = second.app[GATEWAY].ledger_breaker(MAIN)
                 try:
-                    pos, other = first.client(PHARMACY), second.client(PHARMACY)
-                    assert second.app is not None
-                    breaker = second.app[GATEWAY].ledger_breaker(MAIN)
-                    assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
-                    assert (await other.call("2102", _sale(other, 2)))["infcode"] == 0
-                    body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
-                    proxy.freeze_at(b"COMMIT")
-                    answer = decode((await pos.post_raw(body))[1])  # its deadline, COMMIT hung
-                    assert answer["infcode"] != 0 and "请勿按现金收费" in answer["err_msg"], answer
-                    # The till's first try: no earlier attempt to speak of (found from outside:
-                    # it was told "the previous settlement of the same msgid" was at work).
-                    assert "上一次" not in answer["err_msg"], answer
-                    told: list[str] = []
-                    opened = False
-                    for _ in range(12):  # the till's retries, each on the other worker
-                        answer = decode((await other.post_raw(body))[1])
-                        assert answer["infcode"] != 0, (answer["output"], told)  # no claim: no cash
-                        told.append(answer["err_msg"])
-                        opened = opened or breaker.is_open
-                        if opened and len(told) >= 3:
-                            break
-                        await asyncio.sleep(0.3)
-                    # Its retries met the other worker's breaker open, where a claim was taken.
-                    assert opened, told
-                    assert all("请勿按现金收费" in t for t in told), told
-                    proxy.thaw()  # the COMMIT lands
-                    await _the_sale_stands_alone(first, pos, body, PERSONS[1])
-                    # And the other worker, asked again, answers the sale too.
-                    again = decode((await other.post_raw(body))[1])
-                    assert again["infcode"] == 0, again
-                    assert not again["output"]["setlinfo"]["setl_id"].startswith("DF"), again
+                    yield Workers(first, proxy, pos, other, breaker, sale)
                 finally:
-                    proxy.thaw()  # a failure above must not leave the workers hung at their ends
+                    proxy.thaw()  # a failure must not leave the workers hung at their ends
         finally:
             await proxy.close()
+
+
+async def test_a_sale_in_doubt_in_one_worker_is_not_taken_as_a_claim_in_another(
+    new_database: Callable[..., Any],
+) -> None:
+    async with _two_workers(new_database) as w:
+        w.proxy.freeze_at(b"COMMIT")
+        answer = decode((await w.pos.post_raw(w.sale))[1])  # its deadline, its COMMIT hung
+        assert answer["infcode"] != 0 and "请勿按现金收费" in answer["err_msg"], answer
+        # The till's first try: no earlier attempt to speak of (found from outside: it was told
+        # "the previous settlement of the same msgid" was at work).
+        assert "上一次" not in answer["err_msg"], answer
+        told: list[str] = []
+        opened = False
+        for _ in range(12):  # the till's retries, each on the other worker
+            answer = decode((await w.other.post_raw(w.sale))[1])
+            assert answer["infcode"] != 0, (answer["output"], told)  # no claim: no cash
+            told.append(answer["err_msg"])
+            opened = opened or w.breaker.is_open
+            if opened and len(told) >= 3:
+                break
+            await asyncio.sleep(0.3)
+        # Its retries met the other worker's breaker open, where a claim was taken.
+        assert opened, told
+        assert all("请勿按现金收费" in t for t in told), told
+        w.proxy.thaw()  # the COMMIT lands
+        await _the_sale_stands_alone(w.first, w.pos, w.sale, PERSONS[1])
+        # And the other worker, asked again, answers the sale too.
+        again = decode((await w.other.post_raw(w.sale))[1])
+        assert again["infcode"] == 0, again
+        assert not again["output"]["setlinfo"]["setl_id"].startswith("DF"), again
 
 
 async def test_another_workers_own_attempt_of_the_message_does_not_clear_the_doubt(
@@ -104,43 +127,26 @@ async def test_another_workers_own_attempt_of_the_message_does_not_clear_the_dou
     the first worker's doubt, and cleared it when that try's attempt ended. Once the ledger froze
     the try after was taken there as an all-cash claim, and the COMMIT landed: cash and account
     both paid. Each worker writes and clears its own file."""
-    journal = Path(tempfile.mkdtemp(prefix="gw-journal-"))
-    ledger = ProxiedLedger()
-    async with running_gateway(
-        new_database, PATIENT, serve_through=ledger, journal_dir=journal, pool_min=4
-    ) as first:
-        proxy = ledger.started()
-        try:
-            async with another_worker(_through(first.dsn, proxy.port), journal, CONFIG) as second:
-                try:
-                    pos, other = first.client(PHARMACY), second.client(PHARMACY)
-                    assert second.app is not None
-                    breaker = second.app[GATEWAY].ledger_breaker(MAIN)
-                    assert (await pos.call("2102", _sale(pos, 0)))["infcode"] == 0
-                    assert (await other.call("2102", _sale(other, 2)))["infcode"] == 0
-                    body = msgspec.json.encode(pos.envelope("2102", _sale(pos, 1)))
-                    proxy.freeze_at(b"COMMIT", alone=True)  # that COMMIT's connection alone
-                    told = [decode((await pos.post_raw(body))[1])]  # its deadline: in doubt
-                    # The next try, to the other worker: to the ledger, where the first
-                    # attempt's lock holds it until its own deadline.
-                    told.append(decode((await other.post_raw(body))[1]))
-                    assert not breaker.is_open  # its probe passed: only one connection hangs
-                    await asyncio.sleep(2.5)  # that attempt over, its connection dropped
-                    proxy.freeze()  # now the whole ledger
-                    for _ in range(12):  # the next tries, to the other worker again
-                        told.append(decode((await other.post_raw(body))[1]))
-                        if breaker.is_open and len(told) >= 5:
-                            break
-                        await asyncio.sleep(0.3)
-                    assert breaker.is_open, [a["err_msg"] for a in told]
-                    claims = [a for a in told if a["infcode"] == 0]
-                    assert not claims, [(a["infcode"], a["err_msg"]) for a in told]
-                    assert all("请勿按现金收费" in a["err_msg"] for a in told), told
-                finally:
-                    proxy.thaw()
-                await _the_sale_stands_alone(first, pos, body, PERSONS[1])
-        finally:
-            await proxy.close()
+    async with _two_workers(new_database) as w:
+        w.proxy.freeze_at(b"COMMIT", alone=True)  # that COMMIT's connection alone
+        told = [decode((await w.pos.post_raw(w.sale))[1])]  # its deadline: in doubt
+        # The next try, to the other worker: to the ledger, where the first attempt's lock holds
+        # it until its own deadline.
+        told.append(decode((await w.other.post_raw(w.sale))[1]))
+        assert not w.breaker.is_open  # its probe passed: only one connection hangs
+        await asyncio.sleep(2.5)  # that attempt over, its connection dropped
+        w.proxy.freeze()  # now the whole ledger
+        for _ in range(12):  # the next tries, to the other worker again
+            told.append(decode((await w.other.post_raw(w.sale))[1]))
+            if w.breaker.is_open and len(told) >= 5:
+                break
+            await asyncio.sleep(0.3)
+        assert w.breaker.is_open, [a["err_msg"] for a in told]
+        claims = [a for a in told if a["infcode"] == 0]
+        assert not claims, [(a["infcode"], a["err_msg"]) for a in told]
+        assert all("请勿按现金收费" in a["err_msg"] for a in told), told
+        w.proxy.thaw()  # the COMMIT lands
+        await _the_sale_stands_alone(w.first, w.pos, w.sale, PERSONS[1])
 
 
 async def test_a_registration_claimed_on_another_node_while_its_commit_hung_is_the_visit(
