@@ -89,8 +89,9 @@ def asked_of(req: Request, kind: Kind) -> VisitAsk:
     )
 
 
-# Local refinements of 02 the protocol names beside the national codes (单病种, 日间手术).
-_LOCAL_SETTLE_WAYS = {"0201": "单病种", "0202": "日间手术"}
+# The national codes, and the local refinements of 02 the protocol names beside them.
+_SETTLE_WAYS = labels("psn_setlway") | {"0201": "单病种", "0202": "日间手术"}
+_SETTLE_WAYS_TEXT = "、".join(f"{code}（{name}）" for code, name in _SETTLE_WAYS.items())
 
 
 def _check_settle_way(value: Code) -> None:
@@ -98,10 +99,8 @@ def _check_settle_way(value: Code) -> None:
     settled like any other, where every other code field is held to its list. The split is by
     item whichever is sent; one left empty is taken, as clients leave it."""
     sent = text(value)
-    ways = labels("psn_setlway") | _LOCAL_SETTLE_WAYS
-    if sent and sent not in ways:
-        known = "、".join(f"{code}（{name}）" for code, name in ways.items())
-        raise BadRequest(f"个人结算方式psn_setlway为“{shown(sent)}”，应为{known}")
+    if sent and sent not in _SETTLE_WAYS:
+        raise BadRequest(f"个人结算方式psn_setlway为“{shown(sent)}”，应为{_SETTLE_WAYS_TEXT}")
 
 
 def output(rec: Record, ctx: Context, a: VisitAsk) -> dict[str, Any]:

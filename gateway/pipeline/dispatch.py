@@ -126,14 +126,20 @@ IN_DOUBT_MSG = (
 )
 
 
+def _pending_words(infno: str, in_doubt: bool) -> str:
+    """What the counter is told of a message an attempt of which may yet commit."""
+    if in_doubt:
+        return IN_DOUBT_SETTLING_MSG if settling(infno) else IN_DOUBT_MSG
+    return STILL_SETTLING_MSG if settling(infno) else STILL_WORKING_MSG
+
+
 def _still_at_work(gw: Gateway, req: Request, held: str | None = None) -> Unavailable:
     """The refusal of a message an earlier attempt of which may yet commit, in its own words
     (`held`: as another worker's file says, where that worker holds it)."""
     key = (req.fixmedins_code, req.msgid)
     gw.attempts.told_to_retry(key)
-    if held == IN_DOUBT or (held is None and gw.attempts.in_doubt(key)):
-        return Unavailable(IN_DOUBT_SETTLING_MSG if settling(req.infno) else IN_DOUBT_MSG)
-    return Unavailable(STILL_SETTLING_MSG if settling(req.infno) else STILL_WORKING_MSG)
+    in_doubt = held == IN_DOUBT or (held is None and gw.attempts.in_doubt(key))
+    return Unavailable(_pending_words(req.infno, in_doubt))
 
 
 # A timeout is counted against the ledger when the ledger had at least this share of the deadline
@@ -246,9 +252,7 @@ def _retry_words(
             return STILL_SETTLING_MSG
     elif (held := gw.attempts.elsewhere(key)) is not None:
         # Another worker of the host holds an attempt of it: its words, not "take cash".
-        if held == IN_DOUBT:
-            return IN_DOUBT_SETTLING_MSG if settling(infno) else IN_DOUBT_MSG
-        return STILL_SETTLING_MSG if settling(infno) else STILL_WORKING_MSG
+        return _pending_words(infno, held == IN_DOUBT)
     return words
 
 

@@ -218,6 +218,11 @@ async def _drain_chunk(
     return moved
 
 
+def _opened_visit(output: dict[str, Any]) -> Any:
+    """The visit id a registration's answer gives: 2201's `data`, 2401's `result`."""
+    return (output.get("data") or output.get("result") or {})["mdtrt_id"]
+
+
 async def _adopt_registration(conn: asyncpg.Connection, e: deferred.Entry) -> bool:
     """A journaled registration (its provisional visit id) whose message the ledger settled
     beside it, with the same body (its COMMIT in doubt in another process or node, landed when
@@ -232,10 +237,8 @@ async def _adopt_registration(conn: asyncpg.Connection, e: deferred.Entry) -> bo
         return False
     try:
         answer = msgspec.json.decode(stored.answer)
-        output = answer.get("output") or {}
-        node = output.get("data") or output.get("result") or {}
-        mdtrt_id = node.get("mdtrt_id") if answer.get("infcode") == 0 else None
-    except (msgspec.DecodeError, AttributeError):
+        mdtrt_id = _opened_visit(answer.get("output") or {}) if answer.get("infcode") == 0 else None
+    except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
         return False
     if not isinstance(mdtrt_id, str) or not mdtrt_id:
         return False
@@ -420,9 +423,8 @@ async def _apply_calls(
                     async with conn.transaction():  # a savepoint: a refusal leaves no trace
                         output = await _run(gw, conn, row, row.received_at)
                         if row.provisional_id:
-                            node = output.get("data") or output.get("result") or {}
                             await deferred.record_provisional(
-                                conn, row.provisional_id, node["mdtrt_id"]
+                                conn, row.provisional_id, _opened_visit(output)
                             )
                     await deferred.mark_applied(conn, row.seq)
                     applied += 1
