@@ -135,7 +135,29 @@ async def upload(call: Call) -> Answer:
             written.add(mapping)
             decoded.append(mapping)
     count = await catalog_mappings.upload(call.conn, call.req.fixmedins_code, decoded)
-    return Answer({"result": {"count": count}}, catalog_changed=True)
+    return Answer(
+        {"result": {"count": count}},
+        warn_msg=_unused_words(decoded, catalog_mappings.never_in_force(decoded)),
+        catalog_changed=True,
+    )
+
+
+def _unused_words(rows: Sequence[catalog_mappings.MappingRow], unused: list[int]) -> str | None:
+    """Names the rows a later row of this upload supersedes on all their days (found from
+    outside: sent newest first, an item's history left its latest row never used, silently)."""
+    if not unused:
+        return None
+    named = "、".join(
+        f"{r.fixmedins_hilist_id}→{r.med_list_codg}（{r.begndate:%Y-%m-%d}起"
+        + ("" if r.enddate >= OPEN_END else f"至{r.enddate:%Y-%m-%d}")
+        + "）"
+        for r in (rows[i] for i in unused[:3])
+    )
+    more = f"等{len(unused)}条" if len(unused) > 3 else ""
+    return (
+        f"已上传，但对照{named}{more}的全部有效期都被本次上传中排在其后的对照取代，不会被使用"
+        "（同一项目以后上传的为准）；如非本意，请按开始日期从早到晚排列后重新上传"
+    )
 
 
 def _revocation(fixmedins_code: str, row: RevokeRow) -> catalog_mappings.Revocation:

@@ -38,6 +38,36 @@ class Revocation(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     med_list_codg: str
 
 
+def never_in_force(rows: Sequence[MappingRow]) -> list[int]:
+    """The positions of the rows that a later row of the same upload supersedes on every day of
+    their period: a later row is tried first on each of its days (gateway.core.catalog), so such
+    a row is written and never used. Sent in an order the client did not mean (a history newest
+    first), the item is priced by a row it thought replaced; the answer names them."""
+    later: dict[str, list[tuple[dt.date, dt.date]]] = {}  # each item's later rows' periods
+    unused: list[int] = []
+    for i in range(len(rows) - 1, -1, -1):
+        row = rows[i]
+        periods = later.setdefault(row.fixmedins_hilist_id, [])
+        if _covered(periods, row.begndate, row.enddate):
+            unused.append(i)
+        periods.append((row.begndate, row.enddate))
+    unused.reverse()
+    return unused
+
+
+def _covered(periods: list[tuple[dt.date, dt.date]], begn: dt.date, end: dt.date) -> bool:
+    """Whether the periods (inclusive days) together hold every day from begn to end."""
+    reached = begn  # every day before it is held
+    for first, last in sorted(periods):
+        if first > reached:
+            return False
+        if last >= reached:
+            if last >= end:
+                return True
+            reached = last + dt.timedelta(days=1)
+    return False
+
+
 async def upload(conn: asyncpg.Connection, fixmedins_code: str, rows: Sequence[MappingRow]) -> int:
     """3301: the institution's rows added (each supersedes the item's mapping from its
     begndate); how many."""

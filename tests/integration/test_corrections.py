@@ -215,6 +215,31 @@ async def test_an_item_mapped_twice_from_one_day_in_one_upload_is_refused(server
     assert (await his.ok("3301", {"data": [one, one]}))["result"]["count"] == 1
 
 
+async def test_an_upload_names_a_row_a_later_row_of_it_supersedes_on_all_its_days(
+    server: Server,
+) -> None:
+    """Found from outside: an item's history sent newest first was taken silently, and the
+    older row, tried first on every day, priced the lines. Still taken (a client may mean it),
+    but the answer names the row that will never be used; an upload in date order names none."""
+    his = server.client(HOSPITAL)
+    newest = _mapping(CLASS_B, "ZZ0013", begndate="2026-07-01")["data"]
+    oldest = _mapping(WRONG_CLASS_A, "ZZ0013")["data"]
+    taken = await his.call("3301", {"data": [newest, oldest]})
+    assert taken["infcode"] == 0 and taken["output"]["result"]["count"] == 2
+    assert taken["warn_msg"] == (
+        f"已上传，但对照ZZ0013→{CLASS_B}（2026-07-01起）的全部有效期都被本次上传中排在其后的"
+        "对照取代，不会被使用（同一项目以后上传的为准）；如非本意，请按开始日期从早到晚排列后"
+        "重新上传"
+    )
+    query = {"medins_list_codg": "ZZ0013", "query_date": "2026-08-01", "page_num": 1,
+             "page_size": 10}  # fmt: skip
+    page = await his.ok("1317", {"data": query})
+    assert [r["med_list_codg"] for r in page["data"]] == [WRONG_CLASS_A]
+    in_order = await his.call("3301", {"data": [{**oldest, "fixmedins_hilist_id": "ZZ0014"},
+                                                {**newest, "fixmedins_hilist_id": "ZZ0014"}]})  # fmt: skip
+    assert in_order["infcode"] == 0 and in_order["warn_msg"] is None
+
+
 async def test_a_mapping_superseded_from_its_first_day_is_not_listed_as_valid(
     server: Server,
 ) -> None:
