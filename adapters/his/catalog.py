@@ -148,9 +148,8 @@ def _unused_words(rows: Sequence[catalog_mappings.MappingRow], unused: list[int]
     if not unused:
         return None
     named = "、".join(
-        f"{r.fixmedins_hilist_id}→{r.med_list_codg}（{r.begndate:%Y-%m-%d}起"
-        + ("" if r.enddate >= OPEN_END else f"至{r.enddate:%Y-%m-%d}")
-        + "）"
+        f"{r.fixmedins_hilist_id}→{r.med_list_codg}"
+        f"（{catalog_mappings.period_words((r.begndate, r.enddate))}）"
         for r in (rows[i] for i in unused[:3])
     )
     more = f"等{len(unused)}条" if len(unused) > 3 else ""
@@ -192,7 +191,7 @@ async def revoke(call: Call) -> Answer:
                     "list_type": r.list_type,
                     "med_list_codg": r.med_list_codg,
                 }
-                for r in revoked
+                for r in revoked.rows
             ]
         },
         warn_msg=left,

@@ -409,20 +409,21 @@ async def revoke_mapping(
     medins_list_codg: str,
     list_type: str,
     med_list_codg: str,
-) -> int:
-    """3302: revoke the item's active mapping rows to that national code; returns how many."""
-    status = await conn.execute(
+) -> list[tuple[dt.date, dt.date]]:
+    """3302: revoke the item's active mapping rows to that national code; the periods (begndate,
+    enddate) of the rows revoked."""
+    rows = await conn.fetch(
         "UPDATE catalog_mappings SET revoked_at = now() WHERE fixmedins_code = $1 AND medins_list_codg = $2"
-        " AND med_list_codg = $3 AND ($4 = '' OR list_type = $4) AND revoked_at IS NULL",
+        " AND med_list_codg = $3 AND ($4 = '' OR list_type = $4) AND revoked_at IS NULL"
+        " RETURNING begndate, enddate",
         fixmedins_code,
         medins_list_codg,
         med_list_codg,
         list_type,
     )
-    n = int(status.split()[-1])
-    if n:
+    if rows:
         await bump_version(conn)
-    return n
+    return [(r["begndate"], r["enddate"]) for r in rows]
 
 
 async def mappings_in_force(

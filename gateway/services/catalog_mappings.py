@@ -43,7 +43,7 @@ def never_in_force(rows: Sequence[MappingRow]) -> list[int]:
     their period: a later row is tried first on each of its days (gateway.core.catalog), so such
     a row is written and never used. Sent in an order the client did not mean (a history newest
     first), the item is priced by a row it thought replaced; the answer names them."""
-    later: dict[str, list[tuple[dt.date, dt.date]]] = {}  # each item's later rows' periods
+    later: dict[str, list[Period]] = {}  # each item's later rows' periods
     unused: list[int] = []
     for i in range(len(rows) - 1, -1, -1):
         row = rows[i]
@@ -55,17 +55,44 @@ def never_in_force(rows: Sequence[MappingRow]) -> list[int]:
     return unused
 
 
-def _covered(periods: list[tuple[dt.date, dt.date]], begn: dt.date, end: dt.date) -> bool:
-    """Whether the periods (inclusive days) together hold every day from begn to end."""
-    reached = begn  # every day before it is held
+Period = tuple[dt.date, dt.date]  # begndate, enddate: both days included
+_DAY = dt.timedelta(days=1)
+
+
+def _union(periods: Iterable[Period]) -> list[Period]:
+    """The days the periods hold, as the fewest periods, in order (adjacent ones joined)."""
+    joined: list[Period] = []
     for first, last in sorted(periods):
-        if first > reached:
-            return False
-        if last >= reached:
-            if last >= end:
-                return True
-            reached = last + dt.timedelta(days=1)
-    return False
+        if joined and first <= joined[-1][1] + _DAY:
+            if last > joined[-1][1]:
+                joined[-1] = (joined[-1][0], last)
+        else:
+            joined.append((first, last))
+    return joined
+
+
+def _covered(periods: Iterable[Period], begn: dt.date, end: dt.date) -> bool:
+    """Whether the periods together hold every day from begn to end."""
+    return any(first <= begn and end <= last for first, last in _union(periods))
+
+
+def lost_days(before: Iterable[Period], after: Iterable[Period]) -> list[Period]:
+    """The days `before` holds and `after` does not, as periods in order."""
+    lost: list[Period] = []
+    kept = _union(after)
+    for first, last in _union(before):
+        day = first
+        for k_first, k_last in kept:
+            if k_last < day or k_first > last:
+                continue
+            if k_first > day:
+                lost.append((day, k_first - _DAY))
+            day = k_last + _DAY
+            if day > last:
+                break
+        if day <= last:
+            lost.append((day, last))
+    return lost
 
 
 async def upload(conn: asyncpg.Connection, fixmedins_code: str, rows: Sequence[MappingRow]) -> int:
@@ -86,33 +113,47 @@ async def upload(conn: asyncpg.Connection, fixmedins_code: str, rows: Sequence[M
     return await reference_store.upload_mappings(conn, mappings)
 
 
+class Revoked(msgspec.Struct, frozen=True, kw_only=True):
+    """What a 3302 took away: its rows in order, and the periods of the mapping rows each item
+    lost (a row may name several uploads of one pairing)."""
+
+    rows: list[Revocation]
+    periods: dict[str, list[Period]]
+
+
 async def revoke(
     conn: asyncpg.Connection, fixmedins_code: str, rows: Iterable[Revocation]
-) -> list[Revocation]:
-    """3302: each row's active mapping revoked, in order; the rows revoked. `rows` may be read
-    as it goes (the adapter decodes each row when it is reached), so a request is refused for
-    its first fault in row order."""
-    revoked: list[Revocation] = []
+) -> Revoked:
+    """3302: each row's active mapping revoked, in order. `rows` may be read as it goes (the
+    adapter decodes each row when it is reached), so a request is refused for its first fault
+    in row order."""
+    revoked = Revoked(rows=[], periods={})
     for r in rows:
-        n = await reference_store.revoke_mapping(
+        periods = await reference_store.revoke_mapping(
             conn, fixmedins_code, r.fixmedins_hilist_id, r.list_type, r.med_list_codg
         )
-        if not n:
+        if not periods:
             raise NotFound(
                 f"本机构目录{r.fixmedins_hilist_id}与医保目录{r.med_list_codg}的有效对照不存在"
             )
-        revoked.append(r)
+        revoked.rows.append(r)
+        revoked.periods.setdefault(r.fixmedins_hilist_id, []).extend(periods)
     return revoked
 
 
-async def left_words(
-    conn: asyncpg.Connection, fixmedins_code: str, revoked: Sequence[Revocation]
-) -> str:
+def period_words(period: Period) -> str:
+    first, last = period
+    return f"{first:%Y-%m-%d}起" if last >= OPEN_END else f"{first:%Y-%m-%d}至{last:%Y-%m-%d}"
+
+
+async def left_words(conn: asyncpg.Connection, fixmedins_code: str, revoked: Revoked) -> str:
     """What each item revoked is mapped by now, for the 3302's warn_msg. A revoke takes its rows
     away as if never uploaded: an earlier row they had replaced applies again (found from
     outside: a row 1317 showed as replaced came back unannounced and priced the lines), so the
-    answer names it; or says the item's lines are now unmapped."""
-    items = list(dict.fromkeys(r.fixmedins_hilist_id for r in revoked))
+    answer names it, and the days the item had a mapping and has none now (found from outside:
+    a revoke of a pairing uploaded twice took the earlier upload too, and the answer named only
+    the later row left, not the years before it now unmapped); or says the item is unmapped."""
+    items = list(revoked.periods)
     rows = await reference_store.mappings_in_force(conn, fixmedins_code, items)
     words = []
     for item in items:
@@ -123,14 +164,20 @@ async def left_words(
             )
             continue
         kept = "、".join(
-            f"{r['med_list_codg']}（{r['begndate']:%Y-%m-%d}起"
-            + ("" if r["enddate"] >= OPEN_END else f"至{r['enddate']:%Y-%m-%d}")
-            + "）"
+            f"{r['med_list_codg']}（{period_words((r['begndate'], r['enddate']))}）"
             for r in left[:3]
         )
         more = f"等{len(left)}条" if len(left) > 3 else ""
+        periods = [(r["begndate"], r["enddate"]) for r in left]
+        lost = lost_days([*periods, *revoked.periods[item]], periods)
+        unmapped = (
+            f"；{'、'.join(period_words(p) for p in lost[:3])}"
+            f"{f'等{len(lost)}段' if len(lost) > 3 else ''}已无有效对照，其间费用按未对照全额自费"
+            if lost
+            else ""
+        )
         words.append(
             f"项目{item}撤销后按本机构此前上传、仍未撤销的对照结算：{kept}{more}"
-            "（后上传的优先）；如不应再适用，请一并撤销"
+            f"（后上传的优先）{unmapped}；如不应再适用，请一并撤销"
         )
     return "；".join(words)

@@ -190,11 +190,42 @@ async def test_a_revoke_names_the_mapping_that_applies_again(server: Server) -> 
     assert answer["infcode"] == 0, answer
     assert answer["warn_msg"] == (
         f"项目ZZ0011撤销后按本机构此前上传、仍未撤销的对照结算：{WRONG_CLASS_A}（2026-06-01起）"
-        "（后上传的优先）；如不应再适用，请一并撤销"
+        "（后上传的优先）；2026-05-01至2026-05-31已无有效对照，其间费用按未对照全额自费；"
+        "如不应再适用，请一并撤销"
     )
     query = {"medins_list_codg": "ZZ0011", "page_num": 1, "page_size": 10}
     page = await his.ok("1317", {"data": query})
     assert [(r["med_list_codg"], r["vali_flag"]) for r in page["data"]] == [(WRONG_CLASS_A, "1")]
+
+
+async def test_a_revoke_names_the_days_its_item_is_left_unmapped(server: Server) -> None:
+    """Found from outside: a pairing uploaded twice (from 2020 and again from 2025, another
+    code between them) was revoked whole, and the answer named the other code's row as what
+    applies, not the five years before it now unmapped, their lines all self-pay."""
+    his = server.client(HOSPITAL)
+    await his.ok("3301", _mapping(CLASS_B, "ZZ0015", begndate="2020-01-01"))
+    await his.ok("3301", _mapping(WRONG_CLASS_A, "ZZ0015", begndate="2025-06-01"))
+    await his.ok("3301", _mapping(CLASS_B, "ZZ0015", begndate="2025-06-01"))
+    revoke = {"fixmedins_hilist_id": "ZZ0015", "list_type": "101", "med_list_codg": CLASS_B}
+    answer = await his.call("3302", {"data": [revoke]})
+    assert answer["infcode"] == 0, answer
+    assert answer["warn_msg"] == (
+        f"项目ZZ0015撤销后按本机构此前上传、仍未撤销的对照结算：{WRONG_CLASS_A}（2025-06-01起）"
+        "（后上传的优先）；2020-01-01至2025-05-31已无有效对照，其间费用按未对照全额自费；"
+        "如不应再适用，请一并撤销"
+    )
+    before = {"medins_list_codg": "ZZ0015", "query_date": "2024-03-01", "page_num": 1,
+              "page_size": 10}  # fmt: skip
+    assert (await his.ok("1317", {"data": before}))["recordCounts"] == 0
+    # A revoke that leaves every day it took covered names none.
+    await his.ok("3301", _mapping(CLASS_B, "ZZ0016", begndate="2026-01-01"))
+    await his.ok("3301", _mapping(WRONG_CLASS_A, "ZZ0016", begndate="2026-03-01"))
+    later = {"fixmedins_hilist_id": "ZZ0016", "list_type": "101", "med_list_codg": WRONG_CLASS_A}
+    answer = await his.call("3302", {"data": later})
+    assert answer["warn_msg"] == (
+        f"项目ZZ0016撤销后按本机构此前上传、仍未撤销的对照结算：{CLASS_B}（2026-01-01起）"
+        "（后上传的优先）；如不应再适用，请一并撤销"
+    )
 
 
 async def test_an_item_mapped_twice_from_one_day_in_one_upload_is_refused(server: Server) -> None:

@@ -1,17 +1,19 @@
-"""A 3301 row that a later row of the same upload supersedes on every one of its days is named
-in the answer (`catalog_mappings.never_in_force`). Judged by the snapshot settlements price
-with: a row is "never in force" exactly when `Snapshot.mapping` returns it on no day."""
+"""Mapping periods. A 3301 row that a later row of the same upload supersedes on every one of its
+days is named in the answer (`catalog_mappings.never_in_force`), judged by the snapshot
+settlements price with: a row is "never in force" exactly when `Snapshot.mapping` returns it on
+no day. A 3302's answer names the days its items are left unmapped (`lost_days`)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.catalog import Snapshot
 from gateway.core.model import Institution, Mapping
-from gateway.services.catalog_mappings import OPEN_END, MappingRow, never_in_force
+from gateway.services.catalog_mappings import OPEN_END, MappingRow, lost_days, never_in_force
 
 D = dt.date
 FIRST = D(2026, 1, 1)
@@ -102,3 +104,31 @@ def test_the_rows_named_are_exactly_those_the_snapshot_never_prices_with(
 ) -> None:
     unused = never_in_force(rows)
     assert unused == sorted(set(range(len(rows))) - _used(rows))
+
+
+_periods = st.lists(
+    st.tuples(_day, st.integers(0, DAYS - 1)).map(
+        lambda p: (p[0], min(p[0] + dt.timedelta(days=p[1]), LAST))
+    ),
+    max_size=5,
+)
+
+
+def _days(periods: list[tuple[dt.date, dt.date]]) -> set[dt.date]:
+    return {
+        first + dt.timedelta(days=n)
+        for first, last in periods
+        for n in range((last - first).days + 1)
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(_periods, _periods)
+def test_a_revokes_lost_days_are_the_days_held_before_and_not_after(
+    before: list[tuple[dt.date, dt.date]], after: list[tuple[dt.date, dt.date]]
+) -> None:
+    """What a 3302's answer names as left unmapped (`lost_days`), day by day."""
+    lost = lost_days(before, after)
+    assert _days(lost) == _days(before) - _days(after)
+    # As few periods as the days allow: in order, none touching the next.
+    assert all(a[1] + dt.timedelta(days=1) < b[0] for a, b in itertools.pairwise(lost))
