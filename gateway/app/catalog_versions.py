@@ -19,17 +19,12 @@ poll, as before.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import logging
-import mmap
-import os
 import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger("gateway.app.catalog_versions")
+from gateway.ops.shared_map import SharedMap
 
 SLOTS = 4096
 _SLOT = struct.Struct("<q")
@@ -41,36 +36,9 @@ class CatalogVersions:
     directory kept across databases never holds another one's versions)."""
 
     def __init__(self, journal_dir: Path, database_url: str) -> None:
-        self._map: mmap.mmap | None = None
-        self._fd = -1
-        self._opened = False  # mapped on first use: a command that serves nothing never does
+        self._shared = SharedMap(journal_dir, "catalog-versions", database_url, SIZE)
         self._slots: dict[str, int] = {}
-        self._journal_dir = journal_dir
-        name = hashlib.sha256(database_url.encode()).hexdigest()[:16]
-        self.path = journal_dir / f"catalog-versions-{name}"
-
-    def _open(self) -> mmap.mmap | None:
-        self._opened = True
-        try:
-            self._journal_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    if os.fstat(fd).st_size < SIZE:
-                        os.ftruncate(fd, SIZE)  # zeros: no change asked of anyone
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                self._map = mmap.mmap(fd, SIZE)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fd = fd
-        except OSError:
-            # A read-only directory: this process neither tells nor hears; Redis and the poll
-            # still carry changes.
-            log.warning("catalog versions not shared with other workers (%s)", self.path)
-        return self._map
+        self.path = self._shared.path
 
     def _slot(self, fixmedins_code: str) -> int:
         slot = self._slots.get(fixmedins_code)
@@ -82,7 +50,7 @@ class CatalogVersions:
 
     def wanted(self, fixmedins_code: str) -> int:
         """The least snapshot version this institution's requests may be priced with."""
-        shared = self._map if self._opened else self._open()
+        shared = self._shared.mapped()
         if shared is None:
             return 0
         value: int = _SLOT.unpack_from(shared, self._slot(fixmedins_code))[0]
@@ -98,23 +66,14 @@ class CatalogVersions:
         self._store(fixmedins_code, version, lambda old: version < old)
 
     def _store(self, fixmedins_code: str, version: int, replaces: Callable[[int], bool]) -> None:
-        shared = self._map if self._opened else self._open()
+        shared = self._shared.mapped()
         if shared is None:
             return
         slot = self._slot(fixmedins_code)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)  # one writer at a time: a lower value never wins
-        try:
+        with self._shared.locked():  # one writer at a time: a lower value never wins
             old: int = _SLOT.unpack_from(shared, slot)[0]
             if replaces(old):
                 _SLOT.pack_into(shared, slot, version)
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        self._opened = True  # closed: never mapped again
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._shared.close()

@@ -37,6 +37,7 @@ from gateway.pipeline.ledger_waits import LedgerWaits
 from gateway.pipeline.ratelimit import Limiter
 from gateway.pipeline.recent_answers import RecentAnswers
 from gateway.pipeline.shared_doubts import SharedDoubts
+from gateway.pipeline.shared_nonces import SharedNonces
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -121,6 +122,7 @@ class Gateway:
         "ledger_claims",
         "ledgers",
         "limiter",
+        "nonces",
         "plan",
         "pool",
         "reads",
@@ -163,6 +165,8 @@ class Gateway:
         # and this process's catching up with them: one refresh at a time, none again within
         # CATCH_UP_PAUSE_SECONDS of one that failed.
         self.catalog_versions = CatalogVersions(settings.journal_dir, settings.database_url)
+        # Signed requests' nonces, shared with the host's other workers (gateway.pipeline.auth)
+        self.nonces = SharedNonces(settings.journal_dir, settings.database_url)
         self._catch_up: asyncio.Future[bool] | None = None
         self._catch_up_after = 0.0
         self.plan = Plan(version=0)
@@ -299,6 +303,7 @@ class Gateway:
         """Release what `start` opened; the background tasks are the caller's to stop first."""
         self.journal.close()
         self.catalog_versions.close()
+        self.nonces.close()
         if self.redis is not None:
             await close_redis(self.redis)
         await self.ledgers.close(POOL_CLOSE_SECONDS)

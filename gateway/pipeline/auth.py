@@ -3,7 +3,7 @@
 Headers: `x-tif-paasid` (the institution code), `x-tif-timestamp` (Unix seconds),
 `x-tif-nonce`, `x-tif-signature` = lower-case hex SHA-256(timestamp + secret + nonce + timestamp).
 A request is accepted within ±300 s of its timestamp and a nonce only once per timestamp (Redis when configured,
-so every worker shares the memory; otherwise this process's). The envelope's fixmedins_code must
+so every worker shares the memory; the host's workers share theirs in a mapped file too). The envelope's fixmedins_code must
 then be the authenticated institution: no institution can speak for another.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 from gateway.emergency.breaker import SharedStoreGate
 from gateway.ops.keys import NONCE, NONCE_TTL_SECONDS
 from gateway.ops.metrics import UNREGISTERED
+from gateway.pipeline.shared_nonces import SharedNonces
 from gateway.protocol.errors import BadRequest
 
 log = logging.getLogger("gateway.pipeline.auth")
@@ -74,12 +75,20 @@ _SIGNED_HEADERS = ("x-tif-paasid", "x-tif-timestamp", "x-tif-nonce", "x-tif-sign
 class Verifier:
     """Checks signatures and remembers nonces."""
 
-    __slots__ = ("_local", "_unknown_secret", "credentials", "gate", "redis")
+    __slots__ = ("_local", "_unknown_secret", "credentials", "gate", "redis", "shared")
 
-    def __init__(self, credentials: Mapping[str, str], redis: Any | None = None) -> None:
+    def __init__(
+        self,
+        credentials: Mapping[str, str],
+        redis: Any | None = None,
+        shared: SharedNonces | None = None,
+    ) -> None:
         self.credentials = dict(credentials)
         self._unknown_secret = secrets.token_hex(32)
         self.redis = redis
+        # The host's workers' nonces (gateway.pipeline.shared_nonces): without Redis, or while
+        # it is away, a nonce one worker took is known to the others.
+        self.shared = shared
         self._local: OrderedDict[str, float] = OrderedDict()
         # The gateway's Redis breaker: while it is open nonces are this process's to remember
         # (docs/emergency.md), without waiting for a Redis that hangs.
@@ -148,16 +157,22 @@ class Verifier:
         return paasid
 
     async def _first_use(self, key: str, now: float) -> bool:
-        """Whether the nonce is new: in Redis, shared by every process; while Redis is away
-        (its breaker open, or failing), in this process's memory, which is asked first even
-        once Redis is back, so that a nonce used during the outage is not taken again here
-        (found from outside; another process may still take it once, docs/emergency.md)."""
+        """Whether the nonce is new: to this process, to the host's workers (their shared
+        table) and, where configured, to Redis, shared by every host; while Redis is away (its
+        breaker open, or failing), to this process and the host's workers, which are asked first
+        even once Redis is back, so that a nonce used during the outage is not taken again on
+        this host (found from outside; another host may still take it once, docs/emergency.md).
+        Found from outside: without Redis, each of two workers took the same signed headers
+        once."""
         while self._local and (
             len(self._local) >= MAX_LOCAL_NONCES
             or next(iter(self._local.values())) < now - NONCE_TTL_SECONDS
         ):
             self._local.popitem(last=False)
         if key in self._local:
+            return False
+        if self.shared is not None and self.shared.first_use(key, now, NONCE_TTL_SECONDS) is False:
+            self._local[key] = now
             return False
         if self.redis is not None and self.gate.usable():
             try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from gateway.emergency.breaker import Breaker, BreakerConfig
 from gateway.pipeline.auth import AuthError, Verifier, sign_headers, signature
-from tests.integration.conftest import Server
+from tests.integration.conftest import Server, another_worker, running_gateway
 from tests.integration.his_client import CREDENTIALS, decode
 
 CODE = "H44180000001"
@@ -120,6 +122,27 @@ async def test_nonces_shared_through_redis(redis_url: str) -> None:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_nonce_taken_by_one_worker_is_refused_by_another_without_redis(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: with `serve --workers 2` and no Redis, one set of signed headers was
+    taken once by each worker, the second time with a body of the sender's choosing. The host's
+    workers share their nonces through the journal directory."""
+    journal = Path(tempfile.mkdtemp(prefix="gw-journal-"))
+    async with (
+        running_gateway(new_database, journal_dir=journal) as first,
+        another_worker(first.dsn, journal) as second,
+    ):
+        headers = _signed()
+        assert (await _post(first, headers))["infcode"] == 0
+        replay = await _post(second, headers)
+        assert replay["infcode"] == -1 and "已使用过" in replay["err_msg"], replay
+        assert (await _post(second, _signed()))["infcode"] == 0  # a fresh nonce is taken
+        again = _signed()
+        assert (await _post(second, again))["infcode"] == 0
+        assert (await _post(first, again))["infcode"] == -1  # either way round
 
 
 def test_signature_is_sha256_of_ts_secret_nonce_ts() -> None:

@@ -1,0 +1,77 @@
+"""Signed requests' nonces, shared by the workers of one host when Redis is not there to share
+them.
+
+A nonce is accepted once per timestamp (gateway.pipeline.auth). With Redis every process asks
+Redis; without it (none configured, or its breaker open) each process remembered only its own.
+Found from outside: with `serve --workers 2` and no Redis, one captured set of signed headers
+was taken once by each worker, the second time with a body of the sender's choosing (the
+signature does not cover the body).
+
+So the workers of a host keep the nonces they take in a table every one of them maps (beside
+the journal, which they share, as gateway.app.catalog_versions does): a fixed-size file of
+slots, each a nonce's 64-bit fingerprint and the second it may be forgotten. A nonce is looked
+for in a window of slots from its hash and written into the first free or expired one, under
+one lock: two workers taking the same nonce at once are one after the other here. A window
+full of live nonces gives up its oldest, as the process's own memory gives up its oldest past
+its bound: about two million nonces in the window at once, far past any host's rate.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import struct
+from pathlib import Path
+
+from gateway.ops.shared_map import SharedMap
+
+SLOTS = 1 << 21
+WINDOW = 32  # slots looked at for one nonce
+_WINDOW = struct.Struct(f"<{2 * WINDOW}Q")  # (fingerprint, forget after) per slot
+_ENTRY = struct.Struct("<QQ")
+SIZE = (SLOTS + WINDOW) * _ENTRY.size  # 32 MiB, sparse: only the slots used take memory
+_blake2b = hashlib.blake2b
+
+
+class SharedNonces:
+    """The host's table of one ledger's nonces."""
+
+    def __init__(self, journal_dir: Path, database_url: str) -> None:
+        self._shared = SharedMap(journal_dir, "nonces", database_url, SIZE)
+        self.path = self._shared.path
+
+    def first_use(self, key: str, now: float, keep_seconds: int) -> bool | None:
+        """Whether no worker of this host took `key` before (and now it is taken); None when
+        the table cannot be used, for the caller's own memory to decide. Every signed request
+        comes here: written for few Python steps (about 4 µs, benchmarks/
+        test_shared_nonces_bench.py)."""
+        table = self._shared.mapped()
+        if table is None:
+            return None
+        digest = _blake2b(key.encode(), digest_size=8).digest()
+        fingerprint = int.from_bytes(digest, "little") or 1  # 0 marks a free slot
+        offset = (fingerprint % SLOTS) * _ENTRY.size
+        second = int(now)
+        fd = self._shared.fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            window = _WINDOW.unpack_from(table, offset)
+            held, until = window[0::2], window[1::2]
+            if fingerprint in held and any(
+                h == fingerprint and u > second for h, u in zip(held, until, strict=True)
+            ):
+                return False
+            # The first slot free or past its time (nearly always the first one looked at);
+            # in a window full of live nonces, the oldest's.
+            for slot, forget_after in enumerate(until):  # noqa: B007 (slot is read after the loop)
+                if forget_after <= second:
+                    break
+            else:
+                slot = until.index(min(until))
+            _ENTRY.pack_into(table, offset + slot * _ENTRY.size, fingerprint, second + keep_seconds)
+            return True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._shared.close()

@@ -1,0 +1,71 @@
+"""The host's shared table of signed requests' nonces (gateway.pipeline.shared_nonces): two
+tables over one directory stand for two worker processes (each opens the file itself, so each
+holds its own lock, as processes do)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.pipeline import shared_nonces
+from gateway.pipeline.shared_nonces import SharedNonces
+
+DSN = "postgresql://postgres@127.0.0.1/ledger"
+KEEP = 660
+
+
+def test_a_nonce_one_worker_took_is_refused_by_the_other(tmp_path: Path) -> None:
+    one, other = SharedNonces(tmp_path, DSN), SharedNonces(tmp_path, DSN)
+    try:
+        assert one.first_use("H1:1700000000:abc", 1_700_000_000.5, KEEP) is True
+        assert other.first_use("H1:1700000000:abc", 1_700_000_001.0, KEEP) is False
+        assert one.first_use("H1:1700000000:abc", 1_700_000_002.0, KEEP) is False
+        assert other.first_use("H1:1700000000:abd", 1_700_000_002.0, KEEP) is True
+        # Another ledger's gateways on the same host keep their own.
+        elsewhere = SharedNonces(tmp_path, DSN + "2")
+        assert elsewhere.first_use("H1:1700000000:abc", 1_700_000_002.0, KEEP) is True
+        elsewhere.close()
+    finally:
+        one.close()
+        other.close()
+
+
+def test_a_nonce_is_forgotten_only_after_its_time(tmp_path: Path) -> None:
+    table = SharedNonces(tmp_path, DSN)
+    try:
+        assert table.first_use("k", 1000.0, KEEP) is True
+        assert table.first_use("k", 1000.0 + KEEP - 1, KEEP) is False
+        assert table.first_use("k", 1000.0 + KEEP, KEEP) is True  # past its window: a slot again
+    finally:
+        table.close()
+
+
+def test_a_full_window_gives_up_its_oldest_nonce(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every nonce lands in one window of slots (a table of one slot): past WINDOW live nonces
+    the oldest is forgotten, the others kept, as the process's own memory does past its bound."""
+    monkeypatch.setattr(shared_nonces, "SLOTS", 1)
+    monkeypatch.setattr(shared_nonces, "SIZE", (1 + shared_nonces.WINDOW) * 16)
+    table = SharedNonces(tmp_path, DSN)
+    try:
+        window = shared_nonces.WINDOW
+        for n in range(window):
+            assert table.first_use(f"n{n}", 1000.0 + n, KEEP) is True
+        assert all(table.first_use(f"n{n}", 1000.0 + window, KEEP) is False for n in range(window))
+        assert table.first_use("late", 1000.0 + window, KEEP) is True
+        assert table.first_use("n0", 1000.0 + window, KEEP) is True  # the oldest, given up
+        assert table.first_use("n2", 1000.0 + window, KEEP) is False
+    finally:
+        table.close()
+
+
+def test_a_directory_it_cannot_make_leaves_the_decision_to_the_process(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # the journal directory's place is taken: no table can be made
+    table = SharedNonces(blocked / "journal", DSN)
+    try:
+        assert table.first_use("k", 1000.0, KEEP) is None
+    finally:
+        table.close()
