@@ -282,3 +282,32 @@ async def test_a_replay_lock_granted_to_an_interrupted_ask_is_not_kept(
             await other.close()
     finally:
         await pool.close()
+
+
+async def test_a_worker_forgets_its_segment_another_worker_drained(
+    new_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Found from outside: with two workers, one drained the other's rotated segment; the other
+    counted its claims as waiting for good (`sgw_deferred_claims_journaled` stayed 5 and the
+    alert on waiting claims never cleared), held their visits as pending, and drained again
+    every half second. A worker's drain first forgets its own segments drained elsewhere."""
+    async with running_gateway(new_database) as srv:
+        pos = srv.client(PHARMACY)
+        at = dt.datetime.now().replace(microsecond=0)
+        shared = tmp_path / "journal"
+        gw = await Gateway.start(Settings(srv.dsn, config=GENEROUS, journal_dir=tmp_path / "gw"))
+        try:
+            first = Journal(shared)  # the worker that answered the claims
+            for entry in await _journaled_sales(pos, tmp_path / "scratch", 3, at):
+                await first.append(entry)
+            second_claim = await _journaled_sales(pos, tmp_path / "scratch2", 1, at)
+            await first.rotate()  # its own drain begins: the segment is free to drain
+            await first.append(second_claim[0])  # a claim answered meanwhile, in a new segment
+            assert first.claims_waiting == 4 and first.holds_anything
+            assert await replay.drain(gw, Journal(shared)) == 3  # the other worker drains it
+            assert await replay.drain(gw, first) == 1  # its newer segment: its own to drain
+            assert first.claims_waiting == 0
+            assert not first.holds_anything and not first.names_anything
+            assert await srv.fetchval("SELECT count(*) FROM deferred") == 4
+        finally:
+            await gw.close()

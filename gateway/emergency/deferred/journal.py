@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -187,6 +188,9 @@ class Journal:
         self._own_refs: dict[tuple[str, str], int] = {}
         self._sibling_refs: dict[Path, set[tuple[str, str]]] = {}
         self._listed_at: int | None = None  # the directory's mtime when last listed
+        # What this process appended, by segment: a rotated segment may be drained by another
+        # process, and what it held is then forgotten here (`forget_drained_elsewhere`).
+        self._own_segments: dict[Path, list[Entry]] = {}
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
@@ -215,6 +219,10 @@ class Journal:
         record = _encode(e)
         async with self._lock:
             await asyncio.to_thread(self._write, record)
+            assert self._path is not None  # the segment just written
+            # Without its body: forgetting needs the keys, and an upload's body is megabytes.
+            kept = dataclasses.replace(e, body=b"") if e.kind == "call" else e
+            self._own_segments.setdefault(self._path, []).append(kept)
         self.answers[(e.fixmedins_code, e.msgid)] = e.answer
         self.digests[(e.fixmedins_code, e.msgid)] = e.digest
         if e.kind == "claim" and e.claim_id:
@@ -290,6 +298,21 @@ class Journal:
                 self.claims.pop(e.claim_id, None)
                 self.withdrawn.discard(e.claim_id)
                 self.let_go(e.claim_id)
+
+    def drained(self, path: Path, entries: list[Entry]) -> None:
+        """The segment at `path` is in the ledger now (deleted, or kept as damaged): its entries
+        forgotten, once. This process's own segment is forgotten by what it appended there."""
+        own = self._own_segments.pop(path, None)
+        self.forget(entries if own is None else own)
+
+    def forget_drained_elsewhere(self) -> None:
+        """Forget this process's rotated segments that another process drained. Found from
+        outside: with two workers, one drained the other's rotated segment, and the other went
+        on counting its claims as waiting for good (the alert on waiting claims never cleared),
+        holding their visits as pending and draining again every half second."""
+        current = self._path if self._file is not None else None
+        for path in [p for p in self._own_segments if p != current and not p.exists()]:
+            self.forget(self._own_segments.pop(path))
 
     def drainable(self) -> list[tuple[Path, IO[bytes]]]:
         """Segments no running process holds, each locked for the caller; oldest first."""

@@ -61,6 +61,7 @@ async def drain(
     drained twice adds nothing twice.
     """
     await journal.rotate()
+    journal.forget_drained_elsewhere()
     moved = 0
     if journal.holds_anything or journal.drainable_exists():
         gw.ledger_claims.clear()  # claims may reach the ledger: pre-settlements read them
@@ -108,7 +109,7 @@ async def drain(
                 await _bar_damaged(gw, damaged)
                 path.rename(path.with_suffix(KEPT))
                 _fsync_dir(path.parent)
-                journal.forget(entries)
+                journal.drained(path, entries)
                 log.error(
                     "journal segment with unreadable records kept",
                     extra={
@@ -120,7 +121,7 @@ async def drain(
             elif whole:
                 path.unlink()
                 _fsync_dir(path.parent)
-                journal.forget(entries)
+                journal.drained(path, entries)
         finally:
             handle.close()
     if moved:
