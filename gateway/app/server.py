@@ -339,6 +339,7 @@ _SERIAL_MASK = (1 << 40) - 1
 # takes a lock and builds its key on every call. Both labels come from closed sets (the
 # transaction table and the outcomes), so the map stays small.
 _answer_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+_done_series: dict[str, Any] = {}
 
 
 def observe(outcome: dispatch.Outcome, seconds: float) -> None:
@@ -352,7 +353,12 @@ def observe(outcome: dispatch.Outcome, seconds: float) -> None:
         )
     series[0].inc()
     series[1].observe(seconds)
-    if outcome.outcome is dispatch.Result.REPLAYED:
+    if outcome.outcome is dispatch.Result.OK:
+        done = _done_series.get(infno)
+        if done is None:
+            done = _done_series[infno] = metrics.DONE_DURATION.labels(infno)
+        done.observe(seconds)
+    elif outcome.outcome is dispatch.Result.REPLAYED:
         metrics.REPLAYS.inc()
     if outcome.outcome is dispatch.Result.ERROR and outcome.fixmedins_code:
         kind = "timeout" if outcome.timeout else "error"

@@ -52,6 +52,18 @@ DURATION = Histogram(
     ["infno"],
     buckets=LATENCY_BUCKETS,
 )
+# The answers that did their work (outcome "ok": a settlement committed before its answer), for
+# the latency target P1. Found from outside: one till's retry storm during an outage put 21,000
+# rate-limit refusals, each under a millisecond, into the histogram above in five minutes, and
+# its p99 stayed under 25 ms whatever the settlements took.
+DONE_DURATION = Histogram(
+    "sgw_done_duration_seconds",
+    "Time to answer the requests that did their work (outcome ok), by transaction",
+    ["infno"],
+    buckets=LATENCY_BUCKETS,
+)
+# Primed at start: the transactions whose latency the alert and the dashboard follow.
+DONE_PRIMED = ("2102", "2207", "2304")
 FUND_PAID = Counter(
     "sgw_fund_paid_yuan", "Money paid by each fund in settlements (yuan)", ["fund_pay_type"]
 )
@@ -274,6 +286,8 @@ def prime(infnos: Iterable[str], institutions: list[str], fund_types: list[str])
     Under several workers each process primes its own samples in its multiprocess file, so
     whichever worker answers a scrape, the aggregate holds every series.
     """
+    for infno in DONE_PRIMED:
+        DONE_DURATION.labels(infno)
     for infno in infnos:
         DURATION.labels(infno)
         for outcome in OUTCOMES:
