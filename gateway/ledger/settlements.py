@@ -936,6 +936,14 @@ async def exists(conn: asyncpg.Connection, setl_id: str) -> bool:
     )
 
 
+async def medfee_of(conn: asyncpg.Connection, setl_id: str) -> int:
+    """A settlement's whole bill (medfee_sumamt), in fen."""
+    fen: int = await conn.fetchval(
+        "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", setl_id
+    )
+    return fen
+
+
 async def visit_of(conn: asyncpg.Connection, setl_id: str) -> str:
     """Reads the visit (mdtrt_id) a settlement belongs to."""
     mdtrt_id: str = await conn.fetchval(

@@ -103,6 +103,24 @@ class Cancelled(msgspec.Struct, frozen=True, gc=False, kw_only=True):
         )
 
 
+async def reinstated_words(conn: asyncpg.Connection, setl_id: str) -> str | None:
+    """The clerk's instruction when a 2601 puts back in force a replayed claim's settlement its
+    2208/2103 cancelled: that cancellation's answer had said to refund the whole bill in cash
+    and that the reimbursement owed was withdrawn (found from outside: the 2601 answered 成功
+    alone while the reimbursement went back into the next payout batch, so a till that had
+    refunded left the patient with the bill back and the reimbursement too)."""
+    claim = await replayed(conn, setl_id)
+    if claim is None:
+        return None
+    total = await settlements.medfee_of(conn, setl_id)
+    owed = claim.reimbursement_fen
+    restored = f"；应支付给参保人的报销款{fen_text(owed)}元恢复支付" if owed else ""
+    return (
+        f"结算ID{setl_id}（由暂存结算{claim.claim_id}补结算）的撤销已冲正，结算恢复有效："
+        f"撤销时提示退还的现金{fen_text(total)}元不应退还，如已退还请向参保人收回{restored}"
+    )
+
+
 async def category_of(conn: asyncpg.Connection, fixmedins_code: str, setl_id: str) -> str | None:
     """The medical category of the settlement a cancellation names (the plan's scopes narrowed
     to a category judge the cancellation by it: gateway.emergency.hook.undo_refusal)."""

@@ -122,7 +122,7 @@ async def reverse(
                 undo_refusal,
             )
         elif original.undo is Undo.CANCELLATION:
-            await _undo_cancellation(
+            warning = await _undo_cancellation(
                 conn,
                 fixmedins_code,
                 psn_no,
@@ -239,7 +239,7 @@ async def _undo_cancellation(
     now: dt.datetime,
     settlements_deferred: bool,
     undo_refusal: Callable[..., GatewayError | None] | None = None,
-) -> None:
+) -> str | None:
     assert kind is not None  # every cancellation names the kind of visit it cancels
     if undo_refusal is not None and not settlements_deferred:
         # Putting a cancelled settlement back in force is undoing too (found from outside: under
@@ -268,6 +268,7 @@ async def _undo_cancellation(
     if kind is Kind.PHARMACY:
         mdtrt_id = await settlements.visit_of(conn, setl_id)
         await encounters.update(conn, mdtrt_id, status="open")
+    return await cancellation.reinstated_words(conn, setl_id)
 
 
 async def _undo_admission(conn: asyncpg.Connection, code: str, psn_no: str, omsgid: str) -> None:

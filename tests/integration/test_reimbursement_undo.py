@@ -274,7 +274,18 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
             assert _lines_gauge("withdrawn") == 1
             reversal = {"data": {"psn_no": first["psn_no"], "omsgid": "UNDO-2208-REJECTED",
                                  "oinfno": "2208"}}  # fmt: skip
-            await his.ok("2601", reversal)
+            reinstated = await his.call("2601", reversal)
+            # The 2208's answer had said to refund the whole bill and that the reimbursement was
+            # withdrawn: the 2601's says the opposite (found from outside: 成功 alone, while the
+            # reimbursement went back into the next batch).
+            medfee = await srv.fetchval(
+                "SELECT medfee_sumamt FROM settlements WHERE setl_id = $1", first["setl_id"]
+            )
+            assert reinstated["infcode"] == 0 and reinstated["warn_msg"] == (
+                f"结算ID{first['setl_id']}（由暂存结算{first['claim_id']}补结算）的撤销已冲正，"
+                f"结算恢复有效：撤销时提示退还的现金{fen_text(medfee)}元不应退还，如已退还请向"
+                f"参保人收回；应支付给参保人的报销款{fen_text(first['reimbursement_fen'])}元恢复支付"
+            )
             assert await payouts.gather(conn) == 1
             assert (
                 await conn.fetchval(
