@@ -95,10 +95,9 @@ def lost_days(before: Iterable[Period], after: Iterable[Period]) -> list[Period]
     return lost
 
 
-async def upload(conn: asyncpg.Connection, fixmedins_code: str, rows: Sequence[MappingRow]) -> int:
-    """3301: the institution's rows added (each supersedes the item's mapping from its
-    begndate); how many."""
-    mappings = [
+def as_mappings(fixmedins_code: str, rows: Sequence[MappingRow]) -> list[Mapping]:
+    """A 3301's rows as the catalog holds them, in upload order."""
+    return [
         Mapping(
             fixmedins_code=fixmedins_code,
             medins_list_codg=r.fixmedins_hilist_id,
@@ -110,6 +109,12 @@ async def upload(conn: asyncpg.Connection, fixmedins_code: str, rows: Sequence[M
         )
         for r in rows
     ]
+
+
+async def upload(conn: asyncpg.Connection, fixmedins_code: str, rows: Sequence[MappingRow]) -> int:
+    """3301: the institution's rows added (each supersedes the item's mapping from its
+    begndate); how many."""
+    mappings = as_mappings(fixmedins_code, rows)
     return await reference_store.upload_mappings(conn, mappings)
 
 

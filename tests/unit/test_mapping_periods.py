@@ -12,8 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.catalog import Snapshot
-from gateway.core.model import Institution, Mapping
-from gateway.services.catalog_mappings import OPEN_END, MappingRow, lost_days, never_in_force
+from gateway.core.model import Institution
+from gateway.services.catalog_mappings import (
+    OPEN_END,
+    MappingRow,
+    as_mappings,
+    lost_days,
+    never_in_force,
+)
 
 D = dt.date
 FIRST = D(2026, 1, 1)
@@ -37,18 +43,7 @@ def row(item: str, codg: str, begin: dt.date, end: dt.date = OPEN_END) -> Mappin
 
 def _used(rows: list[MappingRow]) -> set[int]:
     """The positions of the rows the snapshot prices some day with."""
-    mappings = [
-        Mapping(
-            fixmedins_code="H1",
-            medins_list_codg=r.fixmedins_hilist_id,
-            fixmedins_hilist_name=r.fixmedins_hilist_name,
-            list_type=r.list_type,
-            med_list_codg=r.med_list_codg,
-            begndate=r.begndate,
-            enddate=r.enddate,
-        )
-        for r in rows
-    ]
+    mappings = as_mappings("H1", rows)
     snap = Snapshot.build(
         version=1, institutions=[HOSPITAL], catalog=(), mappings=mappings, ratios=(), caps=(),
         policies=(), class_b_default_bp=1200,
