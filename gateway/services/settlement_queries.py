@@ -129,8 +129,9 @@ async def visit_fee_detail(
     psn_no: str,
 ) -> tuple[encounters.Encounter, list[VisitLine]]:
     """5204 by 就诊ID alone: every line of the institution's visit, those of its settlements in
-    force (each split as settled) and those not settled (split as their upload was answered,
-    by the catalog in use; a pharmacy's sale has none such). Found from outside: a HIS whose 5204 names the visit, the
+    force (each split as settled) and those not settled (split as a settlement of them would
+    split them now, by the catalog in use: as their upload was answered unless a mapping changed
+    since; a pharmacy's sale has none such). Found from outside: a HIS whose 5204 names the visit, the
     settlement optional (binzhe `In5204`: mdtrt_id required, setl_id not), was refused."""
     enc = await encounters.get(conn, mdtrt_id, fixmedins_code, psn_no=psn_no or None)
     out: list[VisitLine] = []
