@@ -7,6 +7,7 @@ recovery. The journaled encounter calls of the same visits get provisional ids.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
@@ -338,12 +339,18 @@ def claim_output(
 
 
 def presettle_output(
-    req: Request, priced: Mapping[str, int] | None = None, lines: list[Any] | None = None
+    req: Request,
+    priced: Mapping[str, int] | None = None,
+    lines: list[Any] | None = None,
+    med_type: str = "",
 ) -> dict[str, Any]:
     """A pre-settlement while settlements are deferred: what the patient will pay (all of it),
     the bill's parts as its claim will answer them (`priced`, where the lines are known), a
-    purchase's `detlcutinfo` (`lines`)."""
+    purchase's `detlcutinfo` (`lines`); `med_type`, the visit's, where the request names none
+    (a 2303)."""
     facts = read_claim(req)  # a pre-settlement carries its settlement's nodes (same kind)
+    if not facts.med_type and med_type:
+        facts = dataclasses.replace(facts, med_type=med_type)
     out: dict[str, Any] = {
         "setlinfo": cash_setlinfo(
             facts,

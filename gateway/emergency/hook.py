@@ -465,6 +465,7 @@ async def _defer_claim(call: Call) -> Answer:
     service_date = facts.service_date
     mdtrt_id = facts.mdtrt_id
     visit = mdtrt_id
+    enc = None
     if facts.mdtrt_id and not facts.mdtrt_id.startswith(PROVISIONAL_PREFIX):
         # Locked: a claim and a real-time settlement of the same visit (one process still
         # deferring, another back to normal) see each other, whichever commits second.
@@ -492,6 +493,10 @@ async def _defer_claim(call: Call) -> Answer:
     await deferred.insert(call.conn, entry, "ledger")
     call.gw.ledger_claims.clear()  # pre-settlements read claims again until the next count
     priced = deferral.priced_split(call.gw.snapshot, req.fixmedins_code, claimed)
+    if not facts.med_type and enc is not None:
+        # A 2304 names no med_type: its answer gives the stay's, as the settlement's would
+        # (found from outside: "" in a deferred stay's answer, "21" online).
+        facts = dataclasses.replace(facts, med_type=enc.med_type)
     output = deferral.claim_output(
         facts, claim_id, mdtrt_id, req.msgid, call.now, balance, priced=priced
     )
@@ -534,12 +539,16 @@ async def _presettle_as_claim(call: Call) -> Answer:
     # The parts its claim will answer (found from outside: the whole bill within the policy
     # range, and a HIS that copied them into its 2207 was refused, the lines splitting else).
     priced, carried = deferral.carried_split(call.req, call.gw.snapshot)  # a purchase's
+    med_type = ""
     if scope is not None and not scope[0].startswith(PROVISIONAL_PREFIX):
         code = call.req.fixmedins_code
         lines = await _claimed_lines(call.conn, code, scope[0], scope[1])
         priced = deferral.priced_split(call.gw.snapshot, code, lines)
+        # A 2303 names no med_type: the stay's, as online (found from outside: "").
+        med_type = await encounters.med_type_of(call.conn, code, scope[0]) or ""
     return Answer(
-        deferral.presettle_output(call.req, priced, carried), warn_msg=PRESETTLE_DEFER_MSG
+        deferral.presettle_output(call.req, priced, carried, med_type),
+        warn_msg=PRESETTLE_DEFER_MSG,
     )
 
 

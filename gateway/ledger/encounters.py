@@ -214,6 +214,16 @@ async def number_taken(
     )
 
 
+async def med_type_of(conn: asyncpg.Connection, fixmedins_code: str, mdtrt_id: str) -> str | None:
+    """The visit's med_type (None for a visit the institution does not have)."""
+    found: str | None = await conn.fetchval(
+        "SELECT med_type FROM encounters WHERE mdtrt_id = $1 AND fixmedins_code = $2",
+        mdtrt_id,
+        fixmedins_code,
+    )
+    return found
+
+
 async def get(
     conn: asyncpg.Connection,
     mdtrt_id: str,

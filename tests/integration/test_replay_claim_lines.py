@@ -55,6 +55,9 @@ AFTER = [
 ]  # 200.00
 
 
+ADMITTED_AS = "21"
+
+
 def _admission() -> dict[str, Any]:
     return {
         "mdtrtinfo": {
@@ -62,7 +65,7 @@ def _admission() -> dict[str, Any]:
             "insutype": "310",
             "begntime": "2025-07-01 09:00:00",
             **certificate(RETIREE),
-            "med_type": "21",
+            "med_type": ADMITTED_AS,
             "ipt_no": "ZY-CL-1",
             "atddr_no": "D1",
             "chfpdr_name": "医生",
@@ -174,7 +177,12 @@ async def _deferred_claim(srv: Server, his: HisClient, settlement: dict[str, Any
         return "应急预案" in (answer["warn_msg"] or "")
 
     await until(deferring)
-    return (await his.ok("2304", settlement))["setlinfo"]
+    # A 2303/2304 names no med_type: the claim's answers give the stay's, as online (found
+    # from outside: "" under `defer`, "21" online).
+    assert (await his.ok("2303", settlement))["setlinfo"]["med_type"] == ADMITTED_AS
+    claim = (await his.ok("2304", settlement))["setlinfo"]
+    assert claim["med_type"] == ADMITTED_AS
+    return claim
 
 
 async def _replayed_whole(srv: Server, mdtrt_id: str) -> None:
