@@ -422,12 +422,15 @@ def deferred_replay(args: argparse.Namespace) -> int:
             "settled": progress.settled,
             "failed": progress.failed,
             "waiting": progress.waiting,
+            "owed": progress.owed,
             "damaged_segments": [str(p) for p in kept],
         }
         if args.json:
             print(json.dumps(summary, ensure_ascii=False, indent=2))
         else:
             print(f"settled {progress.settled} of {progress.total} deferred claims")
+            if progress.owed:
+                print(f"recorded {progress.owed} reimbursements owed to patients (payouts owed)")
             for f in progress.failed:
                 print(f"failed {f['claim_id']} ({f['mdtrt_id']}): {f['reason']}")
             for w in progress.waiting:

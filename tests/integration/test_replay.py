@@ -100,11 +100,23 @@ async def test_replayed_claims_equal_online_settlement(new_database: Callable[..
         summary = json.loads(
             cli("deferred", "replay", "--json", "--database-url", deferred.dsn).stdout
         )
+        # Each reimbursement is owed to its patient as the replay ends (found from outside:
+        # recorded only when a clerk next listed payouts, ops' owed gauges reading nothing).
+        owed = await deferred.fetch(
+            "SELECT source_ref, amount_fen FROM owed_lines WHERE source = 'deferred'"
+            " AND status = 'owed' ORDER BY source_ref"
+        )
+        reimbursed = await deferred.fetch(
+            "SELECT claim_id, reimbursement_fen FROM deferred"
+            " WHERE reimbursement_fen > 0 ORDER BY claim_id"
+        )
+        assert [tuple(r) for r in owed] == [tuple(r) for r in reimbursed] and owed
         assert summary == {
             "total": len(VISITS),
             "settled": len(VISITS),
             "failed": [],
             "waiting": [],
+            "owed": len(owed),
             "damaged_segments": [],
         }
 

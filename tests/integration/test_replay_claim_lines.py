@@ -134,14 +134,19 @@ def _entry(
     )
 
 
-def _replayed(dsn: str, *, settled: int) -> None:
-    """`deferred replay --json` settled this many claims, all it found, nothing else to say."""
-    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", dsn).stdout)
+async def _replayed(srv: Server, *, settled: int) -> None:
+    """`deferred replay --json` settled this many claims, all it found, nothing else to say;
+    the reimbursements it owes are recorded as it ends."""
+    lines = "SELECT count(*) FROM owed_lines WHERE source = 'deferred'"
+    before = await srv.fetchval(lines)
+    summary = json.loads(cli("deferred", "replay", "--json", "--database-url", srv.dsn).stdout)
+    owed = await srv.fetchval(lines) - before
     assert summary == {
         "total": settled,
         "settled": settled,
         "failed": [],
         "waiting": [],
+        "owed": owed,
         "damaged_segments": [],
     }
 
@@ -187,7 +192,7 @@ async def _deferred_claim(srv: Server, his: HisClient, settlement: dict[str, Any
 
 async def _replayed_whole(srv: Server, mdtrt_id: str) -> None:
     """Replay settled the one claim, every line of the stay is settled, the ledger balances."""
-    _replayed(srv.dsn, settled=1)
+    await _replayed(srv, settled=1)
     waiting = await srv.fetchval(
         "SELECT count(*) FROM fee_lines WHERE mdtrt_id = $1 AND setl_id IS NULL", mdtrt_id
     )
@@ -221,7 +226,7 @@ async def _lifted(srv: Server, his: HisClient, settlement: dict[str, Any], claim
 
 async def _closed_as_online(srv: Server, his: HisClient, mdtrt_id: str) -> None:
     """Replay settled the claim's lines; the closing 2304 at the counter takes the rest."""
-    _replayed(srv.dsn, settled=1)
+    await _replayed(srv, settled=1)
     final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
     rows = await srv.fetch(
         "SELECT setl_id, medfee_sumamt, mid_setl_flag FROM settlements WHERE mdtrt_id = $1"
@@ -357,7 +362,7 @@ async def test_a_visits_med_type_stands_while_a_claim_holds_its_lines(
         refused = await his.call("2203", chronic)
         assert refused["infcode"] == -1 and claim_id in refused["err_msg"], refused
         await his.visit_info(mdtrt_id, RETIREE, "11", day)  # sent again as it was: taken
-        _replayed(srv.dsn, settled=1)
+        await _replayed(srv, settled=1)
         assert (await his.call("2203", chronic))["infcode"] == -1  # now under its settlement
 
 
@@ -426,7 +431,7 @@ async def test_a_journaled_midway_claim_settles_the_lines_journaled_before_it(
         mdtrt_id = await srv.fetchval("SELECT mdtrt_id FROM deferred_ids")
         assert await srv.fetchval("SELECT lines FROM deferred WHERE kind = 'claim'") == ["1", "2"]
         # Settled already by the run above; a second run finds nothing pending.
-        _replayed(srv.dsn, settled=0)
+        await _replayed(srv, settled=0)
         final = await his.ok("2304", _stay_settlement(his, mdtrt_id, total(AFTER), "0"))
         rows = await srv.fetch(
             "SELECT setl_id, medfee_sumamt FROM settlements WHERE mdtrt_id = $1"
@@ -549,7 +554,7 @@ async def test_a_stays_claim_is_refused_for_what_its_settlement_would_be_refused
         assert held["infcode"] == -1 and taken["setl_id"] in held["err_msg"], held
         await clear_rule(srv.dsn, "region:441800", "settlement")
         await _lifted(srv, his, closing, taken["setl_id"])
-        _replayed(srv.dsn, settled=1)
+        await _replayed(srv, settled=1)
         assert await srv.check_ledger() == []
 
 
@@ -628,7 +633,7 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
         held = await his.call("2206", data)
         assert held["infcode"] == -1 and claim["setl_id"] in held["err_msg"], held
         await _release_the_hospitals_visits(srv)
-        _replayed(srv.dsn, settled=1)
+        await _replayed(srv, settled=1)
         row = await srv.fetchrow(
             "SELECT s.preselfpay_amt, s.inscp_scp_amt, s.hifp_pay FROM deferred d"
             " JOIN settlements s ON s.setl_id = d.setl_id WHERE d.claim_id = $1",
@@ -919,7 +924,7 @@ async def test_a_claim_whose_visit_failed_to_apply_fails_with_that_calls_reason(
         assert f"补报交易{failed_call}" in claim["fail_reason"]
         assert "手工报销" in claim["fail_reason"]
         # Nothing left waiting: replay has nothing to do, and says so.
-        _replayed(srv.dsn, settled=0)
+        await _replayed(srv, settled=0)
         listed = cli("deferred", "list", "--status", "failed", "--database-url", srv.dsn).stdout
         assert claim_id in listed and f"补报交易{failed_call}" in listed
         assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
@@ -1211,7 +1216,7 @@ async def test_a_kept_visits_first_2203_is_applied_before_the_claim_its_2207_bec
             ("2203", "applied"),
             ("2204", "applied"),
         ]
-        _replayed(srv.dsn, settled=1)
+        await _replayed(srv, settled=1)
         settled = await srv.fetchrow(
             "SELECT s.med_type, e.dise_codg FROM deferred d JOIN settlements s USING (setl_id)"
             " JOIN encounters e ON e.mdtrt_id = s.mdtrt_id WHERE d.claim_id = $1",

@@ -37,6 +37,7 @@ from gateway.protocol.errors import (
     SelfPayStay,
 )
 from gateway.protocol.transaction import TRANSACTIONS, Call, Mode
+from gateway.services import payouts
 
 log = logging.getLogger("gateway.replay")
 # Amounts in the stored setlinfo keep their exact wire text ("123.40"), never a float.
@@ -602,6 +603,7 @@ class Progress:
     # Claims left pending for a later replay, each with why (found from outside: "settled 1 of
     # 3" named neither the claims left nor the reason).
     waiting: list[dict[str, Any]] = field(default_factory=list)
+    owed: int = 0  # reimbursements recorded as owed to patients (`payouts.gather`)
 
 
 # Why a claim is left pending, in the agency's words.
@@ -731,6 +733,11 @@ async def _replay_claims_in(
             lane.cancel()
         await asyncio.gather(*lanes, return_exceptions=True)
         raise
+    # The reimbursements the replayed claims owe their patients, recorded at once (found from
+    # outside: recorded only when a clerk next listed or batched payouts, so ops' owed gauges
+    # read nothing after a replay and the ageing alert counted from the clerk's listing).
+    async with pool.acquire() as conn:
+        progress.owed += await payouts.gather(conn)
 
 
 async def _replay_lane(
