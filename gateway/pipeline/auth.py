@@ -9,6 +9,7 @@ then be the authenticated institution: no institution can speak for another.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -36,6 +37,7 @@ _NONCE = re.compile(r"[\x21-\x7e]{1,64}")
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")  # compare_digest refuses non-ASCII text
 SIGNATURE_MISMATCH = "签名不一致！请核对接入账号（机构编号）与接入密钥"
 MAX_LOCAL_NONCES = 200_000  # bounded memory: older nonces are outside the window anyway
+SHARE_BACK_BATCH = 1000  # nonces written back to Redis in one round trip
 
 
 class AuthError(BadRequest):
@@ -75,7 +77,16 @@ _SIGNED_HEADERS = ("x-tif-paasid", "x-tif-timestamp", "x-tif-nonce", "x-tif-sign
 class Verifier:
     """Checks signatures and remembers nonces."""
 
-    __slots__ = ("_local", "_unknown_secret", "credentials", "gate", "redis", "shared")
+    __slots__ = (
+        "_local",
+        "_sharing",
+        "_unknown_secret",
+        "_unshared",
+        "credentials",
+        "gate",
+        "redis",
+        "shared",
+    )
 
     def __init__(
         self,
@@ -90,6 +101,9 @@ class Verifier:
         # it is away, a nonce one worker took is known to the others.
         self.shared = shared
         self._local: OrderedDict[str, float] = OrderedDict()
+        # Nonces taken while Redis was away, to write to it once it answers (`_share_back`).
+        self._unshared: OrderedDict[str, float] = OrderedDict()
+        self._sharing: asyncio.Task[None] | None = None
         # The gateway's Redis breaker: while it is open nonces are this process's to remember
         # (docs/emergency.md), without waiting for a Redis that hangs.
         self.gate = SharedStoreGate(None if redis is None else redis.ping)
@@ -187,6 +201,8 @@ class Verifier:
                 )
             else:
                 self.gate.note(True)
+                if self._unshared and self._sharing is None:
+                    self._sharing = asyncio.get_running_loop().create_task(self._share_back())
                 if first:
                     # Remembered here too: while Redis is away this process still knows the
                     # nonces it took through Redis (found from outside: one taken a moment
@@ -194,4 +210,43 @@ class Verifier:
                     self._local[key] = now
                 return first
         self._local[key] = now
+        if self.redis is not None:
+            # Taken while Redis was away: written to it once it is back, for the other hosts.
+            self._unshared[key] = now
+            if len(self._unshared) > MAX_LOCAL_NONCES:
+                self._unshared.popitem(last=False)
         return True
+
+    async def _share_back(self) -> None:
+        """The nonces this process took while Redis was away, written to Redis now that it is
+        back (those still within their time), so that another host does not take them. Found
+        from outside: a nonce taken on one host during an outage was taken on another after it,
+        the second time with a body of the sender's choosing. Another host may still take one
+        during the outage itself (docs/emergency.md)."""
+        redis = self.redis
+        assert redis is not None  # only nonces of a process with Redis are kept to write back
+        try:
+            while self._unshared:
+                batch = [self._unshared.popitem(last=False) for _ in range(
+                    min(len(self._unshared), SHARE_BACK_BATCH)
+                )]  # fmt: skip
+                now = time.time()
+                try:
+                    async with redis.pipeline(transaction=False) as pipe:
+                        for key, taken in batch:
+                            left = int(taken + NONCE_TTL_SECONDS - now)
+                            if left > 0:
+                                pipe.set(NONCE + key, "1", nx=True, ex=left)
+                        await pipe.execute()
+                except Exception as exc:
+                    for key, taken in reversed(batch):  # kept for the next time Redis answers
+                        self._unshared[key] = taken
+                        self._unshared.move_to_end(key, last=False)
+                    self.gate.note(False, exc)
+                    log.warning(
+                        "nonces taken during the Redis outage not written back yet",
+                        extra={"error": f"{type(exc).__name__}: {exc}"},
+                    )
+                    return
+        finally:
+            self._sharing = None

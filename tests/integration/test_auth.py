@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from gateway.emergency.breaker import Breaker, BreakerConfig
+from gateway.ops.keys import NONCE, NONCE_TTL_SECONDS
 from gateway.pipeline.auth import AuthError, Verifier, sign_headers, signature
 from tests.integration.conftest import Server, another_worker, running_gateway
 from tests.integration.his_client import CREDENTIALS, decode
@@ -143,6 +144,39 @@ async def test_a_nonce_taken_by_one_worker_is_refused_by_another_without_redis(
         again = _signed()
         assert (await _post(second, again))["infcode"] == 0
         assert (await _post(first, again))["infcode"] == -1  # either way round
+
+
+async def test_a_nonce_taken_while_redis_was_away_is_refused_by_another_host_after(
+    redis_url: str,
+) -> None:
+    """Found from outside: a nonce one host took during a Redis outage was taken by another host
+    once Redis was back, the second time with a body of the sender's choosing. What a process
+    took while Redis was away is written to it when it answers again."""
+    import redis.asyncio as aioredis
+
+    a, b = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+    try:
+        here, elsewhere = Verifier(CREDENTIALS, a), Verifier(CREDENTIALS, b)
+        here.gate.breaker = breaker = _redis_breaker()
+        breaker.record(False)
+        assert breaker.is_open  # Redis away for this host
+        during = [_signed(nonce=uuid.uuid4().hex) for _ in range(3)]
+        for headers in during:
+            assert await here.verify(headers) == CODE  # this process's memory alone
+        here.gate.breaker = None  # back, and asked again
+        assert await here.verify(_signed(nonce=uuid.uuid4().hex)) == CODE
+        assert here._sharing is not None
+        await here._sharing
+        for headers in during:
+            with pytest.raises(AuthError, match="nonce"):
+                await elsewhere.verify(headers)
+        ttl = await a.ttl(
+            f"{NONCE}{CODE}:{during[0]['x-tif-timestamp']}:{during[0]['x-tif-nonce']}"
+        )
+        assert 0 < ttl <= NONCE_TTL_SECONDS  # kept no longer than the window needs
+    finally:
+        await a.aclose()
+        await b.aclose()
 
 
 def test_signature_is_sha256_of_ts_secret_nonce_ts() -> None:
