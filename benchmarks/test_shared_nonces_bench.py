@@ -1,6 +1,7 @@
 """What a signed request pays for sharing its nonce with the host's other workers: one look and
-one write in the shared table (`SharedNonces.first_use`, gateway/pipeline/shared_nonces.py),
-its lock taken and given back. With --benchmark-disable it runs once, as a test."""
+one write in the shared table (`SharedNonces.first_use`, gateway/pipeline/shared_nonces.py), its
+lock taken and given back, in the host's shared memory as served. With --benchmark-disable it
+runs once, as a test."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from gateway.pipeline.shared_nonces import SharedNonces
+from gateway.pipeline.shared_nonces import SharedNonces, memory_dir
 
 pytestmark = pytest.mark.benchmark
 
 
 def test_a_hundred_new_nonces_taken(benchmark: Any, tmp_path: Path) -> None:
-    table = SharedNonces(tmp_path, "postgresql://bench@127.0.0.1/ledger")
+    table = SharedNonces(memory_dir(tmp_path), f"{tmp_path}\npostgresql://bench@127.0.0.1/ledger")
     serial = itertools.count()
     try:
         # A serving host's table: its pages touched by earlier nonces (a fresh page's first

@@ -37,7 +37,7 @@ from gateway.pipeline.ledger_waits import LedgerWaits
 from gateway.pipeline.ratelimit import Limiter
 from gateway.pipeline.recent_answers import RecentAnswers
 from gateway.pipeline.shared_doubts import SharedDoubts
-from gateway.pipeline.shared_nonces import SharedNonces
+from gateway.pipeline.shared_nonces import SharedNonces, memory_dir
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -166,7 +166,10 @@ class Gateway:
         # CATCH_UP_PAUSE_SECONDS of one that failed.
         self.catalog_versions = CatalogVersions(settings.journal_dir, settings.database_url)
         # Signed requests' nonces, shared with the host's other workers (gateway.pipeline.auth)
-        self.nonces = SharedNonces(settings.journal_dir, settings.database_url)
+        self.nonces = SharedNonces(
+            memory_dir(settings.journal_dir),
+            f"{settings.journal_dir.resolve()}\n{settings.database_url}",
+        )
         self._catch_up: asyncio.Future[bool] | None = None
         self._catch_up_after = 0.0
         self.plan = Plan(version=0)

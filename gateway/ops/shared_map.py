@@ -1,7 +1,9 @@
-"""A small file the workers of one host map into memory (beside the journal, which they share),
-for what they must tell each other at once without Redis: the catalog versions their requests
-need (gateway.app.catalog_versions) and the signed requests' nonces (gateway.pipeline.
-shared_nonces). Mapped on first use, so that a command which serves nothing never creates it."""
+"""A small file the workers of one host map into memory, for what they must tell each other at
+once without Redis: the catalog versions their requests need (gateway.app.catalog_versions,
+beside the journal, which they share) and the signed requests' nonces (gateway.pipeline.
+shared_nonces, in shared memory: written on every signed request, a table on disk had its
+pages written back and faulted again, about 40 µs a request, benchmarks/RESULTS.md). Mapped on
+first use, so that a command which serves nothing never creates it."""
 
 from __future__ import annotations
 
@@ -18,17 +20,26 @@ log = logging.getLogger("gateway.ops.shared_map")
 
 
 class SharedMap:
-    """`size` bytes of `<journal_dir>/<stem>-<the database's hash>`, zeros at first. Named by
-    the database: a journal directory kept across databases never mixes two deployments'."""
+    """`size` bytes of `<directory>/<stem>-<the key's hash>`, zeros at first. The key names the
+    deployment (its database, its journal directory): two on one host never mix.
 
-    def __init__(self, journal_dir: Path, stem: str, database_url: str, size: int) -> None:
+    `transient`: the file lives as long as a process uses it. Each holds a shared lock on a
+    `.users` file beside it for its life, and the last to close removes both (a table in shared
+    memory is not left behind by every test's gateway)."""
+
+    def __init__(
+        self, directory: Path, stem: str, key: str, size: int, *, transient: bool = False
+    ) -> None:
         self._map: mmap.mmap | None = None
         self.fd = -1  # the file, once mapped: its lock (flock) is the table's
+        self._users = -1
         self._opened = False
-        self._journal_dir = journal_dir
+        self._directory = directory
         self._size = size
-        name = hashlib.sha256(database_url.encode()).hexdigest()[:16]
-        self.path = journal_dir / f"{stem}-{name}"
+        self._transient = transient
+        name = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.path = directory / f"{stem}-{name}"
+        self._users_path = directory / f"{stem}-{name}.users"
 
     def mapped(self) -> mmap.mmap | None:
         """The shared bytes; None where the file cannot be made (a read-only directory: this
@@ -38,7 +49,9 @@ class SharedMap:
     def _open(self) -> mmap.mmap | None:
         self._opened = True
         try:
-            self._journal_dir.mkdir(parents=True, exist_ok=True)
+            self._directory.mkdir(parents=True, exist_ok=True)
+            if self._transient:
+                self._users = self._join()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 with _locked(fd):
@@ -52,6 +65,20 @@ class SharedMap:
         except OSError:
             log.warning("not shared with other workers (%s)", self.path)
         return self._map
+
+    def _join(self) -> int:
+        """A shared lock on the users file now at its path (one the last user removed while
+        this process waited for it is left for the next)."""
+        while True:
+            users = os.open(self._users_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(users, fcntl.LOCK_SH)
+            try:
+                current = os.stat(self._users_path).st_ino == os.fstat(users).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                return users
+            os.close(users)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -67,6 +94,18 @@ class SharedMap:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self._users >= 0:
+            try:
+                fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pass  # another process uses it still
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    self._users_path.unlink()
+            os.close(self._users)
+            self._users = -1
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The host's shared table of signed requests' nonces (gateway.pipeline.shared_nonces): two
-tables over one directory stand for two worker processes (each opens the file itself, so each
-holds its own lock, as processes do)."""
+tables of one key stand for two worker processes (each opens the file itself, so each holds its
+own lock, as processes do). In a test's own directory, not the host's shared memory."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ import pytest
 from gateway.pipeline import shared_nonces
 from gateway.pipeline.shared_nonces import SharedNonces
 
-DSN = "postgresql://postgres@127.0.0.1/ledger"
+KEY = "/srv/gateway/var/journal\npostgresql://postgres@127.0.0.1/ledger"
 KEEP = 660
 
 
 def test_a_nonce_one_worker_took_is_refused_by_the_other(tmp_path: Path) -> None:
-    one, other = SharedNonces(tmp_path, DSN), SharedNonces(tmp_path, DSN)
+    one, other = SharedNonces(tmp_path, KEY), SharedNonces(tmp_path, KEY)
     try:
         assert one.first_use("H1:1700000000:abc", 1_700_000_000.5, KEEP) is True
         assert other.first_use("H1:1700000000:abc", 1_700_000_001.0, KEEP) is False
         assert one.first_use("H1:1700000000:abc", 1_700_000_002.0, KEEP) is False
         assert other.first_use("H1:1700000000:abd", 1_700_000_002.0, KEEP) is True
-        # Another ledger's gateways on the same host keep their own.
-        elsewhere = SharedNonces(tmp_path, DSN + "2")
+        # Another deployment's gateways on the same host keep their own.
+        elsewhere = SharedNonces(tmp_path, KEY + "2")
         assert elsewhere.first_use("H1:1700000000:abc", 1_700_000_002.0, KEEP) is True
         elsewhere.close()
     finally:
@@ -32,7 +32,7 @@ def test_a_nonce_one_worker_took_is_refused_by_the_other(tmp_path: Path) -> None
 
 
 def test_a_nonce_is_forgotten_only_after_its_time(tmp_path: Path) -> None:
-    table = SharedNonces(tmp_path, DSN)
+    table = SharedNonces(tmp_path, KEY)
     try:
         assert table.first_use("k", 1000.0, KEEP) is True
         assert table.first_use("k", 1000.0 + KEEP - 1, KEEP) is False
@@ -48,7 +48,7 @@ def test_a_full_window_gives_up_its_oldest_nonce(
     the oldest is forgotten, the others kept, as the process's own memory does past its bound."""
     monkeypatch.setattr(shared_nonces, "SLOTS", 1)
     monkeypatch.setattr(shared_nonces, "SIZE", (1 + shared_nonces.WINDOW) * 16)
-    table = SharedNonces(tmp_path, DSN)
+    table = SharedNonces(tmp_path, KEY)
     try:
         window = shared_nonces.WINDOW
         for n in range(window):
@@ -64,8 +64,26 @@ def test_a_full_window_gives_up_its_oldest_nonce(
 def test_a_directory_it_cannot_make_leaves_the_decision_to_the_process(tmp_path: Path) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("")  # the journal directory's place is taken: no table can be made
-    table = SharedNonces(blocked / "journal", DSN)
+    table = SharedNonces(blocked / "shm", KEY)
     try:
         assert table.first_use("k", 1000.0, KEEP) is None
     finally:
         table.close()
+
+
+def test_the_table_lives_while_a_worker_uses_it(tmp_path: Path) -> None:
+    """The last worker to close removes it (a table in shared memory is not left behind by
+    every gateway a test starts); a worker starting afterwards begins a new one."""
+    one, other = SharedNonces(tmp_path, KEY), SharedNonces(tmp_path, KEY)
+    assert one.first_use("k", 1000.0, KEEP) is True
+    assert other.first_use("j", 1000.0, KEEP) is True
+    one.close()
+    assert other.path.exists() and other.first_use("k", 1001.0, KEEP) is False
+    other.close()
+    assert not other.path.exists()
+    assert list(tmp_path.iterdir()) == []
+    later = SharedNonces(tmp_path, KEY)
+    try:
+        assert later.first_use("k", 1002.0, KEEP) is True
+    finally:
+        later.close()
