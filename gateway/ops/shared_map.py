@@ -52,6 +52,7 @@ class SharedMap:
             self._directory.mkdir(parents=True, exist_ok=True)
             if self._transient:
                 self._users = self._join()
+                self._sweep()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 with _locked(fd):
@@ -78,6 +79,30 @@ class SharedMap:
                 current = False
             if current:
                 return users
+            os.close(users)
+
+    def _sweep(self) -> None:
+        """Remove the tables of this kind that no process uses: their last user was killed
+        before it could (a gateway stopped with kill -9; found in CI, the killed gateways of
+        the adversity tests left theirs in /dev/shm). A process starting to use one meanwhile
+        finds its users file gone and begins again (`_join`)."""
+        stem = self.path.name.rsplit("-", 1)[0]
+        for users_path in self._directory.glob(f"{stem}-*.users"):
+            if users_path == self._users_path:
+                continue
+            try:
+                users = os.open(users_path, os.O_RDWR)
+            except OSError:
+                continue  # removed meanwhile
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(users)  # in use
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                users_path.with_suffix("").unlink()
+            with contextlib.suppress(FileNotFoundError):
+                users_path.unlink()
             os.close(users)
 
     @contextlib.contextmanager

@@ -4,6 +4,7 @@ own lock, as processes do). In a test's own directory, not the host's shared mem
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,32 @@ def test_the_table_lives_while_a_worker_uses_it(tmp_path: Path) -> None:
         assert later.first_use("k", 1002.0, KEEP) is True
     finally:
         later.close()
+
+
+def test_a_table_whose_workers_were_killed_is_removed_by_the_next_worker(tmp_path: Path) -> None:
+    """Its last worker killed (kill -9) could not remove it: the next worker of any deployment
+    that opens a table removes the tables nobody uses; one in use stays."""
+    killed, alive = SharedNonces(tmp_path, KEY + "killed"), SharedNonces(tmp_path, KEY + "alive")
+    assert killed.first_use("k", 1000.0, KEEP) and alive.first_use("k", 1000.0, KEEP)
+    shared = killed._shared
+    # What the kernel does for a killed process: its descriptors closed, its locks with them.
+    os.close(shared._users)
+    os.close(shared.fd)
+    assert killed.path.exists()
+    later = SharedNonces(tmp_path, KEY)
+    try:
+        assert later.first_use("k", 1001.0, KEEP) is True
+        assert not killed.path.exists() and alive.path.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [
+                alive.path.name,
+                f"{alive.path.name}.users",
+                later.path.name,
+                f"{later.path.name}.users",
+            ]
+        )
+    finally:
+        later.close()
+        alive.close()
+        assert shared._map is not None
+        shared._map.close()
