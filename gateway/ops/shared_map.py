@@ -13,6 +13,7 @@ import hashlib
 import logging
 import mmap
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,13 +24,23 @@ class SharedMap:
     """`size` bytes of `<directory>/<stem>-<the key's hash>`, zeros at first. The key names the
     deployment (its database, its journal directory): two on one host never mix.
 
-    `transient`: the file lives as long as a process uses it. Each holds a shared lock on a
-    `.users` file beside it for its life, and the last to close removes both (a table in shared
-    memory is not left behind by every test's gateway)."""
+    `transient`: the file lives as long as a process uses it, and, where `until_at` is the
+    offset of a little-endian 64-bit Unix time in it, until that time. Each process holds a
+    shared lock on a `.users` file beside it for its life; the last to close removes both unless
+    the time is still ahead (a table in shared memory is not left behind by every test's
+    gateway, and a restart within it finds what it holds)."""
 
     def __init__(
-        self, directory: Path, stem: str, key: str, size: int, *, transient: bool = False
+        self,
+        directory: Path,
+        stem: str,
+        key: str,
+        size: int,
+        *,
+        transient: bool = False,
+        until_at: int | None = None,
     ) -> None:
+        self._until_at = until_at
         self._map: mmap.mmap | None = None
         self.fd = -1  # the file, once mapped: its lock (flock) is the table's
         self._users = -1
@@ -99,11 +110,26 @@ class SharedMap:
             except OSError:
                 os.close(users)  # in use
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                users_path.with_suffix("").unlink()
-            with contextlib.suppress(FileNotFoundError):
-                users_path.unlink()
+            try:
+                table = os.open(users_path.with_suffix(""), os.O_RDONLY)
+            except FileNotFoundError:
+                needed = False
+            else:
+                needed = self._still_needed(table)
+                os.close(table)
+            if not needed:
+                with contextlib.suppress(FileNotFoundError):
+                    users_path.with_suffix("").unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    users_path.unlink()
             os.close(users)
+
+    def _still_needed(self, fd: int) -> bool:
+        """Whether the table's own time (`until_at`) is still ahead."""
+        if self._until_at is None:
+            return False
+        raw = os.pread(fd, 8, self._until_at)
+        return len(raw) == 8 and int.from_bytes(raw, "little") > time.time()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -113,24 +139,25 @@ class SharedMap:
 
     def close(self) -> None:
         self._opened = True  # closed: never mapped again
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
         if self._users >= 0:
             try:
                 fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 pass  # another process uses it still
             else:
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                with contextlib.suppress(FileNotFoundError):
-                    self._users_path.unlink()
+                if self.fd < 0 or not self._still_needed(self.fd):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+                    with contextlib.suppress(FileNotFoundError):
+                        self._users_path.unlink()
             os.close(self._users)
             self._users = -1
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 @contextlib.contextmanager

@@ -30,7 +30,12 @@ SLOTS = 1 << 21
 WINDOW = 32  # slots looked at for one nonce
 _WINDOW = struct.Struct(f"<{2 * WINDOW}Q")  # (fingerprint, forget after) per slot
 _ENTRY = struct.Struct("<QQ")
-SIZE = (SLOTS + WINDOW) * _ENTRY.size  # 32 MiB, sparse: only the slots used take memory
+# After the slots, the latest second any nonce in them may be forgotten: the table outlives its
+# last worker until then (found from outside: a graceful restart removed it, and headers taken
+# in the five minutes before were taken again).
+_UNTIL_AT = (SLOTS + WINDOW) * _ENTRY.size
+_UNTIL = struct.Struct("<Q")
+SIZE = _UNTIL_AT + _ENTRY.size  # 32 MiB, sparse: only the slots used take memory
 _blake2b = hashlib.blake2b
 
 
@@ -44,11 +49,15 @@ class SharedNonces:
     """The table of one deployment's nonces, shared by the workers of a host: those of one
     journal directory and one ledger (`key`). In `directory`, normally shared memory: written on
     every signed request, a table in a file on disk had its pages written back and faulted
-    again, about 40 µs a request (benchmarks/RESULTS.md). It lives while a worker uses it."""
+    again, about 40 µs a request (benchmarks/RESULTS.md). It lives while a worker uses it, and
+    after the last until the window of the last nonce it holds has passed."""
 
     def __init__(self, directory: Path, key: str) -> None:
-        self._shared = SharedMap(directory, "sgw-nonces", key, SIZE, transient=True)
+        self._shared = SharedMap(
+            directory, "sgw-nonces", key, SIZE, transient=True, until_at=_UNTIL_AT
+        )
         self.path = self._shared.path
+        self._until = 0  # the latest time this process wrote at _UNTIL_AT
 
     def first_use(self, key: str, now: float, keep_seconds: int) -> bool | None:
         """Whether no worker of this host took `key` before (and now it is taken); None when
@@ -78,7 +87,12 @@ class SharedNonces:
                     break
             else:
                 slot = until.index(min(until))
-            _ENTRY.pack_into(table, offset + slot * _ENTRY.size, fingerprint, second + keep_seconds)
+            forget_at = second + keep_seconds
+            _ENTRY.pack_into(table, offset + slot * _ENTRY.size, fingerprint, forget_at)
+            if forget_at > self._until:  # once a second at most
+                if forget_at > _UNTIL.unpack_from(table, _UNTIL_AT)[0]:
+                    _UNTIL.pack_into(table, _UNTIL_AT, forget_at)
+                self._until = forget_at
             return True
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)

@@ -5,6 +5,7 @@ own lock, as processes do). In a test's own directory, not the host's shared mem
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,8 @@ def test_a_full_window_gives_up_its_oldest_nonce(
     """Every nonce lands in one window of slots (a table of one slot): past WINDOW live nonces
     the oldest is forgotten, the others kept, as the process's own memory does past its bound."""
     monkeypatch.setattr(shared_nonces, "SLOTS", 1)
-    monkeypatch.setattr(shared_nonces, "SIZE", (1 + shared_nonces.WINDOW) * 16)
+    monkeypatch.setattr(shared_nonces, "_UNTIL_AT", (1 + shared_nonces.WINDOW) * 16)
+    monkeypatch.setattr(shared_nonces, "SIZE", (2 + shared_nonces.WINDOW) * 16)
     table = SharedNonces(tmp_path, KEY)
     try:
         window = shared_nonces.WINDOW
@@ -115,5 +117,39 @@ def test_a_table_whose_workers_were_killed_is_removed_by_the_next_worker(tmp_pat
     finally:
         later.close()
         alive.close()
+        assert shared._map is not None
+        shared._map.close()
+
+
+def test_a_restart_within_the_window_finds_the_nonces_taken_before(tmp_path: Path) -> None:
+    """Found from outside: a graceful stop of every worker removed the table, and headers taken
+    in the five minutes before were taken again after the restart. The last worker leaves it
+    while a nonce in it is within its window; once none is, the next worker removes it."""
+    now = time.time()
+    before = SharedNonces(tmp_path, KEY)
+    assert before.first_use("k", now, KEEP) is True
+    before.close()
+    assert before.path.exists()
+    after = SharedNonces(tmp_path, KEY)
+    try:
+        assert after.first_use("k", now + 1, KEEP) is False
+    finally:
+        after.close()
+    # Its time past (a table of a deployment stopped long ago), the next worker removes it.
+    stale = SharedNonces(tmp_path, KEY + "stale")
+    assert stale.first_use("k", now - 2 * KEEP, KEEP) is True
+    stale.close()
+    assert stale.path.exists() is False  # its last nonce's window was over as it closed
+    left = SharedNonces(tmp_path, KEY + "left")
+    assert left.first_use("k", now, KEEP) is True
+    shared = left._shared
+    os.close(shared._users)  # killed with a nonce in its window: kept
+    os.close(shared.fd)
+    sweeper = SharedNonces(tmp_path, KEY + "sweeper")
+    try:
+        assert sweeper.first_use("j", now, KEEP) is True
+        assert left.path.exists() and after.path.exists()
+    finally:
+        sweeper.close()
         assert shared._map is not None
         shared._map.close()
