@@ -331,7 +331,11 @@ async def gather_deferred(conn: asyncpg.Connection) -> int:
     The settlements are locked FOR SHARE: a cancellation holding one (FOR UPDATE) is waited for,
     and its row read again once it commits (cancelled: left out). Reading the settlement's
     state from the statement's snapshot alone let a gather racing a cancellation owe, and pay,
-    the reimbursement of a settlement cancelled meanwhile (found from outside)."""
+    the reimbursement of a settlement cancelled meanwhile (found from outside).
+
+    A line owed again (a 2601 undid the cancellation that withdrew it) keeps when it was first
+    owed: the patient has waited since the replay, and the ageing alert counts from then (found
+    from outside: owed again "now", the alert restarted its count at the reversal)."""
     status = await conn.execute(
         "WITH live AS (SELECT d.claim_id, d.psn_no, d.reimbursement_fen"
         "  FROM deferred d JOIN settlements s ON s.setl_id = d.setl_id"
@@ -342,7 +346,7 @@ async def gather_deferred(conn: asyncpg.Connection) -> int:
         "  FOR SHARE OF s)"
         " INSERT INTO owed_lines (source, source_ref, psn_no, amount_fen)"
         " SELECT 'deferred', claim_id, psn_no, reimbursement_fen FROM live"
-        " ON CONFLICT (source, source_ref) DO UPDATE SET status = 'owed', created_at = now()"
+        " ON CONFLICT (source, source_ref) DO UPDATE SET status = 'owed'"
         " WHERE owed_lines.status = 'withdrawn'"
     )
     return int(status.rsplit(" ", 1)[-1])

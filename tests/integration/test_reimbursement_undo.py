@@ -276,6 +276,9 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
         his = srv.client(HOSPITAL)
         async with ledger_on(srv.dsn) as ledger, ledger.pool.acquire() as conn:
             batch = await _batched_and_held(conn, his, first)
+            owed_since = await conn.fetchval(
+                "SELECT created_at FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+            )
             await payouts.reject(conn, batch.batch_no, 1, "approver1", "待核实")
             cancelled = await his.call("2208", _cancel(first), msgid="UNDO-2208-REJECTED")
             assert cancelled["infcode"] == 0, cancelled["err_msg"]
@@ -308,6 +311,14 @@ async def test_a_batch_rejected_before_export_lets_the_cancellation_through(
                     "SELECT status FROM owed_lines WHERE source_ref = $1", first["claim_id"]
                 )
                 == "owed"
+            )
+            # Owed since the replay, as before the cancellation the 2601 undid (found from
+            # outside: owed again "now", the ageing alert counted from the reversal).
+            assert (
+                await conn.fetchval(
+                    "SELECT created_at FROM owed_lines WHERE source_ref = $1", first["claim_id"]
+                )
+                == owed_since
             )
             assert await checker.check(conn) == []
             # Owed again, it is no longer counted withdrawn (found from outside: the gauge
