@@ -39,6 +39,12 @@ from gateway.app.embedded import socket_dsn, start_embedded
 os.environ["TZ"] = "CST-8"
 time.tzset()
 
+# The nonce tables of the suite's gateways (gateway.pipeline.shared_nonces) in a folder of its
+# own, removed as it ends: in the host's shared memory, each outlived its gateway by its five
+# minutes' window, a full run's about 80 MB of memory.
+_SHARED_MEMORY = tempfile.mkdtemp(prefix="sgw-test-shm-")
+os.environ["GATEWAY_SHARED_MEMORY"] = _SHARED_MEMORY
+
 PG_PROBE = os.environ.get("GATEWAY_TEST_PG_PROBE", "127.0.0.1:5432")
 REDIS_PROBE = os.environ.get("GATEWAY_TEST_REDIS_PROBE", "127.0.0.1:6379")
 # A claimed Redis database stays claimed this long if its session dies without releasing it.
@@ -198,6 +204,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests import subjects
 
     subjects.register_markers(config)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SHARED_MEMORY, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

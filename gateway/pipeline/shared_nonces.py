@@ -40,7 +40,13 @@ _blake2b = hashlib.blake2b
 
 
 def memory_dir(fallback: Path) -> Path:
-    """Where the table lives: the host's shared memory (/dev/shm), else `fallback`."""
+    """Where the table lives: `$GATEWAY_SHARED_MEMORY` where set (a test suite's gateways keep
+    theirs in its own folder, removed with it: a full run left a hundred tables in the host's
+    shared memory for their windows), else the host's shared memory (/dev/shm), else
+    `fallback`."""
+    chosen = os.environ.get("GATEWAY_SHARED_MEMORY")
+    if chosen:
+        return Path(chosen)
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else fallback
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.pipeline import shared_nonces
-from gateway.pipeline.shared_nonces import SharedNonces
+from gateway.pipeline.shared_nonces import SharedNonces, memory_dir
 
 KEY = "/srv/gateway/var/journal\npostgresql://postgres@127.0.0.1/ledger"
 KEEP = 660
@@ -153,3 +153,16 @@ def test_a_restart_within_the_window_finds_the_nonces_taken_before(tmp_path: Pat
         sweeper.close()
         assert shared._map is not None
         shared._map.close()
+
+
+def test_the_tables_folder_is_the_one_the_environment_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`GATEWAY_SHARED_MEMORY` moves the tables (the suite keeps its gateways' in a folder of
+    its own); without it they are in the host's shared memory where it can be written."""
+    monkeypatch.setenv("GATEWAY_SHARED_MEMORY", str(tmp_path / "mine"))
+    assert memory_dir(tmp_path / "journal") == tmp_path / "mine"
+    monkeypatch.delenv("GATEWAY_SHARED_MEMORY")
+    shm = Path("/dev/shm")
+    expected = shm if shm.is_dir() and os.access(shm, os.W_OK) else tmp_path / "journal"
+    assert memory_dir(tmp_path / "journal") == expected
