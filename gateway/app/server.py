@@ -369,8 +369,7 @@ def observe(outcome: dispatch.Outcome, seconds: float) -> None:
     if outcome.mismatch:
         metrics.RECONCILE_MISMATCHES.labels(outcome.fixmedins_code).inc()
     for fund in outcome.paid:
-        # Prometheus samples are floats; this is a dashboard figure, the ledger keeps exact fen.
-        metrics.FUND_PAID.labels(fund.fund_pay_type).inc(fund.fund_payamt / 100)
+        metrics.FUND_PAID.labels(fund.fund_pay_type).inc(fund.fund_payamt)
 
 
 async def openapi_endpoint(request: web.Request) -> web.Response:

@@ -147,7 +147,7 @@ async def test_serve_with_two_workers_answers(new_database: Callable[..., Any]) 
                 "sgw_request_duration_seconds_bucket",
                 "sgw_catalog_version",
                 "sgw_db_pool_connections",
-                "sgw_fund_paid_yuan_total",
+                "sgw_fund_paid_fen_total",
                 "sgw_idempotent_replays_total",
                 "sgw_institution_errors_total",
                 "sgw_terminal_identity_failures_total",

@@ -297,7 +297,7 @@ def test_known_metrics_come_from_the_gateway() -> None:
         "sgw_requests_total",
         "sgw_request_duration_seconds_bucket",
         "sgw_request_duration_seconds_count",
-        "sgw_fund_paid_yuan_total",
+        "sgw_fund_paid_fen_total",
         "sgw_catalog_version",
         "sgw_db_pool_connections",
     ):
