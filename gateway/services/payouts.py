@@ -774,7 +774,7 @@ async def batch_view(conn: asyncpg.Connection, batch_no: str) -> dict[str, Any]:
         "count": b.line_count,
         "total": fen_text(b.total_fen),
         "created_by": b.created_by,
-        "created_at": b.created_at.isoformat(),
+        "created_at": b.created_at.astimezone().isoformat(),  # local (Beijing) time, as the console
         "approvals": [
             {
                 "level": a.level,
@@ -782,7 +782,7 @@ async def batch_view(conn: asyncpg.Connection, batch_no: str) -> dict[str, Any]:
                 "operator": a.operator,
                 "decision": a.decision,
                 "reason": a.reason,
-                "at": a.at.isoformat(),
+                "at": a.at.astimezone().isoformat(),
             }
             for a in await store.approvals(conn, batch_no)
         ],

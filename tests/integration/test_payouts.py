@@ -242,6 +242,13 @@ async def _cycle(ledger: Ledger, conn: asyncpg.Connection, dsn: str) -> None:
     view = await payouts.batch_view(conn, second.batch_no)
     assert view["items"][0]["account_no"] == "6228***********0022"
     assert "6228480000000000022" not in json.dumps(view)
+    # Its times in the gateway's local time (Beijing), as the console's list of batches gives
+    # them (found from outside: this view said UTC, 12-07 beside a batch number of 12-08).
+    beijing = dt.datetime.now().astimezone().utcoffset()
+    assert dt.datetime.fromisoformat(view["created_at"]).utcoffset() == beijing
+    assert view["approvals"] and all(
+        dt.datetime.fromisoformat(a["at"]).utcoffset() == beijing for a in view["approvals"]
+    )
     changes = await conn.fetch(
         "SELECT before, after FROM audit_log WHERE action = 'payout.account' ORDER BY audit_id"
     )
