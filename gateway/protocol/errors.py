@@ -49,7 +49,17 @@ class RuleRejected(GatewayError):
 
 
 class SelfPayStay(RuleRejected):
-    """A stay admitted as self-pay under the plan (自费入院), not yet converted to insurance."""
+    """A stay admitted as self-pay under the plan (自费入院), not yet converted to insurance.
+
+    `err_msg` is the counter's: a refused settlement stays its msgid's answer, so it says to
+    settle under a new msgid once converted (found from outside: converted, the same msgid was
+    told to convert again). `waiting` is replay's, whose claim simply waits for the conversion."""
+
+    def __init__(self, mdtrt_id: str) -> None:
+        self.waiting = f"就诊ID{mdtrt_id}为应急期间自费入院，待办理自费转医保后补结算"
+        super().__init__(
+            f"就诊ID{mdtrt_id}为应急期间自费入院，请先办理自费转医保，再使用新的报文ID结算"
+        )
 
 
 class NotInsured(RuleRejected):

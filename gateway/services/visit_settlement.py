@@ -91,7 +91,7 @@ def _check_visit(enc: Encounter, kind: Kind, a: VisitAsk, *, final: bool) -> Non
         )
     encounters.require_open(enc)
     if enc.selfpay:
-        raise SelfPayStay(f"就诊ID{a.mdtrt_id}为应急期间自费入院，请先办理自费转医保后再结算")
+        raise SelfPayStay(a.mdtrt_id)
     eligibility.require_insutype(a.insutype, enc.insutype, held_as="登记时的险种")
     check_med_type(enc, a.med_type)
     if kind is Kind.INPATIENT and final and a.mid_setl_flag == "0" and enc.status != "discharged":

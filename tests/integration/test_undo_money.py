@@ -496,6 +496,34 @@ async def test_a_self_pay_admission_converts_only_under_its_own_insutype(server:
         await conn.close()
 
 
+async def test_a_self_pay_stays_refusal_tells_the_counter_to_settle_under_a_new_msgid(
+    server: Server,
+) -> None:
+    """A refused settlement is its msgid's answer for good: found from outside, a self-pay
+    stay's 2304 was told to convert first and, converted, the same msgid was told to convert
+    again. The words now say to settle under a new msgid once converted."""
+    his = server.client(HOSPITAL)
+    psn = await _person(server, RESIDENT)
+    stay = await _admission(his, psn, "390")
+    await server.fetch("UPDATE encounters SET selfpay = true WHERE mdtrt_id = $1", stay)
+    rows = his.fee_rows(stay, psn, [_line("1", "500.00", "ZL0003")], FEE_TIME, "")
+    await his.ok("2301", {"feedetail": rows})
+    data = his.settle_data(psn, stay, "21", "500.00", "390", "0", mid_setl_flag="1")
+    msgid = his.msgid()
+    refused = await his.call("2304", data, msgid=msgid)
+    assert refused["infcode"] == -1
+    assert "自费转医保" in refused["err_msg"] and "新的报文ID" in refused["err_msg"]
+    conn = await asyncpg.connect(server.dsn)
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        assert await conversion.convert(conn, stay, operator="duty", reason="自费转医保") == psn
+    finally:
+        await conn.close()
+    assert await his.call("2304", data, msgid=msgid) == refused  # the msgid's answer
+    settled = await his.ok("2304", data)
+    assert settled["setlinfo"]["medfee_sumamt"] == 500
+
+
 # --------------------------------------------------------------------------- dates
 
 

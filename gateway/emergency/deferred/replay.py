@@ -781,7 +781,7 @@ async def _replay_lane(
                     # yet (自费转医保; found from outside: filed failed, and the conversion
                     # afterwards did not bring it back): it stays pending for the next replay.
                     waiting.append(row.seq)
-                    why = exc.err_msg if isinstance(exc, SelfPayStay) else CALLS_NOT_IN
+                    why = exc.waiting if isinstance(exc, SelfPayStay) else CALLS_NOT_IN
                     progress.waiting.append(_waiting(row, why))
                 except GatewayError as exc:
                     if isinstance(exc, BatchSettled):
