@@ -256,9 +256,11 @@ class Mirror:
         decision = _run_of(gw, tx, req, institution, received)
         if decision is None:
             return
-        if decision.action in (Action.SHADOW, Action.ROUTE_LEGACY) and outcome.outcome is Result.OK:
-            # Under route_legacy the old system settles the visit: it must hold every line the
-            # counter uploaded here, after the switch as before it.
+        if outcome.outcome is Result.OK and decision.action in _MIRRORING:
+            # Under route_legacy and route_legacy_shadow the old system settles the visit: it
+            # must hold every line the counter uploaded here, after the switch as before it
+            # (found from outside: under route_legacy_shadow a visit opened here was never
+            # mirrored, so its settlement went to the old system under a number it never had).
             target = LEGACY
         elif decision.action is Action.ROUTE_LEGACY_SHADOW and outcome.outcome is Result.LEGACY:
             target = GATEWAY
@@ -496,16 +498,18 @@ class Mirror:
     # --------------------------------------------------------------------- for the pricing
 
     async def visit_map(
-        self, fixmedins_code: str, req: Request, received: dt.datetime
+        self, fixmedins_code: str, req: Request, received: dt.datetime, target: str
     ) -> dict[str, str] | None:
-        """The shadow's numbers of the visits a pricing names, once every call of them the
-        counter sent before it is mirrored: {} when none is mapped (a visit the mirror never
-        saw, carried over under the same number), None when one is not mirrored (a call of it
-        dropped, refused or failed, or still pending after `mirror_wait_seconds`)."""
+        """The shadow's (`target`'s) numbers of the visits a pricing names, once every call of
+        them the counter sent before it is mirrored there: {} when none is mapped (a visit the
+        mirror never saw, carried over under the same number, or one mirrored the other way:
+        found from outside, a visit opened here and mirrored to the old system was priced here
+        under the old system's number), None when one is not mirrored (a call of it dropped,
+        refused or failed, or still pending after `mirror_wait_seconds`)."""
         ids = sorted({s[2] for s in mdtrt_ids(req.input)})
         if not ids:
             return {}
-        return await self._when_mirrored(fixmedins_code, ids, received)
+        return await self._when_mirrored(fixmedins_code, ids, received, target=target)
 
     async def _visits(
         self, fixmedins_code: str, ids: list[str], before: dt.datetime, target: str | None

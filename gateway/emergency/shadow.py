@@ -39,6 +39,7 @@ from gateway.core.shadow_diff import LINE_NODES, Diagnosis, compare, items_of
 from gateway.emergency import hook, mirror
 from gateway.emergency.plan import store as plan_store
 from gateway.emergency.plan.rules import Action, TxClass
+from gateway.ledger import legacy_settlements
 from gateway.ledger import shadow as shadow_store
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
@@ -208,7 +209,9 @@ class Shadow:
             # A visit's settlement: priced once the shadow holds the visit (mirrored), under
             # the shadow's number of it; a visit not mirrored whole is not compared.
             try:
-                ids = await self.mirror.visit_map(p.req.fixmedins_code, p.req, p.received)
+                ids = await self.mirror.visit_map(
+                    p.req.fixmedins_code, p.req, p.received, target=shadow
+                )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 metrics.SHADOW_FAILURES.labels(shadow, "error").inc()
                 return None
@@ -280,6 +283,16 @@ class Shadow:
             async with asyncio.timeout(limit), gw.pool.acquire(timeout=limit) as conn:
                 with contextlib.suppress(_Rollback):
                     async with conn.transaction():
+                        if p.answered_by == LEGACY:
+                            # The old system's settlement of this request, or of a later one
+                            # (a 2207 answered before its 2206 is priced), holds the lines
+                            # here: found from outside, it refused every such pricing.
+                            await legacy_settlements.set_aside_since(
+                                conn,
+                                fixmedins_code=p.req.fixmedins_code,
+                                msgid=p.req.msgid,
+                                since=p.received.astimezone(),
+                            )
                         answer = await p.shadow_tx.handler(
                             Call(gw, req, conn, p.received, p.institution)
                         )

@@ -7,6 +7,8 @@ settlement here of the same lines is refused without another round trip.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncpg
 
 
@@ -56,4 +58,19 @@ async def in_force(
             setl_id,
             mdtrt_id,
         )
+    )
+
+
+async def set_aside_since(
+    conn: asyncpg.Connection, *, fixmedins_code: str, msgid: str, since: dt.datetime
+) -> None:
+    """Takes out of force, in the caller's transaction (which the parallel run's pricing rolls
+    back), the institution's old-system settlements made by `msgid` or since `since`: a request
+    is priced as when the counter asked, not refused by the settlement it led to."""
+    await conn.execute(
+        "UPDATE legacy_settlements SET cancelled_at = now() WHERE fixmedins_code = $1"
+        " AND cancelled_at IS NULL AND (msgid = $2 OR settled_at >= $3)",
+        fixmedins_code,
+        msgid,
+        since,
     )

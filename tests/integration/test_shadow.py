@@ -754,6 +754,47 @@ async def test_before_go_live_the_old_systems_visits_are_mirrored_here_and_price
         )
 
 
+async def test_before_go_live_a_visit_opened_here_is_priced_as_when_the_counter_asked(
+    new_database: Callable[..., Any], old_system: OldSystem
+) -> None:
+    """(route_legacy_shadow, the encounter class answered here.) The old system settles the
+    batch, and the gateway keeps that settlement as holding the batch's lines; found from
+    outside, that hold then refused the gateway's own pricing of the very settlement it came
+    from (and of the 2206 before it, priced after the 2207), so every such comparison was a
+    `refusal`. Priced as when the counter asked, the two agree."""
+    async with running_gateway(new_database, _config(old_system)) as srv:
+        his = srv.client(HOSPITAL)
+        await set_rule(
+            srv.dsn, "region:441800", "settlement", "route_legacy_shadow", "切换前并行比对"
+        )
+        pos = srv.client(PHARMACY)
+        await _in_force(srv, pos, pos.drug_input(EMPLOYEE, WHEN, "20.00", UNCHANGED))
+        async with connect(old_system.dsn) as old:  # the two systems number visits apart
+            await old.execute("SELECT setval('mdtrt_seq', nextval('mdtrt_seq') + 1000)")
+        mdtrt_id = await _open_visit(his, _no("MZ-HR"), {"B1": OUTPATIENT_LINES})
+        # The visit is at the old system too, under its own number (found from outside: never
+        # mirrored there, the old system was asked to settle a number it never had).
+        assert await _shadow_id(srv, mdtrt_id) != mdtrt_id
+        seen = len(await _comparisons(srv))
+        data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "45.00", "310", "1", chrg_bchno="B1")
+        assert (await his.ok("2206", data))["setlinfo"]["medfee_sumamt"] == 45
+        settled = await his.ok("2207", data)
+        rows = [await _next_comparison(srv, seen), await _next_comparison(srv, seen + 1)]
+        assert sorted((r["answered_by"], r["infno"]) for r in rows) == [
+            ("legacy", "2206"),
+            ("legacy", "2207"),
+        ]
+        assert [(r["differs"], r["cause"]) for r in rows] == [(False, None), (False, None)], [
+            (r["answer"], r["shadow_answer"]) for r in rows
+        ]
+        assert await srv.fetchval("SELECT count(*) FROM settlements") == 0
+        # The pricing set the hold aside in its own transaction only: it stands.
+        assert await srv.fetchval(
+            "SELECT count(*) FROM legacy_settlements WHERE setl_id = $1 AND cancelled_at IS NULL",
+            settled["setlinfo"]["setl_id"],
+        )
+
+
 async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncompared(
     new_database: Callable[..., Any], old_system: OldSystem
 ) -> None:
