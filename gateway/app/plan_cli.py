@@ -138,8 +138,12 @@ def plan_show(args: argparse.Namespace) -> int:
             return 0
         print(f"plan version {view['version']}: {view['state']}")
         for r in view["rules"]:
+            # When it was set, as the console and --json say (found from outside: the text
+            # gave who and why, not when).
+            at = as_beijing(dt.datetime.fromisoformat(str(r["set_at"])))
             print(
-                f"  {r['scope']:<28} {r['class']:<11} {r['action']:<13} {r['operator']}  {r['reason']}"
+                f"  {r['scope']:<28} {r['class']:<11} {r['action']:<13} {at:%Y-%m-%d %H:%M:%S}"
+                f"  {r['operator']}  {r['reason']}"
             )
         for w in view["windows_active"]:
             print(

@@ -4,6 +4,7 @@ waiting, the gateways' own sweep holding the replay lock for a moment)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -40,3 +41,18 @@ async def test_recovering_only_while_something_waits_for_the_replay(
             assert _state(srv.dsn) == "recovering"
         finally:
             await sweep.close()
+
+
+async def test_the_text_gives_each_rule_when_it_was_set(new_database: Callable[..., Any]) -> None:
+    """Found from outside: `plan show` said who set a rule and why, not when (--json and the
+    console did)."""
+    async with running_gateway(new_database) as srv:
+        cli("plan", "set", "--scope", "institution:P44180000001", "--class", "settlement",
+            "--action", "reject", "--reason", "演练", "--operator", "duty",
+            "--database-url", srv.dsn)  # fmt: skip
+        shown = json.loads(cli("plan", "show", "--json", "--database-url", srv.dsn).stdout)
+        (rule,) = shown["rules"]
+        at = dt.datetime.fromisoformat(rule["set_at"]).astimezone()
+        text = cli("plan", "show", "--database-url", srv.dsn).stdout
+        (line,) = [ln for ln in text.splitlines() if "P44180000001" in ln]
+        assert f"{at:%Y-%m-%d %H:%M:%S}" in line and "duty" in line and "演练" in line
