@@ -605,7 +605,12 @@ async def cancel(
         fixmedins_code,
     )
     if found is None:
-        raise NotFound(f"结算ID{setl_id}不存在或不属于本机构")
+        # Most often, in the months after a cut-over, one the old system made before it (found
+        # from outside: a clerk was told only that it did not exist).
+        raise NotFound(
+            f"结算ID{setl_id}不存在或不属于本机构；如为本系统上线前由原系统办理的结算，"
+            "请在原系统办理撤销"
+        )
     if found["category"] not in categories:
         # Found from outside: a pharmacy's 2208 of its own sale was told the sale did not exist.
         kind, undo = UNDONE_BY[found["category"]]

@@ -92,6 +92,21 @@ async def test_5203_of_a_settlement_with_another_visit_says_the_pair_is_wrong(
     assert (await his.call("5203", unknown))["err_msg"] == "未查询到本机构的结算信息"
 
 
+async def test_a_cancellation_of_a_settlement_never_made_here_points_to_the_old_system(
+    server: Server,
+) -> None:
+    """Found from outside: after a cut-over, 2208 of a settlement the old system made before it
+    was told only that it did not exist or was not the institution's."""
+    his = server.client(HOSPITAL)
+    old = {"data": {"setl_id": "OLDSETL000777", "mdtrt_id": "OLDMDTRT000777", "psn_no": EMPLOYEE}}
+    answer = await his.call("2208", old)
+    assert answer["infcode"] == -1
+    assert answer["err_msg"] == (
+        "结算IDOLDSETL000777不存在或不属于本机构；如为本系统上线前由原系统办理的结算，"
+        "请在原系统办理撤销"
+    )
+
+
 async def test_5204_answers_a_settlements_lines_as_it_settled_them(server: Server) -> None:
     """5204 费用明细查询 was refused as unknown; nhis-web reads every settlement's lines back
     with it after 2207/2304 and cancels the settlement when it fails, so none survived. The
