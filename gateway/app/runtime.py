@@ -118,6 +118,7 @@ class Gateway:
         "catalog_versions",
         "config",
         "groups",
+        "institution_secrets",
         "journal",
         "ledger_claims",
         "ledgers",
@@ -165,6 +166,9 @@ class Gateway:
         # and this process's catching up with them: one refresh at a time, none again within
         # CATCH_UP_PAUSE_SECONDS of one that failed.
         self.catalog_versions = CatalogVersions(settings.journal_dir, settings.database_url)
+        # The institutions' secrets, where requests are signed: what the gateway forwards to the
+        # old system goes signed as the institution would sign it (gateway.emergency.hook).
+        self.institution_secrets: dict[str, str] = {}
         # Signed requests' nonces, shared with the host's other workers (gateway.pipeline.auth)
         self.nonces = SharedNonces(
             memory_dir(settings.journal_dir),

@@ -508,6 +508,7 @@ def build_app(settings: Settings) -> web.Application:
         if settings.auth:
             credentials = await asyncio.to_thread(load_credentials, settings.credentials_path)
             verifier = app[VERIFIER] = Verifier(credentials, gw.redis, gw.nonces)
+            gw.institution_secrets = credentials
             verifier.gate.breaker = gw.breakers["redis"]
         tasks = [
             asyncio.create_task(gw.watch_catalog()),

@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -45,6 +46,7 @@ from gateway.ledger.partitions import MAIN
 from gateway.ledger.writes import Writes
 from gateway.ops import metrics
 from gateway.pipeline import dispatch
+from gateway.pipeline.auth import sign_headers
 from gateway.pipeline.dispatch import Detour
 from gateway.pipeline.grouped import Built, Held, Job
 from gateway.protocol import transaction
@@ -818,11 +820,17 @@ async def post_legacy(
     timeout_seconds: float,
     *,
     infno: str,
+    fixmedins_code: str,
     session: aiohttp.ClientSession | None = None,
 ) -> bytes:
     """POST an envelope to `[legacy] url` and return the old system's answer bytes, through its
     breaker (open: not even tried); every call's outcome feeds the breaker. Used by route_legacy
-    and by the parallel run's shadow pricing (gateway.emergency.shadow), with its own session."""
+    and by the parallel run's shadow pricing (gateway.emergency.shadow), with its own session.
+
+    Signed as the institution signs its requests (x-tif, a fresh timestamp and nonce), where
+    this gateway verifies signatures and so holds its secret: found from outside, an old system
+    that verifies them refused every forwarded request, and the parallel run counted each
+    refusal as a difference in money."""
     breaker = gw.breakers["legacy"]
     url = gw.config.legacy.url
     if not url:
@@ -832,6 +840,9 @@ async def post_legacy(
     started = asyncio.get_running_loop().time()
     timeout = aiohttp.ClientTimeout(total=timeout_seconds)
     headers = {"Content-Type": "application/json"}
+    secret = gw.institution_secrets.get(fixmedins_code)
+    if secret is not None:
+        headers.update(sign_headers(fixmedins_code, secret, secrets.token_hex(16)))
     try:
         async with contextlib.AsyncExitStack() as stack:
             if session is None:
@@ -942,7 +953,9 @@ async def _route_legacy(
     left = gw.config.deadlines.call_seconds - (dt.datetime.now() - received).total_seconds()
     timeout = max(0.1, min(gw.config.legacy.timeout_seconds, left - KEEP_SECONDS))
     try:
-        answer = await post_legacy(gw, body, timeout, infno=req.infno)
+        answer = await post_legacy(
+            gw, body, timeout, infno=req.infno, fixmedins_code=req.fixmedins_code
+        )
     except LegacyDown as exc:
         if not exc.reached or not tx.writes:
             # Never reached, or a read (a pre-settlement, a query) that did nothing there

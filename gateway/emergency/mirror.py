@@ -457,6 +457,7 @@ class Mirror:
                 body,
                 self.config.timeout_seconds,
                 infno=c.infno,
+                fixmedins_code=c.fixmedins_code,
                 session=self._session,
             )
         except hook.LegacyDown as exc:

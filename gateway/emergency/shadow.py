@@ -226,6 +226,7 @@ class Shadow:
                     body,
                     self.config.timeout_seconds,
                     infno=p.shadow_tx.infno,
+                    fixmedins_code=p.req.fixmedins_code,
                     session=self._session,
                 )
             else:

@@ -20,9 +20,10 @@ from prometheus_client import REGISTRY
 
 from adapters.national.envelope import decode_request, fingerprint
 from gateway.app.appkeys import GATEWAY
-from gateway.app.config import Breakers, GatewayConfig, Legacy, PlanConfig
+from gateway.app.config import DEFAULT_CREDENTIALS, Breakers, GatewayConfig, Legacy, PlanConfig
 from gateway.emergency.breaker import BreakerConfig
 from gateway.emergency.plan import store
+from gateway.pipeline.auth import AuthError, Verifier, load_credentials
 from tests.integration.conftest import GENEROUS, Server, running_gateway
 from tests.integration.emergency_helpers import (
     BIG_LINES,
@@ -489,6 +490,43 @@ async def test_route_legacy_forwards_unchanged_and_relays(
                 "1101", {"data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "441802198203033456"}}
             )
         )["infcode"] == 0
+
+
+async def test_route_legacy_signs_what_it_forwards_as_the_institution(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: forwarded with no x-tif headers, every request was refused by an old
+    system that verifies signatures (and the parallel run counted each refusal as a money
+    difference). Forwarded signed as the institution signs, with a fresh nonce each time."""
+    secrets = load_credentials(DEFAULT_CREDENTIALS)
+    verifier = Verifier(secrets, None, None)
+    seen: list[str] = []
+
+    async def call_service(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            who = await verifier.verify(request.headers)
+        except AuthError as exc:
+            return web.json_response({"infcode": -1, "output": None, "err_msg": exc.err_msg})
+        assert who == decode_request(body).fixmedins_code
+        seen.append(request.headers["x-tif-nonce"])
+        return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
+
+    async with old_system(call_service) as url:
+        config = GatewayConfig(rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url))
+        async with running_gateway(new_database, config) as srv:
+            pos = srv.client("P44180000001")
+            await set_rule(srv.dsn, "region:441800", "settlement", "route_legacy")
+            drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+
+            async def routed() -> bool:
+                return (await pos.call("2101", drug)).get("output") == {"legacy": True}
+
+            await until(routed)
+            for _ in range(2):
+                answer = await pos.call("2102", drug)
+                assert answer["infcode"] == 0 and answer["output"] == {"legacy": True}, answer
+            assert len(seen) >= 3 and len(set(seen)) == len(seen)
 
 
 def _seed_windows() -> list[dict[str, Any]]:
