@@ -642,11 +642,16 @@ def _rows(raw: bytes, node: str) -> dict[str, Any]:
     return {str(r["feedetl_sn"]): r for r in rows if isinstance(r, dict) and "feedetl_sn" in r}
 
 
-def standing_lines(calls: list[store.Delivered], chrg_bchno: str | None) -> Lines:
+def standing_lines(
+    calls: list[store.Delivered], chrg_bchno: str | None, settled_by: str | None = None
+) -> Lines:
     """The lines of a visit's delivered calls still standing after its withdrawals, in upload
     order (only those `chrg_bchno` names, when the settlement names a batch). Read from each
     request's shape: feedetail[] uploads, data{chrg_bchno} withdraws a batch (2205), data[] of
-    feedetl_sn withdraws lines (2302)."""
+    feedetl_sn withdraws lines (2302). `answered` is the side of the system that answered the
+    settlement (`settled_by`): an upload it was the shadow of has its two answers swapped
+    (found from outside: a visit opened here and settled by the old system had its lines'
+    differences told the wrong way round)."""
     lines: dict[str, tuple[str, str, Any, Any]] = {}
     for call in calls:
         try:
@@ -658,6 +663,8 @@ def standing_lines(calls: list[store.Delivered], chrg_bchno: str | None) -> Line
         feedetail, data = body.get("feedetail"), body.get("data")
         if isinstance(feedetail, list):
             answered, shadowed = _rows(call.answer, "result"), _rows(call.shadow_answer, "result")
+            if call.target == settled_by:
+                answered, shadowed = shadowed, answered
             for row in feedetail:
                 if not isinstance(row, dict) or row.get("feedetl_sn") is None:
                     continue
@@ -682,9 +689,12 @@ def standing_lines(calls: list[store.Delivered], chrg_bchno: str | None) -> Line
     )
 
 
-async def visit_lines(gw: Gateway, fixmedins_code: str, req: Request) -> Lines | None:
+async def visit_lines(
+    gw: Gateway, fixmedins_code: str, req: Request, settled_by: str
+) -> Lines | None:
     """The standing lines of the visit a pricing names (as the counter numbers it), both
-    systems' answers; None when none of its uploads was mirrored."""
+    systems' answers, the settlement's answerer's (`settled_by`) first; None when none of its
+    uploads was mirrored."""
     visit = first_mdtrt_id(req.input)
     if visit is None:
         return None
@@ -696,5 +706,5 @@ async def visit_lines(gw: Gateway, fixmedins_code: str, req: Request) -> Lines |
         return None
     data = node.get("data") if isinstance(node, dict) else None
     batch = data.get("chrg_bchno") if isinstance(data, dict) else None
-    lines = standing_lines(calls, str(batch) if batch else None)
+    lines = standing_lines(calls, str(batch) if batch else None, settled_by)
     return lines if lines.answered or lines.shadowed else None

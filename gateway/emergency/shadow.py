@@ -105,11 +105,32 @@ def sampled(sample_bp: int, fixmedins_code: str, msgid: str) -> bool:
     return zlib.crc32(f"{fixmedins_code}:{msgid}".encode()) % 10000 < sample_bp
 
 
+# The bill's four parts a settlement declares as its pre-settlement answered them: the answering
+# system's figures, which the shadow's pre-settlement computes itself and would check them
+# against (found from outside: every settlement of an item the two systems price differently
+# was refused at the shadow and counted a `refusal`, not that item's difference).
+DECLARED_PARTS = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
 def as_presettlement(body: bytes, infno: str) -> bytes:
-    """The counter's envelope with the pre-settlement's infno; every other byte of every other
-    field as it was sent (amounts are never re-encoded)."""
+    """The counter's envelope with the pre-settlement's infno and without the bill's parts it
+    declares (DECLARED_PARTS); every other byte of every other field as it was sent (amounts
+    are never re-encoded)."""
     envelope = _envelope.decode(body)
     envelope["infno"] = msgspec.Raw(msgspec.json.encode(infno))
+    raw = envelope.get("input")
+    if raw is not None:
+        try:
+            given = _object.decode(raw)
+            data = _object.decode(given["data"])
+        except (msgspec.DecodeError, KeyError):
+            pass  # not the object shape (an input sent as a string): as it came
+        else:
+            if any(part in data for part in DECLARED_PARTS):
+                kept = {k: v for k, v in data.items() if k not in DECLARED_PARTS}
+                given["data"] = msgspec.Raw(msgspec.json.encode(kept))
+                envelope["input"] = msgspec.Raw(msgspec.json.encode(given))
     return msgspec.json.encode(envelope)
 
 
@@ -203,7 +224,7 @@ class Shadow:
     async def price(self, p: Pending) -> Diagnosis | None:
         """Price one settlement at the shadow, compare, count and store; None when the shadow
         gave no answer (counted as its failure)."""
-        body = as_presettlement(p.body, p.shadow_tx.infno)
+        body = p.body
         shadow = _shadow_of(p.answered_by)
         if p.tx.kind is not Kind.PHARMACY:
             # A visit's settlement: priced once the shadow holds the visit (mirrored), under
@@ -219,6 +240,8 @@ class Shadow:
                 metrics.SHADOW_FAILURES.labels(shadow, "not_mirrored").inc()
                 return None
             body = mirror.mapped(body, p.req, ids)
+        # After the visit's numbers: `mapped` rewrites the input the counter sent.
+        body = as_presettlement(body, p.shadow_tx.infno)
         try:
             if p.answered_by == GATEWAY:
                 shadowed = await hook.post_legacy(
@@ -252,7 +275,9 @@ class Shadow:
             # A 2206/2303 answer carries no lines: the visit's lines are compared as the two
             # systems answered its mirrored uploads (a class A/B mapping then shows on its item).
             try:
-                lines = await mirror.visit_lines(self.gw, p.req.fixmedins_code, p.req)
+                lines = await mirror.visit_lines(
+                    self.gw, p.req.fixmedins_code, p.req, p.answered_by
+                )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 lines = None
             if lines is not None:

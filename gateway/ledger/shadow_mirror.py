@@ -230,6 +230,7 @@ class Delivered:
     body: bytes
     answer: bytes
     shadow_answer: bytes
+    target: str  # the system it was delivered to (the one that did not answer the counter)
 
 
 async def delivered(
@@ -237,10 +238,12 @@ async def delivered(
 ) -> list[Delivered]:
     """Reads the visit's calls delivered to the shadow, in the counter's order."""
     rows = await conn.fetch(
-        "SELECT infno, body, answer, shadow_answer FROM shadow_mirror_calls"
+        "SELECT infno, body, answer, shadow_answer, target FROM shadow_mirror_calls"
         " WHERE fixmedins_code = $1 AND mdtrt_id = $2 AND state = 'ok'"
         " AND shadow_answer IS NOT NULL ORDER BY received_at, call_id",
         fixmedins_code,
         mdtrt_id,
     )
-    return [Delivered(r["infno"], r["body"], r["answer"], r["shadow_answer"]) for r in rows]
+    return [
+        Delivered(r["infno"], r["body"], r["answer"], r["shadow_answer"], r["target"]) for r in rows
+    ]

@@ -42,7 +42,7 @@ from tests.integration.emergency_helpers import (
     set_rule,
     until,
 )
-from tests.integration.his_client import CALL_SERVICE, HisClient, decode
+from tests.integration.his_client import CALL_SERVICE, HisClient, amount_text, decode
 from tests.integration.test_console import OPERATOR, _login
 
 pytestmark = pytest.mark.integration
@@ -607,13 +607,26 @@ async def test_an_outpatient_visit_opened_during_the_run_is_mirrored_and_compare
             )
         assert await _metric(srv, "sgw_shadow_mirrored_total", shadow="legacy", outcome="ok") >= 3
 
-        # (a) A line mapped differently there: the difference is that item's class.
+        # (a) A line mapped differently there: the difference is that item's class. The 2207
+        # declares the bill's parts as this gateway's 2206 answered them, as a HIS copies them
+        # (found from outside: the old system's pre-settlement refused them as not its own
+        # figures, and the comparison was counted a refusal).
         mdtrt_id = await _open_visit(his, _no("MZ-MR"), {"B1": OUTPATIENT_LINES + DIFFERING_LINE})
         data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "75.00", "310", "1", chrg_bchno="B1")
+        priced = (await his.ok("2206", data))["setlinfo"]
+        parts = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+        data["data"].update({k: amount_text(priced[k]) for k in parts})
         await his.ok("2207", data)
-        row = await _next_comparison(srv, seen)
-        seen += 1
-        assert row["differs"] and (row["cause"], row["item"]) == ("catalog_class", "YP0003")
+        # The two comparisons, the 2206's and the 2207's, in whichever order they were priced.
+        both = {r["infno"]: r for r in [await _next_comparison(srv, seen + n) for n in (0, 1)]}
+        seen += 2
+        for infno in ("2206", "2207"):
+            row = both[infno]
+            assert row["differs"] and (row["cause"], row["item"]) == (
+                "catalog_class",
+                "YP0003",
+            ), row["shadow_answer"]
+        row = both["2207"]
         assert row["diagnosis"]["lines"] == ["3"]
         lv = await srv.fetchrow(
             "SELECT answered, shadowed FROM shadow_differences WHERE comparison_id = $1"
@@ -793,6 +806,22 @@ async def test_before_go_live_a_visit_opened_here_is_priced_as_when_the_counter_
             "SELECT count(*) FROM legacy_settlements WHERE setl_id = $1 AND cancelled_at IS NULL",
             settled["setlinfo"]["setl_id"],
         )
+        # A line mapped differently: its difference told as the old system (which settled it)
+        # against this gateway, though this gateway answered its upload (found from outside:
+        # the two sides were swapped).
+        mdtrt_id = await _open_visit(his, _no("MZ-HR"), {"B1": OUTPATIENT_LINES + DIFFERING_LINE})
+        await _shadow_id(srv, mdtrt_id)
+        seen = len(await _comparisons(srv))
+        data = his.settle_data(EMPLOYEE, mdtrt_id, "11", "75.00", "310", "1", chrg_bchno="B1")
+        await his.ok("2207", data)
+        row = await _next_comparison(srv, seen)
+        assert row["differs"] and (row["cause"], row["item"]) == ("catalog_class", "YP0003")
+        lv = await srv.fetchrow(
+            "SELECT answered, shadowed FROM shadow_differences WHERE comparison_id = $1"
+            " AND field = 'chrgitm_lv'",
+            row["comparison_id"],
+        )
+        assert lv is not None and (lv["answered"], lv["shadowed"]) == ("01", "02")
 
 
 async def test_the_old_system_down_leaves_the_counter_alone_and_its_visits_uncompared(

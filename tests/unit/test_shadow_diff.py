@@ -342,6 +342,27 @@ def test_the_shadow_is_asked_the_same_bytes_under_the_pre_settlement_number() ->
     }
 
 
+def test_the_shadow_is_not_asked_to_check_the_answering_systems_split_of_the_bill() -> None:
+    """A 2207/2304 declares the bill's four parts as its 2206/2303 answered them: the answering
+    system's figures. Found from outside: the shadow's pre-settlement refused each that differed
+    from its own, so a settlement of an item the two price differently was counted a refusal."""
+    from gateway.emergency.shadow import as_presettlement
+
+    body = (
+        b'{"infno":"2207","msgid":"M2","input":{"data":{"mdtrt_id":"V1","medfee_sumamt":45.50,'
+        b'"fulamt_ownpay_amt":"25.00","overlmt_selfpay":0,"preselfpay_amt":"0.00",'
+        b'"inscp_scp_amt":20.5,"insutype":"310"}},"fixmedins_code":"H1"}'
+    )
+    asked = as_presettlement(body, "2206")
+    assert asked == (
+        b'{"infno":"2206","msgid":"M2","input":{"data":{"mdtrt_id":"V1","medfee_sumamt":45.50,'
+        b'"insutype":"310"}},"fixmedins_code":"H1"}'
+    )  # the other amounts' bytes as sent
+    # An input a client sent as a JSON string is passed on as it came.
+    text = b'{"infno":"2207","msgid":"M3","input":"{\\"data\\":{}}","fixmedins_code":"H1"}'
+    assert as_presettlement(text, "2206") == text.replace(b'"2207"', b'"2206"')
+
+
 def test_a_difference_rate_is_rounded_to_the_nearest_basis_point() -> None:
     """Found from outside: 7 differing of 9 compared read 77.77%."""
     from gateway.ledger.shadow import Rate
