@@ -19,11 +19,12 @@ from gateway.app.config import Settings
 from gateway.app.redis_link import close_redis, open_redis
 from gateway.app.reference import Reference, load_reference
 from gateway.core.catalog import Snapshot
+from gateway.core.timestamps import as_beijing
 from gateway.emergency import triggers
 from gateway.emergency.breaker import OPEN, STATE_VALUE, Breaker
 from gateway.emergency.deferred.journal import Journal
 from gateway.emergency.plan import store as plan_store
-from gateway.emergency.plan.rules import CLASSES, Action, Plan
+from gateway.emergency.plan.rules import CLASSES, Action, Decision, Plan
 from gateway.emergency.triggers import InstitutionTriggers
 from gateway.ledger import db, idempotency, reference_store
 from gateway.ledger import plan as ledger_plan
@@ -70,6 +71,32 @@ def _now() -> dt.datetime:
     return dt.datetime.now()
 
 
+# Failures held for one probe's verdict, at most (a probe answers within seconds).
+UNJUDGED_LIMIT = 10_000
+# The plan's page (SgwPlanStateChanged) looks back this far: a process that starts finds a rule
+# set, or a window opened, within it and counts the change as if it had seen it.
+PLAN_PAGE_WINDOW = dt.timedelta(minutes=15)
+
+
+def _changed_lately(plan: Plan, state: Decision | None, now: dt.datetime) -> bool:
+    """Whether what applies (`state`) began within PLAN_PAGE_WINDOW of `now` (local time)."""
+    if state is None:
+        return False
+    if state.source == "rule":
+        began = next(
+            as_beijing(r.set_at)
+            for r in plan.rules
+            if r.scope == state.scope and r.klass == state.klass
+        )
+    else:
+        began = next(
+            w.begins
+            for w in plan.windows
+            if f"window:{w.name}" == state.source and w.scope == state.scope and w.active(now)
+        )
+    return now - began < PLAN_PAGE_WINDOW
+
+
 def _retire(holder: list[Snapshot], wait_seconds: float) -> None:
     """Free a swapped-out snapshot off the loop, in pieces (runs in a thread).
 
@@ -112,6 +139,7 @@ class Gateway:
         "_confirming",
         "_plan_states",
         "_refresh_lock",
+        "_unjudged",
         "attempts",
         "breakers",
         "catalog_poll_seconds",
@@ -232,8 +260,10 @@ class Gateway:
             self.ledger_breaker(partition.name).on_change = functools.partial(
                 self._ledger_breaker_changed, partition.name
             )
-        # A ledger breaker's verdict on one institution's failures is confirmed by the probe.
+        # A ledger breaker's verdict on one institution's failures is confirmed by the probe;
+        # the failures seen meanwhile wait for it (per breaker), for the institutions' triggers.
         self._confirming: set[asyncio.Task[None]] = set()
+        self._unjudged: dict[str, list[tuple[str, bool, float]]] = {}
         for partition in self.ledgers.all:
             self.ledger_breaker(partition.name).suspect = functools.partial(
                 self._suspect, partition.pool
@@ -353,6 +383,11 @@ class Gateway:
                 new = (is_.action, is_.source) if is_ else None
                 if exported is not None and exported.get((scope, klass)) != new:
                     metrics.plan_changed(scope, klass, new[0] if new else "normal")
+                elif exported is None and new is not None and _changed_lately(plan, is_, now):
+                    # Set (or opened) within the page's window, before this process was there
+                    # to see it: found from outside, a rule set while the gateway restarted
+                    # never paged (its clearing did).
+                    metrics.plan_changed(scope, klass, new[0])
                 if new is not None:
                     states[(scope, klass)] = new
         self._plan_states = states
@@ -420,6 +455,20 @@ class Gateway:
                 extra={"breaker": breaker.name, "reason": suspected},
             )
         breaker.confirmed(ok)
+        held = self._unjudged.pop(breaker.name, [])
+        if ok and not breaker.is_open:
+            # The database answered: the failures were their institutions' own.
+            for code, timeout, seconds in held:
+                self.triggers.record(code, False, timeout, seconds)
+
+    def await_verdict(self, breaker: Breaker, code: str, timeout: bool, seconds: float) -> None:
+        """A failure seen while the ledger breaker's probe decides whose failures they are:
+        the institution's trigger gets it once the database answers the probe, nobody's if it
+        fails it. Found from outside: every timeout starts a probe, so one pharmacy's timeouts
+        on its person's locked rows were nobody's, and its trigger never set a rule."""
+        held = self._unjudged.setdefault(breaker.name, [])
+        if len(held) < UNJUDGED_LIMIT:
+            held.append((code, timeout, seconds))
 
     def ledger_breaker(self, ledger: str) -> Breaker:
         """The breaker of a ledger database, by its partition name."""

@@ -1116,10 +1116,15 @@ def observe(
     while a cluster is down, it would be written."""
     breaker = gw.ledger_breaker(ledger)
     breaker.record(ok, timeout=timeout, seconds=seconds, write=settles, who=fixmedins_code)
-    if not ok and (breaker.is_open or breaker.suspected):
+    if not ok and breaker.is_open:
+        return
+    if not ok and breaker.suspected:
         # While the breaker's probe decides whose they are, they are nobody's yet (found by a
         # test: an institution alone on a dead cluster got an institution rule, which outlived
-        # the outage, before the probe had opened the cluster's breaker).
+        # the outage, before the probe had opened the cluster's breaker); the probe's answer
+        # gives them to their institutions, or to nobody.
+        if fixmedins_code:
+            gw.await_verdict(breaker, fixmedins_code, timeout, seconds)
         return
     gw.triggers.record(fixmedins_code, ok, timeout, seconds)
 

@@ -1450,6 +1450,47 @@ async def test_one_persons_locked_rows_do_not_open_the_ledger_breaker_for_everyo
             await locker.close()
 
 
+async def test_one_institutions_timeouts_trip_its_own_trigger(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: one pharmacy's sales timed out one after another on its person's
+    locked rows, and its trigger never set a rule: a call answered at its deadline was counted
+    against the ledger, not against the institution (清远 004's 接口超时 is the institution's).
+    The ledger's breaker, which the database's probe answers, stays closed meanwhile."""
+    from gateway.app.config import InstitutionTrigger, Triggers
+
+    config = msgspec.structs.replace(
+        CONFIG,
+        triggers=Triggers(institution=InstitutionTrigger(consecutive_failures=3, min_calls=5)),
+    )
+    async with running_gateway(new_database, config) as srv:
+        pos = srv.client(PHARMACY)
+        locker = await asyncpg.connect(srv.dsn)
+        try:
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute("SELECT 1 FROM accounts WHERE psn_no = $1 FOR UPDATE", PERSONS[1])
+            for _ in range(4):
+                drug = pos.drug_input(PERSONS[1], "2026-07-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+                answer = await pos.call("2102", drug)
+                if answer["infcode"] == 0:
+                    break  # deferred by the rule the trigger set
+                assert "相同报文ID重试" in answer["err_msg"], answer
+
+            async def ruled() -> bool:
+                rows = await srv.fetch(
+                    "SELECT operator FROM plan_rules WHERE scope = $1", f"institution:{PHARMACY}"
+                )
+                return [r["operator"] for r in rows] == ["trigger:institution"]
+
+            await until(ruled, within=10.0)
+            async with srv.session.get(srv.url + "/metrics") as r:
+                assert 'sgw_breaker_state{dependency="postgres"} 0' in await r.text()
+            await lock.rollback()
+        finally:
+            await locker.close()
+
+
 async def test_an_institutions_failures_that_are_not_timeouts_trip_its_trigger(
     new_database: Callable[..., Any],
 ) -> None:
