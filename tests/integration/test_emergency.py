@@ -7,7 +7,8 @@ import asyncio
 import datetime as dt
 import json
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -419,6 +420,21 @@ async def legacy() -> AsyncIterator[tuple[str, list[bytes]]]:
         yield url, received
 
 
+@asynccontextmanager
+async def _routed_pharmacy(
+    new_database: Callable[..., Any],
+    call_service: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[tuple[HisClient, dict[str, Any]]]:
+    """A gateway whose region's settlements the plan routes to an old system answering with
+    `call_service`: a pharmacy's client and a sale's input."""
+    async with old_system(call_service) as url:
+        config = GatewayConfig(rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url))
+        async with running_gateway(new_database, config) as srv:
+            pos = srv.client("P44180000001")
+            await set_rule(srv.dsn, "region:441800", "settlement", "route_legacy")
+            yield pos, pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+
+
 async def test_route_legacy_relays_only_an_envelope(new_database: Callable[..., Any]) -> None:
     """Found from outside: the old system's HTML error page (HTTP 200) went to the till as the
     answer. Relayed byte for byte means an envelope relayed; anything else is the old system
@@ -429,24 +445,19 @@ async def test_route_legacy_relays_only_an_envelope(new_database: Callable[..., 
         await request.read()
         return web.Response(body=pages[0], content_type="text/html")
 
-    async with old_system(call_service) as url:
-        config = GatewayConfig(rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url))
-        async with running_gateway(new_database, config) as srv:
-            pos = srv.client("P44180000001")
-            await set_rule(srv.dsn, "region:441800", "settlement", "route_legacy")
-            drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+    async with _routed_pharmacy(new_database, call_service) as (pos, drug):
 
-            async def routed() -> bool:
-                answer = await pos.call("2101", drug)
-                return "原医保系统" in (answer["err_msg"] or "")
+        async def routed() -> bool:
+            answer = await pos.call("2101", drug)
+            return "原医保系统" in (answer["err_msg"] or "")
 
-            await until(routed)
-            while pages:
-                status, raw = await pos.post_raw(msgspec.json.encode(pos.envelope("2101", drug)))
-                answer = msgspec.json.decode(raw)
-                assert status == 200 and answer["infcode"] == -1, (pages[0], raw)
-                assert "原医保系统" in answer["err_msg"]
-                pages.pop(0)
+        await until(routed)
+        while pages:
+            status, raw = await pos.post_raw(msgspec.json.encode(pos.envelope("2101", drug)))
+            answer = msgspec.json.decode(raw)
+            assert status == 200 and answer["infcode"] == -1, (pages[0], raw)
+            assert "原医保系统" in answer["err_msg"]
+            pages.pop(0)
 
 
 async def test_route_legacy_forwards_unchanged_and_relays(
@@ -512,21 +523,16 @@ async def test_route_legacy_signs_what_it_forwards_as_the_institution(
         seen.append(request.headers["x-tif-nonce"])
         return web.Response(body=b'{"infcode":0,"output":{"legacy":true},"err_msg":null}')
 
-    async with old_system(call_service) as url:
-        config = GatewayConfig(rate_limit=GENEROUS.rate_limit, legacy=Legacy(url=url))
-        async with running_gateway(new_database, config) as srv:
-            pos = srv.client("P44180000001")
-            await set_rule(srv.dsn, "region:441800", "settlement", "route_legacy")
-            drug = pos.drug_input(EMPLOYEE, "2026-05-08 10:00:00", DRUG_TOTAL, DRUG_LINES)
+    async with _routed_pharmacy(new_database, call_service) as (pos, drug):
 
-            async def routed() -> bool:
-                return (await pos.call("2101", drug)).get("output") == {"legacy": True}
+        async def routed() -> bool:
+            return (await pos.call("2101", drug)).get("output") == {"legacy": True}
 
-            await until(routed)
-            for _ in range(2):
-                answer = await pos.call("2102", drug)
-                assert answer["infcode"] == 0 and answer["output"] == {"legacy": True}, answer
-            assert len(seen) >= 3 and len(set(seen)) == len(seen)
+        await until(routed)
+        for _ in range(2):
+            answer = await pos.call("2102", drug)
+            assert answer["infcode"] == 0 and answer["output"] == {"legacy": True}, answer
+        assert len(seen) >= 3 and len(set(seen)) == len(seen)
 
 
 def _seed_windows() -> list[dict[str, Any]]:
