@@ -2,8 +2,8 @@
 once without Redis: the catalog versions their requests need (gateway.app.catalog_versions,
 beside the journal, which they share) and the signed requests' nonces (gateway.pipeline.
 shared_nonces, in shared memory: written on every signed request, a table on disk had its
-pages written back and faulted again, tens of µs a request in the harness: benchmarks/RESULTS.md). Mapped on
-first use, so that a command which serves nothing never creates it."""
+pages written back and faulted again, tens of µs a request in the harness: benchmarks/
+RESULTS.md). Mapped on first use, so that a command which serves nothing never creates it."""
 
 from __future__ import annotations
 

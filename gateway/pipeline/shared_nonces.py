@@ -55,8 +55,9 @@ class SharedNonces:
     """The table of one deployment's nonces, shared by the workers of a host: those of one
     journal directory and one ledger (`key`). In `directory`, normally shared memory: written on
     every signed request, a table in a file on disk had its pages written back and faulted
-    again, tens of µs a request in the harness (benchmarks/RESULTS.md). It lives while a worker uses it, and
-    after the last until the window of the last nonce it holds has passed."""
+    again, tens of µs a request in the harness (benchmarks/RESULTS.md). It lives while a
+    worker uses it, and after the last until the window of the last nonce it holds has
+    passed."""
 
     def __init__(self, directory: Path, key: str) -> None:
         self._shared = SharedMap(
