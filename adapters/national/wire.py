@@ -113,6 +113,8 @@ def _decimal_text(value: Amount, name: str, places: int, signed: bool, label: st
 # The fewest significant digits a double's shortest text has when it carries rounding noise
 # (29.700000000000003 has 17): a number a clerk typed or a system kept in decimal has far fewer.
 _NOISE_DIGITS = 15
+# The most significant digits a double's shortest text ("%.17g" included) has.
+_DOUBLE_DIGITS = 17
 # How far from the decimal it stands for, in units in the last place of that decimal as a double:
 # the few operations a client sums an order's lines with.
 _NOISE_ULPS = 16
@@ -134,6 +136,14 @@ def without_float_noise(whole: str, fraction: str, places: int) -> tuple[str, st
         return None
     scale = 10 ** len(fraction)
     value = int(whole + fraction)  # the text's value times `scale`
+    if (
+        len(digits) > _DOUBLE_DIGITS
+        and round(Fraction(float(f"{whole}.{fraction}")) * scale) != value
+    ):
+        # Longer than any double's shortest text: only a double's exact value written out
+        # (Java's `new BigDecimal(double)`, C's "%.20f") is one. Found from outside:
+        # 19.80000000000000000000000000000000000001 was read as 19.80.
+        return None
     step = 10 ** (len(fraction) - places)
     nearest = (2 * value + step) // (2 * step)  # the value rounded to `places`, times 10^places
     noise = abs(value - nearest * step)  # times `scale`

@@ -192,7 +192,12 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
     # on every request), the header look-up costs a quarter of that.
     if "Expect" in request.headers and request.pop(_CONTINUE, False):
         # Everything the headers could refuse has passed: now the client may send.
-        await request.writer.write(_CONTINUE_LINE)
+        try:
+            await request.writer.write(_CONTINUE_LINE)
+        except ConnectionError:
+            # Found from outside: a client that shut its side before it was invited was
+            # logged as the gateway's unhandled failure. Nothing was read, nothing runs.
+            raise BodyRefused("请求报文接收不完整，本次交易未处理") from None
         request.writer.output_size = 0  # the interim line is not the answer's size
     chunks: list[bytes] = []
     size = 0
@@ -236,6 +241,10 @@ async def read_body(request: web.Request, config: EdgeConfig, path_infno: str | 
     except (ConnectionError, HttpProcessingError):
         # The client hung up or broke the framing (a bad chunk, a short body): nothing to run.
         raise BodyRefused("请求报文接收不完整，本次交易未处理") from None
+    if not chunks and codings and request.body_exists:
+        # Compressed bytes that decode to nothing (a gzip header and no stream) were refused as
+        # an empty body (found from outside): the clerk was told nothing had been sent.
+        raise BodyRefused(undecodable_encoding(codings[0]))
     return b"".join(chunks)
 
 

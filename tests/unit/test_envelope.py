@@ -524,6 +524,9 @@ def test_a_date_field_in_no_shape_a_client_sends_is_refused(sent: str) -> None:
         ("0.30000000000000004", 30),
         (Decimal("29.700000000000003"), 2970),  # a JSON number arrives as its Decimal
         ("1234567.8900000001", 123456789),
+        # A double's exact value written out: Java's new BigDecimal(19.8), C's "%.20f".
+        ("19.800000000000000710542735760100185871124267578125", 1980),
+        ("19.80000000000000071054", 1980),
     ],
 )
 def test_a_doubles_rounding_noise_is_read_as_the_amount_it_stands_for(
@@ -532,8 +535,21 @@ def test_a_doubles_rounding_noise_is_read_as_the_amount_it_stands_for(
     assert fen(sent, "druginfo.medfee_sumamt") == fen_value
 
 
-@pytest.mark.parametrize("sent", ["29.701", "29.7000001", "29.705", "0.001", "12.3456789012"])
-def test_more_decimals_that_are_not_a_doubles_noise_stay_refused(sent: str) -> None:
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "29.701",
+        "29.7000001",
+        "29.705",
+        "0.001",
+        "12.3456789012",
+        # Found from outside: more digits than any double's text, not a double's exact value.
+        "19.80000000000000000000000000000000000001",
+        Decimal("19.80000000000000000000000000000000000001"),
+        "19.80000000000000071055",
+    ],
+)
+def test_more_decimals_that_are_not_a_doubles_noise_stay_refused(sent: str | Decimal) -> None:
     with pytest.raises(BadRequest, match="最多2位小数"):
         fen(sent, "druginfo.medfee_sumamt")
 
