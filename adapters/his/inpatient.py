@@ -213,6 +213,7 @@ async def cancel_discharge(call: Call) -> Answer:
     input=wire.In2204,
     deferral=Deferral.CALL,
     journal_answer=uploads.journaled_inpatient,
+    journaled_lines=uploads.journaled_inpatient_lines,
     dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
     checked=uploads.inpatient_lines,
 )
@@ -227,6 +228,7 @@ async def upload_fees(call: Call) -> Answer:
     klass=TxClass.ENCOUNTER,
     input=wire.In2302,
     deferral=Deferral.CALL,
+    journaled_lines=uploads.journaled_line_withdrawal,
 )
 async def cancel_fees(call: Call) -> Answer:
     refs = as_list(decode_input(call.req, In2302).data)

@@ -178,6 +178,7 @@ register(
     input=wire.In2204,
     deferral=Deferral.CALL,
     journal_answer=uploads.journaled_outpatient,
+    journaled_lines=uploads.journaled_outpatient_lines,
     dated=(("feedetail", "*", "fee_ocur_time", "费用发生时间fee_ocur_time"),),
     grouped=uploads.outpatient_job,
 )
@@ -192,6 +193,7 @@ async def upload_fees(call: Call) -> Answer:
     klass=TxClass.ENCOUNTER,
     input=wire.In2205,
     deferral=Deferral.CALL,
+    journaled_lines=uploads.journaled_batch_withdrawal,
 )
 async def cancel_fees(call: Call) -> Answer:
     data = decode_input(call.req, In2205).data

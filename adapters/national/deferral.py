@@ -273,6 +273,27 @@ def priced_split(
         return None
 
 
+def journaled_lines(bodies: Sequence[bytes]) -> list[fees.StoredLine]:
+    """A provisional visit's lines as its waiting calls (`deferred.calls_on_visit`, in replay's
+    order) will leave them once applied: each upload adds its lines, each withdrawal takes some
+    away (`Transaction.journaled_lines`)."""
+    lines: list[fees.StoredLine] = []
+    for body in bodies:
+        req = request_of(body)
+        tx = _tx(req.infno)
+        if tx is not None and tx.journaled_lines is not None:
+            lines = tx.journaled_lines(req, lines)
+    return lines
+
+
+def refuse_other_parts(facts: ClaimFacts, priced: Mapping[str, int] | None) -> None:
+    """A claim whose declared parts differ from those its lines make, where the lines make its
+    bill, is refused as the settlement refuses it in real time (settlements.check_split)."""
+    if priced is None or sum(priced.values()) != facts.medfee_sumamt:
+        return  # the lines are not all known here: replay judges them
+    settlements.check_split(facts.medfee_sumamt, facts.declared, priced)
+
+
 def _parts(splits: Sequence[LineSplit]) -> dict[str, int]:
     parts = dict.fromkeys(SPLIT_FIELDS, 0)
     for split in splits:

@@ -479,10 +479,16 @@ async def _defer_claim(call: Call) -> Answer:
         visit = enc.mdtrt_id
     scope = deferral.claim_scope(req)
     claimed: list[fees.StoredLine] | None = None
+    journaled: list[fees.StoredLine] | None = None
     if scope is not None:
         await _refuse_claimed_twice(call.conn, req.fixmedins_code, visit, scope[1])
         if not visit.startswith(PROVISIONAL_PREFIX):
             claimed = await _claimed_lines(call.conn, req.fixmedins_code, visit, scope[1])
+        else:
+            journaled = await _journaled_lines(call.conn, req.fixmedins_code, visit, scope[1])
+            deferral.refuse_other_parts(
+                facts, deferral.priced_split(call.gw.snapshot, req.fixmedins_code, journaled)
+            )
     lines = None if claimed is None else tuple(ln.feedetl_sn for ln in claimed)
     if visit == facts.mdtrt_id and not visit.startswith(PROVISIONAL_PREFIX):
         await _refuse_as_its_settlement(call)
@@ -494,7 +500,7 @@ async def _defer_claim(call: Call) -> Answer:
     )
     await deferred.insert(call.conn, entry, "ledger")
     call.gw.ledger_claims.clear()  # pre-settlements read claims again until the next count
-    priced = deferral.priced_split(call.gw.snapshot, req.fixmedins_code, claimed)
+    priced = deferral.priced_split(call.gw.snapshot, req.fixmedins_code, claimed or journaled)
     if not facts.med_type and enc is not None:
         # A 2304 names no med_type: its answer gives the stay's, as the settlement's would
         # (found from outside: "" in a deferred stay's answer, "21" online).
@@ -548,6 +554,10 @@ async def _presettle_as_claim(call: Call) -> Answer:
         priced = deferral.priced_split(call.gw.snapshot, code, lines)
         # A 2303 names no med_type: the stay's, as online (found from outside: "").
         med_type = await encounters.med_type_of(call.conn, code, scope[0]) or ""
+    elif scope is not None:
+        code = call.req.fixmedins_code
+        lines = await _journaled_lines(call.conn, code, scope[0], scope[1])
+        priced = deferral.priced_split(call.gw.snapshot, code, lines)
     return Answer(
         deferral.presettle_output(call.req, priced, carried, med_type),
         warn_msg=PRESETTLE_DEFER_MSG,
@@ -595,6 +605,15 @@ async def _claimed_lines(
     if await deferred.calls_waiting(conn, fixmedins_code):
         return None
     return fees.of_batch(await fees.unsettled(conn, visit), batch)
+
+
+async def _journaled_lines(
+    conn: asyncpg.Connection, fixmedins_code: str, visit: str, batch: str
+) -> list[fees.StoredLine]:
+    """The lines of a provisional visit a claim or pre-settlement covers (its charge batch, or
+    all of them): those its calls waiting to be applied will leave (`deferral.journaled_lines`)."""
+    bodies = await deferred.calls_on_visit(conn, fixmedins_code, visit)
+    return fees.of_batch(deferral.journaled_lines(bodies), batch)
 
 
 async def _refuse_claimed_twice(

@@ -454,6 +454,21 @@ async def calls_waiting(conn: asyncpg.Connection, fixmedins_code: str) -> bool:
     )
 
 
+async def calls_on_visit(
+    conn: asyncpg.Connection, fixmedins_code: str, mdtrt_id: str
+) -> list[bytes]:
+    """The stored requests of the institution's calls naming this visit that wait to be
+    applied, in the order replay applies them (received, then taken): a provisional visit's
+    lines are in them until then."""
+    rows = await conn.fetch(
+        "SELECT body FROM deferred WHERE kind = 'call' AND status = 'pending'"
+        " AND fixmedins_code = $1 AND mdtrt_id = $2 ORDER BY received_at, seq",
+        fixmedins_code,
+        mdtrt_id,
+    )
+    return [bytes(r["body"]) for r in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     """Lines of a visit a claim covers (pending, or failed at replay): a charge batch, or all of

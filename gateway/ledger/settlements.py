@@ -22,7 +22,7 @@ the group commit: visits, then persons, each in key order), cancelling (2103/220
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -146,27 +146,41 @@ def check_total(declared: int, lines_total: int) -> None:
         )
 
 
+# The parts of a bill (settlement-rules §6), by their setlinfo names, as a clerk reads them.
+SPLIT = (
+    ("fulamt_ownpay_amt", "全自费金额"),
+    ("overlmt_selfpay", "超限价自费金额"),
+    ("preselfpay_amt", "先行自付金额"),
+    ("inscp_scp_amt", "符合政策范围金额"),
+)
+
+
 def check_declared(s: Settlement, declared: Declared) -> None:
     """The request's totals must equal the uploaded lines' (settlement-rules §2)."""
     check_total(declared.medfee_sumamt, s.medfee_sumamt)
-    split = (
-        ("fulamt_ownpay_amt", "全自费金额"),
-        ("overlmt_selfpay", "超限价自费金额"),
-        ("preselfpay_amt", "先行自付金额"),
-        ("inscp_scp_amt", "符合政策范围金额"),
+    check_split(
+        s.medfee_sumamt,
+        {name: getattr(declared, name) for name, _ in SPLIT},
+        {name: getattr(s, name) for name, _ in SPLIT},
     )
-    if s.medfee_sumamt and not any(getattr(declared, name) for name, _ in split):
+
+
+def check_split(
+    medfee_sumamt: int, sent: Mapping[str, int | None], computed: Mapping[str, int]
+) -> None:
+    """The parts a request declares (None: not sent) must equal those its lines make."""
+    if medfee_sumamt and not any(sent.values()):
         # All four left at zero (found from outside: a client that does not copy them from
         # the 2206 answer sends zeros): they make the bill, so zeros on a bill of more than
         # nothing are no split at all, and are read as not sent.
         return
-    for name, label in split:
-        sent = getattr(declared, name)
-        if sent is not None and sent != getattr(s, name):
+    for name, label in SPLIT:
+        part = sent.get(name)
+        if part is not None and part != computed[name]:
             # What the clerk does next (found from outside: after a 3301 changed an item's
             # mapping between the 2206 and the 2207, the words said only that they differed).
             raise RuleRejected(
-                f"{label}{fen_text(sent)}与中心计算结果{fen_text(getattr(s, name))}不一致"
+                f"{label}{fen_text(part)}与中心计算结果{fen_text(computed[name])}不一致"
                 "（目录对照或待遇政策可能已变更），请重新预结算后按预结算结果结算"
             )
 

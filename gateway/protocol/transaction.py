@@ -24,6 +24,7 @@ from gateway.emergency.plan.rules import TxClass
 if TYPE_CHECKING:
     from gateway.core.catalog import Snapshot
     from gateway.core.model import LineSplit
+    from gateway.ledger.fees import StoredLine
     from gateway.pipeline.grouped import Job
 
 
@@ -104,6 +105,10 @@ JournalAnswer = Callable[[Request, "str | None", "Snapshot"], Any]
 # claim or pre-settlement of it answers line by line while settlements are deferred, the ledger
 # away or not. Raising refuses the request, as its settlement would.
 CarriedLines = Callable[[Request, "Snapshot"], "tuple[LineSplit, ...]"]
+# What a call journaled on a provisional visit does to the visit's lines, before the ledger
+# has them: an upload adds its lines, a withdrawal takes some away. Read by a pre-settlement or
+# a claim of that visit under `defer`, which prices the lines replay will settle.
+JournaledLines = Callable[[Request, "list[StoredLine]"], "list[StoredLine]"]
 # How replay settles a deferred claim of a visit's lines: exactly the lines (feedetl_sn) the
 # claim was taken for, not whatever the visit holds unsettled by then.
 ClaimSettle = Callable[[Call, frozenset[str]], Awaitable[Answer]]
@@ -146,6 +151,8 @@ class Transaction:
     checked: Check | None = None
     # A purchase's lines split by the catalog, for its claim's and pre-settlement's answers.
     carried_lines: CarriedLines | None = None
+    # A call's effect on its provisional visit's lines (an upload's, a withdrawal's).
+    journaled_lines: JournaledLines | None = None
 
     @property
     def admits(self) -> bool:
@@ -176,6 +183,7 @@ def register(
     judged: Prepare | None = None,
     checked: Check | None = None,
     carried_lines: CarriedLines | None = None,
+    journaled_lines: JournaledLines | None = None,
 ) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
 
@@ -200,6 +208,7 @@ def register(
             judged,
             checked,
             carried_lines,
+            journaled_lines,
         )
         return handler
 

@@ -1225,3 +1225,90 @@ async def test_a_kept_visits_first_2203_is_applied_before_the_claim_its_2207_bec
         assert settled is not None and settled["med_type"] == med_type, settled
         assert (settled["dise_codg"] or "") == dise_codg
         assert await srv.check_ledger() == []
+
+
+# A wholly self-pay drug, a class-B drug (its self-pay share first) and a class-A treatment:
+# each of the four parts of the bill but the over-limit one is other than zero.
+MIXED = [
+    line("1", "ZL0001", "20.00", 1),
+    line("2", "YP0003", "35.50", 2),
+    line("3", "YP0010", "12.30", 1),
+]
+WITHDRAWN = [line("9", "ZL0004", "30", 3)]
+PARTS = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt")
+
+
+def _parts_of_lines(uploaded: dict[str, Any]) -> dict[str, Decimal]:
+    """The four parts as the 2204 answered its lines (over-limit: `overlmt_amt`)."""
+    rows = uploaded["result"]
+    names = {"overlmt_selfpay": "overlmt_amt"}
+    return {p: sum((Decimal(str(r[names.get(p, p)])) for r in rows), Decimal(0)) for p in PARTS}
+
+
+def _parts(info: dict[str, Any]) -> dict[str, Decimal]:
+    return {p: Decimal(str(info[p])) for p in PARTS}
+
+
+async def test_a_provisional_visits_parts_are_its_lines_before_they_are_applied(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: under `defer` of a hospital's visits and settlements, a 2206 of a
+    visit opened during the plan answered its whole bill within the policy range (a wholly
+    self-pay drug included), and a 2207 that copied those parts was taken as a claim; replay
+    then settled the lines' own split, the receipt the HIS printed disagreeing with it. The
+    parts are now those the visit's waiting calls leave (an upload, another batch uploaded and
+    withdrawn by 2205), and a claim declaring other parts is refused as online."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        await _keep_the_hospitals_visits(srv)
+        day = "2026-05-08"
+        mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-PARTS")
+        assert mdtrt_id.startswith("PV")
+        await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+        first, rest = MIXED[:2], MIXED[2:]
+        answers = [
+            await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, part, when, "B1")})
+            for part, when in ((first, f"{day} 08:40:00"), (rest, f"{day} 08:45:00"))
+        ]
+        rows = his.fee_rows(mdtrt_id, RETIREE, WITHDRAWN, f"{day} 08:50:00", "B2")
+        await his.ok("2204", {"feedetail": rows})
+        await his.ok(
+            "2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "B2", "psn_no": RETIREE}}
+        )
+        uploaded = {"result": [r for a in answers for r in a["result"]]}
+        expected = _parts_of_lines(uploaded)
+        assert expected["fulamt_ownpay_amt"] > 0 and expected["preselfpay_amt"] > 0, expected
+        medfee = total(MIXED)
+        assert sum(expected.values()) == Decimal(medfee)
+
+        data = his.settle_data(RETIREE, mdtrt_id, "11", medfee, "310", "0", chrg_bchno="B1")
+        priced = (await his.ok("2206", data))["setlinfo"]
+        assert _parts(priced) == expected
+
+        # The parts of the answer before this change: the whole bill within the policy range.
+        copied = {**data["data"], **dict.fromkeys(PARTS, "0.00"), "inscp_scp_amt": medfee}
+        refused = await his.call("2207", {"data": copied})
+        assert refused["infcode"] == -1, refused
+        assert "与中心计算结果" in refused["err_msg"] and "请重新预结算" in refused["err_msg"]
+
+        as_priced = {**data["data"], **{p: str(priced[p]) for p in PARTS}}
+        claimed = (await his.ok("2207", {"data": as_priced}))["setlinfo"]
+        assert claimed["setl_id"].startswith("DF") and _parts(claimed) == expected
+
+        await _release_the_hospitals_visits(srv)
+
+        async def replayed() -> bool:
+            status = await srv.fetchval(
+                "SELECT status FROM deferred WHERE claim_id = $1", claimed["setl_id"]
+            )
+            return status == "settled"
+
+        cli("deferred", "replay", "--database-url", srv.dsn)
+        await until(replayed, within=15.0)
+        setl_id = await srv.fetchval(
+            "SELECT setl_id FROM deferred WHERE claim_id = $1", claimed["setl_id"]
+        )
+        keys = {"setl_id": setl_id, "mdtrt_id": mdtrt_id, "psn_no": RETIREE}
+        settled = (await his.ok("5203", {"data": keys}))["setlinfo"]
+        assert _parts(settled) == expected
+        assert await srv.check_ledger() == []
