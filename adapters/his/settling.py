@@ -128,6 +128,8 @@ async def settle_visit(
         final=final,
         only=only,
         respect_claims=call.mode is Mode.NORMAL,
+        # A claim replayed after the year turned was judged by the bound when it was taken.
+        dates=None if call.mode is Mode.REPLAY else call.gw.config.dates,
     )
     if not final:  # as the group read answers it (gateway.pipeline.dispatch._read)
         return Answer(built.output, warn_msg=built.warn_msg)
@@ -188,7 +190,15 @@ def _visit(
     if a.mdtrt_id.startswith(PROVISIONAL_PREFIX):
         return None  # an id handed out while the ledger was down: the single path resolves it
     return visit_job(
-        gw.snapshot, Origin.of(req), institution, now, a, output, kind=kind, final=final
+        gw.snapshot,
+        Origin.of(req),
+        institution,
+        now,
+        a,
+        output,
+        kind=kind,
+        final=final,
+        dates=gw.config.dates,
     )
 
 

@@ -18,6 +18,7 @@ import msgspec
 from adapters.national import deferral
 from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
+from gateway.core.dates import DateRules, shown
 from gateway.core.model import Category, Institution, PersonState, Settlement, Visit
 from gateway.core.money import fen_text
 from gateway.core.settle import settle
@@ -192,6 +193,21 @@ def refuse_reimbursed(visit: VisitHeld, enc: encounters.Encounter, total: int) -
             )
 
 
+def billable(dates: DateRules, enc: Encounter, admdvs: str, now: dt.datetime) -> None:
+    """A visit is settled within the late-billing bound of the day it is settled, not only of
+    the day it was registered: its service date picks the year that pays. Found from outside:
+    a visit registered on 31 December, its date then the bound's first day, was settled after
+    midnight from a year already closed, while a registration of a later day was refused."""
+    first = dates.earliest(admdvs, now)
+    if enc.begntime.date() < first:
+        what = "入院时间" if enc.kind == "inpatient" else "挂号时间"
+        raise RuleRejected(
+            f"本次{'住院' if enc.kind == 'inpatient' else '就诊'}的{what}"
+            f"（{shown(enc.begntime)}）早于本地区可补办结算的最早日期{first.isoformat()}，"
+            "已超过结算时限，不能再办理医保结算（跨年度费用须在规定年度内结算）"
+        )
+
+
 def _nothing_to_settle_in_stay(any_settled: bool) -> Conflict | NotFound:
     """A stay's settlement that finds no fee line waiting, in the clerk's terms."""
     if any_settled:
@@ -216,6 +232,7 @@ def visit_job(
     final: bool = True,
     only: frozenset[str] | None = None,
     respect_claims: bool = True,
+    dates: DateRules | None = None,
 ) -> Job:
     """A 2206/2207/2303/2304 as a Job: the visit and the person locked, the checks, the split
     and its writes in one pure build, whichever path runs it.
@@ -223,7 +240,8 @@ def visit_job(
     `final=False`: a pre-settlement (run by `preview`: the same answer, nothing written but the
     visit's latest pre-settlement noted);
     `only`: just these of the lines (a deferred claim's, at replay, which settles the lines its
-    pending claim holds: respect_claims=False).
+    pending claim holds: respect_claims=False);
+    `dates`: the late-billing bound a counter's settlement is held to (`billable`).
     """
     a = asked
 
@@ -239,6 +257,8 @@ def visit_job(
         enc = encounters.own(visit.encounter, a.mdtrt_id, code, a.psn_no)
         this = visit_med_type(enc, a) if enc.kind == kind else a
         _check_visit(enc, kind, this, final=final)
+        if dates is not None:
+            billable(dates, enc, institution.admdvs, now)
         if kind is Kind.INPATIENT and visit.closing is not None:
             # A stay's closing settlement ends it: nothing is settled on it, mid-way or closing,
             # while one is in force (found from outside: a closing put back over a line uploaded
@@ -335,10 +355,12 @@ async def settle_visit(
     final: bool,
     only: frozenset[str] | None = None,
     respect_claims: bool = True,
+    dates: DateRules | None = None,
 ) -> Built:
     """Pre-settle (final=False: the answer a settlement would give now, nothing locked or
     written but the visit's latest pre-settlement noted) or settle the visit's unsettled lines
-    on the caller's own transaction; `only`: just these of them (a deferred claim's, at replay)."""
+    on the caller's own transaction; `only`: just these of them (a deferred claim's, at replay);
+    `dates`: the late-billing bound (a counter's, not replay's)."""
     real = await encounters.real_id(conn, asked.mdtrt_id, origin.fixmedins_code)
     if real != asked.mdtrt_id:
         # Found from outside (a failover drill): a 2207 retried between its visit's registration
@@ -361,6 +383,7 @@ async def settle_visit(
         final=final,
         only=only,
         respect_claims=respect_claims,
+        dates=dates,
     )
     if not final:
         return await preview(conn, job)  # the visit's pre-settlement noted with it
