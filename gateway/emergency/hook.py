@@ -611,7 +611,11 @@ async def _journaled_lines(
     conn: asyncpg.Connection, fixmedins_code: str, visit: str, batch: str
 ) -> list[fees.StoredLine]:
     """The lines of a provisional visit a claim or pre-settlement covers (its charge batch, or
-    all of them): those its calls waiting to be applied will leave (`deferral.journaled_lines`)."""
+    all of them): those its calls waiting to be applied will leave (`deferral.journaled_lines`),
+    or, once they are applied, the ledger's of the visit it became."""
+    real = await deferred.visit_of(conn, visit)
+    if real != visit:
+        return await _claimed_lines(conn, fixmedins_code, real, batch) or []
     bodies = await deferred.calls_on_visit(conn, fixmedins_code, visit)
     return fees.of_batch(deferral.journaled_lines(bodies), batch)
 

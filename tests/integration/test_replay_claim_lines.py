@@ -1312,3 +1312,38 @@ async def test_a_provisional_visits_parts_are_its_lines_before_they_are_applied(
         settled = (await his.ok("5203", {"data": keys}))["setlinfo"]
         assert _parts(settled) == expected
         assert await srv.check_ledger() == []
+
+
+async def test_a_provisional_id_whose_calls_were_applied_is_priced_by_its_visits_lines(
+    new_database: Callable[..., Any],
+) -> None:
+    """The visit's calls applied (the plan keeps the hospital's settlements only), a counter
+    still naming the provisional id gets the parts of the visit it became, and a claim declaring
+    other parts is refused as online."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        await _keep_the_hospitals_visits(srv)
+        day = "2026-05-09"
+        mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-PARTS-APPLIED")
+        await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+        rows = his.fee_rows(mdtrt_id, RETIREE, MIXED, f"{day} 08:40:00", "B1")
+        expected = _parts_of_lines(await his.ok("2204", {"feedetail": rows}))
+        await clear_rule(srv.dsn, f"institution:{HOSPITAL}", "encounter")
+        assert srv.app is not None
+        await srv.app[GATEWAY].reload_plan(force=True)
+        pending = "SELECT count(*) FROM deferred WHERE kind = 'call' AND status = 'pending'"
+
+        async def applied() -> bool:
+            return await srv.fetchval(pending) == 0
+
+        await until(applied, within=15.0)
+        medfee = total(MIXED)
+        data = his.settle_data(RETIREE, mdtrt_id, "11", medfee, "310", "0", chrg_bchno="B1")
+        priced = (await his.ok("2206", data))["setlinfo"]
+        assert _parts(priced) == expected
+        copied = {**data["data"], **dict.fromkeys(PARTS, "0.00"), "inscp_scp_amt": medfee}
+        refused = await his.call("2207", {"data": copied})
+        assert refused["infcode"] == -1 and "与中心计算结果" in refused["err_msg"], refused
+        as_priced = {**data["data"], **{p: str(priced[p]) for p in PARTS}}
+        claimed = (await his.ok("2207", {"data": as_priced}))["setlinfo"]
+        assert claimed["setl_id"].startswith("DF") and _parts(claimed) == expected
