@@ -243,7 +243,8 @@ async def cancel_fees(call: Call) -> Answer:
         )
         for ref in refs
     )
-    await fee_uploads.withdraw_lines(call.conn, call.req.fixmedins_code, rows)
+    received = call.now if call.mode is Mode.REPLAY else None  # replay's now: when it came
+    await fee_uploads.withdraw_lines(call.conn, call.req.fixmedins_code, rows, received=received)
     return Answer({})
 
 

@@ -27,7 +27,7 @@ from gateway.emergency.plan.rules import TxClass
 from gateway.pipeline.grouped import Job
 from gateway.protocol.errors import BadRequest
 from gateway.protocol.origin import Origin
-from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Undo, register
+from gateway.protocol.transaction import Answer, Call, Deferral, Kind, Mode, Undo, register
 from gateway.services import encounters, fee_uploads
 
 
@@ -204,7 +204,8 @@ async def cancel_fees(call: Call) -> Answer:
         chrg_bchno=required(data.chrg_bchno, "data.chrg_bchno"),
         psn_no=required(data.psn_no, "data.psn_no"),
     )
-    await fee_uploads.withdraw_batch(call.conn, call.req.fixmedins_code, a)
+    received = call.now if call.mode is Mode.REPLAY else None  # replay's now: when it came
+    await fee_uploads.withdraw_batch(call.conn, call.req.fixmedins_code, a, received=received)
     return Answer({})
 
 

@@ -70,7 +70,7 @@ from gateway.protocol.transaction import (
     Transaction,
     Undo,
 )
-from gateway.services import cancellation, payouts
+from gateway.services import cancellation, payouts, visit_settlement
 from gateway.services.settlement_state import preview, settle_alone
 
 log = logging.getLogger("gateway.emergency.hook")
@@ -486,9 +486,15 @@ async def _defer_claim(call: Call) -> Answer:
             claimed = await _claimed_lines(call.conn, req.fixmedins_code, visit, scope[1])
         else:
             journaled = await _journaled_lines(call.conn, req.fixmedins_code, visit, scope[1])
-            deferral.refuse_other_parts(
-                facts, deferral.priced_split(call.gw.snapshot, req.fixmedins_code, journaled)
-            )
+            if journaled is not None:
+                # Refused as its settlement would be (found from outside: a claim of a batch
+                # never uploaded, or withdrawn, or of a total its lines do not make, was taken
+                # and failed at replay, the patient's cash taken).
+                kind = deferral.kind_of(req.infno) or Kind.OUTPATIENT
+                visit_settlement.check_billed(kind, facts.medfee_sumamt, journaled)
+                deferral.refuse_other_parts(
+                    facts, deferral.priced_split(call.gw.snapshot, req.fixmedins_code, journaled)
+                )
     lines = None if claimed is None else tuple(ln.feedetl_sn for ln in claimed)
     if visit == facts.mdtrt_id and not visit.startswith(PROVISIONAL_PREFIX):
         await _refuse_as_its_settlement(call)
@@ -557,6 +563,10 @@ async def _presettle_as_claim(call: Call) -> Answer:
     elif scope is not None:
         code = call.req.fixmedins_code
         lines = await _journaled_lines(call.conn, code, scope[0], scope[1])
+        if lines is not None and tx is not None and tx.kind is not None:
+            # What its claim would be refused for (no lines, a total they do not make).
+            facts = deferral.read_claim(call.req)
+            visit_settlement.check_billed(tx.kind, facts.medfee_sumamt, lines)
         priced = deferral.priced_split(call.gw.snapshot, code, lines)
     return Answer(
         deferral.presettle_output(call.req, priced, carried, med_type),
@@ -609,13 +619,14 @@ async def _claimed_lines(
 
 async def _journaled_lines(
     conn: asyncpg.Connection, fixmedins_code: str, visit: str, batch: str
-) -> list[fees.StoredLine]:
+) -> list[fees.StoredLine] | None:
     """The lines of a provisional visit a claim or pre-settlement covers (its charge batch, or
     all of them): those its calls waiting to be applied will leave (`deferral.journaled_lines`),
-    or, once they are applied, the ledger's of the visit it became."""
+    or, once they are applied, the ledger's of the visit it became (None while the
+    institution's calls journaled with the ledger away wait: not known here)."""
     real = await deferred.visit_of(conn, visit)
     if real != visit:
-        return await _claimed_lines(conn, fixmedins_code, real, batch) or []
+        return await _claimed_lines(conn, fixmedins_code, real, batch)
     bodies = await deferred.calls_on_visit(conn, fixmedins_code, visit)
     return fees.of_batch(deferral.journaled_lines(bodies), batch)
 

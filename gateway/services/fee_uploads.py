@@ -411,12 +411,19 @@ def _plain(decimal_text: str) -> str:
     return decimal_text.rstrip("0").rstrip(".") if "." in decimal_text else decimal_text
 
 
-async def withdraw_batch(conn: asyncpg.Connection, fixmedins_code: str, a: BatchWithdrawal) -> None:
-    """2205: remove an outpatient visit's unsettled lines of the batch."""
+async def withdraw_batch(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    a: BatchWithdrawal,
+    *,
+    received: dt.datetime | None = None,
+) -> None:
+    """2205: remove an outpatient visit's unsettled lines of the batch. `received`: when a
+    replayed withdrawal came (`_not_under_a_claim`)."""
     enc = await encounters.get(conn, a.mdtrt_id, fixmedins_code, psn_no=a.psn_no, lock=True)
     if enc.kind != "outpatient":
         raise RuleRejected(f"就诊ID{a.mdtrt_id}不是门诊就诊")
-    await _not_under_a_claim(conn, enc, a.chrg_bchno)
+    await _not_under_a_claim(conn, enc, a.chrg_bchno, received)
     # The visit's own id: a provisional one the client still sends names the visit it became.
     removed = await fees.delete_unsettled(conn, enc.mdtrt_id, chrg_bchno=a.chrg_bchno)
     if not removed:
@@ -424,11 +431,16 @@ async def withdraw_batch(conn: asyncpg.Connection, fixmedins_code: str, a: Batch
 
 
 async def withdraw_lines(
-    conn: asyncpg.Connection, fixmedins_code: str, rows: Iterable[LineWithdrawal]
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    rows: Iterable[LineWithdrawal],
+    *,
+    received: dt.datetime | None = None,
 ) -> None:
     """2302: remove a stay's unsettled lines, row by row. `rows` may be read as it goes (the
     adapter decodes each row when it is reached), so a request is refused for its first fault
-    in row order, whether that is a row that cannot be read or one that cannot be withdrawn."""
+    in row order, whether that is a row that cannot be read or one that cannot be withdrawn.
+    `received`: when a replayed withdrawal came (`_not_under_a_claim`)."""
     removed = 0
     touched: set[str] = set()
     for row in rows:
@@ -436,7 +448,7 @@ async def withdraw_lines(
         if enc.kind != "inpatient":
             raise RuleRejected(f"就诊ID{row.mdtrt_id}不是住院就诊")
         if enc.mdtrt_id not in touched:
-            await _not_under_a_claim(conn, enc, ALL)  # a stay's claim holds all its lines
+            await _not_under_a_claim(conn, enc, ALL, received)  # a stay's claim holds all
         touched.add(enc.mdtrt_id)
         n = await fees.delete_unsettled(conn, enc.mdtrt_id, feedetl_sn=row.feedetl_sn)
         if not n and row.feedetl_sn != ALL:
@@ -462,13 +474,23 @@ def _not_withdrawn(feedetl_sn: str, settled_by: str | None) -> NotFound | Confli
 
 
 async def _not_under_a_claim(
-    conn: asyncpg.Connection, enc: encounters.Encounter, lines: str
+    conn: asyncpg.Connection,
+    enc: encounters.Encounter,
+    lines: str,
+    received: dt.datetime | None = None,
 ) -> None:
     """Lines a pending deferred claim holds are not withdrawn: replay settles exactly the lines
     the patient paid for in cash, and lines withdrawn and uploaded again under the same serials
     would be settled in their place (found from outside: a self-pay batch swapped for a covered
-    one before replay, the fund paying for what the patient never paid)."""
+    one before replay, the fund paying for what the patient never paid).
+
+    A withdrawal replayed (`received`: when the gateway took it) is held only by claims taken
+    before it: a claim taken after it was priced without the lines it withdrew. Found from
+    outside: a 2302 kept before a stay's 2304 claim failed when applied, the claim then failed
+    on the withdrawn line, and the patient's cash was never reimbursed."""
     claims = await deferred.pending_on_visits(conn, [enc.mdtrt_id])
+    if received is not None:
+        claims = [c for c in claims if c.received_at is None or c.received_at <= received]
     deferral.refuse_if_held(deferral.held_lines(claims, enc.fixmedins_code), lines)
 
 

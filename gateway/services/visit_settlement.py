@@ -9,7 +9,7 @@ it; the HIS adapter decodes the national shapes into one and encodes the answer 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -208,6 +208,20 @@ def billable(dates: DateRules, enc: Encounter, admdvs: str, now: dt.datetime) ->
         )
 
 
+def no_lines(kind: Kind) -> NotFound | Conflict:
+    """What a settlement of a batch, or a stay, with no unsettled line is told."""
+    if kind is Kind.INPATIENT:
+        return _nothing_to_settle_in_stay(False)
+    return NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
+
+
+def check_billed(kind: Kind, medfee_sumamt: int, lines: Sequence[fees.StoredLine]) -> None:
+    """A settlement's lines exist and make the total it declares (settlement-rules §2)."""
+    if not lines:
+        raise no_lines(kind)
+    settlements.check_total(medfee_sumamt, sum(ln.det_item_fee_sumamt for ln in lines))
+
+
 def _nothing_to_settle_in_stay(any_settled: bool) -> Conflict | NotFound:
     """A stay's settlement that finds no fee line waiting, in the clerk's terms."""
     if any_settled:
@@ -277,7 +291,7 @@ def visit_job(
                 raise _nothing_to_settle_in_stay(bool(visit.settled_batches))
             if final and this.chrg_bchno in visit.settled_batches:
                 raise deferral.settled_already(this.chrg_bchno)
-            raise NotFound("没有待结算的费用明细（可能已结算或未上传），请核对收费批次号")
+            raise no_lines(kind)
         if kind is Kind.OUTPATIENT:
             # The visit's 病种 may have changed (2203) since the batch's lines were taken.
             one_disease(enc, lines)

@@ -605,11 +605,8 @@ async def test_a_claim_declaring_the_split_the_outage_left_empty_is_reimbursed_a
     total; the split is the rules'."""
     async with running_gateway(new_database) as srv:
         his = srv.client(HOSPITAL)
-        await _keep_the_hospitals_visits(srv)
         day = "2026-05-06"
-        mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-CLAIM-ZEROS")
-        assert mdtrt_id.startswith("PV")
-        await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+        mdtrt_id = await _kept_visit(srv, his, day, "MZ-CLAIM-ZEROS")
         uploaded = await his.ok(
             "2204",
             {
@@ -820,11 +817,8 @@ async def test_a_withdrawn_claim_of_a_provisional_visit_is_listed_by_its_visit(
     were applied and its settled neighbours were listed by their visits' days."""
     async with running_gateway(new_database) as srv:
         his = srv.client(HOSPITAL)
-        await _keep_the_hospitals_visits(srv)
         day = "2026-05-07"
-        mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-CLAIM-WD")
-        assert mdtrt_id.startswith("PV")
-        await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+        mdtrt_id = await _kept_visit(srv, his, day, "MZ-CLAIM-WD")
         rows = his.fee_rows(mdtrt_id, RETIREE, OUTPATIENT_LINES, f"{day} 08:40:00", "B1")
         await his.ok("2204", {"feedetail": rows})
         data = his.settle_data(
@@ -841,6 +835,16 @@ async def test_a_withdrawn_claim_of_a_provisional_visit_is_listed_by_its_visit(
         [row] = [json.loads(line) for line in listed.splitlines()]
         assert (row["claim_id"], row["status"]) == (claim, "withdrawn")
         assert (row["service_date"], row["mdtrt_id"], row["visit_id"]) == (day, mdtrt_id, real)
+
+
+async def _kept_visit(srv: Server, his: HisClient, day: str, ipt_otp_no: str) -> str:
+    """Under the plan's `defer` for the hospital's visits and settlements, the retiree's
+    outpatient visit registered on `day` (its provisional id), its 2203 kept."""
+    await _keep_the_hospitals_visits(srv)
+    mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", ipt_otp_no)
+    assert mdtrt_id.startswith("PV")
+    await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+    return mdtrt_id
 
 
 async def _keep_the_hospitals_visits(srv: Server) -> None:
@@ -1260,11 +1264,8 @@ async def test_a_provisional_visits_parts_are_its_lines_before_they_are_applied(
     withdrawn by 2205), and a claim declaring other parts is refused as online."""
     async with running_gateway(new_database) as srv:
         his = srv.client(HOSPITAL)
-        await _keep_the_hospitals_visits(srv)
         day = "2026-05-08"
-        mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-PARTS")
-        assert mdtrt_id.startswith("PV")
-        await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+        mdtrt_id = await _kept_visit(srv, his, day, "MZ-PARTS")
         first, rest = MIXED[:2], MIXED[2:]
         answers = [
             await his.ok("2204", {"feedetail": his.fee_rows(mdtrt_id, RETIREE, part, when, "B1")})
@@ -1322,10 +1323,8 @@ async def test_a_provisional_id_whose_calls_were_applied_is_priced_by_its_visits
     other parts is refused as online."""
     async with running_gateway(new_database) as srv:
         his = srv.client(HOSPITAL)
-        await _keep_the_hospitals_visits(srv)
         day = "2026-05-09"
-        mdtrt_id = await his.register(RETIREE, "310", f"{day} 08:30:00", "MZ-PARTS-APPLIED")
-        await his.visit_info(mdtrt_id, RETIREE, "11", f"{day} 08:30:00")
+        mdtrt_id = await _kept_visit(srv, his, day, "MZ-PARTS-APPLIED")
         rows = his.fee_rows(mdtrt_id, RETIREE, MIXED, f"{day} 08:40:00", "B1")
         expected = _parts_of_lines(await his.ok("2204", {"feedetail": rows}))
         await clear_rule(srv.dsn, f"institution:{HOSPITAL}", "encounter")
@@ -1347,3 +1346,85 @@ async def test_a_provisional_id_whose_calls_were_applied_is_priced_by_its_visits
         as_priced = {**data["data"], **{p: str(priced[p]) for p in PARTS}}
         claimed = (await his.ok("2207", {"data": as_priced}))["setlinfo"]
         assert claimed["setl_id"].startswith("DF") and _parts(claimed) == expected
+
+
+async def test_a_stays_withdrawal_kept_before_its_claim_is_applied_before_it(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: under `defer`, a stay opened during the plan, a line withdrawn (2302)
+    and then its 2304 taken as a claim of the lines left; at replay the 2302 failed, the claim
+    holding all the stay's lines, and the claim then failed on the withdrawn line's total, the
+    patient's cash never reimbursed. A withdrawal is held only by claims taken before it."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        await _keep_the_hospitals_visits(srv)
+        pv = (await his.ok("2401", {**_admission(), "diseinfo": []}))["result"]["mdtrt_id"]
+        assert pv.startswith("PV")
+        withdrawn = line("9", "ZL0004", "30", 10)  # 300.00, withdrawn before the claim
+        await his.ok("2301", _upload(pv, [*BEFORE, withdrawn], "2025-07-02 10:00:00"))
+        keys = {"feedetl_sn": "9", "mdtrt_id": pv, "psn_no": RETIREE}
+        await his.ok("2302", {"data": [keys]})
+        await his.ok("2402", _discharge(pv))
+        presettled = (await his.ok("2303", _stay_settlement(his, pv, total(BEFORE), "0")))[
+            "setlinfo"
+        ]
+        # The total with the withdrawn line is refused, as the claim would be.
+        refused = await his.call("2303", _stay_settlement(his, pv, "1300.00", "0"))
+        assert refused["infcode"] == -1 and "医疗费总额1300.00" in refused["err_msg"], refused
+        data = _stay_settlement(his, pv, total(BEFORE), "0")
+        data["data"].update({p: str(presettled[p]) for p in PARTS})
+        claim = (await his.ok("2304", data))["setlinfo"]["setl_id"]
+        await _release_the_hospitals_visits(srv)
+        cli("deferred", "replay", "--database-url", srv.dsn)
+        state = "SELECT status, fail_reason FROM deferred WHERE claim_id = $1"
+        row = await srv.fetchrow(state, claim)
+        assert row is not None and row["status"] == "settled", row
+        calls = "SELECT infno, status FROM deferred WHERE kind = 'call' ORDER BY seq"
+        assert [(r["infno"], r["status"]) for r in await srv.fetch(calls)] == [
+            ("2401", "applied"),
+            ("2301", "applied"),
+            ("2302", "applied"),
+            ("2402", "applied"),
+        ]
+        setl_id = await srv.fetchval("SELECT setl_id FROM deferred WHERE claim_id = $1", claim)
+        settled = await his.ok(
+            "5203", {"data": {"setl_id": setl_id, "mdtrt_id": pv, "psn_no": RETIREE}}
+        )
+        assert Decimal(str(settled["setlinfo"]["medfee_sumamt"])) == Decimal(total(BEFORE))
+        assert await srv.check_ledger() == []
+
+
+async def test_a_claim_of_a_provisional_visit_is_refused_as_its_settlement_would_be(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: under `defer`, on a visit opened during the plan, a 2207 of a batch
+    never uploaded, of a batch withdrawn (2205) and of a total its lines do not make were each
+    taken as a claim (the patient told the fund would reimburse) and failed at replay; their
+    2206 were priced all cash. Each is refused as online, nothing kept."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        day = "2026-05-10"
+        mdtrt_id = await _kept_visit(srv, his, day, "MZ-REFUSED")
+        for batch in ("B1", "B2"):
+            rows = his.fee_rows(mdtrt_id, RETIREE, MIXED, f"{day} 08:40:00", batch)
+            await his.ok(
+                "2204", {"feedetail": [{**r, "feedetl_sn": batch + r["feedetl_sn"]} for r in rows]}
+            )
+        await his.ok(
+            "2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": "B2", "psn_no": RETIREE}}
+        )
+        medfee = total(MIXED)
+        cases = [
+            ("B9", medfee, "没有待结算的费用明细"),  # never uploaded
+            ("B2", medfee, "没有待结算的费用明细"),  # withdrawn
+            ("B1", f"{Decimal(medfee) + Decimal('0.01')}", "与费用明细合计"),
+        ]
+        for batch, amount, words in cases:
+            data = his.settle_data(RETIREE, mdtrt_id, "11", amount, "310", "0", chrg_bchno=batch)
+            for infno in ("2206", "2207"):
+                refused = await his.call(infno, data)
+                assert refused["infcode"] == -1 and words in refused["err_msg"], (infno, refused)
+        kept = "SELECT count(*) FROM deferred WHERE kind = 'claim'"
+        assert await srv.fetchval(kept) == 0
+        data = his.settle_data(RETIREE, mdtrt_id, "11", medfee, "310", "0", chrg_bchno="B1")
+        assert (await his.ok("2207", data))["setlinfo"]["setl_id"].startswith("DF")
