@@ -21,6 +21,7 @@ import msgspec
 from adapters.national.envelope import Amount, Code, Request, decode_input, text
 from adapters.national.output import amount, line_result, moment, ratio
 from adapters.national.wire import (
+    In2205,
     In2206,
     In2208,
     Node,
@@ -284,6 +285,27 @@ def journaled_lines(bodies: Sequence[bytes]) -> list[fees.StoredLine]:
         if tx is not None and tx.journaled_lines is not None:
             lines = tx.journaled_lines(req, lines)
     return lines
+
+
+def withdrawn_lines(req: Request) -> str | None:
+    """The lines a withdrawal takes away, as the claims that hold lines name them: a 2205's
+    charge batch, a 2302's stay (fees.ALL: a stay's claim holds all its lines); None for any
+    other call."""
+    if req.infno == "2205":
+        data = decode_input(req, In2205).data
+        return text(data.chrg_bchno) or None if data is not None else None
+    return fees.ALL if req.infno == "2302" else None
+
+
+def discharged(bodies: Sequence[bytes]) -> bool:
+    """Whether a provisional stay's calls waiting to be applied leave it discharged (its last
+    2402 not undone by a 2405)."""
+    out = False
+    for body in bodies:
+        infno = request_of(body).infno
+        if infno in ("2402", "2405"):
+            out = infno == "2402"
+    return out
 
 
 def refuse_other_parts(facts: ClaimFacts, priced: Mapping[str, int] | None) -> None:
@@ -563,8 +585,16 @@ def closes_stay(claim: deferred.PendingClaim) -> bool:
     if kind_of(claim.infno) is not Kind.INPATIENT or not claim.body:
         return False
     try:
-        data = decode_input(request_of(claim.body), In2206).data
-    except (GatewayError, msgspec.DecodeError):
+        return closes(request_of(claim.body))
+    except msgspec.DecodeError:
+        return False
+
+
+def closes(req: Request) -> bool:
+    """Whether a stay's settlement request is its closing one (mid_setl_flag not 1)."""
+    try:
+        data = decode_input(req, In2206).data
+    except GatewayError:
         return False
     return data is not None and text(data.mid_setl_flag) != "1"
 

@@ -70,7 +70,7 @@ from gateway.protocol.transaction import (
     Transaction,
     Undo,
 )
-from gateway.services import cancellation, payouts, visit_settlement
+from gateway.services import cancellation, fee_uploads, payouts, visit_settlement
 from gateway.services.settlement_state import preview, settle_alone
 
 log = logging.getLogger("gateway.emergency.hook")
@@ -489,8 +489,13 @@ async def _defer_claim(call: Call) -> Answer:
             if journaled is not None:
                 # Refused as its settlement would be (found from outside: a claim of a batch
                 # never uploaded, or withdrawn, or of a total its lines do not make, was taken
-                # and failed at replay, the patient's cash taken).
+                # and failed at replay, the patient's cash taken; a stay's closing claim before
+                # its discharge likewise).
                 kind = deferral.kind_of(req.infno) or Kind.OUTPATIENT
+                if kind is Kind.INPATIENT and deferral.closes(req):
+                    bodies = await deferred.calls_on_visit(call.conn, req.fixmedins_code, visit)
+                    if not deferral.discharged(bodies):
+                        raise visit_settlement.not_discharged()
                 visit_settlement.check_billed(kind, facts.medfee_sumamt, journaled)
                 deferral.refuse_other_parts(
                     facts, deferral.priced_split(call.gw.snapshot, req.fixmedins_code, journaled)
@@ -655,6 +660,9 @@ async def _defer_call(call: Call) -> Answer:
             call.institution.admdvs, call.now, req.fixmedins_code, req.msgid
         )
     output = deferral.call_output(req, provisional, call.gw.snapshot)  # may refuse it
+    visit = deferral.call_visit(req)
+    if visit.startswith(PROVISIONAL_PREFIX):
+        await _refuse_as_its_visit_would(call, visit)
     entry = _entry(
         "call",
         req,
@@ -666,6 +674,22 @@ async def _defer_call(call: Call) -> Answer:
     await deferred.insert(call.conn, entry, "ledger")
     ref = provisional or req.msgid
     return Answer(output, warn_msg=deferral.CALL_WARN.format(ref=ref))
+
+
+async def _refuse_as_its_visit_would(call: Call, visit: str) -> None:
+    """A call on a visit kept under the plan (its provisional id) is refused for the claims the
+    visit already has, as the ledger refuses it on a visit it holds: lines a pending claim holds
+    are not withdrawn, and a stay whose closing settlement waits as a claim takes no more lines.
+    Found from outside: each was answered as kept and failed when applied, the counter believing
+    a batch withdrawn that replay then settled."""
+    code = call.req.fixmedins_code
+    withdrawn = deferral.withdrawn_lines(call.req)
+    if withdrawn is not None:
+        await fee_uploads.not_under_a_claim_of(call.conn, code, visit, withdrawn)
+    tx = transaction.of(call.req.infno)
+    if withdrawn is None and tx is not None and tx.journaled_lines is not None:
+        # An upload (only a stay's closing settlement closes a visit to more lines).
+        await fee_uploads.not_under_a_closing_claim(call.conn, visit)
 
 
 def _entry(kind: str, req: Request, received: dt.datetime, **fields: Any) -> Entry:

@@ -104,7 +104,7 @@ async def upload(conn: asyncpg.Connection, at: Uploading, a: FeeUpload) -> tuple
             one_disease(enc, lines, await fees.unsettled(conn, enc.mdtrt_id))
     elif enc.status == "discharged":
         _not_into_a_closed_stay(await settlements.final_of(conn, enc.mdtrt_id))
-        await _not_under_a_closing_claim(conn, enc.mdtrt_id)
+        await not_under_a_closing_claim(conn, enc.mdtrt_id)
     priced: dict[str, dt.date] = {}
     if any(ln.cnt < 0 for ln in lines):
         priced = await _check_refunds(conn, enc.mdtrt_id, lines)
@@ -235,7 +235,7 @@ def _not_into_a_closed_stay(final: str | None) -> None:
         )
 
 
-async def _not_under_a_closing_claim(conn: asyncpg.Connection, mdtrt_id: str) -> None:
+async def not_under_a_closing_claim(conn: asyncpg.Connection, mdtrt_id: str) -> None:
     """A stay's closing settlement deferred as a claim ends it as the settlement would: replay
     settles the lines the claim holds, closing the stay, and a line sent meanwhile would wait
     under that closing settlement for good (found from outside: a late line uploaded while the
@@ -488,10 +488,22 @@ async def _not_under_a_claim(
     before it: a claim taken after it was priced without the lines it withdrew. Found from
     outside: a 2302 kept before a stay's 2304 claim failed when applied, the claim then failed
     on the withdrawn line, and the patient's cash was never reimbursed."""
-    claims = await deferred.pending_on_visits(conn, [enc.mdtrt_id])
+    await not_under_a_claim_of(conn, enc.fixmedins_code, enc.mdtrt_id, lines, received)
+
+
+async def not_under_a_claim_of(
+    conn: asyncpg.Connection,
+    fixmedins_code: str,
+    mdtrt_id: str,
+    lines: str,
+    received: dt.datetime | None = None,
+) -> None:
+    """`_not_under_a_claim` of a visit by its id (a provisional one, kept under the plan, has
+    no encounter yet)."""
+    claims = await deferred.pending_on_visits(conn, [mdtrt_id])
     if received is not None:
         claims = [c for c in claims if c.received_at is None or c.received_at <= received]
-    deferral.refuse_if_held(deferral.held_lines(claims, enc.fixmedins_code), lines)
+    deferral.refuse_if_held(deferral.held_lines(claims, fixmedins_code), lines)
 
 
 async def _no_orphan_refunds(conn: asyncpg.Connection, mdtrt_id: str) -> None:

@@ -96,7 +96,12 @@ def _check_visit(enc: Encounter, kind: Kind, a: VisitAsk, *, final: bool) -> Non
     eligibility.require_insutype(a.insutype, enc.insutype, held_as="登记时的险种")
     check_med_type(enc, a.med_type)
     if kind is Kind.INPATIENT and final and a.mid_setl_flag == "0" and enc.status != "discharged":
-        raise Conflict("患者尚未办理出院（2402），不能进行出院结算；中途结算请传mid_setl_flag=1")
+        raise not_discharged()
+
+
+def not_discharged() -> Conflict:
+    """A stay's closing settlement before its discharge."""
+    return Conflict("患者尚未办理出院（2402），不能进行出院结算；中途结算请传mid_setl_flag=1")
 
 
 def context(

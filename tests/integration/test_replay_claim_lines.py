@@ -1428,3 +1428,48 @@ async def test_a_claim_of_a_provisional_visit_is_refused_as_its_settlement_would
         assert await srv.fetchval(kept) == 0
         data = his.settle_data(RETIREE, mdtrt_id, "11", medfee, "310", "0", chrg_bchno="B1")
         assert (await his.ok("2207", data))["setlinfo"]["setl_id"].startswith("DF")
+
+
+async def test_calls_on_a_provisional_visit_are_refused_for_the_claims_it_has(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: on visits opened under the plan, a 2205 of a batch a claim held, a
+    stay's closing 2304 before its 2402, and a 2301 or 2302 after the stay's closing claim were
+    each answered as kept (or taken as a claim) and failed when applied: the counter believed a
+    batch withdrawn that replay settled, or the patient paid cash on a claim bound to fail.
+    Each is refused as the ledger refuses it on a visit it holds."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        mdtrt_id = await _kept_visit(srv, his, "2026-05-11", "MZ-HELD")
+        rows = his.fee_rows(mdtrt_id, RETIREE, MIXED, "2026-05-11 08:40:00", "B1")
+        await his.ok("2204", {"feedetail": rows})
+        data = his.settle_data(RETIREE, mdtrt_id, "11", total(MIXED), "310", "0", chrg_bchno="B1")
+        claim = (await his.ok("2207", data))["setlinfo"]["setl_id"]
+        for batch in ("B1", "0000"):
+            keys = {"mdtrt_id": mdtrt_id, "chrg_bchno": batch, "psn_no": RETIREE}
+            refused = await his.call("2205", {"data": keys})
+            assert refused["infcode"] == -1 and claim in refused["err_msg"], refused
+
+        pv = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(pv, BEFORE, "2025-07-02 10:00:00"))
+        closing = _stay_settlement(his, pv, total(BEFORE), "0")
+        refused = await his.call("2304", closing)
+        assert refused["infcode"] == -1 and "尚未办理出院（2402）" in refused["err_msg"], refused
+        await his.ok("2402", _discharge(pv))
+        stay_claim = (await his.ok("2304", closing))["setlinfo"]["setl_id"]
+        late = await his.call(
+            "2301", _upload(pv, [line("8", "ZL0004", "30", 1)], "2025-07-05 10:00:00")
+        )
+        assert late["infcode"] == -1 and stay_claim in late["err_msg"], late
+        withdrawal = {"data": [{"feedetl_sn": "1", "mdtrt_id": pv, "psn_no": RETIREE}]}
+        refused = await his.call("2302", withdrawal)
+        assert refused["infcode"] == -1 and stay_claim in refused["err_msg"], refused
+        kept = (
+            "SELECT infno FROM deferred WHERE kind = 'call' AND infno IN ('2205', '2301', '2302')"
+        )
+        assert [r["infno"] for r in await srv.fetch(kept)] == ["2301"]  # the stay's first upload
+        await _release_the_hospitals_visits(srv)
+        cli("deferred", "replay", "--database-url", srv.dsn)
+        settled = "SELECT count(*) FROM deferred WHERE kind = 'claim' AND status = 'settled'"
+        assert await srv.fetchval(settled) == 2
+        assert await srv.check_ledger() == []
