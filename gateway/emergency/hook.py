@@ -678,8 +678,10 @@ async def _defer_call(call: Call) -> Answer:
 
 async def _refuse_as_its_visit_would(call: Call, visit: str) -> None:
     """A call on a visit kept under the plan (its provisional id) is refused for the claims the
-    visit already has, as the ledger refuses it on a visit it holds: lines a pending claim holds
-    are not withdrawn, and a stay whose closing settlement waits as a claim takes no more lines.
+    visit already has, and an upload's refunds for the charges it has, as the ledger refuses
+    them on a visit it holds: lines a pending claim holds are not withdrawn, a stay whose
+    closing settlement waits as a claim takes no more lines, a refund takes back no more than
+    its charge.
     Found from outside: each was answered as kept and failed when applied, the counter believing
     a batch withdrawn that replay then settled."""
     code = call.req.fixmedins_code
@@ -688,8 +690,11 @@ async def _refuse_as_its_visit_would(call: Call, visit: str) -> None:
         await fee_uploads.not_under_a_claim_of(call.conn, code, visit, withdrawn)
     tx = transaction.of(call.req.infno)
     if withdrawn is None and tx is not None and tx.journaled_lines is not None:
-        # An upload (only a stay's closing settlement closes a visit to more lines).
+        # An upload (only a stay's closing settlement closes a visit to more lines; only a
+        # stay's lines are refunds, each held to the charges its kept uploads left).
         await fee_uploads.not_under_a_closing_claim(call.conn, visit)
+        kept = deferral.journaled_lines(await deferred.calls_on_visit(call.conn, code, visit))
+        fee_uploads.check_kept_refunds(kept, tx.journaled_lines(call.req, []))
 
 
 def _entry(kind: str, req: Request, received: dt.datetime, **fields: Any) -> Entry:

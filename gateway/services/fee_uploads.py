@@ -352,24 +352,47 @@ async def _check_refunds(
         )
         for r in await fees.cited(conn, mdtrt_id, cited)
     }
-    for ln in lines:  # an original may come in the same upload as its refund
-        originals.setdefault(
-            ln.feedetl_sn,
-            _Charge(
-                ln.medins_list_codg,
-                ln.pric_micro,
-                ln.cnt,
-                ln.det_item_fee_sumamt,
-                ln.cnt < 0 or bool(ln.init_feedetl_sn),
-                ln.fee_date,
-            ),
-        )
     # Refund lines in force: a withdrawn one (2302) is deleted, a cancelled settlement's come
     # back unsettled and still count.
     taken = {
         init: [cnt, amount]
         for init, (cnt, amount) in (await fees.refunded(conn, mdtrt_id, cited)).items()
     }
+    return _refunds_within(originals, taken, lines)
+
+
+def check_kept_refunds(kept: Sequence[StoredLine], lines: Sequence[StoredLine]) -> None:
+    """`_check_refunds` of an upload to a stay kept under the plan (a provisional id), against
+    the lines its kept calls leave (`deferral.journaled_lines`). Found from outside: a refund of
+    more than was charged, or of no charge, was answered as kept and failed when applied."""
+    originals = {ln.feedetl_sn: _charge_of(ln) for ln in kept}
+    taken: dict[str, list[int]] = {}
+    for ln in kept:
+        if ln.cnt < 0:
+            total = taken.setdefault(ln.init_feedetl_sn, [0, 0])
+            total[0] += ln.cnt
+            total[1] += ln.det_item_fee_sumamt
+    _refunds_within(originals, taken, lines)
+
+
+def _charge_of(ln: StoredLine) -> _Charge:
+    return _Charge(
+        ln.medins_list_codg,
+        ln.pric_micro,
+        ln.cnt,
+        ln.det_item_fee_sumamt,
+        ln.cnt < 0 or bool(ln.init_feedetl_sn),
+        ln.fee_date,
+    )
+
+
+def _refunds_within(
+    originals: dict[str, _Charge], taken: dict[str, list[int]], lines: Sequence[StoredLine]
+) -> dict[str, dt.date]:
+    """The refund rule over the charges a stay holds (`originals`) and the refunds in force
+    against each (`taken`: [cnt, amount], summed); each refund line's charge date."""
+    for ln in lines:  # an original may come in the same upload as its refund
+        originals.setdefault(ln.feedetl_sn, _charge_of(ln))
     priced: dict[str, dt.date] = {}
     for ln in lines:
         if ln.cnt > 0:

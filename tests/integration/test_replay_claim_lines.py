@@ -1473,3 +1473,37 @@ async def test_calls_on_a_provisional_visit_are_refused_for_the_claims_it_has(
         settled = "SELECT count(*) FROM deferred WHERE kind = 'claim' AND status = 'settled'"
         assert await srv.fetchval(settled) == 2
         assert await srv.check_ledger() == []
+
+
+async def test_a_provisional_stays_refunds_are_held_to_its_kept_charges(
+    new_database: Callable[..., Any],
+) -> None:
+    """Found from outside: on a stay opened under the plan, a refund of more than was charged
+    and one of a charge never uploaded were answered as kept and failed when applied. Both are
+    refused as the ledger refuses them; a refund within its charge is kept and applied."""
+    async with running_gateway(new_database) as srv:
+        his = srv.client(HOSPITAL)
+        await _keep_the_hospitals_visits(srv)
+        pv = (await his.ok("2401", _admission()))["result"]["mdtrt_id"]
+        await his.ok("2301", _upload(pv, [line("1", "ZL0008", "20", 1)], "2025-07-02 10:00:00"))
+        cases = [
+            (line("2", "ZL0008", "20", -2, init_feedetl_sn="1"), "不能重复或超额退费"),
+            (line("3", "ZL0008", "20", -1, init_feedetl_sn="99"), "原费用流水号99不存在"),
+        ]
+        for refund, words in cases:
+            refused = await his.call("2301", _upload(pv, [refund], "2025-07-03 10:00:00"))
+            assert refused["infcode"] == -1 and words in refused["err_msg"], refused
+        within = line("4", "ZL0008", "20", -1, init_feedetl_sn="1")
+        await his.ok("2301", _upload(pv, [within], "2025-07-03 10:00:00"))
+        # The kept refund counts: a second one of the same charge is more than it.
+        again = line("5", "ZL0008", "20", -1, init_feedetl_sn="1")
+        refused = await his.call("2301", _upload(pv, [again], "2025-07-03 11:00:00"))
+        assert refused["infcode"] == -1 and "不能重复或超额退费" in refused["err_msg"], refused
+        await _release_the_hospitals_visits(srv)
+        calls = "SELECT infno, status FROM deferred WHERE kind = 'call' ORDER BY seq"
+        assert [(r["infno"], r["status"]) for r in await srv.fetch(calls)] == [
+            ("2401", "applied"),
+            ("2301", "applied"),
+            ("2301", "applied"),
+        ]
+        assert await srv.check_ledger() == []
