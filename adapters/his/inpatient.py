@@ -92,6 +92,7 @@ def _admission_of(
     klass=TxClass.ENCOUNTER,
     input=wire.In2402,
     deferral=Deferral.CALL,
+    discharges=True,
 )
 async def discharge(call: Call) -> Answer:
     info = decode_input(call.req, In2402).dscginfo
@@ -199,6 +200,7 @@ async def cancel_admission(call: Call) -> Answer:
     klass=TxClass.ENCOUNTER,
     input=wire.In2202,
     deferral=Deferral.CALL,
+    discharges=False,
 )
 async def cancel_discharge(call: Call) -> Answer:
     await encounters.cancel_discharge(call.conn, call.req.fixmedins_code, _visit_ref(call))
@@ -229,6 +231,7 @@ async def upload_fees(call: Call) -> Answer:
     input=wire.In2302,
     deferral=Deferral.CALL,
     journaled_lines=uploads.journaled_line_withdrawal,
+    withdraws=uploads.stay_lines_withdrawn,
 )
 async def cancel_fees(call: Call) -> Answer:
     refs = as_list(decode_input(call.req, In2302).data)

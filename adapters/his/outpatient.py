@@ -194,6 +194,7 @@ async def upload_fees(call: Call) -> Answer:
     input=wire.In2205,
     deferral=Deferral.CALL,
     journaled_lines=uploads.journaled_batch_withdrawal,
+    withdraws=uploads.batch_withdrawn,
 )
 async def cancel_fees(call: Call) -> Answer:
     data = decode_input(call.req, In2205).data

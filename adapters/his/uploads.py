@@ -183,3 +183,14 @@ def journaled_line_withdrawal(req: Request, lines: list[StoredLine]) -> list[Sto
     if ALL in serials:
         return []
     return [ln for ln in lines if ln.feedetl_sn not in serials]
+
+
+def batch_withdrawn(req: Request) -> str | None:
+    """A 2205's charge batch, as a claim of it names it (`Transaction.withdraws`)."""
+    data = decode_input(req, In2205).data
+    return (text(data.chrg_bchno) or None) if data is not None else None
+
+
+def stay_lines_withdrawn(_req: Request) -> str:
+    """A 2302's lines, as a stay's claim names them: all of them (`Transaction.withdraws`)."""
+    return ALL

@@ -21,7 +21,6 @@ import msgspec
 from adapters.national.envelope import Amount, Code, Request, decode_input, text
 from adapters.national.output import amount, line_result, moment, ratio
 from adapters.national.wire import (
-    In2205,
     In2206,
     In2208,
     Node,
@@ -288,23 +287,20 @@ def journaled_lines(bodies: Sequence[bytes]) -> list[fees.StoredLine]:
 
 
 def withdrawn_lines(req: Request) -> str | None:
-    """The lines a withdrawal takes away, as the claims that hold lines name them: a 2205's
-    charge batch, a 2302's stay (fees.ALL: a stay's claim holds all its lines); None for any
-    other call."""
-    if req.infno == "2205":
-        data = decode_input(req, In2205).data
-        return text(data.chrg_bchno) or None if data is not None else None
-    return fees.ALL if req.infno == "2302" else None
+    """The lines a withdrawal takes away, as the claims that hold lines name them
+    (`Transaction.withdraws`); None for any other call."""
+    tx = _tx(req.infno)
+    return None if tx is None or tx.withdraws is None else tx.withdraws(req)
 
 
 def discharged(bodies: Sequence[bytes]) -> bool:
     """Whether a provisional stay's calls waiting to be applied leave it discharged (its last
-    2402 not undone by a 2405)."""
+    discharge not undone: `Transaction.discharges`)."""
     out = False
     for body in bodies:
-        infno = request_of(body).infno
-        if infno in ("2402", "2405"):
-            out = infno == "2402"
+        tx = _tx(request_of(body).infno)
+        if tx is not None and tx.discharges is not None:
+            out = tx.discharges
     return out
 
 

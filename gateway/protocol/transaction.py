@@ -153,6 +153,10 @@ class Transaction:
     carried_lines: CarriedLines | None = None
     # A call's effect on its provisional visit's lines (an upload's, a withdrawal's).
     journaled_lines: JournaledLines | None = None
+    # A withdrawal's lines as the claims that hold lines name them (a batch, fees.ALL).
+    withdraws: Callable[[Request], str | None] | None = None
+    # A discharge (True) or its undoing (False): a kept stay's closing claim needs the first.
+    discharges: bool | None = None
 
     @property
     def admits(self) -> bool:
@@ -184,6 +188,8 @@ def register(
     checked: Check | None = None,
     carried_lines: CarriedLines | None = None,
     journaled_lines: JournaledLines | None = None,
+    withdraws: Callable[[Request], str | None] | None = None,
+    discharges: bool | None = None,
 ) -> Callable[[Handler], Handler]:
     """Decorator adding a handler to the transaction table."""
 
@@ -209,6 +215,8 @@ def register(
             checked,
             carried_lines,
             journaled_lines,
+            withdraws,
+            discharges,
         )
         return handler
 
