@@ -170,9 +170,8 @@ def _with_upload(req: Request, lines: list[StoredLine], kind: Kind) -> list[Stor
 
 def journaled_batch_withdrawal(req: Request, lines: list[StoredLine]) -> list[StoredLine]:
     """A waiting 2205: the visit's lines less the batch ("0000": all of them)."""
-    data = decode_input(req, In2205).data
-    batch = text(data.chrg_bchno) if data is not None else ""
-    if not batch:
+    batch = batch_withdrawn(req)
+    if batch is None:
         return lines
     return [] if batch == ALL else [ln for ln in lines if ln.chrg_bchno != batch]
 

@@ -681,9 +681,8 @@ async def _refuse_as_its_visit_would(call: Call, visit: str) -> None:
     visit already has, and an upload's refunds for the charges it has, as the ledger refuses
     them on a visit it holds: lines a pending claim holds are not withdrawn, a stay whose
     closing settlement waits as a claim takes no more lines, a refund takes back no more than
-    its charge.
-    Found from outside: each was answered as kept and failed when applied, the counter believing
-    a batch withdrawn that replay then settled."""
+    its charge. Found from outside: each was answered as kept and failed when applied, the
+    counter believing a batch withdrawn that replay then settled."""
     code = call.req.fixmedins_code
     withdrawn = deferral.withdrawn_lines(call.req)
     if withdrawn is not None:

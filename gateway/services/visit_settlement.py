@@ -18,7 +18,7 @@ import msgspec
 from adapters.national import deferral
 from gateway.core import eligibility
 from gateway.core.catalog import Snapshot
-from gateway.core.dates import DateRules, shown
+from gateway.core.dates import DateRules
 from gateway.core.model import Category, Institution, PersonState, Settlement, Visit
 from gateway.core.money import fen_text
 from gateway.core.settle import settle
@@ -203,13 +203,12 @@ def billable(dates: DateRules, enc: Encounter, admdvs: str, now: dt.datetime) ->
     the day it was registered: its service date picks the year that pays. Found from outside:
     a visit registered on 31 December, its date then the bound's first day, was settled after
     midnight from a year already closed, while a registration of a later day was refused."""
-    first = dates.earliest(admdvs, now)
-    if enc.begntime.date() < first:
-        what = "入院时间" if enc.kind == "inpatient" else "挂号时间"
+    why = dates.reason(enc.begntime, admdvs=admdvs, now=now)
+    if why is not None:
+        stay = enc.kind == "inpatient"
         raise RuleRejected(
-            f"本次{'住院' if enc.kind == 'inpatient' else '就诊'}的{what}"
-            f"（{shown(enc.begntime)}）早于本地区可补办结算的最早日期{first.isoformat()}，"
-            "已超过结算时限，不能再办理医保结算（跨年度费用须在规定年度内结算）"
+            f"本次{'住院' if stay else '就诊'}的{'入院时间' if stay else '挂号时间'}{why}，"
+            "不能再办理医保结算"
         )
 
 
